@@ -1,0 +1,113 @@
+// The delta container (".dds"): one file holding a whole compressed delta.
+//
+// Byte layout, field widths, byte order and reader behaviour are specified in
+// codec/FORMAT.md. Structurally a container is exactly
+//   header bytes || record bytes (tensor 0) || ... || record bytes (tensor N-1) || trailer
+// where each record is self-contained (name, shapes, dtype, encoding, parameters,
+// payload) and carries its own checksum, so that storage can keep records apart and
+// rebuild the identical file (AssembleContainer).
+#ifndef DELTASERVE_CODEC_CONTAINER_H_
+#define DELTASERVE_CODEC_CONTAINER_H_
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "codec/tensor.h"
+
+namespace deltaserve::codec {
+
+// Identity of a base model: XXH3-128 over its tensors (see ComputeBaseHash).
+using BaseHash = std::array<uint8_t, 16>;
+std::string BaseHashHex(const BaseHash& hash);
+
+// How a tensor's record encodes it. Numeric values are stored: never renumber.
+enum class Encoding : uint8_t {
+  kUnchanged = 0,  // finetuned == base bit for bit; empty payload
+  kRaw = 1,        // the finetuned tensor's bytes as they are (lossless)
+  kDct = 2,        // Delta-DCT payload (codec/delta_dct.h) of the 2-D view of the delta
+};
+std::string_view EncodingName(Encoding e);
+
+struct ContainerHeader {
+  uint32_t format_version = 0;  // filled by the reader; writers always write the latest
+  BaseHash base_hash{};
+  uint32_t tensor_count = 0;
+  std::map<std::string, std::string> metadata;  // e.g. codec options, tool version
+};
+
+// One tensor's record, viewing bytes owned elsewhere.
+struct TensorRecord {
+  TensorInfo info;                 // finetuned tensor: name, output dtype, shape
+  std::vector<int64_t> base_shape;  // shape of the base tensor it merges into (may have
+                                    // fewer rows: added vocabulary); empty if none
+  Encoding encoding = Encoding::kRaw;
+  // For kDct: 2-D view [rows, cols] of the part coded by DCT (the base-shaped part).
+  int64_t rows = 0, cols = 0;
+  absl::Span<const uint8_t> payload;     // encoding-specific bytes
+  absl::Span<const uint8_t> extra_rows;  // raw finetuned rows beyond base_shape[0]
+};
+
+// Serializes one record (adds the checksum). InvalidArgument on inconsistent fields.
+absl::StatusOr<std::vector<uint8_t>> SerializeRecord(const TensorRecord& record);
+// Parses and verifies one record's bytes. DataLoss (checksum mismatch, truncation) or
+// InvalidArgument (bad field values); messages name the tensor when its name is readable.
+// The returned record views `bytes`.
+absl::StatusOr<TensorRecord> ParseRecord(absl::Span<const uint8_t> bytes);
+
+// Serialized header / trailer for a container of `header.tensor_count` records.
+std::vector<uint8_t> SerializeHeader(const ContainerHeader& header);
+std::vector<uint8_t> SerializeTrailer(const ContainerHeader& header,
+                                      absl::Span<const uint64_t> record_sizes);
+
+// Reads a whole container held in memory (e.g. an mmap). Parse validates the header,
+// the framing of every record and the trailer; record(i) verifies that record's checksum.
+// Thread-safe after Parse.
+class ContainerReader {
+ public:
+  // DataLoss: truncated, bad magic, checksum mismatch. InvalidArgument: unsupported
+  // version, lying lengths. Never reads outside `bytes`. `bytes` must outlive the reader.
+  static absl::StatusOr<ContainerReader> Parse(absl::Span<const uint8_t> bytes);
+
+  const ContainerHeader& header() const { return header_; }
+  size_t num_records() const { return records_.size(); }
+  // Verified record i. DataLoss naming the tensor on checksum mismatch.
+  absl::StatusOr<TensorRecord> record(size_t i) const;
+  absl::Span<const uint8_t> header_bytes() const { return header_bytes_; }
+  absl::Span<const uint8_t> record_bytes(size_t i) const { return records_[i]; }
+  absl::Span<const uint8_t> trailer_bytes() const { return trailer_bytes_; }
+
+ private:
+  ContainerHeader header_;
+  absl::Span<const uint8_t> header_bytes_, trailer_bytes_;
+  std::vector<absl::Span<const uint8_t>> records_;
+};
+
+// Streams a container to a file: header, then records as they are added, then the
+// trailer on Finish(). Written to path + ".tmp" and renamed by Finish(). Not thread-safe.
+class ContainerWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<ContainerWriter>> Open(const std::string& path,
+                                                               const ContainerHeader& header);
+  virtual ~ContainerWriter() = default;
+  // FailedPrecondition if more than header.tensor_count records are added.
+  virtual absl::Status Add(const TensorRecord& record) = 0;
+  // FailedPrecondition if fewer records than header.tensor_count were added.
+  virtual absl::Status Finish() = 0;
+  // Bytes written so far.
+  virtual uint64_t bytes_written() const = 0;
+};
+
+// Rebuilds a container's exact bytes from its pieces (as kept by storage).
+std::vector<uint8_t> AssembleContainer(absl::Span<const uint8_t> header_bytes,
+                                       const std::vector<absl::Span<const uint8_t>>& records);
+
+}  // namespace deltaserve::codec
+
+#endif  // DELTASERVE_CODEC_CONTAINER_H_

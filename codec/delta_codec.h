@@ -1,0 +1,85 @@
+// Model-level Delta-DCT: compress a finetuned model against its base into a container,
+// and decode/merge tensors back. Built on codec/delta_dct.h and codec/container.h.
+#ifndef DELTASERVE_CODEC_DELTA_CODEC_H_
+#define DELTASERVE_CODEC_DELTA_CODEC_H_
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "codec/container.h"
+#include "codec/delta_dct.h"
+#include "codec/safetensors.h"
+#include "codec/tensor.h"
+
+namespace deltaserve::codec {
+
+// Per-tensor encoding override: tensors whose name matches `pattern` (fnmatch glob,
+// e.g. "*embed*" or "*/bias") get `encoding`. First matching rule wins.
+struct EncodingRule {
+  std::string pattern;
+  Encoding encoding = Encoding::kRaw;
+};
+
+struct CompressOptions {
+  // DCT parameters (patch size, schedule, quantizer). Default: ~1 bit per weight.
+  DctParams dct;
+  // Tensors with fewer elements than this, and all 1-D/scalar tensors, are stored raw
+  // (lossless). Larger: fewer lossy tensors, more bytes. Default: see FORMAT.md.
+  int64_t min_dct_elements = 16384;
+  std::vector<EncodingRule> rules;
+
+  absl::Status Validate() const;
+};
+
+// Progress callback: (tensors done, tensors total, name of the tensor just done).
+using ProgressFn = std::function<void(size_t, size_t, const std::string&)>;
+
+// XXH3-128 over every tensor of `base` in name order (name, dtype, shape, bytes).
+BaseHash ComputeBaseHash(const ModelReader& base);
+
+struct CompressStats {
+  uint64_t container_bytes = 0;
+  uint64_t dct_weights = 0, dct_bytes = 0;  // DCT-coded tensors and their record bytes
+  uint64_t total_weights = 0;               // all tensors of the finetuned model
+};
+
+// Compresses `finetuned` against `base` into a container at `out_path`. Every finetuned
+// tensor must exist in base with the same shape, except that an embedding may have more
+// rows (dim 0) than the base (InvalidArgument otherwise, naming the tensor); tensors only
+// in finetuned are stored raw.
+absl::StatusOr<CompressStats> CompressModel(const ModelReader& base,
+                                            const ModelReader& finetuned,
+                                            const CompressOptions& options,
+                                            const std::string& out_path,
+                                            const ProgressFn& progress = nullptr);
+
+// Number of bytes MergeTensor writes for `record` in `out_dtype`.
+uint64_t MergedBytes(const TensorRecord& record, DType out_dtype);
+
+// Writes the merged tensor (base + decoded delta, or the raw tensor) in `out_dtype`
+// into `out` (REQUIRES out.size() == MergedBytes(record, out_dtype)). `base` may be null
+// only for records that do not need it (kRaw). NotFound/InvalidArgument if the base
+// tensor is missing or its shape differs from record.base_shape. Deterministic.
+absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record,
+                         DType out_dtype, absl::Span<uint8_t> out);
+
+struct DecompressOptions {
+  bool force = false;                 // decode even if the base hash differs
+  std::optional<DType> out_dtype;     // default: each tensor's recorded dtype
+};
+
+// Decodes a whole container against `base` into a safetensors file at `out_path`.
+// FailedPrecondition if the container's base hash differs from base's (unless force).
+absl::Status DecompressModel(const ModelReader& base, const ContainerReader& container,
+                             const DecompressOptions& options, const std::string& out_path,
+                             const ProgressFn& progress = nullptr);
+
+}  // namespace deltaserve::codec
+
+#endif  // DELTASERVE_CODEC_DELTA_CODEC_H_

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package deltaserve needs to build, test, benchmark and deploy.
+# Idempotent: packages already present are skipped by apt; safe to run on every build.
+# Usage: deploy/install-deps.sh [--runtime-only]
+set -euo pipefail
+
+BUILD_PKGS=(
+  build-essential cmake ninja-build pkg-config git ca-certificates
+  protobuf-compiler libprotobuf-dev protobuf-compiler-grpc libgrpc++-dev
+  libabsl-dev librocksdb-dev libopenblas-dev prometheus-cpp-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  nlohmann-json3-dev libcli11-dev libspdlog-dev libzstd-dev libxxhash-dev
+)
+# Tests: a real Prometheus server and promtool, docker-compose for `config` validation,
+# curl for HTTP probes, Python with numpy/torch/matplotlib for the fidelity harness.
+TEST_PKGS=(
+  prometheus docker-compose curl
+  python3 python3-numpy python3-torch python3-matplotlib python3-pil
+
+)
+
+want=("${BUILD_PKGS[@]}")
+if [[ "${1:-}" != "--build-only" ]]; then
+  want+=("${TEST_PKGS[@]}")
+fi
+
+missing=()
+for p in "${want[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#want[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
