@@ -14,6 +14,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -61,10 +63,22 @@ absl::StatusOr<std::vector<uint8_t>> SerializeRecord(const TensorRecord& record)
 // The returned record views `bytes`.
 absl::StatusOr<TensorRecord> ParseRecord(absl::Span<const uint8_t> bytes);
 
-// Serialized header / trailer for a container of `header.tensor_count` records.
+// Version this code writes (and the only one it reads).
+inline constexpr uint32_t kContainerFormatVersion = 1;
+// Fixed size of the trailer, in bytes (codec/FORMAT.md, "Trailer").
+inline constexpr size_t kContainerTrailerSize = 24;
+
+// Serialized header for a container of `header.tensor_count` records (the
+// `format_version` field is ignored: the latest version is written). Deterministic:
+// the same header always gives the same bytes.
 std::vector<uint8_t> SerializeHeader(const ContainerHeader& header);
-std::vector<uint8_t> SerializeTrailer(const ContainerHeader& header,
-                                      absl::Span<const uint64_t> record_sizes);
+// Serialized trailer for `header_bytes` followed by `records` (each a serialized,
+// checksummed record): record count, total container size, and a checksum chained over
+// the header's and every record's checksums (FORMAT.md). REQUIRES: the pieces are
+// well-formed (as produced by SerializeHeader / SerializeRecord or read by
+// ContainerReader).
+std::vector<uint8_t> SerializeTrailer(absl::Span<const uint8_t> header_bytes,
+                                      const std::vector<absl::Span<const uint8_t>>& records);
 
 // Reads a whole container held in memory (e.g. an mmap). Parse validates the header,
 // the framing of every record and the trailer; record(i) verifies that record's checksum.
@@ -104,9 +118,33 @@ class ContainerWriter {
   virtual uint64_t bytes_written() const = 0;
 };
 
-// Rebuilds a container's exact bytes from its pieces (as kept by storage).
+// Rebuilds a container's exact bytes from its pieces (as kept by storage):
+// header_bytes || records... || SerializeTrailer(header_bytes, records). For pieces taken
+// from a ContainerReader this is byte-identical to the original file.
 std::vector<uint8_t> AssembleContainer(absl::Span<const uint8_t> header_bytes,
                                        const std::vector<absl::Span<const uint8_t>>& records);
+
+// A container file mapped read-only into memory (mmap) and parsed. Thread-safe after
+// Open. NotFound if the file is missing, Internal on mmap failure, otherwise the errors
+// of ContainerReader::Parse prefixed with the path.
+class MappedContainer {
+ public:
+  static absl::StatusOr<std::unique_ptr<MappedContainer>> Open(const std::string& path);
+  ~MappedContainer();
+  MappedContainer(const MappedContainer&) = delete;
+  MappedContainer& operator=(const MappedContainer&) = delete;
+
+  const ContainerReader& reader() const { return reader_; }
+  absl::Span<const uint8_t> bytes() const { return bytes_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  MappedContainer(std::string path, absl::Span<const uint8_t> bytes)
+      : path_(std::move(path)), bytes_(bytes) {}
+  std::string path_;
+  absl::Span<const uint8_t> bytes_;
+  ContainerReader reader_;
+};
 
 }  // namespace deltaserve::codec
 
