@@ -33,10 +33,17 @@ namespace deltaserve::codec {
 // Mixed-precision schedule: (bit-width, fraction of patches), most important first.
 // Text form "b1:f1,b2:f2,..." e.g. "2:0.5,0:0.5" or "4:0.25,2:0.25,0:0.5".
 struct BitSchedule {
+  // Most levels a schedule (and a payload's bit-width table) may have.
+  static constexpr int kMaxLevels = 16;
+
   std::vector<std::pair<int, double>> levels;
 
-  // InvalidArgument: empty, bit-width outside [0, 8], fraction <= 0, or fractions not
-  // summing to 1 (within 1e-6), or a malformed token (message quotes it).
+  // Same checks as Parse, on `levels`.
+  absl::Status Validate() const;
+
+  // InvalidArgument: empty, more than kMaxLevels levels, bit-width outside [0, 8],
+  // fraction <= 0, fractions not summing to 1 (within 1e-6), or a malformed token
+  // (message quotes it). Spaces around tokens are ignored.
   static absl::StatusOr<BitSchedule> Parse(std::string_view text);
   std::string ToString() const;
   // Number of patches at each level for `num_patches` patches: floor of the cumulative
@@ -49,14 +56,16 @@ struct BitSchedule {
 // How coefficients are quantized inside a patch. Numeric values are stored in payloads.
 enum class Quantizer : uint8_t {
   kMinMax = 0,     // uniform over [min, max] of the patch's coefficients
-  kSymmetric = 1,  // uniform over [-absmax, absmax]
+  kSymmetric = 1,  // uniform over [-absmax, absmax] (stores only the scale)
+  kClipped = 2,    // uniform over the sub-range of [min, max] with least squared error
 };
 
 struct DctParams {
   // Edge of a square patch, in weights. Larger: fewer per-patch headers, coarser bit
   // allocation. Must be in [2, 64]. Default: chosen in FORMAT.md for ~1 bit per weight.
   int patch_size = 16;
-  BitSchedule schedule;
+  // Bit-widths per importance rank. Default: chosen in FORMAT.md.
+  BitSchedule schedule{{{2, 0.5}, {0, 0.5}}};
   Quantizer quantizer = Quantizer::kMinMax;
   // Store each kept patch's DC coefficient apart (fp16) and quantize only the AC ones.
   bool separate_dc = false;

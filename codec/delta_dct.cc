@@ -1,0 +1,382 @@
+#include "codec/delta_dct.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/ascii.h"
+#include "codec/internal/bitpack.h"
+#include "codec/internal/dct.h"
+#include "codec/internal/dct_payload.h"
+#include "codec/internal/fp16.h"
+#include "codec/internal/merge.h"
+#include "codec/internal/quantize.h"
+#include "codec/status_macros.h"
+
+namespace deltaserve::codec {
+namespace {
+
+using internal::DctBasis;
+using internal::PayloadHeader;
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Copies the in-bounds part of patch (pr, pc) into a zero-padded p x p buffer.
+void GatherPatch(const float* m, int64_t rows, int64_t cols, int p, int64_t pr, int64_t pc,
+                 float* patch) {
+  const int64_t r0 = pr * p, c0 = pc * p;
+  const int h = static_cast<int>(std::min<int64_t>(p, rows - r0));
+  const int w = static_cast<int>(std::min<int64_t>(p, cols - c0));
+  for (int r = 0; r < p; ++r) {
+    float* dst = patch + r * p;
+    if (r < h) {
+      std::memcpy(dst, m + (r0 + r) * cols + c0, sizeof(float) * w);
+      std::fill(dst + w, dst + p, 0.0f);
+    } else {
+      std::fill(dst, dst + p, 0.0f);
+    }
+  }
+}
+
+// Squared L2 norm of every patch (in the spatial domain; the orthonormal DCT preserves
+// it), in patch order. InvalidArgument if the delta holds a non-finite value.
+absl::StatusOr<std::vector<double>> PatchSquaredNorms(const float* m, int64_t rows,
+                                                      int64_t cols, int p) {
+  const int64_t prows = CeilDiv(rows, p), pcols = CeilDiv(cols, p);
+  std::vector<double> norms(static_cast<size_t>(prows * pcols), 0.0);
+  std::vector<float> row_acc(static_cast<size_t>(pcols));
+  for (int64_t pr = 0; pr < prows; ++pr) {
+    std::fill(row_acc.begin(), row_acc.end(), 0.0f);
+    const int64_t r_end = std::min<int64_t>(rows, (pr + 1) * p);
+    for (int64_t r = pr * p; r < r_end; ++r) {
+      const float* row = m + r * cols;
+      for (int64_t pc = 0; pc < pcols; ++pc) {
+        const int64_t c_end = std::min<int64_t>(cols, (pc + 1) * p);
+        float s = 0.0f;
+        for (int64_t c = pc * p; c < c_end; ++c) s += row[c] * row[c];
+        row_acc[pc] += s;
+      }
+    }
+    for (int64_t pc = 0; pc < pcols; ++pc) {
+      if (!std::isfinite(row_acc[pc])) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "delta patch (", pr, ", ", pc, ") holds a non-finite or too large value"));
+      }
+      norms[pr * pcols + pc] = row_acc[pc];
+    }
+  }
+  return norms;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// BitSchedule, DctParams, MatrixView
+
+absl::Status BitSchedule::Validate() const {
+  if (levels.empty()) return absl::InvalidArgumentError("bit schedule is empty");
+  if (levels.size() > static_cast<size_t>(kMaxLevels)) {
+    return absl::InvalidArgumentError(absl::StrCat("bit schedule has ", levels.size(),
+                                                   " levels; at most ", kMaxLevels));
+  }
+  double sum = 0.0;
+  for (const auto& [bits, frac] : levels) {
+    if (bits < 0 || bits > 8) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bit schedule: bit-width ", bits, " outside [0, 8]"));
+    }
+    if (!(frac > 0.0) || !std::isfinite(frac)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bit schedule: fraction ", frac, " for ", bits, " bits must be > 0"));
+    }
+    sum += frac;
+  }
+  if (std::fabs(sum - 1.0) > 1e-6) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bit schedule: fractions sum to ", sum, ", not 1"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BitSchedule> BitSchedule::Parse(std::string_view text_in) {
+  // Debian's Abseil has its own string_view type.
+  const absl::string_view text(text_in.data(), text_in.size());
+  BitSchedule s;
+  if (absl::StripAsciiWhitespace(text).empty()) {
+    return absl::InvalidArgumentError("bit schedule is empty");
+  }
+  for (absl::string_view token : absl::StrSplit(text, ',')) {
+    const absl::string_view t = absl::StripAsciiWhitespace(token);
+    std::vector<absl::string_view> parts = absl::StrSplit(t, ':');
+    int bits = 0;
+    double frac = 0.0;
+    if (parts.size() != 2 || !absl::SimpleAtoi(absl::StripAsciiWhitespace(parts[0]), &bits) ||
+        !absl::SimpleAtod(absl::StripAsciiWhitespace(parts[1]), &frac)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "bit schedule: malformed token \"", t, "\" (want bits:fraction, e.g. 2:0.5)"));
+    }
+    s.levels.emplace_back(bits, frac);
+  }
+  DS_RETURN_IF_ERROR(s.Validate());
+  return s;
+}
+
+std::string BitSchedule::ToString() const {
+  std::string out;
+  for (size_t i = 0; i < levels.size(); ++i) {
+    absl::StrAppend(&out, i ? "," : "", levels[i].first, ":", levels[i].second);
+  }
+  return out;
+}
+
+std::vector<int64_t> BitSchedule::Counts(int64_t num_patches) const {
+  std::vector<int64_t> counts(levels.size(), 0);
+  double cum = 0.0;
+  int64_t prev = 0;
+  for (size_t i = 0; i < levels.size(); ++i) {
+    cum += levels[i].second;
+    int64_t boundary = (i + 1 == levels.size())
+                           ? num_patches
+                           : static_cast<int64_t>(std::floor(cum * num_patches));
+    boundary = std::clamp<int64_t>(boundary, prev, num_patches);
+    counts[i] = boundary - prev;
+    prev = boundary;
+  }
+  return counts;
+}
+
+double BitSchedule::MeanBits() const {
+  double m = 0.0;
+  for (const auto& [bits, frac] : levels) m += bits * frac;
+  return m;
+}
+
+absl::Status DctParams::Validate() const {
+  if (patch_size < 2 || patch_size > internal::kMaxDctPatch) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("patch_size ", patch_size, " outside [2, ", internal::kMaxDctPatch, "]"));
+  }
+  DS_RETURN_IF_ERROR(schedule.Validate());
+  if (quantizer != Quantizer::kMinMax && quantizer != Quantizer::kSymmetric &&
+      quantizer != Quantizer::kClipped) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown quantizer ", static_cast<int>(quantizer)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::pair<int64_t, int64_t>> MatrixView(absl::Span<const int64_t> shape,
+                                                       int patch_size) {
+  if (shape.size() < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shape ", ShapeString(shape), " has no 2-D view (needs >= 2 dims)"));
+  }
+  if (patch_size < 1) return absl::InvalidArgumentError("patch_size must be >= 1");
+  for (int64_t d : shape) {
+    if (d <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shape ", ShapeString(shape), " has a non-positive dimension"));
+    }
+  }
+  DS_RETURN_IF_ERROR(CheckedNumElements(shape).status());
+  std::pair<int64_t, int64_t> best{0, 0};
+  __int128 best_area = -1;
+  for (size_t k = 1; k < shape.size(); ++k) {
+    const int64_t r = NumElements(shape.subspan(0, k));
+    const int64_t c = NumElements(shape.subspan(k));
+    const __int128 area = static_cast<__int128>(CeilDiv(r, patch_size)) *
+                          CeilDiv(c, patch_size);
+    if (best_area < 0 || area <= best_area) {  // "<=": ties go to the larger k
+      best_area = area;
+      best = {r, c};
+    }
+  }
+  return best;
+}
+
+// ---------------------------------------------------------------------------------------
+// Encode
+
+absl::StatusOr<std::vector<uint8_t>> EncodeDctMatrix(const float* delta, int64_t rows,
+                                                     int64_t cols, const DctParams& params) {
+  DS_RETURN_IF_ERROR(params.Validate());
+  if (rows <= 0 || cols <= 0 || rows > internal::kMaxPayloadDim ||
+      cols > internal::kMaxPayloadDim) {
+    return absl::InvalidArgumentError(absl::StrCat("matrix ", rows, " x ", cols,
+                                                   ": dims must be in [1, 2^32 - 1]"));
+  }
+  if (delta == nullptr) return absl::InvalidArgumentError("delta is null");
+  const int p = params.patch_size;
+  const int64_t prows = CeilDiv(rows, p), pcols = CeilDiv(cols, p);
+  const int64_t num_patches = prows * pcols;
+
+  DS_ASSIGN_OR_RETURN(std::vector<double> norms, PatchSquaredNorms(delta, rows, cols, p));
+  std::vector<int64_t> order(static_cast<size_t>(num_patches));
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return norms[a] > norms[b]; });
+  std::vector<uint8_t> level_of(static_cast<size_t>(num_patches), 0);
+  const std::vector<int64_t> counts = params.schedule.Counts(num_patches);
+  int64_t rank = 0;
+  for (size_t level = 0; level < counts.size(); ++level) {
+    for (int64_t i = 0; i < counts[level]; ++i) level_of[order[rank++]] = level;
+  }
+
+  PayloadHeader h;
+  h.patch_size = p;
+  h.quantizer = params.quantizer;
+  h.separate_dc = params.separate_dc;
+  h.rows = rows;
+  h.cols = cols;
+  for (const auto& lv : params.schedule.levels) h.widths.push_back(lv.first);
+  std::vector<uint8_t> out;
+  internal::AppendPayloadHeader(h, &out);
+  {
+    internal::BitWriter map_writer(&out);
+    const int idx_bits = internal::LevelIndexBits(static_cast<int>(h.widths.size()));
+    if (idx_bits > 0) map_writer.Write(level_of.data(), num_patches, idx_bits);
+  }
+
+  const DctBasis basis(p);
+  const int dc = params.separate_dc ? 1 : 0;
+  const int ncoef = p * p - dc;
+  std::vector<float> patch(static_cast<size_t>(p) * p), coef(static_cast<size_t>(p) * p);
+  std::vector<uint8_t> codes(static_cast<size_t>(p) * p);
+  std::vector<uint8_t> param_bytes;
+  std::vector<uint8_t> code_bytes;
+  internal::BitWriter code_writer(&code_bytes);
+  auto put_bf16 = [&](float v) {
+    const uint16_t b = internal::FloatToBf16(v);
+    param_bytes.push_back(static_cast<uint8_t>(b));
+    param_bytes.push_back(static_cast<uint8_t>(b >> 8));
+  };
+  for (int64_t pi = 0; pi < num_patches; ++pi) {
+    const int bits = h.widths[level_of[pi]];
+    if (bits == 0) continue;
+    GatherPatch(delta, rows, cols, p, pi / pcols, pi % pcols, patch.data());
+    internal::ForwardDct2d(basis, patch.data(), p, coef.data(), p);
+    if (dc) put_bf16(coef[0]);
+    const internal::QuantParams qp =
+        internal::ChooseQuantParams(coef.data() + dc, ncoef, bits, params.quantizer);
+    if (params.quantizer != Quantizer::kSymmetric) put_bf16(qp.offset);
+    put_bf16(qp.scale);
+    internal::QuantizeValues(coef.data() + dc, ncoef, bits, qp, codes.data());
+    code_writer.Write(codes.data(), ncoef, bits);
+  }
+  code_writer.Flush();
+  out.insert(out.end(), param_bytes.begin(), param_bytes.end());
+  out.insert(out.end(), code_bytes.begin(), code_bytes.end());
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Decode
+
+namespace {
+
+// Decodes patch row `pr` into dst (rows [pr*p, min(rows, pr*p+p)) x cols, row stride
+// `stride`), writing zeros for dropped patches.
+class StripDecoder {
+ public:
+  explicit StripDecoder(const internal::ParsedPayload& pp)
+      : pp_(pp), basis_(pp.header.patch_size),
+        coef_(static_cast<size_t>(pp.header.patch_size) * pp.header.patch_size),
+        tmp_(coef_.size()), codes_(coef_.size()) {}
+
+  void Decode(int64_t pr, float* dst, int64_t stride) {
+    const auto& h = pp_.header;
+    const int p = h.patch_size;
+    const int64_t r0 = pr * p;
+    const int hgt = static_cast<int>(std::min<int64_t>(p, h.rows - r0));
+    const int dc = h.separate_dc ? 1 : 0;
+    const int ncoef = p * p - dc;
+    const int nparams = internal::NumStoredParams(h.quantizer) + dc;
+    for (int64_t pc = 0; pc < pp_.pcols; ++pc) {
+      const int64_t pi = pr * pp_.pcols + pc;
+      const int64_t c0 = pc * p;
+      const int w = static_cast<int>(std::min<int64_t>(p, h.cols - c0));
+      const int bits = h.widths[pp_.level_of[pi]];
+      float* d = dst + c0;
+      if (bits == 0) {
+        for (int r = 0; r < hgt; ++r) std::fill(d + r * stride, d + r * stride + w, 0.0f);
+        continue;
+      }
+      const uint8_t* prm = pp_.params + param_cursor_;
+      param_cursor_ += 2 * nparams;
+      auto bf16 = [&](int i) {
+        return internal::Bf16ToFloat(static_cast<uint16_t>(prm[2 * i] | (prm[2 * i + 1] << 8)));
+      };
+      float offset, scale;
+      if (h.quantizer == Quantizer::kSymmetric) {
+        scale = bf16(dc);
+        offset = -0.5f * static_cast<float>((1 << bits) - 1) * scale;
+      } else {
+        offset = bf16(dc);
+        scale = bf16(dc + 1);
+      }
+      float lut[256];
+      for (int q = 0; q < (1 << bits); ++q) lut[q] = offset + static_cast<float>(q) * scale;
+      internal::UnpackCodes(pp_.codes, pp_.codes_size, code_cursor_, ncoef, bits,
+                            codes_.data());
+      code_cursor_ += static_cast<uint64_t>(ncoef) * bits;
+      if (dc) coef_[0] = bf16(0);
+      for (int i = 0; i < ncoef; ++i) coef_[dc + i] = lut[codes_[i]];
+      if (hgt == p && w == p) {
+        internal::InverseDct2d(basis_, coef_.data(), p, d, stride);
+      } else {
+        internal::InverseDct2d(basis_, coef_.data(), p, tmp_.data(), p);
+        for (int r = 0; r < hgt; ++r) std::memcpy(d + r * stride, &tmp_[r * p], sizeof(float) * w);
+      }
+    }
+  }
+
+ private:
+  const internal::ParsedPayload& pp_;
+  DctBasis basis_;
+  std::vector<float> coef_, tmp_;
+  std::vector<uint8_t> codes_;
+  uint64_t param_cursor_ = 0;  // bytes into pp_.params
+  uint64_t code_cursor_ = 0;   // bits into pp_.codes
+};
+
+}  // namespace
+
+absl::Status DecodeDctMatrix(absl::Span<const uint8_t> payload, int64_t rows, int64_t cols,
+                             float* out) {
+  DS_ASSIGN_OR_RETURN(internal::ParsedPayload pp, internal::ParsePayload(payload, rows, cols));
+  if (out == nullptr) return absl::InvalidArgumentError("output buffer is null");
+  StripDecoder dec(pp);
+  const int p = pp.header.patch_size;
+  for (int64_t pr = 0; pr < pp.prows; ++pr) dec.Decode(pr, out + pr * p * cols, cols);
+  return absl::OkStatus();
+}
+
+absl::Status DecodeDctMatrixMerge(absl::Span<const uint8_t> payload, int64_t rows,
+                                  int64_t cols, const uint8_t* base, DType base_dtype,
+                                  DType out_dtype, uint8_t* out) {
+  DS_ASSIGN_OR_RETURN(internal::ParsedPayload pp, internal::ParsePayload(payload, rows, cols));
+  if (base == nullptr || out == nullptr) {
+    return absl::InvalidArgumentError("base or output buffer is null");
+  }
+  StripDecoder dec(pp);
+  const int p = pp.header.patch_size;
+  std::vector<float> strip(static_cast<size_t>(p) * cols), scratch(static_cast<size_t>(cols));
+  const size_t bsz = DTypeSize(base_dtype), osz = DTypeSize(out_dtype);
+  for (int64_t pr = 0; pr < pp.prows; ++pr) {
+    dec.Decode(pr, strip.data(), cols);
+    const int64_t r_end = std::min<int64_t>(rows, (pr + 1) * p);
+    for (int64_t r = pr * p; r < r_end; ++r) {
+      internal::MergeRow(base + r * cols * bsz, base_dtype, strip.data() + (r - pr * p) * cols,
+                         cols, out_dtype, out + r * cols * osz, scratch.data());
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace deltaserve::codec
