@@ -1,0 +1,337 @@
+"""Shared helpers of the deployment tests (tests/deploy/test_*.py).
+
+Real processes only: deltaserved, deltactl, prometheus, promtool, docker-compose and
+curl are run as subprocesses on loopback with free ports and temporary directories.
+A test calls skip() (exit code 77, ctest SKIP_RETURN_CODE) when a binary it needs is
+missing, and fail() (exit 1) on a broken assertion; both print one clear line.
+
+Environment (set by tests/deploy/CMakeLists.txt):
+  DELTASERVE_SOURCE_DIR   repository root
+  DELTASERVED_BIN         path of the built deltaserved ("" when the target does not exist)
+  DELTACTL_BIN            path of the built deltactl ("" likewise)
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+SKIP = 77
+SOURCE_DIR = os.environ.get(
+    "DELTASERVE_SOURCE_DIR",
+    os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+DEPLOY_DIR = os.path.join(SOURCE_DIR, "deploy")
+DOCKER_DIR = os.path.join(SOURCE_DIR, "docker")
+
+# The tokens of deploy/secrets.example/tenants.json (the tests run the real example file).
+EXAMPLE_CONFIG = os.path.join(DEPLOY_DIR, "secrets.example", "tenants.json")
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def skip(msg):
+    print("SKIP: " + msg, flush=True)
+    sys.exit(SKIP)
+
+
+def fail(msg):
+    print("FAIL: " + msg, flush=True)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def need_binary(env_name, name):
+    """Path of a built binary from $env_name, else skip."""
+    path = os.environ.get(env_name, "")
+    if not path or not os.access(path, os.X_OK):
+        skip(f"{name} is not built (${env_name}={path!r}); build targets deltaserved deltactl")
+    return path
+
+
+def need_tool(name):
+    path = shutil.which(name)
+    if path is None:
+        skip(f"{name} is not installed (deploy/install-deps.sh installs it)")
+    return path
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url, timeout=5.0):
+    """(status, body text); status 0 when the connection fails."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
+        return 0, ""
+
+
+def wait_until(pred, timeout, what, proc=None, interval=0.2):
+    """Polls pred() until it returns a truthy value; fails after `timeout` seconds, or
+    at once if `proc` (a Daemon or Popen) has exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            fail(f"{what}: process exited with code {proc.poll()} first"
+                 + (f"\n--- its log ---\n{proc.log_text()}" if hasattr(proc, "log_text") else ""))
+        if time.monotonic() > deadline:
+            fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- synthetic models
+def write_safetensors(path, tensors, metadata=None):
+    """Writes {name: (shape, list-of-float32)} as an F32 safetensors file (the format:
+    8-byte little-endian header length, JSON header, raw little-endian data)."""
+    header, blobs, offset = {}, [], 0
+    for name, (shape, values) in tensors.items():
+        data = struct.pack(f"<{len(values)}f", *values)
+        header[name] = {"dtype": "F32", "shape": list(shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    if metadata:
+        header["__metadata__"] = metadata
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for b in blobs:
+            f.write(b)
+
+
+def safetensors_data_bytes(path):
+    """Sum of the tensors' data bytes of a safetensors file (header excluded)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    return sum(v["data_offsets"][1] - v["data_offsets"][0]
+               for k, v in header.items() if k != "__metadata__")
+
+
+def make_model_pair(directory, seed=7):
+    """A small synthetic base and a 'finetuned' variant (base + small structured delta):
+    two 2-D matrices the codec compresses with Delta-DCT plus a bias it stores as is.
+    Returns (base_path, finetuned_path). Deterministic."""
+    import random
+    rng = random.Random(seed)
+    shapes = {"layers.0.attn.weight": (64, 128), "layers.0.mlp.weight": (128, 64),
+              "layers.0.mlp.bias": (64,)}
+    base, ft = {}, {}
+    for name, shape in shapes.items():
+        n = 1
+        for d in shape:
+            n *= d
+        b = [rng.gauss(0.0, 0.05) for _ in range(n)]
+        # Smooth (low-frequency) delta, like a finetune's: DCT compresses it well.
+        cols = shape[-1]
+        d = [0.004 * ((i // cols) % 7 - 3) + 0.002 * ((i % cols) % 5 - 2) + rng.gauss(0.0, 0.0005)
+             for i in range(n)]
+        base[name] = (shape, b)
+        ft[name] = (shape, [x + y for x, y in zip(b, d)])
+    base_path = os.path.join(directory, "base.safetensors")
+    ft_path = os.path.join(directory, "finetuned.safetensors")
+    write_safetensors(base_path, base, {"format": "pt", "source": "tests/deploy synthetic base"})
+    write_safetensors(ft_path, ft, {"format": "pt"})
+    return base_path, ft_path
+
+
+# ---------------------------------------------------------------- processes
+class Daemon:
+    """A background process whose stdout+stderr go to a log file."""
+
+    def __init__(self, argv, log_path, env=None, cwd=None):
+        self.argv = argv
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=env, cwd=cwd, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def poll(self):
+        return self.proc.poll()
+
+    def log_text(self):
+        self._log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")[-6000:]
+
+    def terminate(self, timeout=45.0):
+        """SIGTERM, then wait; returns the exit code (SIGKILL after `timeout`, code None)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return None
+        return self.proc.returncode
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def run(argv, timeout=60, env=None, check_rc=True, what=None):
+    """Runs a command; returns CompletedProcess (text). Fails the test on a non-zero exit
+    when check_rc."""
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    if check_rc and r.returncode != 0:
+        fail(f"{what or ' '.join(argv)} exited {r.returncode}\nstdout: {r.stdout[-3000:]}\n"
+             f"stderr: {r.stderr[-3000:]}")
+    return r
+
+
+def healthcheck(addr, env=None, service=""):
+    """docker/healthcheck.sh against addr; returns (exit code, output)."""
+    argv = [os.path.join(DOCKER_DIR, "healthcheck.sh"), addr]
+    if service:
+        argv.append(service)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=15, env=env)
+    return r.returncode, (r.stdout + r.stderr).strip()
+
+
+def metric_names(text):
+    """Sample names in a Prometheus text exposition (the _bucket/_sum/_count series
+    of a histogram included)."""
+    names = set()
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)", line)
+            if m:
+                names.add(m.group(1))
+    return names
+
+
+def sample_values(text, name):
+    """{labels-string: value} for every sample of metric `name`."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^" + re.escape(name) + r"(\{[^}]*\})?\s+(\S+)", line)
+        if m:
+            out[m.group(1) or ""] = float(m.group(2))
+    return out
+
+
+# ---------------------------------------------------------------- deployment files
+# The daemon's metric families (the server spec; server/internal/metrics.h). Histograms
+# are exposed as <name>_bucket/_sum/_count.
+SPEC_METRICS = {
+    "deltaserve_requests_total": "counter",
+    "deltaserve_request_duration_seconds": "histogram",
+    "deltaserve_streamed_bytes_total": "counter",
+    "deltaserve_uploaded_bytes_total": "counter",
+    "deltaserve_decode_seconds": "histogram",
+    "deltaserve_merge_seconds": "histogram",
+    "deltaserve_cache_hits_total": "counter",
+    "deltaserve_cache_misses_total": "counter",
+    "deltaserve_cache_evictions_total": "counter",
+    "deltaserve_cache_bytes": "gauge",
+    "deltaserve_streams_in_flight": "gauge",
+    "deltaserve_tenant_tasks": "gauge",
+    "deltaserve_tenant_stored_bytes": "gauge",
+    "deltaserve_base_bytes": "gauge",
+    "deltaserve_base_tensors": "gauge",
+    "deltaserve_build_info": "gauge",
+}
+
+# deltaserved's flags (server spec), each also read from DELTASERVE_<UPPER_SNAKE>.
+DAEMON_FLAGS = ["base", "db", "listen", "metrics-listen", "config", "tls-cert", "tls-key",
+                "cache-bytes", "workers", "chunk-bytes", "max-upload-bytes", "preload",
+                "drain-seconds", "log-format"]
+DAEMON_ENV = {"DELTASERVE_" + f.upper().replace("-", "_"): "--" + f for f in DAEMON_FLAGS}
+
+
+def expand_series_names(family_names):
+    out = set()
+    for name in family_names:
+        out.add(name)
+        if SPEC_METRICS.get(name) == "histogram":
+            out |= {name + "_bucket", name + "_sum", name + "_count"}
+    return out
+
+
+def deltaserve_names_in(expr):
+    return set(re.findall(r"\bdeltaserve_[a-z0-9_]+", expr))
+
+
+def dashboard_path():
+    return os.path.join(DEPLOY_DIR, "grafana", "dashboards", "deltaserve.json")
+
+
+def dashboard_queries():
+    """[(panel title, refId, expr)] of every panel target in the dashboard, plus the
+    templating queries (refId 'var:<name>')."""
+    with open(dashboard_path()) as f:
+        dash = json.load(f)
+    out = []
+
+    def walk(panels):
+        for p in panels:
+            for t in p.get("targets", []):
+                out.append((p.get("title", "?"), t.get("refId", "?"), t["expr"]))
+            walk(p.get("panels", []))
+
+    walk(dash.get("panels", []))
+    for v in dash.get("templating", {}).get("list", []):
+        if v.get("type") == "query":
+            q = v.get("query")
+            q = q.get("query") if isinstance(q, dict) else q
+            out.append(("variable " + v["name"], "var:" + v["name"], q))
+    return out
+
+
+def alert_queries():
+    import yaml
+    with open(os.path.join(DEPLOY_DIR, "prometheus", "alerts.yml")) as f:
+        doc = yaml.safe_load(f)
+    return [(r["alert"], r["expr"]) for g in doc["groups"] for r in g["rules"]]
+
+
+def to_promql(expr):
+    """A dashboard expression with Grafana's variables replaced for the Prometheus API."""
+    e = expr.replace("$__rate_interval", "1m").replace("$__interval", "15s")
+    e = e.replace('=~"$instance"', '=~".*"')
+    m = re.match(r"label_values\((\w+),\s*(\w+)\)", e)
+    if m:  # a Grafana templating function: the equivalent series query
+        e = f"group by ({m.group(2)}) ({m.group(1)})"
+    return e
+
+
+def compose_config():
+    """`docker-compose config` of deploy/docker-compose.yml in a clean environment (no
+    DELTASERVE_* overrides from the caller, no deploy/.env), parsed."""
+    import yaml
+    tool = need_tool("docker-compose")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    with tempfile.NamedTemporaryFile("w", suffix=".env") as empty:
+        r = run([tool, "--env-file", empty.name, "-f", os.path.join(DEPLOY_DIR, "docker-compose.yml"),
+                 "config"], env=env, what="docker-compose config")
+    return yaml.safe_load(r.stdout), r.stderr
