@@ -1,0 +1,117 @@
+#include "codec/internal/mmap_file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <filesystem>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace deltaserve::codec::internal {
+namespace {
+
+absl::Status ErrnoError(int err, absl::string_view what, const std::string& path) {
+  return absl::ErrnoToStatus(err, absl::StrCat(what, " ", path));
+}
+
+// Closes a descriptor on scope exit; the mapping, once made, does not need it.
+class FdCloser {
+ public:
+  explicit FdCloser(int fd) : fd_(fd) {}
+  ~FdCloser() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  FdCloser(const FdCloser&) = delete;
+  FdCloser& operator=(const FdCloser&) = delete;
+  // Closes now and reports close()'s errno (0 on success); for writers, whose data
+  // may only fail to reach the disk at close.
+  int Close() {
+    int rc = ::close(fd_);
+    fd_ = -1;
+    return rc == 0 ? 0 : errno;
+  }
+
+ private:
+  int fd_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoError(errno, "cannot open", path);
+  FdCloser closer(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return ErrnoError(errno, "cannot stat", path);
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+  }
+  size_t size = static_cast<size_t>(st.st_size);
+  if (size == 0) {
+    return std::unique_ptr<MappedFile>(new MappedFile(path, nullptr, 0));
+  }
+  void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  if (addr == MAP_FAILED) return ErrnoError(errno, "cannot mmap", path);
+  return std::unique_ptr<MappedFile>(
+      new MappedFile(path, static_cast<const uint8_t*>(addr), size));
+}
+
+MappedFile::~MappedFile() {
+  if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+bool IsContainedRelativePath(const std::string& rel) {
+  const std::filesystem::path p(rel);
+  if (rel.empty() || p.is_absolute()) return false;
+  for (const std::filesystem::path& part : p) {
+    if (part == "..") return false;
+  }
+  return true;
+}
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
+  auto file = MappedFile::Open(path);
+  if (!file.ok()) return file.status();
+  absl::Span<const uint8_t> bytes = (*file)->bytes();
+  return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+absl::Status WriteFileAtomically(const std::string& path,
+                                 const std::vector<absl::Span<const uint8_t>>& pieces) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError(errno, "cannot create", tmp);
+  FdCloser closer(fd);
+  auto fail = [&](int err, absl::string_view what) {
+    ::unlink(tmp.c_str());
+    return ErrnoError(err, what, tmp);
+  };
+  for (absl::Span<const uint8_t> piece : pieces) {
+    const uint8_t* p = piece.data();
+    size_t left = piece.size();
+    while (left > 0) {
+      ssize_t n = ::write(fd, p, left);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return fail(errno, "cannot write");
+      }
+      p += n;
+      left -= static_cast<size_t>(n);
+    }
+  }
+  if (::fsync(fd) != 0) return fail(errno, "cannot fsync");
+  if (int err = closer.Close(); err != 0) return fail(err, "cannot close");
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    return ErrnoError(err, absl::StrCat("cannot rename ", tmp, " to"), path);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace deltaserve::codec::internal

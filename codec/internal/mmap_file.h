@@ -1,0 +1,61 @@
+// Read-only memory mappings and small file helpers for codec/ (internal: no other
+// folder may include this header).
+#ifndef DELTASERVE_CODEC_INTERNAL_MMAP_FILE_H_
+#define DELTASERVE_CODEC_INTERNAL_MMAP_FILE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace deltaserve::codec::internal {
+
+// A whole file mapped read-only (POSIX mmap, PROT_READ, MAP_PRIVATE). The bytes stay
+// valid for the object's lifetime; the file is not copied. If another process truncates
+// the file while it is mapped, reading the lost pages raises SIGBUS: callers map files
+// they own or that are immutable. Thread-safe (immutable after Open).
+class MappedFile {
+ public:
+  // Errors: NotFound (no such file), InvalidArgument (a directory or not a regular
+  // file), or the errno mapped by absl::ErrnoToStatus for open/fstat/mmap failures.
+  // Every message names `path`. An empty file maps to an empty span.
+  static absl::StatusOr<std::unique_ptr<MappedFile>> Open(const std::string& path);
+
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  absl::Span<const uint8_t> bytes() const { return {data_, size_}; }
+  size_t size() const { return size_; }
+
+ private:
+  MappedFile(std::string path, const uint8_t* data, size_t size)
+      : path_(std::move(path)), data_(data), size_(size) {}
+
+  std::string path_;
+  const uint8_t* data_;  // nullptr when size_ == 0
+  size_t size_;
+};
+
+// True if `rel` is a non-empty relative path with no ".." component, i.e. a file name
+// from an untrusted manifest or index that cannot point outside its directory.
+bool IsContainedRelativePath(const std::string& rel);
+
+// Reads a whole (small) file. Same errors as MappedFile::Open.
+absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+
+// Writes the concatenation of `pieces` to `path + ".tmp"`, flushes it, and renames it
+// over `path`, so readers never see a half-written file. On failure the .tmp file is
+// removed and an errno-derived status naming the path comes back.
+absl::Status WriteFileAtomically(const std::string& path,
+                                 const std::vector<absl::Span<const uint8_t>>& pieces);
+
+}  // namespace deltaserve::codec::internal
+
+#endif  // DELTASERVE_CODEC_INTERNAL_MMAP_FILE_H_

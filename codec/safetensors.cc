@@ -1,0 +1,493 @@
+#include "codec/safetensors.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <set>
+#include <unordered_map>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "codec/internal/json_util.h"
+#include "codec/internal/mmap_file.h"
+#include "codec/status_macros.h"
+
+namespace deltaserve::codec {
+namespace {
+
+static_assert(std::endian::native == std::endian::little,
+              "safetensors data is little-endian; big-endian hosts need byte swaps");
+
+namespace fs = std::filesystem;
+using internal::MappedFile;
+using nlohmann::json;
+
+// The upstream reference implementation refuses headers above 100 MB; so do we, before
+// allocating anything for them.
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+constexpr char kMetadataKey[] = "__metadata__";
+constexpr char kIndexSuffix[] = ".safetensors.index.json";
+constexpr char kDefaultIndexName[] = "model.safetensors.index.json";
+
+// One tensor of one file, its bytes inside that file's mapping.
+struct FileTensor {
+  TensorInfo info;
+  absl::Span<const uint8_t> data;
+  uint64_t begin = 0;  // data_offsets, relative to the data buffer
+  uint64_t end = 0;
+};
+
+// A validated .safetensors file: its mapping and what its header describes.
+struct ParsedFile {
+  std::unique_ptr<MappedFile> file;
+  std::vector<FileTensor> tensors;
+  std::map<std::string, std::string> metadata;
+};
+
+absl::Status Invalid(const std::string& path, absl::string_view msg) {
+  return absl::InvalidArgumentError(absl::StrCat(path, ": ", msg));
+}
+
+// DTypeName as an absl::string_view (Debian's Abseil does not alias std::string_view).
+absl::string_view Name(DType dtype) {
+  std::string_view n = DTypeName(dtype);
+  return absl::string_view(n.data(), n.size());
+}
+
+std::string TensorWhat(const std::string& path, absl::string_view name) {
+  return absl::StrCat(path, ": tensor '", name, "'");
+}
+
+// Validates one header entry {dtype, shape, data_offsets} against a data buffer of
+// `buffer.size()` bytes.
+absl::StatusOr<FileTensor> ParseEntry(const std::string& path, const std::string& name,
+                                      const json& entry, absl::Span<const uint8_t> buffer) {
+  const std::string what = TensorWhat(path, name);
+  if (name.empty()) return Invalid(path, "a tensor has an empty name");
+  if (!entry.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": entry is not a JSON object"));
+  }
+  auto field = [&](const char* key) -> absl::StatusOr<const json*> {
+    auto it = entry.find(key);
+    if (it == entry.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": missing '", key, "'"));
+    }
+    return &*it;
+  };
+  FileTensor t;
+  t.info.name = name;
+
+  DS_ASSIGN_OR_RETURN(const json* dtype_json, field("dtype"));
+  DS_ASSIGN_OR_RETURN(std::string dtype_name,
+                      internal::JsonToString(*dtype_json, absl::StrCat(what, " dtype")));
+  absl::StatusOr<DType> dtype = ParseDType(dtype_name);
+  if (!dtype.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": unsupported dtype '", dtype_name, "' (supported: F32, F16, BF16)"));
+  }
+  t.info.dtype = *dtype;
+
+  DS_ASSIGN_OR_RETURN(const json* shape_json, field("shape"));
+  DS_ASSIGN_OR_RETURN(t.info.shape,
+                      internal::JsonToShape(*shape_json, absl::StrCat(what, " shape")));
+
+  DS_ASSIGN_OR_RETURN(const json* offsets, field("data_offsets"));
+  if (!offsets->is_array() || offsets->size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": data_offsets must be an array [begin, end]"));
+  }
+  const std::string offsets_what = absl::StrCat(what, " data_offsets");
+  DS_ASSIGN_OR_RETURN(int64_t begin, internal::JsonToNonNegativeInt((*offsets)[0], offsets_what));
+  DS_ASSIGN_OR_RETURN(int64_t end, internal::JsonToNonNegativeInt((*offsets)[1], offsets_what));
+  if (begin > end) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": data_offsets [", begin, ", ", end, "] has begin > end"));
+  }
+  if (static_cast<uint64_t>(end) > buffer.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": data_offsets [", begin, ", ", end,
+                     "] outside the data buffer of ", buffer.size(), " bytes"));
+  }
+  // JsonToShape checked that the element count fits int64; the byte count may not.
+  const int64_t n = NumElements(t.info.shape);
+  const int64_t elem = static_cast<int64_t>(DTypeSize(t.info.dtype));
+  if (n > std::numeric_limits<int64_t>::max() / elem || n * elem != end - begin) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": data_offsets span ", end - begin, " bytes but shape ",
+        ShapeString(t.info.shape), " x ", Name(t.info.dtype), " needs ",
+        n > std::numeric_limits<int64_t>::max() / elem ? std::string("more than 2^63")
+                                                        : absl::StrCat(n * elem)));
+  }
+  t.begin = static_cast<uint64_t>(begin);
+  t.end = static_cast<uint64_t>(end);
+  t.data = buffer.subspan(t.begin, t.end - t.begin);
+  return t;
+}
+
+absl::StatusOr<std::map<std::string, std::string>> ParseFileMetadata(const std::string& path,
+                                                                     const json& j) {
+  if (!j.is_object()) return Invalid(path, "__metadata__ is not a JSON object");
+  std::map<std::string, std::string> out;
+  for (const auto& [key, value] : j.items()) {
+    if (!value.is_string()) {
+      return Invalid(path, absl::StrCat("__metadata__ value of '", key, "' is not a string"));
+    }
+    out[key] = value.get<std::string>();
+  }
+  return out;
+}
+
+// Maps `path` and validates everything its header claims before any byte is used.
+absl::StatusOr<ParsedFile> ParseSafetensorsFile(const std::string& path) {
+  ParsedFile parsed;
+  DS_ASSIGN_OR_RETURN(parsed.file, MappedFile::Open(path));
+  absl::Span<const uint8_t> bytes = parsed.file->bytes();
+  if (bytes.size() < 8) {
+    return Invalid(path, absl::StrCat("file of ", bytes.size(),
+                                      " bytes is too short for the 8-byte header length"));
+  }
+  uint64_t header_len;
+  std::memcpy(&header_len, bytes.data(), 8);
+  if (header_len > kMaxHeaderBytes) {
+    return Invalid(path, absl::StrCat("header length ", header_len,
+                                      " exceeds the limit of ", kMaxHeaderBytes, " bytes"));
+  }
+  if (header_len > bytes.size() - 8) {
+    return Invalid(path, absl::StrCat("header length ", header_len, " runs past the end of the ",
+                                      bytes.size(), "-byte file"));
+  }
+  std::string_view header_text(reinterpret_cast<const char*>(bytes.data()) + 8, header_len);
+  DS_ASSIGN_OR_RETURN(json header, internal::ParseJson(header_text, absl::StrCat(path, ": header")));
+  if (!header.is_object()) return Invalid(path, "header is not a JSON object");
+  absl::Span<const uint8_t> buffer = bytes.subspan(8 + header_len);
+
+  for (const auto& [name, entry] : header.items()) {
+    if (name == kMetadataKey) {
+      DS_ASSIGN_OR_RETURN(parsed.metadata, ParseFileMetadata(path, entry));
+      continue;
+    }
+    DS_ASSIGN_OR_RETURN(FileTensor t, ParseEntry(path, name, entry, buffer));
+    parsed.tensors.push_back(std::move(t));
+  }
+
+  // Overlaps: sort the non-empty ranges by start; each must begin at or after the end
+  // of the previous one. (Gaps are tolerated; empty tensors overlap nothing.)
+  std::vector<const FileTensor*> ranges;
+  for (const FileTensor& t : parsed.tensors) {
+    if (t.end > t.begin) ranges.push_back(&t);
+  }
+  std::sort(ranges.begin(), ranges.end(), [](const FileTensor* a, const FileTensor* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    if (ranges[i]->begin < ranges[i - 1]->end) {
+      return Invalid(path, absl::StrCat("tensor '", ranges[i]->info.name, "' [", ranges[i]->begin,
+                                        ", ", ranges[i]->end, ") overlaps tensor '",
+                                        ranges[i - 1]->info.name, "' [", ranges[i - 1]->begin,
+                                        ", ", ranges[i - 1]->end, ")"));
+    }
+  }
+  return parsed;
+}
+
+class SafetensorsModel final : public ModelReader {
+ public:
+  const std::vector<TensorInfo>& tensors() const override { return infos_; }
+
+  absl::StatusOr<TensorView> Get(const std::string& name) const override {
+    auto it = index_.find(name);
+    if (it == index_.end()) {
+      return absl::NotFoundError(absl::StrCat(source_, ": no tensor named '", name, "'"));
+    }
+    return TensorView{infos_[it->second], data_[it->second]};
+  }
+
+  const std::map<std::string, std::string>& metadata() const override { return metadata_; }
+  uint64_t total_bytes() const override { return total_bytes_; }
+
+  // Takes ownership of a parsed file's mapping and tensors. InvalidArgument if a tensor
+  // name was already added from another file.
+  absl::Status AddFile(ParsedFile parsed) {
+    for (FileTensor& t : parsed.tensors) {
+      auto [it, inserted] = owner_.emplace(t.info.name, parsed.file->path());
+      if (!inserted) {
+        return Invalid(parsed.file->path(),
+                       absl::StrCat("tensor '", t.info.name, "' is also in ", it->second));
+      }
+      pending_.push_back(std::move(t));
+    }
+    files_.push_back(std::move(parsed.file));
+    return absl::OkStatus();
+  }
+
+  // Sorts the tensors by name and builds the lookup index.
+  void Finish(std::string source, std::map<std::string, std::string> metadata) {
+    source_ = std::move(source);
+    metadata_ = std::move(metadata);
+    std::sort(pending_.begin(), pending_.end(), [](const FileTensor& a, const FileTensor& b) {
+      return a.info.name < b.info.name;
+    });
+    for (FileTensor& t : pending_) {
+      index_.emplace(t.info.name, infos_.size());
+      total_bytes_ += t.data.size();
+      data_.push_back(t.data);
+      infos_.push_back(std::move(t.info));
+    }
+    pending_.clear();
+    owner_.clear();
+  }
+
+ private:
+  std::string source_;  // path given to Open, for messages
+  std::vector<std::unique_ptr<MappedFile>> files_;
+  std::vector<FileTensor> pending_;                     // until Finish
+  std::unordered_map<std::string, std::string> owner_;  // name -> file, until Finish
+  std::vector<TensorInfo> infos_;                       // sorted by name
+  std::vector<absl::Span<const uint8_t>> data_;         // parallel to infos_
+  std::unordered_map<std::string, size_t> index_;
+  std::map<std::string, std::string> metadata_;
+  uint64_t total_bytes_ = 0;
+};
+
+absl::StatusOr<std::unique_ptr<ModelReader>> OpenSingle(const std::string& path) {
+  DS_ASSIGN_OR_RETURN(ParsedFile parsed, ParseSafetensorsFile(path));
+  std::map<std::string, std::string> metadata = parsed.metadata;
+  auto model = std::make_unique<SafetensorsModel>();
+  DS_RETURN_IF_ERROR(model->AddFile(std::move(parsed)));
+  model->Finish(path, std::move(metadata));
+  return model;
+}
+
+// Shard names in an index are relative to its directory and may not climb out of it.
+absl::Status CheckShardName(const std::string& index_path, const std::string& tensor,
+                            const std::string& shard) {
+  if (!internal::IsContainedRelativePath(shard)) {
+    return Invalid(index_path, absl::StrCat("weight_map entry for tensor '", tensor,
+                                            "' has a bad shard path '", shard, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ModelReader>> OpenIndex(const std::string& index_path) {
+  DS_ASSIGN_OR_RETURN(std::string text, internal::ReadFileToString(index_path));
+  DS_ASSIGN_OR_RETURN(json index, internal::ParseJson(text, index_path));
+  if (!index.is_object()) return Invalid(index_path, "index is not a JSON object");
+  auto wm = index.find("weight_map");
+  if (wm == index.end() || !wm->is_object()) {
+    return Invalid(index_path, "missing 'weight_map' object");
+  }
+  // Index metadata: strings as they are, other scalars (e.g. "total_size": 123) as
+  // their JSON text; nested objects and arrays are dropped.
+  std::map<std::string, std::string> metadata;
+  if (auto md = index.find("metadata"); md != index.end() && md->is_object()) {
+    for (const auto& [key, value] : md->items()) {
+      if (value.is_string()) {
+        metadata[key] = value.get<std::string>();
+      } else if (value.is_primitive() && !value.is_null()) {
+        metadata[key] = value.dump();
+      }
+    }
+  }
+  std::map<std::string, std::string> shard_of;              // tensor -> shard
+  std::map<std::string, std::set<std::string>> by_shard;    // shard -> tensors
+  for (const auto& [tensor, shard_json] : wm->items()) {
+    DS_ASSIGN_OR_RETURN(std::string shard,
+                        internal::JsonToString(shard_json, TensorWhat(index_path, tensor)));
+    DS_RETURN_IF_ERROR(CheckShardName(index_path, tensor, shard));
+    shard_of[tensor] = shard;
+    by_shard[shard].insert(tensor);
+  }
+
+  const fs::path dir = fs::path(index_path).parent_path();
+  auto model = std::make_unique<SafetensorsModel>();
+  bool first = true;
+  for (const auto& [shard, listed] : by_shard) {
+    const std::string shard_path = (dir / shard).string();
+    absl::StatusOr<ParsedFile> parsed = ParseSafetensorsFile(shard_path);
+    if (!parsed.ok()) {
+      if (absl::IsNotFound(parsed.status())) {
+        return absl::NotFoundError(absl::StrCat(index_path, ": shard '", shard,
+                                                "' (holding tensor '", *listed.begin(),
+                                                "') is missing: ", parsed.status().message()));
+      }
+      return parsed.status();
+    }
+    std::set<std::string> present;
+    for (const FileTensor& t : parsed->tensors) {
+      auto it = shard_of.find(t.info.name);
+      if (it == shard_of.end()) {
+        return Invalid(shard_path, absl::StrCat("tensor '", t.info.name,
+                                                "' is not in the weight_map of ", index_path));
+      }
+      if (it->second != shard) {
+        return Invalid(shard_path, absl::StrCat("tensor '", t.info.name, "' is also in shard '",
+                                                it->second, "' (", index_path, " maps it there)"));
+      }
+      present.insert(t.info.name);
+    }
+    for (const std::string& tensor : listed) {
+      if (!present.count(tensor)) {
+        return Invalid(shard_path, absl::StrCat("tensor '", tensor, "' listed in ", index_path,
+                                                " is missing from this shard"));
+      }
+    }
+    if (first) {
+      // The index's own metadata wins over the first shard's.
+      for (const auto& [k, v] : parsed->metadata) metadata.emplace(k, v);
+      first = false;
+    }
+    DS_RETURN_IF_ERROR(model->AddFile(*std::move(parsed)));
+  }
+  model->Finish(index_path, std::move(metadata));
+  return model;
+}
+
+bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+absl::StatusOr<std::unique_ptr<ModelReader>> OpenDirectory(const std::string& dir) {
+  if (fs::path p = fs::path(dir) / kDefaultIndexName; fs::exists(p)) return OpenIndex(p.string());
+  std::vector<std::string> files, indexes;
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (EndsWith(name, kIndexSuffix)) indexes.push_back(e.path().string());
+    if (EndsWith(name, ".safetensors")) files.push_back(e.path().string());
+  }
+  if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", dir));
+  if (indexes.size() == 1) return OpenIndex(indexes[0]);
+  if (indexes.empty() && files.size() == 1) return OpenSingle(files[0]);
+  if (indexes.empty() && files.empty()) {
+    return absl::NotFoundError(absl::StrCat(dir, ": no .safetensors file or index"));
+  }
+  return Invalid(dir, absl::StrCat("ambiguous: ", indexes.size(), " index files and ", files.size(),
+                                   " .safetensors files; pass one of them"));
+}
+
+// ---------------------------------------------------------------------------- writer
+
+// Checks names (non-empty, unique, not "__metadata__") and data sizes.
+absl::Status ValidateForWrite(const std::string& path, const std::vector<TensorView>& tensors) {
+  std::set<std::string_view> names;
+  for (const TensorView& t : tensors) {
+    const std::string what = TensorWhat(path, t.info.name);
+    if (t.info.name.empty() || t.info.name == kMetadataKey) {
+      return Invalid(path, absl::StrCat("bad tensor name '", t.info.name, "'"));
+    }
+    if (!names.insert(t.info.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": duplicate tensor name"));
+    }
+    absl::StatusOr<int64_t> n = CheckedNumElements(t.info.shape);
+    if (!n.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": ", n.status().message()));
+    }
+    const size_t elem = DTypeSize(t.info.dtype);
+    if (static_cast<uint64_t>(*n) > std::numeric_limits<uint64_t>::max() / elem ||
+        static_cast<uint64_t>(*n) * elem != t.data.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": has ", t.data.size(), " bytes but shape ", ShapeString(t.info.shape), " x ",
+          Name(t.info.dtype), " needs ", static_cast<uint64_t>(*n) * elem));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Writes one file holding `tensors` (already validated) in the given order.
+absl::Status WriteFile(const std::string& path, const std::vector<const TensorView*>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  json header = json::object();
+  if (!metadata.empty()) {
+    json md = json::object();
+    for (const auto& [k, v] : metadata) md[k] = v;
+    header[kMetadataKey] = std::move(md);
+  }
+  uint64_t offset = 0;
+  for (const TensorView* t : tensors) {
+    const uint64_t end = offset + t->data.size();
+    header[t->info.name] = {{"dtype", std::string(Name(t->info.dtype))},
+                            {"shape", t->info.shape},
+                            {"data_offsets", {offset, end}}};
+    offset = end;
+  }
+  DS_ASSIGN_OR_RETURN(std::string text, internal::DumpJson(header, path));
+  // Pad with spaces so the data buffer starts 8-byte aligned (the spec's recommendation).
+  text.append((8 - text.size() % 8) % 8, ' ');
+  const uint64_t header_len = text.size();
+  uint8_t len_bytes[8];
+  std::memcpy(len_bytes, &header_len, 8);
+
+  std::vector<absl::Span<const uint8_t>> pieces;
+  pieces.reserve(tensors.size() + 2);
+  pieces.emplace_back(len_bytes, 8);
+  pieces.emplace_back(reinterpret_cast<const uint8_t*>(text.data()), text.size());
+  for (const TensorView* t : tensors) pieces.push_back(t->data);
+  return internal::WriteFileAtomically(path, pieces);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ModelReader>> ModelReader::Open(const std::string& path) {
+  std::error_code ec;
+  fs::file_status st = fs::status(path, ec);
+  if (st.type() == fs::file_type::not_found) {
+    return absl::NotFoundError(absl::StrCat(path, ": no such file or directory"));
+  }
+  if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot stat ", path));
+  if (st.type() == fs::file_type::directory) return OpenDirectory(path);
+  if (EndsWith(path, ".json")) return OpenIndex(path);
+  return OpenSingle(path);
+}
+
+absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  DS_RETURN_IF_ERROR(ValidateForWrite(path, tensors));
+  std::vector<const TensorView*> all;
+  all.reserve(tensors.size());
+  for (const TensorView& t : tensors) all.push_back(&t);
+  return WriteFile(path, all, metadata);
+}
+
+absl::Status WriteShardedSafetensors(const std::string& dir,
+                                     const std::vector<TensorView>& tensors,
+                                     const std::map<std::string, std::string>& metadata,
+                                     uint64_t max_shard_bytes) {
+  if (max_shard_bytes == 0) return Invalid(dir, "max_shard_bytes must be positive");
+  DS_RETURN_IF_ERROR(ValidateForWrite(dir, tensors));
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot create directory ", dir));
+
+  // Greedy packing in the given order; a tensor larger than the limit gets a shard alone.
+  std::vector<std::vector<const TensorView*>> shards(1);
+  uint64_t bytes = 0;
+  for (const TensorView& t : tensors) {
+    if (!shards.back().empty() && bytes + t.data.size() > max_shard_bytes) {
+      shards.emplace_back();
+      bytes = 0;
+    }
+    shards.back().push_back(&t);
+    bytes += t.data.size();
+  }
+  json weight_map = json::object();
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const std::string name =
+        absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, shards.size());
+    DS_RETURN_IF_ERROR(WriteFile((fs::path(dir) / name).string(), shards[i], metadata));
+    for (const TensorView* t : shards[i]) weight_map[t->info.name] = name;
+  }
+  json md = json::object();
+  for (const auto& [k, v] : metadata) md[k] = v;
+  json index = {{"metadata", std::move(md)}, {"weight_map", std::move(weight_map)}};
+  const std::string index_path = (fs::path(dir) / kDefaultIndexName).string();
+  DS_ASSIGN_OR_RETURN(std::string text, internal::DumpJson(index, index_path));
+  return internal::WriteFileAtomically(
+      index_path, {absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()),
+                                             text.size())});
+}
+
+}  // namespace deltaserve::codec
