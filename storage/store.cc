@@ -1,0 +1,469 @@
+#include "storage/store.h"
+
+#include <array>
+#include <functional>
+#include <set>
+#include <utility>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "codec/status_macros.h"
+#include "rocksdb/cache.h"
+#include "rocksdb/db.h"
+#include "rocksdb/filter_policy.h"
+#include "rocksdb/table.h"
+#include "rocksdb/write_batch.h"
+#include "storage/internal/status.h"
+#include "storage/internal/strings.h"
+#include "storage/key_schema.h"
+
+namespace deltaserve::storage {
+namespace {
+
+constexpr size_t kMaxNameLength = 128;
+// Commits/deletes of tenants hashing to the same stripe are serialized. More stripes:
+// less false sharing between tenants; 64 mutexes cost nothing.
+constexpr size_t kTenantStripes = 64;
+
+std::string Quoted(std::string_view s) {
+  std::string_view shown = s.substr(0, 64);
+  return absl::StrCat("'", absl::CHexEscape(Av(shown)), s.size() > shown.size() ? "...'" : "'");
+}
+
+std::string TaskName(std::string_view tenant, std::string_view task) {
+  return absl::StrCat("tenant ", Quoted(tenant), " task ", Quoted(task));
+}
+
+// Prefixes `s`'s message with `context`, keeping the code.
+absl::Status Annotate(const absl::Status& s, std::string_view context) {
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrCat(Av(context), ": ", s.message()));
+}
+
+absl::Status ValidateTaskNames(std::string_view tenant, std::string_view task) {
+  DS_RETURN_IF_ERROR(ValidateName("tenant", tenant));
+  return ValidateName("task", task);
+}
+
+rocksdb::Slice AsSlice(absl::Span<const uint8_t> bytes) {
+  return rocksdb::Slice(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+}  // namespace
+
+absl::Status StoreOptions::Validate() const {
+  if (path.empty()) return absl::InvalidArgumentError("StoreOptions.path is empty");
+  if (block_cache_bytes < (1u << 20)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("StoreOptions.block_cache_bytes must be >= 1 MiB, got ", block_cache_bytes));
+  }
+  if (write_buffer_bytes < (1u << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "StoreOptions.write_buffer_bytes must be >= 1 MiB, got ", write_buffer_bytes));
+  }
+  if (max_background_jobs < 1 || max_background_jobs > 64) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "StoreOptions.max_background_jobs must be in [1, 64], got ", max_background_jobs));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateName(std::string_view kind, std::string_view name) {
+  if (name.empty() || name.size() > kMaxNameLength) {
+    return absl::InvalidArgumentError(absl::StrCat(Av(kind), " name ", Quoted(name), " must have 1 to ",
+                                                   kMaxNameLength, " characters"));
+  }
+  if (name[0] == '.') {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Av(kind), " name ", Quoted(name), " must not start with '.'"));
+  }
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-';
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          Av(kind), " name ", Quoted(name), " may only contain [A-Za-z0-9._-]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::optional<size_t> TaskInfo::FindTensor(std::string_view name) const {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i].name == name) return i;
+  }
+  return std::nullopt;
+}
+
+// ---------------------------------------------------------------------------------------
+// TaskReader
+
+TaskReader::~TaskReader() { db_->ReleaseSnapshot(snapshot_); }
+
+absl::Status TaskReader::WrapError(const absl::Status& s, size_t index) const {
+  // Whatever is wrong with a stored value, it is stored data that is bad: DataLoss.
+  return absl::DataLossError(absl::StrCat(TaskName(info_.tenant, info_.task), " tensor ",
+                                          Quoted(info_.tensors[index].name), " (record ",
+                                          index, "): ", s.message()));
+}
+
+absl::StatusOr<StoredRecord> TaskReader::ReadRecord(size_t index) const {
+  if (index >= info_.tensors.size()) {
+    return absl::OutOfRangeError(absl::StrCat(TaskName(info_.tenant, info_.task), " has ",
+                                              info_.tensors.size(), " records, asked for ",
+                                              index));
+  }
+  const TensorEntry& entry = info_.tensors[index];
+  StoredRecord out;
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot_;
+  rocksdb::Status s = db_->Get(ro, records_cf_, RecordKey(info_.tenant, info_.task, index),
+                               out.bytes_.get());
+  if (s.IsNotFound()) return WrapError(absl::DataLossError("record value missing"), index);
+  if (s.IsCorruption()) return WrapError(FromRocksStatus(s, "reading record"), index);
+  DS_RETURN_IF_ERROR(FromRocksStatus(
+      s, absl::StrCat("reading ", TaskName(info_.tenant, info_.task), " record ", index)));
+  if (out.bytes_->size() != entry.record_bytes) {
+    return WrapError(absl::DataLossError(absl::StrCat("stored record has ", out.bytes_->size(),
+                                                      " bytes, meta says ",
+                                                      entry.record_bytes)),
+                     index);
+  }
+  absl::StatusOr<codec::TensorRecord> record = codec::ParseRecord(out.bytes());
+  if (!record.ok()) return WrapError(record.status(), index);
+  if (record->info.name != entry.name) {
+    return WrapError(absl::DataLossError(absl::StrCat("stored record is of tensor ",
+                                                      Quoted(record->info.name))),
+                     index);
+  }
+  out.record_ = *std::move(record);
+  return out;
+}
+
+absl::StatusOr<StoredRecord> TaskReader::ReadRecordByName(std::string_view name) const {
+  std::optional<size_t> index = info_.FindTensor(name);
+  if (!index) {
+    return absl::NotFoundError(
+        absl::StrCat(TaskName(info_.tenant, info_.task), " has no tensor ", Quoted(name)));
+  }
+  return ReadRecord(*index);
+}
+
+absl::StatusOr<std::vector<uint8_t>> TaskReader::HeaderBytes() const {
+  const std::string what = absl::StrCat(TaskName(info_.tenant, info_.task), " header");
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot_;
+  rocksdb::PinnableSlice value;
+  rocksdb::Status s = db_->Get(ro, records_cf_, HeaderKey(info_.tenant, info_.task), &value);
+  if (s.IsNotFound()) return absl::DataLossError(absl::StrCat(what, ": value missing"));
+  DS_RETURN_IF_ERROR(FromRocksStatus(s, absl::StrCat("reading ", what)));
+  if (value.size() != info_.header_bytes) {
+    return absl::DataLossError(absl::StrCat(what, ": stored ", value.size(),
+                                            " bytes, meta says ", info_.header_bytes));
+  }
+  return std::vector<uint8_t>(value.data(), value.data() + value.size());
+}
+
+absl::StatusOr<std::vector<uint8_t>> TaskReader::AssembleContainer() const {
+  DS_ASSIGN_OR_RETURN(std::vector<uint8_t> header, HeaderBytes());
+  std::vector<StoredRecord> records;
+  records.reserve(num_records());
+  std::vector<absl::Span<const uint8_t>> pieces;
+  pieces.reserve(num_records());
+  for (size_t i = 0; i < num_records(); ++i) {
+    DS_ASSIGN_OR_RETURN(StoredRecord record, ReadRecord(i));
+    records.push_back(std::move(record));
+    pieces.push_back(records.back().bytes());
+  }
+  return codec::AssembleContainer(header, pieces);
+}
+
+// ---------------------------------------------------------------------------------------
+// DeltaStore
+
+struct DeltaStore::Handles {
+  rocksdb::DB* db = nullptr;
+  rocksdb::ColumnFamilyHandle* meta_cf = nullptr;     // "default"
+  rocksdb::ColumnFamilyHandle* records_cf = nullptr;  // "records"
+  // Serializes the read-check-write of a tenant's task meta and usage in CommitTask and
+  // DeleteTask (the guarded state lives in RocksDB, so there is no field to annotate).
+  std::array<absl::Mutex, kTenantStripes> tenant_mu;
+
+  absl::Mutex& MutexFor(std::string_view tenant) {
+    return tenant_mu[std::hash<std::string_view>()(tenant) % kTenantStripes];
+  }
+
+  ~Handles() {
+    if (db == nullptr) return;
+    if (meta_cf != nullptr) db->DestroyColumnFamilyHandle(meta_cf);
+    if (records_cf != nullptr) db->DestroyColumnFamilyHandle(records_cf);
+    db->Close().PermitUncheckedError();
+    delete db;
+  }
+};
+
+DeltaStore::DeltaStore(std::unique_ptr<Handles> handles, const StoreOptions& options)
+    : h_(std::move(handles)), options_(options) {}
+
+DeltaStore::~DeltaStore() = default;
+
+absl::StatusOr<std::unique_ptr<DeltaStore>> DeltaStore::Open(const StoreOptions& options) {
+  DS_RETURN_IF_ERROR(options.Validate());
+
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = options.create_if_missing;
+  db_options.create_missing_column_families = options.create_if_missing;
+  db_options.max_background_jobs = options.max_background_jobs;
+
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  auto table_factory =
+      std::shared_ptr<rocksdb::TableFactory>(rocksdb::NewBlockBasedTableFactory(table));
+
+  rocksdb::ColumnFamilyOptions meta_options;
+  meta_options.write_buffer_size = options.write_buffer_bytes;
+  meta_options.table_factory = table_factory;
+
+  rocksdb::ColumnFamilyOptions records_options = meta_options;
+  // Records are compressed deltas already: compressing them again costs CPU for nothing.
+  records_options.compression = rocksdb::kNoCompression;
+  if (options.use_blob_files) {
+    records_options.enable_blob_files = true;
+    records_options.min_blob_size = options.min_blob_bytes;
+    records_options.blob_compression_type = rocksdb::kNoCompression;
+    records_options.enable_blob_garbage_collection = true;
+  }
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {
+      {kDefaultColumnFamily, meta_options}, {kRecordsColumnFamily, records_options}};
+  std::vector<rocksdb::ColumnFamilyHandle*> cfs;
+  auto handles = std::make_unique<Handles>();
+  rocksdb::Status s =
+      rocksdb::DB::Open(db_options, options.path, descriptors, &cfs, &handles->db);
+  DS_RETURN_IF_ERROR(FromRocksStatus(s, absl::StrCat("opening store ", options.path)));
+  handles->meta_cf = cfs[0];
+  handles->records_cf = cfs[1];
+  return std::unique_ptr<DeltaStore>(new DeltaStore(std::move(handles), options));
+}
+
+absl::StatusOr<TaskInfo> DeltaStore::ReadMeta(std::string_view tenant, std::string_view task,
+                                              const rocksdb::Snapshot* snapshot) const {
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot;
+  rocksdb::PinnableSlice value;
+  rocksdb::Status s = h_->db->Get(ro, h_->meta_cf, TaskMetaKey(tenant, task), &value);
+  if (s.IsNotFound()) {
+    return absl::NotFoundError(absl::StrCat(TaskName(tenant, task), " not found"));
+  }
+  DS_RETURN_IF_ERROR(FromRocksStatus(s, absl::StrCat("reading ", TaskName(tenant, task))));
+  return DecodeTaskMeta(value.ToStringView(), tenant, task);
+}
+
+absl::StatusOr<TenantUsage> DeltaStore::ReadUsage(std::string_view tenant) const {
+  rocksdb::PinnableSlice value;
+  rocksdb::Status s = h_->db->Get(rocksdb::ReadOptions(), h_->meta_cf, UsageKey(tenant), &value);
+  if (s.IsNotFound()) return TenantUsage{};
+  DS_RETURN_IF_ERROR(FromRocksStatus(s, absl::StrCat("reading usage of tenant ", Quoted(tenant))));
+  return DecodeUsage(value.ToStringView(), tenant);
+}
+
+absl::StatusOr<TaskInfo> DeltaStore::CommitTask(std::string_view tenant, std::string_view task,
+                                                const codec::ContainerReader& container,
+                                                const CommitOptions& options) {
+  DS_RETURN_IF_ERROR(ValidateTaskNames(tenant, task));
+  const std::string what = absl::StrCat("committing ", TaskName(tenant, task));
+
+  TaskInfo info;
+  info.tenant = std::string(tenant);
+  info.task = std::string(task);
+  info.base_hash = container.header().base_hash;
+  info.metadata = container.header().metadata;
+  info.header_bytes = container.header_bytes().size();
+  info.total_bytes = container.header_bytes().size() + container.trailer_bytes().size();
+  info.created_unix =
+      options.created_unix != 0 ? options.created_unix : absl::ToUnixSeconds(absl::Now());
+  std::set<std::string, std::less<>> names;
+  for (size_t i = 0; i < container.num_records(); ++i) {
+    absl::StatusOr<codec::TensorRecord> record = container.record(i);
+    if (!record.ok()) return Annotate(record.status(), what);
+    absl::StatusOr<int64_t> n = codec::CheckedNumElements(record->info.shape);
+    if (!n.ok()) return Annotate(n.status(), absl::StrCat(what, " tensor ", Quoted(record->info.name)));
+    if (!names.insert(record->info.name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": tensor ", Quoted(record->info.name), " appears twice"));
+    }
+    const uint64_t size = container.record_bytes(i).size();
+    info.weights += static_cast<uint64_t>(*n);
+    info.total_bytes += size;
+    info.tensors.push_back(TensorEntry{record->info.name, record->info.dtype,
+                                       record->info.shape, record->encoding, size});
+  }
+  const std::string meta_value = EncodeTaskMeta(info);
+  // What GetTask will return (bits_per_weight is derived in one place: the decoder).
+  DS_ASSIGN_OR_RETURN(TaskInfo stored, DecodeTaskMeta(meta_value, tenant, task));
+
+  absl::MutexLock lock(&h_->MutexFor(tenant));
+  absl::StatusOr<TaskInfo> old = ReadMeta(tenant, task, nullptr);
+  if (old.ok() && !options.overwrite) {
+    return absl::AlreadyExistsError(
+        absl::StrCat(TaskName(tenant, task), " already exists (use overwrite to replace it)"));
+  }
+  if (!old.ok() && !absl::IsNotFound(old.status())) return old.status();
+  DS_ASSIGN_OR_RETURN(TenantUsage usage, ReadUsage(tenant));
+  const uint64_t freed = old.ok() ? std::min(old->total_bytes, usage.bytes) : 0;
+  TenantUsage next{usage.bytes - freed + info.total_bytes, usage.tasks + (old.ok() ? 0 : 1)};
+  if (options.quota_bytes != 0 && next.bytes > options.quota_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        what, ": tenant quota exceeded (", usage.bytes - freed, " bytes used + ",
+        info.total_bytes, " bytes of this task > quota ", options.quota_bytes, " bytes)"));
+  }
+
+  rocksdb::WriteBatch batch;
+  if (old.ok()) {
+    for (size_t i = info.tensors.size(); i < old->tensors.size(); ++i) {
+      DS_RETURN_IF_ERROR(FromRocksStatus(
+          batch.Delete(h_->records_cf, RecordKey(tenant, task, i)), what));
+    }
+  }
+  DS_RETURN_IF_ERROR(FromRocksStatus(
+      batch.Put(h_->records_cf, HeaderKey(tenant, task), AsSlice(container.header_bytes())),
+      what));
+  for (size_t i = 0; i < container.num_records(); ++i) {
+    DS_RETURN_IF_ERROR(FromRocksStatus(batch.Put(h_->records_cf, RecordKey(tenant, task, i),
+                                                 AsSlice(container.record_bytes(i))),
+                                       what));
+  }
+  DS_RETURN_IF_ERROR(
+      FromRocksStatus(batch.Put(h_->meta_cf, TaskMetaKey(tenant, task), meta_value), what));
+  DS_RETURN_IF_ERROR(
+      FromRocksStatus(batch.Put(h_->meta_cf, UsageKey(tenant), EncodeUsage(next)), what));
+  rocksdb::WriteOptions wo;
+  wo.sync = options_.sync_writes;
+  DS_RETURN_IF_ERROR(FromRocksStatus(h_->db->Write(wo, &batch), what));
+  return stored;
+}
+
+absl::StatusOr<TaskInfo> DeltaStore::GetTask(std::string_view tenant,
+                                             std::string_view task) const {
+  DS_RETURN_IF_ERROR(ValidateTaskNames(tenant, task));
+  return ReadMeta(tenant, task, nullptr);
+}
+
+absl::StatusOr<std::vector<TaskInfo>> DeltaStore::ListTasks(std::string_view tenant) const {
+  DS_RETURN_IF_ERROR(ValidateName("tenant", tenant));
+  const std::string prefix = TaskMetaPrefix(tenant);
+  const std::string end = PrefixEnd(prefix);
+  rocksdb::Slice upper(end);
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &upper;
+  std::unique_ptr<rocksdb::Iterator> it(h_->db->NewIterator(ro, h_->meta_cf));
+  std::vector<TaskInfo> tasks;
+  for (it->Seek(prefix); it->Valid(); it->Next()) {
+    std::string_view key = it->key().ToStringView();
+    DS_ASSIGN_OR_RETURN(TaskInfo info,
+                        DecodeTaskMeta(it->value().ToStringView(), tenant,
+                                       key.substr(prefix.size())));
+    tasks.push_back(std::move(info));
+  }
+  DS_RETURN_IF_ERROR(
+      FromRocksStatus(it->status(), absl::StrCat("listing tasks of tenant ", Quoted(tenant))));
+  return tasks;
+}
+
+absl::StatusOr<std::vector<std::string>> DeltaStore::ListTenants() const {
+  const std::string end = PrefixEnd(kUsagePrefix);
+  rocksdb::Slice upper(end);
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &upper;
+  std::unique_ptr<rocksdb::Iterator> it(h_->db->NewIterator(ro, h_->meta_cf));
+  std::vector<std::string> tenants;
+  const std::string_view prefix = kUsagePrefix;
+  for (it->Seek(prefix); it->Valid(); it->Next()) {
+    std::string_view tenant = it->key().ToStringView().substr(prefix.size());
+    DS_ASSIGN_OR_RETURN(TenantUsage usage, DecodeUsage(it->value().ToStringView(), tenant));
+    if (usage.tasks > 0) tenants.emplace_back(tenant);
+  }
+  DS_RETURN_IF_ERROR(FromRocksStatus(it->status(), "listing tenants"));
+  return tenants;
+}
+
+absl::Status DeltaStore::DeleteTask(std::string_view tenant, std::string_view task) {
+  DS_RETURN_IF_ERROR(ValidateTaskNames(tenant, task));
+  const std::string what = absl::StrCat("deleting ", TaskName(tenant, task));
+  absl::MutexLock lock(&h_->MutexFor(tenant));
+  DS_ASSIGN_OR_RETURN(TaskInfo old, ReadMeta(tenant, task, nullptr));
+  DS_ASSIGN_OR_RETURN(TenantUsage usage, ReadUsage(tenant));
+  rocksdb::WriteBatch batch;
+  DS_RETURN_IF_ERROR(FromRocksStatus(batch.Delete(h_->meta_cf, TaskMetaKey(tenant, task)), what));
+  DS_RETURN_IF_ERROR(FromRocksStatus(batch.Delete(h_->records_cf, HeaderKey(tenant, task)), what));
+  for (size_t i = 0; i < old.tensors.size(); ++i) {
+    DS_RETURN_IF_ERROR(
+        FromRocksStatus(batch.Delete(h_->records_cf, RecordKey(tenant, task, i)), what));
+  }
+  TenantUsage next{usage.bytes - std::min(usage.bytes, old.total_bytes),
+                   usage.tasks > 0 ? usage.tasks - 1 : 0};
+  if (next.tasks == 0) {
+    DS_RETURN_IF_ERROR(FromRocksStatus(batch.Delete(h_->meta_cf, UsageKey(tenant)), what));
+  } else {
+    DS_RETURN_IF_ERROR(
+        FromRocksStatus(batch.Put(h_->meta_cf, UsageKey(tenant), EncodeUsage(next)), what));
+  }
+  rocksdb::WriteOptions wo;
+  wo.sync = options_.sync_writes;
+  return FromRocksStatus(h_->db->Write(wo, &batch), what);
+}
+
+absl::StatusOr<TenantUsage> DeltaStore::GetTenantUsage(std::string_view tenant) const {
+  DS_RETURN_IF_ERROR(ValidateName("tenant", tenant));
+  return ReadUsage(tenant);
+}
+
+absl::StatusOr<std::unique_ptr<TaskReader>> DeltaStore::OpenTask(std::string_view tenant,
+                                                                 std::string_view task) const {
+  DS_RETURN_IF_ERROR(ValidateTaskNames(tenant, task));
+  const rocksdb::Snapshot* snapshot = h_->db->GetSnapshot();
+  absl::StatusOr<TaskInfo> info = ReadMeta(tenant, task, snapshot);
+  if (!info.ok()) {
+    h_->db->ReleaseSnapshot(snapshot);
+    return info.status();
+  }
+  return std::unique_ptr<TaskReader>(
+      new TaskReader(h_->db, h_->records_cf, snapshot, *std::move(info)));
+}
+
+absl::StatusOr<StoredRecord> DeltaStore::ReadRecord(std::string_view tenant,
+                                                    std::string_view task, size_t index) const {
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<TaskReader> reader, OpenTask(tenant, task));
+  return reader->ReadRecord(index);
+}
+
+absl::StatusOr<StoredRecord> DeltaStore::ReadRecordByName(std::string_view tenant,
+                                                          std::string_view task,
+                                                          std::string_view tensor) const {
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<TaskReader> reader, OpenTask(tenant, task));
+  return reader->ReadRecordByName(tensor);
+}
+
+absl::StatusOr<std::vector<uint8_t>> DeltaStore::ReadHeaderBytes(std::string_view tenant,
+                                                                 std::string_view task) const {
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<TaskReader> reader, OpenTask(tenant, task));
+  return reader->HeaderBytes();
+}
+
+absl::StatusOr<std::vector<uint8_t>> DeltaStore::AssembleContainer(std::string_view tenant,
+                                                                   std::string_view task) const {
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<TaskReader> reader, OpenTask(tenant, task));
+  return reader->AssembleContainer();
+}
+
+absl::Status DeltaStore::Flush() {
+  rocksdb::FlushOptions fo;
+  std::vector<rocksdb::ColumnFamilyHandle*> cfs = {h_->meta_cf, h_->records_cf};
+  return FromRocksStatus(h_->db->Flush(fo, cfs), "flushing store");
+}
+
+}  // namespace deltaserve::storage

@@ -1,0 +1,246 @@
+// DeltaStore: many tenants' task deltas (codec containers) kept in RocksDB.
+//
+// A task is one container (codec/container.h) committed under (tenant, task). The store
+// keeps the container's pieces apart (header bytes, one value per tensor record, and a
+// small task meta value) so that one tensor can be read without the others, and
+// rebuilds the byte-identical container on demand. The key schema and the value formats
+// are documented in storage/key_schema.h.
+//
+// Thread safety: DeltaStore is thread-safe; any method may be called concurrently from
+// any thread. Commits and deletes of the same tenant are serialized (so quota accounting
+// never races); reads never block on them and see either the whole old task or the whole
+// new one (every multi-key read runs on one RocksDB snapshot). TaskReader is thread-safe
+// too. Every object returned by a DeltaStore must be destroyed before the store.
+//
+// Errors (every message names the tenant and task, and the tensor where one is at fault):
+//   InvalidArgument   bad tenant/task name (ValidateName), bad options, bad container
+//   NotFound          no such task (also for another tenant's task: names do not leak)
+//   AlreadyExists     commit of an existing task without CommitOptions::overwrite
+//   ResourceExhausted commit would push the tenant over CommitOptions::quota_bytes
+//   DataLoss          a stored value fails its checksum or framing
+//   Unavailable / Internal  RocksDB I/O failures (storage/internal/status.h)
+#ifndef DELTASERVE_STORAGE_STORE_H_
+#define DELTASERVE_STORAGE_STORE_H_
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "codec/container.h"
+#include "codec/tensor.h"
+
+namespace rocksdb {
+class DB;
+class ColumnFamilyHandle;
+class Snapshot;
+}  // namespace rocksdb
+
+namespace deltaserve::storage {
+
+struct StoreOptions {
+  // Directory of the RocksDB database. Required.
+  std::string path;
+  // Create the database (and its column families) if it does not exist. Default: true.
+  bool create_if_missing = true;
+  // Shared LRU block cache for both column families, in bytes. Larger: more task meta
+  // and small records served from memory. Default: 256 MiB. Must be >= 1 MiB.
+  uint64_t block_cache_bytes = 256ull << 20;
+  // Memtable size per column family, in bytes. Larger: fewer flushes during big
+  // commits, more memory. Default: 64 MiB. Must be >= 1 MiB.
+  uint64_t write_buffer_bytes = 64ull << 20;
+  // fsync the write-ahead log on every commit/delete. false: faster commits, the last
+  // commits may be lost on a machine crash (never on a process crash). Default: true.
+  bool sync_writes = true;
+  // Keep tensor records of at least `min_blob_bytes` in RocksDB blob files (integrated
+  // BlobDB) instead of the LSM tree: large values are then written once instead of being
+  // rewritten by every compaction. Default: true, 64 KiB.
+  bool use_blob_files = true;
+  uint64_t min_blob_bytes = 64ull << 10;
+  // RocksDB background flush/compaction threads. Default: 2. Must be in [1, 64].
+  int max_background_jobs = 2;
+
+  // InvalidArgument naming the field.
+  absl::Status Validate() const;
+};
+
+// Tenant and task names: 1..128 characters of [A-Za-z0-9._-], not starting with '.'.
+// InvalidArgument naming `kind` ("tenant", "task") and the (escaped) name otherwise.
+absl::Status ValidateName(std::string_view kind, std::string_view name);
+
+// One tensor of a stored task, as recorded in the task meta.
+struct TensorEntry {
+  std::string name;
+  codec::DType dtype = codec::DType::kF32;  // the finetuned tensor's (output) dtype
+  std::vector<int64_t> shape;               // the finetuned tensor's shape
+  codec::Encoding encoding = codec::Encoding::kRaw;
+  uint64_t record_bytes = 0;                // size of its serialized record
+
+  bool operator==(const TensorEntry&) const = default;
+};
+
+// Everything known about a stored task without reading its records.
+struct TaskInfo {
+  std::string tenant, task;
+  std::vector<TensorEntry> tensors;            // in container order (record index)
+  std::map<std::string, std::string> metadata;  // the container header's metadata
+  codec::BaseHash base_hash{};                 // base the delta was computed against
+  uint64_t header_bytes = 0;                   // size of the container header
+  uint64_t total_bytes = 0;                    // size of the whole container (quota unit)
+  uint64_t weights = 0;                        // sum of the tensors' element counts
+  double bits_per_weight = 0;                  // 8 * sum(record_bytes) / weights (0 if none)
+  int64_t created_unix = 0;                    // commit time, unix seconds
+
+  // Index of the tensor named `name`, or nullopt.
+  std::optional<size_t> FindTensor(std::string_view name) const;
+};
+
+struct TenantUsage {
+  uint64_t bytes = 0;  // sum of TaskInfo::total_bytes over the tenant's tasks
+  uint64_t tasks = 0;
+};
+
+struct CommitOptions {
+  // Replace an existing task of the same name (atomically). false: AlreadyExists.
+  bool overwrite = false;
+  // The tenant's storage quota in bytes (usage after the commit, counting the replaced
+  // task as freed, must stay <= quota). 0: unlimited. Default: 0.
+  uint64_t quota_bytes = 0;
+  // Recorded creation time, unix seconds. 0: now. Default: 0.
+  int64_t created_unix = 0;
+};
+
+// One stored tensor record, checksum verified. Owns its bytes; record() views them.
+// Move-only (moves keep record() valid).
+class StoredRecord {
+ public:
+  StoredRecord(StoredRecord&&) = default;
+  StoredRecord& operator=(StoredRecord&&) = default;
+
+  // The serialized record, exactly as in the original container.
+  absl::Span<const uint8_t> bytes() const {
+    return {reinterpret_cast<const uint8_t*>(bytes_->data()), bytes_->size()};
+  }
+  // The parsed record (views bytes()).
+  const codec::TensorRecord& record() const { return record_; }
+
+ private:
+  friend class TaskReader;
+  StoredRecord() : bytes_(std::make_unique<std::string>()) {}
+  std::unique_ptr<std::string> bytes_;
+  codec::TensorRecord record_;
+};
+
+// A consistent read-only view of one task, pinned to a RocksDB snapshot: a concurrent
+// overwrite or delete of the task does not affect it. Thread-safe. Cheap to keep open
+// while streaming, but it holds the snapshot (old versions are not compacted away).
+// REQUIRES: destroyed before the DeltaStore that opened it.
+class TaskReader {
+ public:
+  ~TaskReader();
+  TaskReader(const TaskReader&) = delete;
+  TaskReader& operator=(const TaskReader&) = delete;
+
+  const TaskInfo& info() const { return info_; }
+  size_t num_records() const { return info_.tensors.size(); }
+
+  // Record `index`, checksum verified. OutOfRange if index >= num_records(). DataLoss
+  // naming tenant, task, tensor and index if the stored value is missing, has the wrong
+  // size, fails its checksum or names another tensor.
+  absl::StatusOr<StoredRecord> ReadRecord(size_t index) const;
+  // Same for the tensor named `name`; NotFound if the task has no such tensor.
+  absl::StatusOr<StoredRecord> ReadRecordByName(std::string_view name) const;
+  // The container's header bytes. DataLoss if missing or of the wrong size.
+  absl::StatusOr<std::vector<uint8_t>> HeaderBytes() const;
+  // The whole container, byte-identical to the committed one (codec::AssembleContainer),
+  // every record verified. Holds the whole container in memory.
+  absl::StatusOr<std::vector<uint8_t>> AssembleContainer() const;
+
+ private:
+  friend class DeltaStore;
+  TaskReader(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* records_cf,
+             const rocksdb::Snapshot* snapshot, TaskInfo info)
+      : db_(db), records_cf_(records_cf), snapshot_(snapshot), info_(std::move(info)) {}
+  absl::Status WrapError(const absl::Status& s, size_t index) const;
+
+  rocksdb::DB* db_;
+  rocksdb::ColumnFamilyHandle* records_cf_;
+  const rocksdb::Snapshot* snapshot_;
+  TaskInfo info_;
+};
+
+class DeltaStore {
+ public:
+  // Opens (or creates) the database at options.path. InvalidArgument for bad options;
+  // Unavailable if the database is locked by another process or cannot be read.
+  static absl::StatusOr<std::unique_ptr<DeltaStore>> Open(const StoreOptions& options);
+  // Closes the database (flushes nothing beyond what RocksDB does on close; committed
+  // tasks are durable in the write-ahead log).
+  ~DeltaStore();
+  DeltaStore(const DeltaStore&) = delete;
+  DeltaStore& operator=(const DeltaStore&) = delete;
+
+  // Commits `container` (every record checksum verified first) as task `task` of
+  // `tenant`, in ONE RocksDB WriteBatch: until it is written the task does not exist (or
+  // is the old one), afterwards all of it exists. Returns the stored TaskInfo.
+  // InvalidArgument: bad names, two tensors with the same name, bad record fields.
+  // DataLoss: a record fails its checksum. AlreadyExists / ResourceExhausted: see
+  // CommitOptions; nothing is stored then. Memory: the batch holds a copy of the
+  // container until written.
+  absl::StatusOr<TaskInfo> CommitTask(std::string_view tenant, std::string_view task,
+                                      const codec::ContainerReader& container,
+                                      const CommitOptions& options = {});
+
+  // The task's meta. NotFound if absent.
+  absl::StatusOr<TaskInfo> GetTask(std::string_view tenant, std::string_view task) const;
+  // All tasks of `tenant`, sorted by task name (empty for an unknown tenant).
+  absl::StatusOr<std::vector<TaskInfo>> ListTasks(std::string_view tenant) const;
+  // Tenants that have at least one task, sorted.
+  absl::StatusOr<std::vector<std::string>> ListTenants() const;
+  // Deletes the task atomically (one WriteBatch) and frees its bytes from the tenant's
+  // usage. NotFound if absent.
+  absl::Status DeleteTask(std::string_view tenant, std::string_view task);
+  // Usage of `tenant` (zeros for an unknown tenant).
+  absl::StatusOr<TenantUsage> GetTenantUsage(std::string_view tenant) const;
+
+  // A snapshot view of the task for reading its records. NotFound if absent.
+  absl::StatusOr<std::unique_ptr<TaskReader>> OpenTask(std::string_view tenant,
+                                                       std::string_view task) const;
+  // Shortcuts that open a TaskReader for one read.
+  absl::StatusOr<StoredRecord> ReadRecord(std::string_view tenant, std::string_view task,
+                                          size_t index) const;
+  absl::StatusOr<StoredRecord> ReadRecordByName(std::string_view tenant,
+                                                std::string_view task,
+                                                std::string_view tensor) const;
+  absl::StatusOr<std::vector<uint8_t>> ReadHeaderBytes(std::string_view tenant,
+                                                       std::string_view task) const;
+  absl::StatusOr<std::vector<uint8_t>> AssembleContainer(std::string_view tenant,
+                                                         std::string_view task) const;
+
+  // Flushes memtables to SST/blob files (e.g. before a backup). Optional.
+  absl::Status Flush();
+
+ private:
+  struct Handles;
+  explicit DeltaStore(std::unique_ptr<Handles> handles, const StoreOptions& options);
+  // Meta of (tenant, task) at `snapshot` (nullptr: latest). NotFound if absent.
+  absl::StatusOr<TaskInfo> ReadMeta(std::string_view tenant, std::string_view task,
+                                    const rocksdb::Snapshot* snapshot) const;
+  absl::StatusOr<TenantUsage> ReadUsage(std::string_view tenant) const;
+
+  std::unique_ptr<Handles> h_;
+  StoreOptions options_;
+};
+
+}  // namespace deltaserve::storage
+
+#endif  // DELTASERVE_STORAGE_STORE_H_
