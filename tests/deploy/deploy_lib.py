@@ -10,6 +10,7 @@ Environment (set by tests/deploy/CMakeLists.txt):
   DELTASERVED_BIN         path of the built deltaserved ("" when the target does not exist)
   DELTACTL_BIN            path of the built deltactl ("" likewise)
 """
+import atexit
 import json
 import os
 import re
@@ -161,8 +162,20 @@ def make_model_pair(directory, seed=7):
 
 
 # ---------------------------------------------------------------- processes
+_DAEMONS = []
+
+
+@atexit.register
+def _kill_leftovers():
+    # fail()/skip() exit from anywhere; no process of a test may outlive it.
+    for dmn in _DAEMONS:
+        if dmn.proc.poll() is None:
+            dmn.proc.kill()
+            dmn.proc.wait()
+
+
 class Daemon:
-    """A background process whose stdout+stderr go to a log file."""
+    """A background process whose stdout+stderr go to a log file (killed at exit)."""
 
     def __init__(self, argv, log_path, env=None, cwd=None):
         self.argv = argv
@@ -171,6 +184,7 @@ class Daemon:
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=env, cwd=cwd, start_new_session=True)
         self.pid = self.proc.pid
+        _DAEMONS.append(self)
 
     def poll(self):
         return self.proc.poll()
@@ -230,6 +244,16 @@ def metric_names(text):
     return names
 
 
+def metric_families(text):
+    """{family name: type} from the '# TYPE' lines of a text exposition."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[:2] == ["#", "TYPE"]:
+            out[parts[2]] = parts[3]
+    return out
+
+
 def sample_values(text, name):
     """{labels-string: value} for every sample of metric `name`."""
     out = {}
@@ -264,7 +288,7 @@ SPEC_METRICS = {
 
 # deltaserved's flags (server spec), each also read from DELTASERVE_<UPPER_SNAKE>.
 DAEMON_FLAGS = ["base", "db", "listen", "metrics-listen", "config", "tls-cert", "tls-key",
-                "cache-bytes", "workers", "chunk-bytes", "max-upload-bytes", "preload",
+                "cache-bytes", "workers", "chunk-bytes", "prefetch-tensors", "max-upload-bytes", "preload",
                 "drain-seconds", "log-format"]
 DAEMON_ENV = {"DELTASERVE_" + f.upper().replace("-", "_"): "--" + f for f in DAEMON_FLAGS}
 
@@ -335,3 +359,77 @@ def compose_config():
         r = run([tool, "--env-file", empty.name, "-f", os.path.join(DEPLOY_DIR, "docker-compose.yml"),
                  "config"], env=env, what="docker-compose config")
     return yaml.safe_load(r.stdout), r.stderr
+
+
+# ---------------------------------------------------------------- deltaserved + deltactl
+ACME_TOKEN = "CHANGE-ME-acme-token"  # deploy/secrets.example/tenants.json
+ADMIN_TOKEN = "CHANGE-ME-admin-token"
+
+
+class Deltaserve:
+    """deltaserved on loopback (free ports, DB in `tmp`) over a synthetic base, with the
+    example tenants config; `deltactl` commands against it."""
+
+    def __init__(self, tmp, deltaserved, deltactl, config=EXAMPLE_CONFIG, extra_flags=(), db=None,
+                 log_name="deltaserved.log"):
+        self.tmp = tmp
+        self.deltactl_bin = deltactl
+        self.model_dir = os.path.join(tmp, "models")
+        os.makedirs(self.model_dir, exist_ok=True)
+        self.base, self.finetuned = make_model_pair(self.model_dir)
+        self.grpc_port, self.metrics_port = free_port(), free_port()
+        self.addr = f"127.0.0.1:{self.grpc_port}"
+        self.db = db or os.path.join(tmp, "db")
+        argv = [deltaserved, "--base", self.base, "--db", self.db, "--listen", self.addr,
+                "--metrics-listen", f"127.0.0.1:{self.metrics_port}", "--config", config,
+                "--workers", "2", "--drain-seconds", "5"] + list(extra_flags)
+        self.daemon = Daemon(argv, os.path.join(tmp, log_name), env=clean_env())
+        self.wait_ready()
+
+    def metrics_url(self):
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def wait_ready(self, timeout=30):
+        wait_until(lambda: healthcheck(self.addr)[0] == 0, timeout, f"deltaserved on {self.addr} SERVING",
+                   self.daemon)
+        wait_until(lambda: http_get(self.metrics_url())[0] == 200, timeout, "the /metrics endpoint",
+                   self.daemon)
+
+    def metrics(self):
+        status, text = http_get(self.metrics_url())
+        check(status == 200, f"GET {self.metrics_url()} -> {status}")
+        return text
+
+    def deltactl(self, args, token=ACME_TOKEN, timeout=50):
+        argv = [self.deltactl_bin] + args
+        if token is not None:
+            argv[2:2] = ["--server", self.addr, "--token", token]
+        return run(argv, timeout=timeout, env=clean_env(), what="deltactl " + " ".join(args[:1]))
+
+    def compress(self):
+        out = os.path.join(self.tmp, "task.dds")
+        run([self.deltactl_bin, "compress", "--base", self.base, "--finetuned", self.finetuned,
+             "--out", out], env=clean_env(), what="deltactl compress")
+        return out
+
+    def push(self, task, delta, token=ACME_TOKEN):
+        return self.deltactl(["push", "--task", task, delta], token)
+
+    def pull(self, task, token=ACME_TOKEN):
+        out = os.path.join(self.tmp, f"{task}.merged.safetensors")
+        self.deltactl(["pull", "--task", task, "--out", out], token)
+        return out
+
+    def stop(self):
+        code = self.daemon.terminate()
+        self.daemon.stop()
+        return code
+
+
+def clean_env(extra=None):
+    """The caller's environment without DELTASERVE_* variables (they would configure the
+    daemon behind the test's back), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELTASERVE_")}
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    env.update(extra or {})
+    return env
