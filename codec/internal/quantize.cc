@@ -10,6 +10,7 @@ namespace deltaserve::codec::internal {
 namespace {
 
 float Bf16Trunc(float x) { return BitsFloat(FloatBits(x) & 0xffff0000u); }
+float Bf16Nearest(float x) { return Bf16ToFloat(FloatToBf16(x)); }
 
 // One bf16 ulp away from zero (x is a bf16 value).
 float Bf16AwayFromZero(float x) {
@@ -35,6 +36,106 @@ QuantParams RangeParams(float lo, float hi, int levels) {
   return qp;
 }
 
+// Step of the MSE-optimal uniform quantizer of a unit Gaussian with 2^b levels, b = 1..8
+// (Hui & Neuhoff, "Asymptotic analysis of optimal fixed-rate uniform scalar
+// quantization", IEEE Trans. IT 2001, Table I; Max 1960 for b <= 5).
+constexpr float kGaussianStep[9] = {0.0f,    1.596f,  0.9957f, 0.5860f, 0.3352f,
+                                    0.1881f, 0.1041f, 0.0569f, 0.0308f};
+
+// One pass over v with parameters qp: the squared error, and the sums of the
+// least-squares fit of v against the assigned codes. Float lanes, fixed order: the
+// same bits on every call on a given machine.
+struct PassSums {
+  double err = 0, sq = 0, sqq = 0, sv = 0, sqv = 0;
+};
+
+__attribute__((target_clones("arch=x86-64-v3", "default"))) PassSums
+QuantPass(const float* v, int n, float top, float offset, float scale) {
+  const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+  constexpr int kLanes = 8;
+  float err[kLanes] = {}, sq[kLanes] = {}, sqq[kLanes] = {}, sv[kLanes] = {},
+        sqv[kLanes] = {};
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const float x = v[i + l];
+      float q = __builtin_roundevenf((x - offset) * inv);
+      q = std::min(std::max(q, 0.0f), top);
+      const float d = x - (offset + q * scale);
+      err[l] += d * d;
+      sq[l] += q;
+      sqq[l] += q * q;
+      sv[l] += x;
+      sqv[l] += q * x;
+    }
+  }
+  for (int l = 0; i < n; ++i, ++l) {
+    const float x = v[i];
+    float q = __builtin_roundevenf((x - offset) * inv);
+    q = std::min(std::max(q, 0.0f), top);
+    const float d = x - (offset + q * scale);
+    err[l] += d * d;
+    sq[l] += q;
+    sqq[l] += q * q;
+    sv[l] += x;
+    sqv[l] += q * x;
+  }
+  PassSums s;
+  for (int l = 0; l < kLanes; ++l) {
+    s.err += err[l];
+    s.sq += sq[l];
+    s.sqq += sqq[l];
+    s.sv += sv[l];
+    s.sqv += sqv[l];
+  }
+  return s;
+}
+
+// Clipped mode: start from the better of min-max and the Gaussian-optimal grid for the
+// patch's mean and standard deviation, then Lloyd steps restricted to uniform grids
+// (with the codes fixed, the best offset and scale are the least-squares line through
+// (code_i, v_i)) while the error drops, at most kSteps times.
+QuantParams ClippedParams(const float* v, int n, int bits, float lo, float hi) {
+  const int levels = 1 << bits;
+  const float top = static_cast<float>(levels - 1);
+  double sum = 0, sum2 = 0;
+  for (int i = 0; i < n; ++i) {
+    sum += v[i];
+    sum2 += static_cast<double>(v[i]) * v[i];
+  }
+  const double mean = sum / n;
+  const double sd = std::sqrt(std::max(0.0, sum2 / n - mean * mean));
+  QuantParams best = RangeParams(lo, hi, levels);
+  PassSums best_sums = QuantPass(v, n, top, best.offset, best.scale);
+  QuantParams gauss;
+  gauss.scale = Bf16Nearest(static_cast<float>(kGaussianStep[bits] * sd));
+  gauss.offset = Bf16Nearest(static_cast<float>(mean - 0.5 * top * gauss.scale));
+  if (gauss.scale > 0.0f) {
+    const PassSums s = QuantPass(v, n, top, gauss.offset, gauss.scale);
+    if (s.err < best_sums.err) {
+      best = gauss;
+      best_sums = s;
+    }
+  }
+  constexpr int kSteps = 3;
+  for (int step = 0; step < kSteps; ++step) {
+    const PassSums& s = best_sums;
+    const double det = n * s.sqq - s.sq * s.sq;
+    if (!(det > 0.0)) break;
+    const double scale = (n * s.sqv - s.sq * s.sv) / det;
+    if (!(scale > 0.0)) break;
+    QuantParams qp;
+    qp.scale = Bf16Nearest(static_cast<float>(scale));
+    qp.offset = Bf16Nearest(static_cast<float>((s.sv - scale * s.sq) / n));
+    if (!(qp.scale > 0.0f) || !std::isfinite(qp.offset)) break;
+    const PassSums next = QuantPass(v, n, top, qp.offset, qp.scale);
+    if (!(next.err < best_sums.err)) break;
+    best = qp;
+    best_sums = next;
+  }
+  return best;
+}
+
 }  // namespace
 
 int NumStoredParams(Quantizer mode) { return mode == Quantizer::kSymmetric ? 1 : 2; }
@@ -52,18 +153,16 @@ float Bf16Up(float x) {
 }
 
 QuantParams ChooseQuantParams(const float* v, int n, int bits, Quantizer mode) {
+  if (n <= 0) return QuantParams{};
   const int levels = 1 << bits;
-  float lo = std::numeric_limits<float>::infinity();
-  float hi = -lo;
-  float amax = 0.0f;
-  for (int i = 0; i < n; ++i) {
+  float lo = v[0], hi = v[0];
+  for (int i = 1; i < n; ++i) {
     lo = std::min(lo, v[i]);
     hi = std::max(hi, v[i]);
-    amax = std::max(amax, std::fabs(v[i]));
   }
-  if (n == 0) return QuantParams{};
   switch (mode) {
     case Quantizer::kSymmetric: {
+      const float amax = std::max(std::fabs(lo), std::fabs(hi));
       QuantParams qp;
       qp.scale = Bf16Up(2.0f * amax / static_cast<float>(levels - 1));
       qp.offset = -0.5f * static_cast<float>(levels - 1) * qp.scale;
@@ -76,57 +175,26 @@ QuantParams ChooseQuantParams(const float* v, int n, int bits, Quantizer mode) {
     }
     case Quantizer::kMinMax:
       return RangeParams(lo, hi, levels);
-    case Quantizer::kClipped: {
-      // Coarse grid of shrink factors, then a finer pass around the best one.
-      const float mid = 0.5f * (lo + hi);
-      const float half = 0.5f * (hi - lo);
-      QuantParams best = RangeParams(lo, hi, levels);
-      double best_err = QuantizationSquaredError(v, n, bits, best);
-      float best_t = 1.0f;
-      auto consider = [&](float t) {
-        if (t <= 0.0f || t >= 1.0f) return;
-        QuantParams qp = RangeParams(mid - t * half, mid + t * half, levels);
-        const double err = QuantizationSquaredError(v, n, bits, qp);
-        if (err < best_err) {
-          best_err = err;
-          best = qp;
-          best_t = t;
-        }
-      };
-      for (float t : {0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f, 0.9f}) consider(t);
-      const float centre = best_t;
-      consider(centre - 0.05f);
-      consider(centre + 0.05f);
-      return best;
-    }
+    case Quantizer::kClipped:
+      return ClippedParams(v, n, bits, lo, hi);
   }
   return QuantParams{};
 }
 
-void QuantizeValues(const float* v, int n, int bits, const QuantParams& qp, uint8_t* codes) {
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void QuantizeValues(
+    const float* v, int n, int bits, const QuantParams& qp, uint8_t* codes) {
   const float top = static_cast<float>((1 << bits) - 1);
-  if (!(qp.scale > 0.0f)) {
-    std::fill(codes, codes + n, uint8_t{0});
-    return;
-  }
-  const float inv = 1.0f / qp.scale;
+  const float inv = qp.scale > 0.0f ? 1.0f / qp.scale : 0.0f;
+  const float offset = qp.offset;
   for (int i = 0; i < n; ++i) {
-    float q = std::nearbyint((v[i] - qp.offset) * inv);
-    q = std::clamp(q, 0.0f, top);
-    codes[i] = static_cast<uint8_t>(q);
+    float q = __builtin_roundevenf((v[i] - offset) * inv);
+    q = std::min(std::max(q, 0.0f), top);
+    codes[i] = static_cast<uint8_t>(static_cast<int>(q));
   }
 }
 
 double QuantizationSquaredError(const float* v, int n, int bits, const QuantParams& qp) {
-  const float top = static_cast<float>((1 << bits) - 1);
-  const float inv = qp.scale > 0.0f ? 1.0f / qp.scale : 0.0f;
-  double err = 0.0;
-  for (int i = 0; i < n; ++i) {
-    float q = std::clamp(std::nearbyint((v[i] - qp.offset) * inv), 0.0f, top);
-    const float d = v[i] - (qp.offset + q * qp.scale);
-    err += static_cast<double>(d) * d;
-  }
-  return err;
+  return QuantPass(v, n, static_cast<float>((1 << bits) - 1), qp.offset, qp.scale).err;
 }
 
 }  // namespace deltaserve::codec::internal

@@ -1,0 +1,121 @@
+// Delta-DCT throughput: encode, and decode+merge into an fp16 base, in weights per
+// second, next to a memcpy of the merged output's size (the floor any merge pays).
+// Run on one core: OPENBLAS_NUM_THREADS=1 taskset -c 0 ./codec_bench
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <map>
+#include <random>
+#include <utility>
+#include <vector>
+
+#include "codec/delta_dct.h"
+#include "codec/tensor.h"
+
+namespace deltaserve::codec {
+namespace {
+
+// A synthetic fp16 base and float32 delta of one shape, built once per process.
+struct Fixture {
+  int64_t rows = 0, cols = 0;
+  std::vector<float> delta;
+  std::vector<uint8_t> base;     // F16
+  std::vector<uint8_t> payload;  // default-params encoding of delta
+};
+
+const Fixture& GetFixture(int64_t rows, int64_t cols) {
+  static std::map<std::pair<int64_t, int64_t>, Fixture>* cache =
+      new std::map<std::pair<int64_t, int64_t>, Fixture>;
+  auto it = cache->find({rows, cols});
+  if (it != cache->end()) return it->second;
+  Fixture& f = (*cache)[{rows, cols}];
+  f.rows = rows;
+  f.cols = cols;
+  std::mt19937 rng(42);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::uniform_real_distribution<float> u(0.3f, 3.0f);
+  // Realistic spread: finetuning deltas ~1e-3 with per-row and per-column scales (some
+  // output channels move much more than others); base weights ~N(0, 0.02).
+  std::vector<float> row_scale(rows), col_scale(cols);
+  for (auto& s : row_scale) s = u(rng);
+  for (auto& s : col_scale) s = u(rng);
+  f.delta.resize(rows * cols);
+  std::vector<float> base(rows * cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      f.delta[r * cols + c] = 1e-3f * row_scale[r] * col_scale[c] * n(rng);
+      base[r * cols + c] = 0.02f * n(rng);
+    }
+  }
+  f.base.resize(rows * cols * 2);
+  FromFloat32(base.data(), rows * cols, DType::kF16, f.base.data());
+  f.payload = EncodeDctMatrix(f.delta.data(), rows, cols, DctParams()).value();
+  return f;
+}
+
+void SetRate(benchmark::State& state, int64_t weights) {
+  state.counters["weights_per_s"] = benchmark::Counter(
+      static_cast<double>(weights) * state.iterations(), benchmark::Counter::kIsRate);
+}
+
+void BM_Encode(benchmark::State& state) {
+  const Fixture& f = GetFixture(state.range(0), state.range(1));
+  const DctParams params;
+  for (auto _ : state) {
+    auto payload = EncodeDctMatrix(f.delta.data(), f.rows, f.cols, params);
+    benchmark::DoNotOptimize(payload->data());
+  }
+  SetRate(state, f.rows * f.cols);
+  state.counters["payload_bits_per_weight"] =
+      8.0 * static_cast<double>(f.payload.size()) / static_cast<double>(f.rows * f.cols);
+}
+
+void BM_DecodeMergeF16(benchmark::State& state) {
+  const Fixture& f = GetFixture(state.range(0), state.range(1));
+  std::vector<uint8_t> out(f.rows * f.cols * 2);
+  for (auto _ : state) {
+    auto st = DecodeDctMatrixMerge(f.payload, f.rows, f.cols, f.base.data(), DType::kF16,
+                                   DType::kF16, out.data());
+    if (!st.ok()) state.SkipWithError(st.ToString().c_str());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  SetRate(state, f.rows * f.cols);
+}
+
+void BM_DecodeMergeBF16(benchmark::State& state) {
+  const Fixture& f = GetFixture(state.range(0), state.range(1));
+  std::vector<uint8_t> out(f.rows * f.cols * 2);
+  for (auto _ : state) {
+    auto st = DecodeDctMatrixMerge(f.payload, f.rows, f.cols, f.base.data(), DType::kF16,
+                                   DType::kBF16, out.data());
+    if (!st.ok()) state.SkipWithError(st.ToString().c_str());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  SetRate(state, f.rows * f.cols);
+}
+
+// memcpy of the merged output's bytes (fp16), for scale.
+void BM_MemcpyOutput(benchmark::State& state) {
+  const Fixture& f = GetFixture(state.range(0), state.range(1));
+  std::vector<uint8_t> out(f.base.size());
+  for (auto _ : state) {
+    std::memcpy(out.data(), f.base.data(), f.base.size());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  SetRate(state, f.rows * f.cols);
+}
+
+#define DS_SHAPES ->Args({4096, 4096})->Args({4096, 11008})->Unit(benchmark::kMillisecond)
+BENCHMARK(BM_Encode) DS_SHAPES;
+BENCHMARK(BM_DecodeMergeF16) DS_SHAPES;
+BENCHMARK(BM_DecodeMergeBF16) DS_SHAPES;
+BENCHMARK(BM_MemcpyOutput) DS_SHAPES;
+#undef DS_SHAPES
+
+}  // namespace
+}  // namespace deltaserve::codec
+
+BENCHMARK_MAIN();
