@@ -1,0 +1,120 @@
+"""Delta-DCT for the harness: the real `deltactl` tool, or a numpy stand-in.
+
+Both backends answer run(patch, schedule) with a DctResult: the reconstructed delta of
+every tensor that Delta-DCT coded lossily (name -> float32 array in the tensor's shape),
+the bits its payloads take (payload = the codec's own bytes: DCT header, bit-width
+table, allocation map, quantizer parameters, codes; the container's per-record framing
+of name, shape and checksum is common to every method and not counted), and the schedule
+actually used.
+
+DeltactlBackend drives the C++ tool end to end:
+  deltactl compress   (base, finetuned safetensors -> .dds container)
+  deltactl decompress (.dds + base -> merged safetensors)
+and reads the container's record table itself (codec/FORMAT.md) to count the payload
+bytes of each DCT record.
+"""
+import os
+import struct
+import subprocess
+from collections import namedtuple
+
+import numpy as np
+
+import dct_standin
+import tensors_io
+
+DctResult = namedtuple("DctResult", "recon bits schedule container_bytes record_bytes")
+
+ENC_UNCHANGED, ENC_RAW, ENC_DCT = 0, 1, 2
+
+
+def read_container_records(path):
+    """Returns [(name, encoding, payload_length, record_length)] and header metadata."""
+    data = open(path, "rb").read()
+    if data[:8] != b"DSDELTA\x1a":
+        raise ValueError("%s: not a deltaserve container" % path)
+    header_len, = struct.unpack_from("<I", data, 12)
+    tensor_count, meta_count = struct.unpack_from("<II", data, 32)
+    meta, pos = {}, 40
+    for _ in range(meta_count):
+        kl, = struct.unpack_from("<I", data, pos)
+        key = data[pos + 4:pos + 4 + kl].decode()
+        pos += 4 + kl
+        vl, = struct.unpack_from("<I", data, pos)
+        meta[key] = data[pos + 4:pos + 4 + vl].decode()
+        pos += 4 + vl
+    pos = header_len
+    records = []
+    for _ in range(tensor_count):
+        if data[pos:pos + 4] != b"DRec":
+            raise ValueError("%s: bad record at offset %d" % (path, pos))
+        rec_len, = struct.unpack_from("<Q", data, pos + 4)
+        nl, = struct.unpack_from("<H", data, pos + 12)
+        name = data[pos + 14:pos + 14 + nl].decode()
+        q = pos + 14 + nl
+        _dtype, enc, rank, base_rank = struct.unpack_from("<BBBB", data, q)
+        q += 4 + 8 * rank + 8 * base_rank + 16
+        payload_len, = struct.unpack_from("<Q", data, q)
+        records.append((name, enc, payload_len, rec_len))
+        pos += rec_len
+    return records, meta
+
+
+class DeltactlBackend:
+    def __init__(self, deltactl, base_st, ft_st, work_dir, base, ft):
+        self.deltactl, self.base_st, self.ft_st = deltactl, base_st, ft_st
+        self.work_dir, self.base, self.ft = work_dir, base, ft
+        os.makedirs(work_dir, exist_ok=True)
+        self.name = "deltactl"
+
+    def _run(self, args):
+        res = subprocess.run([self.deltactl] + args, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError("deltactl %s failed (%d): %s" % (
+                " ".join(args), res.returncode, res.stderr.strip()[-2000:]))
+        return res.stdout
+
+    def run(self, patch, schedule):
+        tag = "p%d_%s" % (patch, (schedule or "default").replace(":", "-").replace(",", "_"))
+        dds = os.path.join(self.work_dir, tag + ".dds")
+        out = os.path.join(self.work_dir, tag + ".safetensors")
+        args = ["compress", "--base", self.base_st, "--finetuned", self.ft_st, "--out", dds,
+                "--patch", str(patch)]
+        if schedule:
+            args += ["--schedule", schedule]
+        self._run(args)
+        self._run(["decompress", "--base", self.base_st, "--container", dds, "--out", out])
+        records, meta = read_container_records(dds)
+        merged = tensors_io.read_safetensors(out)
+        recon, bits, rec_bytes = {}, 0, 0
+        for name, enc, payload_len, rec_len in records:
+            if enc != ENC_DCT:
+                continue
+            recon[name] = merged[name].astype(np.float32) - self.base[name].astype(np.float32)
+            bits += 8 * payload_len
+            rec_bytes += rec_len
+        size = os.path.getsize(dds)
+        os.remove(out)
+        return DctResult(recon, bits, meta.get("codec.schedule", schedule), size, rec_bytes)
+
+
+class StandinBackend:
+    """numpy re-implementation (dct_standin.py); development only, never reported."""
+
+    def __init__(self, base, ft, min_dct_elements=16384):
+        self.base, self.ft, self.min = base, ft, min_dct_elements
+        self.name = "numpy stand-in"
+
+    def run(self, patch, schedule):
+        schedule = schedule or "2:0.5,0:0.5"
+        recon, bits = {}, 0
+        for name, w in self.ft.items():
+            b = self.base.get(name)
+            if b is None or w.ndim < 2 or w.size < self.min or np.array_equal(w, b):
+                continue
+            d = (w.astype(np.float32) - b.astype(np.float32))
+            rows, cols = dct_standin.matrix_view(w.shape, patch)
+            r, nb = dct_standin.encode_decode(d.reshape(rows, cols), patch, schedule)
+            recon[name] = r.reshape(w.shape)
+            bits += nb
+        return DctResult(recon, bits, schedule, None, None)

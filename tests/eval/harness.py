@@ -1,0 +1,133 @@
+"""The comparison at equal bytes, for one base -> finetuned pair.
+
+For each Delta-DCT point (budget, patch size) the DCT backend gives the set S of
+tensors that Delta-DCT codes lossily, their reconstructed deltas and the payload bits.
+Every baseline codes exactly the same set S, viewed as the same 2-D matrices, at a
+target of the Delta-DCT point's measured bits per weight at the reference patch size
+(so "equal bytes" means equal to what Delta-DCT really spent); every tensor outside S is
+kept exact by every method. bits per weight = bits / (number of weights in S).
+"""
+import math
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+import baselines
+import dct_standin
+
+# Bit schedules per nominal budget (bits per weight); None = the codec's default.
+SCHEDULES = OrderedDict([
+    (0.5, "2:0.25,0:0.75"),
+    (1.0, None),
+    (2.0, "4:0.25,2:0.5,0:0.25"),
+    (4.0, "6:0.25,4:0.5,2:0.25"),
+])
+PATCHES = (8, 16, 32)
+REF_PATCH = 16
+
+
+def errors(deltas, recon, ft):
+    """Per-tensor and total relative delta error and relative weight error over `deltas`."""
+    per, num, den, wden = OrderedDict(), 0.0, 0.0, 0.0
+    for name, d in deltas.items():
+        r = recon[name].reshape(d.shape)
+        e = float(np.square(r.astype(np.float64) - d).sum())
+        dn = float(np.square(d.astype(np.float64)).sum())
+        wn = float(np.square(ft[name].astype(np.float64)).sum())
+        per[name] = {"rel_delta_err": math.sqrt(e / dn) if dn else 0.0,
+                     "rel_weight_err": math.sqrt(e / wn) if wn else 0.0}
+        num, den, wden = num + e, den + dn, wden + wn
+    return per, math.sqrt(num / den), math.sqrt(num / wden)
+
+
+def merged_weights(base, ft, recon):
+    """Finetuned tensors, with those in `recon` replaced by base + reconstructed delta."""
+    out = OrderedDict()
+    for name, w in ft.items():
+        if name in recon:
+            out[name] = (base[name].astype(np.float32) + recon[name].reshape(w.shape)).astype(
+                np.float32)
+        else:
+            out[name] = w
+    return out
+
+
+def run_pair(pair_name, base, ft, backend, evaluate, budgets, patches, log,
+             ref_patch=REF_PATCH, dare_seeds=baselines.DARE_SEEDS, eval_dct_all=True):
+    """Returns a list of result rows (dicts) for one pair.
+
+    evaluate(weights: name -> array) -> dict of task metrics (or None to skip).
+    """
+    rows = []
+
+    def add(method, budget, patch, schedule, bits, n, recon_list, t0):
+        per_list, tot, wtot, metrics = [], [], [], []
+        for recon in recon_list:
+            per, e, we = errors(deltas, recon, ft)
+            per_list.append(per)
+            tot.append(e)
+            wtot.append(we)
+            if evaluate is not None and (method != "delta-dct" or eval_dct_all or
+                                         patch == ref_patch):
+                metrics.append(evaluate(merged_weights(base, ft, recon)))
+        per = OrderedDict((k, {m: float(np.mean([p[k][m] for p in per_list]))
+                               for m in per_list[0][k]}) for k in per_list[0])
+        row = {"pair": pair_name, "method": method, "budget": budget, "patch": patch,
+               "schedule": schedule, "bits": float(np.mean(bits)), "weights": n,
+               "bpw": float(np.mean(bits)) / n, "rel_delta_err": float(np.mean(tot)),
+               "rel_weight_err": float(np.mean(wtot)), "per_tensor": per,
+               "seeds": len(recon_list), "seconds": time.time() - t0}
+        if metrics:
+            row["metrics"] = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+            if len(metrics) > 1:
+                row["metrics_std"] = {k: float(np.std([m[k] for m in metrics]))
+                                      for k in metrics[0]}
+        rows.append(row)
+        log("  %-10s budget %-4s p=%-3s bpw %.4f  rel delta err %.4f  %s  (%.1fs)" % (
+            method, budget, patch if patch else "-", row["bpw"], row["rel_delta_err"],
+            " ".join("%s=%.4f" % kv for kv in row.get("metrics", {}).items()),
+            row["seconds"]))
+
+    deltas, n = None, None
+    targets = OrderedDict()
+    for budget in budgets:
+        for patch in patches:
+            t0 = time.time()
+            res = backend.run(patch, SCHEDULES[budget])
+            if deltas is None:
+                deltas = OrderedDict()
+                for name in ft:
+                    if name in res.recon:
+                        rows_, cols = dct_standin.matrix_view(ft[name].shape, ref_patch)
+                        d = ft[name].astype(np.float32) - base[name].astype(np.float32)
+                        deltas[name] = d.reshape(rows_, cols)
+                n = sum(d.size for d in deltas.values())
+                log("  %s: %d tensors coded lossily, %d weights; backend %s" % (
+                    pair_name, len(deltas), n, backend.name))
+            if set(res.recon) != set(deltas):
+                raise RuntimeError("Delta-DCT coded a different tensor set at p=%d" % patch)
+            recon = {k: v.reshape(deltas[k].shape) for k, v in res.recon.items()}
+            add("delta-dct", budget, patch, res.schedule, [res.bits], n, [recon], t0)
+            rows[-1]["container_bytes"] = res.container_bytes
+            rows[-1]["record_bytes"] = res.record_bytes
+            if patch == ref_patch or (ref_patch not in patches and patch == patches[0]):
+                targets[budget] = res.bits / n
+
+    t0 = time.time()
+    recon, bits = baselines.sign_scale(deltas)
+    add("sign", None, None, None, [bits], n, [recon], t0)
+    lowrank = baselines.LowRank(deltas)
+    for budget, target in targets.items():
+        t0 = time.time()
+        recon, bits = lowrank(target)
+        add("lowrank", budget, None, None, [bits], n, [recon], t0)
+        t0 = time.time()
+        recon, bits = baselines.topk(deltas, target)
+        add("topk", budget, None, None, [bits], n, [recon], t0)
+        t0 = time.time()
+        runs = [baselines.dare(deltas, target, s) for s in dare_seeds]
+        add("dare", budget, None, None, [b for _, b in runs], n, [r for r, _ in runs], t0)
+        for r in rows[-3:]:
+            r["target_bpw"] = target
+    return rows, deltas
