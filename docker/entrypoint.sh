@@ -82,7 +82,7 @@ value_of() {  # value of --flag from args or the command line, last one wins
   printf '%s' "$v"
 }
 base=$(value_of --base)
-[[ -n "$base" ]] || die "no base model: set DELTASERVE_BASE or --base (mount the model, e.g. at /models/base)"
+[[ -n "$base" ]] || die "no base model: set DELTASERVE_BASE or --base (mount the model, e.g. at /models/base.safetensors)"
 [[ -e "$base" ]] || die "base model $base does not exist (is the model volume mounted?)"
 for flag in --config --tls-cert --tls-key; do
   f=$(value_of "$flag")

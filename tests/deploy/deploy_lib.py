@@ -426,6 +426,21 @@ class Deltaserve:
         return code
 
 
+def metrics_after_traffic(task="traffic"):
+    """Starts deltaserved (skips if it or deltactl is not built), pushes and pulls one task
+    so that every labelled family has series, and returns its /metrics text."""
+    deltaserved = need_binary("DELTASERVED_BIN", "deltaserved")
+    deltactl = need_binary("DELTACTL_BIN", "deltactl")
+    with tempfile.TemporaryDirectory(prefix="deploy-metrics-") as tmp:
+        ds = Deltaserve(tmp, deltaserved, deltactl)
+        try:
+            ds.push(task, ds.compress())
+            ds.pull(task)
+            return ds.metrics()
+        finally:
+            ds.stop()
+
+
 def clean_env(extra=None):
     """The caller's environment without DELTASERVE_* variables (they would configure the
     daemon behind the test's back), plus `extra`."""

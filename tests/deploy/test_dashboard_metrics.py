@@ -1,23 +1,11 @@
 """deploy_dashboard_metrics: every metric name in every Grafana dashboard query and alert
 rule is a series that the live deltaserved exports (its /metrics after a push and a pull),
 and every deltaserve_* family the daemon exports is shown on the dashboard."""
-import tempfile
-
 import deploy_lib as d
 
-deltaserved = d.need_binary("DELTASERVED_BIN", "deltaserved")
-deltactl = d.need_binary("DELTACTL_BIN", "deltactl")
-
-with tempfile.TemporaryDirectory(prefix="deploy-dash-") as tmp:
-    ds = d.Deltaserve(tmp, deltaserved, deltactl)
-    try:
-        ds.push("dash", ds.compress())
-        ds.pull("dash")
-        text = ds.metrics()
-        live = d.metric_names(text)
-        families = {f for f in d.metric_families(text) if f.startswith("deltaserve_")}
-    finally:
-        ds.stop()
+text = d.metrics_after_traffic("dash")
+live = d.metric_names(text)
+families = {f for f in d.metric_families(text) if f.startswith("deltaserve_")}
 live_ds = {n for n in live if n.startswith("deltaserve_")}
 d.log(f"live /metrics: {len(live_ds)} deltaserve_* series names")
 used = set()
