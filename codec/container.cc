@@ -2,9 +2,6 @@
 // codec/FORMAT.md; keep the two in step.
 #include "codec/container.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -16,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "codec/internal/mmap_file.h"
 #include "codec/status_macros.h"
 
 namespace deltaserve::codec {
@@ -637,32 +635,9 @@ absl::StatusOr<std::unique_ptr<ContainerWriter>> ContainerWriter::Open(
 
 absl::StatusOr<std::unique_ptr<MappedContainer>> MappedContainer::Open(
     const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    std::string msg = absl::StrCat(path, ": cannot open: ", std::strerror(err));
-    return err == ENOENT ? absl::NotFoundError(msg) : absl::InternalError(msg);
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    std::string msg = absl::StrCat(path, ": fstat failed: ", ErrnoText());
-    ::close(fd);
-    return absl::InternalError(msg);
-  }
-  const size_t size = static_cast<size_t>(st.st_size);
-  const uint8_t* data = nullptr;
-  if (size > 0) {
-    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      std::string msg = absl::StrCat(path, ": mmap failed: ", ErrnoText());
-      ::close(fd);
-      return absl::InternalError(msg);
-    }
-    data = static_cast<const uint8_t*>(p);
-  }
-  ::close(fd);
-  std::unique_ptr<MappedContainer> mc(new MappedContainer(path, absl::MakeConstSpan(data, size)));
-  auto reader = ContainerReader::Parse(mc->bytes_);
+  std::unique_ptr<MappedContainer> mc(new MappedContainer());
+  DS_ASSIGN_OR_RETURN(mc->file_, internal::MappedFile::Open(path));
+  auto reader = ContainerReader::Parse(mc->file_->bytes());
   if (!reader.ok()) {
     return absl::Status(reader.status().code(),
                         absl::StrCat(path, ": ", reader.status().message()));
@@ -671,10 +646,8 @@ absl::StatusOr<std::unique_ptr<MappedContainer>> MappedContainer::Open(
   return mc;
 }
 
-MappedContainer::~MappedContainer() {
-  if (!bytes_.empty()) {
-    ::munmap(const_cast<uint8_t*>(bytes_.data()), bytes_.size());
-  }
-}
+MappedContainer::~MappedContainer() = default;
+absl::Span<const uint8_t> MappedContainer::bytes() const { return file_->bytes(); }
+const std::string& MappedContainer::path() const { return file_->path(); }
 
 }  // namespace deltaserve::codec

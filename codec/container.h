@@ -24,6 +24,9 @@
 #include "codec/tensor.h"
 
 namespace deltaserve::codec {
+namespace internal {
+class MappedFile;
+}  // namespace internal
 
 // Identity of a base model: XXH3-128 over its tensors (see ComputeBaseHash).
 using BaseHash = std::array<uint8_t, 16>;
@@ -135,14 +138,12 @@ class MappedContainer {
   MappedContainer& operator=(const MappedContainer&) = delete;
 
   const ContainerReader& reader() const { return reader_; }
-  absl::Span<const uint8_t> bytes() const { return bytes_; }
-  const std::string& path() const { return path_; }
+  absl::Span<const uint8_t> bytes() const;
+  const std::string& path() const;
 
  private:
-  MappedContainer(std::string path, absl::Span<const uint8_t> bytes)
-      : path_(std::move(path)), bytes_(bytes) {}
-  std::string path_;
-  absl::Span<const uint8_t> bytes_;
+  MappedContainer() = default;
+  std::unique_ptr<internal::MappedFile> file_;
   ContainerReader reader_;
 };
 

@@ -7,6 +7,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -19,11 +20,21 @@
 
 namespace deltaserve::codec {
 
+// Writer name and version recorded in every container's "tool" metadata.
+inline constexpr char kToolName[] = "deltaserve 0.1.0";
+
 // Per-tensor encoding override: tensors whose name matches `pattern` (fnmatch glob,
-// e.g. "*embed*" or "*/bias") get `encoding`. First matching rule wins.
+// e.g. "*embed*" or "*/bias") get `encoding`. First matching rule wins. A rule cannot
+// make a tensor absent from the base anything but raw; kUnchanged is refused
+// (InvalidArgument) for a tensor that is not bit-identical to its base, kDct for a
+// tensor of rank < 2. Policy in FORMAT.md, "Tensor policy".
 struct EncodingRule {
   std::string pattern;
   Encoding encoding = Encoding::kRaw;
+
+  // Parses "GLOB=raw|dct|unchanged" (the last '=' splits). InvalidArgument otherwise.
+  static absl::StatusOr<EncodingRule> Parse(std::string_view text);
+  std::string ToString() const;
 };
 
 struct CompressOptions {
@@ -40,13 +51,21 @@ struct CompressOptions {
 // Progress callback: (tensors done, tensors total, name of the tensor just done).
 using ProgressFn = std::function<void(size_t, size_t, const std::string&)>;
 
-// XXH3-128 over every tensor of `base` in name order (name, dtype, shape, bytes).
+// XXH3-128 over every tensor of `base` in name order (name, dtype, shape, bytes); the
+// exact byte stream is in FORMAT.md, "Base hash". Reads every byte of the model.
 BaseHash ComputeBaseHash(const ModelReader& base);
+
+// The encoding CompressModel gives finetuned tensor `ft` against `base` (null: the
+// tensor is absent from the base), per FORMAT.md "Tensor policy". InvalidArgument
+// (naming the tensor) for shapes that cannot be merged or a rule that cannot apply.
+absl::StatusOr<Encoding> ChooseEncoding(const TensorView& ft, const TensorView* base,
+                                        const CompressOptions& options);
 
 struct CompressStats {
   uint64_t container_bytes = 0;
   uint64_t dct_weights = 0, dct_bytes = 0;  // DCT-coded tensors and their record bytes
   uint64_t total_weights = 0;               // all tensors of the finetuned model
+  uint64_t raw_tensors = 0, unchanged_tensors = 0, dct_tensors = 0;
 };
 
 // Compresses `finetuned` against `base` into a container at `out_path`. Every finetuned
@@ -74,8 +93,13 @@ struct DecompressOptions {
   std::optional<DType> out_dtype;     // default: each tensor's recorded dtype
 };
 
-// Decodes a whole container against `base` into a safetensors file at `out_path`.
-// FailedPrecondition if the container's base hash differs from base's (unless force).
+// Decodes a whole container against `base` into a safetensors file at `out_path`
+// (tensors in record order, __metadata__ {"deltaserve.base_hash": hex,
+// "deltaserve.tool": kToolName}). FailedPrecondition if the container's base hash
+// differs from base's (unless force); errors of MergeTensor / ContainerReader::record
+// (DataLoss naming the tensor) and WriteSafetensors otherwise.
+// Memory: the merged model is held in memory once (output-file size) because
+// WriteSafetensors takes all tensors at once; decoding itself needs one tensor's scratch.
 absl::Status DecompressModel(const ModelReader& base, const ContainerReader& container,
                              const DecompressOptions& options, const std::string& out_path,
                              const ProgressFn& progress = nullptr);

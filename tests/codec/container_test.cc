@@ -1,6 +1,5 @@
 #include "codec/container.h"
 
-#include <unistd.h>
 #include <xxhash.h>
 
 #include <cstdio>
@@ -13,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace deltaserve::codec {
 namespace {
@@ -282,18 +282,7 @@ TEST(ContainerTest, SerializeRecordRejectsInconsistentFields) {
                                            HasSubstr("rank")));
 }
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/container_test.XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using TempDir = ::deltaserve::testing::ScopedTempDir;
 
 std::vector<uint8_t> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -303,7 +292,7 @@ std::vector<uint8_t> ReadFile(const std::string& path) {
 TEST(ContainerWriterTest, WritesTheSameBytesAsAssemble) {
   Fixture f;
   TempDir dir;
-  const std::string path = dir.file("x.dds");
+  const std::string path = dir.File("x.dds");
   ASSERT_OK_AND_ASSIGN(auto w, ContainerWriter::Open(path, f.header));
   for (const auto& r : f.records) ASSERT_THAT(w->Add(r), IsOk());
   EXPECT_FALSE(std::filesystem::exists(path));  // only the .tmp so far
@@ -325,16 +314,16 @@ TEST(ContainerWriterTest, RecordCountIsEnforced) {
   Fixture f;
   TempDir dir;
   {
-    ASSERT_OK_AND_ASSIGN(auto w, ContainerWriter::Open(dir.file("few.dds"), f.header));
+    ASSERT_OK_AND_ASSIGN(auto w, ContainerWriter::Open(dir.File("few.dds"), f.header));
     ASSERT_THAT(w->Add(f.records[0]), IsOk());
     EXPECT_THAT(w->Finish(), StatusIs(absl::StatusCode::kFailedPrecondition,
                                       HasSubstr("1 records added, header declares 3")));
   }
-  EXPECT_FALSE(std::filesystem::exists(dir.file("few.dds")));
-  EXPECT_FALSE(std::filesystem::exists(dir.file("few.dds.tmp")));  // cleaned up
+  EXPECT_FALSE(std::filesystem::exists(dir.File("few.dds")));
+  EXPECT_FALSE(std::filesystem::exists(dir.File("few.dds.tmp")));  // cleaned up
   ContainerHeader h = f.header;
   h.tensor_count = 2;
-  ASSERT_OK_AND_ASSIGN(auto w, ContainerWriter::Open(dir.file("many.dds"), h));
+  ASSERT_OK_AND_ASSIGN(auto w, ContainerWriter::Open(dir.File("many.dds"), h));
   ASSERT_THAT(w->Add(f.records[0]), IsOk());
   ASSERT_THAT(w->Add(f.records[1]), IsOk());
   EXPECT_THAT(w->Add(f.records[2]), StatusIs(absl::StatusCode::kFailedPrecondition,
@@ -342,7 +331,7 @@ TEST(ContainerWriterTest, RecordCountIsEnforced) {
   // A bad record is refused without being written.
   ContainerHeader h1 = f.header;
   h1.tensor_count = 1;
-  ASSERT_OK_AND_ASSIGN(auto w1, ContainerWriter::Open(dir.file("bad.dds"), h1));
+  ASSERT_OK_AND_ASSIGN(auto w1, ContainerWriter::Open(dir.File("bad.dds"), h1));
   TensorRecord bad = f.records[0];
   bad.payload = {};
   EXPECT_THAT(w1->Add(bad), StatusIs(absl::StatusCode::kInvalidArgument));
@@ -355,8 +344,8 @@ TEST(ContainerWriterTest, OpenErrors) {
   EXPECT_THAT(MappedContainer::Open("/nonexistent-dir/x.dds"),
               StatusIs(absl::StatusCode::kNotFound));
   TempDir dir;
-  std::ofstream(dir.file("empty.dds")).close();
-  EXPECT_THAT(MappedContainer::Open(dir.file("empty.dds")),
+  std::ofstream(dir.File("empty.dds")).close();
+  EXPECT_THAT(MappedContainer::Open(dir.File("empty.dds")),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("empty.dds")));
 }
 

@@ -1,0 +1,356 @@
+// Model-level Delta-DCT: encoding policy, compression into a container, merge/decode.
+#include "codec/delta_codec.h"
+
+#include <fnmatch.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "codec/status_macros.h"
+
+namespace deltaserve::codec {
+namespace {
+
+std::string Quoted(const std::string& name) { return absl::StrCat("tensor '", name, "'"); }
+
+std::string QuantizerText(Quantizer q) {
+  switch (q) {
+    case Quantizer::kMinMax:
+      return "minmax";
+    case Quantizer::kSymmetric:
+      return "symmetric";
+    default:
+      return absl::StrCat("quantizer-", static_cast<int>(q));
+  }
+}
+
+// Elements converted per step when casting, so that casts need bounded scratch.
+constexpr int64_t kCastChunk = 1 << 16;
+
+// dst (n elements of `to`) = src (n elements of `from`), bit-exact copy when the dtypes
+// agree, else through float32 (round-to-nearest-even).
+void CastElements(const uint8_t* src, DType from, int64_t n, DType to, uint8_t* dst) {
+  if (from == to) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * DTypeSize(to));
+    return;
+  }
+  std::vector<float> tmp(static_cast<size_t>(std::min(n, kCastChunk)));
+  for (int64_t i = 0; i < n; i += kCastChunk) {
+    const int64_t m = std::min(kCastChunk, n - i);
+    ToFloat32(src + i * DTypeSize(from), from, m, tmp.data());
+    FromFloat32(tmp.data(), m, to, dst + i * DTypeSize(to));
+  }
+}
+
+bool SameTensor(const TensorView& a, const TensorView& b) {
+  return a.info.dtype == b.info.dtype && a.info.shape == b.info.shape &&
+         a.data.size() == b.data.size() &&
+         std::memcmp(a.data.data(), b.data.data(), a.data.size()) == 0;
+}
+
+// OK if `ft` can merge into `base`: same shape, or more rows (dim 0) and otherwise equal.
+absl::Status CheckMergeableShapes(const TensorView& ft, const TensorView& base) {
+  const auto& fs = ft.info.shape;
+  const auto& bs = base.info.shape;
+  bool ok = fs.size() == bs.size();
+  for (size_t i = 0; ok && i < fs.size(); ++i) ok = i == 0 ? bs[0] <= fs[0] : bs[i] == fs[i];
+  if (!ok) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        Quoted(ft.info.name), ": finetuned shape ", ShapeString(fs),
+        " cannot merge into base shape ", ShapeString(bs),
+        " (only dim 0 may grow, for added vocabulary)"));
+  }
+  return absl::OkStatus();
+}
+
+// The float32 delta ft[:base rows] - base into `delta` (base.num_elements() floats).
+// False if any value is not finite (such a tensor is stored raw instead).
+bool ComputeDelta(const TensorView& ft, const TensorView& base, std::vector<float>* delta) {
+  const int64_t n = base.info.num_elements();
+  delta->resize(static_cast<size_t>(n));
+  std::vector<float> b(static_cast<size_t>(std::min(n, kCastChunk)));
+  bool finite = true;
+  for (int64_t i = 0; i < n; i += kCastChunk) {
+    const int64_t m = std::min(kCastChunk, n - i);
+    float* d = delta->data() + i;
+    ToFloat32(ft.data.data() + i * DTypeSize(ft.info.dtype), ft.info.dtype, m, d);
+    ToFloat32(base.data.data() + i * DTypeSize(base.info.dtype), base.info.dtype, m, b.data());
+    for (int64_t j = 0; j < m; ++j) {
+      d[j] -= b[j];
+      finite = finite && std::isfinite(d[j]);
+    }
+  }
+  return finite;
+}
+
+std::map<std::string, std::string> HeaderMetadata(const CompressOptions& o) {
+  std::vector<std::string> rules;
+  for (const auto& r : o.rules) rules.push_back(r.ToString());
+  return {
+      {"codec.patch_size", absl::StrCat(o.dct.patch_size)},
+      {"codec.schedule", o.dct.schedule.ToString()},
+      {"codec.quantizer", QuantizerText(o.dct.quantizer)},
+      {"codec.separate_dc", o.dct.separate_dc ? "1" : "0"},
+      {"codec.min_dct_elements", absl::StrCat(o.min_dct_elements)},
+      {"codec.rules", absl::StrJoin(rules, ",")},
+      {"tool", kToolName},
+  };
+}
+
+}  // namespace
+
+absl::StatusOr<EncodingRule> EncodingRule::Parse(std::string_view text) {
+  const size_t eq = text.rfind('=');
+  if (eq == std::string_view::npos || eq == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("encoding rule '", std::string(text),
+                                                   "': expected GLOB=raw|dct|unchanged"));
+  }
+  EncodingRule rule;
+  rule.pattern = std::string(text.substr(0, eq));
+  const std::string_view enc = text.substr(eq + 1);
+  if (enc == "raw") {
+    rule.encoding = Encoding::kRaw;
+  } else if (enc == "dct") {
+    rule.encoding = Encoding::kDct;
+  } else if (enc == "unchanged") {
+    rule.encoding = Encoding::kUnchanged;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("encoding rule '", std::string(text),
+                                                   "': unknown encoding '", std::string(enc),
+                                                   "' (raw, dct or unchanged)"));
+  }
+  return rule;
+}
+
+std::string EncodingRule::ToString() const {
+  return absl::StrCat(pattern, "=", std::string(EncodingName(encoding)));
+}
+
+absl::Status CompressOptions::Validate() const {
+  DS_RETURN_IF_ERROR(dct.Validate());
+  if (min_dct_elements < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("min_dct_elements must be >= 0, is ", min_dct_elements));
+  }
+  for (const auto& r : rules) {
+    if (r.pattern.empty()) return absl::InvalidArgumentError("encoding rule with empty glob");
+    if (static_cast<uint8_t>(r.encoding) > static_cast<uint8_t>(Encoding::kDct)) {
+      return absl::InvalidArgumentError(absl::StrCat("encoding rule '", r.pattern,
+                                                     "': unknown encoding"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+BaseHash ComputeBaseHash(const ModelReader& base) {
+  std::vector<std::string> names;
+  for (const auto& t : base.tensors()) names.push_back(t.name);
+  std::sort(names.begin(), names.end());
+  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(),
+                                                                 &XXH3_freeState);
+  XXH3_128bits_reset(state.get());
+  const auto feed_le = [&](uint64_t v, int n) {
+    uint8_t b[8];
+    for (int i = 0; i < n; ++i) b[i] = static_cast<uint8_t>(v >> (8 * i));
+    XXH3_128bits_update(state.get(), b, n);
+  };
+  for (const auto& name : names) {
+    auto view = base.Get(name);
+    if (!view.ok()) continue;  // listed by tensors(), so present; be defensive anyway
+    feed_le(name.size(), 4);
+    XXH3_128bits_update(state.get(), name.data(), name.size());
+    feed_le(static_cast<uint8_t>(view->info.dtype), 1);
+    feed_le(view->info.shape.size(), 1);
+    for (int64_t d : view->info.shape) feed_le(static_cast<uint64_t>(d), 8);
+    feed_le(view->data.size(), 8);
+    XXH3_128bits_update(state.get(), view->data.data(), view->data.size());
+  }
+  XXH128_canonical_t canon;
+  XXH128_canonicalFromHash(&canon, XXH3_128bits_digest(state.get()));
+  BaseHash out;
+  std::memcpy(out.data(), canon.digest, out.size());
+  return out;
+}
+
+absl::StatusOr<Encoding> ChooseEncoding(const TensorView& ft, const TensorView* base,
+                                        const CompressOptions& options) {
+  if (base == nullptr) return Encoding::kRaw;
+  DS_RETURN_IF_ERROR(CheckMergeableShapes(ft, *base));
+  const bool identical = SameTensor(ft, *base);
+  const size_t rank = ft.info.shape.size();
+  for (const auto& rule : options.rules) {
+    if (fnmatch(rule.pattern.c_str(), ft.info.name.c_str(), 0) != 0) continue;
+    if (rule.encoding == Encoding::kUnchanged && !identical) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          Quoted(ft.info.name), ": rule '", rule.ToString(),
+          "' asks for 'unchanged' but the tensor differs from the base"));
+    }
+    if (rule.encoding == Encoding::kDct && rank < 2) {
+      return absl::InvalidArgumentError(absl::StrCat(Quoted(ft.info.name), ": rule '",
+                                                     rule.ToString(), "' asks for 'dct' but ",
+                                                     "the tensor has rank ", rank, " < 2"));
+    }
+    return rule.encoding;
+  }
+  if (identical) return Encoding::kUnchanged;
+  if (rank < 2 || ft.info.num_elements() < options.min_dct_elements) return Encoding::kRaw;
+  return Encoding::kDct;
+}
+
+absl::StatusOr<CompressStats> CompressModel(const ModelReader& base,
+                                            const ModelReader& finetuned,
+                                            const CompressOptions& options,
+                                            const std::string& out_path,
+                                            const ProgressFn& progress) {
+  DS_RETURN_IF_ERROR(options.Validate());
+  ContainerHeader header;
+  header.base_hash = ComputeBaseHash(base);
+  header.tensor_count = static_cast<uint32_t>(finetuned.tensors().size());
+  header.metadata = HeaderMetadata(options);
+  DS_ASSIGN_OR_RETURN(auto writer, ContainerWriter::Open(out_path, header));
+
+  CompressStats stats;
+  std::vector<float> delta;
+  const size_t total = finetuned.tensors().size();
+  for (size_t i = 0; i < total; ++i) {
+    const std::string& name = finetuned.tensors()[i].name;
+    DS_ASSIGN_OR_RETURN(const TensorView ft, finetuned.Get(name));
+    auto base_or = base.Get(name);
+    if (!base_or.ok() && !absl::IsNotFound(base_or.status())) return base_or.status();
+    const TensorView* bv = base_or.ok() ? &*base_or : nullptr;
+    DS_ASSIGN_OR_RETURN(Encoding enc, ChooseEncoding(ft, bv, options));
+
+    TensorRecord rec;
+    rec.info = ft.info;
+    if (bv != nullptr && !bv->info.shape.empty()) rec.base_shape = bv->info.shape;
+    std::vector<uint8_t> payload;
+    if (enc == Encoding::kDct && !ComputeDelta(ft, *bv, &delta)) {
+      enc = Encoding::kRaw;  // NaN/inf delta: DCT cannot represent it; keep it lossless
+    }
+    rec.encoding = enc;
+    if (enc == Encoding::kRaw) {
+      rec.payload = ft.data;
+    } else if (enc == Encoding::kDct) {
+      DS_ASSIGN_OR_RETURN(auto view, MatrixView(bv->info.shape, options.dct.patch_size));
+      rec.rows = view.first;
+      rec.cols = view.second;
+      auto encoded = EncodeDctMatrix(delta.data(), rec.rows, rec.cols, options.dct);
+      if (!encoded.ok()) {
+        return absl::Status(encoded.status().code(), absl::StrCat(Quoted(name), ": ",
+                                                                  encoded.status().message()));
+      }
+      payload = *std::move(encoded);
+      rec.payload = payload;
+      const size_t base_bytes = static_cast<size_t>(bv->info.num_elements()) *
+                                DTypeSize(ft.info.dtype);
+      rec.extra_rows = ft.data.subspan(base_bytes);
+    }
+    const uint64_t before = writer->bytes_written();
+    DS_RETURN_IF_ERROR(writer->Add(rec));
+    const uint64_t rec_bytes = writer->bytes_written() - before;
+    stats.total_weights += ft.info.num_elements();
+    switch (enc) {
+      case Encoding::kDct:
+        ++stats.dct_tensors;
+        stats.dct_weights += ft.info.num_elements();
+        stats.dct_bytes += rec_bytes;
+        break;
+      case Encoding::kRaw:
+        ++stats.raw_tensors;
+        break;
+      case Encoding::kUnchanged:
+        ++stats.unchanged_tensors;
+        break;
+    }
+    if (progress) progress(i + 1, total, name);
+  }
+  DS_RETURN_IF_ERROR(writer->Finish());
+  stats.container_bytes = writer->bytes_written();
+  return stats;
+}
+
+uint64_t MergedBytes(const TensorRecord& record, DType out_dtype) {
+  return static_cast<uint64_t>(record.info.num_elements()) * DTypeSize(out_dtype);
+}
+
+absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DType out_dtype,
+                         absl::Span<uint8_t> out) {
+  const std::string& name = record.info.name;
+  if (out.size() != MergedBytes(record, out_dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(Quoted(name), ": output buffer is ",
+                                                   out.size(), " bytes, merge needs ",
+                                                   MergedBytes(record, out_dtype)));
+  }
+  const int64_t n = record.info.num_elements();
+  if (record.encoding == Encoding::kRaw) {
+    CastElements(record.payload.data(), record.info.dtype, n, out_dtype, out.data());
+    return absl::OkStatus();
+  }
+  if (base == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Quoted(name), ": ", std::string(EncodingName(record.encoding)),
+                     " record needs the base model"));
+  }
+  auto bv = base->Get(name);
+  if (!bv.ok()) {
+    return absl::NotFoundError(absl::StrCat(Quoted(name), ": not in the base model"));
+  }
+  if (bv->info.shape != record.base_shape) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Quoted(name), ": base tensor has shape ", ShapeString(bv->info.shape),
+                     ", the delta was made against ", ShapeString(record.base_shape)));
+  }
+  const int64_t base_n = bv->info.num_elements();
+  if (record.encoding == Encoding::kUnchanged) {
+    CastElements(bv->data.data(), bv->info.dtype, n, out_dtype, out.data());
+    return absl::OkStatus();
+  }
+  absl::Status s = DecodeDctMatrixMerge(record.payload, record.rows, record.cols,
+                                        bv->data.data(), bv->info.dtype, out_dtype,
+                                        out.data());
+  if (!s.ok()) {
+    return absl::Status(s.code(), absl::StrCat(Quoted(name), ": ", s.message()));
+  }
+  if (n > base_n) {
+    CastElements(record.extra_rows.data(), record.info.dtype, n - base_n, out_dtype,
+                 out.data() + base_n * DTypeSize(out_dtype));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DecompressModel(const ModelReader& base, const ContainerReader& container,
+                             const DecompressOptions& options, const std::string& out_path,
+                             const ProgressFn& progress) {
+  const BaseHash have = ComputeBaseHash(base);
+  if (have != container.header().base_hash && !options.force) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the delta was made against base ", BaseHashHex(container.header().base_hash),
+        " but this base hashes to ", BaseHashHex(have), " (force to decode anyway)"));
+  }
+  const size_t total = container.num_records();
+  std::vector<TensorInfo> infos;
+  std::vector<std::vector<uint8_t>> buffers;
+  infos.reserve(total);
+  buffers.reserve(total);
+  for (size_t i = 0; i < total; ++i) {
+    DS_ASSIGN_OR_RETURN(TensorRecord rec, container.record(i));
+    const DType dtype = options.out_dtype.value_or(rec.info.dtype);
+    std::vector<uint8_t> buf(MergedBytes(rec, dtype));
+    DS_RETURN_IF_ERROR(MergeTensor(&base, rec, dtype, absl::MakeSpan(buf)));
+    infos.push_back(TensorInfo{rec.info.name, dtype, rec.info.shape});
+    buffers.push_back(std::move(buf));
+    if (progress) progress(i + 1, total, rec.info.name);
+  }
+  std::vector<TensorView> views;
+  for (size_t i = 0; i < total; ++i) views.push_back(TensorView{infos[i], buffers[i]});
+  return WriteSafetensors(out_path, views,
+                          {{"deltaserve.base_hash", BaseHashHex(container.header().base_hash)},
+                           {"deltaserve.tool", kToolName}});
+}
+
+}  // namespace deltaserve::codec
