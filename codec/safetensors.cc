@@ -351,15 +351,21 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
 }
 
 absl::StatusOr<std::unique_ptr<ModelReader>> OpenDirectory(const std::string& dir) {
-  if (fs::path p = fs::path(dir) / kDefaultIndexName; fs::exists(p)) return OpenIndex(p.string());
-  std::vector<std::string> files, indexes;
+  // error_code overloads throughout: std::filesystem throws otherwise.
   std::error_code ec;
-  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
-    const std::string name = e.path().filename().string();
-    if (EndsWith(name, kIndexSuffix)) indexes.push_back(e.path().string());
-    if (EndsWith(name, ".safetensors")) files.push_back(e.path().string());
+  if (fs::path p = fs::path(dir) / kDefaultIndexName; fs::is_regular_file(p, ec)) {
+    return OpenIndex(p.string());
+  }
+  std::vector<std::string> files, indexes;
+  fs::directory_iterator it(dir, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (EndsWith(name, kIndexSuffix)) indexes.push_back(it->path().string());
+    if (EndsWith(name, ".safetensors")) files.push_back(it->path().string());
   }
   if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", dir));
+  std::sort(indexes.begin(), indexes.end());
+  std::sort(files.begin(), files.end());
   if (indexes.size() == 1) return OpenIndex(indexes[0]);
   if (indexes.empty() && files.size() == 1) return OpenSingle(files[0]);
   if (indexes.empty() && files.empty()) {

@@ -21,17 +21,38 @@
 namespace deltaserve::codec {
 
 // A read-only model: every tensor of one safetensors file or of a sharded set, mapped
-// into memory (no copy of the files). Tensor views stay valid for the reader's lifetime.
-// Thread-safe after Open (all methods are const).
+// into memory (POSIX mmap, PROT_READ, MAP_PRIVATE; no copy of the files). Tensor views
+// stay valid for the reader's lifetime. Thread-safe after Open (all methods are const).
+//
+// Tensor bytes are NOT guaranteed to be aligned for their dtype (files from other
+// writers, or an F16 tensor of odd length before an F32 one): read them with memcpy or
+// ToFloat32, never by casting the pointer. The files must not be truncated while open
+// (reading a lost page would raise SIGBUS).
 class ModelReader {
  public:
-  // `path` is a .safetensors file, a `*.safetensors.index.json`, or a directory holding
-  // either `model.safetensors.index.json` or exactly one `*.safetensors` file.
+  // `path` is a .safetensors file, a `*.json` index, or a directory holding either
+  // `model.safetensors.index.json`, or exactly one `*.safetensors.index.json`, or (no
+  // index) exactly one `*.safetensors` file.
+  //
+  // Everything is validated before any tensor byte is exposed: the 8-byte header
+  // length (<= 100 MB and <= file size - 8), well-formed JSON whose top level is an
+  // object, per tensor {dtype: string, shape: [non-negative ints, product fits int64],
+  // data_offsets: [begin <= end <= data buffer size]}, dtype F32/F16/BF16, end - begin
+  // == product(shape) x dtype size, no two non-empty tensors overlapping (gaps between
+  // tensors are tolerated), `__metadata__` an object of strings. A sharded index needs a
+  // "weight_map" object {tensor: shard file relative to the index, no ".."}; every
+  // listed tensor must be in its shard, and every tensor of an opened shard must be
+  // listed there (so a tensor in two shards is an error). Shards no entry names are
+  // not opened.
+  //
   // Errors (each message names the file and, where one is at fault, the tensor):
-  //   NotFound: path missing. InvalidArgument: header length > 100 MB or past EOF, bad
-  //   JSON, unsupported dtype (names tensor and dtype), offsets outside the buffer,
-  //   overlapping tensors, byte size != product(shape) x dtype size, a tensor name
-  //   appearing in two shards. Internal/Unavailable: mmap failure.
+  //   NotFound: `path` missing, a shard named by the index missing (message names the
+  //   index, the shard and one tensor it should hold), a directory without candidates.
+  //   InvalidArgument: header length > 100 MB or past EOF, file < 8 bytes, bad JSON,
+  //   missing/ill-typed fields, unsupported dtype (e.g. "tensor 'ids': unsupported dtype
+  //   'I64'"), offsets outside the buffer, overlapping tensors, byte size != product(shape)
+  //   x dtype size, a tensor in two shards or missing from its shard, an ambiguous
+  //   directory. Other codes (errno-derived, e.g. PermissionDenied) for open/mmap failures.
   static absl::StatusOr<std::unique_ptr<ModelReader>> Open(const std::string& path);
 
   virtual ~ModelReader() = default;
@@ -40,23 +61,36 @@ class ModelReader {
   virtual const std::vector<TensorInfo>& tensors() const = 0;
   // NotFound if no tensor has that name.
   virtual absl::StatusOr<TensorView> Get(const std::string& name) const = 0;
-  // `__metadata__` of the file (for shards: of the index's "metadata" merged with the
-  // first shard's; string values only).
+  // `__metadata__` of the file. For a sharded model: the index's "metadata" (string
+  // values as they are, other scalars as their JSON text, e.g. total_size -> "1234";
+  // nested objects/arrays dropped) merged with the `__metadata__` of the first shard in
+  // file-name order; on a key present in both, the index wins.
   virtual const std::map<std::string, std::string>& metadata() const = 0;
   // Sum of all tensors' byte sizes.
   virtual uint64_t total_bytes() const = 0;
 };
 
-// Writes one .safetensors file. Tensors are laid out in the order given, 8-byte aligned
-// header as the spec recommends. IO errors -> Internal/Unavailable naming the path.
-// InvalidArgument if a tensor's data size does not match its shape and dtype, or if two
-// tensors share a name. The file is written to `path + ".tmp"` and renamed on success.
+// Writes one .safetensors file: the 8-byte header length, the JSON header (keys sorted,
+// `__metadata__` only if `metadata` is non-empty) padded with spaces to a multiple of 8
+// bytes, then the tensors' bytes back to back in the order given (no padding between
+// tensors, as the reference implementation requires). The file is written to
+// `path + ".tmp"`, fsync'ed and renamed over `path`; on failure no .tmp is left behind.
+// Errors: InvalidArgument naming path and tensor if a tensor's data size does not match
+// its shape and dtype, a shape is invalid, a name is empty, "__metadata__" or used
+// twice, or a string is not valid UTF-8; errno-derived codes naming the path for I/O
+// failures (e.g. NotFound when the parent directory does not exist).
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& tensors,
                               const std::map<std::string, std::string>& metadata);
 
-// Writes a sharded model into directory `dir`: files model-0000i-of-0000n.safetensors
-// of at most `max_shard_bytes` each (a larger single tensor gets its own shard) and
-// model.safetensors.index.json. Same errors as WriteSafetensors.
+// Writes a sharded model into directory `dir` (created if needed): files
+// model-0000i-of-0000n.safetensors (5-digit, 1-based) of at most `max_shard_bytes` of
+// tensor data each, packed greedily in the order given (a tensor larger than the limit
+// gets a shard of its own), each carrying `metadata` as its `__metadata__`, and
+// model.safetensors.index.json {"metadata": metadata, "weight_map": {...}} (no
+// total_size, so ModelReader::metadata() reads back exactly `metadata`). Shards of an
+// earlier write with another count are not removed. Same errors as WriteSafetensors,
+// plus InvalidArgument if max_shard_bytes == 0. Each file is replaced atomically, the
+// set as a whole is not (the index is written last).
 absl::Status WriteShardedSafetensors(const std::string& dir,
                                      const std::vector<TensorView>& tensors,
                                      const std::map<std::string, std::string>& metadata,

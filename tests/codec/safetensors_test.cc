@@ -11,12 +11,14 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace deltaserve::codec {
 namespace {
 
 namespace fs = std::filesystem;
 using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::ScopedTempDir;
 using ::deltaserve::testing::StatusIs;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
@@ -53,16 +55,7 @@ std::vector<float> AsFloats(const TensorView& v) {
 
 class SafetensorsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           ("safetensors_test_" +
-            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+  std::string Path(const std::string& name) const { return tmp_.File(name); }
 
   // Writes a file by hand: 8-byte header length `header_len` (defaults to the real
   // length), the header text and then `data`.
@@ -95,7 +88,8 @@ class SafetensorsTest : public ::testing::Test {
             MakeF32("empty", {0, 4}, {})};
   }
 
-  fs::path dir_;
+  ScopedTempDir tmp_;
+  const fs::path& dir_ = tmp_.path();
 };
 
 TEST_F(SafetensorsTest, RoundTripAllDtypesScalarEmptyAndMetadata) {
@@ -190,6 +184,15 @@ TEST_F(SafetensorsTest, ShardedRoundTrip) {
   }
 }
 
+TEST_F(SafetensorsTest, OpensDirectoryWithOtherIndexName) {
+  const std::vector<OwnedTensor> src = Sample();
+  const std::string dir = Path("renamed");
+  ASSERT_THAT(WriteShardedSafetensors(dir, Views(src), {}, 1 << 20), IsOk());
+  fs::rename(dir + "/model.safetensors.index.json", dir + "/pytorch_model.safetensors.index.json");
+  ASSERT_OK_AND_ASSIGN(auto reader, ModelReader::Open(dir));
+  EXPECT_EQ(reader->tensors().size(), src.size());
+}
+
 TEST_F(SafetensorsTest, ShardedLargeTensorGetsItsOwnShard) {
   std::vector<OwnedTensor> src = {MakeF32("small", {1}, {1.0f}),
                                   MakeF32("big", {8}, {1, 2, 3, 4, 5, 6, 7, 8}),
@@ -225,6 +228,16 @@ TEST_F(SafetensorsTest, WriterRejectsSizeMismatchAndDuplicates) {
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_FALSE(fs::exists(Path("x.safetensors")));
   EXPECT_FALSE(fs::exists(Path("x.safetensors.tmp")));
+}
+
+TEST_F(SafetensorsTest, WriterRejectsInvalidUtf8) {
+  OwnedTensor a = MakeF32("bad\xff", {1}, {1});
+  EXPECT_THAT(WriteSafetensors(Path("u.safetensors"), {a.view()}, {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("u.safetensors")));
+  OwnedTensor b = MakeF32("ok", {1}, {1});
+  EXPECT_THAT(WriteSafetensors(Path("u.safetensors"), {b.view()}, {{"k", "\xc3"}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("u.safetensors")));
+  EXPECT_FALSE(fs::exists(Path("u.safetensors")));
 }
 
 TEST_F(SafetensorsTest, WriterReportsIoErrorsNamingThePath) {
@@ -337,8 +350,13 @@ TEST_F(SafetensorsTest, MalformedJson) {
                        AllOf(HasSubstr("bad.safetensors"), HasSubstr("malformed JSON"))));
   EXPECT_THAT(ModelReader::Open(WriteRaw("arr.safetensors", "[1,2]", {})),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a JSON object")));
-  EXPECT_THAT(ModelReader::Open(WriteRaw("deep.safetensors", std::string(100000, '[') , {})),
+  EXPECT_THAT(ModelReader::Open(WriteRaw("deep.safetensors", std::string(100000, '['), {})),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("malformed JSON")));
+  // Well-formed but 10^6 levels deep: parsed and freed without recursion.
+  const std::string deep = "{\"w\":" + std::string(1000000, '[') + std::string(1000000, ']') + "}";
+  EXPECT_THAT(ModelReader::Open(WriteRaw("deep2.safetensors", deep, {})),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("tensor 'w': entry is not a JSON object")));
 }
 
 TEST_F(SafetensorsTest, BadEntryFields) {
@@ -440,7 +458,6 @@ TEST_F(SafetensorsTest, UnsupportedDtype) {
 class ShardedCorruptionTest : public SafetensorsTest {
  protected:
   void SetUp() override {
-    SafetensorsTest::SetUp();
     src_ = {MakeF32("a", {2}, {1, 2}), MakeF32("b", {2}, {3, 4}), MakeF32("c", {2}, {5, 6})};
     sharded_ = Path("s");
     ASSERT_THAT(WriteShardedSafetensors(sharded_, Views(src_), {{"k", "v"}}, 8), IsOk());

@@ -12,12 +12,14 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace deltaserve::codec {
 namespace {
 
 namespace fs = std::filesystem;
 using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::ScopedTempDir;
 using ::deltaserve::testing::StatusIs;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
@@ -175,17 +177,8 @@ TEST(UseLiteTest, ImportsSevenShards) {
 
 class TfjsSyntheticTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           ("tfjs_test_" +
-            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   std::string Write(const std::string& name, const void* data, size_t n) {
-    const std::string path = (dir_ / name).string();
+    const std::string path = tmp_.File(name);
     std::ofstream out(path, std::ios::binary);
     out.write(static_cast<const char*>(data), n);
     return path;
@@ -194,7 +187,8 @@ class TfjsSyntheticTest : public ::testing::Test {
     return Write(name, text.data(), text.size());
   }
 
-  fs::path dir_;
+  ScopedTempDir tmp_;
+  const fs::path& dir_ = tmp_.path();
 };
 
 TEST_F(TfjsSyntheticTest, AllStorageKindsAcrossTwoFiles) {
