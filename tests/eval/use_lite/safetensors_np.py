@@ -27,11 +27,11 @@ def save(path, tensors, metadata=None):
     blobs = []
     offset = 0
     for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name])
+        arr = np.asarray(tensors[name])  # keeps 0-d shapes (ascontiguousarray would not)
         dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
         if np.dtype(dt) not in _NAMES:
             raise ValueError(f"{path}: tensor {name}: unsupported dtype {arr.dtype}")
-        data = arr.astype(dt, copy=False).tobytes()
+        data = arr.astype(dt, copy=False).tobytes(order="C")
         header[name] = {"dtype": _NAMES[np.dtype(dt)], "shape": list(arr.shape),
                         "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
