@@ -1,0 +1,93 @@
+// deltaserved: serves deltaserve.v1.DeltaService. Flags: server/CONFIG.md.
+// Every flag may also come from DELTASERVE_<FLAG> in the environment (e.g.
+// DELTASERVE_BASE, DELTASERVE_METRICS_LISTEN); a flag on the command line wins.
+// SIGTERM/SIGINT: drain (stop accepting, let calls finish up to --drain-seconds), then
+// close the database and exit 0.
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "server/internal/log.h"
+#include "server/server.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+using deltaserve::server::Server;
+using deltaserve::server::ServerOptions;
+namespace internal = deltaserve::server::internal;
+
+int Run(int argc, char** argv) {
+  ServerOptions o;
+  std::string preload, log_format = "text";
+  int drain_seconds = 30;
+  CLI::App app{"deltaserved: serves Delta-DCT task deltas merged into a resident base"};
+  app.add_option("--base", o.base_path, "base model (.safetensors file, index or directory)")
+      ->envname("DELTASERVE_BASE")->required();
+  app.add_option("--db", o.db_path, "RocksDB directory")->envname("DELTASERVE_DB")
+      ->capture_default_str();
+  app.add_option("--listen", o.listen, "gRPC address host:port")->envname("DELTASERVE_LISTEN")
+      ->capture_default_str();
+  app.add_option("--metrics-listen", o.metrics_listen, "Prometheus /metrics address (\"\" = off)")
+      ->envname("DELTASERVE_METRICS_LISTEN")->capture_default_str();
+  app.add_option("--config", o.config_path, "tenants/tokens JSON (server/CONFIG.md)")
+      ->envname("DELTASERVE_CONFIG");
+  app.add_option("--tls-cert", o.tls_cert_path, "PEM certificate chain (TLS)")
+      ->envname("DELTASERVE_TLS_CERT");
+  app.add_option("--tls-key", o.tls_key_path, "PEM private key (TLS)")
+      ->envname("DELTASERVE_TLS_KEY");
+  app.add_option("--cache-bytes", o.cache_bytes, "merged-tensor cache budget, bytes")
+      ->envname("DELTASERVE_CACHE_BYTES")->capture_default_str();
+  app.add_option("--workers", o.workers, "worker threads (0 = cores)")
+      ->envname("DELTASERVE_WORKERS")->capture_default_str();
+  app.add_option("--chunk-bytes", o.chunk_bytes, "StreamWeights chunk size, bytes")
+      ->envname("DELTASERVE_CHUNK_BYTES")->capture_default_str();
+  app.add_option("--prefetch-tensors", o.prefetch_tensors, "tensors decoded ahead per stream")
+      ->envname("DELTASERVE_PREFETCH_TENSORS")->capture_default_str();
+  app.add_option("--max-upload-bytes", o.max_upload_bytes, "largest accepted container, bytes")
+      ->envname("DELTASERVE_MAX_UPLOAD_BYTES")->capture_default_str();
+  app.add_option("--preload", preload, "tenant/task[,tenant/task...] pinned in the cache")
+      ->envname("DELTASERVE_PRELOAD");
+  app.add_option("--drain-seconds", drain_seconds, "SIGTERM drain deadline, seconds")
+      ->envname("DELTASERVE_DRAIN_SECONDS")->capture_default_str();
+  app.add_option("--log-format", log_format, "text|json")->envname("DELTASERVE_LOG_FORMAT")
+      ->check(CLI::IsMember({"text", "json"}))->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  internal::SetLogFormat(log_format == "json" ? internal::LogFormat::kJson
+                                              : internal::LogFormat::kText);
+  if (!preload.empty()) o.preload = absl::StrSplit(preload, ',', absl::SkipEmpty());
+  o.drain_timeout = absl::Seconds(drain_seconds);
+
+  // Block the stop signals in every thread (the server's threads inherit the mask);
+  // this thread waits for them with sigwait.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(o);
+  if (!server.ok()) {
+    internal::LogError("start failed", {{"error", server.status().ToString()}});
+    return 1;
+  }
+  int sig = 0;
+  sigwait(&stop, &sig);
+  internal::LogInfo("signal", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  (*server)->Shutdown(o.drain_timeout);
+  (*server)->Wait();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return Run(argc, argv); }

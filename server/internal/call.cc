@@ -1,0 +1,37 @@
+#include "server/internal/call.h"
+
+#include "absl/strings/str_format.h"
+#include "server/internal/log.h"
+#include "server/internal/metrics.h"
+
+namespace deltaserve::server::internal {
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+std::optional<std::string> AuthorizationHeader(const grpc::ServerContextBase& ctx) {
+  const auto& md = ctx.client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end()) return std::nullopt;
+  return std::string(it->second.data(), it->second.size());
+}
+
+void CallLog::Finish(const absl::Status& status) {
+  double seconds = absl::ToDoubleSeconds(absl::Now() - start_);
+  std::string code = absl::StatusCodeToString(status.code());
+  if (metrics_) metrics_->RecordRequest(method_, code, seconds);
+  std::string ms = absl::StrFormat("%.3f", seconds * 1e3);
+  if (status.ok()) {
+    LogInfo("request", {{"method", method_}, {"tenant", tenant_}, {"task", task_},
+                        {"code", code}, {"bytes", std::to_string(bytes_)}, {"ms", ms}});
+  } else {
+    LogWarn("request", {{"method", method_}, {"tenant", tenant_}, {"task", task_},
+                        {"code", code}, {"bytes", std::to_string(bytes_)}, {"ms", ms},
+                        {"error", std::string(status.message())}});
+  }
+}
+
+}  // namespace deltaserve::server::internal

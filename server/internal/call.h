@@ -1,0 +1,54 @@
+// Per-call plumbing shared by every handler: the one absl::Status -> grpc::Status
+// conversion (STYLE.md), the authorization header, and the per-request log line and
+// metrics.
+#ifndef DELTASERVE_SERVER_INTERNAL_CALL_H_
+#define DELTASERVE_SERVER_INTERNAL_CALL_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/support/status.h"
+
+namespace deltaserve::server::internal {
+
+class Metrics;
+
+// The only place a grpc::Status is built. absl and gRPC share code numbers.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// Value of the "authorization" metadata entry, if any.
+std::optional<std::string> AuthorizationHeader(const grpc::ServerContextBase& ctx);
+
+// One request's log line and metrics. Not thread-safe: owned by one call, whose steps
+// are serialized.
+class CallLog {
+ public:
+  CallLog(Metrics* metrics, std::string_view method)
+      : metrics_(metrics), method_(method), start_(absl::Now()) {}
+
+  void set_tenant(const std::string& tenant) { tenant_ = std::string(tenant); }
+  void set_task(const std::string& task) { task_ = std::string(task); }
+  void add_bytes(uint64_t n) { bytes_ += n; }
+  uint64_t bytes() const { return bytes_; }
+
+  // Records deltaserve_requests_total / _request_duration_seconds and logs one line
+  // "request method=.. tenant=.. task=.. code=.. bytes=.. ms=.." (plus the error
+  // message when not OK). Call exactly once.
+  void Finish(const absl::Status& status);
+
+ private:
+  Metrics* metrics_;
+  std::string method_, tenant_, task_;
+  uint64_t bytes_ = 0;
+  absl::Time start_;
+};
+
+}  // namespace deltaserve::server::internal
+
+#endif  // DELTASERVE_SERVER_INTERNAL_CALL_H_

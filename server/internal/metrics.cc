@@ -1,0 +1,117 @@
+#include "server/internal/metrics.h"
+
+namespace deltaserve::server::internal {
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+
+// Seconds, 100 us .. ~100 s: covers a unary call as well as a whole-model stream.
+prometheus::Histogram::BucketBoundaries RequestBuckets() {
+  return {0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 100};
+}
+// Per-tensor decode/merge: 10 us .. 10 s.
+prometheus::Histogram::BucketBoundaries TensorBuckets() {
+  return {0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10};
+}
+
+}  // namespace
+
+Metrics::Metrics(std::string_view version)
+    : registry_(std::make_shared<prometheus::Registry>()) {
+  prometheus::Registry& r = *registry_;
+  requests_ = &BuildCounter()
+                   .Name("deltaserve_requests_total")
+                   .Help("Finished RPCs by method and gRPC status code")
+                   .Register(r);
+  request_duration_ = &BuildHistogram()
+                           .Name("deltaserve_request_duration_seconds")
+                           .Help("RPC latency from start to finish, by method")
+                           .Register(r);
+  streamed_bytes_ = &BuildCounter()
+                         .Name("deltaserve_streamed_bytes_total")
+                         .Help("Payload bytes sent by StreamWeights / StreamDelta")
+                         .Register(r);
+  uploaded_bytes_ = &BuildCounter()
+                         .Name("deltaserve_uploaded_bytes_total")
+                         .Help("Container bytes received by PutDelta")
+                         .Register(r)
+                         .Add({});
+  decode_seconds_ = &BuildHistogram()
+                         .Name("deltaserve_decode_seconds")
+                         .Help("Per-tensor decode+merge time on the worker pool")
+                         .Register(r)
+                         .Add({}, TensorBuckets());
+  merge_seconds_ = &BuildHistogram()
+                        .Name("deltaserve_merge_seconds")
+                        .Help("Per-tensor merge/cast time (fused with decode: same as "
+                              "deltaserve_decode_seconds)")
+                        .Register(r)
+                        .Add({}, TensorBuckets());
+  cache_hits_ = &BuildCounter()
+                     .Name("deltaserve_cache_hits_total")
+                     .Help("Merged-tensor cache hits")
+                     .Register(r)
+                     .Add({});
+  cache_misses_ = &BuildCounter()
+                       .Name("deltaserve_cache_misses_total")
+                       .Help("Merged-tensor cache misses (tensor decoded)")
+                       .Register(r)
+                       .Add({});
+  cache_evictions_ = &BuildCounter()
+                          .Name("deltaserve_cache_evictions_total")
+                          .Help("Merged tensors evicted from the cache")
+                          .Register(r)
+                          .Add({});
+  cache_bytes_ = &BuildGauge()
+                      .Name("deltaserve_cache_bytes")
+                      .Help("Bytes of merged tensors held by the cache")
+                      .Register(r)
+                      .Add({});
+  streams_in_flight_ = &BuildGauge()
+                            .Name("deltaserve_streams_in_flight")
+                            .Help("StreamWeights/StreamDelta calls in progress")
+                            .Register(r)
+                            .Add({});
+  tenant_tasks_ = &BuildGauge()
+                       .Name("deltaserve_tenant_tasks")
+                       .Help("Stored tasks per tenant")
+                       .Register(r);
+  tenant_stored_bytes_ = &BuildGauge()
+                              .Name("deltaserve_tenant_stored_bytes")
+                              .Help("Stored container bytes per tenant")
+                              .Register(r);
+  base_bytes_ = &BuildGauge()
+                     .Name("deltaserve_base_bytes")
+                     .Help("Bytes of the resident base model")
+                     .Register(r)
+                     .Add({});
+  base_tensors_ = &BuildGauge()
+                       .Name("deltaserve_base_tensors")
+                       .Help("Tensors of the resident base model")
+                       .Register(r)
+                       .Add({});
+  BuildGauge()
+      .Name("deltaserve_build_info")
+      .Help("Build information; value is always 1")
+      .Register(r)
+      .Add({{"version", std::string(version)}})
+      .Set(1);
+}
+
+void Metrics::RecordRequest(std::string_view method, std::string_view code, double seconds) {
+  requests_->Add({{"method", std::string(method)}, {"code", std::string(code)}}).Increment();
+  request_duration_->Add({{"method", std::string(method)}}, RequestBuckets()).Observe(seconds);
+}
+
+void Metrics::AddStreamedBytes(std::string_view method, uint64_t bytes) {
+  streamed_bytes_->Add({{"method", std::string(method)}}).Increment(static_cast<double>(bytes));
+}
+
+void Metrics::SetTenantUsage(std::string_view tenant, uint64_t tasks, uint64_t bytes) {
+  tenant_tasks_->Add({{"tenant", std::string(tenant)}}).Set(static_cast<double>(tasks));
+  tenant_stored_bytes_->Add({{"tenant", std::string(tenant)}}).Set(static_cast<double>(bytes));
+}
+
+}  // namespace deltaserve::server::internal

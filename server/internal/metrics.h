@@ -1,0 +1,66 @@
+// Prometheus metrics of deltaserved (names fixed by the deployment: see
+// server/CONFIG.md "Metrics"; dashboards and alerts depend on them, never rename).
+// Thread-safe: prometheus-cpp metrics are atomic; family lookups take a lock.
+#ifndef DELTASERVE_SERVER_INTERNAL_METRICS_H_
+#define DELTASERVE_SERVER_INTERNAL_METRICS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace deltaserve::server::internal {
+
+class Metrics {
+ public:
+  explicit Metrics(std::string_view version);
+
+  // The registry to expose (prometheus::Exposer::RegisterCollectable).
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  // One finished RPC: deltaserve_requests_total{method,code} and
+  // deltaserve_request_duration_seconds{method}. `code` is a gRPC code name ("OK").
+  void RecordRequest(std::string_view method, std::string_view code, double seconds);
+  // deltaserve_streamed_bytes_total{method}.
+  void AddStreamedBytes(std::string_view method, uint64_t bytes);
+  prometheus::Counter& uploaded_bytes() { return *uploaded_bytes_; }
+  prometheus::Histogram& decode_seconds() { return *decode_seconds_; }
+  prometheus::Histogram& merge_seconds() { return *merge_seconds_; }
+  prometheus::Counter& cache_hits() { return *cache_hits_; }
+  prometheus::Counter& cache_misses() { return *cache_misses_; }
+  prometheus::Counter& cache_evictions() { return *cache_evictions_; }
+  prometheus::Gauge& cache_bytes() { return *cache_bytes_; }
+  prometheus::Gauge& streams_in_flight() { return *streams_in_flight_; }
+  prometheus::Gauge& base_bytes() { return *base_bytes_; }
+  prometheus::Gauge& base_tensors() { return *base_tensors_; }
+  // deltaserve_tenant_tasks{tenant} / deltaserve_tenant_stored_bytes{tenant}.
+  void SetTenantUsage(std::string_view tenant, uint64_t tasks, uint64_t bytes);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Histogram>* request_duration_;
+  prometheus::Family<prometheus::Counter>* streamed_bytes_;
+  prometheus::Family<prometheus::Gauge>* tenant_tasks_;
+  prometheus::Family<prometheus::Gauge>* tenant_stored_bytes_;
+  prometheus::Counter* uploaded_bytes_;
+  prometheus::Histogram* decode_seconds_;
+  prometheus::Histogram* merge_seconds_;
+  prometheus::Counter* cache_hits_;
+  prometheus::Counter* cache_misses_;
+  prometheus::Counter* cache_evictions_;
+  prometheus::Gauge* cache_bytes_;
+  prometheus::Gauge* streams_in_flight_;
+  prometheus::Gauge* base_bytes_;
+  prometheus::Gauge* base_tensors_;
+};
+
+}  // namespace deltaserve::server::internal
+
+#endif  // DELTASERVE_SERVER_INTERNAL_METRICS_H_

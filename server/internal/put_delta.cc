@@ -1,0 +1,187 @@
+// PutDelta: client-streaming upload, verified in full before one atomic commit.
+//
+// Flow: OnReadDone(metadata) -> pool: Admit (auth, names, size limit, existence and
+// quota pre-checks; RocksDB reads) -> StartRead chunks, appended in the callback (a
+// memcpy; bounded by the declared total_bytes) -> end of stream -> pool: Commit (size,
+// optional XXH3-64, container framing and every record checksum, base hash, commit in
+// one WriteBatch) -> Finish. Any error finishes the call at once and stores nothing.
+// The whole container is held in memory until committed (<= --max-upload-bytes).
+#include <xxhash.h>
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "codec/container.h"
+#include "codec/status_macros.h"
+#include "server/internal/convert.h"
+#include "server/internal/service.h"
+
+namespace deltaserve::server::internal {
+namespace {
+
+class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest> {
+ public:
+  PutDeltaReactor(const ServiceContext* ctx, grpc::CallbackServerContext* call,
+                  v1::PutDeltaResponse* response)
+      : ctx_(ctx), call_(call), response_(response), log_(ctx->metrics, "PutDelta") {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // End of the client's stream (or a broken call): verify and commit on the pool.
+      if (!have_metadata_) return Fail(absl::InvalidArgumentError("PutDelta: empty stream"));
+      ctx_->pool->Schedule([this] { Commit(); });
+      return;
+    }
+    if (!have_metadata_) {
+      if (!request_.has_metadata()) {
+        return Fail(absl::InvalidArgumentError("PutDelta: the first message must be metadata"));
+      }
+      have_metadata_ = true;
+      meta_ = request_.metadata();
+      log_.set_task(meta_.task());
+      ctx_->pool->Schedule([this] { Admit(); });
+      return;
+    }
+    if (!request_.has_chunk()) {
+      return Fail(absl::InvalidArgumentError("PutDelta: metadata may only come first"));
+    }
+    const std::string& chunk = request_.chunk();
+    if (buffer_.size() + chunk.size() > meta_.total_bytes()) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("PutDelta: task '", meta_.task(), "': more bytes than total_bytes=",
+                       meta_.total_bytes())));
+    }
+    buffer_.append(chunk);
+    ctx_->metrics->uploaded_bytes().Increment(static_cast<double>(chunk.size()));
+    log_.add_bytes(chunk.size());
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status CheckAdmission() {
+    DS_ASSIGN_OR_RETURN(Caller caller, ctx_->auth->Authenticate(AuthorizationHeader(*call_)));
+    DS_ASSIGN_OR_RETURN(tenant_, ResolveTask(*ctx_, caller, meta_.tenant(), meta_.task(), log_));
+    const uint64_t total = meta_.total_bytes();
+    if (total == 0) return absl::InvalidArgumentError("PutDelta: total_bytes must be > 0");
+    if (total > ctx_->options->max_upload_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("PutDelta: task '", meta_.task(), "': ", total,
+                       " bytes exceed the server's maximum upload of ",
+                       ctx_->options->max_upload_bytes));
+    }
+    // Early answers for the common refusals, before any byte is sent; the commit checks
+    // both again atomically.
+    uint64_t replaced = 0;
+    absl::StatusOr<storage::TaskInfo> existing = ctx_->store->GetTask(tenant_, meta_.task());
+    if (existing.ok()) {
+      if (!meta_.overwrite()) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "task '", meta_.task(), "' already exists (set overwrite to replace it)"));
+      }
+      replaced = existing->total_bytes;
+    } else if (existing.status().code() != absl::StatusCode::kNotFound) {
+      return existing.status();
+    }
+    uint64_t quota = ctx_->auth->QuotaBytes(tenant_);
+    if (quota > 0) {
+      DS_ASSIGN_OR_RETURN(storage::TenantUsage usage, ctx_->store->GetTenantUsage(tenant_));
+      if (usage.bytes - replaced + total > quota) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("tenant '", tenant_, "' quota: ", usage.bytes - replaced, " + ", total,
+                         " bytes would exceed ", quota));
+      }
+    }
+    buffer_.reserve(total);
+    return absl::OkStatus();
+  }
+
+  // Pool.
+  void Admit() {
+    absl::Status status = CheckAdmission();
+    if (!status.ok()) return Fail(status);
+    StartRead(&request_);
+  }
+
+  absl::Status Verify() {
+    if (call_->IsCancelled()) return absl::CancelledError("PutDelta: cancelled by the client");
+    if (buffer_.size() != meta_.total_bytes()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("PutDelta: task '", meta_.task(), "': truncated upload, got ",
+                       buffer_.size(), " of ", meta_.total_bytes(), " bytes"));
+    }
+    if (meta_.has_xxh3_64()) {
+      uint64_t got = XXH3_64bits(buffer_.data(), buffer_.size());
+      if (got != meta_.xxh3_64()) {
+        return absl::DataLossError(absl::StrCat("PutDelta: task '", meta_.task(),
+                                                "': container XXH3-64 mismatch"));
+      }
+    }
+    auto bytes = absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(buffer_.data()),
+                                     buffer_.size());
+    absl::StatusOr<codec::ContainerReader> container = codec::ContainerReader::Parse(bytes);
+    if (!container.ok()) {
+      return absl::Status(container.status().code(),
+                          absl::StrCat("PutDelta: task '", meta_.task(), "': ",
+                                       container.status().message()));
+    }
+    if (container->header().base_hash != ctx_->base_hash) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "PutDelta: task '", meta_.task(), "' was compressed against base ",
+          codec::BaseHashHex(container->header().base_hash), ", not the resident base ",
+          ctx_->base_hash_hex));
+    }
+    storage::CommitOptions options;
+    options.overwrite = meta_.overwrite();
+    options.quota_bytes = ctx_->auth->QuotaBytes(tenant_);
+    storage::TaskInfo committed;
+    DS_RETURN_IF_ERROR(ctx_->versions->Mutate(tenant_, meta_.task(), ctx_->cache,
+                                              [&]() -> absl::Status {
+      DS_ASSIGN_OR_RETURN(committed, ctx_->store->CommitTask(tenant_, meta_.task(),
+                                                             *container, options));
+      return absl::OkStatus();
+    }));
+    ctx_->PublishTenantUsage(tenant_);
+    FillTaskInfo(committed, /*with_tensors=*/false,
+                 ctx_->cache->IsPinned(TaskGroup(tenant_, meta_.task())),
+                 response_->mutable_task());
+    return absl::OkStatus();
+  }
+
+  // Pool.
+  void Commit() {
+    absl::Status status = Verify();
+    std::string().swap(buffer_);  // free the upload before answering
+    Finish(status);
+  }
+
+  void Fail(const absl::Status& status) { Finish(status); }
+
+  void Finish(const absl::Status& status) {
+    log_.Finish(status);
+    grpc::ServerReadReactor<v1::PutDeltaRequest>::Finish(ToGrpcStatus(status));
+  }
+
+  const ServiceContext* ctx_;
+  grpc::CallbackServerContext* call_;
+  v1::PutDeltaResponse* response_;
+  CallLog log_;
+  v1::PutDeltaRequest request_;
+  v1::PutDeltaMetadata meta_;
+  bool have_metadata_ = false;
+  std::string tenant_;
+  std::string buffer_;
+};
+
+}  // namespace
+
+grpc::ServerReadReactor<v1::PutDeltaRequest>* NewPutDeltaReactor(
+    const ServiceContext* ctx, grpc::CallbackServerContext* call,
+    v1::PutDeltaResponse* response) {
+  return new PutDeltaReactor(ctx, call, response);
+}
+
+}  // namespace deltaserve::server::internal

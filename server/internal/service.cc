@@ -1,0 +1,175 @@
+#include "server/internal/service.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "codec/status_macros.h"
+#include "server/internal/convert.h"
+#include "storage/store.h"
+
+namespace deltaserve::server::internal {
+
+absl::StatusOr<std::string> ResolveTask(const ServiceContext& ctx, const Caller& caller,
+                                        const std::string& tenant_field, const std::string& task,
+                                        CallLog& log) {
+  log.set_task(task);
+  DS_ASSIGN_OR_RETURN(std::string tenant,
+                      ctx.auth->ResolveTenant(caller, tenant_field,
+                                              absl::StrCat("task '", task, "'"), false));
+  log.set_tenant(tenant);
+  DS_RETURN_IF_ERROR(storage::ValidateName("task", task));
+  return tenant;
+}
+
+grpc::ServerUnaryReactor* DeltaServiceImpl::RunUnary(grpc::CallbackServerContext* call,
+                                                     const char* method, UnaryWork work) {
+  grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
+  auto log = std::make_shared<CallLog>(ctx_->metrics, method);
+  absl::StatusOr<Caller> caller = ctx_->auth->Authenticate(AuthorizationHeader(*call));
+  if (!caller.ok()) {
+    log->Finish(caller.status());
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
+  ctx_->pool->Schedule([reactor, log, work = std::move(work), caller = *std::move(caller)] {
+    absl::Status status = work(caller, *log);
+    log->Finish(status);
+    reactor->Finish(ToGrpcStatus(status));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DeltaServiceImpl::ListTasks(grpc::CallbackServerContext* call,
+                                                      const v1::ListTasksRequest* request,
+                                                      v1::ListTasksResponse* response) {
+  const ServiceContext* ctx = ctx_;
+  return RunUnary(call, "ListTasks", [=](const Caller& caller, CallLog& log) -> absl::Status {
+    DS_ASSIGN_OR_RETURN(std::string tenant, ctx->auth->ResolveTenant(caller, request->tenant(),
+                                                                     "tenant", true));
+    log.set_tenant(tenant.empty() ? "*" : tenant);
+    std::vector<std::string> tenants;
+    if (tenant.empty()) {
+      DS_ASSIGN_OR_RETURN(tenants, ctx->store->ListTenants());
+    } else {
+      tenants.push_back(tenant);
+      response->set_quota_bytes(ctx->auth->QuotaBytes(tenant));
+    }
+    uint64_t stored = 0;
+    for (const std::string& t : tenants) {
+      DS_ASSIGN_OR_RETURN(std::vector<storage::TaskInfo> tasks, ctx->store->ListTasks(t));
+      for (const storage::TaskInfo& info : tasks) {
+        FillTaskInfo(info, /*with_tensors=*/false,
+                     ctx->cache->IsPinned(TaskGroup(info.tenant, info.task)),
+                     response->add_tasks());
+        stored += info.total_bytes;
+      }
+    }
+    response->set_stored_bytes(stored);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* DeltaServiceImpl::GetTask(grpc::CallbackServerContext* call,
+                                                    const v1::GetTaskRequest* request,
+                                                    v1::TaskInfo* response) {
+  const ServiceContext* ctx = ctx_;
+  return RunUnary(call, "GetTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
+    DS_ASSIGN_OR_RETURN(std::string tenant,
+                        ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
+    DS_ASSIGN_OR_RETURN(storage::TaskInfo info, ctx->store->GetTask(tenant, request->task()));
+    FillTaskInfo(info, request->include_tensors(),
+                 ctx->cache->IsPinned(TaskGroup(tenant, request->task())), response);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* DeltaServiceImpl::DeleteTask(grpc::CallbackServerContext* call,
+                                                       const v1::DeleteTaskRequest* request,
+                                                       v1::DeleteTaskResponse* response) {
+  const ServiceContext* ctx = ctx_;
+  return RunUnary(call, "DeleteTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
+    const std::string& task = request->task();
+    DS_ASSIGN_OR_RETURN(std::string tenant,
+                        ResolveTask(*ctx, caller, request->tenant(), task, log));
+    uint64_t freed = 0;
+    DS_RETURN_IF_ERROR(ctx->versions->Mutate(tenant, task, ctx->cache, [&]() -> absl::Status {
+      DS_ASSIGN_OR_RETURN(storage::TaskInfo info, ctx->store->GetTask(tenant, task));
+      freed = info.total_bytes;
+      return ctx->store->DeleteTask(tenant, task);
+    }));
+    // A deleted task is no longer pinned (a new upload under its name starts unpinned).
+    const std::string group = TaskGroup(tenant, task);
+    while (ctx->cache->Unpin(group)) {
+    }
+    ctx->PublishTenantUsage(tenant);
+    response->set_freed_bytes(freed);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* DeltaServiceImpl::GetBase(grpc::CallbackServerContext* call,
+                                                    const v1::GetBaseRequest* request,
+                                                    v1::BaseInfo* response) {
+  const ServiceContext* ctx = ctx_;
+  return RunUnary(call, "GetBase", [=](const Caller&, CallLog&) -> absl::Status {
+    response->set_hash(ctx->base_hash_hex);
+    response->set_num_tensors(static_cast<uint32_t>(ctx->base->tensors().size()));
+    response->set_total_bytes(ctx->base->total_bytes());
+    uint64_t weights = 0;
+    std::set<int> dtypes;
+    for (const codec::TensorInfo& t : ctx->base->tensors()) {
+      weights += static_cast<uint64_t>(t.num_elements());
+      dtypes.insert(ToProtoDType(t.dtype));
+    }
+    response->set_total_weights(weights);
+    for (int d : dtypes) response->add_dtypes(static_cast<v1::DType>(d));
+    response->set_path(ctx->options->base_path);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* DeltaServiceImpl::PinTask(grpc::CallbackServerContext* call,
+                                                    const v1::PinTaskRequest* request,
+                                                    v1::PinTaskResponse* response) {
+  const ServiceContext* ctx = ctx_;
+  return RunUnary(call, "PinTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
+    DS_ASSIGN_OR_RETURN(std::string tenant,
+                        ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
+    DS_ASSIGN_OR_RETURN(std::optional<codec::DType> dtype, FromProtoDType(request->out_dtype()));
+    DS_ASSIGN_OR_RETURN(uint64_t bytes,
+                        internal::PinTask(*ctx, tenant, request->task(), dtype));
+    response->set_pinned_bytes(bytes);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* DeltaServiceImpl::UnpinTask(grpc::CallbackServerContext* call,
+                                                      const v1::UnpinTaskRequest* request,
+                                                      v1::UnpinTaskResponse* response) {
+  const ServiceContext* ctx = ctx_;
+  return RunUnary(call, "UnpinTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
+    DS_ASSIGN_OR_RETURN(std::string tenant,
+                        ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
+    if (!ctx->cache->Unpin(TaskGroup(tenant, request->task()))) {
+      return absl::NotFoundError(absl::StrCat("task '", request->task(), "' is not pinned"));
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerReadReactor<v1::PutDeltaRequest>* DeltaServiceImpl::PutDelta(
+    grpc::CallbackServerContext* call, v1::PutDeltaResponse* response) {
+  return NewPutDeltaReactor(ctx_, call, response);
+}
+
+grpc::ServerWriteReactor<v1::StreamWeightsResponse>* DeltaServiceImpl::StreamWeights(
+    grpc::CallbackServerContext* call, const v1::StreamWeightsRequest* request) {
+  return NewStreamWeightsReactor(ctx_, call, request);
+}
+
+grpc::ServerWriteReactor<v1::StreamDeltaResponse>* DeltaServiceImpl::StreamDelta(
+    grpc::CallbackServerContext* call, const v1::StreamDeltaRequest* request) {
+  return NewStreamDeltaReactor(ctx_, call, request);
+}
+
+}  // namespace deltaserve::server::internal

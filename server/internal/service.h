@@ -1,0 +1,77 @@
+// deltaserve.v1.DeltaService on the gRPC callback API. Every handler returns at once;
+// blocking work runs on ctx->pool, which finishes or advances the reactor.
+// Unary handlers live in service.cc, streaming reactors in put_delta.cc,
+// stream_weights.cc and stream_delta.cc.
+#ifndef DELTASERVE_SERVER_INTERNAL_SERVICE_H_
+#define DELTASERVE_SERVER_INTERNAL_SERVICE_H_
+
+#include <functional>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "deltaserve/v1/delta_service.grpc.pb.h"
+#include "server/internal/auth.h"
+#include "server/internal/call.h"
+#include "server/internal/context.h"
+
+namespace deltaserve::server::internal {
+
+class DeltaServiceImpl final : public v1::DeltaService::CallbackService {
+ public:
+  explicit DeltaServiceImpl(const ServiceContext* ctx) : ctx_(ctx) {}
+
+  grpc::ServerReadReactor<v1::PutDeltaRequest>* PutDelta(
+      grpc::CallbackServerContext* call, v1::PutDeltaResponse* response) override;
+  grpc::ServerUnaryReactor* ListTasks(grpc::CallbackServerContext* call,
+                                      const v1::ListTasksRequest* request,
+                                      v1::ListTasksResponse* response) override;
+  grpc::ServerUnaryReactor* GetTask(grpc::CallbackServerContext* call,
+                                    const v1::GetTaskRequest* request,
+                                    v1::TaskInfo* response) override;
+  grpc::ServerUnaryReactor* DeleteTask(grpc::CallbackServerContext* call,
+                                       const v1::DeleteTaskRequest* request,
+                                       v1::DeleteTaskResponse* response) override;
+  grpc::ServerUnaryReactor* GetBase(grpc::CallbackServerContext* call,
+                                    const v1::GetBaseRequest* request,
+                                    v1::BaseInfo* response) override;
+  grpc::ServerWriteReactor<v1::StreamWeightsResponse>* StreamWeights(
+      grpc::CallbackServerContext* call, const v1::StreamWeightsRequest* request) override;
+  grpc::ServerWriteReactor<v1::StreamDeltaResponse>* StreamDelta(
+      grpc::CallbackServerContext* call, const v1::StreamDeltaRequest* request) override;
+  grpc::ServerUnaryReactor* PinTask(grpc::CallbackServerContext* call,
+                                    const v1::PinTaskRequest* request,
+                                    v1::PinTaskResponse* response) override;
+  grpc::ServerUnaryReactor* UnpinTask(grpc::CallbackServerContext* call,
+                                      const v1::UnpinTaskRequest* request,
+                                      v1::UnpinTaskResponse* response) override;
+
+ private:
+  // Runs `work(caller, log)` on the pool after authenticating, then finishes the call
+  // with its status and logs it.
+  using UnaryWork = std::function<absl::Status(const Caller&, CallLog&)>;
+  grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* call, const char* method,
+                                     UnaryWork work);
+
+  const ServiceContext* ctx_;
+};
+
+// The tenant a request on `task` acts on (Authenticator::ResolveTenant), with the task
+// name validated; records both in `log`.
+absl::StatusOr<std::string> ResolveTask(const ServiceContext& ctx, const Caller& caller,
+                                        const std::string& tenant_field, const std::string& task,
+                                        CallLog& log);
+
+// Reactor factories (one per streaming method, each in its own .cc).
+grpc::ServerReadReactor<v1::PutDeltaRequest>* NewPutDeltaReactor(
+    const ServiceContext* ctx, grpc::CallbackServerContext* call,
+    v1::PutDeltaResponse* response);
+grpc::ServerWriteReactor<v1::StreamWeightsResponse>* NewStreamWeightsReactor(
+    const ServiceContext* ctx, grpc::CallbackServerContext* call,
+    const v1::StreamWeightsRequest* request);
+grpc::ServerWriteReactor<v1::StreamDeltaResponse>* NewStreamDeltaReactor(
+    const ServiceContext* ctx, grpc::CallbackServerContext* call,
+    const v1::StreamDeltaRequest* request);
+
+}  // namespace deltaserve::server::internal
+
+#endif  // DELTASERVE_SERVER_INTERNAL_SERVICE_H_

@@ -1,0 +1,151 @@
+#include "server/internal/tensor_cache.h"
+
+#include <utility>
+
+#include "server/internal/metrics.h"
+
+namespace deltaserve::server::internal {
+
+TensorCache::TensorCache(uint64_t capacity_bytes, Metrics* metrics)
+    : capacity_(capacity_bytes), metrics_(metrics) {}
+
+void TensorCache::GetOrLoad(const std::string& group, const std::string& key,
+                            const Loader& loader, Done done) {
+  MergedTensorPtr hit;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(key);
+    if (it != entries_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second.lru);
+      hit = it->second.value;
+      if (metrics_) metrics_->cache_hits().Increment();
+    } else if (auto flight = flights_.find(key); flight != flights_.end()) {
+      // Someone is decoding this tensor right now: wait for its result, do not decode.
+      if (metrics_) metrics_->cache_hits().Increment();
+      flight->second.waiters.push_back(std::move(done));
+      return;
+    } else {
+      if (metrics_) metrics_->cache_misses().Increment();
+      flights_[key] = Flight{{}, group_epochs_[group]};
+      flights_[key].waiters.push_back(std::move(done));
+    }
+  }
+  if (hit) {
+    done(hit, /*hit=*/true);
+    return;
+  }
+
+  absl::StatusOr<MergedTensorPtr> result = loader();
+
+  std::vector<Done> waiters;
+  {
+    absl::MutexLock lock(&mu_);
+    auto flight = flights_.find(key);
+    waiters = std::move(flight->second.waiters);
+    bool erased = flight->second.group_epoch != group_epochs_[group];
+    flights_.erase(flight);
+    if (result.ok() && !erased) InsertLocked(group, key, *result);
+  }
+  for (size_t i = 0; i < waiters.size(); ++i) waiters[i](result, /*hit=*/i != 0);
+}
+
+void TensorCache::InsertLocked(const std::string& group, const std::string& key,
+                               MergedTensorPtr value) {
+  uint64_t size = value->data.size();
+  bool pinned = pins_.count(group) > 0;
+  // A tensor larger than the whole budget is served but not kept (unless pinned: the
+  // pin was admitted against the budget by the caller).
+  if (!pinned && size > capacity_) return;
+  auto [it, inserted] = entries_.try_emplace(key);
+  if (!inserted) return;  // cannot happen with single flight; keep the first
+  lru_.push_front(key);
+  it->second = Entry{group, std::move(value), lru_.begin()};
+  bytes_ += size;
+  EvictLocked();
+  PublishBytesLocked();
+}
+
+void TensorCache::EvictLocked() {
+  auto it = lru_.end();
+  while (bytes_ > capacity_ && it != lru_.begin()) {
+    --it;
+    auto entry = entries_.find(*it);
+    if (pins_.count(entry->second.group)) continue;
+    auto newer = std::next(it);  // `it` dies with the entry; resume from its neighbour
+    RemoveLocked(entry);
+    it = newer;
+    if (metrics_) metrics_->cache_evictions().Increment();
+  }
+}
+
+void TensorCache::RemoveLocked(std::unordered_map<std::string, Entry>::iterator it) {
+  bytes_ -= it->second.value->data.size();
+  lru_.erase(it->second.lru);
+  entries_.erase(it);
+}
+
+void TensorCache::PublishBytesLocked() {
+  if (metrics_) metrics_->cache_bytes().Set(static_cast<double>(bytes_));
+}
+
+void TensorCache::EraseGroup(const std::string& group) {
+  absl::MutexLock lock(&mu_);
+  ++group_epochs_[group];
+  const std::string prefix = group + "#";
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    auto next = std::next(it);
+    if (it->first.compare(0, prefix.size(), prefix) == 0) RemoveLocked(it);
+    it = next;
+  }
+  PublishBytesLocked();
+}
+
+void TensorCache::Pin(const std::string& group) {
+  absl::MutexLock lock(&mu_);
+  ++pins_[group];
+}
+
+bool TensorCache::Unpin(const std::string& group) {
+  absl::MutexLock lock(&mu_);
+  auto it = pins_.find(group);
+  if (it == pins_.end()) return false;
+  if (--it->second == 0) pins_.erase(it);
+  EvictLocked();
+  PublishBytesLocked();
+  return true;
+}
+
+bool TensorCache::IsPinned(const std::string& group) const {
+  absl::MutexLock lock(&mu_);
+  return pins_.count(group) > 0;
+}
+
+uint64_t TensorCache::pinned_bytes() const {
+  absl::MutexLock lock(&mu_);
+  uint64_t total = 0;
+  for (const auto& [key, entry] : entries_) {
+    if (pins_.count(entry.group)) total += entry.value->data.size();
+  }
+  return total;
+}
+
+uint64_t TensorCache::group_bytes(const std::string& group) const {
+  absl::MutexLock lock(&mu_);
+  uint64_t total = 0;
+  for (const auto& [key, entry] : entries_) {
+    if (entry.group == group) total += entry.value->data.size();
+  }
+  return total;
+}
+
+uint64_t TensorCache::bytes() const {
+  absl::MutexLock lock(&mu_);
+  return bytes_;
+}
+
+size_t TensorCache::entries() const {
+  absl::MutexLock lock(&mu_);
+  return entries_.size();
+}
+
+}  // namespace deltaserve::server::internal

@@ -1,0 +1,111 @@
+// Byte-budgeted LRU cache of merged tensors, with single flight and pinning.
+//
+// What is cached: the merged (base + decoded delta) bytes of one tensor of one task
+// version in one output dtype, with their XXH3-64. Chosen over caching decoded deltas
+// because a hit then costs nothing but the copy onto the wire (stream_bench measures
+// cold vs cached). Entries are shared_ptr<const>: a stream keeps the tensor it is
+// sending alive even if the cache evicts it meanwhile, so the memory bound is the
+// budget plus what in-flight streams hold (at most prefetch+1 tensors each).
+//
+// Keys are strings "<group>#<anything>"; a group is one task ("tenant/task"), the unit
+// of EraseGroup and Pin. Entries of a pinned group are never evicted.
+//
+// Single flight: concurrent GetOrLoad calls for the same key run `loader` once; every
+// caller's `done` gets the same result (errors are not cached). Nothing here blocks:
+// the loader runs on the thread of the first caller (a worker-pool thread), `done`
+// runs either inline (hit) or on the loader's thread.
+//
+// Thread-safe.
+#ifndef DELTASERVE_SERVER_INTERNAL_TENSOR_CACHE_H_
+#define DELTASERVE_SERVER_INTERNAL_TENSOR_CACHE_H_
+
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "codec/tensor.h"
+
+namespace deltaserve::server::internal {
+
+class Metrics;
+
+struct MergedTensor {
+  codec::TensorInfo info;  // name, output dtype, shape
+  uint32_t index = 0;      // position in the container
+  std::vector<uint8_t> data;
+  uint64_t xxh3_64 = 0;    // XXH3-64 (seed 0) of data
+};
+using MergedTensorPtr = std::shared_ptr<const MergedTensor>;
+
+class TensorCache {
+ public:
+  using Loader = std::function<absl::StatusOr<MergedTensorPtr>()>;
+  // `hit`: served from the cache without running a loader for this call.
+  using Done = std::function<void(const absl::StatusOr<MergedTensorPtr>& result, bool hit)>;
+
+  // `metrics` may be null (tests); otherwise it must outlive the cache.
+  TensorCache(uint64_t capacity_bytes, Metrics* metrics);
+
+  // See the file comment. `group` must be the prefix of `key` up to '#'.
+  void GetOrLoad(const std::string& group, const std::string& key, const Loader& loader,
+                 Done done);
+
+  // Drops every entry of `group` (task deleted or overwritten). Loads in flight still
+  // finish and deliver their result, which is then cached under its (old) key only if
+  // the group was not erased meanwhile.
+  void EraseGroup(const std::string& group);
+
+  // Pins / unpins a group (a counted pin). Unpin returns false if it was not pinned.
+  void Pin(const std::string& group);
+  bool Unpin(const std::string& group);
+  bool IsPinned(const std::string& group) const;
+  // Bytes held by entries of pinned groups / of `group`.
+  uint64_t pinned_bytes() const;
+  uint64_t group_bytes(const std::string& group) const;
+
+  uint64_t capacity_bytes() const { return capacity_; }
+  uint64_t bytes() const;
+  size_t entries() const;
+
+ private:
+  struct Entry {
+    std::string group;
+    MergedTensorPtr value;
+    std::list<std::string>::iterator lru;
+  };
+  struct Flight {
+    std::vector<Done> waiters;
+    uint64_t group_epoch;  // epoch of the group when the load started
+  };
+
+  // Inserts under mu_, evicting unpinned LRU entries to stay within the budget.
+  void InsertLocked(const std::string& group, const std::string& key, MergedTensorPtr value)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EvictLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RemoveLocked(std::unordered_map<std::string, Entry>::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PublishBytesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const uint64_t capacity_;
+  Metrics* const metrics_;
+  mutable absl::Mutex mu_;
+  std::unordered_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  std::list<std::string> lru_ ABSL_GUARDED_BY(mu_);  // front = most recently used
+  std::unordered_map<std::string, Flight> flights_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> pins_ ABSL_GUARDED_BY(mu_);
+  // Bumped by EraseGroup so that a load that started before does not re-insert.
+  std::unordered_map<std::string, uint64_t> group_epochs_ ABSL_GUARDED_BY(mu_);
+  uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace deltaserve::server::internal
+
+#endif  // DELTASERVE_SERVER_INTERNAL_TENSOR_CACHE_H_

@@ -1,0 +1,260 @@
+#include "server/server.h"
+
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "codec/delta_codec.h"
+#include "codec/safetensors.h"
+#include "codec/status_macros.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "prometheus/exposer.h"
+#include "prometheus/text_serializer.h"
+#include "server/internal/context.h"
+#include "server/internal/log.h"
+#include "server/internal/service.h"
+
+namespace deltaserve::server {
+
+namespace {
+
+constexpr char kServiceName[] = "deltaserve.v1.DeltaService";
+constexpr char kVersion[] = "0.1.0";
+
+absl::StatusOr<std::string> ReadTextFile(const std::string& path, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(what, " '", path, "' cannot be read"));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerOptions& o) {
+  if (o.tls_cert_path.empty()) return grpc::InsecureServerCredentials();
+  DS_ASSIGN_OR_RETURN(std::string cert, ReadTextFile(o.tls_cert_path, "TLS certificate"));
+  DS_ASSIGN_OR_RETURN(std::string key, ReadTextFile(o.tls_key_path, "TLS key"));
+  grpc::SslServerCredentialsOptions ssl;
+  ssl.pem_key_cert_pairs.push_back({key, cert});
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
+absl::Status ServerOptions::Validate() const {
+  if (base_path.empty()) return absl::InvalidArgumentError("ServerOptions.base_path is required");
+  if (db_path.empty()) return absl::InvalidArgumentError("ServerOptions.db_path is required");
+  if (listen.empty()) return absl::InvalidArgumentError("ServerOptions.listen is required");
+  if (tls_cert_path.empty() != tls_key_path.empty()) {
+    return absl::InvalidArgumentError("ServerOptions: set both tls_cert_path and tls_key_path, or neither");
+  }
+  if (workers < 0 || workers > 1024) {
+    return absl::InvalidArgumentError("ServerOptions.workers must be in [0, 1024]");
+  }
+  if (chunk_bytes < (4u << 10) || chunk_bytes > (4u << 20)) {
+    return absl::InvalidArgumentError("ServerOptions.chunk_bytes must be in [4 KiB, 4 MiB]");
+  }
+  if (prefetch_tensors < 0 || prefetch_tensors > 64) {
+    return absl::InvalidArgumentError("ServerOptions.prefetch_tensors must be in [0, 64]");
+  }
+  if (max_upload_bytes == 0) {
+    return absl::InvalidArgumentError("ServerOptions.max_upload_bytes must be > 0");
+  }
+  if (drain_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("ServerOptions.drain_timeout must be >= 0");
+  }
+  for (const std::string& p : preload) {
+    std::vector<std::string> parts = absl::StrSplit(p, '/');
+    if (parts.size() != 2 || parts[0].empty() || parts[1].empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ServerOptions.preload: '", p, "' is not tenant/task"));
+    }
+  }
+  storage::StoreOptions store_options = store;
+  store_options.path = db_path;
+  return store_options.Validate();
+}
+
+struct Server::Impl {
+  ServerOptions options;
+  std::unique_ptr<codec::ModelReader> base;
+  std::unique_ptr<internal::Metrics> metrics;
+  std::unique_ptr<internal::Authenticator> auth;
+  std::unique_ptr<storage::DeltaStore> store;
+  std::unique_ptr<internal::TensorCache> cache;
+  std::unique_ptr<internal::ThreadPool> pool;
+  internal::TaskVersions versions;
+  internal::ServiceContext ctx;
+  std::unique_ptr<internal::DeltaServiceImpl> service;
+  std::unique_ptr<grpc::Server> grpc_server;
+  std::unique_ptr<prometheus::Exposer> exposer;
+  int port = 0;
+  int metrics_port = 0;
+
+  absl::Mutex mu;
+  bool shutting_down ABSL_GUARDED_BY(mu) = false;
+  absl::Notification stopped;
+
+  absl::Status Init();
+  void Preload();
+};
+
+absl::Status Server::Impl::Init() {
+  DS_RETURN_IF_ERROR(options.Validate());
+  metrics = std::make_unique<internal::Metrics>(kVersion);
+
+  std::optional<AuthConfig> config = options.auth;
+  if (!config && !options.config_path.empty()) {
+    DS_ASSIGN_OR_RETURN(config, LoadAuthConfig(options.config_path));
+  }
+  auth = std::make_unique<internal::Authenticator>(config);
+  if (auth->open()) {
+    internal::LogWarn("NO AUTHENTICATION: no --config given; every caller is tenant "
+                      "'default'. Do not expose this server beyond localhost.");
+  }
+
+  absl::Time t0 = absl::Now();
+  DS_ASSIGN_OR_RETURN(base, codec::ModelReader::Open(options.base_path));
+  ctx.base_hash = codec::ComputeBaseHash(*base);
+  ctx.base_hash_hex = codec::BaseHashHex(ctx.base_hash);
+  metrics->base_bytes().Set(static_cast<double>(base->total_bytes()));
+  metrics->base_tensors().Set(static_cast<double>(base->tensors().size()));
+  internal::LogInfo("base loaded",
+                    {{"path", options.base_path}, {"hash", ctx.base_hash_hex},
+                     {"tensors", std::to_string(base->tensors().size())},
+                     {"bytes", std::to_string(base->total_bytes())},
+                     {"ms", std::to_string(absl::ToInt64Milliseconds(absl::Now() - t0))}});
+
+  storage::StoreOptions store_options = options.store;
+  store_options.path = options.db_path;
+  DS_ASSIGN_OR_RETURN(store, storage::DeltaStore::Open(store_options));
+
+  cache = std::make_unique<internal::TensorCache>(options.cache_bytes, metrics.get());
+  size_t workers = options.workers > 0 ? static_cast<size_t>(options.workers)
+                                       : std::max(1u, std::thread::hardware_concurrency());
+  pool = std::make_unique<internal::ThreadPool>(workers);
+
+  ctx.options = &options;
+  ctx.store = store.get();
+  ctx.base = base.get();
+  ctx.cache = cache.get();
+  ctx.pool = pool.get();
+  ctx.metrics = metrics.get();
+  ctx.auth = auth.get();
+  ctx.versions = &versions;
+
+  // Per-tenant gauges for every configured tenant and every tenant with data.
+  std::vector<std::string> tenants = auth->TenantNames();
+  DS_ASSIGN_OR_RETURN(std::vector<std::string> stored, store->ListTenants());
+  tenants.insert(tenants.end(), stored.begin(), stored.end());
+  for (const std::string& t : tenants) ctx.PublishTenantUsage(t);
+
+  Preload();
+
+  if (!options.metrics_listen.empty()) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(options.metrics_listen);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("metrics exposer on '", options.metrics_listen,
+                                                 "': ", e.what()));
+    }
+    exposer->RegisterCollectable(metrics->registry());
+    std::vector<int> ports = exposer->GetListeningPorts();
+    metrics_port = ports.empty() ? 0 : ports[0];
+  }
+
+  DS_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds, Credentials(options));
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  service = std::make_unique<internal::DeltaServiceImpl>(&ctx);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, creds, &port);
+  builder.RegisterService(service.get());
+  // Upload chunks are up to 4 MiB of payload; leave room for framing.
+  builder.SetMaxReceiveMessageSize(16 << 20);
+  builder.SetMaxSendMessageSize(16 << 20);
+  grpc_server = builder.BuildAndStart();
+  if (!grpc_server || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen, "'"));
+  }
+  grpc::HealthCheckServiceInterface* health = grpc_server->GetHealthCheckService();
+  if (health) {
+    health->SetServingStatus(true);
+    health->SetServingStatus(kServiceName, true);
+  }
+  internal::LogInfo("serving", {{"listen", options.listen}, {"port", std::to_string(port)},
+                                {"metrics_port", std::to_string(metrics_port)},
+                                {"tls", options.tls_cert_path.empty() ? "off" : "on"},
+                                {"workers", std::to_string(workers)},
+                                {"cache_bytes", std::to_string(options.cache_bytes)}});
+  return absl::OkStatus();
+}
+
+void Server::Impl::Preload() {
+  for (const std::string& spec : options.preload) {
+    std::vector<std::string> parts = absl::StrSplit(spec, '/');
+    absl::Time t0 = absl::Now();
+    absl::StatusOr<uint64_t> bytes =
+        internal::PinTask(ctx, parts[0], parts[1], std::nullopt);
+    if (!bytes.ok()) {
+      internal::LogWarn("preload skipped", {{"task", spec}, {"error", bytes.status().ToString()}});
+      continue;
+    }
+    internal::LogInfo("preloaded", {{"task", spec}, {"bytes", std::to_string(*bytes)},
+                                    {"ms", std::to_string(absl::ToInt64Milliseconds(
+                                               absl::Now() - t0))}});
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  DS_RETURN_IF_ERROR(impl->Init());
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Server::~Server() { Shutdown(absl::ZeroDuration()); }
+
+void Server::Shutdown(absl::Duration drain) {
+  {
+    absl::MutexLock lock(&impl_->mu);
+    if (impl_->shutting_down) return;
+    impl_->shutting_down = true;
+  }
+  Impl& s = *impl_;
+  internal::LogInfo("draining", {{"deadline_s", std::to_string(absl::ToDoubleSeconds(drain))}});
+  if (grpc::HealthCheckServiceInterface* health = s.grpc_server->GetHealthCheckService()) {
+    health->SetServingStatus(false);
+    health->SetServingStatus(kServiceName, false);
+  }
+  // Refuses new calls at once; running ones may finish until the deadline, then are
+  // cancelled. Returns when every call is done.
+  s.grpc_server->Shutdown(absl::ToChronoTime(absl::Now() + drain));
+  s.pool->Shutdown();  // closures still queued (finishing reactors) run first
+  s.exposer.reset();
+  s.store.reset();  // every TaskReader is gone with its reactor
+  internal::LogInfo("stopped", {});
+  s.stopped.Notify();
+}
+
+void Server::Wait() { impl_->stopped.WaitForNotification(); }
+
+int Server::port() const { return impl_->port; }
+int Server::metrics_port() const { return impl_->metrics_port; }
+const std::string& Server::base_hash_hex() const { return impl_->ctx.base_hash_hex; }
+
+std::string Server::MetricsText() const {
+  prometheus::TextSerializer serializer;
+  return serializer.Serialize(impl_->metrics->registry()->Collect());
+}
+
+}  // namespace deltaserve::server

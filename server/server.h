@@ -1,0 +1,112 @@
+// deltaserved: the gRPC daemon serving deltaserve.v1.DeltaService
+// (proto/deltaserve/v1/delta_service.proto) over a DeltaStore and one resident base.
+//
+// Architecture: gRPC callback API; every handler returns at once and hands RocksDB
+// reads, container verification, decoding and merging to a worker pool
+// (server/internal/thread_pool.h), which finishes or advances the reactor. Merged
+// tensors are cached (server/internal/tensor_cache.h). See server/CONFIG.md for flags,
+// the config file and the metrics.
+//
+// Thread safety: Server's methods may be called from any thread; Shutdown() and Wait()
+// once each.
+#ifndef DELTASERVE_SERVER_SERVER_H_
+#define DELTASERVE_SERVER_SERVER_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/config.h"
+#include "storage/store.h"
+
+namespace deltaserve::server {
+
+struct ServerOptions {
+  // Base model: a .safetensors file, a sharded index, or a directory holding either
+  // (codec::ModelReader::Open). Loaded once (mmap) and hashed at start. Required.
+  std::string base_path;
+  // RocksDB directory (created if missing). Default: var/deltaserve-db.
+  std::string db_path = "var/deltaserve-db";
+  // gRPC listen address "host:port"; port 0 picks a free port (Server::port()).
+  // Default: 127.0.0.1:50051.
+  std::string listen = "127.0.0.1:50051";
+  // Prometheus exposer "host:port" serving /metrics; "" = no exposer (metrics are still
+  // kept, Server::MetricsText()). Port 0 picks a free port. Default: 127.0.0.1:9464.
+  std::string metrics_listen = "127.0.0.1:9464";
+  // Tenants/tokens config file (server/CONFIG.md). Empty and `auth` unset: a single
+  // tenant "default" without authentication (logged loudly at start). Default: "".
+  std::string config_path;
+  // Parsed config given directly (tests); takes precedence over config_path.
+  std::optional<AuthConfig> auth;
+  // PEM certificate chain and private key: both set = TLS, both empty = plaintext.
+  std::string tls_cert_path, tls_key_path;
+  // Budget of the merged-tensor cache in bytes. Larger: more tasks served without
+  // decoding; memory. Default: 2 GiB.
+  uint64_t cache_bytes = 2ull << 30;
+  // Worker pool threads (decode, merge, RocksDB reads). 0 = hardware concurrency.
+  // Default: 0.
+  int workers = 0;
+  // Maximum data bytes per StreamWeights/StreamDelta message (a request may ask for
+  // less or more within [4 KiB, 4 MiB]). Default: 1 MiB.
+  uint32_t chunk_bytes = 1u << 20;
+  // Tensors a stream decodes ahead of the one being sent. Memory per stream is
+  // (1 + prefetch) merged tensors plus 2 chunks; 0 = no overlap of decode and send.
+  // Default: 1.
+  int prefetch_tensors = 1;
+  // Largest container PutDelta accepts (RESOURCE_EXHAUSTED beyond). Uploads are held in
+  // memory until verified. Default: 8 GiB.
+  uint64_t max_upload_bytes = 8ull << 30;
+  // Tasks "tenant/task" decoded and pinned in the cache at start (recorded dtypes).
+  // A missing task is logged and skipped. Default: none.
+  std::vector<std::string> preload;
+  // On Shutdown(): how long running calls may take before they are cancelled.
+  // Default: 30 s.
+  absl::Duration drain_timeout = absl::Seconds(30);
+  // Store settings other than the path (which is db_path).
+  storage::StoreOptions store;
+
+  // InvalidArgument naming the field.
+  absl::Status Validate() const;
+};
+
+class Server {
+ public:
+  // Loads the base (hashes it), opens the store and the config, starts the worker
+  // pool, the gRPC server and the metrics exposer, and preloads. Errors: those of
+  // ModelReader::Open, DeltaStore::Open, LoadAuthConfig; InvalidArgument for bad
+  // options; Unavailable if an address cannot be bound; NotFound for missing TLS files.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
+
+  // Shutdown(absl::ZeroDuration()) if not yet shut down.
+  ~Server();
+
+  // Graceful stop: health turns NOT_SERVING, new calls are refused, running calls get
+  // up to `drain` to finish (then they are cancelled), the worker pool drains, the
+  // exposer stops and the database is closed. Idempotent.
+  void Shutdown(absl::Duration drain);
+  // Blocks until Shutdown() has completed.
+  void Wait();
+
+  // Bound gRPC port and metrics port (0 if no exposer).
+  int port() const;
+  int metrics_port() const;
+  // Hex hash of the resident base (codec::BaseHashHex(ComputeBaseHash(base))).
+  const std::string& base_hash_hex() const;
+  // The Prometheus text exposition of every metric (what /metrics serves).
+  std::string MetricsText() const;
+
+  struct Impl;
+
+ private:
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace deltaserve::server
+
+#endif  // DELTASERVE_SERVER_SERVER_H_
