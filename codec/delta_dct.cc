@@ -301,7 +301,7 @@ class StripDecoder {
       const int64_t pi = pr * pp_.pcols + pc;
       const int64_t c0 = pc * p;
       const int w = static_cast<int>(std::min<int64_t>(p, h.cols - c0));
-      const int bits = h.widths[pp_.level_of[pi]];
+      const int bits = h.widths[pp_.LevelOf(pi)];
       float* d = dst + c0;
       if (bits == 0) {
         for (int r = 0; r < hgt; ++r) std::fill(d + r * stride, d + r * stride + w, 0.0f);

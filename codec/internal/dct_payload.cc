@@ -116,8 +116,8 @@ absl::StatusOr<ParsedPayload> ParsePayload(absl::Span<const uint8_t> payload, in
     // allocating a map for a lying shape.
     return Corrupt("payload too small for its shape");
   }
-  pp.level_of.assign(num_patches, 0);
   if (idx_bits > 0) {
+    pp.level_of.assign(num_patches, 0);
     UnpackCodes(d + pos, map_bytes, 0, static_cast<int64_t>(num_patches), idx_bits,
                 pp.level_of.data());
     if (!PaddingIsZero(d + pos, map_bytes, num_patches * idx_bits)) {
@@ -130,15 +130,22 @@ absl::StatusOr<ParsedPayload> ParsePayload(absl::Span<const uint8_t> payload, in
   const uint64_t ncoef = static_cast<uint64_t>(p) * p - dc;
   const uint64_t param_bytes_per_patch = 2 * (NumStoredParams(h.quantizer) + dc);
   unsigned __int128 kept = 0, code_bits = 0;
-  for (uint64_t i = 0; i < num_patches; ++i) {
-    const uint8_t level = pp.level_of[i];
-    if (level >= num_levels) {
-      return Corrupt(absl::StrCat("patch ", i, " has level ", level, " of ", num_levels));
+  if (idx_bits == 0) {
+    if (h.widths[0] > 0) kept = num_patches;
+  } else {
+    for (uint64_t i = 0; i < num_patches; ++i) {
+      const uint8_t level = pp.level_of[i];
+      if (level >= num_levels) {
+        return Corrupt(absl::StrCat("patch ", i, " has level ", level, " of ", num_levels));
+      }
+      if (h.widths[level] > 0) ++kept;
     }
-    const int bits = h.widths[level];
-    if (bits > 0) {
-      ++kept;
-      code_bits += static_cast<unsigned __int128>(ncoef) * bits;
+  }
+  if (idx_bits == 0) {
+    code_bits = kept * ncoef * h.widths[0];
+  } else {
+    for (uint64_t i = 0; i < num_patches; ++i) {
+      code_bits += static_cast<unsigned __int128>(ncoef) * h.widths[pp.level_of[i]];
     }
   }
   const unsigned __int128 params_size = kept * param_bytes_per_patch;

@@ -39,7 +39,9 @@ void AppendPayloadHeader(const PayloadHeader& h, std::vector<uint8_t>* out);
 struct ParsedPayload {
   PayloadHeader header;
   int64_t prows = 0, pcols = 0;
-  std::vector<uint8_t> level_of;  // level index per patch, row-major patch order
+  // Level index of patch i (row-major patch order); all 0 when there is one level.
+  uint8_t LevelOf(uint64_t i) const { return level_of.empty() ? 0 : level_of[i]; }
+  std::vector<uint8_t> level_of;  // empty when there is one level
   const uint8_t* params = nullptr;
   uint64_t params_size = 0;
   const uint8_t* codes = nullptr;

@@ -3,10 +3,12 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "codec/tensor.h"
 #include "tests/testing/status_matchers.h"
 
 namespace deltaserve::codec {
@@ -63,46 +65,6 @@ double RoundTripError(const std::vector<float>& d, int64_t rows, int64_t cols,
   std::vector<float> out(rows * cols, 123.0f);
   EXPECT_THAT(DecodeDctMatrix(*enc, rows, cols, out.data()), IsOk());
   return RelError(d, out);
-}
-
-TEST(BitScheduleTest, ParsesAndPrints) {
-  ASSERT_OK_AND_ASSIGN(BitSchedule s, BitSchedule::Parse("4:0.125, 2:0.25,1:0.25,0:0.375"));
-  EXPECT_THAT(s.levels, ElementsAre(Pair(4, 0.125), Pair(2, 0.25), Pair(1, 0.25),
-                                    Pair(0, 0.375)));
-  EXPECT_EQ(s.ToString(), "4:0.125,2:0.25,1:0.25,0:0.375");
-  EXPECT_DOUBLE_EQ(s.MeanBits(), 1.25);
-}
-
-TEST(BitScheduleTest, RejectsBadText) {
-  EXPECT_THAT(BitSchedule::Parse(""), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(BitSchedule::Parse("2:0.5,0"),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("\"0\"")));
-  EXPECT_THAT(BitSchedule::Parse("2:0.5,0:0.4"),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("sum")));
-  EXPECT_THAT(BitSchedule::Parse("9:1"), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(BitSchedule::Parse("-1:1"), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(BitSchedule::Parse("2:0,0:1"), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(BitSchedule::Parse("a:1"), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(BitSchedule::Parse("2:x"), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(BitSchedule::Parse("2:0.5:1"), StatusIs(absl::StatusCode::kInvalidArgument));
-  std::string many;
-  for (int i = 0; i < 17; ++i) many += (i ? "," : "") + std::string("1:") + std::to_string(1.0 / 17);
-  EXPECT_THAT(BitSchedule::Parse(many), StatusIs(absl::StatusCode::kInvalidArgument));
-}
-
-TEST(BitScheduleTest, CountsSumAndFloorBoundaries) {
-  ASSERT_OK_AND_ASSIGN(BitSchedule s, BitSchedule::Parse("2:0.5,0:0.5"));
-  EXPECT_THAT(s.Counts(10), ElementsAre(5, 5));
-  EXPECT_THAT(s.Counts(7), ElementsAre(3, 4));
-  EXPECT_THAT(s.Counts(1), ElementsAre(0, 1));
-  EXPECT_THAT(s.Counts(0), ElementsAre(0, 0));
-  ASSERT_OK_AND_ASSIGN(BitSchedule t, BitSchedule::Parse("4:0.125,2:0.25,1:0.25,0:0.375"));
-  EXPECT_THAT(t.Counts(16), ElementsAre(2, 4, 4, 6));
-  EXPECT_THAT(t.Counts(13), ElementsAre(1, 3, 4, 5));  // floors of 1.625, 4.875, 8.125
-  for (int64_t n : {1, 2, 3, 17, 1000, 65536, 123457}) {
-    const auto c = t.Counts(n);
-    EXPECT_EQ(c[0] + c[1] + c[2] + c[3], n);
-  }
 }
 
 TEST(DctParamsTest, Validate) {
@@ -195,6 +157,173 @@ TEST(DeltaDctTest, RejectsBadInput) {
   DctParams bad;
   bad.patch_size = 0;
   EXPECT_THAT(EncodeDctMatrix(d.data(), 4, 4, bad), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// Merge must equal "decode, then add in float32, then cast", bit for bit.
+TEST(DeltaDctMergeTest, EqualsDecodeThenAddThenCast) {
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{67, 45}, {64, 64}, {1, 9}}) {
+    const auto d = MakeDelta(rows, cols, 5);
+    for (const char* sched : {"1:1", "2:0.5,0:0.5", "4:0.25,1:0.25,0:0.5"}) {
+      ASSERT_OK_AND_ASSIGN(auto enc, EncodeDctMatrix(d.data(), rows, cols, Params(16, sched, Quantizer::kClipped)));
+      std::vector<float> delta_hat(rows * cols);
+      ASSERT_THAT(DecodeDctMatrix(enc, rows, cols, delta_hat.data()), IsOk());
+      std::mt19937 rng(9);
+      std::normal_distribution<float> n(0.0f, 0.05f);
+      std::vector<float> base_f(rows * cols);
+      for (auto& x : base_f) x = n(rng);
+      base_f[0] = -0.0f;  // -0 + 0 (a dropped patch) must become +0 in both paths
+      for (DType bt : {DType::kF16, DType::kBF16, DType::kF32}) {
+        std::vector<uint8_t> base(rows * cols * DTypeSize(bt));
+        FromFloat32(base_f.data(), rows * cols, bt, base.data());
+        for (DType ot : {DType::kF16, DType::kBF16, DType::kF32}) {
+          std::vector<float> sum(rows * cols);
+          ToFloat32(base.data(), bt, rows * cols, sum.data());
+          for (int64_t i = 0; i < rows * cols; ++i) sum[i] += delta_hat[i];
+          std::vector<uint8_t> want(rows * cols * DTypeSize(ot)), got(want.size(), 0xcd);
+          FromFloat32(sum.data(), rows * cols, ot, want.data());
+          ASSERT_THAT(DecodeDctMatrixMerge(enc, rows, cols, base.data(), bt, ot, got.data()),
+                      IsOk());
+          EXPECT_EQ(got, want) << rows << "x" << cols << " " << sched << " "
+                               << DTypeName(bt) << "->" << DTypeName(ot);
+        }
+      }
+    }
+  }
+}
+
+TEST(DeltaDctTest, DeterministicEncodeAndDecode) {
+  const int64_t rows = 100, cols = 70;
+  const auto d = MakeDelta(rows, cols, 6);
+  const DctParams params;
+  ASSERT_OK_AND_ASSIGN(auto a, EncodeDctMatrix(d.data(), rows, cols, params));
+  ASSERT_OK_AND_ASSIGN(auto b, EncodeDctMatrix(d.data(), rows, cols, params));
+  EXPECT_EQ(a, b);
+  std::vector<float> x(rows * cols), y(rows * cols, 1.0f);
+  ASSERT_THAT(DecodeDctMatrix(a, rows, cols, x.data()), IsOk());
+  ASSERT_THAT(DecodeDctMatrix(a, rows, cols, y.data()), IsOk());
+  EXPECT_EQ(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)), 0);
+}
+
+// Layout of a small payload, byte by byte (codec/FORMAT.md).
+TEST(DeltaDctFormatTest, HeaderAndSizes) {
+  const int64_t rows = 20, cols = 40;  // p = 16: 2 x 3 = 6 patches
+  const auto d = MakeDelta(rows, cols, 8);
+  ASSERT_OK_AND_ASSIGN(auto enc, EncodeDctMatrix(d.data(), rows, cols,
+                                                 Params(16, "2:0.5,0:0.5", Quantizer::kMinMax, true)));
+  ASSERT_GE(enc.size(), 19u);
+  EXPECT_EQ(std::string(enc.begin(), enc.begin() + 4), "DDCT");
+  EXPECT_EQ(enc[4], 1);   // version
+  EXPECT_EQ(enc[5], 16);  // p
+  EXPECT_EQ(enc[6], 0);   // kMinMax
+  EXPECT_EQ(enc[7], 1);   // separate_dc
+  EXPECT_EQ(enc[8] | enc[9] << 8 | enc[10] << 16 | enc[11] << 24, 20);
+  EXPECT_EQ(enc[12] | enc[13] << 8, 40);
+  EXPECT_EQ(enc[16], 2);  // levels
+  EXPECT_EQ(enc[17], 2);
+  EXPECT_EQ(enc[18], 0);
+  // 19 header + 1 map byte (6 x 1 bit) + 3 kept x (dc, offset, scale) x 2 bytes +
+  // ceil(3 x 255 x 2 / 8) code bytes.
+  EXPECT_EQ(enc.size(), 19u + 1u + 18u + 192u);
+}
+
+TEST(DeltaDctCorruptionTest, EveryTruncationIsAnError) {
+  const int64_t rows = 17, cols = 33;
+  const auto d = MakeDelta(rows, cols, 4);
+  for (bool dc : {false, true}) {
+    ASSERT_OK_AND_ASSIGN(auto enc, EncodeDctMatrix(d.data(), rows, cols,
+                                                   Params(8, "3:0.3,1:0.3,0:0.4", Quantizer::kMinMax, dc)));
+    std::vector<float> out(rows * cols);
+    for (size_t len = 0; len < enc.size(); ++len) {
+      // An exact-size heap copy, so ASan catches any over-read.
+      std::vector<uint8_t> cut(enc.begin(), enc.begin() + len);
+      const absl::Status s = DecodeDctMatrix(cut, rows, cols, out.data());
+      EXPECT_THAT(s, StatusIs(absl::StatusCode::kDataLoss)) << "length " << len;
+    }
+    std::vector<uint8_t> longer(enc);
+    longer.push_back(0);
+    EXPECT_THAT(DecodeDctMatrix(longer, rows, cols, out.data()),
+                StatusIs(absl::StatusCode::kDataLoss, HasSubstr("trailing")));
+  }
+}
+
+TEST(DeltaDctCorruptionTest, RandomByteFlipsNeverCrash) {
+  const int64_t rows = 40, cols = 24;
+  const auto d = MakeDelta(rows, cols, 12);
+  ASSERT_OK_AND_ASSIGN(auto enc, EncodeDctMatrix(d.data(), rows, cols, Params(8, "4:0.25,2:0.25,1:0.25,0:0.25")));
+  std::mt19937 rng(3);
+  std::vector<float> out(rows * cols);
+  std::vector<uint8_t> base(rows * cols * 2, 0), merged(rows * cols * 2);
+  int errors = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    std::vector<uint8_t> bad(enc);
+    const int flips = 1 + trial % 3;
+    for (int f = 0; f < flips; ++f) bad[rng() % bad.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
+    const absl::Status s = DecodeDctMatrix(bad, rows, cols, out.data());
+    const absl::Status m = DecodeDctMatrixMerge(bad, rows, cols, base.data(), DType::kF16,
+                                                DType::kF16, merged.data());
+    EXPECT_EQ(s.code(), m.code());
+    if (!s.ok()) {
+      ++errors;
+      EXPECT_TRUE(s.code() == absl::StatusCode::kDataLoss ||
+                  s.code() == absl::StatusCode::kInvalidArgument) << s;
+    }
+  }
+  EXPECT_GT(errors, 100);  // header, map, parameter and padding checks catch many
+}
+
+TEST(DeltaDctCorruptionTest, SpecificBadFields) {
+  const int64_t rows = 20, cols = 40;
+  const auto d = MakeDelta(rows, cols, 8);
+  ASSERT_OK_AND_ASSIGN(auto enc, EncodeDctMatrix(d.data(), rows, cols, Params(16, "2:0.5,0:0.5")));
+  std::vector<float> out(rows * cols);
+  auto decode_with = [&](size_t at, uint8_t value) {
+    std::vector<uint8_t> bad(enc);
+    bad[at] = value;
+    return DecodeDctMatrix(bad, rows, cols, out.data());
+  };
+  EXPECT_THAT(decode_with(0, 'X'), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("magic")));
+  EXPECT_THAT(decode_with(4, 2), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("version")));
+  EXPECT_THAT(decode_with(5, 1), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("patch size")));
+  EXPECT_THAT(decode_with(5, 65), StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(decode_with(6, 3), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("quantizer")));
+  EXPECT_THAT(decode_with(7, 2), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("flags")));
+  EXPECT_THAT(decode_with(8, 21), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(decode_with(16, 0), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("level")));
+  EXPECT_THAT(decode_with(17, 9), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("bit-width")));
+  EXPECT_THAT(decode_with(19, 0xff), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("padding")));
+  // A lying bit-width table: patches claim more code bits than the payload holds.
+  EXPECT_THAT(decode_with(17, 8), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("truncated")));
+  // A non-finite scale (bf16 0x7f80 = inf) in the first kept patch: bytes 22..23.
+  {
+    std::vector<uint8_t> bad(enc);
+    bad[22] = 0x80;
+    bad[23] = 0x7f;
+    EXPECT_THAT(DecodeDctMatrix(bad, rows, cols, out.data()),
+                StatusIs(absl::StatusCode::kDataLoss, HasSubstr("non-finite")));
+    bad[22] = 0x80;
+    bad[23] = 0xbf;  // -1.0
+    EXPECT_THAT(DecodeDctMatrix(bad, rows, cols, out.data()),
+                StatusIs(absl::StatusCode::kDataLoss, HasSubstr("negative scale")));
+  }
+  // Wrong caller shape, and bad caller arguments.
+  EXPECT_THAT(DecodeDctMatrix(enc, rows + 1, cols, out.data()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("20 x 40")));
+  EXPECT_THAT(DecodeDctMatrix(enc, 0, cols, out.data()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(DecodeDctMatrixMerge(enc, rows, cols, nullptr, DType::kF16, DType::kF16, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// A lying shape with an all-dropped schedule must not allocate per-patch state for
+// 2^64 patches: the payload is tiny but claims a 4G x 4G matrix.
+TEST(DeltaDctCorruptionTest, HugeClaimedShapeWithTinyPayload) {
+  const std::vector<float> d(4, 0.0f);
+  ASSERT_OK_AND_ASSIGN(auto enc, EncodeDctMatrix(d.data(), 2, 2, Params(2, "1:1")));
+  std::vector<uint8_t> bad(enc);
+  for (int i = 8; i < 16; ++i) bad[i] = 0xff;
+  std::vector<float> out(4);
+  EXPECT_THAT(DecodeDctMatrix(bad, 0xffffffffLL, 0xffffffffLL, out.data()),
+              StatusIs(absl::StatusCode::kDataLoss));
 }
 
 }  // namespace

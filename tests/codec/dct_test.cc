@@ -1,0 +1,120 @@
+#include "codec/internal/dct.h"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace deltaserve::codec::internal {
+namespace {
+
+// Y[u][v] = a_u a_v sum_x sum_y X[x][y] cos(pi (2x+1) u / 2p) cos(pi (2y+1) v / 2p):
+// the textbook O(p^4) orthonormal 2-D DCT-II, in double.
+std::vector<double> NaiveDct2d(const std::vector<float>& x, int p) {
+  const double pi = std::acos(-1.0);
+  std::vector<double> y(p * p);
+  for (int u = 0; u < p; ++u) {
+    for (int v = 0; v < p; ++v) {
+      double s = 0;
+      for (int i = 0; i < p; ++i) {
+        for (int j = 0; j < p; ++j) {
+          s += x[i * p + j] * std::cos(pi * (2 * i + 1) * u / (2.0 * p)) *
+               std::cos(pi * (2 * j + 1) * v / (2.0 * p));
+        }
+      }
+      const double au = std::sqrt((u == 0 ? 1.0 : 2.0) / p);
+      const double av = std::sqrt((v == 0 ? 1.0 : 2.0) / p);
+      y[u * p + v] = au * av * s;
+    }
+  }
+  return y;
+}
+
+std::vector<float> RandomPatch(int p, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::vector<float> x(p * p);
+  for (auto& v : x) v = n(rng);
+  return x;
+}
+
+class DctSizes : public ::testing::TestWithParam<int> {};
+
+TEST_P(DctSizes, BasisIsOrthonormal) {
+  const int p = GetParam();
+  DctBasis b(p);
+  for (int i = 0; i < p; ++i) {
+    for (int j = 0; j < p; ++j) {
+      double s = 0;
+      for (int k = 0; k < p; ++k) s += double(b.c[i * p + k]) * b.c[j * p + k];
+      EXPECT_NEAR(s, i == j ? 1.0 : 0.0, 1e-6) << i << "," << j;
+      EXPECT_EQ(b.ct[i * p + j], b.c[j * p + i]);
+    }
+  }
+}
+
+TEST_P(DctSizes, ForwardMatchesNaiveReference) {
+  const int p = GetParam();
+  DctBasis b(p);
+  const auto x = RandomPatch(p, 11 + p);
+  std::vector<float> y(p * p);
+  ForwardDct2d(b, x.data(), p, y.data(), p);
+  const auto ref = NaiveDct2d(x, p);
+  for (int i = 0; i < p * p; ++i) EXPECT_NEAR(y[i], ref[i], 2e-5 * p) << i;
+}
+
+TEST_P(DctSizes, InverseRestoresAndPreservesEnergy) {
+  const int p = GetParam();
+  DctBasis b(p);
+  const auto x = RandomPatch(p, 5 + p);
+  std::vector<float> y(p * p), z(p * p);
+  ForwardDct2d(b, x.data(), p, y.data(), p);
+  InverseDct2d(b, y.data(), p, z.data(), p);
+  double ex = 0, ey = 0;
+  for (int i = 0; i < p * p; ++i) {
+    EXPECT_NEAR(z[i], x[i], 1e-5 * p) << i;
+    ex += double(x[i]) * x[i];
+    ey += double(y[i]) * y[i];
+  }
+  EXPECT_NEAR(ey / ex, 1.0, 1e-5);  // Parseval
+}
+
+TEST_P(DctSizes, StridedInputAndOutput) {
+  const int p = GetParam();
+  DctBasis b(p);
+  const int stride = p + 3;
+  std::vector<float> big(p * stride, 99.0f), out(p * stride, -7.0f);
+  const auto x = RandomPatch(p, 3);
+  for (int r = 0; r < p; ++r)
+    for (int c = 0; c < p; ++c) big[r * stride + c] = x[r * p + c];
+  std::vector<float> y(p * p);
+  ForwardDct2d(b, x.data(), p, y.data(), p);
+  std::vector<float> y2(p * p);
+  ForwardDct2d(b, big.data(), stride, y2.data(), p);
+  EXPECT_EQ(y, y2);
+  InverseDct2d(b, y.data(), p, out.data(), stride);
+  for (int r = 0; r < p; ++r) {
+    for (int c = 0; c < stride; ++c) {
+      if (c < p) {
+        EXPECT_NEAR(out[r * stride + c], x[r * p + c], 1e-5 * p);
+      } else {
+        EXPECT_EQ(out[r * stride + c], -7.0f);  // untouched beyond the patch
+      }
+    }
+  }
+}
+
+TEST(DctTest, ConstantPatchHasOnlyDc) {
+  const int p = 16;
+  DctBasis b(p);
+  std::vector<float> x(p * p, 2.0f), y(p * p);
+  ForwardDct2d(b, x.data(), p, y.data(), p);
+  EXPECT_NEAR(y[0], 2.0f * p, 1e-4);
+  for (int i = 1; i < p * p; ++i) EXPECT_NEAR(y[i], 0.0f, 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, DctSizes, ::testing::Values(2, 3, 5, 8, 16, 32, 64));
+
+}  // namespace
+}  // namespace deltaserve::codec::internal

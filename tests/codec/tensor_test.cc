@@ -1,0 +1,151 @@
+#include "codec/tensor.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "codec/internal/fp16.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
+
+namespace deltaserve::codec {
+namespace {
+
+using ::deltaserve::testing::StatusIs;
+using internal::BitsFloat;
+using internal::FloatBits;
+
+uint16_t ToF16(float f) {
+  uint16_t h;
+  FromFloat32(&f, 1, DType::kF16, reinterpret_cast<uint8_t*>(&h));
+  return h;
+}
+uint16_t ToBf16(float f) {
+  uint16_t h;
+  FromFloat32(&f, 1, DType::kBF16, reinterpret_cast<uint8_t*>(&h));
+  return h;
+}
+float FromF16(uint16_t h) {
+  float f;
+  ToFloat32(reinterpret_cast<const uint8_t*>(&h), DType::kF16, 1, &f);
+  return f;
+}
+
+TEST(DTypeTest, SizesNamesParse) {
+  EXPECT_EQ(DTypeSize(DType::kF32), 4u);
+  EXPECT_EQ(DTypeSize(DType::kF16), 2u);
+  EXPECT_EQ(DTypeSize(DType::kBF16), 2u);
+  EXPECT_EQ(DTypeName(DType::kBF16), "BF16");
+  for (DType d : {DType::kF32, DType::kF16, DType::kBF16}) {
+    EXPECT_EQ(ParseDType(DTypeName(d)).value(), d);
+  }
+  EXPECT_THAT(ParseDType("I64"), StatusIs(absl::StatusCode::kInvalidArgument,
+                                          ::testing::HasSubstr("I64")));
+  EXPECT_THAT(ParseDType("f32"), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(ShapeTest, CountsAndStrings) {
+  EXPECT_EQ(NumElements({}), 1);
+  EXPECT_EQ(NumElements({3, 3, 32, 1}), 288);
+  EXPECT_EQ(NumElements({4, 0}), 0);
+  EXPECT_EQ(CheckedNumElements({1024, 1024}).value(), 1 << 20);
+  EXPECT_THAT(CheckedNumElements({3, -1}), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(CheckedNumElements({1LL << 32, 1LL << 32}),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("overflow")));
+  EXPECT_EQ(ShapeString({3, 3, 32, 1}), "[3, 3, 32, 1]");
+  EXPECT_EQ(ShapeString({}), "[]");
+  TensorInfo info{"w", DType::kF16, {3, 5}};
+  EXPECT_EQ(info.num_bytes(), 30u);
+}
+
+TEST(F16Test, KnownValues) {
+  EXPECT_EQ(ToF16(1.0f), 0x3c00);
+  EXPECT_EQ(ToF16(-2.0f), 0xc000);
+  EXPECT_EQ(ToF16(65504.0f), 0x7bff);
+  EXPECT_EQ(ToF16(65519.0f), 0x7bff);  // below the halfway point to 65536
+  EXPECT_EQ(ToF16(65520.0f), 0x7c00);  // halfway ties to even: overflow to inf
+  EXPECT_EQ(ToF16(1e9f), 0x7c00);
+  EXPECT_EQ(ToF16(-std::numeric_limits<float>::infinity()), 0xfc00);
+  EXPECT_EQ(ToF16(std::ldexp(1.0f, -24)), 0x0001);  // smallest subnormal
+  EXPECT_EQ(ToF16(std::ldexp(1.0f, -25)), 0x0000);  // tie to even: zero
+  EXPECT_EQ(ToF16(std::ldexp(1.5f, -25)), 0x0001);
+  EXPECT_EQ(ToF16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);      // tie -> even
+  EXPECT_EQ(ToF16(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3c02);  // tie -> even (up)
+  EXPECT_EQ(ToF16(-0.0f), 0x8000);
+  const uint16_t nan = ToF16(std::numeric_limits<float>::quiet_NaN());
+  EXPECT_EQ(nan & 0x7c00, 0x7c00);
+  EXPECT_NE(nan & 0x3ff, 0);
+  EXPECT_EQ(FromF16(0x3555), 0.333251953125f);
+  EXPECT_EQ(FromF16(0x0001), std::ldexp(1.0f, -24));
+  EXPECT_EQ(FromF16(0x03ff), std::ldexp(1023.0f, -24));
+  EXPECT_TRUE(std::isnan(FromF16(0x7e01)));
+  EXPECT_TRUE(std::isinf(FromF16(0xfc00)));
+}
+
+// The dispatched (F16C) path and the portable scalar one agree bit for bit.
+TEST(F16Test, EveryHalfMatchesScalarAndRoundTrips) {
+  std::vector<uint16_t> all(65536);
+  for (int i = 0; i < 65536; ++i) all[i] = static_cast<uint16_t>(i);
+  std::vector<float> fast(65536), slow(65536);
+  ToFloat32(reinterpret_cast<const uint8_t*>(all.data()), DType::kF16, 65536, fast.data());
+  internal::HalfToFloatScalar(all.data(), 65536, slow.data());
+  std::vector<uint16_t> back(65536);
+  FromFloat32(fast.data(), 65536, DType::kF16, reinterpret_cast<uint8_t*>(back.data()));
+  for (int i = 0; i < 65536; ++i) {
+    ASSERT_EQ(FloatBits(fast[i]), FloatBits(slow[i])) << i;
+    const bool is_nan = (i & 0x7c00) == 0x7c00 && (i & 0x3ff) != 0;
+    if (is_nan) {
+      ASSERT_EQ(back[i], i | 0x200) << i;  // quieted, payload kept
+    } else {
+      ASSERT_EQ(back[i], i) << i;
+    }
+  }
+}
+
+TEST(F16Test, RandomFloatsMatchScalar) {
+  std::mt19937 rng(7);
+  std::vector<float> src(1 << 20);
+  for (auto& f : src) f = BitsFloat(static_cast<uint32_t>(rng()));  // every exponent
+  for (int i = 0; i < 1000; ++i) src[i] = std::ldexp(static_cast<float>(i) + 0.5f, -24);
+  std::vector<uint16_t> fast(src.size()), slow(src.size());
+  FromFloat32(src.data(), src.size(), DType::kF16, reinterpret_cast<uint8_t*>(fast.data()));
+  internal::FloatToHalfScalar(src.data(), src.size(), slow.data());
+  for (size_t i = 0; i < src.size(); ++i) ASSERT_EQ(fast[i], slow[i]) << src[i];
+}
+
+TEST(Bf16Test, RoundsToNearestEvenAndKeepsNan) {
+  EXPECT_EQ(ToBf16(1.0f), 0x3f80);
+  EXPECT_EQ(ToBf16(BitsFloat(0x3f808000u)), 0x3f80);  // tie -> even (down)
+  EXPECT_EQ(ToBf16(BitsFloat(0x3f818000u)), 0x3f82);  // tie -> even (up)
+  EXPECT_EQ(ToBf16(BitsFloat(0x3f808001u)), 0x3f81);
+  EXPECT_EQ(ToBf16(BitsFloat(0x7f7fffffu)), 0x7f80);  // max float rounds to inf
+  EXPECT_EQ(ToBf16(std::numeric_limits<float>::infinity()), 0x7f80);
+  EXPECT_EQ(ToBf16(BitsFloat(0x7f800001u)), 0x7fc0);  // sNaN with low payload stays NaN
+  EXPECT_EQ(ToBf16(BitsFloat(0xffc12345u)), 0xffc1);
+  std::vector<uint16_t> all(65536);
+  for (int i = 0; i < 65536; ++i) all[i] = static_cast<uint16_t>(i);
+  std::vector<float> f(65536);
+  std::vector<uint16_t> back(65536);
+  ToFloat32(reinterpret_cast<const uint8_t*>(all.data()), DType::kBF16, 65536, f.data());
+  FromFloat32(f.data(), 65536, DType::kBF16, reinterpret_cast<uint8_t*>(back.data()));
+  for (int i = 0; i < 65536; ++i) {
+    ASSERT_EQ(FloatBits(f[i]), static_cast<uint32_t>(i) << 16);
+    const bool is_nan = (i & 0x7f80) == 0x7f80 && (i & 0x7f) != 0;
+    ASSERT_EQ(back[i], is_nan ? (i | 0x40) : i) << i;
+  }
+}
+
+TEST(F32Test, CopiesBytes) {
+  const float src[3] = {1.5f, -0.0f, 3e-40f};
+  float dst[3];
+  uint8_t bytes[12];
+  FromFloat32(src, 3, DType::kF32, bytes);
+  ToFloat32(bytes, DType::kF32, 3, dst);
+  EXPECT_EQ(std::memcmp(src, dst, sizeof(src)), 0);
+}
+
+}  // namespace
+}  // namespace deltaserve::codec
