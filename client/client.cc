@@ -1,0 +1,219 @@
+#include "client/client.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "client/internal/impl.h"
+#include "client/internal/status.h"
+#include "codec/container.h"
+#include "codec/status_macros.h"
+
+namespace deltaserve::client {
+namespace {
+
+// gRPC's default receive limit is 4 MiB; server chunks go up to 4 MiB plus framing.
+constexpr int kMaxReceiveMessageBytes = 64 << 20;
+
+absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read TLS root certificate ", path));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
+std::string TaskLabel(const ClientOptions& options, const std::string& task) {
+  return options.tenant.empty() ? absl::StrCat("'", task, "'")
+                                : absl::StrCat("'", options.tenant, "/", task, "'");
+}
+
+v1::DType ToProtoDType(codec::DType dtype) {
+  switch (dtype) {
+    case codec::DType::kF32:
+      return v1::DTYPE_F32;
+    case codec::DType::kF16:
+      return v1::DTYPE_F16;
+    case codec::DType::kBF16:
+      return v1::DTYPE_BF16;
+  }
+  return v1::DTYPE_UNSPECIFIED;
+}
+
+absl::StatusOr<codec::DType> FromProtoDType(v1::DType dtype) {
+  switch (dtype) {
+    case v1::DTYPE_F32:
+      return codec::DType::kF32;
+    case v1::DTYPE_F16:
+      return codec::DType::kF16;
+    case v1::DTYPE_BF16:
+      return codec::DType::kBF16;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("unsupported dtype ", static_cast<int>(dtype)));
+  }
+}
+
+absl::Status ClientOptions::Validate() const {
+  if (target.empty()) return absl::InvalidArgumentError("ClientOptions.target is empty");
+  if (deadline <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("ClientOptions.deadline must be positive");
+  }
+  if (stream_deadline < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("ClientOptions.stream_deadline must not be negative");
+  }
+  if (upload_chunk_bytes < (4u << 10) || upload_chunk_bytes > (4u << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ClientOptions.upload_chunk_bytes must be in [4096, 4194304], got ", upload_chunk_bytes));
+  }
+  if (token.find_first_of("\r\n") != std::string::npos) {
+    return absl::InvalidArgumentError("ClientOptions.token contains a line break");
+  }
+  return absl::OkStatus();
+}
+
+DeltaClient::DeltaClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DeltaClient::~DeltaClient() = default;
+
+absl::StatusOr<std::unique_ptr<DeltaClient>> DeltaClient::Open(const ClientOptions& options) {
+  DS_RETURN_IF_ERROR(options.Validate());
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (options.use_tls || !options.tls_root_cert_path.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    if (!options.tls_root_cert_path.empty()) {
+      DS_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadTextFile(options.tls_root_cert_path));
+    }
+    creds = grpc::SslCredentials(ssl);
+  } else {
+    creds = grpc::InsecureChannelCredentials();
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
+  args.SetMaxSendMessageSize(kMaxReceiveMessageBytes);
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->channel = grpc::CreateCustomChannel(options.target, creds, args);
+  impl->stub = v1::DeltaService::NewStub(impl->channel);
+  return std::unique_ptr<DeltaClient>(new DeltaClient(std::move(impl)));
+}
+
+absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
+                                                    absl::Span<const uint8_t> container,
+                                                    const PushOptions& options) {
+  const std::string label = absl::StrCat("PushDelta ", TaskLabel(impl_->options, task));
+  // Fail fast, before any traffic, on a file that is not a container at all.
+  absl::StatusOr<codec::ContainerReader> parsed = codec::ContainerReader::Parse(container);
+  if (!parsed.ok()) {
+    return absl::Status(parsed.status().code(),
+                        absl::StrCat(label, ": local container: ", parsed.status().message()));
+  }
+
+  grpc::ClientContext ctx;
+  impl_->Prepare(&ctx, impl_->options.deadline);
+  v1::PutDeltaResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::PutDeltaRequest>> writer =
+      impl_->stub->PutDelta(&ctx, &response);
+
+  v1::PutDeltaRequest request;
+  v1::PutDeltaMetadata* meta = request.mutable_metadata();
+  meta->set_tenant(impl_->options.tenant);
+  meta->set_task(task);
+  meta->set_overwrite(options.overwrite);
+  meta->set_total_bytes(container.size());
+  meta->set_xxh3_64(XXH3_64bits(container.data(), container.size()));
+  bool open = writer->Write(request);
+  bool cancelled = false;
+  Progress progress;
+  progress.bytes_total = container.size();
+  const size_t chunk = impl_->options.upload_chunk_bytes;
+  for (size_t offset = 0; open && offset < container.size(); offset += chunk) {
+    if (Cancelled(options.cancel)) {
+      cancelled = true;
+      ctx.TryCancel();
+      break;
+    }
+    const size_t n = std::min(chunk, container.size() - offset);
+    request.set_chunk(reinterpret_cast<const char*>(container.data() + offset), n);
+    open = writer->Write(request);
+    if (open && options.progress) {
+      progress.bytes_done = offset + n;
+      options.progress(progress);
+    }
+  }
+  if (open && !cancelled) writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  if (cancelled) return absl::CancelledError(absl::StrCat(label, ": cancelled by the caller"));
+  DS_RETURN_IF_ERROR(FromGrpcStatus(status, label));
+  return std::move(*response.mutable_task());
+}
+
+absl::StatusOr<v1::TaskInfo> DeltaClient::PushDeltaFile(const std::string& task,
+                                                        const std::string& path,
+                                                        const PushOptions& options) {
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<codec::MappedContainer> mapped,
+                      codec::MappedContainer::Open(path));
+  return PushDelta(task, mapped->bytes(), options);
+}
+
+absl::StatusOr<v1::ListTasksResponse> DeltaClient::ListTasks(std::optional<std::string> tenant) {
+  v1::ListTasksRequest request;
+  request.set_tenant(tenant.value_or(impl_->options.tenant));
+  return impl_->Unary(&v1::DeltaService::Stub::ListTasks, request, impl_->options.deadline,
+                      absl::StrCat("ListTasks '", request.tenant(), "'"));
+}
+
+absl::StatusOr<v1::TaskInfo> DeltaClient::GetTask(const std::string& task,
+                                                  bool include_tensors) {
+  v1::GetTaskRequest request;
+  request.set_tenant(impl_->options.tenant);
+  request.set_task(task);
+  request.set_include_tensors(include_tensors);
+  return impl_->Unary(&v1::DeltaService::Stub::GetTask, request, impl_->options.deadline,
+                      absl::StrCat("GetTask ", TaskLabel(impl_->options, task)));
+}
+
+absl::StatusOr<uint64_t> DeltaClient::DeleteTask(const std::string& task) {
+  v1::DeleteTaskRequest request;
+  request.set_tenant(impl_->options.tenant);
+  request.set_task(task);
+  DS_ASSIGN_OR_RETURN(v1::DeleteTaskResponse response,
+                      impl_->Unary(&v1::DeltaService::Stub::DeleteTask, request,
+                                   impl_->options.deadline,
+                                   absl::StrCat("DeleteTask ", TaskLabel(impl_->options, task))));
+  return response.freed_bytes();
+}
+
+absl::StatusOr<v1::BaseInfo> DeltaClient::GetBase() {
+  return impl_->Unary(&v1::DeltaService::Stub::GetBase, v1::GetBaseRequest(),
+                      impl_->options.deadline, "GetBase");
+}
+
+absl::StatusOr<uint64_t> DeltaClient::PinTask(const std::string& task,
+                                              std::optional<codec::DType> out_dtype) {
+  v1::PinTaskRequest request;
+  request.set_tenant(impl_->options.tenant);
+  request.set_task(task);
+  if (out_dtype) request.set_out_dtype(ToProtoDType(*out_dtype));
+  // Decoding a whole task may take longer than a unary deadline: use the stream one.
+  DS_ASSIGN_OR_RETURN(v1::PinTaskResponse response,
+                      impl_->Unary(&v1::DeltaService::Stub::PinTask, request,
+                                   impl_->options.stream_deadline,
+                                   absl::StrCat("PinTask ", TaskLabel(impl_->options, task))));
+  return response.pinned_bytes();
+}
+
+absl::Status DeltaClient::UnpinTask(const std::string& task) {
+  v1::UnpinTaskRequest request;
+  request.set_tenant(impl_->options.tenant);
+  request.set_task(task);
+  return impl_->Unary(&v1::DeltaService::Stub::UnpinTask, request, impl_->options.deadline,
+                      absl::StrCat("UnpinTask ", TaskLabel(impl_->options, task)))
+      .status();
+}
+
+}  // namespace deltaserve::client

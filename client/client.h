@@ -1,0 +1,189 @@
+// DeltaClient: C++ client of deltaserve.v1.DeltaService (proto/deltaserve/v1/
+// delta_service.proto), used by `deltactl push/list/info/delete/pull/get-base` and by
+// inference workers.
+//
+// Every method returns absl::Status / absl::StatusOr. Server errors keep their gRPC code
+// (absl and gRPC codes are the same numbers) with the method named in the message, e.g.
+// NOT_FOUND for an unknown (or another tenant's) task, UNAUTHENTICATED for a bad token,
+// UNAVAILABLE when the server cannot be reached, DEADLINE_EXCEEDED past the deadline.
+// Client-side checks add: DATA_LOSS when a streamed tensor or container fails its
+// checksum or the stream is malformed (gaps, overruns, wrong totals), INVALID_ARGUMENT
+// for bad options or a local container that does not parse, CANCELLED when the caller's
+// cancel flag is raised, and Internal/Unavailable-style errno statuses for local files.
+//
+// Thread safety: a DeltaClient is thread-safe; any number of calls may run concurrently
+// on one client (they share one gRPC channel).
+#ifndef DELTASERVE_CLIENT_CLIENT_H_
+#define DELTASERVE_CLIENT_CLIENT_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "codec/tensor.h"
+#include "deltaserve/v1/delta_service.pb.h"
+
+namespace deltaserve::v1 {
+class DeltaService_Stub;
+}  // namespace deltaserve::v1
+
+namespace deltaserve::client {
+
+struct ClientOptions {
+  // Server address, e.g. "127.0.0.1:50051" or "dns:///deltaserve.internal:443". Required.
+  std::string target;
+  // Bearer token sent as `authorization: Bearer <token>` on every call. Empty: none
+  // (only a server without a config accepts that). Default: empty.
+  std::string token;
+  // Tenant named in every request. Empty: the token's own tenant (tenant tokens); admin
+  // tokens must name one. Default: empty.
+  std::string tenant;
+  // TLS: use_tls with `tls_root_cert_path` empty trusts the system roots; a non-empty
+  // path (PEM) implies TLS and trusts only that certificate. Default: plaintext.
+  bool use_tls = false;
+  std::string tls_root_cert_path;
+  // Deadline of each unary call (list, info, delete, get-base) and of a whole upload.
+  // Default: 60 s. Must be positive.
+  absl::Duration deadline = absl::Seconds(60);
+  // Deadline of a whole download (pull, StreamDelta). Zero: none. Default: none.
+  absl::Duration stream_deadline = absl::ZeroDuration();
+  // Upload chunk size in bytes. Larger: fewer messages; the server takes up to 4 MiB.
+  // Default: 1 MiB. Must be in [4 KiB, 4 MiB].
+  uint32_t upload_chunk_bytes = 1u << 20;
+
+  // InvalidArgument naming the field.
+  absl::Status Validate() const;
+};
+
+// Progress of a long transfer; called after every chunk from the calling thread.
+struct Progress {
+  uint64_t bytes_done = 0;
+  uint64_t bytes_total = 0;     // 0 until known
+  uint32_t tensors_done = 0;    // pulls only
+  uint32_t tensors_total = 0;   // pulls only
+  std::string current;          // tensor being transferred (pulls only)
+};
+using ProgressFn = std::function<void(const Progress&)>;
+
+struct PushOptions {
+  bool overwrite = false;  // replace an existing task; otherwise ALREADY_EXISTS
+  ProgressFn progress;
+  // Raised by another thread: the upload is cancelled (nothing is stored).
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+struct PullOptions {
+  // Output dtype of every tensor. nullopt: each tensor's recorded dtype (what offline
+  // `deltactl decompress` writes by default).
+  std::optional<codec::DType> out_dtype;
+  // Tensor-name filter (StreamWeightsRequest.include / include_regex): fnmatch globs, any
+  // may match; and/or an RE2 regex that must match the whole name. Empty: all tensors.
+  std::vector<std::string> include;
+  std::string include_regex;
+  // Skip tensors before this one in container order ("" = start at the first).
+  std::string resume_from;
+  // Chunk size asked of the server; 0 = server default.
+  uint32_t chunk_bytes = 0;
+  ProgressFn progress;
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+struct PullStats {
+  uint32_t tensors = 0;
+  uint64_t bytes = 0;              // tensor data bytes received (and verified)
+  double seconds = 0;              // wall time of the stream
+  double first_tensor_seconds = 0;  // from the call to the first tensor header
+};
+
+// A pulled model held in memory: tensors in stream (container) order.
+struct PulledModel {
+  std::vector<codec::OwnedTensor> tensors;
+  std::map<std::string, std::string> metadata;  // StreamBegin.safetensors_metadata
+  v1::TaskInfo task;
+  PullStats stats;
+};
+
+struct DeltaStats {
+  uint64_t bytes = 0;
+  uint64_t xxh3_64 = 0;
+  double seconds = 0;
+};
+
+class DeltaClient {
+ public:
+  // Creates the channel (does not connect yet: an unreachable server shows as
+  // UNAVAILABLE on the first call). InvalidArgument for bad options; NotFound /
+  // errno statuses if the root certificate cannot be read.
+  static absl::StatusOr<std::unique_ptr<DeltaClient>> Open(const ClientOptions& options);
+  ~DeltaClient();
+  DeltaClient(const DeltaClient&) = delete;
+  DeltaClient& operator=(const DeltaClient&) = delete;
+
+  // Uploads a container (parsed locally first: InvalidArgument/DataLoss before any
+  // network traffic if it is malformed) with its XXH3-64, so the server verifies it end
+  // to end. Returns the committed task (tensors empty).
+  absl::StatusOr<v1::TaskInfo> PushDelta(const std::string& task,
+                                         absl::Span<const uint8_t> container,
+                                         const PushOptions& options = {});
+  // Same for a container file (memory-mapped, not read into memory).
+  absl::StatusOr<v1::TaskInfo> PushDeltaFile(const std::string& task, const std::string& path,
+                                             const PushOptions& options = {});
+
+  // Tasks of `tenant` (nullopt: ClientOptions::tenant; admin with "": every tenant).
+  absl::StatusOr<v1::ListTasksResponse> ListTasks(std::optional<std::string> tenant = {});
+  // One task; per-tensor details if include_tensors.
+  absl::StatusOr<v1::TaskInfo> GetTask(const std::string& task, bool include_tensors = true);
+  // Returns the freed container bytes.
+  absl::StatusOr<uint64_t> DeleteTask(const std::string& task);
+  absl::StatusOr<v1::BaseInfo> GetBase();
+  // Pins / unpins a task's merged tensors in the server cache. Pin returns pinned bytes.
+  absl::StatusOr<uint64_t> PinTask(const std::string& task,
+                                   std::optional<codec::DType> out_dtype = {});
+  absl::Status UnpinTask(const std::string& task);
+
+  // Streams the task's merged weights, verifies every tensor's XXH3-64, offsets and the
+  // stream totals, and writes one safetensors file at `out_path` with the tensors in
+  // stream order and the server's safetensors metadata: for an unfiltered pull in the
+  // recorded dtypes, the same bytes as offline `deltactl decompress` (both are written
+  // by codec::WriteSafetensors). Memory stays bounded: tensor data is spilled to
+  // `out_path + ".data.tmp"` (removed afterwards) and mapped for the final write.
+  // Nothing is left at out_path on error.
+  absl::StatusOr<PullStats> PullWeights(const std::string& task, const std::string& out_path,
+                                        const PullOptions& options = {});
+  // Same, into memory.
+  absl::StatusOr<PulledModel> PullWeightsToMemory(const std::string& task,
+                                                  const PullOptions& options = {});
+
+  // The stored container exactly as uploaded, written to `out_path` (via a ".tmp" file
+  // renamed at the end), total size and XXH3-64 verified.
+  absl::StatusOr<DeltaStats> StreamDelta(const std::string& task, const std::string& out_path,
+                                         const ProgressFn& progress = nullptr);
+  // Same, into memory.
+  absl::StatusOr<std::vector<uint8_t>> FetchDelta(const std::string& task,
+                                                  const ProgressFn& progress = nullptr);
+
+  // Opaque state (client/internal/impl.h).
+  struct Impl;
+
+ private:
+  explicit DeltaClient(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Protocol dtype <-> codec dtype. FromProtoDType: DTYPE_UNSPECIFIED and unknown numbers
+// are InvalidArgument.
+v1::DType ToProtoDType(codec::DType dtype);
+absl::StatusOr<codec::DType> FromProtoDType(v1::DType dtype);
+
+}  // namespace deltaserve::client
+
+#endif  // DELTASERVE_CLIENT_CLIENT_H_

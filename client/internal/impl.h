@@ -1,0 +1,55 @@
+// DeltaClient's shared state and call set-up, used by client.cc and client_pull.cc.
+#ifndef DELTASERVE_CLIENT_INTERNAL_IMPL_H_
+#define DELTASERVE_CLIENT_INTERNAL_IMPL_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/time/time.h"
+#include "absl/status/statusor.h"
+#include "client/client.h"
+#include "client/internal/status.h"
+#include "deltaserve/v1/delta_service.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+
+namespace deltaserve::client {
+
+struct DeltaClient::Impl {
+  ClientOptions options;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::DeltaService::Stub> stub;
+
+  // Adds the bearer token and, if `deadline` is positive, the deadline to `ctx`.
+  void Prepare(grpc::ClientContext* ctx, absl::Duration deadline) const {
+    if (!options.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options.token);
+    if (deadline > absl::ZeroDuration()) ctx->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  }
+
+  // One unary call of `method` with the token and `deadline`; errors are prefixed with
+  // `label` (the method and task).
+  template <typename Request, typename Response>
+  absl::StatusOr<Response> Unary(
+      grpc::Status (v1::DeltaService::Stub::*method)(grpc::ClientContext*, const Request&,
+                                                     Response*),
+      const Request& request, absl::Duration deadline, std::string_view label) const {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, deadline);
+    Response response;
+    absl::Status s = FromGrpcStatus((stub.get()->*method)(&ctx, request, &response), label);
+    if (!s.ok()) return s;
+    return response;
+  }
+};
+
+inline bool Cancelled(const std::atomic<bool>* cancel) {
+  return cancel != nullptr && cancel->load(std::memory_order_relaxed);
+}
+
+// "'task'" with the tenant when one is set: "'acme/task'".
+std::string TaskLabel(const ClientOptions& options, const std::string& task);
+
+}  // namespace deltaserve::client
+
+#endif  // DELTASERVE_CLIENT_INTERNAL_IMPL_H_

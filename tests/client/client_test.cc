@@ -1,0 +1,406 @@
+#include "client/client.h"
+
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "client/internal/status.h"
+#include "codec/container.h"
+#include "codec/safetensors.h"
+#include "deltaserve/v1/delta_service.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
+
+namespace deltaserve::client {
+namespace {
+
+using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::StatusIs;
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+
+std::vector<uint8_t> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// What the fake server should get wrong.
+enum class Fault { kNone, kBadChecksum, kGap, kNoEnd, kWrongTotal, kAbortMidway };
+
+// A DeltaService serving fixed tensors and one container, with injectable faults.
+class FakeService final : public v1::DeltaService::Service {
+ public:
+  std::vector<codec::OwnedTensor> tensors;
+  std::map<std::string, std::string> metadata = {{"deltaserve.base_hash", "00ff"},
+                                                 {"deltaserve.tool", "fake"}};
+  std::vector<uint8_t> container;
+  Fault fault = Fault::kNone;
+  size_t chunk = 7;  // odd, small: many chunks per tensor
+
+  std::mutex mu;
+  std::string last_authorization;
+  v1::PutDeltaMetadata last_put;
+  std::vector<uint8_t> uploaded;
+  v1::StreamWeightsRequest last_stream;
+
+  grpc::Status GetTask(grpc::ServerContext* ctx, const v1::GetTaskRequest* req,
+                       v1::TaskInfo* resp) override {
+    Remember(ctx);
+    if (req->task() == "missing") return grpc::Status(grpc::StatusCode::NOT_FOUND, "no task 'missing'");
+    resp->set_name(req->task());
+    resp->set_tenant(req->tenant().empty() ? "default" : req->tenant());
+    resp->set_num_tensors(static_cast<uint32_t>(tensors.size()));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status PutDelta(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutDeltaRequest>* reader,
+                        v1::PutDeltaResponse* resp) override {
+    Remember(ctx);
+    v1::PutDeltaRequest req;
+    std::vector<uint8_t> bytes;
+    v1::PutDeltaMetadata meta;
+    while (reader->Read(&req)) {
+      if (req.has_metadata()) meta = req.metadata();
+      else bytes.insert(bytes.end(), req.chunk().begin(), req.chunk().end());
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    last_put = meta;
+    uploaded = bytes;
+    if (meta.task() == "exists") return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "exists");
+    resp->mutable_task()->set_name(meta.task());
+    resp->mutable_task()->set_container_bytes(bytes.size());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status StreamWeights(grpc::ServerContext* ctx, const v1::StreamWeightsRequest* req,
+                             grpc::ServerWriter<v1::StreamWeightsResponse>* writer) override {
+    Remember(ctx);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      last_stream = *req;
+    }
+    if (req->task() == "missing") return grpc::Status(grpc::StatusCode::NOT_FOUND, "no task");
+    uint64_t total = 0;
+    for (const auto& t : tensors) total += t.data.size();
+    v1::StreamWeightsResponse msg;
+    auto* begin = msg.mutable_begin();
+    begin->set_num_tensors(static_cast<uint32_t>(tensors.size()));
+    begin->set_total_bytes(fault == Fault::kWrongTotal ? total + 1 : total);
+    begin->mutable_safetensors_metadata()->insert(metadata.begin(), metadata.end());
+    writer->Write(msg);
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const auto& t = tensors[i];
+      msg.Clear();
+      auto* h = msg.mutable_header();
+      h->set_name(t.info.name);
+      h->set_dtype(ToProtoDType(t.info.dtype));
+      for (int64_t d : t.info.shape) h->add_shape(d);
+      h->set_byte_length(t.data.size());
+      h->set_xxh3_64(XXH3_64bits(t.data.data(), t.data.size()) + (fault == Fault::kBadChecksum));
+      h->set_index(static_cast<uint32_t>(i));
+      writer->Write(msg);
+      for (size_t off = 0; off < t.data.size(); off += chunk) {
+        if (fault == Fault::kAbortMidway && i == 1) {
+          return grpc::Status(grpc::StatusCode::INTERNAL, "decoder exploded");
+        }
+        if (fault == Fault::kGap && i == 1 && off == chunk) continue;
+        msg.Clear();
+        const size_t n = std::min(chunk, t.data.size() - off);
+        msg.mutable_chunk()->set_data(t.data.data() + off, n);
+        msg.mutable_chunk()->set_offset(off);
+        if (!writer->Write(msg)) return grpc::Status::CANCELLED;
+      }
+    }
+    if (fault == Fault::kNoEnd) return grpc::Status::OK;
+    msg.Clear();
+    msg.mutable_end()->set_num_tensors(static_cast<uint32_t>(tensors.size()));
+    msg.mutable_end()->set_total_bytes(total);
+    writer->Write(msg);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status StreamDelta(grpc::ServerContext* ctx, const v1::StreamDeltaRequest* req,
+                           grpc::ServerWriter<v1::StreamDeltaResponse>* writer) override {
+    Remember(ctx);
+    const uint64_t hash = XXH3_64bits(container.data(), container.size());
+    v1::StreamDeltaResponse msg;
+    for (size_t off = 0; off < container.size(); off += chunk) {
+      const size_t n = std::min(chunk, container.size() - off);
+      msg.set_data(container.data() + off, n);
+      if (fault == Fault::kBadChecksum && off == 0) (*msg.mutable_data())[0] ^= 1;
+      msg.set_offset(off);
+      msg.set_total_bytes(container.size());
+      msg.set_xxh3_64(hash);
+      writer->Write(msg);
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  void Remember(grpc::ServerContext* ctx) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = ctx->client_metadata().find("authorization");
+    last_authorization =
+        it == ctx->client_metadata().end() ? "" : std::string(it->second.data(), it->second.size());
+  }
+};
+
+codec::OwnedTensor MakeTensor(const std::string& name, codec::DType dtype,
+                              std::vector<int64_t> shape, uint8_t seed) {
+  codec::OwnedTensor t{{name, dtype, std::move(shape)}, {}};
+  t.data.resize(t.info.num_bytes());
+  for (size_t i = 0; i < t.data.size(); ++i) t.data[i] = static_cast<uint8_t>(seed + 13 * i);
+  return t;
+}
+
+class ClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    service_.tensors = {MakeTensor("b.weight", codec::DType::kF16, {5, 6}, 1),
+                        MakeTensor("a.bias", codec::DType::kF32, {11}, 2),
+                        MakeTensor("empty", codec::DType::kBF16, {0, 4}, 3),
+                        MakeTensor("c", codec::DType::kBF16, {3, 3}, 4)};
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           ("client_test_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+            "_" + std::to_string(getpid()));
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    options_.target = "127.0.0.1:" + std::to_string(port);
+    options_.token = "tok-acme";
+    options_.deadline = absl::Seconds(10);
+    options_.stream_deadline = absl::Seconds(30);
+    ASSERT_OK_AND_ASSIGN(client_, DeltaClient::Open(options_));
+  }
+  void TearDown() override {
+    server_->Shutdown();
+    std::filesystem::remove_all(dir_);
+  }
+  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+
+  FakeService service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::filesystem::path dir_;
+  ClientOptions options_;
+  std::unique_ptr<DeltaClient> client_;
+};
+
+TEST_F(ClientTest, PullWeightsWritesSameBytesAsWriteSafetensors) {
+  std::vector<Progress> seen;
+  PullOptions options;
+  options.progress = [&](const Progress& p) { seen.push_back(p); };
+  ASSERT_OK_AND_ASSIGN(PullStats stats, client_->PullWeights("chat", Path("pulled.safetensors"), options));
+  EXPECT_EQ(stats.tensors, 4u);
+  EXPECT_EQ(stats.bytes, 60u + 44u + 0u + 18u);
+
+  std::vector<codec::TensorView> views;
+  for (const auto& t : service_.tensors) views.push_back(t.view());
+  ASSERT_THAT(codec::WriteSafetensors(Path("expected.safetensors"), views, service_.metadata), IsOk());
+  EXPECT_EQ(ReadFile(Path("pulled.safetensors")), ReadFile(Path("expected.safetensors")));
+  EXPECT_FALSE(std::filesystem::exists(Path("pulled.safetensors.data.tmp")));
+
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(seen.back().bytes_done, 122u);
+  EXPECT_EQ(seen.back().bytes_total, 122u);
+  EXPECT_EQ(seen.back().tensors_done, 4u);
+  EXPECT_EQ(seen.back().tensors_total, 4u);
+  EXPECT_EQ(seen.back().current, "c");
+  EXPECT_EQ(service_.last_authorization, "Bearer tok-acme");
+}
+
+TEST_F(ClientTest, PullWeightsToMemoryAndRequestFields) {
+  PullOptions options;
+  options.out_dtype = codec::DType::kF16;
+  options.include = {"*.weight", "c"};
+  options.include_regex = "[a-z.]+";
+  options.resume_from = "b.weight";
+  options.chunk_bytes = 8192;
+  ASSERT_OK_AND_ASSIGN(PulledModel model, client_->PullWeightsToMemory("chat", options));
+  ASSERT_EQ(model.tensors.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(model.tensors[i].info.name, service_.tensors[i].info.name);
+    EXPECT_EQ(model.tensors[i].info.dtype, service_.tensors[i].info.dtype);
+    EXPECT_EQ(model.tensors[i].info.shape, service_.tensors[i].info.shape);
+    EXPECT_EQ(model.tensors[i].data, service_.tensors[i].data);
+  }
+  EXPECT_EQ(model.metadata, service_.metadata);
+  const v1::StreamWeightsRequest& req = service_.last_stream;
+  EXPECT_EQ(req.task(), "chat");
+  EXPECT_EQ(req.out_dtype(), v1::DTYPE_F16);
+  EXPECT_THAT(req.include(), ElementsAreArray({"*.weight", "c"}));
+  EXPECT_EQ(req.include_regex(), "[a-z.]+");
+  EXPECT_EQ(req.resume_from_name(), "b.weight");
+  EXPECT_EQ(req.chunk_bytes(), 8192u);
+}
+
+TEST_F(ClientTest, CorruptStreamsAreDataLossAndLeaveNoFile) {
+  struct Case {
+    Fault fault;
+    const char* message;
+  };
+  for (const Case& c : {Case{Fault::kBadChecksum, "tensor 'b.weight' checksum mismatch"},
+                        Case{Fault::kGap, "chunk at offset 14"},
+                        Case{Fault::kNoEnd, "without an end message"},
+                        Case{Fault::kWrongTotal, "begin announced"}}) {
+    service_.fault = c.fault;
+    EXPECT_THAT(client_->PullWeights("chat", Path("bad.safetensors")),
+                StatusIs(absl::StatusCode::kDataLoss, HasSubstr(c.message)));
+    EXPECT_FALSE(std::filesystem::exists(Path("bad.safetensors")));
+    EXPECT_FALSE(std::filesystem::exists(Path("bad.safetensors.data.tmp")));
+  }
+  service_.fault = Fault::kAbortMidway;
+  EXPECT_THAT(client_->PullWeightsToMemory("chat"),
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("decoder exploded")));
+}
+
+TEST_F(ClientTest, ServerErrorsKeepTheirCode) {
+  EXPECT_THAT(client_->GetTask("missing"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("GetTask 'missing'")));
+  EXPECT_THAT(client_->PullWeights("missing", Path("x.safetensors")),
+              StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK_AND_ASSIGN(v1::TaskInfo info, client_->GetTask("chat"));
+  EXPECT_EQ(info.name(), "chat");
+  // Unimplemented in the fake: the code comes through as is.
+  EXPECT_THAT(client_->GetBase(), StatusIs(absl::StatusCode::kUnimplemented));
+}
+
+TEST_F(ClientTest, CancelFlagStopsAPull) {
+  std::atomic<bool> cancel{false};
+  PullOptions options;
+  options.cancel = &cancel;
+  options.progress = [&](const Progress& p) {
+    if (p.bytes_done > 20) cancel = true;
+  };
+  EXPECT_THAT(client_->PullWeightsToMemory("chat", options),
+              StatusIs(absl::StatusCode::kCancelled, HasSubstr("cancelled by the caller")));
+}
+
+std::vector<uint8_t> SmallContainer() {
+  codec::ContainerHeader header;
+  header.tensor_count = 1;
+  codec::TensorRecord r;
+  r.info = codec::TensorInfo{"w", codec::DType::kF32, {300}};
+  std::vector<uint8_t> payload(1200, 0x5c);
+  r.payload = payload;
+  auto record = codec::SerializeRecord(r);
+  if (!record.ok()) return {};
+  return codec::AssembleContainer(codec::SerializeHeader(header), {absl::MakeConstSpan(*record)});
+}
+
+TEST_F(ClientTest, PushDeltaSendsMetadataThenChunks) {
+  const std::vector<uint8_t> container = SmallContainer();
+  ASSERT_FALSE(container.empty());
+  options_.upload_chunk_bytes = 4096;
+  options_.tenant = "acme";
+  ASSERT_OK_AND_ASSIGN(auto client, DeltaClient::Open(options_));
+  uint64_t last = 0;
+  PushOptions push;
+  push.overwrite = true;
+  push.progress = [&](const Progress& p) { last = p.bytes_done; };
+  ASSERT_OK_AND_ASSIGN(v1::TaskInfo info, client->PushDelta("chat", container, push));
+  EXPECT_EQ(info.name(), "chat");
+  EXPECT_EQ(service_.uploaded, container);
+  EXPECT_EQ(service_.last_put.tenant(), "acme");
+  EXPECT_EQ(service_.last_put.task(), "chat");
+  EXPECT_TRUE(service_.last_put.overwrite());
+  EXPECT_EQ(service_.last_put.total_bytes(), container.size());
+  EXPECT_EQ(service_.last_put.xxh3_64(), XXH3_64bits(container.data(), container.size()));
+  EXPECT_EQ(last, container.size());
+
+  EXPECT_THAT(client->PushDelta("exists", container),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("PushDelta 'acme/exists'")));
+  // A file is memory-mapped and sent the same way.
+  {
+    std::ofstream out(Path("c.dds"), std::ios::binary);
+    out.write(reinterpret_cast<const char*>(container.data()), container.size());
+  }
+  ASSERT_THAT(client->PushDeltaFile("fromfile", Path("c.dds")), IsOk());
+  EXPECT_EQ(service_.uploaded, container);
+  EXPECT_THAT(client->PushDeltaFile("x", Path("nope.dds")), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(ClientTest, PushRejectsMalformedContainerLocally) {
+  std::vector<uint8_t> container = SmallContainer();
+  container.resize(container.size() - 5);
+  service_.last_put.Clear();
+  EXPECT_THAT(client_->PushDelta("chat", container),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("local container")));
+  EXPECT_EQ(service_.last_put.task(), "");  // nothing was sent
+}
+
+TEST_F(ClientTest, StreamDeltaVerifiesSizeAndChecksum) {
+  service_.container = SmallContainer();
+  ASSERT_OK_AND_ASSIGN(DeltaStats stats, client_->StreamDelta("chat", Path("out.dds")));
+  EXPECT_EQ(stats.bytes, service_.container.size());
+  EXPECT_EQ(stats.xxh3_64, XXH3_64bits(service_.container.data(), service_.container.size()));
+  EXPECT_EQ(ReadFile(Path("out.dds")), service_.container);
+  ASSERT_OK_AND_ASSIGN(auto bytes, client_->FetchDelta("chat"));
+  EXPECT_EQ(bytes, service_.container);
+
+  service_.fault = Fault::kBadChecksum;
+  EXPECT_THAT(client_->StreamDelta("chat", Path("bad.dds")),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("XXH3-64")));
+  EXPECT_FALSE(std::filesystem::exists(Path("bad.dds")));
+  EXPECT_FALSE(std::filesystem::exists(Path("bad.dds.tmp")));
+}
+
+TEST(ClientUnreachableTest, UnavailableNamesTheCall) {
+  ClientOptions options;
+  options.target = "127.0.0.1:1";  // nothing listens on port 1
+  options.deadline = absl::Seconds(5);
+  ASSERT_OK_AND_ASSIGN(auto client, DeltaClient::Open(options));
+  EXPECT_THAT(client->ListTasks(), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("ListTasks")));
+}
+
+TEST(ClientOptionsTest, Validate) {
+  ClientOptions options;
+  EXPECT_THAT(options.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("target")));
+  options.target = "localhost:50051";
+  EXPECT_THAT(options.Validate(), IsOk());
+  options.upload_chunk_bytes = 100;
+  EXPECT_THAT(options.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("upload_chunk_bytes")));
+  options.upload_chunk_bytes = 1 << 20;
+  options.deadline = absl::ZeroDuration();
+  EXPECT_THAT(options.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("deadline")));
+  options.deadline = absl::Seconds(1);
+  options.tls_root_cert_path = "/nonexistent/ca.pem";
+  EXPECT_THAT(DeltaClient::Open(options), StatusIs(absl::StatusCode::kNotFound, HasSubstr("ca.pem")));
+}
+
+TEST(GrpcStatusTest, CodesMapOneToOne) {
+  EXPECT_THAT(FromGrpcStatus(grpc::Status::OK, "x"), IsOk());
+  EXPECT_THAT(FromGrpcStatus(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "no"), "Call"),
+              StatusIs(absl::StatusCode::kPermissionDenied, "Call: no"));
+  EXPECT_THAT(FromGrpcStatus(grpc::Status(grpc::StatusCode::DATA_LOSS, "crc"), "c"),
+              StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(FromGrpcStatus(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "tok"), "c"),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+}
+
+TEST(DTypeTest, ProtoRoundTrip) {
+  for (auto d : {codec::DType::kF32, codec::DType::kF16, codec::DType::kBF16}) {
+    ASSERT_OK_AND_ASSIGN(codec::DType back, FromProtoDType(ToProtoDType(d)));
+    EXPECT_EQ(back, d);
+  }
+  EXPECT_THAT(FromProtoDType(v1::DTYPE_UNSPECIFIED), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+}  // namespace
+}  // namespace deltaserve::client
