@@ -131,7 +131,6 @@ absl::StatusOr<TaskInfo> DecodeTaskMeta(std::string_view value, std::string_view
     info.metadata.emplace(std::move(k), std::move(v));
   }
   if (!r.U32(&n_tensors)) return truncated();
-  uint64_t record_total = 0;
   for (uint32_t i = 0; i < n_tensors; ++i) {
     // Each tensor takes at least 4 + 1 + 1 + 1 + 8 bytes: a lying count fails here
     // instead of reserving memory.
@@ -153,14 +152,13 @@ absl::StatusOr<TaskInfo> DecodeTaskMeta(std::string_view value, std::string_view
       if (!r.I64(&d)) return truncated();
     }
     if (!r.U64(&t.record_bytes)) return truncated();
-    record_total += t.record_bytes;
     info.tensors.push_back(std::move(t));
   }
   if (r.remaining() != 0) {
     return absl::DataLossError(absl::StrCat(Av(what), ": ", r.remaining(), " trailing bytes"));
   }
   info.bits_per_weight =
-      info.weights == 0 ? 0.0 : 8.0 * static_cast<double>(record_total) / info.weights;
+      info.weights == 0 ? 0.0 : 8.0 * static_cast<double>(info.total_bytes) / info.weights;
   return info;
 }
 

@@ -97,7 +97,9 @@ struct TaskInfo {
   uint64_t header_bytes = 0;                   // size of the container header
   uint64_t total_bytes = 0;                    // size of the whole container (quota unit)
   uint64_t weights = 0;                        // sum of the tensors' element counts
-  double bits_per_weight = 0;                  // 8 * sum(record_bytes) / weights (0 if none)
+  double bits_per_weight = 0;                  // 8 * total_bytes / weights (0 if none): every
+                                               // byte of the container counts, as in
+                                               // `deltactl inspect`
   int64_t created_unix = 0;                    // commit time, unix seconds
 
   // Index of the tensor named `name`, or nullopt.

@@ -54,7 +54,7 @@ TEST(KeySchemaTest, TaskMetaRoundTrip) {
   EXPECT_EQ(got.weights, 19u);
   EXPECT_EQ(got.metadata, info.metadata);
   EXPECT_EQ(got.tensors, info.tensors);
-  EXPECT_DOUBLE_EQ(got.bits_per_weight, 8.0 * 100 / 19);
+  EXPECT_DOUBLE_EQ(got.bits_per_weight, 8.0 * 224 / 19);
   EXPECT_EQ(got.FindTensor("bias"), 1u);
   EXPECT_EQ(got.FindTensor("nope"), std::nullopt);
 }
