@@ -18,17 +18,6 @@ namespace {
 
 std::string Quoted(const std::string& name) { return absl::StrCat("tensor '", name, "'"); }
 
-std::string QuantizerText(Quantizer q) {
-  switch (q) {
-    case Quantizer::kMinMax:
-      return "minmax";
-    case Quantizer::kSymmetric:
-      return "symmetric";
-    default:
-      return absl::StrCat("quantizer-", static_cast<int>(q));
-  }
-}
-
 // Elements converted per step when casting, so that casts need bounded scratch.
 constexpr int64_t kCastChunk = 1 << 16;
 
@@ -94,7 +83,7 @@ std::map<std::string, std::string> HeaderMetadata(const CompressOptions& o) {
   return {
       {"codec.patch_size", absl::StrCat(o.dct.patch_size)},
       {"codec.schedule", o.dct.schedule.ToString()},
-      {"codec.quantizer", QuantizerText(o.dct.quantizer)},
+      {"codec.quantizer", QuantizerName(o.dct.quantizer)},
       {"codec.separate_dc", o.dct.separate_dc ? "1" : "0"},
       {"codec.min_dct_elements", absl::StrCat(o.min_dct_elements)},
       {"codec.rules", absl::StrJoin(rules, ",")},
@@ -103,6 +92,26 @@ std::map<std::string, std::string> HeaderMetadata(const CompressOptions& o) {
 }
 
 }  // namespace
+
+std::string QuantizerName(Quantizer q) {
+  switch (q) {
+    case Quantizer::kMinMax:
+      return "minmax";
+    case Quantizer::kSymmetric:
+      return "symmetric";
+    case Quantizer::kClipped:
+      return "clipped";
+  }
+  return absl::StrCat("quantizer-", static_cast<int>(q));
+}
+
+absl::StatusOr<Quantizer> ParseQuantizer(std::string_view text) {
+  for (Quantizer q : {Quantizer::kMinMax, Quantizer::kSymmetric, Quantizer::kClipped}) {
+    if (text == QuantizerName(q)) return q;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown quantizer '", std::string(text), "' (minmax, symmetric or clipped)"));
+}
 
 absl::StatusOr<EncodingRule> EncodingRule::Parse(std::string_view text) {
   const size_t eq = text.rfind('=');
@@ -175,6 +184,18 @@ BaseHash ComputeBaseHash(const ModelReader& base) {
   BaseHash out;
   std::memcpy(out.data(), canon.digest, out.size());
   return out;
+}
+
+absl::Status CheckBaseHash(const ModelReader& base, const ContainerHeader& header,
+                           bool force) {
+  if (force) return absl::OkStatus();
+  const BaseHash have = ComputeBaseHash(base);
+  if (have != header.base_hash) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the delta was made against base ", BaseHashHex(header.base_hash),
+        " but this base hashes to ", BaseHashHex(have), " (force to decode anyway)"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Encoding> ChooseEncoding(const TensorView& ft, const TensorView* base,
@@ -326,12 +347,7 @@ absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DT
 absl::Status DecompressModel(const ModelReader& base, const ContainerReader& container,
                              const DecompressOptions& options, const std::string& out_path,
                              const ProgressFn& progress) {
-  const BaseHash have = ComputeBaseHash(base);
-  if (have != container.header().base_hash && !options.force) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the delta was made against base ", BaseHashHex(container.header().base_hash),
-        " but this base hashes to ", BaseHashHex(have), " (force to decode anyway)"));
-  }
+  DS_RETURN_IF_ERROR(CheckBaseHash(base, container.header(), options.force));
   const size_t total = container.num_records();
   std::vector<TensorInfo> infos;
   std::vector<std::vector<uint8_t>> buffers;

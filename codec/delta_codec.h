@@ -23,6 +23,11 @@ namespace deltaserve::codec {
 // Writer name and version recorded in every container's "tool" metadata.
 inline constexpr char kToolName[] = "deltaserve 0.1.0";
 
+// "minmax", "symmetric", "clipped" (as in container metadata and on the command line).
+std::string QuantizerName(Quantizer q);
+// Inverse of QuantizerName. InvalidArgument for any other text.
+absl::StatusOr<Quantizer> ParseQuantizer(std::string_view text);
+
 // Per-tensor encoding override: tensors whose name matches `pattern` (fnmatch glob,
 // e.g. "*embed*" or "*/bias") get `encoding`. First matching rule wins. A rule cannot
 // make a tensor absent from the base anything but raw; kUnchanged is refused
@@ -54,6 +59,11 @@ using ProgressFn = std::function<void(size_t, size_t, const std::string&)>;
 // XXH3-128 over every tensor of `base` in name order (name, dtype, shape, bytes); the
 // exact byte stream is in FORMAT.md, "Base hash". Reads every byte of the model.
 BaseHash ComputeBaseHash(const ModelReader& base);
+
+// OK if `base` hashes to the container's base hash, or if `force`. Otherwise
+// FailedPrecondition quoting both hashes. Reads every byte of the base.
+absl::Status CheckBaseHash(const ModelReader& base, const ContainerHeader& header,
+                           bool force);
 
 // The encoding CompressModel gives finetuned tensor `ft` against `base` (null: the
 // tensor is absent from the base), per FORMAT.md "Tensor policy". InvalidArgument

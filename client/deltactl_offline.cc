@@ -1,0 +1,174 @@
+// `deltactl convert`, `deltactl compress` and `deltactl decompress`: the offline
+// subcommands that need no server.
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/internal/deltactl_command.h"
+#include "client/internal/deltactl_report.h"
+#include "codec/delta_codec.h"
+#include "codec/safetensors.h"
+#include "codec/status_macros.h"
+#include "codec/tfjs.h"
+
+namespace deltaserve::client {
+namespace {
+
+struct ConvertOptions {
+  std::string in, out;
+};
+
+struct CompressCliOptions {
+  std::string base, finetuned, out;
+  int patch = codec::DctParams{}.patch_size;
+  std::string schedule = codec::DctParams{}.schedule.ToString();
+  std::string quantizer = codec::QuantizerName(codec::DctParams{}.quantizer);
+  bool separate_dc = codec::DctParams{}.separate_dc;
+  int64_t min_dct_elements = codec::CompressOptions{}.min_dct_elements;
+  std::vector<std::string> rules;
+};
+
+struct DecompressCliOptions {
+  std::string base, delta, out, dtype;
+  bool force = false;
+};
+
+// A TF.js graph model is a model.json that is not a safetensors index.
+bool IsTfjsModelJson(const std::string& path) {
+  return absl::EndsWith(path, ".json") && !absl::EndsWith(path, ".safetensors.index.json");
+}
+
+absl::Status RunConvert(const ConvertOptions& o) {
+  std::vector<codec::TensorView> views;
+  std::map<std::string, std::string> metadata;
+  codec::TfjsModel tfjs;
+  std::unique_ptr<codec::ModelReader> reader;
+  if (IsTfjsModelJson(o.in)) {
+    DS_ASSIGN_OR_RETURN(tfjs, codec::ImportTfjsGraphModel(o.in));
+    for (const auto& t : tfjs.tensors) views.push_back(t.view());
+    metadata = tfjs.metadata;
+  } else {
+    DS_ASSIGN_OR_RETURN(reader, codec::ModelReader::Open(o.in));
+    for (const auto& info : reader->tensors()) {
+      DS_ASSIGN_OR_RETURN(auto view, reader->Get(info.name));
+      views.push_back(view);
+    }
+    metadata = reader->metadata();
+  }
+  DS_RETURN_IF_ERROR(codec::WriteSafetensors(o.out, views, metadata));
+  int64_t params = 0;
+  uint64_t bytes = 0;
+  for (const auto& v : views) {
+    params += v.info.num_elements();
+    bytes += v.data.size();
+  }
+  absl::PrintF("converted %s -> %s: %d tensors, %d parameters, %d bytes of weights\n", o.in,
+               o.out, views.size(), params, bytes);
+  if (auto it = metadata.find("skipped"); it != metadata.end()) {
+    absl::PrintF("skipped (not float): %s\n", it->second);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOptions& o) {
+  codec::CompressOptions c;
+  c.dct.patch_size = o.patch;
+  DS_ASSIGN_OR_RETURN(c.dct.schedule, codec::BitSchedule::Parse(o.schedule));
+  DS_ASSIGN_OR_RETURN(c.dct.quantizer, codec::ParseQuantizer(o.quantizer));
+  c.dct.separate_dc = o.separate_dc;
+  c.min_dct_elements = o.min_dct_elements;
+  for (const auto& text : o.rules) {
+    DS_ASSIGN_OR_RETURN(auto rule, codec::EncodingRule::Parse(text));
+    c.rules.push_back(std::move(rule));
+  }
+  DS_RETURN_IF_ERROR(c.Validate());
+  return c;
+}
+
+absl::Status RunCompress(const CompressCliOptions& o) {
+  DS_ASSIGN_OR_RETURN(const codec::CompressOptions options, ToCompressOptions(o));
+  DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(o.base));
+  DS_ASSIGN_OR_RETURN(auto finetuned, codec::ModelReader::Open(o.finetuned));
+  DS_RETURN_IF_ERROR(
+      codec::CompressModel(*base, *finetuned, options, o.out, StderrProgress("compress"))
+          .status());
+  DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.out));
+  DS_ASSIGN_OR_RETURN(auto report, ReportContainer(*container));
+  PrintReport(report, /*per_tensor=*/false, stdout);
+  return absl::OkStatus();
+}
+
+absl::Status RunDecompress(const DecompressCliOptions& o) {
+  codec::DecompressOptions options;
+  options.force = o.force;
+  if (!o.dtype.empty()) {
+    DS_ASSIGN_OR_RETURN(options.out_dtype, codec::ParseDType(absl::AsciiStrToUpper(o.dtype)));
+  }
+  DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.delta));
+  DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(o.base));
+  DS_RETURN_IF_ERROR(codec::DecompressModel(*base, container->reader(), options, o.out,
+                                            StderrProgress("decompress")));
+  absl::PrintF("decompressed %s + %s -> %s (%d tensors)\n", o.base, o.delta, o.out,
+               container->reader().num_records());
+  return absl::OkStatus();
+}
+
+void AddOfflineCommands(CLI::App& app, CommandAction* action) {
+  auto* convert = app.add_subcommand(
+      "convert", "Convert a TF.js graph model (model.json + weight files) or a safetensors "
+                 "model (file, index or directory) to one .safetensors file");
+  auto co = std::make_shared<ConvertOptions>();
+  convert->add_option("--in", co->in, "model.json, .safetensors, index .json or directory")
+      ->required();
+  convert->add_option("--out", co->out, "Output .safetensors file")->required();
+  convert->callback([co, action] { *action = [co] { return RunConvert(*co); }; });
+
+  auto* compress = app.add_subcommand(
+      "compress", "Compress finetuned - base into a Delta-DCT container (.dds); prints the "
+                  "size report");
+  auto cc = std::make_shared<CompressCliOptions>();
+  compress->add_option("--base", cc->base, "Base model (.safetensors, index or directory)")
+      ->required();
+  compress->add_option("--finetuned", cc->finetuned, "Finetuned model")->required();
+  compress->add_option("--out", cc->out, "Output delta container (.dds)")->required();
+  compress->add_option("--patch", cc->patch, "DCT patch edge p, in weights [2, 64]")
+      ->capture_default_str();
+  compress->add_option("--schedule", cc->schedule,
+                       "Bit-widths by patch importance 'b1:f1,b2:f2,...', e.g. 2:0.5,0:0.5")
+      ->capture_default_str();
+  compress->add_option("--quantizer", cc->quantizer, "minmax, symmetric or clipped")
+      ->capture_default_str();
+  compress->add_flag("--separate-dc", cc->separate_dc,
+                     "Keep each patch's DC coefficient apart (bf16)");
+  compress->add_option("--min-dct-elements", cc->min_dct_elements,
+                       "Tensors with fewer elements are stored raw (lossless)")
+      ->capture_default_str();
+  compress->add_option("--rule", cc->rules,
+                       "Encoding override 'GLOB=raw|dct|unchanged' (fnmatch; repeatable; "
+                       "first match wins)");
+  compress->callback([cc, action] { *action = [cc] { return RunCompress(*cc); }; });
+
+  auto* decompress = app.add_subcommand(
+      "decompress", "Merge a delta container into its base and write the finetuned model "
+                    "as one .safetensors file");
+  auto dc = std::make_shared<DecompressCliOptions>();
+  decompress->add_option("--base", dc->base, "Base model the delta was made against")
+      ->required();
+  decompress->add_option("--delta", dc->delta, "Delta container (.dds)")->required();
+  decompress->add_option("--out", dc->out, "Output .safetensors file")->required();
+  decompress->add_flag("--force", dc->force, "Decode even if the base hash differs");
+  decompress
+      ->add_option("--dtype", dc->dtype, "Output dtype f32, f16 or bf16 (default: recorded)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "F32", "F16", "BF16"}));
+  decompress->callback([dc, action] { *action = [dc] { return RunDecompress(*dc); }; });
+}
+
+const bool kRegistered = RegisterDeltactlCommands(&AddOfflineCommands);
+
+}  // namespace
+}  // namespace deltaserve::client

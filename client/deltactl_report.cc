@@ -1,0 +1,315 @@
+// `deltactl inspect` and `deltactl eval`: per-tensor size (and fidelity) report of a
+// delta container. Counting rules: client/internal/deltactl_report.h.
+#include "client/internal/deltactl_report.h"
+
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/internal/deltactl_command.h"
+#include "codec/status_macros.h"
+
+namespace deltaserve::client {
+namespace {
+
+using codec::Encoding;
+
+std::optional<double> Ratio(double err_sq, double ref_sq) {
+  if (ref_sq > 0) return std::sqrt(err_sq / ref_sq);
+  if (err_sq == 0) return 0.0;
+  return std::nullopt;
+}
+
+double Bpw(double bytes, uint64_t weights) { return weights == 0 ? 0 : 8 * bytes / weights; }
+
+std::string Opt(const std::optional<double>& v, const char* fmt) {
+  return v ? absl::StrFormat(fmt, *v) : std::string("-");
+}
+
+nlohmann::json JsonOpt(const std::optional<double>& v) {
+  return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
+}
+
+std::vector<float> AsFloats(const uint8_t* data, codec::DType dtype, int64_t n) {
+  std::vector<float> out(static_cast<size_t>(n));
+  codec::ToFloat32(data, dtype, n, out.data());
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<ContainerReport> ReportContainer(const codec::MappedContainer& container) {
+  const codec::ContainerReader& reader = container.reader();
+  ContainerReport report;
+  report.path = container.path();
+  report.header = reader.header();
+  report.container_bytes = container.bytes().size();
+  report.header_bytes = reader.header_bytes().size();
+  report.trailer_bytes = reader.trailer_bytes().size();
+  for (size_t i = 0; i < reader.num_records(); ++i) {
+    DS_ASSIGN_OR_RETURN(codec::TensorRecord rec, reader.record(i));
+    TensorReport t;
+    t.info = rec.info;
+    t.encoding = rec.encoding;
+    t.record_bytes = reader.record_bytes(i).size();
+    report.tensors.push_back(std::move(t));
+  }
+  return report;
+}
+
+absl::Status EvaluateReport(const codec::ModelReader& base,
+                            const codec::ModelReader& finetuned,
+                            const codec::ContainerReader& container, ContainerReport* report,
+                            const codec::ProgressFn& progress) {
+  for (size_t i = 0; i < container.num_records(); ++i) {
+    DS_ASSIGN_OR_RETURN(codec::TensorRecord rec, container.record(i));
+    TensorReport& t = report->tensors.at(i);
+    auto ft = finetuned.Get(rec.info.name);
+    if (!ft.ok()) {
+      return absl::NotFoundError(absl::StrCat("tensor '", rec.info.name,
+                                              "' of the delta is not in the finetuned model"));
+    }
+    if (ft->info.shape != rec.info.shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", rec.info.name, "': finetuned shape ",
+                       codec::ShapeString(ft->info.shape), ", the delta holds ",
+                       codec::ShapeString(rec.info.shape)));
+    }
+    const int64_t n = rec.info.num_elements();
+    std::vector<uint8_t> merged(codec::MergedBytes(rec, rec.info.dtype));
+    DS_RETURN_IF_ERROR(codec::MergeTensor(&base, rec, rec.info.dtype, absl::MakeSpan(merged)));
+    const auto w_hat = AsFloats(merged.data(), rec.info.dtype, n);
+    const auto w = AsFloats(ft->data.data(), ft->info.dtype, n);
+    t.evaluated = true;
+    t.has_delta = false;
+    t.d_sq = t.d_err_sq = t.w_sq = t.w_err_sq = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      t.w_sq += double{w[j]} * w[j];
+      t.w_err_sq += (double{w[j]} - w_hat[j]) * (double{w[j]} - w_hat[j]);
+    }
+    auto bv = base.Get(rec.info.name);
+    if (bv.ok() && bv->info.num_elements() <= n) {
+      t.has_delta = true;
+      const auto b = AsFloats(bv->data.data(), bv->info.dtype, bv->info.num_elements());
+      for (size_t j = 0; j < b.size(); ++j) {
+        const double d = double{w[j]} - b[j], d_hat = double{w_hat[j]} - b[j];
+        t.d_sq += d * d;
+        t.d_err_sq += (d - d_hat) * (d - d_hat);
+      }
+    }
+    if (progress) progress(i + 1, container.num_records(), rec.info.name);
+  }
+  report->evaluated = true;
+  return absl::OkStatus();
+}
+
+ReportTotals ComputeTotals(const ContainerReport& report) {
+  ReportTotals t;
+  double d_sq = 0, d_err = 0, w_sq = 0, w_err = 0, dd_sq = 0, dd_err = 0, dw_sq = 0,
+         dw_err = 0;
+  for (const auto& r : report.tensors) {
+    const uint64_t n = r.info.num_elements();
+    ++t.tensors;
+    t.weights += n;
+    if (r.encoding == Encoding::kDct) {
+      ++t.dct_tensors;
+      t.dct_weights += n;
+      t.dct_record_bytes += r.record_bytes;
+      dd_sq += r.d_sq;
+      dd_err += r.d_err_sq;
+      dw_sq += r.w_sq;
+      dw_err += r.w_err_sq;
+    } else if (r.encoding == Encoding::kRaw) {
+      ++t.raw_tensors;
+    } else {
+      ++t.unchanged_tensors;
+    }
+    d_sq += r.d_sq;
+    d_err += r.d_err_sq;
+    w_sq += r.w_sq;
+    w_err += r.w_err_sq;
+  }
+  const double overhead = report.header_bytes + report.trailer_bytes;
+  const double dct_share =
+      t.weights == 0 ? 0 : overhead * static_cast<double>(t.dct_weights) / t.weights;
+  t.bpw_whole = Bpw(report.container_bytes, t.weights);
+  t.bpw_dct = Bpw(t.dct_record_bytes + dct_share, t.dct_weights);
+  t.ratio_whole = t.bpw_whole > 0 ? 16 / t.bpw_whole : 0;
+  t.ratio_dct = t.bpw_dct > 0 ? 16 / t.bpw_dct : 0;
+  if (report.evaluated) {
+    t.rel_delta_error = Ratio(d_err, d_sq);
+    t.rel_weight_error = Ratio(w_err, w_sq);
+    if (t.dct_tensors > 0) {
+      t.rel_delta_error_dct = Ratio(dd_err, dd_sq);
+      t.rel_weight_error_dct = Ratio(dw_err, dw_sq);
+    }
+  }
+  return t;
+}
+
+void PrintReport(const ContainerReport& report, bool per_tensor, std::FILE* out) {
+  const bool ev = report.evaluated;
+  if (per_tensor) {
+    absl::FPrintF(out, "%-40s %-22s %-4s %-9s %10s %10s %7s", "tensor", "shape", "type",
+                  "encoding", "weights", "bytes", "bpw");
+    if (ev) absl::FPrintF(out, " %10s %10s", "rel_d_err", "rel_w_err");
+    absl::FPrintF(out, "\n");
+    for (const auto& r : report.tensors) {
+      const uint64_t n = r.info.num_elements();
+      absl::FPrintF(out, "%-40s %-22s %-4s %-9s %10d %10d %7.3f", r.info.name,
+                    codec::ShapeString(r.info.shape), std::string(codec::DTypeName(r.info.dtype)),
+                    std::string(codec::EncodingName(r.encoding)), n, r.record_bytes,
+                    Bpw(r.record_bytes, n));
+      if (ev) {
+        absl::FPrintF(out, " %10s %10s",
+                      r.has_delta ? Opt(Ratio(r.d_err_sq, r.d_sq), "%.5f") : std::string("-"),
+                      Opt(Ratio(r.w_err_sq, r.w_sq), "%.6f"));
+      }
+      absl::FPrintF(out, "\n");
+    }
+    absl::FPrintF(out, "\n");
+  }
+  const ReportTotals t = ComputeTotals(report);
+  absl::FPrintF(out, "container:   %s, %d bytes (header %d, records %d, trailer %d)\n",
+                report.path, report.container_bytes, report.header_bytes,
+                report.container_bytes - report.header_bytes - report.trailer_bytes,
+                report.trailer_bytes);
+  absl::FPrintF(out, "base hash:   %s\n", codec::BaseHashHex(report.header.base_hash));
+  std::string meta;
+  for (const auto& [k, v] : report.header.metadata) absl::StrAppend(&meta, " ", k, "=", v);
+  absl::FPrintF(out, "metadata:   %s\n", meta);
+  absl::FPrintF(out, "tensors:     %d (dct %d, raw %d, unchanged %d)\n", t.tensors,
+                t.dct_tensors, t.raw_tensors, t.unchanged_tensors);
+  absl::FPrintF(out, "weights:     %d (dct-coded %d)\n", t.weights, t.dct_weights);
+  absl::FPrintF(out,
+                "bits/weight: dct-coded %.4f (ratio vs 16-bit delta %.2fx), "
+                "whole model %.4f (%.2fx)\n",
+                t.bpw_dct, t.ratio_dct, t.bpw_whole, t.ratio_whole);
+  if (ev) {
+    absl::FPrintF(out, "rel. delta error  ||d - d_hat|| / ||d||:       dct-coded %s, all %s\n",
+                  Opt(t.rel_delta_error_dct, "%.5f"), Opt(t.rel_delta_error, "%.5f"));
+    absl::FPrintF(out, "rel. weight error ||W_ft - W_hat|| / ||W_ft||: dct-coded %s, all %s\n",
+                  Opt(t.rel_weight_error_dct, "%.6f"), Opt(t.rel_weight_error, "%.6f"));
+  }
+}
+
+nlohmann::json ReportJson(const ContainerReport& report) {
+  nlohmann::json tensors = nlohmann::json::array();
+  for (const auto& r : report.tensors) {
+    const uint64_t n = r.info.num_elements();
+    nlohmann::json j = {{"name", r.info.name},
+                        {"shape", r.info.shape},
+                        {"dtype", std::string(codec::DTypeName(r.info.dtype))},
+                        {"encoding", std::string(codec::EncodingName(r.encoding))},
+                        {"weights", n},
+                        {"bytes", r.record_bytes},
+                        {"bits_per_weight", Bpw(r.record_bytes, n)}};
+    if (report.evaluated) {
+      j["rel_delta_error"] =
+          r.has_delta ? JsonOpt(Ratio(r.d_err_sq, r.d_sq)) : nlohmann::json(nullptr);
+      j["rel_weight_error"] = JsonOpt(Ratio(r.w_err_sq, r.w_sq));
+    }
+    tensors.push_back(std::move(j));
+  }
+  const ReportTotals t = ComputeTotals(report);
+  nlohmann::json totals = {
+      {"tensors", t.tensors},
+      {"dct_tensors", t.dct_tensors},
+      {"raw_tensors", t.raw_tensors},
+      {"unchanged_tensors", t.unchanged_tensors},
+      {"weights", t.weights},
+      {"dct_weights", t.dct_weights},
+      {"container_bytes", report.container_bytes},
+      {"header_bytes", report.header_bytes},
+      {"trailer_bytes", report.trailer_bytes},
+      {"dct_record_bytes", t.dct_record_bytes},
+      {"bits_per_weight_dct", t.bpw_dct},
+      {"bits_per_weight_whole", t.bpw_whole},
+      {"ratio_vs_16bit_dct", t.ratio_dct},
+      {"ratio_vs_16bit_whole", t.ratio_whole},
+  };
+  if (report.evaluated) {
+    totals["rel_delta_error_dct"] = JsonOpt(t.rel_delta_error_dct);
+    totals["rel_delta_error"] = JsonOpt(t.rel_delta_error);
+    totals["rel_weight_error_dct"] = JsonOpt(t.rel_weight_error_dct);
+    totals["rel_weight_error"] = JsonOpt(t.rel_weight_error);
+  }
+  return {{"container", report.path},
+          {"base_hash", codec::BaseHashHex(report.header.base_hash)},
+          {"format_version", report.header.format_version},
+          {"metadata", report.header.metadata},
+          {"tensors", std::move(tensors)},
+          {"totals", std::move(totals)}};
+}
+
+namespace {
+
+struct InspectOptions {
+  std::string delta;
+  bool json = false;
+};
+
+struct EvalOptions {
+  std::string base, finetuned, delta;
+  bool json = false;
+  bool force = false;
+};
+
+absl::Status Emit(const ContainerReport& report, bool json) {
+  if (json) {
+    std::cout << ReportJson(report).dump(2) << "\n";
+  } else {
+    PrintReport(report, /*per_tensor=*/true, stdout);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunInspect(const InspectOptions& o) {
+  DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.delta));
+  DS_ASSIGN_OR_RETURN(auto report, ReportContainer(*container));
+  return Emit(report, o.json);
+}
+
+absl::Status RunEval(const EvalOptions& o) {
+  DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.delta));
+  DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(o.base));
+  DS_ASSIGN_OR_RETURN(auto finetuned, codec::ModelReader::Open(o.finetuned));
+  DS_RETURN_IF_ERROR(codec::CheckBaseHash(*base, container->reader().header(), o.force));
+  DS_ASSIGN_OR_RETURN(auto report, ReportContainer(*container));
+  DS_RETURN_IF_ERROR(EvaluateReport(*base, *finetuned, container->reader(), &report,
+                                    StderrProgress("eval")));
+  return Emit(report, o.json);
+}
+
+void AddReportCommands(CLI::App& app, CommandAction* action) {
+  auto* inspect = app.add_subcommand(
+      "inspect", "Per-tensor table of a delta container: encoding, bytes, bits per weight "
+                 "(every container byte counted), and totals");
+  auto io = std::make_shared<InspectOptions>();
+  inspect->add_option("delta", io->delta, "Delta container (.dds)")->required();
+  inspect->add_flag("--json", io->json, "Print one JSON object instead of the table");
+  inspect->callback([io, action] { *action = [io] { return RunInspect(*io); }; });
+
+  auto* eval = app.add_subcommand(
+      "eval", "Like inspect, plus relative delta error ||d - d_hat|| / ||d|| and relative "
+              "weight error ||W_ft - W_hat|| / ||W_ft|| per tensor and in total");
+  auto eo = std::make_shared<EvalOptions>();
+  eval->add_option("--base", eo->base, "Base model (.safetensors, index or directory)")
+      ->required();
+  eval->add_option("--finetuned", eo->finetuned, "Finetuned model the delta was made from")
+      ->required();
+  eval->add_option("--delta", eo->delta, "Delta container (.dds)")->required();
+  eval->add_flag("--json", eo->json, "Print one JSON object instead of the table");
+  eval->add_flag("--force", eo->force, "Evaluate even if the base hash differs");
+  eval->callback([eo, action] { *action = [eo] { return RunEval(*eo); }; });
+}
+
+const bool kRegistered = RegisterDeltactlCommands(&AddReportCommands);
+
+}  // namespace
+}  // namespace deltaserve::client
