@@ -4,6 +4,7 @@
 // Input: a file of float32 deltas written by tests/bench/dump_tfjs_delta.py:
 //   repeated { u32 name_len, name, u32 ndim, i64 dims[ndim], f32 data[prod(dims)] }.
 // Usage: dct_study DELTA.bin [p,...] [schedule;schedule;...]
+// Each tensor is coded on its MatrixView at each p.
 // Prints one markdown row per configuration: bits per weight of the Delta-DCT payloads
 // (every payload byte / weights), aggregate relative error sqrt(sum ||d - d_hat||^2 /
 // sum ||d||^2), and the largest per-tensor relative error.
@@ -25,8 +26,8 @@ using deltaserve::codec::Quantizer;
 
 struct Tensor {
   std::string name;
-  int64_t rows = 0, cols = 0;
-  std::vector<float> data;
+  std::vector<int64_t> shape;
+  std::vector<float> data;  // row-major; any 2-D view of it is the same bytes
 };
 
 bool Load(const char* path, std::vector<Tensor>* out) {
@@ -39,13 +40,11 @@ bool Load(const char* path, std::vector<Tensor>* out) {
     in.read(t.name.data(), len);
     uint32_t ndim;
     in.read(reinterpret_cast<char*>(&ndim), 4);
-    std::vector<int64_t> shape(ndim);
-    in.read(reinterpret_cast<char*>(shape.data()), 8 * ndim);
-    auto view = deltaserve::codec::MatrixView(shape, 16);
-    if (!view.ok()) return false;
-    t.rows = view->first;
-    t.cols = view->second;
-    t.data.resize(t.rows * t.cols);
+    t.shape.resize(ndim);
+    in.read(reinterpret_cast<char*>(t.shape.data()), 8 * ndim);
+    auto n = deltaserve::codec::CheckedNumElements(t.shape);
+    if (!n.ok() || ndim < 2) return false;
+    t.data.resize(*n);
     in.read(reinterpret_cast<char*>(t.data.data()), 4 * t.data.size());
     if (!in) return false;
     out->push_back(std::move(t));
@@ -83,7 +82,7 @@ int main(int argc, char** argv) {
                                         "4:0.1,2:0.2,1:0.2,0:0.5"};
   if (argc > 3) schedules = absl::StrSplit(argv[3], ';');
   int64_t weights = 0;
-  for (const auto& t : tensors) weights += t.rows * t.cols;
+  for (const auto& t : tensors) weights += static_cast<int64_t>(t.data.size());
   std::printf("%zu tensors, %lld weights\n\n", tensors.size(), static_cast<long long>(weights));
   std::printf("| p | schedule | quantizer | DC apart | bits/weight | rel. error | worst tensor |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
@@ -104,14 +103,15 @@ int main(int argc, char** argv) {
           double err2 = 0, norm2 = 0, worst = 0;
           uint64_t bytes = 0;
           for (const auto& t : tensors) {
-            auto enc = deltaserve::codec::EncodeDctMatrix(t.data.data(), t.rows, t.cols, params);
+            const auto [rows, cols] = deltaserve::codec::MatrixView(t.shape, p).value();
+            auto enc = deltaserve::codec::EncodeDctMatrix(t.data.data(), rows, cols, params);
             if (!enc.ok()) {
               std::fprintf(stderr, "%s: %s\n", t.name.c_str(), enc.status().ToString().c_str());
               return 1;
             }
             bytes += enc->size();
             std::vector<float> out(t.data.size());
-            auto st = deltaserve::codec::DecodeDctMatrix(*enc, t.rows, t.cols, out.data());
+            auto st = deltaserve::codec::DecodeDctMatrix(*enc, rows, cols, out.data());
             if (!st.ok()) {
               std::fprintf(stderr, "%s: %s\n", t.name.c_str(), st.ToString().c_str());
               return 1;
