@@ -377,35 +377,52 @@ absl::StatusOr<std::unique_ptr<ModelReader>> OpenDirectory(const std::string& di
 
 // ---------------------------------------------------------------------------- writer
 
-// Checks names (non-empty, unique, not "__metadata__") and data sizes.
-absl::Status ValidateForWrite(const std::string& path, const std::vector<TensorView>& tensors) {
+// Checks names (non-empty, unique, not "__metadata__") and shapes.
+absl::Status ValidateInfos(const std::string& path, const std::vector<TensorInfo>& infos) {
   std::set<std::string_view> names;
-  for (const TensorView& t : tensors) {
-    const std::string what = TensorWhat(path, t.info.name);
-    if (t.info.name.empty() || t.info.name == kMetadataKey) {
-      return Invalid(path, absl::StrCat("bad tensor name '", t.info.name, "'"));
+  for (const TensorInfo& info : infos) {
+    const std::string what = TensorWhat(path, info.name);
+    if (info.name.empty() || info.name == kMetadataKey) {
+      return Invalid(path, absl::StrCat("bad tensor name '", info.name, "'"));
     }
-    if (!names.insert(t.info.name).second) {
+    if (!names.insert(info.name).second) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": duplicate tensor name"));
     }
-    absl::StatusOr<int64_t> n = CheckedNumElements(t.info.shape);
+    absl::StatusOr<int64_t> n = CheckedNumElements(info.shape);
     if (!n.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": ", n.status().message()));
     }
-    const size_t elem = DTypeSize(t.info.dtype);
-    if (static_cast<uint64_t>(*n) > std::numeric_limits<uint64_t>::max() / elem ||
-        static_cast<uint64_t>(*n) * elem != t.data.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, ": has ", t.data.size(), " bytes but shape ", ShapeString(t.info.shape), " x ",
-          Name(t.info.dtype), " needs ", static_cast<uint64_t>(*n) * elem));
+    if (*n > std::numeric_limits<int64_t>::max() / static_cast<int64_t>(DTypeSize(info.dtype))) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": more than 2^63 bytes"));
     }
   }
   return absl::OkStatus();
 }
 
-// Writes one file holding `tensors` (already validated) in the given order.
-absl::Status WriteFile(const std::string& path, const std::vector<const TensorView*>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+// REQUIRES: `info` passed ValidateInfos.
+absl::Status CheckDataSize(const std::string& path, const TensorInfo& info, size_t size) {
+  if (size != info.num_bytes()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(TensorWhat(path, info.name), ": has ", size, " bytes but shape ",
+                     ShapeString(info.shape), " x ", Name(info.dtype), " needs ",
+                     info.num_bytes()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateForWrite(const std::string& path, const std::vector<TensorView>& tensors) {
+  std::vector<TensorInfo> infos;
+  infos.reserve(tensors.size());
+  for (const TensorView& t : tensors) infos.push_back(t.info);
+  DS_RETURN_IF_ERROR(ValidateInfos(path, infos));
+  for (const TensorView& t : tensors) DS_RETURN_IF_ERROR(CheckDataSize(path, t.info, t.data.size()));
+  return absl::OkStatus();
+}
+
+// The 8-byte length and the JSON header of a file holding `infos` back to back.
+absl::StatusOr<std::string> BuildHeader(const std::string& path,
+                                        const std::vector<TensorInfo>& infos,
+                                        const std::map<std::string, std::string>& metadata) {
   json header = json::object();
   if (!metadata.empty()) {
     json md = json::object();
@@ -413,26 +430,63 @@ absl::Status WriteFile(const std::string& path, const std::vector<const TensorVi
     header[kMetadataKey] = std::move(md);
   }
   uint64_t offset = 0;
-  for (const TensorView* t : tensors) {
-    const uint64_t end = offset + t->data.size();
-    header[t->info.name] = {{"dtype", std::string(Name(t->info.dtype))},
-                            {"shape", t->info.shape},
-                            {"data_offsets", {offset, end}}};
+  for (const TensorInfo& info : infos) {
+    const uint64_t end = offset + info.num_bytes();
+    header[info.name] = {{"dtype", std::string(Name(info.dtype))},
+                         {"shape", info.shape},
+                         {"data_offsets", {offset, end}}};
     offset = end;
   }
   DS_ASSIGN_OR_RETURN(std::string text, internal::DumpJson(header, path));
   // Pad with spaces so the data buffer starts 8-byte aligned (the spec's recommendation).
   text.append((8 - text.size() % 8) % 8, ' ');
   const uint64_t header_len = text.size();
-  uint8_t len_bytes[8];
-  std::memcpy(len_bytes, &header_len, 8);
+  std::string out(8, '\0');
+  std::memcpy(out.data(), &header_len, 8);
+  return out + text;
+}
 
-  std::vector<absl::Span<const uint8_t>> pieces;
-  pieces.reserve(tensors.size() + 2);
-  pieces.emplace_back(len_bytes, 8);
-  pieces.emplace_back(reinterpret_cast<const uint8_t*>(text.data()), text.size());
-  for (const TensorView* t : tensors) pieces.push_back(t->data);
-  return internal::WriteFileAtomically(path, pieces);
+class StreamingWriter final : public SafetensorsWriter {
+ public:
+  StreamingWriter(std::unique_ptr<internal::AtomicFileWriter> file, std::vector<TensorInfo> infos)
+      : file_(std::move(file)), infos_(std::move(infos)) {}
+
+  absl::Status Append(absl::Span<const uint8_t> data) override {
+    if (next_ == infos_.size()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(file_->path(), ": all ", infos_.size(), " tensors already written"));
+    }
+    DS_RETURN_IF_ERROR(CheckDataSize(file_->path(), infos_[next_], data.size()));
+    DS_RETURN_IF_ERROR(file_->Append(data));
+    ++next_;
+    return absl::OkStatus();
+  }
+
+  absl::Status Commit() override {
+    if (next_ != infos_.size()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(TensorWhat(file_->path(), infos_[next_].name), ": not written (", next_,
+                       " of ", infos_.size(), " tensors appended)"));
+    }
+    return file_->Commit();
+  }
+
+ private:
+  std::unique_ptr<internal::AtomicFileWriter> file_;
+  std::vector<TensorInfo> infos_;
+  size_t next_ = 0;  // index of the next tensor to append
+};
+
+// Writes one file holding `tensors` (already validated) in the given order.
+absl::Status WriteFile(const std::string& path, const std::vector<const TensorView*>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorInfo> infos;
+  infos.reserve(tensors.size());
+  for (const TensorView* t : tensors) infos.push_back(t->info);
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> writer,
+                      SafetensorsWriter::Open(path, std::move(infos), metadata));
+  for (const TensorView* t : tensors) DS_RETURN_IF_ERROR(writer->Append(t->data));
+  return writer->Commit();
 }
 
 }  // namespace
@@ -447,6 +501,18 @@ absl::StatusOr<std::unique_ptr<ModelReader>> ModelReader::Open(const std::string
   if (st.type() == fs::file_type::directory) return OpenDirectory(path);
   if (EndsWith(path, ".json")) return OpenIndex(path);
   return OpenSingle(path);
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Open(
+    const std::string& path, std::vector<TensorInfo> infos,
+    const std::map<std::string, std::string>& metadata) {
+  DS_RETURN_IF_ERROR(ValidateInfos(path, infos));
+  DS_ASSIGN_OR_RETURN(std::string header, BuildHeader(path, infos, metadata));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<internal::AtomicFileWriter> file,
+                      internal::AtomicFileWriter::Open(path));
+  DS_RETURN_IF_ERROR(file->Append(
+      absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(header.data()), header.size())));
+  return std::make_unique<StreamingWriter>(std::move(file), std::move(infos));
 }
 
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& tensors,

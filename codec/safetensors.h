@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "codec/tensor.h"
 
 namespace deltaserve::codec {
@@ -81,6 +82,29 @@ class ModelReader {
 // failures (e.g. NotFound when the parent directory does not exist).
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& tensors,
                               const std::map<std::string, std::string>& metadata);
+
+// Streams one .safetensors file whose tensor list is known up front, so that a caller
+// producing tensors one at a time (e.g. decoding a delta) holds only one in memory:
+// Open validates `infos` and writes the header (layout exactly as WriteSafetensors),
+// Append takes each tensor's bytes in `infos` order, Commit fsyncs and renames
+// `path + ".tmp"` over `path`. Destroyed without a successful Commit, the .tmp file is
+// removed and `path` is left as it was. Not thread-safe.
+class SafetensorsWriter {
+ public:
+  // InvalidArgument for bad infos (as WriteSafetensors); errno-derived codes naming the
+  // path if the .tmp file cannot be created or written.
+  static absl::StatusOr<std::unique_ptr<SafetensorsWriter>> Open(
+      const std::string& path, std::vector<TensorInfo> infos,
+      const std::map<std::string, std::string>& metadata);
+
+  virtual ~SafetensorsWriter() = default;
+
+  // Writes the next tensor's bytes. InvalidArgument (naming path and tensor) if
+  // data.size() != its num_bytes(); FailedPrecondition once all tensors are written.
+  virtual absl::Status Append(absl::Span<const uint8_t> data) = 0;
+  // FailedPrecondition (naming the next tensor) if some tensors were not appended.
+  virtual absl::Status Commit() = 0;
+};
 
 // Writes a sharded model into directory `dir` (created if needed): files
 // model-0000i-of-0000n.safetensors (5-digit, 1-based) of at most `max_shard_bytes` of

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "codec/status_macros.h"
 
 namespace deltaserve::codec::internal {
 namespace {
@@ -75,43 +76,61 @@ bool IsContainedRelativePath(const std::string& rel) {
 }
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
-  auto file = MappedFile::Open(path);
-  if (!file.ok()) return file.status();
-  absl::Span<const uint8_t> bytes = (*file)->bytes();
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> file, MappedFile::Open(path));
+  absl::Span<const uint8_t> bytes = file->bytes();
   return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Open(
+    const std::string& path) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError(errno, "cannot create", tmp);
+  return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, fd));
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink((path_ + ".tmp").c_str());
+}
+
+absl::Status AtomicFileWriter::Append(absl::Span<const uint8_t> data) {
+  if (fd_ < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(path_, ".tmp: already closed"));
+  }
+  const uint8_t* p = data.data();
+  size_t left = data.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd_, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(errno, "cannot write", path_ + ".tmp");
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AtomicFileWriter::Commit() {
+  const std::string tmp = path_ + ".tmp";
+  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(tmp, ": already closed"));
+  if (::fsync(fd_) != 0) return ErrnoError(errno, "cannot fsync", tmp);
+  FdCloser closer(fd_);
+  fd_ = -1;
+  if (int err = closer.Close(); err != 0) return ErrnoError(err, "cannot close", tmp);
+  if (::rename(tmp.c_str(), path_.c_str()) != 0) {
+    return ErrnoError(errno, absl::StrCat("cannot rename ", tmp, " to"), path_);
+  }
+  committed_ = true;
+  return absl::OkStatus();
 }
 
 absl::Status WriteFileAtomically(const std::string& path,
                                  const std::vector<absl::Span<const uint8_t>>& pieces) {
-  const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError(errno, "cannot create", tmp);
-  FdCloser closer(fd);
-  auto fail = [&](int err, absl::string_view what) {
-    ::unlink(tmp.c_str());
-    return ErrnoError(err, what, tmp);
-  };
-  for (absl::Span<const uint8_t> piece : pieces) {
-    const uint8_t* p = piece.data();
-    size_t left = piece.size();
-    while (left > 0) {
-      ssize_t n = ::write(fd, p, left);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return fail(errno, "cannot write");
-      }
-      p += n;
-      left -= static_cast<size_t>(n);
-    }
-  }
-  if (::fsync(fd) != 0) return fail(errno, "cannot fsync");
-  if (int err = closer.Close(); err != 0) return fail(err, "cannot close");
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    return ErrnoError(err, absl::StrCat("cannot rename ", tmp, " to"), path);
-  }
-  return absl::OkStatus();
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> writer, AtomicFileWriter::Open(path));
+  for (absl::Span<const uint8_t> piece : pieces) DS_RETURN_IF_ERROR(writer->Append(piece));
+  return writer->Commit();
 }
 
 }  // namespace deltaserve::codec::internal

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -49,6 +50,28 @@ bool IsContainedRelativePath(const std::string& rel);
 
 // Reads a whole (small) file. Same errors as MappedFile::Open.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+
+// Writes `path + ".tmp"` sequentially; Commit() fsyncs, closes and renames it over
+// `path`, so readers never see a half-written file. Destroyed without a successful
+// Commit(), the .tmp file is removed and `path` is left as it was. Errors are
+// errno-derived statuses naming the file. Not thread-safe.
+class AtomicFileWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<AtomicFileWriter>> Open(const std::string& path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+  absl::Status Append(absl::Span<const uint8_t> data);
+  absl::Status Commit();
+  const std::string& path() const { return path_; }
+
+ private:
+  AtomicFileWriter(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  std::string path_;
+  int fd_;  // -1 once closed
+  bool committed_ = false;
+};
 
 // Writes the concatenation of `pieces` to `path + ".tmp"`, flushes it, and renames it
 // over `path`, so readers never see a half-written file. On failure the .tmp file is

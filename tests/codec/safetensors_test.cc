@@ -240,6 +240,43 @@ TEST_F(SafetensorsTest, WriterRejectsInvalidUtf8) {
   EXPECT_FALSE(fs::exists(Path("u.safetensors")));
 }
 
+TEST_F(SafetensorsTest, StreamingWriterMatchesWriteSafetensorsByteForByte) {
+  const std::vector<OwnedTensor> src = Sample();
+  const std::map<std::string, std::string> md = {{"k", "v"}};
+  ASSERT_THAT(WriteSafetensors(Path("whole.safetensors"), Views(src), md), IsOk());
+  std::vector<TensorInfo> infos;
+  for (const OwnedTensor& t : src) infos.push_back(t.info);
+  const std::string path = Path("streamed.safetensors");
+  ASSERT_OK_AND_ASSIGN(auto writer, SafetensorsWriter::Open(path, infos, md));
+  EXPECT_TRUE(fs::exists(path + ".tmp"));
+  EXPECT_FALSE(fs::exists(path));
+  EXPECT_THAT(writer->Append(src[1].view().data),  // the F16 tensor's 6 bytes, not 24
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("tensor 'layer.0.weight'"), HasSubstr("needs 24"))));
+  for (size_t i = 0; i + 1 < src.size(); ++i) ASSERT_THAT(writer->Append(src[i].data), IsOk());
+  EXPECT_THAT(writer->Commit(), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                         AllOf(HasSubstr("tensor 'empty'"), HasSubstr("4 of 5"))));
+  ASSERT_THAT(writer->Append(src.back().data), IsOk());
+  EXPECT_THAT(writer->Append(src.back().data),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("already written")));
+  ASSERT_THAT(writer->Commit(), IsOk());
+  EXPECT_FALSE(fs::exists(path + ".tmp"));
+  EXPECT_EQ(ReadAll(path), ReadAll(Path("whole.safetensors")));
+}
+
+TEST_F(SafetensorsTest, StreamingWriterAbandonedLeavesNothing) {
+  const std::string path = Path("abandoned.safetensors");
+  WriteAll(path, "previous contents");
+  {
+    ASSERT_OK_AND_ASSIGN(auto writer, SafetensorsWriter::Open(path, {{"a", DType::kF32, {1}}}, {}));
+    ASSERT_THAT(writer->Append(MakeF32("a", {1}, {1}).data), IsOk());
+  }  // destroyed without Commit
+  EXPECT_FALSE(fs::exists(path + ".tmp"));
+  EXPECT_EQ(ReadAll(path), "previous contents");
+  EXPECT_THAT(SafetensorsWriter::Open(path, {{"a", DType::kF32, {1}}, {"a", DType::kF16, {}}}, {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("duplicate")));
+}
+
 TEST_F(SafetensorsTest, WriterReportsIoErrorsNamingThePath) {
   OwnedTensor a = MakeF32("a", {1}, {1});
   absl::Status s = WriteSafetensors(Path("no/such/dir/x.safetensors"), {a.view()}, {});

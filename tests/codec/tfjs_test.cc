@@ -273,6 +273,35 @@ TEST_F(TfjsSyntheticTest, ShardTooShort) {
                              HasSubstr("[8, 16)"), HasSubstr("w.bin"), HasSubstr("12 bytes"))));
 }
 
+TEST_F(TfjsSyntheticTest, EveryTruncationIsRejected) {
+  // f16 [3] | string ["abc"] | uint8 [2] | f32 [1]: 6 + 7 + 2 + 4 = 19 bytes.
+  const uint8_t full[19] = {0x00, 0x3c, 0x00, 0xc0, 0x55, 0x35, 3, 0, 0, 0, 'a', 'b', 'c',
+                            7,    9,    0,    0,    0x80, 0x3f};
+  const std::string json = Write("model.json", R"({"weightsManifest": [{"paths": ["w.bin"],
+      "weights": [{"name": "h", "shape": [3], "dtype": "float32",
+                   "quantization": {"dtype": "float16"}},
+                  {"name": "s", "shape": [], "dtype": "string"},
+                  {"name": "q", "shape": [2], "dtype": "float32",
+                   "quantization": {"dtype": "uint8", "scale": 2, "min": 1}},
+                  {"name": "f", "shape": [1], "dtype": "float32"}]}]})");
+  Write("w.bin", full, sizeof(full));
+  ASSERT_OK_AND_ASSIGN(TfjsModel m, ImportTfjsGraphModel(json));
+  ASSERT_EQ(m.tensors.size(), 3u);
+  EXPECT_EQ(At(m.tensors[1], 0), 15.0f);  // 1 + 2 * 7
+  EXPECT_EQ(At(m.tensors[1], 1), 19.0f);  // 1 + 2 * 9
+  EXPECT_EQ(At(m.tensors[2], 0), 1.0f);
+  const char* owner[19] = {"h", "h", "h", "h", "h", "h", "s", "s", "s", "s",
+                           "s", "s", "s", "q", "q", "f", "f", "f", "f"};
+  for (size_t len = 0; len < sizeof(full); ++len) {
+    Write("w.bin", full, len);
+    // The first weight that no longer fits is named: the one holding byte `len`.
+    EXPECT_THAT(ImportTfjsGraphModel(json),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr(std::string("weight '") + owner[len] + "'")))
+        << "length " << len;
+  }
+}
+
 TEST_F(TfjsSyntheticTest, StringLengthPastEnd) {
   const uint32_t len = 1000;
   Write("w.bin", &len, 4);
