@@ -1,0 +1,213 @@
+// deltactl's offline subcommands through the real binary, on small synthetic models:
+// exit codes, error messages, --help, --json, options reaching the codec.
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "codec/container.h"
+#include "codec/safetensors.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/client/deltactl_test_util.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace deltaserve::codec {
+namespace {
+
+using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::ReadBytes;
+using ::deltaserve::testing::RunDeltactl;
+using ::deltaserve::testing::ScopedTempDir;
+using ::testing::HasSubstr;
+
+OwnedTensor Tensor(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                   uint32_t seed, float scale) {
+  OwnedTensor t;
+  t.info = {name, dtype, std::move(shape)};
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.f, scale);
+  std::vector<float> v(static_cast<size_t>(t.info.num_elements()));
+  for (auto& x : v) x = dist(rng);
+  t.data.resize(t.info.num_bytes());
+  FromFloat32(v.data(), t.info.num_elements(), dtype, t.data.data());
+  return t;
+}
+
+// base: w [128, 160], bias [160]; finetuned: w + noise, bias changed.
+class DeltactlOfflineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const OwnedTensor w = Tensor("w", DType::kF32, {128, 160}, 1, 0.05f);
+    const OwnedTensor b = Tensor("bias", DType::kF32, {160}, 2, 0.1f);
+    OwnedTensor w_ft = w, b_ft = Tensor("bias", DType::kF32, {160}, 4, 0.1f);
+    const OwnedTensor noise = Tensor("n", DType::kF32, {128, 160}, 3, 0.005f);
+    for (size_t i = 0; i < w.data.size(); i += 4) {
+      float a, n;
+      std::memcpy(&a, &w.data[i], 4);
+      std::memcpy(&n, &noise.data[i], 4);
+      a += n;
+      std::memcpy(&w_ft.data[i], &a, 4);
+    }
+    ASSERT_THAT(WriteSafetensors(base_, {w.view(), b.view()}, {}), IsOk());
+    ASSERT_THAT(WriteSafetensors(ft_, {w_ft.view(), b_ft.view()}, {}), IsOk());
+  }
+
+  testing::DeltactlResult Run(const std::string& args) { return RunDeltactl(args, dir_); }
+  std::string Compress(const std::string& extra = "") {
+    const auto r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ +
+                       " --min-dct-elements 1000 " + extra);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.out;
+  }
+
+  ScopedTempDir dir_;
+  std::string base_ = dir_.File("base.safetensors");
+  std::string ft_ = dir_.File("ft.safetensors");
+  std::string dds_ = dir_.File("d.dds");
+};
+
+TEST_F(DeltactlOfflineTest, HelpEverywhere) {
+  auto r = Run("--help");
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* sub : {"convert", "compress", "decompress", "inspect", "eval"}) {
+    EXPECT_THAT(r.out, HasSubstr(sub));
+    auto s = Run(std::string(sub) + " --help");
+    EXPECT_EQ(s.exit_code, 0) << sub;
+    EXPECT_THAT(s.out, HasSubstr("Usage:")) << sub;
+  }
+  EXPECT_THAT(Run("compress --help").out, HasSubstr("--schedule"));
+}
+
+TEST_F(DeltactlOfflineTest, UsageErrorsExitTwo) {
+  EXPECT_EQ(Run("").exit_code, 2);
+  EXPECT_EQ(Run("frobnicate").exit_code, 2);
+  auto r = Run("compress --base " + base_);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--finetuned is required"));
+  EXPECT_EQ(Run("decompress --base a --delta b --out c --dtype f64").exit_code, 2);
+}
+
+TEST_F(DeltactlOfflineTest, CompressInspectDecompress) {
+  const std::string out = Compress("--patch 16 --schedule 2:0.5,0:0.5 --quantizer minmax");
+  EXPECT_THAT(out, HasSubstr("tensors:     2 (dct 1, raw 1, unchanged 0)"));
+  auto r = Run("inspect --json " + dds_);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("metadata").at("codec.patch_size"), "16");
+  EXPECT_EQ(j.at("metadata").at("codec.schedule"), "2:0.5,0:0.5");
+  EXPECT_EQ(j.at("metadata").at("codec.quantizer"), "minmax");
+  ASSERT_EQ(j.at("tensors").size(), 2u);
+  EXPECT_EQ(j.at("tensors")[0].at("name"), "bias");
+  EXPECT_EQ(j.at("tensors")[0].at("encoding"), "raw");
+  EXPECT_EQ(j.at("tensors")[1].at("name"), "w");
+  EXPECT_EQ(j.at("tensors")[1].at("encoding"), "dct");
+  EXPECT_EQ(j.at("tensors")[1].at("shape"), nlohmann::json({128, 160}));
+  const auto& t = j.at("totals");
+  EXPECT_EQ(t.at("container_bytes").get<uint64_t>(), std::filesystem::file_size(dds_));
+  EXPECT_EQ(t.at("weights").get<uint64_t>(), 128u * 160 + 160);
+  // Whole-model bits per weight counts every byte of the file.
+  EXPECT_DOUBLE_EQ(t.at("bits_per_weight_whole").get<double>(),
+                   8.0 * std::filesystem::file_size(dds_) / (128 * 160 + 160));
+  EXPECT_FALSE(t.contains("rel_delta_error"));  // inspect does not evaluate
+
+  r = Run("inspect " + dds_);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("[128, 160]"));
+  EXPECT_THAT(r.out, HasSubstr("bits/weight: dct-coded"));
+
+  r = Run("eval --base " + base_ + " --finetuned " + ft_ + " --delta " + dds_);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("rel. delta error"));
+
+  const std::string merged = dir_.File("m.safetensors");
+  r = Run("decompress --base " + base_ + " --delta " + dds_ + " --out " + merged +
+          " --dtype bf16");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_OK_AND_ASSIGN(auto m, ModelReader::Open(merged));
+  ASSERT_EQ(m->tensors().size(), 2u);
+  for (const auto& info : m->tensors()) EXPECT_EQ(info.dtype, DType::kBF16) << info.name;
+}
+
+TEST_F(DeltactlOfflineTest, RulesReachThePolicy) {
+  const std::string out = Compress("--rule 'w=raw'");
+  EXPECT_THAT(out, HasSubstr("(dct 0, raw 2, unchanged 0)"));
+  EXPECT_THAT(out, HasSubstr("codec.rules=w=raw"));
+}
+
+TEST_F(DeltactlOfflineTest, BadOptionsAreInvalidArgument) {
+  for (const char* bad : {"--schedule 2:0.5", "--quantizer fancy", "--patch 1",
+                          "--rule 'w=zip'", "--min-dct-elements -5"}) {
+    auto r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ + " " +
+                 bad);
+    EXPECT_EQ(r.exit_code, 1) << bad;
+    EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT")) << bad;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dds_));
+}
+
+TEST_F(DeltactlOfflineTest, WrongBaseAndCorruptionAreReported) {
+  Compress();
+  auto r = Run("decompress --base " + ft_ + " --delta " + dds_ + " --out " +
+               dir_.File("m.safetensors"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("FAILED_PRECONDITION"));
+  r = Run("decompress --force --base " + ft_ + " --delta " + dds_ + " --out " +
+          dir_.File("m.safetensors"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = Run("eval --base " + ft_ + " --finetuned " + ft_ + " --delta " + dds_);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("FAILED_PRECONDITION"));
+
+  // Flip one payload byte of tensor 'w' (the last record).
+  auto bytes = ReadBytes(dds_);
+  bytes[bytes.size() - 200] ^= 0x20;
+  const std::string bad = dir_.File("bad.dds");
+  {
+    std::ofstream f(bad, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  }
+  r = Run("inspect " + bad);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("DATA_LOSS"));
+  EXPECT_THAT(r.err, HasSubstr("tensor 'w'"));
+  // Truncated: the reader names the file.
+  bytes.resize(bytes.size() / 2);
+  {
+    std::ofstream f(bad, std::ios::binary | std::ios::trunc);
+    f.write(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  }
+  r = Run("decompress --base " + base_ + " --delta " + bad + " --out " +
+          dir_.File("x.safetensors"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("DATA_LOSS"));
+  EXPECT_THAT(r.err, HasSubstr("bad.dds"));
+  r = Run("inspect " + dir_.File("missing.dds"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+}
+
+TEST_F(DeltactlOfflineTest, ConvertSafetensorsKeepsTensors) {
+  const std::string copy = dir_.File("copy.safetensors");
+  auto r = Run("convert --in " + ft_ + " --out " + copy);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("2 tensors"));
+  ASSERT_OK_AND_ASSIGN(auto a, ModelReader::Open(ft_));
+  ASSERT_OK_AND_ASSIGN(auto b, ModelReader::Open(copy));
+  for (const auto& info : a->tensors()) {
+    ASSERT_OK_AND_ASSIGN(auto x, a->Get(info.name));
+    ASSERT_OK_AND_ASSIGN(auto y, b->Get(info.name));
+    EXPECT_TRUE(std::equal(x.data.begin(), x.data.end(), y.data.begin(), y.data.end()));
+  }
+  r = Run("convert --in " + dir_.File("nope.json") + " --out " + copy);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+}
+
+}  // namespace
+}  // namespace deltaserve::codec
