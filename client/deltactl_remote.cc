@@ -1,0 +1,277 @@
+// deltactl's remote subcommands: push, list, info, delete, pull, pull-delta, get-base.
+// They talk to a deltaserved through DeltaClient (client/client.h). Every one takes
+//   --server ADDR (env DELTASERVE_SERVER, default 127.0.0.1:50051)
+//   --token TOKEN (env DELTASERVE_TOKEN)   --tenant NAME (env DELTASERVE_TENANT; admins)
+//   --tls / --tls-ca PEM                   --timeout SECONDS (unary calls and uploads)
+// Results go to stdout (--json for machine-readable output); progress goes to stderr.
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "client/client.h"
+#include "client/internal/deltactl_command.h"
+#include "codec/status_macros.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace deltaserve::client {
+namespace {
+
+struct RemoteFlags {
+  std::string server = "127.0.0.1:50051";
+  std::string token;
+  std::string tenant;
+  bool tls = false;
+  std::string tls_ca;
+  double timeout_seconds = 60;
+  bool json = false;
+};
+
+struct TaskFlags {
+  std::string task;
+  std::string in, out;
+  bool overwrite = false;
+  bool tensors = false;
+  std::string dtype;
+  std::vector<std::string> include;
+  std::string include_regex;
+  std::string resume_from;
+};
+
+void AddRemoteFlags(CLI::App* sub, RemoteFlags* f) {
+  sub->add_option("--server", f->server, "deltaserved address host:port")
+      ->envname("DELTASERVE_SERVER")
+      ->capture_default_str();
+  sub->add_option("--token", f->token, "Bearer token")->envname("DELTASERVE_TOKEN");
+  sub->add_option("--tenant", f->tenant, "Tenant to act on (admin tokens; default: own)")
+      ->envname("DELTASERVE_TENANT");
+  sub->add_flag("--tls", f->tls, "Use TLS with the system roots");
+  sub->add_option("--tls-ca", f->tls_ca, "Use TLS trusting this PEM root certificate");
+  sub->add_option("--timeout", f->timeout_seconds, "Deadline of unary calls and uploads, s")
+      ->capture_default_str();
+  sub->add_flag("--json", f->json, "Print results as JSON");
+}
+
+absl::StatusOr<std::unique_ptr<DeltaClient>> Connect(const RemoteFlags& f) {
+  ClientOptions options;
+  options.target = f.server;
+  options.token = f.token;
+  options.tenant = f.tenant;
+  options.use_tls = f.tls;
+  options.tls_root_cert_path = f.tls_ca;
+  options.deadline = absl::Seconds(f.timeout_seconds);
+  return DeltaClient::Open(options);
+}
+
+// Byte progress on stderr: rewritten in place on a terminal, else one line per 10%.
+ProgressFn StderrByteProgress(std::string label) {
+  const bool tty = ::isatty(STDERR_FILENO) != 0;
+  auto last_decile = std::make_shared<int>(-1);
+  return [label = std::move(label), tty, last_decile](const Progress& p) {
+    const double mib = 1 << 20;
+    const int pct = p.bytes_total == 0 ? 100 : static_cast<int>(100 * p.bytes_done / p.bytes_total);
+    std::string tensors =
+        p.tensors_total == 0 ? std::string()
+                             : absl::StrFormat(" tensor %d/%d %s", p.tensors_done, p.tensors_total,
+                                               p.current);
+    if (tty) {
+      absl::FPrintF(stderr, "\r\033[K%s: %3d%% %.1f/%.1f MiB%s", label, pct, p.bytes_done / mib,
+                    p.bytes_total / mib, tensors);
+      if (p.bytes_done == p.bytes_total) absl::FPrintF(stderr, "\n");
+      return;
+    }
+    if (pct / 10 != *last_decile) {
+      *last_decile = pct / 10;
+      absl::FPrintF(stderr, "%s: %d%% %.1f/%.1f MiB%s\n", label, pct, p.bytes_done / mib,
+                    p.bytes_total / mib, tensors);
+    }
+  };
+}
+
+absl::Status PrintJson(const google::protobuf::Message& message) {
+  std::string text;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  auto status = google::protobuf::util::MessageToJsonString(message, &text, options);
+  if (!status.ok()) return absl::InternalError(std::string(status.message()));
+  absl::PrintF("%s", text);
+  return absl::OkStatus();
+}
+
+std::string Created(int64_t unix_seconds) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::FromUnixSeconds(unix_seconds),
+                          absl::UTCTimeZone());
+}
+
+std::string DTypeText(v1::DType dtype) {
+  absl::StatusOr<codec::DType> d = FromProtoDType(dtype);
+  return d.ok() ? std::string(codec::DTypeName(*d)) : "?";
+}
+
+void PrintTaskInfo(const v1::TaskInfo& t) {
+  absl::PrintF("tenant:          %s\ntask:            %s\ncreated:         %s\n", t.tenant(),
+               t.name(), Created(t.created_unix()));
+  absl::PrintF("base hash:       %s\ncontainer bytes: %d\ntensors:         %d\n", t.base_hash(),
+               t.container_bytes(), t.num_tensors());
+  absl::PrintF("weights:         %d\nmerged bytes:    %d\nbits per weight: %.4f\npinned:          %s\n",
+               t.total_weights(), t.merged_bytes(), t.bits_per_weight(), t.pinned() ? "yes" : "no");
+  for (const auto& [k, v] : t.metadata()) absl::PrintF("metadata %s = %s\n", k, v);
+  if (t.tensors_size() == 0) return;
+  absl::PrintF("%5s  %-48s %-5s %-18s %-9s %12s %8s\n", "index", "tensor", "dtype", "shape",
+               "encoding", "record bytes", "bits/w");
+  for (const v1::TensorSummary& s : t.tensors()) {
+    absl::PrintF("%5d  %-48s %-5s %-18s %-9s %12d %8.3f\n", s.index(), s.name(),
+                 DTypeText(s.dtype()), absl::StrCat("[", absl::StrJoin(s.shape(), ", "), "]"),
+                 s.encoding(), s.record_bytes(), s.bits_per_weight());
+  }
+}
+
+absl::Status RunPush(const RemoteFlags& f, const TaskFlags& t) {
+  DS_ASSIGN_OR_RETURN(auto client, Connect(f));
+  PushOptions options;
+  options.overwrite = t.overwrite;
+  options.progress = StderrByteProgress("push " + t.task);
+  DS_ASSIGN_OR_RETURN(v1::TaskInfo info, client->PushDeltaFile(t.task, t.in, options));
+  if (f.json) return PrintJson(info);
+  absl::PrintF("pushed %s as %s/%s: %d bytes, %d tensors, %.4f bits/weight\n", t.in,
+               info.tenant(), info.name(), info.container_bytes(), info.num_tensors(),
+               info.bits_per_weight());
+  return absl::OkStatus();
+}
+
+absl::Status RunList(const RemoteFlags& f, bool all) {
+  DS_ASSIGN_OR_RETURN(auto client, Connect(f));
+  std::optional<std::string> tenant;
+  if (all) tenant = "";
+  DS_ASSIGN_OR_RETURN(v1::ListTasksResponse list, client->ListTasks(tenant));
+  if (f.json) return PrintJson(list);
+  absl::PrintF("%-16s %-32s %8s %14s %12s %8s  %s\n", "TENANT", "TASK", "TENSORS", "WEIGHTS",
+               "BYTES", "BITS/W", "CREATED");
+  for (const v1::TaskInfo& t : list.tasks()) {
+    absl::PrintF("%-16s %-32s %8d %14d %12d %8.4f  %s\n", t.tenant(), t.name(), t.num_tensors(),
+                 t.total_weights(), t.container_bytes(), t.bits_per_weight(),
+                 Created(t.created_unix()));
+  }
+  absl::PrintF("%d tasks, %d bytes stored, quota %s\n", list.tasks_size(), list.stored_bytes(),
+               list.quota_bytes() == 0 ? std::string("unlimited")
+                                       : absl::StrCat(list.quota_bytes(), " bytes"));
+  return absl::OkStatus();
+}
+
+absl::Status RunInfo(const RemoteFlags& f, const TaskFlags& t) {
+  DS_ASSIGN_OR_RETURN(auto client, Connect(f));
+  DS_ASSIGN_OR_RETURN(v1::TaskInfo info, client->GetTask(t.task, t.tensors));
+  if (f.json) return PrintJson(info);
+  PrintTaskInfo(info);
+  return absl::OkStatus();
+}
+
+absl::Status RunDelete(const RemoteFlags& f, const TaskFlags& t) {
+  DS_ASSIGN_OR_RETURN(auto client, Connect(f));
+  DS_ASSIGN_OR_RETURN(uint64_t freed, client->DeleteTask(t.task));
+  absl::PrintF("deleted %s (%d bytes freed)\n", t.task, freed);
+  return absl::OkStatus();
+}
+
+absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
+  DS_ASSIGN_OR_RETURN(auto client, Connect(f));
+  PullOptions options;
+  if (!t.dtype.empty()) {
+    DS_ASSIGN_OR_RETURN(options.out_dtype, codec::ParseDType(absl::AsciiStrToUpper(t.dtype)));
+  }
+  options.include = t.include;
+  options.include_regex = t.include_regex;
+  options.resume_from = t.resume_from;
+  options.progress = StderrByteProgress("pull " + t.task);
+  DS_ASSIGN_OR_RETURN(PullStats stats, client->PullWeights(t.task, t.out, options));
+  absl::PrintF(
+      "pulled %s -> %s: %d tensors, %d bytes in %.3f s (%.3f GB/s, first tensor after %.3f s), "
+      "every tensor checksum verified\n",
+      t.task, t.out, stats.tensors, stats.bytes, stats.seconds,
+      stats.seconds > 0 ? stats.bytes / stats.seconds / 1e9 : 0.0, stats.first_tensor_seconds);
+  return absl::OkStatus();
+}
+
+absl::Status RunPullDelta(const RemoteFlags& f, const TaskFlags& t) {
+  DS_ASSIGN_OR_RETURN(auto client, Connect(f));
+  DS_ASSIGN_OR_RETURN(DeltaStats stats,
+                      client->StreamDelta(t.task, t.out, StderrByteProgress("pull-delta " + t.task)));
+  absl::PrintF("pulled delta %s -> %s: %d bytes, XXH3-64 %016x verified\n", t.task, t.out,
+               stats.bytes, stats.xxh3_64);
+  return absl::OkStatus();
+}
+
+absl::Status RunGetBase(const RemoteFlags& f) {
+  DS_ASSIGN_OR_RETURN(auto client, Connect(f));
+  DS_ASSIGN_OR_RETURN(v1::BaseInfo base, client->GetBase());
+  if (f.json) return PrintJson(base);
+  std::vector<std::string> dtypes;
+  for (int d : base.dtypes()) dtypes.push_back(DTypeText(static_cast<v1::DType>(d)));
+  absl::PrintF("path:    %s\nhash:    %s\ntensors: %d\nweights: %d\nbytes:   %d\ndtypes:  %s\n",
+               base.path(), base.hash(), base.num_tensors(), base.total_weights(),
+               base.total_bytes(), absl::StrJoin(dtypes, ","));
+  return absl::OkStatus();
+}
+
+void AddRemoteCommands(CLI::App& app, CommandAction* action) {
+  auto flags = std::make_shared<RemoteFlags>();
+  auto task = std::make_shared<TaskFlags>();
+  auto add = [&](const char* name, const char* help) {
+    CLI::App* sub = app.add_subcommand(name, help);
+    AddRemoteFlags(sub, flags.get());
+    return sub;
+  };
+
+  CLI::App* push = add("push", "Upload a delta container (.dds) to a server as a task");
+  push->add_option("--task", task->task, "Task name")->required();
+  push->add_option("--in", task->in, "Delta container (.dds)")->required();
+  push->add_flag("--overwrite", task->overwrite, "Replace an existing task");
+  push->callback([=] { *action = [=] { return RunPush(*flags, *task); }; });
+
+  CLI::App* list = add("list", "List the tasks stored on a server");
+  auto all = std::make_shared<bool>(false);
+  list->add_flag("--all-tenants", *all, "Every tenant's tasks (admin token)");
+  list->callback([=] { *action = [=] { return RunList(*flags, *all); }; });
+
+  CLI::App* info = add("info", "Show a stored task (sizes, bits per weight, base hash)");
+  info->add_option("--task", task->task, "Task name")->required();
+  info->add_flag("--tensors", task->tensors, "Also list every tensor");
+  info->callback([=] { *action = [=] { return RunInfo(*flags, *task); }; });
+
+  CLI::App* del = add("delete", "Delete a stored task");
+  del->add_option("--task", task->task, "Task name")->required();
+  del->callback([=] { *action = [=] { return RunDelete(*flags, *task); }; });
+
+  CLI::App* pull = add("pull", "Stream a task's merged weights into a .safetensors file "
+                               "(every tensor checksum verified; same bytes as decompress)");
+  pull->add_option("--task", task->task, "Task name")->required();
+  pull->add_option("--out", task->out, "Output .safetensors file")->required();
+  pull->add_option("--dtype", task->dtype, "Output dtype f32, f16 or bf16 (default: recorded)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "F32", "F16", "BF16"}));
+  pull->add_option("--include", task->include, "Only tensors matching this glob (repeatable)");
+  pull->add_option("--include-regex", task->include_regex, "Only tensors fully matching this RE2");
+  pull->add_option("--resume-from", task->resume_from, "Skip tensors before this one");
+  pull->callback([=] { *action = [=] { return RunPull(*flags, *task); }; });
+
+  CLI::App* pull_delta = add("pull-delta", "Download a task's stored delta container as is");
+  pull_delta->add_option("--task", task->task, "Task name")->required();
+  pull_delta->add_option("--out", task->out, "Output container (.dds)")->required();
+  pull_delta->callback([=] { *action = [=] { return RunPullDelta(*flags, *task); }; });
+
+  CLI::App* get_base = add("get-base", "Show the base model the server keeps resident");
+  get_base->callback([=] { *action = [=] { return RunGetBase(*flags); }; });
+}
+
+const bool kRegistered = RegisterDeltactlCommands(&AddRemoteCommands);
+
+}  // namespace
+}  // namespace deltaserve::client
