@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -183,6 +184,11 @@ TEST(EncodingRuleTest, ParseAndValidate) {
   EXPECT_EQ(r.ToString(), "a=b=dct");
   EXPECT_THAT(EncodingRule::Parse("*embed*"), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(EncodingRule::Parse("=raw"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseQuantizer("clipped"), IsOk());
+  EXPECT_EQ(*ParseQuantizer("symmetric"), Quantizer::kSymmetric);
+  EXPECT_EQ(QuantizerName(Quantizer::kMinMax), "minmax");
+  EXPECT_THAT(ParseQuantizer("fancy"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'fancy'")));
   EXPECT_THAT(EncodingRule::Parse("x=zip"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'zip'")));
   CompressOptions o;
@@ -340,13 +346,23 @@ TEST(DeltaCodecTest, EightBitScheduleReconstructsTheDelta) {
   }
 }
 
-TEST(DeltaCodecTest, OutputDtypeOverride) {
+// The Pair compressed with SmallModelOptions(), opened.
+class CompressedPairTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_OK_AND_ASSIGN(base, ModelReader::Open(p.base_path));
+    ASSERT_OK_AND_ASSIGN(ft, ModelReader::Open(p.ft_path));
+    ASSERT_THAT(CompressModel(*base, *ft, SmallModelOptions(), dds), IsOk());
+    ASSERT_OK_AND_ASSIGN(mc, MappedContainer::Open(dds));
+  }
+
   Pair p;
-  ASSERT_OK_AND_ASSIGN(auto base, ModelReader::Open(p.base_path));
-  ASSERT_OK_AND_ASSIGN(auto ft, ModelReader::Open(p.ft_path));
-  const std::string dds = p.dir.File("d.dds");
-  ASSERT_THAT(CompressModel(*base, *ft, SmallModelOptions(), dds), IsOk());
-  ASSERT_OK_AND_ASSIGN(auto mc, MappedContainer::Open(dds));
+  std::string dds = p.dir.File("d.dds");
+  std::unique_ptr<ModelReader> base, ft;
+  std::unique_ptr<MappedContainer> mc;
+};
+
+TEST_F(CompressedPairTest, OutputDtypeOverride) {
   DecompressOptions o;
   o.out_dtype = DType::kBF16;
   ASSERT_THAT(DecompressModel(*base, mc->reader(), o, p.dir.File("m.safetensors")), IsOk());
@@ -361,13 +377,7 @@ TEST(DeltaCodecTest, OutputDtypeOverride) {
   EXPECT_TRUE(std::equal(want.begin(), want.end(), mb.data.begin(), mb.data.end()));
 }
 
-TEST(DeltaCodecTest, WrongBaseIsRefusedUnlessForced) {
-  Pair p;
-  ASSERT_OK_AND_ASSIGN(auto base, ModelReader::Open(p.base_path));
-  ASSERT_OK_AND_ASSIGN(auto ft, ModelReader::Open(p.ft_path));
-  const std::string dds = p.dir.File("d.dds");
-  ASSERT_THAT(CompressModel(*base, *ft, SmallModelOptions(), dds), IsOk());
-  ASSERT_OK_AND_ASSIGN(auto mc, MappedContainer::Open(dds));
+TEST_F(CompressedPairTest, WrongBaseIsRefusedUnlessForced) {
 
   auto other = p.base;
   other[0].data[3] ^= 0x40;  // same names and shapes, one weight differs
@@ -390,13 +400,7 @@ TEST(DeltaCodecTest, WrongBaseIsRefusedUnlessForced) {
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("'layer/w'")));
 }
 
-TEST(DeltaCodecTest, MergeTensorErrors) {
-  Pair p;
-  ASSERT_OK_AND_ASSIGN(auto base, ModelReader::Open(p.base_path));
-  ASSERT_OK_AND_ASSIGN(auto ft, ModelReader::Open(p.ft_path));
-  const std::string dds = p.dir.File("d.dds");
-  ASSERT_THAT(CompressModel(*base, *ft, SmallModelOptions(), dds), IsOk());
-  ASSERT_OK_AND_ASSIGN(auto mc, MappedContainer::Open(dds));
+TEST_F(CompressedPairTest, MergeTensorErrors) {
   ASSERT_OK_AND_ASSIGN(auto w, mc->reader().record(2));
   std::vector<uint8_t> out(MergedBytes(w, DType::kF32));
   EXPECT_EQ(out.size(), 128u * 160 * 4);
