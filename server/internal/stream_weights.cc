@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "codec/delta_codec.h"
 #include "codec/status_macros.h"
 #include "re2/re2.h"
 #include "server/internal/convert.h"
@@ -168,7 +169,11 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
     }
     begin->set_num_tensors(static_cast<uint32_t>(plan_.size()));
     begin->set_total_bytes(total);
-    for (const auto& [k, v] : info.metadata) (*begin->mutable_safetensors_metadata())[k] = v;
+    // Exactly what codec::DecompressModel writes (codec/delta_codec.h), so that a client
+    // writing the tensors in stream order produces the same file.
+    auto& st_meta = *begin->mutable_safetensors_metadata();
+    st_meta["deltaserve.base_hash"] = codec::BaseHashHex(info.base_hash);
+    st_meta["deltaserve.tool"] = codec::kToolName;
     return absl::OkStatus();
   }
 

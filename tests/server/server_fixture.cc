@@ -1,0 +1,188 @@
+#include "tests/server/server_fixture.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "codec/container.h"
+#include "codec/delta_codec.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+
+namespace deltaserve::server::testing {
+namespace {
+
+// Tensors of the synthetic model, values from `rng` (base) or base + noise.
+std::vector<codec::OwnedTensor> BuildModel(const SyntheticModel& m, uint32_t seed,
+                                           const std::vector<codec::OwnedTensor>* base) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<codec::OwnedTensor> out;
+  auto add = [&](const std::string& name, codec::DType dtype, std::vector<int64_t> shape) {
+    codec::OwnedTensor t;
+    t.info = {name, dtype, shape};
+    int64_t n = codec::NumElements(shape);
+    std::vector<float> v(n);
+    if (base) {
+      const codec::OwnedTensor& b = (*base)[out.size()];
+      codec::ToFloat32(b.data.data(), b.info.dtype, n, v.data());
+      for (float& x : v) x += 0.02f * dist(rng);
+    } else {
+      for (float& x : v) x = 0.1f * dist(rng);
+    }
+    t.data.resize(n * codec::DTypeSize(dtype));
+    codec::FromFloat32(v.data(), n, dtype, t.data.data());
+    out.push_back(std::move(t));
+  };
+  const int64_t h = m.hidden;
+  add("embed.weight", codec::DType::kF16, {4 * h, h});
+  for (int l = 0; l < m.layers; ++l) {
+    std::string p = "layers." + std::to_string(l) + ".";
+    add(p + "attn.qkv.weight", codec::DType::kF16, {h, 3 * h});
+    add(p + "mlp.up.weight", codec::DType::kF16, {h, 2 * h});
+    add(p + "mlp.down.weight", codec::DType::kF32, {2 * h, h});
+    add(p + "norm.bias", codec::DType::kF32, {h});
+  }
+  return out;
+}
+
+std::vector<codec::TensorView> Views(const std::vector<codec::OwnedTensor>& ts) {
+  std::vector<codec::TensorView> v;
+  for (const auto& t : ts) v.push_back(t.view());
+  return v;
+}
+
+}  // namespace
+
+void ServerTest::SetUp() {
+  base_path_ = tmp_.File("base.safetensors");
+  auto base = BuildModel(shape_, 1, nullptr);
+  ASSERT_TRUE(codec::WriteSafetensors(base_path_, Views(base), {}).ok());
+}
+
+void ServerTest::TearDown() { StopServer(); }
+
+std::string ServerTest::MakeContainer(const std::string& name, uint32_t seed) {
+  std::string path = tmp_.File(name + ".dds");
+  if (std::ifstream(path).good()) return path;
+  auto base_tensors = BuildModel(shape_, 1, nullptr);
+  auto ft = BuildModel(shape_, seed, &base_tensors);
+  std::string ft_path = tmp_.File(name + ".ft.safetensors");
+  EXPECT_TRUE(codec::WriteSafetensors(ft_path, Views(ft), {}).ok());
+  auto base = codec::ModelReader::Open(base_path_);
+  auto fin = codec::ModelReader::Open(ft_path);
+  EXPECT_TRUE(base.ok() && fin.ok());
+  auto stats = codec::CompressModel(**base, **fin, codec::CompressOptions(), path);
+  EXPECT_TRUE(stats.ok()) << stats.status();
+  return path;
+}
+
+std::vector<uint8_t> ServerTest::ContainerBytes(const std::string& name, uint32_t seed) {
+  std::string s = ReadFileBytes(MakeContainer(name, seed));
+  return std::vector<uint8_t>(s.begin(), s.end());
+}
+
+std::string ServerTest::OfflineDecode(const std::string& container_path) {
+  std::string out = container_path + ".offline.safetensors";
+  std::string bytes = ReadFileBytes(container_path);
+  auto container = codec::ContainerReader::Parse(
+      absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+  EXPECT_TRUE(container.ok()) << container.status();
+  auto base = codec::ModelReader::Open(base_path_);
+  EXPECT_TRUE(base.ok());
+  absl::Status s = codec::DecompressModel(**base, *container, {}, out);
+  EXPECT_TRUE(s.ok()) << s;
+  return out;
+}
+
+ServerOptions ServerTest::DefaultOptions() const {
+  ServerOptions o;
+  o.base_path = base_path_;
+  o.db_path = tmp_.File("db");
+  o.listen = "127.0.0.1:0";
+  o.metrics_listen = "";  // the exposer takes ~2 s to stop; only the metrics test uses it
+  o.workers = 2;
+  o.cache_bytes = 64ull << 20;
+  o.store.sync_writes = false;
+  o.drain_timeout = absl::Seconds(5);
+  return o;
+}
+
+void ServerTest::StartServer(const ServerOptions& options) {
+  StopServer();
+  auto server = Server::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  server_ = std::move(server).value();
+}
+
+void ServerTest::StopServer() {
+  if (!server_) return;
+  server_->Shutdown(absl::Seconds(5));
+  server_->Wait();
+  server_.reset();
+}
+
+std::string ServerTest::target() const {
+  return "127.0.0.1:" + std::to_string(server_->port());
+}
+
+std::unique_ptr<client::DeltaClient> ServerTest::Client(const std::string& token,
+                                                        const std::string& tenant) {
+  client::ClientOptions o;
+  o.target = target();
+  o.token = token;
+  o.tenant = tenant;
+  auto c = client::DeltaClient::Open(o);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? std::move(c).value() : nullptr;
+}
+
+std::unique_ptr<v1::DeltaService::Stub> ServerTest::RawStub() {
+  return v1::DeltaService::NewStub(
+      grpc::CreateChannel(target(), grpc::InsecureChannelCredentials()));
+}
+
+double ServerTest::MetricValue(const std::string& text, const std::string& prefix) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(prefix, 0) == 0) return std::stod(line.substr(prefix.size()));
+  }
+  return -1;
+}
+
+std::string ServerTest::FetchMetricsHttp() const {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(server_->metrics_port()));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return "";
+  }
+  std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  (void)!write(fd, req.data(), req.size());
+  std::string resp;
+  char buf[65536];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, n);
+  close(fd);
+  size_t body = resp.find("\r\n\r\n");
+  return body == std::string::npos ? resp : resp.substr(body + 4);
+}
+
+std::string ServerTest::ReadFileBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace deltaserve::server::testing

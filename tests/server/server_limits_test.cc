@@ -1,0 +1,268 @@
+// deltaserved under bad uploads, limits, cancellation; and its /metrics endpoint.
+#include "server/server.h"
+
+#include <xxhash.h>
+
+#include <thread>
+
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "gtest/gtest.h"
+#include "tests/server/server_fixture.h"
+#include "tests/testing/status_matchers.h"
+
+namespace deltaserve::server::testing {
+namespace {
+
+using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::StatusIs;
+using ::testing::HasSubstr;
+using ::testing::SizeIs;
+
+struct Upload {
+  std::string task;
+  std::vector<uint8_t> bytes;
+  uint64_t declared_total = 0;  // 0: bytes.size()
+  std::optional<uint64_t> xxh3;
+  bool overwrite = false;
+  size_t send_bytes = SIZE_MAX;  // send only a prefix
+};
+
+// Raw PutDelta, so that tests can send what the client library refuses to.
+grpc::Status RawPut(v1::DeltaService::Stub* stub, const Upload& up,
+                    const std::string& token = "") {
+  grpc::ClientContext ctx;
+  if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+  v1::PutDeltaResponse resp;
+  auto writer = stub->PutDelta(&ctx, &resp);
+  v1::PutDeltaRequest req;
+  v1::PutDeltaMetadata* meta = req.mutable_metadata();
+  meta->set_task(up.task);
+  meta->set_overwrite(up.overwrite);
+  meta->set_total_bytes(up.declared_total ? up.declared_total : up.bytes.size());
+  if (up.xxh3) meta->set_xxh3_64(*up.xxh3);
+  writer->Write(req);
+  size_t n = std::min(up.send_bytes, up.bytes.size());
+  for (size_t off = 0; off < n; off += 64 << 10) {
+    req.set_chunk(up.bytes.data() + off, std::min<size_t>(64 << 10, n - off));
+    if (!writer->Write(req)) break;
+  }
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+absl::StatusCode Code(const grpc::Status& s) {
+  return static_cast<absl::StatusCode>(s.error_code());
+}
+
+TEST_F(ServerTest, TruncatedOrCorruptUploadIsRejectedAndStoresNothing) {
+  StartServer();
+  auto stub = RawStub();
+  std::vector<uint8_t> good = ContainerBytes("c", 11);
+
+  Upload truncated{"c", good};
+  truncated.send_bytes = good.size() / 2;
+  grpc::Status s = RawPut(stub.get(), truncated);
+  EXPECT_EQ(Code(s), absl::StatusCode::kInvalidArgument) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("truncated"));
+
+  Upload lying_total{"c", good};
+  lying_total.declared_total = good.size() - 10;  // more bytes than declared
+  EXPECT_EQ(Code(RawPut(stub.get(), lying_total)), absl::StatusCode::kInvalidArgument);
+
+  std::vector<uint8_t> flipped = good;
+  flipped[flipped.size() / 2] ^= 0x40;
+  Upload corrupt{"c", flipped};  // record checksum catches it
+  EXPECT_EQ(Code(RawPut(stub.get(), corrupt)), absl::StatusCode::kDataLoss);
+  Upload corrupt_hash{"c", flipped};
+  corrupt_hash.xxh3 = XXH3_64bits(good.data(), good.size());
+  EXPECT_EQ(Code(RawPut(stub.get(), corrupt_hash)), absl::StatusCode::kDataLoss);
+
+  std::vector<uint8_t> garbage(1000, 0xab);
+  EXPECT_NE(Code(RawPut(stub.get(), Upload{"c", garbage})), absl::StatusCode::kOk);
+  EXPECT_EQ(Code(RawPut(stub.get(), Upload{"bad/name", good})),
+            absl::StatusCode::kInvalidArgument);
+
+  auto client = Client();
+  ASSERT_OK_AND_ASSIGN(v1::ListTasksResponse list, client->ListTasks());
+  EXPECT_THAT(list.tasks(), SizeIs(0));
+  EXPECT_EQ(list.stored_bytes(), 0u);
+
+  // The same bytes, whole, are accepted.
+  Upload whole{"c", good};
+  whole.xxh3 = XXH3_64bits(good.data(), good.size());
+  EXPECT_TRUE(RawPut(stub.get(), whole).ok());
+  EXPECT_EQ(Code(RawPut(stub.get(), whole)), absl::StatusCode::kAlreadyExists);
+}
+
+TEST_F(ServerTest, DeltaAgainstAnotherBaseIsFailedPrecondition) {
+  std::string container = MakeContainer("x", 12);
+  // Restart on a different base (the finetuned model of another task).
+  MakeContainer("other", 13);
+  ServerOptions o = DefaultOptions();
+  o.base_path = tmp_.File("other.ft.safetensors");
+  StartServer(o);
+  EXPECT_THAT(Client()->PushDeltaFile("x", container).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("base")));
+}
+
+TEST_F(ServerTest, QuotaAndUploadLimit) {
+  std::vector<uint8_t> one = ContainerBytes("q1", 21);
+  ServerOptions o = DefaultOptions();
+  AuthConfig auth;
+  auth.tenants.push_back({"small", {"tok-small"}, one.size() + one.size() / 2});
+  o.auth = auth;
+  o.max_upload_bytes = one.size() * 3;
+  StartServer(o);
+  auto client = Client("tok-small");
+  ASSERT_THAT(client->PushDeltaFile("q1", MakeContainer("q1", 21)).status(), IsOk());
+  EXPECT_THAT(client->PushDeltaFile("q2", MakeContainer("q2", 22)).status(),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("quota")));
+  // Replacing the task counts its old bytes as freed.
+  client::PushOptions overwrite;
+  overwrite.overwrite = true;
+  EXPECT_THAT(client->PushDeltaFile("q1", MakeContainer("q2", 22), overwrite).status(), IsOk());
+  ASSERT_THAT(client->DeleteTask("q1").status(), IsOk());
+  EXPECT_THAT(client->PushDeltaFile("q2", MakeContainer("q2", 22)).status(), IsOk());
+
+  auto stub = RawStub();
+  Upload huge{"big", one};
+  huge.declared_total = one.size() * 4;
+  EXPECT_EQ(Code(RawPut(stub.get(), huge, "tok-small")), absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(ServerTest, CancellingMidStreamStopsTheWork) {
+  shape_.layers = 24;  // 97 tensors
+  SetUp();
+  ServerOptions o = DefaultOptions();
+  o.workers = 2;
+  o.prefetch_tensors = 1;
+  StartServer(o);
+  ASSERT_THAT(Client()->PushDeltaFile("big", MakeContainer("big", 31)).status(), IsOk());
+  // A small, fixed HTTP/2 window, so that the transport cannot buffer many tensors
+  // ahead of the reader: what the server decodes is then the pipeline's doing.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 10);
+  auto stub = v1::DeltaService::NewStub(
+      grpc::CreateCustomChannel(target(), grpc::InsecureChannelCredentials(), args));
+  {
+    grpc::ClientContext ctx;
+    v1::StreamWeightsRequest req;
+    req.set_task("big");
+    req.set_chunk_bytes(4096);
+    auto reader = stub->StreamWeights(&ctx, req);
+    v1::StreamWeightsResponse msg;
+    int headers = 0;
+    while (headers < 2 && reader->Read(&msg)) headers += msg.has_header();
+    ASSERT_EQ(headers, 2);
+    EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_streams_in_flight "), 1);
+    ctx.TryCancel();
+    while (reader->Read(&msg)) {
+    }
+    EXPECT_EQ(static_cast<absl::StatusCode>(reader->Finish().error_code()),
+              absl::StatusCode::kCancelled);
+  }
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (MetricValue(server_->MetricsText(), "deltaserve_streams_in_flight ") != 0 &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  std::string text = server_->MetricsText();
+  EXPECT_EQ(MetricValue(text, "deltaserve_streams_in_flight "), 0);
+  double decoded = MetricValue(text, "deltaserve_cache_misses_total ");
+  // Only the tensors around the cancellation point were decoded, not all 97: the two
+  // read, one prefetched, and what the transport window (16 KiB) holds.
+  EXPECT_LE(decoded, 6);
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_cache_misses_total "), decoded);
+  EXPECT_THAT(text, HasSubstr("deltaserve_requests_total{code=\"CANCELLED\",method=\"StreamWeights\"} 1"));
+}
+
+TEST_F(ServerTest, MetricsEndpointServesMovedCounters) {
+  ServerOptions o = DefaultOptions();
+  o.metrics_listen = "127.0.0.1:0";
+  StartServer(o);
+  ASSERT_GT(server_->metrics_port(), 0);
+  auto client = Client();
+  std::string container = MakeContainer("m", 41);
+  ASSERT_THAT(client->PushDeltaFile("m", container).status(), IsOk());
+  ASSERT_THAT(client->PullWeightsToMemory("m").status(), IsOk());
+  ASSERT_THAT(client->PullWeightsToMemory("m").status(), IsOk());
+  ASSERT_THAT(client->FetchDelta("m").status(), IsOk());
+  EXPECT_THAT(client->GetTask("nope").status(), StatusIs(absl::StatusCode::kNotFound));
+
+  std::string text = FetchMetricsHttp();
+  ASSERT_THAT(text, HasSubstr("deltaserve_requests_total"));
+  const uint64_t container_bytes = ReadFileBytes(container).size();
+  EXPECT_EQ(MetricValue(text, "deltaserve_requests_total{code=\"OK\",method=\"PutDelta\"} "), 1);
+  EXPECT_EQ(MetricValue(text, "deltaserve_requests_total{code=\"OK\",method=\"StreamWeights\"} "), 2);
+  EXPECT_EQ(MetricValue(text, "deltaserve_requests_total{code=\"NOT_FOUND\",method=\"GetTask\"} "), 1);
+  EXPECT_EQ(MetricValue(text, "deltaserve_request_duration_seconds_count{method=\"StreamWeights\"} "), 2);
+  EXPECT_EQ(MetricValue(text, "deltaserve_uploaded_bytes_total "), container_bytes);
+  EXPECT_EQ(MetricValue(text, "deltaserve_streamed_bytes_total{method=\"StreamDelta\"} "),
+            container_bytes);
+  const double merged = 2.0 * 1017344;  // two pulls of the whole (F16/F32) model
+  EXPECT_EQ(MetricValue(text, "deltaserve_streamed_bytes_total{method=\"StreamWeights\"} "), merged);
+  const double tensors = 1 + 4 * shape_.layers;
+  EXPECT_EQ(MetricValue(text, "deltaserve_cache_misses_total "), tensors);
+  EXPECT_EQ(MetricValue(text, "deltaserve_cache_hits_total "), tensors);
+  EXPECT_EQ(MetricValue(text, "deltaserve_cache_evictions_total "), 0);
+  EXPECT_EQ(MetricValue(text, "deltaserve_cache_bytes "), merged / 2);
+  EXPECT_EQ(MetricValue(text, "deltaserve_decode_seconds_count "), tensors);
+  EXPECT_EQ(MetricValue(text, "deltaserve_merge_seconds_count "), tensors);
+  EXPECT_EQ(MetricValue(text, "deltaserve_streams_in_flight "), 0);
+  EXPECT_EQ(MetricValue(text, "deltaserve_tenant_tasks{tenant=\"default\"} "), 1);
+  EXPECT_EQ(MetricValue(text, "deltaserve_tenant_stored_bytes{tenant=\"default\"} "),
+            container_bytes);
+  EXPECT_EQ(MetricValue(text, "deltaserve_base_bytes "), merged / 2);
+  EXPECT_EQ(MetricValue(text, "deltaserve_base_tensors "), tensors);
+  EXPECT_EQ(MetricValue(text, "deltaserve_build_info{version=\"0.1.0\"} "), 1);
+}
+
+TEST_F(ServerTest, CacheEvictsWithinBudget) {
+  ServerOptions o = DefaultOptions();
+  o.cache_bytes = 600 << 10;  // smaller than one merged model (~1 MB)
+  StartServer(o);
+  auto client = Client();
+  ASSERT_THAT(client->PushDeltaFile("e", MakeContainer("e", 51)).status(), IsOk());
+  ASSERT_THAT(client->PullWeightsToMemory("e").status(), IsOk());
+  std::string text = server_->MetricsText();
+  EXPECT_LE(MetricValue(text, "deltaserve_cache_bytes "), 600 << 10);
+  EXPECT_GT(MetricValue(text, "deltaserve_cache_evictions_total "), 0);
+  EXPECT_THAT(client->PinTask("e").status(), StatusIs(absl::StatusCode::kResourceExhausted));
+}
+
+TEST_F(ServerTest, ShutdownDrainsAStreamInProgress) {
+  StartServer();
+  ASSERT_THAT(Client()->PushDeltaFile("d", MakeContainer("d", 61)).status(), IsOk());
+  auto stub = RawStub();
+  grpc::ClientContext ctx;
+  v1::StreamWeightsRequest req;
+  req.set_task("d");
+  req.set_chunk_bytes(4096);
+  auto reader = stub->StreamWeights(&ctx, req);
+  v1::StreamWeightsResponse msg;
+  ASSERT_TRUE(reader->Read(&msg));
+  std::thread stopper([this] { server_->Shutdown(absl::Seconds(10)); });
+  // The stream started before the drain completes in full.
+  uint64_t bytes = 0;
+  bool ended = false;
+  while (reader->Read(&msg)) {
+    bytes += msg.chunk().data().size();
+    ended |= msg.has_end();
+  }
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_TRUE(ended);
+  EXPECT_EQ(bytes, 1017344u);
+  stopper.join();
+  server_->Wait();
+  server_.reset();
+}
+
+}  // namespace
+}  // namespace deltaserve::server::testing

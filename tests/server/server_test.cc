@@ -1,0 +1,233 @@
+// Integration tests of deltaserved: the real Server in-process on port 0, over real gRPC.
+#include "server/server.h"
+
+#include <atomic>
+#include <thread>
+
+#include "codec/safetensors.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/server/server_fixture.h"
+#include "tests/testing/status_matchers.h"
+
+namespace deltaserve::server::testing {
+namespace {
+
+using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::StatusIs;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::SizeIs;
+
+AuthConfig TwoTenants() {
+  AuthConfig c;
+  c.tenants.push_back({"acme", {"tok-acme"}, 0});
+  c.tenants.push_back({"globex", {"tok-globex"}, 0});
+  c.admin_tokens = {"tok-admin"};
+  return c;
+}
+
+TEST_F(ServerTest, PushPullRoundTripIsBitIdenticalToOfflineDecode) {
+  StartServer();
+  std::string container = MakeContainer("t1", 7);
+  auto client = Client();
+  ASSERT_OK_AND_ASSIGN(v1::TaskInfo pushed, client->PushDeltaFile("t1", container));
+  EXPECT_EQ(pushed.tenant(), "default");
+  EXPECT_EQ(pushed.name(), "t1");
+  EXPECT_EQ(pushed.container_bytes(), ReadFileBytes(container).size());
+  EXPECT_EQ(pushed.base_hash(), server_->base_hash_hex());
+
+  std::string pulled = tmp_.File("t1.pulled.safetensors");
+  ASSERT_OK_AND_ASSIGN(client::PullStats stats, client->PullWeights("t1", pulled));
+  EXPECT_EQ(stats.tensors, 1u + 4u * shape_.layers);
+  EXPECT_EQ(ReadFileBytes(pulled), ReadFileBytes(OfflineDecode(container)));
+
+  ASSERT_OK_AND_ASSIGN(v1::TaskInfo info, client->GetTask("t1", true));
+  EXPECT_THAT(info.tensors(), SizeIs(static_cast<int>(stats.tensors)));
+  EXPECT_EQ(info.tensors(0).name(), "embed.weight");
+  EXPECT_EQ(info.tensors(0).encoding(), "dct");
+  EXPECT_GT(info.bits_per_weight(), 0.5);
+  EXPECT_LT(info.bits_per_weight(), 8.0);
+  EXPECT_GT(info.created_unix(), 1700000000);
+
+  ASSERT_OK_AND_ASSIGN(v1::BaseInfo base, client->GetBase());
+  EXPECT_EQ(base.hash(), server_->base_hash_hex());
+  EXPECT_EQ(base.num_tensors(), 1u + 4u * shape_.layers);
+  EXPECT_THAT(base.dtypes(), ElementsAre(v1::DTYPE_F32, v1::DTYPE_F16));
+
+  // StreamDelta returns the container as uploaded.
+  ASSERT_OK_AND_ASSIGN(std::vector<uint8_t> delta, client->FetchDelta("t1"));
+  std::string want = ReadFileBytes(container);
+  EXPECT_EQ(std::string(delta.begin(), delta.end()), want);
+
+  // Cached second pull: same bytes.
+  std::string pulled2 = tmp_.File("t1.pulled2.safetensors");
+  ASSERT_THAT(client->PullWeights("t1", pulled2).status(), IsOk());
+  EXPECT_EQ(ReadFileBytes(pulled2), ReadFileBytes(pulled));
+}
+
+TEST_F(ServerTest, FilterResumeAndOutputDtype) {
+  StartServer();
+  auto client = Client();
+  ASSERT_THAT(client->PushDeltaFile("t", MakeContainer("t", 3)).status(), IsOk());
+  client::PullOptions only_mlp;
+  only_mlp.include = {"*.mlp.*"};
+  ASSERT_OK_AND_ASSIGN(client::PulledModel m, client->PullWeightsToMemory("t", only_mlp));
+  ASSERT_THAT(m.tensors, SizeIs(2 * shape_.layers));
+  EXPECT_EQ(m.tensors[0].info.name, "layers.0.mlp.down.weight");
+
+  client::PullOptions regex;
+  regex.include_regex = R"(layers\.[12]\.norm\.bias)";
+  regex.out_dtype = codec::DType::kBF16;
+  ASSERT_OK_AND_ASSIGN(m, client->PullWeightsToMemory("t", regex));
+  ASSERT_THAT(m.tensors, SizeIs(2));
+  EXPECT_EQ(m.tensors[1].info.name, "layers.2.norm.bias");
+  EXPECT_EQ(m.tensors[1].info.dtype, codec::DType::kBF16);
+
+  client::PullOptions resume;
+  resume.resume_from = "layers.2.attn.qkv.weight";
+  ASSERT_OK_AND_ASSIGN(m, client->PullWeightsToMemory("t", resume));
+  ASSERT_THAT(m.tensors, SizeIs(4));
+
+  client::PullOptions bad;
+  bad.include_regex = "(";
+  EXPECT_THAT(client->PullWeightsToMemory("t", bad).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  bad = {};
+  bad.resume_from = "nope";
+  EXPECT_THAT(client->PullWeightsToMemory("t", bad).status(),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(ServerTest, TwoTenantsCannotSeeEachOther) {
+  ServerOptions o = DefaultOptions();
+  o.auth = TwoTenants();
+  StartServer(o);
+  auto acme = Client("tok-acme");
+  auto globex = Client("tok-globex");
+  ASSERT_THAT(acme->PushDeltaFile("secret", MakeContainer("secret", 5)).status(), IsOk());
+
+  EXPECT_THAT(globex->GetTask("secret").status(), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(globex->PullWeightsToMemory("secret").status(),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(globex->FetchDelta("secret").status(), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(globex->DeleteTask("secret").status(), StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK_AND_ASSIGN(v1::ListTasksResponse list, globex->ListTasks());
+  EXPECT_THAT(list.tasks(), SizeIs(0));
+  // Naming the other tenant explicitly is NOT_FOUND too (not PERMISSION_DENIED).
+  auto globex_as_acme = Client("tok-globex", "acme");
+  EXPECT_THAT(globex_as_acme->GetTask("secret").status(),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(globex_as_acme->ListTasks().status(), StatusIs(absl::StatusCode::kNotFound));
+
+  // The admin sees every tenant; acme sees its own.
+  auto admin = Client("tok-admin");
+  ASSERT_OK_AND_ASSIGN(list, admin->ListTasks(std::string()));
+  ASSERT_THAT(list.tasks(), SizeIs(1));
+  EXPECT_EQ(list.tasks(0).tenant(), "acme");
+  auto admin_acme = Client("tok-admin", "acme");
+  EXPECT_THAT(admin_acme->GetTask("secret").status(), IsOk());
+  ASSERT_OK_AND_ASSIGN(list, acme->ListTasks());
+  EXPECT_THAT(list.tasks(), SizeIs(1));
+
+  // No or unknown token.
+  EXPECT_THAT(Client("")->ListTasks().status(), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(Client("tok-wrong")->GetBase().status(),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+}
+
+TEST_F(ServerTest, SixteenConcurrentPullsOfDifferentTasks) {
+  StartServer();
+  auto client = Client();
+  constexpr int kTasks = 16;
+  std::vector<std::string> offline(kTasks);
+  for (int i = 0; i < kTasks; ++i) {
+    std::string name = "task" + std::to_string(i);
+    std::string path = MakeContainer(name, 100 + i);
+    ASSERT_THAT(client->PushDeltaFile(name, path).status(), IsOk());
+    offline[i] = ReadFileBytes(OfflineDecode(path));
+  }
+  std::vector<std::string> pulled(kTasks);
+  std::vector<absl::Status> status(kTasks);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kTasks; ++i) {
+    threads.emplace_back([&, i] {
+      std::string out = tmp_.File("pull" + std::to_string(i) + ".safetensors");
+      status[i] = client->PullWeights("task" + std::to_string(i), out).status();
+      pulled[i] = ReadFileBytes(out);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kTasks; ++i) {
+    EXPECT_THAT(status[i], IsOk()) << i;
+    EXPECT_EQ(pulled[i], offline[i]) << "task" << i;
+  }
+  EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_streams_in_flight "), 0);
+}
+
+TEST_F(ServerTest, RestartServesEveryCommittedTask) {
+  StartServer();
+  std::vector<std::string> offline;
+  {
+    auto client = Client();
+    for (int i = 0; i < 3; ++i) {
+      std::string name = "r" + std::to_string(i);
+      std::string path = MakeContainer(name, 40 + i);
+      ASSERT_THAT(client->PushDeltaFile(name, path).status(), IsOk());
+      offline.push_back(ReadFileBytes(OfflineDecode(path)));
+    }
+    ASSERT_THAT(client->DeleteTask("r1").status(), IsOk());
+  }
+  StopServer();
+  StartServer();
+  auto client = Client();
+  ASSERT_OK_AND_ASSIGN(v1::ListTasksResponse list, client->ListTasks());
+  ASSERT_THAT(list.tasks(), SizeIs(2));
+  for (int i : {0, 2}) {
+    std::string out = tmp_.File("after" + std::to_string(i) + ".safetensors");
+    ASSERT_THAT(client->PullWeights("r" + std::to_string(i), out).status(), IsOk());
+    EXPECT_EQ(ReadFileBytes(out), offline[i]);
+  }
+  EXPECT_THAT(client->GetTask("r1").status(), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(ServerTest, PinPreloadAndOverwrite) {
+  StartServer();
+  auto client = Client();
+  ASSERT_THAT(client->PushDeltaFile("p", MakeContainer("p", 9)).status(), IsOk());
+  ASSERT_OK_AND_ASSIGN(uint64_t pinned, client->PinTask("p"));
+  ASSERT_OK_AND_ASSIGN(v1::TaskInfo info, client->GetTask("p", false));
+  EXPECT_EQ(pinned, info.merged_bytes());
+  EXPECT_TRUE(info.pinned());
+  std::string text = server_->MetricsText();
+  double misses = MetricValue(text, "deltaserve_cache_misses_total ");
+  ASSERT_THAT(client->PullWeightsToMemory("p").status(), IsOk());
+  // Everything came from the pinned cache.
+  EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_cache_misses_total "), misses);
+  EXPECT_THAT(client->UnpinTask("p"), IsOk());
+  EXPECT_THAT(client->UnpinTask("p"), StatusIs(absl::StatusCode::kNotFound));
+
+  // Overwrite: the old merged tensors must not be served for the new task.
+  std::string other = MakeContainer("p2", 10);
+  EXPECT_THAT(client->PushDeltaFile("p", other).status(),
+              StatusIs(absl::StatusCode::kAlreadyExists));
+  client::PushOptions overwrite;
+  overwrite.overwrite = true;
+  ASSERT_THAT(client->PushDeltaFile("p", other, overwrite).status(), IsOk());
+  std::string out = tmp_.File("p.after.safetensors");
+  ASSERT_THAT(client->PullWeights("p", out).status(), IsOk());
+  EXPECT_EQ(ReadFileBytes(out), ReadFileBytes(OfflineDecode(other)));
+
+  // --preload pins at start.
+  ServerOptions o = DefaultOptions();
+  o.preload = {"default/p", "default/missing"};
+  StartServer(o);
+  client = Client();
+  ASSERT_OK_AND_ASSIGN(info, client->GetTask("p", false));
+  EXPECT_TRUE(info.pinned());
+  EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_cache_bytes "),
+            static_cast<double>(info.merged_bytes()));
+}
+
+}  // namespace
+}  // namespace deltaserve::server::testing
