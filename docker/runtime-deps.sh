@@ -17,40 +17,52 @@ if (($# == 0)); then
   exit 2
 fi
 
-# Owner package of one library path. Debian 12 is usr-merged: dpkg may know the file as
-# /lib/... while ldd prints /usr/lib/... (or the other way), so try both spellings.
-owner_of() {
-  local lib="$1" real alt out
-  real=$(readlink -f "$lib")
-  for cand in "$lib" "$real" "${lib#/usr}" "${real#/usr}" "/usr$lib" "/usr$real"; do
-    if out=$(dpkg-query -S "$cand" 2>/dev/null); then
-      alt=${out%%:*}
-      echo "${alt%%,*}"
-      return 0
-    fi
-  done
-  return 1
-}
-
-declare -A pkgs=()
+# The libraries, resolved by ldd. Debian 12 is usr-merged: dpkg may know a file as /lib/...
+# while ldd prints /usr/lib/... (or the other way), and through symlinks; so each library
+# gets several candidate spellings, and ONE dpkg-query call (each call reads dpkg's whole
+# file list, seconds on a busy machine) answers for all of them.
+declare -A cands=()   # library -> space-separated candidate paths
 status=0
 for bin in "$@"; do
   if [[ ! -x "$bin" ]]; then
     echo "runtime-deps: $bin: not an executable file" >&2
     exit 2
   fi
-  while read -r lib; do
-    if pkg=$(owner_of "$lib"); then
-      pkgs["$pkg"]=1
-    else
-      echo "runtime-deps: $bin: no Debian package owns $lib" >&2
-      status=2
-    fi
-  done < <(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}')
-  if ldd "$bin" | grep -q "not found"; then
+  out=$(ldd "$bin")
+  if grep -q "not found" <<<"$out"; then
     echo "runtime-deps: $bin: unresolved libraries:" >&2
-    ldd "$bin" | grep "not found" >&2
+    grep "not found" <<<"$out" >&2
     status=2
+  fi
+  while read -r lib; do
+    real=$(readlink -f "$lib")
+    cands["$lib"]="$lib $real ${lib#/usr} ${real#/usr} /usr$lib /usr$real"
+  done < <(awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' <<<"$out")
+done
+((status == 0)) || exit "$status"
+
+declare -A owner=()   # path -> package
+all=()
+for lib in "${!cands[@]}"; do
+  read -ra c <<<"${cands[$lib]}"
+  all+=("${c[@]}")
+done
+while IFS= read -r line; do
+  pkg=${line%%: *}
+  owner["${line#*: }"]=${pkg%%,*}
+done < <(dpkg-query -S "${all[@]}" 2>/dev/null | grep -v '^diversion')
+
+declare -A pkgs=()
+for lib in "${!cands[@]}"; do
+  found=""
+  for c in ${cands[$lib]}; do
+    if [[ -n "${owner[$c]:-}" ]]; then found=${owner[$c]}; break; fi
+  done
+  if [[ -z "$found" ]]; then
+    echo "runtime-deps: no Debian package owns $lib" >&2
+    status=2
+  else
+    pkgs["${found%%:*}"]=1
   fi
 done
 ((status == 0)) || exit "$status"

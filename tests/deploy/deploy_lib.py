@@ -294,11 +294,13 @@ DAEMON_ENV = {"DELTASERVE_" + f.upper().replace("-", "_"): "--" + f for f in DAE
 
 
 def expand_series_names(family_names):
+    """Series names of metric families: a histogram is its _bucket/_sum/_count series."""
     out = set()
     for name in family_names:
-        out.add(name)
         if SPEC_METRICS.get(name) == "histogram":
             out |= {name + "_bucket", name + "_sum", name + "_count"}
+        else:
+            out.add(name)
     return out
 
 
@@ -413,7 +415,7 @@ class Deltaserve:
         return out
 
     def push(self, task, delta, token=ACME_TOKEN):
-        return self.deltactl(["push", "--task", task, delta], token)
+        return self.deltactl(["push", "--task", task, "--in", delta], token)
 
     def pull(self, task, token=ACME_TOKEN):
         out = os.path.join(self.tmp, f"{task}.merged.safetensors")

@@ -3,7 +3,7 @@ package `prometheus`) on loopback. Prometheus runs the repository's own
 deploy/prometheus/prometheus.yml (with its alert rules) changed only in the target
 addresses and the scrape/evaluation interval (1 s). Through Prometheus' HTTP API the test
 asserts that the daemon is up and its series are scraped, that the request and
-streamed-bytes counters moved after a `deltactl pull` (by the bytes pulled), that every
+streamed-bytes counters moved after a `deltactl pull` (exactly by the tensor bytes pulled), that every
 dashboard query evaluates, and that the alert rules load and evaluate."""
 import json
 import os
@@ -89,6 +89,7 @@ with tempfile.TemporaryDirectory(prefix="deploy-prom-") as tmp:
         d.wait_until(lambda: streamed() >= before_bytes + pulled, 20,
                      "deltaserve_streamed_bytes_total to grow by the pulled bytes", prom)
         moved = streamed() - before_bytes
+        d.check(moved == pulled, f"streamed bytes moved by {moved}, the pull carried {pulled} tensor bytes")
         d.log(f"Prometheus: StreamWeights OK requests {before_pulls:.0f} -> {pulls_ok():.0f}, "
               f"streamed bytes +{moved:.0f} (pulled {pulled})")
         uploaded = scalar('deltaserve_uploaded_bytes_total{job="deltaserve"}')
@@ -101,6 +102,12 @@ with tempfile.TemporaryDirectory(prefix="deploy-prom-") as tmp:
         missing = d.expand_series_names(d.SPEC_METRICS) - names
         d.check(not missing, f"series not scraped: {sorted(missing)}")
         d.log(f"{len(names)} deltaserve_* series names scraped, every spec family present")
+
+        # A counter series born with the first pull has no earlier sample to take a rate
+        # from: a second pull makes rate() > 0 (as a busy daemon's panels show).
+        ds.pull("deploy-test")
+        d.wait_until(lambda: pulls_ok() >= before_pulls + 2, 20, "the second pull counted", prom)
+        time.sleep(1.5)  # one more scrape after it
 
         # 3. Every dashboard query evaluates on this Prometheus (Grafana variables replaced).
         nonempty = 0
