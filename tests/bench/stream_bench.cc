@@ -1,0 +1,323 @@
+// stream_bench: StreamWeights throughput of deltaserved over loopback, beside a plain
+// gRPC stream of the same bytes with no decoding, in the same run.
+//
+//   stream_bench [--workdir DIR] [--layers 24] [--hidden 896] [--ffn 4864]
+//                [--vocab 151936] [--workers 2] [--prefetch 1] [--chunk-bytes 1048576]
+//
+// Model: synthetic fp16 transformer with the shapes of a 0.5B-class model (Qwen2-0.5B:
+// 24 layers, hidden 896, 2 KV heads of 128, FFN 4864, vocab 151936; ~494M weights,
+// ~0.99 GB fp16). The finetuned model is base + small Gaussian noise, compressed with
+// the default codec options. Models and container are cached in --workdir (made by a
+// child process, so that the peak RSS printed is the serving process's own).
+//
+// Prints: compression time and size; for StreamWeights cold (every tensor decoded),
+// cached (every tensor from the merged-tensor cache) and the plain stream: time to the
+// first tensor header, total seconds and GB/s (1 GB = 1e9 bytes of tensor data); peak
+// RSS (getrusage). Every stream is read to the end and byte-counted, not stored.
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "client/client.h"
+#include "codec/container.h"
+#include "codec/delta_codec.h"
+#include "codec/safetensors.h"
+#include "deltaserve/v1/delta_service.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "server/server.h"
+
+namespace {
+
+using namespace deltaserve;  // NOLINT: a measurement program
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+struct Shape {
+  int layers = 24, hidden = 896, kv = 256, ffn = 4864, vocab = 151936;
+};
+
+std::vector<codec::TensorInfo> Tensors(const Shape& s) {
+  std::vector<codec::TensorInfo> t;
+  auto add = [&](std::string name, std::vector<int64_t> shape) {
+    t.push_back({std::move(name), codec::DType::kF16, std::move(shape)});
+  };
+  add("model.embed_tokens.weight", {s.vocab, s.hidden});
+  for (int l = 0; l < s.layers; ++l) {
+    std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "self_attn.q_proj.weight", {s.hidden, s.hidden});
+    add(p + "self_attn.k_proj.weight", {s.kv, s.hidden});
+    add(p + "self_attn.v_proj.weight", {s.kv, s.hidden});
+    add(p + "self_attn.o_proj.weight", {s.hidden, s.hidden});
+    add(p + "mlp.gate_proj.weight", {s.ffn, s.hidden});
+    add(p + "mlp.up_proj.weight", {s.ffn, s.hidden});
+    add(p + "mlp.down_proj.weight", {s.hidden, s.ffn});
+    add(p + "input_layernorm.weight", {s.hidden});
+    add(p + "post_attention_layernorm.weight", {s.hidden});
+  }
+  add("model.norm.weight", {s.hidden});
+  return t;
+}
+
+// Writes base and finetuned safetensors and compresses; in a child process.
+int MakeModels(const Shape& shape, const std::string& dir) {
+  std::vector<codec::TensorInfo> infos = Tensors(shape);
+  std::vector<codec::OwnedTensor> base, ft;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  for (const codec::TensorInfo& info : infos) {
+    int64_t n = info.num_elements();
+    std::vector<float> b(n), f(n);
+    float scale = info.shape.size() == 1 ? 1.0f : 0.02f;
+    for (int64_t i = 0; i < n; ++i) {
+      b[i] = (info.shape.size() == 1 ? 1.0f : 0.0f) + scale * dist(rng);
+      f[i] = b[i] + 0.1f * scale * dist(rng);
+    }
+    codec::OwnedTensor tb{info, std::vector<uint8_t>(info.num_bytes())};
+    codec::OwnedTensor tf{info, std::vector<uint8_t>(info.num_bytes())};
+    codec::FromFloat32(b.data(), n, info.dtype, tb.data.data());
+    codec::FromFloat32(f.data(), n, info.dtype, tf.data.data());
+    base.push_back(std::move(tb));
+    ft.push_back(std::move(tf));
+  }
+  auto views = [](const std::vector<codec::OwnedTensor>& ts) {
+    std::vector<codec::TensorView> v;
+    for (const auto& t : ts) v.push_back(t.view());
+    return v;
+  };
+  if (!codec::WriteSafetensors(dir + "/base.safetensors", views(base), {}).ok() ||
+      !codec::WriteSafetensors(dir + "/ft.safetensors", views(ft), {}).ok()) {
+    std::fprintf(stderr, "cannot write models in %s\n", dir.c_str());
+    return 1;
+  }
+  base.clear();
+  ft.clear();
+  auto b = codec::ModelReader::Open(dir + "/base.safetensors");
+  auto f = codec::ModelReader::Open(dir + "/ft.safetensors");
+  if (!b.ok() || !f.ok()) return 1;
+  auto t0 = Clock::now();
+  auto stats = codec::CompressModel(**b, **f, codec::CompressOptions(), dir + "/task.dds");
+  if (!stats.ok()) {
+    std::fprintf(stderr, "compress: %s\n", stats.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("compress: %.1f s, container %.1f MB (%.3f bits/weight)\n",
+              Seconds(t0, Clock::now()), stats->container_bytes / 1e6,
+              8.0 * stats->container_bytes / stats->total_weights);
+  return 0;
+}
+
+// The no-decoding baseline: StreamWeights of pre-merged tensors held in memory, same
+// messages (header + chunks of chunk_bytes), same reactor discipline (next write after
+// OnWriteDone), no cache, no pool.
+class PlainService final : public v1::DeltaService::CallbackService {
+ public:
+  PlainService(const std::vector<codec::OwnedTensor>* tensors, uint32_t chunk)
+      : tensors_(tensors), chunk_(chunk) {}
+
+  grpc::ServerWriteReactor<v1::StreamWeightsResponse>* StreamWeights(
+      grpc::CallbackServerContext*, const v1::StreamWeightsRequest*) override {
+    class Reactor : public grpc::ServerWriteReactor<v1::StreamWeightsResponse> {
+     public:
+      Reactor(const std::vector<codec::OwnedTensor>* ts, uint32_t chunk)
+          : ts_(ts), chunk_(chunk) {
+        Next();
+      }
+      void OnWriteDone(bool ok) override {
+        if (!ok) return Finish(grpc::Status::CANCELLED);
+        Next();
+      }
+      void OnDone() override { delete this; }
+
+     private:
+      void Next() {
+        if (i_ == ts_->size()) return Finish(grpc::Status::OK);
+        const codec::OwnedTensor& t = (*ts_)[i_];
+        if (!header_sent_) {
+          auto* h = msg_.mutable_header();
+          h->set_name(t.info.name);
+          h->set_byte_length(t.data.size());
+          header_sent_ = true;
+        } else {
+          size_t n = std::min<size_t>(chunk_, t.data.size() - off_);
+          msg_.mutable_chunk()->set_offset(off_);
+          msg_.mutable_chunk()->set_data(t.data.data() + off_, n);
+          off_ += n;
+        }
+        if (header_sent_ && off_ == t.data.size()) {
+          ++i_;
+          off_ = 0;
+          header_sent_ = false;
+        }
+        StartWrite(&msg_);
+      }
+      const std::vector<codec::OwnedTensor>* ts_;
+      uint32_t chunk_;
+      size_t i_ = 0, off_ = 0;
+      bool header_sent_ = false;
+      v1::StreamWeightsResponse msg_;
+    };
+    return new Reactor(tensors_, chunk_);
+  }
+
+ private:
+  const std::vector<codec::OwnedTensor>* tensors_;
+  uint32_t chunk_;
+};
+
+struct StreamResult {
+  double first_tensor_s = 0, total_s = 0;
+  uint64_t bytes = 0;
+  int tensors = 0;
+  bool ok = false;
+};
+
+StreamResult ReadStream(const std::string& target, const std::string& task) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  auto stub = v1::DeltaService::NewStub(
+      grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext ctx;
+  v1::StreamWeightsRequest req;
+  req.set_task(task);
+  StreamResult r;
+  auto t0 = Clock::now();
+  auto reader = stub->StreamWeights(&ctx, req);
+  v1::StreamWeightsResponse msg;
+  while (reader->Read(&msg)) {
+    if (msg.has_header() && r.tensors++ == 0) r.first_tensor_s = Seconds(t0, Clock::now());
+    if (msg.has_chunk()) r.bytes += msg.chunk().data().size();
+  }
+  grpc::Status s = reader->Finish();
+  r.total_s = Seconds(t0, Clock::now());
+  r.ok = s.ok();
+  if (!s.ok()) std::fprintf(stderr, "stream: %s\n", s.error_message().c_str());
+  return r;
+}
+
+void Print(const char* what, const StreamResult& r) {
+  std::printf("%-26s first tensor %8.2f ms   %6.2f s   %6.3f GB/s   (%d tensors, %.3f GB)%s\n",
+              what, r.first_tensor_s * 1e3, r.total_s, r.bytes / r.total_s / 1e9, r.tensors,
+              r.bytes / 1e9, r.ok ? "" : "  FAILED");
+}
+
+double PeakRssMb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1024.0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Shape shape;
+  std::string workdir = "/tmp/deltaserve-stream-bench";
+  int workers = 2, prefetch = 1;
+  uint32_t chunk = 1u << 20;
+  CLI::App app{"StreamWeights throughput vs a plain gRPC stream"};
+  app.add_option("--workdir", workdir, "cache of models and container")->capture_default_str();
+  app.add_option("--layers", shape.layers)->capture_default_str();
+  app.add_option("--hidden", shape.hidden)->capture_default_str();
+  app.add_option("--kv", shape.kv, "rows of k_proj/v_proj")->capture_default_str();
+  app.add_option("--ffn", shape.ffn)->capture_default_str();
+  app.add_option("--vocab", shape.vocab)->capture_default_str();
+  app.add_option("--workers", workers)->capture_default_str();
+  app.add_option("--prefetch", prefetch)->capture_default_str();
+  app.add_option("--chunk-bytes", chunk)->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  std::string tag = std::to_string(shape.layers) + "x" + std::to_string(shape.hidden) + "x" +
+                    std::to_string(shape.ffn) + "x" + std::to_string(shape.vocab);
+  std::string dir = workdir + "/" + tag;
+  std::filesystem::create_directories(dir);
+  if (!std::filesystem::exists(dir + "/task.dds")) {
+    std::printf("generating models in %s (child process)\n", dir.c_str());
+    std::fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) _exit(MakeModels(shape, dir));
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) return 1;
+  }
+
+  server::ServerOptions o;
+  o.base_path = dir + "/base.safetensors";
+  o.db_path = dir + "/db";
+  std::filesystem::remove_all(o.db_path);
+  o.listen = "127.0.0.1:0";
+  o.metrics_listen = "";
+  o.workers = workers;
+  o.prefetch_tensors = prefetch;
+  o.chunk_bytes = chunk;
+  o.cache_bytes = 3ull << 30;
+  o.store.sync_writes = false;
+  auto t0 = Clock::now();
+  auto srv = server::Server::Start(o);
+  if (!srv.ok()) {
+    std::fprintf(stderr, "server: %s\n", srv.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("server start (mmap + hash base): %.2f s\n", Seconds(t0, Clock::now()));
+  std::string target = "127.0.0.1:" + std::to_string((*srv)->port());
+  client::ClientOptions co;
+  co.target = target;
+  auto cl = client::DeltaClient::Open(co);
+  if (!cl.ok()) return 1;
+  t0 = Clock::now();
+  auto pushed = (*cl)->PushDeltaFile("bench", dir + "/task.dds");
+  if (!pushed.ok()) {
+    std::fprintf(stderr, "push: %s\n", pushed.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("push: %.2f s (%.1f MB), merged model %.3f GB, %u tensors\n",
+              Seconds(t0, Clock::now()), pushed->container_bytes() / 1e6,
+              pushed->merged_bytes() / 1e9, pushed->num_tensors());
+
+  StreamResult cold = ReadStream(target, "bench");
+  double rss_after_cold = PeakRssMb();
+  StreamResult cached = ReadStream(target, "bench");
+
+  // Baseline: the same merged bytes, pre-decoded in memory, through a plain stream.
+  std::vector<codec::OwnedTensor> merged;
+  {
+    client::PullOptions po;
+    auto m = (*cl)->PullWeightsToMemory("bench", po);
+    if (!m.ok()) return 1;
+    merged = std::move(m->tensors);
+  }
+  (*srv)->Shutdown(absl::Seconds(5));
+  (*srv)->Wait();
+  srv->reset();
+  PlainService plain(&merged, chunk);
+  grpc::ServerBuilder builder;
+  int plain_port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &plain_port);
+  builder.RegisterService(&plain);
+  auto plain_server = builder.BuildAndStart();
+  StreamResult base = ReadStream("127.0.0.1:" + std::to_string(plain_port), "bench");
+  plain_server->Shutdown();
+
+  std::printf("\nworkers=%d prefetch=%d chunk=%u bytes, loopback, %u hardware threads\n",
+              workers, prefetch, chunk, std::thread::hardware_concurrency());
+  Print("StreamWeights cold", cold);
+  Print("StreamWeights cached", cached);
+  Print("plain gRPC stream", base);
+  std::printf("cold / plain = %.0f%%   cached / plain = %.0f%%\n",
+              100.0 * (cold.bytes / cold.total_s) / (base.bytes / base.total_s),
+              100.0 * (cached.bytes / cached.total_s) / (base.bytes / base.total_s));
+  std::printf("peak RSS: %.0f MB after the cold stream (base mmap + cache), %.0f MB at the "
+              "end (+ in-memory copy for the plain baseline)\n",
+              rss_after_cold, PeakRssMb());
+  return 0;
+}
