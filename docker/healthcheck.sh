@@ -5,7 +5,8 @@
 # and exits 0 only when the reply is grpc-status 0 with status SERVING.
 # ADDR defaults to the port of $DELTASERVE_LISTEN on loopback (127.0.0.1:50051 if unset);
 # SERVICE defaults to "" (the whole server); "deltaserve.v1.DeltaService" checks the service.
-# With $DELTASERVE_TLS_CERT set it speaks TLS (certificate not verified: a loopback probe).
+# With $DELTASERVE_TLS_CERT set, or $DELTASERVE_SECRETS_DIR (default /run/secrets) holding
+# deltaserve_tls_cert, it speaks TLS (certificate not verified: a loopback probe).
 # $HEALTHCHECK_TIMEOUT: seconds (default 3). Exit codes: 0 serving, 1 not serving/unreachable.
 set -euo pipefail
 
@@ -24,8 +25,14 @@ else
   req=$(printf '\\x00\\x00\\x00\\x00\\x%02x\\x0a\\x%02x' $((n + 2)) "$n")$service
 fi
 
+# TLS exactly when the daemon has it: DELTASERVE_TLS_CERT set, or (as entrypoint.sh does)
+# the certificate found in the secrets directory.
+cert="${DELTASERVE_TLS_CERT:-}"
+if [[ -z "$cert" && -f "${DELTASERVE_SECRETS_DIR:-/run/secrets}/deltaserve_tls_cert" ]]; then
+  cert="${DELTASERVE_SECRETS_DIR:-/run/secrets}/deltaserve_tls_cert"
+fi
 scheme=http; tls=(--http2-prior-knowledge)
-if [[ -n "${DELTASERVE_TLS_CERT:-}" ]]; then scheme=https; tls=(--http2 --insecure); fi
+if [[ -n "$cert" ]]; then scheme=https; tls=(--http2 --insecure); fi
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

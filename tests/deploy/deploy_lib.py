@@ -190,7 +190,8 @@ class Daemon:
         return self.proc.poll()
 
     def log_text(self):
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")[-6000:]
 
