@@ -2,17 +2,19 @@
 
 Both backends answer run(patch, schedule) with a DctResult: the reconstructed delta of
 every tensor that Delta-DCT coded lossily (name -> float32 array in the tensor's shape),
-the bits its payloads take (payload = the codec's own bytes: DCT header, bit-width
-table, allocation map, quantizer parameters, codes; the container's per-record framing
-of name, shape and checksum is common to every method and not counted), and the schedule
-actually used.
+the bits they take, and the schedule actually used.
 
 DeltactlBackend drives the C++ tool end to end:
   deltactl compress   (base, finetuned safetensors -> .dds container)
-  deltactl decompress (.dds + base -> merged safetensors)
-and reads the container's record table itself (codec/FORMAT.md) to count the payload
-bytes of each DCT record.
+  deltactl eval --json  bits = totals.bits_per_weight_dct x totals.dct_weights: every
+                      byte of the DCT records (name, shapes, payload, checksum) plus their
+                      share of the container header and trailer (deltactl's honest count);
+                      its rel_delta_error_dct is kept as a cross-check
+  deltactl decompress (.dds + base -> merged safetensors): the reconstruction
+It also reads the container's record table itself (codec/FORMAT.md) for the payload
+bytes alone (payload_bits: the codec's own bytes, without container framing).
 """
+import json
 import os
 import struct
 import subprocess
@@ -23,7 +25,8 @@ import numpy as np
 import dct_standin
 import tensors_io
 
-DctResult = namedtuple("DctResult", "recon bits schedule container_bytes record_bytes")
+DctResult = namedtuple("DctResult", "recon bits schedule container_bytes payload_bits "
+                       "tool_rel_delta_err")
 
 ENC_UNCHANGED, ENC_RAW, ENC_DCT = 0, 1, 2
 
@@ -66,6 +69,7 @@ class DeltactlBackend:
         self.work_dir, self.base, self.ft = work_dir, base, ft
         os.makedirs(work_dir, exist_ok=True)
         self.name = "deltactl"
+        self.tool = None
 
     def _run(self, args):
         res = subprocess.run([self.deltactl] + args, capture_output=True, text=True)
@@ -83,19 +87,27 @@ class DeltactlBackend:
         if schedule:
             args += ["--schedule", schedule]
         self._run(args)
-        self._run(["decompress", "--base", self.base_st, "--container", dds, "--out", out])
+        report = json.loads(self._run(["eval", "--base", self.base_st, "--finetuned",
+                                       self.ft_st, "--delta", dds, "--json"]))
+        totals = report["totals"]
+        self._run(["decompress", "--base", self.base_st, "--delta", dds, "--out", out])
         records, meta = read_container_records(dds)
         merged = tensors_io.read_safetensors(out)
-        recon, bits, rec_bytes = {}, 0, 0
-        for name, enc, payload_len, rec_len in records:
+        recon, payload_bits = {}, 0
+        for name, enc, payload_len, _ in records:
             if enc != ENC_DCT:
                 continue
             recon[name] = merged[name].astype(np.float32) - self.base[name].astype(np.float32)
-            bits += 8 * payload_len
-            rec_bytes += rec_len
+            payload_bits += 8 * payload_len
+        if totals["dct_weights"] != sum(r.size for r in recon.values()):
+            raise RuntimeError("deltactl eval counts %d DCT weights, the container holds %d" % (
+                totals["dct_weights"], sum(r.size for r in recon.values())))
+        bits = totals["bits_per_weight_dct"] * totals["dct_weights"]
         size = os.path.getsize(dds)
+        self.tool = "%s (%s)" % (self.deltactl, meta.get("tool", "?"))
         os.remove(out)
-        return DctResult(recon, bits, meta.get("codec.schedule", schedule), size, rec_bytes)
+        return DctResult(recon, bits, meta.get("codec.schedule", schedule), size, payload_bits,
+                         totals.get("rel_delta_error_dct"))
 
 
 class StandinBackend:
@@ -106,7 +118,7 @@ class StandinBackend:
         self.name = "numpy stand-in"
 
     def run(self, patch, schedule):
-        schedule = schedule or "2:0.5,0:0.5"
+        schedule = schedule or "1:1"
         recon, bits = {}, 0
         for name, w in self.ft.items():
             b = self.base.get(name)
@@ -117,4 +129,4 @@ class StandinBackend:
             r, nb = dct_standin.encode_decode(d.reshape(rows, cols), patch, schedule)
             recon[name] = r.reshape(w.shape)
             bits += nb
-        return DctResult(recon, bits, schedule, None, None)
+        return DctResult(recon, bits, schedule, None, bits, None)

@@ -3,10 +3,10 @@ not built (run_eval.py --standin). Reported numbers come from deltactl.
 
 Follows codec/delta_dct.h: p x p patches (zero-padded), ranked by L2 norm, bit-widths
 from a schedule (floor of cumulative fraction boundaries), orthonormal 2-D DCT-II per
-kept patch, min-max uniform quantization with two bfloat16-sized parameters per kept
-patch. Bits counted: a 2-bit level code per patch (an approximation of the real
-payload's ranking side information), 32 bits of parameters per kept patch, the packed
-codes, and a 16-byte header per matrix.
+kept patch, uniform quantization over a clipped [min, max] range (grid search of the
+clip factor) with two bfloat16-sized parameters per kept patch. Bits counted: a
+ceil(log2(levels))-bit level code per patch (the allocation map), 32 bits of parameters
+per kept patch, the packed codes, and a 16-byte header per matrix.
 """
 import math
 
@@ -63,7 +63,7 @@ def encode_decode(delta, p, schedule):
     counts = schedule_counts(levels, len(order))
     c = dct_matrix(p)
     rec = np.zeros_like(patches)
-    bits = 16 * 8 + 2 * len(order)
+    bits = 16 * 8 + math.ceil(math.log2(len(levels))) * len(order)
     start = 0
     for (b, _), cnt in zip(levels, counts):
         idx = order[start:start + cnt]
@@ -71,13 +71,26 @@ def encode_decode(delta, p, schedule):
         if b == 0 or cnt == 0:
             continue
         coef = np.einsum("ij,njk,lk->nil", c, patches[idx], c)
-        lo = coef.min(axis=(1, 2), keepdims=True)
-        hi = coef.max(axis=(1, 2), keepdims=True)
-        scale = (hi - lo) / (2 ** b - 1)
-        scale[scale == 0] = 1.0
-        q = np.clip(np.round((coef - lo) / scale), 0, 2 ** b - 1)
-        deq = lo + q * scale
-        rec[idx] = np.einsum("ji,njk,kl->nil", c, deq, c)
+        lo0 = coef.min(axis=(1, 2), keepdims=True)
+        hi0 = coef.max(axis=(1, 2), keepdims=True)
+        best, best_err = None, None
+        # Clipped quantizer: the range [min, max] shrunk about its centre by the factor
+        # (searched on a grid) with the least squared error; 1.0 is plain min-max.
+        for f in np.linspace(0.05, 1.0, 20):
+            mid, half = (lo0 + hi0) / 2, (hi0 - lo0) / 2 * f
+            lo = mid - half
+            scale = 2 * half / (2 ** b - 1)
+            scale[scale == 0] = 1.0
+            q = np.clip(np.round((coef - lo) / scale), 0, 2 ** b - 1)
+            deq = lo + q * scale
+            err = ((deq - coef) ** 2).sum(axis=(1, 2))
+            if best is None:
+                best, best_err = deq, err
+            else:
+                better = err < best_err
+                best[better] = deq[better]
+                best_err = np.minimum(err, best_err)
+        rec[idx] = np.einsum("ji,njk,kl->nil", c, best, c)
         bits += cnt * (32 + p * p * b)
     out = rec.reshape(pr, pc, p, p).transpose(0, 2, 1, 3).reshape(pr * p, pc * p)
     return out[:rows, :cols].astype(np.float32), bits

@@ -43,17 +43,21 @@ class FaceresPair:
         self.ref = self.outputs(self.ft)
 
     def write_safetensors(self, cache_dir):
-        """base (float16, as stored) and finetuned (float32) safetensors for deltactl."""
+        """base (float16, as stored) and finetuned (float32) safetensors for deltactl.
+
+        Float tensors only, like `deltactl convert` (the int32 reduction indices of the
+        Mean op are graph constants, identical in both models)."""
         os.makedirs(cache_dir, exist_ok=True)
         base_st = os.path.join(cache_dir, "faceres_base.safetensors")
         ft_st = os.path.join(cache_dir, "faceres_ft.safetensors")
-        base16 = {k: (v.astype(np.float16) if v.dtype == np.float32 else v)
-                  for k, v in self.base.items()}
+        base16 = {k: v.astype(np.float16) for k, v in self.base.items()
+                  if v.dtype == np.float32}
         for k, v in self.base.items():
             if v.dtype == np.float32 and not np.array_equal(base16[k].astype(np.float32), v):
                 raise ValueError("faceres base tensor %s is not exactly float16" % k)
         tensors_io.write_safetensors(base_st, base16)
-        tensors_io.write_safetensors(ft_st, self.ft)
+        tensors_io.write_safetensors(ft_st, {k: v for k, v in self.ft.items()
+                                             if v.dtype == np.float32})
         return base_st, ft_st
 
     def outputs(self, weights):

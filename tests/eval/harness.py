@@ -16,15 +16,24 @@ import numpy as np
 import baselines
 import dct_standin
 
-# Bit schedules per nominal budget (bits per weight); None = the codec's default.
+# Bit schedules per nominal budget (bits per weight). "uniform": every kept patch at the
+# same width, the codec's default family (None = the codec's default, "1:1" at p=32);
+# run at every patch size. "mixed": the paper's mixed-precision schedules, run at the
+# reference patch size only.
 SCHEDULES = OrderedDict([
-    (0.5, "2:0.25,0:0.75"),
+    (0.5, "1:0.5,0:0.5"),
     (1.0, None),
+    (2.0, "2:1"),
+    (4.0, "4:1"),
+])
+MIXED_SCHEDULES = OrderedDict([
+    (0.5, "2:0.25,0:0.75"),
+    (1.0, "2:0.5,0:0.5"),
     (2.0, "4:0.25,2:0.5,0:0.25"),
     (4.0, "6:0.25,4:0.5,2:0.25"),
 ])
-PATCHES = (8, 16, 32)
-REF_PATCH = 16
+PATCHES = (16, 32, 64)
+REF_PATCH = 32  # the codec's default patch size (codec/delta_dct.h)
 
 
 def errors(deltas, recon, ft):
@@ -54,14 +63,15 @@ def merged_weights(base, ft, recon):
 
 
 def run_pair(pair_name, base, ft, backend, evaluate, budgets, patches, log,
-             ref_patch=REF_PATCH, dare_seeds=baselines.DARE_SEEDS, eval_dct_all=True):
+             ref_patch=REF_PATCH, dare_seeds=baselines.DARE_SEEDS, eval_dct_all=True,
+             mixed=True):
     """Returns a list of result rows (dicts) for one pair.
 
     evaluate(weights: name -> array) -> dict of task metrics (or None to skip).
     """
     rows = []
 
-    def add(method, budget, patch, schedule, bits, n, recon_list, t0):
+    def add(method, budget, patch, schedule, bits, n, recon_list, t0, variant=None):
         per_list, tot, wtot, metrics = [], [], [], []
         for recon in recon_list:
             per, e, we = errors(deltas, recon, ft)
@@ -74,7 +84,7 @@ def run_pair(pair_name, base, ft, backend, evaluate, budgets, patches, log,
         per = OrderedDict((k, {m: float(np.mean([p[k][m] for p in per_list]))
                                for m in per_list[0][k]}) for k in per_list[0])
         row = {"pair": pair_name, "method": method, "budget": budget, "patch": patch,
-               "schedule": schedule, "bits": float(np.mean(bits)), "weights": n,
+               "variant": variant, "schedule": schedule, "bits": float(np.mean(bits)), "weights": n,
                "bpw": float(np.mean(bits)) / n, "rel_delta_err": float(np.mean(tot)),
                "rel_weight_err": float(np.mean(wtot)), "per_tensor": per,
                "seeds": len(recon_list), "seconds": time.time() - t0}
@@ -84,36 +94,43 @@ def run_pair(pair_name, base, ft, backend, evaluate, budgets, patches, log,
                 row["metrics_std"] = {k: float(np.std([m[k] for m in metrics]))
                                       for k in metrics[0]}
         rows.append(row)
-        log("  %-10s budget %-4s p=%-3s bpw %.4f  rel delta err %.4f  %s  (%.1fs)" % (
-            method, budget, patch if patch else "-", row["bpw"], row["rel_delta_err"],
+        log("  %-10s %-7s budget %-4s p=%-3s bpw %.4f  rel delta err %.4f  %s  (%.1fs)" % (
+            method, variant or "", budget, patch if patch else "-", row["bpw"], row["rel_delta_err"],
             " ".join("%s=%.4f" % kv for kv in row.get("metrics", {}).items()),
             row["seconds"]))
 
     deltas, n = None, None
     targets = OrderedDict()
-    for budget in budgets:
-        for patch in patches:
-            t0 = time.time()
-            res = backend.run(patch, SCHEDULES[budget])
-            if deltas is None:
-                deltas = OrderedDict()
-                for name in ft:
-                    if name in res.recon:
-                        rows_, cols = dct_standin.matrix_view(ft[name].shape, ref_patch)
-                        d = ft[name].astype(np.float32) - base[name].astype(np.float32)
-                        deltas[name] = d.reshape(rows_, cols)
-                n = sum(d.size for d in deltas.values())
-                log("  %s: %d tensors coded lossily, %d weights; backend %s" % (
-                    pair_name, len(deltas), n, backend.name))
-            if set(res.recon) != set(deltas):
-                raise RuntimeError("Delta-DCT coded a different tensor set at p=%d" % patch)
-            recon = {k: v.reshape(deltas[k].shape) for k, v in res.recon.items()}
-            add("delta-dct", budget, patch, res.schedule, [res.bits], n, [recon], t0)
-            rows[-1]["container_bytes"] = res.container_bytes
-            rows[-1]["record_bytes"] = res.record_bytes
-            if patch == ref_patch or (ref_patch not in patches and patch == patches[0]):
-                targets[budget] = res.bits / n
+    configs = [(b, p, SCHEDULES[b], "uniform") for b in budgets for p in patches]
+    if mixed:
+        configs += [(b, ref_patch, MIXED_SCHEDULES[b], "mixed") for b in budgets]
+    for budget, patch, schedule, variant in configs:
+        t0 = time.time()
+        res = backend.run(patch, schedule)
+        if deltas is None:
+            deltas = OrderedDict()
+            for name in ft:
+                if name in res.recon:
+                    rows_, cols = dct_standin.matrix_view(ft[name].shape, ref_patch)
+                    d = ft[name].astype(np.float32) - base[name].astype(np.float32)
+                    deltas[name] = d.reshape(rows_, cols)
+            n = sum(d.size for d in deltas.values())
+            log("  %s: %d tensors coded lossily, %d weights; backend %s" % (
+                pair_name, len(deltas), n, backend.name))
+        if set(res.recon) != set(deltas):
+            raise RuntimeError("Delta-DCT coded a different tensor set at p=%d" % patch)
+        recon = {k: v.reshape(deltas[k].shape) for k, v in res.recon.items()}
+        add("delta-dct", budget, patch, res.schedule, [res.bits], n, [recon], t0, variant)
+        rows[-1]["container_bytes"] = res.container_bytes
+        rows[-1]["payload_bpw"] = res.payload_bits / n
+        rows[-1]["tool_rel_delta_err"] = res.tool_rel_delta_err
+        if variant == "uniform" and patch == ref_patch:
+            targets[budget] = res.bits / n
+    if not targets:
+        raise ValueError("the reference patch size %d is not among %s" % (ref_patch, patches))
 
+    t0 = time.time()
+    add("zero", None, None, None, [0], n, [{k: np.zeros_like(d) for k, d in deltas.items()}], t0)
     t0 = time.time()
     recon, bits = baselines.sign_scale(deltas)
     add("sign", None, None, None, [bits], n, [recon], t0)

@@ -4,7 +4,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-METHOD_LABEL = {"delta-dct": "Delta-DCT", "sign": "sign x scale (BitDelta, no distill)",
+from harness import REF_PATCH  # noqa: E402
+
+METHOD_LABEL = {"delta-dct": "Delta-DCT", "zero": "zero delta on the set (0 bits)",
+                "sign": "sign x scale (BitDelta, no distill)",
                 "lowrank": "low-rank SVD", "topk": "magnitude top-k", "dare": "DARE (3 seeds)"}
 TASK_METRIC = {"faceres": ("desc_cos_mean", "descriptor cosine to finetuned (mean)"),
                "use_lite": ("accuracy", "test accuracy")}
@@ -12,8 +15,14 @@ TASK_METRIC = {"faceres": ("desc_cos_mean", "descriptor cosine to finetuned (mea
 
 def _method(r):
     if r["method"] == "delta-dct":
-        return "Delta-DCT p=%d" % r["patch"]
+        return "Delta-DCT p=%d%s" % (r["patch"], " mixed" if r.get("variant") == "mixed" else "")
     return METHOD_LABEL[r["method"]]
+
+
+def is_ref_dct(r, ref_patch=REF_PATCH):
+    """The reference Delta-DCT point: uniform schedule family at the default patch size."""
+    return r["method"] == "delta-dct" and r["patch"] == ref_patch and \
+        r.get("variant") != "mixed"
 
 
 def _fmt(v, nd=4):
@@ -25,7 +34,8 @@ def main_table(rows, metric_keys):
         " | ".join(metric_keys) + " |"
     out = [head, "|" + "---|" * (6 + len(metric_keys))]
     for r in sorted(rows, key=lambda r: (r["budget"] or 1.0, r["method"] != "delta-dct",
-                                         r["method"], r["patch"] or 0)):
+                                         r["method"], r.get("variant") or "",
+                                         r["patch"] or 0)):
         m = r.get("metrics", {})
         std = r.get("metrics_std", {})
         cells = []
@@ -40,9 +50,9 @@ def main_table(rows, metric_keys):
     return "\n".join(out)
 
 
-def per_tensor_table(rows, budget, ref_patch, deltas, ft):
+def per_tensor_table(rows, budget, deltas, ft):
     sel = [r for r in rows if r["budget"] == budget and
-           (r["method"] != "delta-dct" or r["patch"] == ref_patch)]
+           (r["method"] != "delta-dct" or is_ref_dct(r))]
     sel += [r for r in rows if r["method"] == "sign"]
     names = list(deltas)
     out = ["| tensor | 2-D view | ‖Δ‖/‖W‖ | " + " | ".join(_method(r) for r in sel) + " |",
@@ -57,18 +67,17 @@ def per_tensor_table(rows, budget, ref_patch, deltas, ft):
     return "\n".join(out)
 
 
-def losses(rows, metric_key, higher_is_better=True, ref_patch=16):
-    """Budgets at which some baseline beats Delta-DCT (ref patch), in error or metric."""
+def losses(rows, metric_key, higher_is_better=True):
+    """Budgets at which some baseline beats reference Delta-DCT, in error or metric."""
     found = []
     for budget in sorted({r["budget"] for r in rows if r["budget"]}):
-        dct = [r for r in rows if r["method"] == "delta-dct" and r["budget"] == budget and
-               r["patch"] == ref_patch]
+        dct = [r for r in rows if is_ref_dct(r) and r["budget"] == budget]
         if not dct:
             continue
         dct = dct[0]
         near = [r for r in rows if r["method"] != "delta-dct" and
-                (r["budget"] == budget or (r["method"] == "sign" and
-                                           abs(r["bpw"] - dct["bpw"]) <= 0.1 * dct["bpw"]))]
+                (r["budget"] == budget or r["method"] == "zero" or
+                 (r["method"] == "sign" and abs(r["bpw"] - dct["bpw"]) <= 0.1 * dct["bpw"]))]
         for b in near:
             if b["rel_delta_err"] < dct["rel_delta_err"]:
                 found.append((budget, "rel. delta error", dct, b, dct["rel_delta_err"],
@@ -80,12 +89,30 @@ def losses(rows, metric_key, higher_is_better=True, ref_patch=16):
     return found
 
 
+def per_tensor_losses(rows):
+    """[(budget, baseline row, [(tensor, baseline err, Delta-DCT err)])] where a baseline
+    at the same budget has a lower relative delta error than reference Delta-DCT."""
+    found = []
+    for d in [r for r in rows if is_ref_dct(r)]:
+        for b in rows:
+            same = b["budget"] == d["budget"] or (
+                b["method"] == "sign" and abs(b["bpw"] - d["bpw"]) <= 0.1 * d["bpw"])
+            if b["method"] in ("delta-dct", "zero") or not same:
+                continue
+            worse = [(n, b["per_tensor"][n]["rel_delta_err"], t["rel_delta_err"])
+                     for n, t in d["per_tensor"].items()
+                     if b["per_tensor"][n]["rel_delta_err"] < t["rel_delta_err"]]
+            if worse:
+                found.append((d["budget"], b, worse))
+    return found
+
+
 def plot(results, path, ref_lines):
     pairs = [p for p in ("faceres", "use_lite") if any(r["pair"] == p for r in results)]
     fig, axes = plt.subplots(len(pairs), 2, figsize=(13, 4.8 * len(pairs)), squeeze=False)
     styles = {"lowrank": ("tab:orange", "s"), "topk": ("tab:green", "^"),
               "dare": ("tab:red", "v"), "sign": ("black", "*")}
-    dct_colors = {8: "#08519c", 16: "#3182bd", 32: "#6baed6"}
+    dct_colors = {16: "#6baed6", 32: "#08519c", 64: "#3182bd"}
     for i, pair in enumerate(pairs):
         rows = [r for r in results if r["pair"] == pair]
         key, label = TASK_METRIC[pair]
@@ -94,9 +121,19 @@ def plot(results, path, ref_lines):
             ax = axes[i][j]
             groups = {}
             for r in rows:
-                g = ("delta-dct", r["patch"]) if r["method"] == "delta-dct" else (r["method"], None)
+                if r["method"] == "zero":
+                    if j == 1 and "metrics" in r:
+                        ax.axhline(r["metrics"][ykey], color="tab:gray", ls=":", lw=1.2,
+                                   label="zero delta on the set (%.3f)" % r["metrics"][ykey])
+                    elif j == 0:
+                        ax.axhline(1.0, color="tab:gray", ls=":", lw=1.2,
+                                   label="zero delta (1.0)")
+                    continue
+                g = (("delta-dct", r["patch"], r.get("variant") or "")
+                     if r["method"] == "delta-dct" else (r["method"], None, ""))
                 groups.setdefault(g, []).append(r)
-            for (method, patch), rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            for (method, patch, variant), rs in sorted(groups.items(),
+                                                       key=lambda kv: str(kv[0])):
                 rs = sorted(rs, key=lambda r: r["bpw"])
                 ys = [r[ykey] if ykey == "rel_delta_err" else r.get("metrics", {}).get(ykey)
                       for r in rs]
@@ -104,7 +141,9 @@ def plot(results, path, ref_lines):
                 ys = [y for y in ys if y is not None]
                 if not xs:
                     continue
-                if method == "delta-dct":
+                if method == "delta-dct" and variant == "mixed":
+                    color, marker, lw = "tab:purple", "D", 1.6
+                elif method == "delta-dct":
                     color, marker, lw = dct_colors.get(patch, "blue"), "o", 2.2
                 else:
                     (color, marker), lw = styles[method], 1.4

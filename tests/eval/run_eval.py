@@ -6,7 +6,7 @@ Full run (writes tests/eval/RESULTS.md, results.json, rd_plot.png):
     tests/eval/run_eval.sh                     # = setup.sh, then this script
     /usr/bin/python3 tests/eval/run_eval.py --deltactl build/client/deltactl
 Options: --standin (numpy Delta-DCT instead of deltactl; development only, the output
-is marked as such), --pairs faceres,use_lite, --budgets 0.5,1,2,4, --patches 8,16,32.
+is marked as such), --pairs faceres,use_lite, --budgets 0.5,1,2,4, --patches 16,32,64, --lfw 50.
 The smoke test of the suite is smoke_test.py.
 """
 import argparse
@@ -15,7 +15,6 @@ import json
 import os
 import pickle
 import platform
-import subprocess
 import sys
 import time
 
@@ -60,7 +59,7 @@ def run_faceres(args, out):
     import check_faceres_tfjs
     import faceres_pair
     t0 = time.time()
-    pair = faceres_pair.FaceresPair(os.path.join(args.shared, "models", "faceres"))
+    pair = faceres_pair.FaceresPair(os.path.join(args.shared, "models", "faceres"), args.lfw)
     log("faceres: %d face images, finetuned outputs computed (%.1fs)" % (
         len(pair.images), time.time() - t0))
     if check_faceres_tfjs.tfjs_available() and not args.no_tfjs_check:
@@ -78,6 +77,7 @@ def run_faceres(args, out):
     rows, deltas = harness.run_pair("faceres", pair.base, pair.ft, backend, pair.metrics,
                                     args.budgets, args.patches, log)
     out["rows"] += rows
+    out["tool"] = getattr(backend, "tool", None) or backend.name
     out["faceres_deltas"] = deltas
     out["faceres_ft"] = pair.ft
 
@@ -91,9 +91,12 @@ def run_use_lite(args, out):
         log("use_lite: skipped (%s)" % out["use_lite_missing"])
         return
     t0 = time.time()
-    cache = os.path.join(args.cache, "use_lite")
+    # The pair's own default cache (shared with its CLI and tests): trained once.
+    cache = getattr(use_pair, "DEFAULT_CACHE", os.path.join(args.cache, "use_lite"))
     os.makedirs(cache, exist_ok=True)
     base_st, ft_st = use_pair.prepare(cache)
+    cache = os.path.join(args.cache, "use_lite")
+    os.makedirs(cache, exist_ok=True)
     base = tensors_io.read_safetensors(base_st)
     ft = tensors_io.read_safetensors(ft_st)
     eval_path = os.path.join(cache, "eval_weights.safetensors")
@@ -110,18 +113,9 @@ def run_use_lite(args, out):
     rows, deltas = harness.run_pair("use_lite", base, ft, backend, evaluate, args.budgets,
                                     args.patches, log)
     out["rows"] += rows
+    out["tool"] = getattr(backend, "tool", None) or backend.name
     out["use_lite_deltas"] = deltas
     out["use_lite_ft"] = ft
-
-
-def tool_version(deltactl):
-    if not deltactl:
-        return "numpy stand-in"
-    try:
-        v = subprocess.run([deltactl, "--version"], capture_output=True, text=True, timeout=10)
-        return (v.stdout or v.stderr).strip().splitlines()[0]
-    except Exception:  # noqa: BLE001 - informational only
-        return deltactl
 
 
 def main():
@@ -132,7 +126,9 @@ def main():
     ap.add_argument("--shared", default=DEFAULT_SHARED)
     ap.add_argument("--pairs", default="faceres,use_lite")
     ap.add_argument("--budgets", default="0.5,1,2,4")
-    ap.add_argument("--patches", default="8,16,32")
+    ap.add_argument("--patches", default="16,32,64")
+    ap.add_argument("--lfw", type=int, default=50,
+                    help="number of LFW face crops (0..100) besides the 3 photos")
     ap.add_argument("--out", default=HERE, help="directory for RESULTS.md etc.")
     ap.add_argument("--cache", default=os.path.join(HERE, ".cache"))
     ap.add_argument("--no-tfjs-check", action="store_true")
@@ -163,7 +159,6 @@ def main():
     if "use_lite" in pairs:
         run_use_lite(args, out)
     out["seconds"] = time.time() - started
-    out["tool"] = tool_version(None if args.standin else args.deltactl)
     with open(state, "wb") as f:
         pickle.dump((out, args.standin), f)
     write_outputs(args, out)

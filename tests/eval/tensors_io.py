@@ -70,8 +70,8 @@ def write_safetensors(path, tensors, metadata=None):
     offset = 0
     blobs = []
     for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
-        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        arr = np.asarray(arr)  # keeps 0-d shapes (np.ascontiguousarray makes them 1-d)
+        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
         header[name] = {"dtype": _ST_NAMES[arr.dtype], "shape": list(arr.shape),
                         "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
