@@ -68,7 +68,12 @@ for name in BASE DB LISTEN METRICS_LISTEN CONFIG TLS_CERT TLS_KEY CACHE_BYTES WO
   [[ -n "${!var+x}" ]] || continue
   [[ -n "${!var}" || "$name" == METRICS_LISTEN ]] || continue
   has_flag "$flag" && continue
-  args+=("$flag=${!var}")
+  if [[ -z "${!var}" ]]; then
+    # CLI11 refuses "--flag=" and ignores an empty variable: only "--flag ''" means off.
+    args+=("$flag" "")
+  else
+    args+=("$flag=${!var}")
+  fi
 done
 
 # Checks that turn a missing mount into one clear line instead of a daemon start-up error.

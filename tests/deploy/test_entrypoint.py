@@ -122,6 +122,10 @@ with tempfile.TemporaryDirectory(prefix="deploy-entrypoint-") as tmp:
     d.check("--workers" in got and "2" in got and not any(a.startswith("--workers=") for a in got)
             and "--log-format=text" in got and "--log-format=json" not in got,
             f"command-line flags must win over variables: {got}")
+    r = d.run([entrypoint], env=dict(senv, DELTASERVE_METRICS_LISTEN=""))
+    got = r.stdout.split("\n")
+    i = got.index("--metrics-listen")
+    d.check(got[i + 1] == "", f"empty DELTASERVE_METRICS_LISTEN must pass --metrics-listen '': {got}")
     senv2 = {k: v for k, v in senv.items() if k != "DELTASERVE_CONFIG"}
     senv2["DELTASERVE_SECRETS_DIR"] = secrets_dir
     r = d.run([entrypoint], env=senv2)
