@@ -320,13 +320,11 @@ class StripDecoder {
         offset = bf16(dc);
         scale = bf16(dc + 1);
       }
-      float lut[256];
-      for (int q = 0; q < (1 << bits); ++q) lut[q] = offset + static_cast<float>(q) * scale;
       internal::UnpackCodes(pp_.codes, pp_.codes_size, code_cursor_, ncoef, bits,
                             codes_.data());
       code_cursor_ += static_cast<uint64_t>(ncoef) * bits;
       if (dc) coef_[0] = bf16(0);
-      for (int i = 0; i < ncoef; ++i) coef_[dc + i] = lut[codes_[i]];
+      internal::DequantizeCodes(codes_.data(), ncoef, offset, scale, coef_.data() + dc);
       if (hgt == p && w == p) {
         internal::InverseDct2d(basis_, coef_.data(), p, d, stride);
       } else {

@@ -27,9 +27,54 @@ void BitWriter::Flush() {
   acc_ = 0;
 }
 
+namespace {
+
+// Byte -> its 8 one-bit codes (LSB first) / its 4 two-bit codes, as bytes.
+struct ExpandTables {
+  uint64_t one[256];
+  uint32_t two[256];
+  ExpandTables() {
+    for (int b = 0; b < 256; ++b) {
+      uint64_t v = 0;
+      for (int k = 0; k < 8; ++k) v |= static_cast<uint64_t>((b >> k) & 1) << (8 * k);
+      one[b] = v;
+      uint32_t w = 0;
+      for (int k = 0; k < 4; ++k) w |= static_cast<uint32_t>((b >> (2 * k)) & 3) << (8 * k);
+      two[b] = w;
+    }
+  }
+};
+const ExpandTables& Tables() {
+  static const ExpandTables* t = new ExpandTables;
+  return *t;
+}
+
+}  // namespace
+
 void UnpackCodes(const uint8_t* data, size_t size, uint64_t bit_offset, int64_t n, int bits,
                  uint8_t* codes) {
   const uint64_t mask = (uint64_t{1} << bits) - 1;
+  // Byte-aligned fast paths (the common case: p*p codes per patch, p even).
+  if ((bit_offset & 7) == 0 && (bits == 1 || bits == 2 || bits == 8)) {
+    const uint8_t* src = data + (bit_offset >> 3);
+    const int64_t per_byte = 8 / bits;
+    const int64_t whole = n / per_byte;
+    const ExpandTables& t = Tables();
+    if (bits == 8) {
+      std::memcpy(codes, src, static_cast<size_t>(n));
+      return;
+    }
+    if (bits == 1) {
+      for (int64_t i = 0; i < whole; ++i) std::memcpy(codes + 8 * i, &t.one[src[i]], 8);
+    } else {
+      for (int64_t i = 0; i < whole; ++i) std::memcpy(codes + 4 * i, &t.two[src[i]], 4);
+    }
+    const int64_t done = whole * per_byte;
+    if (done == n) return;
+    codes += done;
+    n -= done;
+    bit_offset += static_cast<uint64_t>(done) * bits;
+  }
   // Each 8-byte load yields at least 57 valid bits after the sub-byte shift.
   const int per_load = 56 / bits;
   int64_t i = 0;

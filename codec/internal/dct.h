@@ -4,9 +4,11 @@
 // a_0 = sqrt(1/p), a_k = sqrt(2/p): C C^T = I. The 2-D transform of a patch X is
 // Y = C X C^T and its inverse X = C^T Y C (JPEG's DCT, e.g. Wallace 1992, eq. 1-2).
 // Kernels are hand-written separable matrix products, specialised for p = 8, 16, 32
-// (one vector register per patch row) and generic otherwise; they are compiled for
-// AVX-512, AVX2+FMA and baseline x86-64 and chosen once per process by the CPU, so a
-// given machine always produces the same bits. Pure functions, thread-safe.
+// (whole patch rows as vectors) and generic otherwise; the inverse for p = 8/16/32 uses
+// one even/odd butterfly level (half the multiply-adds; it measured faster than both
+// the plain product and an AVX-512 intrinsics version of it). They are compiled for
+// x86-64-v4 (AVX-512), v3 (AVX2+FMA) and baseline and chosen once per process by the
+// CPU, so a given machine always produces the same bits. Pure, thread-safe.
 #ifndef DELTASERVE_CODEC_INTERNAL_DCT_H_
 #define DELTASERVE_CODEC_INTERNAL_DCT_H_
 

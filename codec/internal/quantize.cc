@@ -193,6 +193,11 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void QuantizeValues(
   }
 }
 
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void
+DequantizeCodes(const uint8_t* codes, int n, float offset, float scale, float* out) {
+  for (int i = 0; i < n; ++i) out[i] = offset + static_cast<float>(codes[i]) * scale;
+}
+
 double QuantizationSquaredError(const float* v, int n, int bits, const QuantParams& qp) {
   return QuantPass(v, n, static_cast<float>((1 << bits) - 1), qp.offset, qp.scale).err;
 }

@@ -39,6 +39,9 @@ float Bf16Up(float x);
 QuantParams ChooseQuantParams(const float* v, int n, int bits, Quantizer mode);
 // codes[i] = clamp(round((v[i] - offset) / scale), 0, 2^bits - 1) (0 when scale == 0).
 void QuantizeValues(const float* v, int n, int bits, const QuantParams& qp, uint8_t* codes);
+// out[i] = offset + float(codes[i]) * scale: the decoder's reconstruction (vectorized;
+// FMA-contracted on CPUs that have FMA).
+void DequantizeCodes(const uint8_t* codes, int n, float offset, float scale, float* out);
 // Sum over i of (v[i] - dequantized code)^2, for the chosen parameters.
 double QuantizationSquaredError(const float* v, int n, int bits, const QuantParams& qp);
 

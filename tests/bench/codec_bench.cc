@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "codec/delta_dct.h"
+#include "codec/internal/dct.h"
 #include "codec/tensor.h"
 
 namespace deltaserve::codec {
@@ -107,6 +108,24 @@ void BM_MemcpyOutput(benchmark::State& state) {
   }
   SetRate(state, f.rows * f.cols);
 }
+
+// The inverse 2-D DCT alone, patch after patch over a 4096-wide strip (weights/s).
+void BM_InverseDct2d(benchmark::State& state) {
+  const int p = static_cast<int>(state.range(0));
+  const int64_t cols = 4096;
+  const internal::DctBasis basis(p);
+  std::vector<float> coef(static_cast<size_t>(p) * p, 0.01f), strip(static_cast<size_t>(p) * cols);
+  for (size_t i = 0; i < coef.size(); ++i) coef[i] = 0.001f * static_cast<float>(i % 7);
+  for (auto _ : state) {
+    for (int64_t c0 = 0; c0 < cols; c0 += p) {
+      internal::InverseDct2d(basis, coef.data(), p, strip.data() + c0, cols);
+    }
+    benchmark::DoNotOptimize(strip.data());
+    benchmark::ClobberMemory();
+  }
+  SetRate(state, static_cast<int64_t>(p) * cols);
+}
+BENCHMARK(BM_InverseDct2d)->Arg(8)->Arg(16)->Arg(32);
 
 #define DS_SHAPES ->Args({4096, 4096})->Args({4096, 11008})->Unit(benchmark::kMillisecond)
 BENCHMARK(BM_Encode) DS_SHAPES;
