@@ -1,0 +1,175 @@
+// deltaserved's standard gRPC services (health, reflection) and TLS, over real gRPC.
+#include "server/server.h"
+
+#include <cstdlib>
+#include <fstream>
+
+#include "gmock/gmock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "gtest/gtest.h"
+#include "tests/server/server_fixture.h"
+#include "tests/testing/status_matchers.h"
+
+namespace deltaserve::server::testing {
+namespace {
+
+using ::deltaserve::testing::IsOk;
+using ::testing::HasSubstr;
+
+// One request message, one response message, with hand-encoded protobuf bytes (the
+// health and reflection protos are not in our tree). Works for unary and streaming
+// methods alike (they are the same on the wire).
+grpc::Status GenericCall(const std::string& target, const std::string& method,
+                         const std::string& request, std::string* response) {
+  grpc::GenericStub stub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::CompletionQueue cq;
+  auto call = stub.PrepareCall(&ctx, method, &cq);
+  void* tag;
+  bool ok;
+  auto step = [&](int t) {
+    cq.Next(&tag, &ok);
+    EXPECT_EQ(tag, reinterpret_cast<void*>(t));
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  step(1);
+  grpc::Slice slice(request);
+  grpc::ByteBuffer req(&slice, 1);
+  call->Write(req, reinterpret_cast<void*>(2));
+  step(2);
+  call->WritesDone(reinterpret_cast<void*>(3));
+  step(3);
+  grpc::ByteBuffer resp;
+  call->Read(&resp, reinterpret_cast<void*>(4));
+  if (step(4)) {
+    std::vector<grpc::Slice> slices;
+    if (resp.Dump(&slices).ok()) {
+      for (const grpc::Slice& s : slices) {
+        response->append(reinterpret_cast<const char*>(s.begin()), s.size());
+      }
+    }
+  }
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  step(5);
+  return status;
+}
+
+// HealthCheckRequest{service = name}: field 1, length-delimited.
+std::string HealthRequest(const std::string& service) {
+  std::string r;
+  if (!service.empty()) {
+    r.push_back(0x0a);
+    r.push_back(static_cast<char>(service.size()));
+    r += service;
+  }
+  return r;
+}
+
+TEST_F(ServerTest, HealthCheckingAndReflection) {
+  StartServer();
+  const std::string kServing("\x08\x01", 2);  // HealthCheckResponse{status: SERVING}
+  for (const std::string& service : {std::string(), std::string("deltaserve.v1.DeltaService")}) {
+    std::string resp;
+    grpc::Status s =
+        GenericCall(target(), "/grpc.health.v1.Health/Check", HealthRequest(service), &resp);
+    ASSERT_TRUE(s.ok()) << service << ": " << s.error_message();
+    EXPECT_EQ(resp, kServing) << service;
+  }
+  std::string resp;
+  grpc::Status s = GenericCall(target(), "/grpc.health.v1.Health/Check",
+                               HealthRequest("no.such.Service"), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+
+  // ServerReflectionRequest{list_services: ""} (field 7) lists our service.
+  resp.clear();
+  s = GenericCall(target(), "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                  std::string("\x3a\x00", 2), &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_THAT(resp, HasSubstr("deltaserve.v1.DeltaService"));
+  EXPECT_THAT(resp, HasSubstr("grpc.health.v1.Health"));
+}
+
+TEST_F(ServerTest, ServesOverTls) {
+  const std::string cert = tmp_.File("cert.pem"), key = tmp_.File("key.pem");
+  const std::string cmd =
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + key + " -out " + cert +
+      " >/dev/null 2>&1";
+  if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "openssl could not make a certificate";
+  ServerOptions o = DefaultOptions();
+  o.tls_cert_path = cert;
+  o.tls_key_path = key;
+  StartServer(o);
+  client::ClientOptions co;
+  co.target = "localhost:" + std::to_string(server_->port());
+  co.tls_root_cert_path = cert;
+  ASSERT_OK_AND_ASSIGN(auto tls_client, client::DeltaClient::Open(co));
+  ASSERT_OK_AND_ASSIGN(v1::BaseInfo base, tls_client->GetBase());
+  EXPECT_EQ(base.hash(), server_->base_hash_hex());
+  // A plaintext client cannot talk to it.
+  EXPECT_FALSE(Client()->GetBase().ok());
+}
+
+TEST(ServerOptionsTest, ValidateNamesTheField) {
+  ServerOptions o;
+  EXPECT_THAT(o.Validate(), ::deltaserve::testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                                            HasSubstr("base_path")));
+  o.base_path = "/x";
+  o.chunk_bytes = 10;
+  EXPECT_THAT(o.Validate(), ::deltaserve::testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                                            HasSubstr("chunk_bytes")));
+  o.chunk_bytes = 1 << 20;
+  o.tls_cert_path = "c.pem";
+  EXPECT_THAT(o.Validate(), ::deltaserve::testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                                            HasSubstr("tls")));
+  o.tls_key_path = "k.pem";
+  o.preload = {"no-slash"};
+  EXPECT_THAT(o.Validate(), ::deltaserve::testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                                            HasSubstr("preload")));
+  o.preload = {"a/b"};
+  EXPECT_THAT(o.Validate(), IsOk());
+}
+
+TEST(AuthConfigTest, ParsesTokensFilesAndRejectsBadConfigs) {
+  deltaserve::testing::ScopedTempDir tmp;
+  {
+    std::ofstream(tmp.File("acme.token")) << "  tok-file-acme\n";
+    std::ofstream(tmp.File("tokens")) << "# comment\nglobex:tok-g2\n@admin:tok-adm2\n";
+  }
+  ASSERT_OK_AND_ASSIGN(
+      AuthConfig c,
+      ParseAuthConfig(R"({"tenants":[{"name":"acme","tokens":["a1",{"token_file":"acme.token"}],
+                          "quota_bytes":100},{"name":"globex","tokens":[]}],
+                          "admin_tokens":["adm"],"tokens_files":["tokens"]})",
+                      tmp.path().string()));
+  ASSERT_EQ(c.tenants.size(), 2u);
+  EXPECT_THAT(c.tenants[0].tokens, ::testing::ElementsAre("a1", "tok-file-acme"));
+  EXPECT_EQ(c.tenants[0].quota_bytes, 100u);
+  EXPECT_THAT(c.tenants[1].tokens, ::testing::ElementsAre("tok-g2"));
+  EXPECT_THAT(c.admin_tokens, ::testing::ElementsAre("adm", "tok-adm2"));
+
+  using ::deltaserve::testing::StatusIs;
+  EXPECT_THAT(ParseAuthConfig("{", ""), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseAuthConfig(R"({"tenants":[{"name":"a","tokens":["x"]},
+                                            {"name":"b","tokens":["x"]}]})", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("twice")));
+  EXPECT_THAT(ParseAuthConfig(R"({"tenants":[{"name":"a/b","tokens":["x"]}]})", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseAuthConfig(R"({"tenants":[{"name":"a"}]})", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no tokens")));
+  EXPECT_THAT(ParseAuthConfig(R"({"tenants":[{"name":"a","tokens":[{"token_file":"nope"}]}]})",
+                              tmp.path().string()),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(ParseAuthConfig(R"({"tenants":[{"name":"a","tokens":["x"],"quota_bytes":-1}]})", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("quota")));
+  EXPECT_THAT(LoadAuthConfig(tmp.File("missing.json")), StatusIs(absl::StatusCode::kNotFound));
+}
+
+}  // namespace
+}  // namespace deltaserve::server::testing
