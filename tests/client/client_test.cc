@@ -1,168 +1,34 @@
 #include "client/client.h"
 
-#include <unistd.h>
 #include <xxhash.h>
 
-#include <algorithm>
 #include <atomic>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "client/internal/status.h"
-#include "codec/container.h"
 #include "codec/safetensors.h"
 #include "deltaserve/v1/delta_service.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/client/fake_delta_service.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace deltaserve::client {
 namespace {
 
+using ::deltaserve::client::testing::Fault;
+using ::deltaserve::client::testing::FakeService;
+using ::deltaserve::client::testing::MakeTensor;
+using ::deltaserve::client::testing::SmallContainer;
 using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::ReadFile;
 using ::deltaserve::testing::StatusIs;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
-
-std::vector<uint8_t> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-// What the fake server should get wrong.
-enum class Fault { kNone, kBadChecksum, kGap, kNoEnd, kWrongTotal, kAbortMidway };
-
-// A DeltaService serving fixed tensors and one container, with injectable faults.
-class FakeService final : public v1::DeltaService::Service {
- public:
-  std::vector<codec::OwnedTensor> tensors;
-  std::map<std::string, std::string> metadata = {{"deltaserve.base_hash", "00ff"},
-                                                 {"deltaserve.tool", "fake"}};
-  std::vector<uint8_t> container;
-  Fault fault = Fault::kNone;
-  size_t chunk = 7;  // odd, small: many chunks per tensor
-
-  std::mutex mu;
-  std::string last_authorization;
-  v1::PutDeltaMetadata last_put;
-  std::vector<uint8_t> uploaded;
-  v1::StreamWeightsRequest last_stream;
-
-  grpc::Status GetTask(grpc::ServerContext* ctx, const v1::GetTaskRequest* req,
-                       v1::TaskInfo* resp) override {
-    Remember(ctx);
-    if (req->task() == "missing") return grpc::Status(grpc::StatusCode::NOT_FOUND, "no task 'missing'");
-    resp->set_name(req->task());
-    resp->set_tenant(req->tenant().empty() ? "default" : req->tenant());
-    resp->set_num_tensors(static_cast<uint32_t>(tensors.size()));
-    return grpc::Status::OK;
-  }
-
-  grpc::Status PutDelta(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutDeltaRequest>* reader,
-                        v1::PutDeltaResponse* resp) override {
-    Remember(ctx);
-    v1::PutDeltaRequest req;
-    std::vector<uint8_t> bytes;
-    v1::PutDeltaMetadata meta;
-    while (reader->Read(&req)) {
-      if (req.has_metadata()) meta = req.metadata();
-      else bytes.insert(bytes.end(), req.chunk().begin(), req.chunk().end());
-    }
-    std::lock_guard<std::mutex> lock(mu);
-    last_put = meta;
-    uploaded = bytes;
-    if (meta.task() == "exists") return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "exists");
-    resp->mutable_task()->set_name(meta.task());
-    resp->mutable_task()->set_container_bytes(bytes.size());
-    return grpc::Status::OK;
-  }
-
-  grpc::Status StreamWeights(grpc::ServerContext* ctx, const v1::StreamWeightsRequest* req,
-                             grpc::ServerWriter<v1::StreamWeightsResponse>* writer) override {
-    Remember(ctx);
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      last_stream = *req;
-    }
-    if (req->task() == "missing") return grpc::Status(grpc::StatusCode::NOT_FOUND, "no task");
-    uint64_t total = 0;
-    for (const auto& t : tensors) total += t.data.size();
-    v1::StreamWeightsResponse msg;
-    auto* begin = msg.mutable_begin();
-    begin->set_num_tensors(static_cast<uint32_t>(tensors.size()));
-    begin->set_total_bytes(fault == Fault::kWrongTotal ? total + 1 : total);
-    begin->mutable_safetensors_metadata()->insert(metadata.begin(), metadata.end());
-    writer->Write(msg);
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      const auto& t = tensors[i];
-      msg.Clear();
-      auto* h = msg.mutable_header();
-      h->set_name(t.info.name);
-      h->set_dtype(ToProtoDType(t.info.dtype));
-      for (int64_t d : t.info.shape) h->add_shape(d);
-      h->set_byte_length(t.data.size());
-      h->set_xxh3_64(XXH3_64bits(t.data.data(), t.data.size()) + (fault == Fault::kBadChecksum));
-      h->set_index(static_cast<uint32_t>(i));
-      writer->Write(msg);
-      for (size_t off = 0; off < t.data.size(); off += chunk) {
-        if (fault == Fault::kAbortMidway && i == 1) {
-          return grpc::Status(grpc::StatusCode::INTERNAL, "decoder exploded");
-        }
-        if (fault == Fault::kGap && i == 1 && off == chunk) continue;
-        msg.Clear();
-        const size_t n = std::min(chunk, t.data.size() - off);
-        msg.mutable_chunk()->set_data(t.data.data() + off, n);
-        msg.mutable_chunk()->set_offset(off);
-        if (!writer->Write(msg)) return grpc::Status::CANCELLED;
-      }
-    }
-    if (fault == Fault::kNoEnd) return grpc::Status::OK;
-    msg.Clear();
-    msg.mutable_end()->set_num_tensors(static_cast<uint32_t>(tensors.size()));
-    msg.mutable_end()->set_total_bytes(total);
-    writer->Write(msg);
-    return grpc::Status::OK;
-  }
-
-  grpc::Status StreamDelta(grpc::ServerContext* ctx, const v1::StreamDeltaRequest* req,
-                           grpc::ServerWriter<v1::StreamDeltaResponse>* writer) override {
-    Remember(ctx);
-    const uint64_t hash = XXH3_64bits(container.data(), container.size());
-    v1::StreamDeltaResponse msg;
-    for (size_t off = 0; off < container.size(); off += chunk) {
-      const size_t n = std::min(chunk, container.size() - off);
-      msg.set_data(container.data() + off, n);
-      if (fault == Fault::kBadChecksum && off == 0) (*msg.mutable_data())[0] ^= 1;
-      msg.set_offset(off);
-      msg.set_total_bytes(container.size());
-      msg.set_xxh3_64(hash);
-      writer->Write(msg);
-    }
-    return grpc::Status::OK;
-  }
-
- private:
-  void Remember(grpc::ServerContext* ctx) {
-    std::lock_guard<std::mutex> lock(mu);
-    auto it = ctx->client_metadata().find("authorization");
-    last_authorization =
-        it == ctx->client_metadata().end() ? "" : std::string(it->second.data(), it->second.size());
-  }
-};
-
-codec::OwnedTensor MakeTensor(const std::string& name, codec::DType dtype,
-                              std::vector<int64_t> shape, uint8_t seed) {
-  codec::OwnedTensor t{{name, dtype, std::move(shape)}, {}};
-  t.data.resize(t.info.num_bytes());
-  for (size_t i = 0; i < t.data.size(); ++i) t.data[i] = static_cast<uint8_t>(seed + 13 * i);
-  return t;
-}
 
 class ClientTest : public ::testing::Test {
  protected:
@@ -171,17 +37,9 @@ class ClientTest : public ::testing::Test {
                         MakeTensor("a.bias", codec::DType::kF32, {11}, 2),
                         MakeTensor("empty", codec::DType::kBF16, {0, 4}, 3),
                         MakeTensor("c", codec::DType::kBF16, {3, 3}, 4)};
-    grpc::ServerBuilder builder;
     int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    builder.RegisterService(&service_);
-    server_ = builder.BuildAndStart();
+    server_ = testing::StartFakeServer(&service_, &port);
     ASSERT_NE(server_, nullptr);
-    dir_ = std::filesystem::path(::testing::TempDir()) /
-           ("client_test_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
-            "_" + std::to_string(getpid()));
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
     options_.target = "127.0.0.1:" + std::to_string(port);
     options_.token = "tok-acme";
     options_.deadline = absl::Seconds(10);
@@ -190,13 +48,12 @@ class ClientTest : public ::testing::Test {
   }
   void TearDown() override {
     server_->Shutdown();
-    std::filesystem::remove_all(dir_);
   }
-  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+  std::string Path(const std::string& name) const { return tmp_.File(name); }
 
   FakeService service_;
   std::unique_ptr<grpc::Server> server_;
-  std::filesystem::path dir_;
+  ::deltaserve::testing::ScopedTempDir tmp_;
   ClientOptions options_;
   std::unique_ptr<DeltaClient> client_;
 };
@@ -289,18 +146,6 @@ TEST_F(ClientTest, CancelFlagStopsAPull) {
   };
   EXPECT_THAT(client_->PullWeightsToMemory("chat", options),
               StatusIs(absl::StatusCode::kCancelled, HasSubstr("cancelled by the caller")));
-}
-
-std::vector<uint8_t> SmallContainer() {
-  codec::ContainerHeader header;
-  header.tensor_count = 1;
-  codec::TensorRecord r;
-  r.info = codec::TensorInfo{"w", codec::DType::kF32, {300}};
-  std::vector<uint8_t> payload(1200, 0x5c);
-  r.payload = payload;
-  auto record = codec::SerializeRecord(r);
-  if (!record.ok()) return {};
-  return codec::AssembleContainer(codec::SerializeHeader(header), {absl::MakeConstSpan(*record)});
 }
 
 TEST_F(ClientTest, PushDeltaSendsMetadataThenChunks) {

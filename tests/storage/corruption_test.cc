@@ -2,8 +2,6 @@
 // the store is closed, using the key schema of storage/key_schema.h).
 #include "storage/store.h"
 
-#include <unistd.h>
-
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -16,11 +14,11 @@
 #include "storage/key_schema.h"
 #include "tests/storage/test_containers.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace deltaserve::storage {
 namespace {
 
-using ::deltaserve::storage::testing::FreshTestDir;
 using ::deltaserve::storage::testing::MakeContainer;
 using ::deltaserve::storage::testing::TestTensor;
 using ::deltaserve::testing::IsOk;
@@ -31,7 +29,7 @@ using ::testing::HasSubstr;
 class CorruptionTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = FreshTestDir("corruption_test");
+    dir_ = tmp_.path() / "db";
     options_.path = dir_.string();
     options_.sync_writes = false;
     a_ = MakeContainer({{"w0", {8, 8}, 1}, {"w1", {64}, 2}, {"w2", {4}, 3}}, 1);
@@ -43,7 +41,6 @@ class CorruptionTest : public ::testing::Test {
       ASSERT_THAT((*store)->CommitTask("acme", task, reader), IsOk());
     }
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
 
   // Opens the raw database (the store must be closed), runs `edit` on it, closes it.
   void EditRaw(const std::function<void(rocksdb::DB*, rocksdb::ColumnFamilyHandle* meta,
@@ -70,6 +67,7 @@ class CorruptionTest : public ::testing::Test {
     return store.ok() ? *std::move(store) : nullptr;
   }
 
+  ::deltaserve::testing::ScopedTempDir tmp_;
   std::filesystem::path dir_;
   StoreOptions options_;
   std::vector<uint8_t> a_, b_;

@@ -1,7 +1,5 @@
 #include "storage/store.h"
 
-#include <unistd.h>
-
 #include <atomic>
 #include <filesystem>
 #include <memory>
@@ -15,11 +13,11 @@
 #include "storage/key_schema.h"
 #include "tests/storage/test_containers.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace deltaserve::storage {
 namespace {
 
-using ::deltaserve::storage::testing::FreshTestDir;
 using ::deltaserve::storage::testing::MakeContainer;
 using ::deltaserve::storage::testing::TestTensor;
 using ::deltaserve::testing::IsOk;
@@ -33,14 +31,13 @@ std::vector<uint8_t> ToVec(absl::Span<const uint8_t> s) { return {s.begin(), s.e
 class StoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = FreshTestDir("store_test");
+    dir_ = tmp_.path() / "db";
     options_.path = dir_.string();
     options_.sync_writes = false;
     Reopen();
   }
   void TearDown() override {
-    store_.reset();
-    std::filesystem::remove_all(dir_);
+    store_.reset();  // close the database before tmp_ removes it
   }
   void Reopen() {
     store_.reset();
@@ -56,6 +53,7 @@ class StoreTest : public ::testing::Test {
     return store_->CommitTask(tenant, task, *reader, opts);
   }
 
+  ::deltaserve::testing::ScopedTempDir tmp_;
   std::filesystem::path dir_;
   StoreOptions options_;
   std::unique_ptr<DeltaStore> store_;
@@ -349,8 +347,9 @@ TEST(StoreOptionsTest, Validate) {
 }
 
 TEST(StoreOpenTest, MissingDatabaseWithoutCreate) {
+  ::deltaserve::testing::ScopedTempDir tmp;
   StoreOptions options;
-  options.path = ::testing::TempDir() + "/store_test_does_not_exist_" + std::to_string(getpid());
+  options.path = tmp.File("does_not_exist");
   options.create_if_missing = false;
   EXPECT_THAT(DeltaStore::Open(options), StatusIs(absl::StatusCode::kInvalidArgument,
                                                   HasSubstr("does not exist")));

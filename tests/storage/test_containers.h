@@ -1,30 +1,16 @@
-// Small in-memory containers (kRaw records) and scratch directories for storage tests.
+// Small in-memory containers (kRaw records) for storage tests.
 #ifndef DELTASERVE_TESTS_STORAGE_TEST_CONTAINERS_H_
 #define DELTASERVE_TESTS_STORAGE_TEST_CONTAINERS_H_
 
-#include <unistd.h>
-
 #include <cstdint>
-#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "codec/container.h"
 #include "codec/tensor.h"
-#include "gtest/gtest.h"
 
 namespace deltaserve::storage::testing {
-
-// A fresh (removed) directory under gtest's TempDir named after the running test.
-inline std::filesystem::path FreshTestDir(const std::string& prefix) {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) /
-                              (prefix + "_" + info->test_suite_name() + "_" + info->name() +
-                               "_" + std::to_string(getpid()));
-  std::filesystem::remove_all(dir);
-  return dir;
-}
 
 struct TestTensor {
   std::string name;

@@ -1,0 +1,110 @@
+// deltactl's remote subcommands (client/deltactl_remote.cc), run as the real binary
+// against the in-process fake DeltaService.
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "codec/safetensors.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/client/deltactl_test_util.h"
+#include "tests/client/fake_delta_service.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace deltaserve::client {
+namespace {
+
+using ::deltaserve::client::testing::Fault;
+using ::deltaserve::client::testing::FakeService;
+using ::deltaserve::client::testing::MakeTensor;
+using ::deltaserve::testing::DeltactlResult;
+using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::ReadBytes;
+using ::deltaserve::testing::RunDeltactl;
+using ::testing::HasSubstr;
+
+class DeltactlRemoteTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    service_.tensors = {MakeTensor("w", codec::DType::kF16, {64, 32}, 1),
+                        MakeTensor("b", codec::DType::kF32, {32}, 2)};
+    int port = 0;
+    server_ = testing::StartFakeServer(&service_, &port);
+    ASSERT_NE(server_, nullptr);
+    server_flag_ = "--server 127.0.0.1:" + std::to_string(port);
+  }
+  void TearDown() override { server_->Shutdown(); }
+  DeltactlResult Run(const std::string& args) { return RunDeltactl(args, tmp_); }
+
+  FakeService service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string server_flag_;
+  ::deltaserve::testing::ScopedTempDir tmp_;
+};
+
+TEST_F(DeltactlRemoteTest, PushSendsTheFileWithToken) {
+  const std::vector<uint8_t> container = testing::SmallContainer();
+  {
+    std::ofstream out(tmp_.File("d.dds"), std::ios::binary);
+    out.write(reinterpret_cast<const char*>(container.data()), container.size());
+  }
+  DeltactlResult r = Run("push " + server_flag_ + " --token tok-1 --task chat --overwrite --in " +
+                         tmp_.File("d.dds"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("pushed"));
+  EXPECT_THAT(r.err, HasSubstr("push chat: 100%"));
+  EXPECT_EQ(service_.uploaded, container);
+  EXPECT_TRUE(service_.last_put.overwrite());
+  EXPECT_EQ(service_.last_authorization, "Bearer tok-1");
+}
+
+TEST_F(DeltactlRemoteTest, PullWritesVerifiedSafetensors) {
+  DeltactlResult r = Run("pull " + server_flag_ + " --task chat --out " + tmp_.File("m.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("2 tensors, 4224 bytes"));
+  std::vector<codec::TensorView> views;
+  for (const auto& t : service_.tensors) views.push_back(t.view());
+  ASSERT_THAT(codec::WriteSafetensors(tmp_.File("want.safetensors"), views, service_.metadata),
+              IsOk());
+  EXPECT_EQ(ReadBytes(tmp_.File("m.safetensors")), ReadBytes(tmp_.File("want.safetensors")));
+
+  service_.fault = Fault::kBadChecksum;
+  r = Run("pull " + server_flag_ + " --task chat --out " + tmp_.File("bad.safetensors"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("DATA_LOSS"));
+  EXPECT_THAT(r.err, HasSubstr("checksum mismatch"));
+  EXPECT_TRUE(ReadBytes(tmp_.File("bad.safetensors")).empty());
+}
+
+TEST_F(DeltactlRemoteTest, ServerAndTokenFromEnvironment) {
+  // deltactl inherits this process's environment.
+  ::setenv("DELTASERVE_SERVER", server_flag_.substr(std::string("--server ").size()).c_str(), 1);
+  ::setenv("DELTASERVE_TOKEN", "tok-env", 1);
+  DeltactlResult r = Run("info --task chat");
+  ::unsetenv("DELTASERVE_SERVER");
+  ::unsetenv("DELTASERVE_TOKEN");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("task:            chat"));
+  EXPECT_EQ(service_.last_authorization, "Bearer tok-env");
+
+  r = Run("info " + server_flag_ + " --task missing");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND: GetTask 'missing'"));
+}
+
+TEST_F(DeltactlRemoteTest, ListJson) {
+  DeltactlResult r = Run("list " + server_flag_ + " --tenant acme --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"tenant\": \"acme\""));
+  EXPECT_THAT(r.out, HasSubstr("\"name\": \"chat\""));
+}
+
+TEST_F(DeltactlRemoteTest, UnreachableServerIsUnavailable) {
+  DeltactlResult r = Run("get-base --server 127.0.0.1:1 --timeout 5");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("UNAVAILABLE: GetBase"));
+}
+
+}  // namespace
+}  // namespace deltaserve::client

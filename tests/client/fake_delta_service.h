@@ -1,0 +1,197 @@
+// An in-process fake deltaserve.v1.DeltaService with injectable faults, for client and
+// deltactl tests that need no real server.
+#ifndef DELTASERVE_TESTS_CLIENT_FAKE_DELTA_SERVICE_H_
+#define DELTASERVE_TESTS_CLIENT_FAKE_DELTA_SERVICE_H_
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "client/client.h"
+#include "codec/container.h"
+#include "codec/tensor.h"
+#include "deltaserve/v1/delta_service.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+
+namespace deltaserve::testing {
+
+inline std::vector<uint8_t> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace deltaserve::testing
+
+namespace deltaserve::client::testing {
+
+// What the fake server should get wrong.
+enum class Fault { kNone, kBadChecksum, kGap, kNoEnd, kWrongTotal, kAbortMidway };
+
+// A DeltaService serving fixed tensors and one container, with injectable faults.
+class FakeService final : public v1::DeltaService::Service {
+ public:
+  std::vector<codec::OwnedTensor> tensors;
+  std::map<std::string, std::string> metadata = {{"deltaserve.base_hash", "00ff"},
+                                                 {"deltaserve.tool", "fake"}};
+  std::vector<uint8_t> container;
+  Fault fault = Fault::kNone;
+  size_t chunk = 7;  // odd, small: many chunks per tensor
+
+  std::mutex mu;
+  std::string last_authorization;
+  v1::PutDeltaMetadata last_put;
+  std::vector<uint8_t> uploaded;
+  v1::StreamWeightsRequest last_stream;
+
+  grpc::Status GetTask(grpc::ServerContext* ctx, const v1::GetTaskRequest* req,
+                       v1::TaskInfo* resp) override {
+    Remember(ctx);
+    if (req->task() == "missing") return grpc::Status(grpc::StatusCode::NOT_FOUND, "no task 'missing'");
+    resp->set_name(req->task());
+    resp->set_tenant(req->tenant().empty() ? "default" : req->tenant());
+    resp->set_num_tensors(static_cast<uint32_t>(tensors.size()));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListTasks(grpc::ServerContext* ctx, const v1::ListTasksRequest* req,
+                         v1::ListTasksResponse* resp) override {
+    Remember(ctx);
+    v1::TaskInfo* t = resp->add_tasks();
+    t->set_tenant(req->tenant().empty() ? "default" : req->tenant());
+    t->set_name("chat");
+    t->set_num_tensors(static_cast<uint32_t>(tensors.size()));
+    t->set_container_bytes(1234);
+    resp->set_stored_bytes(1234);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status PutDelta(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutDeltaRequest>* reader,
+                        v1::PutDeltaResponse* resp) override {
+    Remember(ctx);
+    v1::PutDeltaRequest req;
+    std::vector<uint8_t> bytes;
+    v1::PutDeltaMetadata meta;
+    while (reader->Read(&req)) {
+      if (req.has_metadata()) meta = req.metadata();
+      else bytes.insert(bytes.end(), req.chunk().begin(), req.chunk().end());
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    last_put = meta;
+    uploaded = bytes;
+    if (meta.task() == "exists") return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "exists");
+    resp->mutable_task()->set_name(meta.task());
+    resp->mutable_task()->set_container_bytes(bytes.size());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status StreamWeights(grpc::ServerContext* ctx, const v1::StreamWeightsRequest* req,
+                             grpc::ServerWriter<v1::StreamWeightsResponse>* writer) override {
+    Remember(ctx);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      last_stream = *req;
+    }
+    if (req->task() == "missing") return grpc::Status(grpc::StatusCode::NOT_FOUND, "no task");
+    uint64_t total = 0;
+    for (const auto& t : tensors) total += t.data.size();
+    v1::StreamWeightsResponse msg;
+    auto* begin = msg.mutable_begin();
+    begin->set_num_tensors(static_cast<uint32_t>(tensors.size()));
+    begin->set_total_bytes(fault == Fault::kWrongTotal ? total + 1 : total);
+    begin->mutable_safetensors_metadata()->insert(metadata.begin(), metadata.end());
+    writer->Write(msg);
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const auto& t = tensors[i];
+      msg.Clear();
+      auto* h = msg.mutable_header();
+      h->set_name(t.info.name);
+      h->set_dtype(ToProtoDType(t.info.dtype));
+      for (int64_t d : t.info.shape) h->add_shape(d);
+      h->set_byte_length(t.data.size());
+      h->set_xxh3_64(XXH3_64bits(t.data.data(), t.data.size()) + (fault == Fault::kBadChecksum));
+      h->set_index(static_cast<uint32_t>(i));
+      writer->Write(msg);
+      for (size_t off = 0; off < t.data.size(); off += chunk) {
+        if (fault == Fault::kAbortMidway && i == 1) {
+          return grpc::Status(grpc::StatusCode::INTERNAL, "decoder exploded");
+        }
+        if (fault == Fault::kGap && i == 1 && off == chunk) continue;
+        msg.Clear();
+        const size_t n = std::min(chunk, t.data.size() - off);
+        msg.mutable_chunk()->set_data(t.data.data() + off, n);
+        msg.mutable_chunk()->set_offset(off);
+        if (!writer->Write(msg)) return grpc::Status::CANCELLED;
+      }
+    }
+    if (fault == Fault::kNoEnd) return grpc::Status::OK;
+    msg.Clear();
+    msg.mutable_end()->set_num_tensors(static_cast<uint32_t>(tensors.size()));
+    msg.mutable_end()->set_total_bytes(total);
+    writer->Write(msg);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status StreamDelta(grpc::ServerContext* ctx, const v1::StreamDeltaRequest* req,
+                           grpc::ServerWriter<v1::StreamDeltaResponse>* writer) override {
+    Remember(ctx);
+    const uint64_t hash = XXH3_64bits(container.data(), container.size());
+    v1::StreamDeltaResponse msg;
+    for (size_t off = 0; off < container.size(); off += chunk) {
+      const size_t n = std::min(chunk, container.size() - off);
+      msg.set_data(container.data() + off, n);
+      if (fault == Fault::kBadChecksum && off == 0) (*msg.mutable_data())[0] ^= 1;
+      msg.set_offset(off);
+      msg.set_total_bytes(container.size());
+      msg.set_xxh3_64(hash);
+      writer->Write(msg);
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  void Remember(grpc::ServerContext* ctx) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = ctx->client_metadata().find("authorization");
+    last_authorization =
+        it == ctx->client_metadata().end() ? "" : std::string(it->second.data(), it->second.size());
+  }
+};
+
+inline codec::OwnedTensor MakeTensor(const std::string& name, codec::DType dtype,
+                              std::vector<int64_t> shape, uint8_t seed) {
+  codec::OwnedTensor t{{name, dtype, std::move(shape)}, {}};
+  t.data.resize(t.info.num_bytes());
+  for (size_t i = 0; i < t.data.size(); ++i) t.data[i] = static_cast<uint8_t>(seed + 13 * i);
+  return t;
+}
+
+// Starts `service` on 127.0.0.1 port 0; *port receives the port.
+inline std::unique_ptr<grpc::Server> StartFakeServer(FakeService* service, int* port) {
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), port);
+  builder.RegisterService(service);
+  return builder.BuildAndStart();
+}
+
+inline std::vector<uint8_t> SmallContainer() {
+  codec::ContainerHeader header;
+  header.tensor_count = 1;
+  codec::TensorRecord r;
+  r.info = codec::TensorInfo{"w", codec::DType::kF32, {300}};
+  std::vector<uint8_t> payload(1200, 0x5c);
+  r.payload = payload;
+  auto record = codec::SerializeRecord(r);
+  if (!record.ok()) return {};
+  return codec::AssembleContainer(codec::SerializeHeader(header), {absl::MakeConstSpan(*record)});
+}
+
+}  // namespace deltaserve::client::testing
+
+#endif  // DELTASERVE_TESTS_CLIENT_FAKE_DELTA_SERVICE_H_
