@@ -52,13 +52,20 @@ __attribute__((target("avx2,f16c"))) void FloatToHalfF16c(const float* src, int6
 // BF16 loops are plain integer arithmetic; the compiler vectorizes them per clone.
 __attribute__((target_clones("avx2", "default"))) void Bf16ToFloatLoop(const uint16_t* src,
                                                                        int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToFloat(src[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, src + i, 2);  // tensor bytes need not be 2-byte aligned
+    dst[i] = Bf16ToFloat(h);
+  }
 }
 
 __attribute__((target_clones("avx2", "default"))) void FloatToBf16Loop(const float* src,
                                                                        int64_t n,
                                                                        uint16_t* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = FloatToBf16(src[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t h = FloatToBf16(src[i]);
+    std::memcpy(dst + i, &h, 2);
+  }
 }
 
 }  // namespace
@@ -72,10 +79,17 @@ bool CpuHasF16c() {
   return has;
 }
 void HalfToFloatScalar(const uint16_t* src, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = HalfToFloat(src[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, src + i, 2);  // tensor bytes need not be 2-byte aligned
+    dst[i] = HalfToFloat(h);
+  }
 }
 void FloatToHalfScalar(const float* src, int64_t n, uint16_t* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = FloatToHalf(src[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t h = FloatToHalf(src[i]);
+    std::memcpy(dst + i, &h, 2);
+  }
 }
 }  // namespace internal
 

@@ -53,6 +53,7 @@ const ExpandTables& Tables() {
 
 void UnpackCodes(const uint8_t* data, size_t size, uint64_t bit_offset, int64_t n, int bits,
                  uint8_t* codes) {
+  if (n <= 0) return;
   const uint64_t mask = (uint64_t{1} << bits) - 1;
   // Byte-aligned fast paths (the common case: p*p codes per patch, p even).
   if ((bit_offset & 7) == 0 && (bits == 1 || bits == 2 || bits == 8)) {

@@ -138,6 +138,24 @@ TEST(Bf16Test, RoundsToNearestEvenAndKeepsNan) {
   }
 }
 
+// Tensor bytes inside a file need not be 2-byte aligned.
+TEST(ConversionTest, MisalignedBuffers) {
+  const int n = 37;  // SIMD body plus a scalar tail
+  std::vector<float> src(n);
+  for (int i = 0; i < n; ++i) src[i] = 0.1f * i - 1.0f;
+  for (DType d : {DType::kF16, DType::kBF16}) {
+    std::vector<uint8_t> aligned(2 * n), odd(2 * n + 1);
+    FromFloat32(src.data(), n, d, aligned.data());
+    FromFloat32(src.data(), n, d, odd.data() + 1);
+    EXPECT_EQ(std::memcmp(aligned.data(), odd.data() + 1, 2 * n), 0);
+    std::vector<float> a(n), b(n);
+    ToFloat32(aligned.data(), d, n, a.data());
+    ToFloat32(odd.data() + 1, d, n, b.data());
+    EXPECT_EQ(a, b);
+    EXPECT_NEAR(b[n - 1], src[n - 1], 0.01);
+  }
+}
+
 TEST(F32Test, CopiesBytes) {
   const float src[3] = {1.5f, -0.0f, 3e-40f};
   float dst[3];
