@@ -55,22 +55,7 @@ QuantPass(const float* v, int n, float top, float offset, float scale) {
   constexpr int kLanes = 8;
   float err[kLanes] = {}, sq[kLanes] = {}, sqq[kLanes] = {}, sv[kLanes] = {},
         sqv[kLanes] = {};
-  int i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const float x = v[i + l];
-      float q = __builtin_roundevenf((x - offset) * inv);
-      q = std::min(std::max(q, 0.0f), top);
-      const float d = x - (offset + q * scale);
-      err[l] += d * d;
-      sq[l] += q;
-      sqq[l] += q * q;
-      sv[l] += x;
-      sqv[l] += q * x;
-    }
-  }
-  for (int l = 0; i < n; ++i, ++l) {
-    const float x = v[i];
+  auto accumulate = [&](int l, float x) __attribute__((always_inline)) {
     float q = __builtin_roundevenf((x - offset) * inv);
     q = std::min(std::max(q, 0.0f), top);
     const float d = x - (offset + q * scale);
@@ -79,7 +64,12 @@ QuantPass(const float* v, int n, float top, float offset, float scale) {
     sqq[l] += q * q;
     sv[l] += x;
     sqv[l] += q * x;
+  };
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) accumulate(l, v[i + l]);
   }
+  for (int l = 0; i < n; ++i, ++l) accumulate(l, v[i]);
   PassSums s;
   for (int l = 0; l < kLanes; ++l) {
     s.err += err[l];
@@ -91,29 +81,69 @@ QuantPass(const float* v, int n, float top, float offset, float scale) {
   return s;
 }
 
+struct Moments {
+  float lo = 0, hi = 0;
+  double sum = 0, sum2 = 0;
+};
+
+// Min, max, sum and sum of squares in one vectorizable pass (float lanes, fixed order).
+__attribute__((target_clones("arch=x86-64-v3", "default"))) Moments
+ComputeMoments(const float* v, int n) {
+  constexpr int kLanes = 8;
+  float lo[kLanes], hi[kLanes], s1[kLanes] = {}, s2[kLanes] = {};
+  for (int l = 0; l < kLanes; ++l) lo[l] = hi[l] = v[0];
+  int i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const float x = v[i + l];
+      lo[l] = std::min(lo[l], x);
+      hi[l] = std::max(hi[l], x);
+      s1[l] += x;
+      s2[l] += x * x;
+    }
+  }
+  Moments m;
+  m.lo = lo[0];
+  m.hi = hi[0];
+  for (int l = 0; l < kLanes; ++l) {
+    m.lo = std::min(m.lo, lo[l]);
+    m.hi = std::max(m.hi, hi[l]);
+    m.sum += s1[l];
+    m.sum2 += s2[l];
+  }
+  for (; i < n; ++i) {
+    m.lo = std::min(m.lo, v[i]);
+    m.hi = std::max(m.hi, v[i]);
+    m.sum += v[i];
+    m.sum2 += static_cast<double>(v[i]) * v[i];
+  }
+  return m;
+}
+
 // Clipped mode: start from the better of min-max and the Gaussian-optimal grid for the
 // patch's mean and standard deviation, then Lloyd steps restricted to uniform grids
 // (with the codes fixed, the best offset and scale are the least-squares line through
 // (code_i, v_i)) while the error drops, at most kSteps times.
-QuantParams ClippedParams(const float* v, int n, int bits, float lo, float hi) {
+QuantParams ClippedParams(const float* v, int n, int bits, float lo, float hi, double mean,
+                          double sd) {
   const int levels = 1 << bits;
   const float top = static_cast<float>(levels - 1);
-  double sum = 0, sum2 = 0;
-  for (int i = 0; i < n; ++i) {
-    sum += v[i];
-    sum2 += static_cast<double>(v[i]) * v[i];
-  }
-  const double mean = sum / n;
-  const double sd = std::sqrt(std::max(0.0, sum2 / n - mean * mean));
-  QuantParams best = RangeParams(lo, hi, levels);
-  PassSums best_sums = QuantPass(v, n, top, best.offset, best.scale);
   QuantParams gauss;
   gauss.scale = Bf16Nearest(static_cast<float>(kGaussianStep[bits] * sd));
   gauss.offset = Bf16Nearest(static_cast<float>(mean - 0.5 * top * gauss.scale));
+  QuantParams best;
+  PassSums best_sums;
+  best_sums.err = std::numeric_limits<double>::infinity();
   if (gauss.scale > 0.0f) {
-    const PassSums s = QuantPass(v, n, top, gauss.offset, gauss.scale);
+    best = gauss;
+    best_sums = QuantPass(v, n, top, gauss.offset, gauss.scale);
+  }
+  // At 1-2 bits the min-max grid is far too coarse to win (FORMAT.md); skip its pass.
+  if (bits >= 3 || !(gauss.scale > 0.0f)) {
+    const QuantParams mm = RangeParams(lo, hi, levels);
+    const PassSums s = QuantPass(v, n, top, mm.offset, mm.scale);
     if (s.err < best_sums.err) {
-      best = gauss;
+      best = mm;
       best_sums = s;
     }
   }
@@ -155,11 +185,8 @@ float Bf16Up(float x) {
 QuantParams ChooseQuantParams(const float* v, int n, int bits, Quantizer mode) {
   if (n <= 0) return QuantParams{};
   const int levels = 1 << bits;
-  float lo = v[0], hi = v[0];
-  for (int i = 1; i < n; ++i) {
-    lo = std::min(lo, v[i]);
-    hi = std::max(hi, v[i]);
-  }
+  const Moments m = ComputeMoments(v, n);
+  const float lo = m.lo, hi = m.hi;
   switch (mode) {
     case Quantizer::kSymmetric: {
       const float amax = std::max(std::fabs(lo), std::fabs(hi));
@@ -176,7 +203,8 @@ QuantParams ChooseQuantParams(const float* v, int n, int bits, Quantizer mode) {
     case Quantizer::kMinMax:
       return RangeParams(lo, hi, levels);
     case Quantizer::kClipped:
-      return ClippedParams(v, n, bits, lo, hi);
+      return ClippedParams(v, n, bits, lo, hi, m.sum / n,
+                           std::sqrt(std::max(0.0, m.sum2 / n - (m.sum / n) * (m.sum / n))));
   }
   return QuantParams{};
 }

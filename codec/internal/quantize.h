@@ -7,9 +7,9 @@
 //   kMinMax:    levels span [min, max]; |error| <= scale / 2 for every coefficient.
 //   kSymmetric: levels span [-absmax, absmax], offset = -(2^b - 1) / 2 * scale (only
 //               the scale is stored); |error| <= scale / 2.
-//   kClipped:   start from the better (in squared error) of the min-max grid and the
-//               MSE-optimal uniform grid of a Gaussian with the patch's mean and
-//               deviation, then up to 3 Lloyd steps restricted to uniform grids
+//   kClipped:   start from the MSE-optimal uniform grid of a Gaussian with the patch's
+//               mean and deviation (at >= 3 bits: or the min-max grid if its squared
+//               error is lower), then up to 3 Lloyd steps restricted to uniform grids
 //               (least-squares fit of offset and scale to the assigned codes) while the
 //               error drops; tails are clamped. Stored like kMinMax.
 // Pure functions, thread-safe.
