@@ -221,6 +221,8 @@ absl::StatusOr<std::unique_ptr<DeltaStore>> DeltaStore::Open(const StoreOptions&
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  // XXH3 block checksums: verified on every read at memory speed.
+  table.checksum = rocksdb::kXXH3;
   auto table_factory =
       std::shared_ptr<rocksdb::TableFactory>(rocksdb::NewBlockBasedTableFactory(table));
 

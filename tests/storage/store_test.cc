@@ -263,6 +263,8 @@ TEST_F(StoreTest, ConcurrentCommitsNeverExceedQuota) {
 }
 
 TEST_F(StoreTest, ReopenKeepsEverything) {
+  options_.use_blob_files = true;
+  Reopen();
   const auto a = MakeContainer(kThree, 1);
   // 128 KiB record: above min_blob_bytes, so it lives in a blob file after Flush.
   const auto b = MakeContainer({{"x", {3, 3}, 4}, {"big", {128, 256}, 5}}, 2);
