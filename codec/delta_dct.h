@@ -60,6 +60,14 @@ enum class Quantizer : uint8_t {
   kClipped = 2,    // uniform over the sub-range of [min, max] with least squared error
 };
 
+// The default schedule, "1:1" (a function, not a braced initializer: GCC 12 warns
+// falsely about initializer_list members of default-constructed structs).
+inline BitSchedule DefaultDctSchedule() {
+  BitSchedule s;
+  s.levels.emplace_back(1, 1.0);
+  return s;
+}
+
 struct DctParams {
   // Edge of a square patch, in weights. Larger: fewer per-patch parameters (4 bytes per
   // kept patch), coarser bit allocation, more zero padding on thin matrices. Must be in
@@ -69,7 +77,7 @@ struct DctParams {
   // pair the patch norms vary little, and spending the ~1 bit/weight budget evenly beat
   // every mixed schedule measured (codec/FORMAT.md). Mixed schedules such as
   // "2:0.5,0:0.5" stay available.
-  BitSchedule schedule{{{1, 1.0}}};
+  BitSchedule schedule = DefaultDctSchedule();
   // Default: kClipped (lowest error at the same size; kMinMax at 1 bit is worse than
   // dropping the patch).
   Quantizer quantizer = Quantizer::kClipped;

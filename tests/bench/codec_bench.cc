@@ -22,7 +22,16 @@ struct Fixture {
   std::vector<float> delta;
   std::vector<uint8_t> base;     // F16
   std::vector<uint8_t> payload;  // default-params encoding of delta
+  std::vector<uint8_t> mixed;    // MixedParams() encoding of delta
 };
+
+// A mixed-precision alternative: half the patches dropped (0 bits), half at 2 bits.
+DctParams MixedParams() {
+  DctParams p;
+  p.patch_size = 16;
+  p.schedule = BitSchedule::Parse("2:0.5,0:0.5").value();
+  return p;
+}
 
 const Fixture& GetFixture(int64_t rows, int64_t cols) {
   static std::map<std::pair<int64_t, int64_t>, Fixture>* cache =
@@ -51,6 +60,7 @@ const Fixture& GetFixture(int64_t rows, int64_t cols) {
   f.base.resize(rows * cols * 2);
   FromFloat32(base.data(), rows * cols, DType::kF16, f.base.data());
   f.payload = EncodeDctMatrix(f.delta.data(), rows, cols, DctParams()).value();
+  f.mixed = EncodeDctMatrix(f.delta.data(), rows, cols, MixedParams()).value();
   return f;
 }
 
@@ -97,6 +107,22 @@ void BM_DecodeMergeBF16(benchmark::State& state) {
   SetRate(state, f.rows * f.cols);
 }
 
+// Same, for the mixed schedule (p = 16, "2:0.5,0:0.5"): half the patches are skipped.
+void BM_DecodeMergeF16Mixed(benchmark::State& state) {
+  const Fixture& f = GetFixture(state.range(0), state.range(1));
+  std::vector<uint8_t> out(f.rows * f.cols * 2);
+  for (auto _ : state) {
+    auto st = DecodeDctMatrixMerge(f.mixed, f.rows, f.cols, f.base.data(), DType::kF16,
+                                   DType::kF16, out.data());
+    if (!st.ok()) state.SkipWithError(st.ToString().c_str());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  SetRate(state, f.rows * f.cols);
+  state.counters["payload_bits_per_weight"] =
+      8.0 * static_cast<double>(f.mixed.size()) / static_cast<double>(f.rows * f.cols);
+}
+
 // memcpy of the merged output's bytes (fp16), for scale.
 void BM_MemcpyOutput(benchmark::State& state) {
   const Fixture& f = GetFixture(state.range(0), state.range(1));
@@ -131,6 +157,7 @@ BENCHMARK(BM_InverseDct2d)->Arg(8)->Arg(16)->Arg(32);
 BENCHMARK(BM_Encode) DS_SHAPES;
 BENCHMARK(BM_DecodeMergeF16) DS_SHAPES;
 BENCHMARK(BM_DecodeMergeBF16) DS_SHAPES;
+BENCHMARK(BM_DecodeMergeF16Mixed) DS_SHAPES;
 BENCHMARK(BM_MemcpyOutput) DS_SHAPES;
 #undef DS_SHAPES
 
