@@ -13,10 +13,14 @@ LN is x -> (x - mean) * rsqrt(var + 1e-6) * scale + bias over the last axis.
 """
 import json
 import os
+import sys
 import unicodedata
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tensors_io  # noqa: E402  (tests/eval/tensors_io.py: TF.js and safetensors readers)
 
 MODEL_DIR_ENV = "DELTASERVE_SHARED_DIR"
 _P = "module_apply_default/Encoder_en/KonaTransformer/Encode/"
@@ -43,6 +47,7 @@ def layer_names(i):
     lp = _P + f"Layer_{i}/TransformerLayer/"
     mp = f"module/Encoder_en/KonaTransformer/Encode/Layer_{i}/TransformerLayer/MultiheadAttention/"
     sp = _S + f"Layer_{i}/TransformerLayer/"
+    fl = lp + "FFN/layer_prepostprocess/layer_norm/"
     n = {
         "ln_s": lp + "layer_prepostprocess/layer_norm/layer_norm_scale/ConcatPartitions/concat",
         "ln_b": lp + "layer_prepostprocess/layer_norm/layer_norm_bias/ConcatPartitions/concat",
@@ -50,8 +55,8 @@ def layer_names(i):
         "qkv_b": lp + "MultiheadAttention/qkv_transform_single/bias/ConcatPartitions/concat",
         "out_k": mp + "output_transform_single/kernel/part_0",
         "out_b": lp + "MultiheadAttention/output_transform_single/bias/ConcatPartitions/concat",
-        "ffn_ln_s": lp + "FFN/layer_prepostprocess/layer_norm/layer_norm_scale/ConcatPartitions/concat",
-        "ffn_ln_b": lp + "FFN/layer_prepostprocess/layer_norm/layer_norm_bias/ConcatPartitions/concat",
+        "ffn_ln_s": fl + "layer_norm_scale/ConcatPartitions/concat",
+        "ffn_ln_b": fl + "layer_norm_bias/ConcatPartitions/concat",
         "conv1_k": sp + "FFN/conv1/Tensordot/Reshape_1",
         "conv1_b": lp + "FFN/conv1/bias/ConcatPartitions/concat",
         "conv2_k": sp + "FFN/conv2/Tensordot/Reshape_1",
@@ -71,39 +76,10 @@ L2_EPS = "module_apply_default/Encoder_en/hidden_layers/l2_normalize/Maximum/y"
 
 
 def load_tfjs_weights(directory=None):
-    """Parses model.json's weightsManifest: each group's `paths` files are concatenated and its
-    weights laid out in manifest order (little-endian; float32/int32, optional uint8/uint16
-    quantization dequantized to float32). Returns name -> numpy array."""
-    directory = directory or model_dir()
-    with open(os.path.join(directory, "model.json"), "rb") as f:
-        model = json.load(f)
-    out = {}
-    for gi, group in enumerate(model["weightsManifest"]):
-        buf = b"".join(open(os.path.join(directory, p), "rb").read() for p in group["paths"])
-        off = 0
-        for w in group["weights"]:
-            count = int(np.prod(w["shape"])) if w["shape"] else 1
-            q = w.get("quantization")
-            if q:
-                qdt = {"uint8": np.uint8, "uint16": np.uint16, "float16": np.float16}[q["dtype"]]
-                raw = np.frombuffer(buf, qdt, count, off)
-                off += count * np.dtype(qdt).itemsize
-                if q["dtype"] == "float16":
-                    arr = raw.astype(np.float32)
-                else:
-                    arr = raw.astype(np.float32) * q["scale"] + q["min"]
-            else:
-                dt = {"float32": "<f4", "int32": "<i4"}.get(w["dtype"])
-                if dt is None:
-                    raise ValueError(f"{directory}: weight {w['name']}: dtype {w['dtype']}")
-                arr = np.frombuffer(buf, dt, count, off)
-                off += count * 4
-            if off > len(buf):
-                raise ValueError(f"{directory}: group {gi} shorter than its manifest")
-            out[w["name"]] = arr.reshape(w["shape"]).copy()
-        if off != len(buf):
-            raise ValueError(f"{directory}: group {gi}: manifest covers {off} of {len(buf)} bytes")
-    return out
+    """name -> numpy array of every weight in model.json's weightsManifest (float32, int32),
+    read by tests/eval/tensors_io.py (groups' shards concatenated, manifest order)."""
+    path = os.path.join(directory or model_dir(), "model.json")
+    return dict(tensors_io.load_tfjs_graph(path)[1])
 
 
 def float_weights(all_weights):
