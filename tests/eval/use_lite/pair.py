@@ -238,12 +238,6 @@ def prepare(cache_dir=DEFAULT_CACHE, smoke=False):
     return base_p, ft_p
 
 
-@functools.lru_cache(maxsize=4)
-def _pretrained_consts():
-    w = use_model.float_weights(use_model.load_tfjs_weights())
-    return {k: v for k, v in w.items() if not use_model.is_trainable(k, v)}
-
-
 def load_model(weights_path):
     """UseLite with a head from a safetensors file; constants missing from it are taken from the
     pretrained graph, any other missing or mis-shaped tensor raises ValueError."""
