@@ -15,6 +15,7 @@
 #include "rocksdb/db.h"
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/table.h"
+#include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
 #include "storage/internal/status.h"
 #include "storage/internal/strings.h"
@@ -466,6 +467,14 @@ absl::Status DeltaStore::Flush() {
   rocksdb::FlushOptions fo;
   std::vector<rocksdb::ColumnFamilyHandle*> cfs = {h_->meta_cf, h_->records_cf};
   return FromRocksStatus(h_->db->Flush(fo, cfs), "flushing store");
+}
+
+absl::Status DeltaStore::CreateCheckpoint(const std::string& dir) {
+  const std::string what = absl::StrCat("checkpoint of ", options_.path, " into ", dir);
+  rocksdb::Checkpoint* raw = nullptr;
+  DS_RETURN_IF_ERROR(FromRocksStatus(rocksdb::Checkpoint::Create(h_->db, &raw), what));
+  std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
+  return FromRocksStatus(checkpoint->CreateCheckpoint(dir), what);
 }
 
 }  // namespace deltaserve::storage

@@ -232,8 +232,14 @@ class DeltaStore {
   absl::StatusOr<std::vector<uint8_t>> AssembleContainer(std::string_view tenant,
                                                          std::string_view task) const;
 
-  // Flushes memtables to SST/blob files (e.g. before a backup). Optional.
+  // Flushes memtables to SST/blob files. Optional.
   absl::Status Flush();
+  // Online backup: a consistent copy of the whole database in the new directory `dir`
+  // (RocksDB Checkpoint: files hard-linked when `dir` is on the same filesystem, copied
+  // otherwise), openable with StoreOptions{.path = dir}. Concurrent commits are either
+  // wholly in it or not at all. InvalidArgument if `dir` exists; Unavailable-style I/O
+  // errors if it cannot be written.
+  absl::Status CreateCheckpoint(const std::string& dir);
 
  private:
   struct Handles;

@@ -291,6 +291,23 @@ TEST_F(StoreTest, ReopenKeepsEverything) {
   EXPECT_THAT(tenants, ElementsAre("t1", "t2"));
 }
 
+TEST_F(StoreTest, CheckpointIsAConsistentOpenableCopy) {
+  const auto a = MakeContainer(kThree, 1);
+  ASSERT_THAT(Commit("t1", "a", a), IsOk());
+  const std::string copy = tmp_.File("checkpoint");
+  ASSERT_THAT(store_->CreateCheckpoint(copy), IsOk());
+  ASSERT_THAT(store_->DeleteTask("t1", "a"), IsOk());  // after the checkpoint: not in it
+  EXPECT_THAT(store_->CreateCheckpoint(copy), StatusIs(absl::StatusCode::kInvalidArgument));
+  StoreOptions options = options_;
+  options.path = copy;
+  ASSERT_OK_AND_ASSIGN(auto restored, DeltaStore::Open(options));
+  ASSERT_OK_AND_ASSIGN(auto got, restored->AssembleContainer("t1", "a"));
+  EXPECT_EQ(got, a);
+  ASSERT_OK_AND_ASSIGN(TenantUsage usage, restored->GetTenantUsage("t1"));
+  EXPECT_EQ(usage.bytes, a.size());
+  EXPECT_THAT(store_->GetTask("t1", "a"), StatusIs(absl::StatusCode::kNotFound));
+}
+
 TEST_F(StoreTest, SnapshotReaderSurvivesOverwriteAndDelete) {
   const auto first = MakeContainer(kThree, 1);
   const auto second = MakeContainer({{"w0", {4, 8}, 77}}, 2);
