@@ -162,16 +162,22 @@ def make_model_pair(directory, seed=7):
 
 
 # ---------------------------------------------------------------- processes
-_DAEMONS = []
+_CHILDREN = []  # Popen objects
 
 
 @atexit.register
 def _kill_leftovers():
     # fail()/skip() exit from anywhere; no process of a test may outlive it.
-    for dmn in _DAEMONS:
-        if dmn.proc.poll() is None:
-            dmn.proc.kill()
-            dmn.proc.wait()
+    for proc in _CHILDREN:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def kill_at_exit(proc):
+    """Registers a subprocess.Popen to be killed when the test exits."""
+    _CHILDREN.append(proc)
+    return proc
 
 
 class Daemon:
@@ -184,7 +190,7 @@ class Daemon:
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=env, cwd=cwd, start_new_session=True)
         self.pid = self.proc.pid
-        _DAEMONS.append(self)
+        kill_at_exit(self.proc)
 
     def poll(self):
         return self.proc.poll()
