@@ -6,7 +6,9 @@
 // Kernels are hand-written separable matrix products, specialised for p = 8, 16, 32
 // (whole patch rows as vectors) and generic otherwise; the inverse for p = 8/16/32 uses
 // one even/odd butterfly level (half the multiply-adds; it measured faster than both
-// the plain product and an AVX-512 intrinsics version of it). They are compiled for
+// the plain product and an AVX-512 intrinsics version of it). OpenBLAS sgemm over a
+// whole strip (codec_bench BM_InverseDctSgemmStrip) is no faster at p = 32 (665 vs 645
+// M weights/s, one core), slower at 16, and cannot skip dropped patches; so no BLAS. They are compiled for
 // x86-64-v4 (AVX-512), v3 (AVX2+FMA) and baseline and chosen once per process by the
 // CPU, so a given machine always produces the same bits. Pure, thread-safe.
 #ifndef DELTASERVE_CODEC_INTERNAL_DCT_H_
