@@ -1,5 +1,5 @@
 // Runs the REAL USE-lite TF.js graph (pure-JS @tensorflow/tfjs, cpu backend) on sentences.
-// Usage: node parity.js MODEL_DIR IN.json OUT.json
+// Usage: node parity.js MODEL_DIR IN.json OUT.json [ids-only]
 //   IN.json: {"texts": [...]}. OUT.json: {"ids": [[...]], "embeddings": [[512 floats]...],
 //   "tfjs_version", "tokenizer_version"}. Token ids come from the tokenizer of
 //   @tensorflow-models/universal-sentence-encoder, fed as the graph's sparse inputs
@@ -30,6 +30,10 @@ async function main() {
   const input = JSON.parse(fs.readFileSync(inPath, 'utf8'));
   const ids = input.texts.map(t => tok.encode(t));
   const out = {ids, embeddings: []};
+  if (process.argv[5] === 'ids-only') {
+    fs.writeFileSync(outPath, JSON.stringify(out));
+    return;
+  }
   // One sentence per call and one batched call (padding must not change results).
   const run = async (batch) => {
     const flatIdx = [];

@@ -1,6 +1,6 @@
 """Checks the torch USE-lite (use_model.py) against the real TF.js graph run by node.
 
-Usage: /usr/bin/python3 tests/eval/use_lite/parity.py [--fortunes N]
+Usage: /usr/bin/python3 tests/eval/use_lite/parity.py [--fortunes N] [--all-ids]
 Needs `npm install @tensorflow/tfjs @tensorflow-models/universal-sentence-encoder` in
 tests/eval/use_lite/.cache (see README.md). Prints token-id agreement of the Python tokenizer
 with the JS one and the max abs difference of the 512-d embeddings (batched and one by one).
@@ -33,13 +33,14 @@ EDGE_CASES = [
 ]
 
 
-def run_tfjs(texts):
+def run_tfjs(texts, ids_only=False):
     with tempfile.TemporaryDirectory() as d:
         src, dst = os.path.join(d, "in.json"), os.path.join(d, "out.json")
         with open(src, "w", encoding="utf-8") as f:
             json.dump({"texts": texts}, f)
-        subprocess.run(["node", os.path.join(HERE, "parity.js"), use_model.model_dir(), src, dst],
-                       check=True, stderr=subprocess.DEVNULL)
+        cmd = ["node", os.path.join(HERE, "parity.js"), use_model.model_dir(), src, dst]
+        cmd += ["ids-only"] if ids_only else []
+        subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
         with open(dst, encoding="utf-8") as f:
             return json.load(f)
 
@@ -48,8 +49,22 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fortunes", type=int, default=40,
                     help="also check this many texts of the finetuning data set")
+    ap.add_argument("--all-ids", action="store_true",
+                    help="only compare token ids, on every text of the data set")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.all_ids:
+        import data
+        ds = data.load_dataset()
+        texts = [t for k in ("train", "validation", "test") for t, _ in ds[k]]
+        js = run_tfjs(texts, ids_only=True)
+        tok = use_model.Tokenizer.load()
+        bad = [t for t, ids in zip(texts, js["ids"]) if tok.encode(t) != ids]
+        print(f"tokenizer: {len(texts) - len(bad)}/{len(texts)} data-set texts give identical "
+              f"ids ({sum(len(x) for x in js['ids'])} tokens)")
+        for t in bad[:5]:
+            print(f"  mismatch on {t!r}")
+        return 1 if bad else 0
     texts = list(EDGE_CASES)
     if args.fortunes:
         import data
