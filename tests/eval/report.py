@@ -25,6 +25,16 @@ def is_ref_dct(r, ref_patch=REF_PATCH):
         r.get("variant") != "mixed"
 
 
+_NOISE = {"module", "module_apply_default", "Encoder_en", "KonaTransformer", "Encode",
+          "TransformerStack", "TransformerLayer"}
+
+
+def short_name(name):
+    """A tensor name without USE-lite's constant path segments (its names are ~120 chars)."""
+    parts = [p for p in name.split("/") if p not in _NOISE]
+    return "/".join(parts) or name
+
+
 def _fmt(v, nd=4):
     return "-" if v is None else ("%.*f" % (nd, v))
 
@@ -62,7 +72,7 @@ def per_tensor_table(rows, budget, deltas, ft):
         ratio = float((d.astype("float64") ** 2).sum() ** 0.5 /
                       ((ft[name].astype("float64") ** 2).sum() ** 0.5))
         out.append("| %s | %dx%d | %.3f | %s |" % (
-            name, d.shape[0], d.shape[1], ratio,
+            short_name(name), d.shape[0], d.shape[1], ratio,
             " | ".join("%.4f" % r["per_tensor"][name]["rel_delta_err"] for r in sel)))
     return "\n".join(out)
 
@@ -145,6 +155,8 @@ def plot(results, path, ref_lines):
                     color, marker, lw = "tab:purple", "D", 1.6
                 elif method == "delta-dct":
                     color, marker, lw = dct_colors.get(patch, "blue"), "o", 2.2
+                    if patch != REF_PATCH:
+                        marker, lw = ("o" if patch < REF_PATCH else "s"), 1.4
                 else:
                     (color, marker), lw = styles[method], 1.4
                 ax.plot(xs, ys, marker=marker, color=color, lw=lw,

@@ -105,6 +105,10 @@ def run_use_lite(args, out):
         tensors_io.write_safetensors(eval_path, weights)
         return {"accuracy": float(use_pair.accuracy(eval_path, split="test"))}
 
+    try:
+        out["use_lite_test_examples"] = len(use_pair._split_ids("test")[1])
+    except Exception:  # noqa: BLE001 - informational only (private helper of the pair)
+        pass
     out["use_lite_ref"] = {"finetuned": evaluate(ft)["accuracy"],
                            "head_only": float(use_pair.head_only_accuracy())}
     log("use_lite: finetuned acc %.4f, head-only acc %.4f (%.1fs)" % (
@@ -159,14 +163,21 @@ def main():
     if "use_lite" in pairs:
         run_use_lite(args, out)
     out["seconds"] = time.time() - started
+    write_outputs(args, out)
     with open(state, "wb") as f:
         pickle.dump((out, args.standin), f)
-    write_outputs(args, out)
     log("done in %.0fs: %s" % (out["seconds"], os.path.join(args.out, "RESULTS.md")))
 
 
 def write_outputs(args, out):
     import results_md
+    meta = out.get("meta") or {
+        "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+        "date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": "%s, %d cores, torch %s threads=1, numpy %s" % (
+            platform.machine(), os.cpu_count(), torch.__version__, np.__version__),
+        "standin": args.standin}
+    out["meta"] = meta  # --render-only keeps the run's own command and date
     keep = {k: v for k, v in out.items() if not k.endswith(("_deltas", "_ft"))}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(keep, f, indent=1, default=float)
@@ -183,11 +194,6 @@ def write_outputs(args, out):
             "base + head only (%.3f)" % out["use_lite_ref"]["head_only"]:
                 (out["use_lite_ref"]["head_only"], "brown")}
     report.plot(out["rows"], os.path.join(args.out, "rd_plot.png"), ref_lines)
-    meta = {"command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
-            "date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": "%s, %d cores, torch %s threads=1, numpy %s" % (
-                platform.machine(), os.cpu_count(), torch.__version__, np.__version__),
-            "standin": args.standin}
     with open(os.path.join(args.out, "RESULTS.md"), "w") as f:
         f.write(results_md.render(out, meta))
 
