@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package deltaserve needs to build, test, benchmark and deploy.
 # Idempotent: packages already present are skipped by apt; safe to run on every build.
-# Usage: deploy/install-deps.sh [--runtime-only]
+# Usage: deploy/install-deps.sh [--build-only]   (--build-only: what a Release build needs)
 set -euo pipefail
 
 BUILD_PKGS=(
@@ -9,14 +9,16 @@ BUILD_PKGS=(
   protobuf-compiler libprotobuf-dev protobuf-compiler-grpc libgrpc++-dev
   libabsl-dev librocksdb-dev libopenblas-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev libcli11-dev libspdlog-dev libzstd-dev libxxhash-dev
+  nlohmann-json3-dev libcli11-dev libspdlog-dev libzstd-dev libxxhash-dev libre2-dev
 )
 # Tests: a real Prometheus server and promtool, docker-compose for `config` validation,
-# curl for HTTP probes, Python with numpy/torch/matplotlib for the fidelity harness.
+# curl/openssl/shellcheck/python3-yaml for the deployment tests; for the fidelity harness
+# (tests/eval) Python with numpy/torch/matplotlib, real face photographs
+# (python3-skimage's data) and a labeled text set (the fortunes packages).
 TEST_PKGS=(
-  prometheus docker-compose curl
+  prometheus docker-compose curl openssl shellcheck python3-yaml
   python3 python3-numpy python3-torch python3-matplotlib python3-pil
-
+  python3-skimage fortunes fortunes-min fortune-mod
 )
 
 want=("${BUILD_PKGS[@]}")
