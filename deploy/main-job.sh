@@ -141,7 +141,7 @@ printf '%-40s %s\n' "delta container bytes" "$(stat -c %s "$DELTA")"
 printf '%-40s %s\n' "pulled safetensors bytes" "$(stat -c %s "$PULLED")"
 printf '%-40s %s s\n' "pull wall time (deltactl pull)" "$(awk "BEGIN{printf \"%.3f\", $t1 - $t0}")"
 printf '%-40s %s\n' "pulled == offline decompress (cmp)" "$IDENTICAL"
-grep -iE "total|relative" "$WORK/eval.txt" | tail -3 | sed 's/^/eval: /' || true
+grep -E "^(bits/weight|rel\. )" "$WORK/eval.txt" | sed "s/^/eval: /" || true
 echo "$METRICS_TEXT" | grep -E '^deltaserve_(requests_total|streamed_bytes_total|uploaded_bytes_total|cache_(hits|misses)_total|tenant_stored_bytes)' || true
 
 say "stop deltaserved (SIGTERM, drain)"

@@ -245,7 +245,11 @@ int main(int argc, char** argv) {
     std::printf("generating models in %s (child process)\n", dir.c_str());
     std::fflush(stdout);
     pid_t pid = fork();
-    if (pid == 0) _exit(MakeModels(shape, dir));
+    if (pid == 0) {
+      int rc = MakeModels(shape, dir);
+      std::fflush(stdout);
+      _exit(rc);
+    }
     int st = 0;
     waitpid(pid, &st, 0);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) return 1;
