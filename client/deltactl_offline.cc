@@ -67,8 +67,8 @@ absl::Status RunConvert(const ConvertOptions& o) {
     params += v.info.num_elements();
     bytes += v.data.size();
   }
-  absl::PrintF("converted %s -> %s: %d tensors, %d parameters, %d bytes of weights\n", o.in,
-               o.out, views.size(), params, bytes);
+  absl::PrintF("converted %s -> %s: %d tensors, %d parameters, %d bytes of weights\n", o.in, o.out,
+               views.size(), params, bytes);
   if (auto it = metadata.find("skipped"); it != metadata.end()) {
     absl::PrintF("skipped (not float): %s\n", it->second);
   }
@@ -95,8 +95,7 @@ absl::Status RunCompress(const CompressCliOptions& o) {
   DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(o.base));
   DS_ASSIGN_OR_RETURN(auto finetuned, codec::ModelReader::Open(o.finetuned));
   DS_RETURN_IF_ERROR(
-      codec::CompressModel(*base, *finetuned, options, o.out, StderrProgress("compress"))
-          .status());
+      codec::CompressModel(*base, *finetuned, options, o.out, StderrProgress("compress")).status());
   DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.out));
   DS_ASSIGN_OR_RETURN(auto report, ReportContainer(*container));
   PrintReport(report, /*per_tensor=*/false, stdout);
@@ -119,18 +118,20 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
 }
 
 void AddOfflineCommands(CLI::App& app, CommandAction* action) {
-  auto* convert = app.add_subcommand(
-      "convert", "Convert a TF.js graph model (model.json + weight files) or a safetensors "
-                 "model (file, index or directory) to one .safetensors file");
+  auto* convert =
+      app.add_subcommand("convert",
+                         "Convert a TF.js graph model (model.json + weight files) or a safetensors "
+                         "model (file, index or directory) to one .safetensors file");
   auto co = std::make_shared<ConvertOptions>();
   convert->add_option("--in", co->in, "model.json, .safetensors, index .json or directory")
       ->required();
   convert->add_option("--out", co->out, "Output .safetensors file")->required();
   convert->callback([co, action] { *action = [co] { return RunConvert(*co); }; });
 
-  auto* compress = app.add_subcommand(
-      "compress", "Compress finetuned - base into a Delta-DCT container (.dds); prints the "
-                  "size report");
+  auto* compress =
+      app.add_subcommand("compress",
+                         "Compress finetuned - base into a Delta-DCT container (.dds); prints the "
+                         "size report");
   auto cc = std::make_shared<CompressCliOptions>();
   compress->add_option("--base", cc->base, "Base model (.safetensors, index or directory)")
       ->required();
@@ -138,32 +139,33 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   compress->add_option("--out", cc->out, "Output delta container (.dds)")->required();
   compress->add_option("--patch", cc->patch, "DCT patch edge p, in weights [2, 64]")
       ->capture_default_str();
-  compress->add_option("--schedule", cc->schedule,
-                       "Bit-widths by patch importance 'b1:f1,b2:f2,...', e.g. 2:0.5,0:0.5")
+  compress
+      ->add_option("--schedule", cc->schedule,
+                   "Bit-widths by patch importance 'b1:f1,b2:f2,...', e.g. 2:0.5,0:0.5")
       ->capture_default_str();
   compress->add_option("--quantizer", cc->quantizer, "minmax, symmetric or clipped")
       ->capture_default_str();
   compress->add_flag("--separate-dc", cc->separate_dc,
                      "Keep each patch's DC coefficient apart (bf16)");
-  compress->add_option("--min-dct-elements", cc->min_dct_elements,
-                       "Tensors with fewer elements are stored raw (lossless)")
+  compress
+      ->add_option("--min-dct-elements", cc->min_dct_elements,
+                   "Tensors with fewer elements are stored raw (lossless)")
       ->capture_default_str();
   compress->add_option("--rule", cc->rules,
                        "Encoding override 'GLOB=raw|dct|unchanged' (fnmatch; repeatable; "
                        "first match wins)");
   compress->callback([cc, action] { *action = [cc] { return RunCompress(*cc); }; });
 
-  auto* decompress = app.add_subcommand(
-      "decompress", "Merge a delta container into its base and write the finetuned model "
-                    "as one .safetensors file");
+  auto* decompress =
+      app.add_subcommand("decompress",
+                         "Merge a delta container into its base and write the finetuned model "
+                         "as one .safetensors file");
   auto dc = std::make_shared<DecompressCliOptions>();
-  decompress->add_option("--base", dc->base, "Base model the delta was made against")
-      ->required();
+  decompress->add_option("--base", dc->base, "Base model the delta was made against")->required();
   decompress->add_option("--delta", dc->delta, "Delta container (.dds)")->required();
   decompress->add_option("--out", dc->out, "Output .safetensors file")->required();
   decompress->add_flag("--force", dc->force, "Decode even if the base hash differs");
-  decompress
-      ->add_option("--dtype", dc->dtype, "Output dtype f32, f16 or bf16 (default: recorded)")
+  decompress->add_option("--dtype", dc->dtype, "Output dtype f32, f16 or bf16 (default: recorded)")
       ->check(CLI::IsMember({"f32", "f16", "bf16", "F32", "F16", "BF16"}));
   decompress->callback([dc, action] { *action = [dc] { return RunDecompress(*dc); }; });
 }

@@ -62,8 +62,7 @@ absl::StatusOr<ContainerReport> ReportContainer(const codec::MappedContainer& co
   return report;
 }
 
-absl::Status EvaluateReport(const codec::ModelReader& base,
-                            const codec::ModelReader& finetuned,
+absl::Status EvaluateReport(const codec::ModelReader& base, const codec::ModelReader& finetuned,
                             const codec::ContainerReader& container, ContainerReport* report,
                             const codec::ProgressFn& progress) {
   for (size_t i = 0; i < container.num_records(); ++i) {
@@ -71,14 +70,13 @@ absl::Status EvaluateReport(const codec::ModelReader& base,
     TensorReport& t = report->tensors.at(i);
     auto ft = finetuned.Get(rec.info.name);
     if (!ft.ok()) {
-      return absl::NotFoundError(absl::StrCat("tensor '", rec.info.name,
-                                              "' of the delta is not in the finetuned model"));
+      return absl::NotFoundError(
+          absl::StrCat("tensor '", rec.info.name, "' of the delta is not in the finetuned model"));
     }
     if (ft->info.shape != rec.info.shape) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", rec.info.name, "': finetuned shape ",
-                       codec::ShapeString(ft->info.shape), ", the delta holds ",
-                       codec::ShapeString(rec.info.shape)));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", rec.info.name, "': finetuned shape ", codec::ShapeString(ft->info.shape),
+          ", the delta holds ", codec::ShapeString(rec.info.shape)));
     }
     const int64_t n = rec.info.num_elements();
     std::vector<uint8_t> merged(codec::MergedBytes(rec, rec.info.dtype));
@@ -110,8 +108,8 @@ absl::Status EvaluateReport(const codec::ModelReader& base,
 
 ReportTotals ComputeTotals(const ContainerReport& report) {
   ReportTotals t;
-  double d_sq = 0, d_err = 0, w_sq = 0, w_err = 0, dd_sq = 0, dd_err = 0, dw_sq = 0,
-         dw_err = 0;
+  double d_sq = 0, d_err = 0, w_sq = 0, w_err = 0, dd_sq = 0, dd_err = 0, dw_sq = 0, dw_err = 0;
+  double b_d_sq = 0, b_w_sq = 0, bd_d_sq = 0, bd_w_sq = 0;  // base-only error terms
   for (const auto& r : report.tensors) {
     const uint64_t n = r.info.num_elements();
     ++t.tensors;
@@ -129,6 +127,14 @@ ReportTotals ComputeTotals(const ContainerReport& report) {
     } else {
       ++t.unchanged_tensors;
     }
+    if (r.has_delta && r.info.num_elements() > 0) {
+      b_d_sq += r.d_sq;
+      b_w_sq += r.w_sq;
+      if (r.encoding == Encoding::kDct) {
+        bd_d_sq += r.d_sq;
+        bd_w_sq += r.w_sq;
+      }
+    }
     d_sq += r.d_sq;
     d_err += r.d_err_sq;
     w_sq += r.w_sq;
@@ -144,9 +150,11 @@ ReportTotals ComputeTotals(const ContainerReport& report) {
   if (report.evaluated) {
     t.rel_delta_error = Ratio(d_err, d_sq);
     t.rel_weight_error = Ratio(w_err, w_sq);
+    t.rel_weight_error_base_only = Ratio(b_d_sq, b_w_sq);
     if (t.dct_tensors > 0) {
       t.rel_delta_error_dct = Ratio(dd_err, dd_sq);
       t.rel_weight_error_dct = Ratio(dw_err, dw_sq);
+      t.rel_weight_error_base_only_dct = Ratio(bd_d_sq, bd_w_sq);
     }
   }
   return t;
@@ -155,8 +163,8 @@ ReportTotals ComputeTotals(const ContainerReport& report) {
 void PrintReport(const ContainerReport& report, bool per_tensor, std::FILE* out) {
   const bool ev = report.evaluated;
   if (per_tensor) {
-    absl::FPrintF(out, "%-40s %-22s %-4s %-9s %10s %10s %7s", "tensor", "shape", "type",
-                  "encoding", "weights", "bytes", "bpw");
+    absl::FPrintF(out, "%-40s %-22s %-4s %-9s %10s %10s %7s", "tensor", "shape", "type", "encoding",
+                  "weights", "bytes", "bpw");
     if (ev) absl::FPrintF(out, " %10s %10s", "rel_d_err", "rel_w_err");
     absl::FPrintF(out, "\n");
     for (const auto& r : report.tensors) {
@@ -175,16 +183,16 @@ void PrintReport(const ContainerReport& report, bool per_tensor, std::FILE* out)
     absl::FPrintF(out, "\n");
   }
   const ReportTotals t = ComputeTotals(report);
-  absl::FPrintF(out, "container:   %s, %d bytes (header %d, records %d, trailer %d)\n",
-                report.path, report.container_bytes, report.header_bytes,
+  absl::FPrintF(out, "container:   %s, %d bytes (header %d, records %d, trailer %d)\n", report.path,
+                report.container_bytes, report.header_bytes,
                 report.container_bytes - report.header_bytes - report.trailer_bytes,
                 report.trailer_bytes);
   absl::FPrintF(out, "base hash:   %s\n", codec::BaseHashHex(report.header.base_hash));
   std::string meta;
   for (const auto& [k, v] : report.header.metadata) absl::StrAppend(&meta, " ", k, "=", v);
   absl::FPrintF(out, "metadata:   %s\n", meta);
-  absl::FPrintF(out, "tensors:     %d (dct %d, raw %d, unchanged %d)\n", t.tensors,
-                t.dct_tensors, t.raw_tensors, t.unchanged_tensors);
+  absl::FPrintF(out, "tensors:     %d (dct %d, raw %d, unchanged %d)\n", t.tensors, t.dct_tensors,
+                t.raw_tensors, t.unchanged_tensors);
   absl::FPrintF(out, "weights:     %d (dct-coded %d)\n", t.weights, t.dct_weights);
   absl::FPrintF(out,
                 "bits/weight: dct-coded %.4f (ratio vs 16-bit delta %.2fx), "
@@ -195,6 +203,9 @@ void PrintReport(const ContainerReport& report, bool per_tensor, std::FILE* out)
                   Opt(t.rel_delta_error_dct, "%.5f"), Opt(t.rel_delta_error, "%.5f"));
     absl::FPrintF(out, "rel. weight error ||W_ft - W_hat|| / ||W_ft||: dct-coded %s, all %s\n",
                   Opt(t.rel_weight_error_dct, "%.6f"), Opt(t.rel_weight_error, "%.6f"));
+    absl::FPrintF(
+        out, "  (base alone, no delta: ||W_ft - W_base|| / ||W_ft||: dct-coded %s, all %s)\n",
+        Opt(t.rel_weight_error_base_only_dct, "%.6f"), Opt(t.rel_weight_error_base_only, "%.6f"));
   }
 }
 
@@ -238,6 +249,8 @@ nlohmann::json ReportJson(const ContainerReport& report) {
     totals["rel_delta_error"] = JsonOpt(t.rel_delta_error);
     totals["rel_weight_error_dct"] = JsonOpt(t.rel_weight_error_dct);
     totals["rel_weight_error"] = JsonOpt(t.rel_weight_error);
+    totals["rel_weight_error_base_only_dct"] = JsonOpt(t.rel_weight_error_base_only_dct);
+    totals["rel_weight_error_base_only"] = JsonOpt(t.rel_weight_error_base_only);
   }
   return {{"container", report.path},
           {"base_hash", codec::BaseHashHex(report.header.base_hash)},
@@ -281,26 +294,27 @@ absl::Status RunEval(const EvalOptions& o) {
   DS_ASSIGN_OR_RETURN(auto finetuned, codec::ModelReader::Open(o.finetuned));
   DS_RETURN_IF_ERROR(codec::CheckBaseHash(*base, container->reader().header(), o.force));
   DS_ASSIGN_OR_RETURN(auto report, ReportContainer(*container));
-  DS_RETURN_IF_ERROR(EvaluateReport(*base, *finetuned, container->reader(), &report,
-                                    StderrProgress("eval")));
+  DS_RETURN_IF_ERROR(
+      EvaluateReport(*base, *finetuned, container->reader(), &report, StderrProgress("eval")));
   return Emit(report, o.json);
 }
 
 void AddReportCommands(CLI::App& app, CommandAction* action) {
-  auto* inspect = app.add_subcommand(
-      "inspect", "Per-tensor table of a delta container: encoding, bytes, bits per weight "
-                 "(every container byte counted), and totals");
+  auto* inspect =
+      app.add_subcommand("inspect",
+                         "Per-tensor table of a delta container: encoding, bytes, bits per weight "
+                         "(every container byte counted), and totals");
   auto io = std::make_shared<InspectOptions>();
   inspect->add_option("delta", io->delta, "Delta container (.dds)")->required();
   inspect->add_flag("--json", io->json, "Print one JSON object instead of the table");
   inspect->callback([io, action] { *action = [io] { return RunInspect(*io); }; });
 
   auto* eval = app.add_subcommand(
-      "eval", "Like inspect, plus relative delta error ||d - d_hat|| / ||d|| and relative "
-              "weight error ||W_ft - W_hat|| / ||W_ft|| per tensor and in total");
+      "eval",
+      "Like inspect, plus relative delta error ||d - d_hat|| / ||d|| and relative "
+      "weight error ||W_ft - W_hat|| / ||W_ft|| per tensor and in total");
   auto eo = std::make_shared<EvalOptions>();
-  eval->add_option("--base", eo->base, "Base model (.safetensors, index or directory)")
-      ->required();
+  eval->add_option("--base", eo->base, "Base model (.safetensors, index or directory)")->required();
   eval->add_option("--finetuned", eo->finetuned, "Finetuned model the delta was made from")
       ->required();
   eval->add_option("--delta", eo->delta, "Delta container (.dds)")->required();

@@ -181,8 +181,8 @@ absl::Status CheckShape(const std::vector<int64_t>& shape, const char* what,
 absl::Status ValidateRecord(const TensorRecord& r) {
   const std::string label = absl::StrCat("tensor '", SafeName(r.info.name), "'");
   if (r.info.name.empty() || r.info.name.size() > kMaxNameSize) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        label, ": name must be 1..", kMaxNameSize, " bytes, is ", r.info.name.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(label, ": name must be 1..", kMaxNameSize, " bytes, is ", r.info.name.size()));
   }
   if (static_cast<uint8_t>(r.info.dtype) > static_cast<uint8_t>(DType::kBF16)) {
     return absl::InvalidArgumentError(
@@ -203,9 +203,9 @@ absl::Status ValidateRecord(const TensorRecord& r) {
       ok = i == 0 ? r.base_shape[0] <= r.info.shape[0] : r.base_shape[i] == r.info.shape[i];
     }
     if (!ok) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          label, ": base shape ", ShapeString(r.base_shape), " does not fit shape ",
-          ShapeString(r.info.shape), " (only dim 0 may be smaller)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(label, ": base shape ", ShapeString(r.base_shape), " does not fit shape ",
+                       ShapeString(r.info.shape), " (only dim 0 may be smaller)"));
     }
   }
   const int64_t base_n = has_base ? NumElements(r.base_shape) : 0;
@@ -214,9 +214,10 @@ absl::Status ValidateRecord(const TensorRecord& r) {
     case Encoding::kUnchanged:
       if (r.base_shape != r.info.shape || !r.payload.empty() || !r.extra_rows.empty() ||
           r.rows != 0 || r.cols != 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            label, ": unchanged tensor must have base shape == shape, rows = cols = 0 and "
-                   "no payload or extra rows"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(label,
+                         ": unchanged tensor must have base shape == shape, rows = cols = 0 and "
+                         "no payload or extra rows"));
       }
       break;
     case Encoding::kRaw:
@@ -231,9 +232,9 @@ absl::Status ValidateRecord(const TensorRecord& r) {
     case Encoding::kDct:
       if (r.rows <= 0 || r.cols <= 0 || r.rows > kMaxElements / r.cols ||
           r.rows * r.cols != base_n) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(label, ": DCT view ", r.rows, " x ", r.cols,
-                         " does not cover base shape ", ShapeString(r.base_shape)));
+        return absl::InvalidArgumentError(absl::StrCat(label, ": DCT view ", r.rows, " x ", r.cols,
+                                                       " does not cover base shape ",
+                                                       ShapeString(r.base_shape)));
       }
       if (r.payload.empty()) {
         return absl::InvalidArgumentError(absl::StrCat(label, ": empty DCT payload"));
@@ -241,8 +242,8 @@ absl::Status ValidateRecord(const TensorRecord& r) {
       if (r.extra_rows.size() != extra_bytes) {
         return absl::InvalidArgumentError(
             absl::StrCat(label, ": extra rows are ", r.extra_rows.size(), " bytes, expected ",
-                         extra_bytes, " for shape ", ShapeString(r.info.shape),
-                         " over base shape ", ShapeString(r.base_shape)));
+                         extra_bytes, " for shape ", ShapeString(r.info.shape), " over base shape ",
+                         ShapeString(r.base_shape)));
       }
       break;
   }
@@ -263,14 +264,14 @@ absl::Status ParseHeader(absl::Span<const uint8_t> bytes, ContainerHeader* heade
   r.U32(&version);
   r.U32(&size);
   if (version != kContainerFormatVersion) {
-    return absl::InvalidArgumentError(absl::StrCat("unsupported container format version ",
-                                                   version, " (this reader supports ",
+    return absl::InvalidArgumentError(absl::StrCat("unsupported container format version ", version,
+                                                   " (this reader supports ",
                                                    kContainerFormatVersion, ")"));
   }
   if (size < kMinHeaderSize || size > kMaxHeaderSize || size > bytes.size()) {
-    return absl::DataLossError(absl::StrCat("header length ", size, " is outside [",
-                                            kMinHeaderSize, ", min(", kMaxHeaderSize, ", ",
-                                            bytes.size(), " file bytes)]"));
+    return absl::DataLossError(absl::StrCat("header length ", size, " is outside [", kMinHeaderSize,
+                                            ", min(", kMaxHeaderSize, ", ", bytes.size(),
+                                            " file bytes)]"));
   }
   const auto hb = bytes.subspan(0, size);
   if (Hash64(hb.subspan(0, size - 8)) != StoredChecksum(hb)) {
@@ -290,13 +291,13 @@ absl::Status ParseHeader(absl::Span<const uint8_t> bytes, ContainerHeader* heade
     uint32_t kl = 0, vl = 0;
     absl::Span<const uint8_t> k, v;
     if (!f.U32(&kl) || !f.Bytes(kl, &k) || !f.U32(&vl) || !f.Bytes(vl, &v)) {
-      return absl::InvalidArgumentError(absl::StrCat("header metadata entry ", i, " of ",
-                                                     meta_count, " runs past the header"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("header metadata entry ", i, " of ", meta_count, " runs past the header"));
     }
     std::string key(k.begin(), k.end());
     if (i > 0 && key <= prev) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "header metadata key '", SafeName(AsChars(k)), "' is not in strictly increasing order"));
+      return absl::InvalidArgumentError(absl::StrCat("header metadata key '", SafeName(AsChars(k)),
+                                                     "' is not in strictly increasing order"));
     }
     header->metadata.emplace(key, std::string(v.begin(), v.end()));
     prev = std::move(key);
@@ -359,8 +360,8 @@ absl::StatusOr<std::vector<uint8_t>> SerializeRecord(const TensorRecord& record)
 
 absl::StatusOr<TensorRecord> ParseRecord(absl::Span<const uint8_t> bytes) {
   if (bytes.size() < kMinRecordSize) {
-    return absl::DataLossError(absl::StrCat("record truncated: ", bytes.size(),
-                                            " bytes, at least ", kMinRecordSize, " needed"));
+    return absl::DataLossError(absl::StrCat("record truncated: ", bytes.size(), " bytes, at least ",
+                                            kMinRecordSize, " needed"));
   }
   const std::string label = RecordLabel(bytes);
   if (std::memcmp(bytes.data(), kRecordMagic, 4) != 0) {
@@ -409,8 +410,8 @@ absl::StatusOr<TensorRecord> ParseRecord(absl::Span<const uint8_t> bytes) {
   ok = ok && r.I64(&rec.rows) && r.I64(&rec.cols) && r.U64(&payload_len) && r.U64(&extra_len);
   if (!ok) return bad("record fields run past the record");
   if (payload_len > r.remaining() || extra_len != r.remaining() - payload_len) {
-    return bad(absl::StrCat("payload length ", payload_len, " + extra rows length ",
-                            extra_len, " != ", r.remaining(), " bytes left in the record"));
+    return bad(absl::StrCat("payload length ", payload_len, " + extra rows length ", extra_len,
+                            " != ", r.remaining(), " bytes left in the record"));
   }
   r.Bytes(payload_len, &rec.payload);
   r.Bytes(extra_len, &rec.extra_rows);
@@ -470,15 +471,14 @@ absl::StatusOr<ContainerReader> ContainerReader::Parse(absl::Span<const uint8_t>
   const size_t end = bytes.size() - kContainerTrailerSize;
   const auto trailer = bytes.subspan(end);
   if (std::memcmp(trailer.data(), kTrailerMagic, 4) != 0) {
-    return absl::DataLossError(
-        absl::StrCat("bad trailer magic: container truncated or corrupt (", bytes.size(),
-                     " bytes)"));
+    return absl::DataLossError(absl::StrCat("bad trailer magic: container truncated or corrupt (",
+                                            bytes.size(), " bytes)"));
   }
   const uint64_t trailer_count = LoadLe(trailer.data() + 4, 4);
   const uint64_t total_size = LoadLe(trailer.data() + 8, 8);
   if (total_size != bytes.size()) {
-    return absl::DataLossError(absl::StrCat("container is ", bytes.size(),
-                                            " bytes but its trailer says ", total_size));
+    return absl::DataLossError(
+        absl::StrCat("container is ", bytes.size(), " bytes but its trailer says ", total_size));
   }
   reader.header_bytes_ = bytes.subspan(0, header_size);
   reader.trailer_bytes_ = trailer;
@@ -491,8 +491,7 @@ absl::StatusOr<ContainerReader> ContainerReader::Parse(absl::Span<const uint8_t>
     const auto rest = bytes.subspan(pos, end - pos);
     if (index >= reader.header_.tensor_count) {
       return absl::DataLossError(absl::StrCat("more records than the header's tensor count ",
-                                              reader.header_.tensor_count, " (offset ", pos,
-                                              ")"));
+                                              reader.header_.tensor_count, " (offset ", pos, ")"));
     }
     if (rest.size() < kMinRecordSize || std::memcmp(rest.data(), kRecordMagic, 4) != 0) {
       return absl::DataLossError(
@@ -500,9 +499,9 @@ absl::StatusOr<ContainerReader> ContainerReader::Parse(absl::Span<const uint8_t>
     }
     const uint64_t len = LoadLe(rest.data() + 4, 8);
     if (len < kMinRecordSize || len > rest.size()) {
-      return absl::DataLossError(absl::StrCat(
-          "record ", index, " (", RecordLabel(rest), ") at offset ", pos, ": length ", len,
-          " runs past the ", rest.size(), " bytes left before the trailer"));
+      return absl::DataLossError(
+          absl::StrCat("record ", index, " (", RecordLabel(rest), ") at offset ", pos, ": length ",
+                       len, " runs past the ", rest.size(), " bytes left before the trailer"));
     }
     reader.records_.push_back(rest.subspan(0, len));
     sums.push_back(StoredChecksum(reader.records_.back()));
@@ -510,9 +509,8 @@ absl::StatusOr<ContainerReader> ContainerReader::Parse(absl::Span<const uint8_t>
   }
   if (MakeTrailer(StoredChecksum(reader.header_bytes_), sums, end) !=
       std::vector<uint8_t>(trailer.begin(), trailer.end())) {
-    return absl::DataLossError(
-        absl::StrCat("trailer checksum mismatch (", sums.size(), " records, trailer says ",
-                     trailer_count, ")"));
+    return absl::DataLossError(absl::StrCat("trailer checksum mismatch (", sums.size(),
+                                            " records, trailer says ", trailer_count, ")"));
   }
   if (reader.records_.size() != reader.header_.tensor_count) {
     return absl::DataLossError(absl::StrCat("container has ", reader.records_.size(),
@@ -585,8 +583,7 @@ class FileContainerWriter : public ContainerWriter {
     }
     if (sums_.size() != expected_) {
       return absl::FailedPreconditionError(
-          absl::StrCat(path_, ": ", sums_.size(), " records added, header declares ",
-                       expected_));
+          absl::StrCat(path_, ": ", sums_.size(), " records added, header declares ", expected_));
     }
     DS_RETURN_IF_ERROR(Write(MakeTrailer(header_checksum_, sums_, written_)));
     const bool flushed = std::fflush(file_) == 0 && ::fsync(fileno(file_)) == 0;
@@ -633,8 +630,7 @@ absl::StatusOr<std::unique_ptr<ContainerWriter>> ContainerWriter::Open(
   return writer;
 }
 
-absl::StatusOr<std::unique_ptr<MappedContainer>> MappedContainer::Open(
-    const std::string& path) {
+absl::StatusOr<std::unique_ptr<MappedContainer>> MappedContainer::Open(const std::string& path) {
   std::unique_ptr<MappedContainer> mc(new MappedContainer());
   DS_ASSIGN_OR_RETURN(mc->file_, internal::MappedFile::Open(path));
   auto reader = ContainerReader::Parse(mc->file_->bytes());

@@ -49,7 +49,7 @@ struct ContainerHeader {
 
 // One tensor's record, viewing bytes owned elsewhere.
 struct TensorRecord {
-  TensorInfo info;                 // finetuned tensor: name, output dtype, shape
+  TensorInfo info;                  // finetuned tensor: name, output dtype, shape
   std::vector<int64_t> base_shape;  // shape of the base tensor it merges into (may have
                                     // fewer rows: added vocabulary); empty if none
   Encoding encoding = Encoding::kRaw;

@@ -49,10 +49,10 @@ absl::Status CheckMergeableShapes(const TensorView& ft, const TensorView& base) 
   bool ok = fs.size() == bs.size();
   for (size_t i = 0; ok && i < fs.size(); ++i) ok = i == 0 ? bs[0] <= fs[0] : bs[i] == fs[i];
   if (!ok) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        Quoted(ft.info.name), ": finetuned shape ", ShapeString(fs),
-        " cannot merge into base shape ", ShapeString(bs),
-        " (only dim 0 may grow, for added vocabulary)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(Quoted(ft.info.name), ": finetuned shape ", ShapeString(fs),
+                     " cannot merge into base shape ", ShapeString(bs),
+                     " (only dim 0 may grow, for added vocabulary)"));
   }
   return absl::OkStatus();
 }
@@ -109,15 +109,15 @@ absl::StatusOr<Quantizer> ParseQuantizer(std::string_view text) {
   for (Quantizer q : {Quantizer::kMinMax, Quantizer::kSymmetric, Quantizer::kClipped}) {
     if (text == QuantizerName(q)) return q;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown quantizer '", std::string(text), "' (minmax, symmetric or clipped)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown quantizer '", std::string(text), "' (minmax, symmetric or clipped)"));
 }
 
 absl::StatusOr<EncodingRule> EncodingRule::Parse(std::string_view text) {
   const size_t eq = text.rfind('=');
   if (eq == std::string_view::npos || eq == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("encoding rule '", std::string(text),
-                                                   "': expected GLOB=raw|dct|unchanged"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("encoding rule '", std::string(text), "': expected GLOB=raw|dct|unchanged"));
   }
   EncodingRule rule;
   rule.pattern = std::string(text.substr(0, eq));
@@ -149,8 +149,8 @@ absl::Status CompressOptions::Validate() const {
   for (const auto& r : rules) {
     if (r.pattern.empty()) return absl::InvalidArgumentError("encoding rule with empty glob");
     if (static_cast<uint8_t>(r.encoding) > static_cast<uint8_t>(Encoding::kDct)) {
-      return absl::InvalidArgumentError(absl::StrCat("encoding rule '", r.pattern,
-                                                     "': unknown encoding"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("encoding rule '", r.pattern, "': unknown encoding"));
     }
   }
   return absl::OkStatus();
@@ -186,14 +186,13 @@ BaseHash ComputeBaseHash(const ModelReader& base) {
   return out;
 }
 
-absl::Status CheckBaseHash(const ModelReader& base, const ContainerHeader& header,
-                           bool force) {
+absl::Status CheckBaseHash(const ModelReader& base, const ContainerHeader& header, bool force) {
   if (force) return absl::OkStatus();
   const BaseHash have = ComputeBaseHash(base);
   if (have != header.base_hash) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the delta was made against base ", BaseHashHex(header.base_hash),
-        " but this base hashes to ", BaseHashHex(have), " (force to decode anyway)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("the delta was made against base ", BaseHashHex(header.base_hash),
+                     " but this base hashes to ", BaseHashHex(have), " (force to decode anyway)"));
   }
   return absl::OkStatus();
 }
@@ -207,9 +206,9 @@ absl::StatusOr<Encoding> ChooseEncoding(const TensorView& ft, const TensorView* 
   for (const auto& rule : options.rules) {
     if (fnmatch(rule.pattern.c_str(), ft.info.name.c_str(), 0) != 0) continue;
     if (rule.encoding == Encoding::kUnchanged && !identical) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          Quoted(ft.info.name), ": rule '", rule.ToString(),
-          "' asks for 'unchanged' but the tensor differs from the base"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(Quoted(ft.info.name), ": rule '", rule.ToString(),
+                       "' asks for 'unchanged' but the tensor differs from the base"));
     }
     if (rule.encoding == Encoding::kDct && rank < 2) {
       return absl::InvalidArgumentError(absl::StrCat(Quoted(ft.info.name), ": rule '",
@@ -223,8 +222,7 @@ absl::StatusOr<Encoding> ChooseEncoding(const TensorView& ft, const TensorView* 
   return Encoding::kDct;
 }
 
-absl::StatusOr<CompressStats> CompressModel(const ModelReader& base,
-                                            const ModelReader& finetuned,
+absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const ModelReader& finetuned,
                                             const CompressOptions& options,
                                             const std::string& out_path,
                                             const ProgressFn& progress) {
@@ -262,13 +260,13 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base,
       rec.cols = view.second;
       auto encoded = EncodeDctMatrix(delta.data(), rec.rows, rec.cols, options.dct);
       if (!encoded.ok()) {
-        return absl::Status(encoded.status().code(), absl::StrCat(Quoted(name), ": ",
-                                                                  encoded.status().message()));
+        return absl::Status(encoded.status().code(),
+                            absl::StrCat(Quoted(name), ": ", encoded.status().message()));
       }
       payload = *std::move(encoded);
       rec.payload = payload;
-      const size_t base_bytes = static_cast<size_t>(bv->info.num_elements()) *
-                                DTypeSize(ft.info.dtype);
+      const size_t base_bytes =
+          static_cast<size_t>(bv->info.num_elements()) * DTypeSize(ft.info.dtype);
       rec.extra_rows = ft.data.subspan(base_bytes);
     }
     const uint64_t before = writer->bytes_written();
@@ -303,8 +301,8 @@ absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DT
                          absl::Span<uint8_t> out) {
   const std::string& name = record.info.name;
   if (out.size() != MergedBytes(record, out_dtype)) {
-    return absl::InvalidArgumentError(absl::StrCat(Quoted(name), ": output buffer is ",
-                                                   out.size(), " bytes, merge needs ",
+    return absl::InvalidArgumentError(absl::StrCat(Quoted(name), ": output buffer is ", out.size(),
+                                                   " bytes, merge needs ",
                                                    MergedBytes(record, out_dtype)));
   }
   const int64_t n = record.info.num_elements();
@@ -313,9 +311,9 @@ absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DT
     return absl::OkStatus();
   }
   if (base == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(Quoted(name), ": ", std::string(EncodingName(record.encoding)),
-                     " record needs the base model"));
+    return absl::InvalidArgumentError(absl::StrCat(Quoted(name), ": ",
+                                                   std::string(EncodingName(record.encoding)),
+                                                   " record needs the base model"));
   }
   auto bv = base->Get(name);
   if (!bv.ok()) {
@@ -331,9 +329,8 @@ absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DT
     CastElements(bv->data.data(), bv->info.dtype, n, out_dtype, out.data());
     return absl::OkStatus();
   }
-  absl::Status s = DecodeDctMatrixMerge(record.payload, record.rows, record.cols,
-                                        bv->data.data(), bv->info.dtype, out_dtype,
-                                        out.data());
+  absl::Status s = DecodeDctMatrixMerge(record.payload, record.rows, record.cols, bv->data.data(),
+                                        bv->info.dtype, out_dtype, out.data());
   if (!s.ok()) {
     return absl::Status(s.code(), absl::StrCat(Quoted(name), ": ", s.message()));
   }

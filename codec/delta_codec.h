@@ -62,8 +62,7 @@ BaseHash ComputeBaseHash(const ModelReader& base);
 
 // OK if `base` hashes to the container's base hash, or if `force`. Otherwise
 // FailedPrecondition quoting both hashes. Reads every byte of the base.
-absl::Status CheckBaseHash(const ModelReader& base, const ContainerHeader& header,
-                           bool force);
+absl::Status CheckBaseHash(const ModelReader& base, const ContainerHeader& header, bool force);
 
 // The encoding CompressModel gives finetuned tensor `ft` against `base` (null: the
 // tensor is absent from the base), per FORMAT.md "Tensor policy". InvalidArgument
@@ -82,8 +81,7 @@ struct CompressStats {
 // tensor must exist in base with the same shape, except that an embedding may have more
 // rows (dim 0) than the base (InvalidArgument otherwise, naming the tensor); tensors only
 // in finetuned are stored raw.
-absl::StatusOr<CompressStats> CompressModel(const ModelReader& base,
-                                            const ModelReader& finetuned,
+absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const ModelReader& finetuned,
                                             const CompressOptions& options,
                                             const std::string& out_path,
                                             const ProgressFn& progress = nullptr);
@@ -95,12 +93,12 @@ uint64_t MergedBytes(const TensorRecord& record, DType out_dtype);
 // into `out` (REQUIRES out.size() == MergedBytes(record, out_dtype)). `base` may be null
 // only for records that do not need it (kRaw). NotFound/InvalidArgument if the base
 // tensor is missing or its shape differs from record.base_shape. Deterministic.
-absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record,
-                         DType out_dtype, absl::Span<uint8_t> out);
+absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DType out_dtype,
+                         absl::Span<uint8_t> out);
 
 struct DecompressOptions {
-  bool force = false;                 // decode even if the base hash differs
-  std::optional<DType> out_dtype;     // default: each tensor's recorded dtype
+  bool force = false;              // decode even if the base hash differs
+  std::optional<DType> out_dtype;  // default: each tensor's recorded dtype
 };
 
 // Decodes a whole container against `base` into a safetensors file at `out_path`

@@ -57,6 +57,9 @@ struct ReportTotals {
   // Evaluated reports only; nullopt where undefined (no delta / no weights).
   std::optional<double> rel_delta_error, rel_delta_error_dct;
   std::optional<double> rel_weight_error, rel_weight_error_dct;
+  // ||W_ft - W_base|| / ||W_ft|| (no delta applied at all), for scale; over the tensors
+  // with a base of the same shape.
+  std::optional<double> rel_weight_error_base_only, rel_weight_error_base_only_dct;
 };
 
 // Sizes per record; verifies every record's checksum (DataLoss naming the tensor).
@@ -64,8 +67,7 @@ absl::StatusOr<ContainerReport> ReportContainer(const codec::MappedContainer& co
 
 // Decodes every record against `base` and compares with `finetuned`. NotFound naming a
 // tensor of the container missing from `finetuned`; MergeTensor's errors otherwise.
-absl::Status EvaluateReport(const codec::ModelReader& base,
-                            const codec::ModelReader& finetuned,
+absl::Status EvaluateReport(const codec::ModelReader& base, const codec::ModelReader& finetuned,
                             const codec::ContainerReader& container, ContainerReport* report,
                             const codec::ProgressFn& progress);
 

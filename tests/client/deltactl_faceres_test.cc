@@ -84,14 +84,13 @@ TEST(DeltactlFaceresTest, ConvertCompressEvalDecompress) {
       EXPECT_EQ(tensor.at("rel_weight_error").get<double>(), 0.0) << tensor.at("name");
     }
   }
-  EXPECT_EQ(record_bytes + t.at("header_bytes").get<uint64_t>() +
-                t.at("trailer_bytes").get<uint64_t>(),
-            t.at("container_bytes").get<uint64_t>());
+  EXPECT_EQ(
+      record_bytes + t.at("header_bytes").get<uint64_t>() + t.at("trailer_bytes").get<uint64_t>(),
+      t.at("container_bytes").get<uint64_t>());
 
   r = RunDeltactl("decompress --base " + base + " --delta " + dds + " --out " + merged, dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = RunDeltactl("decompress --base " + base + " --delta " + dds + " --out " + merged + "2",
-                  dir);
+  r = RunDeltactl("decompress --base " + base + " --delta " + dds + " --out " + merged + "2", dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(ReadBytes(merged), ReadBytes(merged + "2"));  // decoding is deterministic
 
@@ -108,16 +107,14 @@ TEST(DeltactlFaceresTest, ConvertCompressEvalDecompress) {
     ASSERT_OK_AND_ASSIGN(auto f, ft_model->Get(rec.info.name));
     EXPECT_EQ(m.info.shape, f.info.shape);
     std::vector<uint8_t> out(MergedBytes(rec, rec.info.dtype));
-    ASSERT_THAT(MergeTensor(base_model.get(), rec, rec.info.dtype, absl::MakeSpan(out)),
-                IsOk());
-    EXPECT_TRUE(std::equal(out.begin(), out.end(), m.data.begin(), m.data.end()))
-        << rec.info.name;
+    ASSERT_THAT(MergeTensor(base_model.get(), rec, rec.info.dtype, absl::MakeSpan(out)), IsOk());
+    EXPECT_TRUE(std::equal(out.begin(), out.end(), m.data.begin(), m.data.end())) << rec.info.name;
   }
 
   // The merged model against the wrong base: refused unless forced.
-  r = RunDeltactl("decompress --base " + ft + " --delta " + dds + " --out " +
-                      dir.File("wrong.safetensors"),
-                  dir);
+  r = RunDeltactl(
+      "decompress --base " + ft + " --delta " + dds + " --out " + dir.File("wrong.safetensors"),
+      dir);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("FAILED_PRECONDITION"));
 }

@@ -26,8 +26,8 @@ using ::deltaserve::testing::RunDeltactl;
 using ::deltaserve::testing::ScopedTempDir;
 using ::testing::HasSubstr;
 
-OwnedTensor Tensor(const std::string& name, DType dtype, std::vector<int64_t> shape,
-                   uint32_t seed, float scale) {
+OwnedTensor Tensor(const std::string& name, DType dtype, std::vector<int64_t> shape, uint32_t seed,
+                   float scale) {
   OwnedTensor t;
   t.info = {name, dtype, std::move(shape)};
   std::mt19937 rng(seed);
@@ -126,8 +126,7 @@ TEST_F(DeltactlOfflineTest, CompressInspectDecompress) {
   EXPECT_THAT(r.out, HasSubstr("rel. delta error"));
 
   const std::string merged = dir_.File("m.safetensors");
-  r = Run("decompress --base " + base_ + " --delta " + dds_ + " --out " + merged +
-          " --dtype bf16");
+  r = Run("decompress --base " + base_ + " --delta " + dds_ + " --out " + merged + " --dtype bf16");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   ASSERT_OK_AND_ASSIGN(auto m, ModelReader::Open(merged));
   ASSERT_EQ(m->tensors().size(), 2u);
@@ -141,10 +140,9 @@ TEST_F(DeltactlOfflineTest, RulesReachThePolicy) {
 }
 
 TEST_F(DeltactlOfflineTest, BadOptionsAreInvalidArgument) {
-  for (const char* bad : {"--schedule 2:0.5", "--quantizer fancy", "--patch 1",
-                          "--rule 'w=zip'", "--min-dct-elements -5"}) {
-    auto r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ + " " +
-                 bad);
+  for (const char* bad : {"--schedule 2:0.5", "--quantizer fancy", "--patch 1", "--rule 'w=zip'",
+                          "--min-dct-elements -5"}) {
+    auto r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ + " " + bad);
     EXPECT_EQ(r.exit_code, 1) << bad;
     EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT")) << bad;
   }
@@ -153,8 +151,8 @@ TEST_F(DeltactlOfflineTest, BadOptionsAreInvalidArgument) {
 
 TEST_F(DeltactlOfflineTest, WrongBaseAndCorruptionAreReported) {
   Compress();
-  auto r = Run("decompress --base " + ft_ + " --delta " + dds_ + " --out " +
-               dir_.File("m.safetensors"));
+  auto r =
+      Run("decompress --base " + ft_ + " --delta " + dds_ + " --out " + dir_.File("m.safetensors"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("FAILED_PRECONDITION"));
   r = Run("decompress --force --base " + ft_ + " --delta " + dds_ + " --out " +

@@ -29,8 +29,7 @@ inline std::vector<uint8_t> ReadBytes(const std::string& path) {
 // captured into files of `dir`.
 inline DeltactlResult RunDeltactl(const std::string& args, const ScopedTempDir& dir) {
   const std::string out = dir.File("deltactl.stdout"), err = dir.File("deltactl.stderr");
-  const std::string cmd =
-      std::string(DELTACTL_BIN) + " " + args + " >" + out + " 2>" + err;
+  const std::string cmd = std::string(DELTACTL_BIN) + " " + args + " >" + out + " 2>" + err;
   const int rc = std::system(cmd.c_str());
   DeltactlResult r;
   r.exit_code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;

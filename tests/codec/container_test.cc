@@ -31,9 +31,9 @@ std::vector<uint8_t> Bytes(size_t n, uint8_t seed) {
 
 struct Fixture {
   ContainerHeader header;
-  std::vector<uint8_t> raw = Bytes(2 * 3 * 4, 1);     // F32 [2, 3]
-  std::vector<uint8_t> dct = Bytes(40, 9);            // opaque DCT payload
-  std::vector<uint8_t> extra = Bytes(2 * 4 * 2, 3);   // F16 2 extra rows of 4
+  std::vector<uint8_t> raw = Bytes(2 * 3 * 4, 1);    // F32 [2, 3]
+  std::vector<uint8_t> dct = Bytes(40, 9);           // opaque DCT payload
+  std::vector<uint8_t> extra = Bytes(2 * 4 * 2, 3);  // F16 2 extra rows of 4
   std::vector<TensorRecord> records;
 
   Fixture() {
@@ -227,8 +227,7 @@ TEST(ContainerTest, LyingLengthsAreRejected) {
   auto bytes = g.Build();
   ASSERT_OK_AND_ASSIGN(auto reader, ContainerReader::Parse(bytes));
   const size_t rec0 = reader.record_bytes(0).data() - bytes.data();
-  for (uint64_t lie : {uint64_t{0}, uint64_t{10}, uint64_t{100}, uint64_t{1} << 40,
-                       ~uint64_t{0}}) {
+  for (uint64_t lie : {uint64_t{0}, uint64_t{10}, uint64_t{100}, uint64_t{1} << 40, ~uint64_t{0}}) {
     auto copy = bytes;
     for (int k = 0; k < 8; ++k) copy[rec0 + 4 + k] = static_cast<uint8_t>(lie >> (8 * k));
     EXPECT_THAT(ContainerReader::Parse(copy), StatusIs(absl::StatusCode::kDataLoss))
@@ -254,20 +253,20 @@ TEST(ContainerTest, SerializeRecordRejectsInconsistentFields) {
   Fixture f;
   TensorRecord r = f.records[0];
   r.payload = absl::MakeConstSpan(f.raw).subspan(1);
-  EXPECT_THAT(SerializeRecord(r), StatusIs(absl::StatusCode::kInvalidArgument,
-                                           HasSubstr("tensor 'bias'")));
+  EXPECT_THAT(SerializeRecord(r),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tensor 'bias'")));
   r = f.records[1];
   r.rows = 3;
-  EXPECT_THAT(SerializeRecord(r), StatusIs(absl::StatusCode::kInvalidArgument,
-                                           HasSubstr("DCT view")));
+  EXPECT_THAT(SerializeRecord(r),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("DCT view")));
   r = f.records[1];
   r.extra_rows = {};
-  EXPECT_THAT(SerializeRecord(r), StatusIs(absl::StatusCode::kInvalidArgument,
-                                           HasSubstr("extra rows")));
+  EXPECT_THAT(SerializeRecord(r),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("extra rows")));
   r = f.records[1];
   r.base_shape = {7, 4};
-  EXPECT_THAT(SerializeRecord(r), StatusIs(absl::StatusCode::kInvalidArgument,
-                                           HasSubstr("base shape")));
+  EXPECT_THAT(SerializeRecord(r),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("base shape")));
   r = f.records[2];
   r.base_shape = {3, 3, 1};
   EXPECT_THAT(SerializeRecord(r), StatusIs(absl::StatusCode::kInvalidArgument));
@@ -278,8 +277,7 @@ TEST(ContainerTest, SerializeRecordRejectsInconsistentFields) {
   EXPECT_THAT(SerializeRecord(r), StatusIs(absl::StatusCode::kInvalidArgument));
   r = f.records[0];
   r.info.shape = {1, 1, 1, 1, 1, 1, 1, 1, 6};
-  EXPECT_THAT(SerializeRecord(r), StatusIs(absl::StatusCode::kInvalidArgument,
-                                           HasSubstr("rank")));
+  EXPECT_THAT(SerializeRecord(r), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rank")));
 }
 
 using TempDir = ::deltaserve::testing::ScopedTempDir;
@@ -326,8 +324,8 @@ TEST(ContainerWriterTest, RecordCountIsEnforced) {
   ASSERT_OK_AND_ASSIGN(auto w, ContainerWriter::Open(dir.File("many.dds"), h));
   ASSERT_THAT(w->Add(f.records[0]), IsOk());
   ASSERT_THAT(w->Add(f.records[1]), IsOk());
-  EXPECT_THAT(w->Add(f.records[2]), StatusIs(absl::StatusCode::kFailedPrecondition,
-                                             HasSubstr("tensor 'same'")));
+  EXPECT_THAT(w->Add(f.records[2]),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("tensor 'same'")));
   // A bad record is refused without being written.
   ContainerHeader h1 = f.header;
   h1.tensor_count = 1;

@@ -1,6 +1,5 @@
 #include "codec/delta_codec.h"
 
-
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -56,8 +55,8 @@ std::vector<float> SmoothDelta(int64_t rows, int64_t cols, uint32_t seed) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) {
       const float amp = (r < rows / 2 && c < cols / 2) ? 0.05f : 0.002f;
-      d[r * cols + c] = amp * std::sin(0.05f * r + 0.5f * seed) * std::cos(0.03f * c) +
-                        noise[r * cols + c];
+      d[r * cols + c] =
+          amp * std::sin(0.05f * r + 0.5f * seed) * std::cos(0.03f * c) + noise[r * cols + c];
     }
   }
   return d;
@@ -151,9 +150,9 @@ TEST(ChooseEncodingTest, Policy) {
   EXPECT_EQ(*choose("layer/w", CompressOptions{}), Encoding::kDct);
 
   o.rules = {{"layer/*", Encoding::kRaw}, {"*", Encoding::kDct}};
-  EXPECT_EQ(*choose("layer/w", o), Encoding::kRaw);   // first rule wins
-  EXPECT_EQ(*choose("small", o), Encoding::kDct);     // forced despite its size
-  EXPECT_EQ(*choose("only_ft", o), Encoding::kRaw);   // no base: always raw
+  EXPECT_EQ(*choose("layer/w", o), Encoding::kRaw);  // first rule wins
+  EXPECT_EQ(*choose("small", o), Encoding::kDct);    // forced despite its size
+  EXPECT_EQ(*choose("only_ft", o), Encoding::kRaw);  // no base: always raw
   EXPECT_THAT(choose("same", o), IsOk());
   o.rules = {{"*", Encoding::kDct}};
   EXPECT_THAT(choose("layer/bias", o),
@@ -224,13 +223,13 @@ TEST(DeltaCodecTest, CompressDecompressRoundTrip) {
   ASSERT_OK_AND_ASSIGN(auto ft, ModelReader::Open(p.ft_path));
   const std::string dds = p.dir.File("d.dds");
   std::vector<std::string> seen;
-  ASSERT_OK_AND_ASSIGN(
-      auto stats, CompressModel(*base, *ft, SmallModelOptions(), dds,
-                                [&](size_t done, size_t total, const std::string& name) {
-                                  EXPECT_EQ(total, 6u);
-                                  EXPECT_EQ(done, seen.size() + 1);
-                                  seen.push_back(name);
-                                }));
+  ASSERT_OK_AND_ASSIGN(auto stats,
+                       CompressModel(*base, *ft, SmallModelOptions(), dds,
+                                     [&](size_t done, size_t total, const std::string& name) {
+                                       EXPECT_EQ(total, 6u);
+                                       EXPECT_EQ(done, seen.size() + 1);
+                                       seen.push_back(name);
+                                     }));
   EXPECT_EQ(seen.size(), 6u);
   EXPECT_EQ(stats.dct_tensors, 2u);
   EXPECT_EQ(stats.raw_tensors, 3u);
@@ -249,8 +248,8 @@ TEST(DeltaCodecTest, CompressDecompressRoundTrip) {
   ASSERT_EQ(reader.num_records(), 6u);
 
   // Compression is deterministic: the same inputs give the same container bytes.
-  ASSERT_OK_AND_ASSIGN(auto stats2, CompressModel(*base, *ft, SmallModelOptions(),
-                                                  p.dir.File("d2.dds")));
+  ASSERT_OK_AND_ASSIGN(auto stats2,
+                       CompressModel(*base, *ft, SmallModelOptions(), p.dir.File("d2.dds")));
   EXPECT_EQ(ReadFile(dds), ReadFile(p.dir.File("d2.dds")));
   EXPECT_EQ(stats2.container_bytes, stats.container_bytes);
 
@@ -272,8 +271,7 @@ TEST(DeltaCodecTest, CompressDecompressRoundTrip) {
     EXPECT_TRUE(std::equal(out.begin(), out.end(), m.data.begin(), m.data.end())) << name;
     if (rec.encoding != Encoding::kDct) {
       // Raw and unchanged tensors come back bit for bit.
-      EXPECT_TRUE(std::equal(m.data.begin(), m.data.end(), f.data.begin(), f.data.end()))
-          << name;
+      EXPECT_TRUE(std::equal(m.data.begin(), m.data.end(), f.data.begin(), f.data.end())) << name;
     }
   }
   ASSERT_OK_AND_ASSIGN(auto same_rec, reader.record(4));
@@ -308,8 +306,8 @@ TEST(DeltaCodecTest, CompressDecompressRoundTrip) {
   ASSERT_OK_AND_ASSIGN(auto em, merged->Get("emb"));
   ASSERT_OK_AND_ASSIGN(auto ef, ft->Get("emb"));
   const size_t base_bytes = 150 * 96 * 4;
-  EXPECT_TRUE(std::equal(em.data.begin() + base_bytes, em.data.end(),
-                         ef.data.begin() + base_bytes, ef.data.end()));
+  EXPECT_TRUE(std::equal(em.data.begin() + base_bytes, em.data.end(), ef.data.begin() + base_bytes,
+                         ef.data.end()));
 
   // Decoding twice gives identical bytes.
   ASSERT_THAT(DecompressModel(*base, reader, {}, p.dir.File("merged2.safetensors")), IsOk());
@@ -378,7 +376,6 @@ TEST_F(CompressedPairTest, OutputDtypeOverride) {
 }
 
 TEST_F(CompressedPairTest, WrongBaseIsRefusedUnlessForced) {
-
   auto other = p.base;
   other[0].data[3] ^= 0x40;  // same names and shapes, one weight differs
   ASSERT_THAT(Write(p.dir.File("other.safetensors"), other), IsOk());
@@ -421,12 +418,12 @@ TEST_F(CompressedPairTest, MergeTensorErrors) {
 
 TEST(DeltaCodecTest, CompressRefusesUnmergeableShapes) {
   TempDir dir;
-  ASSERT_THAT(Write(dir.File("b.safetensors"),
-                    {MakeTensor("x", DType::kF32, {4, 8}, Gaussian(32, 1, 1))}),
-              IsOk());
-  ASSERT_THAT(Write(dir.File("f.safetensors"),
-                    {MakeTensor("x", DType::kF32, {4, 9}, Gaussian(36, 1, 1))}),
-              IsOk());
+  ASSERT_THAT(
+      Write(dir.File("b.safetensors"), {MakeTensor("x", DType::kF32, {4, 8}, Gaussian(32, 1, 1))}),
+      IsOk());
+  ASSERT_THAT(
+      Write(dir.File("f.safetensors"), {MakeTensor("x", DType::kF32, {4, 9}, Gaussian(36, 1, 1))}),
+      IsOk());
   ASSERT_OK_AND_ASSIGN(auto b, ModelReader::Open(dir.File("b.safetensors")));
   ASSERT_OK_AND_ASSIGN(auto f, ModelReader::Open(dir.File("f.safetensors")));
   EXPECT_THAT(CompressModel(*b, *f, {}, dir.File("d.dds")),
