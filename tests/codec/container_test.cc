@@ -205,15 +205,25 @@ TEST(ContainerTest, LyingLengthsAreRejected) {
   Fixture f;
   ASSERT_OK_AND_ASSIGN(auto rec, SerializeRecord(f.records[0]));  // "bias" [2,3] F32 raw
   // Layout: magic 4, length 8, name_len 2, "bias" 4, dtype/enc/rank/base_rank 4,
-  // shape 16, rows 8, cols 8, payload_len @52, extra_len @60, payload @68.
-  const size_t kPayloadLen = 52, kExtraLen = 60, kShape0 = 22;
+  // shape @22 (2 x 8), rows @38, cols @46, payload_len @54, extra_len @62, payload @70.
+  const size_t kShape0 = 22, kRows = 38, kPayloadLen = 54, kExtraLen = 62;
+  ASSERT_EQ(rec.size(), 70u + 24 + 8);
   EXPECT_THAT(ParseRecord(rec), IsOk());
+  const auto lengths_lie = HasSubstr("tensor 'bias': payload length");
   EXPECT_THAT(ParseRecord(ResealedRecord(rec, kPayloadLen, 1ull << 62)),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tensor 'bias'")));
+              StatusIs(absl::StatusCode::kInvalidArgument, lengths_lie));
   EXPECT_THAT(ParseRecord(ResealedRecord(rec, kPayloadLen, 23)),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tensor 'bias'")));
+              StatusIs(absl::StatusCode::kInvalidArgument, lengths_lie));
   EXPECT_THAT(ParseRecord(ResealedRecord(rec, kExtraLen, 1)),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tensor 'bias'")));
+              StatusIs(absl::StatusCode::kInvalidArgument, lengths_lie));
+  EXPECT_THAT(ParseRecord(ResealedRecord(rec, kExtraLen, ~uint64_t{0})),
+              StatusIs(absl::StatusCode::kInvalidArgument, lengths_lie));
+  // Consistent lengths, but a payload that does not fit the raw encoding.
+  auto shifted = ResealedRecord(ResealedRecord(rec, kPayloadLen, 20), kExtraLen, 4);
+  EXPECT_THAT(ParseRecord(shifted),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("raw payload is 20")));
+  EXPECT_THAT(ParseRecord(ResealedRecord(rec, kRows, 2)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rows = cols = 0")));
   // A shape that does not match the payload size.
   EXPECT_THAT(ParseRecord(ResealedRecord(rec, kShape0, 3)),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("raw payload")));
