@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -166,6 +167,22 @@ TEST(ContainerTest, FlipAtEveryByteIsDetected) {
                            StatusIs(absl::StatusCode::kInvalidArgument)))
           << "byte " << i << " ^ " << int{mask};
     }
+  }
+}
+
+TEST(ContainerTest, RandomMultiByteDamageIsDetected) {
+  Fixture f;
+  const auto bytes = f.Build();
+  std::mt19937 rng(42);
+  for (int trial = 0; trial < 3000; ++trial) {
+    auto copy = bytes;
+    const int n = 1 + static_cast<int>(rng() % 4);
+    for (int k = 0; k < n; ++k) copy[rng() % copy.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
+    if (rng() % 4 == 0) copy.resize(rng() % copy.size());
+    if (copy == bytes) continue;
+    EXPECT_THAT(ParseAll(copy), AnyOf(StatusIs(absl::StatusCode::kDataLoss),
+                                      StatusIs(absl::StatusCode::kInvalidArgument)))
+        << "trial " << trial;
   }
 }
 
