@@ -1,0 +1,127 @@
+#include "server/internal/tensor_cache.h"
+
+#include <atomic>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/internal/thread_pool.h"
+#include "tests/testing/status_matchers.h"
+
+namespace deltaserve::server::internal {
+namespace {
+
+using ::deltaserve::testing::StatusIs;
+
+MergedTensorPtr Tensor(size_t bytes, uint8_t fill = 0) {
+  auto t = std::make_shared<MergedTensor>();
+  t->data.assign(bytes, fill);
+  return t;
+}
+
+// Synchronous lookup; returns the value (or null on error) and whether it was a hit.
+std::pair<MergedTensorPtr, bool> Get(TensorCache& cache, const std::string& group,
+                                     const std::string& key, size_t bytes, int* loads) {
+  std::pair<MergedTensorPtr, bool> out;
+  cache.GetOrLoad(
+      group, group + "#" + key,
+      [&]() -> absl::StatusOr<MergedTensorPtr> {
+        ++*loads;
+        return Tensor(bytes);
+      },
+      [&](const absl::StatusOr<MergedTensorPtr>& r, bool hit) {
+        out = {r.ok() ? *r : nullptr, hit};
+      });
+  return out;
+}
+
+TEST(TensorCacheTest, EvictsLeastRecentlyUsedWithinBudget) {
+  TensorCache cache(1000, nullptr);
+  int loads = 0;
+  Get(cache, "a/t", "0", 400, &loads);
+  Get(cache, "a/t", "1", 400, &loads);
+  EXPECT_TRUE(Get(cache, "a/t", "0", 400, &loads).second);  // 0 is now most recent
+  Get(cache, "a/t", "2", 400, &loads);                       // evicts 1
+  EXPECT_EQ(cache.bytes(), 800u);
+  EXPECT_EQ(cache.entries(), 2u);
+  EXPECT_TRUE(Get(cache, "a/t", "0", 400, &loads).second);
+  EXPECT_FALSE(Get(cache, "a/t", "1", 400, &loads).second);
+  EXPECT_EQ(loads, 4);
+  // Larger than the whole budget: served, not kept.
+  auto [big, hit] = Get(cache, "a/t", "big", 5000, &loads);
+  ASSERT_NE(big, nullptr);
+  EXPECT_EQ(big->data.size(), 5000u);
+  EXPECT_LE(cache.bytes(), 1000u);
+}
+
+TEST(TensorCacheTest, PinnedGroupsAreNotEvictedAndEraseGroupDropsEntries) {
+  TensorCache cache(1000, nullptr);
+  int loads = 0;
+  cache.Pin("a/pinned");
+  Get(cache, "a/pinned", "0", 600, &loads);
+  Get(cache, "b/other", "0", 300, &loads);
+  Get(cache, "b/other", "1", 300, &loads);  // over budget: only b/other entries may go
+  EXPECT_EQ(cache.group_bytes("a/pinned"), 600u);
+  EXPECT_EQ(cache.pinned_bytes(), 600u);
+  EXPECT_LE(cache.bytes(), 1000u);
+  EXPECT_TRUE(cache.Unpin("a/pinned"));
+  EXPECT_FALSE(cache.Unpin("a/pinned"));
+  cache.EraseGroup("a/pinned");
+  EXPECT_EQ(cache.group_bytes("a/pinned"), 0u);
+  // Prefix safety: erasing "b/o" does not touch "b/other".
+  cache.EraseGroup("b/o");
+  EXPECT_EQ(cache.group_bytes("b/other"), 300u);
+}
+
+TEST(TensorCacheTest, ConcurrentRequestsOfOneKeyLoadOnce) {
+  TensorCache cache(1 << 20, nullptr);
+  ThreadPool pool(4);
+  std::atomic<int> loads{0}, hits{0}, done{0};
+  absl::Notification release;
+  for (int i = 0; i < 8; ++i) {
+    pool.Schedule([&] {
+      cache.GetOrLoad(
+          "g/t", "g/t#k",
+          [&]() -> absl::StatusOr<MergedTensorPtr> {
+            ++loads;
+            release.WaitForNotification();  // hold the flight open while others arrive
+            return Tensor(100, 7);
+          },
+          [&](const absl::StatusOr<MergedTensorPtr>& r, bool hit) {
+            EXPECT_EQ((*r)->data[0], 7);
+            hits += hit;
+            ++done;
+          });
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(100));
+  release.Notify();
+  pool.Shutdown();
+  EXPECT_EQ(loads.load(), 1);
+  EXPECT_EQ(done.load(), 8);
+  EXPECT_EQ(hits.load(), 7);
+}
+
+TEST(TensorCacheTest, ErrorsReachEveryWaiterAndAreNotCached) {
+  TensorCache cache(1 << 20, nullptr);
+  absl::Status got;
+  cache.GetOrLoad(
+      "g/t", "g/t#k", [] { return absl::StatusOr<MergedTensorPtr>(absl::DataLossError("bad")); },
+      [&](const absl::StatusOr<MergedTensorPtr>& r, bool) { got = r.status(); });
+  EXPECT_THAT(got, StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_EQ(cache.entries(), 0u);
+}
+
+TEST(ThreadPoolTest, RunsEverythingQueuedBeforeShutdownAndInlineAfter) {
+  std::atomic<int> ran{0};
+  ThreadPool pool(2);
+  for (int i = 0; i < 100; ++i) pool.Schedule([&] { ++ran; });
+  pool.Shutdown();
+  EXPECT_EQ(ran.load(), 100);
+  pool.Schedule([&] { ++ran; });
+  EXPECT_EQ(ran.load(), 101);
+}
+
+}  // namespace
+}  // namespace deltaserve::server::internal
