@@ -30,13 +30,13 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   void OnReadDone(bool ok) override {
     if (!ok) {
       // End of the client's stream (or a broken call): verify and commit on the pool.
-      if (!have_metadata_) return Fail(absl::InvalidArgumentError("PutDelta: empty stream"));
+      if (!have_metadata_) return Finish(absl::InvalidArgumentError("PutDelta: empty stream"));
       ctx_->pool->Schedule([this] { Commit(); });
       return;
     }
     if (!have_metadata_) {
       if (!request_.has_metadata()) {
-        return Fail(absl::InvalidArgumentError("PutDelta: the first message must be metadata"));
+        return Finish(absl::InvalidArgumentError("PutDelta: the first message must be metadata"));
       }
       have_metadata_ = true;
       meta_ = request_.metadata();
@@ -45,11 +45,11 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
       return;
     }
     if (!request_.has_chunk()) {
-      return Fail(absl::InvalidArgumentError("PutDelta: metadata may only come first"));
+      return Finish(absl::InvalidArgumentError("PutDelta: metadata may only come first"));
     }
     const std::string& chunk = request_.chunk();
     if (buffer_.size() + chunk.size() > meta_.total_bytes()) {
-      return Fail(absl::InvalidArgumentError(
+      return Finish(absl::InvalidArgumentError(
           absl::StrCat("PutDelta: task '", meta_.task(), "': more bytes than total_bytes=",
                        meta_.total_bytes())));
     }
@@ -102,7 +102,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   // Pool.
   void Admit() {
     absl::Status status = CheckAdmission();
-    if (!status.ok()) return Fail(status);
+    if (!status.ok()) return Finish(status);
     StartRead(&request_);
   }
 
@@ -157,8 +157,6 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     std::string().swap(buffer_);  // free the upload before answering
     Finish(status);
   }
-
-  void Fail(const absl::Status& status) { Finish(status); }
 
   void Finish(const absl::Status& status) {
     log_.Finish(status);

@@ -176,8 +176,8 @@ TEST_F(ServerTest, CancellingMidStreamStopsTheWork) {
   EXPECT_EQ(MetricValue(text, "deltaserve_streams_in_flight "), 0);
   double decoded = MetricValue(text, "deltaserve_cache_misses_total ");
   // Only the tensors around the cancellation point were decoded, not all 97: the two
-  // read, one prefetched, and what the transport window (16 KiB) holds.
-  EXPECT_LE(decoded, 6);
+  // read, what the transport window (16 KiB, a tensor or two) holds, and the prefetch.
+  EXPECT_LE(decoded, 10);
   absl::SleepFor(absl::Milliseconds(200));
   EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_cache_misses_total "), decoded);
   EXPECT_THAT(text, HasSubstr("deltaserve_requests_total{code=\"CANCELLED\",method=\"StreamWeights\"} 1"));
