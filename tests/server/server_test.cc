@@ -165,6 +165,29 @@ TEST_F(ServerTest, SixteenConcurrentPullsOfDifferentTasks) {
   EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_streams_in_flight "), 0);
 }
 
+TEST_F(ServerTest, ConcurrentPullsOfOneTaskDecodeEachTensorOnce) {
+  StartServer();
+  auto client = Client();
+  std::string path = MakeContainer("same", 77);
+  ASSERT_THAT(client->PushDeltaFile("same", path).status(), IsOk());
+  const std::string offline = ReadFileBytes(OfflineDecode(path));
+  constexpr int kPulls = 6;
+  std::vector<std::string> pulled(kPulls);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kPulls; ++i) {
+    threads.emplace_back([&, i] {
+      std::string out = tmp_.File("same" + std::to_string(i) + ".safetensors");
+      if (client->PullWeights("same", out).ok()) pulled[i] = ReadFileBytes(out);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kPulls; ++i) EXPECT_EQ(pulled[i], offline) << i;
+  std::string text = server_->MetricsText();
+  const double tensors = 1 + 4 * shape_.layers;
+  EXPECT_EQ(MetricValue(text, "deltaserve_cache_misses_total "), tensors);
+  EXPECT_EQ(MetricValue(text, "deltaserve_cache_hits_total "), (kPulls - 1) * tensors);
+}
+
 TEST_F(ServerTest, RestartServesEveryCommittedTask) {
   StartServer();
   std::vector<std::string> offline;
