@@ -4,6 +4,9 @@
 // SIGTERM/SIGINT: drain (stop accepting, let calls finish up to --drain-seconds), then
 // close the database and exit 0.
 #include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdio>
 #include <string>
@@ -17,6 +20,13 @@
 #include "spdlog/spdlog.h"
 
 namespace {
+
+int g_signal_pipe[2] = {-1, -1};
+
+void OnStopSignal(int sig) {
+  char c = static_cast<char>(sig);
+  (void)!write(g_signal_pipe[1], &c, 1);  // async-signal-safe
+}
 
 using deltaserve::server::Server;
 using deltaserve::server::ServerOptions;
@@ -67,21 +77,26 @@ int Run(int argc, char** argv) {
   if (!preload.empty()) o.preload = absl::StrSplit(preload, ',', absl::SkipEmpty());
   o.drain_timeout = absl::Seconds(drain_seconds);
 
-  // Block the stop signals in every thread (the server's threads inherit the mask);
-  // this thread waits for them with sigwait.
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGTERM);
-  sigaddset(&stop, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  // Stop signals go to a self-pipe that this thread waits on: whichever thread the
+  // kernel picks runs the handler, so no thread (gRPC's, RocksDB's) can be killed by it.
+  if (pipe(g_signal_pipe) != 0) {
+    internal::LogError("start failed", {{"error", "pipe() failed"}});
+    return 1;
+  }
+  struct sigaction sa {};
+  sa.sa_handler = OnStopSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
 
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(o);
   if (!server.ok()) {
     internal::LogError("start failed", {{"error", server.status().ToString()}});
     return 1;
   }
-  int sig = 0;
-  sigwait(&stop, &sig);
+  char sig = 0;
+  while (read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+  }
   internal::LogInfo("signal", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
   (*server)->Shutdown(o.drain_timeout);
   (*server)->Wait();
