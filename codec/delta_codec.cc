@@ -346,24 +346,30 @@ absl::Status DecompressModel(const ModelReader& base, const ContainerReader& con
                              const ProgressFn& progress) {
   DS_RETURN_IF_ERROR(CheckBaseHash(base, container.header(), options.force));
   const size_t total = container.num_records();
+  // Two passes so that only one merged tensor is in memory at a time: the safetensors
+  // header needs every shape first, then tensors are merged and appended in order.
   std::vector<TensorInfo> infos;
-  std::vector<std::vector<uint8_t>> buffers;
   infos.reserve(total);
-  buffers.reserve(total);
   for (size_t i = 0; i < total; ++i) {
     DS_ASSIGN_OR_RETURN(TensorRecord rec, container.record(i));
-    const DType dtype = options.out_dtype.value_or(rec.info.dtype);
-    std::vector<uint8_t> buf(MergedBytes(rec, dtype));
-    DS_RETURN_IF_ERROR(MergeTensor(&base, rec, dtype, absl::MakeSpan(buf)));
-    infos.push_back(TensorInfo{rec.info.name, dtype, rec.info.shape});
-    buffers.push_back(std::move(buf));
+    infos.push_back(
+        TensorInfo{rec.info.name, options.out_dtype.value_or(rec.info.dtype), rec.info.shape});
+  }
+  DS_ASSIGN_OR_RETURN(
+      std::unique_ptr<SafetensorsWriter> writer,
+      SafetensorsWriter::Open(
+          out_path, infos,
+          {{"deltaserve.base_hash", BaseHashHex(container.header().base_hash)},
+           {"deltaserve.tool", kToolName}}));
+  std::vector<uint8_t> buf;
+  for (size_t i = 0; i < total; ++i) {
+    DS_ASSIGN_OR_RETURN(TensorRecord rec, container.record(i));
+    buf.resize(MergedBytes(rec, infos[i].dtype));
+    DS_RETURN_IF_ERROR(MergeTensor(&base, rec, infos[i].dtype, absl::MakeSpan(buf)));
+    DS_RETURN_IF_ERROR(writer->Append(buf));
     if (progress) progress(i + 1, total, rec.info.name);
   }
-  std::vector<TensorView> views;
-  for (size_t i = 0; i < total; ++i) views.push_back(TensorView{infos[i], buffers[i]});
-  return WriteSafetensors(out_path, views,
-                          {{"deltaserve.base_hash", BaseHashHex(container.header().base_hash)},
-                           {"deltaserve.tool", kToolName}});
+  return writer->Commit();
 }
 
 }  // namespace deltaserve::codec

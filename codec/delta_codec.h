@@ -105,9 +105,9 @@ struct DecompressOptions {
 // (tensors in record order, __metadata__ {"deltaserve.base_hash": hex,
 // "deltaserve.tool": kToolName}). FailedPrecondition if the container's base hash
 // differs from base's (unless force); errors of MergeTensor / ContainerReader::record
-// (DataLoss naming the tensor) and WriteSafetensors otherwise.
-// Memory: the merged model is held in memory once (output-file size) because
-// WriteSafetensors takes all tensors at once; decoding itself needs one tensor's scratch.
+// (DataLoss naming the tensor) and SafetensorsWriter otherwise; on error no file is left
+// at out_path. Memory: one merged tensor at a time (records are verified twice: once for
+// the header's shapes, once when merged).
 absl::Status DecompressModel(const ModelReader& base, const ContainerReader& container,
                              const DecompressOptions& options, const std::string& out_path,
                              const ProgressFn& progress = nullptr);
