@@ -7,9 +7,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
-#include "client/internal/files.h"
 #include "client/internal/impl.h"
 #include "client/internal/status.h"
+#include "codec/file.h"
 #include "codec/safetensors.h"
 #include "codec/status_macros.h"
 
@@ -82,7 +82,8 @@ class WeightsStreamChecker {
   absl::Status Header(const v1::TensorHeader& h) {
     if (!began_ || in_tensor_ || ended_) return Bad("tensor header out of place");
     absl::StatusOr<codec::DType> dtype = FromProtoDType(h.dtype());
-    if (!dtype.ok()) return Bad(absl::StrCat("tensor '", h.name(), "': ", dtype.status().message()));
+    if (!dtype.ok())
+      return Bad(absl::StrCat("tensor '", h.name(), "': ", dtype.status().message()));
     header_ = h;
     info_ = codec::TensorInfo{h.name(), *dtype, {h.shape().begin(), h.shape().end()}};
     absl::StatusOr<int64_t> n = codec::CheckedNumElements(info_.shape);
@@ -104,8 +105,8 @@ class WeightsStreamChecker {
   absl::Status Chunk(const v1::TensorChunk& c) {
     if (!in_tensor_) return Bad("chunk outside a tensor");
     if (c.offset() != received_ || c.data().size() > header_.byte_length() - received_) {
-      return Bad(absl::StrCat("tensor '", header_.name(), "': chunk at offset ", c.offset(),
-                              " of ", c.data().size(), " bytes after ", received_, " of ",
+      return Bad(absl::StrCat("tensor '", header_.name(), "': chunk at offset ", c.offset(), " of ",
+                              c.data().size(), " bytes after ", received_, " of ",
                               header_.byte_length(), " bytes"));
     }
     const auto* data = reinterpret_cast<const uint8_t*>(c.data().data());
@@ -155,7 +156,7 @@ class WeightsStreamChecker {
 // Spills tensor data to a scratch file and remembers the layout.
 class SpillSink : public WeightsSink {
  public:
-  explicit SpillSink(std::unique_ptr<FileWriter> spill) : spill_(std::move(spill)) {}
+  explicit SpillSink(std::unique_ptr<codec::AtomicFileWriter> spill) : spill_(std::move(spill)) {}
   absl::Status Begin(const v1::StreamBegin& begin) override {
     metadata_.insert(begin.safetensors_metadata().begin(), begin.safetensors_metadata().end());
     return absl::OkStatus();
@@ -169,7 +170,8 @@ class SpillSink : public WeightsSink {
   // Writes the safetensors file from the spilled data.
   absl::Status Finish(const std::string& out_path) {
     DS_RETURN_IF_ERROR(spill_->Close());
-    DS_ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> mapped, MappedFile::Open(spill_->tmp_path()));
+    DS_ASSIGN_OR_RETURN(std::unique_ptr<codec::MappedFile> mapped,
+                        codec::MappedFile::Open(spill_->tmp_path()));
     std::vector<codec::TensorView> views;
     views.reserve(tensors_.size());
     for (const auto& [info, offset] : tensors_) {
@@ -179,7 +181,7 @@ class SpillSink : public WeightsSink {
   }
 
  private:
-  std::unique_ptr<FileWriter> spill_;  // removed when the sink is destroyed
+  std::unique_ptr<codec::AtomicFileWriter> spill_;  // removed when the sink is destroyed
   std::vector<std::pair<codec::TensorInfo, uint64_t>> tensors_;
   std::map<std::string, std::string> metadata_;
 };
@@ -189,8 +191,7 @@ class MemorySink : public WeightsSink {
   explicit MemorySink(PulledModel* out) : out_(out) {}
   absl::Status Begin(const v1::StreamBegin& begin) override {
     out_->task = begin.task();
-    out_->metadata.insert(begin.safetensors_metadata().begin(),
-                          begin.safetensors_metadata().end());
+    out_->metadata.insert(begin.safetensors_metadata().begin(), begin.safetensors_metadata().end());
     return absl::OkStatus();
   }
   absl::Status TensorBegin(const codec::TensorInfo& info) override {
@@ -280,9 +281,8 @@ absl::StatusOr<DeltaStats> RunStreamDelta(
     }
     if (msg.total_bytes() != total || msg.xxh3_64() != want_hash || msg.offset() != stats.bytes ||
         msg.data().size() > total - stats.bytes) {
-      local = absl::DataLossError(absl::StrCat(label, ": malformed stream at offset ",
-                                               msg.offset(), " after ", stats.bytes, " of ",
-                                               total, " bytes"));
+      local = absl::DataLossError(absl::StrCat(label, ": malformed stream at offset ", msg.offset(),
+                                               " after ", stats.bytes, " of ", total, " bytes"));
     } else {
       auto data = absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(msg.data().data()),
                                       msg.data().size());
@@ -306,8 +306,7 @@ absl::StatusOr<DeltaStats> RunStreamDelta(
   if (first) return absl::DataLossError(absl::StrCat(label, ": empty stream"));
   if (stats.bytes != total || stats.xxh3_64 != want_hash) {
     return absl::DataLossError(absl::StrCat(label, ": received ", stats.bytes, " of ", total,
-                                            " bytes, XXH3-64 ", stats.xxh3_64, " vs ",
-                                            want_hash));
+                                            " bytes, XXH3-64 ", stats.xxh3_64, " vs ", want_hash));
   }
   stats.seconds = SecondsSince(start);
   return stats;
@@ -318,7 +317,8 @@ absl::StatusOr<DeltaStats> RunStreamDelta(
 absl::StatusOr<PullStats> DeltaClient::PullWeights(const std::string& task,
                                                    const std::string& out_path,
                                                    const PullOptions& options) {
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<FileWriter> spill, FileWriter::Open(out_path + ".data"));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<codec::AtomicFileWriter> spill,
+                      codec::AtomicFileWriter::Open(out_path + ".data"));
   SpillSink sink(std::move(spill));
   DS_ASSIGN_OR_RETURN(PullStats stats, RunStreamWeights(*impl_, task, options, &sink));
   DS_RETURN_IF_ERROR(sink.Finish(out_path));
@@ -336,12 +336,12 @@ absl::StatusOr<PulledModel> DeltaClient::PullWeightsToMemory(const std::string& 
 absl::StatusOr<DeltaStats> DeltaClient::StreamDelta(const std::string& task,
                                                     const std::string& out_path,
                                                     const ProgressFn& progress) {
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<FileWriter> out, FileWriter::Open(out_path));
-  DS_ASSIGN_OR_RETURN(DeltaStats stats,
-                      RunStreamDelta(*impl_, task, progress,
-                                     [&](absl::Span<const uint8_t> data, uint64_t) {
-                                       return out->Append(data);
-                                     }));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<codec::AtomicFileWriter> out,
+                      codec::AtomicFileWriter::Open(out_path));
+  DS_ASSIGN_OR_RETURN(
+      DeltaStats stats,
+      RunStreamDelta(*impl_, task, progress,
+                     [&](absl::Span<const uint8_t> data, uint64_t) { return out->Append(data); }));
   DS_RETURN_IF_ERROR(out->Commit());
   return stats;
 }
@@ -349,13 +349,12 @@ absl::StatusOr<DeltaStats> DeltaClient::StreamDelta(const std::string& task,
 absl::StatusOr<std::vector<uint8_t>> DeltaClient::FetchDelta(const std::string& task,
                                                              const ProgressFn& progress) {
   std::vector<uint8_t> bytes;
-  DS_RETURN_IF_ERROR(RunStreamDelta(*impl_, task, progress,
-                                    [&](absl::Span<const uint8_t> data, uint64_t total) {
-                                      if (bytes.empty()) bytes.reserve(total);
-                                      bytes.insert(bytes.end(), data.begin(), data.end());
-                                      return absl::OkStatus();
-                                    })
-                         .status());
+  DS_RETURN_IF_ERROR(
+      RunStreamDelta(*impl_, task, progress, [&](absl::Span<const uint8_t> data, uint64_t total) {
+        if (bytes.empty()) bytes.reserve(total);
+        bytes.insert(bytes.end(), data.begin(), data.end());
+        return absl::OkStatus();
+      }).status());
   return bytes;
 }
 

@@ -13,7 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "codec/internal/mmap_file.h"
+#include "codec/file.h"
 #include "codec/status_macros.h"
 
 namespace deltaserve::codec {
@@ -632,7 +632,7 @@ absl::StatusOr<std::unique_ptr<ContainerWriter>> ContainerWriter::Open(
 
 absl::StatusOr<std::unique_ptr<MappedContainer>> MappedContainer::Open(const std::string& path) {
   std::unique_ptr<MappedContainer> mc(new MappedContainer());
-  DS_ASSIGN_OR_RETURN(mc->file_, internal::MappedFile::Open(path));
+  DS_ASSIGN_OR_RETURN(mc->file_, MappedFile::Open(path));
   auto reader = ContainerReader::Parse(mc->file_->bytes());
   if (!reader.ok()) {
     return absl::Status(reader.status().code(),

@@ -24,9 +24,7 @@
 #include "codec/tensor.h"
 
 namespace deltaserve::codec {
-namespace internal {
-class MappedFile;
-}  // namespace internal
+class MappedFile;  // codec/file.h
 
 // Identity of a base model: XXH3-128 over its tensors (see ComputeBaseHash).
 using BaseHash = std::array<uint8_t, 16>;
@@ -143,7 +141,7 @@ class MappedContainer {
 
  private:
   MappedContainer() = default;
-  std::unique_ptr<internal::MappedFile> file_;
+  std::unique_ptr<MappedFile> file_;
   ContainerReader reader_;
 };
 

@@ -13,7 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "codec/internal/json_util.h"
-#include "codec/internal/mmap_file.h"
+#include "codec/file.h"
 #include "codec/status_macros.h"
 
 namespace deltaserve::codec {
@@ -23,7 +23,7 @@ static_assert(std::endian::native == std::endian::little,
               "safetensors data is little-endian; big-endian hosts need byte swaps");
 
 namespace fs = std::filesystem;
-using internal::MappedFile;
+
 using nlohmann::json;
 
 // The upstream reference implementation refuses headers above 100 MB; so do we, before
@@ -265,7 +265,7 @@ absl::StatusOr<std::unique_ptr<ModelReader>> OpenSingle(const std::string& path)
 // Shard names in an index are relative to its directory and may not climb out of it.
 absl::Status CheckShardName(const std::string& index_path, const std::string& tensor,
                             const std::string& shard) {
-  if (!internal::IsContainedRelativePath(shard)) {
+  if (!IsContainedRelativePath(shard)) {
     return Invalid(index_path, absl::StrCat("weight_map entry for tensor '", tensor,
                                             "' has a bad shard path '", shard, "'"));
   }
@@ -273,7 +273,7 @@ absl::Status CheckShardName(const std::string& index_path, const std::string& te
 }
 
 absl::StatusOr<std::unique_ptr<ModelReader>> OpenIndex(const std::string& index_path) {
-  DS_ASSIGN_OR_RETURN(std::string text, internal::ReadFileToString(index_path));
+  DS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(index_path));
   DS_ASSIGN_OR_RETURN(json index, internal::ParseJson(text, index_path));
   if (!index.is_object()) return Invalid(index_path, "index is not a JSON object");
   auto wm = index.find("weight_map");
@@ -448,7 +448,7 @@ absl::StatusOr<std::string> BuildHeader(const std::string& path,
 
 class StreamingWriter final : public SafetensorsWriter {
  public:
-  StreamingWriter(std::unique_ptr<internal::AtomicFileWriter> file, std::vector<TensorInfo> infos)
+  StreamingWriter(std::unique_ptr<AtomicFileWriter> file, std::vector<TensorInfo> infos)
       : file_(std::move(file)), infos_(std::move(infos)) {}
 
   absl::Status Append(absl::Span<const uint8_t> data) override {
@@ -472,7 +472,7 @@ class StreamingWriter final : public SafetensorsWriter {
   }
 
  private:
-  std::unique_ptr<internal::AtomicFileWriter> file_;
+  std::unique_ptr<AtomicFileWriter> file_;
   std::vector<TensorInfo> infos_;
   size_t next_ = 0;  // index of the next tensor to append
 };
@@ -508,8 +508,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Open(
     const std::map<std::string, std::string>& metadata) {
   DS_RETURN_IF_ERROR(ValidateInfos(path, infos));
   DS_ASSIGN_OR_RETURN(std::string header, BuildHeader(path, infos, metadata));
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<internal::AtomicFileWriter> file,
-                      internal::AtomicFileWriter::Open(path));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> file,
+                      AtomicFileWriter::Open(path));
   DS_RETURN_IF_ERROR(file->Append(
       absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(header.data()), header.size())));
   return std::make_unique<StreamingWriter>(std::move(file), std::move(infos));
@@ -557,7 +557,7 @@ absl::Status WriteShardedSafetensors(const std::string& dir,
   json index = {{"metadata", std::move(md)}, {"weight_map", std::move(weight_map)}};
   const std::string index_path = (fs::path(dir) / kDefaultIndexName).string();
   DS_ASSIGN_OR_RETURN(std::string text, internal::DumpJson(index, index_path));
-  return internal::WriteFileAtomically(
+  return WriteFileAtomically(
       index_path, {absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()),
                                              text.size())});
 }

@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "codec/internal/json_util.h"
-#include "codec/internal/mmap_file.h"
+#include "codec/file.h"
 #include "codec/status_macros.h"
 
 namespace deltaserve::codec {
@@ -21,7 +21,7 @@ static_assert(std::endian::native == std::endian::little,
               "TF.js weights are little-endian; big-endian hosts need byte swaps");
 
 namespace fs = std::filesystem;
-using internal::MappedFile;
+
 using nlohmann::json;
 
 // A weight group's bytes: its files, concatenated in `paths` order, read in place.
@@ -40,7 +40,7 @@ class GroupBytes {
           std::string rel,
           internal::JsonToString(p, absl::StrCat(json_path, ": weightsManifest[", group,
                                                  "].paths entry")));
-      if (!internal::IsContainedRelativePath(rel)) {
+      if (!IsContainedRelativePath(rel)) {
         return absl::InvalidArgumentError(
             absl::StrCat(json_path, ": weight file path '", rel, "' leaves the model directory"));
       }
@@ -225,7 +225,7 @@ void AddStringField(const json& j, const char* key, std::map<std::string, std::s
 }  // namespace
 
 absl::StatusOr<TfjsModel> ImportTfjsGraphModel(const std::string& model_json_path) {
-  DS_ASSIGN_OR_RETURN(std::string text, internal::ReadFileToString(model_json_path));
+  DS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(model_json_path));
   DS_ASSIGN_OR_RETURN(json model, internal::ParseJson(text, model_json_path));
   if (!model.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(model_json_path, ": not a JSON object"));

@@ -1,7 +1,7 @@
-// Read-only memory mappings and small file helpers for codec/ (internal: no other
-// folder may include this header).
-#ifndef DELTASERVE_CODEC_INTERNAL_MMAP_FILE_H_
-#define DELTASERVE_CODEC_INTERNAL_MMAP_FILE_H_
+// Files for the codec and the client: read-only memory mappings and writers that
+// replace a file atomically (write `path.tmp`, fsync, rename).
+#ifndef DELTASERVE_CODEC_FILE_H_
+#define DELTASERVE_CODEC_FILE_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -14,7 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
-namespace deltaserve::codec::internal {
+namespace deltaserve::codec {
 
 // A whole file mapped read-only (POSIX mmap, PROT_READ, MAP_PRIVATE). The bytes stay
 // valid for the object's lifetime; the file is not copied. If another process truncates
@@ -63,13 +63,21 @@ class AtomicFileWriter {
   AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
 
   absl::Status Append(absl::Span<const uint8_t> data);
+  // fsyncs, closes and renames the .tmp file over path().
   absl::Status Commit();
+  // Closes the .tmp file without renaming it (a scratch file that is read back, e.g.
+  // mapped, and removed by the destructor). FailedPrecondition if already closed.
+  absl::Status Close();
   const std::string& path() const { return path_; }
+  std::string tmp_path() const { return path_ + ".tmp"; }
+  // Bytes appended so far.
+  uint64_t size() const { return size_; }
 
  private:
   AtomicFileWriter(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
   std::string path_;
   int fd_;  // -1 once closed
+  uint64_t size_ = 0;
   bool committed_ = false;
 };
 
@@ -79,6 +87,6 @@ class AtomicFileWriter {
 absl::Status WriteFileAtomically(const std::string& path,
                                  const std::vector<absl::Span<const uint8_t>>& pieces);
 
-}  // namespace deltaserve::codec::internal
+}  // namespace deltaserve::codec
 
-#endif  // DELTASERVE_CODEC_INTERNAL_MMAP_FILE_H_
+#endif  // DELTASERVE_CODEC_FILE_H_

@@ -1,4 +1,4 @@
-#include "codec/internal/mmap_file.h"
+#include "codec/file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -13,7 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "codec/status_macros.h"
 
-namespace deltaserve::codec::internal {
+namespace deltaserve::codec {
 namespace {
 
 absl::Status ErrnoError(int err, absl::string_view what, const std::string& path) {
@@ -58,8 +58,7 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& 
   }
   void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   if (addr == MAP_FAILED) return ErrnoError(errno, "cannot mmap", path);
-  return std::unique_ptr<MappedFile>(
-      new MappedFile(path, static_cast<const uint8_t*>(addr), size));
+  return std::unique_ptr<MappedFile>(new MappedFile(path, static_cast<const uint8_t*>(addr), size));
 }
 
 MappedFile::~MappedFile() {
@@ -81,8 +80,7 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
   return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
 }
 
-absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Open(
-    const std::string& path) {
+absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Open(const std::string& path) {
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoError(errno, "cannot create", tmp);
@@ -109,6 +107,16 @@ absl::Status AtomicFileWriter::Append(absl::Span<const uint8_t> data) {
     p += n;
     left -= static_cast<size_t>(n);
   }
+  size_ += data.size();
+  return absl::OkStatus();
+}
+
+absl::Status AtomicFileWriter::Close() {
+  const std::string tmp = tmp_path();
+  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(tmp, ": already closed"));
+  FdCloser closer(fd_);
+  fd_ = -1;
+  if (int err = closer.Close(); err != 0) return ErrnoError(err, "cannot close", tmp);
   return absl::OkStatus();
 }
 
@@ -133,4 +141,4 @@ absl::Status WriteFileAtomically(const std::string& path,
   return writer->Commit();
 }
 
-}  // namespace deltaserve::codec::internal
+}  // namespace deltaserve::codec
