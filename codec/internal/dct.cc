@@ -1,5 +1,7 @@
 #include "codec/internal/dct.h"
 
+#include <immintrin.h>
+
 #include <cassert>
 #include <cmath>
 
@@ -81,7 +83,11 @@ TripleProduct(int p, const float* m, const float* n, const float* in, int64_t in
 
 // Inverse only, p even: the DCT basis is symmetric, C[k][p-1-n] = (-1)^k C[k][n], so
 // each 1-D inverse splits into even-k and odd-k half sums, E +- O (one butterfly
-// level): half the multiply-adds of the plain product.
+// level): half the multiply-adds of the plain product. Every multiply-add is an explicit
+// fused one (fmaf), in ascending k from +0, so the result is defined to the bit on every
+// CPU and matches InverseEvenOdd32Avx512 (the compiler was free to contract some
+// products and not others; it did so unevenly across lanes). The baseline clone calls
+// libm's fmaf (slow; only CPUs without FMA, pre-2013, use it).
 template <int P>
 __attribute__((always_inline)) inline void InverseEvenOdd(const float* c, const float* in,
                                                           int64_t in_stride, float* out,
@@ -96,8 +102,8 @@ __attribute__((always_inline)) inline void InverseEvenOdd(const float* c, const 
       const float* re = in + k * in_stride;
       const float* ro = in + (k + 1) * in_stride;
       for (int x = 0; x < P; ++x) {
-        e[x] += we * re[x];
-        o[x] += wo * ro[x];
+        e[x] = __builtin_fmaf(we, re[x], e[x]);
+        o[x] = __builtin_fmaf(wo, ro[x], o[x]);
       }
     }
     for (int x = 0; x < P; ++x) {
@@ -113,14 +119,87 @@ __attribute__((always_inline)) inline void InverseEvenOdd(const float* c, const 
       const float* ce = c + k * P;
       const float* co = c + (k + 1) * P;
       for (int m = 0; m < H; ++m) {
-        e[m] += we * ce[m];
-        o[m] += wo * co[m];
+        e[m] = __builtin_fmaf(we, ce[m], e[m]);
+        o[m] = __builtin_fmaf(wo, co[m], o[m]);
       }
     }
     float* row = out + i * out_stride;
     for (int m = 0; m < H; ++m) row[m] = e[m] + o[m];
     for (int m = 0; m < H; ++m) row[P - 1 - m] = e[m] - o[m];
   }
+}
+
+// InverseEvenOdd<32> with AVX-512 intrinsics, register-blocked. Every output element is
+// computed by exactly the same sequence of operations as InverseEvenOdd<32> (fused
+// multiply-adds in ascending k from +0, then e +- o), so the bits are identical
+// (dct_test checks it); only loads and shuffles are saved: the compiler's version of the
+// row pass spends most of its time in lane permutes (10x slower, codec_bench).
+__attribute__((target("avx512f,fma"))) void InverseEvenOdd32Avx512(const float* c,
+                                                                    const float* in,
+                                                                    int64_t in_stride,
+                                                                    float* out,
+                                                                    int64_t out_stride) {
+  constexpr int P = 32, H = 16;
+  alignas(64) float t[P][P];
+  // Columns: t[n] = e + o, t[P-1-n] = e - o, e/o over even/odd input rows k. Two n at a
+  // time so that every input row loaded feeds four accumulators.
+  for (int n = 0; n < H; n += 2) {
+    __m512 e0a = _mm512_setzero_ps(), e0b = _mm512_setzero_ps();
+    __m512 o0a = _mm512_setzero_ps(), o0b = _mm512_setzero_ps();
+    __m512 e1a = _mm512_setzero_ps(), e1b = _mm512_setzero_ps();
+    __m512 o1a = _mm512_setzero_ps(), o1b = _mm512_setzero_ps();
+    for (int k = 0; k < P; k += 2) {
+      const float* re = in + k * in_stride;
+      const float* ro = in + (k + 1) * in_stride;
+      const __m512 rea = _mm512_loadu_ps(re), reb = _mm512_loadu_ps(re + 16);
+      const __m512 roa = _mm512_loadu_ps(ro), rob = _mm512_loadu_ps(ro + 16);
+      const __m512 we0 = _mm512_set1_ps(c[k * P + n]);
+      const __m512 wo0 = _mm512_set1_ps(c[(k + 1) * P + n]);
+      const __m512 we1 = _mm512_set1_ps(c[k * P + n + 1]);
+      const __m512 wo1 = _mm512_set1_ps(c[(k + 1) * P + n + 1]);
+      e0a = _mm512_fmadd_ps(we0, rea, e0a);
+      e0b = _mm512_fmadd_ps(we0, reb, e0b);
+      o0a = _mm512_fmadd_ps(wo0, roa, o0a);
+      o0b = _mm512_fmadd_ps(wo0, rob, o0b);
+      e1a = _mm512_fmadd_ps(we1, rea, e1a);
+      e1b = _mm512_fmadd_ps(we1, reb, e1b);
+      o1a = _mm512_fmadd_ps(wo1, roa, o1a);
+      o1b = _mm512_fmadd_ps(wo1, rob, o1b);
+    }
+    _mm512_store_ps(&t[n][0], _mm512_add_ps(e0a, o0a));
+    _mm512_store_ps(&t[n][16], _mm512_add_ps(e0b, o0b));
+    _mm512_store_ps(&t[P - 1 - n][0], _mm512_sub_ps(e0a, o0a));
+    _mm512_store_ps(&t[P - 1 - n][16], _mm512_sub_ps(e0b, o0b));
+    _mm512_store_ps(&t[n + 1][0], _mm512_add_ps(e1a, o1a));
+    _mm512_store_ps(&t[n + 1][16], _mm512_add_ps(e1b, o1b));
+    _mm512_store_ps(&t[P - 2 - n][0], _mm512_sub_ps(e1a, o1a));
+    _mm512_store_ps(&t[P - 2 - n][16], _mm512_sub_ps(e1b, o1b));
+  }
+  // Rows: out[i][m] = e + o, out[i][P-1-m] = e - o (m < H), e/o over even/odd k of
+  // t[i][k] * C[k][m]. Four rows i at a time share each basis row loaded.
+  const __m512i reverse = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int i = 0; i < P; i += 4) {
+    __m512 e[4], o[4];
+    for (int r = 0; r < 4; ++r) e[r] = o[r] = _mm512_setzero_ps();
+    for (int k = 0; k < P; k += 2) {
+      const __m512 ce = _mm512_loadu_ps(c + k * P);
+      const __m512 co = _mm512_loadu_ps(c + (k + 1) * P);
+      for (int r = 0; r < 4; ++r) {
+        e[r] = _mm512_fmadd_ps(_mm512_set1_ps(t[i + r][k]), ce, e[r]);
+        o[r] = _mm512_fmadd_ps(_mm512_set1_ps(t[i + r][k + 1]), co, o[r]);
+      }
+    }
+    for (int r = 0; r < 4; ++r) {
+      float* row = out + (i + r) * out_stride;
+      _mm512_storeu_ps(row, _mm512_add_ps(e[r], o[r]));
+      _mm512_storeu_ps(row + H, _mm512_permutexvar_ps(reverse, _mm512_sub_ps(e[r], o[r])));
+    }
+  }
+}
+
+bool HasAvx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  return has;
 }
 
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) bool
@@ -164,6 +243,14 @@ void ForwardDct2d(const DctBasis& basis, const float* in, int64_t in_stride, flo
 
 void InverseDct2d(const DctBasis& basis, const float* in, int64_t in_stride, float* out,
                   int64_t out_stride) {
+  if (basis.p == 32 && HasAvx512()) {
+    return InverseEvenOdd32Avx512(basis.c.data(), in, in_stride, out, out_stride);
+  }
+  InverseDct2dPortable(basis, in, in_stride, out, out_stride);
+}
+
+void InverseDct2dPortable(const DctBasis& basis, const float* in, int64_t in_stride,
+                          float* out, int64_t out_stride) {
   if (InverseFast(basis.p, basis.c.data(), in, in_stride, out, out_stride)) return;
   TripleProduct(basis.p, basis.ct.data(), basis.c.data(), in, in_stride, out, out_stride);
 }

@@ -5,12 +5,15 @@
 // Y = C X C^T and its inverse X = C^T Y C (JPEG's DCT, e.g. Wallace 1992, eq. 1-2).
 // Kernels are hand-written separable matrix products, specialised for p = 8, 16, 32
 // (whole patch rows as vectors) and generic otherwise; the inverse for p = 8/16/32 uses
-// one even/odd butterfly level (half the multiply-adds; it measured faster than both
-// the plain product and an AVX-512 intrinsics version of it). OpenBLAS sgemm over a
+// one even/odd butterfly level (half the multiply-adds), with explicit fused
+// multiply-adds so that its bits are defined on every CPU; at p = 32 on AVX-512 CPUs a
+// register-blocked intrinsics version of it runs instead (same bits, ~10x faster than
+// the compiled one on this project's machine: codec_bench BM_InverseDct2d/32 1.28 G vs
+// 0.125 G weights/s, one shared core). OpenBLAS sgemm over a
 // whole strip (codec_bench BM_InverseDctSgemmStrip) is no faster at p = 32 (665 vs 645
 // M weights/s, one core), slower at 16, and cannot skip dropped patches; so no BLAS. They are compiled for
 // x86-64-v4 (AVX-512), v3 (AVX2+FMA) and baseline and chosen once per process by the
-// CPU, so a given machine always produces the same bits. Pure, thread-safe.
+// CPU; the p = 8/16/32 inverse gives the same bits on every CPU. Pure, thread-safe.
 #ifndef DELTASERVE_CODEC_INTERNAL_DCT_H_
 #define DELTASERVE_CODEC_INTERNAL_DCT_H_
 
@@ -35,8 +38,15 @@ struct DctBasis {
 void ForwardDct2d(const DctBasis& basis, const float* in, int64_t in_stride, float* out,
                   int64_t out_stride);
 // out = C^T in C (DCT-III, the exact inverse of ForwardDct2d up to rounding).
+// At p = 32 on an AVX-512 CPU this runs a hand-blocked intrinsics kernel that gives the
+// same bits as InverseDct2dPortable on that CPU (measured 3-4x faster in codec_bench
+// BM_InverseDct2d/32: the compiled row pass is dominated by lane permutes).
 void InverseDct2d(const DctBasis& basis, const float* in, int64_t in_stride, float* out,
                   int64_t out_stride);
+// The compiled (target_clones) inverse, without the intrinsics kernel: the reference
+// for tests that the fast path is bit-identical.
+void InverseDct2dPortable(const DctBasis& basis, const float* in, int64_t in_stride,
+                          float* out, int64_t out_stride);
 
 }  // namespace deltaserve::codec::internal
 
