@@ -299,15 +299,45 @@ uint64_t MergedBytes(const TensorRecord& record, DType out_dtype) {
 
 absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DType out_dtype,
                          absl::Span<uint8_t> out) {
+  return MergeTensorPart(base, record, out_dtype, 0, 1, out);
+}
+
+int MergeTensorParts(const TensorRecord& record, int64_t min_part_weights, int max_parts) {
+  if (max_parts <= 1 || min_part_weights <= 0) return 1;
+  const int64_t n = record.info.num_elements();
+  // kDct parts are row ranges in units of kRowAlign rows of the 2-D view.
+  const int64_t units = record.encoding == Encoding::kDct
+                            ? (record.rows + kMergeRowAlign - 1) / kMergeRowAlign
+                            : n;
+  const int64_t by_size = std::max<int64_t>(1, n / min_part_weights);
+  return static_cast<int>(std::min<int64_t>({by_size, units, max_parts}));
+}
+
+absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record,
+                             DType out_dtype, int part, int num_parts, absl::Span<uint8_t> out) {
   const std::string& name = record.info.name;
   if (out.size() != MergedBytes(record, out_dtype)) {
     return absl::InvalidArgumentError(absl::StrCat(Quoted(name), ": output buffer is ", out.size(),
                                                    " bytes, merge needs ",
                                                    MergedBytes(record, out_dtype)));
   }
+  if (num_parts < 1 || part < 0 || part >= num_parts) {
+    return absl::InvalidArgumentError(absl::StrCat(Quoted(name), ": part ", part, " of ",
+                                                   num_parts, " parts"));
+  }
   const int64_t n = record.info.num_elements();
+  const size_t osz = DTypeSize(out_dtype);
+  // Element range [lo, hi) of part `part` when `count` units of `unit` elements are
+  // split evenly.
+  auto split = [&](int64_t count, int64_t unit, int64_t limit) {
+    const int64_t lo = std::min(limit, count * part / num_parts * unit);
+    const int64_t hi = std::min(limit, count * (part + 1) / num_parts * unit);
+    return std::make_pair(lo, hi);
+  };
   if (record.encoding == Encoding::kRaw) {
-    CastElements(record.payload.data(), record.info.dtype, n, out_dtype, out.data());
+    auto [lo, hi] = split(n, 1, n);
+    CastElements(record.payload.data() + lo * DTypeSize(record.info.dtype), record.info.dtype,
+                 hi - lo, out_dtype, out.data() + lo * osz);
     return absl::OkStatus();
   }
   if (base == nullptr) {
@@ -325,18 +355,24 @@ absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DT
                      ", the delta was made against ", ShapeString(record.base_shape)));
   }
   const int64_t base_n = bv->info.num_elements();
+  const size_t bsz = DTypeSize(bv->info.dtype);
   if (record.encoding == Encoding::kUnchanged) {
-    CastElements(bv->data.data(), bv->info.dtype, n, out_dtype, out.data());
+    auto [lo, hi] = split(n, 1, n);
+    CastElements(bv->data.data() + lo * bsz, bv->info.dtype, hi - lo, out_dtype,
+                 out.data() + lo * osz);
     return absl::OkStatus();
   }
-  absl::Status s = DecodeDctMatrixMerge(record.payload, record.rows, record.cols, bv->data.data(),
-                                        bv->info.dtype, out_dtype, out.data());
+  const int64_t units = (record.rows + kMergeRowAlign - 1) / kMergeRowAlign;
+  auto [row_lo, row_hi] = split(units, kMergeRowAlign, record.rows);
+  absl::Status s = DecodeDctMatrixMergeRows(record.payload, record.rows, record.cols, row_lo,
+                                            row_hi, bv->data.data(), bv->info.dtype, out_dtype,
+                                            out.data());
   if (!s.ok()) {
     return absl::Status(s.code(), absl::StrCat(Quoted(name), ": ", s.message()));
   }
-  if (n > base_n) {
+  if (n > base_n && part == num_parts - 1) {
     CastElements(record.extra_rows.data(), record.info.dtype, n - base_n, out_dtype,
-                 out.data() + base_n * DTypeSize(out_dtype));
+                 out.data() + base_n * osz);
   }
   return absl::OkStatus();
 }

@@ -96,6 +96,19 @@ uint64_t MergedBytes(const TensorRecord& record, DType out_dtype);
 absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DType out_dtype,
                          absl::Span<uint8_t> out);
 
+// Parallel merge of one large tensor: MergeTensorPart(part, num_parts) writes a disjoint
+// piece of `out` (same `out` and errors as MergeTensor, plus InvalidArgument unless
+// 0 <= part < num_parts); once every part in [0, num_parts) has returned OK, `out` holds
+// exactly MergeTensor's bytes, whatever the order or threads. kDct pieces are row ranges
+// of the 2-D view in multiples of kMergeRowAlign rows (so each patch-row strip is
+// decoded once for patch sizes dividing 64, e.g. 8, 16, 32); a part may be empty.
+inline constexpr int64_t kMergeRowAlign = 64;
+absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record,
+                             DType out_dtype, int part, int num_parts, absl::Span<uint8_t> out);
+// A part count for `record`: about one part per `min_part_weights` weights, at most
+// `max_parts`, at least 1, never more than the record has row units.
+int MergeTensorParts(const TensorRecord& record, int64_t min_part_weights, int max_parts);
+
 struct DecompressOptions {
   bool force = false;              // decode even if the base hash differs
   std::optional<DType> out_dtype;  // default: each tensor's recorded dtype

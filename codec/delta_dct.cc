@@ -289,6 +289,29 @@ class StripDecoder {
         coef_(static_cast<size_t>(pp.header.patch_size) * pp.header.patch_size),
         tmp_(coef_.size()), codes_(coef_.size()) {}
 
+  // Positions the cursors at the first patch of patch row `pr` (any pr <= prows), as if
+  // patch rows [0, pr) had been decoded: counts the kept patches before it.
+  void Seek(int64_t pr) {
+    const auto& h = pp_.header;
+    const int dc = h.separate_dc ? 1 : 0;
+    const int ncoef = h.patch_size * h.patch_size - dc;
+    const int nparams = internal::NumStoredParams(h.quantizer) + dc;
+    uint64_t kept = 0, bits_total = 0;
+    const int64_t end = pr * pp_.pcols;
+    if (h.widths.size() == 1) {
+      kept = h.widths[0] ? end : 0;
+      bits_total = kept * static_cast<uint64_t>(ncoef) * h.widths[0];
+    } else {
+      for (int64_t pi = 0; pi < end; ++pi) {
+        const int bits = h.widths[pp_.LevelOf(pi)];
+        kept += bits != 0;
+        bits_total += static_cast<uint64_t>(ncoef) * bits;
+      }
+    }
+    param_cursor_ = kept * 2 * nparams;
+    code_cursor_ = bits_total;
+  }
+
   void Decode(int64_t pr, float* dst, int64_t stride) {
     const auto& h = pp_.header;
     const int p = h.patch_size;
@@ -358,18 +381,33 @@ absl::Status DecodeDctMatrix(absl::Span<const uint8_t> payload, int64_t rows, in
 absl::Status DecodeDctMatrixMerge(absl::Span<const uint8_t> payload, int64_t rows,
                                   int64_t cols, const uint8_t* base, DType base_dtype,
                                   DType out_dtype, uint8_t* out) {
+  return DecodeDctMatrixMergeRows(payload, rows, cols, 0, rows, base, base_dtype, out_dtype,
+                                  out);
+}
+
+absl::Status DecodeDctMatrixMergeRows(absl::Span<const uint8_t> payload, int64_t rows,
+                                      int64_t cols, int64_t row_begin, int64_t row_end,
+                                      const uint8_t* base, DType base_dtype, DType out_dtype,
+                                      uint8_t* out) {
   DS_ASSIGN_OR_RETURN(internal::ParsedPayload pp, internal::ParsePayload(payload, rows, cols));
   if (base == nullptr || out == nullptr) {
     return absl::InvalidArgumentError("base or output buffer is null");
   }
+  if (row_begin < 0 || row_begin > row_end || row_end > rows) {
+    return absl::InvalidArgumentError(absl::StrCat("row range [", row_begin, ", ", row_end,
+                                                   ") outside [0, ", rows, "]"));
+  }
+  if (row_begin == row_end) return absl::OkStatus();
   StripDecoder dec(pp);
   const int p = pp.header.patch_size;
+  const int64_t pr_begin = row_begin / p, pr_end = CeilDiv(row_end, p);
+  dec.Seek(pr_begin);
   std::vector<float> strip(static_cast<size_t>(p) * cols), scratch(static_cast<size_t>(cols));
   const size_t bsz = DTypeSize(base_dtype), osz = DTypeSize(out_dtype);
-  for (int64_t pr = 0; pr < pp.prows; ++pr) {
+  for (int64_t pr = pr_begin; pr < pr_end; ++pr) {
     dec.Decode(pr, strip.data(), cols);
-    const int64_t r_end = std::min<int64_t>(rows, (pr + 1) * p);
-    for (int64_t r = pr * p; r < r_end; ++r) {
+    const int64_t r_end = std::min<int64_t>(row_end, (pr + 1) * p);
+    for (int64_t r = std::max<int64_t>(row_begin, pr * p); r < r_end; ++r) {
       internal::MergeRow(base + r * cols * bsz, base_dtype, strip.data() + (r - pr * p) * cols,
                          cols, out_dtype, out + r * cols * osz, scratch.data());
     }

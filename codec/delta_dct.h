@@ -114,6 +114,21 @@ absl::Status DecodeDctMatrixMerge(absl::Span<const uint8_t> payload, int64_t row
                                   int64_t cols, const uint8_t* base, DType base_dtype,
                                   DType out_dtype, uint8_t* out);
 
+// DecodeDctMatrixMerge restricted to matrix rows [row_begin, row_end): writes exactly
+// those rows of `out` (out still points at row 0 of the whole rows x cols matrix; other
+// rows are untouched) and reads only the patch-row strips covering them, so disjoint
+// ranges can run on different threads into one buffer. The union of any ranges that
+// cover [0, rows) is byte-identical to DecodeDctMatrixMerge. Ranges aligned to the
+// payload's patch size (a multiple of 64 rows always is) decode each strip once; an
+// unaligned boundary strip is decoded by both neighbours. Cost of the seek to
+// row_begin: none for single-level schedules, one pass over the level map otherwise.
+// Errors: those of DecodeDctMatrix; InvalidArgument unless
+// 0 <= row_begin <= row_end <= rows (an empty range is OK and writes nothing).
+absl::Status DecodeDctMatrixMergeRows(absl::Span<const uint8_t> payload, int64_t rows,
+                                      int64_t cols, int64_t row_begin, int64_t row_end,
+                                      const uint8_t* base, DType base_dtype, DType out_dtype,
+                                      uint8_t* out);
+
 }  // namespace deltaserve::codec
 
 #endif  // DELTASERVE_CODEC_DELTA_DCT_H_

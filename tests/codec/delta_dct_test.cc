@@ -1,5 +1,6 @@
 #include "codec/delta_dct.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -187,6 +188,58 @@ TEST(DeltaDctMergeTest, EqualsDecodeThenAddThenCast) {
                                << DTypeName(bt) << "->" << DTypeName(ot);
         }
       }
+    }
+  }
+}
+
+// Row ranges: any split of [0, rows) (aligned or not, empty pieces, one row) gives the
+// full decode's bytes; each call writes only its rows; bad ranges are refused.
+TEST(DeltaDctMergeTest, RowRangesUnionEqualsFullDecode) {
+  const int64_t rows = 133, cols = 70;
+  const auto d = MakeDelta(rows, cols, 11);
+  std::vector<uint8_t> base(rows * cols * 2);
+  {
+    std::vector<float> bf(rows * cols);
+    std::mt19937 rng(3);
+    std::normal_distribution<float> n(0.0f, 0.05f);
+    for (auto& x : bf) x = n(rng);
+    FromFloat32(bf.data(), rows * cols, DType::kF16, base.data());
+  }
+  for (int p : {8, 32}) {
+    for (const char* sched : {"1:1", "4:0.25,1:0.25,0:0.5"}) {
+      ASSERT_OK_AND_ASSIGN(auto enc, EncodeDctMatrix(d.data(), rows, cols,
+                                                     Params(p, sched, Quantizer::kClipped)));
+      std::vector<uint8_t> full(rows * cols * 2);
+      ASSERT_THAT(DecodeDctMatrixMerge(enc, rows, cols, base.data(), DType::kF16, DType::kF16,
+                                       full.data()),
+                  IsOk());
+      for (std::vector<int64_t> cuts :
+           {std::vector<int64_t>{0, rows}, {0, 64, 128, rows}, {0, 1, 7, 7, 40, 99, 132, rows},
+            {0, 32, 33, 96, rows}}) {
+        std::vector<uint8_t> got(full.size(), 0xcd);
+        for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+          std::vector<uint8_t> before = got;
+          ASSERT_THAT(DecodeDctMatrixMergeRows(enc, rows, cols, cuts[i], cuts[i + 1],
+                                               base.data(), DType::kF16, DType::kF16,
+                                               got.data()),
+                      IsOk());
+          // Only rows [cuts[i], cuts[i+1]) changed.
+          const size_t lo = cuts[i] * cols * 2, hi = cuts[i + 1] * cols * 2;
+          EXPECT_TRUE(std::equal(got.begin(), got.begin() + lo, before.begin()));
+          EXPECT_TRUE(std::equal(got.begin() + hi, got.end(), before.begin() + hi));
+        }
+        EXPECT_EQ(got, full) << "p=" << p << " " << sched << " cuts " << cuts.size();
+      }
+      std::vector<uint8_t> out(full.size());
+      EXPECT_THAT(DecodeDctMatrixMergeRows(enc, rows, cols, 5, 4, base.data(), DType::kF16,
+                                           DType::kF16, out.data()),
+                  StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("row range")));
+      EXPECT_THAT(DecodeDctMatrixMergeRows(enc, rows, cols, 0, rows + 1, base.data(),
+                                           DType::kF16, DType::kF16, out.data()),
+                  StatusIs(absl::StatusCode::kInvalidArgument));
+      EXPECT_THAT(DecodeDctMatrixMergeRows(enc, rows, cols, -1, 3, base.data(), DType::kF16,
+                                           DType::kF16, out.data()),
+                  StatusIs(absl::StatusCode::kInvalidArgument));
     }
   }
 }
