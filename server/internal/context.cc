@@ -1,6 +1,8 @@
 #include "server/internal/context.h"
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <xxhash.h>
 
 #include "absl/strings/str_cat.h"
@@ -34,6 +36,58 @@ std::string MergedTensorKey(const std::string& group, uint64_t version, size_t i
                       out_dtype ? std::string(codec::DTypeName(*out_dtype)) : "rec");
 }
 
+namespace {
+
+// Weights per part when a tensor is split across workers: small enough to balance the
+// embedding (136 M weights in a 0.5B model) over the pool, large enough that the
+// per-part overhead (one payload parse, one closure) stays well under 1%.
+constexpr int64_t kMinPartWeights = int64_t{1} << 22;
+
+// Runs codec::MergeTensorPart for parts [0, num_parts): the calling worker and up to
+// num_parts - 1 helpers queued on the pool claim parts from a shared counter. The caller
+// then waits only for parts that other workers have already started (never for queued
+// closures), so it cannot deadlock even when every worker is inside a decode; helpers
+// that start after all parts are claimed return at once. The output is the same bytes
+// as codec::MergeTensor whatever the interleaving (disjoint pieces of `out`).
+absl::Status MergePartsOnPool(const ServiceContext& ctx, const codec::TensorRecord& record,
+                              codec::DType out_dtype, absl::Span<uint8_t> out) {
+  const int workers = ctx.pool ? static_cast<int>(ctx.pool->num_threads()) : 1;
+  const int num_parts = codec::MergeTensorParts(record, kMinPartWeights, 4 * workers);
+  if (num_parts <= 1) return codec::MergeTensor(ctx.base, record, out_dtype, out);
+  struct Job {
+    int num_parts = 0;
+    std::atomic<int> next{0};
+    absl::Mutex mu;
+    int done ABSL_GUARDED_BY(mu) = 0;
+    absl::Status status ABSL_GUARDED_BY(mu);
+  };
+  auto job = std::make_shared<Job>();
+  job->num_parts = num_parts;
+  // Claims and runs parts until none is left. `record` and `out` outlive every call that
+  // claims a part: the caller returns only after all claimed parts are done.
+  auto work = [&ctx, &record, out_dtype, out, num_parts](Job& j) {
+    for (int part; (part = j.next.fetch_add(1)) < num_parts;) {
+      absl::Status s = codec::MergeTensorPart(ctx.base, record, out_dtype, part, num_parts, out);
+      absl::MutexLock lock(&j.mu);
+      if (!s.ok() && j.status.ok()) j.status = s;
+      ++j.done;
+    }
+  };
+  const int helpers = std::min(num_parts, workers) - 1;
+  for (int i = 0; i < helpers; ++i) {
+    ctx.pool->Schedule([job, work] { work(*job); });
+  }
+  work(*job);
+  absl::MutexLock lock(&job->mu);
+  // Every part is claimed now; wait for those still running on other workers.
+  job->mu.Await(absl::Condition(
+      +[](Job* j) ABSL_NO_THREAD_SAFETY_ANALYSIS { return j->done == j->num_parts; },
+      job.get()));
+  return job->status;
+}
+
+}  // namespace
+
 absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
                                                    const storage::TaskReader& reader,
                                                    size_t index,
@@ -46,8 +100,8 @@ absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
   merged->index = static_cast<uint32_t>(index);
   merged->data.resize(codec::MergedBytes(record, merged->info.dtype));
   absl::Time start = absl::Now();
-  DS_RETURN_IF_ERROR(codec::MergeTensor(ctx.base, record, merged->info.dtype,
-                                        absl::MakeSpan(merged->data)));
+  DS_RETURN_IF_ERROR(
+      MergePartsOnPool(ctx, record, merged->info.dtype, absl::MakeSpan(merged->data)));
   double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   // Decode and merge are one fused pass in the codec (DecodeDctMatrixMerge), so both
   // histograms see the same time.
