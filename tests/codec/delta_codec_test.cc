@@ -269,6 +269,21 @@ TEST(DeltaCodecTest, CompressDecompressRoundTrip) {
     std::vector<uint8_t> out(MergedBytes(rec, rec.info.dtype));
     ASSERT_THAT(MergeTensor(base.get(), rec, rec.info.dtype, absl::MakeSpan(out)), IsOk());
     EXPECT_TRUE(std::equal(out.begin(), out.end(), m.data.begin(), m.data.end())) << name;
+    // Any number of parts, merged in any order, gives MergeTensor's bytes.
+    for (int parts : {2, 3, 7}) {
+      std::vector<uint8_t> pieces(out.size(), 0xcd);
+      for (int part = parts - 1; part >= 0; --part) {
+        ASSERT_THAT(MergeTensorPart(base.get(), rec, rec.info.dtype, part, parts,
+                                    absl::MakeSpan(pieces)),
+                    IsOk());
+      }
+      EXPECT_EQ(pieces, out) << name << " in " << parts << " parts";
+    }
+    EXPECT_THAT(MergeTensorPart(base.get(), rec, rec.info.dtype, 2, 2, absl::MakeSpan(out)),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("part 2 of 2")));
+    EXPECT_GE(MergeTensorParts(rec, 1000, 4), 1);
+    EXPECT_LE(MergeTensorParts(rec, 1000, 4), 4);
+    EXPECT_EQ(MergeTensorParts(rec, 1000, 1), 1);
     if (rec.encoding != Encoding::kDct) {
       // Raw and unchanged tensors come back bit for bit.
       EXPECT_TRUE(std::equal(m.data.begin(), m.data.end(), f.data.begin(), f.data.end())) << name;
