@@ -1,10 +1,26 @@
 #include "server/internal/tensor_cache.h"
 
+#include <cstdlib>
+#include <new>
 #include <utility>
 
 #include "server/internal/metrics.h"
 
 namespace deltaserve::server::internal {
+
+template <class T>
+void* MergedBufferAllocator<T>::AllocateBytes(size_t bytes) {
+  void* p = std::malloc(bytes ? bytes : 1);
+  if (p == nullptr) throw std::bad_alloc();  // as operator new does
+  return p;
+}
+
+template <class T>
+void MergedBufferAllocator<T>::FreeBytes(void* p, size_t) {
+  std::free(p);
+}
+
+template struct MergedBufferAllocator<uint8_t>;
 
 TensorCache::TensorCache(uint64_t capacity_bytes, Metrics* metrics)
     : capacity_(capacity_bytes), metrics_(metrics) {}
