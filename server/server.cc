@@ -162,8 +162,11 @@ absl::Status Server::Impl::Init() {
     try {
       exposer = std::make_unique<prometheus::Exposer>(options.metrics_listen);
     } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat("metrics exposer on '", options.metrics_listen,
-                                                 "': ", e.what()));
+      // prometheus-cpp only says "null context when constructing CivetServer".
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve metrics on ", options.metrics_listen,
+                       ": address already in use? (set --metrics-listen, \"\" turns it off; ",
+                       e.what(), ")"));
     }
     exposer->RegisterCollectable(metrics->registry());
     std::vector<int> ports = exposer->GetListeningPorts();
@@ -176,13 +179,17 @@ absl::Status Server::Impl::Init() {
   service = std::make_unique<internal::DeltaServiceImpl>(&ctx);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, creds, &port);
+  // gRPC sets SO_REUSEPORT by default: a second daemon on a busy port would silently
+  // share it and clients would reach either one at random.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(service.get());
   // Upload chunks are up to 4 MiB of payload; leave room for framing.
   builder.SetMaxReceiveMessageSize(16 << 20);
   builder.SetMaxSendMessageSize(16 << 20);
   grpc_server = builder.BuildAndStart();
   if (!grpc_server || port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen, "'"));
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen,
+                                               ": address already in use? (set --listen)"));
   }
   grpc::HealthCheckServiceInterface* health = grpc_server->GetHealthCheckService();
   if (health) {
