@@ -1,5 +1,6 @@
 #include "server/config.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -7,6 +8,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "codec/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -38,7 +40,8 @@ std::string Resolve(const std::string& base_dir, const std::string& path) {
 absl::StatusOr<std::string> ParseToken(const json& j, const std::string& where,
                                        const std::string& base_dir) {
   if (j.is_string()) return j.get<std::string>();
-  if (j.is_object() && j.contains("token_file") && j["token_file"].is_string()) {
+  if (j.is_object() && j.size() == 1 && j.contains("token_file") &&
+      j["token_file"].is_string()) {
     std::string path = Resolve(base_dir, j["token_file"].get<std::string>());
     DS_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
     std::string token(absl::StripAsciiWhitespace(text));
@@ -100,9 +103,24 @@ absl::Status ReadTokensFile(const std::string& path, AuthConfig* config) {
   return absl::OkStatus();
 }
 
+// InvalidArgument naming the first key of `obj` not in `allowed` (a misspelled key would
+// otherwise be ignored silently, e.g. "quota" for "quota_bytes").
+absl::Status CheckKeys(const json& obj, const std::string& where,
+                       const std::vector<std::string>& allowed) {
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    if (std::find(allowed.begin(), allowed.end(), it.key()) == allowed.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("config: ", where, ": unknown key \"",
+                                                     it.key(), "\" (allowed: ",
+                                                     absl::StrJoin(allowed, ", "), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<AuthConfig> ParseJson(const json& root, const std::string& base_dir) {
   AuthConfig config;
   if (!root.is_object()) return absl::InvalidArgumentError("config: top level must be an object");
+  DS_RETURN_IF_ERROR(CheckKeys(root, "top level", {"tenants", "admin_tokens", "tokens_files"}));
   if (root.contains("tenants")) {
     const json& tenants = root["tenants"];
     if (!tenants.is_array()) return absl::InvalidArgumentError("config: tenants must be an array");
@@ -116,6 +134,7 @@ absl::StatusOr<AuthConfig> ParseJson(const json& root, const std::string& base_d
       TenantConfig tc;
       tc.name = t["name"].get<std::string>();
       where = absl::StrCat("tenant '", tc.name, "'");
+      DS_RETURN_IF_ERROR(CheckKeys(t, where, {"name", "tokens", "quota_bytes"}));
       if (t.contains("tokens")) {
         DS_RETURN_IF_ERROR(ParseTokenList(t["tokens"], where + " tokens", base_dir, &tc.tokens));
       }
@@ -147,6 +166,11 @@ absl::StatusOr<AuthConfig> ParseJson(const json& root, const std::string& base_d
     }
   }
   DS_RETURN_IF_ERROR(config.Validate());
+  if (config.tenants.empty() && config.admin_tokens.empty()) {
+    return absl::InvalidArgumentError(
+        "config: no tenants and no admin_tokens: nobody could authenticate (leave out "
+        "--config for an open single-tenant server)");
+  }
   return config;
 }
 
@@ -184,8 +208,25 @@ absl::Status AuthConfig::Validate() const {
 
 absl::StatusOr<AuthConfig> ParseAuthConfig(std::string_view json_text,
                                            const std::string& base_dir) {
-  json root = json::parse(json_text, /*cb=*/nullptr, /*allow_exceptions=*/false);
-  if (root.is_discarded()) return absl::InvalidArgumentError("config: not valid JSON");
+  json root;
+  try {
+    root = json::parse(json_text);
+  } catch (const json::parse_error& e) {
+    // e.byte is the 1-based byte where parsing stopped; turn it into line:column.
+    size_t byte = e.byte > 0 ? std::min<size_t>(e.byte - 1, json_text.size()) : 0;
+    size_t line = 1, col = 1;
+    for (size_t i = 0; i < byte; ++i) {
+      if (json_text[i] == '\n') {
+        ++line;
+        col = 1;
+      } else {
+        ++col;
+      }
+    }
+    return absl::InvalidArgumentError(absl::StrCat("config: not valid JSON at line ", line,
+                                                   ", column ", col, " (byte ", e.byte,
+                                                   "): ", e.what()));
+  }
   try {
     return ParseJson(root, base_dir);
   } catch (const json::exception& e) {  // type errors from get<>()

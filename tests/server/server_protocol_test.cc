@@ -171,5 +171,29 @@ TEST(AuthConfigTest, ParsesTokensFilesAndRejectsBadConfigs) {
   EXPECT_THAT(LoadAuthConfig(tmp.File("missing.json")), StatusIs(absl::StatusCode::kNotFound));
 }
 
+TEST(AuthConfigTest, UnknownKeysEmptyConfigsAndJsonErrorsAreNamed) {
+  using ::deltaserve::testing::StatusIs;
+  EXPECT_THAT(ParseAuthConfig(R"({"tenants":[{"name":"a","tokens":["x"],"quota":5}]})", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("tenant 'a': unknown key \"quota\" (allowed: name, tokens, "
+                                 "quota_bytes)")));
+  EXPECT_THAT(ParseAuthConfig(R"({"tenant":[{"name":"a","tokens":["x"]}]})", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("top level: unknown key \"tenant\" (allowed: tenants, "
+                                 "admin_tokens, tokens_files)")));
+  EXPECT_THAT(ParseAuthConfig(R"({"admin_token":["x"]})", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("\"admin_token\"")));
+  EXPECT_THAT(ParseAuthConfig(R"({"tenants":[]})", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("no tenants and no admin_tokens")));
+  EXPECT_THAT(ParseAuthConfig("{}", ""), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                  HasSubstr("no tenants and no admin_tokens")));
+  EXPECT_THAT(ParseAuthConfig(R"({"admin_tokens":["x"]})", ""), IsOk());
+  // Line 3, column 3: the stray "x".
+  EXPECT_THAT(ParseAuthConfig("{\n  \"tenants\": [],\n  x\n}", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("not valid JSON at line 3, column 3")));
+}
+
 }  // namespace
 }  // namespace deltaserve::server::testing
