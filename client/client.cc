@@ -7,6 +7,7 @@
 #include <sstream>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/internal/impl.h"
 #include "client/internal/status.h"
@@ -148,6 +149,12 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
   if (open && !cancelled) writer->WritesDone();
   grpc::Status status = writer->Finish();
   if (cancelled) return absl::CancelledError(absl::StrCat(label, ": cancelled by the caller"));
+  if (!status.ok()) {
+    // The server's messages start with its RPC name ("PutDelta: "): the label says it.
+    std::string message = status.error_message();
+    if (absl::StartsWith(message, "PutDelta: ")) message.erase(0, 10);
+    status = grpc::Status(status.error_code(), message);
+  }
   DS_RETURN_IF_ERROR(FromGrpcStatus(status, label));
   return std::move(*response.mutable_task());
 }
@@ -164,7 +171,9 @@ absl::StatusOr<v1::ListTasksResponse> DeltaClient::ListTasks(std::optional<std::
   v1::ListTasksRequest request;
   request.set_tenant(tenant.value_or(impl_->options.tenant));
   return impl_->Unary(&v1::DeltaService::Stub::ListTasks, request, impl_->options.deadline,
-                      absl::StrCat("ListTasks '", request.tenant(), "'"));
+                      request.tenant().empty()
+                          ? std::string("ListTasks")
+                          : absl::StrCat("ListTasks '", request.tenant(), "'"));
 }
 
 absl::StatusOr<v1::TaskInfo> DeltaClient::GetTask(const std::string& task,

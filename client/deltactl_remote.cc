@@ -140,7 +140,12 @@ absl::Status RunPush(const RemoteFlags& f, const TaskFlags& t) {
   PushOptions options;
   options.overwrite = t.overwrite;
   options.progress = StderrByteProgress("push " + t.task);
-  DS_ASSIGN_OR_RETURN(v1::TaskInfo info, client->PushDeltaFile(t.task, t.in, options));
+  absl::StatusOr<v1::TaskInfo> pushed = client->PushDeltaFile(t.task, t.in, options);
+  if (absl::IsAlreadyExists(pushed.status())) {
+    return absl::AlreadyExistsError(
+        absl::StrCat(pushed.status().message(), "; use --overwrite to replace it"));
+  }
+  DS_ASSIGN_OR_RETURN(v1::TaskInfo info, std::move(pushed));
   if (f.json) return PrintJson(info);
   absl::PrintF("pushed %s as %s/%s: %d bytes, %d tensors, %.4f bits/weight\n", t.in,
                info.tenant(), info.name(), info.container_bytes(), info.num_tensors(),

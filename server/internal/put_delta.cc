@@ -80,7 +80,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     if (existing.ok()) {
       if (!meta_.overwrite()) {
         return absl::AlreadyExistsError(absl::StrCat(
-            "task '", meta_.task(), "' already exists (set overwrite to replace it)"));
+            "task '", meta_.task(), "' already exists (overwrite not set)"));
       }
       replaced = existing->total_bytes;
     } else if (existing.status().code() != absl::StatusCode::kNotFound) {

@@ -1,4 +1,5 @@
-// What a user reads when a push is refused: early answers, before the whole upload.
+// What a user reads when a push is refused: early answers (before the whole upload) and
+// messages without doubled prefixes.
 #include "server/server.h"
 
 #include "gmock/gmock.h"
@@ -11,9 +12,11 @@ namespace deltaserve::server::testing {
 namespace {
 
 using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::StatusIs;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
-TEST_F(ServerTest, ExistingTaskIsRefusedBeforeTheUpload) {
+TEST_F(ServerTest, ExistingTaskIsRefusedBeforeTheUploadAndSaysOverwriteNotSet) {
   StartServer();
   auto client = Client();
   const std::string path = MakeContainer("a", 7);
@@ -35,7 +38,21 @@ TEST_F(ServerTest, ExistingTaskIsRefusedBeforeTheUpload) {
   grpc::Status status = writer->Finish();
   EXPECT_LT(sent, 1024);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::ALREADY_EXISTS);
-  EXPECT_THAT(status.error_message(), HasSubstr("task 'a' already exists"));
+  EXPECT_THAT(status.error_message(), HasSubstr("task 'a' already exists (overwrite not set)"));
+
+  // The client's label is not doubled with the server's RPC name.
+  absl::Status again = client->PushDeltaFile("a", path).status();
+  EXPECT_THAT(again, StatusIs(absl::StatusCode::kAlreadyExists,
+                              HasSubstr("already exists (overwrite not set)")));
+  EXPECT_THAT(again.message(), Not(HasSubstr("PutDelta:")));
+}
+
+TEST_F(ServerTest, ListTasksErrorHasNoEmptyTenantLabel) {
+  StartServer();
+  // An open server: a caller naming a tenant that is not its own gets an error.
+  absl::StatusOr<v1::ListTasksResponse> r = Client("", "")->ListTasks(std::string("x/y"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("ListTasks 'x/y'"));
 }
 
 }  // namespace
