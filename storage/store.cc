@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -247,6 +248,12 @@ absl::StatusOr<std::unique_ptr<DeltaStore>> DeltaStore::Open(const StoreOptions&
   auto handles = std::make_unique<Handles>();
   rocksdb::Status s =
       rocksdb::DB::Open(db_options, options.path, descriptors, &cfs, &handles->db);
+  if (s.IsIOError() && absl::StrContains(s.ToString(), "lock")) {
+    // RocksDB says "While lock file: DIR/LOCK: Resource temporarily unavailable".
+    return absl::FailedPreconditionError(
+        absl::StrCat("database ", options.path,
+                     " is in use by another process (another deltaserved?): ", s.ToString()));
+  }
   DS_RETURN_IF_ERROR(FromRocksStatus(s, absl::StrCat("opening store ", options.path)));
   handles->meta_cf = cfs[0];
   handles->records_cf = cfs[1];

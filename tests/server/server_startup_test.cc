@@ -1,4 +1,5 @@
-// deltaserved start-up errors a new user meets: a busy --listen or --metrics-listen port.
+// deltaserved start-up errors a new user meets: a busy --listen or --metrics-listen port,
+// a --db held by another process.
 #include "server/server.h"
 
 #include "gmock/gmock.h"
@@ -41,6 +42,17 @@ TEST_F(ServerTest, SecondServerOnABusyMetricsPortFailsToStart) {
                        HasSubstr(absl::StrCat("cannot serve metrics on ", second.metrics_listen,
                                               ": address already in use? (set "
                                               "--metrics-listen"))));
+}
+
+TEST_F(ServerTest, SecondServerOnTheSameDbIsFailedPrecondition) {
+  StartServer();
+  ServerOptions second = DefaultOptions();  // same db_path
+  absl::StatusOr<std::unique_ptr<Server>> s = Server::Start(second);
+  EXPECT_THAT(s.status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr(absl::StrCat("database ", second.db_path,
+                                              " is in use by another process (another "
+                                              "deltaserved?)"))));
 }
 
 }  // namespace
