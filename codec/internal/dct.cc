@@ -83,11 +83,11 @@ TripleProduct(int p, const float* m, const float* n, const float* in, int64_t in
 
 // Inverse only, p even: the DCT basis is symmetric, C[k][p-1-n] = (-1)^k C[k][n], so
 // each 1-D inverse splits into even-k and odd-k half sums, E +- O (one butterfly
-// level): half the multiply-adds of the plain product. Every multiply-add is an explicit
-// fused one (fmaf), in ascending k from +0, so the result is defined to the bit on every
-// CPU and matches InverseEvenOdd32Avx512 (the compiler was free to contract some
-// products and not others; it did so unevenly across lanes). The baseline clone calls
-// libm's fmaf (slow; only CPUs without FMA, pre-2013, use it).
+// level): half the multiply-adds of the plain product. Products are summed in ascending
+// k from +0. At P = 32 every multiply-add is an explicit fused one, so the result is
+// defined to the bit on every CPU and matches InverseEvenOdd32Avx512 (left to itself the
+// compiler contracted some lanes and not others); the baseline clone then calls libm's
+// fmaf (slow; only CPUs without FMA, pre-2013). P = 8/16 keep the compiler's choice.
 template <int P>
 __attribute__((always_inline)) inline void InverseEvenOdd(const float* c, const float* in,
                                                           int64_t in_stride, float* out,
@@ -102,8 +102,13 @@ __attribute__((always_inline)) inline void InverseEvenOdd(const float* c, const 
       const float* re = in + k * in_stride;
       const float* ro = in + (k + 1) * in_stride;
       for (int x = 0; x < P; ++x) {
-        e[x] = __builtin_fmaf(we, re[x], e[x]);
-        o[x] = __builtin_fmaf(wo, ro[x], o[x]);
+        if constexpr (P == 32) {
+          e[x] = __builtin_fmaf(we, re[x], e[x]);
+          o[x] = __builtin_fmaf(wo, ro[x], o[x]);
+        } else {
+          e[x] += we * re[x];
+          o[x] += wo * ro[x];
+        }
       }
     }
     for (int x = 0; x < P; ++x) {
@@ -119,8 +124,13 @@ __attribute__((always_inline)) inline void InverseEvenOdd(const float* c, const 
       const float* ce = c + k * P;
       const float* co = c + (k + 1) * P;
       for (int m = 0; m < H; ++m) {
-        e[m] = __builtin_fmaf(we, ce[m], e[m]);
-        o[m] = __builtin_fmaf(wo, co[m], o[m]);
+        if constexpr (P == 32) {
+          e[m] = __builtin_fmaf(we, ce[m], e[m]);
+          o[m] = __builtin_fmaf(wo, co[m], o[m]);
+        } else {
+          e[m] += we * ce[m];
+          o[m] += wo * co[m];
+        }
       }
     }
     float* row = out + i * out_stride;

@@ -5,15 +5,15 @@
 // Y = C X C^T and its inverse X = C^T Y C (JPEG's DCT, e.g. Wallace 1992, eq. 1-2).
 // Kernels are hand-written separable matrix products, specialised for p = 8, 16, 32
 // (whole patch rows as vectors) and generic otherwise; the inverse for p = 8/16/32 uses
-// one even/odd butterfly level (half the multiply-adds), with explicit fused
-// multiply-adds so that its bits are defined on every CPU; at p = 32 on AVX-512 CPUs a
+// one even/odd butterfly level (half the multiply-adds); at p = 32 it uses explicit fused
+// multiply-adds so that its bits are defined on every CPU, and on AVX-512 CPUs a
 // register-blocked intrinsics version of it runs instead (same bits, ~10x faster than
 // the compiled one on this project's machine: codec_bench BM_InverseDct2d/32 1.28 G vs
 // 0.125 G weights/s, one shared core). OpenBLAS sgemm over a
 // whole strip (codec_bench BM_InverseDctSgemmStrip) is no faster at p = 32 (665 vs 645
 // M weights/s, one core), slower at 16, and cannot skip dropped patches; so no BLAS. They are compiled for
 // x86-64-v4 (AVX-512), v3 (AVX2+FMA) and baseline and chosen once per process by the
-// CPU; the p = 8/16/32 inverse gives the same bits on every CPU. Pure, thread-safe.
+// CPU; the p = 32 inverse gives the same bits on every CPU. Pure, thread-safe.
 #ifndef DELTASERVE_CODEC_INTERNAL_DCT_H_
 #define DELTASERVE_CODEC_INTERNAL_DCT_H_
 
