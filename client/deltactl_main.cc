@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
   CLI::App app{
       "deltactl: compress finetuned models as Delta-DCT deltas against their base, "
       "inspect and evaluate them, and talk to a deltaserve server."};
+  app.set_version_flag("--version", "deltactl " DELTASERVE_VERSION);
   app.require_subcommand(1);
   app.fallthrough(false);
   CommandAction action;

@@ -37,6 +37,7 @@ int Run(int argc, char** argv) {
   std::string preload, log_format = "text";
   int drain_seconds = 30;
   CLI::App app{"deltaserved: serves Delta-DCT task deltas merged into a resident base"};
+  app.set_version_flag("--version", "deltaserved " DELTASERVE_VERSION);
   app.add_option("--base", o.base_path, "base model (.safetensors file, index or directory)")
       ->envname("DELTASERVE_BASE")->required();
   app.add_option("--db", o.db_path, "RocksDB directory")->envname("DELTASERVE_DB")

@@ -27,7 +27,7 @@ namespace deltaserve::server {
 namespace {
 
 constexpr char kServiceName[] = "deltaserve.v1.DeltaService";
-constexpr char kVersion[] = "0.1.0";
+constexpr char kVersion[] = DELTASERVE_VERSION;  // project(... VERSION) in CMake
 
 absl::StatusOr<std::string> ReadTextFile(const std::string& path, const std::string& what) {
   std::ifstream in(path, std::ios::binary);
