@@ -227,6 +227,17 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
                                             const std::string& out_path,
                                             const ProgressFn& progress) {
   DS_RETURN_IF_ERROR(options.Validate());
+  // A finetune shares its tensor names with its base; none in common means the wrong
+  // base was given (the container would hold the whole model raw, at >= 16 bits/weight).
+  const bool any_shared = std::any_of(
+      finetuned.tensors().begin(), finetuned.tensors().end(),
+      [&](const TensorInfo& t) { return base.Get(t.name).ok(); });
+  if (!finetuned.tensors().empty() && !any_shared) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "no tensor of the finetuned model (", finetuned.tensors().size(),
+        " tensors, e.g. ", Quoted(finetuned.tensors().front().name),
+        ") exists in the base: wrong base model?"));
+  }
   ContainerHeader header;
   header.base_hash = ComputeBaseHash(base);
   header.tensor_count = static_cast<uint32_t>(finetuned.tensors().size());

@@ -447,5 +447,20 @@ TEST(DeltaCodecTest, CompressRefusesUnmergeableShapes) {
   EXPECT_FALSE(std::filesystem::exists(dir.File("d.dds.tmp")));
 }
 
+TEST(DeltaCodecTest, CompressRefusesABaseWithNoSharedTensor) {
+  TempDir dir;
+  ASSERT_THAT(
+      Write(dir.File("b.safetensors"), {MakeTensor("y", DType::kF32, {4, 8}, Gaussian(32, 1, 1))}),
+      IsOk());
+  ASSERT_THAT(
+      Write(dir.File("f.safetensors"), {MakeTensor("x", DType::kF32, {4, 8}, Gaussian(32, 1, 2))}),
+      IsOk());
+  ASSERT_OK_AND_ASSIGN(auto b, ModelReader::Open(dir.File("b.safetensors")));
+  ASSERT_OK_AND_ASSIGN(auto f, ModelReader::Open(dir.File("f.safetensors")));
+  EXPECT_THAT(CompressModel(*b, *f, {}, dir.File("d.dds")),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("wrong base model")));
+  EXPECT_FALSE(std::filesystem::exists(dir.File("d.dds")));
+}
+
 }  // namespace
 }  // namespace deltaserve::codec
