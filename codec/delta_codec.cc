@@ -229,14 +229,12 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
   DS_RETURN_IF_ERROR(options.Validate());
   // A finetune shares its tensor names with its base; none in common means the wrong
   // base was given (the container would hold the whole model raw, at >= 16 bits/weight).
-  const bool any_shared = std::any_of(
-      finetuned.tensors().begin(), finetuned.tensors().end(),
-      [&](const TensorInfo& t) { return base.Get(t.name).ok(); });
+  const bool any_shared = std::any_of(finetuned.tensors().begin(), finetuned.tensors().end(),
+                                      [&](const TensorInfo& t) { return base.Get(t.name).ok(); });
   if (!finetuned.tensors().empty() && !any_shared) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "no tensor of the finetuned model (", finetuned.tensors().size(),
-        " tensors, e.g. ", Quoted(finetuned.tensors().front().name),
-        ") exists in the base: wrong base model?"));
+        "no tensor of the finetuned model (", finetuned.tensors().size(), " tensors, e.g. ",
+        Quoted(finetuned.tensors().front().name), ") exists in the base: wrong base model?"));
   }
   ContainerHeader header;
   header.base_hash = ComputeBaseHash(base);
@@ -317,15 +315,14 @@ int MergeTensorParts(const TensorRecord& record, int64_t min_part_weights, int m
   if (max_parts <= 1 || min_part_weights <= 0) return 1;
   const int64_t n = record.info.num_elements();
   // kDct parts are row ranges in units of kRowAlign rows of the 2-D view.
-  const int64_t units = record.encoding == Encoding::kDct
-                            ? (record.rows + kMergeRowAlign - 1) / kMergeRowAlign
-                            : n;
+  const int64_t units =
+      record.encoding == Encoding::kDct ? (record.rows + kMergeRowAlign - 1) / kMergeRowAlign : n;
   const int64_t by_size = std::max<int64_t>(1, n / min_part_weights);
   return static_cast<int>(std::min<int64_t>({by_size, units, max_parts}));
 }
 
-absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record,
-                             DType out_dtype, int part, int num_parts, absl::Span<uint8_t> out) {
+absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record, DType out_dtype,
+                             int part, int num_parts, absl::Span<uint8_t> out) {
   const std::string& name = record.info.name;
   if (out.size() != MergedBytes(record, out_dtype)) {
     return absl::InvalidArgumentError(absl::StrCat(Quoted(name), ": output buffer is ", out.size(),
@@ -333,8 +330,8 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
                                                    MergedBytes(record, out_dtype)));
   }
   if (num_parts < 1 || part < 0 || part >= num_parts) {
-    return absl::InvalidArgumentError(absl::StrCat(Quoted(name), ": part ", part, " of ",
-                                                   num_parts, " parts"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(Quoted(name), ": part ", part, " of ", num_parts, " parts"));
   }
   const int64_t n = record.info.num_elements();
   const size_t osz = DTypeSize(out_dtype);
@@ -375,9 +372,9 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
   }
   const int64_t units = (record.rows + kMergeRowAlign - 1) / kMergeRowAlign;
   auto [row_lo, row_hi] = split(units, kMergeRowAlign, record.rows);
-  absl::Status s = DecodeDctMatrixMergeRows(record.payload, record.rows, record.cols, row_lo,
-                                            row_hi, bv->data.data(), bv->info.dtype, out_dtype,
-                                            out.data());
+  absl::Status s =
+      DecodeDctMatrixMergeRows(record.payload, record.rows, record.cols, row_lo, row_hi,
+                               bv->data.data(), bv->info.dtype, out_dtype, out.data());
   if (!s.ok()) {
     return absl::Status(s.code(), absl::StrCat(Quoted(name), ": ", s.message()));
   }
@@ -404,10 +401,9 @@ absl::Status DecompressModel(const ModelReader& base, const ContainerReader& con
   }
   DS_ASSIGN_OR_RETURN(
       std::unique_ptr<SafetensorsWriter> writer,
-      SafetensorsWriter::Open(
-          out_path, infos,
-          {{"deltaserve.base_hash", BaseHashHex(container.header().base_hash)},
-           {"deltaserve.tool", kToolName}}));
+      SafetensorsWriter::Open(out_path, infos,
+                              {{"deltaserve.base_hash", BaseHashHex(container.header().base_hash)},
+                               {"deltaserve.tool", kToolName}}));
   std::vector<uint8_t> buf;
   for (size_t i = 0; i < total; ++i) {
     DS_ASSIGN_OR_RETURN(TensorRecord rec, container.record(i));
