@@ -321,6 +321,15 @@ absl::StatusOr<PullStats> DeltaClient::PullWeights(const std::string& task,
                       codec::AtomicFileWriter::Open(out_path + ".data"));
   SpillSink sink(std::move(spill));
   DS_ASSIGN_OR_RETURN(PullStats stats, RunStreamWeights(*impl_, task, options, &sink));
+  if (stats.tensors == 0) {
+    // An empty file would look like a successful pull; the spill is removed with `sink`.
+    const bool filtered = !options.include.empty() || !options.include_regex.empty() ||
+                          !options.resume_from.empty();
+    return absl::NotFoundError(absl::StrCat(
+        "StreamWeights ", TaskLabel(impl_->options, task), ": ",
+        filtered ? "no tensor matches the filter" : "the task has no tensors",
+        "; nothing written to ", out_path));
+  }
   DS_RETURN_IF_ERROR(sink.Finish(out_path));
   return stats;
 }

@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,7 @@
 #include "client/internal/deltactl_command.h"
 #include "codec/status_macros.h"
 #include "google/protobuf/util/json_util.h"
+#include "nlohmann/json.hpp"
 
 namespace deltaserve::client {
 namespace {
@@ -96,15 +98,49 @@ ProgressFn StderrByteProgress(std::string label) {
   };
 }
 
+using json = nlohmann::json;
+
+// Protobuf's JSON mapping prints 64-bit integers as strings; turn the 64-bit integer fields
+// of `message` (found through its descriptor, recursively) back into JSON numbers.
+void Int64FieldsToNumbers(const google::protobuf::Descriptor& d, json& j) {
+  using FD = google::protobuf::FieldDescriptor;
+  if (!j.is_object()) return;
+  for (int i = 0; i < d.field_count(); ++i) {
+    const FD& field = *d.field(i);
+    auto it = j.find(field.name());
+    if (it == j.end() || field.is_map()) continue;
+    auto fix = [&](json& v) {
+      if (field.cpp_type() == FD::CPPTYPE_MESSAGE) {
+        Int64FieldsToNumbers(*field.message_type(), v);
+      } else if (v.is_string() && field.cpp_type() == FD::CPPTYPE_INT64) {
+        v = std::stoll(v.get<std::string>());
+      } else if (v.is_string() && field.cpp_type() == FD::CPPTYPE_UINT64) {
+        v = std::stoull(v.get<std::string>());
+      }
+    };
+    if (it->is_array()) {
+      for (json& v : *it) fix(v);
+    } else {
+      fix(*it);
+    }
+  }
+}
+
+absl::Status PrintJson(const json& j) {
+  absl::PrintF("%s\n", j.dump(2));
+  return absl::OkStatus();
+}
+
 absl::Status PrintJson(const google::protobuf::Message& message) {
   std::string text;
   google::protobuf::util::JsonPrintOptions options;
-  options.add_whitespace = true;
   options.preserve_proto_field_names = true;
   auto status = google::protobuf::util::MessageToJsonString(message, &text, options);
   if (!status.ok()) return absl::InternalError(std::string(status.message()));
-  absl::PrintF("%s", text);
-  return absl::OkStatus();
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InternalError("protobuf printed JSON that does not parse");
+  Int64FieldsToNumbers(*message.GetDescriptor(), j);
+  return PrintJson(j);
 }
 
 std::string Created(int64_t unix_seconds) {
@@ -169,6 +205,16 @@ absl::Status RunList(const RemoteFlags& f, bool all) {
   absl::PrintF("%d tasks, %d bytes stored, quota %s\n", list.tasks_size(), list.stored_bytes(),
                list.quota_bytes() == 0 ? std::string("unlimited")
                                        : absl::StrCat(list.quota_bytes(), " bytes"));
+  if (all) {
+    std::set<std::string> tenants;
+    for (const v1::TaskInfo& t : list.tasks()) tenants.insert(t.tenant());
+    if (tenants.size() <= 1) {
+      absl::PrintF("note: only %s is listed: --all-tenants lists every tenant only with an "
+                   "admin token; a tenant token lists its own tenant\n",
+                   tenants.empty() ? std::string("the caller's tenant")
+                                   : absl::StrCat("tenant '", *tenants.begin(), "'"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -183,6 +229,7 @@ absl::Status RunInfo(const RemoteFlags& f, const TaskFlags& t) {
 absl::Status RunDelete(const RemoteFlags& f, const TaskFlags& t) {
   DS_ASSIGN_OR_RETURN(auto client, Connect(f));
   DS_ASSIGN_OR_RETURN(uint64_t freed, client->DeleteTask(t.task));
+  if (f.json) return PrintJson(json{{"task", t.task}, {"deleted", true}, {"freed_bytes", freed}});
   absl::PrintF("deleted %s (%d bytes freed)\n", t.task, freed);
   return absl::OkStatus();
 }
@@ -198,6 +245,15 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
   options.resume_from = t.resume_from;
   options.progress = StderrByteProgress("pull " + t.task);
   DS_ASSIGN_OR_RETURN(PullStats stats, client->PullWeights(t.task, t.out, options));
+  if (f.json) {
+    return PrintJson(json{{"task", t.task},
+                          {"out", t.out},
+                          {"tensors", stats.tensors},
+                          {"bytes", stats.bytes},
+                          {"seconds", stats.seconds},
+                          {"first_tensor_seconds", stats.first_tensor_seconds},
+                          {"checksums_verified", true}});
+  }
   absl::PrintF(
       "pulled %s -> %s: %d tensors, %d bytes in %.3f s (%.3f GB/s, first tensor after %.3f s), "
       "every tensor checksum verified\n",

@@ -98,6 +98,33 @@ TEST_F(DeltactlRemoteTest, ListJson) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("\"tenant\": \"acme\""));
   EXPECT_THAT(r.out, HasSubstr("\"name\": \"chat\""));
+  // 64-bit numbers print as JSON numbers, not protobuf's strings.
+  EXPECT_THAT(r.out, HasSubstr("\"container_bytes\": 1234"));
+}
+
+TEST_F(DeltactlRemoteTest, AllTenantsListSaysWhichTenantIsListed) {
+  DeltactlResult r = Run("list " + server_flag_ + " --all-tenants");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("note: only tenant 'default' is listed: --all-tenants lists every "
+                               "tenant only with an admin token"));
+}
+
+TEST_F(DeltactlRemoteTest, PullJsonAndPushExistingHintsOverwrite) {
+  DeltactlResult r =
+      Run("pull " + server_flag_ + " --task chat --json --out " + tmp_.File("m.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"tensors\": 2"));
+  EXPECT_THAT(r.out, HasSubstr("\"bytes\": 4224"));
+
+  const std::vector<uint8_t> container = testing::SmallContainer();
+  {
+    std::ofstream out(tmp_.File("d.dds"), std::ios::binary);
+    out.write(reinterpret_cast<const char*>(container.data()), container.size());
+  }
+  r = Run("push " + server_flag_ + " --task exists --in " + tmp_.File("d.dds"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("ALREADY_EXISTS"));
+  EXPECT_THAT(r.err, HasSubstr("use --overwrite to replace it"));
 }
 
 TEST_F(DeltactlRemoteTest, UnreachableServerIsUnavailable) {

@@ -2,6 +2,8 @@
 // messages without doubled prefixes.
 #include "server/server.h"
 
+#include <filesystem>
+
 #include "gmock/gmock.h"
 #include "grpcpp/client_context.h"
 #include "gtest/gtest.h"
@@ -53,6 +55,19 @@ TEST_F(ServerTest, ListTasksErrorHasNoEmptyTenantLabel) {
   absl::StatusOr<v1::ListTasksResponse> r = Client("", "")->ListTasks(std::string("x/y"));
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.status().message(), HasSubstr("ListTasks 'x/y'"));
+}
+
+TEST_F(ServerTest, PullFilterMatchingNoTensorIsNotFoundAndWritesNothing) {
+  StartServer();
+  auto client = Client();
+  ASSERT_THAT(client->PushDeltaFile("a", MakeContainer("a", 7)).status(), IsOk());
+  client::PullOptions options;
+  options.include = {"nomatch*"};
+  const std::string out = tmp_.File("none.safetensors");
+  EXPECT_THAT(client->PullWeights("a", out, options).status(),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("no tensor matches the filter")));
+  EXPECT_FALSE(std::filesystem::exists(out));
+  EXPECT_FALSE(std::filesystem::exists(out + ".data"));
 }
 
 }  // namespace
