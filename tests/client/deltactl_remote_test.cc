@@ -109,6 +109,13 @@ TEST_F(DeltactlRemoteTest, AllTenantsListSaysWhichTenantIsListed) {
                                "tenant only with an admin token"));
 }
 
+TEST_F(DeltactlRemoteTest, DeleteJson) {
+  DeltactlResult r = Run("delete " + server_flag_ + " --task chat --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"freed_bytes\": 1234"));
+  EXPECT_THAT(r.out, HasSubstr("\"task\": \"chat\""));
+}
+
 TEST_F(DeltactlRemoteTest, PullJsonAndPushExistingHintsOverwrite) {
   DeltactlResult r =
       Run("pull " + server_flag_ + " --task chat --json --out " + tmp_.File("m.safetensors"));

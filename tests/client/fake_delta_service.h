@@ -60,6 +60,14 @@ class FakeService final : public v1::DeltaService::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status DeleteTask(grpc::ServerContext* ctx, const v1::DeleteTaskRequest* req,
+                          v1::DeleteTaskResponse* resp) override {
+    Remember(ctx);
+    if (req->task() != "chat") return grpc::Status(grpc::StatusCode::NOT_FOUND, "task not found");
+    resp->set_freed_bytes(1234);
+    return grpc::Status::OK;
+  }
+
   grpc::Status ListTasks(grpc::ServerContext* ctx, const v1::ListTasksRequest* req,
                          v1::ListTasksResponse* resp) override {
     Remember(ctx);
