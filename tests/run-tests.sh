@@ -12,6 +12,6 @@ jobs=${JOBS:-$(nproc)}
 deploy/install-deps.sh
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 ninja -C "$build_dir" -j "$jobs"
-# OpenBLAS threads off: the codec batches its own work and tests compare bytes.
+# One OpenBLAS thread: only the benchmarks call it (as a reference), never concurrently.
 export OPENBLAS_NUM_THREADS=1
 ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" --timeout 600 "$@"
