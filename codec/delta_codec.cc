@@ -385,6 +385,10 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
   return absl::OkStatus();
 }
 
+std::map<std::string, std::string> MergedModelMetadata(const BaseHash& base_hash) {
+  return {{"deltaserve.base_hash", BaseHashHex(base_hash)}, {"deltaserve.tool", kToolName}};
+}
+
 absl::Status DecompressModel(const ModelReader& base, const ContainerReader& container,
                              const DecompressOptions& options, const std::string& out_path,
                              const ProgressFn& progress) {
@@ -401,9 +405,7 @@ absl::Status DecompressModel(const ModelReader& base, const ContainerReader& con
   }
   DS_ASSIGN_OR_RETURN(
       std::unique_ptr<SafetensorsWriter> writer,
-      SafetensorsWriter::Open(out_path, infos,
-                              {{"deltaserve.base_hash", BaseHashHex(container.header().base_hash)},
-                               {"deltaserve.tool", kToolName}}));
+      SafetensorsWriter::Open(out_path, infos, MergedModelMetadata(container.header().base_hash)));
   std::vector<uint8_t> buf;
   for (size_t i = 0; i < total; ++i) {
     DS_ASSIGN_OR_RETURN(TensorRecord rec, container.record(i));

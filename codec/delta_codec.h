@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -103,11 +104,17 @@ absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DT
 // of the 2-D view in multiples of kMergeRowAlign rows (so each patch-row strip is
 // decoded once for patch sizes dividing 64, e.g. 8, 16, 32); a part may be empty.
 inline constexpr int64_t kMergeRowAlign = 64;
-absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record,
-                             DType out_dtype, int part, int num_parts, absl::Span<uint8_t> out);
+absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record, DType out_dtype,
+                             int part, int num_parts, absl::Span<uint8_t> out);
 // A part count for `record`: about one part per `min_part_weights` weights, at most
 // `max_parts`, at least 1, never more than the record has row units.
 int MergeTensorParts(const TensorRecord& record, int64_t min_part_weights, int max_parts);
+
+// The safetensors `__metadata__` of a merged model decoded from a container made against
+// `base_hash`: {"deltaserve.base_hash": hex, "deltaserve.tool": kToolName}. DecompressModel
+// writes it, and the server sends it with StreamWeights so that a client writing the
+// streamed tensors in order produces the same file.
+std::map<std::string, std::string> MergedModelMetadata(const BaseHash& base_hash);
 
 struct DecompressOptions {
   bool force = false;              // decode even if the base hash differs
@@ -115,12 +122,11 @@ struct DecompressOptions {
 };
 
 // Decodes a whole container against `base` into a safetensors file at `out_path`
-// (tensors in record order, __metadata__ {"deltaserve.base_hash": hex,
-// "deltaserve.tool": kToolName}). FailedPrecondition if the container's base hash
-// differs from base's (unless force); errors of MergeTensor / ContainerReader::record
-// (DataLoss naming the tensor) and SafetensorsWriter otherwise; on error no file is left
-// at out_path. Memory: one merged tensor at a time (records are verified twice: once for
-// the header's shapes, once when merged).
+// (tensors in record order, __metadata__ MergedModelMetadata). FailedPrecondition if the
+// container's base hash differs from base's (unless force); errors of MergeTensor /
+// ContainerReader::record (DataLoss naming the tensor) and SafetensorsWriter otherwise; on error no
+// file is left at out_path. Memory: one merged tensor at a time (records are verified twice: once
+// for the header's shapes, once when merged).
 absl::Status DecompressModel(const ModelReader& base, const ContainerReader& container,
                              const DecompressOptions& options, const std::string& out_path,
                              const ProgressFn& progress = nullptr);

@@ -61,9 +61,8 @@ absl::StatusOr<std::vector<uint32_t>> PlanTensors(const v1::StreamWeightsRequest
   } else if (req.resume_case() == v1::StreamWeightsRequest::kResumeFromIndex) {
     first = req.resume_from_index();
     if (first >= info.tensors.size()) {
-      return absl::OutOfRangeError(absl::StrCat("resume_from_index ", first, ": task '",
-                                                info.task, "' has ", info.tensors.size(),
-                                                " tensors"));
+      return absl::OutOfRangeError(absl::StrCat("resume_from_index ", first, ": task '", info.task,
+                                                "' has ", info.tensors.size(), " tensors"));
     }
   }
   std::vector<uint32_t> plan;
@@ -146,15 +145,15 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
 
   absl::Status Prepare() {
     DS_ASSIGN_OR_RETURN(Caller caller, ctx_->auth->Authenticate(AuthorizationHeader(*call_)));
-    DS_ASSIGN_OR_RETURN(tenant_, ResolveTask(*ctx_, caller, request_->tenant(),
-                                             request_->task(), log_));
+    DS_ASSIGN_OR_RETURN(tenant_,
+                        ResolveTask(*ctx_, caller, request_->tenant(), request_->task(), log_));
     DS_ASSIGN_OR_RETURN(out_dtype_, FromProtoDType(request_->out_dtype()));
     DS_ASSIGN_OR_RETURN(snap_, ctx_->versions->Open(*ctx_->store, tenant_, request_->task()));
     const storage::TaskInfo& info = snap_.reader->info();
     if (info.base_hash != ctx_->base_hash) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "task '", info.task, "' was compressed against base ",
-          codec::BaseHashHex(info.base_hash), ", not the resident base ", ctx_->base_hash_hex));
+          "task '", info.task, "' was compressed against base ", codec::BaseHashHex(info.base_hash),
+          ", not the resident base ", ctx_->base_hash_hex));
     }
     DS_ASSIGN_OR_RETURN(plan_, PlanTensors(*request_, info));
     group_ = TaskGroup(tenant_, request_->task());
@@ -169,11 +168,11 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
     }
     begin->set_num_tensors(static_cast<uint32_t>(plan_.size()));
     begin->set_total_bytes(total);
-    // Exactly what codec::DecompressModel writes (codec/delta_codec.h), so that a client
-    // writing the tensors in stream order produces the same file.
-    auto& st_meta = *begin->mutable_safetensors_metadata();
-    st_meta["deltaserve.base_hash"] = codec::BaseHashHex(info.base_hash);
-    st_meta["deltaserve.tool"] = codec::kToolName;
+    // What codec::DecompressModel writes, so that a client writing the tensors in stream
+    // order produces the same file.
+    for (const auto& [key, value] : codec::MergedModelMetadata(info.base_hash)) {
+      (*begin->mutable_safetensors_metadata())[key] = value;
+    }
     return absl::OkStatus();
   }
 
