@@ -20,6 +20,7 @@
 #include "prometheus/text_serializer.h"
 #include "server/internal/context.h"
 #include "server/internal/log.h"
+#include "server/internal/merged_tensors.h"
 #include "server/internal/service.h"
 
 namespace deltaserve::server {

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "codec/status_macros.h"
 #include "server/internal/convert.h"
+#include "server/internal/merged_tensors.h"
 #include "storage/store.h"
 
 namespace deltaserve::server::internal {
