@@ -27,7 +27,13 @@ struct ServiceContext {
   codec::BaseHash base_hash{};
   std::string base_hash_hex;
   TensorCache* cache = nullptr;
+  // Data work: record reads, decode, merge, hashing, upload verification and commit.
   ThreadPool* pool = nullptr;
+  // Control work: auth, metadata reads and writes (ListTasks, GetTask, GetBase,
+  // DeleteTask, UnpinTask), stream set-up and upload admission. Its own few threads, so
+  // that these calls never wait behind cold decodes queued on `pool`; nothing on it may
+  // decode or read records.
+  ThreadPool* control = nullptr;
   Metrics* metrics = nullptr;
   const Authenticator* auth = nullptr;
   TaskVersions* versions = nullptr;

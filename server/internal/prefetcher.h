@@ -1,6 +1,8 @@
 // Keeps the tensors of a stream plan fetched a bounded distance ahead of the one being
-// sent: a stream's memory is at most `window` merged tensors (plus the one on the wire)
-// whatever the model's size, and a slow client stops decoding for its stream.
+// sent: position p is started while p < send + window, or while the positions started
+// after `send` hold fewer than `min_bytes_ahead` bytes. A stream's memory is so bounded
+// by max(window tensors, the one being sent + min_bytes_ahead + one tensor) whatever
+// the model's size, and a slow client stops decoding for its stream.
 //
 // The fetch itself (the merged-tensor cache, decoding on the pool) is the caller's
 // FetchFn; this class only decides what to start and holds what came back.
@@ -12,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -29,12 +32,13 @@ class Prefetcher {
   // REQUIRES: the FetchFn keeps the Prefetcher alive until it has called `done`.
   using FetchFn = std::function<void(size_t pos, Done done)>;
 
-  // Positions are [0, num_positions). `window` >= 1: positions [send, send + window)
-  // are fetched while `send` is being sent. `on_ready` runs after each delivery.
-  Prefetcher(size_t num_positions, size_t window, FetchFn fetch, std::function<void()> on_ready);
+  // Positions are [0, bytes.size()); bytes[p] is the data size of position p. `window`
+  // >= 1 (0 counts as 1). `on_ready` runs after each delivery.
+  Prefetcher(std::vector<uint64_t> bytes, size_t window, uint64_t min_bytes_ahead, FetchFn fetch,
+             std::function<void()> on_ready);
 
-  // Starts the fetch of every position below min(num_positions, send_pos + window) not
-  // started yet, in order. No-op after Stop().
+  // Starts, in order, every position not started yet that the window admits while
+  // `send_pos` is being sent (see the file comment). No-op after Stop().
   void Advance(size_t send_pos);
 
   // Removes and returns the result of `pos`, or nullopt if it has not arrived.
@@ -48,8 +52,9 @@ class Prefetcher {
   size_t started() const;
 
  private:
-  const size_t num_positions_;
+  std::vector<uint64_t> prefix_;  // prefix_[p]: bytes of positions [0, p)
   const size_t window_;
+  const uint64_t min_bytes_ahead_;
   const FetchFn fetch_;
   const std::function<void()> on_ready_;
   mutable absl::Mutex mu_;

@@ -1,6 +1,6 @@
 // PutDelta: client-streaming upload, verified in full before one atomic commit.
 //
-// Flow: OnReadDone(metadata) -> pool: Admit (auth, names, size limit, existence and
+// Flow: OnReadDone(metadata) -> control pool: Admit (auth, names, size limit, existence and
 // quota pre-checks; RocksDB reads) -> StartRead chunks, appended in the callback (a
 // memcpy; bounded by the declared total_bytes) -> end of stream -> pool: Commit (size,
 // optional XXH3-64, container framing and every record checksum, base hash, commit in
@@ -41,7 +41,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
       have_metadata_ = true;
       meta_ = request_.metadata();
       log_.set_task(meta_.task());
-      ctx_->pool->Schedule([this] { Admit(); });
+      ctx_->control->Schedule([this] { Admit(); });
       return;
     }
     if (!request_.has_chunk()) {
@@ -99,7 +99,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     return absl::OkStatus();
   }
 
-  // Pool.
+  // Control pool.
   void Admit() {
     absl::Status status = CheckAdmission();
     if (!status.ok()) return Finish(status);

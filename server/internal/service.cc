@@ -22,8 +22,9 @@ absl::StatusOr<std::string> ResolveTask(const ServiceContext& ctx, const Caller&
   return tenant;
 }
 
-grpc::ServerUnaryReactor* DeltaServiceImpl::RunUnary(grpc::CallbackServerContext* call,
-                                                     const char* method, UnaryWork work) {
+grpc::ServerUnaryReactor* DeltaServiceImpl::RunUnaryOn(ThreadPool* pool,
+                                                       grpc::CallbackServerContext* call,
+                                                       const char* method, UnaryWork work) {
   grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
   auto log = std::make_shared<CallLog>(ctx_->metrics, method);
   absl::StatusOr<Caller> caller = ctx_->auth->Authenticate(AuthorizationHeader(*call));
@@ -32,7 +33,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::RunUnary(grpc::CallbackServerContext
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
-  ctx_->pool->Schedule([reactor, log, work = std::move(work), caller = *std::move(caller)] {
+  pool->Schedule([reactor, log, work = std::move(work), caller = *std::move(caller)] {
     absl::Status status = work(caller, *log);
     log->Finish(status);
     reactor->Finish(ToGrpcStatus(status));
@@ -133,7 +134,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::PinTask(grpc::CallbackServerContext*
                                                     const v1::PinTaskRequest* request,
                                                     v1::PinTaskResponse* response) {
   const ServiceContext* ctx = ctx_;
-  return RunUnary(call, "PinTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
+  return RunUnaryOnPool(call, "PinTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
     DS_ASSIGN_OR_RETURN(std::string tenant,
                         ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
     DS_ASSIGN_OR_RETURN(std::optional<codec::DType> dtype, FromProtoDType(request->out_dtype()));

@@ -49,9 +49,11 @@ absl::StatusOr<StreamPlan> PlanStream(const v1::StreamWeightsRequest& req,
       continue;
     }
     if (regex && !RE2::FullMatch(t.name, *regex)) continue;
+    const uint64_t bytes = static_cast<uint64_t>(codec::NumElements(t.shape)) *
+                           codec::DTypeSize(out_dtype.value_or(t.dtype));
     plan.tensors.push_back(static_cast<uint32_t>(i));
-    plan.total_bytes += static_cast<uint64_t>(codec::NumElements(t.shape)) *
-                        codec::DTypeSize(out_dtype.value_or(t.dtype));
+    plan.bytes.push_back(bytes);
+    plan.total_bytes += bytes;
   }
   return plan;
 }

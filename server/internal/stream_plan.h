@@ -26,7 +26,8 @@ namespace deltaserve::server::internal {
 
 struct StreamPlan {
   std::vector<uint32_t> tensors;  // container indices of the tensors to send, in send order
-  uint64_t total_bytes = 0;       // data bytes of those tensors in the output dtype
+  std::vector<uint64_t> bytes;    // data bytes of each of them in the output dtype
+  uint64_t total_bytes = 0;       // their sum
 };
 
 // The tensors `req` asks for out of `info`, in container order, with their bytes in

@@ -1,16 +1,17 @@
 // StreamWeights: merged tensors of a task, decoded on the pool, sent with backpressure.
 //
 // Parts: the plan (stream_plan.h: which tensors, which messages), the prefetcher
-// (prefetcher.h: at most `prefetch_tensors` tensors fetched ahead of the one being
-// sent), the merged tensors themselves (merged_tensors.h: cache, decode on a miss), and
-// this reactor, which only sequences them: Setup (pool: auth, snapshot, plan) -> Pump
+// (prefetcher.h: `prefetch_tensors` tensors, or `prefetch_bytes`, fetched ahead of the
+// one being sent), the merged tensors themselves (merged_tensors.h: cache, decode on a miss), and
+// this reactor, which only sequences them: Setup (control pool: auth, snapshot, plan) -> Pump
 // sends begin, then the cursor's messages as their tensors arrive, then end. One write
 // is in flight at a time (gRPC's rule) and the next message is built while it is (two
 // message slots), so a slow client holds the pipeline: nothing more is decoded until the
 // window moves.
 //
-// Memory per stream: (1 + prefetch_tensors) merged tensors (shared with the cache when
-// cached) + 2 chunk messages.
+// Memory per stream: (1 + prefetch_tensors) merged tensors, or the one being sent +
+// prefetch_bytes + one tensor if more (shared with the cache when cached), + 2 chunk
+// messages.
 //
 // Cancellation (OnCancel, or a failed write when the client vanished) stops the
 // prefetcher: fetches not yet started are skipped, and the call finishes as soon as no
@@ -48,7 +49,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
   // Takes ownership of itself until OnDone and starts the call.
   void Start() {
     self_ = shared_from_this();
-    OnPool([](StreamWeightsReactor& r) { r.Setup(); });
+    Run(ctx_->control, [](StreamWeightsReactor& r) { r.Setup(); });
   }
 
   void OnWriteDone(bool ok) override {
@@ -78,9 +79,9 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
   }
 
  private:
-  // Runs fn(*this) on the pool, keeping the reactor alive meanwhile.
-  void OnPool(void (*fn)(StreamWeightsReactor&)) {
-    ctx_->pool->Schedule([self = shared_from_this(), fn] { fn(*self); });
+  // Runs fn(*this) on `pool`, keeping the reactor alive meanwhile.
+  void Run(ThreadPool* pool, void (*fn)(StreamWeightsReactor&)) {
+    pool->Schedule([self = shared_from_this(), fn] { fn(*self); });
   }
 
   void Cancel() {
@@ -105,13 +106,14 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
     group_ = TaskGroup(tenant_, request_->task());
     FillStreamBegin(plan_, info, ctx_->cache->IsPinned(group_), slots_[0].mutable_begin());
     prefetcher_.emplace(
-        plan_.tensors.size(), 1 + static_cast<size_t>(ctx_->options->prefetch_tensors),
+        plan_.bytes, 1 + static_cast<size_t>(ctx_->options->prefetch_tensors),
+        ctx_->options->prefetch_bytes,
         [this](size_t pos, Prefetcher::Done done) { Fetch(pos, std::move(done)); },
         [this] { Pump(); });
     return absl::OkStatus();
   }
 
-  // Pool.
+  // Control pool (metadata only: the snapshot and the plan).
   void Setup() {
     absl::Status status = cancelled_ ? absl::CancelledError("cancelled") : Prepare();
     {

@@ -3,6 +3,7 @@
 //
 //   stream_bench [--workdir DIR] [--layers 24] [--hidden 896] [--ffn 4864]
 //                [--vocab 151936] [--workers 2] [--prefetch 1] [--chunk-bytes 1048576]
+//                [--cold-only]
 //
 // Model: synthetic fp16 transformer with the shapes of a 0.5B-class model (Qwen2-0.5B:
 // 24 layers, hidden 896, 2 KV heads of 128, FFN 4864, vocab 151936; ~494M weights,
@@ -235,6 +236,9 @@ int main(int argc, char** argv) {
   app.add_option("--workers", workers)->capture_default_str();
   app.add_option("--prefetch", prefetch)->capture_default_str();
   app.add_option("--chunk-bytes", chunk)->capture_default_str();
+  bool cold_only = false;
+  app.add_flag("--cold-only", cold_only,
+               "stop after the cold stream (to profile it alone, e.g. under perf record)");
   CLI11_PARSE(app, argc, argv);
 
   std::string tag = std::to_string(shape.layers) + "x" + std::to_string(shape.hidden) + "x" +
@@ -289,6 +293,11 @@ int main(int argc, char** argv) {
               pushed->merged_bytes() / 1e9, pushed->num_tensors());
 
   StreamResult cold = ReadStream(target, "bench");
+  if (cold_only) {
+    Print("StreamWeights cold", cold);
+    std::printf("peak RSS: %.0f MB after the cold stream\n", PeakRssMb());
+    return cold.ok ? 0 : 1;
+  }
   double rss_after_cold = PeakRssMb();
   // Worker time spent in decode+merge (deltaserve_decode_seconds), summed over tensors.
   double decode_sum = 0;

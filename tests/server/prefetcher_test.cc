@@ -28,9 +28,11 @@ struct Deferred {
   std::vector<Prefetcher::Done> pending;
   int ready_calls = 0;
 
-  Prefetcher Make(size_t n, size_t window) {
+  Prefetcher Make(size_t n, size_t window, std::vector<uint64_t> bytes = {},
+                  uint64_t min_bytes_ahead = 0) {
+    if (bytes.empty()) bytes.assign(n, 100);
     return Prefetcher(
-        n, window,
+        std::move(bytes), window, min_bytes_ahead,
         [this](size_t pos, Prefetcher::Done done) {
           absl::MutexLock lock(&mu);
           started.push_back(pos);
@@ -56,6 +58,22 @@ TEST(PrefetcherTest, StartsOnlyTheWindowAheadOfTheSendPosition) {
   EXPECT_THAT(d.started, ElementsAre(0, 1, 2, 3, 4));
   p.Advance(9);
   EXPECT_EQ(p.started(), 5u);
+}
+
+TEST(PrefetcherTest, ByteWindowKeepsStartingWhileFewBytesAreAhead) {
+  Deferred d;
+  // Sizes 50, 10, 10, 10, 10, 40, 10; window 1 (just the one being sent) + 25 bytes ahead.
+  Prefetcher p = d.Make(7, 1, {50, 10, 10, 10, 10, 40, 10}, 25);
+  p.Advance(0);  // 0 is sent; ahead: 1 (10), 2 (20), 3 (30 >= 25: stop)
+  EXPECT_THAT(d.started, ElementsAre(0, 1, 2, 3));
+  p.Advance(1);  // ahead of 1: 2, 3 = 20 < 25: start 4 -> 30
+  EXPECT_THAT(d.started, ElementsAre(0, 1, 2, 3, 4));
+  p.Advance(3);  // ahead of 3: 4 = 10: start 5 (a large one) -> 50
+  EXPECT_THAT(d.started, ElementsAre(0, 1, 2, 3, 4, 5));
+  p.Advance(4);  // ahead of 4: 5 = 40 >= 25
+  EXPECT_EQ(p.started(), 6u);
+  p.Advance(5);
+  EXPECT_EQ(p.started(), 7u);
 }
 
 TEST(PrefetcherTest, ResultsAreTakenOnceInAnyArrivalOrder) {
@@ -93,7 +111,8 @@ TEST(PrefetcherTest, InlineFetchMayCallBackIntoThePrefetcher) {
   std::vector<uint32_t> taken;
   Prefetcher* self = nullptr;
   Prefetcher p(
-      3, 2, [](size_t pos, Prefetcher::Done done) { done(Tensor(static_cast<uint32_t>(pos))); },
+      std::vector<uint64_t>(3, 1), 2, 0,
+      [](size_t pos, Prefetcher::Done done) { done(Tensor(static_cast<uint32_t>(pos))); },
       [&] {
         for (size_t pos = 0; pos < 3; ++pos) {
           if (auto r = self->Take(pos)) taken.push_back((**r)->index);
@@ -110,7 +129,7 @@ TEST(PrefetcherTest, DeliveriesFromPoolThreads) {
   absl::Mutex mu;
   int ready = 0;
   Prefetcher p(
-      64, 64,
+      std::vector<uint64_t>(64, 1), 64, 0,
       [&pool](size_t pos, Prefetcher::Done done) {
         pool.Schedule([pos, done] { done(Tensor(static_cast<uint32_t>(pos))); });
       },

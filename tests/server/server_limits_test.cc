@@ -141,6 +141,7 @@ TEST_F(ServerTest, CancellingMidStreamStopsTheWork) {
   ServerOptions o = DefaultOptions();
   o.workers = 2;
   o.prefetch_tensors = 1;
+  o.prefetch_bytes = 0;  // these tensors are small: a byte window would hold them all
   StartServer(o);
   ASSERT_THAT(Client()->PushDeltaFile("big", MakeContainer("big", 31)).status(), IsOk());
   // A small, fixed HTTP/2 window, so that the transport cannot buffer many tensors
@@ -181,6 +182,32 @@ TEST_F(ServerTest, CancellingMidStreamStopsTheWork) {
   absl::SleepFor(absl::Milliseconds(200));
   EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_cache_misses_total "), decoded);
   EXPECT_THAT(text, HasSubstr("deltaserve_requests_total{code=\"CANCELLED\",method=\"StreamWeights\"} 1"));
+}
+
+TEST_F(ServerTest, ControlCallsDoNotWaitBehindDecodes) {
+  shape_.layers = 8;
+  shape_.hidden = 512;  // ~16 M weights: pinning takes a single worker well over 10 ms
+  SetUp();
+  ServerOptions o = DefaultOptions();
+  o.workers = 1;
+  StartServer(o);
+  auto client = Client();
+  ASSERT_THAT(client->PushDeltaFile("big", MakeContainer("big", 61)).status(), IsOk());
+  const std::string pin_ok = "deltaserve_requests_total{code=\"OK\",method=\"PinTask\"} ";
+  std::thread pin([&] { EXPECT_THAT(Client()->PinTask("big").status(), IsOk()); });
+  // The only worker is inside the pin's decode loop once a tensor has missed the cache.
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (MetricValue(server_->MetricsText(), "deltaserve_cache_misses_total ") < 1 &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Microseconds(200));
+  }
+  // Before the control pool, ListTasks/GetTask/GetBase queued behind the whole pin.
+  ASSERT_THAT(client->ListTasks().status(), IsOk());
+  ASSERT_THAT(client->GetTask("big").status(), IsOk());
+  ASSERT_THAT(client->GetBase().status(), IsOk());
+  EXPECT_LT(MetricValue(server_->MetricsText(), pin_ok), 1) << "the pin finished first";
+  pin.join();
+  EXPECT_EQ(MetricValue(server_->MetricsText(), pin_ok), 1);
 }
 
 TEST_F(ServerTest, MetricsEndpointServesMovedCounters) {

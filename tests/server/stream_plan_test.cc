@@ -29,6 +29,7 @@ TEST(PlanStreamTest, EveryTensorInContainerOrderWithRecordedDtypes) {
   v1::StreamWeightsRequest req;
   ASSERT_OK_AND_ASSIGN(StreamPlan plan, PlanStream(req, Info(), std::nullopt));
   EXPECT_THAT(plan.tensors, ElementsAre(0, 1, 2, 3));
+  EXPECT_THAT(plan.bytes, ElementsAre(80, 24, 12, 0));
   EXPECT_EQ(plan.total_bytes, 40u * 2 + 6 * 4 + 3 * 4 + 0);
 }
 
@@ -47,6 +48,7 @@ TEST(PlanStreamTest, GlobsAnyAndRegexWholeNameBothApply) {
   req.set_include_regex(".*/w");  // whole name: "l0/w" yes, "emb" no
   ASSERT_OK_AND_ASSIGN(StreamPlan both, PlanStream(req, Info(), std::nullopt));
   EXPECT_THAT(both.tensors, ElementsAre(1));
+  EXPECT_THAT(both.bytes, ElementsAre(24));
   EXPECT_EQ(both.total_bytes, 24u);
   req.set_include_regex("l0");  // a partial match is no match
   ASSERT_OK_AND_ASSIGN(StreamPlan none, PlanStream(req, Info(), std::nullopt));
@@ -80,7 +82,7 @@ TEST(PlanStreamTest, BadRequestsAreSpecificErrors) {
 }
 
 TEST(PlanStreamTest, BeginCarriesCountsAndDecompressMetadata) {
-  StreamPlan plan{{1, 2}, 36};
+  StreamPlan plan{{1, 2}, {24, 12}, 36};
   storage::TaskInfo info = Info();
   info.base_hash[0] = 0xab;
   v1::StreamBegin begin;
