@@ -35,11 +35,24 @@ constexpr int64_t kMinPartWeights = int64_t{1} << 22;
 // closures), so it cannot deadlock even when every worker is inside a decode; helpers
 // that start after all parts are claimed return at once. The output is the same bytes
 // as codec::MergeTensor whatever the interleaving (disjoint pieces of `out`).
-absl::Status MergePartsOnPool(const ServiceContext& ctx, const codec::TensorRecord& record,
-                              codec::DType out_dtype, absl::Span<uint8_t> out) {
+// Returns the XXH3-64 of `out`: a tensor merged in one part is hashed strip by strip as
+// the merge writes it (the bytes are still in cache; one pass over memory less), a
+// split one after every part is done.
+absl::StatusOr<uint64_t> MergeAndHash(const ServiceContext& ctx, const codec::TensorRecord& record,
+                                      codec::DType out_dtype, absl::Span<uint8_t> out) {
   const int workers = ctx.pool ? static_cast<int>(ctx.pool->num_threads()) : 1;
   const int num_parts = codec::MergeTensorParts(record, kMinPartWeights, 4 * workers);
-  if (num_parts <= 1) return codec::MergeTensor(ctx.base, record, out_dtype, out);
+  if (num_parts <= 1) {
+    std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(),
+                                                                   &XXH3_freeState);
+    if (state == nullptr) return absl::ResourceExhaustedError("XXH3_createState failed");
+    XXH3_64bits_reset(state.get());
+    DS_RETURN_IF_ERROR(codec::MergeTensorPart(
+        ctx.base, record, out_dtype, 0, 1, out, [&](absl::Span<const uint8_t> piece) {
+          XXH3_64bits_update(state.get(), piece.data(), piece.size());
+        }));
+    return XXH3_64bits_digest(state.get());
+  }
   struct Job {
     int num_parts = 0;
     std::atomic<int> next{0};
@@ -68,7 +81,8 @@ absl::Status MergePartsOnPool(const ServiceContext& ctx, const codec::TensorReco
   // Every part is claimed now; wait for those still running on other workers.
   job->mu.Await(absl::Condition(
       +[](Job* j) ABSL_NO_THREAD_SAFETY_ANALYSIS { return j->done == j->num_parts; }, job.get()));
-  return job->status;
+  DS_RETURN_IF_ERROR(job->status);
+  return XXH3_64bits(out.data(), out.size());
 }
 
 }  // namespace
@@ -84,14 +98,13 @@ absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
   merged->index = static_cast<uint32_t>(index);
   merged->data.resize(codec::MergedBytes(record, merged->info.dtype));
   absl::Time start = absl::Now();
-  DS_RETURN_IF_ERROR(
-      MergePartsOnPool(ctx, record, merged->info.dtype, absl::MakeSpan(merged->data)));
+  DS_ASSIGN_OR_RETURN(merged->xxh3_64,
+                      MergeAndHash(ctx, record, merged->info.dtype, absl::MakeSpan(merged->data)));
   double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  // Decode and merge are one fused pass in the codec (DecodeDctMatrixMerge), so both
-  // histograms see the same time.
+  // Decode, merge and hash are one fused pass (DecodeDctMatrixMerge; the hash of a split
+  // tensor follows it), so both histograms see the same time.
   ctx.metrics->decode_seconds().Observe(seconds);
   ctx.metrics->merge_seconds().Observe(seconds);
-  merged->xxh3_64 = XXH3_64bits(merged->data.data(), merged->data.size());
   return MergedTensorPtr(std::move(merged));
 }
 
