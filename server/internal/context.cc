@@ -1,8 +1,7 @@
 #include "server/internal/context.h"
 
-#include <algorithm>
-
 #include "absl/strings/str_cat.h"
+#include "proto/protocol.h"
 #include "server/internal/log.h"
 
 namespace deltaserve::server::internal {
@@ -17,8 +16,7 @@ void ServiceContext::PublishTenantUsage(const std::string& tenant) const {
 }
 
 uint32_t ServiceContext::ChunkBytes(uint32_t requested) const {
-  uint32_t want = requested ? requested : options->chunk_bytes;
-  return std::clamp<uint32_t>(want, 4u << 10, 4u << 20);
+  return proto::EffectiveChunkBytes(requested, options->chunk_bytes);
 }
 
 }  // namespace deltaserve::server::internal

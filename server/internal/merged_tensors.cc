@@ -11,7 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "codec/delta_codec.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 #include "server/internal/convert.h"
 
 namespace deltaserve::server::internal {
@@ -112,11 +112,9 @@ absl::StatusOr<uint64_t> PinTask(const ServiceContext& ctx, const std::string& t
                                  const std::string& task, std::optional<codec::DType> out_dtype) {
   DS_ASSIGN_OR_RETURN(TaskSnapshot snap, ctx.versions->Open(*ctx.store, tenant, task));
   const storage::TaskInfo& info = snap.reader->info();
-  if (info.base_hash != ctx.base_hash) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "task '", task, "' was compressed against base ", codec::BaseHashHex(info.base_hash),
-        ", not the resident base ", ctx.base_hash_hex));
-  }
+  DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(info.base_hash, ctx.base_hash,
+                                               absl::StrCat("task '", task, "'"),
+                                               "the resident base"));
   const std::string group = TaskGroup(tenant, task);
   uint64_t need = TaskMergedBytes(info, out_dtype);
   uint64_t pinned_elsewhere =

@@ -12,7 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/container.h"
-#include "codec/status_macros.h"
+#include "codec/delta_codec.h"
+#include "common/status_macros.h"
 #include "server/internal/convert.h"
 #include "server/internal/service.h"
 
@@ -128,12 +129,9 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                           absl::StrCat("PutDelta: task '", meta_.task(), "': ",
                                        container.status().message()));
     }
-    if (container->header().base_hash != ctx_->base_hash) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "PutDelta: task '", meta_.task(), "' was compressed against base ",
-          codec::BaseHashHex(container->header().base_hash), ", not the resident base ",
-          ctx_->base_hash_hex));
-    }
+    DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(
+        container->header().base_hash, ctx_->base_hash,
+        absl::StrCat("PutDelta: task '", meta_.task(), "'"), "the resident base"));
     storage::CommitOptions options;
     options.overwrite = meta_.overwrite();
     options.quota_bytes = ctx_->auth->QuotaBytes(tenant_);

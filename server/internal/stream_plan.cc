@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/delta_codec.h"
+#include "proto/protocol.h"
 #include "re2/re2.h"
 #include "server/internal/convert.h"
 
@@ -39,8 +40,17 @@ absl::StatusOr<StreamPlan> PlanStream(const v1::StreamWeightsRequest& req,
                                                 "' has ", info.tensors.size(), " tensors"));
     }
   }
+  size_t end = info.tensors.size();
+  if (req.end_index() != 0) {
+    if (req.end_index() > info.tensors.size() || req.end_index() <= first) {
+      return absl::OutOfRangeError(absl::StrCat("end_index ", req.end_index(), ": task '",
+                                                info.task, "' has ", info.tensors.size(),
+                                                " tensors and the range starts at ", first));
+    }
+    end = req.end_index();
+  }
   StreamPlan plan;
-  for (size_t i = first; i < info.tensors.size(); ++i) {
+  for (size_t i = first; i < end; ++i) {
     const storage::TensorEntry& t = info.tensors[i];
     if (req.include_size() > 0 &&
         std::none_of(req.include().begin(), req.include().end(), [&](const std::string& glob) {
@@ -85,7 +95,7 @@ size_t StreamCursor::Next(const MergedTensor* tensor, v1::StreamWeightsResponse*
     offset_ = 0;
     v1::TensorHeader* h = msg->mutable_header();
     h->set_name(tensor->info.name);
-    h->set_dtype(ToProtoDType(tensor->info.dtype));
+    h->set_dtype(proto::ToProtoDType(tensor->info.dtype));
     h->mutable_shape()->Clear();
     for (int64_t d : tensor->info.shape) h->add_shape(d);
     h->set_byte_length(size);

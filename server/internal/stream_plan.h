@@ -33,8 +33,9 @@ struct StreamPlan {
 // The tensors `req` asks for out of `info`, in container order, with their bytes in
 // `out_dtype` (nullopt: each tensor's recorded dtype). `include` globs (fnmatch, any
 // one matches) and `include_regex` (RE2, whole name) both apply; resume skips every
-// tensor before the named/indexed one. Errors: InvalidArgument (bad regex), NotFound
-// (resume name), OutOfRange (resume index >= number of tensors).
+// tensor before the named/indexed one, end_index (if not 0) every tensor from that
+// index on. Errors: InvalidArgument (bad regex), NotFound (resume name), OutOfRange
+// (resume index >= number of tensors; end_index > number of tensors or <= the first).
 absl::StatusOr<StreamPlan> PlanStream(const v1::StreamWeightsRequest& req,
                                       const storage::TaskInfo& info,
                                       std::optional<codec::DType> out_dtype);

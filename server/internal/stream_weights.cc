@@ -25,7 +25,9 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "codec/status_macros.h"
+#include "codec/delta_codec.h"
+#include "common/status_macros.h"
+#include "proto/protocol.h"
 #include "server/internal/convert.h"
 #include "server/internal/merged_tensors.h"
 #include "server/internal/prefetcher.h"
@@ -94,14 +96,12 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
     DS_ASSIGN_OR_RETURN(Caller caller, ctx_->auth->Authenticate(AuthorizationHeader(*call_)));
     DS_ASSIGN_OR_RETURN(tenant_,
                         ResolveTask(*ctx_, caller, request_->tenant(), request_->task(), log_));
-    DS_ASSIGN_OR_RETURN(out_dtype_, FromProtoDType(request_->out_dtype()));
+    DS_ASSIGN_OR_RETURN(out_dtype_, proto::FromProtoOutDType(request_->out_dtype()));
     DS_ASSIGN_OR_RETURN(snap_, ctx_->versions->Open(*ctx_->store, tenant_, request_->task()));
     const storage::TaskInfo& info = snap_.reader->info();
-    if (info.base_hash != ctx_->base_hash) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "task '", info.task, "' was compressed against base ", codec::BaseHashHex(info.base_hash),
-          ", not the resident base ", ctx_->base_hash_hex));
-    }
+    DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(info.base_hash, ctx_->base_hash,
+                                                 absl::StrCat("task '", info.task, "'"),
+                                                 "the resident base"));
     DS_ASSIGN_OR_RETURN(plan_, PlanStream(*request_, info, out_dtype_));
     group_ = TaskGroup(tenant_, request_->task());
     FillStreamBegin(plan_, info, ctx_->cache->IsPinned(group_), slots_[0].mutable_begin());

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
@@ -217,6 +218,16 @@ TEST(BaseHashTest, DependsOnTensorsOnly) {
   EXPECT_NE(ComputeBaseHash(*chg), h);
 }
 
+TEST(BaseHashTest, MatchCheckNamesBothHashes) {
+  BaseHash a{}, b{};
+  b[15] = 1;
+  EXPECT_THAT(CheckBaseHashMatch(a, a, "task 't'", "the resident base"), IsOk());
+  EXPECT_THAT(CheckBaseHashMatch(a, b, "task 't'", "the resident base"),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       absl::StrCat("task 't' was compressed against base ", BaseHashHex(a),
+                                    ", not the resident base ", BaseHashHex(b))));
+}
+
 TEST(DeltaCodecTest, CompressDecompressRoundTrip) {
   Pair p;
   ASSERT_OK_AND_ASSIGN(auto base, ModelReader::Open(p.base_path));
@@ -280,7 +291,9 @@ TEST(DeltaCodecTest, CompressDecompressRoundTrip) {
         ASSERT_THAT(
             MergeTensorPart(base.get(), rec, rec.info.dtype, part, parts, absl::MakeSpan(pieces),
                             [&](absl::Span<const uint8_t> piece) {
-                              if (next != nullptr) EXPECT_EQ(piece.data(), next) << name;
+                              if (next != nullptr) {
+                                EXPECT_EQ(piece.data(), next) << name;
+                              }
                               next = piece.data() + piece.size();
                               part_bytes.insert(part_bytes.end(), piece.begin(), piece.end());
                             }),

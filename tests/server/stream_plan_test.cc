@@ -2,6 +2,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -67,6 +68,33 @@ TEST(PlanStreamTest, ResumeSkipsEarlierTensorsThenFilters) {
   EXPECT_THAT(by_index.tensors, ElementsAre(1, 3));
 }
 
+TEST(PlanStreamTest, EndIndexClosesATensorRange) {
+  v1::StreamWeightsRequest req;
+  req.set_resume_from_index(1);
+  req.set_end_index(3);
+  ASSERT_OK_AND_ASSIGN(StreamPlan range, PlanStream(req, Info(), std::nullopt));
+  EXPECT_THAT(range.tensors, ElementsAre(1, 2));
+  EXPECT_EQ(range.total_bytes, 36u);
+  req.clear_resume();
+  req.set_end_index(1);
+  ASSERT_OK_AND_ASSIGN(StreamPlan head, PlanStream(req, Info(), std::nullopt));
+  EXPECT_THAT(head.tensors, ElementsAre(0));
+  req.set_end_index(4);  // == num_tensors: to the end
+  req.add_include("l*");
+  ASSERT_OK_AND_ASSIGN(StreamPlan filtered, PlanStream(req, Info(), std::nullopt));
+  EXPECT_THAT(filtered.tensors, ElementsAre(1, 2, 3));
+  // Disjoint ranges cover the task exactly once.
+  std::vector<uint32_t> all;
+  for (auto [lo, hi] : {std::pair<uint32_t, uint32_t>{0, 2}, {2, 3}, {3, 4}}) {
+    v1::StreamWeightsRequest r;
+    r.set_resume_from_index(lo);
+    r.set_end_index(hi);
+    ASSERT_OK_AND_ASSIGN(StreamPlan p, PlanStream(r, Info(), std::nullopt));
+    all.insert(all.end(), p.tensors.begin(), p.tensors.end());
+  }
+  EXPECT_THAT(all, ElementsAre(0, 1, 2, 3));
+}
+
 TEST(PlanStreamTest, BadRequestsAreSpecificErrors) {
   v1::StreamWeightsRequest req;
   req.set_include_regex("(");
@@ -77,6 +105,14 @@ TEST(PlanStreamTest, BadRequestsAreSpecificErrors) {
   EXPECT_THAT(PlanStream(req, Info(), std::nullopt).status(),
               StatusIs(absl::StatusCode::kNotFound));
   req.set_resume_from_index(4);
+  EXPECT_THAT(PlanStream(req, Info(), std::nullopt).status(),
+              StatusIs(absl::StatusCode::kOutOfRange));
+  req.set_resume_from_index(2);
+  req.set_end_index(2);  // empty range
+  EXPECT_THAT(PlanStream(req, Info(), std::nullopt).status(),
+              StatusIs(absl::StatusCode::kOutOfRange));
+  req.set_resume_from_index(0);
+  req.set_end_index(5);  // past the last tensor
   EXPECT_THAT(PlanStream(req, Info(), std::nullopt).status(),
               StatusIs(absl::StatusCode::kOutOfRange));
 }
