@@ -12,11 +12,12 @@ BUILD_PKGS=(
   nlohmann-json3-dev libcli11-dev libspdlog-dev libxxhash-dev libre2-dev
 )
 # Tests: a real Prometheus server and promtool, docker-compose for `config` validation,
-# curl/openssl/shellcheck/python3-yaml for the deployment tests; for the fidelity harness
-# (tests/eval) Python with numpy/torch/matplotlib, real face photographs
+# curl/openssl/shellcheck/python3-yaml for the deployment tests; linux-perf to profile
+# the benchmarks (`perf record -e cpu-clock`: VMs often lack hardware counters); for
+# the fidelity harness (tests/eval) Python with numpy/torch/matplotlib, real face photographs
 # (python3-skimage's data) and a labeled text set (the fortunes packages).
 TEST_PKGS=(
-  prometheus docker-compose curl openssl shellcheck python3-yaml
+  prometheus docker-compose curl openssl shellcheck python3-yaml linux-perf
   python3 python3-numpy python3-torch python3-matplotlib python3-pil
   python3-skimage fortunes fortunes-min fortune-mod
 )
