@@ -25,7 +25,7 @@ void FillTaskInfo(const storage::TaskInfo& info, bool with_tensors, bool pinned,
   out->set_num_tensors(static_cast<uint32_t>(info.tensors.size()));
   out->set_total_weights(info.weights);
   out->set_merged_bytes(TaskMergedBytes(info, std::nullopt));
-  out->set_bits_per_weight(info.weights ? 8.0 * info.total_bytes / info.weights : 0.0);
+  out->set_bits_per_weight(info.bits_per_weight);
   out->set_pinned(pinned);
   for (const auto& [k, v] : info.metadata) (*out->mutable_metadata())[k] = v;
   if (!with_tensors) return;

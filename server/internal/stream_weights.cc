@@ -48,9 +48,20 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
     ctx_->metrics->streams_in_flight().Increment();
   }
 
-  // Takes ownership of itself until OnDone and starts the call.
+  // Takes ownership of itself until OnDone and starts the call, or finishes it at once
+  // with RESOURCE_EXHAUSTED when --max-streams streams are already running.
   void Start() {
     self_ = shared_from_this();
+    absl::Status admitted = ctx_->streams->Acquire();
+    admitted_ = admitted.ok();
+    if (!admitted_) {
+      {
+        absl::MutexLock lock(&mu_);
+        error_ = admitted;
+      }
+      Pump();  // finishes with the error at once
+      return;
+    }
     Run(ctx_->control, [](StreamWeightsReactor& r) { r.Setup(); });
   }
 
@@ -75,8 +86,9 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
   }
 
   void OnDone() override {
+    if (admitted_) ctx_->streams->Release();
+    log_.Finish(final_status_);  // before the gauge: a reader that saw 0 sees the count
     ctx_->metrics->streams_in_flight().Decrement();
-    log_.Finish(final_status_);
     std::shared_ptr<StreamWeightsReactor> last = std::move(self_);  // may delete this
   }
 
@@ -235,6 +247,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
   const v1::StreamWeightsRequest* request_;
   CallLog log_;
   std::shared_ptr<StreamWeightsReactor> self_;  // gRPC's reference, released in OnDone
+  bool admitted_ = false;  // holds a --max-streams slot; set in Start only
   std::atomic<bool> cancelled_{false};
   std::atomic<Prefetcher*> prefetcher_ptr_{nullptr};  // for Cancel, once Setup succeeded
 

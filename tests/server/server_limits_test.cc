@@ -222,6 +222,13 @@ TEST_F(ServerTest, MetricsEndpointServesMovedCounters) {
   ASSERT_THAT(client->PullWeightsToMemory("m").status(), IsOk());
   ASSERT_THAT(client->FetchDelta("m").status(), IsOk());
   EXPECT_THAT(client->GetTask("nope").status(), StatusIs(absl::StatusCode::kNotFound));
+  // A stream leaves deltaserve_streams_in_flight in its reactor's OnDone, which gRPC may
+  // run just after the client has seen the stream's status.
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (MetricValue(server_->MetricsText(), "deltaserve_streams_in_flight ") != 0 &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
 
   std::string text = FetchMetricsHttp();
   ASSERT_THAT(text, HasSubstr("deltaserve_requests_total"));
