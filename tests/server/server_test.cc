@@ -304,8 +304,8 @@ TEST_F(ServerTest, TensorRangesOverParallelStreamsMakeTheWholePull) {
   ASSERT_EQ(joined.size(), whole.tensors.size());
   for (size_t i = 0; i < joined.size(); ++i) {
     EXPECT_EQ(joined[i].first, whole.tensors[i].info.name);
-    EXPECT_EQ(joined[i].second, std::string(whole.tensors[i].data.begin(),
-                                            whole.tensors[i].data.end()))
+    EXPECT_EQ(joined[i].second,
+              std::string(whole.tensors[i].data.begin(), whole.tensors[i].data.end()))
         << joined[i].first;
   }
   grpc::StatusCode code;
