@@ -228,3 +228,10 @@ class Client:
         of old and new tensors."""
         from deltaserve.torch_io import load_into
         return load_into(self, target, task, strict, include, include_regex, dtype)
+
+    # ------------------------------------------------------------ worker-side decode
+    def fetch_delta(self, task):
+        """The task's compressed delta container (StreamDelta), size and XXH3-64
+        verified, as bytes; decode it with deltaserve.decode.apply_delta."""
+        from deltaserve.decode import fetch_delta
+        return fetch_delta(self, task)

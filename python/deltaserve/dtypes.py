@@ -59,3 +59,16 @@ def torch_dtype(proto_dtype):
     import torch
     return {pb.DTYPE_F32: torch.float32, pb.DTYPE_F16: torch.float16,
             pb.DTYPE_BF16: torch.bfloat16}[proto_dtype]
+
+
+def raw_array(t):
+    """(proto DType, C-contiguous numpy array of the data) of a torch tensor (moved to
+    the CPU; bfloat16 viewed as int16) or a numpy array. INVALID_ARGUMENT for dtypes
+    deltaserve does not serve."""
+    if hasattr(t, "detach"):
+        import torch
+        t = t.detach().cpu().contiguous()
+        proto = to_proto(t.dtype)
+        return proto, (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+    a = np.ascontiguousarray(t)
+    return to_proto(a.dtype), a

@@ -74,14 +74,7 @@ def write_file(path, tensors, metadata=None):
     `metadata` ({str: str}) as __metadata__; the header is padded to 8 bytes."""
     entries, arrays, offset = {}, [], 0
     for name, t in tensors.items():
-        if hasattr(t, "detach"):  # torch
-            import torch
-            proto = dtypes.to_proto(t.dtype)
-            t = t.detach().cpu().contiguous()
-            a = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
-        else:
-            a = np.ascontiguousarray(t)
-            proto = dtypes.to_proto(a.dtype)
+        proto, a = dtypes.raw_array(t)
         entries[name] = {"dtype": dtypes.name(proto), "shape": list(a.shape),
                          "data_offsets": [offset, offset + a.nbytes]}
         arrays.append(a)

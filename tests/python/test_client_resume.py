@@ -14,8 +14,10 @@ from live_daemon import d
 from deltaserve import Client
 from deltaserve import safetensors as st
 
-# 48 tensors of 0.5 MiB (fp16): 24 MiB, more than gRPC's flow-control windows buffer.
-SHAPES = {f"layers.{i:02d}.weight": (512, 512) for i in range(48)}
+# 32 tensors of 2 MiB (fp16): 64 MiB, well beyond what the sockets and gRPC's
+# flow-control windows buffer (~16 MiB at most on loopback), so a daemon killed after
+# the first tensor always drops the stream, even when the reader is slow.
+SHAPES = {f"layers.{i:02d}.weight": (1024, 1024) for i in range(32)}
 
 with tempfile.TemporaryDirectory(prefix="py-resume-") as tmp:
     base, ft, _ = ld.model_pair(tmp, SHAPES)
