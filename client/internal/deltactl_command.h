@@ -19,6 +19,7 @@
 #ifndef DELTASERVE_CLIENT_INTERNAL_DELTACTL_COMMAND_H_
 #define DELTASERVE_CLIENT_INTERNAL_DELTACTL_COMMAND_H_
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -33,6 +34,11 @@ namespace deltaserve::client {
 using CommandAction = std::function<absl::Status()>;
 // Adds subcommands to `app`; a subcommand's CLI11 callback stores its work in *action.
 using CommandRegistrar = void (*)(CLI::App& app, CommandAction* action);
+
+// Default --shard-bytes of `pull --out-dir` and `decompress --out-dir`: the largest shard
+// of a Hugging Face checkpoint directory, in bytes of tensor data (save_pretrained's
+// default max_shard_size, "5GB").
+inline constexpr uint64_t kDefaultShardBytes = 5'000'000'000;
 
 // Adds a registrar; returns true (for a namespace-scope `const bool` initializer).
 bool RegisterDeltactlCommands(CommandRegistrar registrar);
