@@ -10,6 +10,7 @@ import time
 
 import grpc
 import xxhash
+from google.protobuf.message import DecodeError
 
 from deltaserve import dtypes
 from deltaserve.errors import DeltaserveError, data_loss, from_rpc_error
@@ -30,6 +31,55 @@ class StreamStats:
     def __repr__(self):
         return (f"StreamStats(tensors={self.tensors}, bytes={self.bytes}, "
                 f"seconds={self.seconds:.3f}, resumes={self.resumes})")
+
+
+_METHOD = "/deltaserve.v1.DeltaService/StreamWeights"
+
+
+def _varint(b, pos):
+    """(value, next position) of the protobuf varint at b[pos]; IndexError/ValueError
+    when truncated or longer than 64 bits."""
+    result = shift = 0
+    while True:
+        byte = b[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def chunk_view(raw):
+    """(offset, memoryview of the data) when `raw`, a serialized StreamWeightsResponse,
+    holds a `chunk` (field 3) whose only fields are data (1) and offset (2); else None.
+    Chunks carry almost every byte of a stream: reading them here, without protobuf,
+    saves one copy of the data and the parse. Anything else (other messages, fields
+    added later, malformed bytes) returns None and goes through protobuf."""
+    try:
+        if not raw or raw[0] != 0x1A:
+            return None
+        n, pos = _varint(raw, 1)
+        if pos + n != len(raw):
+            return None
+        begin = end = pos
+        offset = 0
+        while pos < len(raw):
+            tag = raw[pos]
+            if tag == 0x0A:
+                size, pos = _varint(raw, pos + 1)
+                begin, end = pos, pos + size
+                pos = end
+            elif tag == 0x10:
+                offset, pos = _varint(raw, pos + 1)
+            else:
+                return None
+        if pos != len(raw):
+            return None
+        return offset, memoryview(raw)[begin:end]
+    except (IndexError, ValueError):
+        return None
 
 
 def _same_task(a, b):
@@ -62,23 +112,36 @@ def verified_tensors(client, label, request, alloc, stats):
         if timeout is not None and timeout <= 0:
             raise DeltaserveError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                   f"{label}: deadline of {client.stream_timeout} s exceeded")
-        call = client._stub.StreamWeights(req, timeout=timeout, metadata=client._metadata)
+        raw_call = client._channel.unary_stream(
+            _METHOD, request_serializer=pb.StreamWeightsRequest.SerializeToString,
+            response_deserializer=None)  # raw bytes: chunks are read by chunk_view
+        call = raw_call(req, timeout=timeout, metadata=client._metadata)
         began = ended = False
         header = buf = hasher = None
         received = 0
         got_tensors = got_bytes = 0
         begin = None
         try:
-            for msg in call:
-                kind = msg.WhichOneof("msg")
+            for raw in call:
+                fast = chunk_view(raw)
+                if fast is not None:
+                    kind = "chunk"
+                    offset, data = fast
+                else:
+                    try:
+                        msg = pb.StreamWeightsResponse.FromString(raw)
+                    except DecodeError as e:
+                        raise data_loss(label, f"malformed message: {e}") from None
+                    kind = msg.WhichOneof("msg")
+                    if kind == "chunk":
+                        offset, data = msg.chunk.offset, msg.chunk.data
                 if kind == "chunk":
-                    data = msg.chunk.data
                     n = len(data)
                     if header is None:
                         raise data_loss(label, "malformed stream: chunk outside a tensor")
-                    if msg.chunk.offset != received or n > header.byte_length - received:
+                    if offset != received or n > header.byte_length - received:
                         raise data_loss(label, f"malformed stream: tensor '{header.name}': chunk at "
-                                        f"offset {msg.chunk.offset} of {n} bytes after {received}"
+                                        f"offset {offset} of {n} bytes after {received}"
                                         f" of {header.byte_length} bytes")
                     buf[received:received + n] = memoryview(data)
                     hasher.update(data)

@@ -3,7 +3,9 @@ server's message, against a live deltaserved (port 0) with the example tenants c
 wrong token, another tenant, unknown task, and for load_into a name, shape or dtype
 that does not match (refused before any byte is written: the target stays untouched);
 a deadline; an unreachable server; a corrupted stream (DATA_LOSS)."""
+from concurrent import futures
 import tempfile
+import time
 
 import grpc
 import torch
@@ -13,6 +15,8 @@ from live_daemon import d
 
 from deltaserve import Client, DeltaserveError
 from deltaserve import _stream
+from deltaserve.v1 import delta_service_pb2 as pb
+from deltaserve.v1 import delta_service_pb2_grpc as pb_grpc
 
 SHAPES = {"a.weight": (64, 128), "b.weight": (128, 64), "b.bias": (64,)}
 C = grpc.StatusCode
@@ -88,8 +92,21 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
             ld.wait(0.5)
 
     ld.expect_error(slow_reader, C.DEADLINE_EXCEEDED, "StreamWeights 'chat'")
-    ld.expect_error(lambda: Client(daemon.addr, token=d.ACME_TOKEN, timeout=1e-6).list_tasks(),
+    # A unary deadline: an in-process gRPC server whose ListTasks answers after 3 s.
+    class Slow(pb_grpc.DeltaServiceServicer):
+        def ListTasks(self, request, context):
+            time.sleep(3)
+            return pb.ListTasksResponse()
+
+    slow = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_DeltaServiceServicer_to_server(Slow(), slow)
+    slow_port = slow.add_insecure_port("127.0.0.1:0")
+    slow.start()
+    t0 = time.monotonic()
+    ld.expect_error(lambda: Client(f"127.0.0.1:{slow_port}", timeout=0.5).list_tasks(),
                     C.DEADLINE_EXCEEDED, "ListTasks")
+    d.check(time.monotonic() - t0 < 2.5, "the 0.5 s deadline was not honoured")
+    slow.stop(0)
     # A corrupted tensor: DATA_LOSS naming it (the checksum is flipped on arrival).
     real = _stream.xxhash.xxh3_64
 
