@@ -232,6 +232,6 @@ class Client:
     # ------------------------------------------------------------ worker-side decode
     def fetch_delta(self, task):
         """The task's compressed delta container (StreamDelta), size and XXH3-64
-        verified, as bytes; decode it with deltaserve.decode.apply_delta."""
+        verified, as a bytearray; decode it with deltaserve.decode.apply_delta."""
         from deltaserve.decode import fetch_delta
         return fetch_delta(self, task)

@@ -76,7 +76,8 @@ class LocalBase:
 
 
 def fetch_delta(client, task):
-    """The task's container bytes as uploaded (StreamDelta), size and XXH3-64 verified."""
+    """The task's container bytes as uploaded (StreamDelta), size and XXH3-64 verified,
+    as a bytearray (filled in place: no copy after the last chunk)."""
     label = client._label("StreamDelta", task)
     request = pb.StreamDeltaRequest(tenant=client.tenant, task=task)
     hasher = xxhash.xxh3_64()
@@ -93,7 +94,7 @@ def fetch_delta(client, task):
                     n > total - received:
                 raise data_loss(label, f"malformed stream at offset {msg.offset} after "
                                 f"{received} of {total} bytes")
-            buf[received:received + n] = msg.data
+            buf[received:received + n] = memoryview(msg.data)
             hasher.update(msg.data)
             received += n
     except grpc.RpcError as e:
@@ -103,7 +104,7 @@ def fetch_delta(client, task):
     if received != total or hasher.intdigest() != want:
         raise data_loss(label, f"received {received} of {total} bytes, XXH3-64 "
                         f"{hasher.intdigest()} vs {want}")
-    return bytes(buf)
+    return buf
 
 
 def apply_delta(target, container, base, strict=True, dtype=None, threads=None):
