@@ -12,9 +12,9 @@
 #include "client/client.h"
 #include "client/internal/impl.h"
 #include "client/internal/status.h"
-#include "codec/file.h"
 #include "codec/safetensors.h"
-#include "codec/status_macros.h"
+#include "common/file.h"
+#include "common/status_macros.h"
 
 namespace deltaserve::client {
 namespace {
@@ -84,7 +84,7 @@ class WeightsStreamChecker {
 
   absl::Status Header(const v1::TensorHeader& h) {
     if (!began_ || in_tensor_ || ended_) return Bad("tensor header out of place");
-    absl::StatusOr<codec::DType> dtype = FromProtoDType(h.dtype());
+    absl::StatusOr<codec::DType> dtype = proto::FromProtoDType(h.dtype());
     if (!dtype.ok())
       return Bad(absl::StrCat("tensor '", h.name(), "': ", dtype.status().message()));
     header_ = h;
@@ -159,7 +159,7 @@ class WeightsStreamChecker {
 // Spills tensor data to a scratch file and remembers the layout.
 class SpillSink : public WeightsSink {
  public:
-  explicit SpillSink(std::unique_ptr<codec::AtomicFileWriter> spill) : spill_(std::move(spill)) {}
+  explicit SpillSink(std::unique_ptr<common::AtomicFileWriter> spill) : spill_(std::move(spill)) {}
   absl::Status Begin(const v1::StreamBegin& begin) override {
     metadata_.insert(begin.safetensors_metadata().begin(), begin.safetensors_metadata().end());
     return absl::OkStatus();
@@ -188,8 +188,8 @@ class SpillSink : public WeightsSink {
   absl::Status WithViews(
       const std::function<absl::Status(const std::vector<codec::TensorView>&)>& write) {
     DS_RETURN_IF_ERROR(spill_->Close());
-    DS_ASSIGN_OR_RETURN(std::unique_ptr<codec::MappedFile> mapped,
-                        codec::MappedFile::Open(spill_->tmp_path()));
+    DS_ASSIGN_OR_RETURN(std::unique_ptr<common::MappedFile> mapped,
+                        common::MappedFile::Open(spill_->tmp_path()));
     std::vector<codec::TensorView> views;
     views.reserve(tensors_.size());
     for (const auto& [info, offset] : tensors_) {
@@ -198,7 +198,7 @@ class SpillSink : public WeightsSink {
     return write(views);
   }
 
-  std::unique_ptr<codec::AtomicFileWriter> spill_;  // removed when the sink is destroyed
+  std::unique_ptr<common::AtomicFileWriter> spill_;  // removed when the sink is destroyed
   std::vector<std::pair<codec::TensorInfo, uint64_t>> tensors_;
   std::map<std::string, std::string> metadata_;
 };
@@ -233,7 +233,7 @@ absl::StatusOr<PullStats> RunStreamWeights(const DeltaClient::Impl& impl, const 
   v1::StreamWeightsRequest request;
   request.set_tenant(impl.options.tenant);
   request.set_task(task);
-  if (options.out_dtype) request.set_out_dtype(ToProtoDType(*options.out_dtype));
+  if (options.out_dtype) request.set_out_dtype(proto::ToProtoDType(*options.out_dtype));
   for (const std::string& glob : options.include) request.add_include(glob);
   request.set_include_regex(options.include_regex);
   if (!options.resume_from.empty()) request.set_resume_from_name(options.resume_from);
@@ -329,17 +329,13 @@ absl::StatusOr<DeltaStats> RunStreamDelta(
   return stats;
 }
 
-}  // namespace
-
-namespace {
-
 // Streams `task` into a SpillSink whose scratch file is `spill_path` + ".tmp"; NotFound
 // (saying nothing was written to `target`) when no tensor arrives.
 absl::StatusOr<PullStats> PullToSpill(const DeltaClient::Impl& impl, const std::string& task,
                                       const std::string& spill_path, const std::string& target,
                                       const PullOptions& options, std::unique_ptr<SpillSink>* sink) {
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<codec::AtomicFileWriter> spill,
-                      codec::AtomicFileWriter::Open(spill_path));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<common::AtomicFileWriter> spill,
+                      common::AtomicFileWriter::Open(spill_path));
   *sink = std::make_unique<SpillSink>(std::move(spill));
   DS_ASSIGN_OR_RETURN(PullStats stats, RunStreamWeights(impl, task, options, sink->get()));
   if (stats.tensors == 0) {
@@ -394,8 +390,8 @@ absl::StatusOr<PulledModel> DeltaClient::PullWeightsToMemory(const std::string& 
 absl::StatusOr<DeltaStats> DeltaClient::StreamDelta(const std::string& task,
                                                     const std::string& out_path,
                                                     const ProgressFn& progress) {
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<codec::AtomicFileWriter> out,
-                      codec::AtomicFileWriter::Open(out_path));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<common::AtomicFileWriter> out,
+                      common::AtomicFileWriter::Open(out_path));
   DS_ASSIGN_OR_RETURN(
       DeltaStats stats,
       RunStreamDelta(*impl_, task, progress,

@@ -15,7 +15,7 @@
 #include "client/internal/deltactl_report.h"
 #include "codec/delta_codec.h"
 #include "codec/safetensors.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 #include "codec/tfjs.h"
 
 namespace deltaserve::client {

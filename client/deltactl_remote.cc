@@ -20,8 +20,9 @@
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "client/internal/deltactl_command.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
+#include "proto/protocol.h"
 #include "nlohmann/json.hpp"
 
 namespace deltaserve::client {
@@ -151,7 +152,7 @@ std::string Created(int64_t unix_seconds) {
 }
 
 std::string DTypeText(v1::DType dtype) {
-  absl::StatusOr<codec::DType> d = FromProtoDType(dtype);
+  absl::StatusOr<codec::DType> d = proto::FromProtoDType(dtype);
   return d.ok() ? std::string(codec::DTypeName(*d)) : "?";
 }
 

@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/internal/deltactl_command.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 
 namespace deltaserve::client {
 namespace {

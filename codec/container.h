@@ -23,8 +23,11 @@
 #include "absl/types/span.h"
 #include "codec/tensor.h"
 
+namespace deltaserve::common {
+class MappedFile;  // common/file.h
+}  // namespace deltaserve::common
+
 namespace deltaserve::codec {
-class MappedFile;  // codec/file.h
 
 // Identity of a base model: XXH3-128 over its tensors (see ComputeBaseHash).
 using BaseHash = std::array<uint8_t, 16>;
@@ -141,7 +144,7 @@ class MappedContainer {
 
  private:
   MappedContainer() = default;
-  std::unique_ptr<MappedFile> file_;
+  std::unique_ptr<common::MappedFile> file_;
   ContainerReader reader_;
 };
 

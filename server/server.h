@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "proto/protocol.h"
 #include "server/config.h"
 #include "storage/store.h"
 
@@ -52,8 +53,9 @@ struct ServerOptions {
   // Default: 0.
   int workers = 0;
   // Maximum data bytes per StreamWeights/StreamDelta message (a request may ask for
-  // less or more within [4 KiB, 4 MiB]). Default: 1 MiB.
-  uint32_t chunk_bytes = 1u << 20;
+  // less or more within [proto::kMinChunkBytes, proto::kMaxChunkBytes] = [4 KiB, 4 MiB]).
+  // Default: proto::kDefaultChunkBytes (1 MiB).
+  uint32_t chunk_bytes = proto::kDefaultChunkBytes;
   // Tensors a stream decodes ahead of the one being sent. Memory per stream is
   // (1 + prefetch) merged tensors plus 2 chunks; 0 = no overlap of decode and send.
   // Default: 1.

@@ -12,7 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/container.h"
-#include "codec/status_macros.h"
+#include "codec/delta_codec.h"
+#include "common/status_macros.h"
 #include "server/internal/convert.h"
 #include "server/internal/service.h"
 
@@ -62,6 +63,13 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   void OnDone() override { delete this; }
 
  private:
+  storage::CommitOptions CommitOptions() const {
+    storage::CommitOptions options;
+    options.overwrite = meta_.overwrite();
+    options.quota_bytes = ctx_->auth->QuotaBytes(tenant_);
+    return options;
+  }
+
   absl::Status CheckAdmission() {
     DS_ASSIGN_OR_RETURN(Caller caller, ctx_->auth->Authenticate(AuthorizationHeader(*call_)));
     DS_ASSIGN_OR_RETURN(tenant_, ResolveTask(*ctx_, caller, meta_.tenant(), meta_.task(), log_));
@@ -73,28 +81,9 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                        " bytes exceed the server's maximum upload of ",
                        ctx_->options->max_upload_bytes));
     }
-    // Early answers for the common refusals, before any byte is sent; the commit checks
-    // both again atomically.
-    uint64_t replaced = 0;
-    absl::StatusOr<storage::TaskInfo> existing = ctx_->store->GetTask(tenant_, meta_.task());
-    if (existing.ok()) {
-      if (!meta_.overwrite()) {
-        return absl::AlreadyExistsError(absl::StrCat(
-            "task '", meta_.task(), "' already exists (overwrite not set)"));
-      }
-      replaced = existing->total_bytes;
-    } else if (existing.status().code() != absl::StatusCode::kNotFound) {
-      return existing.status();
-    }
-    uint64_t quota = ctx_->auth->QuotaBytes(tenant_);
-    if (quota > 0) {
-      DS_ASSIGN_OR_RETURN(storage::TenantUsage usage, ctx_->store->GetTenantUsage(tenant_));
-      if (usage.bytes - replaced + total > quota) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat("tenant '", tenant_, "' quota: ", usage.bytes - replaced, " + ", total,
-                         " bytes would exceed ", quota));
-      }
-    }
+    // Early answers for the common refusals, before any byte is sent; the commit decides
+    // again atomically.
+    DS_RETURN_IF_ERROR(ctx_->store->CheckCommit(tenant_, meta_.task(), total, CommitOptions()));
     buffer_.reserve(total);
     return absl::OkStatus();
   }
@@ -128,15 +117,10 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                           absl::StrCat("PutDelta: task '", meta_.task(), "': ",
                                        container.status().message()));
     }
-    if (container->header().base_hash != ctx_->base_hash) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "PutDelta: task '", meta_.task(), "' was compressed against base ",
-          codec::BaseHashHex(container->header().base_hash), ", not the resident base ",
-          ctx_->base_hash_hex));
-    }
-    storage::CommitOptions options;
-    options.overwrite = meta_.overwrite();
-    options.quota_bytes = ctx_->auth->QuotaBytes(tenant_);
+    DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(
+        container->header().base_hash, ctx_->base_hash,
+        absl::StrCat("PutDelta: task '", meta_.task(), "'"), "the resident base"));
+    const storage::CommitOptions options = CommitOptions();
     storage::TaskInfo committed;
     DS_RETURN_IF_ERROR(ctx_->versions->Mutate(tenant_, meta_.task(), ctx_->cache,
                                               [&]() -> absl::Status {

@@ -6,7 +6,7 @@
 
 #include <algorithm>
 
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 #include "server/internal/service.h"
 
 namespace deltaserve::server::internal {
