@@ -15,6 +15,7 @@ import live_daemon as ld
 from live_daemon import d
 
 from deltaserve import Client
+from deltaserve import _stream
 from deltaserve import safetensors as st
 
 SHAPES = {"layers.0.attn.weight": (128, 256), "layers.0.mlp.weight": (256, 128),
@@ -56,6 +57,14 @@ with tempfile.TemporaryDirectory(prefix="py-roundtrip-") as tmp:
     d.check(c.last_stream.tensors == len(SHAPES) and c.last_stream.resumes == 0,
             f"stats {c.last_stream}")
     d.log(f"stream_weights == deltactl pull: {c.last_stream}")
+    # The same through protobuf for every message (the path of messages chunk_view declines).
+    fast = _stream.chunk_view
+    _stream.chunk_view = lambda raw: None
+    try:
+        slow = [(n, a.tobytes()) for n, a in c.stream_weights("chat", chunk_bytes=4096)]
+    finally:
+        _stream.chunk_view = fast
+    d.check(slow == [(n, a.tobytes()) for n, a in got], "protobuf path != wire fast path")
 
     sd = c.load_state_dict("chat")
     for name, _, shape, rbuf in ref:
