@@ -123,9 +123,7 @@ absl::Status WriteCheckpointDir(const std::string& merged, const codec::Containe
 absl::Status RunDecompress(const DecompressCliOptions& o) {
   codec::DecompressOptions options;
   options.force = o.force;
-  if (!o.dtype.empty()) {
-    DS_ASSIGN_OR_RETURN(options.out_dtype, codec::ParseDType(absl::AsciiStrToUpper(o.dtype)));
-  }
+  DS_ASSIGN_OR_RETURN(options.out_dtype, ParseDTypeOption(o.dtype));
   if (o.out.empty() == o.out_dir.empty()) {
     return absl::InvalidArgumentError("decompress needs exactly one of --out FILE and --out-dir DIR");
   }
@@ -155,6 +153,8 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
                o.out.empty() ? o.out_dir : o.out, container->reader().num_records());
   return absl::OkStatus();
 }
+
+}  // namespace
 
 void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   auto* convert =
@@ -211,12 +211,8 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   decompress->add_option("--shard-bytes", dc->shard_bytes, "Largest shard of --out-dir, bytes")
       ->capture_default_str();
   decompress->add_flag("--force", dc->force, "Decode even if the base hash differs");
-  decompress->add_option("--dtype", dc->dtype, "Output dtype f32, f16 or bf16 (default: recorded)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "F32", "F16", "BF16"}));
+  AddDTypeOption(decompress, &dc->dtype);
   decompress->callback([dc, action] { *action = [dc] { return RunDecompress(*dc); }; });
 }
 
-const bool kRegistered = RegisterDeltactlCommands(&AddOfflineCommands);
-
-}  // namespace
 }  // namespace deltaserve::client

@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "client/internal/deltactl_command.h"
+#include "common/json.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
 #include "proto/protocol.h"
@@ -76,28 +77,20 @@ absl::StatusOr<std::unique_ptr<DeltaClient>> Connect(const RemoteFlags& f) {
   return DeltaClient::Open(options);
 }
 
-// Byte progress on stderr: rewritten in place on a terminal, else one line per 10%.
+// Byte progress of a push or pull on stderr (ProgressLine).
 ProgressFn StderrByteProgress(std::string label) {
-  const bool tty = ::isatty(STDERR_FILENO) != 0;
-  auto last_decile = std::make_shared<int>(-1);
-  return [label = std::move(label), tty, last_decile](const Progress& p) {
+  auto line = std::make_shared<ProgressLine>(std::move(label));
+  return [line](const Progress& p) {
     const double mib = 1 << 20;
-    const int pct = p.bytes_total == 0 ? 100 : static_cast<int>(100 * p.bytes_done / p.bytes_total);
-    std::string tensors =
-        p.tensors_total == 0 ? std::string()
-                             : absl::StrFormat(" tensor %d/%d %s", p.tensors_done, p.tensors_total,
-                                               p.current);
-    if (tty) {
-      absl::FPrintF(stderr, "\r\033[K%s: %3d%% %.1f/%.1f MiB%s", label, pct, p.bytes_done / mib,
-                    p.bytes_total / mib, tensors);
-      if (p.bytes_done == p.bytes_total) absl::FPrintF(stderr, "\n");
-      return;
+    const int pct =
+        p.bytes_total == 0 ? 100 : static_cast<int>(100 * p.bytes_done / p.bytes_total);
+    std::string text = absl::StrFormat("%d%% %.1f/%.1f MiB", pct, p.bytes_done / mib,
+                                       p.bytes_total / mib);
+    if (p.tensors_total != 0) {
+      absl::StrAppendFormat(&text, " tensor %d/%d %s", p.tensors_done, p.tensors_total,
+                            p.current);
     }
-    if (pct / 10 != *last_decile) {
-      *last_decile = pct / 10;
-      absl::FPrintF(stderr, "%s: %d%% %.1f/%.1f MiB%s\n", label, pct, p.bytes_done / mib,
-                    p.bytes_total / mib, tensors);
-    }
+    line->Update(p.bytes_done, p.bytes_total, text);
   };
 }
 
@@ -129,21 +122,17 @@ void Int64FieldsToNumbers(const google::protobuf::Descriptor& d, json& j) {
   }
 }
 
-absl::Status PrintJson(const json& j) {
-  absl::PrintF("%s\n", j.dump(2));
-  return absl::OkStatus();
-}
-
-absl::Status PrintJson(const google::protobuf::Message& message) {
+// A response message as JSON (proto field names, 64-bit integers as numbers).
+absl::Status PrintMessageJson(const google::protobuf::Message& message) {
   std::string text;
   google::protobuf::util::JsonPrintOptions options;
   options.preserve_proto_field_names = true;
   auto status = google::protobuf::util::MessageToJsonString(message, &text, options);
   if (!status.ok()) return absl::InternalError(std::string(status.message()));
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InternalError("protobuf printed JSON that does not parse");
-  Int64FieldsToNumbers(*message.GetDescriptor(), j);
-  return PrintJson(j);
+  absl::StatusOr<json> j = common::ParseJson(text, "protobuf's JSON of the response");
+  if (!j.ok()) return absl::InternalError(j.status().message());
+  Int64FieldsToNumbers(*message.GetDescriptor(), *j);
+  return PrintJson(*j);
 }
 
 std::string Created(int64_t unix_seconds) {
@@ -185,7 +174,7 @@ absl::Status RunPush(const RemoteFlags& f, const TaskFlags& t) {
         absl::StrCat(pushed.status().message(), "; use --overwrite to replace it"));
   }
   DS_ASSIGN_OR_RETURN(v1::TaskInfo info, std::move(pushed));
-  if (f.json) return PrintJson(info);
+  if (f.json) return PrintMessageJson(info);
   absl::PrintF("pushed %s as %s/%s: %d bytes, %d tensors, %.4f bits/weight\n", t.in,
                info.tenant(), info.name(), info.container_bytes(), info.num_tensors(),
                info.bits_per_weight());
@@ -197,7 +186,7 @@ absl::Status RunList(const RemoteFlags& f, bool all) {
   std::optional<std::string> tenant;
   if (all) tenant = "";
   DS_ASSIGN_OR_RETURN(v1::ListTasksResponse list, client->ListTasks(tenant));
-  if (f.json) return PrintJson(list);
+  if (f.json) return PrintMessageJson(list);
   absl::PrintF("%-16s %-32s %8s %14s %12s %8s  %s\n", "TENANT", "TASK", "TENSORS", "WEIGHTS",
                "BYTES", "BITS/W", "CREATED");
   for (const v1::TaskInfo& t : list.tasks()) {
@@ -224,7 +213,7 @@ absl::Status RunList(const RemoteFlags& f, bool all) {
 absl::Status RunInfo(const RemoteFlags& f, const TaskFlags& t) {
   DS_ASSIGN_OR_RETURN(auto client, Connect(f));
   DS_ASSIGN_OR_RETURN(v1::TaskInfo info, client->GetTask(t.task, t.tensors));
-  if (f.json) return PrintJson(info);
+  if (f.json) return PrintMessageJson(info);
   PrintTaskInfo(info);
   return absl::OkStatus();
 }
@@ -240,9 +229,7 @@ absl::Status RunDelete(const RemoteFlags& f, const TaskFlags& t) {
 absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
   DS_ASSIGN_OR_RETURN(auto client, Connect(f));
   PullOptions options;
-  if (!t.dtype.empty()) {
-    DS_ASSIGN_OR_RETURN(options.out_dtype, codec::ParseDType(absl::AsciiStrToUpper(t.dtype)));
-  }
+  DS_ASSIGN_OR_RETURN(options.out_dtype, ParseDTypeOption(t.dtype));
   options.include = t.include;
   options.include_regex = t.include_regex;
   options.resume_from = t.resume_from;
@@ -284,7 +271,7 @@ absl::Status RunPullDelta(const RemoteFlags& f, const TaskFlags& t) {
 absl::Status RunGetBase(const RemoteFlags& f) {
   DS_ASSIGN_OR_RETURN(auto client, Connect(f));
   DS_ASSIGN_OR_RETURN(v1::BaseInfo base, client->GetBase());
-  if (f.json) return PrintJson(base);
+  if (f.json) return PrintMessageJson(base);
   std::vector<std::string> dtypes;
   for (int d : base.dtypes()) dtypes.push_back(DTypeText(static_cast<v1::DType>(d)));
   absl::PrintF("path:    %s\nhash:    %s\ntensors: %d\nweights: %d\nbytes:   %d\ndtypes:  %s\n",
@@ -292,6 +279,8 @@ absl::Status RunGetBase(const RemoteFlags& f) {
                base.total_bytes(), absl::StrJoin(dtypes, ","));
   return absl::OkStatus();
 }
+
+}  // namespace
 
 void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   auto flags = std::make_shared<RemoteFlags>();
@@ -332,8 +321,7 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
       ->excludes(pull_out);
   pull->add_option("--shard-bytes", task->shard_bytes, "Largest shard of --out-dir, bytes")
       ->capture_default_str();
-  pull->add_option("--dtype", task->dtype, "Output dtype f32, f16 or bf16 (default: recorded)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "F32", "F16", "BF16"}));
+  AddDTypeOption(pull, &task->dtype);
   pull->add_option("--include", task->include, "Only tensors matching this glob (repeatable)");
   pull->add_option("--include-regex", task->include_regex, "Only tensors fully matching this RE2");
   pull->add_option("--resume-from", task->resume_from, "Skip tensors before this one");
@@ -348,7 +336,4 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   get_base->callback([=] { *action = [=] { return RunGetBase(*flags); }; });
 }
 
-const bool kRegistered = RegisterDeltactlCommands(&AddRemoteCommands);
-
-}  // namespace
 }  // namespace deltaserve::client

@@ -382,15 +382,26 @@ std::vector<uint8_t> SerializeHeader(const ContainerHeader& header) {
   return out;
 }
 
+void ContainerTrailerBuilder::AddHeader(absl::Span<const uint8_t> header_bytes) {
+  header_checksum_ = header_bytes.size() >= 8 ? StoredChecksum(header_bytes) : 0;
+  bytes_ += header_bytes.size();
+}
+
+void ContainerTrailerBuilder::AddRecord(absl::Span<const uint8_t> record_bytes) {
+  record_checksums_.push_back(record_bytes.size() >= 8 ? StoredChecksum(record_bytes) : 0);
+  bytes_ += record_bytes.size();
+}
+
+std::vector<uint8_t> ContainerTrailerBuilder::Finish() const {
+  return MakeTrailer(header_checksum_, record_checksums_, bytes_);
+}
+
 std::vector<uint8_t> SerializeTrailer(absl::Span<const uint8_t> header_bytes,
                                       const std::vector<absl::Span<const uint8_t>>& records) {
-  std::vector<uint64_t> sums;
-  uint64_t size = header_bytes.size();
-  for (const auto& rec : records) {
-    sums.push_back(rec.size() >= 8 ? StoredChecksum(rec) : 0);
-    size += rec.size();
-  }
-  return MakeTrailer(header_bytes.size() >= 8 ? StoredChecksum(header_bytes) : 0, sums, size);
+  ContainerTrailerBuilder trailer;
+  trailer.AddHeader(header_bytes);
+  for (const auto& rec : records) trailer.AddRecord(rec);
+  return trailer.Finish();
 }
 
 std::vector<uint8_t> AssembleContainer(absl::Span<const uint8_t> header_bytes,

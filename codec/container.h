@@ -84,6 +84,22 @@ std::vector<uint8_t> SerializeHeader(const ContainerHeader& header);
 std::vector<uint8_t> SerializeTrailer(absl::Span<const uint8_t> header_bytes,
                                       const std::vector<absl::Span<const uint8_t>>& records);
 
+// SerializeTrailer for a caller that holds one piece at a time (storage streaming a
+// container record by record): AddHeader once, then AddRecord for each record in
+// order; Finish() returns the same bytes as SerializeTrailer over all of them. Keeps 8
+// bytes per record. Same REQUIRES as SerializeTrailer. Not thread-safe.
+class ContainerTrailerBuilder {
+ public:
+  void AddHeader(absl::Span<const uint8_t> header_bytes);
+  void AddRecord(absl::Span<const uint8_t> record_bytes);
+  std::vector<uint8_t> Finish() const;
+
+ private:
+  uint64_t header_checksum_ = 0;
+  std::vector<uint64_t> record_checksums_;
+  uint64_t bytes_ = 0;  // header + records so far
+};
+
 // Reads a whole container held in memory (e.g. an mmap). Parse validates the header,
 // the framing of every record and the trailer; record(i) verifies that record's checksum.
 // Thread-safe after Parse.

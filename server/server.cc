@@ -14,6 +14,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
+#include "grpcpp/resource_quota.h"
 #include "grpcpp/server_builder.h"
 #include "prometheus/exposer.h"
 #include "proto/protocol.h"
@@ -59,6 +60,15 @@ absl::Status ServerOptions::Validate() const {
   if (max_upload_bytes == 0) {
     return absl::InvalidArgumentError("ServerOptions.max_upload_bytes must be > 0");
   }
+  if (max_uploads < 1 || max_uploads > 4096) {
+    return absl::InvalidArgumentError("ServerOptions.max_uploads must be in [1, 4096]");
+  }
+  if (max_streams < 1 || max_streams > 65536) {
+    return absl::InvalidArgumentError("ServerOptions.max_streams must be in [1, 65536]");
+  }
+  if (grpc_memory_bytes < (16u << 20)) {
+    return absl::InvalidArgumentError("ServerOptions.grpc_memory_bytes must be >= 16 MiB");
+  }
   if (drain_timeout < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ServerOptions.drain_timeout must be >= 0");
   }
@@ -83,6 +93,7 @@ struct Server::Impl {
   std::unique_ptr<internal::TensorCache> cache;
   std::unique_ptr<internal::ThreadPool> pool;
   internal::TaskVersions versions;
+  std::unique_ptr<internal::AdmissionLimit> uploads, streams;
   internal::ServiceContext ctx;
   std::unique_ptr<internal::DeltaServiceImpl> service;
   std::unique_ptr<grpc::Server> grpc_server;
@@ -141,6 +152,14 @@ absl::Status Server::Impl::Init() {
   ctx.metrics = metrics.get();
   ctx.auth = auth.get();
   ctx.versions = &versions;
+  uploads = std::make_unique<internal::AdmissionLimit>(
+      "uploads", "--max-uploads", options.max_uploads, &metrics->admitted_calls("uploads"),
+      &metrics->admission_rejected("uploads"));
+  streams = std::make_unique<internal::AdmissionLimit>(
+      "streams", "--max-streams", options.max_streams, &metrics->admitted_calls("streams"),
+      &metrics->admission_rejected("streams"));
+  ctx.uploads = uploads.get();
+  ctx.streams = streams.get();
 
   // Per-tenant gauges for every configured tenant and every tenant with data.
   std::vector<std::string> tenants = auth->TenantNames();
@@ -175,6 +194,9 @@ absl::Status Server::Impl::Init() {
   // share it and clients would reach either one at random.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(service.get());
+  grpc::ResourceQuota quota("deltaserved");
+  quota.Resize(static_cast<size_t>(options.grpc_memory_bytes));
+  builder.SetResourceQuota(quota);
   builder.SetMaxReceiveMessageSize(proto::kMaxMessageBytes);
   builder.SetMaxSendMessageSize(proto::kMaxMessageBytes);
   grpc_server = builder.BuildAndStart();

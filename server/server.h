@@ -63,6 +63,16 @@ struct ServerOptions {
   // Largest container PutDelta accepts (RESOURCE_EXHAUSTED beyond). Uploads are held in
   // memory until verified. Default: 8 GiB.
   uint64_t max_upload_bytes = 8ull << 30;
+  // PutDelta calls running at once; one more is refused with RESOURCE_EXHAUSTED (not
+  // queued). Upload memory is bounded by max_uploads x the largest upload. Default: 4.
+  int max_uploads = 4;
+  // StreamWeights + StreamDelta calls running at once; one more is refused with
+  // RESOURCE_EXHAUSTED. Stream memory is bounded by max_streams x (1 + prefetch) merged
+  // tensors (shared with the cache when cached). Default: 64.
+  int max_streams = 64;
+  // gRPC's own memory (transport buffers of every connection), bytes: gRPC's
+  // ResourceQuota; past it gRPC shrinks windows and refuses new streams. Default: 1 GiB.
+  uint64_t grpc_memory_bytes = 1ull << 30;
   // Tasks "tenant/task" decoded and pinned in the cache at start (recorded dtypes).
   // A missing task is logged and skipped. Default: none.
   std::vector<std::string> preload;

@@ -25,6 +25,12 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   PutDeltaReactor(const ServiceContext* ctx, grpc::CallbackServerContext* call,
                   v1::PutDeltaResponse* response)
       : ctx_(ctx), call_(call), response_(response), log_(ctx->metrics, "PutDelta") {
+    absl::Status admitted = ctx_->uploads->Acquire();
+    admitted_ = admitted.ok();
+    if (!admitted_) {
+      Finish(admitted);
+      return;
+    }
     StartRead(&request_);
   }
 
@@ -60,7 +66,10 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     StartRead(&request_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (admitted_) ctx_->uploads->Release();
+    delete this;
+  }
 
  private:
   storage::CommitOptions CommitOptions() const {
@@ -154,6 +163,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   v1::PutDeltaRequest request_;
   v1::PutDeltaMetadata meta_;
   bool have_metadata_ = false;
+  bool admitted_ = false;  // holds a --max-uploads slot
   std::string tenant_;
   std::string buffer_;
 };

@@ -92,6 +92,16 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
       : ctx_(ctx), call_(call), request_(request), log_(ctx->metrics, "StreamWeights") {
     ctx_->metrics->streams_in_flight().Increment();
     chunk_bytes_ = ctx_->ChunkBytes(request->chunk_bytes());
+    absl::Status admitted = ctx_->streams->Acquire();
+    admitted_ = admitted.ok();
+    if (!admitted_) {
+      {
+        absl::MutexLock lock(&mu_);
+        error_ = admitted;
+      }
+      Pump();  // finishes with the error at once
+      return;
+    }
     SchedulePool([this] { Setup(); });
   }
 
@@ -116,6 +126,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
   }
 
   void OnDone() override {
+    if (admitted_) ctx_->streams->Release();
     ctx_->metrics->streams_in_flight().Decrement();
     log_.Finish(final_status_);
     Unref();
@@ -341,6 +352,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
   const v1::StreamWeightsRequest* request_;
   CallLog log_;
   uint32_t chunk_bytes_ = 0;
+  bool admitted_ = false;  // holds a --max-streams slot; set in the constructor only
   std::atomic<bool> cancelled_{false};
 
   // Written by Setup before setup_done_ is published under mu_; read-only afterwards.
