@@ -290,7 +290,8 @@ TEST_F(ServerTest, ShutdownDrainsAStreamInProgress) {
     bytes += msg.chunk().data().size();
     ended |= msg.has_end();
   }
-  EXPECT_TRUE(reader->Finish().ok());
+  grpc::Status fin = reader->Finish();
+  EXPECT_TRUE(fin.ok()) << fin.error_code() << " " << fin.error_message();
   EXPECT_TRUE(ended);
   EXPECT_EQ(bytes, 1017344u);
   stopper.join();
