@@ -2,6 +2,9 @@
 
 #include <cmath>
 #include <limits>
+#include <set>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "codec/status_macros.h"
@@ -9,14 +12,52 @@
 
 namespace deltaserve::codec::internal {
 
-absl::StatusOr<nlohmann::json> ParseJson(std::string_view text, absl::string_view what) {
+absl::StatusOr<nlohmann::json> ParseJson(std::string_view text, absl::string_view what,
+                                         absl::string_view top_key_kind) {
+  // One frame per open object or array: the keys seen so far (objects) and the key
+  // under which the container sits, for messages.
+  struct Frame {
+    bool is_object = false;
+    std::string parent_key;
+    std::set<std::string> keys;
+  };
+  std::vector<Frame> stack;
+  std::string last_key;
+  std::string duplicate;  // first duplicate found, as a message
+  using Event = nlohmann::json::parse_event_t;
+  auto callback = [&](int /*depth*/, Event event, nlohmann::json& parsed) {
+    switch (event) {
+      case Event::object_start:
+      case Event::array_start:
+        stack.push_back(Frame{event == Event::object_start, last_key, {}});
+        last_key.clear();
+        break;
+      case Event::object_end:
+      case Event::array_end:
+        if (!stack.empty()) stack.pop_back();
+        break;
+      case Event::key:
+        last_key = parsed.get<std::string>();
+        if (!stack.empty() && !stack.back().keys.insert(last_key).second && duplicate.empty()) {
+          duplicate = stack.size() == 1
+                          ? absl::StrCat("duplicate ", top_key_kind, " '", last_key, "'")
+                          : absl::StrCat("duplicate key '", last_key, "' in '",
+                                         stack.back().parent_key, "'");
+        }
+        break;
+      case Event::value:
+        break;
+    }
+    return true;
+  };
   // allow_exceptions = false: a syntax error yields a "discarded" value instead of a
-  // throw; the callback is unused.
-  nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), nullptr,
+  // throw.
+  nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), callback,
                                            /*allow_exceptions=*/false);
   if (j.is_discarded()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": malformed JSON"));
   }
+  if (!duplicate.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", duplicate));
   return j;
 }
 

@@ -15,9 +15,14 @@
 namespace deltaserve::codec::internal {
 
 // Parses `text` (no exceptions: parse errors and nesting are reported, not thrown).
-// InvalidArgument "<what>: malformed JSON" on any syntax error, with `what` naming
-// the file (and, for embedded JSON, the part of it).
-absl::StatusOr<nlohmann::json> ParseJson(std::string_view text, absl::string_view what);
+// InvalidArgument "<what>: malformed JSON" on any syntax error (including strings that
+// are not valid UTF-8), with `what` naming the file (and, for embedded JSON, the part
+// of it). A key repeated within one object is InvalidArgument too (nlohmann would keep
+// the last value silently): "<what>: duplicate <top_key_kind> 'K'" for a key of the
+// top-level object (e.g. top_key_kind "tensor name" for a safetensors header), and
+// "<what>: duplicate key 'K' in '<parent key>'" for a nested one.
+absl::StatusOr<nlohmann::json> ParseJson(std::string_view text, absl::string_view what,
+                                         absl::string_view top_key_kind = "key");
 
 // Serializes `j` compactly. nlohmann throws on strings that are not valid UTF-8; that
 // comes back as InvalidArgument "<what>: ...".
