@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "codec/container_checks.h"
 #include "codec/file.h"
 #include "codec/status_macros.h"
 
@@ -330,12 +331,16 @@ std::string_view EncodingName(Encoding e) {
   return "unknown";
 }
 
+uint64_t SerializedRecordSize(const TensorRecord& record) {
+  return kRecordFixedSize + record.info.name.size() +
+         8 * (record.info.shape.size() + record.base_shape.size()) + record.payload.size() +
+         record.extra_rows.size();
+}
+
 absl::StatusOr<std::vector<uint8_t>> SerializeRecord(const TensorRecord& record) {
   DS_RETURN_IF_ERROR(ValidateRecord(record));
   std::vector<uint8_t> out;
-  const size_t total = kRecordFixedSize + record.info.name.size() +
-                       8 * (record.info.shape.size() + record.base_shape.size()) +
-                       record.payload.size() + record.extra_rows.size();
+  const size_t total = SerializedRecordSize(record);
   out.reserve(total);
   ByteWriter w(&out);
   w.Bytes(kRecordMagic, 4);
@@ -571,6 +576,8 @@ class FileContainerWriter : public ContainerWriter {
           absl::StrCat(path_, ": tensor '", record.info.name, "' would be record ",
                        sums_.size() + 1, " of a container declared with ", expected_));
     }
+    DS_RETURN_IF_ERROR(CheckUtf8(record.info.name, "tensor name"));
+    DS_RETURN_IF_ERROR(CheckRecordStorable(record.info.name, SerializedRecordSize(record)));
     DS_ASSIGN_OR_RETURN(auto bytes, SerializeRecord(record));
     DS_RETURN_IF_ERROR(Write(bytes));
     sums_.push_back(StoredChecksum(bytes));
@@ -616,6 +623,10 @@ class FileContainerWriter : public ContainerWriter {
 
 absl::StatusOr<std::unique_ptr<ContainerWriter>> ContainerWriter::Open(
     const std::string& path, const ContainerHeader& header) {
+  for (const auto& [key, value] : header.metadata) {
+    DS_RETURN_IF_ERROR(CheckUtf8(key, absl::StrCat(path, ": metadata key")));
+    DS_RETURN_IF_ERROR(CheckUtf8(value, absl::StrCat(path, ": metadata value of '", key, "':")));
+  }
   if (const size_t n = SerializeHeader(header).size(); n > kMaxHeaderSize) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": container header would be ", n,
                                                    " bytes, more than ", kMaxHeaderSize));

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "codec/container_checks.h"
 #include "codec/status_macros.h"
 
 namespace deltaserve::codec {
@@ -148,6 +149,7 @@ absl::Status CompressOptions::Validate() const {
   }
   for (const auto& r : rules) {
     if (r.pattern.empty()) return absl::InvalidArgumentError("encoding rule with empty glob");
+    DS_RETURN_IF_ERROR(CheckUtf8(r.pattern, "encoding rule glob"));
     if (static_cast<uint8_t>(r.encoding) > static_cast<uint8_t>(Encoding::kDct)) {
       return absl::InvalidArgumentError(
           absl::StrCat("encoding rule '", r.pattern, "': unknown encoding"));

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/container.h"
+#include "codec/container_checks.h"
 #include "codec/status_macros.h"
 #include "server/internal/convert.h"
 #include "server/internal/service.h"
@@ -54,6 +55,13 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                        meta_.total_bytes())));
     }
     buffer_.append(chunk);
+    // Refuse a record that storage cannot hold as soon as its length field arrives.
+    if (absl::Status s = scanner_.Feed(
+            absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(buffer_.data()), buffer_.size()));
+        !s.ok()) {
+      return Finish(absl::Status(
+          s.code(), absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message())));
+    }
     ctx_->metrics->uploaded_bytes().Increment(static_cast<double>(chunk.size()));
     log_.add_bytes(chunk.size());
     StartRead(&request_);
@@ -128,6 +136,10 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                           absl::StrCat("PutDelta: task '", meta_.task(), "': ",
                                        container.status().message()));
     }
+    if (absl::Status s = codec::CheckContainerStorable(*container); !s.ok()) {
+      return absl::Status(s.code(),
+                          absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message()));
+    }
     if (container->header().base_hash != ctx_->base_hash) {
       return absl::FailedPreconditionError(absl::StrCat(
           "PutDelta: task '", meta_.task(), "' was compressed against base ",
@@ -172,6 +184,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   bool have_metadata_ = false;
   std::string tenant_;
   std::string buffer_;
+  codec::ContainerUploadScanner scanner_;
 };
 
 }  // namespace
