@@ -37,28 +37,17 @@ std::string TaskLabel(const ClientOptions& options, const std::string& task) {
 }
 
 v1::DType ToProtoDType(codec::DType dtype) {
-  switch (dtype) {
-    case codec::DType::kF32:
-      return v1::DTYPE_F32;
-    case codec::DType::kF16:
-      return v1::DTYPE_F16;
-    case codec::DType::kBF16:
-      return v1::DTYPE_BF16;
-  }
-  return v1::DTYPE_UNSPECIFIED;
+  // The proto enum is codec::DType + 1 (0 is "unset"), see delta_service.proto.
+  if (dtype > codec::kLastDType) return v1::DTYPE_UNSPECIFIED;
+  return static_cast<v1::DType>(static_cast<int>(dtype) + 1);
 }
 
 absl::StatusOr<codec::DType> FromProtoDType(v1::DType dtype) {
-  switch (dtype) {
-    case v1::DTYPE_F32:
-      return codec::DType::kF32;
-    case v1::DTYPE_F16:
-      return codec::DType::kF16;
-    case v1::DTYPE_BF16:
-      return codec::DType::kBF16;
-    default:
-      return absl::InvalidArgumentError(absl::StrCat("unsupported dtype ", static_cast<int>(dtype)));
+  const int v = static_cast<int>(dtype);
+  if (v >= 1 && v <= static_cast<int>(codec::kLastDType) + 1) {
+    return static_cast<codec::DType>(v - 1);
   }
+  return absl::InvalidArgumentError(absl::StrCat("unsupported dtype ", v));
 }
 
 absl::Status ClientOptions::Validate() const {

@@ -185,7 +185,7 @@ absl::Status ValidateRecord(const TensorRecord& r) {
     return absl::InvalidArgumentError(
         absl::StrCat(label, ": name must be 1..", kMaxNameSize, " bytes, is ", r.info.name.size()));
   }
-  if (static_cast<uint8_t>(r.info.dtype) > static_cast<uint8_t>(DType::kBF16)) {
+  if (static_cast<uint8_t>(r.info.dtype) > static_cast<uint8_t>(kLastDType)) {
     return absl::InvalidArgumentError(
         absl::StrCat(label, ": unknown dtype ", static_cast<int>(r.info.dtype)));
   }
@@ -231,6 +231,10 @@ absl::Status ValidateRecord(const TensorRecord& r) {
       }
       break;
     case Encoding::kDct:
+      if (!IsCastable(r.info.dtype)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            label, ": dtype ", std::string(DTypeName(r.info.dtype)), " cannot be DCT-coded"));
+      }
       if (r.rows <= 0 || r.cols <= 0 || r.rows > kMaxElements / r.cols ||
           r.rows * r.cols != base_n) {
         return absl::InvalidArgumentError(absl::StrCat(label, ": DCT view ", r.rows, " x ", r.cols,
@@ -394,7 +398,7 @@ absl::StatusOr<TensorRecord> ParseRecord(absl::Span<const uint8_t> bytes) {
       !r.U8(&rank) || !r.U8(&base_rank)) {
     return bad("record fields run past the record");
   }
-  if (dtype > static_cast<uint8_t>(DType::kBF16)) {
+  if (dtype > static_cast<uint8_t>(kLastDType)) {
     return bad(absl::StrCat("unknown dtype ", dtype));
   }
   if (encoding > static_cast<uint8_t>(Encoding::kDct)) {

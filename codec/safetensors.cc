@@ -87,8 +87,7 @@ absl::StatusOr<FileTensor> ParseEntry(const std::string& path, const std::string
                       internal::JsonToString(*dtype_json, absl::StrCat(what, " dtype")));
   absl::StatusOr<DType> dtype = ParseDType(dtype_name);
   if (!dtype.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ": unsupported dtype '", dtype_name, "' (supported: F32, F16, BF16)"));
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", dtype.status().message()));
   }
   t.info.dtype = *dtype;
 

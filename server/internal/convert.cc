@@ -7,12 +7,9 @@
 namespace deltaserve::server::internal {
 
 v1::DType ToProtoDType(codec::DType dtype) {
-  switch (dtype) {
-    case codec::DType::kF32: return v1::DTYPE_F32;
-    case codec::DType::kF16: return v1::DTYPE_F16;
-    case codec::DType::kBF16: return v1::DTYPE_BF16;
-  }
-  return v1::DTYPE_UNSPECIFIED;
+  // The proto enum is codec::DType + 1 (0 is "unset"), see delta_service.proto.
+  if (dtype > codec::kLastDType) return v1::DTYPE_UNSPECIFIED;
+  return static_cast<v1::DType>(static_cast<int>(dtype) + 1);
 }
 
 absl::StatusOr<std::optional<codec::DType>> FromProtoDType(v1::DType dtype) {
@@ -23,14 +20,15 @@ absl::StatusOr<std::optional<codec::DType>> FromProtoDType(v1::DType dtype) {
     case v1::DTYPE_BF16: return codec::DType::kBF16;
     default: break;
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown out_dtype ", static_cast<int>(dtype)));
+  return absl::InvalidArgumentError(
+      absl::StrCat("out_dtype ", static_cast<int>(dtype), " is not F32 (1), F16 (2) or BF16 (3)"));
 }
 
 uint64_t TaskMergedBytes(const storage::TaskInfo& info, std::optional<codec::DType> out_dtype) {
   uint64_t total = 0;
   for (const storage::TensorEntry& t : info.tensors) {
     total += static_cast<uint64_t>(codec::NumElements(t.shape)) *
-             codec::DTypeSize(out_dtype.value_or(t.dtype));
+             codec::DTypeSize(codec::OutputDType(t.dtype, out_dtype.value_or(t.dtype)));
   }
   return total;
 }

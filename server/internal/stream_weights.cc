@@ -164,7 +164,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
     for (uint32_t i : plan_) {
       const storage::TensorEntry& t = info.tensors[i];
       total += static_cast<uint64_t>(codec::NumElements(t.shape)) *
-               codec::DTypeSize(out_dtype_.value_or(t.dtype));
+               codec::DTypeSize(codec::OutputDType(t.dtype, out_dtype_.value_or(t.dtype)));
     }
     begin->set_num_tensors(static_cast<uint32_t>(plan_.size()));
     begin->set_total_bytes(total);
