@@ -14,11 +14,13 @@ BUILD_PKGS=(
 # Tests: a real Prometheus server and promtool, docker-compose for `config` validation,
 # curl/openssl/shellcheck/python3-yaml for the deployment tests; for the fidelity harness
 # (tests/eval) Python with numpy/torch/matplotlib, real face photographs
-# (python3-skimage's data) and a labeled text set (the fortunes packages).
+# (python3-skimage's data) and a labeled text set (the fortunes packages); clang and
+# libFuzzer for the fuzz targets (tests/fuzz/run_fuzz.sh, build-fuzz/).
 TEST_PKGS=(
   prometheus docker-compose curl openssl shellcheck python3-yaml
   python3 python3-numpy python3-torch python3-matplotlib python3-pil
   python3-skimage fortunes fortunes-min fortune-mod
+  clang libfuzzer-14-dev
 )
 
 want=("${BUILD_PKGS[@]}")

@@ -226,6 +226,8 @@ absl::StatusOr<AuthConfig> ParseAuthConfig(std::string_view json_text,
     return absl::InvalidArgumentError(absl::StrCat("config: not valid JSON at line ", line,
                                                    ", column ", col, " (byte ", e.byte,
                                                    "): ", e.what()));
+  } catch (const json::exception& e) {  // e.g. out_of_range: a number that overflows
+    return absl::InvalidArgumentError(absl::StrCat("config: not valid JSON: ", e.what()));
   }
   try {
     return ParseJson(root, base_dir);
