@@ -60,7 +60,7 @@ run_one() {
   execs=$(grep -oP 'stat::number_of_executed_units:\s*\K\d+' "$log" | tail -1)
   cov=$(grep -oP '(?<=cov: )\d+' "$log" | tail -1)
   ft_=$(grep -oP '(?<=ft: )\d+' "$log" | tail -1)
-  corp=$(ls "$corpus" | wc -l)
+  corp=$(find "$corpus" -type f | wc -l)
   found=$(find "$findings" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'leak-*' \
           -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)
   printf '%-18s execs %10s  exec/s %7s  cov %5s  ft %6s  corpus %5s  findings %s%s\n' \
