@@ -31,6 +31,7 @@
 #include "absl/types/span.h"
 #include "codec/tensor.h"
 #include "deltaserve/v1/delta_service.pb.h"
+#include "proto/protocol.h"
 
 namespace deltaserve::v1 {
 class DeltaService_Stub;
@@ -56,9 +57,10 @@ struct ClientOptions {
   absl::Duration deadline = absl::Seconds(60);
   // Deadline of a whole download (pull, StreamDelta). Zero: none. Default: none.
   absl::Duration stream_deadline = absl::ZeroDuration();
-  // Upload chunk size in bytes. Larger: fewer messages; the server takes up to 4 MiB.
-  // Default: 1 MiB. Must be in [4 KiB, 4 MiB].
-  uint32_t upload_chunk_bytes = 1u << 20;
+  // Upload chunk size in bytes. Larger: fewer messages. Must be in
+  // [proto::kMinChunkBytes, proto::kMaxChunkBytes] = [4 KiB, 4 MiB].
+  // Default: proto::kDefaultChunkBytes (1 MiB).
+  uint32_t upload_chunk_bytes = proto::kDefaultChunkBytes;
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;
@@ -159,6 +161,15 @@ class DeltaClient {
   // Nothing is left at out_path on error.
   absl::StatusOr<PullStats> PullWeights(const std::string& task, const std::string& out_path,
                                         const PullOptions& options = {});
+  // Same, as a Hugging Face checkpoint directory: codec::WriteShardedSafetensors(dir, the
+  // tensors in stream order, the server's safetensors metadata, max_shard_bytes), i.e.
+  // model-0000i-of-0000N.safetensors shards of at most max_shard_bytes of tensor data
+  // (a larger tensor gets a shard of its own) and model.safetensors.index.json. The
+  // spill file lies in `dir` (created if needed) and is removed. InvalidArgument if
+  // max_shard_bytes is 0; otherwise PullWeights' errors.
+  absl::StatusOr<PullStats> PullWeightsToDirectory(const std::string& task, const std::string& dir,
+                                                   uint64_t max_shard_bytes,
+                                                   const PullOptions& options = {});
   // Same, into memory.
   absl::StatusOr<PulledModel> PullWeightsToMemory(const std::string& task,
                                                   const PullOptions& options = {});
@@ -178,11 +189,6 @@ class DeltaClient {
   explicit DeltaClient(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
-
-// Protocol dtype <-> codec dtype. FromProtoDType: DTYPE_UNSPECIFIED and unknown numbers
-// are InvalidArgument.
-v1::DType ToProtoDType(codec::DType dtype);
-absl::StatusOr<codec::DType> FromProtoDType(v1::DType dtype);
 
 }  // namespace deltaserve::client
 

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 
 namespace deltaserve::codec {
 namespace {

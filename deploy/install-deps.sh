@@ -9,17 +9,20 @@ BUILD_PKGS=(
   protobuf-compiler libprotobuf-dev protobuf-compiler-grpc libgrpc++-dev
   libabsl-dev librocksdb-dev libopenblas-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev libcli11-dev libspdlog-dev libzstd-dev libxxhash-dev libre2-dev
+  nlohmann-json3-dev libcli11-dev libspdlog-dev libxxhash-dev libre2-dev
 )
 # Tests: a real Prometheus server and promtool, docker-compose for `config` validation,
 # curl/openssl/shellcheck/python3-yaml for the deployment tests; for the fidelity harness
 # (tests/eval) Python with numpy/torch/matplotlib, real face photographs
-# (python3-skimage's data) and a labeled text set (the fortunes packages); clang and
-# libFuzzer for the fuzz targets (tests/fuzz/run_fuzz.sh, build-fuzz/).
+# (python3-skimage's data) and a labeled text set (the fortunes packages). The Python
+# client (python/deltaserve): gRPC, protobuf and xxhash modules, and pybind11 with the
+# Python headers for its C++ codec binding (built only when pybind11 is found). Clang
+# and libFuzzer for the fuzz targets (tests/fuzz/run_fuzz.sh, build-fuzz/).
 TEST_PKGS=(
   prometheus docker-compose curl openssl shellcheck python3-yaml
   python3 python3-numpy python3-torch python3-matplotlib python3-pil
   python3-skimage fortunes fortunes-min fortune-mod
+  python3-grpcio python3-protobuf python3-xxhash pybind11-dev python3-dev
   clang libfuzzer-14-dev
 )
 

@@ -1,7 +1,5 @@
 #include "server/server.h"
 
-#include <fstream>
-#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -10,13 +8,16 @@
 #include "absl/synchronization/notification.h"
 #include "codec/delta_codec.h"
 #include "codec/safetensors.h"
-#include "codec/status_macros.h"
+#include "common/file.h"
+#include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
+#include "grpcpp/resource_quota.h"
 #include "grpcpp/server_builder.h"
 #include "prometheus/exposer.h"
+#include "proto/protocol.h"
 #include "prometheus/text_serializer.h"
 #include "server/internal/context.h"
 #include "server/internal/log.h"
@@ -29,20 +30,14 @@ namespace {
 constexpr char kServiceName[] = "deltaserve.v1.DeltaService";
 constexpr char kVersion[] = DELTASERVE_VERSION;  // project(... VERSION) in CMake
 
-absl::StatusOr<std::string> ReadTextFile(const std::string& path, const std::string& what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(what, " '", path, "' cannot be read"));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerOptions& o) {
   if (o.tls_cert_path.empty()) return grpc::InsecureServerCredentials();
-  DS_ASSIGN_OR_RETURN(std::string cert, ReadTextFile(o.tls_cert_path, "TLS certificate"));
-  DS_ASSIGN_OR_RETURN(std::string key, ReadTextFile(o.tls_key_path, "TLS key"));
+  absl::StatusOr<std::string> cert = common::ReadFileToString(o.tls_cert_path);
+  if (!cert.ok()) return common::Annotate(cert.status(), "TLS certificate");
+  absl::StatusOr<std::string> key = common::ReadFileToString(o.tls_key_path);
+  if (!key.ok()) return common::Annotate(key.status(), "TLS key");
   grpc::SslServerCredentialsOptions ssl;
-  ssl.pem_key_cert_pairs.push_back({key, cert});
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
   return grpc::SslServerCredentials(ssl);
 }
 
@@ -58,14 +53,21 @@ absl::Status ServerOptions::Validate() const {
   if (workers < 0 || workers > 1024) {
     return absl::InvalidArgumentError("ServerOptions.workers must be in [0, 1024]");
   }
-  if (chunk_bytes < (4u << 10) || chunk_bytes > (4u << 20)) {
-    return absl::InvalidArgumentError("ServerOptions.chunk_bytes must be in [4 KiB, 4 MiB]");
-  }
+  DS_RETURN_IF_ERROR(proto::ValidateChunkBytes(chunk_bytes, "ServerOptions.chunk_bytes"));
   if (prefetch_tensors < 0 || prefetch_tensors > 64) {
     return absl::InvalidArgumentError("ServerOptions.prefetch_tensors must be in [0, 64]");
   }
   if (max_upload_bytes == 0) {
     return absl::InvalidArgumentError("ServerOptions.max_upload_bytes must be > 0");
+  }
+  if (max_uploads < 1 || max_uploads > 4096) {
+    return absl::InvalidArgumentError("ServerOptions.max_uploads must be in [1, 4096]");
+  }
+  if (max_streams < 1 || max_streams > 65536) {
+    return absl::InvalidArgumentError("ServerOptions.max_streams must be in [1, 65536]");
+  }
+  if (grpc_memory_bytes < (16u << 20)) {
+    return absl::InvalidArgumentError("ServerOptions.grpc_memory_bytes must be >= 16 MiB");
   }
   if (drain_timeout < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ServerOptions.drain_timeout must be >= 0");
@@ -91,6 +93,7 @@ struct Server::Impl {
   std::unique_ptr<internal::TensorCache> cache;
   std::unique_ptr<internal::ThreadPool> pool;
   internal::TaskVersions versions;
+  std::unique_ptr<internal::AdmissionLimit> uploads, streams;
   internal::ServiceContext ctx;
   std::unique_ptr<internal::DeltaServiceImpl> service;
   std::unique_ptr<grpc::Server> grpc_server;
@@ -149,6 +152,14 @@ absl::Status Server::Impl::Init() {
   ctx.metrics = metrics.get();
   ctx.auth = auth.get();
   ctx.versions = &versions;
+  uploads = std::make_unique<internal::AdmissionLimit>(
+      "uploads", "--max-uploads", options.max_uploads, &metrics->admitted_calls("uploads"),
+      &metrics->admission_rejected("uploads"));
+  streams = std::make_unique<internal::AdmissionLimit>(
+      "streams", "--max-streams", options.max_streams, &metrics->admitted_calls("streams"),
+      &metrics->admission_rejected("streams"));
+  ctx.uploads = uploads.get();
+  ctx.streams = streams.get();
 
   // Per-tenant gauges for every configured tenant and every tenant with data.
   std::vector<std::string> tenants = auth->TenantNames();
@@ -183,9 +194,11 @@ absl::Status Server::Impl::Init() {
   // share it and clients would reach either one at random.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(service.get());
-  // Upload chunks are up to 4 MiB of payload; leave room for framing.
-  builder.SetMaxReceiveMessageSize(16 << 20);
-  builder.SetMaxSendMessageSize(16 << 20);
+  grpc::ResourceQuota quota("deltaserved");
+  quota.Resize(static_cast<size_t>(options.grpc_memory_bytes));
+  builder.SetResourceQuota(quota);
+  builder.SetMaxReceiveMessageSize(proto::kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(proto::kMaxMessageBytes);
   grpc_server = builder.BuildAndStart();
   if (!grpc_server || port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen,

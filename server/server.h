@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "proto/protocol.h"
 #include "server/config.h"
 #include "storage/store.h"
 
@@ -52,8 +53,9 @@ struct ServerOptions {
   // Default: 0.
   int workers = 0;
   // Maximum data bytes per StreamWeights/StreamDelta message (a request may ask for
-  // less or more within [4 KiB, 4 MiB]). Default: 1 MiB.
-  uint32_t chunk_bytes = 1u << 20;
+  // less or more within [proto::kMinChunkBytes, proto::kMaxChunkBytes] = [4 KiB, 4 MiB]).
+  // Default: proto::kDefaultChunkBytes (1 MiB).
+  uint32_t chunk_bytes = proto::kDefaultChunkBytes;
   // Tensors a stream decodes ahead of the one being sent. Memory per stream is
   // (1 + prefetch) merged tensors plus 2 chunks; 0 = no overlap of decode and send.
   // Default: 1.
@@ -61,6 +63,16 @@ struct ServerOptions {
   // Largest container PutDelta accepts (RESOURCE_EXHAUSTED beyond). Uploads are held in
   // memory until verified. Default: 8 GiB.
   uint64_t max_upload_bytes = 8ull << 30;
+  // PutDelta calls running at once; one more is refused with RESOURCE_EXHAUSTED (not
+  // queued). Upload memory is bounded by max_uploads x the largest upload. Default: 4.
+  int max_uploads = 4;
+  // StreamWeights + StreamDelta calls running at once; one more is refused with
+  // RESOURCE_EXHAUSTED. Stream memory is bounded by max_streams x (1 + prefetch) merged
+  // tensors (shared with the cache when cached). Default: 64.
+  int max_streams = 64;
+  // gRPC's own memory (transport buffers of every connection), bytes: gRPC's
+  // ResourceQuota; past it gRPC shrinks windows and refuses new streams. Default: 1 GiB.
+  uint64_t grpc_memory_bytes = 1ull << 30;
   // Tasks "tenant/task" decoded and pinned in the cache at start (recorded dtypes).
   // A missing task is logged and skipped. Default: none.
   std::vector<std::string> preload;

@@ -11,7 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 #include "rocksdb/cache.h"
 #include "rocksdb/db.h"
 #include "rocksdb/filter_policy.h"
@@ -39,11 +39,7 @@ std::string TaskName(std::string_view tenant, std::string_view task) {
   return absl::StrCat("tenant ", Quoted(tenant), " task ", Quoted(task));
 }
 
-// Prefixes `s`'s message with `context`, keeping the code.
-absl::Status Annotate(const absl::Status& s, std::string_view context) {
-  if (s.ok()) return s;
-  return absl::Status(s.code(), absl::StrCat(Av(context), ": ", s.message()));
-}
+using common::Annotate;
 
 absl::Status ValidateTaskNames(std::string_view tenant, std::string_view task) {
   DS_RETURN_IF_ERROR(ValidateName("tenant", tenant));
@@ -170,17 +166,26 @@ absl::StatusOr<std::vector<uint8_t>> TaskReader::HeaderBytes() const {
 }
 
 absl::StatusOr<std::vector<uint8_t>> TaskReader::AssembleContainer() const {
+  std::vector<uint8_t> out;
+  DS_RETURN_IF_ERROR(ForEachContainerPiece([&](absl::Span<const uint8_t> piece) {
+    out.insert(out.end(), piece.begin(), piece.end());
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
+absl::Status TaskReader::ForEachContainerPiece(
+    const std::function<absl::Status(absl::Span<const uint8_t>)>& fn) const {
   DS_ASSIGN_OR_RETURN(std::vector<uint8_t> header, HeaderBytes());
-  std::vector<StoredRecord> records;
-  records.reserve(num_records());
-  std::vector<absl::Span<const uint8_t>> pieces;
-  pieces.reserve(num_records());
+  codec::ContainerTrailerBuilder trailer;
+  trailer.AddHeader(header);
+  DS_RETURN_IF_ERROR(fn(header));
   for (size_t i = 0; i < num_records(); ++i) {
     DS_ASSIGN_OR_RETURN(StoredRecord record, ReadRecord(i));
-    records.push_back(std::move(record));
-    pieces.push_back(records.back().bytes());
+    trailer.AddRecord(record.bytes());
+    DS_RETURN_IF_ERROR(fn(record.bytes()));
   }
-  return codec::AssembleContainer(header, pieces);
+  return fn(trailer.Finish());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -281,6 +286,36 @@ absl::StatusOr<TenantUsage> DeltaStore::ReadUsage(std::string_view tenant) const
   return DecodeUsage(value.ToStringView(), tenant);
 }
 
+absl::StatusOr<TenantUsage> DeltaStore::AdmitLocked(std::string_view tenant,
+                                                    std::string_view task,
+                                                    uint64_t total_bytes,
+                                                    const CommitOptions& options,
+                                                    const TaskInfo* old) const {
+  if (old != nullptr && !options.overwrite) {
+    return absl::AlreadyExistsError(
+        absl::StrCat(TaskName(tenant, task), " already exists (overwrite not set)"));
+  }
+  DS_ASSIGN_OR_RETURN(TenantUsage usage, ReadUsage(tenant));
+  const uint64_t freed = old != nullptr ? std::min(old->total_bytes, usage.bytes) : 0;
+  TenantUsage next{usage.bytes - freed + total_bytes, usage.tasks + (old != nullptr ? 0 : 1)};
+  if (options.quota_bytes != 0 && next.bytes > options.quota_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "committing ", TaskName(tenant, task), ": tenant quota exceeded (", usage.bytes - freed,
+        " bytes used + ", total_bytes, " bytes of this task > quota ", options.quota_bytes,
+        " bytes)"));
+  }
+  return next;
+}
+
+absl::Status DeltaStore::CheckCommit(std::string_view tenant, std::string_view task,
+                                     uint64_t total_bytes, const CommitOptions& options) const {
+  DS_RETURN_IF_ERROR(ValidateTaskNames(tenant, task));
+  absl::MutexLock lock(&h_->MutexFor(tenant));
+  absl::StatusOr<TaskInfo> old = ReadMeta(tenant, task, nullptr);
+  if (!old.ok() && !absl::IsNotFound(old.status())) return old.status();
+  return AdmitLocked(tenant, task, total_bytes, options, old.ok() ? &*old : nullptr).status();
+}
+
 absl::StatusOr<TaskInfo> DeltaStore::CommitTask(std::string_view tenant, std::string_view task,
                                                 const codec::ContainerReader& container,
                                                 const CommitOptions& options) {
@@ -318,19 +353,10 @@ absl::StatusOr<TaskInfo> DeltaStore::CommitTask(std::string_view tenant, std::st
 
   absl::MutexLock lock(&h_->MutexFor(tenant));
   absl::StatusOr<TaskInfo> old = ReadMeta(tenant, task, nullptr);
-  if (old.ok() && !options.overwrite) {
-    return absl::AlreadyExistsError(
-        absl::StrCat(TaskName(tenant, task), " already exists (use overwrite to replace it)"));
-  }
   if (!old.ok() && !absl::IsNotFound(old.status())) return old.status();
-  DS_ASSIGN_OR_RETURN(TenantUsage usage, ReadUsage(tenant));
-  const uint64_t freed = old.ok() ? std::min(old->total_bytes, usage.bytes) : 0;
-  TenantUsage next{usage.bytes - freed + info.total_bytes, usage.tasks + (old.ok() ? 0 : 1)};
-  if (options.quota_bytes != 0 && next.bytes > options.quota_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        what, ": tenant quota exceeded (", usage.bytes - freed, " bytes used + ",
-        info.total_bytes, " bytes of this task > quota ", options.quota_bytes, " bytes)"));
-  }
+  DS_ASSIGN_OR_RETURN(TenantUsage next,
+                      AdmitLocked(tenant, task, info.total_bytes, options,
+                                  old.ok() ? &*old : nullptr));
 
   rocksdb::WriteBatch batch;
   if (old.ok()) {

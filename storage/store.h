@@ -25,6 +25,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -170,6 +171,12 @@ class TaskReader {
   // The whole container, byte-identical to the committed one (codec::AssembleContainer),
   // every record verified. Holds the whole container in memory.
   absl::StatusOr<std::vector<uint8_t>> AssembleContainer() const;
+  // The same bytes without holding them together: calls `fn` with the header bytes,
+  // each record (checksum verified) in order, then the trailer; their concatenation is
+  // AssembleContainer(). Stops at, and returns, the first error of a read or of `fn`.
+  // Memory: one record at a time. The span passed to `fn` is valid during the call only.
+  absl::Status ForEachContainerPiece(
+      const std::function<absl::Status(absl::Span<const uint8_t>)>& fn) const;
 
  private:
   friend class DeltaStore;
@@ -187,7 +194,8 @@ class TaskReader {
 class DeltaStore {
  public:
   // Opens (or creates) the database at options.path. InvalidArgument for bad options;
-  // Unavailable if the database is locked by another process or cannot be read.
+  // FailedPrecondition "database DIR is in use by another process" if another process
+  // holds its lock; Unavailable/Internal if it cannot be read.
   static absl::StatusOr<std::unique_ptr<DeltaStore>> Open(const StoreOptions& options);
   // Closes the database (flushes nothing beyond what RocksDB does on close; committed
   // tasks are durable in the write-ahead log).
@@ -205,6 +213,15 @@ class DeltaStore {
   absl::StatusOr<TaskInfo> CommitTask(std::string_view tenant, std::string_view task,
                                       const codec::ContainerReader& container,
                                       const CommitOptions& options = {});
+
+  // The admission decision CommitTask would make now for a container of `total_bytes`
+  // bytes, without writing anything: OK, InvalidArgument (names), AlreadyExists
+  // (exists, overwrite not set) or ResourceExhausted (quota), with CommitTask's
+  // messages. Existence and usage are read together under the tenant's commit lock.
+  // CommitTask decides again atomically; this lets a server refuse an upload before
+  // its bytes arrive.
+  absl::Status CheckCommit(std::string_view tenant, std::string_view task,
+                           uint64_t total_bytes, const CommitOptions& options) const;
 
   // The task's meta. NotFound if absent.
   absl::StatusOr<TaskInfo> GetTask(std::string_view tenant, std::string_view task) const;
@@ -248,6 +265,12 @@ class DeltaStore {
   absl::StatusOr<TaskInfo> ReadMeta(std::string_view tenant, std::string_view task,
                                     const rocksdb::Snapshot* snapshot) const;
   absl::StatusOr<TenantUsage> ReadUsage(std::string_view tenant) const;
+  // CommitTask's and CheckCommit's decision: the tenant's usage after committing
+  // `total_bytes` over `old` (nullptr: a new task), or AlreadyExists /
+  // ResourceExhausted. REQUIRES: the tenant's commit mutex is held.
+  absl::StatusOr<TenantUsage> AdmitLocked(std::string_view tenant, std::string_view task,
+                                          uint64_t total_bytes, const CommitOptions& options,
+                                          const TaskInfo* old) const;
 
   std::unique_ptr<Handles> h_;
   StoreOptions options_;

@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "codec/container.h"
 #include "codec/safetensors.h"
+#include "server/internal/admission.h"
 #include "server/internal/auth.h"
 #include "server/internal/metrics.h"
 #include "server/internal/task_versions.h"
@@ -31,10 +32,14 @@ struct ServiceContext {
   Metrics* metrics = nullptr;
   const Authenticator* auth = nullptr;
   TaskVersions* versions = nullptr;
+  // Concurrent PutDelta calls (--max-uploads) and StreamWeights + StreamDelta calls
+  // (--max-streams).
+  AdmissionLimit* uploads = nullptr;
+  AdmissionLimit* streams = nullptr;
 
   // Refreshes deltaserve_tenant_tasks / _stored_bytes of `tenant` from the store.
   void PublishTenantUsage(const std::string& tenant) const;
-  // Clamps a requested chunk size (0 = default) to [4 KiB, 4 MiB].
+  // The chunk size of a stream: proto::EffectiveChunkBytes with the server's default.
   uint32_t ChunkBytes(uint32_t requested) const;
 };
 

@@ -74,6 +74,14 @@ Metrics::Metrics(std::string_view version)
                             .Help("StreamWeights/StreamDelta calls in progress")
                             .Register(r)
                             .Add({});
+  admitted_calls_ = &BuildGauge()
+                         .Name("deltaserve_admitted_calls")
+                         .Help("Calls holding an admission slot (--max-uploads, --max-streams)")
+                         .Register(r);
+  admission_rejected_ = &BuildCounter()
+                             .Name("deltaserve_admission_rejected_total")
+                             .Help("Calls refused RESOURCE_EXHAUSTED: admission limit reached")
+                             .Register(r);
   tenant_tasks_ = &BuildGauge()
                        .Name("deltaserve_tenant_tasks")
                        .Help("Stored tasks per tenant")
@@ -112,6 +120,14 @@ void Metrics::AddStreamedBytes(std::string_view method, uint64_t bytes) {
 void Metrics::SetTenantUsage(std::string_view tenant, uint64_t tasks, uint64_t bytes) {
   tenant_tasks_->Add({{"tenant", std::string(tenant)}}).Set(static_cast<double>(tasks));
   tenant_stored_bytes_->Add({{"tenant", std::string(tenant)}}).Set(static_cast<double>(bytes));
+}
+
+prometheus::Gauge& Metrics::admitted_calls(std::string_view kind) {
+  return admitted_calls_->Add({{"kind", std::string(kind)}});
+}
+
+prometheus::Counter& Metrics::admission_rejected(std::string_view kind) {
+  return admission_rejected_->Add({{"kind", std::string(kind)}});
 }
 
 }  // namespace deltaserve::server::internal

@@ -13,7 +13,8 @@
 #include "absl/strings/str_cat.h"
 #include "codec/container.h"
 #include "codec/container_checks.h"
-#include "codec/status_macros.h"
+#include "codec/delta_codec.h"
+#include "common/status_macros.h"
 #include "server/internal/convert.h"
 #include "server/internal/service.h"
 
@@ -25,6 +26,12 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   PutDeltaReactor(const ServiceContext* ctx, grpc::CallbackServerContext* call,
                   v1::PutDeltaResponse* response)
       : ctx_(ctx), call_(call), response_(response), log_(ctx->metrics, "PutDelta") {
+    absl::Status admitted = ctx_->uploads->Acquire();
+    admitted_ = admitted.ok();
+    if (!admitted_) {
+      Finish(admitted);
+      return;
+    }
     StartRead(&request_);
   }
 
@@ -67,9 +74,19 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     StartRead(&request_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (admitted_) ctx_->uploads->Release();
+    delete this;
+  }
 
  private:
+  storage::CommitOptions CommitOptions() const {
+    storage::CommitOptions options;
+    options.overwrite = meta_.overwrite();
+    options.quota_bytes = ctx_->auth->QuotaBytes(tenant_);
+    return options;
+  }
+
   absl::Status CheckAdmission() {
     DS_ASSIGN_OR_RETURN(Caller caller, ctx_->auth->Authenticate(AuthorizationHeader(*call_)));
     DS_ASSIGN_OR_RETURN(tenant_, ResolveTask(*ctx_, caller, meta_.tenant(), meta_.task(), log_));
@@ -81,28 +98,9 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                        " bytes exceed the server's maximum upload of ",
                        ctx_->options->max_upload_bytes));
     }
-    // Early answers for the common refusals, before any byte is sent; the commit checks
-    // both again atomically.
-    uint64_t replaced = 0;
-    absl::StatusOr<storage::TaskInfo> existing = ctx_->store->GetTask(tenant_, meta_.task());
-    if (existing.ok()) {
-      if (!meta_.overwrite()) {
-        return absl::AlreadyExistsError(absl::StrCat(
-            "task '", meta_.task(), "' already exists (overwrite not set)"));
-      }
-      replaced = existing->total_bytes;
-    } else if (existing.status().code() != absl::StatusCode::kNotFound) {
-      return existing.status();
-    }
-    uint64_t quota = ctx_->auth->QuotaBytes(tenant_);
-    if (quota > 0) {
-      DS_ASSIGN_OR_RETURN(storage::TenantUsage usage, ctx_->store->GetTenantUsage(tenant_));
-      if (usage.bytes - replaced + total > quota) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat("tenant '", tenant_, "' quota: ", usage.bytes - replaced, " + ", total,
-                         " bytes would exceed ", quota));
-      }
-    }
+    // Early answers for the common refusals, before any byte is sent; the commit decides
+    // again atomically.
+    DS_RETURN_IF_ERROR(ctx_->store->CheckCommit(tenant_, meta_.task(), total, CommitOptions()));
     buffer_.reserve(total);
     return absl::OkStatus();
   }
@@ -140,15 +138,10 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
       return absl::Status(s.code(),
                           absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message()));
     }
-    if (container->header().base_hash != ctx_->base_hash) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "PutDelta: task '", meta_.task(), "' was compressed against base ",
-          codec::BaseHashHex(container->header().base_hash), ", not the resident base ",
-          ctx_->base_hash_hex));
-    }
-    storage::CommitOptions options;
-    options.overwrite = meta_.overwrite();
-    options.quota_bytes = ctx_->auth->QuotaBytes(tenant_);
+    DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(
+        container->header().base_hash, ctx_->base_hash,
+        absl::StrCat("PutDelta: task '", meta_.task(), "'"), "the resident base"));
+    const storage::CommitOptions options = CommitOptions();
     storage::TaskInfo committed;
     DS_RETURN_IF_ERROR(ctx_->versions->Mutate(tenant_, meta_.task(), ctx_->cache,
                                               [&]() -> absl::Status {
@@ -182,6 +175,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   v1::PutDeltaRequest request_;
   v1::PutDeltaMetadata meta_;
   bool have_metadata_ = false;
+  bool admitted_ = false;  // holds a --max-uploads slot
   std::string tenant_;
   std::string buffer_;
   codec::ContainerUploadScanner scanner_;

@@ -286,6 +286,8 @@ SPEC_METRICS = {
     "deltaserve_cache_evictions_total": "counter",
     "deltaserve_cache_bytes": "gauge",
     "deltaserve_streams_in_flight": "gauge",
+    "deltaserve_admitted_calls": "gauge",
+    "deltaserve_admission_rejected_total": "counter",
     "deltaserve_tenant_tasks": "gauge",
     "deltaserve_tenant_stored_bytes": "gauge",
     "deltaserve_base_bytes": "gauge",
@@ -295,7 +297,8 @@ SPEC_METRICS = {
 
 # deltaserved's flags (server spec), each also read from DELTASERVE_<UPPER_SNAKE>.
 DAEMON_FLAGS = ["base", "db", "listen", "metrics-listen", "config", "tls-cert", "tls-key",
-                "cache-bytes", "workers", "chunk-bytes", "prefetch-tensors", "max-upload-bytes", "preload",
+                "cache-bytes", "workers", "chunk-bytes", "prefetch-tensors", "max-upload-bytes", "max-uploads",
+                "max-streams", "grpc-memory-bytes", "preload",
                 "drain-seconds", "log-format"]
 DAEMON_ENV = {"DELTASERVE_" + f.upper().replace("-", "_"): "--" + f for f in DAEMON_FLAGS}
 

@@ -1,0 +1,51 @@
+#include "proto/protocol.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace deltaserve::proto {
+
+absl::Status ValidateChunkBytes(uint32_t bytes, absl::string_view what) {
+  if (bytes < kMinChunkBytes || bytes > kMaxChunkBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " must be in [", kMinChunkBytes, ", ",
+                                                   kMaxChunkBytes, "] bytes, got ", bytes));
+  }
+  return absl::OkStatus();
+}
+
+uint32_t EffectiveChunkBytes(uint32_t requested, uint32_t server_default) {
+  return std::clamp<uint32_t>(requested ? requested : server_default, kMinChunkBytes,
+                              kMaxChunkBytes);
+}
+
+v1::DType ToProtoDType(codec::DType dtype) {
+  // The wire enum is codec::DType + 1 (0 is "unset"), see delta_service.proto.
+  if (dtype > codec::kLastDType) return v1::DTYPE_UNSPECIFIED;
+  return static_cast<v1::DType>(static_cast<int>(dtype) + 1);
+}
+
+absl::StatusOr<codec::DType> FromProtoDType(v1::DType dtype) {
+  const int v = static_cast<int>(dtype);
+  if (v >= 1 && v <= static_cast<int>(codec::kLastDType) + 1) {
+    return static_cast<codec::DType>(v - 1);
+  }
+  if (dtype == v1::DTYPE_UNSPECIFIED) {
+    return absl::InvalidArgumentError("dtype is DTYPE_UNSPECIFIED");
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown dtype ", v));
+}
+
+absl::StatusOr<std::optional<codec::DType>> FromProtoOutDType(v1::DType dtype) {
+  if (dtype == v1::DTYPE_UNSPECIFIED) return std::optional<codec::DType>();
+  absl::StatusOr<codec::DType> d = FromProtoDType(dtype);
+  if (!d.ok()) return d.status();
+  if (!codec::IsCastable(*d)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "out_dtype ", std::string(codec::DTypeName(*d)), " is not F32, F16 or BF16 (tensors of "
+        "other dtypes are always sent in their own dtype)"));
+  }
+  return std::optional<codec::DType>(*d);
+}
+
+}  // namespace deltaserve::proto
