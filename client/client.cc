@@ -10,6 +10,7 @@
 #include "client/internal/impl.h"
 #include "client/internal/status.h"
 #include "codec/container.h"
+#include "codec/container_checks.h"
 #include "common/file.h"
 #include "common/status_macros.h"
 #include "proto/protocol.h"
@@ -66,19 +67,16 @@ absl::StatusOr<std::unique_ptr<DeltaClient>> DeltaClient::Open(const ClientOptio
 absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
                                                     absl::Span<const uint8_t> container,
                                                     const PushOptions& options) {
-  const std::string label = absl::StrCat("PushDelta ", TaskLabel(impl_->options, task));
-  // Fail fast, before any traffic, on a file that is not a container at all.
+  const std::string label =
+      absl::StrCat("PushDelta ", codec::Utf8OrEscaped(TaskLabel(impl_->options, task)));
+  // Fail fast, before any traffic, on a file that is not a container at all, or one
+  // the server would refuse to store.
   absl::StatusOr<codec::ContainerReader> parsed = codec::ContainerReader::Parse(container);
-  if (!parsed.ok()) {
-    return absl::Status(parsed.status().code(),
-                        absl::StrCat(label, ": local container: ", parsed.status().message()));
+  absl::Status local = parsed.status();
+  if (local.ok()) local = codec::CheckContainerStorable(*parsed);
+  if (!local.ok()) {
+    return absl::Status(local.code(), absl::StrCat(label, ": local container: ", local.message()));
   }
-
-  grpc::ClientContext ctx;
-  impl_->Prepare(&ctx, impl_->options.deadline);
-  v1::PutDeltaResponse response;
-  std::unique_ptr<grpc::ClientWriter<v1::PutDeltaRequest>> writer =
-      impl_->stub->PutDelta(&ctx, &response);
 
   v1::PutDeltaRequest request;
   v1::PutDeltaMetadata* meta = request.mutable_metadata();
@@ -87,6 +85,14 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
   meta->set_overwrite(options.overwrite);
   meta->set_total_bytes(container.size());
   meta->set_xxh3_64(XXH3_64bits(container.data(), container.size()));
+  DS_RETURN_IF_ERROR(CheckStringFieldsUtf8(request, label));
+
+  grpc::ClientContext ctx;
+  impl_->Prepare(&ctx, impl_->options.deadline);
+  v1::PutDeltaResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::PutDeltaRequest>> writer =
+      impl_->stub->PutDelta(&ctx, &response);
+
   bool open = writer->Write(request);
   bool cancelled = false;
   Progress progress;

@@ -33,6 +33,8 @@ struct CompressCliOptions {
   bool separate_dc = codec::DctParams{}.separate_dc;
   int64_t min_dct_elements = codec::CompressOptions{}.min_dct_elements;
   std::vector<std::string> rules;
+  bool allow_missing = false, allow_extra = false, allow_nonfinite = false;
+  double max_relative_delta = codec::CompressOptions{}.max_relative_delta;
 };
 
 struct DecompressCliOptions {
@@ -90,6 +92,10 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
     DS_ASSIGN_OR_RETURN(auto rule, codec::EncodingRule::Parse(text));
     c.rules.push_back(std::move(rule));
   }
+  c.allow_missing = o.allow_missing;
+  c.allow_extra = o.allow_extra;
+  c.allow_nonfinite = o.allow_nonfinite;
+  c.max_relative_delta = o.max_relative_delta;
   DS_RETURN_IF_ERROR(c.Validate());
   return c;
 }
@@ -98,8 +104,10 @@ absl::Status RunCompress(const CompressCliOptions& o) {
   DS_ASSIGN_OR_RETURN(const codec::CompressOptions options, ToCompressOptions(o));
   DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(o.base));
   DS_ASSIGN_OR_RETURN(auto finetuned, codec::ModelReader::Open(o.finetuned));
-  DS_RETURN_IF_ERROR(
-      codec::CompressModel(*base, *finetuned, options, o.out, StderrProgress("compress")).status());
+  DS_ASSIGN_OR_RETURN(
+      const codec::CompressStats stats,
+      codec::CompressModel(*base, *finetuned, options, o.out, StderrProgress("compress")));
+  for (const std::string& w : stats.warnings) absl::FPrintF(stderr, "warning: %s\n", w);
   DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.out));
   DS_ASSIGN_OR_RETURN(auto report, ReportContainer(*container));
   PrintReport(report, /*per_tensor=*/false, stdout);
@@ -193,6 +201,18 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   compress->add_option("--rule", cc->rules,
                        "Encoding override 'GLOB=raw|dct|unchanged' (fnmatch; repeatable; "
                        "first match wins)");
+  compress->add_flag("--allow-missing", cc->allow_missing,
+                     "Leave base tensors the finetune lacks out of the merged model (each is "
+                     "named); default: refuse");
+  compress->add_flag("--allow-extra", cc->allow_extra,
+                     "Store finetuned tensors the base lacks raw (each is named); default: refuse");
+  compress->add_flag("--allow-nonfinite", cc->allow_nonfinite,
+                     "Store finetuned tensors with NaN/Inf raw (each is named); default: refuse");
+  compress
+      ->add_option("--max-relative-delta", cc->max_relative_delta,
+                   "Refuse a tensor whose delta norm exceeds this many times its base's "
+                   "(transposed or unrelated weights); 0: no check")
+      ->capture_default_str();
   compress->callback([cc, action] { *action = [cc] { return RunCompress(*cc); }; });
 
   auto* decompress =

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "codec/container_checks.h"
 #include "common/coding.h"
 #include "common/file.h"
 #include "common/status_macros.h"
@@ -126,7 +127,7 @@ absl::Status ValidateRecord(const TensorRecord& r) {
     return absl::InvalidArgumentError(
         absl::StrCat(label, ": name must be 1..", kMaxNameSize, " bytes, is ", r.info.name.size()));
   }
-  if (static_cast<uint8_t>(r.info.dtype) > static_cast<uint8_t>(DType::kBF16)) {
+  if (static_cast<uint8_t>(r.info.dtype) > static_cast<uint8_t>(kLastDType)) {
     return absl::InvalidArgumentError(
         absl::StrCat(label, ": unknown dtype ", static_cast<int>(r.info.dtype)));
   }
@@ -172,6 +173,10 @@ absl::Status ValidateRecord(const TensorRecord& r) {
       }
       break;
     case Encoding::kDct:
+      if (!IsCastable(r.info.dtype)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            label, ": dtype ", std::string(DTypeName(r.info.dtype)), " cannot be DCT-coded"));
+      }
       if (r.rows <= 0 || r.cols <= 0 || r.rows > kMaxElements / r.cols ||
           r.rows * r.cols != base_n) {
         return absl::InvalidArgumentError(absl::StrCat(label, ": DCT view ", r.rows, " x ", r.cols,
@@ -272,12 +277,16 @@ std::string_view EncodingName(Encoding e) {
   return "unknown";
 }
 
+uint64_t SerializedRecordSize(const TensorRecord& record) {
+  return kRecordFixedSize + record.info.name.size() +
+         8 * (record.info.shape.size() + record.base_shape.size()) + record.payload.size() +
+         record.extra_rows.size();
+}
+
 absl::StatusOr<std::vector<uint8_t>> SerializeRecord(const TensorRecord& record) {
   DS_RETURN_IF_ERROR(ValidateRecord(record));
   std::vector<uint8_t> out;
-  const size_t total = kRecordFixedSize + record.info.name.size() +
-                       8 * (record.info.shape.size() + record.base_shape.size()) +
-                       record.payload.size() + record.extra_rows.size();
+  const size_t total = SerializedRecordSize(record);
   out.reserve(total);
   ByteWriter w(&out);
   w.Bytes(kRecordMagic, 4);
@@ -331,7 +340,7 @@ absl::StatusOr<TensorRecord> ParseRecord(absl::Span<const uint8_t> bytes) {
       !r.U8(&rank) || !r.U8(&base_rank)) {
     return bad("record fields run past the record");
   }
-  if (dtype > static_cast<uint8_t>(DType::kBF16)) {
+  if (dtype > static_cast<uint8_t>(kLastDType)) {
     return bad(absl::StrCat("unknown dtype ", dtype));
   }
   if (encoding > static_cast<uint8_t>(Encoding::kDct)) {
@@ -524,6 +533,8 @@ class FileContainerWriter : public ContainerWriter {
           absl::StrCat(path_, ": tensor '", record.info.name, "' would be record ",
                        sums_.size() + 1, " of a container declared with ", expected_));
     }
+    DS_RETURN_IF_ERROR(CheckUtf8(record.info.name, "tensor name"));
+    DS_RETURN_IF_ERROR(CheckRecordStorable(record.info.name, SerializedRecordSize(record)));
     DS_ASSIGN_OR_RETURN(auto bytes, SerializeRecord(record));
     DS_RETURN_IF_ERROR(Write(bytes));
     sums_.push_back(StoredChecksum(bytes));
@@ -569,6 +580,10 @@ class FileContainerWriter : public ContainerWriter {
 
 absl::StatusOr<std::unique_ptr<ContainerWriter>> ContainerWriter::Open(
     const std::string& path, const ContainerHeader& header) {
+  for (const auto& [key, value] : header.metadata) {
+    DS_RETURN_IF_ERROR(CheckUtf8(key, absl::StrCat(path, ": metadata key")));
+    DS_RETURN_IF_ERROR(CheckUtf8(value, absl::StrCat(path, ": metadata value of '", key, "':")));
+  }
   if (const size_t n = SerializeHeader(header).size(); n > kMaxHeaderSize) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": container header would be ", n,
                                                    " bytes, more than ", kMaxHeaderSize));

@@ -60,6 +60,8 @@ struct TensorRecord {
   absl::Span<const uint8_t> extra_rows;  // raw finetuned rows beyond base_shape[0]
 };
 
+// Bytes SerializeRecord makes of `record` (FORMAT.md, "Record"), without making them.
+uint64_t SerializedRecordSize(const TensorRecord& record);
 // Serializes one record (adds the checksum). InvalidArgument on inconsistent fields.
 absl::StatusOr<std::vector<uint8_t>> SerializeRecord(const TensorRecord& record);
 // Parses and verifies one record's bytes. DataLoss (checksum mismatch, truncation) or
@@ -130,7 +132,10 @@ class ContainerWriter {
   static absl::StatusOr<std::unique_ptr<ContainerWriter>> Open(const std::string& path,
                                                                const ContainerHeader& header);
   virtual ~ContainerWriter() = default;
-  // FailedPrecondition if more than header.tensor_count records are added.
+  // Open: InvalidArgument if a metadata key or value is not valid UTF-8.
+  // Add: FailedPrecondition if more than header.tensor_count records are added;
+  // InvalidArgument if the name is not valid UTF-8 or the record would exceed
+  // kMaxStoredRecordBytes (codec/container_checks.h), naming the tensor and its size.
   virtual absl::Status Add(const TensorRecord& record) = 0;
   // FailedPrecondition if fewer records than header.tensor_count were added.
   virtual absl::Status Finish() = 0;

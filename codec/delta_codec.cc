@@ -9,8 +9,12 @@
 #include <cstring>
 #include <memory>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "codec/container_checks.h"
+#include "codec/internal/compress_checks.h"
 #include "common/coding.h"
 #include "common/status_macros.h"
 
@@ -35,6 +39,20 @@ void CastElements(const uint8_t* src, DType from, int64_t n, DType to, uint8_t* 
     ToFloat32(src + i * DTypeSize(from), from, m, tmp.data());
     FromFloat32(tmp.data(), m, to, dst + i * DTypeSize(to));
   }
+}
+
+// True if `name` is the scale of an FP8 tensor: NAME_scale or NAME_scale_inv beside an
+// F8_E4M3/F8_E5M2 tensor NAME (e.g. "w.weight_scale_inv" for "w.weight"). A lossy
+// scale would move every weight it scales, so it is kept raw.
+bool IsFp8Scale(const ModelReader& model, const std::string& name) {
+  for (const char* suffix : {"_scale_inv", "_scale"}) {
+    if (!absl::EndsWith(name, suffix)) continue;
+    auto t = model.Get(name.substr(0, name.size() - std::strlen(suffix)));
+    if (t.ok() && (t->info.dtype == DType::kF8E4M3 || t->info.dtype == DType::kF8E5M2)) {
+      return true;
+    }
+  }
+  return false;
 }
 
 bool SameTensor(const TensorView& a, const TensorView& b) {
@@ -143,12 +161,17 @@ std::string EncodingRule::ToString() const {
 
 absl::Status CompressOptions::Validate() const {
   DS_RETURN_IF_ERROR(dct.Validate());
+  if (!(max_relative_delta >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_relative_delta must be >= 0, is ", max_relative_delta));
+  }
   if (min_dct_elements < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("min_dct_elements must be >= 0, is ", min_dct_elements));
   }
   for (const auto& r : rules) {
     if (r.pattern.empty()) return absl::InvalidArgumentError("encoding rule with empty glob");
+    DS_RETURN_IF_ERROR(CheckUtf8(r.pattern, "encoding rule glob"));
     if (static_cast<uint8_t>(r.encoding) > static_cast<uint8_t>(Encoding::kDct)) {
       return absl::InvalidArgumentError(
           absl::StrCat("encoding rule '", r.pattern, "': unknown encoding"));
@@ -216,6 +239,14 @@ absl::StatusOr<Encoding> ChooseEncoding(const TensorView& ft, const TensorView* 
           absl::StrCat(Quoted(ft.info.name), ": rule '", rule.ToString(),
                        "' asks for 'unchanged' but the tensor differs from the base"));
     }
+    if (rule.encoding == Encoding::kDct &&
+        (!IsCastable(ft.info.dtype) || !IsCastable(base->info.dtype))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(Quoted(ft.info.name), ": rule '", rule.ToString(),
+                       "' asks for 'dct' but dtype ", std::string(DTypeName(ft.info.dtype)),
+                       " (base ", std::string(DTypeName(base->info.dtype)),
+                       ") is stored raw only (DCT needs F32, F16 or BF16)"));
+    }
     if (rule.encoding == Encoding::kDct && rank < 2) {
       return absl::InvalidArgumentError(absl::StrCat(Quoted(ft.info.name), ": rule '",
                                                      rule.ToString(), "' asks for 'dct' but ",
@@ -224,6 +255,7 @@ absl::StatusOr<Encoding> ChooseEncoding(const TensorView& ft, const TensorView* 
     return rule.encoding;
   }
   if (identical) return Encoding::kUnchanged;
+  if (!IsCastable(ft.info.dtype) || !IsCastable(base->info.dtype)) return Encoding::kRaw;
   if (rank < 2 || ft.info.num_elements() < options.min_dct_elements) return Encoding::kRaw;
   return Encoding::kDct;
 }
@@ -242,14 +274,17 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
         "no tensor of the finetuned model (", finetuned.tensors().size(), " tensors, e.g. ",
         Quoted(finetuned.tensors().front().name), ") exists in the base: wrong base model?"));
   }
+  CompressStats stats;
+  DS_RETURN_IF_ERROR(internal::CheckNameSets(base, finetuned, options, &stats));
+  DS_RETURN_IF_ERROR(internal::CheckShapes(base, finetuned));
   ContainerHeader header;
   header.base_hash = ComputeBaseHash(base);
   header.tensor_count = static_cast<uint32_t>(finetuned.tensors().size());
   header.metadata = HeaderMetadata(options);
   DS_ASSIGN_OR_RETURN(auto writer, ContainerWriter::Open(out_path, header));
 
-  CompressStats stats;
   std::vector<float> delta;
+  std::vector<std::string> refused;  // every tensor that makes the pair unusable
   const size_t total = finetuned.tensors().size();
   for (size_t i = 0; i < total; ++i) {
     const std::string& name = finetuned.tensors()[i].name;
@@ -258,6 +293,36 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
     if (!base_or.ok() && !absl::IsNotFound(base_or.status())) return base_or.status();
     const TensorView* bv = base_or.ok() ? &*base_or : nullptr;
     DS_ASSIGN_OR_RETURN(Encoding enc, ChooseEncoding(ft, bv, options));
+    if (enc != Encoding::kUnchanged) {
+      const internal::NonFinite nf = internal::FindNonFinite(ft);
+      if (nf.count > 0) {
+        const std::string what = absl::StrCat(
+            Quoted(name), ": ", nf.count, " non-finite values (NaN/Inf), the first at ", nf.first);
+        if (!options.allow_nonfinite) {
+          refused.push_back(what);
+          continue;
+        }
+        stats.warnings.push_back(absl::StrCat(what, ": stored raw as they are"));
+        enc = Encoding::kRaw;
+      } else if (bv != nullptr && options.max_relative_delta > 0 && IsCastable(ft.info.dtype) &&
+                 IsCastable(bv->info.dtype)) {
+        const double r = internal::RelativeDeltaNorm(ft, *bv);
+        if (r > options.max_relative_delta) {
+          const auto& s = ft.info.shape;
+          refused.push_back(absl::StrFormat(
+              "%s: delta norm is %.3g x the base tensor's norm (limit %g)%s", Quoted(name), r,
+              options.max_relative_delta,
+              s.size() == 2 && s[0] == s[1] ? "; a transposed square matrix?" : ""));
+          continue;
+        }
+      }
+      if (enc == Encoding::kDct && IsFp8Scale(finetuned, name)) {
+        stats.warnings.push_back(
+            absl::StrCat(Quoted(name), ": scale of an FP8 tensor, stored raw (lossless)"));
+        enc = Encoding::kRaw;
+      }
+    }
+    if (!refused.empty()) continue;  // the container will not be finished
 
     TensorRecord rec;
     rec.info = ft.info;
@@ -303,13 +368,32 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
     }
     if (progress) progress(i + 1, total, name);
   }
+  if (!refused.empty()) {
+    const size_t n = refused.size();
+    if (n > 20) {
+      refused.resize(20);
+      refused.push_back(absl::StrCat("and ", n - 20, " more"));
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat(n,
+                     " tensor(s) refused (see CompressOptions allow_nonfinite and "
+                     "max_relative_delta): ",
+                     absl::StrJoin(refused, "; ")));
+  }
+  if (total > 0 && stats.unchanged_tensors == total) {
+    stats.noop = true;
+    stats.warnings.push_back(absl::StrCat("all ", total,
+                                          " tensors are bit-identical to the base: this delta "
+                                          "is a no-op"));
+  }
   DS_RETURN_IF_ERROR(writer->Finish());
   stats.container_bytes = writer->bytes_written();
   return stats;
 }
 
 uint64_t MergedBytes(const TensorRecord& record, DType out_dtype) {
-  return static_cast<uint64_t>(record.info.num_elements()) * DTypeSize(out_dtype);
+  return static_cast<uint64_t>(record.info.num_elements()) *
+         DTypeSize(OutputDType(record.info.dtype, out_dtype));
 }
 
 absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DType out_dtype,
@@ -327,10 +411,12 @@ int MergeTensorParts(const TensorRecord& record, int64_t min_part_weights, int m
   return static_cast<int>(std::min<int64_t>({by_size, units, max_parts}));
 }
 
-absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record, DType out_dtype,
-                             int part, int num_parts, absl::Span<uint8_t> out,
-                             const MergedBytesFn& on_bytes) {
+absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record,
+                             DType requested_dtype, int part, int num_parts,
+                             absl::Span<uint8_t> out, const MergedBytesFn& on_bytes) {
   const std::string& name = record.info.name;
+  // Non-float tensors keep their dtype (they are raw or unchanged, never cast).
+  const DType out_dtype = OutputDType(record.info.dtype, requested_dtype);
   if (out.size() != MergedBytes(record, out_dtype)) {
     return absl::InvalidArgumentError(absl::StrCat(Quoted(name), ": output buffer is ", out.size(),
                                                    " bytes, merge needs ",
@@ -417,8 +503,9 @@ absl::Status DecompressModel(const ModelReader& base, const ContainerReader& con
   infos.reserve(total);
   for (size_t i = 0; i < total; ++i) {
     DS_ASSIGN_OR_RETURN(TensorRecord rec, container.record(i));
-    infos.push_back(
-        TensorInfo{rec.info.name, options.out_dtype.value_or(rec.info.dtype), rec.info.shape});
+    infos.push_back(TensorInfo{
+        rec.info.name, OutputDType(rec.info.dtype, options.out_dtype.value_or(rec.info.dtype)),
+        rec.info.shape});
   }
   DS_ASSIGN_OR_RETURN(
       std::unique_ptr<SafetensorsWriter> writer,

@@ -50,6 +50,21 @@ struct CompressOptions {
   // (lossless). Larger: fewer lossy tensors, more bytes. Default: see FORMAT.md.
   int64_t min_dct_elements = 16384;
   std::vector<EncodingRule> rules;
+  // Base tensors the finetune lacks (renamed, dropped, or a buffer such as
+  // `rotary_emb.inv_freq`) are left out of the merged model, each named in
+  // CompressStats::warnings. false: refused. Default: false.
+  bool allow_missing = false;
+  // Finetuned tensors the base lacks are stored raw (16-32 bits per weight), each named
+  // in the warnings. false: refused. Default: false.
+  bool allow_extra = false;
+  // Finetuned float tensors holding NaN or +-Inf are stored raw, as they are, and named
+  // in the warnings. false: refused with the tensor, count and first coordinates.
+  // Default: false.
+  bool allow_nonfinite = false;
+  // A tensor whose delta norm exceeds this many times its base tensor's norm is refused
+  // (finetunes move weights by ~1%; a transposed square matrix or an unrelated tensor
+  // gives ~1.4). 0 disables the check. Default: 1.
+  double max_relative_delta = 1.0;
 
   absl::Status Validate() const;
 };
@@ -85,24 +100,38 @@ struct CompressStats {
   uint64_t dct_weights = 0, dct_bytes = 0;  // DCT-coded tensors and their record bytes
   uint64_t total_weights = 0;               // all tensors of the finetuned model
   uint64_t raw_tensors = 0, unchanged_tensors = 0, dct_tensors = 0;
+  std::vector<std::string> base_only;      // left out of the merged model (allow_missing)
+  std::vector<std::string> finetune_only;  // stored raw (allow_extra)
+  bool noop = false;                       // every tensor bit-identical to the base
+  // One line per tensor that is dropped, one-sided, stored raw for a reason the user
+  // should know (non-finite values, FP8 scales) and for a no-op delta.
+  std::vector<std::string> warnings;
 };
 
-// Compresses `finetuned` against `base` into a container at `out_path`. Every finetuned
-// tensor must exist in base with the same shape, except that an embedding may have more
-// rows (dim 0) than the base (InvalidArgument otherwise, naming the tensor); tensors only
-// in finetuned are stored raw.
+// Compresses `finetuned` against `base` into a container at `out_path`. The merged model
+// holds exactly the finetuned tensors. Before anything is written, InvalidArgument for:
+// no tensor in common (wrong base); one-sided tensors unless allowed (CompressOptions
+// allow_missing / allow_extra; the message lists them with a common-prefix hint);
+// shapes that cannot merge (every such tensor named, "transposed?" for a reversed
+// rank-2 shape; an embedding may have more rows, dim 0, than the base). While encoding,
+// InvalidArgument naming every tensor with NaN/Inf values (unless allow_nonfinite) or
+// a delta norm above max_relative_delta x its base's. Non-float tensors (integers,
+// BOOL, F64, FP8) and the scales of FP8 tensors are stored raw or unchanged, bit for
+// bit. stats.warnings names every dropped, one-sided or specially stored tensor.
 absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const ModelReader& finetuned,
                                             const CompressOptions& options,
                                             const std::string& out_path,
                                             const ProgressFn& progress = nullptr);
 
-// Number of bytes MergeTensor writes for `record` in `out_dtype`.
+// Number of bytes MergeTensor writes for `record` in `out_dtype` (that is, in
+// OutputDType(record.info.dtype, out_dtype): non-float tensors keep their dtype).
 uint64_t MergedBytes(const TensorRecord& record, DType out_dtype);
 
-// Writes the merged tensor (base + decoded delta, or the raw tensor) in `out_dtype`
-// into `out` (REQUIRES out.size() == MergedBytes(record, out_dtype)). `base` may be null
-// only for records that do not need it (kRaw). NotFound/InvalidArgument if the base
-// tensor is missing or its shape differs from record.base_shape. Deterministic.
+// Writes the merged tensor (base + decoded delta, or the raw tensor) in
+// OutputDType(record.info.dtype, out_dtype) into `out` (REQUIRES out.size() == MergedBytes(record,
+// out_dtype)). `base` may be null only for records that do not need it (kRaw).
+// NotFound/InvalidArgument if the base tensor is missing or its shape differs from
+// record.base_shape. Deterministic.
 absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DType out_dtype,
                          absl::Span<uint8_t> out);
 

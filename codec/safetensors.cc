@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -87,8 +88,7 @@ absl::StatusOr<FileTensor> ParseEntry(const std::string& path, const std::string
                       common::JsonToString(*dtype_json, absl::StrCat(what, " dtype")));
   absl::StatusOr<DType> dtype = ParseDType(dtype_name);
   if (!dtype.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ": unsupported dtype '", dtype_name, "' (supported: F32, F16, BF16)"));
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", dtype.status().message()));
   }
   t.info.dtype = *dtype;
 
@@ -142,6 +142,19 @@ absl::StatusOr<std::map<std::string, std::string>> ParseFileMetadata(const std::
   return out;
 }
 
+// A hint for a file whose first 8 bytes are not a plausible header length: files that
+// are really text, above all git-LFS pointers (a clone without `git lfs pull`).
+std::string NotSafetensorsHint(absl::Span<const uint8_t> bytes) {
+  const absl::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  if (absl::StartsWith(text, "version https://git-lfs")) {
+    return "; it looks like a git-LFS pointer file, not the weights (run `git lfs pull`)";
+  }
+  if (absl::StartsWith(text, "<") || absl::StartsWith(text, "{")) {
+    return "; it looks like a text (HTML or JSON) file, not safetensors";
+  }
+  return "";
+}
+
 // Maps `path` and validates everything its header claims before any byte is used.
 absl::StatusOr<ParsedFile> ParseSafetensorsFile(const std::string& path) {
   ParsedFile parsed;
@@ -154,15 +167,17 @@ absl::StatusOr<ParsedFile> ParseSafetensorsFile(const std::string& path) {
   uint64_t header_len;
   std::memcpy(&header_len, bytes.data(), 8);
   if (header_len > kMaxHeaderBytes) {
-    return Invalid(path, absl::StrCat("header length ", header_len,
-                                      " exceeds the limit of ", kMaxHeaderBytes, " bytes"));
+    return Invalid(path, absl::StrCat("header length ", header_len, " exceeds the limit of ",
+                                      kMaxHeaderBytes, " bytes (the file is ", bytes.size(),
+                                      " bytes)", NotSafetensorsHint(bytes)));
   }
   if (header_len > bytes.size() - 8) {
     return Invalid(path, absl::StrCat("header length ", header_len, " runs past the end of the ",
-                                      bytes.size(), "-byte file"));
+                                      bytes.size(), "-byte file", NotSafetensorsHint(bytes)));
   }
   std::string_view header_text(reinterpret_cast<const char*>(bytes.data()) + 8, header_len);
-  DS_ASSIGN_OR_RETURN(json header, common::ParseJson(header_text, absl::StrCat(path, ": header")));
+  DS_ASSIGN_OR_RETURN(json header, common::ParseJson(header_text, absl::StrCat(path, ": header"),
+                                                     "tensor name"));
   if (!header.is_object()) return Invalid(path, "header is not a JSON object");
   absl::Span<const uint8_t> buffer = bytes.subspan(8 + header_len);
 
@@ -263,14 +278,24 @@ absl::StatusOr<std::unique_ptr<ModelReader>> OpenSingle(const std::string& path)
   return model;
 }
 
-// Shard names in an index are relative to its directory and may not climb out of it.
-absl::Status CheckShardName(const std::string& index_path, const std::string& tensor,
-                            const std::string& shard) {
-  if (!common::IsContainedRelativePath(shard)) {
-    return Invalid(index_path, absl::StrCat("weight_map entry for tensor '", tensor,
-                                            "' has a bad shard path '", shard, "'"));
+// Shard names in an index are relative to its directory and may not climb out of it
+// (ResolveContainedPath's policy: no "..", no NUL, symlinks only within the directory).
+// Returns the path to open.
+absl::StatusOr<std::string> ResolveShard(const std::string& index_path, const std::string& tensor,
+                                         const std::string& shard) {
+  absl::StatusOr<std::string> resolved =
+      common::ResolveContainedPath(fs::path(index_path).parent_path().string(), shard);
+  if (absl::IsNotFound(resolved.status())) {
+    return absl::NotFoundError(absl::StrCat(index_path, ": shard '", shard, "' (holding tensor '",
+                                            tensor,
+                                            "') is missing: ", resolved.status().message()));
   }
-  return absl::OkStatus();
+  if (!resolved.ok()) {
+    return absl::Status(resolved.status().code(),
+                        absl::StrCat(index_path, ": weight_map entry for tensor '", tensor,
+                                     "' has a bad shard path: ", resolved.status().message()));
+  }
+  return resolved;
 }
 
 absl::StatusOr<std::unique_ptr<ModelReader>> OpenIndex(const std::string& index_path) {
@@ -298,7 +323,9 @@ absl::StatusOr<std::unique_ptr<ModelReader>> OpenIndex(const std::string& index_
   for (const auto& [tensor, shard_json] : wm->items()) {
     DS_ASSIGN_OR_RETURN(std::string shard,
                         common::JsonToString(shard_json, TensorWhat(index_path, tensor)));
-    DS_RETURN_IF_ERROR(CheckShardName(index_path, tensor, shard));
+    if (!common::IsContainedRelativePath(shard) || shard.find('\0') != std::string::npos) {
+      DS_RETURN_IF_ERROR(ResolveShard(index_path, tensor, shard).status());
+    }
     shard_of[tensor] = shard;
     by_shard[shard].insert(tensor);
   }
@@ -308,7 +335,9 @@ absl::StatusOr<std::unique_ptr<ModelReader>> OpenIndex(const std::string& index_
   bool first = true;
   for (const auto& [shard, listed] : by_shard) {
     const std::string shard_path = (dir / shard).string();
-    absl::StatusOr<ParsedFile> parsed = ParseSafetensorsFile(shard_path);
+    DS_ASSIGN_OR_RETURN(const std::string resolved,
+                        ResolveShard(index_path, *listed.begin(), shard));
+    absl::StatusOr<ParsedFile> parsed = ParseSafetensorsFile(resolved);
     if (!parsed.ok()) {
       if (absl::IsNotFound(parsed.status())) {
         return absl::NotFoundError(absl::StrCat(index_path, ": shard '", shard,

@@ -1,8 +1,10 @@
 #include "codec/tensor.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <cstring>
+#include <iterator>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -74,7 +76,11 @@ namespace internal {
 bool CpuHasF16c() {
   static const bool has = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    // F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does not
+    // know "f16c"; "avx2" also checks that the OS saves the YMM registers.
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+    return __builtin_cpu_supports("avx2") && f16c;
   }();
   return has;
 }
@@ -93,35 +99,56 @@ void FloatToHalfScalar(const float* src, int64_t n, uint16_t* dst) {
 }
 }  // namespace internal
 
+namespace {
+
+struct DTypeEntry {
+  DType dtype;
+  std::string_view name;
+  size_t size;
+};
+// Indexed by the DType value.
+constexpr DTypeEntry kDTypes[] = {
+    {DType::kF32, "F32", 4},   {DType::kF16, "F16", 2},        {DType::kBF16, "BF16", 2},
+    {DType::kF64, "F64", 8},   {DType::kI64, "I64", 8},        {DType::kI32, "I32", 4},
+    {DType::kI16, "I16", 2},   {DType::kI8, "I8", 1},          {DType::kU8, "U8", 1},
+    {DType::kBool, "BOOL", 1}, {DType::kF8E4M3, "F8_E4M3", 1}, {DType::kF8E5M2, "F8_E5M2", 1},
+    {DType::kU16, "U16", 2},   {DType::kU32, "U32", 4},        {DType::kU64, "U64", 8},
+};
+static_assert(std::size(kDTypes) == static_cast<size_t>(kLastDType) + 1);
+
+const DTypeEntry* Entry(DType dtype) {
+  const auto i = static_cast<size_t>(dtype);
+  return i < std::size(kDTypes) ? &kDTypes[i] : nullptr;
+}
+
+}  // namespace
+
 size_t DTypeSize(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return 4;
-    case DType::kF16:
-    case DType::kBF16:
-      return 2;
-  }
-  return 0;
+  const DTypeEntry* e = Entry(dtype);
+  return e != nullptr ? e->size : 0;
 }
 
 std::string_view DTypeName(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return "F32";
-    case DType::kF16:
-      return "F16";
-    case DType::kBF16:
-      return "BF16";
-  }
-  return "?";
+  const DTypeEntry* e = Entry(dtype);
+  return e != nullptr ? e->name : "?";
 }
 
 absl::StatusOr<DType> ParseDType(std::string_view name) {
-  if (name == "F32") return DType::kF32;
-  if (name == "F16") return DType::kF16;
-  if (name == "BF16") return DType::kBF16;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unsupported dtype \"", absl::string_view(name.data(), name.size()), "\" (supported: F32, F16, BF16)"));
+  for (const DTypeEntry& e : kDTypes) {
+    if (e.name == name) return e.dtype;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unsupported dtype \"", absl::string_view(name.data(), name.size()),
+      "\" (supported: F32, F16, BF16, F64, I64, I32, I16, I8, U64, U32, U16, U8, BOOL, F8_E4M3, "
+      "F8_E5M2)"));
+}
+
+bool IsCastable(DType dtype) {
+  return dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16;
+}
+
+DType OutputDType(DType stored, DType requested) {
+  return IsCastable(stored) && IsCastable(requested) ? requested : stored;
 }
 
 int64_t NumElements(absl::Span<const int64_t> shape) {
@@ -168,6 +195,8 @@ void ToFloat32(const uint8_t* src, DType dtype, int64_t n, float* dst) {
     case DType::kBF16:
       Bf16ToFloatLoop(reinterpret_cast<const uint16_t*>(src), n, dst);
       return;
+    default:  // REQUIRES: IsCastable
+      return;
   }
 }
 
@@ -188,6 +217,8 @@ void FromFloat32(const float* src, int64_t n, DType dtype, uint8_t* dst) {
     }
     case DType::kBF16:
       FloatToBf16Loop(src, n, reinterpret_cast<uint16_t*>(dst));
+      return;
+    default:  // REQUIRES: IsCastable
       return;
   }
 }

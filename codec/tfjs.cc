@@ -41,11 +41,13 @@ class GroupBytes {
           std::string rel,
           common::JsonToString(p, absl::StrCat(json_path, ": weightsManifest[", group,
                                                  "].paths entry")));
-      if (!common::IsContainedRelativePath(rel)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(json_path, ": weight file path '", rel, "' leaves the model directory"));
+      absl::StatusOr<std::string> file = common::ResolveContainedPath(dir.string(), rel);
+      if (!file.ok()) {
+        return absl::Status(file.status().code(),
+                            absl::StrCat(json_path, ": weightsManifest[", group,
+                                         "].paths: ", file.status().message()));
       }
-      DS_ASSIGN_OR_RETURN(std::unique_ptr<common::MappedFile> f, common::MappedFile::Open((dir / rel).string()));
+      DS_ASSIGN_OR_RETURN(std::unique_ptr<common::MappedFile> f, common::MappedFile::Open(*file));
       g.size_ += f->size();
       g.files_.push_back(std::move(f));
     }

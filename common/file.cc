@@ -7,9 +7,11 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -72,6 +74,33 @@ bool IsContainedRelativePath(const std::string& rel) {
     if (part == "..") return false;
   }
   return true;
+}
+
+absl::StatusOr<std::string> ResolveContainedPath(const std::string& dir, const std::string& rel) {
+  const std::string quoted = absl::StrCat("'", absl::CHexEscape(rel), "'");
+  if (rel.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("path ", quoted, " contains a NUL byte"));
+  }
+  if (!IsContainedRelativePath(rel)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("path ", quoted, " leaves the model directory (absolute or with '..')"));
+  }
+  const std::string root_in = dir.empty() ? "." : dir;
+  auto real = [](const std::string& p) -> absl::StatusOr<std::string> {
+    std::unique_ptr<char, decltype(&std::free)> r(::realpath(p.c_str(), nullptr), &std::free);
+    if (r == nullptr) return ErrnoError(errno, "cannot resolve", p);
+    return std::string(r.get());
+  };
+  DS_ASSIGN_OR_RETURN(const std::string root, real(root_in));
+  const std::string joined = (std::filesystem::path(root_in) / rel).string();
+  DS_ASSIGN_OR_RETURN(const std::string target, real(joined));
+  const std::string prefix = root == "/" ? root : root + "/";
+  if (target.compare(0, prefix.size(), prefix) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("path ", quoted, " resolves to ", target,
+                                                   ", outside the model directory ", root,
+                                                   " (a symlink?)"));
+  }
+  return target;
 }
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {

@@ -48,6 +48,17 @@ class MappedFile {
 // from an untrusted manifest or index that cannot point outside its directory.
 bool IsContainedRelativePath(const std::string& rel);
 
+// Resolves `rel`, a file name read from an untrusted manifest or index, inside the
+// directory `dir` ("" = the working directory). Policy (realpath containment): `rel`
+// must be a contained relative path (IsContainedRelativePath) without NUL bytes, and
+// realpath(dir/rel) must lie inside realpath(dir), so a symlink is followed only while
+// it stays in the directory. Returns the resolved absolute path, to be opened instead
+// of dir/rel. Errors: InvalidArgument for a bad name or a resolution outside `dir` (the
+// message quotes `rel`, with NUL bytes escaped, and where it leads); NotFound if it
+// does not exist; other errno-derived codes from realpath. The caller prefixes the
+// manifest and entry it came from.
+absl::StatusOr<std::string> ResolveContainedPath(const std::string& dir, const std::string& rel);
+
 // Reads a whole (small) file. Same errors as MappedFile::Open.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 

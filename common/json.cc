@@ -3,14 +3,54 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <set>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
 namespace deltaserve::common {
 
-absl::StatusOr<nlohmann::json> ParseJson(std::string_view text, absl::string_view what) {
+absl::StatusOr<nlohmann::json> ParseJson(std::string_view text, absl::string_view what,
+                                         absl::string_view top_key_kind) {
+  // One frame per open object or array: the keys seen so far (objects) and the key
+  // under which the container sits, for messages.
+  struct Frame {
+    std::string parent_key;
+    std::set<std::string> keys;
+  };
+  std::vector<Frame> stack;
+  std::string last_key;
+  std::string duplicate;  // first duplicate found, as a message
+  using Event = nlohmann::json::parse_event_t;
+  auto callback = [&](int /*depth*/, Event event, nlohmann::json& parsed) {
+    switch (event) {
+      case Event::object_start:
+      case Event::array_start:
+        stack.push_back(Frame{last_key, {}});
+        last_key.clear();
+        break;
+      case Event::object_end:
+      case Event::array_end:
+        if (!stack.empty()) stack.pop_back();
+        break;
+      case Event::key:
+        last_key = parsed.get<std::string>();
+        if (!stack.empty() && !stack.back().keys.insert(last_key).second && duplicate.empty()) {
+          duplicate = stack.size() == 1
+                          ? absl::StrCat("duplicate ", top_key_kind, " '", last_key, "'")
+                          : absl::StrCat("duplicate key '", last_key, "' in '",
+                                         stack.back().parent_key, "'");
+        }
+        break;
+      case Event::value:
+        break;
+    }
+    return true;
+  };
+  nlohmann::json j;
   try {
-    return nlohmann::json::parse(text.begin(), text.end());
+    j = nlohmann::json::parse(text.begin(), text.end(), callback);
   } catch (const nlohmann::json::parse_error& e) {
     // e.byte is the 1-based byte where parsing stopped; users want line:column.
     const size_t byte = e.byte > 0 ? std::min<size_t>(e.byte - 1, text.size()) : 0;
@@ -29,6 +69,8 @@ absl::StatusOr<nlohmann::json> ParseJson(std::string_view text, absl::string_vie
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": malformed JSON: ", e.what()));
   }
+  if (!duplicate.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", duplicate));
+  return j;
 }
 
 absl::StatusOr<std::string> DumpJson(const nlohmann::json& j, absl::string_view what,

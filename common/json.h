@@ -15,9 +15,14 @@
 namespace deltaserve::common {
 
 // Parses `text`. InvalidArgument "<what>: malformed JSON at line L, column C (byte B):
-// <parser message>" on any syntax error (also for nesting too deep for the parser),
-// with `what` naming the file (and, for embedded JSON, the part of it).
-absl::StatusOr<nlohmann::json> ParseJson(std::string_view text, absl::string_view what);
+// <parser message>" on any syntax error (also for nesting too deep for the parser, and
+// strings that are not valid UTF-8), with `what` naming the file (and, for embedded
+// JSON, the part of it). A key repeated within one object is InvalidArgument too
+// (nlohmann would keep the last value silently): "<what>: duplicate <top_key_kind> 'K'"
+// for a key of the top-level object (e.g. "tensor name" for a safetensors header) and
+// "<what>: duplicate key 'K' in '<parent key>'" for a nested one.
+absl::StatusOr<nlohmann::json> ParseJson(std::string_view text, absl::string_view what,
+                                         absl::string_view top_key_kind = "key");
 
 // Serializes `j` (compact when indent < 0, else pretty with `indent` spaces). nlohmann
 // throws on strings that are not valid UTF-8; that comes back as InvalidArgument

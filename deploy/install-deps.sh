@@ -18,12 +18,14 @@ BUILD_PKGS=(
 # photographs (python3-skimage's data) and a labeled text set (the fortunes packages).
 # The Python client (python/deltaserve): gRPC, protobuf and xxhash modules, and
 # pybind11 with the Python headers for its C++ codec binding (built only when pybind11
-# is found).
+# is found). Clang and libFuzzer for the fuzz targets (tests/fuzz/run_fuzz.sh,
+# build-fuzz/).
 TEST_PKGS=(
   prometheus docker-compose curl openssl shellcheck python3-yaml linux-perf
   python3 python3-numpy python3-torch python3-matplotlib python3-pil
   python3-skimage fortunes fortunes-min fortune-mod
   python3-grpcio python3-protobuf python3-xxhash pybind11-dev python3-dev
+  clang libfuzzer-14-dev
 )
 
 want=("${BUILD_PKGS[@]}")

@@ -20,38 +20,32 @@ uint32_t EffectiveChunkBytes(uint32_t requested, uint32_t server_default) {
 }
 
 v1::DType ToProtoDType(codec::DType dtype) {
-  switch (dtype) {
-    case codec::DType::kF32:
-      return v1::DTYPE_F32;
-    case codec::DType::kF16:
-      return v1::DTYPE_F16;
-    case codec::DType::kBF16:
-      return v1::DTYPE_BF16;
-  }
-  return v1::DTYPE_UNSPECIFIED;
+  // The wire enum is codec::DType + 1 (0 is "unset"), see delta_service.proto.
+  if (dtype > codec::kLastDType) return v1::DTYPE_UNSPECIFIED;
+  return static_cast<v1::DType>(static_cast<int>(dtype) + 1);
 }
 
 absl::StatusOr<codec::DType> FromProtoDType(v1::DType dtype) {
-  absl::StatusOr<std::optional<codec::DType>> d = FromProtoOutDType(dtype);
-  if (!d.ok()) return d.status();
-  if (!d->has_value()) return absl::InvalidArgumentError("dtype is DTYPE_UNSPECIFIED");
-  return **d;
+  const int v = static_cast<int>(dtype);
+  if (v >= 1 && v <= static_cast<int>(codec::kLastDType) + 1) {
+    return static_cast<codec::DType>(v - 1);
+  }
+  if (dtype == v1::DTYPE_UNSPECIFIED) {
+    return absl::InvalidArgumentError("dtype is DTYPE_UNSPECIFIED");
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown dtype ", v));
 }
 
 absl::StatusOr<std::optional<codec::DType>> FromProtoOutDType(v1::DType dtype) {
-  switch (dtype) {
-    case v1::DTYPE_UNSPECIFIED:
-      return std::optional<codec::DType>();
-    case v1::DTYPE_F32:
-      return codec::DType::kF32;
-    case v1::DTYPE_F16:
-      return codec::DType::kF16;
-    case v1::DTYPE_BF16:
-      return codec::DType::kBF16;
-    default:
-      break;
+  if (dtype == v1::DTYPE_UNSPECIFIED) return std::optional<codec::DType>();
+  absl::StatusOr<codec::DType> d = FromProtoDType(dtype);
+  if (!d.ok()) return d.status();
+  if (!codec::IsCastable(*d)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "out_dtype ", std::string(codec::DTypeName(*d)), " is not F32, F16 or BF16 (tensors of "
+        "other dtypes are always sent in their own dtype)"));
   }
-  return absl::InvalidArgumentError(absl::StrCat("unknown dtype ", static_cast<int>(dtype)));
+  return std::optional<codec::DType>(*d);
 }
 
 }  // namespace deltaserve::proto

@@ -44,7 +44,7 @@ absl::StatusOr<codec::DType> FromProtoDType(v1::DType dtype);
 
 // Wire -> requested output dtype (StreamWeightsRequest.out_dtype, PinTaskRequest
 // .out_dtype): DTYPE_UNSPECIFIED is nullopt, "keep each tensor's recorded dtype";
-// unknown numbers are InvalidArgument.
+// unknown numbers and dtypes other than F32, F16 and BF16 are InvalidArgument.
 absl::StatusOr<std::optional<codec::DType>> FromProtoOutDType(v1::DType dtype);
 
 }  // namespace deltaserve::proto

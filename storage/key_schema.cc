@@ -143,7 +143,7 @@ absl::StatusOr<TaskInfo> DecodeTaskMeta(std::string_view value, std::string_view
     if (!r.Str(&t.name) || !r.U8(&dtype) || !r.U8(&encoding) || !r.U8(&rank)) {
       return truncated();
     }
-    if (dtype > static_cast<uint8_t>(codec::DType::kBF16) ||
+    if (dtype > static_cast<uint8_t>(codec::kLastDType) ||
         encoding > static_cast<uint8_t>(codec::Encoding::kDct) || rank > kMaxRank) {
       return absl::DataLossError(absl::StrCat(Av(what), ": tensor ", i, " has dtype ", int{dtype},
                                               ", encoding ", int{encoding}, ", rank ", int{rank}));

@@ -7,9 +7,10 @@
 #include <string>
 #include <string_view>
 
-#include "absl/time/time.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "client/client.h"
+#include "client/internal/proto_strings.h"
 #include "client/internal/status.h"
 #include "deltaserve/v1/delta_service.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -28,12 +29,14 @@ struct DeltaClient::Impl {
   }
 
   // One unary call of `method` with the token and `deadline`; errors are prefixed with
-  // `label` (the method and task).
+  // `label` (the method and task). A request with a string that is not valid UTF-8 is
+  // refused (InvalidArgument) without a call.
   template <typename Request, typename Response>
   absl::StatusOr<Response> Unary(
       grpc::Status (v1::DeltaService::Stub::*method)(grpc::ClientContext*, const Request&,
                                                      Response*),
       const Request& request, absl::Duration deadline, std::string_view label) const {
+    if (absl::Status s = CheckStringFieldsUtf8(request, label); !s.ok()) return s;
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
     Response response;

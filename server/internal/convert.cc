@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/container.h"
+#include "codec/container_checks.h"
 #include "proto/protocol.h"
 
 namespace deltaserve::server::internal {
@@ -10,15 +11,17 @@ uint64_t TaskMergedBytes(const storage::TaskInfo& info, std::optional<codec::DTy
   uint64_t total = 0;
   for (const storage::TensorEntry& t : info.tensors) {
     total += static_cast<uint64_t>(codec::NumElements(t.shape)) *
-             codec::DTypeSize(out_dtype.value_or(t.dtype));
+             codec::DTypeSize(codec::OutputDType(t.dtype, out_dtype.value_or(t.dtype)));
   }
   return total;
 }
 
 void FillTaskInfo(const storage::TaskInfo& info, bool with_tensors, bool pinned,
                   v1::TaskInfo* out) {
-  out->set_tenant(info.tenant);
-  out->set_name(info.task);
+  // Stored text is checked at PutDelta; Utf8OrEscaped keeps data stored before that
+  // check from making the response unserializable (proto3 `string` fields).
+  out->set_tenant(codec::Utf8OrEscaped(info.tenant));
+  out->set_name(codec::Utf8OrEscaped(info.task));
   out->set_created_unix(info.created_unix);
   out->set_base_hash(codec::BaseHashHex(info.base_hash));
   out->set_container_bytes(info.total_bytes);
@@ -27,13 +30,15 @@ void FillTaskInfo(const storage::TaskInfo& info, bool with_tensors, bool pinned,
   out->set_merged_bytes(TaskMergedBytes(info, std::nullopt));
   out->set_bits_per_weight(info.bits_per_weight);
   out->set_pinned(pinned);
-  for (const auto& [k, v] : info.metadata) (*out->mutable_metadata())[k] = v;
+  for (const auto& [k, v] : info.metadata) {
+    (*out->mutable_metadata())[codec::Utf8OrEscaped(k)] = codec::Utf8OrEscaped(v);
+  }
   if (!with_tensors) return;
   for (size_t i = 0; i < info.tensors.size(); ++i) {
     const storage::TensorEntry& t = info.tensors[i];
     v1::TensorSummary* s = out->add_tensors();
     int64_t n = codec::NumElements(t.shape);
-    s->set_name(t.name);
+    s->set_name(codec::Utf8OrEscaped(t.name));
     s->set_dtype(proto::ToProtoDType(t.dtype));
     for (int64_t d : t.shape) s->add_shape(d);
     s->set_encoding(std::string(codec::EncodingName(t.encoding)));

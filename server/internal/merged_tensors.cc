@@ -94,7 +94,8 @@ absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
   const codec::TensorRecord& record = stored.record();
   auto merged = std::make_shared<MergedTensor>();
   merged->info = record.info;
-  merged->info.dtype = out_dtype.value_or(record.info.dtype);
+  merged->info.dtype =
+      codec::OutputDType(record.info.dtype, out_dtype.value_or(record.info.dtype));
   merged->index = static_cast<uint32_t>(index);
   merged->data.resize(codec::MergedBytes(record, merged->info.dtype));
   absl::Time start = absl::Now();

@@ -21,6 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/container.h"
+#include "codec/container_checks.h"
 #include "codec/delta_codec.h"
 #include "common/status_macros.h"
 #include "server/internal/convert.h"
@@ -70,6 +71,13 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                        meta_.total_bytes())));
     }
     buffer_.append(chunk);
+    // Refuse a record that storage cannot hold as soon as its length field arrives.
+    if (absl::Status s = scanner_.Feed(
+            absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(buffer_.data()), buffer_.size()));
+        !s.ok()) {
+      return Finish(absl::Status(
+          s.code(), absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message())));
+    }
     ctx_->metrics->uploaded_bytes().Increment(static_cast<double>(chunk.size()));
     log_.add_bytes(chunk.size());
     StartRead(&request_);
@@ -135,6 +143,10 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                           absl::StrCat("PutDelta: task '", meta_.task(), "': ",
                                        container.status().message()));
     }
+    if (absl::Status s = codec::CheckContainerStorable(*container); !s.ok()) {
+      return absl::Status(s.code(),
+                          absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message()));
+    }
     DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(
         container->header().base_hash, ctx_->base_hash,
         absl::StrCat("PutDelta: task '", meta_.task(), "'"), "the resident base"));
@@ -175,6 +187,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   bool admitted_ = false;  // holds a --max-uploads slot
   std::string tenant_;
   std::string buffer_;
+  codec::ContainerUploadScanner scanner_;
 };
 
 }  // namespace

@@ -60,7 +60,7 @@ absl::StatusOr<StreamPlan> PlanStream(const v1::StreamWeightsRequest& req,
     }
     if (regex && !RE2::FullMatch(t.name, *regex)) continue;
     const uint64_t bytes = static_cast<uint64_t>(codec::NumElements(t.shape)) *
-                           codec::DTypeSize(out_dtype.value_or(t.dtype));
+                           codec::DTypeSize(codec::OutputDType(t.dtype, out_dtype.value_or(t.dtype)));
     plan.tensors.push_back(static_cast<uint32_t>(i));
     plan.bytes.push_back(bytes);
     plan.total_bytes += bytes;

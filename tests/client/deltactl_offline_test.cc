@@ -39,21 +39,24 @@ OwnedTensor Tensor(const std::string& name, DType dtype, std::vector<int64_t> sh
   return t;
 }
 
-// base: w [128, 160], bias [160]; finetuned: w + noise, bias changed.
+// base: w [128, 160], bias [160]; finetuned: w + noise, bias + noise (10% of its norm).
 class DeltactlOfflineTest : public ::testing::Test {
  protected:
   void SetUp() override {
     const OwnedTensor w = Tensor("w", DType::kF32, {128, 160}, 1, 0.05f);
     const OwnedTensor b = Tensor("bias", DType::kF32, {160}, 2, 0.1f);
-    OwnedTensor w_ft = w, b_ft = Tensor("bias", DType::kF32, {160}, 4, 0.1f);
-    const OwnedTensor noise = Tensor("n", DType::kF32, {128, 160}, 3, 0.005f);
-    for (size_t i = 0; i < w.data.size(); i += 4) {
-      float a, n;
-      std::memcpy(&a, &w.data[i], 4);
-      std::memcpy(&n, &noise.data[i], 4);
-      a += n;
-      std::memcpy(&w_ft.data[i], &a, 4);
-    }
+    OwnedTensor w_ft = w, b_ft = b;
+    auto add_noise = [](OwnedTensor* t, const OwnedTensor& noise) {
+      for (size_t i = 0; i < t->data.size(); i += 4) {
+        float a, n;
+        std::memcpy(&a, &t->data[i], 4);
+        std::memcpy(&n, &noise.data[i], 4);
+        a += n;
+        std::memcpy(&t->data[i], &a, 4);
+      }
+    };
+    add_noise(&w_ft, Tensor("n", DType::kF32, {128, 160}, 3, 0.005f));
+    add_noise(&b_ft, Tensor("n", DType::kF32, {160}, 4, 0.01f));
     ASSERT_THAT(WriteSafetensors(base_, {w.view(), b.view()}, {}), IsOk());
     ASSERT_THAT(WriteSafetensors(ft_, {w_ft.view(), b_ft.view()}, {}), IsOk());
   }

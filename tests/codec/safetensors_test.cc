@@ -481,13 +481,19 @@ TEST_F(SafetensorsTest, SizeMismatch) {
 }
 
 TEST_F(SafetensorsTest, UnsupportedDtype) {
-  const std::string path = WriteRaw(
-      "i64.safetensors",
-      R"({"ids":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})", std::vector<uint8_t>(8));
-  EXPECT_THAT(ModelReader::Open(path),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("i64.safetensors"), HasSubstr("tensor 'ids'"),
-                             HasSubstr("I64"))));
+  // I64 reads (reproduction 5 of issue 11); a dtype safetensors does not define fails.
+  const std::string i64 =
+      WriteRaw("i64.safetensors", R"({"ids":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})",
+               std::vector<uint8_t>(8));
+  ASSERT_OK_AND_ASSIGN(auto r, ModelReader::Open(i64));
+  EXPECT_EQ(r->tensors()[0].dtype, DType::kI64);
+  const std::string path =
+      WriteRaw("c64.safetensors", R"({"ids":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}})",
+               std::vector<uint8_t>(8));
+  EXPECT_THAT(
+      ModelReader::Open(path),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               AllOf(HasSubstr("c64.safetensors"), HasSubstr("tensor 'ids'"), HasSubstr("C64"))));
 }
 
 // ---------------------------------------------------------------- sharded corruption

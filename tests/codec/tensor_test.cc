@@ -42,8 +42,21 @@ TEST(DTypeTest, SizesNamesParse) {
   for (DType d : {DType::kF32, DType::kF16, DType::kBF16}) {
     EXPECT_EQ(ParseDType(DTypeName(d)).value(), d);
   }
-  EXPECT_THAT(ParseDType("I64"), StatusIs(absl::StatusCode::kInvalidArgument,
-                                          ::testing::HasSubstr("I64")));
+  // Every safetensors dtype; only the float ones are castable.
+  for (int v = 0; v <= static_cast<int>(kLastDType); ++v) {
+    const DType d = static_cast<DType>(v);
+    EXPECT_EQ(ParseDType(DTypeName(d)).value(), d);
+    EXPECT_EQ(IsCastable(d), v <= 2) << DTypeName(d);
+  }
+  EXPECT_EQ(DTypeSize(DType::kI64), 8u);
+  EXPECT_EQ(DTypeSize(DType::kBool), 1u);
+  EXPECT_EQ(DTypeSize(DType::kF8E4M3), 1u);
+  EXPECT_EQ(DTypeSize(DType::kU16), 2u);
+  EXPECT_EQ(DTypeName(DType::kF8E5M2), "F8_E5M2");
+  EXPECT_EQ(OutputDType(DType::kI64, DType::kF16), DType::kI64);
+  EXPECT_EQ(OutputDType(DType::kF32, DType::kF16), DType::kF16);
+  EXPECT_THAT(ParseDType("C64"),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("C64")));
   EXPECT_THAT(ParseDType("f32"), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 

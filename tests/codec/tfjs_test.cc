@@ -363,5 +363,33 @@ TEST_F(TfjsSyntheticTest, MissingFilesAndEscapingPaths) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("leaves the model")));
 }
 
+// Reproduction 7: a manifest path that is a symlink to a file outside the model
+// directory used to be followed, and one with a NUL byte silently truncated.
+TEST_F(TfjsSyntheticTest, SymlinkOutsideAndNulBytePathsAreRefused) {
+  const float one = 1.0f;
+  const std::string outside = Write("secret.bin", &one, 4);
+  fs::create_directories(dir_ / "m");
+  fs::create_symlink(outside, dir_ / "m" / "w.bin");
+  const std::string manifest = R"({"weightsManifest": [{"paths": ["w.bin"],
+      "weights": [{"name": "a", "shape": [1], "dtype": "float32"}]}]})";
+  const std::string json = Write("m/model.json", manifest);
+  EXPECT_THAT(ImportTfjsGraphModel(json),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("model.json"), HasSubstr("weightsManifest[0]"),
+                             HasSubstr("'w.bin'"), HasSubstr("outside the model directory"))));
+
+  fs::remove(dir_ / "m" / "w.bin");
+  Write("m/w.bin", &one, 4);  // "w.bin" exists; "w.bin\0.txt" must not open it
+  const std::string nul = Write("m/nul.json", R"({"weightsManifest": [{"paths": ["w.bin\u0000.txt"],
+      "weights": [{"name": "a", "shape": [1], "dtype": "float32"}]}]})");
+  EXPECT_THAT(ImportTfjsGraphModel(nul),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("nul.json"), HasSubstr("weightsManifest[0]"),
+                             HasSubstr("NUL byte"))));
+  // The same manifest over a real file inside the directory imports.
+  ASSERT_OK_AND_ASSIGN(TfjsModel model, ImportTfjsGraphModel(json));
+  ASSERT_EQ(model.tensors.size(), 1u);
+}
+
 }  // namespace
 }  // namespace deltaserve::codec

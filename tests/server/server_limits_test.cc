@@ -1,17 +1,18 @@
 // deltaserved under bad uploads, limits, cancellation; and its /metrics endpoint.
-#include "server/server.h"
-
 #include <xxhash.h>
 
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "codec/container.h"
 #include "gmock/gmock.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
+#include "server/server.h"
 #include "tests/server/server_fixture.h"
 #include "tests/testing/status_matchers.h"
 
@@ -133,6 +134,52 @@ TEST_F(ServerTest, QuotaAndUploadLimit) {
   Upload huge{"big", one};
   huge.declared_total = one.size() * 4;
   EXPECT_EQ(Code(RawPut(stub.get(), huge, "tok-small")), absl::StatusCode::kResourceExhausted);
+}
+
+// Reproduction 8: a container whose metadata holds byte 0xff was stored, and then every
+// list of the tenant failed (the response could not be serialized). Refused at PutDelta;
+// a task name that is not UTF-8 is refused by the client before any call.
+TEST_F(ServerTest, NonUtf8ContainerTextAndTaskNamesAreRefused) {
+  StartServer();
+  auto stub = RawStub();
+  const std::vector<uint8_t> good = ContainerBytes("u", 31);
+  ASSERT_OK_AND_ASSIGN(codec::ContainerReader reader, codec::ContainerReader::Parse(good));
+  codec::ContainerHeader header = reader.header();
+  header.metadata["codec.rules"] = "w\xff*=raw";
+  std::vector<absl::Span<const uint8_t>> records;
+  for (size_t i = 0; i < reader.num_records(); ++i) records.push_back(reader.record_bytes(i));
+  const std::vector<uint8_t> bad =
+      codec::AssembleContainer(codec::SerializeHeader(header), records);
+  const grpc::Status s = RawPut(stub.get(), Upload{"u", bad});
+  EXPECT_EQ(Code(s), absl::StatusCode::kInvalidArgument) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("'w\\xff*=raw' is not valid UTF-8"));
+
+  auto client = Client();
+  ASSERT_OK_AND_ASSIGN(v1::ListTasksResponse list, client->ListTasks());
+  EXPECT_THAT(list.tasks(), SizeIs(0));
+  EXPECT_THAT(
+      client->GetTask("t\xff").status(),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("task 't\\xff' is not valid UTF-8")));
+  EXPECT_THAT(client->PushDelta("t\xff", good).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not valid UTF-8")));
+}
+
+// Reproduction 10: a record of >= 4 GiB is refused as soon as its length arrives, naming
+// the tensor and its size, not after the whole upload.
+TEST_F(ServerTest, OversizedRecordIsRefusedWhileUploading) {
+  StartServer();
+  std::vector<uint8_t> bytes = ContainerBytes("big", 32);
+  ASSERT_OK_AND_ASSIGN(codec::ContainerReader reader, codec::ContainerReader::Parse(bytes));
+  ASSERT_OK_AND_ASSIGN(codec::TensorRecord first, reader.record(0));
+  const std::string name = first.info.name;
+  const size_t at = reader.header_bytes().size();
+  const uint64_t claimed = uint64_t{4402341478};
+  for (int i = 0; i < 8; ++i) bytes[at + 4 + i] = static_cast<uint8_t>(claimed >> (8 * i));
+  const grpc::Status s = RawPut(RawStub().get(), Upload{"big", bytes});
+  EXPECT_EQ(Code(s), absl::StatusCode::kInvalidArgument) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr(absl::StrCat("tensor '", name,
+                                                        "': its record of 4402341478 "
+                                                        "bytes (4.10 GiB) exceeds")));
 }
 
 TEST_F(ServerTest, CancellingMidStreamStopsTheWork) {

@@ -156,6 +156,10 @@ TEST(AuthConfigTest, ParsesTokensFilesAndRejectsBadConfigs) {
 
   using ::deltaserve::testing::StatusIs;
   EXPECT_THAT(ParseAuthConfig("{", ""), StatusIs(absl::StatusCode::kInvalidArgument));
+  // Found by tests/fuzz/tenants_config_fuzz: a number that overflows a double made
+  // nlohmann throw out_of_range, which escaped and aborted the daemon.
+  EXPECT_THAT(ParseAuthConfig(R"({"tenants":[{"name":"a","quota_bytes":10E737418240}]})", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("number overflow")));
   EXPECT_THAT(ParseAuthConfig(R"({"tenants":[{"name":"a","tokens":["x"]},
                                             {"name":"b","tokens":["x"]}]})", ""),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("twice")));

@@ -1,0 +1,60 @@
+// What a container must meet to be stored and served, beyond being well-formed
+// (codec/container.h): text that reaches protobuf `string` fields is valid UTF-8, and
+// each record fits one storage value. Checked where containers are made (CompressModel,
+// ContainerWriter) and where they enter the server (PutDelta). All functions are pure
+// and thread-safe.
+#ifndef DELTASERVE_CODEC_CONTAINER_CHECKS_H_
+#define DELTASERVE_CODEC_CONTAINER_CHECKS_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "codec/container.h"
+
+namespace deltaserve::codec {
+
+// Largest record storage keeps (one RocksDB value; its lengths are 32-bit): 4 GiB - 1.
+inline constexpr uint64_t kMaxStoredRecordBytes = (uint64_t{1} << 32) - 1;
+
+// True if `s` is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, no
+// code point above U+10FFFF), the rule protobuf applies to proto3 `string` fields.
+bool IsValidUtf8(std::string_view s);
+
+// `s` itself if valid UTF-8, else `s` with every byte that is not part of a valid
+// sequence written as the four characters \xNN; for showing stored text that predates
+// the UTF-8 checks.
+std::string Utf8OrEscaped(std::string_view s);
+
+// InvalidArgument "<what> '<escaped>' is not valid UTF-8" unless IsValidUtf8(s).
+absl::Status CheckUtf8(std::string_view s, std::string_view what);
+
+// InvalidArgument naming the tensor and the size in bytes and GiB if a record of
+// `record_bytes` exceeds kMaxStoredRecordBytes.
+absl::Status CheckRecordStorable(std::string_view name, uint64_t record_bytes);
+
+// Every metadata key and value and every record name of `reader` valid UTF-8, every
+// record at most kMaxStoredRecordBytes. InvalidArgument naming the key or tensor.
+// Reads only record framing (no checksum is verified here).
+absl::Status CheckContainerStorable(const ContainerReader& reader);
+
+// Checks record sizes of a container while its bytes arrive (an upload), so that an
+// oversized record is refused before the rest is sent. Feed() takes the whole prefix
+// received so far (each call a longer prefix of the same bytes) and walks the record
+// framing as far as it reaches: InvalidArgument (CheckRecordStorable's) for a record
+// above the limit. Framing it cannot make sense of is left to ContainerReader::Parse
+// (Feed stops walking and returns OK). Not thread-safe.
+class ContainerUploadScanner {
+ public:
+  absl::Status Feed(absl::Span<const uint8_t> prefix);
+
+ private:
+  uint64_t next_ = 0;  // offset of the next record; 0 until the header length is known
+  bool stopped_ = false;
+};
+
+}  // namespace deltaserve::codec
+
+#endif  // DELTASERVE_CODEC_CONTAINER_CHECKS_H_

@@ -1,0 +1,186 @@
+#include "codec/internal/compress_checks.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace deltaserve::codec::internal {
+namespace {
+
+constexpr int64_t kChunk = 1 << 16;
+constexpr size_t kMaxListed = 20;
+
+std::string ListNames(const std::vector<std::string>& names) {
+  std::vector<std::string> quoted;
+  for (size_t i = 0; i < names.size() && i < kMaxListed; ++i) {
+    quoted.push_back(absl::StrCat("'", names[i], "'"));
+  }
+  std::string out = absl::StrJoin(quoted, ", ");
+  if (names.size() > kMaxListed) absl::StrAppend(&out, " and ", names.size() - kMaxListed, " more");
+  return out;
+}
+
+// "the finetune's names lack the prefix 'model.'" if every finetune-only name is a
+// base-only name minus one common prefix (or the other way round); else "".
+std::string PrefixHint(const std::vector<std::string>& base_only,
+                       const std::vector<std::string>& ft_only) {
+  if (base_only.empty() || ft_only.empty()) return "";
+  auto common = [](const std::vector<std::string>& longer,
+                   const std::vector<std::string>& shorter) -> std::string {
+    std::string prefix;
+    for (const std::string& s : shorter) {
+      std::string found;
+      for (const std::string& l : longer) {
+        if (l.size() > s.size() && absl::EndsWith(l, s)) {
+          found = l.substr(0, l.size() - s.size());
+          break;
+        }
+      }
+      if (found.empty() || (!prefix.empty() && found != prefix)) return "";
+      prefix = found;
+    }
+    return prefix;
+  };
+  if (std::string p = common(base_only, ft_only); !p.empty()) {
+    return absl::StrCat(" (hint: the finetune's names lack the base's prefix '", p, "')");
+  }
+  if (std::string p = common(ft_only, base_only); !p.empty()) {
+    return absl::StrCat(" (hint: the finetune's names carry a prefix '", p, "' the base's lack)");
+  }
+  return "";
+}
+
+bool IsEmbeddingName(const std::string& name) {
+  return absl::EndsWith(name, "embed_tokens.weight") || absl::EndsWith(name, "wte.weight") ||
+         absl::EndsWith(name, "word_embeddings.weight");
+}
+
+std::string Coordinates(int64_t index, const std::vector<int64_t>& shape) {
+  std::vector<int64_t> c(shape.size());
+  for (size_t k = shape.size(); k-- > 0;) {
+    if (shape[k] > 0) {
+      c[k] = index % shape[k];
+      index /= shape[k];
+    }
+  }
+  return ShapeString(c);
+}
+
+}  // namespace
+
+absl::Status CheckNameSets(const ModelReader& base, const ModelReader& finetuned,
+                           const CompressOptions& options, CompressStats* stats) {
+  for (const TensorInfo& t : base.tensors()) {
+    if (!finetuned.Get(t.name).ok()) stats->base_only.push_back(t.name);
+  }
+  for (const TensorInfo& t : finetuned.tensors()) {
+    if (!base.Get(t.name).ok()) stats->finetune_only.push_back(t.name);
+  }
+  for (const std::string& name : stats->base_only) {
+    stats->warnings.push_back(
+        absl::StrCat("tensor '", name, "' is only in the base: left out of the merged model"));
+  }
+  for (const std::string& name : stats->finetune_only) {
+    absl::StatusOr<TensorView> ft = finetuned.Get(name);
+    std::string tie;
+    for (const TensorInfo& b : base.tensors()) {
+      if (ft.ok() && IsEmbeddingName(b.name) && b.shape == ft->info.shape) {
+        tie = absl::StrCat(" (it has the shape of the base's '", b.name,
+                           "': tied embeddings untied by the finetune?)");
+        break;
+      }
+    }
+    stats->warnings.push_back(absl::StrCat("tensor '", name,
+                                           "' is only in the finetune: stored raw (lossless, "
+                                           "16-32 bits per weight)",
+                                           tie));
+  }
+  const bool refuse_missing = !stats->base_only.empty() && !options.allow_missing;
+  const bool refuse_extra = !stats->finetune_only.empty() && !options.allow_extra;
+  if (!refuse_missing && !refuse_extra) return absl::OkStatus();
+  std::string msg = "the finetuned model's tensor names differ from the base's:";
+  if (!stats->base_only.empty()) {
+    absl::StrAppend(&msg, " ", stats->base_only.size(), " only in the base (",
+                    ListNames(stats->base_only), ")");
+  }
+  if (!stats->finetune_only.empty()) {
+    absl::StrAppend(&msg, stats->base_only.empty() ? " " : "; ", stats->finetune_only.size(),
+                    " only in the finetune (", ListNames(stats->finetune_only), ")");
+  }
+  absl::StrAppend(&msg, PrefixHint(stats->base_only, stats->finetune_only), ". ");
+  if (refuse_missing) {
+    absl::StrAppend(&msg, "--allow-missing leaves base-only tensors out of the merged model. ");
+  }
+  if (refuse_extra) absl::StrAppend(&msg, "--allow-extra stores finetune-only tensors raw.");
+  return absl::InvalidArgumentError(msg);
+}
+
+absl::Status CheckShapes(const ModelReader& base, const ModelReader& finetuned) {
+  std::vector<std::string> bad;
+  for (const TensorInfo& ft : finetuned.tensors()) {
+    absl::StatusOr<TensorView> b = base.Get(ft.name);
+    if (!b.ok()) continue;
+    const auto& fs = ft.shape;
+    const auto& bs = b->info.shape;
+    bool ok = fs.size() == bs.size();
+    for (size_t i = 0; ok && i < fs.size(); ++i) ok = i == 0 ? bs[0] <= fs[0] : bs[i] == fs[i];
+    if (ok) continue;
+    const bool transposed = fs.size() == 2 && bs.size() == 2 && fs[0] == bs[1] && fs[1] == bs[0];
+    bad.push_back(absl::StrCat("tensor '", ft.name, "' ", ShapeString(fs), " vs base ",
+                               ShapeString(bs), transposed ? " (transposed?)" : ""));
+  }
+  if (bad.empty()) return absl::OkStatus();
+  const size_t n = bad.size();
+  if (n > kMaxListed) {
+    bad.resize(kMaxListed);
+    bad.push_back(absl::StrCat("and ", n - kMaxListed, " more"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      n,
+      " finetuned tensor(s) cannot merge into their base tensor (only dim 0 may grow, for "
+      "added vocabulary): ",
+      absl::StrJoin(bad, "; ")));
+}
+
+NonFinite FindNonFinite(const TensorView& t) {
+  NonFinite out;
+  if (!IsCastable(t.info.dtype)) return out;
+  const int64_t n = t.info.num_elements();
+  std::vector<float> buf(static_cast<size_t>(std::min(n, kChunk)));
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t m = std::min(kChunk, n - i);
+    ToFloat32(t.data.data() + i * DTypeSize(t.info.dtype), t.info.dtype, m, buf.data());
+    for (int64_t j = 0; j < m; ++j) {
+      if (!std::isfinite(buf[j])) {
+        if (out.count++ == 0) out.first = Coordinates(i + j, t.info.shape);
+      }
+    }
+  }
+  return out;
+}
+
+double RelativeDeltaNorm(const TensorView& ft, const TensorView& base) {
+  const int64_t n = base.info.num_elements();
+  std::vector<float> f(static_cast<size_t>(std::min(n, kChunk)));
+  std::vector<float> b(f.size());
+  double dd = 0, bb = 0;
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t m = std::min(kChunk, n - i);
+    ToFloat32(ft.data.data() + i * DTypeSize(ft.info.dtype), ft.info.dtype, m, f.data());
+    ToFloat32(base.data.data() + i * DTypeSize(base.info.dtype), base.info.dtype, m, b.data());
+    for (int64_t j = 0; j < m; ++j) {
+      const double d = static_cast<double>(f[j]) - b[j];
+      dd += d * d;
+      bb += static_cast<double>(b[j]) * b[j];
+    }
+  }
+  if (bb == 0) return dd == 0 ? 0 : std::numeric_limits<double>::infinity();
+  return std::sqrt(dd / bb);
+}
+
+}  // namespace deltaserve::codec::internal

@@ -1,0 +1,309 @@
+// CompressModel on pairs shaped like real published checkpoints (issue 11): non-float
+// tensors, one-sided names, tied embeddings, transposed layouts, non-finite values and
+// F16 overflow. Each test is one reproduction from the issue.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "codec/delta_codec.h"
+#include "codec/internal/merge.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/models.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace deltaserve::codec {
+namespace {
+
+using ::deltaserve::testing::Gaussian;
+using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::MakeTensor;
+using ::deltaserve::testing::ScopedTempDir;
+using ::deltaserve::testing::StatusIs;
+using ::deltaserve::testing::Write;
+using ::testing::AllOf;
+using ::testing::Contains;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+// `base` plus a small change: a plausible finetune of it.
+std::vector<float> Nudged(std::vector<float> base, uint32_t seed) {
+  const std::vector<float> d = Gaussian(static_cast<int64_t>(base.size()), 0.01f, seed);
+  for (size_t i = 0; i < base.size(); ++i) base[i] += d[i] * std::abs(base[i]);
+  return base;
+}
+
+template <typename T>
+OwnedTensor MakeRaw(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                    const std::vector<T>& values) {
+  OwnedTensor t{{name, dtype, std::move(shape)}, std::vector<uint8_t>(values.size() * sizeof(T))};
+  std::memcpy(t.data.data(), values.data(), t.data.size());
+  return t;
+}
+
+class CompressInputsTest : public ::testing::Test {
+ protected:
+  // Writes both models and compresses; the stats or the error.
+  absl::StatusOr<CompressStats> Compress(const std::vector<OwnedTensor>& base,
+                                         const std::vector<OwnedTensor>& ft,
+                                         const CompressOptions& options = {}) {
+    if (absl::Status s = Write(tmp_.File("b.safetensors"), base); !s.ok()) return s;
+    if (absl::Status s = Write(tmp_.File("f.safetensors"), ft); !s.ok()) return s;
+    auto b = ModelReader::Open(tmp_.File("b.safetensors"));
+    auto f = ModelReader::Open(tmp_.File("f.safetensors"));
+    if (!b.ok()) return b.status();
+    if (!f.ok()) return f.status();
+    base_ = *std::move(b);
+    return CompressModel(*base_, **f, options, dds());
+  }
+  std::string dds() const { return tmp_.File("d.dds"); }
+
+  ScopedTempDir tmp_;
+  std::unique_ptr<ModelReader> base_;
+};
+
+// Reproduction 5: I64/BOOL/U8 made compress fail; now raw or unchanged, merged back bit
+// for bit in their own dtype, whatever output dtype is asked for. FP8 tensors and their
+// scales are raw.
+TEST_F(CompressInputsTest, NonFloatTensorsRoundTripBitForBit) {
+  const std::vector<float> w = Gaussian(64 * 64, 1, 1);
+  const std::vector<OwnedTensor> base = {
+      MakeRaw<int64_t>("position_ids", DType::kI64, {1, 4}, {0, 1, 2, 3}),
+      MakeRaw<uint8_t>("mask", DType::kBool, {4}, {1, 1, 0, 0}),
+      MakeRaw<uint8_t>("tok", DType::kU8, {3}, {7, 8, 9}),
+      MakeRaw<uint8_t>("q.weight", DType::kF8E4M3, {2, 2}, {0x38, 0x40, 0xb8, 0x00}),
+      MakeTensor("q.weight_scale_inv", DType::kF32, {64, 64}, w),
+      MakeTensor("w", DType::kF32, {64, 64}, w)};
+  const std::vector<OwnedTensor> ft = {
+      MakeRaw<int64_t>("position_ids", DType::kI64, {1, 4}, {16777217, -1, 2, 3}),
+      MakeRaw<uint8_t>("mask", DType::kBool, {4}, {1, 0, 0, 0}),
+      MakeRaw<uint8_t>("tok", DType::kU8, {3}, {7, 8, 9}),
+      MakeRaw<uint8_t>("q.weight", DType::kF8E4M3, {2, 2}, {0x39, 0x40, 0xb8, 0x01}),
+      MakeTensor("q.weight_scale_inv", DType::kF32, {64, 64}, Nudged(w, 2)),
+      MakeTensor("w", DType::kF32, {64, 64}, Nudged(w, 3))};
+  CompressOptions o;
+  o.min_dct_elements = 1024;
+  ASSERT_OK_AND_ASSIGN(CompressStats stats, Compress(base, ft, o));
+  EXPECT_THAT(stats.warnings,
+              Contains(HasSubstr("'q.weight_scale_inv': scale of an FP8 tensor, stored raw")));
+  ASSERT_OK_AND_ASSIGN(auto mc, MappedContainer::Open(dds()));
+  std::map<std::string, Encoding> enc;
+  for (size_t i = 0; i < mc->reader().num_records(); ++i) {
+    ASSERT_OK_AND_ASSIGN(TensorRecord r, mc->reader().record(i));
+    enc[r.info.name] = r.encoding;
+  }
+  EXPECT_EQ(enc["position_ids"], Encoding::kRaw);
+  EXPECT_EQ(enc["mask"], Encoding::kRaw);
+  EXPECT_EQ(enc["tok"], Encoding::kUnchanged);
+  EXPECT_EQ(enc["q.weight"], Encoding::kRaw);
+  EXPECT_EQ(enc["q.weight_scale_inv"], Encoding::kRaw);
+  EXPECT_EQ(enc["w"], Encoding::kDct);
+
+  DecompressOptions d;
+  d.out_dtype = DType::kF16;
+  ASSERT_THAT(DecompressModel(*base_, mc->reader(), d, tmp_.File("m.safetensors")), IsOk());
+  ASSERT_OK_AND_ASSIGN(auto merged, ModelReader::Open(tmp_.File("m.safetensors")));
+  ASSERT_OK_AND_ASSIGN(TensorView ids, merged->Get("position_ids"));
+  ASSERT_EQ(ids.info.dtype, DType::kI64);
+  int64_t got[4];
+  std::memcpy(got, ids.data.data(), sizeof(got));
+  EXPECT_EQ(got[0], 16777217);
+  EXPECT_EQ(got[1], -1);
+  for (const char* name : {"mask", "tok", "q.weight"}) {
+    ASSERT_OK_AND_ASSIGN(TensorView m, merged->Get(name));
+    const OwnedTensor& want = *std::find_if(
+        ft.begin(), ft.end(), [&](const OwnedTensor& t) { return t.info.name == name; });
+    EXPECT_EQ(m.info.dtype, want.info.dtype) << name;
+    EXPECT_EQ(std::vector<uint8_t>(m.data.begin(), m.data.end()), want.data) << name;
+  }
+  ASSERT_OK_AND_ASSIGN(TensorView mw, merged->Get("w"));
+  EXPECT_EQ(mw.info.dtype, DType::kF16);
+
+  // A rule cannot ask for DCT on an integer tensor.
+  ASSERT_OK_AND_ASSIGN(EncodingRule rule, EncodingRule::Parse("position_ids=dct"));
+  o.rules = {rule};
+  EXPECT_THAT(Compress(base, ft, o).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("'position_ids'"), HasSubstr("dtype I64"))));
+}
+
+// Reproduction 2: a renamed tensor and a base-only buffer were dropped silently; a
+// bit-identical finetune made an all-unchanged container with no word.
+TEST_F(CompressInputsTest, OneSidedNamesAreRefusedListedAndOptIn) {
+  const std::vector<float> w = Gaussian(16 * 16, 1, 4), norm = Gaussian(16, 1, 5);
+  const std::vector<OwnedTensor> base = {
+      MakeTensor("model.layers.0.k_proj.weight", DType::kF32, {16, 16}, w),
+      MakeTensor("model.layers.0.q_proj.weight", DType::kF32, {16, 16}, w),
+      MakeTensor("model.norm.weight", DType::kF32, {16}, norm)};
+  const std::vector<OwnedTensor> prefix_dropped = {
+      MakeTensor("layers.0.k_proj.weight", DType::kF32, {16, 16}, Nudged(w, 6)),
+      MakeTensor("layers.0.q_proj.weight", DType::kF32, {16, 16}, Nudged(w, 7)),
+      MakeTensor("model.norm.weight", DType::kF32, {16}, Nudged(norm, 8))};
+  EXPECT_THAT(
+      Compress(base, prefix_dropped).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               AllOf(HasSubstr("2 only in the base ('model.layers.0.k_proj.weight', "
+                               "'model.layers.0.q_proj.weight')"),
+                     HasSubstr("2 only in the finetune ('layers.0.k_proj.weight', "
+                               "'layers.0.q_proj.weight')"),
+                     HasSubstr("hint: the finetune's names lack the base's prefix 'model.'"),
+                     HasSubstr("--allow-missing"), HasSubstr("--allow-extra"))));
+
+  std::vector<OwnedTensor> renamed = {
+      MakeTensor("model.layers.0.key_proj.weight", DType::kF32, {16, 16}, Nudged(w, 6)),
+      MakeTensor("model.layers.0.q_proj.weight", DType::kF32, {16, 16}, Nudged(w, 7)),
+      MakeTensor("model.norm.weight", DType::kF32, {16}, Nudged(norm, 8))};
+  CompressOptions allow_extra;
+  allow_extra.allow_extra = true;
+  EXPECT_THAT(Compress(base, renamed, allow_extra).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("1 only in the base ('model.layers.0.k_proj.weight')"),
+                             HasSubstr("--allow-missing"), Not(HasSubstr("--allow-extra")))));
+  CompressOptions both = allow_extra;
+  both.allow_missing = true;
+  ASSERT_OK_AND_ASSIGN(CompressStats stats, Compress(base, renamed, both));
+  EXPECT_EQ(stats.base_only, std::vector<std::string>{"model.layers.0.k_proj.weight"});
+  EXPECT_EQ(stats.finetune_only, std::vector<std::string>{"model.layers.0.key_proj.weight"});
+  EXPECT_THAT(stats.warnings,
+              Contains("tensor 'model.layers.0.k_proj.weight' is only in the base: left out of "
+                       "the merged model"));
+  EXPECT_THAT(stats.warnings, Contains(HasSubstr("tensor 'model.layers.0.key_proj.weight' is "
+                                                 "only in the finetune: stored raw")));
+  EXPECT_FALSE(stats.noop);
+
+  // A bit-identical finetune: flagged as a no-op.
+  ASSERT_OK_AND_ASSIGN(CompressStats same, Compress(base, base));
+  EXPECT_TRUE(same.noop);
+  EXPECT_THAT(same.warnings, Contains(HasSubstr("all 3 tensors are bit-identical to the base: "
+                                                "this delta is a no-op")));
+}
+
+// Reproduction 3: lm_head.weight only in the finetune, with the shape of the base's
+// embed_tokens: named as probable tied embeddings (stored raw only if allowed).
+TEST_F(CompressInputsTest, UntiedLmHeadIsNamed) {
+  const std::vector<float> e = Gaussian(32 * 16, 1, 9);
+  const std::vector<OwnedTensor> base = {
+      MakeTensor("model.embed_tokens.weight", DType::kF32, {32, 16}, e)};
+  const std::vector<OwnedTensor> ft = {
+      MakeTensor("model.embed_tokens.weight", DType::kF32, {32, 16}, Nudged(e, 10)),
+      MakeTensor("lm_head.weight", DType::kF32, {32, 16}, Nudged(e, 11))};
+  EXPECT_THAT(Compress(base, ft).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("1 only in the finetune ('lm_head.weight')")));
+  CompressOptions o;
+  o.allow_extra = true;
+  ASSERT_OK_AND_ASSIGN(CompressStats stats, Compress(base, ft, o));
+  EXPECT_THAT(stats.warnings,
+              Contains(HasSubstr("tensor 'lm_head.weight' is only in the finetune: stored raw "
+                                 "(lossless, 16-32 bits per weight) (it has the shape of the "
+                                 "base's 'model.embed_tokens.weight': tied embeddings")));
+}
+
+// Reproduction 4: GPT-2 Conv1D matrices saved transposed. Rectangular ones: every one
+// named with "transposed?"; a square one: refused by its delta norm.
+TEST_F(CompressInputsTest, TransposedMatricesAreNamed) {
+  std::vector<float> a = Gaussian(8 * 4, 1, 12), sq = Gaussian(16 * 16, 1, 13);
+  std::vector<float> a_t(a.size()), sq_t(sq.size());
+  for (int r = 0; r < 8; ++r) {
+    for (int c = 0; c < 4; ++c) a_t[c * 8 + r] = a[r * 4 + c];
+  }
+  for (int r = 0; r < 16; ++r) {
+    for (int c = 0; c < 16; ++c) sq_t[c * 16 + r] = sq[r * 16 + c];
+  }
+  const std::vector<OwnedTensor> base = {
+      MakeTensor("h.0.attn.c_attn.weight", DType::kF32, {8, 4}, a),
+      MakeTensor("h.0.mlp.c_fc.weight", DType::kF32, {8, 4}, a),
+      MakeTensor("h.0.attn.c_proj.weight", DType::kF32, {16, 16}, sq)};
+  const std::vector<OwnedTensor> ft = {
+      MakeTensor("h.0.attn.c_attn.weight", DType::kF32, {4, 8}, a_t),
+      MakeTensor("h.0.mlp.c_fc.weight", DType::kF32, {4, 8}, a_t),
+      MakeTensor("h.0.attn.c_proj.weight", DType::kF32, {16, 16}, sq_t)};
+  EXPECT_THAT(Compress(base, ft).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("2 finetuned tensor(s) cannot merge"),
+                             HasSubstr("tensor 'h.0.attn.c_attn.weight' [4, 8] vs base [8, 4] "
+                                       "(transposed?)"),
+                             HasSubstr("tensor 'h.0.mlp.c_fc.weight' [4, 8] vs base [8, 4] "
+                                       "(transposed?)"))));
+  const std::vector<OwnedTensor> square_base = {base[2]};
+  const std::vector<OwnedTensor> square_ft = {ft[2]};
+  EXPECT_THAT(Compress(square_base, square_ft).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("tensor 'h.0.attn.c_proj.weight': delta norm is 1.33"),
+                             HasSubstr("x the base tensor's norm (limit 1)"),
+                             HasSubstr("a transposed square matrix?"))));
+  CompressOptions off;
+  off.max_relative_delta = 0;
+  EXPECT_THAT(Compress(square_base, square_ft, off).status(), IsOk());
+}
+
+// Reproduction 6: NaN/Inf in a finetune were stored raw and merged with no message.
+TEST_F(CompressInputsTest, NonFiniteValuesAreRefusedWithCoordinates) {
+  const std::vector<float> w = Gaussian(4 * 8, 1, 14);
+  std::vector<float> bad = Nudged(w, 15);
+  bad[1 * 8 + 2] = std::nanf("");
+  bad[3 * 8 + 7] = INFINITY;
+  const std::vector<OwnedTensor> base = {MakeTensor("w", DType::kF32, {4, 8}, w)};
+  const std::vector<OwnedTensor> ft = {MakeTensor("w", DType::kF32, {4, 8}, bad)};
+  EXPECT_THAT(
+      Compress(base, ft).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("tensor 'w': 2 non-finite values (NaN/Inf), the first at [1, 2]")));
+  CompressOptions o;
+  o.allow_nonfinite = true;
+  ASSERT_OK_AND_ASSIGN(CompressStats stats, Compress(base, ft, o));
+  EXPECT_THAT(stats.warnings, Contains(HasSubstr("stored raw as they are")));
+  EXPECT_EQ(stats.raw_tensors, 1u);
+}
+
+// Reproduction 6, second half: a large finite F16 delta decoded with overshoot became
+// +Inf after the cast to F16. Merged values now saturate at +-65504.
+TEST_F(CompressInputsTest, F16MergeSaturatesInsteadOfOverflowing) {
+  const int64_t n = 128 * 128;
+  std::vector<float> base_v(n, 0.0f), ft_v = Gaussian(n, 30000, 16);
+  for (float& v : ft_v) v = std::clamp(v, -65504.0f, 65504.0f);
+  for (int64_t i = 0; i < n; i += 7) ft_v[i] = 60000;
+  CompressOptions o;
+  o.max_relative_delta = 0;  // the base is all zeros: any delta is "infinitely" large
+  ASSERT_THAT(Compress({MakeTensor("w", DType::kF16, {128, 128}, base_v)},
+                       {MakeTensor("w", DType::kF16, {128, 128}, ft_v)}, o)
+                  .status(),
+              IsOk());
+  ASSERT_OK_AND_ASSIGN(auto mc, MappedContainer::Open(dds()));
+  ASSERT_THAT(DecompressModel(*base_, mc->reader(), {}, tmp_.File("m.safetensors")), IsOk());
+  ASSERT_OK_AND_ASSIGN(auto merged, ModelReader::Open(tmp_.File("m.safetensors")));
+  ASSERT_OK_AND_ASSIGN(TensorView m, merged->Get("w"));
+  std::vector<float> out(n);
+  ToFloat32(m.data.data(), DType::kF16, n, out.data());
+  int64_t inf = 0, at_max = 0;
+  for (float v : out) {
+    inf += std::isinf(v);
+    at_max += std::abs(v) == 65504.0f;
+  }
+  std::printf("F16 merge: %lld values at +-65504, %lld infinite\n", static_cast<long long>(at_max),
+              static_cast<long long>(inf));
+  EXPECT_EQ(inf, 0);
+  EXPECT_GT(at_max, 0);
+
+  // The fused row merge, directly: 65000 + 1000 saturates to 0x7BFF (65504), -inf does
+  // not appear, NaN stays NaN.
+  const uint16_t b16[9] = {0x7BEF, 0xFBEF, 0x3C00, 0x3C00, 0x3C00, 0x3C00, 0x3C00, 0x3C00, 0x7BEF};
+  const float delta[9] = {1000, -1000, 0, 0, 0, 0, 0, std::nanf(""), 1000};
+  uint16_t o16[9];
+  float scratch[9];
+  internal::MergeRow(reinterpret_cast<const uint8_t*>(b16), DType::kF16, delta, 9, DType::kF16,
+                     reinterpret_cast<uint8_t*>(o16), scratch);
+  EXPECT_EQ(o16[0], 0x7BFF);
+  EXPECT_EQ(o16[1], 0xFBFF);
+  EXPECT_EQ(o16[2], 0x3C00);
+  EXPECT_EQ(o16[7] & 0x7C00, 0x7C00);
+  EXPECT_NE(o16[7] & 0x03FF, 0);  // NaN
+  EXPECT_EQ(o16[8], 0x7BFF);      // the scalar tail too
+}
+
+}  // namespace
+}  // namespace deltaserve::codec

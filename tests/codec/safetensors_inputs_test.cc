@@ -1,0 +1,117 @@
+// Inputs shaped like real published checkpoints that used to load wrongly (issue 11):
+// duplicate names, git-LFS pointers, index shards escaping the model directory.
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "codec/safetensors.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace deltaserve::codec {
+namespace {
+
+namespace fs = std::filesystem;
+using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::ScopedTempDir;
+using ::deltaserve::testing::StatusIs;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+class SafetensorsInputsTest : public ::testing::Test {
+ protected:
+  // A file of 8-byte header length, header text, `data_bytes` zero bytes.
+  std::string WriteRaw(const std::string& name, const std::string& header, size_t data_bytes) {
+    std::string bytes(8, '\0');
+    const uint64_t len = header.size();
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(len >> (8 * i));
+    bytes += header;
+    bytes.append(data_bytes, '\0');
+    return WriteText(name, bytes);
+  }
+  std::string WriteText(const std::string& name, const std::string& bytes) {
+    const std::string path = tmp_.File(name);
+    fs::create_directories(fs::path(path).parent_path());
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+    return path;
+  }
+  ScopedTempDir tmp_;
+};
+
+// Reproduction 1: "key00" twice used to load as one tensor holding the last entry.
+TEST_F(SafetensorsInputsTest, DuplicateTensorNameIsRefused) {
+  const std::string path =
+      WriteRaw("dup.safetensors",
+               R"({"key00":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
+               R"("key00":{"dtype":"F32","shape":[4],"data_offsets":[16,32]}})",
+               32);
+  EXPECT_THAT(ModelReader::Open(path), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                AllOf(HasSubstr("dup.safetensors"),
+                                                      HasSubstr("duplicate tensor name 'key00'"))));
+}
+
+// Sibling: every JSON parser of the codec shares ParseJson, so a repeated key in an
+// index's weight_map or in __metadata__ is refused as well.
+TEST_F(SafetensorsInputsTest, DuplicateKeysInIndexAndMetadataAreRefused) {
+  WriteRaw("s/a.safetensors", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4);
+  const std::string index =
+      WriteText("s/model.safetensors.index.json",
+                R"({"weight_map": {"a": "a.safetensors", "a": "b.safetensors"}})");
+  EXPECT_THAT(ModelReader::Open(index), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                 HasSubstr("duplicate key 'a' in 'weight_map'")));
+  const std::string md = WriteRaw("md.safetensors", R"({"__metadata__":{"k":"1","k":"2"}})", 0);
+  EXPECT_THAT(ModelReader::Open(md), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              HasSubstr("duplicate key 'k' in '__metadata__'")));
+}
+
+// Reproduction 9: a 128-byte git-LFS pointer in place of the weights.
+TEST_F(SafetensorsInputsTest, GitLfsPointerIsNamedAsSuch) {
+  std::string pointer =
+      "version https://git-lfs.github.com/spec/v1\n"
+      "oid sha256:4d7a2b0c3e1f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b\n"
+      "size 440\n";
+  ASSERT_EQ(pointer.size(), 128u);
+  const std::string path = WriteText("model.safetensors", pointer);
+  EXPECT_THAT(ModelReader::Open(path),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("header length 2336927755350992246"),
+                             HasSubstr("the file is 128 bytes"), HasSubstr("git-LFS pointer"))));
+}
+
+// Reproduction 7 (index half): a shard that is a symlink to a file outside the model
+// directory is refused, naming the index, the tensor and the path; a NUL byte in a
+// shard name is refused instead of truncating the name.
+TEST_F(SafetensorsInputsTest, IndexShardOutsideTheDirectoryIsRefused) {
+  const std::string outside = WriteRaw(
+      "outside/secret.safetensors", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4);
+  fs::create_directories(tmp_.path() / "m");
+  fs::create_symlink(outside, tmp_.path() / "m" / "a.safetensors");
+  const std::string index =
+      WriteText("m/model.safetensors.index.json", R"({"weight_map": {"a": "a.safetensors"}})");
+  EXPECT_THAT(ModelReader::Open(index),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("model.safetensors.index.json"), HasSubstr("tensor 'a'"),
+                             HasSubstr("'a.safetensors'"), HasSubstr("outside the model"))));
+
+  WriteText("m/model.safetensors.index.json",
+            R"({"weight_map": {"a": "a.safetensors\u0000.txt"}})");
+  EXPECT_THAT(ModelReader::Open(index),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("tensor 'a'"), HasSubstr("'a.safetensors\\x00.txt'"),
+                             HasSubstr("NUL byte"))));
+
+  // A symlink that stays inside the directory is followed.
+  fs::remove(tmp_.path() / "m" / "a.safetensors");
+  WriteRaw("m/real/a.safetensors", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4);
+  fs::create_symlink("real/a.safetensors", tmp_.path() / "m" / "a.safetensors");
+  WriteText("m/model.safetensors.index.json", R"({"weight_map": {"a": "a.safetensors"}})");
+  ASSERT_OK_AND_ASSIGN(auto reader, ModelReader::Open(index));
+  EXPECT_EQ(reader->tensors().size(), 1u);
+}
+
+}  // namespace
+}  // namespace deltaserve::codec
