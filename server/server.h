@@ -26,6 +26,13 @@
 
 namespace deltaserve::server {
 
+// Most data bytes in one StreamWeights/StreamDelta message: 4 MiB less 1 KiB kept for
+// the message's own framing (oneof tag, lengths, offset, totals: under 64 bytes), so
+// that every message fits a default gRPC client's 4 MiB receive limit.
+inline constexpr uint32_t kMaxChunkBytes = (4u << 20) - (1u << 10);
+// Least data bytes per message a request may ask for.
+inline constexpr uint32_t kMinChunkBytes = 4u << 10;
+
 struct ServerOptions {
   // Base model: a .safetensors file, a sharded index, or a directory holding either
   // (codec::ModelReader::Open). Loaded once (mmap) and hashed at start. Required.
@@ -52,7 +59,9 @@ struct ServerOptions {
   // Default: 0.
   int workers = 0;
   // Maximum data bytes per StreamWeights/StreamDelta message (a request may ask for
-  // less or more within [4 KiB, 4 MiB]). Default: 1 MiB.
+  // less or more; clamped to [kMinChunkBytes, kMaxChunkBytes]). Must be within those
+  // bounds (4 MiB itself is refused: with framing it would exceed a default client's
+  // 4 MiB receive limit). Default: 1 MiB.
   uint32_t chunk_bytes = 1u << 20;
   // Tensors a stream decodes ahead of the one being sent. Memory per stream is
   // (1 + prefetch) merged tensors plus 2 chunks; 0 = no overlap of decode and send.

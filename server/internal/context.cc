@@ -27,7 +27,7 @@ void ServiceContext::PublishTenantUsage(const std::string& tenant) const {
 
 uint32_t ServiceContext::ChunkBytes(uint32_t requested) const {
   uint32_t want = requested ? requested : options->chunk_bytes;
-  return std::clamp<uint32_t>(want, 4u << 10, 4u << 20);
+  return std::clamp<uint32_t>(want, kMinChunkBytes, kMaxChunkBytes);
 }
 
 std::string MergedTensorKey(const std::string& group, uint64_t version, size_t index,

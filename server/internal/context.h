@@ -11,6 +11,7 @@
 #include "codec/container.h"
 #include "codec/safetensors.h"
 #include "server/internal/auth.h"
+#include "server/internal/drain.h"
 #include "server/internal/metrics.h"
 #include "server/internal/task_versions.h"
 #include "server/internal/tensor_cache.h"
@@ -31,10 +32,12 @@ struct ServiceContext {
   Metrics* metrics = nullptr;
   const Authenticator* auth = nullptr;
   TaskVersions* versions = nullptr;
+  // Set while the server drains: handlers refuse new calls with UNAVAILABLE.
+  const DrainGate* drain = nullptr;
 
   // Refreshes deltaserve_tenant_tasks / _stored_bytes of `tenant` from the store.
   void PublishTenantUsage(const std::string& tenant) const;
-  // Clamps a requested chunk size (0 = default) to [4 KiB, 4 MiB].
+  // Clamps a requested chunk size (0 = default) to [kMinChunkBytes, kMaxChunkBytes].
   uint32_t ChunkBytes(uint32_t requested) const;
 };
 

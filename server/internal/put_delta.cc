@@ -73,30 +73,18 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                        " bytes exceed the server's maximum upload of ",
                        ctx_->options->max_upload_bytes));
     }
-    // Early answers for the common refusals, before any byte is sent; the commit checks
-    // both again atomically.
-    uint64_t replaced = 0;
-    absl::StatusOr<storage::TaskInfo> existing = ctx_->store->GetTask(tenant_, meta_.task());
-    if (existing.ok()) {
-      if (!meta_.overwrite()) {
-        return absl::AlreadyExistsError(absl::StrCat(
-            "task '", meta_.task(), "' already exists (overwrite not set)"));
-      }
-      replaced = existing->total_bytes;
-    } else if (existing.status().code() != absl::StatusCode::kNotFound) {
-      return existing.status();
-    }
-    uint64_t quota = ctx_->auth->QuotaBytes(tenant_);
-    if (quota > 0) {
-      DS_ASSIGN_OR_RETURN(storage::TenantUsage usage, ctx_->store->GetTenantUsage(tenant_));
-      if (usage.bytes - replaced + total > quota) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat("tenant '", tenant_, "' quota: ", usage.bytes - replaced, " + ", total,
-                         " bytes would exceed ", quota));
-      }
-    }
+    // Early answers for the common refusals (exists, quota, disk full), before any byte
+    // is sent, on one consistent view; the commit checks them again atomically.
+    DS_RETURN_IF_ERROR(ctx_->store->CheckCommit(tenant_, meta_.task(), total, CommitOptions()));
     buffer_.reserve(total);
     return absl::OkStatus();
+  }
+
+  storage::CommitOptions CommitOptions() const {
+    storage::CommitOptions options;
+    options.overwrite = meta_.overwrite();
+    options.quota_bytes = ctx_->auth->QuotaBytes(tenant_);
+    return options;
   }
 
   // Pool.
@@ -107,7 +95,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   }
 
   absl::Status Verify() {
-    if (call_->IsCancelled()) return absl::CancelledError("PutDelta: cancelled by the client");
+    if (call_->IsCancelled()) return ClientEndedStatus(*call_, "PutDelta");
     if (buffer_.size() != meta_.total_bytes()) {
       return absl::InvalidArgumentError(
           absl::StrCat("PutDelta: task '", meta_.task(), "': truncated upload, got ",
@@ -134,20 +122,20 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
           codec::BaseHashHex(container->header().base_hash), ", not the resident base ",
           ctx_->base_hash_hex));
     }
-    storage::CommitOptions options;
-    options.overwrite = meta_.overwrite();
-    options.quota_bytes = ctx_->auth->QuotaBytes(tenant_);
+    const storage::CommitOptions options = CommitOptions();
     storage::TaskInfo committed;
+    storage::CommitOutcome outcome = storage::CommitOutcome::kCreated;
     DS_RETURN_IF_ERROR(ctx_->versions->Mutate(tenant_, meta_.task(), ctx_->cache,
                                               [&]() -> absl::Status {
       DS_ASSIGN_OR_RETURN(committed, ctx_->store->CommitTask(tenant_, meta_.task(),
-                                                             *container, options));
+                                                             *container, options, &outcome));
       return absl::OkStatus();
     }));
     ctx_->PublishTenantUsage(tenant_);
     FillTaskInfo(committed, /*with_tensors=*/false,
                  ctx_->cache->IsPinned(TaskGroup(tenant_, meta_.task())),
                  response_->mutable_task());
+    response_->set_unchanged(outcome == storage::CommitOutcome::kUnchanged);
     return absl::OkStatus();
   }
 

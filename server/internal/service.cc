@@ -21,11 +21,32 @@ absl::StatusOr<std::string> ResolveTask(const ServiceContext& ctx, const Caller&
   return tenant;
 }
 
+namespace {
+
+absl::Status DrainingError() {
+  return absl::UnavailableError("server is draining (shutting down); retry on another replica");
+}
+
+// Finishes a streaming call at once with `status` (a call refused while draining).
+template <typename ReactorBase>
+class RefusedReactor final : public ReactorBase {
+ public:
+  RefusedReactor(Metrics* metrics, const char* method, const absl::Status& status) {
+    CallLog(metrics, method).Finish(status);
+    this->Finish(ToGrpcStatus(status));
+  }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
 grpc::ServerUnaryReactor* DeltaServiceImpl::RunUnary(grpc::CallbackServerContext* call,
                                                      const char* method, UnaryWork work) {
   grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
   auto log = std::make_shared<CallLog>(ctx_->metrics, method);
-  absl::StatusOr<Caller> caller = ctx_->auth->Authenticate(AuthorizationHeader(*call));
+  absl::StatusOr<Caller> caller =
+      ctx_->drain->draining() ? absl::StatusOr<Caller>(DrainingError())
+                              : ctx_->auth->Authenticate(AuthorizationHeader(*call));
   if (!caller.ok()) {
     log->Finish(caller.status());
     reactor->Finish(ToGrpcStatus(caller.status()));
@@ -159,16 +180,28 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::UnpinTask(grpc::CallbackServerContex
 
 grpc::ServerReadReactor<v1::PutDeltaRequest>* DeltaServiceImpl::PutDelta(
     grpc::CallbackServerContext* call, v1::PutDeltaResponse* response) {
+  if (ctx_->drain->draining()) {
+    return new RefusedReactor<grpc::ServerReadReactor<v1::PutDeltaRequest>>(
+        ctx_->metrics, "PutDelta", DrainingError());
+  }
   return NewPutDeltaReactor(ctx_, call, response);
 }
 
 grpc::ServerWriteReactor<v1::StreamWeightsResponse>* DeltaServiceImpl::StreamWeights(
     grpc::CallbackServerContext* call, const v1::StreamWeightsRequest* request) {
+  if (ctx_->drain->draining()) {
+    return new RefusedReactor<grpc::ServerWriteReactor<v1::StreamWeightsResponse>>(
+        ctx_->metrics, "StreamWeights", DrainingError());
+  }
   return NewStreamWeightsReactor(ctx_, call, request);
 }
 
 grpc::ServerWriteReactor<v1::StreamDeltaResponse>* DeltaServiceImpl::StreamDelta(
     grpc::CallbackServerContext* call, const v1::StreamDeltaRequest* request) {
+  if (ctx_->drain->draining()) {
+    return new RefusedReactor<grpc::ServerWriteReactor<v1::StreamDeltaResponse>>(
+        ctx_->metrics, "StreamDelta", DrainingError());
+  }
   return NewStreamDeltaReactor(ctx_, call, request);
 }
 

@@ -23,7 +23,7 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
   }
 
   void OnWriteDone(bool ok) override {
-    if (!ok) return Done(absl::CancelledError("StreamDelta: client went away"));
+    if (!ok) return Done(ClientEndedStatus(*call_, "StreamDelta"));
     log_.add_bytes(msg_.data().size());
     ctx_->metrics->AddStreamedBytes("StreamDelta", msg_.data().size());
     WriteNext();
@@ -54,7 +54,7 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
   }
 
   void WriteNext() {
-    if (call_->IsCancelled()) return Done(absl::CancelledError("StreamDelta cancelled"));
+    if (call_->IsCancelled()) return Done(ClientEndedStatus(*call_, "StreamDelta"));
     if (offset_ == container_.size()) return Done(absl::OkStatus());
     size_t n = std::min<size_t>(chunk_bytes_, container_.size() - offset_);
     msg_.set_offset(offset_);

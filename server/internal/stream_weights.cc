@@ -278,7 +278,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
       if (stop) {
         if (write_in_flight_) break;  // finish after OnWriteDone
         finished_ = true;
-        final_status_ = cancelled_ ? absl::CancelledError("StreamWeights cancelled") : error_;
+        final_status_ = cancelled_ ? ClientEndedStatus(*call_, "StreamWeights") : error_;
         mu_.Unlock();
         Finish(ToGrpcStatus(final_status_));
         mu_.Lock();
