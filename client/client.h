@@ -149,6 +149,9 @@ class DeltaClient {
   absl::StatusOr<uint64_t> PinTask(const std::string& task,
                                    std::optional<codec::DType> out_dtype = {});
   absl::Status UnpinTask(const std::string& task);
+  // Admin: a consistent copy of the server's whole store in `dir` (an absolute path on
+  // the server, not existing yet). Errors: see AdminCheckpointRequest.
+  absl::StatusOr<v1::AdminCheckpointResponse> Checkpoint(const std::string& dir);
 
   // Streams the task's merged weights, verifies every tensor's XXH3-64, offsets and the
   // stream totals, and writes one safetensors file at `out_path` with the tensors in

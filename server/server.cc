@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <malloc.h>
+
 #include <atomic>
 #include <fstream>
 #include <sstream>
@@ -25,6 +27,7 @@
 #include "prometheus/exposer.h"
 #include "prometheus/text_serializer.h"
 #include "server/internal/context.h"
+#include "server/internal/fd_limit.h"
 #include "server/internal/log.h"
 #include "server/internal/service.h"
 
@@ -101,6 +104,16 @@ absl::Status ServerOptions::Validate() const {
   if (max_upload_bytes == 0) {
     return absl::InvalidArgumentError("ServerOptions.max_upload_bytes must be > 0");
   }
+  if (stall_after <= absl::ZeroDuration() || write_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "ServerOptions.stall_after must be > 0 and write_timeout >= 0");
+  }
+  if (keepalive_time < absl::Seconds(1) || keepalive_timeout < absl::Seconds(1) ||
+      min_client_ping_interval < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "ServerOptions: keepalive_time and keepalive_timeout must be >= 1 s, "
+        "min_client_ping_interval >= 0");
+  }
   if (drain_timeout < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ServerOptions.drain_timeout must be >= 0");
   }
@@ -126,6 +139,10 @@ struct Server::Impl {
   std::unique_ptr<internal::ThreadPool> pool;
   internal::TaskVersions versions;
   internal::DrainGate drain;
+  internal::StallWatch stalls;
+  // Housekeeping: disk gauges, stalled streams, returning freed memory to the system.
+  std::thread housekeeper;
+  absl::Notification stop_housekeeping;
   internal::ServiceContext ctx;
   std::unique_ptr<internal::DeltaServiceImpl> service;
   std::unique_ptr<grpc::Server> grpc_server;
@@ -139,6 +156,7 @@ struct Server::Impl {
 
   absl::Status Init();
   void Preload();
+  void Housekeep();
 };
 
 absl::Status Server::Impl::Init() {
@@ -167,9 +185,28 @@ absl::Status Server::Impl::Init() {
                      {"bytes", std::to_string(base->total_bytes())},
                      {"ms", std::to_string(absl::ToInt64Milliseconds(absl::Now() - t0))}});
 
+  // Descriptors: raise the soft limit and give RocksDB a bounded share, so that sockets
+  // cannot starve it (an EMFILE inside RocksDB stops its writes).
+  const internal::FdBudget fds = internal::RaiseFdLimit();
+  metrics->open_files_limit().Set(static_cast<double>(fds.soft));
   storage::StoreOptions store_options = options.store;
   store_options.path = options.db_path;
+  if (store_options.max_open_files == -1) {
+    store_options.max_open_files = fds.rocksdb_max_open_files;
+  }
+  internal::LogInfo("file descriptors",
+                    {{"soft_limit_at_start", std::to_string(fds.soft_before)},
+                     {"soft_limit", std::to_string(fds.soft)},
+                     {"hard_limit", std::to_string(fds.hard)},
+                     {"rocksdb_max_open_files", std::to_string(store_options.max_open_files)}});
   DS_ASSIGN_OR_RETURN(store, storage::DeltaStore::Open(store_options));
+  if (store->read_only()) {
+    internal::LogError("store opened READ-ONLY: less than --db-min-free-bytes free on the "
+                       "database's filesystem; uploads and deletes are refused until a "
+                       "restart with free space",
+                       {{"db", options.db_path},
+                        {"min_free_bytes", std::to_string(store_options.min_free_bytes)}});
+  }
 
   cache = std::make_unique<internal::TensorCache>(options.cache_bytes, metrics.get());
   size_t workers = options.workers > 0 ? static_cast<size_t>(options.workers)
@@ -185,6 +222,7 @@ absl::Status Server::Impl::Init() {
   ctx.auth = auth.get();
   ctx.versions = &versions;
   ctx.drain = &drain;
+  ctx.stalls = &stalls;
 
   // Per-tenant gauges for every configured tenant and every tenant with data.
   std::vector<std::string> tenants = auth->TenantNames();
@@ -225,6 +263,15 @@ absl::Status Server::Impl::Init() {
   // Upload chunks are up to 4 MiB of payload; leave room for framing.
   builder.SetMaxReceiveMessageSize(16 << 20);
   builder.SetMaxSendMessageSize(16 << 20);
+  // Keepalive policy (server/CONFIG.md "Connections"): explicit, so that a client with
+  // a 10 s keepalive is not sent GOAWAY too_many_pings (gRPC's default minimum is 5 min).
+  auto ms = [](absl::Duration d) { return static_cast<int>(absl::ToInt64Milliseconds(d)); };
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, ms(options.keepalive_time));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ms(options.keepalive_timeout));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             ms(options.min_client_ping_interval));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
   grpc_server = builder.BuildAndStart();
   if (!grpc_server || port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen,
@@ -235,12 +282,29 @@ absl::Status Server::Impl::Init() {
     health->SetServingStatus(true);
     health->SetServingStatus(kServiceName, true);
   }
+  housekeeper = std::thread([this] { Housekeep(); });
   internal::LogInfo("serving", {{"listen", options.listen}, {"port", std::to_string(port)},
                                 {"metrics_port", std::to_string(metrics_port)},
                                 {"tls", options.tls_cert_path.empty() ? "off" : "on"},
                                 {"workers", std::to_string(workers)},
                                 {"cache_bytes", std::to_string(options.cache_bytes)}});
   return absl::OkStatus();
+}
+
+void Server::Impl::Housekeep() {
+  int64_t calls_before = 0;
+  do {
+    if (absl::StatusOr<storage::DiskSpace> disk = store->GetDiskSpace(); disk.ok()) {
+      metrics->store_free_bytes().Set(static_cast<double>(disk->free_bytes));
+      metrics->store_writes_blocked().Set(disk->writes_blocked ? 1 : 0);
+    }
+    metrics->streams_stalled().Set(stalls.Scan(options.stall_after, options.write_timeout));
+    // After a burst of calls, give the freed heap back: glibc keeps freed chunks of its
+    // arenas (measured: RSS stayed at ~270 MiB after 64 concurrent pulls, idle 37 MiB).
+    const int64_t calls = drain.in_progress();
+    if (calls == 0 && calls_before > 0) malloc_trim(0);
+    calls_before = calls;
+  } while (!stop_housekeeping.WaitForNotificationWithTimeout(absl::Seconds(1)));
 }
 
 void Server::Impl::Preload() {
@@ -290,6 +354,8 @@ void Server::Shutdown(absl::Duration drain) {
   const int64_t left = s.drain.WaitIdle(t0 + drain);
   // Cancels whatever still runs and returns when every call is done.
   s.grpc_server->Shutdown(absl::ToChronoTime(absl::Now()));
+  s.stop_housekeeping.Notify();
+  if (s.housekeeper.joinable()) s.housekeeper.join();
   s.pool->Shutdown();  // closures still queued (finishing reactors) run first
   StopExposer(std::move(s.exposer), s.metrics_port);
   s.store.reset();  // every TaskReader is gone with its reactor

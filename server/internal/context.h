@@ -12,6 +12,7 @@
 #include "codec/safetensors.h"
 #include "server/internal/auth.h"
 #include "server/internal/drain.h"
+#include "server/internal/stall_watch.h"
 #include "server/internal/metrics.h"
 #include "server/internal/task_versions.h"
 #include "server/internal/tensor_cache.h"
@@ -34,6 +35,8 @@ struct ServiceContext {
   TaskVersions* versions = nullptr;
   // Set while the server drains: handlers refuse new calls with UNAVAILABLE.
   const DrainGate* drain = nullptr;
+  // Streams register here so that stalled clients are seen and timed out.
+  StallWatch* stalls = nullptr;
 
   // Refreshes deltaserve_tenant_tasks / _stored_bytes of `tenant` from the store.
   void PublishTenantUsage(const std::string& tenant) const;

@@ -1,8 +1,10 @@
 #include "server/internal/service.h"
 
+#include <filesystem>
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "codec/status_macros.h"
 #include "server/internal/convert.h"
 #include "storage/store.h"
@@ -174,6 +176,44 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::UnpinTask(grpc::CallbackServerContex
     if (!ctx->cache->Unpin(TaskGroup(tenant, request->task()))) {
       return absl::NotFoundError(absl::StrCat("task '", request->task(), "' is not pinned"));
     }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* DeltaServiceImpl::Checkpoint(
+    grpc::CallbackServerContext* call, const v1::AdminCheckpointRequest* request,
+    v1::AdminCheckpointResponse* response) {
+  const ServiceContext* ctx = ctx_;
+  return RunUnary(call, "Checkpoint", [=](const Caller& caller, CallLog& log) -> absl::Status {
+    log.set_tenant(caller.admin ? "@admin" : caller.tenant);
+    if (!caller.admin && !ctx->auth->open()) {
+      return absl::PermissionDeniedError("Checkpoint needs an admin token");
+    }
+    const std::filesystem::path dir = request->dir();
+    if (!dir.is_absolute()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Checkpoint: dir '", request->dir(), "' must be an absolute path"));
+    }
+    std::error_code ec;
+    if (std::filesystem::exists(dir, ec)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Checkpoint: '", request->dir(), "' already exists"));
+    }
+    const absl::Time t0 = absl::Now();
+    DS_RETURN_IF_ERROR(ctx->store->CreateCheckpoint(dir.string()));
+    uint64_t bytes = 0;
+    uint32_t files = 0;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      if (e.is_regular_file(ec)) {
+        bytes += e.file_size(ec);
+        ++files;
+      }
+    }
+    response->set_dir(dir.string());
+    response->set_bytes(bytes);
+    response->set_files(files);
+    response->set_seconds(absl::ToDoubleSeconds(absl::Now() - t0));
+    log.add_bytes(bytes);
     return absl::OkStatus();
   });
 }

@@ -91,10 +91,15 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
       : ctx_(ctx), call_(call), request_(request), log_(ctx->metrics, "StreamWeights") {
     ctx_->metrics->streams_in_flight().Increment();
     chunk_bytes_ = ctx_->ChunkBytes(request->chunk_bytes());
+    stall_ = ctx_->stalls->Add([this] {
+      stall_timed_out_ = true;
+      call_->TryCancel();  // frees the write that flow control holds
+    });
     SchedulePool([this] { Setup(); });
   }
 
   void OnWriteDone(bool ok) override {
+    stall_->WriteDone();
     {
       absl::MutexLock lock(&mu_);
       write_in_flight_ = false;
@@ -115,6 +120,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
   }
 
   void OnDone() override {
+    ctx_->stalls->Remove(stall_);
     ctx_->metrics->streams_in_flight().Decrement();
     log_.Finish(final_status_);
     Unref();
@@ -278,7 +284,10 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
       if (stop) {
         if (write_in_flight_) break;  // finish after OnWriteDone
         finished_ = true;
-        final_status_ = cancelled_ ? ClientEndedStatus(*call_, "StreamWeights") : error_;
+        final_status_ =
+            !cancelled_        ? error_
+            : stall_timed_out_ ? StalledStreamError("StreamWeights", ctx_->options->write_timeout)
+                               : ClientEndedStatus(*call_, "StreamWeights");
         mu_.Unlock();
         Finish(ToGrpcStatus(final_status_));
         mu_.Lock();
@@ -329,6 +338,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
         const Response* msg = &slots_[slot_];
         slot_ ^= 1;
         mu_.Unlock();
+        stall_->WriteStarted();
         StartWrite(msg);
         mu_.Lock();
         repump_ = true;  // build the next message while this one is on the wire
@@ -343,6 +353,8 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
   CallLog log_;
   uint32_t chunk_bytes_ = 0;
   std::atomic<bool> cancelled_{false};
+  std::shared_ptr<StallWatch::Stream> stall_;
+  std::atomic<bool> stall_timed_out_{false};
 
   // Written by Setup before setup_done_ is published under mu_; read-only afterwards.
   std::string tenant_, group_;

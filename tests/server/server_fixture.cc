@@ -10,6 +10,7 @@
 #include <random>
 #include <sstream>
 
+#include "absl/time/clock.h"
 #include "codec/container.h"
 #include "codec/delta_codec.h"
 #include "grpcpp/create_channel.h"
@@ -157,6 +158,16 @@ std::unique_ptr<v1::DeltaService::Stub> ServerTest::SmallWindowStub() {
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 10);
   return v1::DeltaService::NewStub(
       grpc::CreateCustomChannel(target(), grpc::InsecureChannelCredentials(), args));
+}
+
+std::string ServerTest::WaitForStreamsDone() const {
+  std::string text;
+  for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
+    text = server_->MetricsText();
+    if (MetricValue(text, "deltaserve_streams_in_flight ") == 0) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return text;
 }
 
 double ServerTest::MetricValue(const std::string& text, const std::string& prefix) {

@@ -65,6 +65,11 @@ class ServerTest : public ::testing::Test {
   std::string FetchMetricsHttp() const;
 
   static std::string ReadFileBytes(const std::string& path);
+  static absl::StatusCode Code(const grpc::Status& s) {
+    return static_cast<absl::StatusCode>(s.error_code());
+  }
+  // Waits (up to 10 s) until deltaserve_streams_in_flight is 0; returns the metrics text.
+  std::string WaitForStreamsDone() const;
 
   // One unary call of `method` ("/pkg.Service/Method") with serialized `request` bytes
   // (for services without generated stubs here, e.g. grpc.health.v1.Health).

@@ -55,10 +55,6 @@ grpc::Status RawPut(v1::DeltaService::Stub* stub, const Upload& up,
   return writer->Finish();
 }
 
-absl::StatusCode Code(const grpc::Status& s) {
-  return static_cast<absl::StatusCode>(s.error_code());
-}
-
 TEST_F(ServerTest, TruncatedOrCorruptUploadIsRejectedAndStoresNothing) {
   StartServer();
   auto stub = RawStub();

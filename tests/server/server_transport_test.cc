@@ -23,10 +23,6 @@ using ::deltaserve::testing::IsOk;
 using ::deltaserve::testing::StatusIs;
 using ::testing::HasSubstr;
 
-absl::StatusCode Code(const grpc::Status& s) {
-  return static_cast<absl::StatusCode>(s.error_code());
-}
-
 // Reproduction 5: chunk_bytes = 4 MiB (the old documented maximum) used to send
 // 4,194,314-byte messages that a default client refuses.
 TEST_F(ServerTest, LargestChunkFitsADefaultClientsReceiveLimit) {
@@ -150,12 +146,7 @@ TEST_F(ServerTest, ClientDeadlineIsCountedAsDeadlineExceeded) {
   while (reader->Read(&msg)) {
   }
   EXPECT_EQ(Code(reader->Finish()), absl::StatusCode::kDeadlineExceeded);
-  std::string text;
-  for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
-    text = server_->MetricsText();
-    if (MetricValue(text, "deltaserve_streams_in_flight ") == 0) break;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  const std::string text = WaitForStreamsDone();
   EXPECT_THAT(text, HasSubstr("deltaserve_requests_total{code=\"DEADLINE_EXCEEDED\","
                               "method=\"StreamWeights\"} 1"));
 }
