@@ -246,7 +246,9 @@ absl::StatusOr<std::unique_ptr<DeltaStore>> DeltaStore::Open(const StoreOptions&
       std::shared_ptr<rocksdb::TableFactory>(rocksdb::NewBlockBasedTableFactory(table));
 
   rocksdb::ColumnFamilyOptions meta_options;
-  meta_options.write_buffer_size = options.write_buffer_bytes;
+  // A memtable flush must fit in the free-space reserve with room to spare.
+  meta_options.write_buffer_size = std::min<uint64_t>(
+      options.write_buffer_bytes, std::max<uint64_t>(options.min_free_bytes / 8, 1 << 20));
   meta_options.table_factory = table_factory;
   // Compactions run in the free-space reserve: size the levels from it so that the
   // largest compaction (L0, at most 4 memtables, into L1) fits. With the default reserve

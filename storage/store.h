@@ -57,7 +57,8 @@ struct StoreOptions {
   // and small records served from memory. Default: 256 MiB. Must be >= 1 MiB.
   uint64_t block_cache_bytes = 256ull << 20;
   // Memtable size per column family, in bytes. Larger: fewer flushes during big
-  // commits, more memory. Default: 64 MiB. Must be >= 1 MiB.
+  // commits, more memory. At most min_free_bytes / 8 is used (a flush must fit in the
+  // free-space reserve). Default: 64 MiB. Must be >= 1 MiB.
   uint64_t write_buffer_bytes = 64ull << 20;
   // fsync the write-ahead log on every commit/delete. false: faster commits, the last
   // commits may be lost on a machine crash (never on a process crash). Default: true.
@@ -78,8 +79,8 @@ struct StoreOptions {
   // log + flush), less than this would be left; deletes need a tenth of it. The reserve
   // is what RocksDB's flushes and compactions run in, so that RocksDB never meets a full
   // disk (Debian's librocksdb aborts on some write-path I/O errors): the LSM levels are
-  // sized from it (L1 and the largest compaction = a quarter of it), so it must also
-  // hold 4 memtables (L0): keep it >= 8 x write_buffer_bytes. With less than this free
+  // sized from it (L1 and the largest compaction = a quarter of it, memtables at most
+  // an eighth). With less than this free
   // at Open, the store opens read-only. Larger: safer; disk left unused. Default: 1 GiB
   // (L1 = 256 MiB, RocksDB's default).
   uint64_t min_free_bytes = 1ull << 30;
