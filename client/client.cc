@@ -3,8 +3,6 @@
 #include <xxhash.h>
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -12,52 +10,14 @@
 #include "client/internal/impl.h"
 #include "client/internal/status.h"
 #include "codec/container.h"
-#include "codec/status_macros.h"
+#include "common/file.h"
+#include "common/status_macros.h"
+#include "proto/protocol.h"
 
 namespace deltaserve::client {
-namespace {
-
-// gRPC's default receive limit is 4 MiB; server chunks go up to 4 MiB plus framing.
-constexpr int kMaxReceiveMessageBytes = 64 << 20;
-
-absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read TLS root certificate ", path));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-}  // namespace
-
 std::string TaskLabel(const ClientOptions& options, const std::string& task) {
   return options.tenant.empty() ? absl::StrCat("'", task, "'")
                                 : absl::StrCat("'", options.tenant, "/", task, "'");
-}
-
-v1::DType ToProtoDType(codec::DType dtype) {
-  switch (dtype) {
-    case codec::DType::kF32:
-      return v1::DTYPE_F32;
-    case codec::DType::kF16:
-      return v1::DTYPE_F16;
-    case codec::DType::kBF16:
-      return v1::DTYPE_BF16;
-  }
-  return v1::DTYPE_UNSPECIFIED;
-}
-
-absl::StatusOr<codec::DType> FromProtoDType(v1::DType dtype) {
-  switch (dtype) {
-    case v1::DTYPE_F32:
-      return codec::DType::kF32;
-    case v1::DTYPE_F16:
-      return codec::DType::kF16;
-    case v1::DTYPE_BF16:
-      return codec::DType::kBF16;
-    default:
-      return absl::InvalidArgumentError(absl::StrCat("unsupported dtype ", static_cast<int>(dtype)));
-  }
 }
 
 absl::Status ClientOptions::Validate() const {
@@ -68,10 +28,8 @@ absl::Status ClientOptions::Validate() const {
   if (stream_deadline < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ClientOptions.stream_deadline must not be negative");
   }
-  if (upload_chunk_bytes < (4u << 10) || upload_chunk_bytes > (4u << 20)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ClientOptions.upload_chunk_bytes must be in [4096, 4194304], got ", upload_chunk_bytes));
-  }
+  DS_RETURN_IF_ERROR(
+      proto::ValidateChunkBytes(upload_chunk_bytes, "ClientOptions.upload_chunk_bytes"));
   if (token.find_first_of("\r\n") != std::string::npos) {
     return absl::InvalidArgumentError("ClientOptions.token contains a line break");
   }
@@ -87,15 +45,17 @@ absl::StatusOr<std::unique_ptr<DeltaClient>> DeltaClient::Open(const ClientOptio
   if (options.use_tls || !options.tls_root_cert_path.empty()) {
     grpc::SslCredentialsOptions ssl;
     if (!options.tls_root_cert_path.empty()) {
-      DS_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadTextFile(options.tls_root_cert_path));
+      absl::StatusOr<std::string> pem = common::ReadFileToString(options.tls_root_cert_path);
+      if (!pem.ok()) return common::Annotate(pem.status(), "TLS root certificate");
+      ssl.pem_root_certs = *std::move(pem);
     }
     creds = grpc::SslCredentials(ssl);
   } else {
     creds = grpc::InsecureChannelCredentials();
   }
   grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
-  args.SetMaxSendMessageSize(kMaxReceiveMessageBytes);
+  args.SetMaxReceiveMessageSize(proto::kMaxMessageBytes);
+  args.SetMaxSendMessageSize(proto::kMaxMessageBytes);
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->channel = grpc::CreateCustomChannel(options.target, creds, args);
@@ -215,7 +175,7 @@ absl::StatusOr<uint64_t> DeltaClient::PinTask(const std::string& task,
   v1::PinTaskRequest request;
   request.set_tenant(impl_->options.tenant);
   request.set_task(task);
-  if (out_dtype) request.set_out_dtype(ToProtoDType(*out_dtype));
+  if (out_dtype) request.set_out_dtype(proto::ToProtoDType(*out_dtype));
   // Decoding a whole task may take longer than a unary deadline: use the stream one.
   DS_ASSIGN_OR_RETURN(v1::PinTaskResponse response,
                       impl_->Unary(&v1::DeltaService::Stub::PinTask, request,

@@ -31,6 +31,7 @@
 #include "absl/types/span.h"
 #include "codec/tensor.h"
 #include "deltaserve/v1/delta_service.pb.h"
+#include "proto/protocol.h"
 
 namespace deltaserve::v1 {
 class DeltaService_Stub;
@@ -56,9 +57,10 @@ struct ClientOptions {
   absl::Duration deadline = absl::Seconds(60);
   // Deadline of a whole download (pull, StreamDelta). Zero: none. Default: none.
   absl::Duration stream_deadline = absl::ZeroDuration();
-  // Upload chunk size in bytes. Larger: fewer messages; the server takes up to 4 MiB.
-  // Default: 1 MiB. Must be in [4 KiB, 4 MiB].
-  uint32_t upload_chunk_bytes = 1u << 20;
+  // Upload chunk size in bytes. Larger: fewer messages. Must be in
+  // [proto::kMinChunkBytes, proto::kMaxChunkBytes] = [4 KiB, 4 MiB - 1 KiB].
+  // Default: proto::kDefaultChunkBytes (1 MiB).
+  uint32_t upload_chunk_bytes = proto::kDefaultChunkBytes;
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;
@@ -181,11 +183,6 @@ class DeltaClient {
   explicit DeltaClient(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
-
-// Protocol dtype <-> codec dtype. FromProtoDType: DTYPE_UNSPECIFIED and unknown numbers
-// are InvalidArgument.
-v1::DType ToProtoDType(codec::DType dtype);
-absl::StatusOr<codec::DType> FromProtoDType(v1::DType dtype);
 
 }  // namespace deltaserve::client
 

@@ -9,9 +9,9 @@
 #include "client/client.h"
 #include "client/internal/impl.h"
 #include "client/internal/status.h"
-#include "codec/file.h"
 #include "codec/safetensors.h"
-#include "codec/status_macros.h"
+#include "common/file.h"
+#include "common/status_macros.h"
 
 namespace deltaserve::client {
 namespace {
@@ -81,7 +81,7 @@ class WeightsStreamChecker {
 
   absl::Status Header(const v1::TensorHeader& h) {
     if (!began_ || in_tensor_ || ended_) return Bad("tensor header out of place");
-    absl::StatusOr<codec::DType> dtype = FromProtoDType(h.dtype());
+    absl::StatusOr<codec::DType> dtype = proto::FromProtoDType(h.dtype());
     if (!dtype.ok())
       return Bad(absl::StrCat("tensor '", h.name(), "': ", dtype.status().message()));
     header_ = h;
@@ -156,7 +156,7 @@ class WeightsStreamChecker {
 // Spills tensor data to a scratch file and remembers the layout.
 class SpillSink : public WeightsSink {
  public:
-  explicit SpillSink(std::unique_ptr<codec::AtomicFileWriter> spill) : spill_(std::move(spill)) {}
+  explicit SpillSink(std::unique_ptr<common::AtomicFileWriter> spill) : spill_(std::move(spill)) {}
   absl::Status Begin(const v1::StreamBegin& begin) override {
     metadata_.insert(begin.safetensors_metadata().begin(), begin.safetensors_metadata().end());
     return absl::OkStatus();
@@ -170,8 +170,8 @@ class SpillSink : public WeightsSink {
   // Writes the safetensors file from the spilled data.
   absl::Status Finish(const std::string& out_path) {
     DS_RETURN_IF_ERROR(spill_->Close());
-    DS_ASSIGN_OR_RETURN(std::unique_ptr<codec::MappedFile> mapped,
-                        codec::MappedFile::Open(spill_->tmp_path()));
+    DS_ASSIGN_OR_RETURN(std::unique_ptr<common::MappedFile> mapped,
+                        common::MappedFile::Open(spill_->tmp_path()));
     std::vector<codec::TensorView> views;
     views.reserve(tensors_.size());
     for (const auto& [info, offset] : tensors_) {
@@ -181,7 +181,7 @@ class SpillSink : public WeightsSink {
   }
 
  private:
-  std::unique_ptr<codec::AtomicFileWriter> spill_;  // removed when the sink is destroyed
+  std::unique_ptr<common::AtomicFileWriter> spill_;  // removed when the sink is destroyed
   std::vector<std::pair<codec::TensorInfo, uint64_t>> tensors_;
   std::map<std::string, std::string> metadata_;
 };
@@ -216,7 +216,7 @@ absl::StatusOr<PullStats> RunStreamWeights(const DeltaClient::Impl& impl, const 
   v1::StreamWeightsRequest request;
   request.set_tenant(impl.options.tenant);
   request.set_task(task);
-  if (options.out_dtype) request.set_out_dtype(ToProtoDType(*options.out_dtype));
+  if (options.out_dtype) request.set_out_dtype(proto::ToProtoDType(*options.out_dtype));
   for (const std::string& glob : options.include) request.add_include(glob);
   request.set_include_regex(options.include_regex);
   if (!options.resume_from.empty()) request.set_resume_from_name(options.resume_from);
@@ -317,8 +317,8 @@ absl::StatusOr<DeltaStats> RunStreamDelta(
 absl::StatusOr<PullStats> DeltaClient::PullWeights(const std::string& task,
                                                    const std::string& out_path,
                                                    const PullOptions& options) {
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<codec::AtomicFileWriter> spill,
-                      codec::AtomicFileWriter::Open(out_path + ".data"));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<common::AtomicFileWriter> spill,
+                      common::AtomicFileWriter::Open(out_path + ".data"));
   SpillSink sink(std::move(spill));
   DS_ASSIGN_OR_RETURN(PullStats stats, RunStreamWeights(*impl_, task, options, &sink));
   if (stats.tensors == 0) {
@@ -345,8 +345,8 @@ absl::StatusOr<PulledModel> DeltaClient::PullWeightsToMemory(const std::string& 
 absl::StatusOr<DeltaStats> DeltaClient::StreamDelta(const std::string& task,
                                                     const std::string& out_path,
                                                     const ProgressFn& progress) {
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<codec::AtomicFileWriter> out,
-                      codec::AtomicFileWriter::Open(out_path));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<common::AtomicFileWriter> out,
+                      common::AtomicFileWriter::Open(out_path));
   DS_ASSIGN_OR_RETURN(
       DeltaStats stats,
       RunStreamDelta(*impl_, task, progress,

@@ -1,5 +1,6 @@
-// deltactl: the deltaserve command line. Subcommands register themselves
-// (client/internal/deltactl_command.h); this file only parses and dispatches.
+// deltactl: the deltaserve command line. The subcommands live in deltactl_offline.cc,
+// deltactl_report.cc and deltactl_remote.cc (client/internal/deltactl_command.h); this
+// file registers them, parses and dispatches, and holds the helpers they share.
 #include <unistd.h>
 
 #include <cstdio>
@@ -7,56 +8,68 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
 #include "client/internal/deltactl_command.h"
+#include "common/json.h"
+#include "common/status_macros.h"
 
 namespace deltaserve::client {
-namespace {
 
-std::vector<CommandRegistrar>& MutableRegistrars() {
-  static auto* registrars = new std::vector<CommandRegistrar>();
-  return *registrars;
+ProgressLine::ProgressLine(std::string label)
+    : label_(std::move(label)), tty_(::isatty(STDERR_FILENO) != 0) {}
+
+void ProgressLine::Update(uint64_t done, uint64_t total, const std::string& text) {
+  if (tty_) {
+    absl::FPrintF(stderr, "\r\033[K%s: %s", label_, text);
+    if (done == total) absl::FPrintF(stderr, "\n");
+    return;
+  }
+  const int decile = total == 0 ? 10 : static_cast<int>(10 * done / total);
+  if (decile != last_decile_) {
+    last_decile_ = decile;
+    absl::FPrintF(stderr, "%s: %s\n", label_, text);
+  }
 }
-
-}  // namespace
-
-bool RegisterDeltactlCommands(CommandRegistrar registrar) {
-  MutableRegistrars().push_back(registrar);
-  return true;
-}
-
-const std::vector<CommandRegistrar>& DeltactlRegistrars() { return MutableRegistrars(); }
 
 codec::ProgressFn StderrProgress(std::string label) {
-  const bool tty = ::isatty(STDERR_FILENO) != 0;
-  auto last_decile = std::make_shared<int>(-1);
-  return [label = std::move(label), tty, last_decile](size_t done, size_t total,
-                                                      const std::string& name) {
-    if (tty) {
-      absl::FPrintF(stderr, "\r\033[K%s: %d/%d %s", label, done, total, name);
-      if (done == total) absl::FPrintF(stderr, "\n");
-      return;
-    }
-    const int decile = total == 0 ? 10 : static_cast<int>(10 * done / total);
-    if (decile != *last_decile) {
-      *last_decile = decile;
-      absl::FPrintF(stderr, "%s: %d/%d tensors (%s)\n", label, done, total, name);
-    }
+  auto line = std::make_shared<ProgressLine>(std::move(label));
+  return [line](size_t done, size_t total, const std::string& name) {
+    line->Update(done, total, absl::StrFormat("%d/%d tensors (%s)", done, total, name));
   };
+}
+
+void AddDTypeOption(CLI::App* sub, std::string* dtype) {
+  sub->add_option("--dtype", *dtype, "Output dtype f32, f16 or bf16 (default: recorded)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "F32", "F16", "BF16"}));
+}
+
+absl::StatusOr<std::optional<codec::DType>> ParseDTypeOption(const std::string& dtype) {
+  if (dtype.empty()) return std::optional<codec::DType>();
+  DS_ASSIGN_OR_RETURN(codec::DType d, codec::ParseDType(absl::AsciiStrToUpper(dtype)));
+  return d;
+}
+
+absl::Status PrintJson(const nlohmann::json& j) {
+  DS_ASSIGN_OR_RETURN(std::string text, common::DumpJson(j, "--json output", /*indent=*/2));
+  absl::PrintF("%s\n", text);
+  return absl::OkStatus();
 }
 
 }  // namespace deltaserve::client
 
 int main(int argc, char** argv) {
-  using deltaserve::client::CommandAction;
+  namespace client = deltaserve::client;
   CLI::App app{
       "deltactl: compress finetuned models as Delta-DCT deltas against their base, "
       "inspect and evaluate them, and talk to a deltaserve server."};
   app.set_version_flag("--version", "deltactl " DELTASERVE_VERSION);
   app.require_subcommand(1);
   app.fallthrough(false);
-  CommandAction action;
-  for (auto registrar : deltaserve::client::DeltactlRegistrars()) registrar(app, &action);
+  client::CommandAction action;
+  client::AddOfflineCommands(app, &action);
+  client::AddReportCommands(app, &action);
+  client::AddRemoteCommands(app, &action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

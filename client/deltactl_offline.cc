@@ -13,7 +13,7 @@
 #include "client/internal/deltactl_report.h"
 #include "codec/delta_codec.h"
 #include "codec/safetensors.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 #include "codec/tfjs.h"
 
 namespace deltaserve::client {
@@ -105,9 +105,7 @@ absl::Status RunCompress(const CompressCliOptions& o) {
 absl::Status RunDecompress(const DecompressCliOptions& o) {
   codec::DecompressOptions options;
   options.force = o.force;
-  if (!o.dtype.empty()) {
-    DS_ASSIGN_OR_RETURN(options.out_dtype, codec::ParseDType(absl::AsciiStrToUpper(o.dtype)));
-  }
+  DS_ASSIGN_OR_RETURN(options.out_dtype, ParseDTypeOption(o.dtype));
   DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.delta));
   DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(o.base));
   DS_RETURN_IF_ERROR(codec::DecompressModel(*base, container->reader(), options, o.out,
@@ -116,6 +114,8 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
                container->reader().num_records());
   return absl::OkStatus();
 }
+
+}  // namespace
 
 void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   auto* convert =
@@ -165,12 +165,8 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   decompress->add_option("--delta", dc->delta, "Delta container (.dds)")->required();
   decompress->add_option("--out", dc->out, "Output .safetensors file")->required();
   decompress->add_flag("--force", dc->force, "Decode even if the base hash differs");
-  decompress->add_option("--dtype", dc->dtype, "Output dtype f32, f16 or bf16 (default: recorded)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "F32", "F16", "BF16"}));
+  AddDTypeOption(decompress, &dc->dtype);
   decompress->callback([dc, action] { *action = [dc] { return RunDecompress(*dc); }; });
 }
 
-const bool kRegistered = RegisterDeltactlCommands(&AddOfflineCommands);
-
-}  // namespace
 }  // namespace deltaserve::client

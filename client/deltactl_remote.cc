@@ -1,4 +1,5 @@
-// deltactl's remote subcommands: push, list, info, delete, pull, pull-delta, get-base.
+// deltactl's remote subcommands: push, list, info, delete, pull, pull-delta, get-base,
+// admin checkpoint.
 // They talk to a deltaserved through DeltaClient (client/client.h). Every one takes
 //   --server ADDR (env DELTASERVE_SERVER, default 127.0.0.1:50051)
 //   --token TOKEN (env DELTASERVE_TOKEN)   --tenant NAME (env DELTASERVE_TENANT; admins)
@@ -20,8 +21,10 @@
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "client/internal/deltactl_command.h"
-#include "codec/status_macros.h"
+#include "common/json.h"
+#include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
+#include "proto/protocol.h"
 #include "nlohmann/json.hpp"
 
 namespace deltaserve::client {
@@ -73,28 +76,20 @@ absl::StatusOr<std::unique_ptr<DeltaClient>> Connect(const RemoteFlags& f) {
   return DeltaClient::Open(options);
 }
 
-// Byte progress on stderr: rewritten in place on a terminal, else one line per 10%.
+// Byte progress of a push or pull on stderr (ProgressLine).
 ProgressFn StderrByteProgress(std::string label) {
-  const bool tty = ::isatty(STDERR_FILENO) != 0;
-  auto last_decile = std::make_shared<int>(-1);
-  return [label = std::move(label), tty, last_decile](const Progress& p) {
+  auto line = std::make_shared<ProgressLine>(std::move(label));
+  return [line](const Progress& p) {
     const double mib = 1 << 20;
-    const int pct = p.bytes_total == 0 ? 100 : static_cast<int>(100 * p.bytes_done / p.bytes_total);
-    std::string tensors =
-        p.tensors_total == 0 ? std::string()
-                             : absl::StrFormat(" tensor %d/%d %s", p.tensors_done, p.tensors_total,
-                                               p.current);
-    if (tty) {
-      absl::FPrintF(stderr, "\r\033[K%s: %3d%% %.1f/%.1f MiB%s", label, pct, p.bytes_done / mib,
-                    p.bytes_total / mib, tensors);
-      if (p.bytes_done == p.bytes_total) absl::FPrintF(stderr, "\n");
-      return;
+    const int pct =
+        p.bytes_total == 0 ? 100 : static_cast<int>(100 * p.bytes_done / p.bytes_total);
+    std::string text = absl::StrFormat("%d%% %.1f/%.1f MiB", pct, p.bytes_done / mib,
+                                       p.bytes_total / mib);
+    if (p.tensors_total != 0) {
+      absl::StrAppendFormat(&text, " tensor %d/%d %s", p.tensors_done, p.tensors_total,
+                            p.current);
     }
-    if (pct / 10 != *last_decile) {
-      *last_decile = pct / 10;
-      absl::FPrintF(stderr, "%s: %d%% %.1f/%.1f MiB%s\n", label, pct, p.bytes_done / mib,
-                    p.bytes_total / mib, tensors);
-    }
+    line->Update(p.bytes_done, p.bytes_total, text);
   };
 }
 
@@ -126,21 +121,17 @@ void Int64FieldsToNumbers(const google::protobuf::Descriptor& d, json& j) {
   }
 }
 
-absl::Status PrintJson(const json& j) {
-  absl::PrintF("%s\n", j.dump(2));
-  return absl::OkStatus();
-}
-
-absl::Status PrintJson(const google::protobuf::Message& message) {
+// A response message as JSON (proto field names, 64-bit integers as numbers).
+absl::Status PrintMessageJson(const google::protobuf::Message& message) {
   std::string text;
   google::protobuf::util::JsonPrintOptions options;
   options.preserve_proto_field_names = true;
   auto status = google::protobuf::util::MessageToJsonString(message, &text, options);
   if (!status.ok()) return absl::InternalError(std::string(status.message()));
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InternalError("protobuf printed JSON that does not parse");
-  Int64FieldsToNumbers(*message.GetDescriptor(), j);
-  return PrintJson(j);
+  absl::StatusOr<json> j = common::ParseJson(text, "protobuf's JSON of the response");
+  if (!j.ok()) return absl::InternalError(j.status().message());
+  Int64FieldsToNumbers(*message.GetDescriptor(), *j);
+  return PrintJson(*j);
 }
 
 std::string Created(int64_t unix_seconds) {
@@ -149,7 +140,7 @@ std::string Created(int64_t unix_seconds) {
 }
 
 std::string DTypeText(v1::DType dtype) {
-  absl::StatusOr<codec::DType> d = FromProtoDType(dtype);
+  absl::StatusOr<codec::DType> d = proto::FromProtoDType(dtype);
   return d.ok() ? std::string(codec::DTypeName(*d)) : "?";
 }
 
@@ -182,7 +173,7 @@ absl::Status RunPush(const RemoteFlags& f, const TaskFlags& t) {
         absl::StrCat(pushed.status().message(), "; use --overwrite to replace it"));
   }
   DS_ASSIGN_OR_RETURN(v1::TaskInfo info, std::move(pushed));
-  if (f.json) return PrintJson(info);
+  if (f.json) return PrintMessageJson(info);
   absl::PrintF("pushed %s as %s/%s: %d bytes, %d tensors, %.4f bits/weight\n", t.in,
                info.tenant(), info.name(), info.container_bytes(), info.num_tensors(),
                info.bits_per_weight());
@@ -194,7 +185,7 @@ absl::Status RunList(const RemoteFlags& f, bool all) {
   std::optional<std::string> tenant;
   if (all) tenant = "";
   DS_ASSIGN_OR_RETURN(v1::ListTasksResponse list, client->ListTasks(tenant));
-  if (f.json) return PrintJson(list);
+  if (f.json) return PrintMessageJson(list);
   absl::PrintF("%-16s %-32s %8s %14s %12s %8s  %s\n", "TENANT", "TASK", "TENSORS", "WEIGHTS",
                "BYTES", "BITS/W", "CREATED");
   for (const v1::TaskInfo& t : list.tasks()) {
@@ -221,7 +212,7 @@ absl::Status RunList(const RemoteFlags& f, bool all) {
 absl::Status RunInfo(const RemoteFlags& f, const TaskFlags& t) {
   DS_ASSIGN_OR_RETURN(auto client, Connect(f));
   DS_ASSIGN_OR_RETURN(v1::TaskInfo info, client->GetTask(t.task, t.tensors));
-  if (f.json) return PrintJson(info);
+  if (f.json) return PrintMessageJson(info);
   PrintTaskInfo(info);
   return absl::OkStatus();
 }
@@ -237,9 +228,7 @@ absl::Status RunDelete(const RemoteFlags& f, const TaskFlags& t) {
 absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
   DS_ASSIGN_OR_RETURN(auto client, Connect(f));
   PullOptions options;
-  if (!t.dtype.empty()) {
-    DS_ASSIGN_OR_RETURN(options.out_dtype, codec::ParseDType(absl::AsciiStrToUpper(t.dtype)));
-  }
+  DS_ASSIGN_OR_RETURN(options.out_dtype, ParseDTypeOption(t.dtype));
   options.include = t.include;
   options.include_regex = t.include_regex;
   options.resume_from = t.resume_from;
@@ -274,7 +263,7 @@ absl::Status RunPullDelta(const RemoteFlags& f, const TaskFlags& t) {
 absl::Status RunGetBase(const RemoteFlags& f) {
   DS_ASSIGN_OR_RETURN(auto client, Connect(f));
   DS_ASSIGN_OR_RETURN(v1::BaseInfo base, client->GetBase());
-  if (f.json) return PrintJson(base);
+  if (f.json) return PrintMessageJson(base);
   std::vector<std::string> dtypes;
   for (int d : base.dtypes()) dtypes.push_back(DTypeText(static_cast<v1::DType>(d)));
   absl::PrintF("path:    %s\nhash:    %s\ntensors: %d\nweights: %d\nbytes:   %d\ndtypes:  %s\n",
@@ -286,11 +275,12 @@ absl::Status RunGetBase(const RemoteFlags& f) {
 absl::Status RunCheckpoint(const RemoteFlags& f, const std::string& dir) {
   DS_ASSIGN_OR_RETURN(auto client, Connect(f));
   DS_ASSIGN_OR_RETURN(v1::AdminCheckpointResponse r, client->Checkpoint(dir));
-  if (f.json) return PrintJson(r);
+  if (f.json) return PrintMessageJson(r);
   absl::PrintF("checkpoint %s: %d files, %d bytes in %.3f s (serve it with deltaserved --db %s)\n",
                r.dir(), r.files(), r.bytes(), r.seconds(), r.dir());
   return absl::OkStatus();
 }
+}  // namespace
 
 void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   auto flags = std::make_shared<RemoteFlags>();
@@ -325,8 +315,7 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
                                "(every tensor checksum verified; same bytes as decompress)");
   pull->add_option("--task", task->task, "Task name")->required();
   pull->add_option("--out", task->out, "Output .safetensors file")->required();
-  pull->add_option("--dtype", task->dtype, "Output dtype f32, f16 or bf16 (default: recorded)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "F32", "F16", "BF16"}));
+  AddDTypeOption(pull, &task->dtype);
   pull->add_option("--include", task->include, "Only tensors matching this glob (repeatable)");
   pull->add_option("--include-regex", task->include_regex, "Only tensors fully matching this RE2");
   pull->add_option("--resume-from", task->resume_from, "Skip tensors before this one");
@@ -352,7 +341,4 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   checkpoint->callback([=] { *action = [=] { return RunCheckpoint(*flags, *dir); }; });
 }
 
-const bool kRegistered = RegisterDeltactlCommands(&AddRemoteCommands);
-
-}  // namespace
 }  // namespace deltaserve::client

@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/internal/deltactl_command.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 
 namespace deltaserve::client {
 namespace {
@@ -275,10 +275,9 @@ struct EvalOptions {
 
 absl::Status Emit(const ContainerReport& report, bool json) {
   if (json) {
-    std::cout << ReportJson(report).dump(2) << "\n";
-  } else {
-    PrintReport(report, /*per_tensor=*/true, stdout);
+    return PrintJson(ReportJson(report));
   }
+  PrintReport(report, /*per_tensor=*/true, stdout);
   return absl::OkStatus();
 }
 
@@ -298,6 +297,8 @@ absl::Status RunEval(const EvalOptions& o) {
       EvaluateReport(*base, *finetuned, container->reader(), &report, StderrProgress("eval")));
   return Emit(report, o.json);
 }
+
+}  // namespace
 
 void AddReportCommands(CLI::App& app, CommandAction* action) {
   auto* inspect =
@@ -323,7 +324,4 @@ void AddReportCommands(CLI::App& app, CommandAction* action) {
   eval->callback([eo, action] { *action = [eo] { return RunEval(*eo); }; });
 }
 
-const bool kRegistered = RegisterDeltactlCommands(&AddReportCommands);
-
-}  // namespace
 }  // namespace deltaserve::client

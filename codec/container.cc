@@ -13,8 +13,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "codec/file.h"
-#include "codec/status_macros.h"
+#include "common/coding.h"
+#include "common/file.h"
+#include "common/status_macros.h"
 
 namespace deltaserve::codec {
 namespace {
@@ -37,74 +38,15 @@ constexpr int kMaxRank = 8;
 // Element counts above this cannot be a real tensor and would overflow byte counts.
 constexpr int64_t kMaxElements = int64_t{1} << 56;
 
-// Appends little-endian fixed-width fields.
-class ByteWriter {
- public:
-  explicit ByteWriter(std::vector<uint8_t>* out) : out_(out) {}
-  void Bytes(const void* p, size_t n) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    out_->insert(out_->end(), b, b + n);
-  }
-  void U8(uint8_t v) { out_->push_back(v); }
-  void U16(uint16_t v) { Le(v, 2); }
-  void U32(uint32_t v) { Le(v, 4); }
-  void U64(uint64_t v) { Le(v, 8); }
-  void I64(int64_t v) { Le(static_cast<uint64_t>(v), 8); }
-
- private:
-  void Le(uint64_t v, int n) {
-    for (int i = 0; i < n; ++i) out_->push_back(static_cast<uint8_t>(v >> (8 * i)));
-  }
-  std::vector<uint8_t>* out_;
-};
-
-uint64_t LoadLe(const uint8_t* p, int n) {
-  uint64_t v = 0;
-  for (int i = 0; i < n; ++i) v |= uint64_t{p[i]} << (8 * i);
-  return v;
-}
-
-// Bounds-checked little-endian reader: every read fails (returns false) instead of
-// reading past the end of its span.
-class ByteReader {
- public:
-  explicit ByteReader(absl::Span<const uint8_t> b) : b_(b) {}
-  size_t pos() const { return pos_; }
-  size_t remaining() const { return b_.size() - pos_; }
-  bool U8(uint8_t* v) { return Fixed(v, 1); }
-  bool U16(uint16_t* v) { return Fixed(v, 2); }
-  bool U32(uint32_t* v) { return Fixed(v, 4); }
-  bool U64(uint64_t* v) { return Fixed(v, 8); }
-  bool I64(int64_t* v) {
-    uint64_t u;
-    if (!U64(&u)) return false;
-    *v = static_cast<int64_t>(u);
-    return true;
-  }
-  bool Bytes(uint64_t n, absl::Span<const uint8_t>* out) {
-    if (n > remaining()) return false;
-    *out = b_.subspan(pos_, n);
-    pos_ += n;
-    return true;
-  }
-
- private:
-  template <typename T>
-  bool Fixed(T* v, int n) {
-    if (remaining() < static_cast<size_t>(n)) return false;
-    *v = static_cast<T>(LoadLe(b_.data() + pos_, n));
-    pos_ += n;
-    return true;
-  }
-  absl::Span<const uint8_t> b_;
-  size_t pos_ = 0;
-};
+using common::ByteReader;
+using common::ByteWriter;
+using common::DecodeFixed;
 
 uint64_t Hash64(absl::Span<const uint8_t> b) { return XXH3_64bits(b.data(), b.size()); }
 
 // The checksum a piece (header or record) ends with. REQUIRES: piece.size() >= 8.
 uint64_t StoredChecksum(absl::Span<const uint8_t> piece) {
-  return LoadLe(piece.data() + piece.size() - 8, 8);
+  return DecodeFixed(piece.data() + piece.size() - 8, 8);
 }
 
 void AppendChecksum(std::vector<uint8_t>* bytes) {
@@ -367,9 +309,9 @@ absl::StatusOr<TensorRecord> ParseRecord(absl::Span<const uint8_t> bytes) {
   if (std::memcmp(bytes.data(), kRecordMagic, 4) != 0) {
     return absl::DataLossError(absl::StrCat(label, ": bad record magic"));
   }
-  if (LoadLe(bytes.data() + 4, 8) != bytes.size()) {
+  if (DecodeFixed(bytes.data() + 4, 8) != bytes.size()) {
     return absl::DataLossError(absl::StrCat(label, ": record length field says ",
-                                            LoadLe(bytes.data() + 4, 8), " bytes, record has ",
+                                            DecodeFixed(bytes.data() + 4, 8), " bytes, record has ",
                                             bytes.size()));
   }
   if (Hash64(bytes.subspan(0, bytes.size() - 8)) != StoredChecksum(bytes)) {
@@ -435,20 +377,31 @@ std::vector<uint8_t> SerializeHeader(const ContainerHeader& header) {
     w.Bytes(v.data(), v.size());
   }
   const uint32_t size = static_cast<uint32_t>(out.size() + 8);
-  for (int i = 0; i < 4; ++i) out[12 + i] = static_cast<uint8_t>(size >> (8 * i));
+  common::EncodeFixed(out.data() + 12, size, 4);
   AppendChecksum(&out);
   return out;
 }
 
+void ContainerTrailerBuilder::AddHeader(absl::Span<const uint8_t> header_bytes) {
+  header_checksum_ = header_bytes.size() >= 8 ? StoredChecksum(header_bytes) : 0;
+  bytes_ += header_bytes.size();
+}
+
+void ContainerTrailerBuilder::AddRecord(absl::Span<const uint8_t> record_bytes) {
+  record_checksums_.push_back(record_bytes.size() >= 8 ? StoredChecksum(record_bytes) : 0);
+  bytes_ += record_bytes.size();
+}
+
+std::vector<uint8_t> ContainerTrailerBuilder::Finish() const {
+  return MakeTrailer(header_checksum_, record_checksums_, bytes_);
+}
+
 std::vector<uint8_t> SerializeTrailer(absl::Span<const uint8_t> header_bytes,
                                       const std::vector<absl::Span<const uint8_t>>& records) {
-  std::vector<uint64_t> sums;
-  uint64_t size = header_bytes.size();
-  for (const auto& rec : records) {
-    sums.push_back(rec.size() >= 8 ? StoredChecksum(rec) : 0);
-    size += rec.size();
-  }
-  return MakeTrailer(header_bytes.size() >= 8 ? StoredChecksum(header_bytes) : 0, sums, size);
+  ContainerTrailerBuilder trailer;
+  trailer.AddHeader(header_bytes);
+  for (const auto& rec : records) trailer.AddRecord(rec);
+  return trailer.Finish();
 }
 
 std::vector<uint8_t> AssembleContainer(absl::Span<const uint8_t> header_bytes,
@@ -474,8 +427,8 @@ absl::StatusOr<ContainerReader> ContainerReader::Parse(absl::Span<const uint8_t>
     return absl::DataLossError(absl::StrCat("bad trailer magic: container truncated or corrupt (",
                                             bytes.size(), " bytes)"));
   }
-  const uint64_t trailer_count = LoadLe(trailer.data() + 4, 4);
-  const uint64_t total_size = LoadLe(trailer.data() + 8, 8);
+  const uint64_t trailer_count = DecodeFixed(trailer.data() + 4, 4);
+  const uint64_t total_size = DecodeFixed(trailer.data() + 8, 8);
   if (total_size != bytes.size()) {
     return absl::DataLossError(
         absl::StrCat("container is ", bytes.size(), " bytes but its trailer says ", total_size));
@@ -497,7 +450,7 @@ absl::StatusOr<ContainerReader> ContainerReader::Parse(absl::Span<const uint8_t>
       return absl::DataLossError(
           absl::StrCat("record ", index, " at offset ", pos, ": truncated or bad magic"));
     }
-    const uint64_t len = LoadLe(rest.data() + 4, 8);
+    const uint64_t len = DecodeFixed(rest.data() + 4, 8);
     if (len < kMinRecordSize || len > rest.size()) {
       return absl::DataLossError(
           absl::StrCat("record ", index, " (", RecordLabel(rest), ") at offset ", pos, ": length ",
@@ -632,7 +585,7 @@ absl::StatusOr<std::unique_ptr<ContainerWriter>> ContainerWriter::Open(
 
 absl::StatusOr<std::unique_ptr<MappedContainer>> MappedContainer::Open(const std::string& path) {
   std::unique_ptr<MappedContainer> mc(new MappedContainer());
-  DS_ASSIGN_OR_RETURN(mc->file_, MappedFile::Open(path));
+  DS_ASSIGN_OR_RETURN(mc->file_, common::MappedFile::Open(path));
   auto reader = ContainerReader::Parse(mc->file_->bytes());
   if (!reader.ok()) {
     return absl::Status(reader.status().code(),

@@ -23,8 +23,11 @@
 #include "absl/types/span.h"
 #include "codec/tensor.h"
 
+namespace deltaserve::common {
+class MappedFile;  // common/file.h
+}  // namespace deltaserve::common
+
 namespace deltaserve::codec {
-class MappedFile;  // codec/file.h
 
 // Identity of a base model: XXH3-128 over its tensors (see ComputeBaseHash).
 using BaseHash = std::array<uint8_t, 16>;
@@ -80,6 +83,22 @@ std::vector<uint8_t> SerializeHeader(const ContainerHeader& header);
 // ContainerReader).
 std::vector<uint8_t> SerializeTrailer(absl::Span<const uint8_t> header_bytes,
                                       const std::vector<absl::Span<const uint8_t>>& records);
+
+// SerializeTrailer for a caller that holds one piece at a time (storage streaming a
+// container record by record): AddHeader once, then AddRecord for each record in
+// order; Finish() returns the same bytes as SerializeTrailer over all of them. Keeps 8
+// bytes per record. Same REQUIRES as SerializeTrailer. Not thread-safe.
+class ContainerTrailerBuilder {
+ public:
+  void AddHeader(absl::Span<const uint8_t> header_bytes);
+  void AddRecord(absl::Span<const uint8_t> record_bytes);
+  std::vector<uint8_t> Finish() const;
+
+ private:
+  uint64_t header_checksum_ = 0;
+  std::vector<uint64_t> record_checksums_;
+  uint64_t bytes_ = 0;  // header + records so far
+};
 
 // Reads a whole container held in memory (e.g. an mmap). Parse validates the header,
 // the framing of every record and the trailer; record(i) verifies that record's checksum.
@@ -141,7 +160,7 @@ class MappedContainer {
 
  private:
   MappedContainer() = default;
-  std::unique_ptr<MappedFile> file_;
+  std::unique_ptr<common::MappedFile> file_;
   ContainerReader reader_;
 };
 

@@ -11,7 +11,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "codec/status_macros.h"
+#include "common/coding.h"
+#include "common/status_macros.h"
 
 namespace deltaserve::codec {
 namespace {
@@ -165,7 +166,7 @@ BaseHash ComputeBaseHash(const ModelReader& base) {
   XXH3_128bits_reset(state.get());
   const auto feed_le = [&](uint64_t v, int n) {
     uint8_t b[8];
-    for (int i = 0; i < n; ++i) b[i] = static_cast<uint8_t>(v >> (8 * i));
+    common::EncodeFixed(b, v, n);
     XXH3_128bits_update(state.get(), b, n);
   };
   for (const auto& name : names) {
@@ -186,15 +187,20 @@ BaseHash ComputeBaseHash(const ModelReader& base) {
   return out;
 }
 
+absl::Status CheckBaseHashMatch(const BaseHash& made_against, const BaseHash& have,
+                                absl::string_view what, absl::string_view have_what) {
+  if (made_against == have) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(what, " was compressed against base ",
+                                                    BaseHashHex(made_against), ", not ",
+                                                    have_what, " ", BaseHashHex(have)));
+}
+
 absl::Status CheckBaseHash(const ModelReader& base, const ContainerHeader& header, bool force) {
   if (force) return absl::OkStatus();
-  const BaseHash have = ComputeBaseHash(base);
-  if (have != header.base_hash) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the delta was made against base ", BaseHashHex(header.base_hash),
-                     " but this base hashes to ", BaseHashHex(have), " (force to decode anyway)"));
-  }
-  return absl::OkStatus();
+  absl::Status s =
+      CheckBaseHashMatch(header.base_hash, ComputeBaseHash(base), "the delta", "this base");
+  if (s.ok()) return s;
+  return absl::FailedPreconditionError(absl::StrCat(s.message(), " (force to decode anyway)"));
 }
 
 absl::StatusOr<Encoding> ChooseEncoding(const TensorView& ft, const TensorView* base,

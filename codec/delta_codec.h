@@ -61,8 +61,17 @@ using ProgressFn = std::function<void(size_t, size_t, const std::string&)>;
 // exact byte stream is in FORMAT.md, "Base hash". Reads every byte of the model.
 BaseHash ComputeBaseHash(const ModelReader& base);
 
+// OK if a delta compressed against the base hashing to `made_against` applies to the
+// base hashing to `have`, i.e. the two are equal. Otherwise FailedPrecondition
+// "<what> was compressed against base <hex>, not <have_what> <hex>". The one check of
+// base identity: offline decode (CheckBaseHash) and the server's PutDelta, StreamWeights
+// and PinTask all use it.
+absl::Status CheckBaseHashMatch(const BaseHash& made_against, const BaseHash& have,
+                                absl::string_view what, absl::string_view have_what);
+
 // OK if `base` hashes to the container's base hash, or if `force`. Otherwise
-// FailedPrecondition quoting both hashes. Reads every byte of the base.
+// CheckBaseHashMatch's FailedPrecondition, with a hint to force. Reads every byte of
+// the base.
 absl::Status CheckBaseHash(const ModelReader& base, const ContainerHeader& header, bool force);
 
 // The encoding CompressModel gives finetuned tensor `ft` against `base` (null: the

@@ -17,7 +17,8 @@
 #include "codec/internal/fp16.h"
 #include "codec/internal/merge.h"
 #include "codec/internal/quantize.h"
-#include "codec/status_macros.h"
+#include "common/coding.h"
+#include "common/status_macros.h"
 
 namespace deltaserve::codec {
 namespace {
@@ -252,9 +253,7 @@ absl::StatusOr<std::vector<uint8_t>> EncodeDctMatrix(const float* delta, int64_t
   std::vector<uint8_t> code_bytes;
   internal::BitWriter code_writer(&code_bytes);
   auto put_bf16 = [&](float v) {
-    const uint16_t b = internal::FloatToBf16(v);
-    param_bytes.push_back(static_cast<uint8_t>(b));
-    param_bytes.push_back(static_cast<uint8_t>(b >> 8));
+    common::ByteWriter(&param_bytes).U16(internal::FloatToBf16(v));
   };
   for (int64_t pi = 0; pi < num_patches; ++pi) {
     const int bits = h.widths[level_of[pi]];

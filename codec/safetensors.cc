@@ -12,9 +12,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "codec/internal/json_util.h"
-#include "codec/file.h"
-#include "codec/status_macros.h"
+#include "codec/internal/json_shape.h"
+#include "common/json.h"
+#include "common/file.h"
+#include "common/status_macros.h"
 
 namespace deltaserve::codec {
 namespace {
@@ -43,7 +44,7 @@ struct FileTensor {
 
 // A validated .safetensors file: its mapping and what its header describes.
 struct ParsedFile {
-  std::unique_ptr<MappedFile> file;
+  std::unique_ptr<common::MappedFile> file;
   std::vector<FileTensor> tensors;
   std::map<std::string, std::string> metadata;
 };
@@ -83,7 +84,7 @@ absl::StatusOr<FileTensor> ParseEntry(const std::string& path, const std::string
 
   DS_ASSIGN_OR_RETURN(const json* dtype_json, field("dtype"));
   DS_ASSIGN_OR_RETURN(std::string dtype_name,
-                      internal::JsonToString(*dtype_json, absl::StrCat(what, " dtype")));
+                      common::JsonToString(*dtype_json, absl::StrCat(what, " dtype")));
   absl::StatusOr<DType> dtype = ParseDType(dtype_name);
   if (!dtype.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -101,8 +102,8 @@ absl::StatusOr<FileTensor> ParseEntry(const std::string& path, const std::string
         absl::StrCat(what, ": data_offsets must be an array [begin, end]"));
   }
   const std::string offsets_what = absl::StrCat(what, " data_offsets");
-  DS_ASSIGN_OR_RETURN(int64_t begin, internal::JsonToNonNegativeInt((*offsets)[0], offsets_what));
-  DS_ASSIGN_OR_RETURN(int64_t end, internal::JsonToNonNegativeInt((*offsets)[1], offsets_what));
+  DS_ASSIGN_OR_RETURN(int64_t begin, common::JsonToNonNegativeInt((*offsets)[0], offsets_what));
+  DS_ASSIGN_OR_RETURN(int64_t end, common::JsonToNonNegativeInt((*offsets)[1], offsets_what));
   if (begin > end) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, ": data_offsets [", begin, ", ", end, "] has begin > end"));
@@ -144,7 +145,7 @@ absl::StatusOr<std::map<std::string, std::string>> ParseFileMetadata(const std::
 // Maps `path` and validates everything its header claims before any byte is used.
 absl::StatusOr<ParsedFile> ParseSafetensorsFile(const std::string& path) {
   ParsedFile parsed;
-  DS_ASSIGN_OR_RETURN(parsed.file, MappedFile::Open(path));
+  DS_ASSIGN_OR_RETURN(parsed.file, common::MappedFile::Open(path));
   absl::Span<const uint8_t> bytes = parsed.file->bytes();
   if (bytes.size() < 8) {
     return Invalid(path, absl::StrCat("file of ", bytes.size(),
@@ -161,7 +162,7 @@ absl::StatusOr<ParsedFile> ParseSafetensorsFile(const std::string& path) {
                                       bytes.size(), "-byte file"));
   }
   std::string_view header_text(reinterpret_cast<const char*>(bytes.data()) + 8, header_len);
-  DS_ASSIGN_OR_RETURN(json header, internal::ParseJson(header_text, absl::StrCat(path, ": header")));
+  DS_ASSIGN_OR_RETURN(json header, common::ParseJson(header_text, absl::StrCat(path, ": header")));
   if (!header.is_object()) return Invalid(path, "header is not a JSON object");
   absl::Span<const uint8_t> buffer = bytes.subspan(8 + header_len);
 
@@ -243,7 +244,7 @@ class SafetensorsModel final : public ModelReader {
 
  private:
   std::string source_;  // path given to Open, for messages
-  std::vector<std::unique_ptr<MappedFile>> files_;
+  std::vector<std::unique_ptr<common::MappedFile>> files_;
   std::vector<FileTensor> pending_;                     // until Finish
   std::unordered_map<std::string, std::string> owner_;  // name -> file, until Finish
   std::vector<TensorInfo> infos_;                       // sorted by name
@@ -265,7 +266,7 @@ absl::StatusOr<std::unique_ptr<ModelReader>> OpenSingle(const std::string& path)
 // Shard names in an index are relative to its directory and may not climb out of it.
 absl::Status CheckShardName(const std::string& index_path, const std::string& tensor,
                             const std::string& shard) {
-  if (!IsContainedRelativePath(shard)) {
+  if (!common::IsContainedRelativePath(shard)) {
     return Invalid(index_path, absl::StrCat("weight_map entry for tensor '", tensor,
                                             "' has a bad shard path '", shard, "'"));
   }
@@ -273,8 +274,8 @@ absl::Status CheckShardName(const std::string& index_path, const std::string& te
 }
 
 absl::StatusOr<std::unique_ptr<ModelReader>> OpenIndex(const std::string& index_path) {
-  DS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(index_path));
-  DS_ASSIGN_OR_RETURN(json index, internal::ParseJson(text, index_path));
+  DS_ASSIGN_OR_RETURN(std::string text, common::ReadFileToString(index_path));
+  DS_ASSIGN_OR_RETURN(json index, common::ParseJson(text, index_path));
   if (!index.is_object()) return Invalid(index_path, "index is not a JSON object");
   auto wm = index.find("weight_map");
   if (wm == index.end() || !wm->is_object()) {
@@ -296,7 +297,7 @@ absl::StatusOr<std::unique_ptr<ModelReader>> OpenIndex(const std::string& index_
   std::map<std::string, std::set<std::string>> by_shard;    // shard -> tensors
   for (const auto& [tensor, shard_json] : wm->items()) {
     DS_ASSIGN_OR_RETURN(std::string shard,
-                        internal::JsonToString(shard_json, TensorWhat(index_path, tensor)));
+                        common::JsonToString(shard_json, TensorWhat(index_path, tensor)));
     DS_RETURN_IF_ERROR(CheckShardName(index_path, tensor, shard));
     shard_of[tensor] = shard;
     by_shard[shard].insert(tensor);
@@ -437,7 +438,7 @@ absl::StatusOr<std::string> BuildHeader(const std::string& path,
                          {"data_offsets", {offset, end}}};
     offset = end;
   }
-  DS_ASSIGN_OR_RETURN(std::string text, internal::DumpJson(header, path));
+  DS_ASSIGN_OR_RETURN(std::string text, common::DumpJson(header, path));
   // Pad with spaces so the data buffer starts 8-byte aligned (the spec's recommendation).
   text.append((8 - text.size() % 8) % 8, ' ');
   const uint64_t header_len = text.size();
@@ -448,7 +449,7 @@ absl::StatusOr<std::string> BuildHeader(const std::string& path,
 
 class StreamingWriter final : public SafetensorsWriter {
  public:
-  StreamingWriter(std::unique_ptr<AtomicFileWriter> file, std::vector<TensorInfo> infos)
+  StreamingWriter(std::unique_ptr<common::AtomicFileWriter> file, std::vector<TensorInfo> infos)
       : file_(std::move(file)), infos_(std::move(infos)) {}
 
   absl::Status Append(absl::Span<const uint8_t> data) override {
@@ -472,7 +473,7 @@ class StreamingWriter final : public SafetensorsWriter {
   }
 
  private:
-  std::unique_ptr<AtomicFileWriter> file_;
+  std::unique_ptr<common::AtomicFileWriter> file_;
   std::vector<TensorInfo> infos_;
   size_t next_ = 0;  // index of the next tensor to append
 };
@@ -508,8 +509,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Open(
     const std::map<std::string, std::string>& metadata) {
   DS_RETURN_IF_ERROR(ValidateInfos(path, infos));
   DS_ASSIGN_OR_RETURN(std::string header, BuildHeader(path, infos, metadata));
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFileWriter> file,
-                      AtomicFileWriter::Open(path));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<common::AtomicFileWriter> file,
+                      common::AtomicFileWriter::Open(path));
   DS_RETURN_IF_ERROR(file->Append(
       absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(header.data()), header.size())));
   return std::make_unique<StreamingWriter>(std::move(file), std::move(infos));
@@ -556,8 +557,8 @@ absl::Status WriteShardedSafetensors(const std::string& dir,
   for (const auto& [k, v] : metadata) md[k] = v;
   json index = {{"metadata", std::move(md)}, {"weight_map", std::move(weight_map)}};
   const std::string index_path = (fs::path(dir) / kDefaultIndexName).string();
-  DS_ASSIGN_OR_RETURN(std::string text, internal::DumpJson(index, index_path));
-  return WriteFileAtomically(
+  DS_ASSIGN_OR_RETURN(std::string text, common::DumpJson(index, index_path));
+  return common::WriteFileAtomically(
       index_path, {absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()),
                                              text.size())});
 }

@@ -10,9 +10,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "codec/internal/json_util.h"
-#include "codec/file.h"
-#include "codec/status_macros.h"
+#include "codec/internal/json_shape.h"
+#include "common/json.h"
+#include "common/file.h"
+#include "common/status_macros.h"
 
 namespace deltaserve::codec {
 namespace {
@@ -38,13 +39,13 @@ class GroupBytes {
     for (const json& p : paths) {
       DS_ASSIGN_OR_RETURN(
           std::string rel,
-          internal::JsonToString(p, absl::StrCat(json_path, ": weightsManifest[", group,
+          common::JsonToString(p, absl::StrCat(json_path, ": weightsManifest[", group,
                                                  "].paths entry")));
-      if (!IsContainedRelativePath(rel)) {
+      if (!common::IsContainedRelativePath(rel)) {
         return absl::InvalidArgumentError(
             absl::StrCat(json_path, ": weight file path '", rel, "' leaves the model directory"));
       }
-      DS_ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> f, MappedFile::Open((dir / rel).string()));
+      DS_ASSIGN_OR_RETURN(std::unique_ptr<common::MappedFile> f, common::MappedFile::Open((dir / rel).string()));
       g.size_ += f->size();
       g.files_.push_back(std::move(f));
     }
@@ -78,7 +79,7 @@ class GroupBytes {
   }
 
  private:
-  std::vector<std::unique_ptr<MappedFile>> files_;
+  std::vector<std::unique_ptr<common::MappedFile>> files_;
   uint64_t size_ = 0;
 };
 
@@ -111,7 +112,7 @@ absl::StatusOr<WeightPlan> PlanWeight(const std::string& json_path, const json& 
   WeightPlan plan;
   auto name_it = w.find("name");
   if (name_it == w.end()) return absl::InvalidArgumentError(absl::StrCat(where, ": no 'name'"));
-  DS_ASSIGN_OR_RETURN(plan.name, internal::JsonToString(*name_it, where));
+  DS_ASSIGN_OR_RETURN(plan.name, common::JsonToString(*name_it, where));
   const std::string what = absl::StrCat(json_path, ": weight '", plan.name, "'");
   if (plan.name.empty()) return absl::InvalidArgumentError(absl::StrCat(where, ": empty name"));
   auto shape_it = w.find("shape");
@@ -120,7 +121,7 @@ absl::StatusOr<WeightPlan> PlanWeight(const std::string& json_path, const json& 
     return absl::InvalidArgumentError(absl::StrCat(what, ": needs 'shape' and 'dtype'"));
   }
   DS_ASSIGN_OR_RETURN(plan.shape, internal::JsonToShape(*shape_it, absl::StrCat(what, " shape")));
-  DS_ASSIGN_OR_RETURN(plan.dtype, internal::JsonToString(*dtype_it, absl::StrCat(what, " dtype")));
+  DS_ASSIGN_OR_RETURN(plan.dtype, common::JsonToString(*dtype_it, absl::StrCat(what, " dtype")));
   plan.stored_size = StoredElementSize(plan.dtype);
   if (plan.stored_size < 0) {
     return absl::InvalidArgumentError(
@@ -133,7 +134,7 @@ absl::StatusOr<WeightPlan> PlanWeight(const std::string& json_path, const json& 
       return absl::InvalidArgumentError(absl::StrCat(what, ": quantization has no dtype"));
     }
     DS_ASSIGN_OR_RETURN(plan.quant,
-                        internal::JsonToString((*q)["dtype"], absl::StrCat(what, " quantization")));
+                        common::JsonToString((*q)["dtype"], absl::StrCat(what, " quantization")));
     if (plan.quant == "float16") {
       plan.stored_size = 2;
     } else if (plan.quant == "uint8" || plan.quant == "uint16") {
@@ -142,9 +143,9 @@ absl::StatusOr<WeightPlan> PlanWeight(const std::string& json_path, const json& 
         return absl::InvalidArgumentError(
             absl::StrCat(what, ": ", plan.quant, " quantization needs 'scale' and 'min'"));
       }
-      DS_ASSIGN_OR_RETURN(plan.scale, internal::JsonToDouble((*q)["scale"],
+      DS_ASSIGN_OR_RETURN(plan.scale, common::JsonToDouble((*q)["scale"],
                                                               absl::StrCat(what, " scale")));
-      DS_ASSIGN_OR_RETURN(plan.min, internal::JsonToDouble((*q)["min"],
+      DS_ASSIGN_OR_RETURN(plan.min, common::JsonToDouble((*q)["min"],
                                                             absl::StrCat(what, " min")));
     } else {
       return absl::InvalidArgumentError(
@@ -225,8 +226,8 @@ void AddStringField(const json& j, const char* key, std::map<std::string, std::s
 }  // namespace
 
 absl::StatusOr<TfjsModel> ImportTfjsGraphModel(const std::string& model_json_path) {
-  DS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(model_json_path));
-  DS_ASSIGN_OR_RETURN(json model, internal::ParseJson(text, model_json_path));
+  DS_ASSIGN_OR_RETURN(std::string text, common::ReadFileToString(model_json_path));
+  DS_ASSIGN_OR_RETURN(json model, common::ParseJson(text, model_json_path));
   if (!model.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(model_json_path, ": not a JSON object"));
   }

@@ -2,15 +2,15 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "codec/status_macros.h"
+#include "common/file.h"
+#include "common/json.h"
+#include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "storage/store.h"
 
@@ -19,16 +19,11 @@ namespace {
 
 using json = nlohmann::json;
 
+// A file the config names (the config itself, a token file), errors prefixed "config: ".
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) {
-    return absl::NotFoundError(absl::StrCat("config: file '", path, "' does not exist"));
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::PermissionDeniedError(absl::StrCat("config: cannot read '", path, "'"));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  absl::StatusOr<std::string> text = common::ReadFileToString(path);
+  if (!text.ok()) return common::Annotate(text.status(), "config");
+  return text;
 }
 
 std::string Resolve(const std::string& base_dir, const std::string& path) {
@@ -208,27 +203,10 @@ absl::Status AuthConfig::Validate() const {
 
 absl::StatusOr<AuthConfig> ParseAuthConfig(std::string_view json_text,
                                            const std::string& base_dir) {
-  json root;
+  absl::StatusOr<json> root = common::ParseJson(json_text, "config");
+  if (!root.ok()) return root.status();
   try {
-    root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
-    // e.byte is the 1-based byte where parsing stopped; turn it into line:column.
-    size_t byte = e.byte > 0 ? std::min<size_t>(e.byte - 1, json_text.size()) : 0;
-    size_t line = 1, col = 1;
-    for (size_t i = 0; i < byte; ++i) {
-      if (json_text[i] == '\n') {
-        ++line;
-        col = 1;
-      } else {
-        ++col;
-      }
-    }
-    return absl::InvalidArgumentError(absl::StrCat("config: not valid JSON at line ", line,
-                                                   ", column ", col, " (byte ", e.byte,
-                                                   "): ", e.what()));
-  }
-  try {
-    return ParseJson(root, base_dir);
+    return ParseJson(*root, base_dir);
   } catch (const json::exception& e) {  // type errors from get<>()
     return absl::InvalidArgumentError(absl::StrCat("config: ", e.what()));
   }
@@ -237,10 +215,7 @@ absl::StatusOr<AuthConfig> ParseAuthConfig(std::string_view json_text,
 absl::StatusOr<AuthConfig> LoadAuthConfig(const std::string& path) {
   DS_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   auto config = ParseAuthConfig(text, std::filesystem::path(path).parent_path().string());
-  if (!config.ok()) {
-    return absl::Status(config.status().code(),
-                        absl::StrCat(path, ": ", config.status().message()));
-  }
+  if (!config.ok()) return common::Annotate(config.status(), path);
   return config;
 }
 

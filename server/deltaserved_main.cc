@@ -64,6 +64,13 @@ int Run(int argc, char** argv) {
       ->envname("DELTASERVE_PREFETCH_TENSORS")->capture_default_str();
   app.add_option("--max-upload-bytes", o.max_upload_bytes, "largest accepted container, bytes")
       ->envname("DELTASERVE_MAX_UPLOAD_BYTES")->capture_default_str();
+  app.add_option("--max-uploads", o.max_uploads, "PutDelta calls at once (more: RESOURCE_EXHAUSTED)")
+      ->envname("DELTASERVE_MAX_UPLOADS")->capture_default_str();
+  app.add_option("--max-streams", o.max_streams,
+                 "StreamWeights + StreamDelta calls at once (more: RESOURCE_EXHAUSTED)")
+      ->envname("DELTASERVE_MAX_STREAMS")->capture_default_str();
+  app.add_option("--grpc-memory-bytes", o.grpc_memory_bytes, "gRPC ResourceQuota, bytes")
+      ->envname("DELTASERVE_GRPC_MEMORY_BYTES")->capture_default_str();
   app.add_option("--preload", preload, "tenant/task[,tenant/task...] pinned in the cache")
       ->envname("DELTASERVE_PRELOAD");
   app.add_option("--drain-seconds", drain_seconds, "SIGTERM drain deadline, seconds")

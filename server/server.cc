@@ -8,8 +8,6 @@
 #include <malloc.h>
 
 #include <atomic>
-#include <fstream>
-#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -18,13 +16,16 @@
 #include "absl/synchronization/notification.h"
 #include "codec/delta_codec.h"
 #include "codec/safetensors.h"
-#include "codec/status_macros.h"
+#include "common/file.h"
+#include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
+#include "grpcpp/resource_quota.h"
 #include "grpcpp/server_builder.h"
 #include "prometheus/exposer.h"
+#include "proto/protocol.h"
 #include "prometheus/text_serializer.h"
 #include "server/internal/context.h"
 #include "server/internal/fd_limit.h"
@@ -38,20 +39,14 @@ namespace {
 constexpr char kServiceName[] = "deltaserve.v1.DeltaService";
 constexpr char kVersion[] = DELTASERVE_VERSION;  // project(... VERSION) in CMake
 
-absl::StatusOr<std::string> ReadTextFile(const std::string& path, const std::string& what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(what, " '", path, "' cannot be read"));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerOptions& o) {
   if (o.tls_cert_path.empty()) return grpc::InsecureServerCredentials();
-  DS_ASSIGN_OR_RETURN(std::string cert, ReadTextFile(o.tls_cert_path, "TLS certificate"));
-  DS_ASSIGN_OR_RETURN(std::string key, ReadTextFile(o.tls_key_path, "TLS key"));
+  absl::StatusOr<std::string> cert = common::ReadFileToString(o.tls_cert_path);
+  if (!cert.ok()) return common::Annotate(cert.status(), "TLS certificate");
+  absl::StatusOr<std::string> key = common::ReadFileToString(o.tls_key_path);
+  if (!key.ok()) return common::Annotate(key.status(), "TLS key");
   grpc::SslServerCredentialsOptions ssl;
-  ssl.pem_key_cert_pairs.push_back({key, cert});
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
   return grpc::SslServerCredentials(ssl);
 }
 
@@ -92,12 +87,7 @@ absl::Status ServerOptions::Validate() const {
   if (workers < 0 || workers > 1024) {
     return absl::InvalidArgumentError("ServerOptions.workers must be in [0, 1024]");
   }
-  if (chunk_bytes < kMinChunkBytes || chunk_bytes > kMaxChunkBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ServerOptions.chunk_bytes must be in [", kMinChunkBytes, ", ", kMaxChunkBytes,
-        "] (4 MiB less 1 KiB for framing, so that messages fit a default gRPC client's "
-        "4 MiB receive limit), got ", chunk_bytes));
-  }
+  DS_RETURN_IF_ERROR(proto::ValidateChunkBytes(chunk_bytes, "ServerOptions.chunk_bytes"));
   if (prefetch_tensors < 0 || prefetch_tensors > 64) {
     return absl::InvalidArgumentError("ServerOptions.prefetch_tensors must be in [0, 64]");
   }
@@ -113,6 +103,15 @@ absl::Status ServerOptions::Validate() const {
     return absl::InvalidArgumentError(
         "ServerOptions: keepalive_time and keepalive_timeout must be >= 1 s, "
         "min_client_ping_interval >= 0");
+  }
+  if (max_uploads < 1 || max_uploads > 4096) {
+    return absl::InvalidArgumentError("ServerOptions.max_uploads must be in [1, 4096]");
+  }
+  if (max_streams < 1 || max_streams > 65536) {
+    return absl::InvalidArgumentError("ServerOptions.max_streams must be in [1, 65536]");
+  }
+  if (grpc_memory_bytes < (16u << 20)) {
+    return absl::InvalidArgumentError("ServerOptions.grpc_memory_bytes must be >= 16 MiB");
   }
   if (drain_timeout < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ServerOptions.drain_timeout must be >= 0");
@@ -143,6 +142,7 @@ struct Server::Impl {
   // Housekeeping: disk gauges, stalled streams, returning freed memory to the system.
   std::thread housekeeper;
   absl::Notification stop_housekeeping;
+  std::unique_ptr<internal::AdmissionLimit> uploads, streams;
   internal::ServiceContext ctx;
   std::unique_ptr<internal::DeltaServiceImpl> service;
   std::unique_ptr<grpc::Server> grpc_server;
@@ -223,6 +223,14 @@ absl::Status Server::Impl::Init() {
   ctx.versions = &versions;
   ctx.drain = &drain;
   ctx.stalls = &stalls;
+  uploads = std::make_unique<internal::AdmissionLimit>(
+      "uploads", "--max-uploads", options.max_uploads, &metrics->admitted_calls("uploads"),
+      &metrics->admission_rejected("uploads"));
+  streams = std::make_unique<internal::AdmissionLimit>(
+      "streams", "--max-streams", options.max_streams, &metrics->admitted_calls("streams"),
+      &metrics->admission_rejected("streams"));
+  ctx.uploads = uploads.get();
+  ctx.streams = streams.get();
 
   // Per-tenant gauges for every configured tenant and every tenant with data.
   std::vector<std::string> tenants = auth->TenantNames();
@@ -257,12 +265,14 @@ absl::Status Server::Impl::Init() {
   // share it and clients would reach either one at random.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(service.get());
+  grpc::ResourceQuota quota("deltaserved");
+  quota.Resize(static_cast<size_t>(options.grpc_memory_bytes));
+  builder.SetResourceQuota(quota);
+  builder.SetMaxReceiveMessageSize(proto::kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(proto::kMaxMessageBytes);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> counters;
   counters.push_back(drain.NewInterceptorFactory("/deltaserve.v1.DeltaService/"));
   builder.experimental().SetInterceptorCreators(std::move(counters));
-  // Upload chunks are up to 4 MiB of payload; leave room for framing.
-  builder.SetMaxReceiveMessageSize(16 << 20);
-  builder.SetMaxSendMessageSize(16 << 20);
   // Keepalive policy (server/CONFIG.md "Connections"): explicit, so that a client with
   // a 10 s keepalive is not sent GOAWAY too_many_pings (gRPC's default minimum is 5 min).
   auto ms = [](absl::Duration d) { return static_cast<int>(absl::ToInt64Milliseconds(d)); };
@@ -352,8 +362,10 @@ void Server::Shutdown(absl::Duration drain) {
   }
   s.drain.StartDrain();
   const int64_t left = s.drain.WaitIdle(t0 + drain);
-  // Cancels whatever still runs and returns when every call is done.
-  s.grpc_server->Shutdown(absl::ToChronoTime(absl::Now()));
+  // Closes the connections gracefully (what finished calls wrote but clients have not
+  // read yet is still delivered) and cancels whatever still runs at the deadline;
+  // returns when every call is done.
+  s.grpc_server->Shutdown(absl::ToChronoTime(t0 + drain));
   s.stop_housekeeping.Notify();
   if (s.housekeeper.joinable()) s.housekeeper.join();
   s.pool->Shutdown();  // closures still queued (finishing reactors) run first

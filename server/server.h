@@ -21,17 +21,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "proto/protocol.h"
 #include "server/config.h"
 #include "storage/store.h"
 
 namespace deltaserve::server {
-
-// Most data bytes in one StreamWeights/StreamDelta message: 4 MiB less 1 KiB kept for
-// the message's own framing (oneof tag, lengths, offset, totals: under 64 bytes), so
-// that every message fits a default gRPC client's 4 MiB receive limit.
-inline constexpr uint32_t kMaxChunkBytes = (4u << 20) - (1u << 10);
-// Least data bytes per message a request may ask for.
-inline constexpr uint32_t kMinChunkBytes = 4u << 10;
 
 struct ServerOptions {
   // Base model: a .safetensors file, a sharded index, or a directory holding either
@@ -59,10 +53,10 @@ struct ServerOptions {
   // Default: 0.
   int workers = 0;
   // Maximum data bytes per StreamWeights/StreamDelta message (a request may ask for
-  // less or more; clamped to [kMinChunkBytes, kMaxChunkBytes]). Must be within those
-  // bounds (4 MiB itself is refused: with framing it would exceed a default client's
-  // 4 MiB receive limit). Default: 1 MiB.
-  uint32_t chunk_bytes = 1u << 20;
+  // less or more within [proto::kMinChunkBytes, proto::kMaxChunkBytes] = [4 KiB, 4 MiB -
+  // 1 KiB]: data plus framing must fit a default client's 4 MiB receive limit).
+  // Default: proto::kDefaultChunkBytes (1 MiB).
+  uint32_t chunk_bytes = proto::kDefaultChunkBytes;
   // Tensors a stream decodes ahead of the one being sent. Memory per stream is
   // (1 + prefetch) merged tensors plus 2 chunks; 0 = no overlap of decode and send.
   // Default: 1.
@@ -70,6 +64,16 @@ struct ServerOptions {
   // Largest container PutDelta accepts (RESOURCE_EXHAUSTED beyond). Uploads are held in
   // memory until verified. Default: 8 GiB.
   uint64_t max_upload_bytes = 8ull << 30;
+  // PutDelta calls running at once; one more is refused with RESOURCE_EXHAUSTED (not
+  // queued). Upload memory is bounded by max_uploads x the largest upload. Default: 4.
+  int max_uploads = 4;
+  // StreamWeights + StreamDelta calls running at once; one more is refused with
+  // RESOURCE_EXHAUSTED. Stream memory is bounded by max_streams x (1 + prefetch) merged
+  // tensors (shared with the cache when cached). Default: 64.
+  int max_streams = 64;
+  // gRPC's own memory (transport buffers of every connection), bytes: gRPC's
+  // ResourceQuota; past it gRPC shrinks windows and refuses new streams. Default: 1 GiB.
+  uint64_t grpc_memory_bytes = 1ull << 30;
   // Tasks "tenant/task" decoded and pinned in the cache at start (recorded dtypes).
   // A missing task is logged and skipped. Default: none.
   std::vector<std::string> preload;

@@ -5,11 +5,14 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "storage/internal/bytes.h"
+#include "common/coding.h"
 #include "storage/internal/strings.h"
 
 namespace deltaserve::storage {
 namespace {
+
+using common::ByteReader;
+using common::ByteWriter;
 
 constexpr std::string_view kMetaMagic = "DSTM";
 constexpr std::string_view kUsageMagic = "DSTU";

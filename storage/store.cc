@@ -12,7 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 #include "rocksdb/cache.h"
 #include "rocksdb/db.h"
 #include "rocksdb/filter_policy.h"
@@ -42,11 +42,7 @@ std::string TaskName(std::string_view tenant, std::string_view task) {
   return absl::StrCat("tenant ", Quoted(tenant), " task ", Quoted(task));
 }
 
-// Prefixes `s`'s message with `context`, keeping the code.
-absl::Status Annotate(const absl::Status& s, std::string_view context) {
-  if (s.ok()) return s;
-  return absl::Status(s.code(), absl::StrCat(Av(context), ": ", s.message()));
-}
+using common::Annotate;
 
 absl::Status ValidateTaskNames(std::string_view tenant, std::string_view task) {
   DS_RETURN_IF_ERROR(ValidateName("tenant", tenant));
@@ -177,17 +173,26 @@ absl::StatusOr<std::vector<uint8_t>> TaskReader::HeaderBytes() const {
 }
 
 absl::StatusOr<std::vector<uint8_t>> TaskReader::AssembleContainer() const {
+  std::vector<uint8_t> out;
+  DS_RETURN_IF_ERROR(ForEachContainerPiece([&](absl::Span<const uint8_t> piece) {
+    out.insert(out.end(), piece.begin(), piece.end());
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
+absl::Status TaskReader::ForEachContainerPiece(
+    const std::function<absl::Status(absl::Span<const uint8_t>)>& fn) const {
   DS_ASSIGN_OR_RETURN(std::vector<uint8_t> header, HeaderBytes());
-  std::vector<StoredRecord> records;
-  records.reserve(num_records());
-  std::vector<absl::Span<const uint8_t>> pieces;
-  pieces.reserve(num_records());
+  codec::ContainerTrailerBuilder trailer;
+  trailer.AddHeader(header);
+  DS_RETURN_IF_ERROR(fn(header));
   for (size_t i = 0; i < num_records(); ++i) {
     DS_ASSIGN_OR_RETURN(StoredRecord record, ReadRecord(i));
-    records.push_back(std::move(record));
-    pieces.push_back(records.back().bytes());
+    trailer.AddRecord(record.bytes());
+    DS_RETURN_IF_ERROR(fn(record.bytes()));
   }
-  return codec::AssembleContainer(header, pieces);
+  return fn(trailer.Finish());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -201,6 +202,12 @@ class TaskReader {
   // The whole container, byte-identical to the committed one (codec::AssembleContainer),
   // every record verified. Holds the whole container in memory.
   absl::StatusOr<std::vector<uint8_t>> AssembleContainer() const;
+  // The same bytes without holding them together: calls `fn` with the header bytes,
+  // each record (checksum verified) in order, then the trailer; their concatenation is
+  // AssembleContainer(). Stops at, and returns, the first error of a read or of `fn`.
+  // Memory: one record at a time. The span passed to `fn` is valid during the call only.
+  absl::Status ForEachContainerPiece(
+      const std::function<absl::Status(absl::Span<const uint8_t>)>& fn) const;
 
  private:
   friend class DeltaStore;

@@ -1,47 +1,64 @@
-// How deltactl's subcommands plug into its main (client/deltactl_main.cc).
+// How deltactl's subcommands plug into its main (client/deltactl_main.cc), and the
+// helpers every subcommand shares (progress on stderr, --dtype, JSON on stdout).
 //
-// Each group of subcommands lives in its own file (deltactl_offline.cc, deltactl_report.cc,
-// deltactl_remote.cc, ...) and registers itself at static-initialization time:
-//
-//   namespace {
-//   void AddMyCommands(CLI::App& app, CommandAction* action) {
-//     auto* sub = app.add_subcommand("frob", "Frobnicates a delta");
-//     auto opts = std::make_shared<FrobOptions>();
-//     sub->add_option("--in", opts->in, "Input")->required();
-//     sub->callback([opts, action] { *action = [opts] { return RunFrob(*opts); }; });
-//   }
-//   const bool kRegistered = RegisterDeltactlCommands(&AddMyCommands);
-//   }  // namespace
-//
-// main parses the command line (CLI11), runs the selected action, prints a non-OK status
-// as "deltactl: CODE: message" on stderr and exits 1 (2 for usage errors). Flags are
-// parsed only here and in main (STYLE.md, "Options").
+// Each group of subcommands lives in its own file (deltactl_offline.cc,
+// deltactl_report.cc, deltactl_remote.cc) behind one Add*Commands function; main calls
+// each of them, parses the command line (CLI11), runs the selected action, prints a
+// non-OK status as "deltactl: CODE: message" on stderr and exits 1 (2 for usage
+// errors). Flags are parsed only in these files and in main (STYLE.md, "Options").
 #ifndef DELTASERVE_CLIENT_INTERNAL_DELTACTL_COMMAND_H_
 #define DELTASERVE_CLIENT_INTERNAL_DELTACTL_COMMAND_H_
 
+#include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
-#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "codec/delta_codec.h"
+#include "codec/tensor.h"
+#include "nlohmann/json.hpp"
 
 namespace deltaserve::client {
 
 // The work of the subcommand chosen on the command line; its status is the exit status.
 using CommandAction = std::function<absl::Status()>;
-// Adds subcommands to `app`; a subcommand's CLI11 callback stores its work in *action.
-using CommandRegistrar = void (*)(CLI::App& app, CommandAction* action);
 
-// Adds a registrar; returns true (for a namespace-scope `const bool` initializer).
-bool RegisterDeltactlCommands(CommandRegistrar registrar);
-// Every registrar added so far.
-const std::vector<CommandRegistrar>& DeltactlRegistrars();
+// Each adds its subcommands to `app`; a subcommand's CLI11 callback stores its work in
+// *action. Called once each by main.
+void AddOfflineCommands(CLI::App& app, CommandAction* action);  // convert, compress, decompress
+void AddReportCommands(CLI::App& app, CommandAction* action);   // inspect, eval
+void AddRemoteCommands(CLI::App& app, CommandAction* action);   // push, pull, list, ...
 
-// A progress callback that prints "<label>: done/total <name>" on stderr: rewritten in
-// place on a terminal, otherwise one line per 10% of the work.
+// Progress of one operation on stderr: "<label>: <text>", rewritten in place on a
+// terminal, otherwise one line per 10% of the work. The one progress printer of
+// deltactl; StderrProgress adapts it to the codec's tensor counts, and remote commands
+// to byte counts (client::Progress).
+class ProgressLine {
+ public:
+  explicit ProgressLine(std::string label);
+  // `done` of `total` units; `text` follows the percentage.
+  void Update(uint64_t done, uint64_t total, const std::string& text);
+
+ private:
+  std::string label_;
+  bool tty_;
+  int last_decile_ = -1;
+};
+
+// A codec progress callback printing "<label>: <done>/<total> tensors (<name>)".
 codec::ProgressFn StderrProgress(std::string label);
+
+// Adds the --dtype option (f32, f16 or bf16, either case) to `sub`, stored in `*dtype`.
+void AddDTypeOption(CLI::App* sub, std::string* dtype);
+// The --dtype value: nullopt when empty (keep each tensor's recorded dtype).
+absl::StatusOr<std::optional<codec::DType>> ParseDTypeOption(const std::string& dtype);
+
+// Prints `j` on stdout, indented by 2, and a newline: every --json output of deltactl.
+// InvalidArgument if `j` holds a string that is not valid UTF-8.
+absl::Status PrintJson(const nlohmann::json& j);
 
 }  // namespace deltaserve::client
 

@@ -8,17 +8,10 @@
 #include "codec/internal/dct.h"
 #include "codec/internal/fp16.h"
 #include "codec/internal/quantize.h"
+#include "common/coding.h"
 
 namespace deltaserve::codec::internal {
 namespace {
-
-void PutU32(uint32_t v, std::vector<uint8_t>* out) {
-  for (int i = 0; i < 4; ++i) out->push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-uint32_t GetU32(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
-         static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
-}
 
 absl::Status Corrupt(absl::string_view what) {
   return absl::DataLossError(absl::StrCat("Delta-DCT payload: ", what));
@@ -44,15 +37,16 @@ int LevelIndexBits(int num_levels) {
 }
 
 void AppendPayloadHeader(const PayloadHeader& h, std::vector<uint8_t>* out) {
-  out->insert(out->end(), kDctMagic, kDctMagic + 4);
-  out->push_back(kDctVersion);
-  out->push_back(static_cast<uint8_t>(h.patch_size));
-  out->push_back(static_cast<uint8_t>(h.quantizer));
-  out->push_back(h.separate_dc ? 1 : 0);
-  PutU32(static_cast<uint32_t>(h.rows), out);
-  PutU32(static_cast<uint32_t>(h.cols), out);
-  out->push_back(static_cast<uint8_t>(h.widths.size()));
-  for (int w : h.widths) out->push_back(static_cast<uint8_t>(w));
+  common::ByteWriter w(out);
+  w.Bytes(kDctMagic, 4);
+  w.U8(kDctVersion);
+  w.U8(static_cast<uint8_t>(h.patch_size));
+  w.U8(static_cast<uint8_t>(h.quantizer));
+  w.U8(h.separate_dc ? 1 : 0);
+  w.U32(static_cast<uint32_t>(h.rows));
+  w.U32(static_cast<uint32_t>(h.cols));
+  w.U8(static_cast<uint8_t>(h.widths.size()));
+  for (int width : h.widths) w.U8(static_cast<uint8_t>(width));
 }
 
 absl::StatusOr<ParsedPayload> ParsePayload(absl::Span<const uint8_t> payload, int64_t rows,
@@ -82,8 +76,8 @@ absl::StatusOr<ParsedPayload> ParsePayload(absl::Span<const uint8_t> payload, in
   h.quantizer = static_cast<Quantizer>(d[6]);
   if (d[7] > 1) return Corrupt(absl::StrCat("unknown flags 0x", absl::Hex(d[7])));
   h.separate_dc = d[7] == 1;
-  h.rows = GetU32(d + 8);
-  h.cols = GetU32(d + 12);
+  h.rows = common::DecodeFixed32(d + 8);
+  h.cols = common::DecodeFixed32(d + 12);
   if (h.rows != rows || h.cols != cols) {
     return absl::InvalidArgumentError(
         absl::StrCat("Delta-DCT payload is for a ", h.rows, " x ", h.cols,

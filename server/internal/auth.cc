@@ -5,7 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 #include "storage/store.h"
 
 namespace deltaserve::server::internal {

@@ -10,7 +10,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "codec/delta_codec.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
+#include "proto/protocol.h"
 #include "server/internal/convert.h"
 #include "server/internal/log.h"
 
@@ -26,8 +27,7 @@ void ServiceContext::PublishTenantUsage(const std::string& tenant) const {
 }
 
 uint32_t ServiceContext::ChunkBytes(uint32_t requested) const {
-  uint32_t want = requested ? requested : options->chunk_bytes;
-  return std::clamp<uint32_t>(want, kMinChunkBytes, kMaxChunkBytes);
+  return proto::EffectiveChunkBytes(requested, options->chunk_bytes);
 }
 
 std::string MergedTensorKey(const std::string& group, uint64_t version, size_t index,
@@ -116,11 +116,9 @@ absl::StatusOr<uint64_t> PinTask(const ServiceContext& ctx, const std::string& t
                                  std::optional<codec::DType> out_dtype) {
   DS_ASSIGN_OR_RETURN(TaskSnapshot snap, ctx.versions->Open(*ctx.store, tenant, task));
   const storage::TaskInfo& info = snap.reader->info();
-  if (info.base_hash != ctx.base_hash) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "task '", task, "' was compressed against base ", codec::BaseHashHex(info.base_hash),
-        ", not the resident base ", ctx.base_hash_hex));
-  }
+  DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(info.base_hash, ctx.base_hash,
+                                               absl::StrCat("task '", task, "'"),
+                                               "the resident base"));
   const std::string group = TaskGroup(tenant, task);
   uint64_t need = TaskMergedBytes(info, out_dtype);
   uint64_t pinned_elsewhere = ctx.cache->pinned_bytes() -

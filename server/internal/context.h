@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "codec/container.h"
 #include "codec/safetensors.h"
+#include "server/internal/admission.h"
 #include "server/internal/auth.h"
 #include "server/internal/drain.h"
 #include "server/internal/stall_watch.h"
@@ -37,10 +38,14 @@ struct ServiceContext {
   const DrainGate* drain = nullptr;
   // Streams register here so that stalled clients are seen and timed out.
   StallWatch* stalls = nullptr;
+  // Concurrent PutDelta calls (--max-uploads) and StreamWeights + StreamDelta calls
+  // (--max-streams).
+  AdmissionLimit* uploads = nullptr;
+  AdmissionLimit* streams = nullptr;
 
   // Refreshes deltaserve_tenant_tasks / _stored_bytes of `tenant` from the store.
   void PublishTenantUsage(const std::string& tenant) const;
-  // Clamps a requested chunk size (0 = default) to [kMinChunkBytes, kMaxChunkBytes].
+  // The chunk size of a stream: proto::EffectiveChunkBytes with the server's default.
   uint32_t ChunkBytes(uint32_t requested) const;
 };
 

@@ -2,28 +2,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/container.h"
+#include "proto/protocol.h"
 
 namespace deltaserve::server::internal {
-
-v1::DType ToProtoDType(codec::DType dtype) {
-  switch (dtype) {
-    case codec::DType::kF32: return v1::DTYPE_F32;
-    case codec::DType::kF16: return v1::DTYPE_F16;
-    case codec::DType::kBF16: return v1::DTYPE_BF16;
-  }
-  return v1::DTYPE_UNSPECIFIED;
-}
-
-absl::StatusOr<std::optional<codec::DType>> FromProtoDType(v1::DType dtype) {
-  switch (dtype) {
-    case v1::DTYPE_UNSPECIFIED: return std::optional<codec::DType>();
-    case v1::DTYPE_F32: return codec::DType::kF32;
-    case v1::DTYPE_F16: return codec::DType::kF16;
-    case v1::DTYPE_BF16: return codec::DType::kBF16;
-    default: break;
-  }
-  return absl::InvalidArgumentError(absl::StrCat("unknown out_dtype ", static_cast<int>(dtype)));
-}
 
 uint64_t TaskMergedBytes(const storage::TaskInfo& info, std::optional<codec::DType> out_dtype) {
   uint64_t total = 0;
@@ -44,7 +25,7 @@ void FillTaskInfo(const storage::TaskInfo& info, bool with_tensors, bool pinned,
   out->set_num_tensors(static_cast<uint32_t>(info.tensors.size()));
   out->set_total_weights(info.weights);
   out->set_merged_bytes(TaskMergedBytes(info, std::nullopt));
-  out->set_bits_per_weight(info.weights ? 8.0 * info.total_bytes / info.weights : 0.0);
+  out->set_bits_per_weight(info.bits_per_weight);
   out->set_pinned(pinned);
   for (const auto& [k, v] : info.metadata) (*out->mutable_metadata())[k] = v;
   if (!with_tensors) return;
@@ -53,7 +34,7 @@ void FillTaskInfo(const storage::TaskInfo& info, bool with_tensors, bool pinned,
     v1::TensorSummary* s = out->add_tensors();
     int64_t n = codec::NumElements(t.shape);
     s->set_name(t.name);
-    s->set_dtype(ToProtoDType(t.dtype));
+    s->set_dtype(proto::ToProtoDType(t.dtype));
     for (int64_t d : t.shape) s->add_shape(d);
     s->set_encoding(std::string(codec::EncodingName(t.encoding)));
     s->set_record_bytes(t.record_bytes);

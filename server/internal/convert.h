@@ -1,4 +1,4 @@
-// Conversions between codec/storage types and deltaserve.v1 messages.
+// Conversions from storage types to deltaserve.v1 messages (dtypes: proto/protocol.h).
 #ifndef DELTASERVE_SERVER_INTERNAL_CONVERT_H_
 #define DELTASERVE_SERVER_INTERNAL_CONVERT_H_
 
@@ -10,11 +10,6 @@
 #include "storage/store.h"
 
 namespace deltaserve::server::internal {
-
-v1::DType ToProtoDType(codec::DType dtype);
-// DTYPE_UNSPECIFIED -> nullopt (keep each tensor's recorded dtype). InvalidArgument for
-// a number outside the enum.
-absl::StatusOr<std::optional<codec::DType>> FromProtoDType(v1::DType dtype);
 
 // Fills `out` from a stored task; per-tensor summaries only if `with_tensors`.
 void FillTaskInfo(const storage::TaskInfo& info, bool with_tensors, bool pinned,

@@ -11,6 +11,10 @@ namespace deltaserve::server::internal {
 namespace {
 
 std::atomic<LogFormat> g_format{LogFormat::kText};
+// Whether the spdlog pattern of g_format is in place: every process that logs through
+// LogEvent (the daemon, tests, benchmarks that start a server) prints the same format,
+// whether or not its main called SetLogFormat.
+std::atomic<bool> g_pattern_set{false};
 
 bool NeedsQuotes(std::string_view v) {
   if (v.empty()) return true;
@@ -29,9 +33,11 @@ void SetLogFormat(LogFormat format) {
   } else {
     spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %L %v", spdlog::pattern_time_type::utc);
   }
+  g_pattern_set.store(true, std::memory_order_release);
 }
 
 void LogEvent(LogLevel level, std::string_view msg, std::initializer_list<LogField> fields) {
+  if (!g_pattern_set.load(std::memory_order_acquire)) SetLogFormat(g_format.load());
   std::string line;
   if (g_format.load() == LogFormat::kJson) {
     // A JSON fragment; the pattern wraps it into one object per line.

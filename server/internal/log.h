@@ -13,7 +13,8 @@ namespace deltaserve::server::internal {
 
 enum class LogFormat { kText, kJson };
 
-// Sets the format and the matching spdlog pattern of the default logger.
+// Sets the format and the matching spdlog pattern of the default logger. Without a call
+// the first LogEvent sets kText's pattern, so that every binary logs alike.
 void SetLogFormat(LogFormat format);
 
 enum class LogLevel { kInfo, kWarn, kError };

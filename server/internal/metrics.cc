@@ -87,6 +87,14 @@ Metrics::Metrics(std::string_view version)
                                 "(free < --db-min-free-bytes, or the store opened read-only)");
   open_files_limit_ = gauge("deltaserve_open_files_limit",
                             "RLIMIT_NOFILE soft limit of the process (raised at start)");
+  admitted_calls_ = &BuildGauge()
+                         .Name("deltaserve_admitted_calls")
+                         .Help("Calls holding an admission slot (--max-uploads, --max-streams)")
+                         .Register(r);
+  admission_rejected_ = &BuildCounter()
+                             .Name("deltaserve_admission_rejected_total")
+                             .Help("Calls refused RESOURCE_EXHAUSTED: admission limit reached")
+                             .Register(r);
   tenant_tasks_ = &BuildGauge()
                        .Name("deltaserve_tenant_tasks")
                        .Help("Stored tasks per tenant")
@@ -125,6 +133,14 @@ void Metrics::AddStreamedBytes(std::string_view method, uint64_t bytes) {
 void Metrics::SetTenantUsage(std::string_view tenant, uint64_t tasks, uint64_t bytes) {
   tenant_tasks_->Add({{"tenant", std::string(tenant)}}).Set(static_cast<double>(tasks));
   tenant_stored_bytes_->Add({{"tenant", std::string(tenant)}}).Set(static_cast<double>(bytes));
+}
+
+prometheus::Gauge& Metrics::admitted_calls(std::string_view kind) {
+  return admitted_calls_->Add({{"kind", std::string(kind)}});
+}
+
+prometheus::Counter& Metrics::admission_rejected(std::string_view kind) {
+  return admission_rejected_->Add({{"kind", std::string(kind)}});
 }
 
 }  // namespace deltaserve::server::internal

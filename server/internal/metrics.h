@@ -37,6 +37,11 @@ class Metrics {
   prometheus::Counter& cache_evictions() { return *cache_evictions_; }
   prometheus::Gauge& cache_bytes() { return *cache_bytes_; }
   prometheus::Gauge& streams_in_flight() { return *streams_in_flight_; }
+  // deltaserve_admitted_calls{kind} and deltaserve_admission_rejected_total{kind}: calls
+  // holding an admission slot, and calls refused for lack of one (kind: "uploads",
+  // "streams").
+  prometheus::Gauge& admitted_calls(std::string_view kind);
+  prometheus::Counter& admission_rejected(std::string_view kind);
   prometheus::Gauge& base_bytes() { return *base_bytes_; }
   prometheus::Gauge& streams_stalled() { return *streams_stalled_; }
   prometheus::Gauge& store_free_bytes() { return *store_free_bytes_; }
@@ -53,6 +58,8 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* streamed_bytes_;
   prometheus::Family<prometheus::Gauge>* tenant_tasks_;
   prometheus::Family<prometheus::Gauge>* tenant_stored_bytes_;
+  prometheus::Family<prometheus::Gauge>* admitted_calls_;
+  prometheus::Family<prometheus::Counter>* admission_rejected_;
   prometheus::Counter* uploaded_bytes_;
   prometheus::Histogram* decode_seconds_;
   prometheus::Histogram* merge_seconds_;

@@ -12,7 +12,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/container.h"
-#include "codec/status_macros.h"
+#include "codec/delta_codec.h"
+#include "common/status_macros.h"
 #include "server/internal/convert.h"
 #include "server/internal/service.h"
 
@@ -24,6 +25,12 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   PutDeltaReactor(const ServiceContext* ctx, grpc::CallbackServerContext* call,
                   v1::PutDeltaResponse* response)
       : ctx_(ctx), call_(call), response_(response), log_(ctx->metrics, "PutDelta") {
+    absl::Status admitted = ctx_->uploads->Acquire();
+    admitted_ = admitted.ok();
+    if (!admitted_) {
+      Finish(admitted);
+      return;
+    }
     StartRead(&request_);
   }
 
@@ -59,9 +66,19 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     StartRead(&request_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (admitted_) ctx_->uploads->Release();
+    delete this;
+  }
 
  private:
+  storage::CommitOptions CommitOptions() const {
+    storage::CommitOptions options;
+    options.overwrite = meta_.overwrite();
+    options.quota_bytes = ctx_->auth->QuotaBytes(tenant_);
+    return options;
+  }
+
   absl::Status CheckAdmission() {
     DS_ASSIGN_OR_RETURN(Caller caller, ctx_->auth->Authenticate(AuthorizationHeader(*call_)));
     DS_ASSIGN_OR_RETURN(tenant_, ResolveTask(*ctx_, caller, meta_.tenant(), meta_.task(), log_));
@@ -78,13 +95,6 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     DS_RETURN_IF_ERROR(ctx_->store->CheckCommit(tenant_, meta_.task(), total, CommitOptions()));
     buffer_.reserve(total);
     return absl::OkStatus();
-  }
-
-  storage::CommitOptions CommitOptions() const {
-    storage::CommitOptions options;
-    options.overwrite = meta_.overwrite();
-    options.quota_bytes = ctx_->auth->QuotaBytes(tenant_);
-    return options;
   }
 
   // Pool.
@@ -116,12 +126,9 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                           absl::StrCat("PutDelta: task '", meta_.task(), "': ",
                                        container.status().message()));
     }
-    if (container->header().base_hash != ctx_->base_hash) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "PutDelta: task '", meta_.task(), "' was compressed against base ",
-          codec::BaseHashHex(container->header().base_hash), ", not the resident base ",
-          ctx_->base_hash_hex));
-    }
+    DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(
+        container->header().base_hash, ctx_->base_hash,
+        absl::StrCat("PutDelta: task '", meta_.task(), "'"), "the resident base"));
     const storage::CommitOptions options = CommitOptions();
     storage::TaskInfo committed;
     storage::CommitOutcome outcome = storage::CommitOutcome::kCreated;
@@ -158,6 +165,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   v1::PutDeltaRequest request_;
   v1::PutDeltaMetadata meta_;
   bool have_metadata_ = false;
+  bool admitted_ = false;  // holds a --max-uploads slot
   std::string tenant_;
   std::string buffer_;
 };

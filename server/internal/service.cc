@@ -5,7 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
+#include "proto/protocol.h"
 #include "server/internal/convert.h"
 #include "storage/store.h"
 
@@ -142,7 +143,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::GetBase(grpc::CallbackServerContext*
     std::set<int> dtypes;
     for (const codec::TensorInfo& t : ctx->base->tensors()) {
       weights += static_cast<uint64_t>(t.num_elements());
-      dtypes.insert(ToProtoDType(t.dtype));
+      dtypes.insert(proto::ToProtoDType(t.dtype));
     }
     response->set_total_weights(weights);
     for (int d : dtypes) response->add_dtypes(static_cast<v1::DType>(d));
@@ -158,7 +159,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::PinTask(grpc::CallbackServerContext*
   return RunUnary(call, "PinTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
     DS_ASSIGN_OR_RETURN(std::string tenant,
                         ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
-    DS_ASSIGN_OR_RETURN(std::optional<codec::DType> dtype, FromProtoDType(request->out_dtype()));
+    DS_ASSIGN_OR_RETURN(std::optional<codec::DType> dtype, proto::FromProtoOutDType(request->out_dtype()));
     DS_ASSIGN_OR_RETURN(uint64_t bytes,
                         internal::PinTask(*ctx, tenant, request->task(), dtype));
     response->set_pinned_bytes(bytes);

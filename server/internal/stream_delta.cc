@@ -1,12 +1,18 @@
 // StreamDelta: the stored container, byte-identical to the upload, in chunks.
-// The container is assembled once on the pool (memory: one compressed container per
-// stream, ~1/16 of the fp16 model at 1 bit/weight) and then sent chunk by chunk, each
-// write started only after the previous one completed (backpressure).
+//
+// The container is never held whole: it is streamed piece by piece (header, each tensor
+// record, trailer) from one storage snapshot, so memory per stream is one record plus
+// one chunk message. Every message carries the container's XXH3-64, so Setup first
+// walks the pieces once to hash them (records are read again, from RocksDB's block
+// cache or disk, for sending). RocksDB reads run on the pool; each write starts only
+// after the previous one completed (backpressure).
 #include <xxhash.h>
 
 #include <algorithm>
+#include <memory>
+#include <optional>
 
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 #include "server/internal/service.h"
 
 namespace deltaserve::server::internal {
@@ -19,6 +25,12 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
       : ctx_(ctx), call_(call), request_(request), log_(ctx->metrics, "StreamDelta") {
     ctx_->metrics->streams_in_flight().Increment();
     chunk_bytes_ = ctx_->ChunkBytes(request->chunk_bytes());
+    absl::Status admitted = ctx_->streams->Acquire();
+    admitted_ = admitted.ok();
+    if (!admitted_) {
+      Done(admitted);
+      return;
+    }
     ctx_->pool->Schedule([this] { Setup(); });
   }
 
@@ -30,35 +42,84 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
   }
 
   void OnDone() override {
+    if (admitted_) ctx_->streams->Release();
     ctx_->metrics->streams_in_flight().Decrement();
     log_.Finish(status_);
     delete this;
   }
 
  private:
-  absl::Status Load() {
+  // Pieces: 0 = header, 1..num_records = records, num_records + 1 = trailer.
+  size_t num_pieces() const { return reader_->num_records() + 2; }
+
+  // Pool: opens the snapshot and hashes the whole container once.
+  absl::Status Open() {
     DS_ASSIGN_OR_RETURN(Caller caller, ctx_->auth->Authenticate(AuthorizationHeader(*call_)));
     DS_ASSIGN_OR_RETURN(std::string tenant, ResolveTask(*ctx_, caller, request_->tenant(),
                                                         request_->task(), log_));
-    DS_ASSIGN_OR_RETURN(container_, ctx_->store->AssembleContainer(tenant, request_->task()));
-    msg_.set_total_bytes(container_.size());
-    msg_.set_xxh3_64(XXH3_64bits(container_.data(), container_.size()));
+    DS_ASSIGN_OR_RETURN(reader_, ctx_->store->OpenTask(tenant, request_->task()));
+    std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(),
+                                                                   &XXH3_freeState);
+    XXH3_64bits_reset(state.get());
+    uint64_t total = 0;
+    size_t index = 0;
+    DS_RETURN_IF_ERROR(reader_->ForEachContainerPiece([&](absl::Span<const uint8_t> piece) {
+      XXH3_64bits_update(state.get(), piece.data(), piece.size());
+      total += piece.size();
+      if (++index == num_pieces()) trailer_.assign(piece.begin(), piece.end());
+      return absl::OkStatus();
+    }));
+    msg_.set_total_bytes(total);
+    msg_.set_xxh3_64(XXH3_64bits_digest(state.get()));
+    return absl::OkStatus();
+  }
+
+  // Pool: makes piece_ the bytes of piece `index`.
+  absl::Status LoadPiece(size_t index) {
+    record_.reset();
+    if (index == 0) {
+      DS_ASSIGN_OR_RETURN(header_, reader_->HeaderBytes());
+      piece_ = header_;
+    } else if (index + 1 < num_pieces()) {
+      DS_ASSIGN_OR_RETURN(storage::StoredRecord record, reader_->ReadRecord(index - 1));
+      record_.emplace(std::move(record));
+      piece_ = record_->bytes();
+    } else {
+      piece_ = trailer_;
+    }
+    piece_index_ = index;
+    piece_offset_ = 0;
     return absl::OkStatus();
   }
 
   // Pool.
   void Setup() {
-    absl::Status status = Load();
+    absl::Status status = Open();
+    if (status.ok()) status = LoadPiece(0);
     if (!status.ok()) return Done(status);
     WriteNext();
   }
 
+  // Pool.
+  void LoadAndWrite(size_t index) {
+    absl::Status status = LoadPiece(index);
+    if (!status.ok()) return Done(status);
+    WriteNext();
+  }
+
+  // Sends the next chunk of piece_, or moves to the next piece (read on the pool).
   void WriteNext() {
     if (call_->IsCancelled()) return Done(ClientEndedStatus(*call_, "StreamDelta"));
-    if (offset_ == container_.size()) return Done(absl::OkStatus());
-    size_t n = std::min<size_t>(chunk_bytes_, container_.size() - offset_);
+    if (piece_offset_ == piece_.size()) {
+      const size_t next = piece_index_ + 1;
+      if (next == num_pieces()) return Done(absl::OkStatus());
+      ctx_->pool->Schedule([this, next] { LoadAndWrite(next); });
+      return;
+    }
+    const size_t n = std::min<size_t>(chunk_bytes_, piece_.size() - piece_offset_);
     msg_.set_offset(offset_);
-    msg_.set_data(container_.data() + offset_, n);
+    msg_.set_data(piece_.data() + piece_offset_, n);
+    piece_offset_ += n;
     offset_ += n;
     StartWrite(&msg_);
   }
@@ -73,8 +134,16 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
   const v1::StreamDeltaRequest* request_;
   CallLog log_;
   uint32_t chunk_bytes_ = 0;
-  std::vector<uint8_t> container_;
-  size_t offset_ = 0;
+  bool admitted_ = false;  // holds a --max-streams slot
+  // Touched by one thread at a time: the pool task or the gRPC callback that runs the
+  // single in-flight step (a write is started only after the previous one is done).
+  std::unique_ptr<storage::TaskReader> reader_;
+  std::vector<uint8_t> header_, trailer_;
+  std::optional<storage::StoredRecord> record_;
+  absl::Span<const uint8_t> piece_;
+  size_t piece_index_ = 0;
+  size_t piece_offset_ = 0;
+  uint64_t offset_ = 0;  // in the container
   v1::StreamDeltaResponse msg_;
   absl::Status status_;
 };

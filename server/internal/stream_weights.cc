@@ -28,8 +28,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/delta_codec.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 #include "re2/re2.h"
+#include "proto/protocol.h"
 #include "server/internal/convert.h"
 #include "server/internal/service.h"
 
@@ -95,6 +96,16 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
       stall_timed_out_ = true;
       call_->TryCancel();  // frees the write that flow control holds
     });
+    absl::Status admitted = ctx_->streams->Acquire();
+    admitted_ = admitted.ok();
+    if (!admitted_) {
+      {
+        absl::MutexLock lock(&mu_);
+        error_ = admitted;
+      }
+      Pump();  // finishes with the error at once
+      return;
+    }
     SchedulePool([this] { Setup(); });
   }
 
@@ -121,6 +132,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
 
   void OnDone() override {
     ctx_->stalls->Remove(stall_);
+    if (admitted_) ctx_->streams->Release();
     ctx_->metrics->streams_in_flight().Decrement();
     log_.Finish(final_status_);
     Unref();
@@ -153,14 +165,12 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
     DS_ASSIGN_OR_RETURN(Caller caller, ctx_->auth->Authenticate(AuthorizationHeader(*call_)));
     DS_ASSIGN_OR_RETURN(tenant_,
                         ResolveTask(*ctx_, caller, request_->tenant(), request_->task(), log_));
-    DS_ASSIGN_OR_RETURN(out_dtype_, FromProtoDType(request_->out_dtype()));
+    DS_ASSIGN_OR_RETURN(out_dtype_, proto::FromProtoOutDType(request_->out_dtype()));
     DS_ASSIGN_OR_RETURN(snap_, ctx_->versions->Open(*ctx_->store, tenant_, request_->task()));
     const storage::TaskInfo& info = snap_.reader->info();
-    if (info.base_hash != ctx_->base_hash) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "task '", info.task, "' was compressed against base ", codec::BaseHashHex(info.base_hash),
-          ", not the resident base ", ctx_->base_hash_hex));
-    }
+    DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(info.base_hash, ctx_->base_hash,
+                                                 absl::StrCat("task '", info.task, "'"),
+                                                 "the resident base"));
     DS_ASSIGN_OR_RETURN(plan_, PlanTensors(*request_, info));
     group_ = TaskGroup(tenant_, request_->task());
     v1::StreamBegin* begin = slots_[0].mutable_begin();
@@ -241,7 +251,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
       offset_ = 0;
       v1::TensorHeader* h = msg.mutable_header();
       h->set_name(current_->info.name);
-      h->set_dtype(ToProtoDType(current_->info.dtype));
+      h->set_dtype(proto::ToProtoDType(current_->info.dtype));
       h->mutable_shape()->Clear();
       for (int64_t d : current_->info.shape) h->add_shape(d);
       h->set_byte_length(current_->data.size());
@@ -352,6 +362,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
   const v1::StreamWeightsRequest* request_;
   CallLog log_;
   uint32_t chunk_bytes_ = 0;
+  bool admitted_ = false;  // holds a --max-streams slot; set in the constructor only
   std::atomic<bool> cancelled_{false};
   std::shared_ptr<StallWatch::Stream> stall_;
   std::atomic<bool> stall_timed_out_{false};

@@ -1,7 +1,7 @@
 #include "server/internal/task_versions.h"
 
 #include "absl/strings/str_cat.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 #include "server/internal/tensor_cache.h"
 
 namespace deltaserve::server::internal {

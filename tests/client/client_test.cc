@@ -239,13 +239,5 @@ TEST(GrpcStatusTest, CodesMapOneToOne) {
               StatusIs(absl::StatusCode::kUnauthenticated));
 }
 
-TEST(DTypeTest, ProtoRoundTrip) {
-  for (auto d : {codec::DType::kF32, codec::DType::kF16, codec::DType::kBF16}) {
-    ASSERT_OK_AND_ASSIGN(codec::DType back, FromProtoDType(ToProtoDType(d)));
-    EXPECT_EQ(back, d);
-  }
-  EXPECT_THAT(FromProtoDType(v1::DTYPE_UNSPECIFIED), StatusIs(absl::StatusCode::kInvalidArgument));
-}
-
 }  // namespace
 }  // namespace deltaserve::client

@@ -120,7 +120,7 @@ class FakeService final : public v1::DeltaService::Service {
       msg.Clear();
       auto* h = msg.mutable_header();
       h->set_name(t.info.name);
-      h->set_dtype(ToProtoDType(t.info.dtype));
+      h->set_dtype(proto::ToProtoDType(t.info.dtype));
       for (int64_t d : t.info.shape) h->add_shape(d);
       h->set_byte_length(t.data.size());
       h->set_xxh3_64(XXH3_64bits(t.data.data(), t.data.size()) + (fault == Fault::kBadChecksum));

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
@@ -215,6 +216,16 @@ TEST(BaseHashTest, DependsOnTensorsOnly) {
   ASSERT_THAT(Write(p.dir.File("chg.safetensors"), changed), IsOk());
   ASSERT_OK_AND_ASSIGN(auto chg, ModelReader::Open(p.dir.File("chg.safetensors")));
   EXPECT_NE(ComputeBaseHash(*chg), h);
+}
+
+TEST(BaseHashTest, MatchCheckNamesBothHashes) {
+  BaseHash a{}, b{};
+  b[15] = 1;
+  EXPECT_THAT(CheckBaseHashMatch(a, a, "task 't'", "the resident base"), IsOk());
+  EXPECT_THAT(CheckBaseHashMatch(a, b, "task 't'", "the resident base"),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       absl::StrCat("task 't' was compressed against base ", BaseHashHex(a),
+                                    ", not the resident base ", BaseHashHex(b))));
 }
 
 TEST(DeltaCodecTest, CompressDecompressRoundTrip) {

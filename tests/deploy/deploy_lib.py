@@ -286,17 +286,26 @@ SPEC_METRICS = {
     "deltaserve_cache_evictions_total": "counter",
     "deltaserve_cache_bytes": "gauge",
     "deltaserve_streams_in_flight": "gauge",
+    "deltaserve_admitted_calls": "gauge",
+    "deltaserve_admission_rejected_total": "counter",
     "deltaserve_tenant_tasks": "gauge",
     "deltaserve_tenant_stored_bytes": "gauge",
     "deltaserve_base_bytes": "gauge",
     "deltaserve_base_tensors": "gauge",
     "deltaserve_build_info": "gauge",
+    "deltaserve_streams_stalled": "gauge",
+    "deltaserve_store_free_bytes": "gauge",
+    "deltaserve_store_writes_blocked": "gauge",
+    "deltaserve_open_files_limit": "gauge",
 }
 
 # deltaserved's flags (server spec), each also read from DELTASERVE_<UPPER_SNAKE>.
 DAEMON_FLAGS = ["base", "db", "listen", "metrics-listen", "config", "tls-cert", "tls-key",
-                "cache-bytes", "workers", "chunk-bytes", "prefetch-tensors", "max-upload-bytes", "preload",
-                "drain-seconds", "log-format"]
+                "cache-bytes", "workers", "chunk-bytes", "prefetch-tensors", "max-upload-bytes", "max-uploads",
+                "max-streams", "grpc-memory-bytes", "preload",
+                "drain-seconds", "db-min-free-bytes", "stall-seconds", "write-timeout-seconds",
+                "keepalive-seconds", "keepalive-timeout-seconds", "min-client-ping-seconds",
+                "log-format"]
 DAEMON_ENV = {"DELTASERVE_" + f.upper().replace("-", "_"): "--" + f for f in DAEMON_FLAGS}
 
 

@@ -143,7 +143,7 @@ TEST(AuthConfigTest, UnknownKeysEmptyConfigsAndJsonErrorsAreNamed) {
   // Line 3, column 3: the stray "x".
   EXPECT_THAT(ParseAuthConfig("{\n  \"tenants\": [],\n  x\n}", ""),
               StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("not valid JSON at line 3, column 3")));
+                       HasSubstr("malformed JSON at line 3, column 3")));
 }
 
 }  // namespace

@@ -40,7 +40,7 @@ TEST_F(ServerTest, LargestChunkFitsADefaultClientsReceiveLimit) {
   grpc::ClientContext ctx;
   v1::StreamWeightsRequest req;
   req.set_task("t");
-  req.set_chunk_bytes(4u << 20);  // clamped to kMaxChunkBytes
+  req.set_chunk_bytes(4u << 20);  // clamped to proto::kMaxChunkBytes
   auto reader = stub->StreamWeights(&ctx, req);
   v1::StreamWeightsResponse msg;
   size_t largest = 0;
@@ -51,7 +51,7 @@ TEST_F(ServerTest, LargestChunkFitsADefaultClientsReceiveLimit) {
   }
   ASSERT_THAT(reader->Finish().error_message(), "");
   EXPECT_TRUE(ended);
-  EXPECT_EQ(largest, kMaxChunkBytes);
+  EXPECT_EQ(largest, proto::kMaxChunkBytes);
 }
 
 // Reproduction 8: during the drain, health checks answer NOT_SERVING (as CONFIG.md says),

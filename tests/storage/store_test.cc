@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rocksdb/db.h"
@@ -236,6 +237,34 @@ TEST_F(StoreTest, QuotaExceededStoresNothing) {
   quota.overwrite = false;
   quota.quota_bytes = 2 * bytes.size();
   EXPECT_THAT(Commit("acme", "two", bytes, quota), IsOk());
+}
+
+TEST_F(StoreTest, CheckCommitDecidesAsCommitWouldWithoutWriting) {
+  const auto bytes = MakeContainer(kThree);
+  const uint64_t n = bytes.size();
+  CommitOptions quota;
+  quota.quota_bytes = 2 * n - 1;
+  EXPECT_THAT(store_->CheckCommit("acme", "one", n, quota), IsOk());
+  EXPECT_THAT(store_->GetTask("acme", "one"), StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_THAT(Commit("acme", "one", bytes, quota), IsOk());
+  // Same size: may be an identical re-push (OK, unchanged), decided at the commit.
+  EXPECT_THAT(store_->CheckCommit("acme", "one", n, quota), IsOk());
+  EXPECT_THAT(store_->CheckCommit("acme", "one", n - 1, quota),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       "tenant 'acme' task 'one' already exists (overwrite not set)"));
+  EXPECT_THAT(store_->CheckCommit("acme", "two", n, quota),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr(absl::StrCat("tenant quota exceeded (", n, " bytes used + ", n,
+                                              " bytes of this task > quota ", 2 * n - 1))));
+  // Overwriting counts the replaced task as freed, as CommitTask does.
+  quota.overwrite = true;
+  EXPECT_THAT(store_->CheckCommit("acme", "one", 2 * n - 1, quota), IsOk());
+  EXPECT_THAT(store_->CheckCommit("acme", "one", 2 * n, quota),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(store_->CheckCommit("acme", "bad/name", n, quota),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  ASSERT_OK_AND_ASSIGN(TenantUsage usage, store_->GetTenantUsage("acme"));
+  EXPECT_EQ(usage.bytes, n);
 }
 
 TEST_F(StoreTest, ConcurrentCommitsNeverExceedQuota) {

@@ -1,14 +1,27 @@
-// Status propagation macros shared by every deltaserve library.
+// Status propagation macros (and Annotate) shared by every deltaserve library.
 //
 // Debian 12's Abseil (20220623) ships no RETURN_IF_ERROR / ASSIGN_OR_RETURN, so this is
 // the project's one definition of them (STYLE.md, "Errors"). Header-only; no state.
-#ifndef DELTASERVE_CODEC_STATUS_MACROS_H_
-#define DELTASERVE_CODEC_STATUS_MACROS_H_
+#ifndef DELTASERVE_COMMON_STATUS_MACROS_H_
+#define DELTASERVE_COMMON_STATUS_MACROS_H_
 
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+namespace deltaserve::common {
+
+// `status` with "<prefix>: " before its message and the same code (OK stays OK): how a
+// caller adds what it was doing to an error from below.
+inline absl::Status Annotate(const absl::Status& status, absl::string_view prefix) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat(prefix, ": ", status.message()));
+}
+
+}  // namespace deltaserve::common
 
 // Evaluates `expr` (an absl::Status); returns it from the enclosing function if not OK.
 #define DS_RETURN_IF_ERROR(expr)                         \
@@ -30,4 +43,4 @@
   if (!statusor.ok()) return std::move(statusor).status(); \
   lhs = std::move(statusor).value()
 
-#endif  // DELTASERVE_CODEC_STATUS_MACROS_H_
+#endif  // DELTASERVE_COMMON_STATUS_MACROS_H_

@@ -1,4 +1,4 @@
-#include "codec/file.h"
+#include "common/file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -11,9 +11,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "codec/status_macros.h"
+#include "common/status_macros.h"
 
-namespace deltaserve::codec {
+namespace deltaserve::common {
 namespace {
 
 absl::Status ErrnoError(int err, absl::string_view what, const std::string& path) {
@@ -141,4 +141,4 @@ absl::Status WriteFileAtomically(const std::string& path,
   return writer->Commit();
 }
 
-}  // namespace deltaserve::codec
+}  // namespace deltaserve::common

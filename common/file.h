@@ -1,7 +1,7 @@
-// Files for the codec and the client: read-only memory mappings and writers that
+// Files for every deltaserve library: read-only memory mappings and writers that
 // replace a file atomically (write `path.tmp`, fsync, rename).
-#ifndef DELTASERVE_CODEC_FILE_H_
-#define DELTASERVE_CODEC_FILE_H_
+#ifndef DELTASERVE_COMMON_FILE_H_
+#define DELTASERVE_COMMON_FILE_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -14,7 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
-namespace deltaserve::codec {
+namespace deltaserve::common {
 
 // A whole file mapped read-only (POSIX mmap, PROT_READ, MAP_PRIVATE). The bytes stay
 // valid for the object's lifetime; the file is not copied. If another process truncates
@@ -87,6 +87,6 @@ class AtomicFileWriter {
 absl::Status WriteFileAtomically(const std::string& path,
                                  const std::vector<absl::Span<const uint8_t>>& pieces);
 
-}  // namespace deltaserve::codec
+}  // namespace deltaserve::common
 
-#endif  // DELTASERVE_CODEC_FILE_H_
+#endif  // DELTASERVE_COMMON_FILE_H_

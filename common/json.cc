@@ -1,28 +1,40 @@
-#include "codec/internal/json_util.h"
+#include "common/json.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
-#include "codec/status_macros.h"
-#include "codec/tensor.h"
 
-namespace deltaserve::codec::internal {
+namespace deltaserve::common {
 
 absl::StatusOr<nlohmann::json> ParseJson(std::string_view text, absl::string_view what) {
-  // allow_exceptions = false: a syntax error yields a "discarded" value instead of a
-  // throw; the callback is unused.
-  nlohmann::json j = nlohmann::json::parse(text.begin(), text.end(), nullptr,
-                                           /*allow_exceptions=*/false);
-  if (j.is_discarded()) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": malformed JSON"));
+  try {
+    return nlohmann::json::parse(text.begin(), text.end());
+  } catch (const nlohmann::json::parse_error& e) {
+    // e.byte is the 1-based byte where parsing stopped; users want line:column.
+    const size_t byte = e.byte > 0 ? std::min<size_t>(e.byte - 1, text.size()) : 0;
+    size_t line = 1, col = 1;
+    for (size_t i = 0; i < byte; ++i) {
+      if (text[i] == '\n') {
+        ++line;
+        col = 1;
+      } else {
+        ++col;
+      }
+    }
+    return absl::InvalidArgumentError(absl::StrCat(what, ": malformed JSON at line ", line,
+                                                   ", column ", col, " (byte ", e.byte,
+                                                   "): ", e.what()));
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": malformed JSON: ", e.what()));
   }
-  return j;
 }
 
-absl::StatusOr<std::string> DumpJson(const nlohmann::json& j, absl::string_view what) {
+absl::StatusOr<std::string> DumpJson(const nlohmann::json& j, absl::string_view what,
+                                     int indent) {
   try {
-    return j.dump();
+    return j.dump(indent);
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": cannot serialize: ", e.what()));
   }
@@ -45,26 +57,6 @@ absl::StatusOr<int64_t> JsonToNonNegativeInt(const nlohmann::json& j, absl::stri
       absl::StrCat(what, ": expected a non-negative integer, got ", j.type_name()));
 }
 
-absl::StatusOr<std::vector<int64_t>> JsonToShape(const nlohmann::json& j,
-                                                 absl::string_view what) {
-  if (!j.is_array()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": expected an array of dims, got ", j.type_name()));
-  }
-  std::vector<int64_t> shape;
-  shape.reserve(j.size());
-  for (const nlohmann::json& dim : j) {
-    DS_ASSIGN_OR_RETURN(int64_t d, JsonToNonNegativeInt(dim, what));
-    shape.push_back(d);
-  }
-  absl::StatusOr<int64_t> n = CheckedNumElements(shape);
-  if (!n.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": bad shape ", ShapeString(shape), ": ", n.status().message()));
-  }
-  return shape;
-}
-
 absl::StatusOr<std::string> JsonToString(const nlohmann::json& j, absl::string_view what) {
   if (!j.is_string()) {
     return absl::InvalidArgumentError(
@@ -85,4 +77,12 @@ absl::StatusOr<double> JsonToDouble(const nlohmann::json& j, absl::string_view w
   return v;
 }
 
-}  // namespace deltaserve::codec::internal
+absl::StatusOr<bool> JsonToBool(const nlohmann::json& j, absl::string_view what) {
+  if (!j.is_boolean()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": expected true or false, got ", j.type_name()));
+  }
+  return j.get<bool>();
+}
+
+}  // namespace deltaserve::common

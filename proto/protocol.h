@@ -1,0 +1,55 @@
+// Facts of the deltaserve.v1 protocol that both ends must agree on, in one place: chunk
+// sizes, the largest message, and dtype conversions between the wire and codec::DType.
+// Server and client both use these; nothing else in the tree restates them.
+// Thread-safe (no state).
+#ifndef DELTASERVE_PROTO_PROTOCOL_H_
+#define DELTASERVE_PROTO_PROTOCOL_H_
+
+#include <cstdint>
+#include <optional>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "codec/tensor.h"
+#include "deltaserve/v1/delta_service.pb.h"
+
+namespace deltaserve::proto {
+
+// Data bytes per streamed message (StreamWeights and StreamDelta chunks, PutDelta
+// chunks): the allowed range and the default of both ends.
+// The maximum is 4 MiB less 1 KiB kept for the message's own framing (oneof tag,
+// lengths, offset, totals: under 64 bytes), so that every message fits a default gRPC
+// client's 4 MiB receive limit (4 MiB of data made 4,194,314-byte messages).
+inline constexpr uint32_t kMinChunkBytes = 4u << 10;                    // 4 KiB
+inline constexpr uint32_t kMaxChunkBytes = (4u << 20) - (1u << 10);     // 4 MiB - 1 KiB
+inline constexpr uint32_t kDefaultChunkBytes = 1u << 20;                // 1 MiB
+
+// The largest message either end sends or accepts, bytes: a kMaxChunkBytes chunk plus
+// its framing with room to spare. Server and client set gRPC's send and receive limits
+// to this.
+inline constexpr int kMaxMessageBytes = 16 << 20;
+
+// OK if kMinChunkBytes <= `bytes` <= kMaxChunkBytes, else InvalidArgument naming `what`
+// (the option or flag) and the range.
+absl::Status ValidateChunkBytes(uint32_t bytes, absl::string_view what);
+
+// The chunk size a stream uses: `requested` (0: `server_default`) clamped into
+// [kMinChunkBytes, kMaxChunkBytes].
+uint32_t EffectiveChunkBytes(uint32_t requested, uint32_t server_default);
+
+// codec::DType -> wire.
+v1::DType ToProtoDType(codec::DType dtype);
+
+// Wire -> codec::DType for a field that must name a dtype (TensorHeader.dtype,
+// TensorSummary.dtype): DTYPE_UNSPECIFIED and unknown numbers are InvalidArgument.
+absl::StatusOr<codec::DType> FromProtoDType(v1::DType dtype);
+
+// Wire -> requested output dtype (StreamWeightsRequest.out_dtype, PinTaskRequest
+// .out_dtype): DTYPE_UNSPECIFIED is nullopt, "keep each tensor's recorded dtype";
+// unknown numbers are InvalidArgument.
+absl::StatusOr<std::optional<codec::DType>> FromProtoOutDType(v1::DType dtype);
+
+}  // namespace deltaserve::proto
+
+#endif  // DELTASERVE_PROTO_PROTOCOL_H_
