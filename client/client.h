@@ -164,6 +164,15 @@ class DeltaClient {
   // Nothing is left at out_path on error.
   absl::StatusOr<PullStats> PullWeights(const std::string& task, const std::string& out_path,
                                         const PullOptions& options = {});
+  // Same, as a Hugging Face checkpoint directory: codec::WriteShardedSafetensors(dir, the
+  // tensors in stream order, the server's safetensors metadata, max_shard_bytes), i.e.
+  // model-0000i-of-0000N.safetensors shards of at most max_shard_bytes of tensor data
+  // (a larger tensor gets a shard of its own) and model.safetensors.index.json. The
+  // spill file lies in `dir` (created if needed) and is removed. InvalidArgument if
+  // max_shard_bytes is 0; otherwise PullWeights' errors.
+  absl::StatusOr<PullStats> PullWeightsToDirectory(const std::string& task, const std::string& dir,
+                                                   uint64_t max_shard_bytes,
+                                                   const PullOptions& options = {});
   // Same, into memory.
   absl::StatusOr<PulledModel> PullWeightsToMemory(const std::string& task,
                                                   const PullOptions& options = {});

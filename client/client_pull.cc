@@ -3,6 +3,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <system_error>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -169,6 +172,21 @@ class SpillSink : public WeightsSink {
 
   // Writes the safetensors file from the spilled data.
   absl::Status Finish(const std::string& out_path) {
+    return WithViews([&](const std::vector<codec::TensorView>& views) {
+      return codec::WriteSafetensors(out_path, views, metadata_);
+    });
+  }
+  // Writes a sharded checkpoint directory from the spilled data.
+  absl::Status FinishSharded(const std::string& dir, uint64_t max_shard_bytes) {
+    return WithViews([&](const std::vector<codec::TensorView>& views) {
+      return codec::WriteShardedSafetensors(dir, views, metadata_, max_shard_bytes);
+    });
+  }
+
+ private:
+  // Calls write(views of the spilled tensors, in stream order) over the mapped spill.
+  absl::Status WithViews(
+      const std::function<absl::Status(const std::vector<codec::TensorView>&)>& write) {
     DS_RETURN_IF_ERROR(spill_->Close());
     DS_ASSIGN_OR_RETURN(std::unique_ptr<common::MappedFile> mapped,
                         common::MappedFile::Open(spill_->tmp_path()));
@@ -177,10 +195,9 @@ class SpillSink : public WeightsSink {
     for (const auto& [info, offset] : tensors_) {
       views.push_back({info, mapped->bytes().subspan(offset, info.num_bytes())});
     }
-    return codec::WriteSafetensors(out_path, views, metadata_);
+    return write(views);
   }
 
- private:
   std::unique_ptr<common::AtomicFileWriter> spill_;  // removed when the sink is destroyed
   std::vector<std::pair<codec::TensorInfo, uint64_t>> tensors_;
   std::map<std::string, std::string> metadata_;
@@ -312,25 +329,53 @@ absl::StatusOr<DeltaStats> RunStreamDelta(
   return stats;
 }
 
-}  // namespace
-
-absl::StatusOr<PullStats> DeltaClient::PullWeights(const std::string& task,
-                                                   const std::string& out_path,
-                                                   const PullOptions& options) {
+// Streams `task` into a SpillSink whose scratch file is `spill_path` + ".tmp"; NotFound
+// (saying nothing was written to `target`) when no tensor arrives.
+absl::StatusOr<PullStats> PullToSpill(const DeltaClient::Impl& impl, const std::string& task,
+                                      const std::string& spill_path, const std::string& target,
+                                      const PullOptions& options, std::unique_ptr<SpillSink>* sink) {
   DS_ASSIGN_OR_RETURN(std::unique_ptr<common::AtomicFileWriter> spill,
-                      common::AtomicFileWriter::Open(out_path + ".data"));
-  SpillSink sink(std::move(spill));
-  DS_ASSIGN_OR_RETURN(PullStats stats, RunStreamWeights(*impl_, task, options, &sink));
+                      common::AtomicFileWriter::Open(spill_path));
+  *sink = std::make_unique<SpillSink>(std::move(spill));
+  DS_ASSIGN_OR_RETURN(PullStats stats, RunStreamWeights(impl, task, options, sink->get()));
   if (stats.tensors == 0) {
     // An empty file would look like a successful pull; the spill is removed with `sink`.
     const bool filtered = !options.include.empty() || !options.include_regex.empty() ||
                           !options.resume_from.empty();
     return absl::NotFoundError(absl::StrCat(
-        "StreamWeights ", TaskLabel(impl_->options, task), ": ",
+        "StreamWeights ", TaskLabel(impl.options, task), ": ",
         filtered ? "no tensor matches the filter" : "the task has no tensors",
-        "; nothing written to ", out_path));
+        "; nothing written to ", target));
   }
-  DS_RETURN_IF_ERROR(sink.Finish(out_path));
+  return stats;
+}
+
+}  // namespace
+
+absl::StatusOr<PullStats> DeltaClient::PullWeights(const std::string& task,
+                                                   const std::string& out_path,
+                                                   const PullOptions& options) {
+  std::unique_ptr<SpillSink> sink;
+  DS_ASSIGN_OR_RETURN(PullStats stats,
+                      PullToSpill(*impl_, task, out_path + ".data", out_path, options, &sink));
+  DS_RETURN_IF_ERROR(sink->Finish(out_path));
+  return stats;
+}
+
+absl::StatusOr<PullStats> DeltaClient::PullWeightsToDirectory(const std::string& task,
+                                                              const std::string& dir,
+                                                              uint64_t max_shard_bytes,
+                                                              const PullOptions& options) {
+  if (max_shard_bytes == 0) return absl::InvalidArgumentError("max_shard_bytes must be positive");
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot create directory ", dir));
+  std::unique_ptr<SpillSink> sink;
+  DS_ASSIGN_OR_RETURN(
+      PullStats stats,
+      PullToSpill(*impl_, task, (std::filesystem::path(dir) / ".pull.data").string(), dir,
+                  options, &sink));
+  DS_RETURN_IF_ERROR(sink->FinishSharded(dir, max_shard_bytes));
   return stats;
 }
 

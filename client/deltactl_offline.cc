@@ -1,8 +1,10 @@
 // `deltactl convert`, `deltactl compress` and `deltactl decompress`: the offline
 // subcommands that need no server.
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -35,6 +37,8 @@ struct CompressCliOptions {
 
 struct DecompressCliOptions {
   std::string base, delta, out, dtype;
+  std::string out_dir;  // Hugging Face checkpoint directory instead of --out
+  uint64_t shard_bytes = kDefaultShardBytes;
   bool force = false;
 };
 
@@ -102,16 +106,51 @@ absl::Status RunCompress(const CompressCliOptions& o) {
   return absl::OkStatus();
 }
 
+// Writes the merged model file `merged` as a sharded checkpoint directory, tensors in
+// container order (as `pull --out-dir` writes them), with the file's metadata.
+absl::Status WriteCheckpointDir(const std::string& merged, const codec::ContainerReader& container,
+                                const std::string& dir, uint64_t shard_bytes) {
+  DS_ASSIGN_OR_RETURN(auto model, codec::ModelReader::Open(merged));
+  std::vector<codec::TensorView> views;
+  for (size_t i = 0; i < container.num_records(); ++i) {
+    DS_ASSIGN_OR_RETURN(codec::TensorRecord record, container.record(i));
+    DS_ASSIGN_OR_RETURN(codec::TensorView view, model->Get(record.info.name));
+    views.push_back(view);
+  }
+  return codec::WriteShardedSafetensors(dir, views, model->metadata(), shard_bytes);
+}
+
 absl::Status RunDecompress(const DecompressCliOptions& o) {
   codec::DecompressOptions options;
   options.force = o.force;
   DS_ASSIGN_OR_RETURN(options.out_dtype, ParseDTypeOption(o.dtype));
+  if (o.out.empty() == o.out_dir.empty()) {
+    return absl::InvalidArgumentError("decompress needs exactly one of --out FILE and --out-dir DIR");
+  }
+  if (!o.out_dir.empty() && o.shard_bytes == 0) {
+    return absl::InvalidArgumentError("--shard-bytes must be positive");
+  }
   DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.delta));
   DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(o.base));
-  DS_RETURN_IF_ERROR(codec::DecompressModel(*base, container->reader(), options, o.out,
+  // A directory is written from one merged file made beside the shards (then removed),
+  // so that memory stays at one tensor, as for --out.
+  const std::string out =
+      o.out.empty() ? (std::filesystem::path(o.out_dir) / ".decompress.safetensors").string()
+                    : o.out;
+  if (!o.out_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(o.out_dir, ec);
+    if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot create ", o.out_dir));
+  }
+  DS_RETURN_IF_ERROR(codec::DecompressModel(*base, container->reader(), options, out,
                                             StderrProgress("decompress")));
-  absl::PrintF("decompressed %s + %s -> %s (%d tensors)\n", o.base, o.delta, o.out,
-               container->reader().num_records());
+  if (!o.out_dir.empty()) {
+    absl::Status sharded = WriteCheckpointDir(out, container->reader(), o.out_dir, o.shard_bytes);
+    std::filesystem::remove(out);
+    DS_RETURN_IF_ERROR(sharded);
+  }
+  absl::PrintF("decompressed %s + %s -> %s (%d tensors)\n", o.base, o.delta,
+               o.out.empty() ? o.out_dir : o.out, container->reader().num_records());
   return absl::OkStatus();
 }
 
@@ -163,7 +202,14 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   auto dc = std::make_shared<DecompressCliOptions>();
   decompress->add_option("--base", dc->base, "Base model the delta was made against")->required();
   decompress->add_option("--delta", dc->delta, "Delta container (.dds)")->required();
-  decompress->add_option("--out", dc->out, "Output .safetensors file")->required();
+  auto* dc_out = decompress->add_option("--out", dc->out, "Output .safetensors file");
+  decompress
+      ->add_option("--out-dir", dc->out_dir,
+                   "Output Hugging Face checkpoint directory (sharded safetensors + "
+                   "model.safetensors.index.json) instead of --out")
+      ->excludes(dc_out);
+  decompress->add_option("--shard-bytes", dc->shard_bytes, "Largest shard of --out-dir, bytes")
+      ->capture_default_str();
   decompress->add_flag("--force", dc->force, "Decode even if the base hash differs");
   AddDTypeOption(decompress, &dc->dtype);
   decompress->callback([dc, action] { *action = [dc] { return RunDecompress(*dc); }; });

@@ -49,6 +49,8 @@ struct TaskFlags {
   std::vector<std::string> include;
   std::string include_regex;
   std::string resume_from;
+  std::string out_dir;  // pull: Hugging Face checkpoint directory instead of --out
+  uint64_t shard_bytes = kDefaultShardBytes;
 };
 
 void AddRemoteFlags(CLI::App* sub, RemoteFlags* f) {
@@ -233,10 +235,17 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
   options.include_regex = t.include_regex;
   options.resume_from = t.resume_from;
   options.progress = StderrByteProgress("pull " + t.task);
-  DS_ASSIGN_OR_RETURN(PullStats stats, client->PullWeights(t.task, t.out, options));
+  if (t.out.empty() == t.out_dir.empty()) {
+    return absl::InvalidArgumentError("pull needs exactly one of --out FILE and --out-dir DIR");
+  }
+  const std::string& out = t.out.empty() ? t.out_dir : t.out;
+  DS_ASSIGN_OR_RETURN(PullStats stats,
+                      t.out.empty()
+                          ? client->PullWeightsToDirectory(t.task, t.out_dir, t.shard_bytes, options)
+                          : client->PullWeights(t.task, t.out, options));
   if (f.json) {
     return PrintJson(json{{"task", t.task},
-                          {"out", t.out},
+                          {"out", out},
                           {"tensors", stats.tensors},
                           {"bytes", stats.bytes},
                           {"seconds", stats.seconds},
@@ -246,7 +255,7 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
   absl::PrintF(
       "pulled %s -> %s: %d tensors, %d bytes in %.3f s (%.3f GB/s, first tensor after %.3f s), "
       "every tensor checksum verified\n",
-      t.task, t.out, stats.tensors, stats.bytes, stats.seconds,
+      t.task, out, stats.tensors, stats.bytes, stats.seconds,
       stats.seconds > 0 ? stats.bytes / stats.seconds / 1e9 : 0.0, stats.first_tensor_seconds);
   return absl::OkStatus();
 }
@@ -314,7 +323,13 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   CLI::App* pull = add("pull", "Stream a task's merged weights into a .safetensors file "
                                "(every tensor checksum verified; same bytes as decompress)");
   pull->add_option("--task", task->task, "Task name")->required();
-  pull->add_option("--out", task->out, "Output .safetensors file")->required();
+  auto* pull_out = pull->add_option("--out", task->out, "Output .safetensors file");
+  pull->add_option("--out-dir", task->out_dir,
+                   "Output Hugging Face checkpoint directory (sharded safetensors + "
+                   "model.safetensors.index.json) instead of --out")
+      ->excludes(pull_out);
+  pull->add_option("--shard-bytes", task->shard_bytes, "Largest shard of --out-dir, bytes")
+      ->capture_default_str();
   AddDTypeOption(pull, &task->dtype);
   pull->add_option("--include", task->include, "Only tensors matching this glob (repeatable)");
   pull->add_option("--include-regex", task->include_regex, "Only tensors fully matching this RE2");

@@ -328,7 +328,8 @@ int MergeTensorParts(const TensorRecord& record, int64_t min_part_weights, int m
 }
 
 absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record, DType out_dtype,
-                             int part, int num_parts, absl::Span<uint8_t> out) {
+                             int part, int num_parts, absl::Span<uint8_t> out,
+                             const MergedBytesFn& on_bytes) {
   const std::string& name = record.info.name;
   if (out.size() != MergedBytes(record, out_dtype)) {
     return absl::InvalidArgumentError(absl::StrCat(Quoted(name), ": output buffer is ", out.size(),
@@ -352,6 +353,7 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
     auto [lo, hi] = split(n, 1, n);
     CastElements(record.payload.data() + lo * DTypeSize(record.info.dtype), record.info.dtype,
                  hi - lo, out_dtype, out.data() + lo * osz);
+    if (on_bytes) on_bytes(out.subspan(lo * osz, (hi - lo) * osz));
     return absl::OkStatus();
   }
   if (base == nullptr) {
@@ -374,19 +376,28 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
     auto [lo, hi] = split(n, 1, n);
     CastElements(bv->data.data() + lo * bsz, bv->info.dtype, hi - lo, out_dtype,
                  out.data() + lo * osz);
+    if (on_bytes) on_bytes(out.subspan(lo * osz, (hi - lo) * osz));
     return absl::OkStatus();
   }
   const int64_t units = (record.rows + kMergeRowAlign - 1) / kMergeRowAlign;
   auto [row_lo, row_hi] = split(units, kMergeRowAlign, record.rows);
+  const size_t row_bytes = static_cast<size_t>(record.cols) * osz;
+  RowsDoneFn on_rows;
+  if (on_bytes) {
+    on_rows = [&](int64_t r0, int64_t r1) {
+      on_bytes(out.subspan(r0 * row_bytes, (r1 - r0) * row_bytes));
+    };
+  }
   absl::Status s =
       DecodeDctMatrixMergeRows(record.payload, record.rows, record.cols, row_lo, row_hi,
-                               bv->data.data(), bv->info.dtype, out_dtype, out.data());
+                               bv->data.data(), bv->info.dtype, out_dtype, out.data(), on_rows);
   if (!s.ok()) {
     return absl::Status(s.code(), absl::StrCat(Quoted(name), ": ", s.message()));
   }
   if (n > base_n && part == num_parts - 1) {
     CastElements(record.extra_rows.data(), record.info.dtype, n - base_n, out_dtype,
                  out.data() + base_n * osz);
+    if (on_bytes) on_bytes(out.subspan(base_n * osz));
   }
   return absl::OkStatus();
 }

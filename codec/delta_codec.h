@@ -113,8 +113,14 @@ absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DT
 // of the 2-D view in multiples of kMergeRowAlign rows (so each patch-row strip is
 // decoded once for patch sizes dividing 64, e.g. 8, 16, 32); a part may be empty.
 inline constexpr int64_t kMergeRowAlign = 64;
+// `on_bytes`, if given, is called on this thread with consecutive pieces of `out` as
+// they become final, in increasing order, covering exactly this part's byte range
+// (patch-row strips of a kDct record; one piece otherwise): e.g. to hash a single-part
+// merge while its bytes are still in cache.
+using MergedBytesFn = std::function<void(absl::Span<const uint8_t> piece)>;
 absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record, DType out_dtype,
-                             int part, int num_parts, absl::Span<uint8_t> out);
+                             int part, int num_parts, absl::Span<uint8_t> out,
+                             const MergedBytesFn& on_bytes = nullptr);
 // A part count for `record`: about one part per `min_part_weights` weights, at most
 // `max_parts`, at least 1, never more than the record has row units.
 int MergeTensorParts(const TensorRecord& record, int64_t min_part_weights, int max_parts);

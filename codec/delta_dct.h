@@ -18,6 +18,7 @@
 #define DELTASERVE_CODEC_DELTA_DCT_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -124,10 +125,14 @@ absl::Status DecodeDctMatrixMerge(absl::Span<const uint8_t> payload, int64_t row
 // row_begin: none for single-level schedules, one pass over the level map otherwise.
 // Errors: those of DecodeDctMatrix; InvalidArgument unless
 // 0 <= row_begin <= row_end <= rows (an empty range is OK and writes nothing).
+// `on_rows`, if given, is called on this thread after each patch-row strip is written,
+// with the rows [r0, r1) now final, in increasing order, covering [row_begin, row_end)
+// exactly (lets a caller hash or send the rows while they are still in cache).
+using RowsDoneFn = std::function<void(int64_t r0, int64_t r1)>;
 absl::Status DecodeDctMatrixMergeRows(absl::Span<const uint8_t> payload, int64_t rows,
                                       int64_t cols, int64_t row_begin, int64_t row_end,
                                       const uint8_t* base, DType base_dtype, DType out_dtype,
-                                      uint8_t* out);
+                                      uint8_t* out, const RowsDoneFn& on_rows = nullptr);
 
 }  // namespace deltaserve::codec
 

@@ -12,13 +12,18 @@ BUILD_PKGS=(
   nlohmann-json3-dev libcli11-dev libspdlog-dev libxxhash-dev libre2-dev
 )
 # Tests: a real Prometheus server and promtool, docker-compose for `config` validation,
-# curl/openssl/shellcheck/python3-yaml for the deployment tests; for the fidelity harness
-# (tests/eval) Python with numpy/torch/matplotlib, real face photographs
-# (python3-skimage's data) and a labeled text set (the fortunes packages).
+# curl/openssl/shellcheck/python3-yaml for the deployment tests; linux-perf to profile
+# the benchmarks (`perf record -e cpu-clock`: VMs often lack hardware counters); for
+# the fidelity harness (tests/eval) Python with numpy/torch/matplotlib, real face
+# photographs (python3-skimage's data) and a labeled text set (the fortunes packages).
+# The Python client (python/deltaserve): gRPC, protobuf and xxhash modules, and
+# pybind11 with the Python headers for its C++ codec binding (built only when pybind11
+# is found).
 TEST_PKGS=(
-  prometheus docker-compose curl openssl shellcheck python3-yaml
+  prometheus docker-compose curl openssl shellcheck python3-yaml linux-perf
   python3 python3-numpy python3-torch python3-matplotlib python3-pil
   python3-skimage fortunes fortunes-min fortune-mod
+  python3-grpcio python3-protobuf python3-xxhash pybind11-dev python3-dev
 )
 
 want=("${BUILD_PKGS[@]}")

@@ -11,7 +11,10 @@
 # 5. pushes the delta as task "faceres-deep", pulls the merged weights over gRPC
 # 6. checks them: bit-identical to offline `deltactl decompress` (cmp), and relative error
 #    against the finetuned weights (`deltactl eval`)
-# 7. prints the figures and stops the daemon with SIGTERM (drain), waiting for it
+# 7. a Python inference worker (deploy/faceres_worker.py, the deltaserve package) loads
+#    the task by StreamWeights and by StreamDelta + local decode, runs the real faceres
+#    network on real face photos and prints descriptor cosines; both loads must agree
+# 8. prints the figures and stops the daemon with SIGTERM (drain), waiting for it
 #
 # Idempotent: re-runs reuse the database (the task is pushed with --overwrite).
 # Environment: DELTASERVE_LISTEN (default 127.0.0.1:50051), DELTASERVE_METRICS_LISTEN
@@ -36,7 +39,7 @@ say "dependencies"
 if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then deploy/install-deps.sh; fi
 say "build ($BUILD, Release)"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-ninja -C "$BUILD" -j2 deltactl deltaserved
+ninja -C "$BUILD" -j2 deltactl deltaserved deltaserve_python
 DELTACTL="$BUILD/client/deltactl"
 DELTASERVED="$BUILD/server/deltaserved"
 
@@ -132,7 +135,15 @@ else
 fi
 "$DELTACTL" eval --base "$BASE" --finetuned "$FT" --delta "$DELTA" | tee "$WORK/eval.txt"
 
-# ---------------------------------------------------------------- 7. figures, stop
+# ---------------------------------------------------------------- 7. Python worker
+say "Python inference worker (deltaserve package, faceres forward on real photos)"
+WORKER="NO"
+if PYTHONPATH="$BUILD/python" OPENBLAS_NUM_THREADS=1 /usr/bin/python3 deploy/faceres_worker.py \
+     --models "$MODELS" --base "$BASE" --task "$TASK"; then
+  WORKER="yes"
+fi
+
+# ---------------------------------------------------------------- 8. figures, stop
 METRICS_TEXT="$(curl -sf "http://$METRICS/metrics" || true)"
 say "figures"
 printf '%-40s %s\n' "base (faceres) bytes" "$(stat -c %s "$BASE")"
@@ -141,6 +152,7 @@ printf '%-40s %s\n' "delta container bytes" "$(stat -c %s "$DELTA")"
 printf '%-40s %s\n' "pulled safetensors bytes" "$(stat -c %s "$PULLED")"
 printf '%-40s %s s\n' "pull wall time (deltactl pull)" "$(awk "BEGIN{printf \"%.3f\", $t1 - $t0}")"
 printf '%-40s %s\n' "pulled == offline decompress (cmp)" "$IDENTICAL"
+printf '%-40s %s\n' "Python worker: both loads identical" "$WORKER"
 grep -E "^(bits/weight|rel\. )" "$WORK/eval.txt" | sed "s/^/eval: /" || true
 echo "$METRICS_TEXT" | grep -E '^deltaserve_(requests_total|streamed_bytes_total|uploaded_bytes_total|cache_(hits|misses)_total|tenant_stored_bytes)' || true
 
@@ -153,6 +165,10 @@ tail -n 3 "$LOG"
 echo "deltaserved exit status: $rc"
 if [[ "$IDENTICAL" != yes ]]; then
   echo "FAIL: pulled weights differ from offline decompress"
+  exit 1
+fi
+if [[ "$WORKER" != yes ]]; then
+  echo "FAIL: the Python worker's two loads differ or it failed"
   exit 1
 fi
 echo "main job OK"

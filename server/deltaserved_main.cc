@@ -62,6 +62,9 @@ int Run(int argc, char** argv) {
       ->envname("DELTASERVE_CHUNK_BYTES")->capture_default_str();
   app.add_option("--prefetch-tensors", o.prefetch_tensors, "tensors decoded ahead per stream")
       ->envname("DELTASERVE_PREFETCH_TENSORS")->capture_default_str();
+  app.add_option("--prefetch-bytes", o.prefetch_bytes,
+                 "data bytes decoded ahead per stream beyond --prefetch-tensors")
+      ->envname("DELTASERVE_PREFETCH_BYTES")->capture_default_str();
   app.add_option("--max-upload-bytes", o.max_upload_bytes, "largest accepted container, bytes")
       ->envname("DELTASERVE_MAX_UPLOAD_BYTES")->capture_default_str();
   app.add_option("--max-uploads", o.max_uploads, "PutDelta calls at once (more: RESOURCE_EXHAUSTED)")

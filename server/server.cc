@@ -30,11 +30,15 @@
 #include "server/internal/context.h"
 #include "server/internal/fd_limit.h"
 #include "server/internal/log.h"
+#include "server/internal/merged_tensors.h"
 #include "server/internal/service.h"
 
 namespace deltaserve::server {
 
 namespace {
+
+// Threads of the control pool (ServiceContext::control).
+constexpr size_t kControlThreads = 2;
 
 constexpr char kServiceName[] = "deltaserve.v1.DeltaService";
 constexpr char kVersion[] = DELTASERVE_VERSION;  // project(... VERSION) in CMake
@@ -91,6 +95,9 @@ absl::Status ServerOptions::Validate() const {
   if (prefetch_tensors < 0 || prefetch_tensors > 64) {
     return absl::InvalidArgumentError("ServerOptions.prefetch_tensors must be in [0, 64]");
   }
+  if (prefetch_bytes > (uint64_t{16} << 30)) {
+    return absl::InvalidArgumentError("ServerOptions.prefetch_bytes must be <= 16 GiB");
+  }
   if (max_upload_bytes == 0) {
     return absl::InvalidArgumentError("ServerOptions.max_upload_bytes must be > 0");
   }
@@ -136,6 +143,7 @@ struct Server::Impl {
   std::unique_ptr<storage::DeltaStore> store;
   std::unique_ptr<internal::TensorCache> cache;
   std::unique_ptr<internal::ThreadPool> pool;
+  std::unique_ptr<internal::ThreadPool> control_pool;
   internal::TaskVersions versions;
   internal::DrainGate drain;
   internal::StallWatch stalls;
@@ -212,12 +220,16 @@ absl::Status Server::Impl::Init() {
   size_t workers = options.workers > 0 ? static_cast<size_t>(options.workers)
                                        : std::max(1u, std::thread::hardware_concurrency());
   pool = std::make_unique<internal::ThreadPool>(workers);
+  // Control calls are short metadata work; two threads so that one slow RocksDB read
+  // does not hold the others.
+  control_pool = std::make_unique<internal::ThreadPool>(kControlThreads);
 
   ctx.options = &options;
   ctx.store = store.get();
   ctx.base = base.get();
   ctx.cache = cache.get();
   ctx.pool = pool.get();
+  ctx.control = control_pool.get();
   ctx.metrics = metrics.get();
   ctx.auth = auth.get();
   ctx.versions = &versions;
@@ -368,7 +380,10 @@ void Server::Shutdown(absl::Duration drain) {
   s.grpc_server->Shutdown(absl::ToChronoTime(t0 + drain));
   s.stop_housekeeping.Notify();
   if (s.housekeeper.joinable()) s.housekeeper.join();
-  s.pool->Shutdown();  // closures still queued (finishing reactors) run first
+  // Closures still queued (finishing reactors) run first; control work may still queue
+  // data work (a stream's first fetches), so the control pool stops first.
+  s.control_pool->Shutdown();
+  s.pool->Shutdown();
   StopExposer(std::move(s.exposer), s.metrics_port);
   s.store.reset();  // every TaskReader is gone with its reactor
   internal::LogInfo("stopped", {{"cancelled_calls", std::to_string(left)},

@@ -61,6 +61,12 @@ struct ServerOptions {
   // (1 + prefetch) merged tensors plus 2 chunks; 0 = no overlap of decode and send.
   // Default: 1.
   int prefetch_tensors = 1;
+  // Data bytes a stream also keeps fetched ahead, beyond prefetch_tensors: later tensors
+  // start decoding while those ahead of the one being sent hold fewer bytes than this,
+  // so that a run of small tensors keeps every worker busy (one tensor below ~8 M
+  // weights is one worker's job). Memory per stream grows by at most this plus one
+  // tensor. 0 = prefetch_tensors alone. Default: 64 MiB.
+  uint64_t prefetch_bytes = 64ull << 20;
   // Largest container PutDelta accepts (RESOURCE_EXHAUSTED beyond). Uploads are held in
   // memory until verified. Default: 8 GiB.
   uint64_t max_upload_bytes = 8ull << 30;

@@ -26,6 +26,11 @@ namespace deltaserve::client {
 // The work of the subcommand chosen on the command line; its status is the exit status.
 using CommandAction = std::function<absl::Status()>;
 
+// Default --shard-bytes of `pull --out-dir` and `decompress --out-dir`: the largest shard
+// of a Hugging Face checkpoint directory, in bytes of tensor data (save_pretrained's
+// default max_shard_size, "5GB").
+inline constexpr uint64_t kDefaultShardBytes = 5'000'000'000;
+
 // Each adds its subcommands to `app`; a subcommand's CLI11 callback stores its work in
 // *action. Called once each by main.
 void AddOfflineCommands(CLI::App& app, CommandAction* action);  // convert, compress, decompress

@@ -30,7 +30,13 @@ struct ServiceContext {
   codec::BaseHash base_hash{};
   std::string base_hash_hex;
   TensorCache* cache = nullptr;
+  // Data work: record reads, decode, merge, hashing, upload verification and commit.
   ThreadPool* pool = nullptr;
+  // Control work: auth, metadata reads and writes (ListTasks, GetTask, GetBase,
+  // DeleteTask, UnpinTask), stream set-up and upload admission. Its own few threads, so
+  // that these calls never wait behind cold decodes queued on `pool`; nothing on it may
+  // decode or read records.
+  ThreadPool* control = nullptr;
   Metrics* metrics = nullptr;
   const Authenticator* auth = nullptr;
   TaskVersions* versions = nullptr;
@@ -48,26 +54,6 @@ struct ServiceContext {
   // The chunk size of a stream: proto::EffectiveChunkBytes with the server's default.
   uint32_t ChunkBytes(uint32_t requested) const;
 };
-
-// Cache key of tensor `index` of a task version in `out_dtype` (nullopt: recorded).
-std::string MergedTensorKey(const std::string& group, uint64_t version, size_t index,
-                            std::optional<codec::DType> out_dtype);
-
-// Reads record `index` of `reader`, merges it into the base in `out_dtype` (nullopt:
-// the recorded dtype) and hashes the result. Observes deltaserve_decode_seconds and
-// _merge_seconds. Errors: those of TaskReader::ReadRecord and codec::MergeTensor.
-// Blocking (RocksDB read, decode): call on the worker pool only.
-absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
-                                                   const storage::TaskReader& reader,
-                                                   size_t index,
-                                                   std::optional<codec::DType> out_dtype);
-
-// Decodes every tensor of the task into the cache and pins the task there. Blocking:
-// call on the worker pool (or before serving). Returns the task's pinned bytes.
-// ResourceExhausted if pinned tensors would exceed the cache budget; NotFound.
-absl::StatusOr<uint64_t> PinTask(const ServiceContext& ctx, const std::string& tenant,
-                                 const std::string& task,
-                                 std::optional<codec::DType> out_dtype);
 
 }  // namespace deltaserve::server::internal
 

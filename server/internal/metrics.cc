@@ -40,7 +40,7 @@ Metrics::Metrics(std::string_view version)
                          .Add({});
   decode_seconds_ = &BuildHistogram()
                          .Name("deltaserve_decode_seconds")
-                         .Help("Per-tensor decode+merge time on the worker pool")
+                         .Help("Per-tensor decode+merge+XXH3 time on the worker pool")
                          .Register(r)
                          .Add({}, TensorBuckets());
   merge_seconds_ = &BuildHistogram()

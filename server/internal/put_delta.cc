@@ -1,11 +1,20 @@
 // PutDelta: client-streaming upload, verified in full before one atomic commit.
 //
-// Flow: OnReadDone(metadata) -> pool: Admit (auth, names, size limit, existence and
+// Flow: OnReadDone(metadata) -> control pool: Admit (auth, names, size limit, existence and
 // quota pre-checks; RocksDB reads) -> StartRead chunks, appended in the callback (a
 // memcpy; bounded by the declared total_bytes) -> end of stream -> pool: Commit (size,
 // optional XXH3-64, container framing and every record checksum, base hash, commit in
 // one WriteBatch) -> Finish. Any error finishes the call at once and stores nothing.
 // The whole container is held in memory until committed (<= --max-upload-bytes).
+//
+// What is validated, and why no more: the size, the client's whole-container XXH3-64
+// (if sent: catches a transfer that went wrong), the container framing with every
+// record's XXH3-64 and every length field in bounds (ContainerReader::Parse: the stored
+// records are then byte for byte what a writer made and can be parsed without reading
+// out of bounds), and the base hash (a delta for another base is useless here). The
+// DCT payloads are not decoded: their checksums already prove them intact, and a
+// payload's own fields are checked (ParsePayload, never over-reading) whenever it is
+// decoded; decoding 0.5 G weights at upload would cost seconds of one worker.
 #include <xxhash.h>
 
 #include <string>
@@ -48,7 +57,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
       have_metadata_ = true;
       meta_ = request_.metadata();
       log_.set_task(meta_.task());
-      ctx_->pool->Schedule([this] { Admit(); });
+      ctx_->control->Schedule([this] { Admit(); });
       return;
     }
     if (!request_.has_chunk()) {
@@ -97,7 +106,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     return absl::OkStatus();
   }
 
-  // Pool.
+  // Control pool.
   void Admit() {
     absl::Status status = CheckAdmission();
     if (!status.ok()) return Finish(status);

@@ -8,6 +8,7 @@
 #include "common/status_macros.h"
 #include "proto/protocol.h"
 #include "server/internal/convert.h"
+#include "server/internal/merged_tensors.h"
 #include "storage/store.h"
 
 namespace deltaserve::server::internal {
@@ -43,8 +44,9 @@ class RefusedReactor final : public ReactorBase {
 
 }  // namespace
 
-grpc::ServerUnaryReactor* DeltaServiceImpl::RunUnary(grpc::CallbackServerContext* call,
-                                                     const char* method, UnaryWork work) {
+grpc::ServerUnaryReactor* DeltaServiceImpl::RunUnaryOn(ThreadPool* pool,
+                                                       grpc::CallbackServerContext* call,
+                                                       const char* method, UnaryWork work) {
   grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
   auto log = std::make_shared<CallLog>(ctx_->metrics, method);
   absl::StatusOr<Caller> caller =
@@ -55,7 +57,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::RunUnary(grpc::CallbackServerContext
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
-  ctx_->pool->Schedule([reactor, log, work = std::move(work), caller = *std::move(caller)] {
+  pool->Schedule([reactor, log, work = std::move(work), caller = *std::move(caller)] {
     absl::Status status = work(caller, *log);
     log->Finish(status);
     reactor->Finish(ToGrpcStatus(status));
@@ -156,7 +158,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::PinTask(grpc::CallbackServerContext*
                                                     const v1::PinTaskRequest* request,
                                                     v1::PinTaskResponse* response) {
   const ServiceContext* ctx = ctx_;
-  return RunUnary(call, "PinTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
+  return RunUnaryOnPool(call, "PinTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
     DS_ASSIGN_OR_RETURN(std::string tenant,
                         ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
     DS_ASSIGN_OR_RETURN(std::optional<codec::DType> dtype, proto::FromProtoOutDType(request->out_dtype()));
@@ -185,7 +187,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::Checkpoint(
     grpc::CallbackServerContext* call, const v1::AdminCheckpointRequest* request,
     v1::AdminCheckpointResponse* response) {
   const ServiceContext* ctx = ctx_;
-  return RunUnary(call, "Checkpoint", [=](const Caller& caller, CallLog& log) -> absl::Status {
+  return RunUnaryOnPool(call, "Checkpoint", [=](const Caller& caller, CallLog& log) -> absl::Status {
     log.set_tenant(caller.admin ? "@admin" : caller.tenant);
     if (!caller.admin && !ctx->auth->open()) {
       return absl::PermissionDeniedError("Checkpoint needs an admin token");

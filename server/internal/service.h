@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <memory>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "deltaserve/v1/delta_service.grpc.pb.h"
@@ -49,11 +50,20 @@ class DeltaServiceImpl final : public v1::DeltaService::CallbackService {
                                        v1::AdminCheckpointResponse* response) override;
 
  private:
-  // Runs `work(caller, log)` on the pool after authenticating, then finishes the call
-  // with its status and logs it.
+  // Runs `work(caller, log)` on the control pool (RunUnary: metadata work) or on the
+  // worker pool (RunUnaryOnPool: work that decodes) after authenticating, then
+  // finishes the call with its status and logs it.
   using UnaryWork = std::function<absl::Status(const Caller&, CallLog&)>;
   grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* call, const char* method,
-                                     UnaryWork work);
+                                     UnaryWork work) {
+    return RunUnaryOn(ctx_->control, call, method, std::move(work));
+  }
+  grpc::ServerUnaryReactor* RunUnaryOnPool(grpc::CallbackServerContext* call, const char* method,
+                                           UnaryWork work) {
+    return RunUnaryOn(ctx_->pool, call, method, std::move(work));
+  }
+  grpc::ServerUnaryReactor* RunUnaryOn(ThreadPool* pool, grpc::CallbackServerContext* call,
+                                       const char* method, UnaryWork work);
 
   const ServiceContext* ctx_;
 };

@@ -1,97 +1,57 @@
 // StreamWeights: merged tensors of a task, decoded on the pool, sent with backpressure.
 //
-// Pipeline per stream: Setup (pool: auth, snapshot, plan) -> for each planned tensor a
-// Fetch (pool: merged-tensor cache, single flight, decode on a miss) at most
-// `prefetch_tensors` ahead of the tensor being sent -> Pump sends begin, then per tensor
-// a header and its chunks, then end. One write is in flight at a time (gRPC's rule) and
-// the next message is built while it is (two message slots), so a slow client holds
-// the pipeline: nothing more is decoded until the window moves.
+// Parts: the plan (stream_plan.h: which tensors, which messages), the prefetcher
+// (prefetcher.h: `prefetch_tensors` tensors, or `prefetch_bytes`, fetched ahead of the
+// one being sent), the merged tensors themselves (merged_tensors.h: cache, decode on a miss), and
+// this reactor, which only sequences them: Setup (control pool: auth, snapshot, plan) -> Pump
+// sends begin, then the cursor's messages as their tensors arrive, then end. One write
+// is in flight at a time (gRPC's rule) and the next message is built while it is (two
+// message slots), so a slow client holds the pipeline: nothing more is decoded until the
+// window moves.
 //
-// Memory per stream: (1 + prefetch_tensors) merged tensors (shared with the cache when
-// cached) + 2 chunk messages. The unit of decoding is a whole tensor, so the bound for
-// a model is its largest tensors, not its total size.
+// Memory per stream: (1 + prefetch_tensors) merged tensors, or the one being sent +
+// prefetch_bytes + one tensor if more (shared with the cache when cached), + 2 chunk
+// messages.
 //
-// Cancellation (OnCancel, or a failed write when the client vanished) sets cancelled_:
-// fetches not yet started are skipped, no new fetch is scheduled, and the call finishes
-// as soon as no write is in flight. A decode already running on a worker completes
-// (one tensor) and its result goes to the cache.
+// Cancellation (OnCancel, or a failed write when the client vanished) stops the
+// prefetcher: fetches not yet started are skipped, and the call finishes as soon as no
+// write is in flight. A decode already running on a worker completes (one tensor) and
+// its result goes to the cache.
 //
-// Lifetime: refs_ counts gRPC (released in OnDone) and every scheduled pool closure;
-// the reactor deletes itself when the last one lets go.
-#include <fnmatch.h>
-
+// Lifetime: the reactor is owned by shared_ptrs: its own (released in OnDone) and one
+// per pool closure or cache callback that may still call into it.
 #include <atomic>
-#include <map>
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "codec/delta_codec.h"
 #include "common/status_macros.h"
-#include "re2/re2.h"
 #include "proto/protocol.h"
 #include "server/internal/convert.h"
+#include "server/internal/merged_tensors.h"
+#include "server/internal/prefetcher.h"
 #include "server/internal/service.h"
+#include "server/internal/stream_plan.h"
 
 namespace deltaserve::server::internal {
 namespace {
 
 using Response = v1::StreamWeightsResponse;
 
-// Indices of the tensors to send, in container order. Errors: InvalidArgument (bad
-// regex), NotFound (resume name), OutOfRange (resume index).
-absl::StatusOr<std::vector<uint32_t>> PlanTensors(const v1::StreamWeightsRequest& req,
-                                                  const storage::TaskInfo& info) {
-  std::unique_ptr<RE2> regex;
-  if (!req.include_regex().empty()) {
-    regex = std::make_unique<RE2>(req.include_regex(), RE2::Quiet);
-    if (!regex->ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("include_regex '", req.include_regex(), "': ", regex->error()));
-    }
-  }
-  size_t first = 0;
-  if (req.resume_case() == v1::StreamWeightsRequest::kResumeFromName) {
-    std::optional<size_t> idx = info.FindTensor(req.resume_from_name());
-    if (!idx) {
-      return absl::NotFoundError(absl::StrCat("resume_from_name: task '", info.task,
-                                              "' has no tensor '", req.resume_from_name(), "'"));
-    }
-    first = *idx;
-  } else if (req.resume_case() == v1::StreamWeightsRequest::kResumeFromIndex) {
-    first = req.resume_from_index();
-    if (first >= info.tensors.size()) {
-      return absl::OutOfRangeError(absl::StrCat("resume_from_index ", first, ": task '", info.task,
-                                                "' has ", info.tensors.size(), " tensors"));
-    }
-  }
-  std::vector<uint32_t> plan;
-  for (size_t i = first; i < info.tensors.size(); ++i) {
-    const std::string& name = info.tensors[i].name;
-    if (req.include_size() > 0) {
-      bool any = false;
-      for (const std::string& glob : req.include()) {
-        if (fnmatch(glob.c_str(), name.c_str(), 0) == 0) {
-          any = true;
-          break;
-        }
-      }
-      if (!any) continue;
-    }
-    if (regex && !RE2::FullMatch(name, *regex)) continue;
-    plan.push_back(static_cast<uint32_t>(i));
-  }
-  return plan;
-}
-
-class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
+class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
+                                   public std::enable_shared_from_this<StreamWeightsReactor> {
  public:
   StreamWeightsReactor(const ServiceContext* ctx, grpc::CallbackServerContext* call,
                        const v1::StreamWeightsRequest* request)
       : ctx_(ctx), call_(call), request_(request), log_(ctx->metrics, "StreamWeights") {
     ctx_->metrics->streams_in_flight().Increment();
-    chunk_bytes_ = ctx_->ChunkBytes(request->chunk_bytes());
+  }
+
+  // Takes ownership of itself until OnDone and starts the call, or finishes it at once
+  // with RESOURCE_EXHAUSTED when --max-streams streams are already running.
+  void Start() {
+    self_ = shared_from_this();
     stall_ = ctx_->stalls->Add([this] {
       stall_timed_out_ = true;
       call_->TryCancel();  // frees the write that flow control holds
@@ -106,7 +66,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
       Pump();  // finishes with the error at once
       return;
     }
-    SchedulePool([this] { Setup(); });
+    Run(ctx_->control, [](StreamWeightsReactor& r) { r.Setup(); });
   }
 
   void OnWriteDone(bool ok) override {
@@ -115,7 +75,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
       absl::MutexLock lock(&mu_);
       write_in_flight_ = false;
       if (!ok) {
-        cancelled_ = true;  // the client is gone
+        Cancel();  // the client is gone
       } else if (in_flight_payload_ > 0) {
         log_.add_bytes(in_flight_payload_);
         ctx_->metrics->AddStreamedBytes("StreamWeights", in_flight_payload_);
@@ -126,39 +86,28 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
   }
 
   void OnCancel() override {
-    cancelled_ = true;
+    Cancel();
     Pump();
   }
 
   void OnDone() override {
     ctx_->stalls->Remove(stall_);
     if (admitted_) ctx_->streams->Release();
+    log_.Finish(final_status_);  // before the gauge: a reader that saw 0 sees the count
     ctx_->metrics->streams_in_flight().Decrement();
-    log_.Finish(final_status_);
-    Unref();
+    std::shared_ptr<StreamWeightsReactor> last = std::move(self_);  // may delete this
   }
 
  private:
-  enum class Next { kMessage, kWait, kDone };
-
-  void SchedulePool(std::function<void()> fn) {
-    {
-      absl::MutexLock lock(&mu_);
-      ++refs_;
-    }
-    ctx_->pool->Schedule([this, fn = std::move(fn)] {
-      fn();
-      Unref();
-    });
+  // Runs fn(*this) on `pool`, keeping the reactor alive meanwhile.
+  void Run(ThreadPool* pool, void (*fn)(StreamWeightsReactor&)) {
+    pool->Schedule([self = shared_from_this(), fn] { fn(*self); });
   }
 
-  void Unref() {
-    bool last;
-    {
-      absl::MutexLock lock(&mu_);
-      last = --refs_ == 0;
-    }
-    if (last) delete this;
+  void Cancel() {
+    cancelled_ = true;
+    // Setup publishes prefetcher_ under mu_ before anything else reads it.
+    if (Prefetcher* p = prefetcher_ptr_.load()) p->Stop();
   }
 
   absl::Status Prepare() {
@@ -171,28 +120,18 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
     DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(info.base_hash, ctx_->base_hash,
                                                  absl::StrCat("task '", info.task, "'"),
                                                  "the resident base"));
-    DS_ASSIGN_OR_RETURN(plan_, PlanTensors(*request_, info));
+    DS_ASSIGN_OR_RETURN(plan_, PlanStream(*request_, info, out_dtype_));
     group_ = TaskGroup(tenant_, request_->task());
-    v1::StreamBegin* begin = slots_[0].mutable_begin();
-    FillTaskInfo(info, /*with_tensors=*/false, ctx_->cache->IsPinned(group_),
-                 begin->mutable_task());
-    uint64_t total = 0;
-    for (uint32_t i : plan_) {
-      const storage::TensorEntry& t = info.tensors[i];
-      total += static_cast<uint64_t>(codec::NumElements(t.shape)) *
-               codec::DTypeSize(out_dtype_.value_or(t.dtype));
-    }
-    begin->set_num_tensors(static_cast<uint32_t>(plan_.size()));
-    begin->set_total_bytes(total);
-    // What codec::DecompressModel writes, so that a client writing the tensors in stream
-    // order produces the same file.
-    for (const auto& [key, value] : codec::MergedModelMetadata(info.base_hash)) {
-      (*begin->mutable_safetensors_metadata())[key] = value;
-    }
+    FillStreamBegin(plan_, info, ctx_->cache->IsPinned(group_), slots_[0].mutable_begin());
+    prefetcher_.emplace(
+        plan_.bytes, 1 + static_cast<size_t>(ctx_->options->prefetch_tensors),
+        ctx_->options->prefetch_bytes,
+        [this](size_t pos, Prefetcher::Done done) { Fetch(pos, std::move(done)); },
+        [this] { Pump(); });
     return absl::OkStatus();
   }
 
-  // Pool.
+  // Control pool (metadata only: the snapshot and the plan).
   void Setup() {
     absl::Status status = cancelled_ ? absl::CancelledError("cancelled") : Prepare();
     {
@@ -202,85 +141,69 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
       } else {
         slot_ready_ = true;  // slots_[0] holds `begin`
         setup_done_ = true;
+        cursor_.emplace(plan_.tensors.size(), ctx_->ChunkBytes(request_->chunk_bytes()));
+        prefetcher_ptr_ = &*prefetcher_;
+        if (cancelled_) prefetcher_->Stop();
       }
     }
     Pump();
   }
 
-  // Pool: the merged tensor for plan_[pos].
-  void Fetch(size_t pos) {
-    if (cancelled_) return;
-    const size_t index = plan_[pos];
-    {
-      absl::MutexLock lock(&mu_);
-      ++refs_;  // held until the cache delivers (maybe later, on another worker)
-    }
-    ctx_->cache->GetOrLoad(
-        group_, MergedTensorKey(group_, snap_.version, index, out_dtype_),
-        [this, index] { return DecodeMergedTensor(*ctx_, *snap_.reader, index, out_dtype_); },
-        [this, pos](const absl::StatusOr<MergedTensorPtr>& result, bool) {
-          {
-            absl::MutexLock lock(&mu_);
-            fetched_.emplace(pos, result);
-          }
-          Pump();
-          Unref();
-        });
+  // Prefetcher's FetchFn: the merged tensor of plan position `pos`, from the cache or
+  // decoded on the pool. `done` runs on a worker (maybe another stream's, when this one
+  // waits for that stream's decode of the same tensor).
+  void Fetch(size_t pos, Prefetcher::Done done) {
+    ctx_->pool->Schedule([self = shared_from_this(), pos, done = std::move(done)]() mutable {
+      if (self->cancelled_) return done(absl::CancelledError("StreamWeights cancelled"));
+      const uint32_t index = self->plan_.tensors[pos];
+      const std::string key =
+          MergedTensorKey(self->group_, self->snap_.version, index, self->out_dtype_);
+      StreamWeightsReactor* r = self.get();
+      r->ctx_->cache->GetOrLoad(
+          r->group_, key,
+          [r, index] {
+            return DecodeMergedTensor(*r->ctx_, *r->snap_.reader, index, r->out_dtype_);
+          },
+          [self, done = std::move(done)](const absl::StatusOr<MergedTensorPtr>& result, bool) {
+            done(result);
+          });
+    });
   }
 
-  // Under mu_: fills slots_[slot_] with the next message.
-  Next NextMessageLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    Response& msg = slots_[slot_];
-    if (send_pos_ == plan_.size()) {
-      if (end_sent_) return Next::kDone;
-      end_sent_ = true;
-      v1::StreamEnd* end = msg.mutable_end();
-      end->set_num_tensors(static_cast<uint32_t>(plan_.size()));
-      end->set_total_bytes(sent_total_);
-      return Next::kMessage;
-    }
-    if (!current_) {
-      auto it = fetched_.find(send_pos_);
-      if (it == fetched_.end()) return Next::kWait;
-      if (!it->second.ok()) {
-        error_ = it->second.status();
-        return Next::kWait;
+  // Under mu_: fills slots_[slot_] with the next message. False if the tensor it needs
+  // has not arrived (a delivery will Pump again) or failed (error_ set).
+  bool BuildNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (cursor_->needs_tensor() && !current_) {
+      std::optional<Prefetcher::Result> r = prefetcher_->Take(cursor_->position());
+      if (!r) return false;
+      if (!r->ok()) {
+        error_ = r->status();
+        return false;
       }
-      current_ = *it->second;
-      fetched_.erase(it);
-      offset_ = 0;
-      v1::TensorHeader* h = msg.mutable_header();
-      h->set_name(current_->info.name);
-      h->set_dtype(proto::ToProtoDType(current_->info.dtype));
-      h->mutable_shape()->Clear();
-      for (int64_t d : current_->info.shape) h->add_shape(d);
-      h->set_byte_length(current_->data.size());
-      h->set_xxh3_64(current_->xxh3_64);
-      h->set_index(current_->index);
-      if (current_->data.empty()) AdvanceLocked();
-      return Next::kMessage;
+      current_ = **std::move(r);
     }
-    size_t n = std::min<size_t>(chunk_bytes_, current_->data.size() - offset_);
-    v1::TensorChunk* chunk = msg.mutable_chunk();
-    chunk->set_offset(offset_);
-    chunk->set_data(current_->data.data() + offset_, n);
-    offset_ += n;
-    slot_payload_ = n;
-    sent_total_ += n;
-    if (offset_ == current_->data.size()) AdvanceLocked();
-    return Next::kMessage;
+    const size_t pos = cursor_->position();
+    slot_payload_ = cursor_->Next(current_.get(), &slots_[slot_]);
+    if (cursor_->position() != pos) current_.reset();  // that tensor is all out
+    return true;
   }
 
-  void AdvanceLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    current_.reset();
-    ++send_pos_;
+  // Under mu_: finishes the call once no write is in flight. True if the call is (now)
+  // finished.
+  bool MaybeFinishLocked(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (write_in_flight_) return false;  // finish after OnWriteDone
+    finished_ = true;
+    final_status_ = std::move(status);
+    mu_.Unlock();
+    Finish(ToGrpcStatus(final_status_));
+    mu_.Lock();
+    return true;
   }
 
   // Drives the stream; called after every event, from any thread, never under mu_.
   // Re-entrant calls (StartWrite may run OnWriteDone inline) just ask the running
   // Pump to loop once more.
   void Pump() {
-    std::vector<size_t> to_fetch;
     absl::MutexLock lock(&mu_);
     if (pumping_) {
       repump_ = true;
@@ -290,58 +213,30 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
     do {
       repump_ = false;
       if (finished_) break;
-      const bool stop = cancelled_ || !error_.ok();
-      if (stop) {
-        if (write_in_flight_) break;  // finish after OnWriteDone
-        finished_ = true;
-        final_status_ =
-            !cancelled_        ? error_
-            : stall_timed_out_ ? StalledStreamError("StreamWeights", ctx_->options->write_timeout)
-                               : ClientEndedStatus(*call_, "StreamWeights");
-        mu_.Unlock();
-        Finish(ToGrpcStatus(final_status_));
-        mu_.Lock();
+      if (cancelled_ || !error_.ok()) {
+        MaybeFinishLocked(!cancelled_ ? error_
+                          : stall_timed_out_
+                              ? StalledStreamError("StreamWeights", ctx_->options->write_timeout)
+                              : ClientEndedStatus(*call_, "StreamWeights"));
         break;
       }
       if (!setup_done_) break;
-      // Keep up to prefetch_tensors decoded ahead of the one being sent.
-      size_t window = 1 + static_cast<size_t>(ctx_->options->prefetch_tensors);
-      while (next_fetch_ < plan_.size() && next_fetch_ < send_pos_ + window) {
-        to_fetch.push_back(next_fetch_++);
-      }
-      if (!to_fetch.empty()) {
-        refs_ += to_fetch.size();
-        mu_.Unlock();
-        for (size_t pos : to_fetch) {
-          ctx_->pool->Schedule([this, pos] {
-            Fetch(pos);
-            Unref();
-          });
-        }
-        to_fetch.clear();
-        mu_.Lock();
-        repump_ = true;
-        continue;
-      }
       if (!slot_ready_) {
-        slot_payload_ = 0;
-        Next next = NextMessageLocked();
-        if (next == Next::kMessage) {
-          slot_ready_ = true;
-        } else if (next == Next::kDone) {
-          if (write_in_flight_) break;
-          finished_ = true;
-          final_status_ = absl::OkStatus();
-          mu_.Unlock();
-          Finish(grpc::Status::OK);
-          mu_.Lock();
+        if (cursor_->done()) {
+          MaybeFinishLocked(absl::OkStatus());
           break;
-        } else {
-          if (!error_.ok()) repump_ = true;
-          continue;  // kWait: a fetch will Pump again
         }
+        const size_t send_pos = cursor_->position();
+        mu_.Unlock();
+        prefetcher_->Advance(send_pos);  // may deliver inline and ask for a repump
+        mu_.Lock();
+        if (!BuildNextLocked()) {
+          if (!error_.ok()) repump_ = true;
+          continue;  // waiting: the delivery will Pump again
+        }
+        slot_ready_ = true;
       }
-      if (slot_ready_ && !write_in_flight_) {
+      if (!write_in_flight_) {
         write_in_flight_ = true;
         slot_ready_ = false;
         in_flight_payload_ = slot_payload_;
@@ -361,34 +256,31 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
   grpc::CallbackServerContext* call_;
   const v1::StreamWeightsRequest* request_;
   CallLog log_;
-  uint32_t chunk_bytes_ = 0;
-  bool admitted_ = false;  // holds a --max-streams slot; set in the constructor only
+  std::shared_ptr<StreamWeightsReactor> self_;  // gRPC's reference, released in OnDone
+  bool admitted_ = false;  // holds a --max-streams slot; set in Start only
   std::atomic<bool> cancelled_{false};
   std::shared_ptr<StallWatch::Stream> stall_;
   std::atomic<bool> stall_timed_out_{false};
+  std::atomic<Prefetcher*> prefetcher_ptr_{nullptr};  // for Cancel, once Setup succeeded
 
-  // Written by Setup before setup_done_ is published under mu_; read-only afterwards.
+  // Written by Setup before setup_done_ is published under mu_; read-only afterwards
+  // (prefetcher_ is thread-safe).
   std::string tenant_, group_;
   std::optional<codec::DType> out_dtype_;
   TaskSnapshot snap_;
-  std::vector<uint32_t> plan_;
+  StreamPlan plan_;
+  std::optional<Prefetcher> prefetcher_;
 
   absl::Mutex mu_;
-  int refs_ ABSL_GUARDED_BY(mu_) = 1;  // gRPC's, released in OnDone
   bool setup_done_ ABSL_GUARDED_BY(mu_) = false;
   bool pumping_ ABSL_GUARDED_BY(mu_) = false;
   bool repump_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
-  bool end_sent_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status error_ ABSL_GUARDED_BY(mu_);
   absl::Status final_status_;  // set once before Finish; read in OnDone
-  size_t next_fetch_ ABSL_GUARDED_BY(mu_) = 0;
-  size_t send_pos_ ABSL_GUARDED_BY(mu_) = 0;
-  std::map<size_t, absl::StatusOr<MergedTensorPtr>> fetched_ ABSL_GUARDED_BY(mu_);
-  MergedTensorPtr current_ ABSL_GUARDED_BY(mu_);
-  size_t offset_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t sent_total_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<StreamCursor> cursor_ ABSL_GUARDED_BY(mu_);
+  MergedTensorPtr current_ ABSL_GUARDED_BY(mu_);  // the tensor the cursor is in
   // Two message slots: one on the wire, one being built.
   Response slots_[2];
   int slot_ ABSL_GUARDED_BY(mu_) = 0;
@@ -402,7 +294,9 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response> {
 grpc::ServerWriteReactor<v1::StreamWeightsResponse>* NewStreamWeightsReactor(
     const ServiceContext* ctx, grpc::CallbackServerContext* call,
     const v1::StreamWeightsRequest* request) {
-  return new StreamWeightsReactor(ctx, call, request);
+  auto reactor = std::make_shared<StreamWeightsReactor>(ctx, call, request);
+  reactor->Start();
+  return reactor.get();
 }
 
 }  // namespace deltaserve::server::internal

@@ -12,7 +12,7 @@ import os
 import re
 import sys
 
-LIBS = ("common", "codec", "storage", "proto", "server", "client")
+LIBS = ("common", "codec", "storage", "proto", "server", "client", "python")
 ALLOWED = {
     "common": set(),
     "codec": {"common"},
@@ -20,6 +20,7 @@ ALLOWED = {
     "proto": {"common", "codec"},
     "server": {"common", "codec", "storage", "proto"},
     "client": {"common", "codec", "proto"},
+    "python": {"common", "codec"},  # the pybind11 codec module (python/codec)
 }
 # Generated proto headers are included as "deltaserve/v1/...".
 PROTO_PREFIX = "deltaserve/"
@@ -28,6 +29,7 @@ FORBIDDEN = {
     "codec": ("rocksdb/", "grpcpp/", "grpc/", "google/protobuf/", "prometheus/"),
     "storage": ("grpcpp/", "grpc/", "google/protobuf/", "prometheus/"),
     "client": ("rocksdb/", "prometheus/"),
+    "python": ("rocksdb/", "grpcpp/", "grpc/", "google/protobuf/", "prometheus/"),
 }
 # Which tests/<dir> may include which folders' internal/ headers.
 TEST_INTERNALS = {"bench": {"codec"}}

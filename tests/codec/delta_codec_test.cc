@@ -283,12 +283,25 @@ TEST(DeltaCodecTest, CompressDecompressRoundTrip) {
     // Any number of parts, merged in any order, gives MergeTensor's bytes.
     for (int parts : {2, 3, 7}) {
       std::vector<uint8_t> pieces(out.size(), 0xcd);
+      // on_bytes reports each part's bytes as consecutive final pieces, in order.
+      std::vector<uint8_t> reported;
       for (int part = parts - 1; part >= 0; --part) {
-        ASSERT_THAT(MergeTensorPart(base.get(), rec, rec.info.dtype, part, parts,
-                                    absl::MakeSpan(pieces)),
-                    IsOk());
+        std::vector<uint8_t> part_bytes;
+        const uint8_t* next = nullptr;
+        ASSERT_THAT(
+            MergeTensorPart(base.get(), rec, rec.info.dtype, part, parts, absl::MakeSpan(pieces),
+                            [&](absl::Span<const uint8_t> piece) {
+                              if (next != nullptr) {
+                                EXPECT_EQ(piece.data(), next) << name;
+                              }
+                              next = piece.data() + piece.size();
+                              part_bytes.insert(part_bytes.end(), piece.begin(), piece.end());
+                            }),
+            IsOk());
+        reported.insert(reported.begin(), part_bytes.begin(), part_bytes.end());
       }
       EXPECT_EQ(pieces, out) << name << " in " << parts << " parts";
+      EXPECT_EQ(reported, out) << name << " in " << parts << " parts, as reported";
     }
     EXPECT_THAT(MergeTensorPart(base.get(), rec, rec.info.dtype, 2, 2, absl::MakeSpan(out)),
                 StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("part 2 of 2")));

@@ -145,6 +145,7 @@ TEST_F(ServerTest, CancellingMidStreamStopsTheWork) {
   ServerOptions o = DefaultOptions();
   o.workers = 2;
   o.prefetch_tensors = 1;
+  o.prefetch_bytes = 0;  // these tensors are small: a byte window would hold them all
   StartServer(o);
   ASSERT_THAT(Client()->PushDeltaFile("big", MakeContainer("big", 31)).status(), IsOk());
   // A small, fixed HTTP/2 window, so that the transport cannot buffer many tensors
@@ -183,6 +184,32 @@ TEST_F(ServerTest, CancellingMidStreamStopsTheWork) {
   EXPECT_THAT(text, HasSubstr("deltaserve_requests_total{code=\"CANCELLED\",method=\"StreamWeights\"} 1"));
 }
 
+TEST_F(ServerTest, ControlCallsDoNotWaitBehindDecodes) {
+  shape_.layers = 8;
+  shape_.hidden = 512;  // ~16 M weights: pinning takes a single worker well over 10 ms
+  SetUp();
+  ServerOptions o = DefaultOptions();
+  o.workers = 1;
+  StartServer(o);
+  auto client = Client();
+  ASSERT_THAT(client->PushDeltaFile("big", MakeContainer("big", 61)).status(), IsOk());
+  const std::string pin_ok = "deltaserve_requests_total{code=\"OK\",method=\"PinTask\"} ";
+  std::thread pin([&] { EXPECT_THAT(Client()->PinTask("big").status(), IsOk()); });
+  // The only worker is inside the pin's decode loop once a tensor has missed the cache.
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (MetricValue(server_->MetricsText(), "deltaserve_cache_misses_total ") < 1 &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Microseconds(200));
+  }
+  // Before the control pool, ListTasks/GetTask/GetBase queued behind the whole pin.
+  ASSERT_THAT(client->ListTasks().status(), IsOk());
+  ASSERT_THAT(client->GetTask("big").status(), IsOk());
+  ASSERT_THAT(client->GetBase().status(), IsOk());
+  EXPECT_LT(MetricValue(server_->MetricsText(), pin_ok), 1) << "the pin finished first";
+  pin.join();
+  EXPECT_EQ(MetricValue(server_->MetricsText(), pin_ok), 1);
+}
+
 TEST_F(ServerTest, MetricsEndpointServesMovedCounters) {
   ServerOptions o = DefaultOptions();
   o.metrics_listen = "127.0.0.1:0";
@@ -195,6 +222,13 @@ TEST_F(ServerTest, MetricsEndpointServesMovedCounters) {
   ASSERT_THAT(client->PullWeightsToMemory("m").status(), IsOk());
   ASSERT_THAT(client->FetchDelta("m").status(), IsOk());
   EXPECT_THAT(client->GetTask("nope").status(), StatusIs(absl::StatusCode::kNotFound));
+  // A stream leaves deltaserve_streams_in_flight in its reactor's OnDone, which gRPC may
+  // run just after the client has seen the stream's status.
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (MetricValue(server_->MetricsText(), "deltaserve_streams_in_flight ") != 0 &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
 
   std::string text = FetchMetricsHttp();
   ASSERT_THAT(text, HasSubstr("deltaserve_requests_total"));
@@ -256,7 +290,8 @@ TEST_F(ServerTest, ShutdownDrainsAStreamInProgress) {
     bytes += msg.chunk().data().size();
     ended |= msg.has_end();
   }
-  EXPECT_TRUE(reader->Finish().ok());
+  grpc::Status fin = reader->Finish();
+  EXPECT_TRUE(fin.ok()) << fin.error_code() << " " << fin.error_message();
   EXPECT_TRUE(ended);
   EXPECT_EQ(bytes, 1017344u);
   stopper.join();

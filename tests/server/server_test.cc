@@ -254,3 +254,66 @@ TEST_F(ServerTest, PinPreloadAndOverwrite) {
 
 }  // namespace
 }  // namespace deltaserve::server::testing
+
+namespace deltaserve::server::testing {
+namespace {
+
+// Tensor name -> bytes of one raw StreamWeights call; its status in `status`.
+std::vector<std::pair<std::string, std::string>> ReadRange(v1::DeltaService::Stub* stub,
+                                                           uint32_t first, uint32_t end,
+                                                           grpc::StatusCode* status) {
+  grpc::ClientContext ctx;
+  v1::StreamWeightsRequest req;
+  req.set_task("r");
+  req.set_resume_from_index(first);
+  req.set_end_index(end);
+  auto reader = stub->StreamWeights(&ctx, req);
+  std::vector<std::pair<std::string, std::string>> out;
+  v1::StreamWeightsResponse msg;
+  while (reader->Read(&msg)) {
+    if (msg.has_header()) out.emplace_back(msg.header().name(), "");
+    if (msg.has_chunk()) out.back().second += msg.chunk().data();
+  }
+  *status = reader->Finish().error_code();
+  return out;
+}
+
+TEST_F(ServerTest, TensorRangesOverParallelStreamsMakeTheWholePull) {
+  StartServer();
+  auto client = Client();
+  ASSERT_THAT(client->PushDeltaFile("r", MakeContainer("r", 71)).status(), IsOk());
+  ASSERT_OK_AND_ASSIGN(client::PulledModel whole, client->PullWeightsToMemory("r"));
+  const uint32_t n = static_cast<uint32_t>(whole.tensors.size());
+  ASSERT_GE(n, 4u);
+  auto stub = RawStub();
+  const uint32_t cuts[] = {0, 1, n / 2, n};  // three ranges, pulled at once
+  std::vector<std::pair<std::string, std::string>> parts[3];
+  grpc::StatusCode codes[3];
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back(
+        [&, i] { parts[i] = ReadRange(stub.get(), cuts[i], cuts[i + 1], &codes[i]); });
+  }
+  for (std::thread& t : threads) t.join();
+  std::vector<std::pair<std::string, std::string>> joined;
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(codes[i], grpc::StatusCode::OK) << "range " << i;
+    EXPECT_EQ(parts[i].size(), cuts[i + 1] - cuts[i]) << "range " << i;
+    joined.insert(joined.end(), parts[i].begin(), parts[i].end());
+  }
+  ASSERT_EQ(joined.size(), whole.tensors.size());
+  for (size_t i = 0; i < joined.size(); ++i) {
+    EXPECT_EQ(joined[i].first, whole.tensors[i].info.name);
+    EXPECT_EQ(joined[i].second,
+              std::string(whole.tensors[i].data.begin(), whole.tensors[i].data.end()))
+        << joined[i].first;
+  }
+  grpc::StatusCode code;
+  EXPECT_THAT(ReadRange(stub.get(), 0, n + 1, &code), SizeIs(0));
+  EXPECT_EQ(code, grpc::StatusCode::OUT_OF_RANGE);
+  ReadRange(stub.get(), 2, 2, &code);
+  EXPECT_EQ(code, grpc::StatusCode::OUT_OF_RANGE);
+}
+
+}  // namespace
+}  // namespace deltaserve::server::testing

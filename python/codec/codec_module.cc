@@ -1,0 +1,250 @@
+// deltaserve._codec: the project's C++ codec (codec/) for Python workers that decode a
+// task's delta locally (deltaserve/decode.py) instead of streaming merged weights.
+//
+//   Base.open(path)            base model from safetensors (mmap, codec::ModelReader)
+//   Base.from_buffers(items)   base model copied into memory owned by the Base:
+//                              items = [(name, "F32"|"F16"|"BF16", shape, buffer)]
+//   Base.hash()                hex XXH3-128 (codec::ComputeBaseHash), computed once
+//   Container(data)            parsed delta container (codec::ContainerReader) over a
+//                              bytes-like object it keeps alive
+//   merge(base, container, i, out_dtype, out, threads)
+//                              record i merged into `out` (a writable, C-contiguous
+//                              buffer of exactly MergedBytes bytes) with
+//                              codec::MergeTensorPart over `threads` threads: the same
+//                              bytes as codec::MergeTensor, hence as StreamWeights
+//
+// Errors raise _codec.CodecError(code, message): code is the absl/gRPC status number.
+// The GIL is released while hashing and merging; Base and Container are immutable
+// after construction and may be shared by threads.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "codec/container.h"
+#include "codec/delta_codec.h"
+#include "codec/safetensors.h"
+#include "codec/tensor.h"
+
+namespace py = pybind11;
+
+namespace deltaserve::python {
+namespace {
+
+struct StatusException {
+  absl::Status status;
+};
+
+void ThrowIfError(const absl::Status& s) {
+  if (!s.ok()) throw StatusException{s};
+}
+
+template <typename T>
+T ValueOrThrow(absl::StatusOr<T> v) {
+  ThrowIfError(v.status());
+  return *std::move(v);
+}
+
+// A model whose tensors are copies held in memory (the worker's pristine base).
+class BufferModel final : public codec::ModelReader {
+ public:
+  explicit BufferModel(std::vector<codec::OwnedTensor> tensors) : owned_(std::move(tensors)) {
+    std::sort(owned_.begin(), owned_.end(),
+              [](const auto& a, const auto& b) { return a.info.name < b.info.name; });
+    for (const auto& t : owned_) {
+      infos_.push_back(t.info);
+      total_ += t.data.size();
+    }
+  }
+  const std::vector<codec::TensorInfo>& tensors() const override { return infos_; }
+  absl::StatusOr<codec::TensorView> Get(const std::string& name) const override {
+    auto it = std::lower_bound(owned_.begin(), owned_.end(), name,
+                               [](const auto& t, const std::string& n) { return t.info.name < n; });
+    if (it == owned_.end() || it->info.name != name) {
+      return absl::NotFoundError(absl::StrCat("base has no tensor '", name, "'"));
+    }
+    return it->view();
+  }
+  const std::map<std::string, std::string>& metadata() const override { return metadata_; }
+  uint64_t total_bytes() const override { return total_; }
+
+ private:
+  std::vector<codec::OwnedTensor> owned_;
+  std::vector<codec::TensorInfo> infos_;
+  std::map<std::string, std::string> metadata_;
+  uint64_t total_ = 0;
+};
+
+class Base {
+ public:
+  explicit Base(std::unique_ptr<codec::ModelReader> reader) : reader_(std::move(reader)) {}
+
+  static std::shared_ptr<Base> Open(const std::string& path) {
+    return std::make_shared<Base>(ValueOrThrow(codec::ModelReader::Open(path)));
+  }
+
+  static std::shared_ptr<Base> FromBuffers(const py::list& items) {
+    std::vector<codec::OwnedTensor> tensors;
+    for (const py::handle item : items) {
+      auto t = item.cast<py::tuple>();
+      codec::OwnedTensor owned;
+      owned.info.name = t[0].cast<std::string>();
+      owned.info.dtype = ValueOrThrow(codec::ParseDType(t[1].cast<std::string>()));
+      owned.info.shape = t[2].cast<std::vector<int64_t>>();
+      const int64_t n = ValueOrThrow(codec::CheckedNumElements(owned.info.shape));
+      py::buffer_info buf = t[3].cast<py::buffer>().request();
+      const size_t bytes = static_cast<size_t>(buf.size * buf.itemsize);
+      if (n < 0 || bytes != static_cast<size_t>(n) * codec::DTypeSize(owned.info.dtype)) {
+        ThrowIfError(absl::InvalidArgumentError(
+            absl::StrCat("base tensor '", owned.info.name, "': ", bytes, " bytes for shape ",
+                         codec::ShapeString(owned.info.shape), " ", t[1].cast<std::string>())));
+      }
+      const auto* p = static_cast<const uint8_t*>(buf.ptr);
+      owned.data.assign(p, p + bytes);
+      tensors.push_back(std::move(owned));
+    }
+    return std::make_shared<Base>(std::make_unique<BufferModel>(std::move(tensors)));
+  }
+
+  // Hashing reads every byte of the base: done once, without the GIL (taken before the
+  // mutex, so a thread waiting for the mutex never holds the GIL).
+  std::string Hash() {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (hash_.empty()) hash_ = codec::BaseHashHex(codec::ComputeBaseHash(*reader_));
+    return hash_;
+  }
+
+  const codec::ModelReader& reader() const { return *reader_; }
+
+ private:
+  std::unique_ptr<codec::ModelReader> reader_;
+  std::mutex mu_;
+  std::string hash_;  // guarded by mu_
+};
+
+class Container {
+ public:
+  explicit Container(py::buffer data) : owner_(data) {
+    py::buffer_info buf = data.request();
+    bytes_ = absl::MakeConstSpan(static_cast<const uint8_t*>(buf.ptr),
+                                 static_cast<size_t>(buf.size * buf.itemsize));
+    reader_ = ValueOrThrow(codec::ContainerReader::Parse(bytes_));
+  }
+
+  std::string BaseHash() const { return codec::BaseHashHex(reader_.header().base_hash); }
+  size_t size() const { return reader_.num_records(); }
+  std::map<std::string, std::string> Metadata() const { return reader_.header().metadata; }
+
+  // [(name, recorded dtype name, shape, index)] in container order (each record verified).
+  py::list Records() const {
+    py::list out;
+    for (size_t i = 0; i < reader_.num_records(); ++i) {
+      codec::TensorRecord r = ValueOrThrow(reader_.record(i));
+      out.append(py::make_tuple(r.info.name, std::string(codec::DTypeName(r.info.dtype)),
+                                r.info.shape, i));
+    }
+    return out;
+  }
+
+  const codec::ContainerReader& reader() const { return reader_; }
+
+ private:
+  py::object owner_;  // keeps the bytes alive
+  absl::Span<const uint8_t> bytes_;
+  codec::ContainerReader reader_;
+};
+
+// Weights per part when a tensor is split across threads (as the server's pool does).
+constexpr int64_t kMinPartWeights = int64_t{1} << 22;
+
+void Merge(const Base& base, const Container& container, size_t index,
+           std::optional<std::string> out_dtype_name, py::buffer out, int threads) {
+  if (index >= container.size()) {
+    ThrowIfError(absl::OutOfRangeError(
+        absl::StrCat("record ", index, " of a container of ", container.size())));
+  }
+  py::buffer_info buf = out.request(/*writable=*/true);
+  if (buf.readonly) ThrowIfError(absl::InvalidArgumentError("output buffer is read-only"));
+  auto* ptr = static_cast<uint8_t*>(buf.ptr);
+  const size_t bytes = static_cast<size_t>(buf.size * buf.itemsize);
+  codec::TensorRecord record = ValueOrThrow(container.reader().record(index));
+  codec::DType out_dtype = record.info.dtype;
+  if (out_dtype_name) out_dtype = ValueOrThrow(codec::ParseDType(*out_dtype_name));
+  if (bytes != codec::MergedBytes(record, out_dtype)) {
+    ThrowIfError(absl::InvalidArgumentError(
+        absl::StrCat("tensor '", record.info.name, "': output buffer holds ", bytes,
+                     " bytes, the merged tensor ", codec::MergedBytes(record, out_dtype))));
+  }
+  const absl::Span<uint8_t> span(ptr, bytes);
+  const codec::ModelReader* reader = &base.reader();
+  absl::Status status;
+  {
+    py::gil_scoped_release release;
+    threads = std::max(1, threads);
+    const int parts = codec::MergeTensorParts(record, kMinPartWeights, 4 * threads);
+    if (parts <= 1) {
+      status = codec::MergeTensor(reader, record, out_dtype, span);
+    } else {
+      std::atomic<int> next{0};
+      std::vector<absl::Status> results(std::min(parts, threads));
+      auto work = [&](absl::Status* s) {
+        for (int part; (part = next.fetch_add(1)) < parts;) {
+          absl::Status one = codec::MergeTensorPart(reader, record, out_dtype, part, parts, span);
+          if (!one.ok() && s->ok()) *s = one;
+        }
+      };
+      std::vector<std::thread> pool;
+      for (size_t i = 1; i < results.size(); ++i) pool.emplace_back(work, &results[i]);
+      work(&results[0]);
+      for (auto& t : pool) t.join();
+      for (const auto& s : results) {
+        if (!s.ok() && status.ok()) status = s;
+      }
+    }
+  }
+  ThrowIfError(status);
+}
+
+}  // namespace
+}  // namespace deltaserve::python
+
+PYBIND11_MODULE(_codec, m) {
+  using namespace deltaserve::python;
+  m.doc() = "deltaserve C++ codec: local decode + merge of task deltas";
+  static py::exception<StatusException> error(m, "CodecError");
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const StatusException& e) {
+      py::tuple args = py::make_tuple(static_cast<int>(e.status.code()),
+                                      std::string(e.status.message()));
+      PyErr_SetObject(error.ptr(), args.ptr());
+    }
+  });
+  py::class_<Base, std::shared_ptr<Base>>(m, "Base")
+      .def_static("open", &Base::Open, py::arg("path"))
+      .def_static("from_buffers", &Base::FromBuffers, py::arg("items"))
+      .def("hash", &Base::Hash)
+      .def_property_readonly("num_tensors",
+                             [](const Base& b) { return b.reader().tensors().size(); })
+      .def_property_readonly("total_bytes", [](const Base& b) { return b.reader().total_bytes(); });
+  py::class_<Container>(m, "Container")
+      .def(py::init<py::buffer>(), py::arg("data"))
+      .def_property_readonly("base_hash", &Container::BaseHash)
+      .def_property_readonly("metadata", &Container::Metadata)
+      .def("__len__", &Container::size)
+      .def("records", &Container::Records);
+  m.def("merge", &Merge, py::arg("base"), py::arg("container"), py::arg("index"),
+        py::arg("out_dtype"), py::arg("out"), py::arg("threads") = 1);
+}

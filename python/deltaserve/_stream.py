@@ -1,0 +1,241 @@
+"""StreamWeights reader: framing and checksum checks, and resume after a dropped
+connection. Mirrors the C++ client's WeightsStreamChecker (client/client_pull.cc).
+
+A stream is `begin`, then per tensor a `header` and `chunk`s carrying exactly
+header.byte_length bytes at increasing offsets, then `end` (proto/deltaserve/v1/
+delta_service.proto). Every tensor's bytes are hashed with XXH3-64 (seed 0) as they
+arrive and compared with header.xxh3_64 before the tensor is handed on.
+"""
+import time
+
+import grpc
+import xxhash
+from google.protobuf.message import DecodeError
+
+from deltaserve import dtypes
+from deltaserve.errors import DeltaserveError, data_loss, from_rpc_error
+from deltaserve.v1 import delta_service_pb2 as pb
+
+
+class StreamStats:
+    """Figures of the last stream: tensors and data bytes received and verified, wall
+    seconds, seconds to the first tensor header, resumes after dropped connections."""
+
+    def __init__(self):
+        self.tensors = 0
+        self.bytes = 0
+        self.seconds = 0.0
+        self.first_tensor_seconds = 0.0
+        self.resumes = 0
+
+    def __repr__(self):
+        return (f"StreamStats(tensors={self.tensors}, bytes={self.bytes}, "
+                f"seconds={self.seconds:.3f}, resumes={self.resumes})")
+
+
+_METHOD = "/deltaserve.v1.DeltaService/StreamWeights"
+
+
+def _varint(b, pos):
+    """(value, next position) of the protobuf varint at b[pos]; IndexError/ValueError
+    when truncated or longer than 64 bits."""
+    result = shift = 0
+    while True:
+        byte = b[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def chunk_view(raw):
+    """(offset, memoryview of the data) when `raw`, a serialized StreamWeightsResponse,
+    holds a `chunk` (field 3) whose only fields are data (1) and offset (2); else None.
+    Chunks carry almost every byte of a stream: reading them here, without protobuf,
+    saves one copy of the data and the parse. Anything else (other messages, fields
+    added later, malformed bytes) returns None and goes through protobuf."""
+    try:
+        if not raw or raw[0] != 0x1A:
+            return None
+        n, pos = _varint(raw, 1)
+        if pos + n != len(raw):
+            return None
+        begin = end = pos
+        offset = 0
+        while pos < len(raw):
+            tag = raw[pos]
+            if tag == 0x0A:
+                size, pos = _varint(raw, pos + 1)
+                begin, end = pos, pos + size
+                pos = end
+            elif tag == 0x10:
+                offset, pos = _varint(raw, pos + 1)
+            else:
+                return None
+        if pos != len(raw):
+            return None
+        return offset, memoryview(raw)[begin:end]
+    except (IndexError, ValueError):
+        return None
+
+
+def _same_task(a, b):
+    return (a.tenant, a.name, a.created_unix, a.base_hash, a.container_bytes) == (
+        b.tenant, b.name, b.created_unix, b.base_hash, b.container_bytes)
+
+
+def verified_tensors(client, label, request, alloc, stats):
+    """Yields (header, buffer) for every tensor of StreamWeights `request`, after its
+    checksum matched. `alloc(header)` returns a writable, C-contiguous uint8 numpy array
+    of header.byte_length bytes that receives the data (a fresh buffer, or the storage of
+    the tensor being loaded in place); it may raise DeltaserveError to refuse a tensor.
+
+    Resume: when the connection drops (UNAVAILABLE) the call is made again from the
+    tensor after the last verified one (resume_from_index), at most client.retries times,
+    each after waiting for the channel to be ready again; the task must still be the same
+    commit (created_unix, base hash, size), else ABORTED. The whole stream, retries
+    included, must finish within client.stream_timeout seconds (None: no deadline)."""
+    start = time.monotonic()
+    deadline = None if client.stream_timeout is None else start + client.stream_timeout
+    first_task = None
+    next_index = None  # container index to resume from
+    attempts = 0
+    while True:
+        req = pb.StreamWeightsRequest()
+        req.CopyFrom(request)
+        if next_index is not None:
+            req.resume_from_index = next_index
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            raise DeltaserveError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"{label}: deadline of {client.stream_timeout} s exceeded")
+        raw_call = client._channel.unary_stream(
+            _METHOD, request_serializer=pb.StreamWeightsRequest.SerializeToString,
+            response_deserializer=None)  # raw bytes: chunks are read by chunk_view
+        call = raw_call(req, timeout=timeout, metadata=client._metadata)
+        began = ended = False
+        header = buf = hasher = None
+        received = 0
+        got_tensors = got_bytes = 0
+        begin = None
+        try:
+            for raw in call:
+                fast = chunk_view(raw)
+                if fast is not None:
+                    kind = "chunk"
+                    offset, data = fast
+                else:
+                    try:
+                        msg = pb.StreamWeightsResponse.FromString(raw)
+                    except DecodeError as e:
+                        raise data_loss(label, f"malformed message: {e}") from None
+                    kind = msg.WhichOneof("msg")
+                    if kind == "chunk":
+                        offset, data = msg.chunk.offset, msg.chunk.data
+                if kind == "chunk":
+                    n = len(data)
+                    if header is None:
+                        raise data_loss(label, "malformed stream: chunk outside a tensor")
+                    if offset != received or n > header.byte_length - received:
+                        raise data_loss(label, f"malformed stream: tensor '{header.name}': chunk at "
+                                        f"offset {offset} of {n} bytes after {received}"
+                                        f" of {header.byte_length} bytes")
+                    buf[received:received + n] = memoryview(data)
+                    hasher.update(data)
+                    received += n
+                elif kind == "header":
+                    if not began or header is not None or ended:
+                        raise data_loss(label, "malformed stream: tensor header out of place")
+                    header = msg.header
+                    if not dtypes.is_known(header.dtype):
+                        raise data_loss(label, f"malformed stream: tensor '{header.name}': "
+                                        f"unsupported dtype {header.dtype}")
+                    elements = 1
+                    for d in header.shape:
+                        if d < 0:
+                            elements = -1
+                            break
+                        elements *= d
+                    if elements * dtypes.itemsize(header.dtype) != header.byte_length:
+                        raise data_loss(label, f"malformed stream: tensor '{header.name}' "
+                                        f"announces {header.byte_length} bytes for shape "
+                                        f"{list(header.shape)}")
+                    if stats.tensors == 0 and stats.first_tensor_seconds == 0.0:
+                        stats.first_tensor_seconds = time.monotonic() - start
+                    buf = alloc(header)
+                    hasher = xxhash.xxh3_64()
+                    received = 0
+                elif kind == "begin":
+                    if began:
+                        raise data_loss(label, "malformed stream: second begin message")
+                    began = True
+                    begin = msg.begin
+                    if first_task is None:
+                        first_task = begin.task
+                    elif not _same_task(first_task, begin.task):
+                        raise DeltaserveError(
+                            grpc.StatusCode.ABORTED,
+                            f"{label}: the task was replaced while the stream was resumed "
+                            f"(created {first_task.created_unix}, now {begin.task.created_unix})")
+                    continue
+                elif kind == "end":
+                    if not began or header is not None or ended:
+                        raise data_loss(label, "malformed stream: end message out of place")
+                    end = msg.end
+                    if (end.num_tensors, end.total_bytes) != (got_tensors, got_bytes) or (
+                            begin.num_tensors, begin.total_bytes) != (got_tensors, got_bytes):
+                        raise data_loss(label, f"malformed stream: received {got_tensors} tensors"
+                                        f" / {got_bytes} bytes; begin announced "
+                                        f"{begin.num_tensors} / {begin.total_bytes}, end says "
+                                        f"{end.num_tensors} / {end.total_bytes}")
+                    ended = True
+                    continue
+                else:
+                    raise data_loss(label, "malformed stream: empty message")
+                # After a header or a chunk: is the tensor complete?
+                if received == header.byte_length:
+                    got = hasher.intdigest()
+                    if got != header.xxh3_64:
+                        raise data_loss(label, f"tensor '{header.name}' checksum mismatch "
+                                        f"(XXH3-64 {got}, header says {header.xxh3_64})")
+                    done, done_buf = header, buf
+                    header = buf = hasher = None
+                    got_tensors += 1
+                    got_bytes += received
+                    stats.tensors += 1
+                    stats.bytes += received
+                    next_index = done.index + 1
+                    yield done, done_buf
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE or attempts >= client.retries:
+                raise from_rpc_error(e, label) from None
+            attempts += 1
+            stats.resumes += 1
+            _wait_for_channel(client, label, deadline, e)
+            if next_index is None and first_task is not None:
+                next_index = 0  # dropped before the first tensor: start again
+            continue
+        finally:
+            call.cancel()  # no-op after a finished call; stops the server's work otherwise
+        if not ended:
+            raise data_loss(label, "stream ended without an end message")
+        stats.seconds = time.monotonic() - start
+        return
+
+
+def _wait_for_channel(client, label, deadline, error):
+    """Blocks until the channel is ready again (the server is back), at most
+    client.reconnect_timeout seconds and not past `deadline`; UNAVAILABLE otherwise."""
+    wait = client.reconnect_timeout
+    if deadline is not None:
+        wait = min(wait, max(0.0, deadline - time.monotonic()))
+    try:
+        grpc.channel_ready_future(client._channel).result(timeout=wait)
+    except grpc.FutureTimeoutError:
+        raise DeltaserveError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{label}: connection dropped ({error.details()}) and the server did not come "
+            f"back within {wait:.1f} s") from None

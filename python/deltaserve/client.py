@@ -1,0 +1,237 @@
+"""Client of deltaserve.v1.DeltaService for Python inference workers.
+
+    from deltaserve import Client
+    c = Client("127.0.0.1:50051", token="...")
+    state = c.load_state_dict("chat")          # {name: torch.Tensor}
+    c.load_into(model, "chat")                 # in place, into model's parameters
+
+The same operations as `deltactl` (push, list, info, get-base, delete, pin, unpin, pull)
+with the same environment variables: DELTASERVE_SERVER (default 127.0.0.1:50051),
+DELTASERVE_TOKEN, DELTASERVE_TENANT. Every failure raises DeltaserveError (code +
+message, deltaserve/errors.py). A Client is thread-safe (one gRPC channel).
+"""
+import mmap
+import os
+
+import grpc
+import numpy as np
+import xxhash
+
+from deltaserve import dtypes
+from deltaserve._stream import StreamStats, verified_tensors
+from deltaserve.errors import DeltaserveError, from_rpc_error, invalid_argument
+from deltaserve.v1 import delta_service_pb2 as pb
+from deltaserve.v1 import delta_service_pb2_grpc as pb_grpc
+
+# gRPC's default receive limit is 4 MiB; server chunks go up to 4 MiB plus framing.
+_MAX_MESSAGE_BYTES = 64 << 20
+_UPLOAD_CHUNK_BYTES = 1 << 20
+
+
+class Client:
+    """Connection to one deltaserved.
+
+    server: "host:port" (default $DELTASERVE_SERVER, else 127.0.0.1:50051).
+    token: bearer token (default $DELTASERVE_TOKEN; none: only a server without a config
+      accepts that). tenant: tenant named in every request (default $DELTASERVE_TENANT;
+      empty: the token's own; admin tokens must name one).
+    tls: use TLS with the system roots; ca: path of a PEM root certificate to trust
+      instead (implies TLS).
+    timeout: deadline in seconds of each unary call and of a whole upload (default 60).
+    stream_timeout: deadline in seconds of a whole download, resumes included (default
+      None: none). retries: resumes of a download after a dropped connection (default 3);
+      reconnect_timeout: seconds each resume waits for the server to come back (default 10).
+    The channel connects lazily: an unreachable server shows as UNAVAILABLE on the first
+    call.
+    """
+
+    def __init__(self, server=None, token=None, tenant=None, tls=False, ca=None, timeout=None,
+                 stream_timeout=None, retries=3, reconnect_timeout=10.0):
+        self.server = server or os.environ.get("DELTASERVE_SERVER") or "127.0.0.1:50051"
+        token = token if token is not None else os.environ.get("DELTASERVE_TOKEN", "")
+        self.tenant = tenant if tenant is not None else os.environ.get("DELTASERVE_TENANT", "")
+        if "\r" in token or "\n" in token:
+            raise invalid_argument("token contains a line break")
+        self.timeout = 60.0 if timeout is None else float(timeout)
+        if self.timeout <= 0:
+            raise invalid_argument(f"timeout must be positive, got {timeout}")
+        self.stream_timeout = stream_timeout
+        self.retries = int(retries)
+        self.reconnect_timeout = float(reconnect_timeout)
+        self._metadata = (("authorization", "Bearer " + token),) if token else ()
+        options = [("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                   # Reconnect promptly when a restarted server comes back (resume).
+                   ("grpc.initial_reconnect_backoff_ms", 100),
+                   ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
+        if tls or ca:
+            root = None
+            if ca:
+                try:
+                    with open(ca, "rb") as f:
+                        root = f.read()
+                except OSError as e:
+                    raise DeltaserveError(grpc.StatusCode.NOT_FOUND,
+                                          f"cannot read TLS root certificate {ca}: {e}") from None
+            creds = grpc.ssl_channel_credentials(root_certificates=root)
+            self._channel = grpc.secure_channel(self.server, creds, options)
+        else:
+            self._channel = grpc.insecure_channel(self.server, options)
+        self._stub = pb_grpc.DeltaServiceStub(self._channel)
+        self.last_stream = StreamStats()
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------ labels and unary calls
+    def _label(self, method, task):
+        return f"{method} '{self.tenant}/{task}'" if self.tenant else f"{method} '{task}'"
+
+    def _unary(self, method, request, label, timeout=-1):
+        try:
+            return getattr(self._stub, method)(
+                request, timeout=self.timeout if timeout == -1 else timeout,
+                metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, label) from None
+
+    # ------------------------------------------------------------ deltactl's operations
+    def get_base(self):
+        """BaseInfo of the resident base (hash, tensors, bytes, dtypes, path)."""
+        return self._unary("GetBase", pb.GetBaseRequest(), "GetBase")
+
+    def list_tasks(self, tenant=None):
+        """ListTasksResponse (tasks, stored_bytes, quota_bytes) of `tenant` (None: the
+        client's tenant; an admin with "" lists every tenant)."""
+        tenant = self.tenant if tenant is None else tenant
+        label = f"ListTasks '{tenant}'" if tenant else "ListTasks"
+        return self._unary("ListTasks", pb.ListTasksRequest(tenant=tenant), label)
+
+    def task_info(self, task, tensors=False):
+        """TaskInfo of `task`; with tensors=True, per-tensor TensorSummary entries
+        (name, dtype, shape, encoding, sizes, index) in container order."""
+        return self._unary("GetTask", pb.GetTaskRequest(tenant=self.tenant, task=task,
+                                                        include_tensors=tensors),
+                           self._label("GetTask", task))
+
+    def delete(self, task):
+        """Deletes `task`; returns the freed container bytes."""
+        return self._unary("DeleteTask", pb.DeleteTaskRequest(tenant=self.tenant, task=task),
+                           self._label("DeleteTask", task)).freed_bytes
+
+    def pin(self, task, dtype=None):
+        """Decodes `task` into the server cache and pins it there (in `dtype`, default the
+        recorded dtypes); returns the pinned bytes. Deadline: stream_timeout."""
+        request = pb.PinTaskRequest(tenant=self.tenant, task=task,
+                                    out_dtype=dtypes.to_proto(dtype))
+        return self._unary("PinTask", request, self._label("PinTask", task),
+                           timeout=self.stream_timeout).pinned_bytes
+
+    def unpin(self, task):
+        self._unary("UnpinTask", pb.UnpinTaskRequest(tenant=self.tenant, task=task),
+                    self._label("UnpinTask", task))
+
+    def push(self, task, container, overwrite=False):
+        """Uploads a delta container (a path, or bytes-like) as `task` with its XXH3-64,
+        so the server verifies it end to end (DATA_LOSS on mismatch, INVALID_ARGUMENT for
+        a malformed container; nothing is stored on error). Returns the committed
+        TaskInfo. A file is memory-mapped, not read into memory."""
+        label = self._label("PutDelta", task)
+        if isinstance(container, (str, os.PathLike)):
+            try:
+                with open(container, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) if size else b""
+            except OSError as e:
+                raise DeltaserveError(grpc.StatusCode.NOT_FOUND,
+                                      f"{label}: cannot read {container}: {e}") from None
+        else:
+            data = container
+        view = memoryview(data).cast("B")
+        meta = pb.PutDeltaMetadata(tenant=self.tenant, task=task, overwrite=overwrite,
+                                   total_bytes=len(view), xxh3_64=xxhash.xxh3_64_intdigest(view))
+
+        def requests():
+            yield pb.PutDeltaRequest(metadata=meta)
+            for off in range(0, len(view), _UPLOAD_CHUNK_BYTES):
+                yield pb.PutDeltaRequest(chunk=bytes(view[off:off + _UPLOAD_CHUNK_BYTES]))
+
+        try:
+            response = self._stub.PutDelta(requests(), timeout=self.timeout,
+                                           metadata=self._metadata)
+        except grpc.RpcError as e:
+            details = e.details() or ""
+            if details.startswith("PutDelta: "):  # the label says it already
+                details = details[len("PutDelta: "):]
+            raise DeltaserveError(e.code(), f"{label}: {details}") from None
+        return response.task
+
+    # ------------------------------------------------------------ weights
+    def _weights_request(self, task, include, include_regex, dtype, chunk_bytes):
+        if isinstance(include, str):
+            include = [include]
+        return pb.StreamWeightsRequest(tenant=self.tenant, task=task,
+                                       out_dtype=dtypes.to_proto(dtype),
+                                       include=list(include or []),
+                                       include_regex=include_regex or "",
+                                       chunk_bytes=chunk_bytes)
+
+    def stream_tensors(self, task, alloc, include=None, include_regex=None, dtype=None,
+                       chunk_bytes=0):
+        """The StreamWeights machinery under stream_weights/load_*: yields
+        (TensorHeader, uint8 buffer) per verified tensor, each written into
+        alloc(header) (see deltaserve._stream.verified_tensors). Figures of the stream
+        end up in self.last_stream."""
+        request = self._weights_request(task, include, include_regex, dtype, chunk_bytes)
+        self.last_stream = StreamStats()
+        return verified_tensors(self, self._label("StreamWeights", task), request, alloc,
+                                self.last_stream)
+
+    def stream_weights(self, task, include=None, include_regex=None, dtype=None,
+                       chunk_bytes=0):
+        """Yields (name, numpy array) for the merged tensors of `task`, in container
+        order, each after its XXH3-64 checksum matched. include: fnmatch globs (any may
+        match); include_regex: a regex that must match the whole name; dtype: "f32",
+        "f16" or "bf16" for every tensor (default: each tensor's recorded dtype). BF16
+        arrays are uint16 holding the raw bfloat16 bits. A dropped connection resumes
+        from the next tensor (Client.retries)."""
+        def alloc(header):
+            return np.empty(header.byte_length, dtype=np.uint8)
+
+        for header, buf in self.stream_tensors(task, alloc, include, include_regex, dtype,
+                                               chunk_bytes):
+            yield header.name, buf.view(dtypes.numpy_dtype(header.dtype)).reshape(
+                tuple(header.shape))
+
+    def load_state_dict(self, task, include=None, include_regex=None, dtype=None):
+        """{name: torch.Tensor} of the merged tensors of `task` (CPU, in container order,
+        BF16 as torch.bfloat16), checksums verified; arguments as stream_weights."""
+        from deltaserve.torch_io import load_state_dict
+        return load_state_dict(self, task, include, include_regex, dtype)
+
+    def load_into(self, target, task, strict=True, include=None, include_regex=None,
+                  dtype=None):
+        """Writes the merged tensors of `task` into the existing storage of `target` (a
+        torch.nn.Module, or a dict of torch tensors or numpy arrays) in place: no second
+        copy of the model is held. Before any byte is streamed, every task tensor must
+        exist in target with the same shape and dtype (`dtype` if given, else the task's
+        recorded dtype), and with strict=True (and no filter) target may hold no tensor
+        the task lacks; otherwise INVALID_ARGUMENT naming the tensor, target untouched.
+        Returns the StreamStats. On a later error (e.g. DATA_LOSS) target may hold a mix
+        of old and new tensors."""
+        from deltaserve.torch_io import load_into
+        return load_into(self, target, task, strict, include, include_regex, dtype)
+
+    # ------------------------------------------------------------ worker-side decode
+    def fetch_delta(self, task):
+        """The task's compressed delta container (StreamDelta), size and XXH3-64
+        verified, as a bytearray; decode it with deltaserve.decode.apply_delta."""
+        from deltaserve.decode import fetch_delta
+        return fetch_delta(self, task)

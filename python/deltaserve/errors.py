@@ -1,0 +1,37 @@
+"""DeltaserveError: the one exception type of the deltaserve package.
+
+Every failure a Client method reports is a DeltaserveError carrying a gRPC status code
+(grpc.StatusCode) and a message. Server errors keep the server's code and message,
+prefixed with the call and task (e.g. "GetTask 'chat': task not found"), the way the C++
+client (client/internal/status.h) does. Checks made in the worker use the code that
+names the fault: DATA_LOSS for a checksum mismatch or a malformed stream,
+INVALID_ARGUMENT for a model whose names, shapes or dtypes do not match the task or a
+bad argument, FAILED_PRECONDITION for a delta made against another base,
+DEADLINE_EXCEEDED when the caller's deadline passed, UNAVAILABLE when the server cannot
+be reached (also after the bounded resume attempts of a dropped stream).
+"""
+import grpc
+
+
+class DeltaserveError(Exception):
+    """A failed deltaserve operation: `code` (grpc.StatusCode) and `message` (str)."""
+
+    def __init__(self, code, message):
+        self.code = code
+        self.message = message
+        super().__init__(f"{code.name}: {message}")
+
+
+def from_rpc_error(error, label):
+    """DeltaserveError for a grpc.RpcError raised by call `label` (e.g. "GetBase")."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    return DeltaserveError(code or grpc.StatusCode.UNKNOWN, f"{label}: {details}")
+
+
+def data_loss(label, what):
+    return DeltaserveError(grpc.StatusCode.DATA_LOSS, f"{label}: {what}")
+
+
+def invalid_argument(message):
+    return DeltaserveError(grpc.StatusCode.INVALID_ARGUMENT, message)

@@ -1,0 +1,131 @@
+"""Loading a task's merged weights into torch: a new state dict, or in place into an
+existing model (its parameters' storage is written, no second copy of the model)."""
+import fnmatch
+import re
+
+import numpy as np
+
+from deltaserve import dtypes
+from deltaserve.errors import invalid_argument
+
+
+def load_state_dict(client, task, include, include_regex, dtype):
+    import torch
+
+    def alloc(header):
+        return np.empty(header.byte_length, dtype=np.uint8)
+
+    out = {}
+    for header, buf in client.stream_tensors(task, alloc, include, include_regex, dtype):
+        t = torch.from_numpy(buf).view(dtypes.torch_dtype(header.dtype))
+        out[header.name] = t.reshape(tuple(header.shape))
+    return out
+
+
+def target_tensors(target):
+    """{name: tensor} of a torch.nn.Module (its state_dict: tensors that share the
+    parameters' storage) or of a dict of torch tensors / numpy arrays."""
+    if hasattr(target, "state_dict") and callable(target.state_dict):
+        return target.state_dict()
+    if isinstance(target, dict):
+        return target
+    raise invalid_argument(f"load target must be a torch.nn.Module or a dict of tensors, "
+                           f"got {type(target).__name__}")
+
+
+def _proto_dtype_of(tensor):
+    """proto DType of a torch tensor / numpy array, or None if deltaserve has no such
+    dtype."""
+    try:
+        return dtypes.to_proto(tensor.dtype)
+    except Exception:  # noqa: BLE001 - any unsupported dtype
+        return None
+
+
+def check_against(name, tensor, shape, want_dtype, hint=""):
+    """INVALID_ARGUMENT naming `name` unless `tensor` has `shape` and `want_dtype`."""
+    if tuple(tensor.shape) != tuple(shape):
+        raise invalid_argument(f"tensor '{name}': the model has shape {list(tensor.shape)}, "
+                               f"the task has {list(shape)}")
+    if _proto_dtype_of(tensor) != want_dtype:
+        raise invalid_argument(f"tensor '{name}': the model has dtype {tensor.dtype}, the task "
+                               f"sends {dtypes.name(want_dtype)}{hint}")
+
+
+def byte_view(name, tensor):
+    """A writable uint8 numpy array over the bytes of `tensor` (CPU torch tensor or
+    numpy array), sharing its memory; None if the tensor is not on the CPU (the caller
+    stages it). INVALID_ARGUMENT for a non-contiguous or read-only tensor."""
+    if isinstance(tensor, np.ndarray):
+        if not tensor.flags.c_contiguous or not tensor.flags.writeable:
+            raise invalid_argument(f"tensor '{name}': numpy array is not C-contiguous and writable")
+        return tensor.reshape(-1).view(np.uint8)
+    if tensor.device.type != "cpu":
+        return None
+    if not tensor.is_contiguous():
+        raise invalid_argument(f"tensor '{name}': not contiguous; cannot load it in place")
+    import torch
+    flat = tensor.detach().reshape(-1)
+    if flat.dtype == torch.bfloat16:
+        flat = flat.view(torch.int16)
+    return flat.numpy().view(np.uint8)
+
+
+def _selected(name, include, include_regex):
+    """Whether the server's filter sends `name` (fnmatch without FNM_PATHNAME; a regex
+    matching the whole name), for checking before the stream."""
+    if isinstance(include, str):
+        include = [include]
+    if include and not any(fnmatch.fnmatchcase(name, g) for g in include):
+        return False
+    return not include_regex or re.fullmatch(include_regex, name) is not None
+
+
+def check_plan(target, summaries, strict, filtered, out_dtype, what):
+    """Checks `summaries` ([(name, shape, recorded proto dtype)] of the tensors that will
+    arrive) against `target` ({name: tensor}) before anything is written."""
+    hint = " (pass dtype= to have the server convert)" if out_dtype == 0 else ""
+    names = set()
+    for name, shape, recorded in summaries:
+        names.add(name)
+        if name not in target:
+            raise invalid_argument(f"tensor '{name}' of {what} is not in the model")
+        check_against(name, target[name], shape, out_dtype or recorded, hint)
+    if strict and not filtered:
+        extra = sorted(set(target) - names)
+        if extra:
+            more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+            raise invalid_argument(f"tensor '{extra[0]}'{more} of the model is not in {what} "
+                                   f"(strict=True)")
+
+
+def load_into(client, target, task, strict, include, include_regex, dtype):
+    tensors = target_tensors(target)
+    out_dtype = dtypes.to_proto(dtype)
+    info = client.task_info(task, tensors=True)
+    summaries = [(t.name, tuple(t.shape), t.dtype) for t in info.tensors
+                 if _selected(t.name, include, include_regex)]
+    what = f"task '{task}'"
+    check_plan(tensors, summaries, strict, bool(include or include_regex), out_dtype, what)
+
+    staged = {}  # name -> (device tensor, CPU staging buffer) for non-CPU tensors
+
+    def alloc(header):
+        name = header.name
+        if name not in tensors:
+            raise invalid_argument(f"tensor '{name}' of {what} is not in the model")
+        check_against(name, tensors[name], header.shape, header.dtype)
+        view = byte_view(name, tensors[name])
+        if view is None:
+            view = np.empty(header.byte_length, dtype=np.uint8)
+            staged[name] = view
+        return view
+
+    for header, buf in client.stream_tensors(task, alloc, include, include_regex, dtype):
+        if header.name in staged:
+            import torch
+            dst = tensors[header.name]
+            src = torch.from_numpy(staged.pop(header.name)).view(dst.dtype).reshape(dst.shape)
+            with torch.no_grad():
+                dst.copy_(src)
+    return client.last_stream

@@ -1,0 +1,119 @@
+#include "server/internal/stream_plan.h"
+
+#include <fnmatch.h>
+
+#include <algorithm>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "codec/delta_codec.h"
+#include "proto/protocol.h"
+#include "re2/re2.h"
+#include "server/internal/convert.h"
+
+namespace deltaserve::server::internal {
+
+absl::StatusOr<StreamPlan> PlanStream(const v1::StreamWeightsRequest& req,
+                                      const storage::TaskInfo& info,
+                                      std::optional<codec::DType> out_dtype) {
+  std::unique_ptr<RE2> regex;
+  if (!req.include_regex().empty()) {
+    regex = std::make_unique<RE2>(req.include_regex(), RE2::Quiet);
+    if (!regex->ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("include_regex '", req.include_regex(), "': ", regex->error()));
+    }
+  }
+  size_t first = 0;
+  if (req.resume_case() == v1::StreamWeightsRequest::kResumeFromName) {
+    std::optional<size_t> idx = info.FindTensor(req.resume_from_name());
+    if (!idx) {
+      return absl::NotFoundError(absl::StrCat("resume_from_name: task '", info.task,
+                                              "' has no tensor '", req.resume_from_name(), "'"));
+    }
+    first = *idx;
+  } else if (req.resume_case() == v1::StreamWeightsRequest::kResumeFromIndex) {
+    first = req.resume_from_index();
+    if (first >= info.tensors.size()) {
+      return absl::OutOfRangeError(absl::StrCat("resume_from_index ", first, ": task '", info.task,
+                                                "' has ", info.tensors.size(), " tensors"));
+    }
+  }
+  size_t end = info.tensors.size();
+  if (req.end_index() != 0) {
+    if (req.end_index() > info.tensors.size() || req.end_index() <= first) {
+      return absl::OutOfRangeError(absl::StrCat("end_index ", req.end_index(), ": task '",
+                                                info.task, "' has ", info.tensors.size(),
+                                                " tensors and the range starts at ", first));
+    }
+    end = req.end_index();
+  }
+  StreamPlan plan;
+  for (size_t i = first; i < end; ++i) {
+    const storage::TensorEntry& t = info.tensors[i];
+    if (req.include_size() > 0 &&
+        std::none_of(req.include().begin(), req.include().end(), [&](const std::string& glob) {
+          return fnmatch(glob.c_str(), t.name.c_str(), 0) == 0;
+        })) {
+      continue;
+    }
+    if (regex && !RE2::FullMatch(t.name, *regex)) continue;
+    const uint64_t bytes = static_cast<uint64_t>(codec::NumElements(t.shape)) *
+                           codec::DTypeSize(out_dtype.value_or(t.dtype));
+    plan.tensors.push_back(static_cast<uint32_t>(i));
+    plan.bytes.push_back(bytes);
+    plan.total_bytes += bytes;
+  }
+  return plan;
+}
+
+void FillStreamBegin(const StreamPlan& plan, const storage::TaskInfo& info, bool pinned,
+                     v1::StreamBegin* begin) {
+  FillTaskInfo(info, /*with_tensors=*/false, pinned, begin->mutable_task());
+  begin->set_num_tensors(static_cast<uint32_t>(plan.tensors.size()));
+  begin->set_total_bytes(plan.total_bytes);
+  // What codec::DecompressModel writes, so that a client writing the tensors in stream
+  // order produces the same file.
+  for (const auto& [key, value] : codec::MergedModelMetadata(info.base_hash)) {
+    (*begin->mutable_safetensors_metadata())[key] = value;
+  }
+}
+
+size_t StreamCursor::Next(const MergedTensor* tensor, v1::StreamWeightsResponse* msg) {
+  if (pos_ == num_tensors_) {
+    end_sent_ = true;
+    v1::StreamEnd* end = msg->mutable_end();
+    end->set_num_tensors(static_cast<uint32_t>(num_tensors_));
+    end->set_total_bytes(sent_bytes_);
+    return 0;
+  }
+  const uint64_t size = tensor->data.size();
+  size_t n = 0;
+  if (!header_sent_) {
+    header_sent_ = true;
+    offset_ = 0;
+    v1::TensorHeader* h = msg->mutable_header();
+    h->set_name(tensor->info.name);
+    h->set_dtype(proto::ToProtoDType(tensor->info.dtype));
+    h->mutable_shape()->Clear();
+    for (int64_t d : tensor->info.shape) h->add_shape(d);
+    h->set_byte_length(size);
+    h->set_xxh3_64(tensor->xxh3_64);
+    h->set_index(tensor->index);
+  } else {
+    n = static_cast<size_t>(std::min<uint64_t>(chunk_bytes_, size - offset_));
+    v1::TensorChunk* chunk = msg->mutable_chunk();
+    chunk->set_offset(offset_);
+    chunk->set_data(tensor->data.data() + offset_, n);
+    offset_ += n;
+    sent_bytes_ += n;
+  }
+  if (offset_ == size) {  // the tensor's last message (the header alone if it is empty)
+    ++pos_;
+    header_sent_ = false;
+  }
+  return n;
+}
+
+}  // namespace deltaserve::server::internal

@@ -1,0 +1,108 @@
+"""Helpers of the Python client tests (tests/python/test_*.py): a live deltaserved on
+port 0 (the port it picked is read from its "serving ... port=N" log line), deltactl,
+and synthetic models. Built on tests/deploy/deploy_lib.py (processes, skips, checks).
+
+Environment (set by tests/python/CMakeLists.txt): DELTASERVED_BIN, DELTACTL_BIN,
+DELTASERVE_SOURCE_DIR, and PYTHONPATH holding the built package (<build>/python).
+"""
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy"))
+import deploy_lib as d  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+try:
+    from deltaserve import safetensors as st  # noqa: E402
+except ImportError as e:
+    d.skip(f"the deltaserve package is not importable ({e}); build target deltaserve_python "
+           "and install python3-grpcio python3-protobuf python3-xxhash")
+
+
+def model_pair(directory, shapes, seed=3, dtype=np.float16):
+    """A synthetic base and finetuned model {name: shape}: base ~ N(0, 0.05), finetuned =
+    base + a smooth delta (DCT-friendly) for 2-D tensors and a small one for 1-D.
+    Returns (base_path, finetuned_path, finetuned arrays)."""
+    rng = np.random.default_rng(seed)
+    base, ft = {}, {}
+    for name, shape in shapes.items():
+        b = rng.normal(0, 0.05, size=shape).astype(np.float32)
+        if len(shape) >= 2:
+            r = np.arange(shape[0])[:, None] % 7 - 3
+            c = np.arange(shape[-1])[None, :] % 5 - 2
+            delta = (0.004 * r + 0.002 * c).reshape([shape[0]] + [1] * (len(shape) - 2) + [shape[-1]])
+            f = b + delta + rng.normal(0, 0.0005, size=shape).astype(np.float32)
+        else:
+            f = b + 0.001
+        base[name], ft[name] = b.astype(dtype), f.astype(dtype)
+    bp, fp = os.path.join(directory, "base.safetensors"), os.path.join(directory, "ft.safetensors")
+    st.write_file(bp, dict(sorted(base.items())), {"format": "pt"})
+    st.write_file(fp, dict(sorted(ft.items())), {"format": "pt"})
+    return bp, fp, ft
+
+
+class LiveDaemon:
+    """deltaserved --listen 127.0.0.1:<port or 0> on `base` with its RocksDB in `db`."""
+
+    def __init__(self, tmp, base, db=None, port=0, config=None, extra=(), name="deltaserved"):
+        self.bin = d.need_binary("DELTASERVED_BIN", "deltaserved")
+        self.tmp, self.base = tmp, base
+        self.db = db or os.path.join(tmp, "db")
+        argv = [self.bin, "--base", base, "--db", self.db, "--listen", f"127.0.0.1:{port}",
+                "--metrics-listen", "", "--workers", "2", "--drain-seconds", "2"]
+        if config:
+            argv += ["--config", config]
+        self.argv = argv + list(extra)
+        self.log_path = os.path.join(tmp, name + ".log")
+        self.daemon = d.Daemon(self.argv, self.log_path, env=d.clean_env())
+        self.port = d.wait_until(self._port, 30, "deltaserved 'serving' log line", self.daemon)
+        self.addr = f"127.0.0.1:{self.port}"
+
+    def _port(self):
+        m = re.search(r"\bserving\b.*\bport=(\d+)", self.daemon.log_text())
+        return int(m.group(1)) if m else None
+
+    def kill(self):
+        """SIGKILL (a crash: no drain)."""
+        self.daemon.proc.kill()
+        self.daemon.proc.wait()
+
+    def stop(self):
+        code = self.daemon.terminate(20)
+        self.daemon.stop()
+        return code
+
+
+def deltactl(args, addr=None, token=None, timeout=60):
+    argv = [d.need_binary("DELTACTL_BIN", "deltactl")] + args
+    if addr:
+        argv[2:2] = ["--server", addr] + (["--token", token] if token else [])
+    return d.run(argv, timeout=timeout, env=d.clean_env(), what="deltactl " + args[0])
+
+
+def compress(tmp, base, ft, name="task.dds"):
+    out = os.path.join(tmp, name)
+    deltactl(["compress", "--base", base, "--finetuned", ft, "--out", out])
+    return out
+
+
+def expect_error(fn, code, *substrings):
+    """Runs fn(); it must raise DeltaserveError with `code` and every substring in its
+    message. Returns the error."""
+    from deltaserve import DeltaserveError
+    try:
+        fn()
+    except DeltaserveError as e:
+        d.check(e.code == code, f"expected {code.name}, got {e}")
+        for s in substrings:
+            d.check(s in e.message, f"expected {s!r} in the message: {e}")
+        d.log(f"ok: {e}")
+        return e
+    d.fail(f"expected DeltaserveError {code.name}, got no error")
+
+
+def wait(seconds):
+    time.sleep(seconds)

@@ -1,0 +1,134 @@
+"""python_client_errors: every failure is a DeltaserveError with the gRPC code and the
+server's message, against a live deltaserved (port 0) with the example tenants config:
+wrong token, another tenant, unknown task, and for load_into a name, shape or dtype
+that does not match (refused before any byte is written: the target stays untouched);
+a deadline; an unreachable server; a corrupted stream (DATA_LOSS)."""
+from concurrent import futures
+import tempfile
+import time
+
+import grpc
+import torch
+
+import live_daemon as ld
+from live_daemon import d
+
+from deltaserve import Client, DeltaserveError
+from deltaserve import _stream
+from deltaserve.v1 import delta_service_pb2 as pb
+from deltaserve.v1 import delta_service_pb2_grpc as pb_grpc
+
+SHAPES = {"a.weight": (64, 128), "b.weight": (128, 64), "b.bias": (64,)}
+C = grpc.StatusCode
+
+with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
+    base, ft, _ = ld.model_pair(tmp, SHAPES)
+    delta = ld.compress(tmp, base, ft)
+    daemon = ld.LiveDaemon(tmp, base, config=d.EXAMPLE_CONFIG)
+    acme = Client(daemon.addr, token=d.ACME_TOKEN, timeout=20)
+    acme.push("chat", delta)
+
+    ld.expect_error(lambda: Client(daemon.addr, token="wrong").list_tasks(),
+                    C.UNAUTHENTICATED, "ListTasks")
+    ld.expect_error(lambda: Client(daemon.addr).get_base(), C.UNAUTHENTICATED, "GetBase")
+    globex = Client(daemon.addr, token="CHANGE-ME-globex-token")
+    ld.expect_error(lambda: globex.task_info("chat"), C.NOT_FOUND, "GetTask 'chat'")
+    ld.expect_error(lambda: list(globex.stream_weights("chat")), C.NOT_FOUND,
+                    "StreamWeights 'chat'")
+    # A tenant token naming another tenant: NOT_FOUND (names do not leak).
+    ld.expect_error(lambda: Client(daemon.addr, token=d.ACME_TOKEN, tenant="globex")
+                    .task_info("chat"), C.NOT_FOUND, "GetTask 'globex/chat'")
+    ld.expect_error(lambda: acme.task_info("nope"), C.NOT_FOUND, "GetTask 'nope'")
+    ld.expect_error(lambda: list(acme.stream_weights("nope")), C.NOT_FOUND,
+                    "StreamWeights 'nope'")
+    ld.expect_error(lambda: acme.task_info("../x"), C.INVALID_ARGUMENT, "GetTask '../x'")
+    ld.expect_error(lambda: list(acme.stream_weights("chat", dtype="i64")), C.INVALID_ARGUMENT,
+                    "unsupported dtype 'i64'")
+    # Admin: may name a tenant.
+    admin = Client(daemon.addr, token=d.ADMIN_TOKEN, tenant="acme")
+    d.check(admin.task_info("chat").tenant == "acme", "admin task_info")
+
+    def fresh():
+        return {n: torch.full(s, 7.0, dtype=torch.float16) for n, s in SHAPES.items()}
+
+    def untouched(target):
+        return all(bool((t == 7.0).all()) for t in target.values())
+
+    t = fresh()
+    t["b.weight"] = torch.full((64, 128), 7.0, dtype=torch.float16)
+    ld.expect_error(lambda: acme.load_into(t, "chat"), C.INVALID_ARGUMENT,
+                    "tensor 'b.weight'", "shape [64, 128]", "the task has [128, 64]")
+    d.check(untouched(t), "shape mismatch: the target was written")
+    t = fresh()
+    t["a.weight"] = torch.full((64, 128), 7.0, dtype=torch.float32)
+    ld.expect_error(lambda: acme.load_into(t, "chat"), C.INVALID_ARGUMENT,
+                    "tensor 'a.weight'", "torch.float32", "sends F16")
+    d.check(untouched(t), "dtype mismatch: the target was written")
+    t = fresh()
+    del t["b.bias"]
+    ld.expect_error(lambda: acme.load_into(t, "chat"), C.INVALID_ARGUMENT,
+                    "tensor 'b.bias' of task 'chat' is not in the model")
+    d.check(untouched(t), "missing name: the target was written")
+    t = fresh()
+    t["extra.weight"] = torch.full((3,), 7.0, dtype=torch.float16)
+    ld.expect_error(lambda: acme.load_into(t, "chat"), C.INVALID_ARGUMENT,
+                    "tensor 'extra.weight' of the model is not in task 'chat' (strict=True)")
+    d.check(untouched(t), "extra name: the target was written")
+    acme.load_into(t, "chat", strict=False)
+    d.check(bool((t["extra.weight"] == 7.0).all()) and not bool((t["a.weight"] == 7.0).all()),
+            "strict=False: task tensors must load, the extra one stay")
+    t = fresh()
+    acme.load_into(t, "chat", include="a.*")
+    d.check(not bool((t["a.weight"] == 7.0).all()) and bool((t["b.weight"] == 7.0).all()),
+            "include filter: only a.weight must load")
+
+    # Deadlines: a stream deadline already past, and a unary one.
+    ld.expect_error(lambda: list(Client(daemon.addr, token=d.ACME_TOKEN, stream_timeout=1e-6)
+                                 .stream_weights("chat")), C.DEADLINE_EXCEEDED, "StreamWeights")
+
+    def slow_reader():  # the deadline passes while the worker holds the stream
+        for _ in Client(daemon.addr, token=d.ACME_TOKEN, stream_timeout=0.3).stream_weights(
+                "chat", chunk_bytes=4096):
+            ld.wait(0.5)
+
+    ld.expect_error(slow_reader, C.DEADLINE_EXCEEDED, "StreamWeights 'chat'")
+    # A unary deadline: an in-process gRPC server whose ListTasks answers after 3 s.
+    class Slow(pb_grpc.DeltaServiceServicer):
+        def ListTasks(self, request, context):
+            time.sleep(3)
+            return pb.ListTasksResponse()
+
+    slow = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_DeltaServiceServicer_to_server(Slow(), slow)
+    slow_port = slow.add_insecure_port("127.0.0.1:0")
+    slow.start()
+    t0 = time.monotonic()
+    ld.expect_error(lambda: Client(f"127.0.0.1:{slow_port}", timeout=0.5).list_tasks(),
+                    C.DEADLINE_EXCEEDED, "ListTasks")
+    d.check(time.monotonic() - t0 < 2.5, "the 0.5 s deadline was not honoured")
+    slow.stop(0)
+    # A corrupted tensor: DATA_LOSS naming it (the checksum is flipped on arrival).
+    real = _stream.xxhash.xxh3_64
+
+    class Flipped:
+        def __init__(self):
+            self.h = real()
+
+        def update(self, data):
+            self.h.update(data)
+
+        def intdigest(self):
+            return self.h.intdigest() ^ 1
+
+    _stream.xxhash.xxh3_64 = Flipped
+    try:
+        ld.expect_error(lambda: list(acme.stream_weights("chat")), C.DATA_LOSS,
+                        "tensor 'a.weight' checksum mismatch")
+    finally:
+        _stream.xxhash.xxh3_64 = real
+    d.check(issubclass(DeltaserveError, Exception), "DeltaserveError is an Exception")
+    d.check(daemon.stop() == 0, "deltaserved did not exit 0 on SIGTERM")
+    ld.expect_error(lambda: Client(daemon.addr, token=d.ACME_TOKEN, timeout=5).get_base(),
+                    C.UNAVAILABLE, "GetBase")
+    d.log("PASS: token, tenant, task, name, shape, dtype, deadline, checksum and "
+          "unreachable-server errors carry their gRPC code and message")

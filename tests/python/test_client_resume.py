@@ -1,0 +1,85 @@
+"""python_client_resume: a stream survives the daemon being killed (SIGKILL) and started
+again on the same port and database mid-stream. stream_weights resumes from the tensor
+after the last verified one (StreamWeightsRequest.resume_from_index) and yields every
+tensor exactly once, bit-identical to `deltactl pull`; load_into likewise. Without a
+daemon coming back, the resume attempts end in UNAVAILABLE."""
+import tempfile
+
+import grpc
+import torch
+
+import live_daemon as ld
+from live_daemon import d
+
+from deltaserve import Client
+from deltaserve import safetensors as st
+
+# 32 tensors of 2 MiB (fp16): 64 MiB, well beyond what the sockets and gRPC's
+# flow-control windows buffer (~16 MiB at most on loopback), so a daemon killed after
+# the first tensor always drops the stream, even when the reader is slow.
+SHAPES = {f"layers.{i:02d}.weight": (1024, 1024) for i in range(32)}
+
+with tempfile.TemporaryDirectory(prefix="py-resume-") as tmp:
+    base, ft, _ = ld.model_pair(tmp, SHAPES)
+    delta = ld.compress(tmp, base, ft)
+    daemon = ld.LiveDaemon(tmp, base)
+    port = daemon.port
+    c = Client(daemon.addr, timeout=20, stream_timeout=120, reconnect_timeout=20)
+    c.push("big", delta)
+
+    # 1. stream_weights: kill after the first tensor, restart, keep reading.
+    got = []
+    restarted = None
+    for name, arr in c.stream_weights("big", chunk_bytes=16384):
+        got.append((name, arr.tobytes()))
+        if len(got) == 1:
+            daemon.kill()
+            d.log(f"killed deltaserved after tensor {name}; restarting on port {port}")
+            restarted = ld.LiveDaemon(tmp, base, port=port, name="deltaserved-2")
+    stats = c.last_stream
+    d.log(f"stream after restart: {stats}")
+    d.check(stats.resumes >= 1, "the stream never dropped: the kill came too late to test resume")
+    ref_path = f"{tmp}/ref.safetensors"
+    ld.deltactl(["pull", "--task", "big", "--out", ref_path], addr=restarted.addr)
+    ref, _ = st.read_file(ref_path)
+    d.check([n for n, _ in got] == [r[0] for r in ref],
+            f"names after resume: {len(got)} tensors, want {len(ref)} in container order")
+    for (name, data), r in zip(got, ref):
+        d.check(data == r[3].tobytes(), f"{name}: bytes differ from deltactl pull after resume")
+    d.check(stats.tensors == len(SHAPES), f"tensors counted {stats.tensors}")
+
+    # 2. load_into: the same with the model's storage as destination.
+    daemon = restarted
+    target = {n: torch.zeros(s, dtype=torch.float16) for n, s in SHAPES.items()}
+    seen = []
+
+    orig = c.stream_tensors  # wrapped: kill and restart once the first tensor is in
+
+    def stream_tensors(*a, **k):
+        for item in orig(*a, **k):
+            seen.append(item[0].name)
+            if len(seen) == 1:
+                daemon.kill()
+                globals()["daemon"] = ld.LiveDaemon(tmp, base, port=port, name="deltaserved-3")
+            yield item
+
+    c.stream_tensors = stream_tensors
+    stats = c.load_into(target, "big")
+    d.log(f"load_into after restart: {stats}")
+    d.check(stats.resumes >= 1, "load_into: the stream never dropped")
+    for name, _, _, rbuf in ref:
+        d.check(target[name].numpy().tobytes() == rbuf.tobytes(), f"load_into {name} differs")
+    c.stream_tensors = orig
+
+    # 3. No daemon comes back: bounded retries, then UNAVAILABLE.
+    c2 = Client(daemon.addr, timeout=20, retries=2, reconnect_timeout=1)
+
+    def no_return():
+        for i, _ in enumerate(c2.stream_weights("big", chunk_bytes=16384)):
+            if i == 0:
+                daemon.kill()
+
+    ld.expect_error(no_return, grpc.StatusCode.UNAVAILABLE, "StreamWeights 'big'")
+    d.check(c2.last_stream.resumes == 1, f"resumes {c2.last_stream.resumes}")
+    d.log("PASS: streams resume after the daemon is killed and restarted; give up with "
+          "UNAVAILABLE when it does not come back")

@@ -1,0 +1,88 @@
+"""python_decode: worker-side decode through the C++ codec (deltaserve._codec).
+fetch_delta (StreamDelta) returns the pushed container's exact bytes; apply_delta
+decodes + merges it in place into a model and gives the bytes StreamWeights sends
+(recorded dtype and f32), with a LocalBase from the base file and from a state dict
+(hash == GetBase); switching the same model from task A to task B reuses the LocalBase;
+a delta made against another base is FAILED_PRECONDITION and a shape mismatch
+INVALID_ARGUMENT, both before anything is written. One tensor (4096 x 3072) is large
+enough to be merged in parts on several threads."""
+import tempfile
+
+import grpc
+import torch
+
+import live_daemon as ld
+from live_daemon import d
+
+from deltaserve import Client, LocalBase, apply_delta
+from deltaserve import safetensors as st
+
+SHAPES = {"embed.weight": (4096, 3072), "layers.0.attn.weight": (256, 512),
+          "layers.0.mlp.weight": (512, 256), "layers.0.mlp.bias": (256,)}
+
+
+def zeros(dtype=torch.float16):
+    return {n: torch.zeros(s, dtype=dtype) for n, s in SHAPES.items()}
+
+
+def same_as_stream(c, task, model, dtype=None):
+    for name, arr in c.stream_weights(task, dtype=dtype):
+        d.check(model[name].numpy().tobytes() == arr.tobytes(),
+                f"{task} {name}: apply_delta bytes != StreamWeights")
+
+
+with tempfile.TemporaryDirectory(prefix="py-decode-") as tmp:
+    base, ft, _ = ld.model_pair(tmp, SHAPES, seed=3)
+    delta_a = ld.compress(tmp, base, ft, "a.dds")
+    # A second finetune of the same base.
+    b_arrays = {n: (t.float() * 1.01 + 0.002).half() for n, t in st.load_file(ft).items()}
+    ft_b = f"{tmp}/ft_b.safetensors"
+    st.write_file(ft_b, dict(sorted(b_arrays.items())))
+    delta_b = ld.compress(tmp, base, ft_b, "b.dds")
+    daemon = ld.LiveDaemon(tmp, base)
+    c = Client(daemon.addr, timeout=30)
+    c.push("a", delta_a)
+    c.push("b", delta_b)
+
+    container = c.fetch_delta("a")
+    d.check(container == open(delta_a, "rb").read(), "fetch_delta != the pushed container")
+    local = LocalBase(base)
+    d.check(local.hash == c.get_base().hash, f"LocalBase hash {local.hash} != GetBase")
+    model = zeros()
+    d.check(apply_delta(model, container, local, threads=2) == len(SHAPES), "tensor count")
+    same_as_stream(c, "a", model)
+    d.log("apply_delta(file base) == StreamWeights, bit for bit")
+
+    # Switch the same model to task B; the LocalBase stays (no reload of the base).
+    ptr = model["embed.weight"].data_ptr()
+    apply_delta(model, c.fetch_delta("b"), local, threads=2)
+    same_as_stream(c, "b", model)
+    d.check(model["embed.weight"].data_ptr() == ptr, "storage replaced")
+    d.log("switch a -> b in place == StreamWeights of b")
+
+    # A base held as a state dict (copied into the LocalBase), output converted to f32.
+    mem = LocalBase(st.load_file(base))
+    d.check(mem.hash == local.hash, "state-dict LocalBase hash differs")
+    m32 = zeros(torch.float32)
+    apply_delta(m32, container, mem, dtype="f32", threads=1)
+    same_as_stream(c, "a", m32, dtype="f32")
+    d.log("apply_delta(state-dict base, f32, 1 thread) == StreamWeights --dtype f32")
+
+    # Wrong base: refused before anything is written.
+    other = {n: t.clone() for n, t in st.load_file(base).items()}
+    other["layers.0.mlp.bias"][0] += 1
+    wrong = LocalBase(other)
+    fresh = zeros()
+    ld.expect_error(lambda: apply_delta(fresh, container, wrong), grpc.StatusCode.FAILED_PRECONDITION,
+                    "delta made against base " + local.hash, wrong.hash)
+    d.check(all(bool((t == 0).all()) for t in fresh.values()), "wrong base: target written")
+    bad = zeros()
+    bad["layers.0.attn.weight"] = torch.zeros((512, 256), dtype=torch.float16)
+    ld.expect_error(lambda: apply_delta(bad, container, local), grpc.StatusCode.INVALID_ARGUMENT,
+                    "tensor 'layers.0.attn.weight'", "the task has [256, 512]")
+    d.check(all(bool((t == 0).all()) for t in bad.values()), "bad shape: target written")
+    ld.expect_error(lambda: apply_delta(zeros(), b"not a container", local),
+                    grpc.StatusCode.DATA_LOSS)
+    ld.expect_error(lambda: LocalBase(f"{tmp}/missing.safetensors"), grpc.StatusCode.NOT_FOUND)
+    d.check(daemon.stop() == 0, "deltaserved did not exit 0 on SIGTERM")
+    d.log("PASS: fetch_delta + apply_delta bit-identical to StreamWeights; wrong base refused")
