@@ -168,6 +168,14 @@ absl::StatusOr<v1::BaseInfo> DeltaClient::GetBase() {
                       impl_->options.deadline, "GetBase");
 }
 
+absl::StatusOr<v1::AdminCheckpointResponse> DeltaClient::Checkpoint(const std::string& dir) {
+  v1::AdminCheckpointRequest request;
+  request.set_dir(dir);
+  // Copying a store across filesystems may take longer than a unary deadline.
+  return impl_->Unary(&v1::DeltaService::Stub::Checkpoint, request,
+                      impl_->options.stream_deadline, absl::StrCat("Checkpoint ", dir));
+}
+
 absl::StatusOr<uint64_t> DeltaClient::PinTask(const std::string& task,
                                               std::optional<codec::DType> out_dtype) {
   v1::PinTaskRequest request;

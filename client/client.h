@@ -58,7 +58,7 @@ struct ClientOptions {
   // Deadline of a whole download (pull, StreamDelta). Zero: none. Default: none.
   absl::Duration stream_deadline = absl::ZeroDuration();
   // Upload chunk size in bytes. Larger: fewer messages. Must be in
-  // [proto::kMinChunkBytes, proto::kMaxChunkBytes] = [4 KiB, 4 MiB].
+  // [proto::kMinChunkBytes, proto::kMaxChunkBytes] = [4 KiB, 4 MiB - 1 KiB].
   // Default: proto::kDefaultChunkBytes (1 MiB).
   uint32_t upload_chunk_bytes = proto::kDefaultChunkBytes;
 
@@ -151,6 +151,9 @@ class DeltaClient {
   absl::StatusOr<uint64_t> PinTask(const std::string& task,
                                    std::optional<codec::DType> out_dtype = {});
   absl::Status UnpinTask(const std::string& task);
+  // Admin: a consistent copy of the server's whole store in `dir` (an absolute path on
+  // the server, not existing yet). Errors: see AdminCheckpointRequest.
+  absl::StatusOr<v1::AdminCheckpointResponse> Checkpoint(const std::string& dir);
 
   // Streams the task's merged weights, verifies every tensor's XXH3-64, offsets and the
   // stream totals, and writes one safetensors file at `out_path` with the tensors in

@@ -1,4 +1,5 @@
-// deltactl's remote subcommands: push, list, info, delete, pull, pull-delta, get-base.
+// deltactl's remote subcommands: push, list, info, delete, pull, pull-delta, get-base,
+// admin checkpoint.
 // They talk to a deltaserved through DeltaClient (client/client.h). Every one takes
 //   --server ADDR (env DELTASERVE_SERVER, default 127.0.0.1:50051)
 //   --token TOKEN (env DELTASERVE_TOKEN)   --tenant NAME (env DELTASERVE_TENANT; admins)
@@ -280,6 +281,14 @@ absl::Status RunGetBase(const RemoteFlags& f) {
   return absl::OkStatus();
 }
 
+absl::Status RunCheckpoint(const RemoteFlags& f, const std::string& dir) {
+  DS_ASSIGN_OR_RETURN(auto client, Connect(f));
+  DS_ASSIGN_OR_RETURN(v1::AdminCheckpointResponse r, client->Checkpoint(dir));
+  if (f.json) return PrintMessageJson(r);
+  absl::PrintF("checkpoint %s: %d files, %d bytes in %.3f s (serve it with deltaserved --db %s)\n",
+               r.dir(), r.files(), r.bytes(), r.seconds(), r.dir());
+  return absl::OkStatus();
+}
 }  // namespace
 
 void AddRemoteCommands(CLI::App& app, CommandAction* action) {
@@ -334,6 +343,17 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
 
   CLI::App* get_base = add("get-base", "Show the base model the server keeps resident");
   get_base->callback([=] { *action = [=] { return RunGetBase(*flags); }; });
+
+  CLI::App* admin = app.add_subcommand("admin", "Server administration (admin token)");
+  admin->require_subcommand(1);
+  CLI::App* checkpoint = admin->add_subcommand(
+      "checkpoint", "Online backup: a consistent copy of the server's whole store in a new "
+                    "directory on the server (servable with deltaserved --db DIR)");
+  AddRemoteFlags(checkpoint, flags.get());
+  auto dir = std::make_shared<std::string>();
+  checkpoint->add_option("--dir", *dir, "Absolute path on the server; must not exist")
+      ->required();
+  checkpoint->callback([=] { *action = [=] { return RunCheckpoint(*flags, *dir); }; });
 }
 
 }  // namespace deltaserve::client

@@ -8,8 +8,10 @@ namespace deltaserve::proto {
 
 absl::Status ValidateChunkBytes(uint32_t bytes, absl::string_view what) {
   if (bytes < kMinChunkBytes || bytes > kMaxChunkBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " must be in [", kMinChunkBytes, ", ",
-                                                   kMaxChunkBytes, "] bytes, got ", bytes));
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " must be in [", kMinChunkBytes, ", ", kMaxChunkBytes,
+        "] bytes (4 MiB less 1 KiB for framing, so that messages fit a default gRPC "
+        "client's 4 MiB receive limit), got ", bytes));
   }
   return absl::OkStatus();
 }

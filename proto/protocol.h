@@ -18,9 +18,12 @@ namespace deltaserve::proto {
 
 // Data bytes per streamed message (StreamWeights and StreamDelta chunks, PutDelta
 // chunks): the allowed range and the default of both ends.
-inline constexpr uint32_t kMinChunkBytes = 4u << 10;      // 4 KiB
-inline constexpr uint32_t kMaxChunkBytes = 4u << 20;      // 4 MiB
-inline constexpr uint32_t kDefaultChunkBytes = 1u << 20;  // 1 MiB
+// The maximum is 4 MiB less 1 KiB kept for the message's own framing (oneof tag,
+// lengths, offset, totals: under 64 bytes), so that every message fits a default gRPC
+// client's 4 MiB receive limit (4 MiB of data made 4,194,314-byte messages).
+inline constexpr uint32_t kMinChunkBytes = 4u << 10;                    // 4 KiB
+inline constexpr uint32_t kMaxChunkBytes = (4u << 20) - (1u << 10);     // 4 MiB - 1 KiB
+inline constexpr uint32_t kDefaultChunkBytes = 1u << 20;                // 1 MiB
 
 // The largest message either end sends or accepts, bytes: a kMaxChunkBytes chunk plus
 // its framing with room to spare. Server and client set gRPC's send and receive limits

@@ -36,6 +36,8 @@ int Run(int argc, char** argv) {
   ServerOptions o;
   std::string preload, log_format = "text";
   int drain_seconds = 30;
+  double stall_seconds = 10, write_timeout_seconds = 600, keepalive_seconds = 60,
+         keepalive_timeout_seconds = 20, min_client_ping_seconds = 5;
   CLI::App app{"deltaserved: serves Delta-DCT task deltas merged into a resident base"};
   app.set_version_flag("--version", "deltaserved " DELTASERVE_VERSION);
   app.add_option("--base", o.base_path, "base model (.safetensors file, index or directory)")
@@ -76,6 +78,22 @@ int Run(int argc, char** argv) {
       ->envname("DELTASERVE_PRELOAD");
   app.add_option("--drain-seconds", drain_seconds, "SIGTERM drain deadline, seconds")
       ->envname("DELTASERVE_DRAIN_SECONDS")->capture_default_str();
+  app.add_option("--db-min-free-bytes", o.store.min_free_bytes,
+                 "free space kept on the database's filesystem, bytes")
+      ->envname("DELTASERVE_DB_MIN_FREE_BYTES")->capture_default_str();
+  app.add_option("--stall-seconds", stall_seconds, "a stream waiting this long is stalled")
+      ->envname("DELTASERVE_STALL_SECONDS")->capture_default_str();
+  app.add_option("--write-timeout-seconds", write_timeout_seconds,
+                 "cancel a stream whose client read nothing this long (0 = never)")
+      ->envname("DELTASERVE_WRITE_TIMEOUT_SECONDS")->capture_default_str();
+  app.add_option("--keepalive-seconds", keepalive_seconds, "server pings idle connections")
+      ->envname("DELTASERVE_KEEPALIVE_SECONDS")->capture_default_str();
+  app.add_option("--keepalive-timeout-seconds", keepalive_timeout_seconds,
+                 "close a connection whose ping is unanswered this long")
+      ->envname("DELTASERVE_KEEPALIVE_TIMEOUT_SECONDS")->capture_default_str();
+  app.add_option("--min-client-ping-seconds", min_client_ping_seconds,
+                 "clients may ping this often")
+      ->envname("DELTASERVE_MIN_CLIENT_PING_SECONDS")->capture_default_str();
   app.add_option("--log-format", log_format, "text|json")->envname("DELTASERVE_LOG_FORMAT")
       ->check(CLI::IsMember({"text", "json"}))->capture_default_str();
   try {
@@ -87,6 +105,11 @@ int Run(int argc, char** argv) {
                                               : internal::LogFormat::kText);
   if (!preload.empty()) o.preload = absl::StrSplit(preload, ',', absl::SkipEmpty());
   o.drain_timeout = absl::Seconds(drain_seconds);
+  o.stall_after = absl::Seconds(stall_seconds);
+  o.write_timeout = absl::Seconds(write_timeout_seconds);
+  o.keepalive_time = absl::Seconds(keepalive_seconds);
+  o.keepalive_timeout = absl::Seconds(keepalive_timeout_seconds);
+  o.min_client_ping_interval = absl::Seconds(min_client_ping_seconds);
 
   // Stop signals go to a self-pipe that this thread waits on: whichever thread the
   // kernel picks runs the handler, so no thread (gRPC's, RocksDB's) can be killed by it.

@@ -53,7 +53,8 @@ struct ServerOptions {
   // Default: 0.
   int workers = 0;
   // Maximum data bytes per StreamWeights/StreamDelta message (a request may ask for
-  // less or more within [proto::kMinChunkBytes, proto::kMaxChunkBytes] = [4 KiB, 4 MiB]).
+  // less or more within [proto::kMinChunkBytes, proto::kMaxChunkBytes] = [4 KiB, 4 MiB -
+  // 1 KiB]: data plus framing must fit a default client's 4 MiB receive limit).
   // Default: proto::kDefaultChunkBytes (1 MiB).
   uint32_t chunk_bytes = proto::kDefaultChunkBytes;
   // Tensors a stream decodes ahead of the one being sent. Memory per stream is
@@ -82,6 +83,21 @@ struct ServerOptions {
   // Tasks "tenant/task" decoded and pinned in the cache at start (recorded dtypes).
   // A missing task is logged and skipped. Default: none.
   std::vector<std::string> preload;
+  // A stream whose client has not taken a message for this long counts as stalled
+  // (deltaserve_streams_stalled). Default: 10 s.
+  absl::Duration stall_after = absl::Seconds(10);
+  // A stream whose client has not taken a message for this long is cancelled and
+  // counted DEADLINE_EXCEEDED ("the client read nothing for ..."); zero = never.
+  // Default: 10 min.
+  absl::Duration write_timeout = absl::Minutes(10);
+  // HTTP/2 keepalive. The server pings an idle connection every `keepalive_time` and
+  // closes it if no answer comes within `keepalive_timeout` (dead peers). Clients may
+  // ping as often as every `min_client_ping_interval`, also without calls in progress;
+  // more often is answered with GOAWAY too_many_pings after 2 strikes.
+  // Defaults: 60 s, 20 s, 5 s (a client keepalive_time of 10 s is tolerated).
+  absl::Duration keepalive_time = absl::Seconds(60);
+  absl::Duration keepalive_timeout = absl::Seconds(20);
+  absl::Duration min_client_ping_interval = absl::Seconds(5);
   // On Shutdown(): how long running calls may take before they are cancelled.
   // Default: 30 s.
   absl::Duration drain_timeout = absl::Seconds(30);

@@ -44,6 +44,7 @@ namespace rocksdb {
 class DB;
 class ColumnFamilyHandle;
 class Snapshot;
+class WriteBatch;
 }  // namespace rocksdb
 
 namespace deltaserve::storage {
@@ -57,7 +58,8 @@ struct StoreOptions {
   // and small records served from memory. Default: 256 MiB. Must be >= 1 MiB.
   uint64_t block_cache_bytes = 256ull << 20;
   // Memtable size per column family, in bytes. Larger: fewer flushes during big
-  // commits, more memory. Default: 64 MiB. Must be >= 1 MiB.
+  // commits, more memory. At most min_free_bytes / 8 is used (a flush must fit in the
+  // free-space reserve). Default: 64 MiB. Must be >= 1 MiB.
   uint64_t write_buffer_bytes = 64ull << 20;
   // fsync the write-ahead log on every commit/delete. false: faster commits, the last
   // commits may be lost on a machine crash (never on a process crash). Default: true.
@@ -73,6 +75,19 @@ struct StoreOptions {
   uint64_t min_blob_bytes = 64ull << 10;
   // RocksDB background flush/compaction threads. Default: 2. Must be in [1, 64].
   int max_background_jobs = 2;
+  // Free space kept on the database's filesystem. A commit is refused with
+  // ResourceExhausted ("disk full") when, after writing it (twice its size: write-ahead
+  // log + flush), less than this would be left; deletes need a tenth of it. The reserve
+  // is what RocksDB's flushes and compactions run in, so that RocksDB never meets a full
+  // disk (Debian's librocksdb aborts on some write-path I/O errors): the LSM levels are
+  // sized from it (L1 and the largest compaction = a quarter of it, memtables at most
+  // an eighth). With less than this free
+  // at Open, the store opens read-only. Larger: safer; disk left unused. Default: 1 GiB
+  // (L1 = 256 MiB, RocksDB's default).
+  uint64_t min_free_bytes = 1ull << 30;
+  // RocksDB table files kept open (each holds a file descriptor); -1 = no limit. The
+  // server derives it from RLIMIT_NOFILE. Default: -1. Must be -1 or >= 16.
+  int max_open_files = -1;
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;
@@ -114,6 +129,22 @@ struct TaskInfo {
 struct TenantUsage {
   uint64_t bytes = 0;  // sum of TaskInfo::total_bytes over the tenant's tasks
   uint64_t tasks = 0;
+};
+
+// What a successful CommitTask did.
+enum class CommitOutcome {
+  kCreated,    // a new task
+  kReplaced,   // an existing task overwritten
+  kUnchanged,  // the identical container was stored already: nothing written
+};
+
+// Free space of the database's filesystem, as the commit rule sees it.
+struct DiskSpace {
+  uint64_t free_bytes = 0;     // available to the process (statvfs f_bavail)
+  uint64_t reserve_bytes = 0;  // StoreOptions::min_free_bytes
+  // True when no commit can pass (free_bytes < reserve_bytes) or the store was opened
+  // read-only.
+  bool writes_blocked = false;
 };
 
 struct CommitOptions {
@@ -194,8 +225,9 @@ class TaskReader {
 class DeltaStore {
  public:
   // Opens (or creates) the database at options.path. InvalidArgument for bad options;
-  // FailedPrecondition "database DIR is in use by another process" if another process
-  // holds its lock; Unavailable/Internal if it cannot be read.
+  // FailedPrecondition if the database is locked by another process; Unavailable if it
+  // cannot be read. With less than options.min_free_bytes free it opens read-only
+  // (read_only(); replaying the write-ahead log without writing) rather than fail.
   static absl::StatusOr<std::unique_ptr<DeltaStore>> Open(const StoreOptions& options);
   // Closes the database (flushes nothing beyond what RocksDB does on close; committed
   // tasks are durable in the write-ahead log).
@@ -205,21 +237,25 @@ class DeltaStore {
 
   // Commits `container` (every record checksum verified first) as task `task` of
   // `tenant`, in ONE RocksDB WriteBatch: until it is written the task does not exist (or
-  // is the old one), afterwards all of it exists. Returns the stored TaskInfo.
+  // is the old one), afterwards all of it exists. Returns the stored TaskInfo and, in
+  // `*outcome` if given, what happened. Re-committing the byte-identical container
+  // (a retry after an unclear failure) writes nothing and returns the stored task with
+  // kUnchanged, with or without overwrite.
   // InvalidArgument: bad names, two tensors with the same name, bad record fields.
   // DataLoss: a record fails its checksum. AlreadyExists / ResourceExhausted: see
-  // CommitOptions; nothing is stored then. Memory: the batch holds a copy of the
-  // container until written.
+  // CommitOptions; ResourceExhausted "disk full" (StoreOptions::min_free_bytes) or
+  // "read-only"; nothing is stored then. A failed write triggers RocksDB's Resume()
+  // (recovery from a transient I/O error) and is retried once if that succeeds.
+  // Memory: the batch holds a copy of the container until written.
   absl::StatusOr<TaskInfo> CommitTask(std::string_view tenant, std::string_view task,
                                       const codec::ContainerReader& container,
-                                      const CommitOptions& options = {});
-
-  // The admission decision CommitTask would make now for a container of `total_bytes`
-  // bytes, without writing anything: OK, InvalidArgument (names), AlreadyExists
-  // (exists, overwrite not set) or ResourceExhausted (quota), with CommitTask's
-  // messages. Existence and usage are read together under the tenant's commit lock.
-  // CommitTask decides again atomically; this lets a server refuse an upload before
-  // its bytes arrive.
+                                      const CommitOptions& options = {},
+                                      CommitOutcome* outcome = nullptr);
+  // Would a commit of a `total_bytes` container as (tenant, task) pass? The same checks
+  // as CommitTask (existence vs overwrite, quota, disk space), all on one consistent
+  // view (serialized with the tenant's commits), so that concurrent commits never make
+  // it refuse one that fits. An existing task of the same size without overwrite passes
+  // (it may be an identical re-push; CommitTask decides). Errors as CommitTask's.
   absl::Status CheckCommit(std::string_view tenant, std::string_view task,
                            uint64_t total_bytes, const CommitOptions& options) const;
 
@@ -251,6 +287,12 @@ class DeltaStore {
 
   // Flushes memtables to SST/blob files. Optional.
   absl::Status Flush();
+  // Free space and whether writes are blocked (see StoreOptions::min_free_bytes).
+  // Unavailable if statvfs fails.
+  absl::StatusOr<DiskSpace> GetDiskSpace() const;
+  // True if Open found less than min_free_bytes free and opened the database
+  // read-only: commits and deletes are ResourceExhausted until a restart with space.
+  bool read_only() const;
   // Online backup: a consistent copy of the whole database in the new directory `dir`
   // (RocksDB Checkpoint: files hard-linked when `dir` is on the same filesystem, copied
   // otherwise), openable with StoreOptions{.path = dir}. Concurrent commits are either
@@ -265,12 +307,24 @@ class DeltaStore {
   absl::StatusOr<TaskInfo> ReadMeta(std::string_view tenant, std::string_view task,
                                     const rocksdb::Snapshot* snapshot) const;
   absl::StatusOr<TenantUsage> ReadUsage(std::string_view tenant) const;
-  // CommitTask's and CheckCommit's decision: the tenant's usage after committing
-  // `total_bytes` over `old` (nullptr: a new task), or AlreadyExists /
-  // ResourceExhausted. REQUIRES: the tenant's commit mutex is held.
-  absl::StatusOr<TenantUsage> AdmitLocked(std::string_view tenant, std::string_view task,
-                                          uint64_t total_bytes, const CommitOptions& options,
-                                          const TaskInfo* old) const;
+  // CheckCommit's checks; REQUIRES: the tenant's mutex held. Returns the task being
+  // replaced (nullopt: none) and the usage after the commit.
+  struct Admission {
+    std::optional<TaskInfo> old;
+    TenantUsage next;
+  };
+  absl::StatusOr<Admission> AdmitLocked(std::string_view tenant, std::string_view task,
+                                        uint64_t total_bytes, const CommitOptions& options,
+                                        const std::string& what) const;
+  // True if the stored task `old` holds exactly `container`'s bytes.
+  absl::StatusOr<bool> SameContainer(const TaskInfo& old,
+                                     const codec::ContainerReader& container,
+                                     uint64_t total_bytes) const;
+  // Writes `batch` (sync per options) if `footprint` more disk bytes leave `reserve`
+  // free (else ResourceExhausted "disk full"); on a failed write asks RocksDB to
+  // Resume() and retries once if it did.
+  absl::Status WriteBatch(rocksdb::WriteBatch* batch, uint64_t footprint, uint64_t reserve,
+                          const std::string& what);
 
   std::unique_ptr<Handles> h_;
   StoreOptions options_;

@@ -1,5 +1,8 @@
 #include "server/internal/call.h"
 
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/internal/log.h"
 #include "server/internal/metrics.h"
@@ -10,6 +13,17 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
                       std::string(status.message()));
+}
+
+absl::Status ClientEndedStatus(const grpc::ServerContextBase& call, std::string_view what) {
+  // The client's deadline timer fires a little before the server's copy of the deadline
+  // (computed from grpc-timeout when the request arrived), and its RST_STREAM looks like
+  // any cancellation: a cancellation this close to the deadline is the deadline.
+  constexpr auto kDeadlineSkew = std::chrono::milliseconds(250);
+  if (call.deadline() <= std::chrono::system_clock::now() + kDeadlineSkew) {
+    return absl::DeadlineExceededError(absl::StrCat(std::string(what), ": the client's deadline passed"));
+  }
+  return absl::CancelledError(absl::StrCat(std::string(what), ": cancelled by the client"));
 }
 
 std::optional<std::string> AuthorizationHeader(const grpc::ServerContextBase& ctx) {

@@ -22,6 +22,13 @@ class Metrics;
 // The only place a grpc::Status is built. absl and gRPC share code numbers.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// The status of a call that the client ended (cancel, disconnect, or its deadline):
+// DeadlineExceeded "<what>: the client's deadline passed" when the call's deadline is
+// past or less than 250 ms away (clock skew between the client's timer and the
+// server's copy of the deadline), else Cancelled "<what>: cancelled by the client". Lets metrics and logs
+// tell the two apart (gRPC reports both to the server as a cancellation).
+absl::Status ClientEndedStatus(const grpc::ServerContextBase& call, std::string_view what);
+
 // Value of the "authorization" metadata entry, if any.
 std::optional<std::string> AuthorizationHeader(const grpc::ServerContextBase& ctx);
 

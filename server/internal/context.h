@@ -12,6 +12,8 @@
 #include "codec/safetensors.h"
 #include "server/internal/admission.h"
 #include "server/internal/auth.h"
+#include "server/internal/drain.h"
+#include "server/internal/stall_watch.h"
 #include "server/internal/metrics.h"
 #include "server/internal/task_versions.h"
 #include "server/internal/tensor_cache.h"
@@ -38,6 +40,10 @@ struct ServiceContext {
   Metrics* metrics = nullptr;
   const Authenticator* auth = nullptr;
   TaskVersions* versions = nullptr;
+  // Set while the server drains: handlers refuse new calls with UNAVAILABLE.
+  const DrainGate* drain = nullptr;
+  // Streams register here so that stalled clients are seen and timed out.
+  StallWatch* stalls = nullptr;
   // Concurrent PutDelta calls (--max-uploads) and StreamWeights + StreamDelta calls
   // (--max-streams).
   AdmissionLimit* uploads = nullptr;

@@ -74,6 +74,19 @@ Metrics::Metrics(std::string_view version)
                             .Help("StreamWeights/StreamDelta calls in progress")
                             .Register(r)
                             .Add({});
+  auto gauge = [&](const char* name, const char* help) {
+    return &BuildGauge().Name(name).Help(help).Register(r).Add({});
+  };
+  streams_stalled_ = gauge("deltaserve_streams_stalled",
+                           "Streams whose last write has waited for the client longer than "
+                           "--stall-seconds");
+  store_free_bytes_ = gauge("deltaserve_store_free_bytes",
+                            "Free bytes on the database's filesystem");
+  store_writes_blocked_ = gauge("deltaserve_store_writes_blocked",
+                                "1 while commits are refused for lack of disk space "
+                                "(free < --db-min-free-bytes, or the store opened read-only)");
+  open_files_limit_ = gauge("deltaserve_open_files_limit",
+                            "RLIMIT_NOFILE soft limit of the process (raised at start)");
   admitted_calls_ = &BuildGauge()
                          .Name("deltaserve_admitted_calls")
                          .Help("Calls holding an admission slot (--max-uploads, --max-streams)")

@@ -43,6 +43,10 @@ class Metrics {
   prometheus::Gauge& admitted_calls(std::string_view kind);
   prometheus::Counter& admission_rejected(std::string_view kind);
   prometheus::Gauge& base_bytes() { return *base_bytes_; }
+  prometheus::Gauge& streams_stalled() { return *streams_stalled_; }
+  prometheus::Gauge& store_free_bytes() { return *store_free_bytes_; }
+  prometheus::Gauge& store_writes_blocked() { return *store_writes_blocked_; }
+  prometheus::Gauge& open_files_limit() { return *open_files_limit_; }
   prometheus::Gauge& base_tensors() { return *base_tensors_; }
   // deltaserve_tenant_tasks{tenant} / deltaserve_tenant_stored_bytes{tenant}.
   void SetTenantUsage(std::string_view tenant, uint64_t tasks, uint64_t bytes);
@@ -65,6 +69,10 @@ class Metrics {
   prometheus::Gauge* cache_bytes_;
   prometheus::Gauge* streams_in_flight_;
   prometheus::Gauge* base_bytes_;
+  prometheus::Gauge* streams_stalled_;
+  prometheus::Gauge* store_free_bytes_;
+  prometheus::Gauge* store_writes_blocked_;
+  prometheus::Gauge* open_files_limit_;
   prometheus::Gauge* base_tensors_;
 };
 

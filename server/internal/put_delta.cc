@@ -107,8 +107,8 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                        " bytes exceed the server's maximum upload of ",
                        ctx_->options->max_upload_bytes));
     }
-    // Early answers for the common refusals, before any byte is sent; the commit decides
-    // again atomically.
+    // Early answers for the common refusals (exists, quota, disk full), before any byte
+    // is sent, on one consistent view; the commit checks them again atomically.
     DS_RETURN_IF_ERROR(ctx_->store->CheckCommit(tenant_, meta_.task(), total, CommitOptions()));
     buffer_.reserve(total);
     return absl::OkStatus();
@@ -122,7 +122,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   }
 
   absl::Status Verify() {
-    if (call_->IsCancelled()) return absl::CancelledError("PutDelta: cancelled by the client");
+    if (call_->IsCancelled()) return ClientEndedStatus(*call_, "PutDelta");
     if (buffer_.size() != meta_.total_bytes()) {
       return absl::InvalidArgumentError(
           absl::StrCat("PutDelta: task '", meta_.task(), "': truncated upload, got ",
@@ -152,16 +152,18 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
         absl::StrCat("PutDelta: task '", meta_.task(), "'"), "the resident base"));
     const storage::CommitOptions options = CommitOptions();
     storage::TaskInfo committed;
+    storage::CommitOutcome outcome = storage::CommitOutcome::kCreated;
     DS_RETURN_IF_ERROR(ctx_->versions->Mutate(tenant_, meta_.task(), ctx_->cache,
                                               [&]() -> absl::Status {
       DS_ASSIGN_OR_RETURN(committed, ctx_->store->CommitTask(tenant_, meta_.task(),
-                                                             *container, options));
+                                                             *container, options, &outcome));
       return absl::OkStatus();
     }));
     ctx_->PublishTenantUsage(tenant_);
     FillTaskInfo(committed, /*with_tensors=*/false,
                  ctx_->cache->IsPinned(TaskGroup(tenant_, meta_.task())),
                  response_->mutable_task());
+    response_->set_unchanged(outcome == storage::CommitOutcome::kUnchanged);
     return absl::OkStatus();
   }
 

@@ -1,8 +1,10 @@
 #include "server/internal/service.h"
 
+#include <filesystem>
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "proto/protocol.h"
 #include "server/internal/convert.h"
@@ -23,12 +25,33 @@ absl::StatusOr<std::string> ResolveTask(const ServiceContext& ctx, const Caller&
   return tenant;
 }
 
+namespace {
+
+absl::Status DrainingError() {
+  return absl::UnavailableError("server is draining (shutting down); retry on another replica");
+}
+
+// Finishes a streaming call at once with `status` (a call refused while draining).
+template <typename ReactorBase>
+class RefusedReactor final : public ReactorBase {
+ public:
+  RefusedReactor(Metrics* metrics, const char* method, const absl::Status& status) {
+    CallLog(metrics, method).Finish(status);
+    this->Finish(ToGrpcStatus(status));
+  }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
 grpc::ServerUnaryReactor* DeltaServiceImpl::RunUnaryOn(ThreadPool* pool,
                                                        grpc::CallbackServerContext* call,
                                                        const char* method, UnaryWork work) {
   grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
   auto log = std::make_shared<CallLog>(ctx_->metrics, method);
-  absl::StatusOr<Caller> caller = ctx_->auth->Authenticate(AuthorizationHeader(*call));
+  absl::StatusOr<Caller> caller =
+      ctx_->drain->draining() ? absl::StatusOr<Caller>(DrainingError())
+                              : ctx_->auth->Authenticate(AuthorizationHeader(*call));
   if (!caller.ok()) {
     log->Finish(caller.status());
     reactor->Finish(ToGrpcStatus(caller.status()));
@@ -160,18 +183,68 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::UnpinTask(grpc::CallbackServerContex
   });
 }
 
+grpc::ServerUnaryReactor* DeltaServiceImpl::Checkpoint(
+    grpc::CallbackServerContext* call, const v1::AdminCheckpointRequest* request,
+    v1::AdminCheckpointResponse* response) {
+  const ServiceContext* ctx = ctx_;
+  return RunUnaryOnPool(call, "Checkpoint", [=](const Caller& caller, CallLog& log) -> absl::Status {
+    log.set_tenant(caller.admin ? "@admin" : caller.tenant);
+    if (!caller.admin && !ctx->auth->open()) {
+      return absl::PermissionDeniedError("Checkpoint needs an admin token");
+    }
+    const std::filesystem::path dir = request->dir();
+    if (!dir.is_absolute()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Checkpoint: dir '", request->dir(), "' must be an absolute path"));
+    }
+    std::error_code ec;
+    if (std::filesystem::exists(dir, ec)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Checkpoint: '", request->dir(), "' already exists"));
+    }
+    const absl::Time t0 = absl::Now();
+    DS_RETURN_IF_ERROR(ctx->store->CreateCheckpoint(dir.string()));
+    uint64_t bytes = 0;
+    uint32_t files = 0;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      if (e.is_regular_file(ec)) {
+        bytes += e.file_size(ec);
+        ++files;
+      }
+    }
+    response->set_dir(dir.string());
+    response->set_bytes(bytes);
+    response->set_files(files);
+    response->set_seconds(absl::ToDoubleSeconds(absl::Now() - t0));
+    log.add_bytes(bytes);
+    return absl::OkStatus();
+  });
+}
+
 grpc::ServerReadReactor<v1::PutDeltaRequest>* DeltaServiceImpl::PutDelta(
     grpc::CallbackServerContext* call, v1::PutDeltaResponse* response) {
+  if (ctx_->drain->draining()) {
+    return new RefusedReactor<grpc::ServerReadReactor<v1::PutDeltaRequest>>(
+        ctx_->metrics, "PutDelta", DrainingError());
+  }
   return NewPutDeltaReactor(ctx_, call, response);
 }
 
 grpc::ServerWriteReactor<v1::StreamWeightsResponse>* DeltaServiceImpl::StreamWeights(
     grpc::CallbackServerContext* call, const v1::StreamWeightsRequest* request) {
+  if (ctx_->drain->draining()) {
+    return new RefusedReactor<grpc::ServerWriteReactor<v1::StreamWeightsResponse>>(
+        ctx_->metrics, "StreamWeights", DrainingError());
+  }
   return NewStreamWeightsReactor(ctx_, call, request);
 }
 
 grpc::ServerWriteReactor<v1::StreamDeltaResponse>* DeltaServiceImpl::StreamDelta(
     grpc::CallbackServerContext* call, const v1::StreamDeltaRequest* request) {
+  if (ctx_->drain->draining()) {
+    return new RefusedReactor<grpc::ServerWriteReactor<v1::StreamDeltaResponse>>(
+        ctx_->metrics, "StreamDelta", DrainingError());
+  }
   return NewStreamDeltaReactor(ctx_, call, request);
 }
 

@@ -45,6 +45,9 @@ class DeltaServiceImpl final : public v1::DeltaService::CallbackService {
   grpc::ServerUnaryReactor* UnpinTask(grpc::CallbackServerContext* call,
                                       const v1::UnpinTaskRequest* request,
                                       v1::UnpinTaskResponse* response) override;
+  grpc::ServerUnaryReactor* Checkpoint(grpc::CallbackServerContext* call,
+                                       const v1::AdminCheckpointRequest* request,
+                                       v1::AdminCheckpointResponse* response) override;
 
  private:
   // Runs `work(caller, log)` on the control pool (RunUnary: metadata work) or on the

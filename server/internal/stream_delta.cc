@@ -35,7 +35,7 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
   }
 
   void OnWriteDone(bool ok) override {
-    if (!ok) return Done(absl::CancelledError("StreamDelta: client went away"));
+    if (!ok) return Done(ClientEndedStatus(*call_, "StreamDelta"));
     log_.add_bytes(msg_.data().size());
     ctx_->metrics->AddStreamedBytes("StreamDelta", msg_.data().size());
     WriteNext();
@@ -109,7 +109,7 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
 
   // Sends the next chunk of piece_, or moves to the next piece (read on the pool).
   void WriteNext() {
-    if (call_->IsCancelled()) return Done(absl::CancelledError("StreamDelta cancelled"));
+    if (call_->IsCancelled()) return Done(ClientEndedStatus(*call_, "StreamDelta"));
     if (piece_offset_ == piece_.size()) {
       const size_t next = piece_index_ + 1;
       if (next == num_pieces()) return Done(absl::OkStatus());

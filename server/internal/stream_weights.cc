@@ -52,6 +52,10 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
   // with RESOURCE_EXHAUSTED when --max-streams streams are already running.
   void Start() {
     self_ = shared_from_this();
+    stall_ = ctx_->stalls->Add([this] {
+      stall_timed_out_ = true;
+      call_->TryCancel();  // frees the write that flow control holds
+    });
     absl::Status admitted = ctx_->streams->Acquire();
     admitted_ = admitted.ok();
     if (!admitted_) {
@@ -66,6 +70,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
   }
 
   void OnWriteDone(bool ok) override {
+    stall_->WriteDone();
     {
       absl::MutexLock lock(&mu_);
       write_in_flight_ = false;
@@ -86,6 +91,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
   }
 
   void OnDone() override {
+    ctx_->stalls->Remove(stall_);
     if (admitted_) ctx_->streams->Release();
     log_.Finish(final_status_);  // before the gauge: a reader that saw 0 sees the count
     ctx_->metrics->streams_in_flight().Decrement();
@@ -208,7 +214,10 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
       repump_ = false;
       if (finished_) break;
       if (cancelled_ || !error_.ok()) {
-        MaybeFinishLocked(cancelled_ ? absl::CancelledError("StreamWeights cancelled") : error_);
+        MaybeFinishLocked(!cancelled_ ? error_
+                          : stall_timed_out_
+                              ? StalledStreamError("StreamWeights", ctx_->options->write_timeout)
+                              : ClientEndedStatus(*call_, "StreamWeights"));
         break;
       }
       if (!setup_done_) break;
@@ -234,6 +243,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
         const Response* msg = &slots_[slot_];
         slot_ ^= 1;
         mu_.Unlock();
+        stall_->WriteStarted();
         StartWrite(msg);
         mu_.Lock();
         repump_ = true;  // build the next message while this one is on the wire
@@ -249,6 +259,8 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
   std::shared_ptr<StreamWeightsReactor> self_;  // gRPC's reference, released in OnDone
   bool admitted_ = false;  // holds a --max-streams slot; set in Start only
   std::atomic<bool> cancelled_{false};
+  std::shared_ptr<StallWatch::Stream> stall_;
+  std::atomic<bool> stall_timed_out_{false};
   std::atomic<Prefetcher*> prefetcher_ptr_{nullptr};  // for Cancel, once Setup succeeded
 
   // Written by Setup before setup_done_ is published under mu_; read-only afterwards

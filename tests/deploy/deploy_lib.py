@@ -293,13 +293,19 @@ SPEC_METRICS = {
     "deltaserve_base_bytes": "gauge",
     "deltaserve_base_tensors": "gauge",
     "deltaserve_build_info": "gauge",
+    "deltaserve_streams_stalled": "gauge",
+    "deltaserve_store_free_bytes": "gauge",
+    "deltaserve_store_writes_blocked": "gauge",
+    "deltaserve_open_files_limit": "gauge",
 }
 
 # deltaserved's flags (server spec), each also read from DELTASERVE_<UPPER_SNAKE>.
 DAEMON_FLAGS = ["base", "db", "listen", "metrics-listen", "config", "tls-cert", "tls-key",
                 "cache-bytes", "workers", "chunk-bytes", "prefetch-tensors", "max-upload-bytes", "max-uploads",
                 "max-streams", "grpc-memory-bytes", "preload",
-                "drain-seconds", "log-format"]
+                "drain-seconds", "db-min-free-bytes", "stall-seconds", "write-timeout-seconds",
+                "keepalive-seconds", "keepalive-timeout-seconds", "min-client-ping-seconds",
+                "log-format"]
 DAEMON_ENV = {"DELTASERVE_" + f.upper().replace("-", "_"): "--" + f for f in DAEMON_FLAGS}
 
 

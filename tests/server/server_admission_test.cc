@@ -37,14 +37,6 @@ class AdmissionTest : public ServerTest {
 
 // A stub whose HTTP/2 window is small and fixed, so that a stream the test does not
 // read stays open on the server.
-std::unique_ptr<v1::DeltaService::Stub> SmallWindowStub(const std::string& target) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 10);
-  return v1::DeltaService::NewStub(
-      grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
-}
-
 constexpr char kAdmittedUploads[] = "deltaserve_admitted_calls{kind=\"uploads\"} ";
 constexpr char kAdmittedStreams[] = "deltaserve_admitted_calls{kind=\"streams\"} ";
 
@@ -98,7 +90,7 @@ TEST_F(AdmissionTest, StreamBeyondMaxStreamsIsRefusedAtOnce) {
   o.max_streams = 1;
   StartServer(o);
   ASSERT_THAT(Client()->PushDeltaFile("t", MakeContainer("t", 7)).status(), IsOk());
-  auto stub = SmallWindowStub(target());
+  auto stub = SmallWindowStub();
 
   grpc::ClientContext first_ctx;
   v1::StreamWeightsRequest req;

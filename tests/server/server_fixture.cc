@@ -10,9 +10,13 @@
 #include <random>
 #include <sstream>
 
+#include "absl/time/clock.h"
 #include "codec/container.h"
 #include "codec/delta_codec.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/channel_arguments.h"
 #include "grpcpp/security/credentials.h"
 
 namespace deltaserve::server::testing {
@@ -106,7 +110,7 @@ ServerOptions ServerTest::DefaultOptions() const {
   o.base_path = base_path_;
   o.db_path = tmp_.File("db");
   o.listen = "127.0.0.1:0";
-  o.metrics_listen = "";  // the exposer takes ~2 s to stop; only the metrics test uses it
+  o.metrics_listen = "";  // no exposer: only the tests of /metrics need one
   o.workers = 2;
   o.cache_bytes = 64ull << 20;
   o.store.sync_writes = false;
@@ -148,6 +152,24 @@ std::unique_ptr<v1::DeltaService::Stub> ServerTest::RawStub() {
       grpc::CreateChannel(target(), grpc::InsecureChannelCredentials()));
 }
 
+std::unique_ptr<v1::DeltaService::Stub> ServerTest::SmallWindowStub() {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 10);
+  return v1::DeltaService::NewStub(
+      grpc::CreateCustomChannel(target(), grpc::InsecureChannelCredentials(), args));
+}
+
+std::string ServerTest::WaitForStreamsDone() const {
+  std::string text;
+  for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
+    text = server_->MetricsText();
+    if (MetricValue(text, "deltaserve_streams_in_flight ") == 0) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return text;
+}
+
 double ServerTest::MetricValue(const std::string& text, const std::string& prefix) {
   std::istringstream in(text);
   std::string line;
@@ -176,6 +198,55 @@ std::string ServerTest::FetchMetricsHttp() const {
   close(fd);
   size_t body = resp.find("\r\n\r\n");
   return body == std::string::npos ? resp : resp.substr(body + 4);
+}
+
+grpc::Status ServerTest::GenericCall(const std::string& target, const std::string& method,
+                         const std::string& request, std::string* response) {
+  grpc::GenericStub stub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::CompletionQueue cq;
+  auto call = stub.PrepareCall(&ctx, method, &cq);
+  void* tag;
+  bool ok;
+  auto step = [&](int t) {
+    cq.Next(&tag, &ok);
+    EXPECT_EQ(tag, reinterpret_cast<void*>(t));
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  step(1);
+  grpc::Slice slice(request);
+  grpc::ByteBuffer req(&slice, 1);
+  call->Write(req, reinterpret_cast<void*>(2));
+  step(2);
+  call->WritesDone(reinterpret_cast<void*>(3));
+  step(3);
+  grpc::ByteBuffer resp;
+  call->Read(&resp, reinterpret_cast<void*>(4));
+  if (step(4)) {
+    std::vector<grpc::Slice> slices;
+    if (resp.Dump(&slices).ok()) {
+      for (const grpc::Slice& s : slices) {
+        response->append(reinterpret_cast<const char*>(s.begin()), s.size());
+      }
+    }
+  }
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  step(5);
+  return status;
+}
+
+// HealthCheckRequest{service = name}: field 1, length-delimited.
+std::string ServerTest::HealthRequest(const std::string& service) {
+  std::string r;
+  if (!service.empty()) {
+    r.push_back(0x0a);
+    r.push_back(static_cast<char>(service.size()));
+    r += service;
+  }
+  return r;
 }
 
 std::string ServerTest::ReadFileBytes(const std::string& path) {

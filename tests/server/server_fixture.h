@@ -54,6 +54,9 @@ class ServerTest : public ::testing::Test {
   std::unique_ptr<client::DeltaClient> Client(const std::string& token = "",
                                               const std::string& tenant = "");
   std::unique_ptr<v1::DeltaService::Stub> RawStub();
+  // A stub whose HTTP/2 transport buffers at most 16 KiB per stream (no BDP probing):
+  // a reader that stops reading holds the server's writes almost at once.
+  std::unique_ptr<v1::DeltaService::Stub> SmallWindowStub();
 
   // Value of the first sample line of the exposition that starts with `prefix`
   // (e.g. "deltaserve_streams_in_flight "), or -1 if absent.
@@ -62,6 +65,18 @@ class ServerTest : public ::testing::Test {
   std::string FetchMetricsHttp() const;
 
   static std::string ReadFileBytes(const std::string& path);
+  static absl::StatusCode Code(const grpc::Status& s) {
+    return static_cast<absl::StatusCode>(s.error_code());
+  }
+  // Waits (up to 10 s) until deltaserve_streams_in_flight is 0; returns the metrics text.
+  std::string WaitForStreamsDone() const;
+
+  // One unary call of `method` ("/pkg.Service/Method") with serialized `request` bytes
+  // (for services without generated stubs here, e.g. grpc.health.v1.Health).
+  static grpc::Status GenericCall(const std::string& target, const std::string& method,
+                                  const std::string& request, std::string* response);
+  // Serialized grpc.health.v1.HealthCheckRequest{service}.
+  static std::string HealthRequest(const std::string& service);
 
   deltaserve::testing::ScopedTempDir tmp_;
   SyntheticModel shape_;

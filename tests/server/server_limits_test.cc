@@ -35,11 +35,11 @@ struct Upload {
 
 // Raw PutDelta, so that tests can send what the client library refuses to.
 grpc::Status RawPut(v1::DeltaService::Stub* stub, const Upload& up,
-                    const std::string& token = "") {
+                    const std::string& token = "", v1::PutDeltaResponse* out = nullptr) {
   grpc::ClientContext ctx;
   if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
   v1::PutDeltaResponse resp;
-  auto writer = stub->PutDelta(&ctx, &resp);
+  auto writer = stub->PutDelta(&ctx, out != nullptr ? out : &resp);
   v1::PutDeltaRequest req;
   v1::PutDeltaMetadata* meta = req.mutable_metadata();
   meta->set_task(up.task);
@@ -54,10 +54,6 @@ grpc::Status RawPut(v1::DeltaService::Stub* stub, const Upload& up,
   }
   writer->WritesDone();
   return writer->Finish();
-}
-
-absl::StatusCode Code(const grpc::Status& s) {
-  return static_cast<absl::StatusCode>(s.error_code());
 }
 
 TEST_F(ServerTest, TruncatedOrCorruptUploadIsRejectedAndStoresNothing) {
@@ -96,8 +92,16 @@ TEST_F(ServerTest, TruncatedOrCorruptUploadIsRejectedAndStoresNothing) {
   // The same bytes, whole, are accepted.
   Upload whole{"c", good};
   whole.xxh3 = XXH3_64bits(good.data(), good.size());
-  EXPECT_TRUE(RawPut(stub.get(), whole).ok());
-  EXPECT_EQ(Code(RawPut(stub.get(), whole)), absl::StatusCode::kAlreadyExists);
+  v1::PutDeltaResponse resp;
+  EXPECT_TRUE(RawPut(stub.get(), whole, "", &resp).ok());
+  EXPECT_FALSE(resp.unchanged());
+  // A retry of the same bytes (the client could not tell whether it committed) is OK
+  // and says nothing changed; other bytes under the name are still ALREADY_EXISTS.
+  EXPECT_TRUE(RawPut(stub.get(), whole, "", &resp).ok());
+  EXPECT_TRUE(resp.unchanged());
+  EXPECT_EQ(resp.task().container_bytes(), good.size());
+  std::vector<uint8_t> other = ContainerBytes("c2", 12);
+  EXPECT_EQ(Code(RawPut(stub.get(), Upload{"c", other})), absl::StatusCode::kAlreadyExists);
 }
 
 TEST_F(ServerTest, DeltaAgainstAnotherBaseIsFailedPrecondition) {
@@ -193,11 +197,7 @@ TEST_F(ServerTest, CancellingMidStreamStopsTheWork) {
   ASSERT_THAT(Client()->PushDeltaFile("big", MakeContainer("big", 31)).status(), IsOk());
   // A small, fixed HTTP/2 window, so that the transport cannot buffer many tensors
   // ahead of the reader: what the server decodes is then the pipeline's doing.
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 10);
-  auto stub = v1::DeltaService::NewStub(
-      grpc::CreateCustomChannel(target(), grpc::InsecureChannelCredentials(), args));
+  auto stub = SmallWindowStub();
   {
     grpc::ClientContext ctx;
     v1::StreamWeightsRequest req;

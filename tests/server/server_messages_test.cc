@@ -42,10 +42,11 @@ TEST_F(ServerTest, ExistingTaskIsRefusedBeforeTheUploadAndSaysOverwriteNotSet) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::ALREADY_EXISTS);
   EXPECT_THAT(status.error_message(), HasSubstr("task 'a' already exists (overwrite not set)"));
 
-  // The client's label is not doubled with the server's RPC name.
-  absl::Status again = client->PushDeltaFile("a", path).status();
+  // The client's label is not doubled with the server's RPC name. (Other contents of
+  // the same size: refused at the commit; the identical file would be OK, unchanged.)
+  absl::Status again = client->PushDeltaFile("a", MakeContainer("b", 8)).status();
   EXPECT_THAT(again, StatusIs(absl::StatusCode::kAlreadyExists,
-                              HasSubstr("already exists (overwrite not set)")));
+                              HasSubstr("already exists with other contents (overwrite not set)")));
   EXPECT_THAT(again.message(), Not(HasSubstr("PutDelta:")));
 }
 

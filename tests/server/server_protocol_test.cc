@@ -22,55 +22,6 @@ using ::testing::HasSubstr;
 // One request message, one response message, with hand-encoded protobuf bytes (the
 // health and reflection protos are not in our tree). Works for unary and streaming
 // methods alike (they are the same on the wire).
-grpc::Status GenericCall(const std::string& target, const std::string& method,
-                         const std::string& request, std::string* response) {
-  grpc::GenericStub stub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::CompletionQueue cq;
-  auto call = stub.PrepareCall(&ctx, method, &cq);
-  void* tag;
-  bool ok;
-  auto step = [&](int t) {
-    cq.Next(&tag, &ok);
-    EXPECT_EQ(tag, reinterpret_cast<void*>(t));
-    return ok;
-  };
-  call->StartCall(reinterpret_cast<void*>(1));
-  step(1);
-  grpc::Slice slice(request);
-  grpc::ByteBuffer req(&slice, 1);
-  call->Write(req, reinterpret_cast<void*>(2));
-  step(2);
-  call->WritesDone(reinterpret_cast<void*>(3));
-  step(3);
-  grpc::ByteBuffer resp;
-  call->Read(&resp, reinterpret_cast<void*>(4));
-  if (step(4)) {
-    std::vector<grpc::Slice> slices;
-    if (resp.Dump(&slices).ok()) {
-      for (const grpc::Slice& s : slices) {
-        response->append(reinterpret_cast<const char*>(s.begin()), s.size());
-      }
-    }
-  }
-  grpc::Status status;
-  call->Finish(&status, reinterpret_cast<void*>(5));
-  step(5);
-  return status;
-}
-
-// HealthCheckRequest{service = name}: field 1, length-delimited.
-std::string HealthRequest(const std::string& service) {
-  std::string r;
-  if (!service.empty()) {
-    r.push_back(0x0a);
-    r.push_back(static_cast<char>(service.size()));
-    r += service;
-  }
-  return r;
-}
-
 TEST_F(ServerTest, HealthCheckingAndReflection) {
   StartServer();
   const std::string kServing("\x08\x01", 2);  // HealthCheckResponse{status: SERVING}

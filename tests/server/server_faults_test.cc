@@ -1,0 +1,166 @@
+// deltaserved under operational faults (issue 12): online backup, a client keepalive
+// that pings while its reader pauses, readers that stop reading, and a low descriptor
+// limit at start.
+#include "server/server.h"
+
+#include <sys/mount.h>
+#include <sys/resource.h>
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "gtest/gtest.h"
+#include "storage/store.h"
+#include "tests/server/server_fixture.h"
+#include "tests/testing/status_matchers.h"
+
+namespace deltaserve::server::testing {
+namespace {
+
+using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::StatusIs;
+using ::testing::HasSubstr;
+
+// Reproduction 4: an admin takes a consistent copy of the live store; it opens as a
+// store (same bytes) on the same filesystem and on another one (a tmpfs: copied).
+TEST_F(ServerTest, CheckpointIsARestorableOnlineBackup) {
+  ServerOptions o = DefaultOptions();
+  AuthConfig auth;
+  auth.tenants.push_back({"acme", {"tok-acme"}, 0});
+  auth.admin_tokens = {"tok-admin"};
+  o.auth = auth;
+  StartServer(o);
+  auto acme = Client("tok-acme");
+  ASSERT_THAT(acme->PushDeltaFile("t", MakeContainer("t", 3)).status(), IsOk());
+  EXPECT_THAT(acme->Checkpoint(tmp_.File("denied")).status(),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  auto admin = Client("tok-admin");
+  EXPECT_THAT(admin->Checkpoint("relative/dir").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("absolute")));
+
+  std::vector<std::string> dirs = {tmp_.File("backup")};
+  const std::string mnt = tmp_.File("mnt");
+  std::filesystem::create_directories(mnt);
+  const bool tmpfs = mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64m") == 0;
+  if (tmpfs) dirs.push_back(mnt + "/backup");
+  for (const std::string& dir : dirs) {
+    ASSERT_OK_AND_ASSIGN(v1::AdminCheckpointResponse r, admin->Checkpoint(dir));
+    EXPECT_EQ(r.dir(), dir);
+    EXPECT_GT(r.files(), 0u);
+    EXPECT_THAT(admin->Checkpoint(dir).status(),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("already exists")));
+    storage::StoreOptions so;
+    so.path = dir;
+    so.create_if_missing = false;
+    ASSERT_OK_AND_ASSIGN(auto copy, storage::DeltaStore::Open(so));
+    ASSERT_OK_AND_ASSIGN(std::vector<uint8_t> bytes, copy->AssembleContainer("acme", "t"));
+    EXPECT_EQ(bytes, ContainerBytes("t", 3)) << dir;
+  }
+  if (tmpfs) umount2(mnt.c_str(), MNT_DETACH);
+  if (!tmpfs) GTEST_SKIP() << "checked on the same filesystem only (mounting a tmpfs needs root)";
+}
+
+// Streams a task with a client that pings every second and pauses reading for 5.5 s
+// (5 pings: the first sets the clock, the next ones are strikes when too frequent, and
+// gRPC closes the connection after more than 2 strikes).
+grpc::Status PausedPullWithKeepalive(const std::string& target) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 10);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 1000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  auto stub = v1::DeltaService::NewStub(
+      grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext ctx;
+  v1::StreamWeightsRequest req;
+  req.set_task("t");
+  req.set_chunk_bytes(4096);
+  auto reader = stub->StreamWeights(&ctx, req);
+  v1::StreamWeightsResponse msg;
+  if (!reader->Read(&msg)) return reader->Finish();
+  absl::SleepFor(absl::Milliseconds(5500));
+  while (reader->Read(&msg)) {
+  }
+  return reader->Finish();
+}
+
+// Reproduction 6: the server's ping policy tolerates a client keepalive (scaled down:
+// the client pings every 1 s, the server allows every 0.5 s). The control with a
+// 5-minute minimum (gRPC's default) gets GOAWAY too_many_pings and loses the stream.
+TEST_F(ServerTest, ClientKeepaliveDuringAPausedReadIsTolerated) {
+  ServerOptions o = DefaultOptions();
+  o.min_client_ping_interval = absl::Milliseconds(500);
+  StartServer(o);
+  ASSERT_THAT(Client()->PushDeltaFile("t", MakeContainer("t", 4)).status(), IsOk());
+  grpc::Status s = PausedPullWithKeepalive(target());
+  EXPECT_TRUE(s.ok()) << s.error_message();
+
+  o.min_client_ping_interval = absl::Minutes(5);
+  StartServer(o);
+  s = PausedPullWithKeepalive(target());
+  EXPECT_EQ(Code(s), absl::StatusCode::kUnavailable) << s.error_message();
+}
+
+// Reproduction 7: a reader that stops reading shows in deltaserve_streams_stalled, and
+// the write timeout ends its stream, counted DEADLINE_EXCEEDED.
+TEST_F(ServerTest, StalledReaderIsCountedAndTimedOut) {
+  shape_.layers = 1;
+  shape_.hidden = 512;
+  SetUp();
+  ServerOptions o = DefaultOptions();
+  o.stall_after = absl::Milliseconds(500);
+  o.write_timeout = absl::Seconds(3);
+  StartServer(o);
+  ASSERT_THAT(Client()->PushDeltaFile("t", MakeContainer("t", 5)).status(), IsOk());
+  auto stub = SmallWindowStub();
+  grpc::ClientContext ctx;
+  v1::StreamWeightsRequest req;
+  req.set_task("t");
+  req.set_chunk_bytes(4096);
+  auto reader = stub->StreamWeights(&ctx, req);
+  v1::StreamWeightsResponse msg;
+  ASSERT_TRUE(reader->Read(&msg));
+  double stalled = 0;
+  for (absl::Time end = absl::Now() + absl::Seconds(2.5); stalled == 0 && absl::Now() < end;) {
+    absl::SleepFor(absl::Milliseconds(100));
+    stalled = MetricValue(server_->MetricsText(), "deltaserve_streams_stalled ");
+  }
+  EXPECT_EQ(stalled, 1);
+  const std::string text = WaitForStreamsDone();
+  EXPECT_THAT(text, HasSubstr("deltaserve_requests_total{code=\"DEADLINE_EXCEEDED\","
+                              "method=\"StreamWeights\"} 1"));
+  while (reader->Read(&msg)) {
+  }
+  EXPECT_EQ(Code(reader->Finish()), absl::StatusCode::kCancelled);
+  absl::SleepFor(absl::Milliseconds(1200));  // one housekeeping round
+  EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_streams_stalled "), 0);
+}
+
+// Reproduction 2: started with a low soft RLIMIT_NOFILE, the server raises it to the
+// hard limit and publishes it.
+TEST_F(ServerTest, StartRaisesTheDescriptorSoftLimit) {
+  struct rlimit before {};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &before), 0);
+  if (before.rlim_max < 512) GTEST_SKIP() << "hard limit " << before.rlim_max << " too low";
+  struct rlimit low = before;
+  low.rlim_cur = 256;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  StartServer();
+  struct rlimit now {};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &now), 0);
+  EXPECT_EQ(now.rlim_cur, before.rlim_max);
+  EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_open_files_limit "),
+            static_cast<double>(before.rlim_max));
+  setrlimit(RLIMIT_NOFILE, &before);
+}
+
+}  // namespace
+}  // namespace deltaserve::server::testing
