@@ -31,15 +31,21 @@ while (($#)); do
 done
 seeds=${seeds:-$build/fuzz-seeds}
 
+# Seeds are made once: ctest runs the targets in parallel, so the first run makes them
+# under a lock and the others wait for it, then find them made.
 make_seeds() {
-  [[ -d "$seeds/container" ]] && return 0
-  local deltactl="$repo/build/client/deltactl"
-  if [[ ! -x "$deltactl" ]]; then
-    cmake -S "$repo" -B "$repo/build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-    ninja -C "$repo/build" deltactl >/dev/null
-  fi
-  /usr/bin/python3 "$repo/tests/fuzz/make_seeds.py" "$seeds" "$deltactl" \
-    "$repo/../shared/models" "$repo"
+  mkdir -p "$(dirname "$seeds")"
+  (
+    flock 9
+    [[ -d "$seeds/container" ]] && exit 0
+    local deltactl="$repo/build/client/deltactl"
+    if [[ ! -x "$deltactl" ]]; then
+      cmake -S "$repo" -B "$repo/build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+      ninja -C "$repo/build" deltactl >/dev/null
+    fi
+    /usr/bin/python3 "$repo/tests/fuzz/make_seeds.py" "$seeds" "$deltactl" \
+      "$repo/../shared/models" "$repo"
+  ) 9>"$seeds.lock"
 }
 
 # One target for `seconds` (and at most `runs` execs, -1 = no limit); prints one line.
