@@ -9,9 +9,6 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "grpcpp/client_context.h"
-#include "grpcpp/create_channel.h"
-#include "grpcpp/security/credentials.h"
-#include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
 #include "tests/server/server_fixture.h"
 #include "tests/testing/status_matchers.h"
@@ -22,25 +19,10 @@ namespace {
 using ::deltaserve::testing::IsOk;
 using ::testing::HasSubstr;
 
-class AdmissionTest : public ServerTest {
- protected:
-  // Waits up to 10 s for the metric line starting with `prefix` to read `value`.
-  bool WaitForMetric(const std::string& prefix, double value) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(10);
-    while (absl::Now() < deadline) {
-      if (MetricValue(server_->MetricsText(), prefix) == value) return true;
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    return false;
-  }
-};
-
-// A stub whose HTTP/2 window is small and fixed, so that a stream the test does not
-// read stays open on the server.
 constexpr char kAdmittedUploads[] = "deltaserve_admitted_calls{kind=\"uploads\"} ";
 constexpr char kAdmittedStreams[] = "deltaserve_admitted_calls{kind=\"streams\"} ";
 
-TEST_F(AdmissionTest, UploadBeyondMaxUploadsIsRefusedAtOnce) {
+TEST_F(ServerTest, UploadBeyondMaxUploadsIsRefusedAtOnce) {
   ServerOptions o = DefaultOptions();
   o.max_uploads = 1;
   StartServer(o);
@@ -83,7 +65,7 @@ TEST_F(AdmissionTest, UploadBeyondMaxUploadsIsRefusedAtOnce) {
   EXPECT_THAT(truncated.error_message(), HasSubstr("truncated upload"));
 }
 
-TEST_F(AdmissionTest, StreamBeyondMaxStreamsIsRefusedAtOnce) {
+TEST_F(ServerTest, StreamBeyondMaxStreamsIsRefusedAtOnce) {
   shape_.layers = 8;
   SetUp();
   ServerOptions o = DefaultOptions();
@@ -131,7 +113,7 @@ TEST_F(AdmissionTest, StreamBeyondMaxStreamsIsRefusedAtOnce) {
   EXPECT_EQ(ReadFileBytes(tmp_.File("after.dds")), ReadFileBytes(MakeContainer("t", 7)));
 }
 
-TEST_F(AdmissionTest, StreamDeltaSendsTheStoredContainerPieceByPiece) {
+TEST_F(ServerTest, StreamDeltaSendsTheStoredContainerPieceByPiece) {
   shape_.layers = 6;
   SetUp();
   StartServer();

@@ -160,14 +160,17 @@ std::unique_ptr<v1::DeltaService::Stub> ServerTest::SmallWindowStub() {
       grpc::CreateCustomChannel(target(), grpc::InsecureChannelCredentials(), args));
 }
 
-std::string ServerTest::WaitForStreamsDone() const {
-  std::string text;
+bool ServerTest::WaitForMetric(const std::string& prefix, double value) const {
   for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
-    text = server_->MetricsText();
-    if (MetricValue(text, "deltaserve_streams_in_flight ") == 0) break;
+    if (MetricValue(server_->MetricsText(), prefix) == value) return true;
     absl::SleepFor(absl::Milliseconds(10));
   }
-  return text;
+  return false;
+}
+
+std::string ServerTest::WaitForStreamsDone() const {
+  WaitForMetric("deltaserve_streams_in_flight ", 0);
+  return server_->MetricsText();
 }
 
 double ServerTest::MetricValue(const std::string& text, const std::string& prefix) {

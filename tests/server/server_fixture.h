@@ -68,6 +68,9 @@ class ServerTest : public ::testing::Test {
   static absl::StatusCode Code(const grpc::Status& s) {
     return static_cast<absl::StatusCode>(s.error_code());
   }
+  // Waits (up to 10 s) until the sample line starting with `prefix` reads `value`;
+  // false if it never did.
+  bool WaitForMetric(const std::string& prefix, double value) const;
   // Waits (up to 10 s) until deltaserve_streams_in_flight is 0; returns the metrics text.
   std::string WaitForStreamsDone() const;
 

@@ -215,12 +215,7 @@ TEST_F(ServerTest, CancellingMidStreamStopsTheWork) {
     EXPECT_EQ(static_cast<absl::StatusCode>(reader->Finish().error_code()),
               absl::StatusCode::kCancelled);
   }
-  absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (MetricValue(server_->MetricsText(), "deltaserve_streams_in_flight ") != 0 &&
-         absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  std::string text = server_->MetricsText();
+  std::string text = WaitForStreamsDone();
   EXPECT_EQ(MetricValue(text, "deltaserve_streams_in_flight "), 0);
   double decoded = MetricValue(text, "deltaserve_cache_misses_total ");
   // Only the tensors around the cancellation point were decoded, not all 97: the two
@@ -271,11 +266,7 @@ TEST_F(ServerTest, MetricsEndpointServesMovedCounters) {
   EXPECT_THAT(client->GetTask("nope").status(), StatusIs(absl::StatusCode::kNotFound));
   // A stream leaves deltaserve_streams_in_flight in its reactor's OnDone, which gRPC may
   // run just after the client has seen the stream's status.
-  absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (MetricValue(server_->MetricsText(), "deltaserve_streams_in_flight ") != 0 &&
-         absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+  WaitForStreamsDone();
 
   std::string text = FetchMetricsHttp();
   ASSERT_THAT(text, HasSubstr("deltaserve_requests_total"));
