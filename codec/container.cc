@@ -489,8 +489,7 @@ absl::StatusOr<TensorRecord> ContainerReader::record(size_t i) const {
   }
   auto rec = ParseRecord(records_[i]);
   if (!rec.ok()) {
-    return absl::Status(rec.status().code(),
-                        absl::StrCat("record ", i, ": ", rec.status().message()));
+    return common::Annotate(rec.status(), absl::StrCat("record ", i));
   }
   return rec;
 }
@@ -603,8 +602,7 @@ absl::StatusOr<std::unique_ptr<MappedContainer>> MappedContainer::Open(const std
   DS_ASSIGN_OR_RETURN(mc->file_, common::MappedFile::Open(path));
   auto reader = ContainerReader::Parse(mc->file_->bytes());
   if (!reader.ok()) {
-    return absl::Status(reader.status().code(),
-                        absl::StrCat(path, ": ", reader.status().message()));
+    return common::Annotate(reader.status(), path);
   }
   mc->reader_ = *std::move(reader);
   return mc;

@@ -340,8 +340,7 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
       rec.cols = view.second;
       auto encoded = EncodeDctMatrix(delta.data(), rec.rows, rec.cols, options.dct);
       if (!encoded.ok()) {
-        return absl::Status(encoded.status().code(),
-                            absl::StrCat(Quoted(name), ": ", encoded.status().message()));
+        return common::Annotate(encoded.status(), Quoted(name));
       }
       payload = *std::move(encoded);
       rec.payload = payload;

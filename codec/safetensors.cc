@@ -291,9 +291,9 @@ absl::StatusOr<std::string> ResolveShard(const std::string& index_path, const st
                                             "') is missing: ", resolved.status().message()));
   }
   if (!resolved.ok()) {
-    return absl::Status(resolved.status().code(),
-                        absl::StrCat(index_path, ": weight_map entry for tensor '", tensor,
-                                     "' has a bad shard path: ", resolved.status().message()));
+    return common::Annotate(resolved.status(),
+                            absl::StrCat(index_path, ": weight_map entry for tensor '", tensor,
+                                         "' has a bad shard path"));
   }
   return resolved;
 }

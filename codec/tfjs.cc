@@ -43,9 +43,8 @@ class GroupBytes {
                                                  "].paths entry")));
       absl::StatusOr<std::string> file = common::ResolveContainedPath(dir.string(), rel);
       if (!file.ok()) {
-        return absl::Status(file.status().code(),
-                            absl::StrCat(json_path, ": weightsManifest[", group,
-                                         "].paths: ", file.status().message()));
+        return common::Annotate(
+            file.status(), absl::StrCat(json_path, ": weightsManifest[", group, "].paths"));
       }
       DS_ASSIGN_OR_RETURN(std::unique_ptr<common::MappedFile> f, common::MappedFile::Open(*file));
       g.size_ += f->size();

@@ -89,7 +89,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   }
 
  private:
-  storage::CommitOptions CommitOptions() const {
+  storage::CommitOptions MakeCommitOptions() const {
     storage::CommitOptions options;
     options.overwrite = meta_.overwrite();
     options.quota_bytes = ctx_->auth->QuotaBytes(tenant_);
@@ -109,7 +109,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     }
     // Early answers for the common refusals (exists, quota, disk full), before any byte
     // is sent, on one consistent view; the commit checks them again atomically.
-    DS_RETURN_IF_ERROR(ctx_->store->CheckCommit(tenant_, meta_.task(), total, CommitOptions()));
+    DS_RETURN_IF_ERROR(ctx_->store->CheckCommit(tenant_, meta_.task(), total, MakeCommitOptions()));
     buffer_.reserve(total);
     return absl::OkStatus();
   }
@@ -139,9 +139,8 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                                      buffer_.size());
     absl::StatusOr<codec::ContainerReader> container = codec::ContainerReader::Parse(bytes);
     if (!container.ok()) {
-      return absl::Status(container.status().code(),
-                          absl::StrCat("PutDelta: task '", meta_.task(), "': ",
-                                       container.status().message()));
+      return common::Annotate(container.status(),
+                              absl::StrCat("PutDelta: task '", meta_.task(), "'"));
     }
     if (absl::Status s = codec::CheckContainerStorable(*container); !s.ok()) {
       return absl::Status(s.code(),
@@ -150,7 +149,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(
         container->header().base_hash, ctx_->base_hash,
         absl::StrCat("PutDelta: task '", meta_.task(), "'"), "the resident base"));
-    const storage::CommitOptions options = CommitOptions();
+    const storage::CommitOptions options = MakeCommitOptions();
     storage::TaskInfo committed;
     storage::CommitOutcome outcome = storage::CommitOutcome::kCreated;
     DS_RETURN_IF_ERROR(ctx_->versions->Mutate(tenant_, meta_.task(), ctx_->cache,
