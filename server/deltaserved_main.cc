@@ -72,6 +72,9 @@ int Run(int argc, char** argv) {
   app.add_option("--max-streams", o.max_streams,
                  "StreamWeights + StreamDelta calls at once (more: RESOURCE_EXHAUSTED)")
       ->envname("DELTASERVE_MAX_STREAMS")->capture_default_str();
+  app.add_option("--max-connections", o.max_connections,
+                 "client connections at once (0 = derived from the descriptor limit)")
+      ->envname("DELTASERVE_MAX_CONNECTIONS")->capture_default_str();
   app.add_option("--grpc-memory-bytes", o.grpc_memory_bytes, "gRPC ResourceQuota, bytes")
       ->envname("DELTASERVE_GRPC_MEMORY_BYTES")->capture_default_str();
   app.add_option("--preload", preload, "tenant/task[,tenant/task...] pinned in the cache")

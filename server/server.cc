@@ -29,6 +29,7 @@
 #include "prometheus/text_serializer.h"
 #include "server/internal/context.h"
 #include "server/internal/fd_limit.h"
+#include "server/internal/listener.h"
 #include "server/internal/log.h"
 #include "server/internal/merged_tensors.h"
 #include "server/internal/service.h"
@@ -114,6 +115,9 @@ absl::Status ServerOptions::Validate() const {
   if (max_uploads < 1 || max_uploads > 4096) {
     return absl::InvalidArgumentError("ServerOptions.max_uploads must be in [1, 4096]");
   }
+  if (max_connections < 0) {
+    return absl::InvalidArgumentError("ServerOptions.max_connections must be >= 0");
+  }
   if (max_streams < 1 || max_streams > 65536) {
     return absl::InvalidArgumentError("ServerOptions.max_streams must be in [1, 65536]");
   }
@@ -154,6 +158,11 @@ struct Server::Impl {
   internal::ServiceContext ctx;
   std::unique_ptr<internal::DeltaServiceImpl> service;
   std::unique_ptr<grpc::Server> grpc_server;
+  // TCP listen addresses: our accept loop hands connections to gRPC through `acceptor`
+  // (null for addresses gRPC listens on itself, e.g. unix:).
+  std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor;
+  std::unique_ptr<internal::Listener> listener;
+  int max_connections = 0;
   std::unique_ptr<prometheus::Exposer> exposer;
   int port = 0;
   int metrics_port = 0;
@@ -202,11 +211,18 @@ absl::Status Server::Impl::Init() {
   if (store_options.max_open_files == -1) {
     store_options.max_open_files = fds.rocksdb_max_open_files;
   }
+  max_connections = options.max_connections == 0
+                        ? fds.max_connections
+                        : std::min(options.max_connections, fds.max_connections);
+  metrics->connections_limit().Set(max_connections);
   internal::LogInfo("file descriptors",
                     {{"soft_limit_at_start", std::to_string(fds.soft_before)},
                      {"soft_limit", std::to_string(fds.soft)},
                      {"hard_limit", std::to_string(fds.hard)},
-                     {"rocksdb_max_open_files", std::to_string(store_options.max_open_files)}});
+                     {"open", std::to_string(fds.open)},
+                     {"reserved", std::to_string(fds.reserve)},
+                     {"rocksdb_max_open_files", std::to_string(store_options.max_open_files)},
+                     {"max_connections", std::to_string(max_connections)}});
   DS_ASSIGN_OR_RETURN(store, storage::DeltaStore::Open(store_options));
   if (store->read_only()) {
     internal::LogError("store opened READ-ONLY: less than --db-min-free-bytes free on the "
@@ -272,7 +288,16 @@ absl::Status Server::Impl::Init() {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   service = std::make_unique<internal::DeltaServiceImpl>(&ctx);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, creds, &port);
+  if (internal::IsTcpListenAddress(options.listen)) {
+    // Our own accept loop (server/internal/listener.h): gRPC 1.51's listener stops for
+    // good after one accept() EMFILE and has no connection limit.
+    DS_ASSIGN_OR_RETURN(listener, internal::Listener::Bind(options.listen));
+    port = listener->port();
+    acceptor = builder.experimental().AddExternalConnectionAcceptor(
+        grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD, creds);
+  } else {
+    builder.AddListeningPort(options.listen, creds, &port);
+  }
   // gRPC sets SO_REUSEPORT by default: a second daemon on a busy port would silently
   // share it and clients would reach either one at random.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -299,6 +324,11 @@ absl::Status Server::Impl::Init() {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen,
                                                ": address already in use? (set --listen)"));
   }
+  if (listener) {
+    listener->Start(acceptor.get(), max_connections,
+                    {&metrics->connections(), &metrics->connections_refused("limit"),
+                     &metrics->connections_refused("descriptors")});
+  }
   grpc::HealthCheckServiceInterface* health = grpc_server->GetHealthCheckService();
   if (health) {
     health->SetServingStatus(true);
@@ -321,6 +351,7 @@ void Server::Impl::Housekeep() {
       metrics->store_writes_blocked().Set(disk->writes_blocked ? 1 : 0);
     }
     metrics->streams_stalled().Set(stalls.Scan(options.stall_after, options.write_timeout));
+    if (listener) listener->Sweep();
     // After a burst of calls, give the freed heap back: glibc keeps freed chunks of its
     // arenas (measured: RSS stayed at ~270 MiB after 64 concurrent pulls, idle 37 MiB).
     const int64_t calls = drain.in_progress();
@@ -376,7 +407,8 @@ void Server::Shutdown(absl::Duration drain) {
   const int64_t left = s.drain.WaitIdle(t0 + drain);
   // Closes the connections gracefully (what finished calls wrote but clients have not
   // read yet is still delivered) and cancels whatever still runs at the deadline;
-  // returns when every call is done.
+  // returns when every call is done. New connections are refused from here on.
+  if (s.listener) s.listener->Stop();
   s.grpc_server->Shutdown(absl::ToChronoTime(t0 + drain));
   s.stop_housekeeping.Notify();
   if (s.housekeeper.joinable()) s.housekeeper.join();

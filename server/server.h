@@ -77,6 +77,11 @@ struct ServerOptions {
   // RESOURCE_EXHAUSTED. Stream memory is bounded by max_streams x (1 + prefetch) merged
   // tensors (shared with the cache when cached). Default: 64.
   int max_streams = 64;
+  // Client connections open at once (TCP listen addresses; the daemon accepts them
+  // itself, server/internal/listener.h); one more is closed at once. 0 = derived from
+  // RLIMIT_NOFILE (server/internal/fd_limit.h); a larger value is lowered to that.
+  // Default: 0.
+  int max_connections = 0;
   // gRPC's own memory (transport buffers of every connection), bytes: gRPC's
   // ResourceQuota; past it gRPC shrinks windows and refuses new streams. Default: 1 GiB.
   uint64_t grpc_memory_bytes = 1ull << 30;

@@ -87,6 +87,17 @@ Metrics::Metrics(std::string_view version)
                                 "(free < --db-min-free-bytes, or the store opened read-only)");
   open_files_limit_ = gauge("deltaserve_open_files_limit",
                             "RLIMIT_NOFILE soft limit of the process (raised at start)");
+  connections_ = gauge("deltaserve_connections",
+                       "Client connections open (accepted and not yet closed)");
+  connections_limit_ = gauge("deltaserve_connections_limit",
+                             "Most client connections open at once (--max-connections, or "
+                             "derived from RLIMIT_NOFILE)");
+  connections_refused_ = &BuildCounter()
+                              .Name("deltaserve_connections_refused_total")
+                              .Help("Connections closed at once: reason=\"limit\" (the "
+                                    "connection limit) or \"descriptors\" (accept failed "
+                                    "with EMFILE/ENFILE)")
+                              .Register(r);
   admitted_calls_ = &BuildGauge()
                          .Name("deltaserve_admitted_calls")
                          .Help("Calls holding an admission slot (--max-uploads, --max-streams)")
@@ -137,6 +148,10 @@ void Metrics::SetTenantUsage(std::string_view tenant, uint64_t tasks, uint64_t b
 
 prometheus::Gauge& Metrics::admitted_calls(std::string_view kind) {
   return admitted_calls_->Add({{"kind", std::string(kind)}});
+}
+
+prometheus::Counter& Metrics::connections_refused(std::string_view reason) {
+  return connections_refused_->Add({{"reason", std::string(reason)}});
 }
 
 prometheus::Counter& Metrics::admission_rejected(std::string_view kind) {

@@ -47,6 +47,10 @@ class Metrics {
   prometheus::Gauge& store_free_bytes() { return *store_free_bytes_; }
   prometheus::Gauge& store_writes_blocked() { return *store_writes_blocked_; }
   prometheus::Gauge& open_files_limit() { return *open_files_limit_; }
+  prometheus::Gauge& connections() { return *connections_; }
+  prometheus::Gauge& connections_limit() { return *connections_limit_; }
+  // deltaserve_connections_refused_total{reason}: "limit" or "descriptors".
+  prometheus::Counter& connections_refused(std::string_view reason);
   prometheus::Gauge& base_tensors() { return *base_tensors_; }
   // deltaserve_tenant_tasks{tenant} / deltaserve_tenant_stored_bytes{tenant}.
   void SetTenantUsage(std::string_view tenant, uint64_t tasks, uint64_t bytes);
@@ -73,6 +77,9 @@ class Metrics {
   prometheus::Gauge* store_free_bytes_;
   prometheus::Gauge* store_writes_blocked_;
   prometheus::Gauge* open_files_limit_;
+  prometheus::Gauge* connections_;
+  prometheus::Gauge* connections_limit_;
+  prometheus::Family<prometheus::Counter>* connections_refused_;
   prometheus::Gauge* base_tensors_;
 };
 

@@ -297,12 +297,15 @@ SPEC_METRICS = {
     "deltaserve_store_free_bytes": "gauge",
     "deltaserve_store_writes_blocked": "gauge",
     "deltaserve_open_files_limit": "gauge",
+    "deltaserve_connections": "gauge",
+    "deltaserve_connections_limit": "gauge",
+    "deltaserve_connections_refused_total": "counter",
 }
 
 # deltaserved's flags (server spec), each also read from DELTASERVE_<UPPER_SNAKE>.
 DAEMON_FLAGS = ["base", "db", "listen", "metrics-listen", "config", "tls-cert", "tls-key",
                 "cache-bytes", "workers", "chunk-bytes", "prefetch-tensors", "max-upload-bytes", "max-uploads",
-                "max-streams", "grpc-memory-bytes", "preload",
+                "max-streams", "max-connections", "grpc-memory-bytes", "preload",
                 "drain-seconds", "db-min-free-bytes", "stall-seconds", "write-timeout-seconds",
                 "keepalive-seconds", "keepalive-timeout-seconds", "min-client-ping-seconds",
                 "log-format"]
