@@ -1,5 +1,7 @@
 #include "server/internal/call.h"
 
+#include <grpc/grpc.h>
+
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -24,6 +26,12 @@ absl::Status ClientEndedStatus(const grpc::ServerContextBase& call, std::string_
     return absl::DeadlineExceededError(absl::StrCat(std::string(what), ": the client's deadline passed"));
   }
   return absl::CancelledError(absl::StrCat(std::string(what), ": cancelled by the client"));
+}
+
+void CancelCallWithStatus(grpc::ServerContextBase& call, const absl::Status& status) {
+  const std::string message(status.message());
+  grpc_call_cancel_with_status(call.c_call(), static_cast<grpc_status_code>(status.code()),
+                               message.c_str(), nullptr);
 }
 
 std::optional<std::string> AuthorizationHeader(const grpc::ServerContextBase& ctx) {

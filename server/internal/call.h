@@ -29,6 +29,13 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 // tell the two apart (gRPC reports both to the server as a cancellation).
 absl::Status ClientEndedStatus(const grpc::ServerContextBase& call, std::string_view what);
 
+// Ends the call at once with `status` (REQUIRES: not OK) and tells the client so: gRPC
+// writes the status as trailers that bypass HTTP/2 flow control (chttp2's
+// close_from_api) and resets the stream, so a client that reads nothing still gets
+// this code and message (with TryCancel it would see CANCELLED). Writes in flight
+// complete with ok = false and the reactor's OnCancel runs, as after TryCancel.
+void CancelCallWithStatus(grpc::ServerContextBase& call, const absl::Status& status);
+
 // Value of the "authorization" metadata entry, if any.
 std::optional<std::string> AuthorizationHeader(const grpc::ServerContextBase& ctx);
 

@@ -2,8 +2,9 @@
 // when a write starts and when it completes; a periodic Scan (the server's housekeeping
 // thread) counts the streams whose write has waited longer than `stalled_after`
 // (deltaserve_streams_stalled) and ends those waiting longer than `timeout` through
-// their on_timeout callback (the reactor cancels its call: the only way to free a
-// write that flow control holds).
+// their on_timeout callback (the reactor cancels its call with StalledStreamError,
+// CancelCallWithStatus in call.h: the only way to free a write that flow control holds,
+// and the client sees that status). StreamWeights and StreamDelta register.
 //
 // Thread safety: every method is thread-safe. WriteStarted/WriteDone are lock-free (a
 // reactor may call them under its own mutex). on_timeout runs on the scanning thread,

@@ -9,6 +9,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <optional>
 
@@ -24,6 +25,11 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
                      const v1::StreamDeltaRequest* request)
       : ctx_(ctx), call_(call), request_(request), log_(ctx->metrics, "StreamDelta") {
     ctx_->metrics->streams_in_flight().Increment();
+    stall_ = ctx_->stalls->Add([this] {
+      stall_timed_out_ = true;
+      // Frees the write that flow control holds; the client gets the status.
+      CancelCallWithStatus(*call_, StalledStreamError("StreamDelta", ctx_->options->write_timeout));
+    });
     chunk_bytes_ = ctx_->ChunkBytes(request->chunk_bytes());
     absl::Status admitted = ctx_->streams->Acquire();
     admitted_ = admitted.ok();
@@ -35,13 +41,15 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
   }
 
   void OnWriteDone(bool ok) override {
-    if (!ok) return Done(ClientEndedStatus(*call_, "StreamDelta"));
+    stall_->WriteDone();
+    if (!ok) return Done(EndedStatus());
     log_.add_bytes(msg_.data().size());
     ctx_->metrics->AddStreamedBytes("StreamDelta", msg_.data().size());
     WriteNext();
   }
 
   void OnDone() override {
+    ctx_->stalls->Remove(stall_);
     if (admitted_) ctx_->streams->Release();
     ctx_->metrics->streams_in_flight().Decrement();
     log_.Finish(status_);
@@ -109,7 +117,7 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
 
   // Sends the next chunk of piece_, or moves to the next piece (read on the pool).
   void WriteNext() {
-    if (call_->IsCancelled()) return Done(ClientEndedStatus(*call_, "StreamDelta"));
+    if (call_->IsCancelled()) return Done(EndedStatus());
     if (piece_offset_ == piece_.size()) {
       const size_t next = piece_index_ + 1;
       if (next == num_pieces()) return Done(absl::OkStatus());
@@ -121,7 +129,14 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
     msg_.set_data(piece_.data() + piece_offset_, n);
     piece_offset_ += n;
     offset_ += n;
+    stall_->WriteStarted();
     StartWrite(&msg_);
+  }
+
+  // Why a cancelled call ended: the write timeout, or the client.
+  absl::Status EndedStatus() const {
+    return stall_timed_out_ ? StalledStreamError("StreamDelta", ctx_->options->write_timeout)
+                            : ClientEndedStatus(*call_, "StreamDelta");
   }
 
   void Done(const absl::Status& status) {
@@ -135,6 +150,8 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
   CallLog log_;
   uint32_t chunk_bytes_ = 0;
   bool admitted_ = false;  // holds a --max-streams slot
+  std::shared_ptr<StallWatch::Stream> stall_;
+  std::atomic<bool> stall_timed_out_{false};
   // Touched by one thread at a time: the pool task or the gRPC callback that runs the
   // single in-flight step (a write is started only after the previous one is done).
   std::unique_ptr<storage::TaskReader> reader_;

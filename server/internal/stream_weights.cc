@@ -54,7 +54,9 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
     self_ = shared_from_this();
     stall_ = ctx_->stalls->Add([this] {
       stall_timed_out_ = true;
-      call_->TryCancel();  // frees the write that flow control holds
+      // Frees the write that flow control holds; the client gets the status.
+      CancelCallWithStatus(*call_,
+                           StalledStreamError("StreamWeights", ctx_->options->write_timeout));
     });
     absl::Status admitted = ctx_->streams->Acquire();
     admitted_ = admitted.ok();

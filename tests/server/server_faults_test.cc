@@ -5,8 +5,10 @@
 
 #include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/statvfs.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -110,7 +112,9 @@ TEST_F(ServerTest, ClientKeepaliveDuringAPausedReadIsTolerated) {
 }
 
 // Reproduction 7: a reader that stops reading shows in deltaserve_streams_stalled, and
-// the write timeout ends its stream, counted DEADLINE_EXCEEDED.
+// the write timeout ends its stream, counted DEADLINE_EXCEEDED; the client, which reads
+// nothing more, gets DEADLINE_EXCEEDED with the reason (not CANCELLED). Both streaming
+// methods.
 TEST_F(ServerTest, StalledReaderIsCountedAndTimedOut) {
   shape_.layers = 1;
   shape_.hidden = 512;
@@ -120,28 +124,109 @@ TEST_F(ServerTest, StalledReaderIsCountedAndTimedOut) {
   o.write_timeout = absl::Seconds(3);
   StartServer(o);
   ASSERT_THAT(Client()->PushDeltaFile("t", MakeContainer("t", 5)).status(), IsOk());
-  auto stub = SmallWindowStub();
-  grpc::ClientContext ctx;
-  v1::StreamWeightsRequest req;
-  req.set_task("t");
-  req.set_chunk_bytes(4096);
-  auto reader = stub->StreamWeights(&ctx, req);
-  v1::StreamWeightsResponse msg;
-  ASSERT_TRUE(reader->Read(&msg));
-  double stalled = 0;
-  for (absl::Time end = absl::Now() + absl::Seconds(2.5); stalled == 0 && absl::Now() < end;) {
-    absl::SleepFor(absl::Milliseconds(100));
-    stalled = MetricValue(server_->MetricsText(), "deltaserve_streams_stalled ");
+  ASSERT_GT(ContainerBytes("t", 5).size(), 256u << 10);  // far more than the 16 KiB window
+  for (const std::string method : {"StreamWeights", "StreamDelta"}) {
+    SCOPED_TRACE(method);
+    auto stub = SmallWindowStub();
+    grpc::ClientContext ctx;
+    grpc::Status status;
+    auto stall_then_finish = [&](auto reader, auto msg) {
+      ASSERT_TRUE(reader->Read(&msg));
+      double stalled = 0;
+      for (absl::Time end = absl::Now() + absl::Seconds(2.5); stalled == 0 && absl::Now() < end;) {
+        absl::SleepFor(absl::Milliseconds(100));
+        stalled = MetricValue(server_->MetricsText(), "deltaserve_streams_stalled ");
+      }
+      EXPECT_EQ(stalled, 1);
+      const std::string text = WaitForStreamsDone();
+      EXPECT_THAT(text, HasSubstr(absl::StrCat("deltaserve_requests_total{code=\"DEADLINE_EXCEEDED\","
+                                               "method=\"", method, "\"} 1")));
+      while (reader->Read(&msg)) {
+      }
+      status = reader->Finish();
+    };
+    if (method == "StreamWeights") {
+      v1::StreamWeightsRequest req;
+      req.set_task("t");
+      req.set_chunk_bytes(4096);
+      stall_then_finish(stub->StreamWeights(&ctx, req), v1::StreamWeightsResponse());
+    } else {
+      v1::StreamDeltaRequest req;
+      req.set_task("t");
+      req.set_chunk_bytes(4096);
+      stall_then_finish(stub->StreamDelta(&ctx, req), v1::StreamDeltaResponse());
+    }
+    EXPECT_EQ(Code(status), absl::StatusCode::kDeadlineExceeded) << status.error_message();
+    EXPECT_EQ(status.error_message(),
+              absl::StrCat(method, ": the client read nothing for 3s (--write-timeout-seconds)"));
+    absl::SleepFor(absl::Milliseconds(1200));  // one housekeeping round
+    EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_streams_stalled "), 0);
   }
-  EXPECT_EQ(stalled, 1);
-  const std::string text = WaitForStreamsDone();
-  EXPECT_THAT(text, HasSubstr("deltaserve_requests_total{code=\"DEADLINE_EXCEEDED\","
-                              "method=\"StreamWeights\"} 1"));
-  while (reader->Read(&msg)) {
+}
+
+uint64_t FreeBytes(const std::string& path) {
+  struct statvfs st {};
+  if (statvfs(path.c_str(), &st) != 0) return 0;
+  return static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+}
+
+// Reproduction 1's gauges on a 64 MiB tmpfs: deltaserve_store_free_bytes follows the
+// filesystem's free space through a push, a delete and another process filling the
+// disk; deltaserve_store_writes_blocked turns 1 below the reserve (and a push is
+// refused), 0 again once space is freed.
+TEST_F(ServerTest, StoreGaugesFollowTheDisk) {
+  const std::string mnt = tmp_.File("mnt");
+  std::filesystem::create_directories(mnt);
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64m") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs (needs root)";
   }
-  EXPECT_EQ(Code(reader->Finish()), absl::StatusCode::kCancelled);
-  absl::SleepFor(absl::Milliseconds(1200));  // one housekeeping round
-  EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_streams_stalled "), 0);
+  ServerOptions o = DefaultOptions();
+  o.db_path = mnt + "/db";
+  o.store.min_free_bytes = 16 << 20;
+  o.store.write_buffer_bytes = 1 << 20;
+  StartServer(o);
+  // The gauge is refreshed every second; it must match statvfs (within 64 KiB: RocksDB
+  // may write its info log meanwhile).
+  auto gauge_matches_disk = [&] {
+    for (absl::Time end = absl::Now() + absl::Seconds(3); absl::Now() < end;) {
+      const double gauge = MetricValue(server_->MetricsText(), "deltaserve_store_free_bytes ");
+      if (std::abs(gauge - static_cast<double>(FreeBytes(mnt))) <= 64 << 10) return true;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return false;
+  };
+  ASSERT_TRUE(gauge_matches_disk());
+  EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_store_writes_blocked "), 0);
+
+  const uint64_t before_push = FreeBytes(mnt);
+  const std::string container = MakeContainer("t", 9);
+  const uint64_t size = ContainerBytes("t", 9).size();
+  ASSERT_THAT(Client()->PushDeltaFile("t", container).status(), IsOk());
+  EXPECT_LE(FreeBytes(mnt), before_push - size);  // at least the log record
+  EXPECT_TRUE(gauge_matches_disk()) << "after a push";
+  ASSERT_THAT(Client()->DeleteTask("t").status(), IsOk());
+  EXPECT_TRUE(gauge_matches_disk()) << "after a delete";
+
+  // Another process leaves 8 MiB free, under the 16 MiB reserve.
+  const std::string filler = mnt + "/filler";
+  {
+    std::ofstream out(filler, std::ios::binary);
+    const std::string mib(1 << 20, 'x');
+    while (FreeBytes(mnt) > (8u << 20)) {
+      out.write(mib.data(), mib.size());
+      out.flush();
+    }
+  }
+  EXPECT_TRUE(WaitForMetric("deltaserve_store_writes_blocked ", 1));
+  EXPECT_TRUE(gauge_matches_disk()) << "disk filled";
+  EXPECT_THAT(Client()->PushDeltaFile("t", container).status(),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("disk full")));
+  std::filesystem::remove(filler);
+  EXPECT_TRUE(WaitForMetric("deltaserve_store_writes_blocked ", 0));
+  EXPECT_TRUE(gauge_matches_disk()) << "filler removed";
+  EXPECT_THAT(Client()->PushDeltaFile("t", container).status(), IsOk());
+  StopServer();
+  umount2(mnt.c_str(), MNT_DETACH);
 }
 
 // Reproduction 2: started with a low soft RLIMIT_NOFILE, the server raises it to the
