@@ -177,8 +177,10 @@ void Listener::Loop() {
     const nfds_t n = backoff_ms_ > 0 ? 1 : fds.size();
     const int ready = poll(fds.data(), n, backoff_ms_ > 0 ? backoff_ms_ : -1);
     if (ready < 0 && errno != EINTR) {
-      LogError("listener: poll failed", {{"error", std::strerror(errno)}});
-      return;
+      // E.g. ENOMEM: transient like the rest; never leave the port unserved.
+      LogError("listener: poll failed; retrying", {{"error", std::strerror(errno)}});
+      backoff_ms_ = kMaxBackoffMs;
+      continue;
     }
     if (fds[0].revents != 0 || stopped_.load()) return;
     int next_backoff = 0;

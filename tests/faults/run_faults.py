@@ -109,10 +109,13 @@ class Load:
 
 
 def wait_push(d, name, limit_s=30):
+    """Seconds until a push of `name` succeeds, or None (then d.last_error says why)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit_s:
-        if push(d, name, timeout_s=5).returncode == 0:
+        r = push(d, name, timeout_s=5)
+        if r.returncode == 0:
             return time.monotonic() - t0
+        d.last_error = r.stderr.strip()[-300:]
         time.sleep(0.05)
     return None
 
@@ -168,7 +171,7 @@ def round_emfile(d, i):
         d.proc.kill()
         d.proc.wait()
         d.start()
-        note += "; no new connection accepted after the limit was restored: restarted"
+        note += f"; no push succeeded after the limit was restored ({d.last_error}): restarted"
     for k in range(8):
         ctl(d, "delete", "--task", f"emfile{i}-{k}", "--timeout", "5")
     ctl(d, "delete", "--task", f"emfile{i}-after", "--timeout", "5")

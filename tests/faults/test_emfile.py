@@ -9,7 +9,8 @@ For a plaintext and a TLS daemon:
   2. accept() EMFILE: the running daemon's soft RLIMIT_NOFILE is lowered (prlimit) to
      the number of descriptors it has open, pushes are attempted (accept4 fails with EMFILE:
      {reason="descriptors"} counts it), the limit is restored, and a push succeeds
-     within 5 s on the same process (gRPC 1.51's own listener never accepted again).
+     within 5 s on the same process (gRPC 1.51's own listener never accepted again), and
+     /metrics, scraped during the EMFILE too, answers again.
 """
 import os
 import resource
@@ -98,6 +99,8 @@ def emfile_round(ds, container):
     fails = 0
     for k in range(6):
         fails += not push_ok(ds, f"emfile-{k}", container)
+    # The metrics exposer (civetweb) meets the same EMFILE; it must serve again after.
+    d.http_get(f"http://127.0.0.1:{ds['mport']}/metrics", timeout=1)
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
     t0 = time.monotonic()
     d.wait_until(lambda: push_ok(ds, "after-emfile", container), 5,
