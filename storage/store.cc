@@ -15,12 +15,15 @@
 #include "common/status_macros.h"
 #include "rocksdb/cache.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
+#include "rocksdb/file_system.h"
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/sst_file_manager.h"
 #include "rocksdb/table.h"
 #include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
 #include "storage/internal/disk_space.h"
+#include "storage/internal/spare_fds.h"
 #include "storage/internal/status.h"
 #include "storage/internal/strings.h"
 #include "storage/key_schema.h"
@@ -207,6 +210,9 @@ struct DeltaStore::Handles {
   std::array<absl::Mutex, kTenantStripes> tenant_mu;
   // Opened with OpenForReadOnly (too little free space at Open).
   bool read_only = false;
+  // The database's Env over a file system with spare descriptors
+  // (internal/spare_fds.h); outlives `db` (closed in the destructor's body).
+  std::unique_ptr<rocksdb::Env> env;
 
   absl::Mutex& MutexFor(std::string_view tenant) {
     return tenant_mu[std::hash<std::string_view>()(tenant) % kTenantStripes];
@@ -229,7 +235,11 @@ DeltaStore::~DeltaStore() = default;
 absl::StatusOr<std::unique_ptr<DeltaStore>> DeltaStore::Open(const StoreOptions& options) {
   DS_RETURN_IF_ERROR(options.Validate());
 
+  auto handles = std::make_unique<Handles>();
+  handles->env = rocksdb::NewCompositeEnv(
+      NewSpareFdFileSystem(rocksdb::FileSystem::Default(), kStoreSpareFileDescriptors));
   rocksdb::DBOptions db_options;
+  db_options.env = handles->env.get();
   db_options.create_if_missing = options.create_if_missing;
   db_options.create_missing_column_families = options.create_if_missing;
   db_options.max_background_jobs = options.max_background_jobs;
@@ -240,7 +250,7 @@ absl::StatusOr<std::unique_ptr<DeltaStore>> DeltaStore::Open(const StoreOptions&
   db_options.atomic_flush = true;
   // Tracks SST sizes and lets RocksDB recover by itself from a NoSpace error once space
   // is freed (its error handler polls free space only when an SstFileManager is set).
-  db_options.sst_file_manager.reset(rocksdb::NewSstFileManager(rocksdb::Env::Default()));
+  db_options.sst_file_manager.reset(rocksdb::NewSstFileManager(handles->env.get()));
 
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
@@ -276,7 +286,6 @@ absl::StatusOr<std::unique_ptr<DeltaStore>> DeltaStore::Open(const StoreOptions&
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {
       {kDefaultColumnFamily, meta_options}, {kRecordsColumnFamily, records_options}};
   std::vector<rocksdb::ColumnFamilyHandle*> cfs;
-  auto handles = std::make_unique<Handles>();
   // With too little free space, opening read-write would write (WAL replay flush, a new
   // MANIFEST) into a full disk; open read-only instead, so that reads still work.
   std::filesystem::path existing = options.path;

@@ -49,6 +49,9 @@ class WriteBatch;
 
 namespace deltaserve::storage {
 
+// Descriptors an open DeltaStore keeps spare for RocksDB's own files (StoreOptions).
+inline constexpr int kStoreSpareFileDescriptors = 16;
+
 struct StoreOptions {
   // Directory of the RocksDB database. Required.
   std::string path;
@@ -88,6 +91,10 @@ struct StoreOptions {
   // RocksDB table files kept open (each holds a file descriptor); -1 = no limit. The
   // server derives it from RLIMIT_NOFILE. Default: -1. Must be -1 or >= 16.
   int max_open_files = -1;
+  // Besides, an open store holds kStoreSpareFileDescriptors descriptors (on /dev/null)
+  // that it gives up one by one when RocksDB cannot open one of its files for lack of
+  // descriptors (EMFILE/ENFILE), which RocksDB would otherwise rate fatal (read-only
+  // until reopened).
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "storage/store.h"
+
 namespace deltaserve::server::internal {
 
 uint64_t CountOpenFds() {
@@ -36,7 +38,7 @@ FdBudget RaiseFdLimit() {
   b.soft = rl.rlim_cur;
   b.hard = rl.rlim_max;
   b.open = CountOpenFds();
-  b.reserve = std::clamp<uint64_t>(b.soft / 16, 16, 256);
+  b.reserve = std::clamp<uint64_t>(b.soft / 16, 16, 256) + storage::kStoreSpareFileDescriptors;
   const uint64_t used = b.open + b.reserve;
   const uint64_t left = b.soft > used ? b.soft - used : 0;
   b.rocksdb_max_open_files = static_cast<int>(std::clamp<uint64_t>(left / 2, 20, 65536));

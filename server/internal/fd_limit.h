@@ -15,7 +15,8 @@ struct FdBudget {
   uint64_t soft = 0;         // soft limit now (raised to `hard` when possible)
   uint64_t hard = 0;
   uint64_t open = 0;         // descriptors already open when the budget was made
-  // Kept for everything else: soft / 16, at least 16, at most 256.
+  // Kept for everything else: soft / 16 (at least 16, at most 256) plus the store's
+  // spare descriptors (storage::kStoreSpareFileDescriptors).
   uint64_t reserve = 0;
   // Of what is left (soft - open - reserve): RocksDB max_open_files gets half (at least
   // 20, RocksDB's own minimum; at most 65536), connections the rest (at least 1).
