@@ -61,7 +61,7 @@ std::string UsageKey(std::string_view tenant);
 inline constexpr char kUsagePrefix[] = "u/";
 std::string HeaderKey(std::string_view tenant, std::string_view task);
 std::string RecordKey(std::string_view tenant, std::string_view task, uint64_t index);
-// REQUIRES: ValidateSideFileName(name).
+// REQUIRES: ValidateSideFileName(name), or name "" for the prefix of the task's side files.
 std::string SideFileKey(std::string_view tenant, std::string_view task, std::string_view name);
 // Smallest key greater than every key starting with `prefix` (an exclusive upper bound
 // for a prefix scan). REQUIRES: prefix non-empty and its last byte != 0xff.

@@ -618,6 +618,12 @@ absl::Status DeltaStore::DeleteTask(std::string_view tenant, std::string_view ta
   rocksdb::CompactRangeOptions cro;
   cro.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForceOptimized;
   h_->db->CompactRange(cro, h_->records_cf, &b, &e).PermitUncheckedError();
+  if (!old.side_files.empty()) {
+    const std::string side_begin = SideFileKey(tenant, task, "");  // the task's prefix
+    const std::string side_end = PrefixEnd(side_begin);
+    rocksdb::Slice sb(side_begin), se(side_end);
+    h_->db->CompactRange(cro, h_->records_cf, &sb, &se).PermitUncheckedError();
+  }
   return absl::OkStatus();
 }
 
