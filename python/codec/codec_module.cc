@@ -168,8 +168,9 @@ class Container {
 // Weights per part when a tensor is split across threads (as the server's pool does).
 constexpr int64_t kMinPartWeights = int64_t{1} << 22;
 
-void Merge(const Base& base, const Container& container, size_t index,
-           std::optional<std::string> out_dtype_name, py::buffer out, int threads) {
+// Returns the number of values saturated to out_dtype's range (codec::MergeTensor).
+int64_t Merge(const Base& base, const Container& container, size_t index,
+              std::optional<std::string> out_dtype_name, py::buffer out, int threads) {
   if (index >= container.size()) {
     ThrowIfError(absl::OutOfRangeError(
         absl::StrCat("record ", index, " of a container of ", container.size())));
@@ -189,18 +190,24 @@ void Merge(const Base& base, const Container& container, size_t index,
   const absl::Span<uint8_t> span(ptr, bytes);
   const codec::ModelReader* reader = &base.reader();
   absl::Status status;
+  std::atomic<int64_t> saturated{0};
   {
     py::gil_scoped_release release;
     threads = std::max(1, threads);
     const int parts = codec::MergeTensorParts(record, kMinPartWeights, 4 * threads);
     if (parts <= 1) {
-      status = codec::MergeTensor(reader, record, out_dtype, span);
+      int64_t n = 0;
+      status = codec::MergeTensor(reader, record, out_dtype, span, &n);
+      saturated += n;
     } else {
       std::atomic<int> next{0};
       std::vector<absl::Status> results(std::min(parts, threads));
       auto work = [&](absl::Status* s) {
         for (int part; (part = next.fetch_add(1)) < parts;) {
-          absl::Status one = codec::MergeTensorPart(reader, record, out_dtype, part, parts, span);
+          int64_t n = 0;
+          absl::Status one =
+              codec::MergeTensorPart(reader, record, out_dtype, part, parts, span, nullptr, &n);
+          saturated += n;
           if (!one.ok() && s->ok()) *s = one;
         }
       };
@@ -214,6 +221,7 @@ void Merge(const Base& base, const Container& container, size_t index,
     }
   }
   ThrowIfError(status);
+  return saturated.load();
 }
 
 }  // namespace

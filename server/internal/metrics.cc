@@ -95,6 +95,13 @@ Metrics::Metrics(std::string_view version)
                              .Name("deltaserve_admission_rejected_total")
                              .Help("Calls refused RESOURCE_EXHAUSTED: admission limit reached")
                              .Register(r);
+  merge_saturated_values_ =
+      &BuildCounter()
+           .Name("deltaserve_merge_saturated_values_total")
+           .Help(
+               "Merged values that a cast to the output dtype would have made infinite, "
+               "saturated to its largest finite value")
+           .Register(r);
   tenant_tasks_ = &BuildGauge()
                        .Name("deltaserve_tenant_tasks")
                        .Help("Stored tasks per tenant")
@@ -137,6 +144,10 @@ void Metrics::SetTenantUsage(std::string_view tenant, uint64_t tasks, uint64_t b
 
 prometheus::Gauge& Metrics::admitted_calls(std::string_view kind) {
   return admitted_calls_->Add({{"kind", std::string(kind)}});
+}
+
+prometheus::Counter& Metrics::merge_saturated_values(std::string_view dtype) {
+  return merge_saturated_values_->Add({{"dtype", std::string(dtype)}});
 }
 
 prometheus::Counter& Metrics::admission_rejected(std::string_view kind) {
