@@ -85,7 +85,7 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
   meta->set_overwrite(options.overwrite);
   meta->set_total_bytes(container.size());
   meta->set_xxh3_64(XXH3_64bits(container.data(), container.size()));
-  DS_RETURN_IF_ERROR(CheckStringFieldsUtf8(request, label));
+  DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(request, label));
 
   grpc::ClientContext ctx;
   impl_->Prepare(&ctx, impl_->options.deadline);

@@ -12,6 +12,7 @@ parameters hold the merged task; apply_delta reads only the LocalBase and the co
 and writes every task tensor of the model.
 """
 import os
+import warnings
 
 import grpc
 import numpy as np
@@ -78,8 +79,8 @@ class LocalBase:
 def fetch_delta(client, task):
     """The task's container bytes as uploaded (StreamDelta), size and XXH3-64 verified,
     as a bytearray (filled in place: no copy after the last chunk)."""
-    label = client._label("StreamDelta", task)
-    request = pb.StreamDeltaRequest(tenant=client.tenant, task=task)
+    label, names = client._task_fields("StreamDelta", task)
+    request = pb.StreamDeltaRequest(**names)
     hasher = xxhash.xxh3_64()
     buf = None
     received = total = want = 0
@@ -115,7 +116,9 @@ def apply_delta(target, container, base, strict=True, dtype=None, threads=None):
     was made against another base (both hashes quoted), INVALID_ARGUMENT for a missing
     name, a shape or dtype mismatch, or (strict) a model tensor the task lacks.
     threads: merge threads per tensor (default: the CPUs this process may use).
-    Returns the number of tensors written."""
+    Values that the cast to `dtype` would make infinite saturate to its largest finite
+    value, as on the server; each tensor where that happened is named in a
+    RuntimeWarning. Returns the number of tensors written."""
     codec = _need_codec()
     tensors = target_tensors(target)
     out_dtype = dtypes.to_proto(dtype)
@@ -136,11 +139,15 @@ def apply_delta(target, container, base, strict=True, dtype=None, threads=None):
                 import torch
                 dst = tensors[name]
                 view = np.empty(dst.numel() * dst.element_size(), dtype=np.uint8)
-                codec.merge(base._base, parsed, index, out_name, view, threads)
+                saturated = codec.merge(base._base, parsed, index, out_name, view, threads)
                 with torch.no_grad():
                     dst.copy_(torch.from_numpy(view).view(dst.dtype).reshape(dst.shape))
             else:
-                codec.merge(base._base, parsed, index, out_name, view, threads)
+                saturated = codec.merge(base._base, parsed, index, out_name, view, threads)
+            if saturated:
+                warnings.warn(f"tensor '{name}': {saturated} values beyond the output dtype's "
+                              "range, saturated to its largest finite value", RuntimeWarning,
+                              stacklevel=2)
     except codec.CodecError as e:
         raise _status(e) from None
     return len(records)
