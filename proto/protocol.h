@@ -53,15 +53,15 @@ absl::StatusOr<codec::DType> FromProtoDType(v1::DType dtype);
 absl::StatusOr<std::optional<codec::DType>> FromProtoOutDType(v1::DType dtype);
 
 // Text on the wire. Request fields that carry names or patterns (tenant, task, include,
-// include_regex, resume_from_name, dir) are `bytes`, wire-compatible with `string`, so
-// that protobuf's parser accepts any bytes and the server itself refuses invalid UTF-8
-// with a message naming the field (a `string` field made the server answer
+// include_regex, resume_from_name, dir, side file names) are `bytes`, wire-compatible
+// with `string`, so that protobuf's parser accepts any bytes and the server itself
+// refuses invalid UTF-8 with a message naming the field (a `string` field made the server answer
 // UNIMPLEMENTED with no message). kBinaryFields lists the `bytes` fields that are data;
 // every other `bytes` and `string` field of the protocol holds UTF-8 text.
 inline constexpr const char* kBinaryFields[] = {
-    "deltaserve.v1.PutDeltaRequest.chunk",
-    "deltaserve.v1.TensorChunk.data",
-    "deltaserve.v1.StreamDeltaResponse.data",
+    "deltaserve.v1.PutDeltaRequest.chunk",      "deltaserve.v1.PutDeltaRequest.side_file_chunk",
+    "deltaserve.v1.TensorChunk.data",           "deltaserve.v1.StreamDeltaResponse.data",
+    "deltaserve.v1.GetSideFileResponse.data",
 };
 
 // OK if every set text field of `message` (string fields, and bytes fields not in
