@@ -91,7 +91,7 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
     info->set_size_bytes(f.data.size());
     info->set_xxh3_64(XXH3_64bits(f.data.data(), f.data.size()));
   }
-  DS_RETURN_IF_ERROR(CheckStringFieldsUtf8(request, label));
+  DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(request, label));
 
   grpc::ClientContext ctx;
   impl_->Prepare(&ctx, impl_->options.deadline);

@@ -238,7 +238,7 @@ absl::StatusOr<PullStats> RunStreamWeights(const DeltaClient::Impl& impl, const 
   request.set_include_regex(options.include_regex);
   if (!options.resume_from.empty()) request.set_resume_from_name(options.resume_from);
   request.set_chunk_bytes(options.chunk_bytes);
-  DS_RETURN_IF_ERROR(CheckStringFieldsUtf8(request, label));
+  DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(request, label));
 
   const Clock::time_point start = Clock::now();
   grpc::ClientContext ctx;
@@ -280,7 +280,7 @@ absl::StatusOr<DeltaStats> RunStreamDelta(
   v1::StreamDeltaRequest request;
   request.set_tenant(impl.options.tenant);
   request.set_task(task);
-  DS_RETURN_IF_ERROR(CheckStringFieldsUtf8(request, label));
+  DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(request, label));
   const Clock::time_point start = Clock::now();
   grpc::ClientContext ctx;
   impl.Prepare(&ctx, impl.options.stream_deadline);

@@ -33,7 +33,7 @@ struct CompressCliOptions {
   bool separate_dc = codec::DctParams{}.separate_dc;
   int64_t min_dct_elements = codec::CompressOptions{}.min_dct_elements;
   std::vector<std::string> rules;
-  bool allow_missing = false, allow_extra = false, allow_nonfinite = false;
+  bool allow_missing = false, allow_extra = false, allow_nonfinite = false, no_tie = false;
   double max_relative_delta = codec::CompressOptions{}.max_relative_delta;
 };
 
@@ -97,6 +97,7 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   c.allow_extra = o.allow_extra;
   c.allow_nonfinite = o.allow_nonfinite;
   c.max_relative_delta = o.max_relative_delta;
+  c.tie_embeddings = !o.no_tie;
   DS_RETURN_IF_ERROR(c.Validate());
   return c;
 }
@@ -155,8 +156,15 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
     std::filesystem::create_directories(o.out_dir, ec);
     if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot create ", o.out_dir));
   }
+  codec::DecompressStats stats;
   DS_RETURN_IF_ERROR(codec::DecompressModel(*base, container->reader(), options, out,
-                                            StderrProgress("decompress")));
+                                            StderrProgress("decompress"), &stats));
+  for (const auto& [name, count] : stats.saturated_tensors) {
+    absl::FPrintF(stderr,
+                  "warning: tensor '%s': %d values beyond the output dtype's range, saturated "
+                  "to its largest finite value\n",
+                  name, count);
+  }
   if (!o.out_dir.empty()) {
     absl::Status sharded = WriteCheckpointDir(out, container->reader(), o.out_dir, o.shard_bytes);
     std::filesystem::remove(out);
@@ -219,6 +227,9 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
                    "Refuse a tensor whose delta norm exceeds this many times its base's "
                    "(transposed or unrelated weights); 0: no check")
       ->capture_default_str();
+  compress->add_flag("--no-tie", cc->no_tie,
+                     "Do not code an output head the base lacks (lm_head.weight) against the "
+                     "base's input embedding (tied embeddings); treat it as finetune-only");
   compress->callback([cc, action] { *action = [cc] { return RunCompress(*cc); }; });
 
   auto* decompress =

@@ -56,6 +56,7 @@ absl::StatusOr<ContainerReport> ReportContainer(const codec::MappedContainer& co
     TensorReport t;
     t.info = rec.info;
     t.encoding = rec.encoding;
+    if (rec.encoding != Encoding::kRaw) t.tied_to = rec.base_name;
     t.record_bytes = reader.record_bytes(i).size();
     report.tensors.push_back(std::move(t));
   }
@@ -90,7 +91,7 @@ absl::Status EvaluateReport(const codec::ModelReader& base, const codec::ModelRe
       t.w_sq += double{w[j]} * w[j];
       t.w_err_sq += (double{w[j]} - w_hat[j]) * (double{w[j]} - w_hat[j]);
     }
-    auto bv = base.Get(rec.info.name);
+    auto bv = base.Get(rec.base_tensor());
     if (bv.ok() && bv->info.num_elements() <= n) {
       t.has_delta = true;
       const auto b = AsFloats(bv->data.data(), bv->info.dtype, bv->info.num_elements());
@@ -191,6 +192,12 @@ void PrintReport(const ContainerReport& report, bool per_tensor, std::FILE* out)
   std::string meta;
   for (const auto& [k, v] : report.header.metadata) absl::StrAppend(&meta, " ", k, "=", v);
   absl::FPrintF(out, "metadata:   %s\n", meta);
+  for (const auto& r : report.tensors) {
+    if (r.tied_to.empty()) continue;
+    absl::FPrintF(out, "tied:        %s -> base %s (%s, %.3f bits/weight)\n", r.info.name,
+                  r.tied_to, std::string(codec::EncodingName(r.encoding)),
+                  Bpw(r.record_bytes, r.info.num_elements()));
+  }
   absl::FPrintF(out, "tensors:     %d (dct %d, raw %d, unchanged %d)\n", t.tensors, t.dct_tensors,
                 t.raw_tensors, t.unchanged_tensors);
   absl::FPrintF(out, "weights:     %d (dct-coded %d)\n", t.weights, t.dct_weights);
@@ -220,6 +227,7 @@ nlohmann::json ReportJson(const ContainerReport& report) {
                         {"weights", n},
                         {"bytes", r.record_bytes},
                         {"bits_per_weight", Bpw(r.record_bytes, n)}};
+    if (!r.tied_to.empty()) j["tied_to"] = r.tied_to;
     if (report.evaluated) {
       j["rel_delta_error"] =
           r.has_delta ? JsonOpt(Ratio(r.d_err_sq, r.d_sq)) : nlohmann::json(nullptr);

@@ -16,6 +16,7 @@
 #include "codec/container_checks.h"
 #include "common/coding.h"
 #include "common/file.h"
+#include "common/json.h"
 #include "common/status_macros.h"
 
 namespace deltaserve::codec {
@@ -253,6 +254,7 @@ absl::Status ParseHeader(absl::Span<const uint8_t> bytes, ContainerHeader* heade
     return absl::InvalidArgumentError(
         absl::StrCat("header has ", f.remaining(), " unexplained bytes after its metadata"));
   }
+  DS_ASSIGN_OR_RETURN(header->base_alias, ParseBaseAlias(header->metadata));
   *header_size = size;
   return absl::OkStatus();
 }
@@ -422,6 +424,34 @@ std::vector<uint8_t> AssembleContainer(absl::Span<const uint8_t> header_bytes,
   return out;
 }
 
+absl::StatusOr<std::map<std::string, std::string>> ParseBaseAlias(
+    const std::map<std::string, std::string>& metadata) {
+  std::map<std::string, std::string> alias;
+  auto it = metadata.find(kBaseAliasKey);
+  if (it == metadata.end()) return alias;
+  const std::string what = absl::StrCat("header metadata '", kBaseAliasKey, "'");
+  DS_ASSIGN_OR_RETURN(nlohmann::json j, common::ParseJson(it->second, what, "tensor name"));
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": expected a JSON object"));
+  }
+  for (const auto& [key, value] : j.items()) {
+    DS_ASSIGN_OR_RETURN(std::string base,
+                        common::JsonToString(value, absl::StrCat(what, ": '", key, "'")));
+    if (key.empty() || base.empty() || key == base) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": '", key, "' -> '", base, "' is not a tie of two named tensors"));
+    }
+    alias.emplace(key, std::move(base));
+  }
+  return alias;
+}
+
+absl::StatusOr<std::string> SerializeBaseAlias(const std::map<std::string, std::string>& alias) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [key, value] : alias) j[key] = value;
+  return common::DumpJson(j, kBaseAliasKey);
+}
+
 absl::StatusOr<ContainerReader> ContainerReader::Parse(absl::Span<const uint8_t> bytes) {
   ContainerReader reader;
   size_t header_size = 0;
@@ -490,6 +520,9 @@ absl::StatusOr<TensorRecord> ContainerReader::record(size_t i) const {
   auto rec = ParseRecord(records_[i]);
   if (!rec.ok()) {
     return common::Annotate(rec.status(), absl::StrCat("record ", i));
+  }
+  if (auto it = header_.base_alias.find(rec->info.name); it != header_.base_alias.end()) {
+    rec->base_name = it->second;
   }
   return rec;
 }
@@ -582,6 +615,9 @@ absl::StatusOr<std::unique_ptr<ContainerWriter>> ContainerWriter::Open(
   for (const auto& [key, value] : header.metadata) {
     DS_RETURN_IF_ERROR(CheckUtf8(key, absl::StrCat(path, ": metadata key")));
     DS_RETURN_IF_ERROR(CheckUtf8(value, absl::StrCat(path, ": metadata value of '", key, "':")));
+  }
+  if (absl::Status s = ParseBaseAlias(header.metadata).status(); !s.ok()) {
+    return common::Annotate(s, path);
   }
   if (const size_t n = SerializeHeader(header).size(); n > kMaxHeaderSize) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": container header would be ", n,

@@ -46,7 +46,24 @@ struct ContainerHeader {
   BaseHash base_hash{};
   uint32_t tensor_count = 0;
   std::map<std::string, std::string> metadata;  // e.g. codec options, tool version
+  // Filled by the reader from metadata[kBaseAliasKey] (writers set that metadata entry,
+  // SerializeBaseAlias): finetuned tensor name -> base tensor name it merges into.
+  std::map<std::string, std::string> base_alias;
 };
+
+// Header metadata key of the tie map: a JSON object {"finetuned name": "base name"} for
+// the records that merge into a base tensor of another name (an untied `lm_head.weight`
+// coded against the base's `model.embed_tokens.weight`). The only metadata entry needed
+// to decode. FORMAT.md, "Tied tensors".
+inline constexpr char kBaseAliasKey[] = "deltaserve.base_alias";
+// The tie map held in `metadata` (empty when kBaseAliasKey is absent). InvalidArgument
+// "header metadata 'deltaserve.base_alias': ..." unless the value is a JSON object whose
+// keys and values are non-empty strings, no key mapped to itself.
+absl::StatusOr<std::map<std::string, std::string>> ParseBaseAlias(
+    const std::map<std::string, std::string>& metadata);
+// kBaseAliasKey's value for `alias`: compact JSON, keys in bytewise order (deterministic).
+// InvalidArgument if a name is not valid UTF-8.
+absl::StatusOr<std::string> SerializeBaseAlias(const std::map<std::string, std::string>& alias);
 
 // One tensor's record, viewing bytes owned elsewhere.
 struct TensorRecord {
@@ -58,6 +75,13 @@ struct TensorRecord {
   int64_t rows = 0, cols = 0;
   absl::Span<const uint8_t> payload;     // encoding-specific bytes
   absl::Span<const uint8_t> extra_rows;  // raw finetuned rows beyond base_shape[0]
+  // Name of the base tensor it merges into when that is not info.name (a tie, from the
+  // header's kBaseAliasKey map; ContainerReader::record and storage fill it); empty: the
+  // base tensor of the same name. Not part of the record's bytes.
+  std::string base_name;
+
+  // The base tensor this record merges into: base_name, or info.name if that is empty.
+  const std::string& base_tensor() const { return base_name.empty() ? info.name : base_name; }
 };
 
 // Bytes SerializeRecord makes of `record` (FORMAT.md, "Record"), without making them.
@@ -113,7 +137,8 @@ class ContainerReader {
 
   const ContainerHeader& header() const { return header_; }
   size_t num_records() const { return records_.size(); }
-  // Verified record i. DataLoss naming the tensor on checksum mismatch.
+  // Verified record i, its base_name set from header().base_alias. DataLoss naming the
+  // tensor on checksum mismatch.
   absl::StatusOr<TensorRecord> record(size_t i) const;
   absl::Span<const uint8_t> header_bytes() const { return header_bytes_; }
   absl::Span<const uint8_t> record_bytes(size_t i) const { return records_[i]; }
@@ -132,7 +157,8 @@ class ContainerWriter {
   static absl::StatusOr<std::unique_ptr<ContainerWriter>> Open(const std::string& path,
                                                                const ContainerHeader& header);
   virtual ~ContainerWriter() = default;
-  // Open: InvalidArgument if a metadata key or value is not valid UTF-8.
+  // Open: InvalidArgument if a metadata key or value is not valid UTF-8, or the tie
+  // map (kBaseAliasKey) is malformed (ParseBaseAlias).
   // Add: FailedPrecondition if more than header.tensor_count records are added;
   // InvalidArgument if the name is not valid UTF-8 or the record would exceed
   // kMaxStoredRecordBytes (codec/container_checks.h), naming the tensor and its size.

@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "codec/container_checks.h"
 #include "codec/internal/compress_checks.h"
+#include "codec/internal/merge.h"
 #include "common/coding.h"
 #include "common/status_macros.h"
 
@@ -27,18 +28,22 @@ std::string Quoted(const std::string& name) { return absl::StrCat("tensor '", na
 constexpr int64_t kCastChunk = 1 << 16;
 
 // dst (n elements of `to`) = src (n elements of `from`), bit-exact copy when the dtypes
-// agree, else through float32 (round-to-nearest-even).
-void CastElements(const uint8_t* src, DType from, int64_t n, DType to, uint8_t* dst) {
+// agree, else through float32 (round-to-nearest-even) with internal::SaturateForCast's
+// rule, as merges: a finite value never becomes infinite. Returns the values saturated.
+int64_t CastElements(const uint8_t* src, DType from, int64_t n, DType to, uint8_t* dst) {
   if (from == to) {
     std::memcpy(dst, src, static_cast<size_t>(n) * DTypeSize(to));
-    return;
+    return 0;
   }
+  int64_t saturated = 0;
   std::vector<float> tmp(static_cast<size_t>(std::min(n, kCastChunk)));
   for (int64_t i = 0; i < n; i += kCastChunk) {
     const int64_t m = std::min(kCastChunk, n - i);
     ToFloat32(src + i * DTypeSize(from), from, m, tmp.data());
+    saturated += internal::SaturateForCast(tmp.data(), m, to);
     FromFloat32(tmp.data(), m, to, dst + i * DTypeSize(to));
   }
+  return saturated;
 }
 
 // True if `name` is the scale of an FP8 tensor: NAME_scale or NAME_scale_inv beside an
@@ -275,12 +280,19 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
         Quoted(finetuned.tensors().front().name), ") exists in the base: wrong base model?"));
   }
   CompressStats stats;
-  DS_RETURN_IF_ERROR(internal::CheckNameSets(base, finetuned, options, &stats));
+  const std::map<std::string, std::string> ties =
+      internal::FindTies(base, finetuned, options, &stats);
+  DS_RETURN_IF_ERROR(internal::CheckNameSets(base, finetuned, ties, options, &stats));
   DS_RETURN_IF_ERROR(internal::CheckShapes(base, finetuned));
   ContainerHeader header;
   header.base_hash = ComputeBaseHash(base);
   header.tensor_count = static_cast<uint32_t>(finetuned.tensors().size());
   header.metadata = HeaderMetadata(options);
+  // Every tie found, also those whose record ends up raw (a reader ignores them): the
+  // header is written before the records.
+  if (!ties.empty()) {
+    DS_ASSIGN_OR_RETURN(header.metadata[kBaseAliasKey], SerializeBaseAlias(ties));
+  }
   DS_ASSIGN_OR_RETURN(auto writer, ContainerWriter::Open(out_path, header));
 
   std::vector<float> delta;
@@ -289,7 +301,8 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
   for (size_t i = 0; i < total; ++i) {
     const std::string& name = finetuned.tensors()[i].name;
     DS_ASSIGN_OR_RETURN(const TensorView ft, finetuned.Get(name));
-    auto base_or = base.Get(name);
+    const auto tie = ties.find(name);
+    auto base_or = base.Get(tie == ties.end() ? name : tie->second);
     if (!base_or.ok() && !absl::IsNotFound(base_or.status())) return base_or.status();
     const TensorView* bv = base_or.ok() ? &*base_or : nullptr;
     DS_ASSIGN_OR_RETURN(Encoding enc, ChooseEncoding(ft, bv, options));
@@ -332,6 +345,10 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
       enc = Encoding::kRaw;  // NaN/inf delta: DCT cannot represent it; keep it lossless
     }
     rec.encoding = enc;
+    if (tie != ties.end() && enc != Encoding::kRaw) {
+      rec.base_name = tie->second;
+      stats.ties.insert(*tie);
+    }
     if (enc == Encoding::kRaw) {
       rec.payload = ft.data;
     } else if (enc == Encoding::kDct) {
@@ -396,8 +413,8 @@ uint64_t MergedBytes(const TensorRecord& record, DType out_dtype) {
 }
 
 absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DType out_dtype,
-                         absl::Span<uint8_t> out) {
-  return MergeTensorPart(base, record, out_dtype, 0, 1, out);
+                         absl::Span<uint8_t> out, int64_t* saturated) {
+  return MergeTensorPart(base, record, out_dtype, 0, 1, out, nullptr, saturated);
 }
 
 int MergeTensorParts(const TensorRecord& record, int64_t min_part_weights, int max_parts) {
@@ -412,7 +429,10 @@ int MergeTensorParts(const TensorRecord& record, int64_t min_part_weights, int m
 
 absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record,
                              DType requested_dtype, int part, int num_parts,
-                             absl::Span<uint8_t> out, const MergedBytesFn& on_bytes) {
+                             absl::Span<uint8_t> out, const MergedBytesFn& on_bytes,
+                             int64_t* saturated) {
+  int64_t unused = 0;
+  if (saturated == nullptr) saturated = &unused;
   const std::string& name = record.info.name;
   // Non-float tensors keep their dtype (they are raw or unchanged, never cast).
   const DType out_dtype = OutputDType(record.info.dtype, requested_dtype);
@@ -436,8 +456,8 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
   };
   if (record.encoding == Encoding::kRaw) {
     auto [lo, hi] = split(n, 1, n);
-    CastElements(record.payload.data() + lo * DTypeSize(record.info.dtype), record.info.dtype,
-                 hi - lo, out_dtype, out.data() + lo * osz);
+    *saturated += CastElements(record.payload.data() + lo * DTypeSize(record.info.dtype),
+                               record.info.dtype, hi - lo, out_dtype, out.data() + lo * osz);
     if (on_bytes) on_bytes(out.subspan(lo * osz, (hi - lo) * osz));
     return absl::OkStatus();
   }
@@ -446,9 +466,12 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
                                                    std::string(EncodingName(record.encoding)),
                                                    " record needs the base model"));
   }
-  auto bv = base->Get(name);
+  auto bv = base->Get(record.base_tensor());
   if (!bv.ok()) {
-    return absl::NotFoundError(absl::StrCat(Quoted(name), ": not in the base model"));
+    return absl::NotFoundError(record.base_name.empty()
+                                   ? absl::StrCat(Quoted(name), ": not in the base model")
+                                   : absl::StrCat(Quoted(name), ": its tied base tensor '",
+                                                  record.base_name, "' is not in the base model"));
   }
   if (bv->info.shape != record.base_shape) {
     return absl::InvalidArgumentError(
@@ -459,8 +482,8 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
   const size_t bsz = DTypeSize(bv->info.dtype);
   if (record.encoding == Encoding::kUnchanged) {
     auto [lo, hi] = split(n, 1, n);
-    CastElements(bv->data.data() + lo * bsz, bv->info.dtype, hi - lo, out_dtype,
-                 out.data() + lo * osz);
+    *saturated += CastElements(bv->data.data() + lo * bsz, bv->info.dtype, hi - lo, out_dtype,
+                               out.data() + lo * osz);
     if (on_bytes) on_bytes(out.subspan(lo * osz, (hi - lo) * osz));
     return absl::OkStatus();
   }
@@ -473,15 +496,15 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
       on_bytes(out.subspan(r0 * row_bytes, (r1 - r0) * row_bytes));
     };
   }
-  absl::Status s =
-      DecodeDctMatrixMergeRows(record.payload, record.rows, record.cols, row_lo, row_hi,
-                               bv->data.data(), bv->info.dtype, out_dtype, out.data(), on_rows);
+  absl::Status s = DecodeDctMatrixMergeRows(record.payload, record.rows, record.cols, row_lo,
+                                            row_hi, bv->data.data(), bv->info.dtype, out_dtype,
+                                            out.data(), on_rows, saturated);
   if (!s.ok()) {
     return absl::Status(s.code(), absl::StrCat(Quoted(name), ": ", s.message()));
   }
   if (n > base_n && part == num_parts - 1) {
-    CastElements(record.extra_rows.data(), record.info.dtype, n - base_n, out_dtype,
-                 out.data() + base_n * osz);
+    *saturated += CastElements(record.extra_rows.data(), record.info.dtype, n - base_n, out_dtype,
+                               out.data() + base_n * osz);
     if (on_bytes) on_bytes(out.subspan(base_n * osz));
   }
   return absl::OkStatus();
@@ -493,7 +516,7 @@ std::map<std::string, std::string> MergedModelMetadata(const BaseHash& base_hash
 
 absl::Status DecompressModel(const ModelReader& base, const ContainerReader& container,
                              const DecompressOptions& options, const std::string& out_path,
-                             const ProgressFn& progress) {
+                             const ProgressFn& progress, DecompressStats* stats) {
   DS_RETURN_IF_ERROR(CheckBaseHash(base, container.header(), options.force));
   const size_t total = container.num_records();
   // Two passes so that only one merged tensor is in memory at a time: the safetensors
@@ -513,7 +536,12 @@ absl::Status DecompressModel(const ModelReader& base, const ContainerReader& con
   for (size_t i = 0; i < total; ++i) {
     DS_ASSIGN_OR_RETURN(TensorRecord rec, container.record(i));
     buf.resize(MergedBytes(rec, infos[i].dtype));
-    DS_RETURN_IF_ERROR(MergeTensor(&base, rec, infos[i].dtype, absl::MakeSpan(buf)));
+    int64_t saturated = 0;
+    DS_RETURN_IF_ERROR(MergeTensor(&base, rec, infos[i].dtype, absl::MakeSpan(buf), &saturated));
+    if (saturated > 0 && stats != nullptr) {
+      stats->saturated_values += saturated;
+      stats->saturated_tensors.emplace_back(rec.info.name, saturated);
+    }
     DS_RETURN_IF_ERROR(writer->Append(buf));
     if (progress) progress(i + 1, total, rec.info.name);
   }

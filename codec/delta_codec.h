@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -65,6 +66,12 @@ struct CompressOptions {
   // (finetunes move weights by ~1%; a transposed square matrix or an unrelated tensor
   // gives ~1.4). 0 disables the check. Default: 1.
   double max_relative_delta = 1.0;
+  // The tie rule (FORMAT.md, "Tied tensors"): a finetuned output head the base lacks
+  // (`lm_head.weight` of a model whose base ties it to `model.embed_tokens.weight`) is
+  // coded against the base's input embedding of a mergeable shape, like any shared
+  // tensor (~1 bit per weight instead of 16-32), and recorded in the header
+  // (kBaseAliasKey). false: such a head is one-sided (allow_extra). Default: true.
+  bool tie_embeddings = true;
 
   absl::Status Validate() const;
 };
@@ -102,6 +109,9 @@ struct CompressStats {
   uint64_t raw_tensors = 0, unchanged_tensors = 0, dct_tensors = 0;
   std::vector<std::string> base_only;      // left out of the merged model (allow_missing)
   std::vector<std::string> finetune_only;  // stored raw (allow_extra)
+  // Ties used: finetuned name -> the base tensor its record merges into (a tied head
+  // stored raw, e.g. a small one, is not listed).
+  std::map<std::string, std::string> ties;
   bool noop = false;                       // every tensor bit-identical to the base
   // One line per tensor that is dropped, one-sided, stored raw for a reason the user
   // should know (non-finite values, FP8 scales) and for a no-op delta.
@@ -109,7 +119,8 @@ struct CompressStats {
 };
 
 // Compresses `finetuned` against `base` into a container at `out_path`. The merged model
-// holds exactly the finetuned tensors. Before anything is written, InvalidArgument for:
+// holds exactly the finetuned tensors. Output heads the base lacks are tied to its input
+// embedding (CompressOptions::tie_embeddings). Before anything is written, InvalidArgument for:
 // no tensor in common (wrong base); one-sided tensors unless allowed (CompressOptions
 // allow_missing / allow_extra; the message lists them with a common-prefix hint);
 // shapes that cannot merge (every such tensor named, "transposed?" for a reversed
@@ -129,11 +140,16 @@ uint64_t MergedBytes(const TensorRecord& record, DType out_dtype);
 
 // Writes the merged tensor (base + decoded delta, or the raw tensor) in
 // OutputDType(record.info.dtype, out_dtype) into `out` (REQUIRES out.size() == MergedBytes(record,
-// out_dtype)). `base` may be null only for records that do not need it (kRaw).
+// out_dtype)). `base` may be null only for records that do not need it (kRaw). The
+// base tensor is record.base_tensor() (a tie names another one than the record).
 // NotFound/InvalidArgument if the base tensor is missing or its shape differs from
 // record.base_shape. Deterministic.
+// Every cast to F16 or BF16 (a DCT merge, a raw or unchanged tensor, extra rows)
+// follows one rule (FORMAT.md, "Decoding"): a finite value the cast would make infinite
+// saturates to the dtype's largest finite value; `saturated`, if given, is incremented
+// by the number of such values (Inf and NaN stored raw stay as they are, uncounted).
 absl::Status MergeTensor(const ModelReader* base, const TensorRecord& record, DType out_dtype,
-                         absl::Span<uint8_t> out);
+                         absl::Span<uint8_t> out, int64_t* saturated = nullptr);
 
 // Parallel merge of one large tensor: MergeTensorPart(part, num_parts) writes a disjoint
 // piece of `out` (same `out` and errors as MergeTensor, plus InvalidArgument unless
@@ -149,7 +165,7 @@ inline constexpr int64_t kMergeRowAlign = 64;
 using MergedBytesFn = std::function<void(absl::Span<const uint8_t> piece)>;
 absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record, DType out_dtype,
                              int part, int num_parts, absl::Span<uint8_t> out,
-                             const MergedBytesFn& on_bytes = nullptr);
+                             const MergedBytesFn& on_bytes = nullptr, int64_t* saturated = nullptr);
 // A part count for `record`: about one part per `min_part_weights` weights, at most
 // `max_parts`, at least 1, never more than the record has row units.
 int MergeTensorParts(const TensorRecord& record, int64_t min_part_weights, int max_parts);
@@ -160,6 +176,12 @@ int MergeTensorParts(const TensorRecord& record, int64_t min_part_weights, int m
 // streamed tensors in order produces the same file.
 std::map<std::string, std::string> MergedModelMetadata(const BaseHash& base_hash);
 
+// Values DecompressModel saturated to the output dtype's range (MergeTensor).
+struct DecompressStats {
+  int64_t saturated_values = 0;
+  std::vector<std::pair<std::string, int64_t>> saturated_tensors;  // (name, count), in order
+};
+
 struct DecompressOptions {
   bool force = false;              // decode even if the base hash differs
   std::optional<DType> out_dtype;  // default: each tensor's recorded dtype
@@ -169,11 +191,13 @@ struct DecompressOptions {
 // (tensors in record order, __metadata__ MergedModelMetadata). FailedPrecondition if the
 // container's base hash differs from base's (unless force); errors of MergeTensor /
 // ContainerReader::record (DataLoss naming the tensor) and SafetensorsWriter otherwise; on error no
-// file is left at out_path. Memory: one merged tensor at a time (records are verified twice: once
+// file is left at out_path. Values saturated by the casts are counted in *stats when
+// given. Memory: one merged tensor at a time (records are verified twice: once
 // for the header's shapes, once when merged).
 absl::Status DecompressModel(const ModelReader& base, const ContainerReader& container,
                              const DecompressOptions& options, const std::string& out_path,
-                             const ProgressFn& progress = nullptr);
+                             const ProgressFn& progress = nullptr,
+                             DecompressStats* stats = nullptr);
 
 }  // namespace deltaserve::codec
 

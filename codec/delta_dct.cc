@@ -384,10 +384,10 @@ absl::Status DecodeDctMatrixMerge(absl::Span<const uint8_t> payload, int64_t row
                                   out);
 }
 
-absl::Status DecodeDctMatrixMergeRows(absl::Span<const uint8_t> payload, int64_t rows,
-                                      int64_t cols, int64_t row_begin, int64_t row_end,
-                                      const uint8_t* base, DType base_dtype, DType out_dtype,
-                                      uint8_t* out, const RowsDoneFn& on_rows) {
+absl::Status DecodeDctMatrixMergeRows(absl::Span<const uint8_t> payload, int64_t rows, int64_t cols,
+                                      int64_t row_begin, int64_t row_end, const uint8_t* base,
+                                      DType base_dtype, DType out_dtype, uint8_t* out,
+                                      const RowsDoneFn& on_rows, int64_t* saturated) {
   DS_ASSIGN_OR_RETURN(internal::ParsedPayload pp, internal::ParsePayload(payload, rows, cols));
   if (base == nullptr || out == nullptr) {
     return absl::InvalidArgumentError("base or output buffer is null");
@@ -403,16 +403,19 @@ absl::Status DecodeDctMatrixMergeRows(absl::Span<const uint8_t> payload, int64_t
   dec.Seek(pr_begin);
   std::vector<float> strip(static_cast<size_t>(p) * cols), scratch(static_cast<size_t>(cols));
   const size_t bsz = DTypeSize(base_dtype), osz = DTypeSize(out_dtype);
+  int64_t clamped = 0;
   for (int64_t pr = pr_begin; pr < pr_end; ++pr) {
     dec.Decode(pr, strip.data(), cols);
     const int64_t r_begin = std::max<int64_t>(row_begin, pr * p);
     const int64_t r_end = std::min<int64_t>(row_end, (pr + 1) * p);
     for (int64_t r = r_begin; r < r_end; ++r) {
-      internal::MergeRow(base + r * cols * bsz, base_dtype, strip.data() + (r - pr * p) * cols,
-                         cols, out_dtype, out + r * cols * osz, scratch.data());
+      clamped +=
+          internal::MergeRow(base + r * cols * bsz, base_dtype, strip.data() + (r - pr * p) * cols,
+                             cols, out_dtype, out + r * cols * osz, scratch.data());
     }
     if (on_rows) on_rows(r_begin, r_end);
   }
+  if (saturated != nullptr) *saturated += clamped;
   return absl::OkStatus();
 }
 

@@ -108,7 +108,9 @@ absl::Status DecodeDctMatrix(absl::Span<const uint8_t> payload, int64_t rows, in
 
 // Fused decode + merge, the serving hot path:
 //   out[i] = cast<out_dtype>(to_f32(base[i]) + delta_hat[i])
-// base holds rows*cols elements of base_dtype; out holds rows*cols of out_dtype.
+// base holds rows*cols elements of base_dtype; out holds rows*cols of out_dtype. A
+// finite sum that the cast would make infinite saturates to out_dtype's largest finite
+// value instead (FORMAT.md, "Decoding").
 // Deterministic: the same bytes on every run and thread count. Same errors as
 // DecodeDctMatrix.
 absl::Status DecodeDctMatrixMerge(absl::Span<const uint8_t> payload, int64_t rows,
@@ -128,11 +130,14 @@ absl::Status DecodeDctMatrixMerge(absl::Span<const uint8_t> payload, int64_t row
 // `on_rows`, if given, is called on this thread after each patch-row strip is written,
 // with the rows [r0, r1) now final, in increasing order, covering [row_begin, row_end)
 // exactly (lets a caller hash or send the rows while they are still in cache).
+// `saturated`, if given, is incremented by the number of merged values that saturated
+// to out_dtype's range instead of becoming infinite (see DecodeDctMatrixMerge).
 using RowsDoneFn = std::function<void(int64_t r0, int64_t r1)>;
-absl::Status DecodeDctMatrixMergeRows(absl::Span<const uint8_t> payload, int64_t rows,
-                                      int64_t cols, int64_t row_begin, int64_t row_end,
-                                      const uint8_t* base, DType base_dtype, DType out_dtype,
-                                      uint8_t* out, const RowsDoneFn& on_rows = nullptr);
+absl::Status DecodeDctMatrixMergeRows(absl::Span<const uint8_t> payload, int64_t rows, int64_t cols,
+                                      int64_t row_begin, int64_t row_end, const uint8_t* base,
+                                      DType base_dtype, DType out_dtype, uint8_t* out,
+                                      const RowsDoneFn& on_rows = nullptr,
+                                      int64_t* saturated = nullptr);
 
 }  // namespace deltaserve::codec
 

@@ -1,8 +1,12 @@
 #include "proto/protocol.h"
 
 #include <algorithm>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "codec/container_checks.h"
+#include "google/protobuf/descriptor.h"
 
 namespace deltaserve::proto {
 
@@ -48,6 +52,50 @@ absl::StatusOr<std::optional<codec::DType>> FromProtoOutDType(v1::DType dtype) {
         "other dtypes are always sent in their own dtype)"));
   }
   return std::optional<codec::DType>(*d);
+}
+
+namespace {
+
+bool IsBinary(const google::protobuf::FieldDescriptor* f) {
+  for (const char* name : kBinaryFields) {
+    if (f->full_name() == name) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+absl::Status CheckTextFieldsUtf8(const google::protobuf::Message& message,
+                                 std::string_view label_view) {
+  using google::protobuf::FieldDescriptor;
+  const absl::string_view label(label_view.data(), label_view.size());
+  const google::protobuf::Reflection* refl = message.GetReflection();
+  std::vector<const FieldDescriptor*> fields;
+  refl->ListFields(message, &fields);  // set fields only
+  for (const FieldDescriptor* f : fields) {
+    const int n = f->is_repeated() ? refl->FieldSize(message, f) : 1;
+    auto what = [&](int i) {
+      return f->is_repeated() ? absl::StrCat(label, ": ", f->name(), "[", i, "]")
+                              : absl::StrCat(label, ": ", f->name());
+    };
+    const bool text = f->type() == FieldDescriptor::TYPE_STRING ||
+                      (f->type() == FieldDescriptor::TYPE_BYTES && !IsBinary(f));
+    if (text) {
+      for (int i = 0; i < n; ++i) {
+        const std::string s =
+            f->is_repeated() ? refl->GetRepeatedString(message, f, i) : refl->GetString(message, f);
+        if (absl::Status st = codec::CheckUtf8(s, what(i)); !st.ok()) return st;
+      }
+    } else if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+      for (int i = 0; i < n; ++i) {
+        const google::protobuf::Message& sub = f->is_repeated()
+                                                   ? refl->GetRepeatedMessage(message, f, i)
+                                                   : refl->GetMessage(message, f);
+        if (absl::Status st = CheckTextFieldsUtf8(sub, what(i)); !st.ok()) return st;
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace deltaserve::proto

@@ -7,12 +7,14 @@
 
 #include <cstdint>
 #include <optional>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "codec/tensor.h"
 #include "deltaserve/v1/delta_service.pb.h"
+#include "google/protobuf/message.h"
 
 namespace deltaserve::proto {
 
@@ -49,6 +51,25 @@ absl::StatusOr<codec::DType> FromProtoDType(v1::DType dtype);
 // .out_dtype): DTYPE_UNSPECIFIED is nullopt, "keep each tensor's recorded dtype";
 // unknown numbers and dtypes other than F32, F16 and BF16 are InvalidArgument.
 absl::StatusOr<std::optional<codec::DType>> FromProtoOutDType(v1::DType dtype);
+
+// Text on the wire. Request fields that carry names or patterns (tenant, task, include,
+// include_regex, resume_from_name, dir, side file names) are `bytes`, wire-compatible
+// with `string`, so that protobuf's parser accepts any bytes and the server itself
+// refuses invalid UTF-8 with a message naming the field (a `string` field made the server answer
+// UNIMPLEMENTED with no message). kBinaryFields lists the `bytes` fields that are data;
+// every other `bytes` and `string` field of the protocol holds UTF-8 text.
+inline constexpr const char* kBinaryFields[] = {
+    "deltaserve.v1.PutDeltaRequest.chunk",      "deltaserve.v1.PutDeltaRequest.side_file_chunk",
+    "deltaserve.v1.TensorChunk.data",           "deltaserve.v1.StreamDeltaResponse.data",
+    "deltaserve.v1.GetSideFileResponse.data",
+};
+
+// OK if every set text field of `message` (string fields, and bytes fields not in
+// kBinaryFields), in nested messages, repeated fields and maps too, is valid UTF-8
+// (codec::IsValidUtf8). Otherwise InvalidArgument "<label>: <field name>[<index>]
+// '<text, bad bytes as \xNN>' is not valid UTF-8" for the first. The client checks each
+// request before sending it; the server checks each request it receives.
+absl::Status CheckTextFieldsUtf8(const google::protobuf::Message& message, std::string_view label);
 
 }  // namespace deltaserve::proto
 

@@ -148,6 +148,9 @@ absl::StatusOr<StoredRecord> TaskReader::ReadRecord(size_t index) const {
                      index);
   }
   out.record_ = *std::move(record);
+  if (auto it = base_alias_.find(entry.name); it != base_alias_.end()) {
+    out.record_.base_name = it->second;
+  }
   return out;
 }
 
@@ -650,8 +653,16 @@ absl::StatusOr<std::unique_ptr<TaskReader>> DeltaStore::OpenTask(std::string_vie
     h_->db->ReleaseSnapshot(snapshot);
     return info.status();
   }
-  return std::unique_ptr<TaskReader>(
+  absl::StatusOr<std::map<std::string, std::string>> alias = codec::ParseBaseAlias(info->metadata);
+  if (!alias.ok()) {
+    h_->db->ReleaseSnapshot(snapshot);
+    return absl::DataLossError(
+        absl::StrCat(TaskName(tenant, task), ": stored ", alias.status().message()));
+  }
+  auto reader = std::unique_ptr<TaskReader>(
       new TaskReader(h_->db, h_->records_cf, snapshot, *std::move(info)));
+  reader->base_alias_ = *std::move(alias);
+  return reader;
 }
 
 absl::StatusOr<StoredRecord> DeltaStore::ReadRecord(std::string_view tenant,

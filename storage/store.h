@@ -206,7 +206,8 @@ class TaskReader {
   const TaskInfo& info() const { return info_; }
   size_t num_records() const { return info_.tensors.size(); }
 
-  // Record `index`, checksum verified. OutOfRange if index >= num_records(). DataLoss
+  // Record `index`, checksum verified, its base_name set from the header's tie map
+  // (codec::kBaseAliasKey). OutOfRange if index >= num_records(). DataLoss
   // naming tenant, task, tensor and index if the stored value is missing, has the wrong
   // size, fails its checksum or names another tensor.
   absl::StatusOr<StoredRecord> ReadRecord(size_t index) const;
@@ -239,6 +240,7 @@ class TaskReader {
   rocksdb::ColumnFamilyHandle* records_cf_;
   const rocksdb::Snapshot* snapshot_;
   TaskInfo info_;
+  std::map<std::string, std::string> base_alias_;  // codec::ParseBaseAlias(info_.metadata)
 };
 
 class DeltaStore {

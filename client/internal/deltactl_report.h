@@ -34,6 +34,7 @@ namespace deltaserve::client {
 struct TensorReport {
   codec::TensorInfo info;
   codec::Encoding encoding = codec::Encoding::kRaw;
+  std::string tied_to;  // base tensor of another name it merges into (a tie), or ""
   uint64_t record_bytes = 0;
   // Filled by EvaluateReport: sums of squares, in double.
   bool evaluated = false;

@@ -10,10 +10,10 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/client.h"
-#include "client/internal/proto_strings.h"
 #include "client/internal/status.h"
 #include "deltaserve/v1/delta_service.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "proto/protocol.h"
 
 namespace deltaserve::client {
 
@@ -36,7 +36,7 @@ struct DeltaClient::Impl {
       grpc::Status (v1::DeltaService::Stub::*method)(grpc::ClientContext*, const Request&,
                                                      Response*),
       const Request& request, absl::Duration deadline, std::string_view label) const {
-    if (absl::Status s = CheckStringFieldsUtf8(request, label); !s.ok()) return s;
+    if (absl::Status s = proto::CheckTextFieldsUtf8(request, label); !s.ok()) return s;
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline);
     Response response;

@@ -2,11 +2,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <iterator>
 #include <limits>
 #include <map>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 
 namespace deltaserve::codec::internal {
@@ -55,9 +59,41 @@ std::string PrefixHint(const std::vector<std::string>& base_only,
   return "";
 }
 
-bool IsEmbeddingName(const std::string& name) {
-  return absl::EndsWith(name, "embed_tokens.weight") || absl::EndsWith(name, "wte.weight") ||
-         absl::EndsWith(name, "word_embeddings.weight");
+// Tie rule names (FORMAT.md, "Tied tensors"), matched as whole trailing name components.
+constexpr const char* kHeadSuffixes[] = {"lm_head.weight", "embed_out.weight",
+                                         "predictions.decoder.weight"};
+// In order of preference.
+constexpr const char* kEmbeddingSuffixes[] = {"embed_tokens.weight", "wte.weight",
+                                              "word_embeddings.weight", "embed_in.weight",
+                                              "shared.weight"};
+
+// True if `name` is `suffix` or ends in "." or "/" followed by `suffix`.
+bool HasComponentSuffix(const std::string& name, const char* suffix) {
+  const size_t n = std::strlen(suffix);
+  if (!absl::EndsWith(name, suffix)) return false;
+  return name.size() == n || name[name.size() - n - 1] == '.' || name[name.size() - n - 1] == '/';
+}
+
+// Index into kEmbeddingSuffixes, or -1 if `name` is not an input embedding's.
+int EmbeddingRank(const std::string& name) {
+  for (size_t i = 0; i < std::size(kEmbeddingSuffixes); ++i) {
+    if (HasComponentSuffix(name, kEmbeddingSuffixes[i])) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+bool IsEmbeddingName(const std::string& name) { return EmbeddingRank(name) >= 0; }
+
+bool IsHeadName(const std::string& name) {
+  return std::any_of(std::begin(kHeadSuffixes), std::end(kHeadSuffixes),
+                     [&](const char* s) { return HasComponentSuffix(name, s); });
+}
+
+// Equal shapes, or the same rank with more rows (dim 0) in the finetune.
+bool Mergeable(const std::vector<int64_t>& fs, const std::vector<int64_t>& bs) {
+  bool ok = fs.size() == bs.size();
+  for (size_t i = 0; ok && i < fs.size(); ++i) ok = i == 0 ? bs[0] <= fs[0] : bs[i] == fs[i];
+  return ok;
 }
 
 std::string Coordinates(int64_t index, const std::vector<int64_t>& shape) {
@@ -73,13 +109,54 @@ std::string Coordinates(int64_t index, const std::vector<int64_t>& shape) {
 
 }  // namespace
 
+std::map<std::string, std::string> FindTies(const ModelReader& base, const ModelReader& finetuned,
+                                            const CompressOptions& options, CompressStats* stats) {
+  std::map<std::string, std::string> ties;
+  if (!options.tie_embeddings) return ties;
+  std::vector<const TensorInfo*> embeddings;
+  for (const TensorInfo& b : base.tensors()) {
+    if (IsEmbeddingName(b.name) && IsCastable(b.dtype) && b.shape.size() == 2) {
+      embeddings.push_back(&b);
+    }
+  }
+  std::sort(embeddings.begin(), embeddings.end(), [](const TensorInfo* a, const TensorInfo* b) {
+    return std::make_tuple(EmbeddingRank(a->name), a->name.size(), a->name) <
+           std::make_tuple(EmbeddingRank(b->name), b->name.size(), b->name);
+  });
+  for (const TensorInfo& t : finetuned.tensors()) {
+    if (!IsHeadName(t.name) || !IsCastable(t.dtype) || base.Get(t.name).ok()) continue;
+    absl::StatusOr<TensorView> ft = finetuned.Get(t.name);
+    if (!ft.ok()) continue;
+    for (const TensorInfo* e : embeddings) {
+      if (!Mergeable(t.shape, e->shape)) continue;
+      absl::StatusOr<TensorView> bv = base.Get(e->name);
+      if (!bv.ok()) continue;
+      const double r = RelativeDeltaNorm(*ft, *bv);
+      if (options.max_relative_delta > 0 && r > options.max_relative_delta) {
+        stats->warnings.push_back(absl::StrFormat(
+            "tensor '%s' is not tied to the base's '%s': its delta norm is %.3g x that "
+            "tensor's norm (limit %g)",
+            t.name, e->name, r, options.max_relative_delta));
+        continue;
+      }
+      ties.emplace(t.name, e->name);
+      stats->warnings.push_back(absl::StrCat("tensor '", t.name,
+                                             "' is not in the base: coded against the base's '",
+                                             e->name, "' (tied embeddings)"));
+      break;
+    }
+  }
+  return ties;
+}
+
 absl::Status CheckNameSets(const ModelReader& base, const ModelReader& finetuned,
+                           const std::map<std::string, std::string>& ties,
                            const CompressOptions& options, CompressStats* stats) {
   for (const TensorInfo& t : base.tensors()) {
     if (!finetuned.Get(t.name).ok()) stats->base_only.push_back(t.name);
   }
   for (const TensorInfo& t : finetuned.tensors()) {
-    if (!base.Get(t.name).ok()) stats->finetune_only.push_back(t.name);
+    if (!base.Get(t.name).ok() && ties.count(t.name) == 0) stats->finetune_only.push_back(t.name);
   }
   for (const std::string& name : stats->base_only) {
     stats->warnings.push_back(
@@ -127,9 +204,7 @@ absl::Status CheckShapes(const ModelReader& base, const ModelReader& finetuned) 
     if (!b.ok()) continue;
     const auto& fs = ft.shape;
     const auto& bs = b->info.shape;
-    bool ok = fs.size() == bs.size();
-    for (size_t i = 0; ok && i < fs.size(); ++i) ok = i == 0 ? bs[0] <= fs[0] : bs[i] == fs[i];
-    if (ok) continue;
+    if (Mergeable(fs, bs)) continue;
     const bool transposed = fs.size() == 2 && bs.size() == 2 && fs[0] == bs[1] && fs[1] == bs[0];
     bad.push_back(absl::StrCat("tensor '", ft.name, "' ", ShapeString(fs), " vs base ",
                                ShapeString(bs), transposed ? " (transposed?)" : ""));

@@ -5,6 +5,7 @@
 #define DELTASERVE_CODEC_INTERNAL_COMPRESS_CHECKS_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -13,14 +14,26 @@
 
 namespace deltaserve::codec::internal {
 
-// Compares the name sets. Fills stats->base_only / finetune_only (sorted) and adds one
-// warning per one-sided tensor; a finetune-only tensor with the shape of a base
-// embedding (`*embed_tokens.weight`, `*wte.weight`, `*word_embeddings.weight`) is
-// named as a probable tied embedding. InvalidArgument (listing the names, at most 20,
-// with a common-prefix hint when every one-sided name differs by one prefix) if
-// base-only tensors exist without options.allow_missing, or finetune-only ones without
-// options.allow_extra.
+// The tie rule (FORMAT.md, "Tied tensors"): each finetuned tensor absent from the base
+// whose name ends in an output-head name (`lm_head.weight`, `embed_out.weight`,
+// `predictions.decoder.weight`) is tied to the first base tensor, in the order of the
+// input-embedding suffixes `embed_tokens.weight`, `wte.weight`, `word_embeddings.weight`,
+// `embed_in.weight`, `shared.weight` (then shorter name, then bytewise), that has a
+// castable dtype, the head's rank 2 and a mergeable shape (equal, or fewer rows), and
+// whose delta norm against the head is at most options.max_relative_delta x its norm
+// (when that check is on). Returns finetuned name -> base name; adds a warning per tie
+// and per candidate refused by its delta norm. Empty unless options.tie_embeddings.
+std::map<std::string, std::string> FindTies(const ModelReader& base, const ModelReader& finetuned,
+                                            const CompressOptions& options, CompressStats* stats);
+
+// Compares the name sets; a finetuned tensor in `ties` counts as in the base. Fills
+// stats->base_only / finetune_only (sorted) and adds one warning per one-sided tensor;
+// a finetune-only tensor with the shape of a base embedding is named as a probable tied
+// embedding. InvalidArgument (listing the names, at most 20, with a common-prefix hint
+// when every one-sided name differs by one prefix) if base-only tensors exist without
+// options.allow_missing, or finetune-only ones without options.allow_extra.
 absl::Status CheckNameSets(const ModelReader& base, const ModelReader& finetuned,
+                           const std::map<std::string, std::string>& ties,
                            const CompressOptions& options, CompressStats* stats);
 
 // Every tensor in both models must have mergeable shapes (equal, or more rows in the

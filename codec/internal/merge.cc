@@ -2,6 +2,8 @@
 
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "codec/internal/fp16.h"
 
 namespace deltaserve::codec::internal {
@@ -10,45 +12,73 @@ namespace {
 // Largest finite values: F16 0x7BFF, BF16 0x7F7F (as float32 0x7F7F0000).
 constexpr float kF16Max = 65504.0f;
 constexpr float kBf16Max = 3.38953139e38f;
+// Smallest magnitudes that round to Inf: F16 65520 (halfway to 2^16, ties to even =
+// Inf); BF16 0x7F7F8000 (halfway above 0x7F7F0000, ties to even = 0x7F80, Inf).
+constexpr float kF16Overflow = 65520.0f;
+const float kBf16Overflow = BitsFloat(0x7F7F8000u);
 
-// Clamps finite-range overshoot (a decoded delta pushing a weight past the dtype's
-// range) to the largest finite value of `out_dtype`; NaN stays NaN.
-void Saturate(float* v, int64_t n, DType out_dtype) {
-  const float max = out_dtype == DType::kF16 ? kF16Max : out_dtype == DType::kBF16 ? kBf16Max : 0;
-  if (max == 0) return;
-  for (int64_t i = 0; i < n; ++i) {
-    if (v[i] > max) v[i] = max;
-    if (v[i] < -max) v[i] = -max;
-  }
-}
-
-// F16 base -> F16 out in one pass: 8 lanes convert, add, round-to-nearest-even back.
-__attribute__((target("avx2,f16c"))) int64_t MergeF16F16(const uint16_t* base,
-                                                          const float* delta, int64_t n,
-                                                          uint16_t* out) {
+// F16 base -> F16 out in one pass: 8 lanes convert, add, saturate, round-to-nearest-even
+// back. Adds the lanes it saturated to *saturated.
+__attribute__((target("avx2,f16c,popcnt"))) int64_t MergeF16F16(const uint16_t* base,
+                                                                const float* delta, int64_t n,
+                                                                uint16_t* out, int64_t* saturated) {
   int64_t i = 0;
   const __m256 zero = _mm256_setzero_ps();
-  const __m256 lo = _mm256_set1_ps(-kF16Max), hi = _mm256_set1_ps(kF16Max);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 max = _mm256_set1_ps(kF16Max), over = _mm256_set1_ps(kF16Overflow);
+  const __m256 inf = _mm256_set1_ps(INFINITY);
+  int64_t count = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 b = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(base + i)));
     __m256 d = delta ? _mm256_loadu_ps(delta + i) : zero;
-    // max/min return their second operand when either is NaN: NaN stays NaN.
-    __m256 s = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_add_ps(b, d)));
+    __m256 s = _mm256_add_ps(b, d);
+    const __m256 a = _mm256_andnot_ps(sign, s);
+    // Ordered compares are false for NaN: NaN and Inf pass through.
+    const __m256 big =
+        _mm256_and_ps(_mm256_cmp_ps(a, over, _CMP_GE_OQ), _mm256_cmp_ps(a, inf, _CMP_NEQ_OQ));
+    const int mask = _mm256_movemask_ps(big);
+    if (mask != 0) {
+      s = _mm256_blendv_ps(s, _mm256_or_ps(_mm256_and_ps(s, sign), max), big);
+      count += _mm_popcnt_u32(static_cast<unsigned>(mask));
+    }
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
                      _mm256_cvtps_ph(s, _MM_FROUND_TO_NEAREST_INT));
   }
+  *saturated += count;
   return i;  // elements done; the caller finishes the tail
 }
 
 }  // namespace
 
-void MergeRow(const uint8_t* base, DType base_dtype, const float* delta, int64_t n,
-              DType out_dtype, uint8_t* out, float* scratch) {
-  int64_t done = 0;
+int64_t SaturateForCast(float* v, int64_t n, DType out_dtype) {
+  float max, over;
+  if (out_dtype == DType::kF16) {
+    max = kF16Max;
+    over = kF16Overflow;
+  } else if (out_dtype == DType::kBF16) {
+    max = kBf16Max;
+    over = kBf16Overflow;
+  } else {
+    return 0;
+  }
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(v[i]);
+    if (a >= over && a != INFINITY) {
+      v[i] = std::copysign(max, v[i]);
+      ++count;
+    }
+  }
+  return count;
+}
+
+int64_t MergeRow(const uint8_t* base, DType base_dtype, const float* delta, int64_t n,
+                 DType out_dtype, uint8_t* out, float* scratch) {
+  int64_t done = 0, saturated = 0;
   if (base_dtype == DType::kF16 && out_dtype == DType::kF16 && CpuHasF16c()) {
     done = MergeF16F16(reinterpret_cast<const uint16_t*>(base), delta, n,
-                       reinterpret_cast<uint16_t*>(out));
-    if (done == n) return;
+                       reinterpret_cast<uint16_t*>(out), &saturated);
+    if (done == n) return saturated;
   }
   const int64_t rest = n - done;
   ToFloat32(base + done * DTypeSize(base_dtype), base_dtype, rest, scratch);
@@ -57,8 +87,9 @@ void MergeRow(const uint8_t* base, DType base_dtype, const float* delta, int64_t
   } else {
     for (int64_t i = 0; i < rest; ++i) scratch[i] += 0.0f;
   }
-  Saturate(scratch, rest, out_dtype);
+  saturated += SaturateForCast(scratch, rest, out_dtype);
   FromFloat32(scratch, rest, out_dtype, out + done * DTypeSize(out_dtype));
+  return saturated;
 }
 
 }  // namespace deltaserve::codec::internal

@@ -1,4 +1,5 @@
-// Fused "add a float32 delta to a base row and cast" used by Delta-DCT decode+merge.
+// Fused "add a float32 delta to a base row and cast" used by Delta-DCT decode+merge, and
+// the saturation rule every cast to a narrower float dtype follows.
 #ifndef DELTASERVE_CODEC_INTERNAL_MERGE_H_
 #define DELTASERVE_CODEC_INTERNAL_MERGE_H_
 
@@ -8,14 +9,20 @@
 
 namespace deltaserve::codec::internal {
 
+// The saturation rule (FORMAT.md, "Decoding"): a finite float32 value that a cast to
+// `out_dtype` would round to +-Inf (|v| >= 65520 for F16, >= 0x7F7F8000 as float32
+// for BF16) becomes the dtype's largest finite value of the same sign (+-65504 for F16,
+// +-3.3895e38 for BF16). Inf and NaN stay as they are; other dtypes are never touched.
+// Rewrites v[0, n) in place; returns how many values it changed.
+int64_t SaturateForCast(float* v, int64_t n, DType out_dtype);
+
 // out[i] = cast<out_dtype>(to_f32(base[i]) + delta[i]) for i < n, bit-identical to
-// ToFloat32 + float add + FromFloat32, except that a sum beyond the largest finite
-// F16/BF16 value saturates to it (+-65504 for F16) instead of becoming Inf: a lossy
-// delta's overshoot must not turn a finite weight infinite. NaN stays NaN. delta == nullptr means a
-// zero delta (each element still goes through "+ 0.0f"). `scratch` holds n floats (unused by fused
-// paths).
-void MergeRow(const uint8_t* base, DType base_dtype, const float* delta, int64_t n,
-              DType out_dtype, uint8_t* out, float* scratch);
+// ToFloat32 + float add + SaturateForCast + FromFloat32: a lossy delta's overshoot
+// must not turn a finite weight infinite. delta == nullptr means a zero delta (each
+// element still goes through "+ 0.0f"). `scratch` holds n floats (unused by fused
+// paths). Returns the number of values saturated.
+int64_t MergeRow(const uint8_t* base, DType base_dtype, const float* delta, int64_t n,
+                 DType out_dtype, uint8_t* out, float* scratch);
 
 }  // namespace deltaserve::codec::internal
 

@@ -179,6 +179,7 @@ struct MergeJob {
   codec::DType out_dtype;
   absl::Span<uint8_t> out;
   int parts = 1;
+  int64_t saturated = 0;  // values saturated to out_dtype's range (codec::MergeTensor)
 };
 
 // Checks record `index` and the writable buffer `out` (exactly MergedBytes bytes).
@@ -221,17 +222,20 @@ absl::Status MergeJobs(const codec::ModelReader* reader, std::vector<MergeJob>& 
     for (int p = 0; p < jobs[j].parts; ++p) items.emplace_back(j, p);
   }
   std::vector<absl::Status> status(jobs.size());
+  std::vector<std::atomic<int64_t>> saturated(jobs.size());
   std::vector<std::mutex> mu(std::min<size_t>(jobs.size(), 64));
   std::atomic<size_t> next{0};
   auto work = [&] {
     for (size_t i; (i = next.fetch_add(1)) < items.size();) {
       auto [j, part] = items[i];
       MergeJob& job = jobs[j];
+      int64_t n = 0;
       absl::Status one =
           job.parts == 1
-              ? codec::MergeTensor(reader, job.record, job.out_dtype, job.out)
+              ? codec::MergeTensor(reader, job.record, job.out_dtype, job.out, &n)
               : codec::MergeTensorPart(reader, job.record, job.out_dtype, part, job.parts,
-                                       job.out);
+                                       job.out, nullptr, &n);
+      saturated[j] += n;
       if (!one.ok()) {
         std::lock_guard<std::mutex> lock(mu[j % mu.size()]);
         if (status[j].ok()) status[j] = one;
@@ -243,14 +247,16 @@ absl::Status MergeJobs(const codec::ModelReader* reader, std::vector<MergeJob>& 
   for (size_t i = 1; i < n; ++i) pool.emplace_back(work);
   work();
   for (auto& t : pool) t.join();
+  for (size_t j = 0; j < jobs.size(); ++j) jobs[j].saturated = saturated[j].load();
   for (const absl::Status& s : status) {
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
 }
 
-void Merge(const Base& base, const Container& container, size_t index,
-           std::optional<std::string> out_dtype_name, py::buffer out, int threads) {
+// Returns the number of values saturated to the output dtype's range.
+int64_t Merge(const Base& base, const Container& container, size_t index,
+              std::optional<std::string> out_dtype_name, py::buffer out, int threads) {
   std::vector<MergeJob> jobs;
   jobs.push_back(MakeJob(container, index, out_dtype_name, out));
   absl::Status status;
@@ -259,10 +265,12 @@ void Merge(const Base& base, const Container& container, size_t index,
     status = MergeJobs(&base.reader(), jobs, threads);
   }
   ThrowIfError(status);
+  return jobs[0].saturated;
 }
 
-// jobs: [(index, out buffer)]. Every buffer is checked before any is written.
-void MergeAll(const Base& base, const Container& container, const py::list& items,
+// jobs: [(index, out buffer)]. Every buffer is checked before any is written. Returns
+// [(index, values saturated to the output dtype's range)] for the tensors with any.
+py::list MergeAll(const Base& base, const Container& container, const py::list& items,
               std::optional<std::string> out_dtype_name, int threads) {
   std::vector<MergeJob> jobs;
   std::vector<py::buffer> keep;  // the buffers stay referenced while merging
@@ -277,6 +285,13 @@ void MergeAll(const Base& base, const Container& container, const py::list& item
     status = MergeJobs(&base.reader(), jobs, threads);
   }
   ThrowIfError(status);
+  py::list saturated;
+  for (const MergeJob& job : jobs) {
+    if (job.saturated > 0) {
+      saturated.append(py::make_tuple(job.record.info.name, job.saturated));
+    }
+  }
+  return saturated;
 }
 
 }  // namespace

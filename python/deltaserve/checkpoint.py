@@ -74,8 +74,8 @@ def get_side_file(client, task, name):
     size = digest = None
     while True:
         r = client._unary("GetSideFile", pb.GetSideFileRequest(
-            tenant=client.tenant, task=task, name=name.encode("utf-8"), offset=len(data),
-            max_bytes=_MAX_SLICE), label)
+            **client._task_fields("GetSideFile", task)[1], name=name.encode("utf-8"),
+            offset=len(data), max_bytes=_MAX_SLICE), label)
         if size is None:
             size, digest = r.file.size_bytes, r.file.xxh3_64
         elif (r.file.size_bytes, r.file.xxh3_64) != (size, digest):

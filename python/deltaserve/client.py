@@ -19,7 +19,7 @@ import xxhash
 
 from deltaserve import dtypes
 from deltaserve._stream import StreamStats, verified_tensors
-from deltaserve.errors import DeltaserveError, from_rpc_error, invalid_argument
+from deltaserve.errors import DeltaserveError, from_rpc_error, invalid_argument, wire_text
 from deltaserve.v1 import delta_service_pb2 as pb
 from deltaserve.v1 import delta_service_pb2_grpc as pb_grpc
 
@@ -94,6 +94,12 @@ class Client:
     def _label(self, method, task):
         return f"{method} '{self.tenant}/{task}'" if self.tenant else f"{method} '{task}'"
 
+    def _task_fields(self, method, task):
+        """(label, {tenant, task} as the request's UTF-8 bytes fields)."""
+        label = self._label(method, task)
+        return label, {"tenant": wire_text(self.tenant, "tenant", label),
+                       "task": wire_text(task, "task", label)}
+
     def _unary(self, method, request, label, timeout=-1):
         try:
             return getattr(self._stub, method)(
@@ -112,33 +118,32 @@ class Client:
         client's tenant; an admin with "" lists every tenant)."""
         tenant = self.tenant if tenant is None else tenant
         label = f"ListTasks '{tenant}'" if tenant else "ListTasks"
-        return self._unary("ListTasks", pb.ListTasksRequest(tenant=tenant), label)
+        return self._unary("ListTasks",
+                           pb.ListTasksRequest(tenant=wire_text(tenant, "tenant", label)), label)
 
     def task_info(self, task, tensors=False):
         """TaskInfo of `task` (side_files: SideFileInfo name (UTF-8 bytes), size_bytes,
         xxh3_64); with tensors=True, per-tensor TensorSummary entries (name, dtype,
         shape, encoding, sizes, index) in container order."""
-        return self._unary("GetTask", pb.GetTaskRequest(tenant=self.tenant, task=task,
-                                                        include_tensors=tensors),
-                           self._label("GetTask", task))
+        label, names = self._task_fields("GetTask", task)
+        return self._unary("GetTask", pb.GetTaskRequest(**names, include_tensors=tensors), label)
 
     def delete(self, task):
         """Deletes `task` with its side files; returns the freed bytes (container and
         side files)."""
-        return self._unary("DeleteTask", pb.DeleteTaskRequest(tenant=self.tenant, task=task),
-                           self._label("DeleteTask", task)).freed_bytes
+        label, names = self._task_fields("DeleteTask", task)
+        return self._unary("DeleteTask", pb.DeleteTaskRequest(**names), label).freed_bytes
 
     def pin(self, task, dtype=None):
         """Decodes `task` into the server cache and pins it there (in `dtype`, default the
         recorded dtypes); returns the pinned bytes. Deadline: stream_timeout."""
-        request = pb.PinTaskRequest(tenant=self.tenant, task=task,
-                                    out_dtype=dtypes.to_proto(dtype))
-        return self._unary("PinTask", request, self._label("PinTask", task),
-                           timeout=self.stream_timeout).pinned_bytes
+        label, names = self._task_fields("PinTask", task)
+        request = pb.PinTaskRequest(**names, out_dtype=dtypes.to_proto(dtype))
+        return self._unary("PinTask", request, label, timeout=self.stream_timeout).pinned_bytes
 
     def unpin(self, task):
-        self._unary("UnpinTask", pb.UnpinTaskRequest(tenant=self.tenant, task=task),
-                    self._label("UnpinTask", task))
+        label, names = self._task_fields("UnpinTask", task)
+        self._unary("UnpinTask", pb.UnpinTaskRequest(**names), label)
 
     def push(self, task, container, overwrite=False, side_files=None):
         """Uploads a delta container (a path, or bytes-like) as `task` with its XXH3-64,
@@ -164,7 +169,8 @@ class Client:
         else:
             data = container
         view = memoryview(data).cast("B")
-        meta = pb.PutDeltaMetadata(tenant=self.tenant, task=task, overwrite=overwrite,
+        _, names = self._task_fields("PutDelta", task)
+        meta = pb.PutDeltaMetadata(**names, overwrite=overwrite,
                                    total_bytes=len(view), xxh3_64=xxhash.xxh3_64_intdigest(view),
                                    side_files=side_file_infos(files))
 
@@ -190,11 +196,12 @@ class Client:
     def _weights_request(self, task, include, include_regex, dtype, chunk_bytes):
         if isinstance(include, str):
             include = [include]
-        return pb.StreamWeightsRequest(tenant=self.tenant, task=task,
-                                       out_dtype=dtypes.to_proto(dtype),
-                                       include=list(include or []),
-                                       include_regex=include_regex or "",
-                                       chunk_bytes=chunk_bytes)
+        label, names = self._task_fields("StreamWeights", task)
+        return pb.StreamWeightsRequest(
+            **names, out_dtype=dtypes.to_proto(dtype),
+            include=[wire_text(g, "include", label) for g in include or []],
+            include_regex=wire_text(include_regex or "", "include_regex", label),
+            chunk_bytes=chunk_bytes)
 
     def stream_tensors(self, task, alloc, include=None, include_regex=None, dtype=None,
                        chunk_bytes=0):

@@ -12,6 +12,7 @@ parameters hold the merged task; apply_delta reads only the LocalBase and the co
 and writes every task tensor of the model.
 """
 import os
+import warnings
 
 import grpc
 import numpy as np
@@ -78,8 +79,8 @@ class LocalBase:
 def fetch_delta(client, task):
     """The task's container bytes as uploaded (StreamDelta), size and XXH3-64 verified,
     as a bytearray (filled in place: no copy after the last chunk)."""
-    label = client._label("StreamDelta", task)
-    request = pb.StreamDeltaRequest(tenant=client.tenant, task=task)
+    label, names = client._task_fields("StreamDelta", task)
+    request = pb.StreamDeltaRequest(**names)
     hasher = xxhash.xxh3_64()
     buf = None
     received = total = want = 0
@@ -116,7 +117,9 @@ def apply_delta(target, container, base, strict=True, dtype=None, threads=None):
     name, a shape or dtype mismatch, or (strict) a model tensor the task lacks.
     threads: merge threads (default: the CPUs this process may use); tensors in CPU
     memory are merged in place, side by side and large ones split over them.
-    Returns the number of tensors written."""
+    Values that the cast to `dtype` would make infinite saturate to its largest finite
+    value, as on the server; each tensor where that happened is named in a
+    RuntimeWarning. Returns the number of tensors written."""
     codec = _need_codec()
     tensors = target_tensors(target)
     out_dtype = dtypes.to_proto(dtype)
@@ -138,15 +141,20 @@ def apply_delta(target, container, base, strict=True, dtype=None, threads=None):
         # Tensors in CPU memory: merged straight into their storage, all of them in one
         # call over a pool of `threads` (small tensors side by side, large ones split),
         # without the GIL.
-        codec.merge_all(base._base, parsed, [(i, v) for i, v, _ in in_place], out_name,
-                        threads)
+        saturated = codec.merge_all(base._base, parsed, [(i, v) for i, v, _ in in_place],
+                                    out_name, threads)
         for index, _, name in staged:  # not on the CPU: merge into a buffer, then copy
             import torch
             dst = tensors[name]
             view = np.empty(dst.numel() * dst.element_size(), dtype=np.uint8)
-            codec.merge(base._base, parsed, index, out_name, view, threads)
+            n = codec.merge(base._base, parsed, index, out_name, view, threads)
+            if n:
+                saturated.append((name, n))
             with torch.no_grad():
                 dst.copy_(torch.from_numpy(view).view(dst.dtype).reshape(dst.shape))
+        for name, n in saturated:
+            warnings.warn(f"tensor '{name}': {n} values beyond the output dtype's range, "
+                          "saturated to its largest finite value", RuntimeWarning, stacklevel=2)
     except codec.CodecError as e:
         raise _status(e) from None
     return len(records)

@@ -35,3 +35,17 @@ def data_loss(label, what):
 
 def invalid_argument(message):
     return DeltaserveError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def wire_text(value, what, label):
+    """`value` (str, or bytes passed through) as the UTF-8 bytes of a request's text
+    field: tenant, task and filter fields are `bytes` on the wire (the server checks
+    their UTF-8 and names the field). A str that cannot be UTF-8 (a lone surrogate, e.g.
+    from os.fsdecode) is INVALID_ARGUMENT before any call."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = label.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise invalid_argument(f"{shown}: {what} {value!r} is not valid UTF-8") from None

@@ -13,6 +13,7 @@
 #include "codec/delta_codec.h"
 #include "common/status_macros.h"
 #include "server/internal/convert.h"
+#include "server/internal/log.h"
 
 namespace deltaserve::server::internal {
 
@@ -39,7 +40,8 @@ constexpr int64_t kMinPartWeights = int64_t{1} << 22;
 // the merge writes it (the bytes are still in cache; one pass over memory less), a
 // split one after every part is done.
 absl::StatusOr<uint64_t> MergeAndHash(const ServiceContext& ctx, const codec::TensorRecord& record,
-                                      codec::DType out_dtype, absl::Span<uint8_t> out) {
+                                      codec::DType out_dtype, absl::Span<uint8_t> out,
+                                      std::atomic<int64_t>* saturated) {
   const int workers = ctx.pool ? static_cast<int>(ctx.pool->num_threads()) : 1;
   const int num_parts = codec::MergeTensorParts(record, kMinPartWeights, 4 * workers);
   if (num_parts <= 1) {
@@ -47,10 +49,14 @@ absl::StatusOr<uint64_t> MergeAndHash(const ServiceContext& ctx, const codec::Te
                                                                    &XXH3_freeState);
     if (state == nullptr) return absl::ResourceExhaustedError("XXH3_createState failed");
     XXH3_64bits_reset(state.get());
+    int64_t n = 0;
     DS_RETURN_IF_ERROR(codec::MergeTensorPart(
-        ctx.base, record, out_dtype, 0, 1, out, [&](absl::Span<const uint8_t> piece) {
+        ctx.base, record, out_dtype, 0, 1, out,
+        [&](absl::Span<const uint8_t> piece) {
           XXH3_64bits_update(state.get(), piece.data(), piece.size());
-        }));
+        },
+        &n));
+    *saturated += n;
     return XXH3_64bits_digest(state.get());
   }
   struct Job {
@@ -64,9 +70,12 @@ absl::StatusOr<uint64_t> MergeAndHash(const ServiceContext& ctx, const codec::Te
   job->num_parts = num_parts;
   // Claims and runs parts until none is left. `record` and `out` outlive every call that
   // claims a part: the caller returns only after all claimed parts are done.
-  auto work = [&ctx, &record, out_dtype, out, num_parts](Job& j) {
+  auto work = [&ctx, &record, out_dtype, out, num_parts, saturated](Job& j) {
     for (int part; (part = j.next.fetch_add(1)) < num_parts;) {
-      absl::Status s = codec::MergeTensorPart(ctx.base, record, out_dtype, part, num_parts, out);
+      int64_t n = 0;
+      absl::Status s =
+          codec::MergeTensorPart(ctx.base, record, out_dtype, part, num_parts, out, nullptr, &n);
+      *saturated += n;
       absl::MutexLock lock(&j.mu);
       if (!s.ok() && j.status.ok()) j.status = s;
       ++j.done;
@@ -99,9 +108,19 @@ absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
   merged->index = static_cast<uint32_t>(index);
   merged->data.resize(codec::MergedBytes(record, merged->info.dtype));
   absl::Time start = absl::Now();
-  DS_ASSIGN_OR_RETURN(merged->xxh3_64,
-                      MergeAndHash(ctx, record, merged->info.dtype, absl::MakeSpan(merged->data)));
+  std::atomic<int64_t> saturated{0};
+  DS_ASSIGN_OR_RETURN(merged->xxh3_64, MergeAndHash(ctx, record, merged->info.dtype,
+                                                    absl::MakeSpan(merged->data), &saturated));
   double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  if (const int64_t n = saturated.load(); n > 0) {
+    const std::string dtype(codec::DTypeName(merged->info.dtype));
+    ctx.metrics->merge_saturated_values(dtype).Increment(static_cast<double>(n));
+    LogWarn("merge_saturated", {{"tenant", reader.info().tenant},
+                                {"task", reader.info().task},
+                                {"tensor", record.info.name},
+                                {"dtype", dtype},
+                                {"count", std::to_string(n)}});
+  }
   // Decode, merge and hash are one fused pass (DecodeDctMatrixMerge; the hash of a split
   // tensor follows it), so both histograms see the same time.
   ctx.metrics->decode_seconds().Observe(seconds);

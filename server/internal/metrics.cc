@@ -106,6 +106,13 @@ Metrics::Metrics(std::string_view version)
                              .Name("deltaserve_admission_rejected_total")
                              .Help("Calls refused RESOURCE_EXHAUSTED: admission limit reached")
                              .Register(r);
+  merge_saturated_values_ =
+      &BuildCounter()
+           .Name("deltaserve_merge_saturated_values_total")
+           .Help(
+               "Merged values that a cast to the output dtype would have made infinite, "
+               "saturated to its largest finite value")
+           .Register(r);
   tenant_tasks_ = &BuildGauge()
                        .Name("deltaserve_tenant_tasks")
                        .Help("Stored tasks per tenant")
@@ -152,6 +159,10 @@ prometheus::Gauge& Metrics::admitted_calls(std::string_view kind) {
 
 prometheus::Counter& Metrics::connections_refused(std::string_view reason) {
   return connections_refused_->Add({{"reason", std::string(reason)}});
+}
+
+prometheus::Counter& Metrics::merge_saturated_values(std::string_view dtype) {
+  return merge_saturated_values_->Add({{"dtype", std::string(dtype)}});
 }
 
 prometheus::Counter& Metrics::admission_rejected(std::string_view kind) {

@@ -42,6 +42,9 @@ class Metrics {
   // "streams").
   prometheus::Gauge& admitted_calls(std::string_view kind);
   prometheus::Counter& admission_rejected(std::string_view kind);
+  // deltaserve_merge_saturated_values_total{dtype}: merged values a cast to `dtype`
+  // ("F16", "BF16") would have made infinite, saturated to its largest finite value.
+  prometheus::Counter& merge_saturated_values(std::string_view dtype);
   prometheus::Gauge& base_bytes() { return *base_bytes_; }
   prometheus::Gauge& streams_stalled() { return *streams_stalled_; }
   prometheus::Gauge& store_free_bytes() { return *store_free_bytes_; }
@@ -64,6 +67,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* tenant_stored_bytes_;
   prometheus::Family<prometheus::Gauge>* admitted_calls_;
   prometheus::Family<prometheus::Counter>* admission_rejected_;
+  prometheus::Family<prometheus::Counter>* merge_saturated_values_;
   prometheus::Counter* uploaded_bytes_;
   prometheus::Histogram* decode_seconds_;
   prometheus::Histogram* merge_seconds_;

@@ -27,6 +27,7 @@
 #include "codec/container_checks.h"
 #include "codec/delta_codec.h"
 #include "common/status_macros.h"
+#include "proto/protocol.h"
 #include "server/internal/convert.h"
 #include "server/internal/service.h"
 #include "storage/side_files.h"
@@ -115,6 +116,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
 
   absl::Status CheckAdmission() {
     DS_ASSIGN_OR_RETURN(Caller caller, ctx_->auth->Authenticate(AuthorizationHeader(*call_)));
+    DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(meta_, "PutDelta"));
     DS_ASSIGN_OR_RETURN(tenant_, ResolveTask(*ctx_, caller, meta_.tenant(), meta_.task(), log_));
     const uint64_t total = meta_.total_bytes();
     if (total == 0) return absl::InvalidArgumentError("PutDelta: total_bytes must be > 0");

@@ -71,6 +71,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::ListTasks(grpc::CallbackServerContex
                                                       v1::ListTasksResponse* response) {
   const ServiceContext* ctx = ctx_;
   return RunUnary(call, "ListTasks", [=](const Caller& caller, CallLog& log) -> absl::Status {
+    DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(*request, "ListTasks"));
     DS_ASSIGN_OR_RETURN(std::string tenant, ctx->auth->ResolveTenant(caller, request->tenant(),
                                                                      "tenant", true));
     log.set_tenant(tenant.empty() ? "*" : tenant);
@@ -101,6 +102,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::GetTask(grpc::CallbackServerContext*
                                                     v1::TaskInfo* response) {
   const ServiceContext* ctx = ctx_;
   return RunUnary(call, "GetTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
+    DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(*request, "GetTask"));
     DS_ASSIGN_OR_RETURN(std::string tenant,
                         ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
     DS_ASSIGN_OR_RETURN(storage::TaskInfo info, ctx->store->GetTask(tenant, request->task()));
@@ -115,6 +117,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::DeleteTask(grpc::CallbackServerConte
                                                        v1::DeleteTaskResponse* response) {
   const ServiceContext* ctx = ctx_;
   return RunUnary(call, "DeleteTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
+    DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(*request, "DeleteTask"));
     const std::string& task = request->task();
     DS_ASSIGN_OR_RETURN(std::string tenant,
                         ResolveTask(*ctx, caller, request->tenant(), task, log));
@@ -160,6 +163,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::PinTask(grpc::CallbackServerContext*
                                                     v1::PinTaskResponse* response) {
   const ServiceContext* ctx = ctx_;
   return RunUnaryOnPool(call, "PinTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
+    DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(*request, "PinTask"));
     DS_ASSIGN_OR_RETURN(std::string tenant,
                         ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
     DS_ASSIGN_OR_RETURN(std::optional<codec::DType> dtype, proto::FromProtoOutDType(request->out_dtype()));
@@ -175,6 +179,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::UnpinTask(grpc::CallbackServerContex
                                                       v1::UnpinTaskResponse* response) {
   const ServiceContext* ctx = ctx_;
   return RunUnary(call, "UnpinTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
+    DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(*request, "UnpinTask"));
     DS_ASSIGN_OR_RETURN(std::string tenant,
                         ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
     if (!ctx->cache->Unpin(TaskGroup(tenant, request->task()))) {
@@ -189,6 +194,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::Checkpoint(
     v1::AdminCheckpointResponse* response) {
   const ServiceContext* ctx = ctx_;
   return RunUnaryOnPool(call, "Checkpoint", [=](const Caller& caller, CallLog& log) -> absl::Status {
+    DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(*request, "Checkpoint"));
     log.set_tenant(caller.admin ? "@admin" : caller.tenant);
     if (!caller.admin && !ctx->auth->open()) {
       return absl::PermissionDeniedError("Checkpoint needs an admin token");
@@ -229,6 +235,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::GetSideFile(grpc::CallbackServerCont
   // On the worker pool: a side file is read whole (up to 32 MiB) and hashed.
   return RunUnaryOnPool(call, "GetSideFile", [=](const Caller& caller,
                                                  CallLog& log) -> absl::Status {
+    DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(*request, "GetSideFile"));
     DS_ASSIGN_OR_RETURN(std::string tenant,
                         ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
     const std::string& name = request->name();

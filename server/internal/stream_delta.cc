@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "common/status_macros.h"
+#include "proto/protocol.h"
 #include "server/internal/service.h"
 
 namespace deltaserve::server::internal {
@@ -63,6 +64,7 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
   // Pool: opens the snapshot and hashes the whole container once.
   absl::Status Open() {
     DS_ASSIGN_OR_RETURN(Caller caller, ctx_->auth->Authenticate(AuthorizationHeader(*call_)));
+    DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(*request_, "StreamDelta"));
     DS_ASSIGN_OR_RETURN(std::string tenant, ResolveTask(*ctx_, caller, request_->tenant(),
                                                         request_->task(), log_));
     DS_ASSIGN_OR_RETURN(reader_, ctx_->store->OpenTask(tenant, request_->task()));

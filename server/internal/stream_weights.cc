@@ -114,6 +114,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
 
   absl::Status Prepare() {
     DS_ASSIGN_OR_RETURN(Caller caller, ctx_->auth->Authenticate(AuthorizationHeader(*call_)));
+    DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(*request_, "StreamWeights"));
     DS_ASSIGN_OR_RETURN(tenant_,
                         ResolveTask(*ctx_, caller, request_->tenant(), request_->task(), log_));
     DS_ASSIGN_OR_RETURN(out_dtype_, proto::FromProtoOutDType(request_->out_dtype()));

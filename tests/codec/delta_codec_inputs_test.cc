@@ -22,6 +22,7 @@ namespace {
 using ::deltaserve::testing::Gaussian;
 using ::deltaserve::testing::IsOk;
 using ::deltaserve::testing::MakeTensor;
+using ::deltaserve::testing::Nudged;
 using ::deltaserve::testing::ScopedTempDir;
 using ::deltaserve::testing::StatusIs;
 using ::deltaserve::testing::Write;
@@ -30,11 +31,10 @@ using ::testing::Contains;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-// `base` plus a small change: a plausible finetune of it.
-std::vector<float> Nudged(std::vector<float> base, uint32_t seed) {
-  const std::vector<float> d = Gaussian(static_cast<int64_t>(base.size()), 0.01f, seed);
-  for (size_t i = 0; i < base.size(); ++i) base[i] += d[i] * std::abs(base[i]);
-  return base;
+float BitsFloatForTest(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
 }
 
 template <typename T>
@@ -51,14 +51,7 @@ class CompressInputsTest : public ::testing::Test {
   absl::StatusOr<CompressStats> Compress(const std::vector<OwnedTensor>& base,
                                          const std::vector<OwnedTensor>& ft,
                                          const CompressOptions& options = {}) {
-    if (absl::Status s = Write(tmp_.File("b.safetensors"), base); !s.ok()) return s;
-    if (absl::Status s = Write(tmp_.File("f.safetensors"), ft); !s.ok()) return s;
-    auto b = ModelReader::Open(tmp_.File("b.safetensors"));
-    auto f = ModelReader::Open(tmp_.File("f.safetensors"));
-    if (!b.ok()) return b.status();
-    if (!f.ok()) return f.status();
-    base_ = *std::move(b);
-    return CompressModel(*base_, **f, options, dds());
+    return ::deltaserve::testing::CompressPair(tmp_.path(), base, ft, options, dds(), &base_);
   }
   std::string dds() const { return tmp_.File("d.dds"); }
 
@@ -182,8 +175,9 @@ TEST_F(CompressInputsTest, OneSidedNamesAreRefusedListedAndOptIn) {
                                                 "this delta is a no-op")));
 }
 
-// Reproduction 3: lm_head.weight only in the finetune, with the shape of the base's
-// embed_tokens: named as probable tied embeddings (stored raw only if allowed).
+// Reproduction 3 with the tie rule off (--no-tie): lm_head.weight only in the finetune,
+// with the shape of the base's embed_tokens: named as probable tied embeddings (stored
+// raw only if allowed). The tie rule itself: tests/codec/tied_embeddings_test.cc.
 TEST_F(CompressInputsTest, UntiedLmHeadIsNamed) {
   const std::vector<float> e = Gaussian(32 * 16, 1, 9);
   const std::vector<OwnedTensor> base = {
@@ -191,10 +185,11 @@ TEST_F(CompressInputsTest, UntiedLmHeadIsNamed) {
   const std::vector<OwnedTensor> ft = {
       MakeTensor("model.embed_tokens.weight", DType::kF32, {32, 16}, Nudged(e, 10)),
       MakeTensor("lm_head.weight", DType::kF32, {32, 16}, Nudged(e, 11))};
-  EXPECT_THAT(Compress(base, ft).status(),
+  CompressOptions o;
+  o.tie_embeddings = false;
+  EXPECT_THAT(Compress(base, ft, o).status(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("1 only in the finetune ('lm_head.weight')")));
-  CompressOptions o;
   o.allow_extra = true;
   ASSERT_OK_AND_ASSIGN(CompressStats stats, Compress(base, ft, o));
   EXPECT_THAT(stats.warnings,
@@ -295,14 +290,67 @@ TEST_F(CompressInputsTest, F16MergeSaturatesInsteadOfOverflowing) {
   const float delta[9] = {1000, -1000, 0, 0, 0, 0, 0, std::nanf(""), 1000};
   uint16_t o16[9];
   float scratch[9];
-  internal::MergeRow(reinterpret_cast<const uint8_t*>(b16), DType::kF16, delta, 9, DType::kF16,
-                     reinterpret_cast<uint8_t*>(o16), scratch);
+  EXPECT_EQ(internal::MergeRow(reinterpret_cast<const uint8_t*>(b16), DType::kF16, delta, 9,
+                               DType::kF16, reinterpret_cast<uint8_t*>(o16), scratch),
+            3);  // o16[0], o16[1] and o16[8]
   EXPECT_EQ(o16[0], 0x7BFF);
   EXPECT_EQ(o16[1], 0xFBFF);
   EXPECT_EQ(o16[2], 0x3C00);
   EXPECT_EQ(o16[7] & 0x7C00, 0x7C00);
   EXPECT_NE(o16[7] & 0x03FF, 0);  // NaN
   EXPECT_EQ(o16[8], 0x7BFF);      // the scalar tail too
+}
+
+// The raw-cast sibling of reproduction 6: a raw F32 tensor of 1e6 decoded as F16 became
+// +Inf. Every cast now saturates like a merge: F16 +-65504, BF16 0x7F7F; the rule counts
+// only finite values that would have become infinite (65519 rounds to 65504 anyway), and
+// Inf stored raw (--allow-nonfinite) stays Inf.
+TEST_F(CompressInputsTest, RawCastsSaturateAndAreCounted) {
+  const float bf16_over = BitsFloatForTest(0x7F7F8000u);
+  std::vector<float> base_v(8, 0.0f);
+  std::vector<float> ft_v = {1e6f, -1e6f, 65519.0f, 65520.0f, 1.0f, bf16_over, INFINITY, -2.0f};
+  CompressOptions o;
+  o.max_relative_delta = 0;
+  o.allow_nonfinite = true;
+  ASSERT_THAT(Compress({MakeTensor("w", DType::kF32, {8}, base_v)},
+                       {MakeTensor("w", DType::kF32, {8}, ft_v)}, o)
+                  .status(),
+              IsOk());
+  ASSERT_OK_AND_ASSIGN(auto mc, MappedContainer::Open(dds()));
+  for (DType out : {DType::kF16, DType::kBF16}) {
+    SCOPED_TRACE(DTypeName(out));
+    DecompressOptions d;
+    d.out_dtype = out;
+    DecompressStats stats;
+    ASSERT_THAT(
+        DecompressModel(*base_, mc->reader(), d, tmp_.File("m.safetensors"), nullptr, &stats),
+        IsOk());
+    ASSERT_OK_AND_ASSIGN(auto merged, ModelReader::Open(tmp_.File("m.safetensors")));
+    ASSERT_OK_AND_ASSIGN(TensorView m, merged->Get("w"));
+    uint16_t got[8];
+    std::memcpy(got, m.data.data(), sizeof(got));
+    if (out == DType::kF16) {
+      EXPECT_EQ(stats.saturated_values, 4);  // 1e6, -1e6, 65520, bf16_over
+      EXPECT_EQ(got[0], 0x7BFF);
+      EXPECT_EQ(got[1], 0xFBFF);
+      EXPECT_EQ(got[2], 0x7BFF);  // 65519 rounds to 65504: not counted
+      EXPECT_EQ(got[3], 0x7BFF);
+      EXPECT_EQ(got[5], 0x7BFF);
+    } else {
+      EXPECT_EQ(stats.saturated_values, 1);  // only bf16_over
+      EXPECT_EQ(got[5], 0x7F7F);
+    }
+    EXPECT_EQ(got[6], 0x7C00 * (out == DType::kF16) + 0x7F80 * (out == DType::kBF16));  // Inf
+  }
+  // The rule itself, on float32.
+  float v[5] = {65519.0f, 65520.0f, -1e30f, NAN, -INFINITY};
+  EXPECT_EQ(internal::SaturateForCast(v, 5, DType::kF16), 2);
+  EXPECT_EQ(v[0], 65519.0f);
+  EXPECT_EQ(v[1], 65504.0f);
+  EXPECT_EQ(v[2], -65504.0f);
+  EXPECT_TRUE(std::isnan(v[3]));
+  EXPECT_EQ(v[4], -INFINITY);
+  EXPECT_EQ(internal::SaturateForCast(v, 5, DType::kF32), 0);
 }
 
 }  // namespace

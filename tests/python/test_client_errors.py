@@ -82,6 +82,17 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
     d.check(not bool((t["a.weight"] == 7.0).all()) and bool((t["b.weight"] == 7.0).all()),
             "include filter: only a.weight must load")
 
+    # Names that are not UTF-8 (issue 11, reproduction 8). Request names are `bytes` on
+    # the wire: str names go as UTF-8; a str that cannot be UTF-8 (a lone surrogate) is
+    # refused before any call; raw bytes 0xff reach the server, which names the field.
+    ld.expect_error(lambda: acme.task_info("t\udcff"), C.INVALID_ARGUMENT,
+                    "GetTask 't\\udcff': task 't\\udcff' is not valid UTF-8")
+    ld.expect_error(lambda: list(acme.stream_weights("chat", include=["\udc80"])),
+                    C.INVALID_ARGUMENT, "include '\\udc80' is not valid UTF-8")
+    ld.expect_error(lambda: acme.task_info(b"t\xff"), C.INVALID_ARGUMENT,
+                    "GetTask: task 't\\xff' is not valid UTF-8")
+    d.check(acme.task_info("chat").name == "chat", "a str task name round-trips as bytes")
+
     # Deadlines: a stream deadline already past, and a unary one.
     ld.expect_error(lambda: list(Client(daemon.addr, token=d.ACME_TOKEN, stream_timeout=1e-6)
                                  .stream_weights("chat")), C.DEADLINE_EXCEEDED, "StreamWeights")

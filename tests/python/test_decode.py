@@ -6,6 +6,7 @@ decodes + merges it in place into a model and gives the bytes StreamWeights send
 a delta made against another base is FAILED_PRECONDITION and a shape mismatch
 INVALID_ARGUMENT, both before anything is written. One tensor (4096 x 3072) is large
 enough to be merged in parts on several threads."""
+import os
 import tempfile
 
 import grpc
@@ -67,6 +68,27 @@ with tempfile.TemporaryDirectory(prefix="py-decode-") as tmp:
     apply_delta(m32, container, mem, dtype="f32", threads=1)
     same_as_stream(c, "a", m32, dtype="f32")
     d.log("apply_delta(state-dict base, f32, 1 thread) == StreamWeights --dtype f32")
+
+    # A tied head (issue 11, reproduction 3): a base with model.embed_tokens.weight only,
+    # a finetune that also saved lm_head.weight. apply_delta merges
+    # the head against the base's embedding (header map deltaserve.base_alias), bit for
+    # bit what StreamWeights sends.
+    tdir = f"{tmp}/tied"
+    os.mkdir(tdir)
+    tb, tf, _ = ld.model_pair(tdir, {"model.embed_tokens.weight": (512, 256)}, seed=5)
+    tied = dict(st.load_file(tf))
+    tied["lm_head.weight"] = (tied["model.embed_tokens.weight"].float() * 1.01).half()
+    st.write_file(tf, dict(sorted(tied.items())))
+    delta_t = ld.compress(tdir, tb, tf, "tied.dds")
+    daemon_t = ld.LiveDaemon(tdir, tb, name="deltaserved_tied")
+    ct = Client(daemon_t.addr, timeout=30)
+    d.check(ct.push("tied", delta_t).metadata["deltaserve.base_alias"] ==
+            '{"lm_head.weight":"model.embed_tokens.weight"}', "tie map not in the header")
+    mt = {n: torch.zeros(t.shape, dtype=torch.float16) for n, t in tied.items()}
+    apply_delta(mt, ct.fetch_delta("tied"), LocalBase(tb), threads=2)
+    same_as_stream(ct, "tied", mt)
+    d.check(daemon_t.stop() == 0, "tied daemon did not exit 0")
+    d.log("tied lm_head: apply_delta == StreamWeights")
 
     # Wrong base: refused before anything is written.
     other = {n: t.clone() for n, t in st.load_file(base).items()}

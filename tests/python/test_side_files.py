@@ -126,7 +126,7 @@ with tempfile.TemporaryDirectory(prefix="py-side-") as tmp:
     # A side file whose bytes do not match its declared XXH3-64: DATA_LOSS naming it.
     with open(delta, "rb") as f:
         container = f.read()
-    meta = pb.PutDeltaMetadata(task="bad", total_bytes=len(container),
+    meta = pb.PutDeltaMetadata(task=b"bad", total_bytes=len(container),
                                xxh3_64=xxhash.xxh3_64_intdigest(container),
                                side_files=[pb.SideFileInfo(name=b"config.json", size_bytes=2,
                                                            xxh3_64=12345)])

@@ -2,13 +2,17 @@
 #ifndef DELTASERVE_TESTS_TESTING_MODELS_H_
 #define DELTASERVE_TESTS_TESTING_MODELS_H_
 
+#include <cmath>
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "codec/delta_codec.h"
 #include "codec/safetensors.h"
 #include "codec/tensor.h"
 
@@ -33,11 +37,37 @@ inline std::vector<float> Gaussian(int64_t n, float sigma, uint32_t seed) {
   return v;
 }
 
+// `values` each moved by N(0, 0.01^2) times its magnitude: a plausible finetune of them
+// (a delta ~1% of the weights). Deterministic for a seed.
+inline std::vector<float> Nudged(std::vector<float> values, uint32_t seed) {
+  const std::vector<float> d = Gaussian(static_cast<int64_t>(values.size()), 0.01f, seed);
+  for (size_t i = 0; i < values.size(); ++i) values[i] += d[i] * std::abs(values[i]);
+  return values;
+}
+
 // One .safetensors file holding `tensors`, no metadata.
 inline absl::Status Write(const std::string& path, const std::vector<codec::OwnedTensor>& tensors) {
   std::vector<codec::TensorView> views;
   for (const auto& t : tensors) views.push_back(t.view());
   return codec::WriteSafetensors(path, views, {});
+}
+
+// Writes `base` and `ft` as `dir`/b.safetensors and `dir`/f.safetensors, opens the base
+// into *base_out (kept for decoding) and compresses the pair into `out`: the stats, or
+// the first error.
+inline absl::StatusOr<codec::CompressStats> CompressPair(
+    const std::string& dir, const std::vector<codec::OwnedTensor>& base,
+    const std::vector<codec::OwnedTensor>& ft, const codec::CompressOptions& options,
+    const std::string& out, std::unique_ptr<codec::ModelReader>* base_out) {
+  const std::string b_path = dir + "/b.safetensors", f_path = dir + "/f.safetensors";
+  if (absl::Status s = Write(b_path, base); !s.ok()) return s;
+  if (absl::Status s = Write(f_path, ft); !s.ok()) return s;
+  auto b = codec::ModelReader::Open(b_path);
+  auto f = codec::ModelReader::Open(f_path);
+  if (!b.ok()) return b.status();
+  if (!f.ok()) return f.status();
+  *base_out = *std::move(b);
+  return codec::CompressModel(**base_out, **f, options, out);
 }
 
 }  // namespace deltaserve::testing
