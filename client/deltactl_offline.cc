@@ -35,6 +35,7 @@ struct CompressCliOptions {
   std::vector<std::string> rules;
   bool allow_missing = false, allow_extra = false, allow_nonfinite = false;
   double max_relative_delta = codec::CompressOptions{}.max_relative_delta;
+  int threads = codec::CompressOptions{}.threads;
 };
 
 struct DecompressCliOptions {
@@ -96,6 +97,7 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   c.allow_extra = o.allow_extra;
   c.allow_nonfinite = o.allow_nonfinite;
   c.max_relative_delta = o.max_relative_delta;
+  c.threads = o.threads;
   DS_RETURN_IF_ERROR(c.Validate());
   return c;
 }
@@ -212,6 +214,11 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
       ->add_option("--max-relative-delta", cc->max_relative_delta,
                    "Refuse a tensor whose delta norm exceeds this many times its base's "
                    "(transposed or unrelated weights); 0: no check")
+      ->capture_default_str();
+  compress
+      ->add_option("--threads", cc->threads,
+                   "Threads encoding tensors at once (same output bytes for any count); 0: "
+                   "one per hardware thread")
       ->capture_default_str();
   compress->callback([cc, action] { *action = [cc] { return RunCompress(*cc); }; });
 

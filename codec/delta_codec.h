@@ -65,6 +65,11 @@ struct CompressOptions {
   // (finetunes move weights by ~1%; a transposed square matrix or an unrelated tensor
   // gives ~1.4). 0 disables the check. Default: 1.
   double max_relative_delta = 1.0;
+  // Threads that check and encode tensors at once; the container is written in tensor
+  // order by the calling thread, so its bytes are the same for every thread count. At
+  // most 2 x threads encoded tensors wait to be written (memory: their float deltas and
+  // payloads). 0: std::thread::hardware_concurrency(). Must be in [0, 256]. Default: 0.
+  int threads = 0;
 
   absl::Status Validate() const;
 };

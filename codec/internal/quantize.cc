@@ -66,6 +66,14 @@ inline float RoundEven(float x) { return std::nearbyintf(x); }
 inline float RoundEven(float x) { return __builtin_roundevenf(x); }
 #endif
 
+#if DS_QUANT_AVX2
+// True on CPUs where the x86-64-v3 clones run (target_clones picks them the same way).
+bool HasX86V3() {
+  static const bool v3 = __builtin_cpu_supports("x86-64-v3");
+  return v3;
+}
+#endif
+
 // Lane accumulators of QuantPass: element i goes to lane i % kPassLanes.
 constexpr int kPassLanes = 8;
 struct PassLanes {
@@ -156,8 +164,7 @@ __attribute__((target("arch=x86-64-v3"))) PassSums QuantPassAvx2(const float* v,
 // One pass over v with parameters qp (see PassSums).
 PassSums QuantPass(const float* v, int n, float top, float offset, float scale) {
 #if DS_QUANT_AVX2
-  static const bool kV3 = __builtin_cpu_supports("x86-64-v3");
-  if (kV3) return QuantPassAvx2(v, n, top, offset, scale);
+  if (HasX86V3()) return QuantPassAvx2(v, n, top, offset, scale);
 #endif
   return QuantPassPortable(v, n, top, offset, scale);
 }
@@ -235,8 +242,7 @@ __attribute__((target("arch=x86-64-v3"))) Moments ComputeMomentsAvx2(const float
 
 Moments ComputeMoments(const float* v, int n) {
 #if DS_QUANT_AVX2
-  static const bool kV3 = __builtin_cpu_supports("x86-64-v3");
-  if (kV3) return ComputeMomentsAvx2(v, n);
+  if (HasX86V3()) return ComputeMomentsAvx2(v, n);
 #endif
   return ComputeMomentsPortable(v, n);
 }
@@ -376,8 +382,7 @@ void QuantizeValues(const float* v, int n, int bits, const QuantParams& qp, uint
   const float top = static_cast<float>((1 << bits) - 1);
   const float inv = qp.scale > 0.0f ? 1.0f / qp.scale : 0.0f;
 #if DS_QUANT_AVX2
-  static const bool kV3 = __builtin_cpu_supports("x86-64-v3");
-  if (kV3) return QuantizeValuesAvx2(v, n, top, qp.offset, inv, codes);
+  if (HasX86V3()) return QuantizeValuesAvx2(v, n, top, qp.offset, inv, codes);
 #endif
   QuantizeValuesPortable(v, n, top, qp.offset, inv, codes);
 }
