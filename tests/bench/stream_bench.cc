@@ -3,7 +3,7 @@
 //
 //   stream_bench [--workdir DIR] [--layers 24] [--hidden 896] [--ffn 4864]
 //                [--vocab 151936] [--workers 2] [--prefetch 1] [--chunk-bytes 1048576]
-//                [--cold-only] [--pull-streams 1,2,4]
+//                [--cold-only] [--pull-streams 1,2,4] [--push-only N]
 //
 // Model: synthetic fp16 transformer with the shapes of a 0.5B-class model (Qwen2-0.5B:
 // 24 layers, hidden 896, 2 KV heads of 128, FFN 4864, vocab 151936; ~494M weights,
@@ -280,6 +280,9 @@ int main(int argc, char** argv) {
                  "cached client pulls (into memory) over these numbers of parallel streams")
       ->delimiter(',')
       ->capture_default_str();
+  int push_only = 0;
+  app.add_option("--push-only", push_only,
+                 "after the first push, push the container this many more times and stop");
   bool cold_only = false;
   app.add_flag("--cold-only", cold_only,
                "stop after the cold stream (to profile it alone, e.g. under perf record)");
@@ -336,6 +339,23 @@ int main(int argc, char** argv) {
               Seconds(t0, Clock::now()), pushed->container_bytes() / 1e6,
               pushed->merged_bytes() / 1e9, pushed->num_tensors());
 
+  if (push_only > 0) {
+    // PutDelta ingest alone (e.g. under perf record): more uploads of the same container
+    // under new names (a re-push of an identical task is answered "unchanged" unwritten).
+    double seconds = 0;
+    for (int i = 0; i < push_only; ++i) {
+      t0 = Clock::now();
+      auto p = (*cl)->PushDeltaFile("push" + std::to_string(i), dir + "/task.dds");
+      if (!p.ok()) {
+        std::fprintf(stderr, "push: %s\n", p.status().ToString().c_str());
+        return 1;
+      }
+      seconds += Seconds(t0, Clock::now());
+    }
+    std::printf("PutDelta x%d: %.2f s, %.0f MB/s of container bytes over loopback\n", push_only,
+                seconds, push_only * pushed->container_bytes() / seconds / 1e6);
+    return 0;
+  }
   StreamResult cold = ReadStream(target, "bench");
   if (cold_only) {
     Print("StreamWeights cold", cold);
