@@ -226,7 +226,8 @@ absl::StatusOr<PullStats> PullRanges(
         return;
       }
       ++r.resumed;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50 * (attempt + 1)));
+      // Back off 0.1, 0.2, 0.4 ... 3.2 s: a restarting server needs a moment.
+      std::this_thread::sleep_for(std::chrono::milliseconds(100 << std::min(attempt, 5u)));
     }
   };
   std::vector<std::thread> threads;
