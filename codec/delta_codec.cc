@@ -290,6 +290,11 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
   header.metadata = HeaderMetadata(options);
   DS_ASSIGN_OR_RETURN(auto writer, ContainerWriter::Open(out_path, header));
 
+  const int threads = options.threads > 0
+                          ? options.threads
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  int64_t model_weights = 0;
+  for (const TensorInfo& t : finetuned.tensors()) model_weights += t.num_elements();
   // One tensor's checks and encoding, made on a worker thread (OrderedParallel) and
   // written in container order by the consumer below, so the container and the
   // warnings are the same whatever the thread count.
@@ -381,7 +386,10 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
       }
       rec.rows = view->first;
       rec.cols = view->second;
-      auto encoded = EncodeDctMatrix(delta.data(), rec.rows, rec.cols, options.dct);
+      // A tensor of at least 1/threads of the model (an embedding) would finish last
+      // on one thread: it gets pieces of its own on every thread.
+      const int pieces = ft.info.num_elements() * threads >= model_weights ? threads : 1;
+      auto encoded = EncodeDctMatrix(delta.data(), rec.rows, rec.cols, options.dct, pieces);
       if (!encoded.ok()) {
         m.encode_status = common::Annotate(encoded.status(), Quoted(name));
         return m;
@@ -427,9 +435,6 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
     if (progress) progress(i + 1, total, rec.info.name);
     return absl::OkStatus();
   };
-  const int threads = options.threads > 0
-                          ? options.threads
-                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   DS_RETURN_IF_ERROR(internal::OrderedParallel<Made>(total, threads, 2 * threads, make, consume));
   if (!refused.empty()) {
     const size_t n = refused.size();
