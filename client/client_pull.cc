@@ -114,10 +114,9 @@ absl::StatusOr<PullStats> PullToSpill(const DeltaClient::Impl& impl, const std::
                                       std::vector<std::unique_ptr<SpillSink>>* sinks) {
   DS_RETURN_IF_ERROR(CheckStreams(options));
   auto make_sink = [&](size_t range) -> absl::StatusOr<WeightsSink*> {
-    DS_ASSIGN_OR_RETURN(
-        std::unique_ptr<common::AtomicFileWriter> spill,
-        common::AtomicFileWriter::Open(range == 0 ? spill_path
-                                                  : absl::StrCat(spill_path, ".", range)));
+    DS_ASSIGN_OR_RETURN(std::unique_ptr<common::AtomicFileWriter> spill,
+                        common::AtomicFileWriter::Open(
+                            range == 0 ? spill_path : absl::StrCat(spill_path, ".", range)));
     sinks->push_back(std::make_unique<SpillSink>(std::move(spill)));
     return sinks->back().get();
   };
@@ -169,8 +168,8 @@ absl::StatusOr<PullStats> DeltaClient::PullWeightsToDirectory(const std::string&
   std::vector<std::unique_ptr<SpillSink>> sinks;
   DS_ASSIGN_OR_RETURN(
       PullStats stats,
-      PullToSpill(*impl_, task, (std::filesystem::path(dir) / ".pull.data").string(), dir,
-                  options, &sinks));
+      PullToSpill(*impl_, task, (std::filesystem::path(dir) / ".pull.data").string(), dir, options,
+                  &sinks));
   DS_RETURN_IF_ERROR(WriteSpilled(Pointers(sinks), dir, max_shard_bytes));
   return stats;
 }
@@ -187,8 +186,7 @@ absl::StatusOr<PulledModel> DeltaClient::PullWeightsToMemory(const std::string& 
   std::vector<PulledModel> parts;
   std::vector<std::unique_ptr<MemorySink>> sinks;
   parts.reserve(options.streams);  // the sinks point into it
-  DS_ASSIGN_OR_RETURN(model.stats,
-                      PullRanges(*impl_, task, options, [&](size_t) -> WeightsSink* {
+  DS_ASSIGN_OR_RETURN(model.stats, PullRanges(*impl_, task, options, [&](size_t) -> WeightsSink* {
                         parts.emplace_back();
                         sinks.push_back(std::make_unique<MemorySink>(&parts.back()));
                         return sinks.back().get();

@@ -95,8 +95,7 @@ absl::StatusOr<std::vector<uint64_t>> TensorBytes(const v1::TaskInfo& info,
   for (const v1::TensorSummary& t : info.tensors()) {
     if (t.index() >= bytes.size()) {
       return absl::DataLossError(absl::StrCat(label, ": GetTask lists tensor '", t.name(),
-                                              "' at index ", t.index(), " of ",
-                                              bytes.size()));
+                                              "' at index ", t.index(), " of ", bytes.size()));
     }
     uint64_t b = t.merged_bytes();
     absl::StatusOr<codec::DType> recorded = proto::FromProtoDType(t.dtype());
@@ -114,8 +113,7 @@ absl::StatusOr<uint32_t> IndexOf(const v1::TaskInfo& info, const std::string& na
   for (const v1::TensorSummary& t : info.tensors()) {
     if (t.name() == name) return t.index();
   }
-  return absl::NotFoundError(
-      absl::StrCat(label, ": no tensor '", name, "' to resume from"));
+  return absl::NotFoundError(absl::StrCat(label, ": no tensor '", name, "' to resume from"));
 }
 
 }  // namespace

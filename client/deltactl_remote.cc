@@ -261,9 +261,9 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
       "every tensor checksum verified\n",
       t.task, out, stats.tensors, stats.bytes, stats.seconds,
       stats.seconds > 0 ? stats.bytes / stats.seconds / 1e9 : 0.0, stats.first_tensor_seconds,
-      stats.streams > 1 ? absl::StrFormat(", %d streams, %d ranges resumed", stats.streams,
-                                          stats.resumed)
-                        : std::string());
+      stats.streams > 1
+          ? absl::StrFormat(", %d streams, %d ranges resumed", stats.streams, stats.resumed)
+          : std::string());
   return absl::OkStatus();
 }
 

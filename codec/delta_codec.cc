@@ -299,10 +299,10 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
   // written in container order by the consumer below, so the container and the
   // warnings are the same whatever the thread count.
   struct Made {
-    absl::Status status;     // ends the compress when this tensor's turn comes
-    std::string refused;     // non-empty: the tensor is refused, for this reason
+    absl::Status status;  // ends the compress when this tensor's turn comes
+    std::string refused;  // non-empty: the tensor is refused, for this reason
     std::vector<std::string> warnings;
-    TensorRecord rec;        // views into the mapped models and `payload`
+    TensorRecord rec;  // views into the mapped models and `payload`
     std::vector<uint8_t> payload;
     absl::Status encode_status;  // matters only while nothing is refused
   };

@@ -8,11 +8,11 @@
 #include <thread>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/strings/ascii.h"
 #include "codec/internal/bitpack.h"
 #include "codec/internal/dct.h"
 #include "codec/internal/dct_payload.h"
@@ -206,9 +206,8 @@ absl::StatusOr<std::pair<int64_t, int64_t>> MatrixView(absl::Span<const int64_t>
 // ---------------------------------------------------------------------------------------
 // Encode
 
-absl::StatusOr<std::vector<uint8_t>> EncodeDctMatrix(const float* delta, int64_t rows,
-                                                     int64_t cols, const DctParams& params,
-                                                     int threads) {
+absl::StatusOr<std::vector<uint8_t>> EncodeDctMatrix(const float* delta, int64_t rows, int64_t cols,
+                                                     const DctParams& params, int threads) {
   DS_RETURN_IF_ERROR(params.Validate());
   if (rows <= 0 || cols <= 0 || rows > internal::kMaxPayloadDim ||
       cols > internal::kMaxPayloadDim) {

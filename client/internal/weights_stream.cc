@@ -35,8 +35,8 @@ absl::Status WeightsStreamChecker::Handle(const v1::StreamWeightsResponse& msg) 
           begin_.num_tensors() != stats_.tensors || begin_.total_bytes() != stats_.bytes) {
         return Bad(absl::StrCat("received ", stats_.tensors, " tensors / ", stats_.bytes,
                                 " bytes; begin announced ", begin_.num_tensors(), " / ",
-                                begin_.total_bytes(), ", end says ", msg.end().num_tensors(),
-                                " / ", msg.end().total_bytes()));
+                                begin_.total_bytes(), ", end says ", msg.end().num_tensors(), " / ",
+                                msg.end().total_bytes()));
       }
       ended_ = true;
       return absl::OkStatus();
@@ -99,8 +99,8 @@ absl::Status WeightsStreamChecker::MaybeFinishTensor() {
   const uint64_t got = XXH3_64bits_digest(hash_);
   if (got != header_.xxh3_64()) {
     return absl::DataLossError(absl::StrCat(label_, ": tensor '", header_.name(),
-                                            "' checksum mismatch (XXH3-64 ", got,
-                                            ", header says ", header_.xxh3_64(), ")"));
+                                            "' checksum mismatch (XXH3-64 ", got, ", header says ",
+                                            header_.xxh3_64(), ")"));
   }
   in_tensor_ = false;
   ++stats_.tensors;

@@ -47,7 +47,8 @@ absl::Status OrderedParallel(size_t n, int threads, size_t window,
       size_t i;
       {
         std::unique_lock<std::mutex> lock(mu);
-        room_cv.wait(lock, [&] { return stop || next_make >= n || next_make < next_consume + window; });
+        room_cv.wait(lock,
+                     [&] { return stop || next_make >= n || next_make < next_consume + window; });
         if (stop || next_make >= n) return;
         i = next_make++;
       }

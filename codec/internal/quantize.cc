@@ -83,9 +83,8 @@ struct PassLanes {
 
 // Adds x to lane l. Inlined into each caller, so that the caller's target decides the
 // fused multiply-adds (x86-64-v3: offset + q * scale, d * d, q * q and q * x are fused).
-__attribute__((always_inline)) inline void AccumulateLane(PassLanes& a, int l, float x,
-                                                          float top, float offset, float scale,
-                                                          float inv) {
+__attribute__((always_inline)) inline void AccumulateLane(PassLanes& a, int l, float x, float top,
+                                                          float offset, float scale, float inv) {
   float q = RoundEven((x - offset) * inv);
   q = std::min(std::max(q, 0.0f), top);
   const float d = x - (offset + q * scale);
@@ -113,8 +112,8 @@ __attribute__((always_inline)) inline PassSums FinishPass(PassLanes& a, const fl
   return s;
 }
 
-__attribute__((target_clones("arch=x86-64-v3", "default"))) PassSums
-QuantPassPortable(const float* v, int n, float top, float offset, float scale) {
+__attribute__((target_clones("arch=x86-64-v3", "default"))) PassSums QuantPassPortable(
+    const float* v, int n, float top, float offset, float scale) {
   const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
   PassLanes a;
   int i = 0;
@@ -130,9 +129,8 @@ QuantPassPortable(const float* v, int n, float top, float offset, float scale) {
 // operations in the same order with the same fused multiply-adds, so the sums are the
 // same bits: _mm256_max_ps(0, q) = (0 > q ? 0 : q) = std::max(q, 0.0f) and
 // _mm256_min_ps(top, q) = (top < q ? top : q) = std::min(q, top), NaN and -0 included.
-__attribute__((target("arch=x86-64-v3"))) PassSums QuantPassAvx2(const float* v, int n,
-                                                                 float top, float offset,
-                                                                 float scale) {
+__attribute__((target("arch=x86-64-v3"))) PassSums QuantPassAvx2(const float* v, int n, float top,
+                                                                 float offset, float scale) {
   const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
   const __m256 vinv = _mm256_set1_ps(inv), voff = _mm256_set1_ps(offset),
                vscale = _mm256_set1_ps(scale), vtop = _mm256_set1_ps(top),
@@ -200,8 +198,8 @@ __attribute__((always_inline)) inline Moments FinishMoments(const MomentLanes& a
   return m;
 }
 
-__attribute__((target_clones("arch=x86-64-v3", "default"))) Moments
-ComputeMomentsPortable(const float* v, int n) {
+__attribute__((target_clones("arch=x86-64-v3", "default"))) Moments ComputeMomentsPortable(
+    const float* v, int n) {
   MomentLanes a;
   for (int l = 0; l < kPassLanes; ++l) a.lo[l] = a.hi[l] = v[0];
   int i = 0;
@@ -339,7 +337,7 @@ QuantParams ChooseQuantParams(const float* v, int n, int bits, Quantizer mode) {
 namespace {
 
 __attribute__((always_inline)) inline uint8_t QuantizeOne(float x, float top, float offset,
-                                                       float inv) {
+                                                          float inv) {
   float q = RoundEven((x - offset) * inv);
   q = std::min(std::max(q, 0.0f), top);
   return static_cast<uint8_t>(static_cast<int>(q));
@@ -354,14 +352,14 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void QuantizeValuesP
 // QuantizeValuesPortable eight values at a time (see QuantPassAvx2 for why the same
 // bits); the integer conversion truncates like the scalar cast, and the low byte of
 // each 32-bit code is kept.
-__attribute__((target("arch=x86-64-v3"))) void QuantizeValuesAvx2(const float* v, int n,
-                                                                  float top, float offset,
-                                                                  float inv, uint8_t* codes) {
+__attribute__((target("arch=x86-64-v3"))) void QuantizeValuesAvx2(const float* v, int n, float top,
+                                                                  float offset, float inv,
+                                                                  uint8_t* codes) {
   const __m256 vinv = _mm256_set1_ps(inv), voff = _mm256_set1_ps(offset),
                vtop = _mm256_set1_ps(top), zero = _mm256_setzero_ps();
-  const __m256i low_bytes = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-                                             -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
-                                             -1, -1, -1, -1);
+  const __m256i low_bytes =
+      _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1,
+                       -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
   int i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 q = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(v + i), voff), vinv),

@@ -418,9 +418,8 @@ int main(int argc, char** argv) {
     std::printf(
         "client pull cached, %2u streams: first tensor %8.2f ms   %6.2f s   %6.3f GB/s   "
         "= %.2fx the %u-stream pull, %.0f%% of the plain stream\n",
-        n, st.first_tensor_seconds * 1e3, st.seconds, rate / 1e9,
-        rate / (one.bytes / one.seconds), pulls.front().first,
-        100.0 * rate / (base.bytes / base.total_s));
+        n, st.first_tensor_seconds * 1e3, st.seconds, rate / 1e9, rate / (one.bytes / one.seconds),
+        pulls.front().first, 100.0 * rate / (base.bytes / base.total_s));
   }
   const double single_core = SingleCoreMergeRate(dir, 4);
   std::printf(

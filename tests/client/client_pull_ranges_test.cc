@@ -1,15 +1,14 @@
 // Parallel pulls over tensor ranges (PullOptions::streams), against the fake service.
-#include "client/internal/pull_ranges.h"
-
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
-#include <mutex>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "client/client.h"
+#include "client/internal/pull_ranges.h"
 #include "codec/safetensors.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
@@ -21,8 +20,8 @@
 namespace deltaserve::client {
 namespace {
 
-using ::deltaserve::client::testing::Fault;
 using ::deltaserve::client::testing::FakeService;
+using ::deltaserve::client::testing::Fault;
 using ::deltaserve::testing::IsOk;
 using ::deltaserve::testing::ReadFile;
 using ::deltaserve::testing::StatusIs;
@@ -36,8 +35,7 @@ TEST(CutTensorRangesTest, CutsWhereATensorsMiddleReachesTheShare) {
   // Share 100: tensor 1's middle (105) reaches it.
   EXPECT_THAT(CutTensorRanges(bytes, 0, 2), ElementsAre(Pair(0u, 2u), Pair(2u, 6u)));
   // Shares 66.7 and 133.3: middles 105 and 135.
-  EXPECT_THAT(CutTensorRanges(bytes, 0, 3),
-              ElementsAre(Pair(0u, 2u), Pair(2u, 5u), Pair(5u, 6u)));
+  EXPECT_THAT(CutTensorRanges(bytes, 0, 3), ElementsAre(Pair(0u, 2u), Pair(2u, 5u), Pair(5u, 6u)));
   // More streams than tensors: one tensor each.
   EXPECT_THAT(CutTensorRanges(bytes, 4, 4), ElementsAre(Pair(4u, 5u), Pair(5u, 6u)));
   EXPECT_THAT(CutTensorRanges(bytes, 6, 2), ElementsAre());
@@ -45,8 +43,7 @@ TEST(CutTensorRangesTest, CutsWhereATensorsMiddleReachesTheShare) {
 
 TEST(CutTensorRangesTest, LeavesOneTensorForEveryRangeToCome) {
   const std::vector<uint64_t> bytes = {0, 0, 0, 100};
-  EXPECT_THAT(CutTensorRanges(bytes, 0, 3),
-              ElementsAre(Pair(0u, 2u), Pair(2u, 3u), Pair(3u, 4u)));
+  EXPECT_THAT(CutTensorRanges(bytes, 0, 3), ElementsAre(Pair(0u, 2u), Pair(2u, 3u), Pair(3u, 4u)));
 }
 
 class PullRangesTest : public ::testing::Test {
@@ -63,9 +60,9 @@ class PullRangesTest : public ::testing::Test {
     ASSERT_OK_AND_ASSIGN(client_, DeltaClient::Open(options));
     std::vector<codec::TensorView> views;
     for (const auto& t : service_.tensors) views.push_back(t.view());
-    ASSERT_THAT(codec::WriteSafetensors(tmp_.File("expected.safetensors"), views,
-                                        service_.metadata),
-                IsOk());
+    ASSERT_THAT(
+        codec::WriteSafetensors(tmp_.File("expected.safetensors"), views, service_.metadata),
+        IsOk());
   }
   void TearDown() override { server_->Shutdown(); }
 

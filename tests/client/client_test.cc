@@ -20,8 +20,8 @@
 namespace deltaserve::client {
 namespace {
 
-using ::deltaserve::client::testing::Fault;
 using ::deltaserve::client::testing::FakeService;
+using ::deltaserve::client::testing::Fault;
 using ::deltaserve::client::testing::SmallContainer;
 using ::deltaserve::testing::IsOk;
 using ::deltaserve::testing::ReadFile;

@@ -83,8 +83,8 @@ TEST_F(DeltactlRemoteTest, PullWritesVerifiedSafetensors) {
 
 TEST_F(DeltactlRemoteTest, PullOverTwoStreamsResumesADroppedRange) {
   service_.unavailable_once_at = 1;  // "b": the second range drops after one chunk
-  DeltactlResult r = Run("pull " + server_flag_ + " --task chat --streams 2 --out " +
-                         tmp_.File("m.safetensors"));
+  DeltactlResult r =
+      Run("pull " + server_flag_ + " --task chat --streams 2 --out " + tmp_.File("m.safetensors"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("2 tensors, 4224 bytes"));
   EXPECT_THAT(r.out, HasSubstr("2 streams, 1 ranges resumed"));
