@@ -171,6 +171,7 @@ absl::StatusOr<PullStats> DeltaClient::PullWeightsToDirectory(const std::string&
       PullToSpill(*impl_, task, (std::filesystem::path(dir) / ".pull.data").string(), dir, options,
                   &sinks));
   DS_RETURN_IF_ERROR(WriteSpilled(Pointers(sinks), dir, max_shard_bytes));
+  DS_ASSIGN_OR_RETURN(stats.side_files, WriteSideFiles(task, dir));
   return stats;
 }
 

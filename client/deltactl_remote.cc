@@ -52,6 +52,7 @@ struct TaskFlags {
   std::string out_dir;  // pull: Hugging Face checkpoint directory instead of --out
   uint64_t shard_bytes = kDefaultShardBytes;
   uint32_t streams = 1;  // pull: parallel StreamWeights calls on tensor ranges
+  SideFileFlags side_files;  // push
 };
 
 void AddRemoteFlags(CLI::App* sub, RemoteFlags* f) {
@@ -155,6 +156,10 @@ void PrintTaskInfo(const v1::TaskInfo& t) {
   absl::PrintF("weights:         %d\nmerged bytes:    %d\nbits per weight: %.4f\npinned:          %s\n",
                t.total_weights(), t.merged_bytes(), t.bits_per_weight(), t.pinned() ? "yes" : "no");
   for (const auto& [k, v] : t.metadata()) absl::PrintF("metadata %s = %s\n", k, v);
+  for (const v1::SideFileInfo& s : t.side_files()) {
+    absl::PrintF("side file %s: %d bytes, XXH3-64 %016x\n", s.name(), s.size_bytes(),
+                 s.xxh3_64());
+  }
   if (t.tensors_size() == 0) return;
   absl::PrintF("%5s  %-48s %-5s %-18s %-9s %12s %8s\n", "index", "tensor", "dtype", "shape",
                "encoding", "record bytes", "bits/w");
@@ -170,6 +175,7 @@ absl::Status RunPush(const RemoteFlags& f, const TaskFlags& t) {
   PushOptions options;
   options.overwrite = t.overwrite;
   options.progress = StderrByteProgress("push " + t.task);
+  DS_ASSIGN_OR_RETURN(options.side_files, ReadSideFileFlags(t.side_files));
   absl::StatusOr<v1::TaskInfo> pushed = client->PushDeltaFile(t.task, t.in, options);
   if (absl::IsAlreadyExists(pushed.status())) {
     return absl::AlreadyExistsError(
@@ -177,9 +183,10 @@ absl::Status RunPush(const RemoteFlags& f, const TaskFlags& t) {
   }
   DS_ASSIGN_OR_RETURN(v1::TaskInfo info, std::move(pushed));
   if (f.json) return PrintMessageJson(info);
-  absl::PrintF("pushed %s as %s/%s: %d bytes, %d tensors, %.4f bits/weight\n", t.in,
-               info.tenant(), info.name(), info.container_bytes(), info.num_tensors(),
-               info.bits_per_weight());
+  absl::PrintF("pushed %s as %s/%s: %d bytes, %d tensors, %.4f bits/weight, %d side files "
+               "(%d bytes)\n",
+               t.in, info.tenant(), info.name(), info.container_bytes(), info.num_tensors(),
+               info.bits_per_weight(), info.side_files_size(), info.side_file_bytes());
   return absl::OkStatus();
 }
 
@@ -254,6 +261,7 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
                           {"first_tensor_seconds", stats.first_tensor_seconds},
                           {"streams", stats.streams},
                           {"resumed", stats.resumed},
+                          {"side_files", stats.side_files},
                           {"checksums_verified", true}});
   }
   absl::PrintF(
@@ -264,6 +272,9 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
       stats.streams > 1
           ? absl::StrFormat(", %d streams, %d ranges resumed", stats.streams, stats.resumed)
           : std::string());
+  if (!stats.side_files.empty()) {
+    absl::PrintF("side files (checksums verified): %s\n", absl::StrJoin(stats.side_files, " "));
+  }
   return absl::OkStatus();
 }
 
@@ -311,6 +322,7 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   push->add_option("--task", task->task, "Task name")->required();
   push->add_option("--in", task->in, "Delta container (.dds)")->required();
   push->add_flag("--overwrite", task->overwrite, "Replace an existing task");
+  AddSideFileOptions(push, &task->side_files);
   push->callback([=] { *action = [=] { return RunPush(*flags, *task); }; });
 
   CLI::App* list = add("list", "List the tasks stored on a server");
