@@ -60,6 +60,8 @@ absl::StatusOr<std::unique_ptr<DeltaClient>> DeltaClient::Open(const ClientOptio
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->channel = grpc::CreateCustomChannel(options.target, creds, args);
+  impl->credentials = creds;
+  impl->channel_args = args;
   impl->stub = v1::DeltaService::NewStub(impl->channel);
   return std::unique_ptr<DeltaClient>(new DeltaClient(std::move(impl)));
 }

@@ -106,6 +106,23 @@ struct PullOptions {
   std::string resume_from;
   // Chunk size asked of the server; 0 = server default.
   uint32_t chunk_bytes = 0;
+  // Parallel streams for one pull. 1: one StreamWeights call. N > 1: GetTask
+  // (include_tensors) first; the tensors from resume_from on are cut into at most N
+  // contiguous ranges of container indices of about equal output bytes, each fetched at
+  // the same time over a connection of its own by a StreamWeights call on its range
+  // (resume_from_index .. end_index); the ranges are joined in container order, so the
+  // tensors, files and bytes are the same as one stream's. Every tensor's XXH3-64 is
+  // verified as with one stream. Extra errors: ABORTED if the task is replaced during
+  // the pull (a stream serves another version than GetTask saw); a range's error that is
+  // not retried (see range_retries) cancels the other ranges. Must be in [1, 64].
+  // Default: 1.
+  uint32_t streams = 1;
+  // With streams > 1: how many times one range that fails with UNAVAILABLE (a dropped
+  // connection, a restarting server) is resumed after its last verified tensor. The
+  // unfinished tensor is fetched again from its first byte. Default: 3.
+  uint32_t range_retries = 3;
+  // Called after every chunk; with streams > 1 from the streams' threads, one call at a
+  // time, with the sum over the ranges.
   ProgressFn progress;
   const std::atomic<bool>* cancel = nullptr;
 };
@@ -115,6 +132,8 @@ struct PullStats {
   uint64_t bytes = 0;              // tensor data bytes received (and verified)
   double seconds = 0;              // wall time of the stream
   double first_tensor_seconds = 0;  // from the call to the first tensor header
+  uint32_t streams = 1;             // parallel streams used (PullOptions::streams)
+  uint32_t resumed = 0;             // ranges resumed after a transient failure
   std::vector<std::string> side_files;  // PullWeightsToDirectory: side files written
 };
 

@@ -35,6 +35,7 @@ struct CompressCliOptions {
   std::vector<std::string> rules;
   bool allow_missing = false, allow_extra = false, allow_nonfinite = false, no_tie = false;
   double max_relative_delta = codec::CompressOptions{}.max_relative_delta;
+  int threads = codec::CompressOptions{}.threads;
 };
 
 struct DecompressCliOptions {
@@ -98,6 +99,7 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   c.allow_nonfinite = o.allow_nonfinite;
   c.max_relative_delta = o.max_relative_delta;
   c.tie_embeddings = !o.no_tie;
+  c.threads = o.threads;
   DS_RETURN_IF_ERROR(c.Validate());
   return c;
 }
@@ -230,6 +232,11 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   compress->add_flag("--no-tie", cc->no_tie,
                      "Do not code an output head the base lacks (lm_head.weight) against the "
                      "base's input embedding (tied embeddings); treat it as finetune-only");
+  compress
+      ->add_option("--threads", cc->threads,
+                   "Threads encoding tensors at once (same output bytes for any count); 0: "
+                   "one per hardware thread")
+      ->capture_default_str();
   compress->callback([cc, action] { *action = [cc] { return RunCompress(*cc); }; });
 
   auto* decompress =

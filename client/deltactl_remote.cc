@@ -51,6 +51,7 @@ struct TaskFlags {
   std::string resume_from;
   std::string out_dir;  // pull: Hugging Face checkpoint directory instead of --out
   uint64_t shard_bytes = kDefaultShardBytes;
+  uint32_t streams = 1;  // pull: parallel StreamWeights calls on tensor ranges
   SideFileFlags side_files;  // push
 };
 
@@ -241,6 +242,7 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
   options.include = t.include;
   options.include_regex = t.include_regex;
   options.resume_from = t.resume_from;
+  options.streams = t.streams;
   options.progress = StderrByteProgress("pull " + t.task);
   if (t.out.empty() == t.out_dir.empty()) {
     return absl::InvalidArgumentError("pull needs exactly one of --out FILE and --out-dir DIR");
@@ -257,14 +259,19 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
                           {"bytes", stats.bytes},
                           {"seconds", stats.seconds},
                           {"first_tensor_seconds", stats.first_tensor_seconds},
+                          {"streams", stats.streams},
+                          {"resumed", stats.resumed},
                           {"side_files", stats.side_files},
                           {"checksums_verified", true}});
   }
   absl::PrintF(
-      "pulled %s -> %s: %d tensors, %d bytes in %.3f s (%.3f GB/s, first tensor after %.3f s), "
+      "pulled %s -> %s: %d tensors, %d bytes in %.3f s (%.3f GB/s, first tensor after %.3f s%s), "
       "every tensor checksum verified\n",
       t.task, out, stats.tensors, stats.bytes, stats.seconds,
-      stats.seconds > 0 ? stats.bytes / stats.seconds / 1e9 : 0.0, stats.first_tensor_seconds);
+      stats.seconds > 0 ? stats.bytes / stats.seconds / 1e9 : 0.0, stats.first_tensor_seconds,
+      stats.streams > 1
+          ? absl::StrFormat(", %d streams, %d ranges resumed", stats.streams, stats.resumed)
+          : std::string());
   if (!stats.side_files.empty()) {
     absl::PrintF("side files (checksums verified): %s\n", absl::StrJoin(stats.side_files, " "));
   }
@@ -346,6 +353,9 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   pull->add_option("--include", task->include, "Only tensors matching this glob (repeatable)");
   pull->add_option("--include-regex", task->include_regex, "Only tensors fully matching this RE2");
   pull->add_option("--resume-from", task->resume_from, "Skip tensors before this one");
+  pull->add_option("--streams", task->streams,
+                   "Parallel streams, each on a tensor range of about equal bytes (1-64)")
+      ->capture_default_str();
   pull->callback([=] { *action = [=] { return RunPull(*flags, *task); }; });
 
   CLI::App* pull_delta = add("pull-delta", "Download a task's stored delta container as is");

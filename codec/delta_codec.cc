@@ -5,9 +5,12 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <memory>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -16,6 +19,7 @@
 #include "codec/container_checks.h"
 #include "codec/internal/compress_checks.h"
 #include "codec/internal/merge.h"
+#include "codec/internal/ordered_parallel.h"
 #include "common/coding.h"
 #include "common/status_macros.h"
 
@@ -174,6 +178,9 @@ absl::Status CompressOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("min_dct_elements must be >= 0, is ", min_dct_elements));
   }
+  if (threads < 0 || threads > 256) {
+    return absl::InvalidArgumentError(absl::StrCat("threads must be in [0, 256], is ", threads));
+  }
   for (const auto& r : rules) {
     if (r.pattern.empty()) return absl::InvalidArgumentError("encoding rule with empty glob");
     DS_RETURN_IF_ERROR(CheckUtf8(r.pattern, "encoding rule glob"));
@@ -295,84 +302,142 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
   }
   DS_ASSIGN_OR_RETURN(auto writer, ContainerWriter::Open(out_path, header));
 
-  std::vector<float> delta;
-  std::vector<std::string> refused;  // every tensor that makes the pair unusable
-  const size_t total = finetuned.tensors().size();
-  for (size_t i = 0; i < total; ++i) {
+  const int threads = options.threads > 0
+                          ? options.threads
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  int64_t model_weights = 0;
+  for (const TensorInfo& t : finetuned.tensors()) model_weights += t.num_elements();
+  // One tensor's checks and encoding, made on a worker thread (OrderedParallel) and
+  // written in container order by the consumer below, so the container and the
+  // warnings are the same whatever the thread count.
+  struct Made {
+    absl::Status status;  // ends the compress when this tensor's turn comes
+    std::string refused;  // non-empty: the tensor is refused, for this reason
+    std::vector<std::string> warnings;
+    TensorRecord rec;  // views into the mapped models and `payload`
+    std::vector<uint8_t> payload;
+    absl::Status encode_status;  // matters only while nothing is refused
+  };
+  // Lowest index of a refused tensor: tensors after it skip encoding (never written).
+  std::atomic<size_t> first_refused{SIZE_MAX};
+  auto refuse = [&](size_t i) {
+    size_t seen = first_refused.load();
+    while (i < seen && !first_refused.compare_exchange_weak(seen, i)) {
+    }
+  };
+  auto make = [&](size_t i) -> Made {
+    Made m;
     const std::string& name = finetuned.tensors()[i].name;
-    DS_ASSIGN_OR_RETURN(const TensorView ft, finetuned.Get(name));
+    absl::StatusOr<TensorView> ft_or = finetuned.Get(name);
+    if (!ft_or.ok()) {
+      m.status = ft_or.status();
+      return m;
+    }
+    const TensorView& ft = *ft_or;
     const auto tie = ties.find(name);
     auto base_or = base.Get(tie == ties.end() ? name : tie->second);
-    if (!base_or.ok() && !absl::IsNotFound(base_or.status())) return base_or.status();
+    if (!base_or.ok() && !absl::IsNotFound(base_or.status())) {
+      m.status = base_or.status();
+      return m;
+    }
     const TensorView* bv = base_or.ok() ? &*base_or : nullptr;
-    DS_ASSIGN_OR_RETURN(Encoding enc, ChooseEncoding(ft, bv, options));
+    absl::StatusOr<Encoding> enc_or = ChooseEncoding(ft, bv, options);
+    if (!enc_or.ok()) {
+      m.status = enc_or.status();
+      return m;
+    }
+    Encoding enc = *enc_or;
     if (enc != Encoding::kUnchanged) {
       const internal::NonFinite nf = internal::FindNonFinite(ft);
       if (nf.count > 0) {
         const std::string what = absl::StrCat(
             Quoted(name), ": ", nf.count, " non-finite values (NaN/Inf), the first at ", nf.first);
         if (!options.allow_nonfinite) {
-          refused.push_back(what);
-          continue;
+          m.refused = what;
+          refuse(i);
+          return m;
         }
-        stats.warnings.push_back(absl::StrCat(what, ": stored raw as they are"));
+        m.warnings.push_back(absl::StrCat(what, ": stored raw as they are"));
         enc = Encoding::kRaw;
       } else if (bv != nullptr && options.max_relative_delta > 0 && IsCastable(ft.info.dtype) &&
                  IsCastable(bv->info.dtype)) {
         const double r = internal::RelativeDeltaNorm(ft, *bv);
         if (r > options.max_relative_delta) {
-          const auto& s = ft.info.shape;
-          refused.push_back(absl::StrFormat(
+          const auto& sh = ft.info.shape;
+          m.refused = absl::StrFormat(
               "%s: delta norm is %.3g x the base tensor's norm (limit %g)%s", Quoted(name), r,
               options.max_relative_delta,
-              s.size() == 2 && s[0] == s[1] ? "; a transposed square matrix?" : ""));
-          continue;
+              sh.size() == 2 && sh[0] == sh[1] ? "; a transposed square matrix?" : "");
+          refuse(i);
+          return m;
         }
       }
       if (enc == Encoding::kDct && IsFp8Scale(finetuned, name)) {
-        stats.warnings.push_back(
+        m.warnings.push_back(
             absl::StrCat(Quoted(name), ": scale of an FP8 tensor, stored raw (lossless)"));
         enc = Encoding::kRaw;
       }
     }
-    if (!refused.empty()) continue;  // the container will not be finished
+    if (first_refused.load() < i) return m;  // the container will not be finished
 
-    TensorRecord rec;
+    TensorRecord& rec = m.rec;
     rec.info = ft.info;
     if (bv != nullptr && !bv->info.shape.empty()) rec.base_shape = bv->info.shape;
-    std::vector<uint8_t> payload;
+    std::vector<float> delta;
     if (enc == Encoding::kDct && !ComputeDelta(ft, *bv, &delta)) {
       enc = Encoding::kRaw;  // NaN/inf delta: DCT cannot represent it; keep it lossless
     }
     rec.encoding = enc;
-    if (tie != ties.end() && enc != Encoding::kRaw) {
-      rec.base_name = tie->second;
-      stats.ties.insert(*tie);
-    }
+    if (tie != ties.end() && enc != Encoding::kRaw) rec.base_name = tie->second;
     if (enc == Encoding::kRaw) {
       rec.payload = ft.data;
     } else if (enc == Encoding::kDct) {
-      DS_ASSIGN_OR_RETURN(auto view, MatrixView(bv->info.shape, options.dct.patch_size));
-      rec.rows = view.first;
-      rec.cols = view.second;
-      auto encoded = EncodeDctMatrix(delta.data(), rec.rows, rec.cols, options.dct);
-      if (!encoded.ok()) {
-        return common::Annotate(encoded.status(), Quoted(name));
+      absl::StatusOr<std::pair<int64_t, int64_t>> view =
+          MatrixView(bv->info.shape, options.dct.patch_size);
+      if (!view.ok()) {
+        m.encode_status = view.status();
+        return m;
       }
-      payload = *std::move(encoded);
-      rec.payload = payload;
+      rec.rows = view->first;
+      rec.cols = view->second;
+      // A tensor of at least 1/threads of the model (an embedding) would finish last
+      // on one thread: it gets pieces of its own on every thread.
+      const int pieces = ft.info.num_elements() * threads >= model_weights ? threads : 1;
+      auto encoded = EncodeDctMatrix(delta.data(), rec.rows, rec.cols, options.dct, pieces);
+      if (!encoded.ok()) {
+        m.encode_status = common::Annotate(encoded.status(), Quoted(name));
+        return m;
+      }
+      m.payload = *std::move(encoded);
+      rec.payload = m.payload;
       const size_t base_bytes =
           static_cast<size_t>(bv->info.num_elements()) * DTypeSize(ft.info.dtype);
       rec.extra_rows = ft.data.subspan(base_bytes);
     }
+    return m;
+  };
+
+  std::vector<std::string> refused;  // every tensor that makes the pair unusable
+  const size_t total = finetuned.tensors().size();
+  auto consume = [&](size_t i, Made&& m) -> absl::Status {
+    DS_RETURN_IF_ERROR(m.status);
+    if (!m.refused.empty()) {
+      refused.push_back(std::move(m.refused));
+      return absl::OkStatus();
+    }
+    for (std::string& w : m.warnings) stats.warnings.push_back(std::move(w));
+    if (!refused.empty()) return absl::OkStatus();  // the container will not be finished
+    DS_RETURN_IF_ERROR(m.encode_status);
+    const TensorRecord& rec = m.rec;
+    if (!rec.base_name.empty()) stats.ties.emplace(rec.info.name, rec.base_name);
     const uint64_t before = writer->bytes_written();
     DS_RETURN_IF_ERROR(writer->Add(rec));
     const uint64_t rec_bytes = writer->bytes_written() - before;
-    stats.total_weights += ft.info.num_elements();
-    switch (enc) {
+    stats.total_weights += rec.info.num_elements();
+    switch (rec.encoding) {
       case Encoding::kDct:
         ++stats.dct_tensors;
-        stats.dct_weights += ft.info.num_elements();
+        stats.dct_weights += rec.info.num_elements();
         stats.dct_bytes += rec_bytes;
         break;
       case Encoding::kRaw:
@@ -382,8 +447,10 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
         ++stats.unchanged_tensors;
         break;
     }
-    if (progress) progress(i + 1, total, name);
-  }
+    if (progress) progress(i + 1, total, rec.info.name);
+    return absl::OkStatus();
+  };
+  DS_RETURN_IF_ERROR(internal::OrderedParallel<Made>(total, threads, 2 * threads, make, consume));
   if (!refused.empty()) {
     const size_t n = refused.size();
     if (n > 20) {

@@ -72,6 +72,11 @@ struct CompressOptions {
   // tensor (~1 bit per weight instead of 16-32), and recorded in the header
   // (kBaseAliasKey). false: such a head is one-sided (allow_extra). Default: true.
   bool tie_embeddings = true;
+  // Threads that check and encode tensors at once; the container is written in tensor
+  // order by the calling thread, so its bytes are the same for every thread count. At
+  // most 2 x threads encoded tensors wait to be written (memory: their float deltas and
+  // payloads). 0: std::thread::hardware_concurrency(). Must be in [0, 256]. Default: 0.
+  int threads = 0;
 
   absl::Status Validate() const;
 };

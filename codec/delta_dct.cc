@@ -5,12 +5,14 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <thread>
+#include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/strings/ascii.h"
 #include "codec/internal/bitpack.h"
 #include "codec/internal/dct.h"
 #include "codec/internal/dct_payload.h"
@@ -204,8 +206,8 @@ absl::StatusOr<std::pair<int64_t, int64_t>> MatrixView(absl::Span<const int64_t>
 // ---------------------------------------------------------------------------------------
 // Encode
 
-absl::StatusOr<std::vector<uint8_t>> EncodeDctMatrix(const float* delta, int64_t rows,
-                                                     int64_t cols, const DctParams& params) {
+absl::StatusOr<std::vector<uint8_t>> EncodeDctMatrix(const float* delta, int64_t rows, int64_t cols,
+                                                     const DctParams& params, int threads) {
   DS_RETURN_IF_ERROR(params.Validate());
   if (rows <= 0 || cols <= 0 || rows > internal::kMaxPayloadDim ||
       cols > internal::kMaxPayloadDim) {
@@ -247,30 +249,60 @@ absl::StatusOr<std::vector<uint8_t>> EncodeDctMatrix(const float* delta, int64_t
   const DctBasis basis(p);
   const int dc = params.separate_dc ? 1 : 0;
   const int ncoef = p * p - dc;
-  std::vector<float> patch(static_cast<size_t>(p) * p), coef(static_cast<size_t>(p) * p);
-  std::vector<uint8_t> codes(static_cast<size_t>(p) * p);
-  std::vector<uint8_t> param_bytes;
-  std::vector<uint8_t> code_bytes;
-  internal::BitWriter code_writer(&code_bytes);
-  auto put_bf16 = [&](float v) {
-    common::ByteWriter(&param_bytes).U16(internal::FloatToBf16(v));
+  // Patches [first, last), in order, into their own parameter bytes and code bits.
+  struct Piece {
+    std::vector<uint8_t> params, codes;
+    uint64_t code_bits = 0;
   };
-  for (int64_t pi = 0; pi < num_patches; ++pi) {
-    const int bits = h.widths[level_of[pi]];
-    if (bits == 0) continue;
-    GatherPatch(delta, rows, cols, p, pi / pcols, pi % pcols, patch.data());
-    internal::ForwardDct2d(basis, patch.data(), p, coef.data(), p);
-    if (dc) put_bf16(coef[0]);
-    const internal::QuantParams qp =
-        internal::ChooseQuantParams(coef.data() + dc, ncoef, bits, params.quantizer);
-    if (params.quantizer != Quantizer::kSymmetric) put_bf16(qp.offset);
-    put_bf16(qp.scale);
-    internal::QuantizeValues(coef.data() + dc, ncoef, bits, qp, codes.data());
-    code_writer.Write(codes.data(), ncoef, bits);
+  auto encode = [&](int64_t first, int64_t last, Piece* piece) {
+    std::vector<float> patch(static_cast<size_t>(p) * p), coef(static_cast<size_t>(p) * p);
+    std::vector<uint8_t> codes(static_cast<size_t>(p) * p);
+    internal::BitWriter code_writer(&piece->codes);
+    auto put_bf16 = [&](float v) {
+      common::ByteWriter(&piece->params).U16(internal::FloatToBf16(v));
+    };
+    for (int64_t pi = first; pi < last; ++pi) {
+      const int bits = h.widths[level_of[pi]];
+      if (bits == 0) continue;
+      GatherPatch(delta, rows, cols, p, pi / pcols, pi % pcols, patch.data());
+      internal::ForwardDct2d(basis, patch.data(), p, coef.data(), p);
+      if (dc) put_bf16(coef[0]);
+      const internal::QuantParams qp =
+          internal::ChooseQuantParams(coef.data() + dc, ncoef, bits, params.quantizer);
+      if (params.quantizer != Quantizer::kSymmetric) put_bf16(qp.offset);
+      put_bf16(qp.scale);
+      internal::QuantizeValues(coef.data() + dc, ncoef, bits, qp, codes.data());
+      code_writer.Write(codes.data(), ncoef, bits);
+    }
+    piece->code_bits = code_writer.bit_count();
+    code_writer.Flush();
+  };
+  // Pieces of whole patch rows, encoded at once; the streams are joined in order, so the
+  // payload is the same bytes as one piece's.
+  const int64_t num_pieces = std::clamp<int64_t>(threads, 1, prows);
+  std::vector<Piece> pieces(static_cast<size_t>(num_pieces));
+  auto piece_range = [&](int64_t k) {
+    return std::make_pair(k * prows / num_pieces * pcols, (k + 1) * prows / num_pieces * pcols);
+  };
+  {
+    std::vector<std::thread> workers;
+    for (int64_t k = 1; k < num_pieces; ++k) {
+      workers.emplace_back([&, k] {
+        const auto [first, last] = piece_range(k);
+        encode(first, last, &pieces[k]);
+      });
+    }
+    const auto [first, last] = piece_range(0);
+    encode(first, last, &pieces[0]);
+    for (std::thread& t : workers) t.join();
   }
-  code_writer.Flush();
-  out.insert(out.end(), param_bytes.begin(), param_bytes.end());
-  out.insert(out.end(), code_bytes.begin(), code_bytes.end());
+  for (const Piece& piece : pieces) out.insert(out.end(), piece.params.begin(), piece.params.end());
+  if (num_pieces == 1) {
+    out.insert(out.end(), pieces[0].codes.begin(), pieces[0].codes.end());
+  } else {
+    internal::BitWriter code_writer(&out);
+    for (const Piece& piece : pieces) code_writer.AppendBits(piece.codes.data(), piece.code_bits);
+  }
   return out;
 }
 

@@ -97,9 +97,10 @@ absl::StatusOr<std::pair<int64_t, int64_t>> MatrixView(absl::Span<const int64_t>
                                                        int patch_size);
 
 // Encodes delta[rows x cols] (row-major float32). InvalidArgument on bad params or
-// rows/cols <= 0.
-absl::StatusOr<std::vector<uint8_t>> EncodeDctMatrix(const float* delta, int64_t rows,
-                                                     int64_t cols, const DctParams& params);
+// rows/cols <= 0. `threads` > 1 encodes that many pieces of whole patch rows at once (on
+// threads of its own) and joins them: the same bytes as threads = 1.
+absl::StatusOr<std::vector<uint8_t>> EncodeDctMatrix(const float* delta, int64_t rows, int64_t cols,
+                                                     const DctParams& params, int threads = 1);
 
 // Decodes a payload into out[rows x cols] (overwritten). InvalidArgument/DataLoss if the
 // payload is malformed or its recorded sizes do not match rows x cols; never over-reads.

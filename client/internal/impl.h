@@ -21,6 +21,17 @@ struct DeltaClient::Impl {
   ClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::DeltaService::Stub> stub;
+  // What `channel` was made with, for NewConnectionStub.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  grpc::ChannelArguments channel_args;
+
+  // A stub on a new channel with a connection of its own (a local subchannel pool), so
+  // that parallel streams of one pull do not share one HTTP/2 connection.
+  std::unique_ptr<v1::DeltaService::Stub> NewConnectionStub() const {
+    grpc::ChannelArguments args = channel_args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    return v1::DeltaService::NewStub(grpc::CreateCustomChannel(options.target, credentials, args));
+  }
 
   // Adds the bearer token and, if `deadline` is positive, the deadline to `ctx`.
   void Prepare(grpc::ClientContext* ctx, absl::Duration deadline) const {

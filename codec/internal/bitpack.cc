@@ -4,18 +4,40 @@
 
 namespace deltaserve::codec::internal {
 
+void BitWriter::Put(uint64_t v, int width) {
+  acc_ |= v << acc_bits_;
+  acc_bits_ += width;
+  if (acc_bits_ >= 32) {
+    const uint8_t word[4] = {static_cast<uint8_t>(acc_), static_cast<uint8_t>(acc_ >> 8),
+                             static_cast<uint8_t>(acc_ >> 16), static_cast<uint8_t>(acc_ >> 24)};
+    out_->insert(out_->end(), word, word + 4);
+    acc_ >>= 32;
+    acc_bits_ -= 32;
+  }
+}
+
 void BitWriter::Write(const uint8_t* codes, int64_t n, int bits) {
   const uint64_t mask = (uint64_t{1} << bits) - 1;
-  for (int64_t i = 0; i < n; ++i) {
-    acc_ |= (codes[i] & mask) << acc_bits_;
-    acc_bits_ += bits;
-    if (acc_bits_ >= 32) {
-      for (int k = 0; k < 4; ++k) out_->push_back(static_cast<uint8_t>(acc_ >> (8 * k)));
-      acc_ >>= 32;
-      acc_bits_ -= 32;
+  int64_t i = 0;
+  if (bits == 1) {
+    // Eight one-bit codes at once: bit 0 of byte k of x lands on bit 56 + k of the
+    // product (the multiplier's terms 2^(56 - 7k) put no two bits on one position).
+    for (; i + 8 <= n; i += 8) {
+      uint64_t x;
+      std::memcpy(&x, codes + i, 8);
+      Put(((x & 0x0101010101010101ull) * 0x0102040810204080ull) >> 56, 8);
     }
   }
+  for (; i < n; ++i) Put(codes[i] & mask, bits);
   bit_count_ += static_cast<uint64_t>(n) * bits;
+}
+
+void BitWriter::AppendBits(const uint8_t* data, uint64_t nbits) {
+  const uint64_t whole = nbits / 8;
+  for (uint64_t k = 0; k < whole; ++k) Put(data[k], 8);
+  const int rest = static_cast<int>(nbits % 8);
+  if (rest > 0) Put(data[whole] & ((1u << rest) - 1), rest);
+  bit_count_ += nbits;
 }
 
 void BitWriter::Flush() {

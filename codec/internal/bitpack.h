@@ -21,12 +21,18 @@ class BitWriter {
   // Appends the low `bits` bits of each code. REQUIRES: 1 <= bits <= 8 and every code
   // < 2^bits.
   void Write(const uint8_t* codes, int64_t n, int bits);
+  // Appends the first `nbits` bits of `data` (bit k = bit k % 8 of byte k / 8), e.g. a
+  // stream another BitWriter wrote. REQUIRES: data holds ceil(nbits / 8) bytes.
+  void AppendBits(const uint8_t* data, uint64_t nbits);
   // Writes the partial last byte (zero-padded). Idempotent; called by the destructor.
   void Flush();
   // Bits written so far.
   uint64_t bit_count() const { return bit_count_; }
 
  private:
+  // Appends the low `width` (<= 8) bits of v; whole 32-bit words leave as 4 bytes.
+  void Put(uint64_t v, int width);
+
   std::vector<uint8_t>* out_;
   uint64_t acc_ = 0;
   int acc_bits_ = 0;

@@ -6,6 +6,15 @@
 
 #include "codec/internal/fp16.h"
 
+// The hand-vectorized x86-64-v3 kernels (GCC on x86-64; other builds keep the portable
+// loops, whose x86-64-v3 clones give the same bits).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DS_QUANT_AVX2 1
+#include <immintrin.h>
+#else
+#define DS_QUANT_AVX2 0
+#endif
+
 namespace deltaserve::codec::internal {
 namespace {
 
@@ -57,36 +66,105 @@ inline float RoundEven(float x) { return std::nearbyintf(x); }
 inline float RoundEven(float x) { return __builtin_roundevenf(x); }
 #endif
 
-__attribute__((target_clones("arch=x86-64-v3", "default"))) PassSums
-QuantPass(const float* v, int n, float top, float offset, float scale) {
-  const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
-  constexpr int kLanes = 8;
-  float err[kLanes] = {}, sq[kLanes] = {}, sqq[kLanes] = {}, sv[kLanes] = {},
-        sqv[kLanes] = {};
-  auto accumulate = [&](int l, float x) __attribute__((always_inline)) {
-    float q = RoundEven((x - offset) * inv);
-    q = std::min(std::max(q, 0.0f), top);
-    const float d = x - (offset + q * scale);
-    err[l] += d * d;
-    sq[l] += q;
-    sqq[l] += q * q;
-    sv[l] += x;
-    sqv[l] += q * x;
-  };
-  int i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) accumulate(l, v[i + l]);
-  }
-  for (int l = 0; i < n; ++i, ++l) accumulate(l, v[i]);
+#if DS_QUANT_AVX2
+// True on CPUs where the x86-64-v3 clones run (target_clones picks them the same way).
+bool HasX86V3() {
+  static const bool v3 = __builtin_cpu_supports("x86-64-v3");
+  return v3;
+}
+#endif
+
+// Lane accumulators of QuantPass: element i goes to lane i % kPassLanes.
+constexpr int kPassLanes = 8;
+struct PassLanes {
+  float err[kPassLanes] = {}, sq[kPassLanes] = {}, sqq[kPassLanes] = {}, sv[kPassLanes] = {},
+        sqv[kPassLanes] = {};
+};
+
+// Adds x to lane l. Inlined into each caller, so that the caller's target decides the
+// fused multiply-adds (x86-64-v3: offset + q * scale, d * d, q * q and q * x are fused).
+__attribute__((always_inline)) inline void AccumulateLane(PassLanes& a, int l, float x, float top,
+                                                          float offset, float scale, float inv) {
+  float q = RoundEven((x - offset) * inv);
+  q = std::min(std::max(q, 0.0f), top);
+  const float d = x - (offset + q * scale);
+  a.err[l] += d * d;
+  a.sq[l] += q;
+  a.sqq[l] += q * q;
+  a.sv[l] += x;
+  a.sqv[l] += q * x;
+}
+
+// The elements [i, n) (fewer than kPassLanes) into lanes 0.., then the lanes summed in
+// double in lane order.
+__attribute__((always_inline)) inline PassSums FinishPass(PassLanes& a, const float* v, int i,
+                                                          int n, float top, float offset,
+                                                          float scale, float inv) {
+  for (int l = 0; i < n; ++i, ++l) AccumulateLane(a, l, v[i], top, offset, scale, inv);
   PassSums s;
-  for (int l = 0; l < kLanes; ++l) {
-    s.err += err[l];
-    s.sq += sq[l];
-    s.sqq += sqq[l];
-    s.sv += sv[l];
-    s.sqv += sqv[l];
+  for (int l = 0; l < kPassLanes; ++l) {
+    s.err += a.err[l];
+    s.sq += a.sq[l];
+    s.sqq += a.sqq[l];
+    s.sv += a.sv[l];
+    s.sqv += a.sqv[l];
   }
   return s;
+}
+
+__attribute__((target_clones("arch=x86-64-v3", "default"))) PassSums QuantPassPortable(
+    const float* v, int n, float top, float offset, float scale) {
+  const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+  PassLanes a;
+  int i = 0;
+  for (; i + kPassLanes <= n; i += kPassLanes) {
+    for (int l = 0; l < kPassLanes; ++l) AccumulateLane(a, l, v[i + l], top, offset, scale, inv);
+  }
+  return FinishPass(a, v, i, n, top, offset, scale, inv);
+}
+
+#if DS_QUANT_AVX2
+// QuantPassPortable's x86-64-v3 clone, the eight lanes in one AVX2 register: GCC 12
+// leaves that clone scalar (it does not vectorize roundeven). Every lane does the same
+// operations in the same order with the same fused multiply-adds, so the sums are the
+// same bits: _mm256_max_ps(0, q) = (0 > q ? 0 : q) = std::max(q, 0.0f) and
+// _mm256_min_ps(top, q) = (top < q ? top : q) = std::min(q, top), NaN and -0 included.
+__attribute__((target("arch=x86-64-v3"))) PassSums QuantPassAvx2(const float* v, int n, float top,
+                                                                 float offset, float scale) {
+  const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+  const __m256 vinv = _mm256_set1_ps(inv), voff = _mm256_set1_ps(offset),
+               vscale = _mm256_set1_ps(scale), vtop = _mm256_set1_ps(top),
+               zero = _mm256_setzero_ps();
+  __m256 err = zero, sq = zero, sqq = zero, sv = zero, sqv = zero;
+  int i = 0;
+  for (; i + kPassLanes <= n; i += kPassLanes) {
+    const __m256 x = _mm256_loadu_ps(v + i);
+    __m256 q = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(x, voff), vinv),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm256_min_ps(vtop, _mm256_max_ps(zero, q));
+    const __m256 d = _mm256_sub_ps(x, _mm256_fmadd_ps(q, vscale, voff));
+    err = _mm256_fmadd_ps(d, d, err);
+    sq = _mm256_add_ps(sq, q);
+    sqq = _mm256_fmadd_ps(q, q, sqq);
+    sv = _mm256_add_ps(sv, x);
+    sqv = _mm256_fmadd_ps(q, x, sqv);
+  }
+  PassLanes a;
+  _mm256_storeu_ps(a.err, err);
+  _mm256_storeu_ps(a.sq, sq);
+  _mm256_storeu_ps(a.sqq, sqq);
+  _mm256_storeu_ps(a.sv, sv);
+  _mm256_storeu_ps(a.sqv, sqv);
+  return FinishPass(a, v, i, n, top, offset, scale, inv);
+}
+#endif
+
+// One pass over v with parameters qp (see PassSums).
+PassSums QuantPass(const float* v, int n, float top, float offset, float scale) {
+#if DS_QUANT_AVX2
+  if (HasX86V3()) return QuantPassAvx2(v, n, top, offset, scale);
+#endif
+  return QuantPassPortable(v, n, top, offset, scale);
 }
 
 struct Moments {
@@ -94,30 +172,22 @@ struct Moments {
   double sum = 0, sum2 = 0;
 };
 
-// Min, max, sum and sum of squares in one vectorizable pass (float lanes, fixed order).
-__attribute__((target_clones("arch=x86-64-v3", "default"))) Moments
-ComputeMoments(const float* v, int n) {
-  constexpr int kLanes = 8;
-  float lo[kLanes], hi[kLanes], s1[kLanes] = {}, s2[kLanes] = {};
-  for (int l = 0; l < kLanes; ++l) lo[l] = hi[l] = v[0];
-  int i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const float x = v[i + l];
-      lo[l] = std::min(lo[l], x);
-      hi[l] = std::max(hi[l], x);
-      s1[l] += x;
-      s2[l] += x * x;
-    }
-  }
+// Min, max, sum and sum of squares: eight float lanes (element i in lane i % 8), then
+// the lanes and the tail in fixed order. `m` holds the lanes' start (every lane v[0]).
+struct MomentLanes {
+  float lo[kPassLanes], hi[kPassLanes], s1[kPassLanes] = {}, s2[kPassLanes] = {};
+};
+
+__attribute__((always_inline)) inline Moments FinishMoments(const MomentLanes& a, const float* v,
+                                                            int i, int n) {
   Moments m;
-  m.lo = lo[0];
-  m.hi = hi[0];
-  for (int l = 0; l < kLanes; ++l) {
-    m.lo = std::min(m.lo, lo[l]);
-    m.hi = std::max(m.hi, hi[l]);
-    m.sum += s1[l];
-    m.sum2 += s2[l];
+  m.lo = a.lo[0];
+  m.hi = a.hi[0];
+  for (int l = 0; l < kPassLanes; ++l) {
+    m.lo = std::min(m.lo, a.lo[l]);
+    m.hi = std::max(m.hi, a.hi[l]);
+    m.sum += a.s1[l];
+    m.sum2 += a.s2[l];
   }
   for (; i < n; ++i) {
     m.lo = std::min(m.lo, v[i]);
@@ -126,6 +196,53 @@ ComputeMoments(const float* v, int n) {
     m.sum2 += static_cast<double>(v[i]) * v[i];
   }
   return m;
+}
+
+__attribute__((target_clones("arch=x86-64-v3", "default"))) Moments ComputeMomentsPortable(
+    const float* v, int n) {
+  MomentLanes a;
+  for (int l = 0; l < kPassLanes; ++l) a.lo[l] = a.hi[l] = v[0];
+  int i = 0;
+  for (; i + kPassLanes <= n; i += kPassLanes) {
+    for (int l = 0; l < kPassLanes; ++l) {
+      const float x = v[i + l];
+      a.lo[l] = std::min(a.lo[l], x);
+      a.hi[l] = std::max(a.hi[l], x);
+      a.s1[l] += x;
+      a.s2[l] += x * x;
+    }
+  }
+  return FinishMoments(a, v, i, n);
+}
+
+#if DS_QUANT_AVX2
+// ComputeMomentsPortable's lanes in one AVX2 register (same bits, see QuantPassAvx2):
+// _mm256_min_ps(x, lo) = (x < lo ? x : lo) = std::min(lo, x), likewise for max, and
+// x * x + s2 fused as in the x86-64-v3 clone.
+__attribute__((target("arch=x86-64-v3"))) Moments ComputeMomentsAvx2(const float* v, int n) {
+  __m256 lo = _mm256_set1_ps(v[0]), hi = lo, s1 = _mm256_setzero_ps(), s2 = s1;
+  int i = 0;
+  for (; i + kPassLanes <= n; i += kPassLanes) {
+    const __m256 x = _mm256_loadu_ps(v + i);
+    lo = _mm256_min_ps(x, lo);
+    hi = _mm256_max_ps(x, hi);
+    s1 = _mm256_add_ps(s1, x);
+    s2 = _mm256_fmadd_ps(x, x, s2);
+  }
+  MomentLanes a;
+  _mm256_storeu_ps(a.lo, lo);
+  _mm256_storeu_ps(a.hi, hi);
+  _mm256_storeu_ps(a.s1, s1);
+  _mm256_storeu_ps(a.s2, s2);
+  return FinishMoments(a, v, i, n);
+}
+#endif
+
+Moments ComputeMoments(const float* v, int n) {
+#if DS_QUANT_AVX2
+  if (HasX86V3()) return ComputeMomentsAvx2(v, n);
+#endif
+  return ComputeMomentsPortable(v, n);
 }
 
 // Clipped mode: start from the better of min-max and the Gaussian-optimal grid for the
@@ -217,16 +334,55 @@ QuantParams ChooseQuantParams(const float* v, int n, int bits, Quantizer mode) {
   return QuantParams{};
 }
 
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void QuantizeValues(
-    const float* v, int n, int bits, const QuantParams& qp, uint8_t* codes) {
+namespace {
+
+__attribute__((always_inline)) inline uint8_t QuantizeOne(float x, float top, float offset,
+                                                          float inv) {
+  float q = RoundEven((x - offset) * inv);
+  q = std::min(std::max(q, 0.0f), top);
+  return static_cast<uint8_t>(static_cast<int>(q));
+}
+
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void QuantizeValuesPortable(
+    const float* v, int n, float top, float offset, float inv, uint8_t* codes) {
+  for (int i = 0; i < n; ++i) codes[i] = QuantizeOne(v[i], top, offset, inv);
+}
+
+#if DS_QUANT_AVX2
+// QuantizeValuesPortable eight values at a time (see QuantPassAvx2 for why the same
+// bits); the integer conversion truncates like the scalar cast, and the low byte of
+// each 32-bit code is kept.
+__attribute__((target("arch=x86-64-v3"))) void QuantizeValuesAvx2(const float* v, int n, float top,
+                                                                  float offset, float inv,
+                                                                  uint8_t* codes) {
+  const __m256 vinv = _mm256_set1_ps(inv), voff = _mm256_set1_ps(offset),
+               vtop = _mm256_set1_ps(top), zero = _mm256_setzero_ps();
+  const __m256i low_bytes =
+      _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1,
+                       -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 q = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(v + i), voff), vinv),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm256_min_ps(vtop, _mm256_max_ps(zero, q));
+    const __m256i b = _mm256_shuffle_epi8(_mm256_cvttps_epi32(q), low_bytes);
+    const __m128i packed =
+        _mm_unpacklo_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + i), packed);
+  }
+  for (; i < n; ++i) codes[i] = QuantizeOne(v[i], top, offset, inv);
+}
+#endif
+
+}  // namespace
+
+void QuantizeValues(const float* v, int n, int bits, const QuantParams& qp, uint8_t* codes) {
   const float top = static_cast<float>((1 << bits) - 1);
   const float inv = qp.scale > 0.0f ? 1.0f / qp.scale : 0.0f;
-  const float offset = qp.offset;
-  for (int i = 0; i < n; ++i) {
-    float q = RoundEven((v[i] - offset) * inv);
-    q = std::min(std::max(q, 0.0f), top);
-    codes[i] = static_cast<uint8_t>(static_cast<int>(q));
-  }
+#if DS_QUANT_AVX2
+  if (HasX86V3()) return QuantizeValuesAvx2(v, n, top, qp.offset, inv, codes);
+#endif
+  QuantizeValuesPortable(v, n, top, qp.offset, inv, codes);
 }
 
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void

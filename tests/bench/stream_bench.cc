@@ -3,7 +3,7 @@
 //
 //   stream_bench [--workdir DIR] [--layers 24] [--hidden 896] [--ffn 4864]
 //                [--vocab 151936] [--workers 2] [--prefetch 1] [--chunk-bytes 1048576]
-//                [--cold-only]
+//                [--cold-only] [--pull-streams 1,2,4] [--push-only N]
 //
 // Model: synthetic fp16 transformer with the shapes of a 0.5B-class model (Qwen2-0.5B:
 // 24 layers, hidden 896, 2 KV heads of 128, FFN 4864, vocab 151936; ~494M weights,
@@ -15,7 +15,10 @@
 // same shapes (reference for the workers' rate); for StreamWeights cold (every tensor decoded),
 // cached (every tensor from the merged-tensor cache) and the plain stream: time to the
 // first tensor header, total seconds and GB/s (1 GB = 1e9 bytes of tensor data); peak
-// RSS (getrusage). Every stream is read to the end and byte-counted, not stored.
+// RSS (getrusage). Every stream is read to the end and byte-counted, not stored. Then
+// cached pulls through DeltaClient::PullWeightsToMemory over 1, 2, 4 parallel
+// tensor-range streams (PullOptions::streams; checked and copied into memory), each
+// beside the first one and the plain stream.
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -272,6 +275,14 @@ int main(int argc, char** argv) {
   app.add_option("--workers", workers)->capture_default_str();
   app.add_option("--prefetch", prefetch)->capture_default_str();
   app.add_option("--chunk-bytes", chunk)->capture_default_str();
+  std::vector<uint32_t> pull_streams = {1, 2, 4};
+  app.add_option("--pull-streams", pull_streams,
+                 "cached client pulls (into memory) over these numbers of parallel streams")
+      ->delimiter(',')
+      ->capture_default_str();
+  int push_only = 0;
+  app.add_option("--push-only", push_only,
+                 "after the first push, push the container this many more times and stop");
   bool cold_only = false;
   app.add_flag("--cold-only", cold_only,
                "stop after the cold stream (to profile it alone, e.g. under perf record)");
@@ -328,6 +339,23 @@ int main(int argc, char** argv) {
               Seconds(t0, Clock::now()), pushed->container_bytes() / 1e6,
               pushed->merged_bytes() / 1e9, pushed->num_tensors());
 
+  if (push_only > 0) {
+    // PutDelta ingest alone (e.g. under perf record): more uploads of the same container
+    // under new names (a re-push of an identical task is answered "unchanged" unwritten).
+    double seconds = 0;
+    for (int i = 0; i < push_only; ++i) {
+      t0 = Clock::now();
+      auto p = (*cl)->PushDeltaFile("push" + std::to_string(i), dir + "/task.dds");
+      if (!p.ok()) {
+        std::fprintf(stderr, "push: %s\n", p.status().ToString().c_str());
+        return 1;
+      }
+      seconds += Seconds(t0, Clock::now());
+    }
+    std::printf("PutDelta x%d: %.2f s, %.0f MB/s of container bytes over loopback\n", push_only,
+                seconds, push_only * pushed->container_bytes() / seconds / 1e6);
+    return 0;
+  }
   StreamResult cold = ReadStream(target, "bench");
   if (cold_only) {
     Print("StreamWeights cold", cold);
@@ -344,6 +372,20 @@ int main(int argc, char** argv) {
     if (at != std::string::npos) decode_sum = std::stod(text.substr(at + key.size()));
   }
   StreamResult cached = ReadStream(target, "bench");
+
+  // Cached pulls through the client library over N parallel tensor-range streams
+  // (PullOptions::streams), into memory, every tensor's checksum verified.
+  std::vector<std::pair<uint32_t, client::PullStats>> pulls;
+  for (uint32_t n : pull_streams) {
+    client::PullOptions po;
+    po.streams = n;
+    auto m = (*cl)->PullWeightsToMemory("bench", po);
+    if (!m.ok()) {
+      std::fprintf(stderr, "pull --streams %u: %s\n", n, m.status().ToString().c_str());
+      return 1;
+    }
+    pulls.emplace_back(n, m->stats);
+  }
 
   // Baseline: the same merged bytes, pre-decoded in memory, through a plain stream.
   std::vector<codec::OwnedTensor> merged;
@@ -370,6 +412,15 @@ int main(int argc, char** argv) {
   Print("StreamWeights cold", cold);
   Print("StreamWeights cached", cached);
   Print("plain gRPC stream", base);
+  for (const auto& [n, st] : pulls) {
+    const double rate = st.bytes / st.seconds;
+    const auto& one = pulls.front().second;
+    std::printf(
+        "client pull cached, %2u streams: first tensor %8.2f ms   %6.2f s   %6.3f GB/s   "
+        "= %.2fx the %u-stream pull, %.0f%% of the plain stream\n",
+        n, st.first_tensor_seconds * 1e3, st.seconds, rate / 1e9, rate / (one.bytes / one.seconds),
+        pulls.front().first, 100.0 * rate / (base.bytes / base.total_s));
+  }
   const double single_core = SingleCoreMergeRate(dir, 4);
   std::printf(
       "decode+merge+hash worker time (cold): %.2f s summed over tensors = %.3f GB/s per "

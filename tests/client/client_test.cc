@@ -20,9 +20,8 @@
 namespace deltaserve::client {
 namespace {
 
-using ::deltaserve::client::testing::Fault;
 using ::deltaserve::client::testing::FakeService;
-using ::deltaserve::client::testing::MakeTensor;
+using ::deltaserve::client::testing::Fault;
 using ::deltaserve::client::testing::SmallContainer;
 using ::deltaserve::testing::IsOk;
 using ::deltaserve::testing::ReadFile;
@@ -33,10 +32,7 @@ using ::testing::HasSubstr;
 class ClientTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    service_.tensors = {MakeTensor("b.weight", codec::DType::kF16, {5, 6}, 1),
-                        MakeTensor("a.bias", codec::DType::kF32, {11}, 2),
-                        MakeTensor("empty", codec::DType::kBF16, {0, 4}, 3),
-                        MakeTensor("c", codec::DType::kBF16, {3, 3}, 4)};
+    service_.tensors = testing::FourTensors();
     int port = 0;
     server_ = testing::StartFakeServer(&service_, &port);
     ASSERT_NE(server_, nullptr);

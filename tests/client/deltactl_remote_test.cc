@@ -36,6 +36,14 @@ class DeltactlRemoteTest : public ::testing::Test {
   }
   void TearDown() override { server_->Shutdown(); }
   DeltactlResult Run(const std::string& args) { return RunDeltactl(args, tmp_); }
+  // The safetensors file of the service's tensors and metadata.
+  std::vector<uint8_t> Want() {
+    std::vector<codec::TensorView> views;
+    for (const auto& t : service_.tensors) views.push_back(t.view());
+    EXPECT_THAT(codec::WriteSafetensors(tmp_.File("want.safetensors"), views, service_.metadata),
+                IsOk());
+    return ReadBytes(tmp_.File("want.safetensors"));
+  }
 
   FakeService service_;
   std::unique_ptr<grpc::Server> server_;
@@ -63,11 +71,7 @@ TEST_F(DeltactlRemoteTest, PullWritesVerifiedSafetensors) {
   DeltactlResult r = Run("pull " + server_flag_ + " --task chat --out " + tmp_.File("m.safetensors"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("2 tensors, 4224 bytes"));
-  std::vector<codec::TensorView> views;
-  for (const auto& t : service_.tensors) views.push_back(t.view());
-  ASSERT_THAT(codec::WriteSafetensors(tmp_.File("want.safetensors"), views, service_.metadata),
-              IsOk());
-  EXPECT_EQ(ReadBytes(tmp_.File("m.safetensors")), ReadBytes(tmp_.File("want.safetensors")));
+  EXPECT_EQ(ReadBytes(tmp_.File("m.safetensors")), Want());
 
   service_.fault = Fault::kBadChecksum;
   r = Run("pull " + server_flag_ + " --task chat --out " + tmp_.File("bad.safetensors"));
@@ -75,6 +79,19 @@ TEST_F(DeltactlRemoteTest, PullWritesVerifiedSafetensors) {
   EXPECT_THAT(r.err, HasSubstr("DATA_LOSS"));
   EXPECT_THAT(r.err, HasSubstr("checksum mismatch"));
   EXPECT_TRUE(ReadBytes(tmp_.File("bad.safetensors")).empty());
+}
+
+TEST_F(DeltactlRemoteTest, PullOverTwoStreamsResumesADroppedRange) {
+  service_.unavailable_once_at = 1;  // "b": the second range drops after one chunk
+  DeltactlResult r =
+      Run("pull " + server_flag_ + " --task chat --streams 2 --out " + tmp_.File("m.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("2 tensors, 4224 bytes"));
+  EXPECT_THAT(r.out, HasSubstr("2 streams, 1 ranges resumed"));
+  EXPECT_EQ(ReadBytes(tmp_.File("m.safetensors")), Want());
+  r = Run("pull " + server_flag_ + " --task chat --streams 0 --out " + tmp_.File("x.safetensors"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("PullOptions.streams must be in [1, 64], got 0"));
 }
 
 TEST_F(DeltactlRemoteTest, ServerAndTokenFromEnvironment) {

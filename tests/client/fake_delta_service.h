@@ -6,6 +6,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -43,12 +44,21 @@ class FakeService final : public v1::DeltaService::Service {
   std::vector<uint8_t> container;
   Fault fault = Fault::kNone;
   size_t chunk = 7;  // odd, small: many chunks per tensor
+  // Tensor ranges (parallel pulls): the first StreamWeights call that reaches the tensor
+  // at this container index sends its header and one chunk, then fails UNAVAILABLE
+  // (a dropped connection); later calls serve it. -1: never.
+  std::atomic<int> unavailable_once_at{-1};
+  // The version StreamBegin.task announces: GetTask and StreamWeights report
+  // created_unix, so that a test can replace the task between them.
+  int64_t created_unix = 1700000000;
+  int64_t stream_created_unix = 1700000000;
 
   std::mutex mu;
   std::string last_authorization;
   v1::PutDeltaMetadata last_put;
   std::vector<uint8_t> uploaded;
   v1::StreamWeightsRequest last_stream;
+  std::vector<v1::StreamWeightsRequest> streams;  // every StreamWeights request
 
   grpc::Status GetTask(grpc::ServerContext* ctx, const v1::GetTaskRequest* req,
                        v1::TaskInfo* resp) override {
@@ -57,6 +67,16 @@ class FakeService final : public v1::DeltaService::Service {
     resp->set_name(req->task());
     resp->set_tenant(req->tenant().empty() ? "default" : req->tenant());
     resp->set_num_tensors(static_cast<uint32_t>(tensors.size()));
+    resp->set_created_unix(created_unix);
+    if (req->include_tensors()) {
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        v1::TensorSummary* t = resp->add_tensors();
+        t->set_name(tensors[i].info.name);
+        t->set_dtype(proto::ToProtoDType(tensors[i].info.dtype));
+        t->set_merged_bytes(tensors[i].data.size());
+        t->set_index(static_cast<uint32_t>(i));
+      }
+    }
     return grpc::Status::OK;
   }
 
@@ -105,17 +125,25 @@ class FakeService final : public v1::DeltaService::Service {
     {
       std::lock_guard<std::mutex> lock(mu);
       last_stream = *req;
+      streams.push_back(*req);
     }
     if (req->task() == "missing") return grpc::Status(grpc::StatusCode::NOT_FOUND, "no task");
+    // Range [first, end): resume_from_index .. end_index (0 = to the last tensor).
+    const size_t first = req->resume_from_index();
+    const size_t end = req->end_index() == 0 ? tensors.size() : req->end_index();
+    if (first >= end || end > tensors.size()) {
+      return grpc::Status(grpc::StatusCode::OUT_OF_RANGE, "bad range");
+    }
     uint64_t total = 0;
-    for (const auto& t : tensors) total += t.data.size();
+    for (size_t i = first; i < end; ++i) total += tensors[i].data.size();
     v1::StreamWeightsResponse msg;
     auto* begin = msg.mutable_begin();
-    begin->set_num_tensors(static_cast<uint32_t>(tensors.size()));
+    begin->set_num_tensors(static_cast<uint32_t>(end - first));
     begin->set_total_bytes(fault == Fault::kWrongTotal ? total + 1 : total);
     begin->mutable_safetensors_metadata()->insert(metadata.begin(), metadata.end());
+    begin->mutable_task()->set_created_unix(stream_created_unix);
     writer->Write(msg);
-    for (size_t i = 0; i < tensors.size(); ++i) {
+    for (size_t i = first; i < end; ++i) {
       const auto& t = tensors[i];
       msg.Clear();
       auto* h = msg.mutable_header();
@@ -127,6 +155,10 @@ class FakeService final : public v1::DeltaService::Service {
       h->set_index(static_cast<uint32_t>(i));
       writer->Write(msg);
       for (size_t off = 0; off < t.data.size(); off += chunk) {
+        int at = static_cast<int>(i);
+        if (off == chunk && unavailable_once_at.compare_exchange_strong(at, -1)) {
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection dropped");
+        }
         if (fault == Fault::kAbortMidway && i == 1) {
           return grpc::Status(grpc::StatusCode::INTERNAL, "decoder exploded");
         }
@@ -140,7 +172,7 @@ class FakeService final : public v1::DeltaService::Service {
     }
     if (fault == Fault::kNoEnd) return grpc::Status::OK;
     msg.Clear();
-    msg.mutable_end()->set_num_tensors(static_cast<uint32_t>(tensors.size()));
+    msg.mutable_end()->set_num_tensors(static_cast<uint32_t>(end - first));
     msg.mutable_end()->set_total_bytes(total);
     writer->Write(msg);
     return grpc::Status::OK;
@@ -178,6 +210,15 @@ inline codec::OwnedTensor MakeTensor(const std::string& name, codec::DType dtype
   t.data.resize(t.info.num_bytes());
   for (size_t i = 0; i < t.data.size(); ++i) t.data[i] = static_cast<uint8_t>(seed + 13 * i);
   return t;
+}
+
+// Four tensors of three dtypes, one of them empty, 122 bytes in all: the client tests'
+// stream.
+inline std::vector<codec::OwnedTensor> FourTensors() {
+  return {MakeTensor("b.weight", codec::DType::kF16, {5, 6}, 1),
+          MakeTensor("a.bias", codec::DType::kF32, {11}, 2),
+          MakeTensor("empty", codec::DType::kBF16, {0, 4}, 3),
+          MakeTensor("c", codec::DType::kBF16, {3, 3}, 4)};
 }
 
 // Starts `service` on 127.0.0.1 port 0; *port receives the port.

@@ -1,6 +1,7 @@
 #include "codec/internal/bitpack.h"
 
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -84,6 +85,42 @@ TEST(BitpackTest, UnpackStopsAtBufferEnd) {
   EXPECT_EQ(back[0], 31);
   EXPECT_EQ(back[1], 0);
   EXPECT_EQ(back[2], 17);
+}
+
+TEST(BitpackTest, AppendBitsJoinsStreamsAsOneWriterWouldWrite) {
+  // Three streams of 13 one-bit, 7 three-bit and 9 one-bit codes (odd bit counts, so
+  // every join is unaligned), written in one go and joined from their own buffers.
+  std::vector<uint8_t> codes(64);
+  for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<uint8_t>((i * 7 + 3) % 8);
+  auto ones = [&](size_t at) {
+    std::vector<uint8_t> c(codes.begin() + at, codes.begin() + at + 13);
+    for (uint8_t& x : c) x &= 1;
+    return c;
+  };
+  const std::vector<uint8_t> a = ones(0), b(codes.begin() + 20, codes.begin() + 27), c = ones(40);
+  std::vector<uint8_t> whole;
+  {
+    BitWriter w(&whole);
+    w.Write(a.data(), 13, 1);
+    w.Write(b.data(), 7, 3);
+    w.Write(c.data(), 9, 1);
+  }
+  std::vector<uint8_t> joined;
+  {
+    BitWriter w(&joined);
+    for (const auto& [piece, n, bits] :
+         {std::tuple(&a, 13, 1), std::tuple(&b, 7, 3), std::tuple(&c, 9, 1)}) {
+      std::vector<uint8_t> own;
+      BitWriter pw(&own);
+      pw.Write(piece->data(), n, bits);
+      const uint64_t nbits = pw.bit_count();
+      pw.Flush();
+      w.AppendBits(own.data(), nbits);
+    }
+    EXPECT_EQ(w.bit_count(), 13u + 21u + 9u);
+  }
+  EXPECT_EQ(joined, whole);
+  EXPECT_EQ(joined.size(), 6u);  // 43 bits
 }
 
 }  // namespace

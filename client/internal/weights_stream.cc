@@ -1,0 +1,222 @@
+#include "client/internal/weights_stream.h"
+
+#include "absl/strings/str_cat.h"
+#include "codec/safetensors.h"
+#include "common/status_macros.h"
+
+namespace deltaserve::client {
+
+WeightsStreamChecker::WeightsStreamChecker(std::string label, WeightsSink* sink,
+                                           const PullOptions& options, Clock::time_point start)
+    : label_(std::move(label)),
+      sink_(sink),
+      options_(options),
+      hash_(XXH3_createState()),
+      start_(start) {}
+
+WeightsStreamChecker::~WeightsStreamChecker() { XXH3_freeState(hash_); }
+
+absl::Status WeightsStreamChecker::Handle(const v1::StreamWeightsResponse& msg) {
+  switch (msg.msg_case()) {
+    case v1::StreamWeightsResponse::kBegin:
+      if (began_) return Bad("second begin message");
+      began_ = true;
+      begin_ = msg.begin();
+      progress_.bytes_total = begin_.total_bytes();
+      progress_.tensors_total = begin_.num_tensors();
+      return sink_->Begin(begin_);
+    case v1::StreamWeightsResponse::kHeader:
+      return Header(msg.header());
+    case v1::StreamWeightsResponse::kChunk:
+      return Chunk(msg.chunk());
+    case v1::StreamWeightsResponse::kEnd:
+      if (!began_ || in_tensor_ || ended_) return Bad("end message out of place");
+      if (msg.end().num_tensors() != stats_.tensors || msg.end().total_bytes() != stats_.bytes ||
+          begin_.num_tensors() != stats_.tensors || begin_.total_bytes() != stats_.bytes) {
+        return Bad(absl::StrCat("received ", stats_.tensors, " tensors / ", stats_.bytes,
+                                " bytes; begin announced ", begin_.num_tensors(), " / ",
+                                begin_.total_bytes(), ", end says ", msg.end().num_tensors(), " / ",
+                                msg.end().total_bytes()));
+      }
+      ended_ = true;
+      return absl::OkStatus();
+    default:
+      return Bad("empty message");
+  }
+}
+
+absl::Status WeightsStreamChecker::Bad(absl::string_view what) const {
+  return absl::DataLossError(absl::StrCat(label_, ": malformed stream: ", what));
+}
+
+absl::Status WeightsStreamChecker::Header(const v1::TensorHeader& h) {
+  if (!began_ || in_tensor_ || ended_) return Bad("tensor header out of place");
+  absl::StatusOr<codec::DType> dtype = proto::FromProtoDType(h.dtype());
+  if (!dtype.ok()) return Bad(absl::StrCat("tensor '", h.name(), "': ", dtype.status().message()));
+  header_ = h;
+  info_ = codec::TensorInfo{h.name(), *dtype, {h.shape().begin(), h.shape().end()}};
+  absl::StatusOr<int64_t> n = codec::CheckedNumElements(info_.shape);
+  if (!n.ok() || static_cast<uint64_t>(*n) * codec::DTypeSize(*dtype) != h.byte_length()) {
+    return Bad(absl::StrCat("tensor '", h.name(), "' announces ", h.byte_length(),
+                            " bytes for shape ", codec::ShapeString(info_.shape)));
+  }
+  if (stats_.tensors == 0) stats_.first_tensor_seconds = SecondsSince(start_);
+  XXH3_64bits_reset(hash_);
+  received_ = 0;
+  in_tensor_ = true;
+  progress_.current = h.name();
+  DS_RETURN_IF_ERROR(sink_->TensorBegin(info_));
+  DS_RETURN_IF_ERROR(MaybeFinishTensor());
+  if (!in_tensor_) Report();  // an empty tensor has no chunks
+  return absl::OkStatus();
+}
+
+absl::Status WeightsStreamChecker::Chunk(const v1::TensorChunk& c) {
+  if (!in_tensor_) return Bad("chunk outside a tensor");
+  if (c.offset() != received_ || c.data().size() > header_.byte_length() - received_) {
+    return Bad(absl::StrCat("tensor '", header_.name(), "': chunk at offset ", c.offset(), " of ",
+                            c.data().size(), " bytes after ", received_, " of ",
+                            header_.byte_length(), " bytes"));
+  }
+  const auto* data = reinterpret_cast<const uint8_t*>(c.data().data());
+  XXH3_64bits_update(hash_, data, c.data().size());
+  DS_RETURN_IF_ERROR(sink_->Data({data, c.data().size()}));
+  received_ += c.data().size();
+  stats_.bytes += c.data().size();
+  DS_RETURN_IF_ERROR(MaybeFinishTensor());
+  Report();
+  return absl::OkStatus();
+}
+
+void WeightsStreamChecker::Report() {
+  if (!options_.progress) return;
+  progress_.bytes_done = stats_.bytes;
+  options_.progress(progress_);
+}
+
+absl::Status WeightsStreamChecker::MaybeFinishTensor() {
+  if (received_ != header_.byte_length()) return absl::OkStatus();
+  const uint64_t got = XXH3_64bits_digest(hash_);
+  if (got != header_.xxh3_64()) {
+    return absl::DataLossError(absl::StrCat(label_, ": tensor '", header_.name(),
+                                            "' checksum mismatch (XXH3-64 ", got, ", header says ",
+                                            header_.xxh3_64(), ")"));
+  }
+  in_tensor_ = false;
+  ++stats_.tensors;
+  last_verified_index_ = header_.index();
+  progress_.tensors_done = stats_.tensors;
+  return sink_->TensorEnd();
+}
+
+absl::StatusOr<v1::StreamWeightsRequest> MakeStreamWeightsRequest(const ClientOptions& client,
+                                                                  const std::string& task,
+                                                                  const PullOptions& options,
+                                                                  const std::string& label) {
+  v1::StreamWeightsRequest request;
+  request.set_tenant(client.tenant);
+  request.set_task(task);
+  if (options.out_dtype) request.set_out_dtype(proto::ToProtoDType(*options.out_dtype));
+  for (const std::string& glob : options.include) request.add_include(glob);
+  request.set_include_regex(options.include_regex);
+  if (!options.resume_from.empty()) request.set_resume_from_name(options.resume_from);
+  request.set_chunk_bytes(options.chunk_bytes);
+  DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(request, label));
+  return request;
+}
+
+absl::Status RunStreamWeightsCall(const DeltaClient::Impl& impl, v1::DeltaService::Stub* stub,
+                                  const v1::StreamWeightsRequest& request,
+                                  const PullOptions& options, const std::atomic<bool>* stop,
+                                  WeightsStreamChecker* checker) {
+  grpc::ClientContext ctx;
+  impl.Prepare(&ctx, impl.options.stream_deadline);
+  std::unique_ptr<grpc::ClientReader<v1::StreamWeightsResponse>> reader =
+      stub->StreamWeights(&ctx, request);
+  v1::StreamWeightsResponse msg;
+  absl::Status local;
+  while (reader->Read(&msg)) {
+    if (Cancelled(options.cancel) || Cancelled(stop)) {
+      local = absl::CancelledError(absl::StrCat(checker->label(), ": cancelled by the caller"));
+    } else {
+      local = checker->Handle(msg);
+    }
+    if (!local.ok()) {
+      ctx.TryCancel();
+      while (reader->Read(&msg)) {
+      }
+      break;
+    }
+  }
+  grpc::Status status = reader->Finish();
+  DS_RETURN_IF_ERROR(local);
+  DS_RETURN_IF_ERROR(FromGrpcStatus(status, checker->label()));
+  if (!checker->ended()) {
+    return absl::DataLossError(
+        absl::StrCat(checker->label(), ": stream ended without an end message"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SpillSink::Begin(const v1::StreamBegin& begin) {
+  metadata_.insert(begin.safetensors_metadata().begin(), begin.safetensors_metadata().end());
+  return absl::OkStatus();
+}
+
+absl::Status SpillSink::TensorBegin(const codec::TensorInfo& info) {
+  tensors_.push_back({info, spill_->size()});
+  return absl::OkStatus();
+}
+
+absl::Status SpillSink::TensorEnd() {
+  finished_ = tensors_.size();
+  return absl::OkStatus();
+}
+
+void SpillSink::DropUnfinished() { tensors_.resize(finished_); }
+
+absl::Status SpillSink::MapViews(std::vector<codec::TensorView>* views) {
+  DS_RETURN_IF_ERROR(spill_->Close());
+  DS_ASSIGN_OR_RETURN(mapped_, common::MappedFile::Open(spill_->tmp_path()));
+  for (size_t i = 0; i < finished_; ++i) {
+    const auto& [info, offset] = tensors_[i];
+    views->push_back({info, mapped_->bytes().subspan(offset, info.num_bytes())});
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteSpilled(const std::vector<SpillSink*>& sinks, const std::string& out_path,
+                          uint64_t max_shard_bytes) {
+  std::vector<codec::TensorView> views;
+  for (SpillSink* sink : sinks) DS_RETURN_IF_ERROR(sink->MapViews(&views));
+  const std::map<std::string, std::string>& metadata = sinks.front()->metadata();
+  if (max_shard_bytes == 0) return codec::WriteSafetensors(out_path, views, metadata);
+  return codec::WriteShardedSafetensors(out_path, views, metadata, max_shard_bytes);
+}
+
+absl::Status MemorySink::Begin(const v1::StreamBegin& begin) {
+  out_->task = begin.task();
+  out_->metadata.insert(begin.safetensors_metadata().begin(), begin.safetensors_metadata().end());
+  return absl::OkStatus();
+}
+
+absl::Status MemorySink::TensorBegin(const codec::TensorInfo& info) {
+  out_->tensors.push_back({info, {}});
+  out_->tensors.back().data.reserve(info.num_bytes());
+  return absl::OkStatus();
+}
+
+absl::Status MemorySink::Data(absl::Span<const uint8_t> data) {
+  auto& buf = out_->tensors.back().data;
+  buf.insert(buf.end(), data.begin(), data.end());
+  return absl::OkStatus();
+}
+
+absl::Status MemorySink::TensorEnd() {
+  finished_ = out_->tensors.size();
+  return absl::OkStatus();
+}
+
+void MemorySink::DropUnfinished() { out_->tensors.resize(finished_); }
+
+}  // namespace deltaserve::client

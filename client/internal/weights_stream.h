@@ -1,0 +1,155 @@
+// One StreamWeights call, checked message by message, into a sink: shared by the
+// single-stream pulls (client_pull.cc) and the parallel tensor-range pulls
+// (client_pull_ranges.cc). Not thread-safe: one checker and one sink per call.
+#ifndef DELTASERVE_CLIENT_INTERNAL_WEIGHTS_STREAM_H_
+#define DELTASERVE_CLIENT_INTERNAL_WEIGHTS_STREAM_H_
+
+#include <xxhash.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "client/client.h"
+#include "client/internal/impl.h"
+#include "codec/tensor.h"
+#include "common/file.h"
+
+namespace deltaserve::client {
+
+using Clock = std::chrono::steady_clock;
+
+inline double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Receives a verified weight stream. Data() calls of one tensor come between its
+// TensorBegin() and TensorEnd(); TensorEnd() comes after the tensor's checksum matched.
+// DropUnfinished() forgets a tensor begun but not ended (its stream failed; a resumed
+// stream sends it again from its first byte).
+class WeightsSink {
+ public:
+  virtual ~WeightsSink() = default;
+  virtual absl::Status Begin(const v1::StreamBegin& begin) = 0;
+  virtual absl::Status TensorBegin(const codec::TensorInfo& info) = 0;
+  virtual absl::Status Data(absl::Span<const uint8_t> data) = 0;
+  virtual absl::Status TensorEnd() { return absl::OkStatus(); }
+  virtual void DropUnfinished() {}
+};
+
+// Checks the framing of a StreamWeights response stream (begin, then per tensor a header
+// and chunks of exactly byte_length bytes at increasing offsets, then end) and the
+// XXH3-64 of every tensor, forwarding to a sink. Progress goes to options.progress;
+// times count from `start`.
+class WeightsStreamChecker {
+ public:
+  WeightsStreamChecker(std::string label, WeightsSink* sink, const PullOptions& options,
+                       Clock::time_point start = Clock::now());
+  ~WeightsStreamChecker();
+  WeightsStreamChecker(const WeightsStreamChecker&) = delete;
+  WeightsStreamChecker& operator=(const WeightsStreamChecker&) = delete;
+
+  absl::Status Handle(const v1::StreamWeightsResponse& msg);
+
+  const std::string& label() const { return label_; }
+  bool ended() const { return ended_; }
+  PullStats& stats() { return stats_; }
+  // Container index (TensorHeader.index) of the last tensor whose checksum matched;
+  // -1 if none yet.
+  int64_t last_verified_index() const { return last_verified_index_; }
+
+ private:
+  absl::Status Bad(absl::string_view what) const;
+  absl::Status Header(const v1::TensorHeader& h);
+  absl::Status Chunk(const v1::TensorChunk& c);
+  void Report();
+  absl::Status MaybeFinishTensor();
+
+  const std::string label_;
+  WeightsSink* sink_;
+  const PullOptions& options_;
+  XXH3_state_t* hash_;
+  const Clock::time_point start_;
+  bool began_ = false, in_tensor_ = false, ended_ = false;
+  v1::StreamBegin begin_;
+  v1::TensorHeader header_;
+  codec::TensorInfo info_;
+  uint64_t received_ = 0;
+  int64_t last_verified_index_ = -1;
+  PullStats stats_;
+  Progress progress_;
+};
+
+// The request of a pull of `task` with `options` (tenant from the client options). A
+// request with a string field that is not UTF-8 is InvalidArgument.
+absl::StatusOr<v1::StreamWeightsRequest> MakeStreamWeightsRequest(const ClientOptions& client,
+                                                                  const std::string& task,
+                                                                  const PullOptions& options,
+                                                                  const std::string& label);
+
+// Runs one StreamWeights call of `request` on `stub` through `checker`; stops early
+// (CANCELLED) when options.cancel or `stop` (may be null) is raised. Returns the first
+// error: a local one (checker, cancel) before the server's status.
+absl::Status RunStreamWeightsCall(const DeltaClient::Impl& impl, v1::DeltaService::Stub* stub,
+                                  const v1::StreamWeightsRequest& request,
+                                  const PullOptions& options, const std::atomic<bool>* stop,
+                                  WeightsStreamChecker* checker);
+
+// Spills tensor data to a scratch file and remembers the layout.
+class SpillSink : public WeightsSink {
+ public:
+  explicit SpillSink(std::unique_ptr<common::AtomicFileWriter> spill) : spill_(std::move(spill)) {}
+  absl::Status Begin(const v1::StreamBegin& begin) override;
+  absl::Status TensorBegin(const codec::TensorInfo& info) override;
+  absl::Status Data(absl::Span<const uint8_t> data) override { return spill_->Append(data); }
+  absl::Status TensorEnd() override;
+  // The unfinished tensor's bytes stay in the scratch file, unreferenced.
+  void DropUnfinished() override;
+
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Closes and maps the scratch file; appends views of its finished tensors, in stream
+  // order, to `views` (valid while this sink lives).
+  absl::Status MapViews(std::vector<codec::TensorView>* views);
+
+ private:
+  std::unique_ptr<common::AtomicFileWriter> spill_;  // removed when the sink is destroyed
+  std::unique_ptr<common::MappedFile> mapped_;
+  std::vector<std::pair<codec::TensorInfo, uint64_t>> tensors_;
+  size_t finished_ = 0;
+  std::map<std::string, std::string> metadata_;
+};
+
+// Writes the finished tensors of `sinks`, one after the other, as one safetensors file
+// (`out_path`) or, if `max_shard_bytes` > 0, as a sharded checkpoint directory
+// `out_path`, with the first sink's metadata: codec::WriteSafetensors /
+// WriteShardedSafetensors.
+absl::Status WriteSpilled(const std::vector<SpillSink*>& sinks, const std::string& out_path,
+                          uint64_t max_shard_bytes);
+
+// Tensors into memory (a PulledModel's tensors and metadata).
+class MemorySink : public WeightsSink {
+ public:
+  explicit MemorySink(PulledModel* out) : out_(out) {}
+  absl::Status Begin(const v1::StreamBegin& begin) override;
+  absl::Status TensorBegin(const codec::TensorInfo& info) override;
+  absl::Status Data(absl::Span<const uint8_t> data) override;
+  absl::Status TensorEnd() override;
+  void DropUnfinished() override;
+
+ private:
+  PulledModel* out_;
+  size_t finished_ = 0;
+};
+
+}  // namespace deltaserve::client
+
+#endif  // DELTASERVE_CLIENT_INTERNAL_WEIGHTS_STREAM_H_

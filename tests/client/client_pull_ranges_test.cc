@@ -1,0 +1,186 @@
+// Parallel pulls over tensor ranges (PullOptions::streams), against the fake service.
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "client/client.h"
+#include "client/internal/pull_ranges.h"
+#include "codec/safetensors.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "tests/client/fake_delta_service.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace deltaserve::client {
+namespace {
+
+using ::deltaserve::client::testing::FakeService;
+using ::deltaserve::client::testing::Fault;
+using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::ReadFile;
+using ::deltaserve::testing::StatusIs;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Pair;
+
+TEST(CutTensorRangesTest, CutsWhereATensorsMiddleReachesTheShare) {
+  const std::vector<uint64_t> bytes = {100, 10, 10, 10, 10, 60};
+  EXPECT_THAT(CutTensorRanges(bytes, 0, 1), ElementsAre(Pair(0u, 6u)));
+  // Share 100: tensor 1's middle (105) reaches it.
+  EXPECT_THAT(CutTensorRanges(bytes, 0, 2), ElementsAre(Pair(0u, 2u), Pair(2u, 6u)));
+  // Shares 66.7 and 133.3: middles 105 and 135.
+  EXPECT_THAT(CutTensorRanges(bytes, 0, 3), ElementsAre(Pair(0u, 2u), Pair(2u, 5u), Pair(5u, 6u)));
+  // More streams than tensors: one tensor each.
+  EXPECT_THAT(CutTensorRanges(bytes, 4, 4), ElementsAre(Pair(4u, 5u), Pair(5u, 6u)));
+  EXPECT_THAT(CutTensorRanges(bytes, 6, 2), ElementsAre());
+}
+
+TEST(CutTensorRangesTest, LeavesOneTensorForEveryRangeToCome) {
+  const std::vector<uint64_t> bytes = {0, 0, 0, 100};
+  EXPECT_THAT(CutTensorRanges(bytes, 0, 3), ElementsAre(Pair(0u, 2u), Pair(2u, 3u), Pair(3u, 4u)));
+}
+
+class PullRangesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    service_.tensors = testing::FourTensors();
+    int port = 0;
+    server_ = testing::StartFakeServer(&service_, &port);
+    ASSERT_NE(server_, nullptr);
+    ClientOptions options;
+    options.target = "127.0.0.1:" + std::to_string(port);
+    options.deadline = absl::Seconds(10);
+    options.stream_deadline = absl::Seconds(30);
+    ASSERT_OK_AND_ASSIGN(client_, DeltaClient::Open(options));
+    std::vector<codec::TensorView> views;
+    for (const auto& t : service_.tensors) views.push_back(t.view());
+    ASSERT_THAT(
+        codec::WriteSafetensors(tmp_.File("expected.safetensors"), views, service_.metadata),
+        IsOk());
+  }
+  void TearDown() override { server_->Shutdown(); }
+
+  // (resume_from_index, end_index) of every StreamWeights request so far.
+  std::vector<std::pair<uint32_t, uint32_t>> Requests() {
+    std::vector<std::pair<uint32_t, uint32_t>> out;
+    std::lock_guard<std::mutex> lock(service_.mu);
+    for (const auto& r : service_.streams) out.emplace_back(r.resume_from_index(), r.end_index());
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  FakeService service_;
+  std::unique_ptr<grpc::Server> server_;
+  ::deltaserve::testing::ScopedTempDir tmp_;
+  std::unique_ptr<DeltaClient> client_;
+};
+
+TEST_F(PullRangesTest, TwoStreamsWriteTheSameFileAsOne) {
+  PullOptions options;
+  options.streams = 2;
+  Progress last;
+  options.progress = [&](const Progress& p) { last = p; };
+  ASSERT_OK_AND_ASSIGN(PullStats stats,
+                       client_->PullWeights("chat", tmp_.File("two.safetensors"), options));
+  EXPECT_EQ(stats.streams, 2u);
+  EXPECT_EQ(stats.tensors, 4u);
+  EXPECT_EQ(stats.bytes, 122u);
+  EXPECT_EQ(stats.resumed, 0u);
+  EXPECT_EQ(ReadFile(tmp_.File("two.safetensors")), ReadFile(tmp_.File("expected.safetensors")));
+  // Bytes 60 | 44 0 18: tensor 1's middle (82) reaches the share (61).
+  EXPECT_THAT(Requests(), ElementsAre(Pair(0u, 2u), Pair(2u, 4u)));
+  EXPECT_EQ(last.bytes_done, 122u);
+  EXPECT_EQ(last.bytes_total, 122u);
+  EXPECT_EQ(last.tensors_done, 4u);
+  EXPECT_EQ(last.tensors_total, 4u);
+  EXPECT_FALSE(std::filesystem::exists(tmp_.File("two.safetensors.data.tmp")));
+  EXPECT_FALSE(std::filesystem::exists(tmp_.File("two.safetensors.data.1.tmp")));
+}
+
+TEST_F(PullRangesTest, ARangeDroppedMidTensorResumesAtThatTensor) {
+  service_.unavailable_once_at = 3;  // "c": fails after its first chunk
+  PullOptions options;
+  options.streams = 2;
+  ASSERT_OK_AND_ASSIGN(PullStats stats,
+                       client_->PullWeights("chat", tmp_.File("r.safetensors"), options));
+  EXPECT_EQ(stats.resumed, 1u);
+  EXPECT_EQ(stats.tensors, 4u);
+  EXPECT_EQ(stats.bytes, 122u);
+  EXPECT_EQ(ReadFile(tmp_.File("r.safetensors")), ReadFile(tmp_.File("expected.safetensors")));
+  // "empty" (index 2) was verified before the drop: the retry starts at 3.
+  EXPECT_THAT(Requests(), ElementsAre(Pair(0u, 2u), Pair(2u, 4u), Pair(3u, 4u)));
+
+  // Into memory, the same way.
+  service_.unavailable_once_at = 0;
+  ASSERT_OK_AND_ASSIGN(PulledModel model, client_->PullWeightsToMemory("chat", options));
+  EXPECT_EQ(model.stats.resumed, 1u);
+  ASSERT_EQ(model.tensors.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(model.tensors[i].info.name, service_.tensors[i].info.name);
+    EXPECT_EQ(model.tensors[i].data, service_.tensors[i].data);
+  }
+  EXPECT_EQ(model.metadata, service_.metadata);
+}
+
+TEST_F(PullRangesTest, WithoutRetriesTheDropIsTheError) {
+  service_.unavailable_once_at = 3;
+  PullOptions options;
+  options.streams = 2;
+  options.range_retries = 0;
+  EXPECT_THAT(client_->PullWeights("chat", tmp_.File("x.safetensors"), options),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("connection dropped")));
+  EXPECT_FALSE(std::filesystem::exists(tmp_.File("x.safetensors")));
+}
+
+TEST_F(PullRangesTest, OtherErrorsAreNotRetried) {
+  service_.fault = Fault::kAbortMidway;  // INTERNAL in tensor 1
+  PullOptions options;
+  options.streams = 2;
+  EXPECT_THAT(client_->PullWeights("chat", tmp_.File("x.safetensors"), options),
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("decoder exploded")));
+  EXPECT_FALSE(std::filesystem::exists(tmp_.File("x.safetensors")));
+  service_.fault = Fault::kBadChecksum;
+  EXPECT_THAT(client_->PullWeights("chat", tmp_.File("x.safetensors"), options),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("checksum mismatch")));
+}
+
+TEST_F(PullRangesTest, ATaskReplacedDuringThePullIsAborted) {
+  service_.stream_created_unix = service_.created_unix + 1;
+  PullOptions options;
+  options.streams = 2;
+  EXPECT_THAT(client_->PullWeights("chat", tmp_.File("x.safetensors"), options),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("the task changed during the pull")));
+  EXPECT_FALSE(std::filesystem::exists(tmp_.File("x.safetensors")));
+}
+
+TEST_F(PullRangesTest, ResumeFromNameAndStreamCount) {
+  PullOptions options;
+  options.streams = 3;
+  options.resume_from = "a.bias";
+  ASSERT_OK_AND_ASSIGN(PulledModel model, client_->PullWeightsToMemory("chat", options));
+  ASSERT_EQ(model.tensors.size(), 3u);
+  EXPECT_EQ(model.tensors[0].info.name, "a.bias");
+  EXPECT_EQ(model.stats.streams, 3u);
+  options.resume_from = "nope";
+  EXPECT_THAT(client_->PullWeightsToMemory("chat", options),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("no tensor 'nope'")));
+  options.resume_from.clear();
+  options.streams = 0;
+  EXPECT_THAT(client_->PullWeights("chat", tmp_.File("x.safetensors"), options),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("streams")));
+  options.streams = 65;
+  EXPECT_THAT(client_->PullWeightsToMemory("chat", options),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("[1, 64]")));
+  options.streams = 2;
+  EXPECT_THAT(client_->PullWeightsToMemory("missing", options),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("no task 'missing'")));
+}
+
+}  // namespace
+}  // namespace deltaserve::client
