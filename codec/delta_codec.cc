@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "codec/container_checks.h"
 #include "codec/internal/compress_checks.h"
+#include "codec/internal/ecq_compress.h"
 #include "common/coding.h"
 #include "common/status_macros.h"
 
@@ -96,11 +97,22 @@ bool ComputeDelta(const TensorView& ft, const TensorView& base, std::vector<floa
   return finite;
 }
 
+// Rows of the 2-D view per merge unit of a lossy record (0 for other encodings):
+// kMergeRowAlign for kDct, the payload's entropy chunk for kEcq (a malformed one is
+// reported by its decoder).
+int64_t MergeRowUnit(const TensorRecord& record) {
+  if (record.encoding == Encoding::kDct) return kMergeRowAlign;
+  if (record.encoding != Encoding::kEcq) return 0;
+  const int64_t rows = EcqChunkRows(record.payload);
+  return rows > 0 ? rows : kMergeRowAlign;
+}
+
 std::map<std::string, std::string> HeaderMetadata(const CompressOptions& o) {
   std::vector<std::string> rules;
   for (const auto& r : o.rules) rules.push_back(r.ToString());
-  return {
-      {"codec.patch_size", absl::StrCat(o.dct.patch_size)},
+  std::map<std::string, std::string> m = {
+      {"codec.patch_size", absl::StrCat(o.codec == LossyCodec::kEcq ? o.ecq.patch_size
+                                                                    : o.dct.patch_size)},
       {"codec.schedule", o.dct.schedule.ToString()},
       {"codec.quantizer", QuantizerName(o.dct.quantizer)},
       {"codec.separate_dc", o.dct.separate_dc ? "1" : "0"},
@@ -108,6 +120,13 @@ std::map<std::string, std::string> HeaderMetadata(const CompressOptions& o) {
       {"codec.rules", absl::StrJoin(rules, ",")},
       {"tool", kToolName},
   };
+  if (o.codec == LossyCodec::kEcq) {
+    m["codec.lossy"] = LossyCodecName(o.codec);
+    m["codec.ecq_target"] = o.ecq_target.max_error > 0
+                                ? absl::StrCat("max_error=", o.ecq_target.max_error)
+                                : absl::StrCat("bits=", o.ecq_target.bits_per_weight);
+  }
+  return m;
 }
 
 }  // namespace
@@ -159,8 +178,28 @@ std::string EncodingRule::ToString() const {
   return absl::StrCat(pattern, "=", std::string(EncodingName(encoding)));
 }
 
+std::string LossyCodecName(LossyCodec c) { return c == LossyCodec::kEcq ? "ecq" : "dct"; }
+
+absl::StatusOr<LossyCodec> ParseLossyCodec(std::string_view text) {
+  if (text == "dct") return LossyCodec::kDct;
+  if (text == "ecq") return LossyCodec::kEcq;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown codec '", std::string(text), "' (want dct or ecq)"));
+}
+
 absl::Status CompressOptions::Validate() const {
   DS_RETURN_IF_ERROR(dct.Validate());
+  if (codec != LossyCodec::kDct && codec != LossyCodec::kEcq) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown codec ", static_cast<int>(codec)));
+  }
+  if (codec == LossyCodec::kEcq) {
+    DS_RETURN_IF_ERROR(ecq.Validate());
+    const double b = ecq_target.bits_per_weight, e = ecq_target.max_error;
+    if (!(e >= 0) || !std::isfinite(e) || (e == 0 && !(b > 0 && std::isfinite(b)))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ecq target: bits per weight ", b, " must be > 0, or max error ", e, " > 0"));
+    }
+  }
   if (!(max_relative_delta >= 0)) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_relative_delta must be >= 0, is ", max_relative_delta));
@@ -285,6 +324,35 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
 
   std::vector<float> delta;
   std::vector<std::string> refused;  // every tensor that makes the pair unusable
+  auto add_record = [&](const TensorRecord& rec) -> absl::Status {
+    const uint64_t before = writer->bytes_written();
+    DS_RETURN_IF_ERROR(writer->Add(rec));
+    const uint64_t rec_bytes = writer->bytes_written() - before;
+    stats.total_weights += rec.info.num_elements();
+    switch (rec.encoding) {
+      case Encoding::kDct:
+      case Encoding::kEcq:
+        ++stats.dct_tensors;
+        stats.dct_weights += rec.info.num_elements();
+        stats.dct_bytes += rec_bytes;
+        break;
+      case Encoding::kRaw:
+        ++stats.raw_tensors;
+        break;
+      case Encoding::kUnchanged:
+        ++stats.unchanged_tensors;
+        break;
+    }
+    return absl::OkStatus();
+  };
+  // kEcq: every record waits for the rate control over all the lossy tensors, then all
+  // are written in order (records view model bytes; ecq payloads live in ecq_payloads).
+  const bool ecq = options.codec == LossyCodec::kEcq;
+  const uint64_t header_bytes = writer->bytes_written();
+  std::vector<TensorRecord> deferred;
+  std::vector<std::unique_ptr<EcqTensor>> ecq_tensors;
+  std::vector<size_t> ecq_records;  // index in `deferred` of each ecq tensor
+  std::vector<std::vector<uint8_t>> ecq_payloads;
   const size_t total = finetuned.tensors().size();
   for (size_t i = 0; i < total; ++i) {
     const std::string& name = finetuned.tensors()[i].name;
@@ -335,37 +403,42 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
     if (enc == Encoding::kRaw) {
       rec.payload = ft.data;
     } else if (enc == Encoding::kDct) {
-      DS_ASSIGN_OR_RETURN(auto view, MatrixView(bv->info.shape, options.dct.patch_size));
+      DS_ASSIGN_OR_RETURN(auto view, MatrixView(bv->info.shape, ecq ? options.ecq.patch_size
+                                                                     : options.dct.patch_size));
       rec.rows = view.first;
       rec.cols = view.second;
-      auto encoded = EncodeDctMatrix(delta.data(), rec.rows, rec.cols, options.dct);
-      if (!encoded.ok()) {
-        return common::Annotate(encoded.status(), Quoted(name));
-      }
-      payload = *std::move(encoded);
-      rec.payload = payload;
       const size_t base_bytes =
           static_cast<size_t>(bv->info.num_elements()) * DTypeSize(ft.info.dtype);
       rec.extra_rows = ft.data.subspan(base_bytes);
+      if (ecq) {
+        rec.encoding = Encoding::kEcq;
+        auto prepared = EcqTensor::Prepare(delta.data(), rec.rows, rec.cols, options.ecq);
+        if (!prepared.ok()) return common::Annotate(prepared.status(), Quoted(name));
+        ecq_tensors.push_back(*std::move(prepared));
+        ecq_records.push_back(deferred.size());
+      } else {
+        auto encoded = EncodeDctMatrix(delta.data(), rec.rows, rec.cols, options.dct);
+        if (!encoded.ok()) {
+          return common::Annotate(encoded.status(), Quoted(name));
+        }
+        payload = *std::move(encoded);
+        rec.payload = payload;
+      }
     }
-    const uint64_t before = writer->bytes_written();
-    DS_RETURN_IF_ERROR(writer->Add(rec));
-    const uint64_t rec_bytes = writer->bytes_written() - before;
-    stats.total_weights += ft.info.num_elements();
-    switch (enc) {
-      case Encoding::kDct:
-        ++stats.dct_tensors;
-        stats.dct_weights += ft.info.num_elements();
-        stats.dct_bytes += rec_bytes;
-        break;
-      case Encoding::kRaw:
-        ++stats.raw_tensors;
-        break;
-      case Encoding::kUnchanged:
-        ++stats.unchanged_tensors;
-        break;
+    if (ecq) {
+      deferred.push_back(std::move(rec));
+      continue;
     }
+    DS_RETURN_IF_ERROR(add_record(rec));
     if (progress) progress(i + 1, total, name);
+  }
+  if (ecq && refused.empty()) {
+    DS_RETURN_IF_ERROR(internal::PlanAndSetEcqPayloads(
+        ecq_tensors, ecq_records, header_bytes, options.ecq_target, &deferred, &ecq_payloads));
+    for (size_t i = 0; i < deferred.size(); ++i) {
+      DS_RETURN_IF_ERROR(add_record(deferred[i]));
+      if (progress) progress(i + 1, total, deferred[i].info.name);
+    }
   }
   if (!refused.empty()) {
     const size_t n = refused.size();
@@ -404,8 +477,8 @@ int MergeTensorParts(const TensorRecord& record, int64_t min_part_weights, int m
   if (max_parts <= 1 || min_part_weights <= 0) return 1;
   const int64_t n = record.info.num_elements();
   // kDct parts are row ranges in units of kRowAlign rows of the 2-D view.
-  const int64_t units =
-      record.encoding == Encoding::kDct ? (record.rows + kMergeRowAlign - 1) / kMergeRowAlign : n;
+  const int64_t row_unit = MergeRowUnit(record);
+  const int64_t units = row_unit > 0 ? (record.rows + row_unit - 1) / row_unit : n;
   const int64_t by_size = std::max<int64_t>(1, n / min_part_weights);
   return static_cast<int>(std::min<int64_t>({by_size, units, max_parts}));
 }
@@ -464,8 +537,9 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
     if (on_bytes) on_bytes(out.subspan(lo * osz, (hi - lo) * osz));
     return absl::OkStatus();
   }
-  const int64_t units = (record.rows + kMergeRowAlign - 1) / kMergeRowAlign;
-  auto [row_lo, row_hi] = split(units, kMergeRowAlign, record.rows);
+  const int64_t row_unit = MergeRowUnit(record);
+  const int64_t units = (record.rows + row_unit - 1) / row_unit;
+  auto [row_lo, row_hi] = split(units, row_unit, record.rows);
   const size_t row_bytes = static_cast<size_t>(record.cols) * osz;
   RowsDoneFn on_rows;
   if (on_bytes) {
@@ -474,8 +548,13 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
     };
   }
   absl::Status s =
-      DecodeDctMatrixMergeRows(record.payload, record.rows, record.cols, row_lo, row_hi,
-                               bv->data.data(), bv->info.dtype, out_dtype, out.data(), on_rows);
+      record.encoding == Encoding::kEcq
+          ? DecodeEcqMatrixMergeRows(record.payload, record.rows, record.cols, row_lo, row_hi,
+                                     bv->data.data(), bv->info.dtype, out_dtype, out.data(),
+                                     on_rows)
+          : DecodeDctMatrixMergeRows(record.payload, record.rows, record.cols, row_lo, row_hi,
+                                     bv->data.data(), bv->info.dtype, out_dtype, out.data(),
+                                     on_rows);
   if (!s.ok()) {
     return absl::Status(s.code(), absl::StrCat(Quoted(name), ": ", s.message()));
   }
