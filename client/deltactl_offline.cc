@@ -38,6 +38,7 @@ struct CompressCliOptions {
   std::string codec;        // "dct" or "ecq"; empty: ecq if --bits/--max-error, else dct
   double bits = 0.0;        // ecq target, bits per weight of the lossy tensors
   double max_error = 0.0;   // ecq target, relative delta error
+  std::string ecq_weighting = codec::EcqWeightingName(codec::CompressOptions{}.ecq_weighting);
 };
 
 struct DecompressCliOptions {
@@ -86,6 +87,9 @@ absl::Status RunConvert(const ConvertOptions& o) {
 
 absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOptions& o) {
   codec::CompressOptions c;
+  if (!(o.bits >= 0) || !(o.max_error >= 0)) {
+    return absl::InvalidArgumentError("--bits and --max-error must be > 0");
+  }
   const bool ecq_target = o.bits > 0 || o.max_error > 0;
   if (!o.codec.empty()) {
     DS_ASSIGN_OR_RETURN(c.codec, codec::ParseLossyCodec(o.codec));
@@ -101,6 +105,7 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   if (o.bits > 0) c.ecq_target = {o.bits, 0.0};
   if (o.max_error > 0) c.ecq_target = {0.0, o.max_error};
   c.ecq.patch_size = o.patch;
+  DS_ASSIGN_OR_RETURN(c.ecq_weighting, codec::ParseEcqWeighting(o.ecq_weighting));
   c.dct.patch_size = o.patch;
   DS_ASSIGN_OR_RETURN(c.dct.schedule, codec::BitSchedule::Parse(o.schedule));
   DS_ASSIGN_OR_RETURN(c.dct.quantizer, codec::ParseQuantizer(o.quantizer));
@@ -211,6 +216,11 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   compress->add_option("--max-error", cc->max_error,
                        "ecq: smallest container whose relative delta error is <= this "
                        "(implies --codec ecq)");
+  compress
+      ->add_option("--ecq-weighting", cc->ecq_weighting,
+                   "ecq: per-tensor step scale: mse (one step), weight (x RMS of the base "
+                   "tensor), delta (x RMS of the delta)")
+      ->capture_default_str();
   compress->add_option("--patch", cc->patch, "DCT patch edge p, in weights [2, 64]")
       ->capture_default_str();
   compress

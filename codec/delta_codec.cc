@@ -122,6 +122,7 @@ std::map<std::string, std::string> HeaderMetadata(const CompressOptions& o) {
   };
   if (o.codec == LossyCodec::kEcq) {
     m["codec.lossy"] = LossyCodecName(o.codec);
+    m["codec.ecq_weighting"] = EcqWeightingName(o.ecq_weighting);
     m["codec.ecq_target"] = o.ecq_target.max_error > 0
                                 ? absl::StrCat("max_error=", o.ecq_target.max_error)
                                 : absl::StrCat("bits=", o.ecq_target.bits_per_weight);
@@ -178,6 +179,26 @@ std::string EncodingRule::ToString() const {
   return absl::StrCat(pattern, "=", std::string(EncodingName(encoding)));
 }
 
+std::string EcqWeightingName(EcqWeighting w) {
+  switch (w) {
+    case EcqWeighting::kMse:
+      return "mse";
+    case EcqWeighting::kWeightRms:
+      return "weight";
+    case EcqWeighting::kDeltaRms:
+      return "delta";
+  }
+  return absl::StrCat("weighting-", static_cast<int>(w));
+}
+
+absl::StatusOr<EcqWeighting> ParseEcqWeighting(std::string_view text) {
+  for (EcqWeighting w : {EcqWeighting::kMse, EcqWeighting::kWeightRms, EcqWeighting::kDeltaRms}) {
+    if (text == EcqWeightingName(w)) return w;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown ecq weighting '", std::string(text), "' (want mse, weight or delta)"));
+}
+
 std::string LossyCodecName(LossyCodec c) { return c == LossyCodec::kEcq ? "ecq" : "dct"; }
 
 absl::StatusOr<LossyCodec> ParseLossyCodec(std::string_view text) {
@@ -194,6 +215,7 @@ absl::Status CompressOptions::Validate() const {
   }
   if (codec == LossyCodec::kEcq) {
     DS_RETURN_IF_ERROR(ecq.Validate());
+    DS_RETURN_IF_ERROR(ParseEcqWeighting(EcqWeightingName(ecq_weighting)).status());
     const double b = ecq_target.bits_per_weight, e = ecq_target.max_error;
     if (!(e >= 0) || !std::isfinite(e) || (e == 0 && !(b > 0 && std::isfinite(b)))) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -414,6 +436,7 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
         rec.encoding = Encoding::kEcq;
         auto prepared = EcqTensor::Prepare(delta.data(), rec.rows, rec.cols, options.ecq);
         if (!prepared.ok()) return common::Annotate(prepared.status(), Quoted(name));
+        (*prepared)->set_step_scale(internal::EcqStepScale(options.ecq_weighting, *bv, delta));
         ecq_tensors.push_back(*std::move(prepared));
         ecq_records.push_back(deferred.size());
       } else {

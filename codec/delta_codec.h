@@ -55,6 +55,18 @@ enum class LossyCodec : uint8_t {
 std::string LossyCodecName(LossyCodec c);
 absl::StatusOr<LossyCodec> ParseLossyCodec(std::string_view text);
 
+// Per-tensor step of codec v2: the container's step times
+enum class EcqWeighting : uint8_t {
+  kMse = 0,        // 1: minimal total squared delta error (what rel. delta error measures)
+  kWeightRms = 1,  // the RMS of the base tensor: minimal sum of squared errors relative to
+                   // each tensor's weight scale (a data-free proxy of output noise)
+  kDeltaRms = 2,   // the RMS of the tensor's delta: every tensor at about the same
+                   // relative delta error (as a uniform fixed-rate schedule)
+};
+// "mse", "weight", "delta"; and its inverse (InvalidArgument for any other text).
+std::string EcqWeightingName(EcqWeighting w);
+absl::StatusOr<EcqWeighting> ParseEcqWeighting(std::string_view text);
+
 struct CompressOptions {
   // Codec of the lossy tensors. Default: kDct.
   LossyCodec codec = LossyCodec::kDct;
@@ -65,6 +77,11 @@ struct CompressOptions {
   // bytes plus their share of header and trailer). Default: 1 bit per weight.
   EcqOptions ecq;
   EcqTarget ecq_target{1.0, 0.0};
+  // kEcq: how the common step is scaled per tensor (the distortion each tensor's error
+  // is weighed by). Default: kDeltaRms, the best task metrics measured on faceres at 1
+  // and 2 bits per weight (tests/eval/RESULTS.md; kMse has the lowest total delta error
+  // but starves the tensors with small deltas).
+  EcqWeighting ecq_weighting = EcqWeighting::kDeltaRms;
   // Tensors with fewer elements than this, and all 1-D/scalar tensors, are stored raw
   // (lossless). Larger: fewer lossy tensors, more bytes. Default: see FORMAT.md.
   int64_t min_dct_elements = 16384;

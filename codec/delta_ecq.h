@@ -73,6 +73,10 @@ class EcqTensor {
   double energy() const { return energy_; }  // sum of squares of the delta
   // Largest |coefficient| over the transforms (a step above twice this codes all-zero).
   double max_abs() const { return max_abs_; }
+  // Multiplier of the container's common step for this tensor (PlanEcq codes it at
+  // step x step_scale()): a distortion weight of 1 / step_scale^2. Default: 1.
+  double step_scale() const { return step_scale_; }
+  void set_step_scale(double s) { step_scale_ = s; }
 
   // The best (transform, rounding) at `step` > 0, by D + lambda R with
   // lambda = ln(2) step^2 / 6 per bit (the slope of the high-rate curve D = s^2 / 12),
@@ -92,7 +96,7 @@ class EcqTensor {
  private:
   EcqTensor() = default;
   int64_t rows_ = 0, cols_ = 0;
-  double energy_ = 0.0, max_abs_ = 0.0;
+  double energy_ = 0.0, max_abs_ = 0.0, step_scale_ = 1.0;
   std::vector<std::unique_ptr<Plane>> planes_;
 };
 

@@ -23,7 +23,7 @@ Totals Estimate(absl::Span<const EcqTensor* const> tensors, float step,
   Totals t;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const EcqTrial trial =
-        tensors[i]->Evaluate(step, kSearchSample, fixed.empty() ? nullptr : &fixed[i]);
+        tensors[i]->Evaluate(static_cast<float>(step * tensors[i]->step_scale()), kSearchSample, fixed.empty() ? nullptr : &fixed[i]);
     t.bytes += trial.bytes;
     t.distortion += trial.distortion;
   }
@@ -58,7 +58,7 @@ absl::Status EncodeAll(absl::Span<const EcqTensor* const> tensors, float step,
   for (size_t i = 0; i < tensors.size(); ++i) {
     EcqTrial trial;
     DS_ASSIGN_OR_RETURN(std::vector<uint8_t> p,
-                        tensors[i]->Encode(step, &trial, freeze ? nullptr : &(*fixed)[i]));
+                        tensors[i]->Encode(static_cast<float>(step * tensors[i]->step_scale()), &trial, freeze ? nullptr : &(*fixed)[i]));
     if (freeze) fixed->push_back(trial);
     plan->payload_bytes += p.size();
     plan->distortion += trial.distortion;
@@ -86,7 +86,10 @@ absl::StatusOr<EcqPlan> PlanEcq(absl::Span<const EcqTensor* const> tensors, uint
   double max_abs = 0.0;
   for (const EcqTensor* x : tensors) {
     plan.energy += x->energy();
-    max_abs = std::max(max_abs, x->max_abs());
+    if (!(x->step_scale() > 0.0) || !std::isfinite(x->step_scale())) {
+      return absl::InvalidArgumentError("ecq plan: a tensor's step scale is not > 0");
+    }
+    max_abs = std::max(max_abs, x->max_abs() / x->step_scale());
   }
   // Steps between "every code escapes at most 2^29" and "every code is 0".
   const float hi = static_cast<float>(std::max(2.0 * max_abs, 1e-30));
@@ -135,7 +138,11 @@ absl::StatusOr<EcqPlan> PlanEcq(absl::Span<const EcqTensor* const> tensors, uint
     // estimate's target by the measured ratio until the coded size is within 0.5%.
     double want = budget;
     float step = hi, a = lo, b = hi;
-    for (int round = 0; round < 6; ++round) {
+    if (budget <= 0.0) {  // the framing alone is over the target: code all-zero payloads
+      DS_RETURN_IF_ERROR(EncodeAll(tensors, hi, &fixed, &plan));
+      plan.floor_reached = true;
+    }
+    for (int round = 0; round < 6 && budget > 0.0; ++round) {
       // The first search spans all steps; corrections search near the last step.
       step = Bisect(a, b, [&](float s) { return Estimate(tensors, s, fixed).bytes > want; },
                     round == 0 ? 24 : 12);

@@ -1,8 +1,32 @@
 #include "codec/internal/ecq_compress.h"
 
+#include <algorithm>
+#include <cmath>
+
+#include "codec/delta_codec.h"
 #include "common/status_macros.h"
 
 namespace deltaserve::codec::internal {
+
+double EcqStepScale(EcqWeighting w, const TensorView& base, const std::vector<float>& delta) {
+  double sum = 0.0;
+  uint64_t n = 0;
+  if (w == EcqWeighting::kDeltaRms) {
+    for (float x : delta) sum += static_cast<double>(x) * x;
+    n = delta.size();
+  } else if (w == EcqWeighting::kWeightRms) {
+    n = static_cast<uint64_t>(base.info.num_elements());
+    std::vector<float> buf(4096);
+    for (uint64_t i = 0; i < n; i += buf.size()) {
+      const uint64_t m = std::min<uint64_t>(buf.size(), n - i);
+      ToFloat32(base.data.data() + i * DTypeSize(base.info.dtype), base.info.dtype,
+                static_cast<int64_t>(m), buf.data());
+      for (uint64_t j = 0; j < m; ++j) sum += static_cast<double>(buf[j]) * buf[j];
+    }
+  }
+  const double rms = n ? std::sqrt(sum / static_cast<double>(n)) : 0.0;
+  return rms > 0.0 && std::isfinite(rms) ? rms : 1.0;
+}
 
 absl::Status PlanAndSetEcqPayloads(const std::vector<std::unique_ptr<EcqTensor>>& tensors,
                                    const std::vector<size_t>& ecq_records,

@@ -13,7 +13,15 @@
 #include "codec/delta_ecq.h"
 #include "codec/ecq_alloc.h"
 
+namespace deltaserve::codec {
+enum class EcqWeighting : uint8_t;
+}  // namespace deltaserve::codec
+
 namespace deltaserve::codec::internal {
+
+// The step multiplier of a tensor under `w` (codec/delta_codec.h, EcqWeighting): 1, the
+// RMS of `base`, or the RMS of `delta`; 1 when that RMS is 0 or not finite.
+double EcqStepScale(EcqWeighting w, const TensorView& base, const std::vector<float>& delta);
 
 // Bytes of a container's trailer (FORMAT.md, "Trailer").
 inline constexpr uint64_t kContainerTrailerBytes = 24;
