@@ -62,6 +62,7 @@ def render(out):
               "| budget | Delta-DCT bits/w | Delta-DCT err | v2 bits/w | v2 err | best baseline "
               "(err) | Delta-DCT %s | v2 %s | best baseline %s | v2 transforms |" % (
                   key, key, key), "|---|---|---|---|---|---|---|---|---|---|"]
+        # v2 in bold where it beats Delta-DCT and every baseline at that budget.
         for e in ecq:
             d = next((r for r in dct if r["budget"] == e["budget"]), None)
             bl = [r for r in rows if r["method"] in BASELINES and
@@ -73,12 +74,18 @@ def render(out):
                          default=None)
             tr = e.get("transforms") or {}
             n_id = sum(1 for v in tr.values() if v == "identity")
-            s.append("| %s | %s | %s | %.4f | **%.4f** | %s | %s | **%s** | %s | %d dct, %d identity |" % (
+            # Bold: v2 is the best of Delta-DCT, v2 and the baselines on that column.
+            others_err = [r["rel_delta_err"] for r in ([d] if d else []) + bl]
+            em = e.get("metrics", {}).get(key)
+            others_m = [r["metrics"][key] for r in ([d] if d else []) + bl if "metrics" in r]
+            bold = lambda txt, win: "**%s**" % txt if win else txt  # noqa: E731
+            s.append("| %s | %s | %s | %.4f | %s | %s | %s | %s | %s | %d dct, %d identity |" % (
                 e["budget"], _fmt(d and d["bpw"], 4), _fmt(d and d["rel_delta_err"], 4),
-                e["bpw"], e["rel_delta_err"],
+                e["bpw"], bold("%.4f" % e["rel_delta_err"],
+                               all(e["rel_delta_err"] < x for x in others_err)),
                 "%s %.4f" % (report._method(best), best["rel_delta_err"]) if best else "—",
                 _fmt(d and d.get("metrics", {}).get(key), 4),
-                _fmt(e.get("metrics", {}).get(key), 4),
+                bold(_fmt(em, 4), em is not None and all(em >= x for x in others_m)),
                 "%s %.4f" % (report._method(best_m), best_m["metrics"][key]) if best_m else "—",
                 len(tr) - n_id, n_id))
         s += [""]
