@@ -85,6 +85,12 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
   meta->set_overwrite(options.overwrite);
   meta->set_total_bytes(container.size());
   meta->set_xxh3_64(XXH3_64bits(container.data(), container.size()));
+  for (const SideFileUpload& f : options.side_files) {
+    v1::SideFileInfo* info = meta->add_side_files();
+    info->set_name(f.name);
+    info->set_size_bytes(f.data.size());
+    info->set_xxh3_64(XXH3_64bits(f.data.data(), f.data.size()));
+  }
   DS_RETURN_IF_ERROR(CheckStringFieldsUtf8(request, label));
 
   grpc::ClientContext ctx;
@@ -98,6 +104,14 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
   Progress progress;
   progress.bytes_total = container.size();
   const size_t chunk = impl_->options.upload_chunk_bytes;
+  // Side files first: they are small, and the server checks their declared sizes at
+  // admission already.
+  for (const SideFileUpload& f : options.side_files) {
+    for (size_t offset = 0; open && offset < f.data.size(); offset += chunk) {
+      request.set_side_file_chunk(f.data.substr(offset, chunk));
+      open = writer->Write(request);
+    }
+  }
   for (size_t offset = 0; open && offset < container.size(); offset += chunk) {
     if (Cancelled(options.cancel)) {
       cancelled = true;

@@ -76,8 +76,19 @@ struct Progress {
 };
 using ProgressFn = std::function<void(const Progress&)>;
 
+// A side file pushed with a task (config.json, tokenizer files, ...). The server checks
+// names and limits (proto "Side files"; storage/side_files.h): INVALID_ARGUMENT for a
+// bad name, RESOURCE_EXHAUSTED naming the file and size above the limits.
+struct SideFileUpload {
+  std::string name;  // a plain file name, UTF-8
+  std::string data;
+};
+
 struct PushOptions {
   bool overwrite = false;  // replace an existing task; otherwise ALREADY_EXISTS
+  // Side files stored with the task (each with its XXH3-64, verified by the server);
+  // an overwrite replaces the old task's side files. Default: none.
+  std::vector<SideFileUpload> side_files;
   ProgressFn progress;
   // Raised by another thread: the upload is cancelled (nothing is stored).
   const std::atomic<bool>* cancel = nullptr;
@@ -104,6 +115,7 @@ struct PullStats {
   uint64_t bytes = 0;              // tensor data bytes received (and verified)
   double seconds = 0;              // wall time of the stream
   double first_tensor_seconds = 0;  // from the call to the first tensor header
+  std::vector<std::string> side_files;  // PullWeightsToDirectory: side files written
 };
 
 // A pulled model held in memory: tensors in stream (container) order.
@@ -167,9 +179,10 @@ class DeltaClient {
   // Same, as a Hugging Face checkpoint directory: codec::WriteShardedSafetensors(dir, the
   // tensors in stream order, the server's safetensors metadata, max_shard_bytes), i.e.
   // model-0000i-of-0000N.safetensors shards of at most max_shard_bytes of tensor data
-  // (a larger tensor gets a shard of its own) and model.safetensors.index.json. The
-  // spill file lies in `dir` (created if needed) and is removed. InvalidArgument if
-  // max_shard_bytes is 0; otherwise PullWeights' errors.
+  // (a larger tensor gets a shard of its own) and model.safetensors.index.json, and
+  // beside them the task's side files (WriteSideFiles). The spill file lies in `dir`
+  // (created if needed) and is removed. InvalidArgument if max_shard_bytes is 0;
+  // otherwise PullWeights' and WriteSideFiles' errors.
   absl::StatusOr<PullStats> PullWeightsToDirectory(const std::string& task, const std::string& dir,
                                                    uint64_t max_shard_bytes,
                                                    const PullOptions& options = {});
@@ -184,6 +197,16 @@ class DeltaClient {
   // Same, into memory.
   absl::StatusOr<std::vector<uint8_t>> FetchDelta(const std::string& task,
                                                   const ProgressFn& progress = nullptr);
+
+  // The bytes of the task's side file `name` (GetSideFile, read in slices of at most
+  // 4 MiB), whole size and XXH3-64 verified: DATA_LOSS on a mismatch (also when the
+  // task was replaced between two slices). NOT_FOUND for an unknown task or file.
+  absl::StatusOr<std::string> GetSideFile(const std::string& task, const std::string& name);
+  // Writes every side file of `task` (TaskInfo.side_files) into `dir` (created if
+  // needed), each verified and replaced atomically; returns their names in order.
+  // INVALID_ARGUMENT if the server lists a name that is not a plain file name.
+  absl::StatusOr<std::vector<std::string>> WriteSideFiles(const std::string& task,
+                                                          const std::string& dir);
 
   // Opaque state (client/internal/impl.h).
   struct Impl;

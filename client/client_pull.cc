@@ -378,6 +378,7 @@ absl::StatusOr<PullStats> DeltaClient::PullWeightsToDirectory(const std::string&
       PullToSpill(*impl_, task, (std::filesystem::path(dir) / ".pull.data").string(), dir,
                   options, &sink));
   DS_RETURN_IF_ERROR(sink->FinishSharded(dir, max_shard_bytes));
+  DS_ASSIGN_OR_RETURN(stats.side_files, WriteSideFiles(task, dir));
   return stats;
 }
 

@@ -45,6 +45,7 @@ struct DecompressCliOptions {
   std::string base, delta, out, dtype;
   std::string out_dir;  // Hugging Face checkpoint directory instead of --out
   uint64_t shard_bytes = kDefaultShardBytes;
+  SideFileFlags side_files;  // written beside the shards of --out-dir
   bool force = false;
 };
 
@@ -161,6 +162,10 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
   if (!o.out_dir.empty() && o.shard_bytes == 0) {
     return absl::InvalidArgumentError("--shard-bytes must be positive");
   }
+  if (o.out_dir.empty() && (!o.side_files.paths.empty() || !o.side_files.from_dir.empty())) {
+    return absl::InvalidArgumentError("side files need --out-dir");
+  }
+  DS_ASSIGN_OR_RETURN(std::vector<SideFileUpload> side_files, ReadSideFileFlags(o.side_files));
   DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.delta));
   DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(o.base));
   // A directory is written from one merged file made beside the shards (then removed),
@@ -179,6 +184,7 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
     absl::Status sharded = WriteCheckpointDir(out, container->reader(), o.out_dir, o.shard_bytes);
     std::filesystem::remove(out);
     DS_RETURN_IF_ERROR(sharded);
+    DS_RETURN_IF_ERROR(WriteSideFilesToDir(side_files, o.out_dir));
   }
   absl::PrintF("decompressed %s + %s -> %s (%d tensors)\n", o.base, o.delta,
                o.out.empty() ? o.out_dir : o.out, container->reader().num_records());
@@ -268,6 +274,7 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   decompress->add_option("--shard-bytes", dc->shard_bytes, "Largest shard of --out-dir, bytes")
       ->capture_default_str();
   decompress->add_flag("--force", dc->force, "Decode even if the base hash differs");
+  AddSideFileOptions(decompress, &dc->side_files);
   AddDTypeOption(decompress, &dc->dtype);
   decompress->callback([dc, action] { *action = [dc] { return RunDecompress(*dc); }; });
 }

@@ -51,6 +51,7 @@ struct TaskFlags {
   std::string resume_from;
   std::string out_dir;  // pull: Hugging Face checkpoint directory instead of --out
   uint64_t shard_bytes = kDefaultShardBytes;
+  SideFileFlags side_files;  // push
 };
 
 void AddRemoteFlags(CLI::App* sub, RemoteFlags* f) {
@@ -154,6 +155,10 @@ void PrintTaskInfo(const v1::TaskInfo& t) {
   absl::PrintF("weights:         %d\nmerged bytes:    %d\nbits per weight: %.4f\npinned:          %s\n",
                t.total_weights(), t.merged_bytes(), t.bits_per_weight(), t.pinned() ? "yes" : "no");
   for (const auto& [k, v] : t.metadata()) absl::PrintF("metadata %s = %s\n", k, v);
+  for (const v1::SideFileInfo& s : t.side_files()) {
+    absl::PrintF("side file %s: %d bytes, XXH3-64 %016x\n", s.name(), s.size_bytes(),
+                 s.xxh3_64());
+  }
   if (t.tensors_size() == 0) return;
   absl::PrintF("%5s  %-48s %-5s %-18s %-9s %12s %8s\n", "index", "tensor", "dtype", "shape",
                "encoding", "record bytes", "bits/w");
@@ -169,6 +174,7 @@ absl::Status RunPush(const RemoteFlags& f, const TaskFlags& t) {
   PushOptions options;
   options.overwrite = t.overwrite;
   options.progress = StderrByteProgress("push " + t.task);
+  DS_ASSIGN_OR_RETURN(options.side_files, ReadSideFileFlags(t.side_files));
   absl::StatusOr<v1::TaskInfo> pushed = client->PushDeltaFile(t.task, t.in, options);
   if (absl::IsAlreadyExists(pushed.status())) {
     return absl::AlreadyExistsError(
@@ -176,9 +182,10 @@ absl::Status RunPush(const RemoteFlags& f, const TaskFlags& t) {
   }
   DS_ASSIGN_OR_RETURN(v1::TaskInfo info, std::move(pushed));
   if (f.json) return PrintMessageJson(info);
-  absl::PrintF("pushed %s as %s/%s: %d bytes, %d tensors, %.4f bits/weight\n", t.in,
-               info.tenant(), info.name(), info.container_bytes(), info.num_tensors(),
-               info.bits_per_weight());
+  absl::PrintF("pushed %s as %s/%s: %d bytes, %d tensors, %.4f bits/weight, %d side files "
+               "(%d bytes)\n",
+               t.in, info.tenant(), info.name(), info.container_bytes(), info.num_tensors(),
+               info.bits_per_weight(), info.side_files_size(), info.side_file_bytes());
   return absl::OkStatus();
 }
 
@@ -250,6 +257,7 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
                           {"bytes", stats.bytes},
                           {"seconds", stats.seconds},
                           {"first_tensor_seconds", stats.first_tensor_seconds},
+                          {"side_files", stats.side_files},
                           {"checksums_verified", true}});
   }
   absl::PrintF(
@@ -257,6 +265,9 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
       "every tensor checksum verified\n",
       t.task, out, stats.tensors, stats.bytes, stats.seconds,
       stats.seconds > 0 ? stats.bytes / stats.seconds / 1e9 : 0.0, stats.first_tensor_seconds);
+  if (!stats.side_files.empty()) {
+    absl::PrintF("side files (checksums verified): %s\n", absl::StrJoin(stats.side_files, " "));
+  }
   return absl::OkStatus();
 }
 
@@ -304,6 +315,7 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   push->add_option("--task", task->task, "Task name")->required();
   push->add_option("--in", task->in, "Delta container (.dds)")->required();
   push->add_flag("--overwrite", task->overwrite, "Replace an existing task");
+  AddSideFileOptions(push, &task->side_files);
   push->callback([=] { *action = [=] { return RunPush(*flags, *task); }; });
 
   CLI::App* list = add("list", "List the tasks stored on a server");

@@ -34,6 +34,7 @@ constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 constexpr char kMetadataKey[] = "__metadata__";
 constexpr char kIndexSuffix[] = ".safetensors.index.json";
 constexpr char kDefaultIndexName[] = "model.safetensors.index.json";
+constexpr char kIndexTotalSizeKey[] = "total_size";
 
 // One tensor of one file, its bytes inside that file's mapping.
 struct FileTensor {
@@ -306,11 +307,15 @@ absl::StatusOr<std::unique_ptr<ModelReader>> OpenIndex(const std::string& index_
   if (wm == index.end() || !wm->is_object()) {
     return Invalid(index_path, "missing 'weight_map' object");
   }
-  // Index metadata: strings as they are, other scalars (e.g. "total_size": 123) as
-  // their JSON text; nested objects and arrays are dropped.
+  // Index metadata: strings as they are, other scalars as their JSON text; nested
+  // objects and arrays are dropped. "total_size" is the index's own figure of the
+  // shards' tensor bytes (Hugging Face writes it; so does WriteShardedSafetensors), not
+  // model metadata: it is dropped, so that a written directory reads back the metadata
+  // it was written with.
   std::map<std::string, std::string> metadata;
   if (auto md = index.find("metadata"); md != index.end() && md->is_object()) {
     for (const auto& [key, value] : md->items()) {
+      if (key == kIndexTotalSizeKey) continue;
       if (value.is_string()) {
         metadata[key] = value.get<std::string>();
       } else if (value.is_primitive() && !value.is_null()) {
@@ -567,7 +572,9 @@ absl::Status WriteShardedSafetensors(const std::string& dir,
   // Greedy packing in the given order; a tensor larger than the limit gets a shard alone.
   std::vector<std::vector<const TensorView*>> shards(1);
   uint64_t bytes = 0;
+  uint64_t total_size = 0;
   for (const TensorView& t : tensors) {
+    total_size += t.data.size();
     if (!shards.back().empty() && bytes + t.data.size() > max_shard_bytes) {
       shards.emplace_back();
       bytes = 0;
@@ -584,6 +591,7 @@ absl::Status WriteShardedSafetensors(const std::string& dir,
   }
   json md = json::object();
   for (const auto& [k, v] : metadata) md[k] = v;
+  md[kIndexTotalSizeKey] = total_size;
   json index = {{"metadata", std::move(md)}, {"weight_map", std::move(weight_map)}};
   const std::string index_path = (fs::path(dir) / kDefaultIndexName).string();
   DS_ASSIGN_OR_RETURN(std::string text, common::DumpJson(index, index_path));

@@ -63,8 +63,8 @@ class ModelReader {
   // NotFound if no tensor has that name.
   virtual absl::StatusOr<TensorView> Get(const std::string& name) const = 0;
   // `__metadata__` of the file. For a sharded model: the index's "metadata" (string
-  // values as they are, other scalars as their JSON text, e.g. total_size -> "1234";
-  // nested objects/arrays dropped) merged with the `__metadata__` of the first shard in
+  // values as they are, other scalars as their JSON text; nested objects/arrays
+  // dropped; "total_size", the index's own figure of tensor bytes, dropped) merged with the `__metadata__` of the first shard in
   // file-name order; on a key present in both, the index wins.
   virtual const std::map<std::string, std::string>& metadata() const = 0;
   // Sum of all tensors' byte sizes.
@@ -110,8 +110,10 @@ class SafetensorsWriter {
 // model-0000i-of-0000n.safetensors (5-digit, 1-based) of at most `max_shard_bytes` of
 // tensor data each, packed greedily in the order given (a tensor larger than the limit
 // gets a shard of its own), each carrying `metadata` as its `__metadata__`, and
-// model.safetensors.index.json {"metadata": metadata, "weight_map": {...}} (no
-// total_size, so ModelReader::metadata() reads back exactly `metadata`). Shards of an
+// model.safetensors.index.json {"metadata": metadata + {"total_size": the sum of the
+// tensors' data bytes, a JSON number, as Hugging Face writes it}, "weight_map": {...}}
+// (a "total_size" key in `metadata` is replaced; ModelReader drops it on read, so
+// ModelReader::metadata() reads back exactly `metadata` without it). Shards of an
 // earlier write with another count are not removed. Same errors as WriteSafetensors,
 // plus InvalidArgument if max_shard_bytes == 0. Each file is replaced atomically, the
 // set as a whole is not (the index is written last).

@@ -16,7 +16,8 @@ using common::ByteWriter;
 
 constexpr std::string_view kMetaMagic = "DSTM";
 constexpr std::string_view kUsageMagic = "DSTU";
-constexpr uint16_t kMetaVersion = 1;
+constexpr uint16_t kMetaVersion = 1;              // a task without side files
+constexpr uint16_t kMetaVersionSideFiles = 2;     // with side files
 constexpr uint16_t kUsageVersion = 1;
 // A rank above this is not a tensor we could have written (codec shapes are small).
 constexpr uint8_t kMaxRank = 16;
@@ -31,8 +32,9 @@ void Seal(std::string* out) {
 
 // Verifies magic, version and trailing checksum; on success `body` is the value
 // without the checksum, positioned after magic and version.
-absl::Status Unseal(std::string_view value, std::string_view magic, uint16_t version,
-                    std::string_view what, std::string_view* body) {
+absl::Status Unseal(std::string_view value, std::string_view magic, uint16_t min_version,
+                    uint16_t max_version, std::string_view what, std::string_view* body,
+                    uint16_t* version = nullptr) {
   if (value.size() < magic.size() + 2 + 8) {
     return absl::DataLossError(absl::StrCat(Av(what), ": value truncated (", value.size(), " bytes)"));
   }
@@ -49,9 +51,10 @@ absl::Status Unseal(std::string_view value, std::string_view magic, uint16_t ver
   ByteReader r(payload.substr(magic.size()));
   uint16_t v = 0;
   r.U16(&v);
-  if (v != version) {
+  if (v < min_version || v > max_version) {
     return absl::DataLossError(absl::StrCat(Av(what), ": unsupported version ", v));
   }
+  if (version != nullptr) *version = v;
   *body = payload.substr(magic.size() + 2);
   return absl::OkStatus();
 }
@@ -75,6 +78,9 @@ std::string RecordKey(std::string_view tenant, std::string_view task, uint64_t i
   for (int i = 7; i >= 0; --i) key.push_back(static_cast<char>((index >> (8 * i)) & 0xff));
   return key;
 }
+std::string SideFileKey(std::string_view tenant, std::string_view task, std::string_view name) {
+  return absl::StrCat(Join("f/", tenant, task), "/", Av(name));
+}
 std::string PrefixEnd(std::string_view prefix) {
   std::string end(prefix);
   end.back() = static_cast<char>(static_cast<uint8_t>(end.back()) + 1);
@@ -85,7 +91,7 @@ std::string EncodeTaskMeta(const TaskInfo& info) {
   std::string out;
   ByteWriter w(&out);
   w.Bytes(kMetaMagic);
-  w.U16(kMetaVersion);
+  w.U16(info.side_files.empty() ? kMetaVersion : kMetaVersionSideFiles);
   w.I64(info.created_unix);
   w.Bytes(std::string_view(reinterpret_cast<const char*>(info.base_hash.data()),
                            info.base_hash.size()));
@@ -106,6 +112,14 @@ std::string EncodeTaskMeta(const TaskInfo& info) {
     for (int64_t d : t.shape) w.I64(d);
     w.U64(t.record_bytes);
   }
+  if (!info.side_files.empty()) {
+    w.U32(static_cast<uint32_t>(info.side_files.size()));
+    for (const SideFileEntry& f : info.side_files) {
+      w.Str(f.name);
+      w.U64(f.bytes);
+      w.U64(f.xxh3_64);
+    }
+  }
   Seal(&out);
   return out;
 }
@@ -114,7 +128,12 @@ absl::StatusOr<TaskInfo> DecodeTaskMeta(std::string_view value, std::string_view
                                         std::string_view task) {
   const std::string what = absl::StrCat("task meta of tenant '", Av(tenant), "' task '", Av(task), "'");
   std::string_view body;
-  if (absl::Status s = Unseal(value, kMetaMagic, kMetaVersion, what, &body); !s.ok()) return s;
+  uint16_t version = 0;
+  if (absl::Status s = Unseal(value, kMetaMagic, kMetaVersion, kMetaVersionSideFiles, what,
+                              &body, &version);
+      !s.ok()) {
+    return s;
+  }
   auto truncated = [&] { return absl::DataLossError(absl::StrCat(Av(what), ": truncated")); };
   TaskInfo info;
   info.tenant = std::string(tenant);
@@ -157,6 +176,16 @@ absl::StatusOr<TaskInfo> DecodeTaskMeta(std::string_view value, std::string_view
     if (!r.U64(&t.record_bytes)) return truncated();
     info.tensors.push_back(std::move(t));
   }
+  if (version >= kMetaVersionSideFiles) {
+    uint32_t n_files = 0;
+    if (!r.U32(&n_files)) return truncated();
+    for (uint32_t i = 0; i < n_files; ++i) {
+      if (r.remaining() < 20) return truncated();  // 4 + 8 + 8 bytes at least
+      SideFileEntry f;
+      if (!r.Str(&f.name) || !r.U64(&f.bytes) || !r.U64(&f.xxh3_64)) return truncated();
+      info.side_files.push_back(std::move(f));
+    }
+  }
   if (r.remaining() != 0) {
     return absl::DataLossError(absl::StrCat(Av(what), ": ", r.remaining(), " trailing bytes"));
   }
@@ -179,7 +208,10 @@ std::string EncodeUsage(const TenantUsage& usage) {
 absl::StatusOr<TenantUsage> DecodeUsage(std::string_view value, std::string_view tenant) {
   const std::string what = absl::StrCat("usage of tenant '", Av(tenant), "'");
   std::string_view body;
-  if (absl::Status s = Unseal(value, kUsageMagic, kUsageVersion, what, &body); !s.ok()) return s;
+  if (absl::Status s = Unseal(value, kUsageMagic, kUsageVersion, kUsageVersion, what, &body);
+      !s.ok()) {
+    return s;
+  }
   ByteReader r(body);
   TenantUsage usage;
   if (!r.U64(&usage.bytes) || !r.U64(&usage.tasks) || r.remaining() != 0) {

@@ -15,12 +15,15 @@
 //   records  "h/<tenant>/<task>"          -> the container's header bytes, as they are
 //   records  "r/<tenant>/<task>/" + u64be -> record bytes of tensor <index> (8-byte
 //                                            big-endian index: keys sort in record order)
-// A task exists iff its meta key exists; its header and records are written and deleted
-// in the same WriteBatch as the meta.
+//   records  "f/<tenant>/<task>/<name>"    -> the bytes of side file <name>
+//                                            (storage/side_files.h; names hold no '/')
+// A task exists iff its meta key exists; its header, records and side files are written
+// and deleted in the same WriteBatch as the meta.
 //
-// Task meta value, version 1 (integers little-endian; str = u32 length + bytes):
+// Task meta value, version 1 or 2 (integers little-endian; str = u32 length + bytes):
 //   "DSTM"  magic, 4 bytes
-//   u16     version = 1 (a reader returns DataLoss for any other magic or version)
+//   u16     version: 1 for a task without side files, 2 with (a reader returns DataLoss
+//           for any other magic or version)
 //   i64     created_unix (seconds)
 //   16 B    base hash (XXH3-128 of the base, codec::BaseHash)
 //   u64     header_bytes, u64 total_bytes (whole container), u64 weights
@@ -28,6 +31,8 @@
 //   u32     tensor count, then per tensor:
 //             str name, u8 dtype (codec::DType), u8 encoding (codec::Encoding),
 //             u8 rank, rank x i64 dims, u64 record_bytes
+//   version 2 only:
+//   u32     side file count, then per file: str name, u64 size, u64 XXH3-64 of its bytes
 //   u64     XXH3-64 of every preceding byte of the value
 // Tenant usage value, version 1:
 //   "DSTU" magic, u16 version = 1, u64 bytes, u64 tasks, u64 XXH3-64 of the preceding bytes
@@ -56,6 +61,8 @@ std::string UsageKey(std::string_view tenant);
 inline constexpr char kUsagePrefix[] = "u/";
 std::string HeaderKey(std::string_view tenant, std::string_view task);
 std::string RecordKey(std::string_view tenant, std::string_view task, uint64_t index);
+// REQUIRES: ValidateSideFileName(name), or name "" for the prefix of the task's side files.
+std::string SideFileKey(std::string_view tenant, std::string_view task, std::string_view name);
 // Smallest key greater than every key starting with `prefix` (an exclusive upper bound
 // for a prefix scan). REQUIRES: prefix non-empty and its last byte != 0xff.
 std::string PrefixEnd(std::string_view prefix);

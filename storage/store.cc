@@ -157,6 +157,34 @@ absl::StatusOr<StoredRecord> TaskReader::ReadRecordByName(std::string_view name)
   return ReadRecord(*index);
 }
 
+absl::StatusOr<std::string> TaskReader::ReadSideFile(std::string_view name) const {
+  const SideFileEntry* entry = nullptr;
+  for (const SideFileEntry& f : info_.side_files) {
+    if (f.name == name) entry = &f;
+  }
+  if (entry == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat(TaskName(info_.tenant, info_.task), " has no side file ", Quoted(name)));
+  }
+  const std::string what =
+      absl::StrCat(TaskName(info_.tenant, info_.task), " side file ", Quoted(name));
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot_;
+  std::string value;
+  rocksdb::Status s =
+      db_->Get(ro, records_cf_, SideFileKey(info_.tenant, info_.task, name), &value);
+  if (s.IsNotFound()) return absl::DataLossError(absl::StrCat(what, ": value missing"));
+  DS_RETURN_IF_ERROR(FromRocksStatus(s, absl::StrCat("reading ", what)));
+  if (value.size() != entry->bytes) {
+    return absl::DataLossError(absl::StrCat(what, ": stored ", value.size(),
+                                            " bytes, meta says ", entry->bytes));
+  }
+  if (SideFileChecksum(value) != entry->xxh3_64) {
+    return absl::DataLossError(absl::StrCat(what, ": XXH3-64 checksum mismatch"));
+  }
+  return value;
+}
+
 absl::StatusOr<std::vector<uint8_t>> TaskReader::HeaderBytes() const {
   const std::string what = absl::StrCat(TaskName(info_.tenant, info_.task), " header");
   rocksdb::ReadOptions ro;
@@ -363,6 +391,8 @@ absl::StatusOr<TaskInfo> DeltaStore::CommitTask(std::string_view tenant, std::st
     info.tensors.push_back(TensorEntry{record->info.name, record->info.dtype,
                                        record->info.shape, record->encoding, size});
   }
+  info.side_files = DescribeSideFiles(options.side_files);
+  if (absl::Status s = ValidateSideFiles(info.side_files); !s.ok()) return Annotate(s, what);
   const std::string meta_value = EncodeTaskMeta(info);
   // What GetTask will return (bits_per_weight is derived in one place: the decoder).
   DS_ASSIGN_OR_RETURN(TaskInfo stored, DecodeTaskMeta(meta_value, tenant, task));
@@ -372,14 +402,17 @@ absl::StatusOr<TaskInfo> DeltaStore::CommitTask(std::string_view tenant, std::st
   if (!existing.ok() && !absl::IsNotFound(existing.status())) return existing.status();
   if (existing.ok()) {
     // A retry of a commit that did happen (the client saw an unclear failure).
-    DS_ASSIGN_OR_RETURN(bool same, SameContainer(*existing, container, info.total_bytes));
+    bool same = existing->side_files == info.side_files;
+    if (same) {
+      DS_ASSIGN_OR_RETURN(same, SameContainer(*existing, container, info.total_bytes));
+    }
     if (same) {
       if (outcome != nullptr) *outcome = CommitOutcome::kUnchanged;
       return *existing;
     }
   }
   DS_ASSIGN_OR_RETURN(Admission admission,
-                      AdmitLocked(tenant, task, info.total_bytes, options, what));
+                      AdmitLocked(tenant, task, info.StoredBytes(), options, what));
   if (admission.old && !options.overwrite) {
     return absl::AlreadyExistsError(absl::StrCat(
         TaskName(tenant, task),
@@ -393,10 +426,20 @@ absl::StatusOr<TaskInfo> DeltaStore::CommitTask(std::string_view tenant, std::st
       DS_RETURN_IF_ERROR(FromRocksStatus(
           batch.Delete(h_->records_cf, RecordKey(tenant, task, i)), what));
     }
+    for (const SideFileEntry& f : old->side_files) {
+      DS_RETURN_IF_ERROR(FromRocksStatus(
+          batch.Delete(h_->records_cf, SideFileKey(tenant, task, f.name)), what));
+    }
   }
   DS_RETURN_IF_ERROR(FromRocksStatus(
       batch.Put(h_->records_cf, HeaderKey(tenant, task), AsSlice(container.header_bytes())),
       what));
+  for (const SideFile& f : options.side_files) {
+    DS_RETURN_IF_ERROR(FromRocksStatus(
+        batch.Put(h_->records_cf, SideFileKey(tenant, task, f.name),
+                  rocksdb::Slice(f.data.data(), f.data.size())),
+        what));
+  }
   for (size_t i = 0; i < container.num_records(); ++i) {
     DS_RETURN_IF_ERROR(FromRocksStatus(batch.Put(h_->records_cf, RecordKey(tenant, task, i),
                                                  AsSlice(container.record_bytes(i))),
@@ -407,7 +450,7 @@ absl::StatusOr<TaskInfo> DeltaStore::CommitTask(std::string_view tenant, std::st
   DS_RETURN_IF_ERROR(FromRocksStatus(
       batch.Put(h_->meta_cf, UsageKey(tenant), EncodeUsage(admission.next)), what));
   DS_RETURN_IF_ERROR(
-      WriteBatch(&batch, CommitFootprint(info.total_bytes), options_.min_free_bytes, what));
+      WriteBatch(&batch, CommitFootprint(info.StoredBytes()), options_.min_free_bytes, what));
   if (outcome != nullptr) *outcome = old ? CommitOutcome::kReplaced : CommitOutcome::kCreated;
   return stored;
 }
@@ -419,7 +462,7 @@ absl::Status DeltaStore::CheckCommit(std::string_view tenant, std::string_view t
   absl::MutexLock lock(&h_->MutexFor(tenant));
   DS_ASSIGN_OR_RETURN(Admission admission,
                       AdmitLocked(tenant, task, total_bytes, options, what));
-  if (admission.old && !options.overwrite && admission.old->total_bytes != total_bytes) {
+  if (admission.old && !options.overwrite && admission.old->StoredBytes() != total_bytes) {
     return absl::AlreadyExistsError(
         absl::StrCat(TaskName(tenant, task), " already exists (overwrite not set)"));
   }
@@ -440,7 +483,7 @@ absl::StatusOr<DeltaStore::Admission> DeltaStore::AdmitLocked(
   if (!old.ok() && !absl::IsNotFound(old.status())) return old.status();
   if (old.ok()) a.old = *std::move(old);
   DS_ASSIGN_OR_RETURN(TenantUsage usage, ReadUsage(tenant));
-  const uint64_t freed = a.old ? std::min(a.old->total_bytes, usage.bytes) : 0;
+  const uint64_t freed = a.old ? std::min(a.old->StoredBytes(), usage.bytes) : 0;
   a.next = TenantUsage{usage.bytes - freed + total_bytes, usage.tasks + (a.old ? 0 : 1)};
   if (options.quota_bytes != 0 && a.next.bytes > options.quota_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -552,7 +595,11 @@ absl::Status DeltaStore::DeleteTask(std::string_view tenant, std::string_view ta
     DS_RETURN_IF_ERROR(
         FromRocksStatus(batch.Delete(h_->records_cf, RecordKey(tenant, task, i)), what));
   }
-  TenantUsage next{usage.bytes - std::min(usage.bytes, old.total_bytes),
+  for (const SideFileEntry& f : old.side_files) {
+    DS_RETURN_IF_ERROR(
+        FromRocksStatus(batch.Delete(h_->records_cf, SideFileKey(tenant, task, f.name)), what));
+  }
+  TenantUsage next{usage.bytes - std::min(usage.bytes, old.StoredBytes()),
                    usage.tasks > 0 ? usage.tasks - 1 : 0};
   if (next.tasks == 0) {
     DS_RETURN_IF_ERROR(FromRocksStatus(batch.Delete(h_->meta_cf, UsageKey(tenant)), what));
@@ -571,6 +618,12 @@ absl::Status DeltaStore::DeleteTask(std::string_view tenant, std::string_view ta
   rocksdb::CompactRangeOptions cro;
   cro.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForceOptimized;
   h_->db->CompactRange(cro, h_->records_cf, &b, &e).PermitUncheckedError();
+  if (!old.side_files.empty()) {
+    const std::string side_begin = SideFileKey(tenant, task, "");  // the task's prefix
+    const std::string side_end = PrefixEnd(side_begin);
+    rocksdb::Slice sb(side_begin), se(side_end);
+    h_->db->CompactRange(cro, h_->records_cf, &sb, &se).PermitUncheckedError();
+  }
   return absl::OkStatus();
 }
 
@@ -615,6 +668,13 @@ absl::StatusOr<std::vector<uint8_t>> DeltaStore::AssembleContainer(std::string_v
                                                                    std::string_view task) const {
   DS_ASSIGN_OR_RETURN(std::unique_ptr<TaskReader> reader, OpenTask(tenant, task));
   return reader->AssembleContainer();
+}
+
+absl::StatusOr<std::string> DeltaStore::ReadSideFile(std::string_view tenant,
+                                                     std::string_view task,
+                                                     std::string_view name) const {
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<TaskReader> reader, OpenTask(tenant, task));
+  return reader->ReadSideFile(name);
 }
 
 absl::Status DeltaStore::Flush() {

@@ -39,6 +39,7 @@
 #include "absl/types/span.h"
 #include "codec/container.h"
 #include "codec/tensor.h"
+#include "storage/side_files.h"
 
 namespace rocksdb {
 class DB;
@@ -115,19 +116,22 @@ struct TaskInfo {
   std::map<std::string, std::string> metadata;  // the container header's metadata
   codec::BaseHash base_hash{};                 // base the delta was computed against
   uint64_t header_bytes = 0;                   // size of the container header
-  uint64_t total_bytes = 0;                    // size of the whole container (quota unit)
+  uint64_t total_bytes = 0;                    // size of the whole container
   uint64_t weights = 0;                        // sum of the tensors' element counts
   double bits_per_weight = 0;                  // 8 * total_bytes / weights (0 if none): every
                                                // byte of the container counts, as in
                                                // `deltactl inspect`
   int64_t created_unix = 0;                    // commit time, unix seconds
+  std::vector<SideFileEntry> side_files;       // in the order committed
 
   // Index of the tensor named `name`, or nullopt.
   std::optional<size_t> FindTensor(std::string_view name) const;
+  // Bytes the task occupies in its tenant's quota: container plus side files.
+  uint64_t StoredBytes() const { return total_bytes + SideFileBytes(side_files); }
 };
 
 struct TenantUsage {
-  uint64_t bytes = 0;  // sum of TaskInfo::total_bytes over the tenant's tasks
+  uint64_t bytes = 0;  // sum of TaskInfo::StoredBytes() over the tenant's tasks
   uint64_t tasks = 0;
 };
 
@@ -155,6 +159,10 @@ struct CommitOptions {
   uint64_t quota_bytes = 0;
   // Recorded creation time, unix seconds. 0: now. Default: 0.
   int64_t created_unix = 0;
+  // Side files stored with the task (storage/side_files.h: names, limits), replacing
+  // those of a task it overwrites. Not owned: the data must outlive the call.
+  // Default: none.
+  absl::Span<const SideFile> side_files;
 };
 
 // One stored tensor record, checksum verified. Owns its bytes; record() views them.
@@ -197,6 +205,10 @@ class TaskReader {
   absl::StatusOr<StoredRecord> ReadRecord(size_t index) const;
   // Same for the tensor named `name`; NotFound if the task has no such tensor.
   absl::StatusOr<StoredRecord> ReadRecordByName(std::string_view name) const;
+  // The bytes of side file `name`, size and XXH3-64 verified against the meta. NotFound
+  // if the task has no such side file; DataLoss naming tenant, task and file if the
+  // stored value is missing, of the wrong size or fails its checksum.
+  absl::StatusOr<std::string> ReadSideFile(std::string_view name) const;
   // The container's header bytes. DataLoss if missing or of the wrong size.
   absl::StatusOr<std::vector<uint8_t>> HeaderBytes() const;
   // The whole container, byte-identical to the committed one (codec::AssembleContainer),
@@ -240,8 +252,10 @@ class DeltaStore {
   // is the old one), afterwards all of it exists. Returns the stored TaskInfo and, in
   // `*outcome` if given, what happened. Re-committing the byte-identical container
   // (a retry after an unclear failure) writes nothing and returns the stored task with
-  // kUnchanged, with or without overwrite.
-  // InvalidArgument: bad names, two tensors with the same name, bad record fields.
+  // kUnchanged, with or without overwrite (identical means the same container bytes and
+  // the same side files). The side files of CommitOptions are written in the same batch.
+  // InvalidArgument: bad names, two tensors with the same name, bad record fields, bad
+  // side file names (ValidateSideFiles; ResourceExhausted above its limits).
   // DataLoss: a record fails its checksum. AlreadyExists / ResourceExhausted: see
   // CommitOptions; ResourceExhausted "disk full" (StoreOptions::min_free_bytes) or
   // "read-only"; nothing is stored then. A failed write triggers RocksDB's Resume()
@@ -251,7 +265,8 @@ class DeltaStore {
                                       const codec::ContainerReader& container,
                                       const CommitOptions& options = {},
                                       CommitOutcome* outcome = nullptr);
-  // Would a commit of a `total_bytes` container as (tenant, task) pass? The same checks
+  // Would a commit of `total_bytes` (container plus side files, TaskInfo::StoredBytes)
+  // as (tenant, task) pass? The same checks
   // as CommitTask (existence vs overwrite, quota, disk space), all on one consistent
   // view (serialized with the tenant's commits), so that concurrent commits never make
   // it refuse one that fits. An existing task of the same size without overwrite passes
@@ -265,8 +280,8 @@ class DeltaStore {
   absl::StatusOr<std::vector<TaskInfo>> ListTasks(std::string_view tenant) const;
   // Tenants that have at least one task, sorted.
   absl::StatusOr<std::vector<std::string>> ListTenants() const;
-  // Deletes the task atomically (one WriteBatch) and frees its bytes from the tenant's
-  // usage. NotFound if absent.
+  // Deletes the task with its side files atomically (one WriteBatch) and frees its
+  // bytes from the tenant's usage. NotFound if absent.
   absl::Status DeleteTask(std::string_view tenant, std::string_view task);
   // Usage of `tenant` (zeros for an unknown tenant).
   absl::StatusOr<TenantUsage> GetTenantUsage(std::string_view tenant) const;
@@ -284,6 +299,8 @@ class DeltaStore {
                                                        std::string_view task) const;
   absl::StatusOr<std::vector<uint8_t>> AssembleContainer(std::string_view tenant,
                                                          std::string_view task) const;
+  absl::StatusOr<std::string> ReadSideFile(std::string_view tenant, std::string_view task,
+                                           std::string_view name) const;
 
   // Flushes memtables to SST/blob files. Optional.
   absl::Status Flush();

@@ -13,10 +13,12 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "client/client.h"
 #include "codec/delta_codec.h"
 #include "codec/tensor.h"
 #include "nlohmann/json.hpp"
@@ -60,6 +62,32 @@ codec::ProgressFn StderrProgress(std::string label);
 void AddDTypeOption(CLI::App* sub, std::string* dtype);
 // The --dtype value: nullopt when empty (keep each tensor's recorded dtype).
 absl::StatusOr<std::optional<codec::DType>> ParseDTypeOption(const std::string& dtype);
+
+// Side files (config.json, tokenizer files, ...) named on the command line: `paths`
+// (--side-file, repeatable; each stored under its base name) and, when `from_dir` is
+// set (--side-files-from), every file of kCheckpointSideFiles present in it.
+// InvalidArgument for a name given twice or a --side-files-from that is not a
+// directory; errno statuses naming the path for unreadable files. Names and sizes are
+// checked by the server (push) against proto "Side files".
+struct SideFileFlags {
+  std::vector<std::string> paths;
+  std::string from_dir;
+};
+// What --side-files-from picks: the small files of a Hugging Face checkpoint that make
+// it load (model config, generation config, tokenizer and processor files).
+inline constexpr const char* kCheckpointSideFiles[] = {
+    "config.json",          "generation_config.json",  "tokenizer.json",
+    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json",           "vocab.txt",               "merges.txt",
+    "tokenizer.model",      "spiece.model",            "sentencepiece.bpe.model",
+    "chat_template.json",   "chat_template.jinja",     "preprocessor_config.json",
+    "processor_config.json"};
+// Adds --side-file and --side-files-from to `sub`.
+void AddSideFileOptions(CLI::App* sub, SideFileFlags* flags);
+absl::StatusOr<std::vector<SideFileUpload>> ReadSideFileFlags(const SideFileFlags& flags);
+// Writes `files` into `dir` (each atomically). InvalidArgument for a name that is not a
+// plain file name (it would land outside `dir`).
+absl::Status WriteSideFilesToDir(const std::vector<SideFileUpload>& files, const std::string& dir);
 
 // Prints `j` on stdout, indented by 2, and a newline: every --json output of deltactl.
 // InvalidArgument if `j` holds a string that is not valid UTF-8.

@@ -12,6 +12,11 @@
 //                              buffer of exactly MergedBytes bytes) with
 //                              codec::MergeTensorPart over `threads` threads: the same
 //                              bytes as codec::MergeTensor, hence as StreamWeights
+//   merge_all(base, container, jobs, out_dtype, threads)
+//                              every job (index, out) of `jobs` merged as merge() does,
+//                              all of them over one pool of `threads` threads: small
+//                              tensors run side by side, large ones split in parts
+//                              (one GIL release for the whole model)
 //
 // Errors raise _codec.CodecError(code, message): code is the absl/gRPC status number.
 // The GIL is released while hashing and merging; Base and Container are immutable
@@ -168,50 +173,108 @@ class Container {
 // Weights per part when a tensor is split across threads (as the server's pool does).
 constexpr int64_t kMinPartWeights = int64_t{1} << 22;
 
-void Merge(const Base& base, const Container& container, size_t index,
-           std::optional<std::string> out_dtype_name, py::buffer out, int threads) {
+// One tensor to merge: its record and the caller's output buffer, checked.
+struct MergeJob {
+  codec::TensorRecord record;
+  codec::DType out_dtype;
+  absl::Span<uint8_t> out;
+  int parts = 1;
+};
+
+// Checks record `index` and the writable buffer `out` (exactly MergedBytes bytes).
+// REQUIRES: the GIL held.
+MergeJob MakeJob(const Container& container, size_t index,
+                 const std::optional<std::string>& out_dtype_name, py::buffer out) {
   if (index >= container.size()) {
     ThrowIfError(absl::OutOfRangeError(
         absl::StrCat("record ", index, " of a container of ", container.size())));
   }
   py::buffer_info buf = out.request(/*writable=*/true);
   if (buf.readonly) ThrowIfError(absl::InvalidArgumentError("output buffer is read-only"));
-  auto* ptr = static_cast<uint8_t*>(buf.ptr);
+  MergeJob job;
+  job.record = ValueOrThrow(container.reader().record(index));
+  job.out_dtype = job.record.info.dtype;
+  if (out_dtype_name) job.out_dtype = ValueOrThrow(codec::ParseDType(*out_dtype_name));
   const size_t bytes = static_cast<size_t>(buf.size * buf.itemsize);
-  codec::TensorRecord record = ValueOrThrow(container.reader().record(index));
-  codec::DType out_dtype = record.info.dtype;
-  if (out_dtype_name) out_dtype = ValueOrThrow(codec::ParseDType(*out_dtype_name));
-  if (bytes != codec::MergedBytes(record, out_dtype)) {
-    ThrowIfError(absl::InvalidArgumentError(
-        absl::StrCat("tensor '", record.info.name, "': output buffer holds ", bytes,
-                     " bytes, the merged tensor ", codec::MergedBytes(record, out_dtype))));
+  if (bytes != codec::MergedBytes(job.record, job.out_dtype)) {
+    ThrowIfError(absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", job.record.info.name, "': output buffer holds ", bytes,
+        " bytes, the merged tensor ", codec::MergedBytes(job.record, job.out_dtype))));
   }
-  const absl::Span<uint8_t> span(ptr, bytes);
-  const codec::ModelReader* reader = &base.reader();
+  job.out = absl::Span<uint8_t>(static_cast<uint8_t*>(buf.ptr), bytes);
+  return job;
+}
+
+// Merges every job over `threads` threads (the calling one included): the work items
+// are (job, part) pairs taken in order from a shared counter, so that small tensors
+// run side by side and a large one is split (codec::MergeTensorParts, as the server's
+// pool splits it). Each part writes its own rows of the output: the bytes are those of
+// codec::MergeTensor. Returns the error of the first failing job in `jobs` order.
+// REQUIRES: the GIL released (the buffers are kept alive by the caller).
+absl::Status MergeJobs(const codec::ModelReader* reader, std::vector<MergeJob>& jobs,
+                       int threads) {
+  threads = std::max(1, threads);
+  std::vector<std::pair<size_t, int>> items;  // (job, part)
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    jobs[j].parts = std::max(1, codec::MergeTensorParts(jobs[j].record, kMinPartWeights,
+                                                        4 * threads));
+    for (int p = 0; p < jobs[j].parts; ++p) items.emplace_back(j, p);
+  }
+  std::vector<absl::Status> status(jobs.size());
+  std::vector<std::mutex> mu(std::min<size_t>(jobs.size(), 64));
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < items.size();) {
+      auto [j, part] = items[i];
+      MergeJob& job = jobs[j];
+      absl::Status one =
+          job.parts == 1
+              ? codec::MergeTensor(reader, job.record, job.out_dtype, job.out)
+              : codec::MergeTensorPart(reader, job.record, job.out_dtype, part, job.parts,
+                                       job.out);
+      if (!one.ok()) {
+        std::lock_guard<std::mutex> lock(mu[j % mu.size()]);
+        if (status[j].ok()) status[j] = one;
+      }
+    }
+  };
+  const size_t n = std::min<size_t>(static_cast<size_t>(threads), items.size());
+  std::vector<std::thread> pool;
+  for (size_t i = 1; i < n; ++i) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  for (const absl::Status& s : status) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+void Merge(const Base& base, const Container& container, size_t index,
+           std::optional<std::string> out_dtype_name, py::buffer out, int threads) {
+  std::vector<MergeJob> jobs;
+  jobs.push_back(MakeJob(container, index, out_dtype_name, out));
   absl::Status status;
   {
     py::gil_scoped_release release;
-    threads = std::max(1, threads);
-    const int parts = codec::MergeTensorParts(record, kMinPartWeights, 4 * threads);
-    if (parts <= 1) {
-      status = codec::MergeTensor(reader, record, out_dtype, span);
-    } else {
-      std::atomic<int> next{0};
-      std::vector<absl::Status> results(std::min(parts, threads));
-      auto work = [&](absl::Status* s) {
-        for (int part; (part = next.fetch_add(1)) < parts;) {
-          absl::Status one = codec::MergeTensorPart(reader, record, out_dtype, part, parts, span);
-          if (!one.ok() && s->ok()) *s = one;
-        }
-      };
-      std::vector<std::thread> pool;
-      for (size_t i = 1; i < results.size(); ++i) pool.emplace_back(work, &results[i]);
-      work(&results[0]);
-      for (auto& t : pool) t.join();
-      for (const auto& s : results) {
-        if (!s.ok() && status.ok()) status = s;
-      }
-    }
+    status = MergeJobs(&base.reader(), jobs, threads);
+  }
+  ThrowIfError(status);
+}
+
+// jobs: [(index, out buffer)]. Every buffer is checked before any is written.
+void MergeAll(const Base& base, const Container& container, const py::list& items,
+              std::optional<std::string> out_dtype_name, int threads) {
+  std::vector<MergeJob> jobs;
+  std::vector<py::buffer> keep;  // the buffers stay referenced while merging
+  for (const py::handle item : items) {
+    auto t = item.cast<py::tuple>();
+    keep.push_back(t[1].cast<py::buffer>());
+    jobs.push_back(MakeJob(container, t[0].cast<size_t>(), out_dtype_name, keep.back()));
+  }
+  absl::Status status;
+  {
+    py::gil_scoped_release release;
+    status = MergeJobs(&base.reader(), jobs, threads);
   }
   ThrowIfError(status);
 }
@@ -247,4 +310,6 @@ PYBIND11_MODULE(_codec, m) {
       .def("records", &Container::Records);
   m.def("merge", &Merge, py::arg("base"), py::arg("container"), py::arg("index"),
         py::arg("out_dtype"), py::arg("out"), py::arg("threads") = 1);
+  m.def("merge_all", &MergeAll, py::arg("base"), py::arg("container"), py::arg("jobs"),
+        py::arg("out_dtype"), py::arg("threads") = 1);
 }

@@ -27,6 +27,7 @@ class StreamStats:
         self.seconds = 0.0
         self.first_tensor_seconds = 0.0
         self.resumes = 0
+        self.metadata = {}  # StreamBegin.safetensors_metadata
 
     def __repr__(self):
         return (f"StreamStats(tensors={self.tensors}, bytes={self.bytes}, "
@@ -173,6 +174,7 @@ def verified_tensors(client, label, request, alloc, stats):
                         raise data_loss(label, "malformed stream: second begin message")
                     began = True
                     begin = msg.begin
+                    stats.metadata = dict(begin.safetensors_metadata)
                     if first_task is None:
                         first_task = begin.task
                     elif not _same_task(first_task, begin.task):

@@ -115,14 +115,16 @@ class Client:
         return self._unary("ListTasks", pb.ListTasksRequest(tenant=tenant), label)
 
     def task_info(self, task, tensors=False):
-        """TaskInfo of `task`; with tensors=True, per-tensor TensorSummary entries
-        (name, dtype, shape, encoding, sizes, index) in container order."""
+        """TaskInfo of `task` (side_files: SideFileInfo name (UTF-8 bytes), size_bytes,
+        xxh3_64); with tensors=True, per-tensor TensorSummary entries (name, dtype,
+        shape, encoding, sizes, index) in container order."""
         return self._unary("GetTask", pb.GetTaskRequest(tenant=self.tenant, task=task,
                                                         include_tensors=tensors),
                            self._label("GetTask", task))
 
     def delete(self, task):
-        """Deletes `task`; returns the freed container bytes."""
+        """Deletes `task` with its side files; returns the freed bytes (container and
+        side files)."""
         return self._unary("DeleteTask", pb.DeleteTaskRequest(tenant=self.tenant, task=task),
                            self._label("DeleteTask", task)).freed_bytes
 
@@ -138,12 +140,19 @@ class Client:
         self._unary("UnpinTask", pb.UnpinTaskRequest(tenant=self.tenant, task=task),
                     self._label("UnpinTask", task))
 
-    def push(self, task, container, overwrite=False):
+    def push(self, task, container, overwrite=False, side_files=None):
         """Uploads a delta container (a path, or bytes-like) as `task` with its XXH3-64,
         so the server verifies it end to end (DATA_LOSS on mismatch, INVALID_ARGUMENT for
         a malformed container; nothing is stored on error). Returns the committed
-        TaskInfo. A file is memory-mapped, not read into memory."""
+        TaskInfo. A file is memory-mapped, not read into memory.
+        side_files: small files stored with the task (config.json, tokenizer files...):
+        a dict {name: bytes or path}, or a list of paths stored under their base names
+        (deltaserve.checkpoint.side_files_from(dir) picks a checkpoint's). The server
+        refuses a bad name (INVALID_ARGUMENT) or a file above its limits
+        (RESOURCE_EXHAUSTED), naming the file; an overwrite replaces the old ones."""
+        from deltaserve.checkpoint import read_side_files, side_file_infos
         label = self._label("PutDelta", task)
+        files = read_side_files(side_files)
         if isinstance(container, (str, os.PathLike)):
             try:
                 with open(container, "rb") as f:
@@ -156,10 +165,14 @@ class Client:
             data = container
         view = memoryview(data).cast("B")
         meta = pb.PutDeltaMetadata(tenant=self.tenant, task=task, overwrite=overwrite,
-                                   total_bytes=len(view), xxh3_64=xxhash.xxh3_64_intdigest(view))
+                                   total_bytes=len(view), xxh3_64=xxhash.xxh3_64_intdigest(view),
+                                   side_files=side_file_infos(files))
 
         def requests():
             yield pb.PutDeltaRequest(metadata=meta)
+            for _, data in files:
+                for off in range(0, len(data), _UPLOAD_CHUNK_BYTES):
+                    yield pb.PutDeltaRequest(side_file_chunk=data[off:off + _UPLOAD_CHUNK_BYTES])
             for off in range(0, len(view), _UPLOAD_CHUNK_BYTES):
                 yield pb.PutDeltaRequest(chunk=bytes(view[off:off + _UPLOAD_CHUNK_BYTES]))
 
@@ -228,6 +241,19 @@ class Client:
         of old and new tensors."""
         from deltaserve.torch_io import load_into
         return load_into(self, target, task, strict, include, include_regex, dtype)
+
+    # ------------------------------------------------------------ side files, checkpoints
+    def side_file(self, task, name):
+        """The bytes of side file `name` of `task`, size and XXH3-64 verified."""
+        from deltaserve.checkpoint import get_side_file
+        return get_side_file(self, task, name)
+
+    def pull_dir(self, task, out_dir, shard_bytes=5_000_000_000, dtype=None):
+        """Writes `task` into `out_dir` as a Hugging Face checkpoint directory (sharded
+        safetensors, model.safetensors.index.json, side files), as `deltactl pull
+        --out-dir` does; see deltaserve.checkpoint.pull_dir."""
+        from deltaserve.checkpoint import pull_dir
+        return pull_dir(self, task, out_dir, shard_bytes, dtype)
 
     # ------------------------------------------------------------ worker-side decode
     def fetch_delta(self, task):

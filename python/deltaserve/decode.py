@@ -114,7 +114,8 @@ def apply_delta(target, container, base, strict=True, dtype=None, threads=None):
     recorded dtype). Before anything is written: FAILED_PRECONDITION if the container
     was made against another base (both hashes quoted), INVALID_ARGUMENT for a missing
     name, a shape or dtype mismatch, or (strict) a model tensor the task lacks.
-    threads: merge threads per tensor (default: the CPUs this process may use).
+    threads: merge threads (default: the CPUs this process may use); tensors in CPU
+    memory are merged in place, side by side and large ones split over them.
     Returns the number of tensors written."""
     codec = _need_codec()
     tensors = target_tensors(target)
@@ -130,17 +131,22 @@ def apply_delta(target, container, base, strict=True, dtype=None, threads=None):
         check_plan(tensors, plan, strict, False, out_dtype, "the delta")
         threads = threads or len(os.sched_getaffinity(0))
         out_name = dtypes.name(out_dtype) if out_dtype else None
+        in_place, staged = [], []
         for (name, _, _), (_, _, _, index) in zip(plan, records):
             view = byte_view(name, tensors[name])
-            if view is None:  # not on the CPU: merge into a staging buffer, then copy
-                import torch
-                dst = tensors[name]
-                view = np.empty(dst.numel() * dst.element_size(), dtype=np.uint8)
-                codec.merge(base._base, parsed, index, out_name, view, threads)
-                with torch.no_grad():
-                    dst.copy_(torch.from_numpy(view).view(dst.dtype).reshape(dst.shape))
-            else:
-                codec.merge(base._base, parsed, index, out_name, view, threads)
+            (staged if view is None else in_place).append((index, view, name))
+        # Tensors in CPU memory: merged straight into their storage, all of them in one
+        # call over a pool of `threads` (small tensors side by side, large ones split),
+        # without the GIL.
+        codec.merge_all(base._base, parsed, [(i, v) for i, v, _ in in_place], out_name,
+                        threads)
+        for index, _, name in staged:  # not on the CPU: merge into a buffer, then copy
+            import torch
+            dst = tensors[name]
+            view = np.empty(dst.numel() * dst.element_size(), dtype=np.uint8)
+            codec.merge(base._base, parsed, index, out_name, view, threads)
+            with torch.no_grad():
+                dst.copy_(torch.from_numpy(view).view(dst.dtype).reshape(dst.shape))
     except codec.CodecError as e:
         raise _status(e) from None
     return len(records)

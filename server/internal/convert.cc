@@ -33,6 +33,13 @@ void FillTaskInfo(const storage::TaskInfo& info, bool with_tensors, bool pinned,
   for (const auto& [k, v] : info.metadata) {
     (*out->mutable_metadata())[codec::Utf8OrEscaped(k)] = codec::Utf8OrEscaped(v);
   }
+  for (const storage::SideFileEntry& f : info.side_files) {
+    v1::SideFileInfo* s = out->add_side_files();
+    s->set_name(f.name);
+    s->set_size_bytes(f.bytes);
+    s->set_xxh3_64(f.xxh3_64);
+  }
+  out->set_side_file_bytes(storage::SideFileBytes(info.side_files));
   if (!with_tensors) return;
   for (size_t i = 0; i < info.tensors.size(); ++i) {
     const storage::TensorEntry& t = info.tensors[i];

@@ -1,11 +1,12 @@
 // PutDelta: client-streaming upload, verified in full before one atomic commit.
 //
-// Flow: OnReadDone(metadata) -> control pool: Admit (auth, names, size limit, existence and
-// quota pre-checks; RocksDB reads) -> StartRead chunks, appended in the callback (a
-// memcpy; bounded by the declared total_bytes) -> end of stream -> pool: Commit (size,
-// optional XXH3-64, container framing and every record checksum, base hash, commit in
-// one WriteBatch) -> Finish. Any error finishes the call at once and stores nothing.
-// The whole container is held in memory until committed (<= --max-upload-bytes).
+// Flow: OnReadDone(metadata) -> control pool: Admit (auth, names, size limit, side file
+// names and limits, existence and quota pre-checks; RocksDB reads) -> StartRead chunks
+// and side file chunks, appended in the callback (a memcpy; bounded by the declared
+// sizes) -> end of stream -> pool: Commit (size, optional XXH3-64, container framing and
+// every record checksum, base hash, every side file's XXH3-64, commit in one WriteBatch)
+// -> Finish. Any error finishes the call at once and stores nothing. The whole container
+// and the side files are held in memory until committed (<= --max-upload-bytes + 64 MiB).
 //
 // What is validated, and why no more: the size, the client's whole-container XXH3-64
 // (if sent: catches a transfer that went wrong), the container framing with every
@@ -18,6 +19,8 @@
 #include <xxhash.h>
 
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "codec/container.h"
@@ -26,6 +29,7 @@
 #include "common/status_macros.h"
 #include "server/internal/convert.h"
 #include "server/internal/service.h"
+#include "storage/side_files.h"
 
 namespace deltaserve::server::internal {
 namespace {
@@ -59,6 +63,19 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
       meta_ = request_.metadata();
       log_.set_task(meta_.task());
       ctx_->control->Schedule([this] { Admit(); });
+      return;
+    }
+    if (request_.has_side_file_chunk()) {
+      const std::string& part = request_.side_file_chunk();
+      if (side_buffer_.size() + part.size() > side_total_) {
+        return Finish(absl::InvalidArgumentError(
+            absl::StrCat("PutDelta: task '", meta_.task(),
+                         "': more side file bytes than the declared sizes add up to (",
+                         side_total_, ")")));
+      }
+      side_buffer_.append(part);
+      log_.add_bytes(part.size());
+      StartRead(&request_);
       return;
     }
     if (!request_.has_chunk()) {
@@ -101,6 +118,14 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     DS_ASSIGN_OR_RETURN(tenant_, ResolveTask(*ctx_, caller, meta_.tenant(), meta_.task(), log_));
     const uint64_t total = meta_.total_bytes();
     if (total == 0) return absl::InvalidArgumentError("PutDelta: total_bytes must be > 0");
+    for (const v1::SideFileInfo& f : meta_.side_files()) {
+      declared_.push_back(storage::SideFileEntry{f.name(), f.size_bytes(), f.xxh3_64()});
+    }
+    if (absl::Status s = storage::ValidateSideFiles(declared_); !s.ok()) {
+      return absl::Status(s.code(),
+                          absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message()));
+    }
+    side_total_ = storage::SideFileBytes(declared_);
     if (total > ctx_->options->max_upload_bytes) {
       return absl::ResourceExhaustedError(
           absl::StrCat("PutDelta: task '", meta_.task(), "': ", total,
@@ -109,8 +134,10 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     }
     // Early answers for the common refusals (exists, quota, disk full), before any byte
     // is sent, on one consistent view; the commit checks them again atomically.
-    DS_RETURN_IF_ERROR(ctx_->store->CheckCommit(tenant_, meta_.task(), total, MakeCommitOptions()));
+    DS_RETURN_IF_ERROR(ctx_->store->CheckCommit(tenant_, meta_.task(), total + side_total_,
+                                                MakeCommitOptions()));
     buffer_.reserve(total);
+    side_buffer_.reserve(side_total_);
     return absl::OkStatus();
   }
 
@@ -149,7 +176,9 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(
         container->header().base_hash, ctx_->base_hash,
         absl::StrCat("PutDelta: task '", meta_.task(), "'"), "the resident base"));
-    const storage::CommitOptions options = MakeCommitOptions();
+    DS_ASSIGN_OR_RETURN(std::vector<storage::SideFile> side_files, SplitSideFiles());
+    storage::CommitOptions options = MakeCommitOptions();
+    options.side_files = side_files;
     storage::TaskInfo committed;
     storage::CommitOutcome outcome = storage::CommitOutcome::kCreated;
     DS_RETURN_IF_ERROR(ctx_->versions->Mutate(tenant_, meta_.task(), ctx_->cache,
@@ -166,10 +195,33 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     return absl::OkStatus();
   }
 
+  // The declared side files over side_buffer_, each XXH3-64 verified.
+  absl::StatusOr<std::vector<storage::SideFile>> SplitSideFiles() const {
+    if (side_buffer_.size() != side_total_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("PutDelta: task '", meta_.task(), "': truncated upload, got ",
+                       side_buffer_.size(), " of ", side_total_, " side file bytes"));
+    }
+    std::vector<storage::SideFile> files;
+    std::string_view rest = side_buffer_;
+    for (const storage::SideFileEntry& f : declared_) {
+      storage::SideFile file{f.name, rest.substr(0, f.bytes)};
+      rest.remove_prefix(f.bytes);
+      if (storage::SideFileChecksum(file.data) != f.xxh3_64) {
+        return absl::DataLossError(absl::StrCat("PutDelta: task '", meta_.task(),
+                                                "': side file '", f.name, "' (", f.bytes,
+                                                " bytes): XXH3-64 mismatch"));
+      }
+      files.push_back(std::move(file));
+    }
+    return files;
+  }
+
   // Pool.
   void Commit() {
     absl::Status status = Verify();
     std::string().swap(buffer_);  // free the upload before answering
+    std::string().swap(side_buffer_);
     Finish(status);
   }
 
@@ -189,6 +241,9 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   std::string tenant_;
   std::string buffer_;
   codec::ContainerUploadScanner scanner_;
+  std::vector<storage::SideFileEntry> declared_;  // metadata.side_files
+  uint64_t side_total_ = 0;                        // sum of their sizes
+  std::string side_buffer_;                        // their bytes, concatenated
 };
 
 }  // namespace

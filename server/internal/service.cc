@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "codec/container_checks.h"
 #include "common/status_macros.h"
 #include "proto/protocol.h"
 #include "server/internal/convert.h"
@@ -87,7 +88,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::ListTasks(grpc::CallbackServerContex
         FillTaskInfo(info, /*with_tensors=*/false,
                      ctx->cache->IsPinned(TaskGroup(info.tenant, info.task)),
                      response->add_tasks());
-        stored += info.total_bytes;
+        stored += info.StoredBytes();
       }
     }
     response->set_stored_bytes(stored);
@@ -120,7 +121,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::DeleteTask(grpc::CallbackServerConte
     uint64_t freed = 0;
     DS_RETURN_IF_ERROR(ctx->versions->Mutate(tenant, task, ctx->cache, [&]() -> absl::Status {
       DS_ASSIGN_OR_RETURN(storage::TaskInfo info, ctx->store->GetTask(tenant, task));
-      freed = info.total_bytes;
+      freed = info.StoredBytes();
       return ctx->store->DeleteTask(tenant, task);
     }));
     // A deleted task is no longer pinned (a new upload under its name starts unpinned).
@@ -217,6 +218,40 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::Checkpoint(
     response->set_files(files);
     response->set_seconds(absl::ToDoubleSeconds(absl::Now() - t0));
     log.add_bytes(bytes);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* DeltaServiceImpl::GetSideFile(grpc::CallbackServerContext* call,
+                                                        const v1::GetSideFileRequest* request,
+                                                        v1::GetSideFileResponse* response) {
+  const ServiceContext* ctx = ctx_;
+  // On the worker pool: a side file is read whole (up to 32 MiB) and hashed.
+  return RunUnaryOnPool(call, "GetSideFile", [=](const Caller& caller,
+                                                 CallLog& log) -> absl::Status {
+    DS_ASSIGN_OR_RETURN(std::string tenant,
+                        ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
+    const std::string& name = request->name();
+    DS_RETURN_IF_ERROR(codec::CheckUtf8(name, "GetSideFile: side file name"));
+    DS_ASSIGN_OR_RETURN(std::unique_ptr<storage::TaskReader> reader,
+                        ctx->store->OpenTask(tenant, request->task()));
+    DS_ASSIGN_OR_RETURN(std::string data, reader->ReadSideFile(name));
+    if (request->offset() > data.size()) {
+      return absl::OutOfRangeError(absl::StrCat("GetSideFile: side file '", name, "' has ",
+                                                data.size(), " bytes, offset ",
+                                                request->offset()));
+    }
+    const uint32_t max_bytes =
+        proto::EffectiveChunkBytes(request->max_bytes(), ctx->options->chunk_bytes);
+    for (const storage::SideFileEntry& f : reader->info().side_files) {
+      if (f.name != name) continue;
+      response->mutable_file()->set_name(f.name);
+      response->mutable_file()->set_size_bytes(f.bytes);
+      response->mutable_file()->set_xxh3_64(f.xxh3_64);
+    }
+    response->set_offset(request->offset());
+    response->set_data(data.substr(request->offset(), max_bytes));
+    log.add_bytes(response->data().size());
     return absl::OkStatus();
   });
 }

@@ -48,6 +48,9 @@ class DeltaServiceImpl final : public v1::DeltaService::CallbackService {
   grpc::ServerUnaryReactor* Checkpoint(grpc::CallbackServerContext* call,
                                        const v1::AdminCheckpointRequest* request,
                                        v1::AdminCheckpointResponse* response) override;
+  grpc::ServerUnaryReactor* GetSideFile(grpc::CallbackServerContext* call,
+                                        const v1::GetSideFileRequest* request,
+                                        v1::GetSideFileResponse* response) override;
 
  private:
   // Runs `work(caller, log)` on the control pool (RunUnary: metadata work) or on the

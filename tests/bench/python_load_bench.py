@@ -126,9 +126,12 @@ def main():
             t = time.monotonic()
             container = c.fetch_delta("bench")
             t_fetch = time.monotonic() - t
+            cpu = time.process_time()
             apply_delta(sd, container, local)
+            cpu = time.process_time() - cpu
             decode = row("(c) StreamDelta + local decode", time.monotonic() - t, task.merged_bytes,
-                         f"fetch {t_fetch:.3f} s of {len(container) / 1e6:.1f} MB; RSS +"
+                         f"fetch {t_fetch:.3f} s of {len(container) / 1e6:.1f} MB; decode + "
+                         f"merge {cpu:.2f} CPU-s on {len(os.sched_getaffinity(0))} threads; RSS +"
                          f"{rss_mib() - rss0:.0f} MiB over the allocated model")
             del sd, container
             gc.collect()
@@ -136,10 +139,11 @@ def main():
             with open(merged, "rb") as f:  # warm the page cache
                 while f.read(64 << 20):
                     pass
-            t = time.monotonic()
+            t, cpu = time.monotonic(), time.process_time()
             sd = st.load_file(merged)
             local_read = row("(d) safetensors from disk (warm)", time.monotonic() - t,
-                             sum(v.numel() * v.element_size() for v in sd.values()))
+                             sum(v.numel() * v.element_size() for v in sd.values()),
+                             f"{time.process_time() - cpu:.2f} CPU-s")
             del sd
             print(f"    (c) / (d) = {decode / local_read:.2f}x  (goal > 1)", flush=True)
         finally:

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "gmock/gmock.h"
+#include "common/file.h"
+#include "common/json.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -169,6 +171,14 @@ TEST_F(SafetensorsTest, ShardedRoundTrip) {
   EXPECT_TRUE(fs::exists(dir + "/model-00001-of-00005.safetensors"));
   EXPECT_EQ((fs::file_size(dir + "/model-00002-of-00005.safetensors") - 100) % 8, 0u);
   EXPECT_TRUE(fs::exists(dir + "/model.safetensors.index.json"));
+  // metadata.total_size: the sum of the tensors' data bytes, a JSON number, as Hugging
+  // Face writes it: 40 + 44 + ... + 64 (t0..t6) + 4 (half).
+  ASSERT_OK_AND_ASSIGN(std::string index_text,
+                       common::ReadFileToString(dir + "/model.safetensors.index.json"));
+  ASSERT_OK_AND_ASSIGN(nlohmann::json index, common::ParseJson(index_text, "index"));
+  ASSERT_TRUE(index["metadata"]["total_size"].is_number_unsigned()) << index_text;
+  EXPECT_EQ(index["metadata"]["total_size"].get<uint64_t>(), 368u);
+  EXPECT_EQ(index["metadata"]["format"], "pt");
 
   for (const std::string& open_path : {dir, dir + "/model.safetensors.index.json"}) {
     ASSERT_OK_AND_ASSIGN(auto reader, ModelReader::Open(open_path));
@@ -557,15 +567,16 @@ TEST_F(ShardedCorruptionTest, BadIndex) {
 
 TEST_F(ShardedCorruptionTest, ShardTensorNotInIndexAndIndexMetadataMerge) {
   WriteAll(index_,
-           R"({"metadata": {"total_size": 24, "k": "index"},)"
+           R"({"metadata": {"total_size": 24, "k": "index", "n": 7},)"
            R"( "weight_map": {"a": "model-00001-of-00003.safetensors",)"
            R"( "b": "model-00002-of-00003.safetensors"}})");
   // Shard 3 is not referenced, so it is not opened; "a" and "b" load. Index metadata
-  // wins over the first shard's; non-string scalars become their JSON text.
+  // wins over the first shard's; non-string scalars become their JSON text;
+  // total_size (the index's own figure) is dropped.
   ASSERT_OK_AND_ASSIGN(auto r, ModelReader::Open(index_));
   EXPECT_EQ(r->tensors().size(), 2u);
-  EXPECT_EQ(r->metadata(), (std::map<std::string, std::string>{{"k", "index"},
-                                                               {"total_size", "24"}}));
+  EXPECT_EQ(r->metadata(),
+            (std::map<std::string, std::string>{{"k", "index"}, {"n", "7"}}));
   // A shard holding a tensor the index does not list is inconsistent.
   ASSERT_THAT(WriteSafetensors(sharded_ + "/model-00002-of-00003.safetensors",
                                {src_[1].view(), src_[2].view()}, {}),

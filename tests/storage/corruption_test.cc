@@ -121,6 +121,45 @@ TEST_F(CorruptionTest, TruncatedOrMissingRecordIsDataLoss) {
   EXPECT_THAT(store->ReadRecord("acme", "b", 0), IsOk());
 }
 
+TEST_F(CorruptionTest, CorruptSideFileIsDataLossNamingFile) {
+  const std::string config = R"({"model_type": "qwen2"})";
+  const std::vector<SideFile> files = {
+      {"config.json", config}, {"merges.txt", "a b"}, {"vocab.json", "{}"}};
+  {
+    auto store = Open();
+    ASSERT_NE(store, nullptr);
+    ASSERT_OK_AND_ASSIGN(auto reader, codec::ContainerReader::Parse(a_));
+    CommitOptions opts;
+    opts.overwrite = true;
+    opts.side_files = files;
+    ASSERT_THAT(store->CommitTask("acme", "a", reader, opts), IsOk());
+  }
+  EditRaw([&](rocksdb::DB* db, auto*, rocksdb::ColumnFamilyHandle* records) {
+    std::string value = Get(db, records, SideFileKey("acme", "a", "config.json"));
+    value[3] ^= 0x20;  // same size, one byte flipped
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), records, SideFileKey("acme", "a", "config.json"),
+                        value).ok());
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), records, SideFileKey("acme", "a", "merges.txt"),
+                        "a").ok());
+    ASSERT_TRUE(
+        db->Delete(rocksdb::WriteOptions(), records, SideFileKey("acme", "a", "vocab.json")).ok());
+  });
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  EXPECT_THAT(store->ReadSideFile("acme", "a", "config.json"),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       AllOf(HasSubstr("task 'a'"), HasSubstr("side file 'config.json'"),
+                             HasSubstr("checksum mismatch"))));
+  EXPECT_THAT(store->ReadSideFile("acme", "a", "merges.txt"),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       AllOf(HasSubstr("side file 'merges.txt'"), HasSubstr("stored 1 bytes"))));
+  EXPECT_THAT(store->ReadSideFile("acme", "a", "vocab.json"),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("missing")));
+  // The task's container stays readable.
+  ASSERT_OK_AND_ASSIGN(auto a, store->AssembleContainer("acme", "a"));
+  EXPECT_EQ(a, a_);
+}
+
 TEST_F(CorruptionTest, RecordOfAnotherTensorIsDataLoss) {
   EditRaw([&](rocksdb::DB* db, auto*, rocksdb::ColumnFamilyHandle* records) {
     // w0 and v0 records have the same size (64 F32 each): a swap keeps sizes right.

@@ -1,0 +1,163 @@
+"""Side files and Hugging Face checkpoint directories.
+
+A task may carry small side files (config.json, tokenizer files, ...) pushed with its
+delta; the server checks their names and limits (a plain UTF-8 file name, at most 32 MiB
+per file, 64 MiB and 64 files per task; proto/deltaserve/v1/delta_service.proto, "Side
+files") and stores them with the task. pull_dir writes a task as the directory that
+`deltactl pull --out-dir` writes: model-0000i-of-0000N.safetensors shards, the
+model.safetensors.index.json (weight_map and metadata.total_size) and the side files, so
+that the directory loads like the original finetuned checkpoint.
+"""
+import json
+import os
+
+import xxhash
+
+from deltaserve.errors import data_loss, invalid_argument
+from deltaserve.v1 import delta_service_pb2 as pb
+
+# What side_files_from picks (deltactl push --side-files-from picks the same): the
+# small files of a Hugging Face checkpoint that make it load.
+CHECKPOINT_SIDE_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.json",
+    "chat_template.jinja", "preprocessor_config.json", "processor_config.json")
+
+_INDEX = "model.safetensors.index.json"
+_MAX_SLICE = (4 << 20) - (1 << 10)  # proto::kMaxChunkBytes
+
+
+def side_files_from(directory):
+    """{name: path} of the CHECKPOINT_SIDE_FILES present in `directory`."""
+    if not os.path.isdir(directory):
+        raise invalid_argument(f"side files: {directory} is not a directory")
+    return {n: os.path.join(directory, n) for n in CHECKPOINT_SIDE_FILES
+            if os.path.isfile(os.path.join(directory, n))}
+
+
+def read_side_files(side_files):
+    """[(name, bytes)] of `side_files`: a dict {name: bytes-like or path}, or an iterable
+    of paths (each stored under its base name). INVALID_ARGUMENT for a name given twice;
+    NOT_FOUND-style DeltaserveError for an unreadable file."""
+    if side_files is None:
+        return []
+    items = side_files.items() if isinstance(side_files, dict) else (
+        (os.path.basename(os.fspath(p)), p) for p in side_files)
+    out, seen = [], set()
+    for name, value in items:
+        if name in seen:
+            raise invalid_argument(f"side file '{name}' is given twice")
+        seen.add(name)
+        if isinstance(value, (str, os.PathLike)):
+            try:
+                with open(value, "rb") as f:
+                    value = f.read()
+            except OSError as e:
+                raise invalid_argument(f"side file '{name}': cannot read {value}: {e}") from None
+        out.append((name, bytes(value)))
+    return out
+
+
+def side_file_infos(files):
+    """SideFileInfo messages (name, size, XXH3-64) of [(name, bytes)]."""
+    return [pb.SideFileInfo(name=name.encode("utf-8"), size_bytes=len(data),
+                            xxh3_64=xxhash.xxh3_64_intdigest(data)) for name, data in files]
+
+
+def get_side_file(client, task, name):
+    """The bytes of side file `name` of `task` (GetSideFile, in slices), whole size and
+    XXH3-64 verified (DATA_LOSS otherwise, also when the task was replaced between two
+    slices). NOT_FOUND for an unknown task or file."""
+    label = client._label("GetSideFile", task) + f" '{name}'"
+    data = bytearray()
+    size = digest = None
+    while True:
+        r = client._unary("GetSideFile", pb.GetSideFileRequest(
+            tenant=client.tenant, task=task, name=name.encode("utf-8"), offset=len(data),
+            max_bytes=_MAX_SLICE), label)
+        if size is None:
+            size, digest = r.file.size_bytes, r.file.xxh3_64
+        elif (r.file.size_bytes, r.file.xxh3_64) != (size, digest):
+            raise data_loss(label, "the file changed while it was read (task replaced?)")
+        if r.offset != len(data) or len(r.data) > size - len(data) or (
+                not r.data and len(data) < size):
+            raise data_loss(label, f"bad slice at offset {len(data)} of {size} bytes")
+        data += r.data
+        if len(data) == size:
+            break
+    if xxhash.xxh3_64_intdigest(data) != digest:
+        raise data_loss(label, "XXH3-64 checksum mismatch")
+    return bytes(data)
+
+
+def _write_atomically(path, pieces):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        for p in pieces:
+            f.write(p)
+    os.replace(tmp, path)
+
+
+def _write_shard(path, tensors, metadata):
+    """One safetensors file of [(header, uint8 buffer)], data in the given order."""
+    from deltaserve import dtypes
+    entries, offset = {}, 0
+    for header, buf in tensors:
+        entries[header.name] = {"dtype": dtypes.name(header.dtype), "shape": list(header.shape),
+                                "data_offsets": [offset, offset + buf.size]}
+        offset += buf.size
+    if metadata:
+        entries["__metadata__"] = dict(metadata)
+    text = json.dumps(entries, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    _write_atomically(path, [len(text).to_bytes(8, "little"), text] +
+                      [memoryview(buf) for _, buf in tensors])
+
+
+def pull_dir(client, task, out_dir, shard_bytes=5_000_000_000, dtype=None):
+    """Writes `task` into `out_dir` (created if needed) as a Hugging Face checkpoint
+    directory: the merged tensors (every checksum verified) in container order packed
+    greedily into model-0000i-of-0000N.safetensors shards of at most `shard_bytes` of
+    tensor data (a larger tensor alone), each with the server's safetensors metadata;
+    model.safetensors.index.json with "weight_map" and metadata.total_size (the sum of
+    the tensors' bytes); and the task's side files, each verified. Memory: one shard.
+    Returns {"shards": [...], "side_files": [...], "total_size": n}."""
+    if shard_bytes <= 0:
+        raise invalid_argument(f"shard_bytes must be positive, got {shard_bytes}")
+    import numpy as np
+    os.makedirs(out_dir, exist_ok=True)
+    done, current, used, total = [], [], 0, 0  # done: [(tmp path, [names])]
+
+    def flush():
+        tmp = os.path.join(out_dir, f".pull-shard-{len(done)}")
+        _write_shard(tmp, current, client.last_stream.metadata)
+        done.append((tmp, [h.name for h, _ in current]))
+
+    for header, buf in client.stream_tensors(task, lambda h: np.empty(h.byte_length, np.uint8),
+                                             dtype=dtype):
+        if current and used + buf.size > shard_bytes:
+            flush()
+            current, used = [], 0
+        current.append((header, buf))
+        used += buf.size
+        total += buf.size
+    flush()
+    weight_map, shards = {}, []
+    for i, (tmp, names) in enumerate(done):
+        shard = f"model-{i + 1:05d}-of-{len(done):05d}.safetensors"
+        os.replace(tmp, os.path.join(out_dir, shard))
+        shards.append(shard)
+        weight_map.update((n, shard) for n in names)
+    metadata = dict(client.last_stream.metadata)
+    metadata["total_size"] = total
+    _write_atomically(os.path.join(out_dir, _INDEX), [json.dumps(
+        {"metadata": metadata, "weight_map": weight_map}, indent=2).encode()])
+    written = []
+    for f in client.task_info(task).side_files:
+        name = f.name.decode("utf-8", errors="replace")
+        if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+            raise invalid_argument(f"the server listed side file {name!r}, not a plain file name")
+        _write_atomically(os.path.join(out_dir, name), [get_side_file(client, task, name)])
+        written.append(name)
+    return {"shards": shards, "side_files": written, "total_size": total}
