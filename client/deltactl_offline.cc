@@ -36,6 +36,10 @@ struct CompressCliOptions {
   bool allow_missing = false, allow_extra = false, allow_nonfinite = false, no_tie = false;
   double max_relative_delta = codec::CompressOptions{}.max_relative_delta;
   int threads = codec::CompressOptions{}.threads;
+  std::string codec;        // "dct" or "ecq"; empty: ecq if --bits/--max-error, else dct
+  double bits = 0.0;        // ecq target, bits per weight of the lossy tensors
+  double max_error = 0.0;   // ecq target, relative delta error
+  std::string ecq_weighting = codec::EcqWeightingName(codec::CompressOptions{}.ecq_weighting);
 };
 
 struct DecompressCliOptions {
@@ -85,6 +89,25 @@ absl::Status RunConvert(const ConvertOptions& o) {
 
 absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOptions& o) {
   codec::CompressOptions c;
+  if (!(o.bits >= 0) || !(o.max_error >= 0)) {
+    return absl::InvalidArgumentError("--bits and --max-error must be > 0");
+  }
+  const bool ecq_target = o.bits > 0 || o.max_error > 0;
+  if (!o.codec.empty()) {
+    DS_ASSIGN_OR_RETURN(c.codec, codec::ParseLossyCodec(o.codec));
+  } else if (ecq_target) {
+    c.codec = codec::LossyCodec::kEcq;
+  }
+  if (ecq_target && c.codec != codec::LossyCodec::kEcq) {
+    return absl::InvalidArgumentError("--bits and --max-error need --codec ecq");
+  }
+  if (o.bits > 0 && o.max_error > 0) {
+    return absl::InvalidArgumentError("give at most one of --bits and --max-error");
+  }
+  if (o.bits > 0) c.ecq_target = {o.bits, 0.0};
+  if (o.max_error > 0) c.ecq_target = {0.0, o.max_error};
+  c.ecq.patch_size = o.patch;
+  DS_ASSIGN_OR_RETURN(c.ecq_weighting, codec::ParseEcqWeighting(o.ecq_weighting));
   c.dct.patch_size = o.patch;
   DS_ASSIGN_OR_RETURN(c.dct.schedule, codec::BitSchedule::Parse(o.schedule));
   DS_ASSIGN_OR_RETURN(c.dct.quantizer, codec::ParseQuantizer(o.quantizer));
@@ -200,6 +223,20 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
       ->required();
   compress->add_option("--finetuned", cc->finetuned, "Finetuned model")->required();
   compress->add_option("--out", cc->out, "Output delta container (.dds)")->required();
+  compress->add_option("--codec", cc->codec,
+                       "Lossy codec: dct (Delta-DCT, fixed-rate schedule; default) or ecq (v2: "
+                       "entropy-coded, rate-controlled; default target 1 bit/weight)");
+  compress->add_option("--bits", cc->bits,
+                       "ecq: average bits per weight of the lossy tensors, every container byte "
+                       "counted (implies --codec ecq)");
+  compress->add_option("--max-error", cc->max_error,
+                       "ecq: smallest container whose relative delta error is <= this "
+                       "(implies --codec ecq)");
+  compress
+      ->add_option("--ecq-weighting", cc->ecq_weighting,
+                   "ecq: per-tensor step scale: mse (one step), weight (x RMS of the base "
+                   "tensor), delta (x RMS of the delta)")
+      ->capture_default_str();
   compress->add_option("--patch", cc->patch, "DCT patch edge p, in weights [2, 64]")
       ->capture_default_str();
   compress

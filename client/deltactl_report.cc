@@ -115,7 +115,7 @@ ReportTotals ComputeTotals(const ContainerReport& report) {
     const uint64_t n = r.info.num_elements();
     ++t.tensors;
     t.weights += n;
-    if (r.encoding == Encoding::kDct) {
+    if (IsLossyEncoding(r.encoding)) {
       ++t.dct_tensors;
       t.dct_weights += n;
       t.dct_record_bytes += r.record_bytes;
@@ -131,7 +131,7 @@ ReportTotals ComputeTotals(const ContainerReport& report) {
     if (r.has_delta && r.info.num_elements() > 0) {
       b_d_sq += r.d_sq;
       b_w_sq += r.w_sq;
-      if (r.encoding == Encoding::kDct) {
+      if (IsLossyEncoding(r.encoding)) {
         bd_d_sq += r.d_sq;
         bd_w_sq += r.w_sq;
       }

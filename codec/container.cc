@@ -132,7 +132,7 @@ absl::Status ValidateRecord(const TensorRecord& r) {
     return absl::InvalidArgumentError(
         absl::StrCat(label, ": unknown dtype ", static_cast<int>(r.info.dtype)));
   }
-  if (static_cast<uint8_t>(r.encoding) > static_cast<uint8_t>(Encoding::kDct)) {
+  if (static_cast<uint8_t>(r.encoding) > static_cast<uint8_t>(kLastEncoding)) {
     return absl::InvalidArgumentError(
         absl::StrCat(label, ": unknown encoding ", static_cast<int>(r.encoding)));
   }
@@ -174,6 +174,7 @@ absl::Status ValidateRecord(const TensorRecord& r) {
       }
       break;
     case Encoding::kDct:
+    case Encoding::kEcq:
       if (!IsCastable(r.info.dtype)) {
         return absl::InvalidArgumentError(absl::StrCat(
             label, ": dtype ", std::string(DTypeName(r.info.dtype)), " cannot be DCT-coded"));
@@ -275,6 +276,8 @@ std::string_view EncodingName(Encoding e) {
       return "raw";
     case Encoding::kDct:
       return "dct";
+    case Encoding::kEcq:
+      return "ecq";
   }
   return "unknown";
 }
@@ -345,7 +348,7 @@ absl::StatusOr<TensorRecord> ParseRecord(absl::Span<const uint8_t> bytes) {
   if (dtype > static_cast<uint8_t>(kLastDType)) {
     return bad(absl::StrCat("unknown dtype ", dtype));
   }
-  if (encoding > static_cast<uint8_t>(Encoding::kDct)) {
+  if (encoding > static_cast<uint8_t>(kLastEncoding)) {
     return bad(absl::StrCat("unknown encoding ", encoding));
   }
   if (rank > kMaxRank || base_rank > kMaxRank) {

@@ -38,7 +38,11 @@ enum class Encoding : uint8_t {
   kUnchanged = 0,  // finetuned == base bit for bit; empty payload
   kRaw = 1,        // the finetuned tensor's bytes as they are (lossless)
   kDct = 2,        // Delta-DCT payload (codec/delta_dct.h) of the 2-D view of the delta
+  kEcq = 3,        // entropy-coded payload (codec/delta_ecq.h) of the 2-D view of the delta
 };
+inline constexpr Encoding kLastEncoding = Encoding::kEcq;
+// kDct and kEcq: a lossy payload of the delta's 2-D view [rows, cols], plus extra rows.
+inline bool IsLossyEncoding(Encoding e) { return e == Encoding::kDct || e == Encoding::kEcq; }
 std::string_view EncodingName(Encoding e);
 
 struct ContainerHeader {
@@ -71,7 +75,7 @@ struct TensorRecord {
   std::vector<int64_t> base_shape;  // shape of the base tensor it merges into (may have
                                     // fewer rows: added vocabulary); empty if none
   Encoding encoding = Encoding::kRaw;
-  // For kDct: 2-D view [rows, cols] of the part coded by DCT (the base-shaped part).
+  // For kDct/kEcq: 2-D view [rows, cols] of the lossy-coded part (the base-shaped part).
   int64_t rows = 0, cols = 0;
   absl::Span<const uint8_t> payload;     // encoding-specific bytes
   absl::Span<const uint8_t> extra_rows;  // raw finetuned rows beyond base_shape[0]

@@ -20,6 +20,7 @@
 #include "codec/internal/compress_checks.h"
 #include "codec/internal/merge.h"
 #include "codec/internal/ordered_parallel.h"
+#include "codec/internal/ecq_compress.h"
 #include "common/coding.h"
 #include "common/status_macros.h"
 
@@ -105,11 +106,22 @@ bool ComputeDelta(const TensorView& ft, const TensorView& base, std::vector<floa
   return finite;
 }
 
+// Rows of the 2-D view per merge unit of a lossy record (0 for other encodings):
+// kMergeRowAlign for kDct, the payload's entropy chunk for kEcq (a malformed one is
+// reported by its decoder).
+int64_t MergeRowUnit(const TensorRecord& record) {
+  if (record.encoding == Encoding::kDct) return kMergeRowAlign;
+  if (record.encoding != Encoding::kEcq) return 0;
+  const int64_t rows = EcqChunkRows(record.payload);
+  return rows > 0 ? rows : kMergeRowAlign;
+}
+
 std::map<std::string, std::string> HeaderMetadata(const CompressOptions& o) {
   std::vector<std::string> rules;
   for (const auto& r : o.rules) rules.push_back(r.ToString());
-  return {
-      {"codec.patch_size", absl::StrCat(o.dct.patch_size)},
+  std::map<std::string, std::string> m = {
+      {"codec.patch_size", absl::StrCat(o.codec == LossyCodec::kEcq ? o.ecq.patch_size
+                                                                    : o.dct.patch_size)},
       {"codec.schedule", o.dct.schedule.ToString()},
       {"codec.quantizer", QuantizerName(o.dct.quantizer)},
       {"codec.separate_dc", o.dct.separate_dc ? "1" : "0"},
@@ -117,6 +129,14 @@ std::map<std::string, std::string> HeaderMetadata(const CompressOptions& o) {
       {"codec.rules", absl::StrJoin(rules, ",")},
       {"tool", kToolName},
   };
+  if (o.codec == LossyCodec::kEcq) {
+    m["codec.lossy"] = LossyCodecName(o.codec);
+    m["codec.ecq_weighting"] = EcqWeightingName(o.ecq_weighting);
+    m["codec.ecq_target"] = o.ecq_target.max_error > 0
+                                ? absl::StrCat("max_error=", o.ecq_target.max_error)
+                                : absl::StrCat("bits=", o.ecq_target.bits_per_weight);
+  }
+  return m;
 }
 
 }  // namespace
@@ -168,8 +188,49 @@ std::string EncodingRule::ToString() const {
   return absl::StrCat(pattern, "=", std::string(EncodingName(encoding)));
 }
 
+std::string EcqWeightingName(EcqWeighting w) {
+  switch (w) {
+    case EcqWeighting::kMse:
+      return "mse";
+    case EcqWeighting::kWeightRms:
+      return "weight";
+    case EcqWeighting::kDeltaRms:
+      return "delta";
+  }
+  return absl::StrCat("weighting-", static_cast<int>(w));
+}
+
+absl::StatusOr<EcqWeighting> ParseEcqWeighting(std::string_view text) {
+  for (EcqWeighting w : {EcqWeighting::kMse, EcqWeighting::kWeightRms, EcqWeighting::kDeltaRms}) {
+    if (text == EcqWeightingName(w)) return w;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown ecq weighting '", std::string(text), "' (want mse, weight or delta)"));
+}
+
+std::string LossyCodecName(LossyCodec c) { return c == LossyCodec::kEcq ? "ecq" : "dct"; }
+
+absl::StatusOr<LossyCodec> ParseLossyCodec(std::string_view text) {
+  if (text == "dct") return LossyCodec::kDct;
+  if (text == "ecq") return LossyCodec::kEcq;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown codec '", std::string(text), "' (want dct or ecq)"));
+}
+
 absl::Status CompressOptions::Validate() const {
   DS_RETURN_IF_ERROR(dct.Validate());
+  if (codec != LossyCodec::kDct && codec != LossyCodec::kEcq) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown codec ", static_cast<int>(codec)));
+  }
+  if (codec == LossyCodec::kEcq) {
+    DS_RETURN_IF_ERROR(ecq.Validate());
+    DS_RETURN_IF_ERROR(ParseEcqWeighting(EcqWeightingName(ecq_weighting)).status());
+    const double b = ecq_target.bits_per_weight, e = ecq_target.max_error;
+    if (!(e >= 0) || !std::isfinite(e) || (e == 0 && !(b > 0 && std::isfinite(b)))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ecq target: bits per weight ", b, " must be > 0, or max error ", e, " > 0"));
+    }
+  }
   if (!(max_relative_delta >= 0)) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_relative_delta must be >= 0, is ", max_relative_delta));
@@ -302,21 +363,54 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
   }
   DS_ASSIGN_OR_RETURN(auto writer, ContainerWriter::Open(out_path, header));
 
+  std::vector<std::string> refused;  // every tensor that makes the pair unusable
+  auto add_record = [&](const TensorRecord& rec) -> absl::Status {
+    if (!rec.base_name.empty()) stats.ties.emplace(rec.info.name, rec.base_name);
+    const uint64_t before = writer->bytes_written();
+    DS_RETURN_IF_ERROR(writer->Add(rec));
+    const uint64_t rec_bytes = writer->bytes_written() - before;
+    stats.total_weights += rec.info.num_elements();
+    switch (rec.encoding) {
+      case Encoding::kDct:
+      case Encoding::kEcq:
+        ++stats.dct_tensors;
+        stats.dct_weights += rec.info.num_elements();
+        stats.dct_bytes += rec_bytes;
+        break;
+      case Encoding::kRaw:
+        ++stats.raw_tensors;
+        break;
+      case Encoding::kUnchanged:
+        ++stats.unchanged_tensors;
+        break;
+    }
+    return absl::OkStatus();
+  };
+  // kEcq: every record waits for the rate control over all the lossy tensors, then all
+  // are written in order (records view model bytes; ecq payloads live in ecq_payloads).
+  const bool ecq = options.codec == LossyCodec::kEcq;
+  const uint64_t header_bytes = writer->bytes_written();
+  std::vector<TensorRecord> deferred;
+  std::vector<std::unique_ptr<EcqTensor>> ecq_tensors;
+  std::vector<size_t> ecq_records;  // index in `deferred` of each ecq tensor
+  std::vector<std::vector<uint8_t>> ecq_payloads;
+
   const int threads = options.threads > 0
                           ? options.threads
                           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   int64_t model_weights = 0;
   for (const TensorInfo& t : finetuned.tensors()) model_weights += t.num_elements();
-  // One tensor's checks and encoding, made on a worker thread (OrderedParallel) and
-  // written in container order by the consumer below, so the container and the
-  // warnings are the same whatever the thread count.
+  // One tensor's checks and encoding (for kEcq: its prepared coefficients), made on a
+  // worker thread (OrderedParallel) and consumed in container order below, so the
+  // container and the warnings are the same whatever the thread count.
   struct Made {
     absl::Status status;  // ends the compress when this tensor's turn comes
     std::string refused;  // non-empty: the tensor is refused, for this reason
     std::vector<std::string> warnings;
     TensorRecord rec;  // views into the mapped models and `payload`
     std::vector<uint8_t> payload;
-    absl::Status encode_status;  // matters only while nothing is refused
+    std::unique_ptr<EcqTensor> ecq;  // kEcq: payload made after the rate control
+    absl::Status encode_status;      // matters only while nothing is refused
   };
   // Lowest index of a refused tensor: tensors after it skip encoding (never written).
   std::atomic<size_t> first_refused{SIZE_MAX};
@@ -392,24 +486,35 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
     if (enc == Encoding::kRaw) {
       rec.payload = ft.data;
     } else if (enc == Encoding::kDct) {
-      absl::StatusOr<std::pair<int64_t, int64_t>> view =
-          MatrixView(bv->info.shape, options.dct.patch_size);
+      absl::StatusOr<std::pair<int64_t, int64_t>> view = MatrixView(
+          bv->info.shape, ecq ? options.ecq.patch_size : options.dct.patch_size);
       if (!view.ok()) {
         m.encode_status = view.status();
         return m;
       }
       rec.rows = view->first;
       rec.cols = view->second;
-      // A tensor of at least 1/threads of the model (an embedding) would finish last
-      // on one thread: it gets pieces of its own on every thread.
-      const int pieces = ft.info.num_elements() * threads >= model_weights ? threads : 1;
-      auto encoded = EncodeDctMatrix(delta.data(), rec.rows, rec.cols, options.dct, pieces);
-      if (!encoded.ok()) {
-        m.encode_status = common::Annotate(encoded.status(), Quoted(name));
-        return m;
+      if (ecq) {
+        rec.encoding = Encoding::kEcq;
+        auto prepared = EcqTensor::Prepare(delta.data(), rec.rows, rec.cols, options.ecq);
+        if (!prepared.ok()) {
+          m.encode_status = common::Annotate(prepared.status(), Quoted(name));
+          return m;
+        }
+        (*prepared)->set_step_scale(internal::EcqStepScale(options.ecq_weighting, *bv, delta));
+        m.ecq = *std::move(prepared);
+      } else {
+        // A tensor of at least 1/threads of the model (an embedding) would finish last
+        // on one thread: it gets pieces of its own on every thread.
+        const int pieces = ft.info.num_elements() * threads >= model_weights ? threads : 1;
+        auto encoded = EncodeDctMatrix(delta.data(), rec.rows, rec.cols, options.dct, pieces);
+        if (!encoded.ok()) {
+          m.encode_status = common::Annotate(encoded.status(), Quoted(name));
+          return m;
+        }
+        m.payload = *std::move(encoded);
+        rec.payload = m.payload;
       }
-      m.payload = *std::move(encoded);
-      rec.payload = m.payload;
       const size_t base_bytes =
           static_cast<size_t>(bv->info.num_elements()) * DTypeSize(ft.info.dtype);
       rec.extra_rows = ft.data.subspan(base_bytes);
@@ -417,7 +522,6 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
     return m;
   };
 
-  std::vector<std::string> refused;  // every tensor that makes the pair unusable
   const size_t total = finetuned.tensors().size();
   auto consume = [&](size_t i, Made&& m) -> absl::Status {
     DS_RETURN_IF_ERROR(m.status);
@@ -428,29 +532,27 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
     for (std::string& w : m.warnings) stats.warnings.push_back(std::move(w));
     if (!refused.empty()) return absl::OkStatus();  // the container will not be finished
     DS_RETURN_IF_ERROR(m.encode_status);
-    const TensorRecord& rec = m.rec;
-    if (!rec.base_name.empty()) stats.ties.emplace(rec.info.name, rec.base_name);
-    const uint64_t before = writer->bytes_written();
-    DS_RETURN_IF_ERROR(writer->Add(rec));
-    const uint64_t rec_bytes = writer->bytes_written() - before;
-    stats.total_weights += rec.info.num_elements();
-    switch (rec.encoding) {
-      case Encoding::kDct:
-        ++stats.dct_tensors;
-        stats.dct_weights += rec.info.num_elements();
-        stats.dct_bytes += rec_bytes;
-        break;
-      case Encoding::kRaw:
-        ++stats.raw_tensors;
-        break;
-      case Encoding::kUnchanged:
-        ++stats.unchanged_tensors;
-        break;
+    if (ecq) {
+      if (m.ecq != nullptr) {
+        ecq_tensors.push_back(std::move(m.ecq));
+        ecq_records.push_back(deferred.size());
+      }
+      deferred.push_back(std::move(m.rec));
+      return absl::OkStatus();
     }
-    if (progress) progress(i + 1, total, rec.info.name);
+    DS_RETURN_IF_ERROR(add_record(m.rec));
+    if (progress) progress(i + 1, total, m.rec.info.name);
     return absl::OkStatus();
   };
   DS_RETURN_IF_ERROR(internal::OrderedParallel<Made>(total, threads, 2 * threads, make, consume));
+  if (ecq && refused.empty()) {
+    DS_RETURN_IF_ERROR(internal::PlanAndSetEcqPayloads(
+        ecq_tensors, ecq_records, header_bytes, options.ecq_target, &deferred, &ecq_payloads));
+    for (size_t i = 0; i < deferred.size(); ++i) {
+      DS_RETURN_IF_ERROR(add_record(deferred[i]));
+      if (progress) progress(i + 1, total, deferred[i].info.name);
+    }
+  }
   if (!refused.empty()) {
     const size_t n = refused.size();
     if (n > 20) {
@@ -488,8 +590,8 @@ int MergeTensorParts(const TensorRecord& record, int64_t min_part_weights, int m
   if (max_parts <= 1 || min_part_weights <= 0) return 1;
   const int64_t n = record.info.num_elements();
   // kDct parts are row ranges in units of kRowAlign rows of the 2-D view.
-  const int64_t units =
-      record.encoding == Encoding::kDct ? (record.rows + kMergeRowAlign - 1) / kMergeRowAlign : n;
+  const int64_t row_unit = MergeRowUnit(record);
+  const int64_t units = row_unit > 0 ? (record.rows + row_unit - 1) / row_unit : n;
   const int64_t by_size = std::max<int64_t>(1, n / min_part_weights);
   return static_cast<int>(std::min<int64_t>({by_size, units, max_parts}));
 }
@@ -554,8 +656,9 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
     if (on_bytes) on_bytes(out.subspan(lo * osz, (hi - lo) * osz));
     return absl::OkStatus();
   }
-  const int64_t units = (record.rows + kMergeRowAlign - 1) / kMergeRowAlign;
-  auto [row_lo, row_hi] = split(units, kMergeRowAlign, record.rows);
+  const int64_t row_unit = MergeRowUnit(record);
+  const int64_t units = (record.rows + row_unit - 1) / row_unit;
+  auto [row_lo, row_hi] = split(units, row_unit, record.rows);
   const size_t row_bytes = static_cast<size_t>(record.cols) * osz;
   RowsDoneFn on_rows;
   if (on_bytes) {
@@ -563,9 +666,14 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
       on_bytes(out.subspan(r0 * row_bytes, (r1 - r0) * row_bytes));
     };
   }
-  absl::Status s = DecodeDctMatrixMergeRows(record.payload, record.rows, record.cols, row_lo,
-                                            row_hi, bv->data.data(), bv->info.dtype, out_dtype,
-                                            out.data(), on_rows, saturated);
+  absl::Status s =
+      record.encoding == Encoding::kEcq
+          ? DecodeEcqMatrixMergeRows(record.payload, record.rows, record.cols, row_lo, row_hi,
+                                     bv->data.data(), bv->info.dtype, out_dtype, out.data(),
+                                     on_rows, saturated)
+          : DecodeDctMatrixMergeRows(record.payload, record.rows, record.cols, row_lo, row_hi,
+                                     bv->data.data(), bv->info.dtype, out_dtype, out.data(),
+                                     on_rows, saturated);
   if (!s.ok()) {
     return absl::Status(s.code(), absl::StrCat(Quoted(name), ": ", s.message()));
   }

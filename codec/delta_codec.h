@@ -17,6 +17,8 @@
 #include "absl/types/span.h"
 #include "codec/container.h"
 #include "codec/delta_dct.h"
+#include "codec/delta_ecq.h"
+#include "codec/ecq_alloc.h"
 #include "codec/safetensors.h"
 #include "codec/tensor.h"
 
@@ -44,9 +46,43 @@ struct EncodingRule {
   std::string ToString() const;
 };
 
+// Codec of the tensors the policy codes lossily (FORMAT.md, "Tensor policy").
+enum class LossyCodec : uint8_t {
+  kDct = 0,  // Delta-DCT, encoding 2, fixed-rate schedule (CompressOptions::dct)
+  kEcq = 1,  // codec v2, encoding 3: entropy-coded, rate-controlled (CompressOptions::ecq*)
+};
+// "dct" or "ecq" (container metadata and command line), and its inverse
+// (InvalidArgument for any other text).
+std::string LossyCodecName(LossyCodec c);
+absl::StatusOr<LossyCodec> ParseLossyCodec(std::string_view text);
+
+// Per-tensor step of codec v2: the container's step times
+enum class EcqWeighting : uint8_t {
+  kMse = 0,        // 1: minimal total squared delta error (what rel. delta error measures)
+  kWeightRms = 1,  // the RMS of the base tensor: minimal sum of squared errors relative to
+                   // each tensor's weight scale (a data-free proxy of output noise)
+  kDeltaRms = 2,   // the RMS of the tensor's delta: every tensor at about the same
+                   // relative delta error (as a uniform fixed-rate schedule)
+};
+// "mse", "weight", "delta"; and its inverse (InvalidArgument for any other text).
+std::string EcqWeightingName(EcqWeighting w);
+absl::StatusOr<EcqWeighting> ParseEcqWeighting(std::string_view text);
+
 struct CompressOptions {
-  // DCT parameters (patch size, schedule, quantizer). Default: ~1 bit per weight.
+  // Codec of the lossy tensors. Default: kDct.
+  LossyCodec codec = LossyCodec::kDct;
+  // DCT parameters (patch size, schedule, quantizer) of kDct. Default: ~1 bit per weight.
   DctParams dct;
+  // kEcq: transform choices, and the size or error target over all its tensors (bits
+  // per weight counted as `deltactl inspect` counts them for the lossy tensors: record
+  // bytes plus their share of header and trailer). Default: 1 bit per weight.
+  EcqOptions ecq;
+  EcqTarget ecq_target{1.0, 0.0};
+  // kEcq: how the common step is scaled per tensor (the distortion each tensor's error
+  // is weighed by). Default: kDeltaRms, the best task metrics measured on faceres at 1
+  // and 2 bits per weight (tests/eval/RESULTS.md; kMse has the lowest total delta error
+  // but starves the tensors with small deltas).
+  EcqWeighting ecq_weighting = EcqWeighting::kDeltaRms;
   // Tensors with fewer elements than this, and all 1-D/scalar tensors, are stored raw
   // (lossless). Larger: fewer lossy tensors, more bytes. Default: see FORMAT.md.
   int64_t min_dct_elements = 16384;

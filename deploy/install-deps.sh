@@ -9,7 +9,7 @@ BUILD_PKGS=(
   protobuf-compiler libprotobuf-dev protobuf-compiler-grpc libgrpc++-dev
   libabsl-dev librocksdb-dev libopenblas-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev libcli11-dev libspdlog-dev libxxhash-dev libre2-dev
+  nlohmann-json3-dev libcli11-dev libspdlog-dev libxxhash-dev libre2-dev libhtscodecs-dev
 )
 # Tests: a real Prometheus server and promtool, docker-compose for `config` validation,
 # curl/openssl/shellcheck/python3-yaml for the deployment tests; linux-perf to profile

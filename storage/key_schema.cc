@@ -163,7 +163,7 @@ absl::StatusOr<TaskInfo> DecodeTaskMeta(std::string_view value, std::string_view
       return truncated();
     }
     if (dtype > static_cast<uint8_t>(codec::kLastDType) ||
-        encoding > static_cast<uint8_t>(codec::Encoding::kDct) || rank > kMaxRank) {
+        encoding > static_cast<uint8_t>(codec::kLastEncoding) || rank > kMaxRank) {
       return absl::DataLossError(absl::StrCat(Av(what), ": tensor ", i, " has dtype ", int{dtype},
                                               ", encoding ", int{encoding}, ", rank ", int{rank}));
     }

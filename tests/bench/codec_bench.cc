@@ -1,5 +1,7 @@
 // Delta-DCT throughput: encode, and decode+merge into an fp16 base, in weights per
-// second, next to a memcpy of the merged output's size (the floor any merge pays).
+// second, next to a memcpy of the merged output's size (the floor any merge pays); and
+// codec v2 (ecq, codec/delta_ecq.h) decode+merge of the same delta rate-controlled to 1,
+// 2 and 4 bits per weight (BM_DecodeMergeEcqF16/rows/cols/bits).
 // Run on one core: OPENBLAS_NUM_THREADS=1 taskset -c 0 ./codec_bench
 #include <benchmark/benchmark.h>
 #include <cblas.h>
@@ -7,10 +9,13 @@
 #include <cstring>
 #include <map>
 #include <random>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "codec/delta_dct.h"
+#include "codec/delta_ecq.h"
+#include "codec/ecq_alloc.h"
 #include "codec/internal/dct.h"
 #include "codec/tensor.h"
 
@@ -93,6 +98,37 @@ void BM_DecodeMergeF16(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   SetRate(state, f.rows * f.cols);
+}
+
+// The fixture's delta as one ecq payload at `bits` bits per weight (payload bytes only).
+const std::vector<uint8_t>& EcqPayload(const Fixture& f, int bits) {
+  static std::map<std::tuple<int64_t, int64_t, int>, std::vector<uint8_t>>* cache =
+      new std::map<std::tuple<int64_t, int64_t, int>, std::vector<uint8_t>>;
+  auto key = std::make_tuple(f.rows, f.cols, bits);
+  auto it = cache->find(key);
+  if (it != cache->end()) return it->second;
+  auto t = EcqTensor::Prepare(f.delta.data(), f.rows, f.cols, EcqOptions()).value();
+  const EcqTensor* ts[] = {t.get()};
+  EcqPlan plan = PlanEcq(ts, static_cast<uint64_t>(f.rows * f.cols), 0.0, {double(bits), 0.0})
+                     .value();
+  return (*cache)[key] = std::move(plan.payloads[0]);
+}
+
+void BM_DecodeMergeEcqF16(benchmark::State& state) {
+  const Fixture& f = GetFixture(state.range(0), state.range(1));
+  const std::vector<uint8_t>& payload = EcqPayload(f, static_cast<int>(state.range(2)));
+  std::vector<uint8_t> out(f.rows * f.cols * 2);
+  for (auto _ : state) {
+    auto st = DecodeEcqMatrixMergeRows(payload, f.rows, f.cols, 0, f.rows, f.base.data(),
+                                       DType::kF16, DType::kF16, out.data());
+    if (!st.ok()) state.SkipWithError(st.ToString().c_str());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  SetRate(state, f.rows * f.cols);
+  state.counters["payload_bits_per_weight"] =
+      8.0 * static_cast<double>(payload.size()) / static_cast<double>(f.rows * f.cols);
+  state.counters["transform_dct"] = payload[5];
 }
 
 void BM_DecodeMergeBF16(benchmark::State& state) {
@@ -180,6 +216,9 @@ BENCHMARK(BM_Encode) DS_SHAPES;
 BENCHMARK(BM_DecodeMergeF16) DS_SHAPES;
 BENCHMARK(BM_DecodeMergeBF16) DS_SHAPES;
 BENCHMARK(BM_DecodeMergeF16Mixed) DS_SHAPES;
+BENCHMARK(BM_DecodeMergeEcqF16)
+    ->Args({4096, 4096, 1})->Args({4096, 4096, 2})->Args({4096, 4096, 4})
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MemcpyOutput) DS_SHAPES;
 #undef DS_SHAPES
 

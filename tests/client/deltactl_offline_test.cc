@@ -142,9 +142,31 @@ TEST_F(DeltactlOfflineTest, RulesReachThePolicy) {
   EXPECT_THAT(out, HasSubstr("codec.rules=w=raw"));
 }
 
+// Codec v2: --bits picks the ecq encoding and meets the size (inspect's count).
+TEST_F(DeltactlOfflineTest, CompressEcqBits) {
+  const std::string out = Compress("--bits 2");
+  EXPECT_THAT(out, HasSubstr("tensors:     2 (dct 1, raw 1, unchanged 0)"));
+  auto r = Run("inspect --json " + dds_);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("metadata").at("codec.lossy"), "ecq");
+  EXPECT_EQ(j.at("metadata").at("codec.ecq_target"), "bits=2");
+  EXPECT_EQ(j.at("tensors")[1].at("encoding"), "ecq");
+  EXPECT_NEAR(j.at("totals").at("bits_per_weight_dct").get<double>(), 2.0, 0.04);
+  const std::string merged = dir_.File("m.safetensors");
+  r = Run("decompress --base " + base_ + " --delta " + dds_ + " --out " + merged);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(Compress("--max-error 0.2"), HasSubstr("(dct 1, raw 1, unchanged 0)"));
+  r = Run("eval --json --base " + base_ + " --finetuned " + ft_ + " --delta " + dds_);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_LE(nlohmann::json::parse(r.out).at("totals").at("rel_delta_error_dct").get<double>(),
+            0.2);
+}
+
 TEST_F(DeltactlOfflineTest, BadOptionsAreInvalidArgument) {
   for (const char* bad : {"--schedule 2:0.5", "--quantizer fancy", "--patch 1", "--rule 'w=zip'",
-                          "--min-dct-elements -5"}) {
+                          "--min-dct-elements -5", "--codec zip", "--codec dct --bits 2",
+                          "--bits 2 --max-error 0.1", "--bits -1"}) {
     auto r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ + " " + bad);
     EXPECT_EQ(r.exit_code, 1) << bad;
     EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT")) << bad;

@@ -268,6 +268,27 @@ TEST(ContainerTest, LyingLengthsAreRejected) {
   }
 }
 
+// Encoding 3 (ecq) was added within format version 1: values above it are refused, and
+// an ecq record needs a 2-D view and a payload like a dct one.
+TEST(ContainerTest, EncodingByteIsChecked) {
+  Fixture f;
+  ASSERT_OK_AND_ASSIGN(auto rec, SerializeRecord(f.records[0]));  // "bias" [2,3] F32 raw
+  const size_t kDtype = 18;  // dtype, encoding, rank, base_rank, then shape
+  uint64_t word = 0;
+  for (int k = 0; k < 8; ++k) word |= uint64_t{rec[kDtype + k]} << (8 * k);
+  auto with_encoding = [&](uint8_t e) {
+    return ResealedRecord(rec, kDtype, (word & ~uint64_t{0xff00}) | uint64_t{e} << 8);
+  };
+  EXPECT_THAT(ParseRecord(with_encoding(1)), IsOk());
+  EXPECT_THAT(ParseRecord(with_encoding(4)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown encoding 4")));
+  EXPECT_THAT(ParseRecord(with_encoding(3)), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(EncodingName(Encoding::kEcq), "ecq");
+  EXPECT_TRUE(IsLossyEncoding(Encoding::kEcq));
+  EXPECT_TRUE(IsLossyEncoding(Encoding::kDct));
+  EXPECT_FALSE(IsLossyEncoding(Encoding::kRaw));
+}
+
 TEST(ContainerTest, VersionMismatchIsInvalidArgument) {
   Fixture f;
   auto bytes = f.Build();

@@ -470,5 +470,92 @@ TEST(DeltaCodecTest, CompressRefusesABaseWithNoSharedTensor) {
   EXPECT_FALSE(std::filesystem::exists(dir.File("d.dds")));
 }
 
+// Codec v2: every lossy tensor becomes an ecq record; the lossy bits per weight, counted
+// as `deltactl inspect` counts them, meet the target within 2%; merges in parts equal
+// the whole merge; the extra rows stay exact.
+TEST(DeltaCodecTest, EcqCompressMeetsBitsTarget) {
+  Pair p;
+  ASSERT_OK_AND_ASSIGN(auto base, ModelReader::Open(p.base_path));
+  ASSERT_OK_AND_ASSIGN(auto ft, ModelReader::Open(p.ft_path));
+  EXPECT_EQ(CompressOptions{}.codec, LossyCodec::kDct);  // v1 stays the default
+  for (double bits : {1.0, 2.0, 4.0}) {  // the 5 raw extra rows alone take 0.44 bits/w
+    CompressOptions o = SmallModelOptions();
+    o.codec = LossyCodec::kEcq;
+    o.ecq_target = {bits, 0.0};
+    const std::string dds = p.dir.File("e.dds");
+    std::vector<std::string> seen;
+    ASSERT_OK_AND_ASSIGN(auto stats,
+                         CompressModel(*base, *ft, o, dds,
+                                       [&](size_t, size_t, const std::string& n) {
+                                         seen.push_back(n);
+                                       }));
+    EXPECT_EQ(seen.size(), 6u);
+    EXPECT_EQ(stats.dct_tensors, 2u);
+    ASSERT_OK_AND_ASSIGN(auto mc, MappedContainer::Open(dds));
+    const ContainerReader& reader = mc->reader();
+    EXPECT_EQ(reader.header().metadata.at("codec.lossy"), "ecq");
+    EXPECT_EQ(reader.header().metadata.at("codec.ecq_target"), absl::StrCat("bits=", bits));
+    uint64_t record_bytes = 0;
+    for (size_t i = 0; i < reader.num_records(); ++i) {
+      ASSERT_OK_AND_ASSIGN(auto rec, reader.record(i));
+      record_bytes += SerializedRecordSize(rec);
+      EXPECT_EQ(IsLossyEncoding(rec.encoding), rec.encoding == Encoding::kEcq);
+      std::vector<uint8_t> whole(MergedBytes(rec, rec.info.dtype));
+      ASSERT_THAT(MergeTensor(base.get(), rec, rec.info.dtype, absl::MakeSpan(whole)), IsOk());
+      std::vector<uint8_t> pieces(whole.size(), 0xcd);
+      for (int part = 0; part < 3; ++part) {
+        ASSERT_THAT(MergeTensorPart(base.get(), rec, rec.info.dtype, part, 3,
+                                    absl::MakeSpan(pieces)),
+                    IsOk());
+      }
+      EXPECT_EQ(pieces, whole) << rec.info.name;
+      if (rec.info.name == "emb") {  // the 5 added rows, exact
+        ASSERT_OK_AND_ASSIGN(auto ef, ft->Get("emb"));
+        EXPECT_TRUE(std::equal(whole.begin() + 150 * 96 * 4, whole.end(),
+                               ef.data.begin() + 150 * 96 * 4, ef.data.end()));
+      }
+    }
+    const double framing = static_cast<double>(stats.container_bytes - record_bytes);
+    const double got = 8.0 *
+                       (stats.dct_bytes + framing * stats.dct_weights / stats.total_weights) /
+                       stats.dct_weights;
+    EXPECT_NEAR(got, bits, 0.02 * bits);
+  }
+}
+
+TEST(DeltaCodecTest, EcqCompressMeetsMaxError) {
+  Pair p;
+  ASSERT_OK_AND_ASSIGN(auto base, ModelReader::Open(p.base_path));
+  ASSERT_OK_AND_ASSIGN(auto ft, ModelReader::Open(p.ft_path));
+  CompressOptions o = SmallModelOptions();
+  o.codec = LossyCodec::kEcq;
+  o.ecq_target = {0.0, 0.1};
+  const std::string dds = p.dir.File("e.dds");
+  ASSERT_THAT(CompressModel(*base, *ft, o, dds).status(), IsOk());
+  ASSERT_OK_AND_ASSIGN(auto mc, MappedContainer::Open(dds));
+  double num = 0, den = 0;
+  for (const char* name : {"layer/w", "emb"}) {
+    ASSERT_OK_AND_ASSIGN(auto rec, mc->reader().record(name == std::string("emb") ? 0 : 2));
+    ASSERT_EQ(rec.info.name, name);
+    ASSERT_EQ(rec.encoding, Encoding::kEcq);
+    std::vector<float> d_hat(rec.rows * rec.cols);
+    ASSERT_THAT(DecodeEcqMatrix(rec.payload, rec.rows, rec.cols, d_hat.data()), IsOk());
+    ASSERT_OK_AND_ASSIGN(auto b, base->Get(name));
+    ASSERT_OK_AND_ASSIGN(auto f, ft->Get(name));
+    const auto fb = AsFloats(b), ff = AsFloats(f);
+    for (size_t i = 0; i < fb.size(); ++i) {
+      const double d = double{ff[i]} - fb[i];
+      num += (d - d_hat[i]) * (d - d_hat[i]);
+      den += d * d;
+    }
+  }
+  const double err = std::sqrt(num / den);
+  EXPECT_LE(err, 0.1);
+  EXPECT_GT(err, 0.07);  // the smallest container meeting it, not a far larger one
+  o.ecq_target = {0.0, 0.0};
+  EXPECT_THAT(CompressModel(*base, *ft, o, dds).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ecq target")));
+}
+
 }  // namespace
 }  // namespace deltaserve::codec

@@ -28,11 +28,13 @@ import tensors_io
 DctResult = namedtuple("DctResult", "recon bits schedule container_bytes payload_bits "
                        "tool_rel_delta_err")
 
-ENC_UNCHANGED, ENC_RAW, ENC_DCT = 0, 1, 2
+ENC_UNCHANGED, ENC_RAW, ENC_DCT, ENC_ECQ = 0, 1, 2, 3
+LOSSY = (ENC_DCT, ENC_ECQ)
 
 
-def read_container_records(path):
-    """Returns [(name, encoding, payload_length, record_length)] and header metadata."""
+def read_container_records(path, payload_heads=None):
+    """Returns [(name, encoding, payload_length, record_length)] and header metadata.
+    payload_heads, if a dict, receives name -> first 8 payload bytes."""
     data = open(path, "rb").read()
     if data[:8] != b"DSDELTA\x1a":
         raise ValueError("%s: not a deltaserve container" % path)
@@ -59,6 +61,8 @@ def read_container_records(path):
         q += 4 + 8 * rank + 8 * base_rank + 16
         payload_len, = struct.unpack_from("<Q", data, q)
         records.append((name, enc, payload_len, rec_len))
+        if payload_heads is not None:
+            payload_heads[name] = data[q + 16:q + 24]
         pos += rec_len
     return records, meta
 
@@ -80,23 +84,38 @@ class DeltactlBackend:
 
     def run(self, patch, schedule):
         tag = "p%d_%s" % (patch, (schedule or "default").replace(":", "-").replace(",", "_"))
-        dds = os.path.join(self.work_dir, tag + ".dds")
-        out = os.path.join(self.work_dir, tag + ".safetensors")
-        args = ["compress", "--base", self.base_st, "--finetuned", self.ft_st, "--out", dds,
-                "--patch", str(patch)]
+        args = ["--patch", str(patch)]
         if schedule:
             args += ["--schedule", schedule]
-        self._run(args)
+        return self._compress_and_read(tag, args, schedule)
+
+    def run_ecq(self, bits, weighting=None):
+        '''Codec v2 (container encoding 3) at `bits` bits per weight (deltactl --bits), with
+        the default per-tensor weighting or `weighting` (--ecq-weighting).'''
+        extra = ["--ecq-weighting", weighting] if weighting else []
+        return self._compress_and_read("ecq_%s_%g" % (weighting or "default", bits),
+                                       ["--bits", repr(float(bits))] + extra,
+                                       "ecq --bits %g" % bits)
+
+    def _compress_and_read(self, tag, extra, schedule):
+        dds = os.path.join(self.work_dir, tag + ".dds")
+        out = os.path.join(self.work_dir, tag + ".safetensors")
+        args = ["compress", "--base", self.base_st, "--finetuned", self.ft_st, "--out", dds]
+        self._run(args + extra)
         report = json.loads(self._run(["eval", "--base", self.base_st, "--finetuned",
                                        self.ft_st, "--delta", dds, "--json"]))
         totals = report["totals"]
         self._run(["decompress", "--base", self.base_st, "--delta", dds, "--out", out])
-        records, meta = read_container_records(dds)
+        heads = {}
+        records, meta = read_container_records(dds, heads)
         merged = tensors_io.read_safetensors(out)
         recon, payload_bits = {}, 0
+        self.last_transforms = {}
         for name, enc, payload_len, _ in records:
-            if enc != ENC_DCT:
+            if enc not in LOSSY:
                 continue
+            if enc == ENC_ECQ:  # payload byte 5: 0 identity, 1 DCT (codec/FORMAT.md)
+                self.last_transforms[name] = "dct" if heads[name][5] == 1 else "identity"
             recon[name] = merged[name].astype(np.float32) - self.base[name].astype(np.float32)
             payload_bits += 8 * payload_len
         if totals["dct_weights"] != sum(r.size for r in recon.values()):
@@ -106,7 +125,11 @@ class DeltactlBackend:
         size = os.path.getsize(dds)
         self.tool = "%s (%s)" % (self.deltactl, meta.get("tool", "?"))
         os.remove(out)
-        return DctResult(recon, bits, meta.get("codec.schedule", schedule), size, payload_bits,
+        if "codec.ecq_target" in meta:
+            schedule = "ecq %s %s" % (meta["codec.ecq_target"], meta.get("codec.ecq_weighting", ""))
+        else:
+            schedule = meta.get("codec.schedule", schedule)
+        return DctResult(recon, bits, schedule, size, payload_bits,
                          totals.get("rel_delta_error_dct"))
 
 

@@ -21,9 +21,13 @@ import dct_standin
 # run at every patch size. "mixed": the paper's mixed-precision schedules, run at the
 # reference patch size only.
 SCHEDULES = OrderedDict([
+    (0.25, "1:0.25,0:0.75"),
     (0.5, "1:0.5,0:0.5"),
+    (0.75, "1:0.75,0:0.25"),
     (1.0, None),
+    (1.5, "2:0.5,1:0.5"),
     (2.0, "2:1"),
+    (3.0, "3:1"),
     (4.0, "4:1"),
 ])
 MIXED_SCHEDULES = OrderedDict([
@@ -103,7 +107,8 @@ def run_pair(pair_name, base, ft, backend, evaluate, budgets, patches, log,
     targets = OrderedDict()
     configs = [(b, p, SCHEDULES[b], "uniform") for b in budgets for p in patches]
     if mixed:
-        configs += [(b, ref_patch, MIXED_SCHEDULES[b], "mixed") for b in budgets]
+        configs += [(b, ref_patch, MIXED_SCHEDULES[b], "mixed") for b in budgets
+                    if b in MIXED_SCHEDULES]
     for budget, patch, schedule, variant in configs:
         t0 = time.time()
         res = backend.run(patch, schedule)
@@ -128,6 +133,27 @@ def run_pair(pair_name, base, ft, backend, evaluate, budgets, patches, log,
             targets[budget] = res.bits / n
     if not targets:
         raise ValueError("the reference patch size %d is not among %s" % (ref_patch, patches))
+    # Codec v2 (ecq, container encoding 3) at each budget exactly (`deltactl compress
+    # --bits B`), the bits counted as for Delta-DCT.
+    if hasattr(backend, "run_ecq"):
+        for budget in budgets:
+            t0 = time.time()
+            res = backend.run_ecq(budget)
+            if set(res.recon) != set(deltas):
+                raise RuntimeError("ecq coded a different tensor set at %s bits" % budget)
+            recon = {k: v.reshape(deltas[k].shape) for k, v in res.recon.items()}
+            add("ecq", budget, None, res.schedule, [res.bits], n, [recon], t0)
+            rows[-1]["container_bytes"] = res.container_bytes
+            rows[-1]["payload_bpw"] = res.payload_bits / n
+            rows[-1]["tool_rel_delta_err"] = res.tool_rel_delta_err
+            rows[-1]["transforms"] = dict(getattr(backend, "last_transforms", {}))
+        # The one-step (total squared error) weighting, at the classic budgets only.
+        for budget in [b for b in budgets if b in (0.5, 1.0, 2.0, 4.0)]:
+            t0 = time.time()
+            res = backend.run_ecq(budget, weighting="mse")
+            recon = {k: v.reshape(deltas[k].shape) for k, v in res.recon.items()}
+            add("ecq-mse", budget, None, res.schedule, [res.bits], n, [recon], t0)
+            rows[-1]["transforms"] = dict(getattr(backend, "last_transforms", {}))
 
     t0 = time.time()
     add("zero", None, None, None, [0], n, [{k: np.zeros_like(d) for k, d in deltas.items()}], t0)

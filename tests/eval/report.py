@@ -8,9 +8,10 @@ from harness import REF_PATCH  # noqa: E402
 
 METHOD_LABEL = {"delta-dct": "Delta-DCT", "zero": "zero delta on the set (0 bits)",
                 "sign": "sign x scale (BitDelta, no distill)",
-                "lowrank": "low-rank SVD", "topk": "magnitude top-k", "dare": "DARE (3 seeds)"}
+                "lowrank": "low-rank SVD", "topk": "magnitude top-k", "dare": "DARE (3 seeds)",
+                "ecq": "codec v2 (ecq, --bits)", "ecq-mse": "codec v2, one step (mse)"}
 TASK_METRIC = {"faceres": ("desc_cos_mean", "descriptor cosine to finetuned (mean)"),
-               "use_lite": ("accuracy", "test accuracy")}
+               "use_lite": ("agreement", "agreement of predicted class with finetuned")}
 
 
 def _method(r):
@@ -121,7 +122,8 @@ def plot(results, path, ref_lines):
     pairs = [p for p in ("faceres", "use_lite") if any(r["pair"] == p for r in results)]
     fig, axes = plt.subplots(len(pairs), 2, figsize=(13, 4.8 * len(pairs)), squeeze=False)
     styles = {"lowrank": ("tab:orange", "s"), "topk": ("tab:green", "^"),
-              "dare": ("tab:red", "v"), "sign": ("black", "*")}
+              "dare": ("tab:red", "v"), "sign": ("black", "*"), "ecq": ("tab:cyan", "P"),
+              "ecq-mse": ("tab:olive", "X")}
     dct_colors = {16: "#6baed6", 32: "#08519c", 64: "#3182bd"}
     for i, pair in enumerate(pairs):
         rows = [r for r in results if r["pair"] == pair]
@@ -166,8 +168,8 @@ def plot(results, path, ref_lines):
                 for name, (value, color) in ref_lines.get(pair, {}).items():
                     ax.axhline(value, color=color, ls="--", lw=1, label=name)
             ax.set_xscale("log", base=2)
-            ax.set_xticks([0.5, 1, 2, 4])
-            ax.set_xticklabels(["0.5", "1", "2", "4"])
+            ax.set_xticks([0.25, 0.5, 1, 2, 4])
+            ax.set_xticklabels(["0.25", "0.5", "1", "2", "4"])
             if ykey == "rel_delta_err":
                 ax.set_yscale("log")
             ax.set_xlabel("bits per weight (lossily coded tensors, all metadata)")

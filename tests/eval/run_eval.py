@@ -82,6 +82,23 @@ def run_faceres(args, out):
     out["faceres_ft"] = pair.ft
 
 
+def use_log_probs(use_pair, weights_path, bs=64):
+    """log-softmax outputs of the USE-lite model in `weights_path` on the test texts."""
+    ids, _ = use_pair._split_ids("test")
+    model = use_pair.load_model(weights_path)
+    model.eval()
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = None
+    with torch.no_grad():
+        for s in range(0, len(order), bs):
+            idx = order[s:s + bs]
+            lp = torch.log_softmax(model([list(ids[i]) for i in idx]), 1).double().numpy()
+            if out is None:
+                out = np.zeros((len(ids), lp.shape[1]))
+            out[idx] = lp
+    return out
+
+
 def run_use_lite(args, out):
     sys.path.insert(0, os.path.join(HERE, "use_lite"))
     try:
@@ -101,9 +118,19 @@ def run_use_lite(args, out):
     ft = tensors_io.read_safetensors(ft_st)
     eval_path = os.path.join(cache, "eval_weights.safetensors")
 
+    ft_path = os.path.join(cache, "ft_weights.safetensors")
+    tensors_io.write_safetensors(ft_path, ft)
+    ref_logp = use_log_probs(use_pair, ft_path)
+
     def evaluate(weights):
+        """Test accuracy, and paired metrics against the finetuned model on the same
+        texts: agreement of the predicted class, mean KL(finetuned || this) in nats."""
         tensors_io.write_safetensors(eval_path, weights)
-        return {"accuracy": float(use_pair.accuracy(eval_path, split="test"))}
+        logp = use_log_probs(use_pair, eval_path)
+        p_ref = np.exp(ref_logp)
+        return {"accuracy": float(use_pair.accuracy(eval_path, split="test")),
+                "agreement": float((logp.argmax(1) == ref_logp.argmax(1)).mean()),
+                "kl": float((p_ref * (ref_logp - logp)).sum(1).mean())}
 
     try:
         out["use_lite_test_examples"] = len(use_pair._split_ids("test")[1])
@@ -129,8 +156,8 @@ def main():
     ap.add_argument("--standin", action="store_true", help="numpy Delta-DCT (development)")
     ap.add_argument("--shared", default=DEFAULT_SHARED)
     ap.add_argument("--pairs", default="faceres,use_lite")
-    ap.add_argument("--budgets", default="0.5,1,2,4")
-    ap.add_argument("--patches", default="16,32,64")
+    ap.add_argument("--budgets", default="0.25,0.5,0.75,1,1.5,2,3,4")
+    ap.add_argument("--patches", default="32")
     ap.add_argument("--lfw", type=int, default=50,
                     help="number of LFW face crops (0..100) besides the 3 photos")
     ap.add_argument("--out", default=HERE, help="directory for RESULTS.md etc.")

@@ -60,8 +60,9 @@ def put_delta_stream(task, container, chunk):
     return b"".join(varint(len(m)) + m for m in msgs)
 
 
-def dct_payloads(container):
-    """(rows, cols, payload) of every dct record of a container (FORMAT.md)."""
+def dct_payloads(container, encoding=2):
+    """(rows, cols, payload) of every record of a container with `encoding` (2 dct,
+    3 ecq; FORMAT.md)."""
     out = []
     off = struct.unpack_from("<I", container, 12)[0]
     while container[off:off + 4] == b"DRec":
@@ -73,7 +74,7 @@ def dct_payloads(container):
         p += 4 + 8 * (rank + brank)
         rows, cols, plen = struct.unpack_from("<qqQ", container, p)
         p += 32
-        if enc == 2:
+        if enc == encoding:
             out.append((rows, cols, container[p:p + plen]))
         off += length
     return out
@@ -124,7 +125,8 @@ def main():
     write(f"{tmp}/f.safetensors", safetensors(ft))
     containers = []
     for i, args in enumerate([[], ["--patch", "8", "--schedule", "2:0.5,1:0.25,0:0.25"],
-                              ["--quantizer", "minmax", "--separate-dc"]]):
+                              ["--quantizer", "minmax", "--separate-dc"],
+                              ["--bits", "2"], ["--bits", "0.5", "--patch", "8"]]):
         dds = f"{tmp}/d{i}.dds"
         subprocess.run([deltactl, "compress", "--base", f"{tmp}/b.safetensors", "--finetuned",
                         f"{tmp}/f.safetensors", "--out", dds, "--min-dct-elements", "1024"]
@@ -135,6 +137,9 @@ def main():
         for j, (rows, cols, payload) in enumerate(dct_payloads(containers[-1])):
             view = struct.pack("<HH", (rows - 1) % 256, (cols - 1) % 256)
             write(f"{out}/dct_payload/d{i}_{j}", view + payload)
+        for j, (rows, cols, payload) in enumerate(dct_payloads(containers[-1], 3)):
+            view = struct.pack("<HH", (rows - 1) % 256, (cols - 1) % 256)
+            write(f"{out}/ecq_payload/d{i}_{j}", view + payload)
         write(f"{out}/put_delta_stream/d{i}", put_delta_stream("t", containers[-1], 4096))
 
     # TF.js: the real manifests and a small one over w.bin.

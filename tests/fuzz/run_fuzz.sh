@@ -16,7 +16,8 @@
 # Exit status: 1 if any target found something, 0 otherwise.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-targets=(safetensors safetensors_index container dct_payload tfjs tenants_config put_delta_stream)
+targets=(safetensors safetensors_index container dct_payload ecq_payload tfjs tenants_config
+         put_delta_stream)
 build="$repo/build-fuzz" seeds="" seconds=600 runs=1000000 only=""
 while (($#)); do
   case "$1" in

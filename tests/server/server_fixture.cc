@@ -72,7 +72,8 @@ void ServerTest::SetUp() {
 
 void ServerTest::TearDown() { StopServer(); }
 
-std::string ServerTest::MakeContainer(const std::string& name, uint32_t seed) {
+std::string ServerTest::MakeContainer(const std::string& name, uint32_t seed,
+                                      const codec::CompressOptions& options) {
   std::string path = tmp_.File(name + ".dds");
   if (std::ifstream(path).good()) return path;
   auto base_tensors = BuildModel(shape_, 1, nullptr);
@@ -82,7 +83,7 @@ std::string ServerTest::MakeContainer(const std::string& name, uint32_t seed) {
   auto base = codec::ModelReader::Open(base_path_);
   auto fin = codec::ModelReader::Open(ft_path);
   EXPECT_TRUE(base.ok() && fin.ok());
-  auto stats = codec::CompressModel(**base, **fin, codec::CompressOptions(), path);
+  auto stats = codec::CompressModel(**base, **fin, options, path);
   EXPECT_TRUE(stats.ok()) << stats.status();
   return path;
 }

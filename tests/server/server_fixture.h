@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "client/client.h"
+#include "codec/delta_codec.h"
 #include "codec/safetensors.h"
 #include "deltaserve/v1/delta_service.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -35,8 +36,9 @@ class ServerTest : public ::testing::Test {
   // Writes the base (seed 1) once per test.
   const std::string& base_path() const { return base_path_; }
   // Writes a finetuned model (base + noise drawn from `seed`) and compresses it against
-  // the base into a container; returns the container path.
-  std::string MakeContainer(const std::string& name, uint32_t seed);
+  // the base into a container with `options`; returns the container path.
+  std::string MakeContainer(const std::string& name, uint32_t seed,
+                            const codec::CompressOptions& options = {});
   // Container bytes of MakeContainer(name, seed).
   std::vector<uint8_t> ContainerBytes(const std::string& name, uint32_t seed);
   // Offline decode of a container (codec::DecompressModel) into a safetensors file;

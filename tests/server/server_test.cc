@@ -27,6 +27,22 @@ AuthConfig TwoTenants() {
   return c;
 }
 
+// Codec v2 (ecq, encoding 3) containers are stored and streamed like Delta-DCT ones.
+TEST_F(ServerTest, EcqContainerPullIsBitIdenticalToOfflineDecode) {
+  StartServer();
+  codec::CompressOptions options;
+  options.codec = codec::LossyCodec::kEcq;
+  options.ecq_target = {2.0, 0.0};
+  std::string container = MakeContainer("v2", 7, options);
+  auto client = Client();
+  ASSERT_OK_AND_ASSIGN(v1::TaskInfo pushed, client->PushDeltaFile("v2", container));
+  EXPECT_EQ(pushed.name(), "v2");
+  std::string pulled = tmp_.File("v2.pulled.safetensors");
+  ASSERT_OK_AND_ASSIGN(client::PullStats stats, client->PullWeights("v2", pulled));
+  EXPECT_EQ(stats.tensors, 1u + 4u * shape_.layers);
+  EXPECT_EQ(ReadFileBytes(pulled), ReadFileBytes(OfflineDecode(container)));
+}
+
 TEST_F(ServerTest, PushPullRoundTripIsBitIdenticalToOfflineDecode) {
   StartServer();
   std::string container = MakeContainer("t1", 7);

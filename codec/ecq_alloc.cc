@@ -1,0 +1,170 @@
+#include "codec/ecq_alloc.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace deltaserve::codec {
+namespace {
+
+struct Totals {
+  double bytes = 0.0, distortion = 0.0;
+};
+
+// Sampling of the search's estimates (EcqTensor::Evaluate); the coded sizes correct them.
+constexpr int kSearchSample = 5;
+
+// Sums of the estimates at `step`; with `fixed` (one per tensor, or empty) the tensors
+// keep those choices of transform and rounding.
+Totals Estimate(absl::Span<const EcqTensor* const> tensors, float step,
+                const std::vector<EcqTrial>& fixed) {
+  Totals t;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const EcqTrial trial =
+        tensors[i]->Evaluate(static_cast<float>(step * tensors[i]->step_scale()), kSearchSample, fixed.empty() ? nullptr : &fixed[i]);
+    t.bytes += trial.bytes;
+    t.distortion += trial.distortion;
+  }
+  return t;
+}
+
+// Largest step in [lo, hi] (log-bisection) for which `ok(step)` holds, assuming ok is
+// monotone (true for small steps). Returns lo if none does.
+template <typename Ok>
+float Bisect(float lo, float hi, const Ok& ok, int iterations) {
+  double a = std::log(lo), b = std::log(hi);
+  for (int i = 0; i < iterations; ++i) {
+    const double m = 0.5 * (a + b);
+    if (ok(static_cast<float>(std::exp(m)))) {
+      a = m;
+    } else {
+      b = m;
+    }
+  }
+  return static_cast<float>(std::exp(a));
+}
+
+// Codes every tensor at `step`. The first call (empty `fixed`) fills `fixed` with the
+// choices made; later calls keep them.
+absl::Status EncodeAll(absl::Span<const EcqTensor* const> tensors, float step,
+                       std::vector<EcqTrial>* fixed, EcqPlan* plan) {
+  plan->step = step;
+  plan->payloads.clear();
+  plan->payload_bytes = 0;
+  plan->distortion = 0.0;
+  const bool freeze = fixed->empty();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    EcqTrial trial;
+    DS_ASSIGN_OR_RETURN(std::vector<uint8_t> p,
+                        tensors[i]->Encode(static_cast<float>(step * tensors[i]->step_scale()), &trial, freeze ? nullptr : &(*fixed)[i]));
+    if (freeze) fixed->push_back(trial);
+    plan->payload_bytes += p.size();
+    plan->distortion += trial.distortion;
+    plan->payloads.push_back(std::move(p));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<EcqPlan> PlanEcq(absl::Span<const EcqTensor* const> tensors, uint64_t weights,
+                                double overhead_bytes, const EcqTarget& target) {
+  if (tensors.empty() || weights == 0) {
+    return absl::InvalidArgumentError("ecq plan: no tensors to code");
+  }
+  const bool by_error = target.max_error > 0.0;
+  if (!by_error && !(target.bits_per_weight > 0.0 && std::isfinite(target.bits_per_weight))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ecq plan: bits per weight ", target.bits_per_weight, " must be > 0"));
+  }
+  if (by_error && !std::isfinite(target.max_error)) {
+    return absl::InvalidArgumentError("ecq plan: max_error must be finite");
+  }
+  EcqPlan plan;
+  double max_abs = 0.0;
+  for (const EcqTensor* x : tensors) {
+    plan.energy += x->energy();
+    if (!(x->step_scale() > 0.0) || !std::isfinite(x->step_scale())) {
+      return absl::InvalidArgumentError("ecq plan: a tensor's step scale is not > 0");
+    }
+    max_abs = std::max(max_abs, x->max_abs() / x->step_scale());
+  }
+  // Steps between "every code escapes at most 2^29" and "every code is 0".
+  const float hi = static_cast<float>(std::max(2.0 * max_abs, 1e-30));
+  const float lo = static_cast<float>(std::max(max_abs / double{1 << 29}, 1e-37));
+  std::vector<EcqTrial> fixed;  // choices frozen after the first coding
+  auto bits_of = [&](double payload_bytes) {
+    return (payload_bytes + overhead_bytes) * 8.0 / static_cast<double>(weights);
+  };
+  if (by_error) {
+    const double limit = target.max_error * target.max_error * plan.energy;
+    // As for bits: estimate, code, correct the estimate's target by the measured error.
+    double want = limit;
+    float a = lo, b = hi;
+    EcqPlan best;
+    bool have_best = false;
+    for (int round = 0; round < 6; ++round) {
+      const float step = Bisect(
+          a, b, [&](float s) { return Estimate(tensors, s, fixed).distortion <= want; },
+          round == 0 ? 24 : 12);
+      a = std::max(lo, step / 2);
+      b = std::min(hi, step * 2);
+      DS_RETURN_IF_ERROR(EncodeAll(tensors, step, &fixed, &plan));
+      if (plan.distortion <= limit && (!have_best || step > best.step)) {
+        best = plan;
+        have_best = true;
+      }
+      if (plan.distortion <= limit && plan.distortion >= 0.98 * limit) break;
+      if (!(plan.distortion > 0.0)) break;
+      want = want * limit / plan.distortion;
+    }
+    // Still over (estimates far off): shrink the step until the coded error is within.
+    float step = plan.step;
+    for (int i = 0; i < 60 && !have_best && step > lo; ++i) {
+      step *= 0.97f;
+      DS_RETURN_IF_ERROR(EncodeAll(tensors, step, &fixed, &plan));
+      if (plan.distortion <= limit) {
+        best = plan;
+        have_best = true;
+      }
+    }
+    if (have_best) plan = std::move(best);
+  } else {
+    const double budget = target.bits_per_weight * static_cast<double>(weights) / 8.0 -
+                          overhead_bytes;
+    // Estimates differ from the coded sizes (rANS tables, order-1 gains): calibrate the
+    // estimate's target by the measured ratio until the coded size is within 0.5%.
+    double want = budget;
+    float step = hi, a = lo, b = hi;
+    if (budget <= 0.0) {  // the framing alone is over the target: code all-zero payloads
+      DS_RETURN_IF_ERROR(EncodeAll(tensors, hi, &fixed, &plan));
+      plan.floor_reached = true;
+    }
+    for (int round = 0; round < 6 && budget > 0.0; ++round) {
+      // The first search spans all steps; corrections search near the last step.
+      step = Bisect(a, b, [&](float s) { return Estimate(tensors, s, fixed).bytes > want; },
+                    round == 0 ? 24 : 12);
+      a = std::max(lo, step / 2);
+      b = std::min(hi, step * 2);
+      // Bisect returns the largest step still over `want`; one ulp-scale step up is under.
+      step = std::min(hi, step * 1.0000001f);
+      DS_RETURN_IF_ERROR(EncodeAll(tensors, step, &fixed, &plan));
+      const double got = static_cast<double>(plan.payload_bytes);
+      if (std::fabs(bits_of(got) - target.bits_per_weight) <= 0.005 * target.bits_per_weight) {
+        break;
+      }
+      if (got > budget && step >= hi) {
+        plan.floor_reached = true;
+        break;
+      }
+      if (!(got > 0.0)) break;
+      want = want * budget / got;
+    }
+  }
+  plan.bits_per_weight = bits_of(static_cast<double>(plan.payload_bytes));
+  return plan;
+}
+
+}  // namespace deltaserve::codec

@@ -1,0 +1,57 @@
+#include "codec/internal/ecq_compress.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "codec/delta_codec.h"
+#include "common/status_macros.h"
+
+namespace deltaserve::codec::internal {
+
+double EcqStepScale(EcqWeighting w, const TensorView& base, const std::vector<float>& delta) {
+  double sum = 0.0;
+  uint64_t n = 0;
+  if (w == EcqWeighting::kDeltaRms) {
+    for (float x : delta) sum += static_cast<double>(x) * x;
+    n = delta.size();
+  } else if (w == EcqWeighting::kWeightRms) {
+    n = static_cast<uint64_t>(base.info.num_elements());
+    std::vector<float> buf(4096);
+    for (uint64_t i = 0; i < n; i += buf.size()) {
+      const uint64_t m = std::min<uint64_t>(buf.size(), n - i);
+      ToFloat32(base.data.data() + i * DTypeSize(base.info.dtype), base.info.dtype,
+                static_cast<int64_t>(m), buf.data());
+      for (uint64_t j = 0; j < m; ++j) sum += static_cast<double>(buf[j]) * buf[j];
+    }
+  }
+  const double rms = n ? std::sqrt(sum / static_cast<double>(n)) : 0.0;
+  return rms > 0.0 && std::isfinite(rms) ? rms : 1.0;
+}
+
+absl::Status PlanAndSetEcqPayloads(const std::vector<std::unique_ptr<EcqTensor>>& tensors,
+                                   const std::vector<size_t>& ecq_records,
+                                   uint64_t header_bytes, const EcqTarget& target,
+                                   std::vector<TensorRecord>* records,
+                                   std::vector<std::vector<uint8_t>>* payloads) {
+  if (tensors.empty()) return absl::OkStatus();
+  uint64_t all_weights = 0, ecq_weights = 0;
+  for (const TensorRecord& r : *records) all_weights += r.info.num_elements();
+  double overhead = 0.0;
+  for (size_t i : ecq_records) {
+    const TensorRecord& r = (*records)[i];
+    ecq_weights += r.info.num_elements();
+    overhead += static_cast<double>(SerializedRecordSize(r));  // framing: payload is empty
+  }
+  overhead += static_cast<double>(header_bytes + kContainerTrailerBytes) *
+              static_cast<double>(ecq_weights) / static_cast<double>(all_weights);
+  std::vector<const EcqTensor*> views;
+  for (const auto& t : tensors) views.push_back(t.get());
+  DS_ASSIGN_OR_RETURN(EcqPlan plan, PlanEcq(views, ecq_weights, overhead, target));
+  *payloads = std::move(plan.payloads);
+  for (size_t k = 0; k < ecq_records.size(); ++k) {
+    (*records)[ecq_records[k]].payload = (*payloads)[k];
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace deltaserve::codec::internal
