@@ -81,7 +81,7 @@ with tempfile.TemporaryDirectory(prefix="faults-memory-") as tmp:
         # One channel per thread (a distinct argument: no shared connection).
         with grpc.insecure_channel(addr, options=[("deltaserve.test.channel", i)]) as ch:
             stream = pb_grpc.DeltaServiceStub(ch).StreamWeights(
-                pb.StreamWeightsRequest(task="deep"), timeout=120)
+                pb.StreamWeightsRequest(task=b"deep"), timeout=120)
             try:
                 first = True
                 for msg in stream:
