@@ -87,8 +87,10 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
   meta->set_overwrite(options.overwrite);
   meta->set_total_bytes(container.size());
   meta->set_xxh3_64(XXH3_64bits(container.data(), container.size()));
+  const codec::BaseHash& base_hash = parsed->header().base_hash;
+  meta->set_base_hash(base_hash.data(), base_hash.size());
   for (const SideFileUpload& f : options.side_files) {
-    v1::SideFileInfo* info = meta->add_side_files();
+    v1::SideFileDecl* info = meta->add_side_files();
     info->set_name(f.name);
     info->set_size_bytes(f.data.size());
     info->set_xxh3_64(XXH3_64bits(f.data.data(), f.data.size()));
@@ -144,9 +146,18 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
 absl::StatusOr<v1::TaskInfo> DeltaClient::PushDeltaFile(const std::string& task,
                                                         const std::string& path,
                                                         const PushOptions& options) {
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<codec::MappedContainer> mapped,
-                      codec::MappedContainer::Open(path));
-  return PushDelta(task, mapped->bytes(), options);
+  absl::StatusOr<std::unique_ptr<codec::MappedContainer>> mapped =
+      codec::MappedContainer::Open(path);
+  if (absl::IsDataLoss(mapped.status()) &&
+      absl::StrContains(mapped.status().message(), "bad magic")) {
+    // Not a damaged container but another kind of file (often the model itself).
+    return absl::InvalidArgumentError(
+        absl::StrCat(path,
+                     ": not a deltaserve delta container (.dds); make one from the base and the "
+                     "finetuned model with deltactl compress (codec::CompressModel)"));
+  }
+  if (!mapped.ok()) return mapped.status();
+  return PushDelta(task, (*mapped)->bytes(), options);
 }
 
 absl::StatusOr<v1::ListTasksResponse> DeltaClient::ListTasks(std::optional<std::string> tenant) {

@@ -167,7 +167,8 @@ class DeltaClient {
   absl::StatusOr<v1::TaskInfo> PushDelta(const std::string& task,
                                          absl::Span<const uint8_t> container,
                                          const PushOptions& options = {});
-  // Same for a container file (memory-mapped, not read into memory).
+  // Same for a container file (memory-mapped, not read into memory). InvalidArgument
+  // if the file is not a container at all (wrong magic, e.g. a safetensors model).
   absl::StatusOr<v1::TaskInfo> PushDeltaFile(const std::string& task, const std::string& path,
                                              const PushOptions& options = {});
 
@@ -192,7 +193,8 @@ class DeltaClient {
   // recorded dtypes, the same bytes as offline `deltactl decompress` (both are written
   // by codec::WriteSafetensors). Memory stays bounded: tensor data is spilled to
   // `out_path + ".data.tmp"` (removed afterwards) and mapped for the final write.
-  // Nothing is left at out_path on error.
+  // Nothing is left at out_path on error. Before any call: InvalidArgument if out_path
+  // is a directory, NotFound if its parent directory does not exist.
   absl::StatusOr<PullStats> PullWeights(const std::string& task, const std::string& out_path,
                                         const PullOptions& options = {});
   // Same, as a Hugging Face checkpoint directory: codec::WriteShardedSafetensors(dir, the

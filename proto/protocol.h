@@ -61,7 +61,7 @@ absl::StatusOr<std::optional<codec::DType>> FromProtoOutDType(v1::DType dtype);
 inline constexpr const char* kBinaryFields[] = {
     "deltaserve.v1.PutDeltaRequest.chunk",      "deltaserve.v1.PutDeltaRequest.side_file_chunk",
     "deltaserve.v1.TensorChunk.data",           "deltaserve.v1.StreamDeltaResponse.data",
-    "deltaserve.v1.GetSideFileResponse.data",
+    "deltaserve.v1.GetSideFileResponse.data",   "deltaserve.v1.PutDeltaMetadata.base_hash",
 };
 
 // OK if every set text field of `message` (string fields, and bytes fields not in

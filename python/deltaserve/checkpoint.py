@@ -10,10 +10,11 @@ that the directory loads like the original finetuned checkpoint.
 """
 import json
 import os
+import re
 
 import xxhash
 
-from deltaserve.errors import data_loss, invalid_argument
+from deltaserve.errors import data_loss, from_os_error, invalid_argument
 from deltaserve.v1 import delta_service_pb2 as pb
 
 # What side_files_from picks (deltactl push --side-files-from picks the same): the
@@ -24,6 +25,7 @@ CHECKPOINT_SIDE_FILES = (
     "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.json",
     "chat_template.jinja", "preprocessor_config.json", "processor_config.json")
 
+_SHARD_NAME = re.compile(r"model-[0-9]{5}-of-[0-9]{5}\.safetensors")
 _INDEX = "model.safetensors.index.json"
 _MAX_SLICE = (4 << 20) - (1 << 10)  # proto::kMaxChunkBytes
 
@@ -60,8 +62,8 @@ def read_side_files(side_files):
 
 
 def side_file_infos(files):
-    """SideFileInfo messages (name, size, XXH3-64) of [(name, bytes)]."""
-    return [pb.SideFileInfo(name=name.encode("utf-8"), size_bytes=len(data),
+    """SideFileDecl messages (name, size, XXH3-64) of [(name, bytes)]."""
+    return [pb.SideFileDecl(name=name.encode("utf-8"), size_bytes=len(data),
                             xxh3_64=xxhash.xxh3_64_intdigest(data)) for name, data in files]
 
 
@@ -126,7 +128,10 @@ def pull_dir(client, task, out_dir, shard_bytes=5_000_000_000, dtype=None):
     if shard_bytes <= 0:
         raise invalid_argument(f"shard_bytes must be positive, got {shard_bytes}")
     import numpy as np
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise from_os_error(e, f"pull_dir: cannot create the directory {out_dir}") from None
     done, current, used, total = [], [], 0, 0  # done: [(tmp path, [names])]
 
     def flush():
@@ -153,9 +158,14 @@ def pull_dir(client, task, out_dir, shard_bytes=5_000_000_000, dtype=None):
     metadata["total_size"] = total
     _write_atomically(os.path.join(out_dir, _INDEX), [json.dumps(
         {"metadata": metadata, "weight_map": weight_map}, indent=2).encode()])
+    # Shards of an earlier write with another count go, as with deltactl pull --out-dir
+    # and Hugging Face's save_pretrained, so a glob of the directory sees one model.
+    for name in os.listdir(out_dir):
+        if _SHARD_NAME.fullmatch(name) and name not in shards:
+            os.remove(os.path.join(out_dir, name))
     written = []
     for f in client.task_info(task).side_files:
-        name = f.name.decode("utf-8", errors="replace")
+        name = f.name
         if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
             raise invalid_argument(f"the server listed side file {name!r}, not a plain file name")
         _write_atomically(os.path.join(out_dir, name), [get_side_file(client, task, name)])

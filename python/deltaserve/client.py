@@ -19,7 +19,8 @@ import xxhash
 
 from deltaserve import dtypes
 from deltaserve._stream import StreamStats, verified_tensors
-from deltaserve.errors import DeltaserveError, from_rpc_error, invalid_argument, wire_text
+from deltaserve.errors import (DeltaserveError, from_os_error, from_rpc_error, invalid_argument,
+                               wire_text)
 from deltaserve.v1 import delta_service_pb2 as pb
 from deltaserve.v1 import delta_service_pb2_grpc as pb_grpc
 
@@ -72,8 +73,7 @@ class Client:
                     with open(ca, "rb") as f:
                         root = f.read()
                 except OSError as e:
-                    raise DeltaserveError(grpc.StatusCode.NOT_FOUND,
-                                          f"cannot read TLS root certificate {ca}: {e}") from None
+                    raise from_os_error(e, f"cannot read TLS root certificate {ca}") from None
             creds = grpc.ssl_channel_credentials(root_certificates=root)
             self._channel = grpc.secure_channel(self.server, creds, options)
         else:
@@ -122,7 +122,7 @@ class Client:
                            pb.ListTasksRequest(tenant=wire_text(tenant, "tenant", label)), label)
 
     def task_info(self, task, tensors=False):
-        """TaskInfo of `task` (side_files: SideFileInfo name (UTF-8 bytes), size_bytes,
+        """TaskInfo of `task` (side_files: SideFileInfo name (str), size_bytes,
         xxh3_64); with tensors=True, per-tensor TensorSummary entries (name, dtype,
         shape, encoding, sizes, index) in container order."""
         label, names = self._task_fields("GetTask", task)
@@ -164,8 +164,7 @@ class Client:
                     size = os.fstat(f.fileno()).st_size
                     data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) if size else b""
             except OSError as e:
-                raise DeltaserveError(grpc.StatusCode.NOT_FOUND,
-                                      f"{label}: cannot read {container}: {e}") from None
+                raise from_os_error(e, f"{label}: cannot read {container}") from None
         else:
             data = container
         view = memoryview(data).cast("B")

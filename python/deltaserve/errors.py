@@ -10,6 +10,8 @@ bad argument, FAILED_PRECONDITION for a delta made against another base,
 DEADLINE_EXCEEDED when the caller's deadline passed, UNAVAILABLE when the server cannot
 be reached (also after the bounded resume attempts of a dropped stream).
 """
+import errno
+
 import grpc
 
 
@@ -35,6 +37,21 @@ def data_loss(label, what):
 
 def invalid_argument(message):
     return DeltaserveError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+_OS_CODES = {errno.ENOENT: grpc.StatusCode.NOT_FOUND,
+             errno.EACCES: grpc.StatusCode.PERMISSION_DENIED,
+             errno.EPERM: grpc.StatusCode.PERMISSION_DENIED,
+             errno.ENOSPC: grpc.StatusCode.RESOURCE_EXHAUSTED,
+             errno.EDQUOT: grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def from_os_error(error, message):
+    """DeltaserveError for an OSError met on a local file: NOT_FOUND for a missing path,
+    PERMISSION_DENIED, RESOURCE_EXHAUSTED for a full disk, INVALID_ARGUMENT otherwise (a
+    directory where a file is expected, or a file where a directory is)."""
+    code = _OS_CODES.get(error.errno, grpc.StatusCode.INVALID_ARGUMENT)
+    return DeltaserveError(code, f"{message}: {error.strerror or error}")
 
 
 def wire_text(value, what, label):

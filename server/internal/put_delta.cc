@@ -18,6 +18,7 @@
 // decoded; decoding 0.5 G weights at upload would cost seconds of one worker.
 #include <xxhash.h>
 
+#include <algorithm>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -120,7 +121,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     DS_ASSIGN_OR_RETURN(tenant_, ResolveTask(*ctx_, caller, meta_.tenant(), meta_.task(), log_));
     const uint64_t total = meta_.total_bytes();
     if (total == 0) return absl::InvalidArgumentError("PutDelta: total_bytes must be > 0");
-    for (const v1::SideFileInfo& f : meta_.side_files()) {
+    for (const v1::SideFileDecl& f : meta_.side_files()) {
       declared_.push_back(storage::SideFileEntry{f.name(), f.size_bytes(), f.xxh3_64()});
     }
     if (absl::Status s = storage::ValidateSideFiles(declared_); !s.ok()) {
@@ -128,6 +129,18 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                           absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message()));
     }
     side_total_ = storage::SideFileBytes(declared_);
+    if (!meta_.base_hash().empty()) {
+      const std::string& declared = meta_.base_hash();
+      if (declared.size() != declared_base_hash_.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("PutDelta: task '", meta_.task(),
+                                                       "': base_hash must be 16 bytes, got ",
+                                                       declared.size()));
+      }
+      std::copy(declared.begin(), declared.end(), declared_base_hash_.begin());
+      DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(
+          declared_base_hash_, ctx_->base_hash, absl::StrCat("PutDelta: task '", meta_.task(), "'"),
+          "the resident base"));
+    }
     if (total > ctx_->options->max_upload_bytes) {
       return absl::ResourceExhaustedError(
           absl::StrCat("PutDelta: task '", meta_.task(), "': ", total,
@@ -174,6 +187,12 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     if (absl::Status s = codec::CheckContainerStorable(*container); !s.ok()) {
       return absl::Status(s.code(),
                           absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message()));
+    }
+    if (!meta_.base_hash().empty() && container->header().base_hash != declared_base_hash_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "PutDelta: task '", meta_.task(), "': declared base_hash ",
+          codec::BaseHashHex(declared_base_hash_), " differs from the container header's ",
+          codec::BaseHashHex(container->header().base_hash)));
     }
     DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(
         container->header().base_hash, ctx_->base_hash,
@@ -244,8 +263,9 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   std::string buffer_;
   codec::ContainerUploadScanner scanner_;
   std::vector<storage::SideFileEntry> declared_;  // metadata.side_files
-  uint64_t side_total_ = 0;                        // sum of their sizes
-  std::string side_buffer_;                        // their bytes, concatenated
+  uint64_t side_total_ = 0;                       // sum of their sizes
+  codec::BaseHash declared_base_hash_{};          // metadata.base_hash, when given
+  std::string side_buffer_;                       // their bytes, concatenated
 };
 
 }  // namespace

@@ -34,7 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       meta = request.metadata();
       have_meta = true;
       if (meta.total_bytes() == 0 || meta.total_bytes() > (64u << 20)) return 0;
-      for (const v1::SideFileInfo& f : meta.side_files()) {
+      for (const v1::SideFileDecl& f : meta.side_files()) {
         if (f.size_bytes() > (64u << 20)) return 0;
         side_declared += f.size_bytes();
       }

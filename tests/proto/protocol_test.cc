@@ -83,9 +83,10 @@ TEST(ProtocolTest, RequestTextFieldsAreBytesAndChecked) {
       };
   for (int i = 0; i < service->method_count(); ++i) walk(service->method(i)->input_type());
   EXPECT_EQ(binary, (std::set<std::string>{"deltaserve.v1.PutDeltaRequest.chunk",
-                                           "deltaserve.v1.PutDeltaRequest.side_file_chunk"}));
-  EXPECT_EQ(text.size(), 23u);  // 19 names and filters, 3 of GetSideFile, SideFileInfo.name
-  EXPECT_EQ(text.count("deltaserve.v1.SideFileInfo.name"), 1u);
+                                           "deltaserve.v1.PutDeltaRequest.side_file_chunk",
+                                           "deltaserve.v1.PutDeltaMetadata.base_hash"}));
+  EXPECT_EQ(text.size(), 23u);  // 19 names and filters, 3 of GetSideFile, SideFileDecl.name
+  EXPECT_EQ(text.count("deltaserve.v1.SideFileDecl.name"), 1u);
   EXPECT_EQ(text.count("deltaserve.v1.StreamWeightsRequest.include"), 1u);
   EXPECT_EQ(text.count("deltaserve.v1.AdminCheckpointRequest.dir"), 1u);
 

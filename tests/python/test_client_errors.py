@@ -4,6 +4,7 @@ wrong token, another tenant, unknown task, and for load_into a name, shape or dt
 that does not match (refused before any byte is written: the target stays untouched);
 a deadline; an unreachable server; a corrupted stream (DATA_LOSS)."""
 from concurrent import futures
+import os
 import tempfile
 import time
 
@@ -42,6 +43,14 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
     ld.expect_error(lambda: list(acme.stream_weights("nope")), C.NOT_FOUND,
                     "StreamWeights 'nope'")
     ld.expect_error(lambda: acme.task_info("../x"), C.INVALID_ARGUMENT, "GetTask '../x'")
+    # Local paths of the wrong kind: a directory as the container, a file as the output
+    # directory (a DeltaserveError with INVALID_ARGUMENT, not a bare OSError).
+    ld.expect_error(lambda: acme.push("d", tmp), C.INVALID_ARGUMENT, f"cannot read {tmp}",
+                    "Is a directory")
+    ld.expect_error(lambda: acme.pull_dir("chat", delta), C.INVALID_ARGUMENT,
+                    f"pull_dir: cannot create the directory {delta}")
+    ld.expect_error(lambda: acme.push("d", os.path.join(tmp, "missing.dds")), C.NOT_FOUND,
+                    "No such file or directory")
     ld.expect_error(lambda: list(acme.stream_weights("chat", dtype="i64")), C.INVALID_ARGUMENT,
                     "unsupported dtype 'i64'")
     # Admin: may name a tenant.
@@ -67,7 +76,7 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
     t = fresh()
     del t["b.bias"]
     ld.expect_error(lambda: acme.load_into(t, "chat"), C.INVALID_ARGUMENT,
-                    "tensor 'b.bias' of task 'chat' is not in the model")
+                    "1 tensor(s) of task 'chat' not in the model: 'b.bias' (the model has")
     d.check(untouched(t), "missing name: the target was written")
     t = fresh()
     t["extra.weight"] = torch.full((3,), 7.0, dtype=torch.float16)

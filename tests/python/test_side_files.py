@@ -54,7 +54,7 @@ with tempfile.TemporaryDirectory(prefix="py-side-") as tmp:
     picked = side_files_from(ckpt)
     d.check(sorted(picked) == ["config.json", "merges.txt", "tokenizer.json"], f"picked {picked}")
     info = c.push("py", delta, side_files=picked)
-    listed = {f.name.decode(): (f.size_bytes, f.xxh3_64) for f in c.task_info("py").side_files}
+    listed = {f.name: (f.size_bytes, f.xxh3_64) for f in c.task_info("py").side_files}
     want = {k: (len(v), xxhash.xxh3_64_intdigest(v)) for k, v in files.items() if k in picked}
     d.check(listed == want, f"task_info side files {listed} != {want}")
     d.check(info.side_file_bytes == side_total, f"side_file_bytes {info.side_file_bytes}")
@@ -105,6 +105,13 @@ with tempfile.TemporaryDirectory(prefix="py-side-") as tmp:
     d.check(tensors == cli_tensors, "pull_dir tensors != deltactl pull --out-dir tensors")
     d.check(index["weight_map"] == cli_index["weight_map"], "weight_map differs")
     d.check(sorted(result["side_files"]) == sorted(picked), f"pull_dir result {result}")
+    # A second pull into the same directory with one shard removes the earlier shards
+    # (and keeps the side files): a glob of the directory sees one model.
+    result = c.pull_dir("py", py_dir)
+    shard_files = sorted(n for n in os.listdir(py_dir) if n.endswith(".safetensors"))
+    d.check(shard_files == ["model-00001-of-00001.safetensors"] == result["shards"],
+            f"pull_dir over an earlier pull left {shard_files}")
+    d.check(all(os.path.exists(os.path.join(py_dir, n)) for n in picked), "side files gone")
 
     # Offline decompress --out-dir --side-files-from writes the same side files.
     off_dir = os.path.join(tmp, "offline")
@@ -128,7 +135,7 @@ with tempfile.TemporaryDirectory(prefix="py-side-") as tmp:
         container = f.read()
     meta = pb.PutDeltaMetadata(task=b"bad", total_bytes=len(container),
                                xxh3_64=xxhash.xxh3_64_intdigest(container),
-                               side_files=[pb.SideFileInfo(name=b"config.json", size_bytes=2,
+                               side_files=[pb.SideFileDecl(name=b"config.json", size_bytes=2,
                                                            xxh3_64=12345)])
     reqs = [pb.PutDeltaRequest(metadata=meta), pb.PutDeltaRequest(side_file_chunk=b"{}"),
             pb.PutDeltaRequest(chunk=container)]

@@ -31,6 +31,7 @@ struct Upload {
   std::optional<uint64_t> xxh3;
   bool overwrite = false;
   size_t send_bytes = SIZE_MAX;  // send only a prefix
+  std::string base_hash;         // PutDeltaMetadata.base_hash (empty: not declared)
 };
 
 // Raw PutDelta, so that tests can send what the client library refuses to.
@@ -46,6 +47,7 @@ grpc::Status RawPut(v1::DeltaService::Stub* stub, const Upload& up,
   meta->set_overwrite(up.overwrite);
   meta->set_total_bytes(up.declared_total ? up.declared_total : up.bytes.size());
   if (up.xxh3) meta->set_xxh3_64(*up.xxh3);
+  meta->set_base_hash(up.base_hash);
   writer->Write(req);
   size_t n = std::min(up.send_bytes, up.bytes.size());
   for (size_t off = 0; off < n; off += 64 << 10) {
@@ -113,6 +115,52 @@ TEST_F(ServerTest, DeltaAgainstAnotherBaseIsFailedPrecondition) {
   StartServer(o);
   EXPECT_THAT(Client()->PushDeltaFile("x", container).status(),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("base")));
+
+  // The declared base hash (the client library sends the header's) is checked at
+  // admission: with no container byte sent the answer is the base, not a truncation.
+  auto stub = RawStub();
+  std::vector<uint8_t> bytes = ContainerBytes("x", 12);
+  ASSERT_OK_AND_ASSIGN(codec::ContainerReader reader, codec::ContainerReader::Parse(bytes));
+  const codec::BaseHash& made_against = reader.header().base_hash;
+  Upload header_only{"x", bytes};
+  header_only.send_bytes = 0;
+  header_only.base_hash.assign(made_against.begin(), made_against.end());
+  grpc::Status s = RawPut(stub.get(), header_only);
+  EXPECT_EQ(Code(s), absl::StatusCode::kFailedPrecondition) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("not the resident base"));
+  header_only.base_hash = "short";
+  s = RawPut(stub.get(), header_only);
+  EXPECT_EQ(Code(s), absl::StatusCode::kInvalidArgument) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("base_hash must be 16 bytes, got 5"));
+
+  // Declared as made against the resident base, but the header says otherwise.
+  ASSERT_OK_AND_ASSIGN(v1::BaseInfo resident, Client()->GetBase());
+  ASSERT_EQ(resident.hash().size(), 32u);
+  Upload lying{"x", bytes};
+  for (size_t i = 0; i < 32; i += 2) {
+    lying.base_hash.push_back(
+        static_cast<char>(std::stoi(resident.hash().substr(i, 2), nullptr, 16)));
+  }
+  s = RawPut(stub.get(), lying);
+  EXPECT_EQ(Code(s), absl::StatusCode::kInvalidArgument) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("differs from the container header's"));
+}
+
+TEST_F(ServerTest, DeclaredBaseHashOfTheResidentBaseIsStored) {
+  StartServer();
+  auto stub = RawStub();
+  std::vector<uint8_t> bytes = ContainerBytes("y", 14);
+  ASSERT_OK_AND_ASSIGN(codec::ContainerReader reader, codec::ContainerReader::Parse(bytes));
+  // Declared as made against another base: refused at admission.
+  Upload lying{"y", bytes};
+  lying.base_hash = std::string(16, '\x01');
+  grpc::Status s = RawPut(stub.get(), lying);
+  EXPECT_EQ(Code(s), absl::StatusCode::kFailedPrecondition) << s.error_message();
+  // The header's own hash, the resident base's: stored.
+  Upload honest{"y", bytes};
+  honest.base_hash.assign(reader.header().base_hash.begin(), reader.header().base_hash.end());
+  s = RawPut(stub.get(), honest);
+  EXPECT_TRUE(s.ok()) << s.error_message();
 }
 
 TEST_F(ServerTest, QuotaAndUploadLimit) {

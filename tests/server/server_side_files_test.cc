@@ -115,7 +115,7 @@ TEST_F(ServerTest, SideFileLimitsNamesChecksumAndQuota) {
   v1::PutDeltaMetadata* meta = req.mutable_metadata();
   meta->set_task("t");
   meta->set_total_bytes(bytes.size());
-  v1::SideFileInfo* f = meta->add_side_files();
+  v1::SideFileDecl* f = meta->add_side_files();
   f->set_name("config.json");
   f->set_size_bytes(2);
   f->set_xxh3_64(12345);
