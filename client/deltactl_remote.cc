@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -24,8 +25,8 @@
 #include "common/json.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
-#include "proto/protocol.h"
 #include "nlohmann/json.hpp"
+#include "proto/protocol.h"
 
 namespace deltaserve::client {
 namespace {
@@ -153,9 +154,12 @@ void PrintTaskInfo(const v1::TaskInfo& t) {
                t.name(), Created(t.created_unix()));
   absl::PrintF("base hash:       %s\ncontainer bytes: %d\ntensors:         %d\n", t.base_hash(),
                t.container_bytes(), t.num_tensors());
-  absl::PrintF("weights:         %d\nmerged bytes:    %d\nbits per weight: %.4f\npinned:          %s\n",
-               t.total_weights(), t.merged_bytes(), t.bits_per_weight(), t.pinned() ? "yes" : "no");
-  for (const auto& [k, v] : t.metadata()) absl::PrintF("metadata %s = %s\n", k, v);
+  absl::PrintF(
+      "weights:         %d\nmerged bytes:    %d\nbits per weight: %.4f\npinned:          %s\n",
+      t.total_weights(), t.merged_bytes(), t.bits_per_weight(), t.pinned() ? "yes" : "no");
+  // Sorted: a proto map iterates in no fixed order.
+  const std::map<std::string, std::string> metadata(t.metadata().begin(), t.metadata().end());
+  for (const auto& [k, v] : metadata) absl::PrintF("metadata %s = %s\n", k, v);
   for (const v1::SideFileInfo& s : t.side_files()) {
     absl::PrintF("side file %s: %d bytes, XXH3-64 %016x\n", s.name(), s.size_bytes(),
                  s.xxh3_64());
@@ -203,7 +207,8 @@ absl::Status RunList(const RemoteFlags& f, bool all) {
                  t.total_weights(), t.container_bytes(), t.bits_per_weight(),
                  Created(t.created_unix()));
   }
-  absl::PrintF("%d tasks, %d bytes stored, quota %s\n", list.tasks_size(), list.stored_bytes(),
+  absl::PrintF("%d task%s, %d bytes stored, quota %s\n", list.tasks_size(),
+               list.tasks_size() == 1 ? "" : "s", list.stored_bytes(),
                list.quota_bytes() == 0 ? std::string("unlimited")
                                        : absl::StrCat(list.quota_bytes(), " bytes"));
   if (all) {
@@ -310,34 +315,43 @@ absl::Status RunCheckpoint(const RemoteFlags& f, const std::string& dir) {
 }  // namespace
 
 void AddRemoteCommands(CLI::App& app, CommandAction* action) {
-  auto flags = std::make_shared<RemoteFlags>();
+  // One RemoteFlags per subcommand: CLI11 2.1 applies the DELTASERVE_* variables to the
+  // options of every subcommand, used or not, so one shared struct let a variable
+  // override the flag given to the used subcommand (a delete sent to the wrong server).
+  std::map<const CLI::App*, std::shared_ptr<RemoteFlags>> remote;
   auto task = std::make_shared<TaskFlags>();
-  auto add = [&](const char* name, const char* help) {
-    CLI::App* sub = app.add_subcommand(name, help);
+  auto add_to = [&](CLI::App* parent, const char* name, const char* help) {
+    CLI::App* sub = parent->add_subcommand(name, help);
+    auto flags = std::make_shared<RemoteFlags>();
     AddRemoteFlags(sub, flags.get());
+    remote[sub] = std::move(flags);
     return sub;
   };
+  auto add = [&](const char* name, const char* help) { return add_to(&app, name, help); };
 
   CLI::App* push = add("push", "Upload a delta container (.dds) to a server as a task");
   push->add_option("--task", task->task, "Task name")->required();
   push->add_option("--in", task->in, "Delta container (.dds)")->required();
   push->add_flag("--overwrite", task->overwrite, "Replace an existing task");
   AddSideFileOptions(push, &task->side_files);
-  push->callback([=] { *action = [=] { return RunPush(*flags, *task); }; });
+  push->callback(
+      [=, flags = remote.at(push)] { *action = [=] { return RunPush(*flags, *task); }; });
 
   CLI::App* list = add("list", "List the tasks stored on a server");
   auto all = std::make_shared<bool>(false);
   list->add_flag("--all-tenants", *all, "Every tenant's tasks (admin token)");
-  list->callback([=] { *action = [=] { return RunList(*flags, *all); }; });
+  list->callback([=, flags = remote.at(list)] { *action = [=] { return RunList(*flags, *all); }; });
 
   CLI::App* info = add("info", "Show a stored task (sizes, bits per weight, base hash)");
   info->add_option("--task", task->task, "Task name")->required();
   info->add_flag("--tensors", task->tensors, "Also list every tensor");
-  info->callback([=] { *action = [=] { return RunInfo(*flags, *task); }; });
+  info->callback(
+      [=, flags = remote.at(info)] { *action = [=] { return RunInfo(*flags, *task); }; });
 
   CLI::App* del = add("delete", "Delete a stored task");
   del->add_option("--task", task->task, "Task name")->required();
-  del->callback([=] { *action = [=] { return RunDelete(*flags, *task); }; });
+  del->callback(
+      [=, flags = remote.at(del)] { *action = [=] { return RunDelete(*flags, *task); }; });
 
   CLI::App* pull = add("pull", "Stream a task's merged weights into a .safetensors file "
                                "(every tensor checksum verified; same bytes as decompress)");
@@ -356,26 +370,30 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   pull->add_option("--streams", task->streams,
                    "Parallel streams, each on a tensor range of about equal bytes (1-64)")
       ->capture_default_str();
-  pull->callback([=] { *action = [=] { return RunPull(*flags, *task); }; });
+  pull->callback(
+      [=, flags = remote.at(pull)] { *action = [=] { return RunPull(*flags, *task); }; });
 
   CLI::App* pull_delta = add("pull-delta", "Download a task's stored delta container as is");
   pull_delta->add_option("--task", task->task, "Task name")->required();
   pull_delta->add_option("--out", task->out, "Output container (.dds)")->required();
-  pull_delta->callback([=] { *action = [=] { return RunPullDelta(*flags, *task); }; });
+  pull_delta->callback([=, flags = remote.at(pull_delta)] {
+    *action = [=] { return RunPullDelta(*flags, *task); };
+  });
 
   CLI::App* get_base = add("get-base", "Show the base model the server keeps resident");
-  get_base->callback([=] { *action = [=] { return RunGetBase(*flags); }; });
+  get_base->callback(
+      [=, flags = remote.at(get_base)] { *action = [=] { return RunGetBase(*flags); }; });
 
   CLI::App* admin = app.add_subcommand("admin", "Server administration (admin token)");
   admin->require_subcommand(1);
-  CLI::App* checkpoint = admin->add_subcommand(
-      "checkpoint", "Online backup: a consistent copy of the server's whole store in a new "
-                    "directory on the server (servable with deltaserved --db DIR)");
-  AddRemoteFlags(checkpoint, flags.get());
+  CLI::App* checkpoint = add_to(admin, "checkpoint",
+                                "Online backup: a consistent copy of the server's whole store in a "
+                                "new directory on the server (servable with deltaserved --db DIR)");
   auto dir = std::make_shared<std::string>();
-  checkpoint->add_option("--dir", *dir, "Absolute path on the server; must not exist")
-      ->required();
-  checkpoint->callback([=] { *action = [=] { return RunCheckpoint(*flags, *dir); }; });
+  checkpoint->add_option("--dir", *dir, "Absolute path on the server; must not exist")->required();
+  checkpoint->callback([=, flags = remote.at(checkpoint)] {
+    *action = [=] { return RunCheckpoint(*flags, *dir); };
+  });
 }
 
 }  // namespace deltaserve::client

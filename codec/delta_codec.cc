@@ -296,7 +296,7 @@ absl::Status CheckBaseHash(const ModelReader& base, const ContainerHeader& heade
   absl::Status s =
       CheckBaseHashMatch(header.base_hash, ComputeBaseHash(base), "the delta", "this base");
   if (s.ok()) return s;
-  return absl::FailedPreconditionError(absl::StrCat(s.message(), " (force to decode anyway)"));
+  return absl::FailedPreconditionError(absl::StrCat(s.message(), " (--force decodes anyway)"));
 }
 
 absl::StatusOr<Encoding> ChooseEncoding(const TensorView& ft, const TensorView* base,

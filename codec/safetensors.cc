@@ -14,8 +14,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "codec/internal/json_shape.h"
-#include "common/json.h"
 #include "common/file.h"
+#include "common/json.h"
 #include "common/status_macros.h"
 
 namespace deltaserve::codec {
@@ -305,7 +305,12 @@ absl::StatusOr<std::unique_ptr<ModelReader>> OpenIndex(const std::string& index_
   if (!index.is_object()) return Invalid(index_path, "index is not a JSON object");
   auto wm = index.find("weight_map");
   if (wm == index.end() || !wm->is_object()) {
-    return Invalid(index_path, "missing 'weight_map' object");
+    // A TF.js graph model's model.json is JSON too: say how to read it.
+    const bool tfjs = index.contains("modelTopology") || index.contains("weightsManifest");
+    return Invalid(index_path, tfjs ? "a TF.js model (modelTopology/weightsManifest), not a "
+                                      "safetensors index: convert it first with deltactl "
+                                      "convert --in MODEL.json --out MODEL.safetensors"
+                                    : "missing 'weight_map' object");
   }
   // Index metadata: strings as they are, other scalars as their JSON text; nested
   // objects and arrays are dropped. "total_size" is the index's own figure of the
@@ -559,8 +564,41 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorV
   return WriteFile(path, all, metadata);
 }
 
-absl::Status WriteShardedSafetensors(const std::string& dir,
-                                     const std::vector<TensorView>& tensors,
+namespace {
+
+// True for a shard name as WriteShardedSafetensors (and Hugging Face) writes it:
+// model-NNNNN-of-NNNNN.safetensors, 5 digits each.
+bool IsShardName(const std::string& name) {
+  constexpr std::string_view kPrefix = "model-", kMid = "-of-", kSuffix = ".safetensors";
+  if (name.size() != kPrefix.size() + 5 + kMid.size() + 5 + kSuffix.size()) return false;
+  if (!name.starts_with(kPrefix) || !name.ends_with(kSuffix)) return false;
+  if (name.compare(kPrefix.size() + 5, kMid.size(), kMid) != 0) return false;
+  for (size_t at : {kPrefix.size(), kPrefix.size() + 5 + kMid.size()}) {
+    for (size_t i = at; i < at + 5; ++i) {
+      if (name[i] < '0' || name[i] > '9') return false;
+    }
+  }
+  return true;
+}
+
+// Removes the shard files of `dir` not in `keep` (an earlier write's other count).
+absl::Status RemoveStaleShards(const std::string& dir, const std::set<std::string>& keep) {
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!IsShardName(name) || keep.count(name) > 0) continue;
+    if (!fs::remove(e.path(), ec) && ec) break;
+  }
+  if (ec) {
+    return absl::ErrnoToStatus(ec.value(),
+                               absl::StrCat("cannot remove the earlier shards of ", dir));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status WriteShardedSafetensors(const std::string& dir, const std::vector<TensorView>& tensors,
                                      const std::map<std::string, std::string>& metadata,
                                      uint64_t max_shard_bytes) {
   if (max_shard_bytes == 0) return Invalid(dir, "max_shard_bytes must be positive");
@@ -583,11 +621,13 @@ absl::Status WriteShardedSafetensors(const std::string& dir,
     bytes += t.data.size();
   }
   json weight_map = json::object();
+  std::set<std::string> written;
   for (size_t i = 0; i < shards.size(); ++i) {
     const std::string name =
         absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, shards.size());
     DS_RETURN_IF_ERROR(WriteFile((fs::path(dir) / name).string(), shards[i], metadata));
     for (const TensorView* t : shards[i]) weight_map[t->info.name] = name;
+    written.insert(name);
   }
   json md = json::object();
   for (const auto& [k, v] : metadata) md[k] = v;
@@ -595,9 +635,10 @@ absl::Status WriteShardedSafetensors(const std::string& dir,
   json index = {{"metadata", std::move(md)}, {"weight_map", std::move(weight_map)}};
   const std::string index_path = (fs::path(dir) / kDefaultIndexName).string();
   DS_ASSIGN_OR_RETURN(std::string text, common::DumpJson(index, index_path));
-  return common::WriteFileAtomically(
-      index_path, {absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()),
-                                             text.size())});
+  DS_RETURN_IF_ERROR(common::WriteFileAtomically(
+      index_path,
+      {absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())}));
+  return RemoveStaleShards(dir, written);
 }
 
 }  // namespace deltaserve::codec

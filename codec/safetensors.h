@@ -113,8 +113,10 @@ class SafetensorsWriter {
 // model.safetensors.index.json {"metadata": metadata + {"total_size": the sum of the
 // tensors' data bytes, a JSON number, as Hugging Face writes it}, "weight_map": {...}}
 // (a "total_size" key in `metadata` is replaced; ModelReader drops it on read, so
-// ModelReader::metadata() reads back exactly `metadata` without it). Shards of an
-// earlier write with another count are not removed. Same errors as WriteSafetensors,
+// ModelReader::metadata() reads back exactly `metadata` without it). Once the index is
+// written, shard files of an earlier write that are not part of this one (any
+// model-NNNNN-of-NNNNN.safetensors in `dir` with another count) are removed, as Hugging
+// Face's save_pretrained does, so a glob of `dir` sees one model. Same errors as WriteSafetensors,
 // plus InvalidArgument if max_shard_bytes == 0. Each file is replaced atomically, the
 // set as a whole is not (the index is written last).
 absl::Status WriteShardedSafetensors(const std::string& dir,

@@ -84,12 +84,18 @@ def _selected(name, include, include_regex):
 def check_plan(target, summaries, strict, filtered, out_dtype, what):
     """Checks `summaries` ([(name, shape, recorded proto dtype)] of the tensors that will
     arrive) against `target` ({name: tensor}) before anything is written."""
-    hint = " (pass dtype= to have the server convert)" if out_dtype == 0 else ""
+    hint = " (pass dtype= to convert it)" if out_dtype == 0 else ""
     names = set()
+    missing = [name for name, _, _ in summaries if name not in target]
+    if missing:
+        shown = ", ".join(f"'{n}'" for n in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise invalid_argument(
+            f"{len(missing)} tensor(s) of {what} not in the model: {shown}{more} (the model "
+            f"has {len(target)} tensors, e.g. '{next(iter(target), '')}'; include= loads a "
+            f"subset)")
     for name, shape, recorded in summaries:
         names.add(name)
-        if name not in target:
-            raise invalid_argument(f"tensor '{name}' of {what} is not in the model")
         check_against(name, target[name], shape, out_dtype or recorded, hint)
     if strict and not filtered:
         extra = sorted(set(target) - names)

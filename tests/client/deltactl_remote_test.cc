@@ -1,9 +1,11 @@
 // deltactl's remote subcommands (client/deltactl_remote.cc), run as the real binary
 // against the in-process fake DeltaService.
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
+#include "codec/container.h"
 #include "codec/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -15,8 +17,8 @@
 namespace deltaserve::client {
 namespace {
 
-using ::deltaserve::client::testing::Fault;
 using ::deltaserve::client::testing::FakeService;
+using ::deltaserve::client::testing::Fault;
 using ::deltaserve::client::testing::MakeTensor;
 using ::deltaserve::testing::DeltactlResult;
 using ::deltaserve::testing::IsOk;
@@ -65,6 +67,20 @@ TEST_F(DeltactlRemoteTest, PushSendsTheFileWithToken) {
   EXPECT_EQ(service_.uploaded, container);
   EXPECT_TRUE(service_.last_put.overwrite());
   EXPECT_EQ(service_.last_authorization, "Bearer tok-1");
+  // The container declares its base hash, so another base is refused before upload.
+  ASSERT_OK_AND_ASSIGN(codec::ContainerReader reader, codec::ContainerReader::Parse(container));
+  const codec::BaseHash& hash = reader.header().base_hash;
+  EXPECT_EQ(service_.last_put.base_hash(), std::string(hash.begin(), hash.end()));
+}
+
+TEST_F(DeltactlRemoteTest, PushOfAModelInsteadOfAContainerSaysToCompress) {
+  const std::vector<uint8_t> want = Want();  // a safetensors file
+  DeltactlResult r =
+      Run("push " + server_flag_ + " --task chat --in " + tmp_.File("want.safetensors"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT: " + tmp_.File("want.safetensors") +
+                               ": not a deltaserve delta container (.dds); make one"));
+  EXPECT_TRUE(service_.uploaded.empty());
 }
 
 TEST_F(DeltactlRemoteTest, PullWritesVerifiedSafetensors) {
@@ -108,6 +124,41 @@ TEST_F(DeltactlRemoteTest, ServerAndTokenFromEnvironment) {
   r = Run("info " + server_flag_ + " --task missing");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("NOT_FOUND: GetTask 'missing'"));
+}
+
+TEST_F(DeltactlRemoteTest, FlagsWinOverTheEnvironment) {
+  // The variables name an unreachable server and another token; every subcommand given
+  // the flags must use the flags (a shared flag struct once let the variable win).
+  ::setenv("DELTASERVE_SERVER", "127.0.0.1:1", 1);
+  ::setenv("DELTASERVE_TOKEN", "tok-env", 1);
+  ::setenv("DELTASERVE_TENANT", "env-tenant", 1);
+  DeltactlResult info = Run("info " + server_flag_ +
+                            " --token tok-flag --tenant flag-tenant "
+                            "--task chat --timeout 5");
+  const std::string info_auth = service_.last_authorization;
+  DeltactlResult del = Run("delete " + server_flag_ + " --token tok-del --task chat --timeout 5");
+  const std::string del_auth = service_.last_authorization;
+  ::unsetenv("DELTASERVE_SERVER");
+  ::unsetenv("DELTASERVE_TOKEN");
+  ::unsetenv("DELTASERVE_TENANT");
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_THAT(info.out, HasSubstr("tenant:          flag-tenant"));
+  EXPECT_EQ(info_auth, "Bearer tok-flag");
+  ASSERT_EQ(del.exit_code, 0) << del.err;
+  EXPECT_EQ(del_auth, "Bearer tok-del");
+}
+
+TEST_F(DeltactlRemoteTest, PullToADirectoryOrAMissingParentFailsBeforeTheStream) {
+  ASSERT_TRUE(std::filesystem::create_directory(tmp_.File("outdir")));
+  DeltactlResult r = Run("pull " + server_flag_ + " --task chat --out " + tmp_.File("outdir"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT: cannot write " + tmp_.File("outdir") +
+                               ": it is a directory"));
+  r = Run("pull " + server_flag_ + " --task chat --out " + tmp_.File("none/x.safetensors"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND: cannot write " + tmp_.File("none/x.safetensors") +
+                               ": no directory " + tmp_.File("none")));
+  EXPECT_EQ(service_.last_stream.task(), "");  // no StreamWeights call was made
 }
 
 TEST_F(DeltactlRemoteTest, ListJson) {

@@ -5,12 +5,13 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
-#include "gmock/gmock.h"
 #include "common/file.h"
 #include "common/json.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -192,6 +193,34 @@ TEST_F(SafetensorsTest, ShardedRoundTrip) {
     ASSERT_OK_AND_ASSIGN(TensorView t6, reader->Get("t6"));
     EXPECT_EQ(AsFloats(t6)[15], 307.5f);
   }
+}
+
+TEST_F(SafetensorsTest, ShardedRewriteRemovesTheEarlierShardsOnly) {
+  const std::vector<OwnedTensor> src = Sample();
+  const std::string dir = Path("rewrite");
+  // 5 shards of one tensor each, then 1 shard: the 5 go, other files stay.
+  ASSERT_THAT(WriteShardedSafetensors(dir, Views(src), {}, 1), IsOk());
+  ASSERT_TRUE(fs::exists(dir + "/model-00005-of-00005.safetensors"));
+  for (const char* other : {"/config.json", "/model-1-of-2.safetensors", "/notes.safetensors"}) {
+    std::ofstream(dir + other) << "{}";
+  }
+  ASSERT_THAT(WriteShardedSafetensors(dir, Views(src), {}, 1 << 20), IsOk());
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
+  EXPECT_EQ(names, (std::set<std::string>{"config.json", "model-00001-of-00001.safetensors",
+                                          "model-1-of-2.safetensors", "notes.safetensors",
+                                          "model.safetensors.index.json"}));
+  ASSERT_OK_AND_ASSIGN(auto reader, ModelReader::Open(dir + "/model.safetensors.index.json"));
+  EXPECT_EQ(reader->tensors().size(), src.size());
+}
+
+TEST_F(SafetensorsTest, TfjsModelJsonGivenAsAModelSaysToConvertIt) {
+  const std::string path = Path("model.json");
+  std::ofstream(path) << R"({"modelTopology": {}, "weightsManifest": []})";
+  EXPECT_THAT(ModelReader::Open(path),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("a TF.js model (modelTopology/weightsManifest), not a "
+                                 "safetensors index: convert it first with deltactl convert")));
 }
 
 TEST_F(SafetensorsTest, OpensDirectoryWithOtherIndexName) {
