@@ -23,6 +23,7 @@ namespace {
 
 using ::deltaserve::testing::Gaussian;
 using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::RelError;
 using ::deltaserve::testing::MakeTensor;
 using ::deltaserve::testing::StatusIs;
 using ::deltaserve::testing::Write;
@@ -102,15 +103,6 @@ CompressOptions SmallModelOptions() {
   o.allow_missing = true;
   o.allow_extra = true;
   return o;
-}
-
-double RelError(const std::vector<float>& ref, const std::vector<float>& got) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    num += (double{ref[i]} - got[i]) * (double{ref[i]} - got[i]);
-    den += double{ref[i]} * ref[i];
-  }
-  return std::sqrt(num / den);
 }
 
 TEST(ChooseEncodingTest, Policy) {

@@ -10,12 +10,14 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "codec/tensor.h"
+#include "tests/testing/models.h"
 #include "tests/testing/status_matchers.h"
 
 namespace deltaserve::codec {
 namespace {
 
 using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::RelError;
 using ::deltaserve::testing::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -36,15 +38,6 @@ std::vector<float> MakeDelta(int64_t rows, int64_t cols, uint32_t seed, float no
     }
   }
   return d;
-}
-
-double RelError(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(a[i]) * a[i];
-  }
-  return std::sqrt(num / den);
 }
 
 DctParams Params(int p, const char* schedule, Quantizer q = Quantizer::kMinMax,

@@ -10,12 +10,14 @@
 #include "codec/tensor.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/models.h"
 #include "tests/testing/status_matchers.h"
 
 namespace deltaserve::codec {
 namespace {
 
 using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::RelError;
 using ::deltaserve::testing::StatusIs;
 using ::testing::HasSubstr;
 
@@ -44,15 +46,6 @@ std::vector<float> MakeSmoothDelta(int64_t rows, int64_t cols, uint32_t seed) {
     for (int64_t c = 0; c < cols; ++c) d[r * cols + c] = 1e-3f * (u[r] * v[c] + 0.01f * n(rng));
   }
   return d;
-}
-
-double RelError(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(a[i]) * a[i];
-  }
-  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
 }
 
 std::vector<float> Decode(const std::vector<uint8_t>& enc, int64_t rows, int64_t cols) {

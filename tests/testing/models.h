@@ -37,6 +37,17 @@ inline std::vector<float> Gaussian(int64_t n, float sigma, uint32_t seed) {
   return v;
 }
 
+// ||a - b|| / ||a|| (Frobenius), the relative error of `b` as an approximation of `a`
+// (same sizes); ||a - b|| when `a` is all zeros.
+inline double RelError(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(a[i]) * a[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
 // `values` each moved by N(0, 0.01^2) times its magnitude: a plausible finetune of them
 // (a delta ~1% of the weights). Deterministic for a seed.
 inline std::vector<float> Nudged(std::vector<float> values, uint32_t seed) {
