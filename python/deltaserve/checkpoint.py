@@ -8,13 +8,13 @@ files") and stores them with the task. pull_dir writes a task as the directory t
 model.safetensors.index.json (weight_map and metadata.total_size) and the side files, so
 that the directory loads like the original finetuned checkpoint.
 """
-import json
 import os
 import re
 
 import xxhash
 
 from deltaserve.errors import data_loss, from_os_error, invalid_argument
+from deltaserve.safetensors import header_bytes, json_bytes
 from deltaserve.v1 import delta_service_pb2 as pb
 
 # What side_files_from picks (deltactl push --side-files-from picks the same): the
@@ -102,24 +102,16 @@ def _write_atomically(path, pieces):
 
 
 def _write_shard(path, tensors, metadata):
-    """One safetensors file of [(header, uint8 buffer)], data in the given order."""
-    from deltaserve import dtypes
-    entries, offset = {}, 0
-    for header, buf in tensors:
-        entries[header.name] = {"dtype": dtypes.name(header.dtype), "shape": list(header.shape),
-                                "data_offsets": [offset, offset + buf.size]}
-        offset += buf.size
-    if metadata:
-        entries["__metadata__"] = dict(metadata)
-    text = json.dumps(entries, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    _write_atomically(path, [len(text).to_bytes(8, "little"), text] +
-                      [memoryview(buf) for _, buf in tensors])
+    """One safetensors file of [(header, uint8 buffer)], data in the given order, with
+    the header codec::WriteSafetensors writes (deltactl pull --out-dir: the same bytes)."""
+    head = header_bytes([(h.name, h.dtype, tuple(h.shape)) for h, _ in tensors], metadata)
+    _write_atomically(path, [head] + [memoryview(buf) for _, buf in tensors])
 
 
 def pull_dir(client, task, out_dir, shard_bytes=5_000_000_000, dtype=None):
     """Writes `task` into `out_dir` (created if needed) as a Hugging Face checkpoint
-    directory: the merged tensors (every checksum verified) in container order packed
+    directory, byte for byte as `deltactl pull --out-dir` writes it for the same
+    shard size: the merged tensors (every checksum verified) in container order packed
     greedily into model-0000i-of-0000N.safetensors shards of at most `shard_bytes` of
     tensor data (a larger tensor alone), each with the server's safetensors metadata;
     model.safetensors.index.json with "weight_map" and metadata.total_size (the sum of
@@ -156,8 +148,8 @@ def pull_dir(client, task, out_dir, shard_bytes=5_000_000_000, dtype=None):
         weight_map.update((n, shard) for n in names)
     metadata = dict(client.last_stream.metadata)
     metadata["total_size"] = total
-    _write_atomically(os.path.join(out_dir, _INDEX), [json.dumps(
-        {"metadata": metadata, "weight_map": weight_map}, indent=2).encode()])
+    _write_atomically(os.path.join(out_dir, _INDEX),
+                      [json_bytes({"metadata": metadata, "weight_map": weight_map})])
     # Shards of an earlier write with another count go, as with deltactl pull --out-dir
     # and Hugging Face's save_pretrained, so a glob of the directory sees one model.
     for name in os.listdir(out_dir):

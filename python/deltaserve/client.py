@@ -27,6 +27,27 @@ from deltaserve.v1 import delta_service_pb2_grpc as pb_grpc
 # gRPC's default receive limit is 4 MiB; server chunks go up to 4 MiB plus framing.
 _MAX_MESSAGE_BYTES = 64 << 20
 _UPLOAD_CHUNK_BYTES = 1 << 20
+# Container header (codec/FORMAT.md, "Header"): magic, then u32 version and u32 length.
+_CONTAINER_MAGIC = b"DSDELTA\x1a"
+_MIN_HEADER_BYTES = 48
+_MAX_HEADER_BYTES = 16 << 20
+
+
+def container_base_hash(view):
+    """The 16 base-hash bytes of the delta container in `view` (a uint8 memoryview), as
+    its header holds them (codec/FORMAT.md: offset 16, XXH128_canonical_t), once the
+    magic, version 1, length and header checksum hold; b"" otherwise (the server then
+    says what is wrong with the upload)."""
+    if len(view) < _MIN_HEADER_BYTES or bytes(view[:8]) != _CONTAINER_MAGIC:
+        return b""
+    version = int.from_bytes(view[8:12], "little")
+    length = int.from_bytes(view[12:16], "little")
+    if version != 1 or not _MIN_HEADER_BYTES <= length <= min(_MAX_HEADER_BYTES, len(view)):
+        return b""
+    if xxhash.xxh3_64_intdigest(view[:length - 8]) != int.from_bytes(
+            view[length - 8:length], "little"):
+        return b""
+    return bytes(view[16:32])
 
 
 class Client:
@@ -138,7 +159,7 @@ class Client:
         """Decodes `task` into the server cache and pins it there (in `dtype`, default the
         recorded dtypes); returns the pinned bytes. Deadline: stream_timeout."""
         label, names = self._task_fields("PinTask", task)
-        request = pb.PinTaskRequest(**names, out_dtype=dtypes.to_proto(dtype))
+        request = pb.PinTaskRequest(**names, out_dtype=dtypes.to_out_proto(dtype))
         return self._unary("PinTask", request, label, timeout=self.stream_timeout).pinned_bytes
 
     def unpin(self, task):
@@ -149,7 +170,9 @@ class Client:
         """Uploads a delta container (a path, or bytes-like) as `task` with its XXH3-64,
         so the server verifies it end to end (DATA_LOSS on mismatch, INVALID_ARGUMENT for
         a malformed container; nothing is stored on error). Returns the committed
-        TaskInfo. A file is memory-mapped, not read into memory.
+        TaskInfo. A file is memory-mapped, not read into memory. The container's base hash
+        is declared up front (PutDeltaMetadata.base_hash), so that a container made against
+        another base is refused (FAILED_PRECONDITION) before any of its bytes is sent.
         side_files: small files stored with the task (config.json, tokenizer files...):
         a dict {name: bytes or path}, or a list of paths stored under their base names
         (deltaserve.checkpoint.side_files_from(dir) picks a checkpoint's). The server
@@ -171,6 +194,7 @@ class Client:
         _, names = self._task_fields("PutDelta", task)
         meta = pb.PutDeltaMetadata(**names, overwrite=overwrite,
                                    total_bytes=len(view), xxh3_64=xxhash.xxh3_64_intdigest(view),
+                                   base_hash=container_base_hash(view),
                                    side_files=side_file_infos(files))
 
         def requests():
@@ -197,7 +221,7 @@ class Client:
             include = [include]
         label, names = self._task_fields("StreamWeights", task)
         return pb.StreamWeightsRequest(
-            **names, out_dtype=dtypes.to_proto(dtype),
+            **names, out_dtype=dtypes.to_out_proto(dtype),
             include=[wire_text(g, "include", label) for g in include or []],
             include_regex=wire_text(include_regex or "", "include_regex", label),
             chunk_bytes=chunk_bytes)
@@ -218,9 +242,10 @@ class Client:
         """Yields (name, numpy array) for the merged tensors of `task`, in container
         order, each after its XXH3-64 checksum matched. include: fnmatch globs (any may
         match); include_regex: a regex that must match the whole name; dtype: "f32",
-        "f16" or "bf16" for every tensor (default: each tensor's recorded dtype). BF16
-        arrays are uint16 holding the raw bfloat16 bits. A dropped connection resumes
-        from the next tensor (Client.retries)."""
+        "f16" or "bf16" for every F32/F16/BF16 tensor (default: each tensor's recorded
+        dtype; tensors of other dtypes, e.g. I64 or BOOL buffers, always come in their
+        own). Arrays have dtypes.numpy_dtype: BF16 as uint16 and F8_* as uint8 holding
+        the raw bits. A dropped connection resumes from the next tensor (Client.retries)."""
         def alloc(header):
             return np.empty(header.byte_length, dtype=np.uint8)
 
@@ -231,7 +256,8 @@ class Client:
 
     def load_state_dict(self, task, include=None, include_regex=None, dtype=None):
         """{name: torch.Tensor} of the merged tensors of `task` (CPU, in container order,
-        BF16 as torch.bfloat16), checksums verified; arguments as stream_weights."""
+        dtypes.torch_dtype: BF16 as torch.bfloat16, I64 as torch.int64, ...), checksums
+        verified; arguments as stream_weights."""
         from deltaserve.torch_io import load_state_dict
         return load_state_dict(self, task, include, include_regex, dtype)
 

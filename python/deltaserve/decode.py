@@ -122,7 +122,7 @@ def apply_delta(target, container, base, strict=True, dtype=None, threads=None):
     RuntimeWarning. Returns the number of tensors written."""
     codec = _need_codec()
     tensors = target_tensors(target)
-    out_dtype = dtypes.to_proto(dtype)
+    out_dtype = dtypes.to_out_proto(dtype)
     try:
         parsed = codec.Container(container)
         if parsed.base_hash != base.hash:
@@ -130,7 +130,7 @@ def apply_delta(target, container, base, strict=True, dtype=None, threads=None):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"delta made against base {parsed.base_hash}, this worker's base is {base.hash}")
         records = parsed.records()
-        plan = [(name, tuple(shape), pb.DType.Value("DTYPE_" + dt)) for name, dt, shape, _ in records]
+        plan = [(name, tuple(shape), dtypes.from_name(dt)) for name, dt, shape, _ in records]
         check_plan(tensors, plan, strict, False, out_dtype, "the delta")
         threads = threads or len(os.sched_getaffinity(0))
         out_name = dtypes.name(out_dtype) if out_dtype else None

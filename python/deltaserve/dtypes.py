@@ -1,22 +1,48 @@
-"""Tensor dtypes of deltaserve.v1 (proto DType) and their numpy / torch spellings.
+"""Tensor dtypes of deltaserve.v1 (proto DType, codec/tensor.h) and their numpy / torch
+spellings: every dtype a container may carry (F32, F16, BF16, F64, I64, I32, I16, I8,
+U8, BOOL, F8_E4M3, F8_E5M2, U16, U32, U64).
 
-numpy has no bfloat16: BF16 tensors travel in numpy as uint16 arrays holding the raw
-bfloat16 bits (torch views them as torch.bfloat16 without a copy).
+Where numpy or the installed torch has no such dtype, the tensor's bytes travel in a
+carrier dtype of the same width holding the raw bits (no copy, no conversion):
+  numpy: BF16 as uint16, F8_E4M3 / F8_E5M2 as uint8;
+  torch: F8_E4M3 / F8_E5M2 as torch.float8_e4m3fn / torch.float8_e5m2 if the installed
+    torch has them, else torch.uint8; U16 / U32 / U64 as torch.uint16 / uint32 / uint64
+    if it has them, else torch.int16 / int32 / int64 (same bits, signed reading).
+Only F32, F16 and BF16 are castable: a requested out dtype applies to those tensors,
+others always come in their own dtype (codec::OutputDType).
 """
 import numpy as np
 
 from deltaserve.errors import invalid_argument
 from deltaserve.v1 import delta_service_pb2 as pb
 
-# proto DType number -> (name, bytes per element, numpy dtype of the data)
+# proto DType number -> (safetensors name, bytes per element, numpy dtype of the data,
+# names of the torch dtype by preference: the first the installed torch has is used)
 _BY_PROTO = {
-    pb.DTYPE_F32: ("F32", 4, np.dtype("<f4")),
-    pb.DTYPE_F16: ("F16", 2, np.dtype("<f2")),
-    pb.DTYPE_BF16: ("BF16", 2, np.dtype("<u2")),
+    pb.DTYPE_F32: ("F32", 4, np.dtype("<f4"), ("float32",)),
+    pb.DTYPE_F16: ("F16", 2, np.dtype("<f2"), ("float16",)),
+    pb.DTYPE_BF16: ("BF16", 2, np.dtype("<u2"), ("bfloat16",)),
+    pb.DTYPE_F64: ("F64", 8, np.dtype("<f8"), ("float64",)),
+    pb.DTYPE_I64: ("I64", 8, np.dtype("<i8"), ("int64",)),
+    pb.DTYPE_I32: ("I32", 4, np.dtype("<i4"), ("int32",)),
+    pb.DTYPE_I16: ("I16", 2, np.dtype("<i2"), ("int16",)),
+    pb.DTYPE_I8: ("I8", 1, np.dtype("i1"), ("int8",)),
+    pb.DTYPE_U8: ("U8", 1, np.dtype("u1"), ("uint8",)),
+    pb.DTYPE_BOOL: ("BOOL", 1, np.dtype("?"), ("bool",)),
+    pb.DTYPE_F8_E4M3: ("F8_E4M3", 1, np.dtype("u1"), ("float8_e4m3fn", "uint8")),
+    pb.DTYPE_F8_E5M2: ("F8_E5M2", 1, np.dtype("u1"), ("float8_e5m2", "uint8")),
+    pb.DTYPE_U16: ("U16", 2, np.dtype("<u2"), ("uint16", "int16")),
+    pb.DTYPE_U32: ("U32", 4, np.dtype("<u4"), ("uint32", "int32")),
+    pb.DTYPE_U64: ("U64", 8, np.dtype("<u8"), ("uint64", "int64")),
 }
-_BY_NAME = {name: number for number, (name, _, _) in _BY_PROTO.items()}
-_ALIASES = {"F32": "F32", "FLOAT32": "F32", "FLOAT": "F32", "F16": "F16", "FLOAT16": "F16",
-            "HALF": "F16", "BF16": "BF16", "BFLOAT16": "BF16"}
+_CASTABLE = (pb.DTYPE_F32, pb.DTYPE_F16, pb.DTYPE_BF16)
+_BY_NAME = {entry[0]: number for number, entry in _BY_PROTO.items()}
+# Other spellings (numpy / torch names, upper-cased) of the safetensors names.
+_ALIASES = {"FLOAT32": "F32", "FLOAT": "F32", "FLOAT16": "F16", "HALF": "F16",
+            "BFLOAT16": "BF16", "FLOAT64": "F64", "DOUBLE": "F64", "INT64": "I64",
+            "LONG": "I64", "INT32": "I32", "INT": "I32", "INT16": "I16", "SHORT": "I16",
+            "INT8": "I8", "UINT8": "U8", "BOOL": "BOOL", "FLOAT8_E4M3FN": "F8_E4M3",
+            "FLOAT8_E5M2": "F8_E5M2", "UINT16": "U16", "UINT32": "U32", "UINT64": "U64"}
 
 
 def is_known(proto_dtype):
@@ -24,7 +50,13 @@ def is_known(proto_dtype):
 
 
 def name(proto_dtype):
+    """Safetensors spelling ("F32", "I64", "F8_E4M3", ...)."""
     return _BY_PROTO[proto_dtype][0] if proto_dtype in _BY_PROTO else f"dtype {proto_dtype}"
+
+
+def from_name(text):
+    """proto DType of a safetensors dtype name; None for an unknown one."""
+    return _BY_NAME.get(text)
 
 
 def itemsize(proto_dtype):
@@ -35,12 +67,22 @@ def numpy_dtype(proto_dtype):
     return _BY_PROTO[proto_dtype][2]
 
 
-def to_proto(dtype):
-    """proto DType number of `dtype`: "f32"/"f16"/"bf16" (any case, also "float16", ...),
-    a torch.dtype or a numpy dtype (float32/float16). None -> DTYPE_UNSPECIFIED.
-    INVALID_ARGUMENT for anything else."""
-    if dtype is None:
-        return pb.DTYPE_UNSPECIFIED
+def is_castable(proto_dtype):
+    """F32, F16 and BF16: the dtypes an out dtype converts between."""
+    return proto_dtype in _CASTABLE
+
+
+def output(recorded, out_dtype):
+    """The dtype a tensor recorded as `recorded` arrives in when `out_dtype` (proto, 0:
+    none) is requested: out_dtype if both are F32/F16/BF16, else recorded."""
+    if out_dtype and recorded in _CASTABLE and out_dtype in _CASTABLE:
+        return out_dtype
+    return recorded
+
+
+def _parse(dtype):
+    """proto DType of a name (any case, safetensors / numpy / torch spelling), a
+    torch.dtype or a numpy dtype; None if it names no deltaserve dtype."""
     text = str(dtype)
     if text.startswith("torch."):
         text = text[len("torch."):]
@@ -49,26 +91,87 @@ def to_proto(dtype):
             text = np.dtype(dtype).name
         except TypeError:
             pass
-    key = _ALIASES.get(text.upper())
-    if key is None:
-        raise invalid_argument(f"unsupported dtype {dtype!r} (use f32, f16 or bf16)")
-    return _BY_NAME[key]
+    key = text.upper()
+    return _BY_NAME.get(_ALIASES.get(key, key))
+
+
+def to_proto(dtype):
+    """proto DType of a tensor dtype (see _parse): every deltaserve dtype. For a torch
+    tensor use of_tensor (carrier dtypes). INVALID_ARGUMENT for anything else."""
+    proto = _parse(dtype)
+    if proto is None:
+        raise invalid_argument(f"unsupported dtype {dtype!r}")
+    return proto
+
+
+def to_out_proto(dtype):
+    """proto DType of a requested out dtype: "f32"/"f16"/"bf16" (any case, also
+    "float16", ...), a torch.dtype or a numpy dtype (float32/float16). None ->
+    DTYPE_UNSPECIFIED. INVALID_ARGUMENT for anything else (other dtypes are never
+    converted)."""
+    if dtype is None:
+        return pb.DTYPE_UNSPECIFIED
+    proto = _parse(dtype)
+    if proto not in _CASTABLE:
+        raise invalid_argument(f"unsupported out dtype {dtype!r} (use f32, f16 or bf16; "
+                               "tensors of other dtypes always come in their own)")
+    return proto
 
 
 def torch_dtype(proto_dtype):
+    """The torch dtype a tensor of `proto_dtype` is loaded as (native or carrier)."""
     import torch
-    return {pb.DTYPE_F32: torch.float32, pb.DTYPE_F16: torch.float16,
-            pb.DTYPE_BF16: torch.bfloat16}[proto_dtype]
+    for candidate in _BY_PROTO[proto_dtype][3]:
+        if hasattr(torch, candidate):
+            return getattr(torch, candidate)
+    raise invalid_argument(f"this torch has no dtype for {name(proto_dtype)}")
+
+
+def matches(tensor, proto_dtype):
+    """Whether `tensor` (torch tensor or numpy array) holds data of `proto_dtype`: its
+    dtype is the one torch_dtype / numpy_dtype gives (carriers included, so a numpy
+    uint16 array matches BF16 and U16)."""
+    if isinstance(tensor, np.ndarray):
+        return tensor.dtype == numpy_dtype(proto_dtype)
+    return tensor.dtype == torch_dtype(proto_dtype)
+
+
+def torch_bytes(t):
+    """A uint8 numpy array sharing the bytes of CPU torch tensor `t` (contiguous)."""
+    import torch
+    flat = t.reshape(-1)
+    if flat.dtype == torch.bool or flat.dtype.is_floating_point and flat.element_size() == 1:
+        flat = flat.view(torch.uint8)
+    elif flat.dtype in (torch.bfloat16,) or str(flat.dtype) in ("torch.uint16",):
+        flat = flat.view(torch.int16)
+    elif str(flat.dtype) in ("torch.uint32", "torch.uint64"):
+        flat = flat.view(torch.int32 if flat.element_size() == 4 else torch.int64)
+    return flat.numpy().view(np.uint8)
 
 
 def raw_array(t):
     """(proto DType, C-contiguous numpy array of the data) of a torch tensor (moved to
-    the CPU; bfloat16 viewed as int16) or a numpy array. INVALID_ARGUMENT for dtypes
-    deltaserve does not serve."""
+    the CPU; its dtype names the proto DType, carriers read as the native dtype: uint8
+    as U8), a numpy array, or a (dtype, array) pair naming the dtype of the array's raw
+    bits (e.g. ("F8_E4M3", uint8 array), ("BF16", uint16 array)). INVALID_ARGUMENT for
+    dtypes deltaserve does not serve or a pair whose array has another width."""
+    if isinstance(t, tuple):
+        dtype, a = t
+        proto = to_proto(dtype)
+        a = _contiguous(a)
+        if a.dtype.itemsize != itemsize(proto):
+            raise invalid_argument(f"{name(proto)} data given as {a.dtype} ({a.dtype.itemsize} "
+                                   f"bytes per element, not {itemsize(proto)})")
+        return proto, a
     if hasattr(t, "detach"):
-        import torch
         t = t.detach().cpu().contiguous()
-        proto = to_proto(t.dtype)
-        return proto, (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
-    a = np.ascontiguousarray(t)
+        return to_proto(t.dtype), torch_bytes(t).view(numpy_dtype(to_proto(t.dtype))).reshape(
+            tuple(t.shape))
+    a = _contiguous(t)
     return to_proto(a.dtype), a
+
+
+def _contiguous(a):
+    """C-contiguous numpy array of `a` (0-d stays 0-d: np.ascontiguousarray makes 1-d)."""
+    a = np.asarray(a)
+    return np.ascontiguousarray(a).reshape(a.shape)

@@ -1,7 +1,9 @@
 """The safetensors format (https://github.com/huggingface/safetensors: 8-byte
 little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets}, and
-an optional "__metadata__" of strings}, then the data buffer), for F32, F16 and BF16,
-the dtypes deltaserve serves. Reading copies each tensor once, from the page cache into
+an optional "__metadata__" of strings}, then the data buffer), for every dtype
+deltaserve serves (deltaserve.dtypes). Headers are written exactly as the C++ writer
+(codec/safetensors.cc, `deltactl pull`) writes them: compact JSON with every object's
+keys sorted, non-ASCII as UTF-8, padded with spaces to a multiple of 8 bytes. Reading copies each tensor once, from the page cache into
 its own buffer (no mmap is kept open behind the returned tensors)."""
 import json
 import os
@@ -11,14 +13,11 @@ import numpy as np
 
 from deltaserve import dtypes
 from deltaserve.errors import invalid_argument
-from deltaserve.v1 import delta_service_pb2 as pb
-
-_PROTO = {"F32": pb.DTYPE_F32, "F16": pb.DTYPE_F16, "BF16": pb.DTYPE_BF16}
 
 
 def read_header(path):
     """(header {name: entry} in data order, metadata dict, data start offset).
-    INVALID_ARGUMENT for a file that is not safetensors of F32/F16/BF16 tensors."""
+    INVALID_ARGUMENT for a file that is not safetensors of deltaserve dtypes."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         raw = f.read(8)
@@ -33,12 +32,12 @@ def read_header(path):
             raise invalid_argument(f"{path}: bad JSON header: {e}") from None
     metadata = header.pop("__metadata__", {}) or {}
     for name, e in header.items():
-        if e.get("dtype") not in _PROTO:
+        if not isinstance(e.get("dtype"), str) or dtypes.from_name(e["dtype"]) is None:
             raise invalid_argument(f"{path}: tensor '{name}': unsupported dtype {e.get('dtype')!r}")
         begin, end = e["data_offsets"]
         count = int(np.prod(e["shape"], dtype=np.int64))
         if not 0 <= begin <= end <= size - 8 - n or end - begin != count * dtypes.itemsize(
-                _PROTO[e["dtype"]]):
+                dtypes.from_name(e["dtype"])):
             raise invalid_argument(f"{path}: tensor '{name}': bad data_offsets {e['data_offsets']}")
     order = dict(sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]))
     return order, metadata, 8 + n
@@ -56,34 +55,50 @@ def read_file(path):
             f.seek(start + begin)
             if f.readinto(memoryview(buf)) != end - begin:
                 raise invalid_argument(f"{path}: tensor '{name}' truncated")
-            out.append((name, _PROTO[e["dtype"]], tuple(e["shape"]), buf))
+            out.append((name, dtypes.from_name(e["dtype"]), tuple(e["shape"]), buf))
     return out, metadata
 
 
 def load_file(path):
-    """{name: torch.Tensor} of a safetensors file (BF16 as torch.bfloat16)."""
+    """{name: torch.Tensor} of a safetensors file (dtypes.torch_dtype: BF16 as
+    torch.bfloat16, ...)."""
     import torch
     tensors, _ = read_file(path)
     return {name: torch.from_numpy(buf).view(dtypes.torch_dtype(dt)).reshape(shape)
             for name, dt, shape, buf in tensors}
 
 
-def write_file(path, tensors, metadata=None):
-    """Writes `tensors` ({name: numpy array of float32/float16, or torch tensor of
-    float32/float16/bfloat16}) as one safetensors file, in the given order, with
-    `metadata` ({str: str}) as __metadata__; the header is padded to 8 bytes."""
-    entries, arrays, offset = {}, [], 0
-    for name, t in tensors.items():
-        proto, a = dtypes.raw_array(t)
-        entries[name] = {"dtype": dtypes.name(proto), "shape": list(a.shape),
-                         "data_offsets": [offset, offset + a.nbytes]}
-        arrays.append(a)
-        offset += a.nbytes
+def header_bytes(entries, metadata=None):
+    """The 8-byte length and JSON header of a file holding `entries` ([(name, proto
+    dtype, shape)]) back to back in the given order, with `metadata` ({str: str}, none
+    if empty) as __metadata__: byte for byte what codec::WriteSafetensors writes."""
+    header, offset = {}, 0
+    for name, proto, shape in entries:
+        size = int(np.prod(shape, dtype=np.int64)) * dtypes.itemsize(proto)
+        header[name] = {"dtype": dtypes.name(proto), "shape": [int(d) for d in shape],
+                        "data_offsets": [offset, offset + size]}
+        offset += size
     if metadata:
-        entries["__metadata__"] = dict(metadata)
-    text = json.dumps(entries, separators=(",", ":")).encode()
+        header["__metadata__"] = dict(metadata)
+    text = json_bytes(header)
     text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+def json_bytes(value):
+    """`value` as nlohmann::json::dump() writes it (codec/, client/): compact, keys
+    sorted (std::map order: UTF-8 bytes, the same as code points), UTF-8 unescaped."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def write_file(path, tensors, metadata=None):
+    """Writes `tensors` ({name: numpy array, torch tensor, or (dtype name, array of its
+    raw bits) pair; see dtypes.raw_array}) as one safetensors file, data in the given
+    order, with `metadata` ({str: str}) as __metadata__."""
+    raw = [(name,) + dtypes.raw_array(t) for name, t in tensors.items()]
+    head = header_bytes([(name, proto, a.shape) for name, proto, a in raw], metadata)
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        for a in arrays:
-            f.write(memoryview(a).cast("B"))
+        f.write(head)
+        for _, _, a in raw:
+            f.write(memoryview(a.reshape(-1).view(np.uint8)))

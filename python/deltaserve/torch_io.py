@@ -33,21 +33,13 @@ def target_tensors(target):
                            f"got {type(target).__name__}")
 
 
-def _proto_dtype_of(tensor):
-    """proto DType of a torch tensor / numpy array, or None if deltaserve has no such
-    dtype."""
-    try:
-        return dtypes.to_proto(tensor.dtype)
-    except Exception:  # noqa: BLE001 - any unsupported dtype
-        return None
-
-
 def check_against(name, tensor, shape, want_dtype, hint=""):
-    """INVALID_ARGUMENT naming `name` unless `tensor` has `shape` and `want_dtype`."""
+    """INVALID_ARGUMENT naming `name` unless `tensor` has `shape` and holds `want_dtype`
+    (dtypes.matches: carrier dtypes included)."""
     if tuple(tensor.shape) != tuple(shape):
         raise invalid_argument(f"tensor '{name}': the model has shape {list(tensor.shape)}, "
                                f"the task has {list(shape)}")
-    if _proto_dtype_of(tensor) != want_dtype:
+    if not dtypes.matches(tensor, want_dtype):
         raise invalid_argument(f"tensor '{name}': the model has dtype {tensor.dtype}, the task "
                                f"sends {dtypes.name(want_dtype)}{hint}")
 
@@ -64,11 +56,7 @@ def byte_view(name, tensor):
         return None
     if not tensor.is_contiguous():
         raise invalid_argument(f"tensor '{name}': not contiguous; cannot load it in place")
-    import torch
-    flat = tensor.detach().reshape(-1)
-    if flat.dtype == torch.bfloat16:
-        flat = flat.view(torch.int16)
-    return flat.numpy().view(np.uint8)
+    return dtypes.torch_bytes(tensor.detach())
 
 
 def _selected(name, include, include_regex):
@@ -84,7 +72,6 @@ def _selected(name, include, include_regex):
 def check_plan(target, summaries, strict, filtered, out_dtype, what):
     """Checks `summaries` ([(name, shape, recorded proto dtype)] of the tensors that will
     arrive) against `target` ({name: tensor}) before anything is written."""
-    hint = " (pass dtype= to convert it)" if out_dtype == 0 else ""
     names = set()
     missing = [name for name, _, _ in summaries if name not in target]
     if missing:
@@ -96,7 +83,11 @@ def check_plan(target, summaries, strict, filtered, out_dtype, what):
             f"subset)")
     for name, shape, recorded in summaries:
         names.add(name)
-        check_against(name, target[name], shape, out_dtype or recorded, hint)
+        # dtype= converts only F32/F16/BF16 tensors; others arrive in their own dtype.
+        want = dtypes.output(recorded, out_dtype)
+        hint = " (pass dtype= to convert it)" if (
+            out_dtype == 0 and dtypes.is_castable(recorded)) else ""
+        check_against(name, target[name], shape, want, hint)
     if strict and not filtered:
         extra = sorted(set(target) - names)
         if extra:
@@ -107,7 +98,7 @@ def check_plan(target, summaries, strict, filtered, out_dtype, what):
 
 def load_into(client, target, task, strict, include, include_regex, dtype):
     tensors = target_tensors(target)
-    out_dtype = dtypes.to_proto(dtype)
+    out_dtype = dtypes.to_out_proto(dtype)
     info = client.task_info(task, tensors=True)
     summaries = [(t.name, tuple(t.shape), t.dtype) for t in info.tensors
                  if _selected(t.name, include, include_regex)]

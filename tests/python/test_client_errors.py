@@ -1,6 +1,7 @@
 """python_client_errors: every failure is a DeltaserveError with the gRPC code and the
 server's message, against a live deltaserved (port 0) with the example tenants config:
-wrong token, another tenant, unknown task, and for load_into a name, shape or dtype
+wrong token, another tenant, unknown task, a push of a container made against another
+base (refused before its upload: the declared base hash), and for load_into a name, shape or dtype
 that does not match (refused before any byte is written: the target stays untouched);
 a deadline; an unreachable server; a corrupted stream (DATA_LOSS)."""
 from concurrent import futures
@@ -16,6 +17,7 @@ from live_daemon import d
 
 from deltaserve import Client, DeltaserveError
 from deltaserve import _stream
+from deltaserve import client as client_mod
 from deltaserve.v1 import delta_service_pb2 as pb
 from deltaserve.v1 import delta_service_pb2_grpc as pb_grpc
 
@@ -52,7 +54,30 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
     ld.expect_error(lambda: acme.push("d", os.path.join(tmp, "missing.dds")), C.NOT_FOUND,
                     "No such file or directory")
     ld.expect_error(lambda: list(acme.stream_weights("chat", dtype="i64")), C.INVALID_ARGUMENT,
-                    "unsupported dtype 'i64'")
+                    "unsupported out dtype 'i64'")
+    # A container made against another base: push declares the header's base hash
+    # (PutDeltaMetadata.base_hash) and the server refuses it before the upload. Its last
+    # byte is flipped, so an upload that got as far as parsing would be DATA_LOSS.
+    other_dir = os.path.join(tmp, "other")
+    os.mkdir(other_dir)
+    other_base, other_ft, _ = ld.model_pair(other_dir, SHAPES, seed=11)
+    with open(ld.compress(other_dir, other_base, other_ft), "rb") as f:
+        other = bytearray(f.read())
+    other[-1] ^= 0xFF
+    declared = client_mod.container_base_hash(memoryview(bytes(other)))
+    d.check(len(declared) == 16 and declared.hex() != acme.get_base().hash,
+            f"declared base hash {declared.hex()}")
+    ld.expect_error(lambda: acme.push("other", bytes(other)), C.FAILED_PRECONDITION,
+                    "PutDelta 'other'", f"compressed against base {declared.hex()}",
+                    f"not the resident base {acme.get_base().hash}")
+    undeclared = client_mod.container_base_hash
+    client_mod.container_base_hash = lambda view: b""
+    try:  # Without the declaration the whole upload is read, then refused as corrupt.
+        ld.expect_error(lambda: acme.push("other", bytes(other)), C.DATA_LOSS, "PutDelta 'other'")
+    finally:
+        client_mod.container_base_hash = undeclared
+    d.check(client_mod.container_base_hash(memoryview(b"not a container" * 8)) == b"",
+            "a non-container declares no base hash")
     # Admin: may name a tenant.
     admin = Client(daemon.addr, token=d.ADMIN_TOKEN, tenant="acme")
     d.check(admin.task_info("chat").tenant == "acme", "admin task_info")

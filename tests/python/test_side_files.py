@@ -2,7 +2,8 @@
 live deltaserved (port 0) with a tenants config whose quota is tight: pushed by
 Client.push(side_files=...) and `deltactl push --side-file/--side-files-from`, listed by
 task_info and `deltactl info`, read back byte for byte (Client.side_file), written
-beside the shards by `deltactl pull --out-dir` and Client.pull_dir (same tensors as
+beside the shards by `deltactl pull --out-dir` and Client.pull_dir (the same bytes in
+every file; same tensors as
 deltactl's directory, index metadata.total_size = the sum of tensor bytes) and by
 offline `deltactl decompress --out-dir --side-file`; a file above the per-file limit
 and bad names refused naming the file; a wrong checksum is DATA_LOSS; the quota counts
@@ -104,6 +105,13 @@ with tempfile.TemporaryDirectory(prefix="py-side-") as tmp:
             cli_tensors, cli_index = tensors, index
     d.check(tensors == cli_tensors, "pull_dir tensors != deltactl pull --out-dir tensors")
     d.check(index["weight_map"] == cli_index["weight_map"], "weight_map differs")
+    # Byte for byte the same directory: shards (headers included), index, side files.
+    listing = sorted(os.listdir(cli_dir))
+    d.check(sorted(os.listdir(py_dir)) == listing, f"pull_dir wrote {sorted(os.listdir(py_dir))}, "
+            f"deltactl pull --out-dir {listing}")
+    for name in listing:
+        with open(os.path.join(cli_dir, name), "rb") as f1, open(os.path.join(py_dir, name), "rb") as f2:
+            d.check(f1.read() == f2.read(), f"{name}: pull_dir != deltactl pull --out-dir bytes")
     d.check(sorted(result["side_files"]) == sorted(picked), f"pull_dir result {result}")
     # A second pull into the same directory with one shard removes the earlier shards
     # (and keeps the side files): a glob of the directory sees one model.
