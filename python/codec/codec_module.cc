@@ -17,6 +17,10 @@
 //                              all of them over one pool of `threads` threads: small
 //                              tensors run side by side, large ones split in parts
 //                              (one GIL release for the whole model)
+//   merge_records(base, metadata, items, out_dtype, threads)
+//                              as merge_all for records of a container still
+//                              arriving: items = [(record bytes, expected name, out)],
+//                              metadata = the container header's (for ties)
 //
 // Errors raise _codec.CodecError(code, message): code is the absl/gRPC status number.
 // The GIL is released while hashing and merging; Base and Container are immutable
@@ -182,18 +186,14 @@ struct MergeJob {
   int64_t saturated = 0;  // values saturated to out_dtype's range (codec::MergeTensor)
 };
 
-// Checks record `index` and the writable buffer `out` (exactly MergedBytes bytes).
+// Checks `record` and the writable buffer `out` (exactly MergedBytes bytes).
 // REQUIRES: the GIL held.
-MergeJob MakeJob(const Container& container, size_t index,
-                 const std::optional<std::string>& out_dtype_name, py::buffer out) {
-  if (index >= container.size()) {
-    ThrowIfError(absl::OutOfRangeError(
-        absl::StrCat("record ", index, " of a container of ", container.size())));
-  }
+MergeJob MakeJob(codec::TensorRecord record, const std::optional<std::string>& out_dtype_name,
+                 py::buffer out) {
   py::buffer_info buf = out.request(/*writable=*/true);
   if (buf.readonly) ThrowIfError(absl::InvalidArgumentError("output buffer is read-only"));
   MergeJob job;
-  job.record = ValueOrThrow(container.reader().record(index));
+  job.record = std::move(record);
   job.out_dtype = job.record.info.dtype;
   if (out_dtype_name) job.out_dtype = ValueOrThrow(codec::ParseDType(*out_dtype_name));
   const size_t bytes = static_cast<size_t>(buf.size * buf.itemsize);
@@ -204,6 +204,16 @@ MergeJob MakeJob(const Container& container, size_t index,
   }
   job.out = absl::Span<uint8_t>(static_cast<uint8_t*>(buf.ptr), bytes);
   return job;
+}
+
+// MakeJob of record `index` of `container` (its checksum verified).
+MergeJob MakeJob(const Container& container, size_t index,
+                 const std::optional<std::string>& out_dtype_name, py::buffer out) {
+  if (index >= container.size()) {
+    ThrowIfError(absl::OutOfRangeError(
+        absl::StrCat("record ", index, " of a container of ", container.size())));
+  }
+  return MakeJob(ValueOrThrow(container.reader().record(index)), out_dtype_name, out);
 }
 
 // Merges every job over `threads` threads (the calling one included): the work items
@@ -268,6 +278,22 @@ int64_t Merge(const Base& base, const Container& container, size_t index,
   return jobs[0].saturated;
 }
 
+// MergeJobs without the GIL (the caller keeps the buffers referenced); returns
+// [(name, values saturated to the output dtype's range)] for the tensors with any.
+py::list RunJobs(const Base& base, std::vector<MergeJob>& jobs, int threads) {
+  absl::Status status;
+  {
+    py::gil_scoped_release release;
+    status = MergeJobs(&base.reader(), jobs, threads);
+  }
+  ThrowIfError(status);
+  py::list saturated;
+  for (const MergeJob& job : jobs) {
+    if (job.saturated > 0) saturated.append(py::make_tuple(job.record.info.name, job.saturated));
+  }
+  return saturated;
+}
+
 // jobs: [(index, out buffer)]. Every buffer is checked before any is written. Returns
 // [(index, values saturated to the output dtype's range)] for the tensors with any.
 py::list MergeAll(const Base& base, const Container& container, const py::list& items,
@@ -279,19 +305,36 @@ py::list MergeAll(const Base& base, const Container& container, const py::list& 
     keep.push_back(t[1].cast<py::buffer>());
     jobs.push_back(MakeJob(container, t[0].cast<size_t>(), out_dtype_name, keep.back()));
   }
-  absl::Status status;
-  {
-    py::gil_scoped_release release;
-    status = MergeJobs(&base.reader(), jobs, threads);
-  }
-  ThrowIfError(status);
-  py::list saturated;
-  for (const MergeJob& job : jobs) {
-    if (job.saturated > 0) {
-      saturated.append(py::make_tuple(job.record.info.name, job.saturated));
+  return RunJobs(base, jobs, threads);
+}
+
+// Records of a container still arriving (deltaserve/decode.py, load_delta_into):
+// items = [(record bytes, expected name, out buffer)], each record parsed and verified
+// (codec::ParseRecord), tied to its base tensor by the header metadata's
+// kBaseAliasKey (codec::ParseBaseAlias), then merged as MergeAll does. DataLoss when a
+// record names another tensor than expected. Returns [(name, saturated)] as MergeAll.
+py::list MergeRecords(const Base& base, const std::map<std::string, std::string>& metadata,
+                      const py::list& items, std::optional<std::string> out_dtype_name,
+                      int threads) {
+  const std::map<std::string, std::string> alias = ValueOrThrow(codec::ParseBaseAlias(metadata));
+  std::vector<MergeJob> jobs;
+  std::vector<py::buffer> keep;  // the record and output buffers stay referenced
+  for (const py::handle item : items) {
+    auto t = item.cast<py::tuple>();
+    keep.push_back(t[0].cast<py::buffer>());
+    py::buffer_info in = keep.back().request();
+    codec::TensorRecord record = ValueOrThrow(codec::ParseRecord(absl::MakeConstSpan(
+        static_cast<const uint8_t*>(in.ptr), static_cast<size_t>(in.size * in.itemsize))));
+    const std::string expected = t[1].cast<std::string>();
+    if (record.info.name != expected) {
+      ThrowIfError(absl::DataLossError(absl::StrCat("record of tensor '", record.info.name,
+                                                    "' where the task lists '", expected, "'")));
     }
+    if (auto it = alias.find(record.info.name); it != alias.end()) record.base_name = it->second;
+    keep.push_back(t[2].cast<py::buffer>());
+    jobs.push_back(MakeJob(std::move(record), out_dtype_name, keep.back()));
   }
-  return saturated;
+  return RunJobs(base, jobs, threads);
 }
 
 }  // namespace
@@ -325,6 +368,8 @@ PYBIND11_MODULE(_codec, m) {
       .def("records", &Container::Records);
   m.def("merge", &Merge, py::arg("base"), py::arg("container"), py::arg("index"),
         py::arg("out_dtype"), py::arg("out"), py::arg("threads") = 1);
+  m.def("merge_records", &MergeRecords, py::arg("base"), py::arg("metadata"), py::arg("items"),
+        py::arg("out_dtype"), py::arg("threads") = 1);
   m.def("merge_all", &MergeAll, py::arg("base"), py::arg("container"), py::arg("jobs"),
         py::arg("out_dtype"), py::arg("threads") = 1);
 }

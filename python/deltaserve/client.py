@@ -27,27 +27,16 @@ from deltaserve.v1 import delta_service_pb2_grpc as pb_grpc
 # gRPC's default receive limit is 4 MiB; server chunks go up to 4 MiB plus framing.
 _MAX_MESSAGE_BYTES = 64 << 20
 _UPLOAD_CHUNK_BYTES = 1 << 20
-# Container header (codec/FORMAT.md, "Header"): magic, then u32 version and u32 length.
-_CONTAINER_MAGIC = b"DSDELTA\x1a"
-_MIN_HEADER_BYTES = 48
-_MAX_HEADER_BYTES = 16 << 20
 
 
 def container_base_hash(view):
     """The 16 base-hash bytes of the delta container in `view` (a uint8 memoryview), as
     its header holds them (codec/FORMAT.md: offset 16, XXH128_canonical_t), once the
-    magic, version 1, length and header checksum hold; b"" otherwise (the server then
+    header holds (deltaserve.decode.container_header); b"" otherwise (the server then
     says what is wrong with the upload)."""
-    if len(view) < _MIN_HEADER_BYTES or bytes(view[:8]) != _CONTAINER_MAGIC:
-        return b""
-    version = int.from_bytes(view[8:12], "little")
-    length = int.from_bytes(view[12:16], "little")
-    if version != 1 or not _MIN_HEADER_BYTES <= length <= min(_MAX_HEADER_BYTES, len(view)):
-        return b""
-    if xxhash.xxh3_64_intdigest(view[:length - 8]) != int.from_bytes(
-            view[length - 8:length], "little"):
-        return b""
-    return bytes(view[16:32])
+    from deltaserve.decode import container_header
+    header = container_header(view)
+    return b"" if header is None else header[1]
 
 
 class Client:
@@ -293,3 +282,10 @@ class Client:
         verified, as a bytearray; decode it with deltaserve.decode.apply_delta."""
         from deltaserve.decode import fetch_delta
         return fetch_delta(self, task)
+
+    def load_delta_into(self, target, task, base, strict=True, dtype=None, threads=None):
+        """fetch_delta + deltaserve.apply_delta(target, ..., base) overlapped: records
+        are decoded + merged in place while the rest of the container arrives; see
+        deltaserve.decode.load_delta_into. Returns the number of tensors written."""
+        from deltaserve.decode import load_delta_into
+        return load_delta_into(self, target, task, base, strict, dtype, threads)

@@ -12,6 +12,8 @@ parameters hold the merged task; apply_delta reads only the LocalBase and the co
 and writes every task tensor of the model.
 """
 import os
+import queue
+import threading
 import warnings
 
 import grpc
@@ -76,28 +78,77 @@ class LocalBase:
         return self._base.hash()
 
 
+# Container framing (codec/FORMAT.md, "Delta container"): header magic and fixed part,
+# record magic + u64 length, 24-byte trailer.
+_CONTAINER_MAGIC = b"DSDELTA\x1a"
+_MIN_HEADER_BYTES = 48
+_MAX_HEADER_BYTES = 16 << 20
+_RECORD_MAGIC = b"DRec"
+_TRAILER_BYTES = 24
+
+
+def container_header(view):
+    """(header length, 16 base-hash bytes, tensor count, metadata {bytes: bytes}) of the
+    container whose first bytes are `view` (a uint8 memoryview), once its magic, version
+    1, length and XXH3-64 header checksum hold (codec/FORMAT.md, "Header"); None when
+    they do not or the header is not complete yet. The full checks are the C++ reader's
+    (codec::ContainerReader::Parse)."""
+    if len(view) < _MIN_HEADER_BYTES or bytes(view[:8]) != _CONTAINER_MAGIC:
+        return None
+    length = int.from_bytes(view[12:16], "little")
+    if int.from_bytes(view[8:12], "little") != 1 or not (
+            _MIN_HEADER_BYTES <= length <= min(_MAX_HEADER_BYTES, len(view))):
+        return None
+    if xxhash.xxh3_64_intdigest(view[:length - 8]) != int.from_bytes(view[length - 8:length],
+                                                                      "little"):
+        return None
+    metadata, pos = {}, 40
+    try:
+        for _ in range(int.from_bytes(view[36:40], "little")):
+            n = int.from_bytes(view[pos:pos + 4], "little")
+            key = bytes(view[pos + 4:pos + 4 + n])
+            pos += 4 + n
+            n = int.from_bytes(view[pos:pos + 4], "little")
+            metadata[key] = bytes(view[pos + 4:pos + 4 + n])
+            pos += 4 + n
+    except IndexError:
+        return None
+    if pos != length - 8:
+        return None
+    return length, bytes(view[16:32]), int.from_bytes(view[32:36], "little"), metadata
+
+
 def fetch_delta(client, task):
     """The task's container bytes as uploaded (StreamDelta), size and XXH3-64 verified,
     as a bytearray (filled in place: no copy after the last chunk)."""
-    label, names = client._task_fields("StreamDelta", task)
-    request = pb.StreamDeltaRequest(**names)
+    return _receive_delta(client, task, client._label("StreamDelta", task))
+
+
+def _receive_delta(client, task, label, on_data=None):
+    """StreamDelta of `task` into a bytearray, size and XXH3-64 verified; after each
+    message, on_data(memoryview of the bytearray, bytes received so far)."""
+    _, names = client._task_fields("StreamDelta", task)
     hasher = xxhash.xxh3_64()
-    buf = None
+    buf = view = None
     received = total = want = 0
     try:
-        for msg in client._stub.StreamDelta(request, timeout=client.stream_timeout,
+        for msg in client._stub.StreamDelta(pb.StreamDeltaRequest(**names),
+                                            timeout=client.stream_timeout,
                                             metadata=client._metadata):
             if buf is None:
                 total, want = msg.total_bytes, msg.xxh3_64
                 buf = bytearray(total)
+                view = memoryview(buf)
             n = len(msg.data)
             if (msg.total_bytes, msg.xxh3_64) != (total, want) or msg.offset != received or \
                     n > total - received:
                 raise data_loss(label, f"malformed stream at offset {msg.offset} after "
                                 f"{received} of {total} bytes")
-            buf[received:received + n] = memoryview(msg.data)
+            view[received:received + n] = msg.data
             hasher.update(msg.data)
             received += n
+            if on_data is not None:
+                on_data(view, received)
     except grpc.RpcError as e:
         raise from_rpc_error(e, label) from None
     if buf is None:
@@ -158,3 +209,141 @@ def apply_delta(target, container, base, strict=True, dtype=None, threads=None):
     except codec.CodecError as e:
         raise _status(e) from None
     return len(records)
+
+
+def load_delta_into(client, target, task, base, strict=True, dtype=None, threads=None):
+    """Client.fetch_delta + apply_delta overlapped: each record of the container is
+    decoded + merged into `target` (in place, as apply_delta) while the next ones are
+    still arriving, so the transfer hides behind the decode. Before any byte is
+    streamed: FAILED_PRECONDITION if the task was made against another base than `base`
+    (TaskInfo.base_hash), INVALID_ARGUMENT for a missing name, a shape or dtype mismatch
+    or (strict) a model tensor the task lacks; target untouched. During the stream: the
+    header's base hash checked again, every record's checksum and framing (DATA_LOSS),
+    and at the end the container's size, XXH3-64 and trailer (codec::ContainerReader);
+    on such a late error target may hold a mix of old and new tensors, as with
+    load_into. Tensors not in CPU memory: fetch_delta + apply_delta instead. Returns
+    the number of tensors written."""
+    codec = _need_codec()
+    tensors = target_tensors(target)
+    out_dtype = dtypes.to_out_proto(dtype)
+    info = client.task_info(task, tensors=True)
+    what = f"task '{task}'"
+    label = client._label("StreamDelta", task)
+    if info.base_hash != base.hash:
+        raise DeltaserveError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{label}: delta made against base {info.base_hash}, this worker's base is {base.hash}")
+    plan = [(t.name, tuple(t.shape), t.dtype) for t in info.tensors]
+    check_plan(tensors, plan, strict, False, out_dtype, what)
+    views = {}
+    for t in info.tensors:
+        views[t.index] = (t.name, byte_view(t.name, tensors[t.name]))
+        if views[t.index][1] is None:  # not on the CPU: no in-place streaming
+            return apply_delta(target, fetch_delta(client, task), base, strict, dtype, threads)
+    threads = threads or len(os.sched_getaffinity(0))
+    out_name = dtypes.name(out_dtype) if out_dtype else None
+    merger = _RecordMerger(codec, base, out_name, threads)
+    scanner = _RecordScanner(label, views, merger)
+    try:
+        buf = _receive_delta(client, task, label, scanner.feed)
+        if scanner.index != scanner.count or merger.metadata is None:
+            raise data_loss(label, f"{scanner.index} of {scanner.count} records received")
+    except BaseException:
+        merger.finish(raise_error=False)
+        raise
+    saturated = merger.finish()
+    try:
+        codec.Container(buf)  # framing and trailer of the whole container
+    except codec.CodecError as e:
+        raise _status(e) from None
+    for name, n in saturated:
+        warnings.warn(f"tensor '{name}': {n} values beyond the output dtype's range, "
+                      "saturated to its largest finite value", RuntimeWarning, stacklevel=2)
+    return len(views)
+
+
+class _RecordMerger:
+    """A thread that merges batches of received records (codec.merge_records, without
+    the GIL, over `threads` threads) while the caller receives the next ones."""
+
+    def __init__(self, codec, base, out_name, threads):
+        self._codec, self._base, self._out, self._threads = codec, base, out_name, threads
+        self._queue = queue.Queue()
+        self.base_hash = base.hash
+        self.metadata = None  # the container header's, set before the first record
+        self.error = None
+        self.saturated = []
+        self._thread = threading.Thread(target=self._run, name="deltaserve-merge", daemon=True)
+        self._thread.start()
+
+    def put(self, item):
+        """item: (record memoryview, name, out buffer)."""
+        if self.error is not None:
+            raise self.error
+        self._queue.put(item)
+
+    def _run(self):
+        done = False
+        while not done:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            done = batch[-1] is None
+            batch = [b for b in batch if b is not None]
+            if not batch or self.error is not None:
+                continue
+            try:
+                self.saturated += self._codec.merge_records(
+                    self._base._base, self.metadata, batch, self._out, self._threads)
+            except self._codec.CodecError as e:
+                self.error = _status(e)
+
+    def finish(self, raise_error=True):
+        """Waits for every queued record; raises the first merge error."""
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None and raise_error:
+            raise self.error
+        return self.saturated
+
+
+class _RecordScanner:
+    """Finds the records of a container as its bytes arrive (_receive_delta's on_data)
+    and hands each complete one to `merger` with its output view (views: container
+    index -> (name, uint8 view))."""
+
+    def __init__(self, label, views, merger):
+        self.label, self.views, self.merger = label, views, merger
+        self.next_record = self.count = self.index = 0  # next record's offset, records, its index
+
+    def feed(self, view, received):
+        label, merger = self.label, self.merger
+        if merger.metadata is None:
+            header = container_header(view[:received])
+            if header is None:
+                if received >= min(len(view), _MAX_HEADER_BYTES):
+                    raise data_loss(label, "the container header does not hold")
+                return
+            self.next_record, base_hash, self.count, metadata = header
+            if base_hash.hex() != merger.base_hash:
+                raise data_loss(label, f"container base hash {base_hash.hex()} differs from "
+                                "the task's")
+            if self.count != len(self.views):
+                raise data_loss(label, f"container of {self.count} records, the task lists "
+                                f"{len(self.views)}")
+            merger.metadata = metadata
+        while self.index < self.count and self.next_record + 12 <= received:
+            at = self.next_record
+            length = int.from_bytes(view[at + 4:at + 12], "little")
+            if bytes(view[at:at + 4]) != _RECORD_MAGIC or length < 12 or \
+                    length > len(view) - _TRAILER_BYTES - at:
+                raise data_loss(label, f"bad record framing at offset {at}")
+            if at + length > received:
+                break
+            name, out = self.views[self.index]
+            merger.put((view[at:at + length], name, out))
+            self.next_record += length
+            self.index += 1

@@ -3,8 +3,9 @@ fetch_delta (StreamDelta) returns the pushed container's exact bytes; apply_delt
 decodes + merges it in place into a model and gives the bytes StreamWeights sends
 (recorded dtype and f32), with a LocalBase from the base file and from a state dict
 (hash == GetBase); switching the same model from task A to task B reuses the LocalBase;
-a delta made against another base is FAILED_PRECONDITION and a shape mismatch
-INVALID_ARGUMENT, both before anything is written. One tensor (4096 x 3072) is large
+Client.load_delta_into (records decoded while the container arrives) gives the same
+bytes; a delta made against another base is FAILED_PRECONDITION and a shape mismatch
+INVALID_ARGUMENT, both before anything is written (both paths). One tensor (4096 x 3072) is large
 enough to be merged in parts on several threads."""
 import os
 import tempfile
@@ -61,6 +62,43 @@ with tempfile.TemporaryDirectory(prefix="py-decode-") as tmp:
     d.check(model["embed.weight"].data_ptr() == ptr, "storage replaced")
     d.log("switch a -> b in place == StreamWeights of b")
 
+    # load_delta_into: each record decoded as soon as it has arrived; the same bytes,
+    # in place, also when switching tasks and converting to f32.
+    streamed = zeros()
+    ptr = streamed["embed.weight"].data_ptr()
+    d.check(c.load_delta_into(streamed, "a", local, threads=2) == len(SHAPES), "tensor count")
+    same_as_stream(c, "a", streamed)
+    c.load_delta_into(streamed, "b", local)
+    same_as_stream(c, "b", streamed)
+    d.check(streamed["embed.weight"].data_ptr() == ptr, "load_delta_into replaced storage")
+    s32 = zeros(torch.float32)
+    c.load_delta_into(s32, "a", local, dtype="f32", threads=1)
+    same_as_stream(c, "a", s32, dtype="f32")
+    d.log("load_delta_into (a, b, f32) == StreamWeights, bit for bit")
+    # A byte flipped on the way (in the middle of the container: the embed record):
+    # DATA_LOSS, from the record's checksum before that record is merged.
+    real_stub = c._stub
+
+    class Flipping:
+        def StreamDelta(self, request, **kw):
+            for msg in real_stub.StreamDelta(request, **kw):
+                at = msg.total_bytes // 2 - msg.offset  # the middle of the container
+                if 0 <= at < len(msg.data):
+                    data = bytearray(msg.data)
+                    data[at] ^= 0x40
+                    msg.data = bytes(data)
+                yield msg
+
+        def __getattr__(self, name):
+            return getattr(real_stub, name)
+
+    c._stub = Flipping()
+    try:
+        ld.expect_error(lambda: c.load_delta_into(zeros(), "a", local), grpc.StatusCode.DATA_LOSS,
+                        "checksum")
+    finally:
+        c._stub = real_stub
+
     # A base held as a state dict (copied into the LocalBase), output converted to f32.
     mem = LocalBase(st.load_file(base))
     d.check(mem.hash == local.hash, "state-dict LocalBase hash differs")
@@ -87,6 +125,9 @@ with tempfile.TemporaryDirectory(prefix="py-decode-") as tmp:
     mt = {n: torch.zeros(t.shape, dtype=torch.float16) for n, t in tied.items()}
     apply_delta(mt, ct.fetch_delta("tied"), LocalBase(tb), threads=2)
     same_as_stream(ct, "tied", mt)
+    mt = {n: torch.zeros(t.shape, dtype=torch.float16) for n, t in tied.items()}
+    ct.load_delta_into(mt, "tied", LocalBase(tb))
+    same_as_stream(ct, "tied", mt)
     d.check(daemon_t.stop() == 0, "tied daemon did not exit 0")
     d.log("tied lm_head: apply_delta == StreamWeights")
 
@@ -98,9 +139,15 @@ with tempfile.TemporaryDirectory(prefix="py-decode-") as tmp:
     ld.expect_error(lambda: apply_delta(fresh, container, wrong), grpc.StatusCode.FAILED_PRECONDITION,
                     "delta made against base " + local.hash, wrong.hash)
     d.check(all(bool((t == 0).all()) for t in fresh.values()), "wrong base: target written")
+    ld.expect_error(lambda: c.load_delta_into(fresh, "a", wrong), grpc.StatusCode.FAILED_PRECONDITION,
+                    "StreamDelta 'a': delta made against base " + local.hash, wrong.hash)
+    d.check(all(bool((t == 0).all()) for t in fresh.values()), "wrong base: target written")
     bad = zeros()
     bad["layers.0.attn.weight"] = torch.zeros((512, 256), dtype=torch.float16)
     ld.expect_error(lambda: apply_delta(bad, container, local), grpc.StatusCode.INVALID_ARGUMENT,
+                    "tensor 'layers.0.attn.weight'", "the task has [256, 512]")
+    d.check(all(bool((t == 0).all()) for t in bad.values()), "bad shape: target written")
+    ld.expect_error(lambda: c.load_delta_into(bad, "a", local), grpc.StatusCode.INVALID_ARGUMENT,
                     "tensor 'layers.0.attn.weight'", "the task has [256, 512]")
     d.check(all(bool((t == 0).all()) for t in bad.values()), "bad shape: target written")
     ld.expect_error(lambda: apply_delta(zeros(), b"not a container", local),
