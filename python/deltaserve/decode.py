@@ -242,7 +242,7 @@ def load_delta_into(client, target, task, base, strict=True, dtype=None, threads
             return apply_delta(target, fetch_delta(client, task), base, strict, dtype, threads)
     threads = threads or len(os.sched_getaffinity(0))
     out_name = dtypes.name(out_dtype) if out_dtype else None
-    merger = _RecordMerger(codec, base, out_name, threads)
+    merger = _RecordMerger(codec, base, out_name, threads, label)
     scanner = _RecordScanner(label, views, merger)
     try:
         buf = _receive_delta(client, task, label, scanner.feed)
@@ -266,8 +266,9 @@ class _RecordMerger:
     """A thread that merges batches of received records (codec.merge_records, without
     the GIL, over `threads` threads) while the caller receives the next ones."""
 
-    def __init__(self, codec, base, out_name, threads):
+    def __init__(self, codec, base, out_name, threads, label):
         self._codec, self._base, self._out, self._threads = codec, base, out_name, threads
+        self._label = label
         self._queue = queue.Queue()
         self.base_hash = base.hash
         self.metadata = None  # the container header's, set before the first record
@@ -299,7 +300,8 @@ class _RecordMerger:
                 self.saturated += self._codec.merge_records(
                     self._base._base, self.metadata, batch, self._out, self._threads)
             except self._codec.CodecError as e:
-                self.error = _status(e)
+                error = _status(e)
+                self.error = DeltaserveError(error.code, f"{self._label}: {error.message}")
 
     def finish(self, raise_error=True):
         """Waits for every queued record; raises the first merge error."""

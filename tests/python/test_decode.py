@@ -95,7 +95,7 @@ with tempfile.TemporaryDirectory(prefix="py-decode-") as tmp:
     c._stub = Flipping()
     try:
         ld.expect_error(lambda: c.load_delta_into(zeros(), "a", local), grpc.StatusCode.DATA_LOSS,
-                        "checksum")
+                        "StreamDelta 'a': tensor 'embed.weight': record checksum mismatch")
     finally:
         c._stub = real_stub
 
