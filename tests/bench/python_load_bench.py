@@ -180,7 +180,7 @@ def main():
                 rss0 = rss_mib()
                 _, wall, used = timed(lambda: c.load_delta_into(sd, "bench", local))
                 decode.append(row("(c) StreamDelta + local decode", wall, task.merged_bytes,
-                                  f"{used}, load_delta_into; RSS +{rss_mib() - rss0:.0f} MiB "
+                                  f"{used}, load_delta_into; RSS {rss_mib() - rss0:+.0f} MiB "
                                   "over the allocated model"))
                 gc.collect()
                 loaded, wall, used = timed(lambda: st.load_file(merged))
