@@ -128,6 +128,23 @@ TEST_F(PullRangesTest, ARangeDroppedMidTensorResumesAtThatTensor) {
   EXPECT_EQ(model.metadata, service_.metadata);
 }
 
+// A drop inside a tensor whose checksum was to follow its data (checksum_after_data):
+// its rows already written are dropped, and the retry fetches that tensor again.
+TEST_F(PullRangesTest, ARangeDroppedInsideATensorStreamedBeforeItsChecksumResumesAtIt) {
+  service_.checksum_follows = true;
+  service_.unavailable_once_at = 3;  // "c": fails after its first chunk, checksum unseen
+  PullOptions options;
+  options.streams = 2;
+  ASSERT_OK_AND_ASSIGN(PullStats stats,
+                       client_->PullWeights("chat", tmp_.File("f.safetensors"), options));
+  EXPECT_EQ(stats.resumed, 1u);
+  EXPECT_EQ(stats.tensors, 4u);
+  EXPECT_EQ(ReadFile(tmp_.File("f.safetensors")), ReadFile(tmp_.File("expected.safetensors")));
+  EXPECT_THAT(Requests(), ElementsAre(Pair(0u, 2u), Pair(2u, 4u), Pair(3u, 4u)));
+  std::lock_guard<std::mutex> lock(service_.mu);
+  for (const v1::StreamWeightsRequest& r : service_.streams) EXPECT_TRUE(r.checksum_after_data());
+}
+
 TEST_F(PullRangesTest, WithoutRetriesTheDropIsTheError) {
   service_.unavailable_once_at = 3;
   PullOptions options;
