@@ -235,10 +235,10 @@ absl::Status Server::Impl::Init() {
   cache = std::make_unique<internal::TensorCache>(options.cache_bytes, metrics.get());
   size_t workers = options.workers > 0 ? static_cast<size_t>(options.workers)
                                        : std::max(1u, std::thread::hardware_concurrency());
-  pool = std::make_unique<internal::ThreadPool>(workers);
+  pool = std::make_unique<internal::ThreadPool>(workers, "ds-worker");
   // Control calls are short metadata work; two threads so that one slow RocksDB read
   // does not hold the others.
-  control_pool = std::make_unique<internal::ThreadPool>(kControlThreads);
+  control_pool = std::make_unique<internal::ThreadPool>(kControlThreads, "ds-control");
 
   ctx.options = &options;
   ctx.store = store.get();

@@ -60,6 +60,9 @@ absl::Status WeightsStreamChecker::Header(const v1::TensorHeader& h) {
     return Bad(absl::StrCat("tensor '", h.name(), "' announces ", h.byte_length(),
                             " bytes for shape ", codec::ShapeString(info_.shape)));
   }
+  if (h.checksum_follows() && h.byte_length() == 0) {
+    return Bad(absl::StrCat("empty tensor '", h.name(), "' with checksum_follows"));
+  }
   if (stats_.tensors == 0) stats_.first_tensor_seconds = SecondsSince(start_);
   XXH3_64bits_reset(hash_);
   received_ = 0;
@@ -78,6 +81,15 @@ absl::Status WeightsStreamChecker::Chunk(const v1::TensorChunk& c) {
                             c.data().size(), " bytes after ", received_, " of ",
                             header_.byte_length(), " bytes"));
   }
+  // checksum_follows: the tensor's XXH3-64 rides on its last chunk, and only there.
+  const bool last = received_ + c.data().size() == header_.byte_length();
+  if (c.has_tensor_xxh3_64() != (header_.checksum_follows() && last)) {
+    return Bad(absl::StrCat("tensor '", header_.name(), "': chunk at offset ", c.offset(),
+                            c.has_tensor_xxh3_64() ? " carries" : " lacks",
+                            " the tensor checksum (checksum_follows: ",
+                            header_.checksum_follows() ? "yes" : "no", ")"));
+  }
+  if (c.has_tensor_xxh3_64()) header_.set_xxh3_64(c.tensor_xxh3_64());
   const auto* data = reinterpret_cast<const uint8_t*>(c.data().data());
   XXH3_64bits_update(hash_, data, c.data().size());
   DS_RETURN_IF_ERROR(sink_->Data({data, c.data().size()}));
@@ -98,9 +110,9 @@ absl::Status WeightsStreamChecker::MaybeFinishTensor() {
   if (received_ != header_.byte_length()) return absl::OkStatus();
   const uint64_t got = XXH3_64bits_digest(hash_);
   if (got != header_.xxh3_64()) {
-    return absl::DataLossError(absl::StrCat(label_, ": tensor '", header_.name(),
-                                            "' checksum mismatch (XXH3-64 ", got, ", header says ",
-                                            header_.xxh3_64(), ")"));
+    return absl::DataLossError(absl::StrCat(
+        label_, ": tensor '", header_.name(), "' checksum mismatch (XXH3-64 ", got, ", ",
+        header_.checksum_follows() ? "last chunk" : "header", " says ", header_.xxh3_64(), ")"));
   }
   in_tensor_ = false;
   ++stats_.tensors;
@@ -121,6 +133,9 @@ absl::StatusOr<v1::StreamWeightsRequest> MakeStreamWeightsRequest(const ClientOp
   request.set_include_regex(options.include_regex);
   if (!options.resume_from.empty()) request.set_resume_from_name(options.resume_from);
   request.set_chunk_bytes(options.chunk_bytes);
+  // Every tensor is still verified: a tensor being decoded streams its rows at once and
+  // its checksum follows in its last chunk (WeightsStreamChecker::Chunk).
+  request.set_checksum_after_data(true);
   DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(request, label));
   return request;
 }

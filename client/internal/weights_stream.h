@@ -48,8 +48,9 @@ class WeightsSink {
 
 // Checks the framing of a StreamWeights response stream (begin, then per tensor a header
 // and chunks of exactly byte_length bytes at increasing offsets, then end) and the
-// XXH3-64 of every tensor, forwarding to a sink. Progress goes to options.progress;
-// times count from `start`.
+// XXH3-64 of every tensor (from its header, or from its last chunk when the header has
+// checksum_follows: requests set checksum_after_data), forwarding to a sink. Progress goes to
+// options.progress; times count from `start`.
 class WeightsStreamChecker {
  public:
   WeightsStreamChecker(std::string label, WeightsSink* sink, const PullOptions& options,

@@ -1,6 +1,6 @@
 #include "server/internal/merged_tensors.h"
 
-#include <xxhash.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
@@ -30,35 +30,48 @@ namespace {
 // per-part overhead (one payload parse, one closure) stays well under 1%.
 constexpr int64_t kMinPartWeights = int64_t{1} << 22;
 
-// Runs codec::MergeTensorPart for parts [0, num_parts): the calling worker and up to
-// num_parts - 1 helpers queued on the pool claim parts from a shared counter. The caller
-// then waits only for parts that other workers have already started (never for queued
-// closures), so it cannot deadlock even when every worker is inside a decode; helpers
-// that start after all parts are claimed return at once. The output is the same bytes
-// as codec::MergeTensor whatever the interleaving (disjoint pieces of `out`).
-// Returns the XXH3-64 of `out`: a tensor merged in one part is hashed strip by strip as
-// the merge writes it (the bytes are still in cache; one pass over memory less), a
-// split one after every part is done.
-absl::StatusOr<uint64_t> MergeAndHash(const ServiceContext& ctx, const codec::TensorRecord& record,
-                                      codec::DType out_dtype, absl::Span<uint8_t> out,
-                                      std::atomic<int64_t>* saturated) {
+// Bytes a decoding worker gathers (consecutive patch-row strips) before it publishes
+// them to the tensor's fill: fewer lock round trips, while a reader still gets its
+// first chunk after a few strips.
+constexpr uint64_t kPublishBytes = uint64_t{256} << 10;
+
+// Bytes of fresh output a merging worker faults in ahead of itself with one
+// madvise(MADV_POPULATE_WRITE) (Linux 5.14+) instead of one page fault per 4 KiB page
+// inside the kernel loop. A kernel without it answers EINVAL and the merge faults the
+// pages itself, as before.
+constexpr uint64_t kPopulateBytes = uint64_t{2} << 20;
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+// Called after out[.., written) became final: keeps out[written, written +
+// kPopulateBytes) faulted in. *populated: end of what this part populated so far.
+void PopulateAhead(absl::Span<uint8_t> out, uint64_t written, uint64_t* populated) {
+  if (*populated >= written + kPopulateBytes / 2 || written >= out.size()) return;
+  const uintptr_t page = 4096;
+  const uint64_t to = std::min<uint64_t>(out.size(), written + kPopulateBytes);
+  const uintptr_t lo =
+      (reinterpret_cast<uintptr_t>(out.data()) + std::max(*populated, written) + page - 1) &
+      ~(page - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(out.data()) + to) & ~(page - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_POPULATE_WRITE);
+  *populated = to;
+}
+
+// Runs codec::MergeTensorPart for parts [0, num_parts) into `out` and publishes every
+// final byte range to `fill` (which hashes the growing prefix): the calling worker and
+// up to num_parts - 1 helpers queued on the pool claim parts from a shared counter. The
+// caller then waits only for parts that other workers have already started (never for
+// queued closures), so it cannot deadlock even when every worker is inside a decode;
+// helpers that start after all parts are claimed return at once. The output is the
+// same bytes as codec::MergeTensor whatever the interleaving (disjoint pieces of `out`).
+// Part 0 is claimed first, by the caller, so the prefix a stream is waiting for grows
+// from the start.
+absl::Status MergeParts(const ServiceContext& ctx, const codec::TensorRecord& record,
+                        codec::DType out_dtype, absl::Span<uint8_t> out, TensorFill* fill,
+                        std::atomic<int64_t>* saturated) {
   const int workers = ctx.pool ? static_cast<int>(ctx.pool->num_threads()) : 1;
   const int num_parts = codec::MergeTensorParts(record, kMinPartWeights, 4 * workers);
-  if (num_parts <= 1) {
-    std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(),
-                                                                   &XXH3_freeState);
-    if (state == nullptr) return absl::ResourceExhaustedError("XXH3_createState failed");
-    XXH3_64bits_reset(state.get());
-    int64_t n = 0;
-    DS_RETURN_IF_ERROR(codec::MergeTensorPart(
-        ctx.base, record, out_dtype, 0, 1, out,
-        [&](absl::Span<const uint8_t> piece) {
-          XXH3_64bits_update(state.get(), piece.data(), piece.size());
-        },
-        &n));
-    *saturated += n;
-    return XXH3_64bits_digest(state.get());
-  }
   struct Job {
     int num_parts = 0;
     std::atomic<int> next{0};
@@ -68,13 +81,29 @@ absl::StatusOr<uint64_t> MergeAndHash(const ServiceContext& ctx, const codec::Te
   };
   auto job = std::make_shared<Job>();
   job->num_parts = num_parts;
-  // Claims and runs parts until none is left. `record` and `out` outlive every call that
-  // claims a part: the caller returns only after all claimed parts are done.
-  auto work = [&ctx, &record, out_dtype, out, num_parts, saturated](Job& j) {
+  // Claims and runs parts until none is left. `record`, `out` and `fill` outlive every
+  // call that claims a part: the caller returns only after all claimed parts are done.
+  auto work = [&ctx, &record, out_dtype, out, fill, num_parts, saturated](Job& j) {
     for (int part; (part = j.next.fetch_add(1)) < num_parts;) {
+      uint64_t lo = 0, hi = 0;  // gathered, not yet published
+      uint64_t populated = 0;
+      auto on_bytes = [&](absl::Span<const uint8_t> piece) {
+        const uint64_t at = static_cast<uint64_t>(piece.data() - out.data());
+        PopulateAhead(out, at + piece.size(), &populated);
+        if (at != hi) {
+          fill->Publish(lo, hi);
+          lo = at;
+        }
+        hi = at + piece.size();
+        if (hi - lo >= kPublishBytes) {
+          fill->Publish(lo, hi);
+          lo = hi;
+        }
+      };
       int64_t n = 0;
       absl::Status s =
-          codec::MergeTensorPart(ctx.base, record, out_dtype, part, num_parts, out, nullptr, &n);
+          codec::MergeTensorPart(ctx.base, record, out_dtype, part, num_parts, out, on_bytes, &n);
+      if (s.ok()) fill->Publish(lo, hi);
       *saturated += n;
       absl::MutexLock lock(&j.mu);
       if (!s.ok() && j.status.ok()) j.status = s;
@@ -90,15 +119,15 @@ absl::StatusOr<uint64_t> MergeAndHash(const ServiceContext& ctx, const codec::Te
   // Every part is claimed now; wait for those still running on other workers.
   job->mu.Await(absl::Condition(
       +[](Job* j) ABSL_NO_THREAD_SAFETY_ANALYSIS { return j->done == j->num_parts; }, job.get()));
-  DS_RETURN_IF_ERROR(job->status);
-  return XXH3_64bits(out.data(), out.size());
+  return job->status;
 }
 
 }  // namespace
 
 absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
                                                    const storage::TaskReader& reader, size_t index,
-                                                   std::optional<codec::DType> out_dtype) {
+                                                   std::optional<codec::DType> out_dtype,
+                                                   const StartedFn& started) {
   DS_ASSIGN_OR_RETURN(storage::StoredRecord stored, reader.ReadRecord(index));
   const codec::TensorRecord& record = stored.record();
   auto merged = std::make_shared<MergedTensor>();
@@ -107,10 +136,20 @@ absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
       codec::OutputDType(record.info.dtype, out_dtype.value_or(record.info.dtype));
   merged->index = static_cast<uint32_t>(index);
   merged->data.resize(codec::MergedBytes(record, merged->info.dtype));
+  merged->fill = std::make_unique<TensorFill>(merged->data.data(), merged->data.size());
+  TensorFill* fill = merged->fill.get();
+  if (started) started(merged);
   absl::Time start = absl::Now();
   std::atomic<int64_t> saturated{0};
-  DS_ASSIGN_OR_RETURN(merged->xxh3_64, MergeAndHash(ctx, record, merged->info.dtype,
-                                                    absl::MakeSpan(merged->data), &saturated));
+  absl::Status merge =
+      MergeParts(ctx, record, merged->info.dtype, absl::MakeSpan(merged->data), fill, &saturated);
+  absl::StatusOr<uint64_t> digest = merge.ok() ? fill->Digest() : absl::StatusOr<uint64_t>(merge);
+  if (!digest.ok()) {
+    fill->Finish(digest.status());  // a stream already sending this tensor fails with it
+    return digest.status();
+  }
+  merged->xxh3_64 = *digest;  // before Finish: readers look at it once done() is true
+  fill->Finish(absl::OkStatus());
   double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   if (const int64_t n = saturated.load(); n > 0) {
     const std::string dtype(codec::DTypeName(merged->info.dtype));
@@ -121,8 +160,8 @@ absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
                                 {"dtype", dtype},
                                 {"count", std::to_string(n)}});
   }
-  // Decode, merge and hash are one fused pass (DecodeDctMatrixMerge; the hash of a split
-  // tensor follows it), so both histograms see the same time.
+  // Decode, merge and hash are one fused pass (DecodeDctMatrixMerge; the fill hashes
+  // each strip as it becomes final), so both histograms see the same time.
   ctx.metrics->decode_seconds().Observe(seconds);
   ctx.metrics->merge_seconds().Observe(seconds);
   return MergedTensorPtr(std::move(merged));

@@ -80,6 +80,17 @@ void FillStreamBegin(const StreamPlan& plan, const storage::TaskInfo& info, bool
   }
 }
 
+StreamCursor::Need StreamCursor::NextNeeds(const MergedTensor& tensor) const {
+  const uint64_t size = tensor.data.size();
+  if (!header_sent_) {
+    // An empty tensor is all header: it goes out with its checksum.
+    if (checksum_after_data_ && size > 0) return Need{0, false};
+    return Need{size, true};
+  }
+  const uint64_t end = std::min<uint64_t>(size, offset_ + chunk_bytes_);
+  return Need{end, checksum_follows_ && end == size};
+}
+
 size_t StreamCursor::Next(const MergedTensor* tensor, v1::StreamWeightsResponse* msg) {
   if (pos_ == num_tensors_) {
     end_sent_ = true;
@@ -93,13 +104,15 @@ size_t StreamCursor::Next(const MergedTensor* tensor, v1::StreamWeightsResponse*
   if (!header_sent_) {
     header_sent_ = true;
     offset_ = 0;
+    checksum_follows_ = checksum_after_data_ && size > 0 && !tensor->complete();
     v1::TensorHeader* h = msg->mutable_header();
     h->set_name(tensor->info.name);
     h->set_dtype(proto::ToProtoDType(tensor->info.dtype));
     h->mutable_shape()->Clear();
     for (int64_t d : tensor->info.shape) h->add_shape(d);
     h->set_byte_length(size);
-    h->set_xxh3_64(tensor->xxh3_64);
+    h->set_xxh3_64(checksum_follows_ ? 0 : tensor->xxh3_64);
+    h->set_checksum_follows(checksum_follows_);
     h->set_index(tensor->index);
   } else {
     n = static_cast<size_t>(std::min<uint64_t>(chunk_bytes_, size - offset_));
@@ -108,6 +121,11 @@ size_t StreamCursor::Next(const MergedTensor* tensor, v1::StreamWeightsResponse*
     chunk->set_data(tensor->data.data() + offset_, n);
     offset_ += n;
     sent_bytes_ += n;
+    if (checksum_follows_ && offset_ == size) {
+      chunk->set_tensor_xxh3_64(tensor->xxh3_64);
+    } else {
+      chunk->clear_tensor_xxh3_64();  // the slot's previous message may have had it
+    }
   }
   if (offset_ == size) {  // the tensor's last message (the header alone if it is empty)
     ++pos_;

@@ -46,13 +46,29 @@ void FillStreamBegin(const StreamPlan& plan, const storage::TaskInfo& info, bool
                      v1::StreamBegin* begin);
 
 // Walks the messages that follow `begin`. Usage: while (!done()), if needs_tensor()
-// get the merged tensor of plan position position(), then Next(...). position()
-// advances once the last message of that tensor has been produced.
+// get the merged tensor of plan position position(), wait until its fill (if any) has
+// what NextNeeds says, then Next(...). position() advances once the last message of
+// that tensor has been produced.
+//
+// With `checksum_after_data` (the request's opt-in), a tensor that is not complete when
+// its header is produced gets checksum_follows: its chunks go out as their bytes
+// become final and the last one carries tensor_xxh3_64. Otherwise (and for a complete
+// or empty tensor) the header carries xxh3_64, so it waits for the whole tensor.
 class StreamCursor {
  public:
   // REQUIRES: chunk_bytes >= 1.
-  StreamCursor(size_t num_tensors, uint32_t chunk_bytes)
-      : num_tensors_(num_tensors), chunk_bytes_(chunk_bytes) {}
+  StreamCursor(size_t num_tensors, uint32_t chunk_bytes, bool checksum_after_data = false)
+      : num_tensors_(num_tensors),
+        chunk_bytes_(chunk_bytes),
+        checksum_after_data_(checksum_after_data) {}
+
+  // What the next message of `tensor` waits for: its first `bytes` bytes final and,
+  // when `done`, the whole tensor with its checksum. REQUIRES: needs_tensor().
+  struct Need {
+    uint64_t bytes = 0;
+    bool done = false;
+  };
+  Need NextNeeds(const MergedTensor& tensor) const;
 
   // Plan position of the tensor whose messages come next (num_tensors once all are out).
   size_t position() const { return pos_; }
@@ -65,14 +81,17 @@ class StreamCursor {
 
   // Fills `msg` with the next message and returns its data bytes (0 for a header or the
   // end). `tensor` is the merged tensor at position() when needs_tensor() (ignored
-  // otherwise); its data must not change between calls. REQUIRES: !done().
+  // otherwise), with what NextNeeds asks for final; bytes sent never change.
+  // REQUIRES: !done().
   size_t Next(const MergedTensor* tensor, v1::StreamWeightsResponse* msg);
 
  private:
   const size_t num_tensors_;
   const uint32_t chunk_bytes_;
+  const bool checksum_after_data_;
   size_t pos_ = 0;
-  bool header_sent_ = false;  // for tensor pos_
+  bool header_sent_ = false;       // for tensor pos_
+  bool checksum_follows_ = false;  // tensor pos_'s header had checksum_follows
   uint64_t offset_ = 0;       // bytes of tensor pos_ already produced
   uint64_t sent_bytes_ = 0;
   bool end_sent_ = false;

@@ -9,6 +9,13 @@
 // message slots), so a slow client holds the pipeline: nothing more is decoded until the
 // window moves.
 //
+// Rows before the whole tensor: a tensor this stream decodes is handed over when its
+// buffer exists; its chunks go out as the workers make their bytes final
+// (TensorFill), so a cold stream's first bytes leave after a few patch-row strips
+// rather than after its largest tensor. A client that set checksum_after_data gets
+// the header at once (checksum_follows, XXH3-64 in the last chunk); any other client
+// gets the header, with its checksum, when the tensor is complete.
+//
 // Memory per stream: (1 + prefetch_tensors) merged tensors, or the one being sent +
 // prefetch_bytes + one tensor if more (shared with the cache when cached), + 2 chunk
 // messages.
@@ -144,7 +151,8 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
       } else {
         slot_ready_ = true;  // slots_[0] holds `begin`
         setup_done_ = true;
-        cursor_.emplace(plan_.tensors.size(), ctx_->ChunkBytes(request_->chunk_bytes()));
+        cursor_.emplace(plan_.tensors.size(), ctx_->ChunkBytes(request_->chunk_bytes()),
+                        request_->checksum_after_data());
         prefetcher_ptr_ = &*prefetcher_;
         if (cancelled_) prefetcher_->Stop();
       }
@@ -155,6 +163,11 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
   // Prefetcher's FetchFn: the merged tensor of plan position `pos`, from the cache or
   // decoded on the pool. `done` runs on a worker (maybe another stream's, when this one
   // waits for that stream's decode of the same tensor).
+  //
+  // A tensor this call decodes itself is delivered as soon as its buffer exists (its
+  // fill then says which bytes are final, see BuildNextLocked); the cache's result
+  // that follows is then dropped. Waiters on another stream's decode get the complete
+  // tensor.
   void Fetch(size_t pos, Prefetcher::Done done) {
     ctx_->pool->Schedule([self = shared_from_this(), pos, done = std::move(done)]() mutable {
       if (self->cancelled_) return done(absl::CancelledError("StreamWeights cancelled"));
@@ -162,19 +175,30 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
       const std::string key =
           MergedTensorKey(self->group_, self->snap_.version, index, self->out_dtype_);
       StreamWeightsReactor* r = self.get();
+      struct Delivery {
+        Prefetcher::Done done;
+        std::atomic<bool> delivered{false};
+        void operator()(Prefetcher::Result result) {
+          if (!delivered.exchange(true)) done(std::move(result));
+        }
+      };
+      auto deliver = std::make_shared<Delivery>();
+      deliver->done = std::move(done);
       r->ctx_->cache->GetOrLoad(
           r->group_, key,
-          [r, index] {
-            return DecodeMergedTensor(*r->ctx_, *r->snap_.reader, index, r->out_dtype_);
+          [r, index, deliver] {
+            return DecodeMergedTensor(*r->ctx_, *r->snap_.reader, index, r->out_dtype_,
+                                      [&](const MergedTensorPtr& filling) { (*deliver)(filling); });
           },
-          [self, done = std::move(done)](const absl::StatusOr<MergedTensorPtr>& result, bool) {
-            done(result);
+          [self, deliver](const absl::StatusOr<MergedTensorPtr>& result, bool) {
+            (*deliver)(result);
           });
     });
   }
 
   // Under mu_: fills slots_[slot_] with the next message. False if the tensor it needs
-  // has not arrived (a delivery will Pump again) or failed (error_ set).
+  // has not arrived (a delivery will Pump again), its bytes are not final yet (the
+  // decode will Pump again) or it failed (error_ set).
   bool BuildNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (cursor_->needs_tensor() && !current_) {
       std::optional<Prefetcher::Result> r = prefetcher_->Take(cursor_->position());
@@ -184,6 +208,17 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
         return false;
       }
       current_ = **std::move(r);
+    }
+    if (cursor_->needs_tensor() && current_->fill != nullptr) {
+      const StreamCursor::Need need = cursor_->NextNeeds(*current_);
+      if (!current_->fill->ReadyOr(need.bytes, need.done,
+                                   [self = shared_from_this()] { self->Pump(); })) {
+        return false;  // the decode wakes us when those bytes are final
+      }
+      if (absl::Status s = current_->fill->status(); !s.ok()) {
+        error_ = std::move(s);
+        return false;
+      }
     }
     const size_t pos = cursor_->position();
     slot_payload_ = cursor_->Next(current_.get(), &slots_[slot_]);

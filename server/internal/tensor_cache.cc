@@ -1,9 +1,12 @@
 #include "server/internal/tensor_cache.h"
 
+#include <xxhash.h>
+
 #include <cstdlib>
 #include <new>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "server/internal/metrics.h"
 
 namespace deltaserve::server::internal {
@@ -21,6 +24,95 @@ void MergedBufferAllocator<T>::FreeBytes(void* p, size_t) {
 }
 
 template struct MergedBufferAllocator<uint8_t>;
+
+TensorFill::TensorFill(const uint8_t* data, uint64_t size)
+    : data_(data), size_(size), hash_(XXH3_createState()) {
+  if (hash_ == nullptr) throw std::bad_alloc();  // as operator new does
+  XXH3_64bits_reset(static_cast<XXH3_state_t*>(hash_));
+}
+
+TensorFill::~TensorFill() {
+  absl::MutexLock lock(&mu_);
+  XXH3_freeState(static_cast<XXH3_state_t*>(hash_));
+}
+
+void TensorFill::Publish(uint64_t begin, uint64_t end) {
+  if (begin >= end) return;
+  std::vector<std::function<void()>> wake;
+  {
+    absl::MutexLock lock(&mu_);
+    pending_[begin] = end;
+    uint64_t ready = ready_.load(std::memory_order_relaxed);
+    const uint64_t before = ready;
+    for (auto it = pending_.begin(); it != pending_.end() && it->first == ready;) {
+      ready = it->second;
+      it = pending_.erase(it);
+    }
+    if (ready == before) return;
+    // Hashed here, in order, while the newest strip is likely still in cache: the
+    // tensor's checksum is ready with its last byte, with no second pass over it.
+    XXH3_64bits_update(static_cast<XXH3_state_t*>(hash_), data_ + before, ready - before);
+    ready_.store(ready, std::memory_order_release);
+    TakeWakeableLocked(&wake);
+  }
+  for (auto& w : wake) w();
+}
+
+absl::StatusOr<uint64_t> TensorFill::Digest() const {
+  absl::MutexLock lock(&mu_);
+  if (ready_.load(std::memory_order_relaxed) != size_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("tensor fill: ", ready_.load(), " of ", size_, " bytes published"));
+  }
+  return XXH3_64bits_digest(static_cast<XXH3_state_t*>(hash_));
+}
+
+void TensorFill::Finish(absl::Status status) {
+  std::vector<std::function<void()>> wake;
+  {
+    absl::MutexLock lock(&mu_);
+    if (done_) return;
+    done_ = true;
+    status_ = std::move(status);
+    TakeWakeableLocked(&wake);
+  }
+  for (auto& w : wake) w();
+}
+
+uint64_t TensorFill::ready() const { return ready_.load(std::memory_order_acquire); }
+
+bool TensorFill::done() const {
+  absl::MutexLock lock(&mu_);
+  return done_;
+}
+
+absl::Status TensorFill::status() const {
+  absl::MutexLock lock(&mu_);
+  return status_;
+}
+
+bool TensorFill::ReadyOr(uint64_t bytes, bool need_done, std::function<void()> wake) {
+  absl::MutexLock lock(&mu_);
+  if (!status_.ok() || (done_ && ready_.load(std::memory_order_relaxed) == size_) ||
+      (!need_done && ready_.load(std::memory_order_relaxed) >= bytes)) {
+    return true;
+  }
+  waiters_.push_back(Waiter{bytes, need_done, std::move(wake)});
+  return false;
+}
+
+void TensorFill::TakeWakeableLocked(std::vector<std::function<void()>>* out) {
+  const uint64_t ready = ready_.load(std::memory_order_relaxed);
+  auto keep = waiters_.begin();
+  for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
+    if (done_ || (!it->need_done && ready >= it->bytes)) {
+      out->push_back(std::move(it->wake));
+    } else {
+      *keep++ = std::move(*it);
+    }
+  }
+  waiters_.erase(keep, waiters_.end());
+}
 
 TensorCache::TensorCache(uint64_t capacity_bytes, Metrics* metrics)
     : capacity_(capacity_bytes), metrics_(metrics) {}

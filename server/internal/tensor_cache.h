@@ -19,6 +19,7 @@
 #ifndef DELTASERVE_SERVER_INTERNAL_TENSOR_CACHE_H_
 #define DELTASERVE_SERVER_INTERNAL_TENSOR_CACHE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <list>
@@ -67,11 +68,71 @@ struct MergedBufferAllocator {
 };
 using MergedBuffer = std::vector<uint8_t, MergedBufferAllocator<uint8_t>>;
 
+// Progress of a merged tensor whose bytes are still being written (a cold decode, so
+// that a stream can send its first rows while later rows decode). The decoder marks
+// byte ranges final in any order (Publish); the fill tracks the contiguous prefix
+// [0, ready()) and hashes it as it grows, so the tensor's XXH3-64 is known when the
+// last byte is. Readers read only bytes below ready() (acquire), or everything once
+// done(). Thread-safe.
+class TensorFill {
+ public:
+  // `data` holds `size` bytes and outlives the fill.
+  TensorFill(const uint8_t* data, uint64_t size);
+  ~TensorFill();
+  TensorFill(const TensorFill&) = delete;
+  TensorFill& operator=(const TensorFill&) = delete;
+
+  // Bytes [begin, end) are final. REQUIRES: ranges published are disjoint, within size.
+  void Publish(uint64_t begin, uint64_t end);
+  // The XXH3-64 of every byte. FailedPrecondition unless every byte was published.
+  absl::StatusOr<uint64_t> Digest() const;
+  // Ends the fill: OK after the last Publish (and Digest), or the decode's error.
+  // Wakes every waiter. Idempotent (the first status stays).
+  void Finish(absl::Status status);
+
+  uint64_t ready() const;
+  bool done() const;
+  // OK while running or after a good Finish; the decode's error otherwise.
+  absl::Status status() const;
+
+  // True if `bytes` bytes are ready (and the fill is done, when `need_done`) or it
+  // failed; otherwise `wake` is kept and called once, on the publishing thread without
+  // any lock of this class, when that holds. Returns false in that case.
+  bool ReadyOr(uint64_t bytes, bool need_done, std::function<void()> wake);
+
+ private:
+  struct Waiter {
+    uint64_t bytes;
+    bool need_done;
+    std::function<void()> wake;
+  };
+  // Moves the waiters that may proceed into *out.
+  void TakeWakeableLocked(std::vector<std::function<void()>>* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const uint8_t* const data_;
+  const uint64_t size_;
+  mutable absl::Mutex mu_;
+  std::atomic<uint64_t> ready_{0};                             // written under mu_
+  std::map<uint64_t, uint64_t> pending_ ABSL_GUARDED_BY(mu_);  // final ranges past ready_
+  void* hash_ ABSL_GUARDED_BY(mu_);                            // XXH3_state_t of [0, ready_)
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+  std::vector<Waiter> waiters_ ABSL_GUARDED_BY(mu_);
+};
+
 struct MergedTensor {
   codec::TensorInfo info;  // name, output dtype, shape
   uint32_t index = 0;      // position in the container
   MergedBuffer data;
-  uint64_t xxh3_64 = 0;    // XXH3-64 (seed 0) of data
+  // XXH3-64 (seed 0) of data; when `fill` is set, valid only once fill->done() and
+  // fill->status() is OK.
+  uint64_t xxh3_64 = 0;
+  // Set while (and after) a decode writes `data`: bytes below fill->ready() are final.
+  // Null: every byte was final when the tensor was published. A tensor in the cache is
+  // always complete (loads insert it after their fill is done).
+  std::unique_ptr<TensorFill> fill;
+  bool complete() const { return fill == nullptr || fill->done(); }
 };
 using MergedTensorPtr = std::shared_ptr<const MergedTensor>;
 

@@ -1,13 +1,17 @@
 #include "server/internal/thread_pool.h"
 
+#include <pthread.h>
+
 #include <utility>
 
 namespace deltaserve::server::internal {
 
-ThreadPool::ThreadPool(size_t num_threads) {
+ThreadPool::ThreadPool(size_t num_threads, const std::string& name) {
   threads_.reserve(num_threads);
   for (size_t i = 0; i < num_threads; ++i) {
     threads_.emplace_back([this] { WorkerLoop(); });
+    if (!name.empty())
+      pthread_setname_np(threads_.back().native_handle(), name.substr(0, 15).c_str());
   }
 }
 

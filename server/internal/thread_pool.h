@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <deque>
 #include <functional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -19,8 +20,10 @@ namespace deltaserve::server::internal {
 
 class ThreadPool {
  public:
-  // Starts `num_threads` workers. REQUIRES: num_threads >= 1.
-  explicit ThreadPool(size_t num_threads);
+  // Starts `num_threads` workers, named `name` (at most 15 bytes are kept; shown by
+  // top -H and perf, and read back by stream_bench to time the workers' CPU). REQUIRES:
+  // num_threads >= 1.
+  explicit ThreadPool(size_t num_threads, const std::string& name = "");
   // Runs every closure already queued, then joins the workers (Shutdown()).
   ~ThreadPool();
 

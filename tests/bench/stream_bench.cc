@@ -3,7 +3,8 @@
 //
 //   stream_bench [--workdir DIR] [--layers 24] [--hidden 896] [--ffn 4864]
 //                [--vocab 151936] [--workers 2] [--prefetch 1] [--chunk-bytes 1048576]
-//                [--cold-only] [--pull-streams 1,2,4] [--push-only N]
+//                [--cache-mb 3072] [--cold-only] [--legacy-cold] [--pull-streams 1,2,4]
+//                [--push-only N]
 //
 // Model: synthetic fp16 transformer with the shapes of a 0.5B-class model (Qwen2-0.5B:
 // 24 layers, hidden 896, 2 KV heads of 128, FFN 4864, vocab 151936; ~494M weights,
@@ -11,12 +12,18 @@
 // the default codec options. Models and container are cached in --workdir (made by a
 // child process, so that the peak RSS printed is the serving process's own).
 //
-// Prints: compression time and size; the codec's single-core MergeTensor rate on the
-// same shapes (reference for the workers' rate); for StreamWeights cold (every tensor decoded),
-// cached (every tensor from the merged-tensor cache) and the plain stream: time to the
-// first tensor header, total seconds and GB/s (1 GB = 1e9 bytes of tensor data); peak
-// RSS (getrusage). Every stream is read to the end and byte-counted, not stored. Then
-// cached pulls through DeltaClient::PullWeightsToMemory over 1, 2, 4 parallel
+// Prints, for StreamWeights cold (every tensor decoded; the request sets
+// checksum_after_data as DeltaClient does, so rows stream while they decode), cold
+// without that opt-in (--legacy-cold: an older client), cached (every tensor from the
+// merged-tensor cache) and the plain stream of the same bytes in this run: time to the
+// first tensor header and to the first data bytes, total seconds, GB/s (1 GB = 1e9 bytes
+// of tensor data) and the process's CPU seconds (both ends; cores = CPU / wall). Then
+// the decode workers' CPU time during the cold stream (threads "ds-worker", everything
+// they did: RocksDB reads, page faults, hashing) as GB/s per worker CPU-second beside
+// the codec's single-core MergeTensor over the same tensors in CPU time; cold / plain;
+// peak RSS (getrusage) before and after the cold stream beside the bound base mapping +
+// cache budget + 256 MiB. Every stream is read to the end and byte-counted, not stored.
+// Then cached pulls through DeltaClient::PullWeightsToMemory over 1, 2, 4 parallel
 // tensor-range streams (PullOptions::streams; checked and copied into memory), each
 // beside the first one and the plain stream.
 #include <sys/resource.h>
@@ -180,14 +187,27 @@ class PlainService final : public v1::DeltaService::CallbackService {
   uint32_t chunk_;
 };
 
+// CPU seconds (user + system) of this whole process (server, client and benchmark).
+double ProcessCpuSeconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
+         ru.ru_stime.tv_usec / 1e6;
+}
+
 struct StreamResult {
-  double first_tensor_s = 0, total_s = 0;
+  double cpu_s = 0;  // process CPU seconds during the stream (both ends)
+  double first_tensor_s = 0, first_bytes_s = 0, total_s = 0;
   uint64_t bytes = 0;
   int tensors = 0;
   bool ok = false;
 };
 
-StreamResult ReadStream(const std::string& target, const std::string& task) {
+// Reads a StreamWeights stream to its end, counting bytes. `checksum_after_data`: the
+// request's opt-in (what DeltaClient sends): a tensor still decoding streams its rows at
+// once, its checksum in its last chunk.
+StreamResult ReadStream(const std::string& target, const std::string& task,
+                        bool checksum_after_data = true) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   auto stub = v1::DeltaService::NewStub(
@@ -195,61 +215,88 @@ StreamResult ReadStream(const std::string& target, const std::string& task) {
   grpc::ClientContext ctx;
   v1::StreamWeightsRequest req;
   req.set_task(task);
+  req.set_checksum_after_data(checksum_after_data);
   StreamResult r;
+  const double cpu0 = ProcessCpuSeconds();
   auto t0 = Clock::now();
   auto reader = stub->StreamWeights(&ctx, req);
   v1::StreamWeightsResponse msg;
   while (reader->Read(&msg)) {
     if (msg.has_header() && r.tensors++ == 0) r.first_tensor_s = Seconds(t0, Clock::now());
+    if (msg.has_chunk() && r.bytes == 0) r.first_bytes_s = Seconds(t0, Clock::now());
     if (msg.has_chunk()) r.bytes += msg.chunk().data().size();
   }
   grpc::Status s = reader->Finish();
   r.total_s = Seconds(t0, Clock::now());
+  r.cpu_s = ProcessCpuSeconds() - cpu0;
   r.ok = s.ok();
   if (!s.ok()) std::fprintf(stderr, "stream: %s\n", s.error_message().c_str());
   return r;
 }
 
 void Print(const char* what, const StreamResult& r) {
-  std::printf("%-26s first tensor %8.2f ms   %6.2f s   %6.3f GB/s   (%d tensors, %.3f GB)%s\n",
-              what, r.first_tensor_s * 1e3, r.total_s, r.bytes / r.total_s / 1e9, r.tensors,
-              r.bytes / 1e9, r.ok ? "" : "  FAILED");
+  std::printf(
+      "%-26s first tensor %8.2f ms (first bytes %8.2f ms)   %6.2f s   %6.3f GB/s   CPU %5.2f s "
+      "(%.2f cores)   (%d tensors, %.3f GB)%s\n",
+      what, r.first_tensor_s * 1e3, r.first_bytes_s * 1e3, r.total_s, r.bytes / r.total_s / 1e9,
+      r.cpu_s, r.cpu_s / r.total_s, r.tensors, r.bytes / 1e9, r.ok ? "" : "  FAILED");
+}
+
+// CPU seconds (user + system, /proc/self/task/*/schedstat) of this process's threads
+// named `name` (the server names its decode pool "ds-worker").
+double ThreadsCpuSeconds(const std::string& name) {
+  double ns = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::FILE* f = std::fopen((task.path() / "comm").c_str(), "r");
+    if (f == nullptr) continue;
+    char comm[64] = {};
+    const bool named = std::fgets(comm, sizeof comm, f) != nullptr &&
+                       std::string(comm).substr(0, name.size()) == name;
+    std::fclose(f);
+    if (!named) continue;
+    f = std::fopen((task.path() / "schedstat").c_str(), "r");
+    if (f == nullptr) continue;
+    unsigned long long run = 0;
+    if (std::fscanf(f, "%llu", &run) == 1) ns += static_cast<double>(run);
+    std::fclose(f);
+  }
+  return ns / 1e9;
+}
+
+double ThreadCpuSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 // The codec's own single-core rate on this model's shapes, in this run: MergeTensor of
-// the DCT-coded tensors of the first `layers` layers, serially on the calling thread,
-// into one reused buffer (its pages faulted once). Returns merged bytes per second.
-double SingleCoreMergeRate(const std::string& dir, int layers) {
+// every record of the task (the same tensors the cold stream decodes, the 151936 x 896
+// embedding included), serially on the calling thread, into one reused buffer whose
+// pages are faulted first, hashing nothing. Returns merged bytes per second of this
+// thread's CPU time (a busy machine steals wall time, not CPU time).
+double SingleCoreMergeRate(const std::string& dir) {
   auto base = codec::ModelReader::Open(dir + "/base.safetensors");
   auto container = codec::MappedContainer::Open(dir + "/task.dds");
   if (!base.ok() || !container.ok()) return 0;
   const codec::ContainerReader& reader = (*container)->reader();
   std::vector<codec::TensorRecord> records;
+  size_t largest = 0;
   for (size_t i = 0; i < reader.num_records(); ++i) {
     auto rec = reader.record(i);
     if (!rec.ok()) return 0;
-    if (rec->encoding != codec::Encoding::kDct ||
-        rec->info.name.find("layers.") == std::string::npos)
-      continue;
-    const std::string& n = rec->info.name;
-    int layer = std::atoi(n.c_str() + n.find("layers.") + 7);
-    if (layer < layers) records.push_back(*rec);
+    largest = std::max<size_t>(largest, codec::MergedBytes(*rec, rec->info.dtype));
+    records.push_back(*std::move(rec));
   }
-  std::vector<uint8_t> out;
+  std::vector<uint8_t> out(largest, 1);  // faulted once, outside the timing
   uint64_t bytes = 0;
-  for (const auto& rec : records) {  // warm-up: fault the output buffer and base pages
-    out.resize(std::max<size_t>(out.size(), codec::MergedBytes(rec, rec.info.dtype)));
-    (void)codec::MergeTensor(base->get(), rec, rec.info.dtype,
-                             absl::MakeSpan(out.data(), codec::MergedBytes(rec, rec.info.dtype)));
-  }
-  auto t0 = Clock::now();
+  const double t0 = ThreadCpuSeconds();
   for (const auto& rec : records) {
     const size_t n = codec::MergedBytes(rec, rec.info.dtype);
     if (!codec::MergeTensor(base->get(), rec, rec.info.dtype, absl::MakeSpan(out.data(), n)).ok())
       return 0;
     bytes += n;
   }
-  return bytes / Seconds(t0, Clock::now());
+  return bytes / (ThreadCpuSeconds() - t0);
 }
 
 double PeakRssMb() {
@@ -283,6 +330,12 @@ int main(int argc, char** argv) {
   int push_only = 0;
   app.add_option("--push-only", push_only,
                  "after the first push, push the container this many more times and stop");
+  uint64_t cache_mb = 3072;
+  app.add_option("--cache-mb", cache_mb, "merged-tensor cache budget (MiB)")->capture_default_str();
+  bool legacy_cold = false;
+  app.add_flag("--legacy-cold", legacy_cold,
+               "also stream a second copy of the task cold without checksum_after_data (an "
+               "older client: each header waits for its whole tensor)");
   bool cold_only = false;
   app.add_flag("--cold-only", cold_only,
                "stop after the cold stream (to profile it alone, e.g. under perf record)");
@@ -315,7 +368,8 @@ int main(int argc, char** argv) {
   o.workers = workers;
   o.prefetch_tensors = prefetch;
   o.chunk_bytes = chunk;
-  o.cache_bytes = 3ull << 30;
+  o.cache_bytes = cache_mb << 20;
+  const double rss_bound_mb = std::filesystem::file_size(o.base_path) / 1048576.0 + cache_mb + 256;
   o.store.sync_writes = false;
   auto t0 = Clock::now();
   auto srv = server::Server::Start(o);
@@ -356,10 +410,18 @@ int main(int argc, char** argv) {
                 seconds, push_only * pushed->container_bytes() / seconds / 1e6);
     return 0;
   }
+  const double rss_before_cold = PeakRssMb();
+  const double worker_cpu_before = ThreadsCpuSeconds("ds-worker");
   StreamResult cold = ReadStream(target, "bench");
+  const double worker_cpu = ThreadsCpuSeconds("ds-worker") - worker_cpu_before;
   if (cold_only) {
     Print("StreamWeights cold", cold);
-    std::printf("peak RSS: %.0f MB after the cold stream\n", PeakRssMb());
+    std::printf(
+        "peak RSS: %.0f MB before the cold stream, %.0f MB after it; bound base mapping + "
+        "cache budget + 256 MiB = %.0f MB\n",
+        rss_before_cold, PeakRssMb(), rss_bound_mb);
+    std::printf("decode workers (cold): %.2f s CPU = %.3f GB/s per worker CPU-second\n", worker_cpu,
+                cold.bytes / worker_cpu / 1e9);
     return cold.ok ? 0 : 1;
   }
   double rss_after_cold = PeakRssMb();
@@ -370,6 +432,13 @@ int main(int argc, char** argv) {
     const std::string key = "deltaserve_decode_seconds_sum ";
     size_t at = text.find(key);
     if (at != std::string::npos) decode_sum = std::stod(text.substr(at + key.size()));
+  }
+  StreamResult cold_legacy;
+  if (legacy_cold) {
+    // The same task under another name: cold again, for a client without the opt-in.
+    auto p = (*cl)->PushDeltaFile("bench-legacy", dir + "/task.dds");
+    if (!p.ok()) return 1;
+    cold_legacy = ReadStream(target, "bench-legacy", /*checksum_after_data=*/false);
   }
   StreamResult cached = ReadStream(target, "bench");
 
@@ -410,6 +479,7 @@ int main(int argc, char** argv) {
   std::printf("\nworkers=%d prefetch=%d chunk=%u bytes, loopback, %u hardware threads\n", workers,
               prefetch, chunk, std::thread::hardware_concurrency());
   Print("StreamWeights cold", cold);
+  if (legacy_cold) Print("cold, no checksum_after_data", cold_legacy);
   Print("StreamWeights cached", cached);
   Print("plain gRPC stream", base);
   for (const auto& [n, st] : pulls) {
@@ -421,19 +491,25 @@ int main(int argc, char** argv) {
         n, st.first_tensor_seconds * 1e3, st.seconds, rate / 1e9, rate / (one.bytes / one.seconds),
         pulls.front().first, 100.0 * rate / (base.bytes / base.total_s));
   }
-  const double single_core = SingleCoreMergeRate(dir, 4);
+  const double single_core = SingleCoreMergeRate(dir);
+  const double worker_rate = cold.bytes / worker_cpu;
   std::printf(
-      "decode+merge+hash worker time (cold): %.2f s summed over tensors = %.3f GB/s per "
-      "worker = %.0f%% of the codec's single-core MergeTensor in this run (%.3f GB/s, "
-      "%.0f M weights/s, layers 0-3)\n",
-      decode_sum, cold.bytes / decode_sum / 1e9, 100.0 * (cold.bytes / decode_sum) / single_core,
-      single_core / 1e9, single_core / 2e6);
+      "decode workers (cold): %.2f s CPU (ds-worker threads, all they did) = %.3f GB/s per "
+      "worker CPU-second = %.0f%% of the codec's single-core MergeTensor on the same tensors "
+      "in this run (%.3f GB/s of CPU time, %.0f M weights/s)\n",
+      worker_cpu, worker_rate / 1e9, 100.0 * worker_rate / single_core, single_core / 1e9,
+      single_core / 2e6);
+  std::printf(
+      "decode+merge+hash wall time summed over tensors (deltaserve_decode_seconds): %.2f s = "
+      "%.3f GB/s per worker\n",
+      decode_sum, cold.bytes / decode_sum / 1e9);
   std::printf("cold / plain = %.0f%%   cached / plain = %.0f%%\n",
               100.0 * (cold.bytes / cold.total_s) / (base.bytes / base.total_s),
               100.0 * (cached.bytes / cached.total_s) / (base.bytes / base.total_s));
   std::printf(
-      "peak RSS: %.0f MB after the cold stream (base mmap + cache), %.0f MB at the "
-      "end (+ in-memory copy for the plain baseline)\n",
-      rss_after_cold, PeakRssMb());
+      "peak RSS: %.0f MB before the cold stream, %.0f MB after it; bound base mapping + cache "
+      "budget + 256 MiB = %.0f MB; %.0f MB at the end (+ in-memory copy for the plain "
+      "baseline)\n",
+      rss_before_cold, rss_after_cold, rss_bound_mb, PeakRssMb());
   return 0;
 }

@@ -126,6 +126,22 @@ TEST_F(PullRangesTest, ARangeDroppedMidTensorResumesAtThatTensor) {
     EXPECT_EQ(model.tensors[i].data, service_.tensors[i].data);
   }
   EXPECT_EQ(model.metadata, service_.metadata);
+
+  // A drop inside a tensor whose checksum was to follow its data (checksum_after_data,
+  // as a cold server streams it): its rows already received are dropped, and the retry
+  // fetches that tensor again, from its start, to the same file bytes.
+  {
+    std::lock_guard<std::mutex> lock(service_.mu);
+    service_.streams.clear();
+  }
+  service_.checksum_follows = true;
+  service_.unavailable_once_at = 3;
+  ASSERT_OK_AND_ASSIGN(stats, client_->PullWeights("chat", tmp_.File("f.safetensors"), options));
+  EXPECT_EQ(stats.resumed, 1u);
+  EXPECT_EQ(ReadFile(tmp_.File("f.safetensors")), ReadFile(tmp_.File("expected.safetensors")));
+  EXPECT_THAT(Requests(), ElementsAre(Pair(0u, 2u), Pair(2u, 4u), Pair(3u, 4u)));
+  std::lock_guard<std::mutex> lock(service_.mu);
+  for (const v1::StreamWeightsRequest& r : service_.streams) EXPECT_TRUE(r.checksum_after_data());
 }
 
 TEST_F(PullRangesTest, WithoutRetriesTheDropIsTheError) {

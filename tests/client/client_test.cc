@@ -122,6 +122,31 @@ TEST_F(ClientTest, CorruptStreamsAreDataLossAndLeaveNoFile) {
               StatusIs(absl::StatusCode::kInternal, HasSubstr("decoder exploded")));
 }
 
+// A server that streams a tensor before its checksum (checksum_follows, the client's
+// checksum_after_data opt-in): the same tensors, every checksum still verified.
+TEST_F(ClientTest, ChecksumsInTheLastChunkAreVerified) {
+  ASSERT_OK_AND_ASSIGN(client::PulledModel plain, client_->PullWeightsToMemory("chat"));
+  EXPECT_TRUE(service_.last_stream.checksum_after_data());
+  service_.checksum_follows = true;
+  ASSERT_OK_AND_ASSIGN(client::PulledModel late, client_->PullWeightsToMemory("chat"));
+  ASSERT_EQ(late.tensors.size(), plain.tensors.size());
+  for (size_t i = 0; i < plain.tensors.size(); ++i) {
+    EXPECT_EQ(late.tensors[i].data, plain.tensors[i].data);
+  }
+  struct Case {
+    Fault fault;
+    const char* message;
+  };
+  for (const Case& c :
+       {Case{Fault::kBadChecksum, "tensor 'b.weight' checksum mismatch (XXH3-64 "},
+        Case{Fault::kNoTrailingChecksum, "lacks the tensor checksum (checksum_follows: yes)"}}) {
+    service_.fault = c.fault;
+    EXPECT_THAT(client_->PullWeights("chat", Path("bad.safetensors")),
+                StatusIs(absl::StatusCode::kDataLoss, HasSubstr(c.message)));
+    EXPECT_FALSE(std::filesystem::exists(Path("bad.safetensors")));
+  }
+}
+
 TEST_F(ClientTest, ServerErrorsKeepTheirCode) {
   EXPECT_THAT(client_->GetTask("missing"),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("GetTask 'missing'")));

@@ -33,7 +33,16 @@ inline std::vector<uint8_t> ReadFile(const std::string& path) {
 namespace deltaserve::client::testing {
 
 // What the fake server should get wrong.
-enum class Fault { kNone, kBadChecksum, kGap, kNoEnd, kWrongTotal, kAbortMidway };
+// kNoTrailingChecksum: with checksum_follows, the last chunk lacks tensor_xxh3_64.
+enum class Fault {
+  kNone,
+  kBadChecksum,
+  kGap,
+  kNoEnd,
+  kWrongTotal,
+  kAbortMidway,
+  kNoTrailingChecksum
+};
 
 // A DeltaService serving fixed tensors and one container, with injectable faults.
 class FakeService final : public v1::DeltaService::Service {
@@ -44,6 +53,9 @@ class FakeService final : public v1::DeltaService::Service {
   std::vector<uint8_t> container;
   Fault fault = Fault::kNone;
   size_t chunk = 7;  // odd, small: many chunks per tensor
+  // Answer a request with checksum_after_data as a cold server does: every non-empty
+  // tensor's header has checksum_follows, its XXH3-64 rides on its last chunk.
+  bool checksum_follows = false;
   // Tensor ranges (parallel pulls): the first StreamWeights call that reaches the tensor
   // at this container index sends its header and one chunk, then fails UNAVAILABLE
   // (a dropped connection); later calls serve it. -1: never.
@@ -151,7 +163,11 @@ class FakeService final : public v1::DeltaService::Service {
       h->set_dtype(proto::ToProtoDType(t.info.dtype));
       for (int64_t d : t.info.shape) h->add_shape(d);
       h->set_byte_length(t.data.size());
-      h->set_xxh3_64(XXH3_64bits(t.data.data(), t.data.size()) + (fault == Fault::kBadChecksum));
+      const uint64_t hash =
+          XXH3_64bits(t.data.data(), t.data.size()) + (fault == Fault::kBadChecksum);
+      const bool follows = checksum_follows && req->checksum_after_data() && !t.data.empty();
+      h->set_checksum_follows(follows);
+      if (!follows) h->set_xxh3_64(hash);
       h->set_index(static_cast<uint32_t>(i));
       writer->Write(msg);
       for (size_t off = 0; off < t.data.size(); off += chunk) {
@@ -167,6 +183,9 @@ class FakeService final : public v1::DeltaService::Service {
         const size_t n = std::min(chunk, t.data.size() - off);
         msg.mutable_chunk()->set_data(t.data.data() + off, n);
         msg.mutable_chunk()->set_offset(off);
+        if (follows && off + n == t.data.size() && fault != Fault::kNoTrailingChecksum) {
+          msg.mutable_chunk()->set_tensor_xxh3_64(hash);
+        }
         if (!writer->Write(msg)) return grpc::Status::CANCELLED;
       }
     }

@@ -1,5 +1,7 @@
 #include "server/internal/stream_plan.h"
 
+#include <xxhash.h>
+
 #include <memory>
 #include <string>
 #include <utility>
@@ -193,6 +195,60 @@ TEST(StreamCursorTest, PositionAdvancesAfterTheLastChunkOfATensor) {
   cursor.Next(nullptr, &msg);
   EXPECT_TRUE(msg.has_end());
   EXPECT_TRUE(cursor.done());
+}
+
+// checksum_after_data: a tensor still filling gets checksum_follows, each chunk waits
+// only for its own bytes, and the last chunk (which waits for the end) carries the
+// checksum. An old-style cursor waits for the whole tensor before its header.
+TEST(StreamCursorTest, AFillingTensorStreamsItsRowsAndItsChecksumFollows) {
+  std::shared_ptr<MergedTensor> t = Tensor(5, "a", 10);
+  t->fill = std::make_unique<TensorFill>(t->data.data(), t->data.size());
+  StreamCursor legacy(1, /*chunk_bytes=*/4);
+  EXPECT_EQ(legacy.NextNeeds(*t).bytes, 10u);
+  EXPECT_TRUE(legacy.NextNeeds(*t).done);
+
+  StreamCursor cursor(1, /*chunk_bytes=*/4, /*checksum_after_data=*/true);
+  EXPECT_EQ(cursor.NextNeeds(*t).bytes, 0u);
+  EXPECT_FALSE(cursor.NextNeeds(*t).done);
+  v1::StreamWeightsResponse msg;
+  cursor.Next(t.get(), &msg);
+  ASSERT_TRUE(msg.has_header());
+  EXPECT_TRUE(msg.header().checksum_follows());
+  EXPECT_EQ(msg.header().xxh3_64(), 0u);
+  EXPECT_EQ(cursor.NextNeeds(*t).bytes, 4u);
+  EXPECT_FALSE(cursor.NextNeeds(*t).done);
+  t->fill->Publish(0, 8);
+  EXPECT_EQ(cursor.Next(t.get(), &msg), 4u);
+  EXPECT_FALSE(msg.chunk().has_tensor_xxh3_64());
+  EXPECT_EQ(cursor.Next(t.get(), &msg), 4u);
+  EXPECT_FALSE(msg.chunk().has_tensor_xxh3_64());
+  EXPECT_EQ(cursor.NextNeeds(*t).bytes, 10u);
+  EXPECT_TRUE(cursor.NextNeeds(*t).done);  // the last chunk carries the checksum
+  t->fill->Publish(8, 10);
+  t->xxh3_64 = *t->fill->Digest();
+  t->fill->Finish(absl::OkStatus());
+  EXPECT_EQ(cursor.Next(t.get(), &msg), 2u);
+  ASSERT_TRUE(msg.chunk().has_tensor_xxh3_64());
+  EXPECT_EQ(msg.chunk().tensor_xxh3_64(), XXH3_64bits(t->data.data(), 10));
+  EXPECT_EQ(cursor.position(), 1u);
+}
+
+TEST(StreamCursorTest, CompleteAndEmptyTensorsKeepTheirChecksumInTheHeader) {
+  std::vector<std::shared_ptr<MergedTensor>> ts = {Tensor(3, "a", 10), Tensor(7, "b", 0)};
+  ts[1]->fill = std::make_unique<TensorFill>(ts[1]->data.data(), 0);
+  StreamCursor cursor(ts.size(), /*chunk_bytes=*/4, /*checksum_after_data=*/true);
+  EXPECT_EQ(cursor.NextNeeds(*ts[0]).bytes, 0u);
+  v1::StreamWeightsResponse msg;
+  cursor.Next(ts[0].get(), &msg);  // complete (no fill): checksum in the header
+  EXPECT_FALSE(msg.header().checksum_follows());
+  EXPECT_EQ(msg.header().xxh3_64(), 0x1234u + 3);
+  for (int i = 0; i < 3; ++i) {
+    cursor.Next(ts[0].get(), &msg);
+    EXPECT_FALSE(msg.chunk().has_tensor_xxh3_64());
+  }
+  // An empty tensor is all header, so it waits for its end even with the opt-in.
+  EXPECT_EQ(cursor.NextNeeds(*ts[1]).bytes, 0u);
+  EXPECT_TRUE(cursor.NextNeeds(*ts[1]).done);
 }
 
 TEST(StreamCursorTest, EmptyPlanIsJustTheEnd) {

@@ -1,5 +1,7 @@
 #include "server/internal/tensor_cache.h"
 
+#include <xxhash.h>
+
 #include <atomic>
 #include <thread>
 
@@ -121,6 +123,63 @@ TEST(ThreadPoolTest, RunsEverythingQueuedBeforeShutdownAndInlineAfter) {
   EXPECT_EQ(ran.load(), 100);
   pool.Schedule([&] { ++ran; });
   EXPECT_EQ(ran.load(), 101);
+}
+
+// TensorFill: ranges published out of order grow the ready prefix only when contiguous,
+// and the digest is the XXH3-64 of the whole buffer.
+TEST(TensorFillTest, ReadyPrefixGrowsInOrderAndDigestIsTheBufferHash) {
+  std::vector<uint8_t> data(1000);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7 + 3);
+  TensorFill fill(data.data(), data.size());
+  EXPECT_THAT(fill.Digest().status(), StatusIs(absl::StatusCode::kFailedPrecondition));
+  fill.Publish(600, 1000);
+  EXPECT_EQ(fill.ready(), 0u);
+  fill.Publish(0, 250);
+  EXPECT_EQ(fill.ready(), 250u);
+  fill.Publish(250, 600);
+  EXPECT_EQ(fill.ready(), 1000u);
+  absl::StatusOr<uint64_t> digest = fill.Digest();
+  ASSERT_TRUE(digest.ok());
+  EXPECT_EQ(*digest, XXH3_64bits(data.data(), data.size()));
+  EXPECT_FALSE(fill.done());
+  fill.Finish(absl::OkStatus());
+  EXPECT_TRUE(fill.done());
+  EXPECT_TRUE(fill.status().ok());
+}
+
+TEST(TensorFillTest, WaitersWakeOnceTheirBytesOrTheEndArrive) {
+  std::vector<uint8_t> data(100, 1);
+  TensorFill fill(data.data(), data.size());
+  int bytes_woken = 0, done_woken = 0;
+  EXPECT_TRUE(fill.ReadyOr(0, false, [] {}));
+  EXPECT_FALSE(fill.ReadyOr(40, false, [&] { ++bytes_woken; }));
+  EXPECT_FALSE(fill.ReadyOr(100, true, [&] { ++done_woken; }));
+  fill.Publish(0, 30);
+  EXPECT_EQ(bytes_woken, 0);
+  fill.Publish(30, 50);
+  EXPECT_EQ(bytes_woken, 1);  // 50 >= 40
+  fill.Publish(50, 100);
+  EXPECT_EQ(bytes_woken, 1);  // once only
+  EXPECT_EQ(done_woken, 0);   // every byte, but not done yet
+  EXPECT_FALSE(fill.ReadyOr(100, true, [&] { ++done_woken; }));
+  fill.Finish(absl::OkStatus());
+  EXPECT_EQ(done_woken, 2);
+  EXPECT_TRUE(fill.ReadyOr(100, true, [] {}));
+}
+
+TEST(TensorFillTest, AFailedDecodeWakesWaitersWithItsError) {
+  std::vector<uint8_t> data(100);
+  TensorFill fill(data.data(), data.size());
+  int woken = 0;
+  EXPECT_FALSE(fill.ReadyOr(60, false, [&] { ++woken; }));
+  fill.Publish(0, 10);
+  fill.Finish(absl::DataLossError("patch block 3: bad"));
+  EXPECT_EQ(woken, 1);
+  EXPECT_THAT(fill.status(), StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_TRUE(fill.ReadyOr(60, false, [] {}));  // no waiting on a failed fill
+  fill.Finish(absl::OkStatus());                // the first status stays
+  EXPECT_THAT(fill.status(), StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_EQ(fill.ready(), 10u);
 }
 
 }  // namespace
