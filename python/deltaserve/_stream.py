@@ -4,7 +4,11 @@ connection. Mirrors the C++ client's WeightsStreamChecker (client/client_pull.cc
 A stream is `begin`, then per tensor a `header` and `chunk`s carrying exactly
 header.byte_length bytes at increasing offsets, then `end` (proto/deltaserve/v1/
 delta_service.proto). Every tensor's bytes are hashed with XXH3-64 (seed 0) as they
-arrive and compared with header.xxh3_64 before the tensor is handed on.
+arrive and compared with the tensor's checksum before the tensor is handed on.
+
+The request sets checksum_after_data: a tensor the server is still decoding (a cold
+task) then starts streaming at once, its header has checksum_follows and no checksum,
+and its last chunk carries tensor_xxh3_64. Other tensors keep the checksum in the header.
 """
 import time
 
@@ -109,6 +113,7 @@ def verified_tensors(client, label, request, alloc, stats):
         req.CopyFrom(request)
         if next_index is not None:
             req.resume_from_index = next_index
+        req.checksum_after_data = True
         timeout = None if deadline is None else deadline - time.monotonic()
         if timeout is not None and timeout <= 0:
             raise DeltaserveError(grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -118,7 +123,7 @@ def verified_tensors(client, label, request, alloc, stats):
             response_deserializer=None)  # raw bytes: chunks are read by chunk_view
         call = raw_call(req, timeout=timeout, metadata=client._metadata)
         began = ended = False
-        header = buf = hasher = None
+        header = buf = hasher = expected = None
         received = 0
         got_tensors = got_bytes = 0
         begin = None
@@ -136,6 +141,15 @@ def verified_tensors(client, label, request, alloc, stats):
                     kind = msg.WhichOneof("msg")
                     if kind == "chunk":
                         offset, data = msg.chunk.offset, msg.chunk.data
+                        if msg.chunk.HasField("tensor_xxh3_64"):
+                            # Only on the last chunk of a tensor whose header said so.
+                            if header is None or not header.checksum_follows or (
+                                    offset + len(data) != header.byte_length):
+                                where = "outside a tensor" if header is None else (
+                                    f"in tensor '{header.name}'")
+                                raise data_loss(label, "malformed stream: a chunk checksum "
+                                                f"{where} that is not its announced last chunk")
+                            expected = msg.chunk.tensor_xxh3_64
                 if kind == "chunk":
                     n = len(data)
                     if header is None:
@@ -166,9 +180,13 @@ def verified_tensors(client, label, request, alloc, stats):
                                         f"{list(header.shape)}")
                     if stats.tensors == 0 and stats.first_tensor_seconds == 0.0:
                         stats.first_tensor_seconds = time.monotonic() - start
+                    if header.checksum_follows and header.byte_length == 0:
+                        raise data_loss(label, f"malformed stream: empty tensor "
+                                        f"'{header.name}' announces a checksum to follow")
                     buf = alloc(header)
                     hasher = xxhash.xxh3_64()
                     received = 0
+                    expected = None if header.checksum_follows else header.xxh3_64
                 elif kind == "begin":
                     if began:
                         raise data_loss(label, "malformed stream: second begin message")
@@ -199,12 +217,16 @@ def verified_tensors(client, label, request, alloc, stats):
                     raise data_loss(label, "malformed stream: empty message")
                 # After a header or a chunk: is the tensor complete?
                 if received == header.byte_length:
+                    if expected is None:
+                        raise data_loss(label, f"malformed stream: tensor '{header.name}' "
+                                        "ended without the checksum its header announced")
                     got = hasher.intdigest()
-                    if got != header.xxh3_64:
+                    if got != expected:
+                        source = "last chunk" if header.checksum_follows else "header"
                         raise data_loss(label, f"tensor '{header.name}' checksum mismatch "
-                                        f"(XXH3-64 {got}, header says {header.xxh3_64})")
+                                        f"(XXH3-64 {got}, {source} says {expected})")
                     done, done_buf = header, buf
-                    header = buf = hasher = None
+                    header = buf = hasher = expected = None
                     got_tensors += 1
                     got_bytes += received
                     stats.tensors += 1

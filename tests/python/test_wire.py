@@ -29,3 +29,88 @@ others = [pb.StreamWeightsResponse(begin=pb.StreamBegin(num_tensors=2)).Serializ
 for raw in others:
     d.check(chunk_view(raw) is None, f"{raw[:16]!r}: must be left to protobuf")
 d.log("PASS: chunk_view == protobuf on chunks; everything else goes to protobuf")
+
+# The opt-in checksum_after_data (a cold tensor streams before its checksum is known):
+# verified_tensors asks for it, takes the checksum from the last chunk when the header
+# says checksum_follows, and refuses a wrong, missing or misplaced chunk checksum.
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import xxhash  # noqa: E402
+
+from deltaserve._stream import StreamStats, verified_tensors  # noqa: E402
+from deltaserve.errors import DeltaserveError  # noqa: E402
+
+
+class _Call(list):
+    def cancel(self):
+        pass
+
+
+class _FakeClient:
+    """Enough of deltaserve.Client for verified_tensors: one canned stream per call."""
+    stream_timeout = None
+    retries = 0
+    _metadata = ()
+
+    def __init__(self, messages):
+        self.requests = []
+        outer = self
+
+        class Channel:
+            def unary_stream(self, method, request_serializer, response_deserializer):
+                def call(req, timeout, metadata):
+                    outer.requests.append(req)
+                    return _Call(m.SerializeToString() for m in messages)
+                return call
+        self._channel = Channel()
+
+
+payload = bytes(range(256)) * 3  # 768 bytes: a [384] F16 tensor
+digest = xxhash.xxh3_64_intdigest(payload)
+
+
+def stream(follows, last_checksum, header_checksum=0, extra_chunk_checksum=None):
+    task = pb.TaskInfo(tenant="t", name="x")
+    h = pb.TensorHeader(name="w", dtype=pb.DTYPE_F16, shape=[384], byte_length=768,
+                        xxh3_64=header_checksum, index=0, checksum_follows=follows)
+    first = pb.TensorChunk(data=payload[:500], offset=0)
+    if extra_chunk_checksum is not None:
+        first.tensor_xxh3_64 = extra_chunk_checksum
+    last = pb.TensorChunk(data=payload[500:], offset=500)
+    if last_checksum is not None:
+        last.tensor_xxh3_64 = last_checksum
+    return [pb.StreamWeightsResponse(begin=pb.StreamBegin(task=task, num_tensors=1, total_bytes=768)),
+            pb.StreamWeightsResponse(header=h), pb.StreamWeightsResponse(chunk=first),
+            pb.StreamWeightsResponse(chunk=last),
+            pb.StreamWeightsResponse(end=pb.StreamEnd(num_tensors=1, total_bytes=768))]
+
+
+def read(messages):
+    client = _FakeClient(messages)
+    got = list(verified_tensors(client, "test", pb.StreamWeightsRequest(task=b"x"),
+                                lambda h: np.empty(h.byte_length, np.uint8), StreamStats()))
+    return client, got
+
+
+d.check(chunk_view(pb.StreamWeightsResponse(chunk=pb.TensorChunk(
+    data=b"abc", offset=1, tensor_xxh3_64=7)).SerializeToString()) is None,
+    "a chunk carrying tensor_xxh3_64 must go through protobuf")
+client, got = read(stream(True, digest))
+d.check(client.requests[0].checksum_after_data, "the request must opt in to checksum_after_data")
+d.check(len(got) == 1 and bytes(got[0][1]) == payload, "checksum in the last chunk: tensor not read")
+client, got = read(stream(False, None, header_checksum=digest))
+d.check(len(got) == 1 and bytes(got[0][1]) == payload, "checksum in the header: tensor not read")
+for case, messages, want in (
+        ("wrong chunk checksum", stream(True, digest ^ 1), "tensor 'w' checksum mismatch"),
+        ("missing chunk checksum", stream(True, None), "ended without the checksum"),
+        ("chunk checksum without checksum_follows", stream(False, digest, header_checksum=digest),
+         "not its announced last chunk"),
+        ("chunk checksum before the last chunk", stream(True, digest, extra_chunk_checksum=digest),
+         "not its announced last chunk")):
+    try:
+        read(messages)
+        d.check(False, f"{case}: accepted")
+    except DeltaserveError as e:
+        d.check(e.code == grpc.StatusCode.DATA_LOSS and want in e.message,
+                f"{case}: got {e.code} {e.message!r}, want DATA_LOSS with {want!r}")
+d.log("PASS: checksums in the last chunk are verified; misplaced or missing ones are DATA_LOSS")
