@@ -4,6 +4,7 @@
 //   stream_bench [--workdir DIR] [--layers 24] [--hidden 896] [--ffn 4864]
 //                [--vocab 151936] [--workers 2] [--prefetch 1] [--chunk-bytes 1048576]
 //                [--cold-only] [--pull-streams 1,2,4] [--push-only N]
+//                [--ingest-min-bytes N]
 //
 // Model: synthetic fp16 transformer with the shapes of a 0.5B-class model (Qwen2-0.5B:
 // 24 layers, hidden 896, 2 KV heads of 128, FFN 4864, vocab 151936; ~494M weights,
@@ -283,6 +284,12 @@ int main(int argc, char** argv) {
   int push_only = 0;
   app.add_option("--push-only", push_only,
                  "after the first push, push the container this many more times and stop");
+  uint64_t ingest_min_bytes = storage::StoreOptions().ingest_min_bytes;
+  app.add_option("--ingest-min-bytes", ingest_min_bytes,
+                 "StoreOptions::ingest_min_bytes of the server's store (commits of at least "
+                 "this many bytes are ingested as table files; larger than the container: "
+                 "through the write-ahead log)")
+      ->capture_default_str();
   bool cold_only = false;
   app.add_flag("--cold-only", cold_only,
                "stop after the cold stream (to profile it alone, e.g. under perf record)");
@@ -317,6 +324,7 @@ int main(int argc, char** argv) {
   o.chunk_bytes = chunk;
   o.cache_bytes = 3ull << 30;
   o.store.sync_writes = false;
+  o.store.ingest_min_bytes = ingest_min_bytes;
   auto t0 = Clock::now();
   auto srv = server::Server::Start(o);
   if (!srv.ok()) {
