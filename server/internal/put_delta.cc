@@ -29,9 +29,9 @@
 #include <algorithm>
 #include <memory>
 #include <optional>
-#include <utility>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -71,10 +71,14 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     if (!ok) {
       // End of the client's stream (or a broken call): verify and commit on the pool.
       if (!have_metadata_) return Finish(absl::InvalidArgumentError("PutDelta: empty stream"));
-      absl::MutexLock lock(&mu_);
-      ended_ = true;
-      // Else the staging job commits when it is done.
-      if (!staging_) ctx_->pool->Schedule([this] { Commit(); });
+      bool commit_now = false;
+      {
+        absl::MutexLock lock(&mu_);
+        ended_ = true;
+        commit_now = !staging_;  // else the staging job commits when it is done
+      }
+      // Outside the lock: Commit may finish the call and delete this reactor.
+      if (commit_now) ctx_->pool->Schedule([this] { Commit(); });
       return;
     }
     if (!have_metadata_) {
