@@ -331,6 +331,8 @@ class DeltaStore {
   // ResourceExhausted if the store is read-only; Unavailable-style I/O errors.
   absl::StatusOr<std::unique_ptr<StagedRecords>> StageRecords(std::string_view tenant,
                                                               std::string_view task);
+  // The options the store was opened with (e.g. ingest_min_bytes, to decide whether
+  // to StageRecords).
   const StoreOptions& options() const { return options_; }
   // Would a commit of `total_bytes` (container plus side files, TaskInfo::StoredBytes)
   // as (tenant, task) pass? The same checks
