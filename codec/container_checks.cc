@@ -130,6 +130,7 @@ absl::Status ContainerUploadScanner::Feed(absl::Span<const uint8_t> prefix) {
       stopped_ = true;  // a lying length: Parse reports it
       break;
     }
+    spans_.emplace_back(next_, len);
     next_ += len;
   }
   return absl::OkStatus();

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
@@ -46,13 +48,22 @@ absl::Status CheckContainerStorable(const ContainerReader& reader);
 // framing as far as it reaches: InvalidArgument (CheckRecordStorable's) for a record
 // above the limit. Framing it cannot make sense of is left to ContainerReader::Parse
 // (Feed stops walking and returns OK). Not thread-safe.
+//
+// It also tells where the records it walked lie (record_spans), so that a receiver can
+// handle each record as soon as it is complete (PutDelta stages them for storage); a
+// span is what ContainerReader::record_bytes will hold if the container parses.
 class ContainerUploadScanner {
  public:
   absl::Status Feed(absl::Span<const uint8_t> prefix);
 
+  // Offset and length of each record walked so far, in order (a record may not have
+  // arrived whole yet: compare offset + length with the prefix size).
+  const std::vector<std::pair<uint64_t, uint64_t>>& record_spans() const { return spans_; }
+
  private:
   uint64_t next_ = 0;  // offset of the next record; 0 until the header length is known
   bool stopped_ = false;
+  std::vector<std::pair<uint64_t, uint64_t>> spans_;
 };
 
 }  // namespace deltaserve::codec

@@ -18,7 +18,9 @@
 //   records  "f/<tenant>/<task>/<name>"    -> the bytes of side file <name>
 //                                            (storage/side_files.h; names hold no '/')
 // A task exists iff its meta key exists; its header, records and side files are written
-// and deleted in the same WriteBatch as the meta.
+// and deleted in the same WriteBatch as the meta, or (a commit of at least
+// StoreOptions::ingest_min_bytes) in table files ingested in one IngestExternalFiles call
+// with the meta's (storage/internal/ingest.h; staged under <db>/ingest, not keys).
 //
 // Task meta value, version 1 or 2 (integers little-endian; str = u32 length + bytes):
 //   "DSTM"  magic, 4 bytes

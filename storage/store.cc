@@ -1,6 +1,7 @@
 #include "storage/store.h"
 
 #include <array>
+#include <atomic>
 #include <filesystem>
 #include <functional>
 #include <set>
@@ -23,6 +24,7 @@
 #include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
 #include "storage/internal/disk_space.h"
+#include "storage/internal/ingest.h"
 #include "storage/internal/spare_fds.h"
 #include "storage/internal/status.h"
 #include "storage/internal/strings.h"
@@ -244,6 +246,10 @@ struct DeltaStore::Handles {
   // The database's Env over a file system with spare descriptors
   // (internal/spare_fds.h); outlives `db` (closed in the destructor's body).
   std::unique_ptr<rocksdb::Env> env;
+  // Both column families with their options, for table files written to be ingested
+  // (internal/ingest.h), and the number of the next staged file.
+  std::vector<IngestFamily> families;
+  std::atomic<uint64_t> next_ingest_file{0};
 
   absl::Mutex& MutexFor(std::string_view tenant) {
     return tenant_mu[std::hash<std::string_view>()(tenant) % kTenantStripes];
@@ -347,6 +353,9 @@ absl::StatusOr<std::unique_ptr<DeltaStore>> DeltaStore::Open(const StoreOptions&
   DS_RETURN_IF_ERROR(FromRocksStatus(s, absl::StrCat("opening store ", options.path)));
   handles->meta_cf = cfs[0];
   handles->records_cf = cfs[1];
+  handles->families = {{handles->meta_cf, rocksdb::Options(db_options, meta_options)},
+                       {handles->records_cf, rocksdb::Options(db_options, records_options)}};
+  if (!handles->read_only) DS_RETURN_IF_ERROR(ClearStagingDir(options.path));
   return std::unique_ptr<DeltaStore>(new DeltaStore(std::move(handles), options));
 }
 
@@ -374,10 +383,10 @@ absl::StatusOr<TenantUsage> DeltaStore::ReadUsage(std::string_view tenant) const
 absl::StatusOr<TaskInfo> DeltaStore::CommitTask(std::string_view tenant, std::string_view task,
                                                 const codec::ContainerReader& container,
                                                 const CommitOptions& options,
-                                                CommitOutcome* outcome) {
+                                                CommitOutcome* outcome,
+                                                StagedRecords* staged) {
   DS_RETURN_IF_ERROR(ValidateTaskNames(tenant, task));
   const std::string what = absl::StrCat("committing ", TaskName(tenant, task));
-
   TaskInfo info;
   info.tenant = std::string(tenant);
   info.task = std::string(task);
@@ -387,21 +396,37 @@ absl::StatusOr<TaskInfo> DeltaStore::CommitTask(std::string_view tenant, std::st
   info.total_bytes = container.header_bytes().size() + container.trailer_bytes().size();
   info.created_unix =
       options.created_unix != 0 ? options.created_unix : absl::ToUnixSeconds(absl::Now());
+  if (staged != nullptr) {
+    DS_RETURN_IF_ERROR(staged->status_);
+    bool same = staged->tenant_ == tenant && staged->task_ == task &&
+                staged->records() == container.num_records();
+    for (size_t i = 0; same && i < container.num_records(); ++i) {
+      same = staged->entries_[i].record_bytes == container.record_bytes(i).size();
+    }
+    if (!same) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": the staged records are not the container's"));
+    }
+  }
   std::set<std::string, std::less<>> names;
   for (size_t i = 0; i < container.num_records(); ++i) {
-    absl::StatusOr<codec::TensorRecord> record = container.record(i);
-    if (!record.ok()) return Annotate(record.status(), what);
-    absl::StatusOr<int64_t> n = codec::CheckedNumElements(record->info.shape);
-    if (!n.ok()) return Annotate(n.status(), absl::StrCat(what, " tensor ", Quoted(record->info.name)));
-    if (!names.insert(record->info.name).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": tensor ", Quoted(record->info.name), " appears twice"));
+    TensorEntry entry;
+    if (staged != nullptr) {
+      entry = staged->entries_[i];  // parsed and verified when staged
+    } else {
+      absl::StatusOr<TensorEntry> parsed = RecordEntry(container.record_bytes(i));
+      if (!parsed.ok()) return Annotate(parsed.status(), absl::StrCat(what, " record ", i));
+      entry = *std::move(parsed);
     }
-    const uint64_t size = container.record_bytes(i).size();
+    absl::StatusOr<int64_t> n = codec::CheckedNumElements(entry.shape);
+    if (!n.ok()) return Annotate(n.status(), absl::StrCat(what, " tensor ", Quoted(entry.name)));
+    if (!names.insert(entry.name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": tensor ", Quoted(entry.name), " appears twice"));
+    }
     info.weights += static_cast<uint64_t>(*n);
-    info.total_bytes += size;
-    info.tensors.push_back(TensorEntry{record->info.name, record->info.dtype,
-                                       record->info.shape, record->encoding, size});
+    info.total_bytes += entry.record_bytes;
+    info.tensors.push_back(std::move(entry));
   }
   info.side_files = DescribeSideFiles(options.side_files);
   if (absl::Status s = ValidateSideFiles(info.side_files); !s.ok()) return Annotate(s, what);
@@ -432,44 +457,51 @@ absl::StatusOr<TaskInfo> DeltaStore::CommitTask(std::string_view tenant, std::st
   }
   const std::optional<TaskInfo>& old = admission.old;
 
-  // Sized up front: growing a batch of a 64 MB container by doubling copied it about
-  // twice more (and faulted the new pages each time). Keys, varints and the meta values
-  // fit in 256 bytes per record or side file plus a page.
-  size_t side_bytes = 0;
-  for (const SideFile& f : options.side_files) side_bytes += f.data.size();
-  rocksdb::WriteBatch batch(info.total_bytes + side_bytes +
-                            256 * (container.num_records() + options.side_files.size() + 4) +
-                            meta_value.size() + 4096);
+  std::vector<KeyWrite> writes;
+  writes.reserve(container.num_records() + options.side_files.size() + 4 +
+                 (old ? old->tensors.size() + old->side_files.size() : 0));
+  auto put = [&](rocksdb::ColumnFamilyHandle* cf, std::string key, rocksdb::Slice value) {
+    writes.push_back(KeyWrite{cf, std::move(key), value});
+  };
+  std::set<std::string, std::less<>> new_side_names;
+  for (const SideFile& f : options.side_files) new_side_names.insert(f.name);
+  // Deletes of the replaced task's records beyond the new count: after the new records
+  // (keys in index order), in the staged file if there is one (ingested files of one
+  // family must not overlap).
+  std::vector<KeyWrite> stale_records;
   if (old) {
     for (size_t i = info.tensors.size(); i < old->tensors.size(); ++i) {
-      DS_RETURN_IF_ERROR(FromRocksStatus(
-          batch.Delete(h_->records_cf, RecordKey(tenant, task, i)), what));
+      stale_records.push_back(KeyWrite{h_->records_cf, RecordKey(tenant, task, i), std::nullopt});
     }
+    // A key is written at most once (table files hold one entry per key): a side file
+    // the new task puts again needs no delete.
     for (const SideFileEntry& f : old->side_files) {
-      DS_RETURN_IF_ERROR(FromRocksStatus(
-          batch.Delete(h_->records_cf, SideFileKey(tenant, task, f.name)), what));
+      if (new_side_names.contains(f.name)) continue;
+      writes.push_back(
+          KeyWrite{h_->records_cf, SideFileKey(tenant, task, f.name), std::nullopt});
     }
   }
-  DS_RETURN_IF_ERROR(FromRocksStatus(
-      batch.Put(h_->records_cf, HeaderKey(tenant, task), AsSlice(container.header_bytes())),
-      what));
+  put(h_->records_cf, HeaderKey(tenant, task), AsSlice(container.header_bytes()));
   for (const SideFile& f : options.side_files) {
-    DS_RETURN_IF_ERROR(FromRocksStatus(
-        batch.Put(h_->records_cf, SideFileKey(tenant, task, f.name),
-                  rocksdb::Slice(f.data.data(), f.data.size())),
-        what));
+    put(h_->records_cf, SideFileKey(tenant, task, f.name),
+        rocksdb::Slice(f.data.data(), f.data.size()));
   }
-  for (size_t i = 0; i < container.num_records(); ++i) {
-    DS_RETURN_IF_ERROR(FromRocksStatus(batch.Put(h_->records_cf, RecordKey(tenant, task, i),
-                                                 AsSlice(container.record_bytes(i))),
-                                       what));
+  if (staged != nullptr) {
+    for (const KeyWrite& w : stale_records) DS_RETURN_IF_ERROR(staged->file_->Add(w));
+    DS_RETURN_IF_ERROR(staged->file_->Finish());
+  } else {
+    for (size_t i = 0; i < container.num_records(); ++i) {
+      put(h_->records_cf, RecordKey(tenant, task, i), AsSlice(container.record_bytes(i)));
+    }
+    for (KeyWrite& w : stale_records) writes.push_back(std::move(w));
   }
-  DS_RETURN_IF_ERROR(
-      FromRocksStatus(batch.Put(h_->meta_cf, TaskMetaKey(tenant, task), meta_value), what));
-  DS_RETURN_IF_ERROR(FromRocksStatus(
-      batch.Put(h_->meta_cf, UsageKey(tenant), EncodeUsage(admission.next)), what));
-  DS_RETURN_IF_ERROR(
-      WriteBatch(&batch, CommitFootprint(info.StoredBytes()), options_.min_free_bytes, what));
+  const std::string usage_value = EncodeUsage(admission.next);
+  put(h_->meta_cf, TaskMetaKey(tenant, task), meta_value);
+  put(h_->meta_cf, UsageKey(tenant), usage_value);
+  DS_RETURN_IF_ERROR(ApplyWrites(
+      std::move(writes), staged != nullptr || info.StoredBytes() >= options_.ingest_min_bytes,
+      CommitFootprint(info.StoredBytes()), options_.min_free_bytes, what,
+      staged != nullptr ? staged->file_.get() : nullptr));
   if (outcome != nullptr) *outcome = old ? CommitOutcome::kReplaced : CommitOutcome::kCreated;
   return stored;
 }
@@ -550,6 +582,57 @@ absl::Status DeltaStore::WriteBatch(rocksdb::WriteBatch* batch, uint64_t footpri
     if (h_->db->Resume().ok()) s = h_->db->Write(wo, batch);
   }
   return FromRocksStatus(s, what);
+}
+
+absl::Status DeltaStore::ApplyWrites(std::vector<KeyWrite> writes, bool ingest,
+                                     uint64_t footprint, uint64_t reserve,
+                                     const std::string& what, TableFile* staged) {
+  if (ingest) {
+    DS_ASSIGN_OR_RETURN(uint64_t free_bytes, FreeBytes(options_.path));
+    DS_RETURN_IF_ERROR(CheckRoom(options_.path, free_bytes, footprint, reserve, what));
+    // A database whose first writes are ingestions stays at sequence number 0 (RocksDB
+    // gives a file that overlaps nothing sequence number 0), and a snapshot at 0 did not
+    // keep an overwritten record from compaction (a reader opened before an overwrite
+    // and a delete lost it: StoreTest.SnapshotReaderSurvivesOverwriteAndDelete/Ingest).
+    // One logged write first moves the database past 0 for good.
+    if (h_->db->GetLatestSequenceNumber() == 0) {
+      rocksdb::WriteOptions wo;
+      wo.sync = options_.sync_writes;
+      DS_RETURN_IF_ERROR(
+          FromRocksStatus(h_->db->Delete(wo, h_->meta_cf, kUsagePrefix), what));
+    }
+    std::vector<TableFile*> extra;
+    if (staged != nullptr) extra.push_back(staged);
+    return IngestWrites(h_->db, options_.path, h_->next_ingest_file.fetch_add(1),
+                        h_->families, std::move(writes), what, extra);
+  }
+  // Sized up front: growing a batch of a 64 MB container by doubling copied it about
+  // twice more (and faulted the new pages each time). Keys, varints and the meta values
+  // fit in 256 bytes per write plus a page.
+  size_t bytes = 4096;
+  for (const KeyWrite& w : writes) bytes += 256 + (w.value ? w.value->size() : 0);
+  rocksdb::WriteBatch batch(bytes);
+  for (const KeyWrite& w : writes) {
+    DS_RETURN_IF_ERROR(FromRocksStatus(
+        w.value ? batch.Put(w.cf, w.key, *w.value) : batch.Delete(w.cf, w.key), what));
+  }
+  return WriteBatch(&batch, footprint, reserve, what);
+}
+
+absl::StatusOr<std::unique_ptr<StagedRecords>> DeltaStore::StageRecords(
+    std::string_view tenant, std::string_view task) {
+  DS_RETURN_IF_ERROR(ValidateTaskNames(tenant, task));
+  const std::string what = absl::StrCat("staging the records of ", TaskName(tenant, task));
+  if (h_->read_only) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(what, ": the store at ", options_.path, " was opened read-only"));
+  }
+  const std::string path = absl::StrCat(StagingDir(options_.path), "/",
+                                        h_->next_ingest_file.fetch_add(1), "-staged.sst");
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<TableFile> file,
+                      TableFile::Create(h_->families[1], path, what));
+  return std::unique_ptr<StagedRecords>(
+      new StagedRecords(std::string(tenant), std::string(task), std::move(file)));
 }
 
 absl::StatusOr<TaskInfo> DeltaStore::GetTask(std::string_view tenant,

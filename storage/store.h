@@ -50,6 +50,9 @@ class WriteBatch;
 
 namespace deltaserve::storage {
 
+struct KeyWrite;   // storage/internal/ingest.h
+class TableFile;   // storage/internal/ingest.h
+
 // Descriptors an open DeltaStore keeps spare for RocksDB's own files (StoreOptions).
 inline constexpr int kStoreSpareFileDescriptors = 16;
 
@@ -77,6 +80,16 @@ struct StoreOptions {
   // often. Default: false, 64 KiB.
   bool use_blob_files = false;
   uint64_t min_blob_bytes = 64ull << 10;
+  // Commits of at least this many bytes (container plus side files) are not written
+  // through the write-ahead log and the memtables: their keys are written as one table
+  // file per column family and ingested atomically (RocksDB IngestExternalFiles; staged
+  // in <path>/ingest, which Open empties). Their bytes are then written once, into the
+  // level where they stay, instead of into the log, the memtable, an L0 file and each
+  // compaction after it (PutDelta of a 64 MB task: see README); each such commit costs
+  // a few fsyncs (its files, the directory, the MANIFEST) even with sync_writes off, and
+  // may flush the memtables when they hold keys in its range. Ingested records stay in
+  // table files even with use_blob_files. 0: every commit. Default: 8 MiB.
+  uint64_t ingest_min_bytes = 8ull << 20;
   // RocksDB background flush/compaction threads. Default: 2. Must be in [1, 64].
   int max_background_jobs = 2;
   // Free space kept on the database's filesystem. A commit is refused with
@@ -243,6 +256,36 @@ class TaskReader {
   std::map<std::string, std::string> base_alias_;  // codec::ParseBaseAlias(info_.metadata)
 };
 
+// The records of one commit, written to a staged table file while they arrive (e.g.
+// during an upload, DeltaStore::StageRecords), so that CommitTask has only the header,
+// side files and meta left to write when the container is complete. Each record is
+// parsed and its checksum verified as it is added. Destroying it without a commit that
+// used it removes the staged file. Not thread-safe: one call at a time (successive calls
+// may come from different threads).
+// REQUIRES: destroyed before the DeltaStore that made it.
+class StagedRecords {
+ public:
+  ~StagedRecords();
+  StagedRecords(const StagedRecords&) = delete;
+  StagedRecords& operator=(const StagedRecords&) = delete;
+
+  // Adds the serialized record of index records() (codec/FORMAT.md, as in the
+  // container); `record` is copied. DataLoss if it fails its checksum, InvalidArgument
+  // if it cannot be parsed, Unavailable-style errors if the file cannot be written.
+  // After an error the object only refuses (CommitTask then refuses it too).
+  absl::Status Add(absl::Span<const uint8_t> record);
+  size_t records() const { return entries_.size(); }
+
+ private:
+  friend class DeltaStore;
+  StagedRecords(std::string tenant, std::string task, std::unique_ptr<TableFile> file);
+
+  std::string tenant_, task_;
+  std::unique_ptr<TableFile> file_;
+  std::vector<TensorEntry> entries_;  // what the added records are
+  absl::Status status_;               // the first error of Add
+};
+
 class DeltaStore {
  public:
   // Opens (or creates) the database at options.path. InvalidArgument for bad options;
@@ -257,8 +300,9 @@ class DeltaStore {
   DeltaStore& operator=(const DeltaStore&) = delete;
 
   // Commits `container` (every record checksum verified first) as task `task` of
-  // `tenant`, in ONE RocksDB WriteBatch: until it is written the task does not exist (or
-  // is the old one), afterwards all of it exists. Returns the stored TaskInfo and, in
+  // `tenant`, in ONE atomic RocksDB write (a WriteBatch, or for a commit of at least
+  // StoreOptions::ingest_min_bytes one ingestion of table files): until it is written the
+  // task does not exist (or is the old one), afterwards all of it exists. Returns the stored TaskInfo and, in
   // `*outcome` if given, what happened. Re-committing the byte-identical container
   // (a retry after an unclear failure) writes nothing and returns the stored task with
   // kUnchanged, with or without overwrite (identical means the same container bytes and
@@ -269,11 +313,27 @@ class DeltaStore {
   // CommitOptions; ResourceExhausted "disk full" (StoreOptions::min_free_bytes) or
   // "read-only"; nothing is stored then. A failed write triggers RocksDB's Resume()
   // (recovery from a transient I/O error) and is retried once if that succeeds.
-  // Memory: the batch holds a copy of the container until written.
+  // Memory: a batch holds a copy of the container until written; an ingested commit
+  // holds one table block (one record) at a time.
+  //
+  // `staged` (optional, from StageRecords(tenant, task)): the container's records, added
+  // already; the commit then is an ingestion whatever its size and writes only the rest.
+  // InvalidArgument if it holds other records than the container (count or sizes) or
+  // failed; it is used up either way (destroy it after the call).
   absl::StatusOr<TaskInfo> CommitTask(std::string_view tenant, std::string_view task,
                                       const codec::ContainerReader& container,
                                       const CommitOptions& options = {},
-                                      CommitOutcome* outcome = nullptr);
+                                      CommitOutcome* outcome = nullptr,
+                                      StagedRecords* staged = nullptr);
+  // Starts staging the records of a coming CommitTask of (tenant, task) (StagedRecords).
+  // Worth it for large containers (StoreOptions::ingest_min_bytes): their records are
+  // then written while the rest still arrives. InvalidArgument for bad names;
+  // ResourceExhausted if the store is read-only; Unavailable-style I/O errors.
+  absl::StatusOr<std::unique_ptr<StagedRecords>> StageRecords(std::string_view tenant,
+                                                              std::string_view task);
+  // The options the store was opened with (e.g. ingest_min_bytes, to decide whether
+  // to StageRecords).
+  const StoreOptions& options() const { return options_; }
   // Would a commit of `total_bytes` (container plus side files, TaskInfo::StoredBytes)
   // as (tenant, task) pass? The same checks
   // as CommitTask (existence vs overwrite, quota, disk space), all on one consistent
@@ -351,6 +411,13 @@ class DeltaStore {
   // Resume() and retries once if it did.
   absl::Status WriteBatch(rocksdb::WriteBatch* batch, uint64_t footprint, uint64_t reserve,
                           const std::string& what);
+  // Applies `writes` atomically: ingested as table files if `ingest`
+  // (StoreOptions::ingest_min_bytes), else as one WriteBatch (WriteBatch above); the
+  // same free-space rule either way.
+  // `staged`: a finished table file ingested with them (REQUIRES: ingest).
+  absl::Status ApplyWrites(std::vector<KeyWrite> writes, bool ingest, uint64_t footprint,
+                           uint64_t reserve, const std::string& what,
+                           TableFile* staged = nullptr);
 
   std::unique_ptr<Handles> h_;
   StoreOptions options_;

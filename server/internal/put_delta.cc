@@ -2,11 +2,19 @@
 //
 // Flow: OnReadDone(metadata) -> control pool: Admit (auth, names, size limit, side file
 // names and limits, existence and quota pre-checks; RocksDB reads) -> StartRead chunks
-// and side file chunks, appended in the callback (a memcpy; bounded by the declared
-// sizes) -> end of stream -> pool: Commit (size, optional XXH3-64, container framing and
-// every record checksum, base hash, every side file's XXH3-64, commit in one WriteBatch)
-// -> Finish. Any error finishes the call at once and stores nothing. The whole container
-// and the side files are held in memory until committed (<= --max-upload-bytes + 64 MiB).
+// and side file chunks, appended in the callback (a memcpy, and the running XXH3-64;
+// bounded by the declared sizes) -> end of stream -> pool: Commit (size, optional
+// XXH3-64, container framing and every record checksum, base hash, every side file's
+// XXH3-64, one atomic commit) -> Finish. Any error finishes the call at once and stores
+// nothing. The whole container and the side files are held in memory until committed
+// (<= --max-upload-bytes + 64 MiB).
+//
+// A container of at least StoreOptions::ingest_min_bytes is committed by ingestion
+// (storage/store.h), and its records are staged while the upload still arrives: each
+// record, once whole, is verified (its XXH3-64) and written to the staged table file by
+// one job at a time on the pool (StageArrived), so that at the end of the stream only
+// the header, side files and meta are left to write. The call finishes only once that
+// job is idle (it may run after an error of the callback).
 //
 // What is validated, and why no more: the size, the client's whole-container XXH3-64
 // (if sent: catches a transfer that went wrong), the container framing with every
@@ -19,11 +27,15 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "codec/container.h"
 #include "codec/container_checks.h"
 #include "codec/delta_codec.h"
@@ -40,7 +52,12 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
  public:
   PutDeltaReactor(const ServiceContext* ctx, grpc::CallbackServerContext* call,
                   v1::PutDeltaResponse* response)
-      : ctx_(ctx), call_(call), response_(response), log_(ctx->metrics, "PutDelta") {
+      : ctx_(ctx),
+        call_(call),
+        response_(response),
+        log_(ctx->metrics, "PutDelta"),
+        hash_(XXH3_createState()) {
+    XXH3_64bits_reset(hash_);
     absl::Status admitted = ctx_->uploads->Acquire();
     admitted_ = admitted.ok();
     if (!admitted_) {
@@ -54,7 +71,14 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     if (!ok) {
       // End of the client's stream (or a broken call): verify and commit on the pool.
       if (!have_metadata_) return Finish(absl::InvalidArgumentError("PutDelta: empty stream"));
-      ctx_->pool->Schedule([this] { Commit(); });
+      bool commit_now = false;
+      {
+        absl::MutexLock lock(&mu_);
+        ended_ = true;
+        commit_now = !staging_;  // else the staging job commits when it is done
+      }
+      // Outside the lock: Commit may finish the call and delete this reactor.
+      if (commit_now) ctx_->pool->Schedule([this] { Commit(); });
       return;
     }
     if (!have_metadata_) {
@@ -70,7 +94,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     if (request_.has_side_file_chunk()) {
       const std::string& part = request_.side_file_chunk();
       if (side_buffer_.size() + part.size() > side_total_) {
-        return Finish(absl::InvalidArgumentError(
+        return FinishWhenIdle(absl::InvalidArgumentError(
             absl::StrCat("PutDelta: task '", meta_.task(),
                          "': more side file bytes than the declared sizes add up to (",
                          side_total_, ")")));
@@ -81,22 +105,27 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
       return;
     }
     if (!request_.has_chunk()) {
-      return Finish(absl::InvalidArgumentError("PutDelta: metadata may only come first"));
+      return FinishWhenIdle(
+          absl::InvalidArgumentError("PutDelta: metadata may only come first"));
     }
     const std::string& chunk = request_.chunk();
     if (buffer_.size() + chunk.size() > meta_.total_bytes()) {
-      return Finish(absl::InvalidArgumentError(
+      return FinishWhenIdle(absl::InvalidArgumentError(
           absl::StrCat("PutDelta: task '", meta_.task(), "': more bytes than total_bytes=",
                        meta_.total_bytes())));
     }
+    // Within the capacity reserved at admission: no reallocation, so the staging job may
+    // read the records below buffer_.size() meanwhile.
     buffer_.append(chunk);
+    XXH3_64bits_update(hash_, chunk.data(), chunk.size());
     // Refuse a record that storage cannot hold as soon as its length field arrives.
     if (absl::Status s = scanner_.Feed(
             absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(buffer_.data()), buffer_.size()));
         !s.ok()) {
-      return Finish(absl::Status(
+      return FinishWhenIdle(absl::Status(
           s.code(), absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message())));
     }
+    if (staged_ != nullptr) PublishArrived();
     ctx_->metrics->uploaded_bytes().Increment(static_cast<double>(chunk.size()));
     log_.add_bytes(chunk.size());
     StartRead(&request_);
@@ -104,6 +133,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
 
   void OnDone() override {
     if (admitted_) ctx_->uploads->Release();
+    XXH3_freeState(hash_);
     delete this;
   }
 
@@ -153,6 +183,9 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                                                 MakeCommitOptions()));
     buffer_.reserve(total);
     side_buffer_.reserve(side_total_);
+    if (total >= ctx_->store->options().ingest_min_bytes) {
+      DS_ASSIGN_OR_RETURN(staged_, ctx_->store->StageRecords(tenant_, meta_.task()));
+    }
     return absl::OkStatus();
   }
 
@@ -171,7 +204,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                        buffer_.size(), " of ", meta_.total_bytes(), " bytes"));
     }
     if (meta_.has_xxh3_64()) {
-      uint64_t got = XXH3_64bits(buffer_.data(), buffer_.size());
+      uint64_t got = XXH3_64bits_digest(hash_);  // summed as the chunks arrived
       if (got != meta_.xxh3_64()) {
         return absl::DataLossError(absl::StrCat("PutDelta: task '", meta_.task(),
                                                 "': container XXH3-64 mismatch"));
@@ -200,12 +233,24 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     DS_ASSIGN_OR_RETURN(std::vector<storage::SideFile> side_files, SplitSideFiles());
     storage::CommitOptions options = MakeCommitOptions();
     options.side_files = side_files;
+    // Staged records are used only if every record was staged without error (a scanner
+    // that stopped early, or a record that failed, leaves the commit to verify them).
+    storage::StagedRecords* staged = staged_.get();
+    bool staged_ok = false;
+    {
+      absl::MutexLock lock(&mu_);
+      staged_ok = stage_status_.ok();
+    }
+    if (staged != nullptr && (!staged_ok || staged->records() != container->num_records())) {
+      staged = nullptr;
+    }
     storage::TaskInfo committed;
     storage::CommitOutcome outcome = storage::CommitOutcome::kCreated;
     DS_RETURN_IF_ERROR(ctx_->versions->Mutate(tenant_, meta_.task(), ctx_->cache,
                                               [&]() -> absl::Status {
-      DS_ASSIGN_OR_RETURN(committed, ctx_->store->CommitTask(tenant_, meta_.task(),
-                                                             *container, options, &outcome));
+      DS_ASSIGN_OR_RETURN(committed,
+                          ctx_->store->CommitTask(tenant_, meta_.task(), *container, options,
+                                                  &outcome, staged));
       return absl::OkStatus();
     }));
     ctx_->PublishTenantUsage(tenant_);
@@ -241,8 +286,70 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   // Pool.
   void Commit() {
     absl::Status status = Verify();
+    staged_.reset();              // removes a staged file that was not ingested
     std::string().swap(buffer_);  // free the upload before answering
     std::string().swap(side_buffer_);
+    Finish(status);
+  }
+
+  // Callback: hands the records that arrived whole since the last call to the staging
+  // job, starting it if it is idle.
+  void PublishArrived() {
+    const auto& spans = scanner_.record_spans();
+    absl::MutexLock lock(&mu_);
+    while (published_ < spans.size() &&
+           spans[published_].first + spans[published_].second <= buffer_.size()) {
+      arrived_.push_back(spans[published_++]);
+    }
+    if (staging_ || arrived_.empty() || !stage_status_.ok()) return;
+    staging_ = true;
+    ctx_->pool->Schedule([this] { StageArrived(); });
+  }
+
+  // Pool, one job at a time: stages the arrived records until none is left, then, if
+  // the stream ended or the call failed meanwhile, commits or finishes.
+  void StageArrived() {
+    const auto* base = reinterpret_cast<const uint8_t*>(buffer_.data());
+    std::optional<absl::Status> finish;
+    bool commit = false;
+    for (;;) {
+      std::vector<std::pair<uint64_t, uint64_t>> batch;
+      {
+        absl::MutexLock lock(&mu_);
+        batch.swap(arrived_);
+        if (batch.empty() || !stage_status_.ok() || finish_) {
+          staging_ = false;
+          finish = finish_;
+          commit = ended_ && !finish_;
+          break;
+        }
+      }
+      for (const auto& [offset, length] : batch) {
+        absl::Status s = staged_->Add({base + offset, length});
+        if (!s.ok()) {
+          absl::MutexLock lock(&mu_);
+          stage_status_ = s;
+          break;
+        }
+      }
+    }
+    // Outside the lock: Finish may delete this reactor (OnDone) before it returns.
+    if (finish) {
+      Finish(*finish);
+    } else if (commit) {
+      Commit();
+    }
+  }
+
+  // Finishes now, or when the staging job is idle (it reads buffer_ and staged_).
+  void FinishWhenIdle(const absl::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (staging_) {
+        finish_ = status;
+        return;
+      }
+    }
     Finish(status);
   }
 
@@ -266,6 +373,17 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   uint64_t side_total_ = 0;                       // sum of their sizes
   codec::BaseHash declared_base_hash_{};          // metadata.base_hash, when given
   std::string side_buffer_;                       // their bytes, concatenated
+  XXH3_state_t* hash_;                            // of buffer_, chunk by chunk
+  // Records staged while the upload arrives (big containers only; see the top).
+  std::unique_ptr<storage::StagedRecords> staged_;
+  size_t published_ = 0;  // scanner_.record_spans() handed to the job (callback only)
+  absl::Mutex mu_;
+  std::vector<std::pair<uint64_t, uint64_t>> arrived_ ABSL_GUARDED_BY(mu_);  // to stage
+  bool staging_ ABSL_GUARDED_BY(mu_) = false;  // a StageArrived job is scheduled or runs
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;    // the client's stream ended
+  std::optional<absl::Status> finish_ ABSL_GUARDED_BY(mu_);  // error to finish with
+  // The first staging error: written by the job, read by Commit once it is idle.
+  absl::Status stage_status_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace

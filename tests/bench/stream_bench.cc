@@ -4,7 +4,7 @@
 //   stream_bench [--workdir DIR] [--layers 24] [--hidden 896] [--ffn 4864]
 //                [--vocab 151936] [--workers 2] [--prefetch 1] [--chunk-bytes 1048576]
 //                [--cache-mb 3072] [--cold-only] [--legacy-cold] [--pull-streams 1,2,4]
-//                [--push-only N]
+//                [--push-only N] [--ingest-min-bytes N]
 //
 // Model: synthetic fp16 transformer with the shapes of a 0.5B-class model (Qwen2-0.5B:
 // 24 layers, hidden 896, 2 KV heads of 128, FFN 4864, vocab 151936; ~494M weights,
@@ -336,6 +336,12 @@ int main(int argc, char** argv) {
   app.add_flag("--legacy-cold", legacy_cold,
                "also stream a second copy of the task cold without checksum_after_data (an "
                "older client: each header waits for its whole tensor)");
+  uint64_t ingest_min_bytes = storage::StoreOptions().ingest_min_bytes;
+  app.add_option("--ingest-min-bytes", ingest_min_bytes,
+                 "StoreOptions::ingest_min_bytes of the server's store (commits of at least "
+                 "this many bytes are ingested as table files; larger than the container: "
+                 "through the write-ahead log)")
+      ->capture_default_str();
   bool cold_only = false;
   app.add_flag("--cold-only", cold_only,
                "stop after the cold stream (to profile it alone, e.g. under perf record)");
@@ -371,6 +377,7 @@ int main(int argc, char** argv) {
   o.cache_bytes = cache_mb << 20;
   const double rss_bound_mb = std::filesystem::file_size(o.base_path) / 1048576.0 + cache_mb + 256;
   o.store.sync_writes = false;
+  o.store.ingest_min_bytes = ingest_min_bytes;
   auto t0 = Clock::now();
   auto srv = server::Server::Start(o);
   if (!srv.ok()) {

@@ -58,8 +58,44 @@ grpc::Status RawPut(v1::DeltaService::Stub* stub, const Upload& up,
   return writer->Finish();
 }
 
-TEST_F(ServerTest, TruncatedOrCorruptUploadIsRejectedAndStoresNothing) {
+class UploadTest : public ServerTest {
+ protected:
+  void BadUploadsAreRejectedAndStoreNothing();
+};
+
+TEST_F(UploadTest, TruncatedOrCorruptUploadIsRejectedAndStoresNothing) {
   StartServer();
+  BadUploadsAreRejectedAndStoreNothing();
+}
+
+// The same uploads with every container's records staged while it arrives
+// (StoreOptions::ingest_min_bytes = 0; by default only large containers are): the same
+// answers, nothing stored by a refused upload, and a staged task pulls bit-identical.
+TEST_F(UploadTest, StagedUploadsAreCheckedAndCommittedTheSameWay) {
+  ServerOptions options = DefaultOptions();
+  options.store.ingest_min_bytes = 0;
+  StartServer(options);
+  BadUploadsAreRejectedAndStoreNothing();
+  const std::string container = MakeContainer("t1", 7);
+  auto client = Client();
+  ASSERT_THAT(client->PushDeltaFile("t1", container).status(), IsOk());
+  const std::string pulled = tmp_.File("t1.pulled.safetensors");
+  ASSERT_THAT(client->PullWeights("t1", pulled).status(), IsOk());
+  EXPECT_EQ(ReadFileBytes(pulled), ReadFileBytes(OfflineDecode(container)));
+  ASSERT_OK_AND_ASSIGN(std::vector<uint8_t> delta, client->FetchDelta("t1"));
+  EXPECT_EQ(std::string(delta.begin(), delta.end()), ReadFileBytes(container));
+  // Overwritten by another staged upload, and still there after a restart.
+  const std::string second = MakeContainer("t2", 8);
+  client::PushOptions overwrite;
+  overwrite.overwrite = true;
+  ASSERT_THAT(client->PushDeltaFile("t1", second, overwrite).status(), IsOk());
+  StartServer(options);
+  client = Client();
+  ASSERT_OK_AND_ASSIGN(delta, client->FetchDelta("t1"));
+  EXPECT_EQ(std::string(delta.begin(), delta.end()), ReadFileBytes(second));
+}
+
+void UploadTest::BadUploadsAreRejectedAndStoreNothing() {
   auto stub = RawStub();
   std::vector<uint8_t> good = ContainerBytes("c", 11);
 
@@ -104,6 +140,7 @@ TEST_F(ServerTest, TruncatedOrCorruptUploadIsRejectedAndStoresNothing) {
   EXPECT_EQ(resp.task().container_bytes(), good.size());
   std::vector<uint8_t> other = ContainerBytes("c2", 12);
   EXPECT_EQ(Code(RawPut(stub.get(), Upload{"c", other})), absl::StatusCode::kAlreadyExists);
+  ASSERT_THAT(client->DeleteTask("c").status(), IsOk());
 }
 
 TEST_F(ServerTest, DeltaAgainstAnotherBaseIsFailedPrecondition) {

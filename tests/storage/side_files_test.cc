@@ -172,23 +172,10 @@ TEST_F(SideFileStoreTest, OverwriteReplacesAndDeleteRemoves) {
   EXPECT_EQ(usage.bytes, 0u);
   store_.reset();
   // No value of the task is left in the raw database.
-  std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
-      {kDefaultColumnFamily, rocksdb::ColumnFamilyOptions()},
-      {kRecordsColumnFamily, rocksdb::ColumnFamilyOptions()}};
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  rocksdb::DB* raw = nullptr;
-  ASSERT_TRUE(rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), options_.path, cfs, &handles,
-                                           &raw)
-                  .ok());
-  std::string value;
-  EXPECT_TRUE(raw->Get(rocksdb::ReadOptions(), handles[1],
-                       SideFileKey("acme", "chat", "config.json"), &value)
-                  .IsNotFound());
-  EXPECT_TRUE(raw->Get(rocksdb::ReadOptions(), handles[1], SideFileKey("acme", "chat", "a.txt"),
-                       &value)
-                  .IsNotFound());
-  for (auto* h : handles) ASSERT_TRUE(raw->DestroyColumnFamilyHandle(h).ok());
-  delete raw;
+  const ::deltaserve::storage::testing::RawStore raw(options_.path);
+  ASSERT_TRUE(raw.ok());
+  EXPECT_FALSE(raw.RecordsHas(SideFileKey("acme", "chat", "config.json")));
+  EXPECT_FALSE(raw.RecordsHas(SideFileKey("acme", "chat", "a.txt")));
 }
 
 TEST(SideFileMetaTest, VersionOneWithoutAndTwoWithSideFiles) {

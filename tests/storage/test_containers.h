@@ -1,4 +1,4 @@
-// Small in-memory containers (kRaw records) for storage tests.
+// Small in-memory containers (kRaw records) for storage tests, and the raw database.
 #ifndef DELTASERVE_TESTS_STORAGE_TEST_CONTAINERS_H_
 #define DELTASERVE_TESTS_STORAGE_TEST_CONTAINERS_H_
 
@@ -9,6 +9,8 @@
 
 #include "codec/container.h"
 #include "codec/tensor.h"
+#include "rocksdb/db.h"
+#include "storage/key_schema.h"
 
 namespace deltaserve::storage::testing {
 
@@ -43,6 +45,33 @@ inline std::vector<uint8_t> MakeContainer(const std::vector<TestTensor>& tensors
   std::vector<absl::Span<const uint8_t>> spans(records.begin(), records.end());
   return codec::AssembleContainer(header_bytes, spans);
 }
+
+// A store's raw database opened read-only with both column families (the store closed),
+// to look at keys directly. ok() is false if it could not be opened.
+class RawStore {
+ public:
+  explicit RawStore(const std::string& path) {
+    std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
+        {kDefaultColumnFamily, rocksdb::ColumnFamilyOptions()},
+        {kRecordsColumnFamily, rocksdb::ColumnFamilyOptions()}};
+    ok_ = rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), path, cfs, &handles_, &db_).ok();
+  }
+  ~RawStore() {
+    for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+    delete db_;
+  }
+  bool ok() const { return ok_; }
+  // Whether the records family holds `key`.
+  bool RecordsHas(const std::string& key) const {
+    std::string value;
+    return ok_ && db_->Get(rocksdb::ReadOptions(), handles_[1], key, &value).ok();
+  }
+
+ private:
+  rocksdb::DB* db_ = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  bool ok_ = false;
+};
 
 }  // namespace deltaserve::storage::testing
 
