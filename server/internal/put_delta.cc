@@ -29,6 +29,7 @@
 #include "codec/delta_codec.h"
 #include "common/status_macros.h"
 #include "proto/protocol.h"
+#include "server/internal/cluster_glue.h"
 #include "server/internal/convert.h"
 #include "server/internal/service.h"
 #include "storage/side_files.h"
@@ -110,8 +111,10 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
  private:
   storage::CommitOptions MakeCommitOptions() const {
     storage::CommitOptions options;
-    options.overwrite = meta_.overwrite();
-    options.quota_bytes = ctx_->auth->QuotaBytes(tenant_);
+    // Cluster mode: the local store is a cache; etcd decides existence and quota
+    // (ClusterPublish).
+    options.overwrite = meta_.overwrite() || ctx_->cluster != nullptr;
+    options.quota_bytes = ctx_->cluster != nullptr ? 0 : ctx_->auth->QuotaBytes(tenant_);
     return options;
   }
 
@@ -202,12 +205,20 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     options.side_files = side_files;
     storage::TaskInfo committed;
     storage::CommitOutcome outcome = storage::CommitOutcome::kCreated;
-    DS_RETURN_IF_ERROR(ctx_->versions->Mutate(tenant_, meta_.task(), ctx_->cache,
-                                              [&]() -> absl::Status {
-      DS_ASSIGN_OR_RETURN(committed, ctx_->store->CommitTask(tenant_, meta_.task(),
-                                                             *container, options, &outcome));
-      return absl::OkStatus();
-    }));
+    if (ctx_->cluster != nullptr) {
+      bool unchanged = false;
+      DS_RETURN_IF_ERROR(ClusterPublish(*ctx_, tenant_, meta_.task(), bytes, *container,
+                                        side_files.size(), meta_.overwrite(),
+                                        ctx_->auth->QuotaBytes(tenant_), &committed, &unchanged));
+      if (unchanged) outcome = storage::CommitOutcome::kUnchanged;
+    } else {
+      DS_RETURN_IF_ERROR(ctx_->versions->Mutate(tenant_, meta_.task(), ctx_->cache,
+                                                [&]() -> absl::Status {
+        DS_ASSIGN_OR_RETURN(committed, ctx_->store->CommitTask(tenant_, meta_.task(),
+                                                               *container, options, &outcome));
+        return absl::OkStatus();
+      }));
+    }
     ctx_->PublishTenantUsage(tenant_);
     FillTaskInfo(committed, /*with_tensors=*/false,
                  ctx_->cache->IsPinned(TaskGroup(tenant_, meta_.task())),

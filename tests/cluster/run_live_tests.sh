@@ -13,7 +13,7 @@ if ! why=$(cluster_have_packages); then
 fi
 dir=$(mktemp -d "${TMPDIR:-/tmp}/deltaserve-cluster.XXXXXX")
 trap 'cluster_down; rm -rf "$dir"' EXIT
-CLUSTER_START_TIMEOUT=60
+export CLUSTER_START_TIMEOUT=60
 start=$SECONDS
 if ! cluster_up "$dir"; then
   tail -n 20 "$dir"/*.log
