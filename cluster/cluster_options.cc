@@ -43,7 +43,8 @@ absl::Status GetInt(const json& obj, const char* key, const std::string& where, 
 absl::StatusOr<ClusterOptions> ParseClusterOptions(absl::string_view json_text,
                                                    const std::string& base_dir) {
   DS_ASSIGN_OR_RETURN(json root, common::ParseJson(std::string_view(json_text.data(), json_text.size()), "cluster config"));
-  DS_RETURN_IF_ERROR(CheckKeys(root, "top level", {"s3", "etcd", "cache_bytes", "gc_grace_s"}));
+  DS_RETURN_IF_ERROR(CheckKeys(root, "top level", {"s3", "etcd", "cache_bytes", "gc_grace_s",
+                                              "gc_interval_s"}));
   ClusterOptions o;
   const json s3 = root.value("s3", json::object());
   DS_RETURN_IF_ERROR(CheckKeys(s3, "s3", {"endpoint", "region", "bucket", "access_key",
@@ -70,6 +71,7 @@ absl::StatusOr<ClusterOptions> ParseClusterOptions(absl::string_view json_text,
   DS_RETURN_IF_ERROR(GetString(etcd, "prefix", "etcd", &o.etcd_prefix));
   DS_RETURN_IF_ERROR(GetInt(root, "cache_bytes", "top level", &o.cache_bytes));
   DS_RETURN_IF_ERROR(GetInt(root, "gc_grace_s", "top level", &o.gc_grace_s));
+  DS_RETURN_IF_ERROR(GetInt(root, "gc_interval_s", "top level", &o.gc_interval_s));
   DS_RETURN_IF_ERROR(o.Validate());
   return o;
 }

@@ -30,6 +30,7 @@ absl::Status ClusterOptions::Validate() const {
     return absl::InvalidArgumentError("cluster: etcd prefix must end with '/'");
   }
   if (gc_grace_s < 0) return absl::InvalidArgumentError("cluster: gc_grace_s must be >= 0");
+  if (gc_interval_s < 0) return absl::InvalidArgumentError("cluster: gc_interval_s must be >= 0");
   return absl::OkStatus();
 }
 
@@ -83,12 +84,29 @@ absl::StatusOr<std::unique_ptr<ClusterStore>> ClusterStore::Open(const ClusterOp
     }
   }
   cs->watcher_ = std::thread([p = cs.get()] { p->WatchLoop(); });
+  if (options.gc_interval_s > 0) cs->collector_ = std::thread([p = cs.get()] { p->GcLoop(); });
   return cs;
 }
 
 ClusterStore::~ClusterStore() {
   stop_ = true;
   if (watcher_.joinable()) watcher_.join();
+  if (collector_.joinable()) collector_.join();
+}
+
+void ClusterStore::GcLoop() {
+  while (!stop_) {
+    absl::Time next = absl::Now() + absl::Seconds(options_.gc_interval_s);
+    while (!stop_ && absl::Now() < next) absl::SleepFor(absl::Milliseconds(50));
+    if (stop_) return;
+    absl::StatusOr<int> deleted = CollectGarbage();
+    absl::MutexLock lock(&mu_);
+    if (deleted.ok()) {
+      stats_.gc_deleted += static_cast<uint64_t>(*deleted);
+    } else {
+      ++stats_.gc_errors;  // the next run tries again
+    }
+  }
 }
 
 bool ClusterStore::LocalMatches(const TaskName& name, const TaskPointer& ptr) const {

@@ -61,6 +61,9 @@ struct ClusterOptions {
   // A blob that lost its last pointer is deleted no sooner than this. Must exceed the
   // longest fetch of a blob. Default: 3600 s.
   int64_t gc_grace_s = 3600;
+  // Every replica runs CollectGarbage this often (concurrent runs are harmless: marks
+  // and deletes are idempotent). 0 = never (run it elsewhere). Default: 600 s.
+  int64_t gc_interval_s = 600;
 
   absl::Status Validate() const;
 };
@@ -69,7 +72,7 @@ struct ClusterOptions {
 //   {"s3": {"endpoint": "...", "region": "...", "bucket": "...", "access_key": "...",
 //           "secret_key": "..." | "secret_key_file": "path", "part_bytes": N},
 //    "etcd": {"endpoint": "...", "prefix": "..."},
-//    "cache_bytes": N, "gc_grace_s": N}
+//    "cache_bytes": N, "gc_grace_s": N, "gc_interval_s": N}
 // InvalidArgument naming the field; the result is validated.
 absl::StatusOr<ClusterOptions> ParseClusterOptions(absl::string_view json_text,
                                                    const std::string& base_dir);
@@ -77,6 +80,7 @@ absl::StatusOr<ClusterOptions> LoadClusterOptions(const std::string& path);
 
 struct ClusterStats {
   uint64_t hits = 0, misses = 0, fetched_bytes = 0, evictions = 0, watch_drops = 0;
+  uint64_t gc_deleted = 0, gc_errors = 0;  // blobs deleted by the periodic GC; failed runs
 };
 
 class ClusterStore {
@@ -129,6 +133,8 @@ class ClusterStore {
   absl::Status DropLocal(const TaskName& name);
   // Watch thread: list, then watch from the listing's revision; again on errors.
   void WatchLoop();
+  // GC thread: CollectGarbage every gc_interval_s until stopped.
+  void GcLoop();
   // Applies the current pointer table `now` (nullopt entry = deleted) to the watched
   // table and the local copies.
   void Apply(const TaskName& name, const std::optional<TaskPointer>& ptr);
@@ -148,7 +154,7 @@ class ClusterStore {
   absl::Mutex fill_mu_;
 
   std::atomic<bool> stop_{false};
-  std::thread watcher_;
+  std::thread watcher_, collector_;
 };
 
 }  // namespace deltaserve::cluster

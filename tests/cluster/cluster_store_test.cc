@@ -90,13 +90,14 @@ TEST(ClusterOptionsTest, ParsesAndValidates) {
                                      "access_key": "a:u", "secret_key": "s",
                                      "part_bytes": 8388608},
                               "etcd": {"endpoint": "http://127.0.0.1:2379", "prefix": "x/"},
-                              "cache_bytes": 1000, "gc_grace_s": 60})",
+                              "cache_bytes": 1000, "gc_grace_s": 60, "gc_interval_s": 5})",
                           ""));
   EXPECT_EQ(o.s3.access_key, "a:u");
   EXPECT_EQ(o.blobs.part_bytes, 8u << 20);
   EXPECT_EQ(o.etcd_prefix, "x/");
   EXPECT_EQ(o.cache_bytes, 1000u);
   EXPECT_EQ(o.gc_grace_s, 60);
+  EXPECT_EQ(o.gc_interval_s, 5);
   EXPECT_THAT(ParseClusterOptions(R"({"s3": {"endpoint": "http://h", "bucket": "b",
                                           "access_key": "a", "secret_key": "s"},
                                    "etcd": {"endpoint": "http://e"}, "cache": 1})",
@@ -166,6 +167,27 @@ TEST(ClusterStoreLiveTest, DeleteAndOverwriteAreSeenByEveryReplica) {
   EXPECT_THAT(b.cluster->Delete({"t", "x"}).status(), StatusIs(absl::StatusCode::kNotFound));
   std::cout << "watch: overwrite seen after " << overwrite_ms << " ms, delete after "
             << delete_ms << " ms\n";
+}
+
+TEST(ClusterStoreLiveTest, PeriodicGcDeletesReplacedBlobsOnly) {
+  DS_SKIP_WITHOUT_CLUSTER();
+  deltaserve::testing::ScopedTempDir tmp;
+  ClusterOptions o = LiveOptions(0);
+  o.gc_grace_s = 0;
+  o.gc_interval_s = 1;
+  ASSERT_OK_AND_ASSIGN(Replica a, OpenReplica(tmp.File("a"), o));
+  std::vector<uint8_t> v1 = Container(31), v2 = Container(32);
+  ASSERT_THAT(Push(a, "g", v1).status(), IsOk());
+  ASSERT_THAT(Push(a, "g", v2, /*overwrite=*/true).status(), IsOk());
+  std::string old_key = BlobStore::Key(Sha256Hex(v1)), new_key = BlobStore::Key(Sha256Hex(v2));
+  double ms = WaitFor([&] { return absl::IsNotFound(a.cluster->blobs().s3().HeadObject(old_key).status()); });
+  EXPECT_GE(ms, 0) << "the replaced blob was not collected within 5 s";
+  EXPECT_GE(a.cluster->stats().gc_deleted, 1u);
+  EXPECT_THAT(a.cluster->blobs().s3().HeadObject(new_key).status(), IsOk());
+  // The live task is unaffected on a fresh replica (fetched from S3).
+  ASSERT_OK_AND_ASSIGN(Replica b, OpenReplica(tmp.File("b"), o));
+  ASSERT_THAT(b.cluster->Ensure({"t", "g"}), IsOk());
+  EXPECT_EQ(Assembled(b, "t", "g"), v2);
 }
 
 TEST(ClusterStoreLiveTest, CacheIsBoundedAndSurvivesRestart) {
