@@ -173,6 +173,14 @@ EOF
   export S3_ENDPOINT="http://127.0.0.1:$proxy_port" S3_REGION=us-east-1
   export S3_ACCESS_KEY="test:tester" S3_SECRET_KEY=testing S3_BUCKET=deltaserve
   export ETCD_ENDPOINT="http://127.0.0.1:$etcd_port"
+  # The proxy's health check answers before the storage servers listen: wait for those
+  # too (any HTTP answer will do).
+  for kind in account container object; do
+    cluster_wait "$CLUSTER_START_TIMEOUT" curl -s -o /dev/null "http://127.0.0.1:${ports[$kind]}/" || {
+      echo "cluster_up: swift $kind server did not come up (logs in $CLUSTER_DIR)" >&2
+      return 1
+    }
+  done
   if ! cluster_wait "$CLUSTER_START_TIMEOUT" curl -sf "$S3_ENDPOINT/healthcheck" ||
     ! cluster_wait "$CLUSTER_START_TIMEOUT" curl -sf "$ETCD_ENDPOINT/health"; then
     echo "cluster_up: Swift or etcd did not come up in ${CLUSTER_START_TIMEOUT}s" \

@@ -21,7 +21,8 @@ if ! cluster_up "$dir"; then
 fi
 echo "cluster up in $((SECONDS - start)) s: S3 $S3_ENDPOINT, etcd $ETCD_ENDPOINT"
 rc=0
-for t in cluster_s3_client_test cluster_task_pointers_test cluster_cluster_store_test; do
+for t in cluster_s3_client_test cluster_task_pointers_test cluster_cluster_store_test \
+  ../server/server_server_cluster_test; do
   "$bin/$t" --gtest_brief=1 || rc=1
 done
 exit $rc
