@@ -65,8 +65,8 @@ absl::StatusOr<std::string> BlobStore::Get(absl::string_view digest, uint64_t si
     out += *part;
   }
   if (out.size() != size) {
-    return absl::DataLossError(absl::StrCat("blob ", digest, ": read ", out.size(),
-                                            " bytes, expected ", size));
+    return absl::DataLossError(
+        absl::StrCat("blob ", digest, ": read ", out.size(), " bytes, expected ", size));
   }
   std::string actual = Sha256Hex({reinterpret_cast<const uint8_t*>(out.data()), out.size()});
   if (actual != digest) {

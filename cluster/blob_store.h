@@ -12,10 +12,10 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "cluster/s3_client.h"
 
@@ -32,13 +32,10 @@ struct BlobStoreOptions {
 
 class BlobStore {
  public:
-  BlobStore(S3Options s3, BlobStoreOptions options)
-      : s3_(std::move(s3)), options_(options) {}
+  BlobStore(S3Options s3, BlobStoreOptions options) : s3_(std::move(s3)), options_(options) {}
 
   // The object key of `digest`.
-  static std::string Key(absl::string_view digest) {
-    return absl::StrCat("blobs/sha256/", digest);
-  }
+  static std::string Key(absl::string_view digest) { return absl::StrCat("blobs/sha256/", digest); }
 
   // Uploads `data` unless an object of the same digest and size exists; returns the
   // digest. A failed multipart upload is aborted (its parts freed).

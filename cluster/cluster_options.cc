@@ -42,13 +42,16 @@ absl::Status GetInt(const json& obj, const char* key, const std::string& where, 
 
 absl::StatusOr<ClusterOptions> ParseClusterOptions(absl::string_view json_text,
                                                    const std::string& base_dir) {
-  DS_ASSIGN_OR_RETURN(json root, common::ParseJson(std::string_view(json_text.data(), json_text.size()), "cluster config"));
-  DS_RETURN_IF_ERROR(CheckKeys(root, "top level", {"s3", "etcd", "cache_bytes", "gc_grace_s",
-                                              "gc_interval_s"}));
+  DS_ASSIGN_OR_RETURN(
+      json root,
+      common::ParseJson(std::string_view(json_text.data(), json_text.size()), "cluster config"));
+  DS_RETURN_IF_ERROR(
+      CheckKeys(root, "top level", {"s3", "etcd", "cache_bytes", "gc_grace_s", "gc_interval_s"}));
   ClusterOptions o;
   const json s3 = root.value("s3", json::object());
-  DS_RETURN_IF_ERROR(CheckKeys(s3, "s3", {"endpoint", "region", "bucket", "access_key",
-                                          "secret_key", "secret_key_file", "part_bytes"}));
+  DS_RETURN_IF_ERROR(CheckKeys(s3, "s3",
+                               {"endpoint", "region", "bucket", "access_key", "secret_key",
+                                "secret_key_file", "part_bytes"}));
   DS_RETURN_IF_ERROR(GetString(s3, "endpoint", "s3", &o.s3.endpoint));
   DS_RETURN_IF_ERROR(GetString(s3, "region", "s3", &o.s3.region));
   DS_RETURN_IF_ERROR(GetString(s3, "bucket", "s3", &o.s3.bucket));

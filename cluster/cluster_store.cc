@@ -34,8 +34,7 @@ absl::Status ClusterOptions::Validate() const {
   return absl::OkStatus();
 }
 
-ClusterStore::ClusterStore(const ClusterOptions& options, storage::DeltaStore* local,
-                           Mutate mutate)
+ClusterStore::ClusterStore(const ClusterOptions& options, storage::DeltaStore* local, Mutate mutate)
     : options_(options),
       local_(local),
       mutate_(std::move(mutate)),
@@ -153,10 +152,9 @@ absl::StatusOr<PointerOutcome> ClusterStore::Publish(const TaskName& name,
       if (!(n == name)) used += p.size;
     }
     if (used + container_bytes.size() > quota_bytes) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("tenant '", name.tenant, "': quota of ", quota_bytes, " bytes: ", used,
-                       " used in the cluster, task '", name.task, "' needs ",
-                       container_bytes.size()));
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "tenant '", name.tenant, "': quota of ", quota_bytes, " bytes: ", used,
+          " used in the cluster, task '", name.task, "' needs ", container_bytes.size()));
     }
   }
   DS_ASSIGN_OR_RETURN(ptr.digest, blobs_.Put(container_bytes));
@@ -278,23 +276,24 @@ void ClusterStore::WatchLoop() {
       }
       for (const TaskName& name : gone) Apply(name, std::nullopt);
       etcd_
-          .Watch(pointers_.TasksPrefix(), revision + 1,
-                 [&](const std::vector<WatchEvent>& events) {
-                   for (const WatchEvent& e : events) {
-                     std::optional<TaskName> name = pointers_.ParseKey(e.kv.key);
-                     if (!name.has_value()) continue;
-                     if (e.type == WatchEvent::Type::kDelete) {
-                       Apply(*name, std::nullopt);
-                       continue;
-                     }
-                     absl::StatusOr<TaskPointer> ptr = DecodePointer(e.kv.value, e.kv.key);
-                     // A pointer that does not parse: forget it (Ensure asks etcd and
-                     // reports the DataLoss to the caller).
-                     Apply(*name, ptr.ok() ? std::optional<TaskPointer>(*ptr) : std::nullopt);
-                   }
-                   return !stop_;
-                 },
-                 stop_)
+          .Watch(
+              pointers_.TasksPrefix(), revision + 1,
+              [&](const std::vector<WatchEvent>& events) {
+                for (const WatchEvent& e : events) {
+                  std::optional<TaskName> name = pointers_.ParseKey(e.kv.key);
+                  if (!name.has_value()) continue;
+                  if (e.type == WatchEvent::Type::kDelete) {
+                    Apply(*name, std::nullopt);
+                    continue;
+                  }
+                  absl::StatusOr<TaskPointer> ptr = DecodePointer(e.kv.value, e.kv.key);
+                  // A pointer that does not parse: forget it (Ensure asks etcd and
+                  // reports the DataLoss to the caller).
+                  Apply(*name, ptr.ok() ? std::optional<TaskPointer>(*ptr) : std::nullopt);
+                }
+                return !stop_;
+              },
+              stop_)
           .IgnoreError();  // any end of the stream: list again
     }
     for (absl::Time until = absl::Now() + kWatchRetry; !stop_ && absl::Now() < until;) {

@@ -31,13 +31,13 @@
 #include <map>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "cluster/blob_store.h"
@@ -87,8 +87,8 @@ class ClusterStore {
  public:
   // Runs `fn` (a commit or delete in the local store of `name`) under the server's
   // per-task exclusion; returns fn's status.
-  using Mutate = std::function<absl::Status(const TaskName& name,
-                                            const std::function<absl::Status()>& fn)>;
+  using Mutate =
+      std::function<absl::Status(const TaskName& name, const std::function<absl::Status()>& fn)>;
 
   // Creates the bucket if needed, lists the pointers, drops local copies that no
   // pointer matches, indexes the rest in the LRU and starts the watch thread.
@@ -105,9 +105,8 @@ class ClusterStore {
   // local cache is filled (`container` committed under `mutate`).
   absl::StatusOr<PointerOutcome> Publish(const TaskName& name,
                                          absl::Span<const uint8_t> container_bytes,
-                                         const codec::ContainerReader& container,
-                                         TaskPointer ptr, bool overwrite,
-                                         uint64_t quota_bytes);
+                                         const codec::ContainerReader& container, TaskPointer ptr,
+                                         bool overwrite, uint64_t quota_bytes);
   // Makes the local store hold the task's current version (fetching it on a miss).
   // NotFound if the task has no pointer (a stale local copy is dropped then).
   absl::Status Ensure(const TaskName& name);

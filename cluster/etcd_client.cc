@@ -104,8 +104,8 @@ void DrainWatchLines(WatchState* st) {
     }
     const json& result = msg->value("result", json::object());
     if (Int(result, "compact_revision") > 0) {
-      st->error = absl::OutOfRangeError(absl::StrCat(
-          "etcd watch: start revision compacted (now ", Int(result, "compact_revision"), ")"));
+      st->error = absl::OutOfRangeError(absl::StrCat("etcd watch: start revision compacted (now ",
+                                                     Int(result, "compact_revision"), ")"));
       st->done = true;
       return;
     }
@@ -118,7 +118,7 @@ void DrainWatchLines(WatchState* st) {
     for (const json& e : result.value("events", json::array())) {
       WatchEvent ev;
       ev.type = e.value("type", std::string("PUT")) == "DELETE" ? WatchEvent::Type::kDelete
-                                                               : WatchEvent::Type::kPut;
+                                                                : WatchEvent::Type::kPut;
       absl::StatusOr<KeyValue> kv = ParseKv(e.value("kv", json::object()));
       if (!kv.ok()) {
         st->error = kv.status();
@@ -257,10 +257,9 @@ absl::StatusOr<int64_t> EtcdClient::Delete(absl::string_view key) const {
   return Int(j, "deleted");
 }
 
-absl::Status EtcdClient::Watch(
-    absl::string_view prefix, int64_t start_revision,
-    const std::function<bool(const std::vector<WatchEvent>&)>& on_events,
-    const std::atomic<bool>& stop) const {
+absl::Status EtcdClient::Watch(absl::string_view prefix, int64_t start_revision,
+                               const std::function<bool(const std::vector<WatchEvent>&)>& on_events,
+                               const std::atomic<bool>& stop) const {
   GlobalInit();
   std::unique_ptr<CURL, void (*)(CURL*)> curl(curl_easy_init(), curl_easy_cleanup);
   if (!curl) return absl::ResourceExhaustedError("etcd: curl_easy_init failed");
@@ -290,8 +289,8 @@ absl::Status EtcdClient::Watch(
   if (stop.load()) return absl::OkStatus();
   if (!st.error.ok()) return st.error;
   if (st.done) return absl::OkStatus();  // on_events returned false
-  return absl::UnavailableError(absl::StrCat("etcd watch ", endpoint_, ": stream ended: ",
-                                             curl_easy_strerror(rc)));
+  return absl::UnavailableError(
+      absl::StrCat("etcd watch ", endpoint_, ": stream ended: ", curl_easy_strerror(rc)));
 }
 
 }  // namespace deltaserve::cluster

@@ -168,8 +168,8 @@ absl::StatusOr<S3Client::Response> S3Client::Call(absl::string_view method, absl
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, list);
   CURLcode rc = curl_easy_perform(c);
   if (rc != CURLE_OK) {
-    return absl::UnavailableError(absl::StrCat("s3: ", method, " ", options_.bucket, "/", key,
-                                               ": ", curl_easy_strerror(rc)));
+    return absl::UnavailableError(
+        absl::StrCat("s3: ", method, " ", options_.bucket, "/", key, ": ", curl_easy_strerror(rc)));
   }
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.code);
   r.etag = sink.etag;
@@ -267,8 +267,8 @@ absl::StatusOr<std::string> S3Client::CreateMultipartUpload(absl::string_view ke
   return id;
 }
 
-absl::StatusOr<std::string> S3Client::UploadPart(absl::string_view key,
-                                                 absl::string_view upload_id, int part_number,
+absl::StatusOr<std::string> S3Client::UploadPart(absl::string_view key, absl::string_view upload_id,
+                                                 int part_number,
                                                  absl::Span<const uint8_t> data) const {
   std::string query = absl::StrCat("partNumber=", part_number, "&uploadId=", upload_id);
   DS_ASSIGN_OR_RETURN(Response r, Call("PUT", key, query, data, {}));

@@ -22,11 +22,11 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 
 namespace deltaserve::cluster {
@@ -74,8 +74,7 @@ class S3Client {
   // part order. Abort frees the parts of an unfinished upload.
   absl::StatusOr<std::string> CreateMultipartUpload(absl::string_view key) const;
   absl::StatusOr<std::string> UploadPart(absl::string_view key, absl::string_view upload_id,
-                                         int part_number,
-                                         absl::Span<const uint8_t> data) const;
+                                         int part_number, absl::Span<const uint8_t> data) const;
   absl::Status CompleteMultipartUpload(absl::string_view key, absl::string_view upload_id,
                                        const std::vector<std::string>& etags) const;
   absl::Status AbortMultipartUpload(absl::string_view key, absl::string_view upload_id) const;
@@ -94,8 +93,7 @@ class S3Client {
                                 absl::string_view query, absl::Span<const uint8_t> body,
                                 const std::vector<std::string>& headers) const;
   // The Status for a non-2xx response of `what`.
-  absl::Status HttpError(const Response& r, absl::string_view what,
-                         absl::string_view key) const;
+  absl::Status HttpError(const Response& r, absl::string_view what, absl::string_view key) const;
 
   S3Options options_;
 };

@@ -35,7 +35,8 @@ absl::StatusOr<TaskPointer> DecodePointer(absl::string_view text, absl::string_v
   auto bad = [&](absl::string_view why) {
     return absl::DataLossError(absl::StrCat("task pointer ", what, ": ", why));
   };
-  absl::StatusOr<json> j = common::ParseJson(std::string_view(text.data(), text.size()), absl::StrCat("task pointer ", what));
+  absl::StatusOr<json> j = common::ParseJson(std::string_view(text.data(), text.size()),
+                                             absl::StrCat("task pointer ", what));
   if (!j.ok()) return bad(j.status().message());
   if (!j->is_object()) return bad("not an object");
   TaskPointer p;
@@ -87,9 +88,9 @@ absl::StatusOr<PointerOutcome> TaskPointers::Create(const TaskName& name, const 
     DS_ASSIGN_OR_RETURN(TaskPointer old, DecodePointer(existing->value, key));
     if (old.digest == ptr.digest) return PointerOutcome::kUnchanged;
     if (!overwrite) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "task '", name.task, "' of tenant '", name.tenant,
-          "' exists in the cluster (push with overwrite to replace it)"));
+      return absl::AlreadyExistsError(
+          absl::StrCat("task '", name.task, "' of tenant '", name.tenant,
+                       "' exists in the cluster (push with overwrite to replace it)"));
     }
     DS_ASSIGN_OR_RETURN(bool replaced, etcd_->PutIfRevision(key, value, existing->mod_revision));
     if (replaced) {
@@ -142,7 +143,8 @@ absl::Status TaskPointers::MarkGarbage(const std::string& digest) const {
   // A later mark of the same digest keeps the earlier time (PutIfAbsent): the grace
   // period runs from the first time the blob lost a pointer.
   return etcd_
-      ->PutIfAbsent(absl::StrCat(prefix_, "gc/", digest), absl::StrCat(absl::ToUnixSeconds(absl::Now())))
+      ->PutIfAbsent(absl::StrCat(prefix_, "gc/", digest),
+                    absl::StrCat(absl::ToUnixSeconds(absl::Now())))
       .status();
 }
 

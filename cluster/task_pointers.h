@@ -21,20 +21,20 @@
 #include <map>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "cluster/etcd_client.h"
 
 namespace deltaserve::cluster {
 
 struct TaskPointer {
-  std::string digest;         // SHA-256 of the container, lowercase hex
-  uint64_t size = 0;          // container bytes
-  std::string base_hash;      // hex hash of the base the delta was made against
-  int64_t created_unix = 0;   // push time
+  std::string digest;        // SHA-256 of the container, lowercase hex
+  uint64_t size = 0;         // container bytes
+  std::string base_hash;     // hex hash of the base the delta was made against
+  int64_t created_unix = 0;  // push time
   // What listings show without the container (so every replica lists the same):
   // tensor count, weight count, merged bytes at the recorded dtypes. 0 if unknown.
   uint64_t num_tensors = 0, weights = 0, merged_bytes = 0;
@@ -84,9 +84,9 @@ class TaskPointers {
   // Garbage collection of blobs: digests marked at least `grace_s` seconds before
   // `now_unix` that no pointer names now. `delete_blob` is called for each; on success
   // the mark is removed. Returns the number of blobs deleted.
-  absl::StatusOr<int> CollectGarbage(int64_t now_unix, int64_t grace_s,
-                                     const std::function<absl::Status(const std::string&)>&
-                                         delete_blob) const;
+  absl::StatusOr<int> CollectGarbage(
+      int64_t now_unix, int64_t grace_s,
+      const std::function<absl::Status(const std::string&)>& delete_blob) const;
 
  private:
   absl::Status MarkGarbage(const std::string& digest) const;

@@ -26,12 +26,12 @@ absl::Status ClusterListTasks(const ServiceContext& ctx, const std::string& tena
     info.created_unix = ptr.created_unix;
     info.total_bytes = ptr.size;
     info.weights = ptr.weights;
-    info.bits_per_weight = ptr.weights > 0 ? 8.0 * static_cast<double>(ptr.size) /
-                                                 static_cast<double>(ptr.weights)
-                                           : 0;
+    info.bits_per_weight =
+        ptr.weights > 0 ? 8.0 * static_cast<double>(ptr.size) / static_cast<double>(ptr.weights)
+                        : 0;
     v1::TaskInfo* out = response->add_tasks();
-    FillTaskInfo(info, /*with_tensors=*/false, ctx.cache->IsPinned(TaskGroup(name.tenant, name.task)),
-                 out);
+    FillTaskInfo(info, /*with_tensors=*/false,
+                 ctx.cache->IsPinned(TaskGroup(name.tenant, name.task)), out);
     out->set_base_hash(ptr.base_hash);
     out->set_num_tensors(static_cast<uint32_t>(ptr.num_tensors));
     out->set_merged_bytes(ptr.merged_bytes);
@@ -47,9 +47,10 @@ absl::Status ClusterPublish(const ServiceContext& ctx, const std::string& tenant
                             bool overwrite, uint64_t quota_bytes, storage::TaskInfo* info,
                             bool* unchanged) {
   if (side_files > 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "PutDelta: task '", task, "': side files are not kept in cluster mode (push the "
-        "container alone; keep tokenizer/config files next to the base)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("PutDelta: task '", task,
+                     "': side files are not kept in cluster mode (push the "
+                     "container alone; keep tokenizer/config files next to the base)"));
   }
   // The listing fields, from the container's records (as the store's TaskInfo has them).
   storage::TaskInfo shape;
@@ -65,9 +66,9 @@ absl::Status ClusterPublish(const ServiceContext& ctx, const std::string& tenant
     ptr.weights += static_cast<uint64_t>(codec::NumElements(t.shape));
   }
   ptr.merged_bytes = TaskMergedBytes(shape, std::nullopt);
-  DS_ASSIGN_OR_RETURN(cluster::PointerOutcome outcome,
-                      ctx.cluster->Publish({tenant, task}, bytes, container, ptr, overwrite,
-                                           quota_bytes));
+  DS_ASSIGN_OR_RETURN(
+      cluster::PointerOutcome outcome,
+      ctx.cluster->Publish({tenant, task}, bytes, container, ptr, overwrite, quota_bytes));
   *unchanged = outcome == cluster::PointerOutcome::kUnchanged;
   DS_ASSIGN_OR_RETURN(*info, ctx.store->GetTask(tenant, task));
   return absl::OkStatus();

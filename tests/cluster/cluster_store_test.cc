@@ -59,7 +59,9 @@ absl::StatusOr<PointerOutcome> Push(Replica& r, const std::string& task,
                                     const std::vector<uint8_t>& bytes, bool overwrite = false) {
   absl::StatusOr<codec::ContainerReader> c = codec::ContainerReader::Parse(bytes);
   if (!c.ok()) return c.status();
-  TaskPointer p{.base_hash = "42", .created_unix = absl::ToUnixSeconds(absl::Now())};
+  TaskPointer p;  // Publish fills in digest and size
+  p.base_hash = "42";
+  p.created_unix = absl::ToUnixSeconds(absl::Now());
   return r.cluster->Publish({"t", task}, bytes, *c, p, overwrite, 0);
 }
 
@@ -121,8 +123,7 @@ TEST(ClusterStoreLiveTest, PushOnOneReplicaServesFromAnother) {
   std::vector<uint8_t> bytes = Container(1);
   EXPECT_EQ(Push(a, "task1", bytes).value_or(PointerOutcome(99)), PointerOutcome::kCreated);
   EXPECT_EQ(Push(b, "task1", bytes).value_or(PointerOutcome(99)), PointerOutcome::kUnchanged);
-  EXPECT_THAT(Push(b, "task1", Container(2)).status(),
-              StatusIs(absl::StatusCode::kAlreadyExists));
+  EXPECT_THAT(Push(b, "task1", Container(2)).status(), StatusIs(absl::StatusCode::kAlreadyExists));
   ASSERT_THAT(b.cluster->Ensure({"t", "task1"}), IsOk());
   EXPECT_EQ(Assembled(b, "t", "task1"), bytes);
   ASSERT_THAT(b.cluster->Ensure({"t", "task1"}), IsOk());
@@ -165,8 +166,8 @@ TEST(ClusterStoreLiveTest, DeleteAndOverwriteAreSeenByEveryReplica) {
   EXPECT_GE(delete_ms, 0);
   EXPECT_THAT(a.cluster->Ensure({"t", "x"}), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(b.cluster->Delete({"t", "x"}).status(), StatusIs(absl::StatusCode::kNotFound));
-  std::cout << "watch: overwrite seen after " << overwrite_ms << " ms, delete after "
-            << delete_ms << " ms\n";
+  std::cout << "watch: overwrite seen after " << overwrite_ms << " ms, delete after " << delete_ms
+            << " ms\n";
 }
 
 TEST(ClusterStoreLiveTest, PeriodicGcDeletesReplacedBlobsOnly) {

@@ -27,10 +27,10 @@ inline S3Options LiveS3() {
   return o;
 }
 
-#define DS_SKIP_WITHOUT_CLUSTER()                                                   \
-  if (::deltaserve::cluster::testing::Env("S3_ENDPOINT").empty() ||                 \
-      ::deltaserve::cluster::testing::Env("ETCD_ENDPOINT").empty())                 \
-  GTEST_SKIP() << "no loopback cluster (S3_ENDPOINT/ETCD_ENDPOINT unset): run "     \
+#define DS_SKIP_WITHOUT_CLUSTER()                                               \
+  if (::deltaserve::cluster::testing::Env("S3_ENDPOINT").empty() ||             \
+      ::deltaserve::cluster::testing::Env("ETCD_ENDPOINT").empty())             \
+  GTEST_SKIP() << "no loopback cluster (S3_ENDPOINT/ETCD_ENDPOINT unset): run " \
                   "tests/cluster/run_live_tests.sh"
 
 }  // namespace deltaserve::cluster::testing

@@ -86,8 +86,11 @@ TEST(S3ClientLiveTest, WrongSecretIsPermissionDenied) {
 }
 
 TEST(S3ClientLiveTest, UnreachableEndpointIsUnavailable) {
-  S3Options o{.endpoint = "http://127.0.0.1:9", .access_key = "a", .secret_key = "b",
-              .bucket = "c", .connect_timeout_s = 2};
+  S3Options o{.endpoint = "http://127.0.0.1:9",
+              .access_key = "a",
+              .secret_key = "b",
+              .bucket = "c",
+              .connect_timeout_s = 2};
   EXPECT_THAT(S3Client(o).HeadObject("k").status(), StatusIs(absl::StatusCode::kUnavailable));
 }
 
@@ -106,7 +109,7 @@ TEST(BlobStoreLiveTest, MultipartRoundTripIsContentAddressed) {
   EXPECT_TRUE(*back == data);
   absl::StatusOr<std::string> range = blobs.GetRange(*digest, (5 << 20) - 3, 6);
   ASSERT_THAT(range.status(), IsOk());
-  EXPECT_EQ(*range, data.substr((5 << 20) - 3, 6));  // across a part boundary
+  EXPECT_EQ(*range, data.substr((5 << 20) - 3, 6));                 // across a part boundary
   ASSERT_OK_AND_ASSIGN(std::string again, blobs.Put(Bytes(data)));  // already there
   EXPECT_EQ(again, *digest);
   EXPECT_THAT(blobs.Get(*digest, data.size() + 1).status(),

@@ -17,8 +17,12 @@ using ::deltaserve::testing::StatusIs;
 using ::testing::HasSubstr;
 
 TaskPointer MakePointer(char digit, uint64_t size) {
-  return TaskPointer{.digest = std::string(64, digit), .size = size, .base_hash = "00ff",
-                     .created_unix = 1700000000, .num_tensors = 3, .weights = 1000,
+  return TaskPointer{.digest = std::string(64, digit),
+                     .size = size,
+                     .base_hash = "00ff",
+                     .created_unix = 1700000000,
+                     .num_tensors = 3,
+                     .weights = 1000,
                      .merged_bytes = 4000};
 }
 
@@ -33,11 +37,10 @@ TEST(TaskPointerTest, EncodeDecodeRoundTrip) {
   ASSERT_OK_AND_ASSIGN(TaskPointer back, DecodePointer(EncodePointer(p), "k"));
   EXPECT_EQ(back, p);
   // The listing fields are optional.
-  ASSERT_OK_AND_ASSIGN(
-      TaskPointer minimal,
-      DecodePointer(R"({"digest":")" + std::string(64, 'b') +
-                        R"(","size":5,"base_hash":"ab","created":7})",
-                    "k"));
+  ASSERT_OK_AND_ASSIGN(TaskPointer minimal,
+                       DecodePointer(R"({"digest":")" + std::string(64, 'b') +
+                                         R"(","size":5,"base_hash":"ab","created":7})",
+                                     "k"));
   EXPECT_EQ(minimal.size, 5u);
   EXPECT_EQ(minimal.num_tensors, 0u);
 }
@@ -45,9 +48,9 @@ TEST(TaskPointerTest, EncodeDecodeRoundTrip) {
 TEST(TaskPointerTest, BadPointersAreDataLoss) {
   EXPECT_THAT(DecodePointer("{", "tasks/t/a").status(),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("tasks/t/a")));
-  EXPECT_THAT(DecodePointer(R"({"digest":"xyz","size":5,"base_hash":"","created":7})", "k")
-                  .status(),
-              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("64 lowercase hex")));
+  EXPECT_THAT(
+      DecodePointer(R"({"digest":"xyz","size":5,"base_hash":"","created":7})", "k").status(),
+      StatusIs(absl::StatusCode::kDataLoss, HasSubstr("64 lowercase hex")));
   EXPECT_THAT(DecodePointer(R"({"digest":")" + std::string(64, 'b') +
                                 R"(","size":-5,"base_hash":"","created":7})",
                             "k")
@@ -72,14 +75,19 @@ TEST(TaskPointersLiveTest, CreateOnlyUnlessOverwrite) {
   TaskPointers ptrs(&etcd, Prefix());
   TaskName name{"acme", "t1"};
   EXPECT_THAT(ptrs.Get(name).status(), StatusIs(absl::StatusCode::kNotFound));
-  EXPECT_EQ(ptrs.Create(name, MakePointer('a', 10), false).value_or(static_cast<PointerOutcome>(99)), PointerOutcome::kCreated);
+  EXPECT_EQ(
+      ptrs.Create(name, MakePointer('a', 10), false).value_or(static_cast<PointerOutcome>(99)),
+      PointerOutcome::kCreated);
   // The same blob again: unchanged, with or without overwrite.
-  EXPECT_EQ(ptrs.Create(name, MakePointer('a', 10), false).value_or(static_cast<PointerOutcome>(99)), PointerOutcome::kUnchanged);
+  EXPECT_EQ(
+      ptrs.Create(name, MakePointer('a', 10), false).value_or(static_cast<PointerOutcome>(99)),
+      PointerOutcome::kUnchanged);
   EXPECT_THAT(ptrs.Create(name, MakePointer('b', 20), false).status(),
               StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("overwrite")));
   ASSERT_OK_AND_ASSIGN(TaskPointer still, ptrs.Get(name));
   EXPECT_EQ(still.digest, std::string(64, 'a'));
-  EXPECT_EQ(ptrs.Create(name, MakePointer('b', 20), true).value_or(static_cast<PointerOutcome>(99)), PointerOutcome::kReplaced);
+  EXPECT_EQ(ptrs.Create(name, MakePointer('b', 20), true).value_or(static_cast<PointerOutcome>(99)),
+            PointerOutcome::kReplaced);
   ASSERT_OK_AND_ASSIGN(TaskPointer now, ptrs.Get(name));
   EXPECT_EQ(now, MakePointer('b', 20));
   ASSERT_THAT(ptrs.Create({"acme", "t0"}, MakePointer('c', 1), false).status(), IsOk());
@@ -101,8 +109,8 @@ TEST(TaskPointersLiveTest, GarbageIsCollectedOnlyAfterGraceAndWhenUnreferenced) 
   TaskPointers ptrs(&etcd, Prefix());
   ASSERT_THAT(ptrs.Create({"t", "a"}, MakePointer('a', 1), false).status(), IsOk());
   ASSERT_THAT(ptrs.Create({"t", "b"}, MakePointer('b', 1), false).status(), IsOk());
-  ASSERT_THAT(ptrs.Create({"t", "a"}, MakePointer('c', 1), true).status(), IsOk());  // a: marked
-  ASSERT_THAT(ptrs.Delete({"t", "b"}), IsOk());                                       // b: marked
+  ASSERT_THAT(ptrs.Create({"t", "a"}, MakePointer('c', 1), true).status(), IsOk());    // a: marked
+  ASSERT_THAT(ptrs.Delete({"t", "b"}), IsOk());                                        // b: marked
   ASSERT_THAT(ptrs.Create({"t", "b2"}, MakePointer('b', 1), false).status(), IsOk());  // b lives
   std::vector<std::string> deleted;
   auto del = [&](const std::string& d) {
@@ -126,13 +134,16 @@ TEST(EtcdClientLiveTest, WatchSeesPutsAndDeletesInOrder) {
   ASSERT_THAT(etcd.Delete(prefix + "k1").status(), IsOk());
   std::vector<std::string> seen;
   std::atomic<bool> stop{false};
-  absl::Status s = etcd.Watch(prefix, rev, [&](const std::vector<WatchEvent>& events) {
-    for (const WatchEvent& e : events) {
-      seen.push_back((e.type == WatchEvent::Type::kDelete ? "del " : "put ") +
-                     e.kv.key.substr(prefix.size()) + "=" + e.kv.value);
-    }
-    return seen.size() < 3;
-  }, stop);
+  absl::Status s = etcd.Watch(
+      prefix, rev,
+      [&](const std::vector<WatchEvent>& events) {
+        for (const WatchEvent& e : events) {
+          seen.push_back((e.type == WatchEvent::Type::kDelete ? "del " : "put ") +
+                         e.kv.key.substr(prefix.size()) + "=" + e.kv.value);
+        }
+        return seen.size() < 3;
+      },
+      stop);
   EXPECT_THAT(s, IsOk());
   EXPECT_THAT(seen, ::testing::ElementsAre("put k1=v1", "put k2=v2", "del k1="));
 }
