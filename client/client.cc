@@ -98,7 +98,7 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
   DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(request, label));
 
   grpc::ClientContext ctx;
-  impl_->Prepare(&ctx, impl_->options.deadline);
+  impl_->Prepare(&ctx, impl_->options.deadline, task);
   v1::PutDeltaResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::PutDeltaRequest>> writer =
       impl_->stub->PutDelta(&ctx, &response);

@@ -50,7 +50,7 @@ absl::StatusOr<DeltaStats> RunStreamDelta(
   DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(request, label));
   const Clock::time_point start = Clock::now();
   grpc::ClientContext ctx;
-  impl.Prepare(&ctx, impl.options.stream_deadline);
+  impl.Prepare(&ctx, impl.options.stream_deadline, task);
   auto reader = impl.stub->StreamDelta(&ctx, request);
   XXH3_state_t* hash = XXH3_createState();
   XXH3_64bits_reset(hash);

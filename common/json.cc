@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace deltaserve::common {
 
@@ -125,6 +126,19 @@ absl::StatusOr<bool> JsonToBool(const nlohmann::json& j, absl::string_view what)
         absl::StrCat(what, ": expected true or false, got ", j.type_name()));
   }
   return j.get<bool>();
+}
+
+absl::Status CheckJsonKeys(const nlohmann::json& j, absl::string_view what,
+                           const std::vector<std::string>& allowed) {
+  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(what, ": must be an object"));
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (std::find(allowed.begin(), allowed.end(), it.key()) == allowed.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": unknown key \"", it.key(),
+                                                     "\" (allowed: ", absl::StrJoin(allowed, ", "),
+                                                     ")"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace deltaserve::common

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -43,6 +44,12 @@ absl::StatusOr<double> JsonToDouble(const nlohmann::json& j, absl::string_view w
 
 // `j` as a bool, or InvalidArgument "<what>: expected true or false".
 absl::StatusOr<bool> JsonToBool(const nlohmann::json& j, absl::string_view what);
+
+// InvalidArgument "<what>: unknown key \"K\" (allowed: a, b)" naming the first key of
+// the object `j` not in `allowed` (a misspelled key would otherwise be ignored
+// silently, e.g. "quota" for "quota_bytes"); "<what>: must be an object" if `j` is not one.
+absl::Status CheckJsonKeys(const nlohmann::json& j, absl::string_view what,
+                           const std::vector<std::string>& allowed);
 
 }  // namespace deltaserve::common
 

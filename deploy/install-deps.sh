@@ -8,7 +8,7 @@ BUILD_PKGS=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   protobuf-compiler libprotobuf-dev protobuf-compiler-grpc libgrpc++-dev
   libabsl-dev librocksdb-dev libopenblas-dev prometheus-cpp-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev libssl-dev
   nlohmann-json3-dev libcli11-dev libspdlog-dev libxxhash-dev libre2-dev libhtscodecs-dev
 )
 # Tests: a real Prometheus server and promtool, docker-compose for `config` validation,
@@ -19,13 +19,16 @@ BUILD_PKGS=(
 # The Python client (python/deltaserve): gRPC, protobuf and xxhash modules, and
 # pybind11 with the Python headers for its C++ codec binding (built only when pybind11
 # is found). Clang and libFuzzer for the fuzz targets (tests/fuzz/run_fuzz.sh,
-# build-fuzz/).
+# build-fuzz/). Scale-out (deploy/README.md "Scaling out", tests/cluster): etcd for task
+# pointers, HAProxy for routing, OpenStack Swift (proxy with its s3api middleware plus a
+# one-replica account/container/object ring) as the S3 object store.
 TEST_PKGS=(
   prometheus docker-compose curl openssl shellcheck python3-yaml linux-perf
   python3 python3-numpy python3-torch python3-matplotlib python3-pil
   python3-skimage fortunes fortunes-min fortune-mod
   python3-grpcio python3-protobuf python3-xxhash pybind11-dev python3-dev
   clang libfuzzer-14-dev
+  etcd-server etcd-client haproxy swift swift-proxy swift-object swift-container swift-account
 )
 
 want=("${BUILD_PKGS[@]}")

@@ -32,6 +32,11 @@ inline constexpr uint32_t kDefaultChunkBytes = 1u << 20;                // 1 MiB
 // to this.
 inline constexpr int kMaxMessageBytes = 16 << 20;
 
+// Request metadata a client adds to every call about one task: "<tenant>/<task>" (the
+// tenant as the client names it, "" for its default). Only routing reads it (a load
+// balancer hashing on it: deploy/haproxy/haproxy.cfg); the server goes by the request.
+inline constexpr char kTaskRouteHeader[] = "x-deltaserve-task";
+
 // OK if kMinChunkBytes <= `bytes` <= kMaxChunkBytes, else InvalidArgument naming `what`
 // (the option or flag) and the range.
 absl::Status ValidateChunkBytes(uint32_t bytes, absl::string_view what);

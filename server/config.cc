@@ -98,18 +98,9 @@ absl::Status ReadTokensFile(const std::string& path, AuthConfig* config) {
   return absl::OkStatus();
 }
 
-// InvalidArgument naming the first key of `obj` not in `allowed` (a misspelled key would
-// otherwise be ignored silently, e.g. "quota" for "quota_bytes").
 absl::Status CheckKeys(const json& obj, const std::string& where,
                        const std::vector<std::string>& allowed) {
-  for (auto it = obj.begin(); it != obj.end(); ++it) {
-    if (std::find(allowed.begin(), allowed.end(), it.key()) == allowed.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("config: ", where, ": unknown key \"",
-                                                     it.key(), "\" (allowed: ",
-                                                     absl::StrJoin(allowed, ", "), ")"));
-    }
-  }
-  return absl::OkStatus();
+  return common::CheckJsonKeys(obj, absl::StrCat("config: ", where), allowed);
 }
 
 absl::StatusOr<AuthConfig> ParseJson(const json& root, const std::string& base_dir) {

@@ -44,6 +44,9 @@ int Run(int argc, char** argv) {
       ->envname("DELTASERVE_BASE")->required();
   app.add_option("--db", o.db_path, "RocksDB directory")->envname("DELTASERVE_DB")
       ->capture_default_str();
+  app.add_option("--cluster-config", o.cluster_config_path,
+                 "cluster mode: S3 + etcd config file (server/CONFIG.md); unset = single node")
+      ->envname("DELTASERVE_CLUSTER_CONFIG");
   app.add_option("--listen", o.listen, "gRPC address host:port")->envname("DELTASERVE_LISTEN")
       ->capture_default_str();
   app.add_option("--metrics-listen", o.metrics_listen, "Prometheus /metrics address (\"\" = off)")

@@ -151,6 +151,8 @@ struct Server::Impl {
   internal::TaskVersions versions;
   internal::DrainGate drain;
   internal::StallWatch stalls;
+  // Cluster mode only; uses store, cache and versions (declared before it).
+  std::unique_ptr<cluster::ClusterStore> cluster;
   // Housekeeping: disk gauges, stalled streams, returning freed memory to the system.
   std::thread housekeeper;
   absl::Notification stop_housekeeping;
@@ -172,9 +174,32 @@ struct Server::Impl {
   absl::Notification stopped;
 
   absl::Status Init();
+  // Cluster mode: opens the ClusterStore over `store` and sets ctx.cluster.
+  absl::Status OpenCluster();
   void Preload();
   void Housekeep();
 };
+
+absl::Status Server::Impl::OpenCluster() {
+  std::optional<cluster::ClusterOptions> cluster_options = options.cluster;
+  if (!cluster_options && !options.cluster_config_path.empty()) {
+    DS_ASSIGN_OR_RETURN(cluster_options, cluster::LoadClusterOptions(options.cluster_config_path));
+  }
+  if (!cluster_options) return absl::OkStatus();
+  DS_ASSIGN_OR_RETURN(
+      cluster, cluster::ClusterStore::Open(
+                   *cluster_options, store.get(),
+                   [this](const cluster::TaskName& name, const std::function<absl::Status()>& fn) {
+                     return versions.Mutate(name.tenant, name.task, cache.get(), fn);
+                   }));
+  ctx.cluster = cluster.get();
+  internal::LogInfo("cluster mode", {{"s3", cluster_options->s3.endpoint},
+                                     {"bucket", cluster_options->s3.bucket},
+                                     {"etcd", cluster_options->etcd_endpoint},
+                                     {"prefix", cluster_options->etcd_prefix},
+                                     {"cache_bytes", std::to_string(cluster_options->cache_bytes)}});
+  return absl::OkStatus();
+}
 
 absl::Status Server::Impl::Init() {
   DS_RETURN_IF_ERROR(options.Validate());
@@ -259,6 +284,7 @@ absl::Status Server::Impl::Init() {
       &metrics->admission_rejected("streams"));
   ctx.uploads = uploads.get();
   ctx.streams = streams.get();
+  DS_RETURN_IF_ERROR(OpenCluster());
 
   // Per-tenant gauges for every configured tenant and every tenant with data.
   std::vector<std::string> tenants = auth->TenantNames();
@@ -417,6 +443,7 @@ void Server::Shutdown(absl::Duration drain) {
   s.control_pool->Shutdown();
   s.pool->Shutdown();
   StopExposer(std::move(s.exposer), s.metrics_port);
+  s.cluster.reset();  // its watch thread writes to the store
   s.store.reset();  // every TaskReader is gone with its reactor
   internal::LogInfo("stopped", {{"cancelled_calls", std::to_string(left)},
                                {"ms", std::to_string(absl::ToInt64Milliseconds(absl::Now() - t0))}});

@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cluster/cluster_store.h"
 #include "proto/protocol.h"
 #include "server/config.h"
 #include "storage/store.h"
@@ -108,6 +109,11 @@ struct ServerOptions {
   absl::Duration drain_timeout = absl::Seconds(30);
   // Store settings other than the path (which is db_path).
   storage::StoreOptions store;
+  // Cluster mode (deploy/README.md "Scaling out"): the cluster config file
+  // (server/CONFIG.md); `cluster` given directly (tests) takes precedence. Both unset:
+  // single-node mode, the local store is the only store. Default: unset.
+  std::string cluster_config_path;
+  std::optional<cluster::ClusterOptions> cluster;
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;

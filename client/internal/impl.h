@@ -2,6 +2,7 @@
 #ifndef DELTASERVE_CLIENT_INTERNAL_IMPL_H_
 #define DELTASERVE_CLIENT_INTERNAL_IMPL_H_
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <string>
@@ -33,9 +34,20 @@ struct DeltaClient::Impl {
     return v1::DeltaService::NewStub(grpc::CreateCustomChannel(options.target, credentials, args));
   }
 
-  // Adds the bearer token and, if `deadline` is positive, the deadline to `ctx`.
-  void Prepare(grpc::ClientContext* ctx, absl::Duration deadline) const {
+  // Adds the bearer token and, if `deadline` is positive, the deadline to `ctx`. A call
+  // about one task also carries it as `x-deltaserve-task: <tenant>/<task>` (proto::kTaskRouteHeader),
+  // the key a load balancer hashes on to send a task's calls to the same replica
+  // (deploy/haproxy/haproxy.cfg).
+  void Prepare(grpc::ClientContext* ctx, absl::Duration deadline,
+               std::string_view task = {}) const {
     if (!options.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options.token);
+    std::string route = options.tenant + "/" + std::string(task);
+    // Metadata values must be printable ASCII; a name that is not (refused by the
+    // server anyway, with its own message) goes unrouted.
+    if (!task.empty() && std::all_of(route.begin(), route.end(),
+                                     [](char c) { return c >= 0x20 && c < 0x7f; })) {
+      ctx->AddMetadata(proto::kTaskRouteHeader, route);
+    }
     if (deadline > absl::ZeroDuration()) ctx->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
   }
 
@@ -49,7 +61,11 @@ struct DeltaClient::Impl {
       const Request& request, absl::Duration deadline, std::string_view label) const {
     if (absl::Status s = proto::CheckTextFieldsUtf8(request, label); !s.ok()) return s;
     grpc::ClientContext ctx;
-    Prepare(&ctx, deadline);
+    if constexpr (requires { request.task(); }) {
+      Prepare(&ctx, deadline, request.task());
+    } else {
+      Prepare(&ctx, deadline);
+    }
     Response response;
     absl::Status s = FromGrpcStatus((stub.get()->*method)(&ctx, request, &response), label);
     if (!s.ok()) return s;

@@ -145,7 +145,7 @@ absl::Status RunStreamWeightsCall(const DeltaClient::Impl& impl, v1::DeltaServic
                                   const PullOptions& options, const std::atomic<bool>* stop,
                                   WeightsStreamChecker* checker) {
   grpc::ClientContext ctx;
-  impl.Prepare(&ctx, impl.options.stream_deadline);
+  impl.Prepare(&ctx, impl.options.stream_deadline, request.task());
   std::unique_ptr<grpc::ClientReader<v1::StreamWeightsResponse>> reader =
       stub->StreamWeights(&ctx, request);
   v1::StreamWeightsResponse msg;

@@ -21,11 +21,18 @@
 #include "server/server.h"
 #include "storage/store.h"
 
+namespace deltaserve::cluster {
+class ClusterStore;
+}  // namespace deltaserve::cluster
+
 namespace deltaserve::server::internal {
 
 struct ServiceContext {
   const ServerOptions* options = nullptr;
   storage::DeltaStore* store = nullptr;
+  // Cluster mode only (else null): the object store + etcd behind `store`, which is then
+  // a cache (server/internal/cluster_glue.h).
+  cluster::ClusterStore* cluster = nullptr;
   const codec::ModelReader* base = nullptr;
   codec::BaseHash base_hash{};
   std::string base_hash_hex;

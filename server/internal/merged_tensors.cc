@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "codec/delta_codec.h"
 #include "common/status_macros.h"
+#include "server/internal/cluster_glue.h"
 #include "server/internal/convert.h"
 #include "server/internal/log.h"
 
@@ -169,6 +170,7 @@ absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
 
 absl::StatusOr<uint64_t> PinTask(const ServiceContext& ctx, const std::string& tenant,
                                  const std::string& task, std::optional<codec::DType> out_dtype) {
+  DS_RETURN_IF_ERROR(EnsureLocal(ctx, tenant, task));  // pins and --preload
   DS_ASSIGN_OR_RETURN(TaskSnapshot snap, ctx.versions->Open(*ctx.store, tenant, task));
   const storage::TaskInfo& info = snap.reader->info();
   DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(info.base_hash, ctx.base_hash,

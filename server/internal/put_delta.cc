@@ -41,6 +41,7 @@
 #include "codec/delta_codec.h"
 #include "common/status_macros.h"
 #include "proto/protocol.h"
+#include "server/internal/cluster_glue.h"
 #include "server/internal/convert.h"
 #include "server/internal/service.h"
 #include "storage/side_files.h"
@@ -140,8 +141,10 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
  private:
   storage::CommitOptions MakeCommitOptions() const {
     storage::CommitOptions options;
-    options.overwrite = meta_.overwrite();
-    options.quota_bytes = ctx_->auth->QuotaBytes(tenant_);
+    // Cluster mode: the local store is a cache; etcd decides existence and quota
+    // (ClusterPublish).
+    options.overwrite = meta_.overwrite() || ctx_->cluster != nullptr;
+    options.quota_bytes = ctx_->cluster != nullptr ? 0 : ctx_->auth->QuotaBytes(tenant_);
     return options;
   }
 
@@ -183,7 +186,8 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                                                 MakeCommitOptions()));
     buffer_.reserve(total);
     side_buffer_.reserve(side_total_);
-    if (total >= ctx_->store->options().ingest_min_bytes) {
+    // Cluster mode publishes to the object store instead of committing here: no staging.
+    if (ctx_->cluster == nullptr && total >= ctx_->store->options().ingest_min_bytes) {
       DS_ASSIGN_OR_RETURN(staged_, ctx_->store->StageRecords(tenant_, meta_.task()));
     }
     return absl::OkStatus();
@@ -246,13 +250,21 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     }
     storage::TaskInfo committed;
     storage::CommitOutcome outcome = storage::CommitOutcome::kCreated;
-    DS_RETURN_IF_ERROR(ctx_->versions->Mutate(tenant_, meta_.task(), ctx_->cache,
-                                              [&]() -> absl::Status {
-      DS_ASSIGN_OR_RETURN(committed,
-                          ctx_->store->CommitTask(tenant_, meta_.task(), *container, options,
-                                                  &outcome, staged));
-      return absl::OkStatus();
-    }));
+    if (ctx_->cluster != nullptr) {
+      bool unchanged = false;
+      DS_RETURN_IF_ERROR(ClusterPublish(*ctx_, tenant_, meta_.task(), bytes, *container,
+                                        side_files.size(), meta_.overwrite(),
+                                        ctx_->auth->QuotaBytes(tenant_), &committed, &unchanged));
+      if (unchanged) outcome = storage::CommitOutcome::kUnchanged;
+    } else {
+      DS_RETURN_IF_ERROR(ctx_->versions->Mutate(tenant_, meta_.task(), ctx_->cache,
+                                                [&]() -> absl::Status {
+        DS_ASSIGN_OR_RETURN(committed,
+                            ctx_->store->CommitTask(tenant_, meta_.task(), *container, options,
+                                                    &outcome, staged));
+        return absl::OkStatus();
+      }));
+    }
     ctx_->PublishTenantUsage(tenant_);
     FillTaskInfo(committed, /*with_tensors=*/false,
                  ctx_->cache->IsPinned(TaskGroup(tenant_, meta_.task())),

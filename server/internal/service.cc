@@ -8,6 +8,7 @@
 #include "codec/container_checks.h"
 #include "common/status_macros.h"
 #include "proto/protocol.h"
+#include "server/internal/cluster_glue.h"
 #include "server/internal/convert.h"
 #include "server/internal/merged_tensors.h"
 #include "storage/store.h"
@@ -82,6 +83,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::ListTasks(grpc::CallbackServerContex
       tenants.push_back(tenant);
       response->set_quota_bytes(ctx->auth->QuotaBytes(tenant));
     }
+    if (ctx->cluster != nullptr) return ClusterListTasks(*ctx, tenant, response);
     uint64_t stored = 0;
     for (const std::string& t : tenants) {
       DS_ASSIGN_OR_RETURN(std::vector<storage::TaskInfo> tasks, ctx->store->ListTasks(t));
@@ -105,6 +107,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::GetTask(grpc::CallbackServerContext*
     DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(*request, "GetTask"));
     DS_ASSIGN_OR_RETURN(std::string tenant,
                         ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
+    DS_RETURN_IF_ERROR(EnsureLocal(*ctx, tenant, request->task()));
     DS_ASSIGN_OR_RETURN(storage::TaskInfo info, ctx->store->GetTask(tenant, request->task()));
     FillTaskInfo(info, request->include_tensors(),
                  ctx->cache->IsPinned(TaskGroup(tenant, request->task())), response);
@@ -122,11 +125,15 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::DeleteTask(grpc::CallbackServerConte
     DS_ASSIGN_OR_RETURN(std::string tenant,
                         ResolveTask(*ctx, caller, request->tenant(), task, log));
     uint64_t freed = 0;
-    DS_RETURN_IF_ERROR(ctx->versions->Mutate(tenant, task, ctx->cache, [&]() -> absl::Status {
-      DS_ASSIGN_OR_RETURN(storage::TaskInfo info, ctx->store->GetTask(tenant, task));
-      freed = info.StoredBytes();
-      return ctx->store->DeleteTask(tenant, task);
-    }));
+    if (ctx->cluster != nullptr) {
+      DS_ASSIGN_OR_RETURN(freed, ClusterDeleteTask(*ctx, tenant, task));
+    } else {
+      DS_RETURN_IF_ERROR(ctx->versions->Mutate(tenant, task, ctx->cache, [&]() -> absl::Status {
+        DS_ASSIGN_OR_RETURN(storage::TaskInfo info, ctx->store->GetTask(tenant, task));
+        freed = info.StoredBytes();
+        return ctx->store->DeleteTask(tenant, task);
+      }));
+    }
     // A deleted task is no longer pinned (a new upload under its name starts unpinned).
     const std::string group = TaskGroup(tenant, task);
     while (ctx->cache->Unpin(group)) {
@@ -240,6 +247,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::GetSideFile(grpc::CallbackServerCont
                         ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
     const std::string& name = request->name();
     DS_RETURN_IF_ERROR(codec::CheckUtf8(name, "GetSideFile: side file name"));
+    DS_RETURN_IF_ERROR(EnsureLocal(*ctx, tenant, request->task()));
     DS_ASSIGN_OR_RETURN(std::unique_ptr<storage::TaskReader> reader,
                         ctx->store->OpenTask(tenant, request->task()));
     DS_ASSIGN_OR_RETURN(std::string data, reader->ReadSideFile(name));

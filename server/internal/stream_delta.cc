@@ -15,6 +15,7 @@
 
 #include "common/status_macros.h"
 #include "proto/protocol.h"
+#include "server/internal/cluster_glue.h"
 #include "server/internal/service.h"
 
 namespace deltaserve::server::internal {
@@ -67,6 +68,7 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
     DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(*request_, "StreamDelta"));
     DS_ASSIGN_OR_RETURN(std::string tenant, ResolveTask(*ctx_, caller, request_->tenant(),
                                                         request_->task(), log_));
+    DS_RETURN_IF_ERROR(EnsureLocal(*ctx_, tenant, request_->task()));
     DS_ASSIGN_OR_RETURN(reader_, ctx_->store->OpenTask(tenant, request_->task()));
     std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(),
                                                                    &XXH3_freeState);

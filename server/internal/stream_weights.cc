@@ -35,6 +35,7 @@
 #include "codec/delta_codec.h"
 #include "common/status_macros.h"
 #include "proto/protocol.h"
+#include "server/internal/cluster_glue.h"
 #include "server/internal/convert.h"
 #include "server/internal/merged_tensors.h"
 #include "server/internal/prefetcher.h"
@@ -125,6 +126,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
     DS_ASSIGN_OR_RETURN(tenant_,
                         ResolveTask(*ctx_, caller, request_->tenant(), request_->task(), log_));
     DS_ASSIGN_OR_RETURN(out_dtype_, proto::FromProtoOutDType(request_->out_dtype()));
+    DS_RETURN_IF_ERROR(EnsureLocal(*ctx_, tenant_, request_->task()));
     DS_ASSIGN_OR_RETURN(snap_, ctx_->versions->Open(*ctx_->store, tenant_, request_->task()));
     const storage::TaskInfo& info = snap_.reader->info();
     DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(info.base_hash, ctx_->base_hash,

@@ -12,13 +12,14 @@ import os
 import re
 import sys
 
-LIBS = ("common", "codec", "storage", "proto", "server", "client", "python")
+LIBS = ("common", "codec", "storage", "cluster", "proto", "server", "client", "python")
 ALLOWED = {
     "common": set(),
     "codec": {"common"},
     "storage": {"common", "codec"},
+    "cluster": {"common", "codec", "storage"},
     "proto": {"common", "codec"},
-    "server": {"common", "codec", "storage", "proto"},
+    "server": {"common", "codec", "storage", "cluster", "proto"},
     "client": {"common", "codec", "proto"},
     "python": {"common", "codec"},  # the pybind11 codec module (python/codec)
 }
@@ -28,6 +29,7 @@ FORBIDDEN = {
     "common": ("rocksdb/", "grpcpp/", "grpc/", "google/protobuf/", "prometheus/"),
     "codec": ("rocksdb/", "grpcpp/", "grpc/", "google/protobuf/", "prometheus/"),
     "storage": ("grpcpp/", "grpc/", "google/protobuf/", "prometheus/"),
+    "cluster": ("rocksdb/", "grpcpp/", "grpc/", "google/protobuf/", "prometheus/"),
     "client": ("rocksdb/", "prometheus/"),
     "python": ("rocksdb/", "grpcpp/", "grpc/", "google/protobuf/", "prometheus/"),
 }

@@ -1,0 +1,161 @@
+// ClusterStore: cluster mode of deltaserved (deploy/README.md "Scaling out").
+//
+//   S3 bucket  blobs/sha256/<digest>        every pushed container, immutable (BlobStore)
+//   etcd       <prefix>tasks/<tenant>/<task> -> pointer to a blob (TaskPointers)
+//   RocksDB    this replica's cache of containers, LRU by bytes (LruIndex)
+//
+// A push uploads the blob, then creates the pointer (one etcd transaction: create-only
+// unless overwrite), then fills the local cache. A read asks Ensure() first: the task's
+// pointer (from the watched table, else from etcd) is compared with the cached copy
+// (same created time and size); on a miss the blob is fetched, checked against its
+// digest and committed to the local store. A delete removes the pointer first, then the
+// local copy; every other replica drops its copy when the watch reports the delete or
+// an overwrite. Blobs without a pointer are deleted by CollectGarbage after a grace
+// period (longer than any read of a blob), never at once.
+//
+// Consistency: pushes and deletes are linearizable (etcd). A replica sees another's
+// delete or overwrite when its watch delivers it (typically milliseconds; measured by
+// tests/cluster/cluster_test.sh); until then it may serve the old version, which is
+// never mixed with the new one (the cached copy is one whole immutable container).
+//
+// Local writes go through the `mutate` hook the server gives (TaskVersions::Mutate), so
+// the merged-tensor cache never serves a replaced task.
+//
+// Thread safety: thread-safe. Calls block (network): run them on a worker pool.
+#ifndef DELTASERVE_CLUSTER_CLUSTER_STORE_H_
+#define DELTASERVE_CLUSTER_CLUSTER_STORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "cluster/blob_store.h"
+#include "cluster/etcd_client.h"
+#include "cluster/lru_index.h"
+#include "cluster/task_pointers.h"
+#include "storage/store.h"
+
+namespace deltaserve::cluster {
+
+struct ClusterOptions {
+  S3Options s3;
+  BlobStoreOptions blobs;
+  // etcd client URL ("http://host:port"). Required.
+  std::string etcd_endpoint;
+  // Namespace of this deployment's keys in etcd. Default: "deltaserve/".
+  std::string etcd_prefix = "deltaserve/";
+  // Bytes of containers this replica keeps in its RocksDB; least recently used tasks
+  // beyond it are deleted locally (still in S3). 0 = unbounded. Default: 64 GiB.
+  uint64_t cache_bytes = 64ull << 30;
+  // A blob that lost its last pointer is deleted no sooner than this. Must exceed the
+  // longest fetch of a blob. Default: 3600 s.
+  int64_t gc_grace_s = 3600;
+  // Every replica runs CollectGarbage this often (concurrent runs are harmless: marks
+  // and deletes are idempotent). 0 = never (run it elsewhere). Default: 600 s.
+  int64_t gc_interval_s = 600;
+
+  absl::Status Validate() const;
+};
+
+// Parses the cluster config file (server/CONFIG.md, "Cluster mode"):
+//   {"s3": {"endpoint": "...", "region": "...", "bucket": "...", "access_key": "...",
+//           "secret_key": "..." | "secret_key_file": "path", "part_bytes": N},
+//    "etcd": {"endpoint": "...", "prefix": "..."},
+//    "cache_bytes": N, "gc_grace_s": N, "gc_interval_s": N}
+// InvalidArgument naming the field; the result is validated.
+absl::StatusOr<ClusterOptions> ParseClusterOptions(absl::string_view json_text,
+                                                   const std::string& base_dir);
+absl::StatusOr<ClusterOptions> LoadClusterOptions(const std::string& path);
+
+struct ClusterStats {
+  uint64_t hits = 0, misses = 0, fetched_bytes = 0, evictions = 0, watch_drops = 0;
+  uint64_t gc_deleted = 0, gc_errors = 0;  // blobs deleted by the periodic GC; failed runs
+};
+
+class ClusterStore {
+ public:
+  // Runs `fn` (a commit or delete in the local store of `name`) under the server's
+  // per-task exclusion; returns fn's status.
+  using Mutate =
+      std::function<absl::Status(const TaskName& name, const std::function<absl::Status()>& fn)>;
+
+  // Creates the bucket if needed, lists the pointers, drops local copies that no
+  // pointer matches, indexes the rest in the LRU and starts the watch thread.
+  // Errors: InvalidArgument (options), those of S3 and etcd (Unavailable when down).
+  static absl::StatusOr<std::unique_ptr<ClusterStore>> Open(const ClusterOptions& options,
+                                                            storage::DeltaStore* local,
+                                                            Mutate mutate);
+  ~ClusterStore();  // stops the watch thread
+
+  // Publishes a verified container as (tenant, task): blob, then pointer. `quota_bytes`
+  // (0 = none): the tenant's pointed-to bytes after the push, counting a replaced task
+  // as freed, must stay within it (ResourceExhausted). `ptr` carries base_hash,
+  // created_unix and the listing fields; digest and size are filled in. Then the
+  // local cache is filled (`container` committed under `mutate`).
+  absl::StatusOr<PointerOutcome> Publish(const TaskName& name,
+                                         absl::Span<const uint8_t> container_bytes,
+                                         const codec::ContainerReader& container, TaskPointer ptr,
+                                         bool overwrite, uint64_t quota_bytes);
+  // Makes the local store hold the task's current version (fetching it on a miss).
+  // NotFound if the task has no pointer (a stale local copy is dropped then).
+  absl::Status Ensure(const TaskName& name);
+  // Pointers of `tenant` ("" = all), from etcd.
+  absl::StatusOr<std::vector<std::pair<TaskName, TaskPointer>>> List(
+      absl::string_view tenant) const;
+  // Deletes the pointer (NotFound if none), then the local copy. Returns the pointer.
+  absl::StatusOr<TaskPointer> Delete(const TaskName& name);
+  // Deletes blobs that lost their pointer at least gc_grace_s ago. Returns how many.
+  absl::StatusOr<int> CollectGarbage();
+
+  ClusterStats stats() const;
+  const BlobStore& blobs() const { return blobs_; }
+
+ private:
+  ClusterStore(const ClusterOptions& options, storage::DeltaStore* local, Mutate mutate);
+  // The local copy matches `ptr`.
+  bool LocalMatches(const TaskName& name, const TaskPointer& ptr) const;
+  // Commits `container` locally as `ptr`'s version and records it in the LRU, evicting.
+  absl::Status Fill(const TaskName& name, const codec::ContainerReader& container,
+                    const TaskPointer& ptr);
+  // Drops the local copy (OK if none).
+  absl::Status DropLocal(const TaskName& name);
+  // Watch thread: list, then watch from the listing's revision; again on errors.
+  void WatchLoop();
+  // GC thread: CollectGarbage every gc_interval_s until stopped.
+  void GcLoop();
+  // Applies the current pointer table `now` (nullopt entry = deleted) to the watched
+  // table and the local copies.
+  void Apply(const TaskName& name, const std::optional<TaskPointer>& ptr);
+
+  ClusterOptions options_;
+  storage::DeltaStore* local_;
+  Mutate mutate_;
+  EtcdClient etcd_;
+  TaskPointers pointers_;
+  BlobStore blobs_;
+  LruIndex lru_;
+
+  mutable absl::Mutex mu_;
+  std::map<TaskName, TaskPointer> watched_ ABSL_GUARDED_BY(mu_);
+  ClusterStats stats_ ABSL_GUARDED_BY(mu_);
+  // One fill at a time: two misses of the same task fetch it once.
+  absl::Mutex fill_mu_;
+
+  std::atomic<bool> stop_{false};
+  std::thread watcher_, collector_;
+};
+
+}  // namespace deltaserve::cluster
+
+#endif  // DELTASERVE_CLUSTER_CLUSTER_STORE_H_

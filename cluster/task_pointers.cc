@@ -1,0 +1,176 @@
+#include "cluster/task_pointers.h"
+
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/json.h"
+#include "common/status_macros.h"
+
+namespace deltaserve::cluster {
+namespace {
+
+using json = nlohmann::json;
+
+// Attempts of a compare-and-swap replace before giving up (another writer keeps
+// replacing the same task).
+constexpr int kReplaceAttempts = 8;
+
+}  // namespace
+
+std::string EncodePointer(const TaskPointer& p) {
+  return json{{"digest", p.digest},
+              {"size", p.size},
+              {"base_hash", p.base_hash},
+              {"created", p.created_unix},
+              {"tensors", p.num_tensors},
+              {"weights", p.weights},
+              {"merged_bytes", p.merged_bytes}}
+      .dump();
+}
+
+absl::StatusOr<TaskPointer> DecodePointer(absl::string_view text, absl::string_view what) {
+  auto bad = [&](absl::string_view why) {
+    return absl::DataLossError(absl::StrCat("task pointer ", what, ": ", why));
+  };
+  absl::StatusOr<json> j = common::ParseJson(std::string_view(text.data(), text.size()),
+                                             absl::StrCat("task pointer ", what));
+  if (!j.ok()) return bad(j.status().message());
+  if (!j->is_object()) return bad("not an object");
+  TaskPointer p;
+  absl::StatusOr<std::string> digest = common::JsonToString(j->value("digest", json()), "digest");
+  absl::StatusOr<int64_t> size = common::JsonToNonNegativeInt(j->value("size", json()), "size");
+  absl::StatusOr<std::string> base =
+      common::JsonToString(j->value("base_hash", json()), "base_hash");
+  absl::StatusOr<int64_t> created =
+      common::JsonToNonNegativeInt(j->value("created", json()), "created");
+  for (const absl::Status& s : {digest.status(), size.status(), base.status(), created.status()}) {
+    if (!s.ok()) return bad(s.message());
+  }
+  if (digest->size() != 64 || digest->find_first_not_of("0123456789abcdef") != std::string::npos) {
+    return bad("digest is not 64 lowercase hex digits");
+  }
+  p.digest = *digest;
+  p.size = static_cast<uint64_t>(*size);
+  p.base_hash = *base;
+  p.created_unix = *created;
+  for (auto [field, out] : {std::pair{"tensors", &p.num_tensors}, std::pair{"weights", &p.weights},
+                            std::pair{"merged_bytes", &p.merged_bytes}}) {
+    if (!j->contains(field)) continue;
+    absl::StatusOr<int64_t> v = common::JsonToNonNegativeInt((*j)[field], field);
+    if (!v.ok()) return bad(v.status().message());
+    *out = static_cast<uint64_t>(*v);
+  }
+  return p;
+}
+
+std::optional<TaskName> TaskPointers::ParseKey(absl::string_view key) const {
+  std::string prefix = TasksPrefix();
+  if (!absl::StartsWith(key, prefix)) return std::nullopt;
+  key.remove_prefix(prefix.size());
+  size_t slash = key.find('/');
+  if (slash == absl::string_view::npos || slash == 0 || slash + 1 == key.size()) {
+    return std::nullopt;
+  }
+  return TaskName{std::string(key.substr(0, slash)), std::string(key.substr(slash + 1))};
+}
+
+absl::StatusOr<PointerOutcome> TaskPointers::Create(const TaskName& name, const TaskPointer& ptr,
+                                                    bool overwrite) const {
+  std::string key = Key(name), value = EncodePointer(ptr);
+  for (int attempt = 0; attempt < kReplaceAttempts; ++attempt) {
+    std::optional<KeyValue> existing;
+    DS_ASSIGN_OR_RETURN(bool created, etcd_->PutIfAbsent(key, value, &existing));
+    if (created) return PointerOutcome::kCreated;
+    if (!existing.has_value()) continue;  // deleted in between: try again
+    DS_ASSIGN_OR_RETURN(TaskPointer old, DecodePointer(existing->value, key));
+    if (old.digest == ptr.digest) return PointerOutcome::kUnchanged;
+    if (!overwrite) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("task '", name.task, "' of tenant '", name.tenant,
+                       "' exists in the cluster (push with overwrite to replace it)"));
+    }
+    DS_ASSIGN_OR_RETURN(bool replaced, etcd_->PutIfRevision(key, value, existing->mod_revision));
+    if (replaced) {
+      DS_RETURN_IF_ERROR(MarkGarbage(old.digest));
+      return PointerOutcome::kReplaced;
+    }
+  }
+  return absl::AbortedError(absl::StrCat("task '", name.task, "' of tenant '", name.tenant,
+                                         "': replaced concurrently ", kReplaceAttempts,
+                                         " times; try again"));
+}
+
+absl::StatusOr<TaskPointer> TaskPointers::Get(const TaskName& name) const {
+  std::string key = Key(name);
+  DS_ASSIGN_OR_RETURN(std::optional<KeyValue> kv, etcd_->Get(key));
+  if (!kv.has_value()) {
+    return absl::NotFoundError(
+        absl::StrCat("task '", name.task, "' of tenant '", name.tenant, "' not found"));
+  }
+  return DecodePointer(kv->value, key);
+}
+
+absl::StatusOr<std::vector<std::pair<TaskName, TaskPointer>>> TaskPointers::List(
+    absl::string_view tenant, int64_t* revision) const {
+  std::string prefix = TasksPrefix();
+  if (!tenant.empty()) absl::StrAppend(&prefix, tenant, "/");
+  DS_ASSIGN_OR_RETURN(RangeResult range, etcd_->GetPrefix(prefix));
+  if (revision != nullptr) *revision = range.revision;
+  std::vector<std::pair<TaskName, TaskPointer>> out;
+  for (const KeyValue& kv : range.kvs) {
+    std::optional<TaskName> name = ParseKey(kv.key);
+    if (!name.has_value()) continue;  // not ours (a stray key under the prefix)
+    DS_ASSIGN_OR_RETURN(TaskPointer p, DecodePointer(kv.value, kv.key));
+    out.emplace_back(std::move(*name), std::move(p));
+  }
+  return out;
+}
+
+absl::Status TaskPointers::Delete(const TaskName& name) const {
+  DS_ASSIGN_OR_RETURN(TaskPointer old, Get(name));
+  DS_ASSIGN_OR_RETURN(int64_t deleted, etcd_->Delete(Key(name)));
+  if (deleted == 0) {
+    return absl::NotFoundError(
+        absl::StrCat("task '", name.task, "' of tenant '", name.tenant, "' not found"));
+  }
+  return MarkGarbage(old.digest);
+}
+
+absl::Status TaskPointers::MarkGarbage(const std::string& digest) const {
+  // A later mark of the same digest keeps the earlier time (PutIfAbsent): the grace
+  // period runs from the first time the blob lost a pointer.
+  return etcd_
+      ->PutIfAbsent(absl::StrCat(prefix_, "gc/", digest),
+                    absl::StrCat(absl::ToUnixSeconds(absl::Now())))
+      .status();
+}
+
+absl::StatusOr<int> TaskPointers::CollectGarbage(
+    int64_t now_unix, int64_t grace_s,
+    const std::function<absl::Status(const std::string&)>& delete_blob) const {
+  std::string gc_prefix = absl::StrCat(prefix_, "gc/");
+  DS_ASSIGN_OR_RETURN(RangeResult marks, etcd_->GetPrefix(gc_prefix));
+  DS_ASSIGN_OR_RETURN(auto pointers, List(""));
+  std::set<std::string> live;
+  for (const auto& [name, p] : pointers) live.insert(p.digest);
+  int deleted = 0;
+  for (const KeyValue& kv : marks.kvs) {
+    std::string digest = kv.key.substr(gc_prefix.size());
+    int64_t marked = 0;
+    if (!absl::SimpleAtoi(kv.value, &marked)) marked = 0;
+    if (live.count(digest) > 0) {  // pushed again since: not garbage
+      DS_RETURN_IF_ERROR(etcd_->Delete(kv.key).status());
+      continue;
+    }
+    if (now_unix - marked < grace_s) continue;
+    DS_RETURN_IF_ERROR(delete_blob(digest));
+    DS_RETURN_IF_ERROR(etcd_->Delete(kv.key).status());
+    ++deleted;
+  }
+  return deleted;
+}
+
+}  // namespace deltaserve::cluster

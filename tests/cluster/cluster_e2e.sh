@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# End-to-end check of cluster mode on one machine, from Debian packages: Swift (S3 API)
+# + etcd (tests/cluster/cluster_lib.sh), three deltaserved replicas in cluster mode
+# behind HAProxy with the shipped deploy/haproxy/haproxy.cfg, then a fourth replica.
+#   - push through HAProxy; pull every task from every replica and through HAProxy:
+#     bit-identical to offline `deltactl decompress`; `list` identical on every replica
+#   - a fourth, empty replica serves every task (cold-miss fetch time measured)
+#   - kill -9 the replica that owns a task: pulls through HAProxy keep succeeding
+#     (failover time measured); restarted, it serves again
+#   - delete through one replica: gone on every replica (time measured)
+# With --figures it also measures aggregate pull throughput through HAProxy with 1, 2
+# and 3 replicas (same run). Exit 77 if the packages are absent; 1 on any failure.
+# Usage: tests/cluster/cluster_e2e.sh [--figures]   (BUILD=build by default)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+BUILD=${BUILD:-$root/build}
+DELTACTL=$BUILD/client/deltactl
+DELTASERVED=$BUILD/server/deltaserved
+FIGURES=0
+[[ "${1:-}" == "--figures" ]] && FIGURES=1
+# shellcheck source=tests/cluster/cluster_lib.sh
+source "$here/cluster_lib.sh"
+if ! why=$(cluster_have_packages); then
+  echo "SKIP: $why"
+  exit 77
+fi
+dir=$(mktemp -d "${TMPDIR:-/tmp}/deltaserve-e2e.XXXXXX")
+cleanup() {
+  cluster_down
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*"
+  exit 1
+}
+now_ms() { date +%s%3N; }
+
+export CLUSTER_START_TIMEOUT=90
+t0=$SECONDS
+cluster_up "$dir" || {
+  tail -n 20 "$dir"/*.log
+  exit 1
+}
+echo "swift + etcd up in $((SECONDS - t0)) s"
+
+# ---- models: a base and three finetunes (8 x 512x1024 f32 = 16 MiB each), compressed
+/usr/bin/python3 - "$dir" <<'PY'
+import json, struct, sys
+import numpy as np
+d = sys.argv[1]
+def save(path, tensors):
+    header, blobs, off = {}, [], 0
+    for name, a in tensors.items():
+        b = a.astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        off += len(b)
+        blobs.append(b)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+rng = np.random.default_rng(0)
+base = {f"layer{i}.w": rng.standard_normal((512, 1024), dtype=np.float32) * 0.05 for i in range(8)}
+save(f"{d}/base.safetensors", base)
+for t in range(1, 4):
+    save(f"{d}/ft{t}.safetensors",
+         {k: v + rng.standard_normal(v.shape, dtype=np.float32) * 0.002 for k, v in base.items()})
+PY
+for t in 1 2 3; do
+  "$DELTACTL" compress --base "$dir/base.safetensors" --finetuned "$dir/ft$t.safetensors" \
+    --out "$dir/t$t.dds" >/dev/null
+  "$DELTACTL" decompress --base "$dir/base.safetensors" --delta "$dir/t$t.dds" \
+    --out "$dir/t$t.offline.safetensors" >/dev/null
+done
+
+cat >"$dir/cluster.json" <<JSON
+{"s3": {"endpoint": "$S3_ENDPOINT", "region": "$S3_REGION", "bucket": "$S3_BUCKET",
+        "access_key": "$S3_ACCESS_KEY", "secret_key": "$S3_SECRET_KEY"},
+ "etcd": {"endpoint": "$ETCD_ENDPOINT", "prefix": "e2e/"},
+ "cache_bytes": 1073741824, "gc_grace_s": 3600}
+JSON
+
+declare -A RPORT
+start_replica() {  # n
+  local n=$1
+  [[ -n "${RPORT[$n]:-}" ]] || RPORT[$n]=$(cluster_free_port)
+  cluster_start "r$n" "$DELTASERVED" --base "$dir/base.safetensors" --db "$dir/r$n" \
+    --listen "127.0.0.1:${RPORT[$n]}" --metrics-listen "" --cluster-config "$dir/cluster.json" \
+    --workers 2 --db-min-free-bytes 67108864
+  cluster_wait 60 "$DELTACTL" list --server "127.0.0.1:${RPORT[$n]}" ||
+    { tail -n 20 "$dir/r$n.log"; fail "replica r$n did not start"; }
+}
+start_haproxy() {  # name port replicas...: the shipped config with only these servers
+  local name=$1 port=$2 keep
+  shift 2
+  keep=$(printf '|r%s' "$@")
+  grep -v -E "^  server r[0-9]" "$root/deploy/haproxy/haproxy.cfg" >"$dir/$name.cfg"
+  grep -E "^  server (${keep:1}) " "$root/deploy/haproxy/haproxy.cfg" >>"$dir/$name.cfg"
+  DELTASERVE_LB_BIND="127.0.0.1:$port" DELTASERVE_R1="127.0.0.1:${RPORT[1]}" \
+    DELTASERVE_R2="127.0.0.1:${RPORT[2]:-1}" DELTASERVE_R3="127.0.0.1:${RPORT[3]:-1}" \
+    cluster_start "$name" haproxy -db -f "$dir/$name.cfg"
+  cluster_wait 10 "$DELTACTL" list --server "127.0.0.1:$port" || fail "haproxy $name did not start"
+}
+pull_check() {  # server task label
+  local out="$dir/pulled.$RANDOM.safetensors"
+  "$DELTACTL" pull --server "$1" --task "$2" --out "$out" >/dev/null 2>"$dir/pull.err" ||
+    fail "pull $2 from $3 ($1): $(tail -n 3 "$dir/pull.err")"
+  cmp -s "$out" "$dir/$2.offline.safetensors" || fail "pull $2 from $3 differs from offline decompress"
+  rm -f "$out"
+}
+
+for n in 1 2 3; do start_replica "$n"; done
+LB_PORT=$(cluster_free_port)
+start_haproxy lb "$LB_PORT" 1 2 3
+LB="127.0.0.1:$LB_PORT"
+echo "3 replicas + haproxy up at $((SECONDS - t0)) s"
+
+# ---- push through HAProxy; pull from everywhere; list agrees
+for t in t1 t2 t3; do
+  "$DELTACTL" push --server "$LB" --task "$t" --in "$dir/$t.dds" >/dev/null || fail "push $t"
+done
+for t in t1 t2 t3; do
+  pull_check "$LB" "$t" haproxy
+  for n in 1 2 3; do pull_check "127.0.0.1:${RPORT[$n]}" "$t" "r$n"; done
+done
+echo "ok: 3 tasks pushed through haproxy, pulled bit-identical from r1, r2, r3 and haproxy"
+for n in 1 2 3; do
+  "$DELTACTL" list --json --server "127.0.0.1:${RPORT[$n]}" >"$dir/list$n.json"
+done
+if ! cmp -s "$dir/list1.json" "$dir/list2.json" || ! cmp -s "$dir/list1.json" "$dir/list3.json"; then
+  fail "list differs between replicas: $(diff "$dir/list1.json" "$dir/list2.json" | head -5)"
+fi
+grep -c '"name"' "$dir/list1.json" | grep -qx 3 || fail "list does not show 3 tasks"
+echo "ok: list identical on r1, r2, r3"
+
+# ---- a fourth, empty replica serves every task; cold vs warm pull
+start_replica 4
+for t in t1 t2 t3; do
+  a=$(now_ms)
+  pull_check "127.0.0.1:${RPORT[4]}" "$t" r4
+  b=$(now_ms)
+  pull_check "127.0.0.1:${RPORT[4]}" "$t" r4
+  c=$(now_ms)
+  echo "figure: r4 (empty) pull $t: first (cold, fetched from S3) $((b - a)) ms, second (cached) $((c - b)) ms, container $(stat -c %s "$dir/$t.dds") bytes"
+done
+echo "ok: fourth empty replica served every task"
+
+# ---- figures: aggregate throughput through HAProxy with 1, 2, 3 replicas
+if ((FIGURES)); then
+  merged=$(stat -c %s "$dir/t1.offline.safetensors")
+  for k in 1 2 3; do
+    port=$(cluster_free_port)
+    # shellcheck disable=SC2046
+    start_haproxy "lb$k" "$port" $(seq 1 "$k")
+    for t in t1 t2 t3; do pull_check "127.0.0.1:$port" "$t" "lb$k"; done  # warm the owners
+    a=$(now_ms)
+    pids=()
+    for round in 1 2; do
+      for t in t1 t2 t3; do
+        "$DELTACTL" pull --server "127.0.0.1:$port" --task "$t" \
+          --out "$dir/fig.$k.$round.$t.safetensors" >/dev/null 2>&1 &
+        pids+=($!)
+      done
+    done
+    for p in "${pids[@]}"; do wait "$p" || fail "figure pull failed"; done
+    b=$(now_ms)
+    rm -f "$dir"/fig.*.safetensors
+    awk -v k="$k" -v n=6 -v bytes="$merged" -v ms=$((b - a)) 'BEGIN {
+      printf "figure: %d replica(s) behind haproxy: 6 concurrent pulls of %.1f MiB in %d ms = %.1f MiB/s aggregate\n",
+        k, bytes / 1048576, ms, n * bytes / 1048576 / (ms / 1000) }'
+  done
+fi
+
+# ---- kill -9 the owner of t1: pulls through HAProxy keep working
+"$DELTACTL" pull --server "$LB" --task t1 --out "$dir/owner.safetensors" >/dev/null 2>&1
+owner=""
+for n in 1 2 3; do
+  if grep '"method":"StreamWeights"' "$dir/r$n.log" 2>/dev/null | grep -q '"task":"t1"' ||
+    grep 'StreamWeights' "$dir/r$n.log" | grep -q 't1'; then
+    c=$(grep 'StreamWeights' "$dir/r$n.log" | grep -c 't1')
+    if [[ -z "$owner" ]] || ((c > best)); then owner=$n best=$c; fi
+  fi
+done
+[[ -n "$owner" ]] || fail "cannot tell which replica served t1"
+pid_var="CLUSTER_PID_r$owner"
+a=$(now_ms)
+kill -9 "${!pid_var}"
+tries=0
+until "$DELTACTL" pull --server "$LB" --task t1 --out "$dir/failover.safetensors" >/dev/null 2>&1; do
+  tries=$((tries + 1))
+  ((tries < 100)) || fail "no pull of t1 through haproxy after killing r$owner"
+  sleep 0.05
+done
+b=$(now_ms)
+cmp -s "$dir/failover.safetensors" "$dir/t1.offline.safetensors" || fail "failover pull differs"
+echo "figure: kill -9 r$owner (t1's owner): first successful pull through haproxy $((b - a)) ms later ($tries failed tries before)"
+for t in t1 t2 t3; do pull_check "$LB" "$t" "haproxy without r$owner"; done
+echo "ok: pulls through haproxy keep succeeding without r$owner"
+start_replica "$owner"
+pull_check "127.0.0.1:${RPORT[$owner]}" t1 "r$owner restarted"
+echo "ok: r$owner restarted from its cache and serves t1"
+
+# ---- delete through one replica: gone everywhere
+a=$(now_ms)
+"$DELTACTL" delete --server "127.0.0.1:${RPORT[1]}" --task t3 >/dev/null || fail "delete t3"
+b=$(now_ms)
+for n in 1 2 3 4; do
+  until ! "$DELTACTL" info --server "127.0.0.1:${RPORT[$n]}" --task t3 >/dev/null 2>&1; do
+    (($(now_ms) - b < 10000)) || fail "t3 still served by r$n 10 s after its delete"
+  done
+done
+c=$(now_ms)
+echo "figure: delete t3 took $((b - a)) ms; gone on r1..r4 within $((c - b)) ms after it returned (deltactl info polls)"
+"$DELTACTL" pull --server "$LB" --task t3 --out "$dir/x.safetensors" >/dev/null 2>&1 &&
+  fail "t3 still pullable through haproxy"
+echo "PASS: cluster e2e in $((SECONDS - t0)) s"

@@ -1,0 +1,224 @@
+#include "cluster/cluster_store.h"
+
+#include <unistd.h>
+
+#include <string>
+
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/cluster/live_env.h"
+#include "tests/storage/test_containers.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace deltaserve::cluster {
+namespace {
+
+using ::deltaserve::storage::testing::MakeContainer;
+using ::deltaserve::storage::testing::TestTensor;
+using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::StatusIs;
+using ::testing::HasSubstr;
+
+// One replica: its own RocksDB under `dir`, the shared bucket and etcd namespace.
+struct Replica {
+  std::unique_ptr<storage::DeltaStore> local;
+  std::unique_ptr<ClusterStore> cluster;
+};
+
+ClusterOptions LiveOptions(uint64_t cache_bytes) {
+  const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  ClusterOptions o;
+  o.s3 = testing::LiveS3();
+  o.etcd_endpoint = testing::Env("ETCD_ENDPOINT");
+  o.etcd_prefix = "test-" + std::to_string(::getpid()) + "-" + info->name() + "/";
+  o.cache_bytes = cache_bytes;
+  return o;
+}
+
+absl::StatusOr<Replica> OpenReplica(const std::string& dir, const ClusterOptions& options) {
+  Replica r;
+  storage::StoreOptions so;
+  so.path = dir;
+  so.min_free_bytes = 1 << 20;
+  so.sync_writes = false;
+  absl::StatusOr<std::unique_ptr<storage::DeltaStore>> local = storage::DeltaStore::Open(so);
+  if (!local.ok()) return local.status();
+  r.local = std::move(*local);
+  absl::StatusOr<std::unique_ptr<ClusterStore>> cluster = ClusterStore::Open(
+      options, r.local.get(),
+      [](const TaskName&, const std::function<absl::Status()>& fn) { return fn(); });
+  if (!cluster.ok()) return cluster.status();
+  r.cluster = std::move(*cluster);
+  return r;
+}
+
+// Publishes `bytes` as tenant "t", task `task` through `r`.
+absl::StatusOr<PointerOutcome> Push(Replica& r, const std::string& task,
+                                    const std::vector<uint8_t>& bytes, bool overwrite = false) {
+  absl::StatusOr<codec::ContainerReader> c = codec::ContainerReader::Parse(bytes);
+  if (!c.ok()) return c.status();
+  TaskPointer p;  // Publish fills in digest and size
+  p.base_hash = "42";
+  p.created_unix = absl::ToUnixSeconds(absl::Now());
+  return r.cluster->Publish({"t", task}, bytes, *c, p, overwrite, 0);
+}
+
+// The task's container as `r`'s local store rebuilds it ({} if it cannot).
+std::vector<uint8_t> Assembled(Replica& r, const std::string& tenant, const std::string& task) {
+  return r.local->AssembleContainer(tenant, task).value_or(std::vector<uint8_t>{});
+}
+
+std::vector<uint8_t> Container(uint8_t seed) {
+  return MakeContainer({{"w", {64, 64}, seed}, {"b", {64}, static_cast<uint8_t>(seed + 1)}});
+}
+
+// Waits up to 5 s for `pred`; returns the time it took, or -1.
+template <typename Pred>
+double WaitFor(Pred pred) {
+  absl::Time start = absl::Now();
+  while (absl::Now() - start < absl::Seconds(5)) {
+    if (pred()) return absl::ToDoubleMilliseconds(absl::Now() - start);
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return -1;
+}
+
+TEST(ClusterOptionsTest, ParsesAndValidates) {
+  ASSERT_OK_AND_ASSIGN(
+      ClusterOptions o,
+      ParseClusterOptions(R"({"s3": {"endpoint": "http://127.0.0.1:8080", "bucket": "b",
+                                     "access_key": "a:u", "secret_key": "s",
+                                     "part_bytes": 8388608},
+                              "etcd": {"endpoint": "http://127.0.0.1:2379", "prefix": "x/"},
+                              "cache_bytes": 1000, "gc_grace_s": 60, "gc_interval_s": 5})",
+                          ""));
+  EXPECT_EQ(o.s3.access_key, "a:u");
+  EXPECT_EQ(o.blobs.part_bytes, 8u << 20);
+  EXPECT_EQ(o.etcd_prefix, "x/");
+  EXPECT_EQ(o.cache_bytes, 1000u);
+  EXPECT_EQ(o.gc_grace_s, 60);
+  EXPECT_EQ(o.gc_interval_s, 5);
+  EXPECT_THAT(ParseClusterOptions(R"({"s3": {"endpoint": "http://h", "bucket": "b",
+                                          "access_key": "a", "secret_key": "s"},
+                                   "etcd": {"endpoint": "http://e"}, "cache": 1})",
+                                  "")
+                  .status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown key \"cache\"")));
+  EXPECT_THAT(ParseClusterOptions(R"({"s3": {"endpoint": "http://h", "bucket": "b",
+                                          "access_key": "a", "secret_key": "s"},
+                                   "etcd": {"endpoint": "e:2379"}})",
+                                  "")
+                  .status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("etcd endpoint")));
+}
+
+TEST(ClusterStoreLiveTest, PushOnOneReplicaServesFromAnother) {
+  DS_SKIP_WITHOUT_CLUSTER();
+  deltaserve::testing::ScopedTempDir tmp;
+  ClusterOptions o = LiveOptions(0);
+  ASSERT_OK_AND_ASSIGN(Replica a, OpenReplica(tmp.File("a"), o));
+  ASSERT_OK_AND_ASSIGN(Replica b, OpenReplica(tmp.File("b"), o));
+  std::vector<uint8_t> bytes = Container(1);
+  EXPECT_EQ(Push(a, "task1", bytes).value_or(PointerOutcome(99)), PointerOutcome::kCreated);
+  EXPECT_EQ(Push(b, "task1", bytes).value_or(PointerOutcome(99)), PointerOutcome::kUnchanged);
+  EXPECT_THAT(Push(b, "task1", Container(2)).status(), StatusIs(absl::StatusCode::kAlreadyExists));
+  ASSERT_THAT(b.cluster->Ensure({"t", "task1"}), IsOk());
+  EXPECT_EQ(Assembled(b, "t", "task1"), bytes);
+  ASSERT_THAT(b.cluster->Ensure({"t", "task1"}), IsOk());
+  EXPECT_EQ(b.cluster->stats().misses, 0u);  // b's own (unchanged) push filled its cache
+  // A third replica starts empty and fetches on the first request.
+  ASSERT_OK_AND_ASSIGN(Replica c, OpenReplica(tmp.File("c"), o));
+  EXPECT_THAT(c.local->GetTask("t", "task1").status(), StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_THAT(c.cluster->Ensure({"t", "task1"}), IsOk());
+  EXPECT_EQ(Assembled(c, "t", "task1"), bytes);
+  EXPECT_EQ(c.cluster->stats().misses, 1u);
+  EXPECT_EQ(c.cluster->stats().fetched_bytes, bytes.size());
+  ASSERT_THAT(c.cluster->Ensure({"t", "task1"}), IsOk());
+  EXPECT_EQ(c.cluster->stats().hits, 1u);
+  EXPECT_THAT(c.cluster->Ensure({"t", "nope"}), StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK_AND_ASSIGN(auto listed, c.cluster->List("t"));
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].second.size, bytes.size());
+}
+
+TEST(ClusterStoreLiveTest, DeleteAndOverwriteAreSeenByEveryReplica) {
+  DS_SKIP_WITHOUT_CLUSTER();
+  deltaserve::testing::ScopedTempDir tmp;
+  ClusterOptions o = LiveOptions(0);
+  ASSERT_OK_AND_ASSIGN(Replica a, OpenReplica(tmp.File("a"), o));
+  ASSERT_OK_AND_ASSIGN(Replica b, OpenReplica(tmp.File("b"), o));
+  ASSERT_THAT(Push(a, "x", Container(1)).status(), IsOk());
+  ASSERT_THAT(b.cluster->Ensure({"t", "x"}), IsOk());
+  // Overwrite on a: b drops its old copy when the watch reports it, then serves the new.
+  std::vector<uint8_t> v2 = Container(9);
+  absl::SleepFor(absl::Seconds(1));  // another creation second
+  EXPECT_EQ(Push(a, "x", v2, true).value_or(PointerOutcome(99)), PointerOutcome::kReplaced);
+  double overwrite_ms = WaitFor([&] { return !b.local->GetTask("t", "x").ok(); });
+  EXPECT_GE(overwrite_ms, 0);
+  ASSERT_THAT(b.cluster->Ensure({"t", "x"}), IsOk());
+  EXPECT_EQ(Assembled(b, "t", "x"), v2);
+  // Delete on b: a's copy goes too.
+  ASSERT_THAT(b.cluster->Delete({"t", "x"}).status(), IsOk());
+  EXPECT_THAT(b.local->GetTask("t", "x").status(), StatusIs(absl::StatusCode::kNotFound));
+  double delete_ms = WaitFor([&] { return !a.local->GetTask("t", "x").ok(); });
+  EXPECT_GE(delete_ms, 0);
+  EXPECT_THAT(a.cluster->Ensure({"t", "x"}), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(b.cluster->Delete({"t", "x"}).status(), StatusIs(absl::StatusCode::kNotFound));
+  std::cout << "watch: overwrite seen after " << overwrite_ms << " ms, delete after " << delete_ms
+            << " ms\n";
+}
+
+TEST(ClusterStoreLiveTest, PeriodicGcDeletesReplacedBlobsOnly) {
+  DS_SKIP_WITHOUT_CLUSTER();
+  deltaserve::testing::ScopedTempDir tmp;
+  ClusterOptions o = LiveOptions(0);
+  o.gc_grace_s = 0;
+  o.gc_interval_s = 1;
+  ASSERT_OK_AND_ASSIGN(Replica a, OpenReplica(tmp.File("a"), o));
+  std::vector<uint8_t> v1 = Container(31), v2 = Container(32);
+  ASSERT_THAT(Push(a, "g", v1).status(), IsOk());
+  ASSERT_THAT(Push(a, "g", v2, /*overwrite=*/true).status(), IsOk());
+  std::string old_key = BlobStore::Key(Sha256Hex(v1)), new_key = BlobStore::Key(Sha256Hex(v2));
+  // The counter moves after the run that deleted the blob returns: wait for both.
+  double ms = WaitFor([&] {
+    return absl::IsNotFound(a.cluster->blobs().s3().HeadObject(old_key).status()) &&
+           a.cluster->stats().gc_deleted >= 1;
+  });
+  EXPECT_GE(ms, 0) << "the replaced blob was not collected within 5 s";
+  EXPECT_THAT(a.cluster->blobs().s3().HeadObject(new_key).status(), IsOk());
+  // The live task is unaffected on a fresh replica (fetched from S3).
+  ASSERT_OK_AND_ASSIGN(Replica b, OpenReplica(tmp.File("b"), o));
+  ASSERT_THAT(b.cluster->Ensure({"t", "g"}), IsOk());
+  EXPECT_EQ(Assembled(b, "t", "g"), v2);
+}
+
+TEST(ClusterStoreLiveTest, CacheIsBoundedAndSurvivesRestart) {
+  DS_SKIP_WITHOUT_CLUSTER();
+  deltaserve::testing::ScopedTempDir tmp;
+  uint64_t one = Container(1).size();
+  ClusterOptions o = LiveOptions(2 * one + one / 2);  // room for two tasks
+  {
+    ASSERT_OK_AND_ASSIGN(Replica a, OpenReplica(tmp.File("a"), o));
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_THAT(Push(a, "t" + std::to_string(i), Container(static_cast<uint8_t>(i))).status(),
+                  IsOk());
+    }
+    EXPECT_THAT(a.local->GetTask("t", "t0").status(), StatusIs(absl::StatusCode::kNotFound));
+    EXPECT_THAT(a.local->GetTask("t", "t2").status(), IsOk());
+    EXPECT_EQ(a.cluster->stats().evictions, 1u);
+    ASSERT_THAT(a.cluster->Ensure({"t", "t0"}), IsOk());  // fetched again; t1 goes
+    EXPECT_EQ(a.cluster->stats().misses, 1u);
+    EXPECT_THAT(a.local->GetTask("t", "t1").status(), StatusIs(absl::StatusCode::kNotFound));
+  }
+  // Restart: the matching local copies are kept and served as hits.
+  ASSERT_OK_AND_ASSIGN(Replica again, OpenReplica(tmp.File("a"), o));
+  ASSERT_THAT(again.cluster->Ensure({"t", "t0"}), IsOk());
+  ASSERT_THAT(again.cluster->Ensure({"t", "t2"}), IsOk());
+  EXPECT_EQ(again.cluster->stats().hits, 2u);
+  EXPECT_EQ(again.cluster->stats().misses, 0u);
+}
+
+}  // namespace
+}  // namespace deltaserve::cluster
