@@ -84,10 +84,12 @@ absl::StatusOr<EcqFactors> ParseEcqFactors(absl::Span<const uint8_t> data, int64
 }
 
 std::vector<float> EcqRightFactor(const EcqFactors& f, int64_t cols) {
-  std::vector<float> vf(static_cast<size_t>(f.rank) * cols);
+  const int64_t tiles = (cols + kEcqLowRankTile - 1) / kEcqLowRankTile;
+  std::vector<float> vf(static_cast<size_t>(tiles * f.rank * kEcqLowRankTile), 0.0f);
   for (int k = 0; k < f.rank; ++k) {
     for (int64_t c = 0; c < cols; ++c) {
-      vf[k * cols + c] = f.v_scale[k] * static_cast<float>(f.v[k * cols + c]);
+      vf[((c / kEcqLowRankTile) * f.rank + k) * kEcqLowRankTile + c % kEcqLowRankTile] =
+          f.v_scale[k] * static_cast<float>(f.v[k * cols + c]);
     }
   }
   return vf;
@@ -125,7 +127,7 @@ __attribute__((always_inline)) inline void LowRankTail(const float* a, int rank,
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void
 AddEcqLowRankRows(const EcqFactors& f, const float* vf, int64_t r0, int64_t r1, int64_t cols,
                   float* x) {
-  constexpr int64_t kTile = 64;  // 4 (AVX-512) or 8 (AVX2) independent FMA chains
+  constexpr int64_t kTile = kEcqLowRankTile;
   const int rank = f.rank;
   std::vector<float> a(static_cast<size_t>((r1 - r0) * rank));
   for (int64_t r = r0; r < r1; ++r) {
@@ -138,10 +140,11 @@ AddEcqLowRankRows(const EcqFactors& f, const float* vf, int64_t r0, int64_t r1, 
     for (int64_t r = r0; r < r1; ++r) {
       const float* ar = a.data() + (r - r0) * rank;
       float* xr = x + (r - r0) * cols + c0;
+      const float* tile = vf + (c0 / kTile) * rank * kTile;  // rank x kTile, contiguous
       if (w == kTile) {
-        LowRankTile<kTile>(ar, rank, vf + c0, cols, xr);
+        LowRankTile<kTile>(ar, rank, tile, kTile, xr);
       } else {
-        LowRankTail(ar, rank, vf + c0, cols, w, xr);
+        LowRankTail(ar, rank, tile, kTile, w, xr);
       }
     }
   }

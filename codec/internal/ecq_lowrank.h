@@ -39,7 +39,12 @@ void AppendEcqFactors(const EcqFactors& f, std::vector<uint8_t>* out);
 absl::StatusOr<EcqFactors> ParseEcqFactors(absl::Span<const uint8_t> data, int64_t rows,
                                            int64_t cols);
 
-// The dequantized right factor, rank x cols floats: vf[k cols + c] = sv_k v[k][c].
+// Columns per tile of the low-rank kernel: 4 (AVX-512) or 8 (AVX2) FMA chains.
+inline constexpr int64_t kEcqLowRankTile = 64;
+
+// The dequantized right factor sv_k v[k][c], in tiles of kEcqLowRankTile columns: tile t
+// holds rank x kEcqLowRankTile floats (row k: columns t*64 .., zero past cols), so that a
+// tile is contiguous (rows of 2^k floats apart would alias in L1).
 std::vector<float> EcqRightFactor(const EcqFactors& f, int64_t cols);
 
 // x[r - r0][0, cols) += row r of L for r in [r0, r1) (x has row stride cols): for
