@@ -40,6 +40,7 @@ struct CompressCliOptions {
   double bits = 0.0;        // ecq target, bits per weight of the lossy tensors
   double max_error = 0.0;   // ecq target, relative delta error
   std::string ecq_weighting = codec::EcqWeightingName(codec::CompressOptions{}.ecq_weighting);
+  bool no_low_rank = false;  // ecq: never low-rank factors + residual
 };
 
 struct DecompressCliOptions {
@@ -107,6 +108,7 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   if (o.bits > 0) c.ecq_target = {o.bits, 0.0};
   if (o.max_error > 0) c.ecq_target = {0.0, o.max_error};
   c.ecq.patch_size = o.patch;
+  c.ecq.try_low_rank = !o.no_low_rank;
   DS_ASSIGN_OR_RETURN(c.ecq_weighting, codec::ParseEcqWeighting(o.ecq_weighting));
   c.dct.patch_size = o.patch;
   DS_ASSIGN_OR_RETURN(c.dct.schedule, codec::BitSchedule::Parse(o.schedule));
@@ -237,6 +239,9 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
                    "ecq: per-tensor step scale: mse (one step), weight (x RMS of the base "
                    "tensor), delta (x RMS of the delta)")
       ->capture_default_str();
+  compress->add_flag("--no-low-rank", cc->no_low_rank,
+                     "ecq: code every tensor as DCT or identity only, never as low-rank "
+                     "factors + residual");
   compress->add_option("--patch", cc->patch, "DCT patch edge p, in weights [2, 64]")
       ->capture_default_str();
   compress

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "codec/internal/dct.h"
 #include "codec/internal/dct_payload.h"
+#include "codec/internal/ecq_lowrank.h"
 #include "codec/internal/ecq_payload.h"
 #include "codec/internal/merge.h"
 #include "codec/internal/rans.h"
@@ -114,13 +115,41 @@ double ChunkBytes(const uint64_t* hist, uint64_t n, uint64_t escapes) {
   return bits / 8.0 + 8.0 + 2.0 * used + 4.0 * static_cast<double>(escapes) + 8.0;
 }
 
+// Rows decoded together in an identity chunk with factors (see EcqDecoder::DecodeChunk).
+constexpr int64_t kLowRankRowBlock = 16;
+
+// Largest smaller dim of a matrix that tries low-rank factors: the Gram eigenproblem
+// costs ~(4/3) n^3 flops (n = 2048: ~11 GFlop, seconds on one core; 4096 would take a
+// minute per tensor).
+constexpr int64_t kMaxLowRankDim = 2048;
+
+// Ranks of low-rank factors worth trying on a rows x cols matrix: those whose int8
+// factors cost about 1/16, 1/4 and 1 bit per weight, at most a quarter of the smaller
+// dim. None for a matrix with a dim under 16 (nothing to gain) or a smaller dim over
+// kMaxLowRankDim.
+std::vector<int> EcqCandidateRanks(int64_t rows, int64_t cols, const EcqOptions& options) {
+  std::vector<int> ranks;
+  const int64_t small = std::min(rows, cols);
+  if (!options.try_low_rank || small < 16 || small > kMaxLowRankDim) return ranks;
+  const double per_rank_bits = 8.0 * static_cast<double>(rows + cols);
+  const double weights = static_cast<double>(rows) * static_cast<double>(cols);
+  for (double bits : {1.0 / 16, 1.0 / 4, 1.0}) {
+    const int64_t r = std::min<int64_t>(
+        {static_cast<int64_t>(bits * weights / per_rank_bits), small / 4, internal::kMaxEcqRank});
+    if (r >= 1 && (ranks.empty() || r > ranks.back())) ranks.push_back(static_cast<int>(r));
+  }
+  return ranks;
+}
+
 }  // namespace
 
 // Coefficients of one transform in payload scan order: chunk after chunk; in a DCT
 // chunk, patch after patch (row-major over the patch grid), each patch's p x p
 // coefficients row-major in (u, v); in an identity chunk, its rows.
 struct EcqTensor::Plane {
-  EcqHeader header;
+  EcqHeader header;  // header.rank: 0, or the rank of `factors`
+  std::shared_ptr<const internal::EcqFactors> factors;
+  uint64_t factor_bytes = 0;  // of the factor section
   std::vector<float> coef;
   std::vector<uint64_t> chunk_begin;  // index into coef of each chunk, then coef.size()
 };
@@ -181,45 +210,80 @@ absl::StatusOr<std::unique_ptr<EcqTensor>> EcqTensor::Prepare(const float* delta
     }
   };
   double max_abs = 0.0;
-  {  // DCT plane
-    auto pl = std::make_unique<Plane>();
-    const int p = options.patch_size;
-    pl->header = make_header(EcqTransform::kDct, p);
-    finish(pl.get());
-    pl->coef.resize(pl->chunk_begin.back());
-    const internal::DctBasis basis(p);
-    std::vector<float> patch(static_cast<size_t>(p) * p);
-    const int64_t prows = CeilDiv(rows, p), pcols = CeilDiv(cols, p);
-    float* dst = pl->coef.data();
-    for (int64_t pr = 0; pr < prows; ++pr) {
-      for (int64_t pc = 0; pc < pcols; ++pc) {
-        const int64_t r0 = pr * p, c0 = pc * p;
-        const int h = static_cast<int>(std::min<int64_t>(p, rows - r0));
-        const int w = static_cast<int>(std::min<int64_t>(p, cols - c0));
-        std::fill(patch.begin(), patch.end(), 0.0f);
-        for (int r = 0; r < h; ++r) {
-          std::memcpy(&patch[r * p], delta + (r0 + r) * cols + c0, sizeof(float) * w);
+  // The planes of one source matrix (the delta, or a residual after low-rank factors).
+  auto add_planes = [&](const float* src, int rank,
+                        std::shared_ptr<const internal::EcqFactors> factors) {
+    const uint64_t factor_bytes =
+        rank ? internal::EcqFactorBytes(rank, rows, cols) : uint64_t{0};
+    {  // DCT plane
+      auto pl = std::make_unique<Plane>();
+      const int p = options.patch_size;
+      pl->header = make_header(EcqTransform::kDct, p);
+      pl->header.rank = rank;
+      pl->factors = factors;
+      pl->factor_bytes = factor_bytes;
+      finish(pl.get());
+      pl->coef.resize(pl->chunk_begin.back());
+      const internal::DctBasis basis(p);
+      std::vector<float> patch(static_cast<size_t>(p) * p);
+      const int64_t prows = CeilDiv(rows, p), pcols = CeilDiv(cols, p);
+      float* dst = pl->coef.data();
+      for (int64_t pr = 0; pr < prows; ++pr) {
+        for (int64_t pc = 0; pc < pcols; ++pc) {
+          const int64_t r0 = pr * p, c0 = pc * p;
+          const int h = static_cast<int>(std::min<int64_t>(p, rows - r0));
+          const int w = static_cast<int>(std::min<int64_t>(p, cols - c0));
+          std::fill(patch.begin(), patch.end(), 0.0f);
+          for (int r = 0; r < h; ++r) {
+            std::memcpy(&patch[r * p], src + (r0 + r) * cols + c0, sizeof(float) * w);
+          }
+          internal::ForwardDct2d(basis, patch.data(), p, dst, p);
+          for (int k = 0; k < p * p; ++k) max_abs = std::max<double>(max_abs, std::fabs(dst[k]));
+          dst += p * p;
         }
-        internal::ForwardDct2d(basis, patch.data(), p, dst, p);
-        for (int k = 0; k < p * p; ++k) max_abs = std::max<double>(max_abs, std::fabs(dst[k]));
-        dst += p * p;
       }
+      t->planes_.push_back(std::move(pl));
     }
-    t->planes_.push_back(std::move(pl));
-  }
-  if (options.try_identity) {
-    auto pl = std::make_unique<Plane>();
-    pl->header = make_header(EcqTransform::kIdentity, 1);
-    finish(pl.get());
-    pl->coef.assign(delta, delta + n);
-    for (uint64_t i = 0; i < n; ++i) max_abs = std::max<double>(max_abs, std::fabs(delta[i]));
-    t->planes_.push_back(std::move(pl));
+    if (options.try_identity) {
+      auto pl = std::make_unique<Plane>();
+      pl->header = make_header(EcqTransform::kIdentity, 1);
+      pl->header.rank = rank;
+      pl->factors = factors;
+      pl->factor_bytes = factor_bytes;
+      finish(pl.get());
+      pl->coef.assign(src, src + n);
+      for (uint64_t i = 0; i < n; ++i) max_abs = std::max<double>(max_abs, std::fabs(src[i]));
+      t->planes_.push_back(std::move(pl));
+    }
+  };
+  add_planes(delta, 0, nullptr);
+  const std::vector<int> ranks = EcqCandidateRanks(rows, cols, options);
+  if (!ranks.empty() && energy > 0.0) {
+    DS_ASSIGN_OR_RETURN(internal::EcqFactors top,
+                        internal::TopEcqFactors(delta, rows, cols, ranks.back()));
+    std::vector<float> residual(n), low(static_cast<size_t>(cols));
+    for (int rank : ranks) {
+      auto f = std::make_shared<const internal::EcqFactors>(
+          internal::TruncateEcqFactors(top, rank, rows));
+      const std::vector<float> vf = internal::EcqRightFactor(*f, cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        std::fill(low.begin(), low.end(), 0.0f);
+        internal::AddEcqLowRankRows(*f, vf.data(), r, r + 1, cols, low.data());
+        for (int64_t c = 0; c < cols; ++c) residual[r * cols + c] = delta[r * cols + c] - low[c];
+      }
+      add_planes(residual.data(), rank, f);
+    }
   }
   t->max_abs_ = max_abs;
   return t;
 }
 
 EcqTrial EcqTensor::Evaluate(float step, int sample, const EcqTrial* fixed) const {
+  return EvaluateRank(step, sample, fixed, -1);
+}
+
+EcqTrial EcqTensor::EvaluateRank(float step, int sample, const EcqTrial* fixed,
+                                 int only_rank) const {
   // An odd stride: it does not keep hitting the same frequency of 2^k-sized patches.
   const uint64_t stride = sample <= 1 ? 1 : static_cast<uint64_t>(sample | 1);
   const double lambda = std::log(2.0) * step * step / 6.0;  // per bit
@@ -228,12 +292,15 @@ EcqTrial EcqTensor::Evaluate(float step, int sample, const EcqTrial* fixed) cons
   double best_j = -1.0;
   std::vector<uint64_t> hist(256);
   for (const auto& pl : planes_) {
-    if (fixed && pl->header.transform != fixed->transform) continue;
+    if (fixed && (pl->header.transform != fixed->transform || pl->header.rank != fixed->rank)) {
+      continue;
+    }
+    if (only_rank >= 0 && pl->header.rank != only_rank) continue;
     const int64_t chunks = static_cast<int64_t>(pl->chunk_begin.size()) - 1;
     for (float r : kRoundings) {
       if (fixed && r != fixed->rounding) continue;
       QuantStats st;
-      double bytes = internal::kEcqFixedHeaderBytes;
+      double bytes = internal::kEcqFixedHeaderBytes + static_cast<double>(pl->factor_bytes);
       uint64_t seen_total = 0;
       for (int64_t c = 0; c < chunks; ++c) {
         std::fill(hist.begin(), hist.end(), 0);
@@ -259,6 +326,7 @@ EcqTrial EcqTensor::Evaluate(float step, int sample, const EcqTrial* fixed) cons
         best.distortion = d;
         best.bytes = bytes;
         best.transform = pl->header.transform;
+        best.rank = pl->header.rank;
         best.rounding = r;
       }
     }
@@ -275,10 +343,55 @@ absl::StatusOr<std::vector<uint8_t>> EcqTensor::Encode(float step, EcqTrial* tri
     return absl::InvalidArgumentError(
         absl::StrCat("ecq step ", step, " too small for coefficients up to ", max_abs_));
   }
-  const EcqTrial choice = Evaluate(step, 1, fixed);
+  if (fixed != nullptr) return EncodeChoice(step, Evaluate(step, 1, fixed), trial);
+  // Without factors (rank 0), coded at `step` and at 1.25 x `step`: two points of the
+  // tensor's own rate-distortion curve, log D linear in bytes between them. A rank r > 0
+  // is kept if its measured distortion is below that curve at its measured size (factor
+  // bytes included): it beats the plain transform at the tensor's rate. (The high-rate
+  // slope ln(2) s^2 / 6 underrates bytes at low rates, where most codes are 0, and
+  // would pick factors that lose.)
+  EcqTrial plain, plain2;
+  DS_ASSIGN_OR_RETURN(std::vector<uint8_t> best,
+                      EncodeChoice(step, EvaluateRank(step, 1, nullptr, 0), &plain));
+  EcqTrial best_trial = plain;
+  bool has_factors = false;
+  for (const auto& p : planes_) has_factors |= p->header.rank > 0;
+  if (has_factors && plain.distortion > 0.0) {
+    const float step2 = std::min(step * 1.25f, kMaxStep * 0.5f);
+    DS_RETURN_IF_ERROR(
+        EncodeChoice(step2, EvaluateRank(step2, 1, nullptr, 0), &plain2).status());
+    // d(log D) / d(bytes) of the plain curve; with no measurable slope (all codes 0 at
+    // both steps) the high-rate slope stands in.
+    double k = -std::log(2.0) * step * step / 6.0 * 8.0 / plain.distortion;
+    if (plain2.bytes < plain.bytes && plain2.distortion > plain.distortion) {
+      k = std::log(plain2.distortion / plain.distortion) / (plain2.bytes - plain.bytes);
+    }
+    double best_ratio = 1.0;
+    for (const auto& p : planes_) {
+      const int rank = p->header.rank;
+      if (rank == 0 || p->header.transform != EcqTransform::kDct) continue;  // once per rank
+      // Factors alone as large as the whole plain payload: not at this tensor's rate.
+      if (static_cast<double>(p->factor_bytes) >= plain.bytes) continue;
+      EcqTrial t;
+      DS_ASSIGN_OR_RETURN(std::vector<uint8_t> out,
+                          EncodeChoice(step, EvaluateRank(step, 1, nullptr, rank), &t));
+      const double curve = plain.distortion * std::exp(k * (t.bytes - plain.bytes));
+      if (t.distortion < best_ratio * curve) {
+        best_ratio = t.distortion / curve;
+        best = std::move(out);
+        best_trial = t;
+      }
+    }
+  }
+  if (trial) *trial = best_trial;
+  return best;
+}
+
+absl::StatusOr<std::vector<uint8_t>> EcqTensor::EncodeChoice(float step, const EcqTrial& choice,
+                                                              EcqTrial* trial) const {
   const Plane* pl = nullptr;
   for (const auto& p : planes_) {
-    if (p->header.transform == choice.transform) pl = p.get();
+    if (p->header.transform == choice.transform && p->header.rank == choice.rank) pl = p.get();
   }
   if (pl == nullptr) {
     return absl::InvalidArgumentError("ecq: the fixed transform was not prepared");
@@ -316,6 +429,7 @@ absl::StatusOr<std::vector<uint8_t>> EcqTensor::Encode(float step, EcqTrial* tri
   }
   std::vector<uint8_t> out;
   internal::AppendEcqHeader(h, lengths, &out);
+  if (pl->factors) internal::AppendEcqFactors(*pl->factors, &out);
   out.insert(out.end(), body.begin(), body.end());
   if (trial) {
     *trial = choice;
@@ -353,6 +467,15 @@ class EcqDecoder {
     if (h.transform == EcqTransform::kDct) basis_ = std::make_unique<internal::DctBasis>(h.patch_size);
   }
 
+  // Reads the low-rank factors, if any (after ParseEcqPayload checked them).
+  absl::Status Init() {
+    if (pe_.header.rank == 0) return absl::OkStatus();
+    DS_ASSIGN_OR_RETURN(factors_, internal::ParseEcqFactors(payload_.subspan(pe_.factor_offset),
+                                                            pe_.header.rows, pe_.header.cols));
+    vf_ = internal::EcqRightFactor(factors_, pe_.header.cols);
+    return absl::OkStatus();
+  }
+
   // Decodes chunk c and calls emit(r0, r1, rows) for each block of rows [r0, r1) it
   // finishes, in order; `rows` holds them with row stride cols.
   template <typename Emit>
@@ -362,10 +485,15 @@ class EcqDecoder {
     const int64_t r_begin = c * h.chunk_rows;
     const int64_t r_end = std::min(h.rows, r_begin + h.chunk_rows);
     if (h.transform == EcqTransform::kIdentity) {
-      rows_buf_.resize(static_cast<size_t>(h.cols));
-      for (int64_t r = r_begin; r < r_end; ++r) {
-        Dequantize(static_cast<uint64_t>(h.cols), rows_buf_.data());
-        emit(r, r + 1, rows_buf_.data());
+      // With factors, blocks of rows: the low-rank kernel reuses its tile of the right
+      // factor across the block's rows.
+      const int64_t block = h.rank > 0 ? kLowRankRowBlock : 1;
+      rows_buf_.resize(static_cast<size_t>(block * h.cols));
+      for (int64_t r = r_begin; r < r_end; r += block) {
+        const int64_t r1 = std::min(r_end, r + block);
+        Dequantize(static_cast<uint64_t>((r1 - r) * h.cols), rows_buf_.data());
+        AddLowRank(r, r1, rows_buf_.data());
+        emit(r, r1, rows_buf_.data());
       }
       return absl::OkStatus();
     }
@@ -388,12 +516,19 @@ class EcqDecoder {
           for (int r = 0; r < hgt; ++r) std::memcpy(d + r * h.cols, &tmp_[r * p], sizeof(float) * w);
         }
       }
+      AddLowRank(r0, r0 + hgt, rows_buf_.data());
       emit(r0, r0 + hgt, rows_buf_.data());
     }
     return absl::OkStatus();
   }
 
  private:
+  // Adds rows [r0, r1) of the low-rank part to `rows` (row stride cols).
+  void AddLowRank(int64_t r0, int64_t r1, float* rows) const {
+    if (factors_.rank == 0) return;
+    internal::AddEcqLowRankRows(factors_, vf_.data(), r0, r1, pe_.header.cols, rows);
+  }
+
   // Entropy-decodes chunk c into symbols_ and checks its escapes.
   absl::Status Load(int64_t c) {
     const uint64_t begin = pe_.chunk_offset[c], end = pe_.chunk_offset[c + 1];
@@ -443,6 +578,8 @@ class EcqDecoder {
   absl::Span<const uint8_t> payload_;
   float lut_[256];
   std::unique_ptr<internal::DctBasis> basis_;
+  internal::EcqFactors factors_;
+  std::vector<float> vf_;  // dequantized right factor, rank x cols
   std::vector<uint8_t> symbols_;
   std::vector<float> escapes_, rows_buf_, coef_, tmp_;
   uint64_t sym_pos_ = 0, esc_pos_ = 0;
@@ -455,6 +592,7 @@ absl::Status DecodeEcqMatrix(absl::Span<const uint8_t> payload, int64_t rows, in
   DS_ASSIGN_OR_RETURN(ParsedEcq pe, internal::ParseEcqPayload(payload, rows, cols));
   if (out == nullptr) return absl::InvalidArgumentError("output buffer is null");
   EcqDecoder dec(pe, payload);
+  DS_RETURN_IF_ERROR(dec.Init());
   const int64_t chunks = internal::EcqNumChunks(pe.header);
   for (int64_t c = 0; c < chunks; ++c) {
     DS_RETURN_IF_ERROR(dec.DecodeChunk(c, [&](int64_t r0, int64_t r1, const float* src) {
@@ -479,6 +617,7 @@ absl::Status DecodeEcqMatrixMergeRows(absl::Span<const uint8_t> payload, int64_t
   }
   if (row_begin == row_end) return absl::OkStatus();
   EcqDecoder dec(pe, payload);
+  DS_RETURN_IF_ERROR(dec.Init());
   const int64_t cr = pe.header.chunk_rows;
   const size_t bsz = DTypeSize(base_dtype), osz = DTypeSize(out_dtype);
   std::vector<float> scratch(static_cast<size_t>(cols));

@@ -42,7 +42,8 @@ enum class EcqTransform : uint8_t {
 struct EcqTrial {
   double distortion = 0.0;  // squared error, sum over the tensor's coefficients
   double bytes = 0.0;       // payload bytes (order-0 entropy estimate unless exact)
-  EcqTransform transform = EcqTransform::kDct;
+  EcqTransform transform = EcqTransform::kDct;  // of the coefficients (the residual's)
+  int rank = 0;             // of the low-rank factors; 0: none
   float rounding = 0.5f;    // r
 };
 
@@ -52,6 +53,12 @@ struct EcqOptions {
   // Consider the identity transform as well as the DCT and keep the one with the lower
   // rate-distortion cost D + lambda R at the step. Default: true.
   bool try_identity = true;
+  // Consider low-rank factors plus the quantized residual as well (int8 factors of the
+  // top singular pairs, ranks whose factors cost about 1/16, 1/4 and 1 bit per weight;
+  // for matrices whose dims are >= 16 and whose smaller dim is <= 2048), kept when their
+  // D + lambda R, factor bytes included, is the lowest. Costs a Gram eigenproblem per
+  // tensor at Prepare and 2x the delta's memory per rank. Default: true.
+  bool try_low_rank = true;
 
   absl::Status Validate() const;
 };
@@ -85,8 +92,10 @@ class EcqTensor {
   // its transform and rounding are used instead of the best ones (rate control freezes
   // the choices while it fine-tunes the step: sizes then vary smoothly with it).
   EcqTrial Evaluate(float step, int sample = 1, const EcqTrial* fixed = nullptr) const;
-  // Encodes with the choice of Evaluate(step, 1, fixed). `trial`, if given, receives the
-  // choice, the exact payload size and the squared error (coefficient domain).
+  // Encodes with the choice of Evaluate(step, 1, fixed); without `fixed`, the best
+  // choice of each rank is coded and the one with the lowest measured D + lambda R
+  // (exact bytes) kept. `trial`, if given, receives the choice, the exact payload size
+  // and the squared error (coefficient domain).
   absl::StatusOr<std::vector<uint8_t>> Encode(float step, EcqTrial* trial = nullptr,
                                               const EcqTrial* fixed = nullptr) const;
 
@@ -95,6 +104,11 @@ class EcqTensor {
 
  private:
   EcqTensor() = default;
+  // Evaluate over the planes of one rank only (-1: all).
+  EcqTrial EvaluateRank(float step, int sample, const EcqTrial* fixed, int only_rank) const;
+  // Encodes the planes of `choice` (its transform, rank and rounding) at `step`.
+  absl::StatusOr<std::vector<uint8_t>> EncodeChoice(float step, const EcqTrial& choice,
+                                                    EcqTrial* trial) const;
   int64_t rows_ = 0, cols_ = 0;
   double energy_ = 0.0, max_abs_ = 0.0, step_scale_ = 1.0;
   std::vector<std::unique_ptr<Plane>> planes_;

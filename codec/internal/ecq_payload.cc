@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "codec/internal/dct.h"
 #include "codec/internal/dct_payload.h"
+#include "codec/internal/ecq_lowrank.h"
 #include "codec/internal/fp16.h"
 #include "codec/internal/rans.h"
 #include "common/coding.h"
@@ -38,7 +39,7 @@ void AppendEcqHeader(const EcqHeader& h, absl::Span<const uint32_t> chunk_length
   w.U8(kEcqVersion);
   w.U8(static_cast<uint8_t>(h.transform));
   w.U8(static_cast<uint8_t>(h.patch_size));
-  w.U8(0);  // flags
+  w.U8(h.rank > 0 ? 1 : 0);  // flags: bit 0, a factor section follows the chunk table
   w.U32(static_cast<uint32_t>(h.rows));
   w.U32(static_cast<uint32_t>(h.cols));
   w.U32(FloatBits(h.step));
@@ -78,7 +79,7 @@ absl::StatusOr<ParsedEcq> ParseEcqPayload(absl::Span<const uint8_t> payload, int
     return absl::DataLossError(
         absl::StrCat("ecq payload: patch size ", h.patch_size, " invalid for its transform"));
   }
-  if (b[7] != 0) {
+  if ((b[7] & ~1) != 0) {
     return absl::DataLossError(absl::StrCat("ecq payload: unknown flags ", static_cast<int>(b[7])));
   }
   h.rows = common::DecodeFixed32(b + 8);
@@ -115,8 +116,15 @@ absl::StatusOr<ParsedEcq> ParseEcqPayload(absl::Span<const uint8_t> payload, int
     return absl::DataLossError(absl::StrCat("ecq payload truncated: ", payload.size(),
                                             " bytes, chunk table needs ", table_end));
   }
-  pe.chunk_offset.resize(static_cast<size_t>(num_chunks) + 1);
   uint64_t at = table_end;
+  if (b[7] & 1) {
+    absl::StatusOr<EcqFactors> f = ParseEcqFactors(payload.subspan(at), rows, cols);
+    if (!f.ok()) return f.status();
+    h.rank = f->rank;
+    pe.factor_offset = at;
+    at += EcqFactorBytes(h.rank, rows, cols);
+  }
+  pe.chunk_offset.resize(static_cast<size_t>(num_chunks) + 1);
   for (int64_t c = 0; c < num_chunks; ++c) {
     pe.chunk_offset[c] = at;
     const uint32_t len = common::DecodeFixed32(b + kEcqFixedHeaderBytes + 4 * c);

@@ -27,6 +27,7 @@ struct EcqHeader {
   float step = 0.0f;     // finite, > 0
   float bias = 0.0f;     // finite, in [0, 1)
   int64_t chunk_rows = 0;  // > 0, a multiple of patch_size
+  int rank = 0;            // of the low-rank factor section (flag bit 0); 0: none
 };
 
 // Number of chunks of a header: ceil(rows / chunk_rows).
@@ -46,6 +47,7 @@ void AppendEcqHeader(const EcqHeader& h, absl::Span<const uint32_t> chunk_length
 // are checked by the decoder.
 struct ParsedEcq {
   EcqHeader header;
+  uint64_t factor_offset = 0;  // payload offset of the factor section if header.rank > 0
   std::vector<uint64_t> chunk_offset;
 };
 

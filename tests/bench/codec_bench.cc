@@ -1,7 +1,9 @@
 // Delta-DCT throughput: encode, and decode+merge into an fp16 base, in weights per
 // second, next to a memcpy of the merged output's size (the floor any merge pays); and
 // codec v2 (ecq, codec/delta_ecq.h) decode+merge of the same delta rate-controlled to 1,
-// 2 and 4 bits per weight (BM_DecodeMergeEcqF16/rows/cols/bits); and the server's cold
+// 2 and 4 bits per weight (BM_DecodeMergeEcqF16/rows/cols/bits), and of a delta with
+// low-rank structure that v2 codes as low-rank factors + residual
+// (BM_DecodeMergeEcqLowRankF16/rows/cols/bits; counter `rank`); and the server's cold
 // path around the kernel on Qwen2-0.5B shapes (fresh output pages + XXH3-64), beside
 // the kernel and memcpy measured in the same run (BM_DecodeMergeF16ServerPath).
 // Run on one core: OPENBLAS_NUM_THREADS=1 taskset -c 0 ./codec_bench
@@ -135,6 +137,59 @@ void BM_DecodeMergeEcqF16(benchmark::State& state) {
   state.counters["payload_bits_per_weight"] =
       8.0 * static_cast<double>(payload.size()) / static_cast<double>(f.rows * f.cols);
   state.counters["transform_dct"] = payload[5];
+}
+
+// A rank-16 delta (white factors, decaying weights) plus noise of a tenth of its RMS,
+// on a base ~N(0, 0.02) in F16, as ecq at `bits` (the encoder picks factors + residual).
+struct LowRankFixture {
+  std::vector<uint8_t> base, payload;
+};
+const LowRankFixture& GetLowRankFixture(int64_t rows, int64_t cols, int bits) {
+  static auto* cache = new std::map<std::tuple<int64_t, int64_t, int>, LowRankFixture>;
+  auto key = std::make_tuple(rows, cols, bits);
+  auto it = cache->find(key);
+  if (it != cache->end()) return it->second;
+  LowRankFixture& f = (*cache)[key];
+  std::mt19937 rng(7);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::vector<float> delta(rows * cols, 0.0f), base(rows * cols), u(rows), v(cols);
+  for (int k = 0; k < 16; ++k) {
+    for (auto& x : u) x = n(rng);
+    for (auto& x : v) x = n(rng);
+    const float w = 1e-3f / (1.0f + k);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) delta[r * cols + c] += w * u[r] * v[c];
+    }
+  }
+  for (auto& x : delta) x += 3e-4f * n(rng);
+  for (auto& x : base) x = 0.02f * n(rng);
+  f.base.resize(rows * cols * 2);
+  FromFloat32(base.data(), rows * cols, DType::kF16, f.base.data());
+  auto t = EcqTensor::Prepare(delta.data(), rows, cols, EcqOptions()).value();
+  const EcqTensor* ts[] = {t.get()};
+  f.payload = std::move(
+      PlanEcq(ts, static_cast<uint64_t>(rows * cols), 0.0, {double(bits), 0.0}).value().payloads[0]);
+  return f;
+}
+
+void BM_DecodeMergeEcqLowRankF16(benchmark::State& state) {
+  const int64_t rows = state.range(0), cols = state.range(1);
+  const LowRankFixture& f = GetLowRankFixture(rows, cols, static_cast<int>(state.range(2)));
+  std::vector<uint8_t> out(rows * cols * 2);
+  for (auto _ : state) {
+    auto st = DecodeEcqMatrixMergeRows(f.payload, rows, cols, 0, rows, f.base.data(),
+                                       DType::kF16, DType::kF16, out.data());
+    if (!st.ok()) state.SkipWithError(st.ToString().c_str());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  SetRate(state, rows * cols);
+  state.counters["payload_bits_per_weight"] =
+      8.0 * static_cast<double>(f.payload.size()) / static_cast<double>(rows * cols);
+  // Flag bit 0: factors present; their rank is the u32 after the chunk table.
+  const uint32_t chunks = f.payload[28] | f.payload[29] << 8 | f.payload[30] << 16;
+  state.counters["rank"] =
+      (f.payload[7] & 1) ? f.payload[32 + 4 * chunks] | f.payload[33 + 4 * chunks] << 8 : 0;
 }
 
 void BM_DecodeMergeBF16(benchmark::State& state) {
@@ -289,6 +344,9 @@ BENCHMARK(BM_DecodeMergeBF16) DS_SHAPES;
 BENCHMARK(BM_DecodeMergeF16Mixed) DS_SHAPES;
 BENCHMARK(BM_DecodeMergeEcqF16)
     ->Args({4096, 4096, 1})->Args({4096, 4096, 2})->Args({4096, 4096, 4})
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DecodeMergeEcqLowRankF16)
+    ->Args({2048, 2048, 1})->Args({2048, 2048, 2})
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MemcpyOutput) DS_SHAPES;
 #undef DS_SHAPES

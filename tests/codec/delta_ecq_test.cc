@@ -165,7 +165,9 @@ TEST(EcqTest, Deterministic) {
 TEST(EcqFormatTest, Header) {
   const int64_t rows = 300, cols = 520;  // p = 32: 17 padded patch columns = 544 wide
   const auto d = MakeSmoothDelta(rows, cols, 8);
-  ASSERT_OK_AND_ASSIGN(auto enc, EncodeEcqMatrix(d.data(), rows, cols, 5e-4f));
+  EcqOptions o;
+  o.try_low_rank = false;  // the layout without factors (with: delta_ecq_lowrank_test.cc)
+  ASSERT_OK_AND_ASSIGN(auto enc, EncodeEcqMatrix(d.data(), rows, cols, 5e-4f, o));
   EXPECT_EQ(std::string(enc.begin(), enc.begin() + 4), "DECQ");
   EXPECT_EQ(enc[4], 1);   // version
   EXPECT_EQ(enc[5], 1);   // DCT (a smooth matrix)
@@ -254,14 +256,18 @@ TEST(EcqCorruptionTest, EveryTruncationIsAnError) {
   const int64_t rows = 40, cols = 33;
   auto d = MakeDelta(rows, cols, 4);
   d[7] = 0.5f;  // an escape
-  for (bool identity : {false, true}) {
+  // DCT, identity, and low-rank factors + residual (flag bit 0).
+  for (int variant : {0, 1, 2}) {
+    const bool identity = variant == 1, low_rank = variant == 2;
     EcqOptions o;
     o.patch_size = 8;
+    o.try_low_rank = low_rank;
     std::vector<float> src = d;
     if (identity) {
       for (size_t i = 0; i < src.size(); ++i) src[i] = i % 31 == 0 ? src[i] : 0.0f;
     }
     ASSERT_OK_AND_ASSIGN(auto enc, EncodeEcqMatrix(src.data(), rows, cols, 1e-4f, o));
+    ASSERT_EQ(enc[7], low_rank ? 1 : 0);
     std::vector<float> out(rows * cols);
     for (size_t len = 0; len < enc.size(); ++len) {
       std::vector<uint8_t> cut(enc.begin(), enc.begin() + len);  // exact size: ASan sees over-reads
@@ -280,29 +286,36 @@ TEST(EcqCorruptionTest, RandomByteFlipsNeverCrash) {
   const int64_t rows = 70, cols = 40;
   auto d = MakeDelta(rows, cols, 12);
   d[100] = 0.3f;
-  EcqOptions o;
-  o.patch_size = 8;
-  ASSERT_OK_AND_ASSIGN(auto enc, EncodeEcqMatrix(d.data(), rows, cols, 2e-4f, o));
-  std::mt19937 rng(3);
-  std::vector<float> out(rows * cols);
-  std::vector<uint8_t> base(rows * cols * 2, 0), merged(rows * cols * 2);
-  int errors = 0;
-  for (int trial = 0; trial < 3000; ++trial) {
-    std::vector<uint8_t> bad(enc);
-    const int flips = 1 + trial % 3;
-    for (int f = 0; f < flips; ++f) bad[rng() % bad.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
-    const absl::Status s = DecodeEcqMatrix(bad, rows, cols, out.data());
-    const absl::Status m = DecodeEcqMatrixMergeRows(bad, rows, cols, 0, rows, base.data(),
-                                                    DType::kF16, DType::kF16, merged.data());
-    EXPECT_EQ(s.code(), m.code());
-    if (!s.ok()) {
-      ++errors;
-      EXPECT_TRUE(s.code() == absl::StatusCode::kDataLoss ||
-                  s.code() == absl::StatusCode::kInvalidArgument)
-          << s;
+  for (bool low_rank : {false, true}) {
+    EcqOptions o;
+    o.patch_size = 8;
+    o.try_low_rank = low_rank;
+    ASSERT_OK_AND_ASSIGN(auto enc, EncodeEcqMatrix(d.data(), rows, cols, 2e-4f, o));
+    ASSERT_EQ(enc[7], low_rank ? 1 : 0);  // flag bit 0: low-rank factors
+    std::mt19937 rng(3);
+    std::vector<float> out(rows * cols);
+    std::vector<uint8_t> base(rows * cols * 2, 0), merged(rows * cols * 2);
+    int errors = 0;
+    for (int trial = 0; trial < 2000; ++trial) {
+      std::vector<uint8_t> bad(enc);
+      const int flips = 1 + trial % 3;
+      for (int f = 0; f < flips; ++f)
+        bad[rng() % bad.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
+      const absl::Status s = DecodeEcqMatrix(bad, rows, cols, out.data());
+      const absl::Status m = DecodeEcqMatrixMergeRows(bad, rows, cols, 0, rows, base.data(),
+                                                      DType::kF16, DType::kF16, merged.data());
+      EXPECT_EQ(s.code(), m.code());
+      if (!s.ok()) {
+        ++errors;
+        EXPECT_TRUE(s.code() == absl::StatusCode::kDataLoss ||
+                    s.code() == absl::StatusCode::kInvalidArgument)
+            << s;
+      } else {
+        for (float x : out) ASSERT_TRUE(std::isfinite(x));
+      }
     }
+    EXPECT_GT(errors, 100);
   }
-  EXPECT_GT(errors, 100);
 }
 
 TEST(EcqCorruptionTest, SpecificBadFields) {
@@ -312,6 +325,7 @@ TEST(EcqCorruptionTest, SpecificBadFields) {
   EcqOptions o;
   o.patch_size = 16;
   o.try_identity = false;
+  o.try_low_rank = false;  // factor fields: delta_ecq_lowrank_test.cc
   ASSERT_OK_AND_ASSIGN(auto enc, EncodeEcqMatrix(d.data(), rows, cols, 1e-4f, o));
   ASSERT_EQ(enc[5], 1);
   std::vector<float> out(rows * cols);
@@ -328,7 +342,10 @@ TEST(EcqCorruptionTest, SpecificBadFields) {
   expect(with(5, 2), absl::StatusCode::kDataLoss, "transform");
   expect(with(6, 1), absl::StatusCode::kDataLoss, "patch size");
   expect(with(6, 65), absl::StatusCode::kDataLoss, "patch size");
-  expect(with(7, 1), absl::StatusCode::kDataLoss, "flags");
+  expect(with(7, 2), absl::StatusCode::kDataLoss, "unknown flags");
+  // Flag bit 0 without a factor section: the chunk bytes do not parse as factors.
+  EXPECT_THAT(DecodeEcqMatrix(with(7, 1), rows, cols, out.data()),
+              StatusIs(absl::StatusCode::kDataLoss));
   EXPECT_THAT(DecodeEcqMatrix(enc, rows + 1, cols, out.data()),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("expected")));
   EXPECT_THAT(DecodeEcqMatrix(enc, rows, 0, out.data()),
@@ -381,8 +398,7 @@ TEST(EcqCorruptionTest, SpecificBadFields) {
   {  // the rANS stream itself damaged
     std::vector<uint8_t> b(enc);
     b[40] ^= 0xff;
-    EXPECT_THAT(DecodeEcqMatrix(b, rows, cols, out.data()),
-                StatusIs(absl::StatusCode::kDataLoss));
+    EXPECT_THAT(DecodeEcqMatrix(b, rows, cols, out.data()), StatusIs(absl::StatusCode::kDataLoss));
   }
 }
 
@@ -390,7 +406,8 @@ TEST(EcqAllocTest, BitsTargetIsMetWithin2Percent) {
   std::vector<std::unique_ptr<EcqTensor>> owned;
   std::vector<const EcqTensor*> ts;
   uint64_t weights = 0;
-  for (auto [r, c, seed] : std::vector<std::tuple<int, int, int>>{{256, 256, 1}, {128, 512, 2}, {300, 100, 3}}) {
+  for (auto [r, c, seed] :
+       std::vector<std::tuple<int, int, int>>{{256, 256, 1}, {128, 512, 2}, {300, 100, 3}}) {
     auto d = MakeDelta(r, c, seed, 1.0f);
     for (auto& x : d) x *= 1.0f + seed;  // tensors of different energies
     ASSERT_OK_AND_ASSIGN(auto t, EcqTensor::Prepare(d.data(), r, c, EcqOptions{}));

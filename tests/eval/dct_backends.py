@@ -89,11 +89,14 @@ class DeltactlBackend:
             args += ["--schedule", schedule]
         return self._compress_and_read(tag, args, schedule)
 
-    def run_ecq(self, bits, weighting=None):
+    def run_ecq(self, bits, weighting=None, low_rank=True):
         '''Codec v2 (container encoding 3) at `bits` bits per weight (deltactl --bits), with
-        the default per-tensor weighting or `weighting` (--ecq-weighting).'''
+        the default per-tensor weighting or `weighting` (--ecq-weighting); low_rank=False
+        adds --no-low-rank (no low-rank factors + residual).'''
         extra = ["--ecq-weighting", weighting] if weighting else []
-        return self._compress_and_read("ecq_%s_%g" % (weighting or "default", bits),
+        extra += [] if low_rank else ["--no-low-rank"]
+        return self._compress_and_read("ecq_%s%s_%g" % (weighting or "default",
+                                                         "" if low_rank else "_nolr", bits),
                                        ["--bits", repr(float(bits))] + extra,
                                        "ecq --bits %g" % bits)
 
@@ -114,8 +117,10 @@ class DeltactlBackend:
         for name, enc, payload_len, _ in records:
             if enc not in LOSSY:
                 continue
-            if enc == ENC_ECQ:  # payload byte 5: 0 identity, 1 DCT (codec/FORMAT.md)
-                self.last_transforms[name] = "dct" if heads[name][5] == 1 else "identity"
+            if enc == ENC_ECQ:  # payload byte 5: 0 identity, 1 DCT; byte 7 bit 0: low-rank
+                # factors + that transform of the residual (codec/FORMAT.md)
+                self.last_transforms[name] = ("dct" if heads[name][5] == 1 else "identity") + (
+                    "+lowrank" if heads[name][7] & 1 else "")
             recon[name] = merged[name].astype(np.float32) - self.base[name].astype(np.float32)
             payload_bits += 8 * payload_len
         if totals["dct_weights"] != sum(r.size for r in recon.values()):

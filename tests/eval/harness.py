@@ -154,6 +154,13 @@ def run_pair(pair_name, base, ft, backend, evaluate, budgets, patches, log,
             recon = {k: v.reshape(deltas[k].shape) for k, v in res.recon.items()}
             add("ecq-mse", budget, None, res.schedule, [res.bits], n, [recon], t0)
             rows[-1]["transforms"] = dict(getattr(backend, "last_transforms", {}))
+        # Without the low-rank factors + residual transform (--no-low-rank): what it buys.
+        for budget in [b for b in budgets if b in (0.5, 1.0, 2.0, 4.0)]:
+            t0 = time.time()
+            res = backend.run_ecq(budget, low_rank=False)
+            recon = {k: v.reshape(deltas[k].shape) for k, v in res.recon.items()}
+            add("ecq-nolr", budget, None, res.schedule, [res.bits], n, [recon], t0)
+            rows[-1]["transforms"] = dict(getattr(backend, "last_transforms", {}))
 
     t0 = time.time()
     add("zero", None, None, None, [0], n, [{k: np.zeros_like(d) for k, d in deltas.items()}], t0)

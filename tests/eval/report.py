@@ -9,7 +9,8 @@ from harness import REF_PATCH  # noqa: E402
 METHOD_LABEL = {"delta-dct": "Delta-DCT", "zero": "zero delta on the set (0 bits)",
                 "sign": "sign x scale (BitDelta, no distill)",
                 "lowrank": "low-rank SVD", "topk": "magnitude top-k", "dare": "DARE (3 seeds)",
-                "ecq": "codec v2 (ecq, --bits)", "ecq-mse": "codec v2, one step (mse)"}
+                "ecq": "codec v2 (ecq, --bits)", "ecq-mse": "codec v2, one step (mse)",
+                "ecq-nolr": "codec v2 without low-rank (--no-low-rank)"}
 TASK_METRIC = {"faceres": ("desc_cos_mean", "descriptor cosine to finetuned (mean)"),
                "use_lite": ("agreement", "agreement of predicted class with finetuned")}
 
@@ -123,7 +124,7 @@ def plot(results, path, ref_lines):
     fig, axes = plt.subplots(len(pairs), 2, figsize=(13, 4.8 * len(pairs)), squeeze=False)
     styles = {"lowrank": ("tab:orange", "s"), "topk": ("tab:green", "^"),
               "dare": ("tab:red", "v"), "sign": ("black", "*"), "ecq": ("tab:cyan", "P"),
-              "ecq-mse": ("tab:olive", "X")}
+              "ecq-mse": ("tab:olive", "X"), "ecq-nolr": ("tab:pink", "d")}
     dct_colors = {16: "#6baed6", 32: "#08519c", 64: "#3182bd"}
     for i, pair in enumerate(pairs):
         rows = [r for r in results if r["pair"] == pair]

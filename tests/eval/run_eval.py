@@ -190,20 +190,27 @@ def main():
     if "use_lite" in pairs:
         run_use_lite(args, out)
     out["seconds"] = time.time() - started
-    write_outputs(args, out)
+    # Saved first: a rendering error must not lose a long run (fix, then --render-only).
+    out["meta"] = run_meta(args)
     with open(state, "wb") as f:
         pickle.dump((out, args.standin), f)
+    write_outputs(args, out)
     log("done in %.0fs: %s" % (out["seconds"], os.path.join(args.out, "RESULTS.md")))
 
 
-def write_outputs(args, out):
-    import results_md
-    meta = out.get("meta") or {
+def run_meta(args):
+    """This invocation's command, date and machine (RESULTS.md's header)."""
+    return {
         "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
         "date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"),
         "machine": "%s, %d cores, torch %s threads=1, numpy %s" % (
             platform.machine(), os.cpu_count(), torch.__version__, np.__version__),
         "standin": args.standin}
+
+
+def write_outputs(args, out):
+    import results_md
+    meta = out.get("meta") or run_meta(args)
     out["meta"] = meta  # --render-only keeps the run's own command and date
     keep = {k: v for k, v in out.items() if not k.endswith(("_deltas", "_ft"))}
     with open(os.path.join(args.out, "results.json"), "w") as f:

@@ -73,13 +73,15 @@ def render(out):
             best_m = max((r for r in bl if "metrics" in r), key=lambda r: r["metrics"][key],
                          default=None)
             tr = e.get("transforms") or {}
-            n_id = sum(1 for v in tr.values() if v == "identity")
+            n_id = sum(1 for v in tr.values() if v.startswith("identity"))
+            n_lr = sum(1 for v in tr.values() if v.endswith("+lowrank"))
             # Bold: v2 is the best of Delta-DCT, v2 and the baselines on that column.
             others_err = [r["rel_delta_err"] for r in ([d] if d else []) + bl]
             em = e.get("metrics", {}).get(key)
             others_m = [r["metrics"][key] for r in ([d] if d else []) + bl if "metrics" in r]
             bold = lambda txt, win: "**%s**" % txt if win else txt  # noqa: E731
-            s.append("| %s | %s | %s | %.4f | %s | %s | %s | %s | %s | %d dct, %d identity |" % (
+            s.append("| %s | %s | %s | %.4f | %s | %s | %s | %s | %s | %d dct, %d identity; "
+                     "%d with low-rank factors |" % (
                 e["budget"], _fmt(d and d["bpw"], 4), _fmt(d and d["rel_delta_err"], 4),
                 e["bpw"], bold("%.4f" % e["rel_delta_err"],
                                all(e["rel_delta_err"] < x for x in others_err)),
@@ -87,7 +89,7 @@ def render(out):
                 _fmt(d and d.get("metrics", {}).get(key), 4),
                 bold(_fmt(em, 4), em is not None and all(em >= x for x in others_m)),
                 "%s %.4f" % (report._method(best_m), best_m["metrics"][key]) if best_m else "—",
-                len(tr) - n_id, n_id))
+                len(tr) - n_id, n_id, n_lr))
         s += [""]
         if pair == "use_lite":
             s += ["USE-lite paired metrics, v2 vs Delta-DCT p=32 (agreement with the finetuned "
@@ -104,7 +106,7 @@ def render(out):
                   for e in ecq for d in [next((r for r in dct if r["budget"] == e["budget"]),
                                               None)]]
             s += [""]
-        for method in ("ecq", "ecq-mse"):
+        for method in ("ecq", "ecq-mse", "ecq-nolr"):
             s += _equal_error(dct, _curve(rows, method), report._method({"method": method}))
         tkey, tval, tlabel = THRESHOLDS[pair]
         bd, be = bits_for_metric(dct, tkey, tval), bits_for_metric(ecq, tkey, tval)

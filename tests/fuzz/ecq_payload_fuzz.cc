@@ -1,6 +1,7 @@
 // libFuzzer target: an entropy-coded (ecq, encoding 3) payload (codec/FORMAT.md,
-// "Entropy-coded payload") decoded for a view chosen by the first 4 bytes (rows, cols
-// in [1, 256]), alone and fused with a merge of a row range into an F16 base.
+// "Entropy-coded payload", with or without low-rank factors) decoded for a view chosen
+// by the first 4 bytes (rows, cols in [1, 256]), alone and fused with a merge of a row
+// range into an F16 base.
 #include <cstdint>
 #include <vector>
 

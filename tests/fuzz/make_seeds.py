@@ -142,6 +142,25 @@ def main():
             write(f"{out}/ecq_payload/d{i}_{j}", view + payload)
         write(f"{out}/put_delta_stream/d{i}", put_delta_stream("t", containers[-1], 4096))
 
+    # ecq with low-rank factors (flag bit 0): a rank-2 delta of white factors.
+    u = [[rnd.gauss(0, 1) for _ in range(64)] for _ in range(2)]
+    v = [[rnd.gauss(0, 1) for _ in range(64)] for _ in range(2)]
+    wl = [w[r * 64 + c] + 0.01 * (u[0][r] * v[0][c] + 0.5 * u[1][r] * v[1][c])
+          + rnd.gauss(0, 0.0005) for r in range(64) for c in range(64)]
+    write(f"{tmp}/fl.safetensors", safetensors([("w", "F32", [64, 64],
+                                                  struct.pack(f"<{len(wl)}f", *wl))] + ft[1:]))
+    dds = f"{tmp}/lr.dds"
+    subprocess.run([deltactl, "compress", "--base", f"{tmp}/b.safetensors", "--finetuned",
+                    f"{tmp}/fl.safetensors", "--out", dds, "--min-dct-elements", "1024",
+                    "--bits", "1"], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    with open(dds, "rb") as f:
+        lr = f.read()
+    write(f"{out}/container/lr", lr)
+    for j, (rows, cols, payload) in enumerate(dct_payloads(lr, 3)):
+        view = struct.pack("<HH", (rows - 1) % 256, (cols - 1) % 256)
+        write(f"{out}/ecq_payload/lr_{j}", view + payload)
+
     # TF.js: the real manifests and a small one over w.bin.
     for src in [faceres, os.path.join(models, "faceres", "faceres-deep.json"),
                 os.path.join(models, "use-lite", "model.json")]:

@@ -24,7 +24,8 @@ namespace {
 
 // Tensors of the synthetic model, values from `rng` (base) or base + noise.
 std::vector<codec::OwnedTensor> BuildModel(const SyntheticModel& m, uint32_t seed,
-                                           const std::vector<codec::OwnedTensor>* base) {
+                                           const std::vector<codec::OwnedTensor>* base,
+                                           int delta_rank = 0) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> dist(0.0f, 1.0f);
   std::vector<codec::OwnedTensor> out;
@@ -36,7 +37,19 @@ std::vector<codec::OwnedTensor> BuildModel(const SyntheticModel& m, uint32_t see
     if (base) {
       const codec::OwnedTensor& b = (*base)[out.size()];
       codec::ToFloat32(b.data.data(), b.info.dtype, n, v.data());
-      for (float& x : v) x += 0.02f * dist(rng);
+      if (delta_rank > 0 && shape.size() == 2) {  // sum of rank-1 terms, then 1% noise
+        std::vector<float> u(shape[0]), w(shape[1]);
+        for (int k = 0; k < delta_rank; ++k) {
+          for (float& x : u) x = dist(rng);
+          for (float& x : w) x = dist(rng);
+          for (int64_t r = 0; r < shape[0]; ++r) {
+            for (int64_t c = 0; c < shape[1]; ++c) v[r * shape[1] + c] += 0.02f * u[r] * w[c];
+          }
+        }
+        for (float& x : v) x += 0.0002f * dist(rng);
+      } else {
+        for (float& x : v) x += 0.02f * dist(rng);
+      }
     } else {
       for (float& x : v) x = 0.1f * dist(rng);
     }
@@ -73,11 +86,11 @@ void ServerTest::SetUp() {
 void ServerTest::TearDown() { StopServer(); }
 
 std::string ServerTest::MakeContainer(const std::string& name, uint32_t seed,
-                                      const codec::CompressOptions& options) {
+                                      const codec::CompressOptions& options, int delta_rank) {
   std::string path = tmp_.File(name + ".dds");
   if (std::ifstream(path).good()) return path;
   auto base_tensors = BuildModel(shape_, 1, nullptr);
-  auto ft = BuildModel(shape_, seed, &base_tensors);
+  auto ft = BuildModel(shape_, seed, &base_tensors, delta_rank);
   std::string ft_path = tmp_.File(name + ".ft.safetensors");
   EXPECT_TRUE(codec::WriteSafetensors(ft_path, Views(ft), {}).ok());
   auto base = codec::ModelReader::Open(base_path_);

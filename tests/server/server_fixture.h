@@ -35,10 +35,11 @@ class ServerTest : public ::testing::Test {
 
   // Writes the base (seed 1) once per test.
   const std::string& base_path() const { return base_path_; }
-  // Writes a finetuned model (base + noise drawn from `seed`) and compresses it against
-  // the base into a container with `options`; returns the container path.
+  // Writes a finetuned model (base + noise drawn from `seed`; with delta_rank > 0, each
+  // 2-D tensor's delta is instead rank delta_rank plus a little noise) and compresses it
+  // against the base into a container with `options`; returns the container path.
   std::string MakeContainer(const std::string& name, uint32_t seed,
-                            const codec::CompressOptions& options = {});
+                            const codec::CompressOptions& options = {}, int delta_rank = 0);
   // Container bytes of MakeContainer(name, seed).
   std::vector<uint8_t> ContainerBytes(const std::string& name, uint32_t seed);
   // Offline decode of a container (codec::DecompressModel) into a safetensors file;

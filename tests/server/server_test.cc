@@ -4,6 +4,7 @@
 #include <atomic>
 #include <thread>
 
+#include "codec/container.h"
 #include "codec/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -39,6 +40,32 @@ TEST_F(ServerTest, EcqContainerPullIsBitIdenticalToOfflineDecode) {
   EXPECT_EQ(pushed.name(), "v2");
   std::string pulled = tmp_.File("v2.pulled.safetensors");
   ASSERT_OK_AND_ASSIGN(client::PullStats stats, client->PullWeights("v2", pulled));
+  EXPECT_EQ(stats.tensors, 1u + 4u * shape_.layers);
+  EXPECT_EQ(ReadFileBytes(pulled), ReadFileBytes(OfflineDecode(container)));
+}
+
+// Low-rank deltas: the encoder codes them as low-rank factors + residual (ecq flag
+// bit 0), and the server's merge gives the offline decoder's bytes.
+TEST_F(ServerTest, EcqLowRankContainerPullIsBitIdenticalToOfflineDecode) {
+  StartServer();
+  codec::CompressOptions options;
+  options.codec = codec::LossyCodec::kEcq;
+  options.ecq_target = {1.0, 0.0};
+  std::string container = MakeContainer("v2lr", 7, options, /*delta_rank=*/3);
+  const std::string bytes = ReadFileBytes(container);
+  ASSERT_OK_AND_ASSIGN(codec::ContainerReader reader,
+                       codec::ContainerReader::Parse(absl::MakeConstSpan(
+                           reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size())));
+  int with_factors = 0;
+  for (size_t i = 0; i < reader.num_records(); ++i) {
+    ASSERT_OK_AND_ASSIGN(codec::TensorRecord r, reader.record(i));
+    if (r.encoding == codec::Encoding::kEcq && (r.payload[7] & 1)) ++with_factors;
+  }
+  EXPECT_GT(with_factors, 0);
+  auto client = Client();
+  ASSERT_OK_AND_ASSIGN(v1::TaskInfo pushed, client->PushDeltaFile("v2lr", container));
+  std::string pulled = tmp_.File("v2lr.pulled.safetensors");
+  ASSERT_OK_AND_ASSIGN(client::PullStats stats, client->PullWeights("v2lr", pulled));
   EXPECT_EQ(stats.tensors, 1u + 4u * shape_.layers);
   EXPECT_EQ(ReadFileBytes(pulled), ReadFileBytes(OfflineDecode(container)));
 }
