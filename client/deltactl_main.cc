@@ -58,8 +58,17 @@ absl::Status PrintJson(const nlohmann::json& j) {
 
 }  // namespace deltaserve::client
 
+// OpenBLAS's thread setter, weak: present when libblas.so.3 is OpenBLAS (Debian's
+// default alternative), null with another BLAS, which then runs as it is configured.
+extern "C" void openblas_set_num_threads(int threads) __attribute__((weak));
+
 int main(int argc, char** argv) {
   namespace client = deltaserve::client;
+  // The ecq encoder's low-rank factors (codec/internal/ecq_lowrank.cc) come from BLAS,
+  // whose summation order follows its thread count. deltactl parallelises over tensors
+  // itself, so BLAS runs on one thread: a container's bytes do not depend on the
+  // machine's core count or OPENBLAS_NUM_THREADS (codec/FORMAT.md).
+  if (openblas_set_num_threads != nullptr) openblas_set_num_threads(1);
   CLI::App app{
       "deltactl: compress finetuned models as Delta-DCT deltas against their base, "
       "inspect and evaluate them, and talk to a deltaserve server."};

@@ -1,6 +1,7 @@
 // deltactl's offline subcommands through the real binary, on small synthetic models:
 // exit codes, error messages, --help, --json, options reaching the codec.
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -161,6 +162,57 @@ TEST_F(DeltactlOfflineTest, CompressEcqBits) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_LE(nlohmann::json::parse(r.out).at("totals").at("rel_delta_error_dct").get<double>(),
             0.2);
+}
+
+// The ecq encoder's low-rank factors come from BLAS, whose summation order follows its
+// thread count; deltactl runs BLAS on one thread, so the container's bytes are the same
+// whatever OPENBLAS_NUM_THREADS says (they differed for 1 and 2 threads before).
+TEST_F(DeltactlOfflineTest, CompressBytesDoNotDependOnBlasThreads) {
+  // w [768, 512]: a rank-8 delta plus noise, large enough for OpenBLAS to use threads.
+  const OwnedTensor w = Tensor("w", DType::kF32, {768, 512}, 11, 0.05f);
+  const OwnedTensor u = Tensor("u", DType::kF32, {768, 8}, 12, 1.f);
+  const OwnedTensor v = Tensor("v", DType::kF32, {8, 512}, 13, 1.f);
+  const OwnedTensor n = Tensor("n", DType::kF32, {768, 512}, 14, 0.0005f);
+  std::vector<float> ft(768 * 512);
+  auto at = [](const OwnedTensor& t, size_t i) {
+    float x;
+    std::memcpy(&x, &t.data[4 * i], 4);
+    return x;
+  };
+  for (size_t r = 0; r < 768; ++r) {
+    for (size_t c = 0; c < 512; ++c) {
+      float low = 0.f;
+      for (size_t k = 0; k < 8; ++k) low += at(u, r * 8 + k) * at(v, k * 512 + c);
+      ft[r * 512 + c] = at(w, r * 512 + c) + 0.002f * low + at(n, r * 512 + c);
+    }
+  }
+  OwnedTensor w_ft = w;
+  std::memcpy(w_ft.data.data(), ft.data(), w_ft.data.size());
+  const std::string base = dir_.File("lr_base.safetensors"), fine = dir_.File("lr_ft.safetensors");
+  ASSERT_THAT(WriteSafetensors(base, {w.view()}, {}), IsOk());
+  ASSERT_THAT(WriteSafetensors(fine, {w_ft.view()}, {}), IsOk());
+  const char* before = std::getenv("OPENBLAS_NUM_THREADS");
+  const std::string saved = before == nullptr ? "" : before;
+  std::vector<std::vector<uint8_t>> containers;
+  for (const char* threads : {"1", "2", "4"}) {
+    ::setenv("OPENBLAS_NUM_THREADS", threads, 1);
+    const std::string out = dir_.File(std::string("lr") + threads + ".dds");
+    const auto r = Run("compress --base " + base + " --finetuned " + fine + " --out " + out +
+                       " --bits 1 --threads 1");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    containers.push_back(ReadBytes(out));
+  }
+  if (before == nullptr) {
+    ::unsetenv("OPENBLAS_NUM_THREADS");
+  } else {
+    ::setenv("OPENBLAS_NUM_THREADS", saved.c_str(), 1);
+  }
+  const auto r = Run("inspect --json " + dir_.File("lr1.dds"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out).at("metadata").at("codec.ecq_low_rank"), "1");
+  ASSERT_GT(containers[0].size(), 0u);
+  EXPECT_EQ(containers[0], containers[1]);
+  EXPECT_EQ(containers[0], containers[2]);
 }
 
 TEST_F(DeltactlOfflineTest, BadOptionsAreInvalidArgument) {
