@@ -107,7 +107,9 @@ TEST(EcqLowRankTest, EdgeShapes) {
     const auto d = MakeLowRank(rows, cols, 2, 0.02f, 4);
     ASSERT_OK_AND_ASSIGN(auto enc, EncodeEcqMatrix(d.data(), rows, cols, 1e-5f));
     const int rank = PayloadRank(enc, rows, cols);
-    if (std::min(rows, cols) < 16) EXPECT_EQ(rank, 0) << rows << "x" << cols;
+    if (std::min(rows, cols) < 16) {
+      EXPECT_EQ(rank, 0) << rows << "x" << cols;
+    }
     EXPECT_LE(rank, std::min(rows, cols) / 4);
     EXPECT_LT(RelError(d, Decode(enc, rows, cols)), 0.03) << rows << "x" << cols;
   }

@@ -43,7 +43,9 @@ TEST_P(QuantBits, MinMaxAndSymmetricErrorAtMostHalfStep) {
     for (Quantizer mode : {Quantizer::kMinMax, Quantizer::kSymmetric}) {
       const QuantParams qp = ChooseQuantParams(v.data(), v.size(), bits, mode);
       EXPECT_TRUE(IsBf16(qp.scale));
-      if (mode == Quantizer::kMinMax) EXPECT_TRUE(IsBf16(qp.offset));
+      if (mode == Quantizer::kMinMax) {
+        EXPECT_TRUE(IsBf16(qp.offset));
+      }
       ASSERT_GT(qp.scale, 0.0f);
       float lo = v[0], hi = v[0], amax = 0;
       for (float x : v) lo = std::min(lo, x), hi = std::max(hi, x), amax = std::max(amax, std::fabs(x));
@@ -69,7 +71,9 @@ TEST_P(QuantBits, ClippedBeatsMinMaxOnGaussian) {
   EXPECT_TRUE(IsBf16(qc.scale));
   const double e_clipped = QuantizationSquaredError(v.data(), v.size(), bits, qc);
   EXPECT_LE(e_clipped, e_minmax);
-  if (bits <= 2) EXPECT_LT(e_clipped, 0.6 * e_minmax);
+  if (bits <= 2) {
+    EXPECT_LT(e_clipped, 0.6 * e_minmax);
+  }
   // Near the Gaussian optimum (MSE per value: 1 bit 0.3634, 2 bits 0.1188, 3 bits
   // 0.03744, 4 bits 0.01154; Max 1960), within sampling slack.
   const double optimum[9] = {0, 0.3634, 0.1188, 0.03744, 0.01154, 0.00349, 0.00104, 0.0003, 0.00009};

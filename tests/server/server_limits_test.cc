@@ -2,6 +2,7 @@
 #include <xxhash.h>
 
 #include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -33,6 +34,14 @@ struct Upload {
   size_t send_bytes = SIZE_MAX;  // send only a prefix
   std::string base_hash;         // PutDeltaMetadata.base_hash (empty: not declared)
 };
+
+// An upload of `bytes` as `task`, every other field at its default.
+Upload UploadOf(std::string task, std::vector<uint8_t> bytes) {
+  Upload u;
+  u.task = std::move(task);
+  u.bytes = std::move(bytes);
+  return u;
+}
 
 // Raw PutDelta, so that tests can send what the client library refuses to.
 grpc::Status RawPut(v1::DeltaService::Stub* stub, const Upload& up,
@@ -99,27 +108,27 @@ void UploadTest::BadUploadsAreRejectedAndStoreNothing() {
   auto stub = RawStub();
   std::vector<uint8_t> good = ContainerBytes("c", 11);
 
-  Upload truncated{"c", good};
+  Upload truncated = UploadOf("c", good);
   truncated.send_bytes = good.size() / 2;
   grpc::Status s = RawPut(stub.get(), truncated);
   EXPECT_EQ(Code(s), absl::StatusCode::kInvalidArgument) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("truncated"));
 
-  Upload lying_total{"c", good};
+  Upload lying_total = UploadOf("c", good);
   lying_total.declared_total = good.size() - 10;  // more bytes than declared
   EXPECT_EQ(Code(RawPut(stub.get(), lying_total)), absl::StatusCode::kInvalidArgument);
 
   std::vector<uint8_t> flipped = good;
   flipped[flipped.size() / 2] ^= 0x40;
-  Upload corrupt{"c", flipped};  // record checksum catches it
+  Upload corrupt = UploadOf("c", flipped);  // record checksum catches it
   EXPECT_EQ(Code(RawPut(stub.get(), corrupt)), absl::StatusCode::kDataLoss);
-  Upload corrupt_hash{"c", flipped};
+  Upload corrupt_hash = UploadOf("c", flipped);
   corrupt_hash.xxh3 = XXH3_64bits(good.data(), good.size());
   EXPECT_EQ(Code(RawPut(stub.get(), corrupt_hash)), absl::StatusCode::kDataLoss);
 
   std::vector<uint8_t> garbage(1000, 0xab);
-  EXPECT_NE(Code(RawPut(stub.get(), Upload{"c", garbage})), absl::StatusCode::kOk);
-  EXPECT_EQ(Code(RawPut(stub.get(), Upload{"bad/name", good})),
+  EXPECT_NE(Code(RawPut(stub.get(), UploadOf("c", garbage))), absl::StatusCode::kOk);
+  EXPECT_EQ(Code(RawPut(stub.get(), UploadOf("bad/name", good))),
             absl::StatusCode::kInvalidArgument);
 
   auto client = Client();
@@ -128,7 +137,7 @@ void UploadTest::BadUploadsAreRejectedAndStoreNothing() {
   EXPECT_EQ(list.stored_bytes(), 0u);
 
   // The same bytes, whole, are accepted.
-  Upload whole{"c", good};
+  Upload whole = UploadOf("c", good);
   whole.xxh3 = XXH3_64bits(good.data(), good.size());
   v1::PutDeltaResponse resp;
   EXPECT_TRUE(RawPut(stub.get(), whole, "", &resp).ok());
@@ -139,7 +148,7 @@ void UploadTest::BadUploadsAreRejectedAndStoreNothing() {
   EXPECT_TRUE(resp.unchanged());
   EXPECT_EQ(resp.task().container_bytes(), good.size());
   std::vector<uint8_t> other = ContainerBytes("c2", 12);
-  EXPECT_EQ(Code(RawPut(stub.get(), Upload{"c", other})), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(Code(RawPut(stub.get(), UploadOf("c", other))), absl::StatusCode::kAlreadyExists);
   ASSERT_THAT(client->DeleteTask("c").status(), IsOk());
 }
 
@@ -159,7 +168,7 @@ TEST_F(ServerTest, DeltaAgainstAnotherBaseIsFailedPrecondition) {
   std::vector<uint8_t> bytes = ContainerBytes("x", 12);
   ASSERT_OK_AND_ASSIGN(codec::ContainerReader reader, codec::ContainerReader::Parse(bytes));
   const codec::BaseHash& made_against = reader.header().base_hash;
-  Upload header_only{"x", bytes};
+  Upload header_only = UploadOf("x", bytes);
   header_only.send_bytes = 0;
   header_only.base_hash.assign(made_against.begin(), made_against.end());
   grpc::Status s = RawPut(stub.get(), header_only);
@@ -173,7 +182,7 @@ TEST_F(ServerTest, DeltaAgainstAnotherBaseIsFailedPrecondition) {
   // Declared as made against the resident base, but the header says otherwise.
   ASSERT_OK_AND_ASSIGN(v1::BaseInfo resident, Client()->GetBase());
   ASSERT_EQ(resident.hash().size(), 32u);
-  Upload lying{"x", bytes};
+  Upload lying = UploadOf("x", bytes);
   for (size_t i = 0; i < 32; i += 2) {
     lying.base_hash.push_back(
         static_cast<char>(std::stoi(resident.hash().substr(i, 2), nullptr, 16)));
@@ -189,12 +198,12 @@ TEST_F(ServerTest, DeclaredBaseHashOfTheResidentBaseIsStored) {
   std::vector<uint8_t> bytes = ContainerBytes("y", 14);
   ASSERT_OK_AND_ASSIGN(codec::ContainerReader reader, codec::ContainerReader::Parse(bytes));
   // Declared as made against another base: refused at admission.
-  Upload lying{"y", bytes};
+  Upload lying = UploadOf("y", bytes);
   lying.base_hash = std::string(16, '\x01');
   grpc::Status s = RawPut(stub.get(), lying);
   EXPECT_EQ(Code(s), absl::StatusCode::kFailedPrecondition) << s.error_message();
   // The header's own hash, the resident base's: stored.
-  Upload honest{"y", bytes};
+  Upload honest = UploadOf("y", bytes);
   honest.base_hash.assign(reader.header().base_hash.begin(), reader.header().base_hash.end());
   s = RawPut(stub.get(), honest);
   EXPECT_TRUE(s.ok()) << s.error_message();
@@ -220,7 +229,7 @@ TEST_F(ServerTest, QuotaAndUploadLimit) {
   EXPECT_THAT(client->PushDeltaFile("q2", MakeContainer("q2", 22)).status(), IsOk());
 
   auto stub = RawStub();
-  Upload huge{"big", one};
+  Upload huge = UploadOf("big", one);
   huge.declared_total = one.size() * 4;
   EXPECT_EQ(Code(RawPut(stub.get(), huge, "tok-small")), absl::StatusCode::kResourceExhausted);
 }
@@ -239,7 +248,7 @@ TEST_F(ServerTest, NonUtf8ContainerTextAndTaskNamesAreRefused) {
   for (size_t i = 0; i < reader.num_records(); ++i) records.push_back(reader.record_bytes(i));
   const std::vector<uint8_t> bad =
       codec::AssembleContainer(codec::SerializeHeader(header), records);
-  const grpc::Status s = RawPut(stub.get(), Upload{"u", bad});
+  const grpc::Status s = RawPut(stub.get(), UploadOf("u", bad));
   EXPECT_EQ(Code(s), absl::StatusCode::kInvalidArgument) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("'w\\xff*=raw' is not valid UTF-8"));
 
@@ -264,7 +273,7 @@ TEST_F(ServerTest, OversizedRecordIsRefusedWhileUploading) {
   const size_t at = reader.header_bytes().size();
   const uint64_t claimed = uint64_t{4402341478};
   for (int i = 0; i < 8; ++i) bytes[at + 4 + i] = static_cast<uint8_t>(claimed >> (8 * i));
-  const grpc::Status s = RawPut(RawStub().get(), Upload{"big", bytes});
+  const grpc::Status s = RawPut(RawStub().get(), UploadOf("big", bytes));
   EXPECT_EQ(Code(s), absl::StatusCode::kInvalidArgument) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr(absl::StrCat("tensor '", name,
                                                         "': its record of 4402341478 "
