@@ -2,6 +2,7 @@
 // subcommands that need no server.
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <memory>
 #include <string>
 #include <system_error>
@@ -37,8 +38,9 @@ struct CompressCliOptions {
   double max_relative_delta = codec::CompressOptions{}.max_relative_delta;
   int threads = codec::CompressOptions{}.threads;
   std::string codec;        // "dct" or "ecq"; empty: ecq if --bits/--max-error, else dct
-  double bits = 0.0;        // ecq target, bits per weight of the lossy tensors
-  double max_error = 0.0;   // ecq target, relative delta error
+  // ecq targets, when given (0 is an error, not "unset").
+  std::optional<double> bits;       // bits per weight of the lossy tensors
+  std::optional<double> max_error;  // relative delta error
   std::string ecq_weighting = codec::EcqWeightingName(codec::CompressOptions{}.ecq_weighting);
   bool no_low_rank = false;  // ecq: never low-rank factors + residual
 };
@@ -90,10 +92,14 @@ absl::Status RunConvert(const ConvertOptions& o) {
 
 absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOptions& o) {
   codec::CompressOptions c;
-  if (!(o.bits >= 0) || !(o.max_error >= 0)) {
-    return absl::InvalidArgumentError("--bits and --max-error must be > 0");
+  const bool bits_given = o.bits.has_value(), error_given = o.max_error.has_value();
+  if (bits_given && !(*o.bits > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("--bits must be > 0, got ", *o.bits));
   }
-  const bool ecq_target = o.bits > 0 || o.max_error > 0;
+  if (error_given && !(*o.max_error > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-error must be > 0, got ", *o.max_error));
+  }
+  const bool ecq_target = bits_given || error_given;
   if (!o.codec.empty()) {
     DS_ASSIGN_OR_RETURN(c.codec, codec::ParseLossyCodec(o.codec));
   } else if (ecq_target) {
@@ -102,11 +108,11 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   if (ecq_target && c.codec != codec::LossyCodec::kEcq) {
     return absl::InvalidArgumentError("--bits and --max-error need --codec ecq");
   }
-  if (o.bits > 0 && o.max_error > 0) {
+  if (bits_given && error_given) {
     return absl::InvalidArgumentError("give at most one of --bits and --max-error");
   }
-  if (o.bits > 0) c.ecq_target = {o.bits, 0.0};
-  if (o.max_error > 0) c.ecq_target = {0.0, o.max_error};
+  if (bits_given) c.ecq_target = {*o.bits, 0.0};
+  if (error_given) c.ecq_target = {0.0, *o.max_error};
   c.ecq.patch_size = o.patch;
   c.ecq.try_low_rank = !o.no_low_rank;
   DS_ASSIGN_OR_RETURN(c.ecq_weighting, codec::ParseEcqWeighting(o.ecq_weighting));
@@ -228,12 +234,13 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   compress->add_option("--codec", cc->codec,
                        "Lossy codec: dct (Delta-DCT, fixed-rate schedule; default) or ecq (v2: "
                        "entropy-coded, rate-controlled; default target 1 bit/weight)");
-  compress->add_option("--bits", cc->bits,
-                       "ecq: average bits per weight of the lossy tensors, every container byte "
-                       "counted (implies --codec ecq)");
-  compress->add_option("--max-error", cc->max_error,
-                       "ecq: smallest container whose relative delta error is <= this "
-                       "(implies --codec ecq)");
+  compress->add_option_function<double>(
+      "--bits", [cc](const double& v) { cc->bits = v; },
+      "ecq: average bits per weight of the lossy tensors, every container byte counted "
+      "(implies --codec ecq)");
+  compress->add_option_function<double>(
+      "--max-error", [cc](const double& v) { cc->max_error = v; },
+      "ecq: smallest container whose relative delta error is <= this (implies --codec ecq)");
   compress
       ->add_option("--ecq-weighting", cc->ecq_weighting,
                    "ecq: per-tensor step scale: mse (one step), weight (x RMS of the base "

@@ -121,7 +121,8 @@ def verified_tensors(client, label, request, alloc, stats):
         raw_call = client._channel.unary_stream(
             _METHOD, request_serializer=pb.StreamWeightsRequest.SerializeToString,
             response_deserializer=None)  # raw bytes: chunks are read by chunk_view
-        call = raw_call(req, timeout=timeout, metadata=client._metadata)
+        call = raw_call(req, timeout=timeout,
+                        metadata=client._metadata_for({"tenant": req.tenant, "task": req.task}))
         began = ended = False
         header = buf = hasher = expected = None
         received = 0

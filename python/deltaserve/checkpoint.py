@@ -74,10 +74,11 @@ def get_side_file(client, task, name):
     label = client._label("GetSideFile", task) + f" '{name}'"
     data = bytearray()
     size = digest = None
+    names = client._task_fields("GetSideFile", task)[1]
     while True:
         r = client._unary("GetSideFile", pb.GetSideFileRequest(
-            **client._task_fields("GetSideFile", task)[1], name=name.encode("utf-8"),
-            offset=len(data), max_bytes=_MAX_SLICE), label)
+            **names, name=name.encode("utf-8"), offset=len(data), max_bytes=_MAX_SLICE), label,
+            names=names)
         if size is None:
             size, digest = r.file.size_bytes, r.file.xxh3_64
         elif (r.file.size_bytes, r.file.xxh3_64) != (size, digest):

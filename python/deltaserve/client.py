@@ -27,6 +27,8 @@ from deltaserve.v1 import delta_service_pb2_grpc as pb_grpc
 # gRPC's default receive limit is 4 MiB; server chunks go up to 4 MiB plus framing.
 _MAX_MESSAGE_BYTES = 64 << 20
 _UPLOAD_CHUNK_BYTES = 1 << 20
+# Call metadata naming the task a call is about (proto/protocol.h kTaskRouteHeader).
+_ROUTE_HEADER = "x-deltaserve-task"
 
 
 def container_base_hash(view):
@@ -110,11 +112,24 @@ class Client:
         return label, {"tenant": wire_text(self.tenant, "tenant", label),
                        "task": wire_text(task, "task", label)}
 
-    def _unary(self, method, request, label, timeout=-1):
+    def _metadata_for(self, names):
+        """The call's metadata: the bearer token and, for a call about one task (`names`:
+        the request's tenant and task bytes), `x-deltaserve-task: <tenant>/<task>`, the
+        key a load balancer hashes on to send a task's calls to one replica
+        (deploy/haproxy/haproxy.cfg), as the C++ client sends it. A name that is not
+        printable ASCII goes unrouted (gRPC metadata values are ASCII)."""
+        if not names or not names["task"]:
+            return self._metadata
+        route = bytes(names["tenant"]) + b"/" + bytes(names["task"])
+        if not all(0x20 <= c < 0x7F for c in route):
+            return self._metadata
+        return self._metadata + ((_ROUTE_HEADER, route.decode("ascii")),)
+
+    def _unary(self, method, request, label, timeout=-1, names=None):
         try:
             return getattr(self._stub, method)(
                 request, timeout=self.timeout if timeout == -1 else timeout,
-                metadata=self._metadata)
+                metadata=self._metadata_for(names))
         except grpc.RpcError as e:
             raise from_rpc_error(e, label) from None
 
@@ -136,24 +151,27 @@ class Client:
         xxh3_64); with tensors=True, per-tensor TensorSummary entries (name, dtype,
         shape, encoding, sizes, index) in container order."""
         label, names = self._task_fields("GetTask", task)
-        return self._unary("GetTask", pb.GetTaskRequest(**names, include_tensors=tensors), label)
+        return self._unary("GetTask", pb.GetTaskRequest(**names, include_tensors=tensors), label,
+                           names=names)
 
     def delete(self, task):
         """Deletes `task` with its side files; returns the freed bytes (container and
         side files)."""
         label, names = self._task_fields("DeleteTask", task)
-        return self._unary("DeleteTask", pb.DeleteTaskRequest(**names), label).freed_bytes
+        return self._unary("DeleteTask", pb.DeleteTaskRequest(**names), label,
+                           names=names).freed_bytes
 
     def pin(self, task, dtype=None):
         """Decodes `task` into the server cache and pins it there (in `dtype`, default the
         recorded dtypes); returns the pinned bytes. Deadline: stream_timeout."""
         label, names = self._task_fields("PinTask", task)
         request = pb.PinTaskRequest(**names, out_dtype=dtypes.to_out_proto(dtype))
-        return self._unary("PinTask", request, label, timeout=self.stream_timeout).pinned_bytes
+        return self._unary("PinTask", request, label, timeout=self.stream_timeout,
+                           names=names).pinned_bytes
 
     def unpin(self, task):
         label, names = self._task_fields("UnpinTask", task)
-        self._unary("UnpinTask", pb.UnpinTaskRequest(**names), label)
+        self._unary("UnpinTask", pb.UnpinTaskRequest(**names), label, names=names)
 
     def push(self, task, container, overwrite=False, side_files=None):
         """Uploads a delta container (a path, or bytes-like) as `task` with its XXH3-64,
@@ -196,7 +214,7 @@ class Client:
 
         try:
             response = self._stub.PutDelta(requests(), timeout=self.timeout,
-                                           metadata=self._metadata)
+                                           metadata=self._metadata_for(names))
         except grpc.RpcError as e:
             details = e.details() or ""
             if details.startswith("PutDelta: "):  # the label says it already

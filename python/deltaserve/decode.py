@@ -31,6 +31,10 @@ except ImportError as e:  # built only where pybind11 is installed
     _codec = None
     _IMPORT_ERROR = e
 
+# The end of the missing-tensor message: a delta has no include= filter.
+_WHOLE = ("a delta is applied whole: load it into a model that has every tensor of the "
+          "task, or use load_into(..., include=) over StreamWeights")
+
 
 def _need_codec():
     if _codec is None:
@@ -134,7 +138,7 @@ def _receive_delta(client, task, label, on_data=None):
     try:
         for msg in client._stub.StreamDelta(pb.StreamDeltaRequest(**names),
                                             timeout=client.stream_timeout,
-                                            metadata=client._metadata):
+                                            metadata=client._metadata_for(names)):
             if buf is None:
                 total, want = msg.total_bytes, msg.xxh3_64
                 buf = bytearray(total)
@@ -182,7 +186,7 @@ def apply_delta(target, container, base, strict=True, dtype=None, threads=None):
                 f"delta made against base {parsed.base_hash}, this worker's base is {base.hash}")
         records = parsed.records()
         plan = [(name, tuple(shape), dtypes.from_name(dt)) for name, dt, shape, _ in records]
-        check_plan(tensors, plan, strict, False, out_dtype, "the delta")
+        check_plan(tensors, plan, strict, False, out_dtype, "the delta", hint=_WHOLE)
         threads = threads or len(os.sched_getaffinity(0))
         out_name = dtypes.name(out_dtype) if out_dtype else None
         in_place, staged = [], []
@@ -234,7 +238,7 @@ def load_delta_into(client, target, task, base, strict=True, dtype=None, threads
             grpc.StatusCode.FAILED_PRECONDITION,
             f"{label}: delta made against base {info.base_hash}, this worker's base is {base.hash}")
     plan = [(t.name, tuple(t.shape), t.dtype) for t in info.tensors]
-    check_plan(tensors, plan, strict, False, out_dtype, what)
+    check_plan(tensors, plan, strict, False, out_dtype, what, hint=_WHOLE)
     views = {}
     for t in info.tensors:
         views[t.index] = (t.name, byte_view(t.name, tensors[t.name]))

@@ -69,9 +69,11 @@ def _selected(name, include, include_regex):
     return not include_regex or re.fullmatch(include_regex, name) is not None
 
 
-def check_plan(target, summaries, strict, filtered, out_dtype, what):
+def check_plan(target, summaries, strict, filtered, out_dtype, what,
+               hint="include= loads a subset"):
     """Checks `summaries` ([(name, shape, recorded proto dtype)] of the tensors that will
-    arrive) against `target` ({name: tensor}) before anything is written."""
+    arrive) against `target` ({name: tensor}) before anything is written. `hint` ends
+    the message about tensors missing from the model (what the caller can do)."""
     names = set()
     missing = [name for name, _, _ in summaries if name not in target]
     if missing:
@@ -79,8 +81,7 @@ def check_plan(target, summaries, strict, filtered, out_dtype, what):
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise invalid_argument(
             f"{len(missing)} tensor(s) of {what} not in the model: {shown}{more} (the model "
-            f"has {len(target)} tensors, e.g. '{next(iter(target), '')}'; include= loads a "
-            f"subset)")
+            f"has {len(target)} tensors, e.g. '{next(iter(target), '')}'; {hint})")
     for name, shape, recorded in summaries:
         names.add(name)
         # dtype= converts only F32/F16/BF16 tensors; others arrive in their own dtype.

@@ -218,7 +218,8 @@ TEST_F(DeltactlOfflineTest, CompressBytesDoNotDependOnBlasThreads) {
 TEST_F(DeltactlOfflineTest, BadOptionsAreInvalidArgument) {
   for (const char* bad : {"--schedule 2:0.5", "--quantizer fancy", "--patch 1", "--rule 'w=zip'",
                           "--min-dct-elements -5", "--codec zip", "--codec dct --bits 2",
-                          "--bits 2 --max-error 0.1", "--bits -1"}) {
+                          "--bits 2 --max-error 0.1", "--bits -1", "--bits 0", "--max-error 0",
+                          "--bits 2 --max-error 0", "--max-error nan"}) {
     auto r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ + " " + bad);
     EXPECT_EQ(r.exit_code, 1) << bad;
     EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT")) << bad;

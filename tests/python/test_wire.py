@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import xxhash  # noqa: E402
 
 from deltaserve._stream import StreamStats, verified_tensors  # noqa: E402
+from deltaserve.client import Client  # noqa: E402
 from deltaserve.errors import DeltaserveError  # noqa: E402
 
 
@@ -51,15 +52,18 @@ class _FakeClient:
     stream_timeout = None
     retries = 0
     _metadata = ()
+    _metadata_for = Client._metadata_for
 
     def __init__(self, messages):
         self.requests = []
+        self.metadata = []
         outer = self
 
         class Channel:
             def unary_stream(self, method, request_serializer, response_deserializer):
                 def call(req, timeout, metadata):
                     outer.requests.append(req)
+                    outer.metadata.append(tuple(metadata))
                     return _Call(m.SerializeToString() for m in messages)
                 return call
         self._channel = Channel()
@@ -97,6 +101,16 @@ d.check(chunk_view(pb.StreamWeightsResponse(chunk=pb.TensorChunk(
     "a chunk carrying tensor_xxh3_64 must go through protobuf")
 client, got = read(stream(True, digest))
 d.check(client.requests[0].checksum_after_data, "the request must opt in to checksum_after_data")
+# The task's route key, as the C++ client sends it (HAProxy hashes on it in cluster mode).
+d.check(client.metadata[0] == (("x-deltaserve-task", "/x"),), f"metadata {client.metadata[0]}")
+fake = _FakeClient([])
+fake._metadata = (("authorization", "Bearer t"),)
+for names, want in (({"tenant": b"acme", "task": b"x"}, (("x-deltaserve-task", "acme/x"),)),
+                    ({"tenant": b"", "task": "caf\u00e9".encode()}, ()),  # not ASCII: unrouted
+                    ({"tenant": b"acme", "task": b""}, ()),
+                    (None, ())):
+    got = fake._metadata_for(names)
+    d.check(got == (("authorization", "Bearer t"),) + want, f"{names}: metadata {got}")
 d.check(len(got) == 1 and bytes(got[0][1]) == payload, "checksum in the last chunk: tensor not read")
 client, got = read(stream(False, None, header_checksum=digest))
 d.check(len(got) == 1 and bytes(got[0][1]) == payload, "checksum in the header: tensor not read")
