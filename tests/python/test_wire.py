@@ -109,8 +109,8 @@ for names, want in (({"tenant": b"acme", "task": b"x"}, (("x-deltaserve-task", "
                     ({"tenant": b"", "task": "caf\u00e9".encode()}, ()),  # not ASCII: unrouted
                     ({"tenant": b"acme", "task": b""}, ()),
                     (None, ())):
-    got = fake._metadata_for(names)
-    d.check(got == (("authorization", "Bearer t"),) + want, f"{names}: metadata {got}")
+    meta = fake._metadata_for(names)
+    d.check(meta == (("authorization", "Bearer t"),) + want, f"{names}: metadata {meta}")
 d.check(len(got) == 1 and bytes(got[0][1]) == payload, "checksum in the last chunk: tensor not read")
 client, got = read(stream(False, None, header_checksum=digest))
 d.check(len(got) == 1 and bytes(got[0][1]) == payload, "checksum in the header: tensor not read")
