@@ -237,10 +237,17 @@ def verified_tensors(client, label, request, alloc, stats):
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.UNAVAILABLE or attempts >= client.retries:
                 raise from_rpc_error(e, label) from None
+            if first_task is None:
+                # No stream has begun: nothing to resume. The server is unreachable (or
+                # went away before answering); say so now, as the unary calls do.
+                raise DeltaserveError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"{label}: cannot reach the server at {client.server} "
+                    f"({e.details()})") from None
             attempts += 1
             stats.resumes += 1
             _wait_for_channel(client, label, deadline, e)
-            if next_index is None and first_task is not None:
+            if next_index is None:
                 next_index = 0  # dropped before the first tensor: start again
             continue
         finally:

@@ -175,5 +175,12 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
     d.check(daemon.stop() == 0, "deltaserved did not exit 0 on SIGTERM")
     ld.expect_error(lambda: Client(daemon.addr, token=d.ACME_TOKEN, timeout=5).get_base(),
                     C.UNAVAILABLE, "GetBase")
+    # A stream to a server that is not there fails at once, naming the address; it used
+    # to wait reconnect_timeout (10 s) and say "connection dropped".
+    began = time.monotonic()
+    ld.expect_error(lambda: Client(daemon.addr, token=d.ACME_TOKEN).load_state_dict("chat"),
+                    C.UNAVAILABLE, f"StreamWeights 'chat': cannot reach the server at {daemon.addr}")
+    waited = time.monotonic() - began
+    d.check(waited < 5.0, f"the stream to a stopped server failed after {waited:.1f} s")
     d.log("PASS: token, tenant, task, name, shape, dtype, deadline, checksum and "
           "unreachable-server errors carry their gRPC code and message")
