@@ -102,7 +102,8 @@ absl::StatusOr<DeltaStats> RunStreamDelta(
 absl::Status CheckStreams(const PullOptions& options) {
   if (options.streams >= 1 && options.streams <= 64) return absl::OkStatus();
   return absl::InvalidArgumentError(
-      absl::StrCat("PullOptions.streams must be in [1, 64], got ", options.streams));
+      absl::StrCat("the number of streams (deltactl pull --streams, PullOptions.streams) "
+                   "must be in [1, 64], got ", options.streams));
 }
 
 // Streams `task` into SpillSinks (one per range when options.streams > 1) whose scratch

@@ -107,7 +107,7 @@ TEST_F(DeltactlRemoteTest, PullOverTwoStreamsResumesADroppedRange) {
   EXPECT_EQ(ReadBytes(tmp_.File("m.safetensors")), Want());
   r = Run("pull " + server_flag_ + " --task chat --streams 0 --out " + tmp_.File("x.safetensors"));
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("PullOptions.streams must be in [1, 64], got 0"));
+  EXPECT_THAT(r.err, HasSubstr("--streams, PullOptions.streams) must be in [1, 64], got 0"));
 }
 
 TEST_F(DeltactlRemoteTest, ServerAndTokenFromEnvironment) {
