@@ -215,10 +215,12 @@ absl::Status RunList(const RemoteFlags& f, bool all) {
     std::set<std::string> tenants;
     for (const v1::TaskInfo& t : list.tasks()) tenants.insert(t.tenant());
     if (tenants.size() <= 1) {
-      absl::PrintF("note: only %s is listed: --all-tenants lists every tenant only with an "
-                   "admin token; a tenant token lists its own tenant\n",
-                   tenants.empty() ? std::string("the caller's tenant")
-                                   : absl::StrCat("tenant '", *tenants.begin(), "'"));
+      // The reply does not say which kind of token listed it: say what either means.
+      absl::PrintF("note: the listing holds %s: with an admin token that is every tenant "
+                   "that has tasks; a tenant token lists only its own tenant\n",
+                   tenants.empty() ? std::string("no task")
+                                   : absl::StrCat("tasks of tenant '", *tenants.begin(),
+                                                  "' only"));
     }
   }
   return absl::OkStatus();

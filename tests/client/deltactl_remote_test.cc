@@ -173,8 +173,9 @@ TEST_F(DeltactlRemoteTest, ListJson) {
 TEST_F(DeltactlRemoteTest, AllTenantsListSaysWhichTenantIsListed) {
   DeltactlResult r = Run("list " + server_flag_ + " --all-tenants");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_THAT(r.out, HasSubstr("note: only tenant 'default' is listed: --all-tenants lists every "
-                               "tenant only with an admin token"));
+  EXPECT_THAT(r.out, HasSubstr("note: the listing holds tasks of tenant 'default' only: with an "
+                               "admin token that is every tenant that has tasks; a tenant token "
+                               "lists only its own tenant"));
 }
 
 TEST_F(DeltactlRemoteTest, DeleteJson) {
