@@ -421,13 +421,7 @@ absl::Status DecodeDctMatrixMergeRows(absl::Span<const uint8_t> payload, int64_t
                                       DType base_dtype, DType out_dtype, uint8_t* out,
                                       const RowsDoneFn& on_rows, int64_t* saturated) {
   DS_ASSIGN_OR_RETURN(internal::ParsedPayload pp, internal::ParsePayload(payload, rows, cols));
-  if (base == nullptr || out == nullptr) {
-    return absl::InvalidArgumentError("base or output buffer is null");
-  }
-  if (row_begin < 0 || row_begin > row_end || row_end > rows) {
-    return absl::InvalidArgumentError(absl::StrCat("row range [", row_begin, ", ", row_end,
-                                                   ") outside [0, ", rows, "]"));
-  }
+  DS_RETURN_IF_ERROR(internal::CheckMergeRowsArgs(base, out, rows, row_begin, row_end));
   if (row_begin == row_end) return absl::OkStatus();
   StripDecoder dec(pp);
   const int p = pp.header.patch_size;

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
 #include "codec/internal/fp16.h"
 
 namespace deltaserve::codec::internal {
@@ -90,6 +91,18 @@ int64_t MergeRow(const uint8_t* base, DType base_dtype, const float* delta, int6
   saturated += SaturateForCast(scratch, rest, out_dtype);
   FromFloat32(scratch, rest, out_dtype, out + done * DTypeSize(out_dtype));
   return saturated;
+}
+
+absl::Status CheckMergeRowsArgs(const uint8_t* base, const uint8_t* out, int64_t rows,
+                                int64_t row_begin, int64_t row_end) {
+  if (base == nullptr || out == nullptr) {
+    return absl::InvalidArgumentError("base or output buffer is null");
+  }
+  if (row_begin < 0 || row_begin > row_end || row_end > rows) {
+    return absl::InvalidArgumentError(absl::StrCat("row range [", row_begin, ", ", row_end,
+                                                   ") outside [0, ", rows, "]"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace deltaserve::codec::internal

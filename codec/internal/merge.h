@@ -5,9 +5,15 @@
 
 #include <cstdint>
 
+#include "absl/status/status.h"
 #include "codec/tensor.h"
 
 namespace deltaserve::codec::internal {
+
+// The argument checks every *MatrixMergeRows decoder shares: InvalidArgument when `base`
+// or `out` is null or [row_begin, row_end) is not inside [0, rows].
+absl::Status CheckMergeRowsArgs(const uint8_t* base, const uint8_t* out, int64_t rows,
+                                int64_t row_begin, int64_t row_end);
 
 // The saturation rule (FORMAT.md, "Decoding"): a finite float32 value that a cast to
 // `out_dtype` would round to +-Inf (|v| >= 65520 for F16, >= 0x7F7F8000 as float32
