@@ -39,6 +39,8 @@ class DeltaService_Stub;
 
 namespace deltaserve::client {
 
+class WeightsSink;  // client/internal/weights_stream.h
+
 struct ClientOptions {
   // Server address, e.g. "127.0.0.1:50051" or "dns:///deltaserve.internal:443". Required.
   std::string target;
@@ -145,6 +147,21 @@ struct PulledModel {
   PullStats stats;
 };
 
+// PullWeightsToSink's resume policy and deadline.
+struct SinkPullOptions {
+  // out_dtype, include, include_regex, chunk_bytes, progress and cancel as for the other
+  // pulls; streams must be 1 and resume_from empty.
+  PullOptions pull;
+  // Resumes after a stream that has begun fails with UNAVAILABLE (a dropped connection,
+  // a restarting server), each from the tensor after the last verified one. Default: 3.
+  uint32_t retries = 3;
+  // Before each resume, how long to wait for the channel to connect again. Default: 10 s.
+  absl::Duration reconnect_timeout = absl::Seconds(10);
+  // Deadline of the whole download, resumes included. Zero: ClientOptions::stream_deadline
+  // for each call. Default: zero.
+  absl::Duration deadline = absl::ZeroDuration();
+};
+
 struct DeltaStats {
   uint64_t bytes = 0;
   uint64_t xxh3_64 = 0;
@@ -210,6 +227,23 @@ class DeltaClient {
   // Same, into memory.
   absl::StatusOr<PulledModel> PullWeightsToMemory(const std::string& task,
                                                   const PullOptions& options = {});
+
+  // Streams the task's merged weights into a caller's sink (client/internal/
+  // weights_stream.h) over one StreamWeights call, every tensor verified as for the
+  // other pulls, resumed as options.retries says; for in-tree consumers that write
+  // tensors straight into memory of their own (the Python binding,
+  // python/codec/pull_module.cc). The sink gets Begin once (the first stream's);
+  // DropUnfinished before each resume. Errors: as PullWeights; ABORTED if a resumed
+  // stream serves another version of the task; UNAVAILABLE when no stream has begun and
+  // the channel does not connect within 2 s (or reconnect_timeout if shorter) of the
+  // failure (otherwise the call, which went out on a connection that died since, e.g.
+  // to a restarted server, is tried again, within `retries`, without counting as a
+  // resume), and when a begun stream's server does not come back within
+  // reconnect_timeout; InvalidArgument if streams != 1 or resume_from is set.
+  // `stats` (not null) gets the verified tensors and bytes, first-tensor time, resumes
+  // and seconds, on error too (how far it got).
+  absl::Status PullWeightsToSink(const std::string& task, WeightsSink* sink,
+                                 const SinkPullOptions& options, PullStats* stats);
 
   // The stored container exactly as uploaded, written to `out_path` (via a ".tmp" file
   // renamed at the end), total size and XXH3-64 verified.

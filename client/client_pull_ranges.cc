@@ -15,10 +15,10 @@ namespace {
 
 // Forwards one range's stream to its sink, refuses a stream of another version of the
 // task, and counts the range's verified tensors and bytes over its attempts.
-class RangeSink : public WeightsSink {
+class RangeSink : public CountingSink {
  public:
   RangeSink(WeightsSink* inner, const v1::TaskInfo& want, std::string label)
-      : inner_(inner), want_(want), label_(std::move(label)) {}
+      : CountingSink(inner), want_(want), label_(std::move(label)) {}
 
   absl::Status Begin(const v1::StreamBegin& begin) override {
     const v1::TaskInfo& got = begin.task();
@@ -29,30 +29,12 @@ class RangeSink : public WeightsSink {
           " bytes committed at ", want_.created_unix(), ", this stream serves ",
           got.container_bytes(), " bytes committed at ", got.created_unix(), "); pull again"));
     }
-    return inner_->Begin(begin);
+    return CountingSink::Begin(begin);
   }
-  absl::Status TensorBegin(const codec::TensorInfo& info) override {
-    current_bytes_ = info.num_bytes();
-    return inner_->TensorBegin(info);
-  }
-  absl::Status Data(absl::Span<const uint8_t> data) override { return inner_->Data(data); }
-  absl::Status TensorEnd() override {
-    ++tensors_;
-    bytes_ += current_bytes_;
-    return inner_->TensorEnd();
-  }
-  void DropUnfinished() override { inner_->DropUnfinished(); }
-
-  uint32_t tensors() const { return tensors_; }
-  uint64_t bytes() const { return bytes_; }
 
  private:
-  WeightsSink* inner_;
   const v1::TaskInfo& want_;
   const std::string label_;
-  uint64_t current_bytes_ = 0;
-  uint32_t tensors_ = 0;
-  uint64_t bytes_ = 0;
 };
 
 // Sums the ranges' progress into one Progress for the caller's callback, which it calls

@@ -143,9 +143,10 @@ absl::StatusOr<v1::StreamWeightsRequest> MakeStreamWeightsRequest(const ClientOp
 absl::Status RunStreamWeightsCall(const DeltaClient::Impl& impl, v1::DeltaService::Stub* stub,
                                   const v1::StreamWeightsRequest& request,
                                   const PullOptions& options, const std::atomic<bool>* stop,
-                                  WeightsStreamChecker* checker) {
+                                  WeightsStreamChecker* checker, absl::Time deadline) {
   grpc::ClientContext ctx;
   impl.Prepare(&ctx, impl.options.stream_deadline, request.task());
+  if (deadline != absl::InfiniteFuture()) ctx.set_deadline(absl::ToChronoTime(deadline));
   std::unique_ptr<grpc::ClientReader<v1::StreamWeightsResponse>> reader =
       stub->StreamWeights(&ctx, request);
   v1::StreamWeightsResponse msg;

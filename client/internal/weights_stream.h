@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "client/client.h"
 #include "client/internal/impl.h"
@@ -44,6 +45,36 @@ class WeightsSink {
   virtual absl::Status Data(absl::Span<const uint8_t> data) = 0;
   virtual absl::Status TensorEnd() { return absl::OkStatus(); }
   virtual void DropUnfinished() {}
+};
+
+// Forwards a stream to `inner` and counts the tensors that ended verified and their
+// bytes, over every attempt of a resumed stream: the base of the sinks that check the
+// begin messages of parallel ranges (client_pull_ranges.cc) and of resumes
+// (client_pull_sink.cc).
+class CountingSink : public WeightsSink {
+ public:
+  explicit CountingSink(WeightsSink* inner) : inner_(inner) {}
+  absl::Status Begin(const v1::StreamBegin& begin) override { return inner_->Begin(begin); }
+  absl::Status TensorBegin(const codec::TensorInfo& info) override {
+    current_bytes_ = info.num_bytes();
+    return inner_->TensorBegin(info);
+  }
+  absl::Status Data(absl::Span<const uint8_t> data) override { return inner_->Data(data); }
+  absl::Status TensorEnd() override {
+    ++tensors_;
+    bytes_ += current_bytes_;
+    return inner_->TensorEnd();
+  }
+  void DropUnfinished() override { inner_->DropUnfinished(); }
+
+  uint32_t tensors() const { return tensors_; }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  WeightsSink* inner_;
+  uint64_t current_bytes_ = 0;
+  uint32_t tensors_ = 0;
+  uint64_t bytes_ = 0;
 };
 
 // Checks the framing of a StreamWeights response stream (begin, then per tensor a header
@@ -98,12 +129,14 @@ absl::StatusOr<v1::StreamWeightsRequest> MakeStreamWeightsRequest(const ClientOp
                                                                   const std::string& label);
 
 // Runs one StreamWeights call of `request` on `stub` through `checker`; stops early
-// (CANCELLED) when options.cancel or `stop` (may be null) is raised. Returns the first
-// error: a local one (checker, cancel) before the server's status.
+// (CANCELLED) when options.cancel or `stop` (may be null) is raised. The call's deadline
+// is `deadline`, or ClientOptions::stream_deadline from now if that is infinite. Returns
+// the first error: a local one (checker, cancel) before the server's status.
 absl::Status RunStreamWeightsCall(const DeltaClient::Impl& impl, v1::DeltaService::Stub* stub,
                                   const v1::StreamWeightsRequest& request,
                                   const PullOptions& options, const std::atomic<bool>* stop,
-                                  WeightsStreamChecker* checker);
+                                  WeightsStreamChecker* checker,
+                                  absl::Time deadline = absl::InfiniteFuture());
 
 // Spills tensor data to a scratch file and remembers the layout.
 class SpillSink : public WeightsSink {

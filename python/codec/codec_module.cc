@@ -44,25 +44,12 @@
 #include "codec/delta_codec.h"
 #include "codec/safetensors.h"
 #include "codec/tensor.h"
+#include "python/codec/status_error.h"
 
 namespace py = pybind11;
 
 namespace deltaserve::python {
 namespace {
-
-struct StatusException {
-  absl::Status status;
-};
-
-void ThrowIfError(const absl::Status& s) {
-  if (!s.ok()) throw StatusException{s};
-}
-
-template <typename T>
-T ValueOrThrow(absl::StatusOr<T> v) {
-  ThrowIfError(v.status());
-  return *std::move(v);
-}
 
 // A model whose tensors are copies held in memory (the worker's pristine base).
 class BufferModel final : public codec::ModelReader {
@@ -343,16 +330,7 @@ py::list MergeRecords(const Base& base, const std::map<std::string, std::string>
 PYBIND11_MODULE(_codec, m) {
   using namespace deltaserve::python;
   m.doc() = "deltaserve C++ codec: local decode + merge of task deltas";
-  static py::exception<StatusException> error(m, "CodecError");
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const StatusException& e) {
-      py::tuple args = py::make_tuple(static_cast<int>(e.status.code()),
-                                      std::string(e.status.message()));
-      PyErr_SetObject(error.ptr(), args.ptr());
-    }
-  });
+  RegisterStatusError(m, "CodecError");
   py::class_<Base, std::shared_ptr<Base>>(m, "Base")
       .def_static("open", &Base::Open, py::arg("path"))
       .def_static("from_buffers", &Base::FromBuffers, py::arg("items"))

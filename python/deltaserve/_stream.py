@@ -238,12 +238,19 @@ def verified_tensors(client, label, request, alloc, stats):
             if e.code() != grpc.StatusCode.UNAVAILABLE or attempts >= client.retries:
                 raise from_rpc_error(e, label) from None
             if first_task is None:
-                # No stream has begun: nothing to resume. The server is unreachable (or
-                # went away before answering); say so now, as the unary calls do.
-                raise DeltaserveError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"{label}: cannot reach the server at {client.server} "
-                    f"({e.details()})") from None
+                # No stream has begun. The call may have gone out on a connection that
+                # died since (a restarted server, the channel still backing off): one that
+                # connects again soon is tried again (not a resume); otherwise the server
+                # is unreachable: say so now, as the unary calls do. As the C++ client
+                # (client/client_pull_sink.cc).
+                attempts += 1
+                if not _channel_ready(client, min(client.reconnect_timeout, _FIRST_CONNECT_S),
+                                      deadline):
+                    raise DeltaserveError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"{label}: cannot reach the server at {client.server} "
+                        f"({e.details()})") from None
+                continue
             attempts += 1
             stats.resumes += 1
             _wait_for_channel(client, label, deadline, e)
@@ -258,15 +265,29 @@ def verified_tensors(client, label, request, alloc, stats):
         return
 
 
+# How long a call that failed before its stream began waits for the channel to connect
+# again before the server counts as unreachable (at most reconnect_timeout).
+_FIRST_CONNECT_S = 2.0
+
+
+def _channel_ready(client, wait, deadline):
+    """Whether the channel is ready within `wait` seconds (not past `deadline`)."""
+    if deadline is not None:
+        wait = min(wait, max(0.0, deadline - time.monotonic()))
+    try:
+        grpc.channel_ready_future(client._channel).result(timeout=wait)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+
+
 def _wait_for_channel(client, label, deadline, error):
     """Blocks until the channel is ready again (the server is back), at most
     client.reconnect_timeout seconds and not past `deadline`; UNAVAILABLE otherwise."""
     wait = client.reconnect_timeout
     if deadline is not None:
         wait = min(wait, max(0.0, deadline - time.monotonic()))
-    try:
-        grpc.channel_ready_future(client._channel).result(timeout=wait)
-    except grpc.FutureTimeoutError:
+    if not _channel_ready(client, wait, None):
         raise DeltaserveError(
             grpc.StatusCode.UNAVAILABLE,
             f"{label}: connection dropped ({error.details()}) and the server did not come "

@@ -54,12 +54,17 @@ class Client:
     stream_timeout: deadline in seconds of a whole download, resumes included (default
       None: none). retries: resumes of a download after a dropped connection (default 3);
       reconnect_timeout: seconds each resume waits for the server to come back (default 10).
+    native: load_state_dict and load_into stream through the project's C++ client
+      (deltaserve/_native.py: the bytes go straight into tensor memory, the GIL released)
+      when it was built; False: always through grpcio (deltaserve/_stream.py). Default:
+      True unless DELTASERVE_NATIVE=0 is in the environment. Both give the same tensors,
+      StreamStats and errors.
     The channel connects lazily: an unreachable server shows as UNAVAILABLE on the first
     call.
     """
 
     def __init__(self, server=None, token=None, tenant=None, tls=False, ca=None, timeout=None,
-                 stream_timeout=None, retries=3, reconnect_timeout=10.0):
+                 stream_timeout=None, retries=3, reconnect_timeout=10.0, native=None):
         self.server = server or os.environ.get("DELTASERVE_SERVER") or "127.0.0.1:50051"
         token = token if token is not None else os.environ.get("DELTASERVE_TOKEN", "")
         self.tenant = tenant if tenant is not None else os.environ.get("DELTASERVE_TENANT", "")
@@ -72,6 +77,12 @@ class Client:
         self.retries = int(retries)
         self.reconnect_timeout = float(reconnect_timeout)
         self._metadata = (("authorization", "Bearer " + token),) if token else ()
+        self._token, self._tls, self._ca = token, bool(tls or ca), ca or ""
+        from deltaserve import _native
+        if native is None:
+            native = os.environ.get("DELTASERVE_NATIVE", "1") != "0"
+        self.native = bool(native) and _native.available()
+        self._puller = None  # the C++ client of the native path, made on first use
         options = [("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                    # Reconnect promptly when a restarted server comes back (resume).
@@ -261,15 +272,18 @@ class Client:
             yield header.name, buf.view(dtypes.numpy_dtype(header.dtype)).reshape(
                 tuple(header.shape))
 
-    def load_state_dict(self, task, include=None, include_regex=None, dtype=None):
+    def load_state_dict(self, task, include=None, include_regex=None, dtype=None,
+                        progress=None):
         """{name: torch.Tensor} of the merged tensors of `task` (CPU, in container order,
         dtypes.torch_dtype: BF16 as torch.bfloat16, I64 as torch.int64, ...), checksums
-        verified; arguments as stream_weights."""
+        verified; arguments as stream_weights. progress: None or callable(name), called
+        after each tensor is verified and in place. On the native path the tensors are
+        views of one buffer, freed when the last of them goes."""
         from deltaserve.torch_io import load_state_dict
-        return load_state_dict(self, task, include, include_regex, dtype)
+        return load_state_dict(self, task, include, include_regex, dtype, progress)
 
     def load_into(self, target, task, strict=True, include=None, include_regex=None,
-                  dtype=None):
+                  dtype=None, progress=None):
         """Writes the merged tensors of `task` into the existing storage of `target` (a
         torch.nn.Module, or a dict of torch tensors or numpy arrays) in place: no second
         copy of the model is held. Before any byte is streamed, every task tensor must
@@ -277,9 +291,9 @@ class Client:
         recorded dtype), and with strict=True (and no filter) target may hold no tensor
         the task lacks; otherwise INVALID_ARGUMENT naming the tensor, target untouched.
         Returns the StreamStats. On a later error (e.g. DATA_LOSS) target may hold a mix
-        of old and new tensors."""
+        of old and new tensors. progress: as for load_state_dict."""
         from deltaserve.torch_io import load_into
-        return load_into(self, target, task, strict, include, include_regex, dtype)
+        return load_into(self, target, task, strict, include, include_regex, dtype, progress)
 
     # ------------------------------------------------------------ side files, checkpoints
     def side_file(self, task, name):

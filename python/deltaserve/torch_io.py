@@ -1,16 +1,28 @@
 """Loading a task's merged weights into torch: a new state dict, or in place into an
 existing model (its parameters' storage is written, no second copy of the model)."""
 import fnmatch
+import math
 import re
 
 import numpy as np
 
-from deltaserve import dtypes
+from deltaserve import _native, dtypes
 from deltaserve.errors import invalid_argument
 
 
-def load_state_dict(client, task, include, include_regex, dtype):
+def load_state_dict(client, task, include, include_regex, dtype, progress=None):
     import torch
+
+    if client.native:
+        buf, tensors = _native.load(client, task, include, include_regex, dtype,
+                                    progress=progress)
+        flat = torch.from_numpy(buf) if buf is not None else torch.empty(0, dtype=torch.uint8)
+        out = {}
+        for name, proto_dtype, shape, offset in tensors:
+            n = dtypes.itemsize(proto_dtype) * math.prod(shape)
+            t = flat[offset:offset + n].view(dtypes.torch_dtype(proto_dtype))
+            out[name] = t.reshape(shape)
+        return out
 
     def alloc(header):
         return np.empty(header.byte_length, dtype=np.uint8)
@@ -19,6 +31,8 @@ def load_state_dict(client, task, include, include_regex, dtype):
     for header, buf in client.stream_tensors(task, alloc, include, include_regex, dtype):
         t = torch.from_numpy(buf).view(dtypes.torch_dtype(header.dtype))
         out[header.name] = t.reshape(tuple(header.shape))
+        if progress is not None:
+            progress(header.name)
     return out
 
 
@@ -97,7 +111,7 @@ def check_plan(target, summaries, strict, filtered, out_dtype, what,
                                    f"(strict=True)")
 
 
-def load_into(client, target, task, strict, include, include_regex, dtype):
+def load_into(client, target, task, strict, include, include_regex, dtype, progress=None):
     tensors = target_tensors(target)
     out_dtype = dtypes.to_out_proto(dtype)
     info = client.task_info(task, tensors=True)
@@ -105,6 +119,16 @@ def load_into(client, target, task, strict, include, include_regex, dtype):
                  if _selected(t.name, include, include_regex)]
     what = f"task '{task}'"
     check_plan(tensors, summaries, strict, bool(include or include_regex), out_dtype, what)
+    if client.native:
+        # Every tensor of the plan on the CPU: written in place by the C++ client.
+        views = {name: byte_view(name, tensors[name]) for name, _, _ in summaries}
+        if all(v is not None for v in views.values()):
+            targets = {name: (views[name].__array_interface__["data"][0], views[name].nbytes,
+                              dtypes.output(recorded, out_dtype), shape)
+                       for name, shape, recorded in summaries}
+            _native.load(client, task, include, include_regex, dtype, targets=targets,
+                         progress=progress)
+            return client.last_stream
 
     staged = {}  # name -> (device tensor, CPU staging buffer) for non-CPU tensors
 
@@ -126,4 +150,6 @@ def load_into(client, target, task, strict, include, include_regex, dtype):
             src = torch.from_numpy(staged.pop(header.name)).view(dst.dtype).reshape(dst.shape)
             with torch.no_grad():
                 dst.copy_(src)
+        if progress is not None:
+            progress(header.name)
     return client.last_stream

@@ -4,6 +4,8 @@ Qwen2-0.5B-shaped task (218 fp16 tensors, 0.999 GB merged) into a torch state di
 all in one run against one deltaserved on loopback:
 
   (a) StreamWeights, cached   Client.load_state_dict, every tensor from the server cache
+                              (through the C++ client, deltaserve._pull, when built;
+                              also once through grpcio, native=False)
   (b) StreamWeights, cold     the same right after the push (every tensor decoded)
   (c) StreamDelta + decode    Client.load_delta_into into a preallocated state dict with
                               a LocalBase (the base file, mapped and resident): records
@@ -128,6 +130,9 @@ def main():
             print(f"task: {info.num_tensors} tensors, {info.merged_bytes / 1e9:.3f} GB merged, "
                   f"container {info.container_bytes / 1e6:.1f} MB; server --workers "
                   f"{args.workers}; {os.cpu_count()} CPUs", flush=True)
+            print(f"load_state_dict / load_into path: "
+                  f"{'C++ client (deltaserve._pull)' if c.native else 'grpcio'}; load average "
+                  f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
             print(f"{'':<34} {'seconds':>9}  {'GB/s':>11}", flush=True)
 
             sd, wall, used = timed(lambda: c.load_state_dict("bench"))
@@ -159,6 +164,14 @@ def main():
             _, wall, used = timed(lambda: c.load_into(sd, "bench"))
             into = row("    load_into cached (preallocated)", wall, c.last_stream.bytes,
                        f"{used}; the model's pages exist already")
+            # The same two through grpcio (deltaserve/_stream.py, the fallback path).
+            slow = Client(addr, timeout=120, native=False)
+            sd2, wall, used = timed(lambda: slow.load_state_dict("bench"))
+            row("    (a) through grpcio (native=False)", wall, slow.last_stream.bytes, used)
+            del sd2
+            gc.collect()
+            _, wall, used = timed(lambda: slow.load_into(sd, "bench"))
+            row("    load_into through grpcio", wall, slow.last_stream.bytes, used)
             ratios = [a / p for a, p in zip(cached, ref)]
             print(f"    (a) / deltactl pull, median of {args.rounds} = "
                   f"{100 * statistics.median(ratios):.0f}% (each: "
@@ -210,6 +223,8 @@ def main():
             print(f"    (c) / (d), median of {args.rounds} = {statistics.median(ratios):.2f}x "
                   f"(each: {', '.join(f'{x:.2f}' for x in ratios)}; goal > 1); load_delta_into "
                   f"== apply_delta: {same}", flush=True)
+            print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+                  flush=True)
         finally:
             daemon.terminate()
             daemon.wait()

@@ -22,6 +22,17 @@ except ImportError as e:
            "and install python3-grpcio python3-protobuf python3-xxhash")
 
 
+# The path of Client.load_state_dict / load_into under test (tests/python/CMakeLists.txt
+# runs those tests twice): DELTASERVE_NATIVE=1 the C++ client (deltaserve._pull, which
+# must then be there), 0 grpcio.
+if os.environ.get("DELTASERVE_NATIVE") == "1":
+    from deltaserve import _native  # noqa: E402
+    d.check(_native.available(), "DELTASERVE_NATIVE=1 but deltaserve._pull is not importable")
+    d.log("load_state_dict / load_into path: the C++ client (deltaserve._pull)")
+elif os.environ.get("DELTASERVE_NATIVE") == "0":
+    d.log("load_state_dict / load_into path: grpcio (deltaserve._stream)")
+
+
 def model_pair(directory, shapes, seed=3, dtype=np.float16):
     """A synthetic base and finetuned model {name: shape}: base ~ N(0, 0.05), finetuned =
     base + a smooth delta (DCT-friendly) for 2-D tensors and a small one for 1-D.

@@ -45,6 +45,16 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
     ld.expect_error(lambda: list(acme.stream_weights("nope")), C.NOT_FOUND,
                     "StreamWeights 'nope'")
     ld.expect_error(lambda: acme.task_info("../x"), C.INVALID_ARGUMENT, "GetTask '../x'")
+    # The same through load_state_dict (the path under test, DELTASERVE_NATIVE).
+    ld.expect_error(lambda: Client(daemon.addr, token="wrong").load_state_dict("chat"),
+                    C.UNAUTHENTICATED, "StreamWeights 'chat'")
+    ld.expect_error(lambda: globex.load_state_dict("chat"), C.NOT_FOUND, "StreamWeights 'chat'",
+                    "not found")
+    ld.expect_error(lambda: Client(daemon.addr, token=d.ACME_TOKEN, tenant="globex")
+                    .load_state_dict("chat"), C.NOT_FOUND, "StreamWeights 'globex/chat'")
+    ld.expect_error(lambda: acme.load_state_dict("nope"), C.NOT_FOUND, "StreamWeights 'nope'")
+    ld.expect_error(lambda: acme.load_state_dict("chat", include=["\udc80"]),
+                    C.INVALID_ARGUMENT, "include '\\udc80' is not valid UTF-8")
     # Local paths of the wrong kind: a directory as the container, a file as the output
     # directory (a DeltaserveError with INVALID_ARGUMENT, not a bare OSError).
     ld.expect_error(lambda: acme.push("d", tmp), C.INVALID_ARGUMENT, f"cannot read {tmp}",
@@ -137,6 +147,8 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
             ld.wait(0.5)
 
     ld.expect_error(slow_reader, C.DEADLINE_EXCEEDED, "StreamWeights 'chat'")
+    ld.expect_error(lambda: Client(daemon.addr, token=d.ACME_TOKEN, stream_timeout=1e-6)
+                    .load_state_dict("chat"), C.DEADLINE_EXCEEDED, "StreamWeights 'chat'")
     # A unary deadline: an in-process gRPC server whose ListTasks answers after 3 s.
     class Slow(pb_grpc.DeltaServiceServicer):
         def ListTasks(self, request, context):
@@ -171,6 +183,25 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
                         "tensor 'a.weight' checksum mismatch")
     finally:
         _stream.xxhash.xxh3_64 = real
+    # A corrupted stream from a server: an in-process one whose tensor checksum is off
+    # by one; load_state_dict refuses it on either path.
+    class Corrupt(pb_grpc.DeltaServiceServicer):
+        def StreamWeights(self, request, context):
+            data = bytes(range(256)) * 4
+            yield pb.StreamWeightsResponse(begin=pb.StreamBegin(num_tensors=1, total_bytes=1024))
+            yield pb.StreamWeightsResponse(header=pb.TensorHeader(
+                name="x", dtype=pb.DTYPE_U8, shape=[1024], byte_length=1024,
+                xxh3_64=_stream.xxhash.xxh3_64_intdigest(data) ^ 1))
+            yield pb.StreamWeightsResponse(chunk=pb.TensorChunk(offset=0, data=data))
+            yield pb.StreamWeightsResponse(end=pb.StreamEnd(num_tensors=1, total_bytes=1024))
+
+    corrupt = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_DeltaServiceServicer_to_server(Corrupt(), corrupt)
+    corrupt_port = corrupt.add_insecure_port("127.0.0.1:0")
+    corrupt.start()
+    ld.expect_error(lambda: Client(f"127.0.0.1:{corrupt_port}").load_state_dict("chat"),
+                    C.DATA_LOSS, "StreamWeights 'chat'", "tensor 'x' checksum mismatch")
+    corrupt.stop(0)
     d.check(issubclass(DeltaserveError, Exception), "DeltaserveError is an Exception")
     d.check(daemon.stop() == 0, "deltaserved did not exit 0 on SIGTERM")
     ld.expect_error(lambda: Client(daemon.addr, token=d.ACME_TOKEN, timeout=5).get_base(),

@@ -33,7 +33,8 @@ with tempfile.TemporaryDirectory(prefix="py-rss-") as tmp:
     c = Client(daemon.addr, timeout=30)
     c.push("big", delta)
     c.pin("big")  # the server decodes ahead; the worker's side is what is measured
-    list(c.stream_weights("big", include="layers.00.*"))  # warm the channel and the code paths
+    list(c.stream_weights("big", include="layers.00.*"))  # warm the channels and code paths
+    c.load_state_dict("big", include="layers.00.*")  # the native path's (DELTASERVE_NATIVE)
     gc.collect()
 
     baseline = status_kib("VmRSS") * 1024

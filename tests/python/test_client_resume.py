@@ -48,28 +48,33 @@ with tempfile.TemporaryDirectory(prefix="py-resume-") as tmp:
         d.check(data == r[3].tobytes(), f"{name}: bytes differ from deltactl pull after resume")
     d.check(stats.tensors == len(SHAPES), f"tensors counted {stats.tensors}")
 
-    # 2. load_into: the same with the model's storage as destination.
+    # 2. load_into, then load_state_dict: the same with the model's storage, then a
+    # fresh state dict, as destination; the kill comes from the progress callback.
+    def kill_after_first(label):
+        seen = []
+
+        def progress(name):
+            seen.append(name)
+            if len(seen) == 1:
+                globals()["daemon"].kill()
+                globals()["daemon"] = ld.LiveDaemon(tmp, base, port=port, name=label)
+        return progress
+
     daemon = restarted
     target = {n: torch.zeros(s, dtype=torch.float16) for n, s in SHAPES.items()}
-    seen = []
-
-    orig = c.stream_tensors  # wrapped: kill and restart once the first tensor is in
-
-    def stream_tensors(*a, **k):
-        for item in orig(*a, **k):
-            seen.append(item[0].name)
-            if len(seen) == 1:
-                daemon.kill()
-                globals()["daemon"] = ld.LiveDaemon(tmp, base, port=port, name="deltaserved-3")
-            yield item
-
-    c.stream_tensors = stream_tensors
-    stats = c.load_into(target, "big")
+    stats = c.load_into(target, "big", progress=kill_after_first("deltaserved-3"))
     d.log(f"load_into after restart: {stats}")
     d.check(stats.resumes >= 1, "load_into: the stream never dropped")
+    d.check(stats.tensors == len(SHAPES), f"load_into: tensors counted {stats.tensors}")
     for name, _, _, rbuf in ref:
         d.check(target[name].numpy().tobytes() == rbuf.tobytes(), f"load_into {name} differs")
-    c.stream_tensors = orig
+    sd = c.load_state_dict("big", progress=kill_after_first("deltaserved-4"))
+    stats = c.last_stream
+    d.log(f"load_state_dict after restart: {stats}")
+    d.check(stats.resumes >= 1, "load_state_dict: the stream never dropped")
+    d.check(list(sd) == [r[0] for r in ref], f"load_state_dict names after resume: {list(sd)}")
+    for name, _, _, rbuf in ref:
+        d.check(sd[name].numpy().tobytes() == rbuf.tobytes(), f"load_state_dict {name} differs")
 
     # 3. No daemon comes back: bounded retries, then UNAVAILABLE.
     c2 = Client(daemon.addr, timeout=20, retries=2, reconnect_timeout=1)
@@ -81,5 +86,12 @@ with tempfile.TemporaryDirectory(prefix="py-resume-") as tmp:
 
     ld.expect_error(no_return, grpc.StatusCode.UNAVAILABLE, "StreamWeights 'big'")
     d.check(c2.last_stream.resumes == 1, f"resumes {c2.last_stream.resumes}")
+    # The same through load_state_dict (the path under test): a daemon up again, killed
+    # after the first tensor for good.
+    daemon = ld.LiveDaemon(tmp, base, port=port, name="deltaserved-5")
+    c3 = Client(daemon.addr, timeout=20, retries=2, reconnect_timeout=1)
+    ld.expect_error(lambda: c3.load_state_dict("big", progress=lambda name: daemon.kill()),
+                    grpc.StatusCode.UNAVAILABLE, "StreamWeights 'big'")
+    d.check(c3.last_stream.resumes == 1, f"load_state_dict resumes {c3.last_stream.resumes}")
     d.log("PASS: streams resume after the daemon is killed and restarted; give up with "
           "UNAVAILABLE when it does not come back")

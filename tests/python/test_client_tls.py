@@ -29,6 +29,11 @@ with tempfile.TemporaryDirectory(prefix="py-tls-") as tmp:
     d.check(names == ["b", "w"], f"stream over TLS: {names}")
     d.check([t.name for t in c.list_tasks().tasks] == ["t"], "list over TLS")
     d.log(f"TLS: push, list and a verified stream work ({c.last_stream})")
+    sd = c.load_state_dict("t")  # the path under test (DELTASERVE_NATIVE)
+    d.check(list(sd) == ["b", "w"] and c.last_stream.tensors == 2, f"load_state_dict over TLS: "
+            f"{list(sd)}, {c.last_stream}")
+    ld.expect_error(lambda: Client(f"localhost:{daemon.port}", tls=True, timeout=5)
+                    .load_state_dict("t"), grpc.StatusCode.UNAVAILABLE, "StreamWeights 't'")
     ld.expect_error(lambda: Client(daemon.addr, timeout=5).list_tasks(), grpc.StatusCode.UNAVAILABLE,
                     "ListTasks")
     ld.expect_error(lambda: Client(f"localhost:{daemon.port}", tls=True, timeout=5).list_tasks(),

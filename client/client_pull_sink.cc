@@ -1,0 +1,106 @@
+// DeltaClient::PullWeightsToSink: one StreamWeights call into a caller's sink, resumed
+// after a dropped connection from the tensor after the last verified one.
+#include <algorithm>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/client.h"
+#include "client/internal/impl.h"
+#include "client/internal/weights_stream.h"
+#include "common/status_macros.h"
+
+namespace deltaserve::client {
+namespace {
+
+// Forwards the first stream's Begin to `inner` and refuses a resumed stream that serves
+// another version of the task (ABORTED); everything else goes straight through, counted.
+class ResumeSink : public CountingSink {
+ public:
+  ResumeSink(WeightsSink* inner, const std::string& label) : CountingSink(inner), label_(label) {}
+
+  absl::Status Begin(const v1::StreamBegin& begin) override {
+    if (!began_) {
+      began_ = true;
+      first_ = begin.task();
+      return CountingSink::Begin(begin);
+    }
+    const v1::TaskInfo& now = begin.task();
+    if (now.tenant() != first_.tenant() || now.name() != first_.name() ||
+        now.created_unix() != first_.created_unix() || now.base_hash() != first_.base_hash() ||
+        now.container_bytes() != first_.container_bytes()) {
+      return absl::AbortedError(absl::StrCat(
+          label_, ": the task was replaced while the stream was resumed (created ",
+          first_.created_unix(), ", now ", now.created_unix(), ")"));
+    }
+    return absl::OkStatus();
+  }
+
+  bool began() const { return began_; }
+
+ private:
+  const std::string& label_;
+  bool began_ = false;
+  v1::TaskInfo first_;
+};
+
+// How long a call that failed before its stream began waits for the channel to connect
+// again before the server counts as unreachable (at most reconnect_timeout).
+constexpr absl::Duration kFirstConnect = absl::Seconds(2);
+
+}  // namespace
+
+absl::Status DeltaClient::PullWeightsToSink(const std::string& task, WeightsSink* sink,
+                                            const SinkPullOptions& options, PullStats* stats) {
+  *stats = PullStats();
+  const std::string label = absl::StrCat("StreamWeights ", TaskLabel(impl_->options, task));
+  if (options.pull.streams != 1 || !options.pull.resume_from.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(label, ": PullWeightsToSink takes one stream and no resume_from"));
+  }
+  DS_ASSIGN_OR_RETURN(v1::StreamWeightsRequest request,
+                      MakeStreamWeightsRequest(impl_->options, task, options.pull, label));
+  const Clock::time_point start = Clock::now();
+  const absl::Time deadline = options.deadline > absl::ZeroDuration()
+                                  ? absl::Now() + options.deadline
+                                  : absl::InfiniteFuture();
+  ResumeSink resume(sink, label);
+  for (uint32_t attempt = 0;; ++attempt) {
+    WeightsStreamChecker checker(label, &resume, options.pull, start);
+    absl::Status s = RunStreamWeightsCall(*impl_, impl_->stub.get(), request, options.pull,
+                                          nullptr, &checker, deadline);
+    stats->tensors = resume.tensors();
+    stats->bytes = resume.bytes();
+    if (stats->first_tensor_seconds == 0) {
+      stats->first_tensor_seconds = checker.stats().first_tensor_seconds;
+    }
+    stats->seconds = SecondsSince(start);
+    if (s.ok()) return absl::OkStatus();
+    resume.DropUnfinished();
+    if (s.code() != absl::StatusCode::kUnavailable || attempt >= options.retries) return s;
+    if (!resume.began()) {
+      // No stream has begun. The call may have gone out on a connection that died since
+      // (a restarted server, the channel still backing off): one that connects again
+      // soon is tried again; otherwise the server cannot be reached.
+      const absl::Time soon =
+          std::min(absl::Now() + std::min(options.reconnect_timeout, kFirstConnect), deadline);
+      if (!impl_->channel->WaitForConnected(absl::ToChronoTime(soon))) {
+        return absl::UnavailableError(absl::StrCat(
+            label, ": cannot reach the server at ", impl_->options.target, " (", s.message(), ")"));
+      }
+      continue;
+    }
+    if (checker.last_verified_index() >= 0) {
+      request.set_resume_from_index(static_cast<uint32_t>(checker.last_verified_index()) + 1);
+    }
+    ++stats->resumed;
+    const absl::Time wait_until = std::min(absl::Now() + options.reconnect_timeout, deadline);
+    if (!impl_->channel->WaitForConnected(absl::ToChronoTime(wait_until))) {
+      return absl::UnavailableError(absl::StrFormat(
+          "%s: connection dropped (%s) and the server did not come back within %.1f s", label,
+          s.message(), absl::ToDoubleSeconds(options.reconnect_timeout)));
+    }
+  }
+}
+
+}  // namespace deltaserve::client

@@ -1,0 +1,286 @@
+// deltaserve._pull: StreamWeights through the project's C++ client (client/client.h:
+// TLS, token, tenant, framing and XXH3-64 checks, resume), writing every tensor's bytes
+// straight into their final memory with the GIL released for the whole stream. Used by
+// deltaserve/_native.py for Client.load_state_dict and Client.load_into; the pure
+// grpcio reader (deltaserve/_stream.py) is the fallback when this module is missing.
+//
+//   Puller(target, token, tenant, tls, ca, timeout)
+//       one DeltaClient (one gRPC channel); timeout: seconds of unary calls
+//   Puller.load(task, out_dtype, include, include_regex, chunk_bytes, retries,
+//               reconnect_timeout, deadline, targets, on_tensor, figures)
+//       -> (buffer, tensors, metadata)
+//     targets None: the tensors go into one fresh buffer (a uint8 numpy array over an
+//       anonymous mapping with MADV_HUGEPAGE, freed when the last view of it goes), each
+//       at a 64-byte aligned offset; tensors = [(name, proto dtype, shape, offset)].
+//     targets {name: (address, nbytes, proto dtype, shape)}: each tensor is written at
+//       the address given for its name (the caller keeps that memory alive and
+//       writable); a name missing from targets, or another dtype or shape than given,
+//       is INVALID_ARGUMENT naming the tensor. buffer is None.
+//     out_dtype: proto DType number (0: the recorded dtypes); include: list of bytes
+//       globs; include_regex: bytes; deadline: seconds for the whole download (0: none);
+//       reconnect_timeout: seconds per resume; on_tensor: None or a callable(name)
+//       called with the GIL after each verified tensor (an exception it raises stops
+//       the stream and is re-raised).
+//     figures: a dict that gets {tensors, bytes, seconds, first_tensor_seconds,
+//       resumes}, also when the load fails (how far it got); metadata: the stream's
+//       safetensors metadata {str: str}. A Puller may run several loads at once.
+//
+// Errors raise _pull.PullError(code, message): code is the absl/gRPC status number, the
+// message the client's (the call, the task, the server's words).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <sys/mman.h>
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "client/client.h"
+#include "client/internal/weights_stream.h"
+#include "codec/tensor.h"
+#include "proto/protocol.h"
+#include "python/codec/status_error.h"
+
+namespace py = pybind11;
+
+namespace deltaserve::python {
+namespace {
+
+constexpr size_t kAlign = 64;  // tensor offsets in a fresh buffer
+
+size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// One tensor as handed back to Python.
+struct Placed {
+  codec::TensorInfo info;
+  size_t offset = 0;  // in the fresh buffer
+};
+
+// Receives the verified stream into its final memory: a fresh mapping sized from the
+// stream's begin message, or the caller's target tensors.
+class PlacingSink : public client::WeightsSink {
+ public:
+  struct Target {
+    uint8_t* data;
+    size_t nbytes;
+    int dtype;  // proto DType
+    std::vector<int64_t> shape;
+  };
+
+  PlacingSink(std::string label, std::optional<std::map<std::string, Target>> targets,
+              py::object on_tensor)
+      : label_(std::move(label)), targets_(std::move(targets)), on_tensor_(std::move(on_tensor)) {}
+  ~PlacingSink() override {
+    if (map_ != nullptr) munmap(map_, map_bytes_);
+  }
+
+  absl::Status Begin(const v1::StreamBegin& begin) override {
+    for (const auto& [k, v] : begin.safetensors_metadata()) metadata_[k] = v;
+    if (targets_) return absl::OkStatus();
+    capacity_ = begin.total_bytes() + kAlign * static_cast<uint64_t>(begin.num_tensors());
+    if (capacity_ == 0) return absl::OkStatus();
+    map_bytes_ = (capacity_ + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+    void* p = mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      map_bytes_ = 0;
+      return absl::ResourceExhaustedError(absl::StrCat(
+          label_, ": cannot map ", capacity_, " bytes for the state dict: ", std::strerror(errno)));
+    }
+    map_ = static_cast<uint8_t*>(p);
+    // Huge pages: 512 times fewer page faults while the stream fills the buffer. Only
+    // advice (THP may be off), so its result does not matter.
+    madvise(map_, map_bytes_, MADV_HUGEPAGE);
+    return absl::OkStatus();
+  }
+
+  absl::Status TensorBegin(const codec::TensorInfo& info) override {
+    filled_ = 0;
+    name_ = info.name;
+    if (targets_) {
+      auto it = targets_->find(info.name);
+      if (it == targets_->end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor '", info.name, "' of the task is not in the model"));
+      }
+      const Target& t = it->second;
+      if (t.dtype != proto::ToProtoDType(info.dtype) || t.shape != info.shape ||
+          t.nbytes != info.num_bytes()) {
+        absl::StatusOr<codec::DType> want = proto::FromProtoDType(static_cast<v1::DType>(t.dtype));
+        const std::string want_name(want.ok() ? codec::DTypeName(*want) : "?");
+        const std::string got_name(codec::DTypeName(info.dtype));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor '", info.name, "': the model has shape ", codec::ShapeString(t.shape),
+            " and dtype ", want_name, ", the task sends ", codec::ShapeString(info.shape), " ",
+            got_name));
+      }
+      dest_ = t.data;
+    } else {
+      const size_t offset = AlignUp(used_);
+      if (offset + info.num_bytes() > capacity_) {
+        return absl::DataLossError(absl::StrCat(label_, ": malformed stream: tensor '", info.name,
+                                                "' goes beyond the ", capacity_,
+                                                " bytes the begin message announced"));
+      }
+      dest_ = map_ + offset;
+      placed_.push_back({info, offset});
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Data(absl::Span<const uint8_t> data) override {
+    std::memcpy(dest_ + filled_, data.data(), data.size());
+    filled_ += data.size();
+    return absl::OkStatus();
+  }
+
+  absl::Status TensorEnd() override {
+    if (!targets_) {
+      used_ = placed_.back().offset + placed_.back().info.num_bytes();
+      finished_ = placed_.size();
+    } else {
+      ++finished_;
+    }
+    if (on_tensor_.is_none()) return absl::OkStatus();
+    py::gil_scoped_acquire gil;
+    try {
+      on_tensor_(py::str(name_));
+    } catch (py::error_already_set& e) {
+      callback_error_ = std::move(e);
+      return absl::CancelledError(absl::StrCat(label_, ": stopped by on_tensor"));
+    }
+    return absl::OkStatus();
+  }
+
+  void DropUnfinished() override {
+    if (!targets_) placed_.resize(finished_);
+  }
+
+  // Hands the buffer to Python (a numpy array that unmaps it when it goes).
+  py::object TakeBuffer() {
+    if (map_ == nullptr) return py::none();
+    uint8_t* p = map_;
+    const size_t n = map_bytes_;
+    map_ = nullptr;
+    py::capsule owner(new std::pair<uint8_t*, size_t>(p, n), [](void* q) {
+      auto* m = static_cast<std::pair<uint8_t*, size_t>*>(q);
+      munmap(m->first, m->second);
+      delete m;
+    });
+    return py::array_t<uint8_t>({static_cast<py::ssize_t>(used_)}, {1}, p, owner);
+  }
+
+  const std::vector<Placed>& placed() const { return placed_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  std::optional<py::error_already_set>& callback_error() { return callback_error_; }
+
+ private:
+  const std::string label_;
+  const std::optional<std::map<std::string, Target>> targets_;
+  py::object on_tensor_;
+  uint8_t* map_ = nullptr;
+  size_t map_bytes_ = 0, capacity_ = 0, used_ = 0;
+  uint8_t* dest_ = nullptr;
+  size_t filled_ = 0, finished_ = 0;
+  std::string name_;  // of the tensor being received
+  std::vector<Placed> placed_;
+  std::map<std::string, std::string> metadata_;
+  std::optional<py::error_already_set> callback_error_;
+};
+
+class Puller {
+ public:
+  Puller(const std::string& target, const std::string& token, const std::string& tenant,
+         bool tls, const std::string& ca, double timeout) {
+    client::ClientOptions options;
+    options.target = target;
+    options.token = token;
+    options.tenant = tenant;
+    options.use_tls = tls;
+    options.tls_root_cert_path = ca;
+    options.deadline = absl::Seconds(timeout);
+    absl::StatusOr<std::unique_ptr<client::DeltaClient>> c = client::DeltaClient::Open(options);
+    ThrowIfError(c.status());
+    client_ = *std::move(c);
+    tenant_ = tenant;
+  }
+
+  py::tuple Load(const std::string& task, int out_dtype, const std::vector<std::string>& include,
+                 const std::string& include_regex, uint32_t chunk_bytes, uint32_t retries,
+                 double reconnect_timeout, double deadline, py::object targets,
+                 py::object on_tensor, py::dict figures) {
+    client::SinkPullOptions options;
+    if (out_dtype != 0) {
+      absl::StatusOr<codec::DType> d = proto::FromProtoDType(static_cast<v1::DType>(out_dtype));
+      ThrowIfError(d.status());
+      options.pull.out_dtype = *d;
+    }
+    options.pull.include = include;
+    options.pull.include_regex = include_regex;
+    options.pull.chunk_bytes = chunk_bytes;
+    options.retries = retries;
+    options.reconnect_timeout = absl::Seconds(reconnect_timeout);
+    options.deadline = absl::Seconds(deadline);
+    std::optional<std::map<std::string, PlacingSink::Target>> places;
+    if (!targets.is_none()) {
+      places.emplace();
+      for (auto [name, value] : targets.cast<py::dict>()) {
+        auto t = value.cast<py::tuple>();
+        (*places)[name.cast<std::string>()] = {
+            reinterpret_cast<uint8_t*>(t[0].cast<uintptr_t>()), t[1].cast<size_t>(),
+            t[2].cast<int>(), t[3].cast<std::vector<int64_t>>()};
+      }
+    }
+    const std::string label =
+        absl::StrCat("StreamWeights '", tenant_.empty() ? "" : tenant_ + "/", task, "'");
+    PlacingSink sink(label, std::move(places), on_tensor);
+    absl::Status status;
+    client::PullStats stats;
+    {
+      py::gil_scoped_release nogil;
+      status = client_->PullWeightsToSink(task, &sink, options, &stats);
+    }
+    figures["tensors"] = stats.tensors;
+    figures["bytes"] = stats.bytes;
+    figures["seconds"] = stats.seconds;
+    figures["first_tensor_seconds"] = stats.first_tensor_seconds;
+    figures["resumes"] = stats.resumed;
+    if (sink.callback_error()) throw *std::move(sink.callback_error());
+    ThrowIfError(status);
+    py::list tensors;
+    for (const Placed& p : sink.placed()) {
+      tensors.append(py::make_tuple(p.info.name, static_cast<int>(proto::ToProtoDType(p.info.dtype)),
+                                    py::tuple(py::cast(p.info.shape)), p.offset));
+    }
+    return py::make_tuple(sink.TakeBuffer(), tensors, py::cast(sink.metadata()));
+  }
+
+ private:
+  std::unique_ptr<client::DeltaClient> client_;
+  std::string tenant_;
+};
+
+}  // namespace
+}  // namespace deltaserve::python
+
+PYBIND11_MODULE(_pull, m) {
+  using namespace deltaserve::python;
+  m.doc() = "deltaserve C++ client: StreamWeights straight into tensor memory";
+  RegisterStatusError(m, "PullError");
+  py::class_<Puller>(m, "Puller")
+      .def(py::init<const std::string&, const std::string&, const std::string&, bool,
+                    const std::string&, double>(),
+           py::arg("target"), py::arg("token"), py::arg("tenant"), py::arg("tls"), py::arg("ca"),
+           py::arg("timeout"))
+      .def("load", &Puller::Load, py::arg("task"), py::arg("out_dtype"), py::arg("include"),
+           py::arg("include_regex"), py::arg("chunk_bytes"), py::arg("retries"),
+           py::arg("reconnect_timeout"), py::arg("deadline"), py::arg("targets"),
+           py::arg("on_tensor"), py::arg("figures"));
+}
