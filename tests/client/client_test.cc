@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "client/internal/status.h"
+#include "client/internal/weights_stream.h"
 #include "codec/safetensors.h"
 #include "deltaserve/v1/delta_service.grpc.pb.h"
 #include "gmock/gmock.h"
@@ -224,6 +225,56 @@ TEST_F(ClientTest, StreamDeltaVerifiesSizeAndChecksum) {
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("XXH3-64")));
   EXPECT_FALSE(std::filesystem::exists(Path("bad.dds")));
   EXPECT_FALSE(std::filesystem::exists(Path("bad.dds.tmp")));
+}
+
+// PullWeightsToSink (the Python binding's pull): a stream failing UNAVAILABLE after a
+// verified tensor resumes from the next one; the sink ends with every tensor once.
+TEST_F(ClientTest, PullWeightsToSinkResumesFromTheNextTensor) {
+  service_.unavailable_once_at = 1;  // b.weight: 44 bytes, dropped after its first chunk
+  PulledModel model;
+  MemorySink sink(&model);
+  SinkPullOptions options;
+  PullStats stats;
+  ASSERT_THAT(client_->PullWeightsToSink("chat", &sink, options, &stats), IsOk());
+  ASSERT_EQ(model.tensors.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(model.tensors[i].info.name, service_.tensors[i].info.name);
+    EXPECT_EQ(model.tensors[i].data, service_.tensors[i].data);
+  }
+  EXPECT_EQ(model.metadata, service_.metadata);
+  EXPECT_EQ(stats.tensors, 4u);
+  EXPECT_EQ(stats.bytes, 122u);  // verified bytes only: the dropped tensor counts once
+  EXPECT_EQ(stats.resumed, 1u);
+  EXPECT_EQ(service_.last_stream.resume_from_index(), 1u);
+  EXPECT_TRUE(service_.last_stream.checksum_after_data());
+}
+
+TEST_F(ClientTest, PullWeightsToSinkRetriesAreBoundedAndReplacedTasksAborted) {
+  PulledModel model;
+  MemorySink sink(&model);
+  SinkPullOptions options;
+  options.retries = 0;
+  PullStats stats;
+  service_.unavailable_once_at = 1;
+  EXPECT_THAT(client_->PullWeightsToSink("chat", &sink, options, &stats),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("StreamWeights 'chat'")));
+  EXPECT_EQ(stats.tensors, 1u);
+  EXPECT_EQ(stats.resumed, 0u);
+
+  // The task is replaced (another created_unix) while the first stream runs.
+  PulledModel again;
+  MemorySink sink2(&again);
+  options.retries = 3;
+  options.pull.progress = [&](const Progress& p) {
+    if (p.tensors_done == 1) service_.stream_created_unix = 1700000001;
+  };
+  service_.unavailable_once_at = 1;
+  EXPECT_THAT(client_->PullWeightsToSink("chat", &sink2, options, &stats),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("replaced while the stream was resumed")));
+
+  options.pull.streams = 2;
+  EXPECT_THAT(client_->PullWeightsToSink("chat", &sink2, options, &stats),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("one stream")));
 }
 
 TEST(ClientUnreachableTest, UnavailableNamesTheCall) {
