@@ -10,7 +10,7 @@
 //               reconnect_timeout, deadline, targets, on_tensor, figures)
 //       -> (buffer, tensors, metadata)
 //     targets None: the tensors go into one fresh buffer (a uint8 numpy array over an
-//       anonymous mapping with MADV_HUGEPAGE, freed when the last view of it goes), each
+//       anonymous mapping, unmapped when the last view of it goes), each
 //       at a 64-byte aligned offset; tensors = [(name, proto dtype, shape, offset)].
 //     targets {name: (address, nbytes, proto dtype, shape)}: each tensor is written at
 //       the address given for its name (the caller keeps that memory alive and
@@ -87,17 +87,17 @@ class PlacingSink : public client::WeightsSink {
     if (targets_) return absl::OkStatus();
     capacity_ = begin.total_bytes() + kAlign * static_cast<uint64_t>(begin.num_tensors());
     if (capacity_ == 0) return absl::OkStatus();
-    map_bytes_ = (capacity_ + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+    map_bytes_ = capacity_;
     void* p = mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
       map_bytes_ = 0;
       return absl::ResourceExhaustedError(absl::StrCat(
           label_, ": cannot map ", capacity_, " bytes for the state dict: ", std::strerror(errno)));
     }
+    // No MADV_HUGEPAGE: on the test VM (THP "madvise", defrag "madvise") it made the
+    // kernel compact memory on fault, 2-3x the system time of 4 KiB faults; neither did
+    // MADV_POPULATE_WRITE save time (tests/bench/python_load_bench.py, measured by hand).
     map_ = static_cast<uint8_t*>(p);
-    // Huge pages: 512 times fewer page faults while the stream fills the buffer. Only
-    // advice (THP may be off), so its result does not matter.
-    madvise(map_, map_bytes_, MADV_HUGEPAGE);
     return absl::OkStatus();
   }
 

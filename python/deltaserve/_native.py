@@ -4,8 +4,8 @@ pull_module.cc): the fast path of Client.load_state_dict and Client.load_into.
 The C++ client (client/client.h) checks the same framing and XXH3-64 checksums as
 deltaserve/_stream.py, resumes a dropped stream from the tensor after the last verified
 one, and writes every tensor's bytes straight into their final memory with the GIL
-released for the whole stream: a new state dict lives in one fresh buffer (huge pages,
-64-byte aligned views, freed when its last tensor goes); load_into writes into the
+released for the whole stream: a new state dict lives in one fresh buffer (64-byte
+aligned views, freed when its last tensor goes); load_into writes into the
 model's own storage. Errors are the same DeltaserveError (gRPC code + the server's
 message, prefixed with the call and task) as on the grpcio path.
 
