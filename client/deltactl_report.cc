@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/internal/container_file.h"
 #include "client/internal/deltactl_command.h"
 #include "common/status_macros.h"
 
@@ -290,13 +291,13 @@ absl::Status Emit(const ContainerReport& report, bool json) {
 }
 
 absl::Status RunInspect(const InspectOptions& o) {
-  DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.delta));
+  DS_ASSIGN_OR_RETURN(auto container, OpenContainerFile(o.delta));
   DS_ASSIGN_OR_RETURN(auto report, ReportContainer(*container));
   return Emit(report, o.json);
 }
 
 absl::Status RunEval(const EvalOptions& o) {
-  DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.delta));
+  DS_ASSIGN_OR_RETURN(auto container, OpenContainerFile(o.delta));
   DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(o.base));
   DS_ASSIGN_OR_RETURN(auto finetuned, codec::ModelReader::Open(o.finetuned));
   DS_RETURN_IF_ERROR(codec::CheckBaseHash(*base, container->reader().header(), o.force));
