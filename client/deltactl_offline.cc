@@ -31,7 +31,7 @@ struct ConvertOptions {
 };
 
 // How many skipped names `convert` prints without --verbose.
-constexpr size_t kSkippedShown = 5;
+constexpr size_t kSkippedShown = 3;
 
 struct CompressCliOptions {
   std::string base, finetuned, out;
@@ -95,17 +95,17 @@ absl::Status RunConvert(const ConvertOptions& o) {
   }
   absl::PrintF("converted %s -> %s: %d tensors, %d parameters, %d bytes of weights\n", o.in, o.out,
                views.size(), params, bytes);
-  // A model has hundreds of such weights (int32 shape constants): one line of all of
-  // their names was unreadable, so the count and the first few, unless --verbose.
+  // A model has tens of such weights (int32 shape constants) with long names: all of
+  // them on one line made ~3000 characters. The count, then a few names a line each.
   if (!skipped.empty()) {
     const bool all = o.verbose || skipped.size() <= kSkippedShown;
-    const std::vector<std::string> shown(
-        skipped.begin(), all ? skipped.end() : skipped.begin() + kSkippedShown);
-    absl::PrintF("skipped %d weight%s that %s not float: %s%s\n",
-                 skipped.size(), skipped.size() == 1 ? "" : "s",
-                 skipped.size() == 1 ? "is" : "are", absl::StrJoin(shown, ", "),
-                 all ? "" : absl::StrCat(", ... (", skipped.size() - shown.size(),
-                                          " more; --verbose lists them all)"));
+    const size_t shown = all ? skipped.size() : kSkippedShown;
+    absl::PrintF("skipped %d weight%s that %s not float:\n", skipped.size(),
+                 skipped.size() == 1 ? "" : "s", skipped.size() == 1 ? "is" : "are");
+    for (size_t i = 0; i < shown; ++i) absl::PrintF("  %s\n", skipped[i]);
+    if (!all) {
+      absl::PrintF("  ... and %d more (--verbose lists them all)\n", skipped.size() - shown);
+    }
   }
   return absl::OkStatus();
 }
