@@ -32,6 +32,7 @@
 #include <pybind11/stl.h>
 #include <sys/mman.h>
 
+#include <cerrno>
 #include <cstring>
 #include <map>
 #include <memory>
