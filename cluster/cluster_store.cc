@@ -12,6 +12,15 @@ namespace {
 // Pause between watch attempts after an error (etcd restarting, network).
 constexpr absl::Duration kWatchRetry = absl::Milliseconds(500);
 
+// Timeouts of Probe(): short, so that a health check sees a hung dependency quickly.
+constexpr int kProbeTimeoutS = 2;
+
+S3Options ProbeS3Options(S3Options o) {
+  o.connect_timeout_s = kProbeTimeoutS;
+  o.request_timeout_s = kProbeTimeoutS;
+  return o;
+}
+
 TaskName SplitKey(const std::string& joined) {
   size_t slash = joined.find('/');
   return TaskName{joined.substr(0, slash), joined.substr(slash + 1)};
@@ -39,6 +48,8 @@ ClusterStore::ClusterStore(const ClusterOptions& options, storage::DeltaStore* l
       local_(local),
       mutate_(std::move(mutate)),
       etcd_(options.etcd_endpoint),
+      probe_etcd_(options.etcd_endpoint, kProbeTimeoutS),
+      probe_s3_(ProbeS3Options(options.s3)),
       pointers_(&etcd_, options.etcd_prefix),
       blobs_(options.s3, options.blobs),
       lru_(options.cache_bytes) {}
@@ -157,8 +168,11 @@ absl::StatusOr<PointerOutcome> ClusterStore::Publish(const TaskName& name,
           " used in the cluster, task '", name.task, "' needs ", container_bytes.size()));
     }
   }
-  DS_ASSIGN_OR_RETURN(ptr.digest, blobs_.Put(container_bytes));
+  absl::StatusOr<std::string> digest = blobs_.Put(container_bytes);
+  if (!digest.ok()) return CountS3Error(digest.status());
+  ptr.digest = *digest;
   ptr.size = container_bytes.size();
+  ptr.written_ms = absl::ToUnixMillis(absl::Now());
   DS_ASSIGN_OR_RETURN(PointerOutcome outcome, pointers_.Create(name, ptr, overwrite));
   if (outcome == PointerOutcome::kUnchanged) {
     DS_ASSIGN_OR_RETURN(ptr, pointers_.Get(name));  // its creation time is the first push's
@@ -200,7 +214,10 @@ absl::Status ClusterStore::Ensure(const TaskName& name) {
   if (LocalMatches(name, *ptr)) return hit();
   absl::MutexLock fill(&fill_mu_);
   if (LocalMatches(name, *ptr)) return hit();
-  DS_ASSIGN_OR_RETURN(std::string bytes, blobs_.Get(ptr->digest, ptr->size));
+  const absl::Time t0 = absl::Now();
+  absl::StatusOr<std::string> fetched = blobs_.Get(ptr->digest, ptr->size);
+  if (!fetched.ok()) return CountS3Error(fetched.status());
+  const std::string& bytes = *fetched;
   auto span = absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
   absl::StatusOr<codec::ContainerReader> container = codec::ContainerReader::Parse(span);
   if (!container.ok()) {
@@ -211,6 +228,7 @@ absl::Status ClusterStore::Ensure(const TaskName& name) {
   absl::MutexLock lock(&mu_);
   ++stats_.misses;
   stats_.fetched_bytes += bytes.size();
+  stats_.fill_seconds += absl::ToDoubleSeconds(absl::Now() - t0);
   return absl::OkStatus();
 }
 
@@ -231,9 +249,36 @@ absl::StatusOr<int> ClusterStore::CollectGarbage() {
                                   [&](const std::string& digest) { return blobs_.Delete(digest); });
 }
 
+absl::Status ClusterStore::Probe() {
+  if (absl::StatusOr<std::optional<KeyValue>> got =
+          probe_etcd_.Get(absl::StrCat(options_.etcd_prefix, "health"));
+      !got.ok()) {
+    return absl::UnavailableError(absl::StrCat("etcd ", etcd_.endpoint(), ": ",
+                                               got.status().message()));
+  }
+  absl::StatusOr<uint64_t> head = probe_s3_.HeadObject("health/probe");
+  if (!head.ok() && !absl::IsNotFound(head.status())) {
+    CountS3Error(head.status()).IgnoreError();
+    return absl::UnavailableError(absl::StrCat("object store ", options_.s3.endpoint, ": ",
+                                               head.status().message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ClusterStore::CountS3Error(absl::Status s) {
+  if (!s.ok() && !absl::IsNotFound(s)) {
+    absl::MutexLock lock(&mu_);
+    ++stats_.object_store_errors;
+  }
+  return s;
+}
+
 ClusterStats ClusterStore::stats() const {
+  const uint64_t cached = lru_.bytes();
   absl::MutexLock lock(&mu_);
-  return stats_;
+  ClusterStats out = stats_;
+  out.cached_bytes = cached;
+  return out;
 }
 
 void ClusterStore::Apply(const TaskName& name, const std::optional<TaskPointer>& ptr) {
@@ -287,6 +332,11 @@ void ClusterStore::WatchLoop() {
                     continue;
                   }
                   absl::StatusOr<TaskPointer> ptr = DecodePointer(e.kv.value, e.kv.key);
+                  if (ptr.ok() && ptr->written_ms > 0) {
+                    const int64_t lag_ms = absl::ToUnixMillis(absl::Now()) - ptr->written_ms;
+                    absl::MutexLock lock(&mu_);
+                    stats_.watch_lag_seconds = static_cast<double>(std::max<int64_t>(lag_ms, 0)) / 1e3;
+                  }
                   // A pointer that does not parse: forget it (Ensure asks etcd and
                   // reports the DataLoss to the caller).
                   Apply(*name, ptr.ok() ? std::optional<TaskPointer>(*ptr) : std::nullopt);

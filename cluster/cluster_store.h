@@ -79,8 +79,20 @@ absl::StatusOr<ClusterOptions> ParseClusterOptions(absl::string_view json_text,
 absl::StatusOr<ClusterOptions> LoadClusterOptions(const std::string& path);
 
 struct ClusterStats {
+  // Ensure() found the local copy / fetched the blob; bytes and seconds of those fetches
+  // (download, digest check and local commit); tasks evicted by the LRU; local copies
+  // dropped because the watch saw a delete or overwrite.
   uint64_t hits = 0, misses = 0, fetched_bytes = 0, evictions = 0, watch_drops = 0;
+  double fill_seconds = 0;
   uint64_t gc_deleted = 0, gc_errors = 0;  // blobs deleted by the periodic GC; failed runs
+  // Failed calls to the object store (fetch, upload, probe): anything but NotFound.
+  uint64_t object_store_errors = 0;
+  // Container bytes this replica's cache holds (LRU's count).
+  uint64_t cached_bytes = 0;
+  // The latest put the watch delivered: its delay from the writer's clock (written_ms)
+  // to this replica applying it, seconds (clocks of replicas assumed in sync; 0 before
+  // the first).
+  double watch_lag_seconds = 0;
 };
 
 class ClusterStore {
@@ -117,6 +129,9 @@ class ClusterStore {
   absl::StatusOr<TaskPointer> Delete(const TaskName& name);
   // Deletes blobs that lost their pointer at least gc_grace_s ago. Returns how many.
   absl::StatusOr<int> CollectGarbage();
+  // Reachability of etcd and the object store, for health checks: one etcd read and one
+  // S3 HEAD, each with a 2 s timeout. OK, or Unavailable naming the one that failed.
+  absl::Status Probe();
 
   ClusterStats stats() const;
   const BlobStore& blobs() const { return blobs_; }
@@ -134,6 +149,8 @@ class ClusterStore {
   void WatchLoop();
   // GC thread: CollectGarbage every gc_interval_s until stopped.
   void GcLoop();
+  // Counts an object-store error (not NotFound); returns `s`.
+  absl::Status CountS3Error(absl::Status s);
   // Applies the current pointer table `now` (nullopt entry = deleted) to the watched
   // table and the local copies.
   void Apply(const TaskName& name, const std::optional<TaskPointer>& ptr);
@@ -142,6 +159,8 @@ class ClusterStore {
   storage::DeltaStore* local_;
   Mutate mutate_;
   EtcdClient etcd_;
+  EtcdClient probe_etcd_;  // short timeouts (Probe)
+  S3Client probe_s3_;
   TaskPointers pointers_;
   BlobStore blobs_;
   LruIndex lru_;

@@ -27,7 +27,8 @@ std::string EncodePointer(const TaskPointer& p) {
               {"created", p.created_unix},
               {"tensors", p.num_tensors},
               {"weights", p.weights},
-              {"merged_bytes", p.merged_bytes}}
+              {"merged_bytes", p.merged_bytes},
+              {"written_ms", p.written_ms}}
       .dump();
 }
 
@@ -56,13 +57,16 @@ absl::StatusOr<TaskPointer> DecodePointer(absl::string_view text, absl::string_v
   p.size = static_cast<uint64_t>(*size);
   p.base_hash = *base;
   p.created_unix = *created;
+  uint64_t written_ms = 0;
   for (auto [field, out] : {std::pair{"tensors", &p.num_tensors}, std::pair{"weights", &p.weights},
-                            std::pair{"merged_bytes", &p.merged_bytes}}) {
+                            std::pair{"merged_bytes", &p.merged_bytes},
+                            std::pair{"written_ms", &written_ms}}) {
     if (!j->contains(field)) continue;
     absl::StatusOr<int64_t> v = common::JsonToNonNegativeInt((*j)[field], field);
     if (!v.ok()) return bad(v.status().message());
     *out = static_cast<uint64_t>(*v);
   }
+  p.written_ms = static_cast<int64_t>(written_ms);
   return p;
 }
 

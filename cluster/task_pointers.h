@@ -1,7 +1,9 @@
 // TaskPointers: the cluster's task table in etcd. A task is a pointer
 //   key   "<prefix>tasks/<tenant>/<task>"
 //   value {"digest": "<sha256 hex>", "size": N, "base_hash": "<hex>", "created": unix_s,
-//          "tensors": N, "weights": N, "merged_bytes": N}   (the last three optional)
+//          "tensors": N, "weights": N, "merged_bytes": N, "written_ms": N}
+//   (the last four optional; written_ms: the writer's clock, unix milliseconds, for the
+//   watch-lag metric only)
 // to an immutable container blob (cluster/blob_store.h). Names are storage::ValidateName
 // names (no '/'), so the key splits back unambiguously.
 //
@@ -38,6 +40,9 @@ struct TaskPointer {
   // What listings show without the container (so every replica lists the same):
   // tensor count, weight count, merged bytes at the recorded dtypes. 0 if unknown.
   uint64_t num_tensors = 0, weights = 0, merged_bytes = 0;
+  // When the pointer was written (writer's clock, unix ms; 0 if unknown). Only for
+  // deltaserve_cluster_watch_lag_seconds: nothing decides by it.
+  int64_t written_ms = 0;
 
   bool operator==(const TaskPointer&) const = default;
 };
