@@ -12,6 +12,10 @@ namespace {
 // Pause between watch attempts after an error (etcd restarting, network).
 constexpr absl::Duration kWatchRetry = absl::Milliseconds(500);
 
+// Longest wait of a push for a collection deleting its blob (a collector that died
+// leaves its tombstone; the push then checks the blob anyway).
+constexpr absl::Duration kCollectionWait = absl::Seconds(30);
+
 // Timeouts of Probe(): short, so that a health check sees a hung dependency quickly.
 constexpr int kProbeTimeoutS = 2;
 
@@ -174,6 +178,16 @@ absl::StatusOr<PointerOutcome> ClusterStore::Publish(const TaskName& name,
   ptr.size = container_bytes.size();
   ptr.written_ms = absl::ToUnixMillis(absl::Now());
   DS_ASSIGN_OR_RETURN(PointerOutcome outcome, pointers_.Create(name, ptr, overwrite));
+  // A collection of this very blob (identical content pushed again after its pointer
+  // went) may be deleting it right now: wait for it, then make sure the blob exists.
+  for (absl::Time give_up = absl::Now() + kCollectionWait;;) {
+    DS_ASSIGN_OR_RETURN(bool collecting, pointers_.BeingCollected(ptr.digest));
+    if (!collecting || absl::Now() > give_up) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  if (absl::Status again = blobs_.Put(container_bytes).status(); !again.ok()) {
+    return CountS3Error(again);
+  }
   if (outcome == PointerOutcome::kUnchanged) {
     DS_ASSIGN_OR_RETURN(ptr, pointers_.Get(name));  // its creation time is the first push's
   }

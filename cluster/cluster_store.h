@@ -5,7 +5,9 @@
 //   RocksDB    this replica's cache of containers, LRU by bytes (LruIndex)
 //
 // A push uploads the blob, then creates the pointer (one etcd transaction: create-only
-// unless overwrite), then fills the local cache. A read asks Ensure() first: the task's
+// unless overwrite), then waits while a garbage collection deletes that very blob
+// (identical content pushed again: TaskPointers::BeingCollected) and makes sure the
+// blob exists (uploading it again), then fills the local cache. A read asks Ensure() first: the task's
 // pointer (from the watched table, else from etcd) is compared with the cached copy
 // (same created time and size); on a miss the blob is fetched, checked against its
 // digest and committed to the local store. A delete removes the pointer first, then the

@@ -89,12 +89,21 @@ class TaskPointers {
   // Garbage collection of blobs: digests marked at least `grace_s` seconds before
   // `now_unix` that no pointer names now. `delete_blob` is called for each; on success
   // the mark is removed. Returns the number of blobs deleted.
+  // While it deletes a blob, the blob's mark is a tombstone ("deleting ..."), taken by
+  // a compare-and-swap on the mark, and the pointers are read again after it: see
+  // BeingCollected.
   absl::StatusOr<int> CollectGarbage(
       int64_t now_unix, int64_t grace_s,
       const std::function<absl::Status(const std::string&)>& delete_blob) const;
+  // Whether a collection is deleting the blob `digest` now (its tombstone exists). A
+  // push that created a pointer to an existing blob asks this afterwards: while true
+  // it waits, then makes sure the blob exists (uploading it again), so a collection
+  // that raced with it cannot leave the pointer without its blob.
+  absl::StatusOr<bool> BeingCollected(const std::string& digest) const;
 
  private:
   absl::Status MarkGarbage(const std::string& digest) const;
+  absl::StatusOr<bool> AnyPointerNames(const std::string& digest) const;
 
   const EtcdClient* etcd_;
   std::string prefix_;
