@@ -123,6 +123,24 @@ void ClusterStore::GcLoop() {
   }
 }
 
+ClusterStore::FillLock::FillLock(ClusterStore* store, const TaskName& name)
+    : store_(store), name_(name) {
+  {
+    absl::MutexLock lock(&store_->mu_);
+    std::unique_ptr<FillSlot>& slot = store_->fills_[name_];
+    if (slot == nullptr) slot = std::make_unique<FillSlot>();
+    ++slot->users;
+    slot_ = slot.get();
+  }
+  slot_->mu.Lock();
+}
+
+ClusterStore::FillLock::~FillLock() {
+  slot_->mu.Unlock();
+  absl::MutexLock lock(&store_->mu_);
+  if (--slot_->users == 0) store_->fills_.erase(name_);
+}
+
 bool ClusterStore::LocalMatches(const TaskName& name, const TaskPointer& ptr) const {
   absl::StatusOr<storage::TaskInfo> info = local_->GetTask(name.tenant, name.task);
   return info.ok() && info->created_unix == ptr.created_unix && info->total_bytes == ptr.size;
@@ -195,7 +213,7 @@ absl::StatusOr<PointerOutcome> ClusterStore::Publish(const TaskName& name,
     absl::MutexLock lock(&mu_);
     watched_[name] = ptr;
   }
-  absl::MutexLock fill(&fill_mu_);
+  FillLock fill(this, name);
   if (!LocalMatches(name, ptr)) DS_RETURN_IF_ERROR(Fill(name, container, ptr));
   return outcome;
 }
@@ -226,7 +244,7 @@ absl::Status ClusterStore::Ensure(const TaskName& name) {
     return absl::OkStatus();
   };
   if (LocalMatches(name, *ptr)) return hit();
-  absl::MutexLock fill(&fill_mu_);
+  FillLock fill(this, name);
   if (LocalMatches(name, *ptr)) return hit();
   const absl::Time t0 = absl::Now();
   absl::StatusOr<std::string> fetched = blobs_.Get(ptr->digest, ptr->size);

@@ -170,8 +170,24 @@ class ClusterStore {
   mutable absl::Mutex mu_;
   std::map<TaskName, TaskPointer> watched_ ABSL_GUARDED_BY(mu_);
   ClusterStats stats_ ABSL_GUARDED_BY(mu_);
-  // One fill at a time: two misses of the same task fetch it once.
-  absl::Mutex fill_mu_;
+  // Single flight per task: two misses of the same task fetch it once; fills of
+  // different tasks run at once. An entry lives while a fill of its task holds it.
+  struct FillSlot {
+    absl::Mutex mu;
+    int users = 0;  // guarded by ClusterStore::mu_
+  };
+  std::map<TaskName, std::unique_ptr<FillSlot>> fills_ ABSL_GUARDED_BY(mu_);
+  // Holds `name`'s fill slot for its lifetime.
+  class FillLock {
+   public:
+    FillLock(ClusterStore* store, const TaskName& name);
+    ~FillLock();
+
+   private:
+    ClusterStore* store_;
+    TaskName name_;
+    FillSlot* slot_;
+  };
 
   std::atomic<bool> stop_{false};
   std::thread watcher_, collector_;

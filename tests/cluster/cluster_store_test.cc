@@ -234,6 +234,29 @@ TEST(ClusterStoreLiveTest, RePushDuringCollectionKeepsTheBlob) {
   EXPECT_EQ(Assembled(b, "t", "new"), v);
 }
 
+// Single flight per task: concurrent misses of one task fetch it once; misses of other
+// tasks are fetched alongside (each its own fill).
+TEST(ClusterStoreLiveTest, ConcurrentMissesOfOneTaskFetchItOnce) {
+  DS_SKIP_WITHOUT_CLUSTER();
+  deltaserve::testing::ScopedTempDir tmp;
+  ClusterOptions o = LiveOptions(0);
+  ASSERT_OK_AND_ASSIGN(Replica a, OpenReplica(tmp.File("a"), o));
+  ASSERT_THAT(Push(a, "x", Container(51)).status(), IsOk());
+  ASSERT_THAT(Push(a, "y", Container(52)).status(), IsOk());
+  ASSERT_OK_AND_ASSIGN(Replica b, OpenReplica(tmp.File("b"), o));
+  std::vector<std::thread> threads;
+  std::vector<absl::Status> got(6);
+  for (size_t i = 0; i < got.size(); ++i) {
+    threads.emplace_back([&, i] { got[i] = b.cluster->Ensure({"t", i % 2 ? "x" : "y"}); });
+  }
+  for (std::thread& t : threads) t.join();
+  for (const absl::Status& s : got) EXPECT_THAT(s, IsOk());
+  EXPECT_EQ(b.cluster->stats().misses, 2u);
+  EXPECT_EQ(b.cluster->stats().hits, 4u);
+  EXPECT_EQ(Assembled(b, "t", "x"), Container(51));
+  EXPECT_EQ(Assembled(b, "t", "y"), Container(52));
+}
+
 TEST(ClusterStoreLiveTest, CacheIsBoundedAndSurvivesRestart) {
   DS_SKIP_WITHOUT_CLUSTER();
   deltaserve::testing::ScopedTempDir tmp;
