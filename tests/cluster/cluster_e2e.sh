@@ -176,6 +176,7 @@ for n in 1 2 3; do
   lb_wait_status lb "r$n" 10 UP || fail "r$n not UP in haproxy: $(lb_server_state lb "r$n")"
 done
 a=$(now_ms)
+# shellcheck disable=SC2154  # CLUSTER_PID_s3fwd: set by cluster_start (eval)
 kill -STOP "$CLUSTER_PID_s3fwd"
 lb_wait_status lb r3 15 DOWN || fail "r3 not marked DOWN: $(lb_server_state lb r3)"
 b=$(now_ms)
