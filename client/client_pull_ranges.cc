@@ -170,6 +170,8 @@ absl::StatusOr<PullStats> PullRanges(
     v1::DeltaService::Stub* stub = i == 0 ? impl.stub.get() : r.own_stub.get();
     const uint32_t end = ranges[i].second;
     uint32_t next = ranges[i].first;
+    // The previous attempt's checker while it holds a partial tensor to resume.
+    std::unique_ptr<WeightsStreamChecker> previous;
     for (uint32_t attempt = 0;; ++attempt) {
       const uint32_t tensors_before = r.sink->tensors();
       const uint64_t bytes_before = r.sink->bytes();
@@ -183,8 +185,16 @@ absl::StatusOr<PullStats> PullRanges(
       v1::StreamWeightsRequest request = base_request;
       request.set_resume_from_index(next);
       request.set_end_index(end);
-      WeightsStreamChecker checker(absl::StrCat(label, " tensors [", next, ", ", end, ")"),
-                                   r.sink.get(), range_options, start);
+      auto owned = std::make_unique<WeightsStreamChecker>(
+          absl::StrCat(label, " tensors [", next, ", ", end, ")"), r.sink.get(), range_options,
+          start);
+      WeightsStreamChecker& checker = *owned;
+      if (previous != nullptr) {
+        // Resume the tensor cut midway at the byte where it stopped.
+        request.set_resume_from_offset(previous->received_bytes());
+        checker.ContinueFrom(*previous);
+        previous.reset();
+      }
       r.status = RunStreamWeightsCall(impl, stub, request, range_options, &stop, &checker);
       if (checker.stats().tensors > 0 &&
           (r.first_tensor_seconds == 0 ||
@@ -192,9 +202,14 @@ absl::StatusOr<PullStats> PullRanges(
         r.first_tensor_seconds = checker.stats().first_tensor_seconds;
       }
       if (r.status.ok()) return;
-      r.sink->DropUnfinished();
       if (checker.last_verified_index() >= 0) {
         next = static_cast<uint32_t>(checker.last_verified_index()) + 1;
+      }
+      if (r.status.code() == absl::StatusCode::kUnavailable && checker.partial_index() >= 0 &&
+          static_cast<uint32_t>(checker.partial_index()) == next) {
+        previous = std::move(owned);  // its bytes so far stay in the sink
+      } else {
+        r.sink->DropUnfinished();
       }
       if (next >= end && r.status.code() == absl::StatusCode::kUnavailable) {
         r.status = absl::OkStatus();  // every tensor of the range arrived verified

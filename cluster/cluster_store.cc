@@ -12,6 +12,19 @@ namespace {
 // Pause between watch attempts after an error (etcd restarting, network).
 constexpr absl::Duration kWatchRetry = absl::Milliseconds(500);
 
+// Longest wait of a push for a collection deleting its blob (a collector that died
+// leaves its tombstone; the push then checks the blob anyway).
+constexpr absl::Duration kCollectionWait = absl::Seconds(30);
+
+// Timeouts of Probe(): short, so that a health check sees a hung dependency quickly.
+constexpr int kProbeTimeoutS = 2;
+
+S3Options ProbeS3Options(S3Options o) {
+  o.connect_timeout_s = kProbeTimeoutS;
+  o.request_timeout_s = kProbeTimeoutS;
+  return o;
+}
+
 TaskName SplitKey(const std::string& joined) {
   size_t slash = joined.find('/');
   return TaskName{joined.substr(0, slash), joined.substr(slash + 1)};
@@ -39,6 +52,8 @@ ClusterStore::ClusterStore(const ClusterOptions& options, storage::DeltaStore* l
       local_(local),
       mutate_(std::move(mutate)),
       etcd_(options.etcd_endpoint),
+      probe_etcd_(options.etcd_endpoint, kProbeTimeoutS),
+      probe_s3_(ProbeS3Options(options.s3)),
       pointers_(&etcd_, options.etcd_prefix),
       blobs_(options.s3, options.blobs),
       lru_(options.cache_bytes) {}
@@ -108,6 +123,24 @@ void ClusterStore::GcLoop() {
   }
 }
 
+ClusterStore::FillLock::FillLock(ClusterStore* store, const TaskName& name)
+    : store_(store), name_(name) {
+  {
+    absl::MutexLock lock(&store_->mu_);
+    std::unique_ptr<FillSlot>& slot = store_->fills_[name_];
+    if (slot == nullptr) slot = std::make_unique<FillSlot>();
+    ++slot->users;
+    slot_ = slot.get();
+  }
+  slot_->mu.Lock();
+}
+
+ClusterStore::FillLock::~FillLock() {
+  slot_->mu.Unlock();
+  absl::MutexLock lock(&store_->mu_);
+  if (--slot_->users == 0) store_->fills_.erase(name_);
+}
+
 bool ClusterStore::LocalMatches(const TaskName& name, const TaskPointer& ptr) const {
   absl::StatusOr<storage::TaskInfo> info = local_->GetTask(name.tenant, name.task);
   return info.ok() && info->created_unix == ptr.created_unix && info->total_bytes == ptr.size;
@@ -157,9 +190,22 @@ absl::StatusOr<PointerOutcome> ClusterStore::Publish(const TaskName& name,
           " used in the cluster, task '", name.task, "' needs ", container_bytes.size()));
     }
   }
-  DS_ASSIGN_OR_RETURN(ptr.digest, blobs_.Put(container_bytes));
+  absl::StatusOr<std::string> digest = blobs_.Put(container_bytes);
+  if (!digest.ok()) return CountS3Error(digest.status());
+  ptr.digest = *digest;
   ptr.size = container_bytes.size();
+  ptr.written_ms = absl::ToUnixMillis(absl::Now());
   DS_ASSIGN_OR_RETURN(PointerOutcome outcome, pointers_.Create(name, ptr, overwrite));
+  // A collection of this very blob (identical content pushed again after its pointer
+  // went) may be deleting it right now: wait for it, then make sure the blob exists.
+  for (absl::Time give_up = absl::Now() + kCollectionWait;;) {
+    DS_ASSIGN_OR_RETURN(bool collecting, pointers_.BeingCollected(ptr.digest));
+    if (!collecting || absl::Now() > give_up) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  if (absl::Status again = blobs_.Put(container_bytes).status(); !again.ok()) {
+    return CountS3Error(again);
+  }
   if (outcome == PointerOutcome::kUnchanged) {
     DS_ASSIGN_OR_RETURN(ptr, pointers_.Get(name));  // its creation time is the first push's
   }
@@ -167,7 +213,7 @@ absl::StatusOr<PointerOutcome> ClusterStore::Publish(const TaskName& name,
     absl::MutexLock lock(&mu_);
     watched_[name] = ptr;
   }
-  absl::MutexLock fill(&fill_mu_);
+  FillLock fill(this, name);
   if (!LocalMatches(name, ptr)) DS_RETURN_IF_ERROR(Fill(name, container, ptr));
   return outcome;
 }
@@ -198,9 +244,12 @@ absl::Status ClusterStore::Ensure(const TaskName& name) {
     return absl::OkStatus();
   };
   if (LocalMatches(name, *ptr)) return hit();
-  absl::MutexLock fill(&fill_mu_);
+  FillLock fill(this, name);
   if (LocalMatches(name, *ptr)) return hit();
-  DS_ASSIGN_OR_RETURN(std::string bytes, blobs_.Get(ptr->digest, ptr->size));
+  const absl::Time t0 = absl::Now();
+  absl::StatusOr<std::string> fetched = blobs_.Get(ptr->digest, ptr->size);
+  if (!fetched.ok()) return CountS3Error(fetched.status());
+  const std::string& bytes = *fetched;
   auto span = absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
   absl::StatusOr<codec::ContainerReader> container = codec::ContainerReader::Parse(span);
   if (!container.ok()) {
@@ -211,6 +260,7 @@ absl::Status ClusterStore::Ensure(const TaskName& name) {
   absl::MutexLock lock(&mu_);
   ++stats_.misses;
   stats_.fetched_bytes += bytes.size();
+  stats_.fill_seconds += absl::ToDoubleSeconds(absl::Now() - t0);
   return absl::OkStatus();
 }
 
@@ -231,9 +281,36 @@ absl::StatusOr<int> ClusterStore::CollectGarbage() {
                                   [&](const std::string& digest) { return blobs_.Delete(digest); });
 }
 
+absl::Status ClusterStore::Probe() {
+  if (absl::StatusOr<std::optional<KeyValue>> got =
+          probe_etcd_.Get(absl::StrCat(options_.etcd_prefix, "health"));
+      !got.ok()) {
+    return absl::UnavailableError(absl::StrCat("etcd ", etcd_.endpoint(), ": ",
+                                               got.status().message()));
+  }
+  absl::StatusOr<uint64_t> head = probe_s3_.HeadObject("health/probe");
+  if (!head.ok() && !absl::IsNotFound(head.status())) {
+    CountS3Error(head.status()).IgnoreError();
+    return absl::UnavailableError(absl::StrCat("object store ", options_.s3.endpoint, ": ",
+                                               head.status().message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ClusterStore::CountS3Error(absl::Status s) {
+  if (!s.ok() && !absl::IsNotFound(s)) {
+    absl::MutexLock lock(&mu_);
+    ++stats_.object_store_errors;
+  }
+  return s;
+}
+
 ClusterStats ClusterStore::stats() const {
+  const uint64_t cached = lru_.bytes();
   absl::MutexLock lock(&mu_);
-  return stats_;
+  ClusterStats out = stats_;
+  out.cached_bytes = cached;
+  return out;
 }
 
 void ClusterStore::Apply(const TaskName& name, const std::optional<TaskPointer>& ptr) {
@@ -287,6 +364,11 @@ void ClusterStore::WatchLoop() {
                     continue;
                   }
                   absl::StatusOr<TaskPointer> ptr = DecodePointer(e.kv.value, e.kv.key);
+                  if (ptr.ok() && ptr->written_ms > 0) {
+                    const int64_t lag_ms = absl::ToUnixMillis(absl::Now()) - ptr->written_ms;
+                    absl::MutexLock lock(&mu_);
+                    stats_.watch_lag_seconds = static_cast<double>(std::max<int64_t>(lag_ms, 0)) / 1e3;
+                  }
                   // A pointer that does not parse: forget it (Ensure asks etcd and
                   // reports the DataLoss to the caller).
                   Apply(*name, ptr.ok() ? std::optional<TaskPointer>(*ptr) : std::nullopt);

@@ -5,7 +5,9 @@
 //   RocksDB    this replica's cache of containers, LRU by bytes (LruIndex)
 //
 // A push uploads the blob, then creates the pointer (one etcd transaction: create-only
-// unless overwrite), then fills the local cache. A read asks Ensure() first: the task's
+// unless overwrite), then waits while a garbage collection deletes that very blob
+// (identical content pushed again: TaskPointers::BeingCollected) and makes sure the
+// blob exists (uploading it again), then fills the local cache. A read asks Ensure() first: the task's
 // pointer (from the watched table, else from etcd) is compared with the cached copy
 // (same created time and size); on a miss the blob is fetched, checked against its
 // digest and committed to the local store. A delete removes the pointer first, then the
@@ -79,8 +81,20 @@ absl::StatusOr<ClusterOptions> ParseClusterOptions(absl::string_view json_text,
 absl::StatusOr<ClusterOptions> LoadClusterOptions(const std::string& path);
 
 struct ClusterStats {
+  // Ensure() found the local copy / fetched the blob; bytes and seconds of those fetches
+  // (download, digest check and local commit); tasks evicted by the LRU; local copies
+  // dropped because the watch saw a delete or overwrite.
   uint64_t hits = 0, misses = 0, fetched_bytes = 0, evictions = 0, watch_drops = 0;
+  double fill_seconds = 0;
   uint64_t gc_deleted = 0, gc_errors = 0;  // blobs deleted by the periodic GC; failed runs
+  // Failed calls to the object store (fetch, upload, probe): anything but NotFound.
+  uint64_t object_store_errors = 0;
+  // Container bytes this replica's cache holds (LRU's count).
+  uint64_t cached_bytes = 0;
+  // The latest put the watch delivered: its delay from the writer's clock (written_ms)
+  // to this replica applying it, seconds (clocks of replicas assumed in sync; 0 before
+  // the first).
+  double watch_lag_seconds = 0;
 };
 
 class ClusterStore {
@@ -117,6 +131,9 @@ class ClusterStore {
   absl::StatusOr<TaskPointer> Delete(const TaskName& name);
   // Deletes blobs that lost their pointer at least gc_grace_s ago. Returns how many.
   absl::StatusOr<int> CollectGarbage();
+  // Reachability of etcd and the object store, for health checks: one etcd read and one
+  // S3 HEAD, each with a 2 s timeout. OK, or Unavailable naming the one that failed.
+  absl::Status Probe();
 
   ClusterStats stats() const;
   const BlobStore& blobs() const { return blobs_; }
@@ -134,6 +151,8 @@ class ClusterStore {
   void WatchLoop();
   // GC thread: CollectGarbage every gc_interval_s until stopped.
   void GcLoop();
+  // Counts an object-store error (not NotFound); returns `s`.
+  absl::Status CountS3Error(absl::Status s);
   // Applies the current pointer table `now` (nullopt entry = deleted) to the watched
   // table and the local copies.
   void Apply(const TaskName& name, const std::optional<TaskPointer>& ptr);
@@ -142,6 +161,8 @@ class ClusterStore {
   storage::DeltaStore* local_;
   Mutate mutate_;
   EtcdClient etcd_;
+  EtcdClient probe_etcd_;  // short timeouts (Probe)
+  S3Client probe_s3_;
   TaskPointers pointers_;
   BlobStore blobs_;
   LruIndex lru_;
@@ -149,8 +170,24 @@ class ClusterStore {
   mutable absl::Mutex mu_;
   std::map<TaskName, TaskPointer> watched_ ABSL_GUARDED_BY(mu_);
   ClusterStats stats_ ABSL_GUARDED_BY(mu_);
-  // One fill at a time: two misses of the same task fetch it once.
-  absl::Mutex fill_mu_;
+  // Single flight per task: two misses of the same task fetch it once; fills of
+  // different tasks run at once. An entry lives while a fill of its task holds it.
+  struct FillSlot {
+    absl::Mutex mu;
+    int users = 0;  // guarded by ClusterStore::mu_
+  };
+  std::map<TaskName, std::unique_ptr<FillSlot>> fills_ ABSL_GUARDED_BY(mu_);
+  // Holds `name`'s fill slot for its lifetime.
+  class FillLock {
+   public:
+    FillLock(ClusterStore* store, const TaskName& name);
+    ~FillLock();
+
+   private:
+    ClusterStore* store_;
+    TaskName name_;
+    FillSlot* slot_;
+  };
 
   std::atomic<bool> stop_{false};
   std::thread watcher_, collector_;

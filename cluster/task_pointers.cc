@@ -18,6 +18,9 @@ using json = nlohmann::json;
 // replacing the same task).
 constexpr int kReplaceAttempts = 8;
 
+// Value of a gc mark while a collection deletes that blob: "deleting <unix s>".
+constexpr char kTombstone[] = "deleting ";
+
 }  // namespace
 
 std::string EncodePointer(const TaskPointer& p) {
@@ -27,7 +30,8 @@ std::string EncodePointer(const TaskPointer& p) {
               {"created", p.created_unix},
               {"tensors", p.num_tensors},
               {"weights", p.weights},
-              {"merged_bytes", p.merged_bytes}}
+              {"merged_bytes", p.merged_bytes},
+              {"written_ms", p.written_ms}}
       .dump();
 }
 
@@ -56,13 +60,16 @@ absl::StatusOr<TaskPointer> DecodePointer(absl::string_view text, absl::string_v
   p.size = static_cast<uint64_t>(*size);
   p.base_hash = *base;
   p.created_unix = *created;
+  uint64_t written_ms = 0;
   for (auto [field, out] : {std::pair{"tensors", &p.num_tensors}, std::pair{"weights", &p.weights},
-                            std::pair{"merged_bytes", &p.merged_bytes}}) {
+                            std::pair{"merged_bytes", &p.merged_bytes},
+                            std::pair{"written_ms", &written_ms}}) {
     if (!j->contains(field)) continue;
     absl::StatusOr<int64_t> v = common::JsonToNonNegativeInt((*j)[field], field);
     if (!v.ok()) return bad(v.status().message());
     *out = static_cast<uint64_t>(*v);
   }
+  p.written_ms = static_cast<int64_t>(written_ms);
   return p;
 }
 
@@ -139,6 +146,20 @@ absl::Status TaskPointers::Delete(const TaskName& name) const {
   return MarkGarbage(old.digest);
 }
 
+absl::StatusOr<bool> TaskPointers::AnyPointerNames(const std::string& digest) const {
+  DS_ASSIGN_OR_RETURN(auto pointers, List(""));
+  for (const auto& [name, p] : pointers) {
+    if (p.digest == digest) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<bool> TaskPointers::BeingCollected(const std::string& digest) const {
+  DS_ASSIGN_OR_RETURN(std::optional<KeyValue> mark,
+                      etcd_->Get(absl::StrCat(prefix_, "gc/", digest)));
+  return mark.has_value() && absl::StartsWith(mark->value, kTombstone);
+}
+
 absl::Status TaskPointers::MarkGarbage(const std::string& digest) const {
   // A later mark of the same digest keeps the earlier time (PutIfAbsent): the grace
   // period runs from the first time the blob lost a pointer.
@@ -160,15 +181,27 @@ absl::StatusOr<int> TaskPointers::CollectGarbage(
   for (const KeyValue& kv : marks.kvs) {
     std::string digest = kv.key.substr(gc_prefix.size());
     int64_t marked = 0;
+    // A tombstone left by a collection that died midway: expired.
     if (!absl::SimpleAtoi(kv.value, &marked)) marked = 0;
     if (live.count(digest) > 0) {  // pushed again since: not garbage
       DS_RETURN_IF_ERROR(etcd_->Delete(kv.key).status());
       continue;
     }
     if (now_unix - marked < grace_s) continue;
-    DS_RETURN_IF_ERROR(delete_blob(digest));
+    // The mark becomes a tombstone (only if nobody changed it since we read it), then
+    // the pointers are read again: a push that created its pointer before the tombstone
+    // is seen here (the blob stays); one that creates it later sees the tombstone and
+    // uploads its blob again once it is gone (EnsureBlobAfterCollection).
+    DS_ASSIGN_OR_RETURN(bool claimed,
+                        etcd_->PutIfRevision(kv.key, absl::StrCat(kTombstone, now_unix),
+                                             kv.mod_revision));
+    if (!claimed) continue;  // another collector, or marked again: next run
+    DS_ASSIGN_OR_RETURN(bool named, AnyPointerNames(digest));
+    if (!named) {
+      DS_RETURN_IF_ERROR(delete_blob(digest));
+      ++deleted;
+    }
     DS_RETURN_IF_ERROR(etcd_->Delete(kv.key).status());
-    ++deleted;
   }
   return deleted;
 }

@@ -1,7 +1,9 @@
 // TaskPointers: the cluster's task table in etcd. A task is a pointer
 //   key   "<prefix>tasks/<tenant>/<task>"
 //   value {"digest": "<sha256 hex>", "size": N, "base_hash": "<hex>", "created": unix_s,
-//          "tensors": N, "weights": N, "merged_bytes": N}   (the last three optional)
+//          "tensors": N, "weights": N, "merged_bytes": N, "written_ms": N}
+//   (the last four optional; written_ms: the writer's clock, unix milliseconds, for the
+//   watch-lag metric only)
 // to an immutable container blob (cluster/blob_store.h). Names are storage::ValidateName
 // names (no '/'), so the key splits back unambiguously.
 //
@@ -38,6 +40,9 @@ struct TaskPointer {
   // What listings show without the container (so every replica lists the same):
   // tensor count, weight count, merged bytes at the recorded dtypes. 0 if unknown.
   uint64_t num_tensors = 0, weights = 0, merged_bytes = 0;
+  // When the pointer was written (writer's clock, unix ms; 0 if unknown). Only for
+  // deltaserve_cluster_watch_lag_seconds: nothing decides by it.
+  int64_t written_ms = 0;
 
   bool operator==(const TaskPointer&) const = default;
 };
@@ -84,12 +89,21 @@ class TaskPointers {
   // Garbage collection of blobs: digests marked at least `grace_s` seconds before
   // `now_unix` that no pointer names now. `delete_blob` is called for each; on success
   // the mark is removed. Returns the number of blobs deleted.
+  // While it deletes a blob, the blob's mark is a tombstone ("deleting ..."), taken by
+  // a compare-and-swap on the mark, and the pointers are read again after it: see
+  // BeingCollected.
   absl::StatusOr<int> CollectGarbage(
       int64_t now_unix, int64_t grace_s,
       const std::function<absl::Status(const std::string&)>& delete_blob) const;
+  // Whether a collection is deleting the blob `digest` now (its tombstone exists). A
+  // push that created a pointer to an existing blob asks this afterwards: while true
+  // it waits, then makes sure the blob exists (uploading it again), so a collection
+  // that raced with it cannot leave the pointer without its blob.
+  absl::StatusOr<bool> BeingCollected(const std::string& digest) const;
 
  private:
   absl::Status MarkGarbage(const std::string& digest) const;
+  absl::StatusOr<bool> AnyPointerNames(const std::string& digest) const;
 
   const EtcdClient* etcd_;
   std::string prefix_;

@@ -37,7 +37,7 @@ int Run(int argc, char** argv) {
   std::string preload, log_format = "text";
   int drain_seconds = 30;
   double stall_seconds = 10, write_timeout_seconds = 600, keepalive_seconds = 60,
-         keepalive_timeout_seconds = 20, min_client_ping_seconds = 5;
+         keepalive_timeout_seconds = 20, min_client_ping_seconds = 5, health_interval_seconds = 1;
   CLI::App app{"deltaserved: serves Delta-DCT task deltas merged into a resident base"};
   app.set_version_flag("--version", "deltaserved " DELTASERVE_VERSION);
   app.add_option("--base", o.base_path, "base model (.safetensors file, index or directory)")
@@ -47,6 +47,12 @@ int Run(int argc, char** argv) {
   app.add_option("--cluster-config", o.cluster_config_path,
                  "cluster mode: S3 + etcd config file (server/CONFIG.md); unset = single node")
       ->envname("DELTASERVE_CLUSTER_CONFIG");
+  app.add_option("--agent-listen", o.agent_listen,
+                 "HAProxy agent-check address host:port (\"\" = off): up / down / drain")
+      ->envname("DELTASERVE_AGENT_LISTEN");
+  app.add_option("--health-interval-seconds", health_interval_seconds,
+                 "cluster mode: probe etcd and S3 this often (health, agent check)")
+      ->envname("DELTASERVE_HEALTH_INTERVAL_SECONDS")->capture_default_str();
   app.add_option("--listen", o.listen, "gRPC address host:port")->envname("DELTASERVE_LISTEN")
       ->capture_default_str();
   app.add_option("--metrics-listen", o.metrics_listen, "Prometheus /metrics address (\"\" = off)")
@@ -111,6 +117,7 @@ int Run(int argc, char** argv) {
                                               : internal::LogFormat::kText);
   if (!preload.empty()) o.preload = absl::StrSplit(preload, ',', absl::SkipEmpty());
   o.drain_timeout = absl::Seconds(drain_seconds);
+  o.health_interval = absl::Seconds(health_interval_seconds);
   o.stall_after = absl::Seconds(stall_seconds);
   o.write_timeout = absl::Seconds(write_timeout_seconds);
   o.keepalive_time = absl::Seconds(keepalive_seconds);

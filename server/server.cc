@@ -29,6 +29,7 @@
 #include "prometheus/text_serializer.h"
 #include "server/internal/context.h"
 #include "server/internal/fd_limit.h"
+#include "server/internal/health.h"
 #include "server/internal/listener.h"
 #include "server/internal/log.h"
 #include "server/internal/merged_tensors.h"
@@ -41,7 +42,6 @@ namespace {
 // Threads of the control pool (ServiceContext::control).
 constexpr size_t kControlThreads = 2;
 
-constexpr char kServiceName[] = "deltaserve.v1.DeltaService";
 constexpr char kVersion[] = DELTASERVE_VERSION;  // project(... VERSION) in CMake
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerOptions& o) {
@@ -124,6 +124,9 @@ absl::Status ServerOptions::Validate() const {
   if (grpc_memory_bytes < (16u << 20)) {
     return absl::InvalidArgumentError("ServerOptions.grpc_memory_bytes must be >= 16 MiB");
   }
+  if (health_interval < absl::Milliseconds(10)) {
+    return absl::InvalidArgumentError("ServerOptions.health_interval must be >= 10 ms");
+  }
   if (drain_timeout < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ServerOptions.drain_timeout must be >= 0");
   }
@@ -166,6 +169,8 @@ struct Server::Impl {
   std::unique_ptr<internal::Listener> listener;
   int max_connections = 0;
   std::unique_ptr<prometheus::Exposer> exposer;
+  // gRPC health and the agent-check port; after grpc_server (it uses its health service).
+  std::unique_ptr<internal::HealthMonitor> health;
   int port = 0;
   int metrics_port = 0;
 
@@ -355,14 +360,19 @@ absl::Status Server::Impl::Init() {
                     {&metrics->connections(), &metrics->connections_refused("limit"),
                      &metrics->connections_refused("descriptors")});
   }
-  grpc::HealthCheckServiceInterface* health = grpc_server->GetHealthCheckService();
-  if (health) {
-    health->SetServingStatus(true);
-    health->SetServingStatus(kServiceName, true);
+  internal::HealthMonitor::Options health_options;
+  health_options.agent_listen = options.agent_listen;
+  health_options.interval = options.health_interval;
+  health_options.serving = &metrics->serving();
+  if (cluster) {
+    health_options.probe = [c = cluster.get()] { return c->Probe(); };
   }
+  DS_ASSIGN_OR_RETURN(health, internal::HealthMonitor::Start(std::move(health_options),
+                                                             grpc_server->GetHealthCheckService()));
   housekeeper = std::thread([this] { Housekeep(); });
   internal::LogInfo("serving", {{"listen", options.listen}, {"port", std::to_string(port)},
                                 {"metrics_port", std::to_string(metrics_port)},
+                                {"agent_port", std::to_string(health->agent_port())},
                                 {"tls", options.tls_cert_path.empty() ? "off" : "on"},
                                 {"workers", std::to_string(workers)},
                                 {"cache_bytes", std::to_string(options.cache_bytes)}});
@@ -377,6 +387,7 @@ void Server::Impl::Housekeep() {
       metrics->store_writes_blocked().Set(disk->writes_blocked ? 1 : 0);
     }
     metrics->streams_stalled().Set(stalls.Scan(options.stall_after, options.write_timeout));
+    if (cluster) metrics->PublishCluster(cluster->stats());
     if (listener) listener->Sweep();
     // After a burst of calls, give the freed heap back: glibc keeps freed chunks of its
     // arenas (measured: RSS stayed at ~270 MiB after 64 concurrent pulls, idle 37 MiB).
@@ -425,10 +436,8 @@ void Server::Shutdown(absl::Duration drain) {
                                  {"calls", std::to_string(s.drain.in_progress())}});
   // Health answers NOT_SERVING for as long as calls drain (the gRPC server keeps serving
   // health checks until it stops); new DeltaService calls get UNAVAILABLE.
-  if (grpc::HealthCheckServiceInterface* health = s.grpc_server->GetHealthCheckService()) {
-    health->SetServingStatus(false);
-    health->SetServingStatus(kServiceName, false);
-  }
+  // The agent answers "drain": HAProxy sends this replica no new calls.
+  if (s.health) s.health->StartDrain();
   s.drain.StartDrain();
   const int64_t left = s.drain.WaitIdle(t0 + drain);
   // Closes the connections gracefully (what finished calls wrote but clients have not
@@ -443,6 +452,7 @@ void Server::Shutdown(absl::Duration drain) {
   s.control_pool->Shutdown();
   s.pool->Shutdown();
   StopExposer(std::move(s.exposer), s.metrics_port);
+  s.health.reset();   // its probe uses the cluster store
   s.cluster.reset();  // its watch thread writes to the store
   s.store.reset();  // every TaskReader is gone with its reactor
   internal::LogInfo("stopped", {{"cancelled_calls", std::to_string(left)},
@@ -454,6 +464,7 @@ void Server::Wait() { impl_->stopped.WaitForNotification(); }
 
 int Server::port() const { return impl_->port; }
 int Server::metrics_port() const { return impl_->metrics_port; }
+int Server::agent_port() const { return impl_->health ? impl_->health->agent_port() : 0; }
 const std::string& Server::base_hash_hex() const { return impl_->ctx.base_hash_hex; }
 
 std::string Server::MetricsText() const {

@@ -114,6 +114,13 @@ struct ServerOptions {
   // single-node mode, the local store is the only store. Default: unset.
   std::string cluster_config_path;
   std::optional<cluster::ClusterOptions> cluster;
+  // HAProxy agent-check address "host:port" (server/internal/health.h: each connection
+  // gets "up ready", "down #reason" or "drain" and is closed); port 0 picks a free port
+  // (Server::agent_port()). "" = none. Default: "".
+  std::string agent_listen;
+  // Cluster mode: etcd and S3 are probed this often; a failed probe turns health
+  // NOT_SERVING (agent: down) until one succeeds. Default: 1 s.
+  absl::Duration health_interval = absl::Seconds(1);
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;
@@ -140,6 +147,8 @@ class Server {
   // Bound gRPC port and metrics port (0 if no exposer).
   int port() const;
   int metrics_port() const;
+  // Bound agent-check port (0 if none).
+  int agent_port() const;
   // Hex hash of the resident base (codec::BaseHashHex(ComputeBaseHash(base))).
   const std::string& base_hash_hex() const;
   // The Prometheus text exposition of every metric (what /metrics serves).

@@ -1,5 +1,7 @@
 #include "client/internal/weights_stream.h"
 
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "codec/safetensors.h"
 #include "common/status_macros.h"
@@ -49,8 +51,38 @@ absl::Status WeightsStreamChecker::Bad(absl::string_view what) const {
   return absl::DataLossError(absl::StrCat(label_, ": malformed stream: ", what));
 }
 
+int64_t WeightsStreamChecker::partial_index() const {
+  // Still waiting for the resumed tensor's header: it is still the partial one.
+  if (resumed_header_.has_value()) return static_cast<int64_t>(resumed_header_->index());
+  return in_tensor_ && received_ > 0 ? static_cast<int64_t>(header_.index()) : -1;
+}
+
+void WeightsStreamChecker::ContinueFrom(const WeightsStreamChecker& previous) {
+  resumed_header_ = previous.resumed_header_.value_or(previous.header_);
+  received_ = previous.received_;
+  XXH3_copyState(hash_, previous.hash_);
+}
+
 absl::Status WeightsStreamChecker::Header(const v1::TensorHeader& h) {
   if (!began_ || in_tensor_ || ended_) return Bad("tensor header out of place");
+  if (resumed_header_.has_value()) {
+    // The resumed tensor: the same one, its checksum in this header (the server never
+    // lets it follow a resumed tensor's data); the bytes before received_ are kept.
+    const v1::TensorHeader was = *std::exchange(resumed_header_, std::nullopt);
+    if (h.index() != was.index() || h.name() != was.name() || h.dtype() != was.dtype() ||
+        h.byte_length() != was.byte_length() || h.checksum_follows()) {
+      return Bad(absl::StrCat("resumed tensor '", was.name(), "' (index ", was.index(),
+                              ") came back as '", h.name(), "' (index ", h.index(), ", ",
+                              h.byte_length(), " bytes", h.checksum_follows() ? ", checksum_follows" : "",
+                              ")"));
+    }
+    header_ = h;
+    in_tensor_ = true;
+    progress_.current = h.name();
+    DS_RETURN_IF_ERROR(MaybeFinishTensor());
+    if (!in_tensor_) Report();
+    return absl::OkStatus();
+  }
   absl::StatusOr<codec::DType> dtype = proto::FromProtoDType(h.dtype());
   if (!dtype.ok()) return Bad(absl::StrCat("tensor '", h.name(), "': ", dtype.status().message()));
   header_ = h;

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -98,6 +99,17 @@ class WeightsStreamChecker {
   // Container index (TensorHeader.index) of the last tensor whose checksum matched;
   // -1 if none yet.
   int64_t last_verified_index() const { return last_verified_index_; }
+  // A tensor begun and not finished (its stream broke) with at least one byte received:
+  // a new stream can resume it at byte received_bytes() (StreamWeightsRequest
+  // resume_from_index = partial_index(), resume_from_offset = received_bytes()), through
+  // a checker that ContinueFrom(this). -1 if none.
+  int64_t partial_index() const;
+  uint64_t received_bytes() const { return received_; }
+  // This checker's first tensor is `previous`'s partial one (REQUIRES:
+  // previous.partial_index() >= 0), resumed at previous.received_bytes(): its header
+  // must describe the same tensor (else DataLoss), the sink gets no second TensorBegin,
+  // the bytes already received stay and the whole tensor's XXH3-64 is checked.
+  void ContinueFrom(const WeightsStreamChecker& previous);
 
  private:
   absl::Status Bad(absl::string_view what) const;
@@ -117,6 +129,8 @@ class WeightsStreamChecker {
   codec::TensorInfo info_;
   uint64_t received_ = 0;
   int64_t last_verified_index_ = -1;
+  // Set by ContinueFrom until the first header: the tensor being resumed.
+  std::optional<v1::TensorHeader> resumed_header_;
   PullStats stats_;
   Progress progress_;
 };

@@ -59,6 +59,9 @@ class Listener {
   ~Listener();  // Stop()
 
   int port() const { return port_; }
+  // The bound sockets (non-blocking), for a caller that accepts on them itself instead
+  // of Start() (HealthMonitor's agent port). Closed by Stop() and the destructor.
+  const std::vector<int>& listen_fds() const { return listen_fds_; }
 
   // Starts the accept thread. `acceptor` must be started (its server built) and
   // outlive Stop(). REQUIRES: max_connections >= 1.

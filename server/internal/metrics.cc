@@ -1,5 +1,7 @@
 #include "server/internal/metrics.h"
 
+#include "cluster/cluster_store.h"
+
 namespace deltaserve::server::internal {
 namespace {
 
@@ -126,6 +128,9 @@ Metrics::Metrics(std::string_view version)
                      .Help("Bytes of the resident base model")
                      .Register(r)
                      .Add({});
+  serving_ = gauge("deltaserve_serving",
+                   "1 while health is SERVING (grpc.health.v1 and the agent check); 0 while "
+                   "draining or, in cluster mode, while etcd or the object store is unreachable");
   base_tensors_ = &BuildGauge()
                        .Name("deltaserve_base_tensors")
                        .Help("Tensors of the resident base model")
@@ -137,6 +142,71 @@ Metrics::Metrics(std::string_view version)
       .Register(r)
       .Add({{"version", std::string(version)}})
       .Set(1);
+}
+
+// The counters advance by the difference of ClusterStats between two publications.
+struct Metrics::ClusterMetrics {
+  prometheus::Counter *hits, *misses, *fill_bytes, *fill_seconds, *evictions, *watch_drops,
+      *store_errors, *gc_deleted, *gc_errors;
+  prometheus::Gauge *cached_bytes, *watch_lag;
+  cluster::ClusterStats last;
+};
+
+Metrics::~Metrics() = default;
+
+void Metrics::PublishCluster(const cluster::ClusterStats& stats) {
+  prometheus::Registry& r = *registry_;
+  if (!cluster_) {
+    auto counter = [&](const char* name, const char* help) {
+      return &BuildCounter().Name(name).Help(help).Register(r).Add({});
+    };
+    auto gauge = [&](const char* name, const char* help) {
+      return &BuildGauge().Name(name).Help(help).Register(r).Add({});
+    };
+    cluster_ = std::make_unique<ClusterMetrics>(ClusterMetrics{
+        counter("deltaserve_cluster_cache_hits_total",
+                "Cluster mode: task reads served from this replica's container cache"),
+        counter("deltaserve_cluster_cache_misses_total",
+                "Cluster mode: task reads that fetched the container from the object store"),
+        counter("deltaserve_cluster_fill_bytes_total",
+                "Cluster mode: container bytes fetched from the object store on misses"),
+        counter("deltaserve_cluster_fill_seconds_total",
+                "Cluster mode: seconds spent on misses (fetch, digest check, local commit)"),
+        counter("deltaserve_cluster_cache_evictions_total",
+                "Cluster mode: tasks dropped from the container cache by its byte budget"),
+        counter("deltaserve_cluster_watch_drops_total",
+                "Cluster mode: cached tasks dropped because the etcd watch saw a delete or "
+                "overwrite"),
+        counter("deltaserve_cluster_object_store_errors_total",
+                "Cluster mode: failed object-store calls (fetch, upload, probe), NotFound aside"),
+        counter("deltaserve_cluster_gc_deleted_blobs_total",
+                "Cluster mode: blobs deleted by this replica's garbage collection"),
+        counter("deltaserve_cluster_gc_errors_total",
+                "Cluster mode: garbage-collection runs that failed"),
+        gauge("deltaserve_cluster_cached_bytes",
+              "Cluster mode: container bytes in this replica's cache"),
+        gauge("deltaserve_cluster_watch_lag_seconds",
+              "Cluster mode: delay of the latest task put from its writer to this replica's "
+              "etcd watch (writer's clock)"),
+        {}});
+  }
+  ClusterMetrics& m = *cluster_;
+  auto advance = [](prometheus::Counter* c, double now, double before) {
+    if (now > before) c->Increment(now - before);
+  };
+  const cluster::ClusterStats& b = m.last;
+  advance(m.hits, stats.hits, b.hits);
+  advance(m.misses, stats.misses, b.misses);
+  advance(m.fill_bytes, stats.fetched_bytes, b.fetched_bytes);
+  advance(m.fill_seconds, stats.fill_seconds, b.fill_seconds);
+  advance(m.evictions, stats.evictions, b.evictions);
+  advance(m.watch_drops, stats.watch_drops, b.watch_drops);
+  advance(m.store_errors, stats.object_store_errors, b.object_store_errors);
+  advance(m.gc_deleted, stats.gc_deleted, b.gc_deleted);
+  advance(m.gc_errors, stats.gc_errors, b.gc_errors);
+  m.cached_bytes->Set(static_cast<double>(stats.cached_bytes));
+  m.watch_lag->Set(stats.watch_lag_seconds);
+  m.last = stats;
 }
 
 void Metrics::RecordRequest(std::string_view method, std::string_view code, double seconds) {

@@ -15,11 +15,16 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 
+namespace deltaserve::cluster {
+struct ClusterStats;
+}  // namespace deltaserve::cluster
+
 namespace deltaserve::server::internal {
 
 class Metrics {
  public:
   explicit Metrics(std::string_view version);
+  ~Metrics();
 
   // The registry to expose (prometheus::Exposer::RegisterCollectable).
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
@@ -55,6 +60,12 @@ class Metrics {
   // deltaserve_connections_refused_total{reason}: "limit" or "descriptors".
   prometheus::Counter& connections_refused(std::string_view reason);
   prometheus::Gauge& base_tensors() { return *base_tensors_; }
+  // deltaserve_serving: 1 while health is SERVING (server/internal/health.h).
+  prometheus::Gauge& serving() { return *serving_; }
+  // Cluster mode: the deltaserve_cluster_* metrics from a ClusterStore's counts (the
+  // counters advance by the difference from the previous call). Not thread-safe against
+  // itself: one caller (the housekeeping thread).
+  void PublishCluster(const cluster::ClusterStats& stats);
   // deltaserve_tenant_tasks{tenant} / deltaserve_tenant_stored_bytes{tenant}.
   void SetTenantUsage(std::string_view tenant, uint64_t tasks, uint64_t bytes);
 
@@ -85,6 +96,10 @@ class Metrics {
   prometheus::Gauge* connections_limit_;
   prometheus::Family<prometheus::Counter>* connections_refused_;
   prometheus::Gauge* base_tensors_;
+  prometheus::Gauge* serving_;
+  // deltaserve_cluster_*: registered on the first PublishCluster (single node has none).
+  struct ClusterMetrics;
+  std::unique_ptr<ClusterMetrics> cluster_;
 };
 
 }  // namespace deltaserve::server::internal

@@ -65,6 +65,24 @@ absl::StatusOr<StreamPlan> PlanStream(const v1::StreamWeightsRequest& req,
     plan.bytes.push_back(bytes);
     plan.total_bytes += bytes;
   }
+  if (req.resume_from_offset() > 0) {
+    if (req.resume_case() == v1::StreamWeightsRequest::RESUME_NOT_SET) {
+      return absl::InvalidArgumentError(
+          "resume_from_offset needs resume_from_name or resume_from_index");
+    }
+    if (plan.tensors.empty() || plan.tensors[0] != first) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "resume_from_offset: tensor '", info.tensors[first].name,
+          "' (the resume tensor) does not pass the include filter"));
+    }
+    if (req.resume_from_offset() > plan.bytes[0]) {
+      return absl::OutOfRangeError(absl::StrCat("resume_from_offset ", req.resume_from_offset(),
+                                                ": tensor '", info.tensors[first].name,
+                                                "' has ", plan.bytes[0], " bytes"));
+    }
+    plan.first_offset = req.resume_from_offset();
+    plan.total_bytes -= plan.first_offset;
+  }
   return plan;
 }
 
@@ -83,8 +101,9 @@ void FillStreamBegin(const StreamPlan& plan, const storage::TaskInfo& info, bool
 StreamCursor::Need StreamCursor::NextNeeds(const MergedTensor& tensor) const {
   const uint64_t size = tensor.data.size();
   if (!header_sent_) {
-    // An empty tensor is all header: it goes out with its checksum.
-    if (checksum_after_data_ && size > 0) return Need{0, false};
+    // An empty tensor is all header: it goes out with its checksum. So does a resumed
+    // one (its checksum covers bytes this stream does not send).
+    if (checksum_after_data_ && size > 0 && !resuming()) return Need{0, false};
     return Need{size, true};
   }
   const uint64_t end = std::min<uint64_t>(size, offset_ + chunk_bytes_);
@@ -103,8 +122,9 @@ size_t StreamCursor::Next(const MergedTensor* tensor, v1::StreamWeightsResponse*
   size_t n = 0;
   if (!header_sent_) {
     header_sent_ = true;
-    offset_ = 0;
-    checksum_follows_ = checksum_after_data_ && size > 0 && !tensor->complete();
+    offset_ = resuming() ? std::min<uint64_t>(first_offset_, size) : 0;
+    checksum_follows_ =
+        checksum_after_data_ && size > 0 && !tensor->complete() && !resuming();
     v1::TensorHeader* h = msg->mutable_header();
     h->set_name(tensor->info.name);
     h->set_dtype(proto::ToProtoDType(tensor->info.dtype));

@@ -27,15 +27,19 @@ namespace deltaserve::server::internal {
 struct StreamPlan {
   std::vector<uint32_t> tensors;  // container indices of the tensors to send, in send order
   std::vector<uint64_t> bytes;    // data bytes of each of them in the output dtype
-  uint64_t total_bytes = 0;       // their sum
+  uint64_t total_bytes = 0;       // their sum, less first_offset
+  // Bytes of tensors[0] not sent (StreamWeightsRequest.resume_from_offset).
+  uint64_t first_offset = 0;
 };
 
 // The tensors `req` asks for out of `info`, in container order, with their bytes in
 // `out_dtype` (nullopt: each tensor's recorded dtype). `include` globs (fnmatch, any
 // one matches) and `include_regex` (RE2, whole name) both apply; resume skips every
 // tensor before the named/indexed one, end_index (if not 0) every tensor from that
-// index on. Errors: InvalidArgument (bad regex), NotFound (resume name), OutOfRange
-// (resume index >= number of tensors; end_index > number of tensors or <= the first).
+// index on; resume_from_offset skips the first bytes of the resume tensor. Errors:
+// InvalidArgument (bad regex; an offset without a resume tensor, or whose tensor the
+// filter drops), NotFound (resume name), OutOfRange (resume index >= number of tensors;
+// end_index > number of tensors or <= the first; offset > the tensor's bytes).
 absl::StatusOr<StreamPlan> PlanStream(const v1::StreamWeightsRequest& req,
                                       const storage::TaskInfo& info,
                                       std::optional<codec::DType> out_dtype);
@@ -56,11 +60,14 @@ void FillStreamBegin(const StreamPlan& plan, const storage::TaskInfo& info, bool
 // or empty tensor) the header carries xxh3_64, so it waits for the whole tensor.
 class StreamCursor {
  public:
-  // REQUIRES: chunk_bytes >= 1.
-  StreamCursor(size_t num_tensors, uint32_t chunk_bytes, bool checksum_after_data = false)
+  // `first_offset`: bytes of the first tensor not sent (StreamPlan::first_offset); that
+  // tensor's header always carries its checksum. REQUIRES: chunk_bytes >= 1.
+  StreamCursor(size_t num_tensors, uint32_t chunk_bytes, bool checksum_after_data = false,
+               uint64_t first_offset = 0)
       : num_tensors_(num_tensors),
         chunk_bytes_(chunk_bytes),
-        checksum_after_data_(checksum_after_data) {}
+        checksum_after_data_(checksum_after_data),
+        first_offset_(first_offset) {}
 
   // What the next message of `tensor` waits for: its first `bytes` bytes final and,
   // when `done`, the whole tensor with its checksum. REQUIRES: needs_tensor().
@@ -86,9 +93,12 @@ class StreamCursor {
   size_t Next(const MergedTensor* tensor, v1::StreamWeightsResponse* msg);
 
  private:
+  // The next message belongs to the first tensor, resumed at first_offset_.
+  bool resuming() const { return pos_ == 0 && first_offset_ > 0; }
   const size_t num_tensors_;
   const uint32_t chunk_bytes_;
   const bool checksum_after_data_;
+  const uint64_t first_offset_;
   size_t pos_ = 0;
   bool header_sent_ = false;       // for tensor pos_
   bool checksum_follows_ = false;  // tensor pos_'s header had checksum_follows

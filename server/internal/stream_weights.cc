@@ -154,7 +154,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<Response>,
         slot_ready_ = true;  // slots_[0] holds `begin`
         setup_done_ = true;
         cursor_.emplace(plan_.tensors.size(), ctx_->ChunkBytes(request_->chunk_bytes()),
-                        request_->checksum_after_data());
+                        request_->checksum_after_data(), plan_.first_offset);
         prefetcher_ptr_ = &*prefetcher_;
         if (cancelled_) prefetcher_->Stop();
       }

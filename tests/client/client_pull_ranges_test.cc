@@ -66,6 +66,19 @@ class PullRangesTest : public ::testing::Test {
   }
   void TearDown() override { server_->Shutdown(); }
 
+  // resume_from_offset of the request of range [first, end) that resumed at `first`,
+  // sorted by first: the offsets of every StreamWeights request so far.
+  std::vector<uint64_t> Offsets() {
+    std::vector<std::pair<uint32_t, uint64_t>> got;
+    std::lock_guard<std::mutex> lock(service_.mu);
+    for (const auto& r : service_.streams) {
+      got.emplace_back(r.resume_from_index(), r.resume_from_offset());
+    }
+    std::sort(got.begin(), got.end());
+    std::vector<uint64_t> out;
+    for (const auto& [first, offset] : got) out.push_back(offset);
+    return out;
+  }
   // (resume_from_index, end_index) of every StreamWeights request so far.
   std::vector<std::pair<uint32_t, uint32_t>> Requests() {
     std::vector<std::pair<uint32_t, uint32_t>> out;
@@ -103,7 +116,10 @@ TEST_F(PullRangesTest, TwoStreamsWriteTheSameFileAsOne) {
   EXPECT_FALSE(std::filesystem::exists(tmp_.File("two.safetensors.data.1.tmp")));
 }
 
-TEST_F(PullRangesTest, ARangeDroppedMidTensorResumesAtThatTensor) {
+// A stream cut midway through a tensor (a replica dying) resumes at the byte where it
+// stopped (resume_from_offset), keeping the bytes it had; the whole tensor's XXH3-64 is
+// still checked, and the file is bit-identical.
+TEST_F(PullRangesTest, ARangeDroppedMidTensorResumesAtThatByte) {
   service_.unavailable_once_at = 3;  // "c": fails after its first chunk
   PullOptions options;
   options.streams = 2;
@@ -113,8 +129,10 @@ TEST_F(PullRangesTest, ARangeDroppedMidTensorResumesAtThatTensor) {
   EXPECT_EQ(stats.tensors, 4u);
   EXPECT_EQ(stats.bytes, 122u);
   EXPECT_EQ(ReadFile(tmp_.File("r.safetensors")), ReadFile(tmp_.File("expected.safetensors")));
-  // "empty" (index 2) was verified before the drop: the retry starts at 3.
+  // "empty" (index 2) was verified before the drop: the retry starts at 3, at byte 7
+  // of "c" (its first 7-byte chunk had arrived).
   EXPECT_THAT(Requests(), ElementsAre(Pair(0u, 2u), Pair(2u, 4u), Pair(3u, 4u)));
+  EXPECT_THAT(Offsets(), ElementsAre(0u, 0u, 7u));
 
   // Into memory, the same way.
   service_.unavailable_once_at = 0;
@@ -128,8 +146,8 @@ TEST_F(PullRangesTest, ARangeDroppedMidTensorResumesAtThatTensor) {
   EXPECT_EQ(model.metadata, service_.metadata);
 
   // A drop inside a tensor whose checksum was to follow its data (checksum_after_data,
-  // as a cold server streams it): its rows already received are dropped, and the retry
-  // fetches that tensor again, from its start, to the same file bytes.
+  // as a cold server streams it): the retry resumes at the byte too; the resumed
+  // header carries the checksum of the whole tensor.
   {
     std::lock_guard<std::mutex> lock(service_.mu);
     service_.streams.clear();
@@ -140,6 +158,7 @@ TEST_F(PullRangesTest, ARangeDroppedMidTensorResumesAtThatTensor) {
   EXPECT_EQ(stats.resumed, 1u);
   EXPECT_EQ(ReadFile(tmp_.File("f.safetensors")), ReadFile(tmp_.File("expected.safetensors")));
   EXPECT_THAT(Requests(), ElementsAre(Pair(0u, 2u), Pair(2u, 4u), Pair(3u, 4u)));
+  EXPECT_THAT(Offsets(), ElementsAre(0u, 0u, 7u));
   std::lock_guard<std::mutex> lock(service_.mu);
   for (const v1::StreamWeightsRequest& r : service_.streams) EXPECT_TRUE(r.checksum_after_data());
 }

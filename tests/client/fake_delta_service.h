@@ -157,8 +157,15 @@ class FakeService final : public v1::DeltaService::Service {
     if (first >= end || end > tensors.size()) {
       return grpc::Status(grpc::StatusCode::OUT_OF_RANGE, "bad range");
     }
+    // resume_from_offset: the first tensor's bytes before it are not sent, and its
+    // header carries its checksum.
+    const uint64_t skip = req->resume_from_offset();
+    if (skip > tensors[first].data.size()) {
+      return grpc::Status(grpc::StatusCode::OUT_OF_RANGE, "bad offset");
+    }
     uint64_t total = 0;
     for (size_t i = first; i < end; ++i) total += tensors[i].data.size();
+    total -= skip;
     v1::StreamWeightsResponse msg;
     auto* begin = msg.mutable_begin();
     begin->set_num_tensors(static_cast<uint32_t>(end - first));
@@ -176,12 +183,14 @@ class FakeService final : public v1::DeltaService::Service {
       h->set_byte_length(t.data.size());
       const uint64_t hash =
           XXH3_64bits(t.data.data(), t.data.size()) + (fault == Fault::kBadChecksum);
-      const bool follows = checksum_follows && req->checksum_after_data() && !t.data.empty();
+      const size_t from = i == first ? skip : 0;
+      const bool follows =
+          checksum_follows && req->checksum_after_data() && !t.data.empty() && from == 0;
       h->set_checksum_follows(follows);
       if (!follows) h->set_xxh3_64(hash);
       h->set_index(static_cast<uint32_t>(i));
       writer->Write(msg);
-      for (size_t off = 0; off < t.data.size(); off += chunk) {
+      for (size_t off = from; off < t.data.size(); off += chunk) {
         int at = static_cast<int>(i);
         if (off == chunk && unavailable_once_at.compare_exchange_strong(at, -1)) {
           return grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection dropped");

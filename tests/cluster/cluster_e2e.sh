@@ -8,6 +8,11 @@
 #   - kill -9 the replica that owns a task: pulls through HAProxy keep succeeding
 #     (failover time measured); restarted, it serves again
 #   - delete through one replica: gone on every replica (time measured)
+#   - health: r3 reaches the object store through a forwarder; stopping the forwarder
+#     turns r3's health NOT_SERVING and HAProxy marks r3 DOWN through its agent check
+#     while its TCP check still passes (r1, r2 stay UP, pulls keep working); resuming
+#     it brings r3 back UP (both times measured)
+#   - cluster cache metrics scraped from the empty fourth replica's /metrics
 # With --figures it also measures aggregate pull throughput through HAProxy with 1, 2
 # and 3 replicas (same run). Exit 77 if the packages are absent; 1 on any failure.
 # Usage: tests/cluster/cluster_e2e.sh [--figures]   (BUILD=build by default)
@@ -82,13 +87,22 @@ cat >"$dir/cluster.json" <<JSON
  "cache_bytes": 1073741824, "gc_grace_s": 3600}
 JSON
 
-declare -A RPORT
+# r3 reaches S3 through a forwarder that the health check stops (below).
+S3_FWD_PORT=$(cluster_free_port)
+cluster_forward s3fwd "$S3_FWD_PORT" "${S3_ENDPOINT#http://}"
+sed "s|$S3_ENDPOINT|http://127.0.0.1:$S3_FWD_PORT|" "$dir/cluster.json" >"$dir/cluster3.json"
+
+declare -A RPORT APORT MPORT
 start_replica() {  # n
-  local n=$1
+  local n=$1 config=$dir/cluster.json
   [[ -n "${RPORT[$n]:-}" ]] || RPORT[$n]=$(cluster_free_port)
+  [[ -n "${APORT[$n]:-}" ]] || APORT[$n]=$(cluster_free_port)
+  [[ -n "${MPORT[$n]:-}" ]] || MPORT[$n]=$(cluster_free_port)
+  [[ $n == 3 ]] && config=$dir/cluster3.json
   cluster_start "r$n" "$DELTASERVED" --base "$dir/base.safetensors" --db "$dir/r$n" \
-    --listen "127.0.0.1:${RPORT[$n]}" --metrics-listen "" --cluster-config "$dir/cluster.json" \
-    --workers 2 --db-min-free-bytes 67108864
+    --listen "127.0.0.1:${RPORT[$n]}" --metrics-listen "127.0.0.1:${MPORT[$n]}" \
+    --agent-listen "127.0.0.1:${APORT[$n]}" --health-interval-seconds 0.5 \
+    --cluster-config "$config" --workers 2 --db-min-free-bytes 67108864
   cluster_wait 60 "$DELTACTL" list --server "127.0.0.1:${RPORT[$n]}" ||
     { tail -n 20 "$dir/r$n.log"; fail "replica r$n did not start"; }
 }
@@ -98,10 +112,32 @@ start_haproxy() {  # name port replicas...: the shipped config with only these s
   keep=$(printf '|r%s' "$@")
   grep -v -E "^  server r[0-9]" "$root/deploy/haproxy/haproxy.cfg" >"$dir/$name.cfg"
   grep -E "^  server (${keep:1}) " "$root/deploy/haproxy/haproxy.cfg" >>"$dir/$name.cfg"
+  # HAProxy's view of the servers, for the health checks below: CSV stats over HTTP.
+  STATS_PORT[$name]=$(cluster_free_port)
+  printf 'listen stats\n  bind 127.0.0.1:%s\n  mode http\n  stats enable\n  stats uri /stats\n' \
+    "${STATS_PORT[$name]}" >>"$dir/$name.cfg"
   DELTASERVE_LB_BIND="127.0.0.1:$port" DELTASERVE_R1="127.0.0.1:${RPORT[1]}" \
     DELTASERVE_R2="127.0.0.1:${RPORT[2]:-1}" DELTASERVE_R3="127.0.0.1:${RPORT[3]:-1}" \
+    DELTASERVE_R1_AGENT_PORT="${APORT[1]}" DELTASERVE_R2_AGENT_PORT="${APORT[2]:-1}" \
+    DELTASERVE_R3_AGENT_PORT="${APORT[3]:-1}" \
     cluster_start "$name" haproxy -db -f "$dir/$name.cfg"
   cluster_wait 10 "$DELTACTL" list --server "127.0.0.1:$port" || fail "haproxy $name did not start"
+}
+declare -A STATS_PORT
+# "STATUS CHECK AGENT" of server $2 in HAProxy $1's stats, e.g. "DOWN L4OK L7STS".
+lb_server_state() {
+  curl -s "http://127.0.0.1:${STATS_PORT[$1]}/stats;csv" | awk -F, -v s="$2" '
+    NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i }
+    $1 == "deltaserved" && $2 == s {
+      print $col["status"], $col["check_status"], $col["agent_status"] }'
+}
+# Waits up to $3 s until server $2's status in HAProxy $1 starts with $4.
+lb_wait_status() {
+  local deadline=$((SECONDS + $3))
+  until [[ "$(lb_server_state "$1" "$2")" == "$4"* ]]; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.05
+  done
 }
 pull_check() {  # server task label
   local out="$dir/pulled.$RANDOM.safetensors"
@@ -135,6 +171,34 @@ fi
 grep -c '"name"' "$dir/list1.json" | grep -qx 3 || fail "list does not show 3 tasks"
 echo "ok: list identical on r1, r2, r3"
 
+# ---- health: the agent check marks a replica DOWN that cannot reach the object store
+for n in 1 2 3; do
+  lb_wait_status lb "r$n" 10 UP || fail "r$n not UP in haproxy: $(lb_server_state lb "r$n")"
+done
+a=$(now_ms)
+# shellcheck disable=SC2154  # CLUSTER_PID_s3fwd: set by cluster_start (eval)
+kill -STOP "$CLUSTER_PID_s3fwd"
+lb_wait_status lb r3 15 DOWN || fail "r3 not marked DOWN: $(lb_server_state lb r3)"
+b=$(now_ms)
+state3=$(lb_server_state lb r3)
+# HAProxy says "DOWN (agent)" when the agent took it down; L4OK: TCP still connects.
+[[ "$state3" == "DOWN (agent) L4OK "* ]] ||
+  fail "r3 DOWN but not by its agent (TCP check failed?): $state3"
+for n in 1 2; do
+  [[ "$(lb_server_state lb "r$n")" == UP* ]] || fail "r$n not UP while r3 is down"
+done
+grep -q 'NOT_SERVING' "$dir/r3.log" || fail "r3 did not log NOT_SERVING"
+"$root/docker/healthcheck.sh" "127.0.0.1:${RPORT[3]}" >/dev/null 2>&1 &&
+  fail "r3's grpc.health.v1 says SERVING while it cannot reach the object store"
+"$root/docker/healthcheck.sh" "127.0.0.1:${RPORT[1]}" >/dev/null 2>&1 ||
+  fail "r1's grpc.health.v1 is not SERVING"
+for t in t1 t2 t3; do pull_check "$LB" "$t" "haproxy with r3 down"; done
+kill -CONT "$CLUSTER_PID_s3fwd"
+lb_wait_status lb r3 15 UP || fail "r3 not back UP: $(lb_server_state lb r3)"
+c=$(now_ms)
+echo "figure: object store unreachable from r3: haproxy marked r3 DOWN by its agent check after $((b - a)) ms (state: $state3); back UP $((c - b)) ms after it was reachable again"
+echo "ok: agent check took r3 out while its TCP check passed; r1, r2 stayed UP; pulls kept working"
+
 # ---- a fourth, empty replica serves every task; cold vs warm pull
 start_replica 4
 for t in t1 t2 t3; do
@@ -146,6 +210,20 @@ for t in t1 t2 t3; do
   echo "figure: r4 (empty) pull $t: first (cold, fetched from S3) $((b - a)) ms, second (cached) $((c - b)) ms, container $(stat -c %s "$dir/$t.dds") bytes"
 done
 echo "ok: fourth empty replica served every task"
+# Its cache metrics (published once a second): 3 misses, the 3 containers fetched.
+fetched=0
+for t in t1 t2 t3; do fetched=$((fetched + $(stat -c %s "$dir/$t.dds"))); done
+metric() { curl -s "http://127.0.0.1:${MPORT[4]}/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+deadline=$((SECONDS + 5))
+until [[ "$(metric deltaserve_cluster_cache_misses_total)" == 3 ]]; do
+  ((SECONDS < deadline)) || fail "r4 metrics: misses $(metric deltaserve_cluster_cache_misses_total), want 3"
+  sleep 0.2
+done
+[[ "$(metric deltaserve_cluster_fill_bytes_total)" == "$fetched" ]] ||
+  fail "r4 metrics: fill bytes $(metric deltaserve_cluster_fill_bytes_total), want $fetched"
+[[ "$(metric deltaserve_cluster_cached_bytes)" == "$fetched" ]] ||
+  fail "r4 metrics: cached bytes $(metric deltaserve_cluster_cached_bytes), want $fetched"
+echo "ok: r4 /metrics: 3 cache misses, $fetched bytes filled, hits $(metric deltaserve_cluster_cache_hits_total), fill seconds $(metric deltaserve_cluster_fill_seconds_total), watch lag $(metric deltaserve_cluster_watch_lag_seconds) s"
 
 # ---- figures: aggregate throughput through HAProxy with 1, 2, 3 replicas
 if ((FIGURES)); then
@@ -187,6 +265,7 @@ done
 pid_var="CLUSTER_PID_r$owner"
 a=$(now_ms)
 kill -9 "${!pid_var}"
+wait "${!pid_var}" 2>/dev/null || true  # no "Killed" line from bash
 tries=0
 until "$DELTACTL" pull --server "$LB" --task t1 --out "$dir/failover.safetensors" >/dev/null 2>&1; do
   tries=$((tries + 1))

@@ -190,15 +190,58 @@ EOF
   # The bucket is created by its first client (S3Client::CreateBucket).
 }
 
-# Stops every process cluster_up (or cluster_start) started: SIGTERM, then SIGKILL
-# after 5 s.
+# A TCP forwarder 127.0.0.1:$2 -> $3 (host:port) in the background, named $1 like
+# cluster_start. Stop it with SIGSTOP to make the target unreachable through it (new
+# connections hang, as behind a dead network), SIGCONT to restore it.
+cluster_forward() {
+  local name=$1 port=$2 target=$3
+  cluster_start "$name" /usr/bin/python3 -c '
+import socket, sys, threading
+host, port = sys.argv[2].rsplit(":", 1)
+def pipe(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+    except OSError:
+        pass
+    for s in (a, b):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1])))
+srv.listen(128)
+while True:
+    c, _ = srv.accept()
+    try:
+        u = socket.create_connection((host, int(port)))
+    except OSError:
+        c.close()
+        continue
+    for a, b in ((c, u), (u, c)):
+        threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+' "$port" "$target"
+  cluster_wait 10 /usr/bin/python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1]))).close()' "$port"
+}
+
+# Stops every process cluster_up (or cluster_start) started: SIGTERM (and SIGCONT),
+# then SIGKILL after 5 s.
 cluster_down() {
   local pid deadline
-  for pid in "${CLUSTER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${CLUSTER_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    kill -CONT "$pid" 2>/dev/null || true  # one stopped by a test would not see SIGTERM
+  done
   deadline=$((SECONDS + 5))
   for pid in "${CLUSTER_PIDS[@]}"; do
     while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true  # reaped here: no "Killed" line from bash
   done
   CLUSTER_PIDS=()
 }

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <string>
+#include <thread>
 
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
@@ -192,6 +193,68 @@ TEST(ClusterStoreLiveTest, PeriodicGcDeletesReplacedBlobsOnly) {
   ASSERT_OK_AND_ASSIGN(Replica b, OpenReplica(tmp.File("b"), o));
   ASSERT_THAT(b.cluster->Ensure({"t", "g"}), IsOk());
   EXPECT_EQ(Assembled(b, "t", "g"), v2);
+}
+
+// The GC race: identical content pushed again (its blob exists, so the push uploads
+// nothing) while a collection deletes that blob. The collection holds a tombstone in
+// etcd while it deletes; the push, after creating its pointer, waits for the tombstone
+// to go and uploads the blob again. Without that, the new pointer named a deleted blob.
+TEST(ClusterStoreLiveTest, RePushDuringCollectionKeepsTheBlob) {
+  DS_SKIP_WITHOUT_CLUSTER();
+  deltaserve::testing::ScopedTempDir tmp;
+  ClusterOptions o = LiveOptions(0);
+  o.gc_grace_s = 0;
+  o.gc_interval_s = 0;  // this test runs the collection itself
+  ASSERT_OK_AND_ASSIGN(Replica a, OpenReplica(tmp.File("a"), o));
+  std::vector<uint8_t> v = Container(41);
+  const std::string key = BlobStore::Key(Sha256Hex(v));
+  ASSERT_THAT(Push(a, "old", v).status(), IsOk());
+  ASSERT_THAT(a.cluster->Delete({"t", "old"}).status(), IsOk());  // marks the blob
+  EtcdClient etcd(o.etcd_endpoint);
+  TaskPointers pointers(&etcd, o.etcd_prefix);
+  std::thread pusher;
+  absl::Status pushed;
+  auto delete_blob = [&](const std::string& digest) {
+    // The collection has checked the pointers (none) and holds the tombstone: the
+    // push finds the blob, creates its pointer and waits.
+    pusher = std::thread([&] { pushed = Push(a, "new", v).status(); });
+    absl::SleepFor(absl::Milliseconds(500));
+    return a.cluster->blobs().Delete(digest);
+  };
+  ASSERT_OK_AND_ASSIGN(int deleted,
+                       pointers.CollectGarbage(absl::ToUnixSeconds(absl::Now()), 0, delete_blob));
+  pusher.join();
+  EXPECT_EQ(deleted, 1);
+  EXPECT_THAT(pushed, IsOk());
+  EXPECT_THAT(a.cluster->blobs().s3().HeadObject(key).status(), IsOk());
+  ASSERT_OK_AND_ASSIGN(bool collecting, pointers.BeingCollected(Sha256Hex(v)));
+  EXPECT_FALSE(collecting);
+  ASSERT_OK_AND_ASSIGN(Replica b, OpenReplica(tmp.File("b"), o));
+  ASSERT_THAT(b.cluster->Ensure({"t", "new"}), IsOk());
+  EXPECT_EQ(Assembled(b, "t", "new"), v);
+}
+
+// Single flight per task: concurrent misses of one task fetch it once; misses of other
+// tasks are fetched alongside (each its own fill).
+TEST(ClusterStoreLiveTest, ConcurrentMissesOfOneTaskFetchItOnce) {
+  DS_SKIP_WITHOUT_CLUSTER();
+  deltaserve::testing::ScopedTempDir tmp;
+  ClusterOptions o = LiveOptions(0);
+  ASSERT_OK_AND_ASSIGN(Replica a, OpenReplica(tmp.File("a"), o));
+  ASSERT_THAT(Push(a, "x", Container(51)).status(), IsOk());
+  ASSERT_THAT(Push(a, "y", Container(52)).status(), IsOk());
+  ASSERT_OK_AND_ASSIGN(Replica b, OpenReplica(tmp.File("b"), o));
+  std::vector<std::thread> threads;
+  std::vector<absl::Status> got(6);
+  for (size_t i = 0; i < got.size(); ++i) {
+    threads.emplace_back([&, i] { got[i] = b.cluster->Ensure({"t", i % 2 ? "x" : "y"}); });
+  }
+  for (std::thread& t : threads) t.join();
+  for (const absl::Status& s : got) EXPECT_THAT(s, IsOk());
+  EXPECT_EQ(b.cluster->stats().misses, 2u);
+  EXPECT_EQ(b.cluster->stats().hits, 4u);
+  EXPECT_EQ(Assembled(b, "t", "x"), Container(51));
+  EXPECT_EQ(Assembled(b, "t", "y"), Container(52));
 }
 
 TEST(ClusterStoreLiveTest, CacheIsBoundedAndSurvivesRestart) {

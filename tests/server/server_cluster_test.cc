@@ -90,5 +90,44 @@ TEST_F(ClusterServerTest, ReplicasShareTasksThroughTheObjectStore) {
   EXPECT_EQ(after.tasks_size(), 0);
 }
 
+// The cluster cache metrics, scraped over HTTP from /metrics: an empty replica's first
+// fetch is a miss that fills the container's bytes, the next one a hit; the watch lag
+// of a push made on another replica is set; health is SERVING (etcd and S3 answer).
+TEST_F(ClusterServerTest, CacheMetricsCountHitsMissesAndFills) {
+  DS_SKIP_WITHOUT_CLUSTER();
+  ServerOptions ao = ReplicaOptions("a"), bo = ReplicaOptions("b");
+  bo.metrics_listen = "127.0.0.1:0";
+  bo.agent_listen = "127.0.0.1:0";
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Server> a, Server::Start(ao));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Server> b, Server::Start(bo));
+  std::vector<uint8_t> bytes = ContainerBytes("ft", 7);
+  ASSERT_THAT(ClientOf(*a)->PushDeltaFile("task", MakeContainer("ft", 7)).status(), IsOk());
+  auto cb = ClientOf(*b);
+  ASSERT_OK_AND_ASSIGN(std::vector<uint8_t> first, cb->FetchDelta("task"));
+  ASSERT_OK_AND_ASSIGN(std::vector<uint8_t> second, cb->FetchDelta("task"));
+  EXPECT_EQ(first, bytes);
+  EXPECT_EQ(second, bytes);
+  // Published by the housekeeping thread once a second.
+  auto scrape = [&](const std::string& prefix) {
+    return MetricValue(FetchMetricsHttp(b->metrics_port()), prefix);
+  };
+  for (absl::Time end = absl::Now() + absl::Seconds(5);
+       scrape("deltaserve_cluster_cache_misses_total ") != 1 && absl::Now() < end;) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(scrape("deltaserve_cluster_cache_misses_total "), 1);
+  EXPECT_GE(scrape("deltaserve_cluster_cache_hits_total "), 1);
+  EXPECT_EQ(scrape("deltaserve_cluster_fill_bytes_total "), static_cast<double>(bytes.size()));
+  EXPECT_EQ(scrape("deltaserve_cluster_cached_bytes "), static_cast<double>(bytes.size()));
+  EXPECT_GT(scrape("deltaserve_cluster_fill_seconds_total "), 0);
+  EXPECT_EQ(scrape("deltaserve_cluster_cache_evictions_total "), 0);
+  EXPECT_EQ(scrape("deltaserve_cluster_object_store_errors_total "), 0);
+  const double lag = scrape("deltaserve_cluster_watch_lag_seconds ");
+  EXPECT_GE(lag, 0);
+  EXPECT_LT(lag, 5);  // set (not -1, absent) and within the test's lifetime
+  EXPECT_EQ(scrape("deltaserve_serving "), 1);
+  EXPECT_EQ(testing::TcpExchange(b->agent_port()), "up ready\n");
+}
+
 }  // namespace
 }  // namespace deltaserve::server

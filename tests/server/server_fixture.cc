@@ -196,23 +196,27 @@ double ServerTest::MetricValue(const std::string& text, const std::string& prefi
   return -1;
 }
 
-std::string ServerTest::FetchMetricsHttp() const {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
+std::string TcpExchange(int port, const std::string& request) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(server_->metrics_port()));
+  addr.sin_port = htons(static_cast<uint16_t>(port));
   inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     close(fd);
     return "";
   }
-  std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-  (void)!write(fd, req.data(), req.size());
+  if (!request.empty()) (void)!write(fd, request.data(), request.size());
   std::string resp;
   char buf[65536];
   ssize_t n;
   while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, n);
   close(fd);
+  return resp;
+}
+
+std::string ServerTest::FetchMetricsHttp(int port) {
+  std::string resp = TcpExchange(port, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
   size_t body = resp.find("\r\n\r\n");
   return body == std::string::npos ? resp : resp.substr(body + 4);
 }

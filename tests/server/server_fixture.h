@@ -28,6 +28,10 @@ struct SyntheticModel {
   int hidden = 128;
 };
 
+// Connects to 127.0.0.1:port, sends `request` (if any), reads until the peer closes;
+// "" if the connection is refused. (The agent-check port answers one line this way.)
+std::string TcpExchange(int port, const std::string& request = "");
+
 class ServerTest : public ::testing::Test {
  protected:
   void SetUp() override;
@@ -64,8 +68,9 @@ class ServerTest : public ::testing::Test {
   // Value of the first sample line of the exposition that starts with `prefix`
   // (e.g. "deltaserve_streams_in_flight "), or -1 if absent.
   static double MetricValue(const std::string& text, const std::string& prefix);
-  // GET /metrics from the exposer over HTTP.
-  std::string FetchMetricsHttp() const;
+  // GET /metrics from the exposer over HTTP (this server's, or the one on `port`).
+  std::string FetchMetricsHttp() const { return FetchMetricsHttp(server_->metrics_port()); }
+  static std::string FetchMetricsHttp(int port);
 
   static std::string ReadFileBytes(const std::string& path);
   static absl::StatusCode Code(const grpc::Status& s) {

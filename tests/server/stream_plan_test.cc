@@ -251,6 +251,48 @@ TEST(StreamCursorTest, CompleteAndEmptyTensorsKeepTheirChecksumInTheHeader) {
   EXPECT_TRUE(cursor.NextNeeds(*ts[1]).done);
 }
 
+// resume_from_offset: the first tensor starts at that byte; its header has the whole
+// tensor's checksum even with checksum_after_data (its fill is waited for), the chunk
+// offsets count from the tensor's start, and the totals are the bytes sent.
+TEST(StreamCursorTest, AResumedTensorStartsAtItsOffsetWithTheWholeChecksum) {
+  std::vector<std::shared_ptr<MergedTensor>> ts = {Tensor(3, "a", 10), Tensor(4, "b", 4)};
+  ts[0]->fill = std::make_unique<TensorFill>(ts[0]->data.data(), ts[0]->data.size());
+  StreamCursor cursor(ts.size(), /*chunk_bytes=*/4, /*checksum_after_data=*/true,
+                      /*first_offset=*/3);
+  EXPECT_EQ(cursor.NextNeeds(*ts[0]).bytes, 10u);
+  EXPECT_TRUE(cursor.NextNeeds(*ts[0]).done);
+  ts[0]->fill->Publish(0, 10);
+  ts[0]->fill->Finish(absl::OkStatus());
+  EXPECT_THAT(Walk(cursor, ts), ElementsAre("H a 3 10 4663 5", "C 3 4", "C 7 3",
+                                            "H b 4 4 4664 2", "C 0 4", "E 2 11"));
+  // At the very end: the header alone completes the tensor.
+  StreamCursor at_end(1, 4, true, /*first_offset=*/10);
+  EXPECT_THAT(Walk(at_end, {Tensor(3, "a", 10)}), ElementsAre("H a 3 10 4663 5", "E 1 0"));
+}
+
+TEST(PlanStreamTest, ResumeFromOffsetSkipsBytesOfTheFirstTensor) {
+  v1::StreamWeightsRequest req;
+  req.set_resume_from_index(1);
+  req.set_resume_from_offset(10);
+  ASSERT_OK_AND_ASSIGN(StreamPlan plan, PlanStream(req, Info(), std::nullopt));
+  EXPECT_THAT(plan.tensors, ElementsAre(1, 2, 3));
+  EXPECT_EQ(plan.first_offset, 10u);
+  EXPECT_EQ(plan.total_bytes, 24u + 12 - 10);
+  req.set_resume_from_offset(24);  // the whole tensor: allowed (header only)
+  EXPECT_TRUE(PlanStream(req, Info(), std::nullopt).ok());
+  req.set_resume_from_offset(25);
+  EXPECT_THAT(PlanStream(req, Info(), std::nullopt).status(),
+              StatusIs(absl::StatusCode::kOutOfRange));
+  req.add_include("l0/b");  // the resume tensor "l0/w" is filtered out
+  req.set_resume_from_offset(1);
+  EXPECT_THAT(PlanStream(req, Info(), std::nullopt).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  v1::StreamWeightsRequest no_resume;
+  no_resume.set_resume_from_offset(1);
+  EXPECT_THAT(PlanStream(no_resume, Info(), std::nullopt).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 TEST(StreamCursorTest, EmptyPlanIsJustTheEnd) {
   StreamCursor cursor(0, 1 << 20);
   EXPECT_THAT(Walk(cursor, {}), ElementsAre("E 0 0"));
