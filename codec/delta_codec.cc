@@ -734,23 +734,38 @@ absl::Status DecompressModel(const ModelReader& base, const ContainerReader& con
         rec.info.name, OutputDType(rec.info.dtype, options.out_dtype.value_or(rec.info.dtype)),
         rec.info.shape});
   }
-  DS_ASSIGN_OR_RETURN(
-      std::unique_ptr<SafetensorsWriter> writer,
-      SafetensorsWriter::Open(out_path, infos, MergedModelMetadata(container.header().base_hash)));
+  // Tensors are merged straight into the O_DIRECT staging buffer of the output (no
+  // write(2) copy into the page cache); a file system that refuses O_DIRECT gets the
+  // buffered writer instead.
+  const std::map<std::string, std::string> metadata =
+      MergedModelMetadata(container.header().base_hash);
+  absl::StatusOr<std::unique_ptr<DirectSafetensorsWriter>> direct =
+      DirectSafetensorsWriter::Open(out_path, infos, metadata);
+  std::unique_ptr<SafetensorsWriter> writer;
+  if (!direct.ok()) {
+    if (!absl::IsUnimplemented(direct.status())) return direct.status();
+    DS_ASSIGN_OR_RETURN(writer, SafetensorsWriter::Open(out_path, infos, metadata));
+  }
   std::vector<uint8_t> buf;
   for (size_t i = 0; i < total; ++i) {
     DS_ASSIGN_OR_RETURN(TensorRecord rec, container.record(i));
-    buf.resize(MergedBytes(rec, infos[i].dtype));
+    absl::Span<uint8_t> out;
+    if (writer == nullptr) {
+      DS_ASSIGN_OR_RETURN(out, (*direct)->Next());
+    } else {
+      buf.resize(MergedBytes(rec, infos[i].dtype));
+      out = absl::MakeSpan(buf);
+    }
     int64_t saturated = 0;
-    DS_RETURN_IF_ERROR(MergeTensor(&base, rec, infos[i].dtype, absl::MakeSpan(buf), &saturated));
+    DS_RETURN_IF_ERROR(MergeTensor(&base, rec, infos[i].dtype, out, &saturated));
     if (saturated > 0 && stats != nullptr) {
       stats->saturated_values += saturated;
       stats->saturated_tensors.emplace_back(rec.info.name, saturated);
     }
-    DS_RETURN_IF_ERROR(writer->Append(buf));
+    if (writer != nullptr) DS_RETURN_IF_ERROR(writer->Append(buf));
     if (progress) progress(i + 1, total, rec.info.name);
   }
-  return writer->Commit();
+  return writer != nullptr ? writer->Commit() : (*direct)->Commit();
 }
 
 }  // namespace deltaserve::codec

@@ -233,8 +233,11 @@ struct DecompressOptions {
 // container's base hash differs from base's (unless force); errors of MergeTensor /
 // ContainerReader::record (DataLoss naming the tensor) and SafetensorsWriter otherwise; on error no
 // file is left at out_path. Values saturated by the casts are counted in *stats when
-// given. Memory: one merged tensor at a time (records are verified twice: once
-// for the header's shapes, once when merged).
+// given. Memory: one merged tensor at a time, merged straight into the output's
+// O_DIRECT staging buffer (DirectSafetensorsWriter), or into a buffer written with
+// write(2) on a file system that refuses O_DIRECT; the bytes are the same. A full disk
+// is ResourceExhausted. Records are verified twice: once for the header's shapes, once
+// when merged.
 absl::Status DecompressModel(const ModelReader& base, const ContainerReader& container,
                              const DecompressOptions& options, const std::string& out_path,
                              const ProgressFn& progress = nullptr,

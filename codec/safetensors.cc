@@ -517,6 +517,34 @@ class StreamingWriter final : public SafetensorsWriter {
   size_t next_ = 0;  // index of the next tensor to append
 };
 
+class DirectWriter final : public DirectSafetensorsWriter {
+ public:
+  DirectWriter(std::unique_ptr<common::DirectFileWriter> file, std::vector<TensorInfo> infos)
+      : file_(std::move(file)), infos_(std::move(infos)) {}
+
+  absl::StatusOr<absl::Span<uint8_t>> Next() override {
+    if (next_ == infos_.size()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(file_->path(), ": all ", infos_.size(), " tensors already handed out"));
+    }
+    return file_->Reserve(infos_[next_++].num_bytes());
+  }
+
+  absl::Status Commit() override {
+    if (next_ != infos_.size()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(TensorWhat(file_->path(), infos_[next_].name), ": not written (", next_,
+                       " of ", infos_.size(), " tensors handed out)"));
+    }
+    return file_->Commit();
+  }
+
+ private:
+  std::unique_ptr<common::DirectFileWriter> file_;
+  std::vector<TensorInfo> infos_;
+  size_t next_ = 0;  // index of the next tensor to hand out
+};
+
 // Writes one file holding `tensors` (already validated) in the given order.
 absl::Status WriteFile(const std::string& path, const std::vector<const TensorView*>& tensors,
                        const std::map<std::string, std::string>& metadata) {
@@ -553,6 +581,18 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Open(
   DS_RETURN_IF_ERROR(file->Append(
       absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(header.data()), header.size())));
   return std::make_unique<StreamingWriter>(std::move(file), std::move(infos));
+}
+
+absl::StatusOr<std::unique_ptr<DirectSafetensorsWriter>> DirectSafetensorsWriter::Open(
+    const std::string& path, std::vector<TensorInfo> infos,
+    const std::map<std::string, std::string>& metadata) {
+  DS_RETURN_IF_ERROR(ValidateInfos(path, infos));
+  DS_ASSIGN_OR_RETURN(std::string header, BuildHeader(path, infos, metadata));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<common::DirectFileWriter> file,
+                      common::DirectFileWriter::Open(path));
+  DS_RETURN_IF_ERROR(file->Append(
+      absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(header.data()), header.size())));
+  return std::make_unique<DirectWriter>(std::move(file), std::move(infos));
 }
 
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& tensors,

@@ -106,6 +106,34 @@ class SafetensorsWriter {
   virtual absl::Status Commit() = 0;
 };
 
+// Streams one .safetensors file like SafetensorsWriter, but the caller stores each
+// tensor's bytes straight into the writer's O_DIRECT staging buffer
+// (common::DirectFileWriter): no buffer of the caller's own and no write(2) copy into
+// the page cache. Open validates `infos` and stages the header (the same bytes as
+// SafetensorsWriter); Next hands out the next tensor's bytes, in `infos` order; Commit
+// writes the rest, fsyncs and renames `path + ".tmp"` over `path`. Destroyed without a
+// successful Commit, the .tmp file is removed. Memory: one staging buffer as large as
+// the largest tensor (plus one 4 KiB block). Not thread-safe.
+class DirectSafetensorsWriter {
+ public:
+  // SafetensorsWriter::Open's errors, plus Unimplemented when the file system refuses
+  // O_DIRECT (then use SafetensorsWriter).
+  static absl::StatusOr<std::unique_ptr<DirectSafetensorsWriter>> Open(
+      const std::string& path, std::vector<TensorInfo> infos,
+      const std::map<std::string, std::string>& metadata);
+
+  virtual ~DirectSafetensorsWriter() = default;
+
+  // The next tensor's num_bytes() bytes, to be filled completely before the next call
+  // to Next or Commit (the previous tensor is written then). FailedPrecondition once
+  // every tensor was handed out; write errors of the previous tensor (naming the file:
+  // ResourceExhausted for a full disk, OutOfRange over the file size limit).
+  virtual absl::StatusOr<absl::Span<uint8_t>> Next() = 0;
+  // FailedPrecondition (naming the next tensor) if some tensors were not handed out;
+  // write, fsync and rename errors naming the file.
+  virtual absl::Status Commit() = 0;
+};
+
 // Writes a sharded model into directory `dir` (created if needed): files
 // model-0000i-of-0000n.safetensors (5-digit, 1-based) of at most `max_shard_bytes` of
 // tensor data each, packed greedily in the order given (a tensor larger than the limit

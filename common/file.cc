@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <utility>
 
@@ -42,6 +43,21 @@ class FdCloser {
  private:
   int fd_;
 };
+
+// The commit of a writer of `path + ".tmp"` open as *fd: fsync, close (*fd = -1),
+// rename over `path`. FailedPrecondition("<tmp>: <closed_what>") if *fd < 0.
+absl::Status SyncCloseRename(const std::string& path, int* fd, absl::string_view closed_what) {
+  const std::string tmp = path + ".tmp";
+  if (*fd < 0) return absl::FailedPreconditionError(absl::StrCat(tmp, ": ", closed_what));
+  if (::fsync(*fd) != 0) return ErrnoError(errno, "cannot fsync", tmp);
+  FdCloser closer(*fd);
+  *fd = -1;
+  if (int err = closer.Close(); err != 0) return ErrnoError(err, "cannot close", tmp);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    return ErrnoError(errno, absl::StrCat("cannot rename ", tmp, " to"), path);
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -150,15 +166,87 @@ absl::Status AtomicFileWriter::Close() {
 }
 
 absl::Status AtomicFileWriter::Commit() {
-  const std::string tmp = path_ + ".tmp";
-  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(tmp, ": already closed"));
-  if (::fsync(fd_) != 0) return ErrnoError(errno, "cannot fsync", tmp);
-  FdCloser closer(fd_);
-  fd_ = -1;
-  if (int err = closer.Close(); err != 0) return ErrnoError(err, "cannot close", tmp);
-  if (::rename(tmp.c_str(), path_.c_str()) != 0) {
-    return ErrnoError(errno, absl::StrCat("cannot rename ", tmp, " to"), path_);
+  DS_RETURN_IF_ERROR(SyncCloseRename(path_, &fd_, "already closed"));
+  committed_ = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<DirectFileWriter>> DirectFileWriter::Open(const std::string& path) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0644);
+  if (fd < 0 && errno == EINVAL) {
+    ::unlink(tmp.c_str());  // some file systems create the file before refusing O_DIRECT
+    return absl::UnimplementedError(absl::StrCat(tmp, ": the file system refuses O_DIRECT"));
   }
+  if (fd < 0) return ErrnoError(errno, "cannot create", tmp);
+  return std::unique_ptr<DirectFileWriter>(new DirectFileWriter(path, fd));
+}
+
+DirectFileWriter::~DirectFileWriter() {
+  std::free(buf_);
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink((path_ + ".tmp").c_str());
+}
+
+absl::Status DirectFileWriter::WriteBlocks(size_t bytes) {
+  size_t done = 0;
+  while (done < bytes) {
+    ssize_t n = ::write(fd_, buf_ + done, bytes - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(errno, "cannot write", path_ + ".tmp");
+    }
+    if (n == 0) return ErrnoError(EIO, "cannot write (no progress)", path_ + ".tmp");
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<absl::Span<uint8_t>> DirectFileWriter::Reserve(size_t n) {
+  const std::string tmp = path_ + ".tmp";
+  if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(tmp, ": already committed"));
+  // The previous reservation is filled: write its whole blocks, keep the partial one.
+  const size_t whole = used_ / kDirectAlign * kDirectAlign;
+  DS_RETURN_IF_ERROR(WriteBlocks(whole));
+  const size_t carry = used_ - whole;
+  if (carry > 0) std::memmove(buf_, buf_ + whole, carry);
+  used_ = carry;
+  const size_t need = (carry + n + kDirectAlign - 1) / kDirectAlign * kDirectAlign;
+  if (need > cap_) {
+    void* grown = std::aligned_alloc(kDirectAlign, need);
+    if (grown == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(tmp, ": cannot allocate a staging buffer of ", need, " bytes"));
+    }
+    if (carry > 0) std::memcpy(grown, buf_, carry);
+    std::free(buf_);
+    buf_ = static_cast<uint8_t*>(grown);
+    cap_ = need;
+  }
+  used_ += n;
+  size_ += n;
+  return absl::Span<uint8_t>(buf_ + carry, n);
+}
+
+absl::Status DirectFileWriter::Append(absl::Span<const uint8_t> data) {
+  DS_ASSIGN_OR_RETURN(absl::Span<uint8_t> to, Reserve(data.size()));
+  if (!data.empty()) std::memcpy(to.data(), data.data(), data.size());
+  return absl::OkStatus();
+}
+
+absl::Status DirectFileWriter::Commit() {
+  const std::string tmp = path_ + ".tmp";
+  DS_RETURN_IF_ERROR(Reserve(0).status());  // whole blocks out; the tail is at buf_[0, used_)
+  if (used_ > 0) {
+    // O_DIRECT writes whole blocks: pad the tail with zeros, then cut the file back.
+    std::memset(buf_ + used_, 0, kDirectAlign - used_);
+    DS_RETURN_IF_ERROR(WriteBlocks(kDirectAlign));
+    used_ = 0;
+    if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0) {
+      return ErrnoError(errno, "cannot truncate", tmp);
+    }
+  }
+  DS_RETURN_IF_ERROR(SyncCloseRename(path_, &fd_, "already committed"));
   committed_ = true;
   return absl::OkStatus();
 }

@@ -92,6 +92,59 @@ class AtomicFileWriter {
   bool committed_ = false;
 };
 
+// Writes `path + ".tmp"` sequentially with O_DIRECT: the caller stores the next bytes
+// of the file straight into an aligned staging buffer (Reserve), and whole blocks go
+// from there to the disk by DMA, without the page-cache copy that write(2) makes (41%
+// of `deltactl decompress`'s samples; writing 1 GiB took 0.03-0.07 s of CPU this way
+// against 0.34-2.4 s with write(2) on the reference VM). Only the last partial block
+// (< kDirectAlign bytes) is carried from one Reserve to the next. Commit() writes the
+// tail (padded, then truncated to the true size), fsyncs, closes and renames over
+// `path`, as AtomicFileWriter; destroyed without a successful Commit(), the .tmp file
+// is removed and `path` is left as it was. Memory: one staging buffer as large as the
+// largest Reserve plus one block. Not thread-safe.
+class DirectFileWriter {
+ public:
+  // Alignment of file offsets, lengths and buffers for O_DIRECT (the logical block
+  // size of every common device is at most this).
+  static constexpr size_t kDirectAlign = 4096;
+
+  // Unimplemented if the file system refuses O_DIRECT (EINVAL, e.g. tmpfs): the caller
+  // writes with AtomicFileWriter instead. Other errors are errno-derived, naming the
+  // .tmp file.
+  static absl::StatusOr<std::unique_ptr<DirectFileWriter>> Open(const std::string& path);
+  ~DirectFileWriter();
+  DirectFileWriter(const DirectFileWriter&) = delete;
+  DirectFileWriter& operator=(const DirectFileWriter&) = delete;
+
+  // Writes out the bytes of the previous Reserve (whole blocks) and returns the next
+  // `n` bytes of the file to fill, valid until the next Reserve, Append or Commit.
+  // Every byte of it must be stored before then. Errors of write(2) name the .tmp file:
+  // ResourceExhausted for a full disk (ENOSPC), OutOfRange over the file size limit
+  // (EFBIG); ResourceExhausted if the staging buffer cannot be allocated.
+  absl::StatusOr<absl::Span<uint8_t>> Reserve(size_t n);
+  // Reserve(data.size()) and a copy of `data` into it.
+  absl::Status Append(absl::Span<const uint8_t> data);
+  // FailedPrecondition once committed; Reserve's errors; fsync/close/rename errors.
+  absl::Status Commit();
+
+  const std::string& path() const { return path_; }
+  // Bytes reserved so far (the file's size after Commit).
+  uint64_t size() const { return size_; }
+
+ private:
+  DirectFileWriter(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  // Writes the first `bytes` (a multiple of kDirectAlign) of the staging buffer.
+  absl::Status WriteBlocks(size_t bytes);
+
+  std::string path_;
+  int fd_;  // -1 once closed
+  uint64_t size_ = 0;
+  uint8_t* buf_ = nullptr;  // kDirectAlign-aligned staging buffer of cap_ bytes
+  size_t cap_ = 0;
+  size_t used_ = 0;  // bytes of buf_ that belong to the file and are not written yet
+  bool committed_ = false;
+};
+
 // Writes the concatenation of `pieces` to `path + ".tmp"`, flushes it, and renames it
 // over `path`, so readers never see a half-written file. On failure the .tmp file is
 // removed and an errno-derived status naming the path comes back.

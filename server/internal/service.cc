@@ -280,10 +280,10 @@ grpc::ServerReadReactor<v1::PutDeltaRequest>* DeltaServiceImpl::PutDelta(
   return NewPutDeltaReactor(ctx_, call, response);
 }
 
-grpc::ServerWriteReactor<v1::StreamWeightsResponse>* DeltaServiceImpl::StreamWeights(
-    grpc::CallbackServerContext* call, const v1::StreamWeightsRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* DeltaServiceImpl::StreamWeights(
+    grpc::CallbackServerContext* call, const grpc::ByteBuffer* request) {
   if (ctx_->drain->draining()) {
-    return new RefusedReactor<grpc::ServerWriteReactor<v1::StreamWeightsResponse>>(
+    return new RefusedReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
         ctx_->metrics, "StreamWeights", DrainingError());
   }
   return NewStreamWeightsReactor(ctx_, call, request);

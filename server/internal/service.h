@@ -17,7 +17,10 @@
 
 namespace deltaserve::server::internal {
 
-class DeltaServiceImpl final : public v1::DeltaService::CallbackService {
+// StreamWeights uses the raw (grpc::ByteBuffer) method so that tensor data is sent
+// without copies (weights_wire.h); every other method is proto-typed.
+class DeltaServiceImpl final
+    : public v1::DeltaService::WithRawCallbackMethod_StreamWeights<v1::DeltaService::CallbackService> {
  public:
   explicit DeltaServiceImpl(const ServiceContext* ctx) : ctx_(ctx) {}
 
@@ -35,8 +38,8 @@ class DeltaServiceImpl final : public v1::DeltaService::CallbackService {
   grpc::ServerUnaryReactor* GetBase(grpc::CallbackServerContext* call,
                                     const v1::GetBaseRequest* request,
                                     v1::BaseInfo* response) override;
-  grpc::ServerWriteReactor<v1::StreamWeightsResponse>* StreamWeights(
-      grpc::CallbackServerContext* call, const v1::StreamWeightsRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* StreamWeights(
+      grpc::CallbackServerContext* call, const grpc::ByteBuffer* request) override;
   grpc::ServerWriteReactor<v1::StreamDeltaResponse>* StreamDelta(
       grpc::CallbackServerContext* call, const v1::StreamDeltaRequest* request) override;
   grpc::ServerUnaryReactor* PinTask(grpc::CallbackServerContext* call,
@@ -81,9 +84,10 @@ absl::StatusOr<std::string> ResolveTask(const ServiceContext& ctx, const Caller&
 grpc::ServerReadReactor<v1::PutDeltaRequest>* NewPutDeltaReactor(
     const ServiceContext* ctx, grpc::CallbackServerContext* call,
     v1::PutDeltaResponse* response);
-grpc::ServerWriteReactor<v1::StreamWeightsResponse>* NewStreamWeightsReactor(
-    const ServiceContext* ctx, grpc::CallbackServerContext* call,
-    const v1::StreamWeightsRequest* request);
+// `request`: the serialized StreamWeightsRequest (a bad one finishes the call with
+// INVALID_ARGUMENT); responses are serialized StreamWeightsResponses.
+grpc::ServerWriteReactor<grpc::ByteBuffer>* NewStreamWeightsReactor(
+    const ServiceContext* ctx, grpc::CallbackServerContext* call, const grpc::ByteBuffer* request);
 grpc::ServerWriteReactor<v1::StreamDeltaResponse>* NewStreamDeltaReactor(
     const ServiceContext* ctx, grpc::CallbackServerContext* call,
     const v1::StreamDeltaRequest* request);

@@ -110,7 +110,9 @@ StreamCursor::Need StreamCursor::NextNeeds(const MergedTensor& tensor) const {
   return Need{end, checksum_follows_ && end == size};
 }
 
-size_t StreamCursor::Next(const MergedTensor* tensor, v1::StreamWeightsResponse* msg) {
+size_t StreamCursor::Next(const MergedTensor* tensor, v1::StreamWeightsResponse* msg,
+                          absl::Span<const uint8_t>* data) {
+  if (data != nullptr) *data = {};
   if (pos_ == num_tensors_) {
     end_sent_ = true;
     v1::StreamEnd* end = msg->mutable_end();
@@ -138,7 +140,12 @@ size_t StreamCursor::Next(const MergedTensor* tensor, v1::StreamWeightsResponse*
     n = static_cast<size_t>(std::min<uint64_t>(chunk_bytes_, size - offset_));
     v1::TensorChunk* chunk = msg->mutable_chunk();
     chunk->set_offset(offset_);
-    chunk->set_data(tensor->data.data() + offset_, n);
+    if (data != nullptr) {
+      chunk->clear_data();
+      *data = absl::MakeConstSpan(tensor->data.data() + offset_, n);
+    } else {
+      chunk->set_data(tensor->data.data() + offset_, n);
+    }
     offset_ += n;
     sent_bytes_ += n;
     if (checksum_follows_ && offset_ == size) {

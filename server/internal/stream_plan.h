@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "codec/tensor.h"
 #include "deltaserve/v1/delta_service.pb.h"
 #include "server/internal/tensor_cache.h"
@@ -88,9 +89,13 @@ class StreamCursor {
 
   // Fills `msg` with the next message and returns its data bytes (0 for a header or the
   // end). `tensor` is the merged tensor at position() when needs_tensor() (ignored
-  // otherwise), with what NextNeeds asks for final; bytes sent never change.
+  // otherwise), with what NextNeeds asks for final; bytes sent never change. With
+  // `data` set, a chunk's bytes are not copied into msg: *data points at them in
+  // `tensor` and msg's chunk has empty data (the reactor sends them from the tensor,
+  // weights_wire.h); *data is empty for other messages.
   // REQUIRES: !done().
-  size_t Next(const MergedTensor* tensor, v1::StreamWeightsResponse* msg);
+  size_t Next(const MergedTensor* tensor, v1::StreamWeightsResponse* msg,
+              absl::Span<const uint8_t>* data = nullptr);
 
  private:
   // The next message belongs to the first tensor, resumed at first_offset_.

@@ -510,6 +510,18 @@ int main(int argc, char** argv) {
       "decode+merge+hash wall time summed over tensors (deltaserve_decode_seconds): %.2f s = "
       "%.3f GB/s per worker\n",
       decode_sum, cold.bytes / decode_sum / 1e9);
+  // CPU bound: the whole process (server, client, benchmark) on hardware_concurrency
+  // cores cannot stream cold faster than cores / (CPU seconds per GB).
+  const double cores = std::thread::hardware_concurrency();
+  const double cold_cpu_gb = cold.cpu_s / (cold.bytes / 1e9);
+  const double plain_cpu_gb = base.cpu_s / (base.bytes / 1e9);
+  std::printf(
+      "CPU per GB (both ends): cold %.2f s (decode workers %.2f s, the rest %.2f s), cached "
+      "%.2f s, plain stream %.2f s; on %.0f cores the cold stream is bounded by %.3f GB/s = "
+      "%.0f%% of the plain stream\n",
+      cold_cpu_gb, worker_cpu / (cold.bytes / 1e9), cold_cpu_gb - worker_cpu / (cold.bytes / 1e9),
+      cached.cpu_s / (cached.bytes / 1e9), plain_cpu_gb, cores, cores / cold_cpu_gb,
+      100.0 * (cores / cold_cpu_gb) / (base.bytes / base.total_s / 1e9));
   std::printf("cold / plain = %.0f%%   cached / plain = %.0f%%\n",
               100.0 * (cold.bytes / cold.total_s) / (base.bytes / base.total_s),
               100.0 * (cached.bytes / cached.total_s) / (base.bytes / base.total_s));
