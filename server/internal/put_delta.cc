@@ -44,6 +44,7 @@
 #include "server/internal/cluster_glue.h"
 #include "server/internal/convert.h"
 #include "server/internal/service.h"
+#include "server/internal/upload_buffer.h"
 #include "storage/side_files.h"
 
 namespace deltaserve::server::internal {
@@ -117,12 +118,10 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     }
     // Within the capacity reserved at admission: no reallocation, so the staging job may
     // read the records below buffer_.size() meanwhile.
-    buffer_.append(chunk);
+    buffer_.Append(chunk);
     XXH3_64bits_update(hash_, chunk.data(), chunk.size());
     // Refuse a record that storage cannot hold as soon as its length field arrives.
-    if (absl::Status s = scanner_.Feed(
-            absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(buffer_.data()), buffer_.size()));
-        !s.ok()) {
+    if (absl::Status s = scanner_.Feed(buffer_.bytes()); !s.ok()) {
       return FinishWhenIdle(absl::Status(
           s.code(), absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message())));
     }
@@ -184,7 +183,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     // is sent, on one consistent view; the commit checks them again atomically.
     DS_RETURN_IF_ERROR(ctx_->store->CheckCommit(tenant_, meta_.task(), total + side_total_,
                                                 MakeCommitOptions()));
-    buffer_.reserve(total);
+    DS_RETURN_IF_ERROR(buffer_.Reserve(total));
     side_buffer_.reserve(side_total_);
     // Cluster mode publishes to the object store instead of committing here: no staging.
     if (ctx_->cluster == nullptr && total >= ctx_->store->options().ingest_min_bytes) {
@@ -214,8 +213,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                                                 "': container XXH3-64 mismatch"));
       }
     }
-    auto bytes = absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(buffer_.data()),
-                                     buffer_.size());
+    absl::Span<const uint8_t> bytes = buffer_.bytes();
     absl::StatusOr<codec::ContainerReader> container = codec::ContainerReader::Parse(bytes);
     if (!container.ok()) {
       return common::Annotate(container.status(),
@@ -299,7 +297,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   void Commit() {
     absl::Status status = Verify();
     staged_.reset();              // removes a staged file that was not ingested
-    std::string().swap(buffer_);  // free the upload before answering
+    buffer_.Release();  // free the upload before answering
     std::string().swap(side_buffer_);
     Finish(status);
   }
@@ -321,7 +319,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   // Pool, one job at a time: stages the arrived records until none is left, then, if
   // the stream ended or the call failed meanwhile, commits or finishes.
   void StageArrived() {
-    const auto* base = reinterpret_cast<const uint8_t*>(buffer_.data());
+    const uint8_t* base = buffer_.bytes().data();
     std::optional<absl::Status> finish;
     bool commit = false;
     for (;;) {
@@ -379,7 +377,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   bool have_metadata_ = false;
   bool admitted_ = false;  // holds a --max-uploads slot
   std::string tenant_;
-  std::string buffer_;
+  UploadBuffer buffer_;  // the container, capacity total_bytes (reserved at admission)
   codec::ContainerUploadScanner scanner_;
   std::vector<storage::SideFileEntry> declared_;  // metadata.side_files
   uint64_t side_total_ = 0;                       // sum of their sizes
