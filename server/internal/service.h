@@ -17,12 +17,15 @@
 
 namespace deltaserve::server::internal {
 
-class DeltaServiceImpl final : public v1::DeltaService::CallbackService {
+// PutDelta is a raw method (grpc::ByteBuffer in and out): its container chunks are
+// taken from gRPC's buffers without a copy into a parsed request (put_delta.cc).
+class DeltaServiceImpl final
+    : public v1::DeltaService::WithRawCallbackMethod_PutDelta<v1::DeltaService::CallbackService> {
  public:
   explicit DeltaServiceImpl(const ServiceContext* ctx) : ctx_(ctx) {}
 
-  grpc::ServerReadReactor<v1::PutDeltaRequest>* PutDelta(
-      grpc::CallbackServerContext* call, v1::PutDeltaResponse* response) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* PutDelta(grpc::CallbackServerContext* call,
+                                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListTasks(grpc::CallbackServerContext* call,
                                       const v1::ListTasksRequest* request,
                                       v1::ListTasksResponse* response) override;
@@ -78,9 +81,9 @@ absl::StatusOr<std::string> ResolveTask(const ServiceContext& ctx, const Caller&
                                         CallLog& log);
 
 // Reactor factories (one per streaming method, each in its own .cc).
-grpc::ServerReadReactor<v1::PutDeltaRequest>* NewPutDeltaReactor(
+grpc::ServerReadReactor<grpc::ByteBuffer>* NewPutDeltaReactor(
     const ServiceContext* ctx, grpc::CallbackServerContext* call,
-    v1::PutDeltaResponse* response);
+    grpc::ByteBuffer* response);
 grpc::ServerWriteReactor<v1::StreamWeightsResponse>* NewStreamWeightsReactor(
     const ServiceContext* ctx, grpc::CallbackServerContext* call,
     const v1::StreamWeightsRequest* request);
