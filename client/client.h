@@ -211,9 +211,12 @@ class DeltaClient {
   // stream totals, and writes one safetensors file at `out_path` with the tensors in
   // stream order and the server's safetensors metadata: for an unfiltered pull in the
   // recorded dtypes, the same bytes as offline `deltactl decompress` (both are written
-  // by codec::WriteSafetensors). Memory stays bounded: tensor data is spilled to
+  // by codec::WriteSafetensors). Memory stays bounded: without a name filter (include,
+  // include_regex) the tensors are known from GetTask first, and each chunk is written
+  // (pwrite) straight to its place in `out_path + ".tmp"`, renamed over out_path once
+  // every tensor arrived verified; with a filter, tensor data is spilled to
   // `out_path + ".data.tmp"` (removed afterwards) and mapped for the final write.
-  // Nothing is left at out_path on error. Before any call: InvalidArgument if out_path
+  // Nothing is left at out_path on error (nor a .tmp file). Before any call: InvalidArgument if out_path
   // is a directory, NotFound if its parent directory does not exist.
   absl::StatusOr<PullStats> PullWeights(const std::string& task, const std::string& out_path,
                                         const PullOptions& options = {});

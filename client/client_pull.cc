@@ -1,6 +1,7 @@
 // DeltaClient downloads: StreamWeights (pull) and StreamDelta, with every byte verified.
 #include <xxhash.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "client/internal/impl.h"
+#include "client/internal/placed_output.h"
 #include "client/internal/pull_ranges.h"
 #include "client/internal/status.h"
 #include "client/internal/weights_stream.h"
@@ -106,6 +108,55 @@ absl::Status CheckStreams(const PullOptions& options) {
                    "must be in [1, 64], got ", options.streams));
 }
 
+// NotFound for a pull that received (or would receive) no tensor: an empty file would
+// look like a successful pull.
+absl::Status NoTensorsError(const DeltaClient::Impl& impl, const std::string& task,
+                            const std::string& target, const PullOptions& options) {
+  const bool filtered = !options.include.empty() || !options.include_regex.empty() ||
+                        !options.resume_from.empty();
+  return absl::NotFoundError(absl::StrCat(
+      "StreamWeights ", TaskLabel(impl.options, task), ": ",
+      filtered ? "no tensor matches the filter" : "the task has no tensors",
+      "; nothing written to ", target));
+}
+
+// Pulls `task` (no name filter: its tensors are known from GetTask) into one safetensors
+// file at `out_path` written in place (PlacedOutput): each stream writes its tensors'
+// chunks at their offsets in the file as they arrive.
+absl::StatusOr<PullStats> PullPlaced(const DeltaClient::Impl& impl, const std::string& task,
+                                     const std::string& out_path, const PullOptions& options) {
+  const std::string label = absl::StrCat("StreamWeights ", TaskLabel(impl.options, task));
+  DS_ASSIGN_OR_RETURN(v1::TaskInfo info, GetTaskTensors(impl, task, label));
+  DS_ASSIGN_OR_RETURN(std::vector<codec::TensorInfo> tensors, ListedTensors(info, options, label));
+  if (!options.resume_from.empty()) {
+    auto at = std::find_if(tensors.begin(), tensors.end(), [&](const codec::TensorInfo& t) {
+      return t.name == options.resume_from;
+    });
+    if (at == tensors.end()) {
+      return absl::NotFoundError(
+          absl::StrCat(label, ": no tensor '", options.resume_from, "' to resume from"));
+    }
+    tensors.erase(tensors.begin(), at);
+  }
+  if (tensors.empty()) return NoTensorsError(impl, task, out_path, options);
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<PlacedOutput> out,
+                      PlacedOutput::Create(out_path, std::move(tensors)));
+  std::vector<std::unique_ptr<PlacedSink>> sinks;
+  auto make_sink = [&](size_t) -> absl::StatusOr<WeightsSink*> {
+    sinks.push_back(std::make_unique<PlacedSink>(out.get()));
+    return sinks.back().get();
+  };
+  PullStats stats;
+  if (options.streams > 1) {
+    DS_ASSIGN_OR_RETURN(stats, PullRanges(impl, task, options, make_sink, &info));
+  } else {
+    DS_ASSIGN_OR_RETURN(WeightsSink * sink, make_sink(0));
+    DS_ASSIGN_OR_RETURN(stats, RunStreamWeights(impl, task, options, sink));
+  }
+  DS_RETURN_IF_ERROR(out->Commit());
+  return stats;
+}
+
 // Streams `task` into SpillSinks (one per range when options.streams > 1) whose scratch
 // files are `spill_path` (+ ".<range>" after the first) + ".tmp"; NotFound (saying
 // nothing was written to `target`) when no tensor arrives.
@@ -128,15 +179,8 @@ absl::StatusOr<PullStats> PullToSpill(const DeltaClient::Impl& impl, const std::
     DS_ASSIGN_OR_RETURN(WeightsSink * sink, make_sink(0));
     DS_ASSIGN_OR_RETURN(stats, RunStreamWeights(impl, task, options, sink));
   }
-  if (stats.tensors == 0) {
-    // An empty file would look like a successful pull; the spills are removed with `sinks`.
-    const bool filtered = !options.include.empty() || !options.include_regex.empty() ||
-                          !options.resume_from.empty();
-    return absl::NotFoundError(absl::StrCat(
-        "StreamWeights ", TaskLabel(impl.options, task), ": ",
-        filtered ? "no tensor matches the filter" : "the task has no tensors",
-        "; nothing written to ", target));
-  }
+  // The spills are removed with `sinks`.
+  if (stats.tensors == 0) return NoTensorsError(impl, task, target, options);
   return stats;
 }
 
@@ -164,6 +208,12 @@ absl::StatusOr<PullStats> DeltaClient::PullWeights(const std::string& task,
     return absl::NotFoundError(
         absl::StrCat("cannot write ", out_path, ": no directory ", parent.string()));
   }
+  DS_RETURN_IF_ERROR(CheckStreams(options));
+  if (options.include.empty() && options.include_regex.empty()) {
+    return PullPlaced(*impl_, task, out_path, options);
+  }
+  // A name filter is applied by the server: which tensors come, and so where each goes
+  // in the file, is known only once they have all arrived.
   std::vector<std::unique_ptr<SpillSink>> sinks;
   DS_ASSIGN_OR_RETURN(PullStats stats,
                       PullToSpill(*impl_, task, out_path + ".data", out_path, options, &sinks));

@@ -73,19 +73,11 @@ class ProgressSum {
 absl::StatusOr<std::vector<uint64_t>> TensorBytes(const v1::TaskInfo& info,
                                                   const PullOptions& options,
                                                   absl::string_view label) {
-  std::vector<uint64_t> bytes(info.tensors_size());
-  for (const v1::TensorSummary& t : info.tensors()) {
-    if (t.index() >= bytes.size()) {
-      return absl::DataLossError(absl::StrCat(label, ": GetTask lists tensor '", t.name(),
-                                              "' at index ", t.index(), " of ", bytes.size()));
-    }
-    uint64_t b = t.merged_bytes();
-    absl::StatusOr<codec::DType> recorded = proto::FromProtoDType(t.dtype());
-    if (options.out_dtype && recorded.ok()) {
-      b = b / codec::DTypeSize(*recorded) * codec::DTypeSize(*options.out_dtype);
-    }
-    bytes[t.index()] = b;
-  }
+  DS_ASSIGN_OR_RETURN(std::vector<codec::TensorInfo> tensors,
+                      ListedTensors(info, options, label));
+  std::vector<uint64_t> bytes;
+  bytes.reserve(tensors.size());
+  for (const codec::TensorInfo& t : tensors) bytes.push_back(t.num_bytes());
   return bytes;
 }
 
@@ -99,6 +91,35 @@ absl::StatusOr<uint32_t> IndexOf(const v1::TaskInfo& info, const std::string& na
 }
 
 }  // namespace
+
+absl::StatusOr<v1::TaskInfo> GetTaskTensors(const DeltaClient::Impl& impl,
+                                            const std::string& task, const std::string& label) {
+  v1::GetTaskRequest get;
+  get.set_tenant(impl.options.tenant);
+  get.set_task(task);
+  get.set_include_tensors(true);
+  return impl.Unary(&v1::DeltaService::Stub::GetTask, get, impl.options.deadline, label);
+}
+
+absl::StatusOr<std::vector<codec::TensorInfo>> ListedTensors(const v1::TaskInfo& info,
+                                                             const PullOptions& options,
+                                                             absl::string_view label) {
+  std::vector<codec::TensorInfo> tensors(info.tensors_size());
+  std::vector<bool> seen(tensors.size());
+  for (const v1::TensorSummary& t : info.tensors()) {
+    absl::StatusOr<codec::DType> recorded = proto::FromProtoDType(t.dtype());
+    if (t.index() >= tensors.size() || seen[t.index()] || !recorded.ok()) {
+      return absl::DataLossError(absl::StrCat(label, ": GetTask lists tensor '", t.name(),
+                                              "' at index ", t.index(), " of ", tensors.size(),
+                                              recorded.ok() ? "" : " with an unknown dtype"));
+    }
+    seen[t.index()] = true;
+    tensors[t.index()] = codec::TensorInfo{
+        t.name(), codec::OutputDType(*recorded, options.out_dtype.value_or(*recorded)),
+        {t.shape().begin(), t.shape().end()}};
+  }
+  return tensors;
+}
 
 std::vector<std::pair<uint32_t, uint32_t>> CutTensorRanges(absl::Span<const uint64_t> bytes,
                                                            uint32_t first, uint32_t streams) {
@@ -128,18 +149,19 @@ std::vector<std::pair<uint32_t, uint32_t>> CutTensorRanges(absl::Span<const uint
 
 absl::StatusOr<PullStats> PullRanges(
     const DeltaClient::Impl& impl, const std::string& task, const PullOptions& options,
-    const std::function<absl::StatusOr<WeightsSink*>(size_t range)>& make_sink) {
+    const std::function<absl::StatusOr<WeightsSink*>(size_t range)>& make_sink,
+    const v1::TaskInfo* listed) {
   const Clock::time_point start = Clock::now();
   const std::string label = absl::StrCat("StreamWeights ", TaskLabel(impl.options, task));
   DS_ASSIGN_OR_RETURN(v1::StreamWeightsRequest base_request,
                       MakeStreamWeightsRequest(impl.options, task, options, label));
   base_request.clear_resume_from_name();
-  v1::GetTaskRequest get;
-  get.set_tenant(impl.options.tenant);
-  get.set_task(task);
-  get.set_include_tensors(true);
-  DS_ASSIGN_OR_RETURN(v1::TaskInfo info, impl.Unary(&v1::DeltaService::Stub::GetTask, get,
-                                                    impl.options.deadline, label));
+  v1::TaskInfo info;
+  if (listed != nullptr) {
+    info = *listed;
+  } else {
+    DS_ASSIGN_OR_RETURN(info, GetTaskTensors(impl, task, label));
+  }
   DS_ASSIGN_OR_RETURN(std::vector<uint64_t> bytes, TensorBytes(info, options, label));
   uint32_t first = 0;
   if (!options.resume_from.empty()) {

@@ -595,6 +595,13 @@ absl::StatusOr<std::unique_ptr<DirectSafetensorsWriter>> DirectSafetensorsWriter
   return std::make_unique<DirectWriter>(std::move(file), std::move(infos));
 }
 
+absl::StatusOr<std::string> SafetensorsHeader(const std::string& path,
+                                              const std::vector<TensorInfo>& infos,
+                                              const std::map<std::string, std::string>& metadata) {
+  DS_RETURN_IF_ERROR(ValidateInfos(path, infos));
+  return BuildHeader(path, infos, metadata);
+}
+
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& tensors,
                               const std::map<std::string, std::string>& metadata) {
   DS_RETURN_IF_ERROR(ValidateForWrite(path, tensors));

@@ -134,6 +134,16 @@ class DirectSafetensorsWriter {
   virtual absl::Status Commit() = 0;
 };
 
+// The bytes that come before the tensor data in a file WriteSafetensors writes for
+// tensors with `infos` (in that order) and `metadata`: the 8-byte length and the padded
+// JSON header. The data of infos[i] then starts at the returned size plus the bytes of
+// infos[0..i). For writers that place tensors in the file themselves (e.g. several
+// downloads at once). Same InvalidArgument errors as WriteSafetensors for bad infos,
+// naming `path`.
+absl::StatusOr<std::string> SafetensorsHeader(const std::string& path,
+                                              const std::vector<TensorInfo>& infos,
+                                              const std::map<std::string, std::string>& metadata);
+
 // Writes a sharded model into directory `dir` (created if needed): files
 // model-0000i-of-0000n.safetensors (5-digit, 1-based) of at most `max_shard_bytes` of
 // tensor data each, packed greedily in the order given (a tensor larger than the limit

@@ -156,6 +156,41 @@ absl::Status AtomicFileWriter::Append(absl::Span<const uint8_t> data) {
   return absl::OkStatus();
 }
 
+absl::Status AtomicFileWriter::WriteAt(uint64_t offset, absl::Span<const uint8_t> data) const {
+  if (fd_ < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(path_, ".tmp: already closed"));
+  }
+  const uint8_t* p = data.data();
+  size_t left = data.size();
+  while (left > 0) {
+    ssize_t n = ::pwrite(fd_, p, left, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(errno, "cannot write", path_ + ".tmp");
+    }
+    p += n;
+    offset += static_cast<uint64_t>(n);
+    left -= static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AtomicFileWriter::Reserve(uint64_t bytes) {
+  if (fd_ < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(path_, ".tmp: already closed"));
+  }
+  if (bytes == 0) return absl::OkStatus();
+  // fallocate(2), not posix_fallocate: where the file system cannot allocate, glibc's
+  // emulation would write every block; a sparse extension is enough then.
+  int err = ::fallocate(fd_, 0, 0, static_cast<off_t>(bytes)) == 0 ? 0 : errno;
+  if (err == EOPNOTSUPP || err == ENOSYS) {
+    err = ::ftruncate(fd_, static_cast<off_t>(bytes)) == 0 ? 0 : errno;
+  }
+  if (err != 0) return ErrnoError(err, absl::StrCat("cannot reserve ", bytes, " bytes for"),
+                                  path_ + ".tmp");
+  return absl::OkStatus();
+}
+
 absl::Status AtomicFileWriter::Close() {
   const std::string tmp = tmp_path();
   if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(tmp, ": already closed"));

@@ -74,6 +74,13 @@ class AtomicFileWriter {
   AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
 
   absl::Status Append(absl::Span<const uint8_t> data);
+  // Writes `data` at byte `offset` of the .tmp file (pwrite; size() is unchanged): for
+  // writers that place pieces themselves. Thread-safe against other WriteAt calls (of
+  // disjoint ranges), not against Append, Reserve, Commit or Close.
+  absl::Status WriteAt(uint64_t offset, absl::Span<const uint8_t> data) const;
+  // Makes the .tmp file `bytes` long (allocated where the file system can, so that a
+  // full disk shows here rather than in a later WriteAt; else a sparse extension).
+  absl::Status Reserve(uint64_t bytes);
   // fsyncs, closes and renames the .tmp file over path().
   absl::Status Commit();
   // Closes the .tmp file without renaming it (a scratch file that is read back, e.g.

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "server/internal/log.h"
@@ -27,6 +28,18 @@ void OnStopSignal(int sig) {
   char c = static_cast<char>(sig);
   (void)!write(g_signal_pipe[1], &c, 1);  // async-signal-safe
 }
+
+// A byte count: digits only, fitting 64 bits (CLI11 alone would take "-1" as 2^64 - 1).
+const CLI::Validator kByteCount(
+    [](std::string& text) -> std::string {
+      uint64_t value = 0;
+      if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos ||
+          !absl::SimpleAtoi(text, &value)) {
+        return "want a whole number of bytes >= 0 (at most 2^64 - 1), got '" + text + "'";
+      }
+      return "";
+    },
+    "BYTES");
 
 using deltaserve::server::Server;
 using deltaserve::server::ServerOptions;
@@ -93,6 +106,10 @@ int Run(int argc, char** argv) {
   app.add_option("--db-min-free-bytes", o.store.min_free_bytes,
                  "free space kept on the database's filesystem, bytes")
       ->envname("DELTASERVE_DB_MIN_FREE_BYTES")->capture_default_str();
+  app.add_option("--ingest-min-bytes", o.store.ingest_min_bytes,
+                 "uploads of at least this many bytes are written as table files and "
+                 "ingested, not through the write-ahead log (0 = every upload)")
+      ->envname("DELTASERVE_INGEST_MIN_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--stall-seconds", stall_seconds, "a stream waiting this long is stalled")
       ->envname("DELTASERVE_STALL_SECONDS")->capture_default_str();
   app.add_option("--write-timeout-seconds", write_timeout_seconds,

@@ -2,8 +2,9 @@
 //
 // Flow: OnReadDone(metadata) -> control pool: Admit (auth, names, size limit, side file
 // names and limits, existence and quota pre-checks; RocksDB reads) -> StartRead chunks
-// and side file chunks, appended in the callback (a memcpy, and the running XXH3-64;
-// bounded by the declared sizes) -> end of stream -> pool: Commit (size, optional
+// and side file chunks, appended in the callback (a memcpy straight from gRPC's slices
+// for a plain chunk message, see TakeChunk; the running XXH3-64; bounded by the declared
+// sizes; the buffer is an UploadBuffer) -> end of stream -> pool: Commit (size, optional
 // XXH3-64, container framing and every record checksum, base hash, every side file's
 // XXH3-64, one atomic commit) -> Finish. Any error finishes the call at once and stores
 // nothing. The whole container and the side files are held in memory until committed
@@ -27,6 +28,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -44,18 +46,19 @@
 #include "server/internal/cluster_glue.h"
 #include "server/internal/convert.h"
 #include "server/internal/service.h"
+#include "server/internal/upload_buffer.h"
 #include "storage/side_files.h"
 
 namespace deltaserve::server::internal {
 namespace {
 
-class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest> {
+class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   PutDeltaReactor(const ServiceContext* ctx, grpc::CallbackServerContext* call,
-                  v1::PutDeltaResponse* response)
+                  grpc::ByteBuffer* response)
       : ctx_(ctx),
         call_(call),
-        response_(response),
+        response_bytes_(response),
         log_(ctx->metrics, "PutDelta"),
         hash_(XXH3_createState()) {
     XXH3_64bits_reset(hash_);
@@ -65,7 +68,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
       Finish(admitted);
       return;
     }
-    StartRead(&request_);
+    StartRead(&request_bytes_);
   }
 
   void OnReadDone(bool ok) override {
@@ -81,6 +84,11 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
       // Outside the lock: Commit may finish the call and delete this reactor.
       if (commit_now) ctx_->pool->Schedule([this] { Commit(); });
       return;
+    }
+    if (have_metadata_ && TakeChunk()) return;
+    if (!grpc::SerializationTraits<v1::PutDeltaRequest>::Deserialize(&request_bytes_, &request_)
+             .ok()) {
+      return FinishWhenIdle(absl::InvalidArgumentError("PutDelta: a message does not parse"));
     }
     if (!have_metadata_) {
       if (!request_.has_metadata()) {
@@ -102,34 +110,15 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
       }
       side_buffer_.append(part);
       log_.add_bytes(part.size());
-      StartRead(&request_);
+      StartRead(&request_bytes_);
       return;
     }
     if (!request_.has_chunk()) {
       return FinishWhenIdle(
           absl::InvalidArgumentError("PutDelta: metadata may only come first"));
     }
-    const std::string& chunk = request_.chunk();
-    if (buffer_.size() + chunk.size() > meta_.total_bytes()) {
-      return FinishWhenIdle(absl::InvalidArgumentError(
-          absl::StrCat("PutDelta: task '", meta_.task(), "': more bytes than total_bytes=",
-                       meta_.total_bytes())));
-    }
-    // Within the capacity reserved at admission: no reallocation, so the staging job may
-    // read the records below buffer_.size() meanwhile.
-    buffer_.append(chunk);
-    XXH3_64bits_update(hash_, chunk.data(), chunk.size());
-    // Refuse a record that storage cannot hold as soon as its length field arrives.
-    if (absl::Status s = scanner_.Feed(
-            absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(buffer_.data()), buffer_.size()));
-        !s.ok()) {
-      return FinishWhenIdle(absl::Status(
-          s.code(), absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message())));
-    }
-    if (staged_ != nullptr) PublishArrived();
-    ctx_->metrics->uploaded_bytes().Increment(static_cast<double>(chunk.size()));
-    log_.add_bytes(chunk.size());
-    StartRead(&request_);
+    const std::string_view chunk = request_.chunk();
+    OnChunk({&chunk, 1}, chunk.size());
   }
 
   void OnDone() override {
@@ -139,6 +128,66 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   }
 
  private:
+  // A message that is exactly PutDeltaRequest{chunk} (what DeltaClient sends) is taken
+  // from gRPC's slices, with no copy into request_: false for any other message (it is
+  // parsed as a message then, with protobuf's rules).
+  bool TakeChunk() {
+    std::vector<grpc::Slice> slices;
+    if (!request_bytes_.Dump(&slices).ok()) return false;
+    uint8_t head[11];  // the tag and the varint length, gathered from the first slices
+    size_t have = 0;
+    for (const grpc::Slice& slice : slices) {
+      const size_t n = std::min(sizeof head - have, slice.size());
+      std::memcpy(head + have, slice.begin(), n);
+      have += n;
+      if (have == sizeof head) break;
+    }
+    if (have < 2 || head[0] != ((v1::PutDeltaRequest::kChunkFieldNumber << 3) | 2)) return false;
+    uint64_t length = 0;
+    size_t at = 1;
+    for (int shift = 0;; shift += 7, ++at) {
+      if (at >= have || shift > 63) return false;
+      length |= static_cast<uint64_t>(head[at] & 0x7f) << shift;
+      if ((head[at] & 0x80) == 0) break;
+    }
+    ++at;  // past the length
+    if (length > request_bytes_.Length() || at + length != request_bytes_.Length()) return false;
+    std::vector<std::string_view> pieces;
+    for (const grpc::Slice& slice : slices) {
+      std::string_view piece(reinterpret_cast<const char*>(slice.begin()), slice.size());
+      const size_t skip = std::min(at, piece.size());
+      at -= skip;
+      piece.remove_prefix(skip);
+      if (!piece.empty()) pieces.push_back(piece);
+    }
+    OnChunk(pieces, length);
+    return true;
+  }
+
+  // Callback: container bytes `pieces` (`size` in all) arrived.
+  void OnChunk(absl::Span<const std::string_view> pieces, uint64_t size) {
+    if (size > meta_.total_bytes() - buffer_.size()) {  // buffer_.size() <= total_bytes
+      return FinishWhenIdle(absl::InvalidArgumentError(
+          absl::StrCat("PutDelta: task '", meta_.task(), "': more bytes than total_bytes=",
+                       meta_.total_bytes())));
+    }
+    // Within the capacity reserved at admission: no reallocation, so the staging job may
+    // read the records below buffer_.size() meanwhile.
+    for (std::string_view piece : pieces) {
+      buffer_.Append(piece);
+      XXH3_64bits_update(hash_, piece.data(), piece.size());
+    }
+    // Refuse a record that storage cannot hold as soon as its length field arrives.
+    if (absl::Status s = scanner_.Feed(buffer_.bytes()); !s.ok()) {
+      return FinishWhenIdle(absl::Status(
+          s.code(), absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message())));
+    }
+    if (staged_ != nullptr) PublishArrived();
+    ctx_->metrics->uploaded_bytes().Increment(static_cast<double>(size));
+    log_.add_bytes(size);
+    StartRead(&request_bytes_);
+  }
+
   storage::CommitOptions MakeCommitOptions() const {
     storage::CommitOptions options;
     // Cluster mode: the local store is a cache; etcd decides existence and quota
@@ -184,7 +233,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     // is sent, on one consistent view; the commit checks them again atomically.
     DS_RETURN_IF_ERROR(ctx_->store->CheckCommit(tenant_, meta_.task(), total + side_total_,
                                                 MakeCommitOptions()));
-    buffer_.reserve(total);
+    DS_RETURN_IF_ERROR(buffer_.Reserve(total));
     side_buffer_.reserve(side_total_);
     // Cluster mode publishes to the object store instead of committing here: no staging.
     if (ctx_->cluster == nullptr && total >= ctx_->store->options().ingest_min_bytes) {
@@ -197,7 +246,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   void Admit() {
     absl::Status status = CheckAdmission();
     if (!status.ok()) return Finish(status);
-    StartRead(&request_);
+    StartRead(&request_bytes_);
   }
 
   absl::Status Verify() {
@@ -214,8 +263,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
                                                 "': container XXH3-64 mismatch"));
       }
     }
-    auto bytes = absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(buffer_.data()),
-                                     buffer_.size());
+    absl::Span<const uint8_t> bytes = buffer_.bytes();
     absl::StatusOr<codec::ContainerReader> container = codec::ContainerReader::Parse(bytes);
     if (!container.ok()) {
       return common::Annotate(container.status(),
@@ -268,8 +316,8 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
     ctx_->PublishTenantUsage(tenant_);
     FillTaskInfo(committed, /*with_tensors=*/false,
                  ctx_->cache->IsPinned(TaskGroup(tenant_, meta_.task())),
-                 response_->mutable_task());
-    response_->set_unchanged(outcome == storage::CommitOutcome::kUnchanged);
+                 response_.mutable_task());
+    response_.set_unchanged(outcome == storage::CommitOutcome::kUnchanged);
     return absl::OkStatus();
   }
 
@@ -299,7 +347,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   void Commit() {
     absl::Status status = Verify();
     staged_.reset();              // removes a staged file that was not ingested
-    std::string().swap(buffer_);  // free the upload before answering
+    buffer_.Release();  // free the upload before answering
     std::string().swap(side_buffer_);
     Finish(status);
   }
@@ -321,7 +369,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
   // Pool, one job at a time: stages the arrived records until none is left, then, if
   // the stream ended or the call failed meanwhile, commits or finishes.
   void StageArrived() {
-    const auto* base = reinterpret_cast<const uint8_t*>(buffer_.data());
+    const uint8_t* base = buffer_.bytes().data();
     std::optional<absl::Status> finish;
     bool commit = false;
     for (;;) {
@@ -367,19 +415,26 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
 
   void Finish(const absl::Status& status) {
     log_.Finish(status);
-    grpc::ServerReadReactor<v1::PutDeltaRequest>::Finish(ToGrpcStatus(status));
+    if (status.ok()) {
+      bool own = false;
+      (void)grpc::SerializationTraits<v1::PutDeltaResponse>::Serialize(response_, response_bytes_,
+                                                                       &own);
+    }
+    grpc::ServerReadReactor<grpc::ByteBuffer>::Finish(ToGrpcStatus(status));
   }
 
   const ServiceContext* ctx_;
   grpc::CallbackServerContext* call_;
-  v1::PutDeltaResponse* response_;
+  grpc::ByteBuffer* response_bytes_;  // response_, serialized at a successful Finish
+  v1::PutDeltaResponse response_;
   CallLog log_;
-  v1::PutDeltaRequest request_;
+  grpc::ByteBuffer request_bytes_;  // the message being read
+  v1::PutDeltaRequest request_;     // it parsed, unless TakeChunk took it
   v1::PutDeltaMetadata meta_;
   bool have_metadata_ = false;
   bool admitted_ = false;  // holds a --max-uploads slot
   std::string tenant_;
-  std::string buffer_;
+  UploadBuffer buffer_;  // the container, capacity total_bytes (reserved at admission)
   codec::ContainerUploadScanner scanner_;
   std::vector<storage::SideFileEntry> declared_;  // metadata.side_files
   uint64_t side_total_ = 0;                       // sum of their sizes
@@ -400,9 +455,8 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<v1::PutDeltaRequest
 
 }  // namespace
 
-grpc::ServerReadReactor<v1::PutDeltaRequest>* NewPutDeltaReactor(
-    const ServiceContext* ctx, grpc::CallbackServerContext* call,
-    v1::PutDeltaResponse* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* NewPutDeltaReactor(
+    const ServiceContext* ctx, grpc::CallbackServerContext* call, grpc::ByteBuffer* response) {
   return new PutDeltaReactor(ctx, call, response);
 }
 

@@ -271,10 +271,10 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::GetSideFile(grpc::CallbackServerCont
   });
 }
 
-grpc::ServerReadReactor<v1::PutDeltaRequest>* DeltaServiceImpl::PutDelta(
-    grpc::CallbackServerContext* call, v1::PutDeltaResponse* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* DeltaServiceImpl::PutDelta(
+    grpc::CallbackServerContext* call, grpc::ByteBuffer* response) {
   if (ctx_->drain->draining()) {
-    return new RefusedReactor<grpc::ServerReadReactor<v1::PutDeltaRequest>>(
+    return new RefusedReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>(
         ctx_->metrics, "PutDelta", DrainingError());
   }
   return NewPutDeltaReactor(ctx_, call, response);

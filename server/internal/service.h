@@ -17,15 +17,18 @@
 
 namespace deltaserve::server::internal {
 
-// StreamWeights uses the raw (grpc::ByteBuffer) method so that tensor data is sent
-// without copies (weights_wire.h); every other method is proto-typed.
+// StreamWeights and PutDelta are raw (grpc::ByteBuffer) methods: tensor data is sent
+// without copies (weights_wire.h) and container chunks are taken from gRPC's buffers
+// without a copy into a parsed request (put_delta.cc); every other method is
+// proto-typed.
 class DeltaServiceImpl final
-    : public v1::DeltaService::WithRawCallbackMethod_StreamWeights<v1::DeltaService::CallbackService> {
+    : public v1::DeltaService::WithRawCallbackMethod_StreamWeights<
+          v1::DeltaService::WithRawCallbackMethod_PutDelta<v1::DeltaService::CallbackService>> {
  public:
   explicit DeltaServiceImpl(const ServiceContext* ctx) : ctx_(ctx) {}
 
-  grpc::ServerReadReactor<v1::PutDeltaRequest>* PutDelta(
-      grpc::CallbackServerContext* call, v1::PutDeltaResponse* response) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* PutDelta(grpc::CallbackServerContext* call,
+                                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListTasks(grpc::CallbackServerContext* call,
                                       const v1::ListTasksRequest* request,
                                       v1::ListTasksResponse* response) override;
@@ -81,9 +84,9 @@ absl::StatusOr<std::string> ResolveTask(const ServiceContext& ctx, const Caller&
                                         CallLog& log);
 
 // Reactor factories (one per streaming method, each in its own .cc).
-grpc::ServerReadReactor<v1::PutDeltaRequest>* NewPutDeltaReactor(
+grpc::ServerReadReactor<grpc::ByteBuffer>* NewPutDeltaReactor(
     const ServiceContext* ctx, grpc::CallbackServerContext* call,
-    v1::PutDeltaResponse* response);
+    grpc::ByteBuffer* response);
 // `request`: the serialized StreamWeightsRequest (a bad one finishes the call with
 // INVALID_ARGUMENT); responses are serialized StreamWeightsResponses.
 grpc::ServerWriteReactor<grpc::ByteBuffer>* NewStreamWeightsReactor(

@@ -37,9 +37,13 @@ absl::StatusOr<std::unique_ptr<TableFile>> TableFile::Create(const IngestFamily&
                                                              const std::string& what) {
   // invalidate_page_cache = false: the task is read back soon (its first pull), from
   // the page cache rather than the disk.
-  auto writer = std::make_unique<rocksdb::SstFileWriter>(
-      rocksdb::EnvOptions(family.options), family.options, family.cf,
-      /*invalidate_page_cache=*/false);
+  rocksdb::EnvOptions env(family.options);
+  // Write-back starts as the file grows (sync_file_range every MiB, not waiting), so
+  // that Finish's fsync, which a commit waits for, has only the last MiB left to write
+  // rather than the whole task (tens of ms for 64 MB on this class of disk).
+  env.bytes_per_sync = 1 << 20;
+  auto writer = std::make_unique<rocksdb::SstFileWriter>(env, family.options, family.cf,
+                                                         /*invalidate_page_cache=*/false);
   auto file = std::unique_ptr<TableFile>(new TableFile(family.cf, path, what, nullptr));
   DS_RETURN_IF_ERROR(FromRocksStatus(writer->Open(path), what));
   file->writer_ = std::move(writer);

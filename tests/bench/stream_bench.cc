@@ -25,7 +25,9 @@
 // cache budget + 256 MiB. Every stream is read to the end and byte-counted, not stored.
 // Then cached pulls through DeltaClient::PullWeightsToMemory over 1, 2, 4 parallel
 // tensor-range streams (PullOptions::streams; checked and copied into memory), each
-// beside the first one and the plain stream.
+// beside the first one and the plain stream. --push-only N: N more PutDelta uploads of
+// the container, beside N uploads of the same bytes by the same client into a server
+// that only receives them (a plain upload), in the same run.
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -180,6 +182,33 @@ class PlainService final : public v1::DeltaService::CallbackService {
       v1::StreamWeightsResponse msg_;
     };
     return new Reactor(tensors_, chunk_);
+  }
+
+  // The upload baseline: PutDelta that receives every message (gRPC parses each into the
+  // request) and counts the container bytes, storing and checking nothing.
+  grpc::ServerReadReactor<v1::PutDeltaRequest>* PutDelta(grpc::CallbackServerContext*,
+                                                         v1::PutDeltaResponse* response) override {
+    class Reactor : public grpc::ServerReadReactor<v1::PutDeltaRequest> {
+     public:
+      explicit Reactor(v1::PutDeltaResponse* response) : response_(response) {
+        StartRead(&request_);
+      }
+      void OnReadDone(bool ok) override {
+        if (!ok) {
+          response_->mutable_task()->set_container_bytes(bytes_);
+          return Finish(grpc::Status::OK);
+        }
+        bytes_ += request_.chunk().size();
+        StartRead(&request_);
+      }
+      void OnDone() override { delete this; }
+
+     private:
+      v1::PutDeltaResponse* response_;
+      v1::PutDeltaRequest request_;
+      uint64_t bytes_ = 0;
+    };
+    return new Reactor(response);
   }
 
  private:
@@ -404,6 +433,7 @@ int main(int argc, char** argv) {
     // PutDelta ingest alone (e.g. under perf record): more uploads of the same container
     // under new names (a re-push of an identical task is answered "unchanged" unwritten).
     double seconds = 0;
+    const double cpu0 = ProcessCpuSeconds();
     for (int i = 0; i < push_only; ++i) {
       t0 = Clock::now();
       auto p = (*cl)->PushDeltaFile("push" + std::to_string(i), dir + "/task.dds");
@@ -413,8 +443,44 @@ int main(int argc, char** argv) {
       }
       seconds += Seconds(t0, Clock::now());
     }
-    std::printf("PutDelta x%d: %.2f s, %.0f MB/s of container bytes over loopback\n", push_only,
-                seconds, push_only * pushed->container_bytes() / seconds / 1e6);
+    const double cpu = ProcessCpuSeconds() - cpu0;
+    // Same run, same client code and bytes: a plain gRPC upload into a server that only
+    // receives them.
+    (*srv)->Shutdown(absl::Seconds(5));
+    (*srv)->Wait();
+    srv->reset();
+    PlainService plain(nullptr, chunk);
+    grpc::ServerBuilder builder;
+    int plain_port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &plain_port);
+    builder.RegisterService(&plain);
+    auto plain_server = builder.BuildAndStart();
+    client::ClientOptions plain_options = co;
+    plain_options.target = "127.0.0.1:" + std::to_string(plain_port);
+    auto plain_client = client::DeltaClient::Open(plain_options);
+    if (!plain_client.ok()) return 1;
+    double plain_seconds = 0;
+    const double plain_cpu0 = ProcessCpuSeconds();
+    for (int i = 0; i < push_only; ++i) {
+      t0 = Clock::now();
+      auto p = (*plain_client)->PushDeltaFile("plain" + std::to_string(i), dir + "/task.dds");
+      if (!p.ok()) {
+        std::fprintf(stderr, "plain upload: %s\n", p.status().ToString().c_str());
+        return 1;
+      }
+      plain_seconds += Seconds(t0, Clock::now());
+    }
+    const double plain_cpu = ProcessCpuSeconds() - plain_cpu0;
+    plain_server->Shutdown();
+    const double gb = push_only * pushed->container_bytes() / 1e9;
+    const double rate = push_only * pushed->container_bytes() / seconds / 1e6;
+    const double plain_rate = push_only * pushed->container_bytes() / plain_seconds / 1e6;
+    std::printf(
+        "PutDelta x%d: %.2f s, %.0f MB/s of container bytes over loopback = %.0f%% of a plain "
+        "upload of the same bytes (%.2f s, %.0f MB/s); CPU (both ends) %.2f s/GB against "
+        "%.2f s/GB\n",
+        push_only, seconds, rate, 100.0 * rate / plain_rate, plain_seconds, plain_rate, cpu / gb,
+        plain_cpu / gb);
     return 0;
   }
   const double rss_before_cold = PeakRssMb();

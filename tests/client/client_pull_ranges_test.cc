@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -192,6 +193,72 @@ TEST_F(PullRangesTest, ATaskReplacedDuringThePullIsAborted) {
   EXPECT_THAT(client_->PullWeights("chat", tmp_.File("x.safetensors"), options),
               StatusIs(absl::StatusCode::kAborted, HasSubstr("the task changed during the pull")));
   EXPECT_FALSE(std::filesystem::exists(tmp_.File("x.safetensors")));
+}
+
+// A pull into a file writes each chunk in place (out_path + ".tmp"): a failure in the
+// middle of a range, with one stream or several, leaves neither a partial out_path nor
+// the .tmp file, and an earlier file at out_path stays as it was.
+TEST_F(PullRangesTest, AFailureMidRangeLeavesNoPartialFile) {
+  const std::string out = tmp_.File("kept.safetensors");
+  const std::string before = "an earlier pull";
+  {
+    std::ofstream(out, std::ios::binary) << before;
+  }
+  for (uint32_t streams : {1u, 2u, 4u}) {
+    SCOPED_TRACE(streams);
+    PullOptions options;
+    options.streams = streams;
+    service_.fault = Fault::kAbortMidway;  // INTERNAL inside tensor 1
+    EXPECT_THAT(client_->PullWeights("chat", out, options),
+                StatusIs(absl::StatusCode::kInternal, HasSubstr("decoder exploded")));
+    service_.fault = Fault::kBadChecksum;
+    EXPECT_THAT(client_->PullWeights("chat", out, options),
+                StatusIs(absl::StatusCode::kDataLoss, HasSubstr("checksum mismatch")));
+    service_.fault = Fault::kNone;
+    service_.unavailable_once_at = 3;  // a drop inside "c", not retried
+    options.range_retries = 0;
+    EXPECT_THAT(client_->PullWeights("chat", out, options),
+                StatusIs(absl::StatusCode::kUnavailable, HasSubstr("connection dropped")));
+    service_.unavailable_once_at = -1;
+    EXPECT_EQ(ReadFile(out), std::vector<uint8_t>(before.begin(), before.end()));
+    EXPECT_FALSE(std::filesystem::exists(out + ".tmp"));
+  }
+  // Then a good pull replaces it, with no scratch file left.
+  PullOptions options;
+  options.streams = 4;
+  ASSERT_THAT(client_->PullWeights("chat", out, options).status(), IsOk());
+  EXPECT_EQ(ReadFile(out), ReadFile(tmp_.File("expected.safetensors")));
+  EXPECT_FALSE(std::filesystem::exists(out + ".tmp"));
+}
+
+// A stream that sends a tensor GetTask did not list (the task was replaced between the
+// two calls with other tensors) is ABORTED, and nothing is written.
+TEST_F(PullRangesTest, ATensorGetTaskDidNotListIsAborted) {
+  for (uint32_t streams : {1u, 2u}) {
+    SCOPED_TRACE(streams);
+    PullOptions options;
+    options.streams = streams;
+    FakeService other;
+    other.tensors = service_.tensors;
+    other.tensors[3].info.shape = {9};  // "c": same bytes, another shape
+    int port = 0;
+    std::unique_ptr<grpc::Server> server = testing::StartFakeServer(&other, &port);
+    ASSERT_NE(server, nullptr);
+    ClientOptions co;
+    co.target = "127.0.0.1:" + std::to_string(port);
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<DeltaClient> client, DeltaClient::Open(co));
+    // GetTask lists the old shape; the stream sends the new one.
+    std::vector<codec::OwnedTensor> served = other.tensors;
+    other.tensors = service_.tensors;
+    other.served_tensors = &served;
+    const std::string out = tmp_.File("changed.safetensors");
+    EXPECT_THAT(client->PullWeights("chat", out, options),
+                StatusIs(absl::StatusCode::kAborted,
+                         HasSubstr("tensor 'c' BF16[9], which the task did not list")));
+    EXPECT_FALSE(std::filesystem::exists(out));
+    EXPECT_FALSE(std::filesystem::exists(out + ".tmp"));
+    server->Shutdown();
+  }
 }
 
 TEST_F(PullRangesTest, ResumeFromNameAndStreamCount) {

@@ -60,6 +60,9 @@ class FakeService final : public v1::DeltaService::Service {
   // at this container index sends its header and one chunk, then fails UNAVAILABLE
   // (a dropped connection); later calls serve it. -1: never.
   std::atomic<int> unavailable_once_at{-1};
+  // What StreamWeights serves, if not `tensors` (GetTask lists `tensors`): a task
+  // replaced between the two calls.
+  const std::vector<codec::OwnedTensor>* served_tensors = nullptr;
   // The version StreamBegin.task announces: GetTask and StreamWeights report
   // created_unix, so that a test can replace the task between them.
   int64_t created_unix = 1700000000;
@@ -88,6 +91,7 @@ class FakeService final : public v1::DeltaService::Service {
         v1::TensorSummary* t = resp->add_tensors();
         t->set_name(tensors[i].info.name);
         t->set_dtype(proto::ToProtoDType(tensors[i].info.dtype));
+        for (int64_t d : tensors[i].info.shape) t->add_shape(d);
         t->set_merged_bytes(tensors[i].data.size());
         t->set_index(static_cast<uint32_t>(i));
       }
@@ -145,6 +149,7 @@ class FakeService final : public v1::DeltaService::Service {
   grpc::Status StreamWeights(grpc::ServerContext* ctx, const v1::StreamWeightsRequest* req,
                              grpc::ServerWriter<v1::StreamWeightsResponse>* writer) override {
     Remember(ctx);
+    const std::vector<codec::OwnedTensor>& tensors = served_tensors ? *served_tensors : this->tensors;
     {
       std::lock_guard<std::mutex> lock(mu);
       last_stream = *req;

@@ -49,6 +49,24 @@ TEST(FileTest, AtomicFileWriterLeavesNothingWithoutCommit) {
   EXPECT_EQ(*ReadFileToString(path), std::string("\x09\x08"));
 }
 
+TEST(FileTest, AtomicFileWriterPlacesPiecesWhereAsked) {
+  ScopedTempDir tmp;
+  const std::string path = tmp.File("placed.bin");
+  auto w = AtomicFileWriter::Open(path);
+  ASSERT_TRUE(w.ok()) << w.status();
+  ASSERT_TRUE((*w)->Reserve(8).ok());
+  EXPECT_EQ(std::filesystem::file_size(path + ".tmp"), 8u);
+  const uint8_t tail[] = {7, 8};
+  const uint8_t head[] = {1, 2, 3};
+  ASSERT_TRUE((*w)->WriteAt(6, tail).ok());  // out of order
+  ASSERT_TRUE((*w)->WriteAt(0, head).ok());
+  EXPECT_EQ((*w)->size(), 0u);  // WriteAt does not append
+  ASSERT_TRUE((*w)->Commit().ok());
+  EXPECT_EQ(*ReadFileToString(path), std::string("\x01\x02\x03\0\0\0\x07\x08", 8));
+  EXPECT_THAT((*w)->WriteAt(0, head), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT((*w)->Reserve(4), StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
 TEST(FileTest, ContainedRelativePaths) {
   EXPECT_TRUE(IsContainedRelativePath("shard-1.bin"));
   EXPECT_TRUE(IsContainedRelativePath("sub/dir/x"));

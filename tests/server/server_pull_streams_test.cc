@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "client/client.h"
+#include "codec/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/server/server_fixture.h"
@@ -31,6 +32,35 @@ TEST_F(ServerTest, PullsOverOneTwoAndFourStreamsAreBitIdenticalToOfflineDecode) 
     EXPECT_EQ(stats.streams, streams);
     EXPECT_EQ(stats.tensors, 1u + 4u * shape_.layers);
     EXPECT_EQ(ReadFileBytes(out), offline);
+  }
+}
+
+// A pull into one file writes each chunk at its place in the file (no name filter: the
+// tensors are known from GetTask): with another dtype and a resume point, over one and
+// three streams, the file is the one WriteSafetensors makes of the same tensors.
+TEST_F(ServerTest, PullsWrittenInPlaceKeepDtypeAndResume) {
+  StartServer();
+  auto client = Client();
+  ASSERT_THAT(client->PushDeltaFile("r", MakeContainer("r", 93)).status(), IsOk());
+  ASSERT_OK_AND_ASSIGN(v1::TaskInfo info, client->GetTask("r"));
+  ASSERT_GT(info.tensors_size(), 3);
+  client::PullOptions options;
+  options.out_dtype = codec::DType::kF32;
+  options.resume_from = info.tensors(2).name();
+  ASSERT_OK_AND_ASSIGN(client::PulledModel model, client->PullWeightsToMemory("r", options));
+  ASSERT_EQ(model.tensors.size(), static_cast<size_t>(info.tensors_size() - 2));
+  std::vector<codec::TensorView> views;
+  for (const codec::OwnedTensor& t : model.tensors) views.push_back(t.view());
+  const std::string expected = tmp_.File("expected.safetensors");
+  ASSERT_THAT(codec::WriteSafetensors(expected, views, model.metadata), IsOk());
+  for (uint32_t streams : {1u, 3u}) {
+    SCOPED_TRACE(streams);
+    options.streams = streams;
+    const std::string out = tmp_.File("r." + std::to_string(streams) + ".safetensors");
+    ASSERT_OK_AND_ASSIGN(client::PullStats stats, client->PullWeights("r", out, options));
+    EXPECT_EQ(stats.tensors, model.tensors.size());
+    EXPECT_EQ(ReadFileBytes(out), ReadFileBytes(expected));
+    EXPECT_FALSE(std::filesystem::exists(out + ".tmp"));
   }
 }
 
