@@ -43,6 +43,7 @@ struct CompressCliOptions {
   std::optional<double> max_error;  // relative delta error
   std::string ecq_weighting = codec::EcqWeightingName(codec::CompressOptions{}.ecq_weighting);
   bool no_low_rank = false;  // ecq: never low-rank factors + residual
+  double gain_weight = codec::EcqOptions{}.gain_weight;
 };
 
 struct DecompressCliOptions {
@@ -115,6 +116,7 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   if (error_given) c.ecq_target = {0.0, *o.max_error};
   c.ecq.patch_size = o.patch;
   c.ecq.try_low_rank = !o.no_low_rank;
+  c.ecq.gain_weight = o.gain_weight;
   DS_ASSIGN_OR_RETURN(c.ecq_weighting, codec::ParseEcqWeighting(o.ecq_weighting));
   c.dct.patch_size = o.patch;
   DS_ASSIGN_OR_RETURN(c.dct.schedule, codec::BitSchedule::Parse(o.schedule));
@@ -249,6 +251,12 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   compress->add_flag("--no-low-rank", cc->no_low_rank,
                      "ecq: code every tensor as DCT or identity only, never as low-rank "
                      "factors + residual");
+  compress
+      ->add_option("--ecq-gain-weight", cc->gain_weight,
+                   "ecq: weight >= 1 of the error along the delta against the error across "
+                   "it; sets the reconstruction gain (1: least squares, which shrinks the "
+                   "delta)")
+      ->capture_default_str();
   compress->add_option("--patch", cc->patch, "DCT patch edge p, in weights [2, 64]")
       ->capture_default_str();
   compress
