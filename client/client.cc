@@ -7,6 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "client/internal/container_file.h"
 #include "client/internal/impl.h"
 #include "client/internal/status.h"
 #include "codec/container.h"
@@ -70,7 +71,7 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
                                                     absl::Span<const uint8_t> container,
                                                     const PushOptions& options) {
   const std::string label =
-      absl::StrCat("PushDelta ", codec::Utf8OrEscaped(TaskLabel(impl_->options, task)));
+      absl::StrCat("PutDelta ", codec::Utf8OrEscaped(TaskLabel(impl_->options, task)));
   // Fail fast, before any traffic, on a file that is not a container at all, or one
   // the server would refuse to store.
   absl::StatusOr<codec::ContainerReader> parsed = codec::ContainerReader::Parse(container);
@@ -107,6 +108,7 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
   bool cancelled = false;
   Progress progress;
   progress.bytes_total = container.size();
+  if (open && options.progress) options.progress(progress);  // the upload has begun
   const size_t chunk = impl_->options.upload_chunk_bytes;
   // Side files first: they are small, and the server checks their declared sizes at
   // admission already.
@@ -125,13 +127,19 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
     const size_t n = std::min(chunk, container.size() - offset);
     request.set_chunk(reinterpret_cast<const char*>(container.data() + offset), n);
     open = writer->Write(request);
-    if (open && options.progress) {
+    // A written chunk may sit in gRPC's buffers while the server refuses the upload, so
+    // the last one counts only once the server has committed the task (below).
+    if (open && options.progress && offset + n < container.size()) {
       progress.bytes_done = offset + n;
       options.progress(progress);
     }
   }
   if (open && !cancelled) writer->WritesDone();
   grpc::Status status = writer->Finish();
+  if (status.ok() && !cancelled && options.progress) {
+    progress.bytes_done = container.size();
+    options.progress(progress);
+  }
   if (cancelled) return absl::CancelledError(absl::StrCat(label, ": cancelled by the caller"));
   if (!status.ok()) {
     // The server's messages start with its RPC name ("PutDelta: "): the label says it.
@@ -143,9 +151,8 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
   return std::move(*response.mutable_task());
 }
 
-absl::StatusOr<v1::TaskInfo> DeltaClient::PushDeltaFile(const std::string& task,
-                                                        const std::string& path,
-                                                        const PushOptions& options) {
+absl::StatusOr<std::unique_ptr<codec::MappedContainer>> OpenContainerFile(
+    const std::string& path) {
   absl::StatusOr<std::unique_ptr<codec::MappedContainer>> mapped =
       codec::MappedContainer::Open(path);
   if (absl::IsDataLoss(mapped.status()) &&
@@ -156,8 +163,14 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDeltaFile(const std::string& task,
                      ": not a deltaserve delta container (.dds); make one from the base and the "
                      "finetuned model with deltactl compress (codec::CompressModel)"));
   }
-  if (!mapped.ok()) return mapped.status();
-  return PushDelta(task, (*mapped)->bytes(), options);
+  return mapped;
+}
+
+absl::StatusOr<v1::TaskInfo> DeltaClient::PushDeltaFile(const std::string& task,
+                                                        const std::string& path,
+                                                        const PushOptions& options) {
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<codec::MappedContainer> mapped, OpenContainerFile(path));
+  return PushDelta(task, mapped->bytes(), options);
 }
 
 absl::StatusOr<v1::ListTasksResponse> DeltaClient::ListTasks(std::optional<std::string> tenant) {

@@ -66,7 +66,10 @@ struct ClientOptions {
   absl::Status Validate() const;
 };
 
-// Progress of a long transfer; called after every chunk from the calling thread.
+// Progress of a long transfer; called after every chunk from the calling thread. An
+// upload (PushDelta) reports bytes_done = 0 once the stream is open and then the bytes
+// sent; bytes_done reaches bytes_total only after the server has committed the task,
+// never for an upload it refused.
 struct Progress {
   uint64_t bytes_done = 0;
   uint64_t bytes_total = 0;     // 0 until known

@@ -19,10 +19,15 @@ namespace deltaserve::client {
 ProgressLine::ProgressLine(std::string label)
     : label_(std::move(label)), tty_(::isatty(STDERR_FILENO) != 0) {}
 
+ProgressLine::~ProgressLine() {
+  if (open_) absl::FPrintF(stderr, "\n");
+}
+
 void ProgressLine::Update(uint64_t done, uint64_t total, const std::string& text) {
   if (tty_) {
     absl::FPrintF(stderr, "\r\033[K%s: %s", label_, text);
-    if (done == total) absl::FPrintF(stderr, "\n");
+    open_ = done != total;
+    if (!open_) absl::FPrintF(stderr, "\n");
     return;
   }
   const int decile = total == 0 ? 10 : static_cast<int>(10 * done / total);
@@ -30,6 +35,11 @@ void ProgressLine::Update(uint64_t done, uint64_t total, const std::string& text
     last_decile_ = decile;
     absl::FPrintF(stderr, "%s: %s\n", label_, text);
   }
+}
+
+void ProgressLine::End(const std::string& text) {
+  absl::FPrintF(stderr, "%s%s: %s\n", tty_ ? "\r\033[K" : "", label_, text);
+  open_ = false;
 }
 
 codec::ProgressFn StderrProgress(std::string label) {

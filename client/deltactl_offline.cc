@@ -12,6 +12,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "client/internal/container_file.h"
 #include "client/internal/deltactl_command.h"
 #include "client/internal/deltactl_report.h"
 #include "codec/delta_codec.h"
@@ -24,7 +27,11 @@ namespace {
 
 struct ConvertOptions {
   std::string in, out;
+  bool verbose = false;  // list every skipped weight
 };
+
+// How many skipped names `convert` prints without --verbose.
+constexpr size_t kSkippedShown = 3;
 
 struct CompressCliOptions {
   std::string base, finetuned, out;
@@ -67,10 +74,14 @@ absl::Status RunConvert(const ConvertOptions& o) {
   std::map<std::string, std::string> metadata;
   codec::TfjsModel tfjs;
   std::unique_ptr<codec::ModelReader> reader;
+  std::vector<std::string> skipped;  // weights of a TF.js model that are not float
   if (IsTfjsModelJson(o.in)) {
     DS_ASSIGN_OR_RETURN(tfjs, codec::ImportTfjsGraphModel(o.in));
     for (const auto& t : tfjs.tensors) views.push_back(t.view());
     metadata = tfjs.metadata;
+    if (auto it = metadata.find("skipped"); it != metadata.end()) {
+      skipped = absl::StrSplit(it->second, ',');
+    }
   } else {
     DS_ASSIGN_OR_RETURN(reader, codec::ModelReader::Open(o.in));
     for (const auto& info : reader->tensors()) {
@@ -88,8 +99,17 @@ absl::Status RunConvert(const ConvertOptions& o) {
   }
   absl::PrintF("converted %s -> %s: %d tensors, %d parameters, %d bytes of weights\n", o.in, o.out,
                views.size(), params, bytes);
-  if (auto it = metadata.find("skipped"); it != metadata.end()) {
-    absl::PrintF("skipped (not float): %s\n", it->second);
+  // A model has tens of such weights (int32 shape constants) with long names: all of
+  // them on one line made ~3000 characters. The count, then a few names a line each.
+  if (!skipped.empty()) {
+    const bool all = o.verbose || skipped.size() <= kSkippedShown;
+    const size_t shown = all ? skipped.size() : kSkippedShown;
+    absl::PrintF("skipped %d weight%s that %s not float:\n", skipped.size(),
+                 skipped.size() == 1 ? "" : "s", skipped.size() == 1 ? "is" : "are");
+    for (size_t i = 0; i < shown; ++i) absl::PrintF("  %s\n", skipped[i]);
+    if (!all) {
+      absl::PrintF("  ... and %d more (--verbose lists them all)\n", skipped.size() - shown);
+    }
   }
   return absl::OkStatus();
 }
@@ -188,7 +208,7 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
     return absl::InvalidArgumentError("side files need --out-dir");
   }
   DS_ASSIGN_OR_RETURN(std::vector<SideFileUpload> side_files, ReadSideFileFlags(o.side_files));
-  DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.delta));
+  DS_ASSIGN_OR_RETURN(auto container, OpenContainerFile(o.delta));
   DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(o.base));
   // A directory is written from one merged file made beside the shards (then removed),
   // so that memory stays at one tensor, as for --out.
@@ -231,6 +251,7 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   convert->add_option("--in", co->in, "model.json, .safetensors, index .json or directory")
       ->required();
   convert->add_option("--out", co->out, "Output .safetensors file")->required();
+  convert->add_flag("--verbose", co->verbose, "List every skipped (not float) weight");
   convert->callback([co, action] { *action = [co] { return RunConvert(*co); }; });
 
   auto* compress =

@@ -4,18 +4,25 @@
 //   --server ADDR (env DELTASERVE_SERVER, default 127.0.0.1:50051)
 //   --token TOKEN (env DELTASERVE_TOKEN)   --tenant NAME (env DELTASERVE_TENANT; admins)
 //   --tls / --tls-ca PEM                   --timeout SECONDS (unary calls and uploads)
+//   --json
+// after the subcommand or before it (`deltactl --server X list`); one given after the
+// subcommand wins over one given before it, which wins over the variable.
 // Results go to stdout (--json for machine-readable output); progress goes to stderr.
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -56,21 +63,100 @@ struct TaskFlags {
   SideFileFlags side_files;  // push
 };
 
-void AddRemoteFlags(CLI::App* sub, RemoteFlags* f) {
-  sub->add_option("--server", f->server, "deltaserved address host:port")
-      ->envname("DELTASERVE_SERVER")
-      ->capture_default_str();
-  sub->add_option("--token", f->token, "Bearer token")->envname("DELTASERVE_TOKEN");
-  sub->add_option("--tenant", f->tenant, "Tenant to act on (admin tokens; default: own)")
-      ->envname("DELTASERVE_TENANT");
-  sub->add_flag("--tls", f->tls, "Use TLS with the system roots");
-  sub->add_option("--tls-ca", f->tls_ca, "Use TLS trusting this PEM root certificate");
-  sub->add_option("--timeout", f->timeout_seconds, "Deadline of unary calls and uploads, s")
-      ->capture_default_str();
-  sub->add_flag("--json", f->json, "Print results as JSON");
+// The connection flags and their variables (read by ResolveRemoteFlags, not by CLI11:
+// CLI11 2.1 would apply a variable to the options of every subcommand, used or not, and
+// could not tell a flag given before the subcommand from a variable).
+constexpr char kServerEnv[] = "DELTASERVE_SERVER";
+constexpr char kTokenEnv[] = "DELTASERVE_TOKEN";
+constexpr char kTenantEnv[] = "DELTASERVE_TENANT";
+
+// Adds the remote flags to `app`: a remote subcommand, or deltactl itself (flags before
+// the subcommand).
+void AddRemoteFlags(CLI::App* app, RemoteFlags* f) {
+  const std::string group = "Server options (before or after the subcommand)";
+  app->add_option("--server", f->server,
+                  absl::StrCat("deltaserved address host:port (env ", kServerEnv, ")"))
+      ->capture_default_str()
+      ->group(group);
+  app->add_option("--token", f->token, absl::StrCat("Bearer token (env ", kTokenEnv, ")"))
+      ->group(group);
+  app->add_option("--tenant", f->tenant,
+                  absl::StrCat("Tenant to act on (admin tokens; default: own; env ", kTenantEnv,
+                               ")"))
+      ->group(group);
+  app->add_flag("--tls", f->tls, "Use TLS with the system roots")->group(group);
+  app->add_option("--tls-ca", f->tls_ca, "Use TLS trusting this PEM root certificate")
+      ->group(group);
+  app->add_option("--timeout", f->timeout_seconds, "Deadline of unary calls and uploads, s")
+      ->capture_default_str()
+      ->group(group);
+  app->add_flag("--json", f->json, "Print results as JSON")->group(group);
+}
+
+bool Given(const CLI::App& app, const char* name) { return app.get_option(name)->count() > 0; }
+
+// The flags a remote subcommand runs with: each one as given after the subcommand
+// (`sub`, `after`), else before it (`app`, `before`), else from its variable, else its
+// default.
+RemoteFlags ResolveRemoteFlags(const CLI::App& sub, const RemoteFlags& after, const CLI::App& app,
+                               const RemoteFlags& before) {
+  RemoteFlags r = after;
+  auto pick = [&](const char* name, auto member, const char* env) {
+    if (Given(sub, name)) return;
+    if (Given(app, name)) {
+      r.*member = before.*member;
+    } else if (const char* value = env == nullptr ? nullptr : std::getenv(env);
+               value != nullptr && *value != '\0') {
+      if constexpr (std::is_same_v<decltype(after.*member), const std::string&>) r.*member = value;
+    }
+  };
+  pick("--server", &RemoteFlags::server, kServerEnv);
+  pick("--token", &RemoteFlags::token, kTokenEnv);
+  pick("--tenant", &RemoteFlags::tenant, kTenantEnv);
+  pick("--tls", &RemoteFlags::tls, nullptr);
+  pick("--tls-ca", &RemoteFlags::tls_ca, nullptr);
+  pick("--timeout", &RemoteFlags::timeout_seconds, nullptr);
+  pick("--json", &RemoteFlags::json, nullptr);
+  return r;
+}
+
+// `s` with, for the errors a flag or variable fixes, which one to look at.
+absl::Status WithFlagHint(absl::Status s, const RemoteFlags& f) {
+  std::string hint;
+  if (absl::IsUnauthenticated(s)) {
+    hint = f.token.empty()
+               ? absl::StrCat("no token was given: pass --token TOKEN or set ", kTokenEnv)
+               : absl::StrCat("the server at ", f.server, " did not accept the token given by "
+                              "--token or ", kTokenEnv);
+  } else if (absl::IsPermissionDenied(s)) {
+    hint = absl::StrCat("the token (--token or ", kTokenEnv, ") may not do this; admin "
+                        "commands need an admin token, and --tenant or ", kTenantEnv,
+                        " names the tenant to act on");
+  } else if (absl::IsUnavailable(s) && absl::StrContains(s.message(), "failed to connect")) {
+    hint = absl::StrCat("is deltaserved running at ", f.server, "? --server HOST:PORT or ",
+                        kServerEnv, " sets the address");
+  } else if (absl::IsInvalidArgument(s) &&
+             absl::StrContains(s.message(), "must name the tenant")) {
+    hint = absl::StrCat("pass --tenant NAME or set ", kTenantEnv);
+  }
+  if (hint.empty()) return s;
+  return absl::Status(s.code(), absl::StrCat(s.message(), " (", hint, ")"));
 }
 
 absl::StatusOr<std::unique_ptr<DeltaClient>> Connect(const RemoteFlags& f) {
+  // ClientOptions::Validate would name its fields; name the flags the user typed.
+  if (f.server.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("no server address: --server (or ", kServerEnv, ") is empty"));
+  }
+  if (!(f.timeout_seconds > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--timeout must be a positive number of seconds, got ", f.timeout_seconds));
+  }
+  if (f.token.find_first_of("\r\n") != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the token (--token or ", kTokenEnv, ") contains a line break"));
+  }
   ClientOptions options;
   options.target = f.server;
   options.token = f.token;
@@ -81,15 +167,20 @@ absl::StatusOr<std::unique_ptr<DeltaClient>> Connect(const RemoteFlags& f) {
   return DeltaClient::Open(options);
 }
 
-// Byte progress of a push or pull on stderr (ProgressLine).
-ProgressFn StderrByteProgress(std::string label) {
-  auto line = std::make_shared<ProgressLine>(std::move(label));
-  return [line](const Progress& p) {
-    const double mib = 1 << 20;
+// "<done><sep><total> <unit>", in MiB, or KiB below 1 MiB (a small upload read
+// "0.0/0.0 MiB").
+std::string BytesOf(uint64_t done, uint64_t total, absl::string_view sep) {
+  const bool kib = total < (1 << 20);
+  const double unit = kib ? 1 << 10 : 1 << 20;
+  return absl::StrFormat("%.1f%s%.1f %s", done / unit, sep, total / unit, kib ? "KiB" : "MiB");
+}
+
+// Byte progress of a push or pull on `line`.
+ProgressFn StderrByteProgress(std::shared_ptr<ProgressLine> line) {
+  return [line = std::move(line)](const Progress& p) {
     const int pct =
         p.bytes_total == 0 ? 100 : static_cast<int>(100 * p.bytes_done / p.bytes_total);
-    std::string text = absl::StrFormat("%d%% %.1f/%.1f MiB", pct, p.bytes_done / mib,
-                                       p.bytes_total / mib);
+    std::string text = absl::StrCat(pct, "% ", BytesOf(p.bytes_done, p.bytes_total, "/"));
     if (p.tensors_total != 0) {
       absl::StrAppendFormat(&text, " tensor %d/%d %s", p.tensors_done, p.tensors_total,
                             p.current);
@@ -178,9 +269,29 @@ absl::Status RunPush(const RemoteFlags& f, const TaskFlags& t) {
   DS_ASSIGN_OR_RETURN(auto client, Connect(f));
   PushOptions options;
   options.overwrite = t.overwrite;
-  options.progress = StderrByteProgress("push " + t.task);
+  auto line = std::make_shared<ProgressLine>("push " + t.task);
+  // The last progress of the upload; none if it never began (a local error).
+  auto sent = std::make_shared<std::optional<Progress>>();
+  ProgressFn draw = StderrByteProgress(line);
+  options.progress = [draw, sent](const Progress& p) {
+    *sent = p;
+    draw(p);
+  };
   DS_ASSIGN_OR_RETURN(options.side_files, ReadSideFileFlags(t.side_files));
   absl::StatusOr<v1::TaskInfo> pushed = client->PushDeltaFile(t.task, t.in, options);
+  if (!pushed.ok() && sent->has_value()) {
+    // The bar stops where the server stopped taking bytes; say why, since bytes sent
+    // into gRPC's buffers are not bytes stored.
+    const absl::StatusCode code = pushed.status().code();
+    const bool refused = code != absl::StatusCode::kUnavailable &&
+                         code != absl::StatusCode::kDeadlineExceeded &&
+                         code != absl::StatusCode::kCancelled &&
+                         code != absl::StatusCode::kUnknown;
+    line->End(absl::StrCat(refused ? "refused by the server" : "stopped", " (",
+                           absl::StatusCodeToString(code), ") after ",
+                           BytesOf((*sent)->bytes_done, (*sent)->bytes_total, " of "), " sent",
+                           refused ? "; nothing was stored" : ""));
+  }
   if (absl::IsAlreadyExists(pushed.status())) {
     return absl::AlreadyExistsError(
         absl::StrCat(pushed.status().message(), "; use --overwrite to replace it"));
@@ -250,7 +361,7 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
   options.include_regex = t.include_regex;
   options.resume_from = t.resume_from;
   options.streams = t.streams;
-  options.progress = StderrByteProgress("pull " + t.task);
+  options.progress = StderrByteProgress(std::make_shared<ProgressLine>("pull " + t.task));
   if (t.out.empty() == t.out_dir.empty()) {
     return absl::InvalidArgumentError("pull needs exactly one of --out FILE and --out-dir DIR");
   }
@@ -288,7 +399,9 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
 absl::Status RunPullDelta(const RemoteFlags& f, const TaskFlags& t) {
   DS_ASSIGN_OR_RETURN(auto client, Connect(f));
   DS_ASSIGN_OR_RETURN(DeltaStats stats,
-                      client->StreamDelta(t.task, t.out, StderrByteProgress("pull-delta " + t.task)));
+                      client->StreamDelta(t.task, t.out,
+                                          StderrByteProgress(std::make_shared<ProgressLine>(
+                                              "pull-delta " + t.task))));
   absl::PrintF("pulled delta %s -> %s: %d bytes, XXH3-64 %016x verified\n", t.task, t.out,
                stats.bytes, stats.xxh3_64);
   return absl::OkStatus();
@@ -317,10 +430,11 @@ absl::Status RunCheckpoint(const RemoteFlags& f, const std::string& dir) {
 }  // namespace
 
 void AddRemoteCommands(CLI::App& app, CommandAction* action) {
-  // One RemoteFlags per subcommand: CLI11 2.1 applies the DELTASERVE_* variables to the
-  // options of every subcommand, used or not, so one shared struct let a variable
-  // override the flag given to the used subcommand (a delete sent to the wrong server).
+  // One RemoteFlags per subcommand, plus deltactl's own for the flags given before the
+  // subcommand; ResolveRemoteFlags picks, per flag, the one the user gave.
   std::map<const CLI::App*, std::shared_ptr<RemoteFlags>> remote;
+  auto before = std::make_shared<RemoteFlags>();
+  AddRemoteFlags(&app, before.get());
   auto task = std::make_shared<TaskFlags>();
   auto add_to = [&](CLI::App* parent, const char* name, const char* help) {
     CLI::App* sub = parent->add_subcommand(name, help);
@@ -330,30 +444,55 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
     return sub;
   };
   auto add = [&](const char* name, const char* help) { return add_to(&app, name, help); };
+  // Makes `run` the action of `sub`, with the resolved flags and their hints.
+  auto remote_used = std::make_shared<bool>(false);
+  auto bind = [&](CLI::App* sub, std::function<absl::Status(const RemoteFlags&)> run) {
+    sub->callback([=, &app, after = remote.at(sub)] {
+      *remote_used = true;
+      const RemoteFlags f = ResolveRemoteFlags(*sub, *after, app, *before);
+      *action = [=] { return WithFlagHint(run(f), f); };
+    });
+  };
+  // A remote flag given before an offline subcommand would be ignored: refuse it.
+  app.final_callback([&app, remote_used] {
+    if (*remote_used || app.get_subcommands().empty()) return;
+    const CLI::App& sub = *app.get_subcommands().front();
+    for (const CLI::Option* opt : app.get_options()) {
+      const std::string name = opt->get_name();
+      if (!absl::StartsWith(name, "--") || name == "--version" || name == "--help" ||
+          opt->count() == 0) {
+        continue;
+      }
+      const bool sub_has_it = sub.get_option_no_throw(name) != nullptr;
+      throw CLI::ValidationError(
+          name, sub_has_it
+                    ? absl::StrCat("give it after the subcommand: deltactl ", sub.get_name(), " ",
+                                   name, " ...")
+                    : absl::StrCat("is a flag of the remote commands (push, pull, list, ...); ",
+                                   sub.get_name(), " does not take it"));
+    }
+  });
 
   CLI::App* push = add("push", "Upload a delta container (.dds) to a server as a task");
   push->add_option("--task", task->task, "Task name")->required();
   push->add_option("--in", task->in, "Delta container (.dds)")->required();
   push->add_flag("--overwrite", task->overwrite, "Replace an existing task");
   AddSideFileOptions(push, &task->side_files);
-  push->callback(
-      [=, flags = remote.at(push)] { *action = [=] { return RunPush(*flags, *task); }; });
+  bind(push, [task](const RemoteFlags& f) { return RunPush(f, *task); });
 
   CLI::App* list = add("list", "List the tasks stored on a server");
   auto all = std::make_shared<bool>(false);
   list->add_flag("--all-tenants", *all, "Every tenant's tasks (admin token)");
-  list->callback([=, flags = remote.at(list)] { *action = [=] { return RunList(*flags, *all); }; });
+  bind(list, [all](const RemoteFlags& f) { return RunList(f, *all); });
 
   CLI::App* info = add("info", "Show a stored task (sizes, bits per weight, base hash)");
   info->add_option("--task", task->task, "Task name")->required();
   info->add_flag("--tensors", task->tensors, "Also list every tensor");
-  info->callback(
-      [=, flags = remote.at(info)] { *action = [=] { return RunInfo(*flags, *task); }; });
+  bind(info, [task](const RemoteFlags& f) { return RunInfo(f, *task); });
 
   CLI::App* del = add("delete", "Delete a stored task");
   del->add_option("--task", task->task, "Task name")->required();
-  del->callback(
-      [=, flags = remote.at(del)] { *action = [=] { return RunDelete(*flags, *task); }; });
+  bind(del, [task](const RemoteFlags& f) { return RunDelete(f, *task); });
 
   CLI::App* pull = add("pull", "Stream a task's merged weights into a .safetensors file "
                                "(every tensor checksum verified; same bytes as decompress)");
@@ -371,20 +510,17 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   pull->add_option("--resume-from", task->resume_from, "Skip tensors before this one");
   pull->add_option("--streams", task->streams,
                    "Parallel streams, each on a tensor range of about equal bytes (1-64)")
-      ->capture_default_str();
-  pull->callback(
-      [=, flags = remote.at(pull)] { *action = [=] { return RunPull(*flags, *task); }; });
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 64u));  // PullOptions::streams
+  bind(pull, [task](const RemoteFlags& f) { return RunPull(f, *task); });
 
   CLI::App* pull_delta = add("pull-delta", "Download a task's stored delta container as is");
   pull_delta->add_option("--task", task->task, "Task name")->required();
   pull_delta->add_option("--out", task->out, "Output container (.dds)")->required();
-  pull_delta->callback([=, flags = remote.at(pull_delta)] {
-    *action = [=] { return RunPullDelta(*flags, *task); };
-  });
+  bind(pull_delta, [task](const RemoteFlags& f) { return RunPullDelta(f, *task); });
 
   CLI::App* get_base = add("get-base", "Show the base model the server keeps resident");
-  get_base->callback(
-      [=, flags = remote.at(get_base)] { *action = [=] { return RunGetBase(*flags); }; });
+  bind(get_base, [](const RemoteFlags& f) { return RunGetBase(f); });
 
   CLI::App* admin = app.add_subcommand("admin", "Server administration (admin token)");
   admin->require_subcommand(1);
@@ -393,9 +529,7 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
                                 "new directory on the server (servable with deltaserved --db DIR)");
   auto dir = std::make_shared<std::string>();
   checkpoint->add_option("--dir", *dir, "Absolute path on the server; must not exist")->required();
-  checkpoint->callback([=, flags = remote.at(checkpoint)] {
-    *action = [=] { return RunCheckpoint(*flags, *dir); };
-  });
+  bind(checkpoint, [dir](const RemoteFlags& f) { return RunCheckpoint(f, *dir); });
 }
 
 }  // namespace deltaserve::client

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/internal/container_file.h"
 #include "client/internal/deltactl_command.h"
 #include "common/status_macros.h"
 
@@ -230,22 +231,32 @@ void PrintReport(const ContainerReport& report, bool per_tensor, std::FILE* out)
                   r.tied_to, std::string(codec::EncodingName(r.encoding)),
                   Bpw(r.record_bytes, r.info.num_elements()));
   }
-  absl::FPrintF(out, "tensors:     %d (lossy %d, raw %d, unchanged %d)\n", t.tensors,
+  // The lossy tensors' encoding: "dct" (v1), "ecq" (v2), or "lossy" for a mix or none.
+  // (The JSON totals say "_lossy", and keep the "_dct" names scripts read.)
+  std::string lossy;
+  for (const auto& r : report.tensors) {
+    if (!IsLossyEncoding(r.encoding)) continue;
+    const std::string name(codec::EncodingName(r.encoding));
+    lossy = lossy.empty() || lossy == name ? name : "lossy";
+  }
+  if (lossy.empty()) lossy = "lossy";
+  absl::FPrintF(out, "tensors:     %d (%s %d, raw %d, unchanged %d)\n", t.tensors, lossy,
                 t.lossy_tensors, t.raw_tensors, t.unchanged_tensors);
   if (t.lossy_tensors > 0) absl::FPrintF(out, "transforms:  %s\n", TransformCounts(report));
-  absl::FPrintF(out, "weights:     %d (lossy %d)\n", t.weights, t.lossy_weights);
+  absl::FPrintF(out, "weights:     %d (%s-coded %d)\n", t.weights, lossy, t.lossy_weights);
   absl::FPrintF(out,
-                "bits/weight: lossy %.4f (ratio vs 16-bit delta %.2fx), "
+                "bits/weight: %s-coded %.4f (ratio vs 16-bit delta %.2fx), "
                 "whole model %.4f (%.2fx)\n",
-                t.bpw_lossy, t.ratio_lossy, t.bpw_whole, t.ratio_whole);
+                lossy, t.bpw_lossy, t.ratio_lossy, t.bpw_whole, t.ratio_whole);
   if (ev) {
-    absl::FPrintF(out, "rel. delta error  ||d - d_hat|| / ||d||:       lossy %s, all %s\n",
-                  Opt(t.rel_delta_error_lossy, "%.5f"), Opt(t.rel_delta_error, "%.5f"));
-    absl::FPrintF(out, "rel. weight error ||W_ft - W_hat|| / ||W_ft||: lossy %s, all %s\n",
-                  Opt(t.rel_weight_error_lossy, "%.6f"), Opt(t.rel_weight_error, "%.6f"));
+    absl::FPrintF(out, "rel. delta error  ||d - d_hat|| / ||d||:       %s-coded %s, all %s\n",
+                  lossy, Opt(t.rel_delta_error_lossy, "%.5f"), Opt(t.rel_delta_error, "%.5f"));
+    absl::FPrintF(out, "rel. weight error ||W_ft - W_hat|| / ||W_ft||: %s-coded %s, all %s\n",
+                  lossy, Opt(t.rel_weight_error_lossy, "%.6f"), Opt(t.rel_weight_error, "%.6f"));
     absl::FPrintF(
-        out, "  (base alone, no delta: ||W_ft - W_base|| / ||W_ft||: lossy %s, all %s)\n",
-        Opt(t.rel_weight_error_base_only_lossy, "%.6f"), Opt(t.rel_weight_error_base_only, "%.6f"));
+        out, "  (base alone, no delta: ||W_ft - W_base|| / ||W_ft||: %s-coded %s, all %s)\n",
+        lossy, Opt(t.rel_weight_error_base_only_lossy, "%.6f"),
+        Opt(t.rel_weight_error_base_only, "%.6f"));
   }
 }
 
@@ -337,13 +348,13 @@ absl::Status Emit(const ContainerReport& report, bool json) {
 }
 
 absl::Status RunInspect(const InspectOptions& o) {
-  DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.delta));
+  DS_ASSIGN_OR_RETURN(auto container, OpenContainerFile(o.delta));
   DS_ASSIGN_OR_RETURN(auto report, ReportContainer(*container));
   return Emit(report, o.json);
 }
 
 absl::Status RunEval(const EvalOptions& o) {
-  DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.delta));
+  DS_ASSIGN_OR_RETURN(auto container, OpenContainerFile(o.delta));
   DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(o.base));
   DS_ASSIGN_OR_RETURN(auto finetuned, codec::ModelReader::Open(o.finetuned));
   DS_RETURN_IF_ERROR(codec::CheckBaseHash(*base, container->reader().header(), o.force));

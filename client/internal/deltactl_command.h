@@ -46,12 +46,21 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action);   // push, pull, l
 class ProgressLine {
  public:
   explicit ProgressLine(std::string label);
+  // Ends a line left open on a terminal (an operation that stopped before its end), so
+  // that what is printed next starts on a line of its own.
+  ~ProgressLine();
+  ProgressLine(const ProgressLine&) = delete;
+  ProgressLine& operator=(const ProgressLine&) = delete;
   // `done` of `total` units; `text` follows the percentage.
   void Update(uint64_t done, uint64_t total, const std::string& text);
+  // The last line, always printed: "<label>: <text>" (an operation's outcome, e.g. a
+  // refusal after the bytes were sent).
+  void End(const std::string& text);
 
  private:
   std::string label_;
   bool tty_;
+  bool open_ = false;  // a terminal line was drawn and not ended
   int last_decile_ = -1;
 };
 

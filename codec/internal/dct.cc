@@ -202,7 +202,10 @@ __attribute__((target("avx512f,fma"))) void InverseEvenOdd32Avx512(const float* 
     for (int r = 0; r < 4; ++r) {
       float* row = out + (i + r) * out_stride;
       _mm512_storeu_ps(row, _mm512_add_ps(e[r], o[r]));
-      _mm512_storeu_ps(row + H, _mm512_permutexvar_ps(reverse, _mm512_sub_ps(e[r], o[r])));
+      // The zero-masking form with every lane kept: the same vpermps, without GCC 12's
+      // -Wuninitialized on the plain intrinsic's undefined source operand.
+      _mm512_storeu_ps(row + H,
+                       _mm512_maskz_permutexvar_ps(0xFFFF, reverse, _mm512_sub_ps(e[r], o[r])));
     }
   }
 }

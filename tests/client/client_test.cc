@@ -190,7 +190,7 @@ TEST_F(ClientTest, PushDeltaSendsMetadataThenChunks) {
   EXPECT_EQ(last, container.size());
 
   EXPECT_THAT(client->PushDelta("exists", container),
-              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("PushDelta 'acme/exists'")));
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("PutDelta 'acme/exists'")));
   // A file is memory-mapped and sent the same way.
   {
     std::ofstream out(Path("c.dds"), std::ios::binary);
@@ -199,6 +199,29 @@ TEST_F(ClientTest, PushDeltaSendsMetadataThenChunks) {
   ASSERT_THAT(client->PushDeltaFile("fromfile", Path("c.dds")), IsOk());
   EXPECT_EQ(service_.uploaded, container);
   EXPECT_THAT(client->PushDeltaFile("x", Path("nope.dds")), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(ClientTest, ARefusedPushNeverReportsItsLastByte) {
+  // Refused at admission: the one chunk may well be written into gRPC's buffers, but
+  // progress must not claim the whole upload (it read 100%).
+  std::vector<uint8_t> container = SmallContainer();
+  options_.upload_chunk_bytes = 4096;
+  ASSERT_OK_AND_ASSIGN(auto client, DeltaClient::Open(options_));
+  std::vector<uint64_t> done;
+  PushOptions push;
+  push.progress = [&](const Progress& p) { done.push_back(p.bytes_done); };
+  service_.refusal = grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "PutDelta: wrong base");
+  EXPECT_THAT(client->PushDelta("chat", container, push),
+              StatusIs(absl::StatusCode::kFailedPrecondition, "PutDelta 'chat': wrong base"));
+  ASSERT_FALSE(done.empty());
+  EXPECT_EQ(done.front(), 0u);  // the upload began
+  EXPECT_LT(done.back(), container.size());
+  // Accepted: the last report is the whole container, after the commit.
+  service_.refusal = grpc::Status::OK;
+  done.clear();
+  ASSERT_THAT(client->PushDelta("chat", container, push).status(), IsOk());
+  EXPECT_EQ(done.front(), 0u);
+  EXPECT_EQ(done.back(), container.size());
 }
 
 TEST_F(ClientTest, PushRejectsMalformedContainerLocally) {

@@ -60,7 +60,7 @@ TEST(DeltactlFaceresTest, ConvertCompressEvalDecompress) {
 
   r = RunDeltactl("compress --base " + base + " --finetuned " + ft + " --out " + dds, dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_THAT(r.out, HasSubstr("bits/weight: lossy"));
+  EXPECT_THAT(r.out, HasSubstr("bits/weight: ecq-coded"));
   EXPECT_THAT(r.err, HasSubstr("compress: 127/127"));  // progress on stderr
   std::printf("%s", r.out.c_str());
 

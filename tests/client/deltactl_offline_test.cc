@@ -26,6 +26,7 @@ using ::deltaserve::testing::ReadBytes;
 using ::deltaserve::testing::RunDeltactl;
 using ::deltaserve::testing::ScopedTempDir;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 OwnedTensor Tensor(const std::string& name, DType dtype, std::vector<int64_t> shape, uint32_t seed,
                    float scale) {
@@ -99,7 +100,7 @@ TEST_F(DeltactlOfflineTest, UsageErrorsExitTwo) {
 
 TEST_F(DeltactlOfflineTest, CompressInspectDecompress) {
   const std::string out = Compress("--patch 16 --schedule 2:0.5,0:0.5 --quantizer minmax");
-  EXPECT_THAT(out, HasSubstr("tensors:     2 (lossy 1, raw 1, unchanged 0)"));
+  EXPECT_THAT(out, HasSubstr("tensors:     2 (dct 1, raw 1, unchanged 0)"));
   EXPECT_THAT(out, HasSubstr("transforms:  dct dct p16 1"));
   auto r = Run("inspect --json " + dds_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -128,7 +129,7 @@ TEST_F(DeltactlOfflineTest, CompressInspectDecompress) {
   r = Run("inspect " + dds_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("[128, 160]"));
-  EXPECT_THAT(r.out, HasSubstr("bits/weight: lossy"));
+  EXPECT_THAT(r.out, HasSubstr("bits/weight: dct-coded"));
   EXPECT_THAT(r.out, ::testing::ContainsRegex("w +\\[128, 160\\] +F32 +dct +dct p16 "));
 
   r = Run("eval --base " + base_ + " --finetuned " + ft_ + " --delta " + dds_);
@@ -151,8 +152,11 @@ TEST_F(DeltactlOfflineTest, RulesReachThePolicy) {
 
 // Codec v2: --bits picks the ecq encoding and meets the size (inspect's count).
 TEST_F(DeltactlOfflineTest, CompressEcqBits) {
+  // A v2 container's report names its encoding (it said "dct" for ecq tensors).
   const std::string out = Compress("--bits 2");
-  EXPECT_THAT(out, HasSubstr("tensors:     2 (lossy 1, raw 1, unchanged 0)"));
+  EXPECT_THAT(out, HasSubstr("tensors:     2 (ecq 1, raw 1, unchanged 0)"));
+  EXPECT_THAT(out, HasSubstr("bits/weight: ecq-coded "));
+  EXPECT_THAT(out, Not(HasSubstr("dct-coded")));
   auto r = Run("inspect --json " + dds_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
@@ -166,7 +170,7 @@ TEST_F(DeltactlOfflineTest, CompressEcqBits) {
   const std::string merged = dir_.File("m.safetensors");
   r = Run("decompress --base " + base_ + " --delta " + dds_ + " --out " + merged);
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_THAT(Compress("--max-error 0.2"), HasSubstr("(lossy 1, raw 1, unchanged 0)"));
+  EXPECT_THAT(Compress("--max-error 0.2"), HasSubstr("(ecq 1, raw 1, unchanged 0)"));
   r = Run("eval --json --base " + base_ + " --finetuned " + ft_ + " --delta " + dds_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto totals = nlohmann::json::parse(r.out).at("totals");

@@ -64,6 +64,9 @@ class FakeService final : public v1::DeltaService::Service {
   // created_unix, so that a test can replace the task between them.
   int64_t created_unix = 1700000000;
   int64_t stream_created_unix = 1700000000;
+  // Not OK: ListTasks answers this, and PutDelta answers it after reading only its
+  // metadata message (a refusal at admission, as a real server's for a wrong base).
+  grpc::Status refusal = grpc::Status::OK;
 
   std::mutex mu;
   std::string last_authorization;
@@ -103,6 +106,7 @@ class FakeService final : public v1::DeltaService::Service {
   grpc::Status ListTasks(grpc::ServerContext* ctx, const v1::ListTasksRequest* req,
                          v1::ListTasksResponse* resp) override {
     Remember(ctx);
+    if (!refusal.ok()) return refusal;
     v1::TaskInfo* t = resp->add_tasks();
     t->set_tenant(req->tenant().empty() ? "default" : req->tenant());
     t->set_name("chat");
@@ -118,6 +122,13 @@ class FakeService final : public v1::DeltaService::Service {
     v1::PutDeltaRequest req;
     std::vector<uint8_t> bytes;
     v1::PutDeltaMetadata meta;
+    if (!refusal.ok()) {
+      if (reader->Read(&req)) {
+        std::lock_guard<std::mutex> lock(mu);
+        last_put = req.metadata();
+      }
+      return refusal;
+    }
     while (reader->Read(&req)) {
       if (req.has_metadata()) meta = req.metadata();
       else bytes.insert(bytes.end(), req.chunk().begin(), req.chunk().end());

@@ -79,7 +79,7 @@ TEST(CodingTest, ReaderNeverReadsPastTheEndAndKeepsPosition) {
   EXPECT_EQ(r.position(), 0u);  // a failed Str leaves the reader where it was
   uint64_t u64;
   EXPECT_FALSE(r.U64(&u64));  // 7 bytes left
-  uint32_t u32;
+  uint32_t u32 = 0;
   EXPECT_TRUE(r.U32(&u32));
   EXPECT_EQ(u32, 100u);
   std::string_view rest;

@@ -52,7 +52,9 @@ Pulled Stream(v1::DeltaService::Stub* stub, const std::string& task, bool checks
       header = msg.header();
       data = &out.tensors[header.name()];
       out.checksum_follows += header.checksum_follows();
-      if (header.checksum_follows()) EXPECT_EQ(header.xxh3_64(), 0u);
+      if (header.checksum_follows()) {
+        EXPECT_EQ(header.xxh3_64(), 0u);
+      }
     } else if (msg.has_chunk()) {
       EXPECT_EQ(msg.chunk().offset(), data->size());
       *data += msg.chunk().data();

@@ -1,0 +1,235 @@
+// What a deltactl user reads: flags before or after the subcommand, which flag or
+// variable an auth error points at, the push progress of a refused upload, convert's
+// summary of skipped weights. Runs the real binary, against the in-process fake
+// DeltaService for the remote commands.
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/client/deltactl_test_util.h"
+#include "tests/client/fake_delta_service.h"
+#include "tests/testing/temp_dir.h"
+
+namespace deltaserve::client {
+namespace {
+
+using ::deltaserve::client::testing::FakeService;
+using ::deltaserve::client::testing::MakeTensor;
+using ::deltaserve::testing::DeltactlResult;
+using ::deltaserve::testing::RunDeltactl;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+class DeltactlCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (const char* v : {"DELTASERVE_SERVER", "DELTASERVE_TOKEN", "DELTASERVE_TENANT"}) {
+      ::unsetenv(v);
+    }
+    service_.tensors = {MakeTensor("w", codec::DType::kF16, {64, 32}, 1)};
+    int port = 0;
+    server_ = testing::StartFakeServer(&service_, &port);
+    ASSERT_NE(server_, nullptr);
+    address_ = "127.0.0.1:" + std::to_string(port);
+  }
+  void TearDown() override {
+    server_->Shutdown();
+    for (const char* v : {"DELTASERVE_SERVER", "DELTASERVE_TOKEN", "DELTASERVE_TENANT"}) {
+      ::unsetenv(v);
+    }
+  }
+  DeltactlResult Run(const std::string& args) { return RunDeltactl(args, tmp_); }
+  std::string Authorization() {
+    std::lock_guard<std::mutex> lock(service_.mu);
+    return service_.last_authorization;
+  }
+
+  FakeService service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+  ::deltaserve::testing::ScopedTempDir tmp_;
+};
+
+// A TF.js graph model with one float weight and `ints` int32 scalars.
+std::string WriteTfjsModel(const ::deltaserve::testing::ScopedTempDir& dir, int ints) {
+  std::string weights = R"({"name": "dense/kernel", "shape": [2], "dtype": "float32"})";
+  for (int i = 0; i < ints; ++i) {
+    weights += ", {\"name\": \"shape_const_" + std::to_string(100 + i) +
+               "\", \"shape\": [], \"dtype\": \"int32\"}";
+  }
+  {
+    std::ofstream bin(dir.File("w.bin"), std::ios::binary);
+    const std::string bytes(8 + 4 * ints, '\0');
+    bin.write(bytes.data(), bytes.size());
+  }
+  std::ofstream json(dir.File("model.json"));
+  json << R"({"format": "graph-model", "modelTopology": {}, "weightsManifest": [)"
+       << R"({"paths": ["w.bin"], "weights": [)" << weights << "]}]}";
+  return dir.File("model.json");
+}
+
+TEST_F(DeltactlCliTest, RemoteFlagsWorkBeforeAndAfterTheSubcommand) {
+  // Before: this was CLI11's "The following arguments were not expected".
+  DeltactlResult r = Run("--server " + address_ + " --token tok-before --tenant acme list");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("acme"));
+  EXPECT_EQ(Authorization(), "Bearer tok-before");
+
+  r = Run("list --server " + address_ + " --token tok-after --tenant acme");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("acme"));
+  EXPECT_EQ(Authorization(), "Bearer tok-after");
+
+  r = Run("--server " + address_ + " --json --timeout 5 info --task chat");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"name\": \"chat\""));
+
+  // After the subcommand wins over before it, which wins over the variable.
+  ::setenv("DELTASERVE_SERVER", "127.0.0.1:1", 1);
+  ::setenv("DELTASERVE_TOKEN", "tok-env", 1);
+  r = Run("--server 127.0.0.1:1 --token tok-before info --server " + address_ +
+          " --token tok-after --task chat --timeout 5");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Authorization(), "Bearer tok-after");
+  r = Run("--server " + address_ + " --token tok-before info --task chat --timeout 5");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Authorization(), "Bearer tok-before");
+  ::setenv("DELTASERVE_SERVER", address_.c_str(), 1);
+  r = Run("info --task chat --timeout 5");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Authorization(), "Bearer tok-env");
+}
+
+TEST_F(DeltactlCliTest, ARemoteFlagBeforeAnOfflineSubcommandIsRefused) {
+  // It would be ignored: compress and inspect talk to no server.
+  DeltactlResult r = Run("--server " + address_ + " inspect x.dds");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--server: is a flag of the remote commands (push, pull, list, "
+                               "...); inspect does not take it"));
+  r = Run("--json inspect x.dds");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--json: give it after the subcommand: deltactl inspect --json"));
+}
+
+TEST_F(DeltactlCliTest, HelpShowsTheServerOptionsAsGlobal) {
+  for (const char* args : {"--help", "list --help"}) {
+    DeltactlResult r = Run(args);
+    ASSERT_EQ(r.exit_code, 0) << args;
+    EXPECT_THAT(r.out, HasSubstr("Server options (before or after the subcommand):")) << args;
+    EXPECT_THAT(r.out, HasSubstr("Bearer token (env DELTASERVE_TOKEN)")) << args;
+  }
+}
+
+TEST_F(DeltactlCliTest, AModelGivenAsTheContainerIsInvalidArgumentEverywhere) {
+  // inspect, eval and decompress said DATA_LOSS "bad magic", as if a container were
+  // damaged; push already said what the file is not and what to do.
+  const std::string model = WriteTfjsModel(tmp_, 0);
+  ASSERT_EQ(Run("convert --in " + model + " --out " + tmp_.File("m.safetensors")).exit_code, 0);
+  const std::string m = tmp_.File("m.safetensors");
+  const std::string want = "INVALID_ARGUMENT: " + m +
+                           ": not a deltaserve delta container (.dds); make one from the base "
+                           "and the finetuned model with deltactl compress";
+  for (const std::string& args :
+       {"inspect " + m, "eval --base " + m + " --finetuned " + m + " --delta " + m,
+        "decompress --base " + m + " --delta " + m + " --out " + tmp_.File("o.safetensors"),
+        "push --server " + address_ + " --task t --in " + m}) {
+    DeltactlResult r = Run(args);
+    EXPECT_EQ(r.exit_code, 1) << args;
+    EXPECT_THAT(r.err, HasSubstr(want)) << args;
+  }
+}
+
+TEST_F(DeltactlCliTest, AuthErrorsNameTheFlagAndTheVariable) {
+  service_.refusal = grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                                  "missing 'authorization: Bearer <token>' metadata");
+  DeltactlResult r = Run("list --server " + address_);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("UNAUTHENTICATED: ListTasks: missing 'authorization: Bearer "
+                               "<token>' metadata (no token was given: pass --token TOKEN or "
+                               "set DELTASERVE_TOKEN)"));
+
+  service_.refusal = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown token");
+  r = Run("list --server " + address_ + " --token wrong");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("UNAUTHENTICATED: ListTasks: unknown token (the server at " +
+                               address_ +
+                               " did not accept the token given by --token or "
+                               "DELTASERVE_TOKEN)"));
+
+  service_.refusal =
+      grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "Checkpoint needs an admin token");
+  r = Run("list --server " + address_ + " --token t");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("needs an admin token (the token (--token or DELTASERVE_TOKEN) "
+                               "may not do this; admin commands need an admin token, and "
+                               "--tenant or DELTASERVE_TENANT names the tenant to act on)"));
+
+  service_.refusal = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                  "an admin token must name the tenant in the request");
+  r = Run("list --server " + address_ + " --token admin");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("must name the tenant in the request (pass --tenant NAME or set "
+                               "DELTASERVE_TENANT)"));
+}
+
+TEST_F(DeltactlCliTest, APushRefusedAtAdmissionShowsTheRefusalNotAFullBar) {
+  const std::vector<uint8_t> container = testing::SmallContainer();
+  {
+    std::ofstream out(tmp_.File("d.dds"), std::ios::binary);
+    out.write(reinterpret_cast<const char*>(container.data()), container.size());
+  }
+  service_.refusal = grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                  "PutDelta: the container was made against base 11, the "
+                                  "server's base is 22");
+  DeltactlResult r = Run("push --server " + address_ + " --task chat --in " + tmp_.File("d.dds"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, Not(HasSubstr("100%")));
+  EXPECT_THAT(r.err, HasSubstr("push chat: 0% 0.0/1.3 KiB\n"));
+  EXPECT_THAT(r.err, HasSubstr("push chat: refused by the server (FAILED_PRECONDITION) after "
+                               "0.0 of 1.3 KiB sent; nothing was stored\n"));
+  // The RPC's name, as the server's own messages and the docs call it.
+  EXPECT_THAT(r.err, HasSubstr("deltactl: FAILED_PRECONDITION: PutDelta 'chat': the container "
+                               "was made against base 11"));
+
+  service_.refusal = grpc::Status::OK;
+  r = Run("push --server " + address_ + " --task chat --in " + tmp_.File("d.dds"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("push chat: 100% 1.3/1.3 KiB\n"));
+  EXPECT_THAT(r.err, Not(HasSubstr("refused")));
+}
+
+TEST_F(DeltactlCliTest, ConvertSummarisesSkippedWeights) {
+  // A real model skipped hundreds: their names made one line of ~3000 characters.
+  const std::string model = WriteTfjsModel(tmp_, 40);
+  DeltactlResult r = Run("convert --in " + model + " --out " + tmp_.File("m.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("converted " + model + " -> " + tmp_.File("m.safetensors") +
+                               ": 1 tensors"));
+  EXPECT_THAT(r.out, HasSubstr("\nskipped 40 weights that are not float:\n  shape_const_100\n"
+                               "  shape_const_101\n  shape_const_102\n"
+                               "  ... and 37 more (--verbose lists them all)\n"));
+  EXPECT_THAT(r.out, Not(HasSubstr("shape_const_103")));
+
+  r = Run("convert --verbose --in " + model + " --out " + tmp_.File("m.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("not float:\n  shape_const_100\n  shape_const_101\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  shape_const_138\n  shape_const_139\n"));
+  EXPECT_THAT(r.out, Not(HasSubstr("more")));
+
+  // The converted file keeps the list in its metadata; converting it again skips nothing
+  // and must not say it did.
+  r = Run("convert --in " + tmp_.File("m.safetensors") + " --out " + tmp_.File("n.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, Not(HasSubstr("skipped")));
+
+  const std::string one = WriteTfjsModel(tmp_, 1);
+  r = Run("convert --in " + one + " --out " + tmp_.File("o.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("skipped 1 weight that is not float:\n  shape_const_100\n"));
+}
+
+}  // namespace
+}  // namespace deltaserve::client
