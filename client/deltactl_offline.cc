@@ -44,12 +44,16 @@ struct CompressCliOptions {
   bool allow_missing = false, allow_extra = false, allow_nonfinite = false, no_tie = false;
   double max_relative_delta = codec::CompressOptions{}.max_relative_delta;
   int threads = codec::CompressOptions{}.threads;
-  std::string codec;        // "dct" or "ecq"; empty: ecq if --bits/--max-error, else dct
+  // "dct" or "ecq"; empty: dct if a Delta-DCT option (--schedule, --quantizer,
+  // --separate-dc) is given, else ecq (codec v2 at 1 bit per weight: README, "Codec v2").
+  std::string codec;
+  bool dct_option_given = false;  // --schedule, --quantizer or --separate-dc
   // ecq targets, when given (0 is an error, not "unset").
   std::optional<double> bits;       // bits per weight of the lossy tensors
   std::optional<double> max_error;  // relative delta error
   std::string ecq_weighting = codec::EcqWeightingName(codec::CompressOptions{}.ecq_weighting);
   bool no_low_rank = false;  // ecq: never low-rank factors + residual
+  double gain_weight = codec::EcqOptions{}.gain_weight;
 };
 
 struct DecompressCliOptions {
@@ -122,8 +126,14 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   const bool ecq_target = bits_given || error_given;
   if (!o.codec.empty()) {
     DS_ASSIGN_OR_RETURN(c.codec, codec::ParseLossyCodec(o.codec));
-  } else if (ecq_target) {
-    c.codec = codec::LossyCodec::kEcq;
+  } else {
+    c.codec = o.dct_option_given && !ecq_target ? codec::LossyCodec::kDct
+                                                : codec::LossyCodec::kEcq;
+  }
+  if (ecq_target && o.dct_option_given && o.codec.empty()) {
+    return absl::InvalidArgumentError(
+        "--schedule, --quantizer and --separate-dc are Delta-DCT options (--codec dct); "
+        "--bits and --max-error are codec v2's");
   }
   if (ecq_target && c.codec != codec::LossyCodec::kEcq) {
     return absl::InvalidArgumentError("--bits and --max-error need --codec ecq");
@@ -135,6 +145,7 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   if (error_given) c.ecq_target = {0.0, *o.max_error};
   c.ecq.patch_size = o.patch;
   c.ecq.try_low_rank = !o.no_low_rank;
+  c.ecq.gain_weight = o.gain_weight;
   DS_ASSIGN_OR_RETURN(c.ecq_weighting, codec::ParseEcqWeighting(o.ecq_weighting));
   c.dct.patch_size = o.patch;
   DS_ASSIGN_OR_RETURN(c.dct.schedule, codec::BitSchedule::Parse(o.schedule));
@@ -245,16 +256,17 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
 
   auto* compress =
       app.add_subcommand("compress",
-                         "Compress finetuned - base into a Delta-DCT container (.dds); prints the "
-                         "size report");
+                         "Compress finetuned - base into a delta container (.dds; codec v2 at 1 "
+                         "bit/weight unless --codec dct); prints the size report");
   auto cc = std::make_shared<CompressCliOptions>();
   compress->add_option("--base", cc->base, "Base model (.safetensors, index or directory)")
       ->required();
   compress->add_option("--finetuned", cc->finetuned, "Finetuned model")->required();
   compress->add_option("--out", cc->out, "Output delta container (.dds)")->required();
   compress->add_option("--codec", cc->codec,
-                       "Lossy codec: dct (Delta-DCT, fixed-rate schedule; default) or ecq (v2: "
-                       "entropy-coded, rate-controlled; default target 1 bit/weight)");
+                       "Lossy codec: ecq (v2: entropy-coded, rate-controlled; default, at 1 "
+                       "bit/weight) or dct (Delta-DCT, fixed-rate schedule; implied by "
+                       "--schedule, --quantizer or --separate-dc)");
   compress->add_option_function<double>(
       "--bits", [cc](const double& v) { cc->bits = v; },
       "ecq: average bits per weight of the lossy tensors, every container byte counted "
@@ -270,6 +282,12 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   compress->add_flag("--no-low-rank", cc->no_low_rank,
                      "ecq: code every tensor as DCT or identity only, never as low-rank "
                      "factors + residual");
+  compress
+      ->add_option("--ecq-gain-weight", cc->gain_weight,
+                   "ecq: weight >= 1 of the error along the delta against the error across "
+                   "it; sets the reconstruction gain (1: least squares, which shrinks the "
+                   "delta)")
+      ->capture_default_str();
   compress->add_option("--patch", cc->patch, "DCT patch edge p, in weights [2, 64]")
       ->capture_default_str();
   compress
@@ -307,7 +325,12 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
                    "Threads encoding tensors at once (same output bytes for any count); 0: "
                    "one per hardware thread")
       ->capture_default_str();
-  compress->callback([cc, action] { *action = [cc] { return RunCompress(*cc); }; });
+  compress->callback([cc, action, compress] {
+    for (const char* name : {"--schedule", "--quantizer", "--separate-dc"}) {
+      cc->dct_option_given |= compress->get_option(name)->count() > 0;
+    }
+    *action = [cc] { return RunCompress(*cc); };
+  });
 
   auto* decompress =
       app.add_subcommand("decompress",

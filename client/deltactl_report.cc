@@ -2,6 +2,7 @@
 // delta container. Counting rules: client/internal/deltactl_report.h.
 #include "client/internal/deltactl_report.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <iostream>
@@ -42,6 +43,31 @@ std::vector<float> AsFloats(const uint8_t* data, codec::DType dtype, int64_t n) 
   return out;
 }
 
+// "ecq identity 10, ecq identity + rank 8 3": lossy tensors per encoding and transform
+// (rank counted apart), in order of first appearance.
+std::string TransformCounts(const ContainerReport& report) {
+  std::vector<std::pair<std::string, int>> counts;
+  for (const auto& r : report.tensors) {
+    if (!r.payload) continue;
+    codec::PayloadInfo kind = *r.payload;
+    std::string label = absl::StrCat(std::string(codec::EncodingName(r.encoding)), " ", kind.transform,
+                                     kind.patch_size > 0 ? absl::StrCat(" p", kind.patch_size) : "",
+                                     kind.rank > 0 ? " + low rank" : "");
+    auto it = std::find_if(counts.begin(), counts.end(),
+                           [&](const auto& c) { return c.first == label; });
+    if (it == counts.end()) {
+      counts.emplace_back(std::move(label), 1);
+    } else {
+      ++it->second;
+    }
+  }
+  std::string out;
+  for (const auto& [label, n] : counts) {
+    absl::StrAppend(&out, out.empty() ? "" : ", ", label, " ", n);
+  }
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<ContainerReport> ReportContainer(const codec::MappedContainer& container) {
@@ -59,6 +85,11 @@ absl::StatusOr<ContainerReport> ReportContainer(const codec::MappedContainer& co
     t.encoding = rec.encoding;
     if (rec.encoding != Encoding::kRaw) t.tied_to = rec.base_name;
     t.record_bytes = reader.record_bytes(i).size();
+    if (IsLossyEncoding(rec.encoding)) {
+      absl::StatusOr<codec::PayloadInfo> info = codec::DescribePayload(rec);
+      if (!info.ok()) return common::Annotate(info.status(), absl::StrCat("tensor '", rec.info.name, "'"));
+      t.payload = *std::move(info);
+    }
     report.tensors.push_back(std::move(t));
   }
   return report;
@@ -117,9 +148,9 @@ ReportTotals ComputeTotals(const ContainerReport& report) {
     ++t.tensors;
     t.weights += n;
     if (IsLossyEncoding(r.encoding)) {
-      ++t.dct_tensors;
-      t.dct_weights += n;
-      t.dct_record_bytes += r.record_bytes;
+      ++t.lossy_tensors;
+      t.lossy_weights += n;
+      t.lossy_record_bytes += r.record_bytes;
       dd_sq += r.d_sq;
       dd_err += r.d_err_sq;
       dw_sq += r.w_sq;
@@ -143,20 +174,20 @@ ReportTotals ComputeTotals(const ContainerReport& report) {
     w_err += r.w_err_sq;
   }
   const double overhead = report.header_bytes + report.trailer_bytes;
-  const double dct_share =
-      t.weights == 0 ? 0 : overhead * static_cast<double>(t.dct_weights) / t.weights;
+  const double lossy_share =
+      t.weights == 0 ? 0 : overhead * static_cast<double>(t.lossy_weights) / t.weights;
   t.bpw_whole = Bpw(report.container_bytes, t.weights);
-  t.bpw_dct = Bpw(t.dct_record_bytes + dct_share, t.dct_weights);
+  t.bpw_lossy = Bpw(t.lossy_record_bytes + lossy_share, t.lossy_weights);
   t.ratio_whole = t.bpw_whole > 0 ? 16 / t.bpw_whole : 0;
-  t.ratio_dct = t.bpw_dct > 0 ? 16 / t.bpw_dct : 0;
+  t.ratio_lossy = t.bpw_lossy > 0 ? 16 / t.bpw_lossy : 0;
   if (report.evaluated) {
     t.rel_delta_error = Ratio(d_err, d_sq);
     t.rel_weight_error = Ratio(w_err, w_sq);
     t.rel_weight_error_base_only = Ratio(b_d_sq, b_w_sq);
-    if (t.dct_tensors > 0) {
-      t.rel_delta_error_dct = Ratio(dd_err, dd_sq);
-      t.rel_weight_error_dct = Ratio(dw_err, dw_sq);
-      t.rel_weight_error_base_only_dct = Ratio(bd_d_sq, bd_w_sq);
+    if (t.lossy_tensors > 0) {
+      t.rel_delta_error_lossy = Ratio(dd_err, dd_sq);
+      t.rel_weight_error_lossy = Ratio(dw_err, dw_sq);
+      t.rel_weight_error_base_only_lossy = Ratio(bd_d_sq, bd_w_sq);
     }
   }
   return t;
@@ -165,15 +196,16 @@ ReportTotals ComputeTotals(const ContainerReport& report) {
 void PrintReport(const ContainerReport& report, bool per_tensor, std::FILE* out) {
   const bool ev = report.evaluated;
   if (per_tensor) {
-    absl::FPrintF(out, "%-40s %-22s %-4s %-9s %10s %10s %7s", "tensor", "shape", "type", "encoding",
-                  "weights", "bytes", "bpw");
+    absl::FPrintF(out, "%-40s %-22s %-4s %-9s %-17s %10s %10s %7s", "tensor", "shape", "type",
+                  "encoding", "transform", "weights", "bytes", "bpw");
     if (ev) absl::FPrintF(out, " %10s %10s", "rel_d_err", "rel_w_err");
     absl::FPrintF(out, "\n");
     for (const auto& r : report.tensors) {
       const uint64_t n = r.info.num_elements();
-      absl::FPrintF(out, "%-40s %-22s %-4s %-9s %10d %10d %7.3f", r.info.name,
+      absl::FPrintF(out, "%-40s %-22s %-4s %-9s %-17s %10d %10d %7.3f", r.info.name,
                     codec::ShapeString(r.info.shape), std::string(codec::DTypeName(r.info.dtype)),
-                    std::string(codec::EncodingName(r.encoding)), n, r.record_bytes,
+                    std::string(codec::EncodingName(r.encoding)),
+                    r.payload ? r.payload->ToString() : std::string("-"), n, r.record_bytes,
                     Bpw(r.record_bytes, n));
       if (ev) {
         absl::FPrintF(out, " %10s %10s",
@@ -199,30 +231,31 @@ void PrintReport(const ContainerReport& report, bool per_tensor, std::FILE* out)
                   r.tied_to, std::string(codec::EncodingName(r.encoding)),
                   Bpw(r.record_bytes, r.info.num_elements()));
   }
-  // The lossy tensors' encoding: "dct" (v1), "ecq" (v2), or "lossy" for a mix. (The
-  // JSON keys keep their "_dct" names, which scripts read.)
+  // The lossy tensors' encoding: "dct" (v1), "ecq" (v2), or "lossy" for a mix or none.
+  // (The JSON totals say "_lossy", and keep the "_dct" names scripts read.)
   std::string lossy;
   for (const auto& r : report.tensors) {
     if (!IsLossyEncoding(r.encoding)) continue;
     const std::string name(codec::EncodingName(r.encoding));
     lossy = lossy.empty() || lossy == name ? name : "lossy";
   }
-  if (lossy.empty()) lossy = "dct";
+  if (lossy.empty()) lossy = "lossy";
   absl::FPrintF(out, "tensors:     %d (%s %d, raw %d, unchanged %d)\n", t.tensors, lossy,
-                t.dct_tensors, t.raw_tensors, t.unchanged_tensors);
-  absl::FPrintF(out, "weights:     %d (%s-coded %d)\n", t.weights, lossy, t.dct_weights);
+                t.lossy_tensors, t.raw_tensors, t.unchanged_tensors);
+  if (t.lossy_tensors > 0) absl::FPrintF(out, "transforms:  %s\n", TransformCounts(report));
+  absl::FPrintF(out, "weights:     %d (%s-coded %d)\n", t.weights, lossy, t.lossy_weights);
   absl::FPrintF(out,
                 "bits/weight: %s-coded %.4f (ratio vs 16-bit delta %.2fx), "
                 "whole model %.4f (%.2fx)\n",
-                lossy, t.bpw_dct, t.ratio_dct, t.bpw_whole, t.ratio_whole);
+                lossy, t.bpw_lossy, t.ratio_lossy, t.bpw_whole, t.ratio_whole);
   if (ev) {
     absl::FPrintF(out, "rel. delta error  ||d - d_hat|| / ||d||:       %s-coded %s, all %s\n",
-                  lossy, Opt(t.rel_delta_error_dct, "%.5f"), Opt(t.rel_delta_error, "%.5f"));
+                  lossy, Opt(t.rel_delta_error_lossy, "%.5f"), Opt(t.rel_delta_error, "%.5f"));
     absl::FPrintF(out, "rel. weight error ||W_ft - W_hat|| / ||W_ft||: %s-coded %s, all %s\n",
-                  lossy, Opt(t.rel_weight_error_dct, "%.6f"), Opt(t.rel_weight_error, "%.6f"));
+                  lossy, Opt(t.rel_weight_error_lossy, "%.6f"), Opt(t.rel_weight_error, "%.6f"));
     absl::FPrintF(
         out, "  (base alone, no delta: ||W_ft - W_base|| / ||W_ft||: %s-coded %s, all %s)\n",
-        lossy, Opt(t.rel_weight_error_base_only_dct, "%.6f"),
+        lossy, Opt(t.rel_weight_error_base_only_lossy, "%.6f"),
         Opt(t.rel_weight_error_base_only, "%.6f"));
   }
 }
@@ -239,6 +272,11 @@ nlohmann::json ReportJson(const ContainerReport& report) {
                         {"bytes", r.record_bytes},
                         {"bits_per_weight", Bpw(r.record_bytes, n)}};
     if (!r.tied_to.empty()) j["tied_to"] = r.tied_to;
+    if (r.payload) {
+      j["transform"] = r.payload->transform;
+      j["patch_size"] = r.payload->patch_size;
+      j["rank"] = r.payload->rank;
+    }
     if (report.evaluated) {
       j["rel_delta_error"] =
           r.has_delta ? JsonOpt(Ratio(r.d_err_sq, r.d_sq)) : nlohmann::json(nullptr);
@@ -249,27 +287,36 @@ nlohmann::json ReportJson(const ContainerReport& report) {
   const ReportTotals t = ComputeTotals(report);
   nlohmann::json totals = {
       {"tensors", t.tensors},
-      {"dct_tensors", t.dct_tensors},
+      {"lossy_tensors", t.lossy_tensors},
       {"raw_tensors", t.raw_tensors},
       {"unchanged_tensors", t.unchanged_tensors},
       {"weights", t.weights},
-      {"dct_weights", t.dct_weights},
+      {"lossy_weights", t.lossy_weights},
       {"container_bytes", report.container_bytes},
       {"header_bytes", report.header_bytes},
       {"trailer_bytes", report.trailer_bytes},
-      {"dct_record_bytes", t.dct_record_bytes},
-      {"bits_per_weight_dct", t.bpw_dct},
+      {"lossy_record_bytes", t.lossy_record_bytes},
+      {"bits_per_weight_lossy", t.bpw_lossy},
       {"bits_per_weight_whole", t.bpw_whole},
-      {"ratio_vs_16bit_dct", t.ratio_dct},
+      {"ratio_vs_16bit_lossy", t.ratio_lossy},
       {"ratio_vs_16bit_whole", t.ratio_whole},
   };
   if (report.evaluated) {
-    totals["rel_delta_error_dct"] = JsonOpt(t.rel_delta_error_dct);
+    totals["rel_delta_error_lossy"] = JsonOpt(t.rel_delta_error_lossy);
     totals["rel_delta_error"] = JsonOpt(t.rel_delta_error);
-    totals["rel_weight_error_dct"] = JsonOpt(t.rel_weight_error_dct);
+    totals["rel_weight_error_lossy"] = JsonOpt(t.rel_weight_error_lossy);
     totals["rel_weight_error"] = JsonOpt(t.rel_weight_error);
-    totals["rel_weight_error_base_only_dct"] = JsonOpt(t.rel_weight_error_base_only_dct);
+    totals["rel_weight_error_base_only_lossy"] = JsonOpt(t.rel_weight_error_base_only_lossy);
     totals["rel_weight_error_base_only"] = JsonOpt(t.rel_weight_error_base_only);
+  }
+  // The names before codec v2 (deltactl_report.h), same values.
+  for (const char* key : {"lossy_tensors", "lossy_weights", "lossy_record_bytes",
+                          "bits_per_weight_lossy", "ratio_vs_16bit_lossy", "rel_delta_error_lossy",
+                          "rel_weight_error_lossy", "rel_weight_error_base_only_lossy"}) {
+    std::string old = key;
+    if (!totals.contains(old)) continue;
+    old.replace(old.find("lossy"), 5, "dct");
+    totals[old] = totals[key];
   }
   return {{"container", report.path},
           {"base_hash", codec::BaseHashHex(report.header.base_hash)},

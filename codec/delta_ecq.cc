@@ -46,13 +46,28 @@ struct QuantStats {
   double zero_sq = 0.0;  // sum of c^2 over coefficients coded 0
   double sum_e = 0.0;    // sum of (a - m) over non-zero codes
   double sum_e2 = 0.0;   // sum of (a - m)^2 over non-zero codes
+  double sum_m = 0.0;    // sum of m over non-zero codes
+  double sum_m2 = 0.0;   // sum of m^2
+  double sum_em = 0.0;   // sum of (a - m) m
   uint64_t nonzero = 0;
 
   void Add(const QuantStats& o) {
     zero_sq += o.zero_sq;
     sum_e += o.sum_e;
     sum_e2 += o.sum_e2;
+    sum_m += o.sum_m;
+    sum_m2 += o.sum_m2;
+    sum_em += o.sum_em;
     nonzero += o.nonzero;
+  }
+  void Scale(double k) {
+    zero_sq *= k;
+    sum_e *= k;
+    sum_e2 *= k;
+    sum_m *= k;
+    sum_m2 *= k;
+    sum_em *= k;
+    nonzero = static_cast<uint64_t>(std::llround(static_cast<double>(nonzero) * k));
   }
   // The bias minimizing the distortion, in [0, 1).
   double BestBias() const {
@@ -63,7 +78,43 @@ struct QuantStats {
     const double n = static_cast<double>(nonzero);
     return zero_sq + step * step * (sum_e2 + 2.0 * bias * sum_e + n * bias * bias);
   }
+  // In units of step^2, at gain 1: x = <c, c_hat>, y = ||c_hat||^2, e = ||c||^2.
+  struct Moments {
+    double x, y, e;
+  };
+  Moments MomentsAt(double step, double bias) const {
+    return {sum_m2 + sum_em - bias * (sum_m + sum_e),
+            sum_m2 - 2.0 * bias * sum_m + static_cast<double>(nonzero) * bias * bias,
+            zero_sq / (step * step) + sum_m2 + 2.0 * sum_em + sum_e2};
+  }
+  // The reconstruction gain g (codes reconstructed as g (m - bias) s) of
+  // EcqOptions::gain_weight w: it minimizes w e (1 - g x / e)^2 + g^2 (y - x^2 / e), the
+  // error along the coefficients weighed w times the error across them:
+  // g = w x / (y + (w - 1) x^2 / e). 1 for w = 1 and the distortion-minimizing bias; in
+  // [1, kMaxGain] otherwise.
+  double Gain(double step, double bias, double w) const {
+    if (w == 1.0 || nonzero == 0) return 1.0;
+    const Moments m = MomentsAt(step, bias);
+    const double den = m.y + (w - 1.0) * m.x * m.x / m.e;
+    if (!(m.x > 0.0 && den > 0.0 && m.e > 0.0)) return 1.0;
+    const double g = w * m.x / den;
+    return std::isfinite(g) ? std::clamp(g, 1.0, kMaxGain) : 1.0;
+  }
+  // Squared error with gain g: ||c||^2 - 2 g <c, c_hat> + g^2 ||c_hat||^2.
+  double Distortion(double step, double bias, double g) const {
+    if (g == 1.0) return Distortion(step, bias);
+    const Moments m = MomentsAt(step, bias);
+    return std::max(0.0, step * step * (m.e - 2.0 * g * m.x + g * g * m.y));
+  }
+  static constexpr double kMaxGain = 4.0;
 };
+
+// The reconstruction gain of a quantization pass's sums under gain weight w
+// (QuantStats::Gain), 1 where the stored step would leave the decoder's range.
+double GainAt(const QuantStats& st, float step, double bias, double w) {
+  const double g = st.Gain(step, bias, w);
+  return static_cast<double>(step) * g < static_cast<double>(kMaxStep) * 0.5 ? g : 1.0;
+}
 
 // Quantizes c[0, n) at step 1 / inv_step with rounding offset r, counting symbols into
 // hist[256] and escapes into *escapes. With `symbols`, also writes them (and appends
@@ -84,6 +135,9 @@ void Quantize(const float* c, uint64_t n, float inv_step, float r, QuantStats* s
       const double e = static_cast<double>(a) - m;
       s.sum_e += e;
       s.sum_e2 += e * e;
+      s.sum_m += m;
+      s.sum_m2 += static_cast<double>(m) * m;
+      s.sum_em += e * m;
       ++s.nonzero;
       const int32_t q = v < 0 ? -static_cast<int32_t>(m) : static_cast<int32_t>(m);
       const uint32_t z = Zigzag(q);
@@ -161,6 +215,10 @@ absl::Status EcqOptions::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("ecq patch_size ", patch_size, " outside [2, ",
                                                    internal::kMaxDctPatch, "]"));
   }
+  if (!(gain_weight >= 1.0 && gain_weight <= 1e6)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ecq gain_weight ", gain_weight, " outside [1, 1e6]"));
+  }
   return absl::OkStatus();
 }
 
@@ -176,6 +234,7 @@ absl::StatusOr<std::unique_ptr<EcqTensor>> EcqTensor::Prepare(const float* delta
   std::unique_ptr<EcqTensor> t(new EcqTensor());
   t->rows_ = rows;
   t->cols_ = cols;
+  t->gain_weight_ = options.gain_weight;
   const uint64_t n = static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols);
   double energy = 0.0;
   for (uint64_t i = 0; i < n; ++i) {
@@ -315,11 +374,9 @@ EcqTrial EcqTensor::EvaluateRank(float step, int sample, const EcqTrial* fixed,
       // Sampled sums scale to the whole tensor.
       const double scale =
           static_cast<double>(pl->coef.size()) / static_cast<double>(seen_total);
-      st.zero_sq *= scale;
-      st.sum_e *= scale;
-      st.sum_e2 *= scale;
-      st.nonzero = static_cast<uint64_t>(std::llround(st.nonzero * scale));
-      const double d = st.Distortion(step, st.BestBias());
+      st.Scale(scale);
+      const double bias = st.BestBias();
+      const double d = st.Distortion(step, bias, GainAt(st, step, bias, gain_weight_));
       const double j = d + lambda * 8.0 * bytes;
       if (best_j < 0 || j < best_j) {
         best_j = j;
@@ -405,8 +462,10 @@ absl::StatusOr<std::vector<uint8_t>> EcqTensor::EncodeChoice(float step, const E
   Quantize(pl->coef.data(), pl->coef.size(), inv, choice.rounding, &st, hist.data(), &esc,
            nullptr, nullptr);
   EcqHeader h = pl->header;
-  h.step = step;
   h.bias = static_cast<float>(st.BestBias());
+  // The quantizer's step times the reconstruction gain: what the decoder scales codes by.
+  const double gain = GainAt(st, step, h.bias, gain_weight_);
+  h.step = static_cast<float>(step * gain);
   // Pass 2: symbols, rANS streams and escapes per chunk.
   std::vector<uint8_t> body, symbols;
   std::vector<uint32_t> lengths;
@@ -434,7 +493,7 @@ absl::StatusOr<std::vector<uint8_t>> EcqTensor::EncodeChoice(float step, const E
   if (trial) {
     *trial = choice;
     trial->bytes = static_cast<double>(out.size());
-    trial->distortion = st.Distortion(step, h.bias);
+    trial->distortion = st.Distortion(step, h.bias, gain);
   }
   return out;
 }

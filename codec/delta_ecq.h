@@ -59,6 +59,13 @@ struct EcqOptions {
   // D + lambda R, factor bytes included, is the lowest. Costs a Gram eigenproblem per
   // tensor at Prepare and 2x the delta's memory per rank. Default: true.
   bool try_low_rank = true;
+  // Weight w >= 1 of the error along the delta against the error across it, which sets
+  // each payload's reconstruction gain g (the stored step is the quantizer's step times
+  // g): w = 1 is the least-squares reconstruction, which shrinks the delta (at 1 bit per
+  // weight it keeps ~0.7 of it, most weights at 0 in the identity domain); larger w
+  // keeps more of the delta's length for some more squared error. Measured on faceres
+  // at 1 bit per weight: see codec/FORMAT.md, "Reconstruction gain". Default: 2.
+  double gain_weight = 2.0;
 
   absl::Status Validate() const;
 };
@@ -110,7 +117,7 @@ class EcqTensor {
   absl::StatusOr<std::vector<uint8_t>> EncodeChoice(float step, const EcqTrial& choice,
                                                     EcqTrial* trial) const;
   int64_t rows_ = 0, cols_ = 0;
-  double energy_ = 0.0, max_abs_ = 0.0, step_scale_ = 1.0;
+  double energy_ = 0.0, max_abs_ = 0.0, step_scale_ = 1.0, gain_weight_ = 1.0;
   std::vector<std::unique_ptr<Plane>> planes_;
 };
 

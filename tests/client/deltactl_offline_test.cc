@@ -101,6 +101,7 @@ TEST_F(DeltactlOfflineTest, UsageErrorsExitTwo) {
 TEST_F(DeltactlOfflineTest, CompressInspectDecompress) {
   const std::string out = Compress("--patch 16 --schedule 2:0.5,0:0.5 --quantizer minmax");
   EXPECT_THAT(out, HasSubstr("tensors:     2 (dct 1, raw 1, unchanged 0)"));
+  EXPECT_THAT(out, HasSubstr("transforms:  dct dct p16 1"));
   auto r = Run("inspect --json " + dds_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
@@ -112,6 +113,10 @@ TEST_F(DeltactlOfflineTest, CompressInspectDecompress) {
   EXPECT_EQ(j.at("tensors")[0].at("encoding"), "raw");
   EXPECT_EQ(j.at("tensors")[1].at("name"), "w");
   EXPECT_EQ(j.at("tensors")[1].at("encoding"), "dct");
+  EXPECT_EQ(j.at("tensors")[1].at("transform"), "dct");
+  EXPECT_EQ(j.at("tensors")[1].at("patch_size"), 16);
+  EXPECT_EQ(j.at("tensors")[1].at("rank"), 0);
+  EXPECT_FALSE(j.at("tensors")[0].contains("transform"));  // raw
   EXPECT_EQ(j.at("tensors")[1].at("shape"), nlohmann::json({128, 160}));
   const auto& t = j.at("totals");
   EXPECT_EQ(t.at("container_bytes").get<uint64_t>(), std::filesystem::file_size(dds_));
@@ -125,6 +130,7 @@ TEST_F(DeltactlOfflineTest, CompressInspectDecompress) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("[128, 160]"));
   EXPECT_THAT(r.out, HasSubstr("bits/weight: dct-coded"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("w +\\[128, 160\\] +F32 +dct +dct p16 "));
 
   r = Run("eval --base " + base_ + " --finetuned " + ft_ + " --delta " + dds_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -140,7 +146,7 @@ TEST_F(DeltactlOfflineTest, CompressInspectDecompress) {
 
 TEST_F(DeltactlOfflineTest, RulesReachThePolicy) {
   const std::string out = Compress("--rule 'w=raw'");
-  EXPECT_THAT(out, HasSubstr("(dct 0, raw 2, unchanged 0)"));
+  EXPECT_THAT(out, HasSubstr("(lossy 0, raw 2, unchanged 0)"));
   EXPECT_THAT(out, HasSubstr("codec.rules=w=raw"));
 }
 
@@ -157,15 +163,43 @@ TEST_F(DeltactlOfflineTest, CompressEcqBits) {
   EXPECT_EQ(j.at("metadata").at("codec.lossy"), "ecq");
   EXPECT_EQ(j.at("metadata").at("codec.ecq_target"), "bits=2");
   EXPECT_EQ(j.at("tensors")[1].at("encoding"), "ecq");
-  EXPECT_NEAR(j.at("totals").at("bits_per_weight_dct").get<double>(), 2.0, 0.04);
+  EXPECT_NEAR(j.at("totals").at("bits_per_weight_lossy").get<double>(), 2.0, 0.04);
+  // The names from before codec v2 stay, with the same values.
+  EXPECT_EQ(j.at("totals").at("bits_per_weight_dct"), j.at("totals").at("bits_per_weight_lossy"));
+  EXPECT_EQ(j.at("totals").at("dct_weights"), j.at("totals").at("lossy_weights"));
   const std::string merged = dir_.File("m.safetensors");
   r = Run("decompress --base " + base_ + " --delta " + dds_ + " --out " + merged);
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(Compress("--max-error 0.2"), HasSubstr("(ecq 1, raw 1, unchanged 0)"));
   r = Run("eval --json --base " + base_ + " --finetuned " + ft_ + " --delta " + dds_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_LE(nlohmann::json::parse(r.out).at("totals").at("rel_delta_error_dct").get<double>(),
-            0.2);
+  const auto totals = nlohmann::json::parse(r.out).at("totals");
+  EXPECT_LE(totals.at("rel_delta_error_lossy").get<double>(), 0.2);
+  EXPECT_EQ(totals.at("rel_delta_error_dct"), totals.at("rel_delta_error_lossy"));
+}
+
+// Without --codec, compress writes codec v2 at 1 bit per weight; a Delta-DCT option
+// (--schedule, --quantizer, --separate-dc) or --codec dct selects Delta-DCT.
+TEST_F(DeltactlOfflineTest, DefaultCodecIsV2AtOneBit) {
+  EXPECT_THAT(Compress(), HasSubstr("codec.ecq_target=bits=1 "));
+  auto r = Run("inspect --json " + dds_);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("metadata").at("codec.lossy"), "ecq");
+  EXPECT_EQ(j.at("tensors")[1].at("encoding"), "ecq");
+  EXPECT_NEAR(j.at("totals").at("bits_per_weight_lossy").get<double>(), 1.0, 0.02);
+  for (const char* dct : {"--codec dct", "--schedule 1:1", "--quantizer clipped", "--separate-dc"}) {
+    Compress(dct);
+    r = Run("inspect --json " + dds_);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    j = nlohmann::json::parse(r.out);
+    EXPECT_FALSE(j.at("metadata").contains("codec.lossy")) << dct;
+    EXPECT_EQ(j.at("tensors")[1].at("encoding"), "dct") << dct;
+  }
+  r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ +
+          " --bits 2 --schedule 2:1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("are Delta-DCT options (--codec dct)"));
 }
 
 // The ecq encoder's low-rank factors come from BLAS, whose summation order follows its
@@ -213,7 +247,13 @@ TEST_F(DeltactlOfflineTest, CompressBytesDoNotDependOnBlasThreads) {
   }
   const auto r = Run("inspect --json " + dir_.File("lr1.dds"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(nlohmann::json::parse(r.out).at("metadata").at("codec.ecq_low_rank"), "1");
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("metadata").at("codec.ecq_low_rank"), "1");
+  // inspect names the factors' rank (a rank-8 delta: at least 8 components kept).
+  EXPECT_GE(j.at("tensors")[0].at("rank").get<int>(), 8);
+  const auto text = Run("inspect " + dir_.File("lr1.dds"));
+  EXPECT_THAT(text.out, ::testing::ContainsRegex(" \\+ rank [0-9]+ "));
+  EXPECT_THAT(text.out, ::testing::ContainsRegex("transforms:  ecq [a-z0-9 ]+ \\+ low rank 1"));
   ASSERT_GT(containers[0].size(), 0u);
   EXPECT_EQ(containers[0], containers[1]);
   EXPECT_EQ(containers[0], containers[2]);

@@ -167,6 +167,7 @@ TEST(EcqFormatTest, Header) {
   const auto d = MakeSmoothDelta(rows, cols, 8);
   EcqOptions o;
   o.try_low_rank = false;  // the layout without factors (with: delta_ecq_lowrank_test.cc)
+  o.gain_weight = 1.0;     // the stored step is the quantizer's (gain: delta_ecq_gain_test.cc)
   ASSERT_OK_AND_ASSIGN(auto enc, EncodeEcqMatrix(d.data(), rows, cols, 5e-4f, o));
   EXPECT_EQ(std::string(enc.begin(), enc.begin() + 4), "DECQ");
   EXPECT_EQ(enc[4], 1);   // version

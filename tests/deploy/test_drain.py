@@ -60,7 +60,8 @@ with tempfile.TemporaryDirectory(prefix="deploy-drain-") as tmp:
     addr = f"127.0.0.1:{port}"
     d.wait_until(lambda: d.healthcheck(addr, env)[0] == 0, 30, "SERVING", dm)
     delta = os.path.join(tmp, "t.dds")
-    d.run([deltactl, "compress", "--base", base_path, "--finetuned", ft_path, "--out", delta],
+    d.run([deltactl, "compress", "--codec", "dct", "--base", base_path, "--finetuned", ft_path,
+           "--out", delta],
           env=d.clean_env(), what="deltactl compress")
     d.run([deltactl, "push", "--server", addr, "--token", d.ACME_TOKEN, "--task", "drain", "--in", delta],
           env=d.clean_env(), what="deltactl push")

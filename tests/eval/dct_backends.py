@@ -6,10 +6,10 @@ the bits they take, and the schedule actually used.
 
 DeltactlBackend drives the C++ tool end to end:
   deltactl compress   (base, finetuned safetensors -> .dds container)
-  deltactl eval --json  bits = totals.bits_per_weight_dct x totals.dct_weights: every
-                      byte of the DCT records (name, shapes, payload, checksum) plus their
+  deltactl eval --json  bits = totals.bits_per_weight_lossy x totals.lossy_weights: every
+                      byte of the lossy records (name, shapes, payload, checksum) plus their
                       share of the container header and trailer (deltactl's honest count);
-                      its rel_delta_error_dct is kept as a cross-check
+                      its rel_delta_error_lossy is kept as a cross-check
   deltactl decompress (.dds + base -> merged safetensors): the reconstruction
 It also reads the container's record table itself (codec/FORMAT.md) for the payload
 bytes alone (payload_bits: the codec's own bytes, without container framing).
@@ -84,7 +84,7 @@ class DeltactlBackend:
 
     def run(self, patch, schedule):
         tag = "p%d_%s" % (patch, (schedule or "default").replace(":", "-").replace(",", "_"))
-        args = ["--patch", str(patch)]
+        args = ["--codec", "dct", "--patch", str(patch)]  # codec v2 is deltactl's default
         if schedule:
             args += ["--schedule", schedule]
         return self._compress_and_read(tag, args, schedule)
@@ -123,10 +123,13 @@ class DeltactlBackend:
                     "+lowrank" if heads[name][7] & 1 else "")
             recon[name] = merged[name].astype(np.float32) - self.base[name].astype(np.float32)
             payload_bits += 8 * payload_len
-        if totals["dct_weights"] != sum(r.size for r in recon.values()):
-            raise RuntimeError("deltactl eval counts %d DCT weights, the container holds %d" % (
-                totals["dct_weights"], sum(r.size for r in recon.values())))
-        bits = totals["bits_per_weight_dct"] * totals["dct_weights"]
+        # *_lossy: deltactl since codec v2; *_dct: the same figures under the older names.
+        lossy = "lossy" if "lossy_weights" in totals else "dct"
+        weights = totals["%s_weights" % lossy]
+        if weights != sum(r.size for r in recon.values()):
+            raise RuntimeError("deltactl eval counts %d lossy weights, the container holds %d" % (
+                weights, sum(r.size for r in recon.values())))
+        bits = totals["bits_per_weight_%s" % lossy] * weights
         size = os.path.getsize(dds)
         self.tool = "%s (%s)" % (self.deltactl, meta.get("tool", "?"))
         os.remove(out)
@@ -135,7 +138,7 @@ class DeltactlBackend:
         else:
             schedule = meta.get("codec.schedule", schedule)
         return DctResult(recon, bits, schedule, size, payload_bits,
-                         totals.get("rel_delta_error_dct"))
+                         totals.get("rel_delta_error_%s" % lossy))
 
 
 class StandinBackend:

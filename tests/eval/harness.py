@@ -66,14 +66,23 @@ def merged_weights(base, ft, recon):
     return out
 
 
+METHODS = ("delta-dct", "ecq", "ecq-mse", "ecq-nolr", "zero", "sign", "lowrank", "topk", "dare")
+
+
 def run_pair(pair_name, base, ft, backend, evaluate, budgets, patches, log,
              ref_patch=REF_PATCH, dare_seeds=baselines.DARE_SEEDS, eval_dct_all=True,
-             mixed=True):
+             mixed=True, methods=METHODS, targets=None):
     """Returns a list of result rows (dicts) for one pair.
 
     evaluate(weights: name -> array) -> dict of task metrics (or None to skip).
+    methods: the row methods to run (METHODS). Without "delta-dct", the baselines need
+    `targets` (budget -> bits per weight of Delta-DCT at the reference patch, from an
+    earlier run) and the tensor set comes from the first codec v2 run.
     """
     rows = []
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError("unknown methods %s (known: %s)" % (sorted(unknown), ", ".join(METHODS)))
 
     def add(method, budget, patch, schedule, bits, n, recon_list, t0, variant=None):
         per_list, tot, wtot, metrics = [], [], [], []
@@ -104,24 +113,32 @@ def run_pair(pair_name, base, ft, backend, evaluate, budgets, patches, log,
             row["seconds"]))
 
     deltas, n = None, None
-    targets = OrderedDict()
+
+    def set_deltas(res):
+        nonlocal deltas, n
+        deltas = OrderedDict()
+        for name in ft:
+            if name in res.recon:
+                rows_, cols = dct_standin.matrix_view(ft[name].shape, ref_patch)
+                d = ft[name].astype(np.float32) - base[name].astype(np.float32)
+                deltas[name] = d.reshape(rows_, cols)
+        n = sum(d.size for d in deltas.values())
+        log("  %s: %d tensors coded lossily, %d weights; backend %s" % (
+            pair_name, len(deltas), n, backend.name))
+
+    run_dct = "delta-dct" in methods
+    targets = OrderedDict() if run_dct else OrderedDict(targets or {})
     configs = [(b, p, SCHEDULES[b], "uniform") for b in budgets for p in patches]
-    if mixed:
+    if not run_dct:
+        configs = []
+    elif mixed:
         configs += [(b, ref_patch, MIXED_SCHEDULES[b], "mixed") for b in budgets
                     if b in MIXED_SCHEDULES]
     for budget, patch, schedule, variant in configs:
         t0 = time.time()
         res = backend.run(patch, schedule)
         if deltas is None:
-            deltas = OrderedDict()
-            for name in ft:
-                if name in res.recon:
-                    rows_, cols = dct_standin.matrix_view(ft[name].shape, ref_patch)
-                    d = ft[name].astype(np.float32) - base[name].astype(np.float32)
-                    deltas[name] = d.reshape(rows_, cols)
-            n = sum(d.size for d in deltas.values())
-            log("  %s: %d tensors coded lossily, %d weights; backend %s" % (
-                pair_name, len(deltas), n, backend.name))
+            set_deltas(res)
         if set(res.recon) != set(deltas):
             raise RuntimeError("Delta-DCT coded a different tensor set at p=%d" % patch)
         recon = {k: v.reshape(deltas[k].shape) for k, v in res.recon.items()}
@@ -131,14 +148,17 @@ def run_pair(pair_name, base, ft, backend, evaluate, budgets, patches, log,
         rows[-1]["tool_rel_delta_err"] = res.tool_rel_delta_err
         if variant == "uniform" and patch == ref_patch:
             targets[budget] = res.bits / n
-    if not targets:
+    baselines_run = set(methods) & {"zero", "sign", "lowrank", "topk", "dare"}
+    if not targets and (run_dct or baselines_run):
         raise ValueError("the reference patch size %d is not among %s" % (ref_patch, patches))
     # Codec v2 (ecq, container encoding 3) at each budget exactly (`deltactl compress
     # --bits B`), the bits counted as for Delta-DCT.
     if hasattr(backend, "run_ecq"):
-        for budget in budgets:
+        for budget in budgets if "ecq" in methods else []:
             t0 = time.time()
             res = backend.run_ecq(budget)
+            if deltas is None:
+                set_deltas(res)
             if set(res.recon) != set(deltas):
                 raise RuntimeError("ecq coded a different tensor set at %s bits" % budget)
             recon = {k: v.reshape(deltas[k].shape) for k, v in res.recon.items()}
@@ -148,36 +168,45 @@ def run_pair(pair_name, base, ft, backend, evaluate, budgets, patches, log,
             rows[-1]["tool_rel_delta_err"] = res.tool_rel_delta_err
             rows[-1]["transforms"] = dict(getattr(backend, "last_transforms", {}))
         # The one-step (total squared error) weighting, at the classic budgets only.
-        for budget in [b for b in budgets if b in (0.5, 1.0, 2.0, 4.0)]:
+        for budget in [b for b in budgets if b in (0.5, 1.0, 2.0, 4.0) and "ecq-mse" in methods]:
             t0 = time.time()
             res = backend.run_ecq(budget, weighting="mse")
             recon = {k: v.reshape(deltas[k].shape) for k, v in res.recon.items()}
             add("ecq-mse", budget, None, res.schedule, [res.bits], n, [recon], t0)
             rows[-1]["transforms"] = dict(getattr(backend, "last_transforms", {}))
         # Without the low-rank factors + residual transform (--no-low-rank): what it buys.
-        for budget in [b for b in budgets if b in (0.5, 1.0, 2.0, 4.0)]:
+        for budget in [b for b in budgets if b in (0.5, 1.0, 2.0, 4.0) and "ecq-nolr" in methods]:
             t0 = time.time()
             res = backend.run_ecq(budget, low_rank=False)
             recon = {k: v.reshape(deltas[k].shape) for k, v in res.recon.items()}
             add("ecq-nolr", budget, None, res.schedule, [res.bits], n, [recon], t0)
             rows[-1]["transforms"] = dict(getattr(backend, "last_transforms", {}))
 
-    t0 = time.time()
-    add("zero", None, None, None, [0], n, [{k: np.zeros_like(d) for k, d in deltas.items()}], t0)
-    t0 = time.time()
-    recon, bits = baselines.sign_scale(deltas)
-    add("sign", None, None, None, [bits], n, [recon], t0)
-    lowrank = baselines.LowRank(deltas)
+    if deltas is None:
+        raise ValueError("methods %s code nothing to take the tensor set from: add "
+                         "delta-dct or ecq" % sorted(methods))
+    if "zero" in methods:
+        t0 = time.time()
+        add("zero", None, None, None, [0], n, [{k: np.zeros_like(d) for k, d in deltas.items()}],
+            t0)
+    if "sign" in methods:
+        t0 = time.time()
+        recon, bits = baselines.sign_scale(deltas)
+        add("sign", None, None, None, [bits], n, [recon], t0)
+    lowrank = baselines.LowRank(deltas) if "lowrank" in methods else None
     for budget, target in targets.items():
-        t0 = time.time()
-        recon, bits = lowrank(target)
-        add("lowrank", budget, None, None, [bits], n, [recon], t0)
-        t0 = time.time()
-        recon, bits = baselines.topk(deltas, target)
-        add("topk", budget, None, None, [bits], n, [recon], t0)
-        t0 = time.time()
-        runs = [baselines.dare(deltas, target, s) for s in dare_seeds]
-        add("dare", budget, None, None, [b for _, b in runs], n, [r for r, _ in runs], t0)
-        for r in rows[-3:]:
-            r["target_bpw"] = target
+        if budget not in budgets:
+            continue
+        for method in ("lowrank", "topk", "dare"):
+            if method not in methods:
+                continue
+            t0 = time.time()
+            if method == "dare":
+                runs = [baselines.dare(deltas, target, s) for s in dare_seeds]
+                add("dare", budget, None, None, [b for _, b in runs], n, [r for r, _ in runs], t0)
+            else:
+                recon, bits = lowrank(target) if method == "lowrank" else baselines.topk(
+                    deltas, target)
+                add(method, budget, None, None, [bits], n, [recon], t0)
+            rows[-1]["target_bpw"] = target
     return rows, deltas

@@ -7,6 +7,8 @@ Full run (writes tests/eval/RESULTS.md, results.json, rd_plot.png):
     /usr/bin/python3 tests/eval/run_eval.py --deltactl build/client/deltactl
 Options: --standin (numpy Delta-DCT instead of deltactl; development only, the output
 is marked as such), --pairs faceres,use_lite, --budgets 0.5,1,2,4, --patches 16,32,64, --lfw 50.
+Rerun only what changed: --methods ecq,ecq-mse,ecq-nolr --reuse tests/eval/results.json
+runs those methods and takes every other row from the earlier run's results.json.
 The smoke test of the suite is smoke_test.py.
 """
 import argparse
@@ -75,7 +77,8 @@ def run_faceres(args, out):
     out["faceres_base_metrics"] = pair.metrics(pair.base)
     backend = make_backend(args, "faceres", pair.base, pair.ft, base_st, ft_st)
     rows, deltas = harness.run_pair("faceres", pair.base, pair.ft, backend, pair.metrics,
-                                    args.budgets, args.patches, log)
+                                    args.budgets, args.patches, log, methods=args.methods,
+                                    targets=reused_targets(args, "faceres"))
     out["rows"] += rows
     out["tool"] = getattr(backend, "tool", None) or backend.name
     out["faceres_deltas"] = deltas
@@ -142,11 +145,19 @@ def run_use_lite(args, out):
         out["use_lite_ref"]["finetuned"], out["use_lite_ref"]["head_only"], time.time() - t0))
     backend = make_backend(args, "use_lite", base, ft, base_st, ft_st)
     rows, deltas = harness.run_pair("use_lite", base, ft, backend, evaluate, args.budgets,
-                                    args.patches, log)
+                                    args.patches, log, methods=args.methods,
+                                    targets=reused_targets(args, "use_lite"))
     out["rows"] += rows
     out["tool"] = getattr(backend, "tool", None) or backend.name
     out["use_lite_deltas"] = deltas
     out["use_lite_ft"] = ft
+
+
+def reused_targets(args, pair):
+    """budget -> Delta-DCT bits per weight at the reference patch, from --reuse's rows."""
+    return {r["budget"]: r["bpw"] for r in args.reused_rows
+            if r["pair"] == pair and r["method"] == "delta-dct" and
+            r["patch"] == harness.REF_PATCH and r.get("variant") == "uniform"}
 
 
 def main():
@@ -163,12 +174,23 @@ def main():
     ap.add_argument("--out", default=HERE, help="directory for RESULTS.md etc.")
     ap.add_argument("--cache", default=os.path.join(HERE, ".cache"))
     ap.add_argument("--no-tfjs-check", action="store_true")
+    ap.add_argument("--methods", default=",".join(harness.METHODS),
+                    help="row methods to run (default: all): " + ",".join(harness.METHODS))
+    ap.add_argument("--reuse", help="results.json of an earlier run: its rows of the methods "
+                    "not in --methods (and of pairs not run) are kept")
     ap.add_argument("--render-only", action="store_true",
                     help="re-render RESULTS.md and the plot from the last run's saved state")
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.budgets = [float(b) for b in args.budgets.split(",")]
     args.patches = [int(p) for p in args.patches.split(",")]
+    args.methods = args.methods.split(",")
+    args.reused_rows = []
+    if args.reuse:
+        with open(args.reuse) as f:
+            args.reused_rows = json.load(f)["rows"]
+    elif set(args.methods) != set(harness.METHODS):
+        sys.exit("--methods without all methods needs --reuse (the rows of the others)")
     if not args.standin and not args.render_only:
         args.deltactl = find_deltactl(args.deltactl)
         if not args.deltactl:
@@ -183,8 +205,9 @@ def main():
         write_outputs(args, out)
         return
     started = time.time()
-    out = {"rows": []}
     pairs = args.pairs.split(",")
+    out = {"rows": [r for r in args.reused_rows
+                    if r["pair"] not in pairs or r["method"] not in args.methods]}
     if "faceres" in pairs:
         run_faceres(args, out)
     if "use_lite" in pairs:
@@ -202,6 +225,8 @@ def run_meta(args):
     """This invocation's command, date and machine (RESULTS.md's header)."""
     return {
         "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+        "reused": args.reuse and "rows of methods other than %s from %s" % (
+            ",".join(args.methods), args.reuse),
         "date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"),
         "machine": "%s, %d cores, torch %s threads=1, numpy %s" % (
             platform.machine(), os.cpu_count(), torch.__version__, np.__version__),

@@ -211,8 +211,9 @@ def main():
         for src, dst in (("faceres.json", base), ("faceres-deep.json", ft)):
             subprocess.run([args.deltactl, "convert", "--in", os.path.join(models, src),
                             "--out", dst], check=True, capture_output=True)
-        subprocess.run([args.deltactl, "compress", "--base", base, "--finetuned", ft,
-                        "--out", args.container], check=True, capture_output=True)
+        subprocess.run([args.deltactl, "compress", "--codec", "dct", "--base", base,
+                        "--finetuned", ft, "--out", args.container], check=True,
+                       capture_output=True)
         args.base = base
         print(f"task container: {os.path.getsize(args.container)} bytes")
         log = open(os.path.join(tmp, "daemon.log"), "w")

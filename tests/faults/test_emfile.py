@@ -116,7 +116,8 @@ def emfile_round(ds, container):
 with tempfile.TemporaryDirectory(prefix="faults-emfile-") as tmp:
     base, ft = d.make_model_pair(tmp)
     container = os.path.join(tmp, "task.dds")
-    d.run([deltactl, "compress", "--base", base, "--finetuned", ft, "--out", container],
+    d.run([deltactl, "compress", "--codec", "dct", "--base", base, "--finetuned", ft,
+           "--out", container],
           env=d.clean_env(), what="deltactl compress")
     for name, tls in (("plain", False), ("tls", True)):
         ds = start(tmp, name, base, tls)

@@ -55,7 +55,8 @@ with tempfile.TemporaryDirectory(prefix="faults-memory-") as tmp:
         d.run([deltactl, "convert", "--in", os.path.join(MODELS, src), "--out", dst],
               env=d.clean_env(), what="deltactl convert")
     container = os.path.join(tmp, "deep.dds")
-    d.run([deltactl, "compress", "--base", base, "--finetuned", ft, "--out", container],
+    d.run([deltactl, "compress", "--codec", "dct", "--base", base, "--finetuned", ft,
+           "--out", container],
           env=d.clean_env(), what="deltactl compress")
     port = d.free_port()
     addr = f"127.0.0.1:{port}"
