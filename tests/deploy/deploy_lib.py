@@ -300,6 +300,7 @@ SPEC_METRICS = {
     "deltaserve_connections": "gauge",
     "deltaserve_connections_limit": "gauge",
     "deltaserve_connections_refused_total": "counter",
+    "deltaserve_serving": "gauge",
 }
 
 # deltaserved's flags (server spec), each also read from DELTASERVE_<UPPER_SNAKE>.
