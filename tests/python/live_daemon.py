@@ -96,7 +96,8 @@ def deltactl(args, addr=None, token=None, timeout=60):
 
 def compress(tmp, base, ft, name="task.dds"):
     out = os.path.join(tmp, name)
-    deltactl(["compress", "--base", base, "--finetuned", ft, "--out", out])
+    # Delta-DCT: the fast encoder (codec v2, deltactl's default, takes longer).
+    deltactl(["compress", "--codec", "dct", "--base", base, "--finetuned", ft, "--out", out])
     return out
 
 
