@@ -39,7 +39,7 @@ class DeltaService_Stub;
 
 namespace deltaserve::client {
 
-class WeightsSink;  // client/internal/weights_stream.h
+class WeightsSink;  // client/weights_sink.h
 
 struct ClientOptions {
   // Server address, e.g. "127.0.0.1:50051" or "dns:///deltaserve.internal:443". Required.
@@ -234,9 +234,9 @@ class DeltaClient {
   absl::StatusOr<PulledModel> PullWeightsToMemory(const std::string& task,
                                                   const PullOptions& options = {});
 
-  // Streams the task's merged weights into a caller's sink (client/internal/
-  // weights_stream.h) over one StreamWeights call, every tensor verified as for the
-  // other pulls, resumed as options.retries says; for in-tree consumers that write
+  // Streams the task's merged weights into a caller's sink (client/weights_sink.h) over
+  // one StreamWeights call, every tensor verified as for the other pulls, resumed as
+  // options.retries says; for in-tree consumers that write
   // tensors straight into memory of their own (the Python binding,
   // python/codec/pull_module.cc). The sink gets Begin once (the first stream's);
   // DropUnfinished before each resume. Errors: as PullWeights; ABORTED if a resumed

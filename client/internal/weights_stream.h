@@ -22,6 +22,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "client/client.h"
+#include "client/weights_sink.h"
 #include "client/internal/impl.h"
 #include "codec/tensor.h"
 #include "common/file.h"
@@ -33,20 +34,6 @@ using Clock = std::chrono::steady_clock;
 inline double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
-
-// Receives a verified weight stream. Data() calls of one tensor come between its
-// TensorBegin() and TensorEnd(); TensorEnd() comes after the tensor's checksum matched.
-// DropUnfinished() forgets a tensor begun but not ended (its stream failed; a resumed
-// stream sends it again from its first byte).
-class WeightsSink {
- public:
-  virtual ~WeightsSink() = default;
-  virtual absl::Status Begin(const v1::StreamBegin& begin) = 0;
-  virtual absl::Status TensorBegin(const codec::TensorInfo& info) = 0;
-  virtual absl::Status Data(absl::Span<const uint8_t> data) = 0;
-  virtual absl::Status TensorEnd() { return absl::OkStatus(); }
-  virtual void DropUnfinished() {}
-};
 
 // Forwards a stream to `inner` and counts the tensors that ended verified and their
 // bytes, over every attempt of a resumed stream: the base of the sinks that check the

@@ -45,7 +45,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "client/client.h"
-#include "client/internal/weights_stream.h"
+#include "client/weights_sink.h"
 #include "codec/tensor.h"
 #include "proto/protocol.h"
 #include "python/codec/status_error.h"

@@ -21,7 +21,8 @@ ALLOWED = {
     "proto": {"common", "codec"},
     "server": {"common", "codec", "storage", "cluster", "proto"},
     "client": {"common", "codec", "proto"},
-    "python": {"common", "codec"},  # the pybind11 codec module (python/codec)
+    # the pybind11 modules (python/codec): the codec, and the C++ client for the pull
+    "python": {"common", "codec", "proto", "client"},
 }
 # Generated proto headers are included as "deltaserve/v1/...".
 PROTO_PREFIX = "deltaserve/"
