@@ -77,18 +77,18 @@ int Run(int argc, char** argv) {
   app.add_option("--tls-key", o.tls_key_path, "PEM private key (TLS)")
       ->envname("DELTASERVE_TLS_KEY");
   app.add_option("--cache-bytes", o.cache_bytes, "merged-tensor cache budget, bytes")
-      ->envname("DELTASERVE_CACHE_BYTES")->capture_default_str();
+      ->envname("DELTASERVE_CACHE_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--workers", o.workers, "worker threads (0 = cores)")
       ->envname("DELTASERVE_WORKERS")->capture_default_str();
   app.add_option("--chunk-bytes", o.chunk_bytes, "StreamWeights chunk size, bytes")
-      ->envname("DELTASERVE_CHUNK_BYTES")->capture_default_str();
+      ->envname("DELTASERVE_CHUNK_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--prefetch-tensors", o.prefetch_tensors, "tensors decoded ahead per stream")
       ->envname("DELTASERVE_PREFETCH_TENSORS")->capture_default_str();
   app.add_option("--prefetch-bytes", o.prefetch_bytes,
                  "data bytes decoded ahead per stream beyond --prefetch-tensors")
-      ->envname("DELTASERVE_PREFETCH_BYTES")->capture_default_str();
+      ->envname("DELTASERVE_PREFETCH_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--max-upload-bytes", o.max_upload_bytes, "largest accepted container, bytes")
-      ->envname("DELTASERVE_MAX_UPLOAD_BYTES")->capture_default_str();
+      ->envname("DELTASERVE_MAX_UPLOAD_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--max-uploads", o.max_uploads, "PutDelta calls at once (more: RESOURCE_EXHAUSTED)")
       ->envname("DELTASERVE_MAX_UPLOADS")->capture_default_str();
   app.add_option("--max-streams", o.max_streams,
@@ -98,14 +98,14 @@ int Run(int argc, char** argv) {
                  "client connections at once (0 = derived from the descriptor limit)")
       ->envname("DELTASERVE_MAX_CONNECTIONS")->capture_default_str();
   app.add_option("--grpc-memory-bytes", o.grpc_memory_bytes, "gRPC ResourceQuota, bytes")
-      ->envname("DELTASERVE_GRPC_MEMORY_BYTES")->capture_default_str();
+      ->envname("DELTASERVE_GRPC_MEMORY_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--preload", preload, "tenant/task[,tenant/task...] pinned in the cache")
       ->envname("DELTASERVE_PRELOAD");
   app.add_option("--drain-seconds", drain_seconds, "SIGTERM drain deadline, seconds")
       ->envname("DELTASERVE_DRAIN_SECONDS")->capture_default_str();
   app.add_option("--db-min-free-bytes", o.store.min_free_bytes,
                  "free space kept on the database's filesystem, bytes")
-      ->envname("DELTASERVE_DB_MIN_FREE_BYTES")->capture_default_str();
+      ->envname("DELTASERVE_DB_MIN_FREE_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--ingest-min-bytes", o.store.ingest_min_bytes,
                  "uploads of at least this many bytes are written as table files and "
                  "ingested, not through the write-ahead log (0 = every upload)")

@@ -5,7 +5,11 @@ DELTASERVE_INGEST_MIN_BYTES, fails start-up with exit code != 0 and a message na
 flag, before the base is loaded. A valid value takes effect: with --ingest-min-bytes 1 a
 push lands in the database as an ingested table file (*.sst) at once; with a value above
 the container's size the same push goes through the write-ahead log and leaves no table
-file. Both pulls are bit-identical."""
+file. Both pulls are bit-identical.
+
+Every other byte-count flag (--cache-bytes, --chunk-bytes, --prefetch-bytes,
+--max-upload-bytes, --grpc-memory-bytes, --db-min-free-bytes) refuses "-1" the same way:
+CLI11 alone read it as 2^64 - 1."""
 import filecmp
 import glob
 import os
@@ -18,13 +22,13 @@ deltaserved = d.need_binary("DELTASERVED_BIN", "deltaserved")
 deltactl = d.need_binary("DELTACTL_BIN", "deltactl")
 
 
-def refused(args, env_extra=None):
+def refused(args, env_extra=None, flag="--ingest-min-bytes"):
     r = subprocess.run([deltaserved, "--base", "/nonexistent/base.safetensors"] + args,
                        env=d.clean_env(env_extra), capture_output=True, text=True, timeout=30)
     out = r.stdout + r.stderr
     d.check(r.returncode != 0, f"deltaserved {args} {env_extra or ''}: exit 0, wanted a refusal")
-    d.check("--ingest-min-bytes" in out, f"deltaserved {args} {env_extra or ''}: the message "
-            f"does not name --ingest-min-bytes:\n{out}")
+    d.check(flag in out, f"deltaserved {args} {env_extra or ''}: the message "
+            f"does not name {flag}:\n{out}")
     # Refused while parsing flags: the base (which does not exist) was never opened.
     d.check("nonexistent" not in out, f"deltaserved {args}: got past flag parsing:\n{out}")
     d.log(f"refused {args or env_extra}: exit {r.returncode}: {out.strip().splitlines()[0]}")
@@ -33,6 +37,11 @@ def refused(args, env_extra=None):
 for bad in ["-1", "abc", "12x", "", "18446744073709551616"]:
     refused(["--ingest-min-bytes", bad])
 refused([], {"DELTASERVE_INGEST_MIN_BYTES": "-5"})
+for flag in ["--cache-bytes", "--chunk-bytes", "--prefetch-bytes", "--max-upload-bytes",
+             "--grpc-memory-bytes", "--db-min-free-bytes"]:
+    refused([flag, "-1"], flag=flag)
+    refused([flag, "1e9"], flag=flag)
+refused([], {"DELTASERVE_CACHE_BYTES": "-1"}, flag="--cache-bytes")
 
 with tempfile.TemporaryDirectory(prefix="deploy-ingest-") as tmp:
     pulls = {}
