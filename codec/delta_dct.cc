@@ -344,41 +344,16 @@ class StripDecoder {
   }
 
   void Decode(int64_t pr, float* dst, int64_t stride) {
-    const auto& h = pp_.header;
-    const int p = h.patch_size;
-    const int64_t r0 = pr * p;
-    const int hgt = static_cast<int>(std::min<int64_t>(p, h.rows - r0));
-    const int dc = h.separate_dc ? 1 : 0;
-    const int ncoef = p * p - dc;
-    const int nparams = internal::NumStoredParams(h.quantizer) + dc;
+    const int p = pp_.header.patch_size;
+    const int hgt = static_cast<int>(std::min<int64_t>(p, pp_.header.rows - pr * p));
     for (int64_t pc = 0; pc < pp_.pcols; ++pc) {
-      const int64_t pi = pr * pp_.pcols + pc;
       const int64_t c0 = pc * p;
-      const int w = static_cast<int>(std::min<int64_t>(p, h.cols - c0));
-      const int bits = h.widths[pp_.LevelOf(pi)];
+      const int w = static_cast<int>(std::min<int64_t>(p, pp_.header.cols - c0));
       float* d = dst + c0;
-      if (bits == 0) {
+      if (!Coefficients(pr * pp_.pcols + pc)) {
         for (int r = 0; r < hgt; ++r) std::fill(d + r * stride, d + r * stride + w, 0.0f);
         continue;
       }
-      const uint8_t* prm = pp_.params + param_cursor_;
-      param_cursor_ += 2 * nparams;
-      auto bf16 = [&](int i) {
-        return internal::Bf16ToFloat(static_cast<uint16_t>(prm[2 * i] | (prm[2 * i + 1] << 8)));
-      };
-      float offset, scale;
-      if (h.quantizer == Quantizer::kSymmetric) {
-        scale = bf16(dc);
-        offset = -0.5f * static_cast<float>((1 << bits) - 1) * scale;
-      } else {
-        offset = bf16(dc);
-        scale = bf16(dc + 1);
-      }
-      internal::UnpackCodes(pp_.codes, pp_.codes_size, code_cursor_, ncoef, bits,
-                            codes_.data());
-      code_cursor_ += static_cast<uint64_t>(ncoef) * bits;
-      if (dc) coef_[0] = bf16(0);
-      internal::DequantizeCodes(codes_.data(), ncoef, offset, scale, coef_.data() + dc);
       if (hgt == p && w == p) {
         internal::InverseDct2d(basis_, coef_.data(), p, d, stride);
       } else {
@@ -388,7 +363,68 @@ class StripDecoder {
     }
   }
 
+  // Decode of a whole patch row (p rows) merged into F16 base rows: out = MergeRow(F16,
+  // F16) of base + the decoded strip, the same bytes as Decode then MergeRow on each row.
+  // Full patches go through the fused inverse (no float strip); dropped and edge patches
+  // merge through MergeRow. Returns the number of values saturated.
+  // REQUIRES: internal::CanInverseDct2dMergeF16(p) and rows (pr + 1) * p <= header rows.
+  int64_t DecodeMergeF16(int64_t pr, const uint16_t* base, uint16_t* out, float* scratch) {
+    const int p = pp_.header.patch_size;
+    const int64_t cols = pp_.header.cols;
+    const uint8_t* b8 = reinterpret_cast<const uint8_t*>(base);
+    uint8_t* o8 = reinterpret_cast<uint8_t*>(out);
+    int64_t saturated = 0;
+    for (int64_t pc = 0; pc < pp_.pcols; ++pc) {
+      const int64_t c0 = pc * p;
+      const int w = static_cast<int>(std::min<int64_t>(p, cols - c0));
+      const bool kept = Coefficients(pr * pp_.pcols + pc);
+      if (kept && w == p) {
+        saturated += internal::InverseDct2dMergeF16(basis_, coef_.data(), base + c0, cols,
+                                                    out + c0, cols);
+        continue;
+      }
+      if (kept) internal::InverseDct2d(basis_, coef_.data(), p, tmp_.data(), p);
+      for (int r = 0; r < p; ++r) {
+        const int64_t at = (r * cols + c0) * 2;
+        saturated += internal::MergeRow(b8 + at, DType::kF16, kept ? &tmp_[r * p] : nullptr, w,
+                                        DType::kF16, o8 + at, scratch);
+      }
+    }
+    return saturated;
+  }
+
  private:
+  // Reads patch pi's parameters and codes at the cursors into coef_ (dequantized
+  // coefficients, row stride p) and advances the cursors. False for a dropped patch
+  // (0 bits; nothing read).
+  bool Coefficients(int64_t pi) {
+    const auto& h = pp_.header;
+    const int p = h.patch_size;
+    const int dc = h.separate_dc ? 1 : 0;
+    const int ncoef = p * p - dc;
+    const int nparams = internal::NumStoredParams(h.quantizer) + dc;
+    const int bits = h.widths[pp_.LevelOf(pi)];
+    if (bits == 0) return false;
+    const uint8_t* prm = pp_.params + param_cursor_;
+    param_cursor_ += 2 * nparams;
+    auto bf16 = [&](int i) {
+      return internal::Bf16ToFloat(static_cast<uint16_t>(prm[2 * i] | (prm[2 * i + 1] << 8)));
+    };
+    float offset, scale;
+    if (h.quantizer == Quantizer::kSymmetric) {
+      scale = bf16(dc);
+      offset = -0.5f * static_cast<float>((1 << bits) - 1) * scale;
+    } else {
+      offset = bf16(dc);
+      scale = bf16(dc + 1);
+    }
+    internal::UnpackCodes(pp_.codes, pp_.codes_size, code_cursor_, ncoef, bits, codes_.data());
+    code_cursor_ += static_cast<uint64_t>(ncoef) * bits;
+    if (dc) coef_[0] = bf16(0);
+    internal::DequantizeCodes(codes_.data(), ncoef, offset, scale, coef_.data() + dc);
+    return true;
+  }
+
   const internal::ParsedPayload& pp_;
   DctBasis basis_;
   std::vector<float> coef_, tmp_;
@@ -430,10 +466,20 @@ absl::Status DecodeDctMatrixMergeRows(absl::Span<const uint8_t> payload, int64_t
   std::vector<float> strip(static_cast<size_t>(p) * cols), scratch(static_cast<size_t>(cols));
   const size_t bsz = DTypeSize(base_dtype), osz = DTypeSize(out_dtype);
   int64_t clamped = 0;
+  // F16 -> F16 at p = 32 on AVX-512: whole patch rows decode straight into the output.
+  const bool fused = base_dtype == DType::kF16 && out_dtype == DType::kF16 &&
+                     internal::CanInverseDct2dMergeF16(p);
   for (int64_t pr = pr_begin; pr < pr_end; ++pr) {
-    dec.Decode(pr, strip.data(), cols);
     const int64_t r_begin = std::max<int64_t>(row_begin, pr * p);
     const int64_t r_end = std::min<int64_t>(row_end, (pr + 1) * p);
+    if (fused && r_begin == pr * p && r_end == r_begin + p) {
+      clamped += dec.DecodeMergeF16(pr, reinterpret_cast<const uint16_t*>(base) + r_begin * cols,
+                                    reinterpret_cast<uint16_t*>(out) + r_begin * cols,
+                                    scratch.data());
+      if (on_rows) on_rows(r_begin, r_end);
+      continue;
+    }
+    dec.Decode(pr, strip.data(), cols);
     for (int64_t r = r_begin; r < r_end; ++r) {
       clamped +=
           internal::MergeRow(base + r * cols * bsz, base_dtype, strip.data() + (r - pr * p) * cols,

@@ -5,6 +5,9 @@
 #include <cassert>
 #include <cmath>
 
+#include "codec/internal/fp16.h"
+#include "codec/internal/merge.h"
+
 namespace deltaserve::codec::internal {
 namespace {
 
@@ -143,75 +146,144 @@ __attribute__((always_inline)) inline void InverseEvenOdd(const float* c, const 
 // computed by exactly the same sequence of operations as InverseEvenOdd<32> (fused
 // multiply-adds in ascending k from +0, then e +- o), so the bits are identical
 // (dct_test checks it); only loads and shuffles are saved: the compiler's version of the
-// row pass spends most of its time in lane permutes (10x slower, codec_bench).
-__attribute__((target("avx512f,fma"))) void InverseEvenOdd32Avx512(const float* c,
-                                                                    const float* in,
-                                                                    int64_t in_stride,
-                                                                    float* out,
-                                                                    int64_t out_stride) {
+// row pass spends most of its time in lane permutes (10x slower, codec_bench). Each
+// finished output row i goes to sink(i, lo, hi): lo = columns 0-15, hi = columns 16-31.
+template <class Sink>
+__attribute__((target("avx512f,fma,f16c"), always_inline)) inline void InverseEvenOdd32Avx512Rows(
+    const float* c, const float* in, int64_t in_stride, Sink& sink) {
   constexpr int P = 32, H = 16;
   alignas(64) float t[P][P];
-  // Columns: t[n] = e + o, t[P-1-n] = e - o, e/o over even/odd input rows k. Two n at a
-  // time so that every input row loaded feeds four accumulators.
-  for (int n = 0; n < H; n += 2) {
-    __m512 e0a = _mm512_setzero_ps(), e0b = _mm512_setzero_ps();
-    __m512 o0a = _mm512_setzero_ps(), o0b = _mm512_setzero_ps();
-    __m512 e1a = _mm512_setzero_ps(), e1b = _mm512_setzero_ps();
-    __m512 o1a = _mm512_setzero_ps(), o1b = _mm512_setzero_ps();
+  // Columns: t[n] = e + o, t[P-1-n] = e - o, e/o over even/odd input rows k. kN n at a
+  // time so that every input row loaded feeds 2 kN accumulators: 4 kN independent
+  // fused multiply-add chains hide the FMA latency on two FMA ports.
+  constexpr int kN = 4;
+  for (int n = 0; n < H; n += kN) {
+    __m512 e[kN][2], o[kN][2];
+#pragma GCC unroll 4
+    for (int j = 0; j < kN; ++j) e[j][0] = e[j][1] = o[j][0] = o[j][1] = _mm512_setzero_ps();
     for (int k = 0; k < P; k += 2) {
       const float* re = in + k * in_stride;
       const float* ro = in + (k + 1) * in_stride;
       const __m512 rea = _mm512_loadu_ps(re), reb = _mm512_loadu_ps(re + 16);
       const __m512 roa = _mm512_loadu_ps(ro), rob = _mm512_loadu_ps(ro + 16);
-      const __m512 we0 = _mm512_set1_ps(c[k * P + n]);
-      const __m512 wo0 = _mm512_set1_ps(c[(k + 1) * P + n]);
-      const __m512 we1 = _mm512_set1_ps(c[k * P + n + 1]);
-      const __m512 wo1 = _mm512_set1_ps(c[(k + 1) * P + n + 1]);
-      e0a = _mm512_fmadd_ps(we0, rea, e0a);
-      e0b = _mm512_fmadd_ps(we0, reb, e0b);
-      o0a = _mm512_fmadd_ps(wo0, roa, o0a);
-      o0b = _mm512_fmadd_ps(wo0, rob, o0b);
-      e1a = _mm512_fmadd_ps(we1, rea, e1a);
-      e1b = _mm512_fmadd_ps(we1, reb, e1b);
-      o1a = _mm512_fmadd_ps(wo1, roa, o1a);
-      o1b = _mm512_fmadd_ps(wo1, rob, o1b);
+#pragma GCC unroll 4
+      for (int j = 0; j < kN; ++j) {
+        const __m512 we = _mm512_set1_ps(c[k * P + n + j]);
+        const __m512 wo = _mm512_set1_ps(c[(k + 1) * P + n + j]);
+        e[j][0] = _mm512_fmadd_ps(we, rea, e[j][0]);
+        e[j][1] = _mm512_fmadd_ps(we, reb, e[j][1]);
+        o[j][0] = _mm512_fmadd_ps(wo, roa, o[j][0]);
+        o[j][1] = _mm512_fmadd_ps(wo, rob, o[j][1]);
+      }
     }
-    _mm512_store_ps(&t[n][0], _mm512_add_ps(e0a, o0a));
-    _mm512_store_ps(&t[n][16], _mm512_add_ps(e0b, o0b));
-    _mm512_store_ps(&t[P - 1 - n][0], _mm512_sub_ps(e0a, o0a));
-    _mm512_store_ps(&t[P - 1 - n][16], _mm512_sub_ps(e0b, o0b));
-    _mm512_store_ps(&t[n + 1][0], _mm512_add_ps(e1a, o1a));
-    _mm512_store_ps(&t[n + 1][16], _mm512_add_ps(e1b, o1b));
-    _mm512_store_ps(&t[P - 2 - n][0], _mm512_sub_ps(e1a, o1a));
-    _mm512_store_ps(&t[P - 2 - n][16], _mm512_sub_ps(e1b, o1b));
+#pragma GCC unroll 4
+    for (int j = 0; j < kN; ++j) {
+      _mm512_store_ps(&t[n + j][0], _mm512_add_ps(e[j][0], o[j][0]));
+      _mm512_store_ps(&t[n + j][16], _mm512_add_ps(e[j][1], o[j][1]));
+      _mm512_store_ps(&t[P - 1 - n - j][0], _mm512_sub_ps(e[j][0], o[j][0]));
+      _mm512_store_ps(&t[P - 1 - n - j][16], _mm512_sub_ps(e[j][1], o[j][1]));
+    }
   }
   // Rows: out[i][m] = e + o, out[i][P-1-m] = e - o (m < H), e/o over even/odd k of
-  // t[i][k] * C[k][m]. Four rows i at a time share each basis row loaded.
+  // t[i][k] * C[k][m]. kR rows i at a time share each basis row loaded (2 kR chains).
+  constexpr int kR = 8;
   const __m512i reverse = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  for (int i = 0; i < P; i += 4) {
-    __m512 e[4], o[4];
-    for (int r = 0; r < 4; ++r) e[r] = o[r] = _mm512_setzero_ps();
+  for (int i = 0; i < P; i += kR) {
+    __m512 e[kR], o[kR];
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r) e[r] = o[r] = _mm512_setzero_ps();
     for (int k = 0; k < P; k += 2) {
       const __m512 ce = _mm512_loadu_ps(c + k * P);
       const __m512 co = _mm512_loadu_ps(c + (k + 1) * P);
-      for (int r = 0; r < 4; ++r) {
+#pragma GCC unroll 8
+      for (int r = 0; r < kR; ++r) {
         e[r] = _mm512_fmadd_ps(_mm512_set1_ps(t[i + r][k]), ce, e[r]);
         o[r] = _mm512_fmadd_ps(_mm512_set1_ps(t[i + r][k + 1]), co, o[r]);
       }
     }
-    for (int r = 0; r < 4; ++r) {
-      float* row = out + (i + r) * out_stride;
-      _mm512_storeu_ps(row, _mm512_add_ps(e[r], o[r]));
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r) {
       // The zero-masking form with every lane kept: the same vpermps, without GCC 12's
       // -Wuninitialized on the plain intrinsic's undefined source operand.
-      _mm512_storeu_ps(row + H,
-                       _mm512_maskz_permutexvar_ps(0xFFFF, reverse, _mm512_sub_ps(e[r], o[r])));
+      sink(i + r, _mm512_add_ps(e[r], o[r]),
+           _mm512_maskz_permutexvar_ps(0xFFFF, reverse, _mm512_sub_ps(e[r], o[r])));
     }
   }
 }
 
+// Sink of InverseEvenOdd32Avx512Rows: stores the float rows.
+struct StoreRows {
+  float* out;
+  int64_t out_stride;
+  __attribute__((target("avx512f,fma,f16c"), always_inline)) void operator()(int i, __m512 lo,
+                                                                     __m512 hi) const {
+    float* row = out + i * out_stride;
+    _mm512_storeu_ps(row, lo);
+    _mm512_storeu_ps(row + 16, hi);
+  }
+};
+
+__attribute__((target("avx512f,fma,f16c"))) void InverseEvenOdd32Avx512(const float* c,
+                                                                    const float* in,
+                                                                    int64_t in_stride,
+                                                                    float* out,
+                                                                    int64_t out_stride) {
+  StoreRows sink{out, out_stride};
+  InverseEvenOdd32Avx512Rows(c, in, in_stride, sink);
+}
+
+// Sink of InverseEvenOdd32Avx512Rows: merges each row into an F16 base row with
+// MergeRow's F16 -> F16 rule on 16 lanes (convert, add, saturate, round to nearest
+// even), counting the saturated lanes.
+struct MergeRowsF16 {
+  const uint16_t* base;
+  int64_t base_stride;
+  uint16_t* out;
+  int64_t out_stride;
+  int64_t saturated = 0;
+
+  __attribute__((target("avx512f,fma,f16c"), always_inline)) void Merge16(const uint16_t* b,
+                                                                      __m512 d, uint16_t* o) {
+    // Bitwise sign/magnitude in integer lanes (the float forms need AVX-512DQ).
+    const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+    __m512 s = _mm512_add_ps(
+        _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b))), d);
+    const __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(s)));
+    // Ordered compares are false for NaN: NaN and Inf pass through.
+    const __mmask16 big = _mm512_cmp_ps_mask(a, _mm512_set1_ps(kF16Overflow), _CMP_GE_OQ) &
+                          _mm512_cmp_ps_mask(a, _mm512_set1_ps(INFINITY), _CMP_NEQ_OQ);
+    if (big != 0) {
+      const __m512i signed_max =
+          _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(s), sign),
+                          _mm512_castps_si512(_mm512_set1_ps(kF16MaxFinite)));
+      s = _mm512_mask_blend_ps(big, s, _mm512_castsi512_ps(signed_max));
+      saturated += __builtin_popcount(static_cast<unsigned>(big));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o),
+                        _mm512_cvtps_ph(s, _MM_FROUND_TO_NEAREST_INT));
+  }
+  __attribute__((target("avx512f,fma,f16c"), always_inline)) void operator()(int i, __m512 lo,
+                                                                         __m512 hi) {
+    const uint16_t* b = base + i * base_stride;
+    uint16_t* o = out + i * out_stride;
+    Merge16(b, lo, o);
+    Merge16(b + 16, hi, o + 16);
+  }
+};
+
+// InverseEvenOdd32Avx512 with each output row merged into an F16 base row on the fly:
+// the float patch never goes to memory. Returns the number of values saturated.
+__attribute__((target("avx512f,fma,f16c"))) int64_t InverseEvenOdd32MergeF16Avx512(
+    const float* c, const float* in, const uint16_t* base, int64_t base_stride, uint16_t* out,
+    int64_t out_stride) {
+  MergeRowsF16 sink{base, base_stride, out, out_stride};
+  InverseEvenOdd32Avx512Rows(c, in, 32, sink);
+  return sink.saturated;
+}
+
 bool HasAvx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
   return has;
 }
 
@@ -260,6 +332,14 @@ void InverseDct2d(const DctBasis& basis, const float* in, int64_t in_stride, flo
     return InverseEvenOdd32Avx512(basis.c.data(), in, in_stride, out, out_stride);
   }
   InverseDct2dPortable(basis, in, in_stride, out, out_stride);
+}
+
+bool CanInverseDct2dMergeF16(int p) { return p == 32 && HasAvx512() && CpuHasF16c(); }
+
+int64_t InverseDct2dMergeF16(const DctBasis& basis, const float* in, const uint16_t* base,
+                             int64_t base_stride, uint16_t* out, int64_t out_stride) {
+  assert(CanInverseDct2dMergeF16(basis.p));
+  return InverseEvenOdd32MergeF16Avx512(basis.c.data(), in, base, base_stride, out, out_stride);
 }
 
 void InverseDct2dPortable(const DctBasis& basis, const float* in, int64_t in_stride,

@@ -7,9 +7,10 @@
 // (whole patch rows as vectors) and generic otherwise; the inverse for p = 8/16/32 uses
 // one even/odd butterfly level (half the multiply-adds); at p = 32 it uses explicit fused
 // multiply-adds so that its bits are defined on every CPU, and on AVX-512 CPUs a
-// register-blocked intrinsics version of it runs instead (same bits, ~10x faster than
-// the compiled one on this project's machine: codec_bench BM_InverseDct2d/32 1.28 G vs
-// 0.125 G weights/s, one shared core). OpenBLAS sgemm over a
+// register-blocked intrinsics version of it runs instead (same bits; 16 independent
+// multiply-add chains in each pass so that two FMA ports stay busy: codec_bench
+// BM_InverseDct2d/32 712 -> 1056 M weights/s against 2 n / 4 rows at a time, one shared
+// core, load ~7; ~10x the compiled one). OpenBLAS sgemm over a
 // whole strip (codec_bench BM_InverseDctSgemmStrip) is no faster at p = 32 (665 vs 645
 // M weights/s, one core), slower at 16, and cannot skip dropped patches; so no BLAS. They are compiled for
 // x86-64-v4 (AVX-512), v3 (AVX2+FMA) and baseline and chosen once per process by the
@@ -43,6 +44,17 @@ void ForwardDct2d(const DctBasis& basis, const float* in, int64_t in_stride, flo
 // BM_InverseDct2d/32: the compiled row pass is dominated by lane permutes).
 void InverseDct2d(const DctBasis& basis, const float* in, int64_t in_stride, float* out,
                   int64_t out_stride);
+// Whether InverseDct2dMergeF16 runs for patch edge p on this CPU: p = 32 with AVX-512F
+// and F16C.
+bool CanInverseDct2dMergeF16(int p);
+// The inverse fused with the F16 -> F16 merge: out[r][c] = MergeRow's F16 result of
+// base[r][c] + X[r][c] for the p x p patch X = C^T in C, where `in` is contiguous (row
+// stride p) and base/out are F16 rows with strides base_stride / out_stride (in
+// elements). The same bits as InverseDct2d into floats followed by MergeRow(F16, F16)
+// on each row (dct_test checks it); the float patch never goes to memory. Returns the
+// number of values saturated. REQUIRES: CanInverseDct2dMergeF16(basis.p).
+int64_t InverseDct2dMergeF16(const DctBasis& basis, const float* in, const uint16_t* base,
+                             int64_t base_stride, uint16_t* out, int64_t out_stride);
 // The compiled (target_clones) inverse, without the intrinsics kernel: the reference
 // for tests that the fast path is bit-identical.
 void InverseDct2dPortable(const DctBasis& basis, const float* in, int64_t in_stride,

@@ -10,12 +10,11 @@
 namespace deltaserve::codec::internal {
 namespace {
 
-// Largest finite values: F16 0x7BFF, BF16 0x7F7F (as float32 0x7F7F0000).
-constexpr float kF16Max = 65504.0f;
+// BF16's largest finite value 0x7F7F (as float32 0x7F7F0000) and the smallest
+// magnitude that rounds to Inf, 0x7F7F8000 (halfway above it, ties to even = 0x7F80).
+// F16's are in merge.h.
+constexpr float kF16Max = kF16MaxFinite;
 constexpr float kBf16Max = 3.38953139e38f;
-// Smallest magnitudes that round to Inf: F16 65520 (halfway to 2^16, ties to even =
-// Inf); BF16 0x7F7F8000 (halfway above 0x7F7F0000, ties to even = 0x7F80, Inf).
-constexpr float kF16Overflow = 65520.0f;
 const float kBf16Overflow = BitsFloat(0x7F7F8000u);
 
 // F16 base -> F16 out in one pass: 8 lanes convert, add, saturate, round-to-nearest-even

@@ -10,6 +10,11 @@
 
 namespace deltaserve::codec::internal {
 
+// F16's largest finite value (0x7BFF) and the smallest magnitude that rounds to Inf
+// (65520: halfway to 2^16, ties to even = Inf); see SaturateForCast.
+inline constexpr float kF16MaxFinite = 65504.0f;
+inline constexpr float kF16Overflow = 65520.0f;
+
 // The argument checks every *MatrixMergeRows decoder shares: InvalidArgument when `base`
 // or `out` is null or [row_begin, row_end) is not inside [0, rows].
 absl::Status CheckMergeRowsArgs(const uint8_t* base, const uint8_t* out, int64_t rows,

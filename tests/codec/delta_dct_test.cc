@@ -9,6 +9,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "codec/internal/merge.h"
 #include "codec/tensor.h"
 #include "tests/testing/models.h"
 #include "tests/testing/status_matchers.h"
@@ -181,6 +182,54 @@ TEST(DeltaDctMergeTest, EqualsDecodeThenAddThenCast) {
                                << DTypeName(bt) << "->" << DTypeName(ot);
         }
       }
+    }
+  }
+}
+
+// F16 -> F16 at p = 32 (decoded through the fused inverse + merge on AVX-512 CPUs, the
+// unfused strip path elsewhere): the bytes and saturation count of DecodeDctMatrix, add,
+// saturate and cast, for shapes with edge patches in both directions, dropped patches,
+// whole and cut row ranges, and sums past F16's range.
+TEST(DeltaDctMergeTest, F16Patch32EqualsDecodeThenAddSaturateCast) {
+  for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{96, 100}, {64, 64},
+                                                                     {67, 45}, {33, 129}}) {
+    auto d = MakeDelta(rows, cols, 21);
+    for (float& x : d) x *= 2e4f;  // ~20-100: enough to push 65504 past F16's range
+    for (const char* sched : {"1:1", "2:0.5,0:0.5", "4:0.25,1:0.25,0:0.5"}) {
+      ASSERT_OK_AND_ASSIGN(auto enc, EncodeDctMatrix(d.data(), rows, cols, Params(32, sched)));
+      std::vector<float> delta_hat(rows * cols);
+      ASSERT_THAT(DecodeDctMatrix(enc, rows, cols, delta_hat.data()), IsOk());
+      std::mt19937 rng(4);
+      std::normal_distribution<float> n(0.0f, 0.05f);
+      std::vector<float> base_f(rows * cols);
+      for (auto& x : base_f) x = n(rng);
+      // Saturating sums: 65504 + a positive delta rounds to Inf unless saturated.
+      for (int64_t i = 0; i < rows * cols; i += 17) {
+        base_f[i] = delta_hat[i] >= 0 ? 65504.0f : -65504.0f;
+      }
+      base_f[1] = -0.0f;
+      std::vector<uint8_t> base(rows * cols * 2);
+      FromFloat32(base_f.data(), rows * cols, DType::kF16, base.data());
+      std::vector<float> sum(rows * cols);
+      ToFloat32(base.data(), DType::kF16, rows * cols, sum.data());
+      for (int64_t i = 0; i < rows * cols; ++i) sum[i] += delta_hat[i];
+      const int64_t want_saturated = internal::SaturateForCast(sum.data(), rows * cols, DType::kF16);
+      std::vector<uint8_t> want(rows * cols * 2);
+      FromFloat32(sum.data(), rows * cols, DType::kF16, want.data());
+      for (std::vector<int64_t> cuts : {std::vector<int64_t>{0, rows}, {0, 32, rows}, {0, 5, rows}}) {
+        if (cuts[1] > rows) continue;
+        std::vector<uint8_t> got(want.size(), 0xcd);
+        int64_t saturated = 0;
+        for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+          ASSERT_THAT(DecodeDctMatrixMergeRows(enc, rows, cols, cuts[i], cuts[i + 1], base.data(),
+                                               DType::kF16, DType::kF16, got.data(), nullptr,
+                                               &saturated),
+                      IsOk());
+        }
+        EXPECT_EQ(got, want) << rows << "x" << cols << " " << sched << " cuts " << cuts[1];
+        EXPECT_EQ(saturated, want_saturated) << rows << "x" << cols << " " << sched;
+      }
+      EXPECT_GT(want_saturated, 0);
     }
   }
 }
