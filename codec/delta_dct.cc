@@ -418,10 +418,18 @@ class StripDecoder {
       offset = bf16(dc);
       scale = bf16(dc + 1);
     }
-    internal::UnpackCodes(pp_.codes, pp_.codes_size, code_cursor_, ncoef, bits, codes_.data());
-    code_cursor_ += static_cast<uint64_t>(ncoef) * bits;
     if (dc) coef_[0] = bf16(0);
-    internal::DequantizeCodes(codes_.data(), ncoef, offset, scale, coef_.data() + dc);
+    if (bits == 1 && (code_cursor_ & 7) == 0 &&
+        (code_cursor_ >> 3) + (ncoef + 7) / 8 <= pp_.codes_size) {
+      // The default (1 bit, byte-aligned patches): unpack and dequantize in one pass.
+      internal::DequantizeBits1(pp_.codes + (code_cursor_ >> 3), ncoef, offset, scale,
+                                coef_.data() + dc);
+    } else {
+      internal::UnpackCodes(pp_.codes, pp_.codes_size, code_cursor_, ncoef, bits,
+                            codes_.data());
+      internal::DequantizeCodes(codes_.data(), ncoef, offset, scale, coef_.data() + dc);
+    }
+    code_cursor_ += static_cast<uint64_t>(ncoef) * bits;
     return true;
   }
 

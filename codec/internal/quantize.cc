@@ -390,6 +390,33 @@ DequantizeCodes(const uint8_t* codes, int n, float offset, float scale, float* o
   for (int i = 0; i < n; ++i) out[i] = offset + static_cast<float>(codes[i]) * scale;
 }
 
+namespace {
+
+// out[i] = lut[bit i of packed] for i < n16 (a multiple of 16): one mask blend per 16.
+__attribute__((target("avx512f"))) void SelectBits1Avx512(const uint8_t* packed, int n16,
+                                                          const float lut[2], float* out) {
+  const __m512 zero = _mm512_set1_ps(lut[0]), one = _mm512_set1_ps(lut[1]);
+  for (int i = 0; i < n16; i += 16) {
+    const __mmask16 bits = static_cast<__mmask16>(packed[i / 8] | (packed[i / 8 + 1] << 8));
+    _mm512_storeu_ps(out + i, _mm512_mask_blend_ps(bits, zero, one));
+  }
+}
+
+}  // namespace
+
+void DequantizeBits1(const uint8_t* packed, int n, float offset, float scale, float* out) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  const uint8_t codes[2] = {0, 1};
+  float lut[2];
+  DequantizeCodes(codes, 2, offset, scale, lut);
+  int i = 0;
+  if (avx512) {
+    i = n & ~15;
+    SelectBits1Avx512(packed, i, lut, out);
+  }
+  for (; i < n; ++i) out[i] = lut[(packed[i >> 3] >> (i & 7)) & 1];
+}
+
 double QuantizationSquaredError(const float* v, int n, int bits, const QuantParams& qp) {
   return QuantPass(v, n, static_cast<float>((1 << bits) - 1), qp.offset, qp.scale).err;
 }

@@ -42,6 +42,11 @@ void QuantizeValues(const float* v, int n, int bits, const QuantParams& qp, uint
 // out[i] = offset + float(codes[i]) * scale: the decoder's reconstruction (vectorized;
 // FMA-contracted on CPUs that have FMA).
 void DequantizeCodes(const uint8_t* codes, int n, float offset, float scale, float* out);
+// The one-bit case of UnpackCodes + DequantizeCodes in one pass: out[i] = the
+// DequantizeCodes value of code ((packed[i / 8] >> (i % 8)) & 1), i < n (the two values
+// are computed by DequantizeCodes itself, so the bits are the same). Reads (n + 7) / 8
+// bytes of `packed`. 16 codes per AVX-512 mask blend on CPUs that have it.
+void DequantizeBits1(const uint8_t* packed, int n, float offset, float scale, float* out);
 // Sum over i of (v[i] - dequantized code)^2, for the chosen parameters.
 double QuantizationSquaredError(const float* v, int n, int bits, const QuantParams& qp);
 

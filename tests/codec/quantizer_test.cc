@@ -1,9 +1,11 @@
 #include "codec/internal/quantize.h"
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
+#include "codec/internal/bitpack.h"
 #include "codec/internal/fp16.h"
 #include "gtest/gtest.h"
 
@@ -118,6 +120,26 @@ TEST(QuantizerTest, Bf16DirectedRounding) {
   EXPECT_EQ(Bf16Up(1.0f), 1.0f);
   EXPECT_EQ(NumStoredParams(Quantizer::kSymmetric), 1);
   EXPECT_EQ(NumStoredParams(Quantizer::kClipped), 2);
+}
+
+// The fused one-bit decode is UnpackCodes + DequantizeCodes to the bit: every length
+// around the 16-code vector step, signed and zero offsets and scales.
+TEST(QuantizerTest, DequantizeBits1EqualsUnpackThenDequantize) {
+  std::mt19937 rng(5);
+  std::vector<uint8_t> packed(130);
+  for (auto& b : packed) b = static_cast<uint8_t>(rng());
+  for (int n : {1, 7, 15, 16, 17, 31, 33, 1023, 1024}) {
+    for (auto [offset, scale] : std::vector<std::pair<float, float>>{
+             {-0.013f, 0.0027f}, {0.5f, -0.25f}, {-0.0f, 0.0f}, {0.0f, -0.0f}, {3e-8f, 7e5f}}) {
+      std::vector<uint8_t> codes(n);
+      UnpackCodes(packed.data(), packed.size(), 0, n, 1, codes.data());
+      std::vector<float> want(n + 1, 9.0f), got(n + 1, 9.0f);
+      DequantizeCodes(codes.data(), n, offset, scale, want.data());
+      DequantizeBits1(packed.data(), n, offset, scale, got.data());
+      ASSERT_EQ(std::memcmp(got.data(), want.data(), sizeof(float) * (n + 1)), 0)
+          << "n=" << n << " offset " << offset << " scale " << scale;
+    }
+  }
 }
 
 }  // namespace
