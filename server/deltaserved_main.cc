@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 
 #include <cstdio>
 #include <string>
@@ -41,6 +42,19 @@ const CLI::Validator kByteCount(
     },
     "BYTES");
 
+// A duration in seconds: a finite number >= 0 ("nan", "inf" and "-1" would otherwise reach
+// absl::Seconds and the gRPC millisecond arguments; ServerOptions checks the lower bounds).
+const CLI::Validator kSeconds(
+    [](std::string& text) -> std::string {
+      double value = 0;
+      if (!absl::SimpleAtod(text, &value) || !std::isfinite(value) || value < 0 ||
+          value > 1e9) {
+        return "want a number of seconds in [0, 1e9], got '" + text + "'";
+      }
+      return "";
+    },
+    "SECONDS");
+
 using deltaserve::server::Server;
 using deltaserve::server::ServerOptions;
 namespace internal = deltaserve::server::internal;
@@ -65,7 +79,7 @@ int Run(int argc, char** argv) {
       ->envname("DELTASERVE_AGENT_LISTEN");
   app.add_option("--health-interval-seconds", health_interval_seconds,
                  "cluster mode: probe etcd and S3 this often (health, agent check)")
-      ->envname("DELTASERVE_HEALTH_INTERVAL_SECONDS")->capture_default_str();
+      ->envname("DELTASERVE_HEALTH_INTERVAL_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--listen", o.listen, "gRPC address host:port")->envname("DELTASERVE_LISTEN")
       ->capture_default_str();
   app.add_option("--metrics-listen", o.metrics_listen, "Prometheus /metrics address (\"\" = off)")
@@ -102,7 +116,7 @@ int Run(int argc, char** argv) {
   app.add_option("--preload", preload, "tenant/task[,tenant/task...] pinned in the cache")
       ->envname("DELTASERVE_PRELOAD");
   app.add_option("--drain-seconds", drain_seconds, "SIGTERM drain deadline, seconds")
-      ->envname("DELTASERVE_DRAIN_SECONDS")->capture_default_str();
+      ->envname("DELTASERVE_DRAIN_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--db-min-free-bytes", o.store.min_free_bytes,
                  "free space kept on the database's filesystem, bytes")
       ->envname("DELTASERVE_DB_MIN_FREE_BYTES")->check(kByteCount)->capture_default_str();
@@ -111,18 +125,18 @@ int Run(int argc, char** argv) {
                  "ingested, not through the write-ahead log (0 = every upload)")
       ->envname("DELTASERVE_INGEST_MIN_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--stall-seconds", stall_seconds, "a stream waiting this long is stalled")
-      ->envname("DELTASERVE_STALL_SECONDS")->capture_default_str();
+      ->envname("DELTASERVE_STALL_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--write-timeout-seconds", write_timeout_seconds,
                  "cancel a stream whose client read nothing this long (0 = never)")
-      ->envname("DELTASERVE_WRITE_TIMEOUT_SECONDS")->capture_default_str();
+      ->envname("DELTASERVE_WRITE_TIMEOUT_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--keepalive-seconds", keepalive_seconds, "server pings idle connections")
-      ->envname("DELTASERVE_KEEPALIVE_SECONDS")->capture_default_str();
+      ->envname("DELTASERVE_KEEPALIVE_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--keepalive-timeout-seconds", keepalive_timeout_seconds,
                  "close a connection whose ping is unanswered this long")
-      ->envname("DELTASERVE_KEEPALIVE_TIMEOUT_SECONDS")->capture_default_str();
+      ->envname("DELTASERVE_KEEPALIVE_TIMEOUT_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--min-client-ping-seconds", min_client_ping_seconds,
                  "clients may ping this often")
-      ->envname("DELTASERVE_MIN_CLIENT_PING_SECONDS")->capture_default_str();
+      ->envname("DELTASERVE_MIN_CLIENT_PING_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--log-format", log_format, "text|json")->envname("DELTASERVE_LOG_FORMAT")
       ->check(CLI::IsMember({"text", "json"}))->capture_default_str();
   try {
