@@ -7,16 +7,15 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cmath>
 
 #include <cstdio>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "common/cli_validators.h"
 #include "server/internal/log.h"
 #include "server/server.h"
 #include "spdlog/spdlog.h"
@@ -30,30 +29,8 @@ void OnStopSignal(int sig) {
   (void)!write(g_signal_pipe[1], &c, 1);  // async-signal-safe
 }
 
-// A byte count: digits only, fitting 64 bits (CLI11 alone would take "-1" as 2^64 - 1).
-const CLI::Validator kByteCount(
-    [](std::string& text) -> std::string {
-      uint64_t value = 0;
-      if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos ||
-          !absl::SimpleAtoi(text, &value)) {
-        return "want a whole number of bytes >= 0 (at most 2^64 - 1), got '" + text + "'";
-      }
-      return "";
-    },
-    "BYTES");
-
-// A duration in seconds: a finite number >= 0 ("nan", "inf" and "-1" would otherwise reach
-// absl::Seconds and the gRPC millisecond arguments; ServerOptions checks the lower bounds).
-const CLI::Validator kSeconds(
-    [](std::string& text) -> std::string {
-      double value = 0;
-      if (!absl::SimpleAtod(text, &value) || !std::isfinite(value) || value < 0 ||
-          value > 1e9) {
-        return "want a number of seconds in [0, 1e9], got '" + text + "'";
-      }
-      return "";
-    },
-    "SECONDS");
+const CLI::Validator kByteCount = deltaserve::common::ByteCountValidator();
+const CLI::Validator kSeconds = deltaserve::common::SecondsValidator();
 
 using deltaserve::server::Server;
 using deltaserve::server::ServerOptions;
