@@ -363,12 +363,13 @@ class StripDecoder {
     }
   }
 
-  // Decode of a whole patch row (p rows) merged into F16 base rows: out = MergeRow(F16,
-  // F16) of base + the decoded strip, the same bytes as Decode then MergeRow on each row.
-  // Full patches go through the fused inverse (no float strip); dropped and edge patches
-  // merge through MergeRow. Returns the number of values saturated.
-  // REQUIRES: internal::CanInverseDct2dMergeF16(p) and rows (pr + 1) * p <= header rows.
-  int64_t DecodeMergeF16(int64_t pr, const uint16_t* base, uint16_t* out, float* scratch) {
+  // Decode of a whole patch row (p rows) merged into 16-bit float base rows of `dtype`:
+  // out = MergeRow(dtype, dtype) of base + the decoded strip, the same bytes as Decode
+  // then MergeRow on each row. Full patches go through the fused inverse (no float strip);
+  // dropped and edge patches merge through MergeRow. Returns the number of values
+  // saturated. REQUIRES: internal::CanInverseDct2dMerge(p, dtype), (pr + 1) * p <= rows.
+  int64_t DecodeMerge16(int64_t pr, DType dtype, const uint16_t* base, uint16_t* out,
+                        float* scratch) {
     const int p = pp_.header.patch_size;
     const int64_t cols = pp_.header.cols;
     const uint8_t* b8 = reinterpret_cast<const uint8_t*>(base);
@@ -379,15 +380,15 @@ class StripDecoder {
       const int w = static_cast<int>(std::min<int64_t>(p, cols - c0));
       const bool kept = Coefficients(pr * pp_.pcols + pc);
       if (kept && w == p) {
-        saturated += internal::InverseDct2dMergeF16(basis_, coef_.data(), base + c0, cols,
-                                                    out + c0, cols);
+        saturated += internal::InverseDct2dMerge(basis_, coef_.data(), dtype, base + c0, cols,
+                                                 out + c0, cols);
         continue;
       }
       if (kept) internal::InverseDct2d(basis_, coef_.data(), p, tmp_.data(), p);
       for (int r = 0; r < p; ++r) {
         const int64_t at = (r * cols + c0) * 2;
-        saturated += internal::MergeRow(b8 + at, DType::kF16, kept ? &tmp_[r * p] : nullptr, w,
-                                        DType::kF16, o8 + at, scratch);
+        saturated += internal::MergeRow(b8 + at, dtype, kept ? &tmp_[r * p] : nullptr, w, dtype,
+                                        o8 + at, scratch);
       }
     }
     return saturated;
@@ -474,16 +475,17 @@ absl::Status DecodeDctMatrixMergeRows(absl::Span<const uint8_t> payload, int64_t
   std::vector<float> strip(static_cast<size_t>(p) * cols), scratch(static_cast<size_t>(cols));
   const size_t bsz = DTypeSize(base_dtype), osz = DTypeSize(out_dtype);
   int64_t clamped = 0;
-  // F16 -> F16 at p = 32 on AVX-512: whole patch rows decode straight into the output.
-  const bool fused = base_dtype == DType::kF16 && out_dtype == DType::kF16 &&
-                     internal::CanInverseDct2dMergeF16(p);
+  // F16 -> F16 and BF16 -> BF16 at p = 32 on AVX-512: whole patch rows decode straight
+  // into the output.
+  const bool fused = base_dtype == out_dtype && internal::CanInverseDct2dMerge(p, out_dtype);
   for (int64_t pr = pr_begin; pr < pr_end; ++pr) {
     const int64_t r_begin = std::max<int64_t>(row_begin, pr * p);
     const int64_t r_end = std::min<int64_t>(row_end, (pr + 1) * p);
     if (fused && r_begin == pr * p && r_end == r_begin + p) {
-      clamped += dec.DecodeMergeF16(pr, reinterpret_cast<const uint16_t*>(base) + r_begin * cols,
-                                    reinterpret_cast<uint16_t*>(out) + r_begin * cols,
-                                    scratch.data());
+      clamped += dec.DecodeMerge16(pr, out_dtype,
+                                   reinterpret_cast<const uint16_t*>(base) + r_begin * cols,
+                                   reinterpret_cast<uint16_t*>(out) + r_begin * cols,
+                                   scratch.data());
       if (on_rows) on_rows(r_begin, r_end);
       continue;
     }

@@ -232,10 +232,12 @@ __attribute__((target("avx512f,fma,f16c"))) void InverseEvenOdd32Avx512(const fl
   InverseEvenOdd32Avx512Rows(c, in, in_stride, sink);
 }
 
-// Sink of InverseEvenOdd32Avx512Rows: merges each row into an F16 base row with
-// MergeRow's F16 -> F16 rule on 16 lanes (convert, add, saturate, round to nearest
-// even), counting the saturated lanes.
-struct MergeRowsF16 {
+// Sink of InverseEvenOdd32Avx512Rows: merges each row into a 16-bit float base row
+// (F16, or BF16 when kBf16) with MergeRow's rule for the same dtype in and out, on 16
+// lanes: widen, add, saturate, round to nearest even (BF16: FloatToBf16, NaN quieted);
+// counts the saturated lanes.
+template <bool kBf16>
+struct MergeRows16 {
   const uint16_t* base;
   int64_t base_stride;
   uint16_t* out;
@@ -246,21 +248,40 @@ struct MergeRowsF16 {
                                                                       __m512 d, uint16_t* o) {
     // Bitwise sign/magnitude in integer lanes (the float forms need AVX-512DQ).
     const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
-    __m512 s = _mm512_add_ps(
-        _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b))), d);
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
+    const __m512 wide = kBf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16))
+                              : _mm512_cvtph_ps(raw);
+    __m512 s = _mm512_add_ps(wide, d);
     const __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(s)));
+    const __m512 over = kBf16 ? _mm512_castsi512_ps(_mm512_set1_epi32(kBf16OverflowBits))
+                              : _mm512_set1_ps(kF16Overflow);
+    const __m512i max = kBf16 ? _mm512_set1_epi32(kBf16MaxFiniteBits)
+                              : _mm512_castps_si512(_mm512_set1_ps(kF16MaxFinite));
     // Ordered compares are false for NaN: NaN and Inf pass through.
-    const __mmask16 big = _mm512_cmp_ps_mask(a, _mm512_set1_ps(kF16Overflow), _CMP_GE_OQ) &
+    const __mmask16 big = _mm512_cmp_ps_mask(a, over, _CMP_GE_OQ) &
                           _mm512_cmp_ps_mask(a, _mm512_set1_ps(INFINITY), _CMP_NEQ_OQ);
     if (big != 0) {
-      const __m512i signed_max =
-          _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(s), sign),
-                          _mm512_castps_si512(_mm512_set1_ps(kF16MaxFinite)));
+      const __m512i signed_max = _mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(s), sign), max);
       s = _mm512_mask_blend_ps(big, s, _mm512_castsi512_ps(signed_max));
       saturated += __builtin_popcount(static_cast<unsigned>(big));
     }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o),
-                        _mm512_cvtps_ph(s, _MM_FROUND_TO_NEAREST_INT));
+    if constexpr (kBf16) {
+      // FloatToBf16: NaN -> (x >> 16) | 0x40; else (x + 0x7fff + ((x >> 16) & 1)) >> 16.
+      const __m512i x = _mm512_castps_si512(s);
+      const __m512i hi = _mm512_srli_epi32(x, 16);
+      const __m512i rounded = _mm512_srli_epi32(
+          _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)),
+                           _mm512_and_si512(hi, _mm512_set1_epi32(1))),
+          16);
+      const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_andnot_si512(sign, x),
+                                                    _mm512_set1_epi32(0x7f800000));
+      const __m512i r =
+          _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtepi32_epi16(r));
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o),
+                          _mm512_cvtps_ph(s, _MM_FROUND_TO_NEAREST_INT));
+    }
   }
   __attribute__((target("avx512f,fma,f16c"), always_inline)) void operator()(int i, __m512 lo,
                                                                          __m512 hi) {
@@ -271,12 +292,13 @@ struct MergeRowsF16 {
   }
 };
 
-// InverseEvenOdd32Avx512 with each output row merged into an F16 base row on the fly:
-// the float patch never goes to memory. Returns the number of values saturated.
-__attribute__((target("avx512f,fma,f16c"))) int64_t InverseEvenOdd32MergeF16Avx512(
+// InverseEvenOdd32Avx512 with each output row merged into a 16-bit float base row on the
+// fly: the float patch never goes to memory. Returns the number of values saturated.
+template <bool kBf16>
+__attribute__((target("avx512f,fma,f16c"))) int64_t InverseEvenOdd32Merge16Avx512(
     const float* c, const float* in, const uint16_t* base, int64_t base_stride, uint16_t* out,
     int64_t out_stride) {
-  MergeRowsF16 sink{base, base_stride, out, out_stride};
+  MergeRows16<kBf16> sink{base, base_stride, out, out_stride};
   InverseEvenOdd32Avx512Rows(c, in, 32, sink);
   return sink.saturated;
 }
@@ -334,12 +356,19 @@ void InverseDct2d(const DctBasis& basis, const float* in, int64_t in_stride, flo
   InverseDct2dPortable(basis, in, in_stride, out, out_stride);
 }
 
-bool CanInverseDct2dMergeF16(int p) { return p == 32 && HasAvx512() && CpuHasF16c(); }
+bool CanInverseDct2dMerge(int p, DType dtype) {
+  return p == 32 && HasAvx512() && (dtype == DType::kF16 || dtype == DType::kBF16);
+}
 
-int64_t InverseDct2dMergeF16(const DctBasis& basis, const float* in, const uint16_t* base,
-                             int64_t base_stride, uint16_t* out, int64_t out_stride) {
-  assert(CanInverseDct2dMergeF16(basis.p));
-  return InverseEvenOdd32MergeF16Avx512(basis.c.data(), in, base, base_stride, out, out_stride);
+int64_t InverseDct2dMerge(const DctBasis& basis, const float* in, DType dtype,
+                          const uint16_t* base, int64_t base_stride, uint16_t* out,
+                          int64_t out_stride) {
+  assert(CanInverseDct2dMerge(basis.p, dtype));
+  return dtype == DType::kBF16
+             ? InverseEvenOdd32Merge16Avx512<true>(basis.c.data(), in, base, base_stride, out,
+                                                   out_stride)
+             : InverseEvenOdd32Merge16Avx512<false>(basis.c.data(), in, base, base_stride, out,
+                                                    out_stride);
 }
 
 void InverseDct2dPortable(const DctBasis& basis, const float* in, int64_t in_stride,

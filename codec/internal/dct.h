@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "codec/tensor.h"
+
 namespace deltaserve::codec::internal {
 
 // Largest patch edge the kernels accept.
@@ -44,17 +46,19 @@ void ForwardDct2d(const DctBasis& basis, const float* in, int64_t in_stride, flo
 // BM_InverseDct2d/32: the compiled row pass is dominated by lane permutes).
 void InverseDct2d(const DctBasis& basis, const float* in, int64_t in_stride, float* out,
                   int64_t out_stride);
-// Whether InverseDct2dMergeF16 runs for patch edge p on this CPU: p = 32 with AVX-512F
-// and F16C.
-bool CanInverseDct2dMergeF16(int p);
-// The inverse fused with the F16 -> F16 merge: out[r][c] = MergeRow's F16 result of
-// base[r][c] + X[r][c] for the p x p patch X = C^T in C, where `in` is contiguous (row
-// stride p) and base/out are F16 rows with strides base_stride / out_stride (in
-// elements). The same bits as InverseDct2d into floats followed by MergeRow(F16, F16)
-// on each row (dct_test checks it); the float patch never goes to memory. Returns the
-// number of values saturated. REQUIRES: CanInverseDct2dMergeF16(basis.p).
-int64_t InverseDct2dMergeF16(const DctBasis& basis, const float* in, const uint16_t* base,
-                             int64_t base_stride, uint16_t* out, int64_t out_stride);
+// Whether InverseDct2dMerge runs for patch edge p and `dtype` on this CPU: p = 32 with
+// AVX-512F (+ FMA, F16C), dtype F16 or BF16.
+bool CanInverseDct2dMerge(int p, DType dtype);
+// The inverse fused with the merge into a 16-bit float base of the same dtype:
+// out[r][c] = MergeRow's result (dtype -> dtype) of base[r][c] + X[r][c] for the p x p
+// patch X = C^T in C, where `in` is contiguous (row stride p) and base/out are `dtype`
+// rows with strides base_stride / out_stride (in elements). The same bits as
+// InverseDct2d into floats followed by MergeRow on each row (dct_test checks it); the
+// float patch never goes to memory. Returns the number of values saturated.
+// REQUIRES: CanInverseDct2dMerge(basis.p, dtype).
+int64_t InverseDct2dMerge(const DctBasis& basis, const float* in, DType dtype,
+                          const uint16_t* base, int64_t base_stride, uint16_t* out,
+                          int64_t out_stride);
 // The compiled (target_clones) inverse, without the intrinsics kernel: the reference
 // for tests that the fast path is bit-identical.
 void InverseDct2dPortable(const DctBasis& basis, const float* in, int64_t in_stride,

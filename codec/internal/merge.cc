@@ -10,12 +10,10 @@
 namespace deltaserve::codec::internal {
 namespace {
 
-// BF16's largest finite value 0x7F7F (as float32 0x7F7F0000) and the smallest
-// magnitude that rounds to Inf, 0x7F7F8000 (halfway above it, ties to even = 0x7F80).
-// F16's are in merge.h.
+// The saturation bounds of merge.h as floats.
 constexpr float kF16Max = kF16MaxFinite;
-constexpr float kBf16Max = 3.38953139e38f;
-const float kBf16Overflow = BitsFloat(0x7F7F8000u);
+const float kBf16Max = BitsFloat(kBf16MaxFiniteBits);
+const float kBf16Overflow = BitsFloat(kBf16OverflowBits);
 
 // F16 base -> F16 out in one pass: 8 lanes convert, add, saturate, round-to-nearest-even
 // back. Adds the lanes it saturated to *saturated.

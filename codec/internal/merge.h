@@ -14,6 +14,10 @@ namespace deltaserve::codec::internal {
 // (65520: halfway to 2^16, ties to even = Inf); see SaturateForCast.
 inline constexpr float kF16MaxFinite = 65504.0f;
 inline constexpr float kF16Overflow = 65520.0f;
+// BF16's, as float32 bits: 0x7F7F (3.3895e38) and 0x7F7F8000 (halfway above it, ties to
+// even = 0x7F80, Inf).
+inline constexpr uint32_t kBf16MaxFiniteBits = 0x7F7F0000u;
+inline constexpr uint32_t kBf16OverflowBits = 0x7F7F8000u;
 
 // The argument checks every *MatrixMergeRows decoder shares: InvalidArgument when `base`
 // or `out` is null or [row_begin, row_end) is not inside [0, rows].

@@ -143,51 +143,61 @@ TEST(DctTest, ConstantPatchHasOnlyDc) {
   for (int i = 1; i < p * p; ++i) EXPECT_NEAR(y[i], 0.0f, 1e-5);
 }
 
-// The fused inverse + F16 merge pins to the unfused path: InverseDct2d into floats, then
-// MergeRow(F16 -> F16) on each row. Same bytes and saturation count on random patches of
-// many magnitudes, strided base/out, with saturating sums, Inf/NaN and -0 in the base.
-TEST(DctTest, FusedInverseMergeF16IsBitIdenticalToInverseThenMergeRow) {
+// The fused inverse + merge pins to the unfused path: InverseDct2d into floats, then
+// MergeRow (F16 -> F16, BF16 -> BF16) on each row. Same bytes and saturation count on
+// random patches of many magnitudes, strided base/out, with saturating sums, Inf/NaN
+// and -0 in the base.
+TEST(DctTest, FusedInverseMergeIsBitIdenticalToInverseThenMergeRow) {
   constexpr int p = 32;
-  if (!CanInverseDct2dMergeF16(p)) GTEST_SKIP() << "no AVX-512F + F16C on this CPU";
-  EXPECT_FALSE(CanInverseDct2dMergeF16(16));
+  if (!CanInverseDct2dMerge(p, DType::kF16)) GTEST_SKIP() << "no AVX-512F + F16C on this CPU";
+  EXPECT_FALSE(CanInverseDct2dMerge(16, DType::kF16));
+  EXPECT_FALSE(CanInverseDct2dMerge(p, DType::kF32));
   DctBasis b(p);
   const int base_stride = p + 3, out_stride = p + 7;
-  std::mt19937 rng(11);
-  std::normal_distribution<float> n(0.0f, 1.0f);
-  int64_t total_saturated = 0;
-  for (int trial = 0; trial < 300; ++trial) {
-    std::vector<float> in(p * p), patch(p * p), base_f(p * base_stride);
-    const float scale = std::ldexp(1.0f, trial % 24 - 12);  // up to 2^11: some saturate
-    for (float& v : in) v = trial % 3 == 0 ? scale * std::round(4 * n(rng)) : scale * n(rng);
-    for (float& v : base_f) v = trial % 4 == 0 ? 65504.0f * std::tanh(4 * n(rng)) : 0.05f * n(rng);
-    if (trial % 5 == 0) {
-      base_f[1] = INFINITY;
-      base_f[2] = -INFINITY;
-      base_f[3] = NAN;
-      base_f[4] = -0.0f;
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    ASSERT_TRUE(CanInverseDct2dMerge(p, dtype));
+    // Near the dtype's largest finite value, so that some sums saturate.
+    const float big = dtype == DType::kF16 ? 65504.0f : 3.38e38f;
+    const int top_exp = dtype == DType::kF16 ? 11 : 122;
+    std::mt19937 rng(11);
+    std::normal_distribution<float> n(0.0f, 1.0f);
+    int64_t total_saturated = 0;
+    for (int trial = 0; trial < 300; ++trial) {
+      std::vector<float> in(p * p), patch(p * p), base_f(p * base_stride);
+      // Up to 2^top_exp: sums past the dtype's range.
+      const float scale = std::ldexp(1.0f, trial % 24 == 23 ? top_exp : trial % 24 - 12);
+      for (float& v : in) v = trial % 3 == 0 ? scale * std::round(4 * n(rng)) : scale * n(rng);
+      const bool near_max = trial % 4 == 0 || trial % 24 == 23;
+      for (float& v : base_f) v = near_max ? big * std::tanh(4 * n(rng)) : 0.05f * n(rng);
+      if (trial % 5 == 0) {
+        base_f[1] = INFINITY;
+        base_f[2] = -INFINITY;
+        base_f[3] = NAN;
+        base_f[4] = -0.0f;
+      }
+      std::vector<uint8_t> base(base_f.size() * 2);
+      FromFloat32(base_f.data(), base_f.size(), dtype, base.data());
+      const auto* base16 = reinterpret_cast<const uint16_t*>(base.data());
+      std::vector<uint16_t> fused(p * out_stride, 0xABCD), ref(p * out_stride, 0xABCD);
+      const int64_t got =
+          InverseDct2dMerge(b, in.data(), dtype, base16, base_stride, fused.data(), out_stride);
+      InverseDct2d(b, in.data(), p, patch.data(), p);
+      int64_t want = 0;
+      std::vector<float> scratch(p);
+      for (int r = 0; r < p; ++r) {
+        want += MergeRow(reinterpret_cast<const uint8_t*>(base16 + r * base_stride), dtype,
+                         &patch[r * p], p, dtype,
+                         reinterpret_cast<uint8_t*>(&ref[r * out_stride]), scratch.data());
+      }
+      ASSERT_EQ(got, want) << DTypeName(dtype) << " trial " << trial;
+      total_saturated += got;
+      for (size_t i = 0; i < fused.size(); ++i) {
+        ASSERT_EQ(fused[i], ref[i]) << DTypeName(dtype) << " trial " << trial << " row "
+                                    << i / out_stride << " col " << i % out_stride;
+      }
     }
-    std::vector<uint8_t> base(base_f.size() * 2);
-    FromFloat32(base_f.data(), base_f.size(), DType::kF16, base.data());
-    const auto* base16 = reinterpret_cast<const uint16_t*>(base.data());
-    std::vector<uint16_t> fused(p * out_stride, 0xABCD), ref(p * out_stride, 0xABCD);
-    const int64_t got =
-        InverseDct2dMergeF16(b, in.data(), base16, base_stride, fused.data(), out_stride);
-    InverseDct2d(b, in.data(), p, patch.data(), p);
-    int64_t want = 0;
-    std::vector<float> scratch(p);
-    for (int r = 0; r < p; ++r) {
-      want += MergeRow(reinterpret_cast<const uint8_t*>(base16 + r * base_stride), DType::kF16,
-                       &patch[r * p], p, DType::kF16,
-                       reinterpret_cast<uint8_t*>(&ref[r * out_stride]), scratch.data());
-    }
-    ASSERT_EQ(got, want) << "trial " << trial;
-    total_saturated += got;
-    for (size_t i = 0; i < fused.size(); ++i) {
-      ASSERT_EQ(fused[i], ref[i]) << "trial " << trial << " row " << i / out_stride << " col "
-                                  << i % out_stride;
-    }
+    EXPECT_GT(total_saturated, 0) << DTypeName(dtype);  // the saturating path ran
   }
-  EXPECT_GT(total_saturated, 0);  // the saturating path ran
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, DctSizes, ::testing::Values(2, 3, 5, 8, 16, 32, 64));

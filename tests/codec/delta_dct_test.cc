@@ -186,11 +186,12 @@ TEST(DeltaDctMergeTest, EqualsDecodeThenAddThenCast) {
   }
 }
 
-// F16 -> F16 at p = 32 (decoded through the fused inverse + merge on AVX-512 CPUs, the
-// unfused strip path elsewhere): the bytes and saturation count of DecodeDctMatrix, add,
-// saturate and cast, for shapes with edge patches in both directions, dropped patches,
-// whole and cut row ranges, and sums past F16's range.
-TEST(DeltaDctMergeTest, F16Patch32EqualsDecodeThenAddSaturateCast) {
+// F16 -> F16 and BF16 -> BF16 at p = 32 (decoded through the fused inverse + merge on
+// AVX-512 CPUs, the unfused strip path elsewhere): the bytes and saturation count of
+// DecodeDctMatrix, add, saturate and cast, for shapes with edge patches in both
+// directions, dropped patches, whole and cut row ranges, and (F16) sums past the range.
+TEST(DeltaDctMergeTest, Half16Patch32EqualsDecodeThenAddSaturateCast) {
+ for (DType dtype : {DType::kF16, DType::kBF16}) {
   for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{96, 100}, {64, 64},
                                                                      {67, 45}, {33, 129}}) {
     auto d = MakeDelta(rows, cols, 21);
@@ -209,29 +210,31 @@ TEST(DeltaDctMergeTest, F16Patch32EqualsDecodeThenAddSaturateCast) {
       }
       base_f[1] = -0.0f;
       std::vector<uint8_t> base(rows * cols * 2);
-      FromFloat32(base_f.data(), rows * cols, DType::kF16, base.data());
+      FromFloat32(base_f.data(), rows * cols, dtype, base.data());
       std::vector<float> sum(rows * cols);
-      ToFloat32(base.data(), DType::kF16, rows * cols, sum.data());
+      ToFloat32(base.data(), dtype, rows * cols, sum.data());
       for (int64_t i = 0; i < rows * cols; ++i) sum[i] += delta_hat[i];
-      const int64_t want_saturated = internal::SaturateForCast(sum.data(), rows * cols, DType::kF16);
+      const int64_t want_saturated = internal::SaturateForCast(sum.data(), rows * cols, dtype);
       std::vector<uint8_t> want(rows * cols * 2);
-      FromFloat32(sum.data(), rows * cols, DType::kF16, want.data());
+      FromFloat32(sum.data(), rows * cols, dtype, want.data());
       for (std::vector<int64_t> cuts : {std::vector<int64_t>{0, rows}, {0, 32, rows}, {0, 5, rows}}) {
         if (cuts[1] > rows) continue;
         std::vector<uint8_t> got(want.size(), 0xcd);
         int64_t saturated = 0;
         for (size_t i = 0; i + 1 < cuts.size(); ++i) {
           ASSERT_THAT(DecodeDctMatrixMergeRows(enc, rows, cols, cuts[i], cuts[i + 1], base.data(),
-                                               DType::kF16, DType::kF16, got.data(), nullptr,
+                                               dtype, dtype, got.data(), nullptr,
                                                &saturated),
                       IsOk());
         }
-        EXPECT_EQ(got, want) << rows << "x" << cols << " " << sched << " cuts " << cuts[1];
+        EXPECT_EQ(got, want) << DTypeName(dtype) << " " << rows << "x" << cols << " " << sched
+                             << " cuts " << cuts[1];
         EXPECT_EQ(saturated, want_saturated) << rows << "x" << cols << " " << sched;
       }
-      EXPECT_GT(want_saturated, 0);
+      if (dtype == DType::kF16) EXPECT_GT(want_saturated, 0);
     }
   }
+ }
 }
 
 // Row ranges: any split of [0, rows) (aligned or not, empty pieces, one row) gives the
