@@ -22,7 +22,9 @@
 //       called with the GIL after each verified tensor (an exception it raises stops
 //       the stream and is re-raised).
 //     figures: a dict that gets {tensors, bytes, seconds, first_tensor_seconds,
-//       resumes}, also when the load fails (how far it got); metadata: the stream's
+//       resumes, kept_bytes}, also when the load fails (how far it got); kept_bytes: of
+//       tensors a dropped stream cut midway, kept and not fetched again (the resumed
+//       stream starts at the next byte, resume_from_offset); metadata: the stream's
 //       safetensors metadata {str: str}. A Puller may run several loads at once.
 //
 // Errors raise _pull.PullError(code, message): code is the absl/gRPC status number, the
@@ -192,6 +194,7 @@ class PlacingSink : public client::WeightsSink {
   }
 
   absl::Status Data(absl::Span<const uint8_t> data) override {
+    kept_bytes_ += std::exchange(continued_, 0);  // the resumed stream brings the rest
     std::memcpy(dest_ + filled_, data.data(), data.size());
     filled_ += data.size();
     if (prefaulter_ != nullptr) prefaulter_->WriterAt(static_cast<size_t>(dest_ - map_) + filled_);
@@ -219,6 +222,11 @@ class PlacingSink : public client::WeightsSink {
   void DropUnfinished() override {
     if (!targets_) placed_.resize(finished_);
   }
+
+  // The bytes so far of the tensor cut midway stay (dest_, filled_ unchanged); they count
+  // as kept once the resumed stream goes on (a resume that fails first counts none).
+  void Continue(uint64_t offset) override { continued_ = offset; }
+  uint64_t kept_bytes() const { return kept_bytes_; }
 
   // Hands the buffer to Python (a numpy array that unmaps it when it goes).
   py::object TakeBuffer() {
@@ -248,6 +256,8 @@ class PlacingSink : public client::WeightsSink {
   std::unique_ptr<Prefaulter> prefaulter_;  // while the stream fills map_
   uint8_t* dest_ = nullptr;
   size_t filled_ = 0, finished_ = 0;
+  uint64_t kept_bytes_ = 0;  // of tensors cut midway, not fetched again on resume
+  uint64_t continued_ = 0;   // Continue's offset until the next Data
   std::string name_;  // of the tensor being received
   std::vector<Placed> placed_;
   std::map<std::string, std::string> metadata_;
@@ -311,6 +321,7 @@ class Puller {
     figures["seconds"] = stats.seconds;
     figures["first_tensor_seconds"] = stats.first_tensor_seconds;
     figures["resumes"] = stats.resumed;
+    figures["kept_bytes"] = sink.kept_bytes();
     if (sink.callback_error()) throw *std::move(sink.callback_error());
     ThrowIfError(status);
     py::list tensors;

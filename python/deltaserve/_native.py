@@ -2,8 +2,8 @@
 pull_module.cc): the fast path of Client.load_state_dict and Client.load_into.
 
 The C++ client (client/client.h) checks the same framing and XXH3-64 checksums as
-deltaserve/_stream.py, resumes a dropped stream from the tensor after the last verified
-one, and writes every tensor's bytes straight into their final memory with the GIL
+deltaserve/_stream.py, resumes a dropped stream at the byte where it stopped (within the
+tensor it cut, else from the next tensor), and writes every tensor's bytes straight into their final memory with the GIL
 released for the whole stream: a new state dict lives in one fresh buffer (64-byte
 aligned views, freed when its last tensor goes); load_into writes into the
 model's own storage. Errors are the same DeltaserveError (gRPC code + the server's
@@ -67,5 +67,6 @@ def load(client, task, include, include_regex, dtype, targets=None, progress=Non
         stats.seconds = figures.get("seconds", 0.0)
         stats.first_tensor_seconds = figures.get("first_tensor_seconds", 0.0)
         stats.resumes = figures.get("resumes", 0)
+        stats.kept_bytes = figures.get("kept_bytes", 0)
     stats.metadata = dict(metadata)
     return buf, tensors

@@ -263,7 +263,8 @@ class Client:
         "f16" or "bf16" for every F32/F16/BF16 tensor (default: each tensor's recorded
         dtype; tensors of other dtypes, e.g. I64 or BOOL buffers, always come in their
         own). Arrays have dtypes.numpy_dtype: BF16 as uint16 and F8_* as uint8 holding
-        the raw bits. A dropped connection resumes from the next tensor (Client.retries)."""
+        the raw bits. A dropped connection resumes at the byte where it stopped
+        (Client.retries; deltaserve._stream.verified_tensors)."""
         def alloc(header):
             return np.empty(header.byte_length, dtype=np.uint8)
 
