@@ -78,10 +78,13 @@ size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 // Faults in the pages of a fresh anonymous mapping on a thread of its own, ahead of the
 // thread that writes the stream into it, so that the writer's copies find their pages
-// present: on the test VM a 4 KiB page fault taken by the writer costs about 1.7 us
-// (trap, zeroing, memcg charge), 0.4 s per GB on the thread that also receives and
-// hashes the stream; MADV_POPULATE_WRITE faults a whole step in one call, without the
-// traps. The prefaulter never writes (a page it faults in after the writer filled it
+// present: on the test VM the 4 KiB faults (trap, zeroing, memcg charge) took a third
+// of the CPU time of the thread that also receives and hashes the stream (1.0 s per GB
+// with them, 0.67 s without: python_load_bench's (a), time.thread_time);
+// MADV_POPULATE_WRITE faults a whole step in one call, without the traps (0.29 s of
+// system time per GB against 0.43 s by touching, measured by hand). It uses a second
+// core: on a loaded machine the gain shrinks to what the traps cost. The prefaulter
+// never writes (a page it faults in after the writer filled it
 // keeps its bytes) and skips what the writer has passed. It stops at the first madvise
 // error (EINVAL before Linux 5.14: the writer then faults the pages itself).
 class Prefaulter {
