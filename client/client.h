@@ -156,7 +156,9 @@ struct SinkPullOptions {
   // pulls; streams must be 1 and resume_from empty.
   PullOptions pull;
   // Resumes after a stream that has begun fails with UNAVAILABLE (a dropped connection,
-  // a restarting server), each from the tensor after the last verified one. Default: 3.
+  // a restarting server), each at the byte where the stream stopped: within the tensor it
+  // cut (resume_from_offset), else from the tensor after the last verified one.
+  // Default: 3.
   uint32_t retries = 3;
   // Before each resume, how long to wait for the channel to connect again. Default: 10 s.
   absl::Duration reconnect_timeout = absl::Seconds(10);
@@ -238,8 +240,9 @@ class DeltaClient {
   // one StreamWeights call, every tensor verified as for the other pulls, resumed as
   // options.retries says; for in-tree consumers that write
   // tensors straight into memory of their own (the Python binding,
-  // python/codec/pull_module.cc). The sink gets Begin once (the first stream's);
-  // DropUnfinished before each resume. Errors: as PullWeights; ABORTED if a resumed
+  // python/codec/pull_module.cc). The sink gets Begin once (the first stream's); before
+  // each resume Continue(bytes kept) when the stream cut a tensor midway, else
+  // DropUnfinished (client/weights_sink.h). Errors: as PullWeights; ABORTED if a resumed
   // stream serves another version of the task; UNAVAILABLE when no stream has begun and
   // the channel does not connect within 2 s (or reconnect_timeout if shorter) of the
   // failure (otherwise the call, which went out on a connection that died since, e.g.

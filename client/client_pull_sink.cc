@@ -1,6 +1,8 @@
 // DeltaClient::PullWeightsToSink: one StreamWeights call into a caller's sink, resumed
-// after a dropped connection from the tensor after the last verified one.
+// after a dropped connection at the byte where it stopped (resume_from_offset within
+// the tensor it cut, else from the tensor after the last verified one).
 #include <algorithm>
+#include <memory>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -65,8 +67,17 @@ absl::Status DeltaClient::PullWeightsToSink(const std::string& task, WeightsSink
                                   ? absl::Now() + options.deadline
                                   : absl::InfiniteFuture();
   ResumeSink resume(sink, label);
+  // The previous attempt's checker while it holds a tensor cut midway to resume.
+  std::unique_ptr<WeightsStreamChecker> previous;
   for (uint32_t attempt = 0;; ++attempt) {
-    WeightsStreamChecker checker(label, &resume, options.pull, start);
+    auto owned = std::make_unique<WeightsStreamChecker>(label, &resume, options.pull, start);
+    WeightsStreamChecker& checker = *owned;
+    request.clear_resume_from_offset();
+    if (previous != nullptr) {
+      request.set_resume_from_offset(previous->received_bytes());
+      checker.ContinueFrom(*previous);
+      previous.reset();
+    }
     absl::Status s = RunStreamWeightsCall(*impl_, impl_->stub.get(), request, options.pull,
                                           nullptr, &checker, deadline);
     stats->tensors = resume.tensors();
@@ -76,8 +87,9 @@ absl::Status DeltaClient::PullWeightsToSink(const std::string& task, WeightsSink
     }
     stats->seconds = SecondsSince(start);
     if (s.ok()) return absl::OkStatus();
-    resume.DropUnfinished();
-    if (s.code() != absl::StatusCode::kUnavailable || attempt >= options.retries) return s;
+    const bool retry = s.code() == absl::StatusCode::kUnavailable && attempt < options.retries;
+    if (!retry || !resume.began()) resume.DropUnfinished();
+    if (!retry) return s;
     if (!resume.began()) {
       // No stream has begun. The call may have gone out on a connection that died since
       // (a restarted server, the channel still backing off): one that connects again
@@ -90,12 +102,23 @@ absl::Status DeltaClient::PullWeightsToSink(const std::string& task, WeightsSink
       }
       continue;
     }
-    if (checker.last_verified_index() >= 0) {
-      request.set_resume_from_index(static_cast<uint32_t>(checker.last_verified_index()) + 1);
+    if (checker.partial_index() >= 0) {
+      // A tensor cut midway: the next stream starts at its first missing byte, and the
+      // sink keeps what it has (with a name filter the tensor after the last verified
+      // one may not be this one: resume at this one).
+      request.set_resume_from_index(static_cast<uint32_t>(checker.partial_index()));
+      sink->Continue(checker.received_bytes());
+      previous = std::move(owned);
+    } else {
+      resume.DropUnfinished();
+      if (checker.last_verified_index() >= 0) {
+        request.set_resume_from_index(static_cast<uint32_t>(checker.last_verified_index()) + 1);
+      }
     }
     ++stats->resumed;
     const absl::Time wait_until = std::min(absl::Now() + options.reconnect_timeout, deadline);
     if (!impl_->channel->WaitForConnected(absl::ToChronoTime(wait_until))) {
+      if (previous != nullptr) resume.DropUnfinished();
       return absl::UnavailableError(absl::StrFormat(
           "%s: connection dropped (%s) and the server did not come back within %.1f s", label,
           s.message(), absl::ToDoubleSeconds(options.reconnect_timeout)));

@@ -17,7 +17,11 @@ namespace deltaserve::client {
 // Receives a verified weight stream. Data() calls of one tensor come between its
 // TensorBegin() and TensorEnd(); TensorEnd() comes after the tensor's checksum matched.
 // DropUnfinished() forgets a tensor begun but not ended (its stream failed; a resumed
-// stream sends it again from its first byte).
+// stream sends it again from its first byte). Continue(offset) instead says that the
+// stream of a tensor begun but not ended failed after `offset` bytes and a resumed
+// stream goes on from there (StreamWeightsRequest.resume_from_offset): the sink keeps
+// those bytes, and the next Data() calls (no new TensorBegin) bring the rest; the
+// tensor is dropped later (DropUnfinished) if the resumed stream fails for good.
 class WeightsSink {
  public:
   virtual ~WeightsSink() = default;
@@ -26,6 +30,7 @@ class WeightsSink {
   virtual absl::Status Data(absl::Span<const uint8_t> data) = 0;
   virtual absl::Status TensorEnd() { return absl::OkStatus(); }
   virtual void DropUnfinished() {}
+  virtual void Continue(uint64_t /*offset*/) {}
 };
 
 }  // namespace deltaserve::client

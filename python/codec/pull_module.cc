@@ -1,17 +1,22 @@
 // deltaserve._pull: StreamWeights through the project's C++ client (client/client.h:
 // TLS, token, tenant, framing and XXH3-64 checks, resume), writing every tensor's bytes
 // straight into their final memory with the GIL released for the whole stream. Used by
-// deltaserve/_native.py for Client.load_state_dict and Client.load_into; the pure
-// grpcio reader (deltaserve/_stream.py) is the fallback when this module is missing.
+// deltaserve/_native.py for Client.load_state_dict, load_into, stream_weights and
+// pull_dir; the pure grpcio reader (deltaserve/_stream.py) is the fallback when this
+// module is missing.
 //
 //   Puller(target, token, tenant, tls, ca, timeout)
 //       one DeltaClient (one gRPC channel); timeout: seconds of unary calls
 //   Puller.load(task, out_dtype, include, include_regex, chunk_bytes, retries,
-//               reconnect_timeout, deadline, targets, on_tensor, figures)
+//               reconnect_timeout, deadline, targets, on_tensor, figures, each=False,
+//               cancel=None, on_begin=None)
 //       -> (buffer, tensors, metadata)
 //     targets None: the tensors go into one fresh buffer (a uint8 numpy array over an
 //       anonymous mapping, unmapped when the last view of it goes), each
 //       at a 64-byte aligned offset; tensors = [(name, proto dtype, shape, offset)].
+//     each=True (targets None): every tensor gets a fresh buffer of its own, handed
+//       over as soon as it is verified: on_tensor(name, proto dtype, shape, uint8 numpy
+//       array owning the buffer); buffer is None and tensors [].
 //     targets {name: (address, nbytes, proto dtype, shape)}: each tensor is written at
 //       the address given for its name (the caller keeps that memory alive and
 //       writable); a name missing from targets, or another dtype or shape than given,
@@ -20,9 +25,14 @@
 //       globs; include_regex: bytes; deadline: seconds for the whole download (0: none);
 //       reconnect_timeout: seconds per resume; on_tensor: None or a callable(name)
 //       called with the GIL after each verified tensor (an exception it raises stops
-//       the stream and is re-raised).
+//       the stream and is re-raised); cancel: None or a Cancel whose set(), from any
+//       thread, stops the stream after the message being read (CANCELLED); on_begin:
+//       None or a callable(metadata) called with the GIL when the stream begins (the
+//       stream's safetensors metadata {str: str}; an exception stops it as on_tensor's).
 //     figures: a dict that gets {tensors, bytes, seconds, first_tensor_seconds,
-//       resumes}, also when the load fails (how far it got); metadata: the stream's
+//       resumes, kept_bytes}, also when the load fails (how far it got); kept_bytes: of
+//       tensors a dropped stream cut midway, kept and not fetched again (the resumed
+//       stream starts at the next byte, resume_from_offset); metadata: the stream's
 //       safetensors metadata {str: str}. A Puller may run several loads at once.
 //
 // Errors raise _pull.PullError(code, message): code is the absl/gRPC status number, the
@@ -31,13 +41,17 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -47,6 +61,7 @@
 #include "client/client.h"
 #include "client/weights_sink.h"
 #include "codec/tensor.h"
+#include "common/status_macros.h"
 #include "proto/protocol.h"
 #include "python/codec/status_error.h"
 
@@ -56,17 +71,121 @@ namespace deltaserve::python {
 namespace {
 
 constexpr size_t kAlign = 64;  // tensor offsets in a fresh buffer
+// Below this a fresh buffer is faulted in by the writer alone (a thread costs more).
+constexpr size_t kPrefaultMinBytes = 16 << 20;
 
 size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-// One tensor as handed back to Python.
-struct Placed {
-  codec::TensorInfo info;
-  size_t offset = 0;  // in the fresh buffer
+// Faults in the pages of a fresh anonymous mapping on a thread of its own, ahead of the
+// thread that writes the stream into it, so that the writer's copies find their pages
+// present: on the test VM the 4 KiB faults (trap, zeroing, memcg charge) took a third
+// of the CPU time of the thread that also receives and hashes the stream (1.0 s per GB
+// with them, 0.67 s without: python_load_bench's (a), time.thread_time);
+// MADV_POPULATE_WRITE faults a whole step in one call, without the traps (0.29 s of
+// system time per GB against 0.43 s by touching, measured by hand). It uses a second
+// core: on a loaded machine the gain shrinks to what the traps cost. The prefaulter
+// never writes (a page it faults in after the writer filled it
+// keeps its bytes) and skips what the writer has passed. It stops at the first madvise
+// error (EINVAL before Linux 5.14: the writer then faults the pages itself).
+class Prefaulter {
+ public:
+  static constexpr size_t kStep = 4 << 20;
+
+  Prefaulter(uint8_t* p, size_t n) : p_(p), n_(n), thread_([this] { Run(); }) {}
+  ~Prefaulter() { Stop(); }
+  Prefaulter(const Prefaulter&) = delete;
+  Prefaulter& operator=(const Prefaulter&) = delete;
+
+  // The writer has filled [0, offset) (or passed it).
+  void WriterAt(size_t offset) { writer_.store(offset, std::memory_order_relaxed); }
+  // Returns once the thread has stopped (at most one step later).
+  void Stop() {
+    stop_.store(true, std::memory_order_relaxed);
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Run() {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    size_t at = 0;
+    while (at < n_ && !stop_.load(std::memory_order_relaxed)) {
+      at = std::max(at, writer_.load(std::memory_order_relaxed) / page * page);
+      const size_t len = std::min(kStep, n_ - at);
+      if (len == 0 || madvise(p_ + at, len, MADV_POPULATE_WRITE) != 0) return;
+      at += len;
+    }
+  }
+
+  uint8_t* const p_;
+  const size_t n_;
+  std::atomic<size_t> writer_{0};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;  // last: starts once the members above exist
 };
 
-// Receives the verified stream into its final memory: a fresh mapping sized from the
-// stream's begin message, or the caller's target tensors.
+// A fresh anonymous mapping that receives a stream, faulted in beside it by a
+// Prefaulter when it is large, then handed to Python as a numpy array that unmaps it
+// when its last view goes. Until then this object owns it.
+class FreshMapping {
+ public:
+  // n > 0. ResourceExhausted (naming `what`) when the mapping fails.
+  static absl::StatusOr<std::unique_ptr<FreshMapping>> Create(size_t n, const std::string& what) {
+    void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(what, ": cannot map ", n, " bytes: ", std::strerror(errno)));
+    }
+    return std::unique_ptr<FreshMapping>(new FreshMapping(static_cast<uint8_t*>(p), n));
+  }
+  ~FreshMapping() {
+    prefaulter_.reset();  // before the unmap
+    if (p_ != nullptr) munmap(p_, n_);
+  }
+  FreshMapping(const FreshMapping&) = delete;
+  FreshMapping& operator=(const FreshMapping&) = delete;
+
+  uint8_t* data() const { return p_; }
+  size_t size() const { return n_; }
+  // The stream has filled the mapping up to `offset`.
+  void WriterAt(size_t offset) {
+    if (prefaulter_ != nullptr) prefaulter_->WriterAt(offset);
+  }
+  // A uint8 array over the first `used` bytes that owns the mapping. With the GIL.
+  py::array_t<uint8_t> TakeArray(size_t used) {
+    prefaulter_.reset();  // the memory is Python's from here on
+    auto* owned = new std::pair<uint8_t*, size_t>(std::exchange(p_, nullptr), n_);
+    py::capsule owner(owned, [](void* q) {
+      auto* m = static_cast<std::pair<uint8_t*, size_t>*>(q);
+      munmap(m->first, m->second);
+      delete m;
+    });
+    return py::array_t<uint8_t>({static_cast<py::ssize_t>(used)}, {1}, owned->first, owner);
+  }
+
+ private:
+  FreshMapping(uint8_t* p, size_t n) : p_(p), n_(n) {
+    // No MADV_HUGEPAGE: on the test VM (THP "madvise", defrag "madvise") it made the
+    // kernel compact memory on fault, 4x the system time of 4 KiB faults (1.8 s per GB).
+    // Neither MAP_POPULATE nor one MADV_POPULATE_WRITE of the whole buffer up front
+    // pays: the stream waits for it. The Prefaulter does it beside the stream.
+    if (n >= kPrefaultMinBytes) prefaulter_ = std::make_unique<Prefaulter>(p, n);
+  }
+
+  uint8_t* p_;
+  const size_t n_;
+  std::unique_ptr<Prefaulter> prefaulter_;  // while the stream fills the mapping
+};
+
+// One tensor of a one-buffer load as handed back to Python.
+struct Placed {
+  codec::TensorInfo info;
+  size_t offset = 0;  // in the buffer
+};
+
+// Receives the verified stream into its final memory, in one of three ways: the
+// caller's target tensors; one fresh buffer sized from the stream's begin message (a
+// state dict); or a fresh buffer per tensor, handed to on_tensor as soon as the tensor
+// is verified (a stream of separately owned tensors).
 class PlacingSink : public client::WeightsSink {
  public:
   struct Target {
@@ -76,35 +195,39 @@ class PlacingSink : public client::WeightsSink {
     std::vector<int64_t> shape;
   };
 
-  PlacingSink(std::string label, std::optional<std::map<std::string, Target>> targets,
-              py::object on_tensor)
-      : label_(std::move(label)), targets_(std::move(targets)), on_tensor_(std::move(on_tensor)) {}
-  ~PlacingSink() override {
-    if (map_ != nullptr) munmap(map_, map_bytes_);
-  }
+  // `each`: a buffer per tensor, on_tensor(name, proto dtype, shape, uint8 array);
+  // otherwise on_tensor(name) (may be None) after each tensor, and the tensors go into
+  // `targets` or, if there are none, into one buffer.
+  // on_begin: None or callable(metadata dict), called once, when the stream begins.
+  PlacingSink(std::string label, std::optional<std::map<std::string, Target>> targets, bool each,
+              py::object on_tensor, py::object on_begin)
+      : label_(std::move(label)),
+        targets_(std::move(targets)),
+        each_(each),
+        on_tensor_(std::move(on_tensor)),
+        on_begin_(std::move(on_begin)) {}
 
   absl::Status Begin(const v1::StreamBegin& begin) override {
     for (const auto& [k, v] : begin.safetensors_metadata()) metadata_[k] = v;
-    if (targets_) return absl::OkStatus();
+    if (!on_begin_.is_none()) {
+      py::gil_scoped_acquire gil;
+      try {
+        on_begin_(py::cast(metadata_));
+      } catch (py::error_already_set& e) {
+        callback_error_ = std::move(e);
+        return absl::CancelledError(absl::StrCat(label_, ": stopped by on_begin"));
+      }
+    }
+    if (targets_ || each_) return absl::OkStatus();
     capacity_ = begin.total_bytes() + kAlign * static_cast<uint64_t>(begin.num_tensors());
     if (capacity_ == 0) return absl::OkStatus();
-    map_bytes_ = capacity_;
-    void* p = mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-      map_bytes_ = 0;
-      return absl::ResourceExhaustedError(absl::StrCat(
-          label_, ": cannot map ", capacity_, " bytes for the state dict: ", std::strerror(errno)));
-    }
-    // No MADV_HUGEPAGE: on the test VM (THP "madvise", defrag "madvise") it made the
-    // kernel compact memory on fault, 2-3x the system time of 4 KiB faults; neither did
-    // MADV_POPULATE_WRITE save time (tests/bench/python_load_bench.py, measured by hand).
-    map_ = static_cast<uint8_t*>(p);
+    DS_ASSIGN_OR_RETURN(buffer_, FreshMapping::Create(capacity_, label_ + ": the state dict"));
     return absl::OkStatus();
   }
 
   absl::Status TensorBegin(const codec::TensorInfo& info) override {
     filled_ = 0;
-    name_ = info.name;
+    info_ = info;
     if (targets_) {
       auto it = targets_->find(info.name);
       if (it == targets_->end()) {
@@ -123,36 +246,58 @@ class PlacingSink : public client::WeightsSink {
             got_name));
       }
       dest_ = t.data;
+      base_ = 0;
+    } else if (each_) {
+      tensor_.reset();
+      dest_ = nullptr;
+      if (info.num_bytes() > 0) {
+        DS_ASSIGN_OR_RETURN(tensor_, FreshMapping::Create(
+                                         info.num_bytes(), absl::StrCat(label_, ": tensor '",
+                                                                        info.name, "'")));
+        dest_ = tensor_->data();
+      }
+      base_ = 0;
     } else {
       const size_t offset = AlignUp(used_);
-      if (offset + info.num_bytes() > capacity_) {
+      if (buffer_ == nullptr || offset + info.num_bytes() > capacity_) {
         return absl::DataLossError(absl::StrCat(label_, ": malformed stream: tensor '", info.name,
                                                 "' goes beyond the ", capacity_,
                                                 " bytes the begin message announced"));
       }
-      dest_ = map_ + offset;
+      dest_ = buffer_->data() + offset;
+      base_ = offset;
       placed_.push_back({info, offset});
     }
     return absl::OkStatus();
   }
 
   absl::Status Data(absl::Span<const uint8_t> data) override {
+    kept_bytes_ += std::exchange(continued_, 0);  // the resumed stream brings the rest
     std::memcpy(dest_ + filled_, data.data(), data.size());
     filled_ += data.size();
+    FreshMapping* fresh = each_ ? tensor_.get() : buffer_.get();
+    if (fresh != nullptr) fresh->WriterAt(base_ + filled_);
     return absl::OkStatus();
   }
 
   absl::Status TensorEnd() override {
-    if (!targets_) {
+    if (!targets_ && !each_) {
       used_ = placed_.back().offset + placed_.back().info.num_bytes();
       finished_ = placed_.size();
-    } else {
-      ++finished_;
     }
     if (on_tensor_.is_none()) return absl::OkStatus();
     py::gil_scoped_acquire gil;
     try {
-      on_tensor_(py::str(name_));
+      if (each_) {
+        py::array_t<uint8_t> array = tensor_ != nullptr
+                                         ? tensor_->TakeArray(info_.num_bytes())
+                                         : py::array_t<uint8_t>(0);
+        tensor_.reset();
+        on_tensor_(info_.name, static_cast<int>(proto::ToProtoDType(info_.dtype)),
+                   py::tuple(py::cast(info_.shape)), std::move(array));
+      } else {
+        on_tensor_(py::str(info_.name));
+      }
     } catch (py::error_already_set& e) {
       callback_error_ = std::move(e);
       return absl::CancelledError(absl::StrCat(label_, ": stopped by on_tensor"));
@@ -161,21 +306,20 @@ class PlacingSink : public client::WeightsSink {
   }
 
   void DropUnfinished() override {
-    if (!targets_) placed_.resize(finished_);
+    if (!targets_ && !each_) placed_.resize(finished_);
+    tensor_.reset();
   }
 
-  // Hands the buffer to Python (a numpy array that unmaps it when it goes).
+  // The bytes so far of the tensor cut midway stay (dest_, filled_ unchanged); they count
+  // as kept once the resumed stream goes on (a resume that fails first counts none).
+  void Continue(uint64_t offset) override { continued_ = offset; }
+  uint64_t kept_bytes() const { return kept_bytes_; }
+
+  // One-buffer loads: hands the buffer to Python (a numpy array that unmaps it when it
+  // goes); None if no byte came.
   py::object TakeBuffer() {
-    if (map_ == nullptr) return py::none();
-    uint8_t* p = map_;
-    const size_t n = map_bytes_;
-    map_ = nullptr;
-    py::capsule owner(new std::pair<uint8_t*, size_t>(p, n), [](void* q) {
-      auto* m = static_cast<std::pair<uint8_t*, size_t>*>(q);
-      munmap(m->first, m->second);
-      delete m;
-    });
-    return py::array_t<uint8_t>({static_cast<py::ssize_t>(used_)}, {1}, p, owner);
+    if (buffer_ == nullptr) return py::none();
+    return buffer_->TakeArray(used_);
   }
 
   const std::vector<Placed>& placed() const { return placed_; }
@@ -185,15 +329,25 @@ class PlacingSink : public client::WeightsSink {
  private:
   const std::string label_;
   const std::optional<std::map<std::string, Target>> targets_;
-  py::object on_tensor_;
-  uint8_t* map_ = nullptr;
-  size_t map_bytes_ = 0, capacity_ = 0, used_ = 0;
+  const bool each_;
+  py::object on_tensor_, on_begin_;
+  std::unique_ptr<FreshMapping> buffer_;  // one-buffer loads
+  size_t capacity_ = 0, used_ = 0;
+  std::unique_ptr<FreshMapping> tensor_;  // `each`: the tensor being received
+  codec::TensorInfo info_;                // the tensor being received
   uint8_t* dest_ = nullptr;
+  size_t base_ = 0;  // of dest_ in its FreshMapping
   size_t filled_ = 0, finished_ = 0;
-  std::string name_;  // of the tensor being received
+  uint64_t kept_bytes_ = 0;  // of tensors cut midway, not fetched again on resume
+  uint64_t continued_ = 0;   // Continue's offset until the next Data
   std::vector<Placed> placed_;
   std::map<std::string, std::string> metadata_;
   std::optional<py::error_already_set> callback_error_;
+};
+
+// Stops a load from another thread (PullOptions::cancel: checked after every message).
+struct CancelFlag {
+  std::atomic<bool> flag{false};
 };
 
 class Puller {
@@ -216,7 +370,8 @@ class Puller {
   py::tuple Load(const std::string& task, int out_dtype, const std::vector<std::string>& include,
                  const std::string& include_regex, uint32_t chunk_bytes, uint32_t retries,
                  double reconnect_timeout, double deadline, py::object targets,
-                 py::object on_tensor, py::dict figures) {
+                 py::object on_tensor, py::dict figures, bool each, py::object cancel,
+                 py::object on_begin) {
     client::SinkPullOptions options;
     if (out_dtype != 0) {
       absl::StatusOr<codec::DType> d = proto::FromProtoDType(static_cast<v1::DType>(out_dtype));
@@ -229,6 +384,7 @@ class Puller {
     options.retries = retries;
     options.reconnect_timeout = absl::Seconds(reconnect_timeout);
     options.deadline = absl::Seconds(deadline);
+    if (!cancel.is_none()) options.pull.cancel = &cancel.cast<CancelFlag&>().flag;
     std::optional<std::map<std::string, PlacingSink::Target>> places;
     if (!targets.is_none()) {
       places.emplace();
@@ -241,7 +397,7 @@ class Puller {
     }
     const std::string label =
         absl::StrCat("StreamWeights '", tenant_.empty() ? "" : tenant_ + "/", task, "'");
-    PlacingSink sink(label, std::move(places), on_tensor);
+    PlacingSink sink(label, std::move(places), each, on_tensor, on_begin);
     absl::Status status;
     client::PullStats stats;
     {
@@ -253,6 +409,7 @@ class Puller {
     figures["seconds"] = stats.seconds;
     figures["first_tensor_seconds"] = stats.first_tensor_seconds;
     figures["resumes"] = stats.resumed;
+    figures["kept_bytes"] = sink.kept_bytes();
     if (sink.callback_error()) throw *std::move(sink.callback_error());
     ThrowIfError(status);
     py::list tensors;
@@ -283,5 +440,9 @@ PYBIND11_MODULE(_pull, m) {
       .def("load", &Puller::Load, py::arg("task"), py::arg("out_dtype"), py::arg("include"),
            py::arg("include_regex"), py::arg("chunk_bytes"), py::arg("retries"),
            py::arg("reconnect_timeout"), py::arg("deadline"), py::arg("targets"),
-           py::arg("on_tensor"), py::arg("figures"));
+           py::arg("on_tensor"), py::arg("figures"), py::arg("each") = false,
+           py::arg("cancel") = py::none(), py::arg("on_begin") = py::none());
+  py::class_<CancelFlag>(m, "Cancel")
+      .def(py::init<>())
+      .def("set", [](CancelFlag& c) { c.flag = true; });
 }

@@ -2,18 +2,24 @@
 pull_module.cc): the fast path of Client.load_state_dict and Client.load_into.
 
 The C++ client (client/client.h) checks the same framing and XXH3-64 checksums as
-deltaserve/_stream.py, resumes a dropped stream from the tensor after the last verified
-one, and writes every tensor's bytes straight into their final memory with the GIL
+deltaserve/_stream.py, resumes a dropped stream at the byte where it stopped (within the
+tensor it cut, else from the next tensor), and writes every tensor's bytes straight into their final memory with the GIL
 released for the whole stream: a new state dict lives in one fresh buffer (64-byte
 aligned views, freed when its last tensor goes); load_into writes into the
 model's own storage. Errors are the same DeltaserveError (gRPC code + the server's
 message, prefixed with the call and task) as on the grpcio path.
 
+stream() serves stream_weights and pull_dir: the C++ client runs on a thread of its own
+and hands over each tensor, in a fresh buffer of its own, as soon as it is verified.
+
 The grpcio path (deltaserve/_stream.py) is used instead when the module was not built
 (no pybind11), when the Client was made with native=False or DELTASERVE_NATIVE=0 is in
-the environment, and for what this path does not do: stream_weights (a generator of
-separately owned arrays), pull_dir, and load_into a model with tensors off the CPU.
+the environment, and for load_into a model with tensors off the CPU.
 """
+import queue
+import threading
+import time
+
 import grpc
 
 from deltaserve._stream import StreamStats
@@ -41,22 +47,27 @@ def _puller(client, tenant):
 
 
 def load(client, task, include, include_regex, dtype, targets=None, progress=None,
-         chunk_bytes=0):
+         chunk_bytes=0, each=False, cancel=None):
     """Streams `task` through the C++ client. targets None: returns (uint8 numpy buffer
     or None, [(name, proto dtype, shape, offset)]) of a fresh buffer; else writes into
     targets ({name: (address, nbytes, proto dtype, shape)}) and returns (None, []).
-    progress: None or callable(name) after each verified tensor. Sets
-    client.last_stream."""
+    progress: None or callable(name) after each verified tensor; with each=True
+    callable(name, proto dtype, shape, uint8 array of the tensor's own) instead, and
+    (None, []) is returned. cancel: None or a _pull.Cancel. Sets client.last_stream."""
     request = client._weights_request(task, include, include_regex, dtype, chunk_bytes)
     stats = client.last_stream = StreamStats()
     deadline = client.stream_timeout or 0
     puller = _puller(client, request.tenant)
     figures = {}
+
+    def began(metadata):  # known before the first tensor (pull_dir writes shards early)
+        stats.metadata = dict(metadata)
+
     try:
         buf, tensors, metadata = puller.load(
             request.task, request.out_dtype, list(request.include), request.include_regex,
             request.chunk_bytes, client.retries, client.reconnect_timeout, deadline, targets,
-            progress, figures)
+            progress, figures, each, cancel, began)
     except _pull.PullError as e:
         code, message = e.args
         raise DeltaserveError(grpc.StatusCode[_CODE_NAMES.get(code, "UNKNOWN")],
@@ -67,5 +78,68 @@ def load(client, task, include, include_regex, dtype, targets=None, progress=Non
         stats.seconds = figures.get("seconds", 0.0)
         stats.first_tensor_seconds = figures.get("first_tensor_seconds", 0.0)
         stats.resumes = figures.get("resumes", 0)
+        stats.kept_bytes = figures.get("kept_bytes", 0)
     stats.metadata = dict(metadata)
     return buf, tensors
+
+
+class _Stopped(Exception):
+    """Raised in the pull's thread when the consumer of stream() went away."""
+
+
+def stream(client, task, include, include_regex, dtype, chunk_bytes=0):
+    """Yields (name, proto dtype, shape, uint8 numpy array owning the tensor's bytes) for
+    every tensor of `task` in stream order, each as soon as it is verified. The pull runs
+    on a thread of its own (the C++ client, GIL released) at most one tensor ahead of
+    the consumer: memory is the tensors the consumer keeps plus two. Closing the
+    generator early stops the pull (Cancel: after the message being read). Errors are
+    raised by the generator; client.last_stream as for load(). client.stream_timeout
+    bounds the whole iteration, as on the grpcio path: a consumer that holds the stream
+    past it gets DEADLINE_EXCEEDED, even for tensors that arrived in time."""
+    deadline = None if client.stream_timeout is None else (
+        time.monotonic() + client.stream_timeout)
+    handoff = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    cancel = _pull.Cancel()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def on_tensor(name, proto_dtype, shape, array):
+        if not put(("tensor", (name, proto_dtype, shape, array))):
+            raise _Stopped()
+
+    def run():
+        try:
+            load(client, task, include, include_regex, dtype, progress=on_tensor,
+                 chunk_bytes=chunk_bytes, each=True, cancel=cancel)
+            put(("end", None))
+        except BaseException as e:  # noqa: B036 - handed to the consumer, who raises it
+            put(("error", e))
+
+    thread = threading.Thread(target=run, name="deltaserve-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeltaserveError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"{client._label('StreamWeights', task)}: deadline of "
+                    f"{client.stream_timeout} s exceeded")
+            yield value
+    finally:
+        stop.set()
+        cancel.set()
+        # Gone within a message unless the server is silent; then it ends on its own.
+        thread.join(timeout=1.0)

@@ -31,11 +31,15 @@ class StreamStats:
         self.seconds = 0.0
         self.first_tensor_seconds = 0.0
         self.resumes = 0
+        # Bytes of tensors a dropped stream cut midway that the resumed stream did not
+        # fetch again (it started at the next byte: resume_from_offset).
+        self.kept_bytes = 0
         self.metadata = {}  # StreamBegin.safetensors_metadata
 
     def __repr__(self):
         return (f"StreamStats(tensors={self.tensors}, bytes={self.bytes}, "
-                f"seconds={self.seconds:.3f}, resumes={self.resumes})")
+                f"seconds={self.seconds:.3f}, resumes={self.resumes}, "
+                f"kept_bytes={self.kept_bytes})")
 
 
 _METHOD = "/deltaserve.v1.DeltaService/StreamWeights"
@@ -98,21 +102,29 @@ def verified_tensors(client, label, request, alloc, stats):
     of header.byte_length bytes that receives the data (a fresh buffer, or the storage of
     the tensor being loaded in place); it may raise DeltaserveError to refuse a tensor.
 
-    Resume: when the connection drops (UNAVAILABLE) the call is made again from the
-    tensor after the last verified one (resume_from_index), at most client.retries times,
-    each after waiting for the channel to be ready again; the task must still be the same
-    commit (created_unix, base hash, size), else ABORTED. The whole stream, retries
-    included, must finish within client.stream_timeout seconds (None: no deadline)."""
+    Resume: when the connection drops (UNAVAILABLE) the call is made again, at most
+    client.retries times, each after waiting for the channel to be ready again: at the
+    byte where the stream stopped when it cut a tensor midway (resume_from_index = that
+    tensor, resume_from_offset = the bytes received: they stay in its buffer, and the
+    whole tensor's checksum is checked at its end; stats.kept_bytes counts them), else
+    from the tensor after the last verified one. The task must still be the same commit
+    (created_unix, base hash, size), else ABORTED. The whole stream, retries included,
+    must finish within client.stream_timeout seconds (None: no deadline). As the C++
+    client's PullWeightsToSink (client/client_pull_sink.cc)."""
     start = time.monotonic()
     deadline = None if client.stream_timeout is None else start + client.stream_timeout
     first_task = None
     next_index = None  # container index to resume from
+    cut = None  # (header, buffer, hasher, bytes received) of a tensor cut midway
     attempts = 0
     while True:
         req = pb.StreamWeightsRequest()
         req.CopyFrom(request)
         if next_index is not None:
             req.resume_from_index = next_index
+        if cut is not None:
+            req.resume_from_index = cut[0].index
+            req.resume_from_offset = cut[3]
         req.checksum_after_data = True
         timeout = None if deadline is None else deadline - time.monotonic()
         if timeout is not None and timeout <= 0:
@@ -126,7 +138,7 @@ def verified_tensors(client, label, request, alloc, stats):
         began = ended = False
         header = buf = hasher = expected = None
         received = 0
-        got_tensors = got_bytes = 0
+        got_tensors = got_bytes = 0  # of this stream: tensors ended, chunk bytes
         begin = None
         try:
             for raw in call:
@@ -162,6 +174,7 @@ def verified_tensors(client, label, request, alloc, stats):
                     buf[received:received + n] = memoryview(data)
                     hasher.update(data)
                     received += n
+                    got_bytes += n
                 elif kind == "header":
                     if not began or header is not None or ended:
                         raise data_loss(label, "malformed stream: tensor header out of place")
@@ -184,10 +197,26 @@ def verified_tensors(client, label, request, alloc, stats):
                     if header.checksum_follows and header.byte_length == 0:
                         raise data_loss(label, f"malformed stream: empty tensor "
                                         f"'{header.name}' announces a checksum to follow")
-                    buf = alloc(header)
-                    hasher = xxhash.xxh3_64()
-                    received = 0
-                    expected = None if header.checksum_follows else header.xxh3_64
+                    if cut is not None:
+                        # The tensor cut midway, from the byte where it stopped; its
+                        # checksum is in this header (never checksum_follows here).
+                        was = cut[0]
+                        if (header.index, header.name, header.dtype, header.byte_length,
+                                header.checksum_follows) != (was.index, was.name, was.dtype,
+                                                             was.byte_length, False):
+                            raise data_loss(label, f"malformed stream: resumed tensor "
+                                            f"'{was.name}' (index {was.index}) came back as "
+                                            f"'{header.name}' (index {header.index}, "
+                                            f"{header.byte_length} bytes)")
+                        _, buf, hasher, received = cut
+                        cut = None
+                        stats.kept_bytes += received
+                        expected = header.xxh3_64
+                    else:
+                        buf = alloc(header)
+                        hasher = xxhash.xxh3_64()
+                        received = 0
+                        expected = None if header.checksum_follows else header.xxh3_64
                 elif kind == "begin":
                     if began:
                         raise data_loss(label, "malformed stream: second begin message")
@@ -229,7 +258,6 @@ def verified_tensors(client, label, request, alloc, stats):
                     done, done_buf = header, buf
                     header = buf = hasher = expected = None
                     got_tensors += 1
-                    got_bytes += received
                     stats.tensors += 1
                     stats.bytes += received
                     next_index = done.index + 1
@@ -253,6 +281,9 @@ def verified_tensors(client, label, request, alloc, stats):
                 continue
             attempts += 1
             stats.resumes += 1
+            if header is not None:
+                # Cut midway: resume at the next byte (else the tensor comes again whole).
+                cut = (header, buf, hasher, received) if received > 0 else None
             _wait_for_channel(client, label, deadline, e)
             if next_index is None:
                 next_index = 0  # dropped before the first tensor: start again

@@ -103,10 +103,11 @@ def _write_atomically(path, pieces):
 
 
 def _write_shard(path, tensors, metadata):
-    """One safetensors file of [(header, uint8 buffer)], data in the given order, with
-    the header codec::WriteSafetensors writes (deltactl pull --out-dir: the same bytes)."""
-    head = header_bytes([(h.name, h.dtype, tuple(h.shape)) for h, _ in tensors], metadata)
-    _write_atomically(path, [head] + [memoryview(buf) for _, buf in tensors])
+    """One safetensors file of [(name, proto dtype, shape, uint8 buffer)], data in the
+    given order, with the header codec::WriteSafetensors writes (deltactl pull --out-dir:
+    the same bytes)."""
+    head = header_bytes([(name, dt, shape) for name, dt, shape, _ in tensors], metadata)
+    _write_atomically(path, [head] + [memoryview(buf) for _, _, _, buf in tensors])
 
 
 def pull_dir(client, task, out_dir, shard_bytes=5_000_000_000, dtype=None):
@@ -116,11 +117,11 @@ def pull_dir(client, task, out_dir, shard_bytes=5_000_000_000, dtype=None):
     greedily into model-0000i-of-0000N.safetensors shards of at most `shard_bytes` of
     tensor data (a larger tensor alone), each with the server's safetensors metadata;
     model.safetensors.index.json with "weight_map" and metadata.total_size (the sum of
-    the tensors' bytes); and the task's side files, each verified. Memory: one shard.
+    the tensors' bytes); and the task's side files, each verified. Memory: one shard
+    (on the native path, Client.native, plus up to two tensors in flight).
     Returns {"shards": [...], "side_files": [...], "total_size": n}."""
     if shard_bytes <= 0:
         raise invalid_argument(f"shard_bytes must be positive, got {shard_bytes}")
-    import numpy as np
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
@@ -130,14 +131,14 @@ def pull_dir(client, task, out_dir, shard_bytes=5_000_000_000, dtype=None):
     def flush():
         tmp = os.path.join(out_dir, f".pull-shard-{len(done)}")
         _write_shard(tmp, current, client.last_stream.metadata)
-        done.append((tmp, [h.name for h, _ in current]))
+        done.append((tmp, [name for name, _, _, _ in current]))
 
-    for header, buf in client.stream_tensors(task, lambda h: np.empty(h.byte_length, np.uint8),
-                                             dtype=dtype):
+    for tensor in client._tensor_stream(task, dtype=dtype):
+        buf = tensor[3]
         if current and used + buf.size > shard_bytes:
             flush()
             current, used = [], 0
-        current.append((header, buf))
+        current.append(tensor)
         used += buf.size
         total += buf.size
     flush()

@@ -10,6 +10,7 @@ with the same environment variables: DELTASERVE_SERVER (default 127.0.0.1:50051)
 DELTASERVE_TOKEN, DELTASERVE_TENANT. Every failure raises DeltaserveError (code +
 message, deltaserve/errors.py). A Client is thread-safe (one gRPC channel).
 """
+import json
 import mmap
 import os
 
@@ -29,6 +30,14 @@ _MAX_MESSAGE_BYTES = 64 << 20
 _UPLOAD_CHUNK_BYTES = 1 << 20
 # Call metadata naming the task a call is about (proto/protocol.h kTaskRouteHeader).
 _ROUTE_HEADER = "x-deltaserve-task"
+# The read-only unary calls are tried again when they fail UNAVAILABLE (at most twice,
+# 0.1-1 s apart): a channel whose connection died with a restarted server finds out only
+# when it sends the next call on it ("Socket closed"), which would otherwise fail.
+_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "deltaserve.v1.DeltaService", "method": m}
+             for m in ("GetTask", "ListTasks", "GetBase", "GetSideFile")],
+    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})
 
 
 def container_base_hash(view):
@@ -54,11 +63,11 @@ class Client:
     stream_timeout: deadline in seconds of a whole download, resumes included (default
       None: none). retries: resumes of a download after a dropped connection (default 3);
       reconnect_timeout: seconds each resume waits for the server to come back (default 10).
-    native: load_state_dict and load_into stream through the project's C++ client
-      (deltaserve/_native.py: the bytes go straight into tensor memory, the GIL released)
-      when it was built; False: always through grpcio (deltaserve/_stream.py). Default:
-      True unless DELTASERVE_NATIVE=0 is in the environment. Both give the same tensors,
-      StreamStats and errors.
+    native: load_state_dict, load_into, stream_weights and pull_dir stream through the
+      project's C++ client (deltaserve/_native.py: the bytes go straight into tensor
+      memory, the GIL released) when it was built; False: always through grpcio
+      (deltaserve/_stream.py). Default: True unless DELTASERVE_NATIVE=0 is in the
+      environment. Both give the same tensors, StreamStats and errors.
     The channel connects lazily: an unreachable server shows as UNAVAILABLE on the first
     call.
     """
@@ -88,7 +97,9 @@ class Client:
                    # Reconnect promptly when a restarted server comes back (resume).
                    ("grpc.initial_reconnect_backoff_ms", 100),
                    ("grpc.min_reconnect_backoff_ms", 100),
-                   ("grpc.max_reconnect_backoff_ms", 1000)]
+                   ("grpc.max_reconnect_backoff_ms", 1000),
+                   ("grpc.enable_retries", 1),
+                   ("grpc.service_config", _SERVICE_CONFIG)]
         if tls or ca:
             root = None
             if ca:
@@ -263,14 +274,28 @@ class Client:
         "f16" or "bf16" for every F32/F16/BF16 tensor (default: each tensor's recorded
         dtype; tensors of other dtypes, e.g. I64 or BOOL buffers, always come in their
         own). Arrays have dtypes.numpy_dtype: BF16 as uint16 and F8_* as uint8 holding
-        the raw bits. A dropped connection resumes from the next tensor (Client.retries)."""
+        the raw bits. A dropped connection resumes at the byte where it stopped
+        (Client.retries; deltaserve._stream.verified_tensors)."""
+        for name, proto_dtype, shape, buf in self._tensor_stream(task, include, include_regex,
+                                                                  dtype, chunk_bytes):
+            yield name, buf.view(dtypes.numpy_dtype(proto_dtype)).reshape(shape)
+
+    def _tensor_stream(self, task, include=None, include_regex=None, dtype=None,
+                       chunk_bytes=0):
+        """Yields (name, proto dtype, shape tuple, uint8 numpy array of its own) for every
+        verified tensor of `task`: through the C++ client (deltaserve._native.stream)
+        when self.native, else through grpcio (stream_tensors)."""
+        if self.native:
+            from deltaserve import _native
+            yield from _native.stream(self, task, include, include_regex, dtype, chunk_bytes)
+            return
+
         def alloc(header):
             return np.empty(header.byte_length, dtype=np.uint8)
 
         for header, buf in self.stream_tensors(task, alloc, include, include_regex, dtype,
                                                chunk_bytes):
-            yield header.name, buf.view(dtypes.numpy_dtype(header.dtype)).reshape(
-                tuple(header.shape))
+            yield header.name, header.dtype, tuple(header.shape), buf
 
     def load_state_dict(self, task, include=None, include_regex=None, dtype=None,
                         progress=None):

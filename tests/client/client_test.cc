@@ -250,12 +250,22 @@ TEST_F(ClientTest, StreamDeltaVerifiesSizeAndChecksum) {
   EXPECT_FALSE(std::filesystem::exists(Path("bad.dds.tmp")));
 }
 
-// PullWeightsToSink (the Python binding's pull): a stream failing UNAVAILABLE after a
-// verified tensor resumes from the next one; the sink ends with every tensor once.
-TEST_F(ClientTest, PullWeightsToSinkResumesFromTheNextTensor) {
-  service_.unavailable_once_at = 1;  // b.weight: 44 bytes, dropped after its first chunk
+// A MemorySink that remembers the offsets of Continue.
+class ContinueRecordingSink : public MemorySink {
+ public:
+  using MemorySink::MemorySink;
+  void Continue(uint64_t offset) override { continued.push_back(offset); }
+  std::vector<uint64_t> continued;
+};
+
+// PullWeightsToSink (the Python binding's pull): a stream failing UNAVAILABLE midway
+// through a tensor resumes at the byte where it stopped (resume_from_offset), the sink
+// keeping the bytes it had (Continue, no DropUnfinished); it ends with every tensor
+// once, each verified whole.
+TEST_F(ClientTest, PullWeightsToSinkResumesMidTensorAtTheByte) {
+  service_.unavailable_once_at = 1;  // a.bias: 44 bytes, dropped after its first 7-byte chunk
   PulledModel model;
-  MemorySink sink(&model);
+  ContinueRecordingSink sink(&model);
   SinkPullOptions options;
   PullStats stats;
   ASSERT_THAT(client_->PullWeightsToSink("chat", &sink, options, &stats), IsOk());
@@ -266,10 +276,28 @@ TEST_F(ClientTest, PullWeightsToSinkResumesFromTheNextTensor) {
   }
   EXPECT_EQ(model.metadata, service_.metadata);
   EXPECT_EQ(stats.tensors, 4u);
-  EXPECT_EQ(stats.bytes, 122u);  // verified bytes only: the dropped tensor counts once
+  EXPECT_EQ(stats.bytes, 122u);  // verified bytes only: the cut tensor counts once
   EXPECT_EQ(stats.resumed, 1u);
+  EXPECT_THAT(sink.continued, ElementsAreArray({uint64_t{7}}));
   EXPECT_EQ(service_.last_stream.resume_from_index(), 1u);
+  EXPECT_EQ(service_.last_stream.resume_from_offset(), 7u);
   EXPECT_TRUE(service_.last_stream.checksum_after_data());
+}
+
+// A cut tensor's kept bytes are still checked: a resumed stream whose rest does not
+// hash to the tensor's checksum is DATA_LOSS, and the sink drops the tensor.
+TEST_F(ClientTest, PullWeightsToSinkResumedTensorIsVerifiedWhole) {
+  service_.unavailable_once_at = 0;  // b.weight, after its first 7 bytes
+  service_.fault = Fault::kBadChecksum;
+  PulledModel model;
+  MemorySink sink(&model);
+  PullStats stats;
+  EXPECT_THAT(client_->PullWeightsToSink("chat", &sink, SinkPullOptions(), &stats),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("'b.weight' checksum mismatch")));
+  EXPECT_EQ(stats.resumed, 1u);
+  EXPECT_EQ(service_.last_stream.resume_from_offset(), 7u);
+  EXPECT_EQ(stats.tensors, 0u);
+  EXPECT_TRUE(model.tensors.empty());
 }
 
 TEST_F(ClientTest, PullWeightsToSinkRetriesAreBoundedAndReplacedTasksAborted) {

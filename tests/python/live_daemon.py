@@ -118,3 +118,95 @@ def expect_error(fn, code, *substrings):
 
 def wait(seconds):
     time.sleep(seconds)
+
+
+class StallingProxy:
+    """A TCP proxy on 127.0.0.1:<port> in front of `target_port`, for cutting a stream at
+    a byte the test chooses: after arm(n), the connection that carries the n-th byte
+    from the server to the client (counted over every connection since arm) stops
+    forwarding there (stalled is set): the client has received every byte before it and
+    waits, also when the server goes away meanwhile. cut() then closes that connection;
+    others and later ones are forwarded whole (to whatever listens on target_port then,
+    e.g. a restarted daemon)."""
+
+    def __init__(self, target_port):
+        import socket
+        import threading
+        self._socket, self._threading = socket, threading
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.addr = f"127.0.0.1:{self.port}"
+        self._lock = threading.Lock()
+        self._left = None  # bytes server -> client until the stall, once armed
+        self._victim = None  # (client socket, server socket) of the stalled connection
+        self.stalled = threading.Event()
+        self._resume = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, n):
+        with self._lock:
+            self._left = n
+            self.stalled.clear()
+            self._resume.clear()
+
+    def cut(self):
+        """Closes the stalled connection (the client sees it drop)."""
+        with self._lock:
+            victim, self._victim = self._victim, None
+        if victim:
+            for s in victim:
+                try:
+                    s.shutdown(self._socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self._resume.set()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = self._socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            for args in ((client, server, False), (server, client, True)):
+                self._threading.Thread(target=self._pump, args=args, daemon=True).start()
+
+    def _pump(self, src, dst, downstream):
+        try:
+            while True:
+                data = src.recv(1 << 20)
+                if not data:
+                    break
+                if downstream:
+                    with self._lock:
+                        left = self._left
+                        if left is not None:
+                            if len(data) < left:
+                                self._left = left - len(data)
+                            else:  # this connection is the one cut
+                                self._left = None
+                                self._victim = (src, dst)
+                                dst.sendall(data[:left])
+                                self.stalled.set()
+                                data = None
+                    if data is None:
+                        self._resume.wait()
+                        break
+                dst.sendall(data)
+        except OSError:
+            pass
+        with self._lock:
+            stalled = self._victim is not None and src in self._victim
+        if stalled:
+            self._resume.wait()  # the client sees the stalled connection drop at cut()
+        for s in (src, dst):
+            try:
+                s.shutdown(self._socket.SHUT_RDWR)
+            except OSError:
+                pass
+        src.close()

@@ -164,7 +164,8 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
                     C.DEADLINE_EXCEEDED, "ListTasks")
     d.check(time.monotonic() - t0 < 2.5, "the 0.5 s deadline was not honoured")
     slow.stop(0)
-    # A corrupted tensor: DATA_LOSS naming it (the checksum is flipped on arrival).
+    # A corrupted tensor: DATA_LOSS naming it (the grpcio reader's checksum is flipped on
+    # arrival; the C++ client's is checked with a corrupt server below).
     real = _stream.xxhash.xxh3_64
 
     class Flipped:
@@ -179,12 +180,13 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
 
     _stream.xxhash.xxh3_64 = Flipped
     try:
-        ld.expect_error(lambda: list(acme.stream_weights("chat")), C.DATA_LOSS,
+        grpcio_only = Client(daemon.addr, token=d.ACME_TOKEN, timeout=20, native=False)
+        ld.expect_error(lambda: list(grpcio_only.stream_weights("chat")), C.DATA_LOSS,
                         "tensor 'a.weight' checksum mismatch")
     finally:
         _stream.xxhash.xxh3_64 = real
     # A corrupted stream from a server: an in-process one whose tensor checksum is off
-    # by one; load_state_dict refuses it on either path.
+    # by one; load_state_dict and stream_weights refuse it on either path.
     class Corrupt(pb_grpc.DeltaServiceServicer):
         def StreamWeights(self, request, context):
             data = bytes(range(256)) * 4
@@ -200,6 +202,8 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
     corrupt_port = corrupt.add_insecure_port("127.0.0.1:0")
     corrupt.start()
     ld.expect_error(lambda: Client(f"127.0.0.1:{corrupt_port}").load_state_dict("chat"),
+                    C.DATA_LOSS, "StreamWeights 'chat'", "tensor 'x' checksum mismatch")
+    ld.expect_error(lambda: list(Client(f"127.0.0.1:{corrupt_port}").stream_weights("chat")),
                     C.DATA_LOSS, "StreamWeights 'chat'", "tensor 'x' checksum mismatch")
     corrupt.stop(0)
     d.check(issubclass(DeltaserveError, Exception), "DeltaserveError is an Exception")

@@ -1,7 +1,8 @@
 """python_client_resume: a stream survives the daemon being killed (SIGKILL) and started
 again on the same port and database mid-stream. stream_weights resumes from the tensor
-after the last verified one (StreamWeightsRequest.resume_from_index) and yields every
-tensor exactly once, bit-identical to `deltactl pull`; load_into likewise. Without a
+after the last verified one (StreamWeightsRequest.resume_from_index; a cut within a
+tensor resumes at that byte: python_client_resume_offset) and yields every tensor
+exactly once, bit-identical to `deltactl pull`; load_into likewise. Without a
 daemon coming back, the resume attempts end in UNAVAILABLE."""
 import tempfile
 

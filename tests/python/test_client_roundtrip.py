@@ -60,6 +60,13 @@ with tempfile.TemporaryDirectory(prefix="py-roundtrip-") as tmp:
     d.check(c.last_stream.tensors == len(SHAPES) and c.last_stream.resumes == 0,
             f"stats {c.last_stream}")
     d.log(f"stream_weights == deltactl pull: {c.last_stream}")
+    # A consumer that stops early: the pull stops with it (native: its thread is told to
+    # cancel), and the next stream is whole.
+    for i, (name, arr) in enumerate(c.stream_weights("chat", chunk_bytes=4096)):
+        d.check(name == ref[0][0] and arr.tobytes() == ref[0][3].tobytes(), "first tensor")
+        break
+    d.check([n for n, _ in c.stream_weights("chat")] == [r[0] for r in ref],
+            "stream_weights after an abandoned one")
     # The same through protobuf for every message (the path of messages chunk_view declines).
     fast = _stream.chunk_view
     _stream.chunk_view = lambda raw: None
