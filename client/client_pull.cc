@@ -196,18 +196,9 @@ absl::StatusOr<PullStats> DeltaClient::PullWeights(const std::string& task,
                                                    const std::string& out_path,
                                                    const PullOptions& options) {
   // Checked before any byte is fetched (a pull can take minutes).
-  std::error_code ec;
-  if (std::filesystem::is_directory(out_path, ec)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot write ", out_path,
-                     ": it is a directory (a checkpoint directory is written by "
-                     "PullWeightsToDirectory, deltactl pull --out-dir)"));
-  }
-  const std::filesystem::path parent = std::filesystem::path(out_path).parent_path();
-  if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot write ", out_path, ": no directory ", parent.string()));
-  }
+  DS_RETURN_IF_ERROR(common::CheckOutputFilePath(
+      out_path,
+      "a checkpoint directory is written by PullWeightsToDirectory, deltactl pull --out-dir"));
   DS_RETURN_IF_ERROR(CheckStreams(options));
   if (options.include.empty() && options.include_regex.empty()) {
     return PullPlaced(*impl_, task, out_path, options);

@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "client/internal/deltactl_command.h"
 #include "common/json.h"
+#include "common/tmp_files.h"
 #include "common/status_macros.h"
 
 namespace deltaserve::client {
@@ -79,6 +80,9 @@ int main(int argc, char** argv) {
   // itself, so BLAS runs on one thread: a container's bytes do not depend on the
   // machine's core count or OPENBLAS_NUM_THREADS (codec/FORMAT.md).
   if (openblas_set_num_threads != nullptr) openblas_set_num_threads(1);
+  // Ctrl-C during a pull, decompress or compress removes the .tmp output (as large as
+  // the model) instead of leaving it; `ulimit -f` gives an error message, not SIGXFSZ.
+  deltaserve::common::RemoveTmpFilesOnSignals();
   CLI::App app{
       "deltactl: compress finetuned models as Delta-DCT deltas against their base, "
       "inspect and evaluate them, and talk to a deltaserve server."};

@@ -15,6 +15,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/tmp_files.h"
 
 namespace deltaserve::common {
 namespace {
@@ -119,6 +120,21 @@ absl::StatusOr<std::string> ResolveContainedPath(const std::string& dir, const s
   return target;
 }
 
+absl::Status CheckOutputFilePath(const std::string& path, absl::string_view hint) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot write ", path, ": it is a directory",
+                                                   hint.empty() ? "" : " (", hint,
+                                                   hint.empty() ? "" : ")"));
+  }
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
+    return absl::NotFoundError(
+        absl::StrCat("cannot write ", path, ": no directory ", parent.string()));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
   DS_ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> file, MappedFile::Open(path));
   absl::Span<const uint8_t> bytes = file->bytes();
@@ -129,12 +145,14 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Open(const s
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoError(errno, "cannot create", tmp);
+  TrackTmpFile(tmp);
   return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, fd));
 }
 
 AtomicFileWriter::~AtomicFileWriter() {
   if (fd_ >= 0) ::close(fd_);
-  if (!committed_) ::unlink((path_ + ".tmp").c_str());
+  if (!committed_) ::unlink(tmp_path().c_str());
+  UntrackTmpFile(tmp_path());
 }
 
 absl::Status AtomicFileWriter::Append(absl::Span<const uint8_t> data) {
@@ -214,6 +232,7 @@ absl::StatusOr<std::unique_ptr<DirectFileWriter>> DirectFileWriter::Open(const s
     return absl::UnimplementedError(absl::StrCat(tmp, ": the file system refuses O_DIRECT"));
   }
   if (fd < 0) return ErrnoError(errno, "cannot create", tmp);
+  TrackTmpFile(tmp);
   return std::unique_ptr<DirectFileWriter>(new DirectFileWriter(path, fd));
 }
 
@@ -221,6 +240,7 @@ DirectFileWriter::~DirectFileWriter() {
   std::free(buf_);
   if (fd_ >= 0) ::close(fd_);
   if (!committed_) ::unlink((path_ + ".tmp").c_str());
+  UntrackTmpFile(path_ + ".tmp");
 }
 
 absl::Status DirectFileWriter::WriteBlocks(size_t bytes) {

@@ -59,6 +59,12 @@ bool IsContainedRelativePath(const std::string& rel);
 // manifest and entry it came from.
 absl::StatusOr<std::string> ResolveContainedPath(const std::string& dir, const std::string& rel);
 
+// Checks, before a long job, that a file can be created at `path`: InvalidArgument
+// "cannot write PATH: it is a directory (HINT)" if `path` is a directory (`hint` says
+// what to do instead; none when empty), NotFound "cannot write PATH: no directory DIR"
+// if its parent directory does not exist. Writes nothing.
+absl::Status CheckOutputFilePath(const std::string& path, absl::string_view hint);
+
 // Reads a whole (small) file. Same errors as MappedFile::Open.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 
