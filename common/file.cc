@@ -111,8 +111,17 @@ absl::StatusOr<std::string> ResolveContainedPath(const std::string& dir, const s
   DS_ASSIGN_OR_RETURN(const std::string root, real(root_in));
   const std::string joined = (std::filesystem::path(root_in) / rel).string();
   DS_ASSIGN_OR_RETURN(const std::string target, real(joined));
-  const std::string prefix = root == "/" ? root : root + "/";
-  if (target.compare(0, prefix.size(), prefix) != 0) {
+  auto inside = [&target](const std::string& dir) {
+    const std::string prefix = dir == "/" ? dir : dir + "/";
+    return target.compare(0, prefix.size(), prefix) == 0;
+  };
+  // A Hugging Face hub cache snapshot (models--ORG--NAME/snapshots/REV/FILE ->
+  // ../../blobs/HASH, what `huggingface-cli download` leaves) links out of its
+  // directory by design, into its own repository's blob store.
+  const std::filesystem::path root_path(root);
+  const bool hub_blob = root_path.parent_path().filename() == "snapshots" &&
+                        inside((root_path.parent_path().parent_path() / "blobs").string());
+  if (!inside(root) && !hub_blob) {
     return absl::InvalidArgumentError(absl::StrCat("path ", quoted, " resolves to ", target,
                                                    ", outside the model directory ", root,
                                                    " (a symlink?)"));
