@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
   // the model) instead of leaving it; `ulimit -f` gives an error message, not SIGXFSZ.
   deltaserve::common::RemoveTmpFilesOnSignals();
   CLI::App app{
-      "deltactl: compress finetuned models as Delta-DCT deltas against their base, "
+      "deltactl: compress finetuned models as deltas against their base (codec v2 or Delta-DCT), "
       "inspect and evaluate them, and talk to a deltaserve server."};
   app.set_version_flag("--version", "deltactl " DELTASERVE_VERSION);
   app.require_subcommand(1);
