@@ -12,8 +12,8 @@
 #include "absl/strings/str_format.h"
 #include "client/internal/deltactl_command.h"
 #include "common/json.h"
-#include "common/tmp_files.h"
 #include "common/status_macros.h"
+#include "common/tmp_files.h"
 
 namespace deltaserve::client {
 

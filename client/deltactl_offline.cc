@@ -211,8 +211,8 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
     return absl::InvalidArgumentError("side files need --out-dir");
   }
   if (!o.out.empty()) {
-    DS_RETURN_IF_ERROR(common::CheckOutputFilePath(
-        o.out, "a checkpoint directory is written by --out-dir DIR"));
+    DS_RETURN_IF_ERROR(
+        common::CheckOutputFilePath(o.out, "a checkpoint directory is written by --out-dir DIR"));
   }
   DS_ASSIGN_OR_RETURN(std::vector<SideFileUpload> side_files, ReadSideFileFlags(o.side_files));
   DS_ASSIGN_OR_RETURN(auto container, OpenContainerFile(o.delta));

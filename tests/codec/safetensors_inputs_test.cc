@@ -130,10 +130,11 @@ TEST_F(SafetensorsInputsTest, HuggingFaceHubCacheSnapshotIsRead) {
   EXPECT_EQ(reader->tensors()[0].name, "a");
 
   // Out of the repository (another repository's blobs) is still refused.
-  WriteRaw("hub/models--other--x/blobs/9f", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
-           4);
+  WriteRaw("hub/models--other--x/blobs/9f",
+           R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4);
   fs::remove(snap / "model-00001-of-00001.safetensors");
-  fs::create_symlink("../../../models--other--x/blobs/9f", snap / "model-00001-of-00001.safetensors");
+  fs::create_symlink("../../../models--other--x/blobs/9f",
+                     snap / "model-00001-of-00001.safetensors");
   EXPECT_THAT(ModelReader::Open(snap.string()),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("outside the model")));
 
