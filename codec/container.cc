@@ -200,13 +200,21 @@ absl::Status ValidateRecord(const TensorRecord& r) {
   return absl::OkStatus();
 }
 
+}  // namespace
+
+bool StartsWithContainerMagic(absl::Span<const uint8_t> bytes) {
+  return bytes.size() >= sizeof(kMagic) && std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) == 0;
+}
+
+namespace {
+
 absl::Status ParseHeader(absl::Span<const uint8_t> bytes, ContainerHeader* header,
                          size_t* header_size) {
   if (bytes.size() < kMinHeaderSize) {
     return absl::DataLossError(absl::StrCat("container truncated: ", bytes.size(),
                                             " bytes, a header alone needs ", kMinHeaderSize));
   }
-  if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+  if (!StartsWithContainerMagic(bytes)) {
     return absl::DataLossError("bad magic: not a deltaserve delta container");
   }
   ByteReader r(bytes.subspan(8));

@@ -113,6 +113,16 @@ TEST_F(SafetensorsInputsTest, IndexShardOutsideTheDirectoryIsRefused) {
   EXPECT_EQ(reader->tensors().size(), 1u);
 }
 
+// New-user trial: a delta container given as the base (--base and --delta swapped)
+// said only "header length 1891886005028672324 exceeds the limit".
+TEST_F(SafetensorsInputsTest, ContainerGivenAsModelIsNamedAsSuch) {
+  const std::string dds = WriteText("d.dds", std::string("DSDELTA\x1a\x01\0\0\0\xed\0\0\0", 16));
+  EXPECT_THAT(ModelReader::Open(dds),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("header length 1891886005028672324"),
+                             HasSubstr("it is a deltaserve delta container (.dds), not a model"))));
+}
+
 // New-user trial: a sharded checkpoint in the Hugging Face hub cache (the layout
 // `huggingface-cli download` leaves: snapshots/REV/FILE -> ../../blobs/HASH) was refused
 // as "outside the model directory (a symlink?)". A link into the same repository's
