@@ -102,7 +102,7 @@ TEST_F(DeltactlOfflineTest, UsageErrorsExitTwo) {
 TEST_F(DeltactlOfflineTest, CompressInspectDecompress) {
   const std::string out = Compress("--patch 16 --schedule 2:0.5,0:0.5 --quantizer minmax");
   EXPECT_THAT(out, HasSubstr("tensors:     2 (dct 1, raw 1, unchanged 0)"));
-  EXPECT_THAT(out, HasSubstr("transforms:  dct dct p16 1"));
+  EXPECT_THAT(out, HasSubstr("transforms:  dct p16 1\n"));
   auto r = Run("inspect --json " + dds_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
