@@ -164,6 +164,23 @@ TEST_F(DeltactlRemoteTest, PullToADirectoryOrAMissingParentFailsBeforeTheStream)
   EXPECT_EQ(service_.last_stream.task(), "");  // no StreamWeights call was made
 }
 
+// New-user trial: `pull --task nope --out-dir newdir` failed NOT_FOUND and left an empty
+// newdir behind. A directory the pull made is removed again; one that was there stays.
+TEST_F(DeltactlRemoteTest, FailedPullToADirectoryRemovesTheDirectoryItMade) {
+  const std::string made = tmp_.File("made"), there = tmp_.File("there");
+  DeltactlResult r = Run("pull " + server_flag_ + " --task missing --out-dir " + made);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+  EXPECT_FALSE(std::filesystem::exists(made));
+  ASSERT_TRUE(std::filesystem::create_directory(there));
+  r = Run("pull " + server_flag_ + " --task missing --out-dir " + there);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(std::filesystem::is_directory(there));
+  r = Run("pull " + server_flag_ + " --task chat --out-dir " + made);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(std::filesystem::exists(made + "/model.safetensors.index.json"));
+}
+
 TEST_F(DeltactlRemoteTest, ListJson) {
   DeltactlResult r = Run("list " + server_flag_ + " --tenant acme --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
