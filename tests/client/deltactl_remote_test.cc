@@ -74,6 +74,22 @@ TEST_F(DeltactlRemoteTest, PushSendsTheFileWithToken) {
   EXPECT_EQ(service_.last_put.base_hash(), std::string(hash.begin(), hash.end()));
 }
 
+// New-user trial: --timeout (60 s) bounds a whole upload, so a large container over a
+// slow link failed with a bare "Deadline Exceeded". The error now names the flag.
+TEST_F(DeltactlRemoteTest, PushPastTheDeadlineNamesTimeout) {
+  const std::vector<uint8_t> container = testing::SmallContainer();
+  {
+    std::ofstream out(tmp_.File("d.dds"), std::ios::binary);
+    out.write(reinterpret_cast<const char*>(container.data()), container.size());
+  }
+  DeltactlResult r =
+      Run("push " + server_flag_ + " --task slow --timeout 0.5 --in " + tmp_.File("d.dds"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("deltactl: DEADLINE_EXCEEDED: PutDelta 'slow': Deadline Exceeded "
+                               "(--timeout 0.5 s bounds the whole upload; raise it for a large "
+                               "container or a slow link)\n"));
+}
+
 TEST_F(DeltactlRemoteTest, PushOfAModelInsteadOfAContainerSaysToCompress) {
   const std::vector<uint8_t> want = Want();  // a safetensors file
   DeltactlResult r =
