@@ -299,9 +299,9 @@ absl::Status RunPush(const RemoteFlags& f, const TaskFlags& t) {
   }
   if (absl::IsDeadlineExceeded(pushed.status())) {
     // The deadline covers the whole upload: a large container over a slow link needs more.
-    return absl::DeadlineExceededError(absl::StrCat(
-        pushed.status().message(), " (--timeout ", f.timeout_seconds,
-        " s bounds the whole upload; raise it for a large container or a slow link)"));
+    return absl::DeadlineExceededError(
+        absl::StrCat(pushed.status().message(), " (--timeout ", f.timeout_seconds,
+                     " s bounds the whole upload; raise it for a large container or a slow link)"));
   }
   DS_ASSIGN_OR_RETURN(v1::TaskInfo info, std::move(pushed));
   if (f.json) return PrintMessageJson(info);
