@@ -196,18 +196,9 @@ absl::StatusOr<PullStats> DeltaClient::PullWeights(const std::string& task,
                                                    const std::string& out_path,
                                                    const PullOptions& options) {
   // Checked before any byte is fetched (a pull can take minutes).
-  std::error_code ec;
-  if (std::filesystem::is_directory(out_path, ec)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot write ", out_path,
-                     ": it is a directory (a checkpoint directory is written by "
-                     "PullWeightsToDirectory, deltactl pull --out-dir)"));
-  }
-  const std::filesystem::path parent = std::filesystem::path(out_path).parent_path();
-  if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot write ", out_path, ": no directory ", parent.string()));
-  }
+  DS_RETURN_IF_ERROR(common::CheckOutputFilePath(
+      out_path,
+      "a checkpoint directory is written by PullWeightsToDirectory, deltactl pull --out-dir"));
   DS_RETURN_IF_ERROR(CheckStreams(options));
   if (options.include.empty() && options.include_regex.empty()) {
     return PullPlaced(*impl_, task, out_path, options);
@@ -227,15 +218,20 @@ absl::StatusOr<PullStats> DeltaClient::PullWeightsToDirectory(const std::string&
                                                               const PullOptions& options) {
   if (max_shard_bytes == 0) return absl::InvalidArgumentError("max_shard_bytes must be positive");
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
+  const bool created = std::filesystem::create_directories(dir, ec);
   if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot create directory ", dir));
-  std::vector<std::unique_ptr<SpillSink>> sinks;
-  DS_ASSIGN_OR_RETURN(
-      PullStats stats,
-      PullToSpill(*impl_, task, (std::filesystem::path(dir) / ".pull.data").string(), dir, options,
-                  &sinks));
-  DS_RETURN_IF_ERROR(WriteSpilled(Pointers(sinks), dir, max_shard_bytes));
-  DS_ASSIGN_OR_RETURN(stats.side_files, WriteSideFiles(task, dir));
+  absl::StatusOr<PullStats> stats = [&]() -> absl::StatusOr<PullStats> {
+    std::vector<std::unique_ptr<SpillSink>> sinks;
+    DS_ASSIGN_OR_RETURN(
+        PullStats s, PullToSpill(*impl_, task, (std::filesystem::path(dir) / ".pull.data").string(),
+                                 dir, options, &sinks));
+    DS_RETURN_IF_ERROR(WriteSpilled(Pointers(sinks), dir, max_shard_bytes));
+    DS_ASSIGN_OR_RETURN(s.side_files, WriteSideFiles(task, dir));
+    return s;
+  }();
+  // A failed pull (a missing task, a full disk) leaves no empty directory of its own
+  // making behind; remove() takes only an empty one.
+  if (!stats.ok() && created) std::filesystem::remove(dir, ec);
   return stats;
 }
 

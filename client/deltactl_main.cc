@@ -13,6 +13,7 @@
 #include "client/internal/deltactl_command.h"
 #include "common/json.h"
 #include "common/status_macros.h"
+#include "common/tmp_files.h"
 
 namespace deltaserve::client {
 
@@ -79,8 +80,11 @@ int main(int argc, char** argv) {
   // itself, so BLAS runs on one thread: a container's bytes do not depend on the
   // machine's core count or OPENBLAS_NUM_THREADS (codec/FORMAT.md).
   if (openblas_set_num_threads != nullptr) openblas_set_num_threads(1);
+  // Ctrl-C during a pull, decompress or compress removes the .tmp output (as large as
+  // the model) instead of leaving it; `ulimit -f` gives an error message, not SIGXFSZ.
+  deltaserve::common::RemoveTmpFilesOnSignals();
   CLI::App app{
-      "deltactl: compress finetuned models as Delta-DCT deltas against their base, "
+      "deltactl: compress finetuned models as deltas against their base (codec v2 or Delta-DCT), "
       "inspect and evaluate them, and talk to a deltaserve server."};
   app.set_version_flag("--version", "deltactl " DELTASERVE_VERSION);
   app.require_subcommand(1);

@@ -20,6 +20,7 @@
 #include "codec/delta_codec.h"
 #include "codec/safetensors.h"
 #include "common/cli_validators.h"
+#include "common/file.h"
 #include "common/status_macros.h"
 #include "codec/tfjs.h"
 
@@ -169,6 +170,8 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
 
 absl::Status RunCompress(const CompressCliOptions& o) {
   DS_ASSIGN_OR_RETURN(const codec::CompressOptions options, ToCompressOptions(o));
+  // Before the encode (minutes on a large model), not at the final rename.
+  DS_RETURN_IF_ERROR(common::CheckOutputFilePath(o.out, "--out is the container file to write"));
   DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(o.base));
   DS_ASSIGN_OR_RETURN(auto finetuned, codec::ModelReader::Open(o.finetuned));
   DS_ASSIGN_OR_RETURN(
@@ -207,6 +210,10 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
   }
   if (o.out_dir.empty() && (!o.side_files.paths.empty() || !o.side_files.from_dir.empty())) {
     return absl::InvalidArgumentError("side files need --out-dir");
+  }
+  if (!o.out.empty()) {
+    DS_RETURN_IF_ERROR(
+        common::CheckOutputFilePath(o.out, "a checkpoint directory is written by --out-dir DIR"));
   }
   DS_ASSIGN_OR_RETURN(std::vector<SideFileUpload> side_files, ReadSideFileFlags(o.side_files));
   DS_ASSIGN_OR_RETURN(auto container, OpenContainerFile(o.delta));

@@ -297,6 +297,12 @@ absl::Status RunPush(const RemoteFlags& f, const TaskFlags& t) {
     return absl::AlreadyExistsError(
         absl::StrCat(pushed.status().message(), "; use --overwrite to replace it"));
   }
+  if (absl::IsDeadlineExceeded(pushed.status())) {
+    // The deadline covers the whole upload: a large container over a slow link needs more.
+    return absl::DeadlineExceededError(
+        absl::StrCat(pushed.status().message(), " (--timeout ", f.timeout_seconds,
+                     " s bounds the whole upload; raise it for a large container or a slow link)"));
+  }
   DS_ASSIGN_OR_RETURN(v1::TaskInfo info, std::move(pushed));
   if (f.json) return PrintMessageJson(info);
   absl::PrintF("pushed %s as %s/%s: %d bytes, %d tensors, %.4f bits/weight, %d side files "

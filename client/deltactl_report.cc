@@ -43,16 +43,18 @@ std::vector<float> AsFloats(const uint8_t* data, codec::DType dtype, int64_t n) 
   return out;
 }
 
-// "ecq identity 10, ecq identity + rank 8 3": lossy tensors per encoding and transform
-// (rank counted apart), in order of first appearance.
+// "ecq identity 10, ecq identity + low rank 3" or "dct p32 169": lossy tensors per
+// encoding and transform, in order of first appearance. A transform named like its
+// encoding (Delta-DCT's dct) is not repeated ("dct dct p32" read as a typo).
 std::string TransformCounts(const ContainerReport& report) {
   std::vector<std::pair<std::string, int>> counts;
   for (const auto& r : report.tensors) {
     if (!r.payload) continue;
     codec::PayloadInfo kind = *r.payload;
-    std::string label = absl::StrCat(std::string(codec::EncodingName(r.encoding)), " ", kind.transform,
-                                     kind.patch_size > 0 ? absl::StrCat(" p", kind.patch_size) : "",
-                                     kind.rank > 0 ? " + low rank" : "");
+    std::string label(codec::EncodingName(r.encoding));
+    if (kind.transform != label) absl::StrAppend(&label, " ", kind.transform);
+    if (kind.patch_size > 0) absl::StrAppend(&label, " p", kind.patch_size);
+    if (kind.rank > 0) absl::StrAppend(&label, " + low rank");
     auto it = std::find_if(counts.begin(), counts.end(),
                            [&](const auto& c) { return c.first == label; });
     if (it == counts.end()) {

@@ -18,6 +18,7 @@
 #include "common/file.h"
 #include "common/json.h"
 #include "common/status_macros.h"
+#include "common/tmp_files.h"
 
 namespace deltaserve::codec {
 namespace {
@@ -199,13 +200,21 @@ absl::Status ValidateRecord(const TensorRecord& r) {
   return absl::OkStatus();
 }
 
+}  // namespace
+
+bool StartsWithContainerMagic(absl::Span<const uint8_t> bytes) {
+  return bytes.size() >= sizeof(kMagic) && std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) == 0;
+}
+
+namespace {
+
 absl::Status ParseHeader(absl::Span<const uint8_t> bytes, ContainerHeader* header,
                          size_t* header_size) {
   if (bytes.size() < kMinHeaderSize) {
     return absl::DataLossError(absl::StrCat("container truncated: ", bytes.size(),
                                             " bytes, a header alone needs ", kMinHeaderSize));
   }
-  if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+  if (!StartsWithContainerMagic(bytes)) {
     return absl::DataLossError("bad magic: not a deltaserve delta container");
   }
   ByteReader r(bytes.subspan(8));
@@ -532,22 +541,25 @@ absl::StatusOr<TensorRecord> ContainerReader::record(size_t i) const {
 
 namespace {
 
-std::string ErrnoText() { return std::strerror(errno); }
-
 class FileContainerWriter : public ContainerWriter {
  public:
   FileContainerWriter(std::string path, FILE* f, uint32_t expected)
-      : path_(std::move(path)), tmp_(path_ + ".tmp"), file_(f), expected_(expected) {}
+      : path_(std::move(path)), tmp_(path_ + ".tmp"), file_(f), expected_(expected) {
+    common::TrackTmpFile(tmp_);
+  }
   ~FileContainerWriter() override {
     if (file_ != nullptr) {
       std::fclose(file_);
       std::remove(tmp_.c_str());
     }
+    common::UntrackTmpFile(tmp_);
   }
 
   absl::Status Write(absl::Span<const uint8_t> b) {
+    errno = 0;
     if (std::fwrite(b.data(), 1, b.size(), file_) != b.size()) {
-      return absl::InternalError(absl::StrCat(tmp_, ": write failed: ", ErrnoText()));
+      // errno's code: a full disk is RESOURCE_EXHAUSTED, not INTERNAL.
+      return absl::ErrnoToStatus(errno != 0 ? errno : EIO, absl::StrCat(tmp_, ": write failed"));
     }
     written_ += b.size();
     return absl::OkStatus();
@@ -585,17 +597,18 @@ class FileContainerWriter : public ContainerWriter {
           absl::StrCat(path_, ": ", sums_.size(), " records added, header declares ", expected_));
     }
     DS_RETURN_IF_ERROR(Write(MakeTrailer(header_checksum_, sums_, written_)));
-    const bool flushed = std::fflush(file_) == 0 && ::fsync(fileno(file_)) == 0;
-    const bool closed = std::fclose(file_) == 0;
+    int err = std::fflush(file_) == 0 && ::fsync(fileno(file_)) == 0 ? 0 : errno;
+    if (std::fclose(file_) != 0 && err == 0) err = errno;
     file_ = nullptr;
-    if (!flushed || !closed) {
+    // errno's code, as for Write: a full disk often shows only here (stdio buffers).
+    if (err != 0) {
       std::remove(tmp_.c_str());
-      return absl::InternalError(absl::StrCat(tmp_, ": flush/close failed: ", ErrnoText()));
+      return absl::ErrnoToStatus(err, absl::StrCat(tmp_, ": flush/close failed"));
     }
     if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+      err = errno;
       std::remove(tmp_.c_str());
-      return absl::InternalError(
-          absl::StrCat("rename ", tmp_, " -> ", path_, " failed: ", ErrnoText()));
+      return absl::ErrnoToStatus(err, absl::StrCat("rename ", tmp_, " -> ", path_, " failed"));
     }
     return absl::OkStatus();
   }
@@ -628,9 +641,7 @@ absl::StatusOr<std::unique_ptr<ContainerWriter>> ContainerWriter::Open(
   }
   const std::string tmp = path + ".tmp";
   FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr) {
-    return absl::InternalError(absl::StrCat(tmp, ": cannot create: ", ErrnoText()));
-  }
+  if (f == nullptr) return absl::ErrnoToStatus(errno, absl::StrCat(tmp, ": cannot create"));
   auto writer = std::make_unique<FileContainerWriter>(path, f, header.tensor_count);
   DS_RETURN_IF_ERROR(writer->WriteHeader(header));
   return writer;

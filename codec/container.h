@@ -179,6 +179,10 @@ class ContainerWriter {
 std::vector<uint8_t> AssembleContainer(absl::Span<const uint8_t> header_bytes,
                                        const std::vector<absl::Span<const uint8_t>>& records);
 
+// True if `bytes` begin with the container magic ("DSDELTA" 0x1A, FORMAT.md): for
+// errors that tell a user which file they gave where. Checks nothing else.
+bool StartsWithContainerMagic(absl::Span<const uint8_t> bytes);
+
 // A container file mapped read-only into memory (mmap) and parsed. Thread-safe after
 // Open. NotFound if the file is missing, Internal on mmap failure, otherwise the errors
 // of ContainerReader::Parse prefixed with the path.

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "codec/container.h"
 #include "codec/internal/json_shape.h"
 #include "common/file.h"
 #include "common/json.h"
@@ -143,10 +144,15 @@ absl::StatusOr<std::map<std::string, std::string>> ParseFileMetadata(const std::
   return out;
 }
 
-// A hint for a file whose first 8 bytes are not a plausible header length: files that
-// are really text, above all git-LFS pointers (a clone without `git lfs pull`).
+// A hint for a file whose first 8 bytes are not a plausible header length: a delta
+// container given as a model, and files that are really text, above all git-LFS
+// pointers (a clone without `git lfs pull`).
 std::string NotSafetensorsHint(absl::Span<const uint8_t> bytes) {
   const absl::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  if (StartsWithContainerMagic(bytes)) {
+    return "; it is a deltaserve delta container (.dds), not a model (--base and "
+           "--finetuned take models, --delta and --in containers)";
+  }
   if (absl::StartsWith(text, "version https://git-lfs")) {
     return "; it looks like a git-LFS pointer file, not the weights (run `git lfs pull`)";
   }

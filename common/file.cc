@@ -15,6 +15,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/tmp_files.h"
 
 namespace deltaserve::common {
 namespace {
@@ -110,13 +111,37 @@ absl::StatusOr<std::string> ResolveContainedPath(const std::string& dir, const s
   DS_ASSIGN_OR_RETURN(const std::string root, real(root_in));
   const std::string joined = (std::filesystem::path(root_in) / rel).string();
   DS_ASSIGN_OR_RETURN(const std::string target, real(joined));
-  const std::string prefix = root == "/" ? root : root + "/";
-  if (target.compare(0, prefix.size(), prefix) != 0) {
+  auto inside = [&target](const std::string& dir) {
+    const std::string prefix = dir == "/" ? dir : dir + "/";
+    return target.compare(0, prefix.size(), prefix) == 0;
+  };
+  // A Hugging Face hub cache snapshot (models--ORG--NAME/snapshots/REV/FILE ->
+  // ../../blobs/HASH, what `huggingface-cli download` leaves) links out of its
+  // directory by design, into its own repository's blob store.
+  const std::filesystem::path root_path(root);
+  const bool hub_blob = root_path.parent_path().filename() == "snapshots" &&
+                        inside((root_path.parent_path().parent_path() / "blobs").string());
+  if (!inside(root) && !hub_blob) {
     return absl::InvalidArgumentError(absl::StrCat("path ", quoted, " resolves to ", target,
                                                    ", outside the model directory ", root,
                                                    " (a symlink?)"));
   }
   return target;
+}
+
+absl::Status CheckOutputFilePath(const std::string& path, absl::string_view hint) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot write ", path, ": it is a directory",
+                                                   hint.empty() ? "" : " (", hint,
+                                                   hint.empty() ? "" : ")"));
+  }
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
+    return absl::NotFoundError(
+        absl::StrCat("cannot write ", path, ": no directory ", parent.string()));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
@@ -129,12 +154,14 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Open(const s
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoError(errno, "cannot create", tmp);
+  TrackTmpFile(tmp);
   return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, fd));
 }
 
 AtomicFileWriter::~AtomicFileWriter() {
   if (fd_ >= 0) ::close(fd_);
-  if (!committed_) ::unlink((path_ + ".tmp").c_str());
+  if (!committed_) ::unlink(tmp_path().c_str());
+  UntrackTmpFile(tmp_path());
 }
 
 absl::Status AtomicFileWriter::Append(absl::Span<const uint8_t> data) {
@@ -214,6 +241,7 @@ absl::StatusOr<std::unique_ptr<DirectFileWriter>> DirectFileWriter::Open(const s
     return absl::UnimplementedError(absl::StrCat(tmp, ": the file system refuses O_DIRECT"));
   }
   if (fd < 0) return ErrnoError(errno, "cannot create", tmp);
+  TrackTmpFile(tmp);
   return std::unique_ptr<DirectFileWriter>(new DirectFileWriter(path, fd));
 }
 
@@ -221,6 +249,7 @@ DirectFileWriter::~DirectFileWriter() {
   std::free(buf_);
   if (fd_ >= 0) ::close(fd_);
   if (!committed_) ::unlink((path_ + ".tmp").c_str());
+  UntrackTmpFile(path_ + ".tmp");
 }
 
 absl::Status DirectFileWriter::WriteBlocks(size_t bytes) {

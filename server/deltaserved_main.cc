@@ -143,6 +143,9 @@ int Run(int argc, char** argv) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
+  // Past the file size limit (ulimit -f, systemd LimitFSIZE) a write fails with EFBIG,
+  // an I/O error the store reports, instead of SIGXFSZ killing the daemon unlogged.
+  signal(SIGXFSZ, SIG_IGN);
 
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(o);
   if (!server.ok()) {

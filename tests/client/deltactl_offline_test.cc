@@ -25,6 +25,7 @@ using ::deltaserve::testing::IsOk;
 using ::deltaserve::testing::ReadBytes;
 using ::deltaserve::testing::RunDeltactl;
 using ::deltaserve::testing::ScopedTempDir;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -101,7 +102,7 @@ TEST_F(DeltactlOfflineTest, UsageErrorsExitTwo) {
 TEST_F(DeltactlOfflineTest, CompressInspectDecompress) {
   const std::string out = Compress("--patch 16 --schedule 2:0.5,0:0.5 --quantizer minmax");
   EXPECT_THAT(out, HasSubstr("tensors:     2 (dct 1, raw 1, unchanged 0)"));
-  EXPECT_THAT(out, HasSubstr("transforms:  dct dct p16 1"));
+  EXPECT_THAT(out, HasSubstr("transforms:  dct p16 1\n"));
   auto r = Run("inspect --json " + dds_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
@@ -269,6 +270,61 @@ TEST_F(DeltactlOfflineTest, BadOptionsAreInvalidArgument) {
     EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT")) << bad;
   }
   EXPECT_FALSE(std::filesystem::exists(dds_));
+}
+
+// New-user trial: `--out` naming a directory was found only at the final rename, after
+// the whole encode or decode ("INTERNAL: rename d.tmp -> d failed: Is a directory"), and
+// a missing directory came back INTERNAL. Both are now refused before any work (no
+// progress line is printed).
+TEST_F(DeltactlOfflineTest, OutputPathIsCheckedBeforeAnyWork) {
+  const std::string out_dir = dir_.File("outdir"), missing = dir_.File("missing");
+  std::filesystem::create_directories(out_dir);
+  const std::string compress = "compress --base " + base_ + " --finetuned " + ft_ + " --out ";
+  auto r = Run(compress + out_dir);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "deltactl: INVALID_ARGUMENT: cannot write " + out_dir +
+                       ": it is a directory (--out is the container file to write)\n");
+  r = Run(compress + missing + "/d.dds");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "deltactl: NOT_FOUND: cannot write " + missing + "/d.dds: no directory " +
+                       missing + "\n");
+  Compress();
+  const std::string decompress = "decompress --base " + base_ + " --delta " + dds_ + " --out ";
+  r = Run(decompress + out_dir);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "deltactl: INVALID_ARGUMENT: cannot write " + out_dir +
+                       ": it is a directory (a checkpoint directory is written by --out-dir "
+                       "DIR)\n");
+  r = Run(decompress + missing + "/m.safetensors");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "deltactl: NOT_FOUND: cannot write " + missing +
+                       "/m.safetensors: no directory " + missing + "\n");
+}
+
+// Under `ulimit -f` a write past the limit killed deltactl with SIGXFSZ: exit status
+// 153, no message, the .tmp file left behind. Now it is an OUT_OF_RANGE error and
+// the .tmp file is removed.
+TEST_F(DeltactlOfflineTest, FileSizeLimitIsAnError) {
+  Compress();
+  const std::string merged = dir_.File("m.safetensors"), dds = dir_.File("small.dds");
+  for (const std::string& args :
+       {"decompress --base " + base_ + " --delta " + dds_ + " --out " + merged,
+        "compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds}) {
+    const std::string err = dir_.File("ulimit.stderr");
+    const int rc = std::system(("sh -c 'ulimit -f 1; exec " + std::string(DELTACTL_BIN) + " " +
+                                args + "' >/dev/null 2>" + err)
+                                   .c_str());
+    ASSERT_TRUE(WIFEXITED(rc)) << args;
+    EXPECT_EQ(WEXITSTATUS(rc), 1) << args;
+    const auto text = testing::ReadBytes(err);
+    EXPECT_THAT(std::string(text.begin(), text.end()),
+                AllOf(HasSubstr("deltactl: OUT_OF_RANGE: "), HasSubstr("File too large")))
+        << args;
+  }
+  EXPECT_FALSE(std::filesystem::exists(merged));
+  EXPECT_FALSE(std::filesystem::exists(merged + ".tmp"));
+  EXPECT_FALSE(std::filesystem::exists(dds));
+  EXPECT_FALSE(std::filesystem::exists(dds + ".tmp"));
 }
 
 TEST_F(DeltactlOfflineTest, WrongBaseAndCorruptionAreReported) {

@@ -74,6 +74,22 @@ TEST_F(DeltactlRemoteTest, PushSendsTheFileWithToken) {
   EXPECT_EQ(service_.last_put.base_hash(), std::string(hash.begin(), hash.end()));
 }
 
+// New-user trial: --timeout (60 s) bounds a whole upload, so a large container over a
+// slow link failed with a bare "Deadline Exceeded". The error now names the flag.
+TEST_F(DeltactlRemoteTest, PushPastTheDeadlineNamesTimeout) {
+  const std::vector<uint8_t> container = testing::SmallContainer();
+  {
+    std::ofstream out(tmp_.File("d.dds"), std::ios::binary);
+    out.write(reinterpret_cast<const char*>(container.data()), container.size());
+  }
+  DeltactlResult r =
+      Run("push " + server_flag_ + " --task slow --timeout 0.5 --in " + tmp_.File("d.dds"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("deltactl: DEADLINE_EXCEEDED: PutDelta 'slow': Deadline Exceeded "
+                               "(--timeout 0.5 s bounds the whole upload; raise it for a large "
+                               "container or a slow link)\n"));
+}
+
 TEST_F(DeltactlRemoteTest, PushOfAModelInsteadOfAContainerSaysToCompress) {
   const std::vector<uint8_t> want = Want();  // a safetensors file
   DeltactlResult r =
@@ -162,6 +178,23 @@ TEST_F(DeltactlRemoteTest, PullToADirectoryOrAMissingParentFailsBeforeTheStream)
   EXPECT_THAT(r.err, HasSubstr("NOT_FOUND: cannot write " + tmp_.File("none/x.safetensors") +
                                ": no directory " + tmp_.File("none")));
   EXPECT_EQ(service_.last_stream.task(), "");  // no StreamWeights call was made
+}
+
+// New-user trial: `pull --task nope --out-dir newdir` failed NOT_FOUND and left an empty
+// newdir behind. A directory the pull made is removed again; one that was there stays.
+TEST_F(DeltactlRemoteTest, FailedPullToADirectoryRemovesTheDirectoryItMade) {
+  const std::string made = tmp_.File("made"), there = tmp_.File("there");
+  DeltactlResult r = Run("pull " + server_flag_ + " --task missing --out-dir " + made);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
+  EXPECT_FALSE(std::filesystem::exists(made));
+  ASSERT_TRUE(std::filesystem::create_directory(there));
+  r = Run("pull " + server_flag_ + " --task missing --out-dir " + there);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(std::filesystem::is_directory(there));
+  r = Run("pull " + server_flag_ + " --task chat --out-dir " + made);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(std::filesystem::exists(made + "/model.safetensors.index.json"));
 }
 
 TEST_F(DeltactlRemoteTest, ListJson) {

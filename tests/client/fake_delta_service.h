@@ -7,12 +7,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <fstream>
 #include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "client/client.h"
@@ -137,6 +139,8 @@ class FakeService final : public v1::DeltaService::Service {
       if (req.has_metadata()) meta = req.metadata();
       else bytes.insert(bytes.end(), req.chunk().begin(), req.chunk().end());
     }
+    // "slow": a commit that outlasts a short client deadline.
+    if (meta.task() == "slow") std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     std::lock_guard<std::mutex> lock(mu);
     last_put = meta;
     uploaded = bytes;

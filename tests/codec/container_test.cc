@@ -386,7 +386,7 @@ TEST(ContainerWriterTest, RecordCountIsEnforced) {
 TEST(ContainerWriterTest, OpenErrors) {
   Fixture f;
   EXPECT_THAT(ContainerWriter::Open("/nonexistent-dir/x.dds", f.header),
-              StatusIs(absl::StatusCode::kInternal, HasSubstr("/nonexistent-dir/x.dds")));
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("/nonexistent-dir/x.dds")));
   EXPECT_THAT(MappedContainer::Open("/nonexistent-dir/x.dds"),
               StatusIs(absl::StatusCode::kNotFound));
   TempDir dir;

@@ -113,5 +113,49 @@ TEST_F(SafetensorsInputsTest, IndexShardOutsideTheDirectoryIsRefused) {
   EXPECT_EQ(reader->tensors().size(), 1u);
 }
 
+// New-user trial: a delta container given as the base (--base and --delta swapped)
+// said only "header length 1891886005028672324 exceeds the limit".
+TEST_F(SafetensorsInputsTest, ContainerGivenAsModelIsNamedAsSuch) {
+  const std::string dds = WriteText("d.dds", std::string("DSDELTA\x1a\x01\0\0\0\xed\0\0\0", 16));
+  EXPECT_THAT(ModelReader::Open(dds),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("header length 1891886005028672324"),
+                             HasSubstr("it is a deltaserve delta container (.dds), not a model"))));
+}
+
+// New-user trial: a sharded checkpoint in the Hugging Face hub cache (the layout
+// `huggingface-cli download` leaves: snapshots/REV/FILE -> ../../blobs/HASH) was refused
+// as "outside the model directory (a symlink?)". A link into the same repository's
+// blobs/ is followed; one elsewhere, or from a directory not named snapshots/REV, is not.
+TEST_F(SafetensorsInputsTest, HuggingFaceHubCacheSnapshotIsRead) {
+  const std::string repo = "hub/models--acme--m";
+  WriteRaw(repo + "/blobs/1a2b", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4);
+  WriteText(repo + "/blobs/3c4d", R"({"weight_map": {"a": "model-00001-of-00001.safetensors"}})");
+  const fs::path snap = tmp_.path() / repo / "snapshots" / "0123abcd";
+  fs::create_directories(snap);
+  fs::create_symlink("../../blobs/1a2b", snap / "model-00001-of-00001.safetensors");
+  fs::create_symlink("../../blobs/3c4d", snap / "model.safetensors.index.json");
+  ASSERT_OK_AND_ASSIGN(auto reader, ModelReader::Open(snap.string()));
+  ASSERT_EQ(reader->tensors().size(), 1u);
+  EXPECT_EQ(reader->tensors()[0].name, "a");
+
+  // Out of the repository (another repository's blobs) is still refused.
+  WriteRaw("hub/models--other--x/blobs/9f",
+           R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4);
+  fs::remove(snap / "model-00001-of-00001.safetensors");
+  fs::create_symlink("../../../models--other--x/blobs/9f",
+                     snap / "model-00001-of-00001.safetensors");
+  EXPECT_THAT(ModelReader::Open(snap.string()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("outside the model")));
+
+  // The same links from a directory that is not snapshots/REV are refused.
+  const fs::path plain = tmp_.path() / repo / "notsnapshots" / "0123abcd";
+  fs::create_directories(plain);
+  fs::create_symlink("../../blobs/1a2b", plain / "model-00001-of-00001.safetensors");
+  fs::create_symlink("../../blobs/3c4d", plain / "model.safetensors.index.json");
+  EXPECT_THAT(ModelReader::Open(plain.string()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("outside the model")));
+}
+
 }  // namespace
 }  // namespace deltaserve::codec
