@@ -276,11 +276,13 @@ if ((FIGURES)); then
     for round in 1 2; do
       for t in t1 t2 t3; do
         "$DELTACTL" pull --server "127.0.0.1:$port" --task "$t" \
-          --out "$dir/fig.$k.$round.$t.safetensors" >/dev/null 2>&1 &
+          --out "$dir/fig.$k.$round.$t.safetensors" >/dev/null 2>"$dir/fig.$k.$round.$t.err" &
         pids+=($!)
       done
     done
-    for p in "${pids[@]}"; do wait "$p" || fail "figure pull failed"; done
+    for p in "${pids[@]}"; do
+      wait "$p" || fail "figure pull failed: $(tail -q -n 2 "$dir"/fig."$k".*.err)"
+    done
     b=$(now_ms)
     rm -f "$dir"/fig.*.safetensors
     awk -v k="$k" -v n=6 -v bytes="$merged" -v ms=$((b - a)) 'BEGIN {
