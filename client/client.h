@@ -122,9 +122,13 @@ struct PullOptions {
   // not retried (see range_retries) cancels the other ranges. Must be in [1, 64].
   // Default: 1.
   uint32_t streams = 1;
-  // With streams > 1: how many times one range that fails with UNAVAILABLE (a dropped
-  // connection, a restarting server) is resumed after its last verified tensor. The
-  // unfinished tensor is fetched again from its first byte. Default: 3.
+  // How many times a stream (with streams > 1: one range) that fails with UNAVAILABLE
+  // (a dropped connection, a restarting or dying server, or a stream reset by a proxy
+  // whose server died: behind a load balancer the next attempt may land on another
+  // replica) is resumed after its last verified
+  // tensor; a tensor cut midway resumes at the byte where it stopped
+  // (StreamWeightsRequest.resume_from_offset), its whole XXH3-64 still verified. A
+  // replica serving another version of the task is ABORTED. Default: 3.
   uint32_t range_retries = 3;
   // Called after every chunk; with streams > 1 from the streams' threads, one call at a
   // time, with the sum over the ranges.

@@ -26,20 +26,6 @@
 namespace deltaserve::client {
 namespace {
 
-// Runs StreamWeights for `task` into `sink`.
-absl::StatusOr<PullStats> RunStreamWeights(const DeltaClient::Impl& impl, const std::string& task,
-                                           const PullOptions& options, WeightsSink* sink) {
-  const std::string label = absl::StrCat("StreamWeights ", TaskLabel(impl.options, task));
-  DS_ASSIGN_OR_RETURN(v1::StreamWeightsRequest request,
-                      MakeStreamWeightsRequest(impl.options, task, options, label));
-  const Clock::time_point start = Clock::now();
-  WeightsStreamChecker checker(label, sink, options, start);
-  DS_RETURN_IF_ERROR(
-      RunStreamWeightsCall(impl, impl.stub.get(), request, options, nullptr, &checker));
-  checker.stats().seconds = SecondsSince(start);
-  return checker.stats();
-}
-
 // Runs StreamDelta for `task`, verifying offsets, size and XXH3-64; `on_data` gets the
 // bytes in order (and the announced total size).
 absl::StatusOr<DeltaStats> RunStreamDelta(
@@ -146,13 +132,9 @@ absl::StatusOr<PullStats> PullPlaced(const DeltaClient::Impl& impl, const std::s
     sinks.push_back(std::make_unique<PlacedSink>(out.get()));
     return sinks.back().get();
   };
-  PullStats stats;
-  if (options.streams > 1) {
-    DS_ASSIGN_OR_RETURN(stats, PullRanges(impl, task, options, make_sink, &info));
-  } else {
-    DS_ASSIGN_OR_RETURN(WeightsSink * sink, make_sink(0));
-    DS_ASSIGN_OR_RETURN(stats, RunStreamWeights(impl, task, options, sink));
-  }
+  // One stream is one range: a dropped stream resumes the same way (at the byte where
+  // it stopped, possibly on another replica behind a load balancer).
+  DS_ASSIGN_OR_RETURN(PullStats stats, PullRanges(impl, task, options, make_sink, &info));
   DS_RETURN_IF_ERROR(out->Commit());
   return stats;
 }
@@ -172,13 +154,7 @@ absl::StatusOr<PullStats> PullToSpill(const DeltaClient::Impl& impl, const std::
     sinks->push_back(std::make_unique<SpillSink>(std::move(spill)));
     return sinks->back().get();
   };
-  PullStats stats;
-  if (options.streams > 1) {
-    DS_ASSIGN_OR_RETURN(stats, PullRanges(impl, task, options, make_sink));
-  } else {
-    DS_ASSIGN_OR_RETURN(WeightsSink * sink, make_sink(0));
-    DS_ASSIGN_OR_RETURN(stats, RunStreamWeights(impl, task, options, sink));
-  }
+  DS_ASSIGN_OR_RETURN(PullStats stats, PullRanges(impl, task, options, make_sink));
   // The spills are removed with `sinks`.
   if (stats.tensors == 0) return NoTensorsError(impl, task, target, options);
   return stats;
@@ -239,11 +215,6 @@ absl::StatusOr<PulledModel> DeltaClient::PullWeightsToMemory(const std::string& 
                                                              const PullOptions& options) {
   DS_RETURN_IF_ERROR(CheckStreams(options));
   PulledModel model;
-  if (options.streams <= 1) {
-    MemorySink sink(&model);
-    DS_ASSIGN_OR_RETURN(model.stats, RunStreamWeights(*impl_, task, options, &sink));
-    return model;
-  }
   std::vector<PulledModel> parts;
   std::vector<std::unique_ptr<MemorySink>> sinks;
   parts.reserve(options.streams);  // the sinks point into it

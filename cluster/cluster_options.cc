@@ -46,7 +46,8 @@ absl::StatusOr<ClusterOptions> ParseClusterOptions(absl::string_view json_text,
       json root,
       common::ParseJson(std::string_view(json_text.data(), json_text.size()), "cluster config"));
   DS_RETURN_IF_ERROR(
-      CheckKeys(root, "top level", {"s3", "etcd", "cache_bytes", "gc_grace_s", "gc_interval_s"}));
+      CheckKeys(root, "top level",
+                {"s3", "etcd", "cache_bytes", "gc_grace_s", "gc_interval_s", "fill_threads"}));
   ClusterOptions o;
   const json s3 = root.value("s3", json::object());
   DS_RETURN_IF_ERROR(CheckKeys(s3, "s3",
@@ -75,6 +76,7 @@ absl::StatusOr<ClusterOptions> ParseClusterOptions(absl::string_view json_text,
   DS_RETURN_IF_ERROR(GetInt(root, "cache_bytes", "top level", &o.cache_bytes));
   DS_RETURN_IF_ERROR(GetInt(root, "gc_grace_s", "top level", &o.gc_grace_s));
   DS_RETURN_IF_ERROR(GetInt(root, "gc_interval_s", "top level", &o.gc_interval_s));
+  DS_RETURN_IF_ERROR(GetInt(root, "fill_threads", "top level", &o.fill_threads));
   DS_RETURN_IF_ERROR(o.Validate());
   return o;
 }

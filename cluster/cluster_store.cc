@@ -25,6 +25,20 @@ S3Options ProbeS3Options(S3Options o) {
   return o;
 }
 
+// The local copy `info` is the version `ptr` names: same push time, container size and
+// side files (the container's digest is not kept locally; an overwrite within the same
+// second by a container of the same size with the same side files is not told apart).
+bool Matches(const storage::TaskInfo& info, const TaskPointer& ptr) {
+  if (info.created_unix != ptr.created_unix || info.total_bytes != ptr.size ||
+      info.side_files.size() != ptr.side_files.size()) {
+    return false;
+  }
+  for (size_t i = 0; i < info.side_files.size(); ++i) {
+    if (!(info.side_files[i] == ptr.side_files[i].file)) return false;
+  }
+  return true;
+}
+
 TaskName SplitKey(const std::string& joined) {
   size_t slash = joined.find('/');
   return TaskName{joined.substr(0, slash), joined.substr(slash + 1)};
@@ -44,6 +58,9 @@ absl::Status ClusterOptions::Validate() const {
   }
   if (gc_grace_s < 0) return absl::InvalidArgumentError("cluster: gc_grace_s must be >= 0");
   if (gc_interval_s < 0) return absl::InvalidArgumentError("cluster: gc_interval_s must be >= 0");
+  if (fill_threads < 1 || fill_threads > 256) {
+    return absl::InvalidArgumentError("cluster: fill_threads must be 1..256");
+  }
   return absl::OkStatus();
 }
 
@@ -83,9 +100,8 @@ absl::StatusOr<std::unique_ptr<ClusterStore>> ClusterStore::Open(const ClusterOp
         auto it = cs->watched_.find(name);
         if (it != cs->watched_.end()) ptr = it->second;
       }
-      if (ptr.has_value() && ptr->created_unix == info.created_unix &&
-          ptr->size == info.total_bytes) {
-        keep.push_back({info.created_unix, {name, info.total_bytes}});
+      if (ptr.has_value() && Matches(info, *ptr)) {
+        keep.push_back({info.created_unix, {name, info.StoredBytes()}});
       } else {
         DS_RETURN_IF_ERROR(cs->DropLocal(name));
       }
@@ -143,7 +159,7 @@ ClusterStore::FillLock::~FillLock() {
 
 bool ClusterStore::LocalMatches(const TaskName& name, const TaskPointer& ptr) const {
   absl::StatusOr<storage::TaskInfo> info = local_->GetTask(name.tenant, name.task);
-  return info.ok() && info->created_unix == ptr.created_unix && info->total_bytes == ptr.size;
+  return info.ok() && Matches(*info, ptr);
 }
 
 absl::Status ClusterStore::DropLocal(const TaskName& name) {
@@ -155,6 +171,7 @@ absl::Status ClusterStore::DropLocal(const TaskName& name) {
 }
 
 absl::Status ClusterStore::Fill(const TaskName& name, const codec::ContainerReader& container,
+                                absl::Span<const storage::SideFile> side_files,
                                 const TaskPointer& ptr) {
   // Delete first: an identical container committed again would keep the old copy's
   // creation time (kUnchanged) and never match the pointer.
@@ -164,48 +181,106 @@ absl::Status ClusterStore::Fill(const TaskName& name, const codec::ContainerRead
     storage::CommitOptions options;
     options.overwrite = true;
     options.created_unix = ptr.created_unix;
+    options.side_files = side_files;
     return local_->CommitTask(name.tenant, name.task, container, options).status();
   }));
-  std::vector<std::string> evicted = lru_.Touch(name.Join(), ptr.size);
+  std::vector<std::string> evicted = lru_.Touch(name.Join(), ptr.StoredBytes());
   for (const std::string& key : evicted) DS_RETURN_IF_ERROR(DropLocal(SplitKey(key)));
   absl::MutexLock lock(&mu_);
   stats_.evictions += evicted.size();
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<std::string>> ClusterStore::PutBlobs(
+    absl::Span<const uint8_t> container_bytes, absl::Span<const storage::SideFile> side_files) {
+  std::vector<std::string> digests;
+  absl::StatusOr<std::string> digest = blobs_.Put(container_bytes);
+  if (!digest.ok()) return CountS3Error(digest.status());
+  digests.push_back(*std::move(digest));
+  for (const storage::SideFile& f : side_files) {
+    digest = blobs_.Put(
+        absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(f.data.data()), f.data.size()));
+    if (!digest.ok()) return CountS3Error(digest.status());
+    digests.push_back(*std::move(digest));
+  }
+  return digests;
+}
+
+absl::Status ClusterStore::FetchAndFill(const TaskName& name, const TaskPointer& ptr) {
+  const absl::Time t0 = absl::Now();
+  absl::StatusOr<std::string> fetched = blobs_.Get(ptr.digest, ptr.size);
+  if (!fetched.ok()) return CountS3Error(fetched.status());
+  const std::string& bytes = *fetched;
+  uint64_t total = bytes.size();
+  auto span = absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+  absl::StatusOr<codec::ContainerReader> container = codec::ContainerReader::Parse(span);
+  if (!container.ok()) {
+    return absl::DataLossError(absl::StrCat("blob ", ptr.digest, " of task '", name.task,
+                                            "': ", container.status().message()));
+  }
+  std::vector<std::string> side_data;
+  side_data.reserve(ptr.side_files.size());
+  std::vector<storage::SideFile> side_files;
+  for (const SideFileRef& f : ptr.side_files) {
+    absl::StatusOr<std::string> data = blobs_.Get(f.digest, f.file.bytes);
+    if (!data.ok()) return CountS3Error(data.status());
+    side_data.push_back(*std::move(data));
+    side_files.push_back(storage::SideFile{f.file.name, side_data.back()});
+    total += f.file.bytes;
+    // The blob matched its SHA-256; the pointer's XXH3 must describe the same bytes.
+    if (storage::SideFileChecksum(side_data.back()) != f.file.xxh3_64) {
+      return absl::DataLossError(absl::StrCat("side file '", f.file.name, "' of task '", name.task,
+                                              "': blob ", f.digest,
+                                              " does not match the pointer's XXH3-64"));
+    }
+  }
+  DS_RETURN_IF_ERROR(Fill(name, *container, side_files, ptr));
+  absl::MutexLock lock(&mu_);
+  ++stats_.misses;
+  stats_.fetched_bytes += total;
+  stats_.fill_seconds += absl::ToDoubleSeconds(absl::Now() - t0);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<PointerOutcome> ClusterStore::Publish(const TaskName& name,
                                                      absl::Span<const uint8_t> container_bytes,
                                                      const codec::ContainerReader& container,
+                                                     absl::Span<const storage::SideFile> side_files,
                                                      TaskPointer ptr, bool overwrite,
                                                      uint64_t quota_bytes) {
+  ptr.size = container_bytes.size();
+  ptr.side_files.clear();
+  for (storage::SideFileEntry& f : storage::DescribeSideFiles(side_files)) {
+    ptr.side_files.push_back(SideFileRef{std::move(f), ""});  // digests: below
+  }
   if (quota_bytes > 0) {
     DS_ASSIGN_OR_RETURN(auto tasks, pointers_.List(name.tenant));
     uint64_t used = 0;
     for (const auto& [n, p] : tasks) {
-      if (!(n == name)) used += p.size;
+      if (!(n == name)) used += p.StoredBytes();
     }
-    if (used + container_bytes.size() > quota_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "tenant '", name.tenant, "': quota of ", quota_bytes, " bytes: ", used,
-          " used in the cluster, task '", name.task, "' needs ", container_bytes.size()));
+    if (used + ptr.StoredBytes() > quota_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("tenant '", name.tenant, "': quota of ", quota_bytes, " bytes: ", used,
+                       " used in the cluster, task '", name.task, "' needs ", ptr.StoredBytes()));
     }
   }
-  absl::StatusOr<std::string> digest = blobs_.Put(container_bytes);
-  if (!digest.ok()) return CountS3Error(digest.status());
-  ptr.digest = *digest;
-  ptr.size = container_bytes.size();
+  DS_ASSIGN_OR_RETURN(std::vector<std::string> digests, PutBlobs(container_bytes, side_files));
+  ptr.digest = digests[0];
+  for (size_t i = 0; i < ptr.side_files.size(); ++i) ptr.side_files[i].digest = digests[i + 1];
   ptr.written_ms = absl::ToUnixMillis(absl::Now());
   DS_ASSIGN_OR_RETURN(PointerOutcome outcome, pointers_.Create(name, ptr, overwrite));
-  // A collection of this very blob (identical content pushed again after its pointer
-  // went) may be deleting it right now: wait for it, then make sure the blob exists.
-  for (absl::Time give_up = absl::Now() + kCollectionWait;;) {
-    DS_ASSIGN_OR_RETURN(bool collecting, pointers_.BeingCollected(ptr.digest));
-    if (!collecting || absl::Now() > give_up) break;
-    absl::SleepFor(absl::Milliseconds(50));
+  // A collection of one of these very blobs (identical content pushed again after its
+  // pointer went) may be deleting it right now: wait for it, then make sure the blobs
+  // exist.
+  for (const std::string& digest : ptr.Digests()) {
+    for (absl::Time give_up = absl::Now() + kCollectionWait;;) {
+      DS_ASSIGN_OR_RETURN(bool collecting, pointers_.BeingCollected(digest));
+      if (!collecting || absl::Now() > give_up) break;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
   }
-  if (absl::Status again = blobs_.Put(container_bytes).status(); !again.ok()) {
-    return CountS3Error(again);
-  }
+  DS_RETURN_IF_ERROR(PutBlobs(container_bytes, side_files).status());
   if (outcome == PointerOutcome::kUnchanged) {
     DS_ASSIGN_OR_RETURN(ptr, pointers_.Get(name));  // its creation time is the first push's
   }
@@ -214,7 +289,7 @@ absl::StatusOr<PointerOutcome> ClusterStore::Publish(const TaskName& name,
     watched_[name] = ptr;
   }
   FillLock fill(this, name);
-  if (!LocalMatches(name, ptr)) DS_RETURN_IF_ERROR(Fill(name, container, ptr));
+  if (!LocalMatches(name, ptr)) DS_RETURN_IF_ERROR(Fill(name, container, side_files, ptr));
   return outcome;
 }
 
@@ -236,7 +311,7 @@ absl::Status ClusterStore::Ensure(const TaskName& name) {
     ptr = *got;
   }
   auto hit = [&]() -> absl::Status {
-    std::vector<std::string> evicted = lru_.Touch(name.Join(), ptr->size);
+    std::vector<std::string> evicted = lru_.Touch(name.Join(), ptr->StoredBytes());
     for (const std::string& key : evicted) DS_RETURN_IF_ERROR(DropLocal(SplitKey(key)));
     absl::MutexLock lock(&mu_);
     ++stats_.hits;
@@ -246,22 +321,18 @@ absl::Status ClusterStore::Ensure(const TaskName& name) {
   if (LocalMatches(name, *ptr)) return hit();
   FillLock fill(this, name);
   if (LocalMatches(name, *ptr)) return hit();
-  const absl::Time t0 = absl::Now();
-  absl::StatusOr<std::string> fetched = blobs_.Get(ptr->digest, ptr->size);
-  if (!fetched.ok()) return CountS3Error(fetched.status());
-  const std::string& bytes = *fetched;
-  auto span = absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
-  absl::StatusOr<codec::ContainerReader> container = codec::ContainerReader::Parse(span);
-  if (!container.ok()) {
-    return absl::DataLossError(absl::StrCat("blob ", ptr->digest, " of task '", name.task,
-                                            "': ", container.status().message()));
+  return FetchAndFill(name, *ptr);
+}
+
+bool ClusterStore::Cached(const TaskName& name) const {
+  std::optional<TaskPointer> ptr;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = watched_.find(name);
+    if (it == watched_.end()) return false;
+    ptr = it->second;
   }
-  DS_RETURN_IF_ERROR(Fill(name, *container, *ptr));
-  absl::MutexLock lock(&mu_);
-  ++stats_.misses;
-  stats_.fetched_bytes += bytes.size();
-  stats_.fill_seconds += absl::ToDoubleSeconds(absl::Now() - t0);
-  return absl::OkStatus();
+  return LocalMatches(name, *ptr);
 }
 
 absl::StatusOr<std::vector<std::pair<TaskName, TaskPointer>>> ClusterStore::List(

@@ -4,16 +4,17 @@
 //   etcd       <prefix>tasks/<tenant>/<task> -> pointer to a blob (TaskPointers)
 //   RocksDB    this replica's cache of containers, LRU by bytes (LruIndex)
 //
-// A push uploads the blob, then creates the pointer (one etcd transaction: create-only
-// unless overwrite), then waits while a garbage collection deletes that very blob
+// A push uploads the blobs (container, side files), then creates the pointer (one etcd transaction:
+// create-only unless overwrite), then waits while a garbage collection deletes that very blob
 // (identical content pushed again: TaskPointers::BeingCollected) and makes sure the
-// blob exists (uploading it again), then fills the local cache. A read asks Ensure() first: the task's
-// pointer (from the watched table, else from etcd) is compared with the cached copy
-// (same created time and size); on a miss the blob is fetched, checked against its
-// digest and committed to the local store. A delete removes the pointer first, then the
-// local copy; every other replica drops its copy when the watch reports the delete or
-// an overwrite. Blobs without a pointer are deleted by CollectGarbage after a grace
-// period (longer than any read of a blob), never at once.
+// blob exists (uploading it again), then fills the local cache. A read asks Ensure() first: the
+// task's pointer (from the watched table, else from etcd) is compared with the cached copy (same
+// created time and size); on a miss the blobs are fetched, checked against their digests and
+// committed to the local store (side files with the task, as single-node mode keeps them, so
+// GetTask and GetSideFile read them locally). A delete removes the pointer first, then the local
+// copy; every other replica drops its copy when the watch reports the delete or an overwrite. Blobs
+// without a pointer are deleted by CollectGarbage after a grace period (longer than any read of a
+// blob), never at once.
 //
 // Consistency: pushes and deletes are linearizable (etcd). A replica sees another's
 // delete or overwrite when its watch delivers it (typically milliseconds; measured by
@@ -57,8 +58,8 @@ struct ClusterOptions {
   std::string etcd_endpoint;
   // Namespace of this deployment's keys in etcd. Default: "deltaserve/".
   std::string etcd_prefix = "deltaserve/";
-  // Bytes of containers this replica keeps in its RocksDB; least recently used tasks
-  // beyond it are deleted locally (still in S3). 0 = unbounded. Default: 64 GiB.
+  // Bytes of tasks (containers and side files) this replica keeps in its RocksDB; least recently
+  // used tasks beyond it are deleted locally (still in S3). 0 = unbounded. Default: 64 GiB.
   uint64_t cache_bytes = 64ull << 30;
   // A blob that lost its last pointer is deleted no sooner than this. Must exceed the
   // longest fetch of a blob. Default: 3600 s.
@@ -66,6 +67,11 @@ struct ClusterOptions {
   // Every replica runs CollectGarbage this often (concurrent runs are harmless: marks
   // and deletes are idempotent). 0 = never (run it elsewhere). Default: 600 s.
   int64_t gc_interval_s = 600;
+  // Threads that fetch missing tasks from the object store (the server's fill pool,
+  // server/internal/cluster_glue.h): a slow fetch holds one of these, never a decode
+  // worker or a control thread. At most this many different tasks fill at once; more
+  // wait in its queue. Must be >= 1. Default: 4.
+  int64_t fill_threads = 4;
 
   absl::Status Validate() const;
 };
@@ -74,7 +80,7 @@ struct ClusterOptions {
 //   {"s3": {"endpoint": "...", "region": "...", "bucket": "...", "access_key": "...",
 //           "secret_key": "..." | "secret_key_file": "path", "part_bytes": N},
 //    "etcd": {"endpoint": "...", "prefix": "..."},
-//    "cache_bytes": N, "gc_grace_s": N, "gc_interval_s": N}
+//    "cache_bytes": N, "gc_grace_s": N, "gc_interval_s": N, "fill_threads": N}
 // InvalidArgument naming the field; the result is validated.
 absl::StatusOr<ClusterOptions> ParseClusterOptions(absl::string_view json_text,
                                                    const std::string& base_dir);
@@ -112,18 +118,24 @@ class ClusterStore {
                                                             Mutate mutate);
   ~ClusterStore();  // stops the watch thread
 
-  // Publishes a verified container as (tenant, task): blob, then pointer. `quota_bytes`
-  // (0 = none): the tenant's pointed-to bytes after the push, counting a replaced task
-  // as freed, must stay within it (ResourceExhausted). `ptr` carries base_hash,
-  // created_unix and the listing fields; digest and size are filled in. Then the
-  // local cache is filled (`container` committed under `mutate`).
+  // Publishes a verified container and its side files (already validated:
+  // storage::ValidateSideFiles) as (tenant, task): blobs, then pointer. `quota_bytes`
+  // (0 = none): the tenant's pointed-to bytes (containers and side files) after the
+  // push, counting a replaced task as freed, must stay within it (ResourceExhausted).
+  // `ptr` carries base_hash, created_unix, metadata and the listing fields; digest, size
+  // and side_files are filled in. Then the local cache is filled (`container` and the
+  // side files committed under `mutate`).
   absl::StatusOr<PointerOutcome> Publish(const TaskName& name,
                                          absl::Span<const uint8_t> container_bytes,
-                                         const codec::ContainerReader& container, TaskPointer ptr,
-                                         bool overwrite, uint64_t quota_bytes);
+                                         const codec::ContainerReader& container,
+                                         absl::Span<const storage::SideFile> side_files,
+                                         TaskPointer ptr, bool overwrite, uint64_t quota_bytes);
   // Makes the local store hold the task's current version (fetching it on a miss).
   // NotFound if the task has no pointer (a stale local copy is dropped then).
   absl::Status Ensure(const TaskName& name);
+  // Whether the local store holds the current version the watch has seen (no network:
+  // one local read). False for a task the watch has not seen; Ensure decides then.
+  bool Cached(const TaskName& name) const;
   // Pointers of `tenant` ("" = all), from etcd.
   absl::StatusOr<std::vector<std::pair<TaskName, TaskPointer>>> List(
       absl::string_view tenant) const;
@@ -142,9 +154,16 @@ class ClusterStore {
   ClusterStore(const ClusterOptions& options, storage::DeltaStore* local, Mutate mutate);
   // The local copy matches `ptr`.
   bool LocalMatches(const TaskName& name, const TaskPointer& ptr) const;
-  // Commits `container` locally as `ptr`'s version and records it in the LRU, evicting.
+  // Commits `container` and `side_files` locally as `ptr`'s version and records it in
+  // the LRU, evicting.
   absl::Status Fill(const TaskName& name, const codec::ContainerReader& container,
-                    const TaskPointer& ptr);
+                    absl::Span<const storage::SideFile> side_files, const TaskPointer& ptr);
+  // Fetches the blobs of `ptr` (container, side files), checks them and Fills.
+  absl::Status FetchAndFill(const TaskName& name, const TaskPointer& ptr);
+  // Uploads every blob of a push (Put skips those already stored); returns their
+  // digests: the container's, then each side file's.
+  absl::StatusOr<std::vector<std::string>> PutBlobs(absl::Span<const uint8_t> container_bytes,
+                                                    absl::Span<const storage::SideFile> side_files);
   // Drops the local copy (OK if none).
   absl::Status DropLocal(const TaskName& name);
   // Watch thread: list, then watch from the listing's revision; again on errors.

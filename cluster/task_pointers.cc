@@ -1,5 +1,6 @@
 #include "cluster/task_pointers.h"
 
+#include <algorithm>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -23,17 +24,89 @@ constexpr char kTombstone[] = "deleting ";
 
 }  // namespace
 
-std::string EncodePointer(const TaskPointer& p) {
-  return json{{"digest", p.digest},
-              {"size", p.size},
-              {"base_hash", p.base_hash},
-              {"created", p.created_unix},
-              {"tensors", p.num_tensors},
-              {"weights", p.weights},
-              {"merged_bytes", p.merged_bytes},
-              {"written_ms", p.written_ms}}
-      .dump();
+uint64_t TaskPointer::StoredBytes() const {
+  uint64_t bytes = size;
+  for (const SideFileRef& f : side_files) bytes += f.file.bytes;
+  return bytes;
 }
+
+std::vector<std::string> TaskPointer::Digests() const {
+  std::vector<std::string> out{digest};
+  for (const SideFileRef& f : side_files) out.push_back(f.digest);
+  return out;
+}
+
+bool TaskPointer::SameContent(const TaskPointer& o) const {
+  return digest == o.digest && side_files == o.side_files;
+}
+
+absl::StatusOr<std::string> EncodePointer(const TaskPointer& p) {
+  json side = json::array();
+  for (const SideFileRef& f : p.side_files) {
+    side.push_back({{"name", f.file.name},
+                    {"bytes", f.file.bytes},
+                    {"xxh3_64", absl::StrCat(absl::Hex(f.file.xxh3_64, absl::kZeroPad16))},
+                    {"digest", f.digest}});
+  }
+  json j{{"digest", p.digest},
+         {"size", p.size},
+         {"base_hash", p.base_hash},
+         {"created", p.created_unix},
+         {"tensors", p.num_tensors},
+         {"weights", p.weights},
+         {"merged_bytes", p.merged_bytes},
+         {"written_ms", p.written_ms}};
+  if (!p.metadata.empty()) j["metadata"] = p.metadata;
+  if (!p.side_files.empty()) j["side_files"] = std::move(side);
+  DS_ASSIGN_OR_RETURN(std::string text, common::DumpJson(j, "task pointer"));
+  if (text.size() > kMaxPointerBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("task pointer: ", text.size(), " bytes encoded, cluster mode keeps at most ",
+                     kMaxPointerBytes, " (the container header's metadata is too large)"));
+  }
+  return text;
+}
+
+namespace {
+
+bool IsDigest(absl::string_view d) {
+  return d.size() == 64 && d.find_first_not_of("0123456789abcdef") == absl::string_view::npos;
+}
+
+// The optional "metadata" and "side_files" of a pointer.
+absl::Status DecodeExtras(const json& j, TaskPointer& p) {
+  if (j.contains("metadata")) {
+    const json& m = j["metadata"];
+    if (!m.is_object()) return absl::InvalidArgumentError("metadata is not an object");
+    for (const auto& [k, v] : m.items()) {
+      DS_ASSIGN_OR_RETURN(p.metadata[k], common::JsonToString(v, "metadata value"));
+    }
+  }
+  if (!j.contains("side_files")) return absl::OkStatus();
+  const json& files = j["side_files"];
+  if (!files.is_array()) return absl::InvalidArgumentError("side_files is not an array");
+  for (const json& f : files) {
+    if (!f.is_object()) return absl::InvalidArgumentError("side file is not an object");
+    SideFileRef ref;
+    DS_ASSIGN_OR_RETURN(ref.file.name, common::JsonToString(f.value("name", json()), "name"));
+    DS_ASSIGN_OR_RETURN(int64_t bytes,
+                        common::JsonToNonNegativeInt(f.value("bytes", json()), "bytes"));
+    ref.file.bytes = static_cast<uint64_t>(bytes);
+    DS_ASSIGN_OR_RETURN(std::string xxh,
+                        common::JsonToString(f.value("xxh3_64", json()), "xxh3_64"));
+    if (xxh.size() != 16 || !absl::SimpleHexAtoi(xxh, &ref.file.xxh3_64)) {
+      return absl::InvalidArgumentError("side file xxh3_64 is not 16 hex digits");
+    }
+    DS_ASSIGN_OR_RETURN(ref.digest, common::JsonToString(f.value("digest", json()), "digest"));
+    if (!IsDigest(ref.digest)) {
+      return absl::InvalidArgumentError("side file digest is not 64 lowercase hex digits");
+    }
+    p.side_files.push_back(std::move(ref));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<TaskPointer> DecodePointer(absl::string_view text, absl::string_view what) {
   auto bad = [&](absl::string_view why) {
@@ -53,7 +126,7 @@ absl::StatusOr<TaskPointer> DecodePointer(absl::string_view text, absl::string_v
   for (const absl::Status& s : {digest.status(), size.status(), base.status(), created.status()}) {
     if (!s.ok()) return bad(s.message());
   }
-  if (digest->size() != 64 || digest->find_first_not_of("0123456789abcdef") != std::string::npos) {
+  if (!IsDigest(*digest)) {
     return bad("digest is not 64 lowercase hex digits");
   }
   p.digest = *digest;
@@ -70,6 +143,7 @@ absl::StatusOr<TaskPointer> DecodePointer(absl::string_view text, absl::string_v
     *out = static_cast<uint64_t>(*v);
   }
   p.written_ms = static_cast<int64_t>(written_ms);
+  if (absl::Status s = DecodeExtras(*j, p); !s.ok()) return bad(s.message());
   return p;
 }
 
@@ -86,14 +160,15 @@ std::optional<TaskName> TaskPointers::ParseKey(absl::string_view key) const {
 
 absl::StatusOr<PointerOutcome> TaskPointers::Create(const TaskName& name, const TaskPointer& ptr,
                                                     bool overwrite) const {
-  std::string key = Key(name), value = EncodePointer(ptr);
+  std::string key = Key(name);
+  DS_ASSIGN_OR_RETURN(std::string value, EncodePointer(ptr));
   for (int attempt = 0; attempt < kReplaceAttempts; ++attempt) {
     std::optional<KeyValue> existing;
     DS_ASSIGN_OR_RETURN(bool created, etcd_->PutIfAbsent(key, value, &existing));
     if (created) return PointerOutcome::kCreated;
     if (!existing.has_value()) continue;  // deleted in between: try again
     DS_ASSIGN_OR_RETURN(TaskPointer old, DecodePointer(existing->value, key));
-    if (old.digest == ptr.digest) return PointerOutcome::kUnchanged;
+    if (old.SameContent(ptr)) return PointerOutcome::kUnchanged;
     if (!overwrite) {
       return absl::AlreadyExistsError(
           absl::StrCat("task '", name.task, "' of tenant '", name.tenant,
@@ -101,7 +176,12 @@ absl::StatusOr<PointerOutcome> TaskPointers::Create(const TaskName& name, const 
     }
     DS_ASSIGN_OR_RETURN(bool replaced, etcd_->PutIfRevision(key, value, existing->mod_revision));
     if (replaced) {
-      DS_RETURN_IF_ERROR(MarkGarbage(old.digest));
+      std::vector<std::string> freed;
+      const std::vector<std::string> kept = ptr.Digests();
+      for (const std::string& d : old.Digests()) {
+        if (std::find(kept.begin(), kept.end(), d) == kept.end()) freed.push_back(d);
+      }
+      DS_RETURN_IF_ERROR(MarkGarbage(freed));
       return PointerOutcome::kReplaced;
     }
   }
@@ -143,13 +223,15 @@ absl::Status TaskPointers::Delete(const TaskName& name) const {
     return absl::NotFoundError(
         absl::StrCat("task '", name.task, "' of tenant '", name.tenant, "' not found"));
   }
-  return MarkGarbage(old.digest);
+  return MarkGarbage(old.Digests());
 }
 
 absl::StatusOr<bool> TaskPointers::AnyPointerNames(const std::string& digest) const {
   DS_ASSIGN_OR_RETURN(auto pointers, List(""));
   for (const auto& [name, p] : pointers) {
-    if (p.digest == digest) return true;
+    for (const std::string& d : p.Digests()) {
+      if (d == digest) return true;
+    }
   }
   return false;
 }
@@ -160,13 +242,17 @@ absl::StatusOr<bool> TaskPointers::BeingCollected(const std::string& digest) con
   return mark.has_value() && absl::StartsWith(mark->value, kTombstone);
 }
 
-absl::Status TaskPointers::MarkGarbage(const std::string& digest) const {
+absl::Status TaskPointers::MarkGarbage(const std::vector<std::string>& digests) const {
   // A later mark of the same digest keeps the earlier time (PutIfAbsent): the grace
-  // period runs from the first time the blob lost a pointer.
-  return etcd_
-      ->PutIfAbsent(absl::StrCat(prefix_, "gc/", digest),
-                    absl::StrCat(absl::ToUnixSeconds(absl::Now())))
-      .status();
+  // period runs from the first time the blob lost a pointer. A digest that another
+  // pointer still names is marked too: collection skips it (and drops the mark).
+  for (const std::string& digest : digests) {
+    DS_RETURN_IF_ERROR(etcd_
+                           ->PutIfAbsent(absl::StrCat(prefix_, "gc/", digest),
+                                         absl::StrCat(absl::ToUnixSeconds(absl::Now())))
+                           .status());
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<int> TaskPointers::CollectGarbage(
@@ -176,7 +262,9 @@ absl::StatusOr<int> TaskPointers::CollectGarbage(
   DS_ASSIGN_OR_RETURN(RangeResult marks, etcd_->GetPrefix(gc_prefix));
   DS_ASSIGN_OR_RETURN(auto pointers, List(""));
   std::set<std::string> live;
-  for (const auto& [name, p] : pointers) live.insert(p.digest);
+  for (const auto& [name, p] : pointers) {
+    for (std::string& d : p.Digests()) live.insert(std::move(d));
+  }
   int deleted = 0;
   for (const KeyValue& kv : marks.kvs) {
     std::string digest = kv.key.substr(gc_prefix.size());

@@ -151,6 +151,7 @@ struct Server::Impl {
   std::unique_ptr<internal::TensorCache> cache;
   std::unique_ptr<internal::ThreadPool> pool;
   std::unique_ptr<internal::ThreadPool> control_pool;
+  std::unique_ptr<internal::ThreadPool> fill_pool;  // cluster mode only
   internal::TaskVersions versions;
   internal::DrainGate drain;
   internal::StallWatch stalls;
@@ -198,6 +199,9 @@ absl::Status Server::Impl::OpenCluster() {
                      return versions.Mutate(name.tenant, name.task, cache.get(), fn);
                    }));
   ctx.cluster = cluster.get();
+  fill_pool = std::make_unique<internal::ThreadPool>(
+      static_cast<size_t>(cluster_options->fill_threads), "ds-fill");
+  ctx.fills = fill_pool.get();
   internal::LogInfo("cluster mode", {{"s3", cluster_options->s3.endpoint},
                                      {"bucket", cluster_options->s3.bucket},
                                      {"etcd", cluster_options->etcd_endpoint},
@@ -450,6 +454,7 @@ void Server::Shutdown(absl::Duration drain) {
   // Closures still queued (finishing reactors) run first; control work may still queue
   // data work (a stream's first fetches), so the control pool stops first.
   s.control_pool->Shutdown();
+  if (s.fill_pool) s.fill_pool->Shutdown();  // queues onto both pools: between them
   s.pool->Shutdown();
   StopExposer(std::move(s.exposer), s.metrics_port);
   s.health.reset();   // its probe uses the cluster store

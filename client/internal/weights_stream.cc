@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "codec/safetensors.h"
 #include "common/status_macros.h"
@@ -172,6 +173,19 @@ absl::StatusOr<v1::StreamWeightsRequest> MakeStreamWeightsRequest(const ClientOp
   return request;
 }
 
+namespace {
+
+// gRPC's status for a stream the peer reset (RST_STREAM) rather than finished: what a
+// client behind a proxy sees when the server the proxy forwarded to goes away.
+bool StreamWasReset(const grpc::Status& s) {
+  const std::string& m = s.error_message();
+  return (s.error_code() == grpc::StatusCode::UNKNOWN && m == "Stream removed") ||
+         (s.error_code() == grpc::StatusCode::INTERNAL &&
+          absl::StartsWith(m, "Received RST_STREAM"));
+}
+
+}  // namespace
+
 absl::Status RunStreamWeightsCall(const DeltaClient::Impl& impl, v1::DeltaService::Stub* stub,
                                   const v1::StreamWeightsRequest& request,
                                   const PullOptions& options, const std::atomic<bool>* stop,
@@ -198,6 +212,13 @@ absl::Status RunStreamWeightsCall(const DeltaClient::Impl& impl, v1::DeltaServic
   }
   grpc::Status status = reader->Finish();
   DS_RETURN_IF_ERROR(local);
+  if (!checker->ended() && StreamWasReset(status)) {
+    // A proxy in front of the server (HAProxy) resets the stream when the replica
+    // behind it dies: as transient as a dropped connection, so resumable.
+    return absl::UnavailableError(
+        absl::StrCat(checker->label(),
+                     ": connection dropped (the stream was reset: ", status.error_message(), ")"));
+  }
   DS_RETURN_IF_ERROR(FromGrpcStatus(status, checker->label()));
   if (!checker->ended()) {
     return absl::DataLossError(

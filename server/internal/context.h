@@ -44,6 +44,9 @@ struct ServiceContext {
   // that these calls never wait behind cold decodes queued on `pool`; nothing on it may
   // decode or read records.
   ThreadPool* control = nullptr;
+  // Cluster mode only (else null): fetches of tasks this replica lacks from the object
+  // store (RunWhenLocal in cluster_glue.h), so that they hold neither pool.
+  ThreadPool* fills = nullptr;
   Metrics* metrics = nullptr;
   const Authenticator* auth = nullptr;
   TaskVersions* versions = nullptr;

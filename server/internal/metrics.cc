@@ -169,7 +169,8 @@ void Metrics::PublishCluster(const cluster::ClusterStats& stats) {
         counter("deltaserve_cluster_cache_misses_total",
                 "Cluster mode: task reads that fetched the container from the object store"),
         counter("deltaserve_cluster_fill_bytes_total",
-                "Cluster mode: container bytes fetched from the object store on misses"),
+                "Cluster mode: bytes fetched from the object store on misses (containers and side "
+                "files)"),
         counter("deltaserve_cluster_fill_seconds_total",
                 "Cluster mode: seconds spent on misses (fetch, digest check, local commit)"),
         counter("deltaserve_cluster_cache_evictions_total",
@@ -184,7 +185,7 @@ void Metrics::PublishCluster(const cluster::ClusterStats& stats) {
         counter("deltaserve_cluster_gc_errors_total",
                 "Cluster mode: garbage-collection runs that failed"),
         gauge("deltaserve_cluster_cached_bytes",
-              "Cluster mode: container bytes in this replica's cache"),
+              "Cluster mode: bytes in this replica's cache (containers and side files)"),
         gauge("deltaserve_cluster_watch_lag_seconds",
               "Cluster mode: delay of the latest task put from its writer to this replica's "
               "etcd watch (writer's clock)"),

@@ -300,9 +300,9 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     storage::CommitOutcome outcome = storage::CommitOutcome::kCreated;
     if (ctx_->cluster != nullptr) {
       bool unchanged = false;
-      DS_RETURN_IF_ERROR(ClusterPublish(*ctx_, tenant_, meta_.task(), bytes, *container,
-                                        side_files.size(), meta_.overwrite(),
-                                        ctx_->auth->QuotaBytes(tenant_), &committed, &unchanged));
+      DS_RETURN_IF_ERROR(ClusterPublish(*ctx_, tenant_, meta_.task(), bytes, *container, side_files,
+                                        meta_.overwrite(), ctx_->auth->QuotaBytes(tenant_),
+                                        &committed, &unchanged));
       if (unchanged) outcome = storage::CommitOutcome::kUnchanged;
     } else {
       DS_RETURN_IF_ERROR(ctx_->versions->Mutate(tenant_, meta_.task(), ctx_->cache,

@@ -48,7 +48,8 @@ class RefusedReactor final : public ReactorBase {
 
 grpc::ServerUnaryReactor* DeltaServiceImpl::RunUnaryOn(ThreadPool* pool,
                                                        grpc::CallbackServerContext* call,
-                                                       const char* method, UnaryWork work) {
+                                                       const char* method, UnaryWork work,
+                                                       TaskRef task) {
   grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
   auto log = std::make_shared<CallLog>(ctx_->metrics, method);
   absl::StatusOr<Caller> caller =
@@ -59,11 +60,13 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::RunUnaryOn(ThreadPool* pool,
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
-  pool->Schedule([reactor, log, work = std::move(work), caller = *std::move(caller)] {
-    absl::Status status = work(caller, *log);
-    log->Finish(status);
-    reactor->Finish(ToGrpcStatus(status));
-  });
+  TaskTarget target = task.task != nullptr ? TargetOf(*ctx_, *caller, task) : nullptr;
+  RunWhenLocal(*ctx_, pool, std::move(target),
+               [reactor, log, work = std::move(work), caller = *std::move(caller)] {
+                 absl::Status status = work(caller, *log);
+                 log->Finish(status);
+                 reactor->Finish(ToGrpcStatus(status));
+               });
   return reactor;
 }
 
@@ -103,7 +106,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::GetTask(grpc::CallbackServerContext*
                                                     const v1::GetTaskRequest* request,
                                                     v1::TaskInfo* response) {
   const ServiceContext* ctx = ctx_;
-  return RunUnary(call, "GetTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
+  auto work = [=](const Caller& caller, CallLog& log) -> absl::Status {
     DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(*request, "GetTask"));
     DS_ASSIGN_OR_RETURN(std::string tenant,
                         ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
@@ -112,7 +115,8 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::GetTask(grpc::CallbackServerContext*
     FillTaskInfo(info, request->include_tensors(),
                  ctx->cache->IsPinned(TaskGroup(tenant, request->task())), response);
     return absl::OkStatus();
-  });
+  };
+  return RunUnaryOnTask(call, "GetTask", {&request->tenant(), &request->task()}, work);
 }
 
 grpc::ServerUnaryReactor* DeltaServiceImpl::DeleteTask(grpc::CallbackServerContext* call,
@@ -169,7 +173,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::PinTask(grpc::CallbackServerContext*
                                                     const v1::PinTaskRequest* request,
                                                     v1::PinTaskResponse* response) {
   const ServiceContext* ctx = ctx_;
-  return RunUnaryOnPool(call, "PinTask", [=](const Caller& caller, CallLog& log) -> absl::Status {
+  auto work = [=](const Caller& caller, CallLog& log) -> absl::Status {
     DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(*request, "PinTask"));
     DS_ASSIGN_OR_RETURN(std::string tenant,
                         ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
@@ -178,7 +182,8 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::PinTask(grpc::CallbackServerContext*
                         internal::PinTask(*ctx, tenant, request->task(), dtype));
     response->set_pinned_bytes(bytes);
     return absl::OkStatus();
-  });
+  };
+  return RunUnaryOnPoolOnTask(call, "PinTask", {&request->tenant(), &request->task()}, work);
 }
 
 grpc::ServerUnaryReactor* DeltaServiceImpl::UnpinTask(grpc::CallbackServerContext* call,
@@ -240,8 +245,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::GetSideFile(grpc::CallbackServerCont
                                                         v1::GetSideFileResponse* response) {
   const ServiceContext* ctx = ctx_;
   // On the worker pool: a side file is read whole (up to 32 MiB) and hashed.
-  return RunUnaryOnPool(call, "GetSideFile", [=](const Caller& caller,
-                                                 CallLog& log) -> absl::Status {
+  auto work = [=](const Caller& caller, CallLog& log) -> absl::Status {
     DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(*request, "GetSideFile"));
     DS_ASSIGN_OR_RETURN(std::string tenant,
                         ResolveTask(*ctx, caller, request->tenant(), request->task(), log));
@@ -268,7 +272,8 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::GetSideFile(grpc::CallbackServerCont
     response->set_data(data.substr(request->offset(), max_bytes));
     log.add_bytes(response->data().size());
     return absl::OkStatus();
-  });
+  };
+  return RunUnaryOnPoolOnTask(call, "GetSideFile", {&request->tenant(), &request->task()}, work);
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* DeltaServiceImpl::PutDelta(

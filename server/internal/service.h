@@ -13,6 +13,7 @@
 #include "deltaserve/v1/delta_service.grpc.pb.h"
 #include "server/internal/auth.h"
 #include "server/internal/call.h"
+#include "server/internal/cluster_glue.h"
 #include "server/internal/context.h"
 
 namespace deltaserve::server::internal {
@@ -62,17 +63,27 @@ class DeltaServiceImpl final
   // Runs `work(caller, log)` on the control pool (RunUnary: metadata work) or on the
   // worker pool (RunUnaryOnPool: work that decodes) after authenticating, then
   // finishes the call with its status and logs it.
+  // The *OnTask variants name the task the work reads: in cluster mode a miss is
+  // fetched on the fill pool before the work starts (RunWhenLocal, cluster_glue.h).
   using UnaryWork = std::function<absl::Status(const Caller&, CallLog&)>;
   grpc::ServerUnaryReactor* RunUnary(grpc::CallbackServerContext* call, const char* method,
                                      UnaryWork work) {
-    return RunUnaryOn(ctx_->control, call, method, std::move(work));
+    return RunUnaryOn(ctx_->control, call, method, std::move(work), {});
   }
   grpc::ServerUnaryReactor* RunUnaryOnPool(grpc::CallbackServerContext* call, const char* method,
                                            UnaryWork work) {
-    return RunUnaryOn(ctx_->pool, call, method, std::move(work));
+    return RunUnaryOn(ctx_->pool, call, method, std::move(work), {});
+  }
+  grpc::ServerUnaryReactor* RunUnaryOnTask(grpc::CallbackServerContext* call, const char* method,
+                                           TaskRef task, UnaryWork work) {
+    return RunUnaryOn(ctx_->control, call, method, std::move(work), task);
+  }
+  grpc::ServerUnaryReactor* RunUnaryOnPoolOnTask(grpc::CallbackServerContext* call,
+                                                 const char* method, TaskRef task, UnaryWork work) {
+    return RunUnaryOn(ctx_->pool, call, method, std::move(work), task);
   }
   grpc::ServerUnaryReactor* RunUnaryOn(ThreadPool* pool, grpc::CallbackServerContext* call,
-                                       const char* method, UnaryWork work);
+                                       const char* method, UnaryWork work, TaskRef task);
 
   const ServiceContext* ctx_;
 };

@@ -39,7 +39,10 @@ class StreamDeltaReactor final : public grpc::ServerWriteReactor<v1::StreamDelta
       Done(admitted);
       return;
     }
-    ctx_->pool->Schedule([this] { Setup(); });
+    // Cluster mode: a missing task is fetched on the fill pool first (cluster_glue.h).
+    RunWhenLocal(*ctx_, ctx_->pool,
+                 TargetOf(*ctx_, *call_, {&request_->tenant(), &request_->task()}),
+                 [this] { Setup(); });
   }
 
   void OnWriteDone(bool ok) override {

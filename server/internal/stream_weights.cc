@@ -79,7 +79,10 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<grpc::ByteBuf
       Pump();  // finishes with the error at once
       return;
     }
-    Run(ctx_->control, [](StreamWeightsReactor& r) { r.Setup(); });
+    // Cluster mode: a missing task is fetched on the fill pool first (cluster_glue.h).
+    RunWhenLocal(*ctx_, ctx_->control,
+                 TargetOf(*ctx_, *call_, {&request_->tenant(), &request_->task()}),
+                 [self = shared_from_this()] { self->Setup(); });
   }
 
   void OnWriteDone(bool ok) override {

@@ -164,6 +164,52 @@ TEST_F(PullRangesTest, ARangeDroppedMidTensorResumesAtThatByte) {
   for (const v1::StreamWeightsRequest& r : service_.streams) EXPECT_TRUE(r.checksum_after_data());
 }
 
+// One stream (the default) resumes the same way: a single-stream pull through a load
+// balancer whose replica dies lands on another one and continues at the byte where it
+// stopped. Into a file, a checkpoint directory and memory.
+TEST_F(PullRangesTest, OneStreamDroppedMidTensorResumesAtThatByte) {
+  service_.unavailable_once_at = 3;  // "c": fails after its first chunk
+  ASSERT_OK_AND_ASSIGN(PullStats stats, client_->PullWeights("chat", tmp_.File("r.safetensors")));
+  EXPECT_EQ(stats.streams, 1u);
+  EXPECT_EQ(stats.resumed, 1u);
+  EXPECT_EQ(stats.tensors, 4u);
+  EXPECT_EQ(stats.bytes, 122u);
+  EXPECT_EQ(ReadFile(tmp_.File("r.safetensors")), ReadFile(tmp_.File("expected.safetensors")));
+  EXPECT_THAT(Requests(), ElementsAre(Pair(0u, 4u), Pair(3u, 4u)));
+  EXPECT_THAT(Offsets(), ElementsAre(0u, 7u));
+
+  auto clear = [&] {
+    std::lock_guard<std::mutex> lock(service_.mu);
+    service_.streams.clear();
+  };
+  clear();
+  service_.unavailable_once_at = 3;
+  ASSERT_OK_AND_ASSIGN(stats, client_->PullWeightsToDirectory("chat", tmp_.File("dir"),
+                                                              /*max_shard_bytes=*/1 << 20));
+  EXPECT_EQ(stats.resumed, 1u);
+  EXPECT_EQ(stats.tensors, 4u);
+  EXPECT_EQ(stats.bytes, 122u);
+  EXPECT_THAT(Offsets(), ElementsAre(0u, 7u));
+
+  // A stream reset by a proxy whose server died (UNKNOWN "Stream removed") resumes too.
+  clear();
+  service_.unavailable_once_at = 3;
+  service_.fail_as_reset = true;
+  ASSERT_OK_AND_ASSIGN(stats, client_->PullWeights("chat", tmp_.File("reset.safetensors")));
+  EXPECT_EQ(stats.resumed, 1u);
+  EXPECT_EQ(ReadFile(tmp_.File("reset.safetensors")), ReadFile(tmp_.File("expected.safetensors")));
+  EXPECT_THAT(Offsets(), ElementsAre(0u, 7u));
+  service_.fail_as_reset = false;
+
+  clear();
+  service_.unavailable_once_at = 3;
+  ASSERT_OK_AND_ASSIGN(PulledModel model, client_->PullWeightsToMemory("chat"));
+  EXPECT_EQ(model.stats.resumed, 1u);
+  ASSERT_EQ(model.tensors.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(model.tensors[i].data, service_.tensors[i].data);
+  EXPECT_THAT(Offsets(), ElementsAre(0u, 7u));
+}
+
 TEST_F(PullRangesTest, WithoutRetriesTheDropIsTheError) {
   service_.unavailable_once_at = 3;
   PullOptions options;

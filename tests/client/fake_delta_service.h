@@ -62,6 +62,9 @@ class FakeService final : public v1::DeltaService::Service {
   // at this container index sends its header and one chunk, then fails UNAVAILABLE
   // (a dropped connection); later calls serve it. -1: never.
   std::atomic<int> unavailable_once_at{-1};
+  // That failure as a client behind a proxy sees a reset stream: UNKNOWN "Stream
+  // removed" (gRPC's status for an RST_STREAM), not UNAVAILABLE.
+  std::atomic<bool> fail_as_reset{false};
   // What StreamWeights serves, if not `tensors` (GetTask lists `tensors`): a task
   // replaced between the two calls.
   const std::vector<codec::OwnedTensor>* served_tensors = nullptr;
@@ -202,6 +205,7 @@ class FakeService final : public v1::DeltaService::Service {
       for (size_t off = from; off < t.data.size(); off += chunk) {
         int at = static_cast<int>(i);
         if (off == chunk && unavailable_once_at.compare_exchange_strong(at, -1)) {
+          if (fail_as_reset) return grpc::Status(grpc::StatusCode::UNKNOWN, "Stream removed");
           return grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection dropped");
         }
         if (fault == Fault::kAbortMidway && i == 1) {

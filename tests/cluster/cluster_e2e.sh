@@ -7,6 +7,10 @@
 #   - a fourth, empty replica serves every task (cold-miss fetch time measured)
 #   - kill -9 the replica that owns a task: pulls through HAProxy keep succeeding
 #     (failover time measured); restarted, it serves again
+#   - side files: t1 pushed with config.json + tokenizer.json; `pull --out-dir` from every
+#     replica and through HAProxy writes them identical; `info` and `list` show them
+#   - a single-stream pull through HAProxy whose replica is killed mid-stream resumes
+#     by byte offset on the next replica (bit-identical)
 #   - delete through one replica: gone on every replica (time measured)
 #   - health: r3 reaches the object store through a forwarder; stopping the forwarder
 #     turns r3's health NOT_SERVING and HAProxy marks r3 DOWN through its agent check
@@ -50,7 +54,9 @@ cluster_up "$dir" || {
 }
 echo "swift + etcd up in $((SECONDS - t0)) s"
 
-# ---- models: a base and three finetunes (8 x 512x1024 f32 = 16 MiB each), compressed
+# ---- models: a base of 8 x 512x1024 f32 (layer*) + 8 x 2048x1024 f32 (big*); three
+# finetunes of the layer* tensors only (16 MiB merged each) and t5 of every tensor
+# (80 MiB merged, for the single-stream resume below)
 /usr/bin/python3 - "$dir" <<'PY'
 import json, struct, sys
 import numpy as np
@@ -68,16 +74,28 @@ def save(path, tensors):
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 rng = np.random.default_rng(0)
 base = {f"layer{i}.w": rng.standard_normal((512, 1024), dtype=np.float32) * 0.05 for i in range(8)}
-save(f"{d}/base.safetensors", base)
+big = {f"big{i}.w": rng.standard_normal((2048, 1024), dtype=np.float32) * 0.05 for i in range(8)}
+save(f"{d}/base.safetensors", {**base, **big})
+def tune(tensors):
+    return {k: v + rng.standard_normal(v.shape, dtype=np.float32) * 0.002 for k, v in tensors.items()}
 for t in range(1, 4):
-    save(f"{d}/ft{t}.safetensors",
-         {k: v + rng.standard_normal(v.shape, dtype=np.float32) * 0.002 for k, v in base.items()})
+    save(f"{d}/ft{t}.safetensors", tune(base))
+save(f"{d}/ft5.safetensors", tune({**base, **big}))
 PY
-for t in 1 2 3; do
+# Side files of t1 (config, tokenizer: pushed with it, pulled with --out-dir).
+mkdir -p "$dir/side"
+printf '{"model_type": "llama", "hidden_size": 1024}\n' >"$dir/side/config.json"
+head -c 3000000 /dev/urandom | base64 >"$dir/side/tokenizer.json"
+for t in 1 2 3 5; do
+  # t1..t3 lack the base's big tensors: --allow-missing leaves them out of the merged model.
+  # t5 with Delta-DCT: the default codec (v2) takes far longer on its 2048x1024 tensors.
+  codec=()
+  [[ $t == 5 ]] && codec=(--codec dct)
   "$DELTACTL" compress --base "$dir/base.safetensors" --finetuned "$dir/ft$t.safetensors" \
-    --out "$dir/t$t.dds" >/dev/null
+    --allow-missing "${codec[@]}" --out "$dir/t$t.dds" >/dev/null 2>"$dir/compress.err" ||
+    fail "compress t$t: $(tail -n 3 "$dir/compress.err")"
   "$DELTACTL" decompress --base "$dir/base.safetensors" --delta "$dir/t$t.dds" \
-    --out "$dir/t$t.offline.safetensors" >/dev/null
+    --out "$dir/t$t.offline.safetensors" >/dev/null 2>&1 || fail "decompress t$t"
 done
 
 cat >"$dir/cluster.json" <<JSON
@@ -154,22 +172,41 @@ LB="127.0.0.1:$LB_PORT"
 echo "3 replicas + haproxy up at $((SECONDS - t0)) s"
 
 # ---- push through HAProxy; pull from everywhere; list agrees
-for t in t1 t2 t3; do
-  "$DELTACTL" push --server "$LB" --task "$t" --in "$dir/$t.dds" >/dev/null || fail "push $t"
+for t in t1 t2 t3 t5; do
+  side=()
+  [[ $t == t1 ]] && side=(--side-file "$dir/side/config.json" --side-file "$dir/side/tokenizer.json")
+  "$DELTACTL" push --server "$LB" --task "$t" --in "$dir/$t.dds" "${side[@]}" >/dev/null ||
+    fail "push $t"
 done
 for t in t1 t2 t3; do
   pull_check "$LB" "$t" haproxy
   for n in 1 2 3; do pull_check "127.0.0.1:${RPORT[$n]}" "$t" "r$n"; done
 done
-echo "ok: 3 tasks pushed through haproxy, pulled bit-identical from r1, r2, r3 and haproxy"
+echo "ok: 4 tasks pushed through haproxy; t1-t3 pulled bit-identical from r1, r2, r3 and haproxy"
 for n in 1 2 3; do
   "$DELTACTL" list --json --server "127.0.0.1:${RPORT[$n]}" >"$dir/list$n.json"
 done
 if ! cmp -s "$dir/list1.json" "$dir/list2.json" || ! cmp -s "$dir/list1.json" "$dir/list3.json"; then
   fail "list differs between replicas: $(diff "$dir/list1.json" "$dir/list2.json" | head -5)"
 fi
-grep -c '"name"' "$dir/list1.json" | grep -qx 3 || fail "list does not show 3 tasks"
-echo "ok: list identical on r1, r2, r3"
+grep -c '"tenant"' "$dir/list1.json" | grep -qx 4 || fail "list does not show 4 tasks: $(cat "$dir/list1.json")"
+grep -q '"tokenizer.json"' "$dir/list1.json" || fail "list does not show t1's side files"
+echo "ok: list identical on r1, r2, r3 (side files listed)"
+# ---- side files: pull --out-dir writes them, from every replica and through HAProxy
+for server in "$LB" "127.0.0.1:${RPORT[1]}" "127.0.0.1:${RPORT[2]}" "127.0.0.1:${RPORT[3]}"; do
+  rm -rf "$dir/outdir"
+  "$DELTACTL" pull --server "$server" --task t1 --out-dir "$dir/outdir" >/dev/null 2>"$dir/pull.err" ||
+    fail "pull --out-dir t1 from $server: $(tail -n 3 "$dir/pull.err")"
+  for f in config.json tokenizer.json; do
+    cmp -s "$dir/side/$f" "$dir/outdir/$f" || fail "side file $f pulled from $server differs"
+  done
+done
+for n in 1 2 3; do
+  "$DELTACTL" info --json --server "127.0.0.1:${RPORT[$n]}" --task t1 >"$dir/info$n.json" ||
+    fail "info t1 on r$n"
+  grep -q '"config.json"' "$dir/info$n.json" || fail "info t1 on r$n lacks its side files"
+done
+echo "ok: t1's side files pulled with --out-dir identical from r1, r2, r3 and haproxy; info lists them"
 
 # ---- health: the agent check marks a replica DOWN that cannot reach the object store
 for n in 1 2 3; do
@@ -210,8 +247,9 @@ for t in t1 t2 t3; do
   echo "figure: r4 (empty) pull $t: first (cold, fetched from S3) $((b - a)) ms, second (cached) $((c - b)) ms, container $(stat -c %s "$dir/$t.dds") bytes"
 done
 echo "ok: fourth empty replica served every task"
-# Its cache metrics (published once a second): 3 misses, the 3 containers fetched.
-fetched=0
+# Its cache metrics (published once a second): 3 misses, the 3 containers and t1's side
+# files fetched.
+fetched=$(($(stat -c %s "$dir/side/config.json") + $(stat -c %s "$dir/side/tokenizer.json")))
 for t in t1 t2 t3; do fetched=$((fetched + $(stat -c %s "$dir/$t.dds"))); done
 metric() { curl -s "http://127.0.0.1:${MPORT[4]}/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 deadline=$((SECONDS + 5))
@@ -223,7 +261,7 @@ done
   fail "r4 metrics: fill bytes $(metric deltaserve_cluster_fill_bytes_total), want $fetched"
 [[ "$(metric deltaserve_cluster_cached_bytes)" == "$fetched" ]] ||
   fail "r4 metrics: cached bytes $(metric deltaserve_cluster_cached_bytes), want $fetched"
-echo "ok: r4 /metrics: 3 cache misses, $fetched bytes filled, hits $(metric deltaserve_cluster_cache_hits_total), fill seconds $(metric deltaserve_cluster_fill_seconds_total), watch lag $(metric deltaserve_cluster_watch_lag_seconds) s"
+echo "ok: r4 /metrics: 3 cache misses, $fetched bytes filled (containers and side files), hits $(metric deltaserve_cluster_cache_hits_total), fill seconds $(metric deltaserve_cluster_fill_seconds_total), watch lag $(metric deltaserve_cluster_watch_lag_seconds) s"
 
 # ---- figures: aggregate throughput through HAProxy with 1, 2, 3 replicas
 if ((FIGURES)); then
@@ -238,11 +276,13 @@ if ((FIGURES)); then
     for round in 1 2; do
       for t in t1 t2 t3; do
         "$DELTACTL" pull --server "127.0.0.1:$port" --task "$t" \
-          --out "$dir/fig.$k.$round.$t.safetensors" >/dev/null 2>&1 &
+          --out "$dir/fig.$k.$round.$t.safetensors" >/dev/null 2>"$dir/fig.$k.$round.$t.err" &
         pids+=($!)
       done
     done
-    for p in "${pids[@]}"; do wait "$p" || fail "figure pull failed"; done
+    for p in "${pids[@]}"; do
+      wait "$p" || fail "figure pull failed: $(tail -q -n 2 "$dir"/fig."$k".*.err)"
+    done
     b=$(now_ms)
     rm -f "$dir"/fig.*.safetensors
     awk -v k="$k" -v n=6 -v bytes="$merged" -v ms=$((b - a)) 'BEGIN {
@@ -280,6 +320,47 @@ echo "ok: pulls through haproxy keep succeeding without r$owner"
 start_replica "$owner"
 pull_check "127.0.0.1:${RPORT[$owner]}" t1 "r$owner restarted"
 echo "ok: r$owner restarted from its cache and serves t1"
+
+# ---- a single-stream pull cut by the death of its replica resumes on the next one
+# t5 (80 MiB merged) is pulled through HAProxy only, so its owner is the one replica
+# that logged its StreamWeights calls. The client is stopped while its stream runs
+# (the owner's streams_in_flight says so), the owner is killed, the client continues:
+# it reads what had arrived, sees the stream cut and resumes by byte offset through
+# HAProxy on the next replica of the ring (PullOptions.range_retries).
+pull_check "$LB" t5 haproxy
+owner5=""
+for n in 1 2 3; do
+  grep 'StreamWeights' "$dir/r$n.log" | grep -q 't5' && owner5=$n
+done
+[[ -n "$owner5" ]] || fail "cannot tell which replica served t5"
+in_flight() {
+  curl -s "http://127.0.0.1:${MPORT[$owner5]}/metrics" |
+    awk '$1 == "deltaserve_streams_in_flight" { print int($2) }'
+}
+"$DELTACTL" pull --json --server "$LB" --task t5 --out "$dir/resume.safetensors" \
+  >"$dir/resume.json" 2>"$dir/resume.err" &
+pull_pid=$!
+deadline=$((SECONDS + 20))
+until (($(in_flight || echo 0) >= 1)); do
+  ((SECONDS < deadline)) || fail "t5's stream never showed on r$owner5"
+  sleep 0.01
+done
+kill -STOP "$pull_pid"
+sleep 0.5  # the owner fills the flow-control windows and waits
+a=$(now_ms)
+pid_var="CLUSTER_PID_r$owner5"
+kill -9 "${!pid_var}"
+wait "${!pid_var}" 2>/dev/null || true
+kill -CONT "$pull_pid"
+wait "$pull_pid" || fail "single-stream pull of t5 did not survive r$owner5's death: $(tail -n 3 "$dir/resume.err")"
+b=$(now_ms)
+cmp -s "$dir/resume.safetensors" "$dir/t5.offline.safetensors" || fail "resumed pull of t5 differs"
+resumed=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["resumed"])' "$dir/resume.json")
+((resumed >= 1)) || fail "the pull of t5 did not resume (resumed=$resumed): was it cut at all?"
+echo "figure: single-stream pull of t5 ($(stat -c %s "$dir/t5.offline.safetensors") bytes) cut by kill -9 of r$owner5: resumed $resumed time(s) through haproxy, done $((b - a)) ms after the kill, bit-identical"
+rm -f "$dir/resume.safetensors"
+start_replica "$owner5"
+echo "ok: a single-stream pull resumed on another replica after its replica died"
 
 # ---- delete through one replica: gone everywhere
 a=$(now_ms)

@@ -57,13 +57,24 @@ absl::StatusOr<Replica> OpenReplica(const std::string& dir, const ClusterOptions
 
 // Publishes `bytes` as tenant "t", task `task` through `r`.
 absl::StatusOr<PointerOutcome> Push(Replica& r, const std::string& task,
-                                    const std::vector<uint8_t>& bytes, bool overwrite = false) {
+                                    const std::vector<uint8_t>& bytes, bool overwrite = false,
+                                    std::vector<storage::SideFile> side_files = {}) {
   absl::StatusOr<codec::ContainerReader> c = codec::ContainerReader::Parse(bytes);
   if (!c.ok()) return c.status();
-  TaskPointer p;  // Publish fills in digest and size
+  TaskPointer p;  // Publish fills in digest, size and side files
   p.base_hash = "42";
   p.created_unix = absl::ToUnixSeconds(absl::Now());
-  return r.cluster->Publish({"t", task}, bytes, *c, p, overwrite, 0);
+  return r.cluster->Publish({"t", task}, bytes, *c, side_files, p, overwrite, 0);
+}
+
+// The side file `name` of the task in `r`'s local store ("<error>" if it cannot).
+std::string LocalSideFile(Replica& r, const std::string& task, const std::string& name) {
+  absl::StatusOr<std::string> got = r.local->ReadSideFile("t", task, name);
+  return got.ok() ? *got : "<" + got.status().ToString() + ">";
+}
+
+std::string BlobKeyOf(absl::string_view data) {
+  return BlobStore::Key(Sha256Hex({reinterpret_cast<const uint8_t*>(data.data()), data.size()}));
 }
 
 // The task's container as `r`'s local store rebuilds it ({} if it cannot).
@@ -193,6 +204,66 @@ TEST(ClusterStoreLiveTest, PeriodicGcDeletesReplacedBlobsOnly) {
   ASSERT_OK_AND_ASSIGN(Replica b, OpenReplica(tmp.File("b"), o));
   ASSERT_THAT(b.cluster->Ensure({"t", "g"}), IsOk());
   EXPECT_EQ(Assembled(b, "t", "g"), v2);
+}
+
+// Side files travel with the task: stored as blobs, listed in the pointer, fetched with
+// the container by an empty replica into its local store; an overwrite that changes
+// only a side file is seen by a replica that cached the old one; the periodic GC
+// deletes a side-file blob no pointer names and spares one another task still names.
+TEST(ClusterStoreLiveTest, SideFilesTravelWithTheTaskAndAreCollectedLikeBlobs) {
+  DS_SKIP_WITHOUT_CLUSTER();
+  deltaserve::testing::ScopedTempDir tmp;
+  ClusterOptions o = LiveOptions(0);
+  o.gc_grace_s = 0;
+  o.gc_interval_s = 1;
+  ASSERT_OK_AND_ASSIGN(Replica a, OpenReplica(tmp.File("a"), o));
+  ASSERT_OK_AND_ASSIGN(Replica b, OpenReplica(tmp.File("b"), o));
+  const std::vector<uint8_t> v = Container(61);
+  const std::string shared = R"({"model_type": "llama"})", tok(100000, 'k'), tok2(99, 'z');
+  ASSERT_THAT(Push(a, "s1", v, false, {{"config.json", shared}, {"tokenizer.json", tok}}).status(),
+              IsOk());
+  ASSERT_THAT(Push(a, "s2", Container(62), false, {{"config.json", shared}}).status(), IsOk());
+  // The same container and side files again: unchanged; other side files: AlreadyExists.
+  EXPECT_EQ(Push(b, "s1", v, false, {{"config.json", shared}, {"tokenizer.json", tok}})
+                .value_or(PointerOutcome(99)),
+            PointerOutcome::kUnchanged);
+  EXPECT_THAT(Push(b, "s1", v, false, {{"config.json", shared}}).status(),
+              StatusIs(absl::StatusCode::kAlreadyExists));
+  ASSERT_OK_AND_ASSIGN(auto listed, a.cluster->List("t"));
+  ASSERT_EQ(listed.size(), 2u);
+  const TaskPointer& p1 = listed[0].second;
+  ASSERT_EQ(p1.side_files.size(), 2u);
+  EXPECT_EQ(p1.side_files[1].file,
+            (storage::SideFileEntry{"tokenizer.json", tok.size(), storage::SideFileChecksum(tok)}));
+  EXPECT_EQ(p1.StoredBytes(), v.size() + shared.size() + tok.size());
+  // An empty replica fetches container and side files.
+  ASSERT_OK_AND_ASSIGN(Replica c, OpenReplica(tmp.File("c"), o));
+  ASSERT_THAT(c.cluster->Ensure({"t", "s1"}), IsOk());
+  EXPECT_EQ(Assembled(c, "t", "s1"), v);
+  EXPECT_EQ(LocalSideFile(c, "s1", "config.json"), shared);
+  EXPECT_EQ(LocalSideFile(c, "s1", "tokenizer.json"), tok);
+  EXPECT_EQ(c.cluster->stats().fetched_bytes, p1.StoredBytes());
+  // Overwrite on a, same container, the tokenizer replaced: c drops its copy when the
+  // watch reports it and fetches the new version.
+  absl::SleepFor(absl::Seconds(1));  // another creation second
+  EXPECT_EQ(Push(a, "s1", v, true, {{"config.json", shared}, {"tokenizer.json", tok2}})
+                .value_or(PointerOutcome(99)),
+            PointerOutcome::kReplaced);
+  EXPECT_GE(WaitFor([&] { return !c.local->GetTask("t", "s1").ok(); }), 0);
+  ASSERT_THAT(c.cluster->Ensure({"t", "s1"}), IsOk());
+  EXPECT_EQ(LocalSideFile(c, "s1", "tokenizer.json"), tok2);
+  // GC: the old tokenizer's blob goes; the shared config's stays.
+  const auto& s3 = a.cluster->blobs().s3();
+  EXPECT_GE(WaitFor([&] { return absl::IsNotFound(s3.HeadObject(BlobKeyOf(tok)).status()); }), 0)
+      << "the replaced side file's blob was not collected within 5 s";
+  EXPECT_THAT(s3.HeadObject(BlobKeyOf(shared)).status(), IsOk());
+  // Delete s1: its blobs go but the config (s2 names it).
+  ASSERT_THAT(a.cluster->Delete({"t", "s1"}).status(), IsOk());
+  EXPECT_GE(WaitFor([&] { return absl::IsNotFound(s3.HeadObject(BlobKeyOf(tok2)).status()); }), 0);
+  EXPECT_THAT(s3.HeadObject(BlobKeyOf(shared)).status(), IsOk());
+  ASSERT_OK_AND_ASSIGN(Replica d, OpenReplica(tmp.File("d"), o));
+  ASSERT_THAT(d.cluster->Ensure({"t", "s2"}), IsOk());
+  EXPECT_EQ(LocalSideFile(d, "s2", "config.json"), shared);
 }
 
 // The GC race: identical content pushed again (its blob exists, so the push uploads

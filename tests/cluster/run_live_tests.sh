@@ -20,6 +20,11 @@ if ! cluster_up "$dir"; then
   exit 1
 fi
 echo "cluster up in $((SECONDS - start)) s: S3 $S3_ENDPOINT, etcd $ETCD_ENDPOINT"
+# A forwarder to S3 that a test may stop (SIGSTOP) to make the object store hang.
+fwd_port=$(cluster_free_port)
+cluster_forward s3fwd "$fwd_port" "${S3_ENDPOINT#http://}"
+# shellcheck disable=SC2154  # CLUSTER_PID_s3fwd: set by cluster_start (eval)
+export S3_FORWARDER_ENDPOINT="http://127.0.0.1:$fwd_port" S3_FORWARDER_PID="$CLUSTER_PID_s3fwd"
 rc=0
 for t in cluster_s3_client_test cluster_task_pointers_test cluster_cluster_store_test \
   ../server/server_server_cluster_test; do

@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -26,6 +28,14 @@ TaskPointer MakePointer(char digit, uint64_t size) {
                      .merged_bytes = 4000};
 }
 
+// A collection's delete_blob that records the digests in `out`.
+std::function<absl::Status(const std::string&)> RecordDeleted(std::vector<std::string>* out) {
+  return [out](const std::string& digest) {
+    out->push_back(digest);
+    return absl::OkStatus();
+  };
+}
+
 // A fresh etcd namespace per test (prefix with the pid and test name).
 std::string Prefix() {
   const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
@@ -34,7 +44,8 @@ std::string Prefix() {
 
 TEST(TaskPointerTest, EncodeDecodeRoundTrip) {
   TaskPointer p = MakePointer('a', 123);
-  ASSERT_OK_AND_ASSIGN(TaskPointer back, DecodePointer(EncodePointer(p), "k"));
+  ASSERT_OK_AND_ASSIGN(std::string text, EncodePointer(p));
+  ASSERT_OK_AND_ASSIGN(TaskPointer back, DecodePointer(text, "k"));
   EXPECT_EQ(back, p);
   // The listing fields are optional.
   ASSERT_OK_AND_ASSIGN(TaskPointer minimal,
@@ -43,6 +54,60 @@ TEST(TaskPointerTest, EncodeDecodeRoundTrip) {
                                      "k"));
   EXPECT_EQ(minimal.size, 5u);
   EXPECT_EQ(minimal.num_tensors, 0u);
+}
+
+// A pointer with the header metadata and side files.
+TaskPointer WithSideFiles(char digit) {
+  TaskPointer p = MakePointer(digit, 50);
+  p.metadata = {{"codec", "dct"}, {"tool", "deltactl 1"}};
+  p.side_files = {SideFileRef{{"config.json", 23, 0x0123456789abcdefull}, std::string(64, 'e')},
+                  SideFileRef{{"empty.txt", 0, 0x2d06800538d394c2ull}, std::string(64, 'f')}};
+  return p;
+}
+
+TEST(TaskPointerTest, MetadataAndSideFilesRoundTrip) {
+  TaskPointer p = WithSideFiles('a');
+  ASSERT_OK_AND_ASSIGN(std::string text, EncodePointer(p));
+  EXPECT_THAT(text, HasSubstr(R"("xxh3_64":"0123456789abcdef")"));
+  ASSERT_OK_AND_ASSIGN(TaskPointer back, DecodePointer(text, "k"));
+  EXPECT_EQ(back, p);
+  EXPECT_EQ(back.StoredBytes(), 50u + 23u);
+  EXPECT_THAT(back.Digests(), ::testing::ElementsAre(std::string(64, 'a'), std::string(64, 'e'),
+                                                     std::string(64, 'f')));
+  // Content: the container and the side files; not the push time or the listing fields.
+  TaskPointer later = p;
+  later.created_unix += 10;
+  later.metadata.clear();
+  EXPECT_TRUE(later.SameContent(p));
+  TaskPointer other_config = p;
+  other_config.side_files[0].digest = std::string(64, 'd');
+  EXPECT_FALSE(other_config.SameContent(p));
+  TaskPointer fewer = p;
+  fewer.side_files.pop_back();
+  EXPECT_FALSE(fewer.SameContent(p));
+}
+
+TEST(TaskPointerTest, BadSideFilesAndHugeMetadataAreRefused) {
+  const std::string head =
+      R"({"digest":")" + std::string(64, 'b') + R"(","size":5,"base_hash":"ab","created":7,)";
+  EXPECT_THAT(DecodePointer(head + R"("side_files":{}})", "k").status(),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("side_files is not an array")));
+  EXPECT_THAT(DecodePointer(head + R"("side_files":[{"name":"a","bytes":1,"xxh3_64":"12",)" +
+                                R"("digest":")" + std::string(64, 'c') + R"("}]})",
+                            "k")
+                  .status(),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("16 hex digits")));
+  EXPECT_THAT(DecodePointer(head + R"("side_files":[{"name":"a","bytes":1,)" +
+                                R"("xxh3_64":"0000000000000001","digest":"zz"}]})",
+                            "k")
+                  .status(),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("64 lowercase hex")));
+  EXPECT_THAT(DecodePointer(head + R"("metadata":{"a":1}})", "k").status(),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("metadata value")));
+  TaskPointer huge = MakePointer('a', 1);
+  huge.metadata["blob"] = std::string(kMaxPointerBytes, 'x');
+  EXPECT_THAT(EncodePointer(huge).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("metadata is too large")));
 }
 
 TEST(TaskPointerTest, BadPointersAreDataLoss) {
@@ -113,16 +178,47 @@ TEST(TaskPointersLiveTest, GarbageIsCollectedOnlyAfterGraceAndWhenUnreferenced) 
   ASSERT_THAT(ptrs.Delete({"t", "b"}), IsOk());                                        // b: marked
   ASSERT_THAT(ptrs.Create({"t", "b2"}, MakePointer('b', 1), false).status(), IsOk());  // b lives
   std::vector<std::string> deleted;
-  auto del = [&](const std::string& d) {
-    deleted.push_back(d);
-    return absl::OkStatus();
-  };
+  auto del = RecordDeleted(&deleted);
   int64_t now = absl::ToUnixSeconds(absl::Now());
   EXPECT_EQ(ptrs.CollectGarbage(now, 3600, del).value_or(-1), 0);  // within grace
   EXPECT_TRUE(deleted.empty());
   EXPECT_EQ(ptrs.CollectGarbage(now + 3600, 3600, del).value_or(-1), 1);
   EXPECT_THAT(deleted, ::testing::ElementsAre(std::string(64, 'a')));
   EXPECT_EQ(ptrs.CollectGarbage(now + 7200, 3600, del).value_or(-1), 0);  // marks gone
+}
+
+// Side-file blobs are kept alive by any pointer naming them: a replace marks only the
+// blobs the new pointer drops, a delete marks all of the task's, and a collection spares
+// a side file another task still names (a config.json shared by many tasks).
+TEST(TaskPointersLiveTest, SideFileBlobsAreCollectedWhenNoPointerNamesThem) {
+  DS_SKIP_WITHOUT_CLUSTER();
+  EtcdClient etcd(testing::Env("ETCD_ENDPOINT"));
+  TaskPointers ptrs(&etcd, Prefix());
+  TaskPointer a = WithSideFiles('a');   // side blobs e, f
+  TaskPointer b = MakePointer('b', 1);  // shares e
+  b.side_files = {a.side_files[0]};
+  ASSERT_THAT(ptrs.Create({"t", "a"}, a, false).status(), IsOk());
+  ASSERT_THAT(ptrs.Create({"t", "b"}, b, false).status(), IsOk());
+  // The same container with one side file less: replaced, not unchanged; f is marked.
+  TaskPointer a2 = a;
+  a2.side_files.pop_back();
+  EXPECT_EQ(ptrs.Create({"t", "a"}, a2, true).value_or(static_cast<PointerOutcome>(99)),
+            PointerOutcome::kReplaced);
+  std::vector<std::string> deleted;
+  auto del = RecordDeleted(&deleted);
+  int64_t now = absl::ToUnixSeconds(absl::Now());
+  EXPECT_EQ(ptrs.CollectGarbage(now, 3600, del).value_or(-1), 0);  // within grace
+  EXPECT_EQ(ptrs.CollectGarbage(now + 3600, 3600, del).value_or(-1), 1);
+  EXPECT_THAT(deleted, ::testing::ElementsAre(std::string(64, 'f')));
+  // Deleting a marks a and e; e is still named by b.
+  deleted.clear();
+  ASSERT_THAT(ptrs.Delete({"t", "a"}), IsOk());
+  EXPECT_EQ(ptrs.CollectGarbage(now + 7200, 3600, del).value_or(-1), 1);
+  EXPECT_THAT(deleted, ::testing::ElementsAre(std::string(64, 'a')));
+  deleted.clear();
+  ASSERT_THAT(ptrs.Delete({"t", "b"}), IsOk());
+  EXPECT_EQ(ptrs.CollectGarbage(now + 10800, 3600, del).value_or(-1), 2);
+  EXPECT_THAT(deleted, ::testing::UnorderedElementsAre(std::string(64, 'b'), std::string(64, 'e')));
 }
 
 TEST(EtcdClientLiveTest, WatchSeesPutsAndDeletesInOrder) {
