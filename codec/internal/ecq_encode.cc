@@ -182,8 +182,9 @@ void EcqResidual(const float* delta, int64_t rows, int64_t cols, const EcqFactor
 std::unique_ptr<EcqPlane> BuildEcqPlane(const float* src, int64_t rows, int64_t cols,
                                         EcqTransform transform, int patch_size, int rank,
                                         std::shared_ptr<const EcqFactors> factors,
-                                        double* max_abs) {
+                                        double* max_abs, std::vector<float>* storage) {
   auto pl = NewEcqPlane(rows, cols, transform, patch_size, rank, std::move(factors));
+  if (storage != nullptr) pl->coef.swap(*storage);
   const int p = pl->header.patch_size;
   // max |value| in float (exact), as x > m ? x : m so that it vectorizes.
   float m = 0.0f;

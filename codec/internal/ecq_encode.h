@@ -155,10 +155,12 @@ void EcqResidual(const float* delta, int64_t rows, int64_t cols, const EcqFactor
 
 // The whole plane of src[rows x cols] (the delta, or its residual after `factors` of
 // rank `rank`, 0: none) under `transform`; *max_abs is raised to its largest |value|.
+// With `storage`, the plane's coefficients take over that vector's buffer (a caller's
+// reused allocation; *storage is left empty).
 std::unique_ptr<EcqPlane> BuildEcqPlane(const float* src, int64_t rows, int64_t cols,
                                         EcqTransform transform, int patch_size, int rank,
                                         std::shared_ptr<const EcqFactors> factors,
-                                        double* max_abs);
+                                        double* max_abs, std::vector<float>* storage = nullptr);
 
 // Codes a whole plane at `step` with rounding offset `rounding` and gain weight w
 // (EcqOptions::gain_weight). `trial`, if given, receives the payload size and the

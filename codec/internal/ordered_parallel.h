@@ -90,22 +90,20 @@ absl::Status OrderedParallel(size_t n, int threads, size_t window,
   return status;
 }
 
-// Calls fn(i) for every i in [0, n) on min(threads, n) threads (the calling thread
-// alone for threads <= 1), each taking the next index when it finishes one. `fn` must
-// be thread-safe; it writes its results by index.
+// Calls fn(i) for every i in [0, n) on min(max(threads, 1), n) new threads (never the
+// calling one: what `fn` keeps in thread_local storage ends with the call), each taking
+// the next index when it finishes one. `fn` must be thread-safe; it writes its results
+// by index.
 template <typename Fn>
 void ParallelFor(size_t n, int threads, const Fn& fn) {
-  if (threads <= 1 || n <= 1) {
-    for (size_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
   std::atomic<size_t> next{0};
   auto worker = [&] {
     for (size_t i = next++; i < n; i = next++) fn(i);
   };
   std::vector<std::thread> pool;
-  for (size_t t = 1; t < std::min<size_t>(threads, n); ++t) pool.emplace_back(worker);
-  worker();
+  for (size_t t = 0; t < std::min<size_t>(std::max(threads, 1), n); ++t) {
+    pool.emplace_back(worker);
+  }
   for (std::thread& t : pool) t.join();
 }
 
