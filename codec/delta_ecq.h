@@ -136,8 +136,10 @@ class EcqTensor {
   EcqTrial Choose(float step) const;
   // Summaries: codes delta[rows x cols] (the one summarized) at `step` with `choice`'s
   // transform, rank and rounding, building only that candidate's coefficients (memory:
-  // about 2x the delta). `trial`, if given, receives the choice, the exact size and the
-  // squared error. InvalidArgument as Encode, or for a choice that was not a candidate.
+  // about 2x the delta; the calling thread keeps the coefficients' buffer in
+  // thread_local storage for its next call). `trial`, if given, receives the choice, the
+  // exact size and the squared error (from a sample of ~2^19 coefficients for large
+  // tensors). InvalidArgument as Encode, or for a choice that was not a candidate.
   absl::StatusOr<std::vector<uint8_t>> EncodeDelta(const float* delta, float step,
                                                    const EcqTrial& choice,
                                                    EcqTrial* trial = nullptr) const;
