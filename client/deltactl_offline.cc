@@ -19,6 +19,7 @@
 #include "client/internal/deltactl_report.h"
 #include "codec/delta_codec.h"
 #include "codec/safetensors.h"
+#include "common/cli_validators.h"
 #include "common/status_macros.h"
 #include "codec/tfjs.h"
 
@@ -346,6 +347,7 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
                    "model.safetensors.index.json) instead of --out")
       ->excludes(dc_out);
   decompress->add_option("--shard-bytes", dc->shard_bytes, "Largest shard of --out-dir, bytes")
+      ->check(common::ByteCountValidator())
       ->capture_default_str();
   decompress->add_flag("--force", dc->force, "Decode even if the base hash differs");
   AddSideFileOptions(decompress, &dc->side_files);

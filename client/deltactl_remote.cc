@@ -29,6 +29,7 @@
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "client/internal/deltactl_command.h"
+#include "common/cli_validators.h"
 #include "common/json.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
@@ -503,6 +504,7 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
                    "model.safetensors.index.json) instead of --out")
       ->excludes(pull_out);
   pull->add_option("--shard-bytes", task->shard_bytes, "Largest shard of --out-dir, bytes")
+      ->check(common::ByteCountValidator())
       ->capture_default_str();
   AddDTypeOption(pull, &task->dtype);
   pull->add_option("--include", task->include, "Only tensors matching this glob (repeatable)");

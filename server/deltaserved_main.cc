@@ -13,9 +13,9 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "common/cli_validators.h"
 #include "server/internal/log.h"
 #include "server/server.h"
 #include "spdlog/spdlog.h"
@@ -29,17 +29,8 @@ void OnStopSignal(int sig) {
   (void)!write(g_signal_pipe[1], &c, 1);  // async-signal-safe
 }
 
-// A byte count: digits only, fitting 64 bits (CLI11 alone would take "-1" as 2^64 - 1).
-const CLI::Validator kByteCount(
-    [](std::string& text) -> std::string {
-      uint64_t value = 0;
-      if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos ||
-          !absl::SimpleAtoi(text, &value)) {
-        return "want a whole number of bytes >= 0 (at most 2^64 - 1), got '" + text + "'";
-      }
-      return "";
-    },
-    "BYTES");
+const CLI::Validator kByteCount = deltaserve::common::ByteCountValidator();
+const CLI::Validator kSeconds = deltaserve::common::SecondsValidator();
 
 using deltaserve::server::Server;
 using deltaserve::server::ServerOptions;
@@ -65,7 +56,7 @@ int Run(int argc, char** argv) {
       ->envname("DELTASERVE_AGENT_LISTEN");
   app.add_option("--health-interval-seconds", health_interval_seconds,
                  "cluster mode: probe etcd and S3 this often (health, agent check)")
-      ->envname("DELTASERVE_HEALTH_INTERVAL_SECONDS")->capture_default_str();
+      ->envname("DELTASERVE_HEALTH_INTERVAL_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--listen", o.listen, "gRPC address host:port")->envname("DELTASERVE_LISTEN")
       ->capture_default_str();
   app.add_option("--metrics-listen", o.metrics_listen, "Prometheus /metrics address (\"\" = off)")
@@ -102,7 +93,7 @@ int Run(int argc, char** argv) {
   app.add_option("--preload", preload, "tenant/task[,tenant/task...] pinned in the cache")
       ->envname("DELTASERVE_PRELOAD");
   app.add_option("--drain-seconds", drain_seconds, "SIGTERM drain deadline, seconds")
-      ->envname("DELTASERVE_DRAIN_SECONDS")->capture_default_str();
+      ->envname("DELTASERVE_DRAIN_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--db-min-free-bytes", o.store.min_free_bytes,
                  "free space kept on the database's filesystem, bytes")
       ->envname("DELTASERVE_DB_MIN_FREE_BYTES")->check(kByteCount)->capture_default_str();
@@ -111,18 +102,18 @@ int Run(int argc, char** argv) {
                  "ingested, not through the write-ahead log (0 = every upload)")
       ->envname("DELTASERVE_INGEST_MIN_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--stall-seconds", stall_seconds, "a stream waiting this long is stalled")
-      ->envname("DELTASERVE_STALL_SECONDS")->capture_default_str();
+      ->envname("DELTASERVE_STALL_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--write-timeout-seconds", write_timeout_seconds,
                  "cancel a stream whose client read nothing this long (0 = never)")
-      ->envname("DELTASERVE_WRITE_TIMEOUT_SECONDS")->capture_default_str();
+      ->envname("DELTASERVE_WRITE_TIMEOUT_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--keepalive-seconds", keepalive_seconds, "server pings idle connections")
-      ->envname("DELTASERVE_KEEPALIVE_SECONDS")->capture_default_str();
+      ->envname("DELTASERVE_KEEPALIVE_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--keepalive-timeout-seconds", keepalive_timeout_seconds,
                  "close a connection whose ping is unanswered this long")
-      ->envname("DELTASERVE_KEEPALIVE_TIMEOUT_SECONDS")->capture_default_str();
+      ->envname("DELTASERVE_KEEPALIVE_TIMEOUT_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--min-client-ping-seconds", min_client_ping_seconds,
                  "clients may ping this often")
-      ->envname("DELTASERVE_MIN_CLIENT_PING_SECONDS")->capture_default_str();
+      ->envname("DELTASERVE_MIN_CLIENT_PING_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--log-format", log_format, "text|json")->envname("DELTASERVE_LOG_FORMAT")
       ->check(CLI::IsMember({"text", "json"}))->capture_default_str();
   try {

@@ -23,15 +23,7 @@ deltactl = d.need_binary("DELTACTL_BIN", "deltactl")
 
 
 def refused(args, env_extra=None, flag="--ingest-min-bytes"):
-    r = subprocess.run([deltaserved, "--base", "/nonexistent/base.safetensors"] + args,
-                       env=d.clean_env(env_extra), capture_output=True, text=True, timeout=30)
-    out = r.stdout + r.stderr
-    d.check(r.returncode != 0, f"deltaserved {args} {env_extra or ''}: exit 0, wanted a refusal")
-    d.check(flag in out, f"deltaserved {args} {env_extra or ''}: the message "
-            f"does not name {flag}:\n{out}")
-    # Refused while parsing flags: the base (which does not exist) was never opened.
-    d.check("nonexistent" not in out, f"deltaserved {args}: got past flag parsing:\n{out}")
-    d.log(f"refused {args or env_extra}: exit {r.returncode}: {out.strip().splitlines()[0]}")
+    d.refused_at_parse(deltaserved, args, flag, env_extra)
 
 
 for bad in ["-1", "abc", "12x", "", "18446744073709551616"]:

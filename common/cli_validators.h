@@ -1,0 +1,51 @@
+// CLI11 validators for the numeric flags of deltactl and deltaserved.
+//
+// CLI11 alone converts "-1" into an unsigned option as 2^64 - 1 and "nan"/"inf" into a
+// double option as NaN/infinity, which then pass range checks written as "< x" or ">= x".
+// These validators run on the flag's text before conversion, so a bad value fails while
+// parsing, with a message naming the flag. Header-only; thread-compatible (used once, at
+// start-up).
+#ifndef DELTASERVE_COMMON_CLI_VALIDATORS_H_
+#define DELTASERVE_COMMON_CLI_VALIDATORS_H_
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+
+namespace deltaserve::common {
+
+// A byte count: decimal digits only, fitting 64 bits ("-1", "1e9", "12x" refused).
+inline CLI::Validator ByteCountValidator() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        uint64_t value = 0;
+        if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos ||
+            !absl::SimpleAtoi(text, &value)) {
+          return "want a whole number of bytes >= 0 (at most 2^64 - 1), got '" + text + "'";
+        }
+        return "";
+      },
+      "BYTES");
+}
+
+// A duration in seconds: a finite number in [0, 1e9] ("nan", "inf", "-1" refused). Lower
+// bounds particular to a flag (e.g. keepalive >= 1 s) are the caller's to check.
+inline CLI::Validator SecondsValidator() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double value = 0;
+        if (!absl::SimpleAtod(text, &value) || !std::isfinite(value) || value < 0 ||
+            value > 1e9) {
+          return "want a number of seconds in [0, 1e9], got '" + text + "'";
+        }
+        return "";
+      },
+      "SECONDS");
+}
+
+}  // namespace deltaserve::common
+
+#endif  // DELTASERVE_COMMON_CLI_VALIDATORS_H_
