@@ -416,12 +416,16 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
   std::vector<std::unique_ptr<EcqTensor>> ecq_tensors;
   std::vector<size_t> ecq_records;  // index in `deferred` of each ecq tensor
   std::vector<std::vector<uint8_t>> ecq_payloads;
+  std::vector<std::pair<TensorView, TensorView>> ecq_sources;  // of each ecq tensor
 
   const int threads = options.threads > 0
                           ? options.threads
                           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   int64_t model_weights = 0;
   for (const TensorInfo& t : finetuned.tensors()) model_weights += t.num_elements();
+  // kEcq: a large model is planned from summaries and coded from deltas computed again
+  // (EcqOptions::exhaustive_max_weights).
+  const bool ecq_summaries = ecq && model_weights > options.ecq.exhaustive_max_weights;
   // One tensor's checks and encoding (for kEcq: its prepared coefficients), made on a
   // worker thread (OrderedParallel) and consumed in container order below, so the
   // container and the warnings are the same whatever the thread count.
@@ -432,6 +436,7 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
     TensorRecord rec;  // views into the mapped models and `payload`
     std::vector<uint8_t> payload;
     std::unique_ptr<EcqTensor> ecq;  // kEcq: payload made after the rate control
+    std::pair<TensorView, TensorView> ecq_source;  // kEcq: (finetuned, base) of the delta
     absl::Status encode_status;      // matters only while nothing is refused
   };
   // Lowest index of a refused tensor: tensors after it skip encoding (never written).
@@ -518,13 +523,18 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
       rec.cols = view->second;
       if (ecq) {
         rec.encoding = Encoding::kEcq;
-        auto prepared = EcqTensor::Prepare(delta.data(), rec.rows, rec.cols, options.ecq);
+        auto prepared =
+            ecq_summaries
+                ? EcqTensor::Summarize(delta.data(), rec.rows, rec.cols, options.ecq)
+                : EcqTensor::Prepare(delta.data(), rec.rows, rec.cols, options.ecq);
         if (!prepared.ok()) {
           m.encode_status = common::Annotate(prepared.status(), Quoted(name));
           return m;
         }
-        (*prepared)->set_step_scale(internal::EcqStepScale(options.ecq_weighting, *bv, delta));
+        (*prepared)->set_step_scale(internal::EcqStepScale(
+            options.ecq_weighting, *bv, delta.size(), (*prepared)->energy()));
         m.ecq = *std::move(prepared);
+        m.ecq_source = {ft, *bv};
       } else {
         // A tensor of at least 1/threads of the model (an embedding) would finish last
         // on one thread: it gets pieces of its own on every thread.
@@ -557,6 +567,7 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
     if (ecq) {
       if (m.ecq != nullptr) {
         ecq_tensors.push_back(std::move(m.ecq));
+        ecq_sources.push_back(std::move(m.ecq_source));
         ecq_records.push_back(deferred.size());
       }
       deferred.push_back(std::move(m.rec));
@@ -576,8 +587,13 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
   DS_RETURN_IF_ERROR(internal::OrderedParallel<Made>(total, threads, window, make, consume));
   if (ecq && refused.empty()) {
     DS_RETURN_IF_ERROR(open_writer());  // header_bytes counts in the rate control
-    DS_RETURN_IF_ERROR(internal::PlanAndSetEcqPayloads(
-        ecq_tensors, ecq_records, header_bytes, options.ecq_target, &deferred, &ecq_payloads));
+    auto delta_of = [&](size_t k, std::vector<float>* delta) -> absl::Status {
+      ComputeDelta(ecq_sources[k].first, ecq_sources[k].second, delta);  // finite: checked
+      return absl::OkStatus();
+    };
+    DS_RETURN_IF_ERROR(internal::PlanAndSetEcqPayloads(ecq_tensors, ecq_records, header_bytes,
+                                                       options.ecq_target, threads, delta_of,
+                                                       &deferred, &ecq_payloads));
     for (size_t i = 0; i < deferred.size(); ++i) {
       DS_RETURN_IF_ERROR(add_record(deferred[i]));
       if (progress) progress(i + 1, total, deferred[i].info.name);

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "codec/internal/dct.h"
 #include "codec/internal/dct_payload.h"
+#include "codec/internal/ecq_encode.h"
 #include "codec/internal/ecq_lowrank.h"
 #include "codec/internal/ecq_payload.h"
 #include "codec/internal/merge.h"
@@ -21,192 +22,23 @@ namespace {
 using internal::EcqHeader;
 using internal::ParsedEcq;
 
-// A chunk holds at least this many symbols (whole 64-row units): fewer chunks, less
-// rANS table overhead; more chunks, finer parallel merges.
-constexpr uint64_t kMinChunkSymbols = uint64_t{1} << 17;
+using internal::kEcqMaxCode;
+using internal::kEcqMaxStep;
+using internal::kEcqRoundings;
+using internal::ChunkBytes;
+using internal::GainAt;
+using internal::QuantStats;
+using internal::Quantize;
+
 // Widest matrix coded (a 64-row unit must fit one rANS stream).
 constexpr int64_t kMaxCols = int64_t{1} << 22;
-// Largest |code| (an escape holds an i32) and largest step (|code| x step stays finite).
-constexpr double kMaxCode = double{1 << 30};
-constexpr float kMaxStep = 7.9228162514264338e28f;  // 2^96
-// Rounding offsets r tried per tensor: 1/2 is plain rounding, smaller widens the dead
-// zone (better at low rates, where most coefficients are below the step).
-constexpr float kRoundings[] = {0.5f, 0.42f, 0.34f, 0.26f, 0.18f};
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Zigzag map of a code to an unsigned symbol value: 0, -1, 1, -2, 2 ... -> 0, 1, 2, 3, 4.
-inline uint32_t Zigzag(int32_t q) {
-  return q >= 0 ? 2u * static_cast<uint32_t>(q) : 2u * static_cast<uint32_t>(-q) - 1u;
-}
-
-// Sums over one quantization pass. Distortion with reconstruction (m - bias) s for a
-// code of magnitude m > 0 at a = |c| / s is s^2 sum (a - m + bias)^2.
-struct QuantStats {
-  double zero_sq = 0.0;  // sum of c^2 over coefficients coded 0
-  double sum_e = 0.0;    // sum of (a - m) over non-zero codes
-  double sum_e2 = 0.0;   // sum of (a - m)^2 over non-zero codes
-  double sum_m = 0.0;    // sum of m over non-zero codes
-  double sum_m2 = 0.0;   // sum of m^2
-  double sum_em = 0.0;   // sum of (a - m) m
-  uint64_t nonzero = 0;
-
-  void Add(const QuantStats& o) {
-    zero_sq += o.zero_sq;
-    sum_e += o.sum_e;
-    sum_e2 += o.sum_e2;
-    sum_m += o.sum_m;
-    sum_m2 += o.sum_m2;
-    sum_em += o.sum_em;
-    nonzero += o.nonzero;
-  }
-  void Scale(double k) {
-    zero_sq *= k;
-    sum_e *= k;
-    sum_e2 *= k;
-    sum_m *= k;
-    sum_m2 *= k;
-    sum_em *= k;
-    nonzero = static_cast<uint64_t>(std::llround(static_cast<double>(nonzero) * k));
-  }
-  // The bias minimizing the distortion, in [0, 1).
-  double BestBias() const {
-    if (nonzero == 0) return 0.0;
-    return std::clamp(-sum_e / static_cast<double>(nonzero), 0.0, 0.99);
-  }
-  double Distortion(double step, double bias) const {
-    const double n = static_cast<double>(nonzero);
-    return zero_sq + step * step * (sum_e2 + 2.0 * bias * sum_e + n * bias * bias);
-  }
-  // In units of step^2, at gain 1: x = <c, c_hat>, y = ||c_hat||^2, e = ||c||^2.
-  struct Moments {
-    double x, y, e;
-  };
-  Moments MomentsAt(double step, double bias) const {
-    return {sum_m2 + sum_em - bias * (sum_m + sum_e),
-            sum_m2 - 2.0 * bias * sum_m + static_cast<double>(nonzero) * bias * bias,
-            zero_sq / (step * step) + sum_m2 + 2.0 * sum_em + sum_e2};
-  }
-  // The reconstruction gain g (codes reconstructed as g (m - bias) s) of
-  // EcqOptions::gain_weight w: it minimizes w e (1 - g x / e)^2 + g^2 (y - x^2 / e), the
-  // error along the coefficients weighed w times the error across them:
-  // g = w x / (y + (w - 1) x^2 / e). 1 for w = 1 and the distortion-minimizing bias; in
-  // [1, kMaxGain] otherwise.
-  double Gain(double step, double bias, double w) const {
-    if (w == 1.0 || nonzero == 0) return 1.0;
-    const Moments m = MomentsAt(step, bias);
-    const double den = m.y + (w - 1.0) * m.x * m.x / m.e;
-    if (!(m.x > 0.0 && den > 0.0 && m.e > 0.0)) return 1.0;
-    const double g = w * m.x / den;
-    return std::isfinite(g) ? std::clamp(g, 1.0, kMaxGain) : 1.0;
-  }
-  // Squared error with gain g: ||c||^2 - 2 g <c, c_hat> + g^2 ||c_hat||^2.
-  double Distortion(double step, double bias, double g) const {
-    if (g == 1.0) return Distortion(step, bias);
-    const Moments m = MomentsAt(step, bias);
-    return std::max(0.0, step * step * (m.e - 2.0 * g * m.x + g * g * m.y));
-  }
-  static constexpr double kMaxGain = 4.0;
-};
-
-// The reconstruction gain of a quantization pass's sums under gain weight w
-// (QuantStats::Gain), 1 where the stored step would leave the decoder's range.
-double GainAt(const QuantStats& st, float step, double bias, double w) {
-  const double g = st.Gain(step, bias, w);
-  return static_cast<double>(step) * g < static_cast<double>(kMaxStep) * 0.5 ? g : 1.0;
-}
-
-// Quantizes c[0, n) at step 1 / inv_step with rounding offset r, counting symbols into
-// hist[256] and escapes into *escapes. With `symbols`, also writes them (and appends
-// escaped codes to `escaped`).
-void Quantize(const float* c, uint64_t n, float inv_step, float r, QuantStats* st,
-              uint64_t* hist, uint64_t* escapes, uint8_t* symbols,
-              std::vector<int32_t>* escaped, uint64_t stride = 1) {
-  QuantStats s;
-  uint64_t esc = 0;
-  for (uint64_t i = 0; i < n; i += stride) {
-    const float v = c[i];
-    const float a = std::fabs(v) * inv_step;
-    const float m = std::floor(a + r);
-    uint8_t sym = 0;
-    if (m == 0.0f) {
-      s.zero_sq += static_cast<double>(v) * v;
-    } else {
-      const double e = static_cast<double>(a) - m;
-      s.sum_e += e;
-      s.sum_e2 += e * e;
-      s.sum_m += m;
-      s.sum_m2 += static_cast<double>(m) * m;
-      s.sum_em += e * m;
-      ++s.nonzero;
-      const int32_t q = v < 0 ? -static_cast<int32_t>(m) : static_cast<int32_t>(m);
-      const uint32_t z = Zigzag(q);
-      if (z >= internal::kEcqEscape) {
-        sym = internal::kEcqEscape;
-        ++esc;
-        if (escaped) escaped->push_back(q);
-      } else {
-        sym = static_cast<uint8_t>(z);
-      }
-    }
-    ++hist[sym];
-    if (symbols) symbols[i] = sym;
-  }
-  st->Add(s);
-  *escapes += esc;
-}
-
-// Estimated bytes of one chunk: order-0 entropy of its symbols, a frequency table,
-// the escapes, the rANS length field and the chunk-table entry.
-double ChunkBytes(const uint64_t* hist, uint64_t n, uint64_t escapes) {
-  double bits = 0.0;
-  int used = 0;
-  for (int i = 0; i < 256; ++i) {
-    if (hist[i] == 0) continue;
-    ++used;
-    bits -= static_cast<double>(hist[i]) * std::log2(static_cast<double>(hist[i]) / n);
-  }
-  return bits / 8.0 + 8.0 + 2.0 * used + 4.0 * static_cast<double>(escapes) + 8.0;
-}
 
 // Rows decoded together in an identity chunk with factors (see EcqDecoder::DecodeChunk).
 constexpr int64_t kLowRankRowBlock = 16;
 
-// Largest smaller dim of a matrix that tries low-rank factors: the Gram eigenproblem
-// costs ~(4/3) n^3 flops (n = 2048: ~11 GFlop, seconds on one core; 4096 would take a
-// minute per tensor).
-constexpr int64_t kMaxLowRankDim = 2048;
-
-// Ranks of low-rank factors worth trying on a rows x cols matrix: those whose int8
-// factors cost about 1/16, 1/4 and 1 bit per weight, at most a quarter of the smaller
-// dim. None for a matrix with a dim under 16 (nothing to gain) or a smaller dim over
-// kMaxLowRankDim.
-std::vector<int> EcqCandidateRanks(int64_t rows, int64_t cols, const EcqOptions& options) {
-  std::vector<int> ranks;
-  const int64_t small = std::min(rows, cols);
-  if (!options.try_low_rank || small < 16 || small > kMaxLowRankDim) return ranks;
-  const double per_rank_bits = 8.0 * static_cast<double>(rows + cols);
-  const double weights = static_cast<double>(rows) * static_cast<double>(cols);
-  for (double bits : {1.0 / 16, 1.0 / 4, 1.0}) {
-    const int64_t r = std::min<int64_t>(
-        {static_cast<int64_t>(bits * weights / per_rank_bits), small / 4, internal::kMaxEcqRank});
-    if (r >= 1 && (ranks.empty() || r > ranks.back())) ranks.push_back(static_cast<int>(r));
-  }
-  return ranks;
-}
-
 }  // namespace
-
-// Coefficients of one transform in payload scan order: chunk after chunk; in a DCT
-// chunk, patch after patch (row-major over the patch grid), each patch's p x p
-// coefficients row-major in (u, v); in an identity chunk, its rows.
-struct EcqTensor::Plane {
-  EcqHeader header;  // header.rank: 0, or the rank of `factors`
-  std::shared_ptr<const internal::EcqFactors> factors;
-  uint64_t factor_bytes = 0;  // of the factor section
-  std::vector<float> coef;
-  std::vector<uint64_t> chunk_begin;  // index into coef of each chunk, then coef.size()
-};
 
 EcqTensor::~EcqTensor() = default;
 
@@ -219,11 +51,15 @@ absl::Status EcqOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("ecq gain_weight ", gain_weight, " outside [1, 1e6]"));
   }
+  if (exhaustive_max_weights < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("ecq exhaustive_max_weights ",
+                                                   exhaustive_max_weights, " is negative"));
+  }
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<EcqTensor>> EcqTensor::Prepare(const float* delta, int64_t rows,
-                                                              int64_t cols,
+absl::StatusOr<std::unique_ptr<EcqTensor>> EcqTensor::Begin(const float* delta, int64_t rows,
+                                                            int64_t cols,
                                                               const EcqOptions& options) {
   DS_RETURN_IF_ERROR(options.Validate());
   if (rows <= 0 || cols <= 0 || rows > internal::kMaxPayloadDim || cols > kMaxCols) {
@@ -245,91 +81,37 @@ absl::StatusOr<std::unique_ptr<EcqTensor>> EcqTensor::Prepare(const float* delta
     energy += static_cast<double>(delta[i]) * delta[i];
   }
   t->energy_ = energy;
+  t->patch_size_ = options.patch_size;
+  return t;
+}
 
-  auto make_header = [&](EcqTransform tr, int p) {
-    EcqHeader h;
-    h.transform = tr;
-    h.patch_size = p;
-    h.rows = rows;
-    h.cols = cols;
-    int64_t unit = std::lcm<int64_t>(p, 64);
-    const int64_t padded_cols = CeilDiv(cols, p) * p;
-    if (static_cast<uint64_t>(unit * padded_cols) > internal::kMaxRansSymbols) unit = p;
-    const int64_t per_unit = unit * padded_cols;
-    const int64_t units = std::max<int64_t>(1, CeilDiv(kMinChunkSymbols, per_unit));
-    h.chunk_rows = std::min<int64_t>(unit * units, CeilDiv(rows, unit) * unit);
-    return h;
-  };
-  auto finish = [](Plane* pl) {
-    const int64_t chunks = internal::EcqNumChunks(pl->header);
-    pl->chunk_begin.assign(1, 0);
-    for (int64_t c = 0; c < chunks; ++c) {
-      pl->chunk_begin.push_back(pl->chunk_begin.back() +
-                                internal::EcqChunkSymbols(pl->header, c));
-    }
-  };
+
+absl::StatusOr<std::unique_ptr<EcqTensor>> EcqTensor::Prepare(const float* delta, int64_t rows,
+                                                              int64_t cols,
+                                                              const EcqOptions& options) {
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<EcqTensor> t, Begin(delta, rows, cols, options));
+  const double energy = t->energy_;
   double max_abs = 0.0;
   // The planes of one source matrix (the delta, or a residual after low-rank factors).
   auto add_planes = [&](const float* src, int rank,
                         std::shared_ptr<const internal::EcqFactors> factors) {
-    const uint64_t factor_bytes =
-        rank ? internal::EcqFactorBytes(rank, rows, cols) : uint64_t{0};
-    {  // DCT plane
-      auto pl = std::make_unique<Plane>();
-      const int p = options.patch_size;
-      pl->header = make_header(EcqTransform::kDct, p);
-      pl->header.rank = rank;
-      pl->factors = factors;
-      pl->factor_bytes = factor_bytes;
-      finish(pl.get());
-      pl->coef.resize(pl->chunk_begin.back());
-      const internal::DctBasis basis(p);
-      std::vector<float> patch(static_cast<size_t>(p) * p);
-      const int64_t prows = CeilDiv(rows, p), pcols = CeilDiv(cols, p);
-      float* dst = pl->coef.data();
-      for (int64_t pr = 0; pr < prows; ++pr) {
-        for (int64_t pc = 0; pc < pcols; ++pc) {
-          const int64_t r0 = pr * p, c0 = pc * p;
-          const int h = static_cast<int>(std::min<int64_t>(p, rows - r0));
-          const int w = static_cast<int>(std::min<int64_t>(p, cols - c0));
-          std::fill(patch.begin(), patch.end(), 0.0f);
-          for (int r = 0; r < h; ++r) {
-            std::memcpy(&patch[r * p], src + (r0 + r) * cols + c0, sizeof(float) * w);
-          }
-          internal::ForwardDct2d(basis, patch.data(), p, dst, p);
-          for (int k = 0; k < p * p; ++k) max_abs = std::max<double>(max_abs, std::fabs(dst[k]));
-          dst += p * p;
-        }
-      }
-      t->planes_.push_back(std::move(pl));
-    }
+    t->planes_.push_back(internal::BuildEcqPlane(src, rows, cols, EcqTransform::kDct,
+                                                 options.patch_size, rank, factors, &max_abs));
     if (options.try_identity) {
-      auto pl = std::make_unique<Plane>();
-      pl->header = make_header(EcqTransform::kIdentity, 1);
-      pl->header.rank = rank;
-      pl->factors = factors;
-      pl->factor_bytes = factor_bytes;
-      finish(pl.get());
-      pl->coef.assign(src, src + n);
-      for (uint64_t i = 0; i < n; ++i) max_abs = std::max<double>(max_abs, std::fabs(src[i]));
-      t->planes_.push_back(std::move(pl));
+      t->planes_.push_back(internal::BuildEcqPlane(src, rows, cols, EcqTransform::kIdentity, 1,
+                                                   rank, factors, &max_abs));
     }
   };
   add_planes(delta, 0, nullptr);
-  const std::vector<int> ranks = EcqCandidateRanks(rows, cols, options);
+  const std::vector<int> ranks = internal::EcqCandidateRanks(rows, cols, options);
   if (!ranks.empty() && energy > 0.0) {
     DS_ASSIGN_OR_RETURN(internal::EcqFactors top,
                         internal::TopEcqFactors(delta, rows, cols, ranks.back()));
-    std::vector<float> residual(n), low(static_cast<size_t>(cols));
+    std::vector<float> residual;
     for (int rank : ranks) {
       auto f = std::make_shared<const internal::EcqFactors>(
           internal::TruncateEcqFactors(top, rank, rows));
-      const std::vector<float> vf = internal::EcqRightFactor(*f, cols);
-      for (int64_t r = 0; r < rows; ++r) {
-        std::fill(low.begin(), low.end(), 0.0f);
-        internal::AddEcqLowRankRows(*f, vf.data(), r, r + 1, cols, low.data());
-        for (int64_t c = 0; c < cols; ++c) residual[r * cols + c] = delta[r * cols + c] - low[c];
-      }
+      internal::EcqResidual(delta, rows, cols, *f, &residual);
       add_planes(residual.data(), rank, f);
     }
   }
@@ -356,12 +138,24 @@ EcqTrial EcqTensor::EvaluateRank(float step, int sample, const EcqTrial* fixed,
     }
     if (only_rank >= 0 && pl->header.rank != only_rank) continue;
     const int64_t chunks = static_cast<int64_t>(pl->chunk_begin.size()) - 1;
-    for (float r : kRoundings) {
+    for (float r : kEcqRoundings) {
       if (fixed && r != fixed->rounding) continue;
       QuantStats st;
       double bytes = internal::kEcqFixedHeaderBytes + static_cast<double>(pl->factor_bytes);
       uint64_t seen_total = 0;
-      for (int64_t c = 0; c < chunks; ++c) {
+      bool chunks_done = false;
+      if (pl->full_count > 0) {  // a summary: one pooled sample for all chunks
+        std::fill(hist.begin(), hist.end(), 0);
+        uint64_t esc = 0;
+        Quantize(pl->coef.data(), pl->coef.size(), inv, r, &st, hist.data(), &esc, nullptr,
+                 nullptr);
+        seen_total = pl->coef.size();
+        bytes += internal::SampledPlaneBytes(hist.data(), seen_total, esc, pl->full_count,
+                                             chunks);
+        st.Scale(static_cast<double>(pl->full_count) / static_cast<double>(seen_total));
+        chunks_done = true;
+      }
+      for (int64_t c = 0; c < chunks && !chunks_done; ++c) {
         std::fill(hist.begin(), hist.end(), 0);
         uint64_t esc = 0;
         const uint64_t b = pl->chunk_begin[c], e = pl->chunk_begin[c + 1];
@@ -371,10 +165,11 @@ EcqTrial EcqTensor::EvaluateRank(float step, int sample, const EcqTrial* fixed,
         seen_total += seen;
         bytes += ChunkBytes(hist.data(), seen, esc) * static_cast<double>(e - b) / seen;
       }
-      // Sampled sums scale to the whole tensor.
-      const double scale =
-          static_cast<double>(pl->coef.size()) / static_cast<double>(seen_total);
-      st.Scale(scale);
+      if (!chunks_done) {  // sampled sums scale to the whole tensor
+        const double scale =
+            static_cast<double>(pl->coef.size()) / static_cast<double>(seen_total);
+        st.Scale(scale);
+      }
       const double bias = st.BestBias();
       const double d = st.Distortion(step, bias, GainAt(st, step, bias, gain_weight_));
       const double j = d + lambda * 8.0 * bytes;
@@ -391,32 +186,26 @@ EcqTrial EcqTensor::EvaluateRank(float step, int sample, const EcqTrial* fixed,
   return best;
 }
 
-absl::StatusOr<std::vector<uint8_t>> EcqTensor::Encode(float step, EcqTrial* trial,
-                                                        const EcqTrial* fixed) const {
-  if (!std::isfinite(step) || !(step > 0.0f) || step >= kMaxStep) {
-    return absl::InvalidArgumentError(absl::StrCat("ecq step ", step, " not in (0, 2^96)"));
-  }
-  if (max_abs_ / step >= kMaxCode) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ecq step ", step, " too small for coefficients up to ", max_abs_));
-  }
-  if (fixed != nullptr) return EncodeChoice(step, Evaluate(step, 1, fixed), trial);
-  // Without factors (rank 0), coded at `step` and at 1.25 x `step`: two points of the
-  // tensor's own rate-distortion curve, log D linear in bytes between them. A rank r > 0
-  // is kept if its measured distortion is below that curve at its measured size (factor
-  // bytes included): it beats the plain transform at the tensor's rate. (The high-rate
-  // slope ln(2) s^2 / 6 underrates bytes at low rates, where most codes are 0, and
-  // would pick factors that lose.)
-  EcqTrial plain, plain2;
-  DS_ASSIGN_OR_RETURN(std::vector<uint8_t> best,
-                      EncodeChoice(step, EvaluateRank(step, 1, nullptr, 0), &plain));
-  EcqTrial best_trial = plain;
+namespace {
+
+// The transform and rank a tensor is coded with at `step`. measure(s, rank, at_step)
+// gives the size and error of the best (transform, rounding) of that rank at step s
+// (at_step: s is `step`). Without factors (rank 0), measured at `step` and at 1.25 x
+// `step`: two points of the tensor's own rate-distortion curve, log D linear in bytes
+// between them. A rank r > 0 is kept if its distortion is below that curve at its size
+// (factor bytes included): it beats the plain transform at the tensor's rate. (The
+// high-rate slope ln(2) s^2 / 6 underrates bytes at low rates, where most codes are 0,
+// and would pick factors that lose.)
+template <typename Measure>
+absl::StatusOr<EcqTrial> PickRank(const std::vector<std::unique_ptr<internal::EcqPlane>>& planes,
+                                  float step, const Measure& measure) {
+  DS_ASSIGN_OR_RETURN(const EcqTrial plain, measure(step, 0, true));
+  EcqTrial best = plain;
   bool has_factors = false;
-  for (const auto& p : planes_) has_factors |= p->header.rank > 0;
+  for (const auto& p : planes) has_factors |= p->header.rank > 0;
   if (has_factors && plain.distortion > 0.0) {
-    const float step2 = std::min(step * 1.25f, kMaxStep * 0.5f);
-    DS_RETURN_IF_ERROR(
-        EncodeChoice(step2, EvaluateRank(step2, 1, nullptr, 0), &plain2).status());
+    const float step2 = std::min(step * 1.25f, kEcqMaxStep * 0.5f);
+    DS_ASSIGN_OR_RETURN(const EcqTrial plain2, measure(step2, 0, false));
     // d(log D) / d(bytes) of the plain curve; with no measurable slope (all codes 0 at
     // both steps) the high-rate slope stands in.
     double k = -std::log(2.0) * step * step / 6.0 * 8.0 / plain.distortion;
@@ -424,76 +213,80 @@ absl::StatusOr<std::vector<uint8_t>> EcqTensor::Encode(float step, EcqTrial* tri
       k = std::log(plain2.distortion / plain.distortion) / (plain2.bytes - plain.bytes);
     }
     double best_ratio = 1.0;
-    for (const auto& p : planes_) {
+    for (const auto& p : planes) {
       const int rank = p->header.rank;
       if (rank == 0 || p->header.transform != EcqTransform::kDct) continue;  // once per rank
       // Factors alone as large as the whole plain payload: not at this tensor's rate.
       if (static_cast<double>(p->factor_bytes) >= plain.bytes) continue;
-      EcqTrial t;
-      DS_ASSIGN_OR_RETURN(std::vector<uint8_t> out,
-                          EncodeChoice(step, EvaluateRank(step, 1, nullptr, rank), &t));
+      DS_ASSIGN_OR_RETURN(const EcqTrial t, measure(step, rank, true));
       const double curve = plain.distortion * std::exp(k * (t.bytes - plain.bytes));
       if (t.distortion < best_ratio * curve) {
         best_ratio = t.distortion / curve;
-        best = std::move(out);
-        best_trial = t;
+        best = t;
       }
     }
   }
-  if (trial) *trial = best_trial;
   return best;
+}
+
+}  // namespace
+
+absl::Status EcqTensor::CheckStep(float step) const {
+  if (!std::isfinite(step) || !(step > 0.0f) || step >= kEcqMaxStep) {
+    return absl::InvalidArgumentError(absl::StrCat("ecq step ", step, " not in (0, 2^96)"));
+  }
+  if (max_abs_ / step >= kEcqMaxCode) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ecq step ", step, " too small for coefficients up to ", max_abs_));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint8_t>> EcqTensor::Encode(float step, EcqTrial* trial,
+                                                        const EcqTrial* fixed) const {
+  if (summary_) {
+    return absl::FailedPreconditionError("ecq: a summary codes with Choose and EncodeDelta");
+  }
+  DS_RETURN_IF_ERROR(CheckStep(step));
+  if (fixed != nullptr) return EncodeChoice(step, Evaluate(step, 1, fixed), trial);
+  std::vector<std::pair<int, std::vector<uint8_t>>> coded;  // (rank, payload) at `step`
+  auto measure = [&](float s, int rank, bool at_step) -> absl::StatusOr<EcqTrial> {
+    EcqTrial t;
+    DS_ASSIGN_OR_RETURN(std::vector<uint8_t> out,
+                        EncodeChoice(s, EvaluateRank(s, 1, nullptr, rank), &t));
+    if (at_step) coded.emplace_back(rank, std::move(out));
+    return t;
+  };
+  DS_ASSIGN_OR_RETURN(const EcqTrial best, PickRank(planes_, step, measure));
+  if (trial) *trial = best;
+  for (auto& [rank, payload] : coded) {
+    if (rank == best.rank) return std::move(payload);
+  }
+  return absl::InternalError("ecq: the chosen rank was not coded");
+}
+
+EcqTrial EcqTensor::Choose(float step) const {
+  auto measure = [&](float s, int rank, bool) -> absl::StatusOr<EcqTrial> {
+    return EvaluateRank(s, 1, nullptr, rank);
+  };
+  return *PickRank(planes_, step, measure);  // measure never fails
 }
 
 absl::StatusOr<std::vector<uint8_t>> EcqTensor::EncodeChoice(float step, const EcqTrial& choice,
                                                               EcqTrial* trial) const {
-  const Plane* pl = nullptr;
+  const internal::EcqPlane* pl = nullptr;
   for (const auto& p : planes_) {
     if (p->header.transform == choice.transform && p->header.rank == choice.rank) pl = p.get();
   }
   if (pl == nullptr) {
     return absl::InvalidArgumentError("ecq: the fixed transform was not prepared");
   }
-  const float inv = 1.0f / step;
-  const int64_t chunks = static_cast<int64_t>(pl->chunk_begin.size()) - 1;
-  // Pass 1: the bias of this choice.
-  QuantStats st;
-  std::vector<uint64_t> hist(256);
-  uint64_t esc = 0;
-  Quantize(pl->coef.data(), pl->coef.size(), inv, choice.rounding, &st, hist.data(), &esc,
-           nullptr, nullptr);
-  EcqHeader h = pl->header;
-  h.bias = static_cast<float>(st.BestBias());
-  // The quantizer's step times the reconstruction gain: what the decoder scales codes by.
-  const double gain = GainAt(st, step, h.bias, gain_weight_);
-  h.step = static_cast<float>(step * gain);
-  // Pass 2: symbols, rANS streams and escapes per chunk.
-  std::vector<uint8_t> body, symbols;
-  std::vector<uint32_t> lengths;
-  std::vector<int32_t> escaped;
-  for (int64_t c = 0; c < chunks; ++c) {
-    const uint64_t b = pl->chunk_begin[c], e = pl->chunk_begin[c + 1];
-    symbols.resize(e - b);
-    escaped.clear();
-    QuantStats unused;
-    Quantize(pl->coef.data() + b, e - b, inv, choice.rounding, &unused, hist.data(), &esc,
-             symbols.data(), &escaped);
-    std::vector<uint8_t> chunk(4);
-    DS_RETURN_IF_ERROR(internal::RansEncode(symbols, &chunk));
-    common::EncodeFixed(chunk.data(), chunk.size() - 4, 4);
-    common::ByteWriter<std::vector<uint8_t>> w(&chunk);
-    for (int32_t q : escaped) w.U32(static_cast<uint32_t>(q));
-    if (chunk.size() > 0xffffffffu) return absl::InvalidArgumentError("ecq chunk over 4 GiB");
-    lengths.push_back(static_cast<uint32_t>(chunk.size()));
-    body.insert(body.end(), chunk.begin(), chunk.end());
-  }
-  std::vector<uint8_t> out;
-  internal::AppendEcqHeader(h, lengths, &out);
-  if (pl->factors) internal::AppendEcqFactors(*pl->factors, &out);
-  out.insert(out.end(), body.begin(), body.end());
+  DS_ASSIGN_OR_RETURN(std::vector<uint8_t> out,
+                      internal::EncodeEcqPlane(*pl, step, choice.rounding, gain_weight_, trial));
   if (trial) {
-    *trial = choice;
-    trial->bytes = static_cast<double>(out.size());
-    trial->distortion = st.Distortion(step, h.bias, gain);
+    trial->transform = choice.transform;
+    trial->rank = choice.rank;
+    trial->rounding = choice.rounding;
   }
   return out;
 }
@@ -612,7 +405,7 @@ class EcqDecoder {
     for (uint64_t i = 0; i < n_esc; ++i) {
       const int32_t q = static_cast<int32_t>(common::DecodeFixed32(b + 4 + rans_len + 4 * i));
       const int64_t m = std::abs(static_cast<int64_t>(q));
-      if (m > static_cast<int64_t>(kMaxCode) || 2 * m - (q < 0) < internal::kEcqEscape) {
+      if (m > static_cast<int64_t>(kEcqMaxCode) || 2 * m - (q < 0) < internal::kEcqEscape) {
         return absl::DataLossError(absl::StrCat("ecq chunk ", c, ": bad escaped code ", q));
       }
       escapes_[i] = std::copysign((static_cast<float>(m) - pe_.header.bias) * pe_.header.step,

@@ -31,6 +31,9 @@
 #include "codec/tensor.h"
 
 namespace deltaserve::codec {
+namespace internal {
+struct EcqPlane;
+}  // namespace internal
 
 // Transform of an ecq payload (stored as a u8).
 enum class EcqTransform : uint8_t {
@@ -66,6 +69,15 @@ struct EcqOptions {
   // keeps more of the delta's length for some more squared error. Measured on faceres
   // at 1 bit per weight: see codec/FORMAT.md, "Reconstruction gain". Default: 2.
   double gain_weight = 2.0;
+  // CompressModel: a model of at most this many weights is planned exhaustively
+  // (EcqTensor::Prepare: every candidate's coefficients kept, each tensor's transform
+  // picked from exact codings); a larger one from summaries (EcqTensor::Summarize),
+  // each tensor coded once at the planned step, from its delta computed again, so that
+  // memory and time grow with the largest tensor and the model's size, not with
+  // model x candidates. Default: 2^23 (the eval models, 3.5 M and 7.0 M weights, keep
+  // the exhaustive plan; the 0.5 G-weight stream_bench model took 20 minutes and 18 GB
+  // with it).
+  int64_t exhaustive_max_weights = int64_t{1} << 23;
 
   absl::Status Validate() const;
 };
@@ -106,19 +118,52 @@ class EcqTensor {
   absl::StatusOr<std::vector<uint8_t>> Encode(float step, EcqTrial* trial = nullptr,
                                               const EcqTrial* fixed = nullptr) const;
 
-  struct Plane;  // coefficients of one transform, in payload scan order
+  // A summary of the delta for planning without keeping its coefficients: the
+  // candidates of Prepare, each as a sample of at most ~9000 coefficients (the DCT's of
+  // 96 patches spread over the tensor), its low-rank factors, and no other copy of the
+  // delta. Low-rank candidates are dropped when a randomized sketch of the delta shows
+  // that the top singular pairs hold too little energy for their factor bytes
+  // (EcqLowRankMayPay, internal/ecq_lowrank.h); otherwise the factors are computed as in
+  // Prepare. Evaluate works from the sample (estimates); Encode is refused
+  // (FailedPrecondition): code with Choose and EncodeDelta. Memory: O(samples x
+  // candidates + factors). Errors: those of Prepare.
+  static absl::StatusOr<std::unique_ptr<EcqTensor>> Summarize(const float* delta, int64_t rows,
+                                                              int64_t cols,
+                                                              const EcqOptions& options);
+  bool summary() const { return summary_; }
+  // The choice (transform, rank, rounding) that Encode(step) makes, judged from
+  // Evaluate's estimates instead of codings (for summaries).
+  EcqTrial Choose(float step) const;
+  // Summaries: codes delta[rows x cols] (the one summarized) at `step` with `choice`'s
+  // transform, rank and rounding, building only that candidate's coefficients (memory:
+  // about 2x the delta; the calling thread keeps the coefficients' buffer in
+  // thread_local storage for its next call). `trial`, if given, receives the choice, the
+  // exact size and the squared error (from a sample of ~2^19 coefficients for large
+  // tensors). InvalidArgument as Encode, or for a choice that was not a candidate.
+  absl::StatusOr<std::vector<uint8_t>> EncodeDelta(const float* delta, float step,
+                                                   const EcqTrial& choice,
+                                                   EcqTrial* trial = nullptr) const;
+
   ~EcqTensor();
 
  private:
   EcqTensor() = default;
+  // Checks the arguments (as Prepare) and sets the shape, energy and options.
+  static absl::StatusOr<std::unique_ptr<EcqTensor>> Begin(const float* delta, int64_t rows,
+                                                          int64_t cols,
+                                                          const EcqOptions& options);
   // Evaluate over the planes of one rank only (-1: all).
   EcqTrial EvaluateRank(float step, int sample, const EcqTrial* fixed, int only_rank) const;
   // Encodes the planes of `choice` (its transform, rank and rounding) at `step`.
   absl::StatusOr<std::vector<uint8_t>> EncodeChoice(float step, const EcqTrial& choice,
                                                     EcqTrial* trial) const;
+  // InvalidArgument for a step that is not in (0, 2^96) or too small for max_abs().
+  absl::Status CheckStep(float step) const;
   int64_t rows_ = 0, cols_ = 0;
   double energy_ = 0.0, max_abs_ = 0.0, step_scale_ = 1.0, gain_weight_ = 1.0;
-  std::vector<std::unique_ptr<Plane>> planes_;
+  bool summary_ = false;
+  int patch_size_ = 32;
+  std::vector<std::unique_ptr<internal::EcqPlane>> planes_;
 };
 
 // Encodes at one step (EcqTensor::Prepare + Encode). InvalidArgument as Prepare, or for

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "codec/internal/ordered_parallel.h"
 #include "common/status_macros.h"
 
 namespace deltaserve::codec {
@@ -17,13 +18,21 @@ struct Totals {
 constexpr int kSearchSample = 5;
 
 // Sums of the estimates at `step`; with `fixed` (one per tensor, or empty) the tensors
-// keep those choices of transform and rounding.
+// keep those choices of transform and rounding. Summed in tensor order whatever the
+// number of threads.
 Totals Estimate(absl::Span<const EcqTensor* const> tensors, float step,
-                const std::vector<EcqTrial>& fixed) {
+                const std::vector<EcqTrial>& fixed, int threads) {
+  std::vector<EcqTrial> trials(tensors.size());
+  internal::ParallelFor(tensors.size(), threads, [&](size_t i) {
+    const float s = static_cast<float>(step * tensors[i]->step_scale());
+    // A summary estimates what it will code: its choice at this step (the choice of
+    // rank can change its size by the factor bytes).
+    trials[i] = tensors[i]->summary() && fixed.empty()
+                    ? tensors[i]->Choose(s)
+                    : tensors[i]->Evaluate(s, kSearchSample, fixed.empty() ? nullptr : &fixed[i]);
+  });
   Totals t;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const EcqTrial trial =
-        tensors[i]->Evaluate(static_cast<float>(step * tensors[i]->step_scale()), kSearchSample, fixed.empty() ? nullptr : &fixed[i]);
+  for (const EcqTrial& trial : trials) {
     t.bytes += trial.bytes;
     t.distortion += trial.distortion;
   }
@@ -31,9 +40,10 @@ Totals Estimate(absl::Span<const EcqTensor* const> tensors, float step,
 }
 
 // Largest step in [lo, hi] (log-bisection) for which `ok(step)` holds, assuming ok is
-// monotone (true for small steps). Returns lo if none does.
+// monotone (true for small steps). Returns lo if none does; with `above`, the end of
+// the final interval where ok fails instead (hi if it never fails).
 template <typename Ok>
-float Bisect(float lo, float hi, const Ok& ok, int iterations) {
+float Bisect(float lo, float hi, const Ok& ok, int iterations, bool above = false) {
   double a = std::log(lo), b = std::log(hi);
   for (int i = 0; i < iterations; ++i) {
     const double m = 0.5 * (a + b);
@@ -43,26 +53,30 @@ float Bisect(float lo, float hi, const Ok& ok, int iterations) {
       b = m;
     }
   }
-  return static_cast<float>(std::exp(a));
+  return static_cast<float>(std::exp(above ? b : a));
 }
 
-// Codes every tensor at `step`. The first call (empty `fixed`) fills `fixed` with the
-// choices made; later calls keep them.
-absl::Status EncodeAll(absl::Span<const EcqTensor* const> tensors, float step,
+// Codes every tensor at `step` (EcqTensor::Encode). The first call (empty `fixed`)
+// fills `fixed` with the choices made; later calls keep them.
+absl::Status EncodeAll(absl::Span<const EcqTensor* const> tensors, int threads, float step,
                        std::vector<EcqTrial>* fixed, EcqPlan* plan) {
-  plan->step = step;
+  const bool freeze = fixed->empty();
+  if (freeze) fixed->resize(tensors.size());
+  std::vector<absl::StatusOr<std::vector<uint8_t>>> coded(tensors.size());
+  std::vector<EcqTrial> trials(tensors.size());
+  internal::ParallelFor(tensors.size(), threads, [&](size_t i) {
+    coded[i] = tensors[i]->Encode(static_cast<float>(step * tensors[i]->step_scale()),
+                                  &trials[i], freeze ? nullptr : &(*fixed)[i]);
+  });
   plan->payloads.clear();
   plan->payload_bytes = 0;
   plan->distortion = 0.0;
-  const bool freeze = fixed->empty();
   for (size_t i = 0; i < tensors.size(); ++i) {
-    EcqTrial trial;
-    DS_ASSIGN_OR_RETURN(std::vector<uint8_t> p,
-                        tensors[i]->Encode(static_cast<float>(step * tensors[i]->step_scale()), &trial, freeze ? nullptr : &(*fixed)[i]));
-    if (freeze) fixed->push_back(trial);
-    plan->payload_bytes += p.size();
-    plan->distortion += trial.distortion;
-    plan->payloads.push_back(std::move(p));
+    if (!coded[i].ok()) return coded[i].status();
+    if (freeze) (*fixed)[i] = trials[i];
+    plan->payload_bytes += coded[i]->size();
+    plan->distortion += trials[i].distortion;
+    plan->payloads.push_back(*std::move(coded[i]));
   }
   return absl::OkStatus();
 }
@@ -70,7 +84,8 @@ absl::Status EncodeAll(absl::Span<const EcqTensor* const> tensors, float step,
 }  // namespace
 
 absl::StatusOr<EcqPlan> PlanEcq(absl::Span<const EcqTensor* const> tensors, uint64_t weights,
-                                double overhead_bytes, const EcqTarget& target) {
+                                double overhead_bytes, const EcqTarget& target, int threads,
+                                const EcqEncodeAllFn& encode_all) {
   if (tensors.empty() || weights == 0) {
     return absl::InvalidArgumentError("ecq plan: no tensors to code");
   }
@@ -82,6 +97,16 @@ absl::StatusOr<EcqPlan> PlanEcq(absl::Span<const EcqTensor* const> tensors, uint
   if (by_error && !std::isfinite(target.max_error)) {
     return absl::InvalidArgumentError("ecq plan: max_error must be finite");
   }
+  threads = std::max(threads, 1);
+  const EcqEncodeAllFn code_all =
+      encode_all ? encode_all
+                 : EcqEncodeAllFn([&](float step, std::vector<EcqTrial>* fixed, EcqPlan* plan) {
+                     return EncodeAll(tensors, threads, step, fixed, plan);
+                   });
+  auto code_at = [&](float step, std::vector<EcqTrial>* fixed, EcqPlan* plan) {
+    plan->step = step;
+    return code_all(step, fixed, plan);
+  };
   EcqPlan plan;
   double max_abs = 0.0;
   for (const EcqTensor* x : tensors) {
@@ -107,11 +132,11 @@ absl::StatusOr<EcqPlan> PlanEcq(absl::Span<const EcqTensor* const> tensors, uint
     bool have_best = false;
     for (int round = 0; round < 6; ++round) {
       const float step = Bisect(
-          a, b, [&](float s) { return Estimate(tensors, s, fixed).distortion <= want; },
+          a, b, [&](float s) { return Estimate(tensors, s, fixed, threads).distortion <= want; },
           round == 0 ? 24 : 12);
       a = std::max(lo, step / 2);
       b = std::min(hi, step * 2);
-      DS_RETURN_IF_ERROR(EncodeAll(tensors, step, &fixed, &plan));
+      DS_RETURN_IF_ERROR(code_at(step, &fixed, &plan));
       if (plan.distortion <= limit && (!have_best || step > best.step)) {
         best = plan;
         have_best = true;
@@ -124,7 +149,7 @@ absl::StatusOr<EcqPlan> PlanEcq(absl::Span<const EcqTensor* const> tensors, uint
     float step = plan.step;
     for (int i = 0; i < 60 && !have_best && step > lo; ++i) {
       step *= 0.97f;
-      DS_RETURN_IF_ERROR(EncodeAll(tensors, step, &fixed, &plan));
+      DS_RETURN_IF_ERROR(code_at(step, &fixed, &plan));
       if (plan.distortion <= limit) {
         best = plan;
         have_best = true;
@@ -138,21 +163,27 @@ absl::StatusOr<EcqPlan> PlanEcq(absl::Span<const EcqTensor* const> tensors, uint
     // estimate's target by the measured ratio until the coded size is within 0.5%.
     double want = budget;
     float step = hi, a = lo, b = hi;
+    // Summaries code the whole model again per correction: 1% (a coding of the
+    // stream_bench model's 0.5 G weights is most of its compress time).
+    const bool summaries = tensors.front()->summary();
+    const double tolerance = summaries ? 0.01 : 0.005;
     if (budget <= 0.0) {  // the framing alone is over the target: code all-zero payloads
-      DS_RETURN_IF_ERROR(EncodeAll(tensors, hi, &fixed, &plan));
+      DS_RETURN_IF_ERROR(code_at(hi, &fixed, &plan));
       plan.floor_reached = true;
     }
     for (int round = 0; round < 6 && budget > 0.0; ++round) {
       // The first search spans all steps; corrections search near the last step.
-      step = Bisect(a, b, [&](float s) { return Estimate(tensors, s, fixed).bytes > want; },
-                    round == 0 ? 24 : 12);
+      // Bisect returns the largest step still over `want`; one ulp-scale step up is under.
+      // A summary's estimate jumps where its choice of rank changes (by the factor
+      // bytes): it takes the end of the last interval, under `want`.
+      step = Bisect(a, b, [&](float s) { return Estimate(tensors, s, fixed, threads).bytes > want; },
+                    round == 0 ? 24 : 12, summaries);
       a = std::max(lo, step / 2);
       b = std::min(hi, step * 2);
-      // Bisect returns the largest step still over `want`; one ulp-scale step up is under.
-      step = std::min(hi, step * 1.0000001f);
-      DS_RETURN_IF_ERROR(EncodeAll(tensors, step, &fixed, &plan));
+      if (!summaries) step = std::min(hi, step * 1.0000001f);
+      DS_RETURN_IF_ERROR(code_at(step, &fixed, &plan));
       const double got = static_cast<double>(plan.payload_bytes);
-      if (std::fabs(bits_of(got) - target.bits_per_weight) <= 0.005 * target.bits_per_weight) {
+      if (std::fabs(bits_of(got) - target.bits_per_weight) <= tolerance * target.bits_per_weight) {
         break;
       }
       if (got > budget && step >= hi) {

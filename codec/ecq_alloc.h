@@ -9,6 +9,7 @@
 #define DELTASERVE_CODEC_ECQ_ALLOC_H_
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -38,13 +39,23 @@ struct EcqPlan {
   bool floor_reached = false;
 };
 
+// How PlanEcq codes every tensor at a common step (each at step x its step_scale()):
+// sets plan->payloads, payload_bytes and distortion (plan->step is set by the caller).
+// With an empty *fixed it also fills *fixed with each tensor's choice, which later calls
+// keep. Default (null): EcqTensor::Encode of prepared tensors.
+using EcqEncodeAllFn =
+    std::function<absl::Status(float step, std::vector<EcqTrial>* fixed, EcqPlan* plan)>;
+
 // Plans and encodes `tensors` (not null, each from EcqTensor::Prepare). `weights` is the
 // number of weights the bits target is averaged over and `overhead_bytes` the bytes
 // counted besides the payloads (record framing and container header share). The bits
-// target is met within 0.5% where the step's granularity allows (measured sizes, not
-// estimates). InvalidArgument for a bad target, no tensors or weights == 0.
+// target is met within 0.5% (1% for summaries, EcqTensor::Summarize) where the step's
+// granularity allows (measured sizes, not estimates). InvalidArgument for a bad target, no tensors or weights == 0.
+// `threads` (>= 1) evaluate and code tensors in parallel; the plan is the same whatever
+// their number.
 absl::StatusOr<EcqPlan> PlanEcq(absl::Span<const EcqTensor* const> tensors, uint64_t weights,
-                                double overhead_bytes, const EcqTarget& target);
+                                double overhead_bytes, const EcqTarget& target,
+                                int threads = 1, const EcqEncodeAllFn& encode_all = nullptr);
 
 }  // namespace deltaserve::codec
 

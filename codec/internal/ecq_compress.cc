@@ -4,16 +4,18 @@
 #include <cmath>
 
 #include "codec/delta_codec.h"
+#include "codec/internal/ordered_parallel.h"
 #include "common/status_macros.h"
 
 namespace deltaserve::codec::internal {
 
-double EcqStepScale(EcqWeighting w, const TensorView& base, const std::vector<float>& delta) {
+double EcqStepScale(EcqWeighting w, const TensorView& base, uint64_t delta_size,
+                    double delta_energy) {
   double sum = 0.0;
   uint64_t n = 0;
   if (w == EcqWeighting::kDeltaRms) {
-    for (float x : delta) sum += static_cast<double>(x) * x;
-    n = delta.size();
+    sum = delta_energy;
+    n = delta_size;
   } else if (w == EcqWeighting::kWeightRms) {
     n = static_cast<uint64_t>(base.info.num_elements());
     std::vector<float> buf(4096);
@@ -30,7 +32,8 @@ double EcqStepScale(EcqWeighting w, const TensorView& base, const std::vector<fl
 
 absl::Status PlanAndSetEcqPayloads(const std::vector<std::unique_ptr<EcqTensor>>& tensors,
                                    const std::vector<size_t>& ecq_records,
-                                   uint64_t header_bytes, const EcqTarget& target,
+                                   uint64_t header_bytes, const EcqTarget& target, int threads,
+                                   const EcqDeltaFn& delta_of,
                                    std::vector<TensorRecord>* records,
                                    std::vector<std::vector<uint8_t>>* payloads) {
   if (tensors.empty()) return absl::OkStatus();
@@ -46,7 +49,42 @@ absl::Status PlanAndSetEcqPayloads(const std::vector<std::unique_ptr<EcqTensor>>
               static_cast<double>(ecq_weights) / static_cast<double>(all_weights);
   std::vector<const EcqTensor*> views;
   for (const auto& t : tensors) views.push_back(t.get());
-  DS_ASSIGN_OR_RETURN(EcqPlan plan, PlanEcq(views, ecq_weights, overhead, target));
+  EcqEncodeAllFn encode_all;  // prepared tensors: PlanEcq's own
+  if (tensors.front()->summary()) {
+    encode_all = [&](float step, std::vector<EcqTrial>* fixed, EcqPlan* plan) -> absl::Status {
+      const size_t n = tensors.size();
+      auto step_of = [&](size_t i) {
+        return static_cast<float>(step * tensors[i]->step_scale());
+      };
+      if (fixed->empty()) {
+        fixed->resize(n);
+        ParallelFor(n, threads, [&](size_t i) { (*fixed)[i] = tensors[i]->Choose(step_of(i)); });
+      }
+      std::vector<absl::StatusOr<std::vector<uint8_t>>> coded(n);
+      std::vector<EcqTrial> trials(n);
+      ParallelFor(n, threads, [&](size_t i) {
+        // Kept by the worker thread for its next tensor: fresh pages for every tensor
+        // cost more system time than the coding (page faults).
+        thread_local std::vector<float> delta;
+        absl::Status s = delta_of(i, &delta);
+        coded[i] = s.ok() ? tensors[i]->EncodeDelta(delta.data(), step_of(i), (*fixed)[i],
+                                                    &trials[i])
+                          : absl::StatusOr<std::vector<uint8_t>>(s);
+      });
+      plan->payloads.clear();
+      plan->payload_bytes = 0;
+      plan->distortion = 0.0;
+      for (size_t i = 0; i < n; ++i) {
+        if (!coded[i].ok()) return coded[i].status();
+        plan->payload_bytes += coded[i]->size();
+        plan->distortion += trials[i].distortion;
+        plan->payloads.push_back(*std::move(coded[i]));
+      }
+      return absl::OkStatus();
+    };
+  }
+  DS_ASSIGN_OR_RETURN(EcqPlan plan,
+                      PlanEcq(views, ecq_weights, overhead, target, threads, encode_all));
   *payloads = std::move(plan.payloads);
   for (size_t k = 0; k < ecq_records.size(); ++k) {
     (*records)[ecq_records[k]].payload = (*payloads)[k];

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 
 #include "absl/strings/str_cat.h"
 #include "codec/internal/fp16.h"
@@ -16,6 +17,9 @@ void ssyevr_(const char* jobz, const char* range, const char* uplo, const int* n
              const int* lda, const float* vl, const float* vu, const int* il, const int* iu,
              const float* abstol, int* m, float* w, float* z, const int* ldz, int* isuppz,
              float* work, const int* lwork, int* iwork, const int* liwork, int* info);
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc);
 }
 
 namespace deltaserve::codec::internal {
@@ -205,6 +209,90 @@ absl::StatusOr<EcqFactors> TopEcqFactors(const float* a, int64_t rows, int64_t c
     QuantizeVector(right, &f.v_scale[j], f.v.data() + static_cast<size_t>(j) * cols, 1);
   }
   return f;
+}
+
+bool EcqLowRankMayPay(const float* a, int64_t rows, int64_t cols, int rank, double energy) {
+  if (rows > (1 << 30) / (rank + 4) || cols > (1 << 30) / (rank + 4)) return true;  // int dims
+  const int l = rank + 4;
+  const int m = static_cast<int>(rows), n = static_cast<int>(cols);
+  const float one = 1.0f, zero = 0.0f;
+  // W^T (l x cols, column-major): +-1 from a fixed generator (SplitMix64).
+  std::vector<float> wt(static_cast<size_t>(l) * cols);
+  uint64_t s = 0x9e3779b97f4a7c15ull;
+  for (float& w : wt) {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    w = ((z ^ (z >> 31)) & 1) ? 1.0f : -1.0f;
+  }
+  // Y = A W (rows x l, row-major = column-major l x rows).
+  std::vector<float> y(static_cast<size_t>(l) * rows);
+  sgemm_("N", "N", &l, &m, &n, &one, wt.data(), &l, a, &n, &zero, y.data(), &l);
+  // Q: orthonormal columns of Y (modified Gram-Schmidt, in double; a dependent column
+  // becomes 0).
+  std::vector<double> col(rows);
+  for (int j = 0; j < l; ++j) {
+    for (int64_t r = 0; r < rows; ++r) col[r] = y[r * l + j];
+    for (int i = 0; i < j; ++i) {
+      double d = 0.0;
+      for (int64_t r = 0; r < rows; ++r) d += col[r] * y[r * l + i];
+      for (int64_t r = 0; r < rows; ++r) col[r] -= d * y[r * l + i];
+    }
+    double norm = 0.0;
+    for (int64_t r = 0; r < rows; ++r) norm += col[r] * col[r];
+    norm = std::sqrt(norm);
+    const double inv = norm > 0.0 ? 1.0 / norm : 0.0;
+    for (int64_t r = 0; r < rows; ++r) y[r * l + j] = static_cast<float>(col[r] * inv);
+  }
+  // C = Q^T A (column-major l x cols), G = C C^T (l x l).
+  std::vector<float> c(static_cast<size_t>(l) * cols);
+  sgemm_("N", "T", &l, &n, &m, &one, y.data(), &l, a, &n, &zero, c.data(), &l);
+  std::vector<double> g(static_cast<size_t>(l) * l, 0.0);
+  for (int64_t k = 0; k < cols; ++k) {
+    const float* ck = c.data() + k * l;
+    for (int i = 0; i < l; ++i) {
+      for (int j = 0; j <= i; ++j) g[i * l + j] += static_cast<double>(ck[i]) * ck[j];
+    }
+  }
+  for (int i = 0; i < l; ++i) {
+    for (int j = 0; j < i; ++j) g[j * l + i] = g[i * l + j];
+  }
+  // Eigenvalues of G (cyclic Jacobi): the squared singular values of C.
+  for (int sweep = 0; sweep < 50; ++sweep) {
+    double off = 0.0;
+    for (int i = 0; i < l; ++i) {
+      for (int j = i + 1; j < l; ++j) off += g[i * l + j] * g[i * l + j];
+    }
+    if (off <= 1e-24 * (energy * energy)) break;
+    for (int p = 0; p < l; ++p) {
+      for (int q = p + 1; q < l; ++q) {
+        const double apq = g[p * l + q];
+        if (apq == 0.0) continue;
+        const double theta = (g[q * l + q] - g[p * l + p]) / (2.0 * apq);
+        const double t = (theta >= 0 ? 1.0 : -1.0) / (std::fabs(theta) + std::sqrt(theta * theta + 1.0));
+        const double cs = 1.0 / std::sqrt(t * t + 1.0), sn = t * cs;
+        for (int k = 0; k < l; ++k) {  // G <- J^T G J
+          const double gkp = g[k * l + p], gkq = g[k * l + q];
+          g[k * l + p] = cs * gkp - sn * gkq;
+          g[k * l + q] = sn * gkp + cs * gkq;
+        }
+        for (int k = 0; k < l; ++k) {
+          const double gpk = g[p * l + k], gqk = g[q * l + k];
+          g[p * l + k] = cs * gpk - sn * gqk;
+          g[q * l + k] = sn * gpk + cs * gqk;
+        }
+      }
+    }
+  }
+  std::vector<double> ev(l);
+  for (int i = 0; i < l; ++i) ev[i] = g[i * l + i];
+  std::sort(ev.begin(), ev.end(), std::greater<double>());
+  double top = 0.0;
+  for (int i = 0; i < rank; ++i) top += std::max(0.0, ev[i]);
+  const double f = top / energy;
+  const double b = 8.0 * static_cast<double>(EcqFactorBytes(rank, rows, cols)) /
+                   (static_cast<double>(rows) * static_cast<double>(cols));
+  return f >= kEcqLowRankMinGain * b;
 }
 
 EcqFactors TruncateEcqFactors(const EcqFactors& f, int rank, int64_t rows) {

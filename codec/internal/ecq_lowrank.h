@@ -63,6 +63,21 @@ void AddEcqLowRankRows(const EcqFactors& f, const float* vf, int64_t r0, int64_t
 // reentrant (run with OPENBLAS_NUM_THREADS=1 for one core each).
 absl::StatusOr<EcqFactors> TopEcqFactors(const float* a, int64_t rows, int64_t cols, int rank);
 
+// Whether low-rank factors of rank >= `rank` may pay on a[rows x cols] (energy: its sum
+// of squares, > 0), judged from a randomized sketch (Halko, Martinsson & Tropp 2011):
+// the top `rank` singular values of Q^T A, Q an orthonormal basis of A W with W a fixed
+// +-1 matrix of rank + 4 columns (two OpenBLAS sgemm passes over A, ~4 (rank + 4) flops
+// per weight). They may pay when the energy fraction f they hold is at least
+// kEcqLowRankMinGain times their factor bits per weight b: rank-r factors reduce the
+// error of the rest of the payload by a fraction f, worth about 2 ln 2 f bits per weight
+// at high rates (D ~ 2^-2R), so f / b < 1 / (2 ln 2) = 0.72 never pays; 0.5 leaves a
+// margin for the sketch's underestimate. An i.i.d. noise delta gives f / b <= 0.25
+// (top singular value (sqrt(rows) + sqrt(cols))^2 sigma^2 per component). As f / b of the
+// leading components falls with the rank, no larger rank pays either when this one
+// cannot. REQUIRES: 1 <= rank <= min(rows, cols) - 4.
+bool EcqLowRankMayPay(const float* a, int64_t rows, int64_t cols, int rank, double energy);
+inline constexpr double kEcqLowRankMinGain = 0.5;
+
 // The first `rank` components of `f` (its leading singular pairs).
 EcqFactors TruncateEcqFactors(const EcqFactors& f, int rank, int64_t rows);
 

@@ -4,6 +4,7 @@
 #define DELTASERVE_CODEC_INTERNAL_ORDERED_PARALLEL_H_
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <functional>
@@ -87,6 +88,23 @@ absl::Status OrderedParallel(size_t n, int threads, size_t window,
   room_cv.notify_all();
   for (std::thread& t : pool) t.join();
   return status;
+}
+
+// Calls fn(i) for every i in [0, n) on min(max(threads, 1), n) new threads (never the
+// calling one: what `fn` keeps in thread_local storage ends with the call), each taking
+// the next index when it finishes one. `fn` must be thread-safe; it writes its results
+// by index.
+template <typename Fn>
+void ParallelFor(size_t n, int threads, const Fn& fn) {
+  std::atomic<size_t> next{0};
+  auto worker = [&] {
+    for (size_t i = next++; i < n; i = next++) fn(i);
+  };
+  std::vector<std::thread> pool;
+  for (size_t t = 0; t < std::min<size_t>(std::max(threads, 1), n); ++t) {
+    pool.emplace_back(worker);
+  }
+  for (std::thread& t : pool) t.join();
 }
 
 }  // namespace deltaserve::codec::internal

@@ -1,4 +1,4 @@
-// Delta-DCT throughput: encode, and decode+merge into an fp16 base, in weights per
+// Delta-DCT throughput: encode (beside codec v2's, BM_EncodeEcq*), and decode+merge into an fp16 base, in weights per
 // second, next to a memcpy of the merged output's size (the floor any merge pays); and
 // codec v2 (ecq, codec/delta_ecq.h) decode+merge of the same delta rate-controlled to 1,
 // 2 and 4 bits per weight (BM_DecodeMergeEcqF16/rows/cols/bits), and of a delta with
@@ -120,6 +120,53 @@ const std::vector<uint8_t>& EcqPayload(const Fixture& f, int bits) {
   EcqPlan plan = PlanEcq(ts, static_cast<uint64_t>(f.rows * f.cols), 0.0, {double(bits), 0.0})
                      .value();
   return (*cache)[key] = std::move(plan.payloads[0]);
+}
+
+// The step of EcqPayload(f, bits)'s plan.
+float EcqStep(const Fixture& f, int bits) {
+  static std::map<std::tuple<int64_t, int64_t, int>, float>* cache =
+      new std::map<std::tuple<int64_t, int64_t, int>, float>;
+  auto key = std::make_tuple(f.rows, f.cols, bits);
+  auto it = cache->find(key);
+  if (it != cache->end()) return it->second;
+  auto t = EcqTensor::Prepare(f.delta.data(), f.rows, f.cols, EcqOptions()).value();
+  const EcqTensor* ts[] = {t.get()};
+  return (*cache)[key] =
+             PlanEcq(ts, static_cast<uint64_t>(f.rows * f.cols), 0.0, {double(bits), 0.0})
+                 .value()
+                 .step;
+}
+
+// Codec v2 encode of one tensor at the 1-bit step of its plan, as a large model codes
+// it (EcqTensor::Summarize, Choose, EncodeDelta: one coding round; beside BM_Encode).
+void BM_EncodeEcq(benchmark::State& state) {
+  const Fixture& f = GetFixture(state.range(0), state.range(1));
+  const float step = EcqStep(f, 1);
+  size_t bytes = 0;
+  for (auto _ : state) {
+    auto t = EcqTensor::Summarize(f.delta.data(), f.rows, f.cols, EcqOptions()).value();
+    auto payload = t->EncodeDelta(f.delta.data(), step, t->Choose(step));
+    if (!payload.ok()) state.SkipWithError(payload.status().ToString().c_str());
+    bytes = payload->size();
+    benchmark::DoNotOptimize(payload->data());
+  }
+  SetRate(state, f.rows * f.cols);
+  state.counters["payload_bits_per_weight"] =
+      8.0 * static_cast<double>(bytes) / static_cast<double>(f.rows * f.cols);
+}
+
+// The same as a small model codes it (EcqTensor::Prepare: every candidate kept, Encode
+// at the step: every rank's payload coded; no step search).
+void BM_EncodeEcqExhaustive(benchmark::State& state) {
+  const Fixture& f = GetFixture(state.range(0), state.range(1));
+  const float step = EcqStep(f, 1);
+  for (auto _ : state) {
+    auto t = EcqTensor::Prepare(f.delta.data(), f.rows, f.cols, EcqOptions()).value();
+    auto payload = t->Encode(step);
+    if (!payload.ok()) state.SkipWithError(payload.status().ToString().c_str());
+    benchmark::DoNotOptimize(payload->data());
+  }
+  SetRate(state, f.rows * f.cols);
 }
 
 void BM_DecodeMergeEcqF16(benchmark::State& state) {
@@ -339,6 +386,8 @@ BENCHMARK(BM_InverseDctSgemmStrip)->Arg(8)->Arg(16)->Arg(32);
 
 #define DS_SHAPES ->Args({4096, 4096})->Args({4096, 11008})->Unit(benchmark::kMillisecond)
 BENCHMARK(BM_Encode) DS_SHAPES;
+BENCHMARK(BM_EncodeEcq) DS_SHAPES;
+BENCHMARK(BM_EncodeEcqExhaustive)->Args({4096, 4096})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_DecodeMergeF16) DS_SHAPES;
 BENCHMARK(BM_DecodeMergeBF16) DS_SHAPES;
 BENCHMARK(BM_DecodeMergeF16Mixed) DS_SHAPES;
