@@ -231,7 +231,9 @@ TEST(DeltaDctMergeTest, Half16Patch32EqualsDecodeThenAddSaturateCast) {
                              << " cuts " << cuts[1];
         EXPECT_EQ(saturated, want_saturated) << rows << "x" << cols << " " << sched;
       }
-      if (dtype == DType::kF16) EXPECT_GT(want_saturated, 0);
+      if (dtype == DType::kF16) {
+        EXPECT_GT(want_saturated, 0);
+      }
     }
   }
  }
