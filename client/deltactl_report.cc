@@ -29,8 +29,9 @@ std::optional<double> Ratio(double err_sq, double ref_sq) {
 
 double Bpw(double bytes, uint64_t weights) { return weights == 0 ? 0 : 8 * bytes / weights; }
 
-std::string Opt(const std::optional<double>& v, const char* fmt) {
-  return v ? absl::StrFormat(fmt, *v) : std::string("-");
+// "-" when absent, else the value with `digits` decimals.
+std::string Opt(const std::optional<double>& v, int digits) {
+  return v ? absl::StrFormat("%.*f", digits, *v) : std::string("-");
 }
 
 nlohmann::json JsonOpt(const std::optional<double>& v) {
@@ -211,8 +212,8 @@ void PrintReport(const ContainerReport& report, bool per_tensor, std::FILE* out)
                     Bpw(r.record_bytes, n));
       if (ev) {
         absl::FPrintF(out, " %10s %10s",
-                      r.has_delta ? Opt(Ratio(r.d_err_sq, r.d_sq), "%.5f") : std::string("-"),
-                      Opt(Ratio(r.w_err_sq, r.w_sq), "%.6f"));
+                      r.has_delta ? Opt(Ratio(r.d_err_sq, r.d_sq), 5) : std::string("-"),
+                      Opt(Ratio(r.w_err_sq, r.w_sq), 6));
       }
       absl::FPrintF(out, "\n");
     }
@@ -252,13 +253,13 @@ void PrintReport(const ContainerReport& report, bool per_tensor, std::FILE* out)
                 lossy, t.bpw_lossy, t.ratio_lossy, t.bpw_whole, t.ratio_whole);
   if (ev) {
     absl::FPrintF(out, "rel. delta error  ||d - d_hat|| / ||d||:       %s-coded %s, all %s\n",
-                  lossy, Opt(t.rel_delta_error_lossy, "%.5f"), Opt(t.rel_delta_error, "%.5f"));
+                  lossy, Opt(t.rel_delta_error_lossy, 5), Opt(t.rel_delta_error, 5));
     absl::FPrintF(out, "rel. weight error ||W_ft - W_hat|| / ||W_ft||: %s-coded %s, all %s\n",
-                  lossy, Opt(t.rel_weight_error_lossy, "%.6f"), Opt(t.rel_weight_error, "%.6f"));
+                  lossy, Opt(t.rel_weight_error_lossy, 6), Opt(t.rel_weight_error, 6));
     absl::FPrintF(
         out, "  (base alone, no delta: ||W_ft - W_base|| / ||W_ft||: %s-coded %s, all %s)\n",
-        lossy, Opt(t.rel_weight_error_base_only_lossy, "%.6f"),
-        Opt(t.rel_weight_error_base_only, "%.6f"));
+        lossy, Opt(t.rel_weight_error_base_only_lossy, 6),
+        Opt(t.rel_weight_error_base_only, 6));
   }
 }
 

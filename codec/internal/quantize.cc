@@ -390,6 +390,7 @@ DequantizeCodes(const uint8_t* codes, int n, float offset, float scale, float* o
   for (int i = 0; i < n; ++i) out[i] = offset + static_cast<float>(codes[i]) * scale;
 }
 
+#if DS_QUANT_AVX2
 namespace {
 
 // out[i] = lut[bit i of packed] for i < n16 (a multiple of 16): one mask blend per 16.
@@ -403,17 +404,20 @@ __attribute__((target("avx512f"))) void SelectBits1Avx512(const uint8_t* packed,
 }
 
 }  // namespace
+#endif  // DS_QUANT_AVX2
 
 void DequantizeBits1(const uint8_t* packed, int n, float offset, float scale, float* out) {
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
   const uint8_t codes[2] = {0, 1};
   float lut[2];
   DequantizeCodes(codes, 2, offset, scale, lut);
   int i = 0;
+#if DS_QUANT_AVX2
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
   if (avx512) {
     i = n & ~15;
     SelectBits1Avx512(packed, i, lut, out);
   }
+#endif
   for (; i < n; ++i) out[i] = lut[(packed[i >> 3] >> (i & 7)) & 1];
 }
 
