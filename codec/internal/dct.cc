@@ -1,6 +1,5 @@
 #include "codec/internal/dct.h"
 
-#include <cpuid.h>
 #include <immintrin.h>
 
 #include <cassert>
@@ -304,16 +303,9 @@ __attribute__((target("avx512f,fma,f16c"))) int64_t InverseEvenOdd32Merge16Avx51
   return sink.saturated;
 }
 
-// F16C is read from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does not
-// know "f16c" (the fuzz build is clang).
-bool HasF16c() {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
-}
-
 bool HasAvx512() {
   static const bool has =
-      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") && HasF16c();
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") && CpuHasF16c();
   return has;
 }
 
