@@ -161,6 +161,8 @@ struct Server::Impl {
   std::thread housekeeper;
   absl::Notification stop_housekeeping;
   std::unique_ptr<internal::AdmissionLimit> uploads, streams;
+  // Before the gRPC server (destroyed after it): outlives every PutDelta call.
+  std::unique_ptr<internal::UploadBufferPool> upload_buffers;
   internal::ServiceContext ctx;
   std::unique_ptr<internal::DeltaServiceImpl> service;
   std::unique_ptr<grpc::Server> grpc_server;
@@ -292,6 +294,11 @@ absl::Status Server::Impl::Init() {
       "streams", "--max-streams", options.max_streams, &metrics->admitted_calls("streams"),
       &metrics->admission_rejected("streams"));
   ctx.uploads = uploads.get();
+  if (options.upload_buffer_cache_bytes > 0) {
+    upload_buffers =
+        std::make_unique<internal::UploadBufferPool>(options.upload_buffer_cache_bytes);
+    ctx.upload_buffers = upload_buffers.get();
+  }
   ctx.streams = streams.get();
   DS_RETURN_IF_ERROR(OpenCluster());
 

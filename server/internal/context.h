@@ -18,6 +18,7 @@
 #include "server/internal/task_versions.h"
 #include "server/internal/tensor_cache.h"
 #include "server/internal/thread_pool.h"
+#include "server/internal/upload_buffer.h"
 #include "server/server.h"
 #include "storage/store.h"
 
@@ -58,6 +59,9 @@ struct ServiceContext {
   // (--max-streams).
   AdmissionLimit* uploads = nullptr;
   AdmissionLimit* streams = nullptr;
+  // The mappings PutDelta receives containers into, reused from one upload to the next
+  // (null: each upload maps its own).
+  UploadBufferPool* upload_buffers = nullptr;
 
   // Refreshes deltaserve_tenant_tasks / _stored_bytes of `tenant` from the store.
   void PublishTenantUsage(const std::string& tenant) const;

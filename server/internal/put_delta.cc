@@ -4,11 +4,11 @@
 // names and limits, existence and quota pre-checks; RocksDB reads) -> StartRead chunks
 // and side file chunks, appended in the callback (a memcpy straight from gRPC's slices
 // for a plain chunk message, see TakeChunk; the running XXH3-64; bounded by the declared
-// sizes; the buffer is an UploadBuffer) -> end of stream -> pool: Commit (size, optional
-// XXH3-64, container framing and every record checksum, base hash, every side file's
-// XXH3-64, one atomic commit) -> Finish. Any error finishes the call at once and stores
-// nothing. The whole container and the side files are held in memory until committed
-// (<= --max-upload-bytes + 64 MiB).
+// sizes; the buffer is an UploadBuffer, a mapping reused from an earlier upload when one
+// fits) -> end of stream -> pool: Commit (size, optional XXH3-64, container framing and
+// every record checksum, base hash, every side file's XXH3-64, one atomic commit) ->
+// Finish. Any error finishes the call at once and stores nothing. The whole container
+// and the side files are held in memory until committed (<= --max-upload-bytes + 64 MiB).
 //
 // A container of at least StoreOptions::ingest_min_bytes is committed by ingestion
 // (storage/store.h), and its records are staged while the upload still arrives: each
@@ -60,6 +60,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         call_(call),
         response_bytes_(response),
         log_(ctx->metrics, "PutDelta"),
+        buffer_(ctx->upload_buffers),
         hash_(XXH3_createState()) {
     XXH3_64bits_reset(hash_);
     absl::Status admitted = ctx_->uploads->Acquire();
@@ -434,7 +435,8 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   bool have_metadata_ = false;
   bool admitted_ = false;  // holds a --max-uploads slot
   std::string tenant_;
-  UploadBuffer buffer_;  // the container, capacity total_bytes (reserved at admission)
+  // The container, capacity total_bytes (reserved at admission from ctx_->upload_buffers).
+  UploadBuffer buffer_;
   codec::ContainerUploadScanner scanner_;
   std::vector<storage::SideFileEntry> declared_;  // metadata.side_files
   uint64_t side_total_ = 0;                       // sum of their sizes

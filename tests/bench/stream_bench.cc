@@ -4,7 +4,7 @@
 //   stream_bench [--workdir DIR] [--layers 24] [--hidden 896] [--ffn 4864]
 //                [--vocab 151936] [--workers 2] [--prefetch 1] [--chunk-bytes 1048576]
 //                [--cache-mb 3072] [--cold-only] [--legacy-cold] [--pull-streams 1,2,4]
-//                [--push-only N] [--ingest-min-bytes N]
+//                [--push-only N] [--ingest-min-bytes N] [--upload-buffer-cache-mb 512]
 //
 // Model: synthetic fp16 transformer with the shapes of a 0.5B-class model (Qwen2-0.5B:
 // 24 layers, hidden 896, 2 KV heads of 128, FFN 4864, vocab 151936; ~494M weights,
@@ -389,6 +389,11 @@ int main(int argc, char** argv) {
                  "this many bytes are ingested as table files; larger than the container: "
                  "through the write-ahead log)")
       ->capture_default_str();
+  uint64_t upload_cache_mb = server::ServerOptions().upload_buffer_cache_bytes >> 20;
+  app.add_option("--upload-buffer-cache-mb", upload_cache_mb,
+                 "ServerOptions::upload_buffer_cache_bytes in MiB (0: every upload maps, and "
+                 "the kernel zero-fills, its own buffer)")
+      ->capture_default_str();
   bool cold_only = false;
   app.add_flag("--cold-only", cold_only,
                "stop after the cold stream (to profile it alone, e.g. under perf record)");
@@ -425,6 +430,7 @@ int main(int argc, char** argv) {
   const double rss_bound_mb = std::filesystem::file_size(o.base_path) / 1048576.0 + cache_mb + 256;
   o.store.sync_writes = false;
   o.store.ingest_min_bytes = ingest_min_bytes;
+  o.upload_buffer_cache_bytes = upload_cache_mb << 20;
   auto t0 = Clock::now();
   auto srv = server::Server::Start(o);
   if (!srv.ok()) {
