@@ -74,9 +74,8 @@ absl::Status UploadBuffer::Reserve(size_t capacity) {
   if (m.data == nullptr) {
     absl::StatusOr<UploadBufferPool::Mapping> fresh = MapAligned(bytes);
     if (!fresh.ok()) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("cannot map ", capacity, " bytes for the upload: ",
-                       fresh.status().message()));
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot map ", capacity, " bytes for the upload: ", fresh.status().message()));
     }
     m = *fresh;
   }

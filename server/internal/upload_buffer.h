@@ -36,8 +36,7 @@ class UploadBuffer;
 class UploadBufferPool {
  public:
   // The server's cap: ServerOptions.upload_buffer_cache_bytes.
-  explicit UploadBufferPool(size_t max_cached_bytes)
-      : max_cached_bytes_(max_cached_bytes) {}
+  explicit UploadBufferPool(size_t max_cached_bytes) : max_cached_bytes_(max_cached_bytes) {}
   ~UploadBufferPool();  // unmaps every cached mapping
   UploadBufferPool(const UploadBufferPool&) = delete;
   UploadBufferPool& operator=(const UploadBufferPool&) = delete;
