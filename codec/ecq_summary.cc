@@ -120,8 +120,7 @@ absl::StatusOr<std::unique_ptr<EcqTensor>> EcqTensor::Summarize(const float* del
   DS_ASSIGN_OR_RETURN(std::unique_ptr<EcqTensor> t, Begin(delta, rows, cols, options));
   t->summary_ = true;
   const uint64_t n = static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols);
-  double max_abs = 0.0;
-  for (uint64_t i = 0; i < n; ++i) max_abs = std::max<double>(max_abs, std::fabs(delta[i]));
+  double max_abs = internal::EcqMaxAbs(delta, n);
   max_abs = std::max(max_abs, DctBound(delta, rows, cols, options.patch_size));
   auto add_planes = [&](int rank, std::shared_ptr<const internal::EcqFactors> f) {
     t->planes_.push_back(SamplePlane(delta, rows, cols, EcqTransform::kDct, options.patch_size,

@@ -203,6 +203,38 @@ void QuantizeSymbols(const float* c, uint64_t n, float inv_step, float r, uint8_
   if (any_escape) AppendEscapes(c, n, inv_step, r, symbols, escaped);
 }
 
+namespace {
+
+constexpr int kMaxLanes = 8;
+
+__attribute__((always_inline)) inline float LaneMaxAbs(const float* x, uint64_t n, float m) {
+  float lane[kMaxLanes];
+  for (float& l : lane) l = m;
+  uint64_t i = 0;
+  for (; i + kMaxLanes <= n; i += kMaxLanes) {
+    for (int l = 0; l < kMaxLanes; ++l) {
+      const float a = std::fabs(x[i + l]);
+      lane[l] = a > lane[l] ? a : lane[l];
+    }
+  }
+  for (; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    lane[0] = a > lane[0] ? a : lane[0];
+  }
+  for (float l : lane) m = l > m ? l : m;
+  return m;
+}
+
+__attribute__((target_clones("arch=x86-64-v3", "default"))) float MaxAbsPortable(const float* x,
+                                                                                 uint64_t n,
+                                                                                 float m) {
+  return LaneMaxAbs(x, n, m);
+}
+
+}  // namespace
+
+float EcqMaxAbs(const float* x, uint64_t n, float m) { return MaxAbsPortable(x, n, m); }
+
 double ChunkBytes(const uint64_t* hist, uint64_t n, uint64_t escapes) {
   int used = 0;
   const double bits = EntropyBits(hist, n, &used);
@@ -260,15 +292,12 @@ std::unique_ptr<EcqPlane> BuildEcqPlane(const float* src, int64_t rows, int64_t 
   auto pl = NewEcqPlane(rows, cols, transform, patch_size, rank, std::move(factors));
   if (storage != nullptr) pl->coef.swap(*storage);
   const int p = pl->header.patch_size;
-  // max |value| in float (exact), as x > m ? x : m so that it vectorizes.
+  // max |value| in float (exact).
   float m = 0.0f;
   if (transform == EcqTransform::kIdentity) {
     const uint64_t n = static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols);
     pl->coef.assign(src, src + n);
-    for (uint64_t i = 0; i < n; ++i) {
-      const float x = std::fabs(src[i]);
-      m = x > m ? x : m;
-    }
+    m = EcqMaxAbs(src, n);
     *max_abs = std::max<double>(*max_abs, m);
     return pl;
   }
@@ -287,10 +316,7 @@ std::unique_ptr<EcqPlane> BuildEcqPlane(const float* src, int64_t rows, int64_t 
         std::memcpy(&patch[r * p], src + (r0 + r) * cols + c0, sizeof(float) * w);
       }
       ForwardDct2d(basis, patch.data(), p, dst, p);
-      for (int k = 0; k < p * p; ++k) {
-        const float x = std::fabs(dst[k]);
-        m = x > m ? x : m;
-      }
+      m = EcqMaxAbs(dst, static_cast<uint64_t>(p) * p, m);
       dst += p * p;
     }
   }

@@ -111,6 +111,10 @@ void Quantize(const float* c, uint64_t n, float inv_step, float r, QuantStats* s
 void QuantizeSymbols(const float* c, uint64_t n, float inv_step, float r, uint8_t* symbols,
                      std::vector<int32_t>* escaped);
 
+// The largest |x[i]| for i < n, and m if that is larger (0 for n = 0 and m = 0).
+// REQUIRES: no NaN. Exact (a maximum does not depend on the order): 8 lanes at a time.
+float EcqMaxAbs(const float* x, uint64_t n, float m = 0.0f);
+
 // Estimated bytes of one chunk of n symbols with histogram hist[256]: order-0 entropy,
 // a frequency table, the escapes, the rANS length field and the chunk-table entry.
 double ChunkBytes(const uint64_t* hist, uint64_t n, uint64_t escapes);
