@@ -63,6 +63,7 @@ std::unique_ptr<internal::EcqPlane> SamplePlane(const float* delta, int64_t rows
     for (uint64_t i = 0; i < n; i += stride) {
       pl->coef.push_back(src.At(static_cast<int64_t>(i) / cols, static_cast<int64_t>(i) % cols));
     }
+    pl->sorted = internal::SortEcqSample(pl->coef);
     return pl;
   }
   const int p = patch_size;
@@ -88,6 +89,7 @@ std::unique_ptr<internal::EcqPlane> SamplePlane(const float* delta, int64_t rows
       pl->coef.push_back(coef[k]);
     }
   }
+  pl->sorted = internal::SortEcqSample(pl->coef);
   return pl;
 }
 

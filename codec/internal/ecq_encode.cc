@@ -71,42 +71,93 @@ double GainAt(const QuantStats& st, float step, double bias, double w) {
   return static_cast<double>(step) * g < static_cast<double>(kEcqMaxStep) * 0.5 ? g : 1.0;
 }
 
+namespace {
+
+// One value of Quantize: adds its terms to `s`, counts an escape into *esc (appending the
+// code to `escaped` if given), returns its symbol. Inlined into each caller, whose
+// attributes decide the code (no fused multiply-adds in any of them).
+__attribute__((always_inline)) inline uint8_t QuantizeOne(float v, float inv_step, float r,
+                                                          QuantStats& s, uint64_t& esc,
+                                                          std::vector<int32_t>* escaped) {
+  const float a = std::fabs(v) * inv_step;
+  const float m = std::floor(a + r);
+  // Branch-free sums (whether a code is 0 is data-dependent): each sum gets the term
+  // or an exact 0.0, so the sums are those of the branching form, bit for bit.
+  const bool zero = m == 0.0f;
+  const double e = static_cast<double>(a) - m;
+  const double md = m;
+  s.zero_sq += zero ? static_cast<double>(v) * v : 0.0;
+  s.sum_e += zero ? 0.0 : e;
+  s.sum_e2 += zero ? 0.0 : e * e;
+  s.sum_m += md;  // m is 0 for a zero code
+  s.sum_m2 += md * md;
+  s.sum_em += zero ? 0.0 : e * md;
+  s.nonzero += zero ? 0 : 1;
+  if (m >= 128.0f) {  // |code| >= 128: the zigzag value is >= 255
+    ++esc;
+    if (escaped) escaped->push_back(v < 0 ? -static_cast<int32_t>(m) : static_cast<int32_t>(m));
+    return kEcqEscape;
+  }
+  const int32_t mi = static_cast<int32_t>(m);
+  return static_cast<uint8_t>(2 * mi - ((v < 0.0f) & (mi > 0)));
+}
+
+}  // namespace
+
 // The x86-64-v3 clone has SSE4.1's roundss for the floor (the baseline calls a slow
 // emulation) and no fused multiply-adds: the same bits as the default clone.
 __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=off"))) void
-Quantize(const float* c, uint64_t n, float inv_step, float r, QuantStats* st,
-              uint64_t* hist, uint64_t* escapes, uint8_t* symbols,
-              std::vector<int32_t>* escaped, uint64_t stride) {
+Quantize(const float* c, uint64_t n, float inv_step, float r, QuantStats* st, uint64_t* hist,
+         uint64_t* escapes, uint8_t* symbols, std::vector<int32_t>* escaped, uint64_t stride) {
   QuantStats s;
   uint64_t esc = 0;
   for (uint64_t i = 0; i < n; i += stride) {
-    const float v = c[i];
-    const float a = std::fabs(v) * inv_step;
-    const float m = std::floor(a + r);
-    // Branch-free sums (whether a code is 0 is data-dependent): each sum gets the term
-    // or an exact 0.0, so the sums are those of the branching form, bit for bit.
-    const bool zero = m == 0.0f;
-    const double e = static_cast<double>(a) - m;
-    const double md = m;
-    s.zero_sq += zero ? static_cast<double>(v) * v : 0.0;
-    s.sum_e += zero ? 0.0 : e;
-    s.sum_e2 += zero ? 0.0 : e * e;
-    s.sum_m += md;  // m is 0 for a zero code
-    s.sum_m2 += md * md;
-    s.sum_em += zero ? 0.0 : e * md;
-    s.nonzero += zero ? 0 : 1;
-    uint8_t sym = 0;
-    if (m >= 128.0f) {  // |code| >= 128: the zigzag value is >= 255
-      const int32_t q = v < 0 ? -static_cast<int32_t>(m) : static_cast<int32_t>(m);
-      sym = kEcqEscape;
-      ++esc;
-      if (escaped) escaped->push_back(q);
-    } else {
-      const int32_t mi = static_cast<int32_t>(m);
-      sym = static_cast<uint8_t>(2 * mi - ((v < 0.0f) & (mi > 0)));
-    }
+    const uint8_t sym = QuantizeOne(c[i], inv_step, r, s, esc, escaped);
     ++hist[sym];
     if (symbols) symbols[i] = sym;
+  }
+  st->Add(s);
+  *escapes += esc;
+}
+
+EcqSortedSample SortEcqSample(const std::vector<float>& values) {
+  EcqSortedSample out;
+  out.value = values;
+  std::stable_sort(out.value.begin(), out.value.end(),
+                   [](float a, float b) { return std::fabs(a) < std::fabs(b); });
+  out.square_prefix.resize(out.value.size() + 1);
+  double sum = 0.0;
+  out.square_prefix[0] = 0.0;
+  for (size_t i = 0; i < out.value.size(); ++i) {
+    sum += static_cast<double>(out.value[i]) * out.value[i];
+    out.square_prefix[i + 1] = sum;
+  }
+  return out;
+}
+
+// The codes are non-decreasing along the sample (|v| * inv_step + r, each step rounded,
+// then floor: all monotone), so the zero codes are a prefix found by bisection with the
+// same float operations as QuantizeOne.
+__attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=off"))) void
+QuantizeSorted(const EcqSortedSample& sample, float inv_step, float r, QuantStats* st,
+               uint64_t* hist, uint64_t* escapes) {
+  const float* v = sample.value.data();
+  uint64_t lo = 0, hi = sample.value.size();
+  while (lo < hi) {
+    const uint64_t mid = lo + (hi - lo) / 2;
+    const float a = std::fabs(v[mid]) * inv_step;
+    if (std::floor(a + r) == 0.0f) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  QuantStats s;
+  s.zero_sq = sample.square_prefix[lo];
+  hist[0] += lo;
+  uint64_t esc = 0;
+  for (uint64_t i = lo; i < sample.value.size(); ++i) {
+    ++hist[QuantizeOne(v[i], inv_step, r, s, esc, nullptr)];
   }
   st->Add(s);
   *escapes += esc;
