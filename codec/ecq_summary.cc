@@ -171,24 +171,33 @@ absl::StatusOr<std::vector<uint8_t>> EcqTensor::EncodeDelta(const float* delta, 
   }
   double max_abs = 0.0;
   // The coefficients' buffer is kept by the thread for its next tensor (as the delta's,
-  // internal/ecq_compress.cc): fewer page faults.
+  // internal/ecq_compress.cc): fewer page faults. An identity plane's coefficients are
+  // its source, read in place.
   thread_local std::vector<float> coef;
-  std::unique_ptr<internal::EcqPlane> plane =
-      internal::BuildEcqPlane(src, rows_, cols_, choice.transform, patch_size_, choice.rank,
-                              cand->factors, &max_abs, &coef);
-  std::vector<float>().swap(residual);
+  const bool identity = choice.transform == EcqTransform::kIdentity;
+  std::unique_ptr<internal::EcqPlane> plane;
+  if (identity) {
+    plane = internal::NewEcqPlane(rows_, cols_, choice.transform, patch_size_, choice.rank,
+                                  cand->factors);
+    max_abs = internal::EcqMaxAbs(src, plane->chunk_begin.back());
+  } else {
+    plane = internal::BuildEcqPlane(src, rows_, cols_, choice.transform, patch_size_,
+                                    choice.rank, cand->factors, &max_abs, &coef);
+    std::vector<float>().swap(residual);
+  }
+  const float* values = identity ? src : plane->coef.data();
   if (max_abs / step >= internal::kEcqMaxCode) {
     return absl::InvalidArgumentError(
         absl::StrCat("ecq step ", step, " too small for coefficients up to ", max_abs));
   }
   // The bias, gain and error from at most ~2^20 coefficients (relative error of the
   // squared-error sum ~2e-3 for a tensor, less over a model).
-  const uint64_t n = plane->coef.size();
+  const uint64_t n = plane->chunk_begin.back();
   const uint64_t stats_stride = n > kStatsCoefficients ? (n / kStatsCoefficients) | 1 : 1;
   DS_ASSIGN_OR_RETURN(std::vector<uint8_t> out,
-                      internal::EncodeEcqPlane(*plane, step, choice.rounding, gain_weight_,
-                                               trial, stats_stride));
-  coef.swap(plane->coef);
+                      internal::EncodeEcqCoefficients(*plane, values, step, choice.rounding,
+                                                      gain_weight_, trial, stats_stride));
+  if (!identity) coef.swap(plane->coef);
   if (trial) {
     trial->transform = choice.transform;
     trial->rank = choice.rank;

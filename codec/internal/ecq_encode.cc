@@ -381,15 +381,23 @@ std::unique_ptr<EcqPlane> BuildEcqPlane(const float* src, int64_t rows, int64_t 
 absl::StatusOr<std::vector<uint8_t>> EncodeEcqPlane(const EcqPlane& plane, float step,
                                                     float rounding, double gain_weight,
                                                     EcqTrial* trial, uint64_t stats_stride) {
+  return EncodeEcqCoefficients(plane, plane.coef.data(), step, rounding, gain_weight, trial,
+                               stats_stride);
+}
+
+absl::StatusOr<std::vector<uint8_t>> EncodeEcqCoefficients(const EcqPlane& plane,
+                                                           const float* coef, float step,
+                                                           float rounding, double gain_weight,
+                                                           EcqTrial* trial,
+                                                           uint64_t stats_stride) {
   const float inv = 1.0f / step;
   const int64_t chunks = static_cast<int64_t>(plane.chunk_begin.size()) - 1;
   // Pass 1: the bias of this choice.
   QuantStats st;
   std::vector<uint64_t> hist(256);
   uint64_t esc = 0;
-  const uint64_t n = plane.coef.size();
-  Quantize(plane.coef.data(), n, inv, rounding, &st, hist.data(), &esc, nullptr, nullptr,
-           stats_stride);
+  const uint64_t n = plane.chunk_begin.back();
+  Quantize(coef, n, inv, rounding, &st, hist.data(), &esc, nullptr, nullptr, stats_stride);
   if (stats_stride > 1) {
     st.Scale(static_cast<double>(n) / static_cast<double>((n + stats_stride - 1) / stats_stride));
   }
@@ -406,7 +414,7 @@ absl::StatusOr<std::vector<uint8_t>> EncodeEcqPlane(const EcqPlane& plane, float
     const uint64_t b = plane.chunk_begin[c], e = plane.chunk_begin[c + 1];
     symbols.resize(e - b);
     escaped.clear();
-    QuantizeSymbols(plane.coef.data() + b, e - b, inv, rounding, symbols.data(), &escaped);
+    QuantizeSymbols(coef + b, e - b, inv, rounding, symbols.data(), &escaped);
     std::vector<uint8_t> chunk(4);
     DS_RETURN_IF_ERROR(RansEncode(symbols, &chunk));
     common::EncodeFixed(chunk.data(), chunk.size() - 4, 4);

@@ -193,6 +193,14 @@ absl::StatusOr<std::vector<uint8_t>> EncodeEcqPlane(const EcqPlane& plane, float
                                                     float rounding, double gain_weight,
                                                     EcqTrial* trial, uint64_t stats_stride = 1);
 
+// EncodeEcqPlane of a plane whose coefficients are coef[0, plane.chunk_begin.back())
+// instead of plane.coef (an identity plane's are its source matrix: no copy).
+absl::StatusOr<std::vector<uint8_t>> EncodeEcqCoefficients(const EcqPlane& plane,
+                                                           const float* coef, float step,
+                                                           float rounding, double gain_weight,
+                                                           EcqTrial* trial,
+                                                           uint64_t stats_stride = 1);
+
 }  // namespace deltaserve::codec::internal
 
 #endif  // DELTASERVE_CODEC_INTERNAL_ECQ_ENCODE_H_
