@@ -104,11 +104,21 @@ __attribute__((always_inline)) inline uint8_t QuantizeOne(float v, float inv_ste
 
 }  // namespace
 
-// The x86-64-v3 clone has SSE4.1's roundss for the floor (the baseline calls a slow
-// emulation) and no fused multiply-adds: the same bits as the default clone.
-__attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=off"))) void
-Quantize(const float* c, uint64_t n, float inv_step, float r, QuantStats* st, uint64_t* hist,
-         uint64_t* escapes, uint8_t* symbols, std::vector<int32_t>* escaped, uint64_t stride) {
+// Quantize's passes get an x86-64-v3 clone (SSE4.1's roundss for the floor; the baseline
+// calls a slow emulation) without fused multiply-adds: the same bits as the default
+// clone. Only with GCC: clang ignores optimize("fp-contract=off") and would fuse the
+// sums' products in that clone, so clang builds keep the baseline code.
+#if defined(__clang__)
+#define DS_ECQ_QUANT_CLONES
+#else
+#define DS_ECQ_QUANT_CLONES \
+  __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=off")))
+#endif
+
+DS_ECQ_QUANT_CLONES void Quantize(const float* c, uint64_t n, float inv_step, float r,
+                                  QuantStats* st, uint64_t* hist, uint64_t* escapes,
+                                  uint8_t* symbols, std::vector<int32_t>* escaped,
+                                  uint64_t stride) {
   QuantStats s;
   uint64_t esc = 0;
   for (uint64_t i = 0; i < n; i += stride) {
@@ -138,9 +148,8 @@ EcqSortedSample SortEcqSample(const std::vector<float>& values) {
 // The codes are non-decreasing along the sample (|v| * inv_step + r, each step rounded,
 // then floor: all monotone), so the zero codes are a prefix found by bisection with the
 // same float operations as QuantizeOne.
-__attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=off"))) void
-QuantizeSorted(const EcqSortedSample& sample, float inv_step, float r, QuantStats* st,
-               uint64_t* hist, uint64_t* escapes) {
+DS_ECQ_QUANT_CLONES void QuantizeSorted(const EcqSortedSample& sample, float inv_step, float r,
+                                        QuantStats* st, uint64_t* hist, uint64_t* escapes) {
   const float* v = sample.value.data();
   uint64_t lo = 0, hi = sample.value.size();
   while (lo < hi) {
