@@ -18,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "codec/container_checks.h"
 #include "codec/internal/compress_checks.h"
+#include "codec/internal/fp16.h"
 #include "codec/internal/merge.h"
 #include "codec/internal/ordered_parallel.h"
 #include "codec/internal/ecq_compress.h"
@@ -91,6 +92,11 @@ absl::Status CheckMergeableShapes(const TensorView& ft, const TensorView& base) 
 bool ComputeDelta(const TensorView& ft, const TensorView& base, std::vector<float>* delta) {
   const int64_t n = base.info.num_elements();
   delta->resize(static_cast<size_t>(n));
+  if (ft.info.dtype == DType::kF16 && base.info.dtype == DType::kF16) {  // one fused pass
+    return internal::HalfDifferenceToFloat(reinterpret_cast<const uint16_t*>(ft.data.data()),
+                                           reinterpret_cast<const uint16_t*>(base.data.data()),
+                                           n, delta->data());
+  }
   std::vector<float> b(static_cast<size_t>(std::min(n, kCastChunk)));
   bool finite = true;
   for (int64_t i = 0; i < n; i += kCastChunk) {

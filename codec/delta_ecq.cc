@@ -147,8 +147,7 @@ EcqTrial EcqTensor::EvaluateRank(float step, int sample, const EcqTrial* fixed,
       if (pl->full_count > 0) {  // a summary: one pooled sample for all chunks
         std::fill(hist.begin(), hist.end(), 0);
         uint64_t esc = 0;
-        Quantize(pl->coef.data(), pl->coef.size(), inv, r, &st, hist.data(), &esc, nullptr,
-                 nullptr);
+        internal::QuantizeSorted(pl->sorted, inv, r, &st, hist.data(), &esc);
         seen_total = pl->coef.size();
         bytes += internal::SampledPlaneBytes(hist.data(), seen_total, esc, pl->full_count,
                                              chunks);

@@ -63,6 +63,7 @@ std::unique_ptr<internal::EcqPlane> SamplePlane(const float* delta, int64_t rows
     for (uint64_t i = 0; i < n; i += stride) {
       pl->coef.push_back(src.At(static_cast<int64_t>(i) / cols, static_cast<int64_t>(i) % cols));
     }
+    pl->sorted = internal::SortEcqSample(pl->coef);
     return pl;
   }
   const int p = patch_size;
@@ -88,6 +89,7 @@ std::unique_ptr<internal::EcqPlane> SamplePlane(const float* delta, int64_t rows
       pl->coef.push_back(coef[k]);
     }
   }
+  pl->sorted = internal::SortEcqSample(pl->coef);
   return pl;
 }
 
@@ -120,8 +122,7 @@ absl::StatusOr<std::unique_ptr<EcqTensor>> EcqTensor::Summarize(const float* del
   DS_ASSIGN_OR_RETURN(std::unique_ptr<EcqTensor> t, Begin(delta, rows, cols, options));
   t->summary_ = true;
   const uint64_t n = static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols);
-  double max_abs = 0.0;
-  for (uint64_t i = 0; i < n; ++i) max_abs = std::max<double>(max_abs, std::fabs(delta[i]));
+  double max_abs = internal::EcqMaxAbs(delta, n);
   max_abs = std::max(max_abs, DctBound(delta, rows, cols, options.patch_size));
   auto add_planes = [&](int rank, std::shared_ptr<const internal::EcqFactors> f) {
     t->planes_.push_back(SamplePlane(delta, rows, cols, EcqTransform::kDct, options.patch_size,
@@ -170,24 +171,33 @@ absl::StatusOr<std::vector<uint8_t>> EcqTensor::EncodeDelta(const float* delta, 
   }
   double max_abs = 0.0;
   // The coefficients' buffer is kept by the thread for its next tensor (as the delta's,
-  // internal/ecq_compress.cc): fewer page faults.
+  // internal/ecq_compress.cc): fewer page faults. An identity plane's coefficients are
+  // its source, read in place.
   thread_local std::vector<float> coef;
-  std::unique_ptr<internal::EcqPlane> plane =
-      internal::BuildEcqPlane(src, rows_, cols_, choice.transform, patch_size_, choice.rank,
-                              cand->factors, &max_abs, &coef);
-  std::vector<float>().swap(residual);
+  const bool identity = choice.transform == EcqTransform::kIdentity;
+  std::unique_ptr<internal::EcqPlane> plane;
+  if (identity) {
+    plane = internal::NewEcqPlane(rows_, cols_, choice.transform, patch_size_, choice.rank,
+                                  cand->factors);
+    max_abs = internal::EcqMaxAbs(src, plane->chunk_begin.back());
+  } else {
+    plane = internal::BuildEcqPlane(src, rows_, cols_, choice.transform, patch_size_,
+                                    choice.rank, cand->factors, &max_abs, &coef);
+    std::vector<float>().swap(residual);
+  }
+  const float* values = identity ? src : plane->coef.data();
   if (max_abs / step >= internal::kEcqMaxCode) {
     return absl::InvalidArgumentError(
         absl::StrCat("ecq step ", step, " too small for coefficients up to ", max_abs));
   }
   // The bias, gain and error from at most ~2^20 coefficients (relative error of the
   // squared-error sum ~2e-3 for a tensor, less over a model).
-  const uint64_t n = plane->coef.size();
+  const uint64_t n = plane->chunk_begin.back();
   const uint64_t stats_stride = n > kStatsCoefficients ? (n / kStatsCoefficients) | 1 : 1;
   DS_ASSIGN_OR_RETURN(std::vector<uint8_t> out,
-                      internal::EncodeEcqPlane(*plane, step, choice.rounding, gain_weight_,
-                                               trial, stats_stride));
-  coef.swap(plane->coef);
+                      internal::EncodeEcqCoefficients(*plane, values, step, choice.rounding,
+                                                      gain_weight_, trial, stats_stride));
+  if (!identity) coef.swap(plane->coef);
   if (trial) {
     trial->transform = choice.transform;
     trial->rank = choice.rank;

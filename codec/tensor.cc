@@ -3,6 +3,7 @@
 #include <cpuid.h>
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
 #include <iterator>
 #include <limits>
@@ -33,6 +34,29 @@ __attribute__((target("avx2,f16c"))) void HalfToFloatF16c(const uint16_t* src, i
     _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(a));
   }
   if (i < n) internal::HalfToFloatScalar(src + i, n - i, dst + i);
+}
+
+// HalfDifferenceToFloat's F16C loop: 8 lanes of a - b, and the lanes' running "all
+// finite" test (|d| < inf, false for NaN) kept in a mask.
+__attribute__((target("avx2,f16c"))) bool HalfDifferenceF16c(const uint16_t* a, const uint16_t* b,
+                                                             int64_t n, float* dst) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)),
+               inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  __m256 finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)));
+    const __m256 y = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i)));
+    const __m256 d = _mm256_sub_ps(x, y);
+    finite = _mm256_and_ps(finite, _mm256_cmp_ps(_mm256_and_ps(d, abs_mask), inf, _CMP_LT_OQ));
+    _mm256_storeu_ps(dst + i, d);
+  }
+  bool ok = _mm256_movemask_ps(finite) == 0xff;
+  for (; i < n; ++i) {
+    dst[i] = internal::HalfToFloat(a[i]) - internal::HalfToFloat(b[i]);
+    ok = ok && std::isfinite(dst[i]);
+  }
+  return ok;
 }
 
 __attribute__((target("avx2,f16c"))) void FloatToHalfF16c(const float* src, int64_t n,
@@ -84,6 +108,16 @@ bool CpuHasF16c() {
   }();
   return has;
 }
+bool HalfDifferenceToFloat(const uint16_t* a, const uint16_t* b, int64_t n, float* dst) {
+  if (CpuHasF16c()) return HalfDifferenceF16c(a, b, n, dst);
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) {
+    dst[i] = HalfToFloat(a[i]) - HalfToFloat(b[i]);
+    ok = ok && std::isfinite(dst[i]);
+  }
+  return ok;
+}
+
 void HalfToFloatScalar(const uint16_t* src, int64_t n, float* dst) {
   for (int64_t i = 0; i < n; ++i) {
     uint16_t h;

@@ -14,30 +14,45 @@ namespace {
 // out = M in N for p x p matrices M, N (contiguous) and strided in/out. Rows are
 // processed as whole vectors: the compiler keeps a patch row in one register for the
 // fixed sizes. Every output element sums its products in the same order on every call.
+// Rows are taken kRowBlock at a time (j outer, the block's rows inner): each
+// accumulator still sums its products in ascending j, but the block's independent
+// accumulators overlap their multiply-add latencies (one row at a time, each step
+// waited for the one before).
+constexpr int kRowBlock = 4;
+
 template <int P>
 __attribute__((always_inline)) inline void TripleProductFixed(const float* m, const float* n,
                                                               const float* in,
                                                               int64_t in_stride, float* out,
                                                               int64_t out_stride) {
+  static_assert(P % kRowBlock == 0);
   float t[P][P];
-  for (int i = 0; i < P; ++i) {
-    float acc[P] = {};
+  for (int i = 0; i < P; i += kRowBlock) {
+    float acc[kRowBlock][P] = {};
     for (int j = 0; j < P; ++j) {
-      const float w = m[i * P + j];
       const float* row = in + j * in_stride;
-      for (int c = 0; c < P; ++c) acc[c] += w * row[c];
+      for (int b = 0; b < kRowBlock; ++b) {
+        const float w = m[(i + b) * P + j];
+        for (int c = 0; c < P; ++c) acc[b][c] += w * row[c];
+      }
     }
-    for (int c = 0; c < P; ++c) t[i][c] = acc[c];
+    for (int b = 0; b < kRowBlock; ++b) {
+      for (int c = 0; c < P; ++c) t[i + b][c] = acc[b][c];
+    }
   }
-  for (int i = 0; i < P; ++i) {
-    float acc[P] = {};
+  for (int i = 0; i < P; i += kRowBlock) {
+    float acc[kRowBlock][P] = {};
     for (int j = 0; j < P; ++j) {
-      const float w = t[i][j];
       const float* row = n + j * P;
-      for (int c = 0; c < P; ++c) acc[c] += w * row[c];
+      for (int b = 0; b < kRowBlock; ++b) {
+        const float w = t[i + b][j];
+        for (int c = 0; c < P; ++c) acc[b][c] += w * row[c];
+      }
     }
-    float* o = out + i * out_stride;
-    for (int c = 0; c < P; ++c) o[c] = acc[c];
+    for (int b = 0; b < kRowBlock; ++b) {
+      float* o = out + (i + b) * out_stride;
+      for (int c = 0; c < P; ++c) o[c] = acc[b][c];
+    }
   }
 }
 

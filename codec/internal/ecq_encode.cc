@@ -4,6 +4,10 @@
 #include <cstring>
 #include <numeric>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "codec/internal/dct.h"
 #include "codec/internal/rans.h"
 #include "common/coding.h"
@@ -67,37 +71,58 @@ double GainAt(const QuantStats& st, float step, double bias, double w) {
   return static_cast<double>(step) * g < static_cast<double>(kEcqMaxStep) * 0.5 ? g : 1.0;
 }
 
-void Quantize(const float* c, uint64_t n, float inv_step, float r, QuantStats* st,
-              uint64_t* hist, uint64_t* escapes, uint8_t* symbols,
-              std::vector<int32_t>* escaped, uint64_t stride) {
+namespace {
+
+// One value of Quantize: adds its terms to `s`, counts an escape into *esc (appending the
+// code to `escaped` if given), returns its symbol. Inlined into each caller, whose
+// attributes decide the code (no fused multiply-adds in any of them).
+__attribute__((always_inline)) inline uint8_t QuantizeOne(float v, float inv_step, float r,
+                                                          QuantStats& s, uint64_t& esc,
+                                                          std::vector<int32_t>* escaped) {
+  const float a = std::fabs(v) * inv_step;
+  const float m = std::floor(a + r);
+  // Branch-free sums (whether a code is 0 is data-dependent): each sum gets the term
+  // or an exact 0.0, so the sums are those of the branching form, bit for bit.
+  const bool zero = m == 0.0f;
+  const double e = static_cast<double>(a) - m;
+  const double md = m;
+  s.zero_sq += zero ? static_cast<double>(v) * v : 0.0;
+  s.sum_e += zero ? 0.0 : e;
+  s.sum_e2 += zero ? 0.0 : e * e;
+  s.sum_m += md;  // m is 0 for a zero code
+  s.sum_m2 += md * md;
+  s.sum_em += zero ? 0.0 : e * md;
+  s.nonzero += zero ? 0 : 1;
+  if (m >= 128.0f) {  // |code| >= 128: the zigzag value is >= 255
+    ++esc;
+    if (escaped) escaped->push_back(v < 0 ? -static_cast<int32_t>(m) : static_cast<int32_t>(m));
+    return kEcqEscape;
+  }
+  const int32_t mi = static_cast<int32_t>(m);
+  return static_cast<uint8_t>(2 * mi - ((v < 0.0f) & (mi > 0)));
+}
+
+}  // namespace
+
+// Quantize's passes get an x86-64-v3 clone (SSE4.1's roundss for the floor; the baseline
+// calls a slow emulation) without fused multiply-adds: the same bits as the default
+// clone. Only with GCC: clang ignores optimize("fp-contract=off") and would fuse the
+// sums' products in that clone, so clang builds keep the baseline code.
+#if defined(__clang__)
+#define DS_ECQ_QUANT_CLONES
+#else
+#define DS_ECQ_QUANT_CLONES \
+  __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=off")))
+#endif
+
+DS_ECQ_QUANT_CLONES void Quantize(const float* c, uint64_t n, float inv_step, float r,
+                                  QuantStats* st, uint64_t* hist, uint64_t* escapes,
+                                  uint8_t* symbols, std::vector<int32_t>* escaped,
+                                  uint64_t stride) {
   QuantStats s;
   uint64_t esc = 0;
   for (uint64_t i = 0; i < n; i += stride) {
-    const float v = c[i];
-    const float a = std::fabs(v) * inv_step;
-    const float m = std::floor(a + r);
-    // Branch-free sums (whether a code is 0 is data-dependent): each sum gets the term
-    // or an exact 0.0, so the sums are those of the branching form, bit for bit.
-    const bool zero = m == 0.0f;
-    const double e = static_cast<double>(a) - m;
-    const double md = m;
-    s.zero_sq += zero ? static_cast<double>(v) * v : 0.0;
-    s.sum_e += zero ? 0.0 : e;
-    s.sum_e2 += zero ? 0.0 : e * e;
-    s.sum_m += md;  // m is 0 for a zero code
-    s.sum_m2 += md * md;
-    s.sum_em += zero ? 0.0 : e * md;
-    s.nonzero += zero ? 0 : 1;
-    uint8_t sym = 0;
-    if (m >= 128.0f) {  // |code| >= 128: the zigzag value is >= 255
-      const int32_t q = v < 0 ? -static_cast<int32_t>(m) : static_cast<int32_t>(m);
-      sym = kEcqEscape;
-      ++esc;
-      if (escaped) escaped->push_back(q);
-    } else {
-      const int32_t mi = static_cast<int32_t>(m);
-      sym = static_cast<uint8_t>(2 * mi - ((v < 0.0f) & (mi > 0)));
-    }
+    const uint8_t sym = QuantizeOne(c[i], inv_step, r, s, esc, escaped);
     ++hist[sym];
     if (symbols) symbols[i] = sym;
   }
@@ -105,22 +130,75 @@ void Quantize(const float* c, uint64_t n, float inv_step, float r, QuantStats* s
   *escapes += esc;
 }
 
-// The symbols of Quantize (stride 1) without its sums: vectorized (a code escapes iff
-// its magnitude m >= 128). No fused multiply-add: |c| / s + r rounds as in Quantize.
-__attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=off"))) void
-QuantizeSymbols(const float* c, uint64_t n, float inv_step, float r, uint8_t* symbols,
-                std::vector<int32_t>* escaped) {
-  int any_escape = 0;
-  for (uint64_t i = 0; i < n; ++i) {
-    const float v = c[i];
-    const float a = std::fabs(v) * inv_step;
-    const float m = std::floor(a + r);
-    const int32_t mi = static_cast<int32_t>(std::min(m, 128.0f));
-    const int32_t z = 2 * mi - ((v < 0.0f) & (mi > 0));
-    symbols[i] = static_cast<uint8_t>(std::min(z, 255));
-    any_escape |= mi >= 128;
+EcqSortedSample SortEcqSample(const std::vector<float>& values) {
+  EcqSortedSample out;
+  out.value = values;
+  std::stable_sort(out.value.begin(), out.value.end(),
+                   [](float a, float b) { return std::fabs(a) < std::fabs(b); });
+  out.square_prefix.resize(out.value.size() + 1);
+  double sum = 0.0;
+  out.square_prefix[0] = 0.0;
+  for (size_t i = 0; i < out.value.size(); ++i) {
+    sum += static_cast<double>(out.value[i]) * out.value[i];
+    out.square_prefix[i + 1] = sum;
   }
-  if (!any_escape) return;
+  return out;
+}
+
+// The codes are non-decreasing along the sample (|v| * inv_step + r, each step rounded,
+// then floor: all monotone), so the zero codes are a prefix found by bisection with the
+// same float operations as QuantizeOne.
+DS_ECQ_QUANT_CLONES void QuantizeSorted(const EcqSortedSample& sample, float inv_step, float r,
+                                        QuantStats* st, uint64_t* hist, uint64_t* escapes) {
+  const float* v = sample.value.data();
+  uint64_t lo = 0, hi = sample.value.size();
+  while (lo < hi) {
+    const uint64_t mid = lo + (hi - lo) / 2;
+    const float a = std::fabs(v[mid]) * inv_step;
+    if (std::floor(a + r) == 0.0f) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  QuantStats s;
+  s.zero_sq = sample.square_prefix[lo];
+  hist[0] += lo;
+  uint64_t esc = 0;
+  for (uint64_t i = lo; i < sample.value.size(); ++i) {
+    ++hist[QuantizeOne(v[i], inv_step, r, s, esc, nullptr)];
+  }
+  st->Add(s);
+  *escapes += esc;
+}
+
+namespace {
+
+// The symbol of one value (Quantize's, without escapes: they become kEcqEscape); the
+// escape flag is raised where |code| >= 128.
+__attribute__((always_inline)) inline uint8_t SymbolOf(float v, float inv_step, float r,
+                                                       int* any_escape) {
+  const float a = std::fabs(v) * inv_step;
+  const float m = std::floor(a + r);
+  const int32_t mi = static_cast<int32_t>(std::min(m, 128.0f));
+  const int32_t z = 2 * mi - ((v < 0.0f) & (mi > 0));
+  *any_escape |= mi >= 128;
+  return static_cast<uint8_t>(std::min(z, 255));
+}
+
+// No fused multiply-add: |c| / s + r rounds as in Quantize.
+__attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=off"))) int
+SymbolsPortable(const float* c, uint64_t n, float inv_step, float r, uint8_t* symbols) {
+  int any_escape = 0;
+  for (uint64_t i = 0; i < n; ++i) symbols[i] = SymbolOf(c[i], inv_step, r, &any_escape);
+  return any_escape;
+}
+
+// The escaped codes of the kEcqEscape symbols, in order (rounded as in Quantize).
+__attribute__((optimize("fp-contract=off"))) void AppendEscapes(const float* c, uint64_t n,
+                                                                float inv_step, float r,
+                                                                const uint8_t* symbols,
+                                                                std::vector<int32_t>* escaped) {
   for (uint64_t i = 0; i < n; ++i) {
     if (symbols[i] != kEcqEscape) continue;
     const float v = c[i];
@@ -128,6 +206,97 @@ QuantizeSymbols(const float* c, uint64_t n, float inv_step, float r, uint8_t* sy
     escaped->push_back(v < 0 ? -static_cast<int32_t>(m) : static_cast<int32_t>(m));
   }
 }
+
+#if defined(__x86_64__)
+// SymbolsPortable 16 values at a time (GCC 12 leaves its clone scalar: floor and the
+// float-to-int conversion do not vectorize there). Every step is the scalar one in
+// IEEE single precision: |v| by clearing the sign, the product and the sum rounded
+// separately (no FMA), floor, min(m, 128) (= (m < 128 ? m : 128), no NaN: finite
+// inputs), truncation to int, then the zigzag with the sign where code > 0, and the
+// 255 cap by unsigned saturation when packing.
+// Eight values' zigzag codes (0..256; 255 and 256 mean escape) as 32-bit lanes; lanes
+// with |code| >= 128 are set in *escapes.
+__attribute__((target("avx2"), always_inline)) inline __m256i Codes8Avx2(const float* p,
+                                                                         __m256 inv, __m256 r,
+                                                                         __m256i* escapes) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 v = _mm256_loadu_ps(p);
+  const __m256 a = _mm256_mul_ps(_mm256_and_ps(v, abs_mask), inv);
+  const __m256 m = _mm256_min_ps(_mm256_floor_ps(_mm256_add_ps(a, r)), _mm256_set1_ps(128.0f));
+  const __m256i mi = _mm256_cvttps_epi32(m);
+  *escapes = _mm256_or_si256(*escapes, _mm256_cmpgt_epi32(mi, _mm256_set1_epi32(127)));
+  const __m256i neg =
+      _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ)),
+                       _mm256_cmpgt_epi32(mi, _mm256_setzero_si256()));
+  return _mm256_add_epi32(_mm256_slli_epi32(mi, 1), neg);  // neg lanes are -1
+}
+
+__attribute__((target("avx2"))) int SymbolsAvx2(const float* c, uint64_t n, float inv_step,
+                                                float r, uint8_t* symbols) {
+  const __m256 vinv = _mm256_set1_ps(inv_step), vr = _mm256_set1_ps(r);
+  __m256i escapes = _mm256_setzero_si256();
+  uint64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    // z in [0, 256]: packs saturate 256 to 255 (unsigned), in lane order after the
+    // cross-lane fix-up of the two 128-bit halves.
+    const __m256i w = _mm256_packs_epi32(Codes8Avx2(c + i, vinv, vr, &escapes),
+                                         Codes8Avx2(c + i + 8, vinv, vr, &escapes));
+    const __m256i b = _mm256_permute4x64_epi64(w, 0xd8);
+    const __m128i bytes =
+        _mm_packus_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(symbols + i), bytes);
+  }
+  int any_escape = !_mm256_testz_si256(escapes, escapes);
+  for (; i < n; ++i) symbols[i] = SymbolOf(c[i], inv_step, r, &any_escape);
+  return any_escape;
+}
+#endif
+
+}  // namespace
+
+void QuantizeSymbols(const float* c, uint64_t n, float inv_step, float r, uint8_t* symbols,
+                     std::vector<int32_t>* escaped) {
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  const int any_escape = avx2 ? SymbolsAvx2(c, n, inv_step, r, symbols)
+                              : SymbolsPortable(c, n, inv_step, r, symbols);
+#else
+  const int any_escape = SymbolsPortable(c, n, inv_step, r, symbols);
+#endif
+  if (any_escape) AppendEscapes(c, n, inv_step, r, symbols, escaped);
+}
+
+namespace {
+
+constexpr int kMaxLanes = 8;
+
+__attribute__((always_inline)) inline float LaneMaxAbs(const float* x, uint64_t n, float m) {
+  float lane[kMaxLanes];
+  for (float& l : lane) l = m;
+  uint64_t i = 0;
+  for (; i + kMaxLanes <= n; i += kMaxLanes) {
+    for (int l = 0; l < kMaxLanes; ++l) {
+      const float a = std::fabs(x[i + l]);
+      lane[l] = a > lane[l] ? a : lane[l];
+    }
+  }
+  for (; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    lane[0] = a > lane[0] ? a : lane[0];
+  }
+  for (float l : lane) m = l > m ? l : m;
+  return m;
+}
+
+__attribute__((target_clones("arch=x86-64-v3", "default"))) float MaxAbsPortable(const float* x,
+                                                                                 uint64_t n,
+                                                                                 float m) {
+  return LaneMaxAbs(x, n, m);
+}
+
+}  // namespace
+
+float EcqMaxAbs(const float* x, uint64_t n, float m) { return MaxAbsPortable(x, n, m); }
 
 double ChunkBytes(const uint64_t* hist, uint64_t n, uint64_t escapes) {
   int used = 0;
@@ -186,15 +355,12 @@ std::unique_ptr<EcqPlane> BuildEcqPlane(const float* src, int64_t rows, int64_t 
   auto pl = NewEcqPlane(rows, cols, transform, patch_size, rank, std::move(factors));
   if (storage != nullptr) pl->coef.swap(*storage);
   const int p = pl->header.patch_size;
-  // max |value| in float (exact), as x > m ? x : m so that it vectorizes.
+  // max |value| in float (exact).
   float m = 0.0f;
   if (transform == EcqTransform::kIdentity) {
     const uint64_t n = static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols);
     pl->coef.assign(src, src + n);
-    for (uint64_t i = 0; i < n; ++i) {
-      const float x = std::fabs(src[i]);
-      m = x > m ? x : m;
-    }
+    m = EcqMaxAbs(src, n);
     *max_abs = std::max<double>(*max_abs, m);
     return pl;
   }
@@ -213,10 +379,7 @@ std::unique_ptr<EcqPlane> BuildEcqPlane(const float* src, int64_t rows, int64_t 
         std::memcpy(&patch[r * p], src + (r0 + r) * cols + c0, sizeof(float) * w);
       }
       ForwardDct2d(basis, patch.data(), p, dst, p);
-      for (int k = 0; k < p * p; ++k) {
-        const float x = std::fabs(dst[k]);
-        m = x > m ? x : m;
-      }
+      m = EcqMaxAbs(dst, static_cast<uint64_t>(p) * p, m);
       dst += p * p;
     }
   }
@@ -227,15 +390,23 @@ std::unique_ptr<EcqPlane> BuildEcqPlane(const float* src, int64_t rows, int64_t 
 absl::StatusOr<std::vector<uint8_t>> EncodeEcqPlane(const EcqPlane& plane, float step,
                                                     float rounding, double gain_weight,
                                                     EcqTrial* trial, uint64_t stats_stride) {
+  return EncodeEcqCoefficients(plane, plane.coef.data(), step, rounding, gain_weight, trial,
+                               stats_stride);
+}
+
+absl::StatusOr<std::vector<uint8_t>> EncodeEcqCoefficients(const EcqPlane& plane,
+                                                           const float* coef, float step,
+                                                           float rounding, double gain_weight,
+                                                           EcqTrial* trial,
+                                                           uint64_t stats_stride) {
   const float inv = 1.0f / step;
   const int64_t chunks = static_cast<int64_t>(plane.chunk_begin.size()) - 1;
   // Pass 1: the bias of this choice.
   QuantStats st;
   std::vector<uint64_t> hist(256);
   uint64_t esc = 0;
-  const uint64_t n = plane.coef.size();
-  Quantize(plane.coef.data(), n, inv, rounding, &st, hist.data(), &esc, nullptr, nullptr,
-           stats_stride);
+  const uint64_t n = plane.chunk_begin.back();
+  Quantize(coef, n, inv, rounding, &st, hist.data(), &esc, nullptr, nullptr, stats_stride);
   if (stats_stride > 1) {
     st.Scale(static_cast<double>(n) / static_cast<double>((n + stats_stride - 1) / stats_stride));
   }
@@ -252,7 +423,7 @@ absl::StatusOr<std::vector<uint8_t>> EncodeEcqPlane(const EcqPlane& plane, float
     const uint64_t b = plane.chunk_begin[c], e = plane.chunk_begin[c + 1];
     symbols.resize(e - b);
     escaped.clear();
-    QuantizeSymbols(plane.coef.data() + b, e - b, inv, rounding, symbols.data(), &escaped);
+    QuantizeSymbols(coef + b, e - b, inv, rounding, symbols.data(), &escaped);
     std::vector<uint8_t> chunk(4);
     DS_RETURN_IF_ERROR(RansEncode(symbols, &chunk));
     common::EncodeFixed(chunk.data(), chunk.size() - 4, 4);

@@ -106,10 +106,31 @@ void Quantize(const float* c, uint64_t n, float inv_step, float r, QuantStats* s
               uint64_t* hist, uint64_t* escapes, uint8_t* symbols,
               std::vector<int32_t>* escaped, uint64_t stride = 1);
 
+// A summary plane's sample sorted for QuantizeSorted: its values ordered by |value|
+// (stable), and square_prefix[k] = the sum in double of value[j]^2 for j < k, in that
+// order (square_prefix.size() = value.size() + 1).
+struct EcqSortedSample {
+  std::vector<float> value;
+  std::vector<double> square_prefix;
+};
+EcqSortedSample SortEcqSample(const std::vector<float>& values);
+
+// Quantize's sums, histogram and escape count for every value of `sample` (stride 1,
+// no symbols), in O(log n + nonzero codes): the zero codes are a prefix of the sorted
+// sample, their squares a prefix sum. The histogram, escape and nonzero counts are
+// Quantize's exactly; the double sums are the same terms added in another order (a
+// relative difference of about 1e-16). REQUIRES: values finite, inv_step >= 0.
+void QuantizeSorted(const EcqSortedSample& sample, float inv_step, float r, QuantStats* st,
+                    uint64_t* hist, uint64_t* escapes);
+
 // The symbols (and escaped codes, appended to `escaped`) of Quantize at stride 1,
 // without its sums or histogram: several times faster.
 void QuantizeSymbols(const float* c, uint64_t n, float inv_step, float r, uint8_t* symbols,
                      std::vector<int32_t>* escaped);
+
+// The largest |x[i]| for i < n, and m if that is larger (0 for n = 0 and m = 0).
+// REQUIRES: no NaN. Exact (a maximum does not depend on the order): 8 lanes at a time.
+float EcqMaxAbs(const float* x, uint64_t n, float m = 0.0f);
 
 // Estimated bytes of one chunk of n symbols with histogram hist[256]: order-0 entropy,
 // a frequency table, the escapes, the rANS length field and the chunk-table entry.
@@ -138,6 +159,7 @@ struct EcqPlane {
   std::vector<float> coef;
   std::vector<uint64_t> chunk_begin;  // index into coef of each chunk, then coef.size()
   uint64_t full_count = 0;            // summary: coefficients of the whole plane
+  EcqSortedSample sorted;             // summary: coef sorted (SortEcqSample)
 };
 
 // The header (chunking) of a plane of `transform` with patch edge p (1: identity).
@@ -170,6 +192,14 @@ std::unique_ptr<EcqPlane> BuildEcqPlane(const float* src, int64_t rows, int64_t 
 absl::StatusOr<std::vector<uint8_t>> EncodeEcqPlane(const EcqPlane& plane, float step,
                                                     float rounding, double gain_weight,
                                                     EcqTrial* trial, uint64_t stats_stride = 1);
+
+// EncodeEcqPlane of a plane whose coefficients are coef[0, plane.chunk_begin.back())
+// instead of plane.coef (an identity plane's are its source matrix: no copy).
+absl::StatusOr<std::vector<uint8_t>> EncodeEcqCoefficients(const EcqPlane& plane,
+                                                           const float* coef, float step,
+                                                           float rounding, double gain_weight,
+                                                           EcqTrial* trial,
+                                                           uint64_t stats_stride = 1);
 
 }  // namespace deltaserve::codec::internal
 

@@ -80,6 +80,11 @@ bool CpuHasF16c();
 void HalfToFloatScalar(const uint16_t* src, int64_t n, float* dst);
 void FloatToHalfScalar(const float* src, int64_t n, uint16_t* dst);
 
+// dst[i] = HalfToFloat(a[i]) - HalfToFloat(b[i]) for i < n, in one pass (F16C where
+// the CPU has it; the same bits either way). Returns false if any result is not finite.
+// `a` and `b` need no alignment.
+bool HalfDifferenceToFloat(const uint16_t* a, const uint16_t* b, int64_t n, float* dst);
+
 }  // namespace deltaserve::codec::internal
 
 #endif  // DELTASERVE_CODEC_INTERNAL_FP16_H_

@@ -86,6 +86,58 @@ TEST(EcqQuantizeTest, SymbolsMatchQuantize) {
   EXPECT_EQ(e, (std::vector<int32_t>{128, -128}));
 }
 
+// The sorted sample's pass gives Quantize's histogram, escape and nonzero counts
+// exactly, and its sums up to the order of the additions: ties (repeated magnitudes of
+// both signs), zeros of both signs, codes at the rounding boundaries and escapes.
+TEST(EcqQuantizeTest, SortedSampleMatchesQuantize) {
+  std::vector<float> c = Gaussian(9001, 2.0f, 3);
+  for (int i = 0; i < 200; ++i) c.push_back(c[i * 7]);       // ties
+  for (int i = 0; i < 200; ++i) c.push_back(-c[i * 11 + 1]);  // ties of opposite sign
+  for (float x : {0.0f, -0.0f, 0.5f, -0.5f, 0.58f, 1.5f, -2.5f, 127.5f, -128.0f, 4e4f, -9e6f}) {
+    c.push_back(x);
+  }
+  const internal::EcqSortedSample sorted = internal::SortEcqSample(c);
+  ASSERT_EQ(sorted.value.size(), c.size());
+  ASSERT_EQ(sorted.square_prefix.size(), c.size() + 1);
+  for (size_t i = 1; i < sorted.value.size(); ++i) {
+    ASSERT_LE(std::fabs(sorted.value[i - 1]), std::fabs(sorted.value[i]));
+  }
+  auto near = [](double got, double want) {
+    return std::fabs(got - want) <= 1e-12 * std::max(1.0, std::fabs(want));
+  };
+  for (float step : {1e-3f, 0.25f, 1.0f, 3.0f, 50.0f, 1e8f}) {
+    for (float r : internal::kEcqRoundings) {
+      SCOPED_TRACE(::testing::Message() << step << " " << r);
+      internal::QuantStats want, got;
+      std::vector<uint64_t> want_hist(256), got_hist(256);
+      uint64_t want_esc = 0, got_esc = 0;
+      internal::Quantize(c.data(), c.size(), 1.0f / step, r, &want, want_hist.data(), &want_esc,
+                         nullptr, nullptr);
+      internal::QuantizeSorted(sorted, 1.0f / step, r, &got, got_hist.data(), &got_esc);
+      EXPECT_EQ(got_hist, want_hist);
+      EXPECT_EQ(got_esc, want_esc);
+      EXPECT_EQ(got.nonzero, want.nonzero);
+      EXPECT_TRUE(near(got.zero_sq, want.zero_sq)) << got.zero_sq << " " << want.zero_sq;
+      EXPECT_TRUE(near(got.sum_e, want.sum_e)) << got.sum_e << " " << want.sum_e;
+      EXPECT_TRUE(near(got.sum_e2, want.sum_e2));
+      EXPECT_TRUE(near(got.sum_m, want.sum_m));
+      EXPECT_TRUE(near(got.sum_m2, want.sum_m2));
+      EXPECT_TRUE(near(got.sum_em, want.sum_em));
+    }
+  }
+  // All codes 0 (a huge step) and an empty sample.
+  internal::QuantStats st;
+  std::vector<uint64_t> hist(256);
+  uint64_t esc = 0;
+  internal::QuantizeSorted(sorted, 1e-12f, 0.5f, &st, hist.data(), &esc);
+  EXPECT_EQ(hist[0], c.size());
+  EXPECT_EQ(st.nonzero, 0u);
+  EXPECT_EQ(st.zero_sq, sorted.square_prefix.back());
+  const internal::EcqSortedSample empty = internal::SortEcqSample({});
+  internal::QuantizeSorted(empty, 1.0f, 0.5f, &st, hist.data(), &esc);
+  EXPECT_EQ(hist[0], c.size());
+}
+
 TEST(EcqLowRankSketchTest, SeesStructureAndNotNoise) {
   for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{
            {256, 192}, {192, 256}, {512, 512}, {2048, 64}}) {

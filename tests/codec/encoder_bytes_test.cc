@@ -3,12 +3,18 @@
 // the hashes were taken from the scalar encoder before those changes.
 #include <cmath>
 #include <cstdint>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
+#include "codec/delta_codec.h"
 #include "codec/delta_dct.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/models.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace deltaserve::codec {
 namespace {
@@ -69,6 +75,63 @@ TEST(EncoderBytesTest, PayloadsAreThePinnedBytes) {
       ASSERT_OK_AND_ASSIGN(std::vector<uint8_t> payload,
                            EncodeDctMatrix(m.data(), rows, cols, p, threads));
       EXPECT_EQ(Fnv1a(payload), c.fnv);
+    }
+  }
+}
+
+// Codec v2 through the summary planner (EcqOptions::exhaustive_max_weights 0: what a
+// large model takes): F16 base and finetune (the fused fp16 delta pass), DCT and identity
+// candidates, the sampled step search, one coding per tensor. The hashes were taken
+// before the summary path's kernels were vectorized (sorted samples, AVX2 symbols).
+TEST(EncoderBytesTest, EcqSummaryContainerIsThePinnedBytes) {
+  if (!__builtin_cpu_supports("x86-64-v3")) GTEST_SKIP() << "hashes pinned on x86-64-v3";
+  ::deltaserve::testing::ScopedTempDir dir;
+  const std::string base_path = dir.File("b.safetensors"), ft_path = dir.File("f.safetensors");
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{300, 96}, {128, 160}, {203, 301}};
+  std::vector<OwnedTensor> base, ft;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const auto [r, c] = shapes[i];
+    const std::vector<float> b = ::deltaserve::testing::Gaussian(r * c, 0.05f, 10 + i);
+    std::vector<float> f = Matrix(r, c);
+    if (i == 1) {  // rank-2 structure on top
+      const auto u = ::deltaserve::testing::Gaussian(r * 2, 1.0f, 40);
+      const auto v = ::deltaserve::testing::Gaussian(c * 2, 1.0f, 41);
+      for (int64_t y = 0; y < r; ++y) {
+        for (int64_t x = 0; x < c; ++x) {
+          f[y * c + x] += 2e-3f * (u[2 * y] * v[2 * x] + 0.5f * u[2 * y + 1] * v[2 * x + 1]);
+        }
+      }
+    }
+    for (size_t j = 0; j < f.size(); ++j) f[j] += b[j];
+    const std::string name = "m" + std::to_string(i);
+    base.push_back(::deltaserve::testing::MakeTensor(name, DType::kF16, {r, c}, b));
+    ft.push_back(::deltaserve::testing::MakeTensor(name, DType::kF16, {r, c}, f));
+  }
+  ASSERT_THAT(::deltaserve::testing::Write(base_path, base), ::deltaserve::testing::IsOk());
+  ASSERT_THAT(::deltaserve::testing::Write(ft_path, ft), ::deltaserve::testing::IsOk());
+  ASSERT_OK_AND_ASSIGN(auto b, ModelReader::Open(base_path));
+  ASSERT_OK_AND_ASSIGN(auto f, ModelReader::Open(ft_path));
+  const struct {
+    double bits;
+    uint64_t fnv;
+  } targets[] = {{1.0, 11383133764668343687ull}, {2.5, 15005755333219547191ull}};
+  for (const auto& t : targets) {
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(t.bits);
+      CompressOptions o;
+      o.codec = LossyCodec::kEcq;
+      o.min_dct_elements = 1024;
+      o.threads = threads;
+      o.ecq.exhaustive_max_weights = 0;
+      // No low-rank candidates: their factors come from OpenBLAS, whose sums (and so the
+      // container bytes) depend on its number of threads (OPENBLAS_NUM_THREADS).
+      o.ecq.try_low_rank = false;
+      o.ecq_target.bits_per_weight = t.bits;
+      const std::string out = dir.File("d.dds");
+      ASSERT_THAT(CompressModel(*b, *f, o, out).status(), ::deltaserve::testing::IsOk());
+      std::ifstream in(out, std::ios::binary);
+      const std::vector<uint8_t> bytes(std::istreambuf_iterator<char>(in), {});
+      EXPECT_EQ(Fnv1a(bytes), t.fnv) << std::hex << Fnv1a(bytes);
     }
   }
 }

@@ -118,6 +118,48 @@ TEST(F16Test, EveryHalfMatchesScalarAndRoundTrips) {
   }
 }
 
+// The fused difference pass gives ToFloat32(a) - ToFloat32(b) bit for bit (every
+// half value against a shifted copy, odd length for the tail) and reports infinities
+// and NaN, in the SIMD body and in the tail.
+TEST(F16Test, HalfDifferenceMatchesTwoConversions) {
+  const int64_t n = 65536 + 5;
+  std::vector<uint16_t> a(n), b(n);
+  for (int64_t i = 0; i < n; ++i) {
+    a[i] = static_cast<uint16_t>(i * 40503u);
+    b[i] = static_cast<uint16_t>(i * 40503u + 977u);
+  }
+  auto finite_copy = [](std::vector<uint16_t> v) {
+    for (uint16_t& h : v) {
+      if ((h & 0x7c00u) == 0x7c00u) h &= 0x3fffu;  // Inf/NaN -> finite
+    }
+    return v;
+  };
+  const std::vector<uint16_t> fa = finite_copy(a), fb = finite_copy(b);
+  std::vector<float> want(n), tmp(n), got(n);
+  ToFloat32(reinterpret_cast<const uint8_t*>(fa.data()), DType::kF16, n, want.data());
+  ToFloat32(reinterpret_cast<const uint8_t*>(fb.data()), DType::kF16, n, tmp.data());
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) {
+    want[i] -= tmp[i];
+    finite = finite && std::isfinite(want[i]);
+  }
+  EXPECT_EQ(internal::HalfDifferenceToFloat(fa.data(), fb.data(), n, got.data()), finite);
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), n * sizeof(float)), 0);
+  for (int64_t bad : {int64_t{3}, n - 2}) {  // SIMD body, scalar tail
+    std::vector<uint16_t> x = fa;
+    x[bad] = 0x7c00u;  // +Inf
+    EXPECT_FALSE(internal::HalfDifferenceToFloat(x.data(), fb.data(), n, got.data())) << bad;
+    x[bad] = 0x7e01u;  // NaN
+    EXPECT_FALSE(internal::HalfDifferenceToFloat(x.data(), fb.data(), n, got.data())) << bad;
+  }
+  // Two large finite halves whose difference is still finite in float.
+  const uint16_t big[8] = {0x7bffu, 0x7bffu, 0, 0, 0, 0, 0, 0}, neg[8] = {0xfbffu, 0, 0, 0,
+                                                                           0, 0, 0, 0};
+  float d[8];
+  EXPECT_TRUE(internal::HalfDifferenceToFloat(big, neg, 8, d));
+  EXPECT_EQ(d[0], 131008.0f);
+}
+
 TEST(F16Test, RandomFloatsMatchScalar) {
   std::mt19937 rng(7);
   std::vector<float> src(1 << 20);
