@@ -5,7 +5,6 @@
 #include <optional>
 #include <memory>
 #include <string>
-#include <system_error>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -22,6 +21,7 @@
 #include "common/cli_validators.h"
 #include "common/file.h"
 #include "common/status_macros.h"
+#include "common/tmp_files.h"
 #include "codec/tfjs.h"
 
 namespace deltaserve::client {
@@ -223,10 +223,10 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
   const std::string out =
       o.out.empty() ? (std::filesystem::path(o.out_dir) / ".decompress.safetensors").string()
                     : o.out;
+  // A failed or interrupted decompress leaves no directory of its own making behind.
+  std::unique_ptr<common::ScopedOutputDir> out_dir;
   if (!o.out_dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(o.out_dir, ec);
-    if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot create ", o.out_dir));
+    DS_ASSIGN_OR_RETURN(out_dir, common::ScopedOutputDir::Create(o.out_dir));
   }
   codec::DecompressStats stats;
   DS_RETURN_IF_ERROR(codec::DecompressModel(*base, container->reader(), options, out,
@@ -242,6 +242,7 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
     std::filesystem::remove(out);
     DS_RETURN_IF_ERROR(sharded);
     DS_RETURN_IF_ERROR(WriteSideFilesToDir(side_files, o.out_dir));
+    out_dir->Keep();
   }
   absl::PrintF("decompressed %s + %s -> %s (%d tensors)\n", o.base, o.delta,
                o.out.empty() ? o.out_dir : o.out, container->reader().num_records());

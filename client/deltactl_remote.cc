@@ -31,6 +31,7 @@
 #include "client/internal/deltactl_command.h"
 #include "common/cli_validators.h"
 #include "common/json.h"
+#include "common/names.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
@@ -95,6 +96,16 @@ void AddRemoteFlags(CLI::App* app, RemoteFlags* f) {
 }
 
 bool Given(const CLI::App& app, const char* name) { return app.get_option(name)->count() > 0; }
+
+// Adds the required --task NAME to `sub`, checked by the store's rule while parsing
+// (a bad name is a usage error before any file is read or byte sent).
+void AddTaskOption(CLI::App* sub, std::string* task) {
+  sub->add_option("--task", *task,
+                  absl::StrCat("Task name: 1 to ", common::kMaxNameLength,
+                               " characters of [A-Za-z0-9._-], not starting with '.'"))
+      ->required()
+      ->check(common::NameValidator("task"));
+}
 
 // The flags a remote subcommand runs with: each one as given after the subcommand
 // (`sub`, `after`), else before it (`app`, `before`), else from its variable, else its
@@ -457,6 +468,14 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
     sub->callback([=, &app, after = remote.at(sub)] {
       *remote_used = true;
       const RemoteFlags f = ResolveRemoteFlags(*sub, *after, app, *before);
+      // The store's rule, checked now rather than by the server after the work.
+      // An empty tenant is the token's own.
+      const absl::Status tenant_ok =
+          f.tenant.empty() ? absl::OkStatus() : common::ValidateName("tenant", f.tenant);
+      if (!tenant_ok.ok()) {
+        const bool flag = Given(*sub, "--tenant") || Given(app, "--tenant");
+        throw CLI::ValidationError(flag ? "--tenant" : kTenantEnv, std::string(tenant_ok.message()));
+      }
       *action = [=] { return WithFlagHint(run(f), f); };
     });
   };
@@ -481,7 +500,7 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   });
 
   CLI::App* push = add("push", "Upload a delta container (.dds) to a server as a task");
-  push->add_option("--task", task->task, "Task name")->required();
+  AddTaskOption(push, &task->task);
   push->add_option("--in", task->in, "Delta container (.dds)")->required();
   push->add_flag("--overwrite", task->overwrite, "Replace an existing task");
   AddSideFileOptions(push, &task->side_files);
@@ -493,17 +512,17 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   bind(list, [all](const RemoteFlags& f) { return RunList(f, *all); });
 
   CLI::App* info = add("info", "Show a stored task (sizes, bits per weight, base hash)");
-  info->add_option("--task", task->task, "Task name")->required();
+  AddTaskOption(info, &task->task);
   info->add_flag("--tensors", task->tensors, "Also list every tensor");
   bind(info, [task](const RemoteFlags& f) { return RunInfo(f, *task); });
 
   CLI::App* del = add("delete", "Delete a stored task");
-  del->add_option("--task", task->task, "Task name")->required();
+  AddTaskOption(del, &task->task);
   bind(del, [task](const RemoteFlags& f) { return RunDelete(f, *task); });
 
   CLI::App* pull = add("pull", "Stream a task's merged weights into a .safetensors file "
                                "(every tensor checksum verified; same bytes as decompress)");
-  pull->add_option("--task", task->task, "Task name")->required();
+  AddTaskOption(pull, &task->task);
   auto* pull_out = pull->add_option("--out", task->out, "Output .safetensors file");
   pull->add_option("--out-dir", task->out_dir,
                    "Output Hugging Face checkpoint directory (sharded safetensors + "
@@ -523,7 +542,7 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   bind(pull, [task](const RemoteFlags& f) { return RunPull(f, *task); });
 
   CLI::App* pull_delta = add("pull-delta", "Download a task's stored delta container as is");
-  pull_delta->add_option("--task", task->task, "Task name")->required();
+  AddTaskOption(pull_delta, &task->task);
   pull_delta->add_option("--out", task->out, "Output container (.dds)")->required();
   bind(pull_delta, [task](const RemoteFlags& f) { return RunPullDelta(f, *task); });
 
