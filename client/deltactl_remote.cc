@@ -33,6 +33,7 @@
 #include "common/json.h"
 #include "common/names.h"
 #include "common/status_macros.h"
+#include "deltaserve/v1/delta_service.grpc.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
 #include "proto/protocol.h"
@@ -89,7 +90,8 @@ void AddRemoteFlags(CLI::App* app, RemoteFlags* f) {
   app->add_flag("--tls", f->tls, "Use TLS with the system roots")->group(group);
   app->add_option("--tls-ca", f->tls_ca, "Use TLS trusting this PEM root certificate")
       ->group(group);
-  app->add_option("--timeout", f->timeout_seconds, "Deadline of unary calls and uploads, s")
+  app->add_option("--timeout", f->timeout_seconds,
+                  "Seconds allowed for each request and for a whole push (a pull has no limit)")
       ->capture_default_str()
       ->group(group);
   app->add_flag("--json", f->json, "Print results as JSON")->group(group);
@@ -153,6 +155,26 @@ absl::Status WithFlagHint(absl::Status s, const RemoteFlags& f) {
   }
   if (hint.empty()) return s;
   return absl::Status(s.code(), absl::StrCat(s.message(), " (", hint, ")"));
+}
+
+// `s` as the user of `command` (e.g. "pull", "admin checkpoint") reads it: the client
+// library labels its errors with the RPC it made ("StreamWeights 'chat': ...", the name
+// the server logs and the proto use); deltactl says the command the user typed instead
+// ("pull 'chat': ..."). Any method of v1::DeltaService at the start of the message.
+absl::Status InCommandTerms(absl::Status s, const std::string& command) {
+  if (s.ok()) return s;
+  const google::protobuf::ServiceDescriptor* service =
+      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+          v1::DeltaService::service_full_name());
+  for (int i = 0; service != nullptr && i < service->method_count(); ++i) {
+    const std::string& rpc = service->method(i)->name();
+    const absl::string_view m = s.message();
+    if (absl::StartsWith(m, rpc) && m.size() > rpc.size() &&
+        (m[rpc.size()] == ' ' || m[rpc.size()] == ':')) {
+      return absl::Status(s.code(), absl::StrCat(command, m.substr(rpc.size())));
+    }
+  }
+  return s;
 }
 
 absl::StatusOr<std::unique_ptr<DeltaClient>> Connect(const RemoteFlags& f) {
@@ -255,7 +277,7 @@ std::string DTypeText(v1::DType dtype) {
 void PrintTaskInfo(const v1::TaskInfo& t) {
   absl::PrintF("tenant:          %s\ntask:            %s\ncreated:         %s\n", t.tenant(),
                t.name(), Created(t.created_unix()));
-  absl::PrintF("base hash:       %s\ncontainer bytes: %d\ntensors:         %d\n", t.base_hash(),
+  absl::PrintF("base hash:       %s\ndelta bytes:     %d\ntensors:         %d\n", t.base_hash(),
                t.container_bytes(), t.num_tensors());
   absl::PrintF(
       "weights:         %d\nmerged bytes:    %d\nbits per weight: %.4f\npinned:          %s\n",
@@ -476,7 +498,10 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
         const bool flag = Given(*sub, "--tenant") || Given(app, "--tenant");
         throw CLI::ValidationError(flag ? "--tenant" : kTenantEnv, std::string(tenant_ok.message()));
       }
-      *action = [=] { return WithFlagHint(run(f), f); };
+      const std::string command =
+          sub->get_parent() == &app ? sub->get_name()
+                                    : absl::StrCat(sub->get_parent()->get_name(), " ", sub->get_name());
+      *action = [=] { return WithFlagHint(InCommandTerms(run(f), command), f); };
     });
   };
   // A remote flag given before an offline subcommand would be ignored: refuse it.
@@ -533,8 +558,10 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
       ->capture_default_str();
   AddDTypeOption(pull, &task->dtype);
   pull->add_option("--include", task->include, "Only tensors matching this glob (repeatable)");
-  pull->add_option("--include-regex", task->include_regex, "Only tensors fully matching this RE2");
-  pull->add_option("--resume-from", task->resume_from, "Skip tensors before this one");
+  pull->add_option("--include-regex", task->include_regex,
+                   "Only tensors whose whole name matches this regular expression (RE2 syntax)");
+  pull->add_option("--resume-from", task->resume_from,
+                   "Write only this tensor and those after it (in the delta's order)");
   pull->add_option("--streams", task->streams,
                    "Parallel streams, each on a tensor range of about equal bytes (1-64)")
       ->capture_default_str()

@@ -215,14 +215,14 @@ TEST_F(DeltactlCliTest, AuthErrorsNameTheFlagAndTheVariable) {
                                   "missing 'authorization: Bearer <token>' metadata");
   DeltactlResult r = Run("list --server " + address_);
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("UNAUTHENTICATED: ListTasks: missing 'authorization: Bearer "
+  EXPECT_THAT(r.err, HasSubstr("UNAUTHENTICATED: list: missing 'authorization: Bearer "
                                "<token>' metadata (no token was given: pass --token TOKEN or "
                                "set DELTASERVE_TOKEN)"));
 
   service_.refusal = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown token");
   r = Run("list --server " + address_ + " --token wrong");
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("UNAUTHENTICATED: ListTasks: unknown token (the server at " +
+  EXPECT_THAT(r.err, HasSubstr("UNAUTHENTICATED: list: unknown token (the server at " +
                                address_ +
                                " did not accept the token given by --token or "
                                "DELTASERVE_TOKEN)"));
@@ -258,8 +258,8 @@ TEST_F(DeltactlCliTest, APushRefusedAtAdmissionShowsTheRefusalNotAFullBar) {
   EXPECT_THAT(r.err, HasSubstr("push chat: 0% 0.0/1.3 KiB\n"));
   EXPECT_THAT(r.err, HasSubstr("push chat: refused by the server (FAILED_PRECONDITION) after "
                                "0.0 of 1.3 KiB sent; nothing was stored\n"));
-  // The RPC's name, as the server's own messages and the docs call it.
-  EXPECT_THAT(r.err, HasSubstr("deltactl: FAILED_PRECONDITION: PutDelta 'chat': the container "
+  // The command the user typed, not the RPC it made (PutDelta).
+  EXPECT_THAT(r.err, HasSubstr("deltactl: FAILED_PRECONDITION: push 'chat': the container "
                                "was made against base 11"));
 
   service_.refusal = grpc::Status::OK;
