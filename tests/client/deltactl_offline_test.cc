@@ -9,6 +9,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "codec/container.h"
@@ -270,6 +271,28 @@ TEST_F(DeltactlOfflineTest, BadOptionsAreInvalidArgument) {
     auto r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ + " " + bad);
     EXPECT_EQ(r.exit_code, 1) << bad;
     EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT")) << bad;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dds_));
+}
+
+// New-user trial: a bad value came back in the options' field names ("patch_size 1
+// outside [2, 64]", "threads must be ...") or without the flag ("unknown codec 'zip'").
+// Each message now names the flag the user typed.
+TEST_F(DeltactlOfflineTest, BadOptionsNameTheFlag) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"--patch 1", "--patch 1 outside [2, "},
+      {"--threads 999", "--threads must be in [0, 256], is 999"},
+      {"--min-dct-elements -5", "--min-dct-elements must be >= 0, is -5"},
+      {"--max-relative-delta -1", "--max-relative-delta must be >= 0, is -1"},
+      {"--codec zip", "--codec: unknown codec 'zip'"},
+      {"--quantizer fancy", "--quantizer: unknown quantizer 'fancy'"},
+      {"--ecq-weighting x", "--ecq-weighting: unknown ecq weighting 'x'"},
+      {"--rule 'w=zip'", "--rule: "},
+      {"--codec dct --schedule 3:zz", "--schedule: "}};
+  for (const auto& [bad, want] : cases) {
+    auto r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ + " " + bad);
+    EXPECT_EQ(r.exit_code, 1) << bad;
+    EXPECT_THAT(r.err, HasSubstr(std::string("deltactl: INVALID_ARGUMENT: ") + want)) << bad;
   }
   EXPECT_FALSE(std::filesystem::exists(dds_));
 }
