@@ -237,7 +237,7 @@ absl::StatusOr<std::unique_ptr<codec::MappedContainer>> OpenContainerFile(
     return absl::InvalidArgumentError(
         absl::StrCat(path,
                      ": not a deltaserve delta container (.dds); make one from the base and the "
-                     "finetuned model with deltactl compress (codec::CompressModel)"));
+                     "finetuned model with deltactl compress"));
   }
   return mapped;
 }

@@ -8,7 +8,6 @@
 #include <functional>
 #include <iterator>
 #include <memory>
-#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -22,6 +21,7 @@
 #include "codec/safetensors.h"
 #include "common/file.h"
 #include "common/status_macros.h"
+#include "common/tmp_files.h"
 
 namespace deltaserve::client {
 namespace {
@@ -193,21 +193,17 @@ absl::StatusOr<PullStats> DeltaClient::PullWeightsToDirectory(const std::string&
                                                               uint64_t max_shard_bytes,
                                                               const PullOptions& options) {
   if (max_shard_bytes == 0) return absl::InvalidArgumentError("max_shard_bytes must be positive");
-  std::error_code ec;
-  const bool created = std::filesystem::create_directories(dir, ec);
-  if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot create directory ", dir));
-  absl::StatusOr<PullStats> stats = [&]() -> absl::StatusOr<PullStats> {
-    std::vector<std::unique_ptr<SpillSink>> sinks;
-    DS_ASSIGN_OR_RETURN(
-        PullStats s, PullToSpill(*impl_, task, (std::filesystem::path(dir) / ".pull.data").string(),
-                                 dir, options, &sinks));
-    DS_RETURN_IF_ERROR(WriteSpilled(Pointers(sinks), dir, max_shard_bytes));
-    DS_ASSIGN_OR_RETURN(s.side_files, WriteSideFiles(task, dir));
-    return s;
-  }();
-  // A failed pull (a missing task, a full disk) leaves no empty directory of its own
-  // making behind; remove() takes only an empty one.
-  if (!stats.ok() && created) std::filesystem::remove(dir, ec);
+  // A failed or interrupted pull (a missing task, a full disk, Ctrl-C in deltactl)
+  // leaves no directory of its own making behind, nor the shards written into it.
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<common::ScopedOutputDir> out,
+                      common::ScopedOutputDir::Create(dir));
+  std::vector<std::unique_ptr<SpillSink>> sinks;
+  DS_ASSIGN_OR_RETURN(
+      PullStats stats, PullToSpill(*impl_, task, (std::filesystem::path(dir) / ".pull.data").string(),
+                                   dir, options, &sinks));
+  DS_RETURN_IF_ERROR(WriteSpilled(Pointers(sinks), dir, max_shard_bytes));
+  DS_ASSIGN_OR_RETURN(stats.side_files, WriteSideFiles(task, dir));
+  out->Keep();
   return stats;
 }
 

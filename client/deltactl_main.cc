@@ -51,7 +51,7 @@ codec::ProgressFn StderrProgress(std::string label) {
 }
 
 void AddDTypeOption(CLI::App* sub, std::string* dtype) {
-  sub->add_option("--dtype", *dtype, "Output dtype f32, f16 or bf16 (default: recorded)")
+  sub->add_option("--dtype", *dtype, "Output dtype f32, f16 or bf16 (default: each tensor's dtype in the finetuned model)")
       ->check(CLI::IsMember({"f32", "f16", "bf16", "F32", "F16", "BF16"}));
 }
 

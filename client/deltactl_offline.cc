@@ -1,11 +1,12 @@
 // `deltactl convert`, `deltactl compress` and `deltactl decompress`: the offline
 // subcommands that need no server.
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <optional>
 #include <memory>
 #include <string>
-#include <system_error>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -22,6 +23,7 @@
 #include "common/cli_validators.h"
 #include "common/file.h"
 #include "common/status_macros.h"
+#include "common/tmp_files.h"
 #include "codec/tfjs.h"
 
 namespace deltaserve::client {
@@ -116,6 +118,33 @@ absl::Status RunConvert(const ConvertOptions& o) {
   return absl::OkStatus();
 }
 
+// The value of a flag's parser, its error prefixed with the flag ("--codec: unknown codec
+// 'foo' (want dct or ecq)").
+template <typename T>
+absl::StatusOr<T> Flag(absl::StatusOr<T> parsed, absl::string_view flag) {
+  if (parsed.ok()) return parsed;
+  return common::Annotate(parsed.status(), flag);
+}
+
+// CompressOptions::Validate names the options' fields ("patch_size 1 outside [2, 64]");
+// the user typed flags: a message that starts with a field's name starts with its flag
+// instead ("--patch 1 outside [2, 64]").
+absl::Status InFlagTerms(absl::Status s) {
+  static constexpr std::pair<const char*, const char*> kFlags[] = {
+      {"ecq patch_size", "--patch"},
+      {"patch_size", "--patch"},
+      {"ecq gain_weight", "--ecq-gain-weight"},
+      {"max_relative_delta", "--max-relative-delta"},
+      {"min_dct_elements", "--min-dct-elements"},
+      {"threads", "--threads"}};
+  for (const auto& [field, flag] : kFlags) {
+    if (absl::StartsWith(s.message(), absl::StrCat(field, " "))) {
+      return absl::Status(s.code(), absl::StrCat(flag, s.message().substr(strlen(field))));
+    }
+  }
+  return s;
+}
+
 absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOptions& o) {
   codec::CompressOptions c;
   const bool bits_given = o.bits.has_value(), error_given = o.max_error.has_value();
@@ -127,7 +156,7 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   }
   const bool ecq_target = bits_given || error_given;
   if (!o.codec.empty()) {
-    DS_ASSIGN_OR_RETURN(c.codec, codec::ParseLossyCodec(o.codec));
+    DS_ASSIGN_OR_RETURN(c.codec, Flag(codec::ParseLossyCodec(o.codec), "--codec"));
   } else {
     c.codec = o.dct_option_given && !ecq_target ? codec::LossyCodec::kDct
                                                 : codec::LossyCodec::kEcq;
@@ -148,14 +177,15 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   c.ecq.patch_size = o.patch;
   c.ecq.try_low_rank = !o.no_low_rank;
   c.ecq.gain_weight = o.gain_weight;
-  DS_ASSIGN_OR_RETURN(c.ecq_weighting, codec::ParseEcqWeighting(o.ecq_weighting));
+  DS_ASSIGN_OR_RETURN(c.ecq_weighting,
+                      Flag(codec::ParseEcqWeighting(o.ecq_weighting), "--ecq-weighting"));
   c.dct.patch_size = o.patch;
-  DS_ASSIGN_OR_RETURN(c.dct.schedule, codec::BitSchedule::Parse(o.schedule));
-  DS_ASSIGN_OR_RETURN(c.dct.quantizer, codec::ParseQuantizer(o.quantizer));
+  DS_ASSIGN_OR_RETURN(c.dct.schedule, Flag(codec::BitSchedule::Parse(o.schedule), "--schedule"));
+  DS_ASSIGN_OR_RETURN(c.dct.quantizer, Flag(codec::ParseQuantizer(o.quantizer), "--quantizer"));
   c.dct.separate_dc = o.separate_dc;
   c.min_dct_elements = o.min_dct_elements;
   for (const auto& text : o.rules) {
-    DS_ASSIGN_OR_RETURN(auto rule, codec::EncodingRule::Parse(text));
+    DS_ASSIGN_OR_RETURN(auto rule, Flag(codec::EncodingRule::Parse(text), "--rule"));
     c.rules.push_back(std::move(rule));
   }
   c.allow_missing = o.allow_missing;
@@ -164,7 +194,7 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   c.max_relative_delta = o.max_relative_delta;
   c.tie_embeddings = !o.no_tie;
   c.threads = o.threads;
-  DS_RETURN_IF_ERROR(c.Validate());
+  DS_RETURN_IF_ERROR(InFlagTerms(c.Validate()));
   return c;
 }
 
@@ -223,10 +253,10 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
   const std::string out =
       o.out.empty() ? (std::filesystem::path(o.out_dir) / ".decompress.safetensors").string()
                     : o.out;
+  // A failed or interrupted decompress leaves no directory of its own making behind.
+  std::unique_ptr<common::ScopedOutputDir> out_dir;
   if (!o.out_dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(o.out_dir, ec);
-    if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot create ", o.out_dir));
+    DS_ASSIGN_OR_RETURN(out_dir, common::ScopedOutputDir::Create(o.out_dir));
   }
   codec::DecompressStats stats;
   DS_RETURN_IF_ERROR(codec::DecompressModel(*base, container->reader(), options, out,
@@ -242,6 +272,7 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
     std::filesystem::remove(out);
     DS_RETURN_IF_ERROR(sharded);
     DS_RETURN_IF_ERROR(WriteSideFilesToDir(side_files, o.out_dir));
+    out_dir->Keep();
   }
   absl::PrintF("decompressed %s + %s -> %s (%d tensors)\n", o.base, o.delta,
                o.out.empty() ? o.out_dir : o.out, container->reader().num_records());

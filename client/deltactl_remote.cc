@@ -31,7 +31,9 @@
 #include "client/internal/deltactl_command.h"
 #include "common/cli_validators.h"
 #include "common/json.h"
+#include "common/names.h"
 #include "common/status_macros.h"
+#include "deltaserve/v1/delta_service.grpc.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
 #include "proto/protocol.h"
@@ -88,13 +90,24 @@ void AddRemoteFlags(CLI::App* app, RemoteFlags* f) {
   app->add_flag("--tls", f->tls, "Use TLS with the system roots")->group(group);
   app->add_option("--tls-ca", f->tls_ca, "Use TLS trusting this PEM root certificate")
       ->group(group);
-  app->add_option("--timeout", f->timeout_seconds, "Deadline of unary calls and uploads, s")
+  app->add_option("--timeout", f->timeout_seconds,
+                  "Seconds allowed for each request and for a whole push (a pull has no limit)")
       ->capture_default_str()
       ->group(group);
   app->add_flag("--json", f->json, "Print results as JSON")->group(group);
 }
 
 bool Given(const CLI::App& app, const char* name) { return app.get_option(name)->count() > 0; }
+
+// Adds the required --task NAME to `sub`, checked by the store's rule while parsing
+// (a bad name is a usage error before any file is read or byte sent).
+void AddTaskOption(CLI::App* sub, std::string* task) {
+  sub->add_option("--task", *task,
+                  absl::StrCat("Task name: 1 to ", common::kMaxNameLength,
+                               " characters of [A-Za-z0-9._-], not starting with '.'"))
+      ->required()
+      ->check(common::NameValidator("task"));
+}
 
 // The flags a remote subcommand runs with: each one as given after the subcommand
 // (`sub`, `after`), else before it (`app`, `before`), else from its variable, else its
@@ -142,6 +155,26 @@ absl::Status WithFlagHint(absl::Status s, const RemoteFlags& f) {
   }
   if (hint.empty()) return s;
   return absl::Status(s.code(), absl::StrCat(s.message(), " (", hint, ")"));
+}
+
+// `s` as the user of `command` (e.g. "pull", "admin checkpoint") reads it: the client
+// library labels its errors with the RPC it made ("StreamWeights 'chat': ...", the name
+// the server logs and the proto use); deltactl says the command the user typed instead
+// ("pull 'chat': ..."). Any method of v1::DeltaService at the start of the message.
+absl::Status InCommandTerms(absl::Status s, const std::string& command) {
+  if (s.ok()) return s;
+  const google::protobuf::ServiceDescriptor* service =
+      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+          v1::DeltaService::service_full_name());
+  for (int i = 0; service != nullptr && i < service->method_count(); ++i) {
+    const std::string& rpc = service->method(i)->name();
+    const absl::string_view m = s.message();
+    if (absl::StartsWith(m, rpc) && m.size() > rpc.size() &&
+        (m[rpc.size()] == ' ' || m[rpc.size()] == ':')) {
+      return absl::Status(s.code(), absl::StrCat(command, m.substr(rpc.size())));
+    }
+  }
+  return s;
 }
 
 absl::StatusOr<std::unique_ptr<DeltaClient>> Connect(const RemoteFlags& f) {
@@ -244,7 +277,7 @@ std::string DTypeText(v1::DType dtype) {
 void PrintTaskInfo(const v1::TaskInfo& t) {
   absl::PrintF("tenant:          %s\ntask:            %s\ncreated:         %s\n", t.tenant(),
                t.name(), Created(t.created_unix()));
-  absl::PrintF("base hash:       %s\ncontainer bytes: %d\ntensors:         %d\n", t.base_hash(),
+  absl::PrintF("base hash:       %s\ndelta bytes:     %d\ntensors:         %d\n", t.base_hash(),
                t.container_bytes(), t.num_tensors());
   absl::PrintF(
       "weights:         %d\nmerged bytes:    %d\nbits per weight: %.4f\npinned:          %s\n",
@@ -457,7 +490,18 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
     sub->callback([=, &app, after = remote.at(sub)] {
       *remote_used = true;
       const RemoteFlags f = ResolveRemoteFlags(*sub, *after, app, *before);
-      *action = [=] { return WithFlagHint(run(f), f); };
+      // The store's rule, checked now rather than by the server after the work.
+      // An empty tenant is the token's own.
+      const absl::Status tenant_ok =
+          f.tenant.empty() ? absl::OkStatus() : common::ValidateName("tenant", f.tenant);
+      if (!tenant_ok.ok()) {
+        const bool flag = Given(*sub, "--tenant") || Given(app, "--tenant");
+        throw CLI::ValidationError(flag ? "--tenant" : kTenantEnv, std::string(tenant_ok.message()));
+      }
+      const std::string command =
+          sub->get_parent() == &app ? sub->get_name()
+                                    : absl::StrCat(sub->get_parent()->get_name(), " ", sub->get_name());
+      *action = [=] { return WithFlagHint(InCommandTerms(run(f), command), f); };
     });
   };
   // A remote flag given before an offline subcommand would be ignored: refuse it.
@@ -481,7 +525,7 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   });
 
   CLI::App* push = add("push", "Upload a delta container (.dds) to a server as a task");
-  push->add_option("--task", task->task, "Task name")->required();
+  AddTaskOption(push, &task->task);
   push->add_option("--in", task->in, "Delta container (.dds)")->required();
   push->add_flag("--overwrite", task->overwrite, "Replace an existing task");
   AddSideFileOptions(push, &task->side_files);
@@ -493,17 +537,17 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   bind(list, [all](const RemoteFlags& f) { return RunList(f, *all); });
 
   CLI::App* info = add("info", "Show a stored task (sizes, bits per weight, base hash)");
-  info->add_option("--task", task->task, "Task name")->required();
+  AddTaskOption(info, &task->task);
   info->add_flag("--tensors", task->tensors, "Also list every tensor");
   bind(info, [task](const RemoteFlags& f) { return RunInfo(f, *task); });
 
   CLI::App* del = add("delete", "Delete a stored task");
-  del->add_option("--task", task->task, "Task name")->required();
+  AddTaskOption(del, &task->task);
   bind(del, [task](const RemoteFlags& f) { return RunDelete(f, *task); });
 
   CLI::App* pull = add("pull", "Stream a task's merged weights into a .safetensors file "
                                "(every tensor checksum verified; same bytes as decompress)");
-  pull->add_option("--task", task->task, "Task name")->required();
+  AddTaskOption(pull, &task->task);
   auto* pull_out = pull->add_option("--out", task->out, "Output .safetensors file");
   pull->add_option("--out-dir", task->out_dir,
                    "Output Hugging Face checkpoint directory (sharded safetensors + "
@@ -514,8 +558,10 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
       ->capture_default_str();
   AddDTypeOption(pull, &task->dtype);
   pull->add_option("--include", task->include, "Only tensors matching this glob (repeatable)");
-  pull->add_option("--include-regex", task->include_regex, "Only tensors fully matching this RE2");
-  pull->add_option("--resume-from", task->resume_from, "Skip tensors before this one");
+  pull->add_option("--include-regex", task->include_regex,
+                   "Only tensors whose whole name matches this regular expression (RE2 syntax)");
+  pull->add_option("--resume-from", task->resume_from,
+                   "Write only this tensor and those after it (in the delta's order)");
   pull->add_option("--streams", task->streams,
                    "Parallel streams, each on a tensor range of about equal bytes (1-64)")
       ->capture_default_str()
@@ -523,7 +569,7 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   bind(pull, [task](const RemoteFlags& f) { return RunPull(f, *task); });
 
   CLI::App* pull_delta = add("pull-delta", "Download a task's stored delta container as is");
-  pull_delta->add_option("--task", task->task, "Task name")->required();
+  AddTaskOption(pull_delta, &task->task);
   pull_delta->add_option("--out", task->out, "Output container (.dds)")->required();
   bind(pull_delta, [task](const RemoteFlags& f) { return RunPullDelta(f, *task); });
 

@@ -14,9 +14,12 @@
 namespace deltaserve::client {
 
 void AddSideFileOptions(CLI::App* sub, SideFileFlags* flags) {
+  // push stores them with the task; decompress --out-dir writes them beside the shards.
+  const std::string kept = sub->get_name() == "push" ? "stored with the task"
+                                                     : "written into --out-dir beside the shards";
   sub->add_option("--side-file", flags->paths,
-                  "A small file stored with the task under its base name (config.json, "
-                  "tokenizer files, ...); repeatable");
+                  absl::StrCat("A small file (config.json, tokenizer files, ...) ", kept,
+                               " under its base name; repeatable"));
   sub->add_option("--side-files-from", flags->from_dir,
                   "Take the checkpoint's config, generation config, tokenizer and processor "
                   "files present in this directory as side files");

@@ -1,4 +1,4 @@
-// CLI11 validators for the numeric flags of deltactl and deltaserved.
+// CLI11 validators for the numeric and name flags of deltactl and deltaserved.
 //
 // CLI11 alone converts "-1" into an unsigned option as 2^64 - 1 and "nan"/"inf" into a
 // double option as NaN/infinity, which then pass range checks written as "< x" or ">= x".
@@ -14,6 +14,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
+#include "common/names.h"
 
 namespace deltaserve::common {
 
@@ -44,6 +45,18 @@ inline CLI::Validator SecondsValidator() {
         return "";
       },
       "SECONDS");
+}
+
+// A tenant or task name (`kind`: "tenant", "task"), by the store's own rule
+// (common::ValidateName), so that deltactl refuses "a/b" before it reads, encodes or
+// uploads anything rather than after.
+inline CLI::Validator NameValidator(std::string kind) {
+  return CLI::Validator(
+      [kind](std::string& text) -> std::string {
+        const absl::Status status = ValidateName(kind, text);
+        return status.ok() ? "" : std::string(status.message());
+      },
+      "NAME");
 }
 
 }  // namespace deltaserve::common

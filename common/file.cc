@@ -60,6 +60,40 @@ absl::Status SyncCloseRename(const std::string& path, int* fd, absl::string_view
   return absl::OkStatus();
 }
 
+// What `mode` is when it is neither a regular file nor a directory, for messages; null
+// for those two.
+const char* SpecialFileKind(mode_t mode) {
+  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return nullptr;
+}
+
+// InvalidArgument if the output `path`, or `path + ".tmp"` where it is written first, is
+// a FIFO, a device or a socket: opening a FIFO for writing blocks until a reader comes,
+// and the rename of the finished .tmp file would replace the node at `path` (as root,
+// `--out /dev/null` would have replaced /dev/null with the model). Symlinks followed.
+absl::Status RefuseSpecialOutput(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) {
+    if (const char* kind = SpecialFileKind(st.st_mode)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cannot write ", path, ": it is ", kind, ", not a regular file (an output is written to ",
+          path, ".tmp and renamed over its path, which would replace it)"));
+    }
+  }
+  const std::string tmp = path + ".tmp";
+  if (::stat(tmp.c_str(), &st) == 0) {
+    if (const char* kind = SpecialFileKind(st.st_mode)) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot write ", path, ": ", tmp,
+                                                     ", where it is written first, is ", kind,
+                                                     "; remove it or choose another path"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
@@ -130,6 +164,7 @@ absl::StatusOr<std::string> ResolveContainedPath(const std::string& dir, const s
 }
 
 absl::Status CheckOutputFilePath(const std::string& path, absl::string_view hint) {
+  DS_RETURN_IF_ERROR(RefuseSpecialOutput(path));
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) {
     return absl::InvalidArgumentError(absl::StrCat("cannot write ", path, ": it is a directory",
@@ -151,6 +186,7 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
 }
 
 absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Open(const std::string& path) {
+  DS_RETURN_IF_ERROR(RefuseSpecialOutput(path));
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoError(errno, "cannot create", tmp);
@@ -234,6 +270,7 @@ absl::Status AtomicFileWriter::Commit() {
 }
 
 absl::StatusOr<std::unique_ptr<DirectFileWriter>> DirectFileWriter::Open(const std::string& path) {
+  DS_RETURN_IF_ERROR(RefuseSpecialOutput(path));
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0644);
   if (fd < 0 && errno == EINVAL) {

@@ -64,8 +64,11 @@ absl::StatusOr<std::string> ResolveContainedPath(const std::string& dir, const s
 
 // Checks, before a long job, that a file can be created at `path`: InvalidArgument
 // "cannot write PATH: it is a directory (HINT)" if `path` is a directory (`hint` says
-// what to do instead; none when empty), NotFound "cannot write PATH: no directory DIR"
-// if its parent directory does not exist. Writes nothing.
+// what to do instead; none when empty), InvalidArgument "cannot write PATH: it is a
+// FIFO (named pipe), not a regular file ..." (or a character device, block device,
+// socket; symlinks followed) for `path` or `path.tmp` (as the writers below refuse),
+// NotFound "cannot write PATH: no directory DIR" if its parent directory does not
+// exist. Writes nothing.
 absl::Status CheckOutputFilePath(const std::string& path, absl::string_view hint);
 
 // Reads a whole (small) file. Same errors as MappedFile::Open.
@@ -73,8 +76,10 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 
 // Writes `path + ".tmp"` sequentially; Commit() fsyncs, closes and renames it over
 // `path`, so readers never see a half-written file. Destroyed without a successful
-// Commit(), the .tmp file is removed and `path` is left as it was. Errors are
-// errno-derived statuses naming the file. Not thread-safe.
+// Commit(), the .tmp file is removed and `path` is left as it was. Open refuses, with
+// InvalidArgument naming the path, a `path` or `path.tmp` that is a FIFO, a device or a
+// socket (opening a FIFO would block; the rename would replace the node). Other errors
+// are errno-derived statuses naming the file. Not thread-safe.
 class AtomicFileWriter {
  public:
   static absl::StatusOr<std::unique_ptr<AtomicFileWriter>> Open(const std::string& path);
@@ -125,8 +130,9 @@ class DirectFileWriter {
   static constexpr size_t kDirectAlign = 4096;
 
   // Unimplemented if the file system refuses O_DIRECT (EINVAL, e.g. tmpfs): the caller
-  // writes with AtomicFileWriter instead. Other errors are errno-derived, naming the
-  // .tmp file.
+  // writes with AtomicFileWriter instead. InvalidArgument for a FIFO, device or socket
+  // at `path` or `path.tmp`, as AtomicFileWriter::Open. Other errors are errno-derived,
+  // naming the .tmp file.
   static absl::StatusOr<std::unique_ptr<DirectFileWriter>> Open(const std::string& path);
   ~DirectFileWriter();
   DirectFileWriter(const DirectFileWriter&) = delete;

@@ -9,8 +9,29 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/utf8.h"
 
 namespace deltaserve::common {
+namespace {
+
+// nlohmann's message without its internal prefix ("[json.exception.parse_error.101] ")
+// and, for a parse error, without its own position ("parse error at line 1, column 2: "),
+// which ParseJson states once, as line, column and byte. Bytes of the input that are not
+// UTF-8 (nlohmann quotes the last token read) are escaped as \xNN.
+std::string NlohmannMessage(const nlohmann::json::exception& e) {
+  std::string_view m = e.what();
+  if (m.substr(0, 16) == "[json.exception.") {
+    if (const size_t end = m.find("] "); end != std::string_view::npos) m.remove_prefix(end + 2);
+  }
+  if (m.substr(0, 11) == "parse error") {
+    if (const size_t colon = m.find(": "); colon != std::string_view::npos) {
+      m.remove_prefix(colon + 2);
+    }
+  }
+  return Utf8OrEscaped(m);
+}
+
+}  // namespace
 
 absl::StatusOr<nlohmann::json> ParseJson(std::string_view text, absl::string_view what,
                                          absl::string_view top_key_kind) {
@@ -66,9 +87,9 @@ absl::StatusOr<nlohmann::json> ParseJson(std::string_view text, absl::string_vie
     }
     return absl::InvalidArgumentError(absl::StrCat(what, ": malformed JSON at line ", line,
                                                    ", column ", col, " (byte ", e.byte,
-                                                   "): ", e.what()));
+                                                   "): ", NlohmannMessage(e)));
   } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": malformed JSON: ", e.what()));
+    return absl::InvalidArgumentError(absl::StrCat(what, ": malformed JSON: ", NlohmannMessage(e)));
   }
   if (!duplicate.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", duplicate));
   return j;
@@ -79,7 +100,8 @@ absl::StatusOr<std::string> DumpJson(const nlohmann::json& j, absl::string_view 
   try {
     return j.dump(indent);
   } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": cannot serialize: ", e.what()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": cannot serialize: ", NlohmannMessage(e)));
   }
 }
 

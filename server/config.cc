@@ -5,6 +5,7 @@
 #include <set>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -190,6 +191,21 @@ absl::Status AuthConfig::Validate() const {
   }
   for (const std::string& tok : admin_tokens) DS_RETURN_IF_ERROR(add_token(tok, "admin_tokens"));
   return absl::OkStatus();
+}
+
+std::vector<std::string> AuthConfig::PlaceholderTokenOwners() const {
+  auto placeholder = [](const std::vector<std::string>& toks) {
+    for (const std::string& tok : toks) {
+      if (absl::StrContains(tok, "CHANGE-ME")) return true;
+    }
+    return false;
+  };
+  std::vector<std::string> owners;
+  for (const TenantConfig& t : tenants) {
+    if (placeholder(t.tokens)) owners.push_back(absl::StrCat("tenant '", t.name, "'"));
+  }
+  if (placeholder(admin_tokens)) owners.push_back("admin_tokens");
+  return owners;
 }
 
 absl::StatusOr<AuthConfig> ParseAuthConfig(std::string_view json_text,

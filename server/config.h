@@ -37,6 +37,12 @@ struct AuthConfig {
   // InvalidArgument naming the tenant/field: bad or duplicate tenant name, a tenant
   // without tokens, an empty token, a token used twice.
   absl::Status Validate() const;
+
+  // Who holds a placeholder token, one still holding "CHANGE-ME" as the example config
+  // (deploy/secrets.example/tenants.json) ships it: "tenant 'acme'", "admin_tokens", in
+  // config order, each once. The server logs a warning naming them at start: anyone who
+  // read the example can use such a token.
+  std::vector<std::string> PlaceholderTokenOwners() const;
 };
 
 // Parses the JSON text of a config file. Relative `token_file` / `tokens_files` paths

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -219,6 +220,13 @@ absl::Status Server::Impl::Init() {
   std::optional<AuthConfig> config = options.auth;
   if (!config && !options.config_path.empty()) {
     DS_ASSIGN_OR_RETURN(config, LoadAuthConfig(options.config_path));
+  }
+  if (config) {
+    if (const std::vector<std::string> owners = config->PlaceholderTokenOwners(); !owners.empty()) {
+      internal::LogWarn(absl::StrCat("PLACEHOLDER TOKENS: the tokens of ", absl::StrJoin(owners, ", "),
+                                     " still hold CHANGE-ME, as in the example config anyone can "
+                                     "read; replace them (deploy/README.md, Quick start)"));
+    }
   }
   auth = std::make_unique<internal::Authenticator>(config);
   if (auth->open()) {

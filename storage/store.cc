@@ -33,7 +33,6 @@
 namespace deltaserve::storage {
 namespace {
 
-constexpr size_t kMaxNameLength = 128;
 // Commits/deletes of tenants hashing to the same stripe are serialized. More stripes:
 // less false sharing between tenants; 64 mutexes cost nothing.
 constexpr size_t kTenantStripes = 64;
@@ -68,26 +67,6 @@ absl::Status StoreOptions::Validate() const {
   if (max_background_jobs < 1 || max_background_jobs > 64) {
     return absl::InvalidArgumentError(absl::StrCat(
         "StoreOptions.max_background_jobs must be in [1, 64], got ", max_background_jobs));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ValidateName(std::string_view kind, std::string_view name) {
-  if (name.empty() || name.size() > kMaxNameLength) {
-    return absl::InvalidArgumentError(absl::StrCat(Av(kind), " name ", Quoted(name), " must have 1 to ",
-                                                   kMaxNameLength, " characters"));
-  }
-  if (name[0] == '.') {
-    return absl::InvalidArgumentError(
-        absl::StrCat(Av(kind), " name ", Quoted(name), " must not start with '.'"));
-  }
-  for (char c : name) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-';
-    if (!ok) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          Av(kind), " name ", Quoted(name), " may only contain [A-Za-z0-9._-]"));
-    }
   }
   return absl::OkStatus();
 }

@@ -39,6 +39,7 @@
 #include "absl/types/span.h"
 #include "codec/container.h"
 #include "codec/tensor.h"
+#include "common/names.h"
 #include "storage/side_files.h"
 
 namespace rocksdb {
@@ -114,9 +115,10 @@ struct StoreOptions {
   absl::Status Validate() const;
 };
 
-// Tenant and task names: 1..128 characters of [A-Za-z0-9._-], not starting with '.'.
-// InvalidArgument naming `kind` ("tenant", "task") and the (escaped) name otherwise.
-absl::Status ValidateName(std::string_view kind, std::string_view name);
+// Tenant and task names (common/names.h: 1..128 characters of [A-Za-z0-9._-], not
+// starting with '.'; InvalidArgument naming `kind` and the escaped name otherwise). The
+// one rule, shared with deltactl, which checks its flags with it before any work.
+using common::ValidateName;
 
 // One tensor of a stored task, as recorded in the task meta.
 struct TensorEntry {

@@ -10,6 +10,7 @@ that the directory loads like the original finetuned checkpoint.
 """
 import os
 import re
+import shutil
 
 import xxhash
 
@@ -96,10 +97,33 @@ def get_side_file(client, task, name):
 
 def _write_atomically(path, pieces):
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        for p in pieces:
-            f.write(p)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            for p in pieces:
+                f.write(p)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _missing_dirs(path):
+    """The directories os.makedirs(path) makes, outermost first."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing[::-1]
 
 
 def _write_shard(path, tensors, metadata):
@@ -118,18 +142,39 @@ def pull_dir(client, task, out_dir, shard_bytes=5_000_000_000, dtype=None):
     tensor data (a larger tensor alone), each with the server's safetensors metadata;
     model.safetensors.index.json with "weight_map" and metadata.total_size (the sum of
     the tensors' bytes); and the task's side files, each verified. Memory: one shard
-    (on the native path, Client.native, plus up to two tensors in flight).
+    (on the native path, Client.native, plus up to two tensors in flight). On any
+    error, KeyboardInterrupt included, the directories it made are removed with what
+    was written into them (one that existed stays, less the scratch shards).
     Returns {"shards": [...], "side_files": [...], "total_size": n}."""
     if shard_bytes <= 0:
         raise invalid_argument(f"shard_bytes must be positive, got {shard_bytes}")
+    made = _missing_dirs(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
+        if made:
+            shutil.rmtree(made[0], ignore_errors=True)
         raise from_os_error(e, f"pull_dir: cannot create the directory {out_dir}") from None
+    scratch = []  # the .pull-shard-N files written so far
+    try:
+        return _pull_into_dir(client, task, out_dir, shard_bytes, dtype, scratch)
+    except BaseException:
+        # A failed or interrupted (Ctrl-C) pull leaves no directory of its own making
+        # behind, as deltactl pull --out-dir, and no scratch shard in one that was there.
+        if made:
+            shutil.rmtree(made[0], ignore_errors=True)
+        else:
+            for tmp in scratch:
+                _remove_quietly(tmp)
+        raise
+
+
+def _pull_into_dir(client, task, out_dir, shard_bytes, dtype, scratch):
     done, current, used, total = [], [], 0, 0  # done: [(tmp path, [names])]
 
     def flush():
         tmp = os.path.join(out_dir, f".pull-shard-{len(done)}")
+        scratch.append(tmp)
         _write_shard(tmp, current, client.last_stream.metadata)
         done.append((tmp, [name for name, _, _, _ in current]))
 

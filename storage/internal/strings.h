@@ -7,19 +7,16 @@
 #include <string>
 #include <string_view>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/names.h"
 
 namespace deltaserve::storage {
 
 inline absl::string_view Av(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
 // `s` quoted for a message: C-escaped, at most 64 bytes shown ("...'" when cut).
-inline std::string Quoted(std::string_view s) {
-  std::string_view shown = s.substr(0, 64);
-  return absl::StrCat("'", absl::CHexEscape(Av(shown)), s.size() > shown.size() ? "...'" : "'");
-}
+inline std::string Quoted(std::string_view s) { return common::QuotedName(s); }
 
 // "tenant '<tenant>' task '<task>'" for messages.
 inline std::string TaskName(std::string_view tenant, std::string_view task) {

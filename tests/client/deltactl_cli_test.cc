@@ -4,6 +4,7 @@
 // DeltaService for the remote commands.
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -131,6 +132,56 @@ TEST_F(DeltactlCliTest, ANegativeOrNonIntegerShardSizeIsRefusedWhileParsing) {
   }
 }
 
+// New-user trial: `push --task a/b --in big.dds` read and uploaded the whole container
+// before the server refused the name, and `compress`-then-push scripts learnt of a bad
+// name only at the end. The store's rule (common/names.h) is now checked while parsing:
+// a usage error (exit 2), naming the flag, before any file is read or call made.
+TEST_F(DeltactlCliTest, ABadTaskOrTenantNameIsAUsageErrorBeforeAnyWork) {
+  const std::string server = " --server " + address_ + " --token tok";
+  struct Bad {
+    std::string word, shown, rule;
+  };
+  const std::string long_name(129, 'x');
+  const Bad bads[] = {
+      {"a/b", "'a/b'", "may only contain [A-Za-z0-9._-]"},
+      {"..", "'..'", "must not start with '.'"},
+      {"'sp ace'", "'sp ace'", "may only contain [A-Za-z0-9._-]"},
+      {"''", "''", "must have 1 to 128 characters (it has 0)"},
+      {long_name, "'" + long_name.substr(0, 64) + "...'",
+       "must have 1 to 128 characters (it has 129)"},
+  };
+  // --in names a file that does not exist: reading it would fail NOT_FOUND (exit 1).
+  for (const std::string& cmd :
+       {"push --in " + tmp_.File("missing.dds"), std::string("info"), std::string("delete"),
+        "pull --out " + tmp_.File("m.safetensors"), "pull --out-dir " + tmp_.File("outdir"),
+        "pull-delta --out " + tmp_.File("d.dds")}) {
+    for (const Bad& bad : bads) {
+      const std::string args = cmd + server + " --task " + bad.word;
+      DeltactlResult r = Run(args);
+      EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
+      EXPECT_THAT(r.err, HasSubstr("--task: task name " + bad.shown + " " + bad.rule)) << args;
+    }
+  }
+  for (DeltactlResult r : {Run("list" + server + " --tenant a/b"),
+                           Run("--tenant a/b info" + server + " --task chat")}) {
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_THAT(r.err,
+                HasSubstr("--tenant: tenant name 'a/b' may only contain [A-Za-z0-9._-]"));
+  }
+  ::setenv("DELTASERVE_TENANT", "../etc", 1);
+  DeltactlResult r = Run("list" + server);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("DELTASERVE_TENANT: tenant name '../etc' must not start with '.'"));
+  EXPECT_EQ(Authorization(), "");  // not one call reached the server
+  EXPECT_FALSE(std::filesystem::exists(tmp_.File("outdir")));
+  EXPECT_FALSE(std::filesystem::exists(tmp_.File("m.safetensors")));
+  ::unsetenv("DELTASERVE_TENANT");
+  // Good names still work, and an empty --tenant is the token's own.
+  r = Run("info" + server + " --task Qwen2.5-0.5B_chat-v1.2 --tenant ''");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Authorization(), "Bearer tok");
+}
+
 TEST_F(DeltactlCliTest, HelpShowsTheServerOptionsAsGlobal) {
   for (const char* args : {"--help", "list --help"}) {
     DeltactlResult r = Run(args);
@@ -164,14 +215,14 @@ TEST_F(DeltactlCliTest, AuthErrorsNameTheFlagAndTheVariable) {
                                   "missing 'authorization: Bearer <token>' metadata");
   DeltactlResult r = Run("list --server " + address_);
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("UNAUTHENTICATED: ListTasks: missing 'authorization: Bearer "
+  EXPECT_THAT(r.err, HasSubstr("UNAUTHENTICATED: list: missing 'authorization: Bearer "
                                "<token>' metadata (no token was given: pass --token TOKEN or "
                                "set DELTASERVE_TOKEN)"));
 
   service_.refusal = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown token");
   r = Run("list --server " + address_ + " --token wrong");
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("UNAUTHENTICATED: ListTasks: unknown token (the server at " +
+  EXPECT_THAT(r.err, HasSubstr("UNAUTHENTICATED: list: unknown token (the server at " +
                                address_ +
                                " did not accept the token given by --token or "
                                "DELTASERVE_TOKEN)"));
@@ -207,8 +258,8 @@ TEST_F(DeltactlCliTest, APushRefusedAtAdmissionShowsTheRefusalNotAFullBar) {
   EXPECT_THAT(r.err, HasSubstr("push chat: 0% 0.0/1.3 KiB\n"));
   EXPECT_THAT(r.err, HasSubstr("push chat: refused by the server (FAILED_PRECONDITION) after "
                                "0.0 of 1.3 KiB sent; nothing was stored\n"));
-  // The RPC's name, as the server's own messages and the docs call it.
-  EXPECT_THAT(r.err, HasSubstr("deltactl: FAILED_PRECONDITION: PutDelta 'chat': the container "
+  // The command the user typed, not the RPC it made (PutDelta).
+  EXPECT_THAT(r.err, HasSubstr("deltactl: FAILED_PRECONDITION: push 'chat': the container "
                                "was made against base 11"));
 
   service_.refusal = grpc::Status::OK;

@@ -1,5 +1,7 @@
 // deltactl's offline subcommands through the real binary, on small synthetic models:
 // exit codes, error messages, --help, --json, options reaching the codec.
+#include <sys/stat.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -7,6 +9,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "codec/container.h"
@@ -272,6 +275,28 @@ TEST_F(DeltactlOfflineTest, BadOptionsAreInvalidArgument) {
   EXPECT_FALSE(std::filesystem::exists(dds_));
 }
 
+// New-user trial: a bad value came back in the options' field names ("patch_size 1
+// outside [2, 64]", "threads must be ...") or without the flag ("unknown codec 'zip'").
+// Each message now names the flag the user typed.
+TEST_F(DeltactlOfflineTest, BadOptionsNameTheFlag) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"--patch 1", "--patch 1 outside [2, "},
+      {"--threads 999", "--threads must be in [0, 256], is 999"},
+      {"--min-dct-elements -5", "--min-dct-elements must be >= 0, is -5"},
+      {"--max-relative-delta -1", "--max-relative-delta must be >= 0, is -1"},
+      {"--codec zip", "--codec: unknown codec 'zip'"},
+      {"--quantizer fancy", "--quantizer: unknown quantizer 'fancy'"},
+      {"--ecq-weighting x", "--ecq-weighting: unknown ecq weighting 'x'"},
+      {"--rule 'w=zip'", "--rule: "},
+      {"--codec dct --schedule 3:zz", "--schedule: "}};
+  for (const auto& [bad, want] : cases) {
+    auto r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ + " " + bad);
+    EXPECT_EQ(r.exit_code, 1) << bad;
+    EXPECT_THAT(r.err, HasSubstr(std::string("deltactl: INVALID_ARGUMENT: ") + want)) << bad;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dds_));
+}
+
 // New-user trial: `--out` naming a directory was found only at the final rename, after
 // the whole encode or decode ("INTERNAL: rename d.tmp -> d failed: Is a directory"), and
 // a missing directory came back INTERNAL. Both are now refused before any work (no
@@ -299,6 +324,49 @@ TEST_F(DeltactlOfflineTest, OutputPathIsCheckedBeforeAnyWork) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "deltactl: NOT_FOUND: cannot write " + missing +
                        "/m.safetensors: no directory " + missing + "\n");
+}
+
+// New-user trial: an output path naming a FIFO was written as PATH.tmp and renamed over
+// the FIFO after the whole encode (a reader waiting on it got nothing); a device node
+// (`--out /dev/null` as root) would have been replaced. Refused before any work.
+TEST_F(DeltactlOfflineTest, AFifoAsTheOutputIsRefusedBeforeAnyWork) {
+  const std::string fifo = dir_.File("pipe");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const std::string want = "deltactl: INVALID_ARGUMENT: cannot write " + fifo +
+                           ": it is a FIFO (named pipe), not a regular file (an output is "
+                           "written to " + fifo + ".tmp and renamed over its path, which would "
+                           "replace it)\n";
+  auto r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + fifo);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, want);
+  Compress();
+  r = Run("decompress --base " + base_ + " --delta " + dds_ + " --out " + fifo);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, want);
+  struct stat st;
+  ASSERT_EQ(::stat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  EXPECT_FALSE(std::filesystem::exists(fifo + ".tmp"));
+}
+
+// New-user trial: a failed `decompress --out-dir` (here: the wrong base) left the
+// directory it had made. It is removed, with its parents made for it; one that was
+// there stays.
+TEST_F(DeltactlOfflineTest, AFailedDecompressToADirectoryRemovesTheDirectoryItMade) {
+  Compress();
+  const std::string made = dir_.File("made"), there = dir_.File("there");
+  auto r = Run("decompress --base " + ft_ + " --delta " + dds_ + " --out-dir " + made + "/ckpt");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("FAILED_PRECONDITION"));
+  EXPECT_FALSE(std::filesystem::exists(made));
+  std::filesystem::create_directory(there);
+  r = Run("decompress --base " + ft_ + " --delta " + dds_ + " --out-dir " + there);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(std::filesystem::is_directory(there));
+  r = Run("decompress --base " + base_ + " --delta " + dds_ + " --out-dir " + made + "/ckpt");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(std::filesystem::exists(made + "/ckpt/model.safetensors.index.json"));
+  EXPECT_TRUE(std::filesystem::exists(made + "/ckpt/model-00001-of-00001.safetensors"));
 }
 
 // Under `ulimit -f` a write past the limit killed deltactl with SIGXFSZ: exit status

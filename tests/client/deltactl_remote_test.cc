@@ -85,7 +85,7 @@ TEST_F(DeltactlRemoteTest, PushPastTheDeadlineNamesTimeout) {
   DeltactlResult r =
       Run("push " + server_flag_ + " --task slow --timeout 0.5 --in " + tmp_.File("d.dds"));
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("deltactl: DEADLINE_EXCEEDED: PutDelta 'slow': Deadline Exceeded "
+  EXPECT_THAT(r.err, HasSubstr("deltactl: DEADLINE_EXCEEDED: push 'slow': Deadline Exceeded "
                                "(--timeout 0.5 s bounds the whole upload; raise it for a large "
                                "container or a slow link)\n"));
 }
@@ -142,7 +142,8 @@ TEST_F(DeltactlRemoteTest, ServerAndTokenFromEnvironment) {
 
   r = Run("info " + server_flag_ + " --task missing");
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND: GetTask 'missing'"));
+  // The command the user typed, not the RPC deltactl made (GetTask).
+  EXPECT_THAT(r.err, HasSubstr("deltactl: NOT_FOUND: info 'missing'"));
 }
 
 TEST_F(DeltactlRemoteTest, FlagsWinOverTheEnvironment) {
@@ -242,7 +243,7 @@ TEST_F(DeltactlRemoteTest, PullJsonAndPushExistingHintsOverwrite) {
 TEST_F(DeltactlRemoteTest, UnreachableServerIsUnavailable) {
   DeltactlResult r = Run("get-base --server 127.0.0.1:1 --timeout 5");
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("UNAVAILABLE: GetBase"));
+  EXPECT_THAT(r.err, HasSubstr("deltactl: UNAVAILABLE: get-base"));
   EXPECT_THAT(r.err, HasSubstr("(is deltaserved running at 127.0.0.1:1? --server HOST:PORT or "
                                "DELTASERVE_SERVER sets the address)"));
 }

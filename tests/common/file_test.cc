@@ -1,5 +1,8 @@
 #include "common/file.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -73,6 +76,57 @@ TEST(FileTest, ContainedRelativePaths) {
   EXPECT_FALSE(IsContainedRelativePath(""));
   EXPECT_FALSE(IsContainedRelativePath("/etc/passwd"));
   EXPECT_FALSE(IsContainedRelativePath("a/../../b"));
+}
+
+// New-user trial: `--out` naming a FIFO hung (the .tmp beside it opened fine, but a
+// FIFO at the .tmp path blocked in open(2)), and the final rename replaced the FIFO
+// (as root, `--out /dev/null` would replace /dev/null with the model). Now every
+// writer refuses such an output up front, naming it.
+TEST(FileTest, WritersRefuseAFifoOrADeviceAsTheOutput) {
+  ::alarm(60);  // a writer that blocks on the FIFO fails the test instead of hanging it
+  ScopedTempDir tmp;
+  const std::string fifo = tmp.File("pipe");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const std::string want = "cannot write " + fifo +
+                           ": it is a FIFO (named pipe), not a regular file (an output is "
+                           "written to " + fifo + ".tmp and renamed over its path, which would "
+                           "replace it)";
+  EXPECT_THAT(AtomicFileWriter::Open(fifo).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, want));
+  EXPECT_THAT(DirectFileWriter::Open(fifo).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, want));
+  EXPECT_THAT(CheckOutputFilePath(fifo, ""), StatusIs(absl::StatusCode::kInvalidArgument, want));
+  EXPECT_THAT(WriteFileAtomically(fifo, {}), StatusIs(absl::StatusCode::kInvalidArgument, want));
+  struct stat st;
+  ASSERT_EQ(::stat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));  // still the FIFO, not replaced
+  EXPECT_FALSE(std::filesystem::exists(fifo + ".tmp"));
+
+  // A FIFO where the .tmp file goes: open(2) for writing would wait for a reader.
+  const std::string out = tmp.File("model.safetensors");
+  ASSERT_EQ(::mkfifo((out + ".tmp").c_str(), 0600), 0);
+  const std::string want_tmp = "cannot write " + out + ": " + out +
+                               ".tmp, where it is written first, is a FIFO (named pipe); remove "
+                               "it or choose another path";
+  EXPECT_THAT(AtomicFileWriter::Open(out).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, want_tmp));
+  EXPECT_THAT(DirectFileWriter::Open(out).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, want_tmp));
+  EXPECT_THAT(CheckOutputFilePath(out, ""), StatusIs(absl::StatusCode::kInvalidArgument, want_tmp));
+  ASSERT_EQ(::stat((out + ".tmp").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));  // not removed: it is not the writer's
+
+  // A character device (what `--out /dev/null` names).
+  EXPECT_THAT(CheckOutputFilePath("/dev/null", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("cannot write /dev/null: it is a character device, not a "
+                                 "regular file")));
+  EXPECT_THAT(AtomicFileWriter::Open("/dev/null").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("a character device")));
+  EXPECT_FALSE(std::filesystem::exists("/dev/null.tmp"));
+  // A regular file is still replaced as before.
+  EXPECT_THAT(WriteFileAtomically(tmp.File("plain"), {}), StatusIs(absl::StatusCode::kOk));
+  ::alarm(0);
 }
 
 TEST(StatusTest, AnnotateKeepsCodeAndPrefixesMessage) {

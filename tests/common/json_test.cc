@@ -25,6 +25,25 @@ TEST(JsonTest, SyntaxErrorNamesLineAndColumn) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty: malformed JSON")));
 }
 
+// New-user trial: the message said the position twice ("malformed JSON at line 1,
+// column 9 (byte 9): [json.exception.parse_error.101] parse error at line 1, column 9:
+// ...") and carried the raw bytes of the token read, not UTF-8 (garbage on a terminal,
+// refused by anything that wants UTF-8, e.g. a gRPC status or --json output).
+TEST(JsonTest, SyntaxErrorSaysThePositionOnceAndEscapesBadBytes) {
+  const absl::Status s = ParseJson("{\"a\": tr\xff\xfe}", "config.json").status();
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument,
+                          "config.json: malformed JSON at line 1, column 9 (byte 9): syntax "
+                          "error while parsing value - invalid literal; last read: "
+                          "'\"a\": tr\\xff'"));
+  // Valid UTF-8 in the token stays as it is.
+  EXPECT_THAT(ParseJson("[\"caf\xc3\xa9\" x]", "m.json").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("m.json: malformed JSON at line 1, column 10 (byte 10): ")));
+  EXPECT_THAT(DumpJson(nlohmann::json{{"k", std::string("\xff")}}, "meta").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "meta: cannot serialize: invalid UTF-8 byte at index 0: 0xFF"));
+}
+
 TEST(JsonTest, DumpRefusesInvalidUtf8InsteadOfThrowing) {
   nlohmann::json j = {{"k", std::string("\xff")}};
   EXPECT_THAT(DumpJson(j, "meta").status(),

@@ -120,5 +120,84 @@ TEST(TmpFilesTest, FileSizeLimitIsAnErrorNotADeath) {
   EXPECT_FALSE(fs::exists(path + ".tmp"));
 }
 
+
+// New-user trial: a failed `pull --out-dir a/b` or `decompress --out-dir` left the
+// directories it made (and the shards written so far) behind. ScopedOutputDir removes
+// what it made, everything in it, and nothing that was there before.
+TEST(ScopedOutputDirTest, RemovesTheDirectoriesItMadeUnlessKept) {
+  ScopedTempDir tmp;
+  const std::string top = tmp.File("made"), dir = top + "/nested/out";
+  {
+    auto out = ScopedOutputDir::Create(dir);
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_TRUE((*out)->created());
+    EXPECT_TRUE(fs::is_directory(dir));
+    std::ofstream(dir + "/model-00001-of-00002.safetensors") << "shard";
+    fs::create_directory(dir + "/sub");
+    std::ofstream(dir + "/sub/x") << "x";
+  }
+  EXPECT_FALSE(fs::exists(top));
+  EXPECT_TRUE(fs::is_directory(tmp.path()));
+
+  // A directory that was there stays, with what it held.
+  const std::string there = tmp.File("there");
+  fs::create_directory(there);
+  std::ofstream(there + "/keep.txt") << "mine";
+  {
+    auto out = ScopedOutputDir::Create(there + "/");
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_FALSE((*out)->created());
+    std::ofstream(there + "/partial") << "p";
+  }
+  EXPECT_EQ(ReadText(there + "/keep.txt"), "mine");
+
+  // Kept: stays.
+  {
+    auto out = ScopedOutputDir::Create(top);
+    ASSERT_TRUE(out.ok()) << out.status();
+    std::ofstream(top + "/model.safetensors.index.json") << "{}";
+    (*out)->Keep();
+  }
+  EXPECT_EQ(ReadText(top + "/model.safetensors.index.json"), "{}");
+
+  // A file in the way: an error naming the directory, nothing made.
+  const std::string file = tmp.File("file");
+  std::ofstream(file) << "f";
+  auto blocked = ScopedOutputDir::Create(file + "/sub");
+  EXPECT_EQ(blocked.status().code(), absl::StatusCode::kFailedPrecondition)
+      << blocked.status();
+  EXPECT_THAT(std::string(blocked.status().message()),
+              ::testing::StartsWith("cannot create directory " + file + "/sub: "));
+  EXPECT_EQ(ReadText(file), "f");
+}
+
+// Ctrl-C or SIGTERM while a pull writes into a directory it made: no destructor runs;
+// the signal handler removes the directories (innermost first), with their files.
+TEST(ScopedOutputDirTest, SignalRemovesTheDirectoriesItMade) {
+  for (int sig : {SIGINT, SIGTERM}) {
+    ScopedTempDir tmp;
+    const std::string top = tmp.File("made"), dir = top + "/a/b";
+    const std::string there = tmp.File("there");
+    fs::create_directory(there);
+    const int status = RunInChild([&] {
+      RemoveTmpFilesOnSignals();
+      auto out = ScopedOutputDir::Create(dir);
+      auto existing = ScopedOutputDir::Create(there);
+      if (!out.ok() || !existing.ok()) ::_exit(3);
+      std::ofstream(dir + "/model-00001-of-00001.safetensors") << "shard";
+      std::ofstream(top + "/a/side.json") << "{}";
+      std::ofstream(there + "/keep.txt") << "mine";
+      auto open = AtomicFileWriter::Open(dir + "/model.safetensors.index.json");
+      if (!open.ok() || !(*open)->Reserve(1 << 16).ok()) ::_exit(4);
+      ::raise(sig);
+      ::_exit(5);
+    });
+    ASSERT_TRUE(WIFSIGNALED(status)) << "exit status " << WEXITSTATUS(status);
+    EXPECT_EQ(WTERMSIG(status), sig);
+    EXPECT_FALSE(fs::exists(top)) << sig;
+    EXPECT_EQ(ReadText(there + "/keep.txt"), "mine");
+  }
+}
+
 }  // namespace
 }  // namespace deltaserve::common

@@ -61,6 +61,36 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
                     "Is a directory")
     ld.expect_error(lambda: acme.pull_dir("chat", delta), C.INVALID_ARGUMENT,
                     f"pull_dir: cannot create the directory {delta}")
+    # New-user trial: a failed pull_dir left the directories it made. A missing task, then
+    # a Ctrl-C after the first shard was written: nothing of its own making stays; a
+    # directory that was there keeps what it held and gets no scratch shard.
+    made = os.path.join(tmp, "made")
+    ld.expect_error(lambda: acme.pull_dir("nope", os.path.join(made, "nested")), C.NOT_FOUND,
+                    "'nope'")
+    d.check(not os.path.exists(made), f"pull_dir of a missing task left {made}")
+    there = os.path.join(tmp, "there")
+    os.mkdir(there)
+    with open(os.path.join(there, "keep.txt"), "w") as f:
+        f.write("mine")
+    real_stream = acme._tensor_stream
+
+    def interrupted(task, dtype=None):
+        for i, tensor in enumerate(real_stream(task, dtype=dtype)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield tensor
+
+    acme._tensor_stream = interrupted
+    for out in (os.path.join(made, "nested"), there):
+        try:
+            acme.pull_dir("chat", out, shard_bytes=1)  # one shard per tensor
+            d.check(False, "the interrupted pull_dir returned")
+        except KeyboardInterrupt:
+            pass
+    del acme._tensor_stream
+    d.check(not os.path.exists(made), f"interrupted pull_dir left {made}")
+    d.check(sorted(os.listdir(there)) == ["keep.txt"], f"{there}: {sorted(os.listdir(there))}")
+    d.log("a failed or interrupted pull_dir removes the directories it made")
     ld.expect_error(lambda: acme.push("d", os.path.join(tmp, "missing.dds")), C.NOT_FOUND,
                     "No such file or directory")
     ld.expect_error(lambda: list(acme.stream_weights("chat", dtype="i64")), C.INVALID_ARGUMENT,

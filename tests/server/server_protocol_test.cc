@@ -87,6 +87,23 @@ TEST(ServerOptionsTest, ValidateNamesTheField) {
   EXPECT_THAT(o.Validate(), IsOk());
 }
 
+// New-user trial: deltaserved started with deploy/secrets.example/tenants.json copied as
+// is and said nothing: its tokens, published in the repository, opened every tenant.
+// The owners of such tokens are named (the server logs them as a warning at start).
+TEST(AuthConfigTest, PlaceholderTokensOfTheExampleConfigAreFound) {
+  ASSERT_OK_AND_ASSIGN(AuthConfig example,
+                       LoadAuthConfig(std::string(DELTASERVE_SOURCE_DIR) +
+                                      "/deploy/secrets.example/tenants.json"));
+  EXPECT_THAT(example.PlaceholderTokenOwners(),
+              ::testing::ElementsAre("tenant 'acme'", "tenant 'globex'", "admin_tokens"));
+  ASSERT_OK_AND_ASSIGN(AuthConfig mixed,
+                       ParseAuthConfig(R"({"tenants":[{"name":"acme","tokens":["s3cret"]},
+                                       {"name":"globex","tokens":["x","CHANGE-ME-g"]}],
+                                       "admin_tokens":["adm"]})",
+                                       ""));
+  EXPECT_THAT(mixed.PlaceholderTokenOwners(), ::testing::ElementsAre("tenant 'globex'"));
+}
+
 TEST(AuthConfigTest, ParsesTokensFilesAndRejectsBadConfigs) {
   deltaserve::testing::ScopedTempDir tmp;
   {
