@@ -57,8 +57,9 @@ struct EcqOptions {
   // rate-distortion cost D + lambda R at the step. Default: true.
   bool try_identity = true;
   // Consider low-rank factors plus the quantized residual as well (int8 factors of the
-  // top singular pairs, ranks whose factors cost about 1/16, 1/4 and 1 bit per weight;
-  // for matrices whose dims are >= 16 and whose smaller dim is <= 2048), kept when their
+  // top singular pairs, ranks whose factors cost about 1/16, then 1/8, 2/8, .., 1 bit
+  // per weight, for matrices whose dims are >= 16 and whose smaller dim is <= 2048), kept
+  // when their
   // D + lambda R, factor bytes included, is the lowest. Costs a Gram eigenproblem per
   // tensor at Prepare and 2x the delta's memory per rank. Default: true.
   bool try_low_rank = true;
@@ -111,10 +112,11 @@ class EcqTensor {
   // its transform and rounding are used instead of the best ones (rate control freezes
   // the choices while it fine-tunes the step: sizes then vary smoothly with it).
   EcqTrial Evaluate(float step, int sample = 1, const EcqTrial* fixed = nullptr) const;
-  // Encodes with the choice of Evaluate(step, 1, fixed); without `fixed`, the best
-  // choice of each rank is coded and the one with the lowest measured D + lambda R
-  // (exact bytes) kept. `trial`, if given, receives the choice, the exact payload size
-  // and the squared error (coefficient domain).
+  // Encodes with the choice of Evaluate(step, 1, fixed); without `fixed`, with the
+  // choice of Choose(step) (transform and rank by D + lambda R from estimates, lambda
+  // the slope of the tensor's own quantizer: codec/delta_ecq.cc, PickRank). `trial`, if
+  // given, receives the choice, the exact payload size and the squared error
+  // (coefficient domain).
   absl::StatusOr<std::vector<uint8_t>> Encode(float step, EcqTrial* trial = nullptr,
                                               const EcqTrial* fixed = nullptr) const;
 
@@ -132,8 +134,9 @@ class EcqTensor {
                                                               const EcqOptions& options);
   bool summary() const { return summary_; }
   // The choice (transform, rank, rounding) that Encode(step) makes, judged from
-  // Evaluate's estimates instead of codings (for summaries).
-  EcqTrial Choose(float step) const;
+  // Evaluate's estimates instead of codings (for summaries, and for rate control's
+  // search), each from every sample-th coefficient (as Evaluate).
+  EcqTrial Choose(float step, int sample = 1) const;
   // Summaries: codes delta[rows x cols] (the one summarized) at `step` with `choice`'s
   // transform, rank and rounding, building only that candidate's coefficients (memory:
   // about 2x the delta; the calling thread keeps the coefficients' buffer in

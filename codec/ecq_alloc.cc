@@ -17,6 +17,15 @@ struct Totals {
 // Sampling of the search's estimates (EcqTensor::Evaluate); the coded sizes correct them.
 constexpr int kSearchSample = 5;
 
+// Rounds of correction in which the tensors choose their transform and rank again at the
+// corrected step when the coded size overshot the target by more than kRechooseMiss
+// (relative): a choice made at a step far from the final one can be wrong for it (at
+// 0.25 bits per weight, factors chosen at a first step too fine can alone exceed the
+// budget). An undershoot keeps the choices (a finer step fills the budget with them);
+// later rounds keep them too, so that sizes vary smoothly with the step.
+constexpr int kRechooseRounds = 3;
+constexpr double kRechooseMiss = 0.02;
+
 // Sums of the estimates at `step`; with `fixed` (one per tensor, or empty) the tensors
 // keep those choices of transform and rounding. Summed in tensor order whatever the
 // number of threads.
@@ -25,11 +34,10 @@ Totals Estimate(absl::Span<const EcqTensor* const> tensors, float step,
   std::vector<EcqTrial> trials(tensors.size());
   internal::ParallelFor(tensors.size(), threads, [&](size_t i) {
     const float s = static_cast<float>(step * tensors[i]->step_scale());
-    // A summary estimates what it will code: its choice at this step (the choice of
-    // rank can change its size by the factor bytes).
-    trials[i] = tensors[i]->summary() && fixed.empty()
-                    ? tensors[i]->Choose(s)
-                    : tensors[i]->Evaluate(s, kSearchSample, fixed.empty() ? nullptr : &fixed[i]);
+    // Before the choices are made, a tensor estimates what it will code: its choice at
+    // this step (the choice of rank can change its size by the factor bytes).
+    trials[i] = fixed.empty() ? tensors[i]->Choose(s, kSearchSample)
+                              : tensors[i]->Evaluate(s, kSearchSample, &fixed[i]);
   });
   Totals t;
   for (const EcqTrial& trial : trials) {
@@ -57,7 +65,8 @@ float Bisect(float lo, float hi, const Ok& ok, int iterations, bool above = fals
 }
 
 // Codes every tensor at `step` (EcqTensor::Encode). The first call (empty `fixed`)
-// fills `fixed` with the choices made; later calls keep them.
+// makes the choices (EcqTensor::Choose) and fills `fixed` with them; later calls keep
+// them.
 absl::Status EncodeAll(absl::Span<const EcqTensor* const> tensors, int threads, float step,
                        std::vector<EcqTrial>* fixed, EcqPlan* plan) {
   const bool freeze = fixed->empty();
@@ -65,8 +74,12 @@ absl::Status EncodeAll(absl::Span<const EcqTensor* const> tensors, int threads, 
   std::vector<absl::StatusOr<std::vector<uint8_t>>> coded(tensors.size());
   std::vector<EcqTrial> trials(tensors.size());
   internal::ParallelFor(tensors.size(), threads, [&](size_t i) {
-    coded[i] = tensors[i]->Encode(static_cast<float>(step * tensors[i]->step_scale()),
-                                  &trials[i], freeze ? nullptr : &(*fixed)[i]);
+    const float s = static_cast<float>(step * tensors[i]->step_scale());
+    // The choice from the search's own estimates (Choose at its sampling): the search
+    // placed the step against them, and a choice of rank made from other estimates can
+    // land on the other side of a jump in size (by the factor bytes).
+    const EcqTrial choice = freeze ? tensors[i]->Choose(s, kSearchSample) : (*fixed)[i];
+    coded[i] = tensors[i]->Encode(s, &trials[i], &choice);
   });
   plan->payloads.clear();
   plan->payload_bytes = 0;
@@ -174,10 +187,11 @@ absl::StatusOr<EcqPlan> PlanEcq(absl::Span<const EcqTensor* const> tensors, uint
     for (int round = 0; round < 6 && budget > 0.0; ++round) {
       // The first search spans all steps; corrections search near the last step.
       // Bisect returns the largest step still over `want`; one ulp-scale step up is under.
-      // A summary's estimate jumps where its choice of rank changes (by the factor
-      // bytes): it takes the end of the last interval, under `want`.
+      // An estimate with the choices still to make (always a summary's) jumps where a
+      // choice of rank changes (by the factor bytes): it takes the end of the last
+      // interval, under `want`.
       step = Bisect(a, b, [&](float s) { return Estimate(tensors, s, fixed, threads).bytes > want; },
-                    round == 0 ? 24 : 12, summaries);
+                    round == 0 ? 24 : 12, summaries || fixed.empty());
       a = std::max(lo, step / 2);
       b = std::min(hi, step * 2);
       if (!summaries) step = std::min(hi, step * 1.0000001f);
@@ -191,7 +205,9 @@ absl::StatusOr<EcqPlan> PlanEcq(absl::Span<const EcqTensor* const> tensors, uint
         break;
       }
       if (!(got > 0.0)) break;
-      want = want * budget / got;
+      // The next search's estimates, of the choices now made, against the coded size.
+      want = budget * Estimate(tensors, step, fixed, threads).bytes / got;
+      if (round < kRechooseRounds && got > (1.0 + kRechooseMiss) * budget) fixed.clear();
     }
   }
   plan.bits_per_weight = bits_of(static_cast<double>(plan.payload_bytes));

@@ -47,7 +47,7 @@ std::vector<int> EcqCandidateRanks(int64_t rows, int64_t cols, const EcqOptions&
   if (!options.try_low_rank || small < 16 || small > kMaxLowRankDim) return ranks;
   const double per_rank_bits = 8.0 * static_cast<double>(rows + cols);
   const double weights = static_cast<double>(rows) * static_cast<double>(cols);
-  for (double bits : {1.0 / 16, 1.0 / 4, 1.0}) {
+  for (double bits : kEcqRankBits) {
     const int64_t r = std::min<int64_t>(
         {static_cast<int64_t>(bits * weights / per_rank_bits), small / 4, kMaxEcqRank});
     if (r >= 1 && (ranks.empty() || r > ranks.back())) ranks.push_back(static_cast<int>(r));

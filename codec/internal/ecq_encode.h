@@ -143,8 +143,8 @@ double SampledPlaneBytes(const uint64_t* hist, uint64_t n, uint64_t escapes,
                          uint64_t full_count, int64_t chunks);
 
 // Ranks of low-rank factors worth trying on a rows x cols matrix: those whose int8
-// factors cost about 1/16, 1/4 and 1 bit per weight, at most a quarter of the smaller
-// dim. None without options.try_low_rank, for a matrix with a dim under 16 (nothing to
+// factors cost about kEcqRankBits bits per weight (internal/ecq_lowrank.h: 1/16, then
+// steps of 1/8 up to 1), at most a quarter of the smaller dim, each rank once. None without options.try_low_rank, for a matrix with a dim under 16 (nothing to
 // gain) or a smaller dim over 2048 (the Gram eigenproblem would take minutes).
 std::vector<int> EcqCandidateRanks(int64_t rows, int64_t cols, const EcqOptions& options);
 

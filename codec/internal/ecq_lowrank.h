@@ -20,6 +20,14 @@ namespace deltaserve::codec::internal {
 inline constexpr int kMaxEcqRank = 1024;
 inline constexpr float kMaxEcqFactorScale = 1099511627776.0f;  // 2^40
 
+// Factor costs, in bits per weight of the tensor, of the ranks an encoder tries
+// (EcqCandidateRanks, internal/ecq_encode.h): 1/16, then steps of 1/8 up to 1. Steps
+// this fine let the rate-distortion choice (the rank rule in codec/delta_ecq.cc) give a
+// near-low-rank tensor factors that fill most of a 0.25 or 0.5 bit budget, where the
+// older grid (1/16, 1/4, 1) offered only all or almost nothing.
+inline constexpr double kEcqRankBits[] = {1.0 / 16, 1.0 / 8, 2.0 / 8, 3.0 / 8, 4.0 / 8,
+                                          5.0 / 8,  6.0 / 8, 7.0 / 8, 1.0};
+
 // Quantized factors: u is rows x rank and v rank x cols, both row-major.
 struct EcqFactors {
   int rank = 0;
