@@ -639,6 +639,7 @@ absl::StatusOr<std::unique_ptr<ContainerWriter>> ContainerWriter::Open(
     return absl::InvalidArgumentError(absl::StrCat(path, ": container header would be ", n,
                                                    " bytes, more than ", kMaxHeaderSize));
   }
+  DS_RETURN_IF_ERROR(common::RefuseSpecialOutput(path));
   const std::string tmp = path + ".tmp";
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (f == nullptr) return absl::ErrnoToStatus(errno, absl::StrCat(tmp, ": cannot create"));

@@ -162,7 +162,8 @@ class ContainerWriter {
                                                                const ContainerHeader& header);
   virtual ~ContainerWriter() = default;
   // Open: InvalidArgument if a metadata key or value is not valid UTF-8, or the tie
-  // map (kBaseAliasKey) is malformed (ParseBaseAlias).
+  // map (kBaseAliasKey) is malformed (ParseBaseAlias), or `path` or `path.tmp` is a
+  // FIFO, a device or a socket (common::RefuseSpecialOutput).
   // Add: FailedPrecondition if more than header.tensor_count records are added;
   // InvalidArgument if the name is not valid UTF-8 or the record would exceed
   // kMaxStoredRecordBytes (codec/container_checks.h), naming the tensor and its size.

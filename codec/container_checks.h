@@ -15,20 +15,16 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "codec/container.h"
+#include "common/utf8.h"
 
 namespace deltaserve::codec {
 
 // Largest record storage keeps (one RocksDB value; its lengths are 32-bit): 4 GiB - 1.
 inline constexpr uint64_t kMaxStoredRecordBytes = (uint64_t{1} << 32) - 1;
 
-// True if `s` is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, no
-// code point above U+10FFFF), the rule protobuf applies to proto3 `string` fields.
-bool IsValidUtf8(std::string_view s);
-
-// `s` itself if valid UTF-8, else `s` with every byte that is not part of a valid
-// sequence written as the four characters \xNN; for showing stored text that predates
-// the UTF-8 checks.
-std::string Utf8OrEscaped(std::string_view s);
+// UTF-8 validity and escaping, shared with messages outside the codec (common/utf8.h).
+using common::IsValidUtf8;
+using common::Utf8OrEscaped;
 
 // InvalidArgument "<what> '<escaped>' is not valid UTF-8" unless IsValidUtf8(s).
 absl::Status CheckUtf8(std::string_view s, std::string_view what);

@@ -109,7 +109,10 @@ struct CompressOptions {
   // (kBaseAliasKey). false: such a head is one-sided (allow_extra). Default: true.
   bool tie_embeddings = true;
   // Threads that check and encode tensors at once; the container is written in tensor
-  // order by the calling thread, so its bytes are the same for every thread count. At
+  // order by the calling thread, so its bytes are the same for every thread count (the
+  // codec v2 low-rank factors come from BLAS, whose sums follow OpenBLAS's own thread
+  // count: run OpenBLAS on one thread, as deltactl does with openblas_set_num_threads(1),
+  // for bytes that do not depend on the machine's core count). At
   // most 2 x threads encoded tensors wait to be written (memory: their float deltas and
   // payloads). 0: std::thread::hardware_concurrency(). Must be in [0, 256]. Default: 0.
   int threads = 0;

@@ -70,10 +70,9 @@ const char* SpecialFileKind(mode_t mode) {
   return nullptr;
 }
 
-// InvalidArgument if the output `path`, or `path + ".tmp"` where it is written first, is
-// a FIFO, a device or a socket: opening a FIFO for writing blocks until a reader comes,
-// and the rename of the finished .tmp file would replace the node at `path` (as root,
-// `--out /dev/null` would have replaced /dev/null with the model). Symlinks followed.
+
+}  // namespace
+
 absl::Status RefuseSpecialOutput(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) == 0) {
@@ -93,8 +92,6 @@ absl::Status RefuseSpecialOutput(const std::string& path) {
   }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -62,6 +62,14 @@ bool IsContainedRelativePath(const std::string& rel);
 // manifest and entry it came from.
 absl::StatusOr<std::string> ResolveContainedPath(const std::string& dir, const std::string& rel);
 
+// InvalidArgument naming the path if the output `path`, or `path + ".tmp"` where it is
+// written first, is a FIFO, a device or a socket (symlinks followed): opening a FIFO for
+// writing blocks until a reader comes, and the rename of the finished .tmp file would
+// replace the node at `path` (as root, `--out /dev/null` would replace /dev/null). OK for
+// a regular file, a directory or nothing there. Writes nothing; for writers that open
+// files themselves (the writers below call it).
+absl::Status RefuseSpecialOutput(const std::string& path);
+
 // Checks, before a long job, that a file can be created at `path`: InvalidArgument
 // "cannot write PATH: it is a directory (HINT)" if `path` is a directory (`hint` says
 // what to do instead; none when empty), InvalidArgument "cannot write PATH: it is a

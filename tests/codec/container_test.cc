@@ -1,5 +1,6 @@
 #include "codec/container.h"
 
+#include <sys/stat.h>
 #include <xxhash.h>
 
 #include <cstdio>
@@ -393,6 +394,29 @@ TEST(ContainerWriterTest, OpenErrors) {
   std::ofstream(dir.File("empty.dds")).close();
   EXPECT_THAT(MappedContainer::Open(dir.File("empty.dds")),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("empty.dds")));
+}
+
+// A library caller of ContainerWriter (CompressModel, not only deltactl, which checks the
+// path first) must not block opening a FIFO nor rename over a device node.
+TEST(ContainerWriterTest, OpenRefusesAFifoAtThePathOrItsTmp) {
+  Fixture f;
+  TempDir dir;
+  const std::string fifo = dir.File("out.dds");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_THAT(ContainerWriter::Open(fifo, f.header),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("cannot write " + fifo + ": it is a FIFO (named pipe)")));
+  const std::string other = dir.File("other.dds");
+  ASSERT_EQ(::mkfifo((other + ".tmp").c_str(), 0600), 0);
+  EXPECT_THAT(ContainerWriter::Open(other, f.header),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr(other + ".tmp, where it is written first, is a FIFO")));
+  // Both FIFOs are left in place, and nothing was written beside them.
+  EXPECT_TRUE(std::filesystem::is_fifo(fifo));
+  EXPECT_TRUE(std::filesystem::is_fifo(other + ".tmp"));
+  EXPECT_FALSE(std::filesystem::exists(other));
+  EXPECT_THAT(ContainerWriter::Open("/dev/null", f.header),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("a character device")));
 }
 
 }  // namespace
