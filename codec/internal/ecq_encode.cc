@@ -22,7 +22,6 @@ constexpr uint64_t kMinChunkSymbols = uint64_t{1} << 17;
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-
 // Largest smaller dim of a matrix that tries low-rank factors: the Gram eigenproblem
 // costs ~(4/3) n^3 flops (n = 2048: ~11 GFlop, seconds on one core; 4096 would take a
 // minute per tensor).
@@ -55,8 +54,8 @@ std::vector<int> EcqCandidateRanks(int64_t rows, int64_t cols, const EcqOptions&
   return ranks;
 }
 
-double SampledPlaneBytes(const uint64_t* hist, uint64_t n, uint64_t escapes,
-                         uint64_t full_count, int64_t chunks) {
+double SampledPlaneBytes(const uint64_t* hist, uint64_t n, uint64_t escapes, uint64_t full_count,
+                         int64_t chunks) {
   int used = 0;
   const double bits = EntropyBits(hist, n, &used);
   const double scale = static_cast<double>(full_count) / static_cast<double>(n);
@@ -108,11 +107,15 @@ __attribute__((always_inline)) inline uint8_t QuantizeOne(float v, float inv_ste
 // calls a slow emulation) without fused multiply-adds: the same bits as the default
 // clone. Only with GCC: clang ignores optimize("fp-contract=off") and would fuse the
 // sums' products in that clone, so clang builds keep the baseline code.
+// DS_NO_FP_CONTRACT: the same for a function without a clone (clang's baseline x86-64
+// has no FMA to contract to).
 #if defined(__clang__)
 #define DS_ECQ_QUANT_CLONES
+#define DS_NO_FP_CONTRACT
 #else
 #define DS_ECQ_QUANT_CLONES \
   __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=off")))
+#define DS_NO_FP_CONTRACT __attribute__((optimize("fp-contract=off")))
 #endif
 
 DS_ECQ_QUANT_CLONES void Quantize(const float* c, uint64_t n, float inv_step, float r,
@@ -187,18 +190,16 @@ __attribute__((always_inline)) inline uint8_t SymbolOf(float v, float inv_step, 
 }
 
 // No fused multiply-add: |c| / s + r rounds as in Quantize.
-__attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=off"))) int
-SymbolsPortable(const float* c, uint64_t n, float inv_step, float r, uint8_t* symbols) {
+DS_ECQ_QUANT_CLONES int SymbolsPortable(const float* c, uint64_t n, float inv_step, float r,
+                                        uint8_t* symbols) {
   int any_escape = 0;
   for (uint64_t i = 0; i < n; ++i) symbols[i] = SymbolOf(c[i], inv_step, r, &any_escape);
   return any_escape;
 }
 
 // The escaped codes of the kEcqEscape symbols, in order (rounded as in Quantize).
-__attribute__((optimize("fp-contract=off"))) void AppendEscapes(const float* c, uint64_t n,
-                                                                float inv_step, float r,
-                                                                const uint8_t* symbols,
-                                                                std::vector<int32_t>* escaped) {
+DS_NO_FP_CONTRACT void AppendEscapes(const float* c, uint64_t n, float inv_step, float r,
+                                     const uint8_t* symbols, std::vector<int32_t>* escaped) {
   for (uint64_t i = 0; i < n; ++i) {
     if (symbols[i] != kEcqEscape) continue;
     const float v = c[i];
@@ -216,8 +217,8 @@ __attribute__((optimize("fp-contract=off"))) void AppendEscapes(const float* c, 
 // 255 cap by unsigned saturation when packing.
 // Eight values' zigzag codes (0..256; 255 and 256 mean escape) as 32-bit lanes; lanes
 // with |code| >= 128 are set in *escapes.
-__attribute__((target("avx2"), always_inline)) inline __m256i Codes8Avx2(const float* p,
-                                                                         __m256 inv, __m256 r,
+__attribute__((target("avx2"), always_inline)) inline __m256i Codes8Avx2(const float* p, __m256 inv,
+                                                                         __m256 r,
                                                                          __m256i* escapes) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256 v = _mm256_loadu_ps(p);
@@ -231,8 +232,8 @@ __attribute__((target("avx2"), always_inline)) inline __m256i Codes8Avx2(const f
   return _mm256_add_epi32(_mm256_slli_epi32(mi, 1), neg);  // neg lanes are -1
 }
 
-__attribute__((target("avx2"))) int SymbolsAvx2(const float* c, uint64_t n, float inv_step,
-                                                float r, uint8_t* symbols) {
+__attribute__((target("avx2"))) int SymbolsAvx2(const float* c, uint64_t n, float inv_step, float r,
+                                                uint8_t* symbols) {
   const __m256 vinv = _mm256_set1_ps(inv_step), vr = _mm256_set1_ps(r);
   __m256i escapes = _mm256_setzero_si256();
   uint64_t i = 0;
@@ -258,8 +259,8 @@ void QuantizeSymbols(const float* c, uint64_t n, float inv_step, float r, uint8_
                      std::vector<int32_t>* escaped) {
 #if defined(__x86_64__)
   static const bool avx2 = __builtin_cpu_supports("avx2");
-  const int any_escape = avx2 ? SymbolsAvx2(c, n, inv_step, r, symbols)
-                              : SymbolsPortable(c, n, inv_step, r, symbols);
+  const int any_escape =
+      avx2 ? SymbolsAvx2(c, n, inv_step, r, symbols) : SymbolsPortable(c, n, inv_step, r, symbols);
 #else
   const int any_escape = SymbolsPortable(c, n, inv_step, r, symbols);
 #endif
@@ -350,8 +351,8 @@ void EcqResidual(const float* delta, int64_t rows, int64_t cols, const EcqFactor
 
 std::unique_ptr<EcqPlane> BuildEcqPlane(const float* src, int64_t rows, int64_t cols,
                                         EcqTransform transform, int patch_size, int rank,
-                                        std::shared_ptr<const EcqFactors> factors,
-                                        double* max_abs, std::vector<float>* storage) {
+                                        std::shared_ptr<const EcqFactors> factors, double* max_abs,
+                                        std::vector<float>* storage) {
   auto pl = NewEcqPlane(rows, cols, transform, patch_size, rank, std::move(factors));
   if (storage != nullptr) pl->coef.swap(*storage);
   const int p = pl->header.patch_size;
@@ -394,10 +395,9 @@ absl::StatusOr<std::vector<uint8_t>> EncodeEcqPlane(const EcqPlane& plane, float
                                stats_stride);
 }
 
-absl::StatusOr<std::vector<uint8_t>> EncodeEcqCoefficients(const EcqPlane& plane,
-                                                           const float* coef, float step,
-                                                           float rounding, double gain_weight,
-                                                           EcqTrial* trial,
+absl::StatusOr<std::vector<uint8_t>> EncodeEcqCoefficients(const EcqPlane& plane, const float* coef,
+                                                           float step, float rounding,
+                                                           double gain_weight, EcqTrial* trial,
                                                            uint64_t stats_stride) {
   const float inv = 1.0f / step;
   const int64_t chunks = static_cast<int64_t>(plane.chunk_begin.size()) - 1;
