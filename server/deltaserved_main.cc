@@ -101,6 +101,10 @@ int Run(int argc, char** argv) {
                  "uploads of at least this many bytes are written as table files and "
                  "ingested, not through the write-ahead log (0 = every upload)")
       ->envname("DELTASERVE_INGEST_MIN_BYTES")->check(kByteCount)->capture_default_str();
+  app.add_option("--upload-buffer-cache-bytes", o.upload_buffer_cache_bytes,
+                 "memory of finished uploads kept mapped for the next ones, so an upload "
+                 "does not fault in fresh zeroed pages (0 = every upload maps its own), bytes")
+      ->envname("DELTASERVE_UPLOAD_BUFFER_CACHE_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--stall-seconds", stall_seconds, "a stream waiting this long is stalled")
       ->envname("DELTASERVE_STALL_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--write-timeout-seconds", write_timeout_seconds,

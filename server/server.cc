@@ -394,7 +394,9 @@ absl::Status Server::Impl::Init() {
                                 {"agent_port", std::to_string(health->agent_port())},
                                 {"tls", options.tls_cert_path.empty() ? "off" : "on"},
                                 {"workers", std::to_string(workers)},
-                                {"cache_bytes", std::to_string(options.cache_bytes)}});
+                                {"cache_bytes", std::to_string(options.cache_bytes)},
+                                {"upload_buffer_cache_bytes",
+                                 std::to_string(options.upload_buffer_cache_bytes)}});
   return absl::OkStatus();
 }
 

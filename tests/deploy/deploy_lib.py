@@ -320,7 +320,8 @@ SPEC_METRICS = {
 DAEMON_FLAGS = ["base", "db", "listen", "metrics-listen", "config", "tls-cert", "tls-key",
                 "cache-bytes", "workers", "chunk-bytes", "prefetch-tensors", "max-upload-bytes", "max-uploads",
                 "max-streams", "max-connections", "grpc-memory-bytes", "preload",
-                "drain-seconds", "db-min-free-bytes", "ingest-min-bytes", "stall-seconds", "write-timeout-seconds",
+                "drain-seconds", "db-min-free-bytes", "ingest-min-bytes", "upload-buffer-cache-bytes",
+                "stall-seconds", "write-timeout-seconds",
                 "keepalive-seconds", "keepalive-timeout-seconds", "min-client-ping-seconds",
                 "log-format"]
 DAEMON_ENV = {"DELTASERVE_" + f.upper().replace("-", "_"): "--" + f for f in DAEMON_FLAGS}

@@ -8,7 +8,8 @@ the container's size the same push goes through the write-ahead log and leaves n
 file. Both pulls are bit-identical.
 
 Every other byte-count flag (--cache-bytes, --chunk-bytes, --prefetch-bytes,
---max-upload-bytes, --grpc-memory-bytes, --db-min-free-bytes) refuses "-1" the same way:
+--max-upload-bytes, --grpc-memory-bytes, --db-min-free-bytes, --upload-buffer-cache-bytes)
+refuses "-1" the same way:
 CLI11 alone read it as 2^64 - 1."""
 import filecmp
 import glob
@@ -30,7 +31,7 @@ for bad in ["-1", "abc", "12x", "", "18446744073709551616"]:
     refused(["--ingest-min-bytes", bad])
 refused([], {"DELTASERVE_INGEST_MIN_BYTES": "-5"})
 for flag in ["--cache-bytes", "--chunk-bytes", "--prefetch-bytes", "--max-upload-bytes",
-             "--grpc-memory-bytes", "--db-min-free-bytes"]:
+             "--grpc-memory-bytes", "--db-min-free-bytes", "--upload-buffer-cache-bytes"]:
     refused([flag, "-1"], flag=flag)
     refused([flag, "1e9"], flag=flag)
 refused([], {"DELTASERVE_CACHE_BYTES": "-1"}, flag="--cache-bytes")
@@ -40,11 +41,20 @@ with tempfile.TemporaryDirectory(prefix="deploy-ingest-") as tmp:
     for name, value in [("ingest", "1"), ("wal", str(1 << 40))]:
         work = os.path.join(tmp, name)
         os.makedirs(work)
-        ds = d.Deltaserve(work, deltaserved, deltactl, extra_flags=["--ingest-min-bytes", value])
+        # The log path also runs with upload mappings never reused (0): the flag is
+        # accepted and a push still lands whole.
+        extra = ["--ingest-min-bytes", value]
+        if name == "wal":
+            extra += ["--upload-buffer-cache-bytes", "0"]
+        ds = d.Deltaserve(work, deltaserved, deltactl, extra_flags=extra)
         try:
             delta = ds.compress()
             ds.push("t", delta)
             tables = glob.glob(os.path.join(ds.db, "*.sst"))
+            want = "0" if name == "wal" else str(512 << 20)
+            d.check(f"upload_buffer_cache_bytes={want}" in ds.daemon.log_text(),
+                    f"the serving line does not say upload_buffer_cache_bytes={want}:\n"
+                    f"{ds.daemon.log_text()[-2000:]}")
             pulls[name] = ds.pull("t")
         finally:
             code = ds.stop()
