@@ -378,8 +378,12 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   auto dc = std::make_shared<DecompressCliOptions>();
   decompress->add_option("--base", dc->base, "Base model the delta was made against")->required();
   decompress->add_option("--delta", dc->delta, "Delta container (.dds)")->required();
-  auto* dc_out = decompress->add_option("--out", dc->out, "Output .safetensors file");
-  decompress
+  // Exactly one output, checked while parsing (a usage error, exit 2), after --help.
+  CLI::Option_group* dc_output =
+      decompress->add_option_group("output", "exactly one of --out FILE and --out-dir DIR");
+  dc_output->require_option(1);
+  auto* dc_out = dc_output->add_option("--out", dc->out, "Output .safetensors file");
+  dc_output
       ->add_option("--out-dir", dc->out_dir,
                    "Output Hugging Face checkpoint directory (sharded safetensors + "
                    "model.safetensors.index.json) instead of --out")

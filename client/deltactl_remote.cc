@@ -548,8 +548,12 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   CLI::App* pull = add("pull", "Stream a task's merged weights into a .safetensors file "
                                "(every tensor checksum verified; same bytes as decompress)");
   AddTaskOption(pull, &task->task);
-  auto* pull_out = pull->add_option("--out", task->out, "Output .safetensors file");
-  pull->add_option("--out-dir", task->out_dir,
+  // Exactly one output, checked while parsing (a usage error, exit 2), after --help.
+  CLI::Option_group* pull_output =
+      pull->add_option_group("output", "exactly one of --out FILE and --out-dir DIR");
+  pull_output->require_option(1);
+  auto* pull_out = pull_output->add_option("--out", task->out, "Output .safetensors file");
+  pull_output->add_option("--out-dir", task->out_dir,
                    "Output Hugging Face checkpoint directory (sharded safetensors + "
                    "model.safetensors.index.json) instead of --out")
       ->excludes(pull_out);

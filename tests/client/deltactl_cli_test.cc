@@ -172,6 +172,10 @@ TEST_F(DeltactlCliTest, ABadTaskOrTenantNameIsAUsageErrorBeforeAnyWork) {
   DeltactlResult r = Run("list" + server);
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_THAT(r.err, HasSubstr("DELTASERVE_TENANT: tenant name '../etc' must not start with '.'"));
+  // A pull with no output is a usage error too, found before any call.
+  DeltactlResult no_out = Run("pull" + server + " --task chat");
+  EXPECT_EQ(no_out.exit_code, 2) << no_out.err;
+  EXPECT_THAT(no_out.err, HasSubstr("Exactly 1 option from [--out,--out-dir] is required"));
   EXPECT_EQ(Authorization(), "");  // not one call reached the server
   EXPECT_FALSE(std::filesystem::exists(tmp_.File("outdir")));
   EXPECT_FALSE(std::filesystem::exists(tmp_.File("m.safetensors")));

@@ -100,6 +100,17 @@ TEST_F(DeltactlOfflineTest, UsageErrorsExitTwo) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--finetuned is required"));
   EXPECT_EQ(Run("decompress --base a --delta b --out c --dtype f64").exit_code, 2);
+  // No output, or both: usage errors naming the two flags, before any file is read.
+  r = Run("decompress --base a --delta b");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("Exactly 1 option from [--out,--out-dir] is required"));
+  r = Run("decompress --base a --delta b --out c --out-dir d");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("--out excludes --out-dir"));
+  // --help still answers with neither given.
+  r = Run("decompress --help");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("exactly one of --out FILE and --out-dir DIR"));
 }
 
 TEST_F(DeltactlOfflineTest, CompressInspectDecompress) {

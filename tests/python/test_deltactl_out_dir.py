@@ -69,7 +69,7 @@ with tempfile.TemporaryDirectory(prefix="py-outdir-") as tmp:
             f"--out with --out-dir: exit {r.returncode} {r.stderr}")
     r = d.run([d.need_binary("DELTACTL_BIN", "deltactl"), "decompress", "--base", base,
                "--delta", delta], env=d.clean_env(), check_rc=False)
-    d.check(r.returncode == 1 and "exactly one of --out FILE and --out-dir DIR" in r.stderr,
+    d.check(r.returncode == 2 and "Exactly 1 option from [--out,--out-dir] is required" in r.stderr,
             f"neither --out nor --out-dir: exit {r.returncode} {r.stderr}")
     d.check(daemon.stop() == 0, "deltaserved did not exit 0 on SIGTERM")
     d.log("PASS: pull --out-dir == decompress --out-dir, sharded like save_pretrained, "
