@@ -224,6 +224,7 @@ absl::StatusOr<v1::TaskInfo> DeltaClient::PushDelta(const std::string& task,
            .ok()) {
     return absl::DataLossError(absl::StrCat(label, ": the server's answer does not parse"));
   }
+  if (options.unchanged != nullptr) *options.unchanged = response.unchanged();
   return std::move(*response.mutable_task());
 }
 

@@ -97,6 +97,10 @@ struct PushOptions {
   ProgressFn progress;
   // Raised by another thread: the upload is cancelled (nothing is stored).
   const std::atomic<bool>* cancel = nullptr;
+  // If not null, set on success to whether the identical container (same bytes, same
+  // side files) was already stored under the task, so nothing was written
+  // (PutDeltaResponse.unchanged). Default: null.
+  bool* unchanged = nullptr;
 };
 
 struct PullOptions {

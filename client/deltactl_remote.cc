@@ -312,6 +312,8 @@ absl::Status RunPush(const RemoteFlags& f, const TaskFlags& t) {
     draw(p);
   };
   DS_ASSIGN_OR_RETURN(options.side_files, ReadSideFileFlags(t.side_files));
+  bool unchanged = false;
+  options.unchanged = &unchanged;
   absl::StatusOr<v1::TaskInfo> pushed = client->PushDeltaFile(t.task, t.in, options);
   if (!pushed.ok() && sent->has_value()) {
     // The bar stops where the server stopped taking bytes; say why, since bytes sent
@@ -338,8 +340,11 @@ absl::Status RunPush(const RemoteFlags& f, const TaskFlags& t) {
   }
   DS_ASSIGN_OR_RETURN(v1::TaskInfo info, std::move(pushed));
   if (f.json) return PrintMessageJson(info);
-  absl::PrintF("pushed %s as %s/%s: %d bytes, %d tensors, %.4f bits/weight, %d side files "
+  // A retry of a push that landed (or the same file pushed twice) stores nothing new.
+  absl::PrintF("%s %s as %s/%s: %d bytes, %d tensors, %.4f bits/weight, %d side files "
                "(%d bytes)\n",
+               unchanged ? "already stored, unchanged (identical container and side files):"
+                         : "pushed",
                t.in, info.tenant(), info.name(), info.container_bytes(), info.num_tensors(),
                info.bits_per_weight(), info.side_files_size(), info.side_file_bytes());
   return absl::OkStatus();

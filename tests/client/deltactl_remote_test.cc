@@ -63,8 +63,17 @@ TEST_F(DeltactlRemoteTest, PushSendsTheFileWithToken) {
   DeltactlResult r = Run("push " + server_flag_ + " --token tok-1 --task chat --overwrite --in " +
                          tmp_.File("d.dds"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_THAT(r.out, HasSubstr("pushed"));
+  EXPECT_THAT(r.out, HasSubstr("pushed " + tmp_.File("d.dds") + " as /chat: "));
+  EXPECT_THAT(r.out, Not(HasSubstr("unchanged")));
   EXPECT_THAT(r.err, HasSubstr("push chat: 100%"));
+  // The server found the identical container stored already: the user is told so.
+  DeltactlResult same = Run("push " + server_flag_ + " --task same --in " + tmp_.File("d.dds"));
+  ASSERT_EQ(same.exit_code, 0) << same.err;
+  EXPECT_THAT(same.out, HasSubstr("already stored, unchanged (identical container and side "
+                                  "files): " + tmp_.File("d.dds") + " as /same: "));
+  r = Run("push " + server_flag_ + " --token tok-1 --task chat --overwrite --in " +
+          tmp_.File("d.dds"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(service_.uploaded, container);
   EXPECT_TRUE(service_.last_put.overwrite());
   EXPECT_EQ(service_.last_authorization, "Bearer tok-1");

@@ -150,6 +150,7 @@ class FakeService final : public v1::DeltaService::Service {
     if (meta.task() == "exists") return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, "exists");
     resp->mutable_task()->set_name(meta.task());
     resp->mutable_task()->set_container_bytes(bytes.size());
+    resp->set_unchanged(meta.task() == "same");  // "same": stored identical already
     return grpc::Status::OK;
   }
 
