@@ -9,7 +9,9 @@
 #include <cerrno>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "CLI/CLI.hpp"
@@ -127,6 +129,15 @@ int Run(int argc, char** argv) {
   }
   internal::SetLogFormat(log_format == "json" ? internal::LogFormat::kJson
                                               : internal::LogFormat::kText);
+  // CLI11 skips an environment variable that is set but empty. For these flags "" means
+  // off, so DELTASERVE_METRICS_LISTEN= must turn metrics off as --metrics-listen "" does
+  // (before, the default 127.0.0.1:9464 stayed bound).
+  for (const auto& [flag, env, value] :
+       {std::tuple{"--metrics-listen", "DELTASERVE_METRICS_LISTEN", &o.metrics_listen},
+        std::tuple{"--agent-listen", "DELTASERVE_AGENT_LISTEN", &o.agent_listen}}) {
+    const char* set = std::getenv(env);
+    if (set != nullptr && *set == '\0' && app.get_option(flag)->count() == 0) value->clear();
+  }
   if (!preload.empty()) o.preload = absl::StrSplit(preload, ',', absl::SkipEmpty());
   o.drain_timeout = absl::Seconds(drain_seconds);
   o.health_interval = absl::Seconds(health_interval_seconds);
