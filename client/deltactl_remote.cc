@@ -363,10 +363,14 @@ absl::Status RunList(const RemoteFlags& f, bool all) {
                  t.total_weights(), t.container_bytes(), t.bits_per_weight(),
                  Created(t.created_unix()));
   }
-  absl::PrintF("%d task%s, %d bytes stored, quota %s\n", list.tasks_size(),
-               list.tasks_size() == 1 ? "" : "s", list.stored_bytes(),
-               list.quota_bytes() == 0 ? std::string("unlimited")
-                                       : absl::StrCat(list.quota_bytes(), " bytes"));
+  // An all-tenant listing carries no quota (each tenant has its own; the field is 0):
+  // "unlimited" there would be wrong for tenants that have one.
+  const std::string quota =
+      all ? "" : absl::StrCat(", quota ", list.quota_bytes() == 0
+                                              ? std::string("unlimited")
+                                              : absl::StrCat(list.quota_bytes(), " bytes"));
+  absl::PrintF("%d task%s, %d bytes stored%s\n", list.tasks_size(),
+               list.tasks_size() == 1 ? "" : "s", list.stored_bytes(), quota);
   if (all) {
     std::set<std::string> tenants;
     for (const v1::TaskInfo& t : list.tasks()) tenants.insert(t.tenant());

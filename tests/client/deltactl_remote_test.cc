@@ -222,6 +222,13 @@ TEST_F(DeltactlRemoteTest, AllTenantsListSaysWhichTenantIsListed) {
   EXPECT_THAT(r.out, HasSubstr("note: the listing holds tasks of tenant 'default' only: with an "
                                "admin token that is every tenant that has tasks; a tenant token "
                                "lists only its own tenant"));
+  // Each tenant has its own quota: an all-tenant listing states none (not "unlimited").
+  EXPECT_THAT(r.out, Not(HasSubstr("quota")));
+  EXPECT_THAT(r.out, HasSubstr(" bytes stored\n"));
+  // One tenant's listing states its quota (the fake service's: 0 = unlimited).
+  r = Run("list " + server_flag_ + " --tenant acme");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(" bytes stored, quota unlimited\n"));
 }
 
 TEST_F(DeltactlRemoteTest, DeleteJson) {
