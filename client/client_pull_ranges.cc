@@ -38,10 +38,22 @@ class RangeSink : public CountingSink {
 };
 
 // Sums the ranges' progress into one Progress for the caller's callback, which it calls
-// one at a time (from the ranges' threads).
+// one at a time (from the ranges' threads). Each range's totals start from GetTask's sizes
+// (`bytes` by container index), so the first report already shows the whole pull's totals
+// (summing only the ranges that had reported made the totals grow and the percentage go
+// backwards as ranges started).
 class ProgressSum {
  public:
-  ProgressSum(const ProgressFn& fn, size_t ranges) : fn_(fn), parts_(ranges) {}
+  ProgressSum(const ProgressFn& fn, const std::vector<std::pair<uint32_t, uint32_t>>& ranges,
+              const std::vector<uint64_t>& bytes)
+      : fn_(fn), parts_(ranges.size()) {
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      for (uint32_t t = ranges[i].first; t < ranges[i].second; ++t) {
+        parts_[i].bytes_total += bytes[t];
+      }
+      parts_[i].tensors_total = ranges[i].second - ranges[i].first;
+    }
+  }
 
   // Range `i` reports `p` of its current attempt, which began after `done_before`
   // verified tensors / bytes of earlier attempts.
@@ -49,9 +61,9 @@ class ProgressSum {
     absl::MutexLock lock(&mu_);
     Progress& part = parts_[i];
     part.bytes_done = bytes_before + p.bytes_done;
-    part.bytes_total = bytes_before + p.bytes_total;
+    part.bytes_total = std::max(part.bytes_total, bytes_before + p.bytes_total);
     part.tensors_done = tensors_before + p.tensors_done;
-    part.tensors_total = tensors_before + p.tensors_total;
+    part.tensors_total = std::max(part.tensors_total, tensors_before + p.tensors_total);
     Progress sum;
     for (const Progress& q : parts_) {
       sum.bytes_done += q.bytes_done;
@@ -185,7 +197,7 @@ absl::StatusOr<PullStats> PullRanges(
   }
   std::atomic<bool> stop{false};
   std::unique_ptr<ProgressSum> progress;
-  if (options.progress) progress = std::make_unique<ProgressSum>(options.progress, ranges.size());
+  if (options.progress) progress = std::make_unique<ProgressSum>(options.progress, ranges, bytes);
 
   auto run = [&](size_t i) {
     Range& r = state[i];

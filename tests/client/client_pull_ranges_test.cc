@@ -99,9 +99,21 @@ TEST_F(PullRangesTest, TwoStreamsWriteTheSameFileAsOne) {
   PullOptions options;
   options.streams = 2;
   Progress last;
-  options.progress = [&](const Progress& p) { last = p; };
+  std::vector<Progress> reports;
+  options.progress = [&](const Progress& p) {
+    last = p;
+    reports.push_back(p);
+  };
   ASSERT_OK_AND_ASSIGN(PullStats stats,
                        client_->PullWeights("chat", tmp_.File("two.safetensors"), options));
+  // Every report, the first included, shows the whole pull's totals, and what is done
+  // never goes back (the totals used to grow as each range began).
+  ASSERT_FALSE(reports.empty());
+  for (size_t k = 0; k < reports.size(); ++k) {
+    EXPECT_EQ(reports[k].bytes_total, 122u) << "report " << k;
+    EXPECT_EQ(reports[k].tensors_total, 4u) << "report " << k;
+    if (k > 0) EXPECT_GE(reports[k].bytes_done, reports[k - 1].bytes_done) << "report " << k;
+  }
   EXPECT_EQ(stats.streams, 2u);
   EXPECT_EQ(stats.tensors, 4u);
   EXPECT_EQ(stats.bytes, 122u);
