@@ -232,9 +232,6 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
   codec::DecompressOptions options;
   options.force = o.force;
   DS_ASSIGN_OR_RETURN(options.out_dtype, ParseDTypeOption(o.dtype));
-  if (o.out.empty() == o.out_dir.empty()) {
-    return absl::InvalidArgumentError("decompress needs exactly one of --out FILE and --out-dir DIR");
-  }
   if (!o.out_dir.empty() && o.shard_bytes == 0) {
     return absl::InvalidArgumentError("--shard-bytes must be positive");
   }

@@ -411,9 +411,6 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
   options.resume_from = t.resume_from;
   options.streams = t.streams;
   options.progress = StderrByteProgress(std::make_shared<ProgressLine>("pull " + t.task));
-  if (t.out.empty() == t.out_dir.empty()) {
-    return absl::InvalidArgumentError("pull needs exactly one of --out FILE and --out-dir DIR");
-  }
   const std::string& out = t.out.empty() ? t.out_dir : t.out;
   DS_ASSIGN_OR_RETURN(PullStats stats,
                       t.out.empty()
