@@ -7,20 +7,26 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/internal/merged_memory.h"
 #include "server/internal/metrics.h"
 
 namespace deltaserve::server::internal {
 
 template <class T>
 void* MergedBufferAllocator<T>::AllocateBytes(size_t bytes) {
-  void* p = std::malloc(bytes ? bytes : 1);
+  void* p = bytes >= kMergedPoolMinBytes ? MergedMemoryPool::Process().Map(bytes)
+                                      : std::malloc(bytes ? bytes : 1);
   if (p == nullptr) throw std::bad_alloc();  // as operator new does
   return p;
 }
 
 template <class T>
-void MergedBufferAllocator<T>::FreeBytes(void* p, size_t) {
-  std::free(p);
+void MergedBufferAllocator<T>::FreeBytes(void* p, size_t bytes) {
+  if (bytes >= kMergedPoolMinBytes) {
+    MergedMemoryPool::Process().Unmap(p, bytes);
+  } else {
+    std::free(p);
+  }
 }
 
 template struct MergedBufferAllocator<uint8_t>;

@@ -41,13 +41,12 @@ class Metrics;
 
 // Allocator of merged tensor bytes: resize() leaves new bytes uninitialised (the merge
 // writes every byte). Zero-filling first cost one extra 1 GB memset per cold pull of a
-// 0.5B model, on the loading worker outside the parallel merge. (MADV_HUGEPAGE on these
-// buffers was tried and dropped: with defrag=madvise the faults compact memory
-// synchronously; one stream_bench run showed decode time 1.9 s -> 6.2 s, though a build
-// was running alongside. Tried again, 2 MiB-aligned own mappings: no compaction stalls
-// (compact_stall stayed 0), but on this VM a never-touched huge page costs a host-side
-// fault: populating 1 GiB took 5.6 s the first time and 0.37 s once reused, against
-// 0.9 s in 4 KiB pages; the decode workers' CPU for a cold pull went 1.65 s -> 3.3 s.)
+// 0.5B model, on the loading worker outside the parallel merge. Buffers of at least
+// kMergedPoolMinBytes are mappings of MergedMemoryPool::Process() (merged_memory.h): the
+// memory of evicted tensors is kept (capped) for the next cold tensor of the same size,
+// whose bytes may then start as an earlier tensor's. (MADV_HUGEPAGE on these buffers
+// was tried twice and dropped: on this VM class a fresh huge page is a host-side fault;
+// see merged_memory.h.)
 template <class T>
 struct MergedBufferAllocator {
   using value_type = T;

@@ -5,6 +5,7 @@
 //                [--vocab 151936] [--workers 2] [--prefetch 1] [--chunk-bytes 1048576]
 //                [--cache-mb 3072] [--cold-only] [--legacy-cold] [--pull-streams 1,2,4]
 //                [--push-only N] [--ingest-min-bytes N] [--upload-buffer-cache-mb 512]
+//                [--second-cold]
 //
 // Model: synthetic fp16 transformer with the shapes of a 0.5B-class model (Qwen2-0.5B:
 // 24 layers, hidden 896, 2 KV heads of 128, FFN 4864, vocab 151936; ~494M weights,
@@ -28,7 +29,10 @@
 // tensor-range streams (PullOptions::streams; checked and copied into memory), each
 // beside the first one and the plain stream. --push-only N: N more PutDelta uploads of
 // the container, beside N uploads of the same bytes by the same client into a server
-// that only receives them (a plain upload), in the same run.
+// that only receives them (a plain upload), in the same run. --second-cold (e.g. with
+// --cache-mb 1024 --cold-only): a second task cold right after the first, through a cache
+// that then evicts, with its decode workers' CPU per GB beside the first cold stream's and
+// how many of its merged buffers reused the memory of evicted tensors.
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -50,6 +54,7 @@
 #include "codec/safetensors.h"
 #include "deltaserve/v1/delta_service.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "server/internal/merged_memory.h"
 #include "server/server.h"
 
 namespace {
@@ -394,6 +399,12 @@ int main(int argc, char** argv) {
                  "ServerOptions::upload_buffer_cache_bytes in MiB (0: every upload maps, and "
                  "the kernel zero-fills, its own buffer)")
       ->capture_default_str();
+  bool second_cold = false;
+  app.add_flag("--second-cold", second_cold,
+               "after the cold stream, stream a second task (the same container under another "
+               "name) cold; with --cache-mb below twice the merged model its tensors evict the "
+               "first task's and reuse their memory (MergedMemoryPool): a server whose cache "
+               "is full");
   bool cold_only = false;
   app.add_flag("--cold-only", cold_only,
                "stop after the cold stream (to profile it alone, e.g. under perf record)");
@@ -511,6 +522,26 @@ int main(int argc, char** argv) {
   const double worker_cpu_before = ThreadsCpuSeconds("ds-worker");
   StreamResult cold = ReadStream(target, "bench");
   const double worker_cpu = ThreadsCpuSeconds("ds-worker") - worker_cpu_before;
+  if (second_cold) {
+    const server::internal::MergedMemoryPool& pool = server::internal::MergedMemoryPool::Process();
+    const uint64_t reused0 = pool.reused(), mapped0 = pool.mapped();
+    auto p = (*cl)->PushDeltaFile("bench-2", dir + "/task.dds");
+    if (!p.ok()) return 1;
+    const double cpu0 = ThreadsCpuSeconds("ds-worker");
+    StreamResult second = ReadStream(target, "bench-2");
+    const double cpu = ThreadsCpuSeconds("ds-worker") - cpu0;
+    Print("cold, second task", second);
+    std::printf(
+        "decode workers, second cold task: %.2f s CPU per GB against the first's %.2f s (%.0f%%); "
+        "merged buffers: %llu of %llu reused from evicted tensors (%.0f MiB kept at the end, cap "
+        "%zu MiB)\n",
+        cpu / (second.bytes / 1e9), worker_cpu / (cold.bytes / 1e9),
+        100.0 * (cpu / second.bytes) / (worker_cpu / cold.bytes),
+        static_cast<unsigned long long>(pool.reused() - reused0),
+        static_cast<unsigned long long>(pool.reused() - reused0 + pool.mapped() - mapped0),
+        pool.cached_bytes() / 1048576.0, server::internal::kMergedPoolBytes >> 20);
+    if (!second.ok) return 1;
+  }
   if (cold_only) {
     Print("StreamWeights cold", cold);
     std::printf(
