@@ -136,7 +136,9 @@ absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
   merged->info.dtype =
       codec::OutputDType(record.info.dtype, out_dtype.value_or(record.info.dtype));
   merged->index = static_cast<uint32_t>(index);
-  merged->data.resize(codec::MergedBytes(record, merged->info.dtype));
+  const uint64_t bytes = codec::MergedBytes(record, merged->info.dtype);
+  if (ctx.cache != nullptr) ctx.cache->MakeRoom(bytes);  // evicted memory first (reused)
+  merged->data.resize(bytes);
   merged->fill = std::make_unique<TensorFill>(merged->data.data(), merged->data.size());
   TensorFill* fill = merged->fill.get();
   if (started) started(merged);

@@ -175,13 +175,20 @@ void TensorCache::InsertLocked(const std::string& group, const std::string& key,
   lru_.push_front(key);
   it->second = Entry{group, std::move(value), lru_.begin()};
   bytes_ += size;
-  EvictLocked();
+  EvictLocked(capacity_);
   PublishBytesLocked();
 }
 
-void TensorCache::EvictLocked() {
+void TensorCache::MakeRoom(uint64_t bytes) {
+  if (bytes > capacity_) return;
+  absl::MutexLock lock(&mu_);
+  EvictLocked(capacity_ - bytes);
+  PublishBytesLocked();
+}
+
+void TensorCache::EvictLocked(uint64_t limit) {
   auto it = lru_.end();
-  while (bytes_ > capacity_ && it != lru_.begin()) {
+  while (bytes_ > limit && it != lru_.begin()) {
     --it;
     auto entry = entries_.find(*it);
     if (pins_.count(entry->second.group)) continue;
@@ -224,7 +231,7 @@ bool TensorCache::Unpin(const std::string& group) {
   auto it = pins_.find(group);
   if (it == pins_.end()) return false;
   if (--it->second == 0) pins_.erase(it);
-  EvictLocked();
+  EvictLocked(capacity_);
   PublishBytesLocked();
   return true;
 }

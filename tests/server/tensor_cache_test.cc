@@ -76,6 +76,28 @@ TEST(TensorCacheTest, PinnedGroupsAreNotEvictedAndEraseGroupDropsEntries) {
   EXPECT_EQ(cache.group_bytes("b/other"), 300u);
 }
 
+TEST(TensorCacheTest, MakeRoomEvictsUnpinnedEntriesBeforeALoad) {
+  TensorCache cache(1000, nullptr);
+  int loads = 0;
+  cache.Pin("p/pinned");
+  Get(cache, "p/pinned", "0", 300, &loads);
+  Get(cache, "a/t", "0", 300, &loads);
+  Get(cache, "a/t", "1", 300, &loads);
+  cache.MakeRoom(100);  // 900 + 100 fit: nothing goes
+  EXPECT_EQ(cache.bytes(), 900u);
+  cache.MakeRoom(2000);  // larger than the budget: served unkept, evicts nothing
+  EXPECT_EQ(cache.bytes(), 900u);
+  cache.MakeRoom(350);  // the least recently used unpinned entry (a/t#0) goes
+  EXPECT_EQ(cache.bytes(), 600u);
+  EXPECT_FALSE(Get(cache, "a/t", "0", 300, &loads).second);  // reloaded
+  EXPECT_TRUE(Get(cache, "a/t", "1", 300, &loads).second);
+  EXPECT_EQ(cache.bytes(), 900u);
+  cache.MakeRoom(1000);  // every unpinned entry goes; the pinned one stays
+  EXPECT_EQ(cache.bytes(), 300u);
+  EXPECT_EQ(cache.group_bytes("p/pinned"), 300u);
+  EXPECT_EQ(loads, 4);
+}
+
 TEST(TensorCacheTest, ConcurrentRequestsOfOneKeyLoadOnce) {
   TensorCache cache(1 << 20, nullptr);
   ThreadPool pool(4);
