@@ -33,6 +33,7 @@
 #include "server/internal/health.h"
 #include "server/internal/listener.h"
 #include "server/internal/log.h"
+#include "server/internal/merged_memory.h"
 #include "server/internal/merged_tensors.h"
 #include "server/internal/service.h"
 
@@ -492,6 +493,11 @@ const std::string& Server::base_hash_hex() const { return impl_->ctx.base_hash_h
 std::string Server::MetricsText() const {
   prometheus::TextSerializer serializer;
   return serializer.Serialize(impl_->metrics->registry()->Collect());
+}
+
+MergedMemoryStats ProcessMergedMemoryStats() {
+  const internal::MergedMemoryPool& pool = internal::MergedMemoryPool::Process();
+  return {pool.reused(), pool.mapped(), pool.cached_bytes(), internal::kMergedPoolBytes};
 }
 
 }  // namespace deltaserve::server

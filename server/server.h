@@ -168,6 +168,18 @@ class Server {
   std::unique_ptr<Impl> impl_;
 };
 
+// The memory of merged tensors in this process (shared by every Server in it): buffers
+// of at least 256 KiB are mappings, and those of evicted tensors are kept, up to a cap,
+// for the next cold tensor of the same size (no page faults, no zero-fill). Counts since
+// the process started. For benchmarks and tests. Thread-safe.
+struct MergedMemoryStats {
+  uint64_t reused = 0;      // buffers given a kept mapping
+  uint64_t mapped = 0;      // buffers given a new mapping
+  uint64_t kept_bytes = 0;  // mappings kept for reuse now
+  uint64_t cap_bytes = 0;   // the most kept at once
+};
+MergedMemoryStats ProcessMergedMemoryStats();
+
 }  // namespace deltaserve::server
 
 #endif  // DELTASERVE_SERVER_SERVER_H_

@@ -54,7 +54,6 @@
 #include "codec/safetensors.h"
 #include "deltaserve/v1/delta_service.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
-#include "server/internal/merged_memory.h"
 #include "server/server.h"
 
 namespace {
@@ -524,8 +523,7 @@ int main(int argc, char** argv) {
   const double worker_cpu = ThreadsCpuSeconds("ds-worker") - worker_cpu_before;
   double rss_after_cold = PeakRssMb();
   if (second_cold) {
-    const server::internal::MergedMemoryPool& pool = server::internal::MergedMemoryPool::Process();
-    const uint64_t reused0 = pool.reused(), mapped0 = pool.mapped();
+    const server::MergedMemoryStats pool0 = server::ProcessMergedMemoryStats();
     auto p = (*cl)->PushDeltaFile("bench-2", dir + "/task.dds");
     if (!p.ok()) return 1;
     const double cpu0 = ThreadsCpuSeconds("ds-worker");
@@ -533,18 +531,19 @@ int main(int argc, char** argv) {
     const double cpu = ThreadsCpuSeconds("ds-worker") - cpu0;
     Print("cold, second task", second);
     rss_after_cold = PeakRssMb();  // before the reference below maps the model again
+    const server::MergedMemoryStats pool = server::ProcessMergedMemoryStats();
     const double single_core = SingleCoreMergeRate(dir);
     std::printf(
         "decode workers, second cold task: %.2f s CPU per GB against the first's %.2f s (%.0f%%) "
         "= %.0f%% (first: %.0f%%) of the codec's single-core MergeTensor on the same tensors in "
         "this run (%.3f GB/s of CPU time); merged buffers: %llu of %llu reused from evicted "
-        "tensors (%.0f MiB kept at the end, cap %zu MiB)\n",
+        "tensors (%.0f MiB kept at the end, cap %llu MiB)\n",
         cpu / (second.bytes / 1e9), worker_cpu / (cold.bytes / 1e9),
         100.0 * (cpu / second.bytes) / (worker_cpu / cold.bytes),
         100.0 * (second.bytes / cpu) / single_core, 100.0 * (cold.bytes / worker_cpu) / single_core,
-        single_core / 1e9, static_cast<unsigned long long>(pool.reused() - reused0),
-        static_cast<unsigned long long>(pool.reused() - reused0 + pool.mapped() - mapped0),
-        pool.cached_bytes() / 1048576.0, server::internal::kMergedPoolBytes >> 20);
+        single_core / 1e9, static_cast<unsigned long long>(pool.reused - pool0.reused),
+        static_cast<unsigned long long>(pool.reused - pool0.reused + pool.mapped - pool0.mapped),
+        pool.kept_bytes / 1048576.0, static_cast<unsigned long long>(pool.cap_bytes >> 20));
     if (!second.ok) return 1;
   }
   if (cold_only) {
