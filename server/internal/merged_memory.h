@@ -6,7 +6,7 @@
 // than the merge's own writes: 0.30 s of CPU per GB in 4 KiB pages on the 2-core VM of
 // issue 9, against 0.04 s per GB for a memset of pages already there (`madvise
 // (MADV_POPULATE_WRITE)` of 1 GiB, same minute). perf of a cold stream_bench stream puts
-// about a fifth of the decode workers' samples there.
+// 23-27% of the decode workers' samples there.
 //
 // Every task of a server has the tensor shapes of the one base model, so the memory of
 // a tensor the cache evicts fits the next cold tensor of that shape exactly: a buffer of
@@ -16,12 +16,13 @@
 // whose cache is full and whose pulls are cold; the first pull into an empty cache
 // still faults every page.
 //
-// Not transparent huge pages: on this VM class (Firecracker, virtio-balloon free page
-// reporting) a freshly allocated 2 MiB page is a host-side fault, since the guest hands
-// freed 2 MiB blocks back to the host; a cold stream_bench stream with MADV_HUGEPAGE
-// buffers spent 30% of all samples in clear_page_erms and its decode workers' CPU went
-// 1.28-1.43 s -> 1.99-2.99 s (3 runs each, alternating, load 2.8-3.9). 2 MiB pages reused
-// within a second cost 0.09 s per GB there; on bare metal they may pay.
+// Not transparent huge pages: on this VM class (Firecracker) a freshly allocated 2 MiB
+// page costs a host-side fault. A cold stream_bench stream with MADV_HUGEPAGE buffers
+// spent 30% of all its samples in clear_page_erms, and its decode workers' CPU went
+// 1.28-1.43 s -> 1.99-2.99 s (3 runs each, alternating, load 2.8-3.9), while a 2 MiB page
+// freed and reused within the same second cost 0.09 s per GB. (Likely cause, not
+// proven: the guest's virtio_balloon free page reporting hands freed 2 MiB blocks back
+// to the host.) On bare metal huge pages may pay; they are not measured here.
 #ifndef DELTASERVE_SERVER_INTERNAL_MERGED_MEMORY_H_
 #define DELTASERVE_SERVER_INTERNAL_MERGED_MEMORY_H_
 
