@@ -497,7 +497,8 @@ std::string Server::MetricsText() const {
 
 MergedMemoryStats ProcessMergedMemoryStats() {
   const internal::MergedMemoryPool& pool = internal::MergedMemoryPool::Process();
-  return {pool.reused(), pool.mapped(), pool.cached_bytes(), internal::kMergedPoolBytes};
+  return {pool.handed_over(), pool.reused(), pool.mapped(), pool.cached_bytes(),
+          internal::kMergedPoolBytes};
 }
 
 }  // namespace deltaserve::server

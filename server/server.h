@@ -169,14 +169,16 @@ class Server {
 };
 
 // The memory of merged tensors in this process (shared by every Server in it): buffers
-// of at least 256 KiB are mappings, and those of evicted tensors are kept, up to a cap,
-// for the next cold tensor of the same size (no page faults, no zero-fill). Counts since
+// of at least 256 KiB are mappings; a cold tensor takes over the buffer of an evicted
+// one of its size, and other evicted mappings are kept, up to a cap, for the next cold
+// tensor of the same size (no page faults, no zero-fill). Counts since
 // the process started. For benchmarks and tests. Thread-safe.
 struct MergedMemoryStats {
-  uint64_t reused = 0;      // buffers given a kept mapping
-  uint64_t mapped = 0;      // buffers given a new mapping
-  uint64_t kept_bytes = 0;  // mappings kept for reuse now
-  uint64_t cap_bytes = 0;   // the most kept at once
+  uint64_t handed_over = 0;  // buffers taken over whole from an evicted tensor
+  uint64_t reused = 0;       // buffers given a kept mapping
+  uint64_t mapped = 0;       // buffers given a new mapping
+  uint64_t kept_bytes = 0;   // mappings kept for reuse now
+  uint64_t cap_bytes = 0;    // the most kept at once
 };
 MergedMemoryStats ProcessMergedMemoryStats();
 

@@ -76,6 +76,16 @@ uint64_t MergedMemoryPool::reused() const {
   return reused_;
 }
 
+void MergedMemoryPool::CountHandOver() {
+  absl::MutexLock lock(&mu_);
+  ++handed_over_;
+}
+
+uint64_t MergedMemoryPool::handed_over() const {
+  absl::MutexLock lock(&mu_);
+  return handed_over_;
+}
+
 uint64_t MergedMemoryPool::mapped() const {
   absl::MutexLock lock(&mu_);
   return mapped_;

@@ -67,6 +67,10 @@ class MergedMemoryPool {
   // Maps served from a kept mapping / by a new mapping, since construction.
   uint64_t reused() const;
   uint64_t mapped() const;
+  // Buffers a new tensor took over whole from an evicted one of its size, without a Map
+  // (DecodeMergedTensor counts them here, for the same statistics).
+  void CountHandOver();
+  uint64_t handed_over() const;
 
  private:
   const size_t max_cached_bytes_;
@@ -75,6 +79,7 @@ class MergedMemoryPool {
   size_t cached_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t reused_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t mapped_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t handed_over_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // The process pool's cap: the memory of freed merged tensors kept for the next cold

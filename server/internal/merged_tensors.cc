@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
@@ -15,6 +16,7 @@
 #include "server/internal/cluster_glue.h"
 #include "server/internal/convert.h"
 #include "server/internal/log.h"
+#include "server/internal/merged_memory.h"
 
 namespace deltaserve::server::internal {
 
@@ -145,8 +147,23 @@ absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
       codec::OutputDType(record.info.dtype, out_dtype.value_or(record.info.dtype));
   merged->index = static_cast<uint32_t>(index);
   const uint64_t bytes = codec::MergedBytes(record, merged->info.dtype);
-  if (ctx.cache != nullptr) ctx.cache->MakeRoom(bytes);  // evicted memory first (reused)
-  merged->data.resize(bytes);
+  // Evicted memory first (tensor_cache.h MakeRoom). An evicted tensor of exactly this
+  // size that nobody else holds hands its buffer, pages already there, to this one (no
+  // allocation, no fault, no munmap; the cache's lock is not held): every task has the
+  // base's shapes, so a cold task through a full cache mostly evicts its own shapes.
+  // The rest are freed here, into MergedMemoryPool or unmapped.
+  std::vector<MergedTensorPtr> evicted;
+  if (ctx.cache != nullptr) evicted = ctx.cache->MakeRoom(bytes);
+  for (MergedTensorPtr& old : evicted) {
+    if (old.use_count() == 1 && old->data.size() == bytes) {
+      // The sole owner (made non-const by make_shared; no stream, no cache entry left).
+      merged->data = std::move(const_cast<MergedTensor&>(*old).data);
+      MergedMemoryPool::Process().CountHandOver();
+      break;
+    }
+  }
+  evicted.clear();
+  merged->data.resize(bytes);  // no-op for a handed-over buffer
   merged->fill = std::make_unique<TensorFill>(merged->data.data(), merged->data.size());
   TensorFill* fill = merged->fill.get();
   if (started) started(merged);

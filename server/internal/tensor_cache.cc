@@ -152,19 +152,20 @@ void TensorCache::GetOrLoad(const std::string& group, const std::string& key,
   absl::StatusOr<MergedTensorPtr> result = loader();
 
   std::vector<Done> waiters;
+  std::vector<MergedTensorPtr> evicted;  // freed after the lock
   {
     absl::MutexLock lock(&mu_);
     auto flight = flights_.find(key);
     waiters = std::move(flight->second.waiters);
     bool erased = flight->second.group_epoch != group_epochs_[group];
     flights_.erase(flight);
-    if (result.ok() && !erased) InsertLocked(group, key, *result);
+    if (result.ok() && !erased) InsertLocked(group, key, *result, &evicted);
   }
   for (size_t i = 0; i < waiters.size(); ++i) waiters[i](result, /*hit=*/i != 0);
 }
 
 void TensorCache::InsertLocked(const std::string& group, const std::string& key,
-                               MergedTensorPtr value) {
+                               MergedTensorPtr value, std::vector<MergedTensorPtr>* evicted) {
   uint64_t size = value->data.size();
   bool pinned = pins_.count(group) > 0;
   // A tensor larger than the whole budget is served but not kept (unless pinned: the
@@ -173,26 +174,29 @@ void TensorCache::InsertLocked(const std::string& group, const std::string& key,
   auto [it, inserted] = entries_.try_emplace(key);
   if (!inserted) return;  // cannot happen with single flight; keep the first
   lru_.push_front(key);
-  it->second = Entry{group, std::move(value), lru_.begin()};
+  it->second = Entry{group, std::move(value), lru_.begin(), size};
   bytes_ += size;
-  EvictLocked(capacity_);
+  EvictLocked(capacity_, evicted);
   PublishBytesLocked();
 }
 
-void TensorCache::MakeRoom(uint64_t bytes) {
-  if (bytes > capacity_) return;
+std::vector<MergedTensorPtr> TensorCache::MakeRoom(uint64_t bytes) {
+  std::vector<MergedTensorPtr> evicted;
+  if (bytes > capacity_) return evicted;
   absl::MutexLock lock(&mu_);
-  EvictLocked(capacity_ - bytes);
+  EvictLocked(capacity_ - bytes, &evicted);
   PublishBytesLocked();
+  return evicted;
 }
 
-void TensorCache::EvictLocked(uint64_t limit) {
+void TensorCache::EvictLocked(uint64_t limit, std::vector<MergedTensorPtr>* evicted) {
   auto it = lru_.end();
   while (bytes_ > limit && it != lru_.begin()) {
     --it;
     auto entry = entries_.find(*it);
     if (pins_.count(entry->second.group)) continue;
     auto newer = std::next(it);  // `it` dies with the entry; resume from its neighbour
+    if (evicted != nullptr) evicted->push_back(std::move(entry->second.value));
     RemoveLocked(entry);
     it = newer;
     if (metrics_) metrics_->cache_evictions().Increment();
@@ -200,7 +204,7 @@ void TensorCache::EvictLocked(uint64_t limit) {
 }
 
 void TensorCache::RemoveLocked(std::unordered_map<std::string, Entry>::iterator it) {
-  bytes_ -= it->second.value->data.size();
+  bytes_ -= it->second.bytes;
   lru_.erase(it->second.lru);
   entries_.erase(it);
 }
@@ -231,7 +235,7 @@ bool TensorCache::Unpin(const std::string& group) {
   auto it = pins_.find(group);
   if (it == pins_.end()) return false;
   if (--it->second == 0) pins_.erase(it);
-  EvictLocked(capacity_);
+  EvictLocked(capacity_, nullptr);
   PublishBytesLocked();
   return true;
 }
@@ -245,7 +249,7 @@ uint64_t TensorCache::pinned_bytes() const {
   absl::MutexLock lock(&mu_);
   uint64_t total = 0;
   for (const auto& [key, entry] : entries_) {
-    if (pins_.count(entry.group)) total += entry.value->data.size();
+    if (pins_.count(entry.group)) total += entry.bytes;
   }
   return total;
 }
@@ -254,7 +258,7 @@ uint64_t TensorCache::group_bytes(const std::string& group) const {
   absl::MutexLock lock(&mu_);
   uint64_t total = 0;
   for (const auto& [key, entry] : entries_) {
-    if (entry.group == group) total += entry.value->data.size();
+    if (entry.group == group) total += entry.bytes;
   }
   return total;
 }

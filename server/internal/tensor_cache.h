@@ -152,13 +152,14 @@ class TensorCache {
                  Done done);
 
   // Evicts unpinned entries, least recently used first, until a tensor of `bytes` fits
-  // beside the rest within the budget (nothing if `bytes` alone exceeds it). A loader
-  // calls it before it allocates its tensor, so that the memory of what is evicted is
-  // freed first (and reused, merged_memory.h) rather than held beside the new tensor
-  // until the insert evicts: peak memory stays near the budget, not budget + tensor.
-  // Concurrent loaders each make room for their own tensor only; the insert still
-  // evicts what exceeds the budget.
-  void MakeRoom(uint64_t bytes);
+  // beside the rest within the budget (nothing if `bytes` alone exceeds it), and returns
+  // them, for the caller to drop (or reuse) after the cache's lock: freeing a large
+  // tensor (munmap) takes tens of ms. A loader calls it before it allocates its tensor,
+  // so that the memory of what is evicted is freed first (and reused, merged_memory.h)
+  // rather than held beside the new tensor until the insert evicts: peak memory stays
+  // near the budget, not budget + tensor. Concurrent loaders each make room for their
+  // own tensor only; the insert still evicts what exceeds the budget.
+  std::vector<MergedTensorPtr> MakeRoom(uint64_t bytes);
 
   // Drops every entry of `group` (task deleted or overwritten). Loads in flight still
   // finish and deliver their result, which is then cached under its (old) key only if
@@ -182,6 +183,7 @@ class TensorCache {
     std::string group;
     MergedTensorPtr value;
     std::list<std::string>::iterator lru;
+    uint64_t bytes = 0;  // value->data.size()
   };
   struct Flight {
     std::vector<Done> waiters;
@@ -189,10 +191,13 @@ class TensorCache {
   };
 
   // Inserts under mu_, evicting unpinned LRU entries to stay within the budget.
-  void InsertLocked(const std::string& group, const std::string& key, MergedTensorPtr value)
+  void InsertLocked(const std::string& group, const std::string& key, MergedTensorPtr value,
+                    std::vector<MergedTensorPtr>* evicted) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evicts unpinned LRU entries until bytes_ <= limit (or none is left). Their values
+  // go to *evicted (if not null), for the caller to drop after mu_: freeing a large
+  // tensor (munmap) takes tens of ms, which other lookups should not wait for.
+  void EvictLocked(uint64_t limit, std::vector<MergedTensorPtr>* evicted)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Evicts unpinned LRU entries until bytes_ <= limit (or none is left).
-  void EvictLocked(uint64_t limit) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveLocked(std::unordered_map<std::string, Entry>::iterator it)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PublishBytesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

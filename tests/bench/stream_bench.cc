@@ -536,13 +536,15 @@ int main(int argc, char** argv) {
     std::printf(
         "decode workers, second cold task: %.2f s CPU per GB against the first's %.2f s (%.0f%%) "
         "= %.0f%% (first: %.0f%%) of the codec's single-core MergeTensor on the same tensors in "
-        "this run (%.3f GB/s of CPU time); merged buffers: %llu of %llu reused from evicted "
-        "tensors (%.0f MiB kept at the end, cap %llu MiB)\n",
+        "this run (%.3f GB/s of CPU time); merged buffers >= 256 KiB: %llu taken over from "
+        "evicted tensors, %llu reused from the pool, %llu mapped afresh (%.0f MiB kept at the "
+        "end, cap %llu MiB)\n",
         cpu / (second.bytes / 1e9), worker_cpu / (cold.bytes / 1e9),
         100.0 * (cpu / second.bytes) / (worker_cpu / cold.bytes),
         100.0 * (second.bytes / cpu) / single_core, 100.0 * (cold.bytes / worker_cpu) / single_core,
-        single_core / 1e9, static_cast<unsigned long long>(pool.reused - pool0.reused),
-        static_cast<unsigned long long>(pool.reused - pool0.reused + pool.mapped - pool0.mapped),
+        single_core / 1e9, static_cast<unsigned long long>(pool.handed_over - pool0.handed_over),
+        static_cast<unsigned long long>(pool.reused - pool0.reused),
+        static_cast<unsigned long long>(pool.mapped - pool0.mapped),
         pool.kept_bytes / 1048576.0, static_cast<unsigned long long>(pool.cap_bytes >> 20));
     if (!second.ok) return 1;
   }

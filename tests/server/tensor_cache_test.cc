@@ -83,16 +83,19 @@ TEST(TensorCacheTest, MakeRoomEvictsUnpinnedEntriesBeforeALoad) {
   Get(cache, "p/pinned", "0", 300, &loads);
   Get(cache, "a/t", "0", 300, &loads);
   Get(cache, "a/t", "1", 300, &loads);
-  cache.MakeRoom(100);  // 900 + 100 fit: nothing goes
+  EXPECT_TRUE(cache.MakeRoom(100).empty());  // 900 + 100 fit: nothing goes
   EXPECT_EQ(cache.bytes(), 900u);
-  cache.MakeRoom(2000);  // larger than the budget: served unkept, evicts nothing
+  EXPECT_TRUE(cache.MakeRoom(2000).empty());  // larger than the budget: kept by none
   EXPECT_EQ(cache.bytes(), 900u);
-  cache.MakeRoom(350);  // the least recently used unpinned entry (a/t#0) goes
+  std::vector<MergedTensorPtr> evicted = cache.MakeRoom(350);  // LRU unpinned: a/t#0
+  ASSERT_EQ(evicted.size(), 1u);
+  EXPECT_EQ(evicted[0]->data.size(), 300u);
+  EXPECT_EQ(evicted[0].use_count(), 1);  // the cache let go of it: the caller's to reuse
   EXPECT_EQ(cache.bytes(), 600u);
   EXPECT_FALSE(Get(cache, "a/t", "0", 300, &loads).second);  // reloaded
   EXPECT_TRUE(Get(cache, "a/t", "1", 300, &loads).second);
   EXPECT_EQ(cache.bytes(), 900u);
-  cache.MakeRoom(1000);  // every unpinned entry goes; the pinned one stays
+  EXPECT_EQ(cache.MakeRoom(1000).size(), 2u);  // every unpinned entry goes, not the pinned
   EXPECT_EQ(cache.bytes(), 300u);
   EXPECT_EQ(cache.group_bytes("p/pinned"), 300u);
   EXPECT_EQ(loads, 4);
