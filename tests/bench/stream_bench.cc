@@ -32,6 +32,7 @@
 // --push-only N: N more PutDelta uploads of the container, beside N uploads of the same
 // bytes by the same client into a server that only receives them (a plain upload), in
 // the same run.
+#include <malloc.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -48,7 +49,6 @@
 
 #include "CLI/CLI.hpp"
 #include "client/client.h"
-#include "client/internal/pull_memory.h"
 #include "codec/container.h"
 #include "codec/delta_codec.h"
 #include "codec/safetensors.h"
@@ -413,13 +413,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bool keep_freed = false;
   app.add_flag("--keep-freed-memory", keep_freed,
-               "call client::KeepFreedMemoryForPull() first, as deltactl pull does (glibc keeps "
-               "freed memory instead of trimming it; the server in this process too)");
+               "keep freed heap memory as deltactl pull does (client/internal/pull_memory.h: "
+               "mallopt M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB; the server in this "
+               "process too)");
   bool cold_only = false;
   app.add_flag("--cold-only", cold_only,
                "stop after the cold stream (to profile it alone, e.g. under perf record)");
   CLI11_PARSE(app, argc, argv);
-  if (keep_freed && !client::KeepFreedMemoryForPull()) {
+  if (keep_freed && (mallopt(M_MMAP_THRESHOLD, 32 << 20) != 1 ||
+                     mallopt(M_TRIM_THRESHOLD, 1 << 30) != 1)) {
     std::fprintf(stderr, "glibc refused mallopt\n");
     return 1;
   }
