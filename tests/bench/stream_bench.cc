@@ -5,7 +5,7 @@
 //                [--vocab 151936] [--workers 2] [--prefetch 1] [--chunk-bytes 1048576]
 //                [--cache-mb 3072] [--cold-only] [--legacy-cold] [--pull-streams 1,2,4]
 //                [--push-only N] [--ingest-min-bytes N] [--upload-buffer-cache-mb 512]
-//                [--second-cold]
+//                [--second-cold] [--keep-freed-memory]
 //
 // Model: synthetic fp16 transformer with the shapes of a 0.5B-class model (Qwen2-0.5B:
 // 24 layers, hidden 896, 2 KV heads of 128, FFN 4864, vocab 151936; ~494M weights,
@@ -27,12 +27,15 @@
 // cache budget + 256 MiB. Every stream is read to the end and byte-counted, not stored.
 // Then cached pulls through DeltaClient::PullWeightsToMemory over 1, 2, 4 parallel
 // tensor-range streams (PullOptions::streams; checked and copied into memory), each
-// beside the first one and the plain stream. --push-only N: N more PutDelta uploads of
-// the container, beside N uploads of the same bytes by the same client into a server
-// that only receives them (a plain upload), in the same run. --second-cold (e.g. with
-// --cache-mb 1024 --cold-only): a second task cold right after the first, through a cache
-// that then evicts, with its decode workers' CPU per GB beside the first cold stream's and
-// how many of its merged buffers reused the memory of evicted tensors.
+// beside the first one and the plain stream, with the process's CPU per GB and minor page
+// faults during that pull (the first pull's tensors land in pages the process never had).
+// --push-only N: N more PutDelta uploads of the container, beside N uploads of the same
+// bytes by the same client into a server that only receives them (a plain upload), in
+// the same run. --second-cold (e.g. with --cache-mb 1024 --cold-only): a second task cold
+// right after the first, through a cache that then evicts, with its decode workers' CPU
+// per GB beside the first cold stream's and how many of its merged buffers reused the
+// memory of evicted tensors.
+#include <malloc.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -356,6 +359,19 @@ double PeakRssMb() {
   return ru.ru_maxrss / 1024.0;
 }
 
+// The process's user and system CPU seconds and minor page faults so far.
+struct Usage {
+  double user = 0, sys = 0;
+  long minor_faults = 0;
+};
+
+Usage ProcessUsage() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return {ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
+          ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6, ru.ru_minflt};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -404,10 +420,20 @@ int main(int argc, char** argv) {
                "name) cold; with --cache-mb below twice the merged model its tensors evict the "
                "first task's and reuse their memory (MergedMemoryPool): a server whose cache "
                "is full");
+  bool keep_freed = false;
+  app.add_flag("--keep-freed-memory", keep_freed,
+               "keep freed heap memory as deltactl pull does (client/internal/pull_memory.h: "
+               "mallopt M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB; the server in this "
+               "process too)");
   bool cold_only = false;
   app.add_flag("--cold-only", cold_only,
                "stop after the cold stream (to profile it alone, e.g. under perf record)");
   CLI11_PARSE(app, argc, argv);
+  if (keep_freed && (mallopt(M_MMAP_THRESHOLD, 32 << 20) != 1 ||
+                     mallopt(M_TRIM_THRESHOLD, 1 << 30) != 1)) {
+    std::fprintf(stderr, "glibc refused mallopt\n");
+    return 1;
+  }
 
   std::string tag = std::to_string(shape.layers) + "x" + std::to_string(shape.hidden) + "x" +
                     std::to_string(shape.ffn) + "x" + std::to_string(shape.vocab);
@@ -579,16 +605,28 @@ int main(int argc, char** argv) {
 
   // Cached pulls through the client library over N parallel tensor-range streams
   // (PullOptions::streams), into memory, every tensor's checksum verified.
-  std::vector<std::pair<uint32_t, client::PullStats>> pulls;
+  // Each pull's process CPU (both ends) and minor page faults: a pull's tensors land in
+  // memory the process may never have touched (its first pull) or that glibc kept from
+  // the previous pull, and on a VM a page the guest has not touched for a while can cost
+  // several times more to fault in (client/internal/pull_memory.h).
+  struct Pull {
+    uint32_t streams;
+    client::PullStats stats;
+    Usage usage;
+  };
+  std::vector<Pull> pulls;
   for (uint32_t n : pull_streams) {
     client::PullOptions po;
     po.streams = n;
+    const Usage u0 = ProcessUsage();
     auto m = (*cl)->PullWeightsToMemory("bench", po);
+    const Usage u1 = ProcessUsage();
     if (!m.ok()) {
       std::fprintf(stderr, "pull --streams %u: %s\n", n, m.status().ToString().c_str());
       return 1;
     }
-    pulls.emplace_back(n, m->stats);
+    pulls.push_back(
+        {n, m->stats, {u1.user - u0.user, u1.sys - u0.sys, u1.minor_faults - u0.minor_faults}});
   }
 
   // Baseline: the same merged bytes, pre-decoded in memory, through a plain stream.
@@ -611,20 +649,26 @@ int main(int argc, char** argv) {
   StreamResult base = ReadStream("127.0.0.1:" + std::to_string(plain_port), "bench");
   plain_server->Shutdown();
 
-  std::printf("\nworkers=%d prefetch=%d chunk=%u bytes, loopback, %u hardware threads\n", workers,
-              prefetch, chunk, std::thread::hardware_concurrency());
+  std::printf("\nworkers=%d prefetch=%d chunk=%u bytes, loopback, %u hardware threads%s\n",
+              workers, prefetch, chunk, std::thread::hardware_concurrency(),
+              keep_freed ? ", --keep-freed-memory" : "");
   Print("StreamWeights cold", cold);
   if (legacy_cold) Print("cold, no checksum_after_data", cold_legacy);
   Print("StreamWeights cached", cached);
   Print("plain gRPC stream", base);
-  for (const auto& [n, st] : pulls) {
+  for (const Pull& p : pulls) {
+    const client::PullStats& st = p.stats;
     const double rate = st.bytes / st.seconds;
-    const auto& one = pulls.front().second;
+    const client::PullStats& one = pulls.front().stats;
+    const double gb = st.bytes / 1e9;
     std::printf(
         "client pull cached, %2u streams: first tensor %8.2f ms   %6.2f s   %6.3f GB/s   "
-        "= %.2fx the %u-stream pull, %.0f%% of the plain stream\n",
-        n, st.first_tensor_seconds * 1e3, st.seconds, rate / 1e9, rate / (one.bytes / one.seconds),
-        pulls.front().first, 100.0 * rate / (base.bytes / base.total_s));
+        "= %.2fx the %u-stream pull, %.0f%% of the plain stream; CPU (both ends) %.2f s/GB "
+        "(%.2f user, %.2f sys), %ld minor faults\n",
+        p.streams, st.first_tensor_seconds * 1e3, st.seconds, rate / 1e9,
+        rate / (one.bytes / one.seconds), pulls.front().streams,
+        100.0 * rate / (base.bytes / base.total_s), (p.usage.user + p.usage.sys) / gb,
+        p.usage.user / gb, p.usage.sys / gb, p.usage.minor_faults);
   }
   const double single_core = SingleCoreMergeRate(dir);
   const double worker_rate = cold.bytes / worker_cpu;
