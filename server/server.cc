@@ -28,6 +28,7 @@
 #include "prometheus/exposer.h"
 #include "proto/protocol.h"
 #include "prometheus/text_serializer.h"
+#include "server/internal/base_check.h"
 #include "server/internal/context.h"
 #include "server/internal/fd_limit.h"
 #include "server/internal/health.h"
@@ -275,6 +276,11 @@ absl::Status Server::Impl::Init() {
                        {{"db", options.db_path},
                         {"min_free_bytes", std::to_string(store_options.min_free_bytes)}});
   }
+  // A database filled against another base would only answer FAILED_PRECONDITION: say so
+  // at start, when the wrong --base is still easy to see.
+  DS_ASSIGN_OR_RETURN(internal::OtherBaseTasks other_base,
+                      internal::FindTasksOfAnotherBase(*store, ctx.base_hash));
+  internal::WarnTasksOfAnotherBase(other_base, options.base_path, ctx.base_hash_hex);
 
   cache = std::make_unique<internal::TensorCache>(options.cache_bytes, metrics.get());
   size_t workers = options.workers > 0 ? static_cast<size_t>(options.workers)
