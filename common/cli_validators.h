@@ -14,6 +14,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "common/names.h"
 
 namespace deltaserve::common {
@@ -45,6 +46,26 @@ inline CLI::Validator SecondsValidator() {
         return "";
       },
       "SECONDS");
+}
+
+// A finite number in an interval: [lo, hi], with `lo_open` / `hi_open` excluding that end
+// ("nan", "inf" and text that is not a number refused). `what` names the quantity and
+// `why` (may be "") says why the bounds are where they are, e.g. `want bits per weight in
+// (0, 16] (above 16 a lossy code costs more than the 16-bit delta), got '100'`.
+inline CLI::Validator NumberInValidator(std::string what, double lo, bool lo_open, double hi,
+                                        bool hi_open, std::string why = "") {
+  const std::string range = absl::StrCat(lo_open ? "(" : "[", lo, ", ", hi, hi_open ? ")" : "]");
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        double value = 0;
+        if (absl::SimpleAtod(text, &value) && std::isfinite(value) &&
+            (lo_open ? value > lo : value >= lo) && (hi_open ? value < hi : value <= hi)) {
+          return "";
+        }
+        return "want " + what + " in " + range + (why.empty() ? "" : " (" + why + ")") +
+               ", got '" + text + "'";
+      },
+      "NUMBER");
 }
 
 // A tenant or task name (`kind`: "tenant", "task"), by the store's own rule
