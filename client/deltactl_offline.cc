@@ -416,16 +416,13 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
                    "model.safetensors.index.json) instead of --out")
       ->excludes(dc_out);
   decompress->add_option("--shard-bytes", dc->shard_bytes, "Largest shard of --out-dir, bytes")
-      ->check(common::ByteCountValidator())
+      ->check(common::ByteCountValidator(/*min=*/1))
       ->capture_default_str();
   decompress->add_flag("--force", dc->force, "Decode even if the base hash differs");
   AddSideFileOptions(decompress, &dc->side_files);
   AddDTypeOption(decompress, &dc->dtype);
   decompress->callback([dc, action] {
     // Usage errors (exit 2), before any file is read.
-    if (!dc->out_dir.empty() && dc->shard_bytes == 0) {
-      throw CLI::ValidationError("--shard-bytes", "must be positive with --out-dir");
-    }
     if (dc->out_dir.empty() && (!dc->side_files.paths.empty() || !dc->side_files.from_dir.empty())) {
       throw CLI::ValidationError("side files need --out-dir");
     }

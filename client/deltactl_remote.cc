@@ -577,7 +577,7 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
                    "model.safetensors.index.json) instead of --out")
       ->excludes(pull_out);
   pull->add_option("--shard-bytes", task->shard_bytes, "Largest shard of --out-dir, bytes")
-      ->check(common::ByteCountValidator())
+      ->check(common::ByteCountValidator(/*min=*/1))
       ->capture_default_str();
   AddDTypeOption(pull, &task->dtype);
   pull->add_option("--include", task->include, "Only tensors matching this glob (repeatable)");

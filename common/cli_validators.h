@@ -19,14 +19,16 @@
 
 namespace deltaserve::common {
 
-// A byte count: decimal digits only, fitting 64 bits ("-1", "1e9", "12x" refused).
-inline CLI::Validator ByteCountValidator() {
+// A byte count: decimal digits only, fitting 64 bits ("-1", "1e9", "12x" refused), at
+// least `min`.
+inline CLI::Validator ByteCountValidator(uint64_t min = 0) {
   return CLI::Validator(
-      [](std::string& text) -> std::string {
+      [min](std::string& text) -> std::string {
         uint64_t value = 0;
         if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos ||
-            !absl::SimpleAtoi(text, &value)) {
-          return "want a whole number of bytes >= 0 (at most 2^64 - 1), got '" + text + "'";
+            !absl::SimpleAtoi(text, &value) || value < min) {
+          return absl::StrCat("want a whole number of bytes >= ", min,
+                              " (at most 2^64 - 1), got '", text, "'");
         }
         return "";
       },
