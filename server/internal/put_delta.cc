@@ -259,8 +259,9 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   // refused other sizes) and no overwrite: only an identical re-push can succeed
   // ("unchanged"). Decide as early as the bytes allow rather than after the whole
   // upload: other side files now, then the container header and each record's length
-  // as they arrive (CompareWithExisting). The commit decides again, atomically, so a
-  // task replaced or deleted meanwhile is still handled right there.
+  // as they arrive (CompareWithExisting). These early answers are about the task as it
+  // was at admission (one deleted meanwhile is still refused); an upload that passes
+  // them is decided again, atomically, by the commit.
   absl::Status PrepareExistingComparison() {
     if (meta_.overwrite() || ctx_->cluster != nullptr) return absl::OkStatus();
     absl::StatusOr<storage::TaskInfo> existing = ctx_->store->GetTask(tenant_, meta_.task());
