@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -14,6 +15,7 @@
 #include "common/json.h"
 #include "common/status_macros.h"
 #include "common/tmp_files.h"
+#include "grpc/support/log.h"
 
 namespace deltaserve::client {
 
@@ -83,6 +85,13 @@ int main(int argc, char** argv) {
   // Ctrl-C during a pull, decompress or compress removes the .tmp output (as large as
   // the model) instead of leaving it; `ulimit -f` gives an error message, not SIGXFSZ.
   deltaserve::common::RemoveTmpFilesOnSignals();
+  // gRPC's own log lines ("E1201 13:21:08.65 ... ssl_transport_security.cc:1420] Handshake
+  // failed ...") are not written to the user: every failure they describe also comes back
+  // as the call's status, which deltactl prints in its terms. GRPC_VERBOSITY set in the
+  // environment (e.g. =DEBUG, to debug a connection) brings them back.
+  if (std::getenv("GRPC_VERBOSITY") == nullptr) {
+    gpr_set_log_function([](gpr_log_func_args*) {});
+  }
   CLI::App app{
       "deltactl: compress finetuned models as deltas against their base (codec v2 or Delta-DCT), "
       "inspect and evaluate them, and talk to a deltaserve server."};

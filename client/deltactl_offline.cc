@@ -1,5 +1,6 @@
 // `deltactl convert`, `deltactl compress` and `deltactl decompress`: the offline
 // subcommands that need no server.
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -36,6 +37,9 @@ struct ConvertOptions {
 
 // How many skipped names `convert` prints without --verbose.
 constexpr size_t kSkippedShown = 3;
+
+// Largest --bits: a lossy code above 16 bits per weight is larger than the f16 delta.
+constexpr double kMaxBitsPerWeight = 16;
 
 struct CompressCliOptions {
   std::string base, finetuned, out;
@@ -198,8 +202,28 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   return c;
 }
 
-absl::Status RunCompress(const CompressCliOptions& o) {
-  DS_ASSIGN_OR_RETURN(const codec::CompressOptions options, ToCompressOptions(o));
+// A target the rate control could not reach (below the container's fixed bytes, above
+// what the finest step spends): what was written instead, so that it is not taken for
+// the target. PlanEcq meets a reachable bits target within 1%.
+void WarnUnmetBitsTarget(const codec::CompressOptions& options, const ContainerReport& report) {
+  const double target = options.ecq_target.bits_per_weight;
+  const ReportTotals totals = ComputeTotals(report);
+  if (options.codec != codec::LossyCodec::kEcq || options.ecq_target.max_error > 0 ||
+      !(target > 0) || totals.lossy_weights == 0) {
+    return;
+  }
+  const double got = totals.bpw_lossy;
+  if (std::fabs(got - target) <= 0.01 * target) return;
+  absl::FPrintF(stderr,
+                "warning: --bits %g not met: the ecq-coded tensors take %.4f bits/weight, "
+                "the nearest this model allows (%s)\n",
+                target, got,
+                got > target ? "its names, shapes and headers alone take about that; the "
+                               "deltas are coded at the coarsest step"
+                             : "every coefficient is coded at the finest step");
+}
+
+absl::Status RunCompress(const CompressCliOptions& o, const codec::CompressOptions& options) {
   // Before the encode (minutes on a large model), not at the final rename.
   DS_RETURN_IF_ERROR(common::CheckOutputFilePath(o.out, "--out is the container file to write"));
   DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(o.base));
@@ -211,6 +235,7 @@ absl::Status RunCompress(const CompressCliOptions& o) {
   DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.out));
   DS_ASSIGN_OR_RETURN(auto report, ReportContainer(*container));
   PrintReport(report, /*per_tensor=*/false, stdout);
+  WarnUnmetBitsTarget(options, report);
   return absl::OkStatus();
 }
 
@@ -232,12 +257,6 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
   codec::DecompressOptions options;
   options.force = o.force;
   DS_ASSIGN_OR_RETURN(options.out_dtype, ParseDTypeOption(o.dtype));
-  if (!o.out_dir.empty() && o.shard_bytes == 0) {
-    return absl::InvalidArgumentError("--shard-bytes must be positive");
-  }
-  if (o.out_dir.empty() && (!o.side_files.paths.empty() || !o.side_files.from_dir.empty())) {
-    return absl::InvalidArgumentError("side files need --out-dir");
-  }
   if (!o.out.empty()) {
     DS_RETURN_IF_ERROR(
         common::CheckOutputFilePath(o.out, "a checkpoint directory is written by --out-dir DIR"));
@@ -303,13 +322,21 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
                        "Lossy codec: ecq (v2: entropy-coded, rate-controlled; default, at 1 "
                        "bit/weight) or dct (Delta-DCT, fixed-rate schedule; implied by "
                        "--schedule, --quantizer or --separate-dc)");
-  compress->add_option_function<double>(
-      "--bits", [cc](const double& v) { cc->bits = v; },
-      "ecq: average bits per weight of the lossy tensors, every container byte counted "
-      "(implies --codec ecq)");
-  compress->add_option_function<double>(
-      "--max-error", [cc](const double& v) { cc->max_error = v; },
-      "ecq: smallest container whose relative delta error is <= this (implies --codec ecq)");
+  compress
+      ->add_option_function<double>(
+          "--bits", [cc](const double& v) { cc->bits = v; },
+          "ecq: average bits per weight of the lossy tensors, every container byte counted, "
+          "in (0, 16] (implies --codec ecq)")
+      ->check(common::NumberInValidator("bits per weight", 0, true, kMaxBitsPerWeight, false,
+                                        "above 16 a lossy code costs more than the 16-bit "
+                                        "delta; --rule GLOB=raw stores tensors exactly"));
+  compress
+      ->add_option_function<double>(
+          "--max-error", [cc](const double& v) { cc->max_error = v; },
+          "ecq: smallest container whose relative delta error is <= this, in (0, 1) (implies "
+          "--codec ecq)")
+      ->check(common::NumberInValidator("a relative delta error", 0, true, 1, true,
+                                        "an empty delta already has error 1"));
   compress
       ->add_option("--ecq-weighting", cc->ecq_weighting,
                    "ecq: per-tensor step scale: mse (one step), weight (x RMS of the base "
@@ -365,7 +392,10 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
     for (const char* name : {"--schedule", "--quantizer", "--separate-dc"}) {
       cc->dct_option_given |= compress->get_option(name)->count() > 0;
     }
-    *action = [cc] { return RunCompress(*cc); };
+    // Every option error is a usage error (exit 2), found before any file is read.
+    absl::StatusOr<codec::CompressOptions> options = ToCompressOptions(*cc);
+    if (!options.ok()) throw CLI::ValidationError(std::string(options.status().message()));
+    *action = [cc, options = *std::move(options)] { return RunCompress(*cc, options); };
   });
 
   auto* decompress =
@@ -386,12 +416,18 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
                    "model.safetensors.index.json) instead of --out")
       ->excludes(dc_out);
   decompress->add_option("--shard-bytes", dc->shard_bytes, "Largest shard of --out-dir, bytes")
-      ->check(common::ByteCountValidator())
+      ->check(common::ByteCountValidator(/*min=*/1))
       ->capture_default_str();
   decompress->add_flag("--force", dc->force, "Decode even if the base hash differs");
   AddSideFileOptions(decompress, &dc->side_files);
   AddDTypeOption(decompress, &dc->dtype);
-  decompress->callback([dc, action] { *action = [dc] { return RunDecompress(*dc); }; });
+  decompress->callback([dc, action] {
+    // Usage errors (exit 2), before any file is read.
+    if (dc->out_dir.empty() && (!dc->side_files.paths.empty() || !dc->side_files.from_dir.empty())) {
+      throw CLI::ValidationError("side files need --out-dir");
+    }
+    *action = [dc] { return RunDecompress(*dc); };
+  });
 }
 
 }  // namespace deltaserve::client

@@ -10,6 +10,7 @@
 // Results go to stdout (--json for machine-readable output); progress goes to stderr.
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -30,6 +31,7 @@
 #include "client/client.h"
 #include "client/internal/deltactl_command.h"
 #include "client/internal/pull_memory.h"
+#include "common/address.h"
 #include "common/cli_validators.h"
 #include "common/json.h"
 #include "common/names.h"
@@ -79,7 +81,9 @@ constexpr char kTenantEnv[] = "DELTASERVE_TENANT";
 void AddRemoteFlags(CLI::App* app, RemoteFlags* f) {
   const std::string group = "Server options (before or after the subcommand)";
   app->add_option("--server", f->server,
-                  absl::StrCat("deltaserved address host:port (env ", kServerEnv, ")"))
+                  absl::StrCat("deltaserved address host[:port] (port ",
+                               common::kDefaultServerPort, " if none), [v6]:port or unix:PATH (env ",
+                               kServerEnv, ")"))
       ->capture_default_str()
       ->group(group);
   app->add_option("--token", f->token, absl::StrCat("Bearer token (env ", kTokenEnv, ")"))
@@ -147,8 +151,11 @@ absl::Status WithFlagHint(absl::Status s, const RemoteFlags& f) {
     hint = absl::StrCat("the token (--token or ", kTokenEnv, ") may not do this; admin "
                         "commands need an admin token, and --tenant or ", kTenantEnv,
                         " names the tenant to act on");
+  } else if (absl::IsUnavailable(s) && absl::StrContains(s.message(), "andshake failed")) {
+    hint = absl::StrCat("TLS on one side only, or a certificate not trusted? --tls / --tls-ca "
+                        "must match whether deltaserved at ", f.server, " runs with --tls-cert");
   } else if (absl::IsUnavailable(s) && absl::StrContains(s.message(), "failed to connect")) {
-    hint = absl::StrCat("is deltaserved running at ", f.server, "? --server HOST:PORT or ",
+    hint = absl::StrCat("is deltaserved running at ", f.server, "? --server HOST[:PORT] or ",
                         kServerEnv, " sets the address");
   } else if (absl::IsInvalidArgument(s) &&
              absl::StrContains(s.message(), "must name the tenant")) {
@@ -179,19 +186,7 @@ absl::Status InCommandTerms(absl::Status s, const std::string& command) {
 }
 
 absl::StatusOr<std::unique_ptr<DeltaClient>> Connect(const RemoteFlags& f) {
-  // ClientOptions::Validate would name its fields; name the flags the user typed.
-  if (f.server.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("no server address: --server (or ", kServerEnv, ") is empty"));
-  }
-  if (!(f.timeout_seconds > 0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--timeout must be a positive number of seconds, got ", f.timeout_seconds));
-  }
-  if (f.token.find_first_of("\r\n") != std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the token (--token or ", kTokenEnv, ") contains a line break"));
-  }
+  // The flags were checked while parsing (AddRemoteCommands), in the flags' terms.
   ClientOptions options;
   options.target = f.server;
   options.token = f.token;
@@ -500,14 +495,32 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   auto bind = [&](CLI::App* sub, std::function<absl::Status(const RemoteFlags&)> run) {
     sub->callback([=, &app, after = remote.at(sub)] {
       *remote_used = true;
-      const RemoteFlags f = ResolveRemoteFlags(*sub, *after, app, *before);
+      RemoteFlags f = ResolveRemoteFlags(*sub, *after, app, *before);
+      // Usage errors (exit 2) before any connection, naming the flag or the variable
+      // that gave the value.
+      auto source = [&](const char* flag, const char* env) {
+        return Given(*sub, flag) || Given(app, flag) || env == nullptr ? flag : env;
+      };
       // The store's rule, checked now rather than by the server after the work.
       // An empty tenant is the token's own.
       const absl::Status tenant_ok =
           f.tenant.empty() ? absl::OkStatus() : common::ValidateName("tenant", f.tenant);
       if (!tenant_ok.ok()) {
-        const bool flag = Given(*sub, "--tenant") || Given(app, "--tenant");
-        throw CLI::ValidationError(flag ? "--tenant" : kTenantEnv, std::string(tenant_ok.message()));
+        throw CLI::ValidationError(source("--tenant", kTenantEnv), std::string(tenant_ok.message()));
+      }
+      // "host" dials deltaserved's default port, not gRPC's 443.
+      absl::StatusOr<std::string> target = common::ServerTarget(f.server);
+      if (!target.ok()) {
+        throw CLI::ValidationError(source("--server", kServerEnv),
+                                   std::string(target.status().message()));
+      }
+      f.server = *std::move(target);
+      if (!(f.timeout_seconds > 0) || !std::isfinite(f.timeout_seconds)) {
+        throw CLI::ValidationError(
+            "--timeout", absl::StrCat("want a positive number of seconds, got ", f.timeout_seconds));
+      }
+      if (f.token.find_first_of("\r\n") != std::string::npos) {
+        throw CLI::ValidationError(source("--token", kTokenEnv), "contains a line break");
       }
       const std::string command =
           sub->get_parent() == &app ? sub->get_name()
@@ -569,7 +582,7 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
                    "model.safetensors.index.json) instead of --out")
       ->excludes(pull_out);
   pull->add_option("--shard-bytes", task->shard_bytes, "Largest shard of --out-dir, bytes")
-      ->check(common::ByteCountValidator())
+      ->check(common::ByteCountValidator(/*min=*/1))
       ->capture_default_str();
   AddDTypeOption(pull, &task->dtype);
   pull->add_option("--include", task->include, "Only tensors matching this glob (repeatable)");

@@ -138,7 +138,9 @@ std::map<std::string, std::string> HeaderMetadata(const CompressOptions& o) {
   if (o.codec == LossyCodec::kEcq) {
     m["codec.lossy"] = LossyCodecName(o.codec);
     m["codec.ecq_weighting"] = EcqWeightingName(o.ecq_weighting);
-    m["codec.ecq_low_rank"] = o.ecq.try_low_rank ? "1" : "0";
+    // A std::string, not the literal: assigning a literal here draws GCC 12's false
+    // -Wrestrict (bug 105329).
+    m["codec.ecq_low_rank"] = std::string(o.ecq.try_low_rank ? "1" : "0");
     m["codec.ecq_gain_weight"] = absl::StrCat(o.ecq.gain_weight);
     m["codec.ecq_target"] = o.ecq_target.max_error > 0
                                 ? absl::StrCat("max_error=", o.ecq_target.max_error)

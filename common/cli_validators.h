@@ -14,18 +14,21 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "common/names.h"
 
 namespace deltaserve::common {
 
-// A byte count: decimal digits only, fitting 64 bits ("-1", "1e9", "12x" refused).
-inline CLI::Validator ByteCountValidator() {
+// A byte count: decimal digits only, fitting 64 bits ("-1", "1e9", "12x" refused), at
+// least `min`.
+inline CLI::Validator ByteCountValidator(uint64_t min = 0) {
   return CLI::Validator(
-      [](std::string& text) -> std::string {
+      [min](std::string& text) -> std::string {
         uint64_t value = 0;
         if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos ||
-            !absl::SimpleAtoi(text, &value)) {
-          return "want a whole number of bytes >= 0 (at most 2^64 - 1), got '" + text + "'";
+            !absl::SimpleAtoi(text, &value) || value < min) {
+          return absl::StrCat("want a whole number of bytes >= ", min,
+                              " (at most 2^64 - 1), got '", text, "'");
         }
         return "";
       },
@@ -45,6 +48,26 @@ inline CLI::Validator SecondsValidator() {
         return "";
       },
       "SECONDS");
+}
+
+// A finite number in an interval: [lo, hi], with `lo_open` / `hi_open` excluding that end
+// ("nan", "inf" and text that is not a number refused). `what` names the quantity and
+// `why` (may be "") says why the bounds are where they are, e.g. `want bits per weight in
+// (0, 16] (above 16 a lossy code costs more than the 16-bit delta), got '100'`.
+inline CLI::Validator NumberInValidator(std::string what, double lo, bool lo_open, double hi,
+                                        bool hi_open, std::string why = "") {
+  const std::string range = absl::StrCat(lo_open ? "(" : "[", lo, ", ", hi, hi_open ? ")" : "]");
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        double value = 0;
+        if (absl::SimpleAtod(text, &value) && std::isfinite(value) &&
+            (lo_open ? value > lo : value >= lo) && (hi_open ? value < hi : value <= hi)) {
+          return "";
+        }
+        return "want " + what + " in " + range + (why.empty() ? "" : " (" + why + ")") +
+               ", got '" + text + "'";
+      },
+      "NUMBER");
 }
 
 // A tenant or task name (`kind`: "tenant", "task"), by the store's own rule

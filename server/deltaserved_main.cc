@@ -6,8 +6,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
-
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -15,9 +15,13 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "common/cli_validators.h"
+#include "grpc/support/log.h"
 #include "server/internal/log.h"
 #include "server/server.h"
 #include "spdlog/spdlog.h"
@@ -31,12 +35,43 @@ void OnStopSignal(int sig) {
   (void)!write(g_signal_pipe[1], &c, 1);  // async-signal-safe
 }
 
-const CLI::Validator kByteCount = deltaserve::common::ByteCountValidator();
-const CLI::Validator kSeconds = deltaserve::common::SecondsValidator();
-
 using deltaserve::server::Server;
 using deltaserve::server::ServerOptions;
 namespace internal = deltaserve::server::internal;
+
+// Exit status of a usage error (a bad flag or variable), as deltactl's; 1 is a failure to
+// start or serve.
+constexpr int kUsageExit = 2;
+
+// " (set by DELTASERVE_X)" when `message` starts with a flag "--x" that the command line
+// does not give but the environment sets; else "".
+std::string FromEnvironmentHint(absl::string_view message, int argc, char** argv) {
+  if (!absl::StartsWith(message, "--")) return "";
+  const std::string flag(message.substr(0, message.find_first_of(" :")));
+  for (int i = 1; i < argc; ++i) {
+    if (argv[i] == flag || absl::StartsWith(argv[i], flag + "=")) return "";
+  }
+  std::string env = "DELTASERVE_" + absl::AsciiStrToUpper(flag.substr(2));
+  std::replace(env.begin(), env.end(), '-', '_');
+  return std::getenv(env.c_str()) != nullptr ? " (set by " + env + ")" : "";
+}
+
+// gRPC's own log lines (gpr_log: "E1201 13:21:08.65 ... chttp2_server.cc:1045] ...") as
+// structured events of ours, so that they read like every other line of the daemon and
+// reach log collectors as JSON with --log-format json. GRPC_VERBOSITY (default ERROR)
+// still decides which come; the errors that matter also come back as statuses.
+void RouteGrpcLog(gpr_log_func_args* args) {
+  const internal::LogLevel level = args->severity == GPR_LOG_SEVERITY_ERROR
+                                       ? internal::LogLevel::kError
+                                       : internal::LogLevel::kInfo;
+  internal::LogEvent(level, "grpc",
+                     {{"where", absl::StrCat(args->file, ":", args->line)},
+                      {"message", args->message}});
+}
+
+const CLI::Validator kByteCount = deltaserve::common::ByteCountValidator();
+const CLI::Validator kSeconds = deltaserve::common::SecondsValidator();
+
 
 int Run(int argc, char** argv) {
   ServerOptions o;
@@ -125,10 +160,11 @@ int Run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    return app.exit(e) == 0 ? 0 : kUsageExit;  // --help, --version: 0
   }
   internal::SetLogFormat(log_format == "json" ? internal::LogFormat::kJson
                                               : internal::LogFormat::kText);
+  gpr_set_log_function(RouteGrpcLog);
   // CLI11 skips an environment variable that is set but empty. For these flags "" means
   // off, so DELTASERVE_METRICS_LISTEN= must turn metrics off as --metrics-listen "" does
   // (before, the default 127.0.0.1:9464 stayed bound).
@@ -146,6 +182,13 @@ int Run(int argc, char** argv) {
   o.keepalive_time = absl::Seconds(keepalive_seconds);
   o.keepalive_timeout = absl::Seconds(keepalive_timeout_seconds);
   o.min_client_ping_interval = absl::Seconds(min_client_ping_seconds);
+  // Values that parse but are out of range are usage errors too, found before the base
+  // is loaded; the message names the flag, and the variable if that is what set it.
+  if (const absl::Status valid = o.Validate(); !valid.ok()) {
+    std::fprintf(stderr, "deltaserved: %s%s\n", std::string(valid.message()).c_str(),
+                 FromEnvironmentHint(valid.message(), argc, argv).c_str());
+    return kUsageExit;
+  }
 
   // Stop signals go to a self-pipe that this thread waits on: whichever thread the
   // kernel picks runs the handler, so no thread (gRPC's, RocksDB's) can be killed by it.

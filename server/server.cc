@@ -17,6 +17,7 @@
 #include "absl/synchronization/notification.h"
 #include "codec/delta_codec.h"
 #include "codec/safetensors.h"
+#include "common/address.h"
 #include "common/file.h"
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -28,6 +29,7 @@
 #include "prometheus/exposer.h"
 #include "proto/protocol.h"
 #include "prometheus/text_serializer.h"
+#include "server/internal/base_check.h"
 #include "server/internal/context.h"
 #include "server/internal/fd_limit.h"
 #include "server/internal/health.h"
@@ -85,58 +87,89 @@ void StopExposer(std::unique_ptr<prometheus::Exposer> exposer, int port) {
 }  // namespace
 
 absl::Status ServerOptions::Validate() const {
-  if (base_path.empty()) return absl::InvalidArgumentError("ServerOptions.base_path is required");
-  if (db_path.empty()) return absl::InvalidArgumentError("ServerOptions.db_path is required");
-  if (listen.empty()) return absl::InvalidArgumentError("ServerOptions.listen is required");
+  // Messages name deltaserved's flags (each also DELTASERVE_<FLAG>), which is what a user
+  // of the daemon set; server/server.h names the flag of each field.
+  if (base_path.empty()) return absl::InvalidArgumentError("--base is required");
+  if (db_path.empty()) return absl::InvalidArgumentError("--db is required");
+  if (absl::Status s = common::CheckListenAddress(listen, /*allow_unix=*/true); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--listen: ", s.message()));
+  }
+  for (const auto& [flag, value] : {std::pair{"--metrics-listen", &metrics_listen},
+                                    std::pair{"--agent-listen", &agent_listen}}) {
+    if (value->empty()) continue;  // off
+    if (absl::Status s = common::CheckListenAddress(*value, /*allow_unix=*/false); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": ", s.message(), "; \"\" turns it off"));
+    }
+  }
   if (tls_cert_path.empty() != tls_key_path.empty()) {
-    return absl::InvalidArgumentError("ServerOptions: set both tls_cert_path and tls_key_path, or neither");
+    return absl::InvalidArgumentError("set both --tls-cert and --tls-key, or neither");
   }
   if (workers < 0 || workers > 1024) {
-    return absl::InvalidArgumentError("ServerOptions.workers must be in [0, 1024]");
+    return absl::InvalidArgumentError(absl::StrCat("--workers must be in [0, 1024], got ", workers));
   }
-  DS_RETURN_IF_ERROR(proto::ValidateChunkBytes(chunk_bytes, "ServerOptions.chunk_bytes"));
+  DS_RETURN_IF_ERROR(proto::ValidateChunkBytes(chunk_bytes, "--chunk-bytes"));
   if (prefetch_tensors < 0 || prefetch_tensors > 64) {
-    return absl::InvalidArgumentError("ServerOptions.prefetch_tensors must be in [0, 64]");
+    return absl::InvalidArgumentError(
+        absl::StrCat("--prefetch-tensors must be in [0, 64], got ", prefetch_tensors));
   }
   if (prefetch_bytes > (uint64_t{16} << 30)) {
-    return absl::InvalidArgumentError("ServerOptions.prefetch_bytes must be <= 16 GiB");
+    return absl::InvalidArgumentError(
+        absl::StrCat("--prefetch-bytes must be <= 16 GiB (17179869184), got ", prefetch_bytes));
   }
   if (max_upload_bytes == 0) {
-    return absl::InvalidArgumentError("ServerOptions.max_upload_bytes must be > 0");
+    return absl::InvalidArgumentError("--max-upload-bytes must be > 0");
   }
-  if (stall_after <= absl::ZeroDuration() || write_timeout < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        "ServerOptions.stall_after must be > 0 and write_timeout >= 0");
+  if (stall_after <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--stall-seconds must be > 0, got ", absl::ToDoubleSeconds(stall_after)));
   }
-  if (keepalive_time < absl::Seconds(1) || keepalive_timeout < absl::Seconds(1) ||
-      min_client_ping_interval < absl::ZeroDuration()) {
+  if (write_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--write-timeout-seconds must be >= 0, got ", absl::ToDoubleSeconds(write_timeout)));
+  }
+  for (const auto& [flag, value] :
+       {std::pair{"--keepalive-seconds", keepalive_time},
+        std::pair{"--keepalive-timeout-seconds", keepalive_timeout}}) {
+    if (value < absl::Seconds(1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, " must be >= 1, got ", absl::ToDoubleSeconds(value)));
+    }
+  }
+  if (min_client_ping_interval < absl::ZeroDuration()) {
     return absl::InvalidArgumentError(
-        "ServerOptions: keepalive_time and keepalive_timeout must be >= 1 s, "
-        "min_client_ping_interval >= 0");
+        absl::StrCat("--min-client-ping-seconds must be >= 0, got ",
+                     absl::ToDoubleSeconds(min_client_ping_interval)));
   }
   if (max_uploads < 1 || max_uploads > 4096) {
-    return absl::InvalidArgumentError("ServerOptions.max_uploads must be in [1, 4096]");
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-uploads must be in [1, 4096], got ", max_uploads));
   }
   if (max_connections < 0) {
-    return absl::InvalidArgumentError("ServerOptions.max_connections must be >= 0");
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-connections must be >= 0, got ", max_connections));
   }
   if (max_streams < 1 || max_streams > 65536) {
-    return absl::InvalidArgumentError("ServerOptions.max_streams must be in [1, 65536]");
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-streams must be in [1, 65536], got ", max_streams));
   }
   if (grpc_memory_bytes < (16u << 20)) {
-    return absl::InvalidArgumentError("ServerOptions.grpc_memory_bytes must be >= 16 MiB");
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--grpc-memory-bytes must be >= 16 MiB (16777216), got ", grpc_memory_bytes));
   }
   if (health_interval < absl::Milliseconds(10)) {
-    return absl::InvalidArgumentError("ServerOptions.health_interval must be >= 10 ms");
+    return absl::InvalidArgumentError(
+        absl::StrCat("--health-interval-seconds must be >= 0.01, got ",
+                     absl::ToDoubleSeconds(health_interval)));
   }
   if (drain_timeout < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("ServerOptions.drain_timeout must be >= 0");
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--drain-seconds must be >= 0, got ", absl::ToDoubleSeconds(drain_timeout)));
   }
   for (const std::string& p : preload) {
     std::vector<std::string> parts = absl::StrSplit(p, '/');
     if (parts.size() != 2 || parts[0].empty() || parts[1].empty()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("ServerOptions.preload: '", p, "' is not tenant/task"));
+          absl::StrCat("--preload: '", p, "' is not tenant/task"));
     }
   }
   storage::StoreOptions store_options = store;
@@ -276,6 +309,11 @@ absl::Status Server::Impl::Init() {
                        {{"db", options.db_path},
                         {"min_free_bytes", std::to_string(store_options.min_free_bytes)}});
   }
+  // A database filled against another base would only answer FAILED_PRECONDITION: say so
+  // at start, when the wrong --base is still easy to see.
+  DS_ASSIGN_OR_RETURN(internal::OtherBaseTasks other_base,
+                      internal::FindTasksOfAnotherBase(*store, ctx.base_hash));
+  internal::WarnTasksOfAnotherBase(other_base, options.base_path, ctx.base_hash_hex);
 
   cache = std::make_unique<internal::TensorCache>(options.cache_bytes, metrics.get());
   size_t workers = options.workers > 0 ? static_cast<size_t>(options.workers)
@@ -372,8 +410,12 @@ absl::Status Server::Impl::Init() {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
   grpc_server = builder.BuildAndStart();
   if (!grpc_server || port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen,
-                                               ": address already in use? (set --listen)"));
+    // Only gRPC's own listener (unix: addresses) gets here: TCP addresses are bound by
+    // Listener::Bind, which names the errno.
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen,
+                     ": gRPC could not bind it (a missing directory, no permission, or a "
+                     "socket in use?) (set --listen)"));
   }
   if (listener) {
     listener->Start(acceptor.get(), max_connections,

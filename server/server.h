@@ -129,7 +129,9 @@ struct ServerOptions {
   // NOT_SERVING (agent: down) until one succeeds. Default: 1 s.
   absl::Duration health_interval = absl::Seconds(1);
 
-  // InvalidArgument naming the field.
+  // InvalidArgument naming the deltaserved flag that sets the field (server/CONFIG.md:
+  // base_path --base, db_path --db, stall_after --stall-seconds, ...) and the value, e.g.
+  // "--workers must be in [0, 1024], got 5000"; addresses as common::CheckListenAddress.
   absl::Status Validate() const;
 };
 

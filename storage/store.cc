@@ -373,8 +373,8 @@ absl::StatusOr<DeltaStore::Admission> DeltaStore::AdmitLocked(
   if (h_->read_only) {
     return absl::ResourceExhaustedError(absl::StrCat(
         what, ": the store at ", options_.path,
-        " was opened read-only (disk full at start: less than StoreOptions.min_free_bytes "
-        "free); free space and restart"));
+        " was opened read-only (disk full at start: less than StoreOptions.min_free_bytes, "
+        "deltaserved --db-min-free-bytes, free); free space and restart"));
   }
   Admission a;
   absl::StatusOr<TaskInfo> old = ReadMeta(tenant, task, nullptr);

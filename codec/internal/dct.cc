@@ -253,6 +253,11 @@ __attribute__((target("avx512f,fma,f16c"))) void InverseEvenOdd32Avx512(const fl
 // counts the saturated lanes.
 template <bool kBf16>
 struct MergeRows16 {
+  // Every lane. The maskz_ forms with this mask compute what the plain intrinsics do;
+  // the plain ones pass _mm512_undefined_*() (a self-initialised variable) to their
+  // builtins in GCC 12's avx512fintrin.h, which -Wuninitialized reports once inlined
+  // here (GCC bug 105593).
+  static constexpr __mmask16 kAll = 0xffff;
   const uint16_t* base;
   int64_t base_stride;
   uint16_t* out;
@@ -264,10 +269,11 @@ struct MergeRows16 {
     // Bitwise sign/magnitude in integer lanes (the float forms need AVX-512DQ).
     const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
     const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
-    const __m512 wide = kBf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16))
-                              : _mm512_cvtph_ps(raw);
+    const __m512 wide = kBf16 ? _mm512_castsi512_ps(
+                                  _mm512_maskz_slli_epi32(kAll, _mm512_maskz_cvtepu16_epi32(kAll, raw), 16))
+                              : _mm512_maskz_cvtph_ps(kAll, raw);
     __m512 s = _mm512_add_ps(wide, d);
-    const __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(s)));
+    const __m512 a = _mm512_castsi512_ps(_mm512_maskz_andnot_epi32(kAll, sign, _mm512_castps_si512(s)));
     const __m512 over = kBf16 ? _mm512_castsi512_ps(_mm512_set1_epi32(kBf16OverflowBits))
                               : _mm512_set1_ps(kF16Overflow);
     const __m512i max = kBf16 ? _mm512_set1_epi32(kBf16MaxFiniteBits)
@@ -283,19 +289,20 @@ struct MergeRows16 {
     if constexpr (kBf16) {
       // FloatToBf16: NaN -> (x >> 16) | 0x40; else (x + 0x7fff + ((x >> 16) & 1)) >> 16.
       const __m512i x = _mm512_castps_si512(s);
-      const __m512i hi = _mm512_srli_epi32(x, 16);
-      const __m512i rounded = _mm512_srli_epi32(
+      const __m512i hi = _mm512_maskz_srli_epi32(kAll, x, 16);
+      const __m512i rounded = _mm512_maskz_srli_epi32(
+          kAll,
           _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)),
                            _mm512_and_si512(hi, _mm512_set1_epi32(1))),
           16);
-      const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_andnot_si512(sign, x),
+      const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_maskz_andnot_epi32(kAll, sign, x),
                                                     _mm512_set1_epi32(0x7f800000));
       const __m512i r =
           _mm512_mask_blend_epi32(nan, rounded, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtepi32_epi16(r));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_maskz_cvtepi32_epi16(kAll, r));
     } else {
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(o),
-                          _mm512_cvtps_ph(s, _MM_FROUND_TO_NEAREST_INT));
+                          _mm512_maskz_cvtps_ph(kAll, s, _MM_FROUND_TO_NEAREST_INT));
     }
   }
   __attribute__((target("avx512f,fma,f16c"), always_inline)) void operator()(int i, __m512 lo,

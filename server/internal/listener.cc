@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/address.h"
 #include "server/internal/log.h"
 
 namespace deltaserve::server::internal {
@@ -23,25 +24,6 @@ namespace {
 
 constexpr int kFirstBackoffMs = 10;
 constexpr int kMaxBackoffMs = 250;
-
-// Splits "host:port" / "[v6]:port" (empty host = every interface).
-bool SplitHostPort(const std::string& listen, std::string* host, std::string* port) {
-  if (absl::StartsWith(listen, "[")) {
-    const size_t close = listen.find(']');
-    if (close == std::string::npos || close + 1 >= listen.size() || listen[close + 1] != ':') {
-      return false;
-    }
-    *host = listen.substr(1, close - 1);
-    *port = listen.substr(close + 2);
-  } else {
-    const size_t colon = listen.rfind(':');
-    if (colon == std::string::npos || listen.find(':') != colon) return false;
-    *host = listen.substr(0, colon);
-    *port = listen.substr(colon + 1);
-  }
-  int n = 0;
-  return absl::SimpleAtoi(*port, &n) && n >= 0 && n <= 65535;
-}
 
 int OpenSpare() { return open("/dev/null", O_RDONLY | O_CLOEXEC); }
 
@@ -52,16 +34,16 @@ bool OutOfDescriptors(int err) {
 }  // namespace
 
 bool IsTcpListenAddress(const std::string& listen) {
-  std::string host, port;
-  return SplitHostPort(listen, &host, &port);
+  return common::ParseHostPort(listen).ok();
 }
 
 absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(const std::string& listen) {
-  std::string host, port;
-  if (!SplitHostPort(listen, &host, &port)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("listen address '", listen, "' is not host:port"));
+  absl::StatusOr<common::HostPort> parsed = common::ParseHostPort(listen);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--listen: ", parsed.status().message()));
   }
+  const std::string& host = parsed->host;
+  const std::string port = std::to_string(parsed->port);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;

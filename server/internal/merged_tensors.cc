@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "codec/delta_codec.h"
 #include "common/status_macros.h"
+#include "server/internal/base_check.h"
 #include "server/internal/cluster_glue.h"
 #include "server/internal/convert.h"
 #include "server/internal/log.h"
@@ -200,9 +201,7 @@ absl::StatusOr<uint64_t> PinTask(const ServiceContext& ctx, const std::string& t
   DS_RETURN_IF_ERROR(EnsureLocal(ctx, tenant, task));  // pins and --preload
   DS_ASSIGN_OR_RETURN(TaskSnapshot snap, ctx.versions->Open(*ctx.store, tenant, task));
   const storage::TaskInfo& info = snap.reader->info();
-  DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(info.base_hash, ctx.base_hash,
-                                               absl::StrCat("task '", task, "'"),
-                                               "the resident base"));
+  DS_RETURN_IF_ERROR(CheckTaskBase(info, ctx.base_hash));
   const std::string group = TaskGroup(tenant, task);
   uint64_t need = TaskMergedBytes(info, out_dtype);
   uint64_t pinned_elsewhere =

@@ -1,7 +1,9 @@
 // PutDelta: client-streaming upload, verified in full before one atomic commit.
 //
 // Flow: OnReadDone(metadata) -> control pool: Admit (auth, names, size limit, side file
-// names and limits, existence and quota pre-checks; RocksDB reads) -> StartRead chunks
+// names and limits, existence and quota pre-checks; RocksDB reads; an existing task of the
+// same size without overwrite is compared as the bytes arrive, so that one with other
+// contents is ALREADY_EXISTS at its first difference) -> StartRead chunks
 // and side file chunks, appended in the callback (a memcpy straight from gRPC's slices
 // for a plain chunk message, see TakeChunk; the running XXH3-64; bounded by the declared
 // sizes; the buffer is an UploadBuffer, a mapping reused from an earlier upload when one
@@ -183,6 +185,9 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       return FinishWhenIdle(absl::Status(
           s.code(), absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message())));
     }
+    if (compare_existing_) {
+      if (absl::Status s = CompareWithExisting(); !s.ok()) return FinishWhenIdle(s);
+    }
     if (staged_ != nullptr) PublishArrived();
     ctx_->metrics->uploaded_bytes().Increment(static_cast<double>(size));
     log_.add_bytes(size);
@@ -234,11 +239,61 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     // is sent, on one consistent view; the commit checks them again atomically.
     DS_RETURN_IF_ERROR(ctx_->store->CheckCommit(tenant_, meta_.task(), total + side_total_,
                                                 MakeCommitOptions()));
+    DS_RETURN_IF_ERROR(PrepareExistingComparison());
     DS_RETURN_IF_ERROR(buffer_.Reserve(total));
     side_buffer_.reserve(side_total_);
     // Cluster mode publishes to the object store instead of committing here: no staging.
     if (ctx_->cluster == nullptr && total >= ctx_->store->options().ingest_min_bytes) {
       DS_ASSIGN_OR_RETURN(staged_, ctx_->store->StageRecords(tenant_, meta_.task()));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ExistsWithOtherContents() const {
+    return absl::AlreadyExistsError(absl::StrCat("tenant '", tenant_, "' task '", meta_.task(),
+                                                 "' already exists with other contents "
+                                                 "(overwrite not set)"));
+  }
+
+  // Control pool, at admission. The task exists with the size declared (CheckCommit
+  // refused other sizes) and no overwrite: only an identical re-push can succeed
+  // ("unchanged"). Decide as early as the bytes allow rather than after the whole
+  // upload: other side files now, then the container header and each record's length
+  // as they arrive (CompareWithExisting). These early answers are about the task as it
+  // was at admission (one deleted meanwhile is still refused); an upload that passes
+  // them is decided again, atomically, by the commit.
+  absl::Status PrepareExistingComparison() {
+    if (meta_.overwrite() || ctx_->cluster != nullptr) return absl::OkStatus();
+    absl::StatusOr<storage::TaskInfo> existing = ctx_->store->GetTask(tenant_, meta_.task());
+    if (absl::IsNotFound(existing.status())) return absl::OkStatus();
+    DS_RETURN_IF_ERROR(existing.status());
+    if (existing->side_files != declared_) return ExistsWithOtherContents();
+    DS_ASSIGN_OR_RETURN(existing_header_, ctx_->store->ReadHeaderBytes(tenant_, meta_.task()));
+    for (const storage::TensorEntry& t : existing->tensors) {
+      existing_records_.push_back(t.record_bytes);
+    }
+    compare_existing_ = true;
+    return absl::OkStatus();
+  }
+
+  // Callback, after each chunk: ALREADY_EXISTS at the first header byte or record
+  // length that differs from the stored task's (only the new part is compared).
+  absl::Status CompareWithExisting() {
+    const absl::Span<const uint8_t> have = buffer_.bytes();
+    const size_t n = std::min<size_t>(have.size(), existing_header_.size());
+    if (compared_header_ < n) {
+      if (!std::equal(have.begin() + compared_header_, have.begin() + n,
+                      existing_header_.begin() + compared_header_)) {
+        return ExistsWithOtherContents();
+      }
+      compared_header_ = n;
+    }
+    const auto& spans = scanner_.record_spans();
+    for (; compared_records_ < spans.size(); ++compared_records_) {
+      const size_t i = compared_records_;
+      if (i >= existing_records_.size() || spans[i].second != existing_records_[i]) {
+        return ExistsWithOtherContents();
+      }
     }
     return absl::OkStatus();
   }
@@ -442,6 +497,13 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   uint64_t side_total_ = 0;                       // sum of their sizes
   codec::BaseHash declared_base_hash_{};          // metadata.base_hash, when given
   std::string side_buffer_;                       // their bytes, concatenated
+  // An existing task of the same name and size, without overwrite (see
+  // PrepareExistingComparison): its header and record lengths, and how far the arrived
+  // bytes were compared with them (callback only).
+  bool compare_existing_ = false;
+  std::vector<uint8_t> existing_header_;
+  std::vector<uint64_t> existing_records_;
+  size_t compared_header_ = 0, compared_records_ = 0;
   XXH3_state_t* hash_;                            // of buffer_, chunk by chunk
   // Records staged while the upload arrives (big containers only; see the top).
   std::unique_ptr<storage::StagedRecords> staged_;

@@ -35,6 +35,7 @@
 #include "codec/delta_codec.h"
 #include "common/status_macros.h"
 #include "proto/protocol.h"
+#include "server/internal/base_check.h"
 #include "server/internal/cluster_glue.h"
 #include "server/internal/convert.h"
 #include "server/internal/merged_tensors.h"
@@ -136,9 +137,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<grpc::ByteBuf
     DS_RETURN_IF_ERROR(EnsureLocal(*ctx_, tenant_, request_->task()));
     DS_ASSIGN_OR_RETURN(snap_, ctx_->versions->Open(*ctx_->store, tenant_, request_->task()));
     const storage::TaskInfo& info = snap_.reader->info();
-    DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(info.base_hash, ctx_->base_hash,
-                                                 absl::StrCat("task '", info.task, "'"),
-                                                 "the resident base"));
+    DS_RETURN_IF_ERROR(CheckTaskBase(info, ctx_->base_hash));
     DS_ASSIGN_OR_RETURN(plan_, PlanStream(*request_, info, out_dtype_));
     group_ = TaskGroup(tenant_, request_->task());
     v1::StreamWeightsResponse begin;

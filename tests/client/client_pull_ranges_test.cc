@@ -112,7 +112,9 @@ TEST_F(PullRangesTest, TwoStreamsWriteTheSameFileAsOne) {
   for (size_t k = 0; k < reports.size(); ++k) {
     EXPECT_EQ(reports[k].bytes_total, 122u) << "report " << k;
     EXPECT_EQ(reports[k].tensors_total, 4u) << "report " << k;
-    if (k > 0) EXPECT_GE(reports[k].bytes_done, reports[k - 1].bytes_done) << "report " << k;
+    if (k > 0) {
+      EXPECT_GE(reports[k].bytes_done, reports[k - 1].bytes_done) << "report " << k;
+    }
   }
   EXPECT_EQ(stats.streams, 2u);
   EXPECT_EQ(stats.tensors, 4u);

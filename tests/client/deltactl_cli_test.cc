@@ -116,16 +116,17 @@ TEST_F(DeltactlCliTest, ARemoteFlagBeforeAnOfflineSubcommandIsRefused) {
 }
 
 TEST_F(DeltactlCliTest, ANegativeOrNonIntegerShardSizeIsRefusedWhileParsing) {
-  // CLI11 alone took "-1" as 2^64 - 1 bytes: one unbounded shard, silently.
+  // CLI11 alone took "-1" as 2^64 - 1 bytes: one unbounded shard, silently. And 0 was
+  // refused only after parsing, exit 1 ("max_shard_bytes must be positive"), a field name.
   const std::string pull = "pull --server " + address_ + " --task chat --out-dir OUT";
   const std::string decompress = "decompress --base b.safetensors --delta d.dds --out-dir OUT";
   for (const std::string& cmd : {pull, decompress}) {
-    for (const char* bad : {"-1", "1e9", "12x"}) {
+    for (const char* bad : {"-1", "1e9", "12x", "0"}) {
       const std::string args = cmd + " --shard-bytes " + bad;
       DeltactlResult r = Run(args);
       EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;  // a usage error
       EXPECT_THAT(r.err, HasSubstr(std::string("--shard-bytes: want a whole number of bytes >= "
-                                               "0 (at most 2^64 - 1), got '") + bad + "'"))
+                                               "1 (at most 2^64 - 1), got '") + bad + "'"))
           << args;
       EXPECT_FALSE(std::ifstream(tmp_.File("OUT")).good()) << args;
     }

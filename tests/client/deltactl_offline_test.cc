@@ -213,7 +213,7 @@ TEST_F(DeltactlOfflineTest, DefaultCodecIsV2AtOneBit) {
   }
   r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ +
           " --bits 2 --schedule 2:1");
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);  // a usage error
   EXPECT_THAT(r.err, HasSubstr("are Delta-DCT options (--codec dct)"));
 }
 
@@ -274,16 +274,59 @@ TEST_F(DeltactlOfflineTest, CompressBytesDoNotDependOnBlasThreads) {
   EXPECT_EQ(containers[0], containers[2]);
 }
 
-TEST_F(DeltactlOfflineTest, BadOptionsAreInvalidArgument) {
+// Every bad compress option is a usage error (exit 2, as a parse error), found while
+// parsing: the base and finetuned paths do not even exist here.
+TEST_F(DeltactlOfflineTest, BadOptionsAreUsageErrors) {
   for (const char* bad : {"--schedule 2:0.5", "--quantizer fancy", "--patch 1", "--rule 'w=zip'",
                           "--min-dct-elements -5", "--codec zip", "--codec dct --bits 2",
                           "--bits 2 --max-error 0.1", "--bits -1", "--bits 0", "--max-error 0",
                           "--bits 2 --max-error 0", "--max-error nan"}) {
-    auto r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ + " " + bad);
-    EXPECT_EQ(r.exit_code, 1) << bad;
-    EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT")) << bad;
+    auto r = Run("compress --base " + dir_.File("nobase") + " --finetuned " + dir_.File("noft") +
+                 " --out " + dds_ + " " + bad);
+    EXPECT_EQ(r.exit_code, 2) << bad;
+    EXPECT_THAT(r.err, HasSubstr("Run with --help for more information.")) << bad;
+    EXPECT_THAT(r.err, Not(HasSubstr("INVALID_ARGUMENT"))) << bad;
   }
   EXPECT_FALSE(std::filesystem::exists(dds_));
+}
+
+// New-user trial: --bits 0.01 wrote 0.0154 bits/weight, --bits 100 31, --max-error >= 1 an
+// all-zero delta and --max-error inf leaked "ecq target: bits per weight 0 must be > 0".
+// Targets outside the codec's range are usage errors naming the flag and the range; one in
+// range that this model cannot meet is written, with a warning of what was achieved.
+TEST_F(DeltactlOfflineTest, CompressTargetsOutsideTheirRangeAreUsageErrors) {
+  const std::string bits_range =
+      "want bits per weight in (0, 16] (above 16 a lossy code costs more than the 16-bit "
+      "delta; --rule GLOB=raw stores tensors exactly), got '";
+  const std::string error_range =
+      "want a relative delta error in (0, 1) (an empty delta already has error 1), got '";
+  const std::pair<const char*, std::string> cases[] = {
+      {"--bits 100", "--bits: " + bits_range + "100'"},
+      {"--bits 16.5", "--bits: " + bits_range + "16.5'"},
+      {"--bits inf", "--bits: " + bits_range + "inf'"},
+      {"--max-error 1", "--max-error: " + error_range + "1'"},
+      {"--max-error 2.5", "--max-error: " + error_range + "2.5'"},
+      {"--max-error inf", "--max-error: " + error_range + "inf'"}};
+  for (const auto& [bad, want] : cases) {
+    auto r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ + " " + bad);
+    EXPECT_EQ(r.exit_code, 2) << bad;
+    EXPECT_THAT(r.err, HasSubstr(want)) << bad;
+    EXPECT_THAT(r.err, Not(HasSubstr("ecq target"))) << bad;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dds_));
+
+  // In range but below this model's fixed bytes: written, and the warning says so.
+  auto r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ +
+               " --bits 0.01");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, ::testing::ContainsRegex(
+                         "warning: --bits 0.01 not met: the ecq-coded tensors take "
+                         "0\\.[0-9]{4} bits/weight, the nearest this model allows \\(its "
+                         "names, shapes and headers alone take about that"));
+  // A target that is met gives no warning.
+  r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ + " --bits 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, Not(HasSubstr("not met")));
 }
 
 // New-user trial: a bad value came back in the options' field names ("patch_size 1
@@ -302,8 +345,8 @@ TEST_F(DeltactlOfflineTest, BadOptionsNameTheFlag) {
       {"--codec dct --schedule 3:zz", "--schedule: "}};
   for (const auto& [bad, want] : cases) {
     auto r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ + " " + bad);
-    EXPECT_EQ(r.exit_code, 1) << bad;
-    EXPECT_THAT(r.err, HasSubstr(std::string("deltactl: INVALID_ARGUMENT: ") + want)) << bad;
+    EXPECT_EQ(r.exit_code, 2) << bad;
+    EXPECT_THAT(r.err, ::testing::StartsWith(want)) << bad;
   }
   EXPECT_FALSE(std::filesystem::exists(dds_));
 }

@@ -260,7 +260,7 @@ TEST_F(DeltactlRemoteTest, UnreachableServerIsUnavailable) {
   DeltactlResult r = Run("get-base --server 127.0.0.1:1 --timeout 5");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("deltactl: UNAVAILABLE: get-base"));
-  EXPECT_THAT(r.err, HasSubstr("(is deltaserved running at 127.0.0.1:1? --server HOST:PORT or "
+  EXPECT_THAT(r.err, HasSubstr("(is deltaserved running at 127.0.0.1:1? --server HOST[:PORT] or "
                                "DELTASERVE_SERVER sets the address)"));
 }
 

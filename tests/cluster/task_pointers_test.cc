@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -25,7 +26,9 @@ TaskPointer MakePointer(char digit, uint64_t size) {
                      .created_unix = 1700000000,
                      .num_tensors = 3,
                      .weights = 1000,
-                     .merged_bytes = 4000};
+                     .merged_bytes = 4000,
+                     .metadata = {},
+                     .side_files = {}};
 }
 
 // A collection's delete_blob that records the digests in `out`.
@@ -60,8 +63,17 @@ TEST(TaskPointerTest, EncodeDecodeRoundTrip) {
 TaskPointer WithSideFiles(char digit) {
   TaskPointer p = MakePointer(digit, 50);
   p.metadata = {{"codec", "dct"}, {"tool", "deltactl 1"}};
-  p.side_files = {SideFileRef{{"config.json", 23, 0x0123456789abcdefull}, std::string(64, 'e')},
-                  SideFileRef{{"empty.txt", 0, 0x2d06800538d394c2ull}, std::string(64, 'f')}};
+  // One by one: the braced temporaries of a list drew GCC 12's false -Wrestrict and
+  // -Wmaybe-uninitialized.
+  for (const auto& [name, size, xxh3, hex] :
+       {std::tuple{"config.json", 23u, 0x0123456789abcdefull, 'e'},
+        std::tuple{"empty.txt", 0u, 0x2d06800538d394c2ull, 'f'}}) {
+    SideFileRef& ref = p.side_files.emplace_back();
+    ref.file.name = name;
+    ref.file.bytes = size;
+    ref.file.xxh3_64 = xxh3;
+    ref.digest = std::string(64, hex);
+  }
   return p;
 }
 

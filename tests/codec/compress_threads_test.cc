@@ -10,6 +10,7 @@
 #include "codec/delta_codec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "absl/strings/str_cat.h"
 #include "tests/testing/models.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -35,7 +36,7 @@ class CompressThreadsTest : public ::testing::Test {
   void WriteModels(bool nonfinite) {
     std::vector<OwnedTensor> base, ft;
     for (int t = 0; t < 14; ++t) {
-      const std::string name = "t" + std::to_string(t);
+      const std::string name = absl::StrCat("t", t);
       std::vector<int64_t> shape = {128 + 40 * (t % 4), 128 + 32 * (t % 3)};
       if (t % 5 == 4) shape = {300};
       const DType dtype = t % 2 ? DType::kBF16 : DType::kF16;

@@ -15,6 +15,7 @@
 #include "codec/internal/ecq_lowrank.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "absl/strings/str_cat.h"
 #include "tests/testing/models.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -227,7 +228,7 @@ struct Model {
       const auto b = Gaussian(r * c, 0.05f, 10 + i);
       auto d = LowRankPlusNoise(r, c, i == 1 ? 3 : 0, i == 1 ? 0.1f : 1.0f, 20 + i);
       for (size_t j = 0; j < d.size(); ++j) d[j] += b[j];
-      const std::string name = "m" + std::to_string(i);
+      const std::string name = absl::StrCat("m", i);
       base.push_back(MakeTensor(name, DType::kF16, {r, c}, b));
       ft.push_back(MakeTensor(name, DType::kF32, {r, c}, d));
     }

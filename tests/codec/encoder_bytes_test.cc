@@ -12,6 +12,7 @@
 #include "codec/delta_dct.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "absl/strings/str_cat.h"
 #include "tests/testing/models.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -103,7 +104,7 @@ TEST(EncoderBytesTest, EcqSummaryContainerIsThePinnedBytes) {
       }
     }
     for (size_t j = 0; j < f.size(); ++j) f[j] += b[j];
-    const std::string name = "m" + std::to_string(i);
+    const std::string name = absl::StrCat("m", i);
     base.push_back(::deltaserve::testing::MakeTensor(name, DType::kF16, {r, c}, b));
     ft.push_back(::deltaserve::testing::MakeTensor(name, DType::kF16, {r, c}, f));
   }

@@ -13,6 +13,7 @@
 #include "common/json.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "absl/strings/str_cat.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
@@ -156,7 +157,7 @@ TEST_F(SafetensorsTest, ShardedRoundTrip) {
   for (int i = 0; i < 7; ++i) {
     std::vector<float> v(10 + i);
     for (size_t k = 0; k < v.size(); ++k) v[k] = static_cast<float>(i * 100 + k) * 0.5f;
-    src.push_back(MakeF32("t" + std::to_string(i), {static_cast<int64_t>(v.size())}, v));
+    src.push_back(MakeF32(absl::StrCat("t", i), {static_cast<int64_t>(v.size())}, v));
   }
   src.push_back(Make16("half", DType::kF16, {2}, {0x3c00, 0x4000}));
   const std::map<std::string, std::string> md = {{"format", "pt"}};

@@ -4,6 +4,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "absl/strings/str_cat.h"
 #include "tests/testing/status_matchers.h"
 
 // BitSchedule: text form, validation and patch counts (declared in codec/delta_dct.h).
@@ -37,7 +38,7 @@ TEST(BitScheduleTest, RejectsBadText) {
   EXPECT_THAT(BitSchedule::Parse("2:x"), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(BitSchedule::Parse("2:0.5:1"), StatusIs(absl::StatusCode::kInvalidArgument));
   std::string many;
-  for (int i = 0; i < 17; ++i) many += (i ? "," : "") + std::string("1:") + std::to_string(1.0 / 17);
+  for (int i = 0; i < 17; ++i) absl::StrAppend(&many, i ? "," : "", "1:", std::to_string(1.0 / 17));
   EXPECT_THAT(BitSchedule::Parse(many), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 

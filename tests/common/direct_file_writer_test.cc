@@ -9,6 +9,7 @@
 #include "common/file.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "absl/strings/str_cat.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
@@ -63,7 +64,7 @@ TEST(DirectFileWriterTest, TheFileHoldsEveryReservedByteAcrossBlockEdges) {
 TEST(DirectFileWriterTest, AWholeBlockFileAndAnEmptyFile) {
   ScopedTempDir tmp;
   for (size_t n : {size_t{0}, DirectFileWriter::kDirectAlign, 3 * DirectFileWriter::kDirectAlign}) {
-    const std::string path = tmp.File("f" + std::to_string(n));
+    const std::string path = tmp.File(absl::StrCat("f", n));
     OPEN_DIRECT_OR_SKIP(w, path);
     ASSERT_TRUE((*w)->Append(std::vector<uint8_t>(n, 0x5a)).ok());
     ASSERT_TRUE((*w)->Commit().ok());

@@ -222,11 +222,12 @@ class Daemon:
 
 def refused_at_parse(deltaserved, args, flag, env_extra=None):
     """Checks that deltaserved refuses `args` (and env_extra) while parsing flags: exit
-    code != 0, a message naming `flag`, and no attempt to open the (nonexistent) base."""
+    code 2 (usage), a message naming `flag`, and no attempt to open the (nonexistent) base."""
     r = subprocess.run([deltaserved, "--base", "/nonexistent/base.safetensors"] + args,
                        env=clean_env(env_extra), capture_output=True, text=True, timeout=30)
     out = r.stdout + r.stderr
-    check(r.returncode != 0, f"deltaserved {args} {env_extra or ''}: exit 0, wanted a refusal")
+    check(r.returncode == 2, f"deltaserved {args} {env_extra or ''}: exit {r.returncode}, "
+          f"wanted 2 (a usage error)")
     check(flag in out, f"deltaserved {args} {env_extra or ''}: the message "
           f"does not name {flag}:\n{out}")
     check("nonexistent" not in out, f"deltaserved {args}: got past flag parsing:\n{out}")

@@ -152,6 +152,45 @@ void UploadTest::BadUploadsAreRejectedAndStoreNothing() {
   ASSERT_THAT(client->DeleteTask("c").status(), IsOk());
 }
 
+// New-user trial: a push over an existing task (no overwrite) with other contents of the
+// same size was refused only after the whole upload. The server now compares the bytes
+// with the stored task's as they arrive and refuses at the first difference: here the
+// header, with nothing but the header sent.
+TEST_F(ServerTest, PushOverAnExistingTaskIsRefusedAtItsFirstDifference) {
+  StartServer();
+  auto stub = RawStub();
+  const std::vector<uint8_t> good = ContainerBytes("e", 11);
+  ASSERT_TRUE(RawPut(stub.get(), UploadOf("e", good)).ok());
+  ASSERT_OK_AND_ASSIGN(codec::ContainerReader reader, codec::ContainerReader::Parse(good));
+  const size_t header = reader.header_bytes().size();
+  ASSERT_GT(header, 40u);
+
+  std::vector<uint8_t> other = good;  // the same size, one header byte differs
+  other[header / 2] ^= 0x01;
+  Upload header_only = UploadOf("e", other);
+  header_only.send_bytes = header;
+  grpc::Status s = RawPut(stub.get(), header_only);
+  EXPECT_EQ(Code(s), absl::StatusCode::kAlreadyExists) << s.error_message();
+  EXPECT_EQ(s.error_message(),
+            "tenant 'default' task 'e' already exists with other contents (overwrite not set)");
+
+  // The stored header, sent alone: not refused as existing; the upload is then short.
+  Upload same_header = UploadOf("e", good);
+  same_header.send_bytes = header;
+  s = RawPut(stub.get(), same_header);
+  EXPECT_EQ(Code(s), absl::StatusCode::kInvalidArgument) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("truncated upload"));
+  // The same bytes, whole: unchanged; with overwrite, other bytes replace the task (the
+  // comparison is only for uploads without overwrite).
+  v1::PutDeltaResponse resp;
+  EXPECT_TRUE(RawPut(stub.get(), UploadOf("e", good), "", &resp).ok());
+  EXPECT_TRUE(resp.unchanged());
+  Upload replace = UploadOf("e", ContainerBytes("e2", 12));
+  replace.overwrite = true;
+  EXPECT_TRUE(RawPut(stub.get(), replace, "", &resp).ok());
+  EXPECT_FALSE(resp.unchanged());
+}
+
 TEST_F(ServerTest, DeltaAgainstAnotherBaseIsFailedPrecondition) {
   std::string container = MakeContainer("x", 12);
   // Restart on a different base (the finetuned model of another task).

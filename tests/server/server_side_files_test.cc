@@ -13,6 +13,12 @@
 #include "tests/server/server_fixture.h"
 #include "tests/testing/status_matchers.h"
 
+namespace deltaserve::v1 {
+// How gtest prints a SideFileInfo in a failed expectation. Its own ProtobufPrinter builds
+// the text with `"\n" + std::string`, which GCC 12 reports as a false -Wrestrict.
+void PrintTo(const SideFileInfo& f, std::ostream* os) { *os << f.ShortDebugString(); }
+}  // namespace deltaserve::v1
+
 namespace deltaserve::server::testing {
 namespace {
 

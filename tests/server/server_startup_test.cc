@@ -1,9 +1,11 @@
 // deltaserved start-up errors a new user meets: a busy --listen or --metrics-listen port,
-// a --db held by another process.
+// a --db held by another process, a --base other than the database's tasks were made
+// against.
 #include "server/server.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/internal/base_check.h"
 #include "tests/server/server_fixture.h"
 #include "tests/testing/status_matchers.h"
 
@@ -13,6 +15,7 @@ namespace {
 using ::deltaserve::testing::IsOk;
 using ::deltaserve::testing::StatusIs;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 TEST_F(ServerTest, SecondServerOnABusyListenPortFailsToStart) {
   StartServer();
@@ -53,6 +56,62 @@ TEST_F(ServerTest, SecondServerOnTheSameDbIsFailedPrecondition) {
                        HasSubstr(absl::StrCat("database ", second.db_path,
                                               " is in use by another process (another "
                                               "deltaserved?)"))));
+}
+
+// A database filled against one base, served with another: the start says so (count and
+// names), and a pull is refused with FAILED_PRECONDITION rather than merged into it.
+TEST_F(ServerTest, StartOnTheTasksOfAnotherBaseWarnsAndPullsAreRefused) {
+  StartServer();
+  ASSERT_THAT(Client()->PushDeltaFile("a", MakeContainer("a", 12)).status(), IsOk());
+  ASSERT_THAT(Client()->PushDeltaFile("b", MakeContainer("b", 13)).status(), IsOk());
+  StopServer();
+
+  ServerOptions wrong = DefaultOptions();
+  wrong.base_path = tmp_.File("a.ft.safetensors");  // same names and shapes, other values
+  ::testing::internal::CaptureStdout();
+  StartServer(wrong);
+  std::string log = ::testing::internal::GetCapturedStdout();
+  EXPECT_THAT(log, HasSubstr("BASE MISMATCH: 2 stored tasks were compressed against another "
+                             "base than --base (default/a, default/b); pulls of them fail "
+                             "with FAILED_PRECONDITION"));
+  EXPECT_THAT(log, HasSubstr(absl::StrCat("base=", wrong.base_path)));
+  EXPECT_THAT(log, HasSubstr("tasks=2"));
+  EXPECT_THAT(Client()->PullWeights("a", tmp_.File("a.out.safetensors")).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("task 'a' was compressed against base ")));
+  EXPECT_THAT(Client()->PinTask("b").status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("deltaserved serves one base (--base)")));
+  StopServer();
+
+  ::testing::internal::CaptureStdout();
+  StartServer();  // the right base: no warning, pulls work
+  log = ::testing::internal::GetCapturedStdout();
+  EXPECT_THAT(log, Not(HasSubstr("BASE MISMATCH")));
+  EXPECT_THAT(Client()->PullWeights("a", tmp_.File("a.out.safetensors")).status(), IsOk());
+}
+
+TEST(BaseCheckTest, WarningNamesTheFirstTasksAndCountsTheRest) {
+  internal::OtherBaseTasks found;
+  found.count = 1;
+  found.examples = {"t/x"};
+  found.first_base_hex = "00ff";
+  ::testing::internal::CaptureStdout();
+  internal::WarnTasksOfAnotherBase(found, "/m/base.safetensors", "abcd");
+  std::string one = ::testing::internal::GetCapturedStdout();
+  EXPECT_THAT(one, HasSubstr("BASE MISMATCH: 1 stored task was compressed against another "
+                             "base than --base (t/x);"));
+  EXPECT_THAT(one, HasSubstr("first_task_base_hash=00ff"));
+  found.count = 12;
+  ::testing::internal::CaptureStdout();
+  internal::WarnTasksOfAnotherBase(found, "/m/base.safetensors", "abcd");
+  EXPECT_THAT(::testing::internal::GetCapturedStdout(),
+              HasSubstr("12 stored tasks were compressed against another base than --base "
+                        "(t/x and 11 more)"));
+  found.count = 0;
+  ::testing::internal::CaptureStdout();
+  internal::WarnTasksOfAnotherBase(found, "/m/base.safetensors", "abcd");
+  EXPECT_EQ(::testing::internal::GetCapturedStdout(), "");
 }
 
 }  // namespace

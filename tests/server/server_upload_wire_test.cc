@@ -10,6 +10,7 @@
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "absl/strings/str_cat.h"
 #include "tests/server/server_fixture.h"
 #include "tests/testing/status_matchers.h"
 
@@ -28,7 +29,7 @@ std::string Varint(uint64_t v) {
 
 // PutDeltaRequest{chunk: data} followed by `extra` wire bytes.
 std::string ChunkMessage(std::string_view data, const std::string& extra = "") {
-  return "\x12" + Varint(data.size()) + std::string(data) + extra;
+  return absl::StrCat("\x12", Varint(data.size()), std::string(data), extra);
 }
 
 // Sends `messages` (wire bytes, each split into 3 slices where it can) as one PutDelta
@@ -98,7 +99,7 @@ TEST_F(ServerTest, ChunksInAnyEncodingAreStoredTheSame) {
   }
   // A chunk field whose length runs past the message does not parse.
   grpc::Status s = PutRaw(
-      target(), {Metadata("bad", container.size()), "\x12" + Varint(100) + "short"}, &response);
+      target(), {Metadata("bad", container.size()), absl::StrCat("\x12", Varint(100), "short")}, &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(s.error_message(), HasSubstr("does not parse"));
   EXPECT_THAT(client->GetTask("bad").status(), ::deltaserve::testing::StatusIs(

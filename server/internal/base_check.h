@@ -1,0 +1,47 @@
+// Whether stored tasks were compressed against the base this server has resident.
+// A delta merges only into the base it was made against (codec/FORMAT.md, "Base hash");
+// every task records that base's XXH3-128 hash (storage::TaskInfo::base_hash, taken from
+// the container header), so the check is a comparison of 16 bytes per task, without
+// reading any record.
+#ifndef DELTASERVE_SERVER_INTERNAL_BASE_CHECK_H_
+#define DELTASERVE_SERVER_INTERNAL_BASE_CHECK_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "codec/container.h"
+#include "storage/store.h"
+
+namespace deltaserve::server::internal {
+
+// Tasks of the local store made against another base than `resident`.
+struct OtherBaseTasks {
+  uint64_t count = 0;                 // how many tasks, over every tenant
+  std::vector<std::string> examples;  // "tenant/task" of the first `max_examples`, in
+                                      // tenant then task order
+  std::string first_base_hex;         // base hash of the first of them ("" if none)
+};
+
+// Scans the task metadata of every tenant of `store` (one RocksDB iteration per tenant;
+// no record is read). Errors: the store's, when its metadata cannot be read.
+absl::StatusOr<OtherBaseTasks> FindTasksOfAnotherBase(const storage::DeltaStore& store,
+                                                      const codec::BaseHash& resident,
+                                                      size_t max_examples = 10);
+
+// Logs one warning naming the count, the first tasks and what to do, if `found.count` > 0;
+// `base_path` and `resident_hex` describe the resident base.
+void WarnTasksOfAnotherBase(const OtherBaseTasks& found, const std::string& base_path,
+                            const std::string& resident_hex);
+
+// OK if `info` was compressed against `resident`; else FailedPrecondition "task 'T' was
+// compressed against base H1, not the resident base H2; deltaserved serves one base
+// (--base): pull it from a server started with the base it was compressed against, or
+// push it again compressed against this one".
+absl::Status CheckTaskBase(const storage::TaskInfo& info, const codec::BaseHash& resident);
+
+}  // namespace deltaserve::server::internal
+
+#endif  // DELTASERVE_SERVER_INTERNAL_BASE_CHECK_H_
