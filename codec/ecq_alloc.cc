@@ -198,13 +198,15 @@ absl::StatusOr<EcqPlan> PlanEcq(absl::Span<const EcqTensor* const> tensors, uint
       b = std::min(hi, step * 2);
       if (!summaries) step = std::min(hi, step * 1.0000001f);
       if (probe_all && round + 1 < kRounds) {
-        // A probe that misses corrects the step as a coding would; one within half the
-        // tolerance (room for the probe's own error) is followed by the coding.
+        // A probe that misses corrects the step as a coding would; one within the
+        // tolerance is followed by the coding. The steps coded, and so the bytes, are
+        // those of coding every round, unless a size lies within the probe's own error
+        // (~0.03% on the stream_bench models) of the tolerance's edge.
         EcqPlan probe;
         DS_RETURN_IF_ERROR(probe_all(step, &fixed, &probe));
         const double guess = static_cast<double>(probe.payload_bytes);
         if (std::fabs(bits_of(guess) - target.bits_per_weight) >
-                0.5 * tolerance * target.bits_per_weight &&
+                tolerance * target.bits_per_weight &&
             !(guess > budget && step >= hi) && guess > 0.0) {
           want = budget * Estimate(tensors, step, fixed, threads).bytes / guess;
           if (round < kRechooseRounds && guess > (1.0 + kRechooseMiss) * budget) fixed.clear();

@@ -58,9 +58,8 @@ using EcqEncodeAllFn =
 // step, with the same choices, more cheaply: it sets plan->payload_bytes only (an
 // estimate; no payloads) and fills an empty *fixed as encode_all does. Before each
 // coding but the last round's, PlanEcq probes the step first and, if the probe misses
-// the target by more than half the tolerance, corrects the step from the probe
-// instead of from a whole coding (a coding of a large model is most of its compress
-// time).
+// the target by more than the tolerance, corrects the step from the probe instead of
+// from a whole coding (a coding of a large model is most of its compress time).
 absl::StatusOr<EcqPlan> PlanEcq(absl::Span<const EcqTensor* const> tensors, uint64_t weights,
                                 double overhead_bytes, const EcqTarget& target,
                                 int threads = 1, const EcqEncodeAllFn& encode_all = nullptr,
