@@ -621,8 +621,11 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
   // conversion before its pieces are encoded on all threads: with a window of 2 x
   // threads the other threads stopped after a few tensors and waited (perf of
   // `deltactl compress --threads 2`, stream_bench model: 10 s CPU in 19.5 s wall). A
-  // made tensor waiting holds its compressed payload only (kRaw: a view of the model).
-  const size_t window = std::max<size_t>(2 * threads, 64);
+  // made tensor waiting holds its compressed payload only (kRaw: a view of the model;
+  // kEcq: its summary). 64 was still short of the embedding's time: stream_bench's other
+  // tensors up to the 64th hold 104 M weights against its 136 M, so the other thread
+  // waited; 256 covers that model's 218 tensors.
+  const size_t window = std::max<size_t>(2 * threads, 256);
   DS_RETURN_IF_ERROR(internal::OrderedParallel<Made>(total, threads, window, make, consume));
   std::vector<std::vector<float>>().swap(buffers);  // not needed by the rate control
   if (ecq && refused.empty()) {
