@@ -29,11 +29,12 @@ double XLog2X(uint64_t x) {
 // Picks the order from the symbols' empirical entropies, in bytes: H0 (order 0) and
 // H1 (of each symbol given the one before it), so gain = H0 - H1 >= 0, against the
 // order-1 stream's larger frequency tables, `extra` more (context, symbol) pairs than
-// order 0 has symbols. Measured on the chunks of the stream_bench model, faceres and
-// USE-lite at 0.25-4 bits per weight (3996 chunks), the order-1 stream's size minus
-// order 0's is -gain + T with T between 0.9 extra - 15 and 2 extra + 85 bytes; the
-// bounds below keep 16 and 97 bytes of margin to those, and every chunk the measurement
-// saw was given the order that coding both would keep (the bytes are the same).
+// order 0 has symbols. Measured on the 510 chunks that faceres and a USE-lite pair
+// code at 0.25-4 bits per weight, the order-1 stream's size minus order 0's is
+// -gain + T with T between 0.9 extra - 15 and 2 extra + 85 bytes. Every one of those
+// chunks is given the order that coding both keeps, by at least 16 bytes (order 0) and
+// 97 bytes (order 1) on the right side of the bounds below; so are the 3486 chunks of
+// the stream_bench-shaped models (their containers are byte-identical to coding both).
 Orders PickOrders(const uint8_t* in, uint64_t n) {
   // Pair counts c1[prev][sym], in 4 interleaved quarters (independent increments);
   // every pair is counted once (each quarter starts from the symbol before it). The
