@@ -154,6 +154,8 @@ class EcqTensor {
   // chunk_stride times less work): the header and factor bytes exactly, the chunks'
   // bytes scaled by the plane's symbols over the coded ones. With chunk_stride <= 1, or
   // a plane of one chunk, the exact size. For rate control's trial codings (PlanEcq).
+  // Like EncodeDelta, safe to call from several threads at once; the calling thread
+  // keeps its row and coefficient buffers in thread_local storage for its next call.
   // Errors: those of EncodeDelta and rows_of.
   absl::StatusOr<double> ProbeDeltaBytes(const RowsFn& rows_of, float step,
                                          const EcqTrial& choice, int chunk_stride) const;
