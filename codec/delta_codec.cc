@@ -10,8 +10,10 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -87,29 +89,37 @@ absl::Status CheckMergeableShapes(const TensorView& ft, const TensorView& base) 
   return absl::OkStatus();
 }
 
-// The float32 delta ft[:base rows] - base into `delta` (base.num_elements() floats).
-// False if any value is not finite (such a tensor is stored raw instead).
-bool ComputeDelta(const TensorView& ft, const TensorView& base, std::vector<float>* delta) {
-  const int64_t n = base.info.num_elements();
-  delta->resize(static_cast<size_t>(n));
+// delta[i] = ft[begin + i] - base[begin + i] in float32 for i < count. False if any
+// value is not finite (such a tensor is stored raw instead).
+bool DeltaRange(const TensorView& ft, const TensorView& base, int64_t begin, int64_t count,
+                float* delta) {
   if (ft.info.dtype == DType::kF16 && base.info.dtype == DType::kF16) {  // one fused pass
-    return internal::HalfDifferenceToFloat(reinterpret_cast<const uint16_t*>(ft.data.data()),
-                                           reinterpret_cast<const uint16_t*>(base.data.data()),
-                                           n, delta->data());
+    return internal::HalfDifferenceToFloat(
+        reinterpret_cast<const uint16_t*>(ft.data.data()) + begin,
+        reinterpret_cast<const uint16_t*>(base.data.data()) + begin, count, delta);
   }
-  std::vector<float> b(static_cast<size_t>(std::min(n, kCastChunk)));
+  std::vector<float> b(static_cast<size_t>(std::min(count, kCastChunk)));
   bool finite = true;
-  for (int64_t i = 0; i < n; i += kCastChunk) {
-    const int64_t m = std::min(kCastChunk, n - i);
-    float* d = delta->data() + i;
-    ToFloat32(ft.data.data() + i * DTypeSize(ft.info.dtype), ft.info.dtype, m, d);
-    ToFloat32(base.data.data() + i * DTypeSize(base.info.dtype), base.info.dtype, m, b.data());
+  for (int64_t i = 0; i < count; i += kCastChunk) {
+    const int64_t m = std::min(kCastChunk, count - i);
+    float* d = delta + i;
+    ToFloat32(ft.data.data() + (begin + i) * DTypeSize(ft.info.dtype), ft.info.dtype, m, d);
+    ToFloat32(base.data.data() + (begin + i) * DTypeSize(base.info.dtype), base.info.dtype, m,
+              b.data());
     for (int64_t j = 0; j < m; ++j) {
       d[j] -= b[j];
       finite = finite && std::isfinite(d[j]);
     }
   }
   return finite;
+}
+
+// The float32 delta ft[:base rows] - base into `delta` (base.num_elements() floats).
+// False if any value is not finite (such a tensor is stored raw instead).
+bool ComputeDelta(const TensorView& ft, const TensorView& base, std::vector<float>* delta) {
+  const int64_t n = base.info.num_elements();
+  delta->resize(static_cast<size_t>(n));
+  return DeltaRange(ft, base, 0, n, delta->data());
 }
 
 // Rows of the 2-D view per merge unit of a lossy record (0 for other encodings):
@@ -454,6 +464,8 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
     while (i < seen && !first_refused.compare_exchange_weak(seen, i)) {
     }
   };
+  std::mutex buffers_mu;
+  std::vector<std::vector<float>> buffers;  // guarded by buffers_mu; at most one a thread
   auto make = [&](size_t i) -> Made {
     Made m;
     const std::string& name = finetuned.tensors()[i].name;
@@ -476,8 +488,30 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
       return m;
     }
     Encoding enc = *enc_or;
+    // The delta's buffer, reused from an earlier tensor (fresh pages for every tensor
+    // cost page faults and zero-filling).
+    std::vector<float> delta;
+    {
+      std::lock_guard<std::mutex> lock(buffers_mu);
+      if (!buffers.empty()) {
+        delta.swap(buffers.back());
+        buffers.pop_back();
+      }
+    }
+    absl::Cleanup give_back = [&] {
+      std::lock_guard<std::mutex> lock(buffers_mu);
+      buffers.push_back(std::move(delta));
+    };
+    // Two F16 tensors of one shape: the delta first. A finite delta proves the finetuned
+    // tensor finite (its Inf or NaN would make the delta's), so FindNonFinite is not
+    // needed. (Rows the finetune added are not in the delta.)
+    const bool early_delta = enc == Encoding::kDct && ft.info.dtype == DType::kF16 &&
+                             bv->info.dtype == DType::kF16 &&
+                             ft.info.num_elements() == bv->info.num_elements();
+    const bool early_finite = early_delta && ComputeDelta(ft, *bv, &delta);
     if (enc != Encoding::kUnchanged) {
-      const internal::NonFinite nf = internal::FindNonFinite(ft);
+      const internal::NonFinite nf =
+          early_finite ? internal::NonFinite{} : internal::FindNonFinite(ft);
       if (nf.count > 0) {
         const std::string what = absl::StrCat(
             Quoted(name), ": ", nf.count, " non-finite values (NaN/Inf), the first at ", nf.first);
@@ -512,8 +546,7 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
     TensorRecord& rec = m.rec;
     rec.info = ft.info;
     if (bv != nullptr && !bv->info.shape.empty()) rec.base_shape = bv->info.shape;
-    std::vector<float> delta;
-    if (enc == Encoding::kDct && !ComputeDelta(ft, *bv, &delta)) {
+    if (enc == Encoding::kDct && !(early_delta ? early_finite : ComputeDelta(ft, *bv, &delta))) {
       enc = Encoding::kRaw;  // NaN/inf delta: DCT cannot represent it; keep it lossless
     }
     rec.encoding = enc;
@@ -590,13 +623,17 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
   // conversion before its pieces are encoded on all threads: with a window of 2 x
   // threads the other threads stopped after a few tensors and waited (perf of
   // `deltactl compress --threads 2`, stream_bench model: 10 s CPU in 19.5 s wall). A
-  // made tensor waiting holds its compressed payload only (kRaw: a view of the model).
-  const size_t window = std::max<size_t>(2 * threads, 64);
+  // made tensor waiting holds its compressed payload only (kRaw: a view of the model;
+  // kEcq: its summary). 64 was still short of the embedding's time: stream_bench's other
+  // tensors up to the 64th hold 104 M weights against its 136 M, so the other thread
+  // waited; 256 covers that model's 218 tensors.
+  const size_t window = std::max<size_t>(2 * threads, 256);
   DS_RETURN_IF_ERROR(internal::OrderedParallel<Made>(total, threads, window, make, consume));
+  std::vector<std::vector<float>>().swap(buffers);  // not needed by the rate control
   if (ecq && refused.empty()) {
     DS_RETURN_IF_ERROR(open_writer());  // header_bytes counts in the rate control
-    auto delta_of = [&](size_t k, std::vector<float>* delta) -> absl::Status {
-      ComputeDelta(ecq_sources[k].first, ecq_sources[k].second, delta);  // finite: checked
+    auto delta_of = [&](size_t k, int64_t begin, int64_t count, float* delta) -> absl::Status {
+      DeltaRange(ecq_sources[k].first, ecq_sources[k].second, begin, count, delta);  // finite
       return absl::OkStatus();
     };
     DS_RETURN_IF_ERROR(internal::PlanAndSetEcqPayloads(ecq_tensors, ecq_records, header_bytes,

@@ -21,6 +21,7 @@
 #define DELTASERVE_CODEC_DELTA_ECQ_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -146,6 +147,18 @@ class EcqTensor {
   absl::StatusOr<std::vector<uint8_t>> EncodeDelta(const float* delta, float step,
                                                    const EcqTrial& choice,
                                                    EcqTrial* trial = nullptr) const;
+  // Writes rows [r0, r1) of the delta (the one summarized) to out[0, (r1 - r0) x cols).
+  using RowsFn = std::function<absl::Status(int64_t r0, int64_t r1, float* out)>;
+  // Summaries: EncodeDelta's payload size estimated by coding every chunk_stride-th
+  // entropy chunk of the plane only, from those chunks' rows of the delta (about
+  // chunk_stride times less work): the header and factor bytes exactly, the chunks'
+  // bytes scaled by the plane's symbols over the coded ones. With chunk_stride <= 1, or
+  // a plane of one chunk, the exact size. For rate control's trial codings (PlanEcq).
+  // Like EncodeDelta, safe to call from several threads at once; the calling thread
+  // keeps its row and coefficient buffers in thread_local storage for its next call.
+  // Errors: those of EncodeDelta and rows_of.
+  absl::StatusOr<double> ProbeDeltaBytes(const RowsFn& rows_of, float step,
+                                         const EcqTrial& choice, int chunk_stride) const;
 
   ~EcqTensor();
 

@@ -53,9 +53,17 @@ using EcqEncodeAllFn =
 // granularity allows (measured sizes, not estimates). InvalidArgument for a bad target, no tensors or weights == 0.
 // `threads` (>= 1) evaluate and code tensors in parallel; the plan is the same whatever
 // their number.
+//
+// `probe_all` (optional, bits target only) estimates what encode_all would code at a
+// step, with the same choices, more cheaply: it sets plan->payload_bytes only (an
+// estimate; no payloads) and fills an empty *fixed as encode_all does. Before each
+// coding but the last round's, PlanEcq probes the step first and, if the probe misses
+// the target by more than the tolerance, corrects the step from the probe instead of
+// from a whole coding (a coding of a large model is most of its compress time).
 absl::StatusOr<EcqPlan> PlanEcq(absl::Span<const EcqTensor* const> tensors, uint64_t weights,
                                 double overhead_bytes, const EcqTarget& target,
-                                int threads = 1, const EcqEncodeAllFn& encode_all = nullptr);
+                                int threads = 1, const EcqEncodeAllFn& encode_all = nullptr,
+                                const EcqEncodeAllFn& probe_all = nullptr);
 
 }  // namespace deltaserve::codec
 

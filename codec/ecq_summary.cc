@@ -10,6 +10,7 @@
 #include "codec/internal/dct.h"
 #include "codec/internal/ecq_encode.h"
 #include "codec/internal/ecq_lowrank.h"
+#include "codec/internal/ecq_payload.h"
 #include "common/status_macros.h"
 
 namespace deltaserve::codec {
@@ -149,6 +150,82 @@ absl::StatusOr<std::unique_ptr<EcqTensor>> EcqTensor::Summarize(const float* del
   }
   t->max_abs_ = max_abs;
   return t;
+}
+
+absl::StatusOr<double> EcqTensor::ProbeDeltaBytes(const RowsFn& rows_of, float step,
+                                                  const EcqTrial& choice,
+                                                  int chunk_stride) const {
+  const internal::EcqPlane* cand = nullptr;
+  for (const auto& p : planes_) {
+    if (p->header.transform == choice.transform && p->header.rank == choice.rank) cand = p.get();
+  }
+  const int64_t chunks =
+      cand != nullptr ? static_cast<int64_t>(cand->chunk_begin.size()) - 1 : int64_t{0};
+  thread_local std::vector<float> rows;
+  if (cand == nullptr || chunk_stride <= 1 || chunks <= 1) {
+    rows.resize(static_cast<size_t>(rows_ * cols_));
+    DS_RETURN_IF_ERROR(rows_of(0, rows_, rows.data()));
+    DS_ASSIGN_OR_RETURN(std::vector<uint8_t> out, EncodeDelta(rows.data(), step, choice));
+    return static_cast<double>(out.size());
+  }
+  if (!std::isfinite(step) || !(step > 0.0f) || step >= internal::kEcqMaxStep) {
+    return absl::InvalidArgumentError(absl::StrCat("ecq step ", step, " not in (0, 2^96)"));
+  }
+  // The rows of chunks stride/2, stride/2 + stride, ... (at least one chunk), one after
+  // another: chunks are whole patch rows, so these rows' plane is those chunks'
+  // coefficients.
+  const int64_t chunk_rows = cand->header.chunk_rows;
+  std::vector<int64_t> picked;
+  for (int64_t c = chunk_stride / 2; c < chunks; c += chunk_stride) picked.push_back(c);
+  if (picked.empty()) picked.push_back(chunks / 2);
+  uint64_t symbols = 0;
+  int64_t sub_rows = 0;
+  for (int64_t c : picked) sub_rows += std::min(rows_, (c + 1) * chunk_rows) - c * chunk_rows;
+  rows.resize(static_cast<size_t>(sub_rows * cols_));
+  const std::vector<float> vf =
+      cand->factors ? internal::EcqRightFactor(*cand->factors, cols_) : std::vector<float>();
+  float* at = rows.data();
+  for (int64_t c : picked) {
+    const int64_t r0 = c * chunk_rows, r1 = std::min(rows_, r0 + chunk_rows);
+    DS_RETURN_IF_ERROR(rows_of(r0, r1, at));
+    if (cand->factors) {  // the residual, as EcqResidual makes it
+      std::vector<float> low(static_cast<size_t>((r1 - r0) * cols_), 0.0f);
+      internal::AddEcqLowRankRows(*cand->factors, vf.data(), r0, r1, cols_, low.data());
+      for (size_t i = 0; i < low.size(); ++i) at[i] -= low[i];
+    }
+    at += (r1 - r0) * cols_;
+    symbols += cand->chunk_begin[c + 1] - cand->chunk_begin[c];
+  }
+  double max_abs = 0.0;
+  thread_local std::vector<float> coef;
+  const bool identity = choice.transform == EcqTransform::kIdentity;
+  std::unique_ptr<internal::EcqPlane> plane;
+  if (identity) {
+    plane = internal::NewEcqPlane(sub_rows, cols_, choice.transform, patch_size_, 0, nullptr);
+    max_abs = internal::EcqMaxAbs(rows.data(), rows.size());
+  } else {
+    plane = internal::BuildEcqPlane(rows.data(), sub_rows, cols_, choice.transform, patch_size_,
+                                    0, nullptr, &max_abs, &coef);
+  }
+  if (max_abs / step >= internal::kEcqMaxCode) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ecq step ", step, " too small for coefficients up to ", max_abs));
+  }
+  const float* values = identity ? rows.data() : plane->coef.data();
+  DS_ASSIGN_OR_RETURN(std::vector<uint8_t> out,
+                      internal::EncodeEcqCoefficients(*plane, values, step, choice.rounding,
+                                                      gain_weight_, nullptr, 0));
+  if (!identity) coef.swap(plane->coef);
+  // The coded chunks' bytes, then the whole plane's header and factors exactly.
+  std::vector<uint8_t> header;
+  internal::AppendEcqHeader(plane->header,
+                            std::vector<uint32_t>(plane->chunk_begin.size() - 1), &header);
+  const double body = static_cast<double>(out.size() - header.size());
+  header.clear();
+  internal::AppendEcqHeader(cand->header, std::vector<uint32_t>(static_cast<size_t>(chunks)),
+                            &header);
+  return static_cast<double>(header.size() + cand->factor_bytes) +
+         body * static_cast<double>(cand->chunk_begin.back()) / static_cast<double>(symbols);
 }
 
 absl::StatusOr<std::vector<uint8_t>> EcqTensor::EncodeDelta(const float* delta, float step,

@@ -29,8 +29,10 @@ double EcqStepScale(EcqWeighting w, const TensorView& base, uint64_t delta_size,
 // Bytes of a container's trailer (FORMAT.md, "Trailer").
 inline constexpr uint64_t kContainerTrailerBytes = 24;
 
-// Recomputes the delta of the k-th ecq tensor (its index in `tensors`) into *delta.
-using EcqDeltaFn = std::function<absl::Status(size_t k, std::vector<float>* delta)>;
+// Recomputes elements [begin, begin + count) of the delta of the k-th ecq tensor (its
+// index in `tensors`; row-major) into delta[0, count).
+using EcqDeltaFn =
+    std::function<absl::Status(size_t k, int64_t begin, int64_t count, float* delta)>;
 
 // `records` are all the container's records, in order; records[ecq_records[i]] is the
 // kEcq record of tensors[i], with an empty payload. Counts, as `deltactl inspect` does
@@ -38,7 +40,7 @@ using EcqDeltaFn = std::function<absl::Status(size_t k, std::vector<float>* delt
 // (`header_bytes`) and trailer besides the payloads; plans them to `target`; stores the
 // payloads in `payloads` and points the records at them, using `threads` threads.
 // Summaries (EcqTensor::Summarize) are coded from their deltas, which `delta_of`
-// recomputes (one per thread at a time); each choice is made by EcqTensor::Choose.
+// recomputes (one per thread at a time; rate control's probes only the rows they code); each choice is made by EcqTensor::Choose.
 // Errors: PlanEcq's, delta_of's.
 absl::Status PlanAndSetEcqPayloads(const std::vector<std::unique_ptr<EcqTensor>>& tensors,
                                    const std::vector<size_t>& ecq_records,

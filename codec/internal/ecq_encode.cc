@@ -406,7 +406,9 @@ absl::StatusOr<std::vector<uint8_t>> EncodeEcqCoefficients(const EcqPlane& plane
   std::vector<uint64_t> hist(256);
   uint64_t esc = 0;
   const uint64_t n = plane.chunk_begin.back();
-  Quantize(coef, n, inv, rounding, &st, hist.data(), &esc, nullptr, nullptr, stats_stride);
+  if (stats_stride > 0) {
+    Quantize(coef, n, inv, rounding, &st, hist.data(), &esc, nullptr, nullptr, stats_stride);
+  }
   if (stats_stride > 1) {
     st.Scale(static_cast<double>(n) / static_cast<double>((n + stats_stride - 1) / stats_stride));
   }

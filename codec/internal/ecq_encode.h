@@ -188,7 +188,8 @@ std::unique_ptr<EcqPlane> BuildEcqPlane(const float* src, int64_t rows, int64_t 
 // (EcqOptions::gain_weight). `trial`, if given, receives the payload size and the
 // squared error (coefficient domain); its other fields are left as they are. The bias,
 // gain and error come from every stats_stride-th coefficient (1: all; the error is then
-// an estimate).
+// an estimate); stats_stride 0 skips them (bias 0, gain 1, error 0: for size probes, as
+// neither the symbols nor the sizes depend on them).
 absl::StatusOr<std::vector<uint8_t>> EncodeEcqPlane(const EcqPlane& plane, float step,
                                                     float rounding, double gain_weight,
                                                     EcqTrial* trial, uint64_t stats_stride = 1);

@@ -85,6 +85,12 @@ void FloatToHalfScalar(const float* src, int64_t n, uint16_t* dst);
 // `a` and `b` need no alignment.
 bool HalfDifferenceToFloat(const uint16_t* a, const uint16_t* b, int64_t n, float* dst);
 
+// For i < n, with x = HalfToFloat(a[i]) and y = HalfToFloat(b[i]) in double:
+// dd[i % 4] += (x - y)^2 and bb[i % 4] += y^2, each lane in index order, multiply and
+// add rounded apart (F16C where the CPU has it; the same bits either way). `a` and `b`
+// need no alignment; dd and bb hold 4 lanes each.
+void HalfDeltaSquares(const uint16_t* a, const uint16_t* b, int64_t n, double* dd, double* bb);
+
 }  // namespace deltaserve::codec::internal
 
 #endif  // DELTASERVE_CODEC_INTERNAL_FP16_H_

@@ -21,7 +21,9 @@ namespace deltaserve::codec::internal {
 inline constexpr uint64_t kMaxRansSymbols = uint64_t{1} << 30;
 
 // Appends to `out` the smallest of the order-0 and order-1 rANS streams of `symbols`
-// (32-way SIMD layout chosen by htscodecs for large inputs). REQUIRES:
+// (32-way SIMD layout chosen by htscodecs for large inputs). Only the order that
+// empirical entropies show to be smaller by a margin is coded; both where they cannot
+// tell (rans.cc, PickOrders: on the chunks measured, the same stream as coding both). REQUIRES:
 // symbols.size() <= kMaxRansSymbols. InternalError if htscodecs fails (out of memory).
 absl::Status RansEncode(absl::Span<const uint8_t> symbols, std::vector<uint8_t>* out);
 

@@ -196,6 +196,46 @@ TEST(EcqSummaryTest, CodesAsWellAsTheExhaustiveEncoder) {
   }
 }
 
+// Rate control's probe codes a few entropy chunks of a tensor and scales their bytes:
+// exact with every chunk, within 1% with every 4th one (8 chunks of 512 x 256; low-rank
+// factors, DCT and identity), and rows_of's error is returned.
+TEST(EcqSummaryTest, ProbeEstimatesTheCodedSize) {
+  const int64_t rows = 4096, cols = 256;
+  for (int rank : {0, 4}) {
+    const auto d = LowRankPlusNoise(rows, cols, rank, rank ? 0.1f : 1.0f, 5);
+    ASSERT_OK_AND_ASSIGN(auto sum, EcqTensor::Summarize(d.data(), rows, cols, EcqOptions{}));
+    const float step = rank ? 6e-5f : 1.5e-3f;
+    EcqTrial identity;
+    identity.transform = EcqTransform::kIdentity;
+    identity.rounding = 0.42f;
+    const EcqTrial chosen = sum->Choose(step);
+    EXPECT_EQ(chosen.rank > 0, rank > 0);
+    int rows_asked = 0;
+    auto rows_of = [&](int64_t r0, int64_t r1, float* out) {
+      rows_asked += static_cast<int>(r1 - r0);
+      std::copy(d.begin() + r0 * cols, d.begin() + r1 * cols, out);
+      return absl::OkStatus();
+    };
+    for (const EcqTrial& choice : {chosen, identity}) {
+      ASSERT_OK_AND_ASSIGN(auto coded, sum->EncodeDelta(d.data(), step, choice));
+      const double exact = static_cast<double>(coded.size());
+      rows_asked = 0;
+      ASSERT_OK_AND_ASSIGN(double all, sum->ProbeDeltaBytes(rows_of, step, choice, 1));
+      EXPECT_EQ(all, exact);
+      EXPECT_EQ(rows_asked, rows);
+      rows_asked = 0;
+      ASSERT_OK_AND_ASSIGN(double probed, sum->ProbeDeltaBytes(rows_of, step, choice, 4));
+      EXPECT_NEAR(probed, exact, 0.01 * exact) << rank << " " << static_cast<int>(choice.transform);
+      EXPECT_EQ(rows_asked, 2 * 512);  // chunks 2 and 6
+    }
+  }
+  const auto d = LowRankPlusNoise(rows, cols, 0, 1.0f, 6);
+  ASSERT_OK_AND_ASSIGN(auto sum, EcqTensor::Summarize(d.data(), rows, cols, EcqOptions{}));
+  auto failing = [](int64_t, int64_t, float*) { return absl::DataLossError("gone"); };
+  EXPECT_THAT(sum->ProbeDeltaBytes(failing, 1e-3f, sum->Choose(1e-3f), 4).status(),
+              StatusIs(absl::StatusCode::kDataLoss));
+}
+
 TEST(EcqSummaryTest, Errors) {
   const auto d = LowRankPlusNoise(64, 48, 0, 1.0f, 4);
   ASSERT_OK_AND_ASSIGN(auto sum, EcqTensor::Summarize(d.data(), 64, 48, EcqOptions{}));

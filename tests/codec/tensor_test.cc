@@ -118,23 +118,46 @@ TEST(F16Test, EveryHalfMatchesScalarAndRoundTrips) {
   }
 }
 
+// n half bit patterns i * 40503 + offset (every value appears), Inf/NaN made finite.
+std::vector<uint16_t> FiniteHalves(int64_t n, uint32_t offset) {
+  std::vector<uint16_t> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    v[i] = static_cast<uint16_t>(i * 40503u + offset);
+    if ((v[i] & 0x7c00u) == 0x7c00u) v[i] &= 0x3fffu;  // Inf/NaN -> finite
+  }
+  return v;
+}
+
+// The squares pass gives the 4-lane double sums of the scalar loop over converted
+// floats bit for bit (every finite half against a shifted copy, odd length for the
+// tail, lanes starting non-zero).
+TEST(F16Test, HalfDeltaSquaresMatchesTheScalarLanes) {
+  const int64_t n = 65536 + 7;
+  const std::vector<uint16_t> a = FiniteHalves(n, 0), b = FiniteHalves(n, 977);
+  std::vector<float> fa(n), fb(n);
+  ToFloat32(reinterpret_cast<const uint8_t*>(a.data()), DType::kF16, n, fa.data());
+  ToFloat32(reinterpret_cast<const uint8_t*>(b.data()), DType::kF16, n, fb.data());
+  double want_d[4] = {1, 2, 3, 4}, want_b[4] = {5, 6, 7, 8};
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(fa[i]) - fb[i];
+    want_d[i % 4] += d * d;
+    want_b[i % 4] += static_cast<double>(fb[i]) * fb[i];
+  }
+  double got_d[4] = {1, 2, 3, 4}, got_b[4] = {5, 6, 7, 8};
+  internal::HalfDeltaSquares(a.data(), b.data(), n, got_d, got_b);
+  for (int l = 0; l < 4; ++l) {
+    EXPECT_EQ(got_d[l], want_d[l]) << l;
+    EXPECT_EQ(got_b[l], want_b[l]) << l;
+  }
+  EXPECT_GT(want_d[0], 1e6);  // the sums are not trivially small
+}
+
 // The fused difference pass gives ToFloat32(a) - ToFloat32(b) bit for bit (every
 // half value against a shifted copy, odd length for the tail) and reports infinities
 // and NaN, in the SIMD body and in the tail.
 TEST(F16Test, HalfDifferenceMatchesTwoConversions) {
   const int64_t n = 65536 + 5;
-  std::vector<uint16_t> a(n), b(n);
-  for (int64_t i = 0; i < n; ++i) {
-    a[i] = static_cast<uint16_t>(i * 40503u);
-    b[i] = static_cast<uint16_t>(i * 40503u + 977u);
-  }
-  auto finite_copy = [](std::vector<uint16_t> v) {
-    for (uint16_t& h : v) {
-      if ((h & 0x7c00u) == 0x7c00u) h &= 0x3fffu;  // Inf/NaN -> finite
-    }
-    return v;
-  };
-  const std::vector<uint16_t> fa = finite_copy(a), fb = finite_copy(b);
+  const std::vector<uint16_t> fa = FiniteHalves(n, 0), fb = FiniteHalves(n, 977);
   std::vector<float> want(n), tmp(n), got(n);
   ToFloat32(reinterpret_cast<const uint8_t*>(fa.data()), DType::kF16, n, want.data());
   ToFloat32(reinterpret_cast<const uint8_t*>(fb.data()), DType::kF16, n, tmp.data());
