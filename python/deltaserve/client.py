@@ -19,6 +19,7 @@ import numpy as np
 import xxhash
 
 from deltaserve import dtypes
+from deltaserve.address import server_target
 from deltaserve._stream import StreamStats, verified_tensors
 from deltaserve.errors import (DeltaserveError, from_os_error, from_rpc_error, invalid_argument,
                                wire_text)
@@ -53,7 +54,9 @@ def container_base_hash(view):
 class Client:
     """Connection to one deltaserved.
 
-    server: "host:port" (default $DELTASERVE_SERVER, else 127.0.0.1:50051).
+    server: "host[:port]", "[v6][:port]" or "unix:PATH" (default $DELTASERVE_SERVER, else
+      127.0.0.1:50051); a host without a port dials 50051, as deltactl --server does.
+      DeltaserveError(INVALID_ARGUMENT) for a malformed address (deltaserve.address).
     token: bearer token (default $DELTASERVE_TOKEN; none: only a server without a config
       accepts that). tenant: tenant named in every request (default $DELTASERVE_TENANT;
       empty: the token's own; admin tokens must name one).
@@ -74,7 +77,9 @@ class Client:
 
     def __init__(self, server=None, token=None, tenant=None, tls=False, ca=None, timeout=None,
                  stream_timeout=None, retries=3, reconnect_timeout=10.0, native=None):
-        self.server = server or os.environ.get("DELTASERVE_SERVER") or "127.0.0.1:50051"
+        # A host without a port dials 50051, as deltactl --server does (gRPC: 443).
+        self.server = server_target(
+            server or os.environ.get("DELTASERVE_SERVER") or "127.0.0.1:50051")
         token = token if token is not None else os.environ.get("DELTASERVE_TOKEN", "")
         self.tenant = tenant if tenant is not None else os.environ.get("DELTASERVE_TENANT", "")
         if "\r" in token or "\n" in token:

@@ -3,7 +3,8 @@ server's message, against a live deltaserved (port 0) with the example tenants c
 wrong token, another tenant, unknown task, a push of a container made against another
 base (refused before its upload: the declared base hash), and for load_into a name, shape or dtype
 that does not match (refused before any byte is written: the target stays untouched);
-a deadline; an unreachable server; a corrupted stream (DATA_LOSS)."""
+a deadline; server addresses (a host without a port dials 50051; malformed ones are
+INVALID_ARGUMENT); an unreachable server; a corrupted stream (DATA_LOSS)."""
 from concurrent import futures
 import os
 import tempfile
@@ -194,6 +195,27 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
                     C.DEADLINE_EXCEEDED, "ListTasks")
     d.check(time.monotonic() - t0 < 2.5, "the 0.5 s deadline was not honoured")
     slow.stop(0)
+    # A host without a port dials deltaserved's 50051, as deltactl --server does (gRPC
+    # alone dials 443, and the client used to pass it through); a malformed address is
+    # INVALID_ARGUMENT when the Client is made, before any call.
+    for given, target in (("localhost", "localhost:50051"), ("[::1]", "[::1]:50051"),
+                          ("10.0.0.1:7000", "10.0.0.1:7000"), ("[::1]:7000", "[::1]:7000"),
+                          ("unix:/tmp/ds.sock", "unix:/tmp/ds.sock")):
+        d.check(Client(given).server == target,
+                f"Client({given!r}).server is {Client(given).server!r}, want {target!r}")
+    saved = os.environ.get("DELTASERVE_SERVER")
+    os.environ["DELTASERVE_SERVER"] = "localhost"
+    d.check(Client().server == "localhost:50051",
+            f"DELTASERVE_SERVER=localhost gave {Client().server!r}")
+    if saved is None:
+        del os.environ["DELTASERVE_SERVER"]
+    else:
+        os.environ["DELTASERVE_SERVER"] = saved
+    for bad, what in (("::1", "needs brackets"), ("host:99999", "port must be a number"),
+                      ("host:0", "port must be a number"), ("host:x", "port must be a number"),
+                      (":50051", "no host"), ("unix:", "nothing after 'unix:'"),
+                      ("[::1", "']' missing")):
+        ld.expect_error(lambda: Client(bad), C.INVALID_ARGUMENT, f"server address {bad!r}", what)
     # A corrupted tensor: DATA_LOSS naming it (the grpcio reader's checksum is flipped on
     # arrival; the C++ client's is checked with a corrupt server below).
     real = _stream.xxhash.xxh3_64
