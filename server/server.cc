@@ -10,6 +10,7 @@
 #include <atomic>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -100,6 +101,14 @@ absl::Status ServerOptions::Validate() const {
     if (absl::Status s = common::CheckListenAddress(*value, /*allow_unix=*/false); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(flag, ": ", s.message(), "; \"\" turns it off"));
     }
+  }
+  // The metrics exposer is prometheus-cpp on Debian's civetweb, which is built without
+  // IPv6 (mg_check_feature(8) == 0): it would fail to bind later with a misleading
+  // "address already in use?".
+  if (absl::StartsWith(metrics_listen, "[")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--metrics-listen: the metrics server (prometheus-cpp on Debian's civetweb) has no "
+        "IPv6; want host:port with an IPv4 address or a name, got '", metrics_listen, "'"));
   }
   if (tls_cert_path.empty() != tls_key_path.empty()) {
     return absl::InvalidArgumentError("set both --tls-cert and --tls-key, or neither");

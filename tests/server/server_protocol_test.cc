@@ -103,6 +103,9 @@ TEST(ServerOptionsTest, ValidateNamesTheFlag) {
   o.metrics_listen = "9464";
   EXPECT_THAT(o.Validate(), StatusIs(absl::StatusCode::kInvalidArgument,
                                      HasSubstr("--metrics-listen: no port")));
+  o.metrics_listen = "[::1]:9464";  // Debian's civetweb has no IPv6: refused here
+  EXPECT_THAT(o.Validate(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                     HasSubstr("--metrics-listen: the metrics server")));
   o.metrics_listen = "";  // off
   EXPECT_THAT(o.Validate(), IsOk());
 }
