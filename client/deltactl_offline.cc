@@ -223,6 +223,19 @@ void WarnUnmetBitsTarget(const codec::CompressOptions& options, const ContainerR
                              : "every coefficient is coded at the finest step");
 }
 
+// A container larger than the 16-bit delta it codes (a --max-error or --bits so fine that
+// the lossy code, its headers and factors cost more than storing the delta): written, as
+// asked, but said, since compressing was the point.
+void WarnLargerThanTheDelta(const ContainerReport& report) {
+  const ReportTotals totals = ComputeTotals(report);
+  if (totals.weights == 0 || !(totals.ratio_whole < 1.0)) return;
+  absl::FPrintF(stderr,
+                "warning: the container takes %.4f bits/weight, more than the 16-bit delta "
+                "itself (ratio %.2fx): a larger --max-error or a smaller --bits gives a "
+                "smaller container\n",
+                totals.bpw_whole, totals.ratio_whole);
+}
+
 absl::Status RunCompress(const CompressCliOptions& o, const codec::CompressOptions& options) {
   // Before the encode (minutes on a large model), not at the final rename.
   DS_RETURN_IF_ERROR(common::CheckOutputFilePath(o.out, "--out is the container file to write"));
@@ -236,6 +249,7 @@ absl::Status RunCompress(const CompressCliOptions& o, const codec::CompressOptio
   DS_ASSIGN_OR_RETURN(auto report, ReportContainer(*container));
   PrintReport(report, /*per_tensor=*/false, stdout);
   WarnUnmetBitsTarget(options, report);
+  WarnLargerThanTheDelta(report);
   return absl::OkStatus();
 }
 

@@ -327,6 +327,14 @@ TEST_F(DeltactlOfflineTest, CompressTargetsOutsideTheirRangeAreUsageErrors) {
   r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ + " --bits 2");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.err, Not(HasSubstr("not met")));
+  EXPECT_THAT(r.err, Not(HasSubstr("more than the 16-bit delta")));
+  // New-user trial: --bits 16 (and --max-error 0.001 on faceres) wrote a container larger
+  // than the 16-bit delta with no word; it is written, with a warning.
+  r = Run("compress --base " + base_ + " --finetuned " + ft_ + " --out " + dds_ + " --bits 16");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, ::testing::ContainsRegex(
+                         "warning: the container takes 1[6-9]\\.[0-9]{4} bits/weight, more "
+                         "than the 16-bit delta itself \\(ratio 0\\.[0-9]{2}x\\)"));
 }
 
 // New-user trial: a bad value came back in the options' field names ("patch_size 1
