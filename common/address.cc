@@ -72,7 +72,12 @@ absl::Status CheckListenAddress(absl::string_view text, bool allow_unix) {
 absl::StatusOr<std::string> ServerTarget(absl::string_view text) {
   if (text.empty()) return absl::InvalidArgumentError("empty address (want host[:port])");
   for (absl::string_view scheme : {"unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:"}) {
-    if (absl::StartsWith(text, scheme)) return std::string(text);
+    if (!absl::StartsWith(text, scheme)) continue;
+    if (text.size() == scheme.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "nothing after '", scheme, "' (want host[:port], [v6][:port] or unix:PATH)"));
+    }
+    return std::string(text);
   }
   const bool bracketed = absl::StartsWith(text, "[");
   const size_t colons = std::count(text.begin(), text.end(), ':');

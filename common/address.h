@@ -44,7 +44,8 @@ absl::Status CheckListenAddress(absl::string_view text, bool allow_unix);
 // The gRPC target for deltactl --server `text`: "host" or "[v6]" gains
 // ":kDefaultServerPort"; "host:port" (port 1..65535), "[v6]:port" and gRPC URIs with a
 // scheme (unix:, unix-abstract:, dns:, ipv4:, ipv6:) are kept. InvalidArgument for an
-// empty address, port 0 or a bad port, and an IPv6 address without brackets.
+// empty address, a scheme with nothing after it, port 0 or a bad port, and an IPv6
+// address without brackets.
 absl::StatusOr<std::string> ServerTarget(absl::string_view text);
 
 }  // namespace deltaserve::common

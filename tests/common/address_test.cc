@@ -71,6 +71,11 @@ TEST(AddressTest, ServerTargetWithoutAPortGetsDeltaservedsPort) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("port 0 cannot be dialled")));
   EXPECT_THAT(ServerTarget(":50051").status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no host")));
+  // New-user trial: "unix:" reached gRPC, which said "empty address list" (exit 1).
+  EXPECT_THAT(ServerTarget("unix:").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("nothing after 'unix:'")));
+  EXPECT_THAT(ServerTarget("dns:").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("nothing after 'dns:'")));
 }
 
 }  // namespace
