@@ -513,8 +513,14 @@ absl::StatusOr<ContainerReader> ContainerReader::Parse(absl::Span<const uint8_t>
   }
   if (MakeTrailer(StoredChecksum(reader.header_bytes_), sums, end) !=
       std::vector<uint8_t>(trailer.begin(), trailer.end())) {
-    return absl::DataLossError(absl::StrCat("trailer checksum mismatch (", sums.size(),
-                                            " records, trailer says ", trailer_count, ")"));
+    if (sums.size() != trailer_count) {
+      return absl::DataLossError(absl::StrCat("trailer checksum mismatch (", sums.size(),
+                                              " records, trailer says ", trailer_count, ")"));
+    }
+    return absl::DataLossError(absl::StrCat(
+        "trailer checksum mismatch: the header's and the ", sums.size(),
+        " records' stored checksums do not give the trailer's (a byte changed in a record's "
+        "checksum, the header or the trailer)"));
   }
   if (reader.records_.size() != reader.header_.tensor_count) {
     return absl::DataLossError(absl::StrCat("container has ", reader.records_.size(),

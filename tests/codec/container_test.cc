@@ -187,6 +187,29 @@ TEST(ContainerTest, RandomMultiByteDamageIsDetected) {
   }
 }
 
+// New-user trial: a flipped byte near the end said "trailer checksum mismatch (127
+// records, trailer says 127)", two equal counts offered as the cause. With the counts
+// equal the message says what does not match.
+TEST(ContainerTest, TrailerMismatchWithEqualCountsSaysWhatDiffers) {
+  Fixture f;
+  const auto bytes = f.Build();
+  int mismatches = 0;
+  for (size_t i = bytes.size() - 64; i < bytes.size(); ++i) {
+    auto copy = bytes;
+    copy[i] ^= 0x01;
+    const absl::Status s = ParseAll(copy);
+    if (s.message().find("trailer checksum mismatch") == absl::string_view::npos) continue;
+    EXPECT_THAT(s.message(), Not(HasSubstr("3 records, trailer says 3)"))) << "byte " << i;
+    if (s.message().find("trailer says") != absl::string_view::npos) continue;  // the count
+    ++mismatches;
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kDataLoss,
+                            HasSubstr("the header's and the 3 records' stored checksums do not "
+                                      "give the trailer's")))
+        << "byte " << i;
+  }
+  EXPECT_GE(mismatches, 8);  // at least the trailer's own checksum bytes
+}
+
 TEST(ContainerTest, FlippedPayloadNamesTheTensor) {
   Fixture f;
   auto bytes = f.Build();
