@@ -43,17 +43,27 @@ namespace internal = deltaserve::server::internal;
 // start or serve.
 constexpr int kUsageExit = 2;
 
-// " (set by DELTASERVE_X)" when `message` starts with a flag "--x" that the command line
-// does not give but the environment sets; else "".
-std::string FromEnvironmentHint(absl::string_view message, int argc, char** argv) {
-  if (!absl::StartsWith(message, "--")) return "";
-  const std::string flag(message.substr(0, message.find_first_of(" :")));
+// "DELTASERVE_X" when the first flag "--x" that `message` names (at its start, as in
+// Validate's messages, or inside, as in CLI11's "Could not convert: --workers = abc") is
+// not on the command line but set in the environment; else "".
+std::string SettingVariable(absl::string_view message, int argc, char** argv) {
+  const size_t at = message.find("--");
+  if (at == absl::string_view::npos) return "";
+  message.remove_prefix(at);
+  const std::string flag(message.substr(0, message.find_first_of(" :=")));
+  if (flag.size() <= 2) return "";
   for (int i = 1; i < argc; ++i) {
     if (argv[i] == flag || absl::StartsWith(argv[i], flag + "=")) return "";
   }
   std::string env = "DELTASERVE_" + absl::AsciiStrToUpper(flag.substr(2));
   std::replace(env.begin(), env.end(), '-', '_');
-  return std::getenv(env.c_str()) != nullptr ? " (set by " + env + ")" : "";
+  return std::getenv(env.c_str()) != nullptr ? env : "";
+}
+
+// " (set by DELTASERVE_X)" for SettingVariable's variable; else "".
+std::string FromEnvironmentHint(absl::string_view message, int argc, char** argv) {
+  const std::string env = SettingVariable(message, argc, argv);
+  return env.empty() ? "" : " (set by " + env + ")";
 }
 
 // gRPC's own log lines (gpr_log: "E1201 13:21:08.65 ... chttp2_server.cc:1045] ...") as
@@ -160,7 +170,11 @@ int Run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : kUsageExit;  // --help, --version: 0
+    if (app.exit(e) == 0) return 0;  // --help, --version
+    // A value CLI11 could not convert that came from DELTASERVE_<FLAG>: say so.
+    const std::string env = SettingVariable(e.what(), argc, argv);
+    if (!env.empty()) std::fprintf(stderr, "deltaserved: that value came from %s\n", env.c_str());
+    return kUsageExit;
   }
   internal::SetLogFormat(log_format == "json" ? internal::LogFormat::kJson
                                               : internal::LogFormat::kText);

@@ -42,6 +42,9 @@ usage_error(server + ["--max-streams", "0"], "--max-streams must be in [1, 65536
 usage_error(server + ["--grpc-memory-bytes", "1"], "--grpc-memory-bytes must be >= 16 MiB")
 usage_error(server, "--max-uploads must be in [1, 4096], got 0 (set by DELTASERVE_MAX_UPLOADS)",
             {"DELTASERVE_MAX_UPLOADS": "0"})
+# New-user trial: a value CLI11 cannot convert, set by the variable, named only the flag.
+usage_error(server, "deltaserved: that value came from DELTASERVE_WORKERS",
+            {"DELTASERVE_WORKERS": "abc"})
 usage_error(server + ["--tls-cert", "/c.pem"], "set both --tls-cert and --tls-key, or neither")
 usage_error(server + ["--bogus"], "The following argument was not expected: --bogus")
 
