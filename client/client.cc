@@ -119,9 +119,12 @@ absl::StatusOr<std::unique_ptr<DeltaClient>> DeltaClient::Open(const ClientOptio
   args.SetMaxReceiveMessageSize(proto::kMaxMessageBytes);
   args.SetMaxSendMessageSize(proto::kMaxMessageBytes);
   // A restarted server is found again within about a second (resumed pulls), not after
-  // gRPC's default backoff of up to two minutes.
+  // gRPC's default backoff of up to two minutes. GRPC_ARG_MIN_RECONNECT_BACKOFF_MS stays
+  // unset: gRPC (subchannel.cc) takes it as the minimum connect timeout, the time a
+  // connection attempt gets for TCP and the server's HTTP/2 SETTINGS (default 20 s);
+  // at 100 ms a loaded server was unreachable ("connection attempt timed out before
+  // receiving SETTINGS frame") whatever the call's deadline.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   auto impl = std::make_unique<Impl>();
   impl->options = options;

@@ -100,8 +100,10 @@ class Client:
         options = [("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                    # Reconnect promptly when a restarted server comes back (resume).
+                   # Not grpc.min_reconnect_backoff_ms: gRPC takes it as the minimum
+                   # connect timeout (default 20 s); at 100 ms a loaded server, slow to
+                   # send its HTTP/2 SETTINGS, was unreachable whatever the deadline.
                    ("grpc.initial_reconnect_backoff_ms", 100),
-                   ("grpc.min_reconnect_backoff_ms", 100),
                    ("grpc.max_reconnect_backoff_ms", 1000),
                    ("grpc.enable_retries", 1),
                    ("grpc.service_config", _SERVICE_CONFIG)]

@@ -127,13 +127,16 @@ class StallingProxy:
     forwarding there (stalled is set): the client has received every byte before it and
     waits, also when the server goes away meanwhile. cut() then closes that connection;
     others and later ones are forwarded whole (to whatever listens on target_port then,
-    e.g. a restarted daemon)."""
+    e.g. a restarted daemon). connect_delay: seconds each new connection waits before it
+    is forwarded (the client's TCP connect succeeds at once, the server's HTTP/2
+    handshake comes that much later, as from a loaded server)."""
 
-    def __init__(self, target_port):
+    def __init__(self, target_port, connect_delay=0.0):
         import socket
         import threading
         self._socket, self._threading = socket, threading
         self.target_port = target_port
+        self.connect_delay = connect_delay
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.addr = f"127.0.0.1:{self.port}"
@@ -168,6 +171,7 @@ class StallingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            time.sleep(self.connect_delay)
             try:
                 server = self._socket.create_connection(("127.0.0.1", self.target_port))
             except OSError:

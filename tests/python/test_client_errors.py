@@ -168,6 +168,20 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
                     "GetTask: task 't\\xff' is not valid UTF-8")
     d.check(acme.task_info("chat").name == "chat", "a str task name round-trips as bytes")
 
+    # A server slow to answer the HTTP/2 handshake (1 s: a loaded machine) is reached
+    # within the call's deadline, unary and streaming. The client once set
+    # grpc.min_reconnect_backoff_ms to 100 ms, which gRPC takes as the connect timeout:
+    # such calls failed UNAVAILABLE "connection attempt timed out before receiving
+    # SETTINGS frame" at once (deploy_backup_restore failed so under load).
+    late = ld.StallingProxy(daemon.port, connect_delay=1.0)
+    t0 = time.monotonic()
+    d.check(Client(late.addr, token=d.ACME_TOKEN, timeout=20).task_info("chat").name == "chat",
+            "GetTask through a server slow to handshake")
+    d.check(time.monotonic() - t0 >= 1.0, "the handshake was not delayed")
+    sd = Client(late.addr, token=d.ACME_TOKEN, timeout=20).load_state_dict("chat")
+    d.check(sorted(sd) == sorted(SHAPES), f"load_state_dict through a slow handshake: {list(sd)}")
+    d.log(f"ok: a server 1 s slow to handshake is reached ({time.monotonic() - t0:.1f} s)")
+
     # Deadlines: a stream deadline already past, and a unary one.
     ld.expect_error(lambda: list(Client(daemon.addr, token=d.ACME_TOKEN, stream_timeout=1e-6)
                                  .stream_weights("chat")), C.DEADLINE_EXCEEDED, "StreamWeights")
