@@ -120,6 +120,41 @@ def wait(seconds):
     time.sleep(seconds)
 
 
+def _runnable_threads(exclude):
+    """Native ids of this process's threads in state R (running or waiting for a CPU),
+    but `exclude`."""
+    busy = []
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) == exclude:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # the thread ended meanwhile
+        if state == "R":
+            busy.append(int(tid))
+    return busy
+
+
+def wait_until_blocked(timeout=60.0, quiet_polls=10, interval=0.05):
+    """Waits until every other thread of this process is blocked (no thread runnable in
+    `quiet_polls` consecutive looks, `interval` s apart): a reader of a stalled stream
+    has then handed on everything gRPC had buffered (up to its flow-control window,
+    ~16 MiB and more on a loaded loopback) and waits for the next byte. A starved
+    thread still counts as runnable (state R), so a loaded machine only makes this
+    take longer. Returns the seconds it took, or None after `timeout`."""
+    import threading
+    me, start = threading.get_native_id(), time.monotonic()
+    quiet = 0
+    while quiet < quiet_polls:
+        if time.monotonic() - start > timeout:
+            return None
+        quiet = 0 if _runnable_threads(me) else quiet + 1
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
 class StallingProxy:
     """A TCP proxy on 127.0.0.1:<port> in front of `target_port`, for cutting a stream at
     a byte the test chooses: after arm(n), the connection that carries the n-th byte

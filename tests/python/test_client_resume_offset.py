@@ -13,7 +13,14 @@ talks to the daemon through a proxy (live_daemon.StallingProxy) that stops forwa
 after 24 MiB of the stream: the client has then received and handed on every message
 before that byte and waits for the next one; the daemon is killed and restarted, and the
 proxy closes the stalled connection (a daemon killed while the client is busy elsewhere
-would drop the connection with the bytes in its buffers: a cut between tensors)."""
+would drop the connection with the bytes in its buffers: a cut between tensors).
+
+gRPC hands a stream's bytes to the reader from its own buffer, which holds up to the
+flow-control window (~16 MiB and more on a loaded loopback), and drops what it holds when
+the connection drops. So the proxy closes the stalled connection only once the reader
+has drained that buffer: when no thread of this process is runnable any more
+(live_daemon.wait_until_blocked). Cut earlier, a slow reader lost the buffered bytes and
+resumed far before byte 24 MiB (kept_bytes 3 MiB: a failure seen under load)."""
 import tempfile
 import threading
 
@@ -43,23 +50,31 @@ with tempfile.TemporaryDirectory(prefix="py-resume-offset-") as tmp:
     ld.deltactl(["pull", "--task", "big", "--out", ref_path], addr=daemon.addr)
     ref = {name: buf.tobytes() for name, _, _, buf in st.read_file(ref_path)[0]}
     restarts = [0]
+    cutter_error = []  # what went wrong in the cutting thread (d.fail there ends it only)
 
     def cut_mid_stream():
         """Arms the proxy; a thread waits for the stall, kills the daemon, starts it
-        again and makes the proxy close the stalled connection. Returns the thread."""
+        again, waits until the reader has drained gRPC's buffer and makes the proxy
+        close the stalled connection. Returns the thread."""
         proxy.arm(CUT_AT)
 
         def run():
             global daemon
-            if not proxy.stalled.wait(60):
-                proxy.cut()
-                return
-            daemon.kill()
-            restarts[0] += 1
-            daemon = ld.LiveDaemon(tmp, base, port=port, name=f"deltaserved-{restarts[0]}")
-            d.log(f"stream stalled at byte {CUT_AT}: killed deltaserved, restarted it on "
-                  f"port {port}; the proxy drops the connection")
-            proxy.cut()
+            try:
+                if not proxy.stalled.wait(60):
+                    return
+                daemon.kill()
+                restarts[0] += 1
+                daemon = ld.LiveDaemon(tmp, base, port=port, name=f"deltaserved-{restarts[0]}")
+                drained = ld.wait_until_blocked(timeout=60)
+                d.log(f"stream stalled at byte {CUT_AT}: killed deltaserved, restarted it on "
+                      f"port {port}; reader blocked after "
+                      f"{'(timed out)' if drained is None else f'{drained:.2f} s'}; "
+                      "the proxy drops the connection")
+            except BaseException as e:  # noqa: B036 (SystemExit from d.fail included)
+                cutter_error.append(repr(e))
+            finally:
+                proxy.cut()  # never leave the reader waiting on a stalled connection
         t = threading.Thread(target=run)
         t.start()
         return t
@@ -67,6 +82,7 @@ with tempfile.TemporaryDirectory(prefix="py-resume-offset-") as tmp:
     def check_resumed(what, stats, thread):
         thread.join()
         d.log(f"{what}: {stats}")
+        d.check(not cutter_error, f"{what}: restarting the daemon failed: {cutter_error}")
         d.check(proxy.stalled.is_set(), f"{what}: the stream never reached byte {CUT_AT}")
         d.check(stats.resumes >= 1, f"{what}: the stream was not resumed")
         d.check(BIG // 4 < stats.kept_bytes < BIG,
