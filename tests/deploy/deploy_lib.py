@@ -71,6 +71,10 @@ def need_tool(name):
 
 
 def free_port():
+    """A port that was free a moment ago. Racy: any process (an outgoing connection's
+    local port included) may take it before the caller binds it, which fails that start.
+    For deltaserved, listen on port 0 and read the ports with serving_ports() instead;
+    this is for tools that cannot tell which port they picked (Prometheus)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -101,6 +105,17 @@ def wait_until(pred, timeout, what, proc=None, interval=0.2):
         if time.monotonic() > deadline:
             fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def serving_ports(daemon, timeout=60):
+    """(gRPC port, metrics port) of a deltaserved started with port 0 (and --metrics-listen
+    on port 0 or off: metrics port 0), from its "serving ... port=N metrics_port=M" log
+    line, which it prints once it listens on both. Fails after `timeout` s or if the
+    daemon exits first."""
+    def ports():
+        m = re.search(r"\bserving\b.*\bport=(\d+).*\bmetrics_port=(\d+)", daemon.log_text())
+        return (int(m.group(1)), int(m.group(2))) if m else None
+    return wait_until(ports, timeout, "deltaserved's 'serving' log line", daemon)
 
 
 # ---------------------------------------------------------------- synthetic models
@@ -414,13 +429,15 @@ class Deltaserve:
         self.model_dir = os.path.join(tmp, "models")
         os.makedirs(self.model_dir, exist_ok=True)
         self.base, self.finetuned = make_model_pair(self.model_dir)
-        self.grpc_port, self.metrics_port = free_port(), free_port()
-        self.addr = f"127.0.0.1:{self.grpc_port}"
         self.db = db or os.path.join(tmp, "db")
-        argv = [deltaserved, "--base", self.base, "--db", self.db, "--listen", self.addr,
-                "--metrics-listen", f"127.0.0.1:{self.metrics_port}", "--config", config,
+        # Port 0: the daemon binds free ports itself and logs them (a port picked here
+        # and bound later could be taken meanwhile, e.g. as an outgoing connection's).
+        argv = [deltaserved, "--base", self.base, "--db", self.db, "--listen", "127.0.0.1:0",
+                "--metrics-listen", "127.0.0.1:0", "--config", config,
                 "--workers", "2", "--drain-seconds", "5"] + list(extra_flags)
         self.daemon = Daemon(argv, os.path.join(tmp, log_name), env=clean_env())
+        self.grpc_port, self.metrics_port = serving_ports(self.daemon)
+        self.addr = f"127.0.0.1:{self.grpc_port}"
         self.wait_ready()
 
     def metrics_url(self):

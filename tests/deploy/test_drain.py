@@ -50,13 +50,14 @@ with tempfile.TemporaryDirectory(prefix="deploy-drain-") as tmp:
     base_path, ft_path = os.path.join(tmp, "base.safetensors"), os.path.join(tmp, "ft.safetensors")
     write_np_safetensors(base_path, base)
     write_np_safetensors(ft_path, ft)
-    port, mport = d.free_port(), d.free_port()
+    # Port 0: the daemon picks free ports and logs them (serving_ports).
     env = d.clean_env({"DELTASERVE_BASE": base_path, "DELTASERVE_DB": os.path.join(tmp, "db"),
-                       "DELTASERVE_LISTEN": f"127.0.0.1:{port}",
-                       "DELTASERVE_METRICS_LISTEN": f"127.0.0.1:{mport}",
+                       "DELTASERVE_LISTEN": "127.0.0.1:0",
+                       "DELTASERVE_METRICS_LISTEN": "127.0.0.1:0",
                        "DELTASERVE_CONFIG": d.EXAMPLE_CONFIG, "DELTASERVE_WORKERS": "2",
                        "DELTASERVE_DRAIN_SECONDS": str(DRAIN), "DELTASERVED_BIN": deltaserved})
     dm = d.Daemon([os.path.join(d.DOCKER_DIR, "entrypoint.sh")], os.path.join(tmp, "daemon.log"), env=env)
+    port, mport = d.serving_ports(dm)
     addr = f"127.0.0.1:{port}"
     d.wait_until(lambda: d.healthcheck(addr, env)[0] == 0, 30, "SERVING", dm)
     delta = os.path.join(tmp, "t.dds")

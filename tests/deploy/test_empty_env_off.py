@@ -32,11 +32,11 @@ def serving_line(env_extra, tmp, name):
     models = os.path.join(tmp, "models-" + name)
     os.makedirs(models)
     base, _ = d.make_model_pair(models)
-    addr = f"127.0.0.1:{d.free_port()}"
     daemon = d.Daemon([deltaserved, "--base", base, "--db", os.path.join(tmp, name),
-                       "--listen", addr, "--drain-seconds", "1"],
+                       "--listen", "127.0.0.1:0", "--drain-seconds", "1"],
                       os.path.join(tmp, name + ".log"), env=d.clean_env(env_extra))
     try:
+        addr = f"127.0.0.1:{d.serving_ports(daemon)[0]}"
         d.wait_until(lambda: d.healthcheck(addr)[0] == 0, 30, f"deltaserved on {addr}", daemon)
         lines = [l for l in daemon.log_text().splitlines() if " serving " in l]
         d.check(lines, f"no serving line:\n{daemon.log_text()}")

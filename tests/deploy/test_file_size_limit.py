@@ -21,12 +21,13 @@ with tempfile.TemporaryDirectory(prefix="deploy-fsize-") as tmp:
     d.run([deltactl, "compress", "--codec", "dct", "--rule", "*=raw", "--base", base,
            "--finetuned", ft, "--out", delta], env=d.clean_env(), what="deltactl compress")
     d.check(os.path.getsize(delta) > 65536, f"container of {os.path.getsize(delta)} bytes")
-    addr = f"127.0.0.1:{d.free_port()}"
-    daemon_argv = [deltaserved, "--base", base, "--db", os.path.join(tmp, "db"), "--listen", addr,
+    daemon_argv = [deltaserved, "--base", base, "--db", os.path.join(tmp, "db"),
+                   "--listen", "127.0.0.1:0",
                    "--metrics-listen", "", "--workers", "2", "--drain-seconds", "5"]
     # 128 blocks of 512 bytes: 64 KiB per file, less than the container.
     daemon = d.Daemon(["sh", "-c", "ulimit -f 128; exec " + shlex.join(daemon_argv)],
                       os.path.join(tmp, "deltaserved.log"), env=d.clean_env())
+    addr = f"127.0.0.1:{d.serving_ports(daemon)[0]}"
     d.wait_until(lambda: d.healthcheck(addr)[0] == 0, 30, f"deltaserved on {addr} SERVING", daemon)
     push = d.run([deltactl, "--server", addr, "push", "--task", "t", "--in", delta],
                  env=d.clean_env(), check_rc=False, what="deltactl push")

@@ -25,13 +25,14 @@ with tempfile.TemporaryDirectory(prefix="deploy-tls-") as tmp:
            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], what="openssl req")
     shutil.copy(d.EXAMPLE_CONFIG, os.path.join(secrets, "deltaserve_config"))
     base, _ = d.make_model_pair(tmp)
-    port, mport = d.free_port(), d.free_port()
+    # Port 0: the daemon picks free ports and logs them (serving_ports).
     env = d.clean_env({"DELTASERVE_SECRETS_DIR": secrets, "DELTASERVE_BASE": base,
                        "DELTASERVE_DB": os.path.join(tmp, "db"),
-                       "DELTASERVE_LISTEN": f"127.0.0.1:{port}",
-                       "DELTASERVE_METRICS_LISTEN": f"127.0.0.1:{mport}",
+                       "DELTASERVE_LISTEN": "127.0.0.1:0",
+                       "DELTASERVE_METRICS_LISTEN": "127.0.0.1:0",
                        "DELTASERVE_DRAIN_SECONDS": "5", "DELTASERVED_BIN": deltaserved})
     dm = d.Daemon([entrypoint], os.path.join(tmp, "entrypoint.log"), env=env)
+    port = d.serving_ports(dm)[0]
     addr = f"127.0.0.1:{port}"
     d.wait_until(lambda: d.healthcheck(addr, env)[0] == 0, 30, "TLS health check SERVING", dm)
     rc, out = d.healthcheck(addr, env)

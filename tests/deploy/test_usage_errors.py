@@ -72,11 +72,11 @@ with tempfile.TemporaryDirectory(prefix="deploy-usage-") as tmp:
                        env=d.clean_env(), capture_output=True, text=True, timeout=30)
     d.check("127.0.0.1:50051" in r.stderr and ":443" not in r.stderr,
             f"--server without a port: {r.stderr}")
-    addr = f"127.0.0.1:{d.free_port()}"
     daemon = d.Daemon([deltaserved, "--base", base, "--db", os.path.join(tmp, "db"),
-                       "--listen", addr, "--metrics-listen", "", "--drain-seconds", "1"],
+                       "--listen", "127.0.0.1:0", "--metrics-listen", "", "--drain-seconds", "1"],
                       os.path.join(tmp, "daemon.log"), env=d.clean_env())
     try:
+        addr = f"127.0.0.1:{d.serving_ports(daemon)[0]}"
         d.wait_until(lambda: d.healthcheck(addr)[0] == 0, 30, f"deltaserved on {addr}", daemon)
         r = subprocess.run([deltactl, "--server", addr, "--tls", "list", "--timeout", "5"],
                            env=d.clean_env(), capture_output=True, text=True, timeout=30)
