@@ -64,7 +64,7 @@ class EtcdClient {
 
   // Watches every key starting with `prefix` from `start_revision` on, calling
   // `on_events` with each batch etcd sends, in revision order, until `stop` becomes
-  // true (curl checks it about once a second), the connection drops, or `on_events` returns
+  // true (checked every 50 ms), the connection drops, or `on_events` returns
   // false. Returns OK when stopped; Unavailable when the stream broke (the caller
   // re-lists and watches again); OutOfRange when start_revision was compacted away.
   absl::Status Watch(absl::string_view prefix, int64_t start_revision,
