@@ -27,6 +27,10 @@ using ::deltaserve::testing::StatusIs;
 using ::google::protobuf::util::MessageDifferencer;
 using ::testing::HasSubstr;
 
+// How long a wait for the watch or the metrics may take before the test fails: they
+// take milliseconds on an idle machine, seconds on a loaded 2-core CI runner.
+constexpr absl::Duration kWaitLimit = absl::Seconds(30);
+
 class ClusterServerTest : public testing::ServerTest {
  protected:
   // Replica options: the fixture's, in cluster mode, with DB `db`.
@@ -83,7 +87,7 @@ TEST_F(ClusterServerTest, ReplicasShareTasksThroughTheObjectStore) {
   EXPECT_EQ(from_c, bytes);
   // Delete on a: gone on b and c once their watch reports it.
   ASSERT_THAT(ca->DeleteTask("task").status(), IsOk());
-  absl::Time deadline = absl::Now() + absl::Seconds(5);
+  absl::Time deadline = absl::Now() + kWaitLimit;
   while (absl::Now() < deadline && (cb->GetTask("task").ok() || cc->GetTask("task").ok())) {
     absl::SleepFor(absl::Milliseconds(10));
   }
@@ -156,7 +160,7 @@ TEST_F(ClusterServerTest, SideFilesAndMetadataMatchSingleNodeOnEveryReplica) {
   ASSERT_OK_AND_ASSIGN(v1::TaskInfo replaced, ca->PushDeltaFile("task", container, v2));
   EXPECT_EQ(replaced.side_files_size(), 1);
   absl::StatusOr<std::string> cfg;
-  for (absl::Time end = absl::Now() + absl::Seconds(5); absl::Now() < end;) {
+  for (absl::Time end = absl::Now() + kWaitLimit; absl::Now() < end;) {
     cfg = cc->GetSideFile("task", "config.json");
     if (cfg.ok() && *cfg == R"({"model_type": "qwen2"})") break;
     absl::SleepFor(absl::Milliseconds(20));
@@ -233,6 +237,7 @@ TEST_F(ClusterServerTest, AHangingFillHoldsNeitherDecodeWorkersNorControlThreads
 // of a push made on another replica is set; health is SERVING (etcd and S3 answer).
 TEST_F(ClusterServerTest, CacheMetricsCountHitsMissesAndFills) {
   DS_SKIP_WITHOUT_CLUSTER();
+  const absl::Time test_start = absl::Now();
   ServerOptions ao = ReplicaOptions("a"), bo = ReplicaOptions("b");
   bo.metrics_listen = "127.0.0.1:0";
   bo.agent_listen = "127.0.0.1:0";
@@ -249,7 +254,7 @@ TEST_F(ClusterServerTest, CacheMetricsCountHitsMissesAndFills) {
   auto scrape = [&](const std::string& prefix) {
     return MetricValue(FetchMetricsHttp(b->metrics_port()), prefix);
   };
-  for (absl::Time end = absl::Now() + absl::Seconds(5);
+  for (absl::Time end = absl::Now() + kWaitLimit;
        scrape("deltaserve_cluster_cache_misses_total ") != 1 && absl::Now() < end;) {
     absl::SleepFor(absl::Milliseconds(50));
   }
@@ -262,7 +267,7 @@ TEST_F(ClusterServerTest, CacheMetricsCountHitsMissesAndFills) {
   EXPECT_EQ(scrape("deltaserve_cluster_object_store_errors_total "), 0);
   const double lag = scrape("deltaserve_cluster_watch_lag_seconds ");
   EXPECT_GE(lag, 0);
-  EXPECT_LT(lag, 5);  // set (not -1, absent) and within the test's lifetime
+  EXPECT_LE(lag, absl::ToDoubleSeconds(absl::Now() - test_start));  // set, within the test's life
   EXPECT_EQ(scrape("deltaserve_serving "), 1);
   EXPECT_EQ(testing::TcpExchange(b->agent_port()), "up ready\n");
 }
