@@ -159,7 +159,13 @@ TEST_F(ServerTest, StalledReaderIsCountedAndTimedOut) {
     EXPECT_EQ(Code(status), absl::StatusCode::kDeadlineExceeded) << status.error_message();
     EXPECT_EQ(status.error_message(),
               absl::StrCat(method, ": the client read nothing for 3s (--write-timeout-seconds)"));
-    absl::SleepFor(absl::Milliseconds(1200));  // one housekeeping round
+    // Published by the housekeeping thread once a second: wait for its next round (a
+    // fixed 1.2 s sleep missed it on a loaded machine).
+    for (absl::Time end = absl::Now() + absl::Seconds(30);
+         MetricValue(server_->MetricsText(), "deltaserve_streams_stalled ") != 0 &&
+         absl::Now() < end;) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
     EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_streams_stalled "), 0);
   }
 }
