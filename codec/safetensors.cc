@@ -163,9 +163,10 @@ std::string NotSafetensorsHint(absl::Span<const uint8_t> bytes) {
 }
 
 // Maps `path` and validates everything its header claims before any byte is used.
-absl::StatusOr<ParsedFile> ParseSafetensorsFile(const std::string& path) {
+absl::StatusOr<ParsedFile> ParseSafetensorsFile(const std::string& path,
+                                             common::MappedFile::Residency residency) {
   ParsedFile parsed;
-  DS_ASSIGN_OR_RETURN(parsed.file, common::MappedFile::Open(path));
+  DS_ASSIGN_OR_RETURN(parsed.file, common::MappedFile::Open(path, residency));
   absl::Span<const uint8_t> bytes = parsed.file->bytes();
   if (bytes.size() < 8) {
     return Invalid(path, absl::StrCat("file of ", bytes.size(),
@@ -276,8 +277,9 @@ class SafetensorsModel final : public ModelReader {
   uint64_t total_bytes_ = 0;
 };
 
-absl::StatusOr<std::unique_ptr<ModelReader>> OpenSingle(const std::string& path) {
-  DS_ASSIGN_OR_RETURN(ParsedFile parsed, ParseSafetensorsFile(path));
+absl::StatusOr<std::unique_ptr<ModelReader>> OpenSingle(const std::string& path,
+                                                        common::MappedFile::Residency residency) {
+  DS_ASSIGN_OR_RETURN(ParsedFile parsed, ParseSafetensorsFile(path, residency));
   std::map<std::string, std::string> metadata = parsed.metadata;
   auto model = std::make_unique<SafetensorsModel>();
   DS_RETURN_IF_ERROR(model->AddFile(std::move(parsed)));
@@ -305,7 +307,8 @@ absl::StatusOr<std::string> ResolveShard(const std::string& index_path, const st
   return resolved;
 }
 
-absl::StatusOr<std::unique_ptr<ModelReader>> OpenIndex(const std::string& index_path) {
+absl::StatusOr<std::unique_ptr<ModelReader>> OpenIndex(const std::string& index_path,
+                                                       common::MappedFile::Residency residency) {
   DS_ASSIGN_OR_RETURN(std::string text, common::ReadFileToString(index_path));
   DS_ASSIGN_OR_RETURN(json index, common::ParseJson(text, index_path));
   if (!index.is_object()) return Invalid(index_path, "index is not a JSON object");
@@ -353,7 +356,7 @@ absl::StatusOr<std::unique_ptr<ModelReader>> OpenIndex(const std::string& index_
     const std::string shard_path = (dir / shard).string();
     DS_ASSIGN_OR_RETURN(const std::string resolved,
                         ResolveShard(index_path, *listed.begin(), shard));
-    absl::StatusOr<ParsedFile> parsed = ParseSafetensorsFile(resolved);
+    absl::StatusOr<ParsedFile> parsed = ParseSafetensorsFile(resolved, residency);
     if (!parsed.ok()) {
       if (absl::IsNotFound(parsed.status())) {
         return absl::NotFoundError(absl::StrCat(index_path, ": shard '", shard,
@@ -396,11 +399,12 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
 
-absl::StatusOr<std::unique_ptr<ModelReader>> OpenDirectory(const std::string& dir) {
+absl::StatusOr<std::unique_ptr<ModelReader>> OpenDirectory(const std::string& dir,
+                                                           common::MappedFile::Residency residency) {
   // error_code overloads throughout: std::filesystem throws otherwise.
   std::error_code ec;
   if (fs::path p = fs::path(dir) / kDefaultIndexName; fs::is_regular_file(p, ec)) {
-    return OpenIndex(p.string());
+    return OpenIndex(p.string(), residency);
   }
   std::vector<std::string> files, indexes;
   fs::directory_iterator it(dir, ec), end;
@@ -412,8 +416,8 @@ absl::StatusOr<std::unique_ptr<ModelReader>> OpenDirectory(const std::string& di
   if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", dir));
   std::sort(indexes.begin(), indexes.end());
   std::sort(files.begin(), files.end());
-  if (indexes.size() == 1) return OpenIndex(indexes[0]);
-  if (indexes.empty() && files.size() == 1) return OpenSingle(files[0]);
+  if (indexes.size() == 1) return OpenIndex(indexes[0], residency);
+  if (indexes.empty() && files.size() == 1) return OpenSingle(files[0], residency);
   if (indexes.empty() && files.empty()) {
     return absl::NotFoundError(absl::StrCat(dir, ": no .safetensors file or index"));
   }
@@ -565,16 +569,17 @@ absl::Status WriteFile(const std::string& path, const std::vector<const TensorVi
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ModelReader>> ModelReader::Open(const std::string& path) {
+absl::StatusOr<std::unique_ptr<ModelReader>> ModelReader::Open(const std::string& path,
+                                                              common::MappedFile::Residency residency) {
   std::error_code ec;
   fs::file_status st = fs::status(path, ec);
   if (st.type() == fs::file_type::not_found) {
     return absl::NotFoundError(absl::StrCat(path, ": no such file or directory"));
   }
   if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot stat ", path));
-  if (st.type() == fs::file_type::directory) return OpenDirectory(path);
-  if (EndsWith(path, ".json")) return OpenIndex(path);
-  return OpenSingle(path);
+  if (st.type() == fs::file_type::directory) return OpenDirectory(path, residency);
+  if (EndsWith(path, ".json")) return OpenIndex(path, residency);
+  return OpenSingle(path, residency);
 }
 
 absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Open(

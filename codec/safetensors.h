@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "codec/tensor.h"
+#include "common/file.h"
 
 namespace deltaserve::codec {
 
@@ -54,7 +55,14 @@ class ModelReader {
   //   'I64'"), offsets outside the buffer, overlapping tensors, byte size != product(shape)
   //   x dtype size, a tensor in two shards or missing from its shard, an ambiguous
   //   directory. Other codes (errno-derived, e.g. PermissionDenied) for open/mmap failures.
-  static absl::StatusOr<std::unique_ptr<ModelReader>> Open(const std::string& path);
+  //
+  // `residency`: kMap (default) maps the files, whose bytes must then not change while
+  // the reader lives; kCopy reads them into process memory once (common/file.h), for a
+  // long-running reader such as deltaserved's base. kCopy adds DataLoss (a file shrank
+  // while it was read).
+  static absl::StatusOr<std::unique_ptr<ModelReader>> Open(
+      const std::string& path,
+      common::MappedFile::Residency residency = common::MappedFile::Residency::kMap);
 
   virtual ~ModelReader() = default;
 

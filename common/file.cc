@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -93,7 +94,8 @@ absl::Status RefuseSpecialOutput(const std::string& path) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
+absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path,
+                                                         Residency residency) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoError(errno, "cannot open", path);
   FdCloser closer(fd);
@@ -106,9 +108,31 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& 
   if (size == 0) {
     return std::unique_ptr<MappedFile>(new MappedFile(path, nullptr, 0));
   }
-  void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  if (addr == MAP_FAILED) return ErrnoError(errno, "cannot mmap", path);
-  return std::unique_ptr<MappedFile>(new MappedFile(path, static_cast<const uint8_t*>(addr), size));
+  if (residency == Residency::kMap) {
+    void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (addr == MAP_FAILED) return ErrnoError(errno, "cannot mmap", path);
+    return std::unique_ptr<MappedFile>(
+        new MappedFile(path, static_cast<const uint8_t*>(addr), size));
+  }
+  void* addr = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (addr == MAP_FAILED) return ErrnoError(errno, "cannot allocate memory for", path);
+  // Owns the memory from here, so that every error below unmaps it.
+  std::unique_ptr<MappedFile> copy(new MappedFile(path, static_cast<const uint8_t*>(addr), size));
+  auto* out = static_cast<uint8_t*>(addr);
+  size_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::pread(fd, out + done, std::min<size_t>(size - done, size_t{1} << 30),
+                              static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoError(errno, "cannot read", path);
+    if (n == 0) {
+      return absl::DataLossError(absl::StrCat(path, ": the file shrank from ", size, " to ", done,
+                                              " bytes while it was read; is it being rewritten?"));
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::mprotect(addr, size, PROT_READ);
+  return copy;
 }
 
 MappedFile::~MappedFile() {

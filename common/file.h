@@ -16,16 +16,26 @@
 
 namespace deltaserve::common {
 
-// A whole file mapped read-only (POSIX mmap, PROT_READ, MAP_PRIVATE). The bytes stay
-// valid for the object's lifetime; the file is not copied. If another process truncates
-// the file while it is mapped, reading the lost pages raises SIGBUS: callers map files
-// they own or that are immutable. Thread-safe (immutable after Open).
+// A whole file's bytes, read-only, for the object's lifetime. Thread-safe (immutable
+// after Open).
+//   kMap (default): mapped (POSIX mmap, PROT_READ, MAP_PRIVATE), not copied. If another
+//     process rewrites the file in place, the bytes change under the reader; if it
+//     truncates the file, reading the lost pages raises SIGBUS. For files the caller
+//     owns or that are immutable for as long as it runs.
+//   kCopy: read once into private anonymous memory (made read-only), so that later
+//     writes, truncation or replacement of the file change nothing here. Costs the
+//     file's size in process memory (not shared with other processes' page cache) and
+//     one read at open. For a long-running process's inputs (deltaserved's base).
 class MappedFile {
  public:
+  enum class Residency { kMap, kCopy };
+
   // Errors: NotFound (no such file), InvalidArgument (a directory or not a regular
-  // file), or the errno mapped by absl::ErrnoToStatus for open/fstat/mmap failures.
-  // Every message names `path`. An empty file maps to an empty span.
-  static absl::StatusOr<std::unique_ptr<MappedFile>> Open(const std::string& path);
+  // file), DataLoss (kCopy: the file shrank while it was read), or the errno mapped by
+  // absl::ErrnoToStatus for open/fstat/mmap/read failures. Every message names `path`.
+  // An empty file maps to an empty span.
+  static absl::StatusOr<std::unique_ptr<MappedFile>> Open(const std::string& path,
+                                                          Residency residency = Residency::kMap);
 
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;

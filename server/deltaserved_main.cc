@@ -93,6 +93,10 @@ int Run(int argc, char** argv) {
   app.set_version_flag("--version", "deltaserved " DELTASERVE_VERSION);
   app.add_option("--base", o.base_path, "base model (.safetensors file, index or directory)")
       ->envname("DELTASERVE_BASE")->required();
+  app.add_flag("--base-mapped", o.base_mapped,
+               "map the base files instead of reading them into memory (shares the page cache "
+               "with other processes; the files must then not change while deltaserved runs)")
+      ->envname("DELTASERVE_BASE_MAPPED");
   app.add_option("--db", o.db_path, "RocksDB directory")->envname("DELTASERVE_DB")
       ->capture_default_str();
   app.add_option("--cluster-config", o.cluster_config_path,

@@ -27,7 +27,6 @@
 #include "grpcpp/server.h"
 #include "grpcpp/resource_quota.h"
 #include "grpcpp/server_builder.h"
-#include "prometheus/exposer.h"
 #include "proto/protocol.h"
 #include "prometheus/text_serializer.h"
 #include "server/internal/base_check.h"
@@ -38,6 +37,7 @@
 #include "server/internal/log.h"
 #include "server/internal/merged_memory.h"
 #include "server/internal/merged_tensors.h"
+#include "server/internal/metrics_http.h"
 #include "server/internal/service.h"
 
 namespace deltaserve::server {
@@ -60,31 +60,6 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
   return grpc::SslServerCredentials(ssl);
 }
 
-// Stops the exposer quickly. civetweb's listener thread polls its sockets with a
-// timeout of about 2 s and sees the stop flag only when the poll returns (measured: an
-// idle daemon took 1.3-2.0 s to exit); a connection to the port wakes it at once.
-void StopExposer(std::unique_ptr<prometheus::Exposer> exposer, int port) {
-  if (!exposer) return;
-  std::atomic<bool> stopped{false};
-  std::thread stopper([&] {
-    exposer.reset();
-    stopped = true;
-  });
-  while (!stopped && port != 0) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) break;
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    // Fails harmlessly when the exposer listens elsewhere than on loopback.
-    (void)connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    close(fd);
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  stopper.join();
-}
-
 }  // namespace
 
 absl::Status ServerOptions::Validate() const {
@@ -101,14 +76,6 @@ absl::Status ServerOptions::Validate() const {
     if (absl::Status s = common::CheckListenAddress(*value, /*allow_unix=*/false); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(flag, ": ", s.message(), "; \"\" turns it off"));
     }
-  }
-  // The metrics exposer is prometheus-cpp on Debian's civetweb, which is built without
-  // IPv6 (mg_check_feature(8) == 0): it would fail to bind later with a misleading
-  // "address already in use?".
-  if (absl::StartsWith(metrics_listen, "[")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--metrics-listen: the metrics server (prometheus-cpp on Debian's civetweb) has no "
-        "IPv6; want host:port with an IPv4 address or a name, got '", metrics_listen, "'"));
   }
   if (tls_cert_path.empty() != tls_key_path.empty()) {
     return absl::InvalidArgumentError("set both --tls-cert and --tls-key, or neither");
@@ -215,7 +182,7 @@ struct Server::Impl {
   std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor;
   std::unique_ptr<internal::Listener> listener;
   int max_connections = 0;
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<internal::MetricsHttpServer> metrics_http;
   // gRPC health and the agent-check port; after grpc_server (it uses its health service).
   std::unique_ptr<internal::HealthMonitor> health;
   int port = 0;
@@ -278,7 +245,10 @@ absl::Status Server::Impl::Init() {
   }
 
   absl::Time t0 = absl::Now();
-  DS_ASSIGN_OR_RETURN(base, codec::ModelReader::Open(options.base_path));
+  DS_ASSIGN_OR_RETURN(base, codec::ModelReader::Open(
+                                options.base_path, options.base_mapped
+                                                       ? common::MappedFile::Residency::kMap
+                                                       : common::MappedFile::Residency::kCopy));
   ctx.base_hash = codec::ComputeBaseHash(*base);
   ctx.base_hash_hex = codec::BaseHashHex(ctx.base_hash);
   metrics->base_bytes().Set(static_cast<double>(base->total_bytes()));
@@ -287,6 +257,7 @@ absl::Status Server::Impl::Init() {
                     {{"path", options.base_path}, {"hash", ctx.base_hash_hex},
                      {"tensors", std::to_string(base->tensors().size())},
                      {"bytes", std::to_string(base->total_bytes())},
+                     {"residency", options.base_mapped ? "mapped" : "copied"},
                      {"ms", std::to_string(absl::ToInt64Milliseconds(absl::Now() - t0))}});
 
   // Descriptors: raise the soft limit and give RocksDB a bounded share, so that sockets
@@ -367,18 +338,9 @@ absl::Status Server::Impl::Init() {
   Preload();
 
   if (!options.metrics_listen.empty()) {
-    try {
-      exposer = std::make_unique<prometheus::Exposer>(options.metrics_listen);
-    } catch (const std::exception& e) {
-      // prometheus-cpp only says "null context when constructing CivetServer".
-      return absl::UnavailableError(
-          absl::StrCat("cannot serve metrics on ", options.metrics_listen,
-                       ": address already in use? (set --metrics-listen, \"\" turns it off; ",
-                       e.what(), ")"));
-    }
-    exposer->RegisterCollectable(metrics->registry());
-    std::vector<int> ports = exposer->GetListeningPorts();
-    metrics_port = ports.empty() ? 0 : ports[0];
+    DS_ASSIGN_OR_RETURN(metrics_http, internal::MetricsHttpServer::Start(
+                                          options.metrics_listen, metrics->registry()));
+    metrics_port = metrics_http->port();
   }
 
   DS_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds, Credentials(options));
@@ -525,7 +487,7 @@ void Server::Shutdown(absl::Duration drain) {
   s.control_pool->Shutdown();
   if (s.fill_pool) s.fill_pool->Shutdown();  // queues onto both pools: between them
   s.pool->Shutdown();
-  StopExposer(std::move(s.exposer), s.metrics_port);
+  s.metrics_http.reset();
   s.health.reset();   // its probe uses the cluster store
   s.cluster.reset();  // its watch thread writes to the store
   s.store.reset();  // every TaskReader is gone with its reactor

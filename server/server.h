@@ -30,15 +30,24 @@ namespace deltaserve::server {
 
 struct ServerOptions {
   // Base model: a .safetensors file, a sharded index, or a directory holding either
-  // (codec::ModelReader::Open). Loaded once (mmap) and hashed at start. Required.
+  // (codec::ModelReader::Open). Read once into process memory at start (a private copy:
+  // writing, truncating or replacing the file later changes nothing served; restart to
+  // load a new base) and hashed. Required.
   std::string base_path;
+  // Map the base files (mmap; the page cache is shared with other processes reading
+  // them) instead of copying them. Saves the base's size per extra process on one host,
+  // but then the files must not change while the daemon runs: a rewrite in place changes
+  // the weights served (their checksums are computed from the same bytes), a truncation
+  // kills the daemon (SIGBUS). Default: false.
+  bool base_mapped = false;
   // RocksDB directory (created if missing). Default: var/deltaserve-db.
   std::string db_path = "var/deltaserve-db";
   // gRPC listen address "host:port"; port 0 picks a free port (Server::port()).
   // Default: 127.0.0.1:50051.
   std::string listen = "127.0.0.1:50051";
-  // Prometheus exposer "host:port" serving /metrics; "" = no exposer (metrics are still
-  // kept, Server::MetricsText()). Port 0 picks a free port. Default: 127.0.0.1:9464.
+  // Prometheus scrape endpoint "host:port" or "[v6]:port" serving GET /metrics
+  // (internal/metrics_http.h); "" = none (metrics are still kept,
+  // Server::MetricsText()). Port 0 picks a free port. Default: 127.0.0.1:9464.
   std::string metrics_listen = "127.0.0.1:9464";
   // Tenants/tokens config file (server/CONFIG.md). Empty and `auth` unset: a single
   // tenant "default" without authentication (logged loudly at start). Default: "".
@@ -138,7 +147,7 @@ struct ServerOptions {
 class Server {
  public:
   // Loads the base (hashes it), opens the store and the config, starts the worker
-  // pool, the gRPC server and the metrics exposer, and preloads. Errors: those of
+  // pool, the gRPC server and the metrics endpoint, and preloads. Errors: those of
   // ModelReader::Open, DeltaStore::Open, LoadAuthConfig; InvalidArgument for bad
   // options; Unavailable if an address cannot be bound; NotFound for missing TLS files.
   static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
@@ -148,12 +157,12 @@ class Server {
 
   // Graceful stop: health turns NOT_SERVING, new calls are refused, running calls get
   // up to `drain` to finish (then they are cancelled), the worker pool drains, the
-  // exposer stops and the database is closed. Idempotent.
+  // metrics endpoint stops and the database is closed. Idempotent.
   void Shutdown(absl::Duration drain);
   // Blocks until Shutdown() has completed.
   void Wait();
 
-  // Bound gRPC port and metrics port (0 if no exposer).
+  // Bound gRPC port and metrics port (0 if no metrics endpoint).
   int port() const;
   int metrics_port() const;
   // Bound agent-check port (0 if none).

@@ -32,6 +32,36 @@ TEST(FileTest, ReadFileToStringReadsBytesAndNamesMissingFiles) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a regular file")));
 }
 
+// kCopy: the bytes are read at Open, so later writes and truncation of the file (which
+// a mapping would show, or answer with SIGBUS) change nothing.
+TEST(FileTest, CopiedFileKeepsItsBytesWhenTheFileChanges) {
+  ScopedTempDir tmp;
+  const std::string path = tmp.File("base.bin");
+  std::string original(3 * 4096 + 17, '\0');
+  for (size_t i = 0; i < original.size(); ++i) original[i] = static_cast<char>(i * 7);
+  std::ofstream(path, std::ios::binary) << original;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<MappedFile> copy,
+                       MappedFile::Open(path, MappedFile::Residency::kCopy));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<MappedFile> mapped, MappedFile::Open(path));
+  std::ofstream(path, std::ios::binary | std::ios::in | std::ios::out)
+      << std::string(original.size(), 'x');  // rewritten in place, same size
+  auto text = [](const MappedFile& f) {
+    return std::string(reinterpret_cast<const char*>(f.bytes().data()), f.size());
+  };
+  EXPECT_EQ(text(*copy), original);
+  EXPECT_EQ(text(*mapped), std::string(original.size(), 'x'));  // what kCopy avoids
+  mapped.reset();
+  ASSERT_EQ(::truncate(path.c_str(), 10), 0);
+  EXPECT_EQ(text(*copy), original);
+  // An empty file, and a missing one.
+  ASSERT_EQ(::truncate(path.c_str(), 0), 0);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<MappedFile> empty,
+                       MappedFile::Open(path, MappedFile::Residency::kCopy));
+  EXPECT_EQ(empty->size(), 0u);
+  EXPECT_THAT(MappedFile::Open(tmp.File("missing"), MappedFile::Residency::kCopy).status(),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("missing")));
+}
+
 TEST(FileTest, AtomicFileWriterLeavesNothingWithoutCommit) {
   ScopedTempDir tmp;
   const std::string path = tmp.File("out.bin");

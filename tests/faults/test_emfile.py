@@ -99,7 +99,7 @@ def emfile_round(ds, container):
     fails = 0
     for k in range(6):
         fails += not push_ok(ds, f"emfile-{k}", container)
-    # The metrics exposer (civetweb) meets the same EMFILE; it must serve again after.
+    # The metrics endpoint (libmicrohttpd) meets the same EMFILE; it must serve again after.
     d.http_get(f"http://127.0.0.1:{ds['mport']}/metrics", timeout=1)
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
     t0 = time.monotonic()

@@ -28,9 +28,10 @@ struct SyntheticModel {
   int hidden = 128;
 };
 
-// Connects to 127.0.0.1:port, sends `request` (if any), reads until the peer closes;
-// "" if the connection is refused. (The agent-check port answers one line this way.)
-std::string TcpExchange(int port, const std::string& request = "");
+// Connects to 127.0.0.1:port ([::1]:port if `ipv6`), sends `request` (if any), reads
+// until the peer closes; "" if the connection is refused. (The agent-check port answers
+// one line this way.)
+std::string TcpExchange(int port, const std::string& request = "", bool ipv6 = false);
 
 class ServerTest : public ::testing::Test {
  protected:

@@ -3,6 +3,10 @@
 // against.
 #include "server/server.h"
 
+#include <unistd.h>
+
+#include <cstdio>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/internal/base_check.h"
@@ -112,6 +116,37 @@ TEST(BaseCheckTest, WarningNamesTheFirstTasksAndCountsTheRest) {
   ::testing::internal::CaptureStdout();
   internal::WarnTasksOfAnotherBase(found, "/m/base.safetensors", "abcd");
   EXPECT_EQ(::testing::internal::GetCapturedStdout(), "");
+}
+
+// New-user trial: the base file rewritten in place while deltaserved ran changed the
+// weights served ("every tensor checksum verified", wrong bytes), and a truncation killed
+// the daemon (SIGBUS). The base is read into memory at start (ServerOptions::base_path):
+// neither changes what it serves.
+TEST_F(ServerTest, BaseFileRewrittenOrTruncatedWhileServingChangesNothing) {
+  ServerOptions o = DefaultOptions();
+  o.cache_bytes = 0;  // every pull merges from the base again
+  StartServer(o);
+  const std::string container = MakeContainer("t", 3);
+  const std::string expected = ReadFileBytes(OfflineDecode(container));
+  auto client = Client();
+  ASSERT_OK_AND_ASSIGN(v1::TaskInfo pushed, client->PushDeltaFile("t", container));
+  // Rewrite every byte after the header in place, then cut the file to 4 KiB.
+  {
+    std::string bytes = ReadFileBytes(base_path());
+    for (size_t i = 4096; i < bytes.size(); ++i) bytes[i] = static_cast<char>(~bytes[i]);
+    std::FILE* f = std::fopen(base_path().c_str(), "r+b");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fwrite(bytes.data(), 1, bytes.size(), f), bytes.size());
+    ASSERT_EQ(std::fclose(f), 0);
+  }
+  const std::string rewritten = tmp_.File("rewritten.safetensors");
+  ASSERT_OK_AND_ASSIGN(client::PullStats stats1, client->PullWeights("t", rewritten));
+  EXPECT_EQ(ReadFileBytes(rewritten), expected);
+  ASSERT_EQ(::truncate(base_path().c_str(), 4096), 0);
+  const std::string truncated = tmp_.File("truncated.safetensors");
+  ASSERT_OK_AND_ASSIGN(client::PullStats stats2, client->PullWeights("t", truncated));
+  EXPECT_EQ(ReadFileBytes(truncated), expected);
+  EXPECT_EQ(stats2.tensors, stats1.tensors);
 }
 
 }  // namespace

@@ -1,0 +1,148 @@
+// The metrics endpoint (server/internal/metrics_http.h). New-user trial: with
+// prometheus-cpp's civetweb exposer, `curl host:9464/healthz` (or /, /favicon.ico,
+// POST /metrics) killed deltaserved with SIGSEGV: civetweb's 100 KiB worker stacks
+// overflowed in glibc's printf once libquadmath (linked through OpenBLAS, as in this
+// test binary) had registered its printf hooks.
+#include "server/internal/metrics_http.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "prometheus/counter.h"
+#include "prometheus/registry.h"
+#include "tests/server/server_fixture.h"
+#include "tests/testing/status_matchers.h"
+
+namespace deltaserve::server::internal {
+namespace {
+
+using ::deltaserve::testing::StatusIs;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+std::string Exchange(int port, const std::string& request, bool v6 = false) {
+  return server::testing::TcpExchange(port, request, v6);
+}
+
+std::string Get(int port, const std::string& path, bool v6 = false) {
+  return Exchange(port, absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+                  v6);
+}
+
+class MetricsHttpTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    registry_ = std::make_shared<prometheus::Registry>();
+    prometheus::BuildCounter().Name("test_scrapes_total").Help("h").Register(*registry_).Add({}).Increment(7);
+  }
+  std::shared_ptr<prometheus::Registry> registry_;
+};
+
+TEST_F(MetricsHttpTest, ServesTheRegistryInTheTextFormat) {
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
+      MetricsHttpServer::Start("127.0.0.1:0", registry_);
+  ASSERT_TRUE(http.ok()) << http.status();
+  ASSERT_GT((*http)->port(), 0);
+  const std::string resp = Get((*http)->port(), "/metrics");
+  EXPECT_THAT(resp, StartsWith("HTTP/1.1 200"));
+  EXPECT_THAT(resp, HasSubstr("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
+  EXPECT_THAT(resp, HasSubstr("\n# TYPE test_scrapes_total counter\ntest_scrapes_total 7\n"));
+  // HEAD: the same headers (Content-Length of the GET body), no body.
+  const std::string head = Exchange(
+      (*http)->port(), "HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  const std::string body = resp.substr(resp.find("\r\n\r\n") + 4);
+  EXPECT_THAT(head, StartsWith("HTTP/1.1 200"));
+  EXPECT_THAT(head, HasSubstr(absl::StrCat("Content-Length: ", body.size(), "\r\n")));
+  EXPECT_EQ(head.substr(head.find("\r\n\r\n") + 4), "");
+}
+
+TEST_F(MetricsHttpTest, AnswersEveryOtherRequestWithAnErrorAndKeepsServing) {
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
+      MetricsHttpServer::Start("127.0.0.1:0", registry_);
+  ASSERT_TRUE(http.ok()) << http.status();
+  const int port = (*http)->port();
+  struct Case {
+    std::string request;
+    std::string status_line;
+  };
+  const Case cases[] = {
+      {"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 200"},
+      {"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 404"},
+      {"GET /favicon.ico HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 404"},
+      {"GET /metrics/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 404"},
+      {"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+       "HTTP/1.1 405"},
+      {"DELETE /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 405"},
+      // Not HTTP: the connection is closed without an answer.
+      {"\x01\x02garbage\r\n\r\n", ""},
+      {absl::StrCat("GET /", std::string(100000, 'a'), " HTTP/1.1\r\nHost: x\r\n\r\n"),
+       "HTTP/1.1 414"},
+  };
+  for (const Case& c : cases) {
+    const std::string resp = Exchange(port, c.request);
+    EXPECT_THAT(resp, StartsWith(c.status_line)) << c.request.substr(0, 40);
+    EXPECT_THAT(Get(port, "/metrics"), HasSubstr("\ntest_scrapes_total 7\n"))
+        << "after " << c.request.substr(0, 40);
+  }
+  EXPECT_THAT(Exchange(port, "DELETE /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+              HasSubstr("Allow: GET, HEAD\r\n"));
+}
+
+TEST_F(MetricsHttpTest, ServesAnIpv6Address) {
+  int probe = socket(AF_INET6, SOCK_STREAM, 0);
+  sockaddr_in6 addr{};
+  addr.sin6_family = AF_INET6;
+  addr.sin6_addr = in6addr_loopback;
+  const bool has_v6 =
+      probe >= 0 && bind(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  if (probe >= 0) close(probe);
+  if (!has_v6) GTEST_SKIP() << "no IPv6 loopback on this machine";
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
+      MetricsHttpServer::Start("[::1]:0", registry_);
+  ASSERT_TRUE(http.ok()) << http.status();
+  EXPECT_THAT(Get((*http)->port(), "/metrics", /*v6=*/true),
+              HasSubstr("\ntest_scrapes_total 7\n"));
+}
+
+TEST_F(MetricsHttpTest, BusyPortIsUnavailableNamingTheFlag) {
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> first =
+      MetricsHttpServer::Start("127.0.0.1:0", registry_);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const std::string busy = absl::StrCat("127.0.0.1:", (*first)->port());
+  EXPECT_THAT(MetricsHttpServer::Start(busy, registry_).status(),
+              StatusIs(absl::StatusCode::kUnavailable,
+                       absl::StrCat("cannot serve metrics on ", busy,
+                                    ": address already in use? (set --metrics-listen, \"\" "
+                                    "turns it off) [Address already in use]")));
+  EXPECT_THAT(MetricsHttpServer::Start("9464", registry_).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("cannot serve metrics on 9464: no port")));
+}
+
+TEST_F(MetricsHttpTest, StopsWithAnIdleConnectionOpen) {
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
+      MetricsHttpServer::Start("127.0.0.1:0", registry_);
+  ASSERT_TRUE(http.ok()) << http.status();
+  const int port = (*http)->port();
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  http->reset();  // must not wait for the idle client (kIdleTimeoutSeconds)
+  char c;
+  EXPECT_LE(read(fd, &c, 1), 0);  // closed (or reset) by the server
+  close(fd);
+  EXPECT_EQ(Get(port, "/metrics"), "");  // nothing listens any more
+}
+
+}  // namespace
+}  // namespace deltaserve::server::internal
