@@ -6,9 +6,24 @@ Hugging Face checkpoint directory; deltaserve/checkpoint.py). LocalBase and appl
 delta in the worker through the C++ codec; Client.load_delta_into streams and decodes
 at once. DeltaserveError (deltaserve/errors.py): every failure, with a gRPC code.
 """
-from deltaserve.client import Client
-from deltaserve.errors import DeltaserveError
-from deltaserve._stream import StreamStats
-from deltaserve.decode import LocalBase, apply_delta, fetch_delta
+import importlib as _importlib
+import os as _os
 
-__all__ = ["Client", "DeltaserveError", "StreamStats", "LocalBase", "apply_delta", "fetch_delta"]
+try:
+    _importlib.import_module("deltaserve.v1.delta_service_pb2")
+except ImportError as _e:
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    raise ImportError(
+        f"the deltaserve package at {_here} has no gRPC stubs (deltaserve/v1, generated "
+        f"from proto/ by the build; {_e}): import the built package, not the source tree "
+        "python/: build target deltaserve_python (ninja -C build deltaserve_python), then "
+        "PYTHONPATH=<build>/python (e.g. build/python) with /usr/bin/python3, the "
+        "interpreter its native modules are built for") from None
+
+from deltaserve.client import Client  # noqa: E402
+from deltaserve.errors import DeltaserveError  # noqa: E402
+from deltaserve._stream import StreamStats  # noqa: E402
+from deltaserve.decode import DeltaStats, LocalBase, apply_delta, fetch_delta  # noqa: E402
+
+__all__ = ["Client", "DeltaserveError", "StreamStats", "DeltaStats", "LocalBase", "apply_delta",
+           "fetch_delta"]
