@@ -4,8 +4,10 @@ Client (deltaserve/client.py): deltactl's operations, stream_weights, load_state
 load_into, fetch_delta, side files (push(side_files=...), side_file) and pull_dir (a
 Hugging Face checkpoint directory; deltaserve/checkpoint.py). LocalBase and apply_delta (deltaserve/decode.py): decode a
 delta in the worker through the C++ codec; Client.load_delta_into streams and decodes
-at once. DeltaserveError (deltaserve/errors.py): every failure, with a gRPC code.
-"""
+at once; both return a DeltaStats (an int: the tensors written, with the figures).
+StreamStats: figures of a stream (Client.last_stream, what load_into returns).
+DeltaserveError (deltaserve/errors.py): every failure, with a gRPC code. The package is
+used as built (PYTHONPATH=<build>/python): the source tree lacks the generated stubs."""
 import importlib as _importlib
 import os as _os
 

@@ -45,9 +45,17 @@ class StreamStats:
         return (f"StreamStats(tensors={self.tensors}, bytes={self.bytes}, "
                 f"seconds={self.seconds:.3f}, resumes={self.resumes}, "
                 f"kept_bytes={self.kept_bytes}"
-                + (f", missing_keys={self.missing_keys}" if self.missing_keys else "")
-                + (f", unexpected_keys={self.unexpected_keys}" if self.unexpected_keys else "")
+                + (f", missing_keys={_short(self.missing_keys)}" if self.missing_keys else "")
+                + (f", unexpected_keys={_short(self.unexpected_keys)}"
+                   if self.unexpected_keys else "")
                 + ")")
+
+
+def _short(names, shown=5):
+    """repr of a list of names, the first `shown` of a longer one and how many in all."""
+    if len(names) <= shown:
+        return repr(names)
+    return repr(names[:shown])[:-1] + f", ... {len(names)} in all]"
 
 
 _METHOD = "/deltaserve.v1.DeltaService/StreamWeights"

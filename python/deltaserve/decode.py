@@ -25,6 +25,7 @@ import xxhash
 from deltaserve import dtypes
 from deltaserve.errors import DeltaserveError, data_loss, from_rpc_error
 from deltaserve._native import native_import
+from deltaserve._stream import _short
 from deltaserve.torch_io import byte_view, check_plan, copy_staged, target_tensors, write_bytes
 from deltaserve.v1 import delta_service_pb2 as pb
 
@@ -62,8 +63,8 @@ class DeltaStats(int):
 
     def __repr__(self):
         return (f"DeltaStats(tensors={self.tensors}, bytes={self.bytes}, "
-                f"seconds={self.seconds:.3f}, missing_keys={self.missing_keys}, "
-                f"unexpected_keys={self.unexpected_keys})")
+                f"seconds={self.seconds:.3f}, missing_keys={_short(self.missing_keys)}, "
+                f"unexpected_keys={_short(self.unexpected_keys)})")
 
 
 def _status(e):
@@ -75,9 +76,10 @@ def _status(e):
 _CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
-def _tensor_bytes(t):
-    """(safetensors dtype name, shape, buffer) of a torch tensor or numpy array."""
-    proto, a = dtypes.raw_array(t)
+def _tensor_bytes(name, t):
+    """(safetensors dtype name, shape, buffer) of tensor `name`, a torch tensor or numpy
+    array (dtypes.raw_array: INVALID_ARGUMENT for one without data, e.g. on meta)."""
+    proto, a = dtypes.raw_array(t, name)
     return dtypes.name(proto), list(a.shape), a.reshape(-1).view(np.uint8)
 
 
@@ -91,7 +93,8 @@ class LocalBase:
             if isinstance(source, (str, os.PathLike)):
                 self._base = codec.Base.open(os.fspath(source))
             else:
-                items = [(name,) + _tensor_bytes(t) for name, t in target_tensors(source).items()]
+                items = [(name,) + _tensor_bytes(name, t)
+                         for name, t in target_tensors(source).items()]
                 self._base = codec.Base.from_buffers(items)
         except codec.CodecError as e:
             raise _status(e) from None

@@ -99,14 +99,6 @@ def check_against(name, tensor, shape, want_dtype, hint=""):
                                f"sends {dtypes.name(want_dtype)}{hint}")
 
 
-def _is_wrapper_subclass(tensor):
-    """Whether `tensor` is a tensor subclass with a __torch_dispatch__ of its own
-    (FakeTensor, DTensor, FunctionalTensor...): what its storage holds is not its data."""
-    import torch
-    own = getattr(type(tensor), "__torch_dispatch__", None)
-    return own is not None and own is not getattr(torch.Tensor, "__torch_dispatch__", None)
-
-
 def check_loadable(name, tensor):
     """INVALID_ARGUMENT naming `name` unless bytes can be loaded into `tensor` (the
     module docstring says which tensors can)."""
@@ -130,7 +122,7 @@ def check_loadable(name, tensor):
     if tensor.is_quantized:
         raise invalid_argument(f"tensor '{name}' is quantized ({tensor.dtype}): load the float "
                                "model, then quantize it (or use load_state_dict)")
-    if _is_wrapper_subclass(tensor):
+    if dtypes.is_wrapper_subclass(tensor):
         raise invalid_argument(f"tensor '{name}' is a {type(tensor).__name__}, a tensor "
                                "subclass with its own __torch_dispatch__: its storage is not "
                                "its data; load into plain tensors")

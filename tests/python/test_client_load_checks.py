@@ -3,7 +3,9 @@ report, from a new-user trial (both paths: DELTASERVE_NATIVE=1 / 0).
 
 1. A model on the meta device (no storage: a copy into it did nothing, yet the load
    reported 4 tensors): INVALID_ARGUMENT naming the tensor, the device and the fix
-   (to_empty); so are sparse, quantized and FakeTensor tensors. Parameters that require
+   (to_empty); so are sparse, quantized and FakeTensor tensors. Reading a meta state
+   dict (LocalBase, safetensors.write_file) is INVALID_ARGUMENT too; a sparse one is
+   read dense. Parameters that require
    grad and inference-mode tensors load (the staged copy of an inference tensor too).
 2. An include= filter that matches nothing: NOT_FOUND "no tensor matches the filter"
    from load_into, load_state_dict and stream_weights, as deltactl pull says it.
@@ -25,6 +27,7 @@ from live_daemon import d
 
 from deltaserve import Client, DeltaStats, LocalBase, apply_delta
 from deltaserve import _stream
+from deltaserve import safetensors as st
 from deltaserve.torch_io import copy_staged
 from deltaserve.v1 import delta_service_pb2 as pb
 from deltaserve.v1 import delta_service_pb2_grpc as pb_grpc
@@ -94,6 +97,16 @@ with tempfile.TemporaryDirectory(prefix="py-load-checks-") as tmp:
         fake = torch.zeros(64, dtype=torch.float16)
     ld.expect_error(lambda: c.load_into(dict(sparse, **{"fc2.bias": fake}), "mlp-ft"),
                     C.INVALID_ARGUMENT, "tensor 'fc2.bias' is a FakeTensor")
+    # Reading a state dict (LocalBase, safetensors.write_file): a meta tensor has no data
+    # (it failed with torch's NotImplementedError); a sparse one is read dense.
+    base_sd = st.load_file(base)
+    ld.expect_error(lambda: LocalBase({n: t.to("meta") for n, t in base_sd.items()}),
+                    C.INVALID_ARGUMENT, "tensor 'fc1.bias' is on the meta device: it has no "
+                    "data to read")
+    ld.expect_error(lambda: st.write_file(f"{tmp}/meta.safetensors", {"m": torch.zeros(
+        2, device="meta")}), C.INVALID_ARGUMENT, "tensor 'm' is on the meta device")
+    sparse_base = dict(base_sd, **{"fc2.bias": base_sd["fc2.bias"].to_sparse()})
+    d.check(LocalBase(sparse_base).hash == local.hash, "LocalBase of a sparse tensor: another hash")
     # Parameters that require grad (a fresh Net) and inference-mode tensors: loaded.
     net = Net().half()
     d.check(net.fc1.weight.requires_grad, "Net parameters require grad")
@@ -147,6 +160,9 @@ with tempfile.TemporaryDirectory(prefix="py-load-checks-") as tmp:
     stats = c.load_into(partial, "mlp-ft", strict=False, include=["fc1.*"])
     d.check((stats.tensors, stats.missing_keys, stats.unexpected_keys) ==
             (2, ["fc2.weight", "extra.weight"], []), f"strict=False + include: {stats}")
+    # A long list of keys shows its first 5 in the repr.
+    d.check(_stream._short([f"k{i}" for i in range(7)]) ==
+            "['k0', 'k1', 'k2', 'k3', 'k4', ... 7 in all]", "StreamStats repr of 7 keys")
     ld.expect_error(lambda: c.load_into({"x": torch.zeros(1)}, "mlp-ft", strict=False),
                     C.INVALID_ARGUMENT, "none of the 4 tensor(s) of task 'mlp-ft' is in the model")
     # Shapes still have to match, as with torch.
