@@ -168,7 +168,9 @@ struct SinkPullOptions {
   // cut (resume_from_offset), else from the tensor after the last verified one.
   // Default: 3.
   uint32_t retries = 3;
-  // Before each resume, how long to wait for the channel to connect again. Default: 10 s.
+  // How long each retry waits for the channel to connect again; a wait that ends without
+  // the server uses the next retry, so a begun stream survives an outage of up to
+  // retries x reconnect_timeout (30 s by default), within `deadline`. Default: 10 s.
   absl::Duration reconnect_timeout = absl::Seconds(10);
   // Deadline of the whole download, resumes included. Zero: ClientOptions::stream_deadline
   // for each call. Default: zero.
@@ -255,8 +257,9 @@ class DeltaClient {
   // the channel does not connect within 2 s (or reconnect_timeout if shorter) of the
   // failure (otherwise the call, which went out on a connection that died since, e.g.
   // to a restarted server, is tried again, within `retries`, without counting as a
-  // resume), and when a begun stream's server does not come back within
-  // reconnect_timeout; InvalidArgument if streams != 1 or resume_from is set.
+  // resume), and when a begun stream's server does not come back within the retries
+  // left, each waiting up to reconnect_timeout (the message says the seconds waited and
+  // the retries used); InvalidArgument if streams != 1 or resume_from is set.
   // `stats` (not null) gets the verified tensors and bytes, first-tensor time, resumes
   // and seconds, on error too (how far it got).
   absl::Status PullWeightsToSink(const std::string& task, WeightsSink* sink,

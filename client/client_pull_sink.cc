@@ -116,12 +116,24 @@ absl::Status DeltaClient::PullWeightsToSink(const std::string& task, WeightsSink
       }
     }
     ++stats->resumed;
-    const absl::Time wait_until = std::min(absl::Now() + options.reconnect_timeout, deadline);
-    if (!impl_->channel->WaitForConnected(absl::ToChronoTime(wait_until))) {
+    // Each retry waits up to reconnect_timeout; a wait that ends without the server uses
+    // the next retry, so the server may stay away retries x reconnect_timeout in all.
+    const absl::Time wait_start = absl::Now();
+    while (true) {
+      const absl::Time wait_until = std::min(absl::Now() + options.reconnect_timeout, deadline);
+      if (impl_->channel->WaitForConnected(absl::ToChronoTime(wait_until))) break;
+      const bool past_deadline = absl::Now() >= deadline;
+      if (attempt + 1 < options.retries && !past_deadline) {
+        ++attempt;
+        continue;
+      }
       if (previous != nullptr) resume.DropUnfinished();
       return absl::UnavailableError(absl::StrFormat(
-          "%s: connection dropped (%s) and the server did not come back within %.1f s", label,
-          s.message(), absl::ToDoubleSeconds(options.reconnect_timeout)));
+          "%s: connection dropped (%s) and the server did not come back within %.1f s (%d of "
+          "%d retries used, each waiting up to %.1f s%s)",
+          label, s.message(), absl::ToDoubleSeconds(absl::Now() - wait_start), attempt + 1,
+          options.retries, absl::ToDoubleSeconds(options.reconnect_timeout),
+          past_deadline ? "; the deadline was reached" : ""));
     }
   }
 }

@@ -16,19 +16,45 @@ The grpcio path (deltaserve/_stream.py) is used instead when the module was not 
 (no pybind11), when the Client was made with native=False or DELTASERVE_NATIVE=0 is in
 the environment, and for load_into a model with tensors off the CPU.
 """
+import glob
+import importlib
+import os
 import queue
+import sys
 import threading
 import time
 
 import grpc
 
 from deltaserve._stream import StreamStats
-from deltaserve.errors import DeltaserveError
+from deltaserve.errors import DeltaserveError, with_hint
 
-try:
-    from deltaserve import _pull
-except ImportError:  # built without pybind11: the grpcio path serves every call
-    _pull = None
+
+def native_import(name):
+    """(module deltaserve.<name>, None), or (None, why it is missing: one clean sentence
+    for an error message) for the C++ modules _codec and _pull. importlib, not `from
+    deltaserve import`: during the package's own import that would say "partially
+    initialized module ... circular import" instead of what is missing."""
+    try:
+        return importlib.import_module(f"deltaserve.{name}"), None
+    except ImportError as e:
+        here = os.path.dirname(os.path.abspath(__file__))
+        found = sorted(os.path.basename(p) for p in glob.glob(os.path.join(here, name + ".*so")))
+        python = f"Python {sys.version_info.major}.{sys.version_info.minor} ({sys.executable})"
+        if found:
+            why = (f"cannot be loaded by this {python}: {here} holds {', '.join(found)}, built "
+                   f"for the interpreter the build found (cmake -DDELTASERVE_PYTHON=..., "
+                   f"default /usr/bin/python3); run that one, or rebuild for this one "
+                   f"({type(e).__name__}: {e})")
+        else:
+            why = (f"is not built in {here}: the build makes it (target deltaserve_python) "
+                   "when pybind11 is found (Debian pybind11-dev), for the interpreter it "
+                   "found (-DDELTASERVE_PYTHON, default /usr/bin/python3)")
+        return None, why
+
+
+# Built without pybind11: the grpcio path serves every call.
+_pull, _PULL_MISSING = native_import("_pull")
 
 _CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
@@ -70,8 +96,8 @@ def load(client, task, include, include_regex, dtype, targets=None, progress=Non
             progress, figures, each, cancel, began)
     except _pull.PullError as e:
         code, message = e.args
-        raise DeltaserveError(grpc.StatusCode[_CODE_NAMES.get(code, "UNKNOWN")],
-                              message) from None
+        raise with_hint(DeltaserveError(grpc.StatusCode[_CODE_NAMES.get(code, "UNKNOWN")],
+                                        message), client) from None
     finally:
         stats.tensors = figures.get("tensors", 0)
         stats.bytes = figures.get("bytes", 0)

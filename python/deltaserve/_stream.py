@@ -17,7 +17,7 @@ import xxhash
 from google.protobuf.message import DecodeError
 
 from deltaserve import dtypes
-from deltaserve.errors import DeltaserveError, data_loss, from_rpc_error
+from deltaserve.errors import DeltaserveError, data_loss, from_rpc_error, with_hint
 from deltaserve.v1 import delta_service_pb2 as pb
 
 
@@ -35,11 +35,27 @@ class StreamStats:
         # fetch again (it started at the next byte: resume_from_offset).
         self.kept_bytes = 0
         self.metadata = {}  # StreamBegin.safetensors_metadata
+        # load_into only, as torch's load_state_dict reports them: the model's tensors
+        # that got nothing (model order), and the task's tensors the model lacks, skipped
+        # (strict=False; task order).
+        self.missing_keys = []
+        self.unexpected_keys = []
 
     def __repr__(self):
         return (f"StreamStats(tensors={self.tensors}, bytes={self.bytes}, "
                 f"seconds={self.seconds:.3f}, resumes={self.resumes}, "
-                f"kept_bytes={self.kept_bytes})")
+                f"kept_bytes={self.kept_bytes}"
+                + (f", missing_keys={_short(self.missing_keys)}" if self.missing_keys else "")
+                + (f", unexpected_keys={_short(self.unexpected_keys)}"
+                   if self.unexpected_keys else "")
+                + ")")
+
+
+def _short(names, shown=5):
+    """repr of a list of names, the first `shown` of a longer one and how many in all."""
+    if len(names) <= shown:
+        return repr(names)
+    return repr(names[:shown])[:-1] + f", ... {len(names)} in all]"
 
 
 _METHOD = "/deltaserve.v1.DeltaService/StreamWeights"
@@ -264,7 +280,7 @@ def verified_tensors(client, label, request, alloc, stats):
                     yield done, done_buf
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.UNAVAILABLE or attempts >= client.retries:
-                raise from_rpc_error(e, label) from None
+                raise from_rpc_error(e, label, client) from None
             if first_task is None:
                 # No stream has begun. The call may have gone out on a connection that
                 # died since (a restarted server, the channel still backing off): one that
@@ -274,17 +290,17 @@ def verified_tensors(client, label, request, alloc, stats):
                 attempts += 1
                 if not _channel_ready(client, min(client.reconnect_timeout, _FIRST_CONNECT_S),
                                       deadline):
-                    raise DeltaserveError(
+                    raise with_hint(DeltaserveError(
                         grpc.StatusCode.UNAVAILABLE,
                         f"{label}: cannot reach the server at {client.server} "
-                        f"({e.details()})") from None
+                        f"({e.details()})"), client) from None
                 continue
             attempts += 1
             stats.resumes += 1
             if header is not None:
                 # Cut midway: resume at the next byte (else the tensor comes again whole).
                 cut = (header, buf, hasher, received) if received > 0 else None
-            _wait_for_channel(client, label, deadline, e)
+            attempts = _wait_for_channel(client, label, deadline, e, attempts)
             if next_index is None:
                 next_index = 0  # dropped before the first tensor: start again
             continue
@@ -312,14 +328,28 @@ def _channel_ready(client, wait, deadline):
         return False
 
 
-def _wait_for_channel(client, label, deadline, error):
-    """Blocks until the channel is ready again (the server is back), at most
-    client.reconnect_timeout seconds and not past `deadline`; UNAVAILABLE otherwise."""
-    wait = client.reconnect_timeout
-    if deadline is not None:
-        wait = min(wait, max(0.0, deadline - time.monotonic()))
-    if not _channel_ready(client, wait, None):
-        raise DeltaserveError(
-            grpc.StatusCode.UNAVAILABLE,
-            f"{label}: connection dropped ({error.details()}) and the server did not come "
-            f"back within {wait:.1f} s") from None
+def _wait_for_channel(client, label, deadline, error, attempts):
+    """Blocks until the channel is ready again (the server is back) after a drop;
+    `attempts`: the retries used so far, this resume included. Each retry waits up to
+    client.reconnect_timeout seconds; a wait that ends without the server uses the next
+    retry, so a server may stay away up to retries x reconnect_timeout seconds in all
+    (30 s by default), never past `deadline` (stream_timeout). Returns the retries used;
+    UNAVAILABLE saying how long it waited and the retries used otherwise. As the C++
+    client (client/client_pull_sink.cc)."""
+    start = time.monotonic()
+    while True:
+        wait = client.reconnect_timeout
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - time.monotonic()))
+        if _channel_ready(client, wait, None):
+            return attempts
+        past_deadline = deadline is not None and time.monotonic() >= deadline
+        if attempts >= client.retries or past_deadline:
+            cut = f"; stream_timeout of {client.stream_timeout} s reached" if past_deadline else ""
+            raise DeltaserveError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{label}: connection dropped ({error.details()}) and the server did not come "
+                f"back within {time.monotonic() - start:.1f} s ({attempts} of {client.retries} "
+                f"retries used, each waiting up to {client.reconnect_timeout:.1f} s{cut})"
+            ) from None
+        attempts += 1

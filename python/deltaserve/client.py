@@ -22,7 +22,7 @@ from deltaserve import dtypes
 from deltaserve.address import server_target
 from deltaserve._stream import StreamStats, verified_tensors
 from deltaserve.errors import (DeltaserveError, from_os_error, from_rpc_error, invalid_argument,
-                               wire_text)
+                               not_found, wire_text, with_hint)
 from deltaserve.v1 import delta_service_pb2 as pb
 from deltaserve.v1 import delta_service_pb2_grpc as pb_grpc
 
@@ -64,8 +64,12 @@ class Client:
       instead (implies TLS).
     timeout: deadline in seconds of each unary call and of a whole upload (default 60).
     stream_timeout: deadline in seconds of a whole download, resumes included (default
-      None: none). retries: resumes of a download after a dropped connection (default 3);
-      reconnect_timeout: seconds each resume waits for the server to come back (default 10).
+      None: none). retries: reconnection attempts of a download after a dropped
+      connection (default 3); reconnect_timeout: seconds each attempt waits for the server
+      to come back (default 10). An attempt whose wait ends without the server uses the
+      next, so a download survives an outage of up to retries x reconnect_timeout seconds
+      (30 s by default; within stream_timeout), resuming where it stopped; past that,
+      UNAVAILABLE says how long it waited and the attempts used.
     native: load_state_dict, load_into, stream_weights and pull_dir stream through the
       project's C++ client (deltaserve/_native.py: the bytes go straight into tensor
       memory, the GIL released) when it was built; False: always through grpcio
@@ -160,7 +164,7 @@ class Client:
                 request, timeout=self.timeout if timeout == -1 else timeout,
                 metadata=self._metadata_for(names))
         except grpc.RpcError as e:
-            raise from_rpc_error(e, label) from None
+            raise from_rpc_error(e, label, self) from None
 
     # ------------------------------------------------------------ deltactl's operations
     def get_base(self):
@@ -248,7 +252,7 @@ class Client:
             details = e.details() or ""
             if details.startswith("PutDelta: "):  # the label says it already
                 details = details[len("PutDelta: "):]
-            raise DeltaserveError(e.code(), f"{label}: {details}") from None
+            raise with_hint(DeltaserveError(e.code(), f"{label}: {details}"), self) from None
         return response.task
 
     # ------------------------------------------------------------ weights
@@ -282,10 +286,16 @@ class Client:
         dtype; tensors of other dtypes, e.g. I64 or BOOL buffers, always come in their
         own). Arrays have dtypes.numpy_dtype: BF16 as uint16 and F8_* as uint8 holding
         the raw bits. A dropped connection resumes at the byte where it stopped
-        (Client.retries; deltaserve._stream.verified_tensors)."""
+        (Client.retries; deltaserve._stream.verified_tensors). A filter that matches no
+        tensor of the task: NOT_FOUND once the stream ends, as deltactl pull says it."""
+        count = 0
         for name, proto_dtype, shape, buf in self._tensor_stream(task, include, include_regex,
                                                                   dtype, chunk_bytes):
+            count += 1
             yield name, buf.view(dtypes.numpy_dtype(proto_dtype)).reshape(shape)
+        if count == 0 and (include or include_regex):
+            from deltaserve.torch_io import no_match_error
+            raise no_match_error(self, task, include, include_regex)
 
     def _tensor_stream(self, task, include=None, include_regex=None, dtype=None,
                        chunk_bytes=0):
@@ -308,24 +318,41 @@ class Client:
                         progress=None):
         """{name: torch.Tensor} of the merged tensors of `task` (CPU, in container order,
         dtypes.torch_dtype: BF16 as torch.bfloat16, I64 as torch.int64, ...), checksums
-        verified; arguments as stream_weights. progress: None or callable(name), called
-        after each tensor is verified and in place. On the native path the tensors are
-        views of one buffer, freed when the last of them goes."""
+        verified; arguments as stream_weights (a filter that matches no tensor: NOT_FOUND,
+        "no tensor matches the filter"). progress: None or callable(name), called after
+        each tensor is verified and in place. On the native path the tensors are views
+        of one buffer, freed when the last of them goes."""
         from deltaserve.torch_io import load_state_dict
         return load_state_dict(self, task, include, include_regex, dtype, progress)
 
     def load_into(self, target, task, strict=True, include=None, include_regex=None,
-                  dtype=None, progress=None):
+                  dtype=None, progress=None, atomic=False):
         """Writes the merged tensors of `task` into the existing storage of `target` (a
         torch.nn.Module, or a dict of torch tensors or numpy arrays) in place: no second
-        copy of the model is held. Before any byte is streamed, every task tensor must
-        exist in target with the same shape and dtype (`dtype` if given, else the task's
-        recorded dtype), and with strict=True (and no filter) target may hold no tensor
-        the task lacks; otherwise INVALID_ARGUMENT naming the tensor, target untouched.
-        Returns the StreamStats. On a later error (e.g. DATA_LOSS) target may hold a mix
-        of old and new tensors. progress: as for load_state_dict."""
+        copy of the model is held. Checked before any byte is streamed, target untouched
+        on error:
+        - strict=True (default): every task tensor (passing include= / include_regex=)
+          must be in target, and without a filter target may hold no tensor the task
+          lacks. strict=False, as torch's load_state_dict(strict=False): names on one
+          side only are skipped (only the model's tensors are streamed) and reported in
+          the returned StreamStats' missing_keys (model tensors that got nothing) and
+          unexpected_keys (task tensors the model lacks); at least one must match.
+          Either way INVALID_ARGUMENT names the tensor.
+        - every loaded tensor must have the task's shape and dtype (`dtype` if given,
+          else the recorded one) and be loadable (deltaserve.torch_io: not on the meta
+          device, dense, not quantized, contiguous); INVALID_ARGUMENT names it and its
+          device, layout or dtype.
+        - a filter that matches no tensor of the task: NOT_FOUND.
+        Returns the StreamStats (client.last_stream) with missing_keys / unexpected_keys.
+        atomic=False (default): on a later error (DATA_LOSS, UNAVAILABLE after the
+        retries, ...) target may hold a mix of old and new tensors. atomic=True: the
+        tensors are streamed into a new buffer first and copied into target only once
+        every one of them is verified, so target is either all old or all new; it costs
+        memory for a second copy of the loaded tensors for the time of the load, and
+        one extra memory copy. progress: as for load_state_dict."""
         from deltaserve.torch_io import load_into
-        return load_into(self, target, task, strict, include, include_regex, dtype, progress)
+        return load_into(self, target, task, strict, include, include_regex, dtype, progress,
+                         atomic)
 
     # ------------------------------------------------------------ side files, checkpoints
     def side_file(self, task, name):
@@ -347,9 +374,12 @@ class Client:
         from deltaserve.decode import fetch_delta
         return fetch_delta(self, task)
 
-    def load_delta_into(self, target, task, base, strict=True, dtype=None, threads=None):
+    def load_delta_into(self, target, task, base, strict=True, dtype=None, threads=None,
+                        atomic=False):
         """fetch_delta + deltaserve.apply_delta(target, ..., base) overlapped: records
         are decoded + merged in place while the rest of the container arrives; see
-        deltaserve.decode.load_delta_into. Returns the number of tensors written."""
+        deltaserve.decode.load_delta_into (strict and atomic as for load_into). Returns
+        a deltaserve.DeltaStats: an int, the number of tensors written (as before), that
+        also carries tensors, bytes, seconds, missing_keys and unexpected_keys."""
         from deltaserve.decode import load_delta_into
-        return load_delta_into(self, target, task, base, strict, dtype, threads)
+        return load_delta_into(self, target, task, base, strict, dtype, threads, atomic)

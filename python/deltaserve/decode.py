@@ -11,9 +11,11 @@ bytes). Its XXH3-128 hash is computed once (it reads every byte). The model's ow
 parameters hold the merged task; apply_delta reads only the LocalBase and the container
 and writes every task tensor of the model.
 """
+import importlib
 import os
 import queue
 import threading
+import time
 import warnings
 
 import grpc
@@ -22,14 +24,12 @@ import xxhash
 
 from deltaserve import dtypes
 from deltaserve.errors import DeltaserveError, data_loss, from_rpc_error
-from deltaserve.torch_io import byte_view, check_plan, target_tensors
+from deltaserve._native import native_import
+from deltaserve._stream import _short
+from deltaserve.torch_io import byte_view, check_plan, copy_staged, target_tensors, write_bytes
 from deltaserve.v1 import delta_service_pb2 as pb
 
-try:
-    from deltaserve import _codec
-except ImportError as e:  # built only where pybind11 is installed
-    _codec = None
-    _IMPORT_ERROR = e
+_codec, _IMPORT_ERROR = native_import("_codec")
 
 # The end of the missing-tensor message: a delta has no include= filter.
 _WHOLE = ("a delta is applied whole: load it into a model that has every tensor of the "
@@ -39,9 +39,32 @@ _WHOLE = ("a delta is applied whole: load it into a model that has every tensor 
 def _need_codec():
     if _codec is None:
         raise DeltaserveError(grpc.StatusCode.UNIMPLEMENTED,
-                              f"deltaserve._codec is not built ({_IMPORT_ERROR}); install "
-                              "pybind11-dev and rebuild target deltaserve_python")
+                              f"deltaserve._codec (the C++ codec, for local decode) "
+                              f"{_IMPORT_ERROR}")
     return _codec
+
+
+class DeltaStats(int):
+    """What apply_delta / load_delta_into did. An int, the number of tensors written
+    (what they returned before, so `n == 12` still holds), that also carries the
+    figures StreamStats has: tensors (the same number), bytes (container bytes
+    received; apply_delta: its container's size), seconds, missing_keys (the model's
+    tensors that got nothing) and unexpected_keys (tensors of the delta the model
+    lacks, skipped: strict=False), as torch's load_state_dict reports them."""
+
+    def __new__(cls, tensors, bytes_=0, seconds=0.0, missing_keys=(), unexpected_keys=()):
+        self = super().__new__(cls, tensors)
+        self.tensors = int(tensors)
+        self.bytes = int(bytes_)
+        self.seconds = float(seconds)
+        self.missing_keys = list(missing_keys)
+        self.unexpected_keys = list(unexpected_keys)
+        return self
+
+    def __repr__(self):
+        return (f"DeltaStats(tensors={self.tensors}, bytes={self.bytes}, "
+                f"seconds={self.seconds:.3f}, missing_keys={_short(self.missing_keys)}, "
+                f"unexpected_keys={_short(self.unexpected_keys)})")
 
 
 def _status(e):
@@ -53,9 +76,10 @@ def _status(e):
 _CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
-def _tensor_bytes(t):
-    """(safetensors dtype name, shape, buffer) of a torch tensor or numpy array."""
-    proto, a = dtypes.raw_array(t)
+def _tensor_bytes(name, t):
+    """(safetensors dtype name, shape, buffer) of tensor `name`, a torch tensor or numpy
+    array (dtypes.raw_array: INVALID_ARGUMENT for one without data, e.g. on meta)."""
+    proto, a = dtypes.raw_array(t, name)
     return dtypes.name(proto), list(a.shape), a.reshape(-1).view(np.uint8)
 
 
@@ -69,7 +93,8 @@ class LocalBase:
             if isinstance(source, (str, os.PathLike)):
                 self._base = codec.Base.open(os.fspath(source))
             else:
-                items = [(name,) + _tensor_bytes(t) for name, t in target_tensors(source).items()]
+                items = [(name,) + _tensor_bytes(name, t)
+                         for name, t in target_tensors(source).items()]
                 self._base = codec.Base.from_buffers(items)
         except codec.CodecError as e:
             raise _status(e) from None
@@ -154,7 +179,7 @@ def _receive_delta(client, task, label, on_data=None):
             if on_data is not None:
                 on_data(view, received)
     except grpc.RpcError as e:
-        raise from_rpc_error(e, label) from None
+        raise from_rpc_error(e, label, client) from None
     if buf is None:
         raise data_loss(label, "empty stream")
     if received != total or hasher.intdigest() != want:
@@ -163,18 +188,26 @@ def _receive_delta(client, task, label, on_data=None):
     return buf
 
 
-def apply_delta(target, container, base, strict=True, dtype=None, threads=None):
+def apply_delta(target, container, base, strict=True, dtype=None, threads=None, atomic=False):
     """Decodes + merges every tensor of `container` (bytes of a delta container, e.g.
     from fetch_delta) against `base` (a LocalBase) into `target` (a torch.nn.Module or a
     dict of torch tensors / numpy arrays) in place, in `dtype` (default: each tensor's
     recorded dtype). Before anything is written: FAILED_PRECONDITION if the container
     was made against another base (both hashes quoted), INVALID_ARGUMENT for a missing
-    name, a shape or dtype mismatch, or (strict) a model tensor the task lacks.
-    threads: merge threads (default: the CPUs this process may use); tensors in CPU
+    name, a shape or dtype mismatch, a tensor that cannot be loaded into (on the meta
+    device, sparse, quantized...: deltaserve.torch_io.check_loadable), or (strict) a
+    model tensor the task lacks. strict=False: as torch's load_state_dict(strict=False),
+    records the model lacks are skipped and names on one side only reported in the
+    result's missing_keys / unexpected_keys (at least one must match).
+    atomic=True: every tensor is merged into a new buffer first and copied into target
+    only once all merged (target all old or all new after an error; costs memory for a
+    copy of the model's task tensors); default: merged in place, and a codec error on a
+    late record leaves earlier tensors new. threads: merge threads (default: the CPUs this process may use); tensors in CPU
     memory are merged in place, side by side and large ones split over them.
     Values that the cast to `dtype` would make infinite saturate to its largest finite
     value, as on the server; each tensor where that happened is named in a
-    RuntimeWarning. Returns the number of tensors written."""
+    RuntimeWarning. Returns a DeltaStats (an int: the number of tensors written)."""
+    start = time.monotonic()
     codec = _need_codec()
     tensors = target_tensors(target)
     out_dtype = dtypes.to_out_proto(dtype)
@@ -185,37 +218,41 @@ def apply_delta(target, container, base, strict=True, dtype=None, threads=None):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"delta made against base {parsed.base_hash}, this worker's base is {base.hash}")
         records = parsed.records()
-        plan = [(name, tuple(shape), dtypes.from_name(dt)) for name, dt, shape, _ in records]
-        check_plan(tensors, plan, strict, False, out_dtype, "the delta", hint=_WHOLE)
+        summaries = [(name, tuple(shape), dtypes.from_name(dt)) for name, dt, shape, _ in records]
+        plan = check_plan(tensors, summaries, strict, False, out_dtype, "the delta", hint=_WHOLE)
         threads = threads or len(os.sched_getaffinity(0))
         out_name = dtypes.name(out_dtype) if out_dtype else None
         in_place, staged = [], []
-        for (name, _, _), (_, _, _, index) in zip(plan, records):
+        for name, _, _, index in records:
+            if name not in tensors:  # strict=False: skipped (plan.unexpected_keys)
+                continue
             view = byte_view(name, tensors[name])
-            (staged if view is None else in_place).append((index, view, name))
-        # Tensors in CPU memory: merged straight into their storage, all of them in one
-        # call over a pool of `threads` (small tensors side by side, large ones split),
-        # without the GIL.
-        saturated = codec.merge_all(base._base, parsed, [(i, v) for i, v, _ in in_place],
+            if view is None or atomic:  # merged into a buffer, copied at the end
+                dst = tensors[name]
+                nbytes = dst.nbytes if isinstance(dst, np.ndarray) else (
+                    dst.numel() * dst.element_size())
+                staged.append((index, np.empty(nbytes, dtype=np.uint8), name))
+            else:
+                in_place.append((index, view, name))
+        # One call over a pool of `threads` (small tensors side by side, large ones
+        # split), without the GIL: tensors in CPU memory straight into their storage,
+        # the others (and every one when atomic) into buffers copied in below.
+        merged = in_place + staged
+        saturated = codec.merge_all(base._base, parsed, [(i, v) for i, v, _ in merged],
                                     out_name, threads)
-        for index, _, name in staged:  # not on the CPU: merge into a buffer, then copy
-            import torch
-            dst = tensors[name]
-            view = np.empty(dst.numel() * dst.element_size(), dtype=np.uint8)
-            n = codec.merge(base._base, parsed, index, out_name, view, threads)
-            if n:
-                saturated.append((name, n))
-            with torch.no_grad():
-                dst.copy_(torch.from_numpy(view).view(dst.dtype).reshape(dst.shape))
+        for _, buf, name in staged:
+            write_bytes(name, tensors[name], buf)
         for name, n in saturated:
             warnings.warn(f"tensor '{name}': {n} values beyond the output dtype's range, "
                           "saturated to its largest finite value", RuntimeWarning, stacklevel=2)
     except codec.CodecError as e:
         raise _status(e) from None
-    return len(records)
+    return DeltaStats(len(plan.summaries), len(container), time.monotonic() - start,
+                      plan.missing_keys, plan.unexpected_keys)
 
 
-def load_delta_into(client, target, task, base, strict=True, dtype=None, threads=None):
+def load_delta_into(client, target, task, base, strict=True, dtype=None, threads=None,
+                    atomic=False):
     """Client.fetch_delta + apply_delta overlapped: each record of the container is
     decoded + merged into `target` (in place, as apply_delta) while the next ones are
     still arriving, so the transfer hides behind the decode. Before any byte is
@@ -225,8 +262,11 @@ def load_delta_into(client, target, task, base, strict=True, dtype=None, threads
     header's base hash checked again, every record's checksum and framing (DATA_LOSS),
     and at the end the container's size, XXH3-64 and trailer (codec::ContainerReader);
     on such a late error target may hold a mix of old and new tensors, as with
-    load_into. Tensors not in CPU memory: fetch_delta + apply_delta instead. Returns
-    the number of tensors written."""
+    load_into. strict=False and atomic=True as for apply_delta (atomic: fetch_delta +
+    apply_delta(atomic=True), the container held whole). Tensors not in CPU memory:
+    fetch_delta + apply_delta instead. Returns a DeltaStats (an int: the number of
+    tensors written; bytes: the container's)."""
+    start = time.monotonic()
     codec = _need_codec()
     tensors = target_tensors(target)
     out_dtype = dtypes.to_out_proto(dtype)
@@ -237,13 +277,17 @@ def load_delta_into(client, target, task, base, strict=True, dtype=None, threads
         raise DeltaserveError(
             grpc.StatusCode.FAILED_PRECONDITION,
             f"{label}: delta made against base {info.base_hash}, this worker's base is {base.hash}")
-    plan = [(t.name, tuple(t.shape), t.dtype) for t in info.tensors]
-    check_plan(tensors, plan, strict, False, out_dtype, what, hint=_WHOLE)
-    views = {}
+    summaries = [(t.name, tuple(t.shape), t.dtype) for t in info.tensors]
+    plan = check_plan(tensors, summaries, strict, False, out_dtype, what, hint=_WHOLE)
+    views = {}  # container index -> (name, uint8 view; None: a record skipped)
     for t in info.tensors:
-        views[t.index] = (t.name, byte_view(t.name, tensors[t.name]))
-        if views[t.index][1] is None:  # not on the CPU: no in-place streaming
-            return apply_delta(target, fetch_delta(client, task), base, strict, dtype, threads)
+        view = byte_view(t.name, tensors[t.name]) if t.name in tensors else None
+        views[t.index] = (t.name, view)
+        if t.name in tensors and (view is None or atomic):  # no in-place streaming
+            stats = apply_delta(target, fetch_delta(client, task), base, strict, dtype, threads,
+                                atomic)
+            return DeltaStats(stats.tensors, stats.bytes, time.monotonic() - start,
+                              stats.missing_keys, stats.unexpected_keys)
     threads = threads or len(os.sched_getaffinity(0))
     out_name = dtypes.name(out_dtype) if out_dtype else None
     merger = _RecordMerger(codec, base, out_name, threads, label)
@@ -263,7 +307,8 @@ def load_delta_into(client, target, task, base, strict=True, dtype=None, threads
     for name, n in saturated:
         warnings.warn(f"tensor '{name}': {n} values beyond the output dtype's range, "
                       "saturated to its largest finite value", RuntimeWarning, stacklevel=2)
-    return len(views)
+    return DeltaStats(len(plan.summaries), len(buf), time.monotonic() - start,
+                      plan.missing_keys, plan.unexpected_keys)
 
 
 class _RecordMerger:
@@ -350,6 +395,7 @@ class _RecordScanner:
             if at + length > received:
                 break
             name, out = self.views[self.index]
-            merger.put((view[at:at + length], name, out))
+            if out is not None:  # None: a record the model lacks (strict=False)
+                merger.put((view[at:at + length], name, out))
             self.next_record += length
             self.index += 1

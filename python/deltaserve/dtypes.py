@@ -149,12 +149,38 @@ def torch_bytes(t):
     return flat.numpy().view(np.uint8)
 
 
-def raw_array(t):
+def is_wrapper_subclass(tensor):
+    """Whether torch tensor `tensor` is a subclass with a __torch_dispatch__ of its own
+    (FakeTensor, DTensor, FunctionalTensor...): what its storage holds is not its data."""
+    import torch
+    own = getattr(type(tensor), "__torch_dispatch__", None)
+    return own is not None and own is not getattr(torch.Tensor, "__torch_dispatch__", None)
+
+
+def _readable(t, label):
+    """Torch tensor `t` as a dense one whose values can be read; INVALID_ARGUMENT naming
+    `label` for a tensor without data (meta device, a wrapper subclass such as
+    FakeTensor). A sparse tensor is made dense (its values, not its storage)."""
+    import torch
+    what = f"tensor '{label}'" if label else "a tensor"
+    if t.device.type == "meta":
+        raise invalid_argument(f"{what} is on the meta device: it has no data to read "
+                               "(materialise it first, e.g. model.to_empty(device='cpu'), "
+                               "and give it its values)")
+    if is_wrapper_subclass(t):
+        raise invalid_argument(f"{what} is a {type(t).__name__}, a tensor subclass with its "
+                               "own __torch_dispatch__: it has no data to read")
+    return t if t.layout == torch.strided else t.to_dense()
+
+
+def raw_array(t, label=""):
     """(proto DType, C-contiguous numpy array of the data) of a torch tensor (moved to
     the CPU; its dtype names the proto DType, carriers read as the native dtype: uint8
     as U8), a numpy array, or a (dtype, array) pair naming the dtype of the array's raw
-    bits (e.g. ("F8_E4M3", uint8 array), ("BF16", uint16 array)). INVALID_ARGUMENT for
-    dtypes deltaserve does not serve or a pair whose array has another width."""
+    bits (e.g. ("F8_E4M3", uint8 array), ("BF16", uint16 array)). INVALID_ARGUMENT
+    (naming `label`, the tensor's name) for dtypes deltaserve does not serve, a pair
+    whose array has another width, or a torch tensor without data (meta device,
+    FakeTensor); a sparse tensor is read dense."""
     if isinstance(t, tuple):
         dtype, a = t
         proto = to_proto(dtype)
@@ -164,7 +190,7 @@ def raw_array(t):
                                    f"bytes per element, not {itemsize(proto)})")
         return proto, a
     if hasattr(t, "detach"):
-        t = t.detach().cpu().contiguous()
+        t = _readable(t.detach(), label).cpu().contiguous()
         return to_proto(t.dtype), torch_bytes(t).view(numpy_dtype(to_proto(t.dtype))).reshape(
             tuple(t.shape))
     a = _contiguous(t)

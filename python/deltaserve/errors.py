@@ -8,7 +8,13 @@ names the fault: DATA_LOSS for a checksum mismatch or a malformed stream,
 INVALID_ARGUMENT for a model whose names, shapes or dtypes do not match the task or a
 bad argument, FAILED_PRECONDITION for a delta made against another base,
 DEADLINE_EXCEEDED when the caller's deadline passed, UNAVAILABLE when the server cannot
-be reached (also after the bounded resume attempts of a dropped stream).
+be reached (also after the bounded resume attempts of a dropped stream), NOT_FOUND
+for an include= filter that matches no tensor of the task.
+
+Errors a Client argument or environment variable fixes end with the hint deltactl gives,
+in Python's terms (with_hint): UNAUTHENTICATED names Client(token=) / DELTASERVE_TOKEN,
+PERMISSION_DENIED the token and Client(tenant=) / DELTASERVE_TENANT, an unreachable
+server Client(server=) / DELTASERVE_SERVER, a TLS handshake failure Client(tls=, ca=).
 """
 import errno
 
@@ -24,11 +30,54 @@ class DeltaserveError(Exception):
         super().__init__(f"{code.name}: {message}")
 
 
-def from_rpc_error(error, label):
-    """DeltaserveError for a grpc.RpcError raised by call `label` (e.g. "GetBase")."""
+def from_rpc_error(error, label, client=None):
+    """DeltaserveError for a grpc.RpcError raised by call `label` (e.g. "GetBase"), with
+    with_hint's hint when `client` (the Client that made the call) is given."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
-    return DeltaserveError(code or grpc.StatusCode.UNKNOWN, f"{label}: {details}")
+    out = DeltaserveError(code or grpc.StatusCode.UNKNOWN, f"{label}: {details}")
+    return out if client is None else with_hint(out, client)
+
+
+# Marks a message that already carries a hint (a hinted error passed on again).
+_HINT_OPEN = " (hint: "
+
+
+def with_hint(error, client):
+    """`error` (a DeltaserveError) with, for the failures that a Client argument or an
+    environment variable fixes, which one to look at (as deltactl's WithFlagHint,
+    client/deltactl_remote.cc, names its flags); `error` itself otherwise."""
+    C = grpc.StatusCode
+    m, server = error.message, client.server
+    hint = ""
+    if _HINT_OPEN in m:
+        return error
+    if error.code == C.UNAUTHENTICATED:
+        hint = ("no token was given: pass Client(token=...) or set DELTASERVE_TOKEN"
+                if not client._token else
+                f"the server at {server} did not accept the token given by Client(token=) "
+                "or DELTASERVE_TOKEN")
+    elif error.code == C.PERMISSION_DENIED:
+        hint = ("the token (Client(token=) or DELTASERVE_TOKEN) may not do this; admin calls "
+                "need an admin token, and Client(tenant=) or DELTASERVE_TENANT names the "
+                "tenant to act on")
+    elif error.code == C.UNAVAILABLE and "andshake" in m:
+        hint = (f"TLS on one side only, or a certificate not trusted? Client(tls=True) / "
+                f"Client(ca=PATH) must match whether deltaserved at {server} runs with "
+                "--tls-cert")
+    elif error.code == C.UNAVAILABLE and any(s in m for s in (
+            "ailed to connect", "cannot reach", "Connection refused", "No such file")):
+        hint = (f"is deltaserved running at {server}? Client(server='HOST[:PORT]') or "
+                "DELTASERVE_SERVER sets the address")
+    elif error.code == C.INVALID_ARGUMENT and "must name the tenant" in m:
+        hint = "pass Client(tenant=NAME) or set DELTASERVE_TENANT"
+    if not hint:
+        return error
+    return DeltaserveError(error.code, f"{m}{_HINT_OPEN}{hint})")
+
+
+def not_found(message):
+    return DeltaserveError(grpc.StatusCode.NOT_FOUND, message)
 
 
 def data_loss(label, what):

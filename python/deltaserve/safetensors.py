@@ -96,7 +96,7 @@ def write_file(path, tensors, metadata=None):
     """Writes `tensors` ({name: numpy array, torch tensor, or (dtype name, array of its
     raw bits) pair; see dtypes.raw_array}) as one safetensors file, data in the given
     order, with `metadata` ({str: str}) as __metadata__."""
-    raw = [(name,) + dtypes.raw_array(t) for name, t in tensors.items()]
+    raw = [(name,) + dtypes.raw_array(t, name) for name, t in tensors.items()]
     head = header_bytes([(name, proto, a.shape) for name, proto, a in raw], metadata)
     with open(path, "wb") as f:
         f.write(head)

@@ -6,6 +6,7 @@
 #include <xxhash.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <thread>
@@ -335,6 +336,43 @@ TEST_F(ClientTest, PullWeightsToSinkRetriesAreBoundedAndReplacedTasksAborted) {
   options.pull.streams = 2;
   EXPECT_THAT(client_->PullWeightsToSink("chat", &sink2, options, &stats),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("one stream")));
+}
+
+// A server gone for good after the first tensor: every retry waits reconnect_timeout in
+// turn (a wait that ends without the server uses the next retry), so the pull gives up
+// after retries x reconnect_timeout, not after the first wait, and says so (new-user
+// trial: a 25 s outage failed 10 s after the drop with retries=3 x 10 s).
+class ShutdownOnResumeSink : public MemorySink {
+ public:
+  ShutdownOnResumeSink(PulledModel* model, grpc::Server* server)
+      : MemorySink(model), server_(server) {}
+  void Continue(uint64_t /*offset*/) override {
+    server_->Shutdown(std::chrono::system_clock::now());
+  }
+
+ private:
+  grpc::Server* server_;
+};
+
+TEST_F(ClientTest, PullWeightsToSinkWaitsEveryRetryBeforeGivingUp) {
+  service_.unavailable_once_at = 1;  // cut in a.bias; the server then goes for good
+  PulledModel model;
+  ShutdownOnResumeSink sink(&model, server_.get());
+  SinkPullOptions options;
+  options.retries = 3;
+  options.reconnect_timeout = absl::Milliseconds(200);
+  PullStats stats;
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(client_->PullWeightsToSink("chat", &sink, options, &stats),
+              StatusIs(absl::StatusCode::kUnavailable,
+                       HasSubstr("(3 of 3 retries used, each waiting up to 0.2 s)")));
+  // Usually one resume and three full waits (~600 ms); a channel that still reads READY
+  // just after the shutdown makes a wait end at once and the next call fail, a second
+  // resume within the same retries.
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(190));
+  EXPECT_GE(stats.resumed, 1u);
+  EXPECT_LE(stats.resumed, 3u);
+  EXPECT_EQ(stats.tensors, 1u);
 }
 
 TEST(ClientUnreachableTest, UnavailableNamesTheCall) {

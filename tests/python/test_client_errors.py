@@ -18,6 +18,7 @@ from live_daemon import d
 
 from deltaserve import Client, DeltaserveError
 from deltaserve import _stream
+from deltaserve import errors
 from deltaserve import client as client_mod
 from deltaserve.v1 import delta_service_pb2 as pb
 from deltaserve.v1 import delta_service_pb2_grpc as pb_grpc
@@ -32,9 +33,25 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
     acme = Client(daemon.addr, token=d.ACME_TOKEN, timeout=20)
     acme.push("chat", delta)
 
+    # UNAUTHENTICATED ends with deltactl's hint in Python's terms (new-user trial: the
+    # Python client gave none).
     ld.expect_error(lambda: Client(daemon.addr, token="wrong").list_tasks(),
-                    C.UNAUTHENTICATED, "ListTasks")
-    ld.expect_error(lambda: Client(daemon.addr).get_base(), C.UNAUTHENTICATED, "GetBase")
+                    C.UNAUTHENTICATED, "ListTasks",
+                    f"(hint: the server at {daemon.addr} did not accept the token given by "
+                    "Client(token=) or DELTASERVE_TOKEN)")
+    ld.expect_error(lambda: Client(daemon.addr, token="").get_base(), C.UNAUTHENTICATED,
+                    "GetBase", "(hint: no token was given: pass Client(token=...) or set "
+                    "DELTASERVE_TOKEN)")
+    # The same hint from a stream on either path (the C++ client's error on the native one).
+    ld.expect_error(lambda: Client(daemon.addr, token="").load_state_dict("chat"),
+                    C.UNAUTHENTICATED, "StreamWeights 'chat'", "(hint: no token was given")
+    # PERMISSION_DENIED (only the admin Checkpoint call, which Client lacks, gets it) and a
+    # hinted error passed on again (one hint).
+    denied = errors.with_hint(DeltaserveError(C.PERMISSION_DENIED, "Checkpoint: no"), acme)
+    d.check(denied.message == "Checkpoint: no (hint: the token (Client(token=) or "
+            "DELTASERVE_TOKEN) may not do this; admin calls need an admin token, and "
+            "Client(tenant=) or DELTASERVE_TENANT names the tenant to act on)", denied.message)
+    d.check(errors.with_hint(denied, acme) is denied, "a second hint was added")
     globex = Client(daemon.addr, token="CHANGE-ME-globex-token")
     ld.expect_error(lambda: globex.task_info("chat"), C.NOT_FOUND, "GetTask 'chat'")
     ld.expect_error(lambda: list(globex.stream_weights("chat")), C.NOT_FOUND,
@@ -147,7 +164,7 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
     t = fresh()
     t["extra.weight"] = torch.full((3,), 7.0, dtype=torch.float16)
     ld.expect_error(lambda: acme.load_into(t, "chat"), C.INVALID_ARGUMENT,
-                    "tensor 'extra.weight' of the model is not in task 'chat' (strict=True)")
+                    "tensor 'extra.weight' of the model is not in task 'chat' (strict=True; strict=False loads the rest)")
     d.check(untouched(t), "extra name: the target was written")
     acme.load_into(t, "chat", strict=False)
     d.check(bool((t["extra.weight"] == 7.0).all()) and not bool((t["a.weight"] == 7.0).all()),
@@ -274,13 +291,17 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
     corrupt.stop(0)
     d.check(issubclass(DeltaserveError, Exception), "DeltaserveError is an Exception")
     d.check(daemon.stop() == 0, "deltaserved did not exit 0 on SIGTERM")
+    # A unary call to a stopped server: the same hint as a stream's (it had grpcio's
+    # text only).
     ld.expect_error(lambda: Client(daemon.addr, token=d.ACME_TOKEN, timeout=5).get_base(),
-                    C.UNAVAILABLE, "GetBase")
+                    C.UNAVAILABLE, "GetBase", f"(hint: is deltaserved running at {daemon.addr}? "
+                    "Client(server='HOST[:PORT]') or DELTASERVE_SERVER sets the address)")
     # A stream to a server that is not there fails at once, naming the address; it used
     # to wait reconnect_timeout (10 s) and say "connection dropped".
     began = time.monotonic()
     ld.expect_error(lambda: Client(daemon.addr, token=d.ACME_TOKEN).load_state_dict("chat"),
-                    C.UNAVAILABLE, f"StreamWeights 'chat': cannot reach the server at {daemon.addr}")
+                    C.UNAVAILABLE, f"StreamWeights 'chat': cannot reach the server at {daemon.addr}",
+                    f"(hint: is deltaserved running at {daemon.addr}?")
     waited = time.monotonic() - began
     d.check(waited < 5.0, f"the stream to a stopped server failed after {waited:.1f} s")
     d.log("PASS: token, tenant, task, name, shape, dtype, deadline, checksum and "

@@ -3,8 +3,13 @@ again on the same port and database mid-stream. stream_weights resumes from the 
 after the last verified one (StreamWeightsRequest.resume_from_index; a cut within a
 tensor resumes at that byte: python_client_resume_offset) and yields every tensor
 exactly once, bit-identical to `deltactl pull`; load_into likewise. Without a
-daemon coming back, the resume attempts end in UNAVAILABLE."""
+daemon coming back, the resume attempts end in UNAVAILABLE after retries x
+reconnect_timeout, saying so; an outage longer than one reconnect_timeout but within
+that total is waited out (new-user trial: a 25 s outage failed 10 s after the drop with
+the default retries=3 x reconnect_timeout=10 s)."""
 import tempfile
+import threading
+import time
 
 import grpc
 import torch
@@ -85,14 +90,47 @@ with tempfile.TemporaryDirectory(prefix="py-resume-") as tmp:
             if i == 0:
                 daemon.kill()
 
-    ld.expect_error(no_return, grpc.StatusCode.UNAVAILABLE, "StreamWeights 'big'")
+    began = time.monotonic()
+    ld.expect_error(no_return, grpc.StatusCode.UNAVAILABLE, "StreamWeights 'big'",
+                    "the server did not come back within",
+                    "(2 of 2 retries used, each waiting up to 1.0 s)")
+    waited = time.monotonic() - began
+    d.check(waited >= 1.9, f"gave up after {waited:.1f} s, before 2 retries x 1 s")
     d.check(c2.last_stream.resumes == 1, f"resumes {c2.last_stream.resumes}")
     # The same through load_state_dict (the path under test): a daemon up again, killed
     # after the first tensor for good.
     daemon = ld.LiveDaemon(tmp, base, port=port, name="deltaserved-5")
     c3 = Client(daemon.addr, timeout=20, retries=2, reconnect_timeout=1)
     ld.expect_error(lambda: c3.load_state_dict("big", progress=lambda name: daemon.kill()),
-                    grpc.StatusCode.UNAVAILABLE, "StreamWeights 'big'")
+                    grpc.StatusCode.UNAVAILABLE, "StreamWeights 'big'",
+                    "(2 of 2 retries used, each waiting up to 1.0 s)")
     d.check(c3.last_stream.resumes == 1, f"load_state_dict resumes {c3.last_stream.resumes}")
+
+    # 4. An outage of more than one reconnect_timeout (1 s), within retries x
+    # reconnect_timeout (10 x 1 s): the daemon comes back >= 2.5 s after the kill (a
+    # thread restarts it) and the load completes, resumed, with the right bytes.
+    daemon = ld.LiveDaemon(tmp, base, port=port, name="deltaserved-6")
+    c4 = Client(daemon.addr, timeout=20, retries=10, reconnect_timeout=1)
+    outage = {}
+
+    def restart_later():
+        time.sleep(2.5)
+        globals()["daemon"] = ld.LiveDaemon(tmp, base, port=port, name="deltaserved-7")
+        outage["seconds"] = time.monotonic() - outage["killed"]
+
+    def kill_once(name):
+        if "killed" not in outage:
+            daemon.kill()
+            outage["killed"] = time.monotonic()
+            outage["thread"] = threading.Thread(target=restart_later, daemon=True)
+            outage["thread"].start()
+
+    sd = c4.load_state_dict("big", progress=kill_once)
+    outage["thread"].join()
+    d.log(f"outage of {outage['seconds']:.1f} s waited out: {c4.last_stream}")
+    d.check(outage["seconds"] > 2.0, f"the outage lasted {outage['seconds']:.1f} s only")
+    d.check(c4.last_stream.resumes >= 1, "the outage did not drop the stream")
+    for name, _, _, rbuf in ref:
+        d.check(sd[name].numpy().tobytes() == rbuf.tobytes(), f"after the outage {name} differs")
     d.log("PASS: streams resume after the daemon is killed and restarted; give up with "
           "UNAVAILABLE when it does not come back")
