@@ -85,7 +85,8 @@ const CLI::Validator kSeconds = deltaserve::common::SecondsValidator();
 
 int Run(int argc, char** argv) {
   // Before any thread (server.h); without it the server still runs, with more RSS.
-  const bool arenas_limited = deltaserve::server::LimitMallocArenas(deltaserve::server::kServerMallocArenas);
+  const bool arenas_limited =
+      deltaserve::server::LimitMallocArenas(deltaserve::server::kServerMallocArenas);
   ServerOptions o;
   std::string preload, log_format = "text";
   int drain_seconds = 30;

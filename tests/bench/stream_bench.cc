@@ -396,8 +396,8 @@ class PeakWatch {
         "highest RSS sample %.0f MiB: file-backed %.0f MiB (base mapping, binaries), "
         "anonymous %.0f MiB = merged tensors %.0f (in the cache %.0f, held by streams "
         "beyond it %.0f) + freed merged mappings kept %.0f + upload mappings kept %.0f + "
-        "RocksDB block cache %.0f (pinned %.0f) + record blocks kept %.0f + memtables %.0f + table readers %.0f + "
-        "malloc heap in use %.0f + free in arenas %.0f + rest %.0f",
+        "RocksDB block cache %.0f (pinned %.0f) + record blocks kept %.0f + memtables %.0f + "
+        "table readers %.0f + malloc heap in use %.0f + free in arenas %.0f + rest %.0f",
         s.rss_kb / 1024.0, s.file_kb / 1024.0, s.anon_kb / 1024.0, m.merged_live_bytes / mib,
         m.cache_bytes / mib,
         (static_cast<double>(m.merged_live_bytes) - static_cast<double>(m.cache_bytes)) / mib,
