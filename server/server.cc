@@ -508,6 +508,18 @@ std::string Server::MetricsText() const {
   return serializer.Serialize(impl_->metrics->registry()->Collect());
 }
 
+Server::Memory Server::MemoryUsage() const {
+  Memory m;
+  m.cache_bytes = impl_->cache->bytes();
+  m.merged_live_bytes = internal::MergedMemoryPool::Process().live_bytes();
+  m.merged_kept_bytes = internal::MergedMemoryPool::Process().cached_bytes();
+  if (impl_->upload_buffers) m.upload_kept_bytes = impl_->upload_buffers->cached_bytes();
+  m.store = impl_->store->MemoryUsage();
+  return m;
+}
+
+bool LimitMallocArenas(int arenas) { return arenas >= 1 && mallopt(M_ARENA_MAX, arenas) == 1; }
+
 MergedMemoryStats ProcessMergedMemoryStats() {
   const internal::MergedMemoryPool& pool = internal::MergedMemoryPool::Process();
   return {pool.handed_over(), pool.reused(), pool.mapped(), pool.cached_bytes(),

@@ -172,6 +172,20 @@ class Server {
   // The Prometheus text exposition of every metric (what /metrics serves).
   std::string MetricsText() const;
 
+  // Memory this server holds now, by owner, in bytes: what accounts for its RSS beside
+  // the base mapping (for benchmarks and tests; issue 9's bound is base mapping + cache
+  // budget + 256 MiB). Thread-safe.
+  struct Memory {
+    uint64_t cache_bytes = 0;        // merged tensors in the cache (at most cache_bytes)
+    // Merged-tensor mappings (process-wide): live ones (in the cache, or held by streams
+    // after the cache evicted them) and freed ones kept for reuse.
+    uint64_t merged_live_bytes = 0;
+    uint64_t merged_kept_bytes = 0;
+    uint64_t upload_kept_bytes = 0;  // upload mappings kept (MADV_FREE, still resident)
+    storage::StoreMemory store;      // RocksDB: block cache, memtables, table readers
+  };
+  Memory MemoryUsage() const;
+
   struct Impl;
 
  private:
@@ -192,6 +206,22 @@ struct MergedMemoryStats {
   uint64_t cap_bytes = 0;    // the most kept at once
 };
 MergedMemoryStats ProcessMergedMemoryStats();
+
+// The glibc malloc arenas deltaserved allows itself (LimitMallocArenas, first thing in
+// main). glibc's default is 8 per core, one per thread that allocates while the others'
+// are busy, and each arena keeps the chunks freed into it: at the peak of two cold
+// stream_bench pulls through a full 1 GiB cache (2 cores, 16 arenas possible), 117-136 MiB
+// of the process's RSS was free memory spread over the arenas of gRPC, worker and client
+// threads, beyond issue 9's bound (base mapping + cache budget + 256 MiB); with 1 / 2 / 4
+// arenas 11 / 49 / 56 MiB (one run each, load 18). The server's large buffers (merged
+// tensors, record blocks, uploads) are mappings of their own, outside the arenas; what
+// the arenas serve is small and mostly served lock-free by glibc's per-thread caches.
+inline constexpr int kServerMallocArenas = 2;
+
+// Process-wide and permanent: at most `arenas` glibc malloc arenas (mallopt
+// M_ARENA_MAX). Call before the process starts threads: arenas made already stay.
+// False if `arenas` < 1 or glibc refused. Thread-safe (mallopt locks).
+bool LimitMallocArenas(int arenas);
 
 }  // namespace deltaserve::server
 

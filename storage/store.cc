@@ -23,6 +23,7 @@
 #include "rocksdb/table.h"
 #include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
+#include "storage/internal/block_memory.h"
 #include "storage/internal/disk_space.h"
 #include "storage/internal/ingest.h"
 #include "storage/internal/spare_fds.h"
@@ -55,6 +56,10 @@ absl::Status StoreOptions::Validate() const {
   if (block_cache_bytes < (1u << 20)) {
     return absl::InvalidArgumentError(
         absl::StrCat("StoreOptions.block_cache_bytes must be >= 1 MiB, got ", block_cache_bytes));
+  }
+  if (record_cache_bytes < (1u << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "StoreOptions.record_cache_bytes must be >= 1 MiB, got ", record_cache_bytes));
   }
   if (write_buffer_bytes < (1u << 20)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -97,6 +102,8 @@ struct DeltaStore::Handles {
   // (internal/ingest.h), and the number of the next staged file.
   std::vector<IngestFamily> families;
   std::atomic<uint64_t> next_ingest_file{0};
+  // The records' block cache's allocator (also owned by that cache).
+  std::shared_ptr<BlockMemory> block_memory;
 
   absl::Mutex& MutexFor(std::string_view tenant) {
     return tenant_mu[std::hash<std::string_view>()(tenant) % kTenantStripes];
@@ -160,6 +167,15 @@ absl::StatusOr<std::unique_ptr<DeltaStore>> DeltaStore::Open(const StoreOptions&
   rocksdb::ColumnFamilyOptions records_options = meta_options;
   // Records are compressed deltas already: compressing them again costs CPU for nothing.
   records_options.compression = rocksdb::kNoCompression;
+  // A block cache of their own (StoreOptions::record_cache_bytes) whose blocks are
+  // mappings populated at once and reused (internal/block_memory.h); same table format.
+  handles->block_memory = std::make_shared<BlockMemory>(kKeptBlockBytes);
+  rocksdb::LRUCacheOptions records_cache;
+  records_cache.capacity = options.record_cache_bytes;
+  records_cache.memory_allocator = handles->block_memory;
+  rocksdb::BlockBasedTableOptions records_table = table;
+  records_table.block_cache = rocksdb::NewLRUCache(records_cache);
+  records_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(records_table));
   if (options.use_blob_files) {
     records_options.enable_blob_files = true;
     records_options.min_blob_size = options.min_blob_bytes;
@@ -649,6 +665,24 @@ absl::StatusOr<DiskSpace> DeltaStore::GetDiskSpace() const {
 }
 
 bool DeltaStore::read_only() const { return h_->read_only; }
+
+StoreMemory DeltaStore::MemoryUsage() const {
+  StoreMemory m;
+  // Each column family has a block cache of its own.
+  for (rocksdb::ColumnFamilyHandle* cf : {h_->meta_cf, h_->records_cf}) {
+    uint64_t usage = 0, pinned = 0;
+    h_->db->GetIntProperty(cf, rocksdb::DB::Properties::kBlockCacheUsage, &usage);
+    h_->db->GetIntProperty(cf, rocksdb::DB::Properties::kBlockCachePinnedUsage, &pinned);
+    m.block_cache_bytes += usage;
+    m.block_cache_pinned_bytes += pinned;
+  }
+  m.block_memory_kept_bytes = h_->block_memory->kept_bytes();
+  h_->db->GetAggregatedIntProperty(rocksdb::DB::Properties::kCurSizeAllMemTables,
+                                   &m.memtable_bytes);
+  h_->db->GetAggregatedIntProperty(rocksdb::DB::Properties::kEstimateTableReadersMem,
+                                   &m.table_readers_bytes);
+  return m;
+}
 
 absl::Status DeltaStore::CreateCheckpoint(const std::string& dir) {
   const std::string what = absl::StrCat("checkpoint of ", options_.path, " into ", dir);

@@ -44,6 +44,7 @@
 
 namespace rocksdb {
 class DB;
+class PinnableSlice;
 class ColumnFamilyHandle;
 class Snapshot;
 class WriteBatch;
@@ -62,9 +63,20 @@ struct StoreOptions {
   std::string path;
   // Create the database (and its column families) if it does not exist. Default: true.
   bool create_if_missing = true;
-  // Shared LRU block cache for both column families, in bytes. Larger: more task meta
-  // and small records served from memory. Default: 256 MiB. Must be >= 1 MiB.
+  // LRU block cache of the meta column family (task meta, tenant usage), in bytes.
+  // Larger: more task meta served from memory. Default: 256 MiB. Must be >= 1 MiB.
   uint64_t block_cache_bytes = 256ull << 20;
+  // LRU block cache of the records column family (tensor records, container headers,
+  // side files), in bytes. A record is read once per cold decode; what serves repeats is
+  // the server's merged-tensor cache, and a record read again (its merged tensor was
+  // evicted) comes from the page cache at memory speed. Records kept here duplicate, in
+  // the process's RSS, container bytes that are already decoded: sharing the 256 MiB
+  // block cache, two cold pulls of the 0.5B stream_bench task left 87 MiB of them there
+  // (issue 9's peak-RSS bound). A read still pins the record's block in this cache while
+  // the record lives (StoredRecord: no copy), whatever its size; only the retention after
+  // that is bounded. Larger: small records of recently decoded tensors stay in memory.
+  // Default: 8 MiB. Must be >= 1 MiB.
+  uint64_t record_cache_bytes = 8ull << 20;
   // Memtable size per column family, in bytes. Larger: fewer flushes during big
   // commits, more memory. At most min_free_bytes / 8 is used (a flush must fit in the
   // free-space reserve). Default: 64 MiB. Must be >= 1 MiB.
@@ -173,6 +185,26 @@ struct DiskSpace {
   bool writes_blocked = false;
 };
 
+// Memory RocksDB holds for the store now, in bytes (RocksDB's own estimates).
+struct StoreMemory {
+  // Both block caches (StoreOptions::block_cache_bytes + record_cache_bytes at most,
+  // unless pinned blocks exceed them): table blocks kept for later reads, and blocks
+  // pinned by live StoredRecords.
+  uint64_t block_cache_bytes = 0;
+  // Of which pinned (in use by a reader now; freed with the last reader of a block that
+  // does not fit the cache).
+  uint64_t block_cache_pinned_bytes = 0;
+  // Freed record block mappings kept for the next reads (internal/block_memory.h; at
+  // most 32 MiB), outside the block cache's count.
+  uint64_t block_memory_kept_bytes = 0;
+  // Memtables of both column families (StoreOptions::write_buffer_bytes each at most,
+  // plus those being flushed).
+  uint64_t memtable_bytes = 0;
+  // Index and filter blocks of the open table files (held by their readers, outside
+  // the block cache).
+  uint64_t table_readers_bytes = 0;
+};
+
 struct CommitOptions {
   // Replace an existing task of the same name (atomically). false: AlreadyExists.
   bool overwrite = false;
@@ -187,24 +219,33 @@ struct CommitOptions {
   absl::Span<const SideFile> side_files;
 };
 
-// One stored tensor record, checksum verified. Owns its bytes; record() views them.
+// One stored tensor record, checksum verified. Holds its bytes; record() views them.
 // Move-only (moves keep record() valid).
+//
+// The bytes are not copied out of RocksDB: when the table block holding the record is in
+// the block cache, the record pins it (a cache handle, released with the record) and
+// bytes() points into it. A record's value is one block of its own size (17.5 MB for
+// the 151936 x 896 embedding of a 0.5B model at ~1 bit per weight); its copy into a new
+// string cost a second buffer of fresh pages plus the memcpy: that read, the first thing
+// a cold stream of the stream_bench task waits for, took 49-64 ms with the copy and
+// 28-30 ms without (a Get of it timed in a fresh process, 2-core VM, 3 reads each).
+// Otherwise (a value from the memtable, or one the cache refused) RocksDB copies it
+// into the record, as before.
 class StoredRecord {
  public:
-  StoredRecord(StoredRecord&&) = default;
-  StoredRecord& operator=(StoredRecord&&) = default;
+  StoredRecord(StoredRecord&&) noexcept;
+  StoredRecord& operator=(StoredRecord&&) noexcept;
+  ~StoredRecord();
 
   // The serialized record, exactly as in the original container.
-  absl::Span<const uint8_t> bytes() const {
-    return {reinterpret_cast<const uint8_t*>(bytes_->data()), bytes_->size()};
-  }
+  absl::Span<const uint8_t> bytes() const;
   // The parsed record (views bytes()).
   const codec::TensorRecord& record() const { return record_; }
 
  private:
   friend class TaskReader;
-  StoredRecord() : bytes_(std::make_unique<std::string>()) {}
-  std::unique_ptr<std::string> bytes_;
+  StoredRecord();
+  std::unique_ptr<rocksdb::PinnableSlice> bytes_;  // a stable address: record_ views it
   codec::TensorRecord record_;
 };
 
@@ -381,6 +422,8 @@ class DeltaStore {
   // True if Open found less than min_free_bytes free and opened the database
   // read-only: commits and deletes are ResourceExhausted until a restart with space.
   bool read_only() const;
+  // What RocksDB holds in memory for this store now (StoreMemory). Thread-safe.
+  StoreMemory MemoryUsage() const;
   // Online backup: a consistent copy of the whole database in the new directory `dir`
   // (RocksDB Checkpoint: files hard-linked when `dir` is on the same filesystem, copied
   // otherwise), openable with StoreOptions{.path = dir}. Concurrent commits are either

@@ -14,6 +14,15 @@
 // snapshot.
 namespace deltaserve::storage {
 
+StoredRecord::StoredRecord() : bytes_(std::make_unique<rocksdb::PinnableSlice>()) {}
+StoredRecord::StoredRecord(StoredRecord&&) noexcept = default;
+StoredRecord& StoredRecord::operator=(StoredRecord&&) noexcept = default;
+StoredRecord::~StoredRecord() = default;
+
+absl::Span<const uint8_t> StoredRecord::bytes() const {
+  return {reinterpret_cast<const uint8_t*>(bytes_->data()), bytes_->size()};
+}
+
 TaskReader::~TaskReader() { db_->ReleaseSnapshot(snapshot_); }
 
 absl::Status TaskReader::WrapError(const absl::Status& s, size_t index) const {

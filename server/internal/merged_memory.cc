@@ -38,6 +38,7 @@ void* MergedMemoryPool::Map(size_t bytes) {
       void* p = it->second;
       cached_.erase(it);
       cached_bytes_ -= rounded;
+      live_bytes_ += rounded;
       ++reused_;
       return p;
     }
@@ -45,6 +46,7 @@ void* MergedMemoryPool::Map(size_t bytes) {
   void* p = MapFresh(rounded);
   if (p != nullptr) {
     absl::MutexLock lock(&mu_);
+    live_bytes_ += rounded;
     ++mapped_;
   }
   return p;
@@ -54,6 +56,7 @@ void MergedMemoryPool::Unmap(void* p, size_t bytes) {
   const size_t rounded = RoundToPages(bytes);
   {
     absl::MutexLock lock(&mu_);
+    live_bytes_ -= rounded;
     if (rounded <= max_cached_bytes_ - std::min(cached_bytes_, max_cached_bytes_)) {
       // Kept as they are, not marked MADV_FREE: marking costs 0.05 s per GB and the
       // rewrite of marked pages 0.05 s per GB more than of plain ones (`madvise` then
@@ -69,6 +72,11 @@ void MergedMemoryPool::Unmap(void* p, size_t bytes) {
 size_t MergedMemoryPool::cached_bytes() const {
   absl::MutexLock lock(&mu_);
   return cached_bytes_;
+}
+
+size_t MergedMemoryPool::live_bytes() const {
+  absl::MutexLock lock(&mu_);
+  return live_bytes_;
 }
 
 uint64_t MergedMemoryPool::reused() const {

@@ -64,6 +64,9 @@ class MergedMemoryPool {
   void Unmap(void* p, size_t bytes);
 
   size_t cached_bytes() const;
+  // Bytes of the mappings handed out by Map and not yet given back to Unmap (rounded
+  // to pages): live merged buffers, in the cache or held by streams.
+  size_t live_bytes() const;
   // Maps served from a kept mapping / by a new mapping, since construction.
   uint64_t reused() const;
   uint64_t mapped() const;
@@ -77,6 +80,7 @@ class MergedMemoryPool {
   mutable absl::Mutex mu_;
   std::multimap<size_t, void*> cached_ ABSL_GUARDED_BY(mu_);  // rounded size -> mapping
   size_t cached_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t live_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t reused_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t mapped_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t handed_over_ ABSL_GUARDED_BY(mu_) = 0;

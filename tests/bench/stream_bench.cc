@@ -5,7 +5,7 @@
 //                [--vocab 151936] [--workers 2] [--prefetch 1] [--chunk-bytes 1048576]
 //                [--cache-mb 3072] [--cold-only] [--legacy-cold] [--pull-streams 1,2,4]
 //                [--push-only N] [--ingest-min-bytes N] [--upload-buffer-cache-mb 512]
-//                [--second-cold] [--keep-freed-memory]
+//                [--second-cold] [--keep-freed-memory] [--malloc-arenas 2]
 //
 // Model: synthetic fp16 transformer with the shapes of a 0.5B-class model (Qwen2-0.5B:
 // 24 layers, hidden 896, 2 KV heads of 128, FFN 4864, vocab 151936; ~494M weights,
@@ -24,7 +24,11 @@
 // the codec's single-core MergeTensor over the same tensors in CPU time; cold / plain;
 // the CPU cost of fresh anonymous pages in this run (the cold tensors land in them);
 // peak RSS (getrusage) before and after the cold stream beside the bound base mapping +
-// cache budget + 256 MiB. Every stream is read to the end and byte-counted, not stored.
+// cache budget + 256 MiB, and what accounts for the highest RSS sample taken during the
+// cold stream(s) (file-backed, merged tensors, kept mappings, RocksDB, malloc; PeakWatch).
+// The process limits its malloc arenas as deltaserved does (server::LimitMallocArenas;
+// --malloc-arenas 0: glibc's default). Every stream is read to the end and byte-counted,
+// not stored.
 // Then cached pulls through DeltaClient::PullWeightsToMemory over 1, 2, 4 parallel
 // tensor-range streams (PullOptions::streams; checked and copied into memory), each
 // beside the first one and the plain stream, with the process's CPU per GB and minor page
@@ -42,9 +46,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -359,6 +365,90 @@ double PeakRssMb() {
   return ru.ru_maxrss / 1024.0;
 }
 
+// Samples the process's RSS every 5 ms on a thread of its own and keeps, at the highest
+// sample, what accounts for it: /proc/self/status (file-backed: the base mapping and the
+// binaries; anonymous: the rest), the server's own memory (Server::MemoryUsage) and
+// glibc's heap (mallinfo2, every arena). getrusage's peak is the kernel's exact high-water
+// mark; a sample may miss a spike between two samples.
+class PeakWatch {
+ public:
+  explicit PeakWatch(const server::Server* srv) : srv_(srv), thread_([this] { Run(); }) {}
+  ~PeakWatch() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Stops sampling; one line: the breakdown at the highest sample, in MiB.
+  std::string Report() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    const Sample& s = peak_;
+    const auto& m = s.server;
+    const double mib = 1048576.0;
+    const double known = (m.merged_live_bytes + m.merged_kept_bytes + m.upload_kept_bytes +
+                          m.store.block_cache_bytes + m.store.block_memory_kept_bytes +
+                          m.store.memtable_bytes +
+                          m.store.table_readers_bytes + s.heap_in_use + s.heap_free) /
+                         mib;
+    char line[1024];
+    std::snprintf(
+        line, sizeof line,
+        "highest RSS sample %.0f MiB: file-backed %.0f MiB (base mapping, binaries), "
+        "anonymous %.0f MiB = merged tensors %.0f (in the cache %.0f, held by streams "
+        "beyond it %.0f) + freed merged mappings kept %.0f + upload mappings kept %.0f + "
+        "RocksDB block cache %.0f (pinned %.0f) + record blocks kept %.0f + memtables %.0f + "
+        "table readers %.0f + malloc heap in use %.0f + free in arenas %.0f + rest %.0f",
+        s.rss_kb / 1024.0, s.file_kb / 1024.0, s.anon_kb / 1024.0, m.merged_live_bytes / mib,
+        m.cache_bytes / mib,
+        (static_cast<double>(m.merged_live_bytes) - static_cast<double>(m.cache_bytes)) / mib,
+        m.merged_kept_bytes / mib, m.upload_kept_bytes / mib, m.store.block_cache_bytes / mib,
+        m.store.block_cache_pinned_bytes / mib, m.store.block_memory_kept_bytes / mib,
+        m.store.memtable_bytes / mib,
+        m.store.table_readers_bytes / mib, s.heap_in_use / mib, s.heap_free / mib,
+        s.anon_kb / 1024.0 - known);
+    return line;
+  }
+
+ private:
+  struct Sample {
+    long rss_kb = 0, anon_kb = 0, file_kb = 0;
+    server::Server::Memory server;
+    size_t heap_in_use = 0, heap_free = 0;  // mallinfo2 uordblks + hblkhd, fordblks
+  };
+
+  void Run() {
+    while (!stop_) {
+      Sample s;
+      if (ReadStatus(&s) && s.rss_kb > peak_.rss_kb) {
+        s.server = srv_->MemoryUsage();
+        const struct mallinfo2 mi = mallinfo2();
+        s.heap_in_use = mi.uordblks + mi.hblkhd;
+        s.heap_free = mi.fordblks;
+        peak_ = s;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+
+  static bool ReadStatus(Sample* s) {
+    std::FILE* f = std::fopen("/proc/self/status", "r");
+    if (f == nullptr) return false;
+    char line[256];
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+      std::sscanf(line, "VmRSS: %ld", &s->rss_kb);
+      std::sscanf(line, "RssAnon: %ld", &s->anon_kb);
+      std::sscanf(line, "RssFile: %ld", &s->file_kb);
+    }
+    std::fclose(f);
+    return s->rss_kb > 0;
+  }
+
+  const server::Server* srv_;
+  std::atomic<bool> stop_{false};
+  Sample peak_;
+  std::thread thread_;
+};
+
 // The process's user and system CPU seconds and minor page faults so far.
 struct Usage {
   double user = 0, sys = 0;
@@ -425,10 +515,19 @@ int main(int argc, char** argv) {
                "keep freed heap memory as deltactl pull does (client/internal/pull_memory.h: "
                "mallopt M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB; the server in this "
                "process too)");
+  int malloc_arenas = server::kServerMallocArenas;
+  app.add_option("--malloc-arenas", malloc_arenas,
+                 "glibc malloc arenas of this process (server::LimitMallocArenas, as deltaserved "
+                 "sets at start; 0: glibc's default, 8 per core)")
+      ->capture_default_str();
   bool cold_only = false;
   app.add_flag("--cold-only", cold_only,
                "stop after the cold stream (to profile it alone, e.g. under perf record)");
   CLI11_PARSE(app, argc, argv);
+  if (malloc_arenas > 0 && !server::LimitMallocArenas(malloc_arenas)) {
+    std::fprintf(stderr, "glibc refused M_ARENA_MAX %d\n", malloc_arenas);
+    return 1;
+  }
   if (keep_freed && (mallopt(M_MMAP_THRESHOLD, 32 << 20) != 1 ||
                      mallopt(M_TRIM_THRESHOLD, 1 << 30) != 1)) {
     std::fprintf(stderr, "glibc refused mallopt\n");
@@ -544,6 +643,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   const double rss_before_cold = PeakRssMb();
+  std::optional<PeakWatch> watch;
+  watch.emplace(srv->get());
   const double worker_cpu_before = ThreadsCpuSeconds("ds-worker");
   StreamResult cold = ReadStream(target, "bench");
   const double worker_cpu = ThreadsCpuSeconds("ds-worker") - worker_cpu_before;
@@ -557,6 +658,7 @@ int main(int argc, char** argv) {
     const double cpu = ThreadsCpuSeconds("ds-worker") - cpu0;
     Print("cold, second task", second);
     rss_after_cold = PeakRssMb();  // before the reference below maps the model again
+    std::printf("%s\n", watch->Report().c_str());
     const server::MergedMemoryStats pool = server::ProcessMergedMemoryStats();
     const double single_core = SingleCoreMergeRate(dir);
     std::printf(
@@ -574,6 +676,8 @@ int main(int argc, char** argv) {
         pool.kept_bytes / 1048576.0, static_cast<unsigned long long>(pool.cap_bytes >> 20));
     if (!second.ok) return 1;
   }
+  if (!second_cold) std::printf("%s\n", watch->Report().c_str());
+  watch.reset();
   if (cold_only) {
     Print("StreamWeights cold", cold);
     std::printf(

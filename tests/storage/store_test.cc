@@ -11,6 +11,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rocksdb/db.h"
+#include "storage/internal/block_memory.h"
 #include "storage/key_schema.h"
 #include "tests/storage/test_containers.h"
 #include "tests/testing/status_matchers.h"
@@ -398,10 +399,53 @@ TEST(StoreOptionsTest, Validate) {
   EXPECT_THAT(options.Validate(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("block_cache_bytes")));
   options.block_cache_bytes = 1 << 20;
+  options.record_cache_bytes = (1 << 20) - 1;
+  EXPECT_THAT(options.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("record_cache_bytes")));
+  options.record_cache_bytes = 1 << 20;
   options.max_background_jobs = 0;
   EXPECT_THAT(options.Validate(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_background_jobs")));
   EXPECT_THAT(DeltaStore::Open(options), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// A record read from a table file is not copied: it pins its block in the records' block
+// cache while it lives (moves keep its bytes), and a record larger than
+// StoreOptions::record_cache_bytes is not kept there once released; its block's mapping
+// is kept for the next read (storage/internal/block_memory.h), which gets the same bytes.
+TEST(StoreMemoryTest, ALargeRecordIsPinnedWhileReadAndNotCachedAfter) {
+  ::deltaserve::testing::ScopedTempDir tmp;
+  StoreOptions options;
+  options.path = tmp.File("db");
+  options.sync_writes = false;
+  options.ingest_min_bytes = 0;  // table files
+  options.record_cache_bytes = 1 << 20;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<DeltaStore> store, DeltaStore::Open(options));
+  const std::vector<uint8_t> bytes = MakeContainer({{"big", {1024, 1024}, 9}, {"bias", {16}, 1}});
+  ASSERT_OK_AND_ASSIGN(codec::ContainerReader container, codec::ContainerReader::Parse(bytes));
+  ASSERT_THAT(store->CommitTask("acme", "big-task", container).status(), IsOk());
+  const std::vector<uint8_t> expected = ToVec(container.record_bytes(0));
+  ASSERT_GT(expected.size(), size_t{4} << 20);  // 1 M F32 values
+
+  const StoreMemory idle = store->MemoryUsage();
+  EXPECT_LT(idle.block_cache_pinned_bytes, 4096u);  // RocksDB's own entries
+  {
+    ASSERT_OK_AND_ASSIGN(StoredRecord read, store->ReadRecord("acme", "big-task", 0));
+    StoreMemory held = store->MemoryUsage();
+    EXPECT_GE(held.block_cache_pinned_bytes, idle.block_cache_pinned_bytes + expected.size());
+    EXPECT_GE(held.block_cache_bytes, expected.size());
+    StoredRecord moved = std::move(read);
+    EXPECT_EQ(ToVec(moved.bytes()), expected);
+    EXPECT_EQ(moved.record().info.name, "big");
+  }
+  StoreMemory after = store->MemoryUsage();
+  EXPECT_EQ(after.block_cache_pinned_bytes, idle.block_cache_pinned_bytes);
+  EXPECT_LT(after.block_cache_bytes, uint64_t{1} << 20);
+  EXPECT_GE(after.block_memory_kept_bytes, expected.size());
+  EXPECT_LE(after.block_memory_kept_bytes, kKeptBlockBytes);
+  ASSERT_OK_AND_ASSIGN(StoredRecord again, store->ReadRecord("acme", "big-task", 0));
+  EXPECT_EQ(ToVec(again.bytes()), expected);
+  EXPECT_EQ(store->MemoryUsage().block_memory_kept_bytes, 0u);  // in use again
 }
 
 TEST(StoreOpenTest, MissingDatabaseWithoutCreate) {
