@@ -634,7 +634,17 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
                                 "Online backup: a consistent copy of the server's whole store in a "
                                 "new directory on the server (servable with deltaserved --db DIR)");
   auto dir = std::make_shared<std::string>();
-  checkpoint->add_option("--dir", *dir, "Absolute path on the server; must not exist")->required();
+  checkpoint->add_option("--dir", *dir, "Absolute path on the server; must not exist")
+      ->required()
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            // The server's rule (Checkpoint: std::filesystem::path::is_absolute), before
+            // the call.
+            return absl::StartsWith(text, "/") ? ""
+                                               : "want an absolute path on the server, got '" +
+                                                     text + "'";
+          },
+          "ABSPATH"));
   bind(checkpoint, [dir](const RemoteFlags& f) { return RunCheckpoint(f, *dir); });
 }
 

@@ -291,6 +291,14 @@ TEST_F(DeltactlCliTest, AnInvalidIncludeRegexIsAUsageErrorBeforeAnyCall) {
     std::lock_guard<std::mutex> lock(service_.mu);
     EXPECT_EQ(service_.calls, 0);
   }
+  // A sibling: admin checkpoint --dir must be absolute on the server.
+  r = Run("admin checkpoint --server " + address_ + " --dir backups/today");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("--dir: want an absolute path on the server, got 'backups/today'"));
+  {
+    std::lock_guard<std::mutex> lock(service_.mu);
+    EXPECT_EQ(service_.calls, 0);
+  }
   r = Run(pull + " --include-regex 'w|x.*'");  // valid: the pull runs
   EXPECT_EQ(r.exit_code, 0) << r.err;
   std::lock_guard<std::mutex> lock(service_.mu);
