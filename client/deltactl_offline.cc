@@ -1,6 +1,8 @@
 // `deltactl convert`, `deltactl compress` and `deltactl decompress`: the offline
 // subcommands that need no server.
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -122,14 +124,6 @@ absl::Status RunConvert(const ConvertOptions& o) {
   return absl::OkStatus();
 }
 
-// The value of a flag's parser, its error prefixed with the flag ("--codec: unknown codec
-// 'foo' (want dct or ecq)").
-template <typename T>
-absl::StatusOr<T> Flag(absl::StatusOr<T> parsed, absl::string_view flag) {
-  if (parsed.ok()) return parsed;
-  return common::Annotate(parsed.status(), flag);
-}
-
 // CompressOptions::Validate names the options' fields ("patch_size 1 outside [2, 64]");
 // the user typed flags: a message that starts with a field's name starts with its flag
 // instead ("--patch 1 outside [2, 64]").
@@ -160,7 +154,7 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   }
   const bool ecq_target = bits_given || error_given;
   if (!o.codec.empty()) {
-    DS_ASSIGN_OR_RETURN(c.codec, Flag(codec::ParseLossyCodec(o.codec), "--codec"));
+    DS_ASSIGN_OR_RETURN(c.codec, common::Annotate(codec::ParseLossyCodec(o.codec), "--codec"));
   } else {
     c.codec = o.dct_option_given && !ecq_target ? codec::LossyCodec::kDct
                                                 : codec::LossyCodec::kEcq;
@@ -182,14 +176,14 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   c.ecq.try_low_rank = !o.no_low_rank;
   c.ecq.gain_weight = o.gain_weight;
   DS_ASSIGN_OR_RETURN(c.ecq_weighting,
-                      Flag(codec::ParseEcqWeighting(o.ecq_weighting), "--ecq-weighting"));
+                      common::Annotate(codec::ParseEcqWeighting(o.ecq_weighting), "--ecq-weighting"));
   c.dct.patch_size = o.patch;
-  DS_ASSIGN_OR_RETURN(c.dct.schedule, Flag(codec::BitSchedule::Parse(o.schedule), "--schedule"));
-  DS_ASSIGN_OR_RETURN(c.dct.quantizer, Flag(codec::ParseQuantizer(o.quantizer), "--quantizer"));
+  DS_ASSIGN_OR_RETURN(c.dct.schedule, common::Annotate(codec::BitSchedule::Parse(o.schedule), "--schedule"));
+  DS_ASSIGN_OR_RETURN(c.dct.quantizer, common::Annotate(codec::ParseQuantizer(o.quantizer), "--quantizer"));
   c.dct.separate_dc = o.separate_dc;
   c.min_dct_elements = o.min_dct_elements;
   for (const auto& text : o.rules) {
-    DS_ASSIGN_OR_RETURN(auto rule, Flag(codec::EncodingRule::Parse(text), "--rule"));
+    DS_ASSIGN_OR_RETURN(auto rule, common::Annotate(codec::EncodingRule::Parse(text), "--rule"));
     c.rules.push_back(std::move(rule));
   }
   c.allow_missing = o.allow_missing;
@@ -364,8 +358,10 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
                    "ecq: weight >= 1 of the error along the delta against the error across "
                    "it; sets the reconstruction gain (1: least squares, which shrinks the "
                    "delta)")
+      ->check(common::PlainNumberValidator())
       ->capture_default_str();
   compress->add_option("--patch", cc->patch, "DCT patch edge p, in weights [2, 64]")
+      ->check(common::WholeNumberValidator("a patch edge", 0, INT_MAX))
       ->capture_default_str();
   compress
       ->add_option("--schedule", cc->schedule,
@@ -378,6 +374,7 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   compress
       ->add_option("--min-dct-elements", cc->min_dct_elements,
                    "Tensors with fewer elements are stored raw (lossless)")
+      ->check(common::WholeNumberValidator("a number of elements", 0, INT64_MAX))
       ->capture_default_str();
   compress->add_option("--rule", cc->rules,
                        "Encoding override 'GLOB=raw|dct|unchanged' (fnmatch; repeatable; "
@@ -393,6 +390,7 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
       ->add_option("--max-relative-delta", cc->max_relative_delta,
                    "Refuse a tensor whose delta norm exceeds this many times its base's "
                    "(transposed or unrelated weights); 0: no check")
+      ->check(common::PlainNumberValidator())
       ->capture_default_str();
   compress->add_flag("--no-tie", cc->no_tie,
                      "Do not code an output head the base lacks (lm_head.weight) against the "
@@ -401,6 +399,7 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
       ->add_option("--threads", cc->threads,
                    "Threads encoding tensors at once (same output bytes for any count); 0: "
                    "one per hardware thread")
+      ->check(common::WholeNumberValidator("a number of threads", 0, INT_MAX))
       ->capture_default_str();
   compress->callback([cc, action, compress] {
     for (const char* name : {"--schedule", "--quantizer", "--separate-dc"}) {

@@ -75,6 +75,8 @@ struct TaskFlags {
 constexpr char kServerEnv[] = "DELTASERVE_SERVER";
 constexpr char kTokenEnv[] = "DELTASERVE_TOKEN";
 constexpr char kTenantEnv[] = "DELTASERVE_TENANT";
+// The longest --timeout: a year (gRPC deadlines further out behave as none).
+constexpr double kMaxTimeoutSeconds = 365 * 86400;
 
 // Adds the remote flags to `app`: a remote subcommand, or deltactl itself (flags before
 // the subcommand).
@@ -97,6 +99,8 @@ void AddRemoteFlags(CLI::App* app, RemoteFlags* f) {
       ->group(group);
   app->add_option("--timeout", f->timeout_seconds,
                   "Seconds allowed for each request and for a whole push (a pull has no limit)")
+      ->check(common::NumberInValidator("a positive number of seconds", 0, true, kMaxTimeoutSeconds,
+                                        false))
       ->capture_default_str()
       ->group(group);
   app->add_flag("--json", f->json, "Print results as JSON")->group(group);
@@ -270,10 +274,17 @@ std::string DTypeText(v1::DType dtype) {
   return d.ok() ? std::string(codec::DTypeName(*d)) : "?";
 }
 
+// What TaskInfo.other_base means to an operator (deltactl info and list).
+constexpr char kOtherBaseNote[] =
+    "OTHER than the server's (GetBase): pulls and pins of this task fail with "
+    "FAILED_PRECONDITION; pull it from a server started with its base, or push it again "
+    "compressed against the server's";
+
 void PrintTaskInfo(const v1::TaskInfo& t) {
   absl::PrintF("tenant:          %s\ntask:            %s\ncreated:         %s\n", t.tenant(),
                t.name(), Created(t.created_unix()));
-  absl::PrintF("base hash:       %s\ndelta bytes:     %d\ntensors:         %d\n", t.base_hash(),
+  absl::PrintF("base hash:       %s%s\ndelta bytes:     %d\ntensors:         %d\n", t.base_hash(),
+               t.other_base() ? absl::StrCat("\nbase:            ", kOtherBaseNote) : "",
                t.container_bytes(), t.num_tensors());
   absl::PrintF(
       "weights:         %d\nmerged bytes:    %d\nbits per weight: %.4f\npinned:          %s\n",
@@ -352,12 +363,15 @@ absl::Status RunList(const RemoteFlags& f, bool all) {
   if (all) tenant = "";
   DS_ASSIGN_OR_RETURN(v1::ListTasksResponse list, client->ListTasks(tenant));
   if (f.json) return PrintMessageJson(list);
-  absl::PrintF("%-16s %-32s %8s %14s %12s %8s  %s\n", "TENANT", "TASK", "TENSORS", "WEIGHTS",
-               "BYTES", "BITS/W", "CREATED");
+  absl::PrintF("%-16s %-32s %8s %14s %12s %8s %-5s  %s\n", "TENANT", "TASK", "TENSORS",
+               "WEIGHTS", "BYTES", "BITS/W", "BASE", "CREATED");
+  int other_base = 0;
   for (const v1::TaskInfo& t : list.tasks()) {
-    absl::PrintF("%-16s %-32s %8d %14d %12d %8.4f  %s\n", t.tenant(), t.name(), t.num_tensors(),
-                 t.total_weights(), t.container_bytes(), t.bits_per_weight(),
-                 Created(t.created_unix()));
+    other_base += t.other_base() ? 1 : 0;
+    // BASE: "ok", or "OTHER" for a task made against another base than the server's.
+    absl::PrintF("%-16s %-32s %8d %14d %12d %8.4f %-5s  %s\n", t.tenant(), t.name(),
+                 t.num_tensors(), t.total_weights(), t.container_bytes(), t.bits_per_weight(),
+                 t.other_base() ? "OTHER" : "ok", Created(t.created_unix()));
   }
   // An all-tenant listing carries no quota (each tenant has its own; the field is 0):
   // "unlimited" there would be wrong for tenants that have one.
@@ -367,6 +381,12 @@ absl::Status RunList(const RemoteFlags& f, bool all) {
                                               : absl::StrCat(list.quota_bytes(), " bytes"));
   absl::PrintF("%d task%s, %d bytes stored%s\n", list.tasks_size(),
                list.tasks_size() == 1 ? "" : "s", list.stored_bytes(), quota);
+  if (other_base > 0) {
+    absl::PrintF("warning: %d task%s made against another base than the server's (BASE OTHER): "
+                 "pulls and pins of %s fail with FAILED_PRECONDITION (deltactl info --task T "
+                 "shows its base hash; deltactl get-base the server's)\n",
+                 other_base, other_base == 1 ? " was" : "s were", other_base == 1 ? "it" : "them");
+  }
   if (all) {
     std::set<std::string> tenants;
     for (const v1::TaskInfo& t : list.tasks()) tenants.insert(t.tenant());
@@ -515,10 +535,6 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
                                    std::string(target.status().message()));
       }
       f.server = *std::move(target);
-      if (!(f.timeout_seconds > 0) || !std::isfinite(f.timeout_seconds)) {
-        throw CLI::ValidationError(
-            "--timeout", absl::StrCat("want a positive number of seconds, got ", f.timeout_seconds));
-      }
       if (f.token.find_first_of("\r\n") != std::string::npos) {
         throw CLI::ValidationError(source("--token", kTokenEnv), "contains a line break");
       }
@@ -587,13 +603,21 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   AddDTypeOption(pull, &task->dtype);
   pull->add_option("--include", task->include, "Only tensors matching this glob (repeatable)");
   pull->add_option("--include-regex", task->include_regex,
-                   "Only tensors whose whole name matches this regular expression (RE2 syntax)");
+                   "Only tensors whose whole name matches this regular expression (RE2 syntax)")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            // The server's own rule: a bad expression is a usage error, not a call.
+            const absl::Status s = proto::CheckIncludeRegex(text);
+            return s.ok() ? "" : absl::StrCat("'", text, "' is not an RE2 regular expression: ",
+                                              s.message());
+          },
+          "RE2"));
   pull->add_option("--resume-from", task->resume_from,
                    "Write only this tensor and those after it (in the delta's order)");
   pull->add_option("--streams", task->streams,
                    "Parallel streams, each on a tensor range of about equal bytes (1-64)")
       ->capture_default_str()
-      ->check(CLI::Range(1u, 64u));  // PullOptions::streams
+      ->check(common::WholeNumberValidator("a number of streams", 1, 64));  // PullOptions::streams
   bind(pull, [task](const RemoteFlags& f) { return RunPull(f, *task); });
 
   CLI::App* pull_delta = add("pull-delta", "Download a task's stored delta container as is");
@@ -610,7 +634,17 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
                                 "Online backup: a consistent copy of the server's whole store in a "
                                 "new directory on the server (servable with deltaserved --db DIR)");
   auto dir = std::make_shared<std::string>();
-  checkpoint->add_option("--dir", *dir, "Absolute path on the server; must not exist")->required();
+  checkpoint->add_option("--dir", *dir, "Absolute path on the server; must not exist")
+      ->required()
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            // The server's rule (Checkpoint: std::filesystem::path::is_absolute), before
+            // the call.
+            return absl::StartsWith(text, "/") ? ""
+                                               : "want an absolute path on the server, got '" +
+                                                     text + "'";
+          },
+          "ABSPATH"));
   bind(checkpoint, [dir](const RemoteFlags& f) { return RunCheckpoint(f, *dir); });
 }
 

@@ -1,14 +1,14 @@
 // CLI11 validators for the numeric and name flags of deltactl and deltaserved.
 //
-// CLI11 alone converts "-1" into an unsigned option as 2^64 - 1 and "nan"/"inf" into a
-// double option as NaN/infinity, which then pass range checks written as "< x" or ">= x".
-// These validators run on the flag's text before conversion, so a bad value fails while
-// parsing, with a message naming the flag. Header-only; thread-compatible (used once, at
-// start-up).
+// CLI11 alone converts "-1" into an unsigned option as 2^64 - 1, "nan"/"inf" into a
+// double option as NaN/infinity (which then pass range checks written as "< x" or
+// ">= x"), "0x10" as 16, "010" as octal 8, "1e3" as 1000 and " 8" as 8. These validators
+// run on the flag's text before conversion and take only plain decimal numerals, so a bad
+// value fails while parsing, with a message naming the flag (and, for deltaserved, the
+// variable that set it). Header-only; thread-compatible (used once, at start-up).
 #ifndef DELTASERVE_COMMON_CLI_VALIDATORS_H_
 #define DELTASERVE_COMMON_CLI_VALIDATORS_H_
 
-#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -19,29 +19,59 @@
 
 namespace deltaserve::common {
 
-// A byte count: decimal digits only, fitting 64 bits ("-1", "1e9", "12x" refused), at
-// least `min`.
-inline CLI::Validator ByteCountValidator(uint64_t min = 0) {
-  return CLI::Validator(
-      [min](std::string& text) -> std::string {
-        uint64_t value = 0;
-        if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos ||
-            !absl::SimpleAtoi(text, &value) || value < min) {
-          return absl::StrCat("want a whole number of bytes >= ", min,
-                              " (at most 2^64 - 1), got '", text, "'");
-        }
-        return "";
-      },
-      "BYTES");
+// Whether `text` is a plain decimal numeral: ASCII digits and, with `fraction`, at most
+// one '.' ("12", "0.5", "5."); no sign, exponent, "0x" prefix, space, "inf" or "nan".
+// Without `fraction` a leading zero is refused too ("010"; "0" itself is fine): CLI11
+// converts whole numbers with strtoull(..., 0), which reads "010" as octal 8.
+inline bool IsPlainDecimal(const std::string& text, bool fraction) {
+  if (text.find_first_not_of(fraction ? "0123456789." : "0123456789") != std::string::npos ||
+      text.find_first_of("0123456789") == std::string::npos) {
+    return false;
+  }
+  if (fraction) return text.find('.') == text.rfind('.');
+  return text.size() == 1 || text[0] != '0';
 }
 
-// A duration in seconds: a finite number in [0, 1e9] ("nan", "inf", "-1" refused). Lower
+// A whole number in [min, max] (a plain decimal numeral, IsPlainDecimal). The message says
+// "want `what` in [min, max], got '0x10'" (or ">= min" when `max` is 2^64 - 1). Use it
+// for every integer flag: the caller's own checks (Options::Validate) come after it.
+inline CLI::Validator WholeNumberValidator(std::string what, uint64_t min,
+                                           uint64_t max = UINT64_MAX) {
+  const std::string range = max == UINT64_MAX
+                                ? absl::StrCat(">= ", min, " (at most 2^64 - 1)")
+                                : absl::StrCat("in [", min, ", ", max, "]");
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        uint64_t value = 0;
+        if (IsPlainDecimal(text, /*fraction=*/false) && absl::SimpleAtoi(text, &value) &&
+            value >= min && value <= max) {
+          return "";
+        }
+        return absl::StrCat("want ", what, " ", range, ", got '", text, "'",
+                            text.size() > 1 && text[0] == '0' &&
+                                    text.find_first_not_of("0123456789") == std::string::npos
+                                ? " (no leading zero: it would be read as octal)"
+                                : "");
+      },
+      "UINT");
+}
+
+// A byte count: a whole number of bytes >= `min`, at most 2^64 - 1 ("-1", "1e9", "12x",
+// "0x10" and "010" refused).
+inline CLI::Validator ByteCountValidator(uint64_t min = 0) {
+  CLI::Validator v = WholeNumberValidator("a whole number of bytes", min);
+  v.name("BYTES");
+  return v;
+}
+
+// A duration in seconds: a plain decimal number (IsPlainDecimal) in [0, 1e9] ("nan",
+// "inf", "-1", "1e3", "0x10" refused). Lower
 // bounds particular to a flag (e.g. keepalive >= 1 s) are the caller's to check.
 inline CLI::Validator SecondsValidator() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
         double value = 0;
-        if (!absl::SimpleAtod(text, &value) || !std::isfinite(value) || value < 0 ||
+        if (!IsPlainDecimal(text, /*fraction=*/true) || !absl::SimpleAtod(text, &value) ||
             value > 1e9) {
           return "want a number of seconds in [0, 1e9], got '" + text + "'";
         }
@@ -50,22 +80,42 @@ inline CLI::Validator SecondsValidator() {
       "SECONDS");
 }
 
-// A finite number in an interval: [lo, hi], with `lo_open` / `hi_open` excluding that end
-// ("nan", "inf" and text that is not a number refused). `what` names the quantity and
+// A number in an interval: [lo, hi], with `lo_open` / `hi_open` excluding that end; a plain
+// decimal numeral (IsPlainDecimal: "nan", "inf", "0x10", "1e1", "-1" refused), so `lo`
+// must be >= 0. `what` names the quantity and
 // `why` (may be "") says why the bounds are where they are, e.g. `want bits per weight in
 // (0, 16] (above 16 a lossy code costs more than the 16-bit delta), got '100'`.
 inline CLI::Validator NumberInValidator(std::string what, double lo, bool lo_open, double hi,
                                         bool hi_open, std::string why = "") {
-  const std::string range = absl::StrCat(lo_open ? "(" : "[", lo, ", ", hi, hi_open ? ")" : "]");
+  // Whole bounds as integers ("31536000", not StrCat's "3.1536e+07").
+  auto bound = [](double x) {
+    const bool whole = x >= 0 && x < 9e15 && x == static_cast<double>(static_cast<int64_t>(x));
+    return whole ? absl::StrCat(static_cast<int64_t>(x)) : absl::StrCat(x);
+  };
+  const std::string range =
+      absl::StrCat(lo_open ? "(" : "[", bound(lo), ", ", bound(hi), hi_open ? ")" : "]");
   return CLI::Validator(
       [=](std::string& text) -> std::string {
         double value = 0;
-        if (absl::SimpleAtod(text, &value) && std::isfinite(value) &&
+        if (IsPlainDecimal(text, /*fraction=*/true) && absl::SimpleAtod(text, &value) &&
             (lo_open ? value > lo : value >= lo) && (hi_open ? value < hi : value <= hi)) {
           return "";
         }
         return "want " + what + " in " + range + (why.empty() ? "" : " (" + why + ")") +
                ", got '" + text + "'";
+      },
+      "NUMBER");
+}
+
+// A non-negative number written as a plain decimal numeral (IsPlainDecimal), for the
+// double flags whose range the caller's Options::Validate checks: "want a plain decimal
+// number (digits and at most one '.'), got '1e3'".
+inline CLI::Validator PlainNumberValidator() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double value = 0;
+        if (IsPlainDecimal(text, /*fraction=*/true) && absl::SimpleAtod(text, &value)) return "";
+        return "want a plain decimal number (digits and at most one '.'), got '" + text + "'";
       },
       "NUMBER");
 }

@@ -21,6 +21,14 @@ inline absl::Status Annotate(const absl::Status& status, absl::string_view prefi
   return absl::Status(status.code(), absl::StrCat(prefix, ": ", status.message()));
 }
 
+// `result`, its error annotated as above ("--base: /m.safetensors: no such file or
+// directory"): a value passes through unchanged.
+template <typename T>
+absl::StatusOr<T> Annotate(absl::StatusOr<T> result, absl::string_view prefix) {
+  if (result.ok()) return result;
+  return Annotate(result.status(), prefix);
+}
+
 }  // namespace deltaserve::common
 
 // Evaluates `expr` (an absl::Status); returns it from the enclosing function if not OK.

@@ -7,8 +7,15 @@
 #include "absl/strings/str_cat.h"
 #include "codec/container_checks.h"
 #include "google/protobuf/descriptor.h"
+#include "re2/re2.h"
 
 namespace deltaserve::proto {
+
+absl::Status CheckIncludeRegex(std::string_view regex) {
+  const RE2 re(re2::StringPiece(regex.data(), regex.size()), RE2::Quiet);
+  if (re.ok()) return absl::OkStatus();
+  return absl::InvalidArgumentError(re.error());
+}
 
 absl::Status ValidateChunkBytes(uint32_t bytes, absl::string_view what) {
   if (bytes < kMinChunkBytes || bytes > kMaxChunkBytes) {

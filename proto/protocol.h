@@ -76,6 +76,12 @@ inline constexpr const char* kBinaryFields[] = {
 // request before sending it; the server checks each request it receives.
 absl::Status CheckTextFieldsUtf8(const google::protobuf::Message& message, std::string_view label);
 
+// OK if `regex` compiles as the server compiles StreamWeightsRequest.include_regex (RE2,
+// RE2::Quiet options: RE2 syntax, UTF-8, default memory budget); else InvalidArgument
+// with RE2's reason, e.g. "missing ): (". The one rule for the server (each request),
+// the client library (before any call) and deltactl --include-regex (a usage error).
+absl::Status CheckIncludeRegex(std::string_view regex);
+
 }  // namespace deltaserve::proto
 
 #endif  // DELTASERVE_PROTO_PROTOCOL_H_

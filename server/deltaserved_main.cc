@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -43,21 +44,52 @@ namespace internal = deltaserve::server::internal;
 // start or serve.
 constexpr int kUsageExit = 2;
 
-// "DELTASERVE_X" when the first flag "--x" that `message` names (at its start, as in
-// Validate's messages, or inside, as in CLI11's "Could not convert: --workers = abc") is
-// not on the command line but set in the environment; else "".
-std::string SettingVariable(absl::string_view message, int argc, char** argv) {
-  const size_t at = message.find("--");
-  if (at == absl::string_view::npos) return "";
-  message.remove_prefix(at);
-  const std::string flag(message.substr(0, message.find_first_of(" :=")));
-  if (flag.size() <= 2) return "";
+// The flag "--x" that starts at `at` in `message` (its lower-case letters, digits and
+// dashes), or "" if none starts there.
+std::string FlagAt(absl::string_view message, size_t at) {
+  if (message.substr(at, 2) != "--") return "";
+  size_t end = at + 2;
+  while (end < message.size() && (absl::ascii_islower(message[end]) ||
+                                   absl::ascii_isdigit(message[end]) || message[end] == '-')) {
+    ++end;
+  }
+  return end > at + 2 ? std::string(message.substr(at, end - at)) : "";
+}
+
+// "DELTASERVE_X" when `flag` ("--x") is not on the command line but set in the
+// environment; else "".
+std::string VariableOf(const std::string& flag, int argc, char** argv) {
+  if (flag.empty()) return "";
   for (int i = 1; i < argc; ++i) {
     if (argv[i] == flag || absl::StartsWith(argv[i], flag + "=")) return "";
   }
   std::string env = "DELTASERVE_" + absl::AsciiStrToUpper(flag.substr(2));
   std::replace(env.begin(), env.end(), '-', '_');
   return std::getenv(env.c_str()) != nullptr ? env : "";
+}
+
+// VariableOf the first flag that `message` names (at its start, as in Validate's
+// messages, or inside, as in CLI11's "Could not convert: --workers = abc").
+std::string SettingVariable(absl::string_view message, int argc, char** argv) {
+  const size_t at = message.find("--");
+  return at == absl::string_view::npos ? "" : VariableOf(FlagAt(message, at), argc, argv);
+}
+
+// `message` (an error of Server::Start) with every flag it names that a variable set
+// replaced by that variable: "cannot listen on :50051: address already in use? (set
+// DELTASERVE_LISTEN)", "DELTASERVE_BASE: /m.safetensors: no such file or directory".
+std::string InVariableTerms(absl::string_view message, int argc, char** argv) {
+  std::string out;
+  size_t at = 0;
+  for (size_t next; (next = message.find("--", at)) != absl::string_view::npos;) {
+    const std::string flag = FlagAt(message, next);
+    const std::string env = VariableOf(flag, argc, argv);
+    absl::StrAppend(&out, message.substr(at, next - at), env.empty() ? flag : env);
+    at = next + std::max<size_t>(flag.size(), 2);
+    if (flag.empty()) out += "--";
+  }
+  absl::StrAppend(&out, message.substr(at));
+  return out;
 }
 
 // " (set by DELTASERVE_X)" for SettingVariable's variable; else "".
@@ -81,6 +113,8 @@ void RouteGrpcLog(gpr_log_func_args* args) {
 
 const CLI::Validator kByteCount = deltaserve::common::ByteCountValidator();
 const CLI::Validator kSeconds = deltaserve::common::SecondsValidator();
+// The int flags (--workers, --max-streams, ...): their ranges are ServerOptions::Validate's.
+const CLI::Validator kCount = deltaserve::common::WholeNumberValidator("a whole number", 0, INT_MAX);
 
 
 int Run(int argc, char** argv) {
@@ -89,8 +123,7 @@ int Run(int argc, char** argv) {
       deltaserve::server::LimitMallocArenas(deltaserve::server::kServerMallocArenas);
   ServerOptions o;
   std::string preload, log_format = "text";
-  int drain_seconds = 30;
-  double stall_seconds = 10, write_timeout_seconds = 600, keepalive_seconds = 60,
+  double drain_seconds = 30, stall_seconds = 10, write_timeout_seconds = 600, keepalive_seconds = 60,
          keepalive_timeout_seconds = 20, min_client_ping_seconds = 5, health_interval_seconds = 1;
   CLI::App app{"deltaserved: serves Delta-DCT task deltas merged into a resident base"};
   app.set_version_flag("--version", "deltaserved " DELTASERVE_VERSION);
@@ -124,24 +157,24 @@ int Run(int argc, char** argv) {
   app.add_option("--cache-bytes", o.cache_bytes, "merged-tensor cache budget, bytes")
       ->envname("DELTASERVE_CACHE_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--workers", o.workers, "worker threads (0 = cores)")
-      ->envname("DELTASERVE_WORKERS")->capture_default_str();
+      ->envname("DELTASERVE_WORKERS")->check(kCount)->capture_default_str();
   app.add_option("--chunk-bytes", o.chunk_bytes, "StreamWeights chunk size, bytes")
       ->envname("DELTASERVE_CHUNK_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--prefetch-tensors", o.prefetch_tensors, "tensors decoded ahead per stream")
-      ->envname("DELTASERVE_PREFETCH_TENSORS")->capture_default_str();
+      ->envname("DELTASERVE_PREFETCH_TENSORS")->check(kCount)->capture_default_str();
   app.add_option("--prefetch-bytes", o.prefetch_bytes,
                  "data bytes decoded ahead per stream beyond --prefetch-tensors")
       ->envname("DELTASERVE_PREFETCH_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--max-upload-bytes", o.max_upload_bytes, "largest accepted container, bytes")
       ->envname("DELTASERVE_MAX_UPLOAD_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--max-uploads", o.max_uploads, "PutDelta calls at once (more: RESOURCE_EXHAUSTED)")
-      ->envname("DELTASERVE_MAX_UPLOADS")->capture_default_str();
+      ->envname("DELTASERVE_MAX_UPLOADS")->check(kCount)->capture_default_str();
   app.add_option("--max-streams", o.max_streams,
                  "StreamWeights + StreamDelta calls at once (more: RESOURCE_EXHAUSTED)")
-      ->envname("DELTASERVE_MAX_STREAMS")->capture_default_str();
+      ->envname("DELTASERVE_MAX_STREAMS")->check(kCount)->capture_default_str();
   app.add_option("--max-connections", o.max_connections,
                  "client connections at once (0 = derived from the descriptor limit)")
-      ->envname("DELTASERVE_MAX_CONNECTIONS")->capture_default_str();
+      ->envname("DELTASERVE_MAX_CONNECTIONS")->check(kCount)->capture_default_str();
   app.add_option("--grpc-memory-bytes", o.grpc_memory_bytes, "gRPC ResourceQuota, bytes")
       ->envname("DELTASERVE_GRPC_MEMORY_BYTES")->check(kByteCount)->capture_default_str();
   app.add_option("--preload", preload, "tenant/task[,tenant/task...] pinned in the cache")
@@ -232,7 +265,9 @@ int Run(int argc, char** argv) {
 
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(o);
   if (!server.ok()) {
-    internal::LogError("start failed", {{"error", server.status().ToString()}});
+    // A busy port, a missing file: the error names the flag, or the variable that set it.
+    internal::LogError("start failed",
+                       {{"error", InVariableTerms(server.status().ToString(), argc, argv)}});
     return 1;
   }
   char sig = 0;

@@ -52,9 +52,9 @@ constexpr char kVersion[] = DELTASERVE_VERSION;  // project(... VERSION) in CMak
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerOptions& o) {
   if (o.tls_cert_path.empty()) return grpc::InsecureServerCredentials();
   absl::StatusOr<std::string> cert = common::ReadFileToString(o.tls_cert_path);
-  if (!cert.ok()) return common::Annotate(cert.status(), "TLS certificate");
+  if (!cert.ok()) return common::Annotate(cert.status(), "--tls-cert (TLS certificate)");
   absl::StatusOr<std::string> key = common::ReadFileToString(o.tls_key_path);
-  if (!key.ok()) return common::Annotate(key.status(), "TLS key");
+  if (!key.ok()) return common::Annotate(key.status(), "--tls-key (TLS key)");
   grpc::SslServerCredentialsOptions ssl;
   ssl.pem_key_cert_pairs.push_back({*key, *cert});
   return grpc::SslServerCredentials(ssl);
@@ -202,7 +202,9 @@ struct Server::Impl {
 absl::Status Server::Impl::OpenCluster() {
   std::optional<cluster::ClusterOptions> cluster_options = options.cluster;
   if (!cluster_options && !options.cluster_config_path.empty()) {
-    DS_ASSIGN_OR_RETURN(cluster_options, cluster::LoadClusterOptions(options.cluster_config_path));
+    DS_ASSIGN_OR_RETURN(cluster_options,
+                        common::Annotate(cluster::LoadClusterOptions(options.cluster_config_path),
+                                "--cluster-config"));
   }
   if (!cluster_options) return absl::OkStatus();
   DS_ASSIGN_OR_RETURN(
@@ -229,7 +231,7 @@ absl::Status Server::Impl::Init() {
 
   std::optional<AuthConfig> config = options.auth;
   if (!config && !options.config_path.empty()) {
-    DS_ASSIGN_OR_RETURN(config, LoadAuthConfig(options.config_path));
+    DS_ASSIGN_OR_RETURN(config, common::Annotate(LoadAuthConfig(options.config_path), "--config"));
   }
   if (config) {
     if (const std::vector<std::string> owners = config->PlaceholderTokenOwners(); !owners.empty()) {
@@ -245,10 +247,12 @@ absl::Status Server::Impl::Init() {
   }
 
   absl::Time t0 = absl::Now();
-  DS_ASSIGN_OR_RETURN(base, codec::ModelReader::Open(
-                                options.base_path, options.base_mapped
-                                                       ? common::MappedFile::Residency::kMap
-                                                       : common::MappedFile::Residency::kCopy));
+  DS_ASSIGN_OR_RETURN(
+      base, common::Annotate(codec::ModelReader::Open(options.base_path,
+                                                      options.base_mapped
+                                                          ? common::MappedFile::Residency::kMap
+                                                          : common::MappedFile::Residency::kCopy),
+                             "--base"));
   ctx.base_hash = codec::ComputeBaseHash(*base);
   ctx.base_hash_hex = codec::BaseHashHex(ctx.base_hash);
   metrics->base_bytes().Set(static_cast<double>(base->total_bytes()));
@@ -281,7 +285,7 @@ absl::Status Server::Impl::Init() {
                      {"reserved", std::to_string(fds.reserve)},
                      {"rocksdb_max_open_files", std::to_string(store_options.max_open_files)},
                      {"max_connections", std::to_string(max_connections)}});
-  DS_ASSIGN_OR_RETURN(store, storage::DeltaStore::Open(store_options));
+  DS_ASSIGN_OR_RETURN(store, common::Annotate(storage::DeltaStore::Open(store_options), "--db"));
   if (store->read_only()) {
     internal::LogError("store opened READ-ONLY: less than --db-min-free-bytes free on the "
                        "database's filesystem; uploads and deletes are refused until a "
@@ -351,7 +355,7 @@ absl::Status Server::Impl::Init() {
   if (internal::IsTcpListenAddress(options.listen)) {
     // Our own accept loop (server/internal/listener.h): gRPC 1.51's listener stops for
     // good after one accept() EMFILE and has no connection limit.
-    DS_ASSIGN_OR_RETURN(listener, internal::Listener::Bind(options.listen));
+    DS_ASSIGN_OR_RETURN(listener, internal::Listener::Bind(options.listen, "--listen"));
     port = listener->port();
     acceptor = builder.experimental().AddExternalConnectionAcceptor(
         grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD, creds);

@@ -170,6 +170,11 @@ absl::StatusOr<v1::StreamWeightsRequest> MakeStreamWeightsRequest(const ClientOp
   // its checksum follows in its last chunk (WeightsStreamChecker::Chunk).
   request.set_checksum_after_data(true);
   DS_RETURN_IF_ERROR(proto::CheckTextFieldsUtf8(request, label));
+  // Refused here, as the server would refuse it, before any call is made.
+  if (absl::Status s = proto::CheckIncludeRegex(options.include_regex); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(label, ": include_regex '",
+                                                   options.include_regex, "': ", s.message()));
+  }
   return request;
 }
 

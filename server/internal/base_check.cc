@@ -57,4 +57,8 @@ absl::Status CheckTaskBase(const storage::TaskInfo& info, const codec::BaseHash&
                    "against this one"));
 }
 
+void MarkOtherBase(const std::string& resident_hex, v1::TaskInfo* out) {
+  out->set_other_base(out->base_hash() != resident_hex);
+}
+
 }  // namespace deltaserve::server::internal

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "codec/container.h"
+#include "deltaserve/v1/delta_service.pb.h"
 #include "storage/store.h"
 
 namespace deltaserve::server::internal {
@@ -41,6 +42,11 @@ void WarnTasksOfAnotherBase(const OtherBaseTasks& found, const std::string& base
 // (--base): pull it from a server started with the base it was compressed against, or
 // push it again compressed against this one".
 absl::Status CheckTaskBase(const storage::TaskInfo& info, const codec::BaseHash& resident);
+
+// Sets `out`->other_base: whether `out`->base_hash (hex, as FillTaskInfo sets it) differs
+// from `resident_hex`, the resident base's hash. ListTasks and GetTask call it on every
+// task they return, so that `deltactl list` and `info` show which tasks cannot be pulled.
+void MarkOtherBase(const std::string& resident_hex, v1::TaskInfo* out);
 
 }  // namespace deltaserve::server::internal
 

@@ -4,6 +4,7 @@
 #include "absl/time/clock.h"
 #include "cluster/cluster_store.h"
 #include "common/status_macros.h"
+#include "server/internal/base_check.h"
 #include "server/internal/call.h"
 #include "server/internal/convert.h"
 #include "server/internal/task_versions.h"
@@ -101,6 +102,7 @@ absl::Status ClusterListTasks(const ServiceContext& ctx, const std::string& tena
     FillTaskInfo(info, /*with_tensors=*/false,
                  ctx.cache->IsPinned(TaskGroup(name.tenant, name.task)), out);
     out->set_base_hash(ptr.base_hash);
+    MarkOtherBase(ctx.base_hash_hex, out);
     out->set_num_tensors(static_cast<uint32_t>(ptr.num_tensors));
     out->set_merged_bytes(ptr.merged_bytes);
     stored += ptr.StoredBytes();

@@ -40,11 +40,9 @@ absl::StatusOr<std::unique_ptr<HealthMonitor>> HealthMonitor::Start(
     Options options, grpc::HealthCheckServiceInterface* grpc_health) {
   std::unique_ptr<HealthMonitor> m(new HealthMonitor(std::move(options), grpc_health));
   if (!m->options_.agent_listen.empty()) {
-    absl::StatusOr<std::unique_ptr<Listener>> agent = Listener::Bind(m->options_.agent_listen);
-    if (!agent.ok()) {
-      return absl::Status(agent.status().code(),
-                          absl::StrCat("--agent-listen: ", agent.status().message()));
-    }
+    absl::StatusOr<std::unique_ptr<Listener>> agent =
+        Listener::Bind(m->options_.agent_listen, "--agent-listen");
+    if (!agent.ok()) return agent.status();
     m->agent_ = std::move(*agent);
     if (pipe2(m->wake_, O_CLOEXEC | O_NONBLOCK) != 0) {
       return absl::UnavailableError(absl::StrCat("health: pipe2: ", std::strerror(errno)));

@@ -37,10 +37,11 @@ bool IsTcpListenAddress(const std::string& listen) {
   return common::ParseHostPort(listen).ok();
 }
 
-absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(const std::string& listen) {
+absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(const std::string& listen,
+                                                         const std::string& flag) {
   absl::StatusOr<common::HostPort> parsed = common::ParseHostPort(listen);
   if (!parsed.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("--listen: ", parsed.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", parsed.status().message()));
   }
   const std::string& host = parsed->host;
   const std::string port = std::to_string(parsed->port);
@@ -52,7 +53,7 @@ absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(const std::string& list
   if (int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found);
       rc != 0) {
     return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", listen, ": ", gai_strerror(rc)));
+        absl::StrCat("cannot listen on ", listen, " (", flag, "): ", gai_strerror(rc)));
   }
   std::unique_ptr<Listener> l(new Listener());
   std::string first_error;
@@ -92,8 +93,8 @@ absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(const std::string& list
   freeaddrinfo(found);
   if (l->listen_fds_.empty()) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", listen,
-                                               ": address already in use? (set --listen) [",
-                                               first_error, "]"));
+                                               ": address already in use? (set ", flag,
+                                               ") [", first_error, "]"));
   }
   l->port_ = bound_port;
   if (pipe2(l->wake_, O_CLOEXEC | O_NONBLOCK) != 0) {

@@ -87,15 +87,21 @@ MHD_Result HandleRequest(void* cls, MHD_Connection* connection, const char* url,
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     const std::string& listen, std::shared_ptr<prometheus::Registry> registry) {
-  absl::StatusOr<std::unique_ptr<Listener>> bound = Listener::Bind(listen);
+  absl::StatusOr<std::unique_ptr<Listener>> bound = Listener::Bind(listen, "--metrics-listen");
   if (!bound.ok()) {
-    // Listener::Bind speaks of --listen; this is --metrics-listen's address.
+    // Listener::Bind's message, restated as the metrics endpoint's.
     std::string detail(bound.status().message());
-    const std::string prefix = absl::StrCat("cannot listen on ", listen, ": ");
-    if (absl::StartsWith(detail, prefix)) detail.erase(0, prefix.size());
-    if (absl::StartsWith(detail, "--listen: ")) detail.erase(0, std::strlen("--listen: "));
-    if (size_t at = detail.find("(set --listen)"); at != std::string::npos) {
-      detail.replace(at, std::strlen("(set --listen)"), "(set --metrics-listen, \"\" turns it off)");
+    for (const std::string prefix : {absl::StrCat("cannot listen on ", listen, " (--metrics-listen): "),
+                                     absl::StrCat("cannot listen on ", listen, ": "),
+                                     std::string("--metrics-listen: ")}) {
+      if (absl::StartsWith(detail, prefix)) {
+        detail.erase(0, prefix.size());
+        break;
+      }
+    }
+    const std::string hint = "(set --metrics-listen)";
+    if (size_t at = detail.find(hint); at != std::string::npos) {
+      detail.replace(at, hint.size(), "(set --metrics-listen, \"\" turns it off)");
     }
     return absl::Status(bound.status().code(),
                         absl::StrCat("cannot serve metrics on ", listen, ": ", detail));

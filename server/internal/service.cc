@@ -8,6 +8,7 @@
 #include "codec/container_checks.h"
 #include "common/status_macros.h"
 #include "proto/protocol.h"
+#include "server/internal/base_check.h"
 #include "server/internal/cluster_glue.h"
 #include "server/internal/convert.h"
 #include "server/internal/merged_tensors.h"
@@ -91,9 +92,10 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::ListTasks(grpc::CallbackServerContex
     for (const std::string& t : tenants) {
       DS_ASSIGN_OR_RETURN(std::vector<storage::TaskInfo> tasks, ctx->store->ListTasks(t));
       for (const storage::TaskInfo& info : tasks) {
+        v1::TaskInfo* out = response->add_tasks();
         FillTaskInfo(info, /*with_tensors=*/false,
-                     ctx->cache->IsPinned(TaskGroup(info.tenant, info.task)),
-                     response->add_tasks());
+                     ctx->cache->IsPinned(TaskGroup(info.tenant, info.task)), out);
+        MarkOtherBase(ctx->base_hash_hex, out);
         stored += info.StoredBytes();
       }
     }
@@ -114,6 +116,7 @@ grpc::ServerUnaryReactor* DeltaServiceImpl::GetTask(grpc::CallbackServerContext*
     DS_ASSIGN_OR_RETURN(storage::TaskInfo info, ctx->store->GetTask(tenant, request->task()));
     FillTaskInfo(info, request->include_tensors(),
                  ctx->cache->IsPinned(TaskGroup(tenant, request->task())), response);
+    MarkOtherBase(ctx->base_hash_hex, response);
     return absl::OkStatus();
   };
   return RunUnaryOnTask(call, "GetTask", {&request->tenant(), &request->task()}, work);

@@ -19,11 +19,11 @@ absl::StatusOr<StreamPlan> PlanStream(const v1::StreamWeightsRequest& req,
                                       std::optional<codec::DType> out_dtype) {
   std::unique_ptr<RE2> regex;
   if (!req.include_regex().empty()) {
-    regex = std::make_unique<RE2>(req.include_regex(), RE2::Quiet);
-    if (!regex->ok()) {
+    if (absl::Status s = proto::CheckIncludeRegex(req.include_regex()); !s.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("include_regex '", req.include_regex(), "': ", regex->error()));
+          absl::StrCat("include_regex '", req.include_regex(), "': ", s.message()));
     }
+    regex = std::make_unique<RE2>(req.include_regex(), RE2::Quiet);
   }
   size_t first = 0;
   if (req.resume_case() == v1::StreamWeightsRequest::kResumeFromName) {

@@ -113,6 +113,21 @@ TEST_F(ClientTest, PullWeightsToMemoryAndRequestFields) {
   EXPECT_EQ(req.chunk_bytes(), 8192u);
 }
 
+// The server's include_regex rule (proto::CheckIncludeRegex), applied by the library
+// before any call, so that every caller (deltactl, the Python puller) learns of a bad
+// expression without a round trip, in the server's words.
+TEST_F(ClientTest, AnInvalidIncludeRegexIsRefusedBeforeAnyCall) {
+  PullOptions options;
+  options.include_regex = "(";
+  EXPECT_THAT(client_->PullWeightsToMemory("chat", options).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("include_regex '(': missing ): (")));
+  EXPECT_THAT(client_->PullWeights("chat", Path("o.safetensors"), options).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("missing ): (")));
+  std::lock_guard<std::mutex> lock(service_.mu);
+  EXPECT_EQ(service_.calls, 0);
+}
+
 TEST_F(ClientTest, CorruptStreamsAreDataLossAndLeaveNoFile) {
   struct Case {
     Fault fault;

@@ -274,6 +274,121 @@ TEST_F(DeltactlCliTest, APushRefusedAtAdmissionShowsTheRefusalNotAFullBar) {
   EXPECT_THAT(r.err, Not(HasSubstr("refused")));
 }
 
+// New-user trial: `pull --include-regex '('` reached the server, which refused it (exit 1).
+// deltactl checks it by the server's rule (proto::CheckIncludeRegex) while parsing: a
+// usage error, no call made.
+TEST_F(DeltactlCliTest, AnInvalidIncludeRegexIsAUsageErrorBeforeAnyCall) {
+  const std::string pull = "pull --server " + address_ + " --task chat --out " + tmp_.File("o");
+  DeltactlResult r = Run(pull + " --include-regex '('");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("--include-regex: '(' is not an RE2 regular expression: "
+                               "missing ): (\n"));
+  r = Run(pull + " --include-regex 'w[' --out-dir " + tmp_.File("d"));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("--include-regex: 'w[' is not an RE2 regular expression: "
+                               "missing ]: ["));
+  {
+    std::lock_guard<std::mutex> lock(service_.mu);
+    EXPECT_EQ(service_.calls, 0);
+  }
+  // A sibling: admin checkpoint --dir must be absolute on the server.
+  r = Run("admin checkpoint --server " + address_ + " --dir backups/today");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("--dir: want an absolute path on the server, got 'backups/today'"));
+  {
+    std::lock_guard<std::mutex> lock(service_.mu);
+    EXPECT_EQ(service_.calls, 0);
+  }
+  r = Run(pull + " --include-regex 'w|x.*'");  // valid: the pull runs
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  std::lock_guard<std::mutex> lock(service_.mu);
+  EXPECT_EQ(service_.last_stream.include_regex(), "w|x.*");
+}
+
+// New-user trial: `compress --bits 0x10` was taken as 16 (strtod), `--threads 010` as 8
+// (CLI11 reads whole numbers with strtoull(..., 0)), `--streams 0x2` as 2. Numeric flags
+// now take plain decimal numerals only: hex, octal-looking leading zeros, exponents,
+// signs, spaces and "inf"/"nan" are usage errors naming the flag, before any work.
+TEST_F(DeltactlCliTest, NumericFlagsTakeOnlyPlainDecimalNumbers) {
+  const std::string compress = "compress --base b.safetensors --finetuned f.safetensors --out o ";
+  const std::string pull = "pull --server " + address_ + " --task chat --out o ";
+  const std::string bits = "--bits: want bits per weight in (0, 16] (above 16 a lossy code "
+                           "costs more than the 16-bit delta; --rule GLOB=raw stores tensors "
+                           "exactly), got '";
+  const std::pair<std::string, std::string> cases[] = {
+      {compress + "--bits 0x10", bits + "0x10'"},
+      {compress + "--bits 1e1", bits + "1e1'"},
+      {compress + "--bits ' 8'", bits + " 8'"},
+      {compress + "--bits 8.", ""},  // parses; fails later on the missing files (exit 1)
+      {compress + "--max-error 0x0.1p0", "--max-error: want a relative delta error in (0, 1) "},
+      {compress + "--threads 0x10",
+       "--threads: want a number of threads in [0, 2147483647], got '0x10'\n"},
+      {compress + "--threads 010",
+       "--threads: want a number of threads in [0, 2147483647], got '010' (no leading zero: it "
+       "would be read as octal)"},
+      {compress + "--threads 99999999999", "--threads: want a number of threads in [0, "},
+      {compress + "--patch 1e1", "--patch: want a patch edge in [0, 2147483647], got '1e1'"},
+      {compress + "--min-dct-elements -5",
+       "--min-dct-elements: want a number of elements in [0, 9223372036854775807], got '-5'"},
+      {compress + "--ecq-gain-weight 1e3",
+       "--ecq-gain-weight: want a plain decimal number (digits and at most one '.'), got '1e3'"},
+      {compress + "--max-relative-delta inf",
+       "--max-relative-delta: want a plain decimal number (digits and at most one '.'), got "
+       "'inf'"},
+      {pull + "--streams 0x2", "--streams: want a number of streams in [1, 64], got '0x2'"},
+      {pull + "--streams 65", "--streams: want a number of streams in [1, 64], got '65'"},
+      {pull + "--timeout 1e3",
+       "--timeout: want a positive number of seconds in (0, 31536000], got '1e3'"},
+      {"list --server " + address_ + " --timeout 0x10",
+       "--timeout: want a positive number of seconds in (0, 31536000], got '0x10'"},
+      {"decompress --base b --delta d --out-dir OUT --shard-bytes 0x100",
+       "--shard-bytes: want a whole number of bytes >= 1 (at most 2^64 - 1), got '0x100'"},
+      {"decompress --base b --delta d --out-dir OUT --shard-bytes 0100",
+       "(no leading zero: it would be read as octal)"},
+  };
+  for (const auto& [args, want] : cases) {
+    DeltactlResult r = Run(args);
+    if (want.empty()) {
+      EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.err;
+      EXPECT_THAT(r.err, HasSubstr("b.safetensors")) << args;
+      continue;
+    }
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
+    EXPECT_THAT(r.err, HasSubstr(want)) << args;
+  }
+  std::lock_guard<std::mutex> lock(service_.mu);
+  EXPECT_EQ(service_.calls, 0);
+}
+
+// New-user trial: `deltactl info` and `list` did not say which tasks were made against
+// another base than the server's (only its start-up log and the refused pulls did).
+TEST_F(DeltactlCliTest, InfoAndListShowATaskOfAnotherBase) {
+  const std::string server = " --server " + address_;
+  DeltactlResult r = Run("info --task chat" + server);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, Not(HasSubstr("OTHER")));
+  r = Run("list" + server);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("BITS/W BASE   CREATED\n"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex(" ok     [0-9]{4}-"));
+  EXPECT_THAT(r.out, Not(HasSubstr("warning")));
+
+  service_.other_base = true;
+  r = Run("info --task chat" + server);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\nbase:            OTHER than the server's (GetBase): pulls and "
+                               "pins of this task fail with FAILED_PRECONDITION;"));
+  r = Run("list" + server);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, ::testing::ContainsRegex(" OTHER  [0-9]{4}-"));
+  EXPECT_THAT(r.out, HasSubstr("warning: 1 task was made against another base than the "
+                               "server's (BASE OTHER): pulls and pins of it fail with "
+                               "FAILED_PRECONDITION"));
+  r = Run("info --json --task chat" + server);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"other_base\": true"));
+}
+
 TEST_F(DeltactlCliTest, ConvertSummarisesSkippedWeights) {
   // A real model skipped hundreds: their names made one line of ~3000 characters.
   const std::string model = WriteTfjsModel(tmp_, 40);

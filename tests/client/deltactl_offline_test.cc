@@ -344,8 +344,9 @@ TEST_F(DeltactlOfflineTest, BadOptionsNameTheFlag) {
   const std::pair<const char*, const char*> cases[] = {
       {"--patch 1", "--patch 1 outside [2, "},
       {"--threads 999", "--threads must be in [0, 256], is 999"},
-      {"--min-dct-elements -5", "--min-dct-elements must be >= 0, is -5"},
-      {"--max-relative-delta -1", "--max-relative-delta must be >= 0, is -1"},
+      // Negative values are refused while parsing (common/cli_validators.h).
+      {"--min-dct-elements -5", "--min-dct-elements: want a number of elements in [0, "},
+      {"--max-relative-delta -1", "--max-relative-delta: want a plain decimal number"},
       {"--codec zip", "--codec: unknown codec 'zip'"},
       {"--quantizer fancy", "--quantizer: unknown quantizer 'fancy'"},
       {"--ecq-weighting x", "--ecq-weighting: unknown ecq weighting 'x'"},

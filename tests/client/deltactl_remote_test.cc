@@ -134,7 +134,7 @@ TEST_F(DeltactlRemoteTest, PullOverTwoStreamsResumesADroppedRange) {
   // A usage error naming the flag (it said "PullOptions.streams" once).
   r = Run("pull " + server_flag_ + " --task chat --streams 0 --out " + tmp_.File("x.safetensors"));
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_THAT(r.err, HasSubstr("--streams: Value 0 not in range 1 to 64"));
+  EXPECT_THAT(r.err, HasSubstr("--streams: want a number of streams in [1, 64], got '0'"));
   EXPECT_THAT(r.err, Not(HasSubstr("PullOptions")));
 }
 

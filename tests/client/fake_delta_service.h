@@ -75,9 +75,13 @@ class FakeService final : public v1::DeltaService::Service {
   // Not OK: ListTasks answers this, and PutDelta answers it after reading only its
   // metadata message (a refusal at admission, as a real server's for a wrong base).
   grpc::Status refusal = grpc::Status::OK;
+  // TaskInfo.other_base of what GetTask and ListTasks answer (a task made against another
+  // base than the server's).
+  bool other_base = false;
 
   std::mutex mu;
   std::string last_authorization;
+  int calls = 0;  // every call that reached the service
   v1::PutDeltaMetadata last_put;
   std::vector<uint8_t> uploaded;
   v1::StreamWeightsRequest last_stream;
@@ -91,6 +95,7 @@ class FakeService final : public v1::DeltaService::Service {
     resp->set_tenant(req->tenant().empty() ? "default" : req->tenant());
     resp->set_num_tensors(static_cast<uint32_t>(tensors.size()));
     resp->set_created_unix(created_unix);
+    resp->set_other_base(other_base);
     if (req->include_tensors()) {
       for (size_t i = 0; i < tensors.size(); ++i) {
         v1::TensorSummary* t = resp->add_tensors();
@@ -119,6 +124,7 @@ class FakeService final : public v1::DeltaService::Service {
     v1::TaskInfo* t = resp->add_tasks();
     t->set_tenant(req->tenant().empty() ? "default" : req->tenant());
     t->set_name("chat");
+    t->set_other_base(other_base);
     t->set_num_tensors(static_cast<uint32_t>(tensors.size()));
     t->set_container_bytes(1234);
     resp->set_stored_bytes(1234);
@@ -251,6 +257,7 @@ class FakeService final : public v1::DeltaService::Service {
  private:
   void Remember(grpc::ServerContext* ctx) {
     std::lock_guard<std::mutex> lock(mu);
+    ++calls;
     auto it = ctx->client_metadata().find("authorization");
     last_authorization =
         it == ctx->client_metadata().end() ? "" : std::string(it->second.data(), it->second.size());

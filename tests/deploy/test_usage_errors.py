@@ -45,6 +45,22 @@ usage_error(server, "--max-uploads must be in [1, 4096], got 0 (set by DELTASERV
 # New-user trial: a value CLI11 cannot convert, set by the variable, named only the flag.
 usage_error(server, "deltaserved: that value came from DELTASERVE_WORKERS",
             {"DELTASERVE_WORKERS": "abc"})
+# New-user trial: numbers were read by strtoull(..., 0) / strtod: "0x10" as 16, "010" as
+# octal 8, "1e3" as 1000. Only plain decimal numerals are taken, from flags and variables.
+usage_error(server + ["--workers", "0x10"],
+            "--workers: want a whole number in [0, 2147483647], got '0x10'")
+usage_error(server + ["--max-streams", "-1"],
+            "--max-streams: want a whole number in [0, 2147483647], got '-1'")
+usage_error(server, "--max-connections: want a whole number in [0, 2147483647], got '010' (no "
+            "leading zero: it would be read as octal)", {"DELTASERVE_MAX_CONNECTIONS": "010"})
+usage_error(server, "deltaserved: that value came from DELTASERVE_MAX_CONNECTIONS",
+            {"DELTASERVE_MAX_CONNECTIONS": "010"})
+usage_error(server + ["--cache-bytes", "1e9"],
+            "--cache-bytes: want a whole number of bytes >= 0 (at most 2^64 - 1), got '1e9'")
+usage_error(server + ["--drain-seconds", "1e3"],
+            "--drain-seconds: want a number of seconds in [0, 1e9], got '1e3'")
+usage_error(server + ["--stall-seconds", "0x10"],
+            "--stall-seconds: want a number of seconds in [0, 1e9], got '0x10'")
 usage_error(server + ["--tls-cert", "/c.pem"], "set both --tls-cert and --tls-key, or neither")
 usage_error(server + ["--bogus"], "The following argument was not expected: --bogus")
 

@@ -86,6 +86,15 @@ TEST_F(ServerTest, StartOnTheTasksOfAnotherBaseWarnsAndPullsAreRefused) {
   EXPECT_THAT(Client()->PinTask("b").status(),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        HasSubstr("deltaserved serves one base (--base)")));
+  // New-user trial: `deltactl list` and `info` did not show which tasks these are.
+  absl::StatusOr<v1::ListTasksResponse> listed = Client()->ListTasks(std::nullopt);
+  ASSERT_THAT(listed.status(), IsOk());
+  ASSERT_EQ(listed->tasks_size(), 2);
+  EXPECT_TRUE(listed->tasks(0).other_base());
+  EXPECT_TRUE(listed->tasks(1).other_base());
+  absl::StatusOr<v1::TaskInfo> info = Client()->GetTask("a", /*include_tensors=*/false);
+  ASSERT_THAT(info.status(), IsOk());
+  EXPECT_TRUE(info->other_base());
   StopServer();
 
   ::testing::internal::CaptureStdout();
@@ -93,6 +102,14 @@ TEST_F(ServerTest, StartOnTheTasksOfAnotherBaseWarnsAndPullsAreRefused) {
   log = ::testing::internal::GetCapturedStdout();
   EXPECT_THAT(log, Not(HasSubstr("BASE MISMATCH")));
   EXPECT_THAT(Client()->PullWeights("a", tmp_.File("a.out.safetensors")).status(), IsOk());
+  listed = Client()->ListTasks(std::nullopt);
+  ASSERT_THAT(listed.status(), IsOk());
+  ASSERT_EQ(listed->tasks_size(), 2);
+  EXPECT_FALSE(listed->tasks(0).other_base());
+  EXPECT_FALSE(listed->tasks(1).other_base());
+  info = Client()->GetTask("a", /*include_tensors=*/false);
+  ASSERT_THAT(info.status(), IsOk());
+  EXPECT_FALSE(info->other_base());
 }
 
 TEST(BaseCheckTest, WarningNamesTheFirstTasksAndCountsTheRest) {
