@@ -167,17 +167,8 @@ absl::StatusOr<ParsedFile> ParseSafetensorsFile(const std::string& path) {
                                       internal::NotSafetensorsHint(path, bytes)));
   }
   std::string_view header_text(reinterpret_cast<const char*>(bytes.data()) + 8, header_len);
-  absl::StatusOr<json> parsed_header =
-      common::ParseJson(header_text, absl::StrCat(path, ": header"), "tensor name");
-  if (!parsed_header.ok()) {
-    // A plausible length, but not a JSON header: another format whose first bytes happen
-    // to make a small number.
-    const std::string hint = internal::NotSafetensorsHint(path, bytes);
-    if (hint.empty()) return parsed_header.status();
-    return absl::Status(parsed_header.status().code(),
-                        absl::StrCat(parsed_header.status().message(), hint));
-  }
-  json header = *std::move(parsed_header);
+  DS_ASSIGN_OR_RETURN(json header, common::ParseJson(header_text, absl::StrCat(path, ": header"),
+                                                     "tensor name"));
   if (!header.is_object()) return Invalid(path, "header is not a JSON object");
   absl::Span<const uint8_t> buffer = bytes.subspan(8 + header_len);
 
