@@ -230,10 +230,13 @@ absl::StatusOr<PullStats> PullRanges(
         previous.reset();
       }
       r.status = RunStreamWeightsCall(impl, stub, request, range_options, &stop, &checker);
-      if (checker.stats().tensors > 0 &&
-          (r.first_tensor_seconds == 0 ||
-           checker.stats().first_tensor_seconds < r.first_tensor_seconds)) {
-        r.first_tensor_seconds = checker.stats().first_tensor_seconds;
+      // The first tensor header of the range, whichever attempt saw it: an attempt that
+      // resumes a tensor cut midway sees no new first header (its first_tensor_seconds
+      // is 0, which once replaced the real figure: "first tensor after 0.000 s"), and a
+      // first tensor cut midway was seen by an attempt that finished no tensor.
+      const double first_seen = checker.stats().first_tensor_seconds;
+      if (first_seen > 0 && (r.first_tensor_seconds == 0 || first_seen < r.first_tensor_seconds)) {
+        r.first_tensor_seconds = first_seen;
       }
       if (r.status.ok()) return;
       if (checker.last_verified_index() >= 0) {

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "client/internal/container_file.h"
 #include "client/internal/deltactl_command.h"
@@ -52,6 +53,7 @@ struct CompressCliOptions {
   int64_t min_dct_elements = codec::CompressOptions{}.min_dct_elements;
   std::vector<std::string> rules;
   bool allow_missing = false, allow_extra = false, allow_nonfinite = false, no_tie = false;
+  bool allow_dtype_change = false;
   double max_relative_delta = codec::CompressOptions{}.max_relative_delta;
   int threads = codec::CompressOptions{}.threads;
   // "dct" or "ecq"; empty: dct if a Delta-DCT option (--schedule, --quantizer,
@@ -189,6 +191,7 @@ absl::StatusOr<codec::CompressOptions> ToCompressOptions(const CompressCliOption
   c.allow_missing = o.allow_missing;
   c.allow_extra = o.allow_extra;
   c.allow_nonfinite = o.allow_nonfinite;
+  c.allow_dtype_change = o.allow_dtype_change;
   c.max_relative_delta = o.max_relative_delta;
   c.tie_embeddings = !o.no_tie;
   c.threads = o.threads;
@@ -217,17 +220,52 @@ void WarnUnmetBitsTarget(const codec::CompressOptions& options, const ContainerR
                              : "every coefficient is coded at the finest step");
 }
 
-// A container larger than the 16-bit delta it codes (a --max-error or --bits so fine that
-// the lossy code, its headers and factors cost more than storing the delta): written, as
-// asked, but said, since compressing was the point.
-void WarnLargerThanTheDelta(const ContainerReport& report) {
+// A container larger than the 16-bit delta it codes: written, as asked, but said, since
+// compressing was the point, with what makes it large. Either the lossy code (a
+// --max-error or --bits so fine that the code, its headers and factors cost more than
+// the delta; a finer --schedule for dct), which those flags shrink, or tensors stored
+// raw (non-finite values, dtype changes, one-sided or small tensors, --rule raw), which
+// no codec flag shrinks.
+void WarnLargerThanTheDelta(const codec::CompressOptions& options, const ContainerReport& report) {
   const ReportTotals totals = ComputeTotals(report);
   if (totals.weights == 0 || !(totals.ratio_whole < 1.0)) return;
+  uint64_t raw_bytes = 0;
+  for (const TensorReport& t : report.tensors) {
+    if (t.encoding == codec::Encoding::kRaw) raw_bytes += t.record_bytes;
+  }
+  std::string why;
+  if (totals.lossy_record_bytes >= raw_bytes) {
+    why = options.codec == codec::LossyCodec::kEcq
+              ? "a larger --max-error or a smaller --bits gives a smaller container"
+              : "a --schedule of fewer bits per weight gives a smaller container";
+  } else {
+    why = absl::StrFormat(
+        "%d tensor%s stored raw (lossless) take %d of its %d bytes, which --bits, "
+        "--max-error and --schedule do not shrink (`deltactl inspect` lists each tensor's "
+        "encoding and bytes)",
+        totals.raw_tensors, totals.raw_tensors == 1 ? "" : "s", raw_bytes,
+        report.container_bytes);
+  }
   absl::FPrintF(stderr,
                 "warning: the container takes %.4f bits/weight, more than the 16-bit delta "
-                "itself (ratio %.2fx): a larger --max-error or a smaller --bits gives a "
-                "smaller container\n",
-                totals.bpw_whole, totals.ratio_whole);
+                "itself (ratio %.2fx): %s\n",
+                totals.bpw_whole, totals.ratio_whole, why);
+}
+
+// CompressModel ends a refusal with the options that accept each kind of refused tensor,
+// by field ("CompressOptions::allow_nonfinite stores ..."); the user typed flags.
+absl::StatusOr<codec::CompressStats> RefusalInFlagTerms(
+    absl::StatusOr<codec::CompressStats> stats) {
+  if (stats.ok()) return stats;
+  static constexpr std::pair<const char*, const char*> kFlags[] = {
+      {"CompressOptions::allow_nonfinite", "--allow-nonfinite"},
+      {"CompressOptions::allow_dtype_change", "--allow-dtype-change"},
+      {"CompressOptions::max_relative_delta", "--max-relative-delta"}};
+  std::string message(stats.status().message());
+  for (const auto& [field, flag] : kFlags) {
+    message = absl::StrReplaceAll(message, {{field, flag}});
+  }
+  return absl::Status(stats.status().code(), message);
 }
 
 absl::Status RunCompress(const CompressCliOptions& o, const codec::CompressOptions& options) {
@@ -235,15 +273,15 @@ absl::Status RunCompress(const CompressCliOptions& o, const codec::CompressOptio
   DS_RETURN_IF_ERROR(common::CheckOutputFilePath(o.out, "--out is the container file to write"));
   DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(o.base));
   DS_ASSIGN_OR_RETURN(auto finetuned, codec::ModelReader::Open(o.finetuned));
-  DS_ASSIGN_OR_RETURN(
-      const codec::CompressStats stats,
-      codec::CompressModel(*base, *finetuned, options, o.out, StderrProgress("compress")));
+  DS_ASSIGN_OR_RETURN(const codec::CompressStats stats,
+                      RefusalInFlagTerms(codec::CompressModel(*base, *finetuned, options, o.out,
+                                                              StderrProgress("compress"))));
   for (const std::string& w : stats.warnings) absl::FPrintF(stderr, "warning: %s\n", w);
   DS_ASSIGN_OR_RETURN(auto container, codec::MappedContainer::Open(o.out));
   DS_ASSIGN_OR_RETURN(auto report, ReportContainer(*container));
   PrintReport(report, /*per_tensor=*/false, stdout);
   WarnUnmetBitsTarget(options, report);
-  WarnLargerThanTheDelta(report);
+  WarnLargerThanTheDelta(options, report);
   return absl::OkStatus();
 }
 
@@ -386,6 +424,10 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
                      "Store finetuned tensors the base lacks raw (each is named); default: refuse");
   compress->add_flag("--allow-nonfinite", cc->allow_nonfinite,
                      "Store finetuned tensors with NaN/Inf raw (each is named); default: refuse");
+  compress->add_flag("--allow-dtype-change", cc->allow_dtype_change,
+                     "Store finetuned tensors whose dtype changes to or from a non-float "
+                     "dtype (F32 -> I32) raw; the merged model gets the finetuned dtype "
+                     "(each is named); default: refuse");
   compress
       ->add_option("--max-relative-delta", cc->max_relative_delta,
                    "Refuse a tensor whose delta norm exceeds this many times its base's "

@@ -226,7 +226,9 @@ void PrintReport(const ContainerReport& report, bool per_tensor, std::FILE* out)
                 report.trailer_bytes);
   absl::FPrintF(out, "base hash:   %s\n", codec::BaseHashHex(report.header.base_hash));
   std::string meta;
-  for (const auto& [k, v] : report.header.metadata) absl::StrAppend(&meta, " ", k, "=", v);
+  for (const auto& [k, v] : codec::DisplayedMetadata(report.header.metadata)) {
+    absl::StrAppend(&meta, " ", k, "=", v);
+  }
   absl::FPrintF(out, "metadata:   %s\n", meta);
   for (const auto& r : report.tensors) {
     if (r.tied_to.empty()) continue;

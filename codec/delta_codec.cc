@@ -132,6 +132,15 @@ int64_t MergeRowUnit(const TensorRecord& record) {
   return rows > 0 ? rows : kMergeRowAlign;
 }
 
+// How each kind of refused tensor can be accepted, in CompressModel's refusal. Each
+// starts with "CompressOptions::<field>", which deltactl replaces by its flag.
+constexpr char kAcceptNonfinite[] =
+    "CompressOptions::allow_nonfinite stores tensors holding NaN/Inf raw";
+constexpr char kAcceptDtypeChange[] =
+    "CompressOptions::allow_dtype_change stores tensors whose dtype changes raw";
+constexpr char kAcceptLargeDelta[] =
+    "CompressOptions::max_relative_delta raises the delta norm limit (0: no check)";
+
 std::map<std::string, std::string> HeaderMetadata(const CompressOptions& o) {
   std::vector<std::string> rules;
   for (const auto& r : o.rules) rules.push_back(r.ToString());
@@ -160,6 +169,18 @@ std::map<std::string, std::string> HeaderMetadata(const CompressOptions& o) {
 }
 
 }  // namespace
+
+std::map<std::string, std::string> DisplayedMetadata(
+    const std::map<std::string, std::string>& metadata) {
+  std::map<std::string, std::string> shown = metadata;
+  const auto lossy = metadata.find("codec.lossy");
+  if (lossy != metadata.end() && lossy->second == LossyCodecName(LossyCodec::kEcq)) {
+    for (const char* key : {"codec.schedule", "codec.quantizer", "codec.separate_dc"}) {
+      shown.erase(key);
+    }
+  }
+  return shown;
+}
 
 BaseHash ComputeBaseHash(const ModelReader& base) {
   std::vector<std::string> names;
@@ -292,6 +313,7 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
   };
 
   std::vector<std::string> refused;  // every tensor that makes the pair unusable
+  std::vector<const char*> accept;    // the options that accept them, in first-seen order
   auto add_record = [&](const TensorRecord& rec) -> absl::Status {
     DS_RETURN_IF_ERROR(open_writer());
     if (!rec.base_name.empty()) stats.ties.emplace(rec.info.name, rec.base_name);
@@ -338,6 +360,7 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
   struct Made {
     absl::Status status;  // ends the compress when this tensor's turn comes
     std::string refused;  // non-empty: the tensor is refused, for this reason
+    const char* accept = nullptr;  // with `refused`: the option that accepts it
     std::vector<std::string> warnings;
     TensorRecord rec;  // views into the mapped models and `payload`
     std::vector<uint8_t> payload;
@@ -397,6 +420,23 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
                              bv->info.dtype == DType::kF16 &&
                              ft.info.num_elements() == bv->info.num_elements();
     const bool early_finite = early_delta && ComputeDelta(ft, *bv, &delta);
+    // A dtype change that is no float-to-float cast (an F32 weight saved as I32): the
+    // tensor can only be stored raw, and the merged model changes its dtype.
+    if (bv != nullptr && ft.info.dtype != bv->info.dtype &&
+        !(IsCastable(ft.info.dtype) && IsCastable(bv->info.dtype))) {
+      const std::string what =
+          absl::StrCat(Quoted(name), ": base dtype ", std::string(DTypeName(bv->info.dtype)),
+                       " -> finetuned dtype ", std::string(DTypeName(ft.info.dtype)));
+      if (!options.allow_dtype_change) {
+        m.refused = absl::StrCat(what, " (it would be stored raw, and the merged model would "
+                                       "get the finetuned dtype)");
+        m.accept = kAcceptDtypeChange;
+        refuse(i);
+        return m;
+      }
+      m.warnings.push_back(
+          absl::StrCat(what, ": stored raw; the merged model gets the finetuned dtype"));
+    }
     if (enc != Encoding::kUnchanged) {
       const internal::NonFinite nf =
           early_finite ? internal::NonFinite{} : internal::FindNonFinite(ft);
@@ -405,6 +445,7 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
             Quoted(name), ": ", nf.count, " non-finite values (NaN/Inf), the first at ", nf.first);
         if (!options.allow_nonfinite) {
           m.refused = what;
+          m.accept = kAcceptNonfinite;
           refuse(i);
           return m;
         }
@@ -419,6 +460,7 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
               "%s: delta norm is %.3g x the base tensor's norm (limit %g)%s", Quoted(name), r,
               options.max_relative_delta,
               sh.size() == 2 && sh[0] == sh[1] ? "; a transposed square matrix?" : "");
+          m.accept = kAcceptLargeDelta;
           refuse(i);
           return m;
         }
@@ -488,6 +530,9 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
     DS_RETURN_IF_ERROR(m.status);
     if (!m.refused.empty()) {
       refused.push_back(std::move(m.refused));
+      if (std::find(accept.begin(), accept.end(), m.accept) == accept.end()) {
+        accept.push_back(m.accept);
+      }
       return absl::OkStatus();
     }
     for (std::string& w : m.warnings) stats.warnings.push_back(std::move(w));
@@ -538,11 +583,9 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
       refused.resize(20);
       refused.push_back(absl::StrCat("and ", n - 20, " more"));
     }
-    return absl::InvalidArgumentError(
-        absl::StrCat(n,
-                     " tensor(s) refused (see CompressOptions allow_nonfinite and "
-                     "max_relative_delta): ",
-                     absl::StrJoin(refused, "; ")));
+    return absl::InvalidArgumentError(absl::StrCat(n, " tensor(s) refused (",
+                                                   absl::StrJoin(accept, "; "), "): ",
+                                                   absl::StrJoin(refused, "; ")));
   }
   if (total > 0 && stats.unchanged_tensors == total) {
     stats.noop = true;

@@ -98,6 +98,13 @@ struct CompressOptions {
   // in the warnings. false: refused with the tensor, count and first coordinates.
   // Default: false.
   bool allow_nonfinite = false;
+  // A finetuned tensor whose dtype differs from its base tensor's where one of the two
+  // is not F32/F16/BF16 (an F32 weight saved as I32, a BF16 finetune of an FP8 base) is
+  // stored raw, and the merged model gets the finetuned dtype; it is named in the
+  // warnings ("'w': base dtype F32 -> finetuned dtype I32: stored raw; ..."). false:
+  // refused, naming the tensor and both dtypes. (F32/F16/BF16 to one another is always
+  // coded as a delta; the merged model gets the finetuned dtype.) Default: false.
+  bool allow_dtype_change = false;
   // A tensor whose delta norm exceeds this many times its base tensor's norm is refused
   // (finetunes move weights by ~1%; a transposed square matrix or an unrelated tensor
   // gives ~1.4). 0 disables the check. Default: 1.
@@ -119,6 +126,15 @@ struct CompressOptions {
 
   absl::Status Validate() const;
 };
+
+// The header metadata of a container as shown to a user (`deltactl inspect`, `deltactl
+// info`): `metadata` less the keys that do not apply to how it was made. Codec v2
+// containers (codec.lossy=ecq) still carry Delta-DCT's codec.schedule, codec.quantizer
+// and codec.separate_dc (written with the defaults, kept so that the bytes, and so the
+// rate control's header share, stay as pinned); those are left out. Other containers'
+// metadata is returned as it is.
+std::map<std::string, std::string> DisplayedMetadata(
+    const std::map<std::string, std::string>& metadata);
 
 // Progress callback: (tensors done, tensors total, name of the tensor just done).
 using ProgressFn = std::function<void(size_t, size_t, const std::string&)>;
@@ -169,8 +185,11 @@ struct CompressStats {
 // allow_missing / allow_extra; the message lists them with a common-prefix hint);
 // shapes that cannot merge (every such tensor named, "transposed?" for a reversed
 // rank-2 shape; an embedding may have more rows, dim 0, than the base). While encoding,
-// InvalidArgument naming every tensor with NaN/Inf values (unless allow_nonfinite) or
-// a delta norm above max_relative_delta x its base's. Non-float tensors (integers,
+// InvalidArgument naming every tensor with NaN/Inf values (unless allow_nonfinite), a
+// dtype change to or from a non-float dtype (unless allow_dtype_change) or a delta norm
+// above max_relative_delta x its base's: "N tensor(s) refused (<how>): <tensor>; ...",
+// <how> naming the option that accepts each kind refused, as
+// "CompressOptions::allow_nonfinite stores ..." (a CLI may put its flag there). Non-float tensors (integers,
 // BOOL, F64, FP8) and the scales of FP8 tensors are stored raw or unchanged, bit for
 // bit. stats.warnings names every dropped, one-sided or specially stored tensor.
 absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const ModelReader& finetuned,

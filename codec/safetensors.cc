@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "codec/container.h"
+#include "codec/internal/input_hints.h"
 #include "codec/internal/json_shape.h"
 #include "common/file.h"
 #include "common/json.h"
@@ -144,24 +145,6 @@ absl::StatusOr<std::map<std::string, std::string>> ParseFileMetadata(const std::
   return out;
 }
 
-// A hint for a file whose first 8 bytes are not a plausible header length: a delta
-// container given as a model, and files that are really text, above all git-LFS
-// pointers (a clone without `git lfs pull`).
-std::string NotSafetensorsHint(absl::Span<const uint8_t> bytes) {
-  const absl::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-  if (StartsWithContainerMagic(bytes)) {
-    return "; it is a deltaserve delta container (.dds), not a model (--base and "
-           "--finetuned take models, --delta and --in containers)";
-  }
-  if (absl::StartsWith(text, "version https://git-lfs")) {
-    return "; it looks like a git-LFS pointer file, not the weights (run `git lfs pull`)";
-  }
-  if (absl::StartsWith(text, "<") || absl::StartsWith(text, "{")) {
-    return "; it looks like a text (HTML or JSON) file, not safetensors";
-  }
-  return "";
-}
-
 // Maps `path` and validates everything its header claims before any byte is used.
 absl::StatusOr<ParsedFile> ParseSafetensorsFile(const std::string& path,
                                              common::MappedFile::Residency residency) {
@@ -177,11 +160,12 @@ absl::StatusOr<ParsedFile> ParseSafetensorsFile(const std::string& path,
   if (header_len > kMaxHeaderBytes) {
     return Invalid(path, absl::StrCat("header length ", header_len, " exceeds the limit of ",
                                       kMaxHeaderBytes, " bytes (the file is ", bytes.size(),
-                                      " bytes)", NotSafetensorsHint(bytes)));
+                                      " bytes)", internal::NotSafetensorsHint(path, bytes)));
   }
   if (header_len > bytes.size() - 8) {
     return Invalid(path, absl::StrCat("header length ", header_len, " runs past the end of the ",
-                                      bytes.size(), "-byte file", NotSafetensorsHint(bytes)));
+                                      bytes.size(), "-byte file",
+                                      internal::NotSafetensorsHint(path, bytes)));
   }
   std::string_view header_text(reinterpret_cast<const char*>(bytes.data()) + 8, header_len);
   DS_ASSIGN_OR_RETURN(json header, common::ParseJson(header_text, absl::StrCat(path, ": header"),
@@ -419,7 +403,13 @@ absl::StatusOr<std::unique_ptr<ModelReader>> OpenDirectory(const std::string& di
   if (indexes.size() == 1) return OpenIndex(indexes[0], residency);
   if (indexes.empty() && files.size() == 1) return OpenSingle(files[0], residency);
   if (indexes.empty() && files.empty()) {
-    return absl::NotFoundError(absl::StrCat(dir, ": no .safetensors file or index"));
+    std::vector<std::string> names;
+    for (fs::directory_iterator i(dir, ec); !ec && i != end; i.increment(ec)) {
+      names.push_back(i->path().filename().string());
+    }
+    std::sort(names.begin(), names.end());
+    return absl::NotFoundError(absl::StrCat(dir, ": no .safetensors file or index",
+                                            internal::NoSafetensorsInDirHint(dir, names)));
   }
   return Invalid(dir, absl::StrCat("ambiguous: ", indexes.size(), " index files and ", files.size(),
                                    " .safetensors files; pass one of them"));

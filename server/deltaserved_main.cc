@@ -125,7 +125,9 @@ int Run(int argc, char** argv) {
   std::string preload, log_format = "text";
   double drain_seconds = 30, stall_seconds = 10, write_timeout_seconds = 600, keepalive_seconds = 60,
          keepalive_timeout_seconds = 20, min_client_ping_seconds = 5, health_interval_seconds = 1;
-  CLI::App app{"deltaserved: serves Delta-DCT task deltas merged into a resident base"};
+  CLI::App app{
+      "deltaserved: serves finetuned models stored as compressed deltas (codec v2 or "
+      "Delta-DCT containers) merged into a resident base"};
   app.set_version_flag("--version", "deltaserved " DELTASERVE_VERSION);
   app.add_option("--base", o.base_path, "base model (.safetensors file, index or directory)")
       ->envname("DELTASERVE_BASE")->required();

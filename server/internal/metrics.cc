@@ -2,6 +2,12 @@
 
 #include "cluster/cluster_store.h"
 
+// The commit the binary was built from (`git rev-parse --short=12 HEAD` when CMake
+// configured the build; server/CMakeLists.txt), "unknown" when not built from git.
+#ifndef DELTASERVE_GIT_COMMIT
+#define DELTASERVE_GIT_COMMIT "unknown"
+#endif
+
 namespace deltaserve::server::internal {
 namespace {
 
@@ -115,6 +121,9 @@ Metrics::Metrics(std::string_view version)
                "Merged values that a cast to the output dtype would have made infinite, "
                "saturated to its largest finite value")
            .Register(r);
+  // The dtypes a cast can saturate, at 0 from the start: a series that appears only at
+  // the first saturation cannot be graphed or alerted on with rate() before it.
+  for (const char* dtype : {"F16", "BF16"}) merge_saturated_values_->Add({{"dtype", dtype}});
   tenant_tasks_ = &BuildGauge()
                        .Name("deltaserve_tenant_tasks")
                        .Help("Stored tasks per tenant")
@@ -140,7 +149,7 @@ Metrics::Metrics(std::string_view version)
       .Name("deltaserve_build_info")
       .Help("Build information; value is always 1")
       .Register(r)
-      .Add({{"version", std::string(version)}})
+      .Add({{"version", std::string(version)}, {"commit", DELTASERVE_GIT_COMMIT}})
       .Set(1);
 }
 

@@ -191,6 +191,10 @@ TEST_F(PullRangesTest, OneStreamDroppedMidTensorResumesAtThatByte) {
   EXPECT_EQ(ReadFile(tmp_.File("r.safetensors")), ReadFile(tmp_.File("expected.safetensors")));
   EXPECT_THAT(Requests(), ElementsAre(Pair(0u, 4u), Pair(3u, 4u)));
   EXPECT_THAT(Offsets(), ElementsAre(0u, 7u));
+  // New-user trial: a resumed pull printed "first tensor after 0.000 s" (the resuming
+  // attempt, which sees no new first header, overwrote the figure with its 0).
+  EXPECT_GT(stats.first_tensor_seconds, 0);
+  EXPECT_LE(stats.first_tensor_seconds, stats.seconds);
 
   auto clear = [&] {
     std::lock_guard<std::mutex> lock(service_.mu);
@@ -222,6 +226,17 @@ TEST_F(PullRangesTest, OneStreamDroppedMidTensorResumesAtThatByte) {
   ASSERT_EQ(model.tensors.size(), 4u);
   for (size_t i = 0; i < 4; ++i) EXPECT_EQ(model.tensors[i].data, service_.tensors[i].data);
   EXPECT_THAT(Offsets(), ElementsAre(0u, 7u));
+
+  // The first tensor itself cut midway: its header came on the first attempt, which
+  // finished no tensor; that is still the first tensor's time.
+  clear();
+  service_.unavailable_once_at = 0;
+  ASSERT_OK_AND_ASSIGN(stats, client_->PullWeights("chat", tmp_.File("first.safetensors")));
+  EXPECT_EQ(stats.resumed, 1u);
+  EXPECT_EQ(ReadFile(tmp_.File("first.safetensors")), ReadFile(tmp_.File("expected.safetensors")));
+  EXPECT_THAT(Offsets(), ElementsAre(0u, 7u));
+  EXPECT_GT(stats.first_tensor_seconds, 0);
+  EXPECT_LE(stats.first_tensor_seconds, stats.seconds);
 }
 
 TEST_F(PullRangesTest, WithoutRetriesTheDropIsTheError) {

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <string>
 
 #include "codec/container.h"
@@ -129,13 +130,32 @@ TEST_F(DeltactlRemoteTest, PullOverTwoStreamsResumesADroppedRange) {
       Run("pull " + server_flag_ + " --task chat --streams 2 --out " + tmp_.File("m.safetensors"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("2 tensors, 4224 bytes"));
-  EXPECT_THAT(r.out, HasSubstr("2 streams, 1 ranges resumed"));
+  EXPECT_THAT(r.out, HasSubstr("2 streams, 1 range resumed"));
   EXPECT_EQ(ReadBytes(tmp_.File("m.safetensors")), Want());
   // A usage error naming the flag (it said "PullOptions.streams" once).
   r = Run("pull " + server_flag_ + " --task chat --streams 0 --out " + tmp_.File("x.safetensors"));
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--streams: want a number of streams in [1, 64], got '0'"));
   EXPECT_THAT(r.err, Not(HasSubstr("PullOptions")));
+}
+
+// New-user trial: a one-stream pull that resumed after a server restart said nothing of
+// it, and said "first tensor after 0.000 s" (0: the resuming attempt's figure).
+TEST_F(DeltactlRemoteTest, AResumedPullSaysSoAndWhenTheFirstTensorCame) {
+  service_.unavailable_once_at = 0;  // "w": the stream drops after its first chunk
+  DeltactlResult r = Run("pull " + server_flag_ + " --task chat --out " + tmp_.File("m.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(", resumed 1 time after a dropped stream), every tensor "
+                               "checksum verified\n"));
+  EXPECT_EQ(ReadBytes(tmp_.File("m.safetensors")), Want());
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex("first tensor after ([0-9.]+) (ms|s)")))
+      << r.out;
+  EXPECT_GT(std::stod(m[1].str()), 0.0) << r.out;
+  // Without a drop: no resume is mentioned.
+  r = Run("pull " + server_flag_ + " --task chat --out " + tmp_.File("n.safetensors"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, Not(HasSubstr("resumed")));
 }
 
 TEST_F(DeltactlRemoteTest, ServerAndTokenFromEnvironment) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -122,6 +123,46 @@ TEST_F(CompressInputsTest, NonFloatTensorsRoundTripBitForBit) {
   EXPECT_THAT(Compress(base, ft, o).status(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("'position_ids'"), HasSubstr("dtype I64"))));
+}
+
+// New-user trial (session 9): a finetuned 'w' saved as I32 against an F32 base was stored
+// raw with no word, and the merged model held an I32 weight. A dtype change to or from a
+// non-float dtype is refused, naming both dtypes; allow_dtype_change stores it raw with a
+// warning. F32 -> BF16 is a float cast, coded as a delta as before.
+TEST_F(CompressInputsTest, ADtypeChangeToANonFloatDtypeIsRefusedOrNamed) {
+  const std::vector<float> w = Gaussian(64 * 64, 1, 21);
+  std::vector<int32_t> w_int(w.size());
+  for (size_t i = 0; i < w.size(); ++i) w_int[i] = static_cast<int32_t>(1000 * w[i]);
+  const std::vector<OwnedTensor> base = {MakeTensor("w", DType::kF32, {64, 64}, w),
+                                         MakeTensor("v", DType::kF32, {64, 64}, w)};
+  const std::vector<OwnedTensor> ft = {MakeTensor("v", DType::kBF16, {64, 64}, Nudged(w, 22)),
+                                       MakeRaw<int32_t>("w", DType::kI32, {64, 64}, w_int)};
+  CompressOptions o;
+  o.min_dct_elements = 1024;
+  EXPECT_THAT(Compress(base, ft, o).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("1 tensor(s) refused (CompressOptions::"
+                                       "allow_dtype_change stores tensors whose dtype changes "
+                                       "raw): tensor 'w': base dtype F32 -> finetuned dtype "
+                                       "I32 (it would be stored raw, and the merged model "
+                                       "would get the finetuned dtype)"),
+                             Not(HasSubstr("allow_nonfinite")))));
+  EXPECT_FALSE(std::filesystem::exists(dds()));
+
+  o.allow_dtype_change = true;
+  ASSERT_OK_AND_ASSIGN(CompressStats stats, Compress(base, ft, o));
+  EXPECT_THAT(stats.warnings, Contains("tensor 'w': base dtype F32 -> finetuned dtype I32: "
+                                       "stored raw; the merged model gets the finetuned dtype"));
+  EXPECT_THAT(stats.warnings, Not(Contains(HasSubstr("'v'"))));  // a float cast: no word
+  EXPECT_EQ(stats.raw_tensors, 1u);
+  EXPECT_EQ(stats.dct_tensors, 1u);
+  ASSERT_OK_AND_ASSIGN(auto mc, MappedContainer::Open(dds()));
+  ASSERT_THAT(DecompressModel(*base_, mc->reader(), {}, tmp_.File("m.safetensors")), IsOk());
+  ASSERT_OK_AND_ASSIGN(auto merged, ModelReader::Open(tmp_.File("m.safetensors")));
+  ASSERT_OK_AND_ASSIGN(TensorView mw, merged->Get("w"));
+  EXPECT_EQ(mw.info.dtype, DType::kI32);
+  ASSERT_OK_AND_ASSIGN(TensorView mv, merged->Get("v"));
+  EXPECT_EQ(mv.info.dtype, DType::kBF16);
 }
 
 // Reproduction 2: a renamed tensor and a base-only buffer were dropped silently; a

@@ -82,6 +82,72 @@ TEST_F(SafetensorsInputsTest, GitLfsPointerIsNamedAsSuch) {
                              HasSubstr("the file is 128 bytes"), HasSubstr("git-LFS pointer"))));
 }
 
+// The first bytes of a zip archive whose first entry is `entry` (a local file header:
+// signature, version 20, no flags, stored, zero times, CRC and sizes, the name).
+std::string ZipStart(const std::string& entry) {
+  std::string z("PK\x03\x04\x14\x00", 6);
+  z.append(20, '\0');
+  z += static_cast<char>(entry.size());
+  z += '\0';
+  z.append(2, '\0');  // extra field length
+  return z + entry + std::string(64, 'x');
+}
+
+// New-user trial (session 9): a PyTorch checkpoint given as --finetuned said only "header
+// length 578712552184433488 exceeds the limit of 104857600 bytes". Each common format
+// that is not safetensors is named, with how to convert it (ModelReader::Open is what
+// deltactl and deltaserved --base use).
+TEST_F(SafetensorsInputsTest, OtherModelFormatsAreNamedWithAConversion) {
+  const struct {
+    const char* name;
+    std::string bytes;
+    std::vector<std::string> want;
+  } cases[] = {
+      {"model.pt", ZipStart("archive/data.pkl"),
+       {"; it is a PyTorch checkpoint (torch.save's zip format, .pt/.pth/.bin), not "
+        "safetensors: convert it with python3 -c \"import torch; from safetensors.torch "
+        "import save_file; sd = torch.load('",
+        "model.pt', map_location='cpu'); sd = sd.get('state_dict', sd); save_file({k: "
+        "v.contiguous() for k, v in sd.items()}, 'model.safetensors')\""}},
+      {"pytorch_model.bin", std::string("\x80\x02}q\x00(X\x06\x00\x00\x00weight", 17) +
+                                std::string(64, 'x'),
+       {"; it is a Python pickle (protocol 2: a legacy torch.save checkpoint or "
+        "pytorch_model.bin?), not safetensors: convert it with python3 -c \"import torch;"}},
+      {"model.gguf", std::string("GGUF\x03\x00\x00\x00", 8) + std::string(64, 'x'),
+       {"; it is a GGUF (llama.cpp) file, not safetensors: use the Hugging Face safetensors "
+        "checkpoint it was made from"}},
+      {"w.npy", std::string("\x93NUMPY\x01\x00v\x00{'descr': '<f4'", 25) + std::string(64, ' '),
+       {"; it is a numpy .npy array (one unnamed array), not safetensors",
+        "from safetensors.numpy import save_file; save_file({'weight': np.load('"}},
+      {"w.npz", ZipStart("arr_0.npy"),
+       {"; it is a numpy .npz archive, not safetensors: convert it with python3 -c \"import "
+        "numpy as np; from safetensors.numpy import save_file; save_file(dict(np.load('"}},
+      {"model.h5", std::string("\x89HDF\r\n\x1a\n", 8) + std::string(64, '\0'),
+       {"; it is an HDF5 file (Keras .h5 weights?), not safetensors"}},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string path = WriteText(c.name, c.bytes);
+    absl::StatusOr<std::unique_ptr<ModelReader>> r = ModelReader::Open(path);
+    ASSERT_THAT(r.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                     HasSubstr(path + ": header length ")));
+    for (const std::string& piece : c.want) EXPECT_THAT(r.status().message(), HasSubstr(piece));
+  }
+  // A directory without safetensors names the model file it holds.
+  WriteText("pt/pytorch_model.bin", ZipStart("archive/data.pkl"));
+  WriteText("pt/config.json", "{}");
+  EXPECT_THAT(ModelReader::Open(tmp_.File("pt")),
+              StatusIs(absl::StatusCode::kNotFound,
+                       HasSubstr("pt: no .safetensors file or index; it holds "
+                                 "pytorch_model.bin, a model in another format")));
+  WriteText("tfjs/model.json", "{}");
+  EXPECT_THAT(ModelReader::Open(tmp_.File("tfjs")),
+              StatusIs(absl::StatusCode::kNotFound,
+                       HasSubstr("; it holds model.json (a TF.js graph model?): deltactl convert "
+                                 "--in " + tmp_.File("tfjs") + "/model.json --out "
+                                 "model.safetensors")));
+}
+
 // Reproduction 7 (index half): a shard that is a symlink to a file outside the model
 // directory is refused, naming the index, the tensor and the path; a NUL byte in a
 // shard name is refused instead of truncating the name.

@@ -426,7 +426,13 @@ TEST_F(ServerTest, MetricsEndpointServesMovedCounters) {
             container_bytes);
   EXPECT_EQ(MetricValue(text, "deltaserve_base_bytes "), merged / 2);
   EXPECT_EQ(MetricValue(text, "deltaserve_base_tensors "), tensors);
-  EXPECT_EQ(MetricValue(text, "deltaserve_build_info{version=\"0.1.0\"} "), 1);
+  // The commit CMake found at configure time, or "unknown" outside git.
+  EXPECT_THAT(text, ::testing::ContainsRegex(
+                        "\ndeltaserve_build_info\\{commit=\"([0-9a-f]{12}|unknown)\","
+                        "version=\"0\\.1\\.0\"\\} 1\n"));
+  // Both saturating dtypes have a series before any saturation.
+  EXPECT_EQ(MetricValue(text, "deltaserve_merge_saturated_values_total{dtype=\"F16\"} "), 0);
+  EXPECT_EQ(MetricValue(text, "deltaserve_merge_saturated_values_total{dtype=\"BF16\"} "), 0);
 }
 
 TEST_F(ServerTest, CacheEvictsWithinBudget) {
