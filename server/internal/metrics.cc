@@ -136,6 +136,12 @@ Metrics::Metrics(std::string_view version)
                        .Help("Tensors of the resident base model")
                        .Register(r)
                        .Add({});
+  pretouch_bytes_ = gauge("deltaserve_pretouch_bytes",
+                          "--pretouch-cache: bytes of merged-tensor memory faulted in ahead of "
+                          "the first cold pulls (so far; 0 without the flag)");
+  pretouch_seconds_ = gauge("deltaserve_pretouch_seconds",
+                            "--pretouch-cache: wall seconds the pre-touch took (set when it "
+                            "ends; 0 before)");
   BuildGauge()
       .Name("deltaserve_build_info")
       .Help("Build information; value is always 1")

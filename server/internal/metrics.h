@@ -62,6 +62,9 @@ class Metrics {
   prometheus::Gauge& base_tensors() { return *base_tensors_; }
   // deltaserve_serving: 1 while health is SERVING (server/internal/health.h).
   prometheus::Gauge& serving() { return *serving_; }
+  // deltaserve_pretouch_bytes / deltaserve_pretouch_seconds (server/internal/pretouch.h).
+  prometheus::Gauge& pretouch_bytes() { return *pretouch_bytes_; }
+  prometheus::Gauge& pretouch_seconds() { return *pretouch_seconds_; }
   // Cluster mode: the deltaserve_cluster_* metrics from a ClusterStore's counts (the
   // counters advance by the difference from the previous call). Not thread-safe against
   // itself: one caller (the housekeeping thread).
@@ -97,6 +100,8 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* connections_refused_;
   prometheus::Gauge* base_tensors_;
   prometheus::Gauge* serving_;
+  prometheus::Gauge* pretouch_bytes_;
+  prometheus::Gauge* pretouch_seconds_;
   // deltaserve_cluster_*: registered on the first PublishCluster (single node has none).
   struct ClusterMetrics;
   std::unique_ptr<ClusterMetrics> cluster_;
