@@ -52,6 +52,7 @@ PretouchPlan PlanPretouch(const std::vector<codec::TensorInfo>& tensors, uint64_
 Pretoucher::Pretoucher(MergedMemoryPool* pool, PretouchPlan plan, uint64_t allowance_bytes,
                        Metrics* metrics)
     : pool_(pool), metrics_(metrics), allowance_(pool->AddAllowance(allowance_bytes)) {
+  if (metrics_ != nullptr) metrics_->RegisterPretouch();
   {
     absl::MutexLock lock(&mu_);
     progress_.running = true;

@@ -63,8 +63,8 @@ class Pretoucher {
  public:
   // Adds an allowance of `allowance_bytes` to `pool` and starts the thread, which
   // pre-touches plan.sizes in order, then logs "pretouch" (bytes, mappings, seconds,
-  // cpu_seconds, end) and sets deltaserve_pretouch_bytes / _seconds. `pool` (and
-  // `metrics`, which may be null) must outlive this object.
+  // cpu_seconds, end) and sets deltaserve_pretouch_bytes / _seconds (registered here).
+  // `pool` (and `metrics`, which may be null) must outlive this object.
   Pretoucher(MergedMemoryPool* pool, PretouchPlan plan, uint64_t allowance_bytes,
              Metrics* metrics);
   // Stop().

@@ -148,14 +148,15 @@ TEST_F(ServerTest, PretouchedServerServesTheOfflineDecode) {
   EXPECT_LE(pool.cached_bytes(), internal::kMergedPoolBytes);
 }
 
-// Without the flag nothing is pre-touched and no allowance is added.
+// Without the flag nothing is pre-touched, no allowance is added, and no pretouch metric
+// is exported.
 TEST_F(ServerTest, NoPretouchWithoutTheFlag) {
   const internal::MergedMemoryPool& pool = internal::MergedMemoryPool::Process();
   const uint64_t allowance_before = pool.allowance_bytes();
   StartServer();
   EXPECT_FALSE(server_->pretouch_stats().enabled);
   EXPECT_EQ(pool.allowance_bytes(), allowance_before);
-  EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_pretouch_bytes "), 0);
+  EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_pretouch_bytes "), -1);
 }
 
 }  // namespace
