@@ -101,16 +101,18 @@ void Pretoucher::Run(PretouchPlan plan) {
     progress_.seconds = absl::ToDoubleSeconds(absl::Now() - start);
     if (metrics_ != nullptr) metrics_->pretouch_bytes().Set(static_cast<double>(progress_.bytes));
   }
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  // Before `running` turns false: whoever saw the end also sees the gauge.
+  if (metrics_ != nullptr) metrics_->pretouch_seconds().Set(seconds);
   PretouchProgress done;
   {
     absl::MutexLock lock(&mu_);
-    progress_.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    progress_.seconds = seconds;
     progress_.cpu_seconds = ThreadCpuSeconds() - cpu0;
     progress_.end = end;
     progress_.running = false;
     done = progress_;
   }
-  if (metrics_ != nullptr) metrics_->pretouch_seconds().Set(done.seconds);
   LogInfo("pretouch", {{"bytes", std::to_string(done.bytes)},
                        {"planned_bytes", std::to_string(done.planned_bytes)},
                        {"mappings", std::to_string(done.mappings)},
