@@ -158,6 +158,11 @@ int Run(int argc, char** argv) {
       ->envname("DELTASERVE_TLS_KEY");
   app.add_option("--cache-bytes", o.cache_bytes, "merged-tensor cache budget, bytes")
       ->envname("DELTASERVE_CACHE_BYTES")->check(kByteCount)->capture_default_str();
+  app.add_flag("--pretouch-cache", o.pretouch_cache,
+               "once serving, fault in memory for a first cold pull's merged tensors (the "
+               "base's shapes, up to --cache-bytes) on an idle-priority thread, so that the "
+               "pull decodes without page faults; costs that memory from start")
+      ->envname("DELTASERVE_PRETOUCH_CACHE");
   app.add_option("--workers", o.workers, "worker threads (0 = cores)")
       ->envname("DELTASERVE_WORKERS")->check(kCount)->capture_default_str();
   app.add_option("--chunk-bytes", o.chunk_bytes, "StreamWeights chunk size, bytes")

@@ -38,6 +38,7 @@
 #include "server/internal/merged_memory.h"
 #include "server/internal/merged_tensors.h"
 #include "server/internal/metrics_http.h"
+#include "server/internal/pretouch.h"
 #include "server/internal/service.h"
 
 namespace deltaserve::server {
@@ -187,6 +188,8 @@ struct Server::Impl {
   std::unique_ptr<internal::HealthMonitor> health;
   int port = 0;
   int metrics_port = 0;
+  // --pretouch-cache; started once serving, stopped first on Shutdown.
+  std::unique_ptr<internal::Pretoucher> pretoucher;
 
   absl::Mutex mu;
   bool shutting_down ABSL_GUARDED_BY(mu) = false;
@@ -414,7 +417,15 @@ absl::Status Server::Impl::Init() {
                                 {"workers", std::to_string(workers)},
                                 {"cache_bytes", std::to_string(options.cache_bytes)},
                                 {"upload_buffer_cache_bytes",
-                                 std::to_string(options.upload_buffer_cache_bytes)}});
+                                 std::to_string(options.upload_buffer_cache_bytes)},
+                                {"pretouch_cache", options.pretouch_cache ? "on" : "off"}});
+  if (options.pretouch_cache) {
+    // After "serving": the pre-touch must not delay readiness (server/internal/pretouch.h).
+    pretoucher = std::make_unique<internal::Pretoucher>(
+        &internal::MergedMemoryPool::Process(),
+        internal::PlanPretouch(base->tensors(), options.cache_bytes), options.cache_bytes,
+        metrics.get());
+  }
   return absl::OkStatus();
 }
 
@@ -471,6 +482,8 @@ void Server::Shutdown(absl::Duration drain) {
   }
   Impl& s = *impl_;
   const absl::Time t0 = absl::Now();
+  // Unmaps the pre-touched memory no tensor took (the pool is the process's).
+  if (s.pretoucher) s.pretoucher->Stop();
   internal::LogInfo("draining", {{"deadline_s", std::to_string(absl::ToDoubleSeconds(drain))},
                                  {"calls", std::to_string(s.drain.in_progress())}});
   // Health answers NOT_SERVING for as long as calls drain (the gRPC server keeps serving
@@ -524,10 +537,26 @@ Server::Memory Server::MemoryUsage() const {
 
 bool LimitMallocArenas(int arenas) { return arenas >= 1 && mallopt(M_ARENA_MAX, arenas) == 1; }
 
+Server::PretouchStats Server::pretouch_stats() const {
+  PretouchStats stats;
+  if (!impl_->pretoucher) return stats;
+  const internal::PretouchProgress p = impl_->pretoucher->progress();
+  stats.enabled = true;
+  stats.running = p.running;
+  stats.planned_bytes = p.planned_bytes;
+  stats.bytes = p.bytes;
+  stats.mappings = p.mappings;
+  stats.seconds = p.seconds;
+  stats.cpu_seconds = p.cpu_seconds;
+  stats.end = p.end;
+  return stats;
+}
+
 MergedMemoryStats ProcessMergedMemoryStats() {
   const internal::MergedMemoryPool& pool = internal::MergedMemoryPool::Process();
-  return {pool.handed_over(), pool.reused(), pool.mapped(), pool.cached_bytes(),
-          internal::kMergedPoolBytes};
+  return {pool.handed_over(),      pool.reused(),           pool.mapped(),
+          pool.cached_bytes(),     internal::kMergedPoolBytes, pool.pretouched_taken(),
+          pool.pretouched_bytes(), pool.allowance_bytes(),  pool.handed_out_bytes()};
 }
 
 }  // namespace deltaserve::server

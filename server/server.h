@@ -59,6 +59,13 @@ struct ServerOptions {
   // Budget of the merged-tensor cache in bytes. Larger: more tasks served without
   // decoding; memory. Default: 2 GiB.
   uint64_t cache_bytes = 2ull << 30;
+  // Pre-touch (--pretouch-cache, server/internal/pretouch.h): once serving, a background
+  // thread at idle priority maps and faults in memory for the merged tensors of a first
+  // cold pull (the base's tensors of >= 256 KiB in its dtypes, up to cache_bytes), which
+  // that pull then decodes into without page faults. Costs that memory in RSS from start
+  // (within the cache budget; given back as the cache fills) and ~0.3 s of otherwise idle
+  // CPU per GB (issue 9's VM). Readiness and requests never wait for it. Default: off.
+  bool pretouch_cache = false;
   // Worker pool threads (decode, merge, RocksDB reads). 0 = hardware concurrency.
   // Default: 0.
   int workers = 0;
@@ -186,6 +193,17 @@ class Server {
   };
   Memory MemoryUsage() const;
 
+  // How far --pretouch-cache got (ServerOptions::pretouch_cache), for benchmarks and
+  // tests (deltaserved logs the same in its "pretouch" line when it ends).
+  struct PretouchStats {
+    bool enabled = false;  // pretouch_cache was set
+    bool running = false;  // the thread is still pre-touching
+    uint64_t planned_bytes = 0, bytes = 0, mappings = 0;
+    double seconds = 0, cpu_seconds = 0;  // wall so far; the thread's CPU at the end
+    std::string end;  // "" while running; "done", "no room", "stopped" or an error
+  };
+  PretouchStats pretouch_stats() const;
+
   struct Impl;
 
  private:
@@ -202,8 +220,15 @@ struct MergedMemoryStats {
   uint64_t handed_over = 0;  // buffers taken over whole from an evicted tensor
   uint64_t reused = 0;       // buffers given a kept mapping
   uint64_t mapped = 0;       // buffers given a new mapping
-  uint64_t kept_bytes = 0;   // mappings kept for reuse now
-  uint64_t cap_bytes = 0;    // the most kept at once
+  uint64_t kept_bytes = 0;   // mappings kept for reuse now (pre-touched ones included)
+  uint64_t cap_bytes = 0;    // the most kept at once without pre-touch
+  // --pretouch-cache: buffers given a pre-touched mapping; pre-touched bytes kept now;
+  // the allowance that lets the pool keep more than cap_bytes while the merged buffers
+  // alive (handed_out_bytes) hold less than it.
+  uint64_t pretouched_taken = 0;
+  uint64_t pretouched_bytes = 0;
+  uint64_t allowance_bytes = 0;
+  uint64_t handed_out_bytes = 0;
 };
 MergedMemoryStats ProcessMergedMemoryStats();
 

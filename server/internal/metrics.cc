@@ -163,6 +163,23 @@ struct Metrics::ClusterMetrics {
 
 Metrics::~Metrics() = default;
 
+void Metrics::RegisterPretouch() {
+  if (pretouch_bytes_ != nullptr) return;
+  prometheus::Registry& r = *registry_;
+  pretouch_bytes_ = &BuildGauge()
+                         .Name("deltaserve_pretouch_bytes")
+                         .Help("--pretouch-cache: bytes of merged-tensor memory faulted in "
+                               "ahead of the first cold pulls, so far")
+                         .Register(r)
+                         .Add({});
+  pretouch_seconds_ = &BuildGauge()
+                           .Name("deltaserve_pretouch_seconds")
+                           .Help("--pretouch-cache: wall seconds the pre-touch took (set "
+                                 "when it ends; 0 before)")
+                           .Register(r)
+                           .Add({});
+}
+
 void Metrics::PublishCluster(const cluster::ClusterStats& stats) {
   prometheus::Registry& r = *registry_;
   if (!cluster_) {

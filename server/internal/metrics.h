@@ -62,6 +62,13 @@ class Metrics {
   prometheus::Gauge& base_tensors() { return *base_tensors_; }
   // deltaserve_serving: 1 while health is SERVING (server/internal/health.h).
   prometheus::Gauge& serving() { return *serving_; }
+  // --pretouch-cache only (server/internal/pretouch.h): registers deltaserve_pretouch_bytes
+  // and deltaserve_pretouch_seconds (a server without the flag exports neither, as single
+  // node exports no deltaserve_cluster_*). Idempotent; call before serving.
+  void RegisterPretouch();
+  // REQUIRES: RegisterPretouch() was called.
+  prometheus::Gauge& pretouch_bytes() { return *pretouch_bytes_; }
+  prometheus::Gauge& pretouch_seconds() { return *pretouch_seconds_; }
   // Cluster mode: the deltaserve_cluster_* metrics from a ClusterStore's counts (the
   // counters advance by the difference from the previous call). Not thread-safe against
   // itself: one caller (the housekeeping thread).
@@ -97,6 +104,8 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* connections_refused_;
   prometheus::Gauge* base_tensors_;
   prometheus::Gauge* serving_;
+  prometheus::Gauge* pretouch_bytes_ = nullptr;  // RegisterPretouch
+  prometheus::Gauge* pretouch_seconds_ = nullptr;
   // deltaserve_cluster_*: registered on the first PublishCluster (single node has none).
   struct ClusterMetrics;
   std::unique_ptr<ClusterMetrics> cluster_;

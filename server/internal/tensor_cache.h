@@ -44,7 +44,8 @@ class Metrics;
 // 0.5B model, on the loading worker outside the parallel merge. Buffers of at least
 // kMergedPoolMinBytes are mappings of MergedMemoryPool::Process() (merged_memory.h): the
 // memory of evicted tensors is kept (capped) for the next cold tensor of the same size,
-// whose bytes may then start as an earlier tensor's. (MADV_HUGEPAGE on these buffers
+// whose bytes may then start as an earlier tensor's; with --pretouch-cache the first
+// cold tensors of each size take mappings faulted in ahead (server/internal/pretouch.h). (MADV_HUGEPAGE on these buffers
 // was tried twice and dropped: on this VM class a fresh huge page is a host-side fault;
 // see merged_memory.h.)
 template <class T>

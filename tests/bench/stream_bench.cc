@@ -5,7 +5,7 @@
 //                [--vocab 151936] [--workers 2] [--prefetch 1] [--chunk-bytes 1048576]
 //                [--cache-mb 3072] [--cold-only] [--legacy-cold] [--pull-streams 1,2,4]
 //                [--push-only N] [--ingest-min-bytes N] [--upload-buffer-cache-mb 512]
-//                [--second-cold] [--keep-freed-memory] [--malloc-arenas 2]
+//                [--second-cold] [--keep-freed-memory] [--malloc-arenas 2] [--pretouch]
 //
 // Model: synthetic fp16 transformer with the shapes of a 0.5B-class model (Qwen2-0.5B:
 // 24 layers, hidden 896, 2 KV heads of 128, FFN 4864, vocab 151936; ~494M weights,
@@ -38,7 +38,11 @@
 // the same run. --second-cold (e.g. with --cache-mb 1024 --cold-only): a second task cold
 // right after the first, through a cache that then evicts, with its decode workers' CPU
 // per GB beside the first cold stream's and how many of its merged buffers reused the
-// memory of evicted tensors.
+// memory of evicted tensors. --pretouch: the server pre-touches the merged memory of a
+// first cold pull (ServerOptions::pretouch_cache); the benchmark waits for that to end
+// before the cold stream and prints the wait, then how many cold buffers took a
+// pre-touched mapping. The cold decode workers' rate is printed beside the codec's
+// single-core MergeTensor in every mode (--cold-only too).
 #include <malloc.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -520,6 +524,10 @@ int main(int argc, char** argv) {
                  "glibc malloc arenas of this process (server::LimitMallocArenas, as deltaserved "
                  "sets at start; 0: glibc's default, 8 per core)")
       ->capture_default_str();
+  bool pretouch = false;
+  app.add_flag("--pretouch", pretouch,
+               "start the server with pretouch_cache (deltaserved --pretouch-cache) and wait "
+               "until the pre-touch has ended before the cold stream");
   bool cold_only = false;
   app.add_flag("--cold-only", cold_only,
                "stop after the cold stream (to profile it alone, e.g. under perf record)");
@@ -566,6 +574,7 @@ int main(int argc, char** argv) {
   o.store.sync_writes = false;
   o.store.ingest_min_bytes = ingest_min_bytes;
   o.upload_buffer_cache_bytes = upload_cache_mb << 20;
+  o.pretouch_cache = pretouch;
   auto t0 = Clock::now();
   auto srv = server::Server::Start(o);
   if (!srv.ok()) {
@@ -642,13 +651,41 @@ int main(int argc, char** argv) {
         plain_cpu / gb);
     return 0;
   }
+  if (pretouch) {
+    // The pre-touch thread runs at idle priority, beside the push above: what is left of
+    // it after the push is waited for here, outside every figure below.
+    t0 = Clock::now();
+    server::Server::PretouchStats pt = (*srv)->pretouch_stats();
+    while (pt.running) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      pt = (*srv)->pretouch_stats();
+    }
+    std::printf(
+        "pretouch: %.1f of %.1f MB planned in %.2f s wall (%.2f s CPU = %.2f s per GB), end "
+        "'%s'; waited %.2f s for it after the push\n",
+        pt.bytes / 1e6, pt.planned_bytes / 1e6, pt.seconds, pt.cpu_seconds,
+        pt.bytes > 0 ? pt.cpu_seconds / (pt.bytes / 1e9) : 0.0, pt.end.c_str(),
+        Seconds(t0, Clock::now()));
+  }
   const double rss_before_cold = PeakRssMb();
   std::optional<PeakWatch> watch;
   watch.emplace(srv->get());
+  const server::MergedMemoryStats pool_before_cold = server::ProcessMergedMemoryStats();
   const double worker_cpu_before = ThreadsCpuSeconds("ds-worker");
   StreamResult cold = ReadStream(target, "bench");
   const double worker_cpu = ThreadsCpuSeconds("ds-worker") - worker_cpu_before;
   double rss_after_cold = PeakRssMb();
+  {
+    const server::MergedMemoryStats pool = server::ProcessMergedMemoryStats();
+    std::printf(
+        "cold stream's merged buffers >= 256 KiB: %llu pre-touched, %llu reused, %llu mapped "
+        "afresh, %llu taken over\n",
+        static_cast<unsigned long long>(pool.pretouched_taken - pool_before_cold.pretouched_taken),
+        static_cast<unsigned long long>(pool.reused - pool_before_cold.reused -
+                                        (pool.pretouched_taken - pool_before_cold.pretouched_taken)),
+        static_cast<unsigned long long>(pool.mapped - pool_before_cold.mapped),
+        static_cast<unsigned long long>(pool.handed_over - pool_before_cold.handed_over));
+  }
   if (second_cold) {
     const server::MergedMemoryStats pool0 = server::ProcessMergedMemoryStats();
     auto p = (*cl)->PushDeltaFile("bench-2", dir + "/task.dds");
@@ -684,8 +721,13 @@ int main(int argc, char** argv) {
         "peak RSS: %.0f MB before the cold stream, %.0f MB after %s; bound base mapping + "
         "cache budget + 256 MiB = %.0f MB\n",
         rss_before_cold, rss_after_cold, second_cold ? "both cold tasks" : "it", rss_bound_mb);
-    std::printf("decode workers (cold): %.2f s CPU = %.3f GB/s per worker CPU-second\n", worker_cpu,
-                cold.bytes / worker_cpu / 1e9);
+    const double single_core = SingleCoreMergeRate(dir);
+    std::printf(
+        "decode workers (cold): %.2f s CPU = %.3f GB/s per worker CPU-second = %.0f%% of the "
+        "codec's single-core MergeTensor on the same tensors in this run (%.3f GB/s of CPU "
+        "time)%s\n",
+        worker_cpu, cold.bytes / worker_cpu / 1e9, 100.0 * (cold.bytes / worker_cpu) / single_core,
+        single_core / 1e9, pretouch ? ", pre-touched" : "");
     std::printf("fresh pages in this run: %.2f s CPU per GB (mmap + MADV_POPULATE_WRITE)\n",
                 FreshPageSecondsPerGb());
     return cold.ok ? 0 : 1;

@@ -334,7 +334,7 @@ SPEC_METRICS = {
 
 # deltaserved's flags (server spec), each also read from DELTASERVE_<UPPER_SNAKE>.
 DAEMON_FLAGS = ["base", "db", "listen", "metrics-listen", "config", "tls-cert", "tls-key",
-                "cache-bytes", "workers", "chunk-bytes", "prefetch-tensors", "max-upload-bytes", "max-uploads",
+                "cache-bytes", "pretouch-cache", "workers", "chunk-bytes", "prefetch-tensors", "max-upload-bytes", "max-uploads",
                 "max-streams", "max-connections", "grpc-memory-bytes", "preload",
                 "drain-seconds", "db-min-free-bytes", "ingest-min-bytes", "upload-buffer-cache-bytes",
                 "stall-seconds", "write-timeout-seconds",

@@ -1,8 +1,12 @@
 #include "server/internal/merged_memory.h"
 
+#include <sys/mman.h>
+
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "server/internal/tensor_cache.h"
@@ -13,8 +17,25 @@ namespace deltaserve::server::internal {
 namespace {
 
 using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::StatusIs;
 
 constexpr size_t kMiB = size_t{1} << 20;
+
+// Pages of [p, p + bytes) resident in memory now (mincore).
+size_t ResidentPages(const void* p, size_t bytes) {
+  std::vector<unsigned char> vec((bytes + 4095) / 4096);
+  if (mincore(const_cast<void*>(p), bytes, vec.data()) != 0) return 0;
+  size_t n = 0;
+  for (unsigned char v : vec) n += v & 1;
+  return n;
+}
+
+// PreTouch's answer: 1 kept, 0 no room, -1 an error.
+int PreTouched(MergedMemoryPool& pool, uint64_t id, size_t bytes) {
+  std::atomic<bool> stop{false};
+  absl::StatusOr<bool> kept = pool.PreTouch(id, bytes, stop);
+  return kept.ok() ? (*kept ? 1 : 0) : -1;
+}
 
 TEST(MergedMemoryPoolTest, ReusesAFreedMappingOfTheSameRoundedSizeOnly) {
   MergedMemoryPool pool(8 * kMiB);
@@ -63,6 +84,126 @@ TEST(MergedMemoryPoolTest, KeepsNoMoreThanItsCap) {
   EXPECT_EQ(pool.mapped(), 5u);
   EXPECT_EQ(pool.cached_bytes(), 0u);
   for (void* p : m) pool.Unmap(p, kMiB + 1);
+}
+
+// An allowance lets the pool keep pre-touched mappings beyond its cap: kept bytes stay
+// within cap + allowance while nothing is handed out, and each kept page is resident.
+TEST(MergedMemoryPoolTest, PreTouchedBytesStayWithinCapPlusAllowance) {
+  MergedMemoryPool pool(kMiB);
+  EXPECT_EQ(PreTouched(pool, 1, kMiB), 0);  // no allowance 1 yet
+  const uint64_t id = pool.AddAllowance(3 * kMiB);
+  EXPECT_EQ(pool.allowance_bytes(), 3 * kMiB);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(PreTouched(pool, id, kMiB), 1) << i;
+  EXPECT_EQ(PreTouched(pool, id, kMiB), 0);  // a fifth would pass 4 MiB
+  EXPECT_EQ(PreTouched(pool, id, 4096), 0);
+  EXPECT_EQ(pool.cached_bytes(), 4 * kMiB);
+  EXPECT_EQ(pool.pretouched_bytes(), 4 * kMiB);
+  EXPECT_EQ(pool.mapped(), 0u);
+  auto* p = static_cast<uint8_t*>(pool.Map(kMiB));
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(ResidentPages(p, kMiB), kMiB / 4096);  // faulted in ahead
+  EXPECT_EQ(p[0], 0);
+  EXPECT_EQ(p[kMiB - 1], 0);
+  EXPECT_EQ(pool.pretouched_taken(), 1u);
+  EXPECT_EQ(pool.handed_out_bytes(), kMiB);
+  // A taken mapping counts as handed out: still no room for another.
+  EXPECT_EQ(PreTouched(pool, id, kMiB), 0);
+  pool.Unmap(p, kMiB);  // kept again, as a freed buffer
+  EXPECT_EQ(pool.cached_bytes(), 4 * kMiB);
+  EXPECT_EQ(pool.pretouched_bytes(), 3 * kMiB);
+  pool.RemoveAllowance(id);
+}
+
+// A pre-touched mapping goes to a buffer of its rounded size only.
+TEST(MergedMemoryPoolTest, HandsOutPreTouchedMappingsByExactSize) {
+  MergedMemoryPool pool(0);
+  const uint64_t id = pool.AddAllowance(8 * kMiB);
+  ASSERT_EQ(PreTouched(pool, id, 2 * kMiB), 1);
+  ASSERT_EQ(PreTouched(pool, id, kMiB), 1);
+  void* other = pool.Map(kMiB + 4096);  // no pre-touched mapping of this size
+  EXPECT_EQ(pool.mapped(), 1u);
+  EXPECT_EQ(pool.pretouched_taken(), 0u);
+  void* one = pool.Map(kMiB);
+  void* two = pool.Map(2 * kMiB - 100);  // rounds to 2 MiB
+  EXPECT_EQ(pool.pretouched_taken(), 2u);
+  EXPECT_EQ(pool.mapped(), 1u);
+  EXPECT_EQ(pool.pretouched_bytes(), 0u);
+  EXPECT_EQ(ResidentPages(two, 2 * kMiB), 2 * kMiB / 4096);
+  void* again = pool.Map(kMiB);  // none left of 1 MiB: a new mapping
+  EXPECT_EQ(pool.mapped(), 2u);
+  EXPECT_EQ(pool.handed_out_bytes(), 5 * kMiB + 4096);
+  for (auto [q, n] : {std::pair{other, kMiB + 4096}, std::pair{one, kMiB},
+                      std::pair{two, 2 * kMiB - 100}, std::pair{again, kMiB}}) {
+    pool.Unmap(q, n);
+  }
+  EXPECT_EQ(pool.handed_out_bytes(), 0u);
+  EXPECT_EQ(pool.cached_bytes(), 5 * kMiB + 4096);  // within the allowance, kept
+  pool.RemoveAllowance(id);
+  EXPECT_EQ(pool.cached_bytes(), 0u);  // cap 0
+}
+
+// As buffers the pre-touched mappings do not fit are handed out (a cache filling with
+// tensors of other sizes), kept mappings are unmapped: kept + handed out <= cap +
+// allowance, back to the cap alone once the allowance is used up.
+TEST(MergedMemoryPoolTest, ReleasesPreTouchedMemoryAsBuffersFillTheAllowance) {
+  MergedMemoryPool pool(kMiB);
+  const uint64_t id = pool.AddAllowance(4 * kMiB);
+  for (int i = 0; i < 5; ++i) ASSERT_EQ(PreTouched(pool, id, kMiB), 1);
+  ASSERT_EQ(pool.cached_bytes(), 5 * kMiB);
+  std::vector<void*> held;
+  held.push_back(pool.Map(2 * kMiB));
+  EXPECT_EQ(pool.cached_bytes(), 3 * kMiB);  // 1 + 4 - 2
+  held.push_back(pool.Map(2 * kMiB));
+  EXPECT_EQ(pool.cached_bytes(), kMiB);  // the cap
+  held.push_back(pool.Map(2 * kMiB));
+  EXPECT_EQ(pool.cached_bytes(), kMiB);
+  EXPECT_EQ(pool.pretouched_bytes(), kMiB);
+  // Returned buffers are kept as far as the limit allows at each return: not with 4 MiB
+  // still handed out, then yes.
+  for (void* p : held) pool.Unmap(p, 2 * kMiB);
+  EXPECT_EQ(pool.cached_bytes(), 5 * kMiB);
+  EXPECT_EQ(pool.pretouched_bytes(), kMiB);
+  pool.RemoveAllowance(id);
+  EXPECT_EQ(pool.pretouched_bytes(), 0u);
+  EXPECT_EQ(pool.cached_bytes(), 0u);  // 2 MiB freed buffers do not fit the 1 MiB cap
+}
+
+// Removing an allowance (a server's shutdown) unmaps its pre-touched mappings that no Map
+// took, and the id pre-touches nothing more; freed buffers and another allowance's
+// pre-touched mappings stay as far as the lowered limit allows.
+TEST(MergedMemoryPoolTest, RemovingTheAllowanceFreesItsPreTouchedMemory) {
+  constexpr size_t kKiB = 1024;
+  MergedMemoryPool pool(kMiB);
+  const uint64_t id = pool.AddAllowance(4 * kMiB);
+  const uint64_t other = pool.AddAllowance(kMiB);
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(PreTouched(pool, id, kMiB), 1);
+  ASSERT_EQ(PreTouched(pool, other, 512 * kKiB), 1);
+  void* taken = pool.Map(kMiB);
+  void* freed = pool.Map(256 * kKiB);
+  pool.Unmap(freed, 256 * kKiB);
+  ASSERT_EQ(pool.cached_bytes(), 2 * kMiB + 768 * kKiB);
+  pool.RemoveAllowance(id);
+  EXPECT_EQ(pool.allowance_bytes(), kMiB);
+  EXPECT_EQ(pool.pretouched_bytes(), 512 * kKiB);  // the other allowance's
+  EXPECT_EQ(pool.cached_bytes(), 768 * kKiB);
+  EXPECT_EQ(PreTouched(pool, id, 4096), 0);
+  pool.RemoveAllowance(id);  // again: ignored
+  EXPECT_EQ(pool.allowance_bytes(), kMiB);
+  pool.Unmap(taken, kMiB);  // within cap + allowance: kept, as a freed buffer
+  EXPECT_EQ(pool.cached_bytes(), kMiB + 768 * kKiB);
+  pool.RemoveAllowance(other);  // back to the 1 MiB cap: the largest goes
+  EXPECT_EQ(pool.pretouched_bytes(), 0u);
+  EXPECT_EQ(pool.cached_bytes(), 256 * kKiB);
+}
+
+TEST(MergedMemoryPoolTest, PreTouchStopsWhenAsked) {
+  MergedMemoryPool pool(0);
+  const uint64_t id = pool.AddAllowance(8 * kMiB);
+  std::atomic<bool> stop{true};
+  EXPECT_THAT(pool.PreTouch(id, 8 * kMiB, stop), StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_EQ(pool.cached_bytes(), 0u);
+  EXPECT_EQ(PreTouched(pool, id, 8 * kMiB), 1);  // its reservation was returned
+  pool.RemoveAllowance(id);
 }
 
 TEST(MergedMemoryPoolTest, MergedBuffersOfPoolSizeComeFromTheProcessPool) {
