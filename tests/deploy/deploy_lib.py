@@ -330,6 +330,7 @@ SPEC_METRICS = {
     "deltaserve_connections_limit": "gauge",
     "deltaserve_connections_refused_total": "counter",
     "deltaserve_serving": "gauge",
+    "deltaserve_merge_saturated_values_total": "counter",
 }
 
 # deltaserved's flags (server spec), each also read from DELTASERVE_<UPPER_SNAKE>.
