@@ -53,7 +53,7 @@ class FakeService final : public v1::DeltaService::Service {
   std::map<std::string, std::string> metadata = {{"deltaserve.base_hash", "00ff"},
                                                  {"deltaserve.tool", "fake"}};
   std::vector<uint8_t> container;
-  Fault fault = Fault::kNone;
+  std::atomic<Fault> fault{Fault::kNone};
   size_t chunk = 7;  // odd, small: many chunks per tensor
   // Answer a request with checksum_after_data as a cold server does: every non-empty
   // tensor's header has checksum_follows, its XXH3-64 rides on its last chunk.
@@ -163,6 +163,11 @@ class FakeService final : public v1::DeltaService::Service {
   grpc::Status StreamWeights(grpc::ServerContext* ctx, const v1::StreamWeightsRequest* req,
                              grpc::ServerWriter<v1::StreamWeightsResponse>* writer) override {
     Remember(ctx);
+    // The faults as they were when this call began. A handler still running for an
+    // earlier pull (a stream the client gave up on, whose writes have not failed yet)
+    // must not take a one-shot fault armed for the next pull, nor a changed `fault`.
+    const Fault call_fault = fault;
+    const int once_at = unavailable_once_at.load();
     const std::vector<codec::OwnedTensor>& tensors = served_tensors ? *served_tensors : this->tensors;
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -188,7 +193,7 @@ class FakeService final : public v1::DeltaService::Service {
     v1::StreamWeightsResponse msg;
     auto* begin = msg.mutable_begin();
     begin->set_num_tensors(static_cast<uint32_t>(end - first));
-    begin->set_total_bytes(fault == Fault::kWrongTotal ? total + 1 : total);
+    begin->set_total_bytes(call_fault == Fault::kWrongTotal ? total + 1 : total);
     begin->mutable_safetensors_metadata()->insert(metadata.begin(), metadata.end());
     begin->mutable_task()->set_created_unix(stream_created_unix);
     writer->Write(msg);
@@ -201,7 +206,7 @@ class FakeService final : public v1::DeltaService::Service {
       for (int64_t d : t.info.shape) h->add_shape(d);
       h->set_byte_length(t.data.size());
       const uint64_t hash =
-          XXH3_64bits(t.data.data(), t.data.size()) + (fault == Fault::kBadChecksum);
+          XXH3_64bits(t.data.data(), t.data.size()) + (call_fault == Fault::kBadChecksum);
       const size_t from = i == first ? skip : 0;
       const bool follows =
           checksum_follows && req->checksum_after_data() && !t.data.empty() && from == 0;
@@ -210,26 +215,27 @@ class FakeService final : public v1::DeltaService::Service {
       h->set_index(static_cast<uint32_t>(i));
       writer->Write(msg);
       for (size_t off = from; off < t.data.size(); off += chunk) {
-        int at = static_cast<int>(i);
-        if (off == chunk && unavailable_once_at.compare_exchange_strong(at, -1)) {
+        int at = once_at;
+        if (off == chunk && static_cast<int>(i) == once_at &&
+            unavailable_once_at.compare_exchange_strong(at, -1)) {
           if (fail_as_reset) return grpc::Status(grpc::StatusCode::UNKNOWN, "Stream removed");
           return grpc::Status(grpc::StatusCode::UNAVAILABLE, "connection dropped");
         }
-        if (fault == Fault::kAbortMidway && i == 1) {
+        if (call_fault == Fault::kAbortMidway && i == 1) {
           return grpc::Status(grpc::StatusCode::INTERNAL, "decoder exploded");
         }
-        if (fault == Fault::kGap && i == 1 && off == chunk) continue;
+        if (call_fault == Fault::kGap && i == 1 && off == chunk) continue;
         msg.Clear();
         const size_t n = std::min(chunk, t.data.size() - off);
         msg.mutable_chunk()->set_data(t.data.data() + off, n);
         msg.mutable_chunk()->set_offset(off);
-        if (follows && off + n == t.data.size() && fault != Fault::kNoTrailingChecksum) {
+        if (follows && off + n == t.data.size() && call_fault != Fault::kNoTrailingChecksum) {
           msg.mutable_chunk()->set_tensor_xxh3_64(hash);
         }
         if (!writer->Write(msg)) return grpc::Status::CANCELLED;
       }
     }
-    if (fault == Fault::kNoEnd) return grpc::Status::OK;
+    if (call_fault == Fault::kNoEnd) return grpc::Status::OK;
     msg.Clear();
     msg.mutable_end()->set_num_tensors(static_cast<uint32_t>(end - first));
     msg.mutable_end()->set_total_bytes(total);
