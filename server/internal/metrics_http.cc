@@ -91,9 +91,10 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   if (!bound.ok()) {
     // Listener::Bind's message, restated as the metrics endpoint's.
     std::string detail(bound.status().message());
-    for (const std::string prefix : {absl::StrCat("cannot listen on ", listen, " (--metrics-listen): "),
-                                     absl::StrCat("cannot listen on ", listen, ": "),
-                                     std::string("--metrics-listen: ")}) {
+    const std::string prefixes[] = {
+        absl::StrCat("cannot listen on ", listen, " (--metrics-listen): "),
+        absl::StrCat("cannot listen on ", listen, ": "), "--metrics-listen: "};
+    for (const std::string& prefix : prefixes) {
       if (absl::StartsWith(detail, prefix)) {
         detail.erase(0, prefix.size());
         break;
@@ -123,6 +124,7 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
         MHD_OPTION_LISTEN_SOCKET, own,
         MHD_OPTION_THREAD_STACK_SIZE, kThreadStackBytes,
         MHD_OPTION_CONNECTION_LIMIT, kMaxConnections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, kMaxConnectionsPerAddress,
         MHD_OPTION_CONNECTION_TIMEOUT, kIdleTimeoutSeconds,
         MHD_OPTION_END);
     if (daemon == nullptr) {

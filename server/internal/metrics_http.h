@@ -19,8 +19,11 @@
 //
 // Bound with Listener::Bind (listener.h), so every address form --listen takes works
 // here too, IPv6 ("[::1]:9464") included; one daemon thread per bound address.
-// Connections: at most kMaxConnections at once (more are closed at accept), idle ones
-// are closed after kIdleTimeoutSeconds.
+// Connections: at most kMaxConnections at once and kMaxConnectionsPerAddress from one
+// client address (more are closed at accept); idle ones are closed after
+// kIdleTimeoutSeconds. A client that sends a byte now and then is not idle: clients
+// holding every connection keep scrapes out while they last (new-user trial: 64 of
+// them). The endpoint is for scrapers, not for untrusted networks.
 //
 // Thread safety: Start and the destructor from one thread; port() from any.
 #ifndef DELTASERVE_SERVER_INTERNAL_METRICS_HTTP_H_
@@ -42,6 +45,7 @@ class MetricsHttpServer {
  public:
   static constexpr size_t kThreadStackBytes = size_t{1} << 20;
   static constexpr unsigned kMaxConnections = 64;
+  static constexpr unsigned kMaxConnectionsPerAddress = 16;
   static constexpr unsigned kIdleTimeoutSeconds = 15;
 
   // Binds `listen` ("host:port", "[v6]:port"; port 0 = a free port) and starts serving

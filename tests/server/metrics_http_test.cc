@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
@@ -29,6 +30,20 @@ using ::testing::StartsWith;
 
 std::string Exchange(int port, const std::string& request, bool v6 = false) {
   return server::testing::TcpExchange(port, request, v6);
+}
+
+// A connection to 127.0.0.1:port that sends nothing yet; -1 if refused.
+int Connect(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
 }
 
 std::string Get(int port, const std::string& path, bool v6 = false) {
@@ -95,6 +110,30 @@ TEST_F(MetricsHttpTest, AnswersEveryOtherRequestWithAnErrorAndKeepsServing) {
               HasSubstr("Allow: GET, HEAD\r\n"));
 }
 
+// New-user trial: 64 clients trickling header bytes held every connection and kept
+// scrapes out. One client address may hold at most kMaxConnectionsPerAddress.
+TEST_F(MetricsHttpTest, OneAddressHoldsAtMostItsShareOfConnections) {
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
+      MetricsHttpServer::Start("127.0.0.1:0", registry_);
+  ASSERT_TRUE(http.ok()) << http.status();
+  const int port = (*http)->port();
+  std::vector<int> held;
+  for (unsigned i = 0; i < MetricsHttpServer::kMaxConnectionsPerAddress; ++i) {
+    const int fd = Connect(port);
+    ASSERT_GE(fd, 0);
+    (void)!write(fd, "GET /metrics HTTP/1.1\r\n", 24);  // a request still arriving
+    held.push_back(fd);
+  }
+  EXPECT_EQ(Get(port, "/metrics"), "");  // one more from the same address: closed
+  for (int fd : held) close(fd);
+  std::string resp;
+  for (int i = 0; i < 200 && resp.empty(); ++i) {  // until the server has seen the closes
+    resp = Get(port, "/metrics");
+    if (resp.empty()) usleep(10000);
+  }
+  EXPECT_THAT(resp, HasSubstr("\ntest_scrapes_total 7\n"));
+}
+
 TEST_F(MetricsHttpTest, ServesAnIpv6Address) {
   int probe = socket(AF_INET6, SOCK_STREAM, 0);
   sockaddr_in6 addr{};
@@ -131,12 +170,8 @@ TEST_F(MetricsHttpTest, StopsWithAnIdleConnectionOpen) {
       MetricsHttpServer::Start("127.0.0.1:0", registry_);
   ASSERT_TRUE(http.ok()) << http.status();
   const int port = (*http)->port();
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const int fd = Connect(port);
+  ASSERT_GE(fd, 0);
   http->reset();  // must not wait for the idle client (kIdleTimeoutSeconds)
   char c;
   EXPECT_LE(read(fd, &c, 1), 0);  // closed (or reset) by the server
