@@ -257,8 +257,9 @@ TEST_F(ServerTest, ColdPullsIntoReusedMemoryEqualTheOfflineDecode) {
   }
   EXPECT_GT(MetricValue(server_->MetricsText(), "deltaserve_cache_evictions_total "), 0);
   // Each model's tensors evict the other's, of the same shapes: their buffers are taken
-  // over whole (or come back through the pool).
-  EXPECT_GT(pool.handed_over(), handed_over);
+  // over whole or come back through the pool. Which of the two depends on timing (a
+  // buffer a stream still holds when its tensor is evicted returns through the pool
+  // later): CI of 8b2dc7a saw 0 take-overs once, so only their sum is asserted.
   EXPECT_GE(pool.handed_over() - handed_over + pool.reused() - reused, 8u);
 }
 
