@@ -78,8 +78,14 @@ absl::Status DeltaClient::PullWeightsToSink(const std::string& task, WeightsSink
       checker.ContinueFrom(*previous);
       previous.reset();
     }
-    absl::Status s = RunStreamWeightsCall(*impl_, impl_->stub.get(), request, options.pull,
-                                          nullptr, &checker, deadline);
+    // gRPC keeps deadlines in whole milliseconds, rounded up, and a call that ends
+    // before its deadline timer fires succeeds: a call is never begun past the deadline.
+    absl::Status s =
+        absl::Now() >= deadline
+            ? absl::DeadlineExceededError(absl::StrFormat(
+                  "%s: deadline of %g s exceeded", label, absl::ToDoubleSeconds(options.deadline)))
+            : RunStreamWeightsCall(*impl_, impl_->stub.get(), request, options.pull, nullptr,
+                                   &checker, deadline);
     stats->tensors = resume.tensors();
     stats->bytes = resume.bytes();
     if (stats->first_tensor_seconds == 0) {

@@ -353,6 +353,24 @@ TEST_F(ClientTest, PullWeightsToSinkRetriesAreBoundedAndReplacedTasksAborted) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("one stream")));
 }
 
+// A deadline shorter than gRPC's millisecond timer (python_client_errors on CI: a 1 us
+// stream_timeout pulled the whole task, the call ending before its timer fired): no
+// call is begun past the deadline, and nothing reaches the sink.
+TEST_F(ClientTest, PullWeightsToSinkBeginsNoCallPastItsDeadline) {
+  PulledModel model;
+  MemorySink sink(&model);
+  SinkPullOptions options;
+  options.deadline = absl::Nanoseconds(1);
+  PullStats stats;
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_THAT(client_->PullWeightsToSink("chat", &sink, options, &stats),
+                StatusIs(absl::StatusCode::kDeadlineExceeded,
+                         HasSubstr("StreamWeights 'chat': deadline of 1e-09 s exceeded")));
+    EXPECT_EQ(stats.tensors, 0u);
+  }
+  EXPECT_TRUE(model.tensors.empty());
+}
+
 // A server gone for good after the first tensor: every retry waits reconnect_timeout in
 // turn (a wait that ends without the server uses the next retry), so the pull gives up
 // after retries x reconnect_timeout, not after the first wait, and says so (new-user
