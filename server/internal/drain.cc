@@ -41,6 +41,7 @@ class CountingFactory final : public grpc::experimental::ServerInterceptorFactor
 void DrainGate::Enter() {
   absl::MutexLock lock(&mu_);
   ++calls_;
+  ++begun_;
 }
 
 void DrainGate::Exit() {
@@ -51,6 +52,11 @@ void DrainGate::Exit() {
 int64_t DrainGate::in_progress() const {
   absl::MutexLock lock(&mu_);
   return calls_;
+}
+
+int64_t DrainGate::begun() const {
+  absl::MutexLock lock(&mu_);
+  return begun_;
 }
 
 int64_t DrainGate::WaitIdle(absl::Time deadline) {

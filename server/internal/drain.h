@@ -28,6 +28,8 @@ class DrainGate {
   // number of calls still in progress.
   int64_t WaitIdle(absl::Time deadline);
   int64_t in_progress() const;
+  // Calls begun since the gate was made (counted calls only; never decreases).
+  int64_t begun() const;
 
   // An interceptor factory for grpc::ServerBuilder::experimental().SetInterceptorCreators
   // counting every call whose method name starts with `service_prefix`
@@ -42,6 +44,7 @@ class DrainGate {
   std::atomic<bool> draining_{false};
   mutable absl::Mutex mu_;
   int64_t calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t begun_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace deltaserve::server::internal

@@ -5,10 +5,11 @@ deltaserved with a 64 MiB cache serves the real faceres pair (../shared/models: 
 faceres, task faceres-deep, 14 MB of merged F32 weights). VmRSS (/proc/PID/status) is
 read idle (task pushed, nothing pulled), sampled every 20 ms while 64 StreamWeights
 calls run at once (64 threads, one channel each: every stream takes its first message,
-then all of them read the rest together), and read again 3 s after the last one
-finished. Asserts that every stream delivered every byte and that RSS after the load is
-within 64 MiB (the cache budget, which may legitimately stay full) of idle. Prints the
-three figures.
+then all of them read the rest together), and read again after the last one finished
+until it is back (at most 30 s: the daemon trims at its first housekeeping round with
+no call in progress). Asserts that every stream delivered every byte and that RSS after the load
+returns to within 64 MiB (the cache budget, which may legitimately stay full) of idle.
+Prints the three figures.
 """
 import os
 import subprocess
@@ -58,12 +59,11 @@ with tempfile.TemporaryDirectory(prefix="faults-memory-") as tmp:
     d.run([deltactl, "compress", "--codec", "dct", "--base", base, "--finetuned", ft,
            "--out", container],
           env=d.clean_env(), what="deltactl compress")
-    port = d.free_port()
-    addr = f"127.0.0.1:{port}"
     daemon = d.Daemon([deltaserved, "--base", base, "--db", os.path.join(tmp, "db"),
-                       "--listen", addr, "--metrics-listen", "", "--workers", "2",
+                       "--listen", "127.0.0.1:0", "--metrics-listen", "", "--workers", "2",
                        "--cache-bytes", str(CACHE), "--drain-seconds", "2"],
                       os.path.join(tmp, "daemon.log"), env=d.clean_env())
+    addr = f"127.0.0.1:{d.serving_ports(daemon)[0]}"
 
     def ctl(*args):
         return [deltactl, args[0], "--server", addr, *args[1:]]
@@ -107,10 +107,16 @@ with tempfile.TemporaryDirectory(prefix="faults-memory-") as tmp:
     d.check(not errors, f"{len(errors)}/{PULLS} streams failed, e.g. {errors[:1]}")
     d.check(len(set(received)) == 1 and received[0] > 13 << 20,
             f"streams received different byte counts: {sorted(set(received))}")
-    time.sleep(3)  # the daemon trims once no call is in progress (1 s housekeeping tick)
+    # The daemon trims at its first housekeeping round (1 s) with no call in progress;
+    # a loaded machine may run it late: wait for it (30 s only bounds a failure).
+    t_end = time.monotonic()
     after = rss_bytes(daemon.pid)
+    while after - idle > CACHE and time.monotonic() - t_end < 30:
+        time.sleep(0.1)
+        after = rss_bytes(daemon.pid)
     d.log(f"VmRSS idle {mib(idle)}, peak {mib(peak)} under {PULLS} concurrent pulls "
-          f"({secs:.1f} s), {mib(after)} 3 s after (cache budget {mib(CACHE)})")
+          f"({secs:.1f} s), {mib(after)} {time.monotonic() - t_end:.1f} s after "
+          f"(cache budget {mib(CACHE)})")
     d.check(after - idle <= CACHE,
             f"RSS after the load {mib(after)} is more than the cache budget above idle {mib(idle)}")
     code = daemon.terminate(20)

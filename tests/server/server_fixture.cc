@@ -175,7 +175,7 @@ std::unique_ptr<v1::DeltaService::Stub> ServerTest::SmallWindowStub() {
 }
 
 bool ServerTest::WaitForMetric(const std::string& prefix, double value) const {
-  for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
+  for (absl::Time end = absl::Now() + absl::Seconds(30); absl::Now() < end;) {
     if (MetricValue(server_->MetricsText(), prefix) == value) return true;
     absl::SleepFor(absl::Milliseconds(10));
   }

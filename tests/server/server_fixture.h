@@ -77,10 +77,11 @@ class ServerTest : public ::testing::Test {
   static absl::StatusCode Code(const grpc::Status& s) {
     return static_cast<absl::StatusCode>(s.error_code());
   }
-  // Waits (up to 10 s) until the sample line starting with `prefix` reads `value`;
-  // false if it never did.
+  // Waits (up to 30 s: a gauge is published by the housekeeping thread once a second,
+  // late on a loaded machine) until the sample line starting with `prefix` reads
+  // `value`; false if it never did.
   bool WaitForMetric(const std::string& prefix, double value) const;
-  // Waits (up to 10 s) until deltaserve_streams_in_flight is 0; returns the metrics text.
+  // Waits (up to 30 s) until deltaserve_streams_in_flight is 0; returns the metrics text.
   std::string WaitForStreamsDone() const;
 
   // One unary call of `method` ("/pkg.Service/Method") with serialized `request` bytes

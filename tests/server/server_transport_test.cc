@@ -82,14 +82,21 @@ TEST_F(ServerTest, DrainAnswersNotServingAndRefusesNewCalls) {
     server_->Shutdown(absl::Seconds(20));
     stopped.Notify();
   });
+  // Health turns NOT_SERVING once the drain has begun (new calls are refused from then
+  // on: Server::Shutdown); the stopper thread may start late on a loaded machine.
+  std::string health;
+  grpc::Status health_status;
+  for (absl::Time end = absl::Now() + absl::Seconds(30); absl::Now() < end;) {
+    health_status = GenericCall(target(), "/grpc.health.v1.Health/Check",
+                                HealthRequest("deltaserve.v1.DeltaService"), &health);
+    if (!health_status.ok() || health != std::string("\x08\x01", 2)) break;  // not SERVING
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_TRUE(health_status.ok()) << health_status.error_message();
+  EXPECT_EQ(health, std::string("\x08\x02", 2));  // HealthCheckResponse{NOT_SERVING}
   // The upload in progress holds the drain open.
   absl::SleepFor(absl::Milliseconds(300));
   EXPECT_FALSE(stopped.HasBeenNotified());
-  std::string health;
-  grpc::Status health_status = GenericCall(target(), "/grpc.health.v1.Health/Check",
-                                           HealthRequest("deltaserve.v1.DeltaService"), &health);
-  EXPECT_TRUE(health_status.ok()) << health_status.error_message();
-  EXPECT_EQ(health, std::string("\x08\x02", 2));  // HealthCheckResponse{NOT_SERVING}
   {
     grpc::ClientContext ctx;
     v1::BaseInfo info;
@@ -102,7 +109,7 @@ TEST_F(ServerTest, DrainAnswersNotServingAndRefusesNewCalls) {
   ASSERT_TRUE(writer->WritesDone());
   EXPECT_TRUE(writer->Finish().ok());
   EXPECT_EQ(put_resp.task().name(), "d");
-  EXPECT_TRUE(stopped.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(stopped.WaitForNotificationWithTimeout(absl::Seconds(30)));
   stopper.join();
   const std::string text = server_->MetricsText();
   EXPECT_EQ(MetricValue(text, "deltaserve_requests_total{code=\"OK\",method=\"PutDelta\"} "), 1);
@@ -135,14 +142,17 @@ TEST_F(ServerTest, ClientDeadlineIsCountedAsDeadlineExceeded) {
   ASSERT_THAT(Client()->PushDeltaFile("t", MakeContainer("t", 5)).status(), IsOk());
   auto stub = SmallWindowStub();
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  // Long enough for the first message to come before it on a loaded machine (500 ms
+  // was not: a new connection and the first tensor's decode).
+  const absl::Time deadline = absl::Now() + absl::Seconds(2);
+  ctx.set_deadline(absl::ToChronoTime(deadline));
   v1::StreamWeightsRequest req;
   req.set_task("t");
   req.set_chunk_bytes(4096);
   auto reader = stub->StreamWeights(&ctx, req);
   v1::StreamWeightsResponse msg;
   ASSERT_TRUE(reader->Read(&msg));
-  absl::SleepFor(absl::Seconds(1));  // a reader that stalls past its deadline
+  absl::SleepFor(deadline + absl::Milliseconds(500) - absl::Now());  // a reader that stalls past it
   while (reader->Read(&msg)) {
   }
   EXPECT_EQ(Code(reader->Finish()), absl::StatusCode::kDeadlineExceeded);
