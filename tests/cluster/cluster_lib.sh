@@ -34,10 +34,15 @@ cluster_have_packages() {
   }
 }
 
-# A free TCP port on 127.0.0.1 (bound and released: another process could take it
-# before we do, which only makes a start fail, never a test pass wrongly).
+CLUSTER_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# A free TCP port on 127.0.0.1, drawn outside the kernel's ephemeral range
+# (tests/deploy/deploy_lib.py free_port): a port bound to 0 and released could be given
+# to a parallel test's outgoing connection before a slow server (Swift takes seconds to
+# start) binds it, and the start failed.
 cluster_free_port() {
-  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  /usr/bin/python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import deploy_lib; print(deploy_lib.free_port())' \
+    "$CLUSTER_LIB_DIR/../deploy"
 }
 
 # Waits until `cmd...` succeeds, up to $1 seconds. 1 on timeout.

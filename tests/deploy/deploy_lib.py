@@ -70,14 +70,46 @@ def need_tool(name):
     return path
 
 
+def _ephemeral_range():
+    """(low, high) of the ports the kernel picks itself (port 0, outgoing connections)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+            return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port():
-    """A port that was free a moment ago. Racy: any process (an outgoing connection's
-    local port included) may take it before the caller binds it, which fails that start.
-    For deltaserved, listen on port 0 and read the ports with serving_ports() instead;
-    this is for tools that cannot tell which port they picked (Prometheus)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 that was free a moment ago, drawn at random outside the
+    kernel's ephemeral range: no port-0 listener and no outgoing connection (of this
+    test or a parallel one) can be given it before the caller binds it, as could happen
+    to a port bound to 0 and released (a start then failed "address in use"). For
+    deltaserved, listen on port 0 and read the ports with serving_ports() instead; this
+    is for tools that cannot tell which port they picked (Prometheus, Swift, etcd)."""
+    import random
+    low, high = _ephemeral_range()
+    candidates = [(10000, low - 1), (high + 1, 65535)]
+    candidates = [(a, b) for a, b in candidates if b >= a]
+    if not candidates:  # the whole range is ephemeral: the racy way is the only one
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    sizes = [b - a + 1 for a, b in candidates]
+    for _ in range(200):
+        k = random.randrange(sum(sizes))
+        for (a, _), n in zip(candidates, sizes):
+            if k < n:
+                port = a + k
+                break
+            k -= n
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use
+            return port
+    fail("no free port outside the ephemeral range after 200 draws")
 
 
 def http_get(url, timeout=5.0):
@@ -110,10 +142,12 @@ def wait_until(pred, timeout, what, proc=None, interval=0.2):
 def serving_ports(daemon, timeout=60):
     """(gRPC port, metrics port) of a deltaserved started with port 0 (and --metrics-listen
     on port 0 or off: metrics port 0), from its "serving ... port=N metrics_port=M" log
-    line, which it prints once it listens on both. Fails after `timeout` s or if the
-    daemon exits first."""
+    line (or its --log-format json form), which it prints once it listens on both. Fails
+    after `timeout` s or if the daemon exits first."""
     def ports():
-        m = re.search(r"\bserving\b.*\bport=(\d+).*\bmetrics_port=(\d+)", daemon.log_text())
+        text = daemon.log_text()
+        m = (re.search(r"\bserving\b.*\bport=(\d+).*\bmetrics_port=(\d+)", text) or
+             re.search(r'"msg":"serving".*"port":"(\d+)".*"metrics_port":"(\d+)"', text))
         return (int(m.group(1)), int(m.group(2))) if m else None
     return wait_until(ports, timeout, "deltaserved's 'serving' log line", daemon)
 

@@ -48,17 +48,15 @@ with tempfile.TemporaryDirectory(prefix="deploy-entrypoint-") as tmp:
         d.check(os.path.exists(example), f"no example for secret {name} ({example})")
         shutil.copy(example, os.path.join(secrets_dir, name))
         mapping[s.get("target") or f"/run/secrets/{name}"] = os.path.join(secrets_dir, name)
-    grpc_port, metrics_port = d.free_port(), d.free_port()
     env_map = {}
     for k, v in compose_env.items():
         for target in sorted(mapping, key=len, reverse=True):
             if v == target or v.startswith(target + "/"):
                 v = mapping[target] + v[len(target):]
                 break
-        if k == "DELTASERVE_LISTEN":
-            v = v.rsplit(":", 1)[0] + f":{grpc_port}"
-        if k == "DELTASERVE_METRICS_LISTEN":
-            v = v.rsplit(":", 1)[0] + f":{metrics_port}"
+        # Port 0: the daemon binds free ports itself and logs them (serving_ports).
+        if k in ("DELTASERVE_LISTEN", "DELTASERVE_METRICS_LISTEN"):
+            v = v.rsplit(":", 1)[0] + ":0"
         env_map[k] = v
     # The base model the compose file expects, in the models volume.
     base_host = env_map["DELTASERVE_BASE"]
@@ -70,12 +68,16 @@ with tempfile.TemporaryDirectory(prefix="deploy-entrypoint-") as tmp:
 
     # --- 1. the real daemon through the entrypoint
     dm = d.Daemon([entrypoint], os.path.join(tmp, "entrypoint.log"), env=env)
+    grpc_port, metrics_port = d.serving_ports(dm)
     addr = f"127.0.0.1:{grpc_port}"
     d.wait_until(lambda: d.healthcheck(addr, env)[0] == 0, 30, "compose health check SERVING", dm)
     rc, out = d.healthcheck(addr, env, "deltaserve.v1.DeltaService")
     d.check(rc == 0, f"health of deltaserve.v1.DeltaService: {out}")
-    # The compose health check runs the command with the container's environment, no args.
-    r = subprocess.run([os.path.join(d.DOCKER_DIR, "healthcheck.sh")], env=env, capture_output=True, text=True)
+    # The compose health check runs the command with the container's environment, no args
+    # (the listen address with the port the daemon picked for the compose file's).
+    listen = env_map["DELTASERVE_LISTEN"].rsplit(":", 1)[0] + f":{grpc_port}"
+    r = subprocess.run([os.path.join(d.DOCKER_DIR, "healthcheck.sh")], env=dict(env, DELTASERVE_LISTEN=listen),
+                       capture_output=True, text=True)
     d.check(r.returncode == 0 and "SERVING" in r.stdout, f"healthcheck without args: {r.stdout}{r.stderr}")
     d.log("health: " + r.stdout.strip())
     args = exec_line(dm.log_text())

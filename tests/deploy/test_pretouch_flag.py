@@ -32,11 +32,12 @@ def write_base(path):
 
 def run_daemon(tmp, name, base, flags, env_extra):
     """Starts deltaserved, waits for SERVING; returns (serving line, pretouch lines, metric)."""
-    addr, metrics_port = f"127.0.0.1:{d.free_port()}", d.free_port()
     daemon = d.Daemon([deltaserved, "--base", base, "--db", os.path.join(tmp, name), "--listen",
-                       addr, "--metrics-listen", f"127.0.0.1:{metrics_port}", "--drain-seconds",
+                       "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--drain-seconds",
                        "1"] + flags, os.path.join(tmp, name + ".log"), env=d.clean_env(env_extra))
     try:
+        port, metrics_port = d.serving_ports(daemon)
+        addr = f"127.0.0.1:{port}"
         d.wait_until(lambda: d.healthcheck(addr)[0] == 0, 30, f"deltaserved on {addr}", daemon)
         serving = [l for l in daemon.log_text().splitlines() if " serving " in l]
         d.check(serving, f"no serving line:\n{daemon.log_text()}")

@@ -41,10 +41,9 @@ def ctl(ds, args, timeout=20):
 
 
 def start(tmp, name, base, tls):
-    port, mport = d.free_port(), d.free_port()
     argv = ["bash", "-c", f'ulimit -n {NOFILE} && exec "$0" "$@"', deltaserved,
             "--base", base, "--db", os.path.join(tmp, name + "-db"),
-            "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{mport}",
+            "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
             "--config", d.EXAMPLE_CONFIG, "--workers", "2", "--drain-seconds", "2"]
     tls_flags = []
     if tls:
@@ -56,6 +55,7 @@ def start(tmp, name, base, tls):
         argv += ["--tls-cert", cert, "--tls-key", key]
         tls_flags = ["--tls-ca", cert]
     daemon = d.Daemon(argv, os.path.join(tmp, name + ".log"), env=d.clean_env())
+    port, mport = d.serving_ports(daemon)
     ds = {"addr": f"127.0.0.1:{port}", "port": port, "mport": mport, "tls": tls_flags,
           "daemon": daemon}
     d.wait_until(lambda: ctl(ds, ["list"]).returncode == 0, 30, f"{name} answers", daemon)

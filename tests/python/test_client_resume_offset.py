@@ -1,5 +1,5 @@
 """python_client_resume_offset: a stream cut midway through a tensor when the daemon is
-killed (SIGKILL) and started again on the same port and database resumes at the byte
+killed (SIGKILL) and started again on the same database resumes at the byte
 where it stopped (StreamWeightsRequest.resume_from_index = that tensor,
 resume_from_offset = the bytes received): the bytes already received stay
 (StreamStats.kept_bytes > 0: not fetched again), the whole tensor's checksum is checked,
@@ -42,8 +42,7 @@ with tempfile.TemporaryDirectory(prefix="py-resume-offset-") as tmp:
     base, ft, _ = ld.model_pair(tmp, SHAPES)
     delta = ld.compress(tmp, base, ft)
     daemon = ld.LiveDaemon(tmp, base)
-    port = daemon.port
-    proxy = ld.StallingProxy(port)
+    proxy = ld.StallingProxy(daemon.port)
     c = Client(proxy.addr, timeout=20, stream_timeout=120, reconnect_timeout=20)
     c.push("big", delta)
     ref_path = f"{tmp}/ref.safetensors"
@@ -65,10 +64,13 @@ with tempfile.TemporaryDirectory(prefix="py-resume-offset-") as tmp:
                     return
                 daemon.kill()
                 restarts[0] += 1
-                daemon = ld.LiveDaemon(tmp, base, port=port, name=f"deltaserved-{restarts[0]}")
+                # On a port of its own choosing (the killed one's, once free, could be
+                # taken meanwhile): the proxy forwards new connections there.
+                daemon = ld.LiveDaemon(tmp, base, name=f"deltaserved-{restarts[0]}")
+                proxy.target_port = daemon.port
                 drained = ld.wait_until_blocked(timeout=60)
                 d.log(f"stream stalled at byte {CUT_AT}: killed deltaserved, restarted it on "
-                      f"port {port}; reader blocked after "
+                      f"port {daemon.port}; reader blocked after "
                       f"{'(timed out)' if drained is None else f'{drained:.2f} s'}; "
                       "the proxy drops the connection")
             except BaseException as e:  # noqa: B036 (SystemExit from d.fail included)
