@@ -87,6 +87,7 @@ TEST_F(ServerTest, DrainAnswersNotServingAndRefusesNewCalls) {
   std::string health;
   grpc::Status health_status;
   for (absl::Time end = absl::Now() + absl::Seconds(30); absl::Now() < end;) {
+    health.clear();
     health_status = GenericCall(target(), "/grpc.health.v1.Health/Check",
                                 HealthRequest("deltaserve.v1.DeltaService"), &health);
     if (!health_status.ok() || health != std::string("\x08\x01", 2)) break;  // not SERVING
