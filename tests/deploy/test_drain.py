@@ -1,18 +1,21 @@
 """deploy_drain: what `docker stop` / a pod termination does to a running stream. deltaserved
 runs through docker/entrypoint.sh (drain deadline 20 s, below compose's stop_grace_period
 and the pod's terminationGracePeriodSeconds). A `deltactl pull` of a 48 MiB task is
-stopped (SIGSTOP: a client that stops reading, so the stream is held by HTTP/2 flow
-control) and SIGTERM comes while the stream is in flight. Asserts: the health check fails
-at once (NOT_SERVING or refused: Kubernetes readiness drops the pod, Docker marks it
+paused after 1 MiB (it reads through a proxy that stops forwarding: a client that stops
+reading, so the stream is held by flow control) and SIGTERM comes while the stream is in
+flight. Asserts: the health check fails
+once the daemon has the signal (NOT_SERVING or refused: Kubernetes readiness drops the pod, Docker marks it
 unhealthy), the client, continued 3 s later, still receives every tensor with verified
 checksums, and the daemon exits 0 once the stream is done, before the drain deadline.
 (curl as a gRPC client is not used here: curl 7.88 ends such a stream after the server's
 GOAWAY without the trailers.)"""
 import os
 import signal
+import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 
 import deploy_lib as d
@@ -42,6 +45,55 @@ def write_np_safetensors(path, tensors):
             f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())
 
 
+class PausingProxy:
+    """127.0.0.1:<port> forwarding to 127.0.0.1:`target_port`; on each connection the
+    bytes from the server stop after `after` of them (paused is set) until resume()."""
+
+    def __init__(self, target_port, after):
+        self.target_port, self.after = target_port, after
+        self.paused, self._go = threading.Event(), threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def resume(self):
+        self._go.set()
+
+    def _accept(self):
+        while True:
+            client, _ = self._listener.accept()
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            for args in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pump, args=args, daemon=True).start()
+
+    def _pump(self, src, dst, from_server):
+        sent = 0
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                if from_server and not self._go.is_set() and sent + len(data) >= self.after:
+                    head, data = data[:self.after - sent], data[self.after - sent:]
+                    dst.sendall(head)
+                    sent += len(head)
+                    self.paused.set()
+                    self._go.wait()
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 with tempfile.TemporaryDirectory(prefix="deploy-drain-") as tmp:
     rng = np.random.default_rng(3)
     base = {f"layers.{i}.weight": rng.normal(0, 0.05, (ROWS, COLS)).astype(np.float32) for i in range(N)}
@@ -68,18 +120,23 @@ with tempfile.TemporaryDirectory(prefix="deploy-drain-") as tmp:
           env=d.clean_env(), what="deltactl push")
 
     out = os.path.join(tmp, "pulled.safetensors")
-    client = subprocess.Popen([deltactl, "pull", "--server", addr, "--token", d.ACME_TOKEN, "--task", "drain",
-                               "--out", out], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    # The client reads through a proxy that stops forwarding after 1 MiB: a reader that
+    # stops reading with its stream in flight, whatever the machine's speed (a stopped
+    # client, SIGSTOP once the stream showed in the metrics, could finish first on a
+    # fast machine).
+    proxy = PausingProxy(port, 1 << 20)
+    client = subprocess.Popen([deltactl, "pull", "--server", f"127.0.0.1:{proxy.port}", "--token",
+                               d.ACME_TOKEN, "--task", "drain", "--out", out],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=d.clean_env())
     d.kill_at_exit(client)
+    d.wait_until(proxy.paused.is_set, 30, "the stream paused at 1 MiB", dm, interval=0.05)
 
     def in_flight():
         status, text = d.http_get(f"http://127.0.0.1:{mport}/metrics")
         return d.sample_values(text, "deltaserve_streams_in_flight").get("", 0) >= 1 if status == 200 else False
-    d.wait_until(in_flight, 10, "the slow stream in flight", dm, interval=0.05)
-    os.kill(client.pid, signal.SIGSTOP)
-    time.sleep(0.5)
-    d.check(client.poll() is None, "the client finished before SIGTERM; the test needs a longer stream")
+    d.check(in_flight(), "no stream in flight while the client's stream is paused")
+    d.check(client.poll() is None, "the client finished before SIGTERM")
     t_term = time.monotonic()
     dm.proc.send_signal(signal.SIGTERM)
     # As soon as the daemon has taken the signal (a loaded machine may run its handler a
@@ -94,7 +151,7 @@ with tempfile.TemporaryDirectory(prefix="deploy-drain-") as tmp:
     d.log(f"during drain: {checks[-1][1]} ({len(checks)} checks)")
     time.sleep(3)
     d.check(dm.poll() is None, "the daemon exited while a stream was still in flight")
-    os.kill(client.pid, signal.SIGCONT)
+    proxy.resume()
     client.wait(timeout=DRAIN + 15)
     t_client = time.monotonic()
     try:
@@ -111,4 +168,4 @@ with tempfile.TemporaryDirectory(prefix="deploy-drain-") as tmp:
     d.check(got == want, f"pulled {got} tensor bytes, want {want}")
     d.check(code == 0, f"exit code {code} after the drain\n{dm.log_text()}")
     d.check(t_exit - t_term < DRAIN, "the daemon waited for the drain deadline though the stream had ended")
-    d.log("PASS: SIGTERM drained a running stream to completion, health failed at once, exit 0")
+    d.log("PASS: SIGTERM drained a running stream to completion, health failed while draining, exit 0")
