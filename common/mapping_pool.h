@@ -36,7 +36,9 @@
 //   faulted in at once by one madvise(MADV_POPULATE_WRITE) (Linux 5.14+; an older kernel
 //   refuses it, and the pages fault in on first write as with kFaultOnWrite). PreTouch
 //   populates in slices of kPreTouchSliceBytes and writes one byte a page where the
-//   kernel refuses MADV_POPULATE_WRITE.
+//   kernel refuses MADV_POPULATE_WRITE. Not mmap(MAP_POPULATE): for a private writable
+//   mapping the kernel does the same write faults after the mmap, but in one go that
+//   cannot be sliced or stopped, and it says nothing when it cannot (not measured apart).
 // - Contents. Memory from Map is uninitialised: a reused mapping holds its last user's
 //   bytes; a fresh or pre-touched one is zeros.
 // - Errors. Map returns null when the kernel refuses a mapping (nothing is counted);
