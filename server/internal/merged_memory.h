@@ -50,7 +50,11 @@ inline constexpr size_t kMergedPoolBytes = size_t{128} << 20;
 // The mappings of merged tensor buffers (MergedBufferAllocator, tensor_cache.h): a
 // common::MappingPool (exact page-rounded sizes, fresh pages faulted in by the merge's
 // own writes, an allowance for --pretouch-cache), plus the count of buffers that never
-// reached it because a new tensor took one over whole. Thread-safe.
+// reached it because a new tensor took one over whole. In the pool's terms: the
+// allowance A is the cache budget, and the handed-out bytes H are every merged buffer of
+// pool size alive (the cache's, and those streams or loads hold; Server::Memory::
+// merged_live_bytes), so an empty cache may hold all of A pre-touched and the pool
+// shrinks back to kMergedPoolBytes as the cache fills. Thread-safe.
 class MergedMemoryPool final : public common::MappingPool {
  public:
   explicit MergedMemoryPool(size_t max_kept_bytes) : MappingPool(max_kept_bytes) {}
