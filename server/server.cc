@@ -20,6 +20,7 @@
 #include "codec/safetensors.h"
 #include "common/address.h"
 #include "common/file.h"
+#include "common/mapping_pool.h"
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -533,8 +534,9 @@ std::string Server::MetricsText() const {
 Server::Memory Server::MemoryUsage() const {
   Memory m;
   m.cache_bytes = impl_->cache->bytes();
-  m.merged_live_bytes = internal::MergedMemoryPool::Process().live_bytes();
-  m.merged_kept_bytes = internal::MergedMemoryPool::Process().cached_bytes();
+  const common::MappingPool::Stats merged = internal::MergedMemoryPool::Process().stats();
+  m.merged_live_bytes = merged.handed_out_bytes;
+  m.merged_kept_bytes = merged.kept_bytes;
   if (impl_->upload_buffers) m.upload_kept_bytes = impl_->upload_buffers->cached_bytes();
   m.store = impl_->store->MemoryUsage();
   return m;
@@ -559,9 +561,18 @@ Server::PretouchStats Server::pretouch_stats() const {
 
 MergedMemoryStats ProcessMergedMemoryStats() {
   const internal::MergedMemoryPool& pool = internal::MergedMemoryPool::Process();
-  return {pool.handed_over(),      pool.reused(),           pool.mapped(),
-          pool.cached_bytes(),     internal::kMergedPoolBytes, pool.pretouched_taken(),
-          pool.pretouched_bytes(), pool.allowance_bytes(),  pool.handed_out_bytes()};
+  const common::MappingPool::Stats s = pool.stats();  // one snapshot
+  MergedMemoryStats m;
+  m.handed_over = pool.handed_over();
+  m.reused = s.reused;
+  m.mapped = s.mapped;
+  m.kept_bytes = s.kept_bytes;
+  m.cap_bytes = pool.max_kept_bytes();
+  m.pretouched_taken = s.pretouched_taken;
+  m.pretouched_bytes = s.pretouched_bytes;
+  m.allowance_bytes = s.allowance_bytes;
+  m.handed_out_bytes = s.handed_out_bytes;
+  return m;
 }
 
 }  // namespace deltaserve::server

@@ -676,7 +676,7 @@ StoreMemory DeltaStore::MemoryUsage() const {
     m.block_cache_bytes += usage;
     m.block_cache_pinned_bytes += pinned;
   }
-  m.block_memory_kept_bytes = h_->block_memory->kept_bytes();
+  m.block_memory_kept_bytes = h_->block_memory->stats().kept_bytes;
   h_->db->GetAggregatedIntProperty(rocksdb::DB::Properties::kCurSizeAllMemTables,
                                    &m.memtable_bytes);
   h_->db->GetAggregatedIntProperty(rocksdb::DB::Properties::kEstimateTableReadersMem,

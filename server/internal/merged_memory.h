@@ -15,7 +15,9 @@
 // there, with no fault and no zero-fill. That is the steady state of a server
 // whose cache is full and whose pulls are cold. The first pull into an empty cache
 // faults every page, unless the server pre-touched memory for it (--pretouch-cache:
-// PreTouch below, driven by server/internal/pretouch.h).
+// MappingPool::PreTouch under an allowance of the cache budget, driven by
+// server/internal/pretouch.h). The pool itself, its limit and its allowance are
+// common::MappingPool (common/mapping_pool.h); this file holds the server's sizes.
 //
 // Not transparent huge pages: on this VM class (Firecracker) a freshly allocated 2 MiB
 // page costs a host-side fault. A cold stream_bench stream with MADV_HUGEPAGE buffers
@@ -30,13 +32,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <map>
-#include <utility>
-#include <vector>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mapping_pool.h"
 
 namespace deltaserve::server::internal {
 
@@ -45,116 +42,34 @@ namespace deltaserve::server::internal {
 // biases) come from malloc.
 inline constexpr size_t kMergedPoolMinBytes = size_t{256} << 10;
 
-// Mappings for merged tensor buffers, and the freed ones kept for reuse: at most
-// `max_cached_bytes` of them (a free that would exceed it unmaps). Kept mappings count
-// in the process's RSS. Reuse is by exact size (rounded up to 4 KiB): a mapping is never
-// handed to a smaller buffer, whose cache entry would then hold memory it does not
-// count. Thread-safe.
-//
-// Pre-touch (deltaserved --pretouch-cache, server/internal/pretouch.h): an allowance of
-// A bytes (AddAllowance, A = the cache budget) lets the pool also keep mappings that
-// PreTouch mapped and faulted in ahead of time, for the first cold tensors of those
-// sizes. The kept bytes (pre-touched, freed, and those being pre-touched) then stay
-// within max_cached_bytes + A - min(H, A), H being the bytes handed out by Map and not
-// yet returned (every merged buffer of pool size alive: the cache's, and those streams
-// or loads hold). So kept + handed-out memory stays within max_cached_bytes + A while H
-// <= A (an empty cache may hold all of A pre-touched), and the pool shrinks back to
-// max_cached_bytes as the cache fills: a Map that finds no mapping of its size unmaps
-// kept ones over the limit. With no allowance the limit is max_cached_bytes, as before.
-class MergedMemoryPool {
- public:
-  explicit MergedMemoryPool(size_t max_cached_bytes) : max_cached_bytes_(max_cached_bytes) {}
-  ~MergedMemoryPool();  // unmaps every kept mapping
-  MergedMemoryPool(const MergedMemoryPool&) = delete;
-  MergedMemoryPool& operator=(const MergedMemoryPool&) = delete;
-
-  // The pool MergedBufferAllocator uses; its cap is kMergedPoolBytes.
-  static MergedMemoryPool& Process();
-
-  // `bytes` (> 0) of uninitialised memory (a reused mapping keeps earlier bytes; a
-  // pre-touched one is zeros): a kept mapping of the same rounded size, else a new one.
-  // Null if the kernel refuses the mapping.
-  void* Map(size_t bytes);
-  // Returns memory from Map(bytes) (the same `bytes`): kept if the limit allows, else
-  // unmapped.
-  void Unmap(void* p, size_t bytes);
-
-  // Raises the limit by `bytes` (see the class comment) and returns the allowance's id
-  // (> 0), for PreTouch and RemoveAllowance.
-  uint64_t AddAllowance(size_t bytes);
-  // Removes allowance `id`: unmaps its pre-touched mappings that no Map took, then kept
-  // mappings over the lowered limit (largest first). A PreTouch of `id` in progress
-  // unmaps its mapping when done. Unknown ids are ignored.
-  void RemoveAllowance(uint64_t id);
-  // Maps `bytes` (> 0, rounded up to 4 KiB), faults in every page
-  // (madvise(MADV_POPULATE_WRITE), Linux 5.14+, in slices of kPreTouchSliceBytes;
-  // writing one byte per page where the kernel refuses that) and keeps it for the next
-  // Map of that size, under allowance `id`. Returns true when kept; false, with nothing
-  // mapped, when the limit has no room for it now (or `id` is unknown). Errors:
-  // Cancelled when `stop` is set (checked between slices; the mapping is unmapped) or
-  // `id` was removed meanwhile; ResourceExhausted when the kernel refuses the mapping.
-  // Blocks for the whole populate (0.3 s per GB on the VM of issue 9); the pool's lock is
-  // held only to reserve and to insert.
-  absl::StatusOr<bool> PreTouch(uint64_t id, size_t bytes, const std::atomic<bool>& stop);
-
-  size_t cached_bytes() const;  // kept now, pre-touched ones included
-  // Pre-touched bytes kept now (no Map took them yet), of every allowance.
-  size_t pretouched_bytes() const;
-  // Bytes handed out by Map and not returned (H above).
-  size_t handed_out_bytes() const;
-  // The same figure by its other name: the mappings of live merged buffers, in the
-  // cache or held by streams (rounded to pages).
-  size_t live_bytes() const { return handed_out_bytes(); }
-  // Sum of the allowances now.
-  size_t allowance_bytes() const;
-  // Maps served from a kept mapping (freed or pre-touched) / by a new mapping / from a
-  // pre-touched mapping, since construction.
-  uint64_t reused() const;
-  uint64_t mapped() const;
-  uint64_t pretouched_taken() const;
-  // Buffers a new tensor took over whole from an evicted one of its size, without a Map
-  // (DecodeMergedTensor counts them here, for the same statistics).
-  void CountHandOver();
-  uint64_t handed_over() const;
-
- private:
-  struct Kept {
-    void* p;
-    uint64_t allowance;  // 0: a freed buffer; else the allowance it was pre-touched under
-  };
-  // The most kept + pending bytes may be now.
-  size_t LimitLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Moves kept mappings (largest first) to *out until kept + pending <= the limit.
-  void TrimLocked(std::vector<std::pair<size_t, void*>>* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Erases a kept mapping (without unmapping it); returns the next one.
-  std::multimap<size_t, Kept>::iterator EraseKeptLocked(std::multimap<size_t, Kept>::iterator it)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-
-  const size_t max_cached_bytes_;
-  mutable absl::Mutex mu_;
-  std::multimap<size_t, Kept> cached_ ABSL_GUARDED_BY(mu_);  // rounded size -> mapping
-  size_t cached_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  size_t pretouched_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // part of cached_bytes_
-  size_t pending_bytes_ ABSL_GUARDED_BY(mu_) = 0;     // reserved by PreTouch calls running
-  size_t handed_out_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  std::map<uint64_t, size_t> allowances_ ABSL_GUARDED_BY(mu_);  // id -> bytes
-  size_t allowance_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t next_allowance_ ABSL_GUARDED_BY(mu_) = 1;
-  uint64_t reused_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t mapped_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t pretouched_taken_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t handed_over_ ABSL_GUARDED_BY(mu_) = 0;
-};
-
-// Bytes PreTouch faults in per madvise call: each call holds the process's mmap lock for
-// reading about 1 ms (0.3 s per GB), so an mmap or munmap of another thread never waits
-// long behind a pre-touch that runs at idle priority.
-inline constexpr size_t kPreTouchSliceBytes = size_t{4} << 20;
-
 // The process pool's cap: the memory of freed merged tensors kept for the next cold
 // ones. It stays within the 256 MiB that issue 9's peak-RSS bound (base mapping + cache
 // budget + 256 MiB) allows beyond the cache.
 inline constexpr size_t kMergedPoolBytes = size_t{128} << 20;
+
+// The mappings of merged tensor buffers (MergedBufferAllocator, tensor_cache.h): a
+// common::MappingPool (exact page-rounded sizes, fresh pages faulted in by the merge's
+// own writes, an allowance for --pretouch-cache), plus the count of buffers that never
+// reached it because a new tensor took one over whole. In the pool's terms: the
+// allowance A is the cache budget, and the handed-out bytes H are every merged buffer of
+// pool size alive (the cache's, and those streams or loads hold; Server::Memory::
+// merged_live_bytes), so an empty cache may hold all of A pre-touched and the pool
+// shrinks back to kMergedPoolBytes as the cache fills. Thread-safe.
+class MergedMemoryPool final : public common::MappingPool {
+ public:
+  explicit MergedMemoryPool(size_t max_kept_bytes) : MappingPool(max_kept_bytes) {}
+
+  // The pool MergedBufferAllocator uses; its cap is kMergedPoolBytes. Never destroyed.
+  static MergedMemoryPool& Process();
+
+  // Buffers a new tensor took over whole from an evicted one of its size, without a Map
+  // (DecodeMergedTensor counts them here, for the same statistics), since construction.
+  void CountHandOver() { handed_over_.fetch_add(1, std::memory_order_relaxed); }
+  uint64_t handed_over() const { return handed_over_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint64_t> handed_over_{0};
+};
 
 }  // namespace deltaserve::server::internal
 

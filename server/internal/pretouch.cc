@@ -18,7 +18,7 @@
 namespace deltaserve::server::internal {
 namespace {
 
-uint64_t RoundToPages(uint64_t bytes) { return (bytes + 4095) / 4096 * 4096; }
+using common::MappingPool;
 
 double ThreadCpuSeconds() {
   timespec ts{};
@@ -42,14 +42,15 @@ PretouchPlan PlanPretouch(const std::vector<codec::TensorInfo>& tensors, uint64_
   PretouchPlan plan;
   for (const codec::TensorInfo& info : tensors) {
     const uint64_t bytes = info.num_bytes();
-    if (bytes < kMergedPoolMinBytes || RoundToPages(bytes) > budget_bytes - plan.bytes) continue;
+    const uint64_t rounded = MappingPool::RoundToPages(bytes);
+    if (bytes < kMergedPoolMinBytes || rounded > budget_bytes - plan.bytes) continue;
     plan.sizes.push_back(bytes);
-    plan.bytes += RoundToPages(bytes);
+    plan.bytes += rounded;
   }
   return plan;
 }
 
-Pretoucher::Pretoucher(MergedMemoryPool* pool, PretouchPlan plan, uint64_t allowance_bytes,
+Pretoucher::Pretoucher(common::MappingPool* pool, PretouchPlan plan, uint64_t allowance_bytes,
                        Metrics* metrics)
     : pool_(pool), metrics_(metrics), allowance_(pool->AddAllowance(allowance_bytes)) {
   if (metrics_ != nullptr) metrics_->RegisterPretouch();
@@ -96,7 +97,7 @@ void Pretoucher::Run(PretouchPlan plan) {
       break;
     }
     absl::MutexLock lock(&mu_);
-    progress_.bytes += RoundToPages(bytes);
+    progress_.bytes += MappingPool::RoundToPages(bytes);
     ++progress_.mappings;
     progress_.seconds = absl::ToDoubleSeconds(absl::Now() - start);
     if (metrics_ != nullptr) metrics_->pretouch_bytes().Set(static_cast<double>(progress_.bytes));

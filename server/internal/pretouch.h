@@ -4,7 +4,7 @@
 // them in costs 0.29-0.31 CPU-s per GB on the 2-core VM of issue 9, about a quarter of
 // the decode workers' time (merged_memory.h). Every task of a server has the base's
 // tensor shapes, so at start the server knows the buffer sizes that pull will need: a
-// background thread maps and faults them in ahead of it (MergedMemoryPool::PreTouch),
+// background thread maps and faults them in ahead of it (common::MappingPool::PreTouch),
 // and each cold tensor then takes a mapping of its size whose pages are there.
 //
 // The thread runs at SCHED_IDLE (nice 19 where the kernel refuses that), starts after
@@ -26,6 +26,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "codec/tensor.h"
+#include "common/mapping_pool.h"
 #include "server/internal/merged_memory.h"
 
 namespace deltaserve::server::internal {
@@ -65,14 +66,14 @@ class Pretoucher {
   // pre-touches plan.sizes in order, then logs "pretouch" (bytes, mappings, seconds,
   // cpu_seconds, end) and sets deltaserve_pretouch_bytes / _seconds (registered here).
   // `pool` (and `metrics`, which may be null) must outlive this object.
-  Pretoucher(MergedMemoryPool* pool, PretouchPlan plan, uint64_t allowance_bytes,
+  Pretoucher(common::MappingPool* pool, PretouchPlan plan, uint64_t allowance_bytes,
              Metrics* metrics);
   // Stop().
   ~Pretoucher();
   Pretoucher(const Pretoucher&) = delete;
   Pretoucher& operator=(const Pretoucher&) = delete;
 
-  // Stops the thread (within one kPreTouchSliceBytes slice) and waits for it, then
+  // Stops the thread (within one common::kPreTouchSliceBytes slice) and waits for it, then
   // removes the allowance: pre-touched memory no Map took is unmapped. Idempotent.
   void Stop();
   PretouchProgress progress() const;
@@ -80,7 +81,7 @@ class Pretoucher {
  private:
   void Run(PretouchPlan plan);
 
-  MergedMemoryPool* const pool_;
+  common::MappingPool* const pool_;
   Metrics* const metrics_;
   const uint64_t allowance_;
   std::atomic<bool> stop_{false};

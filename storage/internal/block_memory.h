@@ -11,8 +11,9 @@
 // arena after the free (136 MiB of free arena memory at the peak of two cold pulls,
 // beyond issue 9's peak-RSS bound).
 //
-// Here a block of at least kMinMappedBlockBytes gets a mapping of its own: a fresh one is
-// populated with one madvise(MADV_POPULATE_WRITE) before RocksDB reads into it (a
+// Here a block of at least kMinMappedBlockBytes gets a mapping of its own from a
+// common::MappingPool (common/mapping_pool.h): a fresh one is populated with one
+// madvise(MADV_POPULATE_WRITE) before RocksDB reads into it (FreshPages::kPopulate: a
 // fraction of the cost of one fault per 4 KiB page; Linux 5.14+, else the read faults
 // as before), and a freed one is kept, up to `max_kept_bytes` in all, for the next block
 // of its size class (sizes rounded up to 8 classes per power of two, so that the record
@@ -23,11 +24,11 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <map>
 #include <unordered_map>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "common/mapping_pool.h"
 #include "rocksdb/memory_allocator.h"
 
 namespace deltaserve::storage {
@@ -40,8 +41,9 @@ inline constexpr size_t kKeptBlockBytes = size_t{32} << 20;
 
 class BlockMemory final : public rocksdb::MemoryAllocator {
  public:
-  explicit BlockMemory(size_t max_kept_bytes) : max_kept_bytes_(max_kept_bytes) {}
-  ~BlockMemory() override;  // unmaps the kept mappings; REQUIRES: every block freed
+  explicit BlockMemory(size_t max_kept_bytes)
+      : pool_(max_kept_bytes, common::MappingPool::FreshPages::kPopulate) {}
+  ~BlockMemory() override = default;  // unmaps the kept mappings; REQUIRES: every block freed
   BlockMemory(const BlockMemory&) = delete;
   BlockMemory& operator=(const BlockMemory&) = delete;
 
@@ -55,20 +57,15 @@ class BlockMemory final : public rocksdb::MemoryAllocator {
   // rounded up to a multiple of a 1/8 of its power of two, and to 4 KiB.
   static size_t MappedBytes(size_t size);
 
-  size_t kept_bytes() const;
-  // Mapped blocks served from a kept mapping / by a new (populated) one, since
-  // construction.
-  uint64_t reused() const;
-  uint64_t mapped() const;
+  // The mapped blocks: kept_bytes (kept now), reused / mapped (blocks served from a kept
+  // mapping / by a new, populated one, since construction), handed_out_bytes (live now).
+  common::MappingPool::Stats stats() const { return pool_.stats(); }
 
  private:
-  const size_t max_kept_bytes_;
+  common::MappingPool pool_;
+  // Deallocate is given no size: each live mapped block's class, by address.
   mutable absl::Mutex mu_;
-  std::unordered_map<void*, size_t> live_ ABSL_GUARDED_BY(mu_);  // mapping -> MappedBytes
-  std::multimap<size_t, void*> kept_ ABSL_GUARDED_BY(mu_);       // MappedBytes -> mapping
-  size_t kept_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t reused_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t mapped_ ABSL_GUARDED_BY(mu_) = 0;
+  std::unordered_map<void*, size_t> live_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace deltaserve::storage

@@ -45,7 +45,7 @@ TEST(PlanPretouchTest, PoolSizedTensorsInOrderWithinTheBudget) {
 }
 
 TEST(PretoucherTest, PreTouchesThePlanAndFreesWhatIsLeftOnStop) {
-  MergedMemoryPool pool(0);
+  common::MappingPool pool(0);
   PretouchPlan plan;
   plan.sizes = {kMiB, 2 * kMiB, kMiB};
   plan.bytes = 4 * kMiB;
@@ -57,20 +57,20 @@ TEST(PretoucherTest, PreTouchesThePlanAndFreesWhatIsLeftOnStop) {
   EXPECT_EQ(done.bytes, 4 * kMiB);
   EXPECT_EQ(done.mappings, 3u);
   EXPECT_GT(done.cpu_seconds, 0);
-  EXPECT_EQ(pool.allowance_bytes(), 8 * kMiB);
-  EXPECT_EQ(pool.pretouched_bytes(), 4 * kMiB);
+  EXPECT_EQ(pool.stats().allowance_bytes, 8 * kMiB);
+  EXPECT_EQ(pool.stats().pretouched_bytes, 4 * kMiB);
   void* taken = pool.Map(2 * kMiB);
-  EXPECT_EQ(pool.pretouched_taken(), 1u);
+  EXPECT_EQ(pool.stats().pretouched_taken, 1u);
   pretoucher.Stop();
-  EXPECT_EQ(pool.allowance_bytes(), 0u);
-  EXPECT_EQ(pool.pretouched_bytes(), 0u);
-  EXPECT_EQ(pool.cached_bytes(), 0u);
+  EXPECT_EQ(pool.stats().allowance_bytes, 0u);
+  EXPECT_EQ(pool.stats().pretouched_bytes, 0u);
+  EXPECT_EQ(pool.stats().kept_bytes, 0u);
   pool.Unmap(taken, 2 * kMiB);
   pretoucher.Stop();  // idempotent
 }
 
 TEST(PretoucherTest, EndsWhenThePoolHasNoRoom) {
-  MergedMemoryPool pool(0);
+  common::MappingPool pool(0);
   PretouchPlan plan;
   plan.sizes = {kMiB, kMiB, kMiB};
   plan.bytes = 3 * kMiB;
@@ -82,7 +82,7 @@ TEST(PretoucherTest, EndsWhenThePoolHasNoRoom) {
 }
 
 TEST(PretoucherTest, StopEndsARunningPreTouch) {
-  MergedMemoryPool pool(0);
+  common::MappingPool pool(0);
   PretouchPlan plan;
   plan.sizes.assign(64, 64 * kMiB);  // 4 GiB: far from done when Stop comes
   plan.bytes = 64 * 64 * kMiB;
@@ -92,8 +92,8 @@ TEST(PretoucherTest, StopEndsARunningPreTouch) {
   EXPECT_FALSE(p.running);
   EXPECT_EQ(p.end, "stopped");
   EXPECT_LT(p.bytes, plan.bytes);
-  EXPECT_EQ(pool.cached_bytes(), 0u);
-  EXPECT_EQ(pool.allowance_bytes(), 0u);
+  EXPECT_EQ(pool.stats().kept_bytes, 0u);
+  EXPECT_EQ(pool.stats().allowance_bytes, 0u);
 }
 
 }  // namespace
@@ -114,7 +114,7 @@ TEST_F(ServerTest, PretouchedServerServesTheOfflineDecode) {
   ServerOptions o = DefaultOptions();
   o.pretouch_cache = true;
   const internal::MergedMemoryPool& pool = internal::MergedMemoryPool::Process();
-  const uint64_t allowance_before = pool.allowance_bytes();
+  const uint64_t allowance_before = pool.stats().allowance_bytes;
   StartServer(o);
   // embed 1280 x 320 F16 (800 KiB); per layer qkv 320 x 960 F16 (600 KiB), up 320 x 640
   // F16 (400 KiB), down 640 x 320 F32 (800 KiB); the 320-weight biases are below 256 KiB.
@@ -130,7 +130,7 @@ TEST_F(ServerTest, PretouchedServerServesTheOfflineDecode) {
   EXPECT_EQ(stats.end, "done");
   EXPECT_EQ(stats.bytes, kWant);
   EXPECT_EQ(stats.mappings, 7u);
-  EXPECT_EQ(pool.allowance_bytes(), allowance_before + o.cache_bytes);
+  EXPECT_EQ(pool.stats().allowance_bytes, allowance_before + o.cache_bytes);
   EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_pretouch_bytes "),
             static_cast<double>(kWant));
   EXPECT_GT(MetricValue(server_->MetricsText(), "deltaserve_pretouch_seconds "), 0);
@@ -138,24 +138,24 @@ TEST_F(ServerTest, PretouchedServerServesTheOfflineDecode) {
   auto client = Client();
   const std::string container = MakeContainer("t", 21);
   ASSERT_THAT(client->PushDeltaFile("t", container).status(), IsOk());
-  const uint64_t taken = pool.pretouched_taken();
+  const uint64_t taken = pool.stats().pretouched_taken;
   const std::string pulled = tmp_.File("t.pulled.safetensors");
   ASSERT_THAT(client->PullWeights("t", pulled).status(), IsOk());
   EXPECT_EQ(ReadFileBytes(pulled), ReadFileBytes(OfflineDecode(container)));
-  EXPECT_EQ(pool.pretouched_taken() - taken, 7u);  // every pool-sized tensor
+  EXPECT_EQ(pool.stats().pretouched_taken - taken, 7u);  // every pool-sized tensor
   StopServer();
-  EXPECT_EQ(pool.allowance_bytes(), allowance_before);
-  EXPECT_LE(pool.cached_bytes(), internal::kMergedPoolBytes);
+  EXPECT_EQ(pool.stats().allowance_bytes, allowance_before);
+  EXPECT_LE(pool.stats().kept_bytes, internal::kMergedPoolBytes);
 }
 
 // Without the flag nothing is pre-touched, no allowance is added, and no pretouch metric
 // is exported.
 TEST_F(ServerTest, NoPretouchWithoutTheFlag) {
   const internal::MergedMemoryPool& pool = internal::MergedMemoryPool::Process();
-  const uint64_t allowance_before = pool.allowance_bytes();
+  const uint64_t allowance_before = pool.stats().allowance_bytes;
   StartServer();
   EXPECT_FALSE(server_->pretouch_stats().enabled);
-  EXPECT_EQ(pool.allowance_bytes(), allowance_before);
+  EXPECT_EQ(pool.stats().allowance_bytes, allowance_before);
   EXPECT_EQ(MetricValue(server_->MetricsText(), "deltaserve_pretouch_bytes "), -1);
 }
 

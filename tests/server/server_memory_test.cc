@@ -3,7 +3,6 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "server/internal/merged_memory.h"
 #include "server/server.h"
 #include "tests/server/server_fixture.h"
 #include "tests/testing/status_matchers.h"
@@ -36,22 +35,6 @@ TEST_F(ServerTest, MemoryUsageCountsTheCacheAndNoPinnedBlocksAfterAPull) {
 TEST(LimitMallocArenasTest, RefusesLessThanOneArena) {
   EXPECT_FALSE(LimitMallocArenas(0));
   EXPECT_FALSE(LimitMallocArenas(-1));
-}
-
-// MergedMemoryPool::live_bytes (Server::Memory::merged_live_bytes): mappings handed out
-// and not yet given back, in whole pages; kept ones count apart.
-TEST(MergedMemoryPoolLiveBytesTest, CountsMappingsHandedOutUntilGivenBack) {
-  internal::MergedMemoryPool pool(size_t{1} << 20);
-  void* a = pool.Map(300000);  // 74 pages
-  EXPECT_EQ(pool.live_bytes(), 303104u);
-  pool.Unmap(a, 300000);  // kept
-  EXPECT_EQ(pool.live_bytes(), 0u);
-  EXPECT_EQ(pool.cached_bytes(), 303104u);
-  void* b = pool.Map(300000);  // the kept one
-  EXPECT_EQ(b, a);
-  EXPECT_EQ(pool.live_bytes(), 303104u);
-  EXPECT_EQ(pool.cached_bytes(), 0u);
-  pool.Unmap(b, 300000);
 }
 
 // glibc takes the server's limit (in a fresh process: the setting is process-wide).

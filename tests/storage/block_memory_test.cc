@@ -26,23 +26,23 @@ TEST(BlockMemoryTest, FreedMappingIsReusedForABlockOfItsClass) {
   auto* a = static_cast<uint8_t*>(memory.Allocate(kMiB + 100));
   ASSERT_NE(a, nullptr);
   std::memset(a, 0xab, kMiB + 100);  // writable throughout
-  EXPECT_EQ(memory.mapped(), 1u);
+  EXPECT_EQ(memory.stats().mapped, 1u);
   memory.Deallocate(a);
-  EXPECT_EQ(memory.kept_bytes(), BlockMemory::MappedBytes(kMiB + 100));
+  EXPECT_EQ(memory.stats().kept_bytes, BlockMemory::MappedBytes(kMiB + 100));
   // Another size of the same class (1 MiB + up to 128 KiB) gets the same mapping, bytes
   // as they were left.
   auto* b = static_cast<uint8_t*>(memory.Allocate(kMiB + 5000));
   EXPECT_EQ(b, a);
   EXPECT_EQ(b[kMiB + 99], 0xab);
-  EXPECT_EQ(memory.reused(), 1u);
-  EXPECT_EQ(memory.kept_bytes(), 0u);
+  EXPECT_EQ(memory.stats().reused, 1u);
+  EXPECT_EQ(memory.stats().kept_bytes, 0u);
   // A larger class maps afresh.
   void* c = memory.Allocate(2 * kMiB);
   EXPECT_NE(c, b);
-  EXPECT_EQ(memory.mapped(), 2u);
+  EXPECT_EQ(memory.stats().mapped, 2u);
   memory.Deallocate(b);
   memory.Deallocate(c);
-  EXPECT_EQ(memory.kept_bytes(), BlockMemory::MappedBytes(kMiB + 100) + 2 * kMiB);
+  EXPECT_EQ(memory.stats().kept_bytes, BlockMemory::MappedBytes(kMiB + 100) + 2 * kMiB);
 }
 
 TEST(BlockMemoryTest, KeepsAtMostItsCap) {
@@ -51,13 +51,13 @@ TEST(BlockMemoryTest, KeepsAtMostItsCap) {
   void* b = memory.Allocate(kMiB);
   memory.Deallocate(a);
   memory.Deallocate(b);  // over the cap: unmapped
-  EXPECT_EQ(memory.kept_bytes(), kMiB);
+  EXPECT_EQ(memory.stats().kept_bytes, kMiB);
   void* again = memory.Allocate(kMiB);
   void* fresh = memory.Allocate(kMiB);
   EXPECT_EQ(again, a);
   EXPECT_NE(fresh, nullptr);
-  EXPECT_EQ(memory.mapped(), 3u);
-  EXPECT_EQ(memory.reused(), 1u);
+  EXPECT_EQ(memory.stats().mapped, 3u);
+  EXPECT_EQ(memory.stats().reused, 1u);
   memory.Deallocate(again);
   memory.Deallocate(fresh);
 }
@@ -69,8 +69,8 @@ TEST(BlockMemoryTest, SmallBlocksComeFromMallocAndAreNotKept) {
   p[kMinMappedBlockBytes - 2] = 7;
   memory.Deallocate(p);
   memory.Deallocate(nullptr);
-  EXPECT_EQ(memory.mapped(), 0u);
-  EXPECT_EQ(memory.kept_bytes(), 0u);
+  EXPECT_EQ(memory.stats().mapped, 0u);
+  EXPECT_EQ(memory.stats().kept_bytes, 0u);
 }
 
 }  // namespace
