@@ -147,6 +147,12 @@ struct PullStats {
   double first_tensor_seconds = 0;  // from the call to the first tensor header
   uint32_t streams = 1;             // parallel streams used (PullOptions::streams)
   uint32_t resumed = 0;             // ranges resumed after a transient failure
+  // Values the server's cast to out_dtype saturated to the dtype's largest finite value
+  // (F16/BF16 only; TensorHeader.saturated_values), summed over the tensors received;
+  // the tensors with any; the name of the first such tensor received ("" if none).
+  uint64_t saturated_values = 0;
+  uint32_t saturated_tensors = 0;
+  std::string first_saturated_tensor;
   std::vector<std::string> side_files;  // PullWeightsToDirectory: side files written
 };
 

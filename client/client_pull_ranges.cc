@@ -187,6 +187,7 @@ absl::StatusOr<PullStats> PullRanges(
     std::unique_ptr<v1::DeltaService::Stub> own_stub;  // ranges after the first
     double first_tensor_seconds = 0;
     uint32_t resumed = 0;
+    PullStats saturated;  // saturated_* of the tensors this range verified
     absl::Status status;
   };
   std::vector<Range> state(ranges.size());
@@ -234,6 +235,7 @@ absl::StatusOr<PullStats> PullRanges(
       // resumes a tensor cut midway sees no new first header (its first_tensor_seconds
       // is 0, which once replaced the real figure: "first tensor after 0.000 s"), and a
       // first tensor cut midway was seen by an attempt that finished no tensor.
+      AddSaturated(checker.stats(), &r.saturated);  // the tensors this attempt verified
       const double first_seen = checker.stats().first_tensor_seconds;
       if (first_seen > 0 && (r.first_tensor_seconds == 0 || first_seen < r.first_tensor_seconds)) {
         r.first_tensor_seconds = first_seen;
@@ -281,6 +283,7 @@ absl::StatusOr<PullStats> PullRanges(
     stats.tensors += r.sink->tensors();
     stats.bytes += r.sink->bytes();
     stats.resumed += r.resumed;
+    AddSaturated(r.saturated, &stats);
     if (r.first_tensor_seconds > 0 &&
         (stats.first_tensor_seconds == 0 || r.first_tensor_seconds < stats.first_tensor_seconds)) {
       stats.first_tensor_seconds = r.first_tensor_seconds;

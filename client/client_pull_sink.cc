@@ -88,6 +88,7 @@ absl::Status DeltaClient::PullWeightsToSink(const std::string& task, WeightsSink
                                    &checker, deadline);
     stats->tensors = resume.tensors();
     stats->bytes = resume.bytes();
+    AddSaturated(checker.stats(), stats);  // each attempt counts the tensors it verified
     if (stats->first_tensor_seconds == 0) {
       stats->first_tensor_seconds = checker.stats().first_tensor_seconds;
     }

@@ -446,6 +446,8 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
                           {"first_tensor_seconds", stats.first_tensor_seconds},
                           {"streams", stats.streams},
                           {"resumed", stats.resumed},
+                          {"saturated_values", stats.saturated_values},
+                          {"saturated_tensors", stats.saturated_tensors},
                           {"side_files", stats.side_files},
                           {"checksums_verified", true}});
   }
@@ -470,6 +472,15 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
       stats.seconds > 0 ? stats.bytes / stats.seconds / 1e9 : 0.0, first_tensor, streams);
   if (!stats.side_files.empty()) {
     absl::PrintF("side files (checksums verified): %s\n", absl::StrJoin(stats.side_files, " "));
+  }
+  if (stats.saturated_values > 0) {
+    // As offline decompress warns; the server's merge_saturated log names every tensor.
+    absl::FPrintF(stderr,
+                  "warning: %d value%s of %d tensor%s (first: '%s') beyond the output dtype's "
+                  "range, saturated to its largest finite value\n",
+                  stats.saturated_values, stats.saturated_values == 1 ? "" : "s",
+                  stats.saturated_tensors, stats.saturated_tensors == 1 ? "" : "s",
+                  stats.first_saturated_tensor);
   }
   return absl::OkStatus();
 }

@@ -347,7 +347,7 @@ absl::Status Server::Impl::Init() {
 
   if (!options.metrics_listen.empty()) {
     DS_ASSIGN_OR_RETURN(metrics_http, internal::MetricsHttpServer::Start(
-                                          options.metrics_listen, metrics->registry()));
+                                          options.metrics_listen, metrics->collectable()));
     metrics_port = metrics_http->port();
   }
 
@@ -528,7 +528,7 @@ const std::string& Server::base_hash_hex() const { return impl_->ctx.base_hash_h
 
 std::string Server::MetricsText() const {
   prometheus::TextSerializer serializer;
-  return serializer.Serialize(impl_->metrics->registry()->Collect());
+  return serializer.Serialize(impl_->metrics->collectable()->Collect());
 }
 
 Server::Memory Server::MemoryUsage() const {

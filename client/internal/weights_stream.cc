@@ -122,7 +122,12 @@ absl::Status WeightsStreamChecker::Chunk(const v1::TensorChunk& c) {
                             " the tensor checksum (checksum_follows: ",
                             header_.checksum_follows() ? "yes" : "no", ")"));
   }
+  if (c.has_tensor_saturated_values() && !c.has_tensor_xxh3_64()) {
+    return Bad(absl::StrCat("tensor '", header_.name(), "': chunk at offset ", c.offset(),
+                            " carries tensor_saturated_values without the tensor checksum"));
+  }
   if (c.has_tensor_xxh3_64()) header_.set_xxh3_64(c.tensor_xxh3_64());
+  if (c.has_tensor_saturated_values()) header_.set_saturated_values(c.tensor_saturated_values());
   const auto* data = reinterpret_cast<const uint8_t*>(c.data().data());
   XXH3_64bits_update(hash_, data, c.data().size());
   DS_RETURN_IF_ERROR(sink_->Data({data, c.data().size()}));
@@ -147,11 +152,26 @@ absl::Status WeightsStreamChecker::MaybeFinishTensor() {
         label_, ": tensor '", header_.name(), "' checksum mismatch (XXH3-64 ", got, ", ",
         header_.checksum_follows() ? "last chunk" : "header", " says ", header_.xxh3_64(), ")"));
   }
+  // Checked once the count is known (in the header, or the last chunk).
+  const absl::StatusOr<codec::DType> dtype = proto::FromProtoDType(header_.dtype());
+  if (const uint64_t elements = dtype.ok() ? header_.byte_length() / codec::DTypeSize(*dtype) : 0;
+      header_.saturated_values() > elements) {
+    return Bad(absl::StrCat("tensor '", header_.name(), "' says ", header_.saturated_values(),
+                            " values saturated of ", elements));
+  }
   in_tensor_ = false;
   ++stats_.tensors;
+  AddSaturated(header_.name(), header_.saturated_values(), 1, &stats_);
   last_verified_index_ = header_.index();
   progress_.tensors_done = stats_.tensors;
   return sink_->TensorEnd();
+}
+
+void AddSaturated(const std::string& name, uint64_t values, uint32_t tensors, PullStats* stats) {
+  if (values == 0) return;
+  if (stats->saturated_tensors == 0) stats->first_saturated_tensor = name;
+  stats->saturated_values += values;
+  stats->saturated_tensors += tensors;
 }
 
 absl::StatusOr<v1::StreamWeightsRequest> MakeStreamWeightsRequest(const ClientOptions& client,

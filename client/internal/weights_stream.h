@@ -122,6 +122,14 @@ class WeightsStreamChecker {
   Progress progress_;
 };
 
+// Adds `values` saturated values over `tensors` tensors, the first of them `name`, to
+// `stats` (PullStats::saturated_*); nothing if values is 0.
+void AddSaturated(const std::string& name, uint64_t values, uint32_t tensors, PullStats* stats);
+// Adds `from`'s saturated_* figures to `to`'s: the total over attempts or ranges.
+inline void AddSaturated(const PullStats& from, PullStats* to) {
+  AddSaturated(from.first_saturated_tensor, from.saturated_values, from.saturated_tensors, to);
+}
+
 // The request of a pull of `task` with `options` (tenant from the client options). A
 // request with a string field that is not UTF-8 is InvalidArgument.
 absl::StatusOr<v1::StreamWeightsRequest> MakeStreamWeightsRequest(const ClientOptions& client,

@@ -30,7 +30,8 @@
 //       None or a callable(metadata) called with the GIL when the stream begins (the
 //       stream's safetensors metadata {str: str}; an exception stops it as on_tensor's).
 //     figures: a dict that gets {tensors, bytes, seconds, first_tensor_seconds,
-//       resumes, kept_bytes}, also when the load fails (how far it got); kept_bytes: of
+//       resumes, kept_bytes, saturated_values, saturated_tensors, first_saturated_tensor},
+//       also when the load fails (how far it got); kept_bytes: of
 //       tensors a dropped stream cut midway, kept and not fetched again (the resumed
 //       stream starts at the next byte, resume_from_offset); metadata: the stream's
 //       safetensors metadata {str: str}. A Puller may run several loads at once.
@@ -410,6 +411,9 @@ class Puller {
     figures["first_tensor_seconds"] = stats.first_tensor_seconds;
     figures["resumes"] = stats.resumed;
     figures["kept_bytes"] = sink.kept_bytes();
+    figures["saturated_values"] = stats.saturated_values;
+    figures["saturated_tensors"] = stats.saturated_tensors;
+    figures["first_saturated_tensor"] = stats.first_saturated_tensor;
     if (sink.callback_error()) throw *std::move(sink.callback_error());
     ThrowIfError(status);
     py::list tensors;

@@ -105,6 +105,8 @@ def load(client, task, include, include_regex, dtype, targets=None, progress=Non
         stats.first_tensor_seconds = figures.get("first_tensor_seconds", 0.0)
         stats.resumes = figures.get("resumes", 0)
         stats.kept_bytes = figures.get("kept_bytes", 0)
+        stats.add_saturated(figures.get("first_saturated_tensor", ""),
+                            figures.get("saturated_values", 0), figures.get("saturated_tensors", 0))
     stats.metadata = dict(metadata)
     return buf, tensors
 

@@ -40,11 +40,25 @@ class StreamStats:
         # (strict=False; task order).
         self.missing_keys = []
         self.unexpected_keys = []
+        # Values the server's cast to the requested dtype saturated to its largest finite
+        # value (F16/BF16 only: TensorHeader.saturated_values), the tensors with any, and
+        # the first of them ("" if none). deltactl pull warns of them; so should a caller.
+        self.saturated_values = 0
+        self.saturated_tensors = 0
+        self.first_saturated_tensor = ""
+
+    def add_saturated(self, name, values, tensors=1):
+        if values:
+            if not self.saturated_tensors:
+                self.first_saturated_tensor = name
+            self.saturated_values += values
+            self.saturated_tensors += tensors
 
     def __repr__(self):
         return (f"StreamStats(tensors={self.tensors}, bytes={self.bytes}, "
                 f"seconds={self.seconds:.3f}, resumes={self.resumes}, "
                 f"kept_bytes={self.kept_bytes}"
+                + (f", saturated_values={self.saturated_values}" if self.saturated_values else "")
                 + (f", missing_keys={_short(self.missing_keys)}" if self.missing_keys else "")
                 + (f", unexpected_keys={_short(self.unexpected_keys)}"
                    if self.unexpected_keys else "")
@@ -153,6 +167,7 @@ def verified_tensors(client, label, request, alloc, stats):
                         metadata=client._metadata_for({"tenant": req.tenant, "task": req.task}))
         began = ended = False
         header = buf = hasher = expected = None
+        saturated = 0
         received = 0
         got_tensors = got_bytes = 0  # of this stream: tensors ended, chunk bytes
         begin = None
@@ -179,6 +194,10 @@ def verified_tensors(client, label, request, alloc, stats):
                                 raise data_loss(label, "malformed stream: a chunk checksum "
                                                 f"{where} that is not its announced last chunk")
                             expected = msg.chunk.tensor_xxh3_64
+                            saturated = msg.chunk.tensor_saturated_values
+                        elif msg.chunk.HasField("tensor_saturated_values"):
+                            raise data_loss(label, "malformed stream: tensor_saturated_values "
+                                            "without the tensor checksum")
                 if kind == "chunk":
                     n = len(data)
                     if header is None:
@@ -228,11 +247,13 @@ def verified_tensors(client, label, request, alloc, stats):
                         cut = None
                         stats.kept_bytes += received
                         expected = header.xxh3_64
+                        saturated = header.saturated_values
                     else:
                         buf = alloc(header)
                         hasher = xxhash.xxh3_64()
                         received = 0
                         expected = None if header.checksum_follows else header.xxh3_64
+                        saturated = header.saturated_values
                 elif kind == "begin":
                     if began:
                         raise data_loss(label, "malformed stream: second begin message")
@@ -271,11 +292,16 @@ def verified_tensors(client, label, request, alloc, stats):
                         source = "last chunk" if header.checksum_follows else "header"
                         raise data_loss(label, f"tensor '{header.name}' checksum mismatch "
                                         f"(XXH3-64 {got}, {source} says {expected})")
+                    elements = received // dtypes.itemsize(header.dtype)
+                    if saturated > elements:
+                        raise data_loss(label, f"malformed stream: tensor '{header.name}' says "
+                                        f"{saturated} values saturated of {elements}")
                     done, done_buf = header, buf
                     header = buf = hasher = expected = None
                     got_tensors += 1
                     stats.tensors += 1
                     stats.bytes += received
+                    stats.add_saturated(done.name, saturated)
                     next_index = done.index + 1
                     yield done, done_buf
         except grpc.RpcError as e:

@@ -178,6 +178,7 @@ absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
     return digest.status();
   }
   merged->xxh3_64 = *digest;  // before Finish: readers look at it once done() is true
+  merged->saturated_values = static_cast<uint64_t>(saturated.load());
   fill->Finish(absl::OkStatus());
   double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   if (const int64_t n = saturated.load(); n > 0) {

@@ -1,6 +1,7 @@
 #include "server/internal/metrics.h"
 
 #include "cluster/cluster_store.h"
+#include "server/internal/process_metrics.h"
 
 // The commit the binary was built from (`git rev-parse --short=12 HEAD` when CMake
 // configured the build; server/CMakeLists.txt), "unknown" when not built from git.
@@ -27,7 +28,10 @@ prometheus::Histogram::BucketBoundaries TensorBuckets() {
 }  // namespace
 
 Metrics::Metrics(std::string_view version)
-    : registry_(std::make_shared<prometheus::Registry>()) {
+    : registry_(std::make_shared<prometheus::Registry>()),
+      collectable_(std::make_shared<CombinedCollectable>(
+          std::vector<std::shared_ptr<prometheus::Collectable>>{
+              registry_, std::make_shared<ProcessCollector>()})) {
   prometheus::Registry& r = *registry_;
   requests_ = &BuildCounter()
                    .Name("deltaserve_requests_total")

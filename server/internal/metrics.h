@@ -26,8 +26,11 @@ class Metrics {
   explicit Metrics(std::string_view version);
   ~Metrics();
 
-  // The registry to expose (prometheus::Exposer::RegisterCollectable).
+  // The registry of the deltaserve_* metrics.
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+  // What the metrics endpoint serves: the registry, then the process_* metrics
+  // (server/internal/process_metrics.h), collected at each call.
+  std::shared_ptr<prometheus::Collectable> collectable() const { return collectable_; }
 
   // One finished RPC: deltaserve_requests_total{method,code} and
   // deltaserve_request_duration_seconds{method}. `code` is a gRPC code name ("OK").
@@ -78,6 +81,7 @@ class Metrics {
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<prometheus::Collectable> collectable_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* request_duration_;
   prometheus::Family<prometheus::Counter>* streamed_bytes_;

@@ -67,7 +67,7 @@ MHD_Result HandleRequest(void* cls, MHD_Connection* connection, const char* url,
                          const char* method, const char* /*version*/,
                          const char* /*upload_data*/, size_t* /*upload_data_size*/,
                          void** /*request_state*/) {
-  const auto* registry = static_cast<const prometheus::Registry*>(cls);
+  const auto* registry = static_cast<const prometheus::Collectable*>(cls);
   const bool get = std::strcmp(method, MHD_HTTP_METHOD_GET) == 0;
   const bool head = std::strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
   if (!get && !head) {
@@ -86,7 +86,7 @@ MHD_Result HandleRequest(void* cls, MHD_Connection* connection, const char* url,
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
-    const std::string& listen, std::shared_ptr<prometheus::Registry> registry) {
+    const std::string& listen, std::shared_ptr<prometheus::Collectable> registry) {
   absl::StatusOr<std::unique_ptr<Listener>> bound = Listener::Bind(listen, "--metrics-listen");
   if (!bound.ok()) {
     // Listener::Bind's message, restated as the metrics endpoint's.

@@ -35,7 +35,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "prometheus/registry.h"
+#include "prometheus/collectable.h"
 
 struct MHD_Daemon;
 
@@ -53,7 +53,7 @@ class MetricsHttpServer {
   // host:port; Unavailable if it cannot be bound (busy port) or the HTTP daemon does
   // not start. Messages start "cannot serve metrics on <listen>: ".
   static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
-      const std::string& listen, std::shared_ptr<prometheus::Registry> registry);
+      const std::string& listen, std::shared_ptr<prometheus::Collectable> registry);
 
   // Stops serving: closes the listening sockets and open connections; a scrape in
   // progress finishes first. Returns within milliseconds.
@@ -67,7 +67,7 @@ class MetricsHttpServer {
  private:
   MetricsHttpServer() = default;
 
-  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<prometheus::Collectable> registry_;
   std::vector<MHD_Daemon*> daemons_;
   int port_ = 0;
 };

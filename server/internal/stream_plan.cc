@@ -134,6 +134,7 @@ size_t StreamCursor::Next(const MergedTensor* tensor, v1::StreamWeightsResponse*
     for (int64_t d : tensor->info.shape) h->add_shape(d);
     h->set_byte_length(size);
     h->set_xxh3_64(checksum_follows_ ? 0 : tensor->xxh3_64);
+    h->set_saturated_values(checksum_follows_ ? 0 : tensor->saturated_values);
     h->set_checksum_follows(checksum_follows_);
     h->set_index(tensor->index);
   } else {
@@ -150,8 +151,14 @@ size_t StreamCursor::Next(const MergedTensor* tensor, v1::StreamWeightsResponse*
     sent_bytes_ += n;
     if (checksum_follows_ && offset_ == size) {
       chunk->set_tensor_xxh3_64(tensor->xxh3_64);
+      if (tensor->saturated_values > 0) {
+        chunk->set_tensor_saturated_values(tensor->saturated_values);
+      } else {
+        chunk->clear_tensor_saturated_values();
+      }
     } else {
-      chunk->clear_tensor_xxh3_64();  // the slot's previous message may have had it
+      chunk->clear_tensor_xxh3_64();  // the slot's previous message may have had them
+      chunk->clear_tensor_saturated_values();
     }
   }
   if (offset_ == size) {  // the tensor's last message (the header alone if it is empty)

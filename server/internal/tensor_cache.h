@@ -131,6 +131,9 @@ struct MergedTensor {
   // XXH3-64 (seed 0) of data; when `fill` is set, valid only once fill->done() and
   // fill->status() is OK.
   uint64_t xxh3_64 = 0;
+  // Values the cast to info.dtype saturated (F16/BF16; TensorHeader.saturated_values);
+  // valid when xxh3_64 is.
+  uint64_t saturated_values = 0;
   // Set while (and after) a decode writes `data`: bytes below fill->ready() are final.
   // Null: every byte was final when the tensor was published. A tensor in the cache is
   // always complete (loads insert it after their fill is done).

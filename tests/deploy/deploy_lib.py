@@ -367,6 +367,18 @@ SPEC_METRICS = {
     "deltaserve_merge_saturated_values_total": "counter",
 }
 
+# The standard process metrics (server/internal/process_metrics.h), named as by the
+# Prometheus client libraries.
+PROCESS_METRICS = {
+    "process_cpu_seconds_total": "counter",
+    "process_resident_memory_bytes": "gauge",
+    "process_virtual_memory_bytes": "gauge",
+    "process_open_fds": "gauge",
+    "process_max_fds": "gauge",
+    "process_threads": "gauge",
+    "process_start_time_seconds": "gauge",
+}
+
 # deltaserved's flags (server spec), each also read from DELTASERVE_<UPPER_SNAKE>.
 DAEMON_FLAGS = ["base", "db", "listen", "metrics-listen", "config", "tls-cert", "tls-key",
                 "cache-bytes", "pretouch-cache", "workers", "chunk-bytes", "prefetch-tensors", "max-upload-bytes", "max-uploads",
@@ -391,6 +403,10 @@ def expand_series_names(family_names):
 
 def deltaserve_names_in(expr):
     return set(re.findall(r"\bdeltaserve_[a-z0-9_]+", expr))
+
+
+def process_names_in(expr):
+    return set(re.findall(r"\bprocess_[a-z0-9_]+", expr))
 
 
 def dashboard_path():

@@ -85,18 +85,27 @@ d.check(len(ids) == len(set(ids)), "panel ids must be unique")
 
 # --- every query names only spec metrics, and the dashboard covers every spec family
 known = d.expand_series_names(d.SPEC_METRICS)
-used = set()
+used, used_process = set(), set()
 queries = d.dashboard_queries()
 for title, ref, expr in queries:
     names = d.deltaserve_names_in(expr)
     d.check(names or 'job="deltaserve"' in expr, f"panel '{title}' {ref} names no deltaserve metric: {expr}")
     d.check(names <= known, f"panel '{title}' {ref} names unknown metrics {sorted(names - known)}")
     used |= names
+    process = d.process_names_in(expr)
+    d.check(process <= set(d.PROCESS_METRICS),
+            f"panel '{title}' {ref} names unknown metrics {sorted(process - set(d.PROCESS_METRICS))}")
+    d.check(not process or 'job="deltaserve"' in expr,
+            f"panel '{title}' {ref}: process_* series need job=\"deltaserve\" (every job has them)")
+    used_process |= process
 for alert, expr in d.alert_queries():
     names = d.deltaserve_names_in(expr)
     d.check(names <= known, f"alert {alert} names unknown metrics {sorted(names - known)}")
 families_used = {n for n in d.SPEC_METRICS if any(u == n or u.startswith(n + "_") for u in used)}
 missing = set(d.SPEC_METRICS) - families_used
 d.check(not missing, f"dashboard shows no panel for {sorted(missing)}")
+unshown = {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
+           "process_max_fds", "process_start_time_seconds"} - used_process
+d.check(not unshown, f"dashboard shows no panel for {sorted(unshown)}")
 d.log(f"PASS: compose file valid; {len(queries)} dashboard queries over "
       f"{len(families_used)}/{len(d.SPEC_METRICS)} metric families, all in the spec")

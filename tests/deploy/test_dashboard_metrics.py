@@ -14,6 +14,8 @@ for title, ref, expr in queries:
     names = d.deltaserve_names_in(expr)
     d.check(names <= live_ds, f"dashboard panel '{title}' {ref}: {sorted(names - live_ds)} not exported")
     used |= names
+    process = d.process_names_in(expr)
+    d.check(process <= live, f"dashboard panel '{title}' {ref}: {sorted(process - live)} not exported")
 for alert, expr in d.alert_queries():
     names = d.deltaserve_names_in(expr)
     d.check(names <= live_ds, f"alert {alert}: {sorted(names - live_ds)} not exported")

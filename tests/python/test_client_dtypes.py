@@ -55,6 +55,8 @@ def main(tmp):
             base_t[name], ft_t[name] = torch.from_numpy(b).bfloat16(), torch.from_numpy(f).bfloat16()
         else:
             base_t[name], ft_t[name] = b.astype(dt), f.astype(dt)
+    # Values beyond F16's range (unchanged by the finetune): served as F16 they saturate.
+    base_t["w.big"] = ft_t["w.big"] = np.array([1e5, -1e5, 1.0, 2.0], dtype=np.float32)
     base_t.update(buffers(False))
     ft_t.update(buffers(True))
     base = os.path.join(tmp, "base.safetensors")
@@ -108,6 +110,14 @@ def main(tmp):
             ref32["buf.u8"][0] == pb.DTYPE_U8, "dtype=f32 converted a non-float tensor")
     ld.expect_error(lambda: c.load_state_dict("mix", dtype="i64"), grpc.StatusCode.INVALID_ARGUMENT,
                     "unsupported out dtype 'i64'")
+    d.check(c.last_stream.saturated_values == 0, f"f32 saturated: {c.last_stream!r}")
+    # dtype="f16": w.big's two values beyond 65504 saturate, and the stats say so.
+    sd16 = c.load_state_dict("mix", dtype="f16")
+    d.check(sd16["w.big"].tolist() == [65504.0, -65504.0, 1.0, 2.0], f"f16 w.big: {sd16['w.big']}")
+    s16 = c.last_stream
+    d.check((s16.saturated_values, s16.saturated_tensors, s16.first_saturated_tensor)
+            == (2, 1, "w.big"), f"f16 saturation figures: {s16!r}")
+    d.check("saturated_values=2" in repr(s16), f"repr: {s16!r}")
 
     # load_into: in place, into torch tensors, numpy arrays and a Module's buffers.
     target = {n: torch.zeros(tuple(t.shape), dtype=t.dtype) for n, t in sd.items()}

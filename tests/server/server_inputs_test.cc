@@ -108,6 +108,10 @@ TEST_F(ServerInputsTest, CastsToF16SaturateAndAreCounted) {
   f16.out_dtype = codec::DType::kF16;
   ASSERT_OK_AND_ASSIGN(client::PulledModel m, client->PullWeightsToMemory("big", f16));
   ASSERT_EQ(m.tensors.size(), 2u);
+  // The pull reports them too (5 in 'a', 2 in 'b'), decoded now or from the cache.
+  EXPECT_EQ(m.stats.saturated_values, 7u);
+  EXPECT_EQ(m.stats.saturated_tensors, 2u);
+  EXPECT_EQ(m.stats.first_saturated_tensor, "a");
   std::vector<float> got(16);
   codec::ToFloat32(m.tensors[0].data.data(), codec::DType::kF16, 16, got.data());
   EXPECT_EQ(got[0], 65504.0f);
@@ -119,7 +123,10 @@ TEST_F(ServerInputsTest, CastsToF16SaturateAndAreCounted) {
   // BF16 holds 1e6: nothing saturates.
   client::PullOptions bf16;
   bf16.out_dtype = codec::DType::kBF16;
-  ASSERT_THAT(client->PullWeightsToMemory("big", bf16).status(), IsOk());
+  ASSERT_OK_AND_ASSIGN(client::PulledModel m_bf16, client->PullWeightsToMemory("big", bf16));
+  EXPECT_EQ(m_bf16.stats.saturated_values, 0u);
+  EXPECT_EQ(m_bf16.stats.saturated_tensors, 0u);
+  EXPECT_EQ(m_bf16.stats.first_saturated_tensor, "");
   WaitForStreamsDone();
   const std::string text = FetchMetricsHttp();
   EXPECT_EQ(MetricValue(text, "deltaserve_merge_saturated_values_total{dtype=\"F16\"} "), 7)
@@ -130,7 +137,16 @@ TEST_F(ServerInputsTest, CastsToF16SaturateAndAreCounted) {
 
   // Offline: the same bytes, and the same count.
   const std::string pulled = tmp_.File("big.f16.safetensors");
-  ASSERT_THAT(client->PullWeights("big", pulled, f16).status(), IsOk());
+  ASSERT_OK_AND_ASSIGN(client::PullStats cached, client->PullWeights("big", pulled, f16));
+  EXPECT_EQ(cached.saturated_values, 7u);  // the cached tensors keep their count
+  EXPECT_EQ(cached.saturated_tensors, 2u);
+  // Two streams: each range counts its own tensors.
+  client::PullOptions two = f16;
+  two.streams = 2;
+  ASSERT_OK_AND_ASSIGN(client::PulledModel m2, client->PullWeightsToMemory("big", two));
+  EXPECT_EQ(m2.stats.saturated_values, 7u);
+  EXPECT_EQ(m2.stats.saturated_tensors, 2u);
+  EXPECT_EQ(m2.stats.first_saturated_tensor, "a");
   std::string bytes = ReadFileBytes(path);
   ASSERT_OK_AND_ASSIGN(codec::ContainerReader reader,
                        codec::ContainerReader::Parse(absl::MakeConstSpan(

@@ -62,7 +62,11 @@ TEST_F(ServerTest, MetricsPortAnswersOtherRequestsAndTheServerLives) {
   }
   EXPECT_THAT(TcpExchange(port, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
               ::testing::StartsWith("HTTP/1.1 200"));
-  EXPECT_THAT(FetchMetricsHttp(), HasSubstr("\ndeltaserve_serving 1\n"));
+  const std::string text = FetchMetricsHttp();
+  EXPECT_THAT(text, HasSubstr("\ndeltaserve_serving 1\n"));
+  // The standard process metrics come after the deltaserve_* ones.
+  EXPECT_THAT(text, HasSubstr("\n# TYPE process_resident_memory_bytes gauge\n"));
+  EXPECT_THAT(text, HasSubstr("\n# TYPE process_open_fds gauge\n"));
   EXPECT_THAT(Client()->ListTasks().status(), IsOk());
 }
 

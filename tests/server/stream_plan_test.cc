@@ -224,12 +224,16 @@ TEST(StreamCursorTest, AFillingTensorStreamsItsRowsAndItsChecksumFollows) {
   EXPECT_FALSE(msg.chunk().has_tensor_xxh3_64());
   EXPECT_EQ(cursor.NextNeeds(*t).bytes, 10u);
   EXPECT_TRUE(cursor.NextNeeds(*t).done);  // the last chunk carries the checksum
+  EXPECT_FALSE(msg.chunk().has_tensor_saturated_values());
   t->fill->Publish(8, 10);
   t->xxh3_64 = *t->fill->Digest();
+  t->saturated_values = 3;  // known with the checksum, and sent with it
   t->fill->Finish(absl::OkStatus());
   EXPECT_EQ(cursor.Next(t.get(), &msg), 2u);
   ASSERT_TRUE(msg.chunk().has_tensor_xxh3_64());
   EXPECT_EQ(msg.chunk().tensor_xxh3_64(), XXH3_64bits(t->data.data(), 10));
+  ASSERT_TRUE(msg.chunk().has_tensor_saturated_values());
+  EXPECT_EQ(msg.chunk().tensor_saturated_values(), 3u);
   EXPECT_EQ(cursor.position(), 1u);
 }
 
@@ -239,12 +243,15 @@ TEST(StreamCursorTest, CompleteAndEmptyTensorsKeepTheirChecksumInTheHeader) {
   StreamCursor cursor(ts.size(), /*chunk_bytes=*/4, /*checksum_after_data=*/true);
   EXPECT_EQ(cursor.NextNeeds(*ts[0]).bytes, 0u);
   v1::StreamWeightsResponse msg;
+  ts[0]->saturated_values = 2;
   cursor.Next(ts[0].get(), &msg);  // complete (no fill): checksum in the header
   EXPECT_FALSE(msg.header().checksum_follows());
   EXPECT_EQ(msg.header().xxh3_64(), 0x1234u + 3);
+  EXPECT_EQ(msg.header().saturated_values(), 2u);  // and the saturation count with it
   for (int i = 0; i < 3; ++i) {
     cursor.Next(ts[0].get(), &msg);
     EXPECT_FALSE(msg.chunk().has_tensor_xxh3_64());
+    EXPECT_FALSE(msg.chunk().has_tensor_saturated_values());
   }
   // An empty tensor is all header, so it waits for its end even with the opt-in.
   EXPECT_EQ(cursor.NextNeeds(*ts[1]).bytes, 0u);
