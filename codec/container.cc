@@ -464,6 +464,28 @@ absl::StatusOr<std::string> SerializeBaseAlias(const std::map<std::string, std::
   return common::DumpJson(j, kBaseAliasKey);
 }
 
+absl::StatusOr<std::optional<ContainerHeader>> ParseContainerHeaderPrefix(
+    absl::Span<const uint8_t> prefix, size_t* header_size) {
+  const size_t magic = std::min(prefix.size(), sizeof(kMagic));
+  if (magic > 0 && std::memcmp(prefix.data(), kMagic, magic) != 0) {
+    return absl::DataLossError("bad magic: not a deltaserve delta container");
+  }
+  if (prefix.size() < kMinHeaderSize) return std::nullopt;
+  if (DecodeFixed(prefix.data() + 8, 4) == kContainerFormatVersion) {
+    const uint64_t size = DecodeFixed(prefix.data() + 12, 4);
+    if (size < kMinHeaderSize || size > kMaxHeaderSize) {
+      return absl::DataLossError(absl::StrCat("header length ", size, " is outside [",
+                                              kMinHeaderSize, ", ", kMaxHeaderSize, "]"));
+    }
+    if (prefix.size() < size) return std::nullopt;
+    prefix = prefix.subspan(0, size);
+  }
+  // Another version: ParseHeader says which.
+  ContainerHeader header;
+  DS_RETURN_IF_ERROR(ParseHeader(prefix, &header, header_size));
+  return header;
+}
+
 absl::StatusOr<ContainerReader> ContainerReader::Parse(absl::Span<const uint8_t> bytes) {
   ContainerReader reader;
   size_t header_size = 0;

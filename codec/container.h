@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -183,6 +184,16 @@ std::vector<uint8_t> AssembleContainer(absl::Span<const uint8_t> header_bytes,
 // True if `bytes` begin with the container magic ("DSDELTA" 0x1A, FORMAT.md): for
 // errors that tell a user which file they gave where. Checks nothing else.
 bool StartsWithContainerMagic(absl::Span<const uint8_t> bytes);
+
+// The header of a container whose bytes are still arriving (an upload), from `prefix`,
+// its first bytes: nullopt until the header has arrived whole, then the header, its size
+// in bytes in *header_size. Fails as soon as the bytes show what ContainerReader::Parse
+// would refuse in the header: DataLoss "bad magic" once a byte of the magic differs,
+// InvalidArgument for another format version and DataLoss for a header length outside
+// the format's bounds at 16 bytes, DataLoss for a checksum mismatch or bad fields once
+// the header is whole. Whether the header fits the whole container is left to Parse.
+absl::StatusOr<std::optional<ContainerHeader>> ParseContainerHeaderPrefix(
+    absl::Span<const uint8_t> prefix, size_t* header_size);
 
 // A container file mapped read-only into memory (mmap) and parsed. Thread-safe after
 // Open. NotFound if the file is missing, Internal on mmap failure, otherwise the errors

@@ -54,24 +54,32 @@ absl::Status ContainerUploadScanner::Feed(absl::Span<const uint8_t> prefix) {
   // Header: magic (8), version (4), header_length (4); records: magic (4), length (8),
   // name length (2), name (FORMAT.md).
   constexpr size_t kRecordPrefix = 14;
+  if (!error_.ok()) return error_;
   if (stopped_) return absl::OkStatus();
   if (next_ == 0) {
-    if (prefix.size() < 16) return absl::OkStatus();
-    next_ = LoadLe(prefix.data() + 12, 4);
-    if (next_ == 0) stopped_ = true;
+    size_t header_size = 0;
+    absl::StatusOr<std::optional<ContainerHeader>> header =
+        ParseContainerHeaderPrefix(prefix, &header_size);
+    if (!header.ok()) return error_ = header.status();
+    if (!header->has_value()) return absl::OkStatus();
+    header_ = std::move(**header);
+    next_ = header_size;
   }
   while (!stopped_ && prefix.size() >= next_ + kRecordPrefix) {
     const uint8_t* rec = prefix.data() + next_;
     if (std::memcmp(rec, "DRec", 4) != 0) {
-      stopped_ = true;  // the trailer, or not a record: Parse reports what is wrong
-      break;
+      stopped_ = true;
+      if (std::memcmp(rec, "DEnd", 4) == 0) break;  // the trailer: Parse checks it
+      return error_ = absl::DataLossError(absl::StrCat(
+                 "record ", spans_.size(), " at offset ", next_, ": truncated or bad magic"));
     }
     const uint64_t len = LoadLe(rec + 4, 8);
     if (len > kMaxStoredRecordBytes) {
       const size_t name_len = LoadLe(rec + 12, 2);
       if (prefix.size() < next_ + kRecordPrefix + name_len) return absl::OkStatus();
-      return CheckRecordStorable(
-          std::string_view(reinterpret_cast<const char*>(rec) + kRecordPrefix, name_len), len);
+      return error_ = CheckRecordStorable(
+                 std::string_view(reinterpret_cast<const char*>(rec) + kRecordPrefix, name_len),
+                 len);
     }
     if (len < kRecordPrefix) {
       stopped_ = true;  // a lying length: Parse reports it

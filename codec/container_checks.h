@@ -7,6 +7,7 @@
 #define DELTASERVE_CODEC_CONTAINER_CHECKS_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -38,12 +39,17 @@ absl::Status CheckRecordStorable(std::string_view name, uint64_t record_bytes);
 // Reads only record framing (no checksum is verified here).
 absl::Status CheckContainerStorable(const ContainerReader& reader);
 
-// Checks record sizes of a container while its bytes arrive (an upload), so that an
-// oversized record is refused before the rest is sent. Feed() takes the whole prefix
-// received so far (each call a longer prefix of the same bytes) and walks the record
-// framing as far as it reaches: InvalidArgument (CheckRecordStorable's) for a record
-// above the limit. Framing it cannot make sense of is left to ContainerReader::Parse
-// (Feed stops walking and returns OK). Not thread-safe.
+// Checks a container while its bytes arrive (an upload), so that bytes that cannot make a
+// container are refused before the rest is sent (new-user trial: 1 GiB of random bytes
+// were all buffered, 1.1 GB of server memory, before "bad magic" came back). Feed()
+// takes the whole prefix received so far (each call a longer prefix of the same bytes):
+// the header as ParseContainerHeaderPrefix checks it (the magic from the first bytes,
+// then the whole header), then the record framing as far as it reaches:
+// InvalidArgument (CheckRecordStorable's) for a record above the limit, DataLoss for a
+// record that is neither a record nor the trailer ("record N at offset X: bad magic").
+// Framing it cannot judge without the whole container (a length running past the end)
+// is left to ContainerReader::Parse (Feed stops walking and returns OK). Once an error
+// is returned, every later Feed returns it too. Not thread-safe.
 //
 // It also tells where the records it walked lie (record_spans), so that a receiver can
 // handle each record as soon as it is complete (PutDelta stages them for storage); a
@@ -56,9 +62,14 @@ class ContainerUploadScanner {
   // arrived whole yet: compare offset + length with the prefix size).
   const std::vector<std::pair<uint64_t, uint64_t>>& record_spans() const { return spans_; }
 
+  // The container header once it has arrived whole and parsed; nullopt before.
+  const std::optional<ContainerHeader>& header() const { return header_; }
+
  private:
   uint64_t next_ = 0;  // offset of the next record; 0 until the header length is known
   bool stopped_ = false;
+  absl::Status error_;
+  std::optional<ContainerHeader> header_;
   std::vector<std::pair<uint64_t, uint64_t>> spans_;
 };
 

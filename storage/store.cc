@@ -452,7 +452,8 @@ absl::Status DeltaStore::ApplyWrites(std::vector<KeyWrite> writes, bool ingest,
                                      const std::string& what, TableFile* staged) {
   if (ingest) {
     DS_ASSIGN_OR_RETURN(uint64_t free_bytes, FreeBytes(options_.path));
-    DS_RETURN_IF_ERROR(CheckRoom(options_.path, free_bytes, footprint, reserve, what));
+    DS_RETURN_IF_ERROR(
+        CheckRoom(options_.path, free_bytes, IngestFootprint(writes), reserve, what));
     // A database whose first writes are ingestions stays at sequence number 0 (RocksDB
     // gives a file that overlaps nothing sequence number 0), and a snapshot at 0 did not
     // keep an overwritten record from compaction (a reader opened before an overwrite

@@ -457,8 +457,11 @@ class DeltaStore {
   absl::Status WriteBatch(rocksdb::WriteBatch* batch, uint64_t footprint, uint64_t reserve,
                           const std::string& what);
   // Applies `writes` atomically: ingested as table files if `ingest`
-  // (StoreOptions::ingest_min_bytes), else as one WriteBatch (WriteBatch above); the
-  // same free-space rule either way.
+  // (StoreOptions::ingest_min_bytes), else as one WriteBatch (WriteBatch above, needing
+  // `footprint` free). An ingestion needs only IngestFootprint(writes) free: it writes
+  // no log, and a staged file is already on disk (counting it again, as 2 x the task's
+  // bytes, refused commits whose staged records had already been written: new-user
+  // trial, 30 MB free for a 16.8 MB task).
   // `staged`: a finished table file ingested with them (REQUIRES: ingest).
   absl::Status ApplyWrites(std::vector<KeyWrite> writes, bool ingest, uint64_t footprint,
                            uint64_t reserve, const std::string& what,

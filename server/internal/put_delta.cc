@@ -180,10 +180,16 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       buffer_.Append(piece);
       XXH3_64bits_update(hash_, piece.data(), piece.size());
     }
-    // Refuse a record that storage cannot hold as soon as its length field arrives.
+    // Refuse bytes that are no container, and a record that storage cannot hold, as
+    // soon as they arrive (ContainerUploadScanner); then a container made against
+    // another base, as soon as its header is whole.
     if (absl::Status s = scanner_.Feed(buffer_.bytes()); !s.ok()) {
       return FinishWhenIdle(absl::Status(
           s.code(), absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message())));
+    }
+    if (!header_checked_ && scanner_.header().has_value()) {
+      header_checked_ = true;
+      if (absl::Status s = CheckHeaderBase(*scanner_.header()); !s.ok()) return FinishWhenIdle(s);
     }
     if (compare_existing_) {
       if (absl::Status s = CompareWithExisting(); !s.ok()) return FinishWhenIdle(s);
@@ -305,6 +311,20 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     StartRead(&request_bytes_);
   }
 
+  // The container's base hash against the one declared in the metadata, then against
+  // the resident base's.
+  absl::Status CheckHeaderBase(const codec::ContainerHeader& header) const {
+    if (!meta_.base_hash().empty() && header.base_hash != declared_base_hash_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "PutDelta: task '", meta_.task(), "': declared base_hash ",
+          codec::BaseHashHex(declared_base_hash_), " differs from the container header's ",
+          codec::BaseHashHex(header.base_hash)));
+    }
+    return codec::CheckBaseHashMatch(header.base_hash, ctx_->base_hash,
+                                     absl::StrCat("PutDelta: task '", meta_.task(), "'"),
+                                     "the resident base");
+  }
+
   absl::Status Verify() {
     if (call_->IsCancelled()) return ClientEndedStatus(*call_, "PutDelta");
     if (buffer_.size() != meta_.total_bytes()) {
@@ -329,15 +349,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       return absl::Status(s.code(),
                           absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message()));
     }
-    if (!meta_.base_hash().empty() && container->header().base_hash != declared_base_hash_) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "PutDelta: task '", meta_.task(), "': declared base_hash ",
-          codec::BaseHashHex(declared_base_hash_), " differs from the container header's ",
-          codec::BaseHashHex(container->header().base_hash)));
-    }
-    DS_RETURN_IF_ERROR(codec::CheckBaseHashMatch(
-        container->header().base_hash, ctx_->base_hash,
-        absl::StrCat("PutDelta: task '", meta_.task(), "'"), "the resident base"));
+    DS_RETURN_IF_ERROR(CheckHeaderBase(container->header()));
     DS_ASSIGN_OR_RETURN(std::vector<storage::SideFile> side_files, SplitSideFiles());
     storage::CommitOptions options = MakeCommitOptions();
     options.side_files = side_files;
@@ -493,6 +505,7 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   // The container, capacity total_bytes (reserved at admission from ctx_->upload_buffers).
   UploadBuffer buffer_;
   codec::ContainerUploadScanner scanner_;
+  bool header_checked_ = false;  // CheckHeaderBase ran on the scanner's header
   std::vector<storage::SideFileEntry> declared_;  // metadata.side_files
   uint64_t side_total_ = 0;                       // sum of their sizes
   codec::BaseHash declared_base_hash_{};          // metadata.base_hash, when given

@@ -13,6 +13,18 @@ namespace deltaserve::storage {
 
 std::string StagingDir(const std::string& db_path) { return db_path + "/ingest"; }
 
+uint64_t IngestFootprint(const std::vector<KeyWrite>& writes) {
+  uint64_t bytes = 0;
+  std::vector<rocksdb::ColumnFamilyHandle*> families;
+  for (const KeyWrite& w : writes) {
+    bytes += w.key.size() + (w.value ? w.value->size() : 0);
+    if (std::find(families.begin(), families.end(), w.cf) == families.end()) {
+      families.push_back(w.cf);
+    }
+  }
+  return bytes + kTableFileOverheadBytes * families.size();
+}
+
 absl::Status ClearStagingDir(const std::string& db_path) {
   const std::string dir = StagingDir(db_path);
   std::error_code ec;

@@ -83,6 +83,13 @@ class TableFile {
   std::unique_ptr<rocksdb::SstFileWriter> writer_;
 };
 
+// Disk bytes that ingesting `writes` takes: the table files written for them, i.e. the
+// keys and values plus kTableFileOverheadBytes per file that may be written (one per
+// column family). An ingestion writes no log, and a file staged earlier (`extra` below)
+// is linked into the database, not copied: it needs no further space.
+inline constexpr uint64_t kTableFileOverheadBytes = 64 << 10;
+uint64_t IngestFootprint(const std::vector<KeyWrite>& writes);
+
 // Applies `writes` atomically: one table file per column family that has writes (keys
 // sorted here; REQUIRES: a key at most once per family, every cf among `families`),
 // written and synced under StagingDir(db_path) as "<file_id>-<family>.sst", ingested

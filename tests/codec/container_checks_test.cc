@@ -136,5 +136,52 @@ TEST(ContainerChecksTest, UploadScannerWalksRecordsAsBytesArrive) {
                        AllOf(HasSubstr("tensor 'b'"), HasSubstr("5368709120 bytes (5.00 GiB)"))));
 }
 
+// What cannot be a container is refused at the first prefix that shows it, and the
+// refusal stays: a wrong first byte; another format version; a header whose checksum
+// fails once it is whole; a record without its magic. The header is available once whole.
+TEST(ContainerChecksTest, UploadScannerRefusesWhatCannotBeAContainerEarly) {
+  ASSERT_OK_AND_ASSIGN(std::vector<uint8_t> r0, SerializeRecord(RawF32("a", 2)));
+  ContainerHeader header;
+  header.tensor_count = 1;
+  header.base_hash[0] = 7;
+  const std::vector<uint8_t> head = SerializeHeader(header);
+  const std::vector<uint8_t> good = AssembleContainer(head, {r0});
+  auto feed = [](const std::vector<uint8_t>& bytes, size_t n) {
+    ContainerUploadScanner scanner;
+    absl::Status s = scanner.Feed(absl::MakeConstSpan(bytes.data(), n));
+    return s.ok() ? scanner.Feed(absl::MakeConstSpan(bytes.data(), bytes.size())) : s;
+  };
+  std::vector<uint8_t> junk = good;
+  junk[0] = 'X';
+  ContainerUploadScanner scanner;
+  EXPECT_THAT(scanner.Feed(absl::MakeConstSpan(junk.data(), 1)),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("bad magic")));
+  EXPECT_THAT(scanner.Feed(absl::MakeConstSpan(good.data(), good.size())),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("bad magic")));  // it stays
+  std::vector<uint8_t> version = good;
+  version[8] = 99;
+  EXPECT_THAT(feed(version, head.size()), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                   HasSubstr("unsupported container format")));
+  std::vector<uint8_t> checksum = good;
+  checksum[head.size() - 1] ^= 1;
+  ContainerUploadScanner partial;
+  EXPECT_THAT(partial.Feed(absl::MakeConstSpan(checksum.data(), head.size() - 1)), IsOk());
+  EXPECT_FALSE(partial.header().has_value());
+  EXPECT_THAT(partial.Feed(absl::MakeConstSpan(checksum.data(), head.size())),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("header checksum mismatch")));
+  std::vector<uint8_t> record = good;
+  record[head.size() + 1] = 'x';
+  EXPECT_THAT(feed(record, head.size() + 14),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr(absl::StrCat("record 0 at offset ", head.size(),
+                                              ": truncated or bad magic"))));
+  ContainerUploadScanner whole;
+  ASSERT_THAT(whole.Feed(absl::MakeConstSpan(good.data(), head.size())), IsOk());
+  ASSERT_TRUE(whole.header().has_value());
+  EXPECT_EQ(whole.header()->base_hash[0], 7);
+  EXPECT_EQ(whole.header()->tensor_count, 1u);
+  EXPECT_THAT(whole.Feed(absl::MakeConstSpan(good.data(), good.size())), IsOk());
+}
+
 }  // namespace
 }  // namespace deltaserve::codec

@@ -191,6 +191,50 @@ TEST_F(ServerTest, PushOverAnExistingTaskIsRefusedAtItsFirstDifference) {
   EXPECT_FALSE(resp.unchanged());
 }
 
+// New-user trial: 1 GiB of random bytes declared as a container were all buffered (RSS
+// 53 -> 1136 MB) before "bad magic" came back. Bytes that cannot make a container are
+// now refused as they arrive: each upload below sends only its first bytes of a larger
+// declared total, and is refused for what those bytes are, not as truncated.
+TEST_F(ServerTest, AnUploadIsRefusedAsSoonAsItsBytesCannotBeAContainer) {
+  StartServer();
+  auto stub = RawStub();
+  const std::vector<uint8_t> good = ContainerBytes("g", 11);
+  ASSERT_OK_AND_ASSIGN(codec::ContainerReader reader, codec::ContainerReader::Parse(good));
+  const size_t header = reader.header_bytes().size();
+
+  Upload junk = UploadOf("j", std::vector<uint8_t>(4096, 0xab));
+  junk.declared_total = uint64_t{64} << 20;
+  grpc::Status s = RawPut(stub.get(), junk);
+  EXPECT_EQ(Code(s), absl::StatusCode::kDataLoss) << s.error_message();
+  EXPECT_EQ(s.error_message(), "PutDelta: task 'j': bad magic: not a deltaserve delta container");
+
+  std::vector<uint8_t> bad_header = good;  // a header field flipped: its checksum fails
+  bad_header[header - 12] ^= 0x01;
+  Upload header_only = UploadOf("h", bad_header);
+  header_only.send_bytes = header;
+  s = RawPut(stub.get(), header_only);
+  EXPECT_EQ(Code(s), absl::StatusCode::kDataLoss) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("header checksum mismatch"));
+
+  std::vector<uint8_t> bad_record = good;  // the first record's magic broken
+  bad_record[header] = 'X';
+  Upload record_start = UploadOf("r", bad_record);
+  record_start.send_bytes = header + 14;
+  s = RawPut(stub.get(), record_start);
+  EXPECT_EQ(Code(s), absl::StatusCode::kDataLoss) << s.error_message();
+  EXPECT_THAT(s.error_message(),
+              HasSubstr(absl::StrCat("record 0 at offset ", header, ": truncated or bad magic")));
+
+  // The good header alone is no refusal: the upload is then just short.
+  Upload good_header = UploadOf("g", good);
+  good_header.send_bytes = header;
+  s = RawPut(stub.get(), good_header);
+  EXPECT_EQ(Code(s), absl::StatusCode::kInvalidArgument) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("truncated upload"));
+  ASSERT_OK_AND_ASSIGN(v1::ListTasksResponse list, Client()->ListTasks());
+  EXPECT_THAT(list.tasks(), SizeIs(0));
+}
+
 TEST_F(ServerTest, DeltaAgainstAnotherBaseIsFailedPrecondition) {
   std::string container = MakeContainer("x", 12);
   // Restart on a different base (the finetuned model of another task).
@@ -217,6 +261,14 @@ TEST_F(ServerTest, DeltaAgainstAnotherBaseIsFailedPrecondition) {
   s = RawPut(stub.get(), header_only);
   EXPECT_EQ(Code(s), absl::StatusCode::kInvalidArgument) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("base_hash must be 16 bytes, got 5"));
+
+  // Not declared: the header's base is refused once the header has arrived, with
+  // nothing else sent.
+  Upload undeclared = UploadOf("x", bytes);
+  undeclared.send_bytes = reader.header_bytes().size();
+  s = RawPut(stub.get(), undeclared);
+  EXPECT_EQ(Code(s), absl::StatusCode::kFailedPrecondition) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("not the resident base"));
 
   // Declared as made against the resident base, but the header says otherwise.
   ASSERT_OK_AND_ASSIGN(v1::BaseInfo resident, Client()->GetBase());

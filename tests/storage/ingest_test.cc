@@ -13,6 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rocksdb/db.h"
+#include "storage/internal/ingest.h"
 #include "storage/key_schema.h"
 #include "storage/store.h"
 #include "tests/storage/test_containers.h"
@@ -77,6 +78,21 @@ class IngestTest : public ::testing::Test {
   StoreOptions options_;
   std::unique_ptr<DeltaStore> store_;
 };
+
+// An ingestion needs room for the table files it writes now: keys and values plus a
+// file's overhead per family. Staged records are not among the writes (their file is
+// on disk already); a commit once asked for 2 x the task's bytes on top of them.
+TEST(IngestFootprintTest, KeysValuesAndOneFileOverheadPerFamily) {
+  rocksdb::ColumnFamilyHandle* a = reinterpret_cast<rocksdb::ColumnFamilyHandle*>(0x10);
+  rocksdb::ColumnFamilyHandle* b = reinterpret_cast<rocksdb::ColumnFamilyHandle*>(0x20);
+  const std::string big(100000, 'x');
+  std::vector<KeyWrite> writes;
+  writes.push_back(KeyWrite{a, "key1", rocksdb::Slice(big)});
+  writes.push_back(KeyWrite{a, "k2", rocksdb::Slice("abc")});
+  writes.push_back(KeyWrite{b, "deleted", std::nullopt});
+  EXPECT_EQ(IngestFootprint(writes), 4 + 100000 + 2 + 3 + 7 + 2 * kTableFileOverheadBytes);
+  EXPECT_EQ(IngestFootprint({}), 0u);
+}
 
 TEST_F(IngestTest, StagedCommitIsByteIdenticalAndSurvivesReopen) {
   const auto bytes = MakeContainer(kThree, 1);
