@@ -5,7 +5,9 @@
 #include <sys/inotify.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <utility>
 
@@ -97,13 +99,14 @@ absl::Status BaseWatch::status() const {
 }
 
 void BaseWatch::Loop() {
-  const int timeout_ms = std::max<int>(1, static_cast<int>(absl::ToInt64Milliseconds(options_.interval)));
+  const int timeout_ms = static_cast<int>(
+      std::clamp<int64_t>(absl::ToInt64Milliseconds(options_.interval), 1, INT_MAX));
   alignas(struct inotify_event) char buf[4096];
   while (!stop_.load()) {
     pollfd fds[2] = {{wake_[0], POLLIN, 0}, {inotify_fd_, POLLIN, 0}};
     const int nfds = inotify_fd_ >= 0 ? 2 : 1;
     if (poll(fds, nfds, timeout_ms) < 0 && errno != EINTR) {
-      absl::SleepFor(options_.interval);  // not expected; do not spin
+      absl::SleepFor(absl::Milliseconds(10));  // not expected (ENOMEM); do not spin
     }
     if (stop_.load()) return;
     if (changed()) continue;  // final: nothing more to find; wait for the destructor
