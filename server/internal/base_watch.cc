@@ -63,7 +63,8 @@ absl::StatusOr<std::unique_ptr<BaseWatch>> BaseWatch::Start(Options options) {
                {"interval_s", std::to_string(absl::ToDoubleSeconds(w->options_.interval))}});
     }
     for (File& f : w->files_) {
-      if (w->inotify_fd_ < 0 || f.fd < 0) break;
+      if (w->inotify_fd_ < 0) break;
+      if (f.fd < 0) continue;  // replaced already: the path is another file's
       f.wd = inotify_add_watch(w->inotify_fd_, f.mapped->path().c_str(), kInotifyMask);
       if (f.wd < 0) {
         LogWarn("base watch: cannot watch a base file with inotify; it is checked every "
@@ -103,13 +104,16 @@ void BaseWatch::Loop() {
       std::clamp<int64_t>(absl::ToInt64Milliseconds(options_.interval), 1, INT_MAX));
   alignas(struct inotify_event) char buf[4096];
   while (!stop_.load()) {
+    // Once changed (final), nothing more is read or checked: the thread only waits for
+    // the destructor (inotify events left unread must not wake it again and again).
+    const bool done = changed();
     pollfd fds[2] = {{wake_[0], POLLIN, 0}, {inotify_fd_, POLLIN, 0}};
-    const int nfds = inotify_fd_ >= 0 ? 2 : 1;
-    if (poll(fds, nfds, timeout_ms) < 0 && errno != EINTR) {
+    const int nfds = inotify_fd_ >= 0 && !done ? 2 : 1;
+    if (poll(fds, nfds, done ? -1 : timeout_ms) < 0 && errno != EINTR) {
       absl::SleepFor(absl::Milliseconds(10));  // not expected (ENOMEM); do not spin
     }
     if (stop_.load()) return;
-    if (changed()) continue;  // final: nothing more to find; wait for the destructor
+    if (done) continue;
     if (nfds == 2 && (fds[1].revents & POLLIN) != 0) {
       ssize_t n;
       while ((n = read(inotify_fd_, buf, sizeof(buf))) > 0) {
