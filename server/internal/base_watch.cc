@@ -189,20 +189,22 @@ std::string BaseWatch::Compare(File& f) {
 }
 
 void BaseWatch::ReportChange(const File& f, const std::string& what) {
+  if (changed()) return;  // only this thread reports: no second report can race this one
   absl::Status s = absl::FailedPreconditionError(absl::StrCat(
       "base file ", f.mapped->path(), " changed while mapped (--base-mapped): ", what,
       "; weights merged from it would not be those of the base hashed at start, so "
       "deltaserved merges nothing more: restart it to load the file again"));
-  {
-    absl::MutexLock lock(&mu_);
-    if (changed()) return;
-    status_ = s;
-    changed_.store(true, std::memory_order_release);
-  }
   LogError("BASE CHANGED: a mapped base file changed under the daemon; health is "
            "NOT_SERVING and pulls fail with FAILED_PRECONDITION until a restart",
            {{"path", f.mapped->path()}, {"what", what}});
+  // Before changed() turns true: whoever sees the change (health, a failed pull) then
+  // also sees what on_change did (the metric).
   if (options_.on_change) options_.on_change(s);
+  {
+    absl::MutexLock lock(&mu_);
+    status_ = s;
+  }
+  changed_.store(true, std::memory_order_release);
 }
 
 }  // namespace deltaserve::server::internal

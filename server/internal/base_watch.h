@@ -24,7 +24,8 @@
 // is logged once as a warning and counted, but serving goes on.
 //
 // A change is final: status() is FailedPrecondition from then on (restart to load the
-// file again), `on_change` runs once on the watch's thread, one error line is logged.
+// file again); before that, one error line is logged and `on_change` runs once on the
+// watch's thread.
 //
 // Limits (documented in server/CONFIG.md): the notice comes after the write (inotify:
 // milliseconds; the poll: up to `interval`); merges that ran in between used the new
@@ -70,7 +71,8 @@ class BaseWatch {
     // bytes are still those of the start. Runs on the watch's thread. Null: such a
     // change counts as a change.
     std::function<bool()> verify;
-    // Runs once, on the watch's thread, with status() when a change is found.
+    // Runs once, on the watch's thread, with what status() will be when a change is
+    // found, before changed() turns true.
     std::function<void(const absl::Status&)> on_change;
     // Runs after every completed check (all files), on the watch's thread (metrics).
     std::function<void()> on_check;

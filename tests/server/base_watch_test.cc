@@ -29,6 +29,7 @@ using ::deltaserve::testing::StatusIs;
 using ::deltaserve::testing::WaitUntil;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr size_t kFileBytes = 4096;
 
@@ -194,6 +195,22 @@ TEST_F(BaseWatchTest, ReadsMetadataAndReplacementReportNoChange) {
   EXPECT_EQ(replaced.load(), 1);
   EXPECT_EQ(changes_.load(), 0);
   EXPECT_EQ(mapped_->bytes()[0], 'a');  // the old inode's bytes, still mapped
+}
+
+// A sharded base: every shard is watched, and the report names the one that changed.
+TEST_F(BaseWatchTest, TheChangedShardIsNamed) {
+  const std::string second = tmp_.File("shard-2.safetensors");
+  WriteOldFile(second, std::string(kFileBytes, 's'));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<common::MappedFile> mapped2,
+                       common::MappedFile::Open(second));
+  BaseWatch::Options o = Options(/*inotify=*/false, absl::Milliseconds(10));
+  o.files.push_back(mapped2.get());
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<BaseWatch> watch, BaseWatch::Start(std::move(o)));
+  WriteInPlace(second, 5, "x");
+  ASSERT_TRUE(WaitUntil([&] { return watch->changed(); }));
+  EXPECT_THAT(watch->status(), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                        AllOf(HasSubstr(second), Not(HasSubstr(path_)))));
+  EXPECT_EQ(changes_.load(), 1);
 }
 
 // Files held as a private copy cannot change under the reader: nothing to watch.
