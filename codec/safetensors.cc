@@ -216,6 +216,11 @@ class SafetensorsModel final : public ModelReader {
 
   const std::map<std::string, std::string>& metadata() const override { return metadata_; }
   uint64_t total_bytes() const override { return total_bytes_; }
+  std::vector<const common::MappedFile*> files() const override {
+    std::vector<const common::MappedFile*> out;
+    for (const auto& f : files_) out.push_back(f.get());
+    return out;
+  }
 
   // Takes ownership of a parsed file's mapping and tensors. InvalidArgument if a tensor
   // name was already added from another file.

@@ -77,6 +77,10 @@ class ModelReader {
   virtual const std::map<std::string, std::string>& metadata() const = 0;
   // Sum of all tensors' byte sizes.
   virtual uint64_t total_bytes() const = 0;
+  // The files whose bytes the tensors are (one per shard; an index is read at Open and
+  // not kept), with their stamps at Open, for a caller that watches mapped files for
+  // changes. Empty for readers over memory. Valid for the reader's lifetime.
+  virtual std::vector<const common::MappedFile*> files() const { return {}; }
 };
 
 // Writes one .safetensors file: the 8-byte header length, the JSON header (keys sorted,

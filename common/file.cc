@@ -71,6 +71,15 @@ const char* SpecialFileKind(mode_t mode) {
   return nullptr;
 }
 
+FileStamp StampFromStat(const struct stat& st) {
+  FileStamp s;
+  s.dev = static_cast<uint64_t>(st.st_dev);
+  s.ino = static_cast<uint64_t>(st.st_ino);
+  s.size = static_cast<int64_t>(st.st_size);
+  s.mtime_ns = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
+  s.ctime_ns = int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec;
+  return s;
+}
 
 }  // namespace
 
@@ -94,6 +103,18 @@ absl::Status RefuseSpecialOutput(const std::string& path) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<FileStamp> StampOf(int fd, const std::string& path) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return ErrnoError(errno, "cannot stat", path);
+  return StampFromStat(st);
+}
+
+absl::StatusOr<FileStamp> StampOf(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return ErrnoError(errno, "cannot stat", path);
+  return StampFromStat(st);
+}
+
 absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path,
                                                          Residency residency) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -104,20 +125,22 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& 
   if (!S_ISREG(st.st_mode)) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
   }
+  const FileStamp stamp = StampFromStat(st);
   size_t size = static_cast<size_t>(st.st_size);
   if (size == 0) {
-    return std::unique_ptr<MappedFile>(new MappedFile(path, nullptr, 0));
+    return std::unique_ptr<MappedFile>(new MappedFile(path, nullptr, 0, residency, stamp));
   }
   if (residency == Residency::kMap) {
     void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (addr == MAP_FAILED) return ErrnoError(errno, "cannot mmap", path);
     return std::unique_ptr<MappedFile>(
-        new MappedFile(path, static_cast<const uint8_t*>(addr), size));
+        new MappedFile(path, static_cast<const uint8_t*>(addr), size, residency, stamp));
   }
   void* addr = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (addr == MAP_FAILED) return ErrnoError(errno, "cannot allocate memory for", path);
   // Owns the memory from here, so that every error below unmaps it.
-  std::unique_ptr<MappedFile> copy(new MappedFile(path, static_cast<const uint8_t*>(addr), size));
+  std::unique_ptr<MappedFile> copy(
+      new MappedFile(path, static_cast<const uint8_t*>(addr), size, residency, stamp));
   auto* out = static_cast<uint8_t*>(addr);
   size_t done = 0;
   while (done < size) {

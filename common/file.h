@@ -16,6 +16,29 @@
 
 namespace deltaserve::common {
 
+// What fstat(2) says of a file: its identity (device, inode) and the fields that a
+// change of its bytes moves (size; mtime on every write or truncation; ctime on those
+// and on metadata changes: chmod, chown, links, renames, utimensat). Times in ns since
+// the epoch. Reads (atime) move none of them.
+struct FileStamp {
+  uint64_t dev = 0;
+  uint64_t ino = 0;
+  int64_t size = 0;
+  int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
+
+  bool SameFile(const FileStamp& o) const { return dev == o.dev && ino == o.ino; }
+  bool operator==(const FileStamp& o) const {
+    return SameFile(o) && size == o.size && mtime_ns == o.mtime_ns && ctime_ns == o.ctime_ns;
+  }
+  bool operator!=(const FileStamp& o) const { return !(*this == o); }
+};
+
+// fstat(fd) / stat(path) (symlinks followed) as a FileStamp. Errors: the errno mapped by
+// absl::ErrnoToStatus, naming `path` (for fd, the name given for messages).
+absl::StatusOr<FileStamp> StampOf(int fd, const std::string& path);
+absl::StatusOr<FileStamp> StampOf(const std::string& path);
+
 // A whole file's bytes, read-only, for the object's lifetime. Thread-safe (immutable
 // after Open).
 //   kMap (default): mapped (POSIX mmap, PROT_READ, MAP_PRIVATE), not copied. If another
@@ -44,14 +67,22 @@ class MappedFile {
   const std::string& path() const { return path_; }
   absl::Span<const uint8_t> bytes() const { return {data_, size_}; }
   size_t size() const { return size_; }
+  Residency residency() const { return residency_; }
+  // The file as fstat saw it at Open (before it was mapped or read), so that a
+  // long-running reader of a kMap file can tell later whether it changed
+  // (server/internal/base_watch.h).
+  const FileStamp& stamp() const { return stamp_; }
 
  private:
-  MappedFile(std::string path, const uint8_t* data, size_t size)
-      : path_(std::move(path)), data_(data), size_(size) {}
+  MappedFile(std::string path, const uint8_t* data, size_t size, Residency residency,
+             const FileStamp& stamp)
+      : path_(std::move(path)), data_(data), size_(size), residency_(residency), stamp_(stamp) {}
 
   std::string path_;
   const uint8_t* data_;  // nullptr when size_ == 0
   size_t size_;
+  Residency residency_;
+  FileStamp stamp_;
 };
 
 // True if `rel` is a non-empty relative path with no ".." component, i.e. a file name

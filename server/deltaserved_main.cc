@@ -133,7 +133,8 @@ int Run(int argc, char** argv) {
       ->envname("DELTASERVE_BASE")->required();
   app.add_flag("--base-mapped", o.base_mapped,
                "map the base files instead of reading them into memory (shares the page cache "
-               "with other processes; the files must then not change while deltaserved runs)")
+               "with other processes; the files must then not change while deltaserved runs: "
+               "a change turns health NOT_SERVING and fails pulls until a restart)")
       ->envname("DELTASERVE_BASE_MAPPED");
   app.add_option("--db", o.db_path, "RocksDB directory")->envname("DELTASERVE_DB")
       ->capture_default_str();
@@ -144,7 +145,8 @@ int Run(int argc, char** argv) {
                  "HAProxy agent-check address host:port (\"\" = off): up / down / drain")
       ->envname("DELTASERVE_AGENT_LISTEN");
   app.add_option("--health-interval-seconds", health_interval_seconds,
-                 "cluster mode: probe etcd and S3 this often (health, agent check)")
+                 "cluster mode: probe etcd and S3 this often (health, agent check); "
+                 "--base-mapped: check the base files this often")
       ->envname("DELTASERVE_HEALTH_INTERVAL_SECONDS")->check(kSeconds)->capture_default_str();
   app.add_option("--listen", o.listen, "gRPC address host:port")->envname("DELTASERVE_LISTEN")
       ->capture_default_str();

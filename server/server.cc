@@ -31,6 +31,7 @@
 #include "proto/protocol.h"
 #include "prometheus/text_serializer.h"
 #include "server/internal/base_check.h"
+#include "server/internal/base_watch.h"
 #include "server/internal/context.h"
 #include "server/internal/fd_limit.h"
 #include "server/internal/health.h"
@@ -159,6 +160,8 @@ struct Server::Impl {
   ServerOptions options;
   std::unique_ptr<codec::ModelReader> base;
   std::unique_ptr<internal::Metrics> metrics;
+  // --base-mapped only; uses base and metrics (declared before it).
+  std::unique_ptr<internal::BaseWatch> base_watch;
   std::unique_ptr<internal::Authenticator> auth;
   std::unique_ptr<storage::DeltaStore> store;
   std::unique_ptr<internal::TensorCache> cache;
@@ -197,6 +200,8 @@ struct Server::Impl {
   absl::Notification stopped;
 
   absl::Status Init();
+  // --base-mapped: starts base_watch and its metrics, sets ctx.base_watch.
+  absl::Status WatchBase();
   // Cluster mode: opens the ClusterStore over `store` and sets ctx.cluster.
   absl::Status OpenCluster();
   void Preload();
@@ -226,6 +231,25 @@ absl::Status Server::Impl::OpenCluster() {
                                      {"etcd", cluster_options->etcd_endpoint},
                                      {"prefix", cluster_options->etcd_prefix},
                                      {"cache_bytes", std::to_string(cluster_options->cache_bytes)}});
+  return absl::OkStatus();
+}
+
+absl::Status Server::Impl::WatchBase() {
+  metrics->RegisterBaseWatch();
+  internal::BaseWatch::Options w;
+  w.files = base->files();
+  w.interval = options.health_interval;
+  // A ctime that moved alone (chmod, a rename over the path, ...): the bytes decide.
+  w.verify = [this] { return codec::ComputeBaseHash(*base) == ctx.base_hash; };
+  w.on_change = [this](const absl::Status&) { metrics->base_changed().Set(1); };
+  w.on_check = [this] { metrics->base_checks().Increment(); };
+  w.on_replaced = [this] { metrics->base_replaced_files().Increment(); };
+  DS_ASSIGN_OR_RETURN(base_watch, internal::BaseWatch::Start(std::move(w)));
+  ctx.base_watch = base_watch.get();
+  internal::LogInfo("base watch", {{"files", std::to_string(base->files().size())},
+                                   {"inotify", base_watch->inotify() ? "on" : "off"},
+                                   {"interval_s", std::to_string(absl::ToDoubleSeconds(
+                                                      options.health_interval))}});
   return absl::OkStatus();
 }
 
@@ -267,6 +291,7 @@ absl::Status Server::Impl::Init() {
                      {"bytes", std::to_string(base->total_bytes())},
                      {"residency", options.base_mapped ? "mapped" : "copied"},
                      {"ms", std::to_string(absl::ToInt64Milliseconds(absl::Now() - t0))}});
+  if (options.base_mapped) DS_RETURN_IF_ERROR(WatchBase());
 
   // Descriptors: raise the soft limit and give RocksDB a bounded share, so that sockets
   // cannot starve it (an EMFILE inside RocksDB stops its writes).
@@ -405,8 +430,12 @@ absl::Status Server::Impl::Init() {
   health_options.agent_listen = options.agent_listen;
   health_options.interval = options.health_interval;
   health_options.serving = &metrics->serving();
-  if (cluster) {
-    health_options.probe = [c = cluster.get()] { return c->Probe(); };
+  if (cluster || base_watch) {
+    // A changed base is checked first: it holds until a restart, whatever etcd and S3 do.
+    health_options.probe = [c = cluster.get(), w = base_watch.get()] {
+      if (w != nullptr && w->changed()) return w->status();
+      return c != nullptr ? c->Probe() : absl::OkStatus();
+    };
   }
   DS_ASSIGN_OR_RETURN(health, internal::HealthMonitor::Start(std::move(health_options),
                                                              grpc_server->GetHealthCheckService()));

@@ -36,9 +36,14 @@ struct ServerOptions {
   std::string base_path;
   // Map the base files (mmap; the page cache is shared with other processes reading
   // them) instead of copying them. Saves the base's size per extra process on one host,
-  // but then the files must not change while the daemon runs: a rewrite in place changes
-  // the weights served (their checksums are computed from the same bytes), a truncation
-  // kills the daemon (SIGBUS). Default: false.
+  // but then the files must not change while the daemon runs. A change is detected
+  // (server/internal/base_watch.h: inotify, and a check every health_interval): from then
+  // on health is NOT_SERVING, StreamWeights and PinTask fail with FAILED_PRECONDITION
+  // naming the file, deltaserve_base_changed is 1, until a restart. What is not
+  // prevented: pulls merged between the write and its notice (milliseconds with inotify)
+  // carry the new bytes, and a truncation can still kill the daemon (SIGBUS) if a merge
+  // reads a lost page first. Replacing a file (rename over it) is safe: the old bytes
+  // stay mapped and served. Default: false.
   bool base_mapped = false;
   // RocksDB directory (created if missing). Default: var/deltaserve-db.
   std::string db_path = "var/deltaserve-db";
@@ -142,7 +147,9 @@ struct ServerOptions {
   // (Server::agent_port()). "" = none. Default: "".
   std::string agent_listen;
   // Cluster mode: etcd and S3 are probed this often; a failed probe turns health
-  // NOT_SERVING (agent: down) until one succeeds. Default: 1 s.
+  // NOT_SERVING (agent: down) until one succeeds. With base_mapped, also how often the
+  // base files are checked for changes (besides inotify), and the most a detected change
+  // takes to turn health NOT_SERVING. Default: 1 s.
   absl::Duration health_interval = absl::Seconds(1);
 
   // InvalidArgument naming the deltaserved flag that sets the field (server/CONFIG.md:

@@ -12,6 +12,7 @@
 #include "codec/safetensors.h"
 #include "server/internal/admission.h"
 #include "server/internal/auth.h"
+#include "server/internal/base_watch.h"
 #include "server/internal/drain.h"
 #include "server/internal/stall_watch.h"
 #include "server/internal/metrics.h"
@@ -37,6 +38,8 @@ struct ServiceContext {
   const codec::ModelReader* base = nullptr;
   codec::BaseHash base_hash{};
   std::string base_hash_hex;
+  // --base-mapped only (else null): notices that a mapped base file changed.
+  const BaseWatch* base_watch = nullptr;
   TensorCache* cache = nullptr;
   // Data work: record reads, decode, merge, hashing, upload verification and commit.
   ThreadPool* pool = nullptr;
@@ -65,6 +68,12 @@ struct ServiceContext {
 
   // Refreshes deltaserve_tenant_tasks / _stored_bytes of `tenant` from the store.
   void PublishTenantUsage(const std::string& tenant) const;
+  // OK unless a mapped base file changed under the daemon (BaseWatch::status():
+  // FailedPrecondition naming the file and what changed). Whatever merges base bytes or
+  // sends merged tensors checks it (a lock-free load while nothing changed).
+  absl::Status CheckBase() const {
+    return base_watch == nullptr ? absl::OkStatus() : base_watch->status();
+  }
   // The chunk size of a stream: proto::EffectiveChunkBytes with the server's default.
   uint32_t ChunkBytes(uint32_t requested) const;
 };

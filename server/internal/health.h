@@ -10,8 +10,9 @@
 //
 // States: kServing after start (the port opens only once the base is loaded, so a
 // loading server fails the TCP check); kUnreachable while the last `probe` failed
-// (cluster mode probes etcd and S3 every `interval`; single node has no probe);
-// kDraining from StartDrain() on, for good.
+// (cluster mode probes etcd and S3 every `interval`; with --base-mapped the probe also
+// fails, for good, once a mapped base file changed (base_watch.h); a single node with a
+// copied base has no probe); kDraining from StartDrain() on, for good.
 //
 // Thread safety: thread-safe. The probe runs on the monitor's own thread (it may block
 // up to its own timeouts); the agent port is served by a second thread.

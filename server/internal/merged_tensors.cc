@@ -170,8 +170,14 @@ absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
   if (started) started(merged);
   absl::Time start = absl::Now();
   std::atomic<int64_t> saturated{0};
-  absl::Status merge =
-      MergeParts(ctx, record, merged->info.dtype, absl::MakeSpan(merged->data), fill, &saturated);
+  absl::Status merge = ctx.CheckBase();
+  if (merge.ok()) {
+    merge = MergeParts(ctx, record, merged->info.dtype, absl::MakeSpan(merged->data), fill,
+                       &saturated);
+  }
+  // A base file that changed during the merge (--base-mapped) may have given it the new
+  // bytes: such a tensor is neither sent nor cached.
+  if (merge.ok()) merge = ctx.CheckBase();
   absl::StatusOr<uint64_t> digest = merge.ok() ? fill->Digest() : absl::StatusOr<uint64_t>(merge);
   if (!digest.ok()) {
     fill->Finish(digest.status());  // a stream already sending this tensor fails with it
@@ -203,6 +209,7 @@ absl::StatusOr<uint64_t> PinTask(const ServiceContext& ctx, const std::string& t
   DS_ASSIGN_OR_RETURN(TaskSnapshot snap, ctx.versions->Open(*ctx.store, tenant, task));
   const storage::TaskInfo& info = snap.reader->info();
   DS_RETURN_IF_ERROR(CheckTaskBase(info, ctx.base_hash));
+  DS_RETURN_IF_ERROR(ctx.CheckBase());
   const std::string group = TaskGroup(tenant, task);
   uint64_t need = TaskMergedBytes(info, out_dtype);
   uint64_t pinned_elsewhere =

@@ -32,7 +32,8 @@ using StartedFn = std::function<void(const MergedTensorPtr& filling)>;
 // before its decode (to stream its rows as they become final). Returns the complete
 // tensor (fill done). Observes deltaserve_decode_seconds and _merge_seconds.
 // Errors: those of TaskReader::ReadRecord and codec::MergeTensor (also given to the
-// fill's waiters when `started` ran). Blocking (RocksDB read, decode): call on the
+// fill's waiters when `started` ran); FailedPrecondition (ServiceContext::CheckBase)
+// when a mapped base file changed before or during the merge. Blocking (RocksDB read, decode): call on the
 // worker pool only.
 absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
                                                    const storage::TaskReader& reader, size_t index,
@@ -41,7 +42,8 @@ absl::StatusOr<MergedTensorPtr> DecodeMergedTensor(const ServiceContext& ctx,
 
 // Decodes every tensor of the task into the cache and pins the task there. Blocking:
 // call on the worker pool (or before serving). Returns the task's pinned bytes.
-// ResourceExhausted if pinned tensors would exceed the cache budget; NotFound.
+// ResourceExhausted if pinned tensors would exceed the cache budget; NotFound;
+// FailedPrecondition when a mapped base file changed (ServiceContext::CheckBase).
 absl::StatusOr<uint64_t> PinTask(const ServiceContext& ctx, const std::string& tenant,
                                  const std::string& task, std::optional<codec::DType> out_dtype);
 

@@ -167,6 +167,31 @@ struct Metrics::ClusterMetrics {
 
 Metrics::~Metrics() = default;
 
+void Metrics::RegisterBaseWatch() {
+  if (base_changed_ != nullptr) return;
+  prometheus::Registry& r = *registry_;
+  base_changed_ = &BuildGauge()
+                       .Name("deltaserve_base_changed")
+                       .Help("--base-mapped: 1 once a mapped base file changed under the "
+                             "daemon (health NOT_SERVING, pulls FAILED_PRECONDITION until a "
+                             "restart); 0 before")
+                       .Register(r)
+                       .Add({});
+  base_replaced_files_ = &BuildGauge()
+                              .Name("deltaserve_base_replaced_files")
+                              .Help("--base-mapped: base files whose path names another file, "
+                                    "or none, since start (the mapped old bytes are still "
+                                    "served; restart to load the new file)")
+                              .Register(r)
+                              .Add({});
+  base_checks_ = &BuildCounter()
+                      .Name("deltaserve_base_checks_total")
+                      .Help("--base-mapped: checks of the mapped base files for changes "
+                            "(periodic and on inotify events)")
+                      .Register(r)
+                      .Add({});
+}
+
 void Metrics::RegisterPretouch() {
   if (pretouch_bytes_ != nullptr) return;
   prometheus::Registry& r = *registry_;

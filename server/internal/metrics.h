@@ -65,6 +65,15 @@ class Metrics {
   prometheus::Gauge& base_tensors() { return *base_tensors_; }
   // deltaserve_serving: 1 while health is SERVING (server/internal/health.h).
   prometheus::Gauge& serving() { return *serving_; }
+  // --base-mapped only (server/internal/base_watch.h): registers deltaserve_base_changed
+  // (1 once a mapped base file changed: NOT_SERVING until a restart),
+  // deltaserve_base_replaced_files (base paths that name another file, or none, since
+  // start: still serving the mapped old bytes) and deltaserve_base_checks_total. A server
+  // holding a copy of its base exports none of them. Idempotent; call before serving.
+  void RegisterBaseWatch();
+  prometheus::Gauge& base_changed() { return *base_changed_; }
+  prometheus::Gauge& base_replaced_files() { return *base_replaced_files_; }
+  prometheus::Counter& base_checks() { return *base_checks_; }
   // --pretouch-cache only (server/internal/pretouch.h): registers deltaserve_pretouch_bytes
   // and deltaserve_pretouch_seconds (a server without the flag exports neither, as single
   // node exports no deltaserve_cluster_*). Idempotent; call before serving.
@@ -108,6 +117,9 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* connections_refused_;
   prometheus::Gauge* base_tensors_;
   prometheus::Gauge* serving_;
+  prometheus::Gauge* base_changed_ = nullptr;  // RegisterBaseWatch
+  prometheus::Gauge* base_replaced_files_ = nullptr;
+  prometheus::Counter* base_checks_ = nullptr;
   prometheus::Gauge* pretouch_bytes_ = nullptr;  // RegisterPretouch
   prometheus::Gauge* pretouch_seconds_ = nullptr;
   // deltaserve_cluster_*: registered on the first PublishCluster (single node has none).

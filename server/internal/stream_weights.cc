@@ -138,6 +138,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<grpc::ByteBuf
     DS_ASSIGN_OR_RETURN(snap_, ctx_->versions->Open(*ctx_->store, tenant_, request_->task()));
     const storage::TaskInfo& info = snap_.reader->info();
     DS_RETURN_IF_ERROR(CheckTaskBase(info, ctx_->base_hash));
+    DS_RETURN_IF_ERROR(ctx_->CheckBase());
     DS_ASSIGN_OR_RETURN(plan_, PlanStream(*request_, info, out_dtype_));
     group_ = TaskGroup(tenant_, request_->task());
     v1::StreamWeightsResponse begin;
@@ -210,6 +211,12 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<grpc::ByteBuf
   // has not arrived (a delivery will Pump again), its bytes are not final yet (the
   // decode will Pump again) or it failed (error_ set).
   bool BuildNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // A base file changed under a --base-mapped daemon: no further message, whether its
+    // tensor came from the cache or was merged since (it may hold the new bytes).
+    if (absl::Status s = ctx_->CheckBase(); !s.ok()) {
+      error_ = std::move(s);
+      return false;
+    }
     if (cursor_->needs_tensor() && !current_) {
       std::optional<Prefetcher::Result> r = prefetcher_->Take(cursor_->position());
       if (!r) return false;
