@@ -202,6 +202,7 @@ absl::StatusOr<uint64_t> PinTask(const ServiceContext& ctx, const std::string& t
   DS_ASSIGN_OR_RETURN(TaskSnapshot snap, ctx.versions->Open(*ctx.store, tenant, task));
   const storage::TaskInfo& info = snap.reader->info();
   DS_RETURN_IF_ERROR(CheckTaskBase(info, ctx.base_hash));
+  DS_RETURN_IF_ERROR(CheckTaskFitsBase(info, *ctx.base));
   const std::string group = TaskGroup(tenant, task);
   uint64_t need = TaskMergedBytes(info, out_dtype);
   uint64_t pinned_elsewhere =

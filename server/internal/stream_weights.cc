@@ -138,6 +138,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<grpc::ByteBuf
     DS_ASSIGN_OR_RETURN(snap_, ctx_->versions->Open(*ctx_->store, tenant_, request_->task()));
     const storage::TaskInfo& info = snap_.reader->info();
     DS_RETURN_IF_ERROR(CheckTaskBase(info, ctx_->base_hash));
+    DS_RETURN_IF_ERROR(CheckTaskFitsBase(info, *ctx_->base));
     DS_ASSIGN_OR_RETURN(plan_, PlanStream(*request_, info, out_dtype_));
     group_ = TaskGroup(tenant_, request_->task());
     v1::StreamWeightsResponse begin;
