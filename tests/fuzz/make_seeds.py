@@ -80,72 +80,21 @@ def dct_payloads(container, encoding=2):
     return out
 
 
-def forged_containers(container):
-    """The second new-user trial's forgeries of `container` (the seed pair's d0): records
-    edited and resealed (record and trailer checksums recomputed), so that only the
-    checks against the base refuse them. {seed name: bytes}; {} without the xxhash
-    module."""
+def forged_containers(container, repo):
+    """The second new-user trial's forgeries of `container` (the seed pair's d0),
+    made by tests/python/forged_container.py: {seed name: bytes}; {} without the
+    xxhash module."""
+    sys.path.insert(0, os.path.join(repo, "tests", "python"))
     try:
-        import xxhash
+        from forged_container import forge, unchanged
     except ImportError:
         return {}
-    hdr_len, = struct.unpack_from("<I", container, 12)
-    header = container[:hdr_len]
-    recs, off = [], hdr_len
-    while container[off:off + 4] == b"DRec":
-        length, = struct.unpack_from("<Q", container, off + 4)
-        recs.append(container[off:off + length])
-        off += length
-
-    def fields(r):
-        nl, = struct.unpack_from("<H", r, 12)
-        p = 14 + nl
-        dtype, enc, rank, brank = r[p:p + 4]
-        shape = list(struct.unpack_from(f"<{rank}q", r, p + 4))
-        bshape = list(struct.unpack_from(f"<{brank}q", r, p + 4 + 8 * rank))
-        return dict(name=r[14:14 + nl], dtype=dtype, enc=enc, shape=shape, bshape=bshape,
-                    rest=r[p + 4 + 8 * (rank + brank):-8])
-
-    def build(f):
-        body = (b"DRec" + bytes(8) + struct.pack("<H", len(f["name"])) + f["name"]
-                + bytes([f["dtype"], f["enc"], len(f["shape"]), len(f["bshape"])])
-                + struct.pack(f"<{len(f['shape'])}q", *f["shape"])
-                + struct.pack(f"<{len(f['bshape'])}q", *f["bshape"]) + f["rest"])
-        body = bytearray(body)
-        struct.pack_into("<Q", body, 4, len(body) + 8)
-        return bytes(body) + struct.pack("<Q", xxhash.xxh3_64_intdigest(bytes(body)))
-
-    def assemble(records):
-        total = len(header) + sum(len(r) for r in records) + 24
-        tail = b"DEnd" + struct.pack("<IQ", len(records), total)
-        h = xxhash.xxh3_64()
-        h.update(tail)
-        h.update(header[-8:])
-        for r in records:
-            h.update(r[-8:])
-        return header + b"".join(records) + tail + struct.pack("<Q", h.intdigest())
-
-    empty = struct.pack("<qqQQ", 0, 0, 0, 0)  # rows, cols, payload and extra lengths
-
-    def unchanged(f, dtype, shape=None):
-        shape = shape or f["shape"]
-        return dict(f, enc=0, dtype=dtype, shape=shape, bshape=shape, rest=empty)
-
-    by_name = {fields(r)["name"]: i for i, r in enumerate(recs)}
-    edits = {
-        "unchanged_i32": (b"w", lambda f: unchanged(f, 5)),     # F32 base, I32 record
-        "unchanged_f64": (b"bias", lambda f: unchanged(f, 3)),  # 4 F32 as 4 F64
-        "no_base": (b"w", lambda f: dict(f, name=b"ghost")),
-        "reshaped": (b"w", lambda f: unchanged(f, 0, [32, 128])),
+    return {
+        "unchanged_i32": forge(container, b"w", unchanged(5)),     # F32 base, I32 record
+        "unchanged_f64": forge(container, b"bias", unchanged(3)),  # 4 F32 as 4 F64
+        "no_base": forge(container, b"w", lambda f: dict(f, name=b"ghost")),
+        "reshaped": forge(container, b"w", unchanged(0, [32, 128])),
     }
-    out = {}
-    for seed, (name, edit) in edits.items():
-        i = by_name[name]
-        forged = list(recs)
-        forged[i] = build(edit(fields(recs[i])))
-        out[seed] = assemble(forged)
-    return out
-
 
 def main():
     out, deltactl, models, repo = sys.argv[1:5]
@@ -208,7 +157,7 @@ def main():
             view = struct.pack("<HH", (rows - 1) % 256, (cols - 1) % 256)
             write(f"{out}/ecq_payload/d{i}_{j}", view + payload)
         write(f"{out}/put_delta_stream/d{i}", put_delta_stream("t", containers[-1], 4096))
-    for seed, forged in forged_containers(containers[0]).items():
+    for seed, forged in forged_containers(containers[0], repo).items():
         write(f"{out}/container/forged_{seed}", forged)
 
     # ecq with low-rank factors (flag bit 0): a rank-2 delta of white factors.
