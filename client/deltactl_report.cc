@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "client/internal/container_file.h"
 #include "client/internal/deltactl_command.h"
+#include "codec/record_checks.h"
 #include "common/status_macros.h"
 
 namespace deltaserve::client {
@@ -335,6 +336,7 @@ namespace {
 
 struct InspectOptions {
   std::string delta;
+  std::string base;  // optional: check every record against it
   bool json = false;
 };
 
@@ -352,10 +354,32 @@ absl::Status Emit(const ContainerReport& report, bool json) {
   return absl::OkStatus();
 }
 
+// With --base: every record that does not fit its base tensor (codec/record_checks.h),
+// one line each on stderr, then InvalidArgument counting them: a server refuses such a
+// container at push, and one already stored at pull.
+absl::Status CheckAgainstBase(const codec::ContainerReader& reader, const std::string& base_path) {
+  DS_ASSIGN_OR_RETURN(auto base, codec::ModelReader::Open(base_path));
+  size_t bad = 0;
+  std::string first;
+  for (size_t i = 0; i < reader.num_records(); ++i) {
+    DS_ASSIGN_OR_RETURN(codec::TensorRecord rec, reader.record(i));
+    absl::Status s = codec::CheckRecordFitsBase(rec, base.get());
+    if (s.ok()) continue;
+    if (bad++ == 0) first = std::string(s.message());
+    absl::FPrintF(stderr, "deltactl: warning: record %d does not fit the base: %s\n", i,
+                  s.message());
+  }
+  if (bad == 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      bad, " of ", reader.num_records(), " records do not fit base ", base_path, " (first: ",
+      first, "); a server refuses this container"));
+}
+
 absl::Status RunInspect(const InspectOptions& o) {
   DS_ASSIGN_OR_RETURN(auto container, OpenContainerFile(o.delta));
   DS_ASSIGN_OR_RETURN(auto report, ReportContainer(*container));
-  return Emit(report, o.json);
+  DS_RETURN_IF_ERROR(Emit(report, o.json));
+  return o.base.empty() ? absl::OkStatus() : CheckAgainstBase(container->reader(), o.base);
 }
 
 absl::Status RunEval(const EvalOptions& o) {
@@ -379,6 +403,9 @@ void AddReportCommands(CLI::App& app, CommandAction* action) {
   auto io = std::make_shared<InspectOptions>();
   inspect->add_option("delta", io->delta, "Delta container (.dds)")->required();
   inspect->add_flag("--json", io->json, "Print one JSON object instead of the table");
+  inspect->add_option("--base", io->base,
+                      "Base model: also check every record against the base tensor it merges "
+                      "into (dtype, shape); exit 1 naming each record that does not fit");
   inspect->callback([io, action] { *action = [io] { return RunInspect(*io); }; });
 
   auto* eval = app.add_subcommand(

@@ -19,6 +19,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "codec/container_checks.h"
+#include "codec/record_checks.h"
 #include "codec/internal/compress_checks.h"
 #include "codec/internal/fp16.h"
 #include "codec/internal/merge.h"
@@ -37,21 +38,28 @@ constexpr int64_t kCastChunk = 1 << 16;
 
 // dst (n elements of `to`) = src (n elements of `from`), bit-exact copy when the dtypes
 // agree, else through float32 (round-to-nearest-even) with internal::SaturateForCast's
-// rule, as merges: a finite value never becomes infinite. Returns the values saturated.
-int64_t CastElements(const uint8_t* src, DType from, int64_t n, DType to, uint8_t* dst) {
+// rule, as merges: a finite value never becomes infinite. Adds the values saturated to
+// *saturated. Internal for any other pair of dtypes (ToFloat32/FromFloat32 would write
+// nothing): every byte of dst is written, or the merge fails. CheckRecordFitsBase keeps
+// records from getting here with such a pair.
+absl::Status CastElements(const uint8_t* src, DType from, int64_t n, DType to, uint8_t* dst,
+                          int64_t* saturated) {
   if (from == to) {
     std::memcpy(dst, src, static_cast<size_t>(n) * DTypeSize(to));
-    return 0;
+    return absl::OkStatus();
   }
-  int64_t saturated = 0;
+  if (!IsCastable(from) || !IsCastable(to)) {
+    return absl::InternalError(absl::StrCat("no cast from ", std::string(DTypeName(from)),
+                                            " to ", std::string(DTypeName(to))));
+  }
   std::vector<float> tmp(static_cast<size_t>(std::min(n, kCastChunk)));
   for (int64_t i = 0; i < n; i += kCastChunk) {
     const int64_t m = std::min(kCastChunk, n - i);
     ToFloat32(src + i * DTypeSize(from), from, m, tmp.data());
-    saturated += internal::SaturateForCast(tmp.data(), m, to);
+    *saturated += internal::SaturateForCast(tmp.data(), m, to);
     FromFloat32(tmp.data(), m, to, dst + i * DTypeSize(to));
   }
-  return saturated;
+  return absl::OkStatus();
 }
 
 // True if `name` is the scale of an FP8 tensor: NAME_scale or NAME_scale_inv beside an
@@ -646,36 +654,30 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
     const int64_t hi = std::min(limit, count * (part + 1) / num_parts * unit);
     return std::make_pair(lo, hi);
   };
+  // A cast error names the tensor (CastElements' pairs are refused before, below).
+  auto cast = [&](const uint8_t* src, DType from, int64_t count, uint8_t* dst) {
+    absl::Status s = CastElements(src, from, count, out_dtype, dst, saturated);
+    return s.ok() ? s : absl::Status(s.code(), absl::StrCat(Quoted(name), ": ", s.message()));
+  };
   if (record.encoding == Encoding::kRaw) {
     auto [lo, hi] = split(n, 1, n);
-    *saturated += CastElements(record.payload.data() + lo * DTypeSize(record.info.dtype),
-                               record.info.dtype, hi - lo, out_dtype, out.data() + lo * osz);
+    DS_RETURN_IF_ERROR(cast(record.payload.data() + lo * DTypeSize(record.info.dtype),
+                            record.info.dtype, hi - lo, out.data() + lo * osz));
     if (on_bytes) on_bytes(out.subspan(lo * osz, (hi - lo) * osz));
     return absl::OkStatus();
   }
-  if (base == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(Quoted(name), ": ",
-                                                   std::string(EncodingName(record.encoding)),
-                                                   " record needs the base model"));
-  }
+  // Before any byte is written: the record fits its base tensor (dtype, shape), so that
+  // every byte of `out` is written below (record_checks.h). A stored task made before
+  // PutDelta checked this is refused here, at pull.
+  DS_RETURN_IF_ERROR(CheckRecordFitsBase(record, base));
   auto bv = base->Get(record.base_tensor());
-  if (!bv.ok()) {
-    return absl::NotFoundError(record.base_name.empty()
-                                   ? absl::StrCat(Quoted(name), ": not in the base model")
-                                   : absl::StrCat(Quoted(name), ": its tied base tensor '",
-                                                  record.base_name, "' is not in the base model"));
-  }
-  if (bv->info.shape != record.base_shape) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(Quoted(name), ": base tensor has shape ", ShapeString(bv->info.shape),
-                     ", the delta was made against ", ShapeString(record.base_shape)));
-  }
+  if (!bv.ok()) return bv.status();  // CheckRecordFitsBase found it: an I/O error
   const int64_t base_n = bv->info.num_elements();
   const size_t bsz = DTypeSize(bv->info.dtype);
   if (record.encoding == Encoding::kUnchanged) {
     auto [lo, hi] = split(n, 1, n);
-    *saturated += CastElements(bv->data.data() + lo * bsz, bv->info.dtype, hi - lo, out_dtype,
-                               out.data() + lo * osz);
+    DS_RETURN_IF_ERROR(
+        cast(bv->data.data() + lo * bsz, bv->info.dtype, hi - lo, out.data() + lo * osz));
     if (on_bytes) on_bytes(out.subspan(lo * osz, (hi - lo) * osz));
     return absl::OkStatus();
   }
@@ -701,8 +703,8 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
     return absl::Status(s.code(), absl::StrCat(Quoted(name), ": ", s.message()));
   }
   if (n > base_n && part == num_parts - 1) {
-    *saturated += CastElements(record.extra_rows.data(), record.info.dtype, n - base_n, out_dtype,
-                               out.data() + base_n * osz);
+    DS_RETURN_IF_ERROR(
+        cast(record.extra_rows.data(), record.info.dtype, n - base_n, out.data() + base_n * osz));
     if (on_bytes) on_bytes(out.subspan(base_n * osz));
   }
   return absl::OkStatus();

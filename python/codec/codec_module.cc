@@ -7,6 +7,7 @@
 //   Base.hash()                hex XXH3-128 (codec::ComputeBaseHash), computed once
 //   Container(data)            parsed delta container (codec::ContainerReader) over a
 //                              bytes-like object it keeps alive
+//   Container.check_base(base) every record fits the base (codec::CheckContainerFitsBase)
 //   merge(base, container, i, out_dtype, out, threads)
 //                              record i merged into `out` (a writable, C-contiguous
 //                              buffer of exactly MergedBytes bytes) with
@@ -42,6 +43,7 @@
 #include "absl/strings/str_cat.h"
 #include "codec/container.h"
 #include "codec/delta_codec.h"
+#include "codec/record_checks.h"
 #include "codec/safetensors.h"
 #include "codec/tensor.h"
 #include "python/codec/status_error.h"
@@ -151,6 +153,17 @@ class Container {
                                 r.info.shape, i));
     }
     return out;
+  }
+
+  // Raises CodecError unless every record fits `base` (codec::CheckContainerFitsBase:
+  // the base tensor each names, its dtype and shape, lossy payload headers).
+  void CheckBase(const Base& base) const {
+    absl::Status s;
+    {
+      py::gil_scoped_release release;
+      s = codec::CheckContainerFitsBase(reader_, base.reader());
+    }
+    ThrowIfError(s);
   }
 
   const codec::ContainerReader& reader() const { return reader_; }
@@ -343,7 +356,8 @@ PYBIND11_MODULE(_codec, m) {
       .def_property_readonly("base_hash", &Container::BaseHash)
       .def_property_readonly("metadata", &Container::Metadata)
       .def("__len__", &Container::size)
-      .def("records", &Container::Records);
+      .def("records", &Container::Records)
+      .def("check_base", &Container::CheckBase, py::arg("base"));
   m.def("merge", &Merge, py::arg("base"), py::arg("container"), py::arg("index"),
         py::arg("out_dtype"), py::arg("out"), py::arg("threads") = 1);
   m.def("merge_records", &MergeRecords, py::arg("base"), py::arg("metadata"), py::arg("items"),

@@ -193,7 +193,9 @@ def apply_delta(target, container, base, strict=True, dtype=None, threads=None, 
     from fetch_delta) against `base` (a LocalBase) into `target` (a torch.nn.Module or a
     dict of torch tensors / numpy arrays) in place, in `dtype` (default: each tensor's
     recorded dtype). Before anything is written: FAILED_PRECONDITION if the container
-    was made against another base (both hashes quoted), INVALID_ARGUMENT for a missing
+    was made against another base (both hashes quoted), INVALID_ARGUMENT for a record
+    that does not fit the base tensor it merges into (missing, another shape, an
+    "unchanged" record in another dtype: codec/record_checks.h), for a missing
     name, a shape or dtype mismatch, a tensor that cannot be loaded into (on the meta
     device, sparse, quantized...: deltaserve.torch_io.check_loadable), or (strict) a
     model tensor the task lacks. strict=False: as torch's load_state_dict(strict=False),
@@ -217,6 +219,10 @@ def apply_delta(target, container, base, strict=True, dtype=None, threads=None, 
             raise DeltaserveError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"delta made against base {parsed.base_hash}, this worker's base is {base.hash}")
+        # Every record against the base tensor it merges into (dtype, shape): a record
+        # that does not fit would otherwise fail midway, or (before the codec checked)
+        # leave its target bytes unwritten.
+        parsed.check_base(base._base)
         records = parsed.records()
         summaries = [(name, tuple(shape), dtypes.from_name(dt)) for name, dt, shape, _ in records]
         plan = check_plan(tensors, summaries, strict, False, out_dtype, "the delta", hint=_WHOLE)

@@ -1,8 +1,12 @@
 #include "server/internal/base_check.h"
 
+#include <map>
+#include <string>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "codec/delta_codec.h"
+#include "codec/record_checks.h"
 #include "common/status_macros.h"
 #include "server/internal/log.h"
 
@@ -55,6 +59,33 @@ absl::Status CheckTaskBase(const storage::TaskInfo& info, const codec::BaseHash&
                    "; deltaserved serves one base (--base): pull it from a server started "
                    "with the base it was compressed against, or push it again compressed "
                    "against this one"));
+}
+
+absl::Status CheckTaskFitsBase(const storage::TaskInfo& info, const codec::ModelReader& base) {
+  // A malformed tie map was refused at push (ContainerReader::Parse): none then.
+  const std::map<std::string, std::string> ties =
+      codec::ParseBaseAlias(info.metadata).value_or(std::map<std::string, std::string>{});
+  for (const storage::TensorEntry& t : info.tensors) {
+    if (t.encoding == codec::Encoding::kRaw) continue;
+    codec::TensorRecord rec;
+    rec.info = {t.name, t.dtype, t.shape};
+    rec.encoding = t.encoding;
+    if (auto it = ties.find(t.name); it != ties.end()) rec.base_name = it->second;
+    absl::StatusOr<codec::TensorView> bv = base.Get(rec.base_tensor());
+    if (!bv.ok() && !absl::IsNotFound(bv.status())) return bv.status();
+    // An unchanged tensor's base shape is its shape; a lossy one's is not in the
+    // metadata (checked at merge): the base's, so that only its dtype is checked here.
+    rec.base_shape = t.encoding == codec::Encoding::kUnchanged || !bv.ok()
+                         ? t.shape
+                         : bv->info.shape;
+    absl::Status s = codec::CheckRecordFitsBase(rec, bv.ok() ? &bv->info : nullptr);
+    if (!s.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("task '", info.task, "' does not fit the resident base: ", s.message(),
+                       "; push it again (PutDelta now refuses such a container)"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 void MarkOtherBase(const std::string& resident_hex, v1::TaskInfo* out) {

@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "codec/container.h"
+#include "codec/safetensors.h"
 #include "deltaserve/v1/delta_service.pb.h"
 #include "storage/store.h"
 
@@ -42,6 +43,17 @@ void WarnTasksOfAnotherBase(const OtherBaseTasks& found, const std::string& base
 // (--base): pull it from a server started with the base it was compressed against, or
 // push it again compressed against this one".
 absl::Status CheckTaskBase(const storage::TaskInfo& info, const codec::BaseHash& resident);
+
+// OK if every tensor of `info` (the task's metadata: no record is read) fits the base
+// tensor it merges into, as far as the metadata tells (codec::CheckRecordFitsBase): a
+// tensor that is not raw names a base tensor of `base` (its own name or its tie,
+// codec::kBaseAliasKey); an unchanged one has that tensor's dtype and shape; a lossy one
+// a float base tensor (its base_shape and payload are checked when merged). PutDelta
+// refuses containers that do not fit, so this refuses tasks stored before it did, at
+// StreamWeights and PinTask, before a byte is sent: FailedPrecondition "task 'T' does
+// not fit the resident base: tensor 'x': ...; push it again (PutDelta now refuses such
+// a container)".
+absl::Status CheckTaskFitsBase(const storage::TaskInfo& info, const codec::ModelReader& base);
 
 // Sets `out`->other_base: whether `out`->base_hash (hex, as FillTaskInfo sets it) differs
 // from `resident_hex`, the resident base's hash. ListTasks and GetTask call it on every

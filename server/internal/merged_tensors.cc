@@ -210,6 +210,7 @@ absl::StatusOr<uint64_t> PinTask(const ServiceContext& ctx, const std::string& t
   const storage::TaskInfo& info = snap.reader->info();
   DS_RETURN_IF_ERROR(CheckTaskBase(info, ctx.base_hash));
   DS_RETURN_IF_ERROR(ctx.CheckBase());
+  DS_RETURN_IF_ERROR(CheckTaskFitsBase(info, *ctx.base));
   const std::string group = TaskGroup(tenant, task);
   uint64_t need = TaskMergedBytes(info, out_dtype);
   uint64_t pinned_elsewhere =

@@ -43,6 +43,7 @@
 #include "codec/container.h"
 #include "codec/container_checks.h"
 #include "codec/delta_codec.h"
+#include "codec/record_checks.h"
 #include "common/status_macros.h"
 #include "proto/protocol.h"
 #include "server/internal/cluster_glue.h"
@@ -350,6 +351,10 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
                           absl::StrCat("PutDelta: task '", meta_.task(), "': ", s.message()));
     }
     DS_RETURN_IF_ERROR(CheckHeaderBase(container->header()));
+    // Every record against the resident base tensor it names (dtype, shape, payload
+    // header): a record whose merge would leave bytes of its output unwritten is
+    // refused here, before anything is stored (the call's log and status name the task).
+    DS_RETURN_IF_ERROR(codec::CheckContainerFitsBase(*container, *ctx_->base));
     DS_ASSIGN_OR_RETURN(std::vector<storage::SideFile> side_files, SplitSideFiles());
     storage::CommitOptions options = MakeCommitOptions();
     options.side_files = side_files;

@@ -139,6 +139,7 @@ class StreamWeightsReactor final : public grpc::ServerWriteReactor<grpc::ByteBuf
     const storage::TaskInfo& info = snap_.reader->info();
     DS_RETURN_IF_ERROR(CheckTaskBase(info, ctx_->base_hash));
     DS_RETURN_IF_ERROR(ctx_->CheckBase());
+    DS_RETURN_IF_ERROR(CheckTaskFitsBase(info, *ctx_->base));
     DS_ASSIGN_OR_RETURN(plan_, PlanStream(*request_, info, out_dtype_));
     group_ = TaskGroup(tenant_, request_->task());
     v1::StreamWeightsResponse begin;

@@ -1,7 +1,6 @@
 #include "codec/container.h"
 
 #include <sys/stat.h>
-#include <xxhash.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -13,6 +12,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/forged_container.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
@@ -20,6 +20,7 @@ namespace deltaserve::codec {
 namespace {
 
 using ::deltaserve::testing::IsOk;
+using ::deltaserve::testing::ResealedRecord;
 using ::deltaserve::testing::StatusIs;
 using ::testing::AnyOf;
 using ::testing::ElementsAre;
@@ -231,15 +232,6 @@ TEST(ContainerTest, GarbageAppendedOrPrependedIsDetected) {
   std::vector<uint8_t> prefixed = {0};
   prefixed.insert(prefixed.end(), bytes.begin(), bytes.end());
   EXPECT_THAT(ParseAll(prefixed), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("magic")));
-}
-
-// Rewrites the u64 at `off` of a record and re-seals the record's checksum, as a buggy or
-// hostile writer would: only field validation can catch the lie.
-std::vector<uint8_t> ResealedRecord(std::vector<uint8_t> rec, size_t off, uint64_t v) {
-  for (int k = 0; k < 8; ++k) rec[off + k] = static_cast<uint8_t>(v >> (8 * k));
-  const uint64_t sum = XXH3_64bits(rec.data(), rec.size() - 8);
-  for (int k = 0; k < 8; ++k) rec[rec.size() - 8 + k] = static_cast<uint8_t>(sum >> (8 * k));
-  return rec;
 }
 
 TEST(ContainerTest, LyingLengthsAreRejected) {

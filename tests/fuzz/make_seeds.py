@@ -80,6 +80,22 @@ def dct_payloads(container, encoding=2):
     return out
 
 
+def forged_containers(container, repo):
+    """The second new-user trial's forgeries of `container` (the seed pair's d0),
+    made by tests/python/forged_container.py: {seed name: bytes}; {} without the
+    xxhash module."""
+    sys.path.insert(0, os.path.join(repo, "tests", "python"))
+    try:
+        from forged_container import forge, unchanged
+    except ImportError:
+        return {}
+    return {
+        "unchanged_i32": forge(container, b"w", unchanged(5)),     # F32 base, I32 record
+        "unchanged_f64": forge(container, b"bias", unchanged(3)),  # 4 F32 as 4 F64
+        "no_base": forge(container, b"w", lambda f: dict(f, name=b"ghost")),
+        "reshaped": forge(container, b"w", unchanged(0, [32, 128])),
+    }
+
 def main():
     out, deltactl, models, repo = sys.argv[1:5]
     tmp = os.path.join(out, "work")
@@ -141,6 +157,8 @@ def main():
             view = struct.pack("<HH", (rows - 1) % 256, (cols - 1) % 256)
             write(f"{out}/ecq_payload/d{i}_{j}", view + payload)
         write(f"{out}/put_delta_stream/d{i}", put_delta_stream("t", containers[-1], 4096))
+    for seed, forged in forged_containers(containers[0], repo).items():
+        write(f"{out}/container/forged_{seed}", forged)
 
     # ecq with low-rank factors (flag bit 0): a rank-2 delta of white factors.
     u = [[rnd.gauss(0, 1) for _ in range(64)] for _ in range(2)]

@@ -5,7 +5,9 @@ decodes + merges it in place into a model and gives the bytes StreamWeights send
 (hash == GetBase); switching the same model from task A to task B reuses the LocalBase;
 Client.load_delta_into (records decoded while the container arrives) gives the same
 bytes; a delta made against another base is FAILED_PRECONDITION and a shape mismatch
-INVALID_ARGUMENT, both before anything is written (both paths). One tensor (4096 x 3072) is large
+INVALID_ARGUMENT, both before anything is written (both paths); a forged container (a
+record "unchanged" in another dtype than its base tensor's) is refused at push and by
+apply_delta. One tensor (4096 x 3072) is large
 enough to be merged in parts on several threads."""
 import os
 import tempfile
@@ -14,6 +16,7 @@ import grpc
 import torch
 
 import live_daemon as ld
+from forged_container import forge, unchanged
 from live_daemon import d
 
 from deltaserve import Client, LocalBase, apply_delta
@@ -157,6 +160,17 @@ with tempfile.TemporaryDirectory(prefix="py-decode-") as tmp:
     d.check(all(bool((t == 0).all()) for t in bad.values()), "bad shape: target written")
     ld.expect_error(lambda: apply_delta(zeros(), b"not a container", local),
                     grpc.StatusCode.DATA_LOSS)
+    # A forged container (the second new-user trial's leak): a record claims "unchanged"
+    # in I16 over its F16 base tensor, checksums resealed. Refused by the server at push
+    # and by apply_delta before anything is written.
+    forged = forge(container, b"layers.0.attn.weight", unchanged(6))  # 6: I16
+    why = "tensor 'layers.0.attn.weight': unchanged record has dtype I16, its base tensor is F16"
+    ld.expect_error(lambda: c.push("forged", forged), grpc.StatusCode.INVALID_ARGUMENT, why)
+    ld.expect_error(lambda: c.task_info("forged"), grpc.StatusCode.NOT_FOUND)
+    fresh = zeros()
+    ld.expect_error(lambda: apply_delta(fresh, forged, local), grpc.StatusCode.INVALID_ARGUMENT,
+                    why)
+    d.check(all(bool((t == 0).all()) for t in fresh.values()), "forged: target written")
     ld.expect_error(lambda: LocalBase(f"{tmp}/missing.safetensors"), grpc.StatusCode.NOT_FOUND)
     d.check(daemon.stop() == 0, "deltaserved did not exit 0 on SIGTERM")
     d.log("PASS: fetch_delta + apply_delta bit-identical to StreamWeights; wrong base refused")
