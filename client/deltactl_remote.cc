@@ -95,7 +95,7 @@ void AddRemoteFlags(CLI::App* app, RemoteFlags* f) {
                   absl::StrCat("Tenant to act on (admin tokens; default: own; env ", kTenantEnv,
                                ")"))
       ->group(group);
-  app->add_flag("--tls", f->tls, "Use TLS with the system roots")->group(group);
+  common::AddBooleanFlag(app, "--tls", f->tls, "Use TLS with the system roots")->group(group);
   app->add_option("--tls-ca", f->tls_ca, "Use TLS trusting this PEM root certificate")
       ->group(group);
   app->add_option("--timeout", f->timeout_seconds,
@@ -104,7 +104,7 @@ void AddRemoteFlags(CLI::App* app, RemoteFlags* f) {
                                         false))
       ->capture_default_str()
       ->group(group);
-  app->add_flag("--json", f->json, "Print results as JSON")->group(group);
+  common::AddBooleanFlag(app, "--json", f->json, "Print results as JSON")->group(group);
 }
 
 bool Given(const CLI::App& app, const char* name) { return app.get_option(name)->count() > 0; }
@@ -579,18 +579,18 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   CLI::App* push = add("push", "Upload a delta container (.dds) to a server as a task");
   AddTaskOption(push, &task->task);
   push->add_option("--in", task->in, "Delta container (.dds)")->required();
-  push->add_flag("--overwrite", task->overwrite, "Replace an existing task");
+  common::AddBooleanFlag(push, "--overwrite", task->overwrite, "Replace an existing task");
   AddSideFileOptions(push, &task->side_files);
   bind(push, [task](const RemoteFlags& f) { return RunPush(f, *task); });
 
   CLI::App* list = add("list", "List the tasks stored on a server");
   auto all = std::make_shared<bool>(false);
-  list->add_flag("--all-tenants", *all, "Every tenant's tasks (admin token)");
+  common::AddBooleanFlag(list, "--all-tenants", *all, "Every tenant's tasks (admin token)");
   bind(list, [all](const RemoteFlags& f) { return RunList(f, *all); });
 
   CLI::App* info = add("info", "Show a stored task (sizes, bits per weight, base hash)");
   AddTaskOption(info, &task->task);
-  info->add_flag("--tensors", task->tensors, "Also list every tensor");
+  common::AddBooleanFlag(info, "--tensors", task->tensors, "Also list every tensor");
   bind(info, [task](const RemoteFlags& f) { return RunInfo(f, *task); });
 
   CLI::App* del = add("delete", "Delete a stored task");

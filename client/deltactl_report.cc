@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "client/internal/container_file.h"
 #include "client/internal/deltactl_command.h"
+#include "common/cli_validators.h"
 #include "common/status_macros.h"
 
 namespace deltaserve::client {
@@ -378,7 +379,7 @@ void AddReportCommands(CLI::App& app, CommandAction* action) {
                          "(every container byte counted), and totals");
   auto io = std::make_shared<InspectOptions>();
   inspect->add_option("delta", io->delta, "Delta container (.dds)")->required();
-  inspect->add_flag("--json", io->json, "Print one JSON object instead of the table");
+  common::AddBooleanFlag(inspect, "--json", io->json, "Print one JSON object instead of the table");
   inspect->callback([io, action] { *action = [io] { return RunInspect(*io); }; });
 
   auto* eval = app.add_subcommand(
@@ -390,8 +391,8 @@ void AddReportCommands(CLI::App& app, CommandAction* action) {
   eval->add_option("--finetuned", eo->finetuned, "Finetuned model the delta was made from")
       ->required();
   eval->add_option("--delta", eo->delta, "Delta container (.dds)")->required();
-  eval->add_flag("--json", eo->json, "Print one JSON object instead of the table");
-  eval->add_flag("--force", eo->force, "Evaluate even if the base hash differs");
+  common::AddBooleanFlag(eval, "--json", eo->json, "Print one JSON object instead of the table");
+  common::AddBooleanFlag(eval, "--force", eo->force, "Evaluate even if the base hash differs");
   eval->callback([eo, action] { *action = [eo] { return RunEval(*eo); }; });
 }
 

@@ -131,9 +131,10 @@ int Run(int argc, char** argv) {
   app.set_version_flag("--version", "deltaserved " DELTASERVE_VERSION);
   app.add_option("--base", o.base_path, "base model (.safetensors file, index or directory)")
       ->envname("DELTASERVE_BASE")->required();
-  app.add_flag("--base-mapped", o.base_mapped,
-               "map the base files instead of reading them into memory (shares the page cache "
-               "with other processes; the files must then not change while deltaserved runs)")
+  deltaserve::common::AddBooleanFlag(
+      &app, "--base-mapped", o.base_mapped,
+      "map the base files instead of reading them into memory (shares the page cache "
+      "with other processes; the files must then not change while deltaserved runs)")
       ->envname("DELTASERVE_BASE_MAPPED");
   app.add_option("--db", o.db_path, "RocksDB directory")->envname("DELTASERVE_DB")
       ->capture_default_str();
@@ -158,10 +159,11 @@ int Run(int argc, char** argv) {
       ->envname("DELTASERVE_TLS_KEY");
   app.add_option("--cache-bytes", o.cache_bytes, "merged-tensor cache budget, bytes")
       ->envname("DELTASERVE_CACHE_BYTES")->check(kByteCount)->capture_default_str();
-  app.add_flag("--pretouch-cache", o.pretouch_cache,
-               "once serving, fault in memory for a first cold pull's merged tensors (the "
-               "base's shapes, up to --cache-bytes) on an idle-priority thread, so that the "
-               "pull decodes without page faults; costs that memory from start")
+  deltaserve::common::AddBooleanFlag(
+      &app, "--pretouch-cache", o.pretouch_cache,
+      "once serving, fault in memory for a first cold pull's merged tensors (the "
+      "base's shapes, up to --cache-bytes) on an idle-priority thread, so that the "
+      "pull decodes without page faults; costs that memory from start")
       ->envname("DELTASERVE_PRETOUCH_CACHE");
   app.add_option("--workers", o.workers, "worker threads (0 = cores)")
       ->envname("DELTASERVE_WORKERS")->check(kCount)->capture_default_str();
