@@ -27,6 +27,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "common/cli_validators.h"
+#include "common/usage_error.h"
 #include "grpc/support/log.h"
 #include "server/internal/log.h"
 #include "server/server.h"
@@ -328,9 +329,13 @@ int Run(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(o);
   if (!server.ok()) {
     // A busy port, a missing file: the error names the flag, or the variable that set it.
-    internal::LogError("start failed",
-                       {{"error", InVariableTerms(server.status().ToString(), argc, argv)}});
-    return 1;
+    internal::LogError(
+        "start failed",
+        {{"error",
+          InVariableTerms(server.status().ToString(absl::StatusToStringMode::kWithNoExtraData),
+                          argc, argv)}});
+    // A --base that is not a model (a PyTorch checkpoint) is a usage error, exit 2.
+    return deltaserve::common::IsUsageError(server.status()) ? kUsageExit : 1;
   }
   // One that came while the server started (loading the base, opening the database) is
   // answered now that it serves: it drains at once.
