@@ -6,8 +6,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,11 +24,12 @@
 #include "client/internal/deltactl_report.h"
 #include "codec/delta_codec.h"
 #include "codec/safetensors.h"
+#include "codec/tfjs.h"
 #include "common/cli_validators.h"
 #include "common/file.h"
+#include "common/plural.h"
 #include "common/status_macros.h"
 #include "common/tmp_files.h"
-#include "codec/tfjs.h"
 
 namespace deltaserve::client {
 namespace {
@@ -109,8 +110,9 @@ absl::Status RunConvert(const ConvertOptions& o) {
     params += v.info.num_elements();
     bytes += v.data.size();
   }
-  absl::PrintF("converted %s -> %s: %d tensors, %d parameters, %d bytes of weights\n", o.in, o.out,
-               views.size(), params, bytes);
+  absl::PrintF("converted %s -> %s: %s, %s, %s of weights\n", o.in, o.out,
+               common::Counted(views.size(), "tensor"), common::Counted(params, "parameter"),
+               common::Counted(bytes, "byte"));
   // A model has tens of such weights (int32 shape constants) with long names: all of
   // them on one line made ~3000 characters. The count, then a few names a line each.
   if (!skipped.empty()) {
@@ -336,8 +338,9 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
     DS_RETURN_IF_ERROR(WriteSideFilesToDir(side_files, o.out_dir));
     out_dir->Keep();
   }
-  absl::PrintF("decompressed %s + %s -> %s (%d tensors)\n", o.base, o.delta,
-               o.out.empty() ? o.out_dir : o.out, container->reader().num_records());
+  absl::PrintF("decompressed %s + %s -> %s (%s)\n", o.base, o.delta,
+               o.out.empty() ? o.out_dir : o.out,
+               common::Counted(container->reader().num_records(), "tensor"));
   return absl::OkStatus();
 }
 

@@ -421,7 +421,7 @@ TEST_F(DeltactlCliTest, ConvertSummarisesSkippedWeights) {
   DeltactlResult r = Run("convert --in " + model + " --out " + tmp_.File("m.safetensors"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("converted " + model + " -> " + tmp_.File("m.safetensors") +
-                               ": 1 tensors"));
+                               ": 1 tensor, "));
   EXPECT_THAT(r.out, HasSubstr("\nskipped 40 weights that are not float:\n  shape_const_100\n"
                                "  shape_const_101\n  shape_const_102\n"
                                "  ... and 37 more (--verbose lists them all)\n"));
