@@ -7,9 +7,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "client/client.h"
 #include "client/internal/impl.h"
 #include "client/internal/weights_stream.h"
+#include "common/plural.h"
 #include "common/status_macros.h"
 
 namespace deltaserve::client {
@@ -104,8 +106,12 @@ absl::Status DeltaClient::PullWeightsToSink(const std::string& task, WeightsSink
       const absl::Time soon =
           std::min(absl::Now() + std::min(options.reconnect_timeout, kFirstConnect), deadline);
       if (!impl_->channel->WaitForConnected(absl::ToChronoTime(soon))) {
-        return absl::UnavailableError(absl::StrCat(
-            label, ": cannot reach the server at ", impl_->options.target, " (", s.message(), ")"));
+        // The call's message names the call already ("StreamWeights 'chat': failed to
+        // connect..."): said once (new-user trial: the label came twice).
+        absl::string_view detail = s.message();
+        absl::ConsumePrefix(&detail, absl::StrCat(label, ": "));
+        return absl::UnavailableError(absl::StrCat(label, ": cannot reach the server at ",
+                                                   impl_->options.target, " (", detail, ")"));
       }
       continue;
     }
@@ -137,9 +143,10 @@ absl::Status DeltaClient::PullWeightsToSink(const std::string& task, WeightsSink
       if (previous != nullptr) resume.DropUnfinished();
       return absl::UnavailableError(absl::StrFormat(
           "%s: connection dropped (%s) and the server did not come back within %.1f s (%d of "
-          "%d retries used, each waiting up to %.1f s%s)",
+          "%s used, each waiting up to %.1f s%s)",
           label, s.message(), absl::ToDoubleSeconds(absl::Now() - wait_start), attempt + 1,
-          options.retries, absl::ToDoubleSeconds(options.reconnect_timeout),
+          common::Counted(options.retries, "retry", "retries"),
+          absl::ToDoubleSeconds(options.reconnect_timeout),
           past_deadline ? "; the deadline was reached" : ""));
     }
   }

@@ -13,8 +13,10 @@
 #include "absl/strings/str_format.h"
 #include "client/internal/deltactl_command.h"
 #include "common/json.h"
+#include "common/plural.h"
 #include "common/status_macros.h"
 #include "common/tmp_files.h"
+#include "common/usage_error.h"
 #include "grpc/support/log.h"
 
 namespace deltaserve::client {
@@ -48,7 +50,8 @@ void ProgressLine::End(const std::string& text) {
 codec::ProgressFn StderrProgress(std::string label) {
   auto line = std::make_shared<ProgressLine>(std::move(label));
   return [line](size_t done, size_t total, const std::string& name) {
-    line->Update(done, total, absl::StrFormat("%d/%d tensors (%s)", done, total, name));
+    line->Update(done, total,
+                 absl::StrFormat("%d/%s (%s)", done, common::Counted(total, "tensor"), name));
   };
 }
 
@@ -110,8 +113,10 @@ int main(int argc, char** argv) {
   if (!action) return 2;
   const absl::Status status = action();
   if (!status.ok()) {
-    std::fprintf(stderr, "deltactl: %s\n", status.ToString().c_str());
-    return 1;
+    std::fprintf(stderr, "deltactl: %s\n",
+                 status.ToString(absl::StatusToStringMode::kWithNoExtraData).c_str());
+    // A file that is not what its flag takes is a usage error, as a bad flag value.
+    return deltaserve::common::IsUsageError(status) ? 2 : 1;
   }
   return 0;
 }

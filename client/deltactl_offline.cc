@@ -6,8 +6,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,11 +24,12 @@
 #include "client/internal/deltactl_report.h"
 #include "codec/delta_codec.h"
 #include "codec/safetensors.h"
+#include "codec/tfjs.h"
 #include "common/cli_validators.h"
 #include "common/file.h"
+#include "common/plural.h"
 #include "common/status_macros.h"
 #include "common/tmp_files.h"
-#include "codec/tfjs.h"
 
 namespace deltaserve::client {
 namespace {
@@ -109,8 +110,9 @@ absl::Status RunConvert(const ConvertOptions& o) {
     params += v.info.num_elements();
     bytes += v.data.size();
   }
-  absl::PrintF("converted %s -> %s: %d tensors, %d parameters, %d bytes of weights\n", o.in, o.out,
-               views.size(), params, bytes);
+  absl::PrintF("converted %s -> %s: %s, %s, %s of weights\n", o.in, o.out,
+               common::Counted(views.size(), "tensor"), common::Counted(params, "parameter"),
+               common::Counted(bytes, "byte"));
   // A model has tens of such weights (int32 shape constants) with long names: all of
   // them on one line made ~3000 characters. The count, then a few names a line each.
   if (!skipped.empty()) {
@@ -336,8 +338,9 @@ absl::Status RunDecompress(const DecompressCliOptions& o) {
     DS_RETURN_IF_ERROR(WriteSideFilesToDir(side_files, o.out_dir));
     out_dir->Keep();
   }
-  absl::PrintF("decompressed %s + %s -> %s (%d tensors)\n", o.base, o.delta,
-               o.out.empty() ? o.out_dir : o.out, container->reader().num_records());
+  absl::PrintF("decompressed %s + %s -> %s (%s)\n", o.base, o.delta,
+               o.out.empty() ? o.out_dir : o.out,
+               common::Counted(container->reader().num_records(), "tensor"));
   return absl::OkStatus();
 }
 
@@ -352,7 +355,8 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   convert->add_option("--in", co->in, "model.json, .safetensors, index .json or directory")
       ->required();
   convert->add_option("--out", co->out, "Output .safetensors file")->required();
-  convert->add_flag("--verbose", co->verbose, "List every skipped (not float) weight");
+  common::AddBooleanFlag(convert, "--verbose", co->verbose,
+                         "List every skipped (not float) weight");
   convert->callback([co, action] { *action = [co] { return RunConvert(*co); }; });
 
   auto* compress =
@@ -388,9 +392,9 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
                    "ecq: per-tensor step scale: mse (one step), weight (x RMS of the base "
                    "tensor), delta (x RMS of the delta)")
       ->capture_default_str();
-  compress->add_flag("--no-low-rank", cc->no_low_rank,
-                     "ecq: code every tensor as DCT or identity only, never as low-rank "
-                     "factors + residual");
+  common::AddBooleanFlag(compress, "--no-low-rank", cc->no_low_rank,
+                         "ecq: code every tensor as DCT or identity only, never as low-rank "
+                         "factors + residual");
   compress
       ->add_option("--ecq-gain-weight", cc->gain_weight,
                    "ecq: weight >= 1 of the error along the delta against the error across "
@@ -407,8 +411,8 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
       ->capture_default_str();
   compress->add_option("--quantizer", cc->quantizer, "minmax, symmetric or clipped")
       ->capture_default_str();
-  compress->add_flag("--separate-dc", cc->separate_dc,
-                     "Keep each patch's DC coefficient apart (bf16)");
+  common::AddBooleanFlag(compress, "--separate-dc", cc->separate_dc,
+                         "Keep each patch's DC coefficient apart (bf16)");
   compress
       ->add_option("--min-dct-elements", cc->min_dct_elements,
                    "Tensors with fewer elements are stored raw (lossless)")
@@ -417,26 +421,28 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   compress->add_option("--rule", cc->rules,
                        "Encoding override 'GLOB=raw|dct|unchanged' (fnmatch; repeatable; "
                        "first match wins)");
-  compress->add_flag("--allow-missing", cc->allow_missing,
-                     "Leave base tensors the finetune lacks out of the merged model (each is "
-                     "named); default: refuse");
-  compress->add_flag("--allow-extra", cc->allow_extra,
-                     "Store finetuned tensors the base lacks raw (each is named); default: refuse");
-  compress->add_flag("--allow-nonfinite", cc->allow_nonfinite,
-                     "Store finetuned tensors with NaN/Inf raw (each is named); default: refuse");
-  compress->add_flag("--allow-dtype-change", cc->allow_dtype_change,
-                     "Store finetuned tensors whose dtype changes to or from a non-float "
-                     "dtype (F32 -> I32) raw; the merged model gets the finetuned dtype "
-                     "(each is named); default: refuse");
+  common::AddBooleanFlag(compress, "--allow-missing", cc->allow_missing,
+                         "Leave base tensors the finetune lacks out of the merged model (each is "
+                         "named); default: refuse");
+  common::AddBooleanFlag(
+      compress, "--allow-extra", cc->allow_extra,
+      "Store finetuned tensors the base lacks raw (each is named); default: refuse");
+  common::AddBooleanFlag(
+      compress, "--allow-nonfinite", cc->allow_nonfinite,
+      "Store finetuned tensors with NaN/Inf raw (each is named); default: refuse");
+  common::AddBooleanFlag(compress, "--allow-dtype-change", cc->allow_dtype_change,
+                         "Store finetuned tensors whose dtype changes to or from a non-float "
+                         "dtype (F32 -> I32) raw; the merged model gets the finetuned dtype "
+                         "(each is named); default: refuse");
   compress
       ->add_option("--max-relative-delta", cc->max_relative_delta,
                    "Refuse a tensor whose delta norm exceeds this many times its base's "
                    "(transposed or unrelated weights); 0: no check")
       ->check(common::PlainNumberValidator())
       ->capture_default_str();
-  compress->add_flag("--no-tie", cc->no_tie,
-                     "Do not code an output head the base lacks (lm_head.weight) against the "
-                     "base's input embedding (tied embeddings); treat it as finetune-only");
+  common::AddBooleanFlag(compress, "--no-tie", cc->no_tie,
+                         "Do not code an output head the base lacks (lm_head.weight) against the "
+                         "base's input embedding (tied embeddings); treat it as finetune-only");
   compress
       ->add_option("--threads", cc->threads,
                    "Threads encoding tensors at once (same output bytes for any count); 0: "
@@ -473,7 +479,7 @@ void AddOfflineCommands(CLI::App& app, CommandAction* action) {
   decompress->add_option("--shard-bytes", dc->shard_bytes, "Largest shard of --out-dir, bytes")
       ->check(common::ByteCountValidator(/*min=*/1))
       ->capture_default_str();
-  decompress->add_flag("--force", dc->force, "Decode even if the base hash differs");
+  common::AddBooleanFlag(decompress, "--force", dc->force, "Decode even if the base hash differs");
   AddSideFileOptions(decompress, &dc->side_files);
   AddDTypeOption(decompress, &dc->dtype);
   decompress->callback([dc, action] {

@@ -36,6 +36,7 @@
 #include "common/cli_validators.h"
 #include "common/json.h"
 #include "common/names.h"
+#include "common/plural.h"
 #include "common/status_macros.h"
 #include "deltaserve/v1/delta_service.grpc.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -95,7 +96,7 @@ void AddRemoteFlags(CLI::App* app, RemoteFlags* f) {
                   absl::StrCat("Tenant to act on (admin tokens; default: own; env ", kTenantEnv,
                                ")"))
       ->group(group);
-  app->add_flag("--tls", f->tls, "Use TLS with the system roots")->group(group);
+  common::AddBooleanFlag(app, "--tls", f->tls, "Use TLS with the system roots")->group(group);
   app->add_option("--tls-ca", f->tls_ca, "Use TLS trusting this PEM root certificate")
       ->group(group);
   app->add_option("--timeout", f->timeout_seconds,
@@ -104,7 +105,7 @@ void AddRemoteFlags(CLI::App* app, RemoteFlags* f) {
                                         false))
       ->capture_default_str()
       ->group(group);
-  app->add_flag("--json", f->json, "Print results as JSON")->group(group);
+  common::AddBooleanFlag(app, "--json", f->json, "Print results as JSON")->group(group);
 }
 
 bool Given(const CLI::App& app, const char* name) { return app.get_option(name)->count() > 0; }
@@ -349,12 +350,13 @@ absl::Status RunPush(const RemoteFlags& f, const TaskFlags& t) {
   DS_ASSIGN_OR_RETURN(v1::TaskInfo info, std::move(pushed));
   if (f.json) return PrintMessageJson(info);
   // A retry of a push that landed (or the same file pushed twice) stores nothing new.
-  absl::PrintF("%s %s as %s/%s: %d bytes, %d tensors, %.4f bits/weight, %d side files "
-               "(%d bytes)\n",
-               unchanged ? "already stored, unchanged (identical container and side files):"
-                         : "pushed",
-               t.in, info.tenant(), info.name(), info.container_bytes(), info.num_tensors(),
-               info.bits_per_weight(), info.side_files_size(), info.side_file_bytes());
+  absl::PrintF(
+      "%s %s as %s/%s: %s, %s, %.4f bits/weight, %s (%s)\n",
+      unchanged ? "already stored, unchanged (identical container and side files):" : "pushed",
+      t.in, info.tenant(), info.name(), common::Counted(info.container_bytes(), "byte"),
+      common::Counted(info.num_tensors(), "tensor"), info.bits_per_weight(),
+      common::Counted(info.side_files_size(), "side file"),
+      common::Counted(info.side_file_bytes(), "byte"));
   return absl::OkStatus();
 }
 
@@ -459,17 +461,18 @@ absl::Status RunPull(const RemoteFlags& f, const TaskFlags& t) {
   // Resumes are said for one stream too (a server restarted during the pull).
   std::string streams;
   if (stats.streams > 1) {
-    streams = absl::StrFormat(", %d streams, %d range%s resumed", stats.streams, stats.resumed,
-                              stats.resumed == 1 ? "" : "s");
+    streams = absl::StrFormat(", %d streams, %s resumed", stats.streams,
+                              common::Counted(stats.resumed, "range"));
   } else if (stats.resumed > 0) {
     streams = absl::StrFormat(", resumed %d time%s after a dropped stream", stats.resumed,
                               stats.resumed == 1 ? "" : "s");
   }
   absl::PrintF(
-      "pulled %s -> %s: %d tensors, %d bytes in %.3f s (%.3f GB/s, first tensor after %s%s), "
+      "pulled %s -> %s: %s, %s in %.3f s (%.3f GB/s, first tensor after %s%s), "
       "every tensor checksum verified\n",
-      t.task, out, stats.tensors, stats.bytes, stats.seconds,
-      stats.seconds > 0 ? stats.bytes / stats.seconds / 1e9 : 0.0, first_tensor, streams);
+      t.task, out, common::Counted(stats.tensors, "tensor"), common::Counted(stats.bytes, "byte"),
+      stats.seconds, stats.seconds > 0 ? stats.bytes / stats.seconds / 1e9 : 0.0, first_tensor,
+      streams);
   if (!stats.side_files.empty()) {
     absl::PrintF("side files (checksums verified): %s\n", absl::StrJoin(stats.side_files, " "));
   }
@@ -512,8 +515,9 @@ absl::Status RunCheckpoint(const RemoteFlags& f, const std::string& dir) {
   DS_ASSIGN_OR_RETURN(auto client, Connect(f));
   DS_ASSIGN_OR_RETURN(v1::AdminCheckpointResponse r, client->Checkpoint(dir));
   if (f.json) return PrintMessageJson(r);
-  absl::PrintF("checkpoint %s: %d files, %d bytes in %.3f s (serve it with deltaserved --db %s)\n",
-               r.dir(), r.files(), r.bytes(), r.seconds(), r.dir());
+  absl::PrintF("checkpoint %s: %s, %s in %.3f s (serve it with deltaserved --db %s)\n", r.dir(),
+               common::Counted(r.files(), "file"), common::Counted(r.bytes(), "byte"), r.seconds(),
+               r.dir());
   return absl::OkStatus();
 }
 }  // namespace
@@ -590,18 +594,18 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
   CLI::App* push = add("push", "Upload a delta container (.dds) to a server as a task");
   AddTaskOption(push, &task->task);
   push->add_option("--in", task->in, "Delta container (.dds)")->required();
-  push->add_flag("--overwrite", task->overwrite, "Replace an existing task");
+  common::AddBooleanFlag(push, "--overwrite", task->overwrite, "Replace an existing task");
   AddSideFileOptions(push, &task->side_files);
   bind(push, [task](const RemoteFlags& f) { return RunPush(f, *task); });
 
   CLI::App* list = add("list", "List the tasks stored on a server");
   auto all = std::make_shared<bool>(false);
-  list->add_flag("--all-tenants", *all, "Every tenant's tasks (admin token)");
+  common::AddBooleanFlag(list, "--all-tenants", *all, "Every tenant's tasks (admin token)");
   bind(list, [all](const RemoteFlags& f) { return RunList(f, *all); });
 
   CLI::App* info = add("info", "Show a stored task (sizes, bits per weight, base hash)");
   AddTaskOption(info, &task->task);
-  info->add_flag("--tensors", task->tensors, "Also list every tensor");
+  common::AddBooleanFlag(info, "--tensors", task->tensors, "Also list every tensor");
   bind(info, [task](const RemoteFlags& f) { return RunInfo(f, *task); });
 
   CLI::App* del = add("delete", "Delete a stored task");

@@ -15,6 +15,7 @@
 #include "client/internal/container_file.h"
 #include "client/internal/deltactl_command.h"
 #include "codec/record_checks.h"
+#include "common/cli_validators.h"
 #include "common/status_macros.h"
 
 namespace deltaserve::client {
@@ -402,7 +403,7 @@ void AddReportCommands(CLI::App& app, CommandAction* action) {
                          "(every container byte counted), and totals");
   auto io = std::make_shared<InspectOptions>();
   inspect->add_option("delta", io->delta, "Delta container (.dds)")->required();
-  inspect->add_flag("--json", io->json, "Print one JSON object instead of the table");
+  common::AddBooleanFlag(inspect, "--json", io->json, "Print one JSON object instead of the table");
   inspect->add_option("--base", io->base,
                       "Base model: also check every record against the base tensor it merges "
                       "into (dtype, shape); exit 1 naming each record that does not fit");
@@ -417,8 +418,8 @@ void AddReportCommands(CLI::App& app, CommandAction* action) {
   eval->add_option("--finetuned", eo->finetuned, "Finetuned model the delta was made from")
       ->required();
   eval->add_option("--delta", eo->delta, "Delta container (.dds)")->required();
-  eval->add_flag("--json", eo->json, "Print one JSON object instead of the table");
-  eval->add_flag("--force", eo->force, "Evaluate even if the base hash differs");
+  common::AddBooleanFlag(eval, "--json", eo->json, "Print one JSON object instead of the table");
+  common::AddBooleanFlag(eval, "--force", eo->force, "Evaluate even if the base hash differs");
   eval->callback([eo, action] { *action = [eo] { return RunEval(*eo); }; });
 }
 

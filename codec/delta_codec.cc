@@ -21,11 +21,12 @@
 #include "codec/container_checks.h"
 #include "codec/record_checks.h"
 #include "codec/internal/compress_checks.h"
+#include "codec/internal/ecq_compress.h"
 #include "codec/internal/fp16.h"
 #include "codec/internal/merge.h"
 #include "codec/internal/ordered_parallel.h"
-#include "codec/internal/ecq_compress.h"
 #include "common/coding.h"
+#include "common/plural.h"
 #include "common/status_macros.h"
 
 namespace deltaserve::codec {
@@ -281,8 +282,9 @@ absl::StatusOr<CompressStats> CompressModel(const ModelReader& base, const Model
                                       [&](const TensorInfo& t) { return base.Get(t.name).ok(); });
   if (!finetuned.tensors().empty() && !any_shared) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "no tensor of the finetuned model (", finetuned.tensors().size(), " tensors, e.g. ",
-        Quoted(finetuned.tensors().front().name), ") exists in the base: wrong base model?"));
+        "no tensor of the finetuned model (", common::Counted(finetuned.tensors().size(), "tensor"),
+        ", e.g. ", Quoted(finetuned.tensors().front().name),
+        ") exists in the base: wrong base model?"));
   }
   CompressStats stats;
   const std::map<std::string, std::string> ties =

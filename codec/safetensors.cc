@@ -18,7 +18,9 @@
 #include "codec/internal/json_shape.h"
 #include "common/file.h"
 #include "common/json.h"
+#include "common/plural.h"
 #include "common/status_macros.h"
+#include "common/usage_error.h"
 
 namespace deltaserve::codec {
 namespace {
@@ -55,6 +57,16 @@ struct ParsedFile {
 
 absl::Status Invalid(const std::string& path, absl::string_view msg) {
   return absl::InvalidArgumentError(absl::StrCat(path, ": ", msg));
+}
+
+// Invalid(path, msg) followed by NotSafetensorsHint's hint: when that names the format
+// (a PyTorch checkpoint, GGUF, ...), the user gave a file of another kind, a usage error
+// (common/usage_error.h); without it the file may be a damaged safetensors file.
+absl::Status NotSafetensors(const std::string& path, absl::string_view msg,
+                            absl::Span<const uint8_t> bytes) {
+  const std::string hint = internal::NotSafetensorsHint(path, bytes);
+  const absl::Status status = Invalid(path, absl::StrCat(msg, hint));
+  return hint.empty() ? status : common::MarkUsageError(status);
 }
 
 // DTypeName as an absl::string_view (Debian's Abseil does not alias std::string_view).
@@ -152,20 +164,23 @@ absl::StatusOr<ParsedFile> ParseSafetensorsFile(const std::string& path,
   DS_ASSIGN_OR_RETURN(parsed.file, common::MappedFile::Open(path, residency));
   absl::Span<const uint8_t> bytes = parsed.file->bytes();
   if (bytes.size() < 8) {
-    return Invalid(path, absl::StrCat("file of ", bytes.size(),
-                                      " bytes is too short for the 8-byte header length"));
+    return Invalid(path, absl::StrCat("file of ", common::Counted(bytes.size(), "byte"),
+                                      " is too short for the 8-byte header length"));
   }
   uint64_t header_len;
   std::memcpy(&header_len, bytes.data(), 8);
   if (header_len > kMaxHeaderBytes) {
-    return Invalid(path, absl::StrCat("header length ", header_len, " exceeds the limit of ",
-                                      kMaxHeaderBytes, " bytes (the file is ", bytes.size(),
-                                      " bytes)", internal::NotSafetensorsHint(path, bytes)));
+    return NotSafetensors(
+        path,
+        absl::StrCat("header length ", header_len, " exceeds the limit of ", kMaxHeaderBytes,
+                     " bytes (the file is ", bytes.size(), " bytes)"),
+        bytes);
   }
   if (header_len > bytes.size() - 8) {
-    return Invalid(path, absl::StrCat("header length ", header_len, " runs past the end of the ",
-                                      bytes.size(), "-byte file",
-                                      internal::NotSafetensorsHint(path, bytes)));
+    return NotSafetensors(path,
+                          absl::StrCat("header length ", header_len, " runs past the end of the ",
+                                       bytes.size(), "-byte file"),
+                          bytes);
   }
   std::string_view header_text(reinterpret_cast<const char*>(bytes.data()) + 8, header_len);
   DS_ASSIGN_OR_RETURN(json header, common::ParseJson(header_text, absl::StrCat(path, ": header"),
@@ -413,11 +428,13 @@ absl::StatusOr<std::unique_ptr<ModelReader>> OpenDirectory(const std::string& di
       names.push_back(i->path().filename().string());
     }
     std::sort(names.begin(), names.end());
-    return absl::NotFoundError(absl::StrCat(dir, ": no .safetensors file or index",
-                                            internal::NoSafetensorsInDirHint(dir, names)));
+    // The directory given holds no model: a usage error (common/usage_error.h).
+    return common::MarkUsageError(absl::NotFoundError(absl::StrCat(
+        dir, ": no .safetensors file or index", internal::NoSafetensorsInDirHint(dir, names))));
   }
-  return Invalid(dir, absl::StrCat("ambiguous: ", indexes.size(), " index files and ", files.size(),
-                                   " .safetensors files; pass one of them"));
+  return common::MarkUsageError(
+      Invalid(dir, absl::StrCat("ambiguous: ", indexes.size(), " index files and ", files.size(),
+                                " .safetensors files; pass one of them")));
 }
 
 // ---------------------------------------------------------------------------- writer

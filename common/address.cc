@@ -1,5 +1,7 @@
 #include "common/address.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 
 #include "absl/strings/match.h"
@@ -20,6 +22,18 @@ absl::Status Bad(absl::string_view text, absl::string_view what, bool allow_unix
       absl::StrCat(what, " (", Forms(allow_unix), "), got '", text, "'"));
 }
 
+// Whether `host` (the text between brackets) is an IPv6 address, with an optional zone
+// ("fe80::1%eth0"): "[zz]" or "[]" would otherwise reach getaddrinfo as a host name.
+bool IsIpv6Literal(absl::string_view host) {
+  const std::string address(host.substr(0, host.find('%')));
+  in6_addr out{};
+  return !address.empty() && inet_pton(AF_INET6, address.c_str(), &out) == 1;
+}
+
+absl::Status BadIpv6(absl::string_view text, absl::string_view host) {
+  return Bad(text, absl::StrCat("'", host, "' between the brackets is not an IPv6 address"), false);
+}
+
 }  // namespace
 
 absl::StatusOr<HostPort> ParseHostPort(absl::string_view text) {
@@ -30,6 +44,7 @@ absl::StatusOr<HostPort> ParseHostPort(absl::string_view text) {
     if (close == absl::string_view::npos) return Bad(text, "']' missing", false);
     if (close + 1 >= text.size() || text[close + 1] != ':') return Bad(text, "no port", false);
     out.host = std::string(text.substr(1, close - 1));
+    if (!IsIpv6Literal(out.host)) return BadIpv6(text, out.host);
     port = text.substr(close + 2);
   } else {
     const size_t colon = text.rfind(':');
@@ -82,6 +97,9 @@ absl::StatusOr<std::string> ServerTarget(absl::string_view text) {
   const bool bracketed = absl::StartsWith(text, "[");
   const size_t colons = std::count(text.begin(), text.end(), ':');
   if (bracketed ? absl::EndsWith(text, "]") : colons == 0) {
+    if (bracketed && !IsIpv6Literal(text.substr(1, text.size() - 2))) {
+      return BadIpv6(text, text.substr(1, text.size() - 2));
+    }
     return absl::StrCat(text, ":", kDefaultServerPort);  // the documented default port
   }
   absl::StatusOr<HostPort> hp = ParseHostPort(text);

@@ -30,7 +30,8 @@ struct HostPort {
 
 // Splits "host:port" or "[v6]:port". InvalidArgument naming what is wrong: no port
 // ("no port: want host:port ..."), a port that is not a number in [0, 65535], an IPv6
-// address without brackets, a bracket not closed.
+// address without brackets, a bracket not closed, brackets around something that is not
+// an IPv6 address ("[zz]:1"; a zone, "[fe80::1%eth0]", is taken).
 absl::StatusOr<HostPort> ParseHostPort(absl::string_view text);
 
 // True for "unix:" and "unix-abstract:" gRPC URIs.

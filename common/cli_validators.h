@@ -13,6 +13,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/names.h"
@@ -118,6 +119,34 @@ inline CLI::Validator PlainNumberValidator() {
         return "want a plain decimal number (digits and at most one '.'), got '" + text + "'";
       },
       "NUMBER");
+}
+
+// A boolean flag's value (`--flag=VALUE` or the flag's variable): true/false, yes/no,
+// on/off or 1/0, in any case. CLI11 alone (2.1) takes any integer ("2", "-7"), single
+// letters ("t", "n", "+") and enable/disable: a typo such as `--pretouch-cache=2` turned the
+// flag on. A bare flag (`--pretouch-cache`) reaches the validator as "true".
+inline bool IsBooleanWord(const std::string& text) {
+  static const char* const kWords[] = {"true", "false", "yes", "no", "on", "off", "1", "0"};
+  for (const char* word : kWords) {
+    if (absl::EqualsIgnoreCase(text, word)) return true;
+  }
+  return false;
+}
+
+inline CLI::Validator BooleanValidator() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        if (IsBooleanWord(text)) return "";
+        return "want true/false, yes/no, on/off or 1/0, got '" + text + "'";
+      },
+      "BOOL");
+}
+
+// `app->add_flag(name, value, description)` with BooleanValidator: every boolean flag of
+// deltactl and deltaserved is added through it.
+inline CLI::Option* AddBooleanFlag(CLI::App* app, const std::string& name, bool& value,
+                                   const std::string& description) {
+  return app->add_flag(name, value, description)->check(BooleanValidator());
 }
 
 // A tenant or task name (`kind`: "tenant", "task"), by the store's own rule

@@ -1,11 +1,10 @@
 #include "server/server.h"
 
 #include <arpa/inet.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <malloc.h>
 
 #include <atomic>
 #include <thread>
@@ -22,14 +21,15 @@
 #include "common/file.h"
 #include "common/mapping_pool.h"
 #include "common/status_macros.h"
+#include "common/usage_error.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
-#include "grpcpp/resource_quota.h"
 #include "grpcpp/server_builder.h"
-#include "proto/protocol.h"
 #include "prometheus/text_serializer.h"
+#include "proto/protocol.h"
 #include "server/internal/base_check.h"
 #include "server/internal/base_watch.h"
 #include "server/internal/context.h"
@@ -275,12 +275,16 @@ absl::Status Server::Impl::Init() {
   }
 
   absl::Time t0 = absl::Now();
-  DS_ASSIGN_OR_RETURN(
-      base, common::Annotate(codec::ModelReader::Open(options.base_path,
-                                                      options.base_mapped
-                                                          ? common::MappedFile::Residency::kMap
-                                                          : common::MappedFile::Residency::kCopy),
-                             "--base"));
+  {
+    absl::StatusOr<std::unique_ptr<codec::ModelReader>> opened = codec::ModelReader::Open(
+        options.base_path, options.base_mapped ? common::MappedFile::Residency::kMap
+                                               : common::MappedFile::Residency::kCopy);
+    if (!opened.ok()) {
+      // A --base that is not a model stays a usage error (deltaserved exits 2).
+      return common::KeepUsageMark(opened.status(), common::Annotate(opened.status(), "--base"));
+    }
+    base = std::move(*opened);
+  }
   ctx.base_hash = codec::ComputeBaseHash(*base);
   ctx.base_hash_hex = codec::BaseHashHex(ctx.base_hash);
   metrics->base_bytes().Set(static_cast<double>(base->total_bytes()));

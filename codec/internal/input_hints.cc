@@ -19,14 +19,19 @@ std::string PyPath(const std::string& path) {
   return absl::StrCat("'", path, "'");
 }
 
+// The conversions below write safetensors with deltaserve's own Python package
+// (python/deltaserve/safetensors.py, write_file: numpy arrays and torch tensors), which
+// needs only what Debian 12 ships (python3-numpy, python3-torch); the `safetensors`
+// package of PyPI is not in Debian 12. The package is the built one (README, "Python").
+constexpr char kPythonWithDeltaserve[] = "PYTHONPATH=build/python python3 -c \"";
+constexpr char kImportWriteFile[] = "from deltaserve.safetensors import write_file; ";
+
 // A state dict (or a checkpoint holding one under "state_dict") to one safetensors file.
 std::string TorchConversion(const std::string& path) {
-  return absl::StrCat(
-      "convert it with python3 -c \"import torch; from safetensors.torch import save_file; "
-      "sd = torch.load(",
-      PyPath(path),
-      ", map_location='cpu'); sd = sd.get('state_dict', sd); "
-      "save_file({k: v.contiguous() for k, v in sd.items()}, 'model.safetensors')\"");
+  return absl::StrCat("convert it with ", kPythonWithDeltaserve, "import torch; ", kImportWriteFile,
+                      "sd = torch.load(", PyPath(path),
+                      ", map_location='cpu'); sd = sd.get('state_dict', sd); "
+                      "write_file('model.safetensors', sd)\"");
 }
 
 // The name of the first entry of a zip archive (its first local file header), or "".
@@ -40,10 +45,9 @@ absl::string_view FirstZipEntry(absl::string_view text) {
 std::string ZipHint(const std::string& path, absl::string_view text) {
   const absl::string_view entry = FirstZipEntry(text);
   if (absl::EndsWith(entry, ".npy")) {
-    return absl::StrCat(
-        "; it is a numpy .npz archive, not safetensors: convert it with python3 -c \"import "
-        "numpy as np; from safetensors.numpy import save_file; save_file(dict(np.load(",
-        PyPath(path), ")), 'model.safetensors')\"");
+    return absl::StrCat("; it is a numpy .npz archive, not safetensors: convert it with ",
+                        kPythonWithDeltaserve, "import numpy as np; ", kImportWriteFile,
+                        "write_file('model.safetensors', dict(np.load(", PyPath(path), ")))\"");
   }
   if (entry == "data.pkl" || absl::EndsWith(entry, "/data.pkl") || absl::StrContains(entry, "/")) {
     // torch.save's zip format: "<name>/data.pkl", "<name>/data/0", "<name>/version".
@@ -79,13 +83,14 @@ std::string NotSafetensorsHint(const std::string& path, absl::Span<const uint8_t
   if (absl::StartsWith(text, "\x93NUMPY")) {
     return absl::StrCat(
         "; it is a numpy .npy array (one unnamed array), not safetensors: name it and save it "
-        "with python3 -c \"import numpy as np; from safetensors.numpy import save_file; "
-        "save_file({'weight': np.load(",
-        PyPath(path), ")}, 'model.safetensors')\"");
+        "with ",
+        kPythonWithDeltaserve, "import numpy as np; ", kImportWriteFile,
+        "write_file('model.safetensors', {'weight': np.load(", PyPath(path), ")})\"");
   }
   if (absl::StartsWith(text, absl::string_view("\x89HDF\r\n\x1a\n", 8))) {
     return "; it is an HDF5 file (Keras .h5 weights?), not safetensors: load the model in "
-           "Python and save its named weights with safetensors' save_file";
+           "Python and save its named weights with deltaserve.safetensors.write_file "
+           "(python/deltaserve)";
   }
   if (absl::StartsWith(text, "<") || absl::StartsWith(text, "{")) {
     return "; it looks like a text (HTML or JSON) file, not safetensors";

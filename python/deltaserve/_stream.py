@@ -17,7 +17,7 @@ import xxhash
 from google.protobuf.message import DecodeError
 
 from deltaserve import dtypes
-from deltaserve.errors import DeltaserveError, data_loss, from_rpc_error, with_hint
+from deltaserve.errors import DeltaserveError, counted, data_loss, from_rpc_error, with_hint
 from deltaserve.v1 import delta_service_pb2 as pb
 
 
@@ -59,10 +59,8 @@ class StreamStats:
                 f"seconds={self.seconds:.3f}, resumes={self.resumes}, "
                 f"kept_bytes={self.kept_bytes}"
                 + (f", saturated_values={self.saturated_values}" if self.saturated_values else "")
-                + (f", missing_keys={_short(self.missing_keys)}" if self.missing_keys else "")
-                + (f", unexpected_keys={_short(self.unexpected_keys)}"
-                   if self.unexpected_keys else "")
-                + ")")
+                + f", missing_keys={_short(self.missing_keys)}, "
+                f"unexpected_keys={_short(self.unexpected_keys)})")
 
 
 def _short(names, shown=5):
@@ -204,8 +202,8 @@ def verified_tensors(client, label, request, alloc, stats):
                         raise data_loss(label, "malformed stream: chunk outside a tensor")
                     if offset != received or n > header.byte_length - received:
                         raise data_loss(label, f"malformed stream: tensor '{header.name}': chunk at "
-                                        f"offset {offset} of {n} bytes after {received}"
-                                        f" of {header.byte_length} bytes")
+                                        f"offset {offset} of {counted(n, 'byte')} after "
+                                        f"{received} of {counted(header.byte_length, 'byte')}")
                     buf[received:received + n] = memoryview(data)
                     hasher.update(data)
                     received += n
@@ -274,8 +272,9 @@ def verified_tensors(client, label, request, alloc, stats):
                     end = msg.end
                     if (end.num_tensors, end.total_bytes) != (got_tensors, got_bytes) or (
                             begin.num_tensors, begin.total_bytes) != (got_tensors, got_bytes):
-                        raise data_loss(label, f"malformed stream: received {got_tensors} tensors"
-                                        f" / {got_bytes} bytes; begin announced "
+                        raise data_loss(label, "malformed stream: received "
+                                        f"{counted(got_tensors, 'tensor')} / "
+                                        f"{counted(got_bytes, 'byte')}; begin announced "
                                         f"{begin.num_tensors} / {begin.total_bytes}, end says "
                                         f"{end.num_tensors} / {end.total_bytes}")
                     ended = True

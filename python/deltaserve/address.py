@@ -3,7 +3,10 @@
 50051 (gRPC itself would dial 443); "host:port" (port 1-65535), "[v6]:port" and gRPC URIs
 with a scheme (unix:PATH, unix-abstract:NAME, dns:, ipv4:, ipv6:) are kept.
 DeltaserveError(INVALID_ARGUMENT) for an empty address, a bad or zero port, no host, an
-IPv6 address without brackets and a scheme with nothing after it. Pure function, thread-safe."""
+IPv6 address without brackets, brackets around something else ("[zz]") and a scheme with
+nothing after it. Pure function, thread-safe."""
+import ipaddress
+
 from deltaserve.errors import invalid_argument
 
 DEFAULT_SERVER_PORT = 50051
@@ -28,6 +31,10 @@ def server_target(text):
         if close < 0:
             raise bad("']' missing")
         rest = text[close + 1:]
+        try:  # a zone ("fe80::1%eth0") is taken, as getaddrinfo takes it
+            ipaddress.IPv6Address(text[1:close].split("%")[0])
+        except ValueError:
+            raise bad(f"{text[1:close]!r} between the brackets is not an IPv6 address") from None
         if rest == "":
             return f"{text}:{DEFAULT_SERVER_PORT}"
         if not rest.startswith(":"):

@@ -76,6 +76,12 @@ def with_hint(error, client):
     return DeltaserveError(error.code, f"{m}{_HINT_OPEN}{hint})")
 
 
+def counted(n, noun, plural=None):
+    """"1 tensor", "2 tensors": `n` and `noun`, plural unless n == 1 (new-user trial:
+    "the task has 1 tensors")."""
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
+
+
 def not_found(message):
     return DeltaserveError(grpc.StatusCode.NOT_FOUND, message)
 

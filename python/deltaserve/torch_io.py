@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 
 from deltaserve import _native, dtypes
-from deltaserve.errors import DeltaserveError, invalid_argument, not_found
+from deltaserve.errors import DeltaserveError, counted, invalid_argument, not_found
 
 
 def _stage(client, task, include, include_regex, dtype, progress=None):
@@ -57,7 +57,7 @@ def no_match_error(client, task, include, include_regex, info=None):
         info = info or client.task_info(task, tensors=True)
         names = [t.name for t in info.tensors]
         if names:
-            example = f"; the task has {len(names)} tensors, e.g. " + ", ".join(
+            example = f"; the task has {counted(len(names), 'tensor')}, e.g. " + ", ".join(
                 f"'{n}'" for n in names[:3])
     except DeltaserveError:
         pass
@@ -200,12 +200,13 @@ def check_plan(target, summaries, strict, filtered, out_dtype, what,
     if missing and (strict or len(missing) == len(summaries)):
         shown = ", ".join(f"'{n}'" for n in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        what_missing = (f"{len(missing)} tensor(s) of {what} not in the model" if strict else
-                        f"none of the {len(missing)} tensor(s) of {what} is in the model "
-                        "(strict=False skips only some)")
+        what_missing = (f"{counted(len(missing), 'tensor')} of {what} not in the model"
+                        if strict else
+                        f"none of the {counted(len(missing), 'tensor')} of {what} is in the "
+                        "model (strict=False skips only some)")
         raise invalid_argument(
             f"{what_missing}: {shown}{more} (the model "
-            f"has {len(target)} tensors, e.g. '{next(iter(target), '')}'; {hint}"
+            f"has {counted(len(target), 'tensor')}, e.g. '{next(iter(target), '')}'; {hint}"
             f"{'' if not strict else '; strict=False skips them'})")
     kept = []
     for name, shape, recorded in summaries:
@@ -253,8 +254,8 @@ def load_into(client, target, task, strict, include, include_regex, dtype, progr
             raise DeltaserveError(
                 grpc.StatusCode.ABORTED,
                 f"{client._label('StreamWeights', task)}: the task changed between GetTask "
-                f"and the stream ({len(got)} tensors came, {len(plan.summaries)} were "
-                "planned); nothing written")
+                f"and the stream ({counted(len(got), 'tensor')} came, {len(plan.summaries)} "
+                f"{'was' if len(plan.summaries) == 1 else 'were'} planned); nothing written")
         for name, _, _, buf in staged:
             write_bytes(name, tensors[name], buf)
         return _with_keys(client.last_stream, plan)

@@ -52,8 +52,11 @@ absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(const std::string& list
   addrinfo* found = nullptr;
   if (int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found);
       rc != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", listen, " (", flag, "): ", gai_strerror(rc)));
+    // Worded as the busy-port error below, so that callers (metrics_http.cc) and
+    // deltaserved's variable hint (set DELTASERVE_...) treat both alike.
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", listen,
+                                               ": host not found? (set ", flag, ") [",
+                                               gai_strerror(rc), "]"));
   }
   std::unique_ptr<Listener> l(new Listener());
   std::string first_error;

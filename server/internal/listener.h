@@ -54,7 +54,9 @@ class Listener {
   // Binds and listens on every address `listen` ("host:port"; port 0 = a free port,
   // the same one for all addresses of the host) resolves to, SO_REUSEADDR, no
   // SO_REUSEPORT. Unavailable "cannot listen on ...: address already in use? (set <flag>)"
-  // if none can be bound (e.g. the port is busy), InvalidArgument "<flag>: ..." if `listen`
+  // if none can be bound (e.g. the port is busy), Unavailable "cannot listen on ...: host
+  // not found? (set <flag>) [<getaddrinfo's error>]" if the host does not resolve,
+  // InvalidArgument "<flag>: ..." if `listen`
   // is not host:port; `flag` is the option that set `listen` ("--listen",
   // "--agent-listen").
   static absl::StatusOr<std::unique_ptr<Listener>> Bind(const std::string& listen,

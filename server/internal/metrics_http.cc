@@ -26,6 +26,7 @@ constexpr char kMetricsContentType[] = "text/plain; version=0.0.4; charset=utf-8
 constexpr char kIndexBody[] = "deltaserved: Prometheus metrics are at /metrics\n";
 constexpr char kNotFoundBody[] = "not found: deltaserved serves its metrics at /metrics\n";
 constexpr char kNotAllowedBody[] = "method not allowed: use GET or HEAD\n";
+constexpr int kStrictForClient = 1;  // MHD_OPTION_STRICT_FOR_CLIENT
 
 // libmicrohttpd's error log (MHD_USE_ERROR_LOG: a bad request, a failed accept) into
 // the daemon's log as warnings, at most one a second: a client sending garbage must not
@@ -61,6 +62,21 @@ MHD_Result Reply(MHD_Connection* connection, unsigned status, std::string body,
   return queued;
 }
 
+// The path of a request target (RFC 9112 section 3.2): origin-form ("/metrics") as it
+// is; absolute-form ("http://host:9464/metrics", which a client sends through a forward
+// proxy and which a server MUST accept, section 3.2.2) without its scheme and authority,
+// an empty path being "/". libmicrohttpd 0.9.75 passes the target as it came (less the
+// query).
+absl::string_view RequestPath(absl::string_view url) {
+  for (absl::string_view scheme : {"http://", "https://"}) {
+    if (!absl::StartsWithIgnoreCase(url, scheme)) continue;
+    const absl::string_view rest = url.substr(scheme.size());
+    const size_t slash = rest.find('/');
+    return slash == absl::string_view::npos ? "/" : rest.substr(slash);
+  }
+  return url;
+}
+
 // MHD_AccessHandlerCallback. Answers on the first call for the request: no route takes
 // a body, and MHD closes the connection of a request whose body was not read.
 MHD_Result HandleRequest(void* cls, MHD_Connection* connection, const char* url,
@@ -74,12 +90,13 @@ MHD_Result HandleRequest(void* cls, MHD_Connection* connection, const char* url,
     return Reply(connection, MHD_HTTP_METHOD_NOT_ALLOWED, kNotAllowedBody, "text/plain");
   }
   // MHD sends no body for HEAD, only the headers (Content-Length included).
-  if (std::strcmp(url, "/metrics") == 0) {
+  const absl::string_view path = RequestPath(url);
+  if (path == "/metrics") {
     return Reply(connection, MHD_HTTP_OK,
                  prometheus::TextSerializer().Serialize(registry->Collect()),
                  kMetricsContentType);
   }
-  if (std::strcmp(url, "/") == 0) return Reply(connection, MHD_HTTP_OK, kIndexBody, "text/plain");
+  if (path == "/") return Reply(connection, MHD_HTTP_OK, kIndexBody, "text/plain");
   return Reply(connection, MHD_HTTP_NOT_FOUND, kNotFoundBody, "text/plain");
 }
 
@@ -91,9 +108,8 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   if (!bound.ok()) {
     // Listener::Bind's message, restated as the metrics endpoint's.
     std::string detail(bound.status().message());
-    const std::string prefixes[] = {
-        absl::StrCat("cannot listen on ", listen, " (--metrics-listen): "),
-        absl::StrCat("cannot listen on ", listen, ": "), "--metrics-listen: "};
+    const std::string prefixes[] = {absl::StrCat("cannot listen on ", listen, ": "),
+                                    "--metrics-listen: "};
     for (const std::string& prefix : prefixes) {
       if (absl::StartsWith(detail, prefix)) {
         detail.erase(0, prefix.size());
@@ -117,16 +133,18 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
       return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen,
                                                  ": dup: ", std::strerror(errno)));
     }
+    // clang-format off: one option and its value a line
     MHD_Daemon* daemon = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG, 0, nullptr,
-        nullptr, &HandleRequest, server->registry_.get(),
-        MHD_OPTION_EXTERNAL_LOGGER, &LogFromMhd, nullptr,  // first, or MHD complains
-        MHD_OPTION_LISTEN_SOCKET, own,
-        MHD_OPTION_THREAD_STACK_SIZE, kThreadStackBytes,
-        MHD_OPTION_CONNECTION_LIMIT, kMaxConnections,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, kMaxConnectionsPerAddress,
-        MHD_OPTION_CONNECTION_TIMEOUT, kIdleTimeoutSeconds,
-        MHD_OPTION_END);
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG, 0, nullptr, nullptr,
+        &HandleRequest, server->registry_.get(), MHD_OPTION_EXTERNAL_LOGGER, &LogFromMhd,
+        nullptr,  // first, or MHD complains
+        MHD_OPTION_LISTEN_SOCKET, own, MHD_OPTION_THREAD_STACK_SIZE, kThreadStackBytes,
+        MHD_OPTION_CONNECTION_LIMIT, kMaxConnections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        kMaxConnectionsPerAddress, MHD_OPTION_CONNECTION_TIMEOUT, kIdleTimeoutSeconds,
+        // 1: an HTTP/1.1 request without Host is answered 400 (RFC 9112 section 3.2), not
+        // served as with 0, the default (metrics_http.h lists what else it refuses).
+        MHD_OPTION_STRICT_FOR_CLIENT, kStrictForClient, MHD_OPTION_END);
+    // clang-format on
     if (daemon == nullptr) {
       close(own);
       return absl::UnavailableError(absl::StrCat(

@@ -3,11 +3,20 @@
 // exposition format 0.0.4
 // (https://prometheus.io/docs/instrumenting/exposition_formats/).
 //
-// Routes:
+// Routes (the target in origin-form "/metrics" or absolute-form "http://host:port/metrics",
+// RFC 9112 section 3.2):
 //   GET or HEAD /metrics  200, Content-Type "text/plain; version=0.0.4; charset=utf-8"
 //   GET or HEAD /         200, a one-line pointer to /metrics
 //   any other path        404
 //   any other method      405 with "Allow: GET, HEAD"
+// Malformed requests are libmicrohttpd's (0.9.75, Debian 12) to answer, in its strict
+// mode (MHD_OPTION_STRICT_FOR_CLIENT 1, as Go's net/http, Prometheus' own exporters):
+// 400 for a request line with two words ("GET /metrics") or four, a version that is not
+// HTTP/x.y, a header line without ':', a folded header, a bad Content-Length, an HTTP/1.1
+// request without Host; 505 for a version above 1.1; 414 for a target past its memory
+// pool. A request line without any space ("GARBAGE", binary bytes) or with two spaces
+// between its words is closed without an answer: libmicrohttpd 0.9.75 has no hook that
+// could answer it (and does not log it).
 //
 // Why not prometheus::Exposer (prometheus-cpp-pull on civetweb): Debian 12's civetweb
 // 1.15 runs its workers on 100 KiB stacks, and once libquadmath (loaded with OpenBLAS)

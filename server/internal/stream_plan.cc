@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "codec/delta_codec.h"
+#include "common/plural.h"
 #include "proto/protocol.h"
 #include "re2/re2.h"
 #include "server/internal/convert.h"
@@ -37,7 +38,8 @@ absl::StatusOr<StreamPlan> PlanStream(const v1::StreamWeightsRequest& req,
     first = req.resume_from_index();
     if (first >= info.tensors.size()) {
       return absl::OutOfRangeError(absl::StrCat("resume_from_index ", first, ": task '", info.task,
-                                                "' has ", info.tensors.size(), " tensors"));
+                                                "' has ",
+                                                common::Counted(info.tensors.size(), "tensor")));
     }
   }
   size_t end = info.tensors.size();

@@ -115,6 +115,32 @@ TEST_F(DeltactlCliTest, ARemoteFlagBeforeAnOfflineSubcommandIsRefused) {
   EXPECT_THAT(r.err, HasSubstr("--json: give it after the subcommand: deltactl inspect --json"));
 }
 
+// New-user trial (deltaserved --pretouch-cache=2): CLI11 takes any integer, "t", "+" and
+// "enable" for a boolean flag. Every boolean flag takes true/false, yes/no, on/off or 1/0.
+TEST_F(DeltactlCliTest, ABooleanFlagTakesOnlyTrueOrFalseWords) {
+  const std::string list = "list --server " + address_ + " --timeout 5";
+  for (const char* bad : {"2", "-1", "t", "+", "enable", "maybe"}) {
+    DeltactlResult r = Run(list + " --json=" + bad);
+    EXPECT_EQ(r.exit_code, 2) << bad << "\n" << r.err;  // a usage error
+    EXPECT_THAT(r.err, HasSubstr(std::string("--json: want true/false, yes/no, on/off or 1/0, "
+                                             "got '") + bad + "'"));
+    r = Run(std::string("compress --base b --finetuned f --out o --allow-missing=") + bad);
+    EXPECT_EQ(r.exit_code, 2) << bad << "\n" << r.err;
+    EXPECT_THAT(r.err, HasSubstr("--allow-missing: want true/false"));
+  }
+  const DeltactlResult plain = Run(list);
+  const DeltactlResult json = Run(list + " --json");
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  ASSERT_NE(plain.out, json.out);
+  for (const char* yes : {"true", "TRUE", "yes", "On", "1"}) {
+    EXPECT_EQ(Run(list + " --json=" + yes).out, json.out) << yes;
+  }
+  for (const char* no : {"false", "No", "off", "0"}) {
+    EXPECT_EQ(Run(list + " --json=" + no).out, plain.out) << no;
+  }
+}
+
 TEST_F(DeltactlCliTest, ANegativeOrNonIntegerShardSizeIsRefusedWhileParsing) {
   // CLI11 alone took "-1" as 2^64 - 1 bytes: one unbounded shard, silently. And 0 was
   // refused only after parsing, exit 1 ("max_shard_bytes must be positive"), a field name.
@@ -395,7 +421,7 @@ TEST_F(DeltactlCliTest, ConvertSummarisesSkippedWeights) {
   DeltactlResult r = Run("convert --in " + model + " --out " + tmp_.File("m.safetensors"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("converted " + model + " -> " + tmp_.File("m.safetensors") +
-                               ": 1 tensors"));
+                               ": 1 tensor, "));
   EXPECT_THAT(r.out, HasSubstr("\nskipped 40 weights that are not float:\n  shape_const_100\n"
                                "  shape_const_101\n  shape_const_102\n"
                                "  ... and 37 more (--verbose lists them all)\n"));

@@ -140,12 +140,14 @@ TEST_F(DeltactlInputsTest, APyTorchCheckpointIsNamedWithAConversion) {
   zip += entry + std::string(100, 'x');
   std::ofstream(ft_, std::ios::binary | std::ios::trunc) << zip;
   const auto r = Compress("");
-  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.exit_code, 2) << r.err;  // a usage error, as a bad flag value
   EXPECT_THAT(r.err, HasSubstr(ft_ + ": header length "));
   EXPECT_THAT(r.err, HasSubstr("; it is a PyTorch checkpoint (torch.save's zip format, "
-                               ".pt/.pth/.bin), not safetensors: convert it with python3 -c "
-                               "\"import torch; from safetensors.torch import save_file; sd = "
-                               "torch.load('" + ft_ + "', map_location='cpu');"));
+                               ".pt/.pth/.bin), not safetensors: convert it with "
+                               "PYTHONPATH=build/python python3 -c \"import torch; from "
+                               "deltaserve.safetensors import write_file; sd = torch.load('" +
+                               ft_ + "', map_location='cpu');"));
+  EXPECT_THAT(r.err, Not(HasSubstr("type.deltaserve")));  // the mark is not printed
 }
 
 // The trial: a codec v2 container showed Delta-DCT's "codec.quantizer=clipped

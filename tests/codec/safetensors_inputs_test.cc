@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "codec/safetensors.h"
+#include "common/usage_error.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
@@ -103,26 +104,34 @@ TEST_F(SafetensorsInputsTest, OtherModelFormatsAreNamedWithAConversion) {
     std::string bytes;
     std::vector<std::string> want;
   } cases[] = {
-      {"model.pt", ZipStart("archive/data.pkl"),
+      {"model.pt",
+       ZipStart("archive/data.pkl"),
        {"; it is a PyTorch checkpoint (torch.save's zip format, .pt/.pth/.bin), not "
-        "safetensors: convert it with python3 -c \"import torch; from safetensors.torch "
-        "import save_file; sd = torch.load('",
-        "model.pt', map_location='cpu'); sd = sd.get('state_dict', sd); save_file({k: "
-        "v.contiguous() for k, v in sd.items()}, 'model.safetensors')\""}},
-      {"pytorch_model.bin", std::string("\x80\x02}q\x00(X\x06\x00\x00\x00weight", 17) +
-                                std::string(64, 'x'),
+        "safetensors: convert it with PYTHONPATH=build/python python3 -c \"import torch; "
+        "from deltaserve.safetensors import write_file; sd = torch.load('",
+        "model.pt', map_location='cpu'); sd = sd.get('state_dict', sd); "
+        "write_file('model.safetensors', sd)\""}},
+      {"pytorch_model.bin",
+       std::string("\x80\x02}q\x00(X\x06\x00\x00\x00weight", 17) + std::string(64, 'x'),
        {"; it is a Python pickle (protocol 2: a legacy torch.save checkpoint or "
-        "pytorch_model.bin?), not safetensors: convert it with python3 -c \"import torch;"}},
-      {"model.gguf", std::string("GGUF\x03\x00\x00\x00", 8) + std::string(64, 'x'),
+        "pytorch_model.bin?), not safetensors: convert it with PYTHONPATH=build/python "
+        "python3 -c \"import torch;"}},
+      {"model.gguf",
+       std::string("GGUF\x03\x00\x00\x00", 8) + std::string(64, 'x'),
        {"; it is a GGUF (llama.cpp) file, not safetensors: use the Hugging Face safetensors "
         "checkpoint it was made from"}},
-      {"w.npy", std::string("\x93NUMPY\x01\x00v\x00{'descr': '<f4'", 25) + std::string(64, ' '),
+      {"w.npy",
+       std::string("\x93NUMPY\x01\x00v\x00{'descr': '<f4'", 25) + std::string(64, ' '),
        {"; it is a numpy .npy array (one unnamed array), not safetensors",
-        "from safetensors.numpy import save_file; save_file({'weight': np.load('"}},
-      {"w.npz", ZipStart("arr_0.npy"),
-       {"; it is a numpy .npz archive, not safetensors: convert it with python3 -c \"import "
-        "numpy as np; from safetensors.numpy import save_file; save_file(dict(np.load('"}},
-      {"model.h5", std::string("\x89HDF\r\n\x1a\n", 8) + std::string(64, '\0'),
+        "from deltaserve.safetensors import write_file; write_file('model.safetensors', "
+        "{'weight': np.load('"}},
+      {"w.npz",
+       ZipStart("arr_0.npy"),
+       {"; it is a numpy .npz archive, not safetensors: convert it with "
+        "PYTHONPATH=build/python python3 -c \"import numpy as np; from deltaserve.safetensors "
+        "import write_file; write_file('model.safetensors', dict(np.load('"}},
+      {"model.h5",
+       std::string("\x89HDF\r\n\x1a\n", 8) + std::string(64, '\0'),
        {"; it is an HDF5 file (Keras .h5 weights?), not safetensors"}},
   };
   for (const auto& c : cases) {
@@ -132,7 +141,17 @@ TEST_F(SafetensorsInputsTest, OtherModelFormatsAreNamedWithAConversion) {
     ASSERT_THAT(r.status(), StatusIs(absl::StatusCode::kInvalidArgument,
                                      HasSubstr(path + ": header length ")));
     for (const std::string& piece : c.want) EXPECT_THAT(r.status().message(), HasSubstr(piece));
+    // Another format is a usage error (deltactl and deltaserved exit 2 for it).
+    EXPECT_TRUE(common::IsUsageError(r.status()));
   }
+  // A damaged safetensors file (no format recognised) is not.
+  const std::string damaged = WriteText("damaged.safetensors", std::string("\x40\x00\x00\x00\x00"
+                                                                           "\x00\x00\x00{\"a\"",
+                                                                           12));
+  absl::StatusOr<std::unique_ptr<ModelReader>> r = ModelReader::Open(damaged);
+  EXPECT_THAT(r.status(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                   HasSubstr("header length 64 runs past the end")));
+  EXPECT_FALSE(common::IsUsageError(r.status()));
   // A directory without safetensors names the model file it holds.
   WriteText("pt/pytorch_model.bin", ZipStart("archive/data.pkl"));
   WriteText("pt/config.json", "{}");
@@ -140,6 +159,7 @@ TEST_F(SafetensorsInputsTest, OtherModelFormatsAreNamedWithAConversion) {
               StatusIs(absl::StatusCode::kNotFound,
                        HasSubstr("pt: no .safetensors file or index; it holds "
                                  "pytorch_model.bin, a model in another format")));
+  EXPECT_TRUE(common::IsUsageError(ModelReader::Open(tmp_.File("pt")).status()));
   WriteText("tfjs/model.json", "{}");
   EXPECT_THAT(ModelReader::Open(tmp_.File("tfjs")),
               StatusIs(absl::StatusCode::kNotFound,

@@ -38,7 +38,14 @@ TEST(AddressTest, MalformedListenAddressesSayWhatIsWrong) {
       {"::1:50051", "an IPv6 address needs brackets, e.g. [::1]:50051"},
       {"[::1", "']' missing"},
       {"[::1]", "no port"},
-      {"unix:", "no socket path"}};
+      {"unix:", "no socket path"},
+      // New-user trial: "[zz]:1" reached getaddrinfo as the host name "zz" and failed at
+      // bind time ("Name or service not known"), naming neither flag nor variable.
+      {"[zz]:1",
+       "'zz' between the brackets is not an IPv6 address (want host:port, "
+       "[v6]:port, unix:PATH), got '[zz]:1'"},
+      {"[]:1", "'' between the brackets is not an IPv6 address"},
+      {"[127.0.0.1]:1", "'127.0.0.1' between the brackets is not an IPv6 address"}};
   for (const auto& [text, want] : cases) {
     EXPECT_THAT(CheckListenAddress(text, /*allow_unix=*/true),
                 StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(want)))
@@ -47,6 +54,7 @@ TEST(AddressTest, MalformedListenAddressesSayWhatIsWrong) {
   EXPECT_THAT(CheckListenAddress("unix:/run/ds.sock", true), IsOk());
   EXPECT_THAT(CheckListenAddress("127.0.0.1:0", true), IsOk());
   EXPECT_THAT(CheckListenAddress("[::]:50051", false), IsOk());
+  EXPECT_THAT(CheckListenAddress("[fe80::1%lo]:50051", false), IsOk());  // with a zone
   EXPECT_THAT(CheckListenAddress("unix:/run/ds.sock", false),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("a Unix socket is not possible here (want host:port, "
@@ -65,6 +73,12 @@ TEST(AddressTest, ServerTargetWithoutAPortGetsDeltaservedsPort) {
   EXPECT_EQ(ServerTarget("dns:///gpu-box:443").value(), "dns:///gpu-box:443");
   EXPECT_THAT(ServerTarget("").status(), StatusIs(absl::StatusCode::kInvalidArgument,
                                                   HasSubstr("empty address")));
+  EXPECT_THAT(ServerTarget("[zz]").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("'zz' between the brackets is not an IPv6 address")));
+  EXPECT_THAT(ServerTarget("[zz]:50051").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("'zz' between the brackets is not an IPv6 address")));
   EXPECT_THAT(ServerTarget("fd00::2").status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("needs brackets")));
   EXPECT_THAT(ServerTarget("h:0").status(),

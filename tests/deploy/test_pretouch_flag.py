@@ -7,7 +7,8 @@ is below the pool's size), and /metrics reads deltaserve_pretouch_bytes 524288. 
 it, or with DELTASERVE_PRETOUCH_CACHE=false / 0, the serving line says pretouch_cache=off,
 no 'pretouch' line comes and /metrics has no deltaserve_pretouch_* (as single node has
 no deltaserve_cluster_*: the dashboard shows every family a default daemon exports). The command line wins over the variable.
-A value that is not a boolean is a usage error (exit 2) naming the flag."""
+A value other than true/false, yes/no, on/off or 1/0 (any case) is a usage error (exit 2)
+naming the flag, or the variable that set it."""
 import os
 import random
 import re
@@ -17,8 +18,14 @@ import deploy_lib as d
 
 deltaserved = d.need_binary("DELTASERVED_BIN", "deltaserved")
 
-d.refused_at_parse(deltaserved, ["--pretouch-cache=maybe"], "--pretouch-cache")
-d.refused_at_parse(deltaserved, [], "--pretouch-cache", {"DELTASERVE_PRETOUCH_CACHE": "maybe"})
+# New-user trial: "2" was taken as true (CLI11 reads any integer, "t", "+", "enable").
+# Every boolean flag takes true/false, yes/no, on/off or 1/0 only, from the variable too.
+for flag in ("--pretouch-cache", "--base-mapped"):
+    env = "DELTASERVE_" + flag[2:].upper().replace("-", "_")
+    for bad in ("maybe", "2", "-1", "t", "enable"):
+        d.refused_at_parse(deltaserved, [f"{flag}={bad}"],
+                           f"{flag}: want true/false, yes/no, on/off or 1/0, got '{bad}'")
+        d.refused_at_parse(deltaserved, [], f"that value came from {env}", {env: bad})
 
 PRETOUCH_BYTES = 256 * 512 * 4
 
@@ -59,10 +66,12 @@ with tempfile.TemporaryDirectory(prefix="deploy-pretouch-") as tmp:
     write_base(base)
     cases = [("flag", ["--pretouch-cache"], {}, True),
              ("env-true", [], {"DELTASERVE_PRETOUCH_CACHE": "true"}, True),
+             ("flag-on", ["--pretouch-cache=ON"], {}, True),
              ("env-1", [], {"DELTASERVE_PRETOUCH_CACHE": "1"}, True),
              ("unset", [], {}, False),
              ("env-false", [], {"DELTASERVE_PRETOUCH_CACHE": "false"}, False),
              ("env-0", [], {"DELTASERVE_PRETOUCH_CACHE": "0"}, False),
+             ("env-no", [], {"DELTASERVE_PRETOUCH_CACHE": "No"}, False),
              ("flag-over-env", ["--pretouch-cache"], {"DELTASERVE_PRETOUCH_CACHE": "0"}, True)]
     for name, flags, env, want_on in cases:
         serving, pretouch, gauge = run_daemon(tmp, name, base, flags, env)

@@ -55,6 +55,21 @@ with tempfile.TemporaryDirectory(prefix="deploy-start-") as tmp, \
                 f"cannot serve metrics on {port}: address already in use? (set "
                 "DELTASERVE_METRICS_LISTEN, \\\"\\\" turns it off) [Address already in use]",
                 {"DELTASERVE_METRICS_LISTEN": port})
+    # A host that does not resolve: "(set ...)" as for a busy port (new-user trial: the
+    # metrics address said only "Name or service not known").
+    for flag, env, said in [("--listen", "DELTASERVE_LISTEN", "cannot listen on"),
+                            ("--agent-listen", "DELTASERVE_AGENT_LISTEN", "cannot listen on"),
+                            ("--metrics-listen", "DELTASERVE_METRICS_LISTEN",
+                             "cannot serve metrics on")]:
+        bad = "no-such-host.invalid:1"
+        others = [] if flag == "--listen" else ["--listen", "127.0.0.1:0"]
+        others += [] if flag == "--metrics-listen" else quiet
+        off = ", \\\"\\\" turns it off" if flag == "--metrics-listen" else ""
+        start_error(["--base", base, "--db", next(db), flag, bad] + others,
+                    f"{said} {bad}: host not found? (set {flag}{off}) [")
+        start_error(["--base", base, "--db", next(db)] + others,
+                    f"{said} {bad}: host not found? (set {env}{off}) [",
+                    {env: bad})
     # Files: TLS certificate and key, base, config.
     start_error(["--base", base, "--db", next(db), "--listen", "127.0.0.1:0"] + quiet,
                 "DELTASERVE_TLS_CERT (TLS certificate): cannot open /nonexistent/c.pem",

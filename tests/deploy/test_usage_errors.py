@@ -37,6 +37,15 @@ usage_error(server + ["--listen", "notaport"], f"--listen: no port {listen_forms
 usage_error(server + ["--listen", "::1:50051"], "--listen: an IPv6 address needs brackets")
 usage_error(server + ["--listen", "h:65536"], "--listen: port '65536' is not a number in [0, 65535]")
 usage_error(server + ["--metrics-listen", "9464"], "--metrics-listen: no port")
+# New-user trial: "[zz]:1" got to getaddrinfo ("Name or service not known", exit 1) and the
+# metrics endpoint's message named neither flag nor variable.
+for flag in ("--listen", "--metrics-listen", "--agent-listen"):
+    want = f"{flag}: 'zz' between the brackets is not an IPv6 address"
+    usage_error(server + [flag, "[zz]:1"], want)
+    env = "DELTASERVE_" + flag[2:].upper().replace("-", "_")
+    usage_error(server, f"{want} ", {env: "[zz]:1"})
+    usage_error(server, f"got '[zz]:1'", {env: "[zz]:1"})
+    usage_error(server, f"(set by {env})", {env: "[zz]:1"})
 usage_error(server + ["--workers", "5000"], "deltaserved: --workers must be in [0, 1024], got 5000\n")
 usage_error(server + ["--max-streams", "0"], "--max-streams must be in [1, 65536], got 0")
 usage_error(server + ["--grpc-memory-bytes", "1"], "--grpc-memory-bytes must be >= 16 MiB")

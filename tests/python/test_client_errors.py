@@ -7,6 +7,7 @@ a deadline; server addresses (a host without a port dials 50051; malformed ones 
 INVALID_ARGUMENT); an unreachable server; a corrupted stream (DATA_LOSS)."""
 from concurrent import futures
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -160,7 +161,7 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
     t = fresh()
     del t["b.bias"]
     ld.expect_error(lambda: acme.load_into(t, "chat"), C.INVALID_ARGUMENT,
-                    "1 tensor(s) of task 'chat' not in the model: 'b.bias' (the model has")
+                    "1 tensor of task 'chat' not in the model: 'b.bias' (the model has")
     d.check(untouched(t), "missing name: the target was written")
     t = fresh()
     t["extra.weight"] = torch.full((3,), 7.0, dtype=torch.float16)
@@ -251,8 +252,24 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
     for bad, what in (("::1", "needs brackets"), ("host:99999", "port must be a number"),
                       ("host:0", "port must be a number"), ("host:x", "port must be a number"),
                       (":50051", "no host"), ("unix:", "nothing after 'unix:'"),
-                      ("[::1", "']' missing")):
+                      ("[::1", "']' missing"),
+                      ("[zz]:1", "'zz' between the brackets is not an IPv6 address"),
+                      ("[zz]", "'zz' between the brackets is not an IPv6 address")):
         ld.expect_error(lambda: Client(bad), C.INVALID_ARGUMENT, f"server address {bad!r}", what)
+    # A server that is not there: the call is named once (new-user trial, load_state_dict
+    # on the native path: "StreamWeights 'chat': cannot reach the server at ...
+    # (StreamWeights 'chat': failed to connect ...)").
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        dead = f"127.0.0.1:{closed.getsockname()[1]}"
+        try:
+            Client(dead, token=d.ACME_TOKEN, timeout=20).load_state_dict("chat")
+            d.fail("load_state_dict from a dead server returned")
+        except DeltaserveError as e:
+            d.check(e.code == C.UNAVAILABLE and e.message.startswith(
+                f"StreamWeights 'chat': cannot reach the server at {dead} (") and
+                e.message.count("StreamWeights") == 1 and "(hint: is deltaserved running" in
+                e.message, f"dead server: {e.message}")
     # A corrupted tensor: DATA_LOSS naming it (the grpcio reader's checksum is flipped on
     # arrival; the C++ client's is checked with a corrupt server below).
     real = _stream.xxhash.xxh3_64

@@ -141,7 +141,7 @@ with tempfile.TemporaryDirectory(prefix="py-load-checks-") as tmp:
                if n != "fc2.bias"}
     partial["extra.weight"] = torch.ones(3, dtype=torch.float16)
     ld.expect_error(lambda: c.load_into(partial, "mlp-ft"), C.INVALID_ARGUMENT,
-                    "1 tensor(s) of task 'mlp-ft' not in the model: 'fc2.bias'",
+                    "1 tensor of task 'mlp-ft' not in the model: 'fc2.bias'",
                     "strict=False skips them")
     for atomic in (False, True):
         for t in partial.values():
@@ -164,7 +164,7 @@ with tempfile.TemporaryDirectory(prefix="py-load-checks-") as tmp:
     d.check(_stream._short([f"k{i}" for i in range(7)]) ==
             "['k0', 'k1', 'k2', 'k3', 'k4', ... 7 in all]", "StreamStats repr of 7 keys")
     ld.expect_error(lambda: c.load_into({"x": torch.zeros(1)}, "mlp-ft", strict=False),
-                    C.INVALID_ARGUMENT, "none of the 4 tensor(s) of task 'mlp-ft' is in the model")
+                    C.INVALID_ARGUMENT, "none of the 4 tensors of task 'mlp-ft' is in the model")
     # Shapes still have to match, as with torch.
     bad = dict(partial, **{"fc1.bias": torch.zeros(7, dtype=torch.float16)})
     ld.expect_error(lambda: c.load_into(bad, "mlp-ft", strict=False), C.INVALID_ARGUMENT,

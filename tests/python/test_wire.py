@@ -41,6 +41,14 @@ from deltaserve._stream import StreamStats, verified_tensors  # noqa: E402
 from deltaserve.client import Client  # noqa: E402
 from deltaserve.errors import DeltaserveError  # noqa: E402
 
+# StreamStats' repr shows missing_keys and unexpected_keys, empty too (new-user trial: they
+# were left out when empty, so a load that matched every key did not say so).
+_stats = StreamStats()
+d.check(repr(_stats).endswith(", missing_keys=[], unexpected_keys=[])"), repr(_stats))
+_stats.missing_keys = [f"m{i}" for i in range(7)]
+d.check("missing_keys=['m0', 'm1', 'm2', 'm3', 'm4', ... 7 in all], unexpected_keys=[])"
+        in repr(_stats), repr(_stats))
+
 
 class _Call(list):
     def cancel(self):

@@ -25,6 +25,7 @@ namespace deltaserve::server::internal {
 namespace {
 
 using ::deltaserve::testing::StatusIs;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
@@ -95,8 +96,21 @@ TEST_F(MetricsHttpTest, AnswersEveryOtherRequestWithAnErrorAndKeepsServing) {
       {"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
        "HTTP/1.1 405"},
       {"DELETE /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 405"},
-      // Not HTTP: the connection is closed without an answer.
+      // Malformed (new-user trial: closed without an answer): 400, as RFC 9112 asks.
+      {"GET /metrics\r\n\r\n", "HTTP/1.1 400"},
+      {"GET /metrics HTTP/1.1 extra\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+      {"GET /metrics FOO/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+      {"GET /metrics HTTP/1.1\r\nHost: x\r\nno colon\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},
+      {"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n", "HTTP/1.1 400"},  // no Host
+      {"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", "HTTP/1.1 400"},
+      {"GET /metrics HTTP/9.9\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 505"},
+      // HTTP/1.0 needs no Host.
+      {"GET /metrics HTTP/1.0\r\n\r\n", "HTTP/1.1 200"},
+      // A request line without a space: libmicrohttpd 0.9.75 closes the connection
+      // without an answer, whatever it is configured to do (metrics_http.h).
       {"\x01\x02garbage\r\n\r\n", ""},
+      {"GARBAGE\r\n\r\n", ""},
+      {"GET  /metrics  HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", ""},  // 2 spaces
       {absl::StrCat("GET /", std::string(100000, 'a'), " HTTP/1.1\r\nHost: x\r\n\r\n"),
        "HTTP/1.1 414"},
   };
@@ -108,6 +122,35 @@ TEST_F(MetricsHttpTest, AnswersEveryOtherRequestWithAnErrorAndKeepsServing) {
   }
   EXPECT_THAT(Exchange(port, "DELETE /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
               HasSubstr("Allow: GET, HEAD\r\n"));
+}
+
+// New-user trial: `GET http://host:port/metrics HTTP/1.1` (absolute-form, RFC 9112
+// section 3.2.2, what a client sends through a forward proxy) got 404.
+TEST_F(MetricsHttpTest, ServesTheAbsoluteFormOfTheTarget) {
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
+      MetricsHttpServer::Start("127.0.0.1:0", registry_);
+  ASSERT_TRUE(http.ok()) << http.status();
+  const int port = (*http)->port();
+  const std::string authority = absl::StrCat("127.0.0.1:", port);
+  for (const std::string& target :
+       std::vector<std::string>{absl::StrCat("http://", authority, "/metrics"),
+                                absl::StrCat("HTTP://", authority, "/metrics"),
+                                absl::StrCat("http://", authority, "/metrics?name[]=x"),
+                                "http://other.host/metrics", "https://x/metrics"}) {
+    const std::string resp = Get(port, target);
+    EXPECT_THAT(resp, StartsWith("HTTP/1.1 200")) << target;
+    EXPECT_THAT(resp, HasSubstr("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"))
+        << target;
+    EXPECT_THAT(resp, HasSubstr("\ntest_scrapes_total 7\n")) << target;
+  }
+  EXPECT_THAT(Get(port, absl::StrCat("http://", authority)),
+              AllOf(StartsWith("HTTP/1.1 200"),
+                    HasSubstr("deltaserved: Prometheus metrics are at /metrics\n")));
+  EXPECT_THAT(Get(port, absl::StrCat("http://", authority, "/")), StartsWith("HTTP/1.1 200"));
+  EXPECT_THAT(Get(port, absl::StrCat("http://", authority, "/healthz")),
+              StartsWith("HTTP/1.1 404"));
+  EXPECT_THAT(Get(port, "ftp://x/metrics"), StartsWith("HTTP/1.1 404"));
+  EXPECT_THAT(Get(port, "http:/metrics"), StartsWith("HTTP/1.1 404"));
 }
 
 // New-user trial: 64 clients trickling header bytes held every connection and kept
@@ -162,6 +205,11 @@ TEST_F(MetricsHttpTest, BusyPortIsUnavailableNamingTheFlag) {
                        absl::StrCat("cannot serve metrics on ", busy,
                                     ": address already in use? (set --metrics-listen, \"\" "
                                     "turns it off) [Address already in use]")));
+  // New-user trial: a host that does not resolve said only "Name or service not known".
+  EXPECT_THAT(MetricsHttpServer::Start("no-such-host.invalid:1", registry_).status(),
+              StatusIs(absl::StatusCode::kUnavailable,
+                       StartsWith("cannot serve metrics on no-such-host.invalid:1: host not "
+                                  "found? (set --metrics-listen, \"\" turns it off) [")));
   EXPECT_THAT(MetricsHttpServer::Start("9464", registry_).status(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("cannot serve metrics on 9464: no port")));
