@@ -3,6 +3,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -90,6 +91,14 @@ absl::Status ClientOptions::Validate() const {
   if (stream_deadline < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ClientOptions.stream_deadline must not be negative");
   }
+  if (keepalive_time < absl::ZeroDuration() ||
+      (keepalive_time > absl::ZeroDuration() && keepalive_time < absl::Milliseconds(1))) {
+    return absl::InvalidArgumentError(
+        "ClientOptions.keepalive_time must be zero (no keepalive) or at least 1 ms");
+  }
+  if (keepalive_timeout < absl::Milliseconds(1)) {
+    return absl::InvalidArgumentError("ClientOptions.keepalive_timeout must be at least 1 ms");
+  }
   DS_RETURN_IF_ERROR(
       proto::ValidateChunkBytes(upload_chunk_bytes, "ClientOptions.upload_chunk_bytes"));
   if (token.find_first_of("\r\n") != std::string::npos) {
@@ -126,6 +135,18 @@ absl::StatusOr<std::unique_ptr<DeltaClient>> DeltaClient::Open(const ClientOptio
   // receiving SETTINGS frame") whatever the call's deadline.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  if (options.keepalive_time > absl::ZeroDuration()) {
+    // gRPC's keepalive timer restarts whenever bytes arrive, so a busy stream sends no
+    // pings. Unlimited pings without data: a pull sends no DATA frames, and gRPC's
+    // default (2) would stop pinging a stalled stream after two pings.
+    auto ms = [](absl::Duration d) {
+      return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(d), INT32_MAX));
+    };
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, ms(options.keepalive_time));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ms(options.keepalive_timeout));
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->channel = grpc::CreateCustomChannel(options.target, creds, args);

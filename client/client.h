@@ -59,6 +59,19 @@ struct ClientOptions {
   absl::Duration deadline = absl::Seconds(60);
   // Deadline of a whole download (pull, StreamDelta). Zero: none. Default: none.
   absl::Duration stream_deadline = absl::ZeroDuration();
+  // HTTP/2 keepalive while a call is in progress: after `keepalive_time` without
+  // receiving anything the client pings the server, and fails the connection's calls
+  // UNAVAILABLE ("the server stopped answering ...") when no answer comes within
+  // `keepalive_timeout`. A frozen server, or a network partition that drops packets
+  // without a reset, then ends a pull (which resumes, PullOptions::range_retries and
+  // SinkPullOptions::retries) instead of hanging it; a slow server whose connection
+  // answers pings is not cut. No pings while no call is in progress. The server must
+  // allow pings this often (deltaserved --min-client-ping-seconds, default 5 s; more
+  // often gets GOAWAY too_many_pings). Zero keepalive_time: no pings (a frozen server
+  // holds a call until its deadline). keepalive_time: zero or at least 1 ms;
+  // keepalive_timeout: positive. Defaults: 30 s, 20 s.
+  absl::Duration keepalive_time = absl::Seconds(30);
+  absl::Duration keepalive_timeout = absl::Seconds(20);
   // Upload chunk size in bytes. Larger: fewer messages. Must be in
   // [proto::kMinChunkBytes, proto::kMaxChunkBytes] = [4 KiB, 4 MiB - 1 KiB].
   // Default: proto::kDefaultChunkBytes (1 MiB).

@@ -24,6 +24,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -53,6 +54,9 @@ struct RemoteFlags {
   bool tls = false;
   std::string tls_ca;
   double timeout_seconds = 60;
+  // HTTP/2 keepalive during a call (ClientOptions::keepalive_time, keepalive_timeout).
+  double keepalive_seconds = 30;
+  double keepalive_timeout_seconds = 20;
   bool json = false;
 };
 
@@ -77,8 +81,21 @@ struct TaskFlags {
 constexpr char kServerEnv[] = "DELTASERVE_SERVER";
 constexpr char kTokenEnv[] = "DELTASERVE_TOKEN";
 constexpr char kTenantEnv[] = "DELTASERVE_TENANT";
+// Not DELTASERVE_KEEPALIVE_SECONDS: deltaserved's own server-side setting.
+constexpr char kKeepaliveEnv[] = "DELTASERVE_CLIENT_KEEPALIVE_SECONDS";
+constexpr char kKeepaliveTimeoutEnv[] = "DELTASERVE_CLIENT_KEEPALIVE_TIMEOUT_SECONDS";
 // The longest --timeout: a year (gRPC deadlines further out behave as none).
 constexpr double kMaxTimeoutSeconds = 365 * 86400;
+
+// The checks of --keepalive-seconds and --keepalive-timeout-seconds (and their variables).
+CLI::Validator KeepaliveValidator() {
+  return common::NumberInValidator("0 (no pings) or a number of seconds", 0, false,
+                                   kMaxTimeoutSeconds, false);
+}
+CLI::Validator KeepaliveTimeoutValidator() {
+  return common::NumberInValidator("a positive number of seconds", 0, true, kMaxTimeoutSeconds,
+                                   false);
+}
 
 // Adds the remote flags to `app`: a remote subcommand, or deltactl itself (flags before
 // the subcommand).
@@ -103,6 +120,18 @@ void AddRemoteFlags(CLI::App* app, RemoteFlags* f) {
                   "Seconds allowed for each request and for a whole push (a pull has no limit)")
       ->check(common::NumberInValidator("a positive number of seconds", 0, true, kMaxTimeoutSeconds,
                                         false))
+      ->capture_default_str()
+      ->group(group);
+  app->add_option("--keepalive-seconds", f->keepalive_seconds,
+                  absl::StrCat("During a call, ping the server after this many seconds without "
+                               "data; 0: never (env ", kKeepaliveEnv, ")"))
+      ->check(KeepaliveValidator())
+      ->capture_default_str()
+      ->group(group);
+  app->add_option("--keepalive-timeout-seconds", f->keepalive_timeout_seconds,
+                  absl::StrCat("A ping unanswered this long fails the call UNAVAILABLE (a pull "
+                               "then resumes) (env ", kKeepaliveTimeoutEnv, ")"))
+      ->check(KeepaliveTimeoutValidator())
       ->capture_default_str()
       ->group(group);
   common::AddBooleanFlag(app, "--json", f->json, "Print results as JSON")->group(group);
@@ -141,6 +170,8 @@ RemoteFlags ResolveRemoteFlags(const CLI::App& sub, const RemoteFlags& after, co
   pick("--tls", &RemoteFlags::tls, nullptr);
   pick("--tls-ca", &RemoteFlags::tls_ca, nullptr);
   pick("--timeout", &RemoteFlags::timeout_seconds, nullptr);
+  pick("--keepalive-seconds", &RemoteFlags::keepalive_seconds, nullptr);
+  pick("--keepalive-timeout-seconds", &RemoteFlags::keepalive_timeout_seconds, nullptr);
   pick("--json", &RemoteFlags::json, nullptr);
   return r;
 }
@@ -200,6 +231,8 @@ absl::StatusOr<std::unique_ptr<DeltaClient>> Connect(const RemoteFlags& f) {
   options.use_tls = f.tls;
   options.tls_root_cert_path = f.tls_ca;
   options.deadline = absl::Seconds(f.timeout_seconds);
+  options.keepalive_time = absl::Seconds(f.keepalive_seconds);
+  options.keepalive_timeout = absl::Seconds(f.keepalive_timeout_seconds);
   return DeltaClient::Open(options);
 }
 
@@ -562,6 +595,22 @@ void AddRemoteCommands(CLI::App& app, CommandAction* action) {
                                    std::string(target.status().message()));
       }
       f.server = *std::move(target);
+      // The keepalive variables (numbers: ResolveRemoteFlags reads only text ones),
+      // checked as their flags are.
+      auto number_from_env = [&](const char* flag, const char* env, CLI::Validator check,
+                                 double* out) {
+        const char* value = std::getenv(env);
+        if (Given(*sub, flag) || Given(app, flag) || value == nullptr || *value == '\0') return;
+        std::string text = value;
+        if (std::string error = check(text); !error.empty()) {
+          throw CLI::ValidationError(env, error);
+        }
+        (void)absl::SimpleAtod(text, out);
+      };
+      number_from_env("--keepalive-seconds", kKeepaliveEnv, KeepaliveValidator(),
+                      &f.keepalive_seconds);
+      number_from_env("--keepalive-timeout-seconds", kKeepaliveTimeoutEnv,
+                      KeepaliveTimeoutValidator(), &f.keepalive_timeout_seconds);
       if (f.token.find_first_of("\r\n") != std::string::npos) {
         throw CLI::ValidationError(source("--token", kTokenEnv), "contains a line break");
       }

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "absl/strings/match.h"
+
 namespace deltaserve::client {
 
 absl::Status FromGrpcStatus(const grpc::Status& s, std::string_view context) {
@@ -13,6 +15,13 @@ absl::Status FromGrpcStatus(const grpc::Status& s, std::string_view context) {
   std::string msg(context);
   msg += ": ";
   msg += s.error_message();
+  // gRPC closes a connection whose keepalive ping went unanswered with UNAVAILABLE
+  // "keepalive watchdog timeout" (ClientOptions::keepalive_time).
+  if (absl_code == absl::StatusCode::kUnavailable &&
+      absl::StrContains(s.error_message(), "keepalive")) {
+    msg += " (the server stopped answering: no reply to a keepalive ping; it is frozen, "
+           "overloaded, or cut off by the network)";
+  }
   return absl::Status(absl_code, msg);
 }
 

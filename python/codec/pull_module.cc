@@ -5,8 +5,10 @@
 // pull_dir; the pure grpcio reader (deltaserve/_stream.py) is the fallback when this
 // module is missing.
 //
-//   Puller(target, token, tenant, tls, ca, timeout)
-//       one DeltaClient (one gRPC channel); timeout: seconds of unary calls
+//   Puller(target, token, tenant, tls, ca, timeout, keepalive=30, keepalive_timeout=20)
+//       one DeltaClient (one gRPC channel); timeout: seconds of unary calls;
+//       keepalive, keepalive_timeout: ClientOptions::keepalive_time, keepalive_timeout
+//       in seconds (keepalive 0: no pings)
 //   Puller.load(task, out_dtype, include, include_regex, chunk_bytes, retries,
 //               reconnect_timeout, deadline, targets, on_tensor, figures, each=False,
 //               cancel=None, on_begin=None)
@@ -354,7 +356,8 @@ struct CancelFlag {
 class Puller {
  public:
   Puller(const std::string& target, const std::string& token, const std::string& tenant,
-         bool tls, const std::string& ca, double timeout) {
+         bool tls, const std::string& ca, double timeout, double keepalive,
+         double keepalive_timeout) {
     client::ClientOptions options;
     options.target = target;
     options.token = token;
@@ -362,6 +365,8 @@ class Puller {
     options.use_tls = tls;
     options.tls_root_cert_path = ca;
     options.deadline = absl::Seconds(timeout);
+    options.keepalive_time = absl::Seconds(keepalive);
+    options.keepalive_timeout = absl::Seconds(keepalive_timeout);
     absl::StatusOr<std::unique_ptr<client::DeltaClient>> c = client::DeltaClient::Open(options);
     ThrowIfError(c.status());
     client_ = *std::move(c);
@@ -438,9 +443,9 @@ PYBIND11_MODULE(_pull, m) {
   RegisterStatusError(m, "PullError");
   py::class_<Puller>(m, "Puller")
       .def(py::init<const std::string&, const std::string&, const std::string&, bool,
-                    const std::string&, double>(),
+                    const std::string&, double, double, double>(),
            py::arg("target"), py::arg("token"), py::arg("tenant"), py::arg("tls"), py::arg("ca"),
-           py::arg("timeout"))
+           py::arg("timeout"), py::arg("keepalive") = 30.0, py::arg("keepalive_timeout") = 20.0)
       .def("load", &Puller::Load, py::arg("task"), py::arg("out_dtype"), py::arg("include"),
            py::arg("include_regex"), py::arg("chunk_bytes"), py::arg("retries"),
            py::arg("reconnect_timeout"), py::arg("deadline"), py::arg("targets"),

@@ -68,7 +68,8 @@ def _puller(client, tenant):
     `tenant`: the client's tenant as UTF-8 bytes."""
     if client._puller is None:
         client._puller = _pull.Puller(client.server, client._token, tenant, client._tls,
-                                      client._ca, client.timeout)
+                                      client._ca, client.timeout, client.keepalive,
+                                      client.keepalive_timeout)
     return client._puller
 
 

@@ -11,6 +11,7 @@ DELTASERVE_TOKEN, DELTASERVE_TENANT. Every failure raises DeltaserveError (code 
 message, deltaserve/errors.py). A Client is thread-safe (one gRPC channel).
 """
 import json
+import math
 import mmap
 import os
 
@@ -39,6 +40,23 @@ _SERVICE_CONFIG = json.dumps({"methodConfig": [{
              for m in ("GetTask", "ListTasks", "GetBase", "GetSideFile")],
     "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})
+
+
+def _seconds(value, env, default, name, zero_ok):
+    """`value` (Client's argument), else $`env`, else `default`, as float seconds:
+    INVALID_ARGUMENT naming the argument or variable unless a finite number >= 0
+    (zero_ok) or > 0."""
+    source = name
+    if value is None:
+        value, source = os.environ.get(env) or default, env
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
+        want = "0 (no pings) or a positive" if zero_ok else "a positive"
+        raise invalid_argument(f"{source} must be {want} number of seconds, got {value!r}")
+    return seconds
 
 
 def container_base_hash(view):
@@ -70,6 +88,14 @@ class Client:
       next, so a download survives an outage of up to retries x reconnect_timeout seconds
       (30 s by default; within stream_timeout), resuming where it stopped; past that,
       UNAVAILABLE says how long it waited and the attempts used.
+    keepalive: seconds without data from the server after which a call in progress pings
+      it; keepalive_timeout: seconds a ping may go unanswered before the call fails
+      UNAVAILABLE ("the server stopped answering"; a download then resumes as above).
+      A frozen server or a network partition that drops packets then ends a call instead
+      of hanging it; a slow server whose connection answers pings is not cut. Defaults:
+      $DELTASERVE_CLIENT_KEEPALIVE_SECONDS, else 30, and
+      $DELTASERVE_CLIENT_KEEPALIVE_TIMEOUT_SECONDS, else 20; keepalive 0: no pings. The
+      server must allow pings this often (deltaserved --min-client-ping-seconds, 5 s).
     native: load_state_dict, load_into, stream_weights and pull_dir stream through the
       project's C++ client (deltaserve/_native.py: the bytes go straight into tensor
       memory, the GIL released) when it was built; False: always through grpcio
@@ -80,7 +106,8 @@ class Client:
     """
 
     def __init__(self, server=None, token=None, tenant=None, tls=False, ca=None, timeout=None,
-                 stream_timeout=None, retries=3, reconnect_timeout=10.0, native=None):
+                 stream_timeout=None, retries=3, reconnect_timeout=10.0, native=None,
+                 keepalive=None, keepalive_timeout=None):
         # A host without a port dials 50051, as deltactl --server does (gRPC: 443).
         self.server = server_target(
             server or os.environ.get("DELTASERVE_SERVER") or "127.0.0.1:50051")
@@ -92,6 +119,11 @@ class Client:
         if self.timeout <= 0:
             raise invalid_argument(f"timeout must be positive, got {timeout}")
         self.stream_timeout = stream_timeout
+        self.keepalive = _seconds(keepalive, "DELTASERVE_CLIENT_KEEPALIVE_SECONDS", 30.0,
+                                  "keepalive", zero_ok=True)
+        self.keepalive_timeout = _seconds(keepalive_timeout,
+                                          "DELTASERVE_CLIENT_KEEPALIVE_TIMEOUT_SECONDS", 20.0,
+                                          "keepalive_timeout", zero_ok=False)
         self.retries = int(retries)
         self.reconnect_timeout = float(reconnect_timeout)
         self._metadata = (("authorization", "Bearer " + token),) if token else ()
@@ -111,6 +143,14 @@ class Client:
                    ("grpc.max_reconnect_backoff_ms", 1000),
                    ("grpc.enable_retries", 1),
                    ("grpc.service_config", _SERVICE_CONFIG)]
+        if self.keepalive > 0:
+            # As the C++ client (client/client.cc): pings only during calls, and not
+            # limited to gRPC's default of 2 without data (a download sends none).
+            options += [("grpc.keepalive_time_ms", max(1, round(self.keepalive * 1000))),
+                        ("grpc.keepalive_timeout_ms",
+                         max(1, round(self.keepalive_timeout * 1000))),
+                        ("grpc.keepalive_permit_without_calls", 0),
+                        ("grpc.http2.max_pings_without_data", 0)]
         if tls or ca:
             root = None
             if ca:

@@ -136,6 +136,20 @@ def matches(tensor, proto_dtype):
     return tensor.dtype == torch_dtype(proto_dtype)
 
 
+def torch_view(buf, proto_dtype_or_torch, shape):
+    """`buf` (1-D uint8 numpy array) as a torch tensor of the given dtype (a proto DType
+    number or a torch.dtype) and `shape`, sharing its memory. A zero-element `shape`
+    gives a new empty tensor: numpy gives an empty array stride 0, and torch refuses to
+    view such an array as a wider dtype ("self.stride(-1) must be 1")."""
+    import torch
+    dtype = (proto_dtype_or_torch if isinstance(proto_dtype_or_torch, torch.dtype)
+             else torch_dtype(proto_dtype_or_torch))
+    shape = tuple(shape)
+    if buf.size == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.from_numpy(buf).view(dtype).reshape(shape)
+
+
 def torch_bytes(t):
     """A uint8 numpy array sharing the bytes of CPU torch tensor `t` (contiguous)."""
     import torch

@@ -43,6 +43,12 @@ def from_rpc_error(error, label, client=None):
 _HINT_OPEN = " (hint: "
 
 
+# What an unanswered keepalive ping means (gRPC: UNAVAILABLE "keepalive watchdog
+# timeout"); the C++ client's words (client/internal/status.cc).
+KEEPALIVE_HINT = ("the server stopped answering: no reply to a keepalive ping; it is frozen, "
+                  "overloaded, or cut off by the network")
+
+
 def with_hint(error, client):
     """`error` (a DeltaserveError) with, for the failures that a Client argument or an
     environment variable fixes, which one to look at (as deltactl's WithFlagHint,
@@ -69,6 +75,8 @@ def with_hint(error, client):
             "ailed to connect", "cannot reach", "Connection refused", "No such file")):
         hint = (f"is deltaserved running at {server}? Client(server='HOST[:PORT]') or "
                 "DELTASERVE_SERVER sets the address")
+    elif error.code == C.UNAVAILABLE and "keepalive" in m and "stopped answering" not in m:
+        hint = KEEPALIVE_HINT  # the C++ client (native path) says it already
     elif error.code == C.INVALID_ARGUMENT and "must name the tenant" in m:
         hint = "pass Client(tenant=NAME) or set DELTASERVE_TENANT"
     if not hint:

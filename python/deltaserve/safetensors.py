@@ -62,9 +62,8 @@ def read_file(path):
 def load_file(path):
     """{name: torch.Tensor} of a safetensors file (dtypes.torch_dtype: BF16 as
     torch.bfloat16, ...)."""
-    import torch
     tensors, _ = read_file(path)
-    return {name: torch.from_numpy(buf).view(dtypes.torch_dtype(dt)).reshape(shape)
+    return {name: dtypes.torch_view(buf, dt, shape)
             for name, dt, shape, buf in tensors}
 
 

@@ -66,14 +66,12 @@ def no_match_error(client, task, include, include_regex, info=None):
 
 
 def load_state_dict(client, task, include, include_regex, dtype, progress=None):
-    import torch
-
     staged = _stage(client, task, include, include_regex, dtype, progress)
     if not staged and (include or include_regex):
         raise no_match_error(client, task, include, include_regex)
     out = {}
     for name, proto_dtype, shape, buf in staged:
-        out[name] = torch.from_numpy(buf).view(dtypes.torch_dtype(proto_dtype)).reshape(shape)
+        out[name] = dtypes.torch_view(buf, proto_dtype, shape)
     return out
 
 
@@ -148,7 +146,7 @@ def copy_staged(dst, buf):
     tensor `dst` (any real device) with Tensor.copy_; an inference tensor under
     inference_mode (elsewhere torch refuses to update it in place)."""
     import torch
-    src = torch.from_numpy(buf).view(dst.dtype).reshape(dst.shape)
+    src = dtypes.torch_view(buf, dst.dtype, dst.shape)
     with (torch.inference_mode() if dst.is_inference() else torch.no_grad()):
         dst.copy_(src)
 

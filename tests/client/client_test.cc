@@ -1,8 +1,5 @@
 #include "client/client.h"
 
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 #include <xxhash.h>
 
 #include <atomic>
@@ -21,6 +18,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/client/fake_delta_service.h"
+#include "tests/client/tcp_forwarder.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
@@ -416,73 +414,6 @@ TEST(ClientUnreachableTest, UnavailableNamesTheCall) {
   EXPECT_THAT(client->ListTasks(), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("ListTasks")));
 }
 
-// A TCP forwarder on 127.0.0.1:<port()> to 127.0.0.1:`target_port` that lets each
-// connection wait `delay` before forwarding it: the client's TCP connect succeeds at
-// once, the server's HTTP/2 SETTINGS come `delay` later, as from a loaded server.
-class LateForwarder {
- public:
-  LateForwarder(int target_port, absl::Duration delay) : target_port_(target_port), delay_(delay) {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) == 0 &&
-        ::listen(listen_fd_, 16) == 0 &&
-        ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-      port_ = ntohs(addr.sin_port);
-    }
-    accepter_ = std::thread([this] { Accept(); });
-  }
-  ~LateForwarder() {
-    ::shutdown(listen_fd_, SHUT_RDWR);  // wakes accept()
-    accepter_.join();
-    ::close(listen_fd_);
-    for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
-    for (std::thread& t : pipes_) t.join();
-    for (int fd : fds_) ::close(fd);
-  }
-  int port() const { return port_; }
-
- private:
-  void Accept() {
-    for (;;) {
-      const int client = ::accept(listen_fd_, nullptr, nullptr);
-      if (client < 0) return;
-      absl::SleepFor(delay_);
-      const int server = ::socket(AF_INET, SOCK_STREAM, 0);
-      sockaddr_in addr{};
-      addr.sin_family = AF_INET;
-      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      addr.sin_port = htons(static_cast<uint16_t>(target_port_));
-      fds_.push_back(client);
-      fds_.push_back(server);
-      if (::connect(server, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) continue;
-      pipes_.emplace_back(Pipe, client, server);
-      pipes_.emplace_back(Pipe, server, client);
-    }
-  }
-  static void Pipe(int from, int to) {
-    char buf[65536];
-    for (ssize_t n; (n = ::read(from, buf, sizeof(buf))) > 0;) {
-      for (ssize_t off = 0; off < n;) {
-        const ssize_t w = ::write(to, buf + off, static_cast<size_t>(n - off));
-        if (w <= 0) return;
-        off += w;
-      }
-    }
-    ::shutdown(to, SHUT_WR);
-  }
-
-  const int target_port_;
-  const absl::Duration delay_;
-  int listen_fd_ = -1;
-  int port_ = 0;
-  std::thread accepter_;
-  std::vector<int> fds_;            // accepter_'s until it is joined
-  std::vector<std::thread> pipes_;  // likewise
-};
-
 // A server whose HTTP/2 handshake takes a second (a loaded machine) is reached within
 // the call's deadline. The client once set grpc.min_reconnect_backoff_ms to 100 ms,
 // which gRPC takes as the connect timeout: every such call failed UNAVAILABLE
@@ -492,7 +423,7 @@ TEST(ClientSlowServerTest, AServerSlowToSendSettingsIsReachedWithinTheDeadline) 
   int port = 0;
   std::unique_ptr<grpc::Server> server = testing::StartFakeServer(&service, &port);
   ASSERT_NE(server, nullptr);
-  LateForwarder late(port, absl::Seconds(1));
+  testing::TcpForwarder late(port, absl::Seconds(1));
   ASSERT_NE(late.port(), 0);
   ClientOptions options;
   options.target = "127.0.0.1:" + std::to_string(late.port());

@@ -27,7 +27,9 @@ using ::testing::Not;
 class DeltactlCliTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    for (const char* v : {"DELTASERVE_SERVER", "DELTASERVE_TOKEN", "DELTASERVE_TENANT"}) {
+    for (const char* v : {"DELTASERVE_SERVER", "DELTASERVE_TOKEN", "DELTASERVE_TENANT",
+                          "DELTASERVE_CLIENT_KEEPALIVE_SECONDS",
+                          "DELTASERVE_CLIENT_KEEPALIVE_TIMEOUT_SECONDS"}) {
       ::unsetenv(v);
     }
     service_.tensors = {MakeTensor("w", codec::DType::kF16, {64, 32}, 1)};
@@ -38,7 +40,9 @@ class DeltactlCliTest : public ::testing::Test {
   }
   void TearDown() override {
     server_->Shutdown();
-    for (const char* v : {"DELTASERVE_SERVER", "DELTASERVE_TOKEN", "DELTASERVE_TENANT"}) {
+    for (const char* v : {"DELTASERVE_SERVER", "DELTASERVE_TOKEN", "DELTASERVE_TENANT",
+                          "DELTASERVE_CLIENT_KEEPALIVE_SECONDS",
+                          "DELTASERVE_CLIENT_KEEPALIVE_TIMEOUT_SECONDS"}) {
       ::unsetenv(v);
     }
   }
@@ -211,6 +215,38 @@ TEST_F(DeltactlCliTest, ABadTaskOrTenantNameIsAUsageErrorBeforeAnyWork) {
   r = Run("info" + server + " --task Qwen2.5-0.5B_chat-v1.2 --tenant ''");
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(Authorization(), "Bearer tok");
+}
+
+// --keepalive-seconds / --keepalive-timeout-seconds and their variables are checked
+// while parsing (a usage error naming the flag or the variable); good values connect.
+TEST_F(DeltactlCliTest, KeepaliveFlagsAndVariablesAreChecked) {
+  const std::string info = " info --server " + address_ + " --task chat --timeout 5";
+  for (const char* bad : {"-1", "x", "nan"}) {
+    DeltactlResult r = Run(info + " --keepalive-seconds " + bad);
+    EXPECT_EQ(r.exit_code, 2) << bad << "\n" << r.err;
+    EXPECT_THAT(r.err, HasSubstr(std::string("--keepalive-seconds: want 0 (no pings) or a "
+                                             "number of seconds")));
+    EXPECT_THAT(r.err, HasSubstr(std::string("got '") + bad + "'"));
+  }
+  DeltactlResult r = Run(info + " --keepalive-timeout-seconds 0");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("--keepalive-timeout-seconds: want a positive number of seconds"));
+  ::setenv("DELTASERVE_CLIENT_KEEPALIVE_SECONDS", "soon", 1);
+  r = Run(info);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("DELTASERVE_CLIENT_KEEPALIVE_SECONDS: want 0 (no pings)"));
+  EXPECT_EQ(Run(info + " --keepalive-seconds 2").exit_code, 0);  // the flag wins
+  ::setenv("DELTASERVE_CLIENT_KEEPALIVE_SECONDS", "0", 1);  // no pings
+  ::setenv("DELTASERVE_CLIENT_KEEPALIVE_TIMEOUT_SECONDS", "-3", 1);
+  r = Run(info);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("DELTASERVE_CLIENT_KEEPALIVE_TIMEOUT_SECONDS: want a positive"));
+  ::setenv("DELTASERVE_CLIENT_KEEPALIVE_TIMEOUT_SECONDS", "1.5", 1);
+  r = Run(info);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = Run(info + " --keepalive-seconds 0.0001");  // ClientOptions: at least 1 ms
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("keepalive_time must be zero (no keepalive) or at least 1 ms"));
 }
 
 TEST_F(DeltactlCliTest, HelpShowsTheServerOptionsAsGlobal) {

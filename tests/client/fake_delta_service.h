@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <memory>
@@ -17,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "client/client.h"
 #include "codec/container.h"
 #include "codec/tensor.h"
@@ -75,6 +77,10 @@ class FakeService final : public v1::DeltaService::Service {
   // Not OK: ListTasks answers this, and PutDelta answers it after reading only its
   // metadata message (a refusal at admission, as a real server's for a wrong base).
   grpc::Status refusal = grpc::Status::OK;
+  // Called by StreamWeights before it sends the header of the tensor at this container
+  // index (on the server's thread): a test stalls the stream or freezes its connection
+  // there. Empty: none.
+  std::function<void(size_t index)> before_tensor;
   // TaskInfo.other_base of what GetTask and ListTasks answer (a task made against another
   // base than the server's).
   bool other_base = false;
@@ -199,6 +205,7 @@ class FakeService final : public v1::DeltaService::Service {
     writer->Write(msg);
     for (size_t i = first; i < end; ++i) {
       const auto& t = tensors[i];
+      if (before_tensor) before_tensor(i);
       msg.Clear();
       auto* h = msg.mutable_header();
       h->set_name(t.info.name);
@@ -288,8 +295,17 @@ inline std::vector<codec::OwnedTensor> FourTensors() {
 }
 
 // Starts `service` on 127.0.0.1 port 0; *port receives the port.
-inline std::unique_ptr<grpc::Server> StartFakeServer(FakeService* service, int* port) {
+// `min_client_ping`: the shortest interval between client pings the server takes
+// without a strike (deltaserved's --min-client-ping-seconds); zero: gRPC's default
+// (5 min, pings allowed only during calls).
+inline std::unique_ptr<grpc::Server> StartFakeServer(
+    FakeService* service, int* port, absl::Duration min_client_ping = absl::ZeroDuration()) {
   grpc::ServerBuilder builder;
+  if (min_client_ping > absl::ZeroDuration()) {
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                               static_cast<int>(absl::ToInt64Milliseconds(min_client_ping)));
+  }
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), port);
   builder.RegisterService(service);
   return builder.BuildAndStart();
