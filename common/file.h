@@ -12,9 +12,16 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 
 namespace deltaserve::common {
+
+// absl::ErrnoToStatus(err, message), except that EIO (an I/O error of the device: data
+// written may not have reached the disk, or what was read is lost) is DataLoss, not
+// absl's Unknown. ENOSPC/EDQUOT stay ResourceExhausted, EFBIG OutOfRange, EACCES/EROFS
+// PermissionDenied, ENOENT NotFound. The one errno mapping of the project's file code.
+absl::Status ErrnoStatus(int err, absl::string_view message);
 
 // A whole file's bytes, read-only, for the object's lifetime. Thread-safe (immutable
 // after Open).
