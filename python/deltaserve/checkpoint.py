@@ -147,7 +147,11 @@ def pull_dir(client, task, out_dir, shard_bytes=5_000_000_000, dtype=None):
     the tensors' bytes); and the task's side files, each verified. Memory: one shard
     (on the native path, Client.native, plus up to two tensors in flight). On any
     error, KeyboardInterrupt included, the directories it made are removed with what
-    was written into them (one that existed stays, less the scratch shards).
+    was written into them, and a directory that existed is left exactly as it was:
+    every file is staged in a private directory inside it and renamed into place only
+    once all are complete (side files, shards, the index last; only a crash during
+    those renames can leave a mix). Then an earlier checkpoint's weight files that this
+    one replaces go: shards of another count and a single model.safetensors.
     Returns {"shards": [...], "side_files": [...], "total_size": n}."""
     if shard_bytes <= 0:
         raise invalid_argument(f"shard_bytes must be positive, got {shard_bytes}")
