@@ -255,9 +255,15 @@ class DeltaClient {
   // tensors in stream order, the server's safetensors metadata, max_shard_bytes), i.e.
   // model-0000i-of-0000N.safetensors shards of at most max_shard_bytes of tensor data
   // (a larger tensor gets a shard of its own) and model.safetensors.index.json, and
-  // beside them the task's side files (WriteSideFiles). The spill file lies in `dir`
-  // (created if needed) and is removed. InvalidArgument if max_shard_bytes is 0;
-  // otherwise PullWeights' and WriteSideFiles' errors.
+  // beside them the task's side files (each checked against GetTask's size and XXH3-64:
+  // ABORTED if the task changed during the pull). Every file is staged and fsynced in a
+  // private directory inside `dir` (created if needed; common::StagedFiles), where the
+  // spill file lies too, and renamed into `dir` only once all are complete, the index
+  // last: on error `dir` is left as it was (less a directory this call made). Then the
+  // weight files of an earlier checkpoint that this one replaces are removed
+  // (codec::RemoveReplacedWeightFiles: other shard counts, a single model.safetensors).
+  // InvalidArgument if max_shard_bytes is 0; otherwise PullWeights' and GetSideFile's
+  // errors.
   absl::StatusOr<PullStats> PullWeightsToDirectory(const std::string& task, const std::string& dir,
                                                    uint64_t max_shard_bytes,
                                                    const PullOptions& options = {});

@@ -8,6 +8,7 @@
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -16,8 +17,10 @@
 #include "client/internal/impl.h"
 #include "client/internal/placed_output.h"
 #include "client/internal/pull_ranges.h"
+#include "client/internal/side_files.h"
 #include "client/internal/status.h"
 #include "client/internal/weights_stream.h"
+#include "codec/container_checks.h"
 #include "codec/safetensors.h"
 #include "common/file.h"
 #include "common/status_macros.h"
@@ -145,7 +148,8 @@ absl::StatusOr<PullStats> PullPlaced(const DeltaClient::Impl& impl, const std::s
 absl::StatusOr<PullStats> PullToSpill(const DeltaClient::Impl& impl, const std::string& task,
                                       const std::string& spill_path, const std::string& target,
                                       const PullOptions& options,
-                                      std::vector<std::unique_ptr<SpillSink>>* sinks) {
+                                      std::vector<std::unique_ptr<SpillSink>>* sinks,
+                                      const v1::TaskInfo* listed = nullptr) {
   DS_RETURN_IF_ERROR(CheckStreams(options));
   auto make_sink = [&](size_t range) -> absl::StatusOr<WeightsSink*> {
     DS_ASSIGN_OR_RETURN(std::unique_ptr<common::AtomicFileWriter> spill,
@@ -154,7 +158,7 @@ absl::StatusOr<PullStats> PullToSpill(const DeltaClient::Impl& impl, const std::
     sinks->push_back(std::make_unique<SpillSink>(std::move(spill)));
     return sinks->back().get();
   };
-  DS_ASSIGN_OR_RETURN(PullStats stats, PullRanges(impl, task, options, make_sink));
+  DS_ASSIGN_OR_RETURN(PullStats stats, PullRanges(impl, task, options, make_sink, listed));
   // The spills are removed with `sinks`.
   if (stats.tensors == 0) return NoTensorsError(impl, task, target, options);
   return stats;
@@ -194,16 +198,39 @@ absl::StatusOr<PullStats> DeltaClient::PullWeightsToDirectory(const std::string&
                                                               const PullOptions& options) {
   if (max_shard_bytes == 0) return absl::InvalidArgumentError("max_shard_bytes must be positive");
   // A failed or interrupted pull (a missing task, a full disk, Ctrl-C in deltactl)
-  // leaves no directory of its own making behind, nor the shards written into it.
+  // leaves no directory of its own making behind, and an earlier checkpoint in one that
+  // was there as it was: every file (side files, shards, the index last) is staged and
+  // fsynced first, and renamed into `dir` only when all are complete (StagedFiles). The
+  // spill lies in the staging directory too, under a name no side file can take.
   DS_ASSIGN_OR_RETURN(std::unique_ptr<common::ScopedOutputDir> out,
                       common::ScopedOutputDir::Create(dir));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<common::StagedFiles> staged,
+                      common::StagedFiles::Create(dir));
+  const std::string label = absl::StrCat("StreamWeights ", TaskLabel(impl_->options, task));
+  // Every stream, and the side files, must be this version of the task.
+  DS_ASSIGN_OR_RETURN(v1::TaskInfo info, GetTaskTensors(*impl_, task, label));
   std::vector<std::unique_ptr<SpillSink>> sinks;
-  DS_ASSIGN_OR_RETURN(
-      PullStats stats, PullToSpill(*impl_, task, (std::filesystem::path(dir) / ".pull.data").string(),
-                                   dir, options, &sinks));
-  DS_RETURN_IF_ERROR(WriteSpilled(Pointers(sinks), dir, max_shard_bytes));
-  DS_ASSIGN_OR_RETURN(stats.side_files, WriteSideFiles(task, dir));
+  DS_ASSIGN_OR_RETURN(PullStats stats, PullToSpill(*impl_, task, staged->ScratchPath("weights"),
+                                                   dir, options, &sinks, &info));
+  for (const v1::SideFileInfo& f : info.side_files()) {
+    DS_RETURN_IF_ERROR(CheckSideFileName(f.name(), label));
+    DS_ASSIGN_OR_RETURN(std::string data, GetSideFile(task, f.name()));
+    if (data.size() != f.size_bytes() || XXH3_64bits(data.data(), data.size()) != f.xxh3_64()) {
+      return absl::AbortedError(absl::StrCat(label, ": the task changed during the pull (side file '",
+                                             codec::Utf8OrEscaped(f.name()),
+                                             "' is not the one GetTask listed); pull again"));
+    }
+    DS_RETURN_IF_ERROR(common::WriteFileAtomically(
+        staged->Add(f.name()),
+        {absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()), data.size())}));
+    stats.side_files.push_back(f.name());
+  }
+  DS_ASSIGN_OR_RETURN(std::set<std::string> shards,
+                      StageSpilledShards(Pointers(sinks), staged.get(), max_shard_bytes));
+  sinks.clear();  // the spill files go before the renames
+  DS_RETURN_IF_ERROR(staged->Publish());
   out->Keep();
+  DS_RETURN_IF_ERROR(codec::RemoveReplacedWeightFiles(dir, shards));
   return stats;
 }
 

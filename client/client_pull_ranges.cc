@@ -21,14 +21,8 @@ class RangeSink : public CountingSink {
       : CountingSink(inner), want_(want), label_(std::move(label)) {}
 
   absl::Status Begin(const v1::StreamBegin& begin) override {
-    const v1::TaskInfo& got = begin.task();
-    if (got.created_unix() != want_.created_unix() ||
-        got.container_bytes() != want_.container_bytes() || got.base_hash() != want_.base_hash()) {
-      return absl::AbortedError(absl::StrCat(
-          label_, ": the task changed during the pull (GetTask saw ", want_.container_bytes(),
-          " bytes committed at ", want_.created_unix(), ", this stream serves ",
-          got.container_bytes(), " bytes committed at ", got.created_unix(), "); pull again"));
-    }
+    DS_RETURN_IF_ERROR(
+        CheckSameTaskVersion(want_, begin.task(), label_, "the task changed during the pull"));
     return CountingSink::Begin(begin);
   }
 

@@ -30,14 +30,11 @@ class ResumeSink : public CountingSink {
       return CountingSink::Begin(begin);
     }
     const v1::TaskInfo& now = begin.task();
-    if (now.tenant() != first_.tenant() || now.name() != first_.name() ||
-        now.created_unix() != first_.created_unix() || now.base_hash() != first_.base_hash() ||
-        now.container_bytes() != first_.container_bytes()) {
-      return absl::AbortedError(absl::StrCat(
-          label_, ": the task was replaced while the stream was resumed (created ",
-          first_.created_unix(), ", now ", now.created_unix(), ")"));
+    if (now.tenant() != first_.tenant() || now.name() != first_.name()) {
+      return absl::AbortedError(absl::StrCat(label_, ": the resumed stream serves another task"));
     }
-    return absl::OkStatus();
+    return CheckSameTaskVersion(first_, now, label_,
+                                "the task was replaced while the stream was resumed");
   }
 
   bool began() const { return began_; }

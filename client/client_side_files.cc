@@ -16,8 +16,7 @@
 
 namespace deltaserve::client {
 
-absl::Status WriteSideFileInto(const std::string& dir, const std::string& name,
-                               std::string_view data, std::string_view label) {
+absl::Status CheckSideFileName(const std::string& name, std::string_view label) {
   // The name comes from a server or a command line: it must not lead outside `dir`.
   if (name.empty() || name == "." || name == ".." ||
       name.find_first_of(std::string("/\\\0", 3)) != std::string::npos) {
@@ -25,6 +24,12 @@ absl::Status WriteSideFileInto(const std::string& dir, const std::string& name,
                                                    codec::Utf8OrEscaped(name),
                                                    "' is not a plain file name"));
   }
+  return absl::OkStatus();
+}
+
+absl::Status WriteSideFileInto(const std::string& dir, const std::string& name,
+                               std::string_view data, std::string_view label) {
+  DS_RETURN_IF_ERROR(CheckSideFileName(name, label));
   return common::WriteFileAtomically(
       (std::filesystem::path(dir) / name).string(),
       {absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(data.data()), data.size())});
@@ -73,7 +78,7 @@ absl::StatusOr<std::vector<std::string>> DeltaClient::WriteSideFiles(const std::
   const std::string label = absl::StrCat("side files of ", TaskLabel(impl_->options, task));
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot create directory ", dir));
+  if (ec) return common::ErrnoStatus(ec.value(), absl::StrCat("cannot create directory ", dir));
   std::vector<std::string> written;
   for (const v1::SideFileInfo& f : info.side_files()) {
     DS_ASSIGN_OR_RETURN(std::string data, GetSideFile(task, f.name()));

@@ -587,7 +587,7 @@ class FileContainerWriter : public ContainerWriter {
     errno = 0;
     if (std::fwrite(b.data(), 1, b.size(), file_) != b.size()) {
       // errno's code: a full disk is RESOURCE_EXHAUSTED, not INTERNAL.
-      return absl::ErrnoToStatus(errno != 0 ? errno : EIO, absl::StrCat(tmp_, ": write failed"));
+      return common::ErrnoStatus(errno != 0 ? errno : EIO, absl::StrCat(tmp_, ": write failed"));
     }
     written_ += b.size();
     return absl::OkStatus();
@@ -631,12 +631,12 @@ class FileContainerWriter : public ContainerWriter {
     // errno's code, as for Write: a full disk often shows only here (stdio buffers).
     if (err != 0) {
       std::remove(tmp_.c_str());
-      return absl::ErrnoToStatus(err, absl::StrCat(tmp_, ": flush/close failed"));
+      return common::ErrnoStatus(err, absl::StrCat(tmp_, ": flush/close failed"));
     }
     if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
       err = errno;
       std::remove(tmp_.c_str());
-      return absl::ErrnoToStatus(err, absl::StrCat("rename ", tmp_, " -> ", path_, " failed"));
+      return common::ErrnoStatus(err, absl::StrCat("rename ", tmp_, " -> ", path_, " failed"));
     }
     return absl::OkStatus();
   }
@@ -670,7 +670,7 @@ absl::StatusOr<std::unique_ptr<ContainerWriter>> ContainerWriter::Open(
   DS_RETURN_IF_ERROR(common::RefuseSpecialOutput(path));
   const std::string tmp = path + ".tmp";
   FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr) return absl::ErrnoToStatus(errno, absl::StrCat(tmp, ": cannot create"));
+  if (f == nullptr) return common::ErrnoStatus(errno, absl::StrCat(tmp, ": cannot create"));
   auto writer = std::make_unique<FileContainerWriter>(path, f, header.tensor_count);
   DS_RETURN_IF_ERROR(writer->WriteHeader(header));
   return writer;

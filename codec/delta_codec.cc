@@ -713,7 +713,11 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
 }
 
 std::map<std::string, std::string> MergedModelMetadata(const BaseHash& base_hash) {
-  return {{"deltaserve.base_hash", BaseHashHex(base_hash)}, {"deltaserve.tool", kToolName}};
+  // "format": "pt", as torch's safetensors.save_file writes it: Hugging Face
+  // transformers refuses (OSError) a checkpoint file whose metadata lack it.
+  return {{"deltaserve.base_hash", BaseHashHex(base_hash)},
+          {"deltaserve.tool", kToolName},
+          {"format", "pt"}};
 }
 
 absl::Status DecompressModel(const ModelReader& base, const ContainerReader& container,

@@ -234,7 +234,8 @@ absl::Status MergeTensorPart(const ModelReader* base, const TensorRecord& record
 int MergeTensorParts(const TensorRecord& record, int64_t min_part_weights, int max_parts);
 
 // The safetensors `__metadata__` of a merged model decoded from a container made against
-// `base_hash`: {"deltaserve.base_hash": hex, "deltaserve.tool": kToolName}. DecompressModel
+// `base_hash`: {"deltaserve.base_hash": hex, "deltaserve.tool": kToolName, "format": "pt"}
+// ("format" as torch's safetensors writer sets it; transformers requires it). DecompressModel
 // writes it, and the server sends it with StreamWeights so that a client writing the
 // streamed tensors in order produces the same file.
 std::map<std::string, std::string> MergedModelMetadata(const BaseHash& base_hash);

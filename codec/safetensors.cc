@@ -21,6 +21,7 @@
 #include "common/plural.h"
 #include "common/status_macros.h"
 #include "common/usage_error.h"
+#include "common/tmp_files.h"
 
 namespace deltaserve::codec {
 namespace {
@@ -38,6 +39,7 @@ constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 constexpr char kMetadataKey[] = "__metadata__";
 constexpr char kIndexSuffix[] = ".safetensors.index.json";
 constexpr char kDefaultIndexName[] = "model.safetensors.index.json";
+constexpr char kDefaultSingleName[] = "model.safetensors";
 constexpr char kIndexTotalSizeKey[] = "total_size";
 
 // One tensor of one file, its bytes inside that file's mapping.
@@ -417,7 +419,7 @@ absl::StatusOr<std::unique_ptr<ModelReader>> OpenDirectory(const std::string& di
     if (EndsWith(name, kIndexSuffix)) indexes.push_back(it->path().string());
     if (EndsWith(name, ".safetensors")) files.push_back(it->path().string());
   }
-  if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot list ", dir));
+  if (ec) return common::ErrnoStatus(ec.value(), absl::StrCat("cannot list ", dir));
   std::sort(indexes.begin(), indexes.end());
   std::sort(files.begin(), files.end());
   if (indexes.size() == 1) return OpenIndex(indexes[0], residency);
@@ -588,7 +590,7 @@ absl::StatusOr<std::unique_ptr<ModelReader>> ModelReader::Open(const std::string
   if (st.type() == fs::file_type::not_found) {
     return absl::NotFoundError(absl::StrCat(path, ": no such file or directory"));
   }
-  if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot stat ", path));
+  if (ec) return common::ErrnoStatus(ec.value(), absl::StrCat("cannot stat ", path));
   if (st.type() == fs::file_type::directory) return OpenDirectory(path, residency);
   if (EndsWith(path, ".json")) return OpenIndex(path, residency);
   return OpenSingle(path, residency);
@@ -651,32 +653,30 @@ bool IsShardName(const std::string& name) {
   return true;
 }
 
-// Removes the shard files of `dir` not in `keep` (an earlier write's other count).
-absl::Status RemoveStaleShards(const std::string& dir, const std::set<std::string>& keep) {
+}  // namespace
+
+absl::Status RemoveReplacedWeightFiles(const std::string& dir, const std::set<std::string>& keep) {
   std::error_code ec;
   for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
     const std::string name = e.path().filename().string();
-    if (!IsShardName(name) || keep.count(name) > 0) continue;
+    const bool replaced = (IsShardName(name) && keep.count(name) == 0) ||
+                          (name == kDefaultSingleName && keep.count(name) == 0);
+    if (!replaced) continue;
     if (!fs::remove(e.path(), ec) && ec) break;
   }
   if (ec) {
-    return absl::ErrnoToStatus(ec.value(),
-                               absl::StrCat("cannot remove the earlier shards of ", dir));
+    return common::ErrnoStatus(ec.value(),
+                               absl::StrCat("cannot remove the earlier weight files of ", dir));
   }
   return absl::OkStatus();
 }
 
-}  // namespace
-
-absl::Status WriteShardedSafetensors(const std::string& dir, const std::vector<TensorView>& tensors,
-                                     const std::map<std::string, std::string>& metadata,
-                                     uint64_t max_shard_bytes) {
+absl::StatusOr<std::set<std::string>> StageShardedSafetensors(
+    common::StagedFiles* staged, const std::vector<TensorView>& tensors,
+    const std::map<std::string, std::string>& metadata, uint64_t max_shard_bytes) {
+  const std::string& dir = staged->dir();
   if (max_shard_bytes == 0) return Invalid(dir, "max_shard_bytes must be positive");
   DS_RETURN_IF_ERROR(ValidateForWrite(dir, tensors));
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot create directory ", dir));
-
   // Greedy packing in the given order; a tensor larger than the limit gets a shard alone.
   std::vector<std::vector<const TensorView*>> shards(1);
   uint64_t bytes = 0;
@@ -695,7 +695,7 @@ absl::Status WriteShardedSafetensors(const std::string& dir, const std::vector<T
   for (size_t i = 0; i < shards.size(); ++i) {
     const std::string name =
         absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, shards.size());
-    DS_RETURN_IF_ERROR(WriteFile((fs::path(dir) / name).string(), shards[i], metadata));
+    DS_RETURN_IF_ERROR(WriteFile(staged->Add(name), shards[i], metadata));
     for (const TensorView* t : shards[i]) weight_map[t->info.name] = name;
     written.insert(name);
   }
@@ -706,9 +706,24 @@ absl::Status WriteShardedSafetensors(const std::string& dir, const std::vector<T
   const std::string index_path = (fs::path(dir) / kDefaultIndexName).string();
   DS_ASSIGN_OR_RETURN(std::string text, common::DumpJson(index, index_path));
   DS_RETURN_IF_ERROR(common::WriteFileAtomically(
-      index_path,
+      staged->Add(kDefaultIndexName),
       {absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size())}));
-  return RemoveStaleShards(dir, written);
+  return written;
+}
+
+absl::Status WriteShardedSafetensors(const std::string& dir, const std::vector<TensorView>& tensors,
+                                     const std::map<std::string, std::string>& metadata,
+                                     uint64_t max_shard_bytes) {
+  if (max_shard_bytes == 0) return Invalid(dir, "max_shard_bytes must be positive");
+  DS_RETURN_IF_ERROR(ValidateForWrite(dir, tensors));
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return common::ErrnoStatus(ec.value(), absl::StrCat("cannot create directory ", dir));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<common::StagedFiles> staged, common::StagedFiles::Create(dir));
+  DS_ASSIGN_OR_RETURN(std::set<std::string> written,
+                      StageShardedSafetensors(staged.get(), tensors, metadata, max_shard_bytes));
+  DS_RETURN_IF_ERROR(staged->Publish());
+  return RemoveReplacedWeightFiles(dir, written);
 }
 
 }  // namespace deltaserve::codec

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "absl/types/span.h"
 #include "codec/tensor.h"
 #include "common/file.h"
+#include "common/tmp_files.h"
 
 namespace deltaserve::codec {
 
@@ -163,12 +165,30 @@ absl::StatusOr<std::string> SafetensorsHeader(const std::string& path,
 // model.safetensors.index.json {"metadata": metadata + {"total_size": the sum of the
 // tensors' data bytes, a JSON number, as Hugging Face writes it}, "weight_map": {...}}
 // (a "total_size" key in `metadata` is replaced; ModelReader drops it on read, so
-// ModelReader::metadata() reads back exactly `metadata` without it). Once the index is
-// written, shard files of an earlier write that are not part of this one (any
-// model-NNNNN-of-NNNNN.safetensors in `dir` with another count) are removed, as Hugging
-// Face's save_pretrained does, so a glob of `dir` sees one model. Same errors as WriteSafetensors,
-// plus InvalidArgument if max_shard_bytes == 0. Each file is replaced atomically, the
-// set as a whole is not (the index is written last).
+// ModelReader::metadata() reads back exactly `metadata` without it). Every file is
+// written and fsynced under a staging directory first (StageShardedSafetensors,
+// common::StagedFiles) and renamed into `dir` only when all are complete, the index
+// last: a failure while writing leaves an earlier checkpoint in `dir` as it was; only
+// a crash during the renames can leave a mix (each file whole). Then the weight files
+// of an earlier checkpoint that this one replaces are removed
+// (RemoveReplacedWeightFiles), as Hugging Face's save_pretrained does, so a loader of
+// `dir` sees one model. Same errors as WriteSafetensors, plus InvalidArgument if
+// max_shard_bytes == 0.
+// WriteShardedSafetensors' files, staged: the shards, then the index, are added to
+// `staged` (written and fsynced, not yet in staged->dir()); the caller may add more
+// files before (e.g. side files) and then calls staged->Publish() and
+// RemoveReplacedWeightFiles. Returns the shard file names.
+absl::StatusOr<std::set<std::string>> StageShardedSafetensors(
+    common::StagedFiles* staged, const std::vector<TensorView>& tensors,
+    const std::map<std::string, std::string>& metadata, uint64_t max_shard_bytes);
+
+// Removes from `dir` the weight files of an earlier checkpoint that a sharded one
+// whose shard files are `keep` replaces: every model-NNNNN-of-NNNNN.safetensors not in
+// `keep`, and a single-file model.safetensors (Hugging Face's from_pretrained would load
+// it instead of the index: the old weights, silently). Other files are left alone.
+// Errors: errno-derived, naming `dir`.
+absl::Status RemoveReplacedWeightFiles(const std::string& dir, const std::set<std::string>& keep);
+
 absl::Status WriteShardedSafetensors(const std::string& dir,
                                      const std::vector<TensorView>& tensors,
                                      const std::map<std::string, std::string>& metadata,

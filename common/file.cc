@@ -19,10 +19,16 @@
 #include "common/tmp_files.h"
 
 namespace deltaserve::common {
+
+absl::Status ErrnoStatus(int err, absl::string_view message) {
+  if (err == EIO) return absl::DataLossError(absl::StrCat(message, ": Input/output error"));
+  return absl::ErrnoToStatus(err, message);
+}
+
 namespace {
 
 absl::Status ErrnoError(int err, absl::string_view what, const std::string& path) {
-  return absl::ErrnoToStatus(err, absl::StrCat(what, " ", path));
+  return ErrnoStatus(err, absl::StrCat(what, " ", path));
 }
 
 // Closes a descriptor on scope exit; the mapping, once made, does not need it.

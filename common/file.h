@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 
 namespace deltaserve::common {
@@ -38,6 +39,12 @@ struct FileStamp {
 // absl::ErrnoToStatus, naming `path` (for fd, the name given for messages).
 absl::StatusOr<FileStamp> StampOf(int fd, const std::string& path);
 absl::StatusOr<FileStamp> StampOf(const std::string& path);
+
+// absl::ErrnoToStatus(err, message), except that EIO (an I/O error of the device: data
+// written may not have reached the disk, or what was read is lost) is DataLoss, not
+// absl's Unknown. ENOSPC/EDQUOT stay ResourceExhausted, EFBIG OutOfRange, EACCES/EROFS
+// PermissionDenied, ENOENT NotFound. The one errno mapping of the project's file code.
+absl::Status ErrnoStatus(int err, absl::string_view message);
 
 // A whole file's bytes, read-only, for the object's lifetime. Thread-safe (immutable
 // after Open).

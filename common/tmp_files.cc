@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/file.h"
 
 namespace deltaserve::common {
 namespace {
@@ -156,7 +157,7 @@ absl::StatusOr<std::unique_ptr<ScopedOutputDir>> ScopedOutputDir::Create(const s
   if (ec) {
     std::error_code ignored;
     for (auto it = created.rbegin(); it != created.rend(); ++it) fs::remove(*it, ignored);
-    return absl::ErrnoToStatus(ec.value(), absl::StrCat("cannot create directory ", dir));
+    return ErrnoStatus(ec.value(), absl::StrCat("cannot create directory ", dir));
   }
   for (const std::string& d : created) TrackOutputDir(d);
   return std::unique_ptr<ScopedOutputDir>(new ScopedOutputDir(dir, std::move(created)));
@@ -176,6 +177,48 @@ ScopedOutputDir::~ScopedOutputDir() {
   std::error_code ignored;
   std::filesystem::remove_all(created_.front(), ignored);
   Untrack();
+}
+
+absl::StatusOr<std::unique_ptr<StagedFiles>> StagedFiles::Create(const std::string& dir) {
+  std::string templ = (std::filesystem::path(dir) / ".deltaserve-staging-XXXXXX").string();
+  if (::mkdtemp(templ.data()) == nullptr) {
+    return ErrnoStatus(errno, absl::StrCat("cannot create a staging directory in ", dir));
+  }
+  TrackOutputDir(templ);
+  return std::unique_ptr<StagedFiles>(new StagedFiles(dir, std::move(templ)));
+}
+
+StagedFiles::~StagedFiles() {
+  std::error_code ignored;
+  std::filesystem::remove_all(staging_, ignored);
+  UntrackOutputDir(staging_);
+}
+
+std::string StagedFiles::Add(const std::string& name) {
+  names_.push_back(name);
+  return (std::filesystem::path(staging_) / std::to_string(names_.size() - 1)).string();
+}
+
+std::string StagedFiles::ScratchPath(const std::string& tag) const {
+  return (std::filesystem::path(staging_) / absl::StrCat("scratch-", tag)).string();
+}
+
+absl::Status StagedFiles::Publish() {
+  for (size_t i = 0; i < names_.size(); ++i) {
+    const std::string from = (std::filesystem::path(staging_) / std::to_string(i)).string();
+    const std::string to = (std::filesystem::path(dir_) / names_[i]).string();
+    if (::rename(from.c_str(), to.c_str()) != 0) {
+      return ErrnoStatus(errno, absl::StrCat("cannot rename ", from, " to ", to));
+    }
+  }
+  // The renames are durable once the directory is.
+  const int fd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot open directory ", dir_));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) return ErrnoStatus(err, absl::StrCat("cannot fsync directory ", dir_));
+  return absl::OkStatus();
 }
 
 }  // namespace deltaserve::common

@@ -15,6 +15,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -76,6 +77,46 @@ class ScopedOutputDir {
 
   std::string path_;
   std::vector<std::string> created_;  // the directories Create made, outermost first
+};
+
+// Files that replace those of a directory together (a checkpoint: side files, shards,
+// index): each is written and fsynced under a private staging directory inside `dir`
+// (mkdtemp "<dir>/.deltaserve-staging-XXXXXX", tracked as an output directory, so a
+// signal removes it), and only Publish() renames them over `dir/<name>`, one by one in
+// the order added (the caller adds an index last). A failure before Publish leaves
+// `dir` as it was. Staged files are named by their position ("0", "1", ...), so no
+// name a caller publishes (side file names are arbitrary) can collide with another
+// file's staged name or with its writer's ".tmp" file; ScratchPath names ("scratch-*")
+// cannot either. Remaining window: a crash or kill during Publish's renames leaves a
+// mix of new and old files (each file whole); the index is renamed last.
+// Not thread-safe.
+class StagedFiles {
+ public:
+  // Creates the staging directory in `dir` (which must exist). Errors: errno-derived
+  // (common::ErrnoStatus), naming `dir`.
+  static absl::StatusOr<std::unique_ptr<StagedFiles>> Create(const std::string& dir);
+  // Removes the staging directory and everything still in it.
+  ~StagedFiles();
+  StagedFiles(const StagedFiles&) = delete;
+  StagedFiles& operator=(const StagedFiles&) = delete;
+
+  // Where to write the file that Publish makes `dir/name` (a plain name: no '/').
+  // The caller writes it completely (fsynced: the project's atomic writers do) before
+  // Publish.
+  std::string Add(const std::string& name);
+  // A path in the staging directory for a scratch file that is never published.
+  std::string ScratchPath(const std::string& tag) const;
+  // Renames every added file over `dir/name` in the order added, then fsyncs `dir`.
+  // Errors: errno-derived, naming both paths (NotFound if a file was never written);
+  // files renamed before the error stay renamed.
+  absl::Status Publish();
+  const std::string& dir() const { return dir_; }
+
+ private:
+  StagedFiles(std::string dir, std::string staging)
+      : dir_(std::move(dir)), staging_(std::move(staging)) {}
+  std::string dir_, staging_;
+  std::vector<std::string> names_;
 };
 
 }  // namespace deltaserve::common

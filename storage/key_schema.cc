@@ -18,6 +18,7 @@ constexpr std::string_view kMetaMagic = "DSTM";
 constexpr std::string_view kUsageMagic = "DSTU";
 constexpr uint16_t kMetaVersion = 1;              // a task without side files
 constexpr uint16_t kMetaVersionSideFiles = 2;     // with side files
+constexpr uint16_t kMetaVersionContentHash = 3;   // side files (maybe none) + container hash
 constexpr uint16_t kUsageVersion = 1;
 // A rank above this is not a tensor we could have written (codec shapes are small).
 constexpr uint8_t kMaxRank = 16;
@@ -91,7 +92,10 @@ std::string EncodeTaskMeta(const TaskInfo& info) {
   std::string out;
   ByteWriter w(&out);
   w.Bytes(kMetaMagic);
-  w.U16(info.side_files.empty() ? kMetaVersion : kMetaVersionSideFiles);
+  const uint16_t version = info.container_xxh3_64.has_value() ? kMetaVersionContentHash
+                           : info.side_files.empty()           ? kMetaVersion
+                                                               : kMetaVersionSideFiles;
+  w.U16(version);
   w.I64(info.created_unix);
   w.Bytes(std::string_view(reinterpret_cast<const char*>(info.base_hash.data()),
                            info.base_hash.size()));
@@ -112,7 +116,7 @@ std::string EncodeTaskMeta(const TaskInfo& info) {
     for (int64_t d : t.shape) w.I64(d);
     w.U64(t.record_bytes);
   }
-  if (!info.side_files.empty()) {
+  if (version >= kMetaVersionSideFiles) {
     w.U32(static_cast<uint32_t>(info.side_files.size()));
     for (const SideFileEntry& f : info.side_files) {
       w.Str(f.name);
@@ -120,6 +124,7 @@ std::string EncodeTaskMeta(const TaskInfo& info) {
       w.U64(f.xxh3_64);
     }
   }
+  if (version >= kMetaVersionContentHash) w.U64(*info.container_xxh3_64);
   Seal(&out);
   return out;
 }
@@ -129,7 +134,7 @@ absl::StatusOr<TaskInfo> DecodeTaskMeta(std::string_view value, std::string_view
   const std::string what = absl::StrCat("task meta of tenant '", Av(tenant), "' task '", Av(task), "'");
   std::string_view body;
   uint16_t version = 0;
-  if (absl::Status s = Unseal(value, kMetaMagic, kMetaVersion, kMetaVersionSideFiles, what,
+  if (absl::Status s = Unseal(value, kMetaMagic, kMetaVersion, kMetaVersionContentHash, what,
                               &body, &version);
       !s.ok()) {
     return s;
@@ -185,6 +190,11 @@ absl::StatusOr<TaskInfo> DecodeTaskMeta(std::string_view value, std::string_view
       if (!r.Str(&f.name) || !r.U64(&f.bytes) || !r.U64(&f.xxh3_64)) return truncated();
       info.side_files.push_back(std::move(f));
     }
+  }
+  if (version >= kMetaVersionContentHash) {
+    uint64_t hash = 0;
+    if (!r.U64(&hash)) return truncated();
+    info.container_xxh3_64 = hash;
   }
   if (r.remaining() != 0) {
     return absl::DataLossError(absl::StrCat(Av(what), ": ", r.remaining(), " trailing bytes"));

@@ -22,10 +22,12 @@
 // StoreOptions::ingest_min_bytes) in table files ingested in one IngestExternalFiles call
 // with the meta's (storage/internal/ingest.h; staged under <db>/ingest, not keys).
 //
-// Task meta value, version 1 or 2 (integers little-endian; str = u32 length + bytes):
+// Task meta value, version 1, 2 or 3 (integers little-endian; str = u32 length + bytes):
 //   "DSTM"  magic, 4 bytes
-//   u16     version: 1 for a task without side files, 2 with (a reader returns DataLoss
-//           for any other magic or version)
+//   u16     version: 1 for a task without side files, 2 with, 3 with the container's
+//           content hash (written by every commit since session 10; 1 and 2 are still
+//           read: tasks committed before have no content hash). A reader returns
+//           DataLoss for any other magic or version.
 //   i64     created_unix (seconds)
 //   16 B    base hash (XXH3-128 of the base, codec::BaseHash)
 //   u64     header_bytes, u64 total_bytes (whole container), u64 weights
@@ -33,8 +35,11 @@
 //   u32     tensor count, then per tensor:
 //             str name, u8 dtype (codec::DType), u8 encoding (codec::Encoding),
 //             u8 rank, rank x i64 dims, u64 record_bytes
-//   version 2 only:
+//   versions 2 and 3:
 //   u32     side file count, then per file: str name, u64 size, u64 XXH3-64 of its bytes
+//   version 3 only:
+//   u64     XXH3-64 (seed 0) of the whole container (header, records, trailer): the
+//           task's version identity (TaskInfo::container_xxh3_64)
 //   u64     XXH3-64 of every preceding byte of the value
 // Tenant usage value, version 1:
 //   "DSTU" magic, u16 version = 1, u64 bytes, u64 tasks, u64 XXH3-64 of the preceding bytes

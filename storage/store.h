@@ -157,6 +157,12 @@ struct TaskInfo {
                                                // `deltactl inspect`
   int64_t created_unix = 0;                    // commit time, unix seconds
   std::vector<SideFileEntry> side_files;       // in the order committed
+  // XXH3-64 (seed 0) of the whole container as committed (header, records, trailer;
+  // the value StreamDelta reports): the identity of this version of the task, which
+  // clients compare across the streams and resumes of one pull (created_unix has whole
+  // seconds, and same-size containers are common). Set by every CommitTask; nullopt for
+  // a task committed before it was recorded (meta versions 1 and 2).
+  std::optional<uint64_t> container_xxh3_64;
 
   // Index of the tensor named `name`, or nullopt.
   std::optional<size_t> FindTensor(std::string_view name) const;

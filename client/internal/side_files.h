@@ -13,6 +13,9 @@ namespace deltaserve::client {
 // Writes `data` as `dir`/`name`, replacing it atomically. InvalidArgument (prefixed by
 // `label`) if `name` is not a plain file name (empty, ".", "..", or holding '/', '\\'
 // or NUL: it would land outside `dir`); errno statuses naming the path otherwise.
+// InvalidArgument (prefixed by `label`) unless `name` is a plain file name, as above.
+absl::Status CheckSideFileName(const std::string& name, std::string_view label);
+
 absl::Status WriteSideFileInto(const std::string& dir, const std::string& name,
                                std::string_view data, std::string_view label);
 

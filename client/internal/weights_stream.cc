@@ -8,6 +8,35 @@
 #include "common/status_macros.h"
 
 namespace deltaserve::client {
+namespace {
+
+std::string TaskVersionText(const v1::TaskInfo& t) {
+  std::string text = absl::StrCat(t.container_bytes(), " bytes committed at ", t.created_unix());
+  if (t.has_container_xxh3_64()) {
+    absl::StrAppend(&text, ", content ", absl::Hex(t.container_xxh3_64(), absl::kZeroPad16));
+  }
+  return text;
+}
+
+}  // namespace
+
+absl::Status CheckSameTaskVersion(const v1::TaskInfo& want, const v1::TaskInfo& got,
+                                  absl::string_view label, absl::string_view what) {
+  // The content hash alone decides when both sides have it: created_unix has whole
+  // seconds and same-size containers are common (two dct finetunes of one base), so
+  // two overwrites within a second looked the same and a pull mixed their tensors.
+  const bool same = want.has_container_xxh3_64() || got.has_container_xxh3_64()
+                        ? want.has_container_xxh3_64() && got.has_container_xxh3_64() &&
+                              want.container_xxh3_64() == got.container_xxh3_64() &&
+                              want.base_hash() == got.base_hash()
+                        : want.created_unix() == got.created_unix() &&
+                              want.base_hash() == got.base_hash() &&
+                              want.container_bytes() == got.container_bytes();
+  if (same) return absl::OkStatus();
+  return absl::AbortedError(absl::StrCat(label, ": ", what, " (it was ", TaskVersionText(want),
+                                         ", this stream serves ", TaskVersionText(got),
+                                         "); pull again"));
+}
 
 WeightsStreamChecker::WeightsStreamChecker(std::string label, WeightsSink* sink,
                                            const PullOptions& options, Clock::time_point start)
@@ -286,6 +315,15 @@ absl::Status WriteSpilled(const std::vector<SpillSink*>& sinks, const std::strin
   const std::map<std::string, std::string>& metadata = sinks.front()->metadata();
   if (max_shard_bytes == 0) return codec::WriteSafetensors(out_path, views, metadata);
   return codec::WriteShardedSafetensors(out_path, views, metadata, max_shard_bytes);
+}
+
+absl::StatusOr<std::set<std::string>> StageSpilledShards(const std::vector<SpillSink*>& sinks,
+                                                         common::StagedFiles* staged,
+                                                         uint64_t max_shard_bytes) {
+  std::vector<codec::TensorView> views;
+  for (SpillSink* sink : sinks) DS_RETURN_IF_ERROR(sink->MapViews(&views));
+  return codec::StageShardedSafetensors(staged, views, sinks.front()->metadata(),
+                                        max_shard_bytes);
 }
 
 absl::Status MemorySink::Begin(const v1::StreamBegin& begin) {

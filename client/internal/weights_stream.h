@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <memory>
 #include <string>
 #include <utility>
@@ -26,6 +27,7 @@
 #include "client/internal/impl.h"
 #include "codec/tensor.h"
 #include "common/file.h"
+#include "common/tmp_files.h"
 
 namespace deltaserve::client {
 
@@ -34,6 +36,15 @@ using Clock = std::chrono::steady_clock;
 inline double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
+
+// OK if `got` (a StreamBegin's task) is the version of the task that `want` (GetTask's
+// answer, or the first attempt's StreamBegin) described: the same
+// TaskInfo.container_xxh3_64 (the container's content hash); for tasks stored without
+// one (older servers), the same created_unix, base_hash and container_bytes; set on
+// one side only counts as another version. Else ABORTED "`label`: `what` (...)",
+// naming both versions. Tenant and task names are not compared.
+absl::Status CheckSameTaskVersion(const v1::TaskInfo& want, const v1::TaskInfo& got,
+                                  absl::string_view label, absl::string_view what);
 
 // Forwards a stream to `inner` and counts the tensors that ended verified and their
 // bytes, over every attempt of a resumed stream: the base of the sinks that check the
@@ -177,6 +188,13 @@ class SpillSink : public WeightsSink {
 // WriteShardedSafetensors.
 absl::Status WriteSpilled(const std::vector<SpillSink*>& sinks, const std::string& out_path,
                           uint64_t max_shard_bytes);
+
+// The finished tensors of `sinks`, one after the other, as a sharded checkpoint staged
+// in `staged` (codec::StageShardedSafetensors: shards, then the index), with the first
+// sink's metadata. Returns the shard file names. The caller publishes.
+absl::StatusOr<std::set<std::string>> StageSpilledShards(const std::vector<SpillSink*>& sinks,
+                                                         common::StagedFiles* staged,
+                                                         uint64_t max_shard_bytes);
 
 // Tensors into memory (a PulledModel's tensors and metadata).
 class MemorySink : public WeightsSink {

@@ -120,8 +120,17 @@ def chunk_view(raw):
 
 
 def _same_task(a, b):
-    return (a.tenant, a.name, a.created_unix, a.base_hash, a.container_bytes) == (
-        b.tenant, b.name, b.created_unix, b.base_hash, b.container_bytes)
+    """True if TaskInfo `b` is the version of the task `a` described: the same
+    container_xxh3_64 (the container's content hash; created_unix has whole seconds and
+    same-size overwrites are common), or for tasks stored without one (older servers)
+    the same created_unix, base hash and size; set on one side only = another version.
+    As the C++ client's CheckSameTaskVersion (client/internal/weights_stream.cc)."""
+    if (a.tenant, a.name, a.base_hash) != (b.tenant, b.name, b.base_hash):
+        return False
+    has_a, has_b = a.HasField("container_xxh3_64"), b.HasField("container_xxh3_64")
+    if has_a or has_b:
+        return has_a and has_b and a.container_xxh3_64 == b.container_xxh3_64
+    return (a.created_unix, a.container_bytes) == (b.created_unix, b.container_bytes)
 
 
 def verified_tensors(client, label, request, alloc, stats):
@@ -136,7 +145,7 @@ def verified_tensors(client, label, request, alloc, stats):
     tensor, resume_from_offset = the bytes received: they stay in its buffer, and the
     whole tensor's checksum is checked at its end; stats.kept_bytes counts them), else
     from the tensor after the last verified one. The task must still be the same commit
-    (created_unix, base hash, size), else ABORTED. The whole stream, retries included,
+    (_same_task: the container's content hash), else ABORTED. The whole stream, retries included,
     must finish within client.stream_timeout seconds (None: no deadline). As the C++
     client's PullWeightsToSink (client/client_pull_sink.cc)."""
     start = time.monotonic()
@@ -264,7 +273,9 @@ def verified_tensors(client, label, request, alloc, stats):
                         raise DeltaserveError(
                             grpc.StatusCode.ABORTED,
                             f"{label}: the task was replaced while the stream was resumed "
-                            f"(created {first_task.created_unix}, now {begin.task.created_unix})")
+                            f"(content {first_task.container_xxh3_64:016x} committed at "
+                            f"{first_task.created_unix}, now {begin.task.container_xxh3_64:016x} "
+                            f"committed at {begin.task.created_unix})")
                     continue
                 elif kind == "end":
                     if not began or header is not None or ended:

@@ -11,6 +11,7 @@ that the directory loads like the original finetuned checkpoint.
 import os
 import re
 import shutil
+import tempfile
 
 import xxhash
 
@@ -101,6 +102,8 @@ def _write_atomically(path, pieces):
         with open(tmp, "wb") as f:
             for p in pieces:
                 f.write(p)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         _remove_quietly(tmp)
@@ -144,7 +147,11 @@ def pull_dir(client, task, out_dir, shard_bytes=5_000_000_000, dtype=None):
     the tensors' bytes); and the task's side files, each verified. Memory: one shard
     (on the native path, Client.native, plus up to two tensors in flight). On any
     error, KeyboardInterrupt included, the directories it made are removed with what
-    was written into them (one that existed stays, less the scratch shards).
+    was written into them, and a directory that existed is left exactly as it was:
+    every file is staged in a private directory inside it and renamed into place only
+    once all are complete (side files, shards, the index last; only a crash during
+    those renames can leave a mix). Then an earlier checkpoint's weight files that this
+    one replaces go: shards of another count and a single model.safetensors.
     Returns {"shards": [...], "side_files": [...], "total_size": n}."""
     if shard_bytes <= 0:
         raise invalid_argument(f"shard_bytes must be positive, got {shard_bytes}")
@@ -155,26 +162,32 @@ def pull_dir(client, task, out_dir, shard_bytes=5_000_000_000, dtype=None):
         if made:
             shutil.rmtree(made[0], ignore_errors=True)
         raise from_os_error(e, f"pull_dir: cannot create the directory {out_dir}") from None
-    scratch = []  # the .pull-shard-N files written so far
+    # Every file is written and fsynced in a private staging directory first, and
+    # renamed into out_dir only once all are complete (side files, shards, the index
+    # last), as deltactl pull --out-dir (common::StagedFiles): a failed pull leaves a
+    # checkpoint that was there as it was. Staged files are named by their position, so
+    # no side file name can collide with a scratch name.
+    staging = None
     try:
-        return _pull_into_dir(client, task, out_dir, shard_bytes, dtype, scratch)
+        staging = tempfile.mkdtemp(prefix=".deltaserve-staging-", dir=out_dir)
+        return _pull_into_dir(client, task, out_dir, shard_bytes, dtype, staging)
     except BaseException:
         # A failed or interrupted (Ctrl-C) pull leaves no directory of its own making
-        # behind, as deltactl pull --out-dir, and no scratch shard in one that was there.
+        # behind, as deltactl pull --out-dir, and nothing of its own in one that was there.
         if made:
             shutil.rmtree(made[0], ignore_errors=True)
-        else:
-            for tmp in scratch:
-                _remove_quietly(tmp)
         raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
-def _pull_into_dir(client, task, out_dir, shard_bytes, dtype, scratch):
-    done, current, used, total = [], [], 0, 0  # done: [(tmp path, [names])]
+def _pull_into_dir(client, task, out_dir, shard_bytes, dtype, staging):
+    done, current, used, total = [], [], 0, 0  # done: [(staged path, [names])]
+    staged = []  # [(staged path, final name)] of the side files
 
     def flush():
-        tmp = os.path.join(out_dir, f".pull-shard-{len(done)}")
-        scratch.append(tmp)
+        tmp = os.path.join(staging, f"shard-{len(done)}")
         _write_shard(tmp, current, client.last_stream.metadata)
         done.append((tmp, [name for name, _, _, _ in current]))
 
@@ -187,26 +200,38 @@ def _pull_into_dir(client, task, out_dir, shard_bytes, dtype, scratch):
         used += buf.size
         total += buf.size
     flush()
-    weight_map, shards = {}, []
-    for i, (tmp, names) in enumerate(done):
-        shard = f"model-{i + 1:05d}-of-{len(done):05d}.safetensors"
-        os.replace(tmp, os.path.join(out_dir, shard))
-        shards.append(shard)
-        weight_map.update((n, shard) for n in names)
-    metadata = dict(client.last_stream.metadata)
-    metadata["total_size"] = total
-    _write_atomically(os.path.join(out_dir, _INDEX),
-                      [json_bytes({"metadata": metadata, "weight_map": weight_map})])
-    # Shards of an earlier write with another count go, as with deltactl pull --out-dir
-    # and Hugging Face's save_pretrained, so a glob of the directory sees one model.
-    for name in os.listdir(out_dir):
-        if _SHARD_NAME.fullmatch(name) and name not in shards:
-            os.remove(os.path.join(out_dir, name))
     written = []
     for f in client.task_info(task).side_files:
         name = f.name
         if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
             raise invalid_argument(f"the server listed side file {name!r}, not a plain file name")
-        _write_atomically(os.path.join(out_dir, name), [get_side_file(client, task, name)])
+        tmp = os.path.join(staging, f"side-{len(staged)}")
+        _write_atomically(tmp, [get_side_file(client, task, name)])
+        staged.append((tmp, name))
         written.append(name)
+    weight_map, shards = {}, []
+    for i, (tmp, names) in enumerate(done):
+        shard = f"model-{i + 1:05d}-of-{len(done):05d}.safetensors"
+        staged.append((tmp, shard))
+        shards.append(shard)
+        weight_map.update((n, shard) for n in names)
+    metadata = dict(client.last_stream.metadata)
+    metadata["total_size"] = total
+    index = os.path.join(staging, "index")
+    _write_atomically(index, [json_bytes({"metadata": metadata, "weight_map": weight_map})])
+    staged.append((index, _INDEX))
+    # Publish. Only a crash during these renames can leave a mix (each file whole).
+    for tmp, name in staged:
+        os.replace(tmp, os.path.join(out_dir, name))
+    dir_fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    # Weight files of an earlier checkpoint that this one replaces go, as with deltactl
+    # pull --out-dir and Hugging Face's save_pretrained: shards with another count, and
+    # a single model.safetensors (from_pretrained would load it instead of the index).
+    for name in os.listdir(out_dir):
+        if (_SHARD_NAME.fullmatch(name) and name not in shards) or name == "model.safetensors":
+            os.remove(os.path.join(out_dir, name))
     return {"shards": shards, "side_files": written, "total_size": total}

@@ -106,12 +106,17 @@ _OS_CODES = {errno.ENOENT: grpc.StatusCode.NOT_FOUND,
              errno.EACCES: grpc.StatusCode.PERMISSION_DENIED,
              errno.EPERM: grpc.StatusCode.PERMISSION_DENIED,
              errno.ENOSPC: grpc.StatusCode.RESOURCE_EXHAUSTED,
-             errno.EDQUOT: grpc.StatusCode.RESOURCE_EXHAUSTED}
+             errno.EDQUOT: grpc.StatusCode.RESOURCE_EXHAUSTED,
+             # As the C++ common::ErrnoStatus: an I/O error of the device loses data.
+             errno.EIO: grpc.StatusCode.DATA_LOSS,
+             errno.EFBIG: grpc.StatusCode.OUT_OF_RANGE,
+             errno.EROFS: grpc.StatusCode.PERMISSION_DENIED}
 
 
 def from_os_error(error, message):
     """DeltaserveError for an OSError met on a local file: NOT_FOUND for a missing path,
-    PERMISSION_DENIED, RESOURCE_EXHAUSTED for a full disk, INVALID_ARGUMENT otherwise (a
+    PERMISSION_DENIED, RESOURCE_EXHAUSTED for a full disk, DATA_LOSS for an I/O error
+    (EIO), OUT_OF_RANGE beyond the file size limit, INVALID_ARGUMENT otherwise (a
     directory where a file is expected, or a file where a directory is)."""
     code = _OS_CODES.get(error.errno, grpc.StatusCode.INVALID_ARGUMENT)
     return DeltaserveError(code, f"{message}: {error.strerror or error}")

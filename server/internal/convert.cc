@@ -25,6 +25,7 @@ void FillTaskInfo(const storage::TaskInfo& info, bool with_tensors, bool pinned,
   out->set_created_unix(info.created_unix);
   out->set_base_hash(codec::BaseHashHex(info.base_hash));
   out->set_container_bytes(info.total_bytes);
+  if (info.container_xxh3_64) out->set_container_xxh3_64(*info.container_xxh3_64);
   out->set_num_tensors(static_cast<uint32_t>(info.tensors.size()));
   out->set_total_weights(info.weights);
   out->set_merged_bytes(TaskMergedBytes(info, std::nullopt));

@@ -1,5 +1,6 @@
 // Parallel pulls over tensor ranges (PullOptions::streams), against the fake service.
 #include <algorithm>
+#include <map>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -26,6 +27,7 @@ using ::deltaserve::client::testing::Fault;
 using ::deltaserve::testing::IsOk;
 using ::deltaserve::testing::ReadFile;
 using ::deltaserve::testing::StatusIs;
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Pair;
@@ -268,6 +270,80 @@ TEST_F(PullRangesTest, ATaskReplacedDuringThePullIsAborted) {
   EXPECT_THAT(client_->PullWeights("chat", tmp_.File("x.safetensors"), options),
               StatusIs(absl::StatusCode::kAborted, HasSubstr("the task changed during the pull")));
   EXPECT_FALSE(std::filesystem::exists(tmp_.File("x.safetensors")));
+}
+
+// New-user trial: two same-size containers committed within one second (two dct
+// finetunes of one base) have the same created_unix, size and base; a pull that saw
+// the first in GetTask (or its first stream) wrote the second's tensors into the same
+// file. The container's content hash now tells them apart, for ranges and for the
+// resume of a single stream.
+TEST_F(PullRangesTest, ASameSizeOverwriteInTheSameSecondIsAborted) {
+  service_.container_xxh3_64 = 0x1111;
+  service_.stream_xxh3 = {0x1111, 0x2222};  // the first stream sees the first version
+  PullOptions options;
+  options.streams = 2;
+  EXPECT_THAT(client_->PullWeights("chat", tmp_.File("x.safetensors"), options),
+              StatusIs(absl::StatusCode::kAborted,
+                       AllOf(HasSubstr("the task changed during the pull"),
+                             HasSubstr("content 0000000000001111"),
+                             HasSubstr("content 0000000000002222"))));
+  EXPECT_FALSE(std::filesystem::exists(tmp_.File("x.safetensors")));
+
+  // One stream (one range), cut mid-tensor and resumed on a call that serves the
+  // second version. (PullWeightsToSink's resume: client_test.cc.)
+  {
+    std::lock_guard<std::mutex> lock(service_.mu);
+    service_.streams.clear();
+  }
+  service_.unavailable_once_at = 3;
+  EXPECT_THAT(client_->PullWeights("chat", tmp_.File("y.safetensors")),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("content 0000000000002222")));
+  EXPECT_FALSE(std::filesystem::exists(tmp_.File("y.safetensors")));
+  EXPECT_THAT(Offsets(), ElementsAre(0u, 7u));  // the resume was made, and refused
+
+  // The same version on every call passes, with ranges and with a resume.
+  {
+    std::lock_guard<std::mutex> lock(service_.mu);
+    service_.streams.clear();
+  }
+  service_.stream_xxh3 = {0x1111};
+  service_.unavailable_once_at = 3;
+  ASSERT_OK_AND_ASSIGN(PullStats stats, client_->PullWeights("chat", tmp_.File("z.safetensors")));
+  EXPECT_EQ(stats.resumed, 1u);
+  EXPECT_EQ(ReadFile(tmp_.File("z.safetensors")), ReadFile(tmp_.File("expected.safetensors")));
+  ASSERT_THAT(client_->PullWeights("chat", tmp_.File("w.safetensors"), options), IsOk());
+  EXPECT_EQ(ReadFile(tmp_.File("w.safetensors")), ReadFile(tmp_.File("expected.safetensors")));
+
+  // A hash on one side only (a stream from an older server): another version.
+  service_.stream_xxh3.clear();
+  EXPECT_THAT(client_->PullWeights("chat", tmp_.File("v.safetensors"), options),
+              StatusIs(absl::StatusCode::kAborted));
+}
+
+// New-user trial: a pull --out-dir that failed over an existing checkpoint left new
+// shards 1-2 beside old shards 3-4 and a valid-looking index. Every file is now staged
+// first: a pull that fails midway (one stream or several) leaves the old checkpoint
+// byte for byte, and no staging directory.
+TEST_F(PullRangesTest, AFailedPullLeavesAnExistingCheckpointAsItWas) {
+  const std::string dir = tmp_.File("ck");
+  ASSERT_THAT(client_->PullWeightsToDirectory("chat", dir, /*max_shard_bytes=*/40), IsOk());
+  auto snapshot = [&] {
+    std::map<std::string, std::vector<uint8_t>> files;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) {
+      files[e.path().filename().string()] = ReadFile(e.path().string());
+    }
+    return files;
+  };
+  const auto before = snapshot();
+  ASSERT_GE(before.size(), 3u);  // two shards or more, and the index
+  service_.fault = Fault::kAbortMidway;  // INTERNAL in tensor 1
+  for (uint32_t streams : {1u, 2u}) {
+    PullOptions options;
+    options.streams = streams;
+    EXPECT_THAT(client_->PullWeightsToDirectory("chat", dir, 40, options),
+                StatusIs(absl::StatusCode::kInternal, HasSubstr("decoder exploded")));
+    EXPECT_EQ(snapshot(), before) << streams << " streams";
+  }
 }
 
 // A pull into a file writes each chunk in place (out_path + ".tmp"): a failure in the

@@ -31,6 +31,7 @@ using ::deltaserve::client::testing::SmallContainer;
 using ::deltaserve::testing::IsOk;
 using ::deltaserve::testing::ReadFile;
 using ::deltaserve::testing::StatusIs;
+using ::testing::AllOf;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
@@ -305,6 +306,24 @@ TEST_F(ClientTest, PullWeightsToSinkResumesMidTensorAtTheByte) {
   EXPECT_EQ(service_.last_stream.resume_from_index(), 1u);
   EXPECT_EQ(service_.last_stream.resume_from_offset(), 7u);
   EXPECT_TRUE(service_.last_stream.checksum_after_data());
+}
+
+// New-user trial: two same-size containers committed within one second have the same
+// created_unix, size and base. A resume that lands on the second (another
+// container_xxh3_64) is ABORTED, not appended to the first's tensors.
+TEST_F(ClientTest, PullWeightsToSinkResumeOfASameSizeOverwriteIsAborted) {
+  service_.unavailable_once_at = 1;
+  service_.stream_xxh3 = {0x1111, 0x2222};
+  PulledModel model;
+  MemorySink sink(&model);
+  PullStats stats;
+  EXPECT_THAT(client_->PullWeightsToSink("chat", &sink, SinkPullOptions(), &stats),
+              StatusIs(absl::StatusCode::kAborted,
+                       AllOf(HasSubstr("the task was replaced while the stream was resumed"),
+                             HasSubstr("content 0000000000001111"),
+                             HasSubstr("content 0000000000002222"))));
+  EXPECT_EQ(stats.resumed, 1u);
+  EXPECT_EQ(service_.last_stream.resume_from_offset(), 7u);
 }
 
 // A cut tensor's kept bytes are still checked: a resumed stream whose rest does not

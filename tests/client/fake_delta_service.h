@@ -6,6 +6,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <optional>
 #include <atomic>
 #include <chrono>
 #include <fstream>
@@ -74,6 +75,11 @@ class FakeService final : public v1::DeltaService::Service {
   // created_unix, so that a test can replace the task between them.
   int64_t created_unix = 1700000000;
   int64_t stream_created_unix = 1700000000;
+  // TaskInfo.container_xxh3_64 (the version identity) of GetTask's answer (nullopt:
+  // unset, as an older server's) and of the StreamBegin of the n-th StreamWeights call
+  // (counting every call in `streams`): stream_xxh3[min(n, size - 1)]; empty: unset.
+  std::optional<uint64_t> container_xxh3_64;
+  std::vector<uint64_t> stream_xxh3;
   // Not OK: ListTasks answers this, and PutDelta answers it after reading only its
   // metadata message (a refusal at admission, as a real server's for a wrong base).
   grpc::Status refusal = grpc::Status::OK;
@@ -101,6 +107,7 @@ class FakeService final : public v1::DeltaService::Service {
     resp->set_tenant(req->tenant().empty() ? "default" : req->tenant());
     resp->set_num_tensors(static_cast<uint32_t>(tensors.size()));
     resp->set_created_unix(created_unix);
+    if (container_xxh3_64) resp->set_container_xxh3_64(*container_xxh3_64);
     resp->set_other_base(other_base);
     if (req->include_tensors()) {
       for (size_t i = 0; i < tensors.size(); ++i) {
@@ -175,9 +182,11 @@ class FakeService final : public v1::DeltaService::Service {
     const Fault call_fault = fault;
     const int once_at = unavailable_once_at.load();
     const std::vector<codec::OwnedTensor>& tensors = served_tensors ? *served_tensors : this->tensors;
+    std::optional<uint64_t> announced;
     {
       std::lock_guard<std::mutex> lock(mu);
       last_stream = *req;
+      if (!stream_xxh3.empty()) announced = stream_xxh3[std::min(streams.size(), stream_xxh3.size() - 1)];
       streams.push_back(*req);
     }
     if (req->task() == "missing") return grpc::Status(grpc::StatusCode::NOT_FOUND, "no task");
@@ -202,6 +211,7 @@ class FakeService final : public v1::DeltaService::Service {
     begin->set_total_bytes(call_fault == Fault::kWrongTotal ? total + 1 : total);
     begin->mutable_safetensors_metadata()->insert(metadata.begin(), metadata.end());
     begin->mutable_task()->set_created_unix(stream_created_unix);
+    if (announced) begin->mutable_task()->set_container_xxh3_64(*announced);
     writer->Write(msg);
     for (size_t i = first; i < end; ++i) {
       const auto& t = tensors[i];

@@ -3,10 +3,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "common/status_macros.h"
+#include "common/tmp_files.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
@@ -18,6 +21,53 @@ namespace {
 using ::deltaserve::testing::ScopedTempDir;
 using ::deltaserve::testing::StatusIs;
 using ::testing::HasSubstr;
+
+// New-user trial: an fsync that failed with EIO during pull --out-dir surfaced as
+// UNKNOWN (absl's code for EIO). The project's one mapping makes it DATA_LOSS and keeps
+// absl's codes for the rest.
+TEST(FileTest, ErrnoStatusMapsIoErrorsToDataLoss) {
+  EXPECT_THAT(common::ErrnoStatus(EIO, "cannot fsync x.tmp"),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("cannot fsync x.tmp")));
+  EXPECT_THAT(common::ErrnoStatus(ENOSPC, "w"), StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(common::ErrnoStatus(EFBIG, "w"), StatusIs(absl::StatusCode::kOutOfRange));
+  EXPECT_THAT(common::ErrnoStatus(ENOENT, "w"), StatusIs(absl::StatusCode::kNotFound));
+}
+
+// Staged files appear only at Publish, in the order added; destroyed unpublished, they
+// leave the directory as it was.
+TEST(FileTest, StagedFilesAppearOnlyWhenPublished) {
+  ScopedTempDir tmp;
+  const std::string dir = tmp.path().string();
+  ASSERT_THAT(common::WriteFileAtomically(dir + "/a", {absl::MakeConstSpan(
+                                                          reinterpret_cast<const uint8_t*>("old"), 3)}),
+              ::deltaserve::testing::IsOk());
+  auto count = [&] {
+    return std::distance(std::filesystem::directory_iterator(dir), std::filesystem::directory_iterator());
+  };
+  {
+    auto staged = common::StagedFiles::Create(dir);
+    ASSERT_THAT(staged, ::deltaserve::testing::IsOk());
+    ASSERT_THAT(common::WriteFileAtomically((*staged)->Add("a"),
+                                            {absl::MakeConstSpan(reinterpret_cast<const uint8_t*>("new"), 3)}),
+                ::deltaserve::testing::IsOk());
+    EXPECT_EQ(*common::ReadFileToString(dir + "/a"), "old");
+  }
+  EXPECT_EQ(count(), 1);  // the staging directory went with it
+  EXPECT_EQ(*common::ReadFileToString(dir + "/a"), "old");
+  auto staged = common::StagedFiles::Create(dir);
+  ASSERT_THAT(staged, ::deltaserve::testing::IsOk());
+  for (const char* name : {"a", "b.tmp", "b"}) {
+    ASSERT_THAT(common::WriteFileAtomically((*staged)->Add(name),
+                                            {absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(name), 1)}),
+                ::deltaserve::testing::IsOk());
+  }
+  ASSERT_THAT((*staged)->Publish(), ::deltaserve::testing::IsOk());
+  EXPECT_EQ(*common::ReadFileToString(dir + "/a"), "a");
+  EXPECT_EQ(*common::ReadFileToString(dir + "/b.tmp"), "b");  // not clobbered by b's writer
+  EXPECT_EQ(*common::ReadFileToString(dir + "/b"), "b");
+  staged->reset();
+  EXPECT_EQ(count(), 3);
+}
 
 TEST(FileTest, ReadFileToStringReadsBytesAndNamesMissingFiles) {
   ScopedTempDir tmp;

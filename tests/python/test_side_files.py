@@ -113,13 +113,23 @@ with tempfile.TemporaryDirectory(prefix="py-side-") as tmp:
         with open(os.path.join(cli_dir, name), "rb") as f1, open(os.path.join(py_dir, name), "rb") as f2:
             d.check(f1.read() == f2.read(), f"{name}: pull_dir != deltactl pull --out-dir bytes")
     d.check(sorted(result["side_files"]) == sorted(picked), f"pull_dir result {result}")
+    # Every shard says "format": "pt" (transformers refuses a file without it).
+    for out_dir in (cli_dir, py_dir):
+        for shard in sorted(set(index["weight_map"].values())):
+            md = st.read_file(os.path.join(out_dir, shard))[1]
+            d.check(md.get("format") == "pt", f"{out_dir}/{shard}: metadata {md}")
     # A second pull into the same directory with one shard removes the earlier shards
-    # (and keeps the side files): a glob of the directory sees one model.
+    # and a single model.safetensors of an older layout (transformers would load it
+    # instead of the index), and keeps the side files: a loader sees one model.
+    with open(os.path.join(py_dir, "model.safetensors"), "wb") as f:
+        f.write(b"old weights")
     result = c.pull_dir("py", py_dir)
     shard_files = sorted(n for n in os.listdir(py_dir) if n.endswith(".safetensors"))
     d.check(shard_files == ["model-00001-of-00001.safetensors"] == result["shards"],
             f"pull_dir over an earlier pull left {shard_files}")
     d.check(all(os.path.exists(os.path.join(py_dir, n)) for n in picked), "side files gone")
+    leftovers = [n for n in os.listdir(py_dir) if n.startswith(".deltaserve-staging-")]
+    d.check(not leftovers, f"pull_dir left its staging directory {leftovers}")
 
     # Offline decompress --out-dir --side-files-from writes the same side files.
     off_dir = os.path.join(tmp, "offline")

@@ -1,11 +1,12 @@
 """python_wire: deltaserve._stream.chunk_view reads a serialized StreamWeightsResponse
 chunk exactly as protobuf does (data and offset, default and multi-byte varint values),
 and declines (None) every other message, unknown fields and malformed bytes, which then
-go through protobuf. No daemon needed."""
+go through protobuf. _same_task (the resume check) tells two same-size commits within
+one second apart by their container content hash. No daemon needed."""
 import live_daemon as ld  # noqa: F401 (skips when the package is not importable)
 from live_daemon import d
 
-from deltaserve._stream import chunk_view
+from deltaserve._stream import _same_task, chunk_view
 from deltaserve.v1 import delta_service_pb2 as pb
 
 
@@ -136,3 +137,16 @@ for case, messages, want in (
         d.check(e.code == grpc.StatusCode.DATA_LOSS and want in e.message,
                 f"{case}: got {e.code} {e.message!r}, want DATA_LOSS with {want!r}")
 d.log("PASS: checksums in the last chunk are verified; misplaced or missing ones are DATA_LOSS")
+
+# Two same-size overwrites within one second (new-user trial: a resumed pull mixed them):
+# only container_xxh3_64 tells them apart.
+first = pb.TaskInfo(tenant="t", name="k", created_unix=1700000000, base_hash="ab",
+                    container_bytes=4096, container_xxh3_64=0x1111)
+second = pb.TaskInfo(tenant="t", name="k", created_unix=1700000000, base_hash="ab",
+                     container_bytes=4096, container_xxh3_64=0x2222)
+d.check(_same_task(first, first), "a task is not its own version")
+d.check(not _same_task(first, second), "same-size commits in one second taken as one version")
+old = pb.TaskInfo(tenant="t", name="k", created_unix=1700000000, base_hash="ab", container_bytes=4096)
+d.check(_same_task(old, pb.TaskInfo(tenant="t", name="k", created_unix=1700000000, base_hash="ab",
+                                    container_bytes=4096)), "tasks without a hash: fallback failed")
+d.check(not _same_task(old, first) and not _same_task(first, old), "hash on one side only: same")

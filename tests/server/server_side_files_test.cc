@@ -4,11 +4,13 @@
 #include <xxhash.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "codec/safetensors.h"
 #include "server/server.h"
 #include "tests/server/server_fixture.h"
 #include "tests/testing/status_matchers.h"
@@ -84,6 +86,45 @@ TEST_F(ServerTest, SideFilesRoundTripListedPulledAndDeleted) {
   ASSERT_OK_AND_ASSIGN(uint64_t freed, client->DeleteTask("t"));
   EXPECT_EQ(freed, container_bytes + 1);
   EXPECT_THAT(client->GetSideFile("t", "a.txt").status(), StatusIs(absl::StatusCode::kNotFound));
+}
+
+// New-user trial, pull --out-dir over an existing Hugging Face directory:
+// - a side file named .pull.data.tmp vanished (the pull's own scratch file had that
+//   name): scratch files now live in the staging directory, where no side file can
+//   collide with them;
+// - the old single model.safetensors stayed beside the new shards and index, and
+//   transformers loads it first (the old weights, silently): it is removed, like
+//   shards of another count, while other files stay;
+// - shards lacked "format": "pt", which transformers requires.
+TEST_F(ServerTest, PullIntoAnExistingCheckpointDirectory) {
+  StartServer();
+  const std::string container = MakeContainer("t", 3);
+  auto client = Client();
+  ASSERT_THAT(client->PushDeltaFile("t", container,
+                                    WithSideFiles({{".pull.data.tmp", "mine"}, {"config.json", "{}"}}))
+                  .status(),
+              IsOk());
+  const std::string dir = tmp_.File("hf");
+  std::filesystem::create_directories(dir);
+  for (const char* old : {"model.safetensors", "model-00001-of-00009.safetensors", "notes.txt"}) {
+    std::ofstream(dir + "/" + old) << "old";
+  }
+  ASSERT_OK_AND_ASSIGN(client::PullStats stats, client->PullWeightsToDirectory("t", dir, 1ull << 40));
+  EXPECT_THAT(stats.side_files, ElementsAre(".pull.data.tmp", "config.json"));
+  EXPECT_EQ(ReadFileBytes(dir + "/.pull.data.tmp"), "mine");
+  EXPECT_EQ(ReadFileBytes(dir + "/notes.txt"), "old");
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    names.push_back(e.path().filename().string());
+  }
+  EXPECT_THAT(names, ::testing::UnorderedElementsAre(
+                         ".pull.data.tmp", "config.json", "notes.txt",
+                         "model-00001-of-00001.safetensors", "model.safetensors.index.json"));
+  ASSERT_OK_AND_ASSIGN(auto shard,
+                       codec::ModelReader::Open(dir + "/model-00001-of-00001.safetensors"));
+  EXPECT_EQ(shard->metadata().at("format"), "pt");
+  ASSERT_OK_AND_ASSIGN(auto model, codec::ModelReader::Open(dir));
+  EXPECT_EQ(model->metadata().at("format"), "pt");
 }
 
 TEST_F(ServerTest, SideFileLimitsNamesChecksumAndQuota) {

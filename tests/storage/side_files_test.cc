@@ -178,7 +178,7 @@ TEST_F(SideFileStoreTest, OverwriteReplacesAndDeleteRemoves) {
   EXPECT_FALSE(raw.RecordsHas(SideFileKey("acme", "chat", "a.txt")));
 }
 
-TEST(SideFileMetaTest, VersionOneWithoutAndTwoWithSideFiles) {
+TEST(SideFileMetaTest, VersionOneWithoutTwoWithSideFilesThreeWithContentHash) {
   TaskInfo info;
   info.tensors.push_back(TensorEntry{"w", codec::DType::kF16, {2, 2}, codec::Encoding::kRaw, 9});
   std::string v1 = EncodeTaskMeta(info);
@@ -192,6 +192,19 @@ TEST(SideFileMetaTest, VersionOneWithoutAndTwoWithSideFiles) {
   EXPECT_THAT(back2.side_files, ElementsAre(SideFileEntry{"config.json", 12, 0x1234},
                                             SideFileEntry{"merges.txt", 0, 0x99}));
   EXPECT_EQ(back2.tensors, info.tensors);
+  EXPECT_EQ(back2.container_xxh3_64, std::nullopt);
+  // Version 3 (every commit since session 10): the container's content hash, with or
+  // without side files.
+  for (bool with_files : {false, true}) {
+    info.side_files = with_files ? back2.side_files : std::vector<SideFileEntry>{};
+    info.container_xxh3_64 = 0x0123456789abcdefULL;
+    const std::string v3 = EncodeTaskMeta(info);
+    EXPECT_EQ(v3[4], 3);
+    ASSERT_OK_AND_ASSIGN(TaskInfo back3, DecodeTaskMeta(v3, "t", "k"));
+    EXPECT_EQ(back3.container_xxh3_64, 0x0123456789abcdefULL);
+    EXPECT_EQ(back3.side_files, info.side_files);
+    EXPECT_EQ(back3.tensors, info.tensors);
+  }
 }
 
 }  // namespace

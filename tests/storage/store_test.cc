@@ -1,5 +1,7 @@
 #include "storage/store.h"
 
+#include <xxhash.h>
+
 #include <atomic>
 #include <filesystem>
 #include <memory>
@@ -65,6 +67,28 @@ class StoreTest : public ::testing::TestWithParam<uint64_t> {
 };
 
 const std::vector<TestTensor> kThree = {{"w0", {4, 8}, 1}, {"w1", {16}, 2}, {"w2", {2, 3, 5}, 3}};
+
+// New-user trial: two same-size containers committed within one second looked like
+// one version to the pull's streams (created_unix, size, base). The container's
+// content hash (the value StreamDelta reports) tells them apart, and survives a reopen.
+TEST_P(StoreTest, SameSizeOverwritesInOneSecondHaveDistinctContentHashes) {
+  const std::vector<uint8_t> x = MakeContainer({{"w", {4, 8}, 1}});
+  const std::vector<uint8_t> y = MakeContainer({{"w", {4, 8}, 2}});
+  ASSERT_EQ(x.size(), y.size());
+  CommitOptions opts;
+  opts.created_unix = 1700000000;
+  opts.overwrite = true;
+  ASSERT_OK_AND_ASSIGN(TaskInfo first, Commit("acme", "mix", x, opts));
+  ASSERT_OK_AND_ASSIGN(TaskInfo second, Commit("acme", "mix", y, opts));
+  EXPECT_EQ(first.container_xxh3_64, XXH3_64bits(x.data(), x.size()));
+  EXPECT_EQ(second.container_xxh3_64, XXH3_64bits(y.data(), y.size()));
+  EXPECT_NE(first.container_xxh3_64, second.container_xxh3_64);
+  Reopen();
+  ASSERT_OK_AND_ASSIGN(TaskInfo stored, store_->GetTask("acme", "mix"));
+  EXPECT_EQ(stored.container_xxh3_64, XXH3_64bits(y.data(), y.size()));
+  EXPECT_EQ(stored.created_unix, first.created_unix);
+  EXPECT_EQ(stored.total_bytes, first.total_bytes);
+}
 
 TEST_P(StoreTest, CommitAndReadBackByteIdentical) {
   const std::vector<uint8_t> bytes = MakeContainer(kThree, 0x5a);
