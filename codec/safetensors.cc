@@ -20,8 +20,8 @@
 #include "common/json.h"
 #include "common/plural.h"
 #include "common/status_macros.h"
-#include "common/usage_error.h"
 #include "common/tmp_files.h"
+#include "common/usage_error.h"
 
 namespace deltaserve::codec {
 namespace {
