@@ -181,6 +181,12 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       buffer_.Append(piece);
       XXH3_64bits_update(hash_, piece.data(), piece.size());
     }
+    // A push without overwrite over a stored task of the same size: refused at its first
+    // differing byte as existing, whatever those bytes are (as a size that differs is
+    // at admission).
+    if (compare_existing_) {
+      if (absl::Status s = CompareWithExisting(); !s.ok()) return FinishWhenIdle(s);
+    }
     // Refuse bytes that are no container, and a record that storage cannot hold, as
     // soon as they arrive (ContainerUploadScanner); then a container made against
     // another base, as soon as its header is whole.
@@ -191,9 +197,6 @@ class PutDeltaReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     if (!header_checked_ && scanner_.header().has_value()) {
       header_checked_ = true;
       if (absl::Status s = CheckHeaderBase(*scanner_.header()); !s.ok()) return FinishWhenIdle(s);
-    }
-    if (compare_existing_) {
-      if (absl::Status s = CompareWithExisting(); !s.ok()) return FinishWhenIdle(s);
     }
     if (staged_ != nullptr) PublishArrived();
     ctx_->metrics->uploaded_bytes().Increment(static_cast<double>(size));

@@ -52,11 +52,15 @@ class ClientKeepaliveTest : public ::testing::Test {
   ClientOptions options_;
 };
 
+// The ping timeout of the frozen-connection tests: above what a loaded machine takes to
+// answer a ping on a live connection (a timeout that fires there spends the retries).
+constexpr absl::Duration kFrozenAfter = absl::Seconds(4);
+
 // The frozen connection: a ping unanswered for keepalive_timeout fails the pull
 // UNAVAILABLE, saying the server stopped answering (no retries), instead of hanging.
 TEST_F(ClientKeepaliveTest, FrozenServerFailsTheCallUnavailable) {
   options_.keepalive_time = absl::Seconds(1);
-  options_.keepalive_timeout = absl::Seconds(1);
+  options_.keepalive_timeout = kFrozenAfter;
   ASSERT_OK_AND_ASSIGN(auto client, DeltaClient::Open(options_));
   ASSERT_THAT(client->ListTasks().status(), IsOk());  // the connection is up
   forwarder_->Freeze();
@@ -71,7 +75,7 @@ TEST_F(ClientKeepaliveTest, FrozenServerFailsTheCallUnavailable) {
 // a new connection and resumes after its last verified tensor; every tensor arrives.
 TEST_F(ClientKeepaliveTest, FrozenMidStreamResumesOverANewConnection) {
   options_.keepalive_time = absl::Seconds(1);
-  options_.keepalive_timeout = absl::Seconds(1);
+  options_.keepalive_timeout = kFrozenAfter;
   std::atomic<bool> frozen{false};
   service_.before_tensor = [&](size_t index) {
     if (index == 2 && !frozen.exchange(true)) forwarder_->Freeze();

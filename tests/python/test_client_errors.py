@@ -132,8 +132,10 @@ with tempfile.TemporaryDirectory(prefix="py-errors-") as tmp:
                     f"not the resident base {acme.get_base().hash}")
     undeclared = client_mod.container_base_hash
     client_mod.container_base_hash = lambda view: b""
-    try:  # Without the declaration the whole upload is read, then refused as corrupt.
-        ld.expect_error(lambda: acme.push("other", bytes(other)), C.DATA_LOSS, "PutDelta 'other'")
+    try:  # Without the declaration the server refuses it once the header has arrived
+        # (before the corrupt last byte: the upload is not read whole first).
+        ld.expect_error(lambda: acme.push("other", bytes(other)), C.FAILED_PRECONDITION,
+                        "PutDelta 'other'", f"not the resident base {acme.get_base().hash}")
     finally:
         client_mod.container_base_hash = undeclared
     d.check(client_mod.container_base_hash(memoryview(b"not a container" * 8)) == b"",
