@@ -101,11 +101,14 @@ std::string HealthMonitor::AgentReply() const {
 
 void HealthMonitor::Publish(State state) {
   const bool serving = state == State::kServing;
+  // The gauge first: a client that has seen gRPC health change reads the gauge changed
+  // too (the other order let ServerTest.AgentPortAnswersUpThenDrain read 1 after a
+  // NOT_SERVING answer).
+  if (options_.serving != nullptr) options_.serving->Set(serving ? 1 : 0);
   if (grpc_health_ != nullptr) {
     grpc_health_->SetServingStatus(serving);
     grpc_health_->SetServingStatus(kServiceName, serving);
   }
-  if (options_.serving != nullptr) options_.serving->Set(serving ? 1 : 0);
 }
 
 void HealthMonitor::Update(const absl::Status& probe_status) {
